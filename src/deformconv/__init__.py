@@ -1,0 +1,6 @@
+"""deformconv: deformable convolution and deformable RoI pooling for PyTorch."""
+
+from . import ops
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "ops"]

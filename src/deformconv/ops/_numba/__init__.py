@@ -1,0 +1,1 @@
+"""Numba CPU kernels. Host functions take and return torch tensors."""

@@ -1,0 +1,185 @@
+"""Numba kernels of deform_conv2d: sampling into columns and the two backward scatters.
+
+Layouts (one tile = ``nb`` images × ``rows`` output rows, ``P = nb*rows*Wout`` pixels):
+    x        (nb, H, W, Cin)         channels-last input of the tile's images
+    offset   (nb, 2*G*kk, rows, Wout)
+    mask     (nb, G*kk, rows, Wout)  (a (1, 1, 1, 1) dummy when ``has_mask`` is False)
+    columns  (groups, P, kk, Cin/groups)
+Channels are innermost everywhere, so each sample's four corner reads and its column
+write are contiguous runs that LLVM vectorises.
+"""
+
+from __future__ import annotations
+
+import numba
+
+from .bilinear import corners
+
+
+@numba.njit(inline="always", cache=True)
+def _sample_position(offset, n, g, k, kk, kw, r, col, y, stride, pad, dil):
+    """Real input position ``(h, w)`` of kernel point ``k`` of output pixel ``(y, col)``."""
+    i = k // kw
+    j = k - i * kw
+    h = y * stride[0] - pad[0] + i * dil[0] + offset[n, 2 * (g * kk + k), r, col]
+    w = col * stride[1] - pad[1] + j * dil[1] + offset[n, 2 * (g * kk + k) + 1, r, col]
+    return h, w
+
+
+@numba.njit(parallel=True, cache=True)
+def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil):
+    """Fill ``columns[gr, p, k, c] = mask * bilinear(x[n, :, :, c], position of (p, k))``."""
+    nb, height, width, cin = x.shape
+    groups, npix, kk, cin_g = columns.shape
+    offset_groups = offset.shape[1] // (2 * kk)
+    cin_og = cin // offset_groups
+    rows, wout = offset.shape[2], offset.shape[3]
+    one = columns.dtype.type(1.0)
+    for p in numba.prange(npix):
+        n = p // (rows * wout)
+        r = (p // wout) % rows
+        col = p % wout
+        for k in range(kk):
+            for g in range(offset_groups):
+                h, w = _sample_position(offset, n, g, k, kk, kw, r, col, y0 + r, stride, pad, dil)
+                _, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = corners(h, w, height, width)
+                m = mask[n, g * kk + k, r, col] if has_mask else one
+                a00 = columns.dtype.type(m * (1 - lh) * (1 - lw) * k00)
+                a01 = columns.dtype.type(m * (1 - lh) * lw * k01)
+                a10 = columns.dtype.type(m * lh * (1 - lw) * k10)
+                a11 = columns.dtype.type(m * lh * lw * k11)
+                c = g * cin_og
+                while c < (g + 1) * cin_og:
+                    gr = c // cin_g
+                    end = min((g + 1) * cin_og, (gr + 1) * cin_g)
+                    dst = columns[gr, p, k]
+                    for cc in range(c, end):
+                        dst[cc - gr * cin_g] = (
+                            a00 * x[n, h0, w0, cc]
+                            + a01 * x[n, h0, w1, cc]
+                            + a10 * x[n, h1, w0, cc]
+                            + a11 * x[n, h1, w1, cc]
+                        )
+                    c = end
+
+
+@numba.njit(parallel=True, cache=True)
+def offset_mask_grad(
+    x, offset, mask, has_mask, grad_columns, grad_offset, grad_mask, y0, kw, stride, pad, dil
+):
+    """Gradients of offset and mask from ``grad_columns`` (same layout as columns).
+
+    ``grad_offset`` and ``grad_mask`` have the tile's offset / mask shapes. Each (p, k, g)
+    entry is owned by one iteration, so the pixel loop runs in parallel without races.
+    """
+    nb, height, width, cin = x.shape
+    groups, npix, kk, cin_g = grad_columns.shape
+    offset_groups = offset.shape[1] // (2 * kk)
+    cin_og = cin // offset_groups
+    rows, wout = offset.shape[2], offset.shape[3]
+    for p in numba.prange(npix):
+        n = p // (rows * wout)
+        r = (p // wout) % rows
+        col = p % wout
+        for k in range(kk):
+            for g in range(offset_groups):
+                h, w = _sample_position(offset, n, g, k, kk, kw, r, col, y0 + r, stride, pad, dil)
+                inside, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = corners(h, w, height, width)
+                if not inside:
+                    grad_offset[n, 2 * (g * kk + k), r, col] = 0.0
+                    grad_offset[n, 2 * (g * kk + k) + 1, r, col] = 0.0
+                    if has_mask:
+                        grad_mask[n, g * kk + k, r, col] = 0.0
+                    continue
+                # d value / d h and d value / d w weights of each corner, and the value weights.
+                dh00 = -(1 - lw) * k00
+                dh01 = -lw * k01
+                dh10 = (1 - lw) * k10
+                dh11 = lw * k11
+                dw00 = -(1 - lh) * k00
+                dw01 = (1 - lh) * k01
+                dw10 = -lh * k10
+                dw11 = lh * k11
+                v00 = (1 - lh) * (1 - lw) * k00
+                v01 = (1 - lh) * lw * k01
+                v10 = lh * (1 - lw) * k10
+                v11 = lh * lw * k11
+                acc_h = 0.0
+                acc_w = 0.0
+                acc_v = 0.0
+                c = g * cin_og
+                while c < (g + 1) * cin_og:
+                    gr = c // cin_g
+                    end = min((g + 1) * cin_og, (gr + 1) * cin_g)
+                    src = grad_columns[gr, p, k]
+                    for cc in range(c, end):
+                        gcol = src[cc - gr * cin_g]
+                        x00 = x[n, h0, w0, cc]
+                        x01 = x[n, h0, w1, cc]
+                        x10 = x[n, h1, w0, cc]
+                        x11 = x[n, h1, w1, cc]
+                        acc_h += gcol * (dh00 * x00 + dh01 * x01 + dh10 * x10 + dh11 * x11)
+                        acc_w += gcol * (dw00 * x00 + dw01 * x01 + dw10 * x10 + dw11 * x11)
+                        acc_v += gcol * (v00 * x00 + v01 * x01 + v10 * x10 + v11 * x11)
+                    c = end
+                m = mask[n, g * kk + k, r, col] if has_mask else 1.0
+                grad_offset[n, 2 * (g * kk + k), r, col] = m * acc_h
+                grad_offset[n, 2 * (g * kk + k) + 1, r, col] = m * acc_w
+                if has_mask:
+                    grad_mask[n, g * kk + k, r, col] = acc_v
+
+
+@numba.njit(parallel=True, cache=True)
+def input_grad(
+    x_shape, offset, mask, has_mask, grad_columns, grad_x, blocks, y0, kw, stride, pad, dil
+):
+    """Scatter ``grad_columns`` into ``grad_x`` (channels-last, like x), accumulating.
+
+    Samples of different pixels hit the same input location, so the parallel loop runs
+    over ``blocks`` disjoint channel blocks instead of pixels: no two threads write the
+    same entry.
+    """
+    nb, height, width, cin = x_shape
+    groups, npix, kk, cin_g = grad_columns.shape
+    offset_groups = offset.shape[1] // (2 * kk)
+    cin_og = cin // offset_groups
+    rows, wout = offset.shape[2], offset.shape[3]
+    one = grad_x.dtype.type(1.0)
+    for b in numba.prange(blocks):
+        c_lo = b * cin // blocks
+        c_hi = (b + 1) * cin // blocks
+        g_lo = c_lo // cin_og
+        g_hi = (c_hi - 1) // cin_og + 1
+        for p in range(npix):
+            n = p // (rows * wout)
+            r = (p // wout) % rows
+            col = p % wout
+            for k in range(kk):
+                for g in range(g_lo, g_hi):
+                    h, w = _sample_position(
+                        offset, n, g, k, kk, kw, r, col, y0 + r, stride, pad, dil
+                    )
+                    inside, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = corners(
+                        h, w, height, width
+                    )
+                    if not inside:
+                        continue
+                    m = mask[n, g * kk + k, r, col] if has_mask else one
+                    a00 = grad_x.dtype.type(m * (1 - lh) * (1 - lw) * k00)
+                    a01 = grad_x.dtype.type(m * (1 - lh) * lw * k01)
+                    a10 = grad_x.dtype.type(m * lh * (1 - lw) * k10)
+                    a11 = grad_x.dtype.type(m * lh * lw * k11)
+                    c = max(c_lo, g * cin_og)
+                    c_end = min(c_hi, (g + 1) * cin_og)
+                    while c < c_end:
+                        gr = c // cin_g
+                        end = min(c_end, (gr + 1) * cin_g)
+                        src = grad_columns[gr, p, k]
+                        for cc in range(c, end):
+                            gcol = src[cc - gr * cin_g]
+                            grad_x[n, h0, w0, cc] += a00 * gcol
+                            grad_x[n, h0, w1, cc] += a01 * gcol
+                            grad_x[n, h1, w0, cc] += a10 * gcol
+                            grad_x[n, h1, w1, cc] += a11 * gcol
+                        c = end
+

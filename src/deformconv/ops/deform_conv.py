@@ -1,0 +1,203 @@
+"""deform_conv2d: deformable convolution (DCN v1, and v2 with a modulation mask).
+
+Dai et al., "Deformable Convolutional Networks", ICCV 2017 (https://arxiv.org/abs/1703.06211);
+Zhu et al., "Deformable ConvNets v2", CVPR 2019 (https://arxiv.org/abs/1811.11168).
+Semantics, layouts and results match ``torchvision.ops.deform_conv2d`` (shared/SPEC.md).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._numba import deform_conv as numba_backend
+from ._torch import deform_conv as torch_backend
+from ._utils import UPCAST_DTYPES, check_no_nan, check_same_dtype_device, check_tensor, pair
+
+__all__ = ["deform_conv2d"]
+
+
+@torch.library.custom_op("deformconv::deform_conv2d", mutates_args=())
+def _deform_conv2d(
+    input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, mask: Tensor | None,
+    stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
+) -> Tensor:
+    check_no_nan("offset", offset)
+    geometry = ((stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w))
+    return torch_backend.forward(input, offset, weight, bias, mask, geometry)
+
+
+@_deform_conv2d.register_kernel("cpu")
+def _deform_conv2d_cpu(
+    input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, mask: Tensor | None,
+    stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
+) -> Tensor:
+    check_no_nan("offset", offset)
+    geometry = ((stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w))
+    return numba_backend.forward(input, offset, weight, bias, mask, geometry)
+
+
+@_deform_conv2d.register_fake
+def _deform_conv2d_fake(
+    input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, mask: Tensor | None,
+    stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
+) -> Tensor:
+    return input.new_empty(input.shape[0], weight.shape[0], offset.shape[2], offset.shape[3])
+
+
+@torch.library.custom_op("deformconv::deform_conv2d_backward", mutates_args=())
+def _deform_conv2d_backward(
+    grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask: Tensor | None,
+    stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
+    need_input: bool, need_offset_mask: bool, need_weight: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    geometry = ((stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w))
+    backend = numba_backend if input.device.type == "cpu" else torch_backend
+    return backend.backward(
+        grad_out, input, offset, weight, mask, geometry, need_input, need_offset_mask, need_weight
+    )
+
+
+@_deform_conv2d_backward.register_fake
+def _deform_conv2d_backward_fake(
+    grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask: Tensor | None,
+    stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
+    need_input: bool, need_offset_mask: bool, need_weight: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    grad_mask = torch.empty_like(mask) if mask is not None else offset.new_empty(0)
+    return (torch.empty_like(input), torch.empty_like(offset), torch.empty_like(weight),
+            grad_mask)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    input, offset, weight, bias, mask, *geometry = inputs
+    ctx.save_for_backward(input, offset, weight, mask)
+    ctx.geometry = geometry
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_out: Tensor):
+    input, offset, weight, mask = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    grad_input, grad_offset, grad_weight, grad_mask = _deform_conv2d_backward(
+        grad_out.contiguous(), input, offset, weight, mask, *ctx.geometry,
+        needs[0], needs[1] or needs[4], needs[2],
+    )
+    grad_bias = grad_out.sum((0, 2, 3)) if ctx.has_bias else None
+    return (grad_input, grad_offset, grad_weight, grad_bias,
+            grad_mask if mask is not None else None, *([None] * 6))
+
+
+_deform_conv2d.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _output_size(size: int, kernel: int, stride: int, pad: int, dil: int) -> int:
+    return (size + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
+
+
+def _check_arguments(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
+                     mask: Tensor | None, stride: tuple[int, int], padding: tuple[int, int],
+                     dilation: tuple[int, int]) -> None:
+    check_tensor("input", input, 4)
+    check_tensor("offset", offset, 4)
+    check_tensor("weight", weight, 4)
+    if bias is not None:
+        check_tensor("bias", bias, 1)
+    if mask is not None:
+        check_tensor("mask", mask, 4)
+    check_same_dtype_device("input", input, offset=offset, weight=weight, bias=bias, mask=mask)
+    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+        raise ValueError(
+            f"stride and dilation must be >= 1 and padding >= 0, got stride={stride}, "
+            f"padding={padding}, dilation={dilation}"
+        )
+    n, cin, height, width = input.shape
+    cout, cin_per_group, kh, kw = weight.shape
+    if cin_per_group == 0 or cin % cin_per_group:
+        raise ValueError(
+            f"input.shape[1] ({cin}) must be a multiple of weight.shape[1] ({cin_per_group}): "
+            "the conv groups are input.shape[1] // weight.shape[1]"
+        )
+    groups = cin // cin_per_group
+    if cout % groups:
+        raise ValueError(
+            f"weight.shape[0] ({cout}) must be divisible by groups = {groups} "
+            f"(input.shape[1] {cin} // weight.shape[1] {cin_per_group})"
+        )
+    if bias is not None and bias.shape[0] != cout:
+        raise ValueError(f"bias.shape is not valid: got {tuple(bias.shape)}, expected ({cout},)")
+    hout = _output_size(height, kh, stride[0], padding[0], dilation[0])
+    wout = _output_size(width, kw, stride[1], padding[1], dilation[1])
+    if hout < 1 or wout < 1:
+        raise ValueError(
+            f"input of spatial size {(height, width)} is too small for kernel {(kh, kw)} with "
+            f"padding {padding} and dilation {dilation}: output size would be {(hout, wout)}"
+        )
+    kk = kh * kw
+    if offset.shape[1] == 0 or offset.shape[1] % (2 * kk):
+        raise ValueError(
+            f"offset.shape[1] is not valid: got {offset.shape[1]}, expected a positive multiple "
+            f"of 2*kh*kw = {2 * kk}"
+        )
+    offset_groups = offset.shape[1] // (2 * kk)
+    if cin % offset_groups:
+        raise ValueError(
+            f"input.shape[1] ({cin}) must be divisible by the offset groups "
+            f"(offset.shape[1] // (2*kh*kw) = {offset_groups})"
+        )
+    expected = (n, 2 * offset_groups * kk, hout, wout)
+    if tuple(offset.shape) != expected:
+        raise ValueError(f"offset.shape is not valid: got {tuple(offset.shape)}, expected {expected}")
+    if mask is not None:
+        expected = (n, offset_groups * kk, hout, wout)
+        if tuple(mask.shape) != expected:
+            raise ValueError(f"mask.shape is not valid: got {tuple(mask.shape)}, expected {expected}")
+
+
+def deform_conv2d(
+    input: Tensor,
+    offset: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Deformable convolution; a drop-in for ``torchvision.ops.deform_conv2d``.
+
+    Args:
+        input (Tensor[N, Cin, H, W]): input features.
+        offset (Tensor[N, 2*G*kh*kw, Hout, Wout]): per-sample (Δh, Δw) pairs, G offset groups;
+            channel ``2*(g*kh*kw + k)`` is Δh and the next one Δw of kernel point ``k``.
+        weight (Tensor[Cout, Cin/groups, kh, kw]): conv weight; groups = Cin // weight.shape[1].
+        bias (Tensor[Cout] or None): added to every output position.
+        stride, padding, dilation (int or (int, int)): as in ``torch.nn.functional.conv2d``.
+        mask (Tensor[N, G*kh*kw, Hout, Wout] or None): DCN v2 modulation of each sample.
+
+    Returns:
+        Tensor[N, Cout, Hout, Wout]. float16/bfloat16 inputs are computed in float32 and
+        returned in their own dtype.
+
+    Example::
+
+        >>> x = torch.randn(1, 8, 16, 16)
+        >>> weight = torch.randn(4, 8, 3, 3)
+        >>> offset = torch.zeros(1, 2 * 3 * 3, 14, 14)
+        >>> deform_conv2d(x, offset, weight).shape
+        torch.Size([1, 4, 14, 14])
+    """
+    stride_, padding_, dilation_ = (
+        pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
+    )
+    _check_arguments(input, offset, weight, bias, mask, stride_, padding_, dilation_)
+    dtype = input.dtype
+    if dtype in UPCAST_DTYPES:
+        input, offset, weight = input.float(), offset.float(), weight.float()
+        bias = None if bias is None else bias.float()
+        mask = None if mask is None else mask.float()
+    out = _deform_conv2d(input.contiguous(), offset.contiguous(), weight.contiguous(),
+                         None if bias is None else bias.contiguous(),
+                         None if mask is None else mask.contiguous(),
+                         *stride_, *padding_, *dilation_)
+    return out.to(dtype)
