@@ -42,7 +42,9 @@ def check_tensor(name: str, tensor: object, ndim: int | None = None) -> Tensor:
     return tensor
 
 
-def check_same_dtype_device(reference_name: str, reference: Tensor, **others: Tensor | None) -> None:
+def check_same_dtype_device(
+    reference_name: str, reference: Tensor, **others: Tensor | None
+) -> None:
     """All tensors in ``others`` must share ``reference``'s dtype and device."""
     for name, tensor in others.items():
         if tensor is None:
@@ -76,12 +78,14 @@ class Tile:
     y1: int
 
 
-def tiles(batch: int, rows: int, bytes_per_row: int, budget: int = WORKSPACE_BYTES) -> Iterator[Tile]:
+def tiles(batch: int, rows: int, bytes_per_row: int, budget: int | None = None) -> Iterator[Tile]:
     """Split ``batch`` images × ``rows`` output rows into tiles of at most ``budget`` bytes.
 
     Whole images are grouped while they fit; a single image too large for the budget is
-    cut into bands of rows (at least one row per tile, whatever the budget).
+    cut into bands of rows (at least one row per tile, whatever the budget). The budget
+    defaults to the module's ``WORKSPACE_BYTES``, read at call time.
     """
+    budget = WORKSPACE_BYTES if budget is None else budget
     image_bytes = max(1, bytes_per_row * rows)
     if image_bytes <= budget:
         step = max(1, budget // image_bytes)

@@ -147,11 +147,15 @@ def _check_arguments(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor
         )
     expected = (n, 2 * offset_groups * kk, hout, wout)
     if tuple(offset.shape) != expected:
-        raise ValueError(f"offset.shape is not valid: got {tuple(offset.shape)}, expected {expected}")
+        raise ValueError(
+            f"offset.shape is not valid: got {tuple(offset.shape)}, expected {expected}"
+        )
     if mask is not None:
         expected = (n, offset_groups * kk, hout, wout)
         if tuple(mask.shape) != expected:
-            raise ValueError(f"mask.shape is not valid: got {tuple(mask.shape)}, expected {expected}")
+            raise ValueError(
+                f"mask.shape is not valid: got {tuple(mask.shape)}, expected {expected}"
+            )
 
 
 def deform_conv2d(

@@ -1,14 +1,18 @@
 """deform_conv2d on the CPU: Numba sampling into bounded column tiles + one GEMM per tile.
 
 Per tile of images × output rows, the kernel samples the channels-last input into
-``columns (groups, P, kh*kw, Cin/groups)`` and torch's BLAS multiplies it with the weight.
-The column buffer never exceeds ``WORKSPACE_BYTES`` (two buffers in the backward).
+``columns (P, groups, kh*kw, Cin/groups)``. Read as a channels-last image
+``(nb, groups*kh*kw*Cin/groups, rows, Wout)`` the columns turn the GEMM with the weight into
+a grouped 1×1 convolution, which torch runs with oneDNN (as fast as its dense conv2d on
+any x86 vendor, where MKL's GEMM is not). The column buffer never exceeds
+``WORKSPACE_BYTES`` (two buffers in the backward).
 """
 
 from __future__ import annotations
 
 import numba
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .._utils import Tile, tiles
@@ -41,15 +45,21 @@ def _channels_last(input: Tensor, tile: Tile, cache: dict) -> Tensor:
     return cache["value"]
 
 
-def _weight_matrix(weight: Tensor, groups: int) -> Tensor:
-    """(Cout, Cin/groups, kh, kw) -> (groups, Cout/groups, kh*kw*Cin/groups), columns' order."""
+def _weight_1x1(weight: Tensor) -> Tensor:
+    """(Cout, Cin/groups, kh, kw) -> (Cout, kh*kw*Cin/groups, 1, 1), in the columns' order."""
     cout, cin_g, kh, kw = weight.shape
-    return weight.permute(0, 2, 3, 1).reshape(groups, cout // groups, kh * kw * cin_g)
+    return weight.permute(0, 2, 3, 1).reshape(cout, kh * kw * cin_g, 1, 1)
+
+
+def _as_image(columns: Tensor, tile: Tile) -> Tensor:
+    """(P, groups, kk, Cin/groups) -> channels-last view (nb, groups*kk*Cin/groups, rows, Wout)."""
+    nb, rows = tile.n1 - tile.n0, tile.y1 - tile.y0
+    return columns.view(nb, rows, -1, columns[0].numel()).permute(0, 3, 1, 2)
 
 
 def _sample(data: _TileData, tile: Tile, groups: int, cin_g: int, kh: int, kw: int,
             geometry: Geometry) -> Tensor:
-    columns = data.offset.new_empty(groups, data.pixels, kh * kw, cin_g)
+    columns = data.offset.new_empty(data.pixels, groups, kh * kw, cin_g)
     kernels.sample_columns(
         data.x, data.offset.numpy(), data.mask.numpy(), data.has_mask, columns.numpy(),
         tile.y0, kw, *geometry,
@@ -65,19 +75,14 @@ def forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
     groups = cin // cin_g
     hout, wout = offset.shape[2:]
     out = input.new_empty(n, cout, hout, wout)
-    w_mat = _weight_matrix(weight, groups)
+    w_1x1 = _weight_1x1(weight)
     row_bytes = wout * kh * kw * cin * input.element_size()
     cache: dict = {}
     for tile in tiles(n, hout, row_bytes):
         data = _TileData(tile, _channels_last(input, tile, cache), offset, mask)
         columns = _sample(data, tile, groups, cin_g, kh, kw, geometry)
-        # (groups, Cout/groups, K) @ (groups, K, P) -> (groups, Cout/groups, P)
-        result = torch.bmm(w_mat, columns.view(groups, data.pixels, -1).transpose(1, 2))
-        nb, rows = tile.n1 - tile.n0, tile.y1 - tile.y0
-        out[tile.n0 : tile.n1, :, tile.y0 : tile.y1] = (
-            result.view(groups, cout // groups, nb, rows, wout).permute(2, 0, 1, 3, 4).reshape(
-                nb, cout, rows, wout)
-        )
+        out[tile.n0 : tile.n1, :, tile.y0 : tile.y1] = F.conv2d(
+            _as_image(columns, tile), w_1x1, groups=groups)
     if bias is not None:
         out += bias.view(1, cout, 1, 1)
     return out
@@ -97,29 +102,35 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
     grad_input = torch.zeros_like(input)
     grad_offset = torch.zeros_like(offset)
     grad_mask = torch.zeros_like(mask) if mask is not None else offset.new_empty(0)
-    grad_w_mat = weight.new_zeros(groups, cout // groups, kh * kw * cin_g)
-    w_mat = _weight_matrix(weight, groups)
+    w_1x1 = _weight_1x1(weight)
+    grad_w_1x1 = torch.zeros_like(w_1x1)
     need_columns_grad = need_input or need_offset_mask
+    if not (need_columns_grad or need_weight):
+        return grad_input, grad_offset, torch.zeros_like(weight), grad_mask
     buffers = int(need_weight) + int(need_columns_grad)
-    row_bytes = max(1, buffers) * wout * kh * kw * cin * input.element_size()
+    row_bytes = buffers * wout * kh * kw * cin * input.element_size()
     cache: dict = {}
     grad_x_cl = None
     for tile in tiles(n, hout, row_bytes):
         x_cl = _channels_last(input, tile, cache)
         data = _TileData(tile, x_cl, offset, mask)
-        nb, rows = tile.n1 - tile.n0, tile.y1 - tile.y0
-        go = grad_out[tile.n0 : tile.n1, :, tile.y0 : tile.y1]
-        # (nb, Cout, rows, Wout) -> (groups, Cout/groups, P) with P ordered (n, row, col)
-        go = go.reshape(nb, groups, cout // groups, rows * wout).permute(1, 2, 0, 3)
-        go = go.reshape(groups, cout // groups, data.pixels)
+        go = grad_out[tile.n0 : tile.n1, :, tile.y0 : tile.y1].contiguous(
+            memory_format=torch.channels_last)
         if need_weight:
             columns = _sample(data, tile, groups, cin_g, kh, kw, geometry)
-            grad_w_mat.baddbmm_(go, columns.view(groups, data.pixels, -1))
-            del columns
+        else:  # the 1x1 conv backward reads only the shape of its input for grad_input
+            columns = data.offset.new_empty(data.pixels, groups, kh * kw, cin_g)
+        grad_columns, grad_w_tile, _ = torch.ops.aten.convolution_backward(
+            go, _as_image(columns, tile), w_1x1, None, [1, 1], [0, 0], [1, 1], False, [0, 0],
+            groups, [need_columns_grad, need_weight, False],
+        )
+        del columns
+        if need_weight:
+            grad_w_1x1 += grad_w_tile
         if not need_columns_grad:
             continue
-        grad_columns = torch.bmm(go.transpose(1, 2), w_mat).view(
-            groups, data.pixels, kh * kw, cin_g)
+        grad_columns = grad_columns.permute(0, 2, 3, 1).contiguous().view(
+            data.pixels, groups, kh * kw, cin_g)
         args = (tile.y0, kw, *geometry)
         if need_offset_mask:
             grad_off_tile = torch.empty_like(data.offset)
@@ -141,5 +152,5 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
             )
             if tile.y1 == hout:
                 grad_input[tile.n0 : tile.n1] = grad_x_cl.permute(0, 3, 1, 2)
-    grad_weight = grad_w_mat.view(cout, kh, kw, cin_g).permute(0, 3, 1, 2).contiguous()
+    grad_weight = grad_w_1x1.view(cout, kh, kw, cin_g).permute(0, 3, 1, 2).contiguous()
     return grad_input, grad_offset, grad_weight, grad_mask

@@ -4,7 +4,7 @@ Layouts (one tile = ``nb`` images × ``rows`` output rows, ``P = nb*rows*Wout`` 
     x        (nb, H, W, Cin)         channels-last input of the tile's images
     offset   (nb, 2*G*kk, rows, Wout)
     mask     (nb, G*kk, rows, Wout)  (a (1, 1, 1, 1) dummy when ``has_mask`` is False)
-    columns  (groups, P, kk, Cin/groups)
+    columns  (P, groups, kk, Cin/groups)
 Channels are innermost everywhere, so each sample's four corner reads and its column
 write are contiguous runs that LLVM vectorises.
 """
@@ -28,9 +28,9 @@ def _sample_position(offset, n, g, k, kk, kw, r, col, y, stride, pad, dil):
 
 @numba.njit(parallel=True, cache=True)
 def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil):
-    """Fill ``columns[gr, p, k, c] = mask * bilinear(x[n, :, :, c], position of (p, k))``."""
+    """Fill ``columns[p, gr, k, c] = mask * bilinear(x[n, :, :, c], position of (p, k))``."""
     nb, height, width, cin = x.shape
-    groups, npix, kk, cin_g = columns.shape
+    npix, groups, kk, cin_g = columns.shape
     offset_groups = offset.shape[1] // (2 * kk)
     cin_og = cin // offset_groups
     rows, wout = offset.shape[2], offset.shape[3]
@@ -52,7 +52,7 @@ def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil)
                 while c < (g + 1) * cin_og:
                     gr = c // cin_g
                     end = min((g + 1) * cin_og, (gr + 1) * cin_g)
-                    dst = columns[gr, p, k]
+                    dst = columns[p, gr, k]
                     for cc in range(c, end):
                         dst[cc - gr * cin_g] = (
                             a00 * x[n, h0, w0, cc]
@@ -73,7 +73,7 @@ def offset_mask_grad(
     entry is owned by one iteration, so the pixel loop runs in parallel without races.
     """
     nb, height, width, cin = x.shape
-    groups, npix, kk, cin_g = grad_columns.shape
+    npix, groups, kk, cin_g = grad_columns.shape
     offset_groups = offset.shape[1] // (2 * kk)
     cin_og = cin // offset_groups
     rows, wout = offset.shape[2], offset.shape[3]
@@ -111,7 +111,7 @@ def offset_mask_grad(
                 while c < (g + 1) * cin_og:
                     gr = c // cin_g
                     end = min((g + 1) * cin_og, (gr + 1) * cin_g)
-                    src = grad_columns[gr, p, k]
+                    src = grad_columns[p, gr, k]
                     for cc in range(c, end):
                         gcol = src[cc - gr * cin_g]
                         x00 = x[n, h0, w0, cc]
@@ -140,7 +140,7 @@ def input_grad(
     same entry.
     """
     nb, height, width, cin = x_shape
-    groups, npix, kk, cin_g = grad_columns.shape
+    npix, groups, kk, cin_g = grad_columns.shape
     offset_groups = offset.shape[1] // (2 * kk)
     cin_og = cin // offset_groups
     rows, wout = offset.shape[2], offset.shape[3]
@@ -174,7 +174,7 @@ def input_grad(
                     while c < c_end:
                         gr = c // cin_g
                         end = min(c_end, (gr + 1) * cin_g)
-                        src = grad_columns[gr, p, k]
+                        src = grad_columns[p, gr, k]
                         for cc in range(c, end):
                             gcol = src[cc - gr * cin_g]
                             grad_x[n, h0, w0, cc] += a00 * gcol
