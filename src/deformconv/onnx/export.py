@@ -1,0 +1,191 @@
+"""One-call ONNX export of models that use deformconv ops, and a check in onnxruntime.
+
+The dynamo exporter (``torch.onnx.export(..., dynamo=True)``) sees our ops as
+``torch.ops.deformconv.*`` custom ops; :func:`translation_table` maps each one to ONNX:
+``deform_conv2d`` to the standard ``DeformConv`` (opset 19), the RoI pooling ops to
+decompositions into standard ONNX ops.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils import _pytree as pytree
+
+MIN_OPSET = 19  # ONNX DeformConv first appears in opset 19
+SUPPORTED_DTYPES = (torch.float16, torch.float32, torch.float64)
+
+
+def require_onnx() -> None:
+    """Raise a clear ImportError when the optional ONNX dependencies are missing."""
+    missing = []
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise ImportError(
+            f"ONNX export needs {', '.join(missing)}: pip install 'deformconv[onnx]'"
+        )
+
+
+def translation_table() -> dict[Callable, Callable]:
+    """``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)``."""
+    require_onnx()
+    from . import deform_conv
+
+    return {torch.ops.deformconv.deform_conv2d.default: deform_conv.deform_conv2d}
+
+
+def tensor_leaves(tree: Any) -> list[Tensor]:
+    return [leaf for leaf in pytree.tree_leaves(tree) if isinstance(leaf, Tensor)]
+
+
+def check_dtypes(model: nn.Module, args: tuple) -> None:
+    """Every floating tensor must have a dtype ONNX DeformConv and onnxruntime's CPU accept."""
+    named = [(f"argument {i}", t) for i, t in enumerate(tensor_leaves(args))]
+    named += [(f"parameter {n!r}", t) for n, t in model.named_parameters()]
+    named += [(f"buffer {n!r}", t) for n, t in model.named_buffers()]
+    for name, tensor in named:
+        if tensor.is_floating_point() and tensor.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(
+                f"{name} has dtype {tensor.dtype}, but ONNX DeformConv accepts only float16, "
+                "float32 and float64; cast the model and inputs (e.g. model.float()) first"
+            )
+
+
+def batch_dynamic_shapes(args: tuple) -> tuple:
+    """Mark dim 0 of every tensor argument dynamic (batch size, or RoI count for rois)."""
+    for i, tensor in enumerate(tensor_leaves(args)):
+        if tensor.dim() and tensor.shape[0] < 2:
+            raise ValueError(
+                f"dynamic_batch needs example inputs with a leading size >= 2, got argument {i} "
+                f"of shape {tuple(tensor.shape)}: torch.export specialises sizes 0 and 1"
+            )
+    dim = torch.export.Dim.DYNAMIC
+    return pytree.tree_map(
+        lambda leaf: {0: dim} if isinstance(leaf, Tensor) and leaf.dim() else None, args
+    )
+
+
+def export(
+    model: nn.Module,
+    args: tuple | Tensor,
+    path: str | os.PathLike,
+    *,
+    opset: int = MIN_OPSET,
+    dynamic_batch: bool = True,
+    dynamic_shapes: Any = None,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+    external_data: bool = False,
+) -> torch.onnx.ONNXProgram:
+    """Export ``model(*args)`` to an ONNX file at ``path`` with our ops translated.
+
+    Args:
+        model: any module; it is exported in its current mode (call ``model.eval()`` first
+            for inference).
+        args: example positional inputs (a tensor or a tuple).
+        opset: ONNX opset, at least 19 (``DeformConv``).
+        dynamic_batch: make dim 0 of every tensor argument dynamic (examples need dim 0 >= 2).
+        dynamic_shapes: passed to ``torch.onnx.export`` instead, when given.
+        external_data: store weights in a ``.data`` file beside ``path`` (needed above 2 GB).
+
+    Returns:
+        The ``torch.onnx.ONNXProgram`` that was saved.
+    """
+    require_onnx()
+    args = args if isinstance(args, tuple) else (args,)
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ValueError(
+            f"opset must be an int >= {MIN_OPSET} (ONNX DeformConv was added in opset "
+            f"{MIN_OPSET}), got {opset!r}"
+        )
+    check_dtypes(model, args)
+    if dynamic_shapes is None and dynamic_batch:
+        dynamic_shapes = batch_dynamic_shapes(args)
+    program = torch.onnx.export(
+        model, args, None, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
+        custom_translation_table=translation_table(), input_names=input_names,
+        output_names=output_names, verbose=False,
+    )
+    program.save(os.fspath(path), external_data=external_data)
+    return program
+
+
+def check(model: nn.Module, args: tuple | Tensor, path: str | os.PathLike) -> float:
+    """Run the ONNX file at ``path`` in onnxruntime (CPU) on ``args``; compare with ``model``.
+
+    Returns:
+        The largest absolute difference over all outputs (NaN if either side has a NaN).
+    """
+    require_onnx()
+    import numpy as np
+    import onnxruntime as ort
+
+    args = args if isinstance(args, tuple) else (args,)
+    inputs = tensor_leaves(args)
+    check_dtypes(nn.Module(), tuple(inputs))
+    session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    if len(names) != len(inputs):
+        raise ValueError(
+            f"{os.fspath(path)} takes {len(names)} inputs {names}, got {len(inputs)} tensors"
+        )
+    feed = {name: t.detach().cpu().numpy() for name, t in zip(names, inputs, strict=True)}
+    got = session.run(None, feed)
+    with torch.no_grad():
+        expected = tensor_leaves(model(*args))
+    if len(got) != len(expected):
+        raise ValueError(f"onnxruntime gave {len(got)} outputs, PyTorch {len(expected)}")
+    diff = 0.0
+    for i, (ort_out, torch_out) in enumerate(zip(got, expected, strict=True)):
+        torch_out = torch_out.detach().cpu().double().numpy()
+        if ort_out.shape != torch_out.shape:
+            raise ValueError(
+                f"output {i} has shape {ort_out.shape} in onnxruntime but "
+                f"{torch_out.shape} in PyTorch"
+            )
+        if ort_out.size:
+            diff = max(diff, float(np.abs(ort_out.astype(np.float64) - torch_out).max()))
+    return diff
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the model went and how far onnxruntime is from PyTorch on the checked batches."""
+
+    path: str
+    max_abs_diff: float | None
+    checked_batches: tuple[int, ...]
+
+
+def export_model(
+    model: nn.Module,
+    example_input: Tensor,
+    path: str | os.PathLike,
+    *,
+    opset: int = MIN_OPSET,
+    dynamic_batch: bool = True,
+    verify: bool = True,
+) -> ExportResult:
+    """Export an image model (input ``(N, C, H, W)``) in eval mode, then check it in onnxruntime.
+
+    With ``dynamic_batch`` the check also runs at batch size N + 1, which proves the batch
+    size is really dynamic in the file.
+    """
+    model.eval()
+    export(model, (example_input,), path, opset=opset, dynamic_batch=dynamic_batch)
+    if not verify:
+        return ExportResult(os.fspath(path), None, ())
+    batches = [example_input]
+    if dynamic_batch:
+        batches.append(torch.cat([example_input, example_input[:1].flip(-1)]))
+    diff = max(check(model, (x,), path) for x in batches)
+    return ExportResult(os.fspath(path), diff, tuple(x.shape[0] for x in batches))
