@@ -1,0 +1,112 @@
+"""deformconv.onnx helpers: whole-model export, checks in onnxruntime, and bad use."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from deformconv import onnx as dc_onnx
+from deformconv.ops import deform_conv2d
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+pytest.importorskip("onnxruntime")
+
+
+class DeformStage(nn.Module):
+    """3x3 modulated deformable conv with its offset/mask branch (like DCN v2's)."""
+
+    def __init__(self, channels: int, offset_groups: int = 2):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(channels, channels, 3, 3) * 0.1)
+        self.offset_mask = nn.Conv2d(channels, 3 * offset_groups * 9, 3, padding=1)
+        self.offset_groups = offset_groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.offset_mask(x)
+        offset, mask = out.split([2 * self.offset_groups * 9, self.offset_groups * 9], dim=1)
+        return deform_conv2d(x, offset, self.weight, padding=1, mask=torch.sigmoid(mask))
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        DeformStage(8), nn.ReLU(), DeformStage(8, offset_groups=1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+    )
+
+
+@pytest.fixture(scope="module")
+def exported_net(tmp_path_factory):
+    net = small_net()
+    path = tmp_path_factory.mktemp("onnx") / "net.onnx"
+    return net, path, dc_onnx.export_model(net, torch.randn(2, 3, 16, 16), path)
+
+
+def test_export_model_matches_at_two_batch_sizes(exported_net):
+    net, path, result = exported_net
+    assert not net.training  # exported for inference
+    assert result.path == str(path) and path.is_file()
+    assert result.checked_batches == (2, 3)
+    assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+
+
+def test_check_reports_a_real_difference(exported_net):
+    """check must compare against the model it is given, not echo the file."""
+    net, path, _ = exported_net
+    other = small_net().eval()
+    with torch.no_grad():
+        other[-1].bias.add_(1.0)
+    assert dc_onnx.check(other, torch.randn(4, 3, 16, 16), path) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_check_wrong_number_of_inputs(exported_net):
+    net, path, _ = exported_net
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"takes 1 inputs \['.*'\], got 2 tensors"):
+        dc_onnx.check(net, (x, x), path)
+
+
+def test_opset_below_19_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"opset must be an int >= 19 .* got 18"):
+        dc_onnx.export(small_net(), torch.randn(2, 3, 16, 16), tmp_path / "x.onnx", opset=18)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_bfloat16_is_refused(tmp_path):
+    net = small_net().eval()
+    with pytest.raises(TypeError, match=r"argument 0 has dtype torch.bfloat16.*float32"):
+        dc_onnx.export(net, torch.randn(2, 3, 16, 16, dtype=torch.bfloat16), tmp_path / "x.onnx")
+    with pytest.raises(TypeError, match=r"parameter '0.weight' has dtype torch.bfloat16"):
+        dc_onnx.export(net.bfloat16(), torch.randn(2, 3, 16, 16), tmp_path / "x.onnx")
+    with pytest.raises(TypeError, match=r"argument 0 has dtype torch.bfloat16"):
+        dc_onnx.check(net, torch.randn(2, 3, 16, 16, dtype=torch.bfloat16), tmp_path / "x.onnx")
+
+
+def test_dynamic_batch_needs_batch_of_two(tmp_path):
+    with pytest.raises(ValueError, match=r"leading size >= 2, got argument 0 of shape \(1, 3"):
+        dc_onnx.export(small_net().eval(), torch.randn(1, 3, 16, 16), tmp_path / "x.onnx")
+
+
+def test_float64_deform_conv_matches(tmp_path):
+    """ONNX DeformConv and onnxruntime's CPU kernel also run in float64 (its Conv does not)."""
+    torch.manual_seed(0)
+    weight = torch.randn(4, 2, 3, 3, dtype=torch.float64)
+
+    class DeformOnly(nn.Module):
+        def forward(self, x, offset):
+            return deform_conv2d(x, offset, weight, stride=2, padding=1)
+
+    x, offset = torch.randn(2, 2, 9, 9, dtype=torch.float64), torch.randn(2, 18, 5, 5) * 3
+    dc_onnx.export(DeformOnly().eval(), (x, offset.double()), tmp_path / "f64.onnx")
+    assert dc_onnx.check(DeformOnly(), (x, offset.double()), tmp_path / "f64.onnx") <= 1e-10
+
+
+def test_missing_dependency_gives_install_hint(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(ImportError, match=r"needs onnxruntime: pip install 'deformconv\[onnx\]'"):
+        dc_onnx.export(small_net(), torch.randn(2, 3, 16, 16), tmp_path / "x.onnx")
