@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 # Largest column buffer (bytes) a kernel may hold at once; tiles are sized to fit it.
-WORKSPACE_BYTES = int(float(os.environ.get("DEFORMCONV_WORKSPACE_MB", "48")) * 2**20)
+WORKSPACE_BYTES = int(float(os.environ.get("DEFORMCONV_WORKSPACE_MB", "32")) * 2**20)
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
 UPCAST_DTYPES = (torch.float16, torch.bfloat16)
@@ -96,3 +96,125 @@ def tiles(batch: int, rows: int, bytes_per_row: int, budget: int | None = None) 
     for n in range(batch):
         for y0 in range(0, rows, band):
             yield Tile(n, n + 1, y0, min(rows, y0 + band))
+
+
+def rois_to_tensor(rois: Tensor | list[Tensor] | tuple[Tensor, ...]) -> Tensor:
+    """RoIs as ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]``.
+
+    Accepts that layout directly or, like torchvision, a list of N per-image ``(Ki, 4)``
+    box tensors whose list position is the batch index. Only shapes are checked here
+    (trace-friendly); ``check_rois_values`` checks the numbers.
+    """
+    if isinstance(rois, Tensor):
+        if rois.dim() != 2 or rois.shape[1] != 5:
+            raise ValueError(
+                f"rois must have shape (K, 5) [batch_index, x1, y1, x2, y2], "
+                f"got {tuple(rois.shape)}"
+            )
+        return rois
+    if not isinstance(rois, (list, tuple)):
+        raise TypeError(
+            f"rois must be a Tensor (K, 5) or a list of (Ki, 4) Tensors, got {type(rois).__name__}"
+        )
+    if len(rois) == 0:
+        raise ValueError("rois is an empty list: give one (Ki, 4) Tensor per image")
+    for i, boxes in enumerate(rois):
+        if not isinstance(boxes, Tensor):
+            raise TypeError(f"rois[{i}] must be a Tensor, got {type(boxes).__name__}")
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise ValueError(
+                f"rois[{i}] must have shape (Ki, 4) [x1, y1, x2, y2], got {tuple(boxes.shape)}"
+            )
+    boxes = torch.cat([b.to(rois[0]) for b in rois], dim=0)
+    index = torch.cat([torch.full_like(b[:, :1], i, dtype=boxes.dtype, device=boxes.device)
+                       for i, b in enumerate(rois)], dim=0)
+    return torch.cat([index, boxes], dim=1)
+
+
+def check_rois_values(rois: Tensor, batch: int) -> None:
+    """Refuse non-finite coordinates and batch indices that are not integers in ``[0, batch)``.
+
+    Data-dependent, so the ops call it inside their registered kernels (not while tracing).
+    """
+    if rois.numel() == 0:
+        return
+    bad = ~torch.isfinite(rois)
+    if bool(bad.any()):
+        row = int(bad.any(dim=1).nonzero()[0, 0])
+        raise ValueError(
+            f"rois must be finite, got NaN or inf in row {row}: {rois[row].tolist()}"
+        )
+    index = rois[:, 0]
+    fractional = index != torch.round(index)
+    if bool(fractional.any()):
+        row = int(fractional.nonzero()[0, 0])
+        raise ValueError(
+            f"rois[:, 0] (batch index) must hold integers, got {index[row].item()} in row {row}"
+        )
+    outside = (index < 0) | (index >= batch)
+    if bool(outside.any()):
+        row = int(outside.nonzero()[0, 0])
+        raise ValueError(
+            f"rois[:, 0] (batch index) must be in [0, {batch - 1}] for an input of batch size "
+            f"{batch}, got {int(index[row].item())} in row {row}"
+        )
+
+
+@dataclass(frozen=True)
+class RoIAlignGrid:
+    """Per-RoI sampling grid of RoIAlign (torchvision conventions), each field ``(K,)``.
+
+    Bin ``(i, j)`` of RoI k samples ``y = start_h + i*bin_h + (iy + 0.5) * bin_h / grid_h``
+    for ``iy < grid_h`` (x likewise) and averages over ``max(grid_h * grid_w, 1)`` samples.
+    """
+
+    start_h: Tensor
+    start_w: Tensor
+    bin_h: Tensor
+    bin_w: Tensor
+    roi_h: Tensor
+    roi_w: Tensor
+    grid_h: Tensor  # int64
+    grid_w: Tensor  # int64
+
+
+def roi_align_grid(rois: Tensor, pooled: tuple[int, int], spatial_scale: float,
+                   sampling_ratio: int, aligned: bool) -> RoIAlignGrid:
+    """RoIAlign's RoI start, size, bin size and samples per bin, in ``rois``' dtype."""
+    shift = 0.5 if aligned else 0.0
+    box = rois[:, 1:] * spatial_scale - shift  # (K, 4): x1, y1, x2, y2
+    roi_w = box[:, 2] - box[:, 0]
+    roi_h = box[:, 3] - box[:, 1]
+    if not aligned:  # legacy RoIAlign: RoIs are at least 1x1
+        roi_w = roi_w.clamp(min=1.0)
+        roi_h = roi_h.clamp(min=1.0)
+    bin_h = roi_h / pooled[0]
+    bin_w = roi_w / pooled[1]
+    if sampling_ratio > 0:
+        grid_h = torch.full_like(roi_h, sampling_ratio, dtype=torch.int64)
+        grid_w = torch.full_like(roi_w, sampling_ratio, dtype=torch.int64)
+    else:  # adaptive: about one sample per feature cell; <= 0 for degenerate RoIs (no sample)
+        grid_h = torch.ceil(bin_h).long()
+        grid_w = torch.ceil(bin_w).long()
+    return RoIAlignGrid(box[:, 1], box[:, 0], bin_h, bin_w, roi_h, roi_w, grid_h, grid_w)
+
+
+@dataclass(frozen=True)
+class PSRoIGrid:
+    """Per-RoI geometry of the original DeformablePSROIPooling, each field ``(K,)``."""
+
+    start_h: Tensor
+    start_w: Tensor
+    roi_h: Tensor
+    roi_w: Tensor
+
+
+def psroi_grid(rois: Tensor, spatial_scale: float) -> PSRoIGrid:
+    """Rounded RoI corners (halves away from zero, like C ``round``) -> start and size."""
+    box = torch.sign(rois[:, 1:]) * torch.floor(rois[:, 1:].abs() + 0.5)
+    start_w = box[:, 0] * spatial_scale - 0.5
+    start_h = box[:, 1] * spatial_scale - 0.5
+    end_w = (box[:, 2] + 1.0) * spatial_scale - 0.5
+    end_h = (box[:, 3] + 1.0) * spatial_scale - 0.5
+    return PSRoIGrid(start_h, start_w, (end_h - start_h).clamp(min=0.1),
+                     (end_w - start_w).clamp(min=0.1))

@@ -26,7 +26,7 @@ def _sample_position(offset, n, g, k, kk, kw, r, col, y, stride, pad, dil):
     return h, w
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil):
     """Fill ``columns[p, gr, k, c] = mask * bilinear(x[n, :, :, c], position of (p, k))``."""
     nb, height, width, cin = x.shape
@@ -61,7 +61,7 @@ def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil)
 
 
 # reassoc lets LLVM vectorise the channel sums; no flag changes NaN/inf semantics.
-@numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def offset_mask_grad(
     x, offset, mask, has_mask, grad_columns, grad_offset, grad_mask, y0, kw, stride, pad, dil
 ):
@@ -124,7 +124,7 @@ def offset_mask_grad(
                     grad_mask[n, g * kk + k, r, col] = acc_v
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def input_grad(
     x_shape, offset, mask, has_mask, grad_columns, grad_x, blocks, y0, kw, stride, pad, dil
 ):
