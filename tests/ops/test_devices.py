@@ -1,0 +1,61 @@
+"""The ops on accelerators (the device-agnostic torch path) against the CPU kernels.
+
+Skipped where no CUDA device is present; run on a GPU machine with
+``python -m pytest tests/ops/test_devices.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deformconv.ops import deform_conv2d
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+CONFIGS = [
+    # (n, cin, cout, h, w, kernel, stride, padding, dilation, groups, offset_groups, mask)
+    (2, 6, 4, 9, 11, (3, 3), (1, 1), (1, 1), (1, 1), 1, 1, False),
+    (1, 8, 6, 12, 7, (3, 2), (2, 1), (1, 0), (2, 1), 2, 4, True),
+    (3, 4, 4, 5, 5, (1, 1), (1, 1), (0, 0), (1, 1), 1, 2, True),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_deform_conv2d_cuda_matches_cpu(config, dtype):
+    n, cin, cout, h, w, kernel, stride, padding, dilation, groups, og, with_mask = config
+    kh, kw = kernel
+    hout = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wout = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    gen = torch.Generator().manual_seed(0)
+    tensors = {
+        "input": torch.randn(n, cin, h, w, generator=gen, dtype=dtype),
+        "offset": 2 * torch.randn(n, 2 * og * kh * kw, hout, wout, generator=gen, dtype=dtype),
+        "weight": torch.randn(cout, cin // groups, kh, kw, generator=gen, dtype=dtype),
+        "bias": torch.randn(cout, generator=gen, dtype=dtype),
+    }
+    if with_mask:
+        tensors["mask"] = torch.rand(n, og * kh * kw, hout, wout, generator=gen, dtype=dtype)
+    geometry = {"stride": stride, "padding": padding, "dilation": dilation}
+    results = {}
+    for device in ("cpu", "cuda"):
+        leaves = {k: v.to(device).requires_grad_() for k, v in tensors.items()}
+        out = deform_conv2d(**leaves, **geometry)
+        grad_out = torch.linspace(-1, 1, out.numel(), dtype=dtype, device=device).view_as(out)
+        grads = torch.autograd.grad(out, list(leaves.values()), grad_out)
+        results[device] = [out.cpu(), *(g.cpu() for g in grads)]
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 1e-9, "atol": 1e-9}
+    names = ["output", *(f"grad {k}" for k in tensors)]
+    for name, on_cpu, on_cuda in zip(names, results["cpu"], results["cuda"], strict=True):
+        torch.testing.assert_close(on_cuda, on_cpu, **tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_deform_conv2d_cuda_half_computes_in_float32():
+    x = torch.randn(1, 4, 8, 8, device="cuda", dtype=torch.float16)
+    weight = torch.randn(4, 4, 3, 3, device="cuda", dtype=torch.float16)
+    offset = torch.zeros(1, 18, 6, 6, device="cuda", dtype=torch.float16)
+    out = deform_conv2d(x, offset, weight)
+    expected = torch.nn.functional.conv2d(x.float(), weight.float()).half()
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-3)
