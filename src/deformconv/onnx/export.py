@@ -38,9 +38,14 @@ def require_onnx() -> None:
 def translation_table() -> dict[Callable, Callable]:
     """``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)``."""
     require_onnx()
-    from . import deform_conv
+    from . import deform_conv, roi_pool
 
-    return {torch.ops.deformconv.deform_conv2d.default: deform_conv.deform_conv2d}
+    table = {torch.ops.deformconv.deform_conv2d.default: deform_conv.deform_conv2d}
+    for name, translation in (("deform_roi_pool", roi_pool.deform_roi_pool_op),
+                              ("deform_psroi_pool", roi_pool.deform_psroi_pool_op)):
+        if hasattr(torch.ops.deformconv, name):  # registered when deformconv.ops has them
+            table[getattr(torch.ops.deformconv, name).default] = translation
+    return table
 
 
 def tensor_leaves(tree: Any) -> list[Tensor]:

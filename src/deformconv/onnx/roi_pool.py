@@ -1,0 +1,259 @@
+"""Deformable RoI pooling ops as decompositions into standard ONNX ops (Gather + arithmetic).
+
+ONNX has no deformable RoI pooling operator, so each op becomes a small graph: the sample
+positions of every (RoI, bin, sample) are computed with elementwise ops, the four bilinear
+corners are read with ``Gather`` from the flattened feature map, and the samples are averaged
+with ``ReduceSum``. The number of RoIs K and the batch size stay dynamic; channels, the map
+size and the pooling geometry are static. Semantics: shared/SPEC.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from onnxscript import ir
+from onnxscript import opset19 as op
+
+from .deform_conv import TFloat, check_type, static_dim
+
+
+def floats(values, dtype: ir.DataType) -> ir.Value:
+    """Constant of ``values`` with element type ``dtype`` (the input's)."""
+    return op.Constant(value=ir.tensor(np.asarray(values, dtype=dtype.numpy())))
+
+
+def ints(values) -> ir.Value:
+    return op.Constant(value=ir.tensor(np.asarray(values, dtype=np.int64)))
+
+
+def bilinear_gather(
+    flat: ir.Value, base: ir.Value, y: ir.Value, x: ir.Value, height: int, width: int,
+    dtype: ir.DataType, per_channel: bool,
+) -> ir.Value:
+    """Bilinear samples of ``flat`` at (y, x) clamped into the map (RoIAlign's border rule).
+
+    ``flat`` is the feature map flattened so that ``flat[base + row * width + col]`` is the
+    pixel (``Gather`` on axis 0; ``per_channel``: ``flat`` is (pixels, C) and the
+    result gets a trailing channel axis). Positions are
+    clamped to [0, height-1] x [0, width-1]; the upper corner is clamped too, where its
+    weight is zero anyway.
+    """
+    y = op.Clip(y, floats(0, dtype), floats(height - 1, dtype))
+    x = op.Clip(x, floats(0, dtype), floats(width - 1, dtype))
+    y0f, x0f = op.Floor(y), op.Floor(x)
+    ly, lx = op.Sub(y, y0f), op.Sub(x, x0f)
+    hy, hx = op.Sub(floats(1, dtype), ly), op.Sub(floats(1, dtype), lx)
+    y0, x0 = op.Cast(y0f, to=ir.DataType.INT64), op.Cast(x0f, to=ir.DataType.INT64)
+    y1 = op.Min(op.Add(y0, ints(1)), ints(height - 1))
+    x1 = op.Min(op.Add(x0, ints(1)), ints(width - 1))
+    rows = [op.Add(base, op.Mul(y0, ints(width))), op.Add(base, op.Mul(y1, ints(width)))]
+    corners = [(rows[0], x0, op.Mul(hy, hx)), (rows[0], x1, op.Mul(hy, lx)),
+               (rows[1], x0, op.Mul(ly, hx)), (rows[1], x1, op.Mul(ly, lx))]
+    total = None
+    for row, col, weight in corners:
+        value = op.Gather(flat, op.Add(row, col), axis=0)
+        if per_channel:  # one value per channel: the weight broadcasts over channels
+            weight = op.Unsqueeze(weight, ints([-1]))
+        term = op.Mul(value, weight)
+        total = term if total is None else op.Add(total, term)
+    return total
+
+
+def split_rois(rois: ir.Value) -> tuple[ir.Value, list[ir.Value]]:
+    """(K, 5) rois -> batch index (K,) int64 and [x1, y1, x2, y2], each (K, 1)."""
+    batch = op.Cast(op.Gather(rois, ints(0), axis=1), to=ir.DataType.INT64)
+    coords = op.Split(op.Slice(rois, ints([1]), ints([5]), ints([1])), num_outputs=4, axis=1)
+    return batch, list(coords)
+
+
+def sample_steps(roi_size: ir.Value, pooled: int, sampling_ratio: int, dtype: ir.DataType):
+    """Samples per bin along one axis: (per-RoI count (K, 1), index range (G,) as floats).
+
+    ``sampling_ratio > 0`` fixes the count; otherwise it is ceil(roi_size / pooled) per RoI
+    (RoIAlign's adaptive grid) and the range runs to the largest count over the RoIs.
+    """
+    if sampling_ratio > 0:
+        return floats([[sampling_ratio]], dtype), floats(np.arange(sampling_ratio), dtype)
+    count = op.Ceil(op.Div(roi_size, floats(pooled, dtype)))
+    # Max with 1: ReduceMax over zero RoIs gives -inf.
+    largest = op.Max(op.ReduceMax(count, keepdims=0), floats(1, dtype))
+    steps = op.Range(ints(0), op.Cast(largest, to=ir.DataType.INT64), ints(1))
+    return count, op.Cast(steps, to=dtype)
+
+
+def deform_roi_pool(
+    input: ir.Value, rois: ir.Value, offset: ir.Value | None, mask: ir.Value | None, *,
+    pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int, gamma: float,
+    aligned: bool,
+) -> ir.Value:
+    """Deformable RoIAlign pooling -> (K, C, pooled_h, pooled_w).
+
+    Shapes: input (N, C, H, W), rois (K, 5), offset (K, 2, ph, pw) normalised (Δx, Δy) or
+    None, mask (K, 1, ph, pw) or None. Sample grids are laid out (K, ph, pw, Gh, Gw).
+    """
+    check_type(input, "input", "deform_roi_pool decomposition")
+    dtype = input.dtype
+    channels, height, width = (static_dim(input, axis, "input") for axis in (1, 2, 3))
+    flat = op.Reshape(op.Transpose(input, perm=[0, 2, 3, 1]), ints([-1, channels]))
+    batch, (x1, y1, x2, y2) = split_rois(rois)
+    shift = 0.5 if aligned else 0.0
+    scale = floats(spatial_scale, dtype)
+    start_w = op.Sub(op.Mul(x1, scale), floats(shift, dtype))
+    start_h = op.Sub(op.Mul(y1, scale), floats(shift, dtype))
+    roi_w = op.Sub(op.Sub(op.Mul(x2, scale), floats(shift, dtype)), start_w)
+    roi_h = op.Sub(op.Sub(op.Mul(y2, scale), floats(shift, dtype)), start_h)
+    if not aligned:  # legacy RoIAlign: RoIs at least 1x1
+        roi_w, roi_h = op.Max(roi_w, floats(1, dtype)), op.Max(roi_h, floats(1, dtype))
+    bin_w = op.Div(roi_w, floats(pooled_w, dtype))
+    bin_h = op.Div(roi_h, floats(pooled_h, dtype))
+    grid_h, steps_h = sample_steps(roi_h, pooled_h, sampling_ratio, dtype)
+    grid_w, steps_w = sample_steps(roi_w, pooled_w, sampling_ratio, dtype)
+
+    def to5d(value: ir.Value, axes: list[int]) -> ir.Value:
+        return op.Unsqueeze(value, ints(axes))
+
+    # Bin starts (K, ph, pw, 1, 1): RoI start + bin index * bin size (+ the learned shift).
+    rows, cols = np.arange(pooled_h)[:, None, None, None], np.arange(pooled_w)[:, None, None]
+    bin_y = op.Add(to5d(start_h, [2, 3, 4]), op.Mul(to5d(bin_h, [2, 3, 4]), floats(rows, dtype)))
+    bin_x = op.Add(to5d(start_w, [2, 3, 4]), op.Mul(to5d(bin_w, [2, 3, 4]), floats(cols, dtype)))
+    if offset is not None:
+        dx, dy = op.Split(op.Mul(offset, floats(gamma, dtype)), num_outputs=2, axis=1)
+        bin_x = op.Add(bin_x, op.Mul(to5d(op.Squeeze(dx, ints([1])), [3, 4]),
+                                     to5d(roi_w, [2, 3, 4])))
+        bin_y = op.Add(bin_y, op.Mul(to5d(op.Squeeze(dy, ints([1])), [3, 4]),
+                                     to5d(roi_h, [2, 3, 4])))
+    # Sample i of a bin sits at (i + 0.5) * bin / grid (grid >= 1 where any sample exists).
+    safe_h = op.Max(grid_h, floats(1, dtype))
+    safe_w = op.Max(grid_w, floats(1, dtype))
+    step_y = op.Div(to5d(bin_h, [2, 3, 4]), to5d(safe_h, [2, 3, 4]))
+    step_x = op.Div(to5d(bin_w, [2, 3, 4]), to5d(safe_w, [2, 3, 4]))
+    half = floats(0.5, dtype)
+    y = op.Add(bin_y, op.Mul(step_y, op.Reshape(op.Add(steps_h, half), ints([1, 1, 1, -1, 1]))))
+    x = op.Add(bin_x, op.Mul(step_x, op.Reshape(op.Add(steps_w, half), ints([1, 1, 1, 1, -1]))))
+
+    taken = op.And(
+        op.Less(op.Reshape(steps_h, ints([1, 1, 1, -1, 1])), to5d(grid_h, [2, 3, 4])),
+        op.Less(op.Reshape(steps_w, ints([1, 1, 1, 1, -1])), to5d(grid_w, [2, 3, 4])),
+    )
+    outside = op.Or(
+        op.Or(op.Less(y, floats(-1, dtype)), op.Greater(y, floats(height, dtype))),
+        op.Or(op.Less(x, floats(-1, dtype)), op.Greater(x, floats(width, dtype))),
+    )
+    base = op.Mul(to5d(batch, [1, 2, 3, 4]), ints(height * width))
+    values = bilinear_gather(flat, base, y, x, height, width, dtype, per_channel=True)
+    keep = op.Unsqueeze(op.And(taken, op.Not(outside)), ints([-1]))
+    values = op.Where(keep, values, floats(0, dtype))
+    count = op.Max(op.Mul(grid_h, grid_w), floats(1, dtype))  # (K, 1)
+    pooled = op.Div(op.ReduceSum(values, ints([3, 4]), keepdims=0), to5d(count, [2, 3]))
+    out = op.Transpose(pooled, perm=[0, 3, 1, 2])  # (K, C, ph, pw)
+    return out if mask is None else op.Mul(out, mask)
+
+
+def round_half_away(value: ir.Value, dtype: ir.DataType) -> ir.Value:
+    """C ``round``: halves away from zero (ONNX Round goes to even)."""
+    return op.Mul(op.Sign(value), op.Floor(op.Add(op.Abs(value), floats(0.5, dtype))))
+
+
+def deform_psroi_pool(
+    input: ir.Value, rois: ir.Value, offset: ir.Value | None, *, spatial_scale: float,
+    output_dim: int, group_size: int, pooled_size: int, part_size: int,
+    sample_per_part: int, trans_std: float,
+) -> tuple[ir.Value, ir.Value]:
+    """Deformable position-sensitive RoI pooling -> (out, count), both (K, D, p, p).
+
+    Shapes: input (N, D*group_size², H, W), rois (K, 5), offset (K, 2*classes, part, part)
+    or None (no offsets). Samples are laid out (K, D, p, p, sh, sw), sh = sw = sample_per_part.
+    """
+    check_type(input, "input", "deform_psroi_pool decomposition")
+    dtype = input.dtype
+    channels, height, width = (static_dim(input, axis, "input") for axis in (1, 2, 3))
+    flat = op.Reshape(input, ints([-1]))
+    batch, coords = split_rois(rois)
+    x1, y1, x2, y2 = (round_half_away(c, dtype) for c in coords)
+    scale, half, one = floats(spatial_scale, dtype), floats(0.5, dtype), floats(1, dtype)
+    start_w = op.Sub(op.Mul(x1, scale), half)
+    start_h = op.Sub(op.Mul(y1, scale), half)
+    min_size = floats(0.1, dtype)
+    roi_w = op.Max(op.Sub(op.Sub(op.Mul(op.Add(x2, one), scale), half), start_w), min_size)
+    roi_h = op.Max(op.Sub(op.Sub(op.Mul(op.Add(y2, one), scale), half), start_h), min_size)
+    bin_w = op.Div(roi_w, floats(pooled_size, dtype))
+    bin_h = op.Div(roi_h, floats(pooled_size, dtype))
+
+    def to6d(value: ir.Value) -> ir.Value:  # (K, 1) -> (K, 1, 1, 1, 1, 1)
+        return op.Unsqueeze(value, ints([2, 3, 4, 5]))
+
+    # Static per-output tables over (D, p, p): part cell, class and input channel.
+    p = pooled_size
+    bins = np.arange(p)
+    part = np.array([math.floor(i / p * part_size) for i in range(p)], dtype=np.int64)
+    cell = np.clip(bins * group_size // p, 0, group_size - 1)
+    ctop = np.arange(output_dim)[:, None, None]
+    channel = (ctop * group_size + cell[:, None]) * group_size + cell[None, :]  # (D, p, p)
+    bin_y = op.Add(to6d(start_h), op.Mul(to6d(bin_h), floats(bins[:, None, None, None], dtype)))
+    bin_x = op.Add(to6d(start_w), op.Mul(to6d(bin_w), floats(bins[:, None, None], dtype)))
+    if offset is not None:
+        classes = static_dim(offset, 1, "offset") // 2
+        per_class = output_dim // classes
+        cls = ctop // per_class  # (D, 1, 1)
+        cells = (part[:, None] * part_size + part[None, :])  # (p, p): index in part grid
+        index_x = (2 * cls) * part_size * part_size + cells  # (D, p, p) into flat offsets
+        index_y = (2 * cls + 1) * part_size * part_size + cells
+        flat_offset = ints([0, 2 * classes * part_size * part_size])  # 0: keep K (may be 0)
+        trans = op.Reshape(op.Mul(offset, floats(trans_std, dtype)), flat_offset)
+        tx = op.Gather(trans, ints(index_x), axis=1)  # (K, D, p, p)
+        ty = op.Gather(trans, ints(index_y), axis=1)
+        bin_x = op.Add(bin_x, op.Unsqueeze(op.Mul(tx, op.Unsqueeze(roi_w, ints([2, 3]))),
+                                           ints([4, 5])))
+        bin_y = op.Add(bin_y, op.Unsqueeze(op.Mul(ty, op.Unsqueeze(roi_h, ints([2, 3]))),
+                                           ints([4, 5])))
+    steps = np.arange(sample_per_part, dtype=np.float64)
+    y = op.Add(bin_y, op.Mul(op.Div(to6d(bin_h), floats(sample_per_part, dtype)),
+                             floats(steps[:, None], dtype)))
+    x = op.Add(bin_x, op.Mul(op.Div(to6d(bin_w), floats(sample_per_part, dtype)),
+                             floats(steps, dtype)))
+    shape = op.Shape(op.Add(op.Add(y, x), floats(np.zeros((output_dim, p, p, 1, 1)), dtype)))
+    y, x = op.Expand(y, shape), op.Expand(x, shape)
+    inside = op.Not(op.Or(
+        op.Or(op.Less(y, floats(-0.5, dtype)), op.Greater(y, floats(height - 0.5, dtype))),
+        op.Or(op.Less(x, floats(-0.5, dtype)), op.Greater(x, floats(width - 0.5, dtype))),
+    ))
+    plane = op.Add(op.Mul(op.Unsqueeze(batch, ints([1, 2, 3, 4, 5])), ints(channels)),
+                   ints(channel[..., None, None]))
+    base = op.Mul(plane, ints(height * width))
+    values = op.Where(inside, bilinear_gather(flat, base, y, x, height, width, dtype,
+                                      per_channel=False),
+                      floats(0, dtype))
+    count = op.ReduceSum(op.CastLike(inside, input), ints([4, 5]), keepdims=0)
+    total = op.ReduceSum(values, ints([4, 5]), keepdims=0)
+    out = op.Where(op.Greater(count, floats(0, dtype)),
+                   op.Div(total, op.Max(count, one)), floats(0, dtype))
+    return out, count
+
+
+# Translations of the registered custom ops (their schemas, argument for argument).
+
+
+def deform_roi_pool_op(
+    input: TFloat, rois: TFloat, offset: TFloat | None, mask: TFloat | None,
+    pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int, gamma: float,
+    aligned: bool,
+) -> TFloat:
+    """``torch.ops.deformconv.deform_roi_pool.default`` -> :func:`deform_roi_pool`."""
+    return deform_roi_pool(
+        input, rois, offset, mask, pooled_h=pooled_h, pooled_w=pooled_w,
+        spatial_scale=spatial_scale, sampling_ratio=sampling_ratio, gamma=gamma,
+        aligned=aligned,
+    )
+
+
+def deform_psroi_pool_op(
+    input: TFloat, rois: TFloat, offset: TFloat | None, spatial_scale: float, output_dim: int,
+    group_size: int, pooled_size: int, part_size: int, sample_per_part: int, trans_std: float,
+) -> tuple[TFloat, TFloat]:
+    """``torch.ops.deformconv.deform_psroi_pool.default`` -> :func:`deform_psroi_pool`."""
+    return deform_psroi_pool(
+        input, rois, offset, spatial_scale=spatial_scale, output_dim=output_dim,
+        group_size=group_size, pooled_size=pooled_size, part_size=part_size,
+        sample_per_part=sample_per_part, trans_std=trans_std,
+    )
