@@ -1,0 +1,113 @@
+"""COCO box mAP with pycocotools, ground truth built in memory from torchvision-style targets."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+__all__ = ["COCO_METRICS", "DetectionRecord", "coco_map", "detection_record"]
+
+COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+# One image's ground truth and predictions as numpy arrays:
+# {"height", "width", "gt_boxes" (K, 4) x1y1x2y2, "gt_labels" (K,), "gt_iscrowd" (K,),
+#  "gt_area" (K,), "boxes" (D, 4), "scores" (D,), "labels" (D,)}
+DetectionRecord = dict[str, Any]
+
+
+def _numpy(x: Tensor | np.ndarray | Sequence, dtype: Any) -> np.ndarray:
+    if isinstance(x, Tensor):
+        x = x.detach().float().cpu().numpy() if dtype is np.float64 else x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def detection_record(
+    image_size: tuple[int, int], target: dict[str, Tensor], output: dict[str, Tensor]
+) -> DetectionRecord:
+    """Pack one image's target and model output (torchvision detection dicts) for :func:`coco_map`.
+
+    ``target`` needs ``boxes`` (K, 4) x1y1x2y2 and ``labels`` (K,); optional ``iscrowd`` and
+    ``area`` (default: not crowd, box area). ``output`` needs ``boxes``, ``scores``, ``labels``.
+    """
+    for name, d, keys in (("target", target, ("boxes", "labels")),
+                          ("output", output, ("boxes", "scores", "labels"))):
+        missing = [k for k in keys if k not in d]
+        if missing:
+            raise KeyError(f"detection {name} is missing {missing}; it has {sorted(d)}")
+    gt_boxes = _numpy(target["boxes"], np.float64).reshape(-1, 4)
+    k = len(gt_boxes)
+    widths, heights = gt_boxes[:, 2] - gt_boxes[:, 0], gt_boxes[:, 3] - gt_boxes[:, 1]
+    area = target.get("area")
+    iscrowd = target.get("iscrowd")
+    return {
+        "height": int(image_size[0]),
+        "width": int(image_size[1]),
+        "gt_boxes": gt_boxes,
+        "gt_labels": _numpy(target["labels"], np.int64).reshape(k),
+        "gt_iscrowd": np.zeros(k, np.int64) if iscrowd is None else _numpy(iscrowd, np.int64),
+        "gt_area": widths * heights if area is None else _numpy(area, np.float64),
+        "boxes": _numpy(output["boxes"], np.float64).reshape(-1, 4),
+        "scores": _numpy(output["scores"], np.float64).reshape(-1),
+        "labels": _numpy(output["labels"], np.int64).reshape(-1),
+    }
+
+
+def _xywh(boxes: np.ndarray) -> list[list[float]]:
+    return [[float(x1), float(y1), float(x2 - x1), float(y2 - y1)] for x1, y1, x2, y2 in boxes]
+
+
+def coco_map(records: Sequence[DetectionRecord]) -> dict[str, float]:
+    """COCO box AP (IoU .50:.95), AP50, AP75 and AP for small/medium/large objects.
+
+    Builds the ground-truth and result ``COCO`` objects in memory (image ids 1..N, category
+    ids = label values) and runs ``COCOeval`` with its default parameters (100 detections
+    per image). Values are fractions in [0, 1]; ``nan`` where COCO reports -1 (no ground
+    truth of that kind). No predictions at all gives AP 0 for every category with objects.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not records:
+        raise ValueError("coco_map needs at least one image record, got none")
+    images, gt_anns, dt_anns, categories = [], [], [], set()
+    for image_id, rec in enumerate(records, start=1):
+        images.append({"id": image_id, "height": rec["height"], "width": rec["width"]})
+        boxes = _xywh(rec["gt_boxes"])
+        for box, label, crowd, area in zip(
+            boxes, rec["gt_labels"], rec["gt_iscrowd"], rec["gt_area"], strict=True
+        ):
+            gt_anns.append({"id": len(gt_anns) + 1, "image_id": image_id, "bbox": box,
+                            "category_id": int(label), "iscrowd": int(crowd),
+                            "area": float(area)})
+            categories.add(int(label))
+        for box, score, label in zip(
+            _xywh(rec["boxes"]), rec["scores"], rec["labels"], strict=True
+        ):
+            # COCOeval uses annotation ids as "matched" flags: they must be >= 1.
+            dt_anns.append({"id": len(dt_anns) + 1, "image_id": image_id, "bbox": box,
+                            "category_id": int(label), "score": float(score),
+                            "area": box[2] * box[3], "iscrowd": 0})
+            categories.add(int(label))
+    cats = [{"id": c, "name": str(c)} for c in sorted(categories)]
+
+    def _coco(anns: list[dict]) -> COCO:
+        coco = COCO()
+        coco.dataset = {"images": images, "annotations": anns, "categories": cats}
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        return coco
+
+    evaluator = COCOeval(_coco(gt_anns), _coco(dt_anns), iouType="bbox")
+    with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints its progress and table
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = evaluator.stats[: len(COCO_METRICS)]
+    return {name: float("nan") if v < 0 else float(v) for name, v in zip(COCO_METRICS, stats,
+                                                                          strict=True)}
+

@@ -1,0 +1,113 @@
+"""Training configuration: one dataclass, plain values only (it is saved in checkpoints)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["TASKS", "TrainConfig"]
+
+TASKS = ("classification", "segmentation", "detection")
+SCHEDULES = ("step", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """Everything the train loop needs besides the model and the datasets.
+
+    Training length is counted in iterations (optimizer steps): ``iterations`` when set,
+    otherwise ``epochs`` passes over the training set (``drop_last`` batches per epoch).
+    """
+
+    task: str = "classification"  # one of TASKS: picks the loss and the evaluation metric
+    epochs: int = 1
+    iterations: int | None = None  # overrides epochs when set
+    batch_size: int = 8  # per process; the global batch is batch_size * world_size
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    # Offset branches (parameters named "*offset*") train at lr * offset_lr_mult. The
+    # original Deformable ConvNets code uses a reduced learning rate for offset branches
+    # (the paper's β); 0.1 keeps the zero-initialised offsets from jumping early on.
+    offset_lr_mult: float = 0.1
+    warmup_iters: int = 0  # linear warm-up from warmup_factor * lr to lr
+    warmup_factor: float = 1.0 / 3.0  # starting fraction of lr during warm-up (Detectron's 1/3)
+    schedule: str = "step"  # "step" (times gamma at each milestone) or "cosine" (to min_lr_ratio)
+    milestones: list[int] = field(default_factory=list)  # iterations where "step" decays lr
+    gamma: float = 0.1
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    grad_clip_norm: float | None = None  # max global L2 norm of the gradients; None = no clip
+    bf16: bool = False  # torch.autocast(dtype=bfloat16) for forward passes
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
+    checkpoint_every: int = 0  # iterations between checkpoints (0 = only at the end)
+    eval_every: int = 0  # iterations between evaluations on the val set (0 = only at the end)
+    keep_best: bool = True  # also keep best.pt, the checkpoint with the best val metric
+    resume: str | None = None  # a checkpoint path, or "auto" for <out_dir>/last.pt if present
+    out_dir: str = "runs/train"
+    log_every: int = 10  # iterations between metrics.jsonl lines
+    tensorboard: bool = False  # also log to <out_dir>/tensorboard when tensorboard is installed
+    progress: bool = True  # tqdm progress bar on rank 0
+    num_workers: int = 0
+    device: str = "auto"  # "auto" = cuda when available, else cpu; or any torch device string
+    eval_batch_size: int | None = None  # defaults to batch_size
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field, its value and what it must be."""
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        if self.iterations is not None:
+            positive["iterations"] = self.iterations
+        if self.eval_batch_size is not None:
+            positive["eval_batch_size"] = self.eval_batch_size
+        if self.grad_clip_norm is not None:
+            positive["grad_clip_norm"] = self.grad_clip_norm
+        for name, value in positive.items():
+            if isinstance(value, bool) or not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        non_negative = {
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "offset_lr_mult": self.offset_lr_mult,
+            "warmup_iters": self.warmup_iters,
+            "gamma": self.gamma,
+            "min_lr_ratio": self.min_lr_ratio,
+            "checkpoint_every": self.checkpoint_every,
+            "eval_every": self.eval_every,
+            "num_workers": self.num_workers,
+        }
+        for name, value in non_negative.items():
+            if isinstance(value, bool) or not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every!r}")
+        if not 0 < self.warmup_factor <= 1:
+            raise ValueError(f"warmup_factor must be in (0, 1], got {self.warmup_factor!r}")
+        if not self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if list(self.milestones) != sorted(self.milestones) or any(
+            m <= 0 for m in self.milestones
+        ):
+            raise ValueError(
+                f"milestones must be positive and increasing, got {list(self.milestones)!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain ``dict`` of the fields (JSON- and ``torch.load(weights_only=True)``-safe)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a ``dict``; unknown keys raise ``ValueError`` listing the valid ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(known)}")
+        return cls(**values)

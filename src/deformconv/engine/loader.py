@@ -1,0 +1,127 @@
+"""DataLoaders whose order is a function of (seed, epoch, rank), so runs resume mid-epoch."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sized
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from .seeding import SeededSamples, sample_seed, worker_init_fn
+from .tasks import collate_fn
+
+__all__ = ["ShardSampler", "TrainSampler", "eval_loader", "iters_per_epoch", "train_loader"]
+
+
+class TrainSampler(Sampler[int]):
+    """One epoch of a ``DistributedSampler`` (shuffled by ``seed + epoch``), from ``start`` on.
+
+    Skipping the first ``start`` indices without loading them lets a resumed run pick up
+    the exact sample order of the interrupted one. With one process this is a plain
+    shuffle; with several, rank r takes every world_size-th index of the same permutation.
+    """
+
+    def __init__(
+        self, dataset: Sized, world_size: int, rank: int, seed: int, epoch: int, start: int = 0
+    ) -> None:
+        self.inner = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False
+        )
+        self.inner.set_epoch(epoch)
+        if not 0 <= start <= len(self.inner):
+            raise ValueError(f"start must be in [0, {len(self.inner)}], got {start}")
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.inner), self.start, None)
+
+    def __len__(self) -> int:
+        return len(self.inner) - self.start
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world_size, ...`` in order: every sample exactly once over ranks.
+
+    Unlike ``DistributedSampler`` it does not pad with repeated samples, which would bias
+    evaluation metrics.
+    """
+
+    def __init__(self, dataset: Sized, world_size: int = 1, rank: int = 0) -> None:
+        self.indices = range(rank, len(dataset), world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def iters_per_epoch(dataset_len: int, batch_size: int, world_size: int = 1) -> int:
+    """Full batches each rank gets from one epoch (the last partial batch is dropped)."""
+    per_rank = -(-dataset_len // world_size)  # DistributedSampler pads to a multiple
+    count = per_rank // batch_size
+    if count == 0:
+        raise ValueError(
+            f"the training set has {dataset_len} samples, fewer than one batch of "
+            f"batch_size={batch_size} per process ({world_size} process(es)); lower batch_size"
+        )
+    return count
+
+
+def train_loader(
+    dataset: Dataset,
+    task: str,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    start_batch: int = 0,
+    world_size: int = 1,
+    rank: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Loader for one training epoch, starting after ``start_batch`` batches of that epoch.
+
+    Samples are drawn under RNGs seeded by ``(seed, epoch, index)`` (:class:`SeededSamples`),
+    and the loader's generator (which seeds the workers) by ``(seed, epoch, rank)``.
+    """
+    sampler = TrainSampler(
+        dataset, world_size, rank, seed, epoch, start=start_batch * batch_size  # type: ignore[arg-type]
+    )
+    generator = torch.Generator().manual_seed(sample_seed(seed, epoch, -1 - rank))
+    return DataLoader(
+        SeededSamples(dataset, seed, epoch),
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        collate_fn=collate_fn(task),
+        num_workers=num_workers,
+        worker_init_fn=worker_init_fn,
+        generator=generator,
+        pin_memory=pin_memory,
+    )
+
+
+def eval_loader(
+    dataset: Dataset,
+    task: str,
+    batch_size: int,
+    *,
+    world_size: int = 1,
+    rank: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Loader over this rank's shard of ``dataset`` in order, keeping the last partial batch."""
+    return DataLoader(
+        SeededSamples(dataset, seed=0, epoch=0),
+        batch_size=batch_size,
+        sampler=ShardSampler(dataset, world_size, rank),  # type: ignore[arg-type]
+        collate_fn=collate_fn(task),
+        num_workers=num_workers,
+        worker_init_fn=worker_init_fn,
+        generator=torch.Generator().manual_seed(rank),
+        pin_memory=pin_memory,
+    )

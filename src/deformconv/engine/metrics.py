@@ -1,0 +1,76 @@
+"""Classification and segmentation metrics: top-1 accuracy and mIoU from a confusion matrix."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["IGNORE_INDEX", "confusion_matrix", "iou_from_confusion", "top1_correct"]
+
+IGNORE_INDEX = 255  # label value of "void" pixels (VOC convention), excluded from every metric
+
+
+def top1_correct(logits: Tensor, targets: Tensor) -> int:
+    """Number of rows whose highest logit is the target class.
+
+    Args:
+        logits: ``(N, C)`` scores.
+        targets: ``(N,)`` int64 class ids.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be (N, C), got shape {tuple(logits.shape)}")
+    if targets.shape != logits.shape[:1]:
+        raise ValueError(
+            f"targets must have shape {tuple(logits.shape[:1])} to match logits "
+            f"{tuple(logits.shape)}, got {tuple(targets.shape)}"
+        )
+    return int((logits.argmax(dim=1) == targets).sum())
+
+
+def confusion_matrix(
+    pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> Tensor:
+    """``(C, C)`` int64 counts: entry ``[t, p]`` is the number of pixels of class t predicted p.
+
+    Pixels whose target is ``ignore_index`` are skipped. Targets outside ``[0, C)`` (other
+    than ``ignore_index``) raise ``ValueError`` rather than being counted silently.
+
+    Args:
+        pred: ``(N, H, W)`` (or any shape) predicted class ids.
+        target: same shape as ``pred``, true class ids.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"pred and target must have the same shape, got {tuple(pred.shape)} and "
+            f"{tuple(target.shape)}"
+        )
+    keep = target != ignore_index
+    t, p = target[keep].long(), pred[keep].long()
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+        raise ValueError(
+            f"target holds class ids outside [0, {num_classes}) other than {ignore_index}: "
+            f"min {int(t.min())}, max {int(t.max())}"
+        )
+    counts = torch.bincount(t * num_classes + p, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).cpu()
+
+
+def iou_from_confusion(confusion: Tensor) -> dict[str, object]:
+    """Per-class IoU, mIoU and pixel accuracy from a ``(C, C)`` confusion matrix.
+
+    IoU_c = TP_c / (TP_c + FP_c + FN_c). A class that appears neither in the targets nor in
+    the predictions (zero union) has IoU ``nan`` and is left out of the mean, so mIoU is
+    the mean over the classes present.
+
+    Returns:
+        ``{"miou": float, "iou": list[float], "pixel_acc": float}``.
+    """
+    conf = confusion.double()
+    tp = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - tp
+    iou = tp / union  # 0/0 -> nan for absent classes
+    present = union > 0
+    miou = float(iou[present].mean()) if bool(present.any()) else float("nan")
+    total = conf.sum()
+    pixel_acc = float(tp.sum() / total) if total > 0 else float("nan")
+    return {"miou": miou, "iou": iou.tolist(), "pixel_acc": pixel_acc}

@@ -1,0 +1,92 @@
+"""Metrics as JSON lines (``<out>/metrics.jsonl``) and, when installed, TensorBoard scalars."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MetricsLogger", "read_metrics"]
+
+
+def _jsonable(value: Any) -> Any:
+    """nan/inf -> None (strict JSON), tensors/numpy scalars -> Python numbers."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+class MetricsLogger:
+    """Append one JSON object per line to ``<out_dir>/metrics.jsonl`` (rank 0 only).
+
+    Every record has ``"split"`` ("train" or "val") and ``"iter"``. ``resume_at`` drops the
+    lines an interrupted run wrote after its last checkpoint, so a resumed run's file reads
+    as one uninterrupted run. ``tensorboard=True`` also writes scalars to
+    ``<out_dir>/tensorboard`` if ``torch.utils.tensorboard`` imports, else prints why not.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        enabled: bool = True,
+        tensorboard: bool = False,
+        resume_at: int | None = None,
+    ) -> None:
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_at is not None and self.path.exists():
+            kept = [r for r in read_metrics(self.path) if r.get("iter", 0) <= resume_at]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        elif resume_at is None:
+            self.path.write_text("")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                print(
+                    f"TensorBoard logging is off: {err}. Install the 'tensorboard' package to "
+                    f"enable it; metrics are still written to {self.path}.",
+                    file=sys.stderr,
+                )
+            else:
+                self.writer = SummaryWriter(log_dir=str(self.path.parent / "tensorboard"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = _jsonable(record)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            split, step = record.get("split", "train"), record.get("iter", 0)
+            for key, value in record.items():
+                if key not in ("split", "iter") and isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"{split}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a ``metrics.jsonl`` file (a torn last line from a crash is skipped)."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

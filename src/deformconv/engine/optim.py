@@ -1,0 +1,83 @@
+"""SGD with a reduced learning rate for offset branches, and the warm-up + step/cosine schedule."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+
+__all__ = ["build_optimizer", "build_scheduler", "lr_factor", "param_groups"]
+
+
+def param_groups(model: nn.Module, lr: float, offset_lr_mult: float) -> list[dict[str, Any]]:
+    """Optimizer groups: parameters whose name contains ``"offset"`` get ``lr * offset_lr_mult``.
+
+    A model (``DistributedDataParallel`` unwrapped) that defines ``param_groups(base_lr)``
+    decides its own groups instead. Frozen parameters are left out. Each group carries
+    ``"lr_mult"``; the scheduler scales every group's initial ``lr``, so ratios are kept.
+    """
+    model = getattr(model, "module", model)
+    custom = getattr(model, "param_groups", None)
+    if callable(custom):
+        groups = list(custom(lr))
+        if not groups or not all(isinstance(g, dict) and "params" in g for g in groups):
+            raise TypeError(
+                f"{type(model).__name__}.param_groups(base_lr) must return a non-empty list of "
+                "dicts with a 'params' key"
+            )
+        return groups
+    base, offset = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (offset if "offset" in name else base).append(param)
+    groups = [
+        {"params": params, "lr": lr * mult, "lr_mult": mult}
+        for params, mult in ((base, 1.0), (offset, offset_lr_mult))
+        if params
+    ]
+    if not groups:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters")
+    return groups
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
+    """SGD (momentum, weight decay from ``config``) over :func:`param_groups`."""
+    return torch.optim.SGD(
+        param_groups(model, config.lr, config.offset_lr_mult),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+
+
+def lr_factor(iteration: int, config: TrainConfig, total_iters: int) -> float:
+    """Multiplier of the base lr for the update made at ``iteration`` (0-based).
+
+    Warm-up ramps linearly from ``warmup_factor`` to 1 over ``warmup_iters``; "step"
+    multiplies by ``gamma`` at each milestone passed; "cosine" decays from 1 to
+    ``min_lr_ratio`` over ``total_iters`` (lr_t = floor + (1 - floor)(1 + cos(pi t / T)) / 2).
+    """
+    if config.schedule == "step":
+        factor = config.gamma ** bisect.bisect_right(config.milestones, iteration)
+    else:
+        progress = min(iteration / max(1, total_iters), 1.0)
+        floor = config.min_lr_ratio
+        factor = floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if iteration < config.warmup_iters:
+        alpha = iteration / config.warmup_iters
+        factor *= config.warmup_factor * (1.0 - alpha) + alpha
+    return factor
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, total_iters: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-iteration ``LambdaLR`` following :func:`lr_factor`; ``step()`` after each update."""
+    fn: Callable[[int], float] = lambda it: lr_factor(it, config, total_iters)  # noqa: E731
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)

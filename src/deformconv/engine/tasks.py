@@ -1,0 +1,186 @@
+"""What differs between the three tasks: batching, the training loss and the evaluation metric.
+
+Conventions (torchvision's):
+    classification  image (3, H, W), target int64 class id; ``model(images) -> (N, C)``.
+    segmentation    image (3, H, W), target int64 mask (H, W), 255 = ignore;
+                    ``model(images) -> (N, C, H, W)``.
+    detection       image (3, H, W), target {"boxes" (K, 4) x1y1x2y2, "labels" (K,), ...};
+                    train: ``model(images, targets) -> dict of losses``;
+                    eval: ``model(images) -> [{"boxes", "labels", "scores"}]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import default_collate
+
+from .coco import coco_map, detection_record
+from .distributed import all_gather_objects, all_reduce_sum
+from .metrics import IGNORE_INDEX, confusion_matrix, iou_from_confusion, top1_correct
+
+__all__ = [
+    "PRIMARY_METRIC",
+    "ClassificationEvaluator",
+    "DetectionEvaluator",
+    "Evaluator",
+    "SegmentationEvaluator",
+    "collate_fn",
+    "compute_loss",
+    "make_evaluator",
+    "num_images",
+    "to_device",
+]
+
+# The val metric that decides best.pt (higher is better for all three).
+PRIMARY_METRIC = {"classification": "top1", "segmentation": "miou", "detection": "AP"}
+
+
+def _detection_collate(batch: Sequence[tuple[Tensor, dict]]) -> tuple[list[Tensor], list[dict]]:
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)
+
+
+def collate_fn(task: str) -> Callable[[Sequence[Any]], Any]:
+    """Stacked tensors for classification/segmentation, lists of images and dicts for detection."""
+    return _detection_collate if task == "detection" else default_collate
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Move tensors, and tensors inside lists/tuples/dicts, to ``device``."""
+    if isinstance(obj, Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def num_images(images: Tensor | Sequence[Tensor]) -> int:
+    return images.shape[0] if isinstance(images, Tensor) else len(images)
+
+
+def _segmentation_loss(logits: Tensor, masks: Tensor) -> Tensor:
+    if logits.dim() != 4:
+        raise ValueError(f"segmentation logits must be (N, C, H, W), got {tuple(logits.shape)}")
+    if logits.shape[-2:] != masks.shape[-2:]:
+        # Models with an output stride predict coarse maps: compare at the mask's resolution.
+        logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear",
+                               align_corners=False)
+    if not bool((masks != IGNORE_INDEX).any()):
+        return logits.sum() * 0.0  # every pixel ignored: cross_entropy would give 0/0 = nan
+    return F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
+
+
+def compute_loss(
+    task: str, model: nn.Module, images: Any, targets: Any
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Forward ``model`` in train mode; return the total loss and its named parts (detached)."""
+    if task == "detection":
+        losses = model(list(images), list(targets))
+        if not isinstance(losses, dict) or not losses:
+            raise TypeError(
+                "a detection model in train mode must return a non-empty dict of losses, got "
+                f"{type(losses).__name__}"
+            )
+        total = sum(losses.values())
+        return total, {k: v.detach() for k, v in losses.items()}
+    logits = model(images)
+    if task == "classification":
+        if logits.dim() != 2:
+            raise ValueError(
+                f"classification logits must be (N, C), got shape {tuple(logits.shape)}"
+            )
+        loss = F.cross_entropy(logits.float(), targets)
+    else:
+        loss = _segmentation_loss(logits, targets)
+    return loss, {}
+
+
+class Evaluator:
+    """Accumulates one task's metric over batches; ``compute()`` reduces across ranks."""
+
+    def update(self, images: Any, targets: Any, outputs: Any) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class ClassificationEvaluator(Evaluator):
+    """Top-1 accuracy (fraction of images whose arg-max logit is the target)."""
+
+    def __init__(self) -> None:
+        self.correct = 0
+        self.total = 0
+
+    def update(self, images: Tensor, targets: Tensor, outputs: Tensor) -> None:
+        self.correct += top1_correct(outputs, targets)
+        self.total += targets.numel()
+
+    def compute(self) -> dict[str, Any]:
+        counts = all_reduce_sum(torch.tensor([self.correct, self.total], dtype=torch.float64))
+        correct, total = (int(v) for v in counts)
+        return {"top1": correct / total if total else float("nan"), "num_images": total}
+
+
+class SegmentationEvaluator(Evaluator):
+    """mIoU over a confusion matrix (255 ignored); the class count comes from the logits."""
+
+    def __init__(self, num_classes: int | None = None) -> None:
+        self.num_classes = num_classes
+        self.confusion: Tensor | None = None
+
+    def update(self, images: Tensor, targets: Tensor, outputs: Tensor) -> None:
+        if outputs.shape[-2:] != targets.shape[-2:]:
+            outputs = F.interpolate(outputs.float(), size=targets.shape[-2:], mode="bilinear",
+                                    align_corners=False)
+        if self.num_classes is None:
+            self.num_classes = outputs.shape[1]
+        conf = confusion_matrix(outputs.argmax(1), targets, self.num_classes)
+        self.confusion = conf if self.confusion is None else self.confusion + conf
+
+    def compute(self) -> dict[str, Any]:
+        # A rank that saw no images learns the class count from the others.
+        counts = {c for c in all_gather_objects(self.num_classes) if c is not None}
+        if len(counts) != 1:
+            raise ValueError(f"segmentation evaluation needs one class count, got {counts}")
+        num_classes = counts.pop()
+        conf = self.confusion
+        if conf is None:
+            conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        conf = all_reduce_sum(conf.clone())
+        return {**iou_from_confusion(conf), "num_pixels": int(conf.sum())}
+
+
+class DetectionEvaluator(Evaluator):
+    """COCO box mAP; predictions from every rank are gathered, COCOeval runs once."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def update(self, images: Sequence[Tensor], targets: Sequence[dict], outputs: Sequence[dict]
+               ) -> None:
+        for image, target, output in zip(images, targets, outputs, strict=True):
+            self.records.append(detection_record(tuple(image.shape[-2:]), target, output))
+
+    def compute(self) -> dict[str, Any]:
+        records = [r for rank_records in all_gather_objects(self.records) for r in rank_records]
+        if not records:
+            raise ValueError("detection evaluation saw no images")
+        return {**coco_map(records), "num_images": len(records)}
+
+
+def make_evaluator(task: str) -> Evaluator:
+    if task == "classification":
+        return ClassificationEvaluator()
+    if task == "segmentation":
+        return SegmentationEvaluator()
+    if task == "detection":
+        return DetectionEvaluator()
+    raise ValueError(f"unknown task {task!r}")

@@ -1,0 +1,161 @@
+"""Tiny stand-in datasets and models for the engine tests, and a script entry point.
+
+The datasets draw augmentation noise from the global torch RNG and the classifier uses
+dropout, so exact resumption really depends on the engine restoring/seeding RNGs.
+
+Run as a script (used by the subprocess tests)::
+
+    python _engine_toys.py OUT_DIR ITERATIONS [--resume] [--batch-size B]
+
+prints nothing special; the final weights land in OUT_DIR/last.pt. Under torchrun each rank
+also saves its own weights to OUT_DIR/rank<r>.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+
+class ToyClassification(Dataset):
+    """Images (3, 8, 8) whose class is the brightest channel, plus random noise per access."""
+
+    def __init__(self, size: int = 32, num_classes: int = 3, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.randint(num_classes, (size,), generator=g)
+        self.base = torch.rand(size, 3, 8, 8, generator=g) * 0.5
+        self.base[torch.arange(size), self.labels] += 0.5
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        noise = 0.05 * torch.randn(3, 8, 8)  # global RNG: exercises per-sample seeding
+        return self.base[index] + noise, self.labels[index]
+
+
+class ToySegmentation(Dataset):
+    """Masks where class = brightest channel per pixel; a border of 255 (ignored) pixels."""
+
+    def __init__(self, size: int = 16, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.rand(size, 3, 8, 8, generator=g)
+        self.masks = self.images.argmax(1)
+        self.masks[:, 0, :] = 255
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.images[index], self.masks[index]
+
+
+class ToyDetection(Dataset):
+    """One bright square per 16x16 image; label 1 or 2 by which channel is lit."""
+
+    def __init__(self, size: int = 8, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.items = []
+        for _ in range(size):
+            x, y = (int(v) for v in torch.randint(0, 8, (2,), generator=g))
+            label = int(torch.randint(1, 3, (1,), generator=g))
+            image = torch.zeros(3, 16, 16)
+            image[label, y:y + 8, x:x + 8] = 1.0
+            target = {"boxes": torch.tensor([[x, y, x + 8, y + 8]], dtype=torch.float32),
+                      "labels": torch.tensor([label])}
+            self.items.append((image, target))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.items[index]
+
+
+class TinyClassifier(nn.Module):
+    """conv -> (conv named *offset*, added) -> dropout -> pooled linear head."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.offset_conv = nn.Conv2d(4, 4, 1)
+        self.drop = nn.Dropout(0.2)
+        self.head = nn.Linear(4, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.conv(x))
+        x = x + self.offset_conv(x)
+        return self.head(self.drop(x.mean((2, 3))))
+
+
+class TinySegmenter(nn.Module):
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, num_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class TinyDetector(nn.Module):
+    """Torchvision-style detector predicting one box per image from a heat map.
+
+    Train mode: ``model(images, targets) -> {"loss_box", "loss_cls"}``; eval mode:
+    ``model(images) -> [{"boxes", "labels", "scores"}]``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.box = nn.Linear(3 * 16 * 16, 4)
+        self.cls = nn.Linear(3 * 16 * 16, 3)
+
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
+        x = torch.stack(images).flatten(1)
+        boxes, logits = self.box(x) * 16, self.cls(x)
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are needed in train mode")
+            gt_boxes = torch.stack([t["boxes"][0] for t in targets])
+            gt_labels = torch.stack([t["labels"][0] for t in targets])
+            return {"loss_box": F.smooth_l1_loss(boxes, gt_boxes) / 16,
+                    "loss_cls": F.cross_entropy(logits, gt_labels)}
+        scores, labels = logits.softmax(1)[:, 1:].max(1)
+        return [{"boxes": b[None], "labels": (lab + 1)[None], "scores": s[None]}
+                for b, lab, s in zip(boxes, labels, scores, strict=True)]
+
+
+def state_equal(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from deformconv.engine import TrainConfig, train
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out_dir")
+    parser.add_argument("iterations", type=int)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--dropout", type=float, default=0.2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = TinyClassifier()
+    model.drop.p = args.dropout
+    config = TrainConfig(task="classification", iterations=args.iterations,
+                         batch_size=args.batch_size, lr=0.1, warmup_iters=2, schedule="cosine",
+                         checkpoint_every=3, out_dir=args.out_dir, progress=False,
+                         resume="auto" if args.resume else None, log_every=1)
+    train(config, model, ToyClassification(size=20))
+    rank = int(os.environ.get("RANK", "0"))
+    torch.save(model.state_dict(), os.path.join(args.out_dir, f"rank{rank}.pt"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,66 @@
+"""Atomic checkpoint writes and clear errors for missing, corrupt or foreign files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deformconv.engine import CheckpointError, load_checkpoint, save_checkpoint
+from deformconv.engine.checkpoint import CHECKPOINT_FORMAT
+
+
+def _state(value: float = 1.0) -> dict:
+    return {"format": CHECKPOINT_FORMAT, "model": {"w": torch.full((3,), value)},
+            "optimizer": {}, "scheduler": {}, "iteration": 7, "rng": [], "config": {}}
+
+
+def test_round_trip_leaves_no_temp_files(tmp_path):
+    path = save_checkpoint(_state(), tmp_path / "sub" / "last.pt")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+    state = load_checkpoint(path)
+    assert state["iteration"] == 7 and torch.equal(state["model"]["w"], torch.ones(3))
+
+
+def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
+    path = save_checkpoint(_state(1.0), tmp_path / "last.pt")
+
+    def broken_save(obj, f):
+        f.write(b"PK\x03\x04 half a zip")  # some bytes, then the "crash"
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(_state(2.0), path)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # temp file removed
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*nope\.pt"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.0])
+def test_truncated_or_garbage_file_names_path(tmp_path, cut):
+    path = save_checkpoint(_state(), tmp_path / "last.pt")
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * cut)] if cut else b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match=r"could not read checkpoint .*last\.pt"):
+        load_checkpoint(path)
+
+
+def test_foreign_checkpoints_rejected(tmp_path):
+    plain = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2)}, plain)
+    with pytest.raises(CheckpointError, match=r"weights\.pt is not a deformconv training.*"
+                                              r"missing keys \['format'"):
+        load_checkpoint(plain)
+    tensor_file = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(2), tensor_file)
+    with pytest.raises(CheckpointError, match="holds a Tensor, expected a dict"):
+        load_checkpoint(tensor_file)
+    old = tmp_path / "old.pt"
+    torch.save({**_state(), "format": "v0"}, old)
+    with pytest.raises(CheckpointError, match="has format 'v0'"):
+        load_checkpoint(old)

@@ -1,0 +1,118 @@
+"""TrainConfig validation, offset-aware parameter groups and the warm-up + step/cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from _engine_toys import TinyClassifier
+from torch import nn
+
+from deformconv.engine import (
+    TrainConfig,
+    build_optimizer,
+    build_scheduler,
+    lr_factor,
+    param_groups,
+)
+
+
+class TestTrainConfig:
+    @pytest.mark.parametrize(
+        ("field", "value", "match"),
+        [
+            ("task", "pose", "task must be one of"),
+            ("schedule", "linear", "schedule must be one of"),
+            ("batch_size", 0, "batch_size must be > 0, got 0"),
+            ("lr", -0.1, "lr must be > 0"),
+            ("iterations", 0, "iterations must be > 0"),
+            ("offset_lr_mult", -1.0, "offset_lr_mult must be >= 0"),
+            ("warmup_factor", 0.0, "warmup_factor must be in"),
+            ("milestones", [5, 3], "milestones must be positive and increasing"),
+            ("grad_clip_norm", 0.0, "grad_clip_norm must be > 0"),
+            ("log_every", 0, "log_every must be >= 1"),
+        ],
+    )
+    def test_bad_values_name_the_field(self, field, value, match):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**{field: value})
+
+    def test_dict_round_trip_and_unknown_keys(self):
+        config = TrainConfig(task="segmentation", milestones=[10, 20], bf16=True)
+        assert TrainConfig.from_dict(config.to_dict()) == config
+        with pytest.raises(ValueError, match=r"unknown config key\(s\) \['learning_rate'\]"):
+            TrainConfig.from_dict({"learning_rate": 0.1})
+
+
+class TestParamGroups:
+    def test_offset_parameters_get_reduced_lr(self):
+        model = TinyClassifier()
+        groups = param_groups(model, lr=0.2, offset_lr_mult=0.1)
+        assert [g["lr"] for g in groups] == [0.2, pytest.approx(0.02)]
+        offset_ids = {id(p) for p in model.offset_conv.parameters()}
+        assert {id(p) for p in groups[1]["params"]} == offset_ids
+        assert len(groups[0]["params"]) == 4  # conv and head, weight + bias each
+
+    def test_frozen_parameters_left_out_and_no_empty_group(self):
+        model = nn.Linear(2, 2)
+        model.bias.requires_grad_(False)
+        groups = param_groups(model, lr=0.1, offset_lr_mult=0.1)
+        assert len(groups) == 1 and groups[0]["params"] == [model.weight]
+
+    def test_model_param_groups_method_is_preferred(self):
+        class Custom(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 2)
+
+            def param_groups(self, base_lr):
+                return [{"params": self.a.parameters(), "lr": base_lr},
+                        {"params": self.b.parameters(), "lr": base_lr * 0.5}]
+
+        groups = param_groups(Custom(), lr=0.4, offset_lr_mult=0.1)
+        assert [g["lr"] for g in groups] == [0.4, 0.2]
+
+    def test_bad_model_param_groups_raises(self):
+        class Bad(nn.Linear):
+            def param_groups(self, base_lr):
+                return []
+
+        with pytest.raises(TypeError, match="must return a non-empty list"):
+            param_groups(Bad(2, 2), lr=0.1, offset_lr_mult=0.1)
+
+    def test_optimizer_uses_config(self):
+        config = TrainConfig(lr=0.3, momentum=0.8, weight_decay=1e-3, offset_lr_mult=0.5)
+        opt = build_optimizer(TinyClassifier(), config)
+        assert isinstance(opt, torch.optim.SGD)
+        assert [(g["lr"], g["momentum"], g["weight_decay"]) for g in opt.param_groups] == [
+            (0.3, 0.8, 1e-3), (0.15, 0.8, 1e-3)]
+
+
+class TestSchedule:
+    def test_warmup_then_steps(self):
+        config = TrainConfig(warmup_iters=4, warmup_factor=0.2, milestones=[6, 8], gamma=0.5)
+        # warm-up: 0.2 * (1 - i/4) + i/4 for i < 4; then 1, and 0.5 ** (milestones passed)
+        expected = [0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+        got = [lr_factor(i, config, total_iters=10) for i in range(10)]
+        assert got == pytest.approx(expected)
+
+    def test_cosine_with_floor(self):
+        config = TrainConfig(schedule="cosine", min_lr_ratio=0.1)
+        total = 8
+        for i in (0, 2, 4, 6, 8):
+            expected = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / total))
+            assert lr_factor(i, config, total) == pytest.approx(expected)
+        assert lr_factor(4, config, total) == pytest.approx(0.55)
+
+    def test_scheduler_keeps_offset_ratio(self):
+        config = TrainConfig(lr=1.0, offset_lr_mult=0.1, milestones=[2], gamma=0.1)
+        opt = build_optimizer(TinyClassifier(), config)
+        sched = build_scheduler(opt, config, total_iters=4)
+        lrs = []
+        for _ in range(3):
+            lrs.append([g["lr"] for g in opt.param_groups])
+            opt.step()
+            sched.step()
+        assert lrs == [pytest.approx([1.0, 0.1]), pytest.approx([1.0, 0.1]),
+                       pytest.approx([0.1, 0.01])]

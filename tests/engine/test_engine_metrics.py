@@ -1,0 +1,132 @@
+"""Top-1, confusion-matrix mIoU and COCO mAP against hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from deformconv.engine import (
+    coco_map,
+    confusion_matrix,
+    detection_record,
+    iou_from_confusion,
+    make_evaluator,
+    top1_correct,
+)
+
+
+class TestTop1:
+    def test_counts(self):
+        logits = torch.tensor([[0.1, 0.9], [2.0, 1.0], [0.0, 3.0]])
+        assert top1_correct(logits, torch.tensor([1, 1, 1])) == 2
+
+    def test_shape_errors(self):
+        with pytest.raises(ValueError, match=r"logits must be \(N, C\)"):
+            top1_correct(torch.zeros(2, 3, 4), torch.zeros(2, dtype=torch.long))
+        with pytest.raises(ValueError, match=r"targets must have shape \(2,\)"):
+            top1_correct(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long))
+
+    def test_evaluator(self):
+        ev = make_evaluator("classification")
+        ev.update(None, torch.tensor([0, 1]), torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+        ev.update(None, torch.tensor([1]), torch.tensor([[0.0, 1.0]]))
+        assert ev.compute() == {"top1": pytest.approx(2 / 3), "num_images": 3}
+
+
+class TestMIoU:
+    # target / prediction over 3 classes (class 2 never appears), 255 ignored:
+    TARGET = torch.tensor([[0, 0, 1, 1], [0, 1, 255, 255]])
+    PRED = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 0]])
+
+    def test_confusion_matrix(self):
+        conf = confusion_matrix(self.PRED, self.TARGET, num_classes=3)
+        # rows = target, cols = prediction; the two 255 pixels are skipped
+        assert conf.tolist() == [[2, 1, 0], [1, 2, 0], [0, 0, 0]]
+
+    def test_iou_by_hand(self):
+        result = iou_from_confusion(confusion_matrix(self.PRED, self.TARGET, 3))
+        # class 0: TP 2, FP 1, FN 1 -> 2/4; class 1: TP 2, FP 1, FN 1 -> 2/4; class 2 absent
+        assert result["iou"][:2] == pytest.approx([0.5, 0.5])
+        assert math.isnan(result["iou"][2])
+        assert result["miou"] == pytest.approx(0.5)
+        assert result["pixel_acc"] == pytest.approx(4 / 6)
+
+    def test_predicted_but_absent_class_counts(self):
+        # class 1 predicted once but never true: IoU 0, and it lowers the mean
+        conf = confusion_matrix(torch.tensor([0, 0, 1]), torch.tensor([0, 0, 0]), 2)
+        result = iou_from_confusion(conf)
+        assert result["iou"] == pytest.approx([2 / 3, 0.0])
+        assert result["miou"] == pytest.approx(1 / 3)
+
+    def test_bad_labels(self):
+        with pytest.raises(ValueError, match=r"class ids outside \[0, 2\)"):
+            confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 5]), 2)
+        with pytest.raises(ValueError, match="same shape"):
+            confusion_matrix(torch.zeros(2), torch.zeros(3), 2)
+
+    def test_evaluator_upsamples_and_accumulates(self):
+        ev = make_evaluator("segmentation")
+        logits = torch.zeros(1, 3, 2, 4)
+        logits[0, :, :, :][self.PRED.unsqueeze(0).expand(3, -1, -1)
+                           == torch.arange(3).view(3, 1, 1)] = 1.0
+        ev.update(None, self.TARGET.unsqueeze(0), logits)
+        assert ev.compute()["miou"] == pytest.approx(0.5)
+
+
+def _record(gt_boxes, gt_labels, boxes, scores, labels, size=(100, 100)):
+    target = {"boxes": torch.tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4),
+              "labels": torch.tensor(gt_labels, dtype=torch.int64)}
+    output = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+              "scores": torch.tensor(scores), "labels": torch.tensor(labels, dtype=torch.int64)}
+    return detection_record(size, target, output)
+
+
+class TestCocoMap:
+    def test_perfect_predictions(self):
+        rec = _record([[10, 10, 50, 60], [0, 0, 99, 99]], [1, 2],
+                      [[10, 10, 50, 60], [0, 0, 99, 99]], [0.9, 0.8], [1, 2])
+        result = coco_map([rec])
+        # area 40*50 = 2000 is "medium" (32^2..96^2), 99*99 = 9801 is "large"; no small box
+        assert result["AP"] == pytest.approx(1.0)
+        assert result["AP50"] == result["AP75"] == pytest.approx(1.0)
+        assert math.isnan(result["APs"])
+        assert result["APm"] == result["APl"] == pytest.approx(1.0)
+
+    def test_false_positive_ranked_first_halves_ap(self):
+        # one object, two detections: a higher-scored miss, then an exact hit.
+        # Precision at recall 1 is 1/2; COCO's interpolated precision is 0.5 at every
+        # recall threshold, at every IoU threshold: AP = 0.5.
+        rec = _record([[0, 0, 20, 20]], [1], [[50, 50, 70, 70], [0, 0, 20, 20]],
+                      [0.9, 0.6], [1, 1])
+        result = coco_map([rec])
+        assert result["AP"] == pytest.approx(0.5)
+        assert result["APs"] == pytest.approx(0.5)  # 400 px < 32^2: small
+
+    def test_partial_overlap_counts_at_low_thresholds_only(self):
+        # IoU = (10 * 6.25) / (10 * 10) = 0.625: a hit at thresholds .50, .55, .60 of the
+        # ten (.50:.05:.95), a miss above -> AP = 3/10, AP50 = 1, AP75 = 0.
+        rec = _record([[0, 0, 10, 10]], [1], [[0, 0, 10, 6.25]], [0.9], [1])
+        result = coco_map([rec])
+        assert result["AP"] == pytest.approx(0.3)
+        assert result["AP50"] == pytest.approx(1.0)
+        assert result["AP75"] == pytest.approx(0.0)
+
+    def test_no_predictions_is_zero(self):
+        rec = _record([[0, 0, 10, 10]], [1], [], [], [])
+        assert coco_map([rec])["AP"] == 0.0
+
+    def test_several_images_and_classes(self):
+        # image 1: class 1 found; image 2: class 2 missed (no detection) -> class 1 AP 1,
+        # class 2 AP 0: the mean over categories is 0.5.
+        recs = [_record([[0, 0, 40, 40]], [1], [[0, 0, 40, 40]], [0.9], [1]),
+                _record([[0, 0, 40, 40]], [2], [], [], [])]
+        assert coco_map(recs)["AP"] == pytest.approx(0.5)
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="at least one image"):
+            coco_map([])
+        with pytest.raises(KeyError, match=r"output is missing \['scores'\]"):
+            detection_record((10, 10), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)},
+                             {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)})

@@ -1,0 +1,174 @@
+"""The train loop end to end on tiny models: learning, logging, checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+from _engine_toys import (
+    TinyClassifier,
+    TinyDetector,
+    TinySegmenter,
+    ToyClassification,
+    ToyDetection,
+    ToySegmentation,
+    state_equal,
+)
+
+from deformconv.engine import (
+    CheckpointError,
+    TrainConfig,
+    evaluate,
+    load_checkpoint,
+    read_metrics,
+    train,
+)
+
+
+def _config(tmp_path, name: str = "run", **kw) -> TrainConfig:
+    base = {"task": "classification", "iterations": 10, "batch_size": 4, "lr": 0.1,
+            "warmup_iters": 2, "schedule": "cosine", "checkpoint_every": 3, "eval_every": 4,
+            "log_every": 1, "progress": False, "out_dir": str(tmp_path / name)}
+    return TrainConfig(**{**base, **kw})
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at(k: int):
+    def hook(iteration: int) -> None:
+        if iteration == k:
+            raise _Stop
+
+    return hook
+
+
+def test_classification_learns_and_writes_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = TinyClassifier()
+    data, val = ToyClassification(size=48, seed=1), ToyClassification(size=24, seed=2)
+    config = _config(tmp_path, iterations=60, lr=0.2, eval_every=20, checkpoint_every=20)
+    result = train(config, model, data, val)
+
+    assert result.iteration == 60 and result.metrics["num_images"] == 24
+    assert result.metrics["top1"] > 0.8  # chance is 1/3
+    assert result.best_metric == max(
+        r["top1"] for r in read_metrics(result.out_dir / "metrics.jsonl") if r["split"] == "val")
+    records = read_metrics(result.out_dir / "metrics.jsonl")
+    train_rows = [r for r in records if r["split"] == "train"]
+    assert [r["iter"] for r in train_rows] == list(range(1, 61))
+    assert {"loss", "lr", "images_per_s", "epoch"} <= train_rows[0].keys()
+    assert sum(r["loss"] for r in train_rows[-10:]) < sum(r["loss"] for r in train_rows[:10])
+    assert train_rows[0]["lr"] == pytest.approx(0.2 / 3)  # warm-up starts at lr * 1/3
+    assert [r["iter"] for r in records if r["split"] == "val"] == [20, 40, 60]
+    last = load_checkpoint(result.last_checkpoint)
+    assert last["iteration"] == 60 and last["epoch"] == 5  # 12 iterations per epoch
+    assert state_equal(last["model"], model.state_dict())
+    assert load_checkpoint(result.best_checkpoint)["best_metric"] == result.best_metric
+
+
+def test_epochs_set_the_length(tmp_path):
+    config = _config(tmp_path, iterations=None, epochs=2, eval_every=0, checkpoint_every=0)
+    result = train(config, TinyClassifier(), ToyClassification(size=20))
+    assert result.iteration == 10  # 2 epochs x (20 // 4) batches
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
+    data, val = ToyClassification(size=20), ToyClassification(size=8, seed=3)
+
+    torch.manual_seed(0)
+    full_model = TinyClassifier()
+    train(_config(tmp_path, "full"), full_model, data, val)
+
+    torch.manual_seed(0)
+    with pytest.raises(_Stop):  # dies after iteration 8; last.pt is from iteration 6
+        train(_config(tmp_path, "cut"), TinyClassifier(), data, val, on_iteration_end=_stop_at(8))
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["iteration"] == 6
+
+    torch.manual_seed(123)  # a different init: everything must come from the checkpoint
+    resumed_model = TinyClassifier()
+    result = train(_config(tmp_path, "cut", resume="auto"), resumed_model, data, val)
+
+    assert state_equal(resumed_model.state_dict(), full_model.state_dict())
+    full = load_checkpoint(tmp_path / "full" / "last.pt")
+    cut = load_checkpoint(result.last_checkpoint)
+    assert torch.equal(full["optimizer"]["state"][0]["momentum_buffer"],
+                       cut["optimizer"]["state"][0]["momentum_buffer"])
+    assert cut["best_metric"] == full["best_metric"]
+    # the log reads as one run: lines written after the checkpoint were dropped on resume
+    losses = [[(r["iter"], r["loss"]) for r in read_metrics(tmp_path / name / "metrics.jsonl")
+               if r["split"] == "train"] for name in ("full", "cut")]
+    assert losses[0] == losses[1]
+
+
+def test_resume_refuses_changed_data_order_and_bad_files(tmp_path):
+    data = ToyClassification(size=20)
+    train(_config(tmp_path, iterations=3, eval_every=0), TinyClassifier(), data)
+    with pytest.raises(ValueError, match="batch_size: checkpoint 4 vs now 2"):
+        train(_config(tmp_path, iterations=6, batch_size=2, resume="auto"), TinyClassifier(),
+              data)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 10)
+    with pytest.raises(CheckpointError, match=r"could not read checkpoint .*bad\.pt"):
+        train(_config(tmp_path, resume=str(bad)), TinyClassifier(), data)
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
+        train(_config(tmp_path, resume=str(tmp_path / "missing.pt")), TinyClassifier(), data)
+
+
+def test_segmentation_trains_and_evaluates(tmp_path):
+    torch.manual_seed(0)
+    model, data = TinySegmenter(), ToySegmentation(size=16)
+    before = evaluate(model, data, "segmentation", batch_size=8)["miou"]
+    config = _config(tmp_path, task="segmentation", iterations=40, lr=0.5, eval_every=0)
+    result = train(config, model, data, data)
+    assert set(result.metrics) == {"miou", "iou", "pixel_acc", "num_pixels"}
+    assert result.metrics["num_pixels"] == 16 * 7 * 8  # first row of each mask is 255
+    assert len(result.metrics["iou"]) == 3
+    assert result.metrics["miou"] > before + 0.1
+
+
+def test_detection_trains_and_reports_coco_metrics(tmp_path):
+    torch.manual_seed(0)
+    config = _config(tmp_path, task="detection", iterations=6, batch_size=2, lr=0.05,
+                     eval_every=0, grad_clip_norm=5.0)
+    result = train(config, TinyDetector(), ToyDetection(size=8), ToyDetection(size=4, seed=1))
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= result.metrics.keys()
+    assert all(0.0 <= result.metrics[k] <= 1.0 for k in ("AP", "AP50", "AP75"))
+    train_rows = [r for r in read_metrics(result.out_dir / "metrics.jsonl")
+                  if r["split"] == "train"]
+    assert {"loss_box", "loss_cls", "grad_norm"} <= train_rows[-1].keys()
+    assert train_rows[-1]["loss"] == pytest.approx(
+        train_rows[-1]["loss_box"] + train_rows[-1]["loss_cls"], rel=1e-5)
+
+
+def test_bf16_autocast_and_clipping(tmp_path):
+    model = TinyClassifier()
+    config = _config(tmp_path, iterations=4, bf16=True, grad_clip_norm=0.01, eval_every=0)
+    result = train(config, model, ToyClassification(size=16), ToyClassification(size=8))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    rows = [r for r in read_metrics(result.out_dir / "metrics.jsonl") if r["split"] == "train"]
+    assert rows[0]["grad_norm"] > 0.01  # the norm before clipping is what gets logged
+    assert 0.0 <= result.metrics["top1"] <= 1.0
+
+
+def test_non_finite_loss_stops_with_iteration(tmp_path):
+    model = TinyClassifier()
+    with torch.no_grad():
+        model.head.bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="loss is nan at iteration 0"):
+        train(_config(tmp_path), model, ToyClassification(size=8))
+
+
+def test_tensorboard_optional(tmp_path, capsys):
+    result = train(_config(tmp_path, iterations=2, tensorboard=True, eval_every=0),
+                   TinyClassifier(), ToyClassification(size=8))
+    if importlib.util.find_spec("tensorboard") is None:
+        assert "TensorBoard logging is off" in capsys.readouterr().err
+        assert not (result.out_dir / "tensorboard").exists()
+    else:
+        assert any((result.out_dir / "tensorboard").iterdir())
+    assert not math.isnan(read_metrics(result.out_dir / "metrics.jsonl")[-1]["loss"])
