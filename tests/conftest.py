@@ -1,0 +1,43 @@
+"""Shared test settings: bounded, reproducible hypothesis runs and seeded torch RNG.
+
+Hypothesis profiles (pick one with ``HYPOTHESIS_PROFILE=<name>``):
+    ci   (default) 30 examples a test, derandomized so every run draws the same cases.
+    dev  300 random examples a test, for a deeper local search.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+# Numba kernels compile (or load from the disk cache) on first use: no per-example deadline.
+settings.register_profile(
+    "ci",
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=300, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def _test_seed(request: pytest.FixtureRequest) -> int:
+    """A stable seed per test (its node id), so tests do not depend on each other's order."""
+    return zlib.crc32(request.node.nodeid.encode())
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch(request: pytest.FixtureRequest) -> None:
+    torch.manual_seed(_test_seed(request))
+
+
+@pytest.fixture
+def generator(request: pytest.FixtureRequest) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded per test, for explicit ``generator=`` arguments."""
+    return torch.Generator().manual_seed(_test_seed(request))

@@ -1,0 +1,616 @@
+"""Tests of ``deformconv.ops.deform_conv2d`` (shared/SPEC.md, section deform_conv2d).
+
+The oracle is ``deformconv.ops.reference.deform_conv2d`` differentiated by autograd in
+float64. Both backends are checked against it: the Numba CPU kernels (through the public
+op) and the device-agnostic torch fallback (called directly, as non-CPU devices use it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import Tensor
+
+from deformconv.ops import _utils, deform_conv2d, reference
+from deformconv.ops._numba import deform_conv as numba_backend
+from deformconv.ops._torch import deform_conv as torch_backend
+
+# ----------------------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class Case:
+    """One deform_conv2d configuration; ``out_size`` follows the SPEC's Hout/Wout rule."""
+
+    n: int = 2
+    cin: int = 4
+    cout: int = 4
+    groups: int = 1
+    offset_groups: int = 1
+    height: int = 6
+    width: int = 5
+    kernel: tuple[int, int] = (3, 3)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    with_mask: bool = True
+    with_bias: bool = True
+    offset_scale: float = 2.0
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        return tuple(
+            (size + 2 * pad - dil * (k - 1) - 1) // s + 1
+            for size, k, s, pad, dil in zip(
+                (self.height, self.width), self.kernel, self.stride, self.padding,
+                self.dilation, strict=True,
+            )
+        )
+
+    @property
+    def geometry(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        return self.stride, self.padding, self.dilation
+
+
+def make_tensors(case: Case, dtype: torch.dtype = torch.float64, seed: int = 0) -> dict:
+    """Random ``input, offset, weight, bias, mask`` for ``case`` (bias/mask may be None).
+
+    Values are drawn in float64 and then cast, so a float32 case and its float64 reference
+    see exactly the same numbers.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    kh, kw = case.kernel
+    hout, wout = case.out_size
+    kk = kh * kw
+
+    def randn(*shape: int, scale: float = 1.0) -> Tensor:
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+    mask = None
+    if case.with_mask:
+        mask = torch.rand(case.n, case.offset_groups * kk, hout, wout, generator=gen,
+                          dtype=torch.float64).to(dtype)
+    return {
+        "input": randn(case.n, case.cin, case.height, case.width),
+        "offset": randn(case.n, 2 * case.offset_groups * kk, hout, wout, scale=case.offset_scale),
+        "weight": randn(case.cout, case.cin // case.groups, kh, kw),
+        "bias": randn(case.cout) if case.with_bias else None,
+        "mask": mask,
+    }
+
+
+@st.composite
+def cases(draw: st.DrawFn, max_batch: int = 4) -> Case:
+    """Small random configurations covering groups, offset groups and odd geometries."""
+    groups = draw(st.sampled_from([1, 2]))
+    offset_groups = draw(st.sampled_from([1, 2, 3]))
+    cin = math.lcm(groups, offset_groups) * draw(st.integers(1, 2))
+    kernel = draw(st.sampled_from([(3, 3), (3, 2), (1, 1), (5, 5), (2, 3), (1, 3)]))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    # The smallest input that still gives one output row/column, and a few more.
+    min_h = max(1, dilation[0] * (kernel[0] - 1) + 1 - 2 * padding[0])
+    min_w = max(1, dilation[1] * (kernel[1] - 1) + 1 - 2 * padding[1])
+    return Case(
+        n=draw(st.integers(1, max_batch)),
+        cin=cin,
+        cout=groups * draw(st.integers(1, 3)),
+        groups=groups,
+        offset_groups=offset_groups,
+        height=draw(st.integers(min_h, min_h + 6)),
+        width=draw(st.integers(min_w, min_w + 6)),
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        with_mask=draw(st.booleans()),
+        with_bias=draw(st.booleans()),
+        offset_scale=draw(st.sampled_from([0.5, 2.0, 6.0])),
+    )
+
+
+# ----------------------------------------------------------------------------- runners
+
+GRAD_NAMES = ("input", "offset", "weight", "bias", "mask")
+
+
+def run_with_grads(fn: Callable[..., Tensor], tensors: dict, grad_out: Tensor | None = None,
+                   requires_grad: tuple[str, ...] = GRAD_NAMES) -> dict[str, Tensor]:
+    """``fn(**tensors)`` and the gradients of ``<out, grad_out>`` w.r.t. the named tensors."""
+    leaves = {
+        name: t.detach().clone().requires_grad_(name in requires_grad)
+        for name, t in tensors.items() if t is not None
+    }
+    out = fn(**leaves)
+    if grad_out is None:
+        grad_out = torch.randn_like(out)
+    wanted = [name for name, t in leaves.items() if t.requires_grad]
+    grads = torch.autograd.grad(out, [leaves[name] for name in wanted], grad_out)
+    return {"out": out.detach(), **{f"grad_{n}": g for n, g in zip(wanted, grads, strict=True)}}
+
+
+def fast_op(case: Case) -> Callable[..., Tensor]:
+    """The public op (Numba kernels on the CPU) with ``case``'s geometry."""
+
+    def fn(input, offset, weight, bias=None, mask=None):
+        return deform_conv2d(input, offset, weight, bias, case.stride, case.padding,
+                             case.dilation, mask)
+
+    return fn
+
+
+def reference_op(case: Case) -> Callable[..., Tensor]:
+    def fn(input, offset, weight, bias=None, mask=None):
+        return reference.deform_conv2d(input, offset, weight, bias, case.stride, case.padding,
+                                       case.dilation, mask)
+
+    return fn
+
+
+def expected_results(case: Case, tensors: dict, grad_out: Tensor,
+                     requires_grad: tuple[str, ...] = GRAD_NAMES) -> dict[str, Tensor]:
+    """Reference output and gradients, computed in float64 from the same values."""
+    as64 = {k: None if t is None else t.double() for k, t in tensors.items()}
+    return run_with_grads(reference_op(case), as64, grad_out.double(), requires_grad)
+
+
+def fallback_results(case: Case, tensors: dict, grad_out: Tensor) -> dict[str, Tensor]:
+    """Output and gradients of the torch fallback backend (bias gradient is the op's job)."""
+    t = tensors
+    out = torch_backend.forward(t["input"], t["offset"], t["weight"], t["bias"], t["mask"],
+                                case.geometry)
+    grads = torch_backend.backward(grad_out, t["input"], t["offset"], t["weight"], t["mask"],
+                                   case.geometry, True, True, True)
+    results = dict(zip(("grad_input", "grad_offset", "grad_weight"), grads[:3], strict=True))
+    if t["mask"] is not None:
+        results["grad_mask"] = grads[3]
+    return {"out": out, **results}
+
+
+def assert_results_close(actual: dict[str, Tensor], expected: dict[str, Tensor],
+                         rtol: float) -> None:
+    """Each entry of ``expected`` matches, to ``rtol`` relative to its largest magnitude."""
+    for key, want in expected.items():
+        assert key in actual, f"missing {key}"
+        got = actual[key]
+        assert got.shape == want.shape, f"{key}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+        scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
+        torch.testing.assert_close(got.to(want.dtype), want, rtol=rtol, atol=rtol * scale,
+                                   msg=lambda m, key=key: f"{key}: {m}")
+
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
+
+
+# ----------------------------------------------------------------------------- vs reference
+
+
+class TestAgainstReference:
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+    @given(case=cases(), seed=st.integers(0, 2**31 - 1))
+    def test_numba_values_and_grads(self, dtype, case, seed):
+        tensors = make_tensors(case, dtype, seed)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        expected = expected_results(case, tensors, grad_out)
+        actual = run_with_grads(fast_op(case), tensors, grad_out.to(dtype))
+        assert actual["out"].dtype == dtype
+        assert_results_close(actual, expected, TOLERANCE[dtype])
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+    @given(case=cases(), seed=st.integers(0, 2**31 - 1))
+    def test_fallback_values_and_grads(self, dtype, case, seed):
+        tensors = make_tensors(case, dtype, seed)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        expected = expected_results(case, tensors, grad_out)
+        expected.pop("grad_bias", None)
+        actual = fallback_results(case, tensors, grad_out.to(dtype))
+        assert_results_close(actual, expected, TOLERANCE[dtype])
+
+    @pytest.mark.parametrize(
+        "requires_grad",
+        [("input",), ("offset",), ("mask",), ("weight",), ("bias",), ("offset", "weight"),
+         ("input", "mask")],
+    )
+    def test_numba_partial_grads(self, requires_grad):
+        """The backward skips work for inputs that need no gradient: the rest stay right."""
+        case = Case(groups=2, offset_groups=2, stride=(2, 1), dilation=(1, 2))
+        tensors = make_tensors(case)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        expected = expected_results(case, tensors, grad_out, requires_grad)
+        actual = run_with_grads(fast_op(case), tensors, grad_out, requires_grad)
+        assert set(actual) == set(expected)
+        assert_results_close(actual, expected, 1e-10)
+
+    @pytest.mark.parametrize("case", [
+        Case(n=33, cin=2, cout=3, height=4, width=5, offset_groups=2),
+        Case(n=1, kernel=(1, 1), padding=(0, 0), offset_groups=4),
+        Case(height=2, width=1, kernel=(3, 3), padding=(1, 1)),
+        Case(height=1, width=1, kernel=(5, 5), padding=(2, 2), dilation=(1, 1)),
+        Case(height=3, width=7, kernel=(5, 2), padding=(2, 0), dilation=(1, 3), stride=(2, 1)),
+        # More channels than the input-gradient kernel's parallel channel blocks, with
+        # blocks straddling conv-group and offset-group boundaries.
+        Case(n=2, cin=36, cout=8, groups=4, offset_groups=3, height=5, width=6),
+    ], ids=["batch33", "kernel1x1", "input-smaller-than-kernel", "1x1-input-5x5-kernel",
+            "odd-geometry", "many-channels"])
+    @pytest.mark.parametrize("backend", ["numba", "fallback"])
+    def test_special_shapes(self, case, backend):
+        tensors = make_tensors(case, seed=1)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        expected = expected_results(case, tensors, grad_out)
+        if backend == "numba":
+            actual = run_with_grads(fast_op(case), tensors, grad_out)
+        else:
+            expected.pop("grad_bias")
+            actual = fallback_results(case, tensors, grad_out)
+        assert_results_close(actual, expected, 1e-10)
+
+
+# ----------------------------------------------------------------------------- tiling
+
+TILED_CASE = Case(n=3, cin=4, cout=4, groups=2, offset_groups=2, height=9, width=7,
+                  stride=(2, 1), padding=(1, 2), dilation=(1, 2))  # Hout = 5: odd band count
+
+
+def _forced_tiles(mode: str, record: list) -> Callable[..., Iterator[_utils.Tile]]:
+    """``tiles`` with a budget that forces row bands of 2 rows or 2 images per tile."""
+
+    def spy(batch: int, rows: int, bytes_per_row: int, budget: int | None = None):
+        budget = 2 * bytes_per_row if mode == "bands" else 2 * rows * bytes_per_row
+        produced = list(_utils.tiles(batch, rows, bytes_per_row, budget))
+        record.append(produced)
+        return iter(produced)
+
+    return spy
+
+
+class TestTiling:
+    @pytest.mark.parametrize("mode", ["bands", "images"])
+    @pytest.mark.parametrize("backend", ["numba", "fallback"])
+    def test_tiled_matches_reference(self, monkeypatch, backend, mode):
+        case = TILED_CASE
+        assert case.out_size[0] == 5
+        module = numba_backend if backend == "numba" else torch_backend
+        record: list[list[_utils.Tile]] = []
+        monkeypatch.setattr(module, "tiles", _forced_tiles(mode, record))
+        tensors = make_tensors(case, seed=2)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        expected = expected_results(case, tensors, grad_out)
+        if backend == "numba":
+            actual = run_with_grads(fast_op(case), tensors, grad_out)
+        else:
+            expected.pop("grad_bias")
+            actual = fallback_results(case, tensors, grad_out)
+        assert_results_close(actual, expected, 1e-10)
+
+        assert len(record) == 2, "forward and backward should each tile once"
+        for produced in record:
+            if mode == "bands":
+                assert [(t.n0, t.y0, t.y1) for t in produced] == [
+                    (n, y0, min(5, y0 + 2)) for n in range(3) for y0 in (0, 2, 4)
+                ]
+            else:
+                assert [(t.n0, t.n1, t.y0, t.y1) for t in produced] == [(0, 2, 0, 5), (2, 3, 0, 5)]
+
+    def test_workspace_budget_is_read_at_call_time(self, monkeypatch):
+        """Setting ``_utils.WORKSPACE_BYTES`` (the DEFORMCONV_WORKSPACE_MB knob) takes effect."""
+        record: list[list[_utils.Tile]] = []
+
+        def passthrough(*args, **kwargs):
+            produced = list(_utils.tiles(*args, **kwargs))
+            record.append(produced)
+            return iter(produced)
+
+        monkeypatch.setattr(_utils, "WORKSPACE_BYTES", 1)
+        monkeypatch.setattr(numba_backend, "tiles", passthrough)
+        case = TILED_CASE
+        tensors = make_tensors(case, seed=3)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        expected = expected_results(case, tensors, grad_out)
+        actual = run_with_grads(fast_op(case), tensors, grad_out)
+        assert_results_close(actual, expected, 1e-10)
+        hout = case.out_size[0]
+        for produced in record:  # a 1-byte budget leaves one row of one image per tile
+            assert [(t.n0, t.n1, t.y0, t.y1) for t in produced] == [
+                (n, n + 1, y, y + 1) for n in range(case.n) for y in range(hout)
+            ]
+
+
+# ----------------------------------------------------------------------------- gradcheck
+
+
+def _fractional_offset(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
+    """Integer shifts plus fractions in [0.1, 0.9]: every sample lies away from the kinks
+    of the piecewise-bilinear function (integer coordinates), so finite differences hold."""
+    whole = torch.randint(-2, 3, shape, generator=gen, dtype=torch.float64)
+    return whole + 0.1 + 0.8 * torch.rand(shape, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_gradcheck(with_mask, generator):
+    case = Case(n=2, cin=4, cout=2, groups=2, offset_groups=2, height=5, width=4,
+                kernel=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2),
+                with_mask=with_mask)
+    tensors = make_tensors(case, seed=4)
+    tensors["offset"] = _fractional_offset(tuple(tensors["offset"].shape), generator)
+    names = [n for n in GRAD_NAMES if tensors[n] is not None]
+    inputs = tuple(tensors[n].requires_grad_() for n in names)
+    op = fast_op(case)
+    assert torch.autograd.gradcheck(lambda *args: op(**dict(zip(names, args, strict=True))),
+                                    inputs)
+
+
+# ----------------------------------------------------------------------------- vs other ops
+
+
+@pytest.mark.parametrize("groups, kernel, stride, padding, dilation", [
+    (1, (3, 3), (1, 1), (1, 1), (1, 1)),
+    (2, (3, 2), (2, 1), (0, 1), (2, 1)),
+    (4, (1, 1), (1, 2), (0, 0), (1, 1)),
+    (2, (5, 5), (1, 1), (2, 2), (1, 1)),
+    (1, (2, 3), (3, 2), (2, 1), (1, 2)),
+])
+def test_zero_offset_equals_conv2d(groups, kernel, stride, padding, dilation):
+    case = Case(n=2, cin=4, cout=4, groups=groups, height=9, width=8, kernel=kernel,
+                stride=stride, padding=padding, dilation=dilation, with_mask=False)
+    tensors = make_tensors(case)
+    tensors["offset"] = torch.zeros_like(tensors["offset"])
+    grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+
+    def conv(input, offset, weight, bias=None, mask=None):
+        return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+    expected = run_with_grads(conv, tensors, grad_out, ("input", "weight", "bias"))
+    actual = run_with_grads(fast_op(case), tensors, grad_out, ("input", "weight", "bias"))
+    assert_results_close(actual, expected, 1e-12)
+
+
+@pytest.mark.parametrize("case", [
+    Case(with_mask=False),
+    Case(with_mask=True),
+    Case(n=3, cin=6, cout=4, groups=2, offset_groups=3, kernel=(3, 2), stride=(2, 1),
+         padding=(1, 0), dilation=(2, 1), height=9, width=7, with_mask=True),
+    Case(n=1, cin=4, cout=2, groups=1, offset_groups=2, kernel=(1, 1), padding=(0, 0),
+         with_mask=False, with_bias=False),
+], ids=["v1", "v2", "v2-groups", "v1-1x1-no-bias"])
+def test_matches_torchvision(case):
+    tensors = make_tensors(case, seed=5)
+    grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+
+    def tv_op(input, offset, weight, bias=None, mask=None):
+        return torchvision.ops.deform_conv2d(input, offset, weight, bias, case.stride,
+                                             case.padding, case.dilation, mask)
+
+    expected = run_with_grads(tv_op, tensors, grad_out)
+    actual = run_with_grads(fast_op(case), tensors, grad_out)
+    assert_results_close(actual, expected, 1e-10)
+
+
+# ----------------------------------------------------------------------------- edge cases
+
+
+class TestEdgeCases:
+    @pytest.mark.parametrize("shift", [1e3, -1e3, 1e6, math.inf, -math.inf])
+    @pytest.mark.parametrize("backend", ["numba", "fallback"])
+    def test_all_samples_outside(self, backend, shift):
+        """Every sample off the image: out = bias, and no gradient reaches input/offset/mask."""
+        case = Case(groups=2, offset_groups=2)
+        tensors = make_tensors(case)
+        tensors["offset"] = torch.full_like(tensors["offset"], shift)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        if backend == "numba":
+            results = run_with_grads(fast_op(case), tensors, grad_out)
+            torch.testing.assert_close(results["grad_bias"], grad_out.sum((0, 2, 3)))
+        else:
+            results = fallback_results(case, tensors, grad_out)
+        bias = tensors["bias"].view(1, -1, 1, 1).expand_as(results["out"])
+        torch.testing.assert_close(results["out"], bias, rtol=0, atol=0)
+        for name in ("grad_input", "grad_offset", "grad_mask", "grad_weight"):
+            assert torch.equal(results[name], torch.zeros_like(results[name])), name
+
+    def test_mask_of_ones_equals_no_mask(self):
+        case = Case(groups=2, offset_groups=2, stride=(2, 1))
+        tensors = make_tensors(case, seed=12)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        names = ("input", "offset", "weight", "bias")
+        without = run_with_grads(fast_op(case), {**tensors, "mask": None}, grad_out, names)
+        ones = run_with_grads(fast_op(case), {**tensors, "mask": torch.ones_like(tensors["mask"])},
+                              grad_out, names)
+        assert_results_close(ones, without, 1e-12)
+
+    def test_mixed_huge_and_infinite_offsets(self):
+        """Some offsets 1e6 / ±inf among ordinary ones: finite and equal to the reference."""
+        case = Case(n=2, offset_groups=2, cin=4)
+        tensors = make_tensors(case, seed=6)
+        offset = tensors["offset"].flatten()
+        offset[::7] = math.inf
+        offset[3::11] = -math.inf
+        offset[5::13] = 1e6
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        expected = expected_results(case, tensors, grad_out)
+        actual = run_with_grads(fast_op(case), tensors, grad_out)
+        for name, value in actual.items():
+            assert torch.isfinite(value).all(), name
+        assert_results_close(actual, expected, 1e-10)
+
+    @pytest.mark.parametrize("with_mask", [False, True])
+    def test_empty_batch(self, with_mask):
+        case = Case(n=0, with_mask=with_mask)
+        tensors = make_tensors(case)
+        grad_out = torch.randn(0, case.cout, *case.out_size, dtype=torch.float64)
+        results = run_with_grads(fast_op(case), tensors, grad_out)
+        assert results["out"].shape == (0, case.cout, *case.out_size)
+        for name in GRAD_NAMES:
+            if tensors[name] is not None:
+                assert results[f"grad_{name}"].shape == tensors[name].shape, name
+        assert torch.equal(results["grad_weight"], torch.zeros_like(tensors["weight"]))
+        assert torch.equal(results["grad_bias"], torch.zeros_like(tensors["bias"]))
+        fallback = fallback_results(case, tensors, grad_out)
+        assert fallback["out"].shape == (0, case.cout, *case.out_size)
+
+    def test_non_contiguous_inputs(self):
+        case = Case(n=2, cin=4, cout=6, groups=2, offset_groups=2, stride=(1, 2))
+        tensors = make_tensors(case, seed=7)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        expected = expected_results(case, tensors, grad_out)
+
+        def strided(t: Tensor) -> Tensor:
+            if t.dim() != 4:
+                return t.repeat_interleave(2)[::2]  # every other element of a 2x copy
+            return t.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+
+        def op(**kwargs):
+            kwargs = {k: strided(v) for k, v in kwargs.items()}
+            assert not any(v.is_contiguous() for v in kwargs.values())
+            return fast_op(case)(**kwargs)
+
+        actual = run_with_grads(op, tensors, strided(grad_out))
+        assert_results_close(actual, expected, 1e-10)
+
+    @pytest.mark.parametrize("dtype, rtol", [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
+    def test_half_precision_computed_in_float32(self, dtype, rtol):
+        case = Case(offset_groups=2, groups=2)
+        tensors = make_tensors(case, dtype, seed=8)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size).to(dtype)
+        # The spec: computed in float32 from the very same (rounded) values.
+        as32 = {k: None if t is None else t.float() for k, t in tensors.items()}
+        expected = run_with_grads(fast_op(case), as32, grad_out.float())
+        actual = run_with_grads(fast_op(case), tensors, grad_out)
+        for name, value in actual.items():
+            assert value.dtype == dtype, name
+        assert_results_close(actual, expected, rtol)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _valid_arguments() -> dict:
+    """Valid arguments: groups 2, 3x3 kernel, 6x6 input -> 4x4 output."""
+    case = Case(n=2, cin=4, cout=4, groups=2, height=6, width=6, padding=(0, 0))
+    return make_tensors(case, dtype=torch.float32)
+
+
+def _with(**changes) -> Callable[[dict], dict]:
+    def apply(args: dict) -> dict:
+        for name, change in changes.items():
+            args[name] = change(args[name]) if callable(change) else change
+        return args
+
+    return apply
+
+
+BAD_INPUTS = [
+    ("offset-channels", _with(offset=torch.zeros(2, 17, 4, 4)), ValueError,
+     r"offset\.shape\[1\] is not valid: got 17, expected a positive multiple of 2\*kh\*kw = 18"),
+    ("offset-batch", _with(offset=torch.zeros(3, 18, 4, 4)), ValueError,
+     r"offset\.shape is not valid: got \(3, 18, 4, 4\), expected \(2, 18, 4, 4\)"),
+    ("offset-spatial", _with(offset=torch.zeros(2, 18, 5, 4)), ValueError,
+     r"offset\.shape is not valid: got \(2, 18, 5, 4\), expected \(2, 18, 4, 4\)"),
+    ("mask-channels", _with(mask=torch.ones(2, 8, 4, 4)), ValueError,
+     r"mask\.shape is not valid: got \(2, 8, 4, 4\), expected \(2, 9, 4, 4\)"),
+    ("mask-batch", _with(mask=torch.ones(1, 9, 4, 4)), ValueError,
+     r"mask\.shape is not valid: got \(1, 9, 4, 4\), expected \(2, 9, 4, 4\)"),
+    ("groups", _with(input=torch.zeros(2, 5, 6, 6)), ValueError,
+     r"input\.shape\[1\] \(5\) must be a multiple of weight\.shape\[1\] \(2\)"),
+    ("cout-groups", _with(weight=torch.zeros(3, 2, 3, 3), bias=None), ValueError,
+     r"weight\.shape\[0\] \(3\) must be divisible by groups = 2"),
+    ("offset-groups", _with(offset=torch.zeros(2, 54, 4, 4), mask=None), ValueError,
+     r"input\.shape\[1\] \(4\) must be divisible by the offset groups .* = 3\)"),
+    ("bias-size", _with(bias=torch.zeros(5)), ValueError,
+     r"bias\.shape is not valid: got \(5,\), expected \(4,\)"),
+    ("input-int", _with(input=lambda t: t.long()), TypeError,
+     r"input must be float16, bfloat16, float32 or float64, got torch\.int64"),
+    ("offset-int", _with(offset=lambda t: t.int()), TypeError,
+     r"offset must be float16, bfloat16, float32 or float64, got torch\.int32"),
+    ("offset-dtype-mix", _with(offset=lambda t: t.double()), TypeError,
+     r"offset has dtype torch\.float64 but input has torch\.float32"),
+    ("mask-dtype-mix", _with(mask=lambda t: t.half()), TypeError,
+     r"mask has dtype torch\.float16 but input has torch\.float32"),
+    ("input-3d", _with(input=lambda t: t[0]), ValueError,
+     r"input must be 4-D, got 3-D tensor of shape \(4, 6, 6\)"),
+    ("weight-2d", _with(weight=lambda t: t.flatten(1)), ValueError, r"weight must be 4-D, got 2-D"),
+    ("bias-2d", _with(bias=lambda t: t[None]), ValueError, r"bias must be 1-D, got 2-D"),
+    ("offset-5d", _with(offset=lambda t: t[None]), ValueError, r"offset must be 4-D, got 5-D"),
+    ("input-not-tensor", _with(input=lambda t: t.numpy()), TypeError,
+     r"input must be a torch\.Tensor, got ndarray"),
+    ("nan-offset", _with(offset=lambda t: t.index_put((torch.tensor([1]), torch.tensor([3])),
+                                                      torch.tensor(math.nan))),
+     ValueError, r"offset contains 16 NaN value\(s\); sample positions must not be NaN"),
+    ("device-mix", _with(mask=lambda t: t.to("meta")), RuntimeError,
+     r"mask is on meta but input is on cpu"),
+    ("input-too-small", _with(input=torch.zeros(2, 4, 2, 6)), ValueError,
+     r"input of spatial size \(2, 6\) is too small for kernel \(3, 3\)"),
+]
+
+
+@pytest.mark.parametrize("change, error, match", [c[1:] for c in BAD_INPUTS],
+                         ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input(change, error, match):
+    args = change(_valid_arguments())
+    with pytest.raises(error, match=match):
+        deform_conv2d(args["input"], args["offset"], args["weight"], args["bias"],
+                      mask=args["mask"])
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"stride": 0}, ValueError, r"stride and dilation must be >= 1 and padding >= 0"),
+    ({"dilation": (1, 0)}, ValueError, r"stride and dilation must be >= 1"),
+    ({"padding": -1}, ValueError, r"padding >= 0, got .*padding=\(-1, -1\)"),
+    ({"stride": (1, 2, 3)}, TypeError, r"stride must be an int or a pair of ints, got \(1, 2, 3\)"),
+    ({"padding": 1.5}, TypeError, r"padding must be an int or a pair of ints, got 1\.5"),
+])
+def test_bad_geometry(kwargs, error, match):
+    args = _valid_arguments()
+    with pytest.raises(error, match=match):
+        deform_conv2d(args["input"], args["offset"], args["weight"], **kwargs)
+
+
+# ----------------------------------------------------------------------------- torch.library
+
+
+@pytest.mark.parametrize("with_mask, with_bias, geometry", [
+    (True, True, (1, 1, 1, 1, 1, 1)),
+    (False, True, (2, 1, 0, 1, 1, 2)),
+    (True, False, (1, 2, 1, 0, 2, 1)),
+])
+def test_opcheck(with_mask, with_bias, geometry):
+    sh, sw, ph, pw, dh, dw = geometry
+    case = Case(n=2, cin=4, cout=2, groups=2, offset_groups=2, height=7, width=6,
+                stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), with_mask=with_mask,
+                with_bias=with_bias)
+    t = {k: None if v is None else v.float().requires_grad_()
+         for k, v in make_tensors(case, seed=9).items()}
+    torch.library.opcheck(
+        torch.ops.deformconv.deform_conv2d.default,
+        (t["input"], t["offset"], t["weight"], t["bias"], t["mask"], *geometry),
+    )
+
+
+def test_opcheck_backward_op():
+    case = Case(n=2, cin=4, cout=2, groups=2, offset_groups=2, stride=(2, 1))
+    t = make_tensors(case, torch.float32, seed=10)
+    grad_out = torch.randn(case.n, case.cout, *case.out_size)
+    for mask in (t["mask"], None):
+        torch.library.opcheck(
+            torch.ops.deformconv.deform_conv2d_backward.default,
+            (grad_out, t["input"], t["offset"], t["weight"], mask, 2, 1, 1, 1, 1, 1,
+             True, True, True),
+        )
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    case = Case(n=2, cin=4, cout=4, groups=2, offset_groups=2, stride=(2, 1), dilation=(1, 2))
+    tensors = {k: v.float() for k, v in make_tensors(case, seed=11).items()}
+    grad_out = torch.randn(case.n, case.cout, *case.out_size)
+    compiled = torch.compile(fast_op(case), fullgraph=True)
+    expected = run_with_grads(fast_op(case), tensors, grad_out)
+    actual = run_with_grads(compiled, tensors, grad_out)
+    assert_results_close(actual, expected, 1e-5)
