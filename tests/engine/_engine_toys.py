@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
                          batch_size=args.batch_size, lr=0.1, warmup_iters=2, schedule="cosine",
                          checkpoint_every=3, out_dir=args.out_dir, progress=False,
                          resume="auto" if args.resume else None, log_every=1)
-    train(config, model, ToyClassification(size=20))
+    train(config, model, ToyClassification(size=20), ToyClassification(size=7, seed=5))
     rank = int(os.environ.get("RANK", "0"))
     torch.save(model.state_dict(), os.path.join(args.out_dir, f"rank{rank}.pt"))
 

@@ -1,0 +1,84 @@
+"""Real processes: a training run SIGKILLed mid-way and resumed, and 2-process DDP via torchrun."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _engine_toys import main, state_equal
+
+from deformconv.engine import KILL_ENV, load_checkpoint, read_metrics
+
+SCRIPT = Path(__file__).with_name("_engine_toys.py")
+
+
+def _start(*args: str, kill_at: int | None = None, torchrun: bool = False) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in (KILL_ENV, "RANK", "WORLD_SIZE")}
+    env["OMP_NUM_THREADS"] = "1"
+    if kill_at is not None:
+        env[KILL_ENV] = str(kill_at)
+    launcher = [sys.executable]
+    if torchrun:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    return subprocess.Popen([*launcher, str(SCRIPT), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture
+def in_process():
+    """Run the toy script's ``main`` here (one thread, like the subprocesses), then restore."""
+    threads = torch.get_num_threads()
+    yield main
+    torch.set_num_threads(threads)
+
+
+def _finish(proc: subprocess.Popen, expect: int = 0) -> str:
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == expect, f"exit code {proc.returncode}, output:\n{out}"
+    return out
+
+
+def test_killed_process_resumes_to_identical_weights(tmp_path, in_process):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    killed = _start(str(cut), "10", kill_at=8)
+    in_process([str(full), "10"])  # the uninterrupted reference, while the other one runs
+    _finish(killed, expect=-signal.SIGKILL)  # died after iteration 8, no final checkpoint
+    assert load_checkpoint(cut / "last.pt")["iteration"] == 6  # checkpoint_every=3
+    assert not list(cut.glob(".*.tmp"))  # no temp file left by the atomic writes
+    assert "resumed from" in _finish(_start(str(cut), "10", "--resume"))
+
+    a = torch.load(full / "rank0.pt", weights_only=True)
+    b = torch.load(cut / "rank0.pt", weights_only=True)
+    assert state_equal(a, b)
+    assert load_checkpoint(cut / "last.pt")["iteration"] == 10
+
+
+def test_two_process_ddp_matches_single_process(tmp_path, in_process):
+    # 2 ranks x batch 2 see, step by step, the same samples as 1 process x batch 4
+    # (rank r takes every other index of the same permutation), and DDP averages the
+    # gradients: without dropout both runs follow the same trajectory up to rounding.
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    proc = _start(str(ddp), "6", "--batch-size", "2", "--dropout", "0", torchrun=True)
+    in_process([str(single), "6", "--batch-size", "4", "--dropout", "0"])
+    _finish(proc)
+
+    rank0 = torch.load(ddp / "rank0.pt", weights_only=True)
+    rank1 = torch.load(ddp / "rank1.pt", weights_only=True)
+    assert state_equal(rank0, rank1)
+    reference = torch.load(single / "rank0.pt", weights_only=True)
+    for name, value in reference.items():
+        torch.testing.assert_close(rank0[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+    last = load_checkpoint(ddp / "last.pt")
+    assert last["world_size"] == 2 and len(last["rng"]) == 2  # every rank's RNG state
+    records = read_metrics(ddp / "metrics.jsonl")  # written by rank 0 only: no duplicates
+    assert [r["iter"] for r in records if r["split"] == "train"] == list(range(1, 7))
+    val = [r for r in records if r["split"] == "val"]
+    assert len(val) == 1 and val[0]["num_images"] == 7  # shards cover the val set once
+    single_val = [r for r in read_metrics(single / "metrics.jsonl") if r["split"] == "val"]
+    assert val[0]["top1"] == single_val[0]["top1"]
