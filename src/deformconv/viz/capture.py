@@ -1,0 +1,259 @@
+"""Record the offsets deformable layers use in a forward pass, through forward hooks.
+
+Every :class:`~deformconv.nn.DeformConv2d` (found by ``isinstance``) gets a hook on its offset
+conv; :class:`~deformconv.nn.DeformRoIPool` / :class:`~deformconv.nn.DeformPSRoIPool` get
+hooks that keep their RoIs and normalised offsets (see :mod:`deformconv.viz.roi`). Only the
+chosen images of a batch and the first ``max_calls`` forward passes are kept, as float32 CPU
+tensors, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import torch
+from torch import Tensor, nn
+
+from ..nn import DeformConv2d, DeformPSRoIPool, DeformRoIPool
+from .roi import RoIOffsetRecord, install_roi_hooks
+
+__all__ = ["LayerGeometry", "OffsetCapture", "OffsetRecord", "capture_offsets"]
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """Kernel, stride, padding, dilation and offset groups of a deformable conv."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    offset_groups: int = 1
+
+    @classmethod
+    def of(cls, conv: DeformConv2d) -> LayerGeometry:
+        return cls(conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                   conv.offset_groups)
+
+    @property
+    def kernel_points(self) -> int:
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    def output_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        """SPEC: ``Hout = (H + 2*pad - dil*(k - 1) - 1) // stride + 1``, same for W."""
+        return tuple(  # type: ignore[return-value]
+            (size + 2 * p - d * (k - 1) - 1) // s + 1
+            for size, p, d, k, s in zip(input_size, self.padding, self.dilation,
+                                        self.kernel_size, self.stride, strict=True)
+        )
+
+    def kernel_offsets(self) -> Tensor:
+        """``(kh*kw, 2)`` float64: regular position of kernel point ``k = i*kw + j`` relative
+        to ``(y*stride_h, x*stride_w)``, i.e. ``(i*dil_h - pad_h, j*dil_w - pad_w)``."""
+        kh, kw = self.kernel_size
+        i = torch.arange(kh, dtype=torch.float64).repeat_interleave(kw)
+        j = torch.arange(kw, dtype=torch.float64).repeat(kh)
+        return torch.stack([i * self.dilation[0] - self.padding[0],
+                            j * self.dilation[1] - self.padding[1]], dim=1)
+
+
+@dataclass(frozen=True)
+class OffsetRecord:
+    """What one deformable conv sampled for the kept images of one forward pass.
+
+    Attributes:
+        name: the layer's name in ``model.named_modules()``.
+        geometry: the layer's :class:`LayerGeometry`.
+        input_size: ``(H, W)`` of the layer input.
+        offset: ``(n, 2*G*kh*kw, Hout, Wout)`` float32, SPEC layout (Δh, Δw per point).
+        mask: ``(n, G*kh*kw, Hout, Wout)`` after the sigmoid, or None (DCN v1).
+        images: batch index of each of the ``n`` kept images.
+        image_size: ``(H, W)`` of the network input, if known; needed for image coordinates.
+    """
+
+    name: str
+    geometry: LayerGeometry
+    input_size: tuple[int, int]
+    offset: Tensor
+    mask: Tensor | None
+    images: tuple[int, ...]
+    image_size: tuple[int, int] | None = None
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return int(self.offset.shape[-2]), int(self.offset.shape[-1])
+
+    def _stride(self, size: tuple[int, int]) -> Tensor:
+        if self.image_size is None:
+            raise ValueError(
+                f"layer {self.name!r}: image_size is unknown (the model input was not a "
+                "(N, C, H, W) tensor); give image_size to OffsetCapture or use "
+                "dataclasses.replace(record, image_size=(H, W))"
+            )
+        return torch.tensor([self.image_size[0] / size[0], self.image_size[1] / size[1]],
+                            dtype=torch.float64)
+
+    @property
+    def input_stride(self) -> Tensor:
+        """``(2,)`` (stride_y, stride_x) of the layer input w.r.t. the image: image / feature
+        size, the cumulative stride of the layers below."""
+        return self._stride(self.input_size)
+
+    @property
+    def output_stride(self) -> Tensor:
+        """``(2,)`` cumulative stride of the layer output."""
+        return self._stride(self.output_size)
+
+
+def _image_size(args: tuple) -> tuple[int, int] | None:
+    first = args[0] if args else None
+    if isinstance(first, Tensor) and first.dim() >= 3:
+        return int(first.shape[-2]), int(first.shape[-1])
+    return None
+
+
+class OffsetCapture:
+    """Context manager recording the offsets of deformable layers during forward passes.
+
+    Args:
+        model: any module; its DeformConv2d / DeformRoIPool / DeformPSRoIPool submodules are
+            hooked (found by ``isinstance``).
+        layers: names (as in ``model.named_modules()``) of the layers to record; None = all.
+        images: batch indices to keep (others are dropped at once); None = the whole batch.
+        max_calls: forward passes recorded per layer; later ones are ignored. None = all.
+        image_size: ``(H, W)`` of the network input; by default read from the model's first
+            positional argument when it is an ``(N, C, H, W)`` tensor.
+
+    After the ``with`` block, ``records[name]`` holds one :class:`OffsetRecord` per recorded
+    pass of a deformable conv, ``roi_records[name]`` one
+    :class:`~deformconv.viz.roi.RoIOffsetRecord` per pass of a deformable RoI pooling.
+
+    Example::
+
+        >>> with OffsetCapture(model, images=[0]) as capture:
+        ...     model(batch)
+        >>> record = capture.latest()["layer4.0.conv2"]
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[str] | None = None,
+        images: Sequence[int] | None = None,
+        max_calls: int | None = 1,
+        image_size: tuple[int, int] | None = None,
+    ) -> None:
+        modules = dict(model.named_modules())
+        kinds = (DeformConv2d, DeformRoIPool, DeformPSRoIPool)
+        if layers is None:
+            chosen = {n: m for n, m in modules.items() if isinstance(m, kinds)}
+        else:
+            chosen = {}
+            for name in layers:
+                if name not in modules:
+                    raise ValueError(f"layers: no module named {name!r} in the model")
+                if not isinstance(modules[name], kinds):
+                    raise ValueError(
+                        f"layers: {name!r} is a {type(modules[name]).__name__}, expected a "
+                        "DeformConv2d, DeformRoIPool or DeformPSRoIPool"
+                    )
+                chosen[name] = modules[name]
+        if images is not None and any(i < 0 for i in images):
+            raise ValueError(f"images must be batch indices >= 0, got {list(images)}")
+        if max_calls is not None and max_calls < 1:
+            raise ValueError(f"max_calls must be >= 1 or None, got {max_calls}")
+        self.model = model
+        self.layers = chosen
+        self.images = None if images is None else tuple(images)
+        self.max_calls = max_calls
+        self.image_size = image_size
+        self.records: dict[str, list[OffsetRecord]] = {}
+        self.roi_records: dict[str, list[RoIOffsetRecord]] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._input_size: tuple[int, int] | None = None
+
+    def __enter__(self) -> OffsetCapture:
+        if self._handles:
+            raise RuntimeError("OffsetCapture is already active")
+        self._handles.append(self.model.register_forward_pre_hook(self._on_model_input))
+        for name, module in self.layers.items():
+            if isinstance(module, DeformConv2d):
+                hook = self._conv_hook(name, module)
+                self._handles.append(module.conv_offset.register_forward_hook(hook))
+            else:
+                self._handles += install_roi_hooks(name, module, self._keep_roi_record,
+                                                   self._roi_wanted)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def clear(self) -> None:
+        """Drop everything recorded so far (the hooks stay)."""
+        self.records.clear()
+        self.roi_records.clear()
+
+    def latest(self) -> dict[str, OffsetRecord]:
+        """The last recorded pass of each deformable conv, by layer name (model order)."""
+        return {name: recs[-1] for name, recs in self.records.items() if recs}
+
+    def latest_rois(self) -> dict[str, RoIOffsetRecord]:
+        """The last recorded pass of each deformable RoI pooling, by layer name."""
+        return {name: recs[-1] for name, recs in self.roi_records.items() if recs}
+
+    def _on_model_input(self, module: nn.Module, args: tuple) -> None:
+        self._input_size = self.image_size or _image_size(args)
+
+    def _wanted(self, recorded: int) -> bool:
+        return self.max_calls is None or recorded < self.max_calls
+
+    def _kept(self, batch: int) -> list[int]:
+        return list(range(batch)) if self.images is None else [i for i in self.images
+                                                                if i < batch]
+
+    def _conv_hook(self, name: str, conv: DeformConv2d) -> Callable:
+        geometry = LayerGeometry.of(conv)
+        points = 2 * geometry.offset_groups * geometry.kernel_points
+
+        def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
+            if not self._wanted(len(self.records.get(name, []))):
+                return
+            kept = self._kept(out.shape[0])
+            out = out.detach()[kept].float().cpu()  # (n, 2*G*kk [+ G*kk], Hout, Wout)
+            mask = out[:, points:].sigmoid() if conv.modulated else None
+            record = OffsetRecord(name, geometry, (int(args[0].shape[-2]), int(args[0].shape[-1])),
+                                  out[:, :points], mask, tuple(kept), self._input_size)
+            self.records.setdefault(name, []).append(record)
+
+        return hook
+
+    def _roi_wanted(self, name: str) -> bool:
+        return self._wanted(len(self.roi_records.get(name, [])))
+
+    def _keep_roi_record(self, record: RoIOffsetRecord) -> None:
+        """Called by the RoI hooks: filter to the kept images, stamp the image size, store."""
+        if self.images is not None:
+            keep = torch.isin(record.rois[:, 0].long(), torch.tensor(self.images))
+            record = record.select(keep)
+        record = dataclasses.replace(record, image_size=self._input_size)
+        self.roi_records.setdefault(record.name, []).append(record)
+
+
+def capture_offsets(
+    model: nn.Module,
+    *inputs: object,
+    layers: Sequence[str] | None = None,
+    images: Sequence[int] | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> dict[str, OffsetRecord]:
+    """Run ``model(*inputs)`` once without gradients and return each deformable conv's
+    :class:`OffsetRecord`, by layer name. The model's train/eval mode is left as it is."""
+    with torch.no_grad(), OffsetCapture(model, layers, images, 1, image_size) as capture:
+        model(*inputs)
+    return capture.latest()

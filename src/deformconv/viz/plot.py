@@ -1,0 +1,166 @@
+"""PNG figures of sampling locations (paper Fig. 5/6) and RoI bin offsets (Fig. 7).
+
+Drawn with matplotlib's object API on an Agg canvas: no pyplot, no display, no global
+backend change. Coordinates are image pixel indices (pixel i centred at i), as in
+:mod:`deformconv.viz.coords`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .capture import OffsetRecord
+from .roi import RoIBins
+from .sampling import BackProjection, back_project
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["plot_roi_offsets", "plot_sampling_locations", "plot_stacked_sampling",
+           "to_display_image"]
+
+UNIT_COLOR = "#00e000"  # the activation unit, green as in the paper
+
+
+def to_display_image(image: Tensor | np.ndarray) -> np.ndarray:
+    """``(C, H, W)`` / ``(H, W)`` tensor or ``(H, W, C)`` / ``(H, W)`` array -> float
+    ``(H, W, 3)`` in [0, 1]. uint8 is divided by 255; other values outside [0, 1]
+    (normalised network inputs) are min-max stretched."""
+    if isinstance(image, Tensor):
+        array = image.detach().cpu().numpy()
+        if array.ndim == 3:
+            array = np.moveaxis(array, 0, -1)
+    else:
+        array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"image must be (C, H, W) or (H, W) with C in (1, 3), got shape "
+                         f"{tuple(image.shape)}")
+    if array.dtype == np.uint8:
+        return array.astype(np.float64) / 255.0
+    array = array.astype(np.float64)
+    low, high = float(array.min()), float(array.max())
+    if low < 0.0 or high > 1.0:
+        array = (array - low) / max(high - low, 1e-12)
+    return array
+
+
+def _figure(image: np.ndarray, title: str | None) -> tuple[Figure, Axes]:
+    from matplotlib.figure import Figure
+
+    height, width = image.shape[:2]
+    scale = 6.0 / max(height, width)  # 6 inches on the long side, whatever the image size
+    fig = Figure(figsize=(max(width * scale, 2.0), max(height * scale, 2.0)))
+    ax = fig.add_subplot()
+    ax.imshow(image, interpolation="nearest")
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig, ax
+
+
+def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def plot_sampling_locations(
+    image: Tensor | np.ndarray,
+    projections: BackProjection | Sequence[BackProjection],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    dpi: int = 100,
+) -> Path:
+    """Draw the sampling points of one or more activation units over ``image``; save a PNG.
+
+    Each level of a :class:`~deformconv.viz.sampling.BackProjection` has its own colour
+    (the bottom level red, as in the paper's Fig. 5), points shrinking with depth; the
+    activation unit is a green star. Returns the path written.
+    """
+    from matplotlib import colormaps
+
+    if isinstance(projections, BackProjection):
+        projections = [projections]
+    shown = to_display_image(image)
+    fig, ax = _figure(shown, title)
+    depth = max((len(p.levels) for p in projections), default=0)
+    colors = colormaps["autumn_r"](np.linspace(0.15, 1.0, depth)) if depth else []
+    for n, projection in enumerate(projections):
+        for level, points in enumerate(projection.levels):
+            size = max(40.0 / 3**level, 2.0)
+            label = f"{projection.layers[level]} ({len(points)} pts)" if n == 0 else None
+            ax.scatter(points[:, 1].numpy(), points[:, 0].numpy(), s=size, c=[colors[level]],
+                       marker="o", linewidths=0, alpha=0.85, label=label)
+        ax.scatter([float(projection.unit[1])], [float(projection.unit[0])], s=120,
+                   c=UNIT_COLOR, marker="*", edgecolors="black", linewidths=0.5,
+                   label="activation unit" if n == 0 else None)
+    if projections:
+        ax.legend(loc="lower left", fontsize=6, framealpha=0.6)
+    return _save(fig, path, dpi)
+
+
+def plot_stacked_sampling(
+    image: Tensor | np.ndarray,
+    records: Sequence[OffsetRecord],
+    units: Sequence[tuple[int, int]],
+    path: str | Path,
+    *,
+    image_index: int = 0,
+    group: int | None = None,
+    lookup: str = "bilinear",
+    title: str | None = None,
+) -> Path:
+    """:func:`~deformconv.viz.sampling.back_project` each unit (top-layer output (y, x))
+    through ``records`` (bottom layer first) and draw them with
+    :func:`plot_sampling_locations`. ``image`` is the record's kept image ``image_index``."""
+    projections = [back_project(records, unit, image_index, group=group, lookup=lookup)
+                   for unit in units]
+    return plot_sampling_locations(image, projections, path, title=title)
+
+
+def plot_roi_offsets(
+    image: Tensor | np.ndarray,
+    bins: RoIBins | Sequence[RoIBins],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    dpi: int = 100,
+) -> Path:
+    """Draw RoIs (red outline), their regular bin grid (dashed white) and the bins moved by
+    the learned offsets (yellow, with arrows from the regular bin centres) over ``image``;
+    save a PNG. Returns the path written."""
+    from matplotlib.patches import Rectangle
+
+    if isinstance(bins, RoIBins):
+        bins = [bins]
+    fig, ax = _figure(to_display_image(image), title)
+    for roi in bins:
+        x1, y1, x2, y2 = roi.roi.tolist()
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="red",
+                               linewidth=2.0))
+        for box, style in ((roi.bins, dict(edgecolor="white", linestyle="--", linewidth=0.6)),
+                           (roi.shifted, dict(edgecolor="yellow", linewidth=1.2))):
+            for bx1, by1, bx2, by2 in box.reshape(-1, 4).tolist():
+                ax.add_patch(Rectangle((bx1, by1), bx2 - bx1, by2 - by1, fill=False, **style))
+        centres = torch.stack([(roi.bins[..., 0] + roi.bins[..., 2]) / 2,
+                               (roi.bins[..., 1] + roi.bins[..., 3]) / 2], dim=-1).reshape(-1, 2)
+        shifts = roi.shifts.reshape(-1, 2)
+        ax.quiver(centres[:, 0].numpy(), centres[:, 1].numpy(), shifts[:, 0].numpy(),
+                  shifts[:, 1].numpy(), angles="xy", scale_units="xy", scale=1.0,
+                  color="yellow", width=0.004)
+    return _save(fig, path, dpi)

@@ -1,0 +1,96 @@
+"""OffsetCapture: which layers, which images, what is recorded, and that hooks go away."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from deformconv.viz import LayerGeometry, OffsetCapture, capture_offsets
+
+from .helpers import Stack, randomize_offsets
+
+
+class TestOffsetCapture:
+    def test_finds_every_deform_conv_with_sizes_and_geometry(self):
+        model = Stack()
+        records = capture_offsets(model, torch.randn(2, 3, 12, 10))
+        assert list(records) == ["block.0", "block.2"]
+        first, second = records["block.0"], records["block.2"]
+        assert first.geometry == LayerGeometry((3, 3), (2, 2), (1, 1), (1, 1), 1)
+        assert second.geometry == LayerGeometry((3, 3), (1, 1), (2, 2), (2, 2), 2)
+        assert first.input_size == (12, 10) and first.output_size == (6, 5)
+        assert second.input_size == (6, 5) and second.output_size == (6, 5)
+        assert first.image_size == (12, 10) and first.images == (0, 1)
+        assert second.offset.shape == (2, 2 * 2 * 9, 6, 5)
+        assert first.mask is None
+        assert first.input_stride.tolist() == [1.0, 1.0]
+        assert second.input_stride.tolist() == [2.0, 2.0]
+
+    def test_offsets_equal_the_offset_branch_output_for_chosen_images(self):
+        model = Stack(modulated=True)
+        randomize_offsets(model)
+        x = torch.randn(3, 3, 8, 8)
+        records = capture_offsets(model, x, images=[2, 0, 7])
+        conv = model.block[2]
+        with torch.no_grad():
+            feature = model.block[1](model.block[0](model.stem(x)))
+            expected = conv.conv_offset(feature)
+        record = records["block.2"]
+        assert record.images == (2, 0)  # 7 is not in a batch of 3
+        torch.testing.assert_close(record.offset, expected[[2, 0], :36])
+        torch.testing.assert_close(record.mask, expected[[2, 0], 36:].sigmoid())
+        assert record.offset.abs().max() > 0
+
+    def test_layers_max_calls_and_hook_removal(self):
+        model = Stack()
+        x = torch.randn(1, 3, 8, 8)
+        with OffsetCapture(model, layers=["block.2"], max_calls=2) as capture:
+            for _ in range(3):
+                model(x)
+        assert list(capture.records) == ["block.2"]
+        assert len(capture.records["block.2"]) == 2
+        model(x)  # hooks are gone: nothing more is recorded
+        assert len(capture.records["block.2"]) == 2
+        assert all(not m._forward_hooks for m in model.modules())
+        assert not model._forward_pre_hooks
+        capture.clear()
+        assert capture.latest() == {}
+
+    def test_records_are_detached_in_training(self):
+        model = Stack().train()
+        randomize_offsets(model)
+        with OffsetCapture(model) as capture:
+            model(torch.randn(2, 3, 8, 8)).sum().backward()
+        record = capture.latest()["block.0"]
+        assert not record.offset.requires_grad and record.offset.dtype == torch.float32
+
+    def test_bad_layer_names(self):
+        model = Stack()
+        with pytest.raises(ValueError, match="no module named 'nope'"):
+            OffsetCapture(model, layers=["nope"])
+        with pytest.raises(ValueError, match="'stem' is a Conv2d, expected a DeformConv2d"):
+            OffsetCapture(model, layers=["stem"])
+        with pytest.raises(ValueError, match="max_calls must be >= 1"):
+            OffsetCapture(model, max_calls=0)
+
+    def test_image_size_unknown_for_list_inputs(self):
+        class ListModel(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.body = Stack()
+
+            def forward(self, images: list[torch.Tensor]) -> torch.Tensor:
+                return self.body(torch.stack(images))
+
+        model = ListModel()
+        record = capture_offsets(model, [torch.randn(3, 8, 8)])["body.block.0"]
+        assert record.image_size is None
+        with pytest.raises(ValueError, match="image_size is unknown"):
+            _ = record.input_stride
+        record = dataclasses.replace(record, image_size=(16, 16))
+        assert record.output_stride.tolist() == [4.0, 4.0]
+        given = capture_offsets(model, [torch.randn(3, 8, 8)], image_size=(8, 8))
+        assert given["body.block.0"].image_size == (8, 8)

@@ -1,0 +1,93 @@
+"""PNG output: valid files, drawn where the points and boxes are."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deformconv.viz import (
+    LayerGeometry,
+    RoIOffsetRecord,
+    RoIPoolGeometry,
+    back_project,
+    capture_offsets,
+    plot_roi_offsets,
+    plot_sampling_locations,
+    plot_stacked_sampling,
+    roi_bins,
+    to_display_image,
+)
+
+from .helpers import Stack, randomize_offsets, record
+
+
+def read_png(path) -> np.ndarray:
+    assert path.stat().st_size > 0
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.verify()
+    with Image.open(path) as image:
+        assert image.width > 0 and image.height > 0
+        return np.asarray(image.convert("RGB")).astype(int)
+
+
+def count_color(pixels: np.ndarray, rgb: tuple[int, int, int], tolerance: int = 40) -> int:
+    return int((np.abs(pixels - np.array(rgb)).max(axis=-1) <= tolerance).sum())
+
+
+class TestPlotSampling:
+    def test_points_and_unit_are_drawn_on_a_black_image(self, tmp_path):
+        geometry = LayerGeometry((3, 3), padding=(1, 1))
+        stack = [record(geometry, torch.zeros(1, 18, 16, 16), (16, 16), name=f"l{n}")
+                 for n in range(2)]
+        projection = back_project(stack, (8, 8))
+        path = plot_sampling_locations(torch.zeros(3, 16, 16), projection,
+                                       tmp_path / "sub" / "points.png", title="two layers")
+        pixels = read_png(path)
+        assert count_color(pixels, (255, 0, 0)) > 20  # bottom level: red
+        assert count_color(pixels, (0, 224, 0)) > 5  # the unit: green star
+        empty = read_png(plot_sampling_locations(torch.zeros(3, 16, 16), [],
+                                                 tmp_path / "empty.png"))
+        assert count_color(empty, (255, 0, 0)) == 0
+
+    def test_stacked_sampling_of_a_captured_model(self, tmp_path):
+        model = Stack()
+        randomize_offsets(model)
+        image = torch.rand(2, 3, 16, 16)
+        records = capture_offsets(model, image, images=[1])
+        path = plot_stacked_sampling(image[1], list(records.values()), [(2, 2), (5, 6)],
+                                     tmp_path / "stack.png", lookup="nearest")
+        read_png(path)
+
+
+class TestPlotRoIOffsets:
+    def test_roi_outline_and_shifted_bins(self, tmp_path):
+        geometry = RoIPoolGeometry("roi", (3, 3), spatial_scale=0.25, offset_scale=0.1)
+        offset = torch.rand(2, 2, 3, 3) - 0.5
+        rec = RoIOffsetRecord("pool", geometry, torch.tensor([[0.0, 8.0, 8.0, 40.0, 30.0],
+                                                              [0.0, 30.0, 34.0, 60.0, 60.0]]),
+                              offset)
+        image = np.zeros((64, 64), dtype=np.uint8)
+        path = plot_roi_offsets(image, [roi_bins(rec, 0), roi_bins(rec, 1)],
+                                tmp_path / "roi.png", title="RoIs")
+        pixels = read_png(path)
+        assert count_color(pixels, (255, 0, 0), 60) > 50  # red outline
+        assert count_color(pixels, (255, 255, 0), 60) > 50  # yellow bins
+
+
+class TestToDisplayImage:
+    def test_layouts_and_ranges(self):
+        chw = torch.tensor([[[-1.0, 1.0]], [[0.0, 0.0]], [[3.0, 3.0]]])  # (3, 1, 2)
+        shown = to_display_image(chw)
+        assert shown.shape == (1, 2, 3)
+        assert shown.min() == 0.0 and shown.max() == 1.0
+        assert to_display_image(torch.full((1, 2, 2), 0.5)).tolist() == [[[0.5] * 3] * 2] * 2
+        uint8 = np.full((2, 2, 3), 255, dtype=np.uint8)
+        assert to_display_image(uint8).max() == 1.0
+        assert to_display_image(np.zeros((4, 5))).shape == (4, 5, 3)
+
+    def test_bad_shape(self):
+        with pytest.raises(ValueError, match=r"got shape \(2, 4, 4\)"):
+            to_display_image(torch.zeros(2, 4, 4))

@@ -1,0 +1,148 @@
+"""Sampling locations of one layer and their back-projection through stacked layers."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from deformconv.viz import (
+    LayerGeometry,
+    back_project,
+    sampling_locations,
+    sampling_positions,
+    unit_at,
+)
+
+from .helpers import record
+
+
+def sorted_rows(points: torch.Tensor) -> list[tuple[float, float]]:
+    return sorted(map(tuple, points.tolist()))
+
+
+class TestSamplingLocations:
+    def test_zero_offsets_give_the_regular_dilated_grid(self):
+        # stride (2, 1), padding (1, 2), dilation (2, 3): output (2, 1) samples rows
+        # 2*2 - 1 + {0, 2, 4} = {3, 5, 7} and columns 1 - 2 + {0, 3, 6} = {-1, 2, 5}.
+        geometry = LayerGeometry((3, 3), (2, 1), (1, 2), (2, 3))
+        out = geometry.output_size((9, 8))
+        assert out == (4, 6)  # (9 + 2 - 5) // 2 + 1, (8 + 4 - 7) // 1 + 1
+        rec = record(geometry, torch.zeros(1, 18, *out), (9, 8))
+        expected = [[3, -1], [3, 2], [3, 5], [5, -1], [5, 2], [5, 5], [7, -1], [7, 2], [7, 5]]
+        assert sampling_locations(rec, (2, 1)).tolist() == expected
+
+    def test_offset_channels_follow_the_spec_layout(self):
+        # kernel 2x3, kernel point k = i*kw + j = 5 is (1, 2); channel 2k is Δh, 2k+1 is Δw
+        geometry = LayerGeometry((2, 3), padding=(0, 1))
+        offset = torch.zeros(1, 12, 4, 4)
+        offset[0, 10, 1, 2] = 0.25
+        offset[0, 11, 1, 2] = -0.5
+        points = sampling_locations(record(geometry, offset, (5, 4)), (1, 2))
+        assert points[5].tolist() == [1 + 1 + 0.25, 2 - 1 + 2 - 0.5]
+        assert points[4].tolist() == [2.0, 2.0]
+        positions = sampling_positions(offset, geometry)
+        assert positions.shape == (1, 1, 6, 2, 4, 4)
+        assert positions[0, 0, :, :, 1, 2].tolist() == points.tolist()
+
+    def test_groups_are_averaged_or_chosen(self):
+        geometry = LayerGeometry((1, 2), offset_groups=2)
+        offset = torch.zeros(1, 8, 3, 3)  # (group, point, Δh|Δw)
+        offset[0, 0] = 1.0  # group 0 point 0 Δh
+        offset[0, 4] = 3.0  # group 1 point 0 Δh
+        rec = record(geometry, offset, (3, 4))
+        assert sampling_locations(rec, (1, 1))[0].tolist() == [1.0 + 2.0, 1.0]
+        assert sampling_locations(rec, (1, 1), group=1)[0].tolist() == [4.0, 1.0]
+        with pytest.raises(IndexError, match="group must be in"):
+            sampling_locations(rec, (1, 1), group=2)
+
+    def test_bad_arguments(self):
+        geometry = LayerGeometry((3, 3), padding=(1, 1))
+        rec = record(geometry, torch.zeros(1, 18, 4, 4), (4, 4))
+        with pytest.raises(ValueError, match=r"unit \(4, 0\) is outside the 4x4 output"):
+            sampling_locations(rec, (4, 0))
+        with pytest.raises(IndexError, match="image must index the 1 kept image"):
+            sampling_locations(rec, (0, 0), image=1)
+        with pytest.raises(ValueError, match="got 10, expected a multiple of 2\\*kh\\*kw = 18"):
+            sampling_positions(torch.zeros(1, 10, 4, 4), geometry)
+
+
+class TestBackProject:
+    def test_zero_offsets_give_9_to_the_L_points_of_the_receptive_field(self):
+        geometry = LayerGeometry((3, 3), padding=(1, 1))
+        stack = [record(geometry, torch.zeros(1, 18, 12, 12), (12, 12), name=f"l{n}")
+                 for n in range(3)]
+        projection = back_project(stack, (5, 6))
+        assert [len(level) for level in projection.levels] == [9, 81, 729]
+        assert projection.layers == ("l2", "l1", "l0")
+        assert projection.unit.tolist() == [5.0, 6.0]
+        steps = [-1, 0, 1]
+        for depth, level in enumerate(projection.levels, start=1):
+            expected = [(5.0 + sum(dy), 6.0 + sum(dx))
+                        for dy, dx in itertools.product(itertools.product(steps, repeat=depth),
+                                                        repeat=2)]
+            assert sorted_rows(level) == sorted(expected)
+
+    def test_strides_are_followed_through_image_coordinates(self):
+        # bottom: 3x3 stride 2 pad 1 on a 16x16 image -> 8x8; top: 3x3 pad 1 on 8x8.
+        bottom = record(LayerGeometry((3, 3), (2, 2), (1, 1)), torch.zeros(1, 18, 8, 8),
+                        (16, 16), (16, 16), "bottom")
+        top = record(LayerGeometry((3, 3), padding=(1, 1)), torch.zeros(1, 18, 8, 8),
+                     (8, 8), (16, 16), "top")
+        projection = back_project([bottom, top], (3, 3))
+        # top samples features 3 + {-1, 0, 1}, at image (f + 0.5) * 2 - 0.5 = 2f + 0.5
+        assert sorted({p[0] for p in projection.levels[0].tolist()}) == [4.5, 6.5, 8.5]
+        assert projection.unit.tolist() == [6.5, 6.5]
+        # bottom reads image rows 2f - 1 + {0, 1, 2} for f in {2, 3, 4}
+        expected = [(2.0 * fy - 1 + i, 2.0 * fx - 1 + j)
+                    for fy, fx, i, j in itertools.product([2, 3, 4], [2, 3, 4], range(3),
+                                                           range(3))]
+        assert sorted_rows(projection.points) == sorted(expected)
+
+    def test_lower_offsets_are_interpolated_or_rounded(self):
+        geometry = LayerGeometry((1, 3), padding=(0, 1))
+        top_offset = torch.zeros(1, 6, 1, 8)
+        top_offset[:, 1::2] = 0.25  # every top point moves right by 0.25
+        bottom_offset = torch.zeros(1, 6, 1, 8)
+        bottom_offset[:, 0::2] = torch.arange(8.0)  # Δh of the bottom = its output column
+        bottom = record(geometry, bottom_offset, (1, 8), name="bottom")
+        top = record(geometry, top_offset, (1, 8), name="top")
+        # top unit (0, 4) samples columns 3.25, 4.25, 5.25
+        assert sorted({p[1] for p in back_project([bottom, top], (0, 4)).levels[0].tolist()}) \
+            == [3.25, 4.25, 5.25]
+        rows = {p[0] for p in back_project([bottom, top], (0, 4)).points.tolist()}
+        assert sorted(rows) == [3.25, 4.25, 5.25]
+        rows = {p[0] for p in back_project([bottom, top], (0, 4), lookup="nearest")
+                .points.tolist()}
+        assert sorted(rows) == [3.0, 4.0, 5.0]
+
+    def test_constant_offsets_shift_every_point(self):
+        geometry = LayerGeometry((3, 3), padding=(1, 1))
+        zero = record(geometry, torch.zeros(1, 18, 6, 6), (6, 6))
+        moved = torch.zeros(1, 18, 6, 6)
+        moved[:, 0::2] = 0.5
+        moved[:, 1::2] = -1.0
+        shifted = back_project([record(geometry, moved, (6, 6)), zero], (2, 2)).points
+        regular = back_project([zero, zero], (2, 2)).points
+        torch.testing.assert_close(shifted, regular + torch.tensor([0.5, -1.0],
+                                                                   dtype=torch.float64))
+
+    def test_bad_arguments(self):
+        geometry = LayerGeometry((3, 3), padding=(1, 1))
+        rec = record(geometry, torch.zeros(1, 18, 4, 4), (4, 4))
+        with pytest.raises(ValueError, match="at least one OffsetRecord"):
+            back_project([], (0, 0))
+        with pytest.raises(ValueError, match="lookup must be one of"):
+            back_project([rec], (0, 0), lookup="cubic")
+        other = record(geometry, torch.zeros(2, 18, 4, 4), (4, 4))
+        with pytest.raises(ValueError, match="same images"):
+            back_project([rec, other], (0, 0))
+
+
+def test_unit_at_maps_image_points_to_the_nearest_output_pixel():
+    geometry = LayerGeometry((3, 3), (4, 4), (1, 1))
+    rec = record(geometry, torch.zeros(1, 18, 8, 8), (32, 32), (32, 32))
+    # output cell f is centred on image (f + 0.5) * 4 - 0.5 = 4f + 1.5
+    assert unit_at(rec, (9.5, 13.5)) == (2, 3)
+    assert unit_at(rec, (-10.0, 100.0)) == (0, 7)
