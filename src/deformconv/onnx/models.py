@@ -1,0 +1,131 @@
+"""Export whole models of ``deformconv.models`` to ONNX (what ``deformconv export`` runs).
+
+Classification and segmentation models export as one graph ``images -> logits``. A
+two-stage detector is not one static graph (proposal selection, NMS and the per-image
+box lists have data-dependent sizes), so it exports as the two graphs that carry all of
+its weights, the parts a deployment runs in onnxruntime:
+
+- features: ``images (N, 3, H, W)`` in [0, 1], already resized -> RPN objectness
+  ``(N, A, h, w)``, RPN box deltas ``(N, 4A, h, w)`` and the RoI head's feature map;
+- RoI head: ``(head features, rois (K, 5) [batch_index, x1, y1, x2, y2] in image pixels)``
+  -> class logits ``(K, classes)`` and box deltas ``(K, 4 * classes)``.
+
+Anchors, proposal decoding, NMS and box post-processing stay in torchvision's Python code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .export import MIN_OPSET, ExportResult, check, export, export_model
+
+__all__ = ["DetectorFeatures", "RoIHead", "export_detector", "export_registered"]
+
+# num_classes when none is given: ImageNet, PASCAL VOC (+ background), COCO (+ background).
+DEFAULT_CLASSES = {"classification": 1000, "segmentation": 21, "detection": 81}
+
+
+class DetectorFeatures(nn.Module):
+    """Normalise, run the backbone and the RPN head of a ``TwoStageDetector``."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.backbone = detector.backbone
+        self.rpn_head = detector.rpn.head
+        mean = torch.tensor(detector.transform.image_mean).view(1, -1, 1, 1)
+        std = torch.tensor(detector.transform.image_std).view(1, -1, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        from ..models.detection import HEAD_KEY, RPN_KEY
+
+        features = self.backbone((images - self.mean) / self.std)
+        (objectness,), (deltas,) = self.rpn_head([features[RPN_KEY]])
+        return objectness, deltas, features[HEAD_KEY]
+
+
+class RoIHead(nn.Module):
+    """The RoI head of a ``TwoStageDetector`` (pooling -> box head -> predictor) on one feature
+    map and (K, 5) RoIs, instead of a feature dict and per-image proposal lists."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.box_roi_pool = detector.roi_heads.box_roi_pool
+        self.box_head = detector.roi_heads.box_head
+        self.box_predictor = detector.roi_heads.box_predictor
+
+    def forward(self, features: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
+        from ..models.detection import HEAD_KEY
+
+        # The poolers take (K, 5) RoIs as well as per-image lists; image sizes are unused.
+        pooled = self.box_roi_pool({HEAD_KEY: features}, rois, [])
+        return self.box_predictor(self.box_head(pooled))
+
+
+def example_rois(count: int, batch: int, height: int, width: int, seed: int = 0) -> Tensor:
+    """(count, 5) random boxes inside an image of ``height`` x ``width``, spread over images."""
+    generator = torch.Generator().manual_seed(seed)
+    corners = torch.rand(count, 2, 2, generator=generator) * torch.tensor([width, height])
+    low, high = corners.min(dim=1).values, corners.max(dim=1).values + 1.0
+    index = torch.arange(count, dtype=torch.float32).remainder(batch)[:, None]
+    return torch.cat([index, low, high], dim=1)
+
+
+def export_detector(
+    detector: nn.Module, images: Tensor, path: str | os.PathLike, *, opset: int = MIN_OPSET,
+    rois: int = 8, verify: bool = True,
+) -> tuple[ExportResult, ExportResult]:
+    """Export a two-stage detector as ``path`` (features) and ``<stem>.roi_head.onnx``.
+
+    Both graphs have a dynamic batch size; the RoI head also a dynamic RoI count. With
+    ``verify`` each graph is checked in onnxruntime at two batch sizes / RoI counts.
+    """
+    detector.eval()
+    path = Path(path)
+    features = DetectorFeatures(detector).eval()
+    first = export_model(features, images, path, opset=opset, verify=verify)
+    head = RoIHead(detector).eval()
+    head_path = path.with_name(f"{path.stem}.roi_head.onnx")
+    with torch.no_grad():
+        feature_map = features(images)[2]
+    height, width = images.shape[-2:]
+    boxes = example_rois(rois, images.shape[0], height, width)
+    export(head, (feature_map, boxes), head_path, opset=opset)
+    if not verify:
+        return first, ExportResult(str(head_path), None, ())
+    more_boxes = example_rois(rois + 3, images.shape[0] + 1, height, width, seed=1)
+    more_features = torch.cat([feature_map, feature_map[:1].flip(-1)])
+    diff = max(check(head, (feature_map, boxes), head_path),
+               check(head, (more_features, more_boxes), head_path))
+    return first, ExportResult(str(head_path), diff, (images.shape[0], images.shape[0] + 1))
+
+
+def export_registered(
+    name: str, path: str | os.PathLike, *, num_classes: int | None = None,
+    image_size: int | tuple[int, int] = 224, batch: int = 2, opset: int = MIN_OPSET,
+    verify: bool = True, seed: int = 0, model: nn.Module | None = None, **model_kwargs,
+) -> list[ExportResult]:
+    """Build registered model ``name`` (or take ``model``, e.g. with loaded weights) and export it.
+
+    ``deformconv export MODEL --out model.onnx`` calls this and prints each result's
+    ``max_abs_diff`` (onnxruntime vs PyTorch on random images). Detection models give two
+    files (see :func:`export_detector`).
+    """
+    from ..models import create, model_task
+
+    task = model_task(name)
+    if model is None:
+        classes = DEFAULT_CLASSES[task] if num_classes is None else num_classes
+        torch.manual_seed(seed)
+        model = create(name, num_classes=classes, **model_kwargs)
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    images = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+    if task == "detection":
+        return list(export_detector(model, images, path, opset=opset, verify=verify))
+    return [export_model(model, images, path, opset=opset, verify=verify)]
+
