@@ -1,0 +1,45 @@
+"""Datasets, transforms and batching for training and evaluation; nothing about models.
+
+- Synthetic (default, nothing to download): :class:`SyntheticClassification`,
+  :class:`SyntheticSegmentation`, :class:`SyntheticDetection`, views of one seeded
+  :class:`SceneGenerator`.
+- On disk: :class:`CocoDetection` (COCO json + images), :class:`VOCSegmentation`;
+  writers :func:`export_coco` and :func:`export_voc`.
+- :mod:`deformconv.data.transforms` (flip, resize, scale jitter, crop) and
+  :func:`detection_collate`.
+"""
+
+from . import transforms
+from ._common import IGNORE_INDEX, SampleError
+from .catalog import CLASSES, DEFAULT_CLASSES
+from .coco import CocoDetection
+from .collate import detection_collate
+from .export import export_coco, export_voc
+from .scene import Scene, SceneConfig, SceneGenerator
+from .synthetic import (
+    SyntheticClassification,
+    SyntheticDetection,
+    SyntheticSegmentation,
+    semantic_mask,
+)
+from .voc import VOCSegmentation
+
+__all__ = [
+    "CLASSES",
+    "DEFAULT_CLASSES",
+    "IGNORE_INDEX",
+    "CocoDetection",
+    "SampleError",
+    "Scene",
+    "SceneConfig",
+    "SceneGenerator",
+    "SyntheticClassification",
+    "SyntheticDetection",
+    "SyntheticSegmentation",
+    "VOCSegmentation",
+    "detection_collate",
+    "export_coco",
+    "export_voc",
+    "semantic_mask",
+    "transforms",
+]

@@ -1,0 +1,115 @@
+"""Shared by the file-backed datasets: image loading, box clean-up and skip-and-count."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = [
+    "IGNORE_INDEX",
+    "SampleError",
+    "SkippingDataset",
+    "box_sizes",
+    "clip_boxes",
+    "load_rgb",
+]
+
+IGNORE_INDEX = 255  # segmentation label that no loss or metric counts
+
+
+class SampleError(Exception):
+    """One sample cannot be used; ``reason`` is the key it is counted under in ``skipped``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def load_rgb(path: Path) -> Tensor:
+    """Decode an image file to a float32 (3, H, W) tensor in [0, 1] (any PIL mode -> RGB)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now, so truncated files fail here and not later
+            array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError as err:
+        raise SampleError("missing_image", f"image file not found: {path}") from err
+    except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for unreadable data
+        raise SampleError("corrupt_image", f"cannot decode image {path}: {err}") from err
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def clip_boxes(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Clip x1y1x2y2 boxes (K, 4) to the image; drop those left with no area.
+
+    Returns the kept boxes, the bool keep mask (K,) and how many kept boxes were clipped.
+    """
+    clipped = boxes.copy()
+    np.clip(clipped[:, 0::2], 0, width, out=clipped[:, 0::2])
+    np.clip(clipped[:, 1::2], 0, height, out=clipped[:, 1::2])
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    changed = int((np.abs(clipped - boxes).max(axis=1, initial=0) > 0)[keep].sum())
+    return clipped[keep], keep, changed
+
+
+def box_sizes(boxes: Tensor) -> Tensor:
+    """Object size ``sqrt(w * h)`` in pixels of (K, 4) x1y1x2y2 boxes -> (K,)."""
+    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
+    return (wh[:, 0] * wh[:, 1]).sqrt()
+
+
+class SkippingDataset(Dataset):
+    """Base for datasets whose samples can turn out unreadable only when loaded.
+
+    Subclasses implement ``_load(index)`` and raise :class:`SampleError` for a bad sample.
+    ``__getitem__`` then warns, counts the reason in ``skipped`` (a ``Counter``), remembers
+    the index and returns the next good sample instead, so an epoch never stops half way.
+    Counts made at construction (missing files, dropped annotations) are in ``skipped`` too.
+    With DataLoader workers, each worker process keeps its own count.
+    """
+
+    def __init__(self) -> None:
+        self.skipped: Counter[str] = Counter()
+        self._bad: set[int] = set()
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _load(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Any:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for a dataset of {n} samples")
+        index %= n
+        for step in range(n):
+            i = (index + step) % n
+            if i in self._bad:
+                continue
+            try:
+                return self._load(i)
+            except SampleError as err:
+                self._bad.add(i)
+                self.skipped[err.reason] += 1
+                warnings.warn(f"skipping sample {i}: {err}", RuntimeWarning, stacklevel=2)
+        raise RuntimeError(f"none of the {n} samples of {type(self).__name__} could be loaded")
+
+    def _warn_skipped(self, source: object, total: int) -> None:
+        """One summary warning for what construction dropped."""
+        if self.skipped:
+            detail = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
+            warnings.warn(
+                f"{source}: dropped while indexing {total} images ({detail}); "
+                "see the dataset's .skipped",
+                RuntimeWarning,
+                stacklevel=3,
+            )

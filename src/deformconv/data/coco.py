@@ -1,0 +1,313 @@
+"""COCO-format detection / instance segmentation: an annotation json and an image folder.
+
+Returns the same ``(image, target)`` as :class:`~deformconv.data.SyntheticDetection`.
+Category ids (any integers) map to contiguous labels 1..C in ascending id order.
+
+What goes wrong, and what happens (counts are in ``dataset.skipped``, a Counter):
+    annotation file or image folder missing, json unreadable, required sections or
+    fields missing or of the wrong type, duplicate ids -> error at construction
+    annotation with unknown image/category or a malformed bbox
+                                                 -> dropped, "invalid_annotation"
+    box partly outside the image                 -> clipped, counted in ``dataset.clipped``
+    box with no area (after clipping)            -> dropped, "degenerate_box"
+    image file missing                           -> dropped, "missing_image"
+    image with no annotation left (drop_empty)   -> dropped, "empty_image"
+    on load: image unreadable, or its size differs from the json
+                                                 -> warning, "corrupt_image" / "size_mismatch",
+                                                    the next good image is returned instead
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._common import SampleError, SkippingDataset, box_sizes, clip_boxes, load_rgb
+
+__all__ = ["CocoDetection", "read_json"]
+
+Transform = Callable[[Tensor, Any], tuple[Tensor, Any]]
+
+
+def read_json(path: Path) -> Any:
+    """Parse a json file; errors name the file and what was wrong."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 text file ({err})") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}: invalid JSON: {err.msg} at line {err.lineno} column {err.colno}"
+        ) from err
+
+
+@dataclass
+class _Image:
+    image_id: int
+    path: Path
+    height: int | None
+    width: int | None
+    boxes: list[list[float]] = field(default_factory=list)  # x1y1x2y2
+    labels: list[int] = field(default_factory=list)
+    areas: list[float] = field(default_factory=list)
+    crowd: list[int] = field(default_factory=list)
+    segmentations: list[Any] = field(default_factory=list)
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _valid_segmentation(seg: Any) -> bool:
+    if isinstance(seg, list):  # polygons: lists of x, y, x, y ... (3+ points)
+        return bool(seg) and all(
+            isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(map(_number, p))
+            for p in seg
+        )
+    return isinstance(seg, dict) and "counts" in seg and "size" in seg  # RLE
+
+
+class CocoDetection(SkippingDataset):
+    """COCO json + image folder -> ``(image (3, H, W) float32, target dict)``.
+
+    target: ``boxes`` (K, 4) float32 x1y1x2y2, ``labels`` (K,) int64 in 1..C, ``image_id``
+    int (the json's id), ``area`` (K,) float32 (the json's, else the box area), ``iscrowd``
+    (K,) int64, ``sizes`` (K,) float32 ``sqrt(w * h)``, and ``masks`` (K, H, W) uint8 when
+    ``masks=True`` (decoded with pycocotools from polygons or RLE).
+
+    Args:
+        root: folder the images' ``file_name`` are relative to.
+        ann_file: the annotation json.
+        transforms: ``(image, target) -> (image, target)``, e.g. from ``data.transforms``.
+        masks: also return instance masks; annotations without a valid segmentation are dropped.
+        drop_empty: leave out images that have no annotation left (training needs objects).
+        skip_crowd: drop ``iscrowd=1`` annotations.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        ann_file: str | Path,
+        transforms: Transform | None = None,
+        *,
+        masks: bool = False,
+        drop_empty: bool = True,
+        skip_crowd: bool = False,
+    ) -> None:
+        super().__init__()
+        self.root, self.ann_file = Path(root), Path(ann_file)
+        self.transforms = transforms
+        self.masks = masks
+        self.clipped = 0  # boxes clipped to their image
+        if not self.ann_file.is_file():
+            raise FileNotFoundError(f"COCO annotation file not found: {self.ann_file}")
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"COCO image folder not found: {self.root}")
+        if masks:
+            _require_pycocotools()
+        data = read_json(self.ann_file)
+        images, categories, annotations = self._sections(data)
+
+        self.category_ids = self._categories(categories)
+        self.category_to_label = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
+        self.label_to_category = {v: k for k, v in self.category_to_label.items()}
+        by_id = self._images(images)
+        for ann in annotations:
+            self._add_annotation(ann, by_id, skip_crowd)
+
+        self._records: list[_Image] = []
+        for rec in by_id.values():
+            if not rec.path.is_file():
+                self.skipped["missing_image"] += 1
+            elif drop_empty and not rec.boxes:
+                self.skipped["empty_image"] += 1
+            else:
+                self._records.append(rec)
+        self._warn_skipped(self.ann_file, len(by_id))
+        if not self._records:
+            raise ValueError(
+                f"{self.ann_file}: no usable images out of {len(by_id)} "
+                f"(skipped: {dict(self.skipped)})"
+            )
+
+    # -- parsing ---------------------------------------------------------------------------
+
+    def _sections(self, data: Any) -> tuple[list, list, list]:
+        path = self.ann_file
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
+        for key in ("images", "categories"):
+            if key not in data:
+                raise ValueError(f"{path}: missing the required '{key}' list")
+        sections = data["images"], data["categories"], data.get("annotations", [])
+        for key, value in zip(("images", "categories", "annotations"), sections, strict=True):
+            if not isinstance(value, list):
+                raise ValueError(f"{path}: '{key}' must be a list, got {type(value).__name__}")
+        return sections
+
+    def _categories(self, categories: list) -> list[int]:
+        names: dict[int, str] = {}
+        for i, cat in enumerate(categories):
+            if not isinstance(cat, dict) or not _int(cat.get("id")):
+                raise ValueError(
+                    f"{self.ann_file}: categories[{i}] needs an integer 'id', got {cat!r}"
+                )
+            if cat["id"] in names:
+                raise ValueError(f"{self.ann_file}: duplicate category id {cat['id']}")
+            names[cat["id"]] = str(cat.get("name", cat["id"]))
+        if not names:
+            raise ValueError(f"{self.ann_file}: 'categories' is empty")
+        ids = sorted(names)
+        self.class_names = tuple(names[i] for i in ids)
+        return ids
+
+    def _images(self, images: list) -> dict[int, _Image]:
+        by_id: dict[int, _Image] = {}
+        for i, img in enumerate(images):
+            if not isinstance(img, dict) or not _int(img.get("id")) or not isinstance(
+                img.get("file_name"), str
+            ):
+                raise ValueError(
+                    f"{self.ann_file}: images[{i}] needs an integer 'id' and a string "
+                    f"'file_name', got {img!r}"
+                )
+            if img["id"] in by_id:
+                raise ValueError(f"{self.ann_file}: duplicate image id {img['id']}")
+            h, w = img.get("height"), img.get("width")
+            known = _int(h) and _int(w) and h > 0 and w > 0
+            by_id[img["id"]] = _Image(img["id"], self.root / img["file_name"],
+                                      h if known else None, w if known else None)
+        return by_id
+
+    def _add_annotation(self, ann: Any, by_id: dict[int, _Image], skip_crowd: bool) -> None:
+        if not isinstance(ann, dict):
+            self.skipped["invalid_annotation"] += 1
+            return
+        rec = by_id.get(ann.get("image_id"))  # type: ignore[arg-type]
+        label = self.category_to_label.get(ann.get("category_id"))  # type: ignore[arg-type]
+        bbox = ann.get("bbox")
+        if (rec is None or label is None or not isinstance(bbox, list) or len(bbox) != 4
+                or not all(map(_number, bbox))):
+            self.skipped["invalid_annotation"] += 1
+            return
+        crowd = int(bool(ann.get("iscrowd", 0)))
+        if crowd and skip_crowd:
+            self.skipped["crowd"] += 1
+            return
+        seg = ann.get("segmentation")
+        if self.masks and not _valid_segmentation(seg):
+            self.skipped["invalid_segmentation"] += 1
+            return
+        x, y, w, h = (float(v) for v in bbox)
+        box = np.array([[x, y, x + w, y + h]], dtype=np.float64)
+        if rec.height is not None:
+            box, keep, clipped = clip_boxes(box, rec.height, rec.width)  # type: ignore[arg-type]
+            self.clipped += clipped
+        elif not (w > 0 and h > 0):
+            box = box[:0]
+        if len(box) == 0:
+            self.skipped["degenerate_box"] += 1
+            return
+        area = ann.get("area")
+        rec.boxes.append(box[0].tolist())
+        rec.labels.append(label)
+        rec.areas.append(float(area) if _number(area) and area > 0 else w * h)
+        rec.crowd.append(crowd)
+        rec.segmentations.append(seg)
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    @property
+    def image_ids(self) -> list[int]:
+        return [rec.image_id for rec in self._records]
+
+    def _load(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+        rec = self._records[index]
+        image = load_rgb(rec.path)
+        h, w = image.shape[-2:]
+        if rec.height is not None and (rec.height, rec.width) != (h, w):
+            raise SampleError(
+                "size_mismatch",
+                f"{rec.path} is {h}x{w} but the annotations say {rec.height}x{rec.width}",
+            )
+        boxes, keep, _ = clip_boxes(np.asarray(rec.boxes, dtype=np.float64).reshape(-1, 4), h, w)
+        boxes_t = torch.from_numpy(boxes.astype(np.float32))
+        target: dict[str, Any] = {
+            "boxes": boxes_t,
+            "labels": torch.tensor(rec.labels, dtype=torch.int64)[keep],
+            "image_id": rec.image_id,
+            "area": torch.tensor(rec.areas, dtype=torch.float32)[keep],
+            "iscrowd": torch.tensor(rec.crowd, dtype=torch.int64)[keep],
+            "sizes": box_sizes(boxes_t),
+        }
+        if self.masks:
+            segs = [s for s, k in zip(rec.segmentations, keep, strict=True) if k]
+            target["masks"] = _decode_masks(segs, h, w, rec.path)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def __repr__(self) -> str:
+        return (f"CocoDetection(root={str(self.root)!r}, images={len(self)}, "
+                f"classes={self.num_classes}, skipped={dict(self.skipped)})")
+
+
+def _require_pycocotools() -> None:
+    try:
+        import pycocotools.mask  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            "masks=True needs pycocotools: pip install 'deformconv[vision]'"
+        ) from err
+
+
+def _decode_masks(segmentations: list[Any], height: int, width: int, path: Path) -> Tensor:
+    """Polygons / RLE -> (K, H, W) uint8."""
+    from pycocotools import mask as mask_utils
+
+    out = np.zeros((len(segmentations), height, width), dtype=np.uint8)
+    for k, seg in enumerate(segmentations):
+        try:
+            if isinstance(seg, list):
+                rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+            elif isinstance(seg["counts"], list):  # uncompressed RLE
+                rle = mask_utils.frPyObjects(seg, height, width)
+            else:
+                rle = seg
+            with warnings.catch_warnings():
+                # pycocotools' Cython arrays trip a numpy 2 DeprecationWarning on every call
+                warnings.simplefilter("ignore", DeprecationWarning)
+                decoded = mask_utils.decode(rle)
+        except Exception as err:  # pycocotools raises bare Exceptions on bad RLE
+            raise SampleError(
+                "corrupt_annotation", f"{path}: cannot decode mask {k}: {err}"
+            ) from err
+        if decoded.shape != (height, width):
+            raise SampleError(
+                "corrupt_annotation",
+                f"{path}: mask {k} is {decoded.shape}, image is {(height, width)}",
+            )
+        out[k] = decoded
+    return torch.from_numpy(out)

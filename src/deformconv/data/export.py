@@ -1,0 +1,164 @@
+"""Write datasets to disk in standard layouts: COCO (detection) and VOC (segmentation).
+
+Useful to freeze a synthetic set, to feed other tools, and for tests of the loaders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = ["export_coco", "export_voc", "save_image"]
+
+_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG"}
+
+
+def save_image(image: Tensor, path: Path) -> None:
+    """Write a (3, H, W) float image in [0, 1] as 8-bit RGB (format from the suffix)."""
+    from PIL import Image
+
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must be (3, H, W), got {tuple(image.shape)}")
+    array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu()
+    options = {} if path.suffix.lower() == ".png" else {"quality": 95}
+    Image.fromarray(array.numpy()).save(path, **options)
+
+
+def _names(dataset: Dataset, class_names: Sequence[str] | None) -> list[str]:
+    names = class_names if class_names is not None else getattr(dataset, "class_names", None)
+    if names is None:
+        raise ValueError(
+            f"{type(dataset).__name__} has no class_names; pass class_names=[...] for labels 1..C"
+        )
+    return list(names)
+
+
+def _write_json(data: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(tmp, path)  # readers never see a half-written file
+
+
+def _rle(mask: Tensor) -> dict[str, Any]:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.cpu().numpy().astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def export_coco(
+    dataset: Dataset,
+    folder: str | Path,
+    *,
+    indices: Iterable[int] | None = None,
+    image_format: str = "png",
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """Write a detection dataset as ``folder/images/*.png`` + ``folder/annotations.json``.
+
+    ``dataset[i]`` must give ``(image (3, H, W), target)`` with ``boxes`` and ``labels``
+    (1..C) and optionally ``image_id``, ``area``, ``iscrowd``, ``masks`` (stored as RLE).
+    Labels become category ids as they are, so :class:`CocoDetection` reads the same labels
+    back. Returns the annotation file's path.
+    """
+    ext = image_format.lower().lstrip(".")
+    if ext not in _FORMATS:
+        raise ValueError(f"image_format must be one of {sorted(_FORMATS)}, got {image_format!r}")
+    names = _names(dataset, class_names)
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for i in range(len(dataset)) if indices is None else indices:  # type: ignore[arg-type]
+        image, target = dataset[i]
+        image_id = int(target.get("image_id", i))
+        if image_id in seen:
+            raise ValueError(f"image_id {image_id} (sample {i}) occurs twice; ids must be unique")
+        seen.add(image_id)
+        file_name = f"images/{image_id:06d}.{ext}"
+        save_image(image, folder / file_name)
+        h, w = image.shape[-2:]
+        images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
+        boxes = target["boxes"].tolist()
+        labels = target["labels"].tolist()
+        for k, ((x1, y1, x2, y2), label) in enumerate(zip(boxes, labels, strict=True)):
+            if not 1 <= label <= len(names):
+                raise ValueError(f"sample {i} has label {label}; expected 1..{len(names)}")
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": int(label),
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "area": float(target["area"][k]) if "area" in target else (x2 - x1) * (y2 - y1),
+                "iscrowd": int(target["iscrowd"][k]) if "iscrowd" in target else 0,
+            }
+            if "masks" in target:
+                ann["segmentation"] = _rle(target["masks"][k])
+            annotations.append(ann)
+    categories = [{"id": c + 1, "name": name} for c, name in enumerate(names)]
+    path = folder / "annotations.json"
+    _write_json({"images": images, "annotations": annotations, "categories": categories}, path)
+    return path
+
+
+def _palette() -> list[int]:
+    """The VOC colour map: bit-interleaved colours for 0..254, white for 255 (ignore)."""
+    colours = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        colours += [r, g, b]
+    colours[-3:] = [255, 255, 255]
+    return colours
+
+
+def export_voc(
+    dataset: Dataset,
+    folder: str | Path,
+    split: str = "train",
+    *,
+    indices: Iterable[int] | None = None,
+    image_format: str = "png",
+) -> Path:
+    """Write a segmentation dataset in the VOC layout; returns the split file's path.
+
+    ``folder/JPEGImages/<id>.png``, ``folder/SegmentationClass/<id>.png`` (palette PNG,
+    values are the class ids, 255 ignore) and ``folder/ImageSets/Segmentation/<split>.txt``.
+    Splits accumulate: writing ``val`` after ``train`` keeps both.
+    """
+    from PIL import Image
+
+    ext = image_format.lower().lstrip(".")
+    if ext not in _FORMATS:
+        raise ValueError(f"image_format must be one of {sorted(_FORMATS)}, got {image_format!r}")
+    folder = Path(folder)
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    palette = _palette()
+    ids = []
+    for i in range(len(dataset)) if indices is None else indices:  # type: ignore[arg-type]
+        image, mask = dataset[i]
+        if mask.dim() != 2 or (mask.numel() and not 0 <= int(mask.min()) <= int(mask.max()) <= 255):
+            raise ValueError(f"sample {i}: mask must be (H, W) with values in 0..255")
+        name = f"{split}_{i:06d}"
+        save_image(image, folder / "JPEGImages" / f"{name}.{ext}")
+        png = Image.fromarray(mask.cpu().numpy().astype(np.uint8), mode="P")
+        png.putpalette(palette)
+        png.save(folder / "SegmentationClass" / f"{name}.png")
+        ids.append(name)
+    split_file = folder / "ImageSets" / "Segmentation" / f"{split}.txt"
+    split_file.write_text("".join(f"{n}\n" for n in ids), encoding="utf-8")
+    return split_file

@@ -1,0 +1,234 @@
+"""Joint image + target transforms for training: flip, resize, scale jitter, crop.
+
+Every transform is ``(image (3, H, W), target) -> (image, target)`` where ``target`` is
+    a class label (int or 0-d tensor)  -> passed through,
+    a segmentation mask (H, W) int64    -> moved with the image (nearest), padding = 255,
+    a detection dict                    -> ``boxes`` moved, clipped, empty ones dropped with
+                                          their ``labels``/``masks``/``area``/``iscrowd``/
+                                          ``sizes``; ``area`` and ``sizes`` kept consistent.
+Random draws use torch's global RNG, so wrapping the dataset in
+``deformconv.engine.seeding.SeededSamples`` makes them reproducible per sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._common import IGNORE_INDEX, box_sizes
+
+__all__ = [
+    "Compose",
+    "RandomCrop",
+    "RandomHorizontalFlip",
+    "RandomScale",
+    "Resize",
+    "crop",
+    "hflip",
+    "resize",
+]
+
+# Target entries with one row per object, filtered together when boxes are dropped.
+_PER_OBJECT = ("boxes", "labels", "masks", "area", "iscrowd", "sizes")
+
+
+def _is_mask(target: Any) -> bool:
+    return isinstance(target, Tensor) and target.dim() == 2
+
+
+def _check_image(image: Tensor) -> None:
+    if not isinstance(image, Tensor) or image.dim() != 3:
+        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ValueError(f"image must be a (C, H, W) tensor, got {shape}")
+
+
+def _resize_nearest(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour resize of integer maps (..., H, W), keeping the dtype."""
+    lead = x.shape[:-2]
+    flat = x.reshape(-1, 1, *x.shape[-2:]).float()
+    if flat.shape[0] == 0:
+        return x.new_zeros(*lead, *size)
+    out = F.interpolate(flat, size=size, mode="nearest-exact")
+    return out.reshape(*lead, *size).to(x.dtype)
+
+
+def hflip(image: Tensor, target: Any) -> tuple[Tensor, Any]:
+    """Mirror left-right."""
+    _check_image(image)
+    width = image.shape[-1]
+    if _is_mask(target):
+        return image.flip(-1), target.flip(-1)
+    if isinstance(target, dict):
+        target = dict(target)
+        boxes = target["boxes"]
+        target["boxes"] = torch.stack(
+            [width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1
+        )
+        if "masks" in target:
+            target["masks"] = target["masks"].flip(-1)
+    return image.flip(-1), target
+
+
+def resize(image: Tensor, target: Any, size: tuple[int, int]) -> tuple[Tensor, Any]:
+    """Resize to ``size = (H, W)``: bilinear image, nearest masks, scaled boxes and areas."""
+    _check_image(image)
+    height, width = image.shape[-2:]
+    size = (int(size[0]), int(size[1]))
+    if min(size) < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    antialias = size[0] < height or size[1] < width
+    out = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
+                        antialias=antialias)[0].clamp_(0, 1)
+    if _is_mask(target):
+        return out, _resize_nearest(target, size)
+    if isinstance(target, dict):
+        sy, sx = size[0] / height, size[1] / width
+        target = dict(target)
+        scale = torch.tensor([sx, sy, sx, sy], dtype=target["boxes"].dtype)
+        target["boxes"] = target["boxes"] * scale
+        if "area" in target:
+            target["area"] = target["area"] * (sx * sy)
+        if "sizes" in target:
+            target["sizes"] = box_sizes(target["boxes"])
+        if "masks" in target:
+            target["masks"] = _resize_nearest(target["masks"], size)
+    return out, target
+
+
+def crop(
+    image: Tensor, target: Any, top: int, left: int, height: int, width: int, fill: float = 0.0
+) -> tuple[Tensor, Any]:
+    """Cut ``[top:top+height, left:left+width]``; parts outside the image are padded
+    (image with ``fill``, segmentation with 255, instance masks with 0). Boxes are clipped
+    and those left empty dropped; ``area`` is recounted from masks, else scaled with the box.
+    """
+    _check_image(image)
+    h, w = image.shape[-2:]
+    pads = (max(0, -left), max(0, left + width - w), max(0, -top), max(0, top + height - h))
+
+    def cut(x: Tensor, value: float) -> Tensor:
+        x = F.pad(x, pads, value=value) if any(pads) else x
+        y0, x0 = top + pads[2], left + pads[0]
+        return x[..., y0:y0 + height, x0:x0 + width]
+
+    out = cut(image, fill)
+    if _is_mask(target):
+        return out, cut(target, IGNORE_INDEX)
+    if isinstance(target, dict):
+        target = dict(target)
+        old = target["boxes"]
+        boxes = old - torch.tensor([left, top, left, top], dtype=old.dtype)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        if "masks" in target:
+            target["masks"] = cut(target["masks"], 0)
+            if "area" in target:
+                target["area"] = target["masks"].flatten(1).sum(1).to(target["area"].dtype)
+        elif "area" in target:
+            ratio = _box_area(boxes) / _box_area(old).clamp(min=1e-6)
+            target["area"] = target["area"] * ratio.to(target["area"].dtype)
+        target["boxes"] = boxes
+        if "sizes" in target:
+            target["sizes"] = box_sizes(boxes)
+        for key in _PER_OBJECT:
+            if key in target:
+                target[key] = target[key][keep]
+    return out, target
+
+
+def _box_area(boxes: Tensor) -> Tensor:
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+class Compose:
+    """Apply transforms in order."""
+
+    def __init__(self, transforms: Sequence[Callable[[Tensor, Any], tuple[Tensor, Any]]]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, image: Tensor, target: Any) -> tuple[Tensor, Any]:
+        for t in self.transforms:
+            image, target = t(image, target)
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms})"
+
+
+class RandomHorizontalFlip:
+    """Mirror left-right with probability ``p``."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        if not 0 <= p <= 1:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        self.p = p
+
+    def __call__(self, image: Tensor, target: Any) -> tuple[Tensor, Any]:
+        if torch.rand(()) < self.p:
+            return hflip(image, target)
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"RandomHorizontalFlip(p={self.p})"
+
+
+class Resize:
+    """Resize to a fixed ``(H, W)`` (or a square side)."""
+
+    def __init__(self, size: int | tuple[int, int]) -> None:
+        self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        if min(self.size) < 1:
+            raise ValueError(f"size must be positive, got {size}")
+
+    def __call__(self, image: Tensor, target: Any) -> tuple[Tensor, Any]:
+        return resize(image, target, self.size)
+
+    def __repr__(self) -> str:
+        return f"Resize(size={self.size})"
+
+
+class RandomScale:
+    """Scale jitter: resize by a factor drawn uniformly from ``scale_range`` (aspect kept)."""
+
+    def __init__(self, scale_range: tuple[float, float] = (0.5, 2.0)) -> None:
+        low, high = scale_range
+        if not 0 < low <= high:
+            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+        self.scale_range = (float(low), float(high))
+
+    def __call__(self, image: Tensor, target: Any) -> tuple[Tensor, Any]:
+        low, high = self.scale_range
+        s = low + (high - low) * float(torch.rand(()))
+        h, w = image.shape[-2:]
+        return resize(image, target, (max(1, round(h * s)), max(1, round(w * s))))
+
+    def __repr__(self) -> str:
+        return f"RandomScale(scale_range={self.scale_range})"
+
+
+class RandomCrop:
+    """Crop a random ``(H, W)`` window, padding first where the image is smaller.
+
+    After :class:`RandomScale` it brings images back to one size so they can be stacked.
+    """
+
+    def __init__(self, size: int | tuple[int, int], fill: float = 0.0) -> None:
+        self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        if min(self.size) < 1:
+            raise ValueError(f"size must be positive, got {size}")
+        self.fill = fill
+
+    def __call__(self, image: Tensor, target: Any) -> tuple[Tensor, Any]:
+        h, w = image.shape[-2:]
+        th, tw = self.size
+        top = int(torch.randint(0, h - th + 1, ())) if h > th else -((th - h) // 2)
+        left = int(torch.randint(0, w - tw + 1, ())) if w > tw else -((tw - w) // 2)
+        return crop(image, target, top, left, th, tw, self.fill)
+
+    def __repr__(self) -> str:
+        return f"RandomCrop(size={self.size})"

@@ -1,0 +1,145 @@
+"""VOC-style semantic segmentation folders.
+
+Layout (``root`` = e.g. ``VOCdevkit/VOC2012``)::
+
+    JPEGImages/<id>.jpg            (or .jpeg / .png)
+    SegmentationClass/<id>.png     class ids as palette (P) or grayscale (L) PNG, 255 = ignore
+    ImageSets/Segmentation/<split>.txt   one <id> per line
+
+Missing root or split file, or an empty split -> error at construction. A missing image or
+mask -> dropped at construction, counted in ``skipped``. An unreadable image or mask, a mask
+whose size differs from the image, or labels above ``num_classes`` (other than 255) ->
+warning on load, counted, and the next sample is returned instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._common import IGNORE_INDEX, SampleError, SkippingDataset, load_rgb
+
+__all__ = ["VOCSegmentation"]
+
+Transform = Callable[[Tensor, Any], tuple[Tensor, Any]]
+_IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+
+
+def load_mask(path: Path) -> np.ndarray:
+    """Read a class-id PNG to (H, W) int64; colour (RGB) masks are refused."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            array = np.asarray(img)
+    except FileNotFoundError as err:
+        raise SampleError("missing_mask", f"mask file not found: {path}") from err
+    except (OSError, ValueError, SyntaxError) as err:
+        raise SampleError("corrupt_mask", f"cannot decode mask {path}: {err}") from err
+    if array.ndim == 3:
+        if not (array[..., :3] == array[..., :1]).all():
+            raise SampleError(
+                "bad_mask",
+                f"{path} is a colour ({mode}) mask; save class ids as a palette (P) or "
+                "grayscale (L) PNG",
+            )
+        array = array[..., 0]
+    return array.astype(np.int64)
+
+
+class VOCSegmentation(SkippingDataset):
+    """``(image (3, H, W) float32, mask (H, W) int64)``: 0 background, 1..C, 255 ignore.
+
+    Args:
+        root: the folder holding ``JPEGImages``, ``SegmentationClass`` and ``ImageSets``.
+        split: name of the ``ImageSets/Segmentation/<split>.txt`` list.
+        transforms: ``(image, mask) -> (image, mask)``, e.g. from ``data.transforms``.
+        num_classes: C; when given, masks with other values than 0..C and 255 are skipped.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transforms: Transform | None = None,
+        *,
+        num_classes: int | None = None,
+        image_dir: str = "JPEGImages",
+        mask_dir: str = "SegmentationClass",
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.split = split
+        self.transforms = transforms
+        self.num_classes = num_classes
+        if num_classes is not None and not 1 <= num_classes < IGNORE_INDEX:
+            raise ValueError(f"num_classes must be in 1..{IGNORE_INDEX - 1}, got {num_classes}")
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"VOC root folder not found: {self.root}")
+        split_dir = self.root / "ImageSets" / "Segmentation"
+        split_file = split_dir / f"{split}.txt"
+        if not split_file.is_file():
+            found = sorted(p.stem for p in split_dir.glob("*.txt")) if split_dir.is_dir() else []
+            raise FileNotFoundError(
+                f"VOC split file not found: {split_file} (splits found: {found})"
+            )
+        ids = [line.strip() for line in split_file.read_text(encoding="utf-8").splitlines()]
+        ids = [i for i in ids if i]
+        if not ids:
+            raise ValueError(f"{split_file}: the split lists no images")
+
+        self._samples: list[tuple[str, Path, Path]] = []
+        for name in ids:
+            image = next((p for ext in _IMAGE_EXTS
+                          if (p := self.root / image_dir / f"{name}{ext}").is_file()), None)
+            mask = self.root / mask_dir / f"{name}.png"
+            if image is None:
+                self.skipped["missing_image"] += 1
+            elif not mask.is_file():
+                self.skipped["missing_mask"] += 1
+            else:
+                self._samples.append((name, image, mask))
+        self._warn_skipped(split_file, len(ids))
+        if not self._samples:
+            raise ValueError(f"{split_file}: none of the {len(ids)} listed images could be found "
+                             f"(skipped: {dict(self.skipped)})")
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    @property
+    def ids(self) -> list[str]:
+        return [name for name, _, _ in self._samples]
+
+    def _load(self, index: int) -> tuple[Tensor, Tensor]:
+        _, image_path, mask_path = self._samples[index]
+        image = load_rgb(image_path)
+        mask = load_mask(mask_path)
+        if mask.shape != tuple(image.shape[-2:]):
+            raise SampleError(
+                "size_mismatch",
+                f"{mask_path} is {mask.shape} but {image_path} is {tuple(image.shape[-2:])}",
+            )
+        if self.num_classes is not None:
+            bad = np.unique(mask[(mask > self.num_classes) & (mask != IGNORE_INDEX)])
+            if len(bad):
+                raise SampleError(
+                    "label_out_of_range",
+                    f"{mask_path} has labels {bad[:8].tolist()} outside 0..{self.num_classes} "
+                    f"and {IGNORE_INDEX}",
+                )
+        target = torch.from_numpy(mask)
+        if self.transforms is not None:
+            return self.transforms(image, target)
+        return image, target
+
+    def __repr__(self) -> str:
+        return (f"VOCSegmentation(root={str(self.root)!r}, split={self.split!r}, "
+                f"images={len(self)}, skipped={dict(self.skipped)})")

@@ -1,0 +1,234 @@
+"""COCO loader and writer on tiny datasets written by the tests, including broken ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deformconv.data import CocoDetection, SyntheticDetection, export_coco
+
+
+def _write_images(root: Path, sizes: dict[str, tuple[int, int]]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, (h, w) in sizes.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / name)
+
+
+def _write_json(path: Path, images, annotations, categories) -> Path:
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": categories}))
+    return path
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> tuple[Path, Path]:
+    """Three 40x50 images; category ids 3, 7, 10 (not contiguous)."""
+    _write_images(tmp_path, {"a.png": (40, 50), "b.png": (40, 50), "c.png": (40, 50)})
+    images = [{"id": i + 1, "file_name": f, "height": 40, "width": 50}
+              for i, f in enumerate(["a.png", "b.png", "c.png"])]
+    annotations = [
+        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [5, 6, 10, 12], "area": 100.0,
+         "iscrowd": 0},
+        {"id": 2, "image_id": 1, "category_id": 3, "bbox": [20, 10, 8, 8], "iscrowd": 0},
+        {"id": 3, "image_id": 2, "category_id": 10, "bbox": [0, 0, 50, 40], "iscrowd": 1},
+        {"id": 4, "image_id": 3, "category_id": 3, "bbox": [1, 1, 4, 4], "iscrowd": 0},
+    ]
+    categories = [{"id": 10, "name": "ten"}, {"id": 3, "name": "three"},
+                  {"id": 7, "name": "seven"}]
+    return tmp_path, _write_json(tmp_path / "ann.json", images, annotations, categories)
+
+
+def test_loads_targets_and_maps_categories(tiny) -> None:
+    root, ann = tiny
+    ds = CocoDetection(root, ann)
+    assert len(ds) == 3 and ds.image_ids == [1, 2, 3] and not ds.skipped
+    assert ds.category_ids == [3, 7, 10] and ds.class_names == ("three", "seven", "ten")
+    assert ds.category_to_label == {3: 1, 7: 2, 10: 3}
+    assert ds.label_to_category == {1: 3, 2: 7, 3: 10}
+    image, t = ds[0]
+    assert image.shape == (3, 40, 50) and image.dtype == torch.float32
+    assert torch.equal(t["boxes"], torch.tensor([[5.0, 6.0, 15.0, 18.0], [20.0, 10, 28, 18]]))
+    assert t["labels"].tolist() == [2, 1] and t["image_id"] == 1
+    assert t["area"].tolist() == [100.0, 64.0]  # the json's area, else the box's
+    assert torch.allclose(t["sizes"], torch.tensor([120.0, 64.0]).sqrt())
+    assert ds[1][1]["iscrowd"].tolist() == [1]
+    raw = np.asarray(Image.open(root / "a.png"), dtype=np.float32) / 255
+    assert torch.allclose(image, torch.from_numpy(raw).permute(2, 0, 1))
+
+
+def test_skip_crowd(tiny) -> None:
+    root, ann = tiny
+    with pytest.warns(RuntimeWarning, match="crowd: 1, empty_image: 1"):
+        ds = CocoDetection(root, ann, skip_crowd=True)
+    assert len(ds) == 2 and ds.skipped == {"crowd": 1, "empty_image": 1}
+
+
+def test_round_trip_from_synthetic(tmp_path: Path) -> None:
+    src = SyntheticDetection(length=5, seed=11, image_size=(48, 40), masks=True)
+    path = export_coco(src, tmp_path / "coco")
+    assert path == tmp_path / "coco" / "annotations.json"
+    ds = CocoDetection(tmp_path / "coco", path, masks=True)
+    assert ds.class_names == src.class_names and len(ds) == len(src)
+    for i in range(len(src)):
+        image, a = src[i]
+        loaded, b = ds[i]
+        assert (loaded - image).abs().max() <= 0.5 / 255 + 1e-6  # 8-bit PNG
+        for key in ("boxes", "labels", "area", "iscrowd", "masks", "sizes"):
+            assert torch.equal(a[key], b[key]), key
+        assert a["image_id"] == b["image_id"]
+
+
+def test_export_errors(tmp_path: Path) -> None:
+    class Dup(torch.utils.data.Dataset):
+        class_names = ("x",)
+
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, i):
+            return torch.zeros(3, 8, 8), {"boxes": torch.tensor([[0.0, 0, 4, 4]]),
+                                          "labels": torch.tensor([1]), "image_id": 5}
+
+    with pytest.raises(ValueError, match=r"image_id 5 .* occurs twice"):
+        export_coco(Dup(), tmp_path / "dup")
+    with pytest.raises(ValueError, match=r"label 1; expected 1\.\.0"):
+        export_coco(Dup(), tmp_path / "lab", class_names=[])
+    with pytest.raises(ValueError, match="image_format must be"):
+        export_coco(Dup(), tmp_path / "fmt", image_format="gif")
+
+
+def test_polygon_masks(tmp_path: Path) -> None:
+    _write_images(tmp_path, {"p.png": (20, 30)})
+    ann = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 3, 10, 8], "iscrowd": 0,
+           "segmentation": [[2, 3, 12, 3, 12, 11, 2, 11]]}
+    path = _write_json(tmp_path / "a.json", [{"id": 1, "file_name": "p.png", "height": 20,
+                                              "width": 30}], [ann], [{"id": 1, "name": "r"}])
+    _, t = CocoDetection(tmp_path, path, masks=True)[0]
+    mask = t["masks"][0]
+    assert mask.shape == (20, 30) and mask.dtype == torch.uint8
+    rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
+    assert (int(rows.min()), int(rows.max()) + 1) == (3, 11)
+    assert (int(cols.min()), int(cols.max()) + 1) == (2, 12)
+
+
+# -- broken inputs -------------------------------------------------------------------------
+
+
+def test_missing_annotation_file_and_folder(tiny, tmp_path: Path) -> None:
+    root, ann = tiny
+    with pytest.raises(FileNotFoundError, match=r"annotation file not found: .*nope\.json"):
+        CocoDetection(root, root / "nope.json")
+    with pytest.raises(FileNotFoundError, match=r"image folder not found: .*nodir"):
+        CocoDetection(root / "nodir", ann)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('{"images": [', r"invalid JSON: .* at line 1 column"),
+        ("[1, 2]", "top level must be a JSON object, got list"),
+        ('{"categories": []}', "missing the required 'images' list"),
+        ('{"images": {}, "categories": []}', "'images' must be a list, got dict"),
+        ('{"images": [], "categories": []}', "'categories' is empty"),
+        ('{"images": [{"id": 1}], "categories": [{"id": 1}]}', r"images\[0\] needs"),
+        ('{"images": [], "categories": [{"id": 1}, {"id": 1}]}', "duplicate category id 1"),
+    ],
+)
+def test_corrupt_json_raises_with_path(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match) as info:
+        CocoDetection(tmp_path, path)
+    assert str(path) in str(info.value)
+
+
+def test_binary_annotation_file(tmp_path: Path) -> None:
+    path = tmp_path / "bin.json"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match="not a UTF-8 text file"):
+        CocoDetection(tmp_path, path)
+
+
+def test_missing_image_is_dropped_and_counted(tiny) -> None:
+    root, ann = tiny
+    (root / "b.png").unlink()
+    with pytest.warns(RuntimeWarning, match="missing_image: 1"):
+        ds = CocoDetection(root, ann)
+    assert len(ds) == 2 and ds.skipped["missing_image"] == 1 and ds.image_ids == [1, 3]
+
+
+def test_boxes_outside_the_image_are_clipped_or_dropped(tmp_path: Path) -> None:
+    _write_images(tmp_path, {"a.png": (40, 50)})
+    boxes = [[-5, -5, 20, 20], [40, 30, 30, 30], [60, 10, 5, 5], [10, 10, 0, 5],
+             [5, 5, 5, "x"], [1, 2, 3]]
+    anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b} for i, b in
+            enumerate(boxes)]
+    anns.append({"id": 9, "image_id": 42, "category_id": 1, "bbox": [1, 1, 2, 2]})
+    anns.append({"id": 10, "image_id": 1, "category_id": 99, "bbox": [1, 1, 2, 2]})
+    path = _write_json(tmp_path / "a.json", [{"id": 1, "file_name": "a.png", "height": 40,
+                                              "width": 50}], anns, [{"id": 1}])
+    with pytest.warns(RuntimeWarning, match="degenerate_box: 2, invalid_annotation: 4"):
+        ds = CocoDetection(tmp_path, path)
+    assert ds.clipped == 2
+    _, t = ds[0]
+    assert torch.equal(t["boxes"], torch.tensor([[0.0, 0, 15, 15], [40, 30, 50, 40]]))
+    assert t["labels"].tolist() == [1, 1]
+    assert ds.class_names == ("1",)
+
+
+def test_empty_annotations(tiny, tmp_path: Path) -> None:
+    root, ann = tiny
+    data = json.loads(ann.read_text())
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 2]
+    ann.write_text(json.dumps(data))
+    with pytest.warns(RuntimeWarning, match="empty_image: 1"):
+        ds = CocoDetection(root, ann)
+    assert ds.image_ids == [1, 3]
+    kept = CocoDetection(root, ann, drop_empty=False)
+    assert kept.image_ids == [1, 2, 3] and not kept.skipped
+    _, t = kept[1]
+    assert t["boxes"].shape == (0, 4) and t["labels"].shape == (0,)
+    # no annotations at all: nothing to train on -> a clear error
+    data["annotations"] = []
+    ann.write_text(json.dumps(data))
+    with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match="no usable images"):
+        CocoDetection(root, ann)
+
+
+def test_corrupt_image_is_skipped_on_load(tiny) -> None:
+    root, ann = tiny
+    (root / "b.png").write_bytes(b"not a png at all")
+    ds = CocoDetection(root, ann)  # existence is all construction checks
+    with pytest.warns(RuntimeWarning, match=r"skipping sample 1: cannot decode image .*b\.png"):
+        _, t = ds[1]
+    assert t["image_id"] == 3  # the next good image stands in
+    assert ds.skipped == {"corrupt_image": 1}
+    epoch = [ds[i][1]["image_id"] for i in range(len(ds))]  # no warning, no recount
+    assert epoch == [1, 3, 3] and ds.skipped["corrupt_image"] == 1
+
+
+def test_truncated_image_and_size_mismatch(tiny) -> None:
+    root, ann = tiny
+    data = (root / "a.png").read_bytes()
+    (root / "a.png").write_bytes(data[: len(data) // 2])
+    _write_images(root, {"c.png": (41, 50)})
+    ds = CocoDetection(root, ann)
+    with pytest.warns(RuntimeWarning) as record:
+        ids = [ds[i][1]["image_id"] for i in range(len(ds))]
+    assert ids == [2, 2, 2] and len(record) == 2
+    assert ds.skipped == {"corrupt_image": 1, "size_mismatch": 1}
+
+
+def test_every_image_unreadable_raises_not_loops(tiny) -> None:
+    root, ann = tiny
+    for name in ("a.png", "b.png", "c.png"):
+        (root / name).write_bytes(b"junk")
+    ds = CocoDetection(root, ann)
+    with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="none of the 3"):
+        ds[0]

@@ -1,0 +1,141 @@
+"""Joint transforms keep images, boxes, masks and areas consistent; detection collate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deformconv.data import SyntheticDetection, SyntheticSegmentation, detection_collate
+from deformconv.data import transforms as T
+from deformconv.data.scene import boxes_from_masks
+
+
+def _sample(size: int = 64, seed: int = 0):
+    return SyntheticDetection(length=4, seed=seed, image_size=size, masks=True,
+                              max_objects=4, min_objects=2)[1]
+
+
+def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(boxes_from_masks(masks.bool().numpy()))
+
+
+def test_hflip_moves_boxes_with_masks_and_is_an_involution() -> None:
+    image, target = _sample()
+    original = target["boxes"].clone()
+    fimage, ft = T.hflip(image, target)
+    assert torch.equal(fimage, image.flip(-1))
+    assert torch.equal(ft["boxes"], _mask_boxes(ft["masks"]))
+    back_image, back = T.hflip(fimage, ft)
+    assert torch.equal(back_image, image) and torch.equal(back["boxes"], target["boxes"])
+    assert torch.equal(ft["labels"], target["labels"])
+    assert torch.equal(target["boxes"], original)  # the input target is not modified
+
+
+def test_resize_scales_boxes_area_and_masks() -> None:
+    image, target = _sample(64)
+    out, t = T.resize(image, target, (96, 128))
+    assert out.shape == (3, 96, 128) and t["masks"].shape[-2:] == (96, 128)
+    scale = torch.tensor([2.0, 1.5, 2.0, 1.5])
+    assert torch.allclose(t["boxes"], target["boxes"] * scale)
+    assert torch.allclose(t["area"], target["area"] * 3.0)
+    wh = t["boxes"][:, 2:] - t["boxes"][:, :2]
+    assert torch.allclose(t["sizes"], (wh[:, 0] * wh[:, 1]).sqrt())
+    # nearest-resized masks agree with the scaled boxes to within a pixel
+    assert (t["boxes"] - _mask_boxes(t["masks"])).abs().max() <= 1.0
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+def test_crop_clips_boxes_drops_empty_and_recounts_area() -> None:
+    image, target = _sample(64)
+    box = target["boxes"][0]
+    # a window that starts right after object 0: it must disappear
+    left = int(box[2])
+    out, t = T.crop(image, target, 0, left, 64, 64 - left)
+    assert out.shape == (3, 64, 64 - left)
+    assert len(t["boxes"]) == len(t["labels"]) == len(t["masks"]) == len(t["area"])
+    assert len(t["boxes"]) < len(target["boxes"])
+    assert torch.equal(t["boxes"], _mask_boxes(t["masks"]))
+    assert torch.equal(t["area"], t["masks"].flatten(1).sum(1).float())
+    assert bool((t["boxes"][:, 2] <= 64 - left).all())
+
+
+def test_crop_without_masks_scales_area_with_box() -> None:
+    target = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([1]),
+              "area": torch.tensor([50.0])}
+    _, t = T.crop(torch.zeros(3, 20, 20), target, 0, 5, 20, 20)
+    assert torch.equal(t["boxes"], torch.tensor([[0.0, 0.0, 5.0, 10.0]]))
+    assert torch.allclose(t["area"], torch.tensor([25.0]))
+
+
+def test_crop_pads_segmentation_with_ignore() -> None:
+    image, mask = SyntheticSegmentation(length=1, seed=0, image_size=32)[0]
+    out, m = T.crop(image, mask, -4, -2, 40, 36, fill=0.5)
+    assert out.shape == (3, 40, 36) and m.shape == (40, 36)
+    assert torch.equal(m[4:36, 2:34], mask)
+    assert bool((m[:4] == 255).all()) and bool((m[:, :2] == 255).all())
+    assert bool((out[:, :4] == 0.5).all())
+
+
+def test_random_scale_and_crop_give_fixed_size_batches() -> None:
+    ds = SyntheticSegmentation(length=6, seed=0, image_size=48)
+    tf = T.Compose([T.RandomHorizontalFlip(), T.RandomScale((0.5, 1.5)), T.RandomCrop(40)])
+    sizes = set()
+    for i in range(len(ds)):
+        image, mask = ds[i]
+        scaled, _ = T.RandomScale((0.5, 1.5))(image, mask)
+        sizes.add(scaled.shape[-1])
+        out, m = tf(image, mask)
+        assert out.shape == (3, 40, 40) and m.shape == (40, 40) and m.dtype == torch.int64
+        assert set(m.unique().tolist()) <= set(range(11)) | {255}
+    assert len(sizes) > 1 and min(sizes) >= 24 and max(sizes) <= 72
+
+
+def test_random_transforms_follow_the_global_seed() -> None:
+    image, target = _sample()
+    tf = T.Compose([T.RandomHorizontalFlip(), T.RandomScale((0.5, 2.0))])
+    torch.manual_seed(7)
+    a = tf(image, target)
+    torch.manual_seed(7)
+    b = tf(image, target)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1]["boxes"], b[1]["boxes"])
+    flips = [bool(torch.equal(T.RandomHorizontalFlip(0.5)(image, 0)[0], image))
+             for _ in range(40)]
+    assert 5 < sum(flips) < 35
+
+
+def test_classification_target_passes_through() -> None:
+    image = torch.rand(3, 20, 30)
+    out, label = T.Compose([T.RandomHorizontalFlip(1.0), T.Resize(10)])(image, 3)
+    assert out.shape == (3, 10, 10) and label == 3
+
+
+def test_argument_errors() -> None:
+    with pytest.raises(ValueError, match="p must be in"):
+        T.RandomHorizontalFlip(1.5)
+    with pytest.raises(ValueError, match="scale_range"):
+        T.RandomScale((2.0, 1.0))
+    with pytest.raises(ValueError, match="size must be positive"):
+        T.RandomCrop(0)
+    with pytest.raises(ValueError, match="image must be a"):
+        T.hflip(torch.rand(20, 20), None)
+
+
+def test_empty_targets_survive_every_transform() -> None:
+    target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+              "masks": torch.zeros(0, 16, 16, dtype=torch.uint8), "area": torch.zeros(0)}
+    tf = T.Compose([T.RandomHorizontalFlip(1.0), T.RandomScale((1.5, 1.5)), T.RandomCrop(20)])
+    out, t = tf(torch.rand(3, 16, 16), target)
+    assert out.shape == (3, 20, 20) and t["boxes"].shape == (0, 4)
+    assert t["masks"].shape == (0, 20, 20)
+
+
+def test_detection_collate() -> None:
+    ds = SyntheticDetection(length=3, seed=0, image_size=32)
+    images, targets = detection_collate([ds[i] for i in range(3)])
+    assert len(images) == len(targets) == 3
+    assert images[0].shape == (3, 32, 32) and targets[2]["image_id"] == 2
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=detection_collate)
+    images, targets = next(iter(loader))
+    assert len(images) == 2 and "boxes" in targets[1]
+    with pytest.raises(ValueError, match="batch item 0"):
+        detection_collate([torch.zeros(3)])

@@ -1,0 +1,137 @@
+"""VOC segmentation folders written by the tests with PIL, including broken ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deformconv.data import SyntheticSegmentation, VOCSegmentation, export_voc
+from deformconv.data.export import _palette
+
+
+def _write_sample(root: Path, name: str, mask: np.ndarray, *, mode: str = "P",
+                  ext: str = ".jpg") -> np.ndarray:
+    h, w = mask.shape
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    (root / "SegmentationClass").mkdir(parents=True, exist_ok=True)
+    rgb = np.random.default_rng(len(name)).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(root / "JPEGImages" / f"{name}{ext}")
+    png = Image.fromarray(mask.astype(np.uint8), mode="L")
+    if mode == "P":
+        png = png.convert("P")
+        png.putpalette(_palette())
+    png.save(root / "SegmentationClass" / f"{name}.png")
+    return rgb
+
+
+def _write_split(root: Path, split: str, names: list[str]) -> None:
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+    (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
+
+
+def _mask(h: int = 12, w: int = 16, label: int = 2) -> np.ndarray:
+    mask = np.zeros((h, w), dtype=np.int64)
+    mask[2:8, 3:10] = label
+    mask[2:8, 3] = 255  # ignore at the border
+    return mask
+
+
+@pytest.fixture
+def voc(tmp_path: Path) -> Path:
+    _write_sample(tmp_path, "img1", _mask(label=2), mode="P")
+    _write_sample(tmp_path, "img2", _mask(label=5), mode="L", ext=".png")
+    _write_sample(tmp_path, "img3", _mask(label=1), mode="P")
+    _write_split(tmp_path, "train", ["img1", "img2"])
+    _write_split(tmp_path, "val", ["img3"])
+    return tmp_path
+
+
+def test_loads_palette_and_grayscale_masks(voc: Path) -> None:
+    train = VOCSegmentation(voc, "train", num_classes=5)
+    assert len(train) == 2 and train.ids == ["img1", "img2"] and not train.skipped
+    for i, label in enumerate((2, 5)):
+        image, mask = train[i]
+        assert image.shape == (3, 12, 16) and image.dtype == torch.float32
+        assert mask.dtype == torch.int64 and torch.equal(mask, torch.from_numpy(_mask(label=label)))
+    # png images are lossless: exact pixels
+    raw = np.asarray(Image.open(voc / "JPEGImages" / "img2.png"), dtype=np.float32) / 255
+    assert torch.allclose(train[1][0], torch.from_numpy(raw).permute(2, 0, 1))
+    assert len(VOCSegmentation(voc, "val")) == 1
+
+
+def test_export_voc_round_trip(tmp_path: Path) -> None:
+    src = SyntheticSegmentation(length=3, seed=6, image_size=(40, 32), ignore_border=1)
+    split = export_voc(src, tmp_path, "val")
+    assert split.read_text().split() == ["val_000000", "val_000001", "val_000002"]
+    ds = VOCSegmentation(tmp_path, "val", num_classes=src.num_classes)
+    for i in range(3):
+        (image, mask), (ref_image, ref_mask) = ds[i], src[i]
+        assert torch.equal(mask, ref_mask)
+        assert (image - ref_image).abs().max() <= 0.5 / 255 + 1e-6
+    assert Image.open(tmp_path / "SegmentationClass" / "val_000000.png").mode == "P"
+
+
+def test_structural_errors(voc: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"VOC root folder not found: .*nowhere"):
+        VOCSegmentation(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=r"split file not found: .*test\.txt .*'train'"):
+        VOCSegmentation(voc, "test")
+    _write_split(voc, "empty", [])
+    with pytest.raises(ValueError, match=r"empty\.txt: the split lists no images"):
+        VOCSegmentation(voc, "empty")
+    with pytest.raises(ValueError, match="num_classes must be in"):
+        VOCSegmentation(voc, num_classes=300)
+
+
+def test_missing_files_are_dropped_and_counted(voc: Path) -> None:
+    _write_split(voc, "train", ["img1", "ghost", "img2"])
+    (voc / "SegmentationClass" / "img2.png").unlink()
+    with pytest.warns(RuntimeWarning, match="missing_image: 1, missing_mask: 1"):
+        ds = VOCSegmentation(voc, "train")
+    assert ds.ids == ["img1"] and ds.skipped == {"missing_image": 1, "missing_mask": 1}
+    _write_split(voc, "train", ["ghost"])
+    with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match="none of the 1 listed"):
+        VOCSegmentation(voc, "train")
+
+
+@pytest.mark.parametrize(
+    ("breakage", "reason"),
+    [
+        ("corrupt_image", "corrupt_image"),
+        ("corrupt_mask", "corrupt_mask"),
+        ("size_mismatch", "size_mismatch"),
+        ("colour_mask", "bad_mask"),
+        ("label_out_of_range", "label_out_of_range"),
+    ],
+)
+def test_bad_samples_are_skipped_on_load(voc: Path, breakage: str, reason: str) -> None:
+    first = voc / "JPEGImages" / "img1.jpg"
+    mask = voc / "SegmentationClass" / "img1.png"
+    if breakage == "corrupt_image":
+        first.write_bytes(first.read_bytes()[:50])
+    elif breakage == "corrupt_mask":
+        mask.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    elif breakage == "size_mismatch":
+        Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(mask)
+    elif breakage == "colour_mask":
+        colour = np.zeros((12, 16, 3), dtype=np.uint8)
+        colour[..., 0] = 128
+        Image.fromarray(colour).save(mask)
+    else:
+        _write_sample(voc, "img1", _mask(label=9))
+    ds = VOCSegmentation(voc, "train", num_classes=5)
+    with pytest.warns(RuntimeWarning, match="skipping sample 0"):
+        _, m = ds[0]
+    assert torch.equal(m, torch.from_numpy(_mask(label=5)))  # img2 stood in for img1
+    assert ds.skipped == {reason: 1}
+
+
+def test_grey_rgb_mask_is_accepted(voc: Path) -> None:
+    grey = np.repeat(_mask(label=3).astype(np.uint8)[..., None], 3, axis=2)
+    Image.fromarray(grey).save(voc / "SegmentationClass" / "img1.png")
+    _, m = VOCSegmentation(voc, "train")[0]
+    assert torch.equal(m, torch.from_numpy(_mask(label=3)))
