@@ -232,3 +232,15 @@ def test_every_image_unreadable_raises_not_loops(tiny) -> None:
     ds = CocoDetection(root, ann)
     with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="none of the 3"):
         ds[0]
+
+
+def test_dataloader_workers_survive_a_corrupt_image(tiny) -> None:
+    from deformconv.data import detection_collate
+
+    root, ann = tiny
+    (root / "c.png").write_bytes(b"junk")
+    ds = CocoDetection(root, ann)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2,
+                                         collate_fn=detection_collate)
+    ids = [t["image_id"] for _, targets in loader for t in targets]
+    assert len(ids) == 3 and 3 not in ids  # the worker substituted a good image

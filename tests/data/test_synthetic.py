@@ -15,6 +15,7 @@ from deformconv.data import (
     SyntheticDetection,
     SyntheticSegmentation,
     semantic_mask,
+    synthetic_dataset,
 )
 from deformconv.data.scene import boxes_from_masks
 
@@ -194,3 +195,18 @@ def test_config_errors(changes, match) -> None:
 def test_seed_must_be_non_negative_int() -> None:
     with pytest.raises(ValueError, match="seed must be a non-negative int"):
         SceneGenerator(seed=-1)
+
+
+def test_synthetic_dataset_factory() -> None:
+    ds = synthetic_dataset("segmentation", length=3, seed=2, image_size=32, ignore_border=1)
+    assert isinstance(ds, SyntheticSegmentation) and len(ds) == 3 and ds.ignore_border == 1
+    assert ds.config.image_size == (32, 32) and ds.seed == 2
+    with pytest.raises(ValueError, match="task must be one of"):
+        synthetic_dataset("depth")
+
+
+def test_classification_rejects_object_counts() -> None:
+    with pytest.raises(TypeError, match="exactly one object"):
+        SyntheticClassification(length=2, max_objects=3)
+    ds = SyntheticClassification(length=2, config=SceneConfig(image_size=32, max_objects=4))
+    assert ds.config.max_objects == 1

@@ -21,6 +21,7 @@ from .synthetic import (
     SyntheticDetection,
     SyntheticSegmentation,
     semantic_mask,
+    synthetic_dataset,
 )
 from .voc import VOCSegmentation
 
@@ -41,5 +42,6 @@ __all__ = [
     "export_coco",
     "export_voc",
     "semantic_mask",
+    "synthetic_dataset",
     "transforms",
 ]

@@ -123,7 +123,7 @@ class CocoDetection(SkippingDataset):
         data = read_json(self.ann_file)
         images, categories, annotations = self._sections(data)
 
-        self.category_ids = self._categories(categories)
+        self.category_ids, self.class_names = self._categories(categories)
         self.category_to_label = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
         self.label_to_category = {v: k for k, v in self.category_to_label.items()}
         by_id = self._images(images)
@@ -160,7 +160,8 @@ class CocoDetection(SkippingDataset):
                 raise ValueError(f"{path}: '{key}' must be a list, got {type(value).__name__}")
         return sections
 
-    def _categories(self, categories: list) -> list[int]:
+    def _categories(self, categories: list) -> tuple[list[int], tuple[str, ...]]:
+        """Sorted category ids and their names (the id as text where a name is missing)."""
         names: dict[int, str] = {}
         for i, cat in enumerate(categories):
             if not isinstance(cat, dict) or not _int(cat.get("id")):
@@ -173,8 +174,7 @@ class CocoDetection(SkippingDataset):
         if not names:
             raise ValueError(f"{self.ann_file}: 'categories' is empty")
         ids = sorted(names)
-        self.class_names = tuple(names[i] for i in ids)
-        return ids
+        return ids, tuple(names[i] for i in ids)
 
     def _images(self, images: list) -> dict[int, _Image]:
         by_id: dict[int, _Image] = {}

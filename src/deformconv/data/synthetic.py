@@ -28,6 +28,7 @@ __all__ = [
     "SyntheticDetection",
     "SyntheticSegmentation",
     "semantic_mask",
+    "synthetic_dataset",
 ]
 
 Transform = Callable[[Tensor, Any], tuple[Tensor, Any]]
@@ -128,8 +129,11 @@ class SyntheticClassification(_Synthetic):
         config: SceneConfig | None = None,
         **overrides: Any,
     ) -> None:
-        super().__init__(length, seed, transforms, config,
-                         {**overrides, "min_objects": 1, "max_objects": 1})
+        fixed = sorted({"min_objects", "max_objects"} & set(overrides))
+        if fixed:
+            raise TypeError(f"{fixed}: a classification scene always holds exactly one object")
+        super().__init__(length, seed, transforms, config, {"min_objects": 1, "max_objects": 1,
+                                                            **overrides})
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         scene = self.scene(index)
@@ -201,3 +205,21 @@ class SyntheticDetection(_Synthetic):
         if self.masks:
             target["masks"] = torch.from_numpy(scene.masks.astype(np.uint8))
         return self._apply(_image(scene), target)
+
+
+SYNTHETIC_VIEWS: dict[str, type[_Synthetic]] = {
+    "classification": SyntheticClassification,
+    "segmentation": SyntheticSegmentation,
+    "detection": SyntheticDetection,
+}
+
+
+def synthetic_dataset(task: str, length: int = 1000, seed: int = 0, **kwargs: Any) -> _Synthetic:
+    """The synthetic dataset for ``task`` ("classification", "segmentation" or "detection").
+
+    ``kwargs`` go to the view's constructor (``transforms``, ``masks``, ``ignore_border``,
+    and any :class:`SceneConfig` field such as ``image_size``).
+    """
+    if task not in SYNTHETIC_VIEWS:
+        raise ValueError(f"task must be one of {sorted(SYNTHETIC_VIEWS)}, got {task!r}")
+    return SYNTHETIC_VIEWS[task](length=length, seed=seed, **kwargs)
