@@ -131,7 +131,7 @@ class TinyDetector(nn.Module):
 
 
 def state_equal(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -151,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     config = TrainConfig(task="classification", iterations=args.iterations,
                          batch_size=args.batch_size, lr=0.1, warmup_iters=2, schedule="cosine",
                          checkpoint_every=3, out_dir=args.out_dir, progress=False,
-                         resume="auto" if args.resume else None, log_every=1)
+                         resume="auto" if args.resume else None, log_every=1,
+                         device=args.device)
     train(config, model, ToyClassification(size=20), ToyClassification(size=7, seed=5))
     rank = int(os.environ.get("RANK", "0"))
     torch.save(model.state_dict(), os.path.join(args.out_dir, f"rank{rank}.pt"))

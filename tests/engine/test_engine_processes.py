@@ -62,9 +62,11 @@ def test_two_process_ddp_matches_single_process(tmp_path, in_process):
     # 2 ranks x batch 2 see, step by step, the same samples as 1 process x batch 4
     # (rank r takes every other index of the same permutation), and DDP averages the
     # gradients: without dropout both runs follow the same trajectory up to rounding.
+    # CPU processes (gloo) whatever hardware the test machine has.
     ddp, single = tmp_path / "ddp", tmp_path / "single"
-    proc = _start(str(ddp), "6", "--batch-size", "2", "--dropout", "0", torchrun=True)
-    in_process([str(single), "6", "--batch-size", "4", "--dropout", "0"])
+    common = ["6", "--dropout", "0", "--device", "cpu"]
+    proc = _start(str(ddp), *common, "--batch-size", "2", torchrun=True)
+    in_process([str(single), *common, "--batch-size", "4"])
     _finish(proc)
 
     rank0 = torch.load(ddp / "rank0.pt", weights_only=True)

@@ -54,8 +54,15 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         dev = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"device must be 'auto' or a torch device string, got {device!r}") from err
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
+    if dev.type == "cuda":
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        visible = torch.cuda.device_count()
+        if dev.index >= visible:
+            raise ValueError(
+                f"device {dev} (LOCAL_RANK={local_rank}) does not exist: {visible} CUDA "
+                "device(s) visible; start at most that many processes per node, or use cpu"
+            )
     return dev
 
 

@@ -8,6 +8,7 @@ function of seed, epoch and position), so a resumed run continues bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -168,74 +169,77 @@ def _train(
 
     bar = tqdm(total=total, initial=iteration, desc="train", dynamic_ncols=True,
                disable=not (config.progress and info.is_main))
-    window_loss = torch.zeros(2, dtype=torch.float64)  # (sum of losses, iterations) since log
-    window_images, window_start = 0, time.perf_counter()
-    net.train()
-    while iteration < total:
-        epoch, start_batch = divmod(iteration, per_epoch)
-        loader = train_loader(train_set, config.task, config.batch_size, seed=config.seed,
-                              epoch=epoch, start_batch=start_batch,
-                              world_size=info.world_size, rank=info.rank,
-                              num_workers=config.num_workers,
-                              pin_memory=info.device.type == "cuda")
-        for images, targets in loader:
-            images, targets = to_device(images, info.device), to_device(targets, info.device)
-            lr = scheduler.get_last_lr()[0]
-            with autocast(info.device, config.bf16):
-                loss, parts = compute_loss(config.task, net, images, targets)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at iteration {iteration} (epoch {epoch}); "
-                    "lower lr or set grad_clip_norm"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = None
-            if config.grad_clip_norm is not None:
-                grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(),
-                                                           config.grad_clip_norm))
-            optimizer.step()
-            scheduler.step()
-            iteration += 1
+    with bar, contextlib.closing(logger):  # closed on errors too (e.g. a stop hook)
+        window_loss = torch.zeros(2, dtype=torch.float64)  # (sum of losses, iterations) since log
+        window_images, window_start = 0, time.perf_counter()
+        net.train()
+        while iteration < total:
+            epoch, start_batch = divmod(iteration, per_epoch)
+            loader = train_loader(train_set, config.task, config.batch_size, seed=config.seed,
+                                  epoch=epoch, start_batch=start_batch,
+                                  world_size=info.world_size, rank=info.rank,
+                                  num_workers=config.num_workers,
+                                  pin_memory=info.device.type == "cuda")
+            for images, targets in loader:
+                images, targets = to_device(images, info.device), to_device(targets, info.device)
+                lr = scheduler.get_last_lr()[0]
+                with autocast(info.device, config.bf16):
+                    loss, parts = compute_loss(config.task, net, images, targets)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at iteration {iteration} (epoch {epoch}); "
+                        "lower lr or set grad_clip_norm"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = None
+                if config.grad_clip_norm is not None:
+                    grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(),
+                                                               config.grad_clip_norm))
+                optimizer.step()
+                scheduler.step()
+                iteration += 1
 
-            window_loss += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
-            window_images += num_images(images) * info.world_size
-            if iteration % config.log_every == 0 or iteration == total:
-                loss_sum, count = all_reduce_sum(window_loss.clone()).tolist()
-                elapsed = time.perf_counter() - window_start
-                record = {"split": "train", "iter": iteration, "epoch": epoch,
-                          "loss": loss_sum / count, "lr": lr,
-                          "images_per_s": window_images / max(elapsed, 1e-9),
-                          **{k: v.item() for k, v in parts.items()}}
-                if grad_norm is not None:
-                    record["grad_norm"] = grad_norm
-                logger.log(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.3g}",
-                                img_s=f"{record['images_per_s']:.1f}")
-                window_loss.zero_()
-                window_images, window_start = 0, time.perf_counter()
-            bar.update(1)
+                window_loss += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
+                window_images += num_images(images) * info.world_size
+                if iteration % config.log_every == 0 or iteration == total:
+                    loss_sum, count = all_reduce_sum(window_loss.clone()).tolist()
+                    elapsed = time.perf_counter() - window_start
+                    record = {"split": "train", "iter": iteration, "epoch": epoch,
+                              "loss": loss_sum / count, "lr": lr,
+                              "images_per_s": window_images / max(elapsed, 1e-9),
+                              **{k: v.item() for k, v in parts.items()}}
+                    if grad_norm is not None:
+                        record["grad_norm"] = grad_norm
+                    logger.log(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.3g}",
+                                    img_s=f"{record['images_per_s']:.1f}")
+                    window_loss.zero_()
+                    window_images, window_start = 0, time.perf_counter()
+                bar.update(1)
 
-            if val_set is not None and config.eval_every and iteration % config.eval_every == 0 \
-                    and iteration < total:
-                metrics = validate()
-            if config.checkpoint_every and iteration % config.checkpoint_every == 0 \
-                    and iteration < total:
-                checkpoint(last_path)
-            if on_iteration_end is not None:
-                on_iteration_end(iteration)
-            if iteration == kill_at:
-                os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
-            if iteration >= total:
-                break
-    bar.close()
+                # (the last iteration's evaluation and checkpoint come after the loop)
+                mid_run = iteration < total
+                if val_set is not None and mid_run and _every(iteration, config.eval_every):
+                    metrics = validate()
+                if mid_run and _every(iteration, config.checkpoint_every):
+                    checkpoint(last_path)
+                if on_iteration_end is not None:
+                    on_iteration_end(iteration)
+                if iteration == kill_at:
+                    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+                if iteration >= total:
+                    break
 
-    if val_set is not None:
-        metrics = validate()
-    checkpoint(last_path)
-    logger.close()
+        if val_set is not None:
+            metrics = validate()
+        checkpoint(last_path)
     return TrainResult(iteration=iteration, metrics=metrics, best_metric=best,
                        last_checkpoint=last_path, best_checkpoint=best_path, out_dir=out_dir)
+
+
+def _every(iteration: int, period: int) -> bool:
+    return period > 0 and iteration % period == 0
 
 
 def _resume_path(config: TrainConfig, out_dir: Path) -> Path | None:
