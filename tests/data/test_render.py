@@ -10,6 +10,7 @@ from deformconv.data.render import (
     Placement,
     ellipse_inside,
     polygon_inside,
+    radial_inside,
     stroke_mask,
     upsample,
 )
@@ -60,3 +61,14 @@ def test_upsample_constant_and_linear() -> None:
     ramp = np.arange(4, dtype=np.float32)[None, :, None].repeat(2, 0)
     out = upsample(ramp, 2, 8)[0, :, 0]
     assert np.all(np.diff(out) >= 0) and out[0] == 0 and out[-1] == 3
+
+
+def test_radial_blob_reaches_the_unit_circle() -> None:
+    u, v = _grid(81)
+    flat = np.array([[0.0, 0.3], [0.0, 1.0]])
+    assert np.array_equal(radial_inside(u, v, flat), u * u + v * v <= 1)
+    bumpy = np.array([[0.2, 0.0], [0.1, 1.0], [0.15, 2.0]])
+    phi = np.linspace(0, 2 * np.pi, 720, endpoint=False)
+    inside_at = [radial_inside(rr * np.cos(phi), rr * np.sin(phi), bumpy) for rr in (0.98, 1.02)]
+    assert inside_at[0].any() and not inside_at[1].any()  # touches radius 1, never beyond
+    assert not inside_at[0].all()  # and is not a disk

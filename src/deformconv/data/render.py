@@ -78,16 +78,19 @@ def ellipse_inside(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def radial_inside(u: np.ndarray, v: np.ndarray, harmonics: np.ndarray) -> np.ndarray:
-    """Star-shaped blob ``rho <= r(phi)``, ``r = 1 + sum_k c_k cos(k phi + p_k)`` scaled to max 1.
+    """Star-shaped blob ``rho <= r(phi) / max r``, ``r = 1 + sum_k c_k cos(k phi + p_k)``.
 
-    ``harmonics`` is (K, 2): amplitude and phase of harmonics 2..K+1.
+    ``harmonics`` is (K, 2): amplitude and phase of harmonics 2..K+1; the outline touches
+    the unit circle where ``r`` peaks.
     """
-    phi = np.arctan2(v, u)
-    radius = np.ones_like(phi)
-    for k, (amp, phase) in enumerate(harmonics, start=2):
-        radius += amp * np.cos(k * phi + phase)
-    peak = 1.0 + np.abs(harmonics[:, 0]).sum()
-    return u * u + v * v <= (radius / peak) ** 2
+    def radius(phi: np.ndarray) -> np.ndarray:
+        r = np.ones_like(phi)
+        for k, (amp, phase) in enumerate(harmonics, start=2):
+            r += amp * np.cos(k * phi + phase)
+        return r
+
+    peak = radius(np.linspace(0, 2 * np.pi, 256, endpoint=False)).max()
+    return u * u + v * v <= (radius(np.arctan2(v, u)) / peak) ** 2
 
 
 def stroke_mask(

@@ -150,6 +150,18 @@ def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
     return boxes
 
 
+@dataclass
+class _Drawn:
+    """An object's full-image mask, its bounding window and local ``(u, v)`` over the window."""
+
+    mask: np.ndarray
+    rows: slice
+    cols: slice
+    u: np.ndarray
+    v: np.ndarray
+    texture: str | None
+
+
 def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
     return float(np.exp(rng.uniform(np.log(low), np.log(high))))
 
@@ -186,14 +198,15 @@ class SceneGenerator:
             label = int(rng.integers(len(self._classes)))
             shape = self._classes[label]
             place, scale, aspect = self._placement(rng)
-            mask, paint = self._rasterise(rng, shape, place)
+            drawn = self._rasterise(rng, shape, place)
+            mask = drawn.mask
             area = int(mask.sum())
             if area < _MIN_PIXELS or not all(
                 (m & ~mask).sum() >= max(_MIN_PIXELS, (1 - cfg.max_occlusion) * full)
                 for m, full in zip(masks, areas, strict=True)
             ):
                 continue
-            paint(image, mask, rng)
+            self._paint(rng, image, drawn)
             for m in masks:
                 m &= ~mask
             labels.append(label)
@@ -294,15 +307,14 @@ class SceneGenerator:
         cy = rng.uniform(*sorted((hy, h - hy)))
         return Placement(cx, cy, a, b, angle), scale, aspect
 
-    def _rasterise(self, rng: np.random.Generator, shape: ShapeClass, place: Placement):
-        """Full-image bool mask of the object and a function that paints it."""
+    def _rasterise(self, rng: np.random.Generator, shape: ShapeClass, place: Placement) -> _Drawn:
+        """Where the object lands: full-image mask plus the window and local coordinates."""
         h, w = self.config.height, self.config.width
         rows, cols = place.window(h, w)
         x, y = place.pixel_centres(rows, cols)
         u, v = place.to_local(x, y)
-        pen = max(1.2, 0.15 * min(place.a, place.b))
         texture = None
-        if shape.kind == "glyph":
+        if shape.kind == "glyph":  # pen strokes with a hand-drawn wobble
             pen = max(1.2, 0.16 * max(place.a, place.b))
             segments = [
                 polyline_segments(place.to_image(s + rng.normal(0, 0.05, size=s.shape)))
@@ -320,31 +332,34 @@ class SceneGenerator:
                 return polygon_inside(uu, vv, shape.vertices)
 
             inside = test(u, v)
+            pen = max(1.2, 0.15 * min(place.a, place.b))
             if rng.uniform() < self.config.outline_prob and pen < min(place.a, place.b):
+                # outline: remove the same shape shrunk by about ``pen`` pixels
                 inside &= ~test(u / (1 - pen / place.a), v / (1 - pen / place.b))
         mask = np.zeros((h, w), dtype=bool)
         mask[rows, cols] = inside
+        return _Drawn(mask, rows, cols, u, v, texture)
 
-        def paint(image: np.ndarray, full_mask: np.ndarray, rng: np.random.Generator) -> None:
-            under = image[full_mask].mean(0)
-            first = _contrasting(rng, under)
-            window = image[rows, cols]
-            sel = full_mask[rows, cols]
-            if texture is None:  # solid colour with a soft linear shading
-                psi = rng.uniform(0, 2 * np.pi)
-                ramp = (np.cos(psi) * u + np.sin(psi) * v)[sel] * rng.uniform(0, 0.12)
-                window[sel] = first + ramp[:, None]
-                return
-            second = _contrasting(rng, first)
-            if texture == "stripes":
-                psi, freq = rng.uniform(0, np.pi), rng.uniform(2.0, 3.5)
-                on = np.sin(np.pi * freq * (np.cos(psi) * u + np.sin(psi) * v)) > 0
-            else:  # spots on a grid in the object's frame
-                k = rng.uniform(2.0, 3.0)
-                on = ((u * k) % 1 - 0.5) ** 2 + ((v * k) % 1 - 0.5) ** 2 < 0.3**2
-            window[sel] = np.where(on[sel][:, None], second, first)
-
-        return mask, paint
+    @staticmethod
+    def _paint(rng: np.random.Generator, image: np.ndarray, drawn: _Drawn) -> None:
+        """Colour the object's pixels so they stand out from what lies under them."""
+        window = image[drawn.rows, drawn.cols]  # a view: writes go to ``image``
+        sel = drawn.mask[drawn.rows, drawn.cols]
+        u, v = drawn.u[sel], drawn.v[sel]
+        first = _contrasting(rng, window[sel].mean(0))
+        if drawn.texture is None:  # solid colour with a soft linear shading
+            psi = rng.uniform(0, 2 * np.pi)
+            ramp = (np.cos(psi) * u + np.sin(psi) * v) * rng.uniform(0, 0.12)
+            window[sel] = first + ramp[:, None]
+            return
+        second = _contrasting(rng, first)
+        if drawn.texture == "stripes":
+            psi, freq = rng.uniform(0, np.pi), rng.uniform(2.0, 3.5)
+            on = np.sin(np.pi * freq * (np.cos(psi) * u + np.sin(psi) * v)) > 0
+        else:  # spots on a grid in the object's frame
+            k = rng.uniform(2.0, 3.0)
+            on = ((u * k) % 1 - 0.5) ** 2 + ((v * k) % 1 - 0.5) ** 2 < 0.3**2
+        window[sel] = np.where(on[:, None], second, first)
 
 
 def _contrasting(rng: np.random.Generator, reference: np.ndarray) -> np.ndarray:
