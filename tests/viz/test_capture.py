@@ -94,3 +94,27 @@ class TestOffsetCapture:
         assert record.output_stride.tolist() == [4.0, 4.0]
         given = capture_offsets(model, [torch.randn(3, 8, 8)], image_size=(8, 8))
         assert given["body.block.0"].image_size == (8, 8)
+
+
+def test_input_module_sets_the_image_and_keeps_its_input():
+    class Resize(nn.Module):
+        """Upsamples 2x before the body, as a detector's transform resizes its images."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = Stack()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(nn.functional.interpolate(x, scale_factor=2.0))
+
+    model = Resize()
+    x = torch.rand(3, 3, 5, 6)
+    with torch.no_grad(), OffsetCapture(model, images=[2], input_module="body",
+                                        keep_inputs=True) as capture:
+        model(x)
+    assert capture.latest()["body.block.0"].image_size == (10, 12)
+    assert len(capture.inputs) == 1
+    torch.testing.assert_close(capture.inputs[0],
+                               nn.functional.interpolate(x, scale_factor=2.0)[[2]])
+    with pytest.raises(ValueError, match="input_module: no module named 'trunk'"):
+        OffsetCapture(model, input_module="trunk")

@@ -4,7 +4,8 @@ Capture offsets with :class:`OffsetCapture` (forward hooks), turn them into samp
 (:func:`sampling_locations`, :func:`back_project` for stacked layers, paper Fig. 5) or RoI
 bins (:func:`roi_bins`, Fig. 7), plot them as PNG (:func:`plot_sampling_locations`,
 :func:`plot_roi_offsets`; needs matplotlib), and summarise them (:func:`offset_statistics`,
-:class:`DilationStats`, Table 2).
+:class:`DilationStats`, Table 2). :func:`offset_report` does all of it for a model and a
+batch.
 """
 
 from .capture import LayerGeometry, OffsetCapture, OffsetRecord, capture_offsets
@@ -25,6 +26,7 @@ from .plot import (
     plot_stacked_sampling,
     to_display_image,
 )
+from .report import OffsetReport, offset_report
 from .roi import RoIBins, RoIOffsetRecord, RoIPoolGeometry, roi_bins
 from .sampling import (
     BackProjection,
@@ -44,6 +46,7 @@ __all__ = [
     "LayerGeometry",
     "OffsetCapture",
     "OffsetRecord",
+    "OffsetReport",
     "RoIBins",
     "RoIOffsetRecord",
     "RoIPoolGeometry",
@@ -55,6 +58,7 @@ __all__ = [
     "format_dilation_table",
     "image_to_feature",
     "markdown_table",
+    "offset_report",
     "offset_statistics",
     "plot_roi_offsets",
     "plot_sampling_locations",

@@ -108,11 +108,9 @@ class OffsetRecord:
         return self._stride(self.output_size)
 
 
-def _image_size(args: tuple) -> tuple[int, int] | None:
+def _image_batch(args: tuple) -> Tensor | None:
     first = args[0] if args else None
-    if isinstance(first, Tensor) and first.dim() >= 3:
-        return int(first.shape[-2]), int(first.shape[-1])
-    return None
+    return first if isinstance(first, Tensor) and first.dim() == 4 else None
 
 
 class OffsetCapture:
@@ -124,12 +122,18 @@ class OffsetCapture:
         layers: names (as in ``model.named_modules()``) of the layers to record; None = all.
         images: batch indices to keep (others are dropped at once); None = the whole batch.
         max_calls: forward passes recorded per layer; later ones are ignored. None = all.
-        image_size: ``(H, W)`` of the network input; by default read from the model's first
-            positional argument when it is an ``(N, C, H, W)`` tensor.
+        image_size: ``(H, W)`` of the network input; by default read from the first
+            positional argument of ``input_module`` when it is an ``(N, C, H, W)`` tensor.
+        input_module: name of the submodule whose input is "the image" (default: the model
+            itself). For torchvision-style detectors, which resize and pad a list of images,
+            ``"backbone"`` gives the batched tensor the convs actually see.
+        keep_inputs: also keep that input tensor (kept images only) in ``inputs``, one per
+            recorded pass, to draw on.
 
     After the ``with`` block, ``records[name]`` holds one :class:`OffsetRecord` per recorded
     pass of a deformable conv, ``roi_records[name]`` one
-    :class:`~deformconv.viz.roi.RoIOffsetRecord` per pass of a deformable RoI pooling.
+    :class:`~deformconv.viz.roi.RoIOffsetRecord` per pass of a deformable RoI pooling, and
+    ``inputs`` the ``(n, C, H, W)`` kept input images when ``keep_inputs``.
 
     Example::
 
@@ -145,8 +149,12 @@ class OffsetCapture:
         images: Sequence[int] | None = None,
         max_calls: int | None = 1,
         image_size: tuple[int, int] | None = None,
+        input_module: str | None = None,
+        keep_inputs: bool = False,
     ) -> None:
         modules = dict(model.named_modules())
+        if input_module is not None and input_module not in modules:
+            raise ValueError(f"input_module: no module named {input_module!r} in the model")
         kinds = (DeformConv2d, DeformRoIPool, DeformPSRoIPool)
         if layers is None:
             chosen = {n: m for n, m in modules.items() if isinstance(m, kinds)}
@@ -170,6 +178,9 @@ class OffsetCapture:
         self.images = None if images is None else tuple(images)
         self.max_calls = max_calls
         self.image_size = image_size
+        self.input_module = model if input_module is None else modules[input_module]
+        self.keep_inputs = keep_inputs
+        self.inputs: list[Tensor] = []
         self.records: dict[str, list[OffsetRecord]] = {}
         self.roi_records: dict[str, list[RoIOffsetRecord]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -178,7 +189,7 @@ class OffsetCapture:
     def __enter__(self) -> OffsetCapture:
         if self._handles:
             raise RuntimeError("OffsetCapture is already active")
-        self._handles.append(self.model.register_forward_pre_hook(self._on_model_input))
+        self._handles.append(self.input_module.register_forward_pre_hook(self._on_input))
         for name, module in self.layers.items():
             if isinstance(module, DeformConv2d):
                 hook = self._conv_hook(name, module)
@@ -198,6 +209,7 @@ class OffsetCapture:
         """Drop everything recorded so far (the hooks stay)."""
         self.records.clear()
         self.roi_records.clear()
+        self.inputs.clear()
 
     def latest(self) -> dict[str, OffsetRecord]:
         """The last recorded pass of each deformable conv, by layer name (model order)."""
@@ -207,8 +219,12 @@ class OffsetCapture:
         """The last recorded pass of each deformable RoI pooling, by layer name."""
         return {name: recs[-1] for name, recs in self.roi_records.items() if recs}
 
-    def _on_model_input(self, module: nn.Module, args: tuple) -> None:
-        self._input_size = self.image_size or _image_size(args)
+    def _on_input(self, module: nn.Module, args: tuple) -> None:
+        batch = _image_batch(args)
+        size = None if batch is None else (int(batch.shape[-2]), int(batch.shape[-1]))
+        self._input_size = self.image_size or size
+        if self.keep_inputs and batch is not None and self._wanted(len(self.inputs)):
+            self.inputs.append(batch.detach()[self._kept(batch.shape[0])].float().cpu())
 
     def _wanted(self, recorded: int) -> bool:
         return self.max_calls is None or recorded < self.max_calls
@@ -251,9 +267,12 @@ def capture_offsets(
     layers: Sequence[str] | None = None,
     images: Sequence[int] | None = None,
     image_size: tuple[int, int] | None = None,
+    input_module: str | None = None,
 ) -> dict[str, OffsetRecord]:
     """Run ``model(*inputs)`` once without gradients and return each deformable conv's
-    :class:`OffsetRecord`, by layer name. The model's train/eval mode is left as it is."""
-    with torch.no_grad(), OffsetCapture(model, layers, images, 1, image_size) as capture:
+    :class:`OffsetRecord`, by layer name (arguments as :class:`OffsetCapture`). The model's
+    train/eval mode is left as it is."""
+    with torch.no_grad(), OffsetCapture(model, layers, images, 1, image_size,
+                                        input_module) as capture:
         model(*inputs)
     return capture.latest()

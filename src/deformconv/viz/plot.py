@@ -142,7 +142,7 @@ def plot_roi_offsets(
     dpi: int = 100,
 ) -> Path:
     """Draw RoIs (red outline), their regular bin grid (dashed white) and the bins moved by
-    the learned offsets (yellow, with arrows from the regular bin centres) over ``image``;
+    the learned offsets (yellow; cyan arrows from the regular bin centres) over ``image``;
     save a PNG. Returns the path written."""
     from matplotlib.patches import Rectangle
 
@@ -162,5 +162,5 @@ def plot_roi_offsets(
         shifts = roi.shifts.reshape(-1, 2)
         ax.quiver(centres[:, 0].numpy(), centres[:, 1].numpy(), shifts[:, 0].numpy(),
                   shifts[:, 1].numpy(), angles="xy", scale_units="xy", scale=1.0,
-                  color="yellow", width=0.004)
+                  color="cyan", width=0.002, alpha=0.8)
     return _save(fig, path, dpi)

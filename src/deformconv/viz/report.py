@@ -1,0 +1,141 @@
+"""One call from a model and a batch to offset figures and tables, for the CLI's reports."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .capture import OffsetCapture
+from .dilation import effective_dilation_table, format_dilation_table
+from .plot import plot_roi_offsets, plot_stacked_sampling
+from .roi import roi_bins
+from .sampling import unit_at
+from .stats import offset_statistics
+from .table import markdown_table
+
+__all__ = ["OffsetReport", "offset_report"]
+
+
+@dataclass
+class OffsetReport:
+    """Figures written and tables computed by :func:`offset_report`.
+
+    ``offset_rows``: :func:`~deformconv.viz.offset_statistics`; ``dilation_rows``:
+    :func:`~deformconv.viz.effective_dilation_table` (empty without boxes or masks).
+    """
+
+    out_dir: Path
+    figures: list[Path] = field(default_factory=list)
+    offset_rows: list[dict[str, object]] = field(default_factory=list)
+    dilation_rows: list[dict[str, object]] = field(default_factory=list)
+
+    def markdown(self, heading_level: int = 2) -> str:
+        """The tables and the figures (linked relative to ``out_dir``) as markdown."""
+        hashes = "#" * heading_level
+        parts = []
+        if self.offset_rows:
+            parts += [f"{hashes} Learned offsets", "",
+                      "Mean / max |offset| and mean displacement of a sampling point, in "
+                      "input-feature pixels per layer.", "",
+                      markdown_table(self.offset_rows), ""]
+        if self.dilation_rows:
+            parts += [f"{hashes} Effective dilation by object size", "",
+                      "Mean distance between adjacent sampling points of each kernel "
+                      "(mean ± std over output pixels; the layer's dilation at zero offset).",
+                      "", format_dilation_table(self.dilation_rows), ""]
+        if self.figures:
+            parts += [f"{hashes} Figures", ""]
+            parts += [f"![{path.stem}]({path.relative_to(self.out_dir).as_posix()})"
+                      for path in self.figures]
+            parts.append("")
+        return "\n".join(parts)
+
+
+def _units(boxes: Tensor | None, image_size: tuple[int, int], per_image: int
+           ) -> list[tuple[float, float]]:
+    """Image points (y, x) to back-project from: centres of the largest boxes, else the
+    image centre."""
+    if boxes is None or len(boxes) == 0:
+        return [((image_size[0] - 1) / 2, (image_size[1] - 1) / 2)]
+    boxes = boxes.detach().cpu().double()
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    chosen = boxes[area.argsort(descending=True)[:per_image]]
+    # box edges -> pixel-index coordinates of the centre
+    return [(float((b[1] + b[3]) / 2 - 0.5), float((b[0] + b[2]) / 2 - 0.5)) for b in chosen]
+
+
+def offset_report(
+    model: nn.Module,
+    inputs: object,
+    out_dir: str | Path,
+    *,
+    boxes: Sequence[Tensor] | None = None,
+    masks: Sequence[Tensor] | None = None,
+    layers: Sequence[str] | None = None,
+    input_module: str | None = None,
+    stack_depth: int = 3,
+    max_figures: int = 4,
+    units_per_image: int = 2,
+    max_rois: int = 4,
+    thresholds: tuple[float, float] | None = None,
+    prefix: str = "",
+) -> OffsetReport:
+    """Run ``model(inputs)`` once (no gradients, mode unchanged) and write offset figures.
+
+    Writes ``{prefix}sampling_{i}.png`` (the top ``stack_depth`` deformable convs
+    back-projected from the centres of the ``units_per_image`` largest boxes, or the image
+    centre; paper Fig. 5) and ``{prefix}roi_offsets_{i}.png`` (first ``max_rois`` RoIs of
+    each deformable RoI pooling; Fig. 7) for the first ``max_figures`` images, and computes
+    offset statistics and, given ``boxes`` or ``masks``, the effective dilation table.
+
+    Args:
+        model: any model with deformable layers; called as ``model(inputs)``.
+        inputs: its input, e.g. an ``(N, C, H, W)`` batch.
+        out_dir: folder for the PNGs (created).
+        boxes: per image ``(M, 4)`` x1, y1, x2, y2, or ``masks`` per image ``(H, W)``
+            instance ids, in the coordinates of the tensor ``input_module`` receives.
+        layers, input_module: as :class:`~deformconv.viz.OffsetCapture`; ``input_module``
+            must receive an ``(N, C, H, W)`` tensor (e.g. ``"backbone"`` for detectors).
+        thresholds: object-area limits for the size buckets (default: COCO's, scaled to
+            the image size, :func:`~deformconv.viz.scale_thresholds`).
+    """
+    if stack_depth < 1:
+        raise ValueError(f"stack_depth must be >= 1, got {stack_depth}")
+    out_dir = Path(out_dir)
+    capture = OffsetCapture(model, layers, max_calls=1, input_module=input_module,
+                            keep_inputs=True)
+    with torch.no_grad(), capture:
+        model(inputs)
+    if not capture.inputs:
+        raise ValueError("the images were not seen: the model (or input_module) must take an "
+                         "(N, C, H, W) tensor as its first argument; set input_module")
+    images = capture.inputs[0]
+    report = OffsetReport(out_dir)
+    convs = capture.latest()
+    if convs:
+        report.offset_rows = offset_statistics(convs)
+        stack = list(convs.values())[-stack_depth:]
+        top = stack[-1]
+        for i in range(min(max_figures, len(images))):
+            points = _units(None if boxes is None else boxes[i], top.image_size, units_per_image)
+            units = list(dict.fromkeys(unit_at(top, point) for point in points))
+            names = ", ".join(rec.name for rec in stack)
+            report.figures.append(plot_stacked_sampling(
+                images[i], stack, units, out_dir / f"{prefix}sampling_{i}.png", image_index=i,
+                title=f"image {i}: sampling points of {names}"))
+        if boxes is not None or masks is not None:
+            report.dilation_rows = effective_dilation_table(convs, boxes=boxes, masks=masks,
+                                                            thresholds=thresholds)
+    for n, (name, rec) in enumerate(capture.latest_rois().items()):
+        for i in range(min(max_figures, len(images))):
+            chosen = (rec.rois[:, 0] == i).nonzero().flatten()[:max_rois].tolist()
+            if chosen:
+                stem = f"{prefix}roi_offsets{n or ''}_{i}"
+                report.figures.append(plot_roi_offsets(
+                    images[i], [roi_bins(rec, k) for k in chosen], out_dir / f"{stem}.png",
+                    title=f"image {i}: {name or type(model).__name__}"))
+    return report
