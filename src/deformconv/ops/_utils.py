@@ -218,3 +218,37 @@ def psroi_grid(rois: Tensor, spatial_scale: float) -> PSRoIGrid:
     end_h = (box[:, 3] + 1.0) * spatial_scale - 0.5
     return PSRoIGrid(start_h, start_w, (end_h - start_h).clamp(min=0.1),
                      (end_w - start_w).clamp(min=0.1))
+
+
+@dataclass(frozen=True)
+class PSRoIBins:
+    """Per-bin tables of deformable PS RoI pooling over ``M = output_dim * P * P`` bins.
+
+    Bin ``(ctop, i, j)`` (row-major) reads input ``channel`` and the offsets of class
+    ``cls`` at part cell ``(part_h, part_w)``; ``row``/``col`` are ``i``/``j``. All ``(M,)``.
+    """
+
+    channel: Tensor
+    cls: Tensor
+    part_h: Tensor
+    part_w: Tensor
+    row: Tensor
+    col: Tensor
+
+
+def psroi_bins(output_dim: int, group_size: int, pooled_size: int, part_size: int,
+               num_classes: int, device: torch.device) -> PSRoIBins:
+    """Index tables of every bin (see ``PSRoIBins``), int64 on ``device``."""
+    size = pooled_size
+    ctop, row, col = (t.reshape(-1) for t in torch.meshgrid(
+        torch.arange(output_dim), torch.arange(size), torch.arange(size), indexing="ij"))
+    group_h = (row * group_size // size).clamp(0, group_size - 1)
+    group_w = (col * group_size // size).clamp(0, group_size - 1)
+    # floor(i / P * part_size) in floating point, as the original kernel computes it
+    part = torch.tensor([int(i / size * part_size) for i in range(size)])
+    tables = PSRoIBins(
+        channel=(ctop * group_size + group_h) * group_size + group_w,
+        cls=ctop // (output_dim // num_classes),
+        part_h=part[row], part_w=part[col], row=row, col=col,
+    )
+    return PSRoIBins(*(t.to(device) for t in vars(tables).values()))

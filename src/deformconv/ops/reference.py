@@ -6,6 +6,8 @@ favour plain indexing over speed. Shapes follow the spec: N batch, C channels, K
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -104,3 +106,140 @@ def deform_conv2d(
     if bias is not None:
         out = out + bias.view(1, cout, 1, 1)
     return out
+
+
+def clamp_into_plane(coord: Tensor, size: int) -> Tensor:
+    """Clamp sample coordinates into ``[0, size - 1]`` the way RoI pooling kernels do.
+
+    ``torch.where`` (not ``clamp``) so that autograd gives 0 wherever the clamp holds the
+    coordinate still, and the right-hand derivative at 0 (the bilinear function's rule).
+    """
+    coord = torch.where(coord < 0, torch.zeros_like(coord), coord)
+    return torch.where(coord >= size - 1, torch.full_like(coord, size - 1), coord)
+
+
+def deform_roi_pool(
+    input: Tensor,
+    rois: Tensor,
+    offset: Tensor | None = None,
+    output_size: tuple[int, int] = (7, 7),
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    gamma: float = 0.1,
+    aligned: bool = True,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Deformable RoI pooling, SPEC section deform_roi_pool (RoIAlign with moving bins).
+
+    Shapes: input ``(N, C, H, W)``, rois ``(K, 5)``, offset ``(K, 2, ph, pw)`` (Δx̂, Δŷ),
+    mask ``(K, 1, ph, pw)``. Returns ``(K, C, ph, pw)``. One RoI at a time, torchvision's
+    RoIAlign sampling: a sample with y < -1, y > H, x < -1 or x > W is 0 (but counted);
+    otherwise it is clamped into the plane and interpolated.
+    """
+    _, channels, height, width = input.shape
+    ph, pw = output_size
+    outputs = []
+    for k in range(rois.shape[0]):
+        b = int(rois[k, 0])
+        shift = 0.5 if aligned else 0.0
+        x1, y1, x2, y2 = (rois[k, i] * spatial_scale - shift for i in range(1, 5))
+        roi_w, roi_h = x2 - x1, y2 - y1
+        if not aligned:
+            roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+        bin_h, bin_w = roi_h / ph, roi_w / pw
+        gh = sampling_ratio if sampling_ratio > 0 else int(torch.ceil(roi_h / ph))
+        gw = sampling_ratio if sampling_ratio > 0 else int(torch.ceil(roi_w / pw))
+        count = max(gh * gw, 1)
+        iy = torch.arange(max(gh, 0), dtype=input.dtype, device=input.device)
+        ix = torch.arange(max(gw, 0), dtype=input.dtype, device=input.device)
+        bins_y = torch.arange(ph, dtype=input.dtype, device=input.device)
+        bins_x = torch.arange(pw, dtype=input.dtype, device=input.device)
+        # (ph, pw, gh, gw) sample positions
+        y = (y1 + bins_y * bin_h).view(ph, 1, 1, 1) + ((iy + 0.5) * bin_h / gh).view(1, 1, -1, 1)
+        x = (x1 + bins_x * bin_w).view(1, pw, 1, 1) + ((ix + 0.5) * bin_w / gw).view(1, 1, 1, -1)
+        if offset is not None:
+            y = y + (gamma * roi_h * offset[k, 1]).view(ph, pw, 1, 1)
+            x = x + (gamma * roi_w * offset[k, 0]).view(ph, pw, 1, 1)
+        y, x = torch.broadcast_tensors(y, x)
+        taken = (y >= -1) & (y <= height) & (x >= -1) & (x <= width)
+        values = bilinear(input[b : b + 1], clamp_into_plane(y, height)[None],
+                          clamp_into_plane(x, width)[None])[0]  # (C, ph, pw, gh, gw)
+        values = torch.where(taken, values, torch.zeros_like(values))
+        pooled = values.sum(dim=(3, 4)) / count
+        if mask is not None:
+            pooled = pooled * mask[k]
+        outputs.append(pooled)
+    if not outputs:
+        return input.new_zeros(0, channels, ph, pw)
+    return torch.stack(outputs)
+
+
+def deform_psroi_pool(
+    input: Tensor,
+    rois: Tensor,
+    offset: Tensor | None,
+    spatial_scale: float,
+    output_dim: int,
+    group_size: int,
+    pooled_size: int,
+    part_size: int | None = None,
+    sample_per_part: int = 4,
+    trans_std: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """Deformable position-sensitive RoI pooling, SPEC section deform_psroi_pool.
+
+    Shapes: input ``(N, output_dim*group_size**2, H, W)``, rois ``(K, 5)``, offset
+    ``(K, 2*num_classes, part_size, part_size)`` or None. Returns the pooled output and
+    the number of samples taken, both ``(K, output_dim, pooled_size, pooled_size)``.
+    """
+    _, _, height, width = input.shape
+    size = pooled_size
+    part_size = pooled_size if part_size is None else part_size
+    num_classes = 1 if offset is None else offset.shape[1] // 2
+    per_class = output_dim // num_classes
+    factory = {"dtype": input.dtype, "device": input.device}
+    # Index tables over (ctop, ph, pw): input channel, class, and part cell of each bin.
+    ctop = torch.arange(output_dim).view(-1, 1, 1)
+    bin_h = torch.arange(size).view(1, -1, 1)
+    bin_w = torch.arange(size).view(1, 1, -1)
+    group_h = (bin_h * group_size // size).clamp(0, group_size - 1)
+    group_w = (bin_w * group_size // size).clamp(0, group_size - 1)
+    channel = ((ctop * group_size + group_h) * group_size + group_w).reshape(-1)
+    cls = (ctop // per_class).expand(-1, size, size).reshape(-1)
+    part_h = torch.tensor([math.floor(i / size * part_size) for i in range(size)])
+    part_w = part_h.view(1, 1, -1).expand(output_dim, size, size).reshape(-1)
+    part_h = part_h.view(1, -1, 1).expand(output_dim, size, size).reshape(-1)
+    bin_h = bin_h.expand(output_dim, size, size).reshape(-1).to(**factory)
+    bin_w = bin_w.expand(output_dim, size, size).reshape(-1).to(**factory)
+    steps = torch.arange(sample_per_part, **factory)
+
+    outputs, counts = [], []
+    for k in range(rois.shape[0]):
+        b = int(rois[k, 0])
+        x1, y1, x2, y2 = (torch.sign(v) * torch.floor(v.abs() + 0.5) for v in rois[k, 1:])
+        start_w, start_h = x1 * spatial_scale - 0.5, y1 * spatial_scale - 0.5
+        end_w, end_h = (x2 + 1) * spatial_scale - 0.5, (y2 + 1) * spatial_scale - 0.5
+        roi_w = (end_w - start_w).clamp(min=0.1)
+        roi_h = (end_h - start_h).clamp(min=0.1)
+        bin_size_w, bin_size_h = roi_w / size, roi_h / size
+        wstart = bin_w * bin_size_w + start_w  # (M,) over the M = output_dim*size*size bins
+        hstart = bin_h * bin_size_h + start_h
+        if offset is not None:
+            wstart = wstart + offset[k, 2 * cls, part_h, part_w] * trans_std * roi_w
+            hstart = hstart + offset[k, 2 * cls + 1, part_h, part_w] * trans_std * roi_h
+        # (M, S, S) sample positions, rows ih and columns iw
+        w = wstart.view(-1, 1, 1) + (steps * (bin_size_w / sample_per_part)).view(1, 1, -1)
+        h = hstart.view(-1, 1, 1) + (steps * (bin_size_h / sample_per_part)).view(1, -1, 1)
+        h, w = torch.broadcast_tensors(h, w)
+        taken = (w >= -0.5) & (w <= width - 0.5) & (h >= -0.5) & (h <= height - 0.5)
+        planes = input[b, channel].unsqueeze(1)  # (M, 1, H, W): each bin's own channel
+        values = bilinear(planes, clamp_into_plane(h, height), clamp_into_plane(w, width))
+        values = torch.where(taken, values[:, 0], torch.zeros_like(values[:, 0]))
+        count = taken.sum(dim=(1, 2)).to(input.dtype)
+        pooled = values.sum(dim=(1, 2)) / count.clamp(min=1)
+        outputs.append(pooled.view(output_dim, size, size))
+        counts.append(count.view(output_dim, size, size))
+    if not outputs:
+        empty = input.new_zeros(0, output_dim, size, size)
+        return empty, empty.clone()
+    return torch.stack(outputs), torch.stack(counts)

@@ -1,0 +1,123 @@
+"""deform_roi_pool on any device: all RoIs' sample grids at once, in bounded tiles.
+
+A tile is a block of RoIs × a band of sample rows (``iy``), padded to the largest grid of
+the call; samples beyond a RoI's own grid are masked out. The backward differentiates
+each tile's recomputed forward with autograd.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import reference
+from .._utils import RoIAlignGrid, Tile, roi_align_grid, tiles
+
+# Sampled values and the intermediates of ``reference.bilinear`` held per tile, roughly.
+_TEMPORARIES = 8
+
+
+def _sample_positions(grid: RoIAlignGrid, tile: Tile, cols: int, pooled: tuple[int, int],
+                      offset: Tensor | None, gamma: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``y, x`` of the tile's samples and whether each is inside its RoI's grid.
+
+    All three are ``(Kt, ph, pw, rows, cols)``, ``rows = tile.y1 - tile.y0``.
+    """
+    rois = slice(tile.n0, tile.n1)
+    start_h, start_w = grid.start_h[rois], grid.start_w[rois]
+    bin_h, bin_w = grid.bin_h[rois], grid.bin_w[rois]
+    grid_h, grid_w = grid.grid_h[rois], grid.grid_w[rois]
+    factory = {"dtype": start_h.dtype, "device": start_h.device}
+    iy = torch.arange(tile.y0, tile.y1, **factory)
+    ix = torch.arange(cols, **factory)
+    bins_y = torch.arange(pooled[0], **factory)
+    bins_x = torch.arange(pooled[1], **factory)
+    step_h = bin_h / grid_h.clamp(min=1)
+    step_w = bin_w / grid_w.clamp(min=1)
+    # (Kt, ph, rows) and (Kt, pw, cols): bin start + sample position within the bin
+    y = (start_h[:, None] + bins_y * bin_h[:, None])[..., None] + (iy + 0.5) * step_h[:, None, None]
+    x = (start_w[:, None] + bins_x * bin_w[:, None])[..., None] + (ix + 0.5) * step_w[:, None, None]
+    y = y[:, :, None, :, None]  # (Kt, ph, 1, rows, 1)
+    x = x[:, None, :, None, :]  # (Kt, 1, pw, 1, cols)
+    if offset is not None:
+        y = y + (gamma * grid.roi_h[rois]).view(-1, 1, 1, 1, 1) * offset[rois, 1, :, :, None, None]
+        x = x + (gamma * grid.roi_w[rois]).view(-1, 1, 1, 1, 1) * offset[rois, 0, :, :, None, None]
+    in_grid = ((iy[:, None] < grid_h.view(-1, 1, 1)) & (ix < grid_w.view(-1, 1, 1)))[:, None, None]
+    y, x, in_grid = torch.broadcast_tensors(y, x, in_grid)
+    return y, x, in_grid
+
+
+def _tile_forward(input: Tensor, batch: Tensor, grid: RoIAlignGrid, tile: Tile, cols: int,
+                  offset: Tensor | None, mask: Tensor | None, pooled: tuple[int, int],
+                  gamma: float) -> Tensor:
+    """The tile's share of the output ``(Kt, C, ph, pw)``: its samples' sum / count."""
+    n_images, channels, height, width = input.shape
+    y, x, in_grid = _sample_positions(grid, tile, cols, pooled, offset, gamma)
+    taken = in_grid & (y >= -1) & (y <= height) & (x >= -1) & (x <= width)
+    y = reference.clamp_into_plane(y, height)
+    x = reference.clamp_into_plane(x, width)
+    rois = slice(tile.n0, tile.n1)
+    out = input.new_zeros(tile.n1 - tile.n0, channels, *pooled)
+    for n in range(n_images):
+        index = (batch[rois] == n).nonzero()[:, 0]
+        if index.numel() == 0:
+            continue
+        values = reference.bilinear(input[n : n + 1], y[index][None], x[index][None])[0]
+        values = torch.where(taken[index], values, torch.zeros_like(values))
+        out = out.index_put((index,), values.sum(dim=(-2, -1)).transpose(0, 1))
+    count = (grid.grid_h[rois] * grid.grid_w[rois]).clamp(min=1).to(input.dtype)
+    out = out / count.view(-1, 1, 1, 1)
+    return out if mask is None else out * mask[rois]
+
+
+def _tiling(input: Tensor, grid: RoIAlignGrid, pooled: tuple[int, int], factor: int):
+    """Tiles of RoIs × sample rows, and the padded number of sample columns."""
+    rows = max(int(grid.grid_h.max()), 0) if grid.grid_h.numel() else 0
+    cols = max(int(grid.grid_w.max()), 0) if grid.grid_w.numel() else 0
+    row_bytes = factor * _TEMPORARIES * input.shape[1] * pooled[0] * pooled[1] * max(cols, 1)
+    return tiles(grid.grid_h.numel(), rows, row_bytes * input.element_size()), cols
+
+
+def forward(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
+            pooled: tuple[int, int], spatial_scale: float, sampling_ratio: int, gamma: float,
+            aligned: bool) -> Tensor:
+    """(N, C, H, W) -> (K, C, ph, pw); arguments already checked."""
+    grid = roi_align_grid(rois, pooled, spatial_scale, sampling_ratio, aligned)
+    batch = rois[:, 0].long()
+    out = input.new_zeros(rois.shape[0], input.shape[1], *pooled)
+    tile_list, cols = _tiling(input, grid, pooled, 1)
+    for tile in tile_list:
+        out[tile.n0 : tile.n1] += _tile_forward(input, batch, grid, tile, cols, offset, mask,
+                                                pooled, gamma)
+    return out
+
+
+def backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None,
+             mask: Tensor | None, pooled: tuple[int, int], spatial_scale: float,
+             sampling_ratio: int, gamma: float, aligned: bool, need_input: bool,
+             need_offset_mask: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (input, offset, mask), like the Numba backward."""
+    del need_input, need_offset_mask  # autograd computes all of them at once
+    grid = roi_align_grid(rois, pooled, spatial_scale, sampling_ratio, aligned)
+    batch = rois[:, 0].long()
+    grad_input = torch.zeros_like(input)
+    grad_offset = torch.zeros_like(offset) if offset is not None else input.new_empty(0)
+    grad_mask = torch.zeros_like(mask) if mask is not None else input.new_empty(0)
+    tile_list, cols = _tiling(input, grid, pooled, 2)
+    for tile in tile_list:
+        rois_ = slice(tile.n0, tile.n1)
+        with torch.enable_grad():
+            x = input.detach().requires_grad_()
+            off = None if offset is None else offset.detach().requires_grad_()
+            m = None if mask is None else mask.detach().requires_grad_()
+            out = _tile_forward(x, batch, grid, tile, cols, off, m, pooled, gamma)
+            leaves = [t for t in (x, off, m) if t is not None]
+            grads = torch.autograd.grad(out, leaves, grad_out[rois_], allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g
+                 for t, g in zip(leaves, grads, strict=True)]
+        grad_input += grads.pop(0)
+        if offset is not None:
+            grad_offset += grads.pop(0)
+        if mask is not None:
+            grad_mask += grads.pop(0)
+    return grad_input, grad_offset, grad_mask

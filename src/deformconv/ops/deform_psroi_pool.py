@@ -1,0 +1,215 @@
+"""deform_psroi_pool: deformable position-sensitive RoI pooling, as in the original code.
+
+Dai et al., "Deformable Convolutional Networks", ICCV 2017 (https://arxiv.org/abs/1703.06211),
+section 2.2, with the conventions of its DeformablePSROIPooling operator: rounded RoIs,
+-0.5 pixel shifts, offsets on a part grid (class-specific when there are several classes),
+samples outside the map skipped and the bin averaged over the samples taken
+(shared/SPEC.md). group_size = 1 gives the deformable RoI pooling of Faster R-CNN heads;
+group_size = k gives R-FCN's position-sensitive pooling (Dai et al., NIPS 2016).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._numba import deform_psroi_pool as numba_backend
+from ._torch import deform_psroi_pool as torch_backend
+from ._utils import (
+    UPCAST_DTYPES,
+    check_no_nan,
+    check_rois_values,
+    check_same_dtype_device,
+    check_tensor,
+    rois_to_tensor,
+)
+
+__all__ = ["deform_psroi_pool"]
+
+
+def _check_values(input: Tensor, rois: Tensor, offset: Tensor | None) -> None:
+    check_rois_values(rois, input.shape[0])
+    if offset is not None:
+        check_no_nan("offset", offset)
+
+
+@torch.library.custom_op("deformconv::deform_psroi_pool", mutates_args=())
+def _deform_psroi_pool(
+    input: Tensor, rois: Tensor, offset: Tensor | None, spatial_scale: float, output_dim: int,
+    group_size: int, pooled_size: int, part_size: int, sample_per_part: int, trans_std: float,
+) -> tuple[Tensor, Tensor]:
+    _check_values(input, rois, offset)
+    return torch_backend.forward(input, rois, offset, spatial_scale, output_dim, group_size,
+                                 pooled_size, part_size, sample_per_part, trans_std)
+
+
+@_deform_psroi_pool.register_kernel("cpu")
+def _deform_psroi_pool_cpu(
+    input: Tensor, rois: Tensor, offset: Tensor | None, spatial_scale: float, output_dim: int,
+    group_size: int, pooled_size: int, part_size: int, sample_per_part: int, trans_std: float,
+) -> tuple[Tensor, Tensor]:
+    _check_values(input, rois, offset)
+    return numba_backend.forward(input, rois, offset, spatial_scale, output_dim, group_size,
+                                 pooled_size, part_size, sample_per_part, trans_std)
+
+
+@_deform_psroi_pool.register_fake
+def _deform_psroi_pool_fake(
+    input: Tensor, rois: Tensor, offset: Tensor | None, spatial_scale: float, output_dim: int,
+    group_size: int, pooled_size: int, part_size: int, sample_per_part: int, trans_std: float,
+) -> tuple[Tensor, Tensor]:
+    shape = (rois.shape[0], output_dim, pooled_size, pooled_size)
+    return input.new_empty(shape), input.new_empty(shape)
+
+
+@torch.library.custom_op("deformconv::deform_psroi_pool_backward", mutates_args=())
+def _deform_psroi_pool_backward(
+    grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None, count: Tensor,
+    spatial_scale: float, group_size: int, part_size: int, sample_per_part: int,
+    trans_std: float, need_input: bool, need_offset: bool,
+) -> tuple[Tensor, Tensor]:
+    return torch_backend.backward(grad_out, input, rois, offset, count, spatial_scale,
+                                  group_size, part_size, sample_per_part, trans_std, need_input,
+                                  need_offset)
+
+
+@_deform_psroi_pool_backward.register_kernel("cpu")
+def _deform_psroi_pool_backward_cpu(
+    grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None, count: Tensor,
+    spatial_scale: float, group_size: int, part_size: int, sample_per_part: int,
+    trans_std: float, need_input: bool, need_offset: bool,
+) -> tuple[Tensor, Tensor]:
+    return numba_backend.backward(grad_out, input, rois, offset, count, spatial_scale,
+                                  group_size, part_size, sample_per_part, trans_std, need_input,
+                                  need_offset)
+
+
+@_deform_psroi_pool_backward.register_fake
+def _deform_psroi_pool_backward_fake(
+    grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None, count: Tensor,
+    spatial_scale: float, group_size: int, part_size: int, sample_per_part: int,
+    trans_std: float, need_input: bool, need_offset: bool,
+) -> tuple[Tensor, Tensor]:
+    grad_offset = torch.empty_like(offset) if offset is not None else input.new_empty(0)
+    return torch.empty_like(input), grad_offset
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    input, rois, offset, spatial_scale, _, group_size, _, part_size, samples, trans_std = inputs
+    _, count = output
+    ctx.mark_non_differentiable(count)
+    ctx.save_for_backward(input, rois, offset, count)
+    ctx.arguments = (spatial_scale, group_size, part_size, samples, trans_std)
+
+
+def _backward(ctx, grad_out: Tensor, grad_count: Tensor | None):
+    input, rois, offset, count = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    grad_input, grad_offset = _deform_psroi_pool_backward(
+        grad_out.contiguous(), input, rois, offset, count, *ctx.arguments, needs[0], needs[2],
+    )
+    return (grad_input, None, grad_offset if offset is not None else None, *([None] * 7))
+
+
+_deform_psroi_pool.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _positive_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _check_arguments(input: Tensor, rois: Tensor, offset: Tensor | None, output_dim: int,
+                     group_size: int, part_size: int) -> None:
+    check_tensor("input", input, 4)
+    if rois.device != input.device:
+        raise RuntimeError(f"rois is on {rois.device} but input is on {input.device}")
+    if not rois.is_floating_point():
+        raise TypeError(f"rois must be a floating point tensor, got {rois.dtype}")
+    channels = output_dim * group_size**2
+    if input.shape[1] != channels:
+        raise ValueError(
+            f"input.shape[1] is not valid: got {input.shape[1]}, expected "
+            f"output_dim * group_size**2 = {output_dim} * {group_size}**2 = {channels}"
+        )
+    if offset is None:
+        return
+    check_tensor("offset", offset, 4)
+    check_same_dtype_device("input", input, offset=offset)
+    classes = offset.shape[1] // 2
+    if offset.shape[1] < 2 or offset.shape[1] % 2:
+        raise ValueError(
+            f"offset.shape[1] is not valid: got {offset.shape[1]}, expected 2 * num_classes"
+        )
+    expected = (rois.shape[0], 2 * classes, part_size, part_size)
+    if tuple(offset.shape) != expected:
+        raise ValueError(
+            f"offset.shape is not valid: got {tuple(offset.shape)}, expected {expected} "
+            "(K, 2*num_classes, part_size, part_size)"
+        )
+    if output_dim % classes:
+        raise ValueError(
+            f"output_dim ({output_dim}) must be divisible by num_classes = offset.shape[1] // 2 "
+            f"= {classes}"
+        )
+
+
+def deform_psroi_pool(
+    input: Tensor,
+    rois: Tensor | list[Tensor],
+    offset: Tensor | None = None,
+    *,
+    spatial_scale: float,
+    output_dim: int,
+    group_size: int,
+    pooled_size: int,
+    part_size: int | None = None,
+    sample_per_part: int = 4,
+    trans_std: float = 0.0,
+) -> Tensor:
+    """Deformable (position-sensitive) RoI pooling of the original DeformablePSROIPooling.
+
+    Args:
+        input (Tensor[N, output_dim*group_size**2, H, W]): position-sensitive score maps.
+        rois (Tensor[K, 5] or list of Tensor[Ki, 4]): ``[batch_index, x1, y1, x2, y2]`` rows,
+            or one box tensor per image, in input-image coordinates (rounded to integers).
+        offset (Tensor[K, 2*num_classes, part_size, part_size] or None): normalised offsets
+            (Δx̂, Δŷ per class); output channel ``ctop`` uses class
+            ``ctop // (output_dim // num_classes)``. None pools without offsets.
+        spatial_scale (float): factor mapping RoI coordinates to feature coordinates.
+        output_dim (int): output channels.
+        group_size (int): side of the position-sensitive channel grid (1: none).
+        pooled_size (int): side P of the output.
+        part_size (int or None): side of the offset grid; defaults to ``pooled_size``.
+        sample_per_part (int): samples per bin side.
+        trans_std (float): offset scale γ (original code: 0.1).
+
+    Returns:
+        Tensor[K, output_dim, P, P]. float16/bfloat16 inputs are computed in float32.
+
+    Example::
+
+        >>> x = torch.randn(1, 8 * 3 * 3, 20, 20)
+        >>> rois = torch.tensor([[0.0, 16.0, 16.0, 200.0, 150.0]])
+        >>> offset = torch.zeros(1, 2, 3, 3)
+        >>> deform_psroi_pool(x, rois, offset, spatial_scale=1 / 16, output_dim=8,
+        ...                   group_size=3, pooled_size=3, trans_std=0.1).shape
+        torch.Size([1, 8, 3, 3])
+    """
+    output_dim = _positive_int("output_dim", output_dim)
+    group_size = _positive_int("group_size", group_size)
+    pooled_size = _positive_int("pooled_size", pooled_size)
+    part_size = _positive_int("part_size", pooled_size if part_size is None else part_size)
+    sample_per_part = _positive_int("sample_per_part", sample_per_part)
+    rois = rois_to_tensor(rois)
+    _check_arguments(input, rois, offset, output_dim, group_size, part_size)
+    dtype = input.dtype
+    compute = torch.float32 if dtype in UPCAST_DTYPES else dtype
+    out, _ = _deform_psroi_pool(
+        input.to(compute).contiguous(), rois.to(compute).contiguous(),
+        None if offset is None else offset.to(compute).contiguous(),
+        float(spatial_scale), output_dim, group_size, pooled_size, part_size, sample_per_part,
+        float(trans_std),
+    )
+    return out.to(dtype)

@@ -1,0 +1,199 @@
+"""deform_roi_pool: deformable RoI pooling (RoIAlign whose bins move by learned offsets).
+
+Dai et al., "Deformable Convolutional Networks", ICCV 2017 (https://arxiv.org/abs/1703.06211),
+section 2.2, eq. (6); the optional mask is the modulated pooling of Zhu et al.,
+"Deformable ConvNets v2", CVPR 2019 (https://arxiv.org/abs/1811.11168).
+Without offset it equals ``torchvision.ops.roi_align`` (shared/SPEC.md).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._numba import deform_roi_pool as numba_backend
+from ._torch import deform_roi_pool as torch_backend
+from ._utils import (
+    UPCAST_DTYPES,
+    check_no_nan,
+    check_rois_values,
+    check_same_dtype_device,
+    check_tensor,
+    pair,
+    rois_to_tensor,
+)
+
+__all__ = ["deform_roi_pool"]
+
+
+def _check_values(input: Tensor, rois: Tensor, offset: Tensor | None) -> None:
+    check_rois_values(rois, input.shape[0])
+    if offset is not None:
+        check_no_nan("offset", offset)
+
+
+@torch.library.custom_op("deformconv::deform_roi_pool", mutates_args=())
+def _deform_roi_pool(
+    input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
+    pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int, gamma: float,
+    aligned: bool,
+) -> Tensor:
+    _check_values(input, rois, offset)
+    return torch_backend.forward(input, rois, offset, mask, (pooled_h, pooled_w), spatial_scale,
+                                 sampling_ratio, gamma, aligned)
+
+
+@_deform_roi_pool.register_kernel("cpu")
+def _deform_roi_pool_cpu(
+    input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
+    pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int, gamma: float,
+    aligned: bool,
+) -> Tensor:
+    _check_values(input, rois, offset)
+    return numba_backend.forward(input, rois, offset, mask, (pooled_h, pooled_w), spatial_scale,
+                                 sampling_ratio, gamma, aligned)
+
+
+@_deform_roi_pool.register_fake
+def _deform_roi_pool_fake(
+    input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
+    pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int, gamma: float,
+    aligned: bool,
+) -> Tensor:
+    return input.new_empty(rois.shape[0], input.shape[1], pooled_h, pooled_w)
+
+
+@torch.library.custom_op("deformconv::deform_roi_pool_backward", mutates_args=())
+def _deform_roi_pool_backward(
+    grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
+    pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int, gamma: float,
+    aligned: bool, need_input: bool, need_offset_mask: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return torch_backend.backward(grad_out, input, rois, offset, mask, (pooled_h, pooled_w),
+                                  spatial_scale, sampling_ratio, gamma, aligned, need_input,
+                                  need_offset_mask)
+
+
+@_deform_roi_pool_backward.register_kernel("cpu")
+def _deform_roi_pool_backward_cpu(
+    grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
+    pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int, gamma: float,
+    aligned: bool, need_input: bool, need_offset_mask: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return numba_backend.backward(grad_out, input, rois, offset, mask, (pooled_h, pooled_w),
+                                  spatial_scale, sampling_ratio, gamma, aligned, need_input,
+                                  need_offset_mask)
+
+
+@_deform_roi_pool_backward.register_fake
+def _deform_roi_pool_backward_fake(
+    grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
+    pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int, gamma: float,
+    aligned: bool, need_input: bool, need_offset_mask: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    grad_offset = torch.empty_like(offset) if offset is not None else input.new_empty(0)
+    grad_mask = torch.empty_like(mask) if mask is not None else input.new_empty(0)
+    return torch.empty_like(input), grad_offset, grad_mask
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    input, rois, offset, mask, *arguments = inputs
+    ctx.save_for_backward(input, rois, offset, mask)
+    ctx.arguments = arguments
+
+
+def _backward(ctx, grad_out: Tensor):
+    input, rois, offset, mask = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    grad_input, grad_offset, grad_mask = _deform_roi_pool_backward(
+        grad_out.contiguous(), input, rois, offset, mask, *ctx.arguments,
+        needs[0], needs[2] or needs[3],
+    )
+    return (grad_input, None, grad_offset if offset is not None else None,
+            grad_mask if mask is not None else None, *([None] * 6))
+
+
+_deform_roi_pool.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_arguments(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
+                     pooled: tuple[int, int]) -> None:
+    check_tensor("input", input, 4)
+    if rois.device != input.device:
+        raise RuntimeError(f"rois is on {rois.device} but input is on {input.device}")
+    if not rois.is_floating_point():
+        raise TypeError(f"rois must be a floating point tensor, got {rois.dtype}")
+    if min(pooled) < 1:
+        raise ValueError(f"output_size must be positive, got {pooled}")
+    expected = (rois.shape[0], 2, *pooled)
+    if offset is not None:
+        check_tensor("offset", offset, 4)
+        if tuple(offset.shape) != expected:
+            raise ValueError(
+                f"offset.shape is not valid: got {tuple(offset.shape)}, expected {expected} "
+                "(K, 2, ph, pw)"
+            )
+    if mask is not None:
+        check_tensor("mask", mask, 4)
+        expected = (rois.shape[0], 1, *pooled)
+        if tuple(mask.shape) != expected:
+            raise ValueError(
+                f"mask.shape is not valid: got {tuple(mask.shape)}, expected {expected} "
+                "(K, 1, ph, pw)"
+            )
+    check_same_dtype_device("input", input, offset=offset, mask=mask)
+
+
+def deform_roi_pool(
+    input: Tensor,
+    rois: Tensor | list[Tensor],
+    offset: Tensor | None = None,
+    output_size: int | tuple[int, int] | None = None,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    gamma: float = 0.1,
+    aligned: bool = True,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Deformable RoI pooling: RoIAlign bins shifted by ``gamma * offset * (roi_w, roi_h)``.
+
+    Args:
+        input (Tensor[N, C, H, W]): feature map.
+        rois (Tensor[K, 5] or list of Tensor[Ki, 4]): ``[batch_index, x1, y1, x2, y2]`` rows,
+            or one box tensor per image, in input-image coordinates.
+        offset (Tensor[K, 2, ph, pw] or None): normalised bin offsets; channel 0 is Δx̂,
+            channel 1 is Δŷ. None pools without offsets (plain RoIAlign).
+        output_size (int or (int, int)): ``(ph, pw)``; required.
+        spatial_scale (float): factor mapping RoI coordinates to feature coordinates.
+        sampling_ratio (int): samples per bin side; 0 picks ``ceil(roi_size / output_size)``.
+        gamma (float): offset scale γ (paper: 0.1).
+        aligned (bool): shift RoIs by -0.5 pixel (torchvision's ``aligned=True``).
+        mask (Tensor[K, 1, ph, pw] or None): multiplies each bin (modulated pooling, DCN v2).
+
+    Returns:
+        Tensor[K, C, ph, pw]. float16/bfloat16 inputs are computed in float32.
+
+    Example::
+
+        >>> x = torch.randn(1, 16, 32, 32)
+        >>> rois = torch.tensor([[0.0, 2.0, 3.0, 20.0, 25.0]])
+        >>> offset = torch.zeros(1, 2, 7, 7)
+        >>> deform_roi_pool(x, rois, offset, output_size=7, spatial_scale=0.5).shape
+        torch.Size([1, 16, 7, 7])
+    """
+    if output_size is None:
+        raise TypeError("deform_roi_pool() missing required argument: 'output_size'")
+    pooled = pair(output_size, "output_size")
+    if not isinstance(sampling_ratio, int) or isinstance(sampling_ratio, bool):
+        raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
+    rois = rois_to_tensor(rois)
+    _check_arguments(input, rois, offset, mask, pooled)
+    dtype = input.dtype
+    compute = torch.float32 if dtype in UPCAST_DTYPES else dtype
+    out = _deform_roi_pool(
+        input.to(compute).contiguous(), rois.to(compute).contiguous(),
+        None if offset is None else offset.to(compute).contiguous(),
+        None if mask is None else mask.to(compute).contiguous(),
+        *pooled, float(spatial_scale), sampling_ratio, float(gamma), bool(aligned),
+    )
+    return out.to(dtype)

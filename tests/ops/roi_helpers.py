@@ -1,0 +1,75 @@
+"""Shared pieces of the RoI pooling op tests: awkward RoIs and gradient comparison."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+# Kinds of RoI drawn by ``make_rois``, so every randomized case mixes them.
+ROI_KINDS = ("inside", "partly_outside", "outside", "tiny", "huge", "degenerate")
+
+
+def make_rois(gen: torch.Generator, k: int, batch: int, height: float, width: float,
+              dtype: torch.dtype = torch.float64) -> Tensor:
+    """``(k, 5)`` RoIs in image coordinates of a ``height × width`` image, kinds cycled.
+
+    Coordinates are continuous draws (no sample lands exactly on a rule's boundary).
+    """
+    rows = []
+    for i in range(k):
+        kind = ROI_KINDS[i % len(ROI_KINDS)]
+        u = torch.rand(4, generator=gen, dtype=torch.float64)
+        if kind == "inside":
+            x1, y1 = u[0] * width * 0.6, u[1] * height * 0.6
+            x2, y2 = x1 + 1 + u[2] * width * 0.4, y1 + 1 + u[3] * height * 0.4
+        elif kind == "partly_outside":
+            x1, y1 = -3 + u[0] * width, -3 + u[1] * height
+            x2, y2 = x1 + width * (0.5 + u[2]), y1 + height * (0.5 + u[3])
+        elif kind == "outside":
+            x1, y1 = width + 2 + u[0] * 3, height + 2 + u[1] * 3
+            x2, y2 = x1 + 1 + u[2] * 3, y1 + 1 + u[3] * 3
+        elif kind == "tiny":
+            x1, y1 = u[0] * width, u[1] * height
+            x2, y2 = x1 + 0.2 * u[2], y1 + 0.2 * u[3]
+        elif kind == "huge":
+            x1, y1 = -2 * width * u[0], -2 * height * u[1]
+            x2, y2 = width * (2 + u[2]), height * (2 + u[3])
+        else:  # degenerate: x2 < x1 and y2 < y1
+            x2, y2 = u[0] * width, u[1] * height
+            x1, y1 = x2 + 0.5 + 2 * u[2], y2 + 0.5 + 2 * u[3]
+        b = int(torch.randint(batch, (1,), generator=gen))
+        rows.append(torch.stack([torch.tensor(float(b), dtype=torch.float64), x1, y1, x2, y2]))
+    if not rows:
+        return torch.zeros(0, 5, dtype=dtype)
+    return torch.stack(rows).to(dtype)
+
+
+def outputs_and_grads(fn: Callable[..., Tensor], leaves: Sequence[Tensor | None],
+                      grad_out: Tensor | None = None) -> tuple[Tensor, list[Tensor | None]]:
+    """``fn(*copies)`` and the gradients of ``(out * grad_out).sum()`` w.r.t. each leaf."""
+    copies = [None if t is None else t.detach().clone().requires_grad_() for t in leaves]
+    out = fn(*copies)
+    if grad_out is None:
+        grad_out = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    present = [t for t in copies if t is not None]
+    grads = iter(torch.autograd.grad(out, present, grad_out, allow_unused=True)) if out.numel() \
+        else iter([torch.zeros_like(t) for t in present])
+    result = []
+    for t in copies:
+        if t is None:
+            result.append(None)
+            continue
+        g = next(grads)
+        result.append(torch.zeros_like(t) if g is None else g)
+    return out.detach(), result
+
+
+def assert_close_all(names: Sequence[str], actual: Sequence[Tensor | None],
+                     expected: Sequence[Tensor | None], **tol) -> None:
+    for name, a, e in zip(names, actual, expected, strict=True):
+        if e is None:
+            assert a is None, f"{name}: expected None"
+            continue
+        torch.testing.assert_close(a, e, msg=lambda m, name=name: f"{name}: {m}", **tol)

@@ -1,0 +1,227 @@
+"""deform_psroi_pool: a hand-computed case, the reference, gradients and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deformconv.ops import deform_psroi_pool, reference
+from deformconv.ops._torch import deform_psroi_pool as torch_backend
+
+from .roi_helpers import assert_close_all, make_rois, outputs_and_grads
+
+F64 = {"rtol": 1e-9, "atol": 1e-9}
+
+
+def _linear_planes(channels: int, height: int, width: int) -> torch.Tensor:
+    """Plane c holds ``10 c + h + 2 w``: bilinear sampling of it is exact, so a bin's
+    average is ``10 c + mean(h) + 2 mean(w)`` over the samples taken."""
+    c = torch.arange(channels, dtype=torch.float64).view(-1, 1, 1)
+    h = torch.arange(height, dtype=torch.float64).view(1, -1, 1)
+    w = torch.arange(width, dtype=torch.float64).view(1, 1, -1)
+    return (10 * c + h + 2 * w).unsqueeze(0)
+
+
+class TestDeformPSRoIPool:
+    def test_hand_computed_group_size_2(self):
+        x = _linear_planes(4, 6, 6)  # output_dim 1, group_size 2: channel of bin (i, j) = 2i + j
+        rois = torch.tensor([
+            # x1..x2 = 1..4 -> start 0.5, size 4, bins of 2, samples 1 apart: rows/cols
+            # (0.5, 1.5) and (2.5, 3.5), all inside.
+            [0, 1.0, 1.0, 4.0, 4.0],
+            # rounded (halves away from zero) to x 3..7, y -2..3: start_w 2.5, roi_w 5,
+            # sub_w 1.25; start_h -2.5, roi_h 6, sub_h 1.5. Bin row 0 samples h = -2.5, -1
+            # (skipped: < -0.5); row 1: h = 0.5, 2. Column 0: w = 2.5, 3.75; column 1:
+            # w = 5 (taken, clamped) and 6.25 (skipped: > 5.5).
+            [0, 2.5, -2.4, 6.6, 2.5],
+        ], dtype=torch.float64)
+        out, count = torch.ops.deformconv.deform_psroi_pool(
+            x, rois, None, 1.0, 1, 2, 2, 2, 2, 0.0)
+        expected = torch.tensor([
+            [[3.0, 17.0], [25.0, 39.0]],  # 10 c + mean h + 2 mean w, means 1 or 3
+            [[0.0, 0.0], [20 + 1.25 + 2 * 3.125, 30 + 1.25 + 2 * 5.0]],
+        ], dtype=torch.float64).unsqueeze(1)
+        torch.testing.assert_close(out, expected)
+        torch.testing.assert_close(count, torch.tensor(
+            [[[4.0, 4.0], [4.0, 4.0]], [[0.0, 0.0], [4.0, 2.0]]], dtype=torch.float64)[:, None])
+        # offsets: Δx̂ = 1 with trans_std 0.25 moves every sample of the first RoI by
+        # 0.25 * roi_w = 1 column: each bin gains 2.
+        offset = torch.zeros(2, 2, 2, 2, dtype=torch.float64)
+        offset[:, 0] = 1.0
+        shifted = deform_psroi_pool(x, rois[:1], offset[:1], spatial_scale=1.0, output_dim=1,
+                                    group_size=2, pooled_size=2, sample_per_part=2,
+                                    trans_std=0.25)
+        torch.testing.assert_close(shifted, expected[:1] + 2.0)
+
+    @given(
+        seed=st.integers(0, 2**31 - 1),
+        n=st.integers(1, 2),
+        size=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+        k=st.integers(0, 7),
+        output_dim=st.sampled_from([1, 2, 4]),
+        group_size=st.sampled_from([1, 2, 3]),
+        pooled_size=st.integers(1, 4),
+        part_size=st.integers(1, 4),
+        sample_per_part=st.integers(1, 4),
+        classes=st.sampled_from([0, 1, 2]),  # 0: no offset
+        trans_std=st.sampled_from([0.1, 1.0]),
+        offset_scale=st.sampled_from([1.0, 10.0]),
+        scale=st.sampled_from([1.0, 0.5, 0.25]),
+    )
+    @settings(max_examples=25, deadline=None)
+    def test_matches_reference(self, seed, n, size, k, output_dim, group_size, pooled_size,
+                               part_size, sample_per_part, classes, trans_std, offset_scale,
+                               scale):
+        classes = min(classes, output_dim) if output_dim % 2 == 0 else min(classes, 1)
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, output_dim * group_size**2, *size, generator=gen, dtype=torch.float64)
+        rois = make_rois(gen, k, n, size[0] / scale, size[1] / scale)
+        offset = (offset_scale * torch.randn(k, 2 * classes, part_size, part_size,
+                                             generator=gen, dtype=torch.float64)
+                  if classes else None)
+        args = (scale, output_dim, group_size, pooled_size, part_size, sample_per_part,
+                trans_std)
+
+        def fast(x, offset):
+            return deform_psroi_pool(
+                x, rois, offset, spatial_scale=scale, output_dim=output_dim,
+                group_size=group_size, pooled_size=pooled_size, part_size=part_size,
+                sample_per_part=sample_per_part, trans_std=trans_std)
+
+        def slow(x, offset):
+            return reference.deform_psroi_pool(x, rois, offset, *args)[0]
+
+        out, grads = outputs_and_grads(fast, [x, offset])
+        out_ref, grads_ref = outputs_and_grads(slow, [x, offset])
+        names = ["output", "grad input", "grad offset"]
+        assert_close_all(names, [out, *grads], [out_ref, *grads_ref], **F64)
+        # the count output of the CPU kernel and the device-agnostic torch kernel
+        _, count_ref = reference.deform_psroi_pool(x, rois, offset, *args)
+        _, count = torch.ops.deformconv.deform_psroi_pool(x, rois, offset, *args)
+        torch.testing.assert_close(count, count_ref)
+        out_torch, count_torch = torch_backend.forward(x, rois, offset, *args)
+        grad_out = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+        grads_torch = torch_backend.backward(grad_out, x, rois, offset, count_torch, scale,
+                                             group_size, part_size, sample_per_part, trans_std,
+                                             True, True)
+        assert_close_all([*names, "count"],
+                         [out_torch, grads_torch[0], grads_torch[1] if classes else None,
+                          count_torch],
+                         [out_ref, *grads_ref, count_ref], **F64)
+
+    def test_parallel_kernels_match_serial(self, generator, monkeypatch):
+        """Many RoIs of one image scatter into the same planes: threads must not race."""
+        x = torch.randn(1, 4 * 9, 12, 12, generator=generator, dtype=torch.float64)
+        rois = make_rois(generator, 40, 1, 24, 24)
+        offset = torch.randn(40, 4, 3, 3, generator=generator, dtype=torch.float64)
+
+        def fn(x, offset):
+            return deform_psroi_pool(x, rois, offset, spatial_scale=0.5, output_dim=4,
+                                     group_size=3, pooled_size=3, trans_std=0.1)
+
+        serial = outputs_and_grads(fn, [x, offset])
+        monkeypatch.setattr("deformconv.ops._numba.threads.SERIAL_WORK", 0)
+        parallel = outputs_and_grads(fn, [x, offset])
+        assert_close_all(["output", "grad input", "grad offset"],
+                         [parallel[0], *parallel[1]], [serial[0], *serial[1]], **F64)
+
+    def test_offsets_that_push_every_sample_out(self, generator):
+        x = torch.randn(1, 2 * 4, 8, 8, generator=generator, dtype=torch.float64)
+        rois = torch.tensor([[0, 8.0, 8.0, 40.0, 30.0]], dtype=torch.float64)
+        offset = torch.full((1, 2, 3, 3), 100.0, dtype=torch.float64)
+        out, (grad_x, grad_offset) = outputs_and_grads(
+            lambda x, o: deform_psroi_pool(x, rois, o, spatial_scale=0.25, output_dim=2,
+                                           group_size=2, pooled_size=2, part_size=3,
+                                           trans_std=0.1),
+            [x, offset])
+        assert torch.equal(out, torch.zeros_like(out))
+        assert torch.equal(grad_x, torch.zeros_like(grad_x))
+        assert torch.equal(grad_offset, torch.zeros_like(grad_offset))
+
+    def test_no_rois(self):
+        x = torch.randn(1, 9, 5, 5, requires_grad=True)
+        out = deform_psroi_pool(x, torch.zeros(0, 5), torch.zeros(0, 2, 3, 3),
+                                spatial_scale=1.0, output_dim=1, group_size=3, pooled_size=3)
+        assert out.shape == (0, 1, 3, 3)
+        out.sum().backward()
+        assert torch.equal(x.grad, torch.zeros_like(x))
+
+    @pytest.mark.parametrize(("group_size", "classes"), [(1, 1), (2, 2)])
+    def test_gradcheck(self, group_size, classes, generator):
+        x = torch.randn(2, 2 * group_size**2, 6, 7, generator=generator, dtype=torch.float64)
+        rois = make_rois(generator, 4, 2, 12, 14)
+        offset = torch.randn(4, 2 * classes, 2, 2, generator=generator, dtype=torch.float64)
+
+        def fn(x, offset):
+            return deform_psroi_pool(x, rois, offset, spatial_scale=0.5, output_dim=2,
+                                     group_size=group_size, pooled_size=3, part_size=2,
+                                     sample_per_part=2, trans_std=0.1)
+
+        assert torch.autograd.gradcheck(fn, [x.requires_grad_(), offset.requires_grad_()])
+
+    def test_opcheck(self, generator):
+        x = torch.randn(2, 2 * 4, 6, 7, generator=generator, dtype=torch.float64)
+        rois = make_rois(generator, 5, 2, 12, 14)
+        offset = torch.randn(5, 4, 2, 2, generator=generator, dtype=torch.float64)
+        op = torch.ops.deformconv.deform_psroi_pool.default
+        for off in (offset.requires_grad_(), None):
+            torch.library.opcheck(op, (x.requires_grad_(), rois, off, 0.5, 2, 2, 2, 2, 2, 0.1))
+
+    def test_compile_fullgraph(self, generator):
+        x = torch.randn(1, 3 * 4, 9, 9, generator=generator)
+        rois = [make_rois(generator, 3, 1, 18, 18, torch.float32)[:, 1:]]
+        offset = torch.randn(3, 2, 2, 2, generator=generator)
+
+        def head(x, offset):
+            out = deform_psroi_pool(x, rois, offset, spatial_scale=0.5, output_dim=3,
+                                    group_size=2, pooled_size=2, trans_std=0.1)
+            return out.mean((2, 3))
+
+        compiled = torch.compile(head, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(x, offset), head(x, offset))
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_low_precision_computes_in_float32(self, dtype, generator):
+        x = torch.randn(1, 4, 8, 8, generator=generator)
+        rois = make_rois(generator, 4, 1, 8, 8, torch.float32)
+        options = {"spatial_scale": 1.0, "output_dim": 1, "group_size": 2, "pooled_size": 2}
+        out = deform_psroi_pool(x.to(dtype), rois.to(dtype), **options)
+        expected = deform_psroi_pool(x.to(dtype).float(), rois.to(dtype).float(), **options)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out, expected.to(dtype))
+
+    def test_float32_matches_float64(self, generator):
+        x = torch.randn(2, 2 * 9, 10, 10, generator=generator, dtype=torch.float64)
+        rois = make_rois(generator, 9, 2, 40, 40)
+        offset = torch.randn(9, 2, 3, 3, generator=generator, dtype=torch.float64)
+        options = {"spatial_scale": 0.25, "output_dim": 2, "group_size": 3, "pooled_size": 3,
+                   "trans_std": 0.1}
+        out64 = deform_psroi_pool(x, rois, offset, **options)
+        out32 = deform_psroi_pool(x.float(), rois.float(), offset.float(), **options)
+        torch.testing.assert_close(out32, out64.float(), rtol=1e-4, atol=1e-4)
+
+    @pytest.mark.parametrize(("channels", "rois", "kwargs", "error", "match"), [
+        (9, torch.zeros(1, 5), {"output_dim": 2}, ValueError,
+         r"input.shape\[1\] is not valid: got 9, expected output_dim \* group_size\*\*2 = "
+         r"2 \* 3\*\*2 = 18"),
+        (9, torch.zeros(1, 6), {}, ValueError, r"rois must have shape \(K, 5\)"),
+        (9, torch.tensor([[1.0, 0, 0, 4, 4]]), {}, ValueError, r"must be in \[0, 0\].*got 1"),
+        (9, torch.tensor([[0.0, 0, 0, float("inf"), 4]]), {}, ValueError, "finite"),
+        (9, torch.zeros(1, 5), {"offset": torch.zeros(1, 2, 2, 2)}, ValueError,
+         r"offset.shape is not valid: got \(1, 2, 2, 2\), expected \(1, 2, 3, 3\)"),
+        (9, torch.zeros(1, 5), {"offset": torch.zeros(1, 3, 3, 3)}, ValueError,
+         r"offset.shape\[1\] is not valid: got 3, expected 2 \* num_classes"),
+        (9, torch.zeros(1, 5), {"offset": torch.zeros(1, 4, 3, 3)}, ValueError,
+         r"output_dim \(1\) must be divisible by num_classes .* = 2"),
+        (9, torch.zeros(1, 5), {"group_size": 0}, ValueError, "group_size must be a positive"),
+        (9, torch.zeros(1, 5), {"sample_per_part": 0}, ValueError, "sample_per_part"),
+    ])
+    def test_bad_input(self, channels, rois, kwargs, error, match):
+        x = torch.randn(1, channels, 6, 6)
+        options = {"spatial_scale": 1.0, "output_dim": 1, "group_size": 3, "pooled_size": 3,
+                   **kwargs}
+        offset = options.pop("offset", None)
+        with pytest.raises(error, match=match):
+            deform_psroi_pool(x, rois, offset, **options)

@@ -1,0 +1,238 @@
+"""deform_roi_pool: torchvision roi_align without offsets, the reference with offsets/mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deformconv.ops import deform_roi_pool, reference
+from deformconv.ops._torch import deform_roi_pool as torch_backend
+
+from .roi_helpers import assert_close_all, make_rois, outputs_and_grads
+
+F64 = {"rtol": 1e-9, "atol": 1e-9}
+
+
+def _case(seed: int, n: int, c: int, h: int, w: int, k: int, pooled: tuple[int, int],
+          offset_scale: float, with_offset: bool, with_mask: bool, scale: float):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
+    rois = make_rois(gen, k, n, h / scale, w / scale)
+    offset = (offset_scale * torch.randn(k, 2, *pooled, generator=gen, dtype=torch.float64)
+              if with_offset else None)
+    mask = torch.rand(k, 1, *pooled, generator=gen, dtype=torch.float64) if with_mask else None
+    return x, rois, offset, mask
+
+
+cases = st.fixed_dictionaries({
+    "seed": st.integers(0, 2**31 - 1),
+    "n": st.integers(1, 2),
+    "c": st.integers(1, 3),
+    "h": st.integers(1, 9),
+    "w": st.integers(1, 9),
+    "k": st.integers(0, 7),
+    "pooled": st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    "offset_scale": st.sampled_from([0.5, 3.0, 20.0]),
+    "with_offset": st.booleans(),
+    "with_mask": st.booleans(),
+    "scale": st.sampled_from([1.0, 0.5, 0.3]),
+})
+options = st.fixed_dictionaries({
+    "sampling_ratio": st.integers(0, 3),
+    "gamma": st.sampled_from([0.1, 1.0]),
+    "aligned": st.booleans(),
+})
+
+
+class TestDeformRoIPool:
+    @pytest.mark.parametrize("aligned", [True, False])
+    @pytest.mark.parametrize("sampling_ratio", [0, 2])
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_without_offset_equals_roi_align(self, aligned, sampling_ratio, dtype, generator):
+        x = torch.randn(2, 5, 13, 11, generator=generator, dtype=dtype)
+        rois = make_rois(generator, 12, 2, 13 / 0.5, 11 / 0.5, dtype)
+        expected = torchvision.ops.roi_align(x, rois, (3, 4), 0.5, sampling_ratio, aligned)
+        zeros = torch.zeros(12, 2, 3, 4, dtype=dtype)
+        for offset in (None, zeros):
+            out = deform_roi_pool(x, rois, offset, (3, 4), 0.5, sampling_ratio,
+                                  aligned=aligned)
+            torch.testing.assert_close(out, expected)
+
+    def test_list_of_boxes_equals_roi_align(self, generator):
+        x = torch.randn(3, 4, 10, 10, generator=generator)
+        boxes = [make_rois(generator, k, 1, 10, 10, torch.float32)[:, 1:] for k in (3, 0, 2)]
+        expected = torchvision.ops.roi_align(x, boxes, 2, 1.0, 2, True)
+        torch.testing.assert_close(deform_roi_pool(x, boxes, output_size=2, sampling_ratio=2),
+                                   expected)
+
+    @given(case=cases, opts=options)
+    @settings(max_examples=25, deadline=None)
+    def test_matches_reference(self, case, opts):
+        x, rois, offset, mask = _case(**case)
+        pooled = case["pooled"]
+
+        def fast(x, offset, mask):
+            return deform_roi_pool(x, rois, offset, pooled, case["scale"], mask=mask, **opts)
+
+        def slow(x, offset, mask):
+            return reference.deform_roi_pool(x, rois, offset, pooled, case["scale"], mask=mask,
+                                             **opts)
+
+        out, grads = outputs_and_grads(fast, [x, offset, mask])
+        out_ref, grads_ref = outputs_and_grads(slow, [x, offset, mask])
+        assert_close_all(["output", "grad input", "grad offset", "grad mask"],
+                         [out, *grads], [out_ref, *grads_ref], **F64)
+
+    @given(case=cases, opts=options)
+    @settings(max_examples=10, deadline=None)
+    def test_torch_backend_matches_reference(self, case, opts):
+        x, rois, offset, mask = _case(**case)
+        args = (case["pooled"], case["scale"], opts["sampling_ratio"], opts["gamma"],
+                opts["aligned"])
+
+        def slow(x, offset, mask):
+            return reference.deform_roi_pool(x, rois, offset, *args[:3], opts["gamma"],
+                                             opts["aligned"], mask)
+
+        out_ref, grads_ref = outputs_and_grads(slow, [x, offset, mask])
+        out = torch_backend.forward(x, rois, offset, mask, *args)
+        grad_out = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+        grads = torch_backend.backward(grad_out, x, rois, offset, mask, *args, True, True)
+        assert_close_all(["output", "grad input", "grad offset", "grad mask"],
+                         [out, grads[0], grads[1] if offset is not None else None,
+                          grads[2] if mask is not None else None],
+                         [out_ref, *grads_ref], **F64)
+
+    def test_torch_backend_tiles(self, generator, monkeypatch):
+        """A workspace of a few bytes splits the work into single RoIs and sample rows."""
+        x, rois, offset, mask = _case(3, 2, 3, 8, 9, 6, (2, 3), 1.0, True, True, 0.5)
+        args = ((2, 3), 0.5, 0, 0.1, True)
+        whole = torch_backend.forward(x, rois, offset, mask, *args)
+        grad_out = torch.randn(whole.shape, generator=generator, dtype=whole.dtype)
+        whole_grads = torch_backend.backward(grad_out, x, rois, offset, mask, *args, True, True)
+        monkeypatch.setattr("deformconv.ops._utils.WORKSPACE_BYTES", 1)
+        tiled = torch_backend.forward(x, rois, offset, mask, *args)
+        tiled_grads = torch_backend.backward(grad_out, x, rois, offset, mask, *args, True, True)
+        assert_close_all(["output", "grad input", "grad offset", "grad mask"],
+                         [tiled, *tiled_grads], [whole, *whole_grads], **F64)
+
+    def test_parallel_kernels_match_serial(self, generator, monkeypatch):
+        """Many RoIs of one image scatter into the same planes: threads must not race."""
+        x = torch.randn(1, 6, 12, 12, generator=generator, dtype=torch.float64)
+        rois = make_rois(generator, 40, 1, 12, 12)
+        offset = torch.randn(40, 2, 3, 3, generator=generator, dtype=torch.float64)
+        mask = torch.rand(40, 1, 3, 3, generator=generator, dtype=torch.float64)
+
+        def fn(x, offset, mask):
+            return deform_roi_pool(x, rois, offset, 3, 0.9, 2, mask=mask)
+
+        serial = outputs_and_grads(fn, [x, offset, mask])
+        monkeypatch.setattr("deformconv.ops._numba.threads.SERIAL_WORK", 0)
+        parallel = outputs_and_grads(fn, [x, offset, mask])
+        assert_close_all(["output", "grad input", "grad offset", "grad mask"],
+                         [parallel[0], *parallel[1]], [serial[0], *serial[1]], **F64)
+
+    def test_offsets_that_push_every_sample_out(self, generator):
+        x = torch.randn(1, 3, 8, 8, generator=generator, dtype=torch.float64)
+        rois = torch.tensor([[0, 1.0, 1.0, 6.0, 5.0], [0, 2.5, 0.5, 4.0, 7.5]],
+                            dtype=torch.float64)
+        offset = torch.full((2, 2, 2, 2), 50.0, dtype=torch.float64)
+        offset[:, :, 0] = -50.0
+        out, (grad_x, grad_offset) = outputs_and_grads(
+            lambda x, o: deform_roi_pool(x, rois, o, 2, sampling_ratio=2), [x, offset])
+        assert torch.equal(out, torch.zeros_like(out))
+        assert torch.equal(grad_x, torch.zeros_like(grad_x))
+        assert torch.equal(grad_offset, torch.zeros_like(grad_offset))
+
+    def test_no_rois(self):
+        x = torch.randn(2, 3, 5, 5, requires_grad=True)
+        offset = torch.zeros(0, 2, 2, 2, requires_grad=True)
+        out = deform_roi_pool(x, torch.zeros(0, 5), offset, 2)
+        assert out.shape == (0, 3, 2, 2)
+        out.sum().backward()
+        assert torch.equal(x.grad, torch.zeros_like(x))
+        assert offset.grad.shape == offset.shape
+
+    @pytest.mark.parametrize("with_mask", [False, True])
+    def test_gradcheck(self, with_mask, generator):
+        x = torch.randn(2, 2, 6, 5, generator=generator, dtype=torch.float64)
+        rois = make_rois(generator, 4, 2, 6, 5)
+        offset = torch.randn(4, 2, 2, 3, generator=generator, dtype=torch.float64)
+        mask = torch.rand(4, 1, 2, 3, generator=generator, dtype=torch.float64)
+        leaves = [t.requires_grad_() for t in (x, offset, mask)]
+
+        def fn(x, offset, mask):
+            return deform_roi_pool(x, rois, offset, (2, 3), 1.0, 2, gamma=0.5,
+                                   mask=mask if with_mask else None)
+
+        assert torch.autograd.gradcheck(fn, leaves)
+
+    def test_opcheck(self, generator):
+        x = torch.randn(2, 3, 6, 7, generator=generator, dtype=torch.float64)
+        rois = make_rois(generator, 5, 2, 6, 7)
+        offset = torch.randn(5, 2, 2, 2, generator=generator, dtype=torch.float64)
+        mask = torch.rand(5, 1, 2, 2, generator=generator, dtype=torch.float64)
+        op = torch.ops.deformconv.deform_roi_pool.default
+        for off, m in ((offset, mask), (None, None)):
+            args = (x.requires_grad_(), rois, off if off is None else off.requires_grad_(),
+                    m if m is None else m.requires_grad_(), 2, 2, 0.8, 0, 0.1, True)
+            torch.library.opcheck(op, args)
+
+    def test_compile_fullgraph(self, generator):
+        x = torch.randn(1, 4, 9, 9, generator=generator)
+        rois = [make_rois(generator, 3, 1, 9, 9, torch.float32)[:, 1:]]
+        offset = torch.randn(3, 2, 2, 2, generator=generator)
+
+        def head(x, offset):
+            return deform_roi_pool(x, rois, offset, 2, sampling_ratio=2).relu().sum((2, 3))
+
+        compiled = torch.compile(head, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(x, offset), head(x, offset))
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_low_precision_computes_in_float32(self, dtype, generator):
+        x = torch.randn(1, 3, 8, 8, generator=generator)
+        rois = make_rois(generator, 4, 1, 8, 8, torch.float32)
+        offset = torch.randn(4, 2, 2, 2, generator=generator)
+        out = deform_roi_pool(x.to(dtype), rois.to(dtype), offset.to(dtype), 2)
+        expected = deform_roi_pool(x.to(dtype).float(), rois.to(dtype).float(),
+                                   offset.to(dtype).float(), 2)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out, expected.to(dtype))
+
+    def test_non_contiguous_input(self, generator):
+        x = torch.randn(2, 7, 6, 3, generator=generator).permute(0, 3, 1, 2)
+        rois = make_rois(generator, 5, 2, 7, 6, torch.float32)
+        offset = torch.randn(2, 2, 5, generator=generator).permute(2, 0, 1)[..., None]
+        out = deform_roi_pool(x, rois, offset, (2, 1))
+        expected = deform_roi_pool(x.contiguous(), rois, offset.contiguous(), (2, 1))
+        torch.testing.assert_close(out, expected)
+
+    @pytest.mark.parametrize(("rois", "kwargs", "error", "match"), [
+        (torch.zeros(2, 4), {}, ValueError, r"rois must have shape \(K, 5\).*got \(2, 4\)"),
+        ([torch.zeros(2, 5)], {}, ValueError, r"rois\[0\] must have shape \(Ki, 4\)"),
+        ([], {}, ValueError, "empty list"),
+        (torch.tensor([[2.0, 0, 0, 1, 1]]), {}, ValueError,
+         r"batch index\) must be in \[0, 1\].*got 2 in row 0"),
+        (torch.tensor([[0.0, 0, 0, 1, 1], [-1.0, 0, 0, 1, 1]]), {}, ValueError,
+         "must be in .*got -1 in row 1"),
+        (torch.tensor([[0.5, 0, 0, 1, 1]]), {}, ValueError, "must hold integers, got 0.5"),
+        (torch.tensor([[0.0, 0, float("nan"), 1, 1]]), {}, ValueError, "finite.*NaN"),
+        (torch.zeros(1, 5, dtype=torch.int64), {}, TypeError, "floating point"),
+        (torch.zeros(1, 5), {"offset": torch.zeros(1, 2, 3, 2)}, ValueError,
+         r"offset.shape is not valid: got \(1, 2, 3, 2\), expected \(1, 2, 2, 2\)"),
+        (torch.zeros(1, 5), {"offset": torch.full((1, 2, 2, 2), float("nan"))}, ValueError,
+         "offset contains 8 NaN"),
+        (torch.zeros(1, 5), {"mask": torch.zeros(1, 2, 2, 2)}, ValueError,
+         r"mask.shape is not valid: got \(1, 2, 2, 2\), expected \(1, 1, 2, 2\)"),
+        (torch.zeros(1, 5), {"output_size": 0}, ValueError, "output_size must be positive"),
+        (torch.zeros(1, 5), {"output_size": None}, TypeError, "output_size"),
+    ])
+    def test_bad_input(self, rois, kwargs, error, match):
+        x = torch.randn(2, 3, 6, 6)
+        kwargs = {"output_size": 2, **kwargs}
+        with pytest.raises(error, match=match):
+            deform_roi_pool(x, rois, **kwargs)
