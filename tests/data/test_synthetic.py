@@ -210,3 +210,14 @@ def test_classification_rejects_object_counts() -> None:
         SyntheticClassification(length=2, max_objects=3)
     ds = SyntheticClassification(length=2, config=SceneConfig(image_size=32, max_objects=4))
     assert ds.config.max_objects == 1
+
+
+def test_scenes_without_objects_give_empty_targets() -> None:
+    det = SyntheticDetection(length=2, seed=0, image_size=32, masks=True, min_objects=0,
+                             max_objects=0)
+    _, t = det[0]
+    assert t["boxes"].shape == (0, 4) and t["boxes"].dtype == torch.float32
+    assert t["labels"].shape == (0,) and t["masks"].shape == (0, 32, 32)
+    assert t["sizes"].shape == (0,) and t["area"].shape == (0,)
+    _, mask = SyntheticSegmentation(length=1, image_size=32, min_objects=0, max_objects=0)[0]
+    assert not mask.any()
