@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,16 @@ __all__ = [
     "IGNORE_INDEX",
     "SampleError",
     "SkippingDataset",
+    "Transform",
     "box_sizes",
     "clip_boxes",
     "load_rgb",
 ]
 
 IGNORE_INDEX = 255  # segmentation label that no loss or metric counts
+
+# A joint transform: (image (3, H, W), target) -> (image, target); see data.transforms.
+Transform = Callable[[Tensor, Any], tuple[Tensor, Any]]
 
 
 class SampleError(Exception):

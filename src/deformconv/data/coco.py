@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._common import SampleError, SkippingDataset, box_sizes, clip_boxes, load_rgb
+from ._common import SampleError, SkippingDataset, Transform, box_sizes, clip_boxes, load_rgb
 
 __all__ = ["CocoDetection", "read_json"]
-
-Transform = Callable[[Tensor, Any], tuple[Tensor, Any]]
 
 
 def read_json(path: Path) -> Any:

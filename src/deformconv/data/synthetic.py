@@ -12,7 +12,6 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ._common import IGNORE_INDEX, box_sizes
+from ._common import IGNORE_INDEX, Transform, box_sizes
 from .scene import Scene, SceneConfig, SceneGenerator
 
 __all__ = [
@@ -30,8 +29,6 @@ __all__ = [
     "semantic_mask",
     "synthetic_dataset",
 ]
-
-Transform = Callable[[Tensor, Any], tuple[Tensor, Any]]
 
 
 def semantic_mask(scene: Scene, ignore_border: int = 0) -> Tensor:

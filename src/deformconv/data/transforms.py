@@ -12,14 +12,14 @@ Random draws use torch's global RNG, so wrapping the dataset in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import IGNORE_INDEX, box_sizes
+from ._common import IGNORE_INDEX, Transform, box_sizes
 
 __all__ = [
     "Compose",
@@ -148,7 +148,7 @@ def _box_area(boxes: Tensor) -> Tensor:
 class Compose:
     """Apply transforms in order."""
 
-    def __init__(self, transforms: Sequence[Callable[[Tensor, Any], tuple[Tensor, Any]]]) -> None:
+    def __init__(self, transforms: Sequence[Transform]) -> None:
         self.transforms = list(transforms)
 
     def __call__(self, image: Tensor, target: Any) -> tuple[Tensor, Any]:

@@ -14,19 +14,15 @@ warning on load, counted, and the next sample is returned instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ._common import IGNORE_INDEX, SampleError, SkippingDataset, load_rgb
+from ._common import IGNORE_INDEX, SampleError, SkippingDataset, Transform, load_rgb
 
 __all__ = ["VOCSegmentation"]
-
-Transform = Callable[[Tensor, Any], tuple[Tensor, Any]]
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 
