@@ -97,12 +97,23 @@ class TestSizeBuckets:
         assert codes[7, 7] == -1
         assert torch.bincount(codes.flatten() + 1, minlength=5).tolist() == [1, 1, 1, 4, 57]
 
+    def test_stacked_binary_masks_smallest_wins(self):
+        masks = torch.zeros(3, 16, 16, dtype=torch.bool)
+        masks[0] = True  # 256 pixels: large, everywhere
+        masks[1, :8, :8] = True  # 64 pixels: medium, 4x4 cells
+        masks[2, 2:4, 2:4] = True  # 4 pixels: small, the cell reading pixel (2, 2)
+        # 8x8 map: cell (y, x) has its centre in pixel (2y + 1, 2x + 1)
+        codes = size_buckets((8, 8), (16, 16), instance_mask=masks, thresholds=(10.0, 100.0))
+        counts = torch.bincount(codes.flatten(), minlength=4).tolist()
+        assert counts == [1, 15, 48, 0]
+        assert codes[1, 1] == 0 and codes[0, 0] == 1 and codes[7, 7] == 2
+
     def test_bad_arguments(self):
         with pytest.raises(ValueError, match="exactly one of boxes and instance_mask"):
             size_buckets((4, 4), (8, 8))
         with pytest.raises(ValueError, match=r"boxes must be \(M, 4\)"):
             size_buckets((4, 4), (8, 8), boxes=torch.zeros(3))
-        with pytest.raises(ValueError, match=r"instance_mask must be \(H, W\) = \(8, 8\)"):
+        with pytest.raises(ValueError, match=r"instance_mask must be .* \(H, W\) = \(8, 8\)"):
             size_buckets((4, 4), (8, 8), instance_mask=torch.zeros(4, 4))
         with pytest.raises(ValueError, match="thresholds must be increasing"):
             size_buckets((4, 4), (8, 8), boxes=torch.zeros(0, 4), thresholds=(9.0, 4.0))

@@ -84,9 +84,11 @@ def size_buckets(
         boxes: ``(M, 4)`` x1, y1, x2, y2 in pixel-edge coordinates (``[0, 0, W, H]`` is the
             whole image); a cell belongs to the smallest box containing its centre, by the
             box area.
-        instance_mask: ``(H, W)`` integer ids, 0 = background, ``ignore_index`` = ignored;
-            a cell takes the id of the image pixel under its centre, bucketed by that id's
-            pixel count. Give exactly one of ``boxes`` and ``instance_mask``.
+        instance_mask: ``(H, W)`` integer ids, 0 = background, ``ignore_index`` = ignored,
+            or ``(K, H, W)`` binary masks, one per instance (where they overlap the smallest
+            wins); a cell takes the instance under its centre, bucketed by its pixel count.
+            A semantic mask (class ids) makes each class one object. Give exactly one of
+            ``boxes`` and ``instance_mask``.
         thresholds: object areas (image pixels²) separating small | medium | large.
 
     Returns:
@@ -115,17 +117,28 @@ def size_buckets(
                     else torch.full(output_size, math.inf, dtype=torch.float64))
         buckets = _bucket_of(smallest, thresholds)
         return torch.where(torch.isinf(smallest), torch.full_like(buckets, background), buckets)
-    if instance_mask.dim() != 2 or tuple(instance_mask.shape) != tuple(image_size):
-        raise ValueError(f"instance_mask must be (H, W) = {tuple(image_size)}, got shape "
-                         f"{tuple(instance_mask.shape)}")
-    ids = instance_mask.detach().cpu().long()
+    if instance_mask.dim() not in (2, 3) or tuple(instance_mask.shape[-2:]) != tuple(image_size):
+        raise ValueError(f"instance_mask must be (H, W) or (K, H, W) with (H, W) = "
+                         f"{tuple(image_size)}, got shape {tuple(instance_mask.shape)}")
+    if instance_mask.dim() == 3:
+        ids, ignore_index = _paint_instances(instance_mask.detach().cpu().bool()), -1
+    else:
+        ids = instance_mask.detach().cpu().long()
     area = torch.bincount(ids.flatten()).double()  # pixels per id
-    rows = (cy - 0.5).round().long().clamp(0, image_size[0] - 1)
-    cols = (cx - 0.5).round().long().clamp(0, image_size[1] - 1)
+    rows = cy.floor().long().clamp(0, image_size[0] - 1)  # the pixel holding the centre
+    cols = cx.floor().long().clamp(0, image_size[1] - 1)
     under = ids[rows][:, cols]  # (Hout, Wout)
     buckets = _bucket_of(area[under], thresholds)
     buckets = torch.where(under == 0, torch.full_like(buckets, background), buckets)
     return torch.where(under == ignore_index, torch.full_like(buckets, -1), buckets)
+
+
+def _paint_instances(masks: Tensor) -> Tensor:
+    """``(K, H, W)`` bool -> ``(H, W)`` ids ``1..K`` (0 = none), larger ones painted first."""
+    ids = torch.zeros(masks.shape[-2:], dtype=torch.long)
+    for k in masks.flatten(1).sum(dim=1).argsort(descending=True, stable=True).tolist():
+        ids[masks[k]] = k + 1
+    return ids
 
 
 class DilationStats:
@@ -146,8 +159,8 @@ class DilationStats:
 
     def update(self, record: OffsetRecord, *, boxes: Sequence[Tensor] | None = None,
                masks: Sequence[Tensor] | None = None) -> None:
-        """Add a record's pixels; ``boxes[i]`` ``(M, 4)`` or ``masks[i]`` ``(H, W)`` describe
-        its i-th kept image (``record.images[i]``)."""
+        """Add a record's pixels; ``boxes[i]`` or ``masks[i]`` (see :func:`size_buckets`)
+        describe its i-th kept image (``record.images[i]``)."""
         targets = boxes if boxes is not None else masks
         if targets is None or (boxes is not None and masks is not None):
             raise ValueError("give exactly one of boxes and masks")
