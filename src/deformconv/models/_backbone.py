@@ -1,0 +1,26 @@
+"""Building the ResNet backbone that the segmentation and detection models share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .resnet import PAPER_DEFORM_BLOCKS, PLAIN_DEFORM_BLOCKS, ResNet
+
+
+def build_backbone(layers: tuple[int, int, int, int], deformable: bool,
+                   backbone_kwargs: dict[str, Any] | None) -> ResNet:
+    """Headless ResNet at output stride 16 with frozen BN, conv1 and res2 fixed and
+    deformable res5 (the paper's setup, made for ImageNet-initialised fine-tuning; from
+    random init pass ``{"norm_layer": "batch_norm", "frozen_stages": -1}``);
+    ``backbone_kwargs`` override any :class:`ResNet` option; ``deformable=False`` always
+    gives the plain twin."""
+    kwargs: dict[str, Any] = {
+        "output_stride": 16,
+        "norm_layer": "frozen_batch_norm",
+        "frozen_stages": 1,
+        "deform_blocks": PAPER_DEFORM_BLOCKS,
+        **(backbone_kwargs or {}),
+    }
+    if not deformable:
+        kwargs["deform_blocks"] = PLAIN_DEFORM_BLOCKS
+    return ResNet(layers, 0, **kwargs)

@@ -1,0 +1,67 @@
+"""Name -> entry point registry and the ``create`` factory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from torch import nn
+
+__all__ = ["TASKS", "create", "list_models", "model_task", "register_model"]
+
+EntryPoint = TypeVar("EntryPoint", bound=Callable[..., nn.Module])
+
+_ENTRY_POINTS: dict[str, Callable[..., nn.Module]] = {}
+_TASKS: dict[str, str] = {}
+TASKS = ("classification", "segmentation", "detection")
+
+
+def register_model(task: str) -> Callable[[EntryPoint], EntryPoint]:
+    """Decorator registering ``fn(num_classes, deformable=True, **kwargs)`` under its name."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+    def register(fn: EntryPoint) -> EntryPoint:
+        if fn.__name__ in _ENTRY_POINTS:
+            raise ValueError(f"model {fn.__name__!r} is already registered")
+        _ENTRY_POINTS[fn.__name__] = fn
+        _TASKS[fn.__name__] = task
+        return fn
+
+    return register
+
+
+def list_models(task: str | None = None) -> list[str]:
+    """Sorted registered names, only those of ``task`` (one of ``TASKS``) when given."""
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS} or None, got {task!r}")
+    return sorted(name for name in _ENTRY_POINTS if task is None or _TASKS[name] == task)
+
+
+def model_task(name: str) -> str:
+    """The task of a registered model: what its ``forward`` takes and returns."""
+    _check_name(name)
+    return _TASKS[name]
+
+
+def _check_name(name: str) -> None:
+    if name not in _ENTRY_POINTS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+
+
+def create(name: str, num_classes: int, deformable: bool = True, **kwargs: Any) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: one of :func:`list_models`.
+        num_classes: classes, background included for detection models.
+        deformable: ``False`` builds the plain twin (same architecture and parameter names,
+            without offset branches) for ablations.
+        **kwargs: passed to the entry point (architecture options, see each model).
+
+    Example::
+
+        >>> model = create("deeplab_resnet50", num_classes=21, deformable=True)
+    """
+    _check_name(name)
+    return _ENTRY_POINTS[name](num_classes=num_classes, deformable=deformable, **kwargs)

@@ -1,0 +1,107 @@
+"""DeepLab on a deformable ResNet (DCN paper, section 4: semantic segmentation).
+
+Backbone at output stride 16 (res5 dilated by 2), then the head of the original DCN code:
+a 1×1 conv to 1024 channels + ReLU and a 3×3 atrous conv (dilation 6) to class scores,
+bilinearly upsampled to the input size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._backbone import build_backbone
+from ._registry import register_model
+from .resnet import ResNet
+
+__all__ = ["DeepLab", "deeplab_resnet50", "deeplab_resnet101"]
+
+
+class DeepLab(nn.Module):
+    """Semantic segmentation: ``forward(images (N, 3, H, W)) -> logits (N, classes, H, W)``.
+
+    With targets, ``forward(images, masks)`` returns ``{"loss_seg": loss}`` instead, in any
+    mode (the torchvision detection convention, so one training loop serves both);
+    :meth:`loss` is the same cross-entropy on given logits. Masks are ``(N, H, W)`` integer
+    class indices, ``ignore_index`` (255) marking pixels without a label.
+
+    Args:
+        backbone: a headless :class:`ResNet` (``num_classes=0``).
+        num_classes: classes, background included.
+        head_channels: width of the 1×1 conv after the backbone (paper: 1024).
+        atrous_rate: dilation of the 3×3 classifier conv (paper: 6).
+        ignore_index: mask value left out of the loss.
+    """
+
+    def __init__(self, backbone: ResNet, num_classes: int, head_channels: int = 1024,
+                 atrous_rate: int = 6, ignore_index: int = 255) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.head = nn.Sequential(
+            nn.Conv2d(backbone.num_features, head_channels, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(head_channels, num_classes, 3, padding=atrous_rate, dilation=atrous_rate),
+        )
+        for m in self.head:
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, images: Tensor, targets: Tensor | None = None) -> Tensor | dict[str, Tensor]:
+        scores = self.head(self.backbone.forward_features(images))  # (N, classes, H/16, W/16)
+        logits = F.interpolate(scores, size=images.shape[-2:], mode="bilinear",
+                               align_corners=False)
+        if targets is None:
+            return logits
+        return {"loss_seg": self.loss(logits, targets)}
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Mean cross-entropy over labelled pixels; 0 (with a graph) when none is labelled."""
+        if targets.shape != logits.shape[:1] + logits.shape[2:]:
+            raise ValueError(
+                f"targets must be (N, H, W) = {tuple(logits.shape[:1] + logits.shape[2:])}, "
+                f"got {tuple(targets.shape)}"
+            )
+        targets = targets.long()
+        if not bool((targets != self.ignore_index).any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, targets, ignore_index=self.ignore_index)
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) -> (N, H, W) class indices."""
+        return self(images).argmax(1)
+
+    def load_backbone_state_dict(self, state_dict: Mapping[str, Tensor]) -> list[str]:
+        """Load a torchvision ResNet checkpoint into the backbone; see ``ResNet``."""
+        return self.backbone.load_backbone_state_dict(state_dict)
+
+
+def _deeplab(layers: tuple[int, int, int, int], num_classes: int, deformable: bool,
+             backbone_kwargs: dict[str, Any] | None, **kwargs: Any) -> DeepLab:
+    return DeepLab(build_backbone(layers, deformable, backbone_kwargs), num_classes, **kwargs)
+
+
+@register_model("segmentation")
+def deeplab_resnet50(num_classes: int = 21, deformable: bool = True,
+                     backbone_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> DeepLab:
+    """DeepLab on ResNet-50 (output stride 16, frozen BN, deformable res5 3×3 convs).
+
+    ``backbone_kwargs`` go to :class:`ResNet`, other ``kwargs`` to :class:`DeepLab`.
+    """
+    return _deeplab((3, 4, 6, 3), num_classes, deformable, backbone_kwargs, **kwargs)
+
+
+@register_model("segmentation")
+def deeplab_resnet101(num_classes: int = 21, deformable: bool = True,
+                      backbone_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> DeepLab:
+    """DeepLab on ResNet-101, otherwise as :func:`deeplab_resnet50`."""
+    return _deeplab((3, 4, 23, 3), num_classes, deformable, backbone_kwargs, **kwargs)

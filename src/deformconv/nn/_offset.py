@@ -1,0 +1,55 @@
+"""What every module with a learned offset branch shares: zero init and an lr multiplier."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from torch import nn
+
+
+class OffsetBranchMixin:
+    """A module that predicts its own sampling offsets from its input.
+
+    Subclasses keep the offset predictor in ``self.offset_branch`` and set
+    ``self.offset_lr_mult``: the paper trains these layers at ``β`` times the base learning
+    rate (β = 1 for deformable convs, 0.01 for the fc of deformable RoI pooling).
+    :func:`deformconv.nn.offset_param_groups` reads both.
+    """
+
+    offset_branch: nn.Module
+    offset_lr_mult: float
+
+    def offset_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the offset (and mask) predictor only."""
+        return self.offset_branch.parameters()
+
+
+def offset_state_keys(model: nn.Module) -> set[str]:
+    """``model.state_dict()`` keys of every offset branch: what a checkpoint of the plain
+    twin lacks (load it with ``strict=False`` and expect exactly these missing)."""
+    keys = set()
+    for name, module in model.named_modules():
+        if isinstance(module, OffsetBranchMixin):
+            branch = module.offset_branch
+            branch_name = next(n for n, m in module.named_modules() if m is branch)
+            prefix = f"{name}.{branch_name}." if name else f"{branch_name}."
+            keys |= {prefix + k for k in branch.state_dict()}
+    return keys
+
+
+def zero_init_last(branch: nn.Module) -> None:
+    """Zero the weight and bias of the last conv/linear layer in ``branch``.
+
+    Zero offsets (and mask logits) make a deformable layer start as its plain twin.
+    """
+    last = [m for m in branch.modules() if isinstance(m, (nn.Conv2d, nn.Linear))][-1]
+    nn.init.zeros_(last.weight)
+    if last.bias is not None:
+        nn.init.zeros_(last.bias)
+
+
+def check_positive(**values: int | float) -> None:
+    """Raise a ``ValueError`` naming the first argument that is not > 0."""
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")

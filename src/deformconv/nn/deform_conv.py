@@ -1,0 +1,181 @@
+"""Deformable convolution modules: with an external offset, and with their own offset conv.
+
+Dai et al., "Deformable Convolutional Networks", ICCV 2017 (https://arxiv.org/abs/1703.06211);
+Zhu et al., "Deformable ConvNets v2", CVPR 2019 (https://arxiv.org/abs/1811.11168).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..ops import deform_conv2d
+from ..ops._utils import pair
+from ._offset import OffsetBranchMixin, check_positive, zero_init_last
+
+__all__ = ["DeformConv2d", "DeformConv2dExternal"]
+
+
+class DeformConv2dExternal(nn.Module):
+    """Deformable conv whose offsets (and mask) are given to ``forward``.
+
+    The drop-in for ``torchvision.ops.DeformConv2d``: parameters ``weight`` and ``bias`` are
+    laid out and initialised like ``nn.Conv2d``'s, so a Conv2d state_dict loads into it.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as in
+            ``nn.Conv2d`` (zero padding only).
+
+    Shape:
+        ``forward(input (N, Cin, H, W), offset (N, 2*G*kh*kw, Hout, Wout),
+        mask (N, G*kh*kw, Hout, Wout) or None) -> (N, Cout, Hout, Wout)``; the offset groups
+        ``G`` are read from ``offset``.
+
+    Example::
+
+        >>> conv = DeformConv2dExternal(8, 4, 3, padding=1)
+        >>> x = torch.randn(2, 8, 10, 10)
+        >>> conv(x, torch.zeros(2, 18, 10, 10)).shape
+        torch.Size([2, 4, 10, 10])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        check_positive(in_channels=in_channels, out_channels=out_channels, groups=groups)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must be "
+                f"divisible by groups ({groups})"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.padding = pair(padding, "padding")
+        self.dilation = pair(dilation, "dilation")
+        self.groups = groups
+        self.weight = nn.Parameter(
+            torch.empty(out_channels, in_channels // groups, *self.kernel_size)
+        )
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Conv2d's default init, so deformable and plain twins start from the same law.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight[0].numel()
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, input: Tensor, offset: Tensor, mask: Tensor | None = None) -> Tensor:
+        return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding,
+                             self.dilation, mask)
+
+    def extra_repr(self) -> str:
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+        defaults = {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1}
+        for name, default in defaults.items():
+            if getattr(self, name) != default:
+                text += f", {name}={getattr(self, name)}"
+        if self.bias is None:
+            text += ", bias=False"
+        return text
+
+
+class DeformConv2d(DeformConv2dExternal, OffsetBranchMixin):
+    """Deformable conv that predicts its own offsets (DCN v1) and mask (DCN v2, ``modulated``).
+
+    The offset branch ``conv_offset`` is a conv with the main conv's kernel, stride, padding
+    and dilation and ``2*G*kh*kw`` outputs (``+ G*kh*kw`` mask logits when ``modulated``),
+    initialised to zero. With zero offsets the module equals ``nn.Conv2d`` with the same
+    weight; a modulated one starts at half of it, since ``sigmoid(0) = 0.5`` is the DCN v2
+    initial mask.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as in
+            ``nn.Conv2d``.
+        offset_groups: G, groups of input channels sharing one offset field.
+        modulated: also predict a per-sample modulation mask (DCN v2).
+        offset_lr_mult: learning-rate multiplier of the offset branch, applied by
+            :func:`deformconv.nn.offset_param_groups` (paper: 1).
+
+    Shape:
+        ``forward(input (N, Cin, H, W)) -> (N, Cout, Hout, Wout)``.
+
+    Example::
+
+        >>> conv = DeformConv2d(8, 4, 3, padding=1, offset_groups=2, modulated=True)
+        >>> conv(torch.randn(2, 8, 10, 10)).shape
+        torch.Size([2, 4, 10, 10])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        *,
+        offset_groups: int = 1,
+        modulated: bool = False,
+        offset_lr_mult: float = 1.0,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias)
+        check_positive(offset_groups=offset_groups)
+        if in_channels % offset_groups:
+            raise ValueError(
+                f"in_channels ({in_channels}) must be divisible by offset_groups ({offset_groups})"
+            )
+        self.offset_groups = offset_groups
+        self.modulated = modulated
+        self.offset_lr_mult = offset_lr_mult
+        points = offset_groups * self.kernel_size[0] * self.kernel_size[1]
+        self.conv_offset = nn.Conv2d(
+            in_channels, (3 if modulated else 2) * points, self.kernel_size, self.stride,
+            self.padding, self.dilation,
+        )
+        zero_init_last(self.conv_offset)
+
+    @property
+    def offset_branch(self) -> nn.Module:
+        return self.conv_offset
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if hasattr(self, "conv_offset"):
+            zero_init_last(self.conv_offset)
+
+    def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
+        out = self.conv_offset(input)  # (N, 2*G*kk [+ G*kk], Hout, Wout)
+        points = self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
+        offset = out[:, : 2 * points]
+        mask = out[:, 2 * points :].sigmoid() if self.modulated else None
+        return super().forward(input, offset, mask)
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        if self.offset_groups != 1:
+            text += f", offset_groups={self.offset_groups}"
+        if self.modulated:
+            text += ", modulated=True"
+        if self.offset_lr_mult != 1.0:
+            text += f", offset_lr_mult={self.offset_lr_mult}"
+        return text

@@ -1,0 +1,108 @@
+"""ResNet: torchvision checkpoints load exactly, stage geometry, deformable-block choice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from deformconv import models
+from deformconv.models import ResNet, checkpoint_filter_fn
+from deformconv.nn import DeformConv2d, convert_to_deformable
+
+torchvision = pytest.importorskip("torchvision")
+
+
+@pytest.fixture(scope="module")
+def torchvision_resnet50_state() -> dict[str, torch.Tensor]:
+    """A randomly initialised torchvision resnet50 (no download), BN statistics made
+    non-trivial so that a buffer left unloaded would show."""
+    state = torchvision.models.resnet50(weights=None).state_dict()
+    for key, value in state.items():
+        if value.is_floating_point():
+            state[key] = torch.rand_like(value) + 0.5 if "running_var" in key else \
+                torch.randn_like(value)
+    return state
+
+
+def _backbone(model: nn.Module) -> ResNet:
+    return model if isinstance(model, ResNet) else getattr(model.backbone, "body", model.backbone)
+
+
+@pytest.mark.parametrize("name", [n for n in models.list_models() if n.endswith("resnet50")])
+def test_torchvision_resnet50_state_dict_matches_every_backbone_tensor(
+        name, torchvision_resnet50_state):
+    num_classes = 1000 if models.model_task(name) == "classification" else 5
+    model = models.create(name, num_classes=num_classes)
+    missing = model.load_backbone_state_dict(torchvision_resnet50_state)
+    assert missing and all("conv_offset" in k for k in missing)  # only offset branches
+    own = _backbone(model).state_dict()
+    skipped = {"fc.weight", "fc.bias"} if num_classes != 1000 else set()
+    for key, value in torchvision_resnet50_state.items():
+        if key in skipped:
+            continue
+        if key.endswith("num_batches_tracked") and key not in own:
+            continue  # frozen BN keeps no counter
+        torch.testing.assert_close(own[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_classifier_with_other_classes_leaves_fc_at_init(torchvision_resnet50_state):
+    model = models.create("resnet50", num_classes=10)
+    missing = model.load_backbone_state_dict(torchvision_resnet50_state)
+    assert {"fc.weight", "fc.bias"} <= set(missing)
+    assert len(missing) == 2 + 2 * 3  # fc, and weight + bias of three res5 offset convs
+
+
+def test_filter_strips_module_prefix_and_rejects_foreign_checkpoints():
+    model = ResNet((1, 1, 1, 1), 3, base_channels=8)
+    prefixed = {f"module.{k}": v for k, v in model.state_dict().items()}
+    assert checkpoint_filter_fn(prefixed, model).keys() == model.state_dict().keys()
+    resnet18 = torchvision.models.resnet18(weights=None).state_dict()
+    with pytest.raises(ValueError, match=r"layer1\.0\.conv1\.weight: checkpoint"):
+        models.create("resnet50", 1000).load_backbone_state_dict(resnet18)
+
+
+@pytest.mark.parametrize(("output_stride", "sizes"), [(32, [16, 8, 4, 2]), (16, [16, 8, 4, 4]),
+                                                      (8, [16, 8, 8, 8])])
+def test_stage_shapes_and_dilation(output_stride, sizes):
+    model = ResNet((1, 2, 1, 2), 0, output_stride=output_stride, base_channels=4,
+                   deform_blocks=(0, 0, 1, 2)).eval()
+    stages = model.forward_stages(torch.randn(1, 3, 64, 64))
+    assert [s.shape[1] for s in stages] == [16, 32, 64, 128]
+    assert [s.shape[-1] for s in stages] == sizes
+    dilations = [m.conv2.dilation[0] for m in model.layer4]
+    assert dilations == [{32: 1, 16: 2, 8: 4}[output_stride]] * 2  # all blocks, as the paper
+
+
+def test_deform_blocks_choose_the_last_blocks_of_each_stage():
+    model = ResNet((2, 2, 3, 2), 0, base_channels=8, deform_blocks=(0, 1, 2, 2),
+                   offset_groups=2)
+    deformable = sorted(n for n, m in model.named_modules() if isinstance(m, DeformConv2d))
+    assert deformable == ["layer2.1.conv2", "layer3.1.conv2", "layer3.2.conv2",
+                          "layer4.0.conv2", "layer4.1.conv2"]
+    assert model.layer4[0].conv2.offset_groups == 2
+
+
+def test_same_model_as_converting_the_plain_twin():
+    deformable = models.create("resnet50", 10, base_channels=8)
+    plain = models.create("resnet50", 10, deformable=False, base_channels=8)
+    convert_to_deformable(plain, "layer4.*.conv2", offset_groups=4)
+    shapes = {k: v.shape for k, v in deformable.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in plain.state_dict().items()}
+
+
+def test_frozen_stages():
+    model = ResNet((1, 1, 1, 1), 0, base_channels=4, frozen_stages=1)
+    frozen = {n.split(".")[0] for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1", "bn1", "layer1"}
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"deform_blocks": (0, 0, 0, 2)}, "deform_blocks"),
+    ({"output_stride": 4}, "output_stride"),
+    ({"norm_layer": "layer_norm"}, "norm_layer"),
+    ({"frozen_stages": 5}, "frozen_stages"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ResNet((1, 1, 1, 1), 0, **kwargs)

@@ -1,0 +1,63 @@
+"""convert_to_deformable: chosen convs swapped in place, weights kept, output unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from deformconv.nn import DeformConv2d, convert_to_deformable
+
+torchvision = pytest.importorskip("torchvision")
+
+
+def _resnet18() -> nn.Module:
+    return torchvision.models.resnet18(weights=None, num_classes=5).eval()
+
+
+def test_converts_chosen_convs_keeping_weights_and_output():
+    model = _resnet18()
+    x = torch.randn(1, 3, 64, 64)
+    expected = model(x)
+    chosen = ["layer4.0.conv1", "layer4.0.conv2", "layer4.1.conv1"]
+    before = {name: model.get_submodule(name) for name in chosen}
+    assert convert_to_deformable(model, ["layer4.0.*", "layer4.1.conv1"], offset_groups=4) == chosen
+    for name, old in before.items():
+        new = model.get_submodule(name)
+        assert isinstance(new, DeformConv2d) and new.weight is old.weight
+        assert (new.stride, new.padding, new.dilation) == (old.stride, old.padding, old.dilation)
+        assert new.conv_offset.stride == old.stride
+        assert new.offset_groups == 4 and not new.training
+    assert model.layer4[0].conv1.stride == (2, 2)
+    assert isinstance(model.layer4[1].conv2, nn.Conv2d)
+    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_default_converts_every_3x3_conv_once():
+    model = _resnet18()
+    count = sum(isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) for m in model.modules())
+    assert len(convert_to_deformable(model)) == count == 16
+    # The new offset convs are 3×3 too, but never converted themselves.
+    assert convert_to_deformable(model) == []
+
+
+def test_predicate_selector_and_modulated():
+    model = _resnet18()
+    names = convert_to_deformable(model, lambda name, conv: conv.in_channels == 64,
+                                  modulated=True)
+    assert names == ["layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2",
+                     "layer2.0.conv1"]
+    assert all(model.get_submodule(n).modulated for n in names)
+
+
+def test_stem_7x7_only_when_asked():
+    model = _resnet18()
+    assert convert_to_deformable(model, ["conv1"]) == ["conv1"]
+    assert model.conv1.kernel_size == (7, 7) and model.conv1.padding == (3, 3)
+
+
+def test_offset_groups_must_divide_channels():
+    model = _resnet18()
+    with pytest.raises(ValueError, match=r"offset_groups \(3\).*'layer1.0.conv1'"):
+        convert_to_deformable(model, "layer1.*", offset_groups=3)
+    assert not any(isinstance(m, DeformConv2d) for m in model.modules())  # nothing half-done

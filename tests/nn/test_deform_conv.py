@@ -1,0 +1,106 @@
+"""DeformConv2d and DeformConv2dExternal: plain-conv equivalence at init, wiring, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deformconv.nn import DeformConv2d, DeformConv2dExternal
+from deformconv.ops import reference
+
+# (in, out, kernel, stride, padding, dilation, groups, offset_groups): awkward on purpose.
+GEOMETRIES = [
+    (4, 6, 3, 1, 1, 1, 1, 1),
+    (6, 4, (3, 2), (2, 1), (1, 0), (2, 1), 2, 3),
+    (4, 4, 3, 2, 2, 2, 4, 2),
+]
+
+
+def _plain_twin(conv: DeformConv2dExternal) -> nn.Conv2d:
+    plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                      conv.padding, conv.dilation, conv.groups, conv.bias is not None)
+    plain.load_state_dict({k: v for k, v in conv.state_dict().items() if "offset" not in k})
+    return plain
+
+
+class TestDeformConv2d:
+    @pytest.mark.parametrize("geometry", GEOMETRIES)
+    def test_equals_conv2d_at_init(self, geometry):
+        cin, cout, k, s, p, d, g, og = geometry
+        conv = DeformConv2d(cin, cout, k, s, p, d, g, offset_groups=og)
+        x = torch.randn(2, cin, 9, 8)
+        torch.testing.assert_close(conv(x), _plain_twin(conv)(x), rtol=1e-5, atol=1e-5)
+
+    def test_modulated_starts_at_half_mask(self):
+        conv = DeformConv2d(4, 6, 3, padding=1, offset_groups=2, modulated=True)
+        x = torch.randn(2, 4, 7, 7)
+        no_bias = F.conv2d(x, conv.weight, None, padding=1)
+        torch.testing.assert_close(conv(x), 0.5 * no_bias + conv.bias[:, None, None],
+                                   rtol=1e-5, atol=1e-5)
+        assert conv.conv_offset.out_channels == 3 * 2 * 9
+
+    def test_uses_predicted_offset_and_mask(self):
+        conv = DeformConv2d(4, 3, 3, padding=1, offset_groups=2, modulated=True)
+        nn.init.normal_(conv.conv_offset.weight, std=0.3)
+        nn.init.normal_(conv.conv_offset.bias, std=0.3)
+        x = torch.randn(1, 4, 6, 5)
+        predicted = conv.conv_offset(x)
+        expected = reference.deform_conv2d(x, predicted[:, :36], conv.weight, conv.bias,
+                                           (1, 1), (1, 1), (1, 1), predicted[:, 36:].sigmoid())
+        torch.testing.assert_close(conv(x), expected, rtol=1e-4, atol=1e-5)
+
+    def test_offset_branch_gets_gradient_at_zero_init(self):
+        conv = DeformConv2d(4, 4, 3, padding=1, offset_groups=2)
+        conv(torch.randn(2, 4, 8, 8)).square().sum().backward()
+        assert conv.conv_offset.weight.grad.abs().sum() > 0
+        assert conv.conv_offset.bias.grad.abs().sum() > 0
+
+    def test_reset_parameters_keeps_offsets_zero(self):
+        conv = DeformConv2d(4, 4, 3, offset_groups=2)
+        nn.init.normal_(conv.conv_offset.weight)
+        conv.reset_parameters()
+        assert not conv.conv_offset.weight.any() and not conv.conv_offset.bias.any()
+
+    def test_repr_shows_configuration(self):
+        text = repr(DeformConv2d(8, 4, 3, stride=2, bias=False, offset_groups=4, modulated=True))
+        assert "stride=(2, 2)" in text and "bias=False" in text
+        assert "offset_groups=4" in text and "modulated=True" in text
+        assert "dilation" not in text  # defaults stay out
+
+    @pytest.mark.parametrize(
+        ("kwargs", "match"),
+        [
+            ({"offset_groups": 3}, "offset_groups"),
+            ({"offset_groups": 0}, "offset_groups must be > 0"),
+            ({"groups": 3}, "divisible by groups"),
+        ],
+    )
+    def test_bad_arguments(self, kwargs, match):
+        with pytest.raises(ValueError, match=match):
+            DeformConv2d(4, 6, 3, **kwargs)
+
+
+class TestDeformConv2dExternal:
+    def test_matches_reference_with_given_offset_and_mask(self):
+        conv = DeformConv2dExternal(6, 4, (3, 2), stride=(2, 1), padding=(1, 0), groups=2)
+        x = torch.randn(2, 6, 7, 6)
+        offset = torch.randn(2, 2 * 3 * 6, 4, 5)
+        mask = torch.rand(2, 3 * 6, 4, 5)
+        expected = reference.deform_conv2d(x, offset, conv.weight, conv.bias, (2, 1), (1, 0),
+                                           (1, 1), mask)
+        torch.testing.assert_close(conv(x, offset, mask), expected, rtol=1e-4, atol=1e-5)
+
+    def test_loads_conv2d_state_dict(self):
+        plain = nn.Conv2d(4, 6, 3, padding=1)
+        conv = DeformConv2dExternal(4, 6, 3, padding=1)
+        conv.load_state_dict(plain.state_dict())
+        x = torch.randn(1, 4, 5, 5)
+        torch.testing.assert_close(conv(x, torch.zeros(1, 18, 5, 5)), plain(x),
+                                   rtol=1e-5, atol=1e-5)
+
+    def test_wrong_offset_shape_is_reported(self):
+        conv = DeformConv2dExternal(4, 6, 3, padding=1)
+        with pytest.raises(ValueError, match="offset"):
+            conv(torch.randn(1, 4, 5, 5), torch.zeros(1, 17, 5, 5))

@@ -1,0 +1,62 @@
+"""offset_param_groups: offset branches at their own learning rate, nothing lost or doubled."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from deformconv.nn import DeformConv2d, DeformRoIPool, offset_param_groups
+
+
+def _model() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 1),
+        DeformConv2d(4, 4, 3, padding=1, offset_lr_mult=0.5),
+        DeformRoIPool(4, 2, offset_lr_mult=0.01),
+    )
+
+
+def _ids(params) -> set[int]:
+    return {id(p) for p in params}
+
+
+def test_groups_follow_each_module_multiplier():
+    model = _model()
+    groups = offset_param_groups(model, lr=0.1, momentum=0.9)
+    by_mult = {g["lr_mult"]: g for g in groups}
+    assert set(by_mult) == {1.0, 0.5, 0.01}
+    assert _ids(by_mult[0.5]["params"]) == _ids(model[1].conv_offset.parameters())
+    assert _ids(by_mult[0.01]["params"]) == _ids(model[2].offset_fc.parameters())
+    assert by_mult[0.01]["lr"] == pytest.approx(0.001)
+    assert all(g["momentum"] == 0.9 for g in groups)
+    all_params = [p for g in groups for p in g["params"]]
+    assert len(all_params) == len(_ids(all_params)) == len(list(model.parameters()))
+
+
+def test_global_multiplier_overrides_and_frozen_parameters_are_left_out():
+    model = _model()
+    model[0].requires_grad_(False)
+    groups = offset_param_groups(model, lr=1.0, offset_lr_mult=0.0)
+    assert [(g["lr_mult"], len(g["params"])) for g in groups] == [(1.0, 2), (0.0, 4)]
+    assert not _ids(model[0].parameters()) & _ids(p for g in groups for p in g["params"])
+
+
+def test_optimizer_applies_the_rates():
+    model = _model()
+    optimizer = torch.optim.SGD(offset_param_groups(model, lr=0.1), lr=0.1)
+    lrs = sorted(g["lr"] for g in optimizer.param_groups)
+    assert lrs == pytest.approx([0.001, 0.05, 0.1])
+
+
+def test_model_without_offset_branches_gives_one_group():
+    groups = offset_param_groups(nn.Linear(2, 2), lr=0.1)
+    assert len(groups) == 1 and groups[0]["lr"] == 0.1
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"lr": 0.0}, "lr must be > 0"),
+                                               ({"lr": 0.1, "offset_lr_mult": -1.0},
+                                                "offset_lr_mult")])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        offset_param_groups(_model(), **kwargs)

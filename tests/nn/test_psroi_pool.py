@@ -1,0 +1,101 @@
+"""PSRoIPool / DeformPSRoIPool: plain at init, offsets from the offset conv, part-grid mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from deformconv.nn import DeformPSRoIPool, PSRoIPool
+from deformconv.ops import deform_psroi_pool
+
+ROIS = torch.tensor([[0, 3.0, 5.0, 40.0, 33.0], [1, 16.0, 0.0, 47.0, 60.0]])
+SCALE = 0.25
+K = 3  # group size
+
+
+def _scores(output_dim: int) -> torch.Tensor:
+    return torch.randn(2, output_dim * K * K, 16, 16, requires_grad=True)
+
+
+def _plain(x: torch.Tensor, output_dim: int, offset=None, **kwargs) -> torch.Tensor:
+    return deform_psroi_pool(x, ROIS, offset, spatial_scale=SCALE, output_dim=output_dim,
+                             group_size=K, pooled_size=K, sample_per_part=2, **kwargs)
+
+
+class TestPSRoIPool:
+    def test_equals_op_without_offsets(self):
+        x = _scores(4)
+        pool = PSRoIPool(4, K, SCALE, sample_per_part=2)
+        torch.testing.assert_close(pool(x, ROIS), _plain(x, 4))
+        boxes = [ROIS[:1, 1:], ROIS[1:, 1:]]
+        torch.testing.assert_close(pool(x, boxes, features=torch.randn(1)), _plain(x, 4))
+
+    def test_bad_input_channels(self):
+        with pytest.raises(ValueError, match=r"output_dim\*group_size² = 36"):
+            PSRoIPool(4, K, SCALE)(torch.randn(1, 35, 8, 8), ROIS[:1])
+
+
+class TestDeformPSRoIPool:
+    @pytest.mark.parametrize("offset_classes", [1, 4])
+    def test_equals_plain_at_init(self, offset_classes):
+        x = _scores(4)
+        features = torch.randn(2, 5, 16, 16)
+        pool = DeformPSRoIPool(5, 4, K, SCALE, sample_per_part=2,
+                               offset_classes=offset_classes)
+        assert pool.conv_offset.out_channels == 2 * offset_classes * K * K
+        torch.testing.assert_close(pool(x, ROIS, features), _plain(x, 4))
+
+    @pytest.mark.parametrize("offset_classes", [1, 2])
+    def test_offsets_come_from_position_sensitive_pooling_of_the_offset_conv(self,
+                                                                             offset_classes):
+        x = _scores(4)
+        features = torch.randn(2, 5, 16, 16)
+        pool = DeformPSRoIPool(5, 4, K, SCALE, sample_per_part=2, trans_std=0.3,
+                               offset_classes=offset_classes)
+        nn.init.normal_(pool.conv_offset.weight, std=0.5)
+        nn.init.normal_(pool.conv_offset.bias, std=0.5)
+        offset = deform_psroi_pool(pool.conv_offset(features), ROIS, spatial_scale=SCALE,
+                                   output_dim=2 * offset_classes, group_size=K, pooled_size=K,
+                                   sample_per_part=2)
+        expected = _plain(x, 4, offset, part_size=K, trans_std=0.3)
+        torch.testing.assert_close(pool(x, ROIS, features), expected)
+
+    def test_modulated_mask_follows_class_and_part_of_each_bin(self):
+        # pooled 4, part 2: bins (0, 1) use part 0 and (2, 3) part 1; 2 classes × 2 channels.
+        x = torch.randn(2, 4 * 4 * 4, 16, 16)
+        pool = DeformPSRoIPool(3, 4, 4, SCALE, sample_per_part=2, part_size=2,
+                               offset_classes=2, modulated=True)
+        logits = torch.randn(2, 2, 2)  # (class, part_h, part_w)
+        with torch.no_grad():
+            pool.conv_offset.bias[16:] = logits.flatten()  # constant maps: pooled = bias
+        out = pool(x, ROIS, torch.randn(2, 3, 16, 16))
+        plain = deform_psroi_pool(x, ROIS, spatial_scale=SCALE, output_dim=4, group_size=4,
+                                  pooled_size=4, sample_per_part=2)
+        mask = logits.sigmoid()
+        for c in range(4):
+            for ph in range(4):
+                for pw in range(4):
+                    expected = plain[:, c, ph, pw] * mask[c // 2, ph // 2, pw // 2]
+                    torch.testing.assert_close(out[:, c, ph, pw], expected)
+
+    def test_offset_branch_gets_gradient_at_zero_init(self):
+        x = _scores(2)
+        pool = DeformPSRoIPool(2 * K * K, 2, K, SCALE, offset_classes=2)
+        pool(x, ROIS).square().sum().backward()  # features default to the score maps
+        assert pool.conv_offset.weight.grad.abs().sum() > 0
+
+    def test_repr(self):
+        text = repr(DeformPSRoIPool(1024, 21, 7, 1 / 16, offset_classes=21, modulated=True))
+        assert "1024, output_dim=21, group_size=7, spatial_scale=0.0625" in text
+        assert "trans_std=0.1" in text and "offset_classes=21" in text
+        assert "modulated=True" in text
+
+    def test_bad_features(self):
+        pool = DeformPSRoIPool(5, 2, K, SCALE)
+        with pytest.raises(ValueError, match=r"features must be \(N, 5, H, W\)"):
+            pool(_scores(2), ROIS, torch.randn(2, 4, 16, 16))
+
+    def test_offset_classes_must_divide_output_dim(self):
+        with pytest.raises(ValueError, match=r"offset_classes \(3\) must divide output_dim"):
+            DeformPSRoIPool(5, 4, K, SCALE, offset_classes=3)

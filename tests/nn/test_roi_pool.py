@@ -1,0 +1,90 @@
+"""DeformRoIPool: RoIAlign at init, offsets and mask wired into deform_roi_pool, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from deformconv.nn import DeformRoIPool
+from deformconv.ops import deform_roi_pool
+
+torchvision = pytest.importorskip("torchvision")
+
+ROIS = torch.tensor([[0, 2.0, 3.0, 40.0, 30.0], [1, 10.0, 0.0, 31.0, 47.0],
+                     [1, 0.0, 0.0, 63.0, 63.0]])
+
+
+def _input() -> torch.Tensor:
+    return torch.randn(2, 3, 16, 16, requires_grad=True)
+
+
+def _boxes_list() -> list[torch.Tensor]:
+    return [ROIS[ROIS[:, 0] == i, 1:] for i in range(2)]
+
+
+class TestDeformRoIPool:
+    def test_equals_roi_align_at_init(self):
+        pool = DeformRoIPool(3, (3, 2), spatial_scale=0.25, sampling_ratio=2)
+        x = _input()
+        expected = torchvision.ops.roi_align(x, ROIS, (3, 2), 0.25, 2, aligned=True)
+        torch.testing.assert_close(pool(x, ROIS), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(pool(x, _boxes_list()), expected, rtol=1e-5, atol=1e-6)
+
+    def test_modulated_starts_at_half(self):
+        pool = DeformRoIPool(3, 2, spatial_scale=0.25, sampling_ratio=2, modulated=True)
+        x = _input()
+        expected = torchvision.ops.roi_align(x, ROIS, 2, 0.25, 2, aligned=True)
+        torch.testing.assert_close(pool(x, ROIS), 0.5 * expected, rtol=1e-5, atol=1e-6)
+
+    @pytest.mark.parametrize("modulated", [False, True])
+    def test_predicted_offset_and_mask_reach_the_op(self, modulated):
+        pool = DeformRoIPool(3, 2, spatial_scale=0.25, gamma=0.2, hidden_dims=(5,),
+                             modulated=modulated)
+        for layer in pool.offset_fc:
+            if isinstance(layer, nn.Linear):
+                nn.init.normal_(layer.weight, std=0.2)
+                nn.init.normal_(layer.bias, std=0.2)
+        x = _input()
+        first = deform_roi_pool(x, ROIS, output_size=2, spatial_scale=0.25)
+        predicted = pool.offset_fc(first.flatten(1))
+        offset = predicted[:, :8].reshape(-1, 2, 2, 2)
+        mask = predicted[:, 8:].reshape(-1, 1, 2, 2).sigmoid() if modulated else None
+        expected = deform_roi_pool(x, ROIS, offset, output_size=2, spatial_scale=0.25,
+                                   gamma=0.2, mask=mask)
+        torch.testing.assert_close(pool(x, ROIS), expected)
+
+    def test_hidden_layers_and_zero_init_last(self):
+        pool = DeformRoIPool(4, 7, hidden_dims=(16, 8), modulated=True)
+        widths = [(m.in_features, m.out_features) for m in pool.offset_fc
+                  if isinstance(m, nn.Linear)]
+        assert widths == [(4 * 49, 16), (16, 8), (8, 3 * 49)]
+        assert not pool.offset_fc[-1].weight.any() and pool.offset_fc[0].weight.any()
+
+    def test_offset_branch_gets_gradient_at_zero_init(self):
+        pool = DeformRoIPool(3, 2, spatial_scale=0.25)
+        x = _input()
+        pool(x, ROIS).square().sum().backward()
+        assert pool.offset_fc[-1].weight.grad.abs().sum() > 0
+        assert x.grad.abs().sum() > 0
+
+    def test_no_rois(self):
+        pool = DeformRoIPool(3, 2, spatial_scale=0.25)
+        assert pool(_input(), torch.zeros(0, 5)).shape == (0, 3, 2, 2)
+
+    def test_repr(self):
+        text = repr(DeformRoIPool(256, 7, 1 / 16, 2, hidden_dims=(1024, 1024), modulated=True))
+        assert "256, output_size=(7, 7), spatial_scale=0.0625, sampling_ratio=2" in text
+        assert "hidden_dims=(1024, 1024)" in text and "modulated=True" in text
+        assert "offset_lr_mult=0.01" in text
+
+    def test_bad_input_channels(self):
+        with pytest.raises(ValueError, match=r"input must be \(N, 4, H, W\)"):
+            DeformRoIPool(4, 2)(torch.randn(1, 3, 8, 8), ROIS[:1])
+
+    @pytest.mark.parametrize(("kwargs", "match"), [({"spatial_scale": 0.0}, "spatial_scale"),
+                                                   ({"sampling_ratio": -1}, "sampling_ratio"),
+                                                   ({"output_size": 0}, "output_size")])
+    def test_bad_arguments(self, kwargs, match):
+        with pytest.raises(ValueError, match=match):
+            DeformRoIPool(**{"in_channels": 3, "output_size": 2, **kwargs})
