@@ -212,7 +212,8 @@ class OffsetCapture:
         self.inputs.clear()
 
     def latest(self) -> dict[str, OffsetRecord]:
-        """The last recorded pass of each deformable conv, by layer name (model order)."""
+        """The last recorded pass of each deformable conv, by layer name, in the order the
+        layers ran (bottom first)."""
         return {name: recs[-1] for name, recs in self.records.items() if recs}
 
     def latest_rois(self) -> dict[str, RoIOffsetRecord]:
