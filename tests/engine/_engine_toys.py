@@ -5,15 +5,18 @@ dropout, so exact resumption really depends on the engine restoring/seeding RNGs
 
 Run as a script (used by the subprocess tests)::
 
-    python _engine_toys.py OUT_DIR ITERATIONS [--resume] [--batch-size B]
+    python _engine_toys.py OUT_DIR ITERATIONS [--resume] [--batch-size B] [--dropout P]
+                           [--device D] [--eval-extra]
 
-prints nothing special; the final weights land in OUT_DIR/last.pt. Under torchrun each rank
-also saves its own weights to OUT_DIR/rank<r>.pt.
+trains TinyClassifier (checkpoint every 3 iterations), then each rank saves its final
+weights to OUT_DIR/rank<r>.pt (and, with --eval-extra, metrics to eval_rank<r>.json).
+Works under ``torchrun --nproc_per_node N`` as well.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -135,7 +138,13 @@ def state_equal(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from deformconv.engine import TrainConfig, train
+    from deformconv.engine import (
+        TrainConfig,
+        cleanup_distributed,
+        evaluate,
+        init_distributed,
+        train,
+    )
 
     parser = argparse.ArgumentParser()
     parser.add_argument("out_dir")
@@ -144,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--eval-extra", action="store_true",
+                        help="also evaluate a seeded segmenter and detector (eval_rank<r>.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -154,9 +165,20 @@ def main(argv: list[str] | None = None) -> None:
                          checkpoint_every=3, out_dir=args.out_dir, progress=False,
                          resume="auto" if args.resume else None, log_every=1,
                          device=args.device)
+    info = init_distributed(args.device)  # joined here, so train() leaves the group to us
     train(config, model, ToyClassification(size=20), ToyClassification(size=7, seed=5))
-    rank = int(os.environ.get("RANK", "0"))
-    torch.save(model.state_dict(), os.path.join(args.out_dir, f"rank{rank}.pt"))
+    torch.save(model.state_dict(), os.path.join(args.out_dir, f"rank{info.rank}.pt"))
+    if args.eval_extra:
+        torch.manual_seed(1)
+        segmenter, detector = TinySegmenter(), TinyDetector()
+        kw = {"batch_size": 2, "dist_info": info}
+        result = {
+            "segmentation": evaluate(segmenter, ToySegmentation(size=5), "segmentation", **kw),
+            "detection": evaluate(detector, ToyDetection(size=5), "detection", **kw),
+        }
+        with open(os.path.join(args.out_dir, f"eval_rank{info.rank}.json"), "w") as f:
+            json.dump(result, f)
+    cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deformconv.engine import CheckpointError, load_checkpoint, save_checkpoint
+from deformconv.engine import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from deformconv.engine.checkpoint import CHECKPOINT_FORMAT
 
 
@@ -64,3 +64,27 @@ def test_foreign_checkpoints_rejected(tmp_path):
     torch.save({**_state(), "format": "v0"}, old)
     with pytest.raises(CheckpointError, match="has format 'v0'"):
         load_checkpoint(old)
+
+
+def test_load_weights_from_trainer_or_plain_files(tmp_path):
+    source = torch.nn.Linear(3, 2)
+    trainer = tmp_path / "last.pt"
+    save_checkpoint({**_state(), "model": source.state_dict()}, trainer)
+    plain = tmp_path / "plain.pt"
+    torch.save(source.state_dict(), plain)
+    for path in (trainer, plain):
+        target = torch.nn.Linear(3, 2)
+        load_weights(target, path)
+        assert torch.equal(target.weight, source.weight) and torch.equal(target.bias, source.bias)
+
+
+def test_load_weights_errors(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), path)
+    misfit = r"(?s)weights in .*plain\.pt do not fit Linear: .*size mismatch"
+    with pytest.raises(CheckpointError, match=misfit):
+        load_weights(torch.nn.Linear(4, 2), path)
+    listed = tmp_path / "list.pt"
+    torch.save([torch.zeros(1)], listed)
+    with pytest.raises(CheckpointError, match=r"list\.pt holds no model weights.*got list"):
+        load_weights(torch.nn.Linear(3, 2), listed)

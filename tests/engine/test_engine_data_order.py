@@ -98,3 +98,11 @@ class TestSamplers:
         assert len(full) == 4 and len(tail) == 2
         for (xa, ya), (xb, yb) in zip(full[2:], tail, strict=True):
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_batches_of_mixed_sizes_get_a_clear_error():
+    data = [(torch.zeros(3, 4, 4), 0), (torch.zeros(3, 5, 4), 1)]
+    loader = train_loader(data, "classification", 2, seed=0, epoch=0)
+    shapes = r"shapes in this batch: \[\(3, 4, 4\), \(3, 5, 4\)\]; .* must share a size"
+    with pytest.raises(RuntimeError, match=shapes):
+        next(iter(loader))

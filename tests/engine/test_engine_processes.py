@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -64,7 +65,7 @@ def test_two_process_ddp_matches_single_process(tmp_path, in_process):
     # gradients: without dropout both runs follow the same trajectory up to rounding.
     # CPU processes (gloo) whatever hardware the test machine has.
     ddp, single = tmp_path / "ddp", tmp_path / "single"
-    common = ["6", "--dropout", "0", "--device", "cpu"]
+    common = ["6", "--dropout", "0", "--device", "cpu", "--eval-extra"]
     proc = _start(str(ddp), *common, "--batch-size", "2", torchrun=True)
     in_process([str(single), *common, "--batch-size", "4"])
     _finish(proc)
@@ -84,3 +85,15 @@ def test_two_process_ddp_matches_single_process(tmp_path, in_process):
     assert len(val) == 1 and val[0]["num_images"] == 7  # shards cover the val set once
     single_val = [r for r in read_metrics(single / "metrics.jsonl") if r["split"] == "val"]
     assert val[0]["top1"] == single_val[0]["top1"]
+
+    # distributed evaluation: shards reduced/gathered to the single-process numbers
+    evals = [json.loads((folder / f"eval_rank{r}.json").read_text())
+             for folder, r in ((ddp, 0), (ddp, 1), (single, 0))]
+    assert evals[0] == evals[1]
+    seg = [e["segmentation"] for e in evals]
+    assert seg[0]["num_pixels"] == seg[2]["num_pixels"] == 5 * 7 * 8
+    assert seg[0]["iou"] == seg[2]["iou"] and seg[0]["miou"] == seg[2]["miou"]
+    det = [e["detection"] for e in evals]
+    assert det[0]["num_images"] == det[2]["num_images"] == 5
+    for key in ("AP", "AP50", "AP75"):
+        assert det[0][key] == pytest.approx(det[2][key], abs=1e-12)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 
 import pytest
@@ -51,7 +52,8 @@ def test_classification_learns_and_writes_outputs(tmp_path):
     model = TinyClassifier()
     data, val = ToyClassification(size=48, seed=1), ToyClassification(size=24, seed=2)
     config = _config(tmp_path, iterations=60, lr=0.2, eval_every=20, checkpoint_every=20)
-    result = train(config, model, data, val)
+    extra = {"model": "tiny", "kwargs": {"num_classes": 3}}
+    result = train(config, model, data, val, extra=extra)
 
     assert result.iteration == 60 and result.metrics["num_images"] == 24
     assert result.metrics["top1"] > 0.8  # chance is 1/3
@@ -67,6 +69,9 @@ def test_classification_learns_and_writes_outputs(tmp_path):
     last = load_checkpoint(result.last_checkpoint)
     assert last["iteration"] == 60 and last["epoch"] == 5  # 12 iterations per epoch
     assert state_equal(last["model"], model.state_dict())
+    assert last["extra"] == extra
+    saved = json.loads((result.out_dir / "config.json").read_text())
+    assert saved["extra"] == extra and TrainConfig.from_dict(saved["config"]) == config
     assert load_checkpoint(result.best_checkpoint)["best_metric"] == result.best_metric
 
 

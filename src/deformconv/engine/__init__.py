@@ -13,7 +13,7 @@ Typical use::
 Under ``torchrun --nproc_per_node N`` the same call trains with DistributedDataParallel.
 """
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from .coco import COCO_METRICS, coco_map, detection_record
 from .config import TASKS, TrainConfig
 from .distributed import DistInfo, cleanup_distributed, init_distributed, resolve_device
@@ -55,6 +55,7 @@ __all__ = [
     "iou_from_confusion",
     "iters_per_epoch",
     "load_checkpoint",
+    "load_weights",
     "lr_factor",
     "make_evaluator",
     "param_groups",

@@ -9,8 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "load_checkpoint",
+    "load_weights",
+    "save_checkpoint",
+]
 
 CHECKPOINT_FORMAT = "deformconv-train-v1"
 REQUIRED_KEYS = ("format", "model", "optimizer", "scheduler", "iteration", "rng", "config")
@@ -55,6 +62,20 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _read(path: str | os.PathLike, map_location: str | torch.device) -> Any:
+    """``torch.load(weights_only=True)`` with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated/corrupt archives
+        raise CheckpointError(
+            f"could not read checkpoint {path}: {type(err).__name__}: {err}. "
+            "The file is corrupt or not a torch checkpoint; delete it or pick another one."
+        ) from err
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint written by the trainer.
 
@@ -62,16 +83,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     ``FileNotFoundError`` for a missing file and :class:`CheckpointError` naming the path for
     a truncated/corrupt file or one without the trainer's keys.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for truncated/corrupt archives
-        raise CheckpointError(
-            f"could not read checkpoint {path}: {type(err).__name__}: {err}. "
-            "The file is corrupt or not a torch checkpoint; delete it or pick another one."
-        ) from err
+    state = _read(path, map_location)
     if not isinstance(state, dict):
         raise CheckpointError(
             f"checkpoint {path} holds a {type(state).__name__}, expected a dict from the trainer"
@@ -86,3 +98,27 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"checkpoint {path} has format {state['format']!r}, expected {CHECKPOINT_FORMAT!r}"
         )
     return state
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict:
+    """Load weights into ``model`` from a trainer checkpoint or a plain ``state_dict`` file.
+
+    Returns what the file holds (the whole checkpoint, or the state dict). Raises
+    :class:`CheckpointError` naming the path when the file is unreadable, holds no state
+    dict, or its tensors do not fit ``model`` (missing/unexpected keys, wrong shapes).
+    """
+    obj = _read(path, "cpu")
+    is_trainer = isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
+    state = obj.get("model") if is_trainer else obj
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"{path} holds no model weights: expected a trainer checkpoint or a state_dict "
+            f"(dict of tensors), got {type(obj).__name__}"
+        )
+    try:
+        model.load_state_dict(state, strict=strict)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"weights in {path} do not fit {type(model).__name__}: {err}"
+        ) from err
+    return obj

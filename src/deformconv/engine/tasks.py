@@ -45,9 +45,21 @@ def _detection_collate(batch: Sequence[tuple[Tensor, dict]]) -> tuple[list[Tenso
     return list(images), list(targets)
 
 
+def _stack_collate(batch: Sequence[Any]) -> Any:
+    try:
+        return default_collate(batch)
+    except RuntimeError as err:
+        shapes = sorted({tuple(item[0].shape) for item in batch if isinstance(item[0], Tensor)})
+        raise RuntimeError(
+            f"cannot stack a batch of samples: {err}. Image shapes in this batch: {shapes}; "
+            "images (and masks) in one batch must share a size: resize them in the dataset "
+            "or use batch_size=1"
+        ) from err
+
+
 def collate_fn(task: str) -> Callable[[Sequence[Any]], Any]:
     """Stacked tensors for classification/segmentation, lists of images and dicts for detection."""
-    return _detection_collate if task == "detection" else default_collate
+    return _detection_collate if task == "detection" else _stack_collate
 
 
 def to_device(obj: Any, device: torch.device) -> Any:

@@ -9,6 +9,7 @@ function of seed, epoch and position), so a resumed run continues bit for bit.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -68,6 +69,7 @@ def train(
     val_set: Dataset | None = None,
     *,
     on_iteration_end: Callable[[int], None] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_set`` as ``config`` says; evaluate on ``val_set`` if given.
 
@@ -76,12 +78,14 @@ def train(
     ``config.resume`` set, continues the run saved in that checkpoint. Under torchrun each
     process calls this with the same arguments; only rank 0 writes files.
     ``on_iteration_end(iteration)`` is called after each completed iteration (a hook for
-    callers and tests; it may raise to stop the run).
+    callers and tests; it may raise to stop the run). ``extra`` (plain values: str, numbers,
+    lists, dicts) is stored in every checkpoint under ``"extra"``, e.g. how to rebuild the
+    model and data, and in ``<out_dir>/config.json`` beside the config.
     """
     was_initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
     info = init_distributed(config.device)
     try:
-        return _train(config, model, train_set, val_set, info, on_iteration_end)
+        return _train(config, model, train_set, val_set, info, on_iteration_end, extra or {})
     finally:
         if not was_initialized:
             cleanup_distributed()
@@ -94,8 +98,14 @@ def _train(
     val_set: Dataset | None,
     info: DistInfo,
     on_iteration_end: Callable[[int], None] | None,
+    extra: dict[str, Any],
 ) -> TrainResult:
     out_dir = Path(config.out_dir)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(
+            json.dumps({"config": config.to_dict(), "extra": extra,
+                        "world_size": info.world_size}, indent=2) + "\n")
     if config.deterministic:
         if info.device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -151,6 +161,7 @@ def _train(
                 "world_size": info.world_size,
                 "best_metric": best,
                 "config": config.to_dict(),
+                "extra": extra,
             }, path)
 
     def validate() -> dict[str, Any]:
