@@ -1,0 +1,90 @@
+"""Registered models exported with deformconv.onnx.models and checked in onnxruntime."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("torchvision")  # the detection models are built on its parts
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+pytest.importorskip("onnxruntime")
+
+from deformconv import models  # noqa: E402
+from deformconv.nn import OffsetBranchMixin  # noqa: E402
+from deformconv.onnx import check, export  # noqa: E402
+from deformconv.onnx.models import RoIHead, example_rois, export_registered  # noqa: E402
+
+TOL = 1e-4
+
+
+def randomise_offsets(model: nn.Module) -> nn.Module:
+    """Offset branches start at zero (a plain conv / RoIAlign); move them so the exported
+    graphs really sample off the grid."""
+    torch.manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, OffsetBranchMixin):
+            for p in module.offset_branch.parameters():
+                nn.init.normal_(p, std=0.05)
+    return model
+
+
+def op_types(path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+@pytest.fixture(scope="module")
+def faster_rcnn_export(tmp_path_factory):
+    """Tiny deformable Faster R-CNN: modulated deformable res3-res5 and RoI pooling head."""
+    torch.manual_seed(0)
+    model = models.create(
+        "faster_rcnn_resnet50", num_classes=5, head_channels=16, representation_size=32,
+        modulated_head=True,
+        backbone_kwargs={"base_channels": 8, "modulated": True, "deform_blocks": (0, 1, 1, 3)},
+    )
+    path = tmp_path_factory.mktemp("onnx") / "faster_rcnn.onnx"
+    results = export_registered("faster_rcnn_resnet50", path, model=randomise_offsets(model),
+                                image_size=64)
+    return path, results
+
+
+def test_detector_backbone_and_head_match_pytorch(faster_rcnn_export):
+    path, (features, head) = faster_rcnn_export
+    assert features.path == str(path)
+    assert head.path == str(path.with_name("faster_rcnn.roi_head.onnx"))
+    for result in (features, head):
+        assert result.checked_batches == (2, 3)
+        assert result.max_abs_diff is not None and result.max_abs_diff <= TOL
+
+
+def test_detector_graphs_use_standard_ops(faster_rcnn_export):
+    path, (features, head) = faster_rcnn_export
+    assert "DeformConv" in op_types(features.path)  # the deformable backbone
+    head_ops = op_types(head.path)
+    assert "Gather" in head_ops and "DeformConv" not in head_ops  # decomposed RoI pooling
+    for result in (features, head):
+        onnx.checker.check_model(onnx.load(result.path), full_check=True)
+
+
+def test_rfcn_position_sensitive_head(tmp_path):
+    """R-FCN's RoI head: deformable PS RoI pooling (class-specific and class-agnostic)."""
+    torch.manual_seed(0)
+    model = models.create(
+        "rfcn_resnet50", num_classes=4, head_channels=16, group_size=3, modulated_head=True,
+        backbone_kwargs={"base_channels": 8, "deform_blocks": (0, 0, 0, 1)},
+    )
+    randomise_offsets(model)
+    with torch.no_grad():  # score maps start near 0 (std 0.01); make the outputs sizeable
+        for p in model.roi_heads.box_roi_pool.parameters():
+            p.normal_(std=0.3)
+    head = RoIHead(model).eval()
+    features = torch.randn(2, 16, 6, 7)
+    export(head, (features, example_rois(6, 2, 96, 112)), tmp_path / "rfcn_head.onnx")
+    more = (torch.randn(3, 16, 6, 7), example_rois(9, 3, 96, 112, seed=1))
+    assert check(head, more, tmp_path / "rfcn_head.onnx") <= TOL
+
+
+def test_unknown_model_name(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown model 'resnet7'; available: .*resnet50"):
+        export_registered("resnet7", tmp_path / "x.onnx")

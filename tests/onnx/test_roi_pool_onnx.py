@@ -1,0 +1,102 @@
+"""Deformable RoI pooling ops exported as standard-ONNX decompositions, run in onnxruntime."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from deformconv import onnx as dc_onnx
+from deformconv.ops import deform_psroi_pool, deform_roi_pool
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+pytest.importorskip("onnxruntime")
+
+TOL = 1e-4
+H, W = 9, 11
+
+
+def random_rois(count: int, batch: int, scale: float, seed: int) -> torch.Tensor:
+    """RoIs partly or wholly outside the map, tiny, huge and degenerate (x2 < x1) ones."""
+    g = torch.Generator().manual_seed(seed)
+    size = torch.tensor([W, H, W, H]) / scale
+    boxes = torch.rand(count, 4, generator=g) * size * 1.6 - size * 0.3
+    boxes[: count // 4, 2:] = boxes[: count // 4, :2] - 1.3  # degenerate
+    index = torch.randint(0, batch, (count, 1), generator=g).float()
+    return torch.cat([index, boxes], dim=1)
+
+
+class RoIPool(nn.Module):
+    def __init__(self, **options):
+        super().__init__()
+        self.options = options
+
+    def forward(self, input, rois, offset=None, mask=None):
+        return deform_roi_pool(input, rois, offset, mask=mask, **self.options)
+
+
+class PSRoIPool(nn.Module):
+    def __init__(self, **options):
+        super().__init__()
+        self.options = options
+
+    def forward(self, input, rois, offset=None):
+        return deform_psroi_pool(input, rois, offset, **self.options)
+
+
+# name -> (module, input channels, offset shape (C, h, w) without K or None, mask shape or None)
+CASES = {
+    "roi_adaptive_aligned_offset_mask": (
+        RoIPool(output_size=(3, 2), spatial_scale=0.5, sampling_ratio=0, gamma=0.1), 3,
+        (2, 3, 2), (1, 3, 2)),
+    "roi_ratio2_legacy_offset": (
+        RoIPool(output_size=3, spatial_scale=1.0, sampling_ratio=2, gamma=0.3, aligned=False),
+        3, (2, 3, 3), None),
+    "roi_adaptive_no_offset": (RoIPool(output_size=2, spatial_scale=0.25), 3, None, None),
+    "psroi_group1_no_offset": (
+        PSRoIPool(spatial_scale=0.5, output_dim=2, group_size=1, pooled_size=3,
+                  sample_per_part=2), 2, None, None),
+    "psroi_group3_two_classes_part2": (
+        PSRoIPool(spatial_scale=0.5, output_dim=4, group_size=3, pooled_size=3, part_size=2,
+                  sample_per_part=4, trans_std=0.3), 36, (4, 2, 2), None),
+    "psroi_group2_class_agnostic": (
+        PSRoIPool(spatial_scale=0.25, output_dim=3, group_size=2, pooled_size=4,
+                  sample_per_part=3, trans_std=0.5), 12, (2, 4, 4), None),
+}
+
+
+def make_inputs(name: str, rois: int, batch: int, seed: int) -> tuple:
+    module, channels, offset_shape, mask_shape = CASES[name]
+    g = torch.Generator().manual_seed(seed)
+    args = [torch.randn(batch, channels, H, W, generator=g),
+            random_rois(rois, batch, module.options["spatial_scale"], seed)]
+    if offset_shape:  # large offsets: bins move far, partly off the map
+        args.append(torch.randn(rois, *offset_shape, generator=g) * 2)
+    if mask_shape:
+        args.append(torch.rand(rois, *mask_shape, generator=g))
+    return tuple(args)
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def exported(request, tmp_path_factory):
+    name = request.param
+    path = tmp_path_factory.mktemp("onnx") / f"{name}.onnx"
+    dc_onnx.export(CASES[name][0].eval(), make_inputs(name, rois=5, batch=2, seed=0), path)
+    return name, path
+
+
+def test_graph_uses_only_standard_ops(exported):
+    _, path = exported
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    ops = {(node.domain, node.op_type) for node in model.graph.node}
+    assert {domain for domain, _ in ops} == {""}
+    assert ("", "Gather") in ops
+
+
+@pytest.mark.parametrize(("rois", "batch"), [(5, 2), (7, 3), (0, 3)])
+def test_matches_pytorch_for_any_roi_count(exported, rois, batch):
+    name, path = exported
+    inputs = make_inputs(name, rois=rois, batch=batch, seed=rois + batch)
+    assert dc_onnx.check(CASES[name][0], inputs, path) <= TOL
