@@ -20,6 +20,7 @@ from _engine_toys import (
 
 from deformconv.engine import (
     CheckpointError,
+    SeededSamples,
     TrainConfig,
     evaluate,
     load_checkpoint,
@@ -177,3 +178,17 @@ def test_tensorboard_optional(tmp_path, capsys):
     else:
         assert any((result.out_dir / "tensorboard").iterdir())
     assert not math.isnan(read_metrics(result.out_dir / "metrics.jsonl")[-1]["loss"])
+
+
+def test_evaluate_matches_a_direct_computation_and_restores_mode():
+    model, data = TinyClassifier().train(), ToyClassification(size=7)
+    result = evaluate(model, data, "classification", batch_size=3, device="auto")
+    assert model.training and result["num_images"] == 7
+    model.eval()
+    samples = SeededSamples(data, seed=0, epoch=0)  # what the eval loader reads
+    with torch.no_grad():
+        correct = sum(int(model(samples[i][0][None].to(next(model.parameters()).device))
+                          .argmax().cpu() == samples[i][1]) for i in range(7))
+    assert result["top1"] == correct / 7
+    low = evaluate(model, data, "classification", batch_size=3, device="auto", bf16=True)
+    assert low["num_images"] == 7 and 0.0 <= low["top1"] <= 1.0

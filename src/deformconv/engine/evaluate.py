@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from .distributed import DistInfo
+from .distributed import DistInfo, resolve_device
 from .loader import eval_loader
 from .tasks import make_evaluator, to_device
 
@@ -42,11 +42,13 @@ def evaluate(
     classification: ``{"top1", "num_images"}``; segmentation: ``{"miou", "iou" (per class),
     "pixel_acc", "num_pixels"}``; detection: ``{"AP", "AP50", "AP75", "APs", "APm", "APl",
     "num_images"}``. With several processes each evaluates its shard and the metric is
-    reduced over all of them (every rank gets the same result). The model's train/eval mode
-    is restored afterwards.
+    reduced over all of them (every rank gets the same result). The model is moved to
+    ``device`` (``"auto"``: CUDA when available; ignored when ``dist_info`` is given) and its
+    train/eval mode is restored afterwards.
     """
-    info = dist_info or DistInfo(device=torch.device(device))
+    info = dist_info or DistInfo(device=resolve_device(str(device)))
     net = getattr(model, "module", model)  # no DDP hooks needed for forward-only passes
+    net.to(info.device)
     was_training = net.training
     net.eval()
     loader = eval_loader(dataset, task, batch_size, world_size=info.world_size, rank=info.rank,
