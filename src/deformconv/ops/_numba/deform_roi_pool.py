@@ -9,6 +9,7 @@ the scatter has no races); offset and mask gradients over RoIs (each RoI owns it
 from __future__ import annotations
 
 import numba
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -16,8 +17,8 @@ from .._utils import roi_align_grid
 from .roi_sampling import clamped_corners, slope_weights, value_weights
 from .threads import threads_for
 
-# Channels handled together by one forward task: their samples share the corner arithmetic.
-_CHANNEL_BLOCK = 16
+# Channels handled together by one forward task: they share the bin's table of samples.
+_CHANNEL_BLOCK = 32
 
 
 @numba.njit(inline="always", cache=True)
@@ -37,108 +38,133 @@ def _outside(y, x, height, width):
     return y < -1.0 or y > height or x < -1.0 or x > width
 
 
+@numba.njit(inline="always", cache=True)
+def _fill_table(geo, grid, k, y_bin, x_bin, height, width, index, weight, slope_h, slope_w,
+                slopes):
+    """Tabulate the samples of one bin: flat corner indices into an ``H*W`` plane and weights.
+
+    Row ``s`` of ``index``/``weight`` (and with ``slopes``, of ``slope_h``/``slope_w``: the
+    corner weights of d value / d y and d value / d x) describes sample ``s``; a sample outside
+    the map gets weight 0. Every channel of the RoI's image then reuses the table.
+    """
+    gh, gw = grid[k, 0], grid[k, 1]
+    s = 0
+    for iy in range(gh):
+        y = y_bin + (iy + 0.5) * geo[k, 2] / gh
+        for ix in range(gw):
+            xx = x_bin + (ix + 0.5) * geo[k, 3] / gw
+            if _outside(y, xx, height, width):
+                for q in range(4):
+                    index[s, q] = 0
+                    weight[s, q] = 0.0
+                    if slopes:
+                        slope_h[s, q] = 0.0
+                        slope_w[s, q] = 0.0
+                s += 1
+                continue
+            h0, h1, w0, w1, lh, lw, k00, k01, k10, k11, dh, dw = clamped_corners(
+                y, xx, height, width)
+            index[s, 0] = h0 * width + w0
+            index[s, 1] = h0 * width + w1
+            index[s, 2] = h1 * width + w0
+            index[s, 3] = h1 * width + w1
+            weight[s, 0], weight[s, 1], weight[s, 2], weight[s, 3] = value_weights(
+                lh, lw, k00, k01, k10, k11)
+            if slopes:
+                (slope_h[s, 0], slope_h[s, 1], slope_h[s, 2], slope_h[s, 3],
+                 slope_w[s, 0], slope_w[s, 1], slope_w[s, 2], slope_w[s, 3]) = slope_weights(
+                    lh, lw, k00, k01, k10, k11, dh, dw)
+            s += 1
+    return s
+
+
+@numba.njit(inline="always", cache=True)
+def _dot(plane, index, weight, samples):
+    """Sum over a bin's tabulated samples of ``weight · plane[index]``."""
+    acc = weight.dtype.type(0.0)
+    for s in range(samples):
+        acc += (weight[s, 0] * plane[index[s, 0]] + weight[s, 1] * plane[index[s, 1]]
+                + weight[s, 2] * plane[index[s, 2]] + weight[s, 3] * plane[index[s, 3]])
+    return acc
+
+
 @numba.njit(parallel=True, cache=True)
-def _forward(x, batch, geo, grid, offset, has_offset, gamma, mask, has_mask, out, cblock):
+def _forward(x, height, width, batch, geo, grid, offset, has_offset, gamma, mask, has_mask,
+             out, cblock, table_size):
+    """``x`` is (N, C, H*W); ``out`` (K, C, ph, pw). Task = one RoI × a block of channels."""
     nrois, channels, ph, pw = out.shape
-    height, width = x.shape[2], x.shape[3]
     blocks = (channels + cblock - 1) // cblock
     for task in numba.prange(nrois * blocks):
         k = task // blocks
         c0 = (task % blocks) * cblock
         c1 = min(channels, c0 + cblock)
-        b = batch[k]
-        gh, gw = grid[k, 0], grid[k, 1]
-        count = max(gh * gw, 1)
+        index = np.empty((table_size, 4), np.int64)
+        weight = np.empty((table_size, 4), x.dtype)
+        count = max(grid[k, 0] * grid[k, 1], 1)
         for i in range(ph):
             for j in range(pw):
                 y_bin, x_bin = _bin_origin(geo, k, i, j, offset, has_offset, gamma)
-                for c in range(c0, c1):
-                    out[k, c, i, j] = 0.0
-                for iy in range(gh):
-                    y = y_bin + (iy + 0.5) * geo[k, 2] / gh
-                    for ix in range(gw):
-                        xx = x_bin + (ix + 0.5) * geo[k, 3] / gw
-                        if _outside(y, xx, height, width):
-                            continue
-                        h0, h1, w0, w1, lh, lw, k00, k01, k10, k11, _, _ = clamped_corners(
-                            y, xx, height, width)
-                        a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11)
-                        for c in range(c0, c1):
-                            out[k, c, i, j] += (a00 * x[b, c, h0, w0] + a01 * x[b, c, h0, w1]
-                                                + a10 * x[b, c, h1, w0] + a11 * x[b, c, h1, w1])
+                samples = _fill_table(geo, grid, k, y_bin, x_bin, height, width, index, weight,
+                                      weight, weight, False)
                 scale = (mask[k, 0, i, j] if has_mask else 1.0) / count
                 for c in range(c0, c1):
-                    out[k, c, i, j] *= scale
+                    out[k, c, i, j] = scale * _dot(x[batch[k], c], index, weight, samples)
 
 
 @numba.njit(parallel=True, cache=True)
-def _input_grad(batch, geo, grid, offset, has_offset, gamma, mask, has_mask, grad_out, grad_x,
-                blocks):
-    """Scatter ``grad_out`` into ``grad_x`` (zeroed); thread ``blk`` owns a channel block."""
+def _input_grad(height, width, batch, geo, grid, offset, has_offset, gamma, mask, has_mask,
+                grad_out, grad_x, blocks, table_size):
+    """Scatter ``grad_out`` into ``grad_x`` (zeroed, (N, C, H*W)); task = a channel block.
+
+    Each task owns whole channel planes of ``grad_x``: no two threads write the same entry.
+    """
     nrois, channels, ph, pw = grad_out.shape
-    height, width = grad_x.shape[2], grad_x.shape[3]
     for blk in numba.prange(blocks):
         c0 = blk * channels // blocks
         c1 = (blk + 1) * channels // blocks
+        index = np.empty((table_size, 4), np.int64)
+        weight = np.empty((table_size, 4), grad_x.dtype)
         for k in range(nrois):
-            b = batch[k]
-            gh, gw = grid[k, 0], grid[k, 1]
-            count = max(gh * gw, 1)
+            count = max(grid[k, 0] * grid[k, 1], 1)
             for i in range(ph):
                 for j in range(pw):
                     y_bin, x_bin = _bin_origin(geo, k, i, j, offset, has_offset, gamma)
+                    samples = _fill_table(geo, grid, k, y_bin, x_bin, height, width, index,
+                                          weight, weight, weight, False)
                     scale = (mask[k, 0, i, j] if has_mask else 1.0) / count
-                    for iy in range(gh):
-                        y = y_bin + (iy + 0.5) * geo[k, 2] / gh
-                        for ix in range(gw):
-                            xx = x_bin + (ix + 0.5) * geo[k, 3] / gw
-                            if _outside(y, xx, height, width):
-                                continue
-                            h0, h1, w0, w1, lh, lw, k00, k01, k10, k11, _, _ = clamped_corners(
-                                y, xx, height, width)
-                            a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11)
-                            for c in range(c0, c1):
-                                g = grad_out[k, c, i, j] * scale
-                                grad_x[b, c, h0, w0] += a00 * g
-                                grad_x[b, c, h0, w1] += a01 * g
-                                grad_x[b, c, h1, w0] += a10 * g
-                                grad_x[b, c, h1, w1] += a11 * g
+                    for c in range(c0, c1):
+                        g = grad_out[k, c, i, j] * scale
+                        plane = grad_x[batch[k], c]
+                        for s in range(samples):
+                            for q in range(4):
+                                plane[index[s, q]] += weight[s, q] * g
 
 
 @numba.njit(parallel=True, cache=True)
-def _offset_mask_grad(x, batch, geo, grid, offset, has_offset, gamma, mask, has_mask, grad_out,
-                      grad_offset, grad_mask):
+def _offset_mask_grad(x, height, width, batch, geo, grid, offset, has_offset, gamma, mask,
+                      has_mask, grad_out, grad_offset, grad_mask, table_size):
     """Fill ``grad_offset (K, 2, ph, pw)`` and, with a mask, ``grad_mask (K, 1, ph, pw)``."""
     nrois, channels, ph, pw = grad_out.shape
-    height, width = x.shape[2], x.shape[3]
     for k in numba.prange(nrois):
-        b = batch[k]
-        gh, gw = grid[k, 0], grid[k, 1]
-        count = max(gh * gw, 1)
+        index = np.empty((table_size, 4), np.int64)
+        weight = np.empty((table_size, 4), x.dtype)
+        slope_h = np.empty((table_size, 4), x.dtype)
+        slope_w = np.empty((table_size, 4), x.dtype)
+        count = max(grid[k, 0] * grid[k, 1], 1)
         for i in range(ph):
             for j in range(pw):
                 y_bin, x_bin = _bin_origin(geo, k, i, j, offset, has_offset, gamma)
+                samples = _fill_table(geo, grid, k, y_bin, x_bin, height, width, index, weight,
+                                      slope_h, slope_w, True)
                 acc_h = 0.0
                 acc_w = 0.0
                 acc_v = 0.0
-                for iy in range(gh):
-                    y = y_bin + (iy + 0.5) * geo[k, 2] / gh
-                    for ix in range(gw):
-                        xx = x_bin + (ix + 0.5) * geo[k, 3] / gw
-                        if _outside(y, xx, height, width):
-                            continue
-                        h0, h1, w0, w1, lh, lw, k00, k01, k10, k11, dh, dw = clamped_corners(
-                            y, xx, height, width)
-                        a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11)
-                        s00, s01, s10, s11, t00, t01, t10, t11 = slope_weights(
-                            lh, lw, k00, k01, k10, k11, dh, dw)
-                        for c in range(channels):
-                            g = grad_out[k, c, i, j]
-                            x00, x01 = x[b, c, h0, w0], x[b, c, h0, w1]
-                            x10, x11 = x[b, c, h1, w0], x[b, c, h1, w1]
-                            acc_v += g * (a00 * x00 + a01 * x01 + a10 * x10 + a11 * x11)
-                            acc_h += g * (s00 * x00 + s01 * x01 + s10 * x10 + s11 * x11)
-                            acc_w += g * (t00 * x00 + t01 * x01 + t10 * x10 + t11 * x11)
+                for c in range(channels):
+                    g = grad_out[k, c, i, j]
+                    plane = x[batch[k], c]
+                    acc_v += g * _dot(plane, index, weight, samples)
+                    acc_h += g * _dot(plane, index, slope_h, samples)
+                    acc_w += g * _dot(plane, index, slope_w, samples)
                 m = mask[k, 0, i, j] if has_mask else 1.0
                 grad_offset[k, 0, i, j] = gamma * geo[k, 5] * m * acc_w / count
                 grad_offset[k, 1, i, j] = gamma * geo[k, 4] * m * acc_h / count
@@ -156,14 +182,26 @@ class _Args:
         self.geo = torch.stack(
             [g.start_h, g.start_w, g.bin_h, g.bin_w, g.roi_h, g.roi_w], dim=1).numpy()
         self.grid = torch.stack([g.grid_h, g.grid_w], dim=1).numpy()
-        samples = int((g.grid_h.clamp(min=0) * g.grid_w.clamp(min=0)).sum())
-        self.work = samples * pooled[0] * pooled[1] * input.shape[1]
+        per_bin = g.grid_h.clamp(min=0) * g.grid_w.clamp(min=0)
+        self.table_size = max(1, int(per_bin.max())) if per_bin.numel() else 1
+        self.work = int(per_bin.sum()) * pooled[0] * pooled[1] * input.shape[1]
         self.batch = rois[:, 0].long().numpy()
         dummy = input.new_zeros(1, 2, 1, 1)
         self.has_offset = offset is not None
         self.offset = (offset if offset is not None else dummy).numpy()
         self.has_mask = mask is not None
         self.mask = (mask if mask is not None else dummy).numpy()
+        self.size = input.shape[2], input.shape[3]
+
+    def common(self, gamma: float) -> tuple:
+        """The arguments every kernel takes, from ``height`` to ``has_mask``."""
+        return (*self.size, self.batch, self.geo, self.grid, self.offset, self.has_offset, gamma,
+                self.mask, self.has_mask)
+
+
+def _planes(t: Tensor):
+    """(N, C, H, W) tensor -> (N, C, H*W) numpy view."""
+    return t.view(t.shape[0], t.shape[1], -1).numpy()
 
 
 def forward(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
@@ -173,8 +211,7 @@ def forward(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | N
     a = _Args(input, rois, offset, mask, pooled, spatial_scale, sampling_ratio, aligned)
     out = input.new_empty(rois.shape[0], input.shape[1], *pooled)
     with threads_for(a.work):
-        _forward(input.numpy(), a.batch, a.geo, a.grid, a.offset, a.has_offset, gamma, a.mask,
-                 a.has_mask, out.numpy(), _CHANNEL_BLOCK)
+        _forward(_planes(input), *a.common(gamma), out.numpy(), _CHANNEL_BLOCK, a.table_size)
     return out
 
 
@@ -187,13 +224,13 @@ def backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | Non
     grad_input = torch.zeros_like(input)
     grad_offset = input.new_zeros(rois.shape[0], 2, *pooled)
     grad_mask = torch.zeros_like(mask) if mask is not None else input.new_zeros(1, 2, 1, 1)
-    common = (a.batch, a.geo, a.grid, a.offset, a.has_offset, gamma, a.mask, a.has_mask,
-              grad_out.numpy())
     with threads_for(a.work):
         if need_input:
             blocks = max(1, min(input.shape[1], 4 * numba.get_num_threads()))
-            _input_grad(*common, grad_input.numpy(), blocks)
+            _input_grad(*a.common(gamma), grad_out.numpy(), _planes(grad_input), blocks,
+                        a.table_size)
         if need_offset_mask:
-            _offset_mask_grad(input.numpy(), *common, grad_offset.numpy(), grad_mask.numpy())
+            _offset_mask_grad(_planes(input), *a.common(gamma), grad_out.numpy(),
+                              grad_offset.numpy(), grad_mask.numpy(), a.table_size)
     return (grad_input, grad_offset if offset is not None else input.new_empty(0),
             grad_mask if mask is not None else input.new_empty(0))
