@@ -197,3 +197,19 @@ def test_classification_logits(name):
     model = _build(name).eval()
     with torch.no_grad():
         assert model(_images()).shape == (2, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", ["faster_rcnn_resnet50", "rfcn_resnet50", "deeplab_resnet50"])
+def test_modulated_variants_train(name):
+    kwargs = _tiny_kwargs(name)
+    kwargs["backbone_kwargs"] = {**kwargs["backbone_kwargs"], "modulated": True}
+    if models.model_task(name) == "detection":
+        kwargs["modulated_head"] = True
+    model = models.create(name, NUM_CLASSES, **kwargs).train()
+    branches = [m for m in model.modules() if isinstance(m, OffsetBranchMixin)]
+    assert branches and all(m.modulated for m in branches)
+    loss = sum(_losses(model, name).values())
+    assert math.isfinite(loss.item())
+    loss.backward()
+    for module in branches:
+        assert any(p.grad.abs().sum() > 0 for p in module.offset_parameters()), module
