@@ -38,9 +38,11 @@ def in_process():
     torch.set_num_threads(threads)
 
 
-def _finish(proc: subprocess.Popen, expect: int = 0) -> str:
+def _finish(proc: subprocess.Popen, expect: int | None = 0) -> str:
+    """Wait for ``proc``; its exit code must be ``expect`` (``None``: any failure)."""
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == expect, f"exit code {proc.returncode}, output:\n{out}"
+    ok = proc.returncode != 0 if expect is None else proc.returncode == expect
+    assert ok, f"exit code {proc.returncode}, output:\n{out}"
     return out
 
 
@@ -63,12 +65,15 @@ def test_two_process_ddp_matches_single_process(tmp_path, in_process):
     # 2 ranks x batch 2 see, step by step, the same samples as 1 process x batch 4
     # (rank r takes every other index of the same permutation), and DDP averages the
     # gradients: without dropout both runs follow the same trajectory up to rounding.
-    # CPU processes (gloo) whatever hardware the test machine has.
+    # CPU processes (gloo) whatever hardware the test machine has. The DDP job is killed
+    # after iteration 4 and resumed from its iteration-3 checkpoint on the way.
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     common = ["6", "--dropout", "0", "--device", "cpu", "--eval-extra"]
-    proc = _start(str(ddp), *common, "--batch-size", "2", torchrun=True)
+    killed = _start(str(ddp), *common, "--batch-size", "2", torchrun=True, kill_at=4)
     in_process([str(single), *common, "--batch-size", "4"])
-    _finish(proc)
+    _finish(killed, expect=None)  # torchrun reports the failed workers
+    assert load_checkpoint(ddp / "last.pt")["iteration"] == 3
+    _finish(_start(str(ddp), *common, "--batch-size", "2", "--resume", torchrun=True))
 
     rank0 = torch.load(ddp / "rank0.pt", weights_only=True)
     rank1 = torch.load(ddp / "rank1.pt", weights_only=True)
