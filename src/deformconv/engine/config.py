@@ -27,9 +27,11 @@ class TrainConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    # Offset branches (parameters named "*offset*") train at lr * offset_lr_mult. The
+    # Offset branches (parameters named "*offset*") train at lr * offset_lr_mult: the
     # original Deformable ConvNets code uses a reduced learning rate for offset branches
-    # (the paper's β); 0.1 keeps the zero-initialised offsets from jumping early on.
+    # (the paper scales them by β, 0.01 for the fc of deformable RoI pooling). 0.1 keeps
+    # the zero-initialised offsets from moving fast while the rest of the net is unsettled.
+    # A model with a param_groups(base_lr) method sets its own multipliers instead.
     offset_lr_mult: float = 0.1
     warmup_iters: int = 0  # linear warm-up from warmup_factor * lr to lr
     warmup_factor: float = 1.0 / 3.0  # starting fraction of lr during warm-up (Detectron's 1/3)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["IGNORE_INDEX", "confusion_matrix", "iou_from_confusion", "top1_correct"]
+from ..data import IGNORE_INDEX  # 255: "void" pixels (VOC convention), excluded from metrics
 
-IGNORE_INDEX = 255  # label value of "void" pixels (VOC convention), excluded from every metric
+__all__ = ["IGNORE_INDEX", "confusion_matrix", "iou_from_confusion", "top1_correct"]
 
 
 def top1_correct(logits: Tensor, targets: Tensor) -> int:

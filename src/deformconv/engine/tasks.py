@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
+from ..data import detection_collate
 from .coco import coco_map, detection_record
 from .distributed import all_gather_objects, all_reduce_sum
 from .metrics import IGNORE_INDEX, confusion_matrix, iou_from_confusion, top1_correct
@@ -40,11 +41,6 @@ __all__ = [
 PRIMARY_METRIC = {"classification": "top1", "segmentation": "miou", "detection": "AP"}
 
 
-def _detection_collate(batch: Sequence[tuple[Tensor, dict]]) -> tuple[list[Tensor], list[dict]]:
-    images, targets = zip(*batch, strict=True)
-    return list(images), list(targets)
-
-
 def _stack_collate(batch: Sequence[Any]) -> Any:
     try:
         return default_collate(batch)
@@ -59,7 +55,7 @@ def _stack_collate(batch: Sequence[Any]) -> Any:
 
 def collate_fn(task: str) -> Callable[[Sequence[Any]], Any]:
     """Stacked tensors for classification/segmentation, lists of images and dicts for detection."""
-    return _detection_collate if task == "detection" else _stack_collate
+    return detection_collate if task == "detection" else _stack_collate
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
