@@ -1,8 +1,20 @@
 """Deformable networks of the DCN paper and their plain twins, built by name.
 
-Classification ``resnet50/101``; segmentation ``deeplab_resnet50/101``; detection
-``faster_rcnn_resnet50/101`` and ``rfcn_resnet50/101``. ``create(name, num_classes,
-deformable=False)`` gives the plain twin. Needs torchvision (the ``vision`` extra).
+``create(name, num_classes, deformable=True, **kwargs)``; ``deformable=False`` gives the
+plain twin (same parameter names minus the offset branches). What ``forward`` takes and
+returns, by ``model_task(name)``:
+
+- classification (``resnet50``, ``resnet101``): ``model(images (N, 3, H, W)) -> logits
+  (N, classes)``.
+- segmentation (``deeplab_resnet50/101``): ``model(images) -> logits (N, classes, H, W)``
+  at the input size; ``model(images, masks (N, H, W) int64) -> {"loss_seg": loss}``
+  (255 = ignore), also ``model.loss(logits, masks)``.
+- detection (``faster_rcnn_resnet50/101``, ``rfcn_resnet50/101``): torchvision's
+  convention, ``model(list of (3, H, W) images in [0, 1], targets)`` -> loss dict in train
+  mode; ``model(images)`` -> ``[{"boxes", "labels", "scores"}]`` per image in eval mode.
+
+Every model has ``load_backbone_state_dict(torchvision_resnet_state_dict)``. Needs
+torchvision (the ``vision`` extra).
 """
 
 from . import deeplab, faster_rcnn, resnet, rfcn

@@ -1,4 +1,4 @@
-"""ResNet-50/101 whose chosen 3×3 convs are deformable (DCN paper, section 3).
+"""ResNet-50/101 whose chosen 3×3 convs are deformable (the DCN paper's backbones).
 
 One ResNet class: a deformable ResNet is this ResNet with ``DeformConv2d`` as the 3×3 conv
 of the last ``deform_blocks[i]`` blocks of stage i, not a parallel class tree. Parameter
