@@ -8,7 +8,7 @@ from torch import nn
 
 from deformconv import models
 from deformconv.models import ResNet, checkpoint_filter_fn
-from deformconv.nn import DeformConv2d, convert_to_deformable
+from deformconv.nn import DeformConv2d, convert_to_deformable, offset_state_keys
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -106,3 +106,14 @@ def test_frozen_stages():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ResNet((1, 1, 1, 1), 0, **kwargs)
+
+
+def test_torchvision_resnet101_state_dict_loads_into_the_deeplab_backbone():
+    state = torchvision.models.resnet101(weights=None).state_dict()
+    model = models.create("deeplab_resnet101", num_classes=21)
+    missing = model.load_backbone_state_dict(state)
+    assert sorted(missing) == sorted(offset_state_keys(model.backbone))
+    own = model.backbone.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in state.items() if k in own)
+    assert {k for k in state if k not in own} == {"fc.weight", "fc.bias"} | {
+        k for k in state if k.endswith("num_batches_tracked")}

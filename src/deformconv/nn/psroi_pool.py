@@ -156,7 +156,9 @@ class DeformPSRoIPool(PSRoIPool, OffsetBranchMixin):
         device = part_mask.device
         per_class = self.output_dim // self.offset_classes
         cls = torch.arange(self.output_dim, device=device) // per_class
-        parts = torch.arange(pooled, device=device) * part // pooled
+        # The op's own float64 formula, so that mask and offset always pick the same part.
+        bins = torch.arange(pooled, dtype=torch.float64, device=device)
+        parts = torch.floor(bins / pooled * part).long()
         return part_mask[:, cls][:, :, parts][:, :, :, parts]
 
     def forward(self, input: Tensor, rois: Tensor | list[Tensor],
