@@ -57,7 +57,7 @@ def exported(request, tmp_path_factory):
     torch.manual_seed(0)
     block = Block(**CONFIGS[request.param]).eval()
     path = tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx"
-    dc_onnx.export(block, (torch.randn(2, 4, 9, 8),), path)
+    dc_onnx.export(block, (torch.randn(2, 4, 9, 8),), path, dynamic_size=True)
     return block, path
 
 
@@ -75,11 +75,11 @@ def test_graph_is_one_standard_deform_conv(exported):
     assert len(nodes[0].input) == (5 if block.mask is not None else 3 + (block.bias is not None))
 
 
-@pytest.mark.parametrize("batch", [2, 3])
-def test_matches_pytorch_with_dynamic_batch(exported, batch):
+@pytest.mark.parametrize(("batch", "height", "width"), [(2, 9, 8), (3, 9, 8), (3, 11, 14)])
+def test_matches_pytorch_with_dynamic_batch_and_size(exported, batch, height, width):
     block, path = exported
     torch.manual_seed(batch)
-    assert dc_onnx.check(block, (torch.randn(batch, 4, 9, 8),), path) <= TOL
+    assert dc_onnx.check(block, (torch.randn(batch, 4, height, width),), path) <= TOL
 
 
 class ExplicitOffsets(nn.Module):
@@ -100,9 +100,10 @@ def test_border_conventions_match(tmp_path):
     torch.manual_seed(1)
     model = ExplicitOffsets().eval()
 
-    def inputs(n):
-        offset = torch.randint(-12, 13, (n, 18, 5, 6)).float() / 2
-        return torch.randn(n, 2, 5, 6), offset, torch.rand(n, 9, 5, 6)
+    def inputs(n, height=5, width=6):
+        offset = torch.randint(-12, 13, (n, 18, height, width)).float() / 2
+        return (torch.randn(n, 2, height, width), offset, torch.rand(n, 9, height, width))
 
-    dc_onnx.export(model, inputs(2), tmp_path / "border.onnx")
+    dc_onnx.export(model, inputs(2), tmp_path / "border.onnx", dynamic_size=True)
     assert dc_onnx.check(model, inputs(3), tmp_path / "border.onnx") <= TOL
+    assert dc_onnx.check(model, inputs(3, 4, 9), tmp_path / "border.onnx") <= TOL

@@ -51,8 +51,17 @@ def test_export_model_matches_at_two_batch_sizes(exported_net):
     net, path, result = exported_net
     assert not net.training  # exported for inference
     assert result.path == str(path) and path.is_file()
-    assert result.checked_batches == (2, 3)
+    assert result.checked_shapes == ((2, 3, 16, 16), (3, 3, 16, 16))
     assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+
+
+def test_dynamic_image_size(tmp_path):
+    net = small_net()
+    result = dc_onnx.export_model(net, torch.randn(2, 3, 16, 16), tmp_path / "net.onnx",
+                                  dynamic_size=True)
+    assert result.checked_shapes == ((2, 3, 16, 16), (3, 3, 19, 21))
+    assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+    assert dc_onnx.check(net, torch.randn(1, 3, 24, 10), tmp_path / "net.onnx") <= 1e-4
 
 
 def test_check_reports_a_real_difference(exported_net):

@@ -14,13 +14,14 @@ pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
 TOL = 1e-4
-H, W = 9, 11
+H, W = 9, 11  # feature map size at export
 
 
-def random_rois(count: int, batch: int, scale: float, seed: int) -> torch.Tensor:
+def random_rois(count: int, batch: int, scale: float, seed: int, height: int = H,
+                width: int = W) -> torch.Tensor:
     """RoIs partly or wholly outside the map, tiny, huge and degenerate (x2 < x1) ones."""
     g = torch.Generator().manual_seed(seed)
-    size = torch.tensor([W, H, W, H]) / scale
+    size = torch.tensor([width, height, width, height]) / scale
     boxes = torch.rand(count, 4, generator=g) * size * 1.6 - size * 0.3
     boxes[: count // 4, 2:] = boxes[: count // 4, :2] - 1.3  # degenerate
     index = torch.randint(0, batch, (count, 1), generator=g).float()
@@ -66,11 +67,12 @@ CASES = {
 }
 
 
-def make_inputs(name: str, rois: int, batch: int, seed: int) -> tuple:
+def make_inputs(name: str, rois: int, batch: int, seed: int, height: int = H,
+                width: int = W) -> tuple:
     module, channels, offset_shape, mask_shape = CASES[name]
     g = torch.Generator().manual_seed(seed)
-    args = [torch.randn(batch, channels, H, W, generator=g),
-            random_rois(rois, batch, module.options["spatial_scale"], seed)]
+    args = [torch.randn(batch, channels, height, width, generator=g),
+            random_rois(rois, batch, module.options["spatial_scale"], seed, height, width)]
     if offset_shape:  # large offsets: bins move far, partly off the map
         args.append(torch.randn(rois, *offset_shape, generator=g) * 2)
     if mask_shape:
@@ -82,7 +84,8 @@ def make_inputs(name: str, rois: int, batch: int, seed: int) -> tuple:
 def exported(request, tmp_path_factory):
     name = request.param
     path = tmp_path_factory.mktemp("onnx") / f"{name}.onnx"
-    dc_onnx.export(CASES[name][0].eval(), make_inputs(name, rois=5, batch=2, seed=0), path)
+    dc_onnx.export(CASES[name][0].eval(), make_inputs(name, rois=5, batch=2, seed=0), path,
+                   dynamic_size=True)
     return name, path
 
 
@@ -95,8 +98,9 @@ def test_graph_uses_only_standard_ops(exported):
     assert ("", "Gather") in ops
 
 
-@pytest.mark.parametrize(("rois", "batch"), [(5, 2), (7, 3), (0, 3)])
-def test_matches_pytorch_for_any_roi_count(exported, rois, batch):
+@pytest.mark.parametrize(("rois", "batch", "height", "width"),
+                         [(5, 2, H, W), (7, 3, 12, 7), (0, 3, H, W), (1, 1, 5, 16)])
+def test_matches_pytorch_for_any_roi_count_and_map_size(exported, rois, batch, height, width):
     name, path = exported
-    inputs = make_inputs(name, rois=rois, batch=batch, seed=rois + batch)
+    inputs = make_inputs(name, rois, batch, seed=rois + batch, height=height, width=width)
     assert dc_onnx.check(CASES[name][0], inputs, path) <= TOL

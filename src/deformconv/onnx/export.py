@@ -65,18 +65,28 @@ def check_dtypes(model: nn.Module, args: tuple) -> None:
             )
 
 
-def batch_dynamic_shapes(args: tuple) -> tuple:
-    """Mark dim 0 of every tensor argument dynamic (batch size, or RoI count for rois)."""
-    for i, tensor in enumerate(tensor_leaves(args)):
-        if tensor.dim() and tensor.shape[0] < 2:
-            raise ValueError(
-                f"dynamic_batch needs example inputs with a leading size >= 2, got argument {i} "
-                f"of shape {tuple(tensor.shape)}: torch.export specialises sizes 0 and 1"
-            )
-    dim = torch.export.Dim.DYNAMIC
-    return pytree.tree_map(
-        lambda leaf: {0: dim} if isinstance(leaf, Tensor) and leaf.dim() else None, args
-    )
+def dynamic_dims(args: tuple, batch: bool, spatial: bool) -> tuple:
+    """``dynamic_shapes`` for ``args``: with ``batch`` dim 0 of every tensor (batch size, or RoI
+    count for rois) is dynamic; with ``spatial`` the last two dims of every 4-D tensor (H, W)
+    are dynamic unless the model fixes them (RoI offsets (K, 2, ph, pw), say)."""
+    dynamic, auto = torch.export.Dim.DYNAMIC, torch.export.Dim.AUTO
+
+    def spec(leaf: Any) -> dict[int, Any] | None:
+        if not isinstance(leaf, Tensor) or not leaf.dim():
+            return None
+        axes = {0: dynamic} if batch else {}
+        if spatial and leaf.dim() == 4:
+            axes.update({2: auto, 3: auto})
+        return axes or None
+
+    if batch:
+        for i, tensor in enumerate(tensor_leaves(args)):
+            if tensor.dim() and tensor.shape[0] < 2:
+                raise ValueError(
+                    f"dynamic_batch needs example inputs with a leading size >= 2, got argument "
+                    f"{i} of shape {tuple(tensor.shape)}: torch.export specialises sizes 0 and 1"
+                )
+    return pytree.tree_map(spec, args)
 
 
 def export(
@@ -86,6 +96,7 @@ def export(
     *,
     opset: int = MIN_OPSET,
     dynamic_batch: bool = True,
+    dynamic_size: bool = False,
     dynamic_shapes: Any = None,
     input_names: list[str] | None = None,
     output_names: list[str] | None = None,
@@ -99,6 +110,8 @@ def export(
         args: example positional inputs (a tensor or a tuple).
         opset: ONNX opset, at least 19 (``DeformConv``).
         dynamic_batch: make dim 0 of every tensor argument dynamic (examples need dim 0 >= 2).
+        dynamic_size: also make H and W of every 4-D tensor argument dynamic where the model
+            allows it (:func:`export_model` checks that the image size really is).
         dynamic_shapes: passed to ``torch.onnx.export`` instead, when given.
         external_data: store weights in a ``.data`` file beside ``path`` (needed above 2 GB).
 
@@ -113,8 +126,8 @@ def export(
             f"{MIN_OPSET}), got {opset!r}"
         )
     check_dtypes(model, args)
-    if dynamic_shapes is None and dynamic_batch:
-        dynamic_shapes = batch_dynamic_shapes(args)
+    if dynamic_shapes is None and (dynamic_batch or dynamic_size):
+        dynamic_shapes = dynamic_dims(args, batch=dynamic_batch, spatial=dynamic_size)
     program = torch.onnx.export(
         model, args, None, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
         custom_translation_table=translation_table(), input_names=input_names,
@@ -164,11 +177,21 @@ def check(model: nn.Module, args: tuple | Tensor, path: str | os.PathLike) -> fl
 
 @dataclass(frozen=True)
 class ExportResult:
-    """Where the model went and how far onnxruntime is from PyTorch on the checked batches."""
+    """Where a graph went, and how far onnxruntime is from PyTorch on the checked inputs."""
 
     path: str
-    max_abs_diff: float | None
-    checked_batches: tuple[int, ...]
+    max_abs_diff: float | None  # None when not checked
+    checked_shapes: tuple[tuple[int, ...], ...]  # shape of the first input of each check
+
+
+def grow(example: Tensor, batch: bool, spatial: bool) -> Tensor:
+    """Another input for a check: one more image with ``batch``, 3 more rows and 5 more
+    columns with ``spatial``, so dims that were meant to be dynamic are seen to be."""
+    if batch:
+        example = torch.cat([example, example[:1].flip(-1)])
+    if spatial:
+        example = nn.functional.pad(example, (0, 5, 0, 3), mode="replicate")
+    return example
 
 
 def export_model(
@@ -178,19 +201,21 @@ def export_model(
     *,
     opset: int = MIN_OPSET,
     dynamic_batch: bool = True,
+    dynamic_size: bool = False,
     verify: bool = True,
 ) -> ExportResult:
     """Export an image model (input ``(N, C, H, W)``) in eval mode, then check it in onnxruntime.
 
-    With ``dynamic_batch`` the check also runs at batch size N + 1, which proves the batch
-    size is really dynamic in the file.
+    The check runs on ``example_input`` and, when a dim is dynamic, on an input grown along
+    it (batch N + 1; H + 3, W + 5 with ``dynamic_size``).
     """
     model.eval()
-    export(model, (example_input,), path, opset=opset, dynamic_batch=dynamic_batch)
+    export(model, (example_input,), path, opset=opset, dynamic_batch=dynamic_batch,
+           dynamic_size=dynamic_size)
     if not verify:
         return ExportResult(os.fspath(path), None, ())
-    batches = [example_input]
-    if dynamic_batch:
-        batches.append(torch.cat([example_input, example_input[:1].flip(-1)]))
-    diff = max(check(model, (x,), path) for x in batches)
-    return ExportResult(os.fspath(path), diff, tuple(x.shape[0] for x in batches))
+    inputs = [example_input]
+    if dynamic_batch or dynamic_size:
+        inputs.append(grow(example_input, dynamic_batch, dynamic_size))
+    diff = max(check(model, (x,), path) for x in inputs)
+    return ExportResult(os.fspath(path), diff, tuple(tuple(x.shape) for x in inputs))

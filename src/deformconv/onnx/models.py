@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .export import MIN_OPSET, ExportResult, check, export, export_model
+from .export import MIN_OPSET, ExportResult, check, export, export_model, grow
 
 __all__ = ["DetectorFeatures", "RoIHead", "export_detector", "export_registered"]
 
@@ -78,43 +78,48 @@ def example_rois(count: int, batch: int, height: int, width: int, seed: int = 0)
 
 def export_detector(
     detector: nn.Module, images: Tensor, path: str | os.PathLike, *, opset: int = MIN_OPSET,
-    rois: int = 8, verify: bool = True,
+    dynamic_size: bool = True, rois: int = 8, verify: bool = True,
 ) -> tuple[ExportResult, ExportResult]:
     """Export a two-stage detector as ``path`` (features) and ``<stem>.roi_head.onnx``.
 
-    Both graphs have a dynamic batch size; the RoI head also a dynamic RoI count. With
-    ``verify`` each graph is checked in onnxruntime at two batch sizes / RoI counts.
+    Both graphs have a dynamic batch size and, with ``dynamic_size``, a dynamic image /
+    feature-map size; the RoI head also a dynamic RoI count. With ``verify`` each graph is
+    checked in onnxruntime on the example and on a larger input.
     """
     detector.eval()
     path = Path(path)
     features = DetectorFeatures(detector).eval()
-    first = export_model(features, images, path, opset=opset, verify=verify)
+    first = export_model(features, images, path, opset=opset, dynamic_size=dynamic_size,
+                         verify=verify)
     head = RoIHead(detector).eval()
     head_path = path.with_name(f"{path.stem}.roi_head.onnx")
     with torch.no_grad():
         feature_map = features(images)[2]
     height, width = images.shape[-2:]
     boxes = example_rois(rois, images.shape[0], height, width)
-    export(head, (feature_map, boxes), head_path, opset=opset)
+    export(head, (feature_map, boxes), head_path, opset=opset, dynamic_size=dynamic_size)
     if not verify:
         return first, ExportResult(str(head_path), None, ())
-    more_boxes = example_rois(rois + 3, images.shape[0] + 1, height, width, seed=1)
-    more_features = torch.cat([feature_map, feature_map[:1].flip(-1)])
+    more_features = grow(feature_map, batch=True, spatial=dynamic_size)
+    more_boxes = example_rois(rois + 3, more_features.shape[0], height, width, seed=1)
     diff = max(check(head, (feature_map, boxes), head_path),
                check(head, (more_features, more_boxes), head_path))
-    return first, ExportResult(str(head_path), diff, (images.shape[0], images.shape[0] + 1))
+    shapes = (tuple(feature_map.shape), tuple(more_features.shape))
+    return first, ExportResult(str(head_path), diff, shapes)
 
 
 def export_registered(
     name: str, path: str | os.PathLike, *, num_classes: int | None = None,
     image_size: int | tuple[int, int] = 224, batch: int = 2, opset: int = MIN_OPSET,
-    verify: bool = True, seed: int = 0, model: nn.Module | None = None, **model_kwargs,
+    dynamic_size: bool = True, verify: bool = True, seed: int = 0,
+    model: nn.Module | None = None, **model_kwargs,
 ) -> list[ExportResult]:
     """Build registered model ``name`` (or take ``model``, e.g. with loaded weights) and export it.
 
     ``deformconv export MODEL --out model.onnx`` calls this and prints each result's
-    ``max_abs_diff`` (onnxruntime vs PyTorch on random images). Detection models give two
-    files (see :func:`export_detector`).
+    ``max_abs_diff`` (onnxruntime vs PyTorch on random images). Batch size and, with
+    ``dynamic_size``, image size are dynamic. Detection models give two files (see
+    :func:`export_detector`).
     """
     from ..models import create, model_task
 
@@ -126,6 +131,8 @@ def export_registered(
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     images = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
     if task == "detection":
-        return list(export_detector(model, images, path, opset=opset, verify=verify))
-    return [export_model(model, images, path, opset=opset, verify=verify)]
+        return list(export_detector(model, images, path, opset=opset,
+                                    dynamic_size=dynamic_size, verify=verify))
+    return [export_model(model, images, path, opset=opset, dynamic_size=dynamic_size,
+                         verify=verify)]
 

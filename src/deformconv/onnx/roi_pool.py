@@ -3,8 +3,8 @@
 ONNX has no deformable RoI pooling operator, so each op becomes a small graph: the sample
 positions of every (RoI, bin, sample) are computed with elementwise ops, the four bilinear
 corners are read with ``Gather`` from the flattened feature map, and the samples are averaged
-with ``ReduceSum``. The number of RoIs K and the batch size stay dynamic; channels, the map
-size and the pooling geometry are static. Semantics: shared/SPEC.md.
+with ``ReduceSum``. The RoI count K, the batch size and the map size (H, W) may be dynamic;
+channels and the pooling geometry are static. Semantics: shared/SPEC.md.
 """
 
 from __future__ import annotations
@@ -27,27 +27,38 @@ def ints(values) -> ir.Value:
     return op.Constant(value=ir.tensor(np.asarray(values, dtype=np.int64)))
 
 
+class MapSize:
+    """(H, W) of a feature map read from its shape at run time: int64 and float scalars."""
+
+    def __init__(self, input: ir.Value, dtype: ir.DataType) -> None:
+        shape = op.Shape(input)
+        self.height, self.width = op.Gather(shape, ints(2)), op.Gather(shape, ints(3))
+        self.height_f = op.Cast(self.height, to=dtype)
+        self.width_f = op.Cast(self.width, to=dtype)
+        self.pixels = op.Mul(self.height, self.width)
+
+
 def bilinear_gather(
-    flat: ir.Value, base: ir.Value, y: ir.Value, x: ir.Value, height: int, width: int,
+    flat: ir.Value, base: ir.Value, y: ir.Value, x: ir.Value, size: MapSize,
     dtype: ir.DataType, per_channel: bool,
 ) -> ir.Value:
     """Bilinear samples of ``flat`` at (y, x) clamped into the map (RoIAlign's border rule).
 
-    ``flat`` is the feature map flattened so that ``flat[base + row * width + col]`` is the
-    pixel (``Gather`` on axis 0; ``per_channel``: ``flat`` is (pixels, C) and the
-    result gets a trailing channel axis). Positions are
-    clamped to [0, height-1] x [0, width-1]; the upper corner is clamped too, where its
-    weight is zero anyway.
+    ``flat`` is the feature map flattened so that ``flat[base + row * W + col]`` is the pixel
+    (``Gather`` on axis 0); with ``per_channel``, ``flat`` is (pixels, C) and the result gets
+    a trailing channel axis. Positions are clamped to [0, H-1] x [0, W-1]; the upper corner
+    is clamped too, where its weight is zero anyway.
     """
-    y = op.Clip(y, floats(0, dtype), floats(height - 1, dtype))
-    x = op.Clip(x, floats(0, dtype), floats(width - 1, dtype))
+    one, one_i = floats(1, dtype), ints(1)
+    y = op.Clip(y, floats(0, dtype), op.Sub(size.height_f, one))
+    x = op.Clip(x, floats(0, dtype), op.Sub(size.width_f, one))
     y0f, x0f = op.Floor(y), op.Floor(x)
     ly, lx = op.Sub(y, y0f), op.Sub(x, x0f)
-    hy, hx = op.Sub(floats(1, dtype), ly), op.Sub(floats(1, dtype), lx)
+    hy, hx = op.Sub(one, ly), op.Sub(one, lx)
     y0, x0 = op.Cast(y0f, to=ir.DataType.INT64), op.Cast(x0f, to=ir.DataType.INT64)
-    y1 = op.Min(op.Add(y0, ints(1)), ints(height - 1))
-    x1 = op.Min(op.Add(x0, ints(1)), ints(width - 1))
-    rows = [op.Add(base, op.Mul(y0, ints(width))), op.Add(base, op.Mul(y1, ints(width)))]
+    y1 = op.Min(op.Add(y0, one_i), op.Sub(size.height, one_i))
+    x1 = op.Min(op.Add(x0, one_i), op.Sub(size.width, one_i))
+    rows = [op.Add(base, op.Mul(y0, size.width)), op.Add(base, op.Mul(y1, size.width))]
     corners = [(rows[0], x0, op.Mul(hy, hx)), (rows[0], x1, op.Mul(hy, lx)),
                (rows[1], x0, op.Mul(ly, hx)), (rows[1], x1, op.Mul(ly, lx))]
     total = None
@@ -94,7 +105,7 @@ def deform_roi_pool(
     """
     check_type(input, "input", "deform_roi_pool decomposition")
     dtype = input.dtype
-    channels, height, width = (static_dim(input, axis, "input") for axis in (1, 2, 3))
+    channels, size = static_dim(input, 1, "input"), MapSize(input, dtype)
     flat = op.Reshape(op.Transpose(input, perm=[0, 2, 3, 1]), ints([-1, channels]))
     batch, (x1, y1, x2, y2) = split_rois(rois)
     shift = 0.5 if aligned else 0.0
@@ -137,11 +148,11 @@ def deform_roi_pool(
         op.Less(op.Reshape(steps_w, ints([1, 1, 1, 1, -1])), to5d(grid_w, [2, 3, 4])),
     )
     outside = op.Or(
-        op.Or(op.Less(y, floats(-1, dtype)), op.Greater(y, floats(height, dtype))),
-        op.Or(op.Less(x, floats(-1, dtype)), op.Greater(x, floats(width, dtype))),
+        op.Or(op.Less(y, floats(-1, dtype)), op.Greater(y, size.height_f)),
+        op.Or(op.Less(x, floats(-1, dtype)), op.Greater(x, size.width_f)),
     )
-    base = op.Mul(to5d(batch, [1, 2, 3, 4]), ints(height * width))
-    values = bilinear_gather(flat, base, y, x, height, width, dtype, per_channel=True)
+    base = op.Mul(to5d(batch, [1, 2, 3, 4]), size.pixels)
+    values = bilinear_gather(flat, base, y, x, size, dtype, per_channel=True)
     keep = op.Unsqueeze(op.And(taken, op.Not(outside)), ints([-1]))
     values = op.Where(keep, values, floats(0, dtype))
     count = op.Max(op.Mul(grid_h, grid_w), floats(1, dtype))  # (K, 1)
@@ -167,7 +178,7 @@ def deform_psroi_pool(
     """
     check_type(input, "input", "deform_psroi_pool decomposition")
     dtype = input.dtype
-    channels, height, width = (static_dim(input, axis, "input") for axis in (1, 2, 3))
+    channels, size = static_dim(input, 1, "input"), MapSize(input, dtype)
     flat = op.Reshape(input, ints([-1]))
     batch, coords = split_rois(rois)
     x1, y1, x2, y2 = (round_half_away(c, dtype) for c in coords)
@@ -212,20 +223,18 @@ def deform_psroi_pool(
                              floats(steps[:, None], dtype)))
     x = op.Add(bin_x, op.Mul(op.Div(to6d(bin_w), floats(sample_per_part, dtype)),
                              floats(steps, dtype)))
-    shape = op.Shape(op.Add(op.Add(y, x), floats(np.zeros((output_dim, p, p, 1, 1)), dtype)))
-    y, x = op.Expand(y, shape), op.Expand(x, shape)
     inside = op.Not(op.Or(
-        op.Or(op.Less(y, floats(-0.5, dtype)), op.Greater(y, floats(height - 0.5, dtype))),
-        op.Or(op.Less(x, floats(-0.5, dtype)), op.Greater(x, floats(width - 0.5, dtype))),
+        op.Or(op.Less(y, floats(-0.5, dtype)), op.Greater(y, op.Sub(size.height_f, half))),
+        op.Or(op.Less(x, floats(-0.5, dtype)), op.Greater(x, op.Sub(size.width_f, half))),
     ))
     plane = op.Add(op.Mul(op.Unsqueeze(batch, ints([1, 2, 3, 4, 5])), ints(channels)),
                    ints(channel[..., None, None]))
-    base = op.Mul(plane, ints(height * width))
-    values = op.Where(inside, bilinear_gather(flat, base, y, x, height, width, dtype,
-                                      per_channel=False),
-                      floats(0, dtype))
-    count = op.ReduceSum(op.CastLike(inside, input), ints([4, 5]), keepdims=0)
-    total = op.ReduceSum(values, ints([4, 5]), keepdims=0)
+    base = op.Mul(plane, size.pixels)
+    values = bilinear_gather(flat, base, y, x, size, dtype, per_channel=False)
+    total = op.ReduceSum(op.Where(inside, values, floats(0, dtype)), ints([4, 5]), keepdims=0)
+    # Positions (and so counts) are shared by the channels of a class: (K, 1 or D, p, p).
+    count = op.ReduceSum(op.Cast(inside, to=dtype), ints([4, 5]), keepdims=0)
+    count = op.Expand(count, op.Shape(total))
     out = op.Where(op.Greater(count, floats(0, dtype)),
                    op.Div(total, op.Max(count, one)), floats(0, dtype))
     return out, count
