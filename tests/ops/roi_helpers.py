@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -44,6 +45,17 @@ def make_rois(gen: torch.Generator, k: int, batch: int, height: float, width: fl
     if not rows:
         return torch.zeros(0, 5, dtype=dtype)
     return torch.stack(rows).to(dtype)
+
+
+@contextmanager
+def below_autograd() -> Iterator[None]:
+    """Run as a custom op's kernel runs: below autograd, where autograd records nothing.
+
+    The device-agnostic backward kernels must work there (private torch API: the guard
+    ``torch.library`` itself puts around a custom op's kernels).
+    """
+    with torch._C._AutoDispatchBelowAutograd():
+        yield
 
 
 def outputs_and_grads(fn: Callable[..., Tensor], leaves: Sequence[Tensor | None],
