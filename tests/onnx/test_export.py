@@ -53,6 +53,10 @@ def test_export_model_matches_at_two_batch_sizes(exported_net):
     assert result.path == str(path) and path.is_file()
     assert result.checked_shapes == ((2, 3, 16, 16), (3, 3, 16, 16))
     assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+    assert result.summary() == (
+        f"{path}: max |onnxruntime - PyTorch| = {result.max_abs_diff:.2e} on inputs of shape "
+        "(2, 3, 16, 16), (3, 3, 16, 16)"
+    )
 
 
 def test_dynamic_image_size(tmp_path):

@@ -183,6 +183,14 @@ class ExportResult:
     max_abs_diff: float | None  # None when not checked
     checked_shapes: tuple[tuple[int, ...], ...]  # shape of the first input of each check
 
+    def summary(self) -> str:
+        """One line for a command's output."""
+        if self.max_abs_diff is None:
+            return f"{self.path}: written (not checked)"
+        shapes = ", ".join(str(shape) for shape in self.checked_shapes)
+        return (f"{self.path}: max |onnxruntime - PyTorch| = {self.max_abs_diff:.2e} "
+                f"on inputs of shape {shapes}")
+
 
 def grow(example: Tensor, batch: bool, spatial: bool) -> Tensor:
     """Another input for a check: one more image with ``batch``, 3 more rows and 5 more

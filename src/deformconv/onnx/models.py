@@ -126,8 +126,9 @@ def export_registered(
     task = model_task(name)
     if model is None:
         classes = DEFAULT_CLASSES[task] if num_classes is None else num_classes
-        torch.manual_seed(seed)
-        model = create(name, num_classes=classes, **model_kwargs)
+        with torch.random.fork_rng():  # reproducible weights, caller's RNG left untouched
+            torch.manual_seed(seed)
+            model = create(name, num_classes=classes, **model_kwargs)
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     images = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
     if task == "detection":
