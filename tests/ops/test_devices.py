@@ -1,7 +1,7 @@
-"""The ops on accelerators (the device-agnostic torch path) against the CPU kernels.
+"""The device-agnostic torch path: on accelerators against the CPU kernels, and autocast.
 
-Skipped where no CUDA device is present; run on a GPU machine with
-``python -m pytest tests/ops/test_devices.py``.
+The CUDA tests are skipped where no CUDA device is present; run them on a GPU machine
+with ``python -m pytest tests/ops/test_devices.py``.
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from deformconv.ops import deform_conv2d
+from deformconv.ops._torch import deform_conv as torch_backend
+from deformconv.ops.reference import deform_conv2d as reference_deform_conv2d
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 CONFIGS = [
     # (n, cin, cout, h, w, kernel, stride, padding, dilation, groups, offset_groups, mask)
@@ -21,6 +23,7 @@ CONFIGS = [
 ]
 
 
+@needs_cuda
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_deform_conv2d_cuda_matches_cpu(config, dtype):
@@ -51,6 +54,7 @@ def test_deform_conv2d_cuda_matches_cpu(config, dtype):
         torch.testing.assert_close(on_cuda, on_cpu, **tol, msg=lambda m, name=name: f"{name}: {m}")
 
 
+@needs_cuda
 def test_deform_conv2d_cuda_half_computes_in_float32():
     x = torch.randn(1, 4, 8, 8, device="cuda", dtype=torch.float16)
     weight = torch.randn(4, 4, 3, 3, device="cuda", dtype=torch.float16)
@@ -59,3 +63,46 @@ def test_deform_conv2d_cuda_half_computes_in_float32():
     expected = torch.nn.functional.conv2d(x.float(), weight.float()).half()
     assert out.dtype == torch.float16
     torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-3)
+
+
+@torch.library.custom_op("deformconv_test::fallback_backward", mutates_args=())
+def _fallback_backward_in_op(
+    grad_out: torch.Tensor, x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
+    mask: torch.Tensor,
+) -> list[torch.Tensor]:
+    geometry = ((2, 1), (1, 0), (1, 2))
+    return list(torch_backend.backward(grad_out, x, offset, weight, mask, geometry,
+                                       True, True, True))
+
+
+def test_fallback_backward_works_inside_a_custom_op():
+    # Custom ops run below autograd; the fallback backward must not rely on it.
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 6, 7, 9, generator=gen, dtype=torch.float64)
+    weight = torch.randn(4, 3, 3, 2, generator=gen, dtype=torch.float64)
+    offset = 3 * torch.randn(2, 36, 4, 7, generator=gen, dtype=torch.float64)
+    mask = torch.rand(2, 18, 4, 7, generator=gen, dtype=torch.float64)
+    grad_out = torch.randn(2, 4, 4, 7, generator=gen, dtype=torch.float64)
+    got = _fallback_backward_in_op(grad_out, x, offset, weight, mask)
+    leaves = [t.clone().requires_grad_() for t in (x, offset, weight, mask)]
+    out = reference_deform_conv2d(leaves[0], leaves[1], leaves[2], None, (2, 1), (1, 0), (1, 2),
+                                  leaves[3])
+    expected = torch.autograd.grad(out, leaves, grad_out)
+    for name, g, e in zip(["input", "offset", "weight", "mask"], got, expected, strict=True):
+        torch.testing.assert_close(g, e, msg=lambda m, name=name: f"grad {name}: {m}")
+
+
+def test_deform_conv2d_under_bf16_autocast_runs_in_float32():
+    # The offset branch's conv yields bf16 under autocast while the features stay float32.
+    x = torch.randn(1, 4, 8, 8, requires_grad=True)
+    weight = torch.randn(4, 4, 3, 3, requires_grad=True)
+    offset_conv = torch.nn.Conv2d(4, 18, 3, padding=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        offset = offset_conv(x)
+        assert offset.dtype == torch.bfloat16
+        out = deform_conv2d(x, offset, weight, padding=1)
+    assert out.dtype == torch.float32
+    expected = deform_conv2d(x, offset.float(), weight, padding=1)
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    assert x.grad is not None and offset_conv.weight.grad is not None

@@ -61,6 +61,17 @@ def check_same_dtype_device(
             )
 
 
+def float32_under_autocast(device_type: str, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """Cast ``tensors`` to float32 when autocast is on for ``device_type``, else return them.
+
+    Under autocast an offset branch (a conv) yields bf16/fp16 while the features stay
+    float32; sampling positions need full precision, so these ops run in float32 there.
+    """
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    return tuple(None if t is None else t.float() for t in tensors)
+
+
 def check_no_nan(name: str, tensor: Tensor) -> None:
     """NaN positions make sampling meaningless: refuse them instead of returning garbage."""
     if tensor.numel() and bool(torch.isnan(tensor).any()):

@@ -12,7 +12,14 @@ from torch import Tensor
 
 from ._numba import deform_conv as numba_backend
 from ._torch import deform_conv as torch_backend
-from ._utils import UPCAST_DTYPES, check_no_nan, check_same_dtype_device, check_tensor, pair
+from ._utils import (
+    UPCAST_DTYPES,
+    check_no_nan,
+    check_same_dtype_device,
+    check_tensor,
+    float32_under_autocast,
+    pair,
+)
 
 __all__ = ["deform_conv2d"]
 
@@ -89,6 +96,10 @@ def _backward(ctx, grad_out: Tensor):
 
 
 _deform_conv2d.register_autograd(_backward, setup_context=_setup_context)
+# Under autocast the kernels must not see their inner GEMMs autocast to low precision.
+for _op in ("deformconv::deform_conv2d", "deformconv::deform_conv2d_backward"):
+    for _device in ("cpu", "cuda"):
+        torch.library.register_autocast(_op, _device, torch.float32)
 
 
 def _output_size(size: int, kernel: int, stride: int, pad: int, dil: int) -> int:
@@ -181,7 +192,8 @@ def deform_conv2d(
 
     Returns:
         Tensor[N, Cout, Hout, Wout]. float16/bfloat16 inputs are computed in float32 and
-        returned in their own dtype.
+        returned in their own dtype; under autocast all inputs are cast to float32 and the
+        result is float32.
 
     Example::
 
@@ -194,6 +206,9 @@ def deform_conv2d(
     stride_, padding_, dilation_ = (
         pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
     )
+    if isinstance(input, Tensor):
+        input, offset, weight, bias, mask = float32_under_autocast(
+            input.device.type, input, offset, weight, bias, mask)
     _check_arguments(input, offset, weight, bias, mask, stride_, padding_, dilation_)
     dtype = input.dtype
     if dtype in UPCAST_DTYPES:

@@ -2,7 +2,7 @@
 
 A band of output rows ``y0:y1`` is the reference op on the offset rows ``y0:y1`` with
 the row padding shifted by ``y0 * stride_h``, so tiling needs no extra sampling code.
-The backward differentiates each tile's recomputed forward with autograd.
+The backward differentiates each tile's recomputed forward (``autodiff.vjp``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .. import reference
 from .._utils import Tile, tiles
+from .autodiff import vjp
 
 Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
@@ -56,7 +57,7 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
              mask: Tensor | None, geometry: Geometry, need_input: bool, need_offset_mask: bool,
              need_weight: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients (input, offset, weight, mask), like the Numba backward."""
-    del need_input, need_offset_mask, need_weight  # autograd computes all of them at once
+    del need_input, need_offset_mask, need_weight  # one vjp computes all of them at once
     n, hout = input.shape[0], offset.shape[2]
     grad_input = torch.zeros_like(input)
     grad_offset = torch.zeros_like(offset)
@@ -64,14 +65,14 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
     grad_mask = torch.zeros_like(mask) if mask is not None else offset.new_empty(0)
     for tile in tiles(n, hout, 2 * _row_bytes(input, offset, weight)):
         images, rows = slice(tile.n0, tile.n1), slice(tile.y0, tile.y1)
-        with torch.enable_grad():
-            x = input[images].detach().requires_grad_()
-            off = offset[images].detach().requires_grad_()
-            w = weight.detach().requires_grad_()
-            m = None if mask is None else mask[images].detach().requires_grad_()
-            out = _tile_forward(tile, x, off, w, m, geometry)
-            leaves = [x, off, w] + ([m] if m is not None else [])
-            grads = torch.autograd.grad(out, leaves, grad_out[images, :, rows])
+        primals = (input[images], offset[images], weight)
+        if mask is not None:
+            primals += (mask[images],)
+
+        def tile_forward(x, off, w, m=None, tile=tile):
+            return _tile_forward(tile, x, off, w, m, geometry)
+
+        grads = vjp(tile_forward, primals, grad_out[images, :, rows])
         grad_input[images] += grads[0]
         grad_offset[images, :, rows] = grads[1][:, :, rows]
         grad_weight += grads[2]
