@@ -517,6 +517,15 @@ class TestEdgeCases:
         for name, value in first.items():
             assert torch.equal(value, second[name]), name
 
+    def test_meta_tensors_give_output_shape(self):
+        """Shape inference on the meta device (meta-initialised models, FLOP counters)."""
+        case = Case(groups=2, offset_groups=2, stride=(2, 1), dilation=(1, 2))
+        tensors = {k: v.float().to("meta") for k, v in make_tensors(case).items()}
+        out = fast_op(case)(**tensors)
+        assert out.device.type == "meta"
+        assert out.shape == (case.n, case.cout, *case.out_size)
+        assert out.dtype == torch.float32
+
     @pytest.mark.parametrize("dtype, rtol", [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
     def test_half_precision_computed_in_float32(self, dtype, rtol):
         case = Case(offset_groups=2, groups=2)
