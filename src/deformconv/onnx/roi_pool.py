@@ -58,17 +58,17 @@ def bilinear_gather(
     y0, x0 = op.Cast(y0f, to=ir.DataType.INT64), op.Cast(x0f, to=ir.DataType.INT64)
     y1 = op.Min(op.Add(y0, one_i), op.Sub(size.height, one_i))
     x1 = op.Min(op.Add(x0, one_i), op.Sub(size.width, one_i))
-    rows = [op.Add(base, op.Mul(y0, size.width)), op.Add(base, op.Mul(y1, size.width))]
-    corners = [(rows[0], x0, op.Mul(hy, hx)), (rows[0], x1, op.Mul(hy, lx)),
-               (rows[1], x0, op.Mul(ly, hx)), (rows[1], x1, op.Mul(ly, lx))]
-    total = None
-    for row, col, weight in corners:
-        value = op.Gather(flat, op.Add(row, col), axis=0)
-        if per_channel:  # one value per channel: the weight broadcasts over channels
-            weight = op.Unsqueeze(weight, ints([-1]))
-        term = op.Mul(value, weight)
-        total = term if total is None else op.Add(total, term)
-    return total
+    if per_channel:  # one value per channel: the weights broadcast over channels
+        hy, ly, hx, lx = (op.Unsqueeze(w, ints([-1])) for w in (hy, ly, hx, lx))
+
+    def row(y_index: ir.Value) -> ir.Value:
+        """Interpolate along x on one row: (1 - lx) * left + lx * right."""
+        start = op.Add(base, op.Mul(y_index, size.width))
+        left = op.Gather(flat, op.Add(start, x0), axis=0)
+        right = op.Gather(flat, op.Add(start, x1), axis=0)
+        return op.Add(op.Mul(left, hx), op.Mul(right, lx))
+
+    return op.Add(op.Mul(row(y0), hy), op.Mul(row(y1), ly))
 
 
 def split_rois(rois: ir.Value) -> tuple[ir.Value, list[ir.Value]]:
