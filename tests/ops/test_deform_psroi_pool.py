@@ -61,8 +61,8 @@ class TestDeformPSRoIPool:
         size=st.tuples(st.integers(1, 9), st.integers(1, 9)),
         k=st.integers(0, 7),
         output_dim=st.sampled_from([1, 2, 4]),
-        group_size=st.sampled_from([1, 2, 3]),
-        pooled_size=st.integers(1, 4),
+        group_size=st.sampled_from([1, 2, 3, 7]),
+        pooled_size=st.sampled_from([1, 2, 3, 4, 7]),
         part_size=st.integers(1, 4),
         sample_per_part=st.integers(1, 4),
         classes=st.sampled_from([0, 1, 2]),  # 0: no offset
