@@ -67,9 +67,11 @@ def float32_under_autocast(device_type: str, *tensors: Tensor | None) -> tuple[T
     Under autocast an offset branch (a conv) yields bf16/fp16 while the features stay
     float32; sampling positions need full precision, so these ops run in float32 there.
     """
-    if not torch.is_autocast_enabled(device_type):
+    if not (torch.amp.is_autocast_available(device_type)
+            and torch.is_autocast_enabled(device_type)):
         return tensors
-    return tuple(None if t is None else t.float() for t in tensors)
+    return tuple(t.float() if isinstance(t, Tensor) and t.is_floating_point() else t
+                 for t in tensors)
 
 
 def check_no_nan(name: str, tensor: Tensor) -> None:

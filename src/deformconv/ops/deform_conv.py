@@ -24,14 +24,25 @@ from ._utils import (
 __all__ = ["deform_conv2d"]
 
 
+def _run_forward(backend, input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
+                 mask: Tensor | None, ints: tuple[int, ...]) -> Tensor:
+    """The registered op's body: checks (the op may be called directly), then ``backend``."""
+    geometry = ((ints[0], ints[1]), (ints[2], ints[3]), (ints[4], ints[5]))
+    _check_arguments(input, offset, weight, bias, mask, *geometry)
+    check_no_nan("offset", offset)
+    if input.shape[2] == 0 or input.shape[3] == 0:  # every sample reads zero padding
+        out = input.new_zeros(input.shape[0], weight.shape[0], *offset.shape[2:])
+        return out if bias is None else out + bias.view(1, -1, 1, 1)
+    return backend.forward(input, offset, weight, bias, mask, geometry)
+
+
 @torch.library.custom_op("deformconv::deform_conv2d", mutates_args=())
 def _deform_conv2d(
     input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, mask: Tensor | None,
     stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
 ) -> Tensor:
-    check_no_nan("offset", offset)
-    geometry = ((stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w))
-    return torch_backend.forward(input, offset, weight, bias, mask, geometry)
+    ints = (stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
+    return _run_forward(torch_backend, input, offset, weight, bias, mask, ints)
 
 
 @_deform_conv2d.register_kernel("cpu")
@@ -39,9 +50,8 @@ def _deform_conv2d_cpu(
     input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, mask: Tensor | None,
     stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
 ) -> Tensor:
-    check_no_nan("offset", offset)
-    geometry = ((stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w))
-    return numba_backend.forward(input, offset, weight, bias, mask, geometry)
+    ints = (stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
+    return _run_forward(numba_backend, input, offset, weight, bias, mask, ints)
 
 
 @_deform_conv2d.register_fake
@@ -59,6 +69,10 @@ def _deform_conv2d_backward(
     need_input: bool, need_offset_mask: bool, need_weight: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     geometry = ((stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w))
+    if input.shape[2] == 0 or input.shape[3] == 0:  # the output did not depend on anything
+        grad_mask = torch.zeros_like(mask) if mask is not None else offset.new_empty(0)
+        return (torch.zeros_like(input), torch.zeros_like(offset), torch.zeros_like(weight),
+                grad_mask)
     backend = numba_backend if input.device.type == "cpu" else torch_backend
     return backend.backward(
         grad_out, input, offset, weight, mask, geometry, need_input, need_offset_mask, need_weight
