@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from deformconv.ops import _utils, deform_conv2d, reference
+from deformconv.ops import deform_conv as op_module
 from deformconv.ops._numba import deform_conv as numba_backend
 from deformconv.ops._torch import deform_conv as torch_backend
 
@@ -225,6 +226,21 @@ class TestAgainstReference:
         expected = expected_results(case, tensors, grad_out)
         expected.pop("grad_bias", None)
         actual = fallback_results(case, tensors, grad_out.to(dtype))
+        assert_results_close(actual, expected, TOLERANCE[dtype])
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+    @given(case=cases(max_batch=3), seed=st.integers(0, 2**31 - 1))
+    def test_fallback_inside_registered_op(self, dtype, case, seed):
+        """The fallback as other devices run it: inside the registered op's kernels, where
+        autograd records nothing. On the CPU it gets there by swapping out the Numba backend."""
+        tensors = make_tensors(case, dtype, seed)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        expected = expected_results(case, tensors, grad_out)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(op_module, "numba_backend", torch_backend)
+            patch.setattr(numba_backend, "forward", None)  # any Numba call now fails loudly
+            patch.setattr(numba_backend, "backward", None)
+            actual = run_with_grads(fast_op(case), tensors, grad_out.to(dtype))
         assert_results_close(actual, expected, TOLERANCE[dtype])
 
     @pytest.mark.parametrize(
@@ -533,6 +549,28 @@ class TestEdgeCases:
         second = run_with_grads(fast_op(case), tensors, grad_out)
         for name, value in first.items():
             assert torch.equal(value, second[name]), name
+
+    def test_autocast_runs_in_float32(self):
+        """Under CPU autocast an offset branch yields bfloat16 while the features stay float32:
+        the op accepts the mix, samples and multiplies in float32 (no low-precision GEMM)."""
+        case = Case(n=2, cin=8, cout=8, groups=2, offset_groups=2, height=7, width=6)
+        tensors = make_tensors(case, torch.float32, seed=15)
+        low = {"offset": tensors["offset"].bfloat16(), "mask": tensors["mask"].bfloat16()}
+        grad_out = torch.randn(case.n, case.cout, *case.out_size)
+        expected = run_with_grads(fast_op(case), {**tensors, **{k: v.float() for k, v in
+                                                                low.items()}}, grad_out)
+
+        def op(**kwargs):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = fast_op(case)(**kwargs)
+            assert out.dtype == torch.float32
+            return out
+
+        actual = run_with_grads(op, {**tensors, **low}, grad_out)
+        for name in ("grad_offset", "grad_mask"):  # gradients come back in the leaves' dtype
+            assert actual[name].dtype == torch.bfloat16
+            expected[name] = expected[name].bfloat16()
+        assert_results_close(actual, expected, 1e-6)
 
     def test_meta_tensors_give_output_shape(self):
         """Shape inference on the meta device (meta-initialised models, FLOP counters)."""
