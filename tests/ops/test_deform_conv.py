@@ -745,12 +745,16 @@ def test_registered_op_checks_arguments():
 
 
 @pytest.fixture(scope="session")
-def boundscheck_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def boundscheck_env(request: pytest.FixtureRequest,
+                    tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Environment that compiles the Numba kernels with bounds checks (out-of-bounds access
     raises instead of reading or writing foreign memory). The cache directory must be a
-    fresh one: otherwise Numba loads the unchecked machine code from the normal cache."""
-    return {"NUMBA_BOUNDSCHECK": "1",
-            "NUMBA_CACHE_DIR": str(tmp_path_factory.mktemp("numba-boundscheck"))}
+    separate one: otherwise Numba loads the unchecked machine code from the normal cache.
+    pytest's cache keeps it between runs (Numba still recompiles when a kernel changes)."""
+    cache = getattr(request.config, "cache", None)
+    directory = (cache.mkdir("numba-boundscheck") if cache is not None
+                 else tmp_path_factory.mktemp("numba-boundscheck"))
+    return {"NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(directory)}
 
 
 _IN_BOUNDS_CALLS = """
