@@ -5,7 +5,8 @@ stride-16 map to 7×7 with 2×2 samples per bin (against ``torchvision.ops.roi_a
 R-FCN's position-sensitive pooling of 300 RoIs from (1, 7·7·21, 38, 63) score maps with
 group size 7 and 4×4 samples per bin (against ``torchvision.ops.ps_roi_align`` with
 sampling_ratio 4: the same number of samples). Each time is the best of N repeats after a
-warm-up: the machine may be shared, and the minimum is the least disturbed measurement.
+warm-up, the ops of a table taking turns (round-robin) so that a burst of load elsewhere on a
+shared machine hits them alike; the minimum is the least disturbed measurement.
 
     python benchmarks/bench_roi_pool.py              # N = 20
     python benchmarks/bench_roi_pool.py --repeats 5  # quicker
@@ -27,13 +28,16 @@ from deformconv.ops import deform_psroi_pool, deform_roi_pool
 STRIDE = 16
 
 
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: Numba compiles or loads its cache, allocators settle
-    best = float("inf")
+def best_times(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Best wall time of each function over ``repeats`` rounds, taking turns within a round."""
+    for fn in fns:
+        fn()  # warm-up: Numba compiles or loads its cache, allocators settle
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
     return best
 
 
@@ -68,19 +72,20 @@ def roi_case(repeats: int) -> list[tuple[str, float, float]]:
     def theirs(x):
         return roi_align(x, rois, **options)
 
-    xg, og = x.clone().requires_grad_(), offset.clone().requires_grad_()
+    names = ["torchvision roi_align", "deform_roi_pool, no offset", "deform_roi_pool, offset"]
+    return _measure(names, theirs, ours, x, offset, repeats)
+
+
+def _measure(names: list[str], theirs: Callable, ours: Callable, x: torch.Tensor,
+             offset: torch.Tensor, repeats: int) -> list[tuple[str, float, float]]:
+    """Forward (no grad) and forward+backward times of theirs, ours, ours with offset."""
     with torch.no_grad():
-        rows = [
-            ("torchvision roi_align", best_time(lambda: theirs(x), repeats)),
-            ("deform_roi_pool, no offset", best_time(lambda: ours(x), repeats)),
-            ("deform_roi_pool, offset", best_time(lambda: ours(x, offset), repeats)),
-        ]
-    backward = [
-        best_time(forward_backward(theirs, xg), repeats),
-        best_time(forward_backward(ours, xg), repeats),
-        best_time(forward_backward(ours, xg, og), repeats),
-    ]
-    return [(name, f, b) for (name, f), b in zip(rows, backward, strict=True)]
+        forward = best_times([lambda: theirs(x), lambda: ours(x), lambda: ours(x, offset)],
+                             repeats)
+    xg, og = x.clone().requires_grad_(), offset.clone().requires_grad_()
+    both = best_times([forward_backward(theirs, xg), forward_backward(ours, xg),
+                       forward_backward(ours, xg, og)], repeats)
+    return list(zip(names, forward, both, strict=True))
 
 
 def psroi_case(repeats: int) -> list[tuple[str, float, float]]:
@@ -98,19 +103,9 @@ def psroi_case(repeats: int) -> list[tuple[str, float, float]]:
     def theirs(x):
         return ps_roi_align(x, rois, k, 1 / STRIDE, sampling_ratio=4)
 
-    xg, og = x.clone().requires_grad_(), offset.clone().requires_grad_()
-    with torch.no_grad():
-        rows = [
-            ("torchvision ps_roi_align", best_time(lambda: theirs(x), repeats)),
-            ("deform_psroi_pool, no offset", best_time(lambda: ours(x), repeats)),
-            ("deform_psroi_pool, offset", best_time(lambda: ours(x, offset), repeats)),
-        ]
-    backward = [
-        best_time(forward_backward(theirs, xg), repeats),
-        best_time(forward_backward(ours, xg), repeats),
-        best_time(forward_backward(ours, xg, og), repeats),
-    ]
-    return [(name, f, b) for (name, f), b in zip(rows, backward, strict=True)]
+    names = ["torchvision ps_roi_align", "deform_psroi_pool, no offset",
+             "deform_psroi_pool, offset"]
+    return _measure(names, theirs, ours, x, offset, repeats)
 
 
 def print_table(title: str, rows: list[tuple[str, float, float]]) -> None:
