@@ -721,6 +721,9 @@ calls = {
     "mask-shape": lambda: op(x, off, w, None, torch.rand(1, 1, 1, 1), *geometry),
     "offset-batch": lambda: op(x, torch.randn(1, 18, 4, 4), w, None, None, *geometry),
     "offset-channels": lambda: op(x, torch.randn(2, 2, 4, 4), w, None, None, *geometry),
+    "stride-0": lambda: op(x, off, w, None, None, 0, 1, 0, 0, 1, 1),
+    "nan-offset": lambda: op(x, off.index_fill(0, torch.tensor([1]), float("nan")), w, None,
+                             None, *geometry),
 }
 """ + _REPORT_CALLS
 
@@ -731,6 +734,8 @@ _DIRECT_CALL_ERRORS = {
     "mask-shape": r"mask\.shape",
     "offset-batch": r"offset\.shape",
     "offset-channels": r"offset\.shape\[1\]",
+    "stride-0": r"stride and dilation must be >= 1",
+    "nan-offset": r"offset contains 288 NaN",
 }
 
 
