@@ -226,3 +226,18 @@ class TestDeformPSRoIPool:
         offset = options.pop("offset", None)
         with pytest.raises(error, match=match):
             deform_psroi_pool(x, rois, offset, **options)
+
+
+def test_registered_op_checks_its_arguments():
+    """Direct calls of the registered ops cannot hand the kernels inconsistent shapes."""
+    x = torch.randn(1, 4, 6, 6)
+    rois = torch.tensor([[0.0, 0, 0, 4, 4]])
+    op = torch.ops.deformconv
+    with pytest.raises(ValueError, match=r"input.shape\[1\] is not valid"):
+        op.deform_psroi_pool(x, rois, None, 1.0, 2, 2, 2, 2, 2, 0.1)
+    with pytest.raises(ValueError, match="part_size must be a positive int"):
+        op.deform_psroi_pool(x, rois, None, 1.0, 1, 2, 2, 0, 2, 0.1)
+    count = torch.ones(1, 1, 2, 2)
+    with pytest.raises(ValueError, match=r"grad_out.shape is not valid"):
+        op.deform_psroi_pool_backward(torch.zeros(3, 1, 2, 2), x, rois, None, count, 1.0, 2, 2,
+                                      2, 0.1, True, True)

@@ -241,3 +241,21 @@ class TestDeformRoIPool:
         kwargs = {"output_size": 2, **kwargs}
         with pytest.raises(error, match=match):
             deform_roi_pool(x, rois, **kwargs)
+
+
+def test_registered_op_checks_its_arguments():
+    """Direct calls of the registered ops cannot hand the kernels inconsistent shapes."""
+    x = torch.randn(1, 3, 6, 6)
+    rois = torch.tensor([[0.0, 0, 0, 4, 4]])
+    op = torch.ops.deformconv
+    with pytest.raises(ValueError, match=r"offset.shape is not valid"):
+        op.deform_roi_pool(x, rois, torch.zeros(1, 2, 3, 3), None, 2, 2, 1.0, 0, 0.1, True)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        op.deform_roi_pool(x.half(), rois.half(), None, None, 2, 2, 1.0, 0, 0.1, True)
+    with pytest.raises(ValueError, match=r"grad_out.shape is not valid"):
+        op.deform_roi_pool_backward(torch.zeros(2, 3, 2, 2), x, rois, None, None, 2, 2, 1.0, 0,
+                                    0.1, True, True, True)
+    x_strided = torch.randn(1, 6, 6, 3).permute(0, 3, 1, 2)
+    torch.testing.assert_close(
+        op.deform_roi_pool(x_strided, rois, None, None, 2, 2, 1.0, 0, 0.1, True),
+        op.deform_roi_pool(x_strided.contiguous(), rois, None, None, 2, 2, 1.0, 0, 0.1, True))

@@ -265,3 +265,17 @@ def psroi_bins(output_dim: int, group_size: int, pooled_size: int, part_size: in
         part_h=part[row], part_w=part[col], row=row, col=col,
     )
     return PSRoIBins(*(t.to(device) for t in vars(tables).values()))
+
+
+def check_compute_dtype(input: Tensor, **others: Tensor | None) -> None:
+    """A registered op's kernels compute in float32 or float64, every tensor in one dtype.
+
+    The public functions upcast float16/bfloat16 before calling the op; this guards direct
+    calls of ``torch.ops.deformconv.*``.
+    """
+    if input.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"the registered op computes in float32 or float64, got input of {input.dtype}; "
+            "call the public function, which computes float16/bfloat16 in float32"
+        )
+    check_same_dtype_device("input", input, **others)

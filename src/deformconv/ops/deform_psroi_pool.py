@@ -17,6 +17,7 @@ from ._numba import deform_psroi_pool as numba_backend
 from ._torch import deform_psroi_pool as torch_backend
 from ._utils import (
     UPCAST_DTYPES,
+    check_compute_dtype,
     check_no_nan,
     check_rois_values,
     check_same_dtype_device,
@@ -27,7 +28,17 @@ from ._utils import (
 __all__ = ["deform_psroi_pool"]
 
 
-def _check_values(input: Tensor, rois: Tensor, offset: Tensor | None) -> None:
+def _check_registered(input: Tensor, rois: Tensor, offset: Tensor | None, output_dim: int,
+                      group_size: int, pooled_size: int, part_size: int,
+                      sample_per_part: int) -> None:
+    """Checks of the registered op itself: it can be called directly, and the kernels trust
+    these shapes and dtypes. Values (RoI indices, NaN) are checked here, not while tracing."""
+    for arg, value in (("output_dim", output_dim), ("group_size", group_size),
+                       ("pooled_size", pooled_size), ("part_size", part_size),
+                       ("sample_per_part", sample_per_part)):
+        _positive_int(arg, value)
+    _check_arguments(input, rois_to_tensor(rois), offset, output_dim, group_size, part_size)
+    check_compute_dtype(input, rois=rois)
     check_rois_values(rois, input.shape[0])
     if offset is not None:
         check_no_nan("offset", offset)
@@ -38,7 +49,8 @@ def _deform_psroi_pool(
     input: Tensor, rois: Tensor, offset: Tensor | None, spatial_scale: float, output_dim: int,
     group_size: int, pooled_size: int, part_size: int, sample_per_part: int, trans_std: float,
 ) -> tuple[Tensor, Tensor]:
-    _check_values(input, rois, offset)
+    _check_registered(input, rois, offset, output_dim, group_size, pooled_size, part_size,
+                      sample_per_part)
     return torch_backend.forward(input, rois, offset, spatial_scale, output_dim, group_size,
                                  pooled_size, part_size, sample_per_part, trans_std)
 
@@ -48,7 +60,8 @@ def _deform_psroi_pool_cpu(
     input: Tensor, rois: Tensor, offset: Tensor | None, spatial_scale: float, output_dim: int,
     group_size: int, pooled_size: int, part_size: int, sample_per_part: int, trans_std: float,
 ) -> tuple[Tensor, Tensor]:
-    _check_values(input, rois, offset)
+    _check_registered(input, rois, offset, output_dim, group_size, pooled_size, part_size,
+                      sample_per_part)
     return numba_backend.forward(input, rois, offset, spatial_scale, output_dim, group_size,
                                  pooled_size, part_size, sample_per_part, trans_std)
 
@@ -62,12 +75,28 @@ def _deform_psroi_pool_fake(
     return input.new_empty(shape), input.new_empty(shape)
 
 
+def _check_backward(grad_out: Tensor, count: Tensor, input: Tensor, rois: Tensor,
+                    offset: Tensor | None, group_size: int, part_size: int,
+                    sample_per_part: int) -> None:
+    check_tensor("grad_out", grad_out, 4)
+    output_dim, pooled_size = grad_out.shape[1], grad_out.shape[2]
+    _check_registered(input, rois, offset, output_dim, group_size, pooled_size, part_size,
+                      sample_per_part)
+    expected = (rois.shape[0], output_dim, pooled_size, pooled_size)
+    for name, tensor in (("grad_out", grad_out), ("count", count)):
+        if tuple(tensor.shape) != expected:
+            raise ValueError(f"{name}.shape is not valid: got {tuple(tensor.shape)}, "
+                             f"expected {expected}")
+    check_same_dtype_device("input", input, grad_out=grad_out, count=count)
+
+
 @torch.library.custom_op("deformconv::deform_psroi_pool_backward", mutates_args=())
 def _deform_psroi_pool_backward(
     grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None, count: Tensor,
     spatial_scale: float, group_size: int, part_size: int, sample_per_part: int,
     trans_std: float, need_input: bool, need_offset: bool,
 ) -> tuple[Tensor, Tensor]:
+    _check_backward(grad_out, count, input, rois, offset, group_size, part_size, sample_per_part)
     return torch_backend.backward(grad_out, input, rois, offset, count, spatial_scale,
                                   group_size, part_size, sample_per_part, trans_std, need_input,
                                   need_offset)
@@ -79,6 +108,7 @@ def _deform_psroi_pool_backward_cpu(
     spatial_scale: float, group_size: int, part_size: int, sample_per_part: int,
     trans_std: float, need_input: bool, need_offset: bool,
 ) -> tuple[Tensor, Tensor]:
+    _check_backward(grad_out, count, input, rois, offset, group_size, part_size, sample_per_part)
     return numba_backend.backward(grad_out, input, rois, offset, count, spatial_scale,
                                   group_size, part_size, sample_per_part, trans_std, need_input,
                                   need_offset)

@@ -15,6 +15,7 @@ from ._numba import deform_roi_pool as numba_backend
 from ._torch import deform_roi_pool as torch_backend
 from ._utils import (
     UPCAST_DTYPES,
+    check_compute_dtype,
     check_no_nan,
     check_rois_values,
     check_same_dtype_device,
@@ -26,7 +27,12 @@ from ._utils import (
 __all__ = ["deform_roi_pool"]
 
 
-def _check_values(input: Tensor, rois: Tensor, offset: Tensor | None) -> None:
+def _check_registered(input: Tensor, rois: Tensor, offset: Tensor | None,
+                      mask: Tensor | None, pooled: tuple[int, int]) -> None:
+    """Checks of the registered op itself: it can be called directly, and the kernels trust
+    these shapes and dtypes. Values (RoI indices, NaN) are checked here, not while tracing."""
+    _check_arguments(input, rois_to_tensor(rois), offset, mask, pooled)
+    check_compute_dtype(input, rois=rois)
     check_rois_values(rois, input.shape[0])
     if offset is not None:
         check_no_nan("offset", offset)
@@ -38,7 +44,7 @@ def _deform_roi_pool(
     pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int, gamma: float,
     aligned: bool,
 ) -> Tensor:
-    _check_values(input, rois, offset)
+    _check_registered(input, rois, offset, mask, (pooled_h, pooled_w))
     return torch_backend.forward(input, rois, offset, mask, (pooled_h, pooled_w), spatial_scale,
                                  sampling_ratio, gamma, aligned)
 
@@ -49,7 +55,7 @@ def _deform_roi_pool_cpu(
     pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int, gamma: float,
     aligned: bool,
 ) -> Tensor:
-    _check_values(input, rois, offset)
+    _check_registered(input, rois, offset, mask, (pooled_h, pooled_w))
     return numba_backend.forward(input, rois, offset, mask, (pooled_h, pooled_w), spatial_scale,
                                  sampling_ratio, gamma, aligned)
 
@@ -63,12 +69,23 @@ def _deform_roi_pool_fake(
     return input.new_empty(rois.shape[0], input.shape[1], pooled_h, pooled_w)
 
 
+def _check_backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None,
+                    mask: Tensor | None, pooled: tuple[int, int]) -> None:
+    _check_registered(input, rois, offset, mask, pooled)
+    expected = (rois.shape[0], input.shape[1], *pooled)
+    if tuple(grad_out.shape) != expected:
+        raise ValueError(f"grad_out.shape is not valid: got {tuple(grad_out.shape)}, "
+                         f"expected {expected}")
+    check_same_dtype_device("input", input, grad_out=grad_out)
+
+
 @torch.library.custom_op("deformconv::deform_roi_pool_backward", mutates_args=())
 def _deform_roi_pool_backward(
     grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
     pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int, gamma: float,
     aligned: bool, need_input: bool, need_offset_mask: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    _check_backward(grad_out, input, rois, offset, mask, (pooled_h, pooled_w))
     return torch_backend.backward(grad_out, input, rois, offset, mask, (pooled_h, pooled_w),
                                   spatial_scale, sampling_ratio, gamma, aligned, need_input,
                                   need_offset_mask)
@@ -80,6 +97,7 @@ def _deform_roi_pool_backward_cpu(
     pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int, gamma: float,
     aligned: bool, need_input: bool, need_offset_mask: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    _check_backward(grad_out, input, rois, offset, mask, (pooled_h, pooled_w))
     return numba_backend.backward(grad_out, input, rois, offset, mask, (pooled_h, pooled_w),
                                   spatial_scale, sampling_ratio, gamma, aligned, need_input,
                                   need_offset_mask)

@@ -222,7 +222,8 @@ def _planes(t: Tensor):
 def forward(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
             pooled: tuple[int, int], spatial_scale: float, sampling_ratio: int, gamma: float,
             aligned: bool) -> Tensor:
-    """(N, C, H, W) -> (K, C, ph, pw); contiguous arguments, already checked."""
+    """(N, C, H, W) -> (K, C, ph, pw); arguments already checked."""
+    input = input.contiguous()  # the kernels read (N, C, H*W) views
     a = _Args(input, rois, offset, mask, pooled, spatial_scale, sampling_ratio, aligned)
     out = input.new_empty(rois.shape[0], input.shape[1], *pooled)
     with threads_for(a.work):
@@ -235,6 +236,7 @@ def backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | Non
              sampling_ratio: int, gamma: float, aligned: bool, need_input: bool,
              need_offset_mask: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (input, offset, mask); empty tensors stand for a missing offset / mask."""
+    input, grad_out = input.contiguous(), grad_out.contiguous()
     a = _Args(input, rois, offset, mask, pooled, spatial_scale, sampling_ratio, aligned)
     grad_input = torch.zeros_like(input)
     grad_offset = input.new_zeros(rois.shape[0], 2, *pooled)
