@@ -1,0 +1,77 @@
+"""The ``deformconv`` command: ``demo``, ``train``, ``eval``, ``viz``, ``bench``, ``export``.
+
+Each subcommand takes flags and an optional ``--config FILE`` (YAML or TOML; flags win).
+User errors (bad paths, unknown models, bad values) print one line and exit with code 2;
+set ``DEFORMCONV_DEBUG=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from . import bench, demo, evaluate, export, train, viz
+from ._common import CLIError, add_config_option, apply_config_file, given_options
+
+__all__ = ["CLIError", "build_parser", "main"]
+
+COMMANDS = (demo, train, evaluate, viz, bench, export)
+DEBUG_ENV = "DEFORMCONV_DEBUG"
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and each subcommand's parser by name."""
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="deformconv",
+        description="Deformable ConvNets (Dai et al., ICCV 2017): train, evaluate and "
+                    "visualise deformable networks and their plain twins; nothing to download.",
+        epilog="start with: deformconv demo   (a few minutes on a laptop CPU)",
+        allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"deformconv {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = {}
+    for module in COMMANDS:
+        sub = module.add_parser(subparsers)
+        sub.allow_abbrev = False  # every option under its full name: see given_options
+        add_config_option(sub)
+        commands[sub.prog.split()[-1]] = sub
+    return parser, commands
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that describe a bad input rather than a bug (one-line message, exit 2)."""
+    errors: list[type[BaseException]] = [CLIError, ValueError, FileNotFoundError,
+                                         NotADirectoryError, IsADirectoryError, PermissionError]
+    from ..data import SampleError
+    from ..engine import CheckpointError
+
+    return (*errors, CheckpointError, SampleError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 1 failed run, 2 bad input)."""
+    parser, commands = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    try:
+        sub = commands[args.command]
+        from_file = apply_config_file(sub, args.config) if args.config else set()
+        if from_file:
+            args = parser.parse_args(argv)  # again: file values are now the defaults
+        # What the user chose (file or flags), as opposed to defaults: resuming a run keeps
+        # the checkpoint's settings except these.
+        args.given = from_file | given_options(sub, argv)
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("deformconv: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as err:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"deformconv {args.command}: error: {message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,220 @@
+"""What every subcommand shares: the error type, config files, ``key=value`` options, output.
+
+Config files (``--config run.yaml`` or ``run.toml``) hold a flat mapping of the
+subcommand's long options, spelled with dashes or underscores (``batch_size: 16``). The
+file sets the defaults and flags given on the command line override them; unknown keys
+and values of the wrong type are refused, naming the valid keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CLIError",
+    "add_config_option",
+    "apply_config_file",
+    "given_options",
+    "load_config_file",
+    "non_negative_int",
+    "parse_assignments",
+    "parse_literal",
+    "positive_float",
+    "positive_int",
+    "write_json",
+]
+
+
+class CLIError(Exception):
+    """A user error: bad path, argument or value. ``main`` prints it on one line, exit code 2."""
+
+
+def _number(text: str, kind: type, check: Any, expected: str) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not check(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` for counts that must be >= 1."""
+    return _number(text, int, lambda v: v >= 1, "an integer >= 1")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type`` for counts that may be 0."""
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type`` for durations and rates that must be > 0."""
+    return _number(text, float, lambda v: v > 0 and math.isfinite(v), "a number > 0")
+
+
+def parse_literal(text: str) -> Any:
+    """``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"[1, 2]"`` -> [1, 2], else the text."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_assignments(items: Sequence[str], option: str) -> dict[str, Any]:
+    """``["a=1", "b.c=x"]`` -> ``{"a": 1, "b": {"c": "x"}}`` (dots make nested dicts)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"{option} expects KEY=VALUE, got {item!r}")
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise CLIError(f"{option}: {key!r} conflicts with the earlier value of {part!r}")
+            node = child
+        node[leaf] = parse_literal(value)
+    return out
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE",
+        help="YAML or TOML file of option values (keys are the long options, e.g. "
+             "batch_size: 16); options given on the command line override it",
+    )
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file holding one mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise CLIError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        import tomllib
+
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise CLIError(f"config file {path}: invalid TOML: {err}") from None
+    elif suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise CLIError("YAML config files need pyyaml: pip install 'deformconv[vision]'") \
+                from None
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise CLIError(f"config file {path}: invalid YAML: {' '.join(str(err).split())}") \
+                from None
+        values = {} if values is None else values
+    else:
+        raise CLIError(f"config file {path}: expected a .yaml, .yml or .toml file")
+    if not isinstance(values, dict):
+        raise CLIError(f"config file {path}: expected a mapping of option: value, "
+                       f"got a {type(values).__name__}")
+    return values
+
+
+def _file_value(action: argparse.Action, key: str, value: Any, path: str) -> Any:
+    """Check (and convert, like a command-line string would be) one value from a file."""
+    where = f"config file {path}: {key}"
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise CLIError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+"):
+        values = value if isinstance(value, list) else [value]
+        return [_convert(action, where, v) for v in values]
+    if isinstance(value, (list, dict)):
+        raise CLIError(f"{where} must be a single value, got {value!r}")
+    return _convert(action, where, value)
+
+
+def _convert(action: argparse.Action, where: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool) and action.type not in (None, str):
+        raise CLIError(f"{where} must be a {getattr(action.type, '__name__', 'value')}, "
+                       f"got {value!r}")
+    if action.type is not None:
+        try:
+            value = action.type(value if isinstance(value, str) else str(value))
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as err:
+            raise CLIError(f"{where}: {err}") from None
+    elif not isinstance(value, str):
+        value = str(value)
+    if action.choices is not None and value not in action.choices:
+        raise CLIError(f"{where} must be one of {sorted(action.choices)}, got {value!r}")
+    return value
+
+
+def given_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """Destinations of the options that ``argv`` names explicitly (``--lr 0.1``, ``--lr=0.1``).
+
+    Needs ``allow_abbrev=False`` on ``parser`` (all subcommands set it), so every option
+    appears under one of its full names.
+    """
+    dests = {s: a.dest for a in parser._actions for s in a.option_strings}
+    return {dests[t.split("=", 1)[0]] for t in argv
+            if t.startswith("-") and t.split("=", 1)[0] in dests}
+
+
+def apply_config_file(parser: argparse.ArgumentParser, path: str) -> set[str]:
+    """Make the file's values the defaults of ``parser`` (so flags still override them);
+    returns the destinations it set."""
+    values = load_config_file(path)
+    actions = {a.dest: a for a in parser._actions
+               if a.option_strings and a.dest not in ("help", "config")}
+    positionals = {a.dest for a in parser._actions if not a.option_strings}
+    defaults = {}
+    for raw_key, value in values.items():
+        key = str(raw_key).replace("-", "_")
+        if key in positionals:
+            raise CLIError(f"config file {path}: {raw_key!r} is a positional argument; give it "
+                           "on the command line")
+        if key not in actions:
+            valid = ", ".join(sorted(actions))
+            raise CLIError(f"config file {path}: unknown key {raw_key!r}; valid keys: {valid}")
+        defaults[key] = _file_value(actions[key], str(raw_key), value, path)
+    parser.set_defaults(**defaults)
+    return set(defaults)
+
+
+def write_json(data: Any, path: str | os.PathLike) -> Path:
+    """Pretty JSON (NaN written as null) to ``path``, folders created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_plain(data), indent=2) + "\n")
+    return path
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return None if not math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return obj.as_posix()
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return _plain(obj.item())
+    return obj

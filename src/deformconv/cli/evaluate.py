@@ -1,0 +1,62 @@
+"""``deformconv eval``: metrics of a trained checkpoint on its validation data (or other data)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._build import (
+    add_data_options,
+    build_datasets,
+    build_model,
+    data_spec_from_args,
+    specs_from_checkpoint,
+)
+from ._common import CLIError, non_negative_int, positive_int, write_json
+from .train import format_metrics
+
+HELP = "evaluate a checkpoint: top-1, mIoU or COCO mAP, printed and written as JSON"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "eval", help=HELP, description=HELP + ". The model and, unless --data is given, the "
+        "validation data are rebuilt from the checkpoint.",
+        epilog="example: deformconv eval runs/train/last.pt --out runs/train/eval.json")
+    parser.add_argument("checkpoint", help="last.pt / best.pt written by train or demo")
+    add_data_options(parser, with_train=False)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda ...")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    parser.add_argument("--workers", type=non_negative_int, default=0)
+    parser.add_argument("--out", help="metrics JSON (default: eval_metrics.json beside the "
+                                      "checkpoint)")
+    parser.set_defaults(run=run_eval)
+    return parser
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..engine import CheckpointError, evaluate, load_weights
+
+    model_spec, data_spec, _ = specs_from_checkpoint(args.checkpoint)
+    data_spec = data_spec_from_args(args, data_spec)
+    task = model_spec.task
+    _, val_set, classes = build_datasets(data_spec, task, need_train=False)
+    expected = classes if task == "classification" else classes + 1
+    if expected != model_spec.num_classes:
+        raise CLIError(f"the data has {classes} classes, the checkpoint's model was trained for "
+                       f"{model_spec.num_classes} outputs")
+    model = build_model(model_spec)
+    try:
+        load_weights(model, args.checkpoint)
+    except CheckpointError as err:
+        raise CLIError(str(err)) from None
+    metrics = evaluate(model, val_set, task, batch_size=args.batch_size, device=args.device,
+                       num_workers=args.workers, bf16=args.bf16, progress=True)
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval_metrics.json")
+    write_json({"checkpoint": args.checkpoint, "model": model_spec.name,
+                "deformable": model_spec.deformable, "task": task,
+                "num_samples": len(val_set), "metrics": metrics}, out)  # type: ignore[arg-type]
+    print(f"{model_spec.name} on {len(val_set)} samples: {format_metrics(metrics)}")  # type: ignore[arg-type]
+    print(f"metrics: {out}")
+    return 0

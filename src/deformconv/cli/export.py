@@ -1,0 +1,97 @@
+"""``deformconv export``: a model of the factory (or a trained checkpoint) to ONNX, checked."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._build import (
+    ModelSpec,
+    build_model,
+    model_spec_from_args,
+    resolve_model_name,
+    specs_from_checkpoint,
+)
+from ._common import CLIError, non_negative_int, positive_int
+
+HELP = "export a model to ONNX and compare onnxruntime with PyTorch"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "export", help=HELP, description=HELP + " (max abs difference on random images). "
+        "Needs the onnx extra. Detection models give two graphs: features and RoI head.",
+        epilog="example: deformconv export resnet50 --out resnet50.onnx --base-channels 16")
+    parser.add_argument("model", nargs="?", help="registered model name (or --checkpoint)")
+    parser.add_argument("--out", required=True, help="ONNX file to write")
+    parser.add_argument("--checkpoint", help="export these trained weights (from train/demo)")
+    parser.add_argument("--num-classes", type=positive_int,
+                        help="classes without background (default: ImageNet 1000, VOC 20, "
+                             "COCO 80)")
+    parser.add_argument("--plain", action="store_true", help="the plain twin")
+    parser.add_argument("--base-channels", type=positive_int, help="ResNet width (64)")
+    parser.add_argument("--deform-blocks", metavar="A,B,C,D",
+                        help="deformable blocks per ResNet stage (default 0,0,0,3)")
+    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra keyword for the model's entry point (repeatable)")
+    parser.add_argument("--image-size", type=positive_int,
+                        help="example image side (default: the checkpoint's data, else 224)")
+    parser.add_argument("--batch", type=positive_int, default=2,
+                        help="example batch size (default 2; the batch size stays dynamic)")
+    parser.add_argument("--opset", type=positive_int, default=19)
+    parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.set_defaults(run=run_export)
+    return parser
+
+
+DEFAULT_CLASSES = {"classification": 1000, "segmentation": 20, "detection": 80}
+
+
+def run_export(args: argparse.Namespace) -> int:
+    try:
+        from ..onnx import export_registered
+        from ..onnx.export import require_onnx
+
+        require_onnx()
+    except ImportError as err:
+        raise CLIError(str(err)) from None
+    from ..engine import CheckpointError, load_weights
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".onnx":
+        raise CLIError(f"--out must name a .onnx file, got {out}")
+    if args.checkpoint:
+        spec, data_spec, _ = specs_from_checkpoint(args.checkpoint)
+        if args.model is not None and args.model != spec.name:
+            raise CLIError(f"model {args.model} differs from the checkpoint's {spec.name}")
+        model = build_model(spec)
+        try:
+            load_weights(model, args.checkpoint)
+        except CheckpointError as err:
+            raise CLIError(str(err)) from None
+        size = args.image_size or data_spec.image_size
+    else:
+        if args.model is None:
+            raise CLIError("give a model name (see deformconv.models.list_models()) or "
+                           "--checkpoint")
+        name, task = resolve_model_name(None, args.model)
+        classes = args.num_classes or DEFAULT_CLASSES[task]
+        size = args.image_size or 224
+        spec = model_spec_from_args(args, classes, image_size=size, name=name, task=task)
+        model = build_model(spec, seed=args.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = export_registered(spec.name, out, model=model, image_size=size,
+                                batch=args.batch, opset=args.opset,
+                                verify=not args.no_check, seed=args.seed)
+    for result in results:
+        diff = ("not checked" if result.max_abs_diff is None
+                else f"max abs difference onnxruntime vs PyTorch: {result.max_abs_diff:.3g}")
+        print(f"{result.path}: {diff}")
+    _print_spec(spec)
+    return 0
+
+
+def _print_spec(spec: ModelSpec) -> None:
+    kind = "deformable" if spec.deformable else "plain"
+    print(f"model: {spec.name} ({kind}), {spec.num_classes} outputs")

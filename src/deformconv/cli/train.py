@@ -1,0 +1,130 @@
+"""``deformconv train``: train a (deformable or plain) model; checkpoints, resume, metrics."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from pathlib import Path
+
+from ._build import (
+    add_data_options,
+    add_model_options,
+    build_datasets,
+    build_model,
+    data_spec_from_args,
+    model_spec_from_args,
+    resolve_model_name,
+    specs_from_checkpoint,
+)
+from ._common import CLIError, non_negative_int, positive_float, positive_int, write_json
+
+HELP = "train a deformable (or --plain) model; writes checkpoints and metrics"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train", help=HELP, description=HELP + ". Checkpoints (last.pt, best.pt), "
+        "metrics.jsonl and config.json go to --out; --resume continues a run exactly.",
+        epilog="example: deformconv train --model deeplab_resnet50 --base-channels 16 "
+               "--image-size 64 --iterations 500 --out runs/seg")
+    add_model_options(parser)
+    add_data_options(parser)
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--iterations", type=positive_int,
+                     help="optimizer steps (default: --epochs passes over the data)")
+    opt.add_argument("--epochs", type=positive_int, default=1)
+    opt.add_argument("--batch-size", type=positive_int, default=8)
+    opt.add_argument("--lr", type=positive_float, default=0.02)
+    opt.add_argument("--momentum", type=float, default=0.9)
+    opt.add_argument("--weight-decay", type=float, default=1e-4)
+    opt.add_argument("--offset-lr-mult", type=float, default=0.1,
+                     help="learning-rate factor of the offset branches")
+    opt.add_argument("--schedule", choices=("step", "cosine"), default="cosine")
+    opt.add_argument("--warmup-iters", type=non_negative_int, default=0)
+    opt.add_argument("--grad-clip", type=positive_float, help="max gradient L2 norm")
+    opt.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
+    run.add_argument("--resume", metavar="CKPT",
+                     help="continue from a checkpoint ('auto': OUT/last.pt when present)")
+    run.add_argument("--checkpoint-every", type=non_negative_int, default=0,
+                     help="iterations between checkpoints (0: only at the end)")
+    run.add_argument("--eval-every", type=non_negative_int, default=0,
+                     help="iterations between validations (0: only at the end)")
+    run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
+    run.add_argument("--seed", type=non_negative_int, default=0)
+    run.add_argument("--workers", type=non_negative_int, default=0,
+                     help="data-loading processes")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run_train)
+    return parser
+
+
+# train's flags -> TrainConfig fields
+CONFIG_FIELDS = {
+    "epochs": "epochs", "iterations": "iterations", "batch_size": "batch_size", "lr": "lr",
+    "momentum": "momentum", "weight_decay": "weight_decay", "offset_lr_mult": "offset_lr_mult",
+    "warmup_iters": "warmup_iters", "schedule": "schedule", "grad_clip": "grad_clip_norm",
+    "bf16": "bf16", "seed": "seed", "checkpoint_every": "checkpoint_every",
+    "eval_every": "eval_every", "out": "out_dir", "workers": "num_workers",
+    "device": "device",
+}
+
+
+def _config_values(args: argparse.Namespace, dests: set[str] | None = None) -> dict:
+    """TrainConfig fields from the flags (only those in ``dests`` when given)."""
+    values = {field: getattr(args, dest) for dest, field in CONFIG_FIELDS.items()
+              if dests is None or dest in dests}
+    if dests is None or "no_progress" in dests:
+        values["progress"] = not args.no_progress
+    return values
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..engine import TrainConfig, train
+
+    given = getattr(args, "given", set())
+    resume = args.resume
+    if resume == "auto" and not (Path(args.out) / "last.pt").is_file():
+        resume = None  # "auto" with nothing to resume: a new run
+    if resume:
+        # The checkpoint decides model, data and settings; flags given now override the
+        # settings (those that fix the data order must match, the engine checks).
+        model_spec, data_spec, state = specs_from_checkpoint(resume)
+        if args.model is not None and args.model != model_spec.name:
+            raise CLIError(f"--model {args.model} differs from the checkpoint's "
+                           f"{model_spec.name}; drop --model to resume")
+        data_spec = data_spec_from_args(args, data_spec)
+        task = model_spec.task
+        train_set, val_set, _ = build_datasets(data_spec, task)
+        values = {**state["config"], **_config_values(args, given), "resume": resume}
+        if resume == "auto":  # OUT/last.pt: keep writing to OUT
+            values["out_dir"] = args.out
+    else:
+        name, task = resolve_model_name(args.task, args.model)
+        data_spec = data_spec_from_args(args)
+        train_set, val_set, classes = build_datasets(data_spec, task)
+        model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
+                                          name=name, task=task)
+        values = {**_config_values(args), "task": task, "resume": args.resume}
+    config = TrainConfig.from_dict(values)
+    model = build_model(model_spec, seed=config.seed)
+    extra = {"model": asdict(model_spec), "data": asdict(data_spec)}
+    result = train(config, model, train_set, val_set, extra=extra)
+    if result.last_checkpoint is not None:  # rank 0
+        summary = {"iteration": result.iteration, "metrics": result.metrics,
+                   "best_metric": result.best_metric,
+                   "last_checkpoint": result.last_checkpoint,
+                   "best_checkpoint": result.best_checkpoint}
+        path = write_json(summary, result.out_dir / "final_metrics.json")
+        print(f"{model_spec.name} ({'plain' if not model_spec.deformable else 'deformable'}), "
+              f"{result.iteration} iterations: " + format_metrics(result.metrics))
+        print(f"checkpoint: {result.last_checkpoint}; metrics: {path}")
+    return 0
+
+
+def format_metrics(metrics: dict) -> str:
+    """The scalar metrics on one line (per-class lists left out)."""
+    parts = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+             for k, v in metrics.items() if isinstance(v, (int, float))]
+    return ", ".join(parts) or "(no validation set)"

@@ -1,0 +1,79 @@
+"""``deformconv viz``: what the offsets of a model learned, as PNG figures and a markdown file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._build import (
+    add_data_options,
+    add_model_options,
+    build_datasets,
+    build_model,
+    data_spec_from_args,
+    model_spec_from_args,
+    resolve_model_name,
+    specs_from_checkpoint,
+)
+from ._common import CLIError, non_negative_int, positive_int
+from ._figures import offset_figures
+
+HELP = "plot the sampling locations (and RoI bin offsets) of deformable layers as PNGs"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "viz", help=HELP, description=HELP + ", with offset statistics and the effective "
+        "dilation per object size in OUT/offsets.md. Give a checkpoint, or a model name for a "
+        "freshly initialised model (its offsets are zero: a regular grid).",
+        epilog="example: deformconv viz runs/train/last.pt --index 3 --count 2 --out runs/viz")
+    parser.add_argument("checkpoint", nargs="?", help="checkpoint written by train or demo")
+    add_model_options(parser)
+    add_data_options(parser, with_train=False)
+    parser.add_argument("--index", type=non_negative_int, default=0,
+                        help="first validation image to draw (default 0)")
+    parser.add_argument("--count", type=positive_int, default=2, help="images to draw")
+    parser.add_argument("--stack-depth", type=positive_int, default=3,
+                        help="deformable layers back-projected together (paper Fig. 5: 3)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="initialisation seed of a fresh model")
+    parser.add_argument("--out", default="runs/viz", help="output folder (default runs/viz)")
+    parser.set_defaults(run=run_viz)
+    return parser
+
+
+def run_viz(args: argparse.Namespace) -> int:
+    from ..engine import CheckpointError, load_weights
+
+    if args.checkpoint:
+        model_spec, data_spec, _ = specs_from_checkpoint(args.checkpoint)
+        if args.model is not None and args.model != model_spec.name:
+            raise CLIError(f"--model {args.model} differs from the checkpoint's "
+                           f"{model_spec.name}; give one or the other")
+        data_spec = data_spec_from_args(args, data_spec)
+        task = model_spec.task
+        _, dataset, _ = build_datasets(data_spec, task, need_train=False)
+        model = build_model(model_spec)
+        try:
+            load_weights(model, args.checkpoint)
+        except CheckpointError as err:
+            raise CLIError(str(err)) from None
+    else:
+        if args.model is None and args.task is None:
+            raise CLIError("give a checkpoint, or --model NAME (or --task) for a fresh model")
+        name, task = resolve_model_name(args.task, args.model)
+        data_spec = data_spec_from_args(args)
+        _, dataset, classes = build_datasets(data_spec, task, need_train=False)
+        model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
+                                          name=name, task=task)
+        model = build_model(model_spec, seed=args.seed)
+    indices = list(range(args.index, args.index + args.count))
+    out = Path(args.out)
+    report = offset_figures(model, dataset, indices, task, out, stack_depth=args.stack_depth)
+    source = args.checkpoint or f"fresh {model_spec.name}"
+    (out / "offsets.md").write_text(f"# Offsets of {source}\n\nImages {indices} of the "
+                                    f"validation data.\n\n{report.markdown()}")
+    for path in report.figures:
+        print(path)
+    print(f"tables: {out / 'offsets.md'}")
+    return 0

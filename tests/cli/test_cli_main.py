@@ -1,0 +1,153 @@
+"""The command itself: help texts, config files, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deformconv.cli import build_parser
+from deformconv.cli._common import CLIError, apply_config_file, parse_assignments
+
+from .helpers import run_cli
+
+SUBCOMMANDS = ("demo", "train", "eval", "viz", "bench", "export")
+
+
+def test_module_and_console_script_help() -> None:
+    done = subprocess.run([sys.executable, "-m", "deformconv", "--help"], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    for name in SUBCOMMANDS:
+        assert name in done.stdout
+    script = Path(sys.executable).with_name("deformconv")
+    if script.exists():  # the console script of an installed package
+        done = subprocess.run([str(script), "bench", "--help"], capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        assert "usage: deformconv bench" in done.stdout
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_subcommand_help(capsys: pytest.CaptureFixture, command: str) -> None:
+    code, out, _ = run_cli(capsys, command, "--help")
+    assert code == 0
+    assert out.startswith(f"usage: deformconv {command}")
+    assert "--config" in out and "example:" in out
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run_cli(capsys)
+    assert code == 2 and "COMMAND" in err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "--model", "resnet5"], "unknown model 'resnet5'; available:"),
+    (["train", "--model", "resnet50", "--task", "detection"],
+     "model 'resnet50' is a classification model, but --task is detection"),
+    (["train", "--data", "imagenet"], "--data must be synthetic"),
+    (["train", "--data", "coco:only.json"], "coco:ANNOTATIONS.json:IMAGE_DIR"),
+    (["train", "--data", "coco:/nonexistent/a.json:/nonexistent/img", "--task", "detection"],
+     "COCO annotation file not found: /nonexistent/a.json"),
+    (["train", "--data", "voc:/nonexistent/voc", "--task", "segmentation"],
+     "VOC root folder not found: /nonexistent/voc"),
+    (["train", "--data", "voc:/tmp", "--task", "classification"],
+     "VOC data is for segmentation models"),
+    (["train", "--deform-blocks", "0,0,3"], "--deform-blocks needs 4 comma-separated counts"),
+    (["train", "--model-arg", "noequals"], "--model-arg expects KEY=VALUE"),
+    (["eval", "/nonexistent/last.pt"], "checkpoint not found: /nonexistent/last.pt"),
+    (["viz"], "give a checkpoint, or --model NAME"),
+    (["bench", "--bench-dir", "/nonexistent/benchmarks"],
+     "benchmark folder not found: /nonexistent/benchmarks"),
+    (["train", "--config", "/nonexistent/run.yaml"], "config file not found"),
+])
+def test_bad_input_gives_one_line_and_code_2(capsys: pytest.CaptureFixture, argv: list[str],
+                                             message: str) -> None:
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"deformconv {argv[0]}: error: ")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "--batch-size", "0"], "expected an integer >= 1, got 0"),
+    (["train", "--lr", "-1"], "expected a number > 0"),
+    (["train", "--schedule", "linear"], "invalid choice: 'linear'"),
+    (["demo", "--minutes", "soon"], "expected a number > 0, got 'soon'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_bad_values_are_argparse_errors(capsys: pytest.CaptureFixture, argv: list[str],
+                                        message: str) -> None:
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_checkpoint_that_is_not_a_checkpoint(capsys: pytest.CaptureFixture,
+                                             tmp_path: Path) -> None:
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"not a torch file")
+    code, _, err = run_cli(capsys, "eval", bad)
+    assert code == 2 and f"could not read checkpoint {bad}" in err
+
+
+def _train_parser():
+    return build_parser()[1]["train"]
+
+
+def test_yaml_config_sets_defaults_and_flags_override(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("batch-size: 4\nlr: 0.5\nbf16: true\nmodel_arg: [min_size=64]\n"
+                      "schedule: step\n")
+    parser = _train_parser()
+    apply_config_file(parser, str(config))
+    args = parser.parse_args(["--lr", "0.1"])
+    assert (args.batch_size, args.lr, args.bf16, args.schedule) == (4, 0.1, True, "step")
+    assert args.model_arg == ["min_size=64"]
+
+
+def test_toml_config(tmp_path: Path) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text('model = "resnet50"\niterations = 7\nout = "runs/x"\n')
+    parser = _train_parser()
+    apply_config_file(parser, str(config))
+    args = parser.parse_args([])
+    assert (args.model, args.iterations, args.out) == ("resnet50", 7, "runs/x")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("batch_sise: 4\n", "unknown key 'batch_sise'; valid keys: base_channels, batch_size,"),
+    ("batch_size: 0\n", "batch_size: expected an integer >= 1, got 0"),
+    ("batch_size: 2.5\n", "batch_size: expected an integer >= 1, got '2.5'"),
+    ("bf16: 1\n", "bf16 must be true or false, got 1"),
+    ("schedule: linear\n", "schedule must be one of ['cosine', 'step'], got 'linear'"),
+    ("lr: [1, 2]\n", "lr must be a single value"),
+    ("- a\n- b\n", "expected a mapping of option: value, got a list"),
+    ("a: [\n", "invalid YAML"),
+])
+def test_bad_config_files(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    with pytest.raises(CLIError, match=None) as err:
+        apply_config_file(_train_parser(), str(config))
+    assert message in str(err.value)
+
+
+def test_bad_config_file_through_main(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("epochs = \n")
+    code, _, err = run_cli(capsys, "train", "--config", config)
+    assert code == 2 and "invalid TOML" in err and "Traceback" not in err
+    config = tmp_path / "bad.json"
+    config.write_text("{}")
+    code, _, err = run_cli(capsys, "train", "--config", config)
+    assert code == 2 and "expected a .yaml, .yml or .toml file" in err
+
+
+def test_parse_assignments() -> None:
+    got = parse_assignments(["a=1", "b.c=x", "b.d=[1, 2]", "e=true", "f=0.5"], "--opt")
+    assert got == {"a": 1, "b": {"c": "x", "d": [1, 2]}, "e": True, "f": 0.5}
+    with pytest.raises(CLIError, match="conflicts with the earlier value of 'a'"):
+        parse_assignments(["a=1", "a.b=2"], "--opt")

@@ -1,0 +1,164 @@
+"""train -> checkpoint -> eval / resume / viz / export, on tiny synthetic and on-disk data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from deformconv.engine import KILL_ENV, load_checkpoint
+
+from .helpers import TINY_CLS, assert_valid_png, run_cli
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-iteration classification run with a checkpoint every 2 iterations."""
+    out = tmp_path_factory.mktemp("cls")
+    code = _main("train", *TINY_CLS, "--iterations", "4", "--checkpoint-every", "2",
+                 "--out", out)
+    assert code == 0
+    return out
+
+
+def _main(*argv: object) -> int:
+    from deformconv.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def test_train_writes_checkpoint_config_and_metrics(trained: Path) -> None:
+    state = load_checkpoint(trained / "last.pt")
+    assert state["iteration"] == 4
+    assert state["extra"]["model"]["name"] == "resnet50"
+    assert state["extra"]["model"]["num_classes"] == 10  # synthetic default classes
+    assert state["extra"]["data"]["image_size"] == 32
+    final = json.loads((trained / "final_metrics.json").read_text())
+    assert final["iteration"] == 4 and 0.0 <= final["metrics"]["top1"] <= 1.0
+    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in records} == {"train", "val"}
+
+
+def test_eval_recomputes_the_final_metric(capsys: pytest.CaptureFixture, trained: Path,
+                                          tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    code, stdout, _ = run_cli(capsys, "eval", trained / "last.pt", "--out", out,
+                              "--batch-size", "3")
+    assert code == 0 and "top1=" in stdout
+    result = json.loads(out.read_text())
+    final = json.loads((trained / "final_metrics.json").read_text())
+    assert result["metrics"]["top1"] == final["metrics"]["top1"]
+    assert result["metrics"]["num_images"] == 4 and result["model"] == "resnet50"
+
+
+def test_eval_on_other_data_size_and_default_output(capsys: pytest.CaptureFixture,
+                                                     trained: Path) -> None:
+    code, _, _ = run_cli(capsys, "eval", trained / "last.pt", "--val-size", "6")
+    assert code == 0
+    result = json.loads((trained / "eval_metrics.json").read_text())
+    assert result["metrics"]["num_images"] == 6
+
+
+def test_killed_run_resumes_to_identical_weights(capsys: pytest.CaptureFixture,
+                                                 trained: Path, tmp_path: Path) -> None:
+    """The same run, SIGKILLed after its iteration-2 checkpoint, then resumed to 4."""
+    out = tmp_path / "killed"
+    env = {**os.environ, KILL_ENV: "2"}
+    done = subprocess.run(
+        [sys.executable, "-m", "deformconv", "train", *TINY_CLS, "--iterations", "4",
+         "--checkpoint-every", "2", "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode != 0  # killed
+    assert load_checkpoint(out / "last.pt")["iteration"] == 2
+    code, stdout, _ = run_cli(capsys, "train", "--resume", out / "last.pt", "--iterations",
+                              "4", "--checkpoint-every", "2", "--out", out, "--no-progress")
+    assert code == 0 and "resumed from" in stdout
+    resumed = load_checkpoint(out / "last.pt")["model"]
+    straight = load_checkpoint(trained / "last.pt")["model"]
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        assert torch.equal(resumed[key], straight[key]), key
+
+
+def test_resume_with_a_different_model_is_refused(capsys: pytest.CaptureFixture,
+                                                  trained: Path, tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "train", "--resume", trained / "last.pt", "--model",
+                           "deeplab_resnet50", "--out", tmp_path)
+    assert code == 2 and "differs from the checkpoint's resnet50" in err
+
+
+def test_viz_from_checkpoint(capsys: pytest.CaptureFixture, trained: Path,
+                             tmp_path: Path) -> None:
+    code, stdout, _ = run_cli(capsys, "viz", trained / "last.pt", "--index", "1", "--count",
+                              "2", "--out", tmp_path)
+    assert code == 0
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert [p.name for p in pngs] == ["sampling_0.png", "sampling_1.png"]
+    for png in pngs:
+        assert_valid_png(png)
+        assert str(png) in stdout
+    tables = (tmp_path / "offsets.md").read_text()
+    assert "layer4.2.conv2" in tables and "Effective dilation" in tables
+
+
+def test_viz_index_out_of_range(capsys: pytest.CaptureFixture, trained: Path,
+                                tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "viz", trained / "last.pt", "--index", "3", "--count", "2",
+                           "--out", tmp_path)
+    assert code == 2 and "image index 4 is out of range: the dataset has 4 samples" in err
+
+
+def test_viz_of_a_plain_model_has_nothing_to_draw(capsys: pytest.CaptureFixture,
+                                                  tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "viz", "--model", "resnet50", "--plain", "--base-channels",
+                           "4", "--image-size", "32", "--val-size", "2", "--out", tmp_path)
+    assert code == 2 and "no deformable layers" in err
+
+
+def test_viz_fresh_detector_draws_sampling_and_roi_offsets(capsys: pytest.CaptureFixture,
+                                                          tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "viz", "--model", "faster_rcnn_resnet50",
+                           "--base-channels", "4", "--image-size", "64", "--val-size", "1",
+                           "--count", "1", "--out", tmp_path)
+    assert code == 0, err
+    names = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert "sampling_0.png" in names and "roi_offsets_0.png" in names
+    for name in names:
+        assert_valid_png(tmp_path / name)
+
+
+def test_train_and_eval_on_voc_folder(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    from deformconv.data import export_voc, synthetic_dataset
+
+    scenes = synthetic_dataset("segmentation", 4, seed=3, image_size=40)
+    root = tmp_path / "voc"
+    export_voc(scenes, root, "train", indices=[0, 1])
+    export_voc(scenes, root, "val", indices=[2, 3])
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(
+        capsys, "train", "--data", f"voc:{root}", "--num-classes", "10", "--image-size", "32",
+        "--base-channels", "4", "--iterations", "1", "--batch-size", "2", "--out", out,
+        "--no-progress")
+    assert code == 0, err
+    assert "deeplab_resnet50 (deformable), 1 iterations: miou=" in stdout
+    code, _, err = run_cli(capsys, "eval", out / "last.pt")
+    assert code == 0, err
+    assert json.loads((out / "eval_metrics.json").read_text())["metrics"]["num_pixels"] > 0
+
+
+def test_export_trained_checkpoint(capsys: pytest.CaptureFixture, trained: Path,
+                                   tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    out = tmp_path / "cls.onnx"
+    code, stdout, err = run_cli(capsys, "export", "--checkpoint", trained / "last.pt", "--out",
+                                out)
+    assert code == 0, err
+    assert out.is_file() and out.stat().st_size > 10_000
+    diff = float(stdout.split("max abs difference onnxruntime vs PyTorch: ")[1].split()[0])
+    assert diff < 1e-3
