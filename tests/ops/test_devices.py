@@ -106,3 +106,21 @@ def test_deform_conv2d_under_bf16_autocast_runs_in_float32():
     torch.testing.assert_close(out, expected)
     out.sum().backward()
     assert x.grad is not None and offset_conv.weight.grad is not None
+
+
+def test_roi_pools_under_bf16_autocast_run_in_float32():
+    from deformconv.ops import deform_psroi_pool, deform_roi_pool
+
+    x = torch.randn(1, 8, 20, 20, requires_grad=True)
+    rois = torch.tensor([[0.0, 2.0, 3.0, 15.0, 16.0]])
+    fc = torch.nn.Linear(4, 18)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        offset = fc(torch.randn(1, 4)).view(1, 2, 3, 3)  # bf16, as an offset fc gives
+        pooled = deform_roi_pool(x, rois, offset, output_size=3)
+        ps_pooled = deform_psroi_pool(x, rois, offset, spatial_scale=1.0, output_dim=8,
+                                      group_size=1, pooled_size=3, trans_std=0.1)
+    assert offset.dtype == torch.bfloat16
+    assert pooled.dtype == ps_pooled.dtype == torch.float32
+    torch.testing.assert_close(pooled, deform_roi_pool(x, rois, offset.float(), output_size=3))
+    (pooled.sum() + ps_pooled.sum()).backward()
+    assert fc.weight.grad is not None and fc.weight.grad.abs().sum() > 0

@@ -74,6 +74,13 @@ def float32_under_autocast(device_type: str, *tensors: Tensor | None) -> tuple[T
                  for t in tensors)
 
 
+def register_float32_autocast(*op_names: str) -> None:
+    """Under autocast, run the ops in float32 and keep their inner GEMMs out of autocast."""
+    for name in op_names:
+        for device_type in ("cpu", "cuda"):
+            torch.library.register_autocast(name, device_type, torch.float32)
+
+
 def check_no_nan(name: str, tensor: Tensor) -> None:
     """NaN positions make sampling meaningless: refuse them instead of returning garbage."""
     if tensor.numel() and bool(torch.isnan(tensor).any()):

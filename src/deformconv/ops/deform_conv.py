@@ -19,6 +19,7 @@ from ._utils import (
     check_tensor,
     float32_under_autocast,
     pair,
+    register_float32_autocast,
 )
 
 __all__ = ["deform_conv2d"]
@@ -110,10 +111,7 @@ def _backward(ctx, grad_out: Tensor):
 
 
 _deform_conv2d.register_autograd(_backward, setup_context=_setup_context)
-# Under autocast the kernels must not see their inner GEMMs autocast to low precision.
-for _op in ("deformconv::deform_conv2d", "deformconv::deform_conv2d_backward"):
-    for _device in ("cpu", "cuda"):
-        torch.library.register_autocast(_op, _device, torch.float32)
+register_float32_autocast("deformconv::deform_conv2d", "deformconv::deform_conv2d_backward")
 
 
 def _output_size(size: int, kernel: int, stride: int, pad: int, dil: int) -> int:

@@ -22,6 +22,8 @@ from ._utils import (
     check_rois_values,
     check_same_dtype_device,
     check_tensor,
+    float32_under_autocast,
+    register_float32_autocast,
     rois_to_tensor,
 )
 
@@ -142,6 +144,7 @@ def _backward(ctx, grad_out: Tensor, grad_count: Tensor | None):
 
 
 _deform_psroi_pool.register_autograd(_backward, setup_context=_setup_context)
+register_float32_autocast("deformconv::deform_psroi_pool", "deformconv::deform_psroi_pool_backward")
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -233,6 +236,8 @@ def deform_psroi_pool(
     part_size = _positive_int("part_size", pooled_size if part_size is None else part_size)
     sample_per_part = _positive_int("sample_per_part", sample_per_part)
     rois = rois_to_tensor(rois)
+    if isinstance(input, Tensor):
+        input, rois, offset = float32_under_autocast(input.device.type, input, rois, offset)
     _check_arguments(input, rois, offset, output_dim, group_size, part_size)
     dtype = input.dtype
     compute = torch.float32 if dtype in UPCAST_DTYPES else dtype

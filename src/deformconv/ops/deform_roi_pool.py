@@ -20,7 +20,9 @@ from ._utils import (
     check_rois_values,
     check_same_dtype_device,
     check_tensor,
+    float32_under_autocast,
     pair,
+    register_float32_autocast,
     rois_to_tensor,
 )
 
@@ -132,6 +134,7 @@ def _backward(ctx, grad_out: Tensor):
 
 
 _deform_roi_pool.register_autograd(_backward, setup_context=_setup_context)
+register_float32_autocast("deformconv::deform_roi_pool", "deformconv::deform_roi_pool_backward")
 
 
 def _check_arguments(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
@@ -205,6 +208,9 @@ def deform_roi_pool(
     if not isinstance(sampling_ratio, int) or isinstance(sampling_ratio, bool):
         raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
     rois = rois_to_tensor(rois)
+    if isinstance(input, Tensor):
+        input, rois, offset, mask = float32_under_autocast(
+            input.device.type, input, rois, offset, mask)
     _check_arguments(input, rois, offset, mask, pooled)
     dtype = input.dtype
     compute = torch.float32 if dtype in UPCAST_DTYPES else dtype
