@@ -400,7 +400,7 @@ def _fractional_offset(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
 
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_gradcheck(with_mask, generator):
-    case = Case(n=2, cin=4, cout=2, groups=2, offset_groups=2, height=5, width=4,
+    case = Case(n=1, cin=4, cout=2, groups=2, offset_groups=2, height=5, width=4,
                 kernel=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2),
                 with_mask=with_mask)
     tensors = make_tensors(case, seed=4)
@@ -679,25 +679,83 @@ def test_bad_geometry(kwargs, error, match):
         deform_conv2d(args["input"], args["offset"], args["weight"], **kwargs)
 
 
-def _run_isolated(script: str, env: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
-    """Run ``script`` in a fresh interpreter: calls that may read or write out of bounds in
-    the Numba kernels (no bounds checks there) must not take the test session down.
+# Memory safety. The Numba kernels have no bounds checks, so these calls run in a separate
+# interpreter (an out-of-bounds write must not take the test session down) whose kernels are
+# compiled with NUMBA_BOUNDSCHECK=1 (an out-of-bounds read raises instead of returning
+# whatever memory holds). One interpreter runs the calls of all the tests below.
 
-    The script prints ``name|outcome|detail`` lines; returns ``{name: (outcome, detail)}``.
-    """
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=300, env=None if env is None else {**os.environ, **env})
-    results = {}
-    for line in run.stdout.splitlines():
-        if line.count("|") >= 2:
-            name, outcome, detail = line.split("|", 2)
-            results[name] = (outcome, detail)
-    assert run.returncode == 0, (
-        f"process died (code {run.returncode}) after {list(results)}: {run.stderr[-500:]}")
-    return results
+_IN_BOUNDS_CALLS = """
+def run(n, cin, cout, groups, offset_groups, size, offset, padding=1, budget=None):
+    saved = _utils.WORKSPACE_BYTES
+    _utils.WORKSPACE_BYTES = saved if budget is None else budget
+    try:
+        x = torch.randn(n, cin, *size, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(cout, cin // groups, 3, 3, dtype=torch.float64, requires_grad=True)
+        hout, wout = size[0] + 2 * padding - 2, size[1] + 2 * padding - 2
+        off = offset(n, 2 * offset_groups * 9, hout, wout).double().requires_grad_()
+        mask = torch.rand(n, offset_groups * 9, hout, wout, dtype=torch.float64,
+                          requires_grad=True)
+        y = deform_conv2d(x, off, w, padding=padding, mask=mask)
+        y.backward(torch.randn_like(y))
+    finally:
+        _utils.WORKSPACE_BYTES = saved
+    return "ok"
 
 
-_REPORT_CALLS = """
+# Samples all around and across the borders (integers and halves included).
+border = lambda *shape: torch.randint(-12, 13, shape) / 2
+calls.update({
+    "borders": lambda: run(2, 4, 4, 2, 2, (5, 6), border, padding=2),
+    "row-bands": lambda: run(2, 4, 4, 2, 2, (5, 6), border, budget=1),
+    "many-channels": lambda: run(1, 36, 8, 4, 3, (4, 5), border),
+    "huge": lambda: run(1, 4, 4, 1, 1, (4, 4), lambda *s: torch.full(s, -1e6)),
+    "inf": lambda: run(1, 4, 4, 1, 1, (4, 4), lambda *s: torch.full(s, math.inf)),
+    "single-pixel": lambda: run(1, 2, 2, 1, 1, (1, 1), border, padding=1),
+})
+"""
+
+# Calls of the registered op that bypass the Python wrapper's checks.
+_DIRECT_CALLS = """
+op = torch.ops.deformconv.deform_conv2d.default
+dx, dw, doff = torch.randn(2, 4, 6, 6), torch.randn(4, 2, 3, 3), torch.randn(2, 18, 4, 4)
+geometry = (1, 1, 0, 0, 1, 1)
+calls.update({
+    "input-groups": lambda: op(torch.randn(2, 5, 6, 6), doff, dw, None, None, *geometry),
+    "weight-channels": lambda: op(dx, doff, torch.randn(4, 3, 3, 3), None, None, *geometry),
+    "mask-shape": lambda: op(dx, doff, dw, None, torch.rand(1, 1, 1, 1), *geometry),
+    "offset-batch": lambda: op(dx, torch.randn(1, 18, 4, 4), dw, None, None, *geometry),
+    "offset-channels": lambda: op(dx, torch.randn(2, 2, 4, 4), dw, None, None, *geometry),
+    "stride-0": lambda: op(dx, doff, dw, None, None, 0, 1, 0, 0, 1, 1),
+    "nan-offset": lambda: op(dx, doff.index_fill(0, torch.tensor([1]), float("nan")), dw, None,
+                             None, *geometry),
+})
+"""
+
+_EMPTY_IMAGE_CALLS = """
+def empty_image(x, padding, out_size):
+    w, b = torch.randn(3, 2, 2, 2, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    # Offsets in (-0.95, -0.05): samples fall in the (-1, 0) band next to the empty axis.
+    off = torch.rand(1, 8, *out_size, dtype=torch.float64) * 0.9 - 0.95
+    leaves = [t.clone().requires_grad_() for t in (x, off, w, b)]
+    y = deform_conv2d(leaves[0], leaves[1], leaves[2], leaves[3], padding=padding)
+    y.sum().backward()
+    return max((y - b.view(1, -1, 1, 1)).abs().max().nan_to_num(float("inf")).item(),
+               leaves[1].grad.abs().max().nan_to_num(float("inf")).item())
+
+
+calls.update({
+    "height-0": lambda: empty_image(torch.randn(1, 2, 0, 3, dtype=torch.float64), (2, 1), (3, 4)),
+    "width-0": lambda: empty_image(torch.randn(1, 2, 3, 0, dtype=torch.float64), (1, 2), (4, 3)),
+})
+"""
+
+_ISOLATED_SCRIPT = """
+import math
+import torch
+from deformconv.ops import _utils, deform_conv2d  # also registers torch.ops.deformconv
+
+calls = {}
+""" + _IN_BOUNDS_CALLS + _DIRECT_CALLS + _EMPTY_IMAGE_CALLS + """
 for name, call in calls.items():
     try:
         result = call()
@@ -708,24 +766,37 @@ for name, call in calls.items():
         print(f"{name}|returned|{result}", flush=True)
 """
 
-_DIRECT_CALLS = """
-import torch
-import deformconv.ops  # registers torch.ops.deformconv
 
-op = torch.ops.deformconv.deform_conv2d.default
-x, w, off = torch.randn(2, 4, 6, 6), torch.randn(4, 2, 3, 3), torch.randn(2, 18, 4, 4)
-geometry = (1, 1, 0, 0, 1, 1)
-calls = {
-    "input-groups": lambda: op(torch.randn(2, 5, 6, 6), off, w, None, None, *geometry),
-    "weight-channels": lambda: op(x, off, torch.randn(4, 3, 3, 3), None, None, *geometry),
-    "mask-shape": lambda: op(x, off, w, None, torch.rand(1, 1, 1, 1), *geometry),
-    "offset-batch": lambda: op(x, torch.randn(1, 18, 4, 4), w, None, None, *geometry),
-    "offset-channels": lambda: op(x, torch.randn(2, 2, 4, 4), w, None, None, *geometry),
-    "stride-0": lambda: op(x, off, w, None, None, 0, 1, 0, 0, 1, 1),
-    "nan-offset": lambda: op(x, off.index_fill(0, torch.tensor([1]), float("nan")), w, None,
-                             None, *geometry),
-}
-""" + _REPORT_CALLS
+@pytest.fixture(scope="module")
+def isolated_results(request: pytest.FixtureRequest,
+                     tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str]]:
+    """``{call name: (outcome, detail)}`` of ``_ISOLATED_SCRIPT`` run with bounds checks.
+
+    The Numba cache directory must be a separate one (else Numba loads the unchecked machine
+    code from the normal cache); pytest's cache keeps it between runs.
+    """
+    cache = getattr(request.config, "cache", None)
+    directory = (cache.mkdir("numba-boundscheck") if cache is not None
+                 else tmp_path_factory.mktemp("numba-boundscheck"))
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(directory)}
+    run = subprocess.run([sys.executable, "-c", _ISOLATED_SCRIPT], capture_output=True,
+                         text=True, timeout=300, env=env)
+    results = {}
+    for line in run.stdout.splitlines():
+        if line.count("|") >= 2:
+            name, outcome, detail = line.split("|", 2)
+            results[name] = (outcome, detail)
+    assert run.returncode == 0, (
+        f"process died (code {run.returncode}) after {list(results)}: {run.stderr[-500:]}")
+    return results
+
+
+def test_kernels_stay_in_bounds(isolated_results):
+    """Forward and backward with samples on and across every border, in row bands, with
+    more channels than parallel blocks: no kernel touches memory outside its arrays."""
+    for name in ("borders", "row-bands", "many-channels", "huge", "inf", "single-pixel"):
+        assert isolated_results[name] == ("returned", "ok"), name
+
 
 # name -> what the error must mention (the argument that is wrong)
 _DIRECT_CALL_ERRORS = {
@@ -739,100 +810,20 @@ _DIRECT_CALL_ERRORS = {
 }
 
 
-def test_registered_op_checks_arguments():
+def test_registered_op_checks_arguments(isolated_results):
     """``torch.ops.deformconv.deform_conv2d`` is public (README): bad shapes must raise the
     wrapper's clear ValueError, not corrupt memory or return garbage."""
-    results = _run_isolated(_DIRECT_CALLS)
     for name, pattern in _DIRECT_CALL_ERRORS.items():
-        outcome, message = results[name]
+        outcome, message = isolated_results[name]
         assert outcome == "ValueError", f"{name}: {outcome} {message}"
         assert re.search(pattern, message), f"{name}: {message!r} does not match {pattern!r}"
 
 
-@pytest.fixture(scope="session")
-def boundscheck_env(request: pytest.FixtureRequest,
-                    tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment that compiles the Numba kernels with bounds checks (out-of-bounds access
-    raises instead of reading or writing foreign memory). The cache directory must be a
-    separate one: otherwise Numba loads the unchecked machine code from the normal cache.
-    pytest's cache keeps it between runs (Numba still recompiles when a kernel changes)."""
-    cache = getattr(request.config, "cache", None)
-    directory = (cache.mkdir("numba-boundscheck") if cache is not None
-                 else tmp_path_factory.mktemp("numba-boundscheck"))
-    return {"NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(directory)}
-
-
-_IN_BOUNDS_CALLS = """
-import math
-import torch
-from deformconv.ops import _utils, deform_conv2d
-
-
-def run(n, cin, cout, groups, offset_groups, size, offset, padding=1, budget=None):
-    if budget is not None:
-        _utils.WORKSPACE_BYTES = budget
-    x = torch.randn(n, cin, *size, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(cout, cin // groups, 3, 3, dtype=torch.float64, requires_grad=True)
-    hout, wout = size[0] + 2 * padding - 2, size[1] + 2 * padding - 2
-    off = offset(n, 2 * offset_groups * 9, hout, wout).double().requires_grad_()
-    mask = torch.rand(n, offset_groups * 9, hout, wout, dtype=torch.float64, requires_grad=True)
-    y = deform_conv2d(x, off, w, padding=padding, mask=mask)
-    y.backward(torch.randn_like(y))
-    return "ok"
-
-
-# Samples all around and across the borders (integers and halves included).
-border = lambda *shape: torch.randint(-12, 13, shape) / 2
-calls = {
-    "borders": lambda: run(2, 4, 4, 2, 2, (5, 6), border, padding=2),
-    "row-bands": lambda: run(2, 4, 4, 2, 2, (5, 6), border, budget=1),
-    "many-channels": lambda: run(1, 36, 8, 4, 3, (4, 5), border),
-    "huge": lambda: run(1, 4, 4, 1, 1, (4, 4), lambda *s: torch.full(s, -1e6)),
-    "inf": lambda: run(1, 4, 4, 1, 1, (4, 4), lambda *s: torch.full(s, math.inf)),
-    "single-pixel": lambda: run(1, 2, 2, 1, 1, (1, 1), border, padding=1),
-}
-""" + _REPORT_CALLS
-
-
-def test_kernels_stay_in_bounds(boundscheck_env):
-    """Forward and backward with samples on and across every border, in row bands, with
-    more channels than parallel blocks: no kernel touches memory outside its arrays."""
-    results = _run_isolated(_IN_BOUNDS_CALLS, boundscheck_env)
-    assert results == {name: ("returned", "ok") for name in
-                       ("borders", "row-bands", "many-channels", "huge", "inf", "single-pixel")}
-
-
-_EMPTY_IMAGE_CALLS = """
-import torch
-from deformconv.ops import deform_conv2d
-
-w, b = torch.randn(3, 2, 2, 2, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
-
-
-def check(x, padding, out_size):
-    # Offsets in (-0.95, -0.05): samples fall in the (-1, 0) band next to the empty axis.
-    off = torch.rand(1, 8, *out_size, dtype=torch.float64) * 0.9 - 0.95
-    leaves = [t.clone().requires_grad_() for t in (x, off, w, b)]
-    y = deform_conv2d(leaves[0], leaves[1], leaves[2], leaves[3], padding=padding)
-    y.sum().backward()
-    return max((y - b.view(1, -1, 1, 1)).abs().max().nan_to_num(float("inf")).item(),
-               leaves[1].grad.abs().max().nan_to_num(float("inf")).item())
-
-
-calls = {
-    "height-0": lambda: check(torch.randn(1, 2, 0, 3, dtype=torch.float64), (2, 1), (3, 4)),
-    "width-0": lambda: check(torch.randn(1, 2, 3, 0, dtype=torch.float64), (1, 2), (4, 3)),
-}
-""" + _REPORT_CALLS
-
-
-def test_empty_image_gives_bias_or_clear_error(boundscheck_env):
+def test_empty_image_gives_bias_or_clear_error(isolated_results):
     """H or W = 0 with padding: either a clear ValueError naming ``input`` or, like
-    torchvision, only the bias (every sample falls off the empty image; zero gradients).
-    Run with bounds checks, which turn the out-of-bounds reads into a deterministic error."""
-    results = _run_isolated(_EMPTY_IMAGE_CALLS, boundscheck_env)
-    assert set(results) == {"height-0", "width-0"}
-    for name, (outcome, detail) in results.items():
+    torchvision, only the bias (every sample falls off the empty image; zero gradients)."""
+    for name in ("height-0", "width-0"):
+        outcome, detail = isolated_results[name]
         if outcome == "returned":
             assert float(detail) == 0.0, f"{name}: output - bias / offset grad up to {detail}"
         else:
