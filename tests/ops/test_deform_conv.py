@@ -2,7 +2,10 @@
 
 The oracle is ``deformconv.ops.reference.deform_conv2d`` differentiated by autograd in
 float64. Both backends are checked against it: the Numba CPU kernels (through the public
-op) and the device-agnostic torch fallback (called directly, as non-CPU devices use it).
+op) and the device-agnostic torch fallback (called directly, and inside the registered op
+as non-CPU devices run it), untiled and tiled. Then gradcheck, conv2d and torchvision
+equivalence, edge cases, bad input, memory safety (bounds-checked kernels in a separate
+interpreter), torch.library opcheck and torch.compile.
 """
 
 from __future__ import annotations
