@@ -18,10 +18,11 @@ from .helpers import TINY_CLS, assert_valid_png, run_cli
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-iteration classification run with a checkpoint every 2 iterations."""
+    """A 4-iteration classification run with a checkpoint every 2 iterations ("auto" resume
+    in an empty folder starts a new run)."""
     out = tmp_path_factory.mktemp("cls")
     code = _main("train", *TINY_CLS, "--iterations", "4", "--checkpoint-every", "2",
-                 "--out", out)
+                 "--out", out, "--resume", "auto")
     assert code == 0
     return out
 
@@ -155,10 +156,20 @@ def test_export_trained_checkpoint(capsys: pytest.CaptureFixture, trained: Path,
                                    tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
+    from deformconv.cli._build import build_model, specs_from_checkpoint
+    from deformconv.engine import load_weights
+
     out = tmp_path / "cls.onnx"
     code, stdout, err = run_cli(capsys, "export", "--checkpoint", trained / "last.pt", "--out",
                                 out)
     assert code == 0, err
     assert out.is_file() and out.stat().st_size > 10_000
     diff = float(stdout.split("max abs difference onnxruntime vs PyTorch: ")[1].split()[0])
-    assert diff < 1e-3
+    # After 4 iterations the BN running statistics are far from the batch ones: eval-mode
+    # logits are huge, so compare with their scale (the example the export checks).
+    model = build_model(specs_from_checkpoint(str(trained / "last.pt"))[0]).eval()
+    load_weights(model, trained / "last.pt")
+    example = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        scale = float(model(example).abs().max())
+    assert diff <= 1e-5 * max(scale, 1.0)

@@ -50,6 +50,7 @@ class DataSpec:
     val_size: int = 200  # synthetic validation samples
     data_seed: int = 0  # synthetic scenes (validation uses data_seed + 1)
     num_classes: int | None = None  # VOC only (default 20)
+    scene: dict[str, Any] = field(default_factory=dict)  # synthetic SceneConfig overrides
 
 
 @dataclass
@@ -103,6 +104,10 @@ def add_data_options(parser: argparse.ArgumentParser, *, with_train: bool = True
                        help="seed of the synthetic scenes (default 0)")
     group.add_argument("--num-classes", type=positive_int,
                        help="VOC: object classes without background (default 20)")
+    group.add_argument("--scene", action="append", default=[], metavar="KEY=VALUE",
+                       help="synthetic scene option (repeatable), e.g. max_objects=2, "
+                            "clutter=0.5, classes='[\"star\", \"cross\"]'; see "
+                            "deformconv.data.SceneConfig")
 
 
 def data_spec_from_args(args: argparse.Namespace, base: DataSpec | None = None) -> DataSpec:
@@ -121,6 +126,10 @@ def data_spec_from_args(args: argparse.Namespace, base: DataSpec | None = None) 
         value = getattr(args, name, None)
         if value is not None:
             setattr(spec, name, value)
+    if getattr(args, "scene", None):
+        if spec.source != "synthetic":
+            raise CLIError("--scene options are for synthetic data only")
+        spec.scene = {**spec.scene, **parse_assignments(args.scene, "--scene")}
     return spec
 
 
@@ -149,10 +158,13 @@ def build_datasets(spec: DataSpec, task: str, *, need_train: bool = True
     if spec.source == "synthetic":
         from ..data import synthetic_dataset
 
-        kwargs: dict[str, Any] = {"image_size": spec.image_size}
-        train = (synthetic_dataset(task, spec.train_size, spec.data_seed, **kwargs)
-                 if need_train else None)
-        val = synthetic_dataset(task, spec.val_size, spec.data_seed + 1, **kwargs)
+        kwargs: dict[str, Any] = {**spec.scene, "image_size": spec.image_size}
+        try:
+            train = (synthetic_dataset(task, spec.train_size, spec.data_seed, **kwargs)
+                     if need_train else None)
+            val = synthetic_dataset(task, spec.val_size, spec.data_seed + 1, **kwargs)
+        except TypeError as err:  # unknown scene option
+            raise CLIError(f"--scene: {err}") from None
         return train, val, val.num_classes
     if spec.source == "coco":
         if task != "detection":

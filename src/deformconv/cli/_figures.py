@@ -48,11 +48,13 @@ def _batch(model: nn.Module, dataset: Dataset, indices: Sequence[int], task: str
             boxes.append(extent["boxes"] * scale)
         elif "masks" in extent:
             masks.append(extent["masks"])
+    device = next(model.parameters()).device
     if task == "detection":
-        return images, boxes, None, "backbone"
+        return [im.to(device) for im in images], boxes, None, "backbone"
     if len({tuple(im.shape) for im in images}) > 1:
         raise CLIError("the chosen images differ in size; pick images of one size")
-    return torch.stack(images), None, masks if len(masks) == len(images) else None, None
+    batch = torch.stack(images).to(device)
+    return batch, None, masks if len(masks) == len(images) else None, None
 
 
 def offset_figures(model: nn.Module, dataset: Dataset, indices: Sequence[int], task: str,
