@@ -1,10 +1,10 @@
 """Speed and memory of deform_conv2d: ours vs dense conv2d vs torchvision, in one process.
 
-Prints, per shape (3×3 kernels), the median time of forward and forward+backward for
+Prints, per shape (3×3 kernels), the best-of-N time of forward and forward+backward for
 ours, ``torch.nn.functional.conv2d`` (same geometry, no offsets: the floor any deformable
 conv pays) and ``torchvision.ops.deform_conv2d``, the ratios between them, and the peak
-extra memory of our forward (process RSS sampled during the call, minus the output; the
-largest of three calls after a warm-up).
+extra memory of each forward at res5, batch 8 (process RSS sampled during the call, minus the
+output, in a fresh process where glibc unmaps every large block when it is freed).
 
     python benchmarks/bench_deform_conv.py            # full table (a few minutes on 2 cores)
     python benchmarks/bench_deform_conv.py --quick    # smaller shapes, seconds
@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -68,14 +69,18 @@ def make_inputs(case: Case, requires_grad: bool) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up (compiles, allocates)
-    times = []
+def best_times(ops: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best-of-``repeats`` seconds per op; the ops take turns in each round, so a burst of
+    load from elsewhere hits them alike instead of one op's whole series."""
+    for fn in ops.values():
+        fn()  # warm-up (compiles, allocates)
+    times: dict[str, list[float]] = {name: [] for name in ops}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in ops.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(series) for name, series in times.items()}
 
 
 def runners(case: Case, backward: bool) -> dict[str, Callable[[], object]]:
@@ -128,11 +133,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, a few seconds")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_probe:
+        memory_probe()
+        return
     cases = QUICK if args.quick else FULL
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
-    header = (f"| {'shape (N,Cin,Cout,H,W) dil/G':<34} | {'pass':<8} | {'ours ms':>8} | "
+    header = (f"| {'shape (N,Cin,Cout,H,W) dil/G':<40} | {'pass':<8} | {'ours ms':>8} | "
               f"{'conv2d ms':>9} | {'tv ms':>8} | {'ours/conv2d':>11} | {'tv/ours':>7} |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
@@ -140,24 +149,34 @@ def main() -> None:
         for backward in (False, True):
             ctx = torch.enable_grad() if backward else torch.no_grad()
             with ctx:
-                ops = runners(case, backward)
-                times = {name: median_time(fn, args.repeats) for name, fn in ops.items()}
+                times = best_times(runners(case, backward), args.repeats)
             shape = (f"{case.name} ({case.n},{case.cin},{case.cout},{case.h},{case.w}) "
                      f"{case.dilation}/{case.offset_groups}")
             tv = times.get("torchvision", float("nan"))
-            print(f"| {shape:<34} | {'fwd+bwd' if backward else 'fwd':<8} | "
+            print(f"| {shape:<40} | {'fwd+bwd' if backward else 'fwd':<8} | "
                   f"{times['ours'] * 1e3:8.1f} | {times['conv2d'] * 1e3:9.1f} | {tv * 1e3:8.1f} | "
                   f"{times['ours'] / times['conv2d']:11.2f} | {tv / times['ours']:7.2f} |")
     if not args.quick:
-        t = make_inputs(MEMORY_CASE, False)
-        with torch.no_grad():
-            run = lambda: deform_conv2d(  # noqa: E731
-                t["input"], t["offset"], t["weight"], padding=2, dilation=2)
-            run()  # warm-up: oneDNN builds its primitives once per shape
-            extra = max(peak_extra_memory(run) for _ in range(3))
-        print(f"peak extra memory of our forward at {MEMORY_CASE.name} "
-              f"({MEMORY_CASE.n},{MEMORY_CASE.cin},{MEMORY_CASE.cout},{MEMORY_CASE.h},"
-              f"{MEMORY_CASE.w}): {extra / 2**20:.1f} MiB")
+        # A fresh process where glibc returns every large block at once: RSS is live memory.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+        subprocess.run([sys.executable, __file__, "--memory-probe"], env=env, check=True)
+
+
+def memory_probe() -> None:
+    """Print the peak extra memory of each forward at MEMORY_CASE (run in its own process)."""
+    t = make_inputs(MEMORY_CASE, False)
+    ops = {"ours": lambda x, off: deform_conv2d(x, off, t["weight"], padding=2, dilation=2),
+           "conv2d": lambda x, off: F.conv2d(x, t["weight"], padding=2, dilation=2)}
+    if tv_deform_conv2d is not None:
+        ops["torchvision"] = lambda x, off: tv_deform_conv2d(
+            x, off, t["weight"], padding=2, dilation=2)
+    c = MEMORY_CASE
+    with torch.no_grad():
+        for name, op in ops.items():
+            op(t["input"][:1], t["offset"][:1])  # warm-up on one image: compiles, primitives
+            extra = peak_extra_memory(lambda op=op: op(t["input"], t["offset"]))
+            print(f"peak extra memory of the forward at {c.name} "
+                  f"({c.n},{c.cin},{c.cout},{c.h},{c.w}), {name}: {extra / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -147,7 +147,7 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
                 grad_x_cl = torch.zeros_like(x_cl)
             kernels.input_grad(
                 tuple(x_cl.shape), data.offset.numpy(), data.mask.numpy(), data.has_mask,
-                grad_columns.numpy(), grad_x_cl.numpy(), min(cin, 4 * numba.get_num_threads()),
+                grad_columns.numpy(), grad_x_cl.numpy(), min(cin, numba.get_num_threads()),
                 *args,
             )
             if tile.y1 == hout:

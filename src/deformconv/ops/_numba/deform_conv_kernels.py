@@ -132,7 +132,8 @@ def input_grad(
 
     Samples of different pixels hit the same input location, so the parallel loop runs
     over ``blocks`` disjoint channel blocks instead of pixels: no two threads write the
-    same entry.
+    same entry. Every block recomputes all sample positions, so one block per thread is
+    fastest (4 per thread cost 4x the CPU time at 64 channels).
     """
     nb, height, width, cin = x_shape
     npix, groups, kk, cin_g = grad_columns.shape
