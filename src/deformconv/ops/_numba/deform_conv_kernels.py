@@ -26,6 +26,12 @@ def _sample_position(offset, n, g, k, kk, kw, r, col, y, stride, pad, dil):
     return h, w
 
 
+@numba.njit(inline="always", cache=True)
+def _pixel(p, rows, wout):
+    """Tile pixel index ``p`` -> (image in tile, row in tile, column)."""
+    return p // (rows * wout), (p // wout) % rows, p % wout
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil):
     """Fill ``columns[p, gr, k, c] = mask * bilinear(x[n, :, :, c], position of (p, k))``."""
@@ -36,9 +42,7 @@ def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil)
     rows, wout = offset.shape[2], offset.shape[3]
     one = columns.dtype.type(1.0)
     for p in numba.prange(npix):
-        n = p // (rows * wout)
-        r = (p // wout) % rows
-        col = p % wout
+        n, r, col = _pixel(p, rows, wout)
         for k in range(kk):
             for g in range(offset_groups):
                 h, w = _sample_position(offset, n, g, k, kk, kw, r, col, y0 + r, stride, pad, dil)
@@ -77,9 +81,7 @@ def offset_mask_grad(
     rows, wout = offset.shape[2], offset.shape[3]
     zero = x.dtype.type(0.0)
     for p in numba.prange(npix):
-        n = p // (rows * wout)
-        r = (p // wout) % rows
-        col = p % wout
+        n, r, col = _pixel(p, rows, wout)
         for k in range(kk):
             for g in range(offset_groups):
                 h, w = _sample_position(offset, n, g, k, kk, kw, r, col, y0 + r, stride, pad, dil)
@@ -147,9 +149,7 @@ def input_grad(
         g_lo = c_lo // cin_og
         g_hi = (c_hi - 1) // cin_og + 1
         for p in range(npix):
-            n = p // (rows * wout)
-            r = (p // wout) % rows
-            col = p % wout
+            n, r, col = _pixel(p, rows, wout)
             for k in range(kk):
                 for g in range(g_lo, g_hi):
                     h, w = _sample_position(
