@@ -154,3 +154,17 @@ def test_parse_assignments() -> None:
     assert got == {"a": 1, "b": {"c": "x", "d": [1, 2]}, "e": True, "f": 0.5}
     with pytest.raises(CLIError, match="conflicts with the earlier value of 'a'"):
         parse_assignments(["a=1", "a.b=2"], "--opt")
+
+
+def test_missing_optional_dependency_names_the_extra(capsys: pytest.CaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    from deformconv.cli import _plots
+
+    def missing(*args: object, **kwargs: object) -> None:
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+
+    monkeypatch.setattr(_plots, "plot_losses", missing)
+    code, _, err = run_cli(capsys, "demo", "--smoke", "--out", tmp_path)
+    assert code == 2
+    assert "needs matplotlib, part of the vision extra: pip install 'deformconv[vision]'" in err

@@ -19,6 +19,10 @@ __all__ = ["CLIError", "build_parser", "main"]
 
 COMMANDS = (demo, train, evaluate, viz, bench, export)
 DEBUG_ENV = "DEFORMCONV_DEBUG"
+# Optional dependencies -> the extra that installs them
+EXTRAS = {"torchvision": "vision", "PIL": "vision", "matplotlib": "vision",
+          "pycocotools": "vision", "tqdm": "vision", "yaml": "vision", "onnx": "onnx",
+          "onnxscript": "onnx", "onnxruntime": "onnx"}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -69,6 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("deformconv: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as err:
+        top = (err.name or "").split(".")[0]
+        if top not in EXTRAS or os.environ.get(DEBUG_ENV):
+            raise
+        print(f"deformconv {args.command}: error: needs {top}, part of the "
+              f"{EXTRAS[top]} extra: pip install 'deformconv[{EXTRAS[top]}]'", file=sys.stderr)
+        return 2
     except _user_errors() as err:
         if os.environ.get(DEBUG_ENV):
             raise
