@@ -173,3 +173,26 @@ def test_export_trained_checkpoint(capsys: pytest.CaptureFixture, trained: Path,
     with torch.no_grad():
         scale = float(model(example).abs().max())
     assert diff <= 1e-5 * max(scale, 1.0)
+
+
+def test_train_eval_viz_on_coco_files(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """COCO data picks the detection task and default detector by itself."""
+    from deformconv.data import export_coco, synthetic_dataset
+
+    folder = tmp_path / "coco"
+    export_coco(synthetic_dataset("detection", 2, seed=2, image_size=64), folder)
+    data = f"coco:{folder / 'annotations.json'}:{folder}"
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, "train", "--data", data, "--base-channels", "4",
+                                "--image-size", "64", "--iterations", "1", "--batch-size", "2",
+                                "--out", out, "--no-progress")
+    assert code == 0, err
+    assert "faster_rcnn_resnet50 (deformable), 1 iterations: AP=" in stdout
+    code, _, err = run_cli(capsys, "eval", out / "last.pt")
+    assert code == 0, err
+    metrics = json.loads((out / "eval_metrics.json").read_text())["metrics"]
+    assert metrics["num_images"] == 2 and "AP50" in metrics
+    code, _, err = run_cli(capsys, "viz", out / "last.pt", "--count", "1", "--out",
+                           tmp_path / "viz")
+    assert code == 0, err
+    assert_valid_png(tmp_path / "viz" / "sampling_0.png")

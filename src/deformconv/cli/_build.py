@@ -229,12 +229,20 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def resolve_model_name(task: str | None, model: str | None) -> tuple[str, str]:
-    """(model name, task) from either or both; refuses unknown names and mismatches."""
+SOURCE_TASKS = {"coco": "detection", "voc": "segmentation"}
+
+
+def resolve_model_name(task: str | None, model: str | None, data: DataSpec | None = None
+                       ) -> tuple[str, str]:
+    """(model name, task) from either or both; refuses unknown names and mismatches.
+
+    With neither, the task follows the data (COCO: detection, VOC: segmentation), and is
+    segmentation for synthetic data.
+    """
     from ..models import list_models, model_task
 
     if model is None:
-        task = task or "segmentation"
+        task = task or SOURCE_TASKS.get(data.source if data else "", "segmentation")
         return DEFAULT_MODELS[task], task
     if model not in list_models():
         raise CLIError(f"unknown model {model!r}; available: {', '.join(list_models())}")

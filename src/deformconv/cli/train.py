@@ -101,8 +101,8 @@ def run_train(args: argparse.Namespace) -> int:
         if resume == "auto":  # OUT/last.pt: keep writing to OUT
             values["out_dir"] = args.out
     else:
-        name, task = resolve_model_name(args.task, args.model)
         data_spec = data_spec_from_args(args)
+        name, task = resolve_model_name(args.task, args.model, data_spec)
         train_set, val_set, classes = build_datasets(data_spec, task)
         model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
                                           name=name, task=task)

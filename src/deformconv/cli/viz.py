@@ -61,8 +61,8 @@ def run_viz(args: argparse.Namespace) -> int:
     else:
         if args.model is None and args.task is None:
             raise CLIError("give a checkpoint, or --model NAME (or --task) for a fresh model")
-        name, task = resolve_model_name(args.task, args.model)
         data_spec = data_spec_from_args(args)
+        name, task = resolve_model_name(args.task, args.model, data_spec)
         _, dataset, classes = build_datasets(data_spec, task, need_train=False)
         model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
                                           name=name, task=task)
