@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -98,21 +99,29 @@ class Tile:
     y1: int
 
 
+def _balanced_step(total: int, most: int) -> int:
+    """The step that cuts ``total`` into as few parts of at most ``most`` as possible, evenly
+    (an uneven last part makes a GEMM tile with poor efficiency)."""
+    parts = max(1, -(-total // max(1, most)))
+    return max(1, -(-total // parts))
+
+
 def tiles(batch: int, rows: int, bytes_per_row: int, budget: int | None = None) -> Iterator[Tile]:
     """Split ``batch`` images × ``rows`` output rows into tiles of at most ``budget`` bytes.
 
     Whole images are grouped while they fit; a single image too large for the budget is
-    cut into bands of rows (at least one row per tile, whatever the budget). The budget
-    defaults to the module's ``WORKSPACE_BYTES``, read at call time.
+    cut into bands of rows (at least one row per tile, whatever the budget). Tiles are as
+    even as possible. The budget defaults to the module's ``WORKSPACE_BYTES``, read at
+    call time.
     """
     budget = WORKSPACE_BYTES if budget is None else budget
     image_bytes = max(1, bytes_per_row * rows)
     if image_bytes <= budget:
-        step = max(1, budget // image_bytes)
+        step = _balanced_step(batch, budget // image_bytes)
         for n0 in range(0, batch, step):
             yield Tile(n0, min(batch, n0 + step), 0, rows)
         return
-    band = max(1, budget // max(1, bytes_per_row))
+    band = _balanced_step(rows, budget // max(1, bytes_per_row))
     for n in range(batch):
         for y0 in range(0, rows, band):
             yield Tile(n, n + 1, y0, min(rows, y0 + band))
@@ -286,3 +295,25 @@ def check_compute_dtype(input: Tensor, **others: Tensor | None) -> None:
             "call the public function, which computes float16/bfloat16 in float32"
         )
     check_same_dtype_device("input", input, **others)
+
+
+_workspace = threading.local()
+
+
+def workspace(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """An uninitialised CPU tensor of ``shape`` backed by this thread's reusable buffer.
+
+    Column tiles are tens of MiB; a fresh allocation of that size is a fresh mmap whose
+    page faults cost as much as sampling the tile. The buffer grows to the largest tile
+    asked for (bounded by the tiling budget) and is reused by the next call on the same
+    thread, so a caller must be done with one workspace tensor before asking for another.
+    """
+    numel = 1
+    for size in shape:
+        numel *= size
+    nbytes = numel * torch.finfo(dtype).bits // 8
+    buffer: Tensor | None = getattr(_workspace, "buffer", None)
+    if buffer is None or buffer.numel() < nbytes:
+        _workspace.buffer = buffer = None  # free the old one before allocating the new
+        _workspace.buffer = buffer = torch.empty(nbytes, dtype=torch.uint8)
+    return buffer[:nbytes].view(dtype).view(shape)
