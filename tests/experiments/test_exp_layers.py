@@ -1,0 +1,73 @@
+"""experiments/layers.py (paper Table 1) in smoke mode, continued runs, and its report."""
+
+from __future__ import annotations
+
+import json
+
+from exp_scripts import load, run_args
+
+layers = load("layers")
+make_results = load("make_results")
+
+
+def _summary(out, task):
+    return json.loads((out / f"layers_{task}" / "summary.json").read_text())
+
+
+def test_segmentation_smoke_then_continued(tmp_path, capsys):
+    assert layers.main(["--task", "segmentation", *run_args(tmp_path, "--layers", "0", "6")]) == 0
+    summary = _summary(tmp_path, "segmentation")
+    assert summary["mode"] == "smoke" and summary["metrics"] == ["miou", "pixel_acc"]
+    rows = {r["layers"]: r for r in summary["rows"]}
+    assert set(rows) == {0, 6} and rows[6]["deform_blocks"] == [0, 0, 3, 3]
+    assert rows[6]["params"] > rows[0]["params"]
+    for row in rows.values():
+        assert 0.0 <= row["miou"]["mean"] <= 1.0 and row["miou"]["values"] == [row["miou"]["mean"]]
+    folder = tmp_path / "layers_segmentation"
+    assert not (folder / "layers6_seed0" / "last.pt").exists()  # deleted once done
+    stamp = (folder / "layers6_seed0.json").stat().st_mtime_ns
+    capsys.readouterr()
+
+    # continuing: the two runs are read back, the new configuration is trained
+    assert layers.main(["--task", "segmentation", *run_args(tmp_path, "--layers", "0", "6",
+                                                             "3")]) == 0
+    printed = capsys.readouterr().out
+    assert "layers0_seed0: done before, skipped" in printed
+    assert "layers3_seed0: running" in printed
+    assert (folder / "layers6_seed0.json").stat().st_mtime_ns == stamp
+    assert [r["layers"] for r in _summary(tmp_path, "segmentation")["rows"]] == [0, 6, 3]
+
+    report = tmp_path / "docs" / "RESULTS.md"
+    assert make_results.main(["--runs", str(tmp_path), "--out", str(report)]) == 0
+    text = report.read_text()
+    assert "These are SMOKE results" in text and "SMOKE RUN" in text
+    miou = _summary(tmp_path, "segmentation")["rows"][1]["miou"]["mean"]
+    assert f"{miou:.3f} ± 0.000 (n=1)" in text
+    assert "*Not run yet:* `python experiments/roi_pooling.py`" in text
+    assert "undecided (one seed)" in text
+
+
+def test_detection_smoke(tmp_path):
+    assert layers.main(["--task", "detection", *run_args(tmp_path, "--layers", "0", "1")]) == 0
+    rows = _summary(tmp_path, "detection")["rows"]
+    assert [r["layers"] for r in rows] == [0, 1]
+    for row in rows:
+        assert 0.0 <= row["AP"]["mean"] <= row["AP50"]["mean"] + 1e-9 <= 1.0 + 1e-9
+    assert rows[1]["params"] > rows[0]["params"]
+
+
+def test_layer_counts_match_the_paper():
+    """1, 2, 3 layers: the last convs of res5; 6: also the last 3 of res4."""
+    assert {n: sum(b) for n, b in layers.LAYERS.items()} == {0: 0, 1: 1, 2: 2, 3: 3, 6: 6}
+    assert layers.LAYERS[6] == (0, 0, 3, 3)
+
+
+def test_plan_estimates_without_training(tmp_path):
+    args = ["--task", "segmentation", *run_args(tmp_path, "--plan", "--layers", "0", "3")]
+    assert layers.main(args) == 0
+    plan = json.loads((tmp_path / "layers_segmentation" / "plan.json").read_text())
+    assert set(plan["seconds_per_iteration"]) == {"0 layers", "3 layers"}
+    total = sum(plan["seconds_per_iteration"].values()) * plan["iterations"] * plan["seeds"]
+    assert plan["estimated_minutes"] * 60 >= total > 0
+    assert not (tmp_path / "layers_segmentation" / "summary.json").exists()
+    assert not list((tmp_path / "layers_segmentation").glob("layers*_seed*.json"))

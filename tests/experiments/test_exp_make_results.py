@@ -1,0 +1,84 @@
+"""experiments/make_results.py: verdicts from summaries, labels, figures, missing studies."""
+
+from __future__ import annotations
+
+import json
+
+from exp_scripts import load
+
+make_results = load("make_results")
+
+
+def _stat(values):
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return {"mean": mean, "std": std, "values": values}
+
+
+def _write(folder, study, summary):
+    (folder / study).mkdir(parents=True, exist_ok=True)
+    (folder / study / "summary.json").write_text(json.dumps(summary))
+
+
+SIZES = {"image_size": 64, "train_size": 10, "val_size": 4, "base_channels": 16,
+         "iterations": 100, "batch_size": 8}
+
+
+def test_compare():
+    assert make_results.compare(_stat([0.5, 0.52, 0.54]), _stat([0.3, 0.31, 0.32]))[1] \
+        .startswith("higher")
+    assert make_results.compare(_stat([0.3, 0.5, 0.7]), _stat([0.4, 0.5, 0.6]))[1] \
+        .startswith("within")
+    assert make_results.compare(_stat([0.1, 0.11]), _stat([0.3, 0.31]))[1].startswith("lower")
+    assert make_results.compare({"mean": 1, "std": 0, "values": [1]},
+                                {"mean": 0, "std": 0, "values": [0]})[1].startswith("one seed")
+
+
+def test_full_report_verdicts(tmp_path):
+    runs = tmp_path / "runs"
+    rows = [{"layers": n, "deform_blocks": [0, 0, 0, n], "params": 1000 + n,
+             "miou": _stat(v), "pixel_acc": _stat([0.9, 0.9, 0.9])}
+            for n, v in ((0, [0.30, 0.31, 0.32]), (3, [0.40, 0.41, 0.42]),
+                         (6, [0.60, 0.61, 0.62]))]
+    _write(runs, "layers_segmentation", {"mode": "full", "settings": {"sizes": SIZES},
+                                         "seeds": [0, 1, 2], "metrics": ["miou", "pixel_acc"],
+                                         "rows": rows})
+    dil_rows = [{"layer": "layer4.2.conv2", "nominal": 4, "bucket": b, "count": 10,
+                 "mean": m, "std": 0.5}
+                for b, m in (("small", 4.5), ("medium", 5.0), ("large", 6.5),
+                             ("background", 5.5))]
+    (runs / "dilation" / "seed0").mkdir(parents=True)
+    (runs / "dilation" / "seed0" / "fig5_sampling_0.png").write_bytes(b"\x89PNG fake")
+    _write(runs, "dilation", {"mode": "full", "settings": {"sizes": SIZES}, "seeds": [0],
+                              "miou": [0.5], "thresholds": [50.0, 200.0], "rows": dil_rows,
+                              "figures": ["seed0/fig5_sampling_0.png"]})
+    out = tmp_path / "docs" / "RESULTS.md"
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "SMOKE" not in text
+    assert "3 deformable layers vs none, miou +0.100" in text and "**agrees**" in text
+    # 6 clearly beats 3: the paper's saturation is not reproduced
+    assert "6 vs 3 deformable layers, miou +0.200" in text
+    assert "finds saturation at 3 (6 no better): **does not agree**" in text
+    assert "small / medium / large = 4.50 / 5.00 / 6.50 (+44.4% large vs small" in text
+    assert "| 0 | (0, 0, 0, 0) | 1,000 | 0.310 ± 0.010 (n=3) | 0.900 ± 0.000 (n=3) | 69.7 |" \
+        in text
+    assert "![seed0_fig5_sampling_0](results/seed0_fig5_sampling_0.png)" in text
+    assert (tmp_path / "docs" / "results" / "seed0_fig5_sampling_0.png").is_file()
+    for command in ("layers.py --task detection", "roi_pooling.py", "overhead.py"):
+        assert f"*Not run yet:* `python experiments/{command}`" in text
+
+
+def test_dilation_verdict_needs_every_seed():
+    def rows(seed_means):
+        return [{"layer": "l", "bucket": b, "mean": sum(s) / len(s), "seed_means": s}
+                for b, s in zip(("small", "medium", "large"), seed_means, strict=True)]
+
+    assert "**agrees**" in make_results._dilation_verdict("l", rows([[1, 2], [3, 4], [5, 6]]))
+    # pooled means grow (2 < 3 < 4.5) but seed 1 has medium > large
+    assert "**does not agree**" in make_results._dilation_verdict(
+        "l", rows([[1, 3], [2, 4], [6, 3]]))
+    empty = [{"layer": "l", "bucket": "small", "mean": None, "seed_means": [None]},
+             {"layer": "l", "bucket": "medium", "mean": 2.0, "seed_means": [2.0]},
+             {"layer": "l", "bucket": "large", "mean": 3.0, "seed_means": [3.0]}]
+    assert "**undecided**" in make_results._dilation_verdict("l", empty)

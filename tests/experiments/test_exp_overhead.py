@@ -1,0 +1,33 @@
+"""experiments/overhead.py, run as a script the way the README says."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from exp_scripts import EXPERIMENTS, load, run_args
+
+overhead = load("overhead")
+
+
+def test_script_smoke(tmp_path):
+    done = subprocess.run([sys.executable, str(EXPERIMENTS / "overhead.py"),
+                           *run_args(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "overhead" / "summary.json").read_text())
+    assert summary["mode"] == "smoke" and summary["threads"] == 1
+    assert [r["model"] for r in summary["rows"]] == [m.label for m in overhead.SMOKE_MODELS]
+    for row in summary["rows"]:
+        assert row["params_deformable"] > row["params_plain"] > 0
+        assert row["params_increase"] == row["params_deformable"] / row["params_plain"] - 1
+        assert row["ms_plain"] > 0 and row["ms_deformable"] > 0
+
+
+def test_twins_share_the_input_size():
+    for m in overhead.MODELS:
+        deformable, plain = m.specs()
+        assert deformable.kwargs == plain.kwargs and deformable.deformable
+        assert not plain.deformable
+        if "min_size" in m.kwargs:  # detectors must not resize the image
+            assert m.kwargs["min_size"] == m.kwargs["max_size"] == m.image_size

@@ -1,0 +1,119 @@
+"""experiments/runner.py: cached runs, refused stale results, twin initialisation, stats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+from exp_scripts import load
+
+runner = load("runner")
+
+
+def _study(tmp_path, settings, smoke=True, shard=None):
+    args = argparse.Namespace(out=tmp_path, smoke=smoke, keep_checkpoints=False, threads=1,
+                              shard=shard)
+    return runner.Study("unit", args, settings)
+
+
+def test_run_is_computed_once_then_read_back(tmp_path):
+    calls = []
+
+    def fn(run_dir):
+        calls.append(run_dir)
+        return {"value": 1.5}
+
+    first = _study(tmp_path, {"a": (1, 2)}).run("r0", {"seed": 0}, fn)
+    study = _study(tmp_path, {"a": (1, 2)})
+    second = study.run("r0", {"seed": 0}, fn)
+    assert len(calls) == 1 and calls[0] == tmp_path / "unit" / "r0"
+    assert first["value"] == second["value"] == 1.5 and second["seconds"] >= 0
+    assert study.skipped == ["r0"] and study.done == []
+    saved = json.loads((tmp_path / "unit" / "r0.json").read_text())
+    assert saved["identity"]["mode"] == "smoke" and saved["identity"]["settings"] == {"a": [1, 2]}
+
+
+@pytest.mark.parametrize("change", ["settings", "config", "mode"])
+def test_results_made_otherwise_are_refused(tmp_path, change):
+    _study(tmp_path, {"a": 1}).run("r0", {"seed": 0}, lambda d: {"value": 1})
+    settings = {"a": 2} if change == "settings" else {"a": 1}
+    config = {"seed": 1} if change == "config" else {"seed": 0}
+    study = _study(tmp_path, settings, smoke=change != "mode")
+    with pytest.raises(SystemExit) as err:
+        study.run("r0", config, lambda d: pytest.fail("must not recompute"))
+    assert err.value.code == 2
+
+
+def test_shards_split_the_runs_then_a_plain_call_reads_all(tmp_path):
+    ran = []
+
+    def sweep(shard):
+        study = _study(tmp_path, {}, shard=shard)
+        out = [study.run(f"r{i}", {"i": i}, lambda d, i=i: ran.append(i) or {"i": i})
+               for i in range(5)]
+        return study, out
+
+    study, out = sweep((0, 2))
+    assert ran == [0, 2, 4] and not study.complete and study.left == ["r1", "r3"]
+    assert [r["i"] if r else None for r in out] == [0, None, 2, None, 4]
+    study, _ = sweep((1, 2))
+    assert ran == [0, 2, 4, 1, 3] and study.complete
+    study, out = sweep(None)
+    assert ran == [0, 2, 4, 1, 3] and study.complete and len(study.skipped) == 5
+    assert [r["i"] for r in out] == list(range(5))
+
+
+@pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2"])
+def test_bad_shard_is_refused(text):
+    parser = argparse.ArgumentParser()
+    runner.add_common_args(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--shard", text])
+
+
+def test_failed_run_leaves_no_result(tmp_path):
+    def boom(run_dir):
+        raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError):
+        _study(tmp_path, {}).run("r0", {}, boom)
+    assert not (tmp_path / "unit" / "r0.json").exists()
+
+
+def test_mean_std():
+    assert runner.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert runner.mean_std([4.0]) == (4.0, 0.0)
+    assert all(math.isnan(v) for v in runner.mean_std([]))
+
+
+@pytest.mark.parametrize("task", ["segmentation", "detection"])
+def test_twin_starts_as_the_plain_function(task):
+    """Same seed: the deformable model (zero offsets) computes what its plain twin does."""
+    sizes = runner.Sizes(image_size=64, batch_size=2, train_size=4, val_size=2,
+                         base_channels=4, iterations=1, seeds=(0,))
+    if task == "segmentation":
+        spec, plain = runner.segmentation_specs(sizes, 5, (0, 0, 1, 3))
+    else:
+        spec, plain = runner.detection_specs(sizes, 5, (0, 0, 0, 2), deformable_head=True)
+    model, base = runner.twin_model(spec, plain, 3).eval(), runner.twin_model(plain, plain, 3)
+    assert runner.parameter_count(model) > runner.parameter_count(base.eval())
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        if task == "segmentation":
+            torch.testing.assert_close(model(images), base(images))
+        else:  # the backbone (the head's pooling differs only by its zero offsets)
+            torch.testing.assert_close(model.backbone(images)["head"],
+                                       base.backbone(images)["head"])
+
+
+def test_seed_list_is_not_part_of_a_runs_identity():
+    """Adding seeds to a finished study continues it instead of refusing its results."""
+    a = runner.Sizes(image_size=32, batch_size=2, train_size=4, val_size=2, base_channels=4,
+                     iterations=1, seeds=(0,))
+    b = runner.Sizes(**{**a.identity(), "seeds": (0, 1, 2)})
+    assert a.identity() == b.identity() and "seeds" not in a.identity()
+    assert runner.Sizes(**{**a.identity(), "iterations": 2, "seeds": (0,)}).identity() \
+        != a.identity()
