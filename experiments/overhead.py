@@ -86,7 +86,7 @@ SMOKE_MODELS = (
              _detector(64, backbone_kwargs={**SCRATCH, "base_channels": 4},
                        head_channels=16, representation_size=32)),
 )
-REPEATS = {"full": 5, "smoke": 2}
+REPEATS = {"full": 10, "smoke": 2}
 
 
 def measure(m: Measured, seed: int, repeats: int) -> dict[str, Any]:

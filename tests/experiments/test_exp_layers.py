@@ -43,7 +43,7 @@ def test_segmentation_smoke_then_continued(tmp_path, capsys):
     assert "These are SMOKE results" in text and "SMOKE RUN" in text
     miou = _summary(tmp_path, "segmentation")["rows"][1]["miou"]["mean"]
     assert f"{miou:.3f} ± 0.000 (n=1)" in text
-    assert "*Not run yet:* `python experiments/roi_pooling.py`" in text
+    assert "Command: `python experiments/roi_pooling.py`\n\n*Not run yet.*" in text
     assert "undecided (one seed)" in text
 
 

@@ -66,7 +66,7 @@ def test_full_report_verdicts(tmp_path):
     assert "![seed0_fig5_sampling_0](results/seed0_fig5_sampling_0.png)" in text
     assert (tmp_path / "docs" / "results" / "seed0_fig5_sampling_0.png").is_file()
     for command in ("layers.py --task detection", "roi_pooling.py", "overhead.py"):
-        assert f"*Not run yet:* `python experiments/{command}`" in text
+        assert f"Command: `python experiments/{command}`\n\n*Not run yet.*" in text
 
 
 def test_dilation_verdict_needs_every_seed():
