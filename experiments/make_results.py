@@ -273,13 +273,12 @@ def _dilation_verdict(layer: str, rows: Sequence[dict[str, Any]]) -> str:
             f"object size: **{'agrees' if grows else 'does not agree'}**.")
 
 
-def _run_minutes(folder: Path) -> float:
-    total = 0.0
-    for path in folder.glob("*.json"):
-        if path.name in ("summary.json", "plan.json"):
-            continue
-        total += json.loads(path.read_text())["result"].get("seconds", 0.0)
-    return total / 60
+def _run_minutes(folder: Path) -> float | None:
+    """Minutes the study's runs took (each run's own timing), None before any run."""
+    runs = [p for p in folder.glob("*.json") if p.name not in ("summary.json", "plan.json")]
+    if not runs:
+        return None
+    return sum(json.loads(p.read_text())["result"].get("seconds", 0.0) for p in runs) / 60
 
 
 def _sizes_text(data: dict[str, Any]) -> str:

@@ -45,6 +45,7 @@ def test_segmentation_smoke_then_continued(tmp_path, capsys):
     assert f"{miou:.3f} ± 0.000 (n=1)" in text
     assert "Command: `python experiments/roi_pooling.py`\n\n*Not run yet.*" in text
     assert "undecided (one seed)" in text
+    assert "| layers_segmentation | smoke | – |" in text  # budget: no --plan made
 
 
 def test_detection_smoke(tmp_path):
