@@ -220,7 +220,7 @@ class Report:
                  f"than {low:.0f} visible pixels are small, fewer than {high:.0f} medium, "
                  f"else large (equal thirds of the validation objects). Paper Table 2: "
                  f"numbers {NOT_VERIFIED}; its claim is that the effective dilation grows with "
-                 f"object size and is large on background. Ours: "
+                 f"object size. Ours: "
                  f"{_sizes_text(data)}", "")
         for layer in by_layer:
             self.verdicts.append(_dilation_verdict(layer, data["rows"]))
