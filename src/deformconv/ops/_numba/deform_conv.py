@@ -36,39 +36,19 @@ class _TileData:
         self.pixels = (tile.n1 - tile.n0) * (tile.y1 - tile.y0) * offset.shape[3]
 
 
-def _transpose(src: Tensor, dst: Tensor) -> Tensor:
-    """Write (B, R, S) ``src`` into (B, S, R) ``dst`` (any strides); returns ``dst``."""
-    kernels.transpose_last2(src.detach().numpy(), dst.detach().numpy())
-    return dst
-
-
 def _channels_last(input: Tensor, tile: Tile, cache: dict) -> Tensor:
     """``input[n0:n1]`` as (nb, H, W, C), reused across the row bands of one image."""
     key = (tile.n0, tile.n1)
     if cache.get("key") != key:
-        nb, c, h, w = input[tile.n0 : tile.n1].shape
         cache["key"] = key
-        cache["value"] = _transpose(input[tile.n0 : tile.n1].reshape(nb, c, h * w),
-                                    input.new_empty(nb, h * w, c)).view(nb, h, w, c)
+        cache["value"] = input[tile.n0 : tile.n1].permute(0, 2, 3, 1).contiguous()
     return cache["value"]
 
 
 def _weight_1x1(weight: Tensor) -> Tensor:
     """(Cout, Cin/groups, kh, kw) -> (Cout, kh*kw*Cin/groups, 1, 1), in the columns' order."""
     cout, cin_g, kh, kw = weight.shape
-    w = _transpose(weight.reshape(cout, cin_g, kh * kw), weight.new_empty(cout, kh * kw, cin_g))
-    return w.view(cout, kh * kw * cin_g, 1, 1)
-
-
-def _store(result: Tensor, out: Tensor, tile: Tile) -> None:
-    """Copy a tile's (nb, Cout, rows, Wout) result into ``out``, fast from channels-last."""
-    target = out[tile.n0 : tile.n1, :, tile.y0 : tile.y1]
-    if not result.is_contiguous(memory_format=torch.channels_last):
-        target.copy_(result)
-        return
-    nb, cout, rows, wout = result.shape
-    _transpose(result.permute(0, 2, 3, 1).reshape(nb, rows * wout, cout),
-               target.view(nb, cout, rows * wout))
+    return weight.permute(0, 2, 3, 1).reshape(cout, kh * kw * cin_g, 1, 1)
 
 
 def _as_image(columns: Tensor, tile: Tile) -> Tensor:
@@ -101,7 +81,8 @@ def forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
     for tile in tiles(n, hout, row_bytes):
         data = _TileData(tile, _channels_last(input, tile, cache), offset, mask)
         columns = _sample(data, tile, groups, cin_g, kh, kw, geometry)
-        _store(F.conv2d(_as_image(columns, tile), w_1x1, bias, groups=groups), out, tile)
+        out[tile.n0 : tile.n1, :, tile.y0 : tile.y1] = F.conv2d(
+            _as_image(columns, tile), w_1x1, bias, groups=groups)
     return out
 
 
@@ -168,9 +149,6 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
                 *args,
             )
             if tile.y1 == hout:
-                nb = tile.n1 - tile.n0
-                _transpose(grad_x_cl.view(nb, height * width, cin),
-                           grad_input[tile.n0 : tile.n1].view(nb, cin, height * width))
-    grad_weight = _transpose(grad_w_1x1.view(cout, kh * kw, cin_g),
-                             weight.new_empty(cout, cin_g, kh * kw)).view_as(weight)
+                grad_input[tile.n0 : tile.n1] = grad_x_cl.permute(0, 3, 1, 2)
+    grad_weight = grad_w_1x1.view(cout, kh, kw, cin_g).permute(0, 3, 1, 2).contiguous()
     return grad_input, grad_offset, grad_weight, grad_mask

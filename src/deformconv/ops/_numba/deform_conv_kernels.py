@@ -181,24 +181,3 @@ def input_grad(
                             g11[t] += a11 * gcol
                         c = end
 
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def transpose_last2(src, dst):
-    """``dst[b, s, r] = src[b, r, s]`` for (B, R, S) -> (B, S, R), any strides.
-
-    torch's copy of a permuted view runs these layout changes (NCHW <-> NHWC, the weight
-    reorder) 3-8x slower than a blocked, parallel transpose.
-    """
-    batch, rows, cols = src.shape
-    block = 32
-    row_blocks = (rows + block - 1) // block
-    for t in numba.prange(batch * row_blocks):
-        b = t // row_blocks
-        r0 = (t % row_blocks) * block
-        r1 = min(rows, r0 + block)
-        for s0 in range(0, cols, block):
-            s1 = min(cols, s0 + block)
-            for r in range(r0, r1):
-                for s in range(s0, s1):
-                    dst[b, s, r] = src[b, r, s]
