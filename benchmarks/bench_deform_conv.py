@@ -165,18 +165,18 @@ def main() -> None:
 def memory_probe() -> None:
     """Print the peak extra memory of each forward at MEMORY_CASE (run in its own process)."""
     t = make_inputs(MEMORY_CASE, False)
-    ops = {"ours": lambda x, off: deform_conv2d(x, off, t["weight"], padding=2, dilation=2),
-           "conv2d": lambda x, off: F.conv2d(x, t["weight"], padding=2, dilation=2)}
+    ops = {"ours": lambda x, off, w: deform_conv2d(x, off, w, padding=2, dilation=2),
+           "conv2d": lambda x, off, w: F.conv2d(x, w, padding=2, dilation=2)}
     if tv_deform_conv2d is not None:
-        ops["torchvision"] = lambda x, off: tv_deform_conv2d(
-            x, off, t["weight"], padding=2, dilation=2)
+        ops["torchvision"] = lambda x, off, w: tv_deform_conv2d(x, off, w, padding=2, dilation=2)
     c = MEMORY_CASE
     with torch.no_grad():
         for name, op in ops.items():
-            # Warm-up on an 8x8 crop: compiles kernels without growing the reusable column
-            # workspace, whose allocation the measured call then counts.
-            op(t["input"][:1, :, :8, :8], t["offset"][:1, :, :8, :8])
-            extra = peak_extra_memory(lambda op=op: op(t["input"], t["offset"]))
+            # Warm-up on an 8x8 crop with 8 output channels: compiles kernels without growing
+            # the reusable workspace (columns, weight copy), whose allocation the measured
+            # call then counts.
+            op(t["input"][:1, :, :8, :8], t["offset"][:1, :, :8, :8], t["weight"][:8])
+            extra = peak_extra_memory(lambda op=op: op(t["input"], t["offset"], t["weight"]))
             print(f"peak extra memory of the forward at {c.name} "
                   f"({c.n},{c.cin},{c.cout},{c.h},{c.w}), {name}: {extra / 2**20:.1f} MiB")
 

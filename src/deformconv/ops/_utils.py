@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 # Largest column buffer (bytes) a kernel may hold at once; tiles are sized to fit it.
-WORKSPACE_BYTES = int(float(os.environ.get("DEFORMCONV_WORKSPACE_MB", "32")) * 2**20)
+WORKSPACE_BYTES = int(float(os.environ.get("DEFORMCONV_WORKSPACE_MB", "48")) * 2**20)
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
 UPCAST_DTYPES = (torch.float16, torch.bfloat16)
@@ -300,20 +300,22 @@ def check_compute_dtype(input: Tensor, **others: Tensor | None) -> None:
 _workspace = threading.local()
 
 
-def workspace(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-    """An uninitialised CPU tensor of ``shape`` backed by this thread's reusable buffer.
+def workspace(shape: tuple[int, ...], dtype: torch.dtype, slot: str = "columns") -> Tensor:
+    """An uninitialised CPU tensor of ``shape`` backed by this thread's reusable ``slot``.
 
     Column tiles are tens of MiB; a fresh allocation of that size is a fresh mmap whose
-    page faults cost as much as sampling the tile. The buffer grows to the largest tile
-    asked for (bounded by the tiling budget) and is reused by the next call on the same
-    thread, so a caller must be done with one workspace tensor before asking for another.
+    page faults cost as much as sampling the tile. Each slot's buffer grows to the largest
+    request (bounded by the tiling budget, or by the largest weight) and is reused by the
+    next call on the same thread, so a caller must be done with one tensor of a slot before
+    asking for another.
     """
     numel = 1
     for size in shape:
         numel *= size
     nbytes = numel * torch.finfo(dtype).bits // 8
-    buffer: Tensor | None = getattr(_workspace, "buffer", None)
+    buffers: dict[str, Tensor] = _workspace.__dict__.setdefault("buffers", {})
+    buffer = buffers.get(slot)
     if buffer is None or buffer.numel() < nbytes:
-        _workspace.buffer = buffer = None  # free the old one before allocating the new
-        _workspace.buffer = buffer = torch.empty(nbytes, dtype=torch.uint8)
+        buffers.pop(slot, None)  # free the old one before allocating the new
+        buffers[slot] = buffer = torch.empty(nbytes, dtype=torch.uint8)
     return buffer[:nbytes].view(dtype).view(shape)

@@ -1,10 +1,11 @@
 """Numba kernels of deform_conv2d: sampling into columns and the two backward scatters.
 
 Layouts (one tile = ``nb`` images × ``rows`` output rows, ``P = nb*rows*Wout`` pixels):
-    x        (nb, H, W, Cin)         channels-last input of the tile's images
+    x        (nb, H, W, Cin)                    channels-last input of the tile's images
     offset   (nb, 2*G*kk, rows, Wout)
-    mask     (nb, G*kk, rows, Wout)  (a (1, 1, 1, 1) dummy when ``has_mask`` is False)
-    columns  (P, groups, kk, Cin/groups)
+    mask     (nb, G*kk, rows, Wout)             (a (1, 1, 1, 1) dummy without a mask)
+    columns  (nb, rows, Wout, kk, Cin)          sample of kernel point k of output pixel
+                                                (r, col) at [n, r, col, k, :]
 Channels are innermost everywhere, so each sample's four corner reads and its column
 write are contiguous runs that LLVM vectorises.
 """
@@ -34,14 +35,14 @@ def _pixel(p, rows, wout):
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil):
-    """Fill ``columns[p, gr, k, c] = mask * bilinear(x[n, :, :, c], position of (p, k))``."""
+    """Fill ``columns`` with ``mask * bilinear(x[n, :, :, c], position of (p, k))``."""
     nb, height, width, cin = x.shape
-    npix, groups, kk, cin_g = columns.shape
+    rows, wout = offset.shape[2], offset.shape[3]
+    kk = columns.shape[3]
     offset_groups = offset.shape[1] // (2 * kk)
     cin_og = cin // offset_groups
-    rows, wout = offset.shape[2], offset.shape[3]
     one = columns.dtype.type(1.0)
-    for p in numba.prange(npix):
+    for p in numba.prange(nb * rows * wout):
         n, r, col = _pixel(p, rows, wout)
         for k in range(kk):
             for g in range(offset_groups):
@@ -52,16 +53,12 @@ def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil)
                 a01 = columns.dtype.type(m * (1 - lh) * lw * k01)
                 a10 = columns.dtype.type(m * lh * (1 - lw) * k10)
                 a11 = columns.dtype.type(m * lh * lw * k11)
-                c = g * cin_og
-                while c < (g + 1) * cin_og:
-                    gr = c // cin_g
-                    end = min((g + 1) * cin_og, (gr + 1) * cin_g)
-                    dst = columns[p, gr, k, c - gr * cin_g : end - gr * cin_g]
-                    x00, x01 = x[n, h0, w0, c:end], x[n, h0, w1, c:end]
-                    x10, x11 = x[n, h1, w0, c:end], x[n, h1, w1, c:end]
-                    for t in range(dst.shape[0]):
-                        dst[t] = a00 * x00[t] + a01 * x01[t] + a10 * x10[t] + a11 * x11[t]
-                    c = end
+                c, end = g * cin_og, (g + 1) * cin_og
+                dst = columns[n, r, col, k, c:end]
+                x00, x01 = x[n, h0, w0, c:end], x[n, h0, w1, c:end]
+                x10, x11 = x[n, h1, w0, c:end], x[n, h1, w1, c:end]
+                for t in range(cin_og):
+                    dst[t] = a00 * x00[t] + a01 * x01[t] + a10 * x10[t] + a11 * x11[t]
 
 
 # reassoc lets LLVM vectorise the channel sums; no flag changes NaN/inf semantics.
@@ -75,12 +72,12 @@ def offset_mask_grad(
     entry is owned by one iteration, so the pixel loop runs in parallel without races.
     """
     nb, height, width, cin = x.shape
-    npix, groups, kk, cin_g = grad_columns.shape
+    rows, wout = offset.shape[2], offset.shape[3]
+    kk = grad_columns.shape[3]
     offset_groups = offset.shape[1] // (2 * kk)
     cin_og = cin // offset_groups
-    rows, wout = offset.shape[2], offset.shape[3]
     zero = x.dtype.type(0.0)
-    for p in numba.prange(npix):
+    for p in numba.prange(nb * rows * wout):
         n, r, col = _pixel(p, rows, wout)
         for k in range(kk):
             for g in range(offset_groups):
@@ -103,22 +100,15 @@ def offset_mask_grad(
                 acc_h = zero
                 acc_w = zero
                 acc_v = zero
-                c = g * cin_og
-                while c < (g + 1) * cin_og:
-                    gr = c // cin_g
-                    end = min((g + 1) * cin_og, (gr + 1) * cin_g)
-                    src = grad_columns[p, gr, k, c - gr * cin_g : end - gr * cin_g]
-                    x00, x01 = x[n, h0, w0, c:end], x[n, h0, w1, c:end]
-                    x10, x11 = x[n, h1, w0, c:end], x[n, h1, w1, c:end]
-                    for t in range(src.shape[0]):
-                        gcol = src[t]
-                        acc_h += gcol * (dh00 * x00[t] + dh01 * x01[t] + dh10 * x10[t]
-                                         + dh11 * x11[t])
-                        acc_w += gcol * (dw00 * x00[t] + dw01 * x01[t] + dw10 * x10[t]
-                                         + dw11 * x11[t])
-                        acc_v += gcol * (v00 * x00[t] + v01 * x01[t] + v10 * x10[t]
-                                         + v11 * x11[t])
-                    c = end
+                c, end = g * cin_og, (g + 1) * cin_og
+                src = grad_columns[n, r, col, k, c:end]
+                x00, x01 = x[n, h0, w0, c:end], x[n, h0, w1, c:end]
+                x10, x11 = x[n, h1, w0, c:end], x[n, h1, w1, c:end]
+                for t in range(cin_og):
+                    gcol = src[t]
+                    acc_h += gcol * (dh00 * x00[t] + dh01 * x01[t] + dh10 * x10[t] + dh11 * x11[t])
+                    acc_w += gcol * (dw00 * x00[t] + dw01 * x01[t] + dw10 * x10[t] + dw11 * x11[t])
+                    acc_v += gcol * (v00 * x00[t] + v01 * x01[t] + v10 * x10[t] + v11 * x11[t])
                 m = mask[n, g * kk + k, r, col] if has_mask else 1.0
                 grad_offset[n, 2 * (g * kk + k), r, col] = m * acc_h
                 grad_offset[n, 2 * (g * kk + k) + 1, r, col] = m * acc_w
@@ -138,17 +128,17 @@ def input_grad(
     fastest (4 per thread cost 4x the CPU time at 64 channels).
     """
     nb, height, width, cin = x_shape
-    npix, groups, kk, cin_g = grad_columns.shape
+    rows, wout = offset.shape[2], offset.shape[3]
+    kk = grad_columns.shape[3]
     offset_groups = offset.shape[1] // (2 * kk)
     cin_og = cin // offset_groups
-    rows, wout = offset.shape[2], offset.shape[3]
     one = grad_x.dtype.type(1.0)
     for b in numba.prange(blocks):
         c_lo = b * cin // blocks
         c_hi = (b + 1) * cin // blocks
         g_lo = c_lo // cin_og
         g_hi = (c_hi - 1) // cin_og + 1
-        for p in range(npix):
+        for p in range(nb * rows * wout):
             n, r, col = _pixel(p, rows, wout)
             for k in range(kk):
                 for g in range(g_lo, g_hi):
@@ -165,19 +155,14 @@ def input_grad(
                     a01 = grad_x.dtype.type(m * (1 - lh) * lw * k01)
                     a10 = grad_x.dtype.type(m * lh * (1 - lw) * k10)
                     a11 = grad_x.dtype.type(m * lh * lw * k11)
-                    c = max(c_lo, g * cin_og)
-                    c_end = min(c_hi, (g + 1) * cin_og)
-                    while c < c_end:
-                        gr = c // cin_g
-                        end = min(c_end, (gr + 1) * cin_g)
-                        src = grad_columns[p, gr, k, c - gr * cin_g : end - gr * cin_g]
-                        g00, g01 = grad_x[n, h0, w0, c:end], grad_x[n, h0, w1, c:end]
-                        g10, g11 = grad_x[n, h1, w0, c:end], grad_x[n, h1, w1, c:end]
-                        for t in range(src.shape[0]):
-                            gcol = src[t]
-                            g00[t] += a00 * gcol
-                            g01[t] += a01 * gcol
-                            g10[t] += a10 * gcol
-                            g11[t] += a11 * gcol
-                        c = end
+                    c, end = max(c_lo, g * cin_og), min(c_hi, (g + 1) * cin_og)
+                    src = grad_columns[n, r, col, k, c:end]
+                    g00, g01 = grad_x[n, h0, w0, c:end], grad_x[n, h0, w1, c:end]
+                    g10, g11 = grad_x[n, h1, w0, c:end], grad_x[n, h1, w1, c:end]
+                    for t in range(end - c):
+                        gcol = src[t]
+                        g00[t] += a00 * gcol
+                        g01[t] += a01 * gcol
+                        g10[t] += a10 * gcol
+                        g11[t] += a11 * gcol
 
