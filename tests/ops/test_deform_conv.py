@@ -553,6 +553,26 @@ class TestEdgeCases:
         actual = run_with_grads(op, tensors, strided(grad_out))
         assert_results_close(actual, expected, 1e-10)
 
+    @pytest.mark.parametrize("groups", [1, 2])
+    def test_interleaved_layers_share_the_workspace_safely(self, groups):
+        """Two layers' forwards, then their backwards in reverse order (as autograd runs a
+        network): each call re-fills the reused columns and weight-copy slots, so every
+        output and gradient still matches the reference."""
+        cases_ = [Case(cin=4, cout=6, groups=groups, offset_groups=2, kernel=(3, 3)),
+                  Case(cin=4, cout=8, groups=groups, kernel=(1, 3), padding=(0, 1))]
+        leaves, outs, grads_out, expected = [], [], [], []
+        for i, case in enumerate(cases_):
+            tensors = make_tensors(case, seed=20 + i)
+            grads_out.append(torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64))
+            expected.append(expected_results(case, tensors, grads_out[-1]))
+            leaves.append({k: t.detach().clone().requires_grad_() for k, t in tensors.items()})
+            outs.append(fast_op(case)(**leaves[-1]))
+        for i in reversed(range(len(cases_))):
+            outs[i].backward(grads_out[i])
+            actual = {"out": outs[i].detach(),
+                      **{f"grad_{k}": t.grad for k, t in leaves[i].items()}}
+            assert_results_close(actual, expected[i], 1e-10)
+
     def test_repeated_calls_are_bitwise_identical(self):
         """The parallel kernels must be race-free: two runs give the very same bits."""
         case = Case(n=2, cin=16, cout=8, groups=2, offset_groups=4, height=12, width=11,
