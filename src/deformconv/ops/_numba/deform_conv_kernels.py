@@ -28,6 +28,14 @@ def _sample_position(offset, n, g, k, kk, kw, r, col, y, stride, pad, dil):
 
 
 @numba.njit(inline="always", cache=True)
+def _tile_dims(x_shape, offset, columns):
+    """``(channels, rows, Wout, kk, offset groups, channels per offset group)`` of a tile."""
+    rows, wout, kk = offset.shape[2], offset.shape[3], columns.shape[3]
+    offset_groups = offset.shape[1] // (2 * kk)
+    return x_shape[3], rows, wout, kk, offset_groups, x_shape[3] // offset_groups
+
+
+@numba.njit(inline="always", cache=True)
 def _pixel(p, rows, wout):
     """Tile pixel index ``p`` -> (image in tile, row in tile, column)."""
     return p // (rows * wout), (p // wout) % rows, p % wout
@@ -36,11 +44,8 @@ def _pixel(p, rows, wout):
 @numba.njit(parallel=True, cache=True, nogil=True)
 def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil):
     """Fill ``columns`` with ``mask * bilinear(x[n, :, :, c], position of (p, k))``."""
-    nb, height, width, cin = x.shape
-    rows, wout = offset.shape[2], offset.shape[3]
-    kk = columns.shape[3]
-    offset_groups = offset.shape[1] // (2 * kk)
-    cin_og = cin // offset_groups
+    nb, height, width = x.shape[:3]
+    _, rows, wout, kk, offset_groups, cin_og = _tile_dims(x.shape, offset, columns)
     one = columns.dtype.type(1.0)
     for p in numba.prange(nb * rows * wout):
         n, r, col = _pixel(p, rows, wout)
@@ -71,11 +76,8 @@ def offset_mask_grad(
     ``grad_offset`` and ``grad_mask`` have the tile's offset / mask shapes. Each (p, k, g)
     entry is owned by one iteration, so the pixel loop runs in parallel without races.
     """
-    nb, height, width, cin = x.shape
-    rows, wout = offset.shape[2], offset.shape[3]
-    kk = grad_columns.shape[3]
-    offset_groups = offset.shape[1] // (2 * kk)
-    cin_og = cin // offset_groups
+    nb, height, width = x.shape[:3]
+    _, rows, wout, kk, offset_groups, cin_og = _tile_dims(x.shape, offset, grad_columns)
     zero = x.dtype.type(0.0)
     for p in numba.prange(nb * rows * wout):
         n, r, col = _pixel(p, rows, wout)
@@ -127,11 +129,8 @@ def input_grad(
     same entry. Every block recomputes all sample positions, so one block per thread is
     fastest (4 per thread cost 4x the CPU time at 64 channels).
     """
-    nb, height, width, cin = x_shape
-    rows, wout = offset.shape[2], offset.shape[3]
-    kk = grad_columns.shape[3]
-    offset_groups = offset.shape[1] // (2 * kk)
-    cin_og = cin // offset_groups
+    nb, height, width = x_shape[:3]
+    cin, rows, wout, kk, offset_groups, cin_og = _tile_dims(x_shape, offset, grad_columns)
     one = grad_x.dtype.type(1.0)
     for b in numba.prange(blocks):
         c_lo = b * cin // blocks
