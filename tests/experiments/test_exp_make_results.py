@@ -82,3 +82,24 @@ def test_dilation_verdict_needs_every_seed():
              {"layer": "l", "bucket": "medium", "mean": 2.0, "seed_means": [2.0]},
              {"layer": "l", "bucket": "large", "mean": 3.0, "seed_means": [3.0]}]
     assert "**undecided**" in make_results._dilation_verdict("l", empty)
+
+
+def test_models_that_did_not_learn_give_inconclusive_verdicts(tmp_path):
+    """Under the learned floor a gap between configurations says nothing about the claim."""
+    runs = tmp_path / "runs"
+    rows = [{"config": name, "deformable_conv_layers": 3 * conv, "deformable_roi_pooling": roi,
+             "params": 1000, "AP": _stat(ap), "AP50": _stat([v * 3 for v in ap])}
+            for name, conv, roi, ap in (("plain", 0, False, [0.001, 0.002, 0.003]),
+                                        ("deformable RoI pooling", 0, True, [0.02, 0.021, 0.022]),
+                                        ("deformable conv", 1, False, [0.01, 0.01, 0.01]),
+                                        ("both", 1, True, [0.03, 0.03, 0.03]))]
+    _write(runs, "roi_pooling", {"mode": "full", "settings": {"sizes": SIZES},
+                                 "seeds": [0, 1, 2], "metrics": ["AP", "AP50"], "rows": rows})
+    out = tmp_path / "RESULTS.md"
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert ("Table 3: **inconclusive: the models did not learn the task in this budget "
+            "(best AP50 0.090 < 0.1)**.") in text
+    assert "adds on top" not in text
+    assert make_results.unlearned([{"miou": _stat([0.3, 0.3])}, {"miou": _stat([0.1, 0.1])}]) \
+        is None
