@@ -24,17 +24,17 @@ from deformconv.viz import SIZE_BUCKETS, markdown_table
 
 PAPER = "Dai et al., *Deformable Convolutional Networks*, ICCV 2017 (arXiv:1703.06211)"
 NOT_VERIFIED = "not verified"
-# Paper Table 1 (ResNet-101; 0, 1, 2, 3, 6 deformable layers). These values were given in
-# the task description; the search tools available here return only the paper's first
-# page, so they could not be checked against the table itself.
+# Paper Table 1 (ResNet-101; 0, 1, 2, 3, 6 deformable layers), quoted from memory of the
+# paper: the search tools available here return only its first page, so they could not be
+# checked against the table itself, and the report says so.
 TABLE1 = {
     "DeepLab mIoU@V (VOC)": [69.7, 73.9, 74.8, 75.2, 74.8],
     "DeepLab mIoU@C (Cityscapes)": [70.4, 73.5, 74.4, 75.2, 74.9],
     "Faster R-CNN mAP@0.5 (VOC)": [78.1, 78.6, 78.5, 78.6, 78.5],
 }
 TABLE1_LAYERS = (0, 1, 2, 3, 6)
-TABLE1_SOURCE = ("values as given in the task description, " + NOT_VERIFIED
-                 + " against the paper's table")
+TABLE1_SOURCE = ("the paper's Table 1 as quoted from memory, " + NOT_VERIFIED
+                 + " against the table itself")
 
 COMMANDS = {
     "layers_segmentation": "python experiments/layers.py --task segmentation",
