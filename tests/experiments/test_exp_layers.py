@@ -44,7 +44,8 @@ def test_segmentation_smoke_then_continued(tmp_path, capsys):
     miou = _summary(tmp_path, "segmentation")["rows"][1]["miou"]["mean"]
     assert f"{miou:.3f} ± 0.000 (n=1)" in text
     assert "Command: `python experiments/roi_pooling.py`\n\n*Not run yet.*" in text
-    assert "undecided (one seed)" in text
+    # a smoke run's models learn nothing, which the verdict says before anything else
+    assert "Table 1, segmentation: **inconclusive: the models did not learn the task" in text
     assert "| layers_segmentation | smoke | – |" in text  # budget: no --plan made
 
 

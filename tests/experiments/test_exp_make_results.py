@@ -30,8 +30,10 @@ def test_compare():
     assert make_results.compare(_stat([0.3, 0.5, 0.7]), _stat([0.4, 0.5, 0.6]))[1] \
         .startswith("within")
     assert make_results.compare(_stat([0.1, 0.11]), _stat([0.3, 0.31]))[1].startswith("lower")
-    assert make_results.compare({"mean": 1, "std": 0, "values": [1]},
-                                {"mean": 0, "std": 0, "values": [0]})[1].startswith("one seed")
+    one_seed = make_results.compare({"mean": 1, "std": 0, "values": [1]},
+                                    {"mean": 0, "std": 0, "values": [0]})[1]
+    assert one_seed.startswith("one seed")
+    assert make_results.agrees(one_seed, "higher") == "undecided (one seed)"
 
 
 def test_full_report_verdicts(tmp_path):
