@@ -291,6 +291,18 @@ def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
         raise CLIError(f"cannot build {spec.name} with {spec.kwargs}: {err}") from None
 
 
+def model_from_checkpoint(spec: ModelSpec, path: str) -> nn.Module:
+    """``build_model(spec)`` with the trained weights of checkpoint ``path``."""
+    from ..engine import CheckpointError, load_weights
+
+    model = build_model(spec)
+    try:
+        load_weights(model, path)
+    except CheckpointError as err:
+        raise CLIError(str(err)) from None
+    return model
+
+
 def specs_from_checkpoint(path: str) -> tuple[ModelSpec, DataSpec, dict[str, Any]]:
     """(model spec, data spec, the whole checkpoint) of a checkpoint written by ``train``."""
     from ..engine import CheckpointError, load_checkpoint

@@ -8,8 +8,8 @@ from pathlib import Path
 from ._build import (
     add_data_options,
     build_datasets,
-    build_model,
     data_spec_from_args,
+    model_from_checkpoint,
     specs_from_checkpoint,
 )
 from ._common import CLIError, non_negative_int, positive_int, write_json
@@ -36,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..engine import CheckpointError, evaluate, load_weights
+    from ..engine import evaluate
 
     model_spec, data_spec, _ = specs_from_checkpoint(args.checkpoint)
     data_spec = data_spec_from_args(args, data_spec)
@@ -46,11 +46,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if expected != model_spec.num_classes:
         raise CLIError(f"the data has {classes} classes, the checkpoint's model was trained for "
                        f"{model_spec.num_classes} outputs")
-    model = build_model(model_spec)
-    try:
-        load_weights(model, args.checkpoint)
-    except CheckpointError as err:
-        raise CLIError(str(err)) from None
+    model = model_from_checkpoint(model_spec, args.checkpoint)
     metrics = evaluate(model, val_set, task, batch_size=args.batch_size, device=args.device,
                        num_workers=args.workers, bf16=args.bf16, progress=True)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval_metrics.json")

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from ._build import (
     ModelSpec,
+    add_model_options,
     build_model,
+    model_from_checkpoint,
     model_spec_from_args,
     resolve_model_name,
     specs_from_checkpoint,
@@ -28,12 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--num-classes", type=positive_int,
                         help="classes without background (default: ImageNet 1000, VOC 20, "
                              "COCO 80)")
-    parser.add_argument("--plain", action="store_true", help="the plain twin")
-    parser.add_argument("--base-channels", type=positive_int, help="ResNet width (64)")
-    parser.add_argument("--deform-blocks", metavar="A,B,C,D",
-                        help="deformable blocks per ResNet stage (default 0,0,0,3)")
-    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra keyword for the model's entry point (repeatable)")
+    add_model_options(parser, with_name=False)
     parser.add_argument("--image-size", type=positive_int,
                         help="example image side (default: the checkpoint's data, else 224)")
     parser.add_argument("--batch", type=positive_int, default=2,
@@ -56,8 +53,6 @@ def run_export(args: argparse.Namespace) -> int:
         require_onnx()
     except ImportError as err:
         raise CLIError(str(err)) from None
-    from ..engine import CheckpointError, load_weights
-
     out = Path(args.out)
     if out.suffix.lower() != ".onnx":
         raise CLIError(f"--out must name a .onnx file, got {out}")
@@ -65,11 +60,7 @@ def run_export(args: argparse.Namespace) -> int:
         spec, data_spec, _ = specs_from_checkpoint(args.checkpoint)
         if args.model is not None and args.model != spec.name:
             raise CLIError(f"model {args.model} differs from the checkpoint's {spec.name}")
-        model = build_model(spec)
-        try:
-            load_weights(model, args.checkpoint)
-        except CheckpointError as err:
-            raise CLIError(str(err)) from None
+        model = model_from_checkpoint(spec, args.checkpoint)
         size = args.image_size or data_spec.image_size
     else:
         if args.model is None:

@@ -11,6 +11,7 @@ from ._build import (
     build_datasets,
     build_model,
     data_spec_from_args,
+    model_from_checkpoint,
     model_spec_from_args,
     resolve_model_name,
     specs_from_checkpoint,
@@ -43,8 +44,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run_viz(args: argparse.Namespace) -> int:
-    from ..engine import CheckpointError, load_weights
-
     if args.checkpoint:
         model_spec, data_spec, _ = specs_from_checkpoint(args.checkpoint)
         if args.model is not None and args.model != model_spec.name:
@@ -53,11 +52,7 @@ def run_viz(args: argparse.Namespace) -> int:
         data_spec = data_spec_from_args(args, data_spec)
         task = model_spec.task
         _, dataset, _ = build_datasets(data_spec, task, need_train=False)
-        model = build_model(model_spec)
-        try:
-            load_weights(model, args.checkpoint)
-        except CheckpointError as err:
-            raise CLIError(str(err)) from None
+        model = model_from_checkpoint(model_spec, args.checkpoint)
     else:
         if args.model is None and args.task is None:
             raise CLIError("give a checkpoint, or --model NAME (or --task) for a fresh model")
