@@ -46,9 +46,10 @@ def _channels_last(input: Tensor, tile: Tile, cache: dict) -> Tensor:
     return cache["value"]
 
 
-def _columns_shape(data: _TileData, kk: int) -> tuple[int, ...]:
+def _columns_shape(data: _TileData, kh: int, kw: int) -> tuple[int, ...]:
+    """(nb, rows, Wout, kh*kw, Cin) of the tile's columns."""
     nb, _, rows, wout = data.offset.shape
-    return nb, rows, wout, kk, data.x.shape[3]
+    return nb, rows, wout, kh * kw, data.x.shape[3]
 
 
 class _ColumnsConv:
@@ -111,8 +112,8 @@ class _ColumnsConv:
         return grad_columns, grad_w
 
 
-def _sample(data: _TileData, tile: Tile, kk: int, kw: int, geometry: Geometry) -> Tensor:
-    columns = workspace(_columns_shape(data, kk), data.offset.dtype)
+def _sample(data: _TileData, tile: Tile, kh: int, kw: int, geometry: Geometry) -> Tensor:
+    columns = workspace(_columns_shape(data, kh, kw), data.offset.dtype)
     kernels.sample_columns(
         data.x, data.offset.numpy(), data.mask.numpy(), data.has_mask, columns.numpy(),
         tile.y0, kw, *geometry,
@@ -145,7 +146,7 @@ def forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
     cache: dict = {}
     for tile in tiles(n, hout, row_bytes):
         data = _TileData(tile, _channels_last(input, tile, cache), offset, mask)
-        columns = _sample(data, tile, kh * kw, kw, geometry)
+        columns = _sample(data, tile, kh, kw, geometry)
         if tile.y1 == hout:  # the tile's images are sampled: free their copy before the GEMM
             del data
             cache.clear()
@@ -181,11 +182,10 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
         data = _TileData(tile, x_cl, offset, mask)
         go = grad_out[tile.n0 : tile.n1, :, tile.y0 : tile.y1].contiguous(
             memory_format=torch.channels_last)
-        shape = _columns_shape(data, kh * kw)
         if need_weight:
-            columns = _sample(data, tile, kh * kw, kw, geometry)
+            columns = _sample(data, tile, kh, kw, geometry)
         else:  # the conv backward reads only the shape of its input for grad_input
-            columns = data.offset.new_empty(shape)
+            columns = data.offset.new_empty(_columns_shape(data, kh, kw))
         grad_columns, grad_w_tile = gemm.backward(go, columns, need_columns_grad, need_weight)
         del columns
         if need_weight:
