@@ -391,6 +391,51 @@ class TestTiling:
             ]
 
 
+# ----------------------------------------------------------------------------- GEMM forms
+
+ONEDNN_MATMUL = torch.backends.mkldnn.is_available() and hasattr(
+    torch.ops.mkldnn, "_linear_pointwise")
+
+
+class TestForwardGemmForms:
+    """The forward's two GEMMs (convolution over the columns, oneDNN inner product) each
+    match the reference, untiled and tiled, and give a contiguous NCHW output."""
+
+    @pytest.mark.parametrize("form", [
+        "conv", pytest.param("matmul", marks=pytest.mark.skipif(
+            not ONEDNN_MATMUL, reason="torch built without oneDNN")),
+    ])
+    @given(case=cases(max_batch=3), seed=st.integers(0, 2**31 - 1),
+           mode=st.sampled_from(["none", "bands", "images"]), count=st.integers(1, 3))
+    def test_form_matches_reference(self, form, case, seed, mode, count):
+        case = Case(**{**case.__dict__, "groups": 1, "cout": case.cout + 1})
+        tensors = make_tensors(case, torch.float32, seed)
+        expected = reference_op(case)(**{k: None if t is None else t.double()
+                                         for k, t in tensors.items()})
+        chosen = []
+
+        def use_matmul(input: Tensor, weight: Tensor, groups: int) -> bool:
+            chosen.append(form)
+            return form == "matmul"
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(numba_backend, "_use_matmul", use_matmul)
+            if mode != "none":
+                patch.setattr(numba_backend, "tiles", _forced_tiles(mode, [], count))
+            out = fast_op(case)(**tensors)
+        assert chosen == [form]
+        assert out.is_contiguous()
+        assert_results_close({"out": out}, {"out": expected}, TOLERANCE[torch.float32])
+
+    def test_matmul_only_where_it_can_run(self):
+        """The inner product has no groups and no float64: those take the conv form."""
+        weight = torch.zeros(512, 512, 3, 3)
+        x32 = torch.zeros(1, 512, 8, 8)
+        assert numba_backend._use_matmul(x32, weight, 1) is ONEDNN_MATMUL
+        assert not numba_backend._use_matmul(x32, weight[:, :256], 2)
+        assert not numba_backend._use_matmul(x32.double(), weight.double(), 1)
+
+
 # ----------------------------------------------------------------------------- gradcheck
 
 
