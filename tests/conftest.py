@@ -1,4 +1,5 @@
-"""Shared test settings: bounded, reproducible hypothesis runs and seeded torch RNG.
+"""Shared test settings: bounded, reproducible hypothesis runs, seeded torch RNG and
+thread counts restored after each test.
 
 Hypothesis profiles (pick one with ``HYPOTHESIS_PROFILE=<name>``):
     ci   (default) 30 examples a test, derandomized so every run draws the same cases.
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections.abc import Iterator
 
+import numba
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
@@ -41,3 +44,14 @@ def _seed_torch(request: pytest.FixtureRequest) -> None:
 def generator(request: pytest.FixtureRequest) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded per test, for explicit ``generator=`` arguments."""
     return torch.Generator().manual_seed(_test_seed(request))
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads() -> Iterator[None]:
+    """Tests that set torch's or Numba's thread count (``--threads 1`` runs) hand it back:
+    results may depend on it in the last bits, and later tests compare in-process runs
+    with subprocesses that start at the default."""
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    yield
+    torch.set_num_threads(torch_threads)
+    numba.set_num_threads(numba_threads)
