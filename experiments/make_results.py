@@ -213,7 +213,8 @@ class Report:
                   "time +%": 100 * r["time_increase"]} for r in data["rows"]]
         self.add(markdown_table(table, digits=1), "",
                  f"Forward time per image: best of {data['repeats']} passes after a warm-up, "
-                 f"batch 1, eval mode, {data['threads']} CPU thread(s) on this machine. The "
+                 "the plain and deformable twins taking turns, batch 1, eval mode, "
+                 f"{data['threads']} CPU thread(s) on this machine. The "
                  "paper's deformable networks (res5 deformable; deformable RoI pooling in the "
                  "detectors) against their plain twins; on a shared machine differences of "
                  "a few per cent are noise. Paper: its model complexity and "

@@ -4,9 +4,9 @@ model complexity and runtime table).
 Each model is built twice from one seed, as the paper's deformable network (deformable 3x3
 convs in all of res5; deformable (PS)RoI pooling in the detectors) and as its plain twin,
 and run on the same random image in eval mode. Time: the best of ``repeats`` forward
-passes after one warm-up, per image, on this machine's CPU (the paper's times are on a
-GPU). The full study measures the paper's ResNet-101 networks at the paper's width and
-the networks the other studies train.
+passes after one warm-up, per image, the two models taking turns, on this machine's CPU
+(the paper's times are on a GPU). The full study measures the paper's ResNet-101
+networks at the paper's width and the networks the other studies train.
 
     python experiments/overhead.py           # full: see MODELS
     python experiments/overhead.py --smoke   # seconds
@@ -28,7 +28,7 @@ from runner import (
 )
 
 from deformconv.cli._build import ModelSpec, build_model
-from deformconv.cli.demo import _ms_per_image
+from deformconv.cli.demo import ms_per_image
 
 
 @dataclass(frozen=True)
@@ -86,19 +86,18 @@ SMOKE_MODELS = (
              _detector(64, backbone_kwargs={**SCRATCH, "base_channels": 4},
                        head_channels=16, representation_size=32)),
 )
-REPEATS = {"full": 10, "smoke": 2}
+REPEATS = {"full": 20, "smoke": 2}
 
 
 def measure(m: Measured, seed: int, repeats: int) -> dict[str, Any]:
     """Parameters and ms per image of the deformable model and its plain twin."""
     generator = torch.Generator().manual_seed(seed)
     image = torch.rand(1, 3, m.image_size, m.image_size, generator=generator)
-    out: dict[str, Any] = {}
-    for kind, spec in zip(("deformable", "plain"), m.specs(), strict=True):
-        model = build_model(spec, seed=seed).eval()
-        out[kind] = {"params": parameter_count(model),
-                     "ms_per_image": _ms_per_image(model, image, repeats=repeats)}
-    return out
+    models = {kind: build_model(spec, seed=seed).eval()
+              for kind, spec in zip(("deformable", "plain"), m.specs(), strict=True)}
+    times = ms_per_image(models, image, repeats=repeats)
+    return {kind: {"params": parameter_count(model), "ms_per_image": times[kind]}
+            for kind, model in models.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -177,16 +177,24 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def _ms_per_image(model: nn.Module, batch: torch.Tensor, repeats: int = 5) -> float:
-    model.eval()
-    model(batch)  # warm-up
-    times = []
+def ms_per_image(models: dict[str, nn.Module], batch: torch.Tensor,
+                 repeats: int = 5) -> dict[str, float]:
+    """Best-of-``repeats`` eval forward time per image of each model, in ms.
+
+    The models take turns in each round, so a burst of load from elsewhere or a slow
+    allocator phase hits them alike instead of one model's whole series.
+    """
+    for model in models.values():
+        model.eval()
+        model(batch)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(repeats):
-        start = time.perf_counter()
-        model(batch)
-        _sync(batch.device)
-        times.append(time.perf_counter() - start)
-    return 1e3 * min(times) / batch.shape[0]
+        for name, model in models.items():
+            start = time.perf_counter()
+            model(batch)
+            _sync(batch.device)
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * min(t) / batch.shape[0] for name, t in times.items()}
 
 
 def set_threads(count: int) -> None:
@@ -246,7 +254,8 @@ def demo(s: DemoSettings, out: Path) -> dict[str, Any]:
         batch = torch.stack([val_set[i][0] for i in range(min(8, len(val_set)))]).to(device)
         results[name] = {
             "metrics": result.metrics, "params": _params(model),
-            "ms_per_image": _ms_per_image(model, batch), "train_seconds": train_s,
+            "ms_per_image": ms_per_image({name: model}, batch)[name],
+            "train_seconds": train_s,
             "iterations": result.iteration, "checkpoint": result.last_checkpoint,
         }
 
