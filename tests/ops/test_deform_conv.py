@@ -917,9 +917,13 @@ def test_empty_image_gives_bias_or_clear_error(isolated_results):
     (False, True, (2, 1, 0, 1, 1, 2)),
     (True, False, (1, 2, 1, 0, 2, 1)),
 ])
-def test_opcheck(with_mask, with_bias, geometry):
+@pytest.mark.parametrize("n, cout, groups", [(2, 2, 2), (1, 4, 1), (2, 4, 1)],
+                         ids=["conv-form", "matmul-form-1-image", "matmul-form-2-images"])
+def test_opcheck(with_mask, with_bias, geometry, n, cout, groups):
+    """Both forward GEMM forms (groups = 1 and Cout >= Cin in float32 takes the inner
+    product, whose one-image result is returned as it is)."""
     sh, sw, ph, pw, dh, dw = geometry
-    case = Case(n=2, cin=4, cout=2, groups=2, offset_groups=2, height=7, width=6,
+    case = Case(n=n, cin=4, cout=cout, groups=groups, offset_groups=2, height=7, width=6,
                 stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), with_mask=with_mask,
                 with_bias=with_bias)
     t = {k: None if v is None else v.float().requires_grad_()
