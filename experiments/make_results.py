@@ -120,6 +120,8 @@ class Report:
         self.lines.extend(lines)
 
     def summary(self, study: str) -> dict[str, Any] | None:
+        """Add the study's command line and read its summary (None, said so, if not run)."""
+        self.add(f"Command: `{COMMANDS[study]}`", "")
         data = load(self.runs, study)
         if data is None:
             self.add("*Not run yet.*", "")
@@ -135,7 +137,7 @@ class Report:
 
     def layers(self, task: str) -> None:
         study = f"layers_{task}"
-        self.add(f"### {task.capitalize()}", "", f"Command: `{COMMANDS[study]}`", "")
+        self.add(f"### {task.capitalize()}", "")
         data = self.summary(study)
         if data is None:
             return
@@ -176,7 +178,6 @@ class Report:
                 f"— the paper finds saturation at 3 (6 no better): **{saturates}**.")
 
     def roi_pooling(self) -> None:
-        self.add("Command: `" + COMMANDS["roi_pooling"] + "`", "")
         data = self.summary("roi_pooling")
         if data is None:
             return
@@ -201,7 +202,6 @@ class Report:
                     f"finds deformable RoI pooling adds on top: **{agrees(verdict, 'higher')}**.")
 
     def overhead(self) -> None:
-        self.add("Command: `" + COMMANDS["overhead"] + "`", "")
         data = self.summary("overhead")
         if data is None:
             return
@@ -228,7 +228,6 @@ class Report:
                 f"parameters and +50% time): **{'agrees' if small else 'does not agree'}**.")
 
     def dilation(self) -> None:
-        self.add("Command: `" + COMMANDS["dilation"] + "`", "")
         data = self.summary("dilation")
         if data is None:
             return
