@@ -5,8 +5,8 @@ Per tile of images × output rows, the kernel samples the channels-last input in
 ``(nb, Cin, rows, Wout*kh*kw)``, each output pixel owns a 1×(kh*kw) patch holding its
 samples, so the GEMM with the weight viewed as ``(Cout, Cin/groups, 1, kh*kw)`` is a
 grouped convolution with stride (1, kh*kw) over the columns. torch runs it with oneDNN (as
-fast as its dense conv2d on any x86 vendor, where MKL's GEMM is not) with no copy of the
-weight, and the backward returns the weight gradient in its layout. Where oneDNN's inner
+fast as its dense conv2d on any x86 vendor, where MKL's GEMM is not), and the backward
+returns the weight gradient in its layout. Where oneDNN's inner
 product is faster (``_use_matmul``), the forward GEMM runs as one instead: its result
 ``(Cout, pixels)`` is already the output's NCHW layout. The column buffer never exceeds
 ``WORKSPACE_BYTES`` (two buffers in the backward).
@@ -197,7 +197,7 @@ def forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
         gemm = _ColumnsMatmul(weight)
     else:
         gemm = _ColumnsConv(weight, groups, one_by_one=False)
-    out = None
+    out = input.new_empty(n, cout, hout, wout)  # untouched (no page faults) if unused
     cache: dict = {}
     for tile in plan:
         data = _TileData(tile, _channels_last(input, tile, cache), offset, mask)
@@ -208,10 +208,8 @@ def forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
         result = gemm.forward(columns, bias)
         if len(plan) == 1 and result.is_contiguous():
             return result  # the whole output, already in its layout
-        if out is None:
-            out = input.new_empty(n, cout, hout, wout)
         _store(out, tile, result)
-    return input.new_empty(n, cout, hout, wout) if out is None else out
+    return out
 
 
 def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
