@@ -16,7 +16,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -408,7 +408,7 @@ class TestForwardGemmForms:
     @given(case=cases(max_batch=3), seed=st.integers(0, 2**31 - 1),
            mode=st.sampled_from(["none", "bands", "images"]), count=st.integers(1, 3))
     def test_form_matches_reference(self, form, case, seed, mode, count):
-        case = Case(**{**case.__dict__, "groups": 1, "cout": case.cout + 1})
+        case = replace(case, groups=1, cout=case.cout + 1)
         tensors = make_tensors(case, torch.float32, seed)
         expected = reference_op(case)(**{k: None if t is None else t.double()
                                          for k, t in tensors.items()})
