@@ -30,7 +30,12 @@ from torch.utils.data import Dataset
 
 from deformconv.cli._build import DataSpec, ModelSpec, build_datasets, build_model
 from deformconv.cli._common import write_json
-from deformconv.cli.demo import DemoSettings, _seconds_per_iteration, set_threads
+from deformconv.cli.demo import (
+    DemoSettings,
+    _seconds_per_iteration,
+    parameter_count,
+    set_threads,
+)
 from deformconv.nn._offset import offset_state_keys
 
 __all__ = [
@@ -136,10 +141,6 @@ def seed_stats(results: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dic
         mean, std = mean_std(values)
         row[key] = {"mean": mean, "std": std, "values": values}
     return row
-
-
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _plain_json(obj: Any) -> Any:

@@ -240,7 +240,7 @@ def demo(s: DemoSettings, out: Path) -> dict[str, Any]:
 
     results: dict[str, dict[str, Any]] = {}
     for name, model in models.items():
-        print(f"training the {name} {specs[name].name} ({_params(model):,} parameters)")
+        print(f"training the {name} {specs[name].name} ({parameter_count(model):,} parameters)")
         config = TrainConfig(task=s.task, iterations=iterations, batch_size=s.batch_size,
                              lr=s.lr, warmup_iters=min(50, iterations // 10),
                              schedule="cosine", grad_clip_norm=s.grad_clip,
@@ -253,7 +253,7 @@ def demo(s: DemoSettings, out: Path) -> dict[str, Any]:
         train_s = time.perf_counter() - start
         batch = torch.stack([val_set[i][0] for i in range(min(8, len(val_set)))]).to(device)
         results[name] = {
-            "metrics": result.metrics, "params": _params(model),
+            "metrics": result.metrics, "params": parameter_count(model),
             "ms_per_image": ms_per_image({name: model}, batch)[name],
             "train_seconds": train_s,
             "iterations": result.iteration, "checkpoint": result.last_checkpoint,
@@ -275,7 +275,7 @@ def demo(s: DemoSettings, out: Path) -> dict[str, Any]:
     return summary
 
 
-def _params(model: nn.Module) -> int:
+def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
