@@ -57,7 +57,7 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
      "VOC data is for segmentation models"),
     (["train", "--deform-blocks", "0,0,3"], "--deform-blocks needs 4 comma-separated counts"),
     (["train", "--model-arg", "noequals"], "--model-arg expects KEY=VALUE"),
-    (["train", "--scene", "foo=1"], "--scene: unknown scene option(s) ['foo']"),
+    (["train", "--scene", "foo=1"], "scene: unknown scene option(s) ['foo']"),
     (["train", "--model", "resnet50", "--scene", "max_objects=2"],
      "a classification scene always holds exactly one object"),
     (["eval", "/nonexistent/last.pt"], "checkpoint not found: /nonexistent/last.pt"),
@@ -159,7 +159,7 @@ def test_parse_assignments() -> None:
 def test_missing_optional_dependency_names_the_extra(capsys: pytest.CaptureFixture,
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      tmp_path: Path) -> None:
-    from deformconv.cli import _plots
+    from deformconv.runs import plots as _plots
 
     def missing(*args: object, **kwargs: object) -> None:
         raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")

@@ -156,8 +156,8 @@ def test_export_trained_checkpoint(capsys: pytest.CaptureFixture, trained: Path,
                                    tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from deformconv.cli._build import build_model, specs_from_checkpoint
     from deformconv.engine import load_weights
+    from deformconv.runs import build_model, specs_from_checkpoint
 
     out = tmp_path / "cls.onnx"
     code, stdout, err = run_cli(capsys, "export", "--checkpoint", trained / "last.pt", "--out",

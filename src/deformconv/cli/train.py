@@ -105,7 +105,7 @@ def run_train(args: argparse.Namespace) -> int:
         name, task = resolve_model_name(args.task, args.model, data_spec)
         train_set, val_set, classes = build_datasets(data_spec, task)
         model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
-                                          name=name, task=task)
+                                          name=name)
         values = {**_config_values(args), "task": task, "resume": args.resume}
     config = TrainConfig.from_dict(values)
     model = build_model(model_spec, seed=config.seed)

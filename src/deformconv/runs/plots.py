@@ -1,4 +1,4 @@
-"""Demo figures besides the offset plots: loss curves and segmentation predictions (PNG)."""
+"""Figures of training runs as PNG: learning curves and segmentation predictions (matplotlib)."""
 
 from __future__ import annotations
 
