@@ -6,6 +6,7 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
+from ..engine.config import OPTIMIZERS, SCHEDULES
 from ._build import (
     add_data_options,
     add_model_options,
@@ -34,12 +35,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                      help="optimizer steps (default: --epochs passes over the data)")
     opt.add_argument("--epochs", type=positive_int, default=1)
     opt.add_argument("--batch-size", type=positive_int, default=8)
+    opt.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
+                     help="sgd (momentum; the paper's) or adamw (with --schedule onecycle it "
+                          "trains small nets from scratch in far fewer steps)")
     opt.add_argument("--lr", type=positive_float, default=0.02)
-    opt.add_argument("--momentum", type=float, default=0.9)
+    opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     opt.add_argument("--weight-decay", type=float, default=1e-4)
     opt.add_argument("--offset-lr-mult", type=float, default=0.1,
                      help="learning-rate factor of the offset branches")
-    opt.add_argument("--schedule", choices=("step", "cosine"), default="cosine")
+    opt.add_argument("--schedule", choices=SCHEDULES, default="cosine",
+                     help="cosine: over the whole run; onecycle: after the warm-up")
     opt.add_argument("--warmup-iters", type=non_negative_int, default=0)
     opt.add_argument("--grad-clip", type=positive_float, help="max gradient L2 norm")
     opt.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
@@ -62,7 +67,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 # train's flags -> TrainConfig fields
 CONFIG_FIELDS = {
-    "epochs": "epochs", "iterations": "iterations", "batch_size": "batch_size", "lr": "lr",
+    "epochs": "epochs", "iterations": "iterations", "batch_size": "batch_size",
+    "optimizer": "optimizer", "lr": "lr",
     "momentum": "momentum", "weight_decay": "weight_decay", "offset_lr_mult": "offset_lr_mult",
     "warmup_iters": "warmup_iters", "schedule": "schedule", "grad_clip": "grad_clip_norm",
     "bf16": "bf16", "seed": "seed", "checkpoint_every": "checkpoint_every",

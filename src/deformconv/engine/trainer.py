@@ -46,8 +46,9 @@ __all__ = ["KILL_ENV", "TrainResult", "train"]
 # Test hook: after this iteration (and its checkpoint, if one is due) the process SIGKILLs
 # itself, like a preempted job: no cleanup, no final checkpoint.
 KILL_ENV = "DEFORMCONV_KILL_AT_ITER"
-# Fields that fix the data order and the RNG streams: a resumed run must keep them.
-RESUME_FIXED = ("task", "seed", "batch_size")
+# Fields that fix the data order, the RNG streams and the optimizer state's layout: a
+# resumed run must keep them.
+RESUME_FIXED = ("task", "seed", "batch_size", "optimizer")
 
 
 @dataclass
@@ -263,15 +264,17 @@ def _resume_path(config: TrainConfig, out_dir: Path) -> Path | None:
 
 
 def _check_resumable(state: dict, config: TrainConfig, info: DistInfo, path: Path) -> None:
-    """Refuse to resume with settings that would change the data order or RNG streams."""
+    """Refuse to resume with settings that would change the data order, the RNG streams or
+    the optimizer. A field missing from an older checkpoint's config had its default."""
     saved = state["config"]
-    changed = {k: (saved.get(k), getattr(config, k)) for k in RESUME_FIXED
-               if saved.get(k) != getattr(config, k)}
+    defaults = TrainConfig()
+    changed = {k: (saved.get(k, getattr(defaults, k)), getattr(config, k)) for k in RESUME_FIXED
+               if saved.get(k, getattr(defaults, k)) != getattr(config, k)}
     if state.get("world_size", 1) != info.world_size:
         changed["world_size"] = (state.get("world_size", 1), info.world_size)
     if changed:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in changed.items())
         raise ValueError(
-            f"cannot resume from {path}: {detail}. These settings fix the data order and "
-            "random streams; keep them, or start a new run without resume"
+            f"cannot resume from {path}: {detail}. These settings fix the data order, "
+            "random streams and optimizer state; keep them, or start a new run without resume"
         )
