@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from ..runs.results import write_json
+from ..runs.timing import set_threads
 
 __all__ = [
     "CLIError",
     "add_config_option",
+    "add_threads_option",
     "apply_config_file",
     "given_options",
     "load_config_file",
@@ -29,6 +31,7 @@ __all__ = [
     "parse_literal",
     "positive_float",
     "positive_int",
+    "set_threads",
     "write_json",
 ]
 
@@ -98,6 +101,15 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
         "--config", metavar="FILE",
         help="YAML or TOML file of option values (keys are the long options, e.g. "
              "batch_size: 16); options given on the command line override it",
+    )
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: ``main`` applies it (``set_threads``) before the command runs."""
+    parser.add_argument(
+        "--threads", type=positive_int,
+        help="CPU threads for torch and the Numba kernels (default: theirs); 1 is much "
+             "faster on a machine busy with other work",
     )
 
 

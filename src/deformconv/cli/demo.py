@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..runs import DemoSettings, run_demo, set_threads
+from ..runs import DemoSettings, run_demo
 from ..runs.demo import MODELS
 from ._common import CLIError, non_negative_int, parse_assignments, positive_float, positive_int
 
@@ -41,9 +41,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--scene", action="append", default=[], metavar="KEY=VALUE",
                         help="synthetic scene option (repeatable), e.g. max_objects=2; see "
                              "deformconv.data.SceneConfig")
-    parser.add_argument("--threads", type=positive_int,
-                        help="CPU threads for torch and the Numba kernels (default: theirs); "
-                             "1 is much faster on a machine busy with other work")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny settings that run in seconds (for tests)")
     parser.set_defaults(run=run)
@@ -64,8 +61,6 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    if args.threads:
-        set_threads(args.threads)
     run_demo(settings, Path(args.out))
     return 0
 
