@@ -46,6 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     opt.add_argument("--schedule", choices=SCHEDULES, default="cosine",
                      help="cosine: over the whole run; onecycle: after the warm-up")
     opt.add_argument("--warmup-iters", type=non_negative_int, default=0)
+    opt.add_argument("--class-weights", type=_weights, metavar="W0,W1,...",
+                     help="cross-entropy weight per class, background first for segmentation "
+                          "(see deformconv.engine.balanced_class_weights)")
     opt.add_argument("--grad-clip", type=positive_float, help="max gradient L2 norm")
     opt.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     run = parser.add_argument_group("run")
@@ -65,12 +68,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
+def _weights(text: str) -> list[float]:
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") \
+            from None
+
+
 # train's flags -> TrainConfig fields
 CONFIG_FIELDS = {
     "epochs": "epochs", "iterations": "iterations", "batch_size": "batch_size",
     "optimizer": "optimizer", "lr": "lr",
     "momentum": "momentum", "weight_decay": "weight_decay", "offset_lr_mult": "offset_lr_mult",
-    "warmup_iters": "warmup_iters", "schedule": "schedule", "grad_clip": "grad_clip_norm",
+    "warmup_iters": "warmup_iters", "schedule": "schedule", "class_weights": "class_weights",
+    "grad_clip": "grad_clip_norm",
     "bf16": "bf16", "seed": "seed", "checkpoint_every": "checkpoint_every",
     "eval_every": "eval_every", "out": "out_dir", "workers": "num_workers",
     "device": "device",

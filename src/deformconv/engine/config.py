@@ -45,6 +45,9 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=list)  # iterations where "step" decays lr
     gamma: float = 0.1
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    # Cross-entropy weight per class (classification, segmentation), e.g. from
+    # engine.balanced_class_weights; None = unweighted
+    class_weights: list[float] | None = None
     grad_clip_norm: float | None = None  # max global L2 norm of the gradients; None = no clip
     bf16: bool = False  # torch.autocast(dtype=bfloat16) for forward passes
     seed: int = 0
@@ -96,6 +99,11 @@ class TrainConfig:
         for name, value in non_negative.items():
             if isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if self.class_weights is not None and (
+            not self.class_weights or any(not w >= 0 for w in self.class_weights)
+        ):
+            raise ValueError(f"class_weights must be a non-empty list of weights >= 0, got "
+                             f"{self.class_weights!r}")
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every!r}")
         if not 0 < self.warmup_factor <= 1:

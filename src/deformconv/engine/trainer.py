@@ -125,6 +125,8 @@ def _train(
 
     iteration, best = 0, None
     clock = _TrainClock()
+    class_weights = (None if config.class_weights is None
+                     else torch.tensor(config.class_weights, device=info.device))
     resume_path = _resume_path(config, out_dir)
     if resume_path is not None:
         state = load_checkpoint(resume_path)
@@ -204,7 +206,7 @@ def _train(
                 images, targets = to_device(images, info.device), to_device(targets, info.device)
                 lr = scheduler.get_last_lr()[0]
                 with autocast(info.device, config.bf16):
-                    loss, parts = compute_loss(config.task, net, images, targets)
+                    loss, parts = compute_loss(config.task, net, images, targets, class_weights)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"loss is {loss.item()} at iteration {iteration} (epoch {epoch}); "
