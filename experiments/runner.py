@@ -33,7 +33,6 @@ from deformconv.runs import (
     ModelSpec,
     build_datasets,
     build_model,
-    demo_specs,
     from_scratch_spec,
     parameter_count,
     seconds_per_batch,
@@ -63,10 +62,10 @@ SMOKE_OUT = Path("runs/experiments-smoke")
 # The demo's scenes: five shape classes at widely varying scale (8 px to 0.7 of the image
 # side), aspect ratio (up to 2.5) and rotation (any angle), on lighter clutter.
 SCENE: dict[str, Any] = DemoSettings().scene
-GRAD_CLIP = DemoSettings().grad_clip
-# Offsets train at the full rate, as in the demo: in a few hundred iterations a reduced rate
-# (the paper's long schedules use one) would leave them near zero.
-OFFSET_LR_MULT = DemoSettings().offset_lr_mult
+GRAD_CLIP = 5.0  # from-scratch BN nets at batch 8 spike early without it
+# Offsets train at the full rate: in a few hundred SGD iterations a reduced rate (the
+# paper's long schedules use one) would leave them near zero.
+OFFSET_LR_MULT = 1.0
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ class Sizes:
     base_channels: int
     iterations: int
     seeds: tuple[int, ...]
-    lr: float = DemoSettings().lr
+    lr: float = 0.02
     scene: dict[str, Any] = field(default_factory=lambda: dict(SCENE))
 
     def identity(self) -> dict[str, Any]:
@@ -289,12 +288,17 @@ def plan(study: Study, task: str, specs: dict[str, ModelSpec], sizes: Sizes,
 
 def segmentation_specs(sizes: Sizes, classes: int, deform_blocks: Sequence[int]
                        ) -> tuple[ModelSpec, ModelSpec]:
-    """(DeepLab with ``deform_blocks``, its plain twin), built as ``deformconv demo`` builds
-    them: ResNet-50 of width ``base_channels`` at the demo's output stride (16: res5
-    dilated by 2, as in the paper) with a small atrous rate for small maps."""
-    demo = DemoSettings(task="segmentation", base_channels=sizes.base_channels,
-                        deform_blocks=tuple(deform_blocks))  # type: ignore[arg-type]
-    return demo_specs(demo, classes)
+    """(DeepLab with ``deform_blocks``, its plain twin): ResNet-50 of width
+    ``base_channels`` at output stride 16 (res5 dilated by 2, as in the paper) with a small
+    atrous rate for small maps."""
+    overrides = {"backbone_kwargs": {"output_stride": 16}, "atrous_rate": 2}
+
+    def spec(deformable: bool) -> ModelSpec:
+        return from_scratch_spec("deeplab_resnet50", classes, image_size=sizes.image_size,
+                                 deformable=deformable, base_channels=sizes.base_channels,
+                                 deform_blocks=list(deform_blocks), overrides=overrides)
+
+    return spec(True), spec(False)
 
 
 # Detection on a CPU: the torchvision defaults sized down (fewer RoIs, narrower head), and

@@ -192,7 +192,7 @@ def test_missing_optional_dependency_names_the_extra(capsys: pytest.CaptureFixtu
     def missing(*args: object, **kwargs: object) -> None:
         raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
 
-    monkeypatch.setattr(_plots, "plot_losses", missing)
+    monkeypatch.setattr(_plots, "plot_learning_curves", missing)
     code, _, err = run_cli(capsys, "demo", "--smoke", "--out", tmp_path)
     assert code == 2
     assert "needs matplotlib, part of the vision extra: pip install 'deformconv[vision]'" in err

@@ -7,37 +7,42 @@ import argparse
 from pathlib import Path
 
 from ..runs import DemoSettings, run_demo
-from ..runs.demo import MODELS
 from ._common import CLIError, non_negative_int, parse_assignments, positive_float, positive_int
 
-HELP = "train a deformable model and its plain twin on synthetic data, compare, report"
+HELP = "train a deformable network and its plain twin on synthetic scenes, compare, report"
+DEFAULTS = DemoSettings()
+# flag -> DemoSettings field, all optional (unset: the default, or the smoke size)
+FIELDS = ("iterations", "image_size", "batch_size", "train_size", "val_size", "deform_layers",
+          "lr", "seed", "device")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    d = DEFAULTS
     parser = subparsers.add_parser(
-        "demo", help=HELP, description=HELP + ". Writes report.md (comparison table, "
-        "sampling-location plots, effective dilation by object size), metrics.json, PNGs and "
-        "both runs' checkpoints (usable with eval/viz/export) to --out.",
-        epilog="example: deformconv demo --minutes 3 --out runs/demo")
+        "demo", help=HELP, description=HELP + ". Three runs: the plain and the deformable "
+        "twin for the same number of iterations, then the plain twin for the deformable "
+        "one's training time. Writes report.md (table, learning curves, predictions, "
+        "sampling locations, accuracy by object size), metrics.json, PNGs and each run's "
+        "checkpoint (usable with eval/viz/export) to --out.",
+        epilog="example: deformconv demo --seed 1 --out runs/demo-seed1")
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    parser.add_argument("--task", choices=sorted(MODELS), help="default segmentation")
-    parser.add_argument("--minutes", type=positive_float,
-                        help="wall-clock budget of the whole demo (default 4)")
     parser.add_argument("--iterations", type=positive_int,
-                        help="train each model this many iterations instead of timing it")
-    parser.add_argument("--image-size", type=positive_int, help="image side (default 96)")
-    parser.add_argument("--batch-size", type=positive_int, help="default 8")
+                        help=f"iterations of each twin (default {d.iterations})")
+    parser.add_argument("--no-equal-time", action="store_true",
+                        help="skip the plain run of the deformable run's duration")
+    parser.add_argument("--image-size", type=positive_int,
+                        help=f"image side (default {d.image_size})")
+    parser.add_argument("--batch-size", type=positive_int, help=f"default {d.batch_size}")
     parser.add_argument("--train-size", type=positive_int,
-                        help="synthetic training images (default 4000)")
+                        help=f"synthetic training scenes (default {d.train_size})")
     parser.add_argument("--val-size", type=positive_int,
-                        help="synthetic validation images (default 96)")
-    parser.add_argument("--base-channels", type=positive_int,
-                        help="ResNet-50 width (default 16; the paper's is 64)")
-    parser.add_argument("--output-stride", type=int, choices=(8, 16),
-                        help="segmentation backbone output stride (default 16)")
-    parser.add_argument("--lr", type=positive_float, help="default 0.02")
-    parser.add_argument("--seed", type=non_negative_int, help="default 0")
-    parser.add_argument("--device", help="cpu (default) | cuda | auto")
+                        help=f"synthetic validation scenes (default {d.val_size})")
+    parser.add_argument("--deform-layers", type=non_negative_int,
+                        help=f"deformable layers at the top (default {d.deform_layers})")
+    parser.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {d.lr:g})")
+    parser.add_argument("--seed", type=non_negative_int,
+                        help=f"initialisation, data order and scenes (default {d.seed})")
+    parser.add_argument("--device", help=f"{d.device} (default) | cuda | auto")
     parser.add_argument("--scene", action="append", default=[], metavar="KEY=VALUE",
                         help="synthetic scene option (repeatable), e.g. max_objects=2; see "
                              "deformconv.data.SceneConfig")
@@ -48,20 +53,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def settings_from_args(args: argparse.Namespace) -> DemoSettings:
-    names = ("task", "minutes", "iterations", "image_size", "batch_size", "train_size",
-             "val_size", "base_channels", "output_stride", "lr", "seed", "device")
-    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in FIELDS if getattr(args, name) is not None}
+    if args.no_equal_time:
+        given["equal_time"] = False
     settings = DemoSettings.smoke(**given) if args.smoke else DemoSettings(**given)
     settings.scene = {**settings.scene, **parse_assignments(args.scene, "--scene")}
-    if settings.image_size < 32:
-        raise CLIError(f"--image-size must be >= 32 (the network downsamples 16x), "
-                       f"got {settings.image_size}")
+    if settings.image_size < 16:
+        raise CLIError(f"--image-size must be >= 16, got {settings.image_size}")
+    strided = max(i for i, stride in enumerate(settings.strides) if stride != 1) + 1
+    if settings.deform_layers > len(settings.strides) - strided:
+        raise CLIError(f"--deform-layers must be at most {len(settings.strides) - strided} (the "
+                       f"layers after the strided ones), got {settings.deform_layers}")
     return settings
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    run_demo(settings, Path(args.out))
+    run_demo(settings_from_args(args), Path(args.out))
     return 0
-
-

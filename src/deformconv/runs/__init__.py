@@ -6,9 +6,10 @@
 - :mod:`.twins`: a deformable model and its plain twin starting as the same function.
 - :mod:`.timing`: parameters, seconds per training iteration, ms per image, threads.
 - :mod:`.offsets`: offset figures and effective dilation of a model over dataset samples.
-- :mod:`.plots`: learning curves and segmentation predictions as PNG.
+- :mod:`.breakdown`: a segmentation model's quality per image and per object scale.
+- :mod:`.plots`: learning curves, segmentation predictions, recall per scale as PNG.
 - :mod:`.results`: JSON results on disk.
-- :mod:`.demo`: the demo run behind ``deformconv demo``.
+- :mod:`.demo`, :mod:`.demo_report`: the demo run behind ``deformconv demo``, its report.
 
 Example::
 
@@ -17,7 +18,14 @@ Example::
     >>> deformable = from_scratch_spec("deeplab_resnet50", classes, image_size=64)
 """
 
-from .demo import DemoSettings, comparison_table, demo_specs, run_demo
+from .breakdown import (
+    image_mious,
+    object_recalls,
+    predict_masks,
+    recall_by_scale,
+    scale_edges,
+)
+from .demo import DemoSettings, demo_data, demo_specs, run_demo
 from .offsets import (
     DilationSummary,
     dilation_over,
@@ -25,7 +33,7 @@ from .offsets import (
     offset_inputs,
     sample_targets,
 )
-from .plots import plot_losses, plot_predictions
+from .plots import plot_learning_curves, plot_predictions, plot_scale_recall
 from .results import write_json
 from .specs import (
     DataSpec,
@@ -53,20 +61,26 @@ __all__ = [
     "ModelSpec",
     "build_datasets",
     "build_model",
-    "comparison_table",
+    "demo_data",
     "demo_specs",
     "dilation_over",
     "from_scratch_spec",
+    "image_mious",
     "merge_kwargs",
     "model_from_checkpoint",
     "ms_per_image",
+    "object_recalls",
     "offset_figures",
     "offset_inputs",
     "parameter_count",
-    "plot_losses",
+    "plot_learning_curves",
     "plot_predictions",
+    "plot_scale_recall",
+    "predict_masks",
+    "recall_by_scale",
     "run_demo",
     "sample_targets",
+    "scale_edges",
     "seconds_per_batch",
     "seconds_per_iteration",
     "set_threads",

@@ -1,10 +1,23 @@
-"""The demo run: a deformable network and its plain twin, trained and compared.
+"""The demo run: a deformable network and its plain twin, trained and compared, on a CPU.
 
-Both train for the same number of iterations from the same initial weights (the
-deformable one has zero-initialised offset branches on top) on synthetic scenes built to
-need geometric modelling, on a CPU in a few minutes. :func:`run_demo` then evaluates both,
-times inference, plots what the offsets learned and writes ``report.md``,
-``metrics.json`` and PNGs to the output folder. ``deformconv demo`` is its command line.
+Task: semantic segmentation of synthetic scenes whose shapes vary in scale from 8 px to
+most of the image, in aspect ratio and in rotation, on clutter. The network is a
+:class:`~deformconv.models.CompactFCN`: five 3×3 conv layers, output stride 4, whose plain
+receptive field (31 px) is smaller than the largest objects; in the deformable twin the
+last three layers learn offsets that can stretch it. Both twins start from the same
+weights (the offsets at zero) and train with AdamW and a one-cycle schedule.
+
+Three runs are compared:
+
+- ``plain`` and ``deformable``: the same number of iterations;
+- ``plain, equal time``: the plain twin trained for as long as the deformable one took
+  (more iterations, with the schedule stretched over them), since the deformable layers
+  cost more per iteration: the deformable twin wins only if it is ahead of this one too.
+
+:func:`run_demo` then evaluates them (mIoU, each image alone, each object by scale),
+times inference, draws the learning curves, predictions, sampling locations and the
+object recall per scale, and writes ``report.md`` (see :mod:`.demo_report`),
+``metrics.json`` and the PNGs to the output folder. ``deformconv demo`` is its command line.
 """
 
 from __future__ import annotations
@@ -20,225 +33,158 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .results import write_json
-from .specs import DataSpec, ModelSpec, build_datasets
-from .timing import ms_per_image, parameter_count, seconds_per_iteration
+from .specs import DataSpec, ModelSpec, build_datasets, build_model
+from .timing import ms_per_image, parameter_count
 from .twins import twin_models
 
-__all__ = ["MODELS", "DemoSettings", "comparison_table", "demo_specs", "run_demo"]
+__all__ = ["RUNS", "DemoSettings", "demo_data", "demo_specs", "run_demo", "run_folder"]
 
-MODELS = {"segmentation": "deeplab_resnet50", "classification": "resnet50"}
-TRAIN_SHARE = 0.8  # of ``minutes`` spent training; the rest: evaluation, timing, figures
+RUNS = ("plain", "deformable", "plain, equal time")
+MODEL = "compact_fcn"
 
 
 @dataclass
 class DemoSettings:
-    task: str = "segmentation"
-    minutes: float = 4.0  # total wall-clock budget (training gets TRAIN_SHARE of it)
-    iterations: int | None = None  # fixed iterations per model instead of the time budget
-    image_size: int = 96
-    batch_size: int = 8
-    train_size: int = 4000
-    val_size: int = 96
-    base_channels: int = 16
-    deform_blocks: tuple[int, int, int, int] = (0, 0, 1, 3)
-    # Segmentation backbone stride: 16 (res5 dilated by 2) gives a 6x6 map at 96 px. At 64 px
-    # with stride 8, res5's dilation-4 kernels reach mostly past the image borders; in
-    # 4-minute runs on 2 cores both models did worse there (mIoU 0.18 vs 0.19-0.20).
-    output_stride: int = 16
-    lr: float = 0.02
-    grad_clip: float = 5.0  # from-scratch BN nets at batch 8 spike early without it
-    # The paper trains offsets at a reduced rate over long schedules; in a few minutes
-    # they would barely leave zero, so the demo trains them at the full rate.
-    offset_lr_mult: float = 1.0
-    seed: int = 0
+    """Data, model and training of the demo. The defaults take about 4 minutes on 2 CPU
+    cores (README: the measured numbers)."""
+
+    iterations: int = 1500  # per twin at equal iterations
+    equal_time: bool = True  # also train the plain twin for the deformable one's time
+    image_size: int = 64
+    batch_size: int = 16
+    train_size: int = 3000  # scenes rendered once, then turned and mirrored at random
+    val_size: int = 200
+    widths: tuple[int, ...] = (24, 32, 48, 48, 48)
+    strides: tuple[int, ...] = (2, 2, 1, 1, 1)
+    deform_layers: int = 3  # the last layers, on the 16x16 maps of a 64 px image
+    lr: float = 6e-3  # AdamW peak rate of the one-cycle schedule
+    weight_decay: float = 1e-4
+    warmup_share: float = 0.15  # of each run's iterations: one-cycle's rising part
+    # Adam moves every weight by about lr per step whatever its gradient, and an offset
+    # sums 9 * C_in of them: at the full rate the zero-initialised offsets would jump by
+    # pixels per step; a twentieth of it lets them grow as the features form.
+    offset_lr_mult: float = 0.05
+    # Cross-entropy weights (1 / class frequency) ** power: background holds most pixels,
+    # and unweighted training reaches the rare shapes late.
+    class_balance: float = 0.5
+    seed: int = 0  # model initialisation, data order and the scenes (validation: seed + 1)
     device: str = "cpu"
-    figures: int = 3  # images drawn in the offset and prediction figures
-    # SceneConfig overrides: five shape classes and lighter clutter, so that a few minutes
-    # of CPU training get past "all background"; scale, aspect ratio and rotation still
-    # vary as widely as in the default scenes (what deformable convolution is for).
+    figures: int = 3  # images in the prediction and sampling-location figures
+    evaluations: int = 6  # validations per run, for the learning curves
     scene: dict[str, Any] = field(default_factory=lambda: {
         "classes": ["triangle", "rectangle", "ellipse", "star", "cross"],
         "clutter": 0.5, "max_distractors": 4, "max_objects": 3})
 
     @classmethod
     def smoke(cls, **overrides: Any) -> DemoSettings:
-        """Seconds, for tests: tiny images, model and data, two iterations."""
-        values = dict(iterations=2, image_size=32, batch_size=2, train_size=8, val_size=4,
-                      base_channels=4, figures=2)
+        """Seconds, for tests: tiny images, model and data, a few iterations."""
+        values = dict(iterations=4, image_size=32, batch_size=2, train_size=8, val_size=4,
+                      widths=(4, 4, 4), strides=(2, 1, 1), deform_layers=2, figures=2,
+                      evaluations=2)
         return cls(**{**values, **overrides})
+
+
+def run_folder(name: str) -> str:
+    """The subfolder of a run's checkpoints and metrics: ``plain_equal_time`` etc."""
+    return name.replace(", ", "_").replace(" ", "_")
 
 
 def demo_specs(s: DemoSettings, classes: int) -> tuple[ModelSpec, ModelSpec]:
     """(deformable, plain) model specs of the demo for C = ``classes`` object classes."""
-    backbone = {"norm_layer": "batch_norm", "frozen_stages": -1,
-                "base_channels": s.base_channels, "deform_blocks": list(s.deform_blocks)}
-    if s.task == "classification":
-        kwargs: dict[str, Any] = dict(backbone)
-        heads = classes
-    else:
-        # Small maps: the head's atrous rate 2 instead of the paper's 6 (6x6 at 96 px).
-        kwargs = {"backbone_kwargs": {**backbone, "output_stride": s.output_stride},
-                  "head_channels": 4 * s.base_channels, "atrous_rate": 2}
-        heads = classes + 1
-    name = MODELS[s.task]
-    return (ModelSpec(name, heads, True, copy.deepcopy(kwargs)),
-            ModelSpec(name, heads, False, copy.deepcopy(kwargs)))
+    kwargs = {"widths": list(s.widths), "strides": list(s.strides),
+              "deform_layers": s.deform_layers}
+    return (ModelSpec(MODEL, classes + 1, True, copy.deepcopy(kwargs)),
+            ModelSpec(MODEL, classes + 1, False, copy.deepcopy(kwargs)))
+
+
+def demo_data(s: DemoSettings) -> tuple[DataSpec, Dataset, Dataset, int]:
+    """(spec, training set, validation set, C classes): the scenes rendered once and kept
+    in memory; training samples turned by quarter turns and mirrored at random (the
+    scenes' statistics do not change under either)."""
+    from ..data import InMemory
+    from ..data.transforms import Compose, RandomHorizontalFlip, RandomRot90
+
+    data = DataSpec(image_size=s.image_size, train_size=s.train_size, val_size=s.val_size,
+                    data_seed=s.seed, scene=dict(s.scene))
+    train_set, val_set, classes = build_datasets(data, "segmentation")
+    assert train_set is not None
+    augment = Compose([RandomRot90(), RandomHorizontalFlip()])
+    return data, InMemory(train_set, augment), InMemory(val_set), classes
+
+
+def _warm_up(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device
+             ) -> None:
+    """One forward and backward pass of a copy of ``model``, so that kernel compilation
+    (Numba's, on a cold cache) is not counted as training time."""
+    net = copy.deepcopy(model).to(device).train()
+    images = torch.stack([dataset[i][0] for i in range(min(batch_size, len(dataset)))])  # type: ignore[arg-type]
+    net(images.to(device)).sum().backward()
+
+
+def _train(s: DemoSettings, name: str, model: nn.Module, iterations: int, train_set: Dataset,
+           val_set: Dataset, class_weights: list[float], out: Path, extra: dict[str, Any]
+           ) -> dict[str, Any]:
+    from ..engine import TrainConfig, train
+
+    print(f"training {name}: {iterations} iterations")
+    config = TrainConfig(
+        task="segmentation", iterations=iterations, batch_size=s.batch_size,
+        optimizer="adamw", lr=s.lr, weight_decay=s.weight_decay, schedule="onecycle",
+        warmup_iters=round(s.warmup_share * iterations), offset_lr_mult=s.offset_lr_mult,
+        class_weights=class_weights, seed=s.seed,
+        eval_every=max(1, iterations // s.evaluations), keep_best=False, log_every=10,
+        out_dir=str(out), device=s.device)
+    result = train(config, model, train_set, val_set, extra=extra)
+    return {"metrics": result.metrics, "train_seconds": result.train_seconds,
+            "iterations": result.iteration, "checkpoint": result.last_checkpoint}
 
 
 def run_demo(s: DemoSettings, out: Path) -> dict[str, Any]:
     """Run the demo, writing to folder ``out``; returns what ``metrics.json`` holds."""
-    from ..engine import TrainConfig, read_metrics, resolve_device, train
+    from ..engine import balanced_class_weights, label_counts, resolve_device
+    from .demo_report import analyse, comparison_table, write_report
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(s.device)
-    scene = dict(s.scene)
-    if s.task == "classification":  # one object per image, always
-        scene = {k: v for k, v in scene.items() if k not in ("min_objects", "max_objects")}
-    data = DataSpec(image_size=s.image_size, train_size=s.train_size, val_size=s.val_size,
-                    data_seed=s.seed, scene=scene)
-    train_set, val_set, classes = build_datasets(data, s.task)
-    assert train_set is not None
+    print(f"rendering {s.train_size} training and {s.val_size} validation scenes")
+    data, train_set, val_set, classes = demo_data(s)
     deform_spec, plain_spec = demo_specs(s, classes)
-    specs = {"deformable": deform_spec, "plain": plain_spec}
-    models = twin_models(deform_spec, plain_spec, s.seed)
-
-    iterations = s.iterations
-    if iterations is None:
-        per_iter = {name: seconds_per_iteration(m, s.task, train_set, s.batch_size, device)
-                    for name, m in models.items()}
-        budget = s.minutes * 60 * TRAIN_SHARE - (time.perf_counter() - started)
-        iterations = max(10, int(budget / sum(per_iter.values())))
-        print(f"timing: {', '.join(f'{k} {v * 1e3:.0f} ms' for k, v in per_iter.items())} per "
-              f"iteration -> {iterations} iterations each for a {s.minutes:g} min demo")
+    specs = {"plain": plain_spec, "deformable": deform_spec, "plain, equal time": plain_spec}
+    twins = twin_models(deform_spec, plain_spec, s.seed)
+    models = {"plain": twins["plain"], "deformable": twins["deformable"]}
+    counts = label_counts(train_set.targets, classes + 1)  # type: ignore[attr-defined]
+    weights = balanced_class_weights(counts, s.class_balance)
+    _warm_up(models["deformable"], train_set, s.batch_size, device)
 
     results: dict[str, dict[str, Any]] = {}
-    for name, model in models.items():
-        print(f"training the {name} {specs[name].name} ({parameter_count(model):,} parameters)")
-        config = TrainConfig(task=s.task, iterations=iterations, batch_size=s.batch_size,
-                             lr=s.lr, warmup_iters=min(50, iterations // 10),
-                             schedule="cosine", grad_clip_norm=s.grad_clip,
-                             offset_lr_mult=s.offset_lr_mult, seed=s.seed,
-                             out_dir=str(out / name),
-                             keep_best=False, device=str(device), log_every=5)
-        start = time.perf_counter()
-        result = train(config, model, train_set, val_set,
-                       extra={"model": asdict(specs[name]), "data": asdict(data)})
-        train_s = time.perf_counter() - start
-        batch = torch.stack([val_set[i][0] for i in range(min(8, len(val_set)))]).to(device)
-        results[name] = {
-            "metrics": result.metrics, "params": parameter_count(model),
-            "ms_per_image": ms_per_image({name: model}, batch)[name],
-            "train_seconds": train_s,
-            "iterations": result.iteration, "checkpoint": result.last_checkpoint,
-        }
+    for name in RUNS[:2]:
+        results[name] = _train(s, name, models[name], s.iterations, train_set, val_set,
+                               weights, out / run_folder(name),
+                               {"model": asdict(specs[name]), "data": asdict(data)})
+    if s.equal_time:
+        name = RUNS[2]
+        ratio = results["deformable"]["train_seconds"] / results["plain"]["train_seconds"]
+        models[name] = build_model(plain_spec, seed=s.seed)  # the plain twin's initial weights
+        results[name] = _train(s, name, models[name], max(1, round(s.iterations * ratio)),
+                               train_set, val_set, weights, out / run_folder(name),
+                               {"model": asdict(plain_spec), "data": asdict(data)})
 
-    figures = _figures(s, models, val_set, classes, out, read_metrics)
-    offset_rows = figures.pop("offset_rows")
-    summary = {
-        "task": s.task, "settings": asdict(s), "classes": list(val_set.class_names),  # type: ignore[attr-defined]
-        "models": {name: {**asdict(specs[name]), **r} for name, r in results.items()},
-        "dilation": figures.pop("dilation_rows"), "offsets": offset_rows,
-        "figures": figures, "total_seconds": time.perf_counter() - started,
+    batch = torch.stack([val_set[i][0] for i in range(min(8, len(val_set)))]).to(device)  # type: ignore[arg-type]
+    speed = ms_per_image({k: models[k] for k in RUNS[:2]}, batch)
+    for name, result in results.items():
+        result.update(name=specs[name].name, deformable=specs[name].deformable,
+                      params=parameter_count(models[name]),
+                      ms_per_image=speed["deformable" if specs[name].deformable else "plain"])
+    summary: dict[str, Any] = {
+        "settings": asdict(s), "classes": list(val_set.class_names),  # type: ignore[attr-defined]
+        "class_weights": weights, "runs": results,
     }
+    summary.update(analyse(s, models, val_set, classes, out))
+    summary["total_seconds"] = time.perf_counter() - started
     write_json(summary, out / "metrics.json")
-    (out / "report.md").write_text(_report(summary))
+    write_report(summary, out)
     print()
     print(comparison_table(summary))
     print(f"\nreport: {out / 'report.md'} ({summary['total_seconds']:.0f} s in all)")
     return summary
-
-
-def _figures(s: DemoSettings, models: dict[str, nn.Module], val_set: Dataset, classes: int,
-             out: Path, read_metrics: Any) -> dict[str, Any]:
-    from .offsets import dilation_over, offset_figures
-    from .plots import plot_losses, plot_predictions
-
-    figures: dict[str, Any] = {}
-    shown = list(range(min(s.figures, len(val_set))))  # type: ignore[arg-type]
-    curves = {}
-    for name in models:
-        records = [r for r in read_metrics(out / name / "metrics.jsonl")
-                   if r.get("split") == "train"]
-        curves[name] = ([r["iter"] for r in records], [r["loss"] for r in records])
-    figures["loss"] = plot_losses(curves, out / "loss.png").name
-    if s.task == "segmentation":
-        images = [val_set[i][0] for i in shown]
-        with torch.no_grad():
-            predictions = {}
-            for name, model in models.items():
-                model.eval()
-                device = next(model.parameters()).device
-                predictions[name] = model(torch.stack(images).to(device)).argmax(1).cpu()
-        truths = [val_set[i][1] for i in shown]
-        figures["predictions"] = plot_predictions(images, truths, predictions, classes,
-                                                  out / "predictions.png").name
-    report = offset_figures(models["deformable"], val_set, shown, s.task, out,
-                            prefix="offsets_")
-    figures["sampling"] = [p.name for p in report.figures]
-    figures["offset_rows"] = report.offset_rows
-    indices = list(range(len(val_set)))  # type: ignore[arg-type]
-    figures["dilation_rows"] = dilation_over(models["deformable"], val_set, indices, s.task,
-                                             batch_size=s.batch_size).rows()
-    return figures
-
-
-def comparison_table(summary: dict[str, Any]) -> str:
-    """Markdown: metric, parameters, inference time per image and training time per model."""
-    from ..engine import PRIMARY_METRIC
-    from ..viz import markdown_table
-
-    key = PRIMARY_METRIC[summary["task"]]
-    rows = []
-    for name, r in summary["models"].items():
-        row: dict[str, object] = {"model": f"{r['name']} ({name})", key: r["metrics"].get(key)}
-        if "pixel_acc" in r["metrics"]:
-            row["pixel acc"] = r["metrics"]["pixel_acc"]
-        row.update({"params": f"{r['params']:,}", "ms / image": r["ms_per_image"],
-                    "train s": r["train_seconds"], "iterations": r["iterations"]})
-        rows.append(row)
-    return markdown_table(rows, digits=3)
-
-
-def _report(summary: dict[str, Any]) -> str:
-    from ..viz import format_dilation_table, markdown_table
-
-    s, figures = summary["settings"], summary["figures"]
-    lines = [
-        "# Deformable vs plain: demo report", "",
-        f"Task: **{summary['task']}** on synthetic scenes ({s['image_size']} px, "
-        f"{len(summary['classes'])} classes at widely varying scale, aspect ratio and "
-        f"rotation, on clutter), {s['train_size']} training and {s['val_size']} validation "
-        f"images. Both models start from the same weights (the deformable one adds "
-        f"zero-initialised offset branches, deformable 3x3 convs in the last "
-        f"{tuple(s['deform_blocks'])} blocks of each ResNet stage) and train for the same "
-        "number of iterations.", "",
-        "## Results", "", comparison_table(summary), "",
-        "ms / image: inference on a batch of 8 on this machine; train s: wall-clock training "
-        "time, evaluation included. One seed and a few minutes of training: differences of a "
-        "few points of mIoU are within run-to-run noise (on 2 CPU cores, 4-minute runs went "
-        "either way); train longer with `--minutes` or `--iterations` for a firmer "
-        "comparison.", "",
-        f"![training loss]({figures['loss']})", "",
-    ]
-    if "predictions" in figures:
-        lines += ["## Predictions", "", f"![predictions]({figures['predictions']})", ""]
-    lines += ["## What the offsets learned", "",
-              "Sampling locations of the top deformable layers, back-projected to the image "
-              "(paper Fig. 5): each level's points in its own colour, the activation unit as a "
-              "green star.", ""]
-    lines += [f"![{Path(name).stem}]({name})" for name in figures["sampling"]]
-    if summary["offsets"]:
-        lines += ["", "### Offset statistics", "",
-                  "Mean / max |offset| and mean displacement of a sampling point, in "
-                  "input-feature pixels, on the images above.", "",
-                  markdown_table(summary["offsets"]), ""]
-    if summary["dilation"]:
-        lines += ["### Effective dilation by object size (all validation images)", "",
-                  "Mean distance between adjacent sampling points (paper Table 2); a plain 3x3 "
-                  "conv keeps its dilation everywhere.", "",
-                  format_dilation_table(summary["dilation"]), ""]
-    lines += [f"Files: `metrics.json` (all numbers), `deformable/` and `plain/` (checkpoints "
-              f"and metrics.jsonl; try `deformconv eval deformable/last.pt`). "
-              f"Total time {summary['total_seconds']:.0f} s.", ""]
-    return "\n".join(lines)
