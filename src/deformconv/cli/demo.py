@@ -46,6 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--scene", action="append", default=[], metavar="KEY=VALUE",
                         help="synthetic scene option (repeatable), e.g. max_objects=2; see "
                              "deformconv.data.SceneConfig")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny settings that run in seconds (for tests)")
     parser.set_defaults(run=run)
@@ -56,6 +57,8 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
     given = {name: getattr(args, name) for name in FIELDS if getattr(args, name) is not None}
     if args.no_equal_time:
         given["equal_time"] = False
+    if args.no_progress:
+        given["progress"] = False
     settings = DemoSettings.smoke(**given) if args.smoke else DemoSettings(**given)
     settings.scene = {**settings.scene, **parse_assignments(args.scene, "--scene")}
     if settings.image_size < 16:

@@ -71,6 +71,7 @@ class DemoSettings:
     device: str = "cpu"
     figures: int = 3  # images in the prediction and sampling-location figures
     evaluations: int = 6  # validations per run, for the learning curves
+    progress: bool = True  # progress bars
     scene: dict[str, Any] = field(default_factory=lambda: {
         "classes": ["triangle", "rectangle", "ellipse", "star", "cross"],
         "clutter": 0.5, "max_distractors": 4, "max_objects": 3})
@@ -133,7 +134,7 @@ def _train(s: DemoSettings, name: str, model: nn.Module, iterations: int, train_
         warmup_iters=round(s.warmup_share * iterations), offset_lr_mult=s.offset_lr_mult,
         class_weights=class_weights, seed=s.seed,
         eval_every=max(1, iterations // s.evaluations), keep_best=False, log_every=10,
-        out_dir=str(out), device=s.device)
+        out_dir=str(out), device=s.device, progress=s.progress)
     result = train(config, model, train_set, val_set, extra=extra)
     return {"metrics": result.metrics, "train_seconds": result.train_seconds,
             "iterations": result.iteration, "checkpoint": result.last_checkpoint}
