@@ -391,6 +391,40 @@ class TestTiling:
             ]
 
 
+class TestBackwardChannelBlocks:
+    """The backward kernel splits each image's channels into blocks when the images alone
+    cannot share the threads evenly (batch 1 at res5); every split gives the same result."""
+
+    @pytest.mark.parametrize("blocks", [2, 3, 64])
+    @given(case=cases(max_batch=3), seed=st.integers(0, 2**31 - 1),
+           mode=st.sampled_from(["none", "bands"]))
+    def test_forced_blocks_match_reference(self, blocks, case, seed, mode):
+        tensors = make_tensors(case, seed=seed)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        expected = expected_results(case, tensors, grad_out)
+        used = []
+
+        def forced(images: int, channels: int) -> int:
+            used.append(min(channels, blocks))
+            return used[-1]
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(numba_backend, "_channel_blocks", forced)
+            if mode == "bands":
+                patch.setattr(numba_backend, "tiles", _forced_tiles(mode, [], 1))
+            actual = run_with_grads(fast_op(case), tensors, grad_out)
+        assert used
+        assert_results_close(actual, expected, 1e-10)
+
+    @pytest.mark.parametrize("images, threads, expected", [
+        (16, 2, 1), (1, 2, 2), (3, 2, 2), (3, 16, 8), (4, 16, 4), (6, 4, 2)])
+    def test_block_count(self, monkeypatch, images, threads, expected):
+        """Blocks make (image, block) tasks a multiple of the threads, at most one block per
+        channel of an offset group (8 here)."""
+        monkeypatch.setattr(numba_backend.numba, "get_num_threads", lambda: threads)
+        assert numba_backend._channel_blocks(images, 8) == expected
+
+
 # ----------------------------------------------------------------------------- GEMM forms
 
 ONEDNN_MATMUL = torch.backends.mkldnn.is_available() and hasattr(
