@@ -207,14 +207,15 @@ def test_export_trained_checkpoint(capsys: pytest.CaptureFixture, trained: Path,
     assert code == 0, err
     assert out.is_file() and out.stat().st_size > 10_000
     diff = float(stdout.split("max abs difference onnxruntime vs PyTorch: ")[1].split()[0])
-    # After 4 iterations the BN running statistics are far from the batch ones: eval-mode
-    # logits are huge, so compare with their scale (the example the export checks).
+    # The trained model is well conditioned (TINY_CLS clips the gradients): logits O(1) on
+    # the example the export checks, so an absolute float32 tolerance holds on any CPU.
     model = build_model(specs_from_checkpoint(str(trained / "last.pt"))[0]).eval()
     load_weights(model, trained / "last.pt")
     example = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         scale = float(model(example).abs().max())
-    assert diff <= 1e-5 * max(scale, 1.0)
+    assert 1e-3 < scale < 100
+    assert diff <= 1e-5
 
 
 def test_train_eval_viz_on_coco_files(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
