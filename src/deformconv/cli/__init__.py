@@ -58,7 +58,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that describe a bad input rather than a bug (one-line message, exit 2)."""
     errors: list[type[BaseException]] = [CLIError, ValueError, FileNotFoundError,
-                                         NotADirectoryError, IsADirectoryError, PermissionError]
+                                         FileExistsError, NotADirectoryError,
+                                         IsADirectoryError, PermissionError]
     from ..data import SampleError
     from ..engine import CheckpointError
 
