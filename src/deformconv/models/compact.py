@@ -20,15 +20,14 @@ from torch import Tensor, nn
 
 from ..nn import DeformConv2d
 from ._registry import register_model
+from ._segmentation import PixelClassifier
 
 __all__ = ["CompactFCN", "compact_fcn"]
 
 
-class CompactFCN(nn.Module):
-    """Segmentation: ``forward(images (N, 3, H, W)) -> logits (N, classes, H, W)``.
-
-    With targets, ``forward(images, masks)`` returns ``{"loss_seg": loss}`` (masks ``(N, H,
-    W)`` integer classes, ``ignore_index`` unlabelled), like :class:`DeepLab`.
+class CompactFCN(PixelClassifier):
+    """Segmentation: ``forward(images (N, 3, H, W)) -> logits (N, classes, H, W)``,
+    ``forward(images, masks) -> {"loss_seg": loss}`` (see :class:`PixelClassifier`).
 
     Args:
         num_classes: classes, background included.
@@ -104,30 +103,9 @@ class CompactFCN(nn.Module):
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
         return self.decoder(torch.cat([x, skip], dim=1))
 
-    def forward(self, images: Tensor, targets: Tensor | None = None) -> Tensor | dict[str, Tensor]:
-        scores = self.classifier(self.forward_features(images))  # (N, classes, H/s, W/s)
-        logits = F.interpolate(scores, size=images.shape[-2:], mode="bilinear",
-                               align_corners=False)
-        if targets is None:
-            return logits
-        return {"loss_seg": self.loss(logits, targets)}
-
-    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Mean cross-entropy over labelled pixels; 0 (with a graph) when none is labelled."""
-        if targets.shape != logits.shape[:1] + logits.shape[2:]:
-            raise ValueError(
-                f"targets must be (N, H, W) = {tuple(logits.shape[:1] + logits.shape[2:])}, "
-                f"got {tuple(targets.shape)}"
-            )
-        targets = targets.long()
-        if not bool((targets != self.ignore_index).any()):
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits, targets, ignore_index=self.ignore_index)
-
-    @torch.no_grad()
-    def predict(self, images: Tensor) -> Tensor:
-        """(N, 3, H, W) -> (N, H, W) class indices."""
-        return self(images).argmax(1)
+    def scores(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) -> (N, classes, H/s, W/s)."""
+        return self.classifier(self.forward_features(images))
 
 
 @register_model("segmentation")

@@ -8,7 +8,7 @@ shows them; :func:`comparison_table` is its main table.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +24,14 @@ def _reference(runs: Mapping[str, Any]) -> str:
     return next(name for name in REFERENCE_ORDER if name in runs)
 
 
-def _curves(out: Path) -> tuple[dict, dict]:
-    """(training loss by iteration, validation mIoU by training seconds) of each run."""
+def _curves(out: Path, names: Sequence[str]) -> tuple[dict, dict]:
+    """(training loss by iteration, validation mIoU by training seconds) of runs ``names``."""
     from ..engine import read_metrics
-    from .demo import RUNS, run_folder
+    from .demo import run_folder
 
     losses, scores = {}, {}
-    for name in RUNS:
-        path = out / run_folder(name) / "metrics.jsonl"
-        if not path.is_file():
-            continue
-        records = read_metrics(path)
+    for name in names:
+        records = read_metrics(out / run_folder(name) / "metrics.jsonl")
         train = [r for r in records if r["split"] == "train"]
         val = [r for r in records if r["split"] == "val"]
         losses[name] = ([r["iter"] for r in train], [r["loss"] for r in train])
@@ -73,7 +70,7 @@ def analyse(s: Any, models: Mapping[str, nn.Module], val_set: Dataset, classes: 
     by_scale = {name: recall_by_scale(object_recalls(p, val_set), edges)
                 for name, p in predictions.items()}
 
-    losses, scores = _curves(out)
+    losses, scores = _curves(out, list(models))
     figures = {"curves": plot_learning_curves(losses, scores, out / "curves.png").name,
                "scales": plot_scale_recall(by_scale, out / "scales.png").name}
     titles = [f"val {i}: {mious['deformable'][i]:.2f} vs {mious[reference][i]:.2f}"
