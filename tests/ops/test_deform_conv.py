@@ -29,6 +29,7 @@ from torch import Tensor
 from deformconv.ops import _utils, deform_conv2d, reference
 from deformconv.ops import deform_conv as op_module
 from deformconv.ops._numba import deform_conv as numba_backend
+from deformconv.ops._numba import threads as threads_module
 from deformconv.ops._torch import deform_conv as torch_backend
 
 # ----------------------------------------------------------------------------- cases
@@ -395,20 +396,22 @@ class TestBackwardChannelBlocks:
     """The backward kernel splits each image's channels into blocks when the images alone
     cannot share the threads evenly (batch 1 at res5); every split gives the same result."""
 
-    @pytest.mark.parametrize("blocks", [2, 3, 64])
+    @pytest.mark.parametrize("blocks", [1, 2, 3, 64])
     @given(case=cases(max_batch=3), seed=st.integers(0, 2**31 - 1),
            mode=st.sampled_from(["none", "bands"]))
     def test_forced_blocks_match_reference(self, blocks, case, seed, mode):
+        """On every thread the machine allows (no call is too small for them here)."""
         tensors = make_tensors(case, seed=seed)
         grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
         expected = expected_results(case, tensors, grad_out)
         used = []
 
-        def forced(images: int, channels: int) -> int:
+        def forced(images: int, channels: int, work: int) -> int:
             used.append(min(channels, blocks))
             return used[-1]
 
         with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(threads_module, "SERIAL_WORK", 0)
             patch.setattr(numba_backend, "_channel_blocks", forced)
             if mode == "bands":
                 patch.setattr(numba_backend, "tiles", _forced_tiles(mode, [], 1))
@@ -420,9 +423,10 @@ class TestBackwardChannelBlocks:
         (16, 2, 1), (1, 2, 2), (3, 2, 2), (3, 16, 8), (4, 16, 4), (6, 4, 2)])
     def test_block_count(self, monkeypatch, images, threads, expected):
         """Blocks make (image, block) tasks a multiple of the threads, at most one block per
-        channel of an offset group (8 here)."""
-        monkeypatch.setattr(numba_backend.numba, "get_num_threads", lambda: threads)
-        assert numba_backend._channel_blocks(images, 8) == expected
+        channel of an offset group (8 here); a call too small for threads gets one."""
+        monkeypatch.setattr(threads_module.numba, "get_num_threads", lambda: threads)
+        assert numba_backend._channel_blocks(images, 8, threads_module.SERIAL_WORK) == expected
+        assert numba_backend._channel_blocks(images, 8, threads_module.SERIAL_WORK - 1) == 1
 
 
 # ----------------------------------------------------------------------------- GEMM forms
@@ -914,6 +918,9 @@ _ISOLATED_SCRIPT = """
 import math
 import torch
 from deformconv.ops import _utils, deform_conv2d  # also registers torch.ops.deformconv
+from deformconv.ops._numba import threads
+
+threads.SERIAL_WORK = 0  # every kernel call in chunks on all threads
 
 calls = {}
 """ + _IN_BOUNDS_CALLS + _DIRECT_CALLS + _EMPTY_IMAGE_CALLS + """

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import math
 
-import numba
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .._utils import Tile, tiles, workspace
 from . import deform_conv_kernels as kernels
+from .threads import run_tasks, task_threads
 
 Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # stride, padding, dilation
 
@@ -221,10 +221,9 @@ class _BackwardGemm:
 
 def _sample(data: _TileData, tile: Tile, kw: int, geometry: Geometry) -> Tensor:
     columns = workspace(data.columns_shape(), data.offset.dtype)
-    kernels.sample_columns(
-        data.x, data.offset.numpy(), data.mask.numpy(), data.has_mask,
-        _grouped(columns, data.offset_groups), tile.y0, kw, *geometry,
-    )
+    run_tasks(kernels.sample_columns, kernels.sample_tasks(data.x.shape, tile.y1 - tile.y0),
+              columns.numel(), data.x, data.offset.numpy(), data.mask.numpy(), data.has_mask,
+              _grouped(columns, data.offset_groups), tile.y0, kw, *geometry)
     return columns
 
 
@@ -267,11 +266,11 @@ def forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
     return out
 
 
-def _channel_blocks(images: int, channels: int) -> int:
+def _channel_blocks(images: int, channels: int, work: int) -> int:
     """Channel blocks per image for the backward kernel (each a share of every offset
-    group's ``channels``): enough (image, block) tasks to give every thread an equal share
-    (1 when the images divide evenly among them)."""
-    threads = numba.get_num_threads()
+    group's ``channels``): enough (image, block) tasks to give each of the threads that
+    ``work`` gets an equal share (1 when the images divide evenly among them)."""
+    threads = task_threads(work)
     return max(1, min(channels, threads // math.gcd(images, threads)))
 
 
@@ -302,8 +301,8 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
     _, cin_g, kh, kw = weight.shape
     hout, wout = offset.shape[2:]
     need_columns_grad = need_input or need_offset_mask
-    grad_input = torch.zeros_like(input)
-    # The kernel writes every offset/mask gradient entry when it computes them.
+    # Computed gradients are written whole (every image, every offset/mask entry).
+    grad_input = torch.empty_like(input) if need_input else torch.zeros_like(input)
     grad_offset = torch.empty_like(offset) if need_offset_mask else torch.zeros_like(offset)
     grad_mask = offset.new_empty(0)
     if mask is not None:
@@ -320,17 +319,20 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
         grad_out_tile = grad_out[tile.n0 : tile.n1, :, tile.y0 : tile.y1]
         if need_columns_grad:
             if tile.y0 == 0:  # the first band of these images: a zero input gradient
-                grad_x = workspace(tuple(x_cl.shape), input.dtype, slot="grad_x").zero_()
+                grad_x = workspace(tuple(x_cl.shape), input.dtype, slot="grad_x")
+                if need_input:
+                    grad_x.zero_()
             columns = gemm.grad_columns(grad_out_tile, data.columns_shape())
-            blocks = _channel_blocks(tile.n1 - tile.n0, data.x.shape[4])
+            blocks = _channel_blocks(tile.n1 - tile.n0, data.x.shape[4], columns.numel())
             grad_offset_parts = _gradient_parts(grad_offset, tile, blocks)
             grad_mask_parts = (offset.new_empty(1, 1, 1, 1, 1) if mask is None
                                else _gradient_parts(grad_mask, tile, blocks))
-            kernels.backward_tile(
-                data.x, data.offset.numpy(), data.mask.numpy(), data.has_mask,
+            run_tasks(
+                kernels.backward_tile, (tile.n1 - tile.n0) * blocks, columns.numel(), data.x,
+                data.offset.numpy(), data.mask.numpy(), data.has_mask,
                 _grouped(columns, data.offset_groups), grad_offset_parts.numpy(),
                 grad_mask_parts.numpy(), _grouped(grad_x, data.offset_groups),
-                blocks, need_offset_mask, need_input, need_weight, tile.y0, kw, *geometry,
+                blocks, need_offset_mask, need_input, tile.y0, kw, *geometry,
             )
             if need_offset_mask:
                 _store_parts(grad_offset, tile, grad_offset_parts)
