@@ -15,58 +15,16 @@ live in reusable per-thread workspace slots, so a call allocates little beyond i
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .._utils import Tile, tiles, workspace
+from . import deform_conv_depthwise as depthwise
 from . import deform_conv_kernels as kernels
-from .threads import run_tasks, task_threads
-
-Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # stride, padding, dilation
-
-
-class _TileData:
-    """The arrays a kernel call needs for one tile: contiguous slices, and the channels-last
-    input with the offset groups as an axis, (nb, H, W, G, Cin/G)."""
-
-    def __init__(self, tile: Tile, x_cl: Tensor, offset: Tensor, mask: Tensor | None,
-                 kk: int) -> None:
-        rows = slice(tile.y0, tile.y1)
-        self.offset_groups = offset.shape[1] // (2 * kk)
-        self.x = _grouped(x_cl, self.offset_groups)
-        self.offset = offset[tile.n0 : tile.n1, :, rows].contiguous()
-        self.has_mask = mask is not None
-        if mask is None:
-            self.mask = offset.new_ones(1, 1, 1, 1)
-        else:
-            self.mask = mask[tile.n0 : tile.n1, :, rows].contiguous()
-
-    def columns_shape(self) -> tuple[int, ...]:
-        """(nb, rows, Wout, kh*kw, Cin) of the tile's columns."""
-        nb, _, rows, wout = self.offset.shape
-        kk = self.offset.shape[1] // (2 * self.offset_groups)
-        return nb, rows, wout, kk, self.x.shape[3] * self.x.shape[4]
-
-
-def _grouped(channels_last: Tensor, offset_groups: int):
-    """A channels-last tensor (..., C) as the array (..., G, C/G) the kernels take."""
-    return channels_last.view(*channels_last.shape[:-1], offset_groups, -1).numpy()
-
-
-def _channels_last(input: Tensor, tile: Tile, cache: dict) -> Tensor:
-    """``input[n0:n1]`` as (nb, H, W, C) in the "x" workspace slot, reused across the row
-    bands of one image."""
-    key = (tile.n0, tile.n1)
-    if cache.get("key") != key:
-        images = input[tile.n0 : tile.n1]
-        nb, cin, height, width = images.shape
-        cache["key"] = key
-        cache["value"] = workspace((nb, height, width, cin), input.dtype, slot="x")
-        cache["value"].copy_(images.permute(0, 2, 3, 1))
-    return cache["value"]
+from . import deform_conv_tiles as tile_ops
+from .deform_conv_tiles import Geometry, TileData, grouped
+from .threads import run_tasks
 
 
 def _weight_channels_last(weight: Tensor) -> Tensor:
@@ -219,11 +177,11 @@ class _BackwardGemm:
         return self.grad.view(cout, kh, kw, cin_g).permute(0, 3, 1, 2).contiguous()
 
 
-def _sample(data: _TileData, tile: Tile, kw: int, geometry: Geometry) -> Tensor:
+def _sample(data: TileData, tile: Tile, kw: int, geometry: Geometry) -> Tensor:
     columns = workspace(data.columns_shape(), data.offset.dtype)
     run_tasks(kernels.sample_columns, kernels.sample_tasks(data.x.shape, tile.y1 - tile.y0),
               columns.numel(), data.x, data.offset.numpy(), data.mask.numpy(), data.has_mask,
-              _grouped(columns, data.offset_groups), tile.y0, kw, *geometry)
+              grouped(columns, data.offset_groups), tile.y0, kw, *geometry)
     return columns
 
 
@@ -243,6 +201,8 @@ def _store(out: Tensor, tile: Tile, result: Tensor) -> None:
 def forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
             mask: Tensor | None, geometry: Geometry) -> Tensor:
     """(N, Cin, H, W) -> (N, Cout, Hout, Wout); arguments already checked."""
+    if depthwise.applies(input, weight):
+        return depthwise.forward(input, offset, weight, bias, mask, geometry)
     n, cin = input.shape[:2]
     cout, cin_g, kh, kw = weight.shape
     groups = cin // cin_g
@@ -257,37 +217,13 @@ def forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
     out = input.new_empty(n, cout, hout, wout)  # untouched (no page faults) if unused
     cache: dict = {}
     for tile in plan:
-        data = _TileData(tile, _channels_last(input, tile, cache), offset, mask, kh * kw)
+        data = TileData(tile, tile_ops.channels_last(input, tile, cache), offset, mask, kh * kw)
         columns = _sample(data, tile, kw, geometry)
         result = gemm.forward(columns, bias)
         if len(plan) == 1 and result.is_contiguous():
             return result  # the whole output, already in its layout
         _store(out, tile, result)
     return out
-
-
-def _channel_blocks(images: int, channels: int, work: int) -> int:
-    """Channel blocks per image for the backward kernel (each a share of every offset
-    group's ``channels``): enough (image, block) tasks to give each of the threads that
-    ``work`` gets an equal share (1 when the images divide evenly among them)."""
-    threads = task_threads(work)
-    return max(1, min(channels, threads // math.gcd(images, threads)))
-
-
-def _gradient_parts(full: Tensor, tile: Tile, blocks: int) -> Tensor:
-    """Where the backward kernel writes its per-channel-block parts of a tile of ``full``
-    (offset or mask gradient): the tile itself when it is one contiguous block."""
-    region = full[tile.n0 : tile.n1, :, tile.y0 : tile.y1]
-    if blocks == 1 and region.is_contiguous():
-        return region.unsqueeze(0)
-    return full.new_empty(blocks, *region.shape)
-
-
-def _store_parts(full: Tensor, tile: Tile, parts: Tensor) -> None:
-    """Sum the kernel's parts into the tile of ``full`` (nothing to do if written there)."""
-    region = full[tile.n0 : tile.n1, :, tile.y0 : tile.y1]
-    if parts.data_ptr() != region.data_ptr():
-        region.copy_(parts.sum(0))
 
 
 def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
@@ -297,6 +233,9 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
 
     ``grad_mask`` is an empty tensor when ``mask`` is None.
     """
+    if depthwise.applies(input, weight):
+        return depthwise.backward(grad_out, input, offset, weight, mask, geometry, need_input,
+                                  need_offset_mask, need_weight)
     n, cin = input.shape[:2]
     _, cin_g, kh, kw = weight.shape
     hout, wout = offset.shape[2:]
@@ -314,8 +253,8 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
     cache: dict = {}
     grad_x = input.new_empty(0)
     for tile in tiles(n, hout, row_bytes):
-        x_cl = _channels_last(input, tile, cache)
-        data = _TileData(tile, x_cl, offset, mask, kh * kw)
+        x_cl = tile_ops.channels_last(input, tile, cache)
+        data = TileData(tile, x_cl, offset, mask, kh * kw)
         grad_out_tile = grad_out[tile.n0 : tile.n1, :, tile.y0 : tile.y1]
         if need_columns_grad:
             if tile.y0 == 0:  # the first band of these images: a zero input gradient
@@ -323,21 +262,21 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
                 if need_input:
                     grad_x.zero_()
             columns = gemm.grad_columns(grad_out_tile, data.columns_shape())
-            blocks = _channel_blocks(tile.n1 - tile.n0, data.x.shape[4], columns.numel())
-            grad_offset_parts = _gradient_parts(grad_offset, tile, blocks)
+            blocks = tile_ops.channel_blocks(tile.n1 - tile.n0, data.x.shape[4], columns.numel())
+            grad_offset_parts = tile_ops.gradient_parts(grad_offset, tile, blocks)
             grad_mask_parts = (offset.new_empty(1, 1, 1, 1, 1) if mask is None
-                               else _gradient_parts(grad_mask, tile, blocks))
+                               else tile_ops.gradient_parts(grad_mask, tile, blocks))
             run_tasks(
                 kernels.backward_tile, (tile.n1 - tile.n0) * blocks, columns.numel(), data.x,
                 data.offset.numpy(), data.mask.numpy(), data.has_mask,
-                _grouped(columns, data.offset_groups), grad_offset_parts.numpy(),
-                grad_mask_parts.numpy(), _grouped(grad_x, data.offset_groups),
+                grouped(columns, data.offset_groups), grad_offset_parts.numpy(),
+                grad_mask_parts.numpy(), grouped(grad_x, data.offset_groups),
                 blocks, need_offset_mask, need_input, tile.y0, kw, *geometry,
             )
             if need_offset_mask:
-                _store_parts(grad_offset, tile, grad_offset_parts)
+                tile_ops.store_parts(grad_offset, tile, grad_offset_parts)
                 if mask is not None:
-                    _store_parts(grad_mask, tile, grad_mask_parts)
+                    tile_ops.store_parts(grad_mask, tile, grad_mask_parts)
             if need_input and tile.y1 == hout:
                 grad_input[tile.n0 : tile.n1] = grad_x.permute(0, 3, 1, 2)
         else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numba
 
 from .bilinear import corners, slope_corners
+from .channel_runs import blend, scatter, slopes, value_weights
 
 
 @numba.njit(inline="always", cache=True)
@@ -28,23 +29,9 @@ def _tile_dims(x, offset, columns):
     return x.shape[3], x.shape[4], rows, wout, kk
 
 
-@numba.njit(inline="always", cache=True)
-def _value_weights(lh, lw, k00, k01, k10, k11, scale, cast):
-    """The four corner weights of a sample times ``scale`` (the mask), as ``cast``."""
-    return (cast(scale * (1 - lh) * (1 - lw) * k00), cast(scale * (1 - lh) * lw * k01),
-            cast(scale * lh * (1 - lw) * k10), cast(scale * lh * lw * k11))
-
-
 def sample_tasks(x_shape: tuple[int, ...], rows: int) -> int:
     """The number of ``sample_columns`` tasks of a tile: offset groups × images × rows."""
     return x_shape[3] * x_shape[0] * rows
-
-
-@numba.njit(inline="always", cache=True)
-def _blend(dst, a00, a01, a10, a11, x00, x01, x10, x11):
-    """``dst = a00 * x00 + a01 * x01 + a10 * x10 + a11 * x11`` over a channel run."""
-    for t in range(dst.shape[0]):
-        dst[t] = a00 * x00[t] + a01 * x01[t] + a10 * x10[t] + a11 * x11[t]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -70,8 +57,8 @@ def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil,
                     w = left + offset[n, 2 * q + 1, r, col]
                     _, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = corners(h, w, height, width)
                     m = mask[n, q, r, col] if has_mask else 1.0
-                    a00, a01, a10, a11 = _value_weights(lh, lw, k00, k01, k10, k11, m, cast)
-                    _blend(columns[n, r, col, k, g], a00, a01, a10, a11, x[n, h0, w0, g],
+                    a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11, m, cast)
+                    blend(columns[n, r, col, k, g], a00, a01, a10, a11, x[n, h0, w0, g],
                            x[n, h0, w1, g], x[n, h1, w0, g], x[n, h1, w1, g])
 
 
@@ -105,7 +92,7 @@ def backward_tile(x, offset, mask, has_mask, columns, grad_offset, grad_mask, gr
     kh = kk // kw
     cast = x.dtype.type
     zero = cast(0.0)
-    scatter = 1.0 if need_input else 0.0
+    input_scale = 1.0 if need_input else 0.0
     for task in range(first, last):
         n = task // channel_blocks
         b = task - n * channel_blocks
@@ -136,44 +123,19 @@ def backward_tile(x, offset, mask, has_mask, columns, grad_offset, grad_mask, gr
                             x00, x01 = x[n, h0, w0, g, c:end], x[n, h0, w1, g, c:end]
                             x10, x11 = x[n, h1, w0, g, c:end], x[n, h1, w1, g, c:end]
                             if need_offset_mask:
-                                # The value and its h, w slopes are linear in the four
-                                # corner dot products <gradient run, corner run>.
-                                d00 = zero
-                                d01 = zero
-                                d10 = zero
-                                d11 = zero
-                                for t in range(end - c):
-                                    gcol = run[t]
-                                    d00 += gcol * x00[t]
-                                    d01 += gcol * x01[t]
-                                    d10 += gcol * x10[t]
-                                    d11 += gcol * x11[t]
-                                slope_h = (lw * (k11 * d11 - k01 * d01)
-                                           + (1 - lw) * (k10 * d10 - k00 * d00))
-                                slope_w = (lh * (k11 * d11 - k10 * d10)
-                                           + (1 - lh) * (k01 * d01 - k00 * d00))
+                                slope_h, slope_w, value = slopes(
+                                    run, x00, x01, x10, x11, lh, lw, k00, k01, k10, k11, zero)
                                 grad_offset[b, n, 2 * q, r, col] = m * slope_h
                                 grad_offset[b, n, 2 * q + 1, r, col] = m * slope_w
                                 if has_mask:
-                                    grad_mask[b, n, q, r, col] = (
-                                        (1 - lh) * ((1 - lw) * k00 * d00 + lw * k01 * d01)
-                                        + lh * ((1 - lw) * k10 * d10 + lw * k11 * d11))
-                            s00, s01, s10, s11 = _value_weights(lh, lw, k00, k01, k10, k11,
-                                                                scatter * m, cast)
+                                    grad_mask[b, n, q, r, col] = value
+                            s00, s01, s10, s11 = value_weights(lh, lw, k00, k01, k10, k11,
+                                                                input_scale * m, cast)
                             # One loop per corner: clamped corners may share a cell.
-                            _scatter(grad_x[n, h0, w0, g, c:end], s00, run)
-                            _scatter(grad_x[n, h0, w1, g, c:end], s01, run)
-                            _scatter(grad_x[n, h1, w0, g, c:end], s10, run)
-                            _scatter(grad_x[n, h1, w1, g, c:end], s11, run)
-                            a00, a01, a10, a11 = _value_weights(lh, lw, k00, k01, k10, k11, m,
+                            scatter(grad_x[n, h0, w0, g, c:end], s00, run)
+                            scatter(grad_x[n, h0, w1, g, c:end], s01, run)
+                            scatter(grad_x[n, h1, w0, g, c:end], s10, run)
+                            scatter(grad_x[n, h1, w1, g, c:end], s11, run)
+                            a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11, m,
                                                                 cast)
-                            _blend(run, a00, a01, a10, a11, x00, x01, x10, x11)
-
-
-@numba.njit(inline="always", cache=True)
-def _scatter(target, weight, run):
-    """``target += weight * run``; nothing for a zero weight (a corner outside the image,
-    a zero mask, or no input gradient wanted)."""
-    if weight != 0:
-        for t in range(run.shape[0]):
-            target[t] += weight * run[t]
+                            blend(run, a00, a01, a10, a11, x00, x01, x10, x11)
