@@ -130,7 +130,8 @@ class _BackwardGemm:
 
     With one group both are (batched) matmuls on the weight's channels-last copy
     ``(Cout, kk*Cin)``: the columns gradient lands in the reusable column workspace and the
-    weight gradient accumulates image by image into one ``(Cout, kk*Cin)`` sum, so no tile
+    weight gradient accumulates image by image into one ``(Cout, kk*Cin)`` sum, in the
+    storage of the returned gradient, which is reordered in place at the end. No tile
     allocates. With conv groups they run as ``_ColumnsConv``'s backward.
     """
 
@@ -160,7 +161,7 @@ class _BackwardGemm:
             self.grad = grad if self.grad is None else self.grad.add_(grad)
             return
         if self.grad is None:
-            self.grad = torch.zeros_like(self.weight)
+            self.grad = self.weight.new_zeros(self.weight.shape)
         nb, cout = grad_out.shape[:2]
         grad_out = grad_out.reshape(nb, cout, -1)
         columns = columns.view(nb, -1, self.weight.shape[1])
@@ -173,8 +174,20 @@ class _BackwardGemm:
             return self.weight.new_zeros(self.weight_shape)
         if self.conv is not None:
             return self.grad.contiguous()
-        cout, cin_g, kh, kw = self.weight_shape
-        return self.grad.view(cout, kh, kw, cin_g).permute(0, 3, 1, 2).contiguous()
+        return _to_channels_first(self.grad, self.weight_shape)
+
+
+def _to_channels_first(grad: Tensor, shape: torch.Size, chunk_bytes: int = 1 << 20) -> Tensor:
+    """``grad`` (Cout, kh*kw*Cin) reordered in place to (Cout, Cin, kh, kw), a few output
+    channels at a time through a scratch copy of at most ``chunk_bytes`` (a full copy would
+    be the largest allocation of a res5 backward after the columns)."""
+    cout, cin_g, kh, kw = shape
+    step = max(1, chunk_bytes // (grad[0].numel() * grad.element_size()))
+    for start in range(0, cout, step):
+        rows = grad[start : start + step]
+        scratch = rows.clone()
+        rows.view(-1, cin_g, kh * kw).copy_(scratch.view(-1, kh * kw, cin_g).transpose(1, 2))
+    return grad.view(shape)
 
 
 def _sample(data: TileData, tile: Tile, kw: int, geometry: Geometry) -> Tensor:
