@@ -421,6 +421,17 @@ class TestBackwardChannelBlocks:
         assert used
         assert_results_close(actual, expected, 1e-10)
 
+    @pytest.mark.parametrize("chunk_bytes", [1, 100, 1 << 20])
+    def test_weight_gradient_reordered_in_place(self, chunk_bytes):
+        """(Cout, kh*kw*Cin) -> (Cout, Cin, kh, kw) in the same storage, chunk by chunk."""
+        shape = torch.Size((5, 3, 2, 4))
+        grad = torch.randn(5, 2, 4, 3)  # the accumulated (Cout, kh, kw, Cin) order
+        expected = grad.permute(0, 3, 1, 2).contiguous()
+        flat = grad.clone().view(5, -1)
+        result = numba_backend._to_channels_first(flat, shape, chunk_bytes)
+        assert result.data_ptr() == flat.data_ptr() and result.is_contiguous()
+        assert torch.equal(result, expected)
+
     @pytest.mark.parametrize("images, threads, expected", [
         (16, 2, 1), (1, 2, 2), (3, 2, 2), (3, 16, 8), (4, 16, 4), (6, 4, 2)])
     def test_block_count(self, monkeypatch, images, threads, expected):
