@@ -253,12 +253,8 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
     _, cin_g, kh, kw = weight.shape
     hout, wout = offset.shape[2:]
     need_columns_grad = need_input or need_offset_mask
-    # Computed gradients are written whole (every image, every offset/mask entry).
-    grad_input = torch.empty_like(input) if need_input else torch.zeros_like(input)
-    grad_offset = torch.empty_like(offset) if need_offset_mask else torch.zeros_like(offset)
-    grad_mask = offset.new_empty(0)
-    if mask is not None:
-        grad_mask = torch.empty_like(mask) if need_offset_mask else torch.zeros_like(mask)
+    grad_input, grad_offset, grad_mask = tile_ops.gradient_outputs(
+        input, offset, mask, need_input, need_offset_mask)
     if not (need_columns_grad or need_weight):
         return grad_input, grad_offset, torch.zeros_like(weight), grad_mask
     gemm = _BackwardGemm(weight, cin // cin_g)
@@ -270,28 +266,21 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
         data = TileData(tile, x_cl, offset, mask, kh * kw)
         grad_out_tile = grad_out[tile.n0 : tile.n1, :, tile.y0 : tile.y1]
         if need_columns_grad:
-            if tile.y0 == 0:  # the first band of these images: a zero input gradient
-                grad_x = workspace(tuple(x_cl.shape), input.dtype, slot="grad_x")
-                if need_input:
-                    grad_x.zero_()
             columns = gemm.grad_columns(grad_out_tile, data.columns_shape())
             blocks = tile_ops.channel_blocks(tile.n1 - tile.n0, data.x.shape[4], columns.numel())
-            grad_offset_parts = tile_ops.gradient_parts(grad_offset, tile, blocks)
-            grad_mask_parts = (offset.new_empty(1, 1, 1, 1, 1) if mask is None
-                               else tile_ops.gradient_parts(grad_mask, tile, blocks))
+            grads = tile_ops.TileGradients(tile, x_cl, grad_x, grad_offset,
+                                           None if mask is None else grad_mask, blocks,
+                                           need_input)
+            groups = data.offset_groups
             run_tasks(
                 kernels.backward_tile, (tile.n1 - tile.n0) * blocks, columns.numel(), data.x,
                 data.offset.numpy(), data.mask.numpy(), data.has_mask,
-                grouped(columns, data.offset_groups), grad_offset_parts.numpy(),
-                grad_mask_parts.numpy(), grouped(grad_x, data.offset_groups),
-                blocks, need_offset_mask, need_input, tile.y0, kw, *geometry,
+                grouped(columns, groups), grads.offset_parts.numpy(), grads.mask_parts.numpy(),
+                grouped(grads.grad_x, groups), blocks, need_offset_mask, need_input, tile.y0,
+                kw, *geometry,
             )
-            if need_offset_mask:
-                tile_ops.store_parts(grad_offset, tile, grad_offset_parts)
-                if mask is not None:
-                    tile_ops.store_parts(grad_mask, tile, grad_mask_parts)
-            if need_input and tile.y1 == hout:
-                grad_input[tile.n0 : tile.n1] = grad_x.permute(0, 3, 1, 2)
+            grads.store(grad_input, hout, need_input, need_offset_mask)
+            grad_x = grads.grad_x
         else:
             columns = _sample(data, tile, kw, geometry)
         if need_weight:

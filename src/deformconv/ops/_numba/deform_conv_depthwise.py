@@ -61,14 +61,11 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
     n, channels = input.shape[:2]
     kh, kw = weight.shape[2:]
     hout, wout = offset.shape[2:]
-    grad_input = torch.empty_like(input) if need_input else torch.zeros_like(input)
-    grad_offset = torch.empty_like(offset) if need_offset_mask else torch.zeros_like(offset)
-    grad_mask = offset.new_empty(0)
-    if mask is not None:
-        grad_mask = torch.empty_like(mask) if need_offset_mask else torch.zeros_like(mask)
-    grad_weight = torch.zeros(kh * kw, channels, dtype=weight.dtype)
+    grad_input, grad_offset, grad_mask = tile_ops.gradient_outputs(
+        input, offset, mask, need_input, need_offset_mask)
     if not (need_input or need_offset_mask or need_weight):
         return grad_input, grad_offset, torch.zeros_like(weight), grad_mask
+    grad_weight = torch.zeros(kh * kw, channels, dtype=weight.dtype)
     weight_k = _weight_by_kernel_point(weight)
     row_bytes = 2 * wout * channels * input.element_size()
     cache: dict = {}
@@ -77,34 +74,24 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
         x_cl = tile_ops.channels_last(input, tile, cache)
         data = TileData(tile, x_cl, offset, mask, kh * kw)
         groups = data.offset_groups
-        if tile.y0 == 0:  # the first band of these images: a zero input gradient
-            grad_x = workspace(tuple(x_cl.shape), input.dtype, slot="grad_x")
-            if need_input:
-                grad_x.zero_()
-        grad_out_cl = workspace((*data.offset.shape[:1], *data.offset.shape[2:], channels),
-                                input.dtype, slot="out")
+        nb, rows = tile.n1 - tile.n0, tile.y1 - tile.y0
+        grad_out_cl = workspace((nb, rows, wout, channels), input.dtype, slot="out")
         grad_out_cl.copy_(grad_out[tile.n0 : tile.n1, :, tile.y0 : tile.y1].permute(0, 2, 3, 1))
-        nb = tile.n1 - tile.n0
         work = grad_out_cl.numel() * kh * kw
         blocks = tile_ops.channel_blocks(nb, data.x.shape[4], work)
-        grad_offset_parts = tile_ops.gradient_parts(grad_offset, tile, blocks)
-        grad_mask_parts = (offset.new_empty(1, 1, 1, 1, 1) if mask is None
-                           else tile_ops.gradient_parts(grad_mask, tile, blocks))
+        grads = tile_ops.TileGradients(tile, x_cl, grad_x, grad_offset,
+                                       None if mask is None else grad_mask, blocks, need_input)
         grad_weight_parts = weight.new_zeros(nb * blocks, kh * kw, channels)
         run_tasks(
             kernels.backward, nb * blocks, work, data.x, data.offset.numpy(), data.mask.numpy(),
             data.has_mask, grouped(weight_k, groups), grouped(grad_out_cl, groups),
-            grad_offset_parts.numpy(), grad_mask_parts.numpy(), grouped(grad_x, groups),
+            grads.offset_parts.numpy(), grads.mask_parts.numpy(), grouped(grads.grad_x, groups),
             grouped(grad_weight_parts, groups), blocks, need_offset_mask, need_input, tile.y0,
             kw, *geometry,
         )
         grad_weight += grad_weight_parts.sum(0)
-        if need_offset_mask:
-            tile_ops.store_parts(grad_offset, tile, grad_offset_parts)
-            if mask is not None:
-                tile_ops.store_parts(grad_mask, tile, grad_mask_parts)
-        if need_input and tile.y1 == hout:
-            grad_input[tile.n0 : tile.n1] = grad_x.permute(0, 3, 1, 2)
+        grads.store(grad_input, hout, need_input, need_offset_mask)
+        grad_x = grads.grad_x
     if not need_weight:
         return grad_input, grad_offset, torch.zeros_like(weight), grad_mask
     return grad_input, grad_offset, grad_weight.t().reshape(weight.shape).contiguous(), grad_mask

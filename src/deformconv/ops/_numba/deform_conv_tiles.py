@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from .._utils import Tile, workspace
@@ -82,3 +83,47 @@ def store_parts(full: Tensor, tile: Tile, parts: Tensor) -> None:
     region = full[tile.n0 : tile.n1, :, tile.y0 : tile.y1]
     if parts.data_ptr() != region.data_ptr():
         region.copy_(parts.sum(0))
+
+
+def gradient_outputs(input: Tensor, offset: Tensor, mask: Tensor | None, need_input: bool,
+                     need_offset_mask: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``grad_input, grad_offset, grad_mask`` to return: uninitialised where the tiles will
+    write them whole, zeros where no gradient is wanted; ``grad_mask`` is empty without a
+    mask."""
+    grad_input = torch.empty_like(input) if need_input else torch.zeros_like(input)
+    grad_offset = torch.empty_like(offset) if need_offset_mask else torch.zeros_like(offset)
+    grad_mask = offset.new_empty(0)
+    if mask is not None:
+        grad_mask = torch.empty_like(mask) if need_offset_mask else torch.zeros_like(mask)
+    return grad_input, grad_offset, grad_mask
+
+
+class TileGradients:
+    """Where a backward tile's kernel writes: the offset/mask gradient parts
+    (``gradient_parts``) and the channels-last input gradient of the tile's images (a
+    workspace slot, zeroed on their first band and kept for the next bands)."""
+
+    def __init__(self, tile: Tile, x_cl: Tensor, previous_grad_x: Tensor, grad_offset: Tensor,
+                 grad_mask: Tensor | None, blocks: int, need_input: bool) -> None:
+        self.tile = tile
+        self.grad_offset = grad_offset
+        self.grad_mask = grad_mask
+        self.grad_x = previous_grad_x
+        if tile.y0 == 0:
+            self.grad_x = workspace(tuple(x_cl.shape), x_cl.dtype, slot="grad_x")
+            if need_input:
+                self.grad_x.zero_()
+        self.offset_parts = gradient_parts(grad_offset, tile, blocks)
+        self.mask_parts = (grad_offset.new_empty(1, 1, 1, 1, 1) if grad_mask is None
+                           else gradient_parts(grad_mask, tile, blocks))
+
+    def store(self, grad_input: Tensor, rows: int, need_input: bool,
+              need_offset_mask: bool) -> None:
+        """Add up the parts; after the last of ``rows`` output rows, write the images' input
+        gradient into ``grad_input`` (NCHW)."""
+        if need_offset_mask:
+            store_parts(self.grad_offset, self.tile, self.offset_parts)
+            if self.grad_mask is not None:
+                store_parts(self.grad_mask, self.tile, self.mask_parts)
+        if need_input and self.tile.y1 == rows:
+            grad_input[self.tile.n0 : self.tile.n1] = self.grad_x.permute(0, 3, 1, 2)
