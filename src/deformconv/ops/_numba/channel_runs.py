@@ -52,3 +52,24 @@ def scatter(target, weight, run):
     if weight != 0:
         for t in range(run.shape[0]):
             target[t] += weight * run[t]
+
+
+@numba.njit(inline="always", cache=True)
+def store_slopes(grad_offset, grad_mask, has_mask, b, n, q, r, col, m, slope_h, slope_w,
+                 value):
+    """Write one sample's offset gradient (``m`` times the slopes) and, with a mask, its
+    mask gradient (the value) into part ``b``."""
+    grad_offset[b, n, 2 * q, r, col] = m * slope_h
+    grad_offset[b, n, 2 * q + 1, r, col] = m * slope_w
+    if has_mask:
+        grad_mask[b, n, q, r, col] = value
+
+
+@numba.njit(inline="always", cache=True)
+def scatter_corners(grad_x, n, g, c, end, h0, h1, w0, w1, s00, s01, s10, s11, run):
+    """Scatter a sample's gradient ``run`` into its four corners of ``grad_x`` (channels
+    ``c:end`` of group ``g``), one loop per corner: clamped corners may share a cell."""
+    scatter(grad_x[n, h0, w0, g, c:end], s00, run)
+    scatter(grad_x[n, h0, w1, g, c:end], s01, run)
+    scatter(grad_x[n, h1, w0, g, c:end], s10, run)
+    scatter(grad_x[n, h1, w1, g, c:end], s11, run)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numba
 
 from .bilinear import corners, slope_corners
-from .channel_runs import blend, scatter, slopes, value_weights
+from .channel_runs import blend, scatter_corners, slopes, store_slopes, value_weights
 
 
 @numba.njit(inline="always", cache=True)
@@ -114,10 +114,8 @@ def backward_tile(x, offset, mask, has_mask, columns, grad_offset, grad_mask, gr
                             m = mask[n, q, r, col] if has_mask else 1.0
                             if not inside:
                                 if need_offset_mask:
-                                    grad_offset[b, n, 2 * q, r, col] = 0.0
-                                    grad_offset[b, n, 2 * q + 1, r, col] = 0.0
-                                    if has_mask:
-                                        grad_mask[b, n, q, r, col] = 0.0
+                                    store_slopes(grad_offset, grad_mask, has_mask, b, n, q, r, col,
+                                                 0.0, 0.0, 0.0, 0.0)
                                 run[:] = 0.0
                                 continue
                             x00, x01 = x[n, h0, w0, g, c:end], x[n, h0, w1, g, c:end]
@@ -125,17 +123,12 @@ def backward_tile(x, offset, mask, has_mask, columns, grad_offset, grad_mask, gr
                             if need_offset_mask:
                                 slope_h, slope_w, value = slopes(
                                     run, x00, x01, x10, x11, lh, lw, k00, k01, k10, k11, zero)
-                                grad_offset[b, n, 2 * q, r, col] = m * slope_h
-                                grad_offset[b, n, 2 * q + 1, r, col] = m * slope_w
-                                if has_mask:
-                                    grad_mask[b, n, q, r, col] = value
+                                store_slopes(grad_offset, grad_mask, has_mask, b, n, q, r, col,
+                                             m, slope_h, slope_w, value)
                             s00, s01, s10, s11 = value_weights(lh, lw, k00, k01, k10, k11,
                                                                 input_scale * m, cast)
-                            # One loop per corner: clamped corners may share a cell.
-                            scatter(grad_x[n, h0, w0, g, c:end], s00, run)
-                            scatter(grad_x[n, h0, w1, g, c:end], s01, run)
-                            scatter(grad_x[n, h1, w0, g, c:end], s10, run)
-                            scatter(grad_x[n, h1, w1, g, c:end], s11, run)
+                            scatter_corners(grad_x, n, g, c, end, h0, h1, w0, w1, s00, s01, s10,
+                                            s11, run)
                             a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11, m,
                                                                 cast)
                             blend(run, a00, a01, a10, a11, x00, x01, x10, x11)

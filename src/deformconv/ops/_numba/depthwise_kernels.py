@@ -16,7 +16,7 @@ import numba
 import numpy as np
 
 from .bilinear import corners, slope_corners
-from .channel_runs import scatter, slopes, value_weights
+from .channel_runs import scatter_corners, slopes, store_slopes, value_weights
 
 
 @numba.njit(cache=True, nogil=True)
@@ -97,10 +97,8 @@ def backward(x, offset, mask, has_mask, weight, grad_out, grad_offset, grad_mask
                                 h, w, height, width)
                             if not inside:
                                 if need_offset_mask:
-                                    grad_offset[b, n, 2 * q, r, col] = 0.0
-                                    grad_offset[b, n, 2 * q + 1, r, col] = 0.0
-                                    if has_mask:
-                                        grad_mask[b, n, q, r, col] = 0.0
+                                    store_slopes(grad_offset, grad_mask, has_mask, b, n, q, r, col,
+                                                 0.0, 0.0, 0.0, 0.0)
                                 continue
                             m = mask[n, q, r, col] if has_mask else 1.0
                             wk = weight[k, g, c:end]
@@ -111,16 +109,12 @@ def backward(x, offset, mask, has_mask, weight, grad_out, grad_offset, grad_mask
                             if need_offset_mask:
                                 slope_h, slope_w, value = slopes(
                                     run, x00, x01, x10, x11, lh, lw, k00, k01, k10, k11, zero)
-                                grad_offset[b, n, 2 * q, r, col] = m * slope_h
-                                grad_offset[b, n, 2 * q + 1, r, col] = m * slope_w
-                                if has_mask:
-                                    grad_mask[b, n, q, r, col] = value
+                                store_slopes(grad_offset, grad_mask, has_mask, b, n, q, r, col,
+                                             m, slope_h, slope_w, value)
                             s00, s01, s10, s11 = value_weights(lh, lw, k00, k01, k10, k11,
                                                                 input_scale * m, cast)
-                            scatter(grad_x[n, h0, w0, g, c:end], s00, run)
-                            scatter(grad_x[n, h0, w1, g, c:end], s01, run)
-                            scatter(grad_x[n, h1, w0, g, c:end], s10, run)
-                            scatter(grad_x[n, h1, w1, g, c:end], s11, run)
+                            scatter_corners(grad_x, n, g, c, end, h0, h1, w0, w1, s00, s01, s10,
+                                            s11, run)
                             a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11, m,
                                                                 cast)
                             gw = grad_weight[task, k, g, c:end]
