@@ -123,7 +123,8 @@ def make_inputs(case: Case, requires_grad: bool) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def best_times(ops: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def best_times(ops: dict[str, Callable[[], object]], repeats: int,
+               clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Best-of-``repeats`` seconds per op; the ops take turns in each round, so a burst of
     load from elsewhere hits them alike instead of one op's whole series."""
     for fn in ops.values():
@@ -131,9 +132,9 @@ def best_times(ops: dict[str, Callable[[], object]], repeats: int) -> dict[str, 
     times: dict[str, list[float]] = {name: [] for name in ops}
     for _ in range(repeats):
         for name, fn in ops.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: min(series) for name, series in times.items()}
 
 
@@ -168,13 +169,13 @@ def print_table(header: list[str], widths: list[int]) -> Callable[[list[str]], N
     return row
 
 
-def bench_ops(cases: list[Case], repeats: int) -> None:
+def bench_ops(cases: list[Case], repeats: int, clock: Callable[[], float]) -> None:
     row = print_table(["shape (N,Cin,Cout,H,W) dil/G", "pass", "ours ms", "conv2d ms", "tv ms",
                        "ours/conv2d", "tv/ours"], [44, 8, 8, 9, 8, 11, 7])
     for case in cases:
         for backward in case.backward:
             with torch.enable_grad() if backward else torch.no_grad():
-                times = best_times(op_runners(case, backward), repeats)
+                times = best_times(op_runners(case, backward), repeats, clock)
             tv = times.get("torchvision", float("nan"))
             row([case.label(), "fwd+bwd" if backward else "fwd", f"{times['ours'] * 1e3:.1f}",
                  f"{times['conv2d'] * 1e3:.1f}", f"{tv * 1e3:.1f}",
@@ -251,16 +252,17 @@ def training_runners(batch: int) -> dict[str, Callable[[], object]]:
     return steps
 
 
-def bench_modules(cases: list[ModuleCase], batch: int, repeats: int) -> None:
+def bench_modules(cases: list[ModuleCase], batch: int, repeats: int,
+                  clock: Callable[[], float]) -> None:
     row = print_table(["layer (N,C->C,HxW), fwd+bwd", "ours ms", "conv2d ms", "tv ms",
                        "ours/conv2d", "tv/ours"], [40, 8, 9, 8, 11, 7])
     for case in cases:
-        times = best_times(module_runners(case), repeats)
+        times = best_times(module_runners(case), repeats, clock)
         tv = times.get("torchvision", float("nan"))
         row([case.label(), f"{times['ours'] * 1e3:.2f}", f"{times['conv2d'] * 1e3:.2f}",
              f"{tv * 1e3:.2f}", f"{times['ours'] / times['conv2d']:.2f}",
              f"{tv / times['ours']:.2f}"])
-    times = best_times(training_runners(batch), repeats)
+    times = best_times(training_runners(batch), repeats, clock)
     row([f"small CNN, 48 px, batch {batch}, train step", f"{times['ours'] * 1e3:.2f}",
          f"{times['conv2d'] * 1e3:.2f}", "", f"{times['ours'] / times['conv2d']:.2f}", ""])
 
@@ -381,6 +383,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, a few seconds")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time by the process's CPU time instead of the wall clock: with one "
+                             "thread (OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1), the work done, "
+                             "whatever else the machine runs")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections out of {', '.join(SECTIONS)}")
     parser.add_argument("--memory-probe", choices=MEMORY_OPS, help=argparse.SUPPRESS)
@@ -389,18 +395,20 @@ def main() -> None:
     if args.memory_probe:
         memory_probe(args.memory_probe, args.backward)
         return
+    clock = time.process_time if args.cpu_time else time.perf_counter
     sections = set(args.only.split(","))
     if unknown := sections - set(SECTIONS):
         parser.error(f"--only: unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"load average {os.getloadavg()[0]:.1f}, "
+          f"{'CPU time' if args.cpu_time else 'wall clock'}, best of {args.repeats}")
     if "ops" in sections:
-        bench_ops(QUICK if args.quick else FULL, args.repeats)
+        bench_ops(QUICK if args.quick else FULL, args.repeats, clock)
     if "modules" in sections:
         print()
         bench_modules(QUICK_MODULE_CASES if args.quick else MODULE_CASES,
-                      4 if args.quick else 16, args.repeats * (1 if args.quick else 4))
+                      4 if args.quick else 16, args.repeats * (1 if args.quick else 4), clock)
     if args.quick:
         return
     if "memory" in sections:
