@@ -130,9 +130,10 @@ class _BackwardGemm:
 
     With one group both are (batched) matmuls on the weight's channels-last copy
     ``(Cout, kk*Cin)``: the columns gradient lands in the reusable column workspace and the
-    weight gradient accumulates image by image into one ``(Cout, kk*Cin)`` sum, in the
-    storage of the returned gradient, which is reordered in place at the end. No tile
-    allocates. With conv groups they run as ``_ColumnsConv``'s backward.
+    weight gradient accumulates tile by tile (one GEMM each: few torch calls, since each may
+    wait for torch's threads) into one ``(Cout, kk*Cin)`` sum in the storage of the returned
+    gradient, which is reordered in place at the end. No tile allocates. With conv groups
+    they run as ``_ColumnsConv``'s backward.
     """
 
     def __init__(self, weight: Tensor, groups: int) -> None:
@@ -163,10 +164,11 @@ class _BackwardGemm:
         if self.grad is None:
             self.grad = self.weight.new_zeros(self.weight.shape)
         nb, cout = grad_out.shape[:2]
-        grad_out = grad_out.reshape(nb, cout, -1)
-        columns = columns.view(nb, -1, self.weight.shape[1])
-        for image in range(nb):
-            self.grad.addmm_(grad_out[image], columns[image])
+        if nb > 1:  # one GEMM over all the tile's pixels: (Cout, nb*rows*Wout) first
+            pixels = workspace((cout, nb, *grad_out.shape[2:]), grad_out.dtype, slot="grad_out")
+            pixels.copy_(grad_out.transpose(0, 1))
+            grad_out = pixels
+        self.grad.addmm_(grad_out.reshape(cout, -1), columns.view(-1, self.weight.shape[1]))
 
     def grad_weight(self) -> Tensor:
         """The summed weight gradient, (Cout, Cin/groups, kh, kw) (zeros without tiles)."""
