@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 # Largest column buffer (bytes) a kernel may hold at once; tiles are sized to fit it.
-WORKSPACE_BYTES = int(float(os.environ.get("DEFORMCONV_WORKSPACE_MB", "48")) * 2**20)
+WORKSPACE_BYTES = int(float(os.environ.get("DEFORMCONV_WORKSPACE_MB", "32")) * 2**20)
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
 UPCAST_DTYPES = (torch.float16, torch.bfloat16)
