@@ -257,6 +257,15 @@ class TestDeformRoIPool:
          r"mask.shape is not valid: got \(1, 2, 2, 2\), expected \(1, 1, 2, 2\)"),
         (torch.zeros(1, 5), {"output_size": 0}, ValueError, "output_size must be positive"),
         (torch.zeros(1, 5), {"output_size": None}, TypeError, "output_size"),
+        # NaN passes "<= 0" checks: it used to pool silent zeros
+        (torch.zeros(1, 5), {"spatial_scale": float("nan")}, ValueError,
+         "spatial_scale must be a finite number > 0, got nan"),
+        (torch.zeros(1, 5), {"spatial_scale": float("inf")}, ValueError,
+         "spatial_scale must be a finite number > 0, got inf"),
+        (torch.zeros(1, 5), {"spatial_scale": 0.0}, ValueError, "spatial_scale must be"),
+        (torch.zeros(1, 5), {"gamma": float("nan")}, ValueError,
+         "gamma must be a finite number, got nan"),
+        (torch.zeros(1, 5), {"gamma": "0.1x"}, TypeError, "gamma must be a finite number"),
     ])
     def test_bad_input(self, rois, kwargs, error, match):
         x = torch.randn(2, 3, 6, 6)

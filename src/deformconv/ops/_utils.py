@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Iterator
@@ -26,6 +27,19 @@ def pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]
     ):
         return int(value[0]), int(value[1])
     raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def finite_float(name: str, value: object, *, positive: bool = False) -> float:
+    """``float(value)``, refused with an error naming ``name`` unless finite (and > 0 with
+    ``positive``): a NaN scale would pass ``value <= 0`` checks and pool silent zeros."""
+    expected = "a finite number > 0" if positive else "a finite number"
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be {expected}, got {value!r}") from None
+    if not math.isfinite(number) or (positive and not number > 0):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return number
 
 
 def check_tensor(name: str, tensor: object, ndim: int | None = None) -> Tensor:

@@ -22,6 +22,7 @@ from ._utils import (
     check_rois_values,
     check_same_dtype_device,
     check_tensor,
+    finite_float,
     float32_under_autocast,
     register_float32_autocast,
     rois_to_tensor,
@@ -235,6 +236,8 @@ def deform_psroi_pool(
     pooled_size = _positive_int("pooled_size", pooled_size)
     part_size = _positive_int("part_size", pooled_size if part_size is None else part_size)
     sample_per_part = _positive_int("sample_per_part", sample_per_part)
+    spatial_scale = finite_float("spatial_scale", spatial_scale, positive=True)
+    trans_std = finite_float("trans_std", trans_std)
     rois = rois_to_tensor(rois)
     if isinstance(input, Tensor):
         input, rois, offset = float32_under_autocast(input.device.type, input, rois, offset)
@@ -244,7 +247,7 @@ def deform_psroi_pool(
     out, _ = _deform_psroi_pool(
         input.to(compute).contiguous(), rois.to(compute).contiguous(),
         None if offset is None else offset.to(compute).contiguous(),
-        float(spatial_scale), output_dim, group_size, pooled_size, part_size, sample_per_part,
-        float(trans_std),
+        spatial_scale, output_dim, group_size, pooled_size, part_size, sample_per_part,
+        trans_std,
     )
     return out.to(dtype)

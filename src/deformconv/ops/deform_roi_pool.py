@@ -20,6 +20,7 @@ from ._utils import (
     check_rois_values,
     check_same_dtype_device,
     check_tensor,
+    finite_float,
     float32_under_autocast,
     pair,
     register_float32_autocast,
@@ -207,6 +208,8 @@ def deform_roi_pool(
     pooled = pair(output_size, "output_size")
     if not isinstance(sampling_ratio, int) or isinstance(sampling_ratio, bool):
         raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
+    spatial_scale = finite_float("spatial_scale", spatial_scale, positive=True)
+    gamma = finite_float("gamma", gamma)
     rois = rois_to_tensor(rois)
     if isinstance(input, Tensor):
         input, rois, offset, mask = float32_under_autocast(
@@ -218,6 +221,6 @@ def deform_roi_pool(
         input.to(compute).contiguous(), rois.to(compute).contiguous(),
         None if offset is None else offset.to(compute).contiguous(),
         None if mask is None else mask.to(compute).contiguous(),
-        *pooled, float(spatial_scale), sampling_ratio, float(gamma), bool(aligned),
+        *pooled, spatial_scale, sampling_ratio, gamma, bool(aligned),
     )
     return out.to(dtype)
