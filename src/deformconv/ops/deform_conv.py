@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _onnx
 from ._numba import deform_conv as numba_backend
 from ._torch import deform_conv as torch_backend
 from ._utils import (
@@ -227,8 +228,11 @@ def deform_conv2d(
         input, offset, weight = input.float(), offset.float(), weight.float()
         bias = None if bias is None else bias.float()
         mask = None if mask is None else mask.float()
-    out = _deform_conv2d(input.contiguous(), offset.contiguous(), weight.contiguous(),
-                         None if bias is None else bias.contiguous(),
-                         None if mask is None else mask.contiguous(),
-                         *stride_, *padding_, *dilation_)
+    if _onnx.exporting():  # the standard ONNX DeformConv node instead of our custom op
+        out = _onnx.deform_conv(input, offset, weight, bias, mask, stride_, padding_, dilation_)
+    else:
+        out = _deform_conv2d(input.contiguous(), offset.contiguous(), weight.contiguous(),
+                             None if bias is None else bias.contiguous(),
+                             None if mask is None else mask.contiguous(),
+                             *stride_, *padding_, *dilation_)
     return out.to(dtype)
