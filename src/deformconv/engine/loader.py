@@ -13,13 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from .seeding import SeededSamples, sample_seed, worker_init_fn
 from .tasks import collate_fn
 
-__all__ = [
-    "ShardSampler",
-    "TrainSampler",
-    "eval_loader",
-    "iters_per_epoch",
-    "train_loader",
-]
+__all__ = ["ShardSampler", "TrainSampler", "eval_loader", "iters_per_epoch", "train_loader"]
 
 
 class TrainSampler(Sampler[int]):
@@ -76,13 +70,14 @@ class _ReadableSamples(Dataset):
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
-        self._load = getattr(dataset, "load_or_skip", dataset.__getitem__)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Any:
-        return self._load(index)
+        if hasattr(self.dataset, "load_or_skip"):
+            return self.dataset.load_or_skip(index)
+        return self.dataset[index]
 
 
 def _collate_readable(collate: Callable[[Sequence[Any]], Any], batch: Sequence[Any]) -> Any:
