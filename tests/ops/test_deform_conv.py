@@ -27,7 +27,6 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from deformconv.ops import _utils, deform_conv2d, reference
-from deformconv.ops import deform_conv as op_module
 from deformconv.ops._numba import deform_conv as numba_backend
 from deformconv.ops._torch import deform_conv as torch_backend
 
@@ -235,12 +234,12 @@ class TestAgainstReference:
     @given(case=cases(max_batch=3), seed=st.integers(0, 2**31 - 1))
     def test_fallback_inside_registered_op(self, dtype, case, seed):
         """The fallback as other devices run it: inside the registered op's kernels, where
-        autograd records nothing. On the CPU it gets there by swapping out the Numba backend."""
+        autograd records nothing. On the CPU it gets there through DEFORMCONV_BACKEND."""
         tensors = make_tensors(case, dtype, seed)
         grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
         expected = expected_results(case, tensors, grad_out)
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(op_module, "numba_backend", torch_backend)
+            patch.setenv("DEFORMCONV_BACKEND", "torch")
             patch.setattr(numba_backend, "forward", None)  # any Numba call now fails loudly
             patch.setattr(numba_backend, "backward", None)
             actual = run_with_grads(fast_op(case), tensors, grad_out.to(dtype))
