@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,47 @@ def test_killed_run_resumes_to_identical_weights(capsys: pytest.CaptureFixture,
     assert resumed.keys() == straight.keys()
     for key in straight:
         assert torch.equal(resumed[key], straight[key]), key
+
+
+def test_resume_auto_continues_the_run_in_out(capsys: pytest.CaptureFixture, trained: Path,
+                                              tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    code, stdout, err = run_cli(capsys, "train", "--resume", "auto", "--iterations", "5",
+                                "--out", out, "--no-progress")
+    assert code == 0, err
+    assert f"resumed from {out / 'last.pt'} at iteration 4/5" in stdout
+    assert load_checkpoint(out / "last.pt")["iteration"] == 5
+
+
+def test_new_run_into_a_finished_run_is_refused(capsys: pytest.CaptureFixture, trained: Path,
+                                                tmp_path: Path) -> None:
+    """Without --resume the old run's last.pt and metrics would be replaced: refused, the
+    folder untouched; --overwrite starts afresh, without the old run's files."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    metrics = (out / "metrics.jsonl").read_text()
+    argv = ["train", *TINY_CLS, "--iterations", "1", "--out", out]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and "Traceback" not in err
+    assert f"--out {out} already holds a training run (last.pt, best.pt, metrics.jsonl" in err
+    assert "--resume auto" in err and "--overwrite" in err
+    assert load_checkpoint(out / "last.pt")["iteration"] == 4
+    assert (out / "metrics.jsonl").read_text() == metrics
+    code, _, err = run_cli(capsys, *argv, "--overwrite", "--eval-every", "0")
+    assert code == 0, err
+    assert load_checkpoint(out / "last.pt")["iteration"] == 1
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records] == [1, 1]  # train and val of the new run only
+
+
+def test_out_that_is_a_file_is_refused(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.write_text("not a folder")
+    code, _, err = run_cli(capsys, "train", *TINY_CLS, "--iterations", "1", "--out", out)
+    assert code == 2 and "Traceback" not in err
+    assert err == f"deformconv train: error: --out {out} is a file; expected a folder " \
+                  "(created when missing)\n"
 
 
 def test_resume_with_a_different_model_is_refused(capsys: pytest.CaptureFixture,

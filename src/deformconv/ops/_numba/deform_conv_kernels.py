@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numba
 
-from .bilinear import corners
+from .bilinear import corners, slope_corners
 
 
 @numba.njit(inline="always", cache=True)
@@ -84,7 +84,9 @@ def offset_mask_grad(
         for k in range(kk):
             for g in range(offset_groups):
                 h, w = _sample_position(offset, n, g, k, kk, kw, r, col, y0 + r, stride, pad, dil)
-                inside, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = corners(h, w, height, width)
+                inside, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = slope_corners(
+                    h, w, height, width
+                )
                 if not inside:
                     grad_offset[n, 2 * (g * kk + k), r, col] = 0.0
                     grad_offset[n, 2 * (g * kk + k) + 1, r, col] = 0.0
