@@ -79,7 +79,8 @@ def forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
     if a.pixels == 0:
         return out
     common = (
-        a.x, a.offset, a.mask, a.weight_t(weight), bias if bias is not None else weight, out,
+        a.x, a.offset, a.mask, a.weight_t(weight), bias.contiguous() if bias is not None else out,
+        out,
         *a.sizes(), *a.channel_sizes(), *a.x.stride(), *out.stride(), *a.geometry,
     )
     flags = {"KH": a.kh, "KW": a.kw, "HAS_MASK": a.has_mask, "HAS_BIAS": bias is not None,
