@@ -16,7 +16,7 @@ from .autodiff import vjp
 from .bilinear import bilinear, clamp_into_plane
 
 # Sampled values and the intermediates of ``bilinear`` held per tile, roughly.
-_TEMPORARIES = 8
+_TEMPORARIES = 12
 
 
 def _tile_forward(input: Tensor, batch: Tensor, grid: PSRoIGrid, bins: PSRoIBins, tile: Tile,

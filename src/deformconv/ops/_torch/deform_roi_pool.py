@@ -15,7 +15,7 @@ from .autodiff import vjp
 from .bilinear import bilinear, clamp_into_plane
 
 # Sampled values and the intermediates of ``bilinear`` held per tile, roughly.
-_TEMPORARIES = 8
+_TEMPORARIES = 12
 
 
 def _sample_positions(grid: RoIAlignGrid, tile: Tile, cols: int, pooled: tuple[int, int],
