@@ -26,12 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bench_deform_conv import tv_deform_conv2d
 from deformconv.ops import _dispatch, deform_conv2d
-
-try:
-    from torchvision.ops import deform_conv2d as tv_deform_conv2d
-except ImportError:  # torchvision is an optional extra
-    tv_deform_conv2d = None
 
 
 @dataclass(frozen=True)

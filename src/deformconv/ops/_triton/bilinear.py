@@ -67,3 +67,27 @@ def clamp_into_plane(coord, size):
     ``coord`` there (1 inside ``[0, size - 1)``, right-hand derivative, else 0)."""
     moves = (coord >= 0.0) & (coord < size - 1.0)
     return tl.minimum(tl.maximum(coord, 0.0), size - 1.0), moves
+
+
+@triton.jit
+def interpolate(v00, v01, v10, v11, lh, lw):
+    """Bilinear value from the corner values (``lh``, ``lw`` broadcast to their shape)."""
+    return (1.0 - lh) * ((1.0 - lw) * v00 + lw * v01) + lh * ((1.0 - lw) * v10 + lw * v11)
+
+
+@triton.jit
+def slopes(v00, v01, v10, v11, lh, lw):
+    """``(d value / d h, d value / d w)`` with the same ``floor`` corners."""
+    return (1.0 - lw) * (v10 - v00) + lw * (v11 - v01), (1.0 - lh) * (v01 - v00) + lh * (v11 - v10)
+
+
+@triton.jit
+def scatter_corners(ptrs, o00, o01, o10, o11, ok00, ok01, ok10, ok11, value, lh, lw):
+    """Atomically add ``value`` times each corner's weight at ``ptrs + oYX`` (float32).
+
+    All arguments broadcast to ``value``'s shape; ``okYX`` masks corners outside the plane.
+    """
+    tl.atomic_add(ptrs + o00, value * ((1.0 - lh) * (1.0 - lw)), mask=ok00, sem="relaxed")
+    tl.atomic_add(ptrs + o01, value * ((1.0 - lh) * lw), mask=ok01, sem="relaxed")
+    tl.atomic_add(ptrs + o10, value * (lh * (1.0 - lw)), mask=ok10, sem="relaxed")
+    tl.atomic_add(ptrs + o11, value * (lh * lw), mask=ok11, sem="relaxed")

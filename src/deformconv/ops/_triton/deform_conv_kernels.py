@@ -25,7 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .bilinear import corner_offsets, corners, load_corner
+from .bilinear import corner_offsets, corners, interpolate, load_corner, scatter_corners, slopes
 
 
 @triton.jit
@@ -68,9 +68,33 @@ def _columns(rows, channels, channels_ok, o00, o01, o10, o11, ok00, ok01, ok10, 
     v01 = load_corner(rows, o01, ok01, channels, channels_ok)
     v10 = load_corner(rows, o10, ok10, channels, channels_ok)
     v11 = load_corner(rows, o11, ok11, channels, channels_ok)
-    top = (1.0 - lw)[:, None] * v00 + lw[:, None] * v01
-    bottom = (1.0 - lw)[:, None] * v10 + lw[:, None] * v11
-    return ((1.0 - lh)[:, None] * top + lh[:, None] * bottom) * m[:, None]
+    return interpolate(v00, v01, v10, v11, lh[:, None], lw[:, None]) * m[:, None]
+
+
+@triton.jit
+def _sampled_columns(rows, offset_ptr, mask_ptr, n, oy, ox, p_ok, g, k, channels, channels_ok,
+                     height, width, hout, wout, offset_groups, x_sh, x_sw,
+                     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                     KW: tl.constexpr, KK: tl.constexpr, HAS_MASK: tl.constexpr):
+    """``_columns`` of kernel point ``k`` of offset group ``g``, positions computed here."""
+    h, w, m, _ = _sample_point(offset_ptr, mask_ptr, n, oy, ox, p_ok, g, k, hout, wout,
+                               offset_groups, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                               KW, KK, HAS_MASK)
+    h0, w0, lh, lw, ok00, ok01, ok10, ok11 = corners(h, w, height, width)
+    o00, o01, o10, o11 = corner_offsets(h0, w0, x_sh, x_sw)
+    return _columns(rows, channels, channels_ok, o00, o01, o10, o11, ok00, ok01, ok10, ok11,
+                    lh, lw, m)
+
+
+@triton.jit
+def _store_output(acc, bias_ptr, out_ptr, n, oy, ox, p_ok, o, o_ok, out_sn, out_sc, out_sh,
+                  out_sw, HAS_BIAS: tl.constexpr):
+    """Epilogue: add the bias to the ``[pixels × Cout]`` accumulator, store in out's dtype."""
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + o, mask=o_ok, other=0.0).to(tl.float32)[None, :]
+    out_rows = n.to(tl.int64) * out_sn + oy * out_sh + ox * out_sw
+    tl.store(out_ptr + out_rows[:, None] + o.to(tl.int64)[None, :] * out_sc,
+             acc.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & o_ok[None, :])
 
 
 @triton.jit
@@ -110,11 +134,8 @@ def forward_gemm(
                              mask=c_ok[:, None] & o_ok[None, :], other=0.0)
                 acc = tl.dot(cols.to(DOT_DTYPE), wt.to(DOT_DTYPE), acc,
                              input_precision=PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + o, mask=o_ok, other=0.0).to(tl.float32)[None, :]
-    out_rows = n.to(tl.int64) * out_sn + oy * out_sh + ox * out_sw
-    tl.store(out_ptr + out_rows[:, None] + o.to(tl.int64)[None, :] * out_sc,
-             acc.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & o_ok[None, :])
+    _store_output(acc, bias_ptr, out_ptr, n, oy, ox, p_ok, o, o_ok, out_sn, out_sc, out_sh,
+                  out_sw, HAS_BIAS)
 
 
 @triton.jit
@@ -149,11 +170,8 @@ def forward_direct(
                                 ok00, ok01, ok10, ok11, lh, lw, m)
                 wt = tl.load(wt_ptr + (k * cin_g + j) * cout + o, mask=o_ok, other=0.0)
                 acc += cols * wt.to(tl.float32)[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + o, mask=o_ok, other=0.0).to(tl.float32)[None, :]
-    out_rows = n.to(tl.int64) * out_sn + oy * out_sh + ox * out_sw
-    tl.store(out_ptr + out_rows[:, None] + o.to(tl.int64)[None, :] * out_sc,
-             acc.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & o_ok[None, :])
+    _store_output(acc, bias_ptr, out_ptr, n, oy, ox, p_ok, o, o_ok, out_sn, out_sc, out_sh,
+                  out_sw, HAS_BIAS)
 
 
 @triton.jit
@@ -251,27 +269,19 @@ def backward_data(
                 v01 = load_corner(rows, o01, ok01, channels, c_ok)
                 v10 = load_corner(rows, o10, ok10, channels, c_ok)
                 v11 = load_corner(rows, o11, ok11, channels, c_ok)
-                slope_h = (1.0 - lw)[:, None] * (v10 - v00) + lw[:, None] * (v11 - v01)
-                slope_w = (1.0 - lh)[:, None] * (v01 - v00) + lh[:, None] * (v11 - v10)
+                slope_h, slope_w = slopes(v00, v01, v10, v11, lh[:, None], lw[:, None])
                 grad_h += tl.sum(grad_cols * slope_h, axis=1)
                 grad_w += tl.sum(grad_cols * slope_w, axis=1)
                 if HAS_MASK:
-                    top = (1.0 - lw)[:, None] * v00 + lw[:, None] * v01
-                    bottom = (1.0 - lw)[:, None] * v10 + lw[:, None] * v11
-                    value = (1.0 - lh)[:, None] * top + lh[:, None] * bottom
+                    value = interpolate(v00, v01, v10, v11, lh[:, None], lw[:, None])
                     grad_m += tl.sum(grad_cols * value, axis=1)
             if NEED_INPUT:
-                scaled = grad_cols * m[:, None]
                 channels_ok = c_ok[None, :] & p_ok[:, None]
-                targets = grad_rows[:, None] + c[None, :]
-                tl.atomic_add(targets + g00[:, None], scaled * ((1.0 - lh) * (1.0 - lw))[:, None],
-                              mask=ok00[:, None] & channels_ok, sem="relaxed")
-                tl.atomic_add(targets + g01[:, None], scaled * ((1.0 - lh) * lw)[:, None],
-                              mask=ok01[:, None] & channels_ok, sem="relaxed")
-                tl.atomic_add(targets + g10[:, None], scaled * (lh * (1.0 - lw))[:, None],
-                              mask=ok10[:, None] & channels_ok, sem="relaxed")
-                tl.atomic_add(targets + g11[:, None], scaled * (lh * lw)[:, None],
-                              mask=ok11[:, None] & channels_ok, sem="relaxed")
+                scatter_corners(grad_rows[:, None] + c[None, :], g00[:, None], g01[:, None],
+                                g10[:, None], g11[:, None], ok00[:, None] & channels_ok,
+                                ok01[:, None] & channels_ok, ok10[:, None] & channels_ok,
+                                ok11[:, None] & channels_ok, grad_cols * m[:, None],
+                                lh[:, None], lw[:, None])
     if NEED_OFFSET_MASK:
         out_ty = grad_offset_ptr.dtype.element_ty
         tl.store(grad_offset_ptr + at, (grad_h * m).to(out_ty), mask=p_ok)
@@ -321,14 +331,11 @@ def weight_grad_gemm(
                      mask=o_ok[:, None] & p_ok[None, :], other=0.0)
         rows = x_ptr + n.to(tl.int64) * x_sn
         for g in range(g_first, g_last + 1):
-            h, w, m, _ = _sample_point(offset_ptr, mask_ptr, n, oy, ox, p_ok, g, k, hout, wout,
-                                       offset_groups, stride_h, stride_w, pad_h, pad_w, dil_h,
-                                       dil_w, KW, KH * KW, HAS_MASK)
-            h0, w0, lh, lw, ok00, ok01, ok10, ok11 = corners(h, w, height, width)
-            o00, o01, o10, o11 = corner_offsets(h0, w0, x_sh, x_sw)
             in_group = c_ok & (c >= g * cpo) & (c < (g + 1) * cpo)
-            cols = _columns(rows, c.to(tl.int64) * x_sc, in_group, o00, o01, o10, o11,
-                            ok00, ok01, ok10, ok11, lh, lw, m)
+            cols = _sampled_columns(rows, offset_ptr, mask_ptr, n, oy, ox, p_ok, g, k,
+                                    c.to(tl.int64) * x_sc, in_group, height, width, hout, wout,
+                                    offset_groups, x_sh, x_sw, stride_h, stride_w, pad_h, pad_w,
+                                    dil_h, dil_w, KW, KH * KW, HAS_MASK)
             acc = tl.dot(go.to(DOT_DTYPE), cols.to(DOT_DTYPE), acc, input_precision=PRECISION)
     at = ((split * cout + o).to(tl.int64)[:, None] * cin_g + c_local[None, :]) * (KH * KW) + k
     tl.store(partial_ptr + at, acc, mask=o_ok[:, None] & c_ok[None, :])
@@ -364,14 +371,11 @@ def weight_grad_direct(
                      mask=p_ok[:, None] & o_ok[None, :], other=0.0).to(tl.float32)
         rows = x_ptr + n.to(tl.int64) * x_sn
         for g in range(g_first, g_last + 1):
-            h, w, m, _ = _sample_point(offset_ptr, mask_ptr, n, oy, ox, p_ok, g, k, hout, wout,
-                                       offset_groups, stride_h, stride_w, pad_h, pad_w, dil_h,
-                                       dil_w, KW, KH * KW, HAS_MASK)
-            h0, w0, lh, lw, ok00, ok01, ok10, ok11 = corners(h, w, height, width)
-            o00, o01, o10, o11 = corner_offsets(h0, w0, x_sh, x_sw)
             in_group = o_ok & (c >= g * cpo) & (c < (g + 1) * cpo)
-            cols = _columns(rows, c.to(tl.int64) * x_sc, in_group, o00, o01, o10, o11,
-                            ok00, ok01, ok10, ok11, lh, lw, m)
+            cols = _sampled_columns(rows, offset_ptr, mask_ptr, n, oy, ox, p_ok, g, k,
+                                    c.to(tl.int64) * x_sc, in_group, height, width, hout, wout,
+                                    offset_groups, x_sh, x_sw, stride_h, stride_w, pad_h, pad_w,
+                                    dil_h, dil_w, KW, KH * KW, HAS_MASK)
             acc += tl.sum(go * cols, axis=0)
     at = ((split * cout + o).to(tl.int64) * cin_g + j) * (KH * KW) + k
     tl.store(partial_ptr + at, acc, mask=o_ok)

@@ -14,7 +14,14 @@ import triton.language as tl
 from torch import Tensor
 
 from .._utils import psroi_bins, psroi_grid
-from .bilinear import clamp_into_plane, corner_offsets, corners
+from .bilinear import (
+    clamp_into_plane,
+    corner_offsets,
+    corners,
+    interpolate,
+    scatter_corners,
+    slopes,
+)
 from .launch import check_grid, check_index_range, on_device
 
 _BLOCK = 64
@@ -83,8 +90,7 @@ def _forward_kernel(
             v01 = tl.load(planes + o01, mask=taken & ok01, other=0.0).to(tl.float32)
             v10 = tl.load(planes + o10, mask=taken & ok10, other=0.0).to(tl.float32)
             v11 = tl.load(planes + o11, mask=taken & ok11, other=0.0).to(tl.float32)
-            total += (1.0 - lh) * ((1.0 - lw) * v00 + lw * v01) + lh * ((1.0 - lw) * v10
-                                                                       + lw * v11)
+            total += interpolate(v00, v01, v10, v11, lh, lw)
             count += tl.where(taken, 1.0, 0.0)
     at = k.to(tl.int64) * bins_per_roi + tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     out = tl.where(count > 0, total / tl.maximum(count, 1.0), 0.0)
@@ -124,21 +130,15 @@ def _backward_kernel(
             ok11 &= taken
             if NEED_INPUT:
                 g00, g01, g10, g11 = corner_offsets(h0, w0, width, 1)
-                tl.atomic_add(grad_planes + g00, scale * (1.0 - lh) * (1.0 - lw), mask=ok00,
-                              sem="relaxed")
-                tl.atomic_add(grad_planes + g01, scale * (1.0 - lh) * lw, mask=ok01,
-                              sem="relaxed")
-                tl.atomic_add(grad_planes + g10, scale * lh * (1.0 - lw), mask=ok10,
-                              sem="relaxed")
-                tl.atomic_add(grad_planes + g11, scale * lh * lw, mask=ok11, sem="relaxed")
+                scatter_corners(grad_planes, g00, g01, g10, g11, ok00, ok01, ok10, ok11, scale,
+                                lh, lw)
             if NEED_OFFSET:
                 o00, o01, o10, o11 = corner_offsets(h0, w0, x_sh, x_sw)
                 v00 = tl.load(planes + o00, mask=ok00, other=0.0).to(tl.float32)
                 v01 = tl.load(planes + o01, mask=ok01, other=0.0).to(tl.float32)
                 v10 = tl.load(planes + o10, mask=ok10, other=0.0).to(tl.float32)
                 v11 = tl.load(planes + o11, mask=ok11, other=0.0).to(tl.float32)
-                slope_h = (1.0 - lw) * (v10 - v00) + lw * (v11 - v01)
-                slope_w = (1.0 - lh) * (v01 - v00) + lh * (v11 - v10)
+                slope_h, slope_w = slopes(v00, v01, v10, v11, lh, lw)
                 grad_h += tl.where(h_moves, slope_h, 0.0)
                 grad_w += tl.where(w_moves, slope_w, 0.0)
     if NEED_OFFSET:

@@ -15,7 +15,15 @@ import triton.language as tl
 from torch import Tensor
 
 from .._utils import roi_align_grid
-from .bilinear import clamp_into_plane, corner_offsets, corners, load_corner
+from .bilinear import (
+    clamp_into_plane,
+    corner_offsets,
+    corners,
+    interpolate,
+    load_corner,
+    scatter_corners,
+    slopes,
+)
 from .launch import block, check_grid, check_index_range, on_device
 
 
@@ -74,14 +82,11 @@ def _forward_kernel(
                                         bins_ok)
             h0, w0, lh, lw, ok00, ok01, ok10, ok11 = corners(y, x, height, width)
             o00, o01, o10, o11 = corner_offsets(h0, w0, x_sh, x_sw)
-            top = ((1.0 - lh) * (1.0 - lw))[:, None] * load_corner(
-                rows, o00, ok00 & taken, channel_offsets, c_ok)
-            top += ((1.0 - lh) * lw)[:, None] * load_corner(rows, o01, ok01 & taken,
-                                                            channel_offsets, c_ok)
-            top += (lh * (1.0 - lw))[:, None] * load_corner(rows, o10, ok10 & taken,
-                                                            channel_offsets, c_ok)
-            acc += top + (lh * lw)[:, None] * load_corner(rows, o11, ok11 & taken,
-                                                          channel_offsets, c_ok)
+            acc += interpolate(load_corner(rows, o00, ok00 & taken, channel_offsets, c_ok),
+                               load_corner(rows, o01, ok01 & taken, channel_offsets, c_ok),
+                               load_corner(rows, o10, ok10 & taken, channel_offsets, c_ok),
+                               load_corner(rows, o11, ok11 & taken, channel_offsets, c_ok),
+                               lh[:, None], lw[:, None])
     scale = tl.where(bins_ok, 1.0, 0.0) / tl.maximum(grid_h * grid_w, 1)
     if HAS_MASK:
         scale *= tl.load(mask_ptr + k.to(tl.int64) * bins_per_roi + bins, mask=bins_ok,
@@ -132,36 +137,24 @@ def _backward_kernel(
                 y, x, taken, y_moves, x_moves = _sample(y_bin, x_bin, iy, ix, step_h, step_w,
                                                         height, width, bins_ok)
                 h0, w0, lh, lw, ok00, ok01, ok10, ok11 = corners(y, x, height, width)
-                ok00 &= taken
-                ok01 &= taken
-                ok10 &= taken
-                ok11 &= taken
                 if NEED_OFFSET_MASK:
                     o00, o01, o10, o11 = corner_offsets(h0, w0, x_sh, x_sw)
-                    v00 = load_corner(rows, o00, ok00, channel_offsets, c_ok)
-                    v01 = load_corner(rows, o01, ok01, channel_offsets, c_ok)
-                    v10 = load_corner(rows, o10, ok10, channel_offsets, c_ok)
-                    v11 = load_corner(rows, o11, ok11, channel_offsets, c_ok)
-                    slope_y = (1.0 - lw)[:, None] * (v10 - v00) + lw[:, None] * (v11 - v01)
-                    slope_x = (1.0 - lh)[:, None] * (v01 - v00) + lh[:, None] * (v11 - v10)
+                    v00 = load_corner(rows, o00, ok00 & taken, channel_offsets, c_ok)
+                    v01 = load_corner(rows, o01, ok01 & taken, channel_offsets, c_ok)
+                    v10 = load_corner(rows, o10, ok10 & taken, channel_offsets, c_ok)
+                    v11 = load_corner(rows, o11, ok11 & taken, channel_offsets, c_ok)
+                    slope_y, slope_x = slopes(v00, v01, v10, v11, lh[:, None], lw[:, None])
                     grad_y += tl.sum(go * slope_y, axis=1) * tl.where(y_moves, 1.0, 0.0)
                     grad_x += tl.sum(go * slope_x, axis=1) * tl.where(x_moves, 1.0, 0.0)
-                    top = (1.0 - lw)[:, None] * v00 + lw[:, None] * v01
-                    bottom = (1.0 - lw)[:, None] * v10 + lw[:, None] * v11
-                    pooled += (1.0 - lh)[:, None] * top + lh[:, None] * bottom
+                    pooled += interpolate(v00, v01, v10, v11, lh[:, None], lw[:, None])
                 if NEED_INPUT:
                     g00, g01, g10, g11 = corner_offsets(h0, w0, width * channels, channels)
-                    scaled = go * m[:, None]
-                    targets = grad_rows[:, None] + c[None, :]
-                    tl.atomic_add(targets + g00[:, None],
-                                  scaled * ((1.0 - lh) * (1.0 - lw))[:, None],
-                                  mask=ok00[:, None] & c_ok[None, :], sem="relaxed")
-                    tl.atomic_add(targets + g01[:, None], scaled * ((1.0 - lh) * lw)[:, None],
-                                  mask=ok01[:, None] & c_ok[None, :], sem="relaxed")
-                    tl.atomic_add(targets + g10[:, None], scaled * (lh * (1.0 - lw))[:, None],
-                                  mask=ok10[:, None] & c_ok[None, :], sem="relaxed")
-                    tl.atomic_add(targets + g11[:, None], scaled * (lh * lw)[:, None],
-                                  mask=ok11[:, None] & c_ok[None, :], sem="relaxed")
+                    taken_c = taken[:, None] & c_ok[None, :]
+                    scatter_corners(grad_rows[:, None] + c[None, :], g00[:, None], g01[:, None],
+                                    g10[:, None], g11[:, None], ok00[:, None] & taken_c,
+                                    ok01[:, None] & taken_c, ok10[:, None] & taken_c,
+                                    ok11[:, None] & taken_c, go * m[:, None], lh[:, None],
+                                    lw[:, None])
         grad_m += tl.sum(go * pooled, axis=1)
     if NEED_OFFSET_MASK:
         if HAS_OFFSET:  # (K, 2, ph, pw): channel 0 is x, 1 is y
