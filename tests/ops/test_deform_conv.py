@@ -993,6 +993,29 @@ def test_opcheck_backward_op():
         )
 
 
+@pytest.mark.parametrize("change, error, match", [
+    ({"grad_out": torch.zeros(2, 2, 3, 3)}, ValueError,
+     r"grad_out\.shape is not valid: got \(2, 2, 3, 3\), expected \(2, 2, 3, 5\)"),
+    ({"grad_out": torch.zeros(2, 2, 3, 5, dtype=torch.float64)}, TypeError,
+     r"grad_out has dtype torch\.float64 but input has torch\.float32"),
+    ({"offset": torch.zeros(2, 17, 3, 5)}, ValueError, r"offset\.shape\[1\] is not valid"),
+    ({"mask": torch.zeros(2, 1, 3, 5)}, ValueError, r"mask\.shape is not valid"),
+    ({"weight": torch.zeros(2, 3, 3, 3)}, ValueError, r"must be a multiple of weight\.shape"),
+    ({"offset": torch.full((2, 36, 3, 5), math.nan)}, ValueError, r"offset contains 1080 NaN"),
+], ids=["grad-out-shape", "grad-out-dtype", "offset-channels", "mask-shape", "weight",
+        "nan-offset"])
+def test_backward_op_checks_its_arguments(change, error, match):
+    """The registered backward op is public too: bad arguments give the forward's errors."""
+    case = Case(n=2, cin=4, cout=2, groups=2, offset_groups=2, stride=(2, 1))
+    t = {**make_tensors(case, torch.float32, seed=10),
+         "grad_out": torch.randn(case.n, case.cout, *case.out_size)}
+    t.update(change)
+    with pytest.raises(error, match=match):
+        torch.ops.deformconv.deform_conv2d_backward(
+            t["grad_out"], t["input"], t["offset"], t["weight"], t["mask"], 2, 1, 1, 1, 1, 1,
+            True, True, True)
+
+
 def test_torch_compile_fullgraph_matches_eager():
     case = Case(n=2, cin=4, cout=4, groups=2, offset_groups=2, stride=(2, 1), dilation=(1, 2))
     tensors = {k: v.float() for k, v in make_tensors(case, seed=11).items()}
