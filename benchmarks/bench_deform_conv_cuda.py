@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import deform_conv2d as tv_deform_conv2d  # the comparison: required
 
-from bench_deform_conv import tv_deform_conv2d
 from deformconv.ops import _dispatch, deform_conv2d
 
 
@@ -153,17 +153,17 @@ def variants(shape: Shape, t: dict[str, torch.Tensor], backward: bool
     def dense(a: dict) -> torch.Tensor:
         return F.conv2d(a["input"], a["weight"], None, 1, pad, dil, groups)
 
-    ops = {
+    def torchvision(a: dict) -> torch.Tensor:
+        return tv_deform_conv2d(a["input"], a["offset"], a["weight"], None, 1, pad, dil,
+                                a.get("mask"))
+
+    return {
         "ours fp32": run(ours, leaves(torch.float32)),
         "ours bf16": run(ours, leaves(torch.bfloat16)),
         "conv2d fp32": run(dense, leaves(torch.float32)),
         "conv2d bf16 CL": run(dense, leaves(torch.bfloat16, channels_last=True)),
+        "torchvision fp32": run(torchvision, leaves(torch.float32)),
     }
-    if tv_deform_conv2d is not None:
-        ops["torchvision fp32"] = run(lambda a: tv_deform_conv2d(
-            a["input"], a["offset"], a["weight"], None, 1, pad, dil, a.get("mask")),
-            leaves(torch.float32))
-    return ops
 
 
 NAMES = ["ours fp32", "ours bf16", "conv2d fp32", "conv2d bf16 CL", "torchvision fp32"]
