@@ -8,6 +8,7 @@ output, in a fresh process where glibc unmaps every large block when it is freed
 
     python benchmarks/bench_deform_conv.py            # full table (a few minutes on 2 cores)
     python benchmarks/bench_deform_conv.py --quick    # smaller shapes, seconds
+    python benchmarks/bench_deform_conv.py --device cuda   # GPU: bench_deform_conv_cuda.py
 """
 
 from __future__ import annotations
@@ -134,7 +135,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small shapes, a few seconds")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: Triton vs cuDNN vs torchvision (bench_deform_conv_cuda.py)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="with --device cuda: tiny shapes in Triton's CPU interpreter")
     args = parser.parse_args()
+    if args.device == "cuda":
+        from bench_deform_conv_cuda import main as cuda_main
+
+        cuda_main(args.quick, 20 if args.repeats == 5 else args.repeats, args.dry_run)
+        return
     if args.memory_probe:
         memory_probe()
         return
