@@ -29,13 +29,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from deformconv.cli._build import DataSpec, ModelSpec, build_datasets, build_model
-from deformconv.cli._common import write_json
-from deformconv.cli.demo import (
-    DemoSettings,
-    _seconds_per_iteration,
-    parameter_count,
-    set_threads,
-)
+from deformconv.cli._common import set_threads, write_json
+from deformconv.cli.demo import DemoSettings, _seconds_per_iteration, parameter_count
 from deformconv.nn._offset import offset_state_keys
 
 __all__ = [

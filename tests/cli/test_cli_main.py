@@ -35,7 +35,35 @@ def test_subcommand_help(capsys: pytest.CaptureFixture, command: str) -> None:
     code, out, _ = run_cli(capsys, command, "--help")
     assert code == 0
     assert out.startswith(f"usage: deformconv {command}")
-    assert "--config" in out and "example:" in out
+    assert "--config" in out and "--threads" in out and "example:" in out
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "viz", "export"])
+def test_threads_option_sets_torch_and_numba_threads(capsys: pytest.CaptureFixture,
+                                                     command: str) -> None:
+    """``--threads 1`` applies before the command runs (here it then fails on bad input)."""
+    import numba
+    import torch
+
+    torch.set_num_threads(2)
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    argv = {"train": ["--model", "resnet5"], "eval": ["/nonexistent/last.pt"],
+            "viz": [], "export": ["--out", "model.txt"]}[command]
+    code, _, err = run_cli(capsys, command, *argv, "--threads", "1")
+    assert code == 2 and "Traceback" not in err
+    assert torch.get_num_threads() == 1 and numba.get_num_threads() == 1
+
+
+def test_threads_option_of_bench_reaches_the_scripts(capfd: pytest.CaptureFixture,
+                                                     tmp_path: Path) -> None:
+    from deformconv.cli import main
+    from deformconv.cli.bench import SCRIPTS
+
+    for script in SCRIPTS.values():
+        (tmp_path / script).write_text(
+            "import os\nprint(os.environ['OMP_NUM_THREADS'], os.environ['NUMBA_NUM_THREADS'])\n")
+    assert main(["bench", "--bench-dir", str(tmp_path), "--threads", "1"]) == 0
+    assert capfd.readouterr().out.count("1 1\n") == len(SCRIPTS)
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:

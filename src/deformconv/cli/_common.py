@@ -19,6 +19,7 @@ from typing import Any
 __all__ = [
     "CLIError",
     "add_config_option",
+    "add_threads_option",
     "apply_config_file",
     "given_options",
     "load_config_file",
@@ -27,6 +28,7 @@ __all__ = [
     "parse_literal",
     "positive_float",
     "positive_int",
+    "set_threads",
     "write_json",
 ]
 
@@ -97,6 +99,24 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
         help="YAML or TOML file of option values (keys are the long options, e.g. "
              "batch_size: 16); options given on the command line override it",
     )
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: ``main`` applies it (``set_threads``) before the command runs."""
+    parser.add_argument(
+        "--threads", type=positive_int,
+        help="CPU threads for torch and the Numba kernels (default: theirs); 1 is much "
+             "faster on a machine busy with other work",
+    )
+
+
+def set_threads(count: int) -> None:
+    """Intra-op threads of torch and of the Numba kernels (at most Numba's pool size)."""
+    import numba
+    import torch
+
+    torch.set_num_threads(count)
+    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:

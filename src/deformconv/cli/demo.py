@@ -101,9 +101,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--scene", action="append", default=[], metavar="KEY=VALUE",
                         help="synthetic scene option (repeatable), e.g. max_objects=2; see "
                              "deformconv.data.SceneConfig")
-    parser.add_argument("--threads", type=positive_int,
-                        help="CPU threads for torch and the Numba kernels (default: theirs); "
-                             "1 is much faster on a machine busy with other work")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny settings that run in seconds (for tests)")
     parser.set_defaults(run=run_demo)
@@ -197,18 +194,8 @@ def ms_per_image(models: dict[str, nn.Module], batch: torch.Tensor,
     return {name: 1e3 * min(t) / batch.shape[0] for name, t in times.items()}
 
 
-def set_threads(count: int) -> None:
-    """Intra-op threads of torch and of the Numba kernels."""
-    import numba
-
-    torch.set_num_threads(count)
-    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
-
-
 def run_demo(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    if args.threads:
-        set_threads(args.threads)
     demo(settings, Path(args.out))
     return 0
 

@@ -47,6 +47,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     run.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
     run.add_argument("--resume", metavar="CKPT",
                      help="continue from a checkpoint ('auto': OUT/last.pt when present)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start afresh in an --out folder that holds a run (its files are "
+                          "removed); without it such a folder is refused")
     run.add_argument("--checkpoint-every", type=non_negative_int, default=0,
                      help="iterations between checkpoints (0: only at the end)")
     run.add_argument("--eval-every", type=non_negative_int, default=0,
@@ -84,9 +87,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..engine import TrainConfig, train
 
     given = getattr(args, "given", set())
-    resume = args.resume
-    if resume == "auto" and not (Path(args.out) / "last.pt").is_file():
-        resume = None  # "auto" with nothing to resume: a new run
+    resume = _resume_checkpoint(args.resume, Path(args.out))
     if resume:
         # The checkpoint decides model, data and settings; flags given now override the
         # settings (those that fix the data order must match, the engine checks).
@@ -96,18 +97,19 @@ def run_train(args: argparse.Namespace) -> int:
                            f"{model_spec.name}; drop --model to resume")
         data_spec = data_spec_from_args(args, data_spec)
         task = model_spec.task
-        train_set, val_set, _ = build_datasets(data_spec, task)
         values = {**state["config"], **_config_values(args, given), "resume": resume}
-        if resume == "auto":  # OUT/last.pt: keep writing to OUT
+        if args.resume == "auto":  # OUT/last.pt: keep writing to OUT
             values["out_dir"] = args.out
     else:
         data_spec = data_spec_from_args(args)
         name, task = resolve_model_name(args.task, args.model, data_spec)
-        train_set, val_set, classes = build_datasets(data_spec, task)
+        values = {**_config_values(args), "task": task, "resume": None}
+    config = TrainConfig.from_dict(values)
+    _claim_out_folder(Path(config.out_dir), resume, args.overwrite)
+    train_set, val_set, classes = build_datasets(data_spec, task)
+    if not resume:
         model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
                                           name=name, task=task)
-        values = {**_config_values(args), "task": task, "resume": args.resume}
-    config = TrainConfig.from_dict(values)
     model = build_model(model_spec, seed=config.seed)
     extra = {"model": asdict(model_spec), "data": asdict(data_spec)}
     result = train(config, model, train_set, val_set, extra=extra)
@@ -121,6 +123,41 @@ def run_train(args: argparse.Namespace) -> int:
               f"{result.iteration} iterations: " + format_metrics(result.metrics))
         print(f"checkpoint: {result.last_checkpoint}; metrics: {path}")
     return 0
+
+
+def _resume_checkpoint(resume: str | None, out: Path) -> str | None:
+    """The checkpoint to continue from: ``--resume`` as given, "auto" -> OUT/last.pt if
+    it exists (else None: a new run)."""
+    if resume != "auto":
+        return resume
+    last = out / "last.pt"
+    return str(last) if last.is_file() else None
+
+
+# What a run writes into its folder (besides tensorboard/): a folder holding any of these
+# holds a run.
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "final_metrics.json", "config.json")
+
+
+def _claim_out_folder(out: Path, resume: str | None, overwrite: bool) -> None:
+    """Check that the run may write into ``out``, removing an old run's files on ``overwrite``.
+
+    A folder holding another run is refused (a new run would replace its ``last.pt`` and
+    clear its ``metrics.jsonl``), unless this run resumes from that folder's checkpoint.
+    """
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; expected a folder (created when missing)")
+    found = [name for name in RUN_FILES if (out / name).is_file()]
+    if not found:
+        return
+    if resume is not None and Path(resume).resolve().parent == out.resolve():
+        return  # continuing this folder's own run
+    if not overwrite:
+        raise CLIError(
+            f"--out {out} already holds a training run ({', '.join(found)}); continue it with "
+            f"--resume auto, start afresh there with --overwrite, or choose another --out")
+    for name in found:
+        (out / name).unlink()
 
 
 def format_metrics(metrics: dict) -> str:

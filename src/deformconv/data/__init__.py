@@ -10,7 +10,7 @@
 """
 
 from . import transforms
-from ._common import IGNORE_INDEX, SampleError
+from ._common import IGNORE_INDEX, NoReadableSamplesError, SampleError
 from .catalog import CLASSES, DEFAULT_CLASSES
 from .coco import CocoDetection
 from .collate import detection_collate
@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_CLASSES",
     "IGNORE_INDEX",
     "CocoDetection",
+    "NoReadableSamplesError",
     "SampleError",
     "Scene",
     "SceneConfig",
