@@ -18,6 +18,7 @@ Four tables, every ratio measured in the same run:
     python benchmarks/bench_deform_conv.py            # everything (several minutes on 2 cores)
     python benchmarks/bench_deform_conv.py --quick    # smaller shapes, seconds
     python benchmarks/bench_deform_conv.py --only ops,modules   # some of ops/modules/memory/cold
+    python benchmarks/bench_deform_conv.py --device cuda   # GPU: bench_deform_conv_cuda.py
 """
 
 from __future__ import annotations
@@ -391,7 +392,16 @@ def main() -> None:
                         help=f"comma-separated sections out of {', '.join(SECTIONS)}")
     parser.add_argument("--memory-probe", choices=MEMORY_OPS, help=argparse.SUPPRESS)
     parser.add_argument("--backward", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: Triton vs cuDNN vs torchvision (bench_deform_conv_cuda.py)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="with --device cuda: tiny shapes in Triton's CPU interpreter")
     args = parser.parse_args()
+    if args.device == "cuda":
+        from bench_deform_conv_cuda import main as cuda_main
+
+        cuda_main(args.quick, 20 if args.repeats == 5 else args.repeats, args.dry_run)
+        return
     if args.memory_probe:
         memory_probe(args.memory_probe, args.backward)
         return

@@ -27,7 +27,6 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from deformconv.ops import _utils, deform_conv2d, reference
-from deformconv.ops import deform_conv as op_module
 from deformconv.ops._numba import deform_conv as numba_backend
 from deformconv.ops._numba import deform_conv_depthwise as depthwise_backend
 from deformconv.ops._numba import deform_conv_tiles as tiles_module
@@ -238,12 +237,12 @@ class TestAgainstReference:
     @given(case=cases(max_batch=3), seed=st.integers(0, 2**31 - 1))
     def test_fallback_inside_registered_op(self, dtype, case, seed):
         """The fallback as other devices run it: inside the registered op's kernels, where
-        autograd records nothing. On the CPU it gets there by swapping out the Numba backend."""
+        autograd records nothing. On the CPU it gets there through DEFORMCONV_BACKEND."""
         tensors = make_tensors(case, dtype, seed)
         grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
         expected = expected_results(case, tensors, grad_out)
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(op_module, "numba_backend", torch_backend)
+            patch.setenv("DEFORMCONV_BACKEND", "torch")
             patch.setattr(numba_backend, "forward", None)  # any Numba call now fails loudly
             patch.setattr(numba_backend, "backward", None)
             actual = run_with_grads(fast_op(case), tensors, grad_out.to(dtype))
@@ -1130,6 +1129,29 @@ def test_opcheck_backward_op():
             (grad_out, t["input"], t["offset"], t["weight"], mask, 2, 1, 1, 1, 1, 1,
              True, True, True),
         )
+
+
+@pytest.mark.parametrize("change, error, match", [
+    ({"grad_out": torch.zeros(2, 2, 3, 3)}, ValueError,
+     r"grad_out\.shape is not valid: got \(2, 2, 3, 3\), expected \(2, 2, 3, 5\)"),
+    ({"grad_out": torch.zeros(2, 2, 3, 5, dtype=torch.float64)}, TypeError,
+     r"grad_out has dtype torch\.float64 but input has torch\.float32"),
+    ({"offset": torch.zeros(2, 17, 3, 5)}, ValueError, r"offset\.shape\[1\] is not valid"),
+    ({"mask": torch.zeros(2, 1, 3, 5)}, ValueError, r"mask\.shape is not valid"),
+    ({"weight": torch.zeros(2, 3, 3, 3)}, ValueError, r"must be a multiple of weight\.shape"),
+    ({"offset": torch.full((2, 36, 3, 5), math.nan)}, ValueError, r"offset contains 1080 NaN"),
+], ids=["grad-out-shape", "grad-out-dtype", "offset-channels", "mask-shape", "weight",
+        "nan-offset"])
+def test_backward_op_checks_its_arguments(change, error, match):
+    """The registered backward op is public too: bad arguments give the forward's errors."""
+    case = Case(n=2, cin=4, cout=2, groups=2, offset_groups=2, stride=(2, 1))
+    t = {**make_tensors(case, torch.float32, seed=10),
+         "grad_out": torch.randn(case.n, case.cout, *case.out_size)}
+    t.update(change)
+    with pytest.raises(error, match=match):
+        torch.ops.deformconv.deform_conv2d_backward(
+            t["grad_out"], t["input"], t["offset"], t["weight"], t["mask"], 2, 1, 1, 1, 1, 1,
+            True, True, True)
 
 
 def test_torch_compile_fullgraph_matches_eager():

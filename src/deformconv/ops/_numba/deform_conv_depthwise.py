@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._utils import tiles, workspace
+from .._utils import tiles
 from . import deform_conv_tiles as tile_ops
 from . import depthwise_kernels as kernels
 from .deform_conv_kernels import sample_tasks
@@ -38,19 +38,20 @@ def forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
     out = input.new_empty(n, channels, hout, wout)
     weight_k = _weight_by_kernel_point(weight)
     bias_g = input.new_zeros(channels) if bias is None else bias.contiguous()
-    # Each tile holds its images' channels-last input and output.
-    row_bytes = 2 * wout * channels * input.element_size()
+    # Each tile holds its images' channels-last input.
+    row_bytes = wout * channels * input.element_size()
     cache: dict = {}
     for tile in tiles(n, hout, row_bytes):
         data = TileData(tile, tile_ops.channels_last(input, tile, cache), offset, mask, kh * kw)
         groups = data.offset_groups
-        nb, rows = tile.n1 - tile.n0, tile.y1 - tile.y0
-        out_cl = workspace((nb, rows, wout, channels), input.dtype, slot="out")
-        run_tasks(kernels.forward, sample_tasks(data.x.shape, rows), out_cl.numel() * kh * kw,
-                  data.x, data.offset.numpy(), data.mask.numpy(), data.has_mask,
-                  grouped(weight_k, groups), grouped(bias_g, groups), grouped(out_cl, groups),
+        out_images = out[tile.n0 : tile.n1]
+        run_tasks(kernels.forward, sample_tasks(data.x.shape, tile.y1 - tile.y0),
+                  out_images[:, :, tile.y0 : tile.y1].numel() * kh * kw, data.x,
+                  data.offset.numpy(),
+                  data.mask.numpy(), data.has_mask, grouped(weight_k, groups),
+                  grouped(bias_g, groups),
+                  out_images.view(out_images.shape[0], groups, -1, hout, wout).numpy(),
                   tile.y0, kw, *geometry)
-        out[tile.n0 : tile.n1, :, tile.y0 : tile.y1] = out_cl.permute(0, 3, 1, 2)
     return out
 
 
@@ -67,24 +68,24 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
         return grad_input, grad_offset, torch.zeros_like(weight), grad_mask
     grad_weight = torch.zeros(kh * kw, channels, dtype=weight.dtype)
     weight_k = _weight_by_kernel_point(weight)
-    row_bytes = 2 * wout * channels * input.element_size()
+    row_bytes = wout * channels * input.element_size()
     cache: dict = {}
     grad_x = input.new_empty(0)
     for tile in tiles(n, hout, row_bytes):
         x_cl = tile_ops.channels_last(input, tile, cache)
         data = TileData(tile, x_cl, offset, mask, kh * kw)
         groups = data.offset_groups
-        nb, rows = tile.n1 - tile.n0, tile.y1 - tile.y0
-        grad_out_cl = workspace((nb, rows, wout, channels), input.dtype, slot="out")
-        grad_out_cl.copy_(grad_out[tile.n0 : tile.n1, :, tile.y0 : tile.y1].permute(0, 2, 3, 1))
-        work = grad_out_cl.numel() * kh * kw
+        nb = tile.n1 - tile.n0
+        grad_out_images = grad_out[tile.n0 : tile.n1].contiguous()
+        work = grad_out_images[:, :, tile.y0 : tile.y1].numel() * kh * kw
         blocks = tile_ops.channel_blocks(nb, data.x.shape[4], work)
         grads = tile_ops.TileGradients(tile, x_cl, grad_x, grad_offset,
                                        None if mask is None else grad_mask, blocks, need_input)
         grad_weight_parts = weight.new_zeros(nb * blocks, kh * kw, channels)
         run_tasks(
             kernels.backward, nb * blocks, work, data.x, data.offset.numpy(), data.mask.numpy(),
-            data.has_mask, grouped(weight_k, groups), grouped(grad_out_cl, groups),
+            data.has_mask, grouped(weight_k, groups),
+            grad_out_images.view(nb, groups, -1, hout, wout).numpy(),
             grads.offset_parts.numpy(), grads.mask_parts.numpy(), grouped(grads.grad_x, groups),
             grouped(grad_weight_parts, groups), blocks, need_offset_mask, need_input, tile.y0,
             kw, *geometry,

@@ -34,7 +34,8 @@ def sample_tasks(x_shape: tuple[int, ...], rows: int) -> int:
     return x_shape[3] * x_shape[0] * rows
 
 
-@numba.njit(cache=True, nogil=True)
+# contract: fused multiply-adds.
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
 def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil, first, last):
     """Fill ``columns`` with ``mask * bilinear(x[n, :, :, g, c], position of (pixel, k))``
     for tasks ``first:last`` of ``sample_tasks`` (offset group, image, output row)."""

@@ -7,7 +7,7 @@ Layouts as in ``deform_conv_kernels`` (G offset groups of Cg channels):
     offset / mask       (nb, 2*G*kk | G*kk, rows, Wout)
     weight              (kk, G, Cg)             weight[c, 0, i, j] at [i*kw + j, c]
     bias                (G, Cg)                 (zeros without a bias)
-    out, grad_out       (nb, rows, Wout, G, Cg) channels-last output of the tile
+    out, grad_out       (nb, G, Cg, Hout, Wout) the output (gradient) of the tile's images
 """
 
 from __future__ import annotations
@@ -19,21 +19,28 @@ from .bilinear import corners, slope_corners
 from .channel_runs import scatter_corners, slopes, store_slopes, value_weights
 
 
-@numba.njit(cache=True, nogil=True)
+# contract: fused multiply-adds.
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
 def forward(x, offset, mask, has_mask, weight, bias, out, y0, kw, stride, pad, dil, first,
             last):
-    """``out`` for tasks ``first:last`` of (offset group, image, output row), like
-    ``deform_conv_kernels.sample_tasks``."""
+    """``out`` (the output of the tile's images, NCHW as (nb, G, Cg, Hout, Wout)) for tasks
+    ``first:last`` of (offset group, image, output row), like
+    ``deform_conv_kernels.sample_tasks``.
+
+    A task sums its row channels-last in a small buffer (vectorised over channels) and
+    writes it transposed: no channels-last output tensor, no separate transpose pass.
+    """
     nb, height, width, offset_groups, cin_og = x.shape
     rows, wout, kk = offset.shape[2], offset.shape[3], weight.shape[0]
     kh = kk // kw
     cast = x.dtype.type
+    row = np.empty((wout, cin_og), x.dtype)
     for task in range(first, last):
         g = task // (nb * rows)
         n = task // rows - g * nb
         r = task % rows
         for col in range(wout):
-            dst = out[n, r, col, g]
+            dst = row[col]
             dst[:] = bias[g]
             for i in range(kh):
                 top = (y0 + r) * stride[0] - pad[0] + i * dil[0]
@@ -55,6 +62,10 @@ def forward(x, offset, mask, has_mask, weight, bias, out, y0, kw, stride, pad, d
                     for t in range(cin_og):
                         dst[t] += wk[t] * (a00 * x00[t] + a01 * x01[t] + a10 * x10[t]
                                            + a11 * x11[t])
+        for t in range(cin_og):
+            out_row = out[n, g, t, y0 + r]
+            for col in range(wout):
+                out_row[col] = row[col, t]
 
 
 # reassoc lets LLVM vectorise the channel sums; no flag changes NaN/inf semantics.
@@ -65,7 +76,9 @@ def backward(x, offset, mask, has_mask, weight, grad_out, grad_offset, grad_mask
     """Every gradient for tasks ``first:last`` of (image, channel block), as in
     ``deform_conv_kernels.backward_tile``.
 
-    A sample's gradient run is ``grad_out[pixel] * weight[k]``; it gives the offset/mask
+    ``grad_out`` is the output gradient of the tile's images, NCHW as (nb, G, Cg, Hout,
+    Wout); a task copies each of its rows channels-last into a small buffer first. A
+    sample's gradient run is ``grad_out[pixel] * weight[k]``; it gives the offset/mask
     gradients (``need_offset_mask``) and is scattered into ``grad_x`` (zero weights when
     not ``need_input``). ``grad_weight`` (tasks, kk, G, Cg) gets one part per task (the
     caller zeroes and sums them): ``Σ_pixels grad_out * sample`` over the task's channels.
@@ -81,10 +94,16 @@ def backward(x, offset, mask, has_mask, weight, grad_out, grad_offset, grad_mask
         b = task - n * channel_blocks
         c, end = b * cin_og // channel_blocks, (b + 1) * cin_og // channel_blocks
         run = np.empty(end - c, x.dtype)
+        row = np.empty((offset_groups, wout, end - c), x.dtype)
         for r in range(rows):
+            for g in range(offset_groups):
+                for t in range(end - c):
+                    out_row = grad_out[n, g, c + t, y0 + r]
+                    for col in range(wout):
+                        row[g, col, t] = out_row[col]
             for col in range(wout):
                 for g in range(offset_groups):
-                    go = grad_out[n, r, col, g, c:end]
+                    go = row[g, col]
                     for i in range(kh):
                         top = (y0 + r) * stride[0] - pad[0] + i * dil[0]
                         for j in range(kw):
