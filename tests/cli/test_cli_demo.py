@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from deformconv.engine import decay_start
+
 from .helpers import assert_valid_png, run_cli
 
 
@@ -44,9 +46,15 @@ def test_demo_metrics_json(demo_run: tuple[Path, str]) -> None:
         assert 0.0 <= run["metrics"]["miou"] <= 1.0 and run["ms_per_image"] > 0
         assert run["train_seconds"] > 0
     assert runs["plain"]["iterations"] == runs["deformable"]["iterations"] == 4
-    # the equal-time run gets the deformable run's time at the plain run's pace
-    ratio = runs["deformable"]["train_seconds"] / runs["plain"]["train_seconds"]
-    assert runs["plain, equal time"]["iterations"] == max(1, round(4 * ratio))
+    # the equal-time run gets the deformable run's time at the plain run's pace (the
+    # ratio of the twins' step times, measured before training)
+    steps = summary["step_seconds"]
+    assert summary["step_ratio"] == pytest.approx(steps["deformable"] / steps["plain"])
+    equal_time = runs["plain, equal time"]
+    assert equal_time["iterations"] == max(1, round(4 * summary["step_ratio"]))
+    # a longer run continues the plain one from its decay start, a shorter one starts afresh
+    assert equal_time["branched_at"] == (decay_start(4, summary["settings"]["decay_share"])
+                                         if equal_time["iterations"] >= 4 else None)
     assert runs["deformable"]["params"] > runs["plain"]["params"]  # the offset branches
     assert len(summary["class_weights"]) == len(summary["classes"]) + 1
     assert sum(b["objects"] for b in summary["recall_by_scale"]["plain"]) > 0

@@ -66,6 +66,7 @@ class CompactFCN(PixelClassifier):
             raise ValueError(f"deformable layers need stride 1: strides {tuple(strides)} with "
                              f"the last {deform_layers} deformable")
         self.num_classes = num_classes
+        self.strides = tuple(strides)
         self.ignore_index = ignore_index
         self.deform_layers = deform_layers
         layers: list[nn.Module] = []
@@ -88,6 +89,22 @@ class CompactFCN(PixelClassifier):
                 nn.BatchNorm2d(decoder_width), nn.ReLU(inplace=True))
             channels = decoder_width
         self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    @property
+    def receptive_field(self) -> int:
+        """Side in input pixels of the window that can reach one classifier input of the
+        plain twin (the theoretical receptive field, every layer 3×3 on its regular grid;
+        with a decoder, the top map's bilinear upsampling and the decoder's 3×3 conv on
+        the skip layer's grid are included). A deformable layer's offsets can reach
+        beyond it."""
+        size, step, steps = 1, 1, []
+        for layer_stride in self.strides:
+            size += 2 * step
+            step *= layer_stride
+            steps.append(step)
+        if self.skip_layer is not None:
+            size += step + 2 * steps[self.skip_layer]
+        return size
 
     def forward_features(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) -> the classifier's input (N, C, H/s, W/s): the top layer's output,

@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
-__all__ = ["analyse", "comparison_table", "write_report"]
+__all__ = ["analyse", "comparison_table", "verdict", "write_report"]
 
 REFERENCE_ORDER = ("plain, equal time", "plain")  # the deformable run is compared with
 
@@ -24,19 +24,21 @@ def _reference(runs: Mapping[str, Any]) -> str:
     return next(name for name in REFERENCE_ORDER if name in runs)
 
 
-def _curves(out: Path, names: Sequence[str]) -> tuple[dict, dict]:
-    """(training loss by iteration, validation mIoU by training seconds) of runs ``names``."""
+def _curves(out: Path, names: Sequence[str]) -> tuple[dict, dict, dict]:
+    """(training loss by iteration, validation mIoU by training seconds, the iterations of
+    those validations) of runs ``names``."""
     from ..engine import read_metrics
     from .demo import run_folder
 
-    losses, scores = {}, {}
+    losses, scores, iterations = {}, {}, {}
     for name in names:
         records = read_metrics(out / run_folder(name) / "metrics.jsonl")
         train = [r for r in records if r["split"] == "train"]
         val = [r for r in records if r["split"] == "val"]
         losses[name] = ([r["iter"] for r in train], [r["loss"] for r in train])
         scores[name] = ([r["train_seconds"] for r in val], [r["miou"] for r in val])
-    return losses, scores
+        iterations[name] = [r["iter"] for r in val]
+    return losses, scores, iterations
 
 
 def _examples(gains: list[float], count: int) -> list[int]:
@@ -70,22 +72,26 @@ def analyse(s: Any, models: Mapping[str, nn.Module], val_set: Dataset, classes: 
     by_scale = {name: recall_by_scale(object_recalls(p, val_set), edges)
                 for name, p in predictions.items()}
 
-    losses, scores = _curves(out, list(models))
-    figures = {"curves": plot_learning_curves(losses, scores, out / "curves.png").name,
+    losses, scores, iterations = _curves(out, list(models))
+    figures = {"curves": plot_learning_curves(losses, scores, out / "curves.png",
+                                              score_iterations=iterations).name,
                "scales": plot_scale_recall(by_scale, out / "scales.png").name}
     titles = [f"val {i}: {mious['deformable'][i]:.2f} vs {mious[reference][i]:.2f}"
               for i in chosen]
     figures["predictions"] = plot_predictions(
         [val_set[i][0] for i in chosen], [masks[i] for i in chosen],
         {name: p[chosen] for name, p in predictions.items()}, classes,
-        out / "predictions.png", row_titles=titles).name
+        out / "predictions.png", row_titles=titles,
+        class_names=list(val_set.class_names)).name  # type: ignore[attr-defined]
     offsets = offset_figures(models["deformable"], val_set, chosen[:-1] or chosen,
                              "segmentation", out, prefix="offsets_")
     figures["sampling"] = [p.name for p in offsets.figures]
     dilation = dilation_over(models["deformable"], val_set, list(range(len(masks))),
                              "segmentation", batch_size=s.batch_size).rows()
     return {"reference": reference, "examples": chosen, "example_gains": [gains[i] for i in chosen],
-            "image_miou": mious, "recall_by_scale": by_scale, "offsets": offsets.offset_rows,
+            "image_miou": mious, "object_sizes": [edges[0], edges[-1]],
+            "receptive_field": getattr(models["plain"], "receptive_field", None),
+            "recall_by_scale": by_scale, "offsets": offsets.offset_rows,
             "dilation": dilation, "figures": figures}
 
 
@@ -102,17 +108,35 @@ def comparison_table(summary: Mapping[str, Any]) -> str:
     return markdown_table(rows, digits=3)
 
 
-def _verdict(summary: Mapping[str, Any]) -> list[str]:
+def _points(value: float) -> str:
+    return f"{value * 100:+.1f}"
+
+
+def verdict(summary: Mapping[str, Any]) -> list[str]:
+    """Markdown bullets: the deformable twin's lead at equal iterations and at equal
+    training time, the cost ratio, and in words whether the plain twin caught up."""
     runs = summary["runs"]
     deformable = runs["deformable"]["metrics"]["miou"]
-    lines = []
-    for name, label in (("plain", "at equal iterations"), ("plain, equal time",
-                                                           "at equal training time")):
-        if name in runs:
-            gap = deformable - runs[name]["metrics"]["miou"]
-            lines.append(f"- deformable − {name}: **{gap * 100:+.1f}** mIoU points {label}")
+    gaps = {name: deformable - runs[name]["metrics"]["miou"]
+            for name in ("plain", "plain, equal time") if name in runs}
     ratio = runs["deformable"]["train_seconds"] / runs["plain"]["train_seconds"]
+    lines = [f"- deformable − plain at equal iterations: **{_points(gaps['plain'])}** mIoU "
+             "points"]
+    if "plain, equal time" in gaps:
+        lines.append(f"- deformable − plain at equal training time: "
+                     f"**{_points(gaps['plain, equal time'])}** mIoU points")
     lines.append(f"- training time, deformable / plain at equal iterations: **{ratio:.2f}×**")
+    if "plain, equal time" not in gaps:
+        lines.append("- (no equal-time run: the comparison at equal training time is "
+                     "missing)")
+    elif gaps["plain, equal time"] > 0:
+        lines.append("- The plain twin, given the deformable twin's training time, stays "
+                     "behind: the deformable layers are worth more than the iterations "
+                     "their cost would buy.")
+    else:
+        lines.append("- **The plain twin, given the deformable twin's training time, "
+                     "catches up** (or passes it): on this run the deformable layers are "
+                     "not worth their cost.")
     return lines
 
 
@@ -126,38 +150,76 @@ def _scale_table(by_scale: Mapping[str, list[dict[str, Any]]]) -> str:
     return markdown_table(rows, digits=3)
 
 
+def _setup(summary: Mapping[str, Any]) -> list[str]:
+    """The report's first paragraphs: task, model, training, what equal time means."""
+    s, runs = summary["settings"], summary["runs"]
+    stride = math.prod(s["strides"])
+    low, high = summary["object_sizes"]
+    field = summary.get("receptive_field")
+    reach = ""
+    if field:
+        reach = (f" The plain twin's receptive field is {field} px (theoretical; most of "
+                 "its weight lies near its centre)")
+        reach += (": the larger objects do not fit in it." if field < high else ".")
+    decoder = (f" A decoder fuses layer {s['skip_layer']}'s output for fine outlines."
+               if s.get("skip_layer") is not None else "")
+    lines = [
+        f"Semantic segmentation of synthetic scenes: {s['image_size']} px images with "
+        f"{len(summary['classes'])} shape classes ({', '.join(summary['classes'])}) at widely "
+        f"varying scale ({low:.0f}–{high:.0f} px), aspect ratio and rotation, on clutter; "
+        f"{s['train_size']} training scenes (turned and mirrored at random) and "
+        f"{s['val_size']} validation scenes, seed {s['seed']}.", "",
+        f"The model is `compact_fcn`: 3×3 conv layers of widths {tuple(s['widths'])} and "
+        f"strides {tuple(s['strides'])}; in the deformable twin "
+        f"{_deformable_phrase(s['deform_layers'])}, on the "
+        f"{s['image_size'] // stride}×{s['image_size'] // stride} map at 1/{stride} of the "
+        f"image, where it is cheap and its offsets can reach across objects.{reach}"
+        f"{decoder} Both twins start from the same weights (offsets at zero) and train "
+        f"with AdamW (peak lr {s['lr']:g}, offsets at {s['offset_lr_mult']:g}× of it) on a "
+        "class-balanced cross-entropy, with a warmup-stable-decay schedule: a linear "
+        f"warm-up over {s['warmup_share']:.0%} of {s['iterations']} iterations, the peak "
+        f"rate, then a linear decay to zero over the last {s['decay_share']:.0%} of the run.",
+    ]
+    if "plain, equal time" in runs:
+        equal = runs["plain, equal time"]
+        shared = (f"It is the plain run continued: the two share the first "
+                  f"{equal['branched_at']} iterations (same schedule, batches and weights "
+                  "up to there, before the plain run's decay), then it keeps the peak rate "
+                  "and decays over the last "
+                  f"{s['decay_share']:.0%} of its own {equal['iterations']} iterations."
+                  if equal.get("branched_at") is not None else
+                  "It trains from the start (the deformable twin was not slower).")
+        ratio = summary["step_ratio"]
+        lines += ["", "*plain, equal time* is the plain twin trained for the deformable "
+                  f"twin's training time: {s['iterations']} iterations × {ratio:.2f}, the "
+                  "ratio of the twins' training-step times, measured before training with "
+                  "the two taking turns on one batch (median of 15 steps each; a burst of "
+                  f"load from elsewhere slows both alike). {shared}"]
+    return lines
+
+
 def write_report(summary: Mapping[str, Any], out: Path) -> Path:
     """``out/report.md`` from the summary ``run_demo`` builds."""
     from ..viz import format_dilation_table, markdown_table
 
     s, figures, reference = summary["settings"], summary["figures"], summary["reference"]
     runs = summary["runs"]
+    machine = summary.get("machine", {})
     lines = [
-        "# Deformable vs plain convolution: demo report", "",
-        f"Semantic segmentation of synthetic scenes: {s['image_size']} px images with "
-        f"{len(summary['classes'])} shape classes ({', '.join(summary['classes'])}) at widely "
-        "varying scale, aspect ratio and rotation, on clutter; "
-        f"{s['train_size']} training scenes (turned and mirrored at random) and "
-        f"{s['val_size']} validation scenes, seed {s['seed']}. The model is `compact_fcn`: "
-        f"3×3 conv layers of widths {tuple(s['widths'])} and strides {tuple(s['strides'])}, "
-        f"{_deformable_phrase(s['deform_layers'])} in the deformable twin. Both twins start "
-        "from the same weights (offsets at zero) and train with AdamW and a one-cycle "
-        f"schedule (peak lr {s['lr']:g}, offsets at {s['offset_lr_mult']:g}× of it, "
-        f"class-balanced cross-entropy).", "",
-        "## Results", "", comparison_table(summary), "", *_verdict(summary), "",
-        "*plain, equal time*: the plain twin trained for the deformable twin's training "
-        "time (more iterations, its one-cycle schedule stretched over them). train s: "
-        "wall-clock time of the training steps, without the validations; ms / image: "
-        "inference on a batch of 8, on this machine. mIoU over the validation set, "
-        "background included.", "",
+        "# Deformable vs plain convolution: demo report", "", *_setup(summary), "",
+        "## Results", "", comparison_table(summary), "", *verdict(summary), "",
+        "train s: wall-clock time of the training steps, without the validations; "
+        "ms / image: inference on a batch of 8. mIoU over the validation set, background "
+        "included.", "",
         f"![learning curves]({figures['curves']})", "",
-        "Left: training loss (class-weighted); right: validation mIoU against training "
-        "time.", "",
+        "Training loss by iteration; validation mIoU by iteration and by training time "
+        "(runs of equal duration end at the same x). The rate holds at its peak until the "
+        "decay, so the validation scores jump in the last fifth of each run.", "",
         "## Object size", "",
         "Share of each validation object's pixels labelled with its class, averaged per "
-        "size bucket (the longer side of the unrotated shape).", "",
-        f"![recall by object size]({figures['scales']})", "", _scale_table(
-            summary["recall_by_scale"]), "",
+        "size bucket (the longer side of the unrotated shape; object counts in brackets).",
+        "", f"![recall by object size]({figures['scales']})", "",
+        _scale_table(summary["recall_by_scale"]), "",
         "## Predictions", "",
         f"Chosen by rule, not by hand: the {len(summary['examples']) - 1} validation images "
         f"where the deformable twin's mIoU exceeds *{reference}*'s the most, and (last row) "
@@ -165,11 +227,11 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
         f"{reference}.", "",
         f"![predictions]({figures['predictions']})", "",
         "## What the offsets learned", "",
-        f"Sampling locations of the deformable {_plural(s['deform_layers'], 'layer')}, "
-        "back-projected "
-        "to the image from a pixel of each of the two largest objects (paper Fig. 5), on the "
-        "images above with the largest gains: each layer's points in its own colour, the "
-        "activation unit as a green star.", "",
+        f"Sampling locations of the deformable {_plural(s['deform_layers'], 'layer')} "
+        "back-projected to the image (paper Fig. 5), from a pixel of each of the two "
+        "largest objects, on the images above with the largest gains: each layer's points "
+        "in its own colour, the activation unit as a green star, and as hollow grey "
+        "circles where the same layers sample with zero offsets (a plain 3×3 conv).", "",
     ]
     lines += [f"![{Path(name).stem}]({name})" for name in figures["sampling"]]
     if summary["offsets"]:
@@ -178,13 +240,19 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
                   markdown_table(summary["offsets"]), ""]
     if summary["dilation"]:
         lines += ["### Effective dilation by object size (all validation images)", "",
-                  "Mean distance between adjacent sampling points (paper Table 2); a plain 3x3 "
-                  "conv keeps dilation 1 everywhere.", "",
+                  "Mean distance between adjacent sampling points, in feature-map pixels "
+                  "(paper Table 2); a plain 3×3 conv keeps dilation 1 everywhere.", "",
                   format_dilation_table(summary["dilation"]), ""]
     folders = ", ".join(f"`{name}/`" for name in _folders(runs))
     lines += [f"Files: `metrics.json` (all numbers), {folders} "
-              "(checkpoints and metrics.jsonl; try `deformconv eval deformable/last.pt`). "
-              f"Total time {summary['total_seconds']:.0f} s.", ""]
+              "(checkpoints and metrics.jsonl; try `deformconv eval deformable/last.pt`).", ""]
+    if machine:
+        lines += [f"Whole demo: {summary['total_seconds']:.0f} s wall-clock, "
+                  f"{machine['cpu_seconds']:.0f} s of CPU time (user + system), "
+                  f"{machine['threads']} torch thread(s) on {machine['cpus']} CPU(s); "
+                  f"load average {machine['load_start']:.1f} at the start, "
+                  f"{machine['load_end']:.1f} at the end (other processes slow every "
+                  "run alike, but make wall-clock times longer).", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
@@ -195,8 +263,8 @@ def _plural(count: int, noun: str) -> str:
 
 
 def _deformable_phrase(count: int) -> str:
-    """"the last layer deformable", "the last 2 layers deformable"."""
-    return f"the last {_plural(count, 'layer')} deformable"
+    """"the last layer is deformable", "the last 2 layers are deformable"."""
+    return f"the last {_plural(count, 'layer')} {'is' if count == 1 else 'are'} deformable"
 
 
 def _folders(runs: Mapping[str, Any]) -> list[str]:

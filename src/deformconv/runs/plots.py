@@ -22,26 +22,37 @@ Curve = tuple[Sequence[float], Sequence[float]]  # (x values, y values)
 
 
 def plot_learning_curves(losses: Mapping[str, Curve], scores: Mapping[str, Curve],
-                         path: Path, *, score_label: str = "validation mIoU") -> Path:
-    """Two panels, one line per run: training loss against iteration (``losses``), and
-    the validation score against training time in seconds (``scores``), where runs of
-    equal duration end at the same x."""
+                         path: Path, *, score_label: str = "validation mIoU",
+                         score_iterations: Mapping[str, Sequence[float]] | None = None,
+                         ) -> Path:
+    """One line per run: training loss against iteration (``losses``), the validation
+    score against training time in seconds (``scores``: runs of equal duration end at
+    the same x) and, given ``score_iterations`` (the iterations of each run's scores), the
+    score against iteration in a middle panel."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 3.4))
-    left, right = fig.subplots(1, 2)
+    panels = 3 if score_iterations is not None else 2
+    fig = Figure(figsize=(5 * panels, 3.4))
+    axes = fig.subplots(1, panels)
     for name, (x, y) in losses.items():
-        left.plot(list(x), list(y), label=name, linewidth=1.1)
-    left.set_xlabel("iteration")
-    left.set_ylabel("training loss (running mean)")
-    left.set_yscale("log")
+        axes[0].plot(list(x), list(y), label=name, linewidth=1.1)
+    axes[0].set_xlabel("iteration")
+    axes[0].set_ylabel("training loss (running mean)")
+    axes[0].set_yscale("log")
+    if score_iterations is not None:
+        for name, (_, y) in scores.items():
+            axes[1].plot(list(score_iterations[name]), list(y), marker="o", markersize=3,
+                         label=name, linewidth=1.2)
+        axes[1].set_xlabel("iteration")
+        axes[1].set_ylabel(score_label)
     for name, (x, y) in scores.items():
-        right.plot(list(x), list(y), marker="o", markersize=3, label=name, linewidth=1.2)
-    right.set_xlabel("training time (s)")
-    right.set_ylabel(score_label)
-    for ax in (left, right):
+        axes[-1].plot(list(x), list(y), marker="o", markersize=3, label=name, linewidth=1.2)
+    axes[-1].set_xlabel("training time (s)")
+    axes[-1].set_ylabel(score_label)
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -69,24 +80,33 @@ def plot_scale_recall(rows: Mapping[str, Sequence[Mapping[str, float]]], path: P
     return _save(fig, path)
 
 
-def _colour_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """(H, W) labels -> (H, W, 3): background black, 255 (ignore) white, classes tab20."""
+def _palette(num_classes: int) -> np.ndarray:
+    """(num_classes, 3) RGB of labels 1..num_classes (tab20)."""
     from matplotlib import colormaps
 
     palette = colormaps["tab20"](np.linspace(0, 1, max(num_classes, 2)))[:, :3]
+    return palette[np.arange(num_classes) % len(palette)]
+
+
+def _colour_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """(H, W) labels -> (H, W, 3): background black, 255 (ignore) white, classes tab20."""
+    palette = _palette(num_classes)
     out = np.zeros((*mask.shape, 3))
     for label in range(1, num_classes + 1):
-        out[mask == label] = palette[(label - 1) % len(palette)]
+        out[mask == label] = palette[label - 1]
     out[mask == 255] = 1.0
     return out
 
 
 def plot_predictions(images: Sequence[Tensor], truths: Sequence[Tensor],
                      predictions: Mapping[str, Sequence[Tensor]], num_classes: int,
-                     path: Path, *, row_titles: Sequence[str] | None = None) -> Path:
+                     path: Path, *, row_titles: Sequence[str] | None = None,
+                     class_names: Sequence[str] | None = None) -> Path:
     """A grid, one row per image: the image, its ground-truth mask, each model's prediction;
-    ``row_titles`` label the rows (on the image panel)."""
+    ``row_titles`` label the rows (on the image panel); ``class_names`` (one per object
+    class) give a colour legend below the grid."""
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     from ..viz import to_display_image
 
@@ -106,4 +126,11 @@ def plot_predictions(images: Sequence[Tensor], truths: Sequence[Tensor],
                 ax.set_title(titles[col], fontsize=9)
         if row_titles is not None:
             axes[row, 0].set_ylabel(row_titles[row], fontsize=8)
+    if class_names is not None:
+        colours = [(0.0, 0.0, 0.0), *_palette(num_classes)]
+        handles = [Patch(facecolor=c, edgecolor="grey", label=name)
+                   for c, name in zip(colours, ["background", *class_names], strict=True)]
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8,
+                   frameon=False, bbox_to_anchor=(0.5, 0.0))
+        fig.subplots_adjust(bottom=0.3 / len(images) + 0.02)
     return _save(fig, path)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 __all__ = ["ms_per_image", "parameter_count", "seconds_per_batch", "seconds_per_iteration",
-           "set_threads"]
+           "set_threads", "step_seconds"]
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -56,6 +57,33 @@ def seconds_per_iteration(model: nn.Module, task: str, dataset: Dataset, batch_s
         _sync(device)
         times.append(time.perf_counter() - start)
     return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def step_seconds(models: dict[str, nn.Module], task: str, dataset: Dataset, batch_size: int,
+                 device: torch.device, optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+                 steps: int = 15) -> dict[str, float]:
+    """Median time of one training step (forward, loss, backward, ``optimizer`` update) of
+    a copy of each model on one batch of ``dataset``, the models taking turns, after one
+    warm-up step each: a burst of load from elsewhere slows them alike, so their ratios
+    hold."""
+    from ..engine import compute_loss, train_loader
+    from ..engine.tasks import to_device
+
+    nets = {name: copy.deepcopy(model).to(device).train() for name, model in models.items()}
+    optimizers = {name: optimizer(net) for name, net in nets.items()}
+    images, targets = to_device(next(iter(train_loader(dataset, task, batch_size, seed=0,
+                                                       epoch=0))), device)
+    times: dict[str, list[float]] = {name: [] for name in nets}
+    for _ in range(steps + 1):
+        for name, net in nets.items():
+            start = time.perf_counter()
+            loss, _ = compute_loss(task, net, images, targets)
+            optimizers[name].zero_grad()
+            loss.backward()
+            optimizers[name].step()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(t[1:])[len(t[1:]) // 2] for name, t in times.items()}
 
 
 def seconds_per_batch(dataset: Dataset, task: str, batch_size: int, batches: int = 3

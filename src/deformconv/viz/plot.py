@@ -7,6 +7,7 @@ backend change. Coordinates are image pixel indices (pixel i centred at i), as i
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ __all__ = ["plot_roi_offsets", "plot_sampling_locations", "plot_stacked_sampling
            "to_display_image"]
 
 UNIT_COLOR = "#00e000"  # the activation unit, green as in the paper
+REGULAR_COLOR = "#d0d0d0"  # where the same stack would sample with zero offsets
 
 
 def to_display_image(image: Tensor | np.ndarray) -> np.ndarray:
@@ -85,12 +87,15 @@ def plot_sampling_locations(
     *,
     title: str | None = None,
     dpi: int = 100,
+    regular: Sequence[BackProjection] = (),
 ) -> Path:
     """Draw the sampling points of one or more activation units over ``image``; save a PNG.
 
     Each level of a :class:`~deformconv.viz.sampling.BackProjection` has its own colour
     (the bottom level red, as in the paper's Fig. 5), points shrinking with depth; the
-    activation unit is a green star. Returns the path written.
+    activation unit is a green star. ``regular``: the same units' projections with zero
+    offsets, whose image points are drawn as hollow grey circles (where plain convs would
+    sample). Returns the path written.
     """
     from matplotlib import colormaps
 
@@ -98,6 +103,11 @@ def plot_sampling_locations(
         projections = [projections]
     shown = to_display_image(image)
     fig, ax = _figure(shown, title)
+    for n, projection in enumerate(regular):
+        points = projection.points
+        ax.scatter(points[:, 1].numpy(), points[:, 0].numpy(), s=30, facecolors="none",
+                   edgecolors=REGULAR_COLOR, linewidths=0.9,
+                   label="regular grid (zero offsets)" if n == 0 else None)
     depth = max((len(p.levels) for p in projections), default=0)
     colors = colormaps["autumn_r"](np.linspace(0.15, 1.0, depth)) if depth else []
     for n, projection in enumerate(projections):
@@ -124,13 +134,21 @@ def plot_stacked_sampling(
     group: int | None = None,
     lookup: str = "bilinear",
     title: str | None = None,
+    regular: bool = True,
 ) -> Path:
     """:func:`~deformconv.viz.sampling.back_project` each unit (top-layer output (y, x))
     through ``records`` (bottom layer first) and draw them with
-    :func:`plot_sampling_locations`. ``image`` is the record's kept image ``image_index``."""
+    :func:`plot_sampling_locations`. ``image`` is the record's kept image ``image_index``.
+    ``regular``: also draw where the stack samples with zero offsets."""
     projections = [back_project(records, unit, image_index, group=group, lookup=lookup)
                    for unit in units]
-    return plot_sampling_locations(image, projections, path, title=title)
+    grids = []
+    if regular:
+        still = [dataclasses.replace(rec, offset=torch.zeros_like(rec.offset))
+                 for rec in records]
+        grids = [back_project(still, unit, image_index, group=group, lookup=lookup)
+                 for unit in units]
+    return plot_sampling_locations(image, projections, path, title=title, regular=grids)
 
 
 def plot_roi_offsets(
