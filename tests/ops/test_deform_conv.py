@@ -402,6 +402,33 @@ class TestTiling:
             ]
 
 
+class TestChannelsFirstStore:
+    """Channels-last results (the forward's conv-form GEMM, the input gradient) reach NCHW
+    either as per-image 2-D transposed copies (images from ``TRANSPOSE_PER_IMAGE`` elements
+    up) or as one 4-D copy: both give the reference's values."""
+
+    @pytest.mark.parametrize("per_image", [True, False])
+    @pytest.mark.parametrize("groups", [2, 4], ids=["columns", "depthwise"])
+    def test_matches_reference(self, monkeypatch, per_image, groups):
+        monkeypatch.setattr(tiles_module, "TRANSPOSE_PER_IMAGE", 0 if per_image else 1 << 62)
+        case = replace(TILED_CASE, groups=groups)
+        tensors = make_tensors(case, seed=41)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        expected = expected_results(case, tensors, grad_out)
+        assert_results_close(run_with_grads(fast_op(case), tensors, grad_out), expected, 1e-10)
+
+    @pytest.mark.parametrize("threshold", [0, 1 << 62])
+    @pytest.mark.parametrize("channels_last_dst", [False, True])
+    def test_store(self, monkeypatch, threshold, channels_last_dst):
+        monkeypatch.setattr(tiles_module, "TRANSPOSE_PER_IMAGE", threshold)
+        src = torch.randn(3, 4, 5, 6)
+        dst = torch.empty(3, 6, 4, 5)
+        if channels_last_dst:
+            dst = dst.contiguous(memory_format=torch.channels_last)
+        tiles_module.store_channels_first(dst, src)
+        assert torch.equal(dst, src.permute(0, 3, 1, 2))
+
+
 class TestBackwardChannelBlocks:
     """The backward kernel splits each image's channels into blocks when the images alone
     cannot share the threads evenly (batch 1 at res5); every split gives the same result."""
