@@ -85,7 +85,7 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
      "VOC data is for segmentation models"),
     (["train", "--deform-blocks", "0,0,3"], "--deform-blocks needs 4 comma-separated counts"),
     (["train", "--model-arg", "noequals"], "--model-arg expects KEY=VALUE"),
-    (["train", "--scene", "foo=1"], "--scene: unknown scene option(s) ['foo']"),
+    (["train", "--scene", "foo=1"], "scene: unknown scene option(s) ['foo']"),
     (["train", "--model", "resnet50", "--scene", "max_objects=2"],
      "a classification scene always holds exactly one object"),
     (["eval", "/nonexistent/last.pt"], "checkpoint not found: /nonexistent/last.pt"),
@@ -107,7 +107,7 @@ def test_bad_input_gives_one_line_and_code_2(capsys: pytest.CaptureFixture, argv
     (["train", "--batch-size", "0"], "expected an integer >= 1, got 0"),
     (["train", "--lr", "-1"], "expected a number > 0"),
     (["train", "--schedule", "linear"], "invalid choice: 'linear'"),
-    (["demo", "--minutes", "soon"], "expected a number > 0, got 'soon'"),
+    (["demo", "--lr", "soon"], "expected a number > 0, got 'soon'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
 def test_bad_values_are_argparse_errors(capsys: pytest.CaptureFixture, argv: list[str],
@@ -153,7 +153,7 @@ def test_toml_config(tmp_path: Path) -> None:
     ("batch_size: 0\n", "batch_size: expected an integer >= 1, got 0"),
     ("batch_size: 2.5\n", "batch_size: expected an integer >= 1, got '2.5'"),
     ("bf16: 1\n", "bf16 must be true or false, got 1"),
-    ("schedule: linear\n", "schedule must be one of ['cosine', 'step'], got 'linear'"),
+    ("schedule: linear\n", "schedule must be one of ['cosine', 'onecycle', 'step', 'wsd'], got 'linear'"),
     ("lr: [1, 2]\n", "lr must be a single value"),
     ("- a\n- b\n", "expected a mapping of option: value, got a list"),
     ("a: [\n", "invalid YAML"),
@@ -187,12 +187,12 @@ def test_parse_assignments() -> None:
 def test_missing_optional_dependency_names_the_extra(capsys: pytest.CaptureFixture,
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      tmp_path: Path) -> None:
-    from deformconv.cli import _plots
+    from deformconv.runs import plots as _plots
 
     def missing(*args: object, **kwargs: object) -> None:
         raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
 
-    monkeypatch.setattr(_plots, "plot_losses", missing)
+    monkeypatch.setattr(_plots, "plot_learning_curves", missing)
     code, _, err = run_cli(capsys, "demo", "--smoke", "--out", tmp_path)
     assert code == 2
     assert "needs matplotlib, part of the vision extra: pip install 'deformconv[vision]'" in err

@@ -186,9 +186,13 @@ def test_train_and_eval_on_voc_folder(capsys: pytest.CaptureFixture, tmp_path: P
     code, stdout, err = run_cli(
         capsys, "train", "--data", f"voc:{root}", "--num-classes", "10", "--image-size", "32",
         "--base-channels", "4", "--iterations", "1", "--batch-size", "2", "--out", out,
-        "--no-progress")
+        "--no-progress", "--optimizer", "adamw", "--schedule", "onecycle", "--class-weights",
+        ",".join(["0.5"] + ["1"] * 10))
     assert code == 0, err
     assert "deeplab_resnet50 (deformable), 1 iterations: miou=" in stdout
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert (config["optimizer"], config["schedule"]) == ("adamw", "onecycle")
+    assert config["class_weights"] == [0.5] + [1.0] * 10
     code, _, err = run_cli(capsys, "eval", out / "last.pt")
     assert code == 0, err
     assert json.loads((out / "eval_metrics.json").read_text())["metrics"]["num_pixels"] > 0
@@ -198,8 +202,8 @@ def test_export_trained_checkpoint(capsys: pytest.CaptureFixture, trained: Path,
                                    tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from deformconv.cli._build import build_model, specs_from_checkpoint
     from deformconv.engine import load_weights
+    from deformconv.runs import build_model, specs_from_checkpoint
 
     out = tmp_path / "cls.onnx"
     code, stdout, err = run_cli(capsys, "export", "--checkpoint", trained / "last.pt", "--out",

@@ -81,12 +81,13 @@ def _losses(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
 
 def test_registry_names_and_tasks():
     assert models.list_models() == sorted(
-        f"{arch}_resnet{depth}" if arch else f"resnet{depth}"
-        for arch in ("", "deeplab", "faster_rcnn", "rfcn") for depth in (50, 101)
+        [f"{arch}_resnet{depth}" if arch else f"resnet{depth}"
+         for arch in ("", "deeplab", "faster_rcnn", "rfcn") for depth in (50, 101)]
+        + ["compact_fcn"]
     )
     assert models.list_models("detection") == ["faster_rcnn_resnet101", "faster_rcnn_resnet50",
                                                "rfcn_resnet101", "rfcn_resnet50"]
-    with pytest.raises(ValueError, match="unknown model 'resnet18'; available: deeplab"):
+    with pytest.raises(ValueError, match="unknown model 'resnet18'; available: compact_fcn, "):
         models.create("resnet18", 10)
     with pytest.raises(ValueError, match="task must be one of"):
         models.list_models("tracking")

@@ -16,6 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..runs.results import write_json
+from ..runs.timing import set_threads
+
 __all__ = [
     "CLIError",
     "add_config_option",
@@ -108,15 +111,6 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
         help="CPU threads for torch and the Numba kernels (default: theirs); 1 is much "
              "faster on a machine busy with other work",
     )
-
-
-def set_threads(count: int) -> None:
-    """Intra-op threads of torch and of the Numba kernels (at most Numba's pool size)."""
-    import numba
-    import torch
-
-    torch.set_num_threads(count)
-    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -216,25 +210,3 @@ def apply_config_file(parser: argparse.ArgumentParser, path: str) -> set[str]:
         defaults[key] = _file_value(actions[key], str(raw_key), value, path)
     parser.set_defaults(**defaults)
     return set(defaults)
-
-
-def write_json(data: Any, path: str | os.PathLike) -> Path:
-    """Pretty JSON (NaN written as null) to ``path``, folders created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_plain(data), indent=2) + "\n")
-    return path
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return None if not math.isfinite(obj) else obj
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return obj.as_posix()
-    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
-        return _plain(obj.item())
-    return obj

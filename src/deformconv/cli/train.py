@@ -6,6 +6,7 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
+from ..engine.config import OPTIMIZERS, SCHEDULES
 from ._build import (
     add_data_options,
     add_model_options,
@@ -34,13 +35,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                      help="optimizer steps (default: --epochs passes over the data)")
     opt.add_argument("--epochs", type=positive_int, default=1)
     opt.add_argument("--batch-size", type=positive_int, default=8)
+    opt.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
+                     help="sgd (momentum; the paper's) or adamw (with --schedule onecycle it "
+                          "trains small nets from scratch in far fewer steps)")
     opt.add_argument("--lr", type=positive_float, default=0.02)
-    opt.add_argument("--momentum", type=float, default=0.9)
+    opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     opt.add_argument("--weight-decay", type=float, default=1e-4)
     opt.add_argument("--offset-lr-mult", type=float, default=0.1,
                      help="learning-rate factor of the offset branches")
-    opt.add_argument("--schedule", choices=("step", "cosine"), default="cosine")
+    opt.add_argument("--schedule", choices=SCHEDULES, default="cosine",
+                     help="cosine: over the whole run; onecycle: after the warm-up; wsd: "
+                          "warm-up, hold, then linear decay over the last fifth")
     opt.add_argument("--warmup-iters", type=non_negative_int, default=0)
+    opt.add_argument("--class-weights", type=_weights, metavar="W0,W1,...",
+                     help="cross-entropy weight per class, background first for segmentation "
+                          "(see deformconv.engine.balanced_class_weights)")
     opt.add_argument("--grad-clip", type=positive_float, help="max gradient L2 norm")
     opt.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     run = parser.add_argument_group("run")
@@ -63,11 +72,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
+def _weights(text: str) -> list[float]:
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") \
+            from None
+
+
 # train's flags -> TrainConfig fields
 CONFIG_FIELDS = {
-    "epochs": "epochs", "iterations": "iterations", "batch_size": "batch_size", "lr": "lr",
+    "epochs": "epochs", "iterations": "iterations", "batch_size": "batch_size",
+    "optimizer": "optimizer", "lr": "lr",
     "momentum": "momentum", "weight_decay": "weight_decay", "offset_lr_mult": "offset_lr_mult",
-    "warmup_iters": "warmup_iters", "schedule": "schedule", "grad_clip": "grad_clip_norm",
+    "warmup_iters": "warmup_iters", "schedule": "schedule", "class_weights": "class_weights",
+    "grad_clip": "grad_clip_norm",
     "bf16": "bf16", "seed": "seed", "checkpoint_every": "checkpoint_every",
     "eval_every": "eval_every", "out": "out_dir", "workers": "num_workers",
     "device": "device",
@@ -109,7 +128,7 @@ def run_train(args: argparse.Namespace) -> int:
     train_set, val_set, classes = build_datasets(data_spec, task)
     if not resume:
         model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
-                                          name=name, task=task)
+                                          name=name)
     model = build_model(model_spec, seed=config.seed)
     extra = {"model": asdict(model_spec), "data": asdict(data_spec)}
     result = train(config, model, train_set, val_set, extra=extra)

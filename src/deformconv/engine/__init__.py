@@ -13,6 +13,7 @@ Typical use::
 Under ``torchrun --nproc_per_node N`` the same call trains with DistributedDataParallel.
 """
 
+from .balance import balanced_class_weights, label_counts
 from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from .coco import COCO_METRICS, coco_map, detection_record
 from .config import TASKS, TrainConfig
@@ -21,7 +22,7 @@ from .evaluate import evaluate
 from .loader import ShardSampler, TrainSampler, eval_loader, iters_per_epoch, train_loader
 from .metrics import IGNORE_INDEX, confusion_matrix, iou_from_confusion, top1_correct
 from .metrics_log import MetricsLogger, read_metrics
-from .optim import build_optimizer, build_scheduler, lr_factor, param_groups
+from .optim import build_optimizer, build_scheduler, decay_start, lr_factor, param_groups
 from .seeding import SeededSamples, get_rng_state, seed_everything, set_rng_state, worker_init_fn
 from .tasks import PRIMARY_METRIC, collate_fn, compute_loss, make_evaluator
 from .trainer import KILL_ENV, TrainResult, train
@@ -40,6 +41,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainSampler",
+    "balanced_class_weights",
     "build_optimizer",
     "build_scheduler",
     "cleanup_distributed",
@@ -47,6 +49,7 @@ __all__ = [
     "collate_fn",
     "compute_loss",
     "confusion_matrix",
+    "decay_start",
     "detection_record",
     "eval_loader",
     "evaluate",
@@ -54,6 +57,7 @@ __all__ = [
     "init_distributed",
     "iou_from_confusion",
     "iters_per_epoch",
+    "label_counts",
     "load_checkpoint",
     "load_weights",
     "lr_factor",
