@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._backbone import build_backbone
+from ._backbone import basic, build_backbone
 from ._registry import register_model
 from .resnet import ResNet
 
-__all__ = ["DeepLab", "deeplab_resnet50", "deeplab_resnet101"]
+__all__ = ["DeepLab", "deeplab_resnet18", "deeplab_resnet34", "deeplab_resnet50",
+           "deeplab_resnet101"]
 
 
 class DeepLab(nn.Module):
@@ -88,6 +89,21 @@ class DeepLab(nn.Module):
 def _deeplab(layers: tuple[int, int, int, int], num_classes: int, deformable: bool,
              backbone_kwargs: dict[str, Any] | None, **kwargs: Any) -> DeepLab:
     return DeepLab(build_backbone(layers, deformable, backbone_kwargs), num_classes, **kwargs)
+
+
+@register_model("segmentation")
+def deeplab_resnet18(num_classes: int = 21, deformable: bool = True,
+                     backbone_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> DeepLab:
+    """DeepLab on the basic-block ResNet-18, otherwise as :func:`deeplab_resnet50` (the
+    deformable twin: the last three 3×3 convs of res5)."""
+    return _deeplab((2, 2, 2, 2), num_classes, deformable, basic(backbone_kwargs), **kwargs)
+
+
+@register_model("segmentation")
+def deeplab_resnet34(num_classes: int = 21, deformable: bool = True,
+                     backbone_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> DeepLab:
+    """DeepLab on the basic-block ResNet-34, otherwise as :func:`deeplab_resnet18`."""
+    return _deeplab((3, 4, 6, 3), num_classes, deformable, basic(backbone_kwargs), **kwargs)
 
 
 @register_model("segmentation")
