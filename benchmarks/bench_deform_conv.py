@@ -1,13 +1,23 @@
 """Speed and memory of deform_conv2d: ours vs dense conv2d vs torchvision, in one process.
 
-Prints, per shape (3×3 kernels), the best-of-N time of forward and forward+backward for
-ours, ``torch.nn.functional.conv2d`` (same geometry, no offsets: the floor any deformable
-conv pays) and ``torchvision.ops.deform_conv2d``, the ratios between them, and the peak
-extra memory of each forward at res5, batch 8 (process RSS sampled during the call, minus the
-output, in a fresh process where glibc unmaps every large block when it is freed).
+Four tables, every ratio measured in the same run:
 
-    python benchmarks/bench_deform_conv.py            # full table (a few minutes on 2 cores)
+1. The op, per shape (3×3 kernels): best-of-N forward and forward+backward of ours,
+   ``torch.nn.functional.conv2d`` with the same geometry and groups (no offsets: the floor
+   any deformable conv pays) and ``torchvision.ops.deform_conv2d``.
+2. Modules, forward+backward: ``deformconv.nn.DeformConv2d`` (with its own offset conv) vs
+   ``nn.Conv2d`` vs torchvision's ``DeformConv2d`` fed by the same offset conv, at the
+   small-layer shapes of compact networks; and one training step of a small CNN whose last
+   two convs are deformable vs its plain twin.
+3. Peak extra memory (process RSS sampled during the call, in a fresh process where glibc
+   unmaps every freed large block) of the forward and of forward+backward at res5, batch 8:
+   the forward's minus its output, forward+backward's minus output and gradients.
+4. Cold start: import and first forward+backward in a fresh process with an empty Numba
+   kernel cache, and again with the cache it filled.
+
+    python benchmarks/bench_deform_conv.py            # everything (several minutes on 2 cores)
     python benchmarks/bench_deform_conv.py --quick    # smaller shapes, seconds
+    python benchmarks/bench_deform_conv.py --only ops,modules   # some of ops/modules/memory/cold
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -24,13 +35,17 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from deformconv.nn import DeformConv2d
 from deformconv.ops import deform_conv2d
 
 try:
-    from torchvision.ops import deform_conv2d as tv_deform_conv2d
+    import torchvision.ops as tv_ops
 except ImportError:  # torchvision is an optional extra
-    tv_deform_conv2d = None
+    tv_ops = None
+
+SECTIONS = ("ops", "modules", "memory", "cold")
 
 
 @dataclass(frozen=True)
@@ -43,24 +58,62 @@ class Case:
     w: int
     dilation: int = 1
     offset_groups: int = 1
+    groups: int = 1
+    backward: tuple[bool, ...] = (False, True)
+
+    def label(self) -> str:
+        groups = f" g{self.groups}" if self.groups > 1 else ""
+        return (f"{self.name} ({self.n},{self.cin},{self.cout},{self.h},{self.w}) "
+                f"{self.dilation}/{self.offset_groups}{groups}")
 
 
 FULL = [
     Case("res5 (paper)", 1, 512, 512, 38, 63, dilation=2, offset_groups=4),
     Case("mid", 2, 256, 256, 64, 64),
     Case("early, batch 8", 8, 64, 64, 56, 56),
+    Case("small", 32, 32, 32, 28, 28),
+    Case("depthwise", 8, 256, 256, 56, 56, groups=256),
 ]
 QUICK = [
     Case("res5-like, small", 1, 128, 128, 19, 32, dilation=2, offset_groups=4),
     Case("early, batch 2", 2, 32, 32, 28, 28),
+    Case("depthwise, small", 2, 64, 64, 28, 28, groups=64),
 ]
 MEMORY_CASE = Case("res5, batch 8", 8, 512, 512, 38, 63, dilation=2, offset_groups=4)
+
+
+@dataclass(frozen=True)
+class ModuleCase:
+    """A 3×3 padded conv layer (N, C→C, H×W) at batch ``n``, as in compact CNNs."""
+
+    n: int
+    channels: int
+    size: int
+    dilation: int = 1
+    modulated: bool = False
+
+    def label(self) -> str:
+        version = "v2" if self.modulated else "v1"
+        return (f"({self.n},{self.channels}->{self.channels},{self.size}x{self.size}) "
+                f"dil {self.dilation} {version}")
+
+
+MODULE_CASES = [
+    ModuleCase(16, 48, 16),
+    ModuleCase(16, 48, 16, modulated=True),
+    ModuleCase(16, 64, 24),
+    ModuleCase(16, 64, 24, modulated=True),
+    ModuleCase(16, 32, 32),
+    ModuleCase(16, 32, 32, modulated=True),
+    ModuleCase(16, 48, 16, dilation=2),
+]
+QUICK_MODULE_CASES = [ModuleCase(4, 16, 16), ModuleCase(4, 16, 16, modulated=True)]
 
 
 def make_inputs(case: Case, requires_grad: bool) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(case.n, case.cin, case.h, case.w, generator=g)
-    weight = torch.randn(case.cout, case.cin, 3, 3, generator=g) * 0.02
+    weight = torch.randn(case.cout, case.cin // case.groups, 3, 3, generator=g) * 0.02
     # Offsets of a few pixels, as a trained offset branch produces.
     offset = torch.randn(case.n, 2 * case.offset_groups * 9, case.h, case.w, generator=g) * 2
     tensors = {"input": x, "offset": offset, "weight": weight}
@@ -83,7 +136,7 @@ def best_times(ops: dict[str, Callable[[], object]], repeats: int) -> dict[str, 
     return {name: min(series) for name, series in times.items()}
 
 
-def runners(case: Case, backward: bool) -> dict[str, Callable[[], object]]:
+def op_runners(case: Case, backward: bool) -> dict[str, Callable[[], object]]:
     t = make_inputs(case, backward)
     pad = case.dilation
 
@@ -95,12 +148,120 @@ def runners(case: Case, backward: bool) -> dict[str, Callable[[], object]]:
         "ours": lambda: finish(deform_conv2d(
             t["input"], t["offset"], t["weight"], padding=pad, dilation=case.dilation)),
         "conv2d": lambda: finish(F.conv2d(
-            t["input"], t["weight"], padding=pad, dilation=case.dilation)),
+            t["input"], t["weight"], padding=pad, dilation=case.dilation, groups=case.groups)),
     }
-    if tv_deform_conv2d is not None:
-        ops["torchvision"] = lambda: finish(tv_deform_conv2d(
+    if tv_ops is not None:
+        ops["torchvision"] = lambda: finish(tv_ops.deform_conv2d(
             t["input"], t["offset"], t["weight"], padding=pad, dilation=case.dilation))
     return ops
+
+
+def print_table(header: list[str], widths: list[int]) -> Callable[[list[str]], None]:
+    """Print a markdown table header; return the function that prints one row."""
+    def row(cells: list[str]) -> None:
+        print("| " + " | ".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}"
+                                for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+              + " |", flush=True)
+    row(header)
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return row
+
+
+def bench_ops(cases: list[Case], repeats: int) -> None:
+    row = print_table(["shape (N,Cin,Cout,H,W) dil/G", "pass", "ours ms", "conv2d ms", "tv ms",
+                       "ours/conv2d", "tv/ours"], [44, 8, 8, 9, 8, 11, 7])
+    for case in cases:
+        for backward in case.backward:
+            with torch.enable_grad() if backward else torch.no_grad():
+                times = best_times(op_runners(case, backward), repeats)
+            tv = times.get("torchvision", float("nan"))
+            row([case.label(), "fwd+bwd" if backward else "fwd", f"{times['ours'] * 1e3:.1f}",
+                 f"{times['conv2d'] * 1e3:.1f}", f"{tv * 1e3:.1f}",
+                 f"{times['ours'] / times['conv2d']:.2f}", f"{tv / times['ours']:.2f}"])
+
+
+class TorchvisionDeformConv2d(nn.Module):
+    """torchvision's DeformConv2d fed by an offset conv like ours (zero-initialised)."""
+
+    def __init__(self, channels: int, dilation: int, modulated: bool) -> None:
+        super().__init__()
+        self.modulated = modulated
+        self.conv_offset = nn.Conv2d(channels, (27 if modulated else 18), 3,
+                                     padding=dilation, dilation=dilation)
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+        self.conv = tv_ops.DeformConv2d(channels, channels, 3, padding=dilation,
+                                        dilation=dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv_offset(x)
+        mask = out[:, 18:].sigmoid() if self.modulated else None
+        return self.conv(x, out[:, :18], mask)
+
+
+def module_runners(case: ModuleCase) -> dict[str, Callable[[], object]]:
+    """Forward+backward of one layer: ours, the plain conv, torchvision's."""
+    torch.manual_seed(0)
+    x = torch.randn(case.n, case.channels, case.size, case.size, requires_grad=True)
+    pad = case.dilation
+    modules = {
+        "ours": DeformConv2d(case.channels, case.channels, 3, padding=pad,
+                             dilation=case.dilation, modulated=case.modulated),
+        "conv2d": nn.Conv2d(case.channels, case.channels, 3, padding=pad,
+                            dilation=case.dilation),
+    }
+    if tv_ops is not None:
+        modules["torchvision"] = TorchvisionDeformConv2d(case.channels, case.dilation,
+                                                         case.modulated)
+    return {name: lambda m=m: m(x).sum().backward() for name, m in modules.items()}
+
+
+def small_cnn(deformable: bool) -> nn.Module:
+    """A digit classifier on 48 px images whose last two 3×3 convs may be deformable."""
+    def conv(cin: int, cout: int, deform: bool) -> nn.Module:
+        layer = (DeformConv2d(cin, cout, 3, padding=1, bias=False) if deform
+                 else nn.Conv2d(cin, cout, 3, padding=1, bias=False))
+        return nn.Sequential(layer, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        conv(1, 32, False), nn.MaxPool2d(2),          # 48 -> 24
+        conv(32, 48, False), nn.MaxPool2d(2),         # 24 -> 12
+        conv(48, 64, deformable), conv(64, 64, deformable),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    )
+
+
+def training_runners(batch: int) -> dict[str, Callable[[], object]]:
+    """One SGD step of the small CNN, deformable and plain."""
+    x = torch.randn(batch, 1, 48, 48)
+    target = torch.randint(0, 10, (batch,))
+    steps = {}
+    for name, deformable in (("ours", True), ("conv2d", False)):
+        model = small_cnn(deformable)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def step(model: nn.Module = model, optimizer: torch.optim.Optimizer = optimizer) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), target).backward()
+            optimizer.step()
+
+        steps[name] = step
+    return steps
+
+
+def bench_modules(cases: list[ModuleCase], batch: int, repeats: int) -> None:
+    row = print_table(["layer (N,C->C,HxW), fwd+bwd", "ours ms", "conv2d ms", "tv ms",
+                       "ours/conv2d", "tv/ours"], [40, 8, 9, 8, 11, 7])
+    for case in cases:
+        times = best_times(module_runners(case), repeats)
+        tv = times.get("torchvision", float("nan"))
+        row([case.label(), f"{times['ours'] * 1e3:.2f}", f"{times['conv2d'] * 1e3:.2f}",
+             f"{tv * 1e3:.2f}", f"{times['ours'] / times['conv2d']:.2f}",
+             f"{tv / times['ours']:.2f}"])
+    times = best_times(training_runners(batch), repeats)
+    row([f"small CNN, 48 px, batch {batch}, train step", f"{times['ours'] * 1e3:.2f}",
+         f"{times['conv2d'] * 1e3:.2f}", "", f"{times['ours'] / times['conv2d']:.2f}", ""])
 
 
 def rss_bytes() -> int:
@@ -108,8 +269,8 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def peak_extra_memory(fn: Callable[[], torch.Tensor]) -> int:
-    """Peak RSS growth while ``fn`` runs, minus the size of what it returns."""
+def peak_rss_growth(fn: Callable[[], None]) -> int:
+    """Peak RSS growth while ``fn`` runs (sampled every 0.5 ms and at the end)."""
     baseline = rss_bytes()
     peak = baseline
     done = threading.Event()
@@ -122,63 +283,121 @@ def peak_extra_memory(fn: Callable[[], torch.Tensor]) -> int:
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    out = fn()
+    fn()
     done.set()
     sampler.join()
-    peak = max(peak, rss_bytes())
-    return peak - baseline - out.numel() * out.element_size()
+    return max(peak, rss_bytes()) - baseline
+
+
+def peak_extra_memory(op: Callable, t: dict[str, torch.Tensor], backward: bool) -> int:
+    """Peak RSS growth of ``op`` (and its backward) minus what the call returns: the output,
+    and with ``backward`` the output gradient it is given and the gradients it fills."""
+    results: list[torch.Tensor] = []
+
+    def call() -> None:
+        with torch.set_grad_enabled(backward):
+            out = op(t["input"], t["offset"], t["weight"])
+            if backward:
+                grad_out = torch.ones_like(out)
+                out.backward(grad_out)
+                results.append(grad_out)
+        results.append(out.detach())
+
+    extra = peak_rss_growth(call)
+    if backward:
+        results += [t[k].grad for k in ("input", "offset", "weight")]
+    extra -= sum(r.numel() * r.element_size() for r in results)
+    for k in ("input", "offset", "weight"):
+        t[k].grad = None
+    return extra
+
+
+def memory_probe() -> None:
+    """Print the peak extra memory of each op at MEMORY_CASE (run in its own process)."""
+    c = MEMORY_CASE
+    ops = {"ours": lambda x, off, w: deform_conv2d(x, off, w, padding=2, dilation=2),
+           "conv2d": lambda x, off, w: F.conv2d(x, w, padding=2, dilation=2)}
+    if tv_ops is not None:
+        ops["torchvision"] = lambda x, off, w: tv_ops.deform_conv2d(x, off, w, padding=2,
+                                                                    dilation=2)
+    for backward in (False, True):
+        t = make_inputs(c, backward)
+        for name, op in ops.items():
+            # Warm-up on an 8x8 crop with 8 output channels: compiles kernels without growing
+            # the reusable workspace (columns, weight copy), whose allocation the measured
+            # call then counts.
+            with torch.set_grad_enabled(backward):
+                crop = [t[k].detach()[:1, :, :8, :8].requires_grad_(backward)
+                        for k in ("input", "offset")]
+                small = op(*crop, t["weight"].detach()[:8].requires_grad_(backward))
+                if backward:
+                    small.sum().backward()
+            extra = peak_extra_memory(op, t, backward)
+            what = "forward+backward" if backward else "forward"
+            print(f"peak extra memory of the {what} at {c.name} "
+                  f"({c.n},{c.cin},{c.cout},{c.h},{c.w}), {name}: {extra / 2**20:.1f} MiB",
+                  flush=True)
+
+
+COLD_SCRIPT = """
+import time
+import torch
+start = time.perf_counter()
+from deformconv.ops import deform_conv2d
+x = torch.randn(2, 8, 10, 10, requires_grad=True)
+w = torch.randn(8, 8, 3, 3, requires_grad=True)
+offset = torch.randn(2, 18, 10, 10, requires_grad=True)
+deform_conv2d(x, offset, w, padding=1).sum().backward()
+print(time.perf_counter() - start)
+"""
+
+
+def bench_cold_start() -> None:
+    """Import and first fwd+bwd (float32, no mask) in fresh processes, empty kernel cache
+    first, then the cache the first one filled."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        for state in ("empty kernel cache", "cached kernels"):
+            run = subprocess.run([sys.executable, "-c", COLD_SCRIPT], env=env, check=True,
+                                 capture_output=True, text=True)
+            seconds = float(run.stdout.strip().splitlines()[-1])
+            print(f"import + first fwd+bwd, {state}: {seconds:.2f} s (after importing torch)",
+                  flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, a few seconds")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections out of {', '.join(SECTIONS)}")
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
         memory_probe()
         return
-    cases = QUICK if args.quick else FULL
+    sections = set(args.only.split(","))
+    if unknown := sections - set(SECTIONS):
+        parser.error(f"--only: unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
-    header = (f"| {'shape (N,Cin,Cout,H,W) dil/G':<40} | {'pass':<8} | {'ours ms':>8} | "
-              f"{'conv2d ms':>9} | {'tv ms':>8} | {'ours/conv2d':>11} | {'tv/ours':>7} |")
-    print(header)
-    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for case in cases:
-        for backward in (False, True):
-            ctx = torch.enable_grad() if backward else torch.no_grad()
-            with ctx:
-                times = best_times(runners(case, backward), args.repeats)
-            shape = (f"{case.name} ({case.n},{case.cin},{case.cout},{case.h},{case.w}) "
-                     f"{case.dilation}/{case.offset_groups}")
-            tv = times.get("torchvision", float("nan"))
-            print(f"| {shape:<40} | {'fwd+bwd' if backward else 'fwd':<8} | "
-                  f"{times['ours'] * 1e3:8.1f} | {times['conv2d'] * 1e3:9.1f} | {tv * 1e3:8.1f} | "
-                  f"{times['ours'] / times['conv2d']:11.2f} | {tv / times['ours']:7.2f} |")
-    if not args.quick:
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    if "ops" in sections:
+        bench_ops(QUICK if args.quick else FULL, args.repeats)
+    if "modules" in sections:
+        print()
+        bench_modules(QUICK_MODULE_CASES if args.quick else MODULE_CASES,
+                      4 if args.quick else 16, args.repeats * (1 if args.quick else 4))
+    if args.quick:
+        return
+    if "memory" in sections:
+        print()
         # A fresh process where glibc returns every large block at once: RSS is live memory.
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
         subprocess.run([sys.executable, __file__, "--memory-probe"], env=env, check=True)
-
-
-def memory_probe() -> None:
-    """Print the peak extra memory of each forward at MEMORY_CASE (run in its own process)."""
-    t = make_inputs(MEMORY_CASE, False)
-    ops = {"ours": lambda x, off, w: deform_conv2d(x, off, w, padding=2, dilation=2),
-           "conv2d": lambda x, off, w: F.conv2d(x, w, padding=2, dilation=2)}
-    if tv_deform_conv2d is not None:
-        ops["torchvision"] = lambda x, off, w: tv_deform_conv2d(x, off, w, padding=2, dilation=2)
-    c = MEMORY_CASE
-    with torch.no_grad():
-        for name, op in ops.items():
-            # Warm-up on an 8x8 crop with 8 output channels: compiles kernels without growing
-            # the reusable workspace (columns, weight copy), whose allocation the measured
-            # call then counts.
-            op(t["input"][:1, :, :8, :8], t["offset"][:1, :, :8, :8], t["weight"][:8])
-            extra = peak_extra_memory(lambda op=op: op(t["input"], t["offset"], t["weight"]))
-            print(f"peak extra memory of the forward at {c.name} "
-                  f"({c.n},{c.cin},{c.cout},{c.h},{c.w}), {name}: {extra / 2**20:.1f} MiB")
+    if "cold" in sections:
+        print()
+        bench_cold_start()
 
 
 if __name__ == "__main__":

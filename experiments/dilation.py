@@ -27,11 +27,9 @@ from runner import Sizes, Study, add_common_args, plan, segmentation_specs, trai
 from torch import nn
 from torch.utils.data import Dataset
 
-from deformconv.cli._build import build_datasets
-from deformconv.cli._figures import _batch, offset_figures
 from deformconv.nn import DeformConv2d
-from deformconv.viz import SIZE_BUCKETS, DilationStats, OffsetCapture
-from deformconv.viz.dilation import _paint_instances
+from deformconv.runs import build_datasets, offset_figures, offset_inputs
+from deformconv.viz import SIZE_BUCKETS, DilationStats, OffsetCapture, paint_instances
 
 DEFORM_BLOCKS = (0, 0, 0, 3)
 # Full sizes: <= 30 min on 2 CPU cores (estimate: experiments/README.md, --plan).
@@ -50,7 +48,7 @@ def area_tertiles(dataset: Dataset) -> tuple[float, float]:
         masks = torch.from_numpy(dataset.scene(i).masks)  # type: ignore[attr-defined]
         if len(masks) == 0:
             continue
-        counts = torch.bincount(_paint_instances(masks).flatten(), minlength=len(masks) + 1)
+        counts = torch.bincount(paint_instances(masks).flatten(), minlength=len(masks) + 1)
         areas += [float(a) for a in counts[1:] if a > 0]
     if len(areas) < 3:
         raise ValueError(f"need >= 3 objects to split by size, the dataset has {len(areas)}")
@@ -62,12 +60,12 @@ def area_tertiles(dataset: Dataset) -> tuple[float, float]:
 def dilation_rows(model: nn.Module, dataset: Dataset, thresholds: tuple[float, float],
                   batch_size: int) -> list[dict[str, object]]:
     """:meth:`DilationStats.rows` over the whole dataset with these area thresholds (the
-    loop of ``deformconv.cli._figures.dilation_over``, which has no thresholds option)."""
+    loop of ``deformconv.runs.dilation_over``, which has no thresholds option)."""
     stats = DilationStats(thresholds)
     model.eval()
     indices = list(range(len(dataset)))  # type: ignore[arg-type]
     for start in range(0, len(indices), batch_size):
-        inputs, _, masks, _ = _batch(model, dataset, indices[start:start + batch_size],
+        inputs, _, masks, _ = offset_inputs(model, dataset, indices[start:start + batch_size],
                                      "segmentation")
         with OffsetCapture(model, max_calls=1) as capture:
             model(inputs)

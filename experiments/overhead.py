@@ -27,8 +27,7 @@ from runner import (
     segmentation_specs,
 )
 
-from deformconv.cli._build import ModelSpec, build_model
-from deformconv.cli.demo import ms_per_image
+from deformconv.runs import ModelSpec, build_model, ms_per_image
 
 
 @dataclass(frozen=True)

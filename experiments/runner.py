@@ -7,7 +7,7 @@ settings, so a long study can be stopped and continued. A run that is interrupte
 training resumes from its last checkpoint (``<out>/<study>/<run>/last.pt``).
 
 The models, data and training loop are the library's own (``deformconv.models``,
-``deformconv.data`` through ``deformconv.cli._build``, ``deformconv.engine.train``), set up
+``deformconv.data`` through ``deformconv.runs``, ``deformconv.engine.train``), set up
 as ``deformconv demo`` sets them up.
 """
 
@@ -26,17 +26,21 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
-from deformconv.cli._build import DataSpec, ModelSpec, build_datasets, build_model
-from deformconv.cli._common import write_json
-from deformconv.cli.demo import (
+from deformconv.runs import (
+    DataSpec,
     DemoSettings,
-    _seconds_per_iteration,
+    ModelSpec,
+    build_datasets,
+    build_model,
+    from_scratch_spec,
     parameter_count,
+    seconds_per_batch,
+    seconds_per_iteration,
     set_threads,
+    twin_model,
+    write_json,
 )
-from deformconv.nn._offset import offset_state_keys
 
 __all__ = [
     "DEFAULT_OUT",
@@ -58,10 +62,10 @@ SMOKE_OUT = Path("runs/experiments-smoke")
 # The demo's scenes: five shape classes at widely varying scale (8 px to 0.7 of the image
 # side), aspect ratio (up to 2.5) and rotation (any angle), on lighter clutter.
 SCENE: dict[str, Any] = DemoSettings().scene
-GRAD_CLIP = DemoSettings().grad_clip
-# Offsets train at the full rate, as in the demo: in a few hundred iterations a reduced rate
-# (the paper's long schedules use one) would leave them near zero.
-OFFSET_LR_MULT = DemoSettings().offset_lr_mult
+GRAD_CLIP = 5.0  # from-scratch BN nets at batch 8 spike early without it
+# Offsets train at the full rate: in a few hundred SGD iterations a reduced rate (the
+# paper's long schedules use one) would leave them near zero.
+OFFSET_LR_MULT = 1.0
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class Sizes:
     base_channels: int
     iterations: int
     seeds: tuple[int, ...]
-    lr: float = DemoSettings().lr
+    lr: float = 0.02
     scene: dict[str, Any] = field(default_factory=lambda: dict(SCENE))
 
     def identity(self) -> dict[str, Any]:
@@ -232,21 +236,6 @@ class Study:
         return path
 
 
-def twin_model(spec: ModelSpec, plain: ModelSpec, seed: int) -> nn.Module:
-    """``spec``'s model with every weight it shares with the plain twin ``plain`` taken from
-    it (both built from ``seed``): configurations of one seed differ only in their offset
-    branches, which start at zero, so every model starts as the same function."""
-    base = build_model(plain, seed=seed)
-    if spec == plain:
-        return base
-    model = build_model(spec, seed=seed)
-    missing = set(model.load_state_dict(base.state_dict(), strict=False).missing_keys)
-    if missing != offset_state_keys(model):
-        raise RuntimeError(f"{spec.name}: weights other than offset branches differ from the "
-                           f"plain twin: {sorted(missing - offset_state_keys(model))}")
-    return model
-
-
 def train_run(task: str, spec: ModelSpec, plain: ModelSpec, sizes: Sizes, seed: int,
               run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``spec`` (initialised from its plain twin) with ``seed``; evaluate on the
@@ -269,34 +258,21 @@ def train_run(task: str, spec: ModelSpec, plain: ModelSpec, sizes: Sizes, seed: 
                    "iterations": result.iteration}
 
 
-def _seconds_per_batch(dataset: Dataset, task: str, batch_size: int, batches: int = 3
-                       ) -> float:
-    """Time to draw and collate one training batch (the synthetic scenes are rendered on
-    the fly, which ``_seconds_per_iteration`` leaves out)."""
-    from deformconv.engine import train_loader
-
-    loader = iter(train_loader(dataset, task, batch_size, seed=0, epoch=0))
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(loader)
-    return (time.perf_counter() - start) / batches
-
-
 def plan(study: Study, task: str, specs: dict[str, ModelSpec], sizes: Sizes,
          eval_share: float = 0.1) -> dict[str, Any]:
-    """Measured seconds per training iteration of each configuration (one SGD step, the
-    demo's ``_seconds_per_iteration``, plus drawing a batch) and the estimated study time:
+    """Measured seconds per training iteration of each configuration (one SGD step,
+    ``deformconv.runs.seconds_per_iteration``, plus drawing a batch) and the estimated study time:
     sum over configurations of s/iter x iterations x seeds, plus ``eval_share`` for
     evaluation, checkpoints and model building; also written to ``<study>/plan.json``."""
     train_set, _, _ = build_datasets(sizes.data(), task)
     assert train_set is not None
-    data_s = _seconds_per_batch(train_set, task, sizes.batch_size)
+    data_s = seconds_per_batch(train_set, task, sizes.batch_size)
     print(f"  drawing a batch: {data_s:.3f} s")
     per_iter = {}
     for name, spec in specs.items():
         model = build_model(spec, seed=0)
-        per_iter[name] = data_s + _seconds_per_iteration(model, task, train_set,
-                                                         sizes.batch_size, torch.device("cpu"))
+        per_iter[name] = data_s + seconds_per_iteration(model, task, train_set,
+                                                        sizes.batch_size, torch.device("cpu"))
         print(f"  {name}: {per_iter[name]:.3f} s / iteration")
     train_s = sum(per_iter.values()) * sizes.iterations * len(sizes.seeds)
     total = train_s * (1 + eval_share)
@@ -312,14 +288,17 @@ def plan(study: Study, task: str, specs: dict[str, ModelSpec], sizes: Sizes,
 
 def segmentation_specs(sizes: Sizes, classes: int, deform_blocks: Sequence[int]
                        ) -> tuple[ModelSpec, ModelSpec]:
-    """(DeepLab with ``deform_blocks``, its plain twin), built as ``deformconv demo`` builds
-    them: ResNet-50 of width ``base_channels`` at the demo's output stride (16: res5
-    dilated by 2, as in the paper) with a small atrous rate for small maps."""
-    from deformconv.cli.demo import _specs
+    """(DeepLab with ``deform_blocks``, its plain twin): ResNet-50 of width
+    ``base_channels`` at output stride 16 (res5 dilated by 2, as in the paper) with a small
+    atrous rate for small maps."""
+    overrides = {"backbone_kwargs": {"output_stride": 16}, "atrous_rate": 2}
 
-    demo = DemoSettings(task="segmentation", base_channels=sizes.base_channels,
-                        deform_blocks=tuple(deform_blocks))  # type: ignore[arg-type]
-    return _specs(demo, classes)
+    def spec(deformable: bool) -> ModelSpec:
+        return from_scratch_spec("deeplab_resnet50", classes, image_size=sizes.image_size,
+                                 deformable=deformable, base_channels=sizes.base_channels,
+                                 deform_blocks=list(deform_blocks), overrides=overrides)
+
+    return spec(True), spec(False)
 
 
 # Detection on a CPU: the torchvision defaults sized down (fewer RoIs, narrower head), and
@@ -336,15 +315,12 @@ def detection_specs(sizes: Sizes, classes: int, deform_blocks: Sequence[int],
     """(Faster R-CNN ResNet-50 with ``deform_blocks`` and deformable RoI pooling or not, its
     plain twin), with the ``deformconv train`` defaults for training from scratch at
     ``image_size`` (anchors scaled to it) and :data:`DETECTION_OPTIONS`."""
-    from deformconv.cli._build import model_spec_from_args
-
     options = {**DETECTION_OPTIONS, "deformable_head": deformable_head,
                "head_channels": 4 * sizes.base_channels}
-    args = argparse.Namespace(
-        base_channels=sizes.base_channels, plain=False,
-        deform_blocks=",".join(str(d) for d in deform_blocks),
-        model_arg=[f"{k}={json.dumps(v)}" for k, v in options.items()])
-    kwargs = dict(image_size=sizes.image_size, name="faster_rcnn_resnet50", task="detection")
-    spec = model_spec_from_args(args, classes, **kwargs)
-    args.plain = True
-    return spec, model_spec_from_args(args, classes, **kwargs)
+
+    def spec(deformable: bool) -> ModelSpec:
+        return from_scratch_spec("faster_rcnn_resnet50", classes, image_size=sizes.image_size,
+                                 deformable=deformable, base_channels=sizes.base_channels,
+                                 deform_blocks=list(deform_blocks), overrides=options)
+
+    return spec(True), spec(False)

@@ -1,7 +1,9 @@
-"""``deformconv demo --smoke``: both models train, the report links real figures."""
+"""``deformconv demo --smoke``: three runs train, the report links real figures."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 from pathlib import Path
@@ -18,9 +20,6 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("demo")
     config = out / "demo.toml"  # the config-file path, with a flag overriding it
     config.write_text("smoke = true\nval_size = 3\nseed = 5\n")
-    import contextlib
-    import io
-
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         code = main(["demo", "--config", str(config), "--val-size", "4", "--out", str(out)])
@@ -30,47 +29,56 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_demo_prints_the_comparison_table(demo_run: tuple[Path, str]) -> None:
     _, stdout = demo_run
-    table = [line for line in stdout.splitlines() if line.startswith("| deeplab_resnet50")]
-    assert len(table) == 2
-    assert "(deformable)" in table[0] and "(plain)" in table[1]
+    rows = [line.split("|")[1].strip() for line in stdout.splitlines()
+            if line.startswith("| plain") or line.startswith("| deformable")]
+    assert rows == ["plain", "deformable", "plain, equal time"]
 
 
 def test_demo_metrics_json(demo_run: tuple[Path, str]) -> None:
     out, _ = demo_run
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["task"] == "segmentation"
     assert summary["settings"]["seed"] == 5 and summary["settings"]["val_size"] == 4
-    deformable, plain = summary["models"]["deformable"], summary["models"]["plain"]
-    assert deformable["deformable"] is True and plain["deformable"] is False
-    for model in (deformable, plain):
-        assert 0.0 <= model["metrics"]["miou"] <= 1.0
-        assert model["iterations"] == 2 and model["ms_per_image"] > 0
-    # the twins differ only by the offset branches
-    assert deformable["params"] > plain["params"]
-    assert {row["bucket"] for row in summary["dilation"]} >= {"small", "medium", "large"}
+    runs = summary["runs"]
+    assert [runs[k]["deformable"] for k in runs] == [False, True, False]
+    for run in runs.values():
+        assert 0.0 <= run["metrics"]["miou"] <= 1.0 and run["ms_per_image"] > 0
+        assert run["train_seconds"] > 0
+    assert runs["plain"]["iterations"] == runs["deformable"]["iterations"] == 4
+    # the equal-time run gets the deformable run's time at the plain run's pace
+    ratio = runs["deformable"]["train_seconds"] / runs["plain"]["train_seconds"]
+    assert runs["plain, equal time"]["iterations"] == max(1, round(4 * ratio))
+    assert runs["deformable"]["params"] > runs["plain"]["params"]  # the offset branches
+    assert len(summary["class_weights"]) == len(summary["classes"]) + 1
+    assert sum(b["objects"] for b in summary["recall_by_scale"]["plain"]) > 0
+    assert {row["bucket"] for row in summary["dilation"]} >= {"small", "background"}
+    gains = summary["example_gains"]
+    assert gains[:-1] == sorted(gains[:-1], reverse=True) and gains[-1] <= min(gains[:-1])
 
 
 def test_demo_report_links_valid_pngs(demo_run: tuple[Path, str]) -> None:
     out, _ = demo_run
     report = (out / "report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert {"loss.png", "predictions.png", "offsets_sampling_0.png"} <= set(links)
+    assert {"curves.png", "scales.png", "predictions.png", "offsets_sampling_0.png"} <= set(links)
     for link in links:
         assert_valid_png(out / link)
     assert "Effective dilation by object size" in report
-    assert "| deeplab_resnet50 (deformable) |" in report
+    assert "at equal training time" in report
 
 
 def test_demo_checkpoints_work_with_eval(capsys: pytest.CaptureFixture,
                                          demo_run: tuple[Path, str]) -> None:
     out, _ = demo_run
-    code, stdout, err = run_cli(capsys, "eval", out / "plain" / "last.pt")
-    assert code == 0, err
     summary = json.loads((out / "metrics.json").read_text())
-    result = json.loads((out / "plain" / "eval_metrics.json").read_text())
-    assert result["metrics"]["miou"] == pytest.approx(summary["models"]["plain"]["metrics"]["miou"])
+    for folder, run in (("deformable", "deformable"), ("plain_equal_time", "plain, equal time")):
+        code, _, err = run_cli(capsys, "eval", out / folder / "last.pt")
+        assert code == 0, err
+        result = json.loads((out / folder / "eval_metrics.json").read_text())
+        assert result["metrics"]["miou"] == pytest.approx(summary["runs"][run]["metrics"]["miou"])
 
 
-def test_demo_rejects_images_too_small(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    code, _, err = run_cli(capsys, "demo", "--smoke", "--image-size", "16", "--out", tmp_path)
-    assert code == 2 and "--image-size must be >= 32" in err
+def test_demo_rejects_bad_sizes(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "demo", "--smoke", "--image-size", "8", "--out", tmp_path)
+    assert code == 2 and "--image-size must be >= 16" in err
+    code, _, err = run_cli(capsys, "demo", "--smoke", "--deform-layers", "3", "--out", tmp_path)
+    assert code == 2 and "--deform-layers must be at most 2" in err

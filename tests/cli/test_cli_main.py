@@ -35,7 +35,35 @@ def test_subcommand_help(capsys: pytest.CaptureFixture, command: str) -> None:
     code, out, _ = run_cli(capsys, command, "--help")
     assert code == 0
     assert out.startswith(f"usage: deformconv {command}")
-    assert "--config" in out and "example:" in out
+    assert "--config" in out and "--threads" in out and "example:" in out
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "viz", "export"])
+def test_threads_option_sets_torch_and_numba_threads(capsys: pytest.CaptureFixture,
+                                                     command: str) -> None:
+    """``--threads 1`` applies before the command runs (here it then fails on bad input)."""
+    import numba
+    import torch
+
+    torch.set_num_threads(2)
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    argv = {"train": ["--model", "resnet5"], "eval": ["/nonexistent/last.pt"],
+            "viz": [], "export": ["--out", "model.txt"]}[command]
+    code, _, err = run_cli(capsys, command, *argv, "--threads", "1")
+    assert code == 2 and "Traceback" not in err
+    assert torch.get_num_threads() == 1 and numba.get_num_threads() == 1
+
+
+def test_threads_option_of_bench_reaches_the_scripts(capfd: pytest.CaptureFixture,
+                                                     tmp_path: Path) -> None:
+    from deformconv.cli import main
+    from deformconv.cli.bench import SCRIPTS
+
+    for script in SCRIPTS.values():
+        (tmp_path / script).write_text(
+            "import os\nprint(os.environ['OMP_NUM_THREADS'], os.environ['NUMBA_NUM_THREADS'])\n")
+    assert main(["bench", "--bench-dir", str(tmp_path), "--threads", "1"]) == 0
+    assert capfd.readouterr().out.count("1 1\n") == len(SCRIPTS)
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
@@ -57,7 +85,7 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
      "VOC data is for segmentation models"),
     (["train", "--deform-blocks", "0,0,3"], "--deform-blocks needs 4 comma-separated counts"),
     (["train", "--model-arg", "noequals"], "--model-arg expects KEY=VALUE"),
-    (["train", "--scene", "foo=1"], "--scene: unknown scene option(s) ['foo']"),
+    (["train", "--scene", "foo=1"], "scene: unknown scene option(s) ['foo']"),
     (["train", "--model", "resnet50", "--scene", "max_objects=2"],
      "a classification scene always holds exactly one object"),
     (["eval", "/nonexistent/last.pt"], "checkpoint not found: /nonexistent/last.pt"),
@@ -125,7 +153,7 @@ def test_toml_config(tmp_path: Path) -> None:
     ("batch_size: 0\n", "batch_size: expected an integer >= 1, got 0"),
     ("batch_size: 2.5\n", "batch_size: expected an integer >= 1, got '2.5'"),
     ("bf16: 1\n", "bf16 must be true or false, got 1"),
-    ("schedule: linear\n", "schedule must be one of ['cosine', 'step'], got 'linear'"),
+    ("schedule: linear\n", "schedule must be one of ['cosine', 'onecycle', 'step'], got 'linear'"),
     ("lr: [1, 2]\n", "lr must be a single value"),
     ("- a\n- b\n", "expected a mapping of option: value, got a list"),
     ("a: [\n", "invalid YAML"),
@@ -159,12 +187,12 @@ def test_parse_assignments() -> None:
 def test_missing_optional_dependency_names_the_extra(capsys: pytest.CaptureFixture,
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      tmp_path: Path) -> None:
-    from deformconv.cli import _plots
+    from deformconv.runs import plots as _plots
 
     def missing(*args: object, **kwargs: object) -> None:
         raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
 
-    monkeypatch.setattr(_plots, "plot_losses", missing)
+    monkeypatch.setattr(_plots, "plot_learning_curves", missing)
     code, _, err = run_cli(capsys, "demo", "--smoke", "--out", tmp_path)
     assert code == 2
     assert "needs matplotlib, part of the vision extra: pip install 'deformconv[vision]'" in err

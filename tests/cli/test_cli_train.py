@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,47 @@ def test_killed_run_resumes_to_identical_weights(capsys: pytest.CaptureFixture,
         assert torch.equal(resumed[key], straight[key]), key
 
 
+def test_resume_auto_continues_the_run_in_out(capsys: pytest.CaptureFixture, trained: Path,
+                                              tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    code, stdout, err = run_cli(capsys, "train", "--resume", "auto", "--iterations", "5",
+                                "--out", out, "--no-progress")
+    assert code == 0, err
+    assert f"resumed from {out / 'last.pt'} at iteration 4/5" in stdout
+    assert load_checkpoint(out / "last.pt")["iteration"] == 5
+
+
+def test_new_run_into_a_finished_run_is_refused(capsys: pytest.CaptureFixture, trained: Path,
+                                                tmp_path: Path) -> None:
+    """Without --resume the old run's last.pt and metrics would be replaced: refused, the
+    folder untouched; --overwrite starts afresh, without the old run's files."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    metrics = (out / "metrics.jsonl").read_text()
+    argv = ["train", *TINY_CLS, "--iterations", "1", "--out", out]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and "Traceback" not in err
+    assert f"--out {out} already holds a training run (last.pt, best.pt, metrics.jsonl" in err
+    assert "--resume auto" in err and "--overwrite" in err
+    assert load_checkpoint(out / "last.pt")["iteration"] == 4
+    assert (out / "metrics.jsonl").read_text() == metrics
+    code, _, err = run_cli(capsys, *argv, "--overwrite", "--eval-every", "0")
+    assert code == 0, err
+    assert load_checkpoint(out / "last.pt")["iteration"] == 1
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records] == [1, 1]  # train and val of the new run only
+
+
+def test_out_that_is_a_file_is_refused(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.write_text("not a folder")
+    code, _, err = run_cli(capsys, "train", *TINY_CLS, "--iterations", "1", "--out", out)
+    assert code == 2 and "Traceback" not in err
+    assert err == f"deformconv train: error: --out {out} is a file; expected a folder " \
+                  "(created when missing)\n"
+
+
 def test_resume_with_a_different_model_is_refused(capsys: pytest.CaptureFixture,
                                                   trained: Path, tmp_path: Path) -> None:
     code, _, err = run_cli(capsys, "train", "--resume", trained / "last.pt", "--model",
@@ -144,9 +186,13 @@ def test_train_and_eval_on_voc_folder(capsys: pytest.CaptureFixture, tmp_path: P
     code, stdout, err = run_cli(
         capsys, "train", "--data", f"voc:{root}", "--num-classes", "10", "--image-size", "32",
         "--base-channels", "4", "--iterations", "1", "--batch-size", "2", "--out", out,
-        "--no-progress")
+        "--no-progress", "--optimizer", "adamw", "--schedule", "onecycle", "--class-weights",
+        ",".join(["0.5"] + ["1"] * 10))
     assert code == 0, err
     assert "deeplab_resnet50 (deformable), 1 iterations: miou=" in stdout
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert (config["optimizer"], config["schedule"]) == ("adamw", "onecycle")
+    assert config["class_weights"] == [0.5] + [1.0] * 10
     code, _, err = run_cli(capsys, "eval", out / "last.pt")
     assert code == 0, err
     assert json.loads((out / "eval_metrics.json").read_text())["metrics"]["num_pixels"] > 0
@@ -156,8 +202,8 @@ def test_export_trained_checkpoint(capsys: pytest.CaptureFixture, trained: Path,
                                    tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from deformconv.cli._build import build_model, specs_from_checkpoint
     from deformconv.engine import load_weights
+    from deformconv.runs import build_model, specs_from_checkpoint
 
     out = tmp_path / "cls.onnx"
     code, stdout, err = run_cli(capsys, "export", "--checkpoint", trained / "last.pt", "--out",
@@ -165,14 +211,15 @@ def test_export_trained_checkpoint(capsys: pytest.CaptureFixture, trained: Path,
     assert code == 0, err
     assert out.is_file() and out.stat().st_size > 10_000
     diff = float(stdout.split("max abs difference onnxruntime vs PyTorch: ")[1].split()[0])
-    # After 4 iterations the BN running statistics are far from the batch ones: eval-mode
-    # logits are huge, so compare with their scale (the example the export checks).
+    # The trained model is well conditioned (TINY_CLS clips the gradients): logits O(1) on
+    # the example the export checks, so an absolute float32 tolerance holds on any CPU.
     model = build_model(specs_from_checkpoint(str(trained / "last.pt"))[0]).eval()
     load_weights(model, trained / "last.pt")
     example = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         scale = float(model(example).abs().max())
-    assert diff <= 1e-5 * max(scale, 1.0)
+    assert 1e-3 < scale < 100
+    assert diff <= 1e-5
 
 
 def test_train_eval_viz_on_coco_files(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:

@@ -31,6 +31,24 @@ def test_hflip_moves_boxes_with_masks_and_is_an_involution() -> None:
     assert torch.equal(target["boxes"], original)  # the input target is not modified
 
 
+@pytest.mark.parametrize("k", [1, 2, 3, -1, 4])
+def test_rot90_turns_boxes_with_masks_on_non_square_images(k: int) -> None:
+    image, target = T.crop(*_sample(), top=0, left=8, height=64, width=48)  # (3, 64, 48)
+    turned, t = T.rot90(image, target, k)
+    assert torch.equal(turned, image.rot90(k, (-2, -1)))
+    assert torch.equal(t["boxes"], _mask_boxes(t["masks"]))
+    assert torch.equal(t["labels"], target["labels"])
+    mask = SyntheticSegmentation(length=1, seed=2, image_size=32)[0][1]
+    assert torch.equal(T.rot90(image[:, :32, :32], mask, k)[1], mask.rot90(k, (-2, -1)))
+
+
+def test_random_rot90_draws_all_four_turns() -> None:
+    image = torch.arange(3 * 4 * 4, dtype=torch.float32).view(3, 4, 4)
+    torch.manual_seed(0)
+    seen = {T.RandomRot90()(image, 0)[0].flatten()[0].item() for _ in range(40)}
+    assert len(seen) == 4
+
+
 def test_resize_scales_boxes_area_and_masks() -> None:
     image, target = _sample(64)
     out, t = T.resize(image, target, (96, 128))

@@ -1,4 +1,4 @@
-"""TrainConfig validation, offset-aware parameter groups and the warm-up + step/cosine schedule."""
+"""TrainConfig validation, offset-aware parameter groups, SGD/AdamW and the lr schedules."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ class TestTrainConfig:
         [
             ("task", "pose", "task must be one of"),
             ("schedule", "linear", "schedule must be one of"),
+            ("optimizer", "adam", "optimizer must be one of"),
             ("batch_size", 0, "batch_size must be > 0, got 0"),
             ("lr", -0.1, "lr must be > 0"),
             ("iterations", 0, "iterations must be > 0"),
@@ -88,6 +89,13 @@ class TestParamGroups:
         assert [(g["lr"], g["momentum"], g["weight_decay"]) for g in opt.param_groups] == [
             (0.3, 0.8, 1e-3), (0.15, 0.8, 1e-3)]
 
+    def test_adamw_uses_config(self):
+        config = TrainConfig(optimizer="adamw", lr=2e-3, weight_decay=0.05, offset_lr_mult=1.0)
+        opt = build_optimizer(TinyClassifier(), config)
+        assert isinstance(opt, torch.optim.AdamW)
+        assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [
+            (2e-3, 0.05), (2e-3, 0.05)]
+
 
 class TestSchedule:
     def test_warmup_then_steps(self):
@@ -104,6 +112,22 @@ class TestSchedule:
             expected = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / total))
             assert lr_factor(i, config, total) == pytest.approx(expected)
         assert lr_factor(4, config, total) == pytest.approx(0.55)
+
+    def test_onecycle_warms_up_then_anneals_over_the_rest(self):
+        config = TrainConfig(schedule="onecycle", warmup_iters=2, warmup_factor=0.5,
+                             min_lr_ratio=0.0)
+        total = 6  # warm-up 0, 1; cosine over iterations 2..6
+        got = [lr_factor(i, config, total) for i in range(total + 1)]
+        cosine = [0.5 * (1 + math.cos(math.pi * t / 4)) for t in range(5)]
+        assert got == pytest.approx([0.5, 0.75, *cosine])
+        assert got[2] == 1.0 and got[-1] == pytest.approx(0.0, abs=1e-12)
+
+    def test_onecycle_stretches_with_the_run(self):
+        """The same shape at any length: a run twice as long reaches each lr twice as late."""
+        short = TrainConfig(schedule="onecycle", warmup_iters=10)
+        long = TrainConfig(schedule="onecycle", warmup_iters=20)
+        for i in range(0, 100, 7):
+            assert lr_factor(2 * i, long, 200) == pytest.approx(lr_factor(i, short, 100))
 
     def test_scheduler_keeps_offset_ratio(self):
         config = TrainConfig(lr=1.0, offset_lr_mult=0.1, milestones=[2], gamma=0.1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -76,6 +77,29 @@ def test_classification_learns_and_writes_outputs(tmp_path):
     assert load_checkpoint(result.best_checkpoint)["best_metric"] == result.best_metric
 
 
+def test_train_seconds_leave_out_validation_and_add_up_over_a_resume(tmp_path, monkeypatch):
+    from deformconv.engine import trainer
+
+    def slow_evaluate(*args, **kwargs):
+        time.sleep(0.25)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", slow_evaluate)
+    data, val = ToyClassification(size=20), ToyClassification(size=4, seed=3)
+    start = time.perf_counter()
+    with pytest.raises(_Stop):  # validation at 1..4 (1 s of sleep); last.pt at 3
+        train(_config(tmp_path, iterations=6, eval_every=1), TinyClassifier(), data, val,
+              on_iteration_end=_stop_at(4))
+    wall = time.perf_counter() - start
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")["train_seconds"]
+    assert 0 < saved < wall - 0.75
+    result = train(_config(tmp_path, iterations=6, eval_every=0, resume="auto"),
+                   TinyClassifier(), data, val)
+    assert saved < result.train_seconds < saved + (wall - 0.75)
+    logged = [r["train_seconds"] for r in read_metrics(result.out_dir / "metrics.jsonl")]
+    assert logged == sorted(logged) and logged[-1] == pytest.approx(result.train_seconds)
+
+
 def test_epochs_set_the_length(tmp_path):
     config = _config(tmp_path, iterations=None, epochs=2, eval_every=0, checkpoint_every=0)
     result = train(config, TinyClassifier(), ToyClassification(size=20))
@@ -116,6 +140,9 @@ def test_resume_refuses_changed_data_order_and_bad_files(tmp_path):
     with pytest.raises(ValueError, match="batch_size: checkpoint 4 vs now 2"):
         train(_config(tmp_path, iterations=6, batch_size=2, resume="auto"), TinyClassifier(),
               data)
+    with pytest.raises(ValueError, match="optimizer: checkpoint 'sgd' vs now 'adamw'"):
+        train(_config(tmp_path, iterations=6, optimizer="adamw", resume="auto"),
+              TinyClassifier(), data)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match=r"could not read checkpoint .*bad\.pt"):

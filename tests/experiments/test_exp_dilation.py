@@ -8,8 +8,8 @@ import pytest
 import torch
 from exp_scripts import load, run_args
 
-from deformconv.cli._build import build_datasets
-from deformconv.viz import SIZE_BUCKETS
+from deformconv.runs import build_datasets
+from deformconv.viz import SIZE_BUCKETS, paint_instances
 
 dilation = load("dilation")
 runner = load("runner")
@@ -28,7 +28,7 @@ def test_area_tertiles_split_objects_in_thirds():
     areas = []
     for i in range(len(val_set)):
         masks = torch.from_numpy(val_set.scene(i).masks)
-        counts = torch.bincount(dilation._paint_instances(masks).flatten(),
+        counts = torch.bincount(paint_instances(masks).flatten(),
                                 minlength=len(masks) + 1)[1:]
         areas += [float(a) for a in counts if a > 0]
     below = sum(a < low for a in areas) / len(areas)

@@ -81,12 +81,13 @@ def _losses(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
 
 def test_registry_names_and_tasks():
     assert models.list_models() == sorted(
-        f"{arch}_resnet{depth}" if arch else f"resnet{depth}"
-        for arch in ("", "deeplab", "faster_rcnn", "rfcn") for depth in (18, 34, 50, 101)
+        [f"{arch}_resnet{depth}" if arch else f"resnet{depth}"
+         for arch in ("", "deeplab", "faster_rcnn", "rfcn") for depth in (18, 34, 50, 101)]
+        + ["compact_fcn"]
     )
     assert models.list_models("detection") == [
         f"{arch}_resnet{depth}" for arch in ("faster_rcnn", "rfcn") for depth in (101, 18, 34, 50)]
-    with pytest.raises(ValueError, match="unknown model 'resnet152'; available: deeplab"):
+    with pytest.raises(ValueError, match="unknown model 'resnet152'; available: compact_fcn, "):
         models.create("resnet152", 10)
     with pytest.raises(ValueError, match="task must be one of"):
         models.list_models("tracking")

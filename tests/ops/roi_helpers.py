@@ -85,3 +85,16 @@ def assert_close_all(names: Sequence[str], actual: Sequence[Tensor | None],
             assert a is None, f"{name}: expected None"
             continue
         torch.testing.assert_close(a, e, msg=lambda m, name=name: f"{name}: {m}", **tol)
+
+
+def assert_right_hand_slope(pool: Callable[[Tensor], Tensor], offset: Tensor,
+                            channel: int) -> None:
+    """Autograd's d sum(pool(offset)) / d offset[0, channel, 0, 0] equals the one-sided
+    (right-hand) finite difference: the rule at the kinks of clamp-then-bilinear sampling."""
+    leaf = offset.detach().clone().requires_grad_()
+    (grad,) = torch.autograd.grad(pool(leaf).sum(), leaf)
+    step = torch.zeros_like(offset)
+    step[0, channel] = 1e-7
+    with torch.no_grad():
+        right = (pool(offset + step).sum() - pool(offset).sum()) / 1e-7
+    torch.testing.assert_close(grad[0, channel, 0, 0], right, rtol=1e-5, atol=1e-5)

@@ -391,6 +391,40 @@ class TestTiling:
             ]
 
 
+class TestBackwardChannelBlocks:
+    """The backward kernel splits each image's channels into blocks when the images alone
+    cannot share the threads evenly (batch 1 at res5); every split gives the same result."""
+
+    @pytest.mark.parametrize("blocks", [2, 3, 64])
+    @given(case=cases(max_batch=3), seed=st.integers(0, 2**31 - 1),
+           mode=st.sampled_from(["none", "bands"]))
+    def test_forced_blocks_match_reference(self, blocks, case, seed, mode):
+        tensors = make_tensors(case, seed=seed)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        expected = expected_results(case, tensors, grad_out)
+        used = []
+
+        def forced(images: int, channels: int) -> int:
+            used.append(min(channels, blocks))
+            return used[-1]
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(numba_backend, "_channel_blocks", forced)
+            if mode == "bands":
+                patch.setattr(numba_backend, "tiles", _forced_tiles(mode, [], 1))
+            actual = run_with_grads(fast_op(case), tensors, grad_out)
+        assert used
+        assert_results_close(actual, expected, 1e-10)
+
+    @pytest.mark.parametrize("images, threads, expected", [
+        (16, 2, 1), (1, 2, 2), (3, 2, 2), (3, 16, 8), (4, 16, 4), (6, 4, 2)])
+    def test_block_count(self, monkeypatch, images, threads, expected):
+        """Blocks make (image, block) tasks a multiple of the threads, at most one block per
+        channel of an offset group (8 here)."""
+        monkeypatch.setattr(numba_backend.numba, "get_num_threads", lambda: threads)
+        assert numba_backend._channel_blocks(images, 8) == expected
+
+
 # ----------------------------------------------------------------------------- GEMM forms
 
 ONEDNN_MATMUL = torch.backends.mkldnn.is_available() and hasattr(
@@ -499,20 +533,68 @@ def test_matches_torchvision(case):
 
 @given(case=cases(), seed=st.integers(0, 2**31 - 1))
 def test_matches_torchvision_randomized(case, seed):
-    """An independent implementation; random offsets never land exactly on a grid line,
-    where torchvision's offset gradient differs at h == -1 or w == -1 (see SPEC)."""
+    """An independent implementation, on random (off-grid) offsets."""
     _assert_matches_torchvision(case, seed)
+
+
+BORDER_CASE = Case(n=2, cin=4, cout=4, groups=2, offset_groups=2, height=5, width=4,
+                   padding=(1, 1))
+
+
+def _sample_positions(case: Case, offset: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows and columns sampled by every kernel point, each (N, G, kh, kw, Hout, Wout)."""
+    (kh, kw), (hout, wout) = case.kernel, case.out_size
+    n, groups = offset.shape[0], offset.shape[1] // (2 * kh * kw)
+    delta = offset.view(n, groups, kh, kw, 2, hout, wout)
+    rows = (torch.arange(hout) * case.stride[0] - case.padding[0]).view(-1, 1)
+    cols = torch.arange(wout) * case.stride[1] - case.padding[1]
+    kernel_rows = (torch.arange(kh) * case.dilation[0]).view(-1, 1, 1, 1)
+    kernel_cols = (torch.arange(kw) * case.dilation[1]).view(-1, 1, 1)
+    return delta[..., 0, :, :] + rows + kernel_rows, delta[..., 1, :, :] + cols + kernel_cols
+
+
+@pytest.mark.parametrize("offsets", ["zero", "integer"])
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("backend", ["numba", "fallback", "reference"])
+def test_grid_samples_on_the_border_match_torchvision(backend, with_mask, offsets):
+    """Samples exactly on grid points, many on row/column -1 and H/W (as in the first step
+    of a zero-initialised padded 3x3 layer): the offset gradient is the right-hand
+    derivative, as in torchvision's kernel — at -1 it reads row/column 0, it is not 0."""
+    case = replace(BORDER_CASE, with_mask=with_mask)
+    tensors = make_tensors(case, seed=21)
+    gen = torch.Generator().manual_seed(21)
+    if offsets == "zero":
+        tensors["offset"] = torch.zeros_like(tensors["offset"])
+    else:  # positions from -3 to H+2 / W+2: outside, on the border lines and inside
+        shape = tensors["offset"].shape
+        tensors["offset"] = torch.randint(-2, 3, shape, generator=gen, dtype=torch.float64)
+    rows, cols = _sample_positions(case, tensors["offset"])
+    assert rows.eq(-1).any() and cols.eq(-1).any()
+    if offsets == "integer":
+        assert rows.eq(case.height).any() and cols.eq(case.width).any()
+    grad_out = torch.randn(case.n, case.cout, *case.out_size, generator=gen, dtype=torch.float64)
+    expected = run_with_grads(_torchvision_op(case), tensors, grad_out)
+    if backend == "fallback":
+        expected.pop("grad_bias", None)
+        actual = fallback_results(case, tensors, grad_out)
+    else:
+        op = fast_op if backend == "numba" else reference_op
+        actual = run_with_grads(op(case), tensors, grad_out)
+    assert_results_close(actual, expected, 1e-10)
+
+
+def _torchvision_op(case: Case) -> Callable[..., Tensor]:
+    def fn(input, offset, weight, bias=None, mask=None):
+        return torchvision.ops.deform_conv2d(input, offset, weight, bias, case.stride,
+                                             case.padding, case.dilation, mask)
+
+    return fn
 
 
 def _assert_matches_torchvision(case: Case, seed: int) -> None:
     tensors = make_tensors(case, seed=seed)
     grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
-
-    def tv_op(input, offset, weight, bias=None, mask=None):
-        return torchvision.ops.deform_conv2d(input, offset, weight, bias, case.stride,
-                                             case.padding, case.dilation, mask)
-
-    expected = run_with_grads(tv_op, tensors, grad_out)
+    expected = run_with_grads(_torchvision_op(case), tensors, grad_out)
     actual = run_with_grads(fast_op(case), tensors, grad_out)
     assert_results_close(actual, expected, 1e-10)
 

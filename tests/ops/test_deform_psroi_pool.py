@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 from deformconv.ops import deform_psroi_pool, reference
 from deformconv.ops._torch import deform_psroi_pool as torch_backend
 
-from .roi_helpers import assert_close_all, below_autograd, make_rois, outputs_and_grads
+from .roi_helpers import (
+    assert_close_all,
+    assert_right_hand_slope,
+    below_autograd,
+    make_rois,
+    outputs_and_grads,
+)
 
 F64 = {"rtol": 1e-9, "atol": 1e-9}
 
@@ -140,6 +146,26 @@ class TestDeformPSRoIPool:
         assert torch.equal(out, torch.zeros_like(out))
         assert torch.equal(grad_x, torch.zeros_like(grad_x))
         assert torch.equal(grad_offset, torch.zeros_like(grad_offset))
+
+    @pytest.mark.parametrize("column", [-1.0, -0.5, 0.0, 1.0, 4.0, 5.0])
+    @pytest.mark.parametrize("use_reference", [False, True])
+    def test_offset_gradient_on_grid_lines_is_right_hand(self, column, use_reference,
+                                                         generator):
+        """A sample exactly on column -0.5, 0, 1 or W-1 (kinks of the skip/clamp rule;
+        W = 6): the offset gradient is the right-hand derivative, as for deform_conv2d."""
+        x = torch.randn(1, 1, 5, 6, generator=generator, dtype=torch.float64)
+        rois = torch.tensor([[0, 0.0, 0.0, 3.0, 3.0]], dtype=torch.float64)
+        # One sample at the bin's start: w = -0.5 + 4 * trans_std * Δ, so Δ in pixels.
+        def pool(offset):
+            if use_reference:
+                return reference.deform_psroi_pool(x, rois, offset, 1.0, 1, 1, 1, None, 1,
+                                                   0.25)[0]
+            return deform_psroi_pool(x, rois, offset, spatial_scale=1.0, output_dim=1,
+                                     group_size=1, pooled_size=1, sample_per_part=1,
+                                     trans_std=0.25)
+
+        offset = torch.tensor([column + 0.5, 1.3], dtype=torch.float64).view(1, 2, 1, 1)
+        assert_right_hand_slope(pool, offset, channel=0)
 
     def test_no_rois(self):
         x = torch.randn(1, 9, 5, 5, requires_grad=True)

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 from deformconv.ops import deform_roi_pool, reference
 from deformconv.ops._torch import deform_roi_pool as torch_backend
 
-from .roi_helpers import assert_close_all, below_autograd, make_rois, outputs_and_grads
+from .roi_helpers import (
+    assert_close_all,
+    assert_right_hand_slope,
+    below_autograd,
+    make_rois,
+    outputs_and_grads,
+)
 
 F64 = {"rtol": 1e-9, "atol": 1e-9}
 
@@ -151,6 +157,22 @@ class TestDeformRoIPool:
         assert torch.equal(out, torch.zeros_like(out))
         assert torch.equal(grad_x, torch.zeros_like(grad_x))
         assert torch.equal(grad_offset, torch.zeros_like(grad_offset))
+
+    @pytest.mark.parametrize("row", [-1.5, -1.0, -0.5, 0.0, 1.0, 3.5, 4.0])
+    @pytest.mark.parametrize("use_reference", [False, True])
+    def test_offset_gradient_on_grid_lines_is_right_hand(self, row, use_reference, generator):
+        """A sample exactly on row -1, 0, 1 or H-1 (kinks of the clamp-then-bilinear rule;
+        H = 5): the offset gradient is the right-hand derivative, as for deform_conv2d."""
+        x = torch.randn(1, 2, 5, 6, generator=generator, dtype=torch.float64)
+        rois = torch.tensor([[0, 0.0, 0.0, 4.0, 4.0]], dtype=torch.float64)
+        # One 4x4 bin, one sample at its centre (2, 2); gamma * roi size = 1, so Δ in pixels.
+        op = reference.deform_roi_pool if use_reference else deform_roi_pool
+
+        def pool(offset):
+            return op(x, rois, offset, (1, 1), 1.0, 1, 0.25, False)
+
+        offset = torch.tensor([0.3, row - 2.0], dtype=torch.float64).view(1, 2, 1, 1)
+        assert_right_hand_slope(pool, offset, channel=1)
 
     def test_no_rois(self):
         x = torch.randn(2, 3, 5, 5, requires_grad=True)

@@ -85,3 +85,18 @@ def test_report_needs_an_image_tensor(tmp_path):
     assert len(report.figures) == 1
     with pytest.raises(ValueError, match="stack_depth must be >= 1"):
         offset_report(model, images, tmp_path, stack_depth=0)
+
+
+def test_units_from_instance_masks_lie_on_the_largest_objects():
+    from deformconv.viz.report import _units
+
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    masks[0, 2:5, 2:5] = True  # small square
+    masks[1, 4:14, 4:14] = True
+    masks[1, 6:12, 6:12] = False  # a large ring: its centroid (8.5, 8.5) is not on it
+    points = _units(None, masks, (16, 16), per_image=2)
+    assert len(points) == 2
+    (y0, x0), (y1, x1) = points
+    assert masks[1, int(y0), int(x0)] and masks[0, int(y1), int(x1)]
+    assert (y1, x1) == (3.0, 3.0)  # the square's centre pixel
+    assert _units(None, None, (16, 16), per_image=2) == [(7.5, 7.5)]

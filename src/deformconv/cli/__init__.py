@@ -1,6 +1,7 @@
 """The ``deformconv`` command: ``demo``, ``train``, ``eval``, ``viz``, ``bench``, ``export``.
 
-Each subcommand takes flags and an optional ``--config FILE`` (YAML or TOML; flags win).
+Each subcommand takes flags, an optional ``--config FILE`` (YAML or TOML; flags win) and
+``--threads N`` (CPU threads of torch and the Numba kernels).
 User errors (bad paths, unknown models, bad values) print one line and exit with code 2;
 set ``DEFORMCONV_DEBUG=1`` to see the traceback instead.
 """
@@ -13,7 +14,14 @@ import sys
 from collections.abc import Sequence
 
 from . import bench, demo, evaluate, export, train, viz
-from ._common import CLIError, add_config_option, apply_config_file, given_options
+from ._common import (
+    CLIError,
+    add_config_option,
+    add_threads_option,
+    apply_config_file,
+    given_options,
+    set_threads,
+)
 
 __all__ = ["CLIError", "build_parser", "main"]
 
@@ -42,6 +50,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         sub = module.add_parser(subparsers)
         sub.allow_abbrev = False  # every option under its full name: see given_options
         add_config_option(sub)
+        add_threads_option(sub)
         commands[sub.prog.split()[-1]] = sub
     return parser, commands
 
@@ -49,7 +58,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that describe a bad input rather than a bug (one-line message, exit 2)."""
     errors: list[type[BaseException]] = [CLIError, ValueError, FileNotFoundError,
-                                         NotADirectoryError, IsADirectoryError, PermissionError]
+                                         FileExistsError, NotADirectoryError,
+                                         IsADirectoryError, PermissionError]
     from ..data import SampleError
     from ..engine import CheckpointError
 
@@ -69,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # What the user chose (file or flags), as opposed to defaults: resuming a run keeps
         # the checkpoint's settings except these.
         args.given = from_file | given_options(sub, argv)
+        if args.threads:
+            set_threads(args.threads)
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("deformconv: interrupted", file=sys.stderr)

@@ -1,21 +1,23 @@
-"""Datasets and models from command-line specs, and the run info that rebuilds them.
+"""Command-line options for data and models, turned into run specs.
 
-A training run stores ``{"model": ModelSpec, "data": DataSpec}`` as plain dicts in its
-checkpoints (the engine's ``extra``), so ``eval``, ``viz`` and ``export`` rebuild the same
-network and data from the checkpoint alone.
+The specs and their builders are :mod:`deformconv.runs.specs`; this module parses the
+``--data`` / ``--model`` style flags into them and re-exports the builders the commands use.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict
 
-import torch
-from torch import nn
-from torch.utils.data import Dataset
-
+from ..runs.specs import (
+    DataSpec,
+    ModelSpec,
+    build_datasets,
+    build_model,
+    from_scratch_spec,
+    model_from_checkpoint,
+    specs_from_checkpoint,
+)
 from ._common import CLIError, non_negative_int, parse_assignments, positive_int
 
 __all__ = [
@@ -27,7 +29,9 @@ __all__ = [
     "build_datasets",
     "build_model",
     "data_spec_from_args",
+    "model_from_checkpoint",
     "model_spec_from_args",
+    "resolve_model_name",
     "specs_from_checkpoint",
 ]
 
@@ -36,37 +40,6 @@ DEFAULT_MODELS = {"classification": "resnet50", "segmentation": "deeplab_resnet5
                   "detection": "faster_rcnn_resnet50"}
 DATA_HELP = ("synthetic (default, generated on the fly) | coco:ANN.json:IMAGE_DIR (detection) "
              "| voc:ROOT (segmentation; splits train and val)")
-
-
-@dataclass
-class DataSpec:
-    """Where samples come from; plain values only (stored in checkpoints)."""
-
-    source: str = "synthetic"  # "synthetic" | "coco" | "voc"
-    paths: list[str] = field(default_factory=list)  # coco: [ann, images]; voc: [root]
-    val_paths: list[str] = field(default_factory=list)  # coco: [ann, images] for eval
-    image_size: int = 128  # synthetic side; VOC images are resized to it
-    train_size: int = 2000  # synthetic training samples
-    val_size: int = 200  # synthetic validation samples
-    data_seed: int = 0  # synthetic scenes (validation uses data_seed + 1)
-    num_classes: int | None = None  # VOC only (default 20)
-    scene: dict[str, Any] = field(default_factory=dict)  # synthetic SceneConfig overrides
-
-
-@dataclass
-class ModelSpec:
-    """Everything ``deformconv.models.create`` needs to rebuild the network."""
-
-    name: str
-    num_classes: int  # head outputs: classes, + 1 background for segmentation/detection
-    deformable: bool = True
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def task(self) -> str:
-        from ..models import model_task
-
-        return model_task(self.name)
 
 
 def parse_data(text: str) -> tuple[str, list[str]]:
@@ -133,61 +106,6 @@ def data_spec_from_args(args: argparse.Namespace, base: DataSpec | None = None) 
     return spec
 
 
-def _existing(path: str, what: str, directory: bool) -> Path:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise CLIError(f"{what} not found: {p}")
-    if directory and not p.is_dir():
-        raise CLIError(f"{what} is not a folder: {p}")
-    if not directory and not p.is_file():
-        raise CLIError(f"{what} is not a file: {p}")
-    return p
-
-
-def _coco(paths: list[str]) -> Dataset:
-    from ..data import CocoDetection
-
-    ann = _existing(paths[0], "COCO annotation file", directory=False)
-    images = _existing(paths[1], "COCO image folder", directory=True)
-    return CocoDetection(images, ann)
-
-
-def build_datasets(spec: DataSpec, task: str, *, need_train: bool = True
-                   ) -> tuple[Dataset | None, Dataset, int]:
-    """``(train set or None, val set, C object classes)`` for ``task``."""
-    if spec.source == "synthetic":
-        from ..data import synthetic_dataset
-
-        kwargs: dict[str, Any] = {**spec.scene, "image_size": spec.image_size}
-        try:
-            train = (synthetic_dataset(task, spec.train_size, spec.data_seed, **kwargs)
-                     if need_train else None)
-            val = synthetic_dataset(task, spec.val_size, spec.data_seed + 1, **kwargs)
-        except TypeError as err:  # unknown scene option
-            raise CLIError(f"--scene: {err}") from None
-        return train, val, val.num_classes
-    if spec.source == "coco":
-        if task != "detection":
-            raise CLIError(f"COCO data is for detection models, the model's task is {task}")
-        train = _coco(spec.paths) if need_train else None
-        val = _coco(spec.val_paths) if spec.val_paths else (train or _coco(spec.paths))
-        return train, val, val.num_classes  # type: ignore[attr-defined]
-    if spec.source == "voc":
-        from ..data import VOCSegmentation
-        from ..data.transforms import Resize
-
-        if task != "segmentation":
-            raise CLIError(f"VOC data is for segmentation models, the model's task is {task}")
-        root = _existing(spec.paths[0], "VOC root folder", directory=True)
-        classes = spec.num_classes or 20
-        resize = Resize(spec.image_size)  # one size per batch
-        train = (VOCSegmentation(root, "train", resize, num_classes=classes)
-                 if need_train else None)
-        val = VOCSegmentation(root, "val", resize, num_classes=classes)
-        return train, val, classes
-    raise CLIError(f"unknown data source {spec.source!r}")
-
-
 def add_model_options(parser: argparse.ArgumentParser, *, with_name: bool = True) -> None:
     group = parser.add_argument_group("model")
     if with_name:
@@ -219,16 +137,6 @@ def _deform_blocks(text: str) -> list[int]:
     return values
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 SOURCE_TASKS = {"coco": "detection", "voc": "segmentation"}
 
 
@@ -253,69 +161,12 @@ def resolve_model_name(task: str | None, model: str | None, data: DataSpec | Non
 
 
 def model_spec_from_args(args: argparse.Namespace, num_classes: int, *, image_size: int,
-                         name: str, task: str) -> ModelSpec:
-    """The model for C = ``num_classes`` object classes, trained from scratch.
-
-    Defaults suit training from random init: batch norm that learns (not frozen), nothing
-    frozen; detection images kept at their size, anchors scaled to ``image_size``.
-    """
-    backbone: dict[str, Any] = {"norm_layer": "batch_norm", "frozen_stages": -1}
-    if args.base_channels is not None:
-        backbone["base_channels"] = args.base_channels
-    if args.deform_blocks is not None:
-        backbone["deform_blocks"] = _deform_blocks(args.deform_blocks)
-    if task == "classification":
-        kwargs: dict[str, Any] = dict(backbone)
-    else:
-        kwargs = {"backbone_kwargs": backbone}
-    if task == "segmentation":
-        kwargs["head_channels"] = 4 * (args.base_channels or 64)
-    if task == "detection":
-        smallest = max(4, image_size // 16)
-        kwargs.update(min_size=image_size, max_size=image_size,
-                      anchor_sizes=[smallest * 2**i for i in range(4)])
-    kwargs = _merge(kwargs, parse_assignments(args.model_arg, "--model-arg"))
-    heads = num_classes if task == "classification" else num_classes + 1  # + background
-    return ModelSpec(name, heads, deformable=not args.plain, kwargs=kwargs)
-
-
-def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
-    """``deformconv.models.create`` from a spec; bad keyword arguments become CLIErrors."""
-    from ..models import create
-
-    if seed is not None:
-        torch.manual_seed(seed)
-    try:
-        return create(spec.name, spec.num_classes, deformable=spec.deformable, **spec.kwargs)
-    except TypeError as err:
-        raise CLIError(f"cannot build {spec.name} with {spec.kwargs}: {err}") from None
-
-
-def model_from_checkpoint(spec: ModelSpec, path: str) -> nn.Module:
-    """``build_model(spec)`` with the trained weights of checkpoint ``path``."""
-    from ..engine import CheckpointError, load_weights
-
-    model = build_model(spec)
-    try:
-        load_weights(model, path)
-    except CheckpointError as err:
-        raise CLIError(str(err)) from None
-    return model
-
-
-def specs_from_checkpoint(path: str) -> tuple[ModelSpec, DataSpec, dict[str, Any]]:
-    """(model spec, data spec, the whole checkpoint) of a checkpoint written by ``train``."""
-    from ..engine import CheckpointError, load_checkpoint
-
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"checkpoint not found: {p}")
-    try:
-        state = load_checkpoint(p)
-    except CheckpointError as err:
-        raise CLIError(str(err)) from None
-    extra = state.get("extra") or {}
-    if "model" not in extra or "data" not in extra:
-        raise CLIError(f"checkpoint {p} was not written by 'deformconv train' or 'demo' "
-                       "(no model/data info); use deformconv.engine.load_weights in Python")
-    return ModelSpec(**extra["model"]), DataSpec(**extra["data"]), state
+                         name: str) -> ModelSpec:
+    """The model for C = ``num_classes`` object classes, trained from scratch
+    (:func:`deformconv.runs.from_scratch_spec`), from ``add_model_options`` flags."""
+    deform_blocks = (_deform_blocks(args.deform_blocks) if args.deform_blocks is not None
+                     else None)
+    return from_scratch_spec(name, num_classes, image_size=image_size,
+                             deformable=not args.plain, base_channels=args.base_channels,
+                             deform_blocks=deform_blocks,
+                             overrides=parse_assignments(args.model_arg, "--model-arg"))

@@ -16,9 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..runs.results import write_json
+from ..runs.timing import set_threads
+
 __all__ = [
     "CLIError",
     "add_config_option",
+    "add_threads_option",
     "apply_config_file",
     "given_options",
     "load_config_file",
@@ -27,6 +31,7 @@ __all__ = [
     "parse_literal",
     "positive_float",
     "positive_int",
+    "set_threads",
     "write_json",
 ]
 
@@ -96,6 +101,15 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
         "--config", metavar="FILE",
         help="YAML or TOML file of option values (keys are the long options, e.g. "
              "batch_size: 16); options given on the command line override it",
+    )
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: ``main`` applies it (``set_threads``) before the command runs."""
+    parser.add_argument(
+        "--threads", type=positive_int,
+        help="CPU threads for torch and the Numba kernels (default: theirs); 1 is much "
+             "faster on a machine busy with other work",
     )
 
 
@@ -196,25 +210,3 @@ def apply_config_file(parser: argparse.ArgumentParser, path: str) -> set[str]:
         defaults[key] = _file_value(actions[key], str(raw_key), value, path)
     parser.set_defaults(**defaults)
     return set(defaults)
-
-
-def write_json(data: Any, path: str | os.PathLike) -> Path:
-    """Pretty JSON (NaN written as null) to ``path``, folders created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_plain(data), indent=2) + "\n")
-    return path
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return None if not math.isfinite(obj) else obj
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return obj.as_posix()
-    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
-        return _plain(obj.item())
-    return obj

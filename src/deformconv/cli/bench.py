@@ -54,6 +54,10 @@ def run_bench(args: argparse.Namespace) -> int:
     if missing:
         raise CLIError(f"benchmark script(s) missing: {', '.join(missing)}")
     repeats = args.repeats or (3 if args.quick else None)
+    env = None
+    if args.threads:  # torch reads OMP_NUM_THREADS, Numba NUMBA_NUM_THREADS at start-up
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
+               "NUMBA_NUM_THREADS": str(args.threads)}
     status = 0
     for name, script in zip(chosen, scripts, strict=True):
         command = [sys.executable, str(script)]
@@ -62,5 +66,5 @@ def run_bench(args: argparse.Namespace) -> int:
         if repeats is not None:
             command += ["--repeats", str(repeats)]
         print(f"== {name}: {' '.join(command[1:])}", flush=True)
-        status = subprocess.run(command, check=False).returncode or status
+        status = subprocess.run(command, check=False, env=env).returncode or status
     return status

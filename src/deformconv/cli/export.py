@@ -69,7 +69,7 @@ def run_export(args: argparse.Namespace) -> int:
         name, task = resolve_model_name(None, args.model)
         classes = args.num_classes or DEFAULT_CLASSES[task]
         size = args.image_size or 224
-        spec = model_spec_from_args(args, classes, image_size=size, name=name, task=task)
+        spec = model_spec_from_args(args, classes, image_size=size, name=name)
         model = build_model(spec, seed=args.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     results = export_registered(spec.name, out, model=model, image_size=size,

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
+from ..engine.config import OPTIMIZERS, SCHEDULES
 from ._build import (
     add_data_options,
     add_model_options,
@@ -34,19 +35,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                      help="optimizer steps (default: --epochs passes over the data)")
     opt.add_argument("--epochs", type=positive_int, default=1)
     opt.add_argument("--batch-size", type=positive_int, default=8)
+    opt.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
+                     help="sgd (momentum; the paper's) or adamw (with --schedule onecycle it "
+                          "trains small nets from scratch in far fewer steps)")
     opt.add_argument("--lr", type=positive_float, default=0.02)
-    opt.add_argument("--momentum", type=float, default=0.9)
+    opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     opt.add_argument("--weight-decay", type=float, default=1e-4)
     opt.add_argument("--offset-lr-mult", type=float, default=0.1,
                      help="learning-rate factor of the offset branches")
-    opt.add_argument("--schedule", choices=("step", "cosine"), default="cosine")
+    opt.add_argument("--schedule", choices=SCHEDULES, default="cosine",
+                     help="cosine: over the whole run; onecycle: after the warm-up")
     opt.add_argument("--warmup-iters", type=non_negative_int, default=0)
+    opt.add_argument("--class-weights", type=_weights, metavar="W0,W1,...",
+                     help="cross-entropy weight per class, background first for segmentation "
+                          "(see deformconv.engine.balanced_class_weights)")
     opt.add_argument("--grad-clip", type=positive_float, help="max gradient L2 norm")
     opt.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     run = parser.add_argument_group("run")
     run.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
     run.add_argument("--resume", metavar="CKPT",
                      help="continue from a checkpoint ('auto': OUT/last.pt when present)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start afresh in an --out folder that holds a run (its files are "
+                          "removed); without it such a folder is refused")
     run.add_argument("--checkpoint-every", type=non_negative_int, default=0,
                      help="iterations between checkpoints (0: only at the end)")
     run.add_argument("--eval-every", type=non_negative_int, default=0,
@@ -60,11 +71,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
+def _weights(text: str) -> list[float]:
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") \
+            from None
+
+
 # train's flags -> TrainConfig fields
 CONFIG_FIELDS = {
-    "epochs": "epochs", "iterations": "iterations", "batch_size": "batch_size", "lr": "lr",
+    "epochs": "epochs", "iterations": "iterations", "batch_size": "batch_size",
+    "optimizer": "optimizer", "lr": "lr",
     "momentum": "momentum", "weight_decay": "weight_decay", "offset_lr_mult": "offset_lr_mult",
-    "warmup_iters": "warmup_iters", "schedule": "schedule", "grad_clip": "grad_clip_norm",
+    "warmup_iters": "warmup_iters", "schedule": "schedule", "class_weights": "class_weights",
+    "grad_clip": "grad_clip_norm",
     "bf16": "bf16", "seed": "seed", "checkpoint_every": "checkpoint_every",
     "eval_every": "eval_every", "out": "out_dir", "workers": "num_workers",
     "device": "device",
@@ -84,9 +105,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..engine import TrainConfig, train
 
     given = getattr(args, "given", set())
-    resume = args.resume
-    if resume == "auto" and not (Path(args.out) / "last.pt").is_file():
-        resume = None  # "auto" with nothing to resume: a new run
+    resume = _resume_checkpoint(args.resume, Path(args.out))
     if resume:
         # The checkpoint decides model, data and settings; flags given now override the
         # settings (those that fix the data order must match, the engine checks).
@@ -96,18 +115,19 @@ def run_train(args: argparse.Namespace) -> int:
                            f"{model_spec.name}; drop --model to resume")
         data_spec = data_spec_from_args(args, data_spec)
         task = model_spec.task
-        train_set, val_set, _ = build_datasets(data_spec, task)
         values = {**state["config"], **_config_values(args, given), "resume": resume}
-        if resume == "auto":  # OUT/last.pt: keep writing to OUT
+        if args.resume == "auto":  # OUT/last.pt: keep writing to OUT
             values["out_dir"] = args.out
     else:
         data_spec = data_spec_from_args(args)
         name, task = resolve_model_name(args.task, args.model, data_spec)
-        train_set, val_set, classes = build_datasets(data_spec, task)
-        model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
-                                          name=name, task=task)
-        values = {**_config_values(args), "task": task, "resume": args.resume}
+        values = {**_config_values(args), "task": task, "resume": None}
     config = TrainConfig.from_dict(values)
+    _claim_out_folder(Path(config.out_dir), resume, args.overwrite)
+    train_set, val_set, classes = build_datasets(data_spec, task)
+    if not resume:
+        model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
+                                          name=name)
     model = build_model(model_spec, seed=config.seed)
     extra = {"model": asdict(model_spec), "data": asdict(data_spec)}
     result = train(config, model, train_set, val_set, extra=extra)
@@ -121,6 +141,41 @@ def run_train(args: argparse.Namespace) -> int:
               f"{result.iteration} iterations: " + format_metrics(result.metrics))
         print(f"checkpoint: {result.last_checkpoint}; metrics: {path}")
     return 0
+
+
+def _resume_checkpoint(resume: str | None, out: Path) -> str | None:
+    """The checkpoint to continue from: ``--resume`` as given, "auto" -> OUT/last.pt if
+    it exists (else None: a new run)."""
+    if resume != "auto":
+        return resume
+    last = out / "last.pt"
+    return str(last) if last.is_file() else None
+
+
+# What a run writes into its folder (besides tensorboard/): a folder holding any of these
+# holds a run.
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "final_metrics.json", "config.json")
+
+
+def _claim_out_folder(out: Path, resume: str | None, overwrite: bool) -> None:
+    """Check that the run may write into ``out``, removing an old run's files on ``overwrite``.
+
+    A folder holding another run is refused (a new run would replace its ``last.pt`` and
+    clear its ``metrics.jsonl``), unless this run resumes from that folder's checkpoint.
+    """
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; expected a folder (created when missing)")
+    found = [name for name in RUN_FILES if (out / name).is_file()]
+    if not found:
+        return
+    if resume is not None and Path(resume).resolve().parent == out.resolve():
+        return  # continuing this folder's own run
+    if not overwrite:
+        raise CLIError(
+            f"--out {out} already holds a training run ({', '.join(found)}); continue it with "
+            f"--resume auto, start afresh there with --overwrite, or choose another --out")
+    for name in found:
+        (out / name).unlink()
 
 
 def format_metrics(metrics: dict) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..runs import offset_figures
 from ._build import (
     add_data_options,
     add_model_options,
@@ -17,7 +18,6 @@ from ._build import (
     specs_from_checkpoint,
 )
 from ._common import CLIError, non_negative_int, positive_int
-from ._figures import offset_figures
 
 HELP = "plot the sampling locations (and RoI bin offsets) of deformable layers as PNGs"
 
@@ -60,7 +60,7 @@ def run_viz(args: argparse.Namespace) -> int:
         name, task = resolve_model_name(args.task, args.model, data_spec)
         _, dataset, classes = build_datasets(data_spec, task, need_train=False)
         model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
-                                          name=name, task=task)
+                                          name=name)
         model = build_model(model_spec, seed=args.seed)
     indices = list(range(args.index, args.index + args.count))
     out = Path(args.out)

@@ -5,12 +5,14 @@
   :class:`SceneGenerator`.
 - On disk: :class:`CocoDetection` (COCO json + images), :class:`VOCSegmentation`;
   writers :func:`export_coco` and :func:`export_voc`.
-- :mod:`deformconv.data.transforms` (flip, resize, scale jitter, crop) and
+- :class:`InMemory`: any of them rendered or loaded once and kept in memory.
+- :mod:`deformconv.data.transforms` (flip, quarter turns, resize, scale jitter, crop) and
   :func:`detection_collate`.
 """
 
 from . import transforms
 from ._common import IGNORE_INDEX, SampleError
+from .cached import InMemory
 from .catalog import CLASSES, DEFAULT_CLASSES
 from .coco import CocoDetection
 from .collate import detection_collate
@@ -30,6 +32,7 @@ __all__ = [
     "DEFAULT_CLASSES",
     "IGNORE_INDEX",
     "CocoDetection",
+    "InMemory",
     "SampleError",
     "Scene",
     "SceneConfig",

@@ -1,4 +1,4 @@
-"""Joint image + target transforms for training: flip, resize, scale jitter, crop.
+"""Joint image + target transforms for training: flip, quarter turns, resize, scale jitter, crop.
 
 Every transform is ``(image (3, H, W), target) -> (image, target)`` where ``target`` is
     a class label (int or 0-d tensor)  -> passed through,
@@ -25,11 +25,13 @@ __all__ = [
     "Compose",
     "RandomCrop",
     "RandomHorizontalFlip",
+    "RandomRot90",
     "RandomScale",
     "Resize",
     "crop",
     "hflip",
     "resize",
+    "rot90",
 ]
 
 # Target entries with one row per object, filtered together when boxes are dropped.
@@ -71,6 +73,26 @@ def hflip(image: Tensor, target: Any) -> tuple[Tensor, Any]:
         if "masks" in target:
             target["masks"] = target["masks"].flip(-1)
     return image.flip(-1), target
+
+
+def rot90(image: Tensor, target: Any, k: int = 1) -> tuple[Tensor, Any]:
+    """Turn by ``k`` quarter turns, counter-clockwise as displayed (``torch.rot90`` on the
+    last two dims); boxes and masks turn with the image."""
+    _check_image(image)
+    k %= 4
+    for _ in range(k):
+        width = image.shape[-1]
+        image = image.rot90(1, (-2, -1))
+        if _is_mask(target):
+            target = target.rot90(1, (-2, -1))
+        elif isinstance(target, dict):
+            target = dict(target)
+            x1, y1, x2, y2 = target["boxes"].unbind(1)
+            # rot90 = flip left-right, then transpose: (x, y) -> (y, width - x)
+            target["boxes"] = torch.stack([y1, width - x2, y2, width - x1], dim=1)
+            if "masks" in target:
+                target["masks"] = target["masks"].rot90(1, (-2, -1))
+    return image, target
 
 
 def resize(image: Tensor, target: Any, size: tuple[int, int]) -> tuple[Tensor, Any]:
@@ -175,6 +197,17 @@ class RandomHorizontalFlip:
 
     def __repr__(self) -> str:
         return f"RandomHorizontalFlip(p={self.p})"
+
+
+class RandomRot90:
+    """Turn by 0, 1, 2 or 3 quarter turns, uniformly (with a flip: the 8 symmetries of a
+    square, for data whose statistics do not change under them)."""
+
+    def __call__(self, image: Tensor, target: Any) -> tuple[Tensor, Any]:
+        return rot90(image, target, int(torch.randint(4, ())))
+
+    def __repr__(self) -> str:
+        return "RandomRot90()"
 
 
 class Resize:

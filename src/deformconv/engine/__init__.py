@@ -13,6 +13,7 @@ Typical use::
 Under ``torchrun --nproc_per_node N`` the same call trains with DistributedDataParallel.
 """
 
+from .balance import balanced_class_weights, label_counts
 from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from .coco import COCO_METRICS, coco_map, detection_record
 from .config import TASKS, TrainConfig
@@ -40,6 +41,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainSampler",
+    "balanced_class_weights",
     "build_optimizer",
     "build_scheduler",
     "cleanup_distributed",
@@ -54,6 +56,7 @@ __all__ = [
     "init_distributed",
     "iou_from_confusion",
     "iters_per_epoch",
+    "label_counts",
     "load_checkpoint",
     "load_weights",
     "lr_factor",

@@ -1,4 +1,5 @@
-"""SGD with a reduced learning rate for offset branches, and the warm-up + step/cosine schedule."""
+"""SGD or AdamW with a reduced learning rate for offset branches, and the learning-rate
+schedules: warm-up + step decay, cosine, or one-cycle (warm-up, then cosine annealing)."""
 
 from __future__ import annotations
 
@@ -46,14 +47,14 @@ def param_groups(model: nn.Module, lr: float, offset_lr_mult: float) -> list[dic
     return groups
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
-    """SGD (momentum, weight decay from ``config``) over :func:`param_groups`."""
-    return torch.optim.SGD(
-        param_groups(model, config.lr, config.offset_lr_mult),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """``config.optimizer`` over :func:`param_groups`: SGD with ``momentum`` and
+    ``weight_decay``, or AdamW with decoupled ``weight_decay``."""
+    groups = param_groups(model, config.lr, config.offset_lr_mult)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
 
 
 def lr_factor(iteration: int, config: TrainConfig, total_iters: int) -> float:
@@ -61,12 +62,16 @@ def lr_factor(iteration: int, config: TrainConfig, total_iters: int) -> float:
 
     Warm-up ramps linearly from ``warmup_factor`` to 1 over ``warmup_iters``; "step"
     multiplies by ``gamma`` at each milestone passed; "cosine" decays from 1 to
-    ``min_lr_ratio`` over ``total_iters`` (lr_t = floor + (1 - floor)(1 + cos(pi t / T)) / 2).
+    ``min_lr_ratio`` over ``total_iters`` (lr_t = floor + (1 - floor)(1 + cos(pi t / T)) / 2);
+    "onecycle" holds 1 during the warm-up and then decays like "cosine" over the remaining
+    ``total_iters - warmup_iters`` (the one-cycle policy of Smith & Topin, 2019,
+    https://arxiv.org/abs/1708.07120, without its momentum cycle).
     """
     if config.schedule == "step":
         factor = config.gamma ** bisect.bisect_right(config.milestones, iteration)
     else:
-        progress = min(iteration / max(1, total_iters), 1.0)
+        start = config.warmup_iters if config.schedule == "onecycle" else 0
+        progress = min(max(iteration - start, 0) / max(1, total_iters - start), 1.0)
         floor = config.min_lr_ratio
         factor = floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
     if iteration < config.warmup_iters:

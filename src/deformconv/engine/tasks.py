@@ -73,7 +73,7 @@ def num_images(images: Tensor | Sequence[Tensor]) -> int:
     return images.shape[0] if isinstance(images, Tensor) else len(images)
 
 
-def _segmentation_loss(logits: Tensor, masks: Tensor) -> Tensor:
+def _segmentation_loss(logits: Tensor, masks: Tensor, weight: Tensor | None = None) -> Tensor:
     if logits.dim() != 4:
         raise ValueError(f"segmentation logits must be (N, C, H, W), got {tuple(logits.shape)}")
     if logits.shape[-2:] != masks.shape[-2:]:
@@ -82,14 +82,21 @@ def _segmentation_loss(logits: Tensor, masks: Tensor) -> Tensor:
                                align_corners=False)
     if not bool((masks != IGNORE_INDEX).any()):
         return logits.sum() * 0.0  # every pixel ignored: cross_entropy would give 0/0 = nan
-    return F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits.float(), masks, weight=weight, ignore_index=IGNORE_INDEX)
 
 
 def compute_loss(
-    task: str, model: nn.Module, images: Any, targets: Any
+    task: str, model: nn.Module, images: Any, targets: Any, class_weights: Tensor | None = None
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Forward ``model`` in train mode; return the total loss and its named parts (detached)."""
+    """Forward ``model`` in train mode; return the total loss and its named parts (detached).
+
+    ``class_weights`` ``(C,)`` weight the cross-entropy of classification and segmentation
+    per target class (detection models compute their own losses and refuse them).
+    """
     if task == "detection":
+        if class_weights is not None:
+            raise ValueError("class_weights are for classification and segmentation; "
+                             "detection models compute their own losses")
         losses = model(list(images), list(targets))
         if not isinstance(losses, dict) or not losses:
             raise TypeError(
@@ -99,14 +106,17 @@ def compute_loss(
         total = sum(losses.values())
         return total, {k: v.detach() for k, v in losses.items()}
     logits = model(images)
+    if class_weights is not None and class_weights.shape != (logits.shape[1],):
+        raise ValueError(f"class_weights must hold one weight per class of the model's "
+                         f"{logits.shape[1]} outputs, got shape {tuple(class_weights.shape)}")
     if task == "classification":
         if logits.dim() != 2:
             raise ValueError(
                 f"classification logits must be (N, C), got shape {tuple(logits.shape)}"
             )
-        loss = F.cross_entropy(logits.float(), targets)
+        loss = F.cross_entropy(logits.float(), targets, weight=class_weights)
     else:
-        loss = _segmentation_loss(logits, targets)
+        loss = _segmentation_loss(logits, targets, class_weights)
     return loss, {}
 
 

@@ -14,7 +14,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,8 +46,9 @@ __all__ = ["KILL_ENV", "TrainResult", "train"]
 # Test hook: after this iteration (and its checkpoint, if one is due) the process SIGKILLs
 # itself, like a preempted job: no cleanup, no final checkpoint.
 KILL_ENV = "DEFORMCONV_KILL_AT_ITER"
-# Fields that fix the data order and the RNG streams: a resumed run must keep them.
-RESUME_FIXED = ("task", "seed", "batch_size")
+# Fields that fix the data order, the RNG streams and the optimizer state's layout: a
+# resumed run must keep them.
+RESUME_FIXED = ("task", "seed", "batch_size", "optimizer")
 
 
 @dataclass
@@ -60,6 +61,9 @@ class TrainResult:
     last_checkpoint: Path | None  # None on ranks other than 0
     best_checkpoint: Path | None
     out_dir: Path
+    # Wall-clock seconds of the training steps (drawing batches included), without
+    # validation and checkpoint writes; a resumed run adds to the time saved with it.
+    train_seconds: float
 
 
 def train(
@@ -120,6 +124,9 @@ def _train(
     scheduler = build_scheduler(optimizer, config, total)
 
     iteration, best = 0, None
+    clock = _TrainClock()
+    class_weights = (None if config.class_weights is None
+                     else torch.tensor(config.class_weights, device=info.device))
     resume_path = _resume_path(config, out_dir)
     if resume_path is not None:
         state = load_checkpoint(resume_path)
@@ -129,6 +136,7 @@ def _train(
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"][info.rank])
         iteration, best = state["iteration"], state.get("best_metric")
+        clock = _TrainClock(state.get("train_seconds", 0.0))
         if info.is_main:
             print(f"resumed from {resume_path} at iteration {iteration}/{total}")
 
@@ -160,6 +168,7 @@ def _train(
                 "rng": rng,
                 "world_size": info.world_size,
                 "best_metric": best,
+                "train_seconds": clock.seconds,
                 "config": config.to_dict(),
                 "extra": extra,
             }, path)
@@ -169,7 +178,8 @@ def _train(
         result = evaluate(net, val_set, config.task,  # type: ignore[arg-type]
                           batch_size=config.eval_batch_size or config.batch_size,
                           num_workers=config.num_workers, bf16=config.bf16, dist_info=info)
-        logger.log({"split": "val", "iter": iteration, **result})
+        logger.log({"split": "val", "iter": iteration, "train_seconds": clock.seconds,
+                    **result})
         value = result.get(PRIMARY_METRIC[config.task], float("nan"))
         if math.isfinite(value) and (best is None or value > best):
             best = value
@@ -182,7 +192,8 @@ def _train(
                disable=not (config.progress and info.is_main))
     with bar, contextlib.closing(logger):  # closed on errors too (e.g. a stop hook)
         window_loss = torch.zeros(2, dtype=torch.float64)  # (sum of losses, iterations) since log
-        window_images, window_start = 0, time.perf_counter()
+        window_images, window_start = 0, clock.seconds
+        clock.start()
         net.train()
         while iteration < total:
             epoch, start_batch = divmod(iteration, per_epoch)
@@ -195,7 +206,7 @@ def _train(
                 images, targets = to_device(images, info.device), to_device(targets, info.device)
                 lr = scheduler.get_last_lr()[0]
                 with autocast(info.device, config.bf16):
-                    loss, parts = compute_loss(config.task, net, images, targets)
+                    loss, parts = compute_loss(config.task, net, images, targets, class_weights)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"loss is {loss.item()} at iteration {iteration} (epoch {epoch}); "
@@ -215,10 +226,11 @@ def _train(
                 window_images += num_images(images) * info.world_size
                 if iteration % config.log_every == 0 or iteration == total:
                     loss_sum, count = all_reduce_sum(window_loss.clone()).tolist()
-                    elapsed = time.perf_counter() - window_start
+                    elapsed = clock.seconds - window_start
                     record = {"split": "train", "iter": iteration, "epoch": epoch,
                               "loss": loss_sum / count, "lr": lr,
                               "images_per_s": window_images / max(elapsed, 1e-9),
+                              "train_seconds": clock.seconds,
                               **{k: v.item() for k, v in parts.items()}}
                     if grad_norm is not None:
                         record["grad_norm"] = grad_norm
@@ -226,15 +238,16 @@ def _train(
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.3g}",
                                     img_s=f"{record['images_per_s']:.1f}")
                     window_loss.zero_()
-                    window_images, window_start = 0, time.perf_counter()
+                    window_images, window_start = 0, clock.seconds
                 bar.update(1)
 
                 # (the last iteration's evaluation and checkpoint come after the loop)
                 mid_run = iteration < total
-                if val_set is not None and mid_run and _every(iteration, config.eval_every):
-                    metrics = validate()
-                if mid_run and _every(iteration, config.checkpoint_every):
-                    checkpoint(last_path)
+                with clock.paused():
+                    if val_set is not None and mid_run and _every(iteration, config.eval_every):
+                        metrics = validate()
+                    if mid_run and _every(iteration, config.checkpoint_every):
+                        checkpoint(last_path)
                 if on_iteration_end is not None:
                     on_iteration_end(iteration)
                 if iteration == kill_at:
@@ -242,11 +255,42 @@ def _train(
                 if iteration >= total:
                     break
 
+        clock.stop()
         if val_set is not None:
             metrics = validate()
         checkpoint(last_path)
     return TrainResult(iteration=iteration, metrics=metrics, best_metric=best,
+                       train_seconds=clock.seconds,
                        last_checkpoint=last_path, best_checkpoint=best_path, out_dir=out_dir)
+
+
+class _TrainClock:
+    """Seconds spent training, paused around validation and checkpoints."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self._total = float(seconds)
+        self._since: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        running = 0.0 if self._since is None else time.perf_counter() - self._since
+        return self._total + running
+
+    def start(self) -> None:
+        if self._since is None:
+            self._since = time.perf_counter()
+
+    def stop(self) -> None:
+        self._total = self.seconds
+        self._since = None
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
 
 
 def _every(iteration: int, period: int) -> bool:
@@ -263,15 +307,17 @@ def _resume_path(config: TrainConfig, out_dir: Path) -> Path | None:
 
 
 def _check_resumable(state: dict, config: TrainConfig, info: DistInfo, path: Path) -> None:
-    """Refuse to resume with settings that would change the data order or RNG streams."""
+    """Refuse to resume with settings that would change the data order, the RNG streams or
+    the optimizer. A field missing from an older checkpoint's config had its default."""
     saved = state["config"]
-    changed = {k: (saved.get(k), getattr(config, k)) for k in RESUME_FIXED
-               if saved.get(k) != getattr(config, k)}
+    defaults = TrainConfig()
+    changed = {k: (saved.get(k, getattr(defaults, k)), getattr(config, k)) for k in RESUME_FIXED
+               if saved.get(k, getattr(defaults, k)) != getattr(config, k)}
     if state.get("world_size", 1) != info.world_size:
         changed["world_size"] = (state.get("world_size", 1), info.world_size)
     if changed:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in changed.items())
         raise ValueError(
-            f"cannot resume from {path}: {detail}. These settings fix the data order and "
-            "random streams; keep them, or start a new run without resume"
+            f"cannot resume from {path}: {detail}. These settings fix the data order, "
+            "random streams and optimizer state; keep them, or start a new run without resume"
         )

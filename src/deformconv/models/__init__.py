@@ -6,9 +6,9 @@ returns, by ``model_task(name)``:
 
 - classification (``resnet50``, ``resnet101``): ``model(images (N, 3, H, W)) -> logits
   (N, classes)``.
-- segmentation (``deeplab_resnet50/101``): ``model(images) -> logits (N, classes, H, W)``
-  at the input size; ``model(images, masks (N, H, W) int64) -> {"loss_seg": loss}``
-  (255 = ignore), also ``model.loss(logits, masks)``.
+- segmentation (``deeplab_resnet50/101``, ``compact_fcn``): ``model(images) -> logits
+  (N, classes, H, W)`` at the input size; ``model(images, masks (N, H, W) int64) ->
+  {"loss_seg": loss}`` (255 = ignore), also ``model.loss(logits, masks)``.
 - detection (``faster_rcnn_resnet50/101``, ``rfcn_resnet50/101``): torchvision's
   convention, ``model(list of (3, H, W) images in [0, 1], targets)`` -> loss dict in train
   mode; ``model(images)`` -> ``[{"boxes", "labels", "scores"}]`` per image in eval mode.
@@ -17,8 +17,9 @@ Every model has ``load_backbone_state_dict(torchvision_resnet_state_dict)``. Nee
 torchvision (the ``vision`` extra).
 """
 
-from . import deeplab, faster_rcnn, resnet, rfcn
+from . import compact, deeplab, faster_rcnn, resnet, rfcn
 from ._registry import TASKS, create, list_models, model_task, register_model
+from .compact import CompactFCN
 from .deeplab import DeepLab
 from .detection import DetectionConfig, TwoStageDetector
 from .faster_rcnn import FasterRCNN
@@ -28,12 +29,14 @@ from .rfcn import RFCN
 __all__ = [
     "RFCN",
     "TASKS",
+    "CompactFCN",
     "DeepLab",
     "DetectionConfig",
     "FasterRCNN",
     "ResNet",
     "TwoStageDetector",
     "checkpoint_filter_fn",
+    "compact",
     "create",
     "deeplab",
     "faster_rcnn",

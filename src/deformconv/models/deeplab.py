@@ -10,25 +10,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._backbone import basic, build_backbone
 from ._registry import register_model
+from ._segmentation import PixelClassifier
 from .resnet import ResNet
 
 __all__ = ["DeepLab", "deeplab_resnet18", "deeplab_resnet34", "deeplab_resnet50",
            "deeplab_resnet101"]
 
 
-class DeepLab(nn.Module):
-    """Semantic segmentation: ``forward(images (N, 3, H, W)) -> logits (N, classes, H, W)``.
-
-    With targets, ``forward(images, masks)`` returns ``{"loss_seg": loss}`` instead, in any
-    mode (the torchvision detection convention, so one training loop serves both);
-    :meth:`loss` is the same cross-entropy on given logits. Masks are ``(N, H, W)`` integer
-    class indices, ``ignore_index`` (255) marking pixels without a label.
+class DeepLab(PixelClassifier):
+    """Semantic segmentation: ``forward(images (N, 3, H, W)) -> logits (N, classes, H, W)``,
+    ``forward(images, masks) -> {"loss_seg": loss}`` (see :class:`PixelClassifier`).
 
     Args:
         backbone: a headless :class:`ResNet` (``num_classes=0``).
@@ -56,30 +51,9 @@ class DeepLab(nn.Module):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, images: Tensor, targets: Tensor | None = None) -> Tensor | dict[str, Tensor]:
-        scores = self.head(self.backbone.forward_features(images))  # (N, classes, H/16, W/16)
-        logits = F.interpolate(scores, size=images.shape[-2:], mode="bilinear",
-                               align_corners=False)
-        if targets is None:
-            return logits
-        return {"loss_seg": self.loss(logits, targets)}
-
-    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Mean cross-entropy over labelled pixels; 0 (with a graph) when none is labelled."""
-        if targets.shape != logits.shape[:1] + logits.shape[2:]:
-            raise ValueError(
-                f"targets must be (N, H, W) = {tuple(logits.shape[:1] + logits.shape[2:])}, "
-                f"got {tuple(targets.shape)}"
-            )
-        targets = targets.long()
-        if not bool((targets != self.ignore_index).any()):
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits, targets, ignore_index=self.ignore_index)
-
-    @torch.no_grad()
-    def predict(self, images: Tensor) -> Tensor:
-        """(N, 3, H, W) -> (N, H, W) class indices."""
-        return self(images).argmax(1)
+    def scores(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) -> (N, classes, H/16, W/16)."""
+        return self.head(self.backbone.forward_features(images))
 
     def load_backbone_state_dict(self, state_dict: Mapping[str, Tensor]) -> list[str]:
         """Load a torchvision ResNet checkpoint into the backbone; see ``ResNet``."""

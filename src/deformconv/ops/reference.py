@@ -23,13 +23,16 @@ def bilinear(plane: Tensor, h: Tensor, w: Tensor) -> Tensor:
         ``(B, C, *S)`` sampled values. A sample with ``h <= -1``, ``h >= H``, ``w <= -1``
         or ``w >= W`` (or a NaN coordinate) is 0; otherwise corners outside the plane
         contribute 0. Autograd gives the derivative of the piecewise-bilinear function
-        with the same ``floor`` corners (the right-hand derivative at integer points).
+        with the same ``floor`` corners (the right-hand derivative at integer points, so
+        also at ``h == -1`` or ``w == -1``, where the value is 0 but its slope is not).
     """
     batch, channels, height, width = plane.shape
     sample_shape = h.shape[1:]
     h = h.reshape(batch, -1)
     w = w.reshape(batch, -1)
-    inside = (h > -1) & (h < height) & (w > -1) & (w < width)
+    # Closed at -1: there the corner weights on row/column 0 are 0 (lh or lw is 0), so the
+    # value is the spec's 0, and autograd sees their slope.
+    inside = (h >= -1) & (h < height) & (w >= -1) & (w < width)
     # Replace samples outside the support by 0 before floor(): keeps inf/NaN out of the graph.
     h = torch.where(inside, h, torch.zeros_like(h))
     w = torch.where(inside, w, torch.zeros_like(w))

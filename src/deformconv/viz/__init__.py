@@ -17,6 +17,7 @@ from .dilation import (
     effective_dilation,
     effective_dilation_table,
     format_dilation_table,
+    paint_instances,
     scale_thresholds,
     size_buckets,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "markdown_table",
     "offset_report",
     "offset_statistics",
+    "paint_instances",
     "plot_roi_offsets",
     "plot_sampling_locations",
     "plot_stacked_sampling",

@@ -27,6 +27,7 @@ __all__ = [
     "effective_dilation",
     "effective_dilation_table",
     "format_dilation_table",
+    "paint_instances",
     "scale_thresholds",
     "size_buckets",
 ]
@@ -121,7 +122,7 @@ def size_buckets(
         raise ValueError(f"instance_mask must be (H, W) or (K, H, W) with (H, W) = "
                          f"{tuple(image_size)}, got shape {tuple(instance_mask.shape)}")
     if instance_mask.dim() == 3:
-        ids, ignore_index = _paint_instances(instance_mask.detach().cpu().bool()), -1
+        ids, ignore_index = paint_instances(instance_mask.detach().cpu().bool()), -1
     else:
         ids = instance_mask.detach().cpu().long()
     area = torch.bincount(ids.flatten()).double()  # pixels per id
@@ -133,7 +134,7 @@ def size_buckets(
     return torch.where(under == ignore_index, torch.full_like(buckets, -1), buckets)
 
 
-def _paint_instances(masks: Tensor) -> Tensor:
+def paint_instances(masks: Tensor) -> Tensor:
     """``(K, H, W)`` bool -> ``(H, W)`` ids ``1..K`` (0 = none), larger ones painted first."""
     ids = torch.zeros(masks.shape[-2:], dtype=torch.long)
     for k in masks.flatten(1).sum(dim=1).argsort(descending=True, stable=True).tolist():

@@ -55,17 +55,28 @@ class OffsetReport:
         return "\n".join(parts)
 
 
-def _units(boxes: Tensor | None, image_size: tuple[int, int], per_image: int
-           ) -> list[tuple[float, float]]:
-    """Image points (y, x) to back-project from: centres of the largest boxes, else the
-    image centre."""
-    if boxes is None or len(boxes) == 0:
-        return [((image_size[0] - 1) / 2, (image_size[1] - 1) / 2)]
-    boxes = boxes.detach().cpu().double()
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    chosen = boxes[area.argsort(descending=True)[:per_image]]
-    # box edges -> pixel-index coordinates of the centre
-    return [(float((b[1] + b[3]) / 2 - 0.5), float((b[0] + b[2]) / 2 - 0.5)) for b in chosen]
+def _units(boxes: Tensor | None, masks: Tensor | None, image_size: tuple[int, int],
+           per_image: int) -> list[tuple[float, float]]:
+    """Image points (y, x) to back-project from: centres of the largest boxes; or, given
+    instance masks ``(K, H, W)``, the pixel of each of the largest objects nearest to its
+    centroid (on the object even for an outline); else the image centre."""
+    if boxes is not None and len(boxes):
+        boxes = boxes.detach().cpu().double()
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        chosen = boxes[area.argsort(descending=True)[:per_image]]
+        # box edges -> pixel-index coordinates of the centre
+        return [(float((b[1] + b[3]) / 2 - 0.5), float((b[0] + b[2]) / 2 - 0.5))
+                for b in chosen]
+    if masks is not None and masks.dim() == 3 and bool(masks.any()):
+        masks = masks.detach().cpu().bool()
+        points = []
+        for k in masks.flatten(1).sum(1).argsort(descending=True)[:per_image].tolist():
+            pixels = masks[k].nonzero().double()  # (P, 2) y, x
+            if len(pixels):
+                nearest = (pixels - pixels.mean(0)).square().sum(1).argmin()
+                points.append((float(pixels[nearest, 0]), float(pixels[nearest, 1])))
+        return points
+    return [((image_size[0] - 1) / 2, (image_size[1] - 1) / 2)]
 
 
 def offset_report(
@@ -87,10 +98,11 @@ def offset_report(
     """Run ``model(inputs)`` once (no gradients, mode unchanged) and write offset figures.
 
     Writes ``{prefix}sampling_{i}.png`` (the top ``stack_depth`` deformable convs
-    back-projected from the centres of the ``units_per_image`` largest boxes, or the image
-    centre; paper Fig. 5) and ``{prefix}roi_offsets_{i}.png`` (first ``max_rois`` RoIs of
-    each deformable RoI pooling; Fig. 7) for the first ``max_figures`` images, and computes
-    offset statistics and, given ``boxes`` or ``masks``, the effective dilation table.
+    back-projected from the centres of the ``units_per_image`` largest boxes or instance
+    masks, or the image centre; paper Fig. 5) and ``{prefix}roi_offsets_{i}.png`` (first
+    ``max_rois`` RoIs of each deformable RoI pooling; Fig. 7) for the first ``max_figures``
+    images, and computes offset statistics and, given ``boxes`` or ``masks``, the effective
+    dilation table.
 
     Args:
         model: any model with deformable layers; called as ``model(inputs)``.
@@ -121,7 +133,9 @@ def offset_report(
         stack = list(convs.values())[-stack_depth:]
         top = stack[-1]
         for i in range(min(max_figures, len(images))):
-            points = _units(None if boxes is None else boxes[i], top.image_size, units_per_image)
+            points = _units(None if boxes is None else boxes[i],
+                            None if masks is None else masks[i], top.image_size,
+                            units_per_image)
             units = list(dict.fromkeys(unit_at(top, point) for point in points))
             names = ", ".join(rec.name for rec in stack)
             report.figures.append(plot_stacked_sampling(

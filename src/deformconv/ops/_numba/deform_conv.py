@@ -1,18 +1,21 @@
 """deform_conv2d on the CPU: Numba sampling into bounded column tiles + one GEMM per tile.
 
 Per tile of images × output rows, the kernel samples the channels-last input into
-``columns (nb, rows, Wout, kh*kw, Cin)``: read as the channels-last image
-``(nb, Cin, rows, Wout*kh*kw)``, each output pixel owns a 1×(kh*kw) patch holding its
-samples, so the GEMM with the weight viewed as ``(Cout, Cin/groups, 1, kh*kw)`` is a
-grouped convolution with stride (1, kh*kw) over the columns. torch runs it with oneDNN (as
-fast as its dense conv2d on any x86 vendor, where MKL's GEMM is not), and the backward
-returns the weight gradient in its layout. Where oneDNN's inner
-product is faster (``_use_matmul``), the forward GEMM runs as one instead: its result
-``(Cout, pixels)`` is already the output's NCHW layout. The column buffer never exceeds
-``WORKSPACE_BYTES`` (two buffers in the backward).
+``columns (nb, rows, Wout, kh*kw, Cin)``. Forward: where oneDNN's inner product is faster
+(``_use_matmul``), the GEMM runs as one: ``weight (Cout, kk*Cin) · columnsᵀ`` is already
+the output's NCHW layout; otherwise the columns read as the channels-last image
+``(nb, Cin, rows, Wout*kh*kw)`` and the GEMM with the weight viewed as
+``(Cout, Cin/groups, 1, kh*kw)`` is a grouped convolution with stride (1, kh*kw)
+(``_ColumnsConv``). Backward (``_BackwardGemm``): the columns' gradient from one GEMM, then
+one kernel pass for the offset, mask and input gradients that also re-samples the columns
+in the same buffer for the weight gradient's GEMM. The column buffer never exceeds
+``WORKSPACE_BYTES``; it, the channels-last input and the input gradient's scatter target
+live in reusable per-thread workspace slots, so a call allocates little beyond its results.
 """
 
 from __future__ import annotations
+
+import math
 
 import numba
 import torch
@@ -26,11 +29,14 @@ Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # stride, p
 
 
 class _TileData:
-    """The tensors a kernel call needs for one tile, as contiguous slices."""
+    """The arrays a kernel call needs for one tile: contiguous slices, and the channels-last
+    input with the offset groups as an axis, (nb, H, W, G, Cin/G)."""
 
-    def __init__(self, tile: Tile, x_cl: Tensor, offset: Tensor, mask: Tensor | None) -> None:
+    def __init__(self, tile: Tile, x_cl: Tensor, offset: Tensor, mask: Tensor | None,
+                 kk: int) -> None:
         rows = slice(tile.y0, tile.y1)
-        self.x = x_cl.numpy()
+        self.offset_groups = offset.shape[1] // (2 * kk)
+        self.x = _grouped(x_cl, self.offset_groups)
         self.offset = offset[tile.n0 : tile.n1, :, rows].contiguous()
         self.has_mask = mask is not None
         if mask is None:
@@ -38,24 +44,37 @@ class _TileData:
         else:
             self.mask = mask[tile.n0 : tile.n1, :, rows].contiguous()
 
+    def columns_shape(self) -> tuple[int, ...]:
+        """(nb, rows, Wout, kh*kw, Cin) of the tile's columns."""
+        nb, _, rows, wout = self.offset.shape
+        kk = self.offset.shape[1] // (2 * self.offset_groups)
+        return nb, rows, wout, kk, self.x.shape[3] * self.x.shape[4]
+
+
+def _grouped(channels_last: Tensor, offset_groups: int):
+    """A channels-last tensor (..., C) as the array (..., G, C/G) the kernels take."""
+    return channels_last.view(*channels_last.shape[:-1], offset_groups, -1).numpy()
+
 
 def _channels_last(input: Tensor, tile: Tile, cache: dict) -> Tensor:
-    """``input[n0:n1]`` as (nb, H, W, C), reused across the row bands of one image."""
+    """``input[n0:n1]`` as (nb, H, W, C) in the "x" workspace slot, reused across the row
+    bands of one image."""
     key = (tile.n0, tile.n1)
     if cache.get("key") != key:
+        images = input[tile.n0 : tile.n1]
+        nb, cin, height, width = images.shape
         cache["key"] = key
-        cache["value"] = input[tile.n0 : tile.n1].permute(0, 2, 3, 1).contiguous()
+        cache["value"] = workspace((nb, height, width, cin), input.dtype, slot="x")
+        cache["value"].copy_(images.permute(0, 2, 3, 1))
     return cache["value"]
 
 
-def _columns_shape(data: _TileData, kh: int, kw: int) -> tuple[int, ...]:
-    """(nb, rows, Wout, kh*kw, Cin) of the tile's columns."""
-    nb, _, rows, wout = data.offset.shape
-    return nb, rows, wout, kh * kw, data.x.shape[3]
-
-
 def _weight_channels_last(weight: Tensor) -> Tensor:
-    """(Cout, Cin/groups, kh, kw) copied as (Cout, kh, kw, Cin/groups) into the weight slot."""
+    """(Cout, Cin/groups, kh, kw) copied as (Cout, kh, kw, Cin/groups) into the weight slot.
+
+    It is the columns' (kernel point, channel) order. oneDNN wants that layout too; a fresh
+    copy per call costs page faults in its weight reorder (≈ 2 vs 0.7 ms at res5).
+    """
     cout, cin_g, kh, kw = weight.shape
     weight_cl = workspace((cout, kh, kw, cin_g), weight.dtype, slot="weight")
     weight_cl.copy_(weight.permute(0, 2, 3, 1))
@@ -103,37 +122,25 @@ class _ColumnsMatmul:
 
 
 class _ColumnsConv:
-    """The GEMM of column tiles with the weight, as a convolution over the columns.
+    """The GEMM of column tiles with the weight as a grouped convolution over the columns.
 
-    Both forms read the weight from one channels-last copy ``(Cout, kh, kw, Cin/groups)``
-    kept in a reusable workspace slot (oneDNN wants that layout; a fresh copy per call
-    costs page faults in its reorder, ≈ 2 vs 0.7 ms at res5). Strided form (any groups): the
-    columns read as the channels-last image ``(nb, Cin, rows, Wout*kk)``, the weight as
-    ``(Cout, Cin/groups, 1, kk)``, stride ``(1, kk)``. 1×1 form (groups == 1 only: its
-    channel axis mixes kernel points and channels, which groups would split wrongly): the
-    image ``(nb, kk*Cin, rows, Wout)``, the weight as ``(Cout, kk*Cin, 1, 1)``. oneDNN runs
-    the strided forward faster and the 1×1 backward faster (weight gradient of a res5
-    tile: 17 vs 98 ms).
+    The columns read as the channels-last image ``(nb, Cin, rows, Wout*kk)``, the weight
+    (its channels-last copy) as ``(Cout, Cin/groups, 1, kk)``, stride ``(1, kk)``: oneDNN
+    splits the conv groups, which one GEMM over the (kernel point, channel) axis cannot.
     """
 
-    def __init__(self, weight: Tensor, groups: int, one_by_one: bool) -> None:
+    def __init__(self, weight: Tensor, groups: int) -> None:
         cout, cin_g, kh, kw = weight.shape
         self.weight_shape = weight.shape
         self.groups = groups
-        self.one_by_one = one_by_one and groups == 1
         weight_cl = _weight_channels_last(weight)
-        if self.one_by_one:
-            self.weight = weight_cl.view(cout, kh * kw * cin_g, 1, 1)
-            self.stride = [1, 1]
-        else:
-            self.weight = weight_cl.view(cout, 1, kh * kw, cin_g).permute(0, 3, 1, 2)
-            self.stride = [1, kh * kw]
+        self.weight = weight_cl.view(cout, 1, kh * kw, cin_g).permute(0, 3, 1, 2)
+        self.stride = [1, kh * kw]
 
-    def image(self, columns: Tensor) -> Tensor:
-        """Columns (nb, rows, Wout, kk, Cin) as the form's channels-last image (a view)."""
+    @staticmethod
+    def image(columns: Tensor) -> Tensor:
+        """Columns (nb, rows, Wout, kk, Cin) as the channels-last image (a view)."""
         nb, rows, wout, kk, cin = columns.shape
-        if self.one_by_one:
-            return columns.view(nb, rows, wout, kk * cin).permute(0, 3, 1, 2)
         return columns.view(nb, rows, wout * kk, cin).permute(0, 3, 1, 2)
 
     def forward(self, columns: Tensor, bias: Tensor | None) -> Tensor:
@@ -147,25 +154,76 @@ class _ColumnsConv:
         Without ``need_weight``, ``columns`` is read for its shape only.
         """
         grad_image, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad_out, self.image(columns), self.weight, None, self.stride, [0, 0], [1, 1], False,
-            [0, 0], self.groups, [need_columns, need_weight, False],
+            grad_out.contiguous(memory_format=torch.channels_last), self.image(columns),
+            self.weight, None, self.stride, [0, 0], [1, 1], False, [0, 0], self.groups,
+            [need_columns, need_weight, False],
         )
         grad_columns = None
         if need_columns:
             grad_columns = grad_image.permute(0, 2, 3, 1).contiguous().view(columns.shape)
-        if need_weight and self.one_by_one:
-            cout, cin_g, kh, kw = self.weight_shape
-            grad_w = grad_w.view(cout, kh, kw, cin_g).permute(0, 3, 1, 2)
-        elif need_weight:
+        if need_weight:
             grad_w = grad_w.reshape(self.weight_shape)
         return grad_columns, grad_w
 
 
-def _sample(data: _TileData, tile: Tile, kh: int, kw: int, geometry: Geometry) -> Tensor:
-    columns = workspace(_columns_shape(data, kh, kw), data.offset.dtype)
+class _BackwardGemm:
+    """The backward's GEMMs: columns gradient = output gradient · weight, and the weight
+    gradient = Σ over pixels of output gradient ⊗ columns.
+
+    With one group both are (batched) matmuls on the weight's channels-last copy
+    ``(Cout, kk*Cin)``: the columns gradient lands in the reusable column workspace and the
+    weight gradient accumulates image by image into one ``(Cout, kk*Cin)`` sum, so no tile
+    allocates. With conv groups they run as ``_ColumnsConv``'s backward.
+    """
+
+    def __init__(self, weight: Tensor, groups: int) -> None:
+        self.weight_shape = weight.shape
+        self.conv = _ColumnsConv(weight, groups) if groups > 1 else None
+        self.weight = self.conv.weight if self.conv else _weight_channels_last(weight).view(
+            weight.shape[0], -1)
+        self.grad: Tensor | None = None
+
+    def grad_columns(self, grad_out: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """The columns' gradient (nb, rows, Wout, kk, Cin) from the tile's ``grad_out``
+        (nb, Cout, rows, Wout)."""
+        if self.conv is not None:
+            shape_only = grad_out.new_empty(shape)  # never written: costs no page faults
+            return self.conv.backward(grad_out, shape_only, True, False)[0]
+        nb, cout = grad_out.shape[:2]
+        columns = workspace(shape, grad_out.dtype)
+        torch.bmm(grad_out.reshape(nb, cout, -1).transpose(1, 2),
+                  self.weight.expand(nb, -1, -1), out=columns.view(nb, -1, self.weight.shape[1]))
+        return columns
+
+    def accumulate_grad_weight(self, grad_out: Tensor, columns: Tensor) -> None:
+        """Add the tile's weight gradient (``columns`` sampled, ``grad_out`` as above)."""
+        if self.conv is not None:
+            grad = self.conv.backward(grad_out, columns, False, True)[1]
+            self.grad = grad if self.grad is None else self.grad.add_(grad)
+            return
+        if self.grad is None:
+            self.grad = torch.zeros_like(self.weight)
+        nb, cout = grad_out.shape[:2]
+        grad_out = grad_out.reshape(nb, cout, -1)
+        columns = columns.view(nb, -1, self.weight.shape[1])
+        for image in range(nb):
+            self.grad.addmm_(grad_out[image], columns[image])
+
+    def grad_weight(self) -> Tensor:
+        """The summed weight gradient, (Cout, Cin/groups, kh, kw) (zeros without tiles)."""
+        if self.grad is None:
+            return self.weight.new_zeros(self.weight_shape)
+        if self.conv is not None:
+            return self.grad.contiguous()
+        cout, cin_g, kh, kw = self.weight_shape
+        return self.grad.view(cout, kh, kw, cin_g).permute(0, 3, 1, 2).contiguous()
+
+
+def _sample(data: _TileData, tile: Tile, kw: int, geometry: Geometry) -> Tensor:
+    columns = workspace(data.columns_shape(), data.offset.dtype)
     kernels.sample_columns(
-        data.x, data.offset.numpy(), data.mask.numpy(), data.has_mask, columns.numpy(),
-        tile.y0, kw, *geometry,
+        data.x, data.offset.numpy(), data.mask.numpy(), data.has_mask,
+        _grouped(columns, data.offset_groups), tile.y0, kw, *geometry,
     )
     return columns
 
@@ -196,20 +254,41 @@ def forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
     if _use_matmul(input, weight, groups):
         gemm = _ColumnsMatmul(weight)
     else:
-        gemm = _ColumnsConv(weight, groups, one_by_one=False)
+        gemm = _ColumnsConv(weight, groups)
     out = input.new_empty(n, cout, hout, wout)  # untouched (no page faults) if unused
     cache: dict = {}
     for tile in plan:
-        data = _TileData(tile, _channels_last(input, tile, cache), offset, mask)
-        columns = _sample(data, tile, kh, kw, geometry)
-        if tile.y1 == hout:  # the tile's images are sampled: free their copy before the GEMM
-            del data
-            cache.clear()
+        data = _TileData(tile, _channels_last(input, tile, cache), offset, mask, kh * kw)
+        columns = _sample(data, tile, kw, geometry)
         result = gemm.forward(columns, bias)
         if len(plan) == 1 and result.is_contiguous():
             return result  # the whole output, already in its layout
         _store(out, tile, result)
     return out
+
+
+def _channel_blocks(images: int, channels: int) -> int:
+    """Channel blocks per image for the backward kernel (each a share of every offset
+    group's ``channels``): enough (image, block) tasks to give every thread an equal share
+    (1 when the images divide evenly among them)."""
+    threads = numba.get_num_threads()
+    return max(1, min(channels, threads // math.gcd(images, threads)))
+
+
+def _gradient_parts(full: Tensor, tile: Tile, blocks: int) -> Tensor:
+    """Where the backward kernel writes its per-channel-block parts of a tile of ``full``
+    (offset or mask gradient): the tile itself when it is one contiguous block."""
+    region = full[tile.n0 : tile.n1, :, tile.y0 : tile.y1]
+    if blocks == 1 and region.is_contiguous():
+        return region.unsqueeze(0)
+    return full.new_empty(blocks, *region.shape)
+
+
+def _store_parts(full: Tensor, tile: Tile, parts: Tensor) -> None:
+    """Sum the kernel's parts into the tile of ``full`` (nothing to do if written there)."""
+    region = full[tile.n0 : tile.n1, :, tile.y0 : tile.y1]
+    if parts.data_ptr() != region.data_ptr():
+        region.copy_(parts.sum(0))
 
 
 def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
@@ -221,54 +300,47 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
     """
     n, cin = input.shape[:2]
     _, cin_g, kh, kw = weight.shape
-    groups = cin // cin_g
     hout, wout = offset.shape[2:]
-    grad_input = torch.zeros_like(input)
-    grad_offset = torch.zeros_like(offset)
-    grad_mask = torch.zeros_like(mask) if mask is not None else offset.new_empty(0)
-    grad_weight = torch.zeros_like(weight)
     need_columns_grad = need_input or need_offset_mask
+    grad_input = torch.zeros_like(input)
+    # The kernel writes every offset/mask gradient entry when it computes them.
+    grad_offset = torch.empty_like(offset) if need_offset_mask else torch.zeros_like(offset)
+    grad_mask = offset.new_empty(0)
+    if mask is not None:
+        grad_mask = torch.empty_like(mask) if need_offset_mask else torch.zeros_like(mask)
     if not (need_columns_grad or need_weight):
-        return grad_input, grad_offset, grad_weight, grad_mask
-    gemm = _ColumnsConv(weight, groups, one_by_one=True)
-    buffers = int(need_weight) + int(need_columns_grad)
-    row_bytes = buffers * wout * kh * kw * cin * input.element_size()
+        return grad_input, grad_offset, torch.zeros_like(weight), grad_mask
+    gemm = _BackwardGemm(weight, cin // cin_g)
+    row_bytes = wout * kh * kw * cin * input.element_size()
     cache: dict = {}
-    grad_x_cl = None
+    grad_x = input.new_empty(0)
     for tile in tiles(n, hout, row_bytes):
         x_cl = _channels_last(input, tile, cache)
-        data = _TileData(tile, x_cl, offset, mask)
-        go = grad_out[tile.n0 : tile.n1, :, tile.y0 : tile.y1].contiguous(
-            memory_format=torch.channels_last)
-        if need_weight:
-            columns = _sample(data, tile, kh, kw, geometry)
-        else:  # the conv backward reads only the shape of its input for grad_input
-            columns = data.offset.new_empty(_columns_shape(data, kh, kw))
-        grad_columns, grad_w_tile = gemm.backward(go, columns, need_columns_grad, need_weight)
-        del columns
-        if need_weight:
-            grad_weight += grad_w_tile
-        if not need_columns_grad:
-            continue
-        args = (tile.y0, kw, *geometry)
-        if need_offset_mask:
-            grad_off_tile = torch.empty_like(data.offset)
-            grad_mask_tile = torch.empty_like(data.mask)
-            kernels.offset_mask_grad(
+        data = _TileData(tile, x_cl, offset, mask, kh * kw)
+        grad_out_tile = grad_out[tile.n0 : tile.n1, :, tile.y0 : tile.y1]
+        if need_columns_grad:
+            if tile.y0 == 0:  # the first band of these images: a zero input gradient
+                grad_x = workspace(tuple(x_cl.shape), input.dtype, slot="grad_x").zero_()
+            columns = gemm.grad_columns(grad_out_tile, data.columns_shape())
+            blocks = _channel_blocks(tile.n1 - tile.n0, data.x.shape[4])
+            grad_offset_parts = _gradient_parts(grad_offset, tile, blocks)
+            grad_mask_parts = (offset.new_empty(1, 1, 1, 1, 1) if mask is None
+                               else _gradient_parts(grad_mask, tile, blocks))
+            kernels.backward_tile(
                 data.x, data.offset.numpy(), data.mask.numpy(), data.has_mask,
-                grad_columns.numpy(), grad_off_tile.numpy(), grad_mask_tile.numpy(), *args,
+                _grouped(columns, data.offset_groups), grad_offset_parts.numpy(),
+                grad_mask_parts.numpy(), _grouped(grad_x, data.offset_groups),
+                blocks, need_offset_mask, need_input, need_weight, tile.y0, kw, *geometry,
             )
-            grad_offset[tile.n0 : tile.n1, :, tile.y0 : tile.y1] = grad_off_tile
-            if mask is not None:
-                grad_mask[tile.n0 : tile.n1, :, tile.y0 : tile.y1] = grad_mask_tile
-        if need_input:
-            if tile.y0 == 0:
-                grad_x_cl = torch.zeros_like(x_cl)
-            kernels.input_grad(
-                tuple(x_cl.shape), data.offset.numpy(), data.mask.numpy(), data.has_mask,
-                grad_columns.numpy(), grad_x_cl.numpy(), min(cin, numba.get_num_threads()),
-                *args,
-            )
-            if tile.y1 == hout:
-                grad_input[tile.n0 : tile.n1] = grad_x_cl.permute(0, 3, 1, 2)
+            if need_offset_mask:
+                _store_parts(grad_offset, tile, grad_offset_parts)
+                if mask is not None:
+                    _store_parts(grad_mask, tile, grad_mask_parts)
+            if need_input and tile.y1 == hout:
+                grad_input[tile.n0 : tile.n1] = grad_x.permute(0, 3, 1, 2)
+        else:
+            columns = _sample(data, tile, kw, geometry)
+        if need_weight:
+            gemm.accumulate_grad_weight(grad_out_tile, columns)
+    grad_weight = gemm.grad_weight() if need_weight else torch.zeros_like(weight)
     return grad_input, grad_offset, grad_weight, grad_mask

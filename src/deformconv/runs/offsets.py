@@ -1,4 +1,9 @@
-"""Offset figures and tables for a model on some samples (shared by ``viz`` and ``demo``)."""
+"""Offsets of a model on some samples of a dataset: figures, statistics, effective dilation.
+
+The dataset-aware layer over :mod:`deformconv.viz`: picks the samples, finds each one's
+object extents (instance masks of synthetic scenes, boxes, semantic masks) and feeds them,
+batched, to :func:`~deformconv.viz.offset_report` or :class:`~deformconv.viz.DilationStats`.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ._common import CLIError
-
-__all__ = ["DilationSummary", "dilation_over", "offset_figures", "sample_targets"]
+__all__ = ["DilationSummary", "dilation_over", "offset_figures", "offset_inputs", "sample_targets"]
 
 
 def _detector_scale(model: nn.Module, height: int, width: int) -> float:
@@ -35,9 +38,12 @@ def sample_targets(dataset: Dataset, index: int, task: str, target: Any) -> dict
     return {}
 
 
-def _batch(model: nn.Module, dataset: Dataset, indices: Sequence[int], task: str
-           ) -> tuple[Any, list[Tensor] | None, list[Tensor] | None, str | None]:
-    """(model input, boxes, masks, input_module) for ``offset_report``."""
+def offset_inputs(model: nn.Module, dataset: Dataset, indices: Sequence[int], task: str
+                  ) -> tuple[Any, list[Tensor] | None, list[Tensor] | None, str | None]:
+    """``(model input, boxes, masks, input_module)`` of samples ``indices`` for
+    :func:`~deformconv.viz.offset_report` and :class:`~deformconv.viz.OffsetCapture`: a
+    ``(N, 3, H, W)`` batch (a list of images for detection, whose backbone input is
+    captured), boxes scaled as the detector resizes, or per-image masks (None if absent)."""
     images, boxes, masks = [], [], []
     for i in indices:
         image, target = dataset[i]
@@ -52,7 +58,7 @@ def _batch(model: nn.Module, dataset: Dataset, indices: Sequence[int], task: str
     if task == "detection":
         return [im.to(device) for im in images], boxes, None, "backbone"
     if len({tuple(im.shape) for im in images}) > 1:
-        raise CLIError("the chosen images differ in size; pick images of one size")
+        raise ValueError("the chosen images differ in size; pick images of one size")
     batch = torch.stack(images).to(device)
     return batch, None, masks if len(masks) == len(images) else None, None
 
@@ -64,19 +70,19 @@ def offset_figures(model: nn.Module, dataset: Dataset, indices: Sequence[int], t
 
     for i in indices:
         if not 0 <= i < len(dataset):  # type: ignore[arg-type]
-            raise CLIError(f"image index {i} is out of range: the dataset has "
+            raise ValueError(f"image index {i} is out of range: the dataset has "
                            f"{len(dataset)} samples")  # type: ignore[arg-type]
     was_training = model.training
     model.eval()
     try:
-        inputs, boxes, masks, input_module = _batch(model, dataset, indices, task)
+        inputs, boxes, masks, input_module = offset_inputs(model, dataset, indices, task)
         report = offset_report(model, inputs, out_dir, boxes=boxes, masks=masks,
                                input_module=input_module, stack_depth=stack_depth,
                                max_figures=len(indices), prefix=prefix)
     finally:
         model.train(was_training)
     if not report.figures:
-        raise CLIError(f"{type(model).__name__} has no deformable layers to plot "
+        raise ValueError(f"{type(model).__name__} has no deformable layers to plot "
                        "(a plain twin?)")
     return report
 
@@ -110,7 +116,7 @@ def dilation_over(model: nn.Module, dataset: Dataset, indices: Sequence[int], ta
     try:
         for start in range(0, len(indices), batch_size):
             chunk = list(indices[start:start + batch_size])
-            inputs, boxes, masks, input_module = _batch(model, dataset, chunk, task)
+            inputs, boxes, masks, input_module = offset_inputs(model, dataset, chunk, task)
             if boxes is None and masks is None:
                 continue
             with OffsetCapture(model, max_calls=1, input_module=input_module) as capture:

@@ -1,0 +1,129 @@
+"""The demo's floors over seeds: ``deformconv demo --seed K`` run as the README runs it.
+
+Each seed runs the command in a fresh process (``--out OUT/seedK``) and is timed from the
+process start (Numba's kernels load from their disk cache after the first run; delete
+``src/deformconv/ops/_numba/__pycache__`` first to include one cold compile). Then the
+table of every seed and a pass/fail line per floor (issue #13):
+
+- both twins learn: mIoU >= 0.50 (background included) for plain and deformable, every seed;
+- the deformable twin is ahead beyond seed noise, at equal iterations and at equal
+  training time: >= +3 mIoU points on average and ahead in >= 4 of 5 seeds (4/5 of them);
+- deformable training time <= 1.5x the plain twin's (mean over seeds);
+- the whole demo <= 5 minutes of wall time, every seed.
+
+    python benchmarks/demo_seeds.py                       # seeds 0-4, runs/demo-seeds
+    python benchmarks/demo_seeds.py --seeds 0 1 --out /tmp/seeds -- --threads 1
+
+Arguments after ``--`` go to every ``deformconv demo`` call. A seed whose ``metrics.json``
+exists is read, not rerun (``--rerun`` to redo them). Writes ``OUT/summary.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from deformconv.runs import write_json
+from deformconv.viz import markdown_table
+
+MIN_MIOU = 0.50
+MIN_GAIN = 0.03
+AHEAD_SHARE = 0.8  # of the seeds
+MAX_TIME_RATIO = 1.5
+MAX_SECONDS = 300.0
+COMPARISONS = {"equal iterations": "plain", "equal time": "plain, equal time"}
+
+
+def run_seed(seed: int, out: Path, extra: list[str], rerun: bool) -> dict:
+    """The seed's metrics.json, with ``wall_seconds`` (process start to end) added."""
+    metrics = out / "metrics.json"
+    if metrics.is_file() and not rerun:
+        return json.loads(metrics.read_text())
+    command = [sys.executable, "-m", "deformconv", "demo", "--seed", str(seed),
+               "--out", str(out), "--no-progress", *extra]
+    print("$ " + " ".join(command[1:]), flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    summary = json.loads(metrics.read_text())
+    summary["wall_seconds"] = time.perf_counter() - start
+    write_json(summary, metrics)
+    return summary
+
+
+def seed_row(seed: int, summary: dict) -> dict:
+    runs = summary["runs"]
+    row: dict[str, object] = {"seed": seed}
+    for name, run in runs.items():
+        row[f"{name} mIoU"] = run["metrics"]["miou"]
+    for label, reference in COMPARISONS.items():
+        if reference in runs:
+            row[f"gain, {label}"] = (runs["deformable"]["metrics"]["miou"]
+                                     - runs[reference]["metrics"]["miou"])
+    for name, run in runs.items():
+        row[f"{name} s"] = run["train_seconds"]
+    row["time ratio"] = runs["deformable"]["train_seconds"] / runs["plain"]["train_seconds"]
+    row["equal-time its"] = runs.get("plain, equal time", {}).get("iterations")
+    row["wall s"] = summary.get("wall_seconds", summary["total_seconds"])
+    return row
+
+
+def floors(rows: list[dict]) -> list[tuple[str, bool, str]]:
+    """(floor, passed, measured) for each floor."""
+    n = len(rows)
+    lowest = min(min(r["plain mIoU"], r["deformable mIoU"]) for r in rows)
+    checks = [("both twins mIoU >= 0.50, every seed", lowest >= MIN_MIOU,
+               f"lowest {lowest:.3f}")]
+    for label in COMPARISONS:
+        key = f"gain, {label}"
+        if not all(key in r for r in rows):
+            continue
+        gains = [r[key] for r in rows]
+        mean = sum(gains) / n
+        ahead = sum(g > 0 for g in gains)
+        checks.append((f"deformable ahead at {label}: mean >= +3 points",
+                       mean >= MIN_GAIN, f"{mean * 100:+.1f} points"))
+        checks.append((f"deformable ahead at {label} in >= {AHEAD_SHARE:.0%} of the seeds",
+                       ahead >= AHEAD_SHARE * n, f"{ahead} of {n}"))
+    ratio = sum(r["time ratio"] for r in rows) / n
+    checks.append(("deformable training time <= 1.5x plain (mean)", ratio <= MAX_TIME_RATIO,
+                   f"{ratio:.2f}x (seeds {min(r['time ratio'] for r in rows):.2f}-"
+                   f"{max(r['time ratio'] for r in rows):.2f})"))
+    slowest = max(r["wall s"] for r in rows)
+    checks.append(("whole demo <= 5 min, every seed", slowest <= MAX_SECONDS,
+                   f"slowest {slowest:.0f} s"))
+    return checks
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--out", type=Path, default=Path("runs/demo-seeds"))
+    parser.add_argument("--rerun", action="store_true", help="rerun seeds that have results")
+    args = parser.parse_args(argv)
+    load = os.getloadavg()
+    rows = [seed_row(seed, run_seed(seed, args.out / f"seed{seed}", extra, args.rerun))
+            for seed in args.seeds]
+    checks = floors(rows)
+    lines = ["# deformconv demo over seeds", "",
+             f"`deformconv demo --seed K {' '.join(extra)}`".replace("  ", " ") + f", seeds "
+             f"{args.seeds}; {os.cpu_count()} CPUs, load average at the start "
+             f"{load[0]:.1f}, at the end {os.getloadavg()[0]:.1f}.", "",
+             markdown_table(rows, digits=3), "",
+             markdown_table([{"floor": f, "measured": m, "result": "pass" if ok else "FAIL"}
+                             for f, ok, m in checks]), ""]
+    text = "\n".join(lines)
+    print(text)
+    (args.out / "summary.md").write_text(text)
+    return 0 if all(ok for _, ok, _ in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""A dataset's samples computed once and kept in memory, with random transforms on top.
+
+Synthetic scenes are rendered on the fly, which can cost more than a training step of a
+small network. :class:`InMemory` renders each one once; random training transforms then
+vary the copies that are handed out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+from torch.utils.data import Dataset, default_collate
+
+from ._common import Transform
+
+__all__ = ["InMemory"]
+
+
+class InMemory(Dataset):
+    """Every sample of ``source``, computed at construction and stored as stacked tensors.
+
+    ``source[i]`` must be ``(image (3, H, W), target)`` with images of one size and targets
+    that ``default_collate`` stacks (class ids, segmentation masks). ``transforms`` (see
+    :mod:`deformconv.data.transforms`) run on each sample handed out. Attributes the class
+    does not define (``class_names``, ``num_classes``, ``scene(i)`` ...) are the source's.
+
+    Example::
+
+        >>> from deformconv.data import synthetic_dataset, transforms as T
+        >>> train = InMemory(synthetic_dataset("segmentation", 100, image_size=64),
+        ...                  T.RandomHorizontalFlip())
+    """
+
+    def __init__(self, source: Dataset, transforms: Transform | None = None) -> None:
+        length = len(source)  # type: ignore[arg-type]
+        if length == 0:
+            raise ValueError("source is empty: nothing to keep in memory")
+        try:
+            images, targets = default_collate([source[i] for i in range(length)])
+        except RuntimeError as err:
+            raise ValueError(f"cannot stack the samples of {type(source).__name__}: {err}; "
+                             "InMemory needs images of one size and stackable targets") from err
+        self.source = source
+        self.images: Tensor = images  # (N, 3, H, W)
+        self.targets: Tensor = targets  # (N,) labels or (N, H, W) masks
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Any]:
+        image, target = self.images[index], self.targets[index]
+        if target.dim() == 0:
+            target = int(target)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "source":  # not set yet (during construction or unpickling)
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def __repr__(self) -> str:
+        return f"InMemory({self.source!r}, transforms={self.transforms!r})"
+

@@ -1,0 +1,51 @@
+"""What the segmentation models share: logits at the input size, their loss, predictions."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["PixelClassifier"]
+
+
+class PixelClassifier(nn.Module):
+    """Base of the segmentation models: subclasses compute class scores at their output
+    stride in :meth:`scores` and set ``ignore_index``.
+
+    ``forward(images (N, 3, H, W)) -> logits (N, classes, H, W)`` (scores upsampled
+    bilinearly); with targets, ``forward(images, masks)`` returns ``{"loss_seg": loss}``
+    instead, in any mode (the torchvision detection convention, so one training loop serves
+    both); :meth:`loss` is the same cross-entropy on given logits. Masks are ``(N, H, W)``
+    integer class indices, ``ignore_index`` marking pixels without a label.
+    """
+
+    ignore_index: int
+
+    def scores(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) -> (N, classes, H/s, W/s) class scores at the output stride s."""
+        raise NotImplementedError
+
+    def forward(self, images: Tensor, targets: Tensor | None = None) -> Tensor | dict[str, Tensor]:
+        logits = F.interpolate(self.scores(images), size=images.shape[-2:], mode="bilinear",
+                               align_corners=False)
+        if targets is None:
+            return logits
+        return {"loss_seg": self.loss(logits, targets)}
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Mean cross-entropy over labelled pixels; 0 (with a graph) when none is labelled."""
+        if targets.shape != logits.shape[:1] + logits.shape[2:]:
+            raise ValueError(
+                f"targets must be (N, H, W) = {tuple(logits.shape[:1] + logits.shape[2:])}, "
+                f"got {tuple(targets.shape)}"
+            )
+        targets = targets.long()
+        if not bool((targets != self.ignore_index).any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, targets, ignore_index=self.ignore_index)
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) -> (N, H, W) class indices."""
+        return self(images).argmax(1)

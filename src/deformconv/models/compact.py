@@ -1,0 +1,118 @@
+"""A compact fully convolutional segmentation network, sized to train in minutes on a CPU.
+
+A stack of 3×3 conv + BN + ReLU layers: the first ones with stride 2, then layers at the
+encoder's stride whose last ``deform_layers`` are deformable. The deformable layers sit on
+the smallest maps, where they are cheap, and at the top, where a plain layer's receptive
+field is largest yet still fixed: their offsets can stretch it to the object at hand.
+Optionally a decoder (as in DeepLabv3+, Chen et al. 2018) upsamples the top features to an
+earlier layer's finer map, concatenates that layer's output and mixes both with one 3×3
+conv, for the outlines of small objects. A 1×1 classifier and a bilinear upsampling to the
+input size end it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..nn import DeformConv2d
+from ._registry import register_model
+from ._segmentation import PixelClassifier
+
+__all__ = ["CompactFCN", "compact_fcn"]
+
+
+class CompactFCN(PixelClassifier):
+    """Segmentation: ``forward(images (N, 3, H, W)) -> logits (N, classes, H, W)``,
+    ``forward(images, masks) -> {"loss_seg": loss}`` (see :class:`PixelClassifier`).
+
+    Args:
+        num_classes: classes, background included.
+        widths: output channels of each 3×3 conv layer.
+        strides: stride of each layer (1 or 2); the output stride is their product.
+        deform_layers: how many of the last layers are deformable (0 = the plain twin).
+            Deformable layers must all have stride 1.
+        skip_layer: index of the layer whose output the decoder fuses (None: no decoder,
+            the classifier reads the top layer).
+        decoder_width: output channels of the decoder's 3×3 conv.
+        modulated: DCN v2 modulation masks in the deformable layers.
+        offset_groups: offset groups of the deformable layers.
+        ignore_index: mask value left out of the loss.
+    """
+
+    def __init__(self, num_classes: int, widths: Sequence[int] = (24, 32, 48, 48, 48),
+                 strides: Sequence[int] = (2, 2, 1, 1, 1), deform_layers: int = 3, *,
+                 skip_layer: int | None = None, decoder_width: int = 32,
+                 modulated: bool = False, offset_groups: int = 1,
+                 ignore_index: int = 255) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+        if len(widths) != len(strides) or not widths:
+            raise ValueError(f"widths and strides must be non-empty and of one length, got "
+                             f"{len(widths)} widths and {len(strides)} strides")
+        if any(s not in (1, 2) for s in strides):
+            raise ValueError(f"strides must be 1 or 2, got {tuple(strides)}")
+        if not 0 <= deform_layers <= len(widths):
+            raise ValueError(f"deform_layers must be in [0, {len(widths)}], got {deform_layers}")
+        if skip_layer is not None and not 0 <= skip_layer < len(widths) - 1:
+            raise ValueError(f"skip_layer must be None or in [0, {len(widths) - 2}], got "
+                             f"{skip_layer}")
+        first_deformable = len(widths) - deform_layers
+        if any(s != 1 for s in strides[first_deformable:]):
+            raise ValueError(f"deformable layers need stride 1: strides {tuple(strides)} with "
+                             f"the last {deform_layers} deformable")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.deform_layers = deform_layers
+        layers: list[nn.Module] = []
+        channels = 3
+        for i, (width, layer_stride) in enumerate(zip(widths, strides, strict=True)):
+            if i >= first_deformable:
+                conv: nn.Module = DeformConv2d(channels, width, 3, padding=1, bias=False,
+                                               modulated=modulated, offset_groups=offset_groups)
+            else:
+                conv = nn.Conv2d(channels, width, 3, stride=layer_stride, padding=1, bias=False)
+            layers.append(nn.Sequential(conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True)))
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.skip_layer = skip_layer
+        self.decoder: nn.Module | None = None
+        if skip_layer is not None:
+            self.decoder = nn.Sequential(
+                nn.Conv2d(channels + widths[skip_layer], decoder_width, 3, padding=1,
+                          bias=False),
+                nn.BatchNorm2d(decoder_width), nn.ReLU(inplace=True))
+            channels = decoder_width
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) -> the classifier's input (N, C, H/s, W/s): the top layer's output,
+        or the decoder's at the skip layer's stride s."""
+        x = images
+        skip = None
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i == self.skip_layer:
+                skip = x
+        if self.decoder is None or skip is None:
+            return x
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.decoder(torch.cat([x, skip], dim=1))
+
+    def scores(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) -> (N, classes, H/s, W/s)."""
+        return self.classifier(self.forward_features(images))
+
+
+@register_model("segmentation")
+def compact_fcn(num_classes: int = 21, deformable: bool = True, **kwargs: object
+                ) -> CompactFCN:
+    """:class:`CompactFCN` (five 3×3 layers at widths 24-48, output stride 4, the last three
+    deformable); ``deformable=False`` gives the plain twin (``deform_layers=0``)."""
+    if not deformable:
+        kwargs["deform_layers"] = 0
+    return CompactFCN(num_classes, **kwargs)  # type: ignore[arg-type]

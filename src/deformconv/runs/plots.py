@@ -1,0 +1,109 @@
+"""Figures of training runs as PNG (matplotlib): learning curves, segmentation predictions,
+a metric per object scale."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor
+
+__all__ = ["plot_learning_curves", "plot_predictions", "plot_scale_recall"]
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
+    return path
+
+
+Curve = tuple[Sequence[float], Sequence[float]]  # (x values, y values)
+
+
+def plot_learning_curves(losses: Mapping[str, Curve], scores: Mapping[str, Curve],
+                         path: Path, *, score_label: str = "validation mIoU") -> Path:
+    """Two panels, one line per run: training loss against iteration (``losses``), and
+    the validation score against training time in seconds (``scores``), where runs of
+    equal duration end at the same x."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.4))
+    left, right = fig.subplots(1, 2)
+    for name, (x, y) in losses.items():
+        left.plot(list(x), list(y), label=name, linewidth=1.1)
+    left.set_xlabel("iteration")
+    left.set_ylabel("training loss (running mean)")
+    left.set_yscale("log")
+    for name, (x, y) in scores.items():
+        right.plot(list(x), list(y), marker="o", markersize=3, label=name, linewidth=1.2)
+    right.set_xlabel("training time (s)")
+    right.set_ylabel(score_label)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_scale_recall(rows: Mapping[str, Sequence[Mapping[str, float]]], path: Path) -> Path:
+    """One line per run: mean object recall per scale bucket (rows of
+    :func:`deformconv.runs.recall_by_scale`), the buckets' object counts on the x axis."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.add_subplot()
+    first = next(iter(rows.values()))
+    centres = [(r["low"] * r["high"]) ** 0.5 for r in first]
+    for name, buckets in rows.items():
+        ax.plot(centres, [r["recall"] for r in buckets], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xticks(centres)
+    ax.set_xticklabels([f"{r['low']:.0f}-{r['high']:.0f}\n({r['objects']})" for r in first],
+                       fontsize=8)
+    ax.minorticks_off()
+    ax.set_xlabel("object size: longer side in px (objects)")
+    ax.set_ylabel("object pixels labelled correctly")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _colour_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """(H, W) labels -> (H, W, 3): background black, 255 (ignore) white, classes tab20."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"](np.linspace(0, 1, max(num_classes, 2)))[:, :3]
+    out = np.zeros((*mask.shape, 3))
+    for label in range(1, num_classes + 1):
+        out[mask == label] = palette[(label - 1) % len(palette)]
+    out[mask == 255] = 1.0
+    return out
+
+
+def plot_predictions(images: Sequence[Tensor], truths: Sequence[Tensor],
+                     predictions: Mapping[str, Sequence[Tensor]], num_classes: int,
+                     path: Path, *, row_titles: Sequence[str] | None = None) -> Path:
+    """A grid, one row per image: the image, its ground-truth mask, each model's prediction;
+    ``row_titles`` label the rows (on the image panel)."""
+    from matplotlib.figure import Figure
+
+    from ..viz import to_display_image
+
+    columns = 2 + len(predictions)
+    fig = Figure(figsize=(2.2 * columns, 2.2 * len(images)))
+    axes = fig.subplots(len(images), columns, squeeze=False)
+    titles = ["image", "ground truth", *predictions]
+    for row, (image, truth) in enumerate(zip(images, truths, strict=True)):
+        panels = [to_display_image(image), _colour_mask(truth.numpy(), num_classes)]
+        panels += [_colour_mask(pred[row].numpy(), num_classes) for pred in predictions.values()]
+        for col, panel in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(titles[col], fontsize=9)
+        if row_titles is not None:
+            axes[row, 0].set_ylabel(row_titles[row], fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,197 @@
+"""Run specs: plain-value descriptions of a run's data and model, and the builders for them.
+
+A training run stores ``{"model": ModelSpec, "data": DataSpec}`` as plain dicts in its
+checkpoints (the engine's ``extra``), so evaluation, visualisation and export rebuild the
+same network and data from the checkpoint alone (:func:`specs_from_checkpoint`).
+
+Bad values raise ``ValueError`` (missing files ``FileNotFoundError``) naming what was given
+and what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+__all__ = [
+    "DataSpec",
+    "ModelSpec",
+    "build_datasets",
+    "build_model",
+    "from_scratch_spec",
+    "merge_kwargs",
+    "model_from_checkpoint",
+    "specs_from_checkpoint",
+]
+
+@dataclass
+class DataSpec:
+    """Where samples come from; plain values only (stored in checkpoints)."""
+
+    source: str = "synthetic"  # "synthetic" | "coco" | "voc"
+    paths: list[str] = field(default_factory=list)  # coco: [ann, images]; voc: [root]
+    val_paths: list[str] = field(default_factory=list)  # coco: [ann, images] for eval
+    image_size: int = 128  # synthetic side; VOC images are resized to it
+    train_size: int = 2000  # synthetic training samples
+    val_size: int = 200  # synthetic validation samples
+    data_seed: int = 0  # synthetic scenes (validation uses data_seed + 1)
+    num_classes: int | None = None  # VOC only (default 20)
+    scene: dict[str, Any] = field(default_factory=dict)  # synthetic SceneConfig overrides
+
+
+@dataclass
+class ModelSpec:
+    """Everything ``deformconv.models.create`` needs to rebuild the network."""
+
+    name: str
+    num_classes: int  # head outputs: classes, + 1 background for segmentation/detection
+    deformable: bool = True
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        from ..models import model_task
+
+        return model_task(self.name)
+
+
+def _existing(path: str, what: str, directory: bool) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{what} not found: {p}")
+    if directory and not p.is_dir():
+        raise NotADirectoryError(f"{what} is not a folder: {p}")
+    if not directory and not p.is_file():
+        raise IsADirectoryError(f"{what} is not a file: {p}")
+    return p
+
+
+def _coco(paths: list[str]) -> Dataset:
+    from ..data import CocoDetection
+
+    ann = _existing(paths[0], "COCO annotation file", directory=False)
+    images = _existing(paths[1], "COCO image folder", directory=True)
+    return CocoDetection(images, ann)
+
+
+def build_datasets(spec: DataSpec, task: str, *, need_train: bool = True
+                   ) -> tuple[Dataset | None, Dataset, int]:
+    """``(train set or None, val set, C object classes)`` for ``task``."""
+    if spec.source == "synthetic":
+        from ..data import synthetic_dataset
+
+        kwargs: dict[str, Any] = {**spec.scene, "image_size": spec.image_size}
+        try:
+            train = (synthetic_dataset(task, spec.train_size, spec.data_seed, **kwargs)
+                     if need_train else None)
+            val = synthetic_dataset(task, spec.val_size, spec.data_seed + 1, **kwargs)
+        except TypeError as err:  # unknown scene option
+            raise ValueError(f"scene: {err}") from None
+        return train, val, val.num_classes
+    if spec.source == "coco":
+        if task != "detection":
+            raise ValueError(f"COCO data is for detection models, the model's task is {task}")
+        train = _coco(spec.paths) if need_train else None
+        val = _coco(spec.val_paths) if spec.val_paths else (train or _coco(spec.paths))
+        return train, val, val.num_classes  # type: ignore[attr-defined]
+    if spec.source == "voc":
+        from ..data import VOCSegmentation
+        from ..data.transforms import Resize
+
+        if task != "segmentation":
+            raise ValueError(f"VOC data is for segmentation models, the model's task is {task}")
+        root = _existing(spec.paths[0], "VOC root folder", directory=True)
+        classes = spec.num_classes or 20
+        resize = Resize(spec.image_size)  # one size per batch
+        train = (VOCSegmentation(root, "train", resize, num_classes=classes)
+                 if need_train else None)
+        val = VOCSegmentation(root, "val", resize, num_classes=classes)
+        return train, val, classes
+    raise ValueError(f"unknown data source {spec.source!r}; expected synthetic, coco or voc")
+
+
+def merge_kwargs(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``extra``, nested dicts merged key by key."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_kwargs(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def from_scratch_spec(name: str, num_classes: int, *, image_size: int,
+                      deformable: bool = True, base_channels: int | None = None,
+                      deform_blocks: list[int] | None = None,
+                      overrides: dict[str, Any] | None = None) -> ModelSpec:
+    """A ResNet-based model for C = ``num_classes`` object classes, trained from scratch.
+
+    Defaults suit training from random init: batch norm that learns (not frozen), nothing
+    frozen; detection images kept at their size, anchors scaled to ``image_size``.
+    ``overrides`` (nested dicts merge) have the last word.
+    """
+    from ..models import model_task
+
+    task = model_task(name)
+    backbone: dict[str, Any] = {"norm_layer": "batch_norm", "frozen_stages": -1}
+    if base_channels is not None:
+        backbone["base_channels"] = base_channels
+    if deform_blocks is not None:
+        backbone["deform_blocks"] = list(deform_blocks)
+    if task == "classification":
+        kwargs: dict[str, Any] = dict(backbone)
+    else:
+        kwargs = {"backbone_kwargs": backbone}
+    if task == "segmentation":
+        kwargs["head_channels"] = 4 * (base_channels or 64)
+    if task == "detection":
+        smallest = max(4, image_size // 16)
+        kwargs.update(min_size=image_size, max_size=image_size,
+                      anchor_sizes=[smallest * 2**i for i in range(4)])
+    kwargs = merge_kwargs(kwargs, overrides or {})
+    heads = num_classes if task == "classification" else num_classes + 1  # + background
+    return ModelSpec(name, heads, deformable=deformable, kwargs=kwargs)
+
+
+def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
+    """``deformconv.models.create`` from a spec (seeding torch first when ``seed`` is given);
+    bad keyword arguments become ``ValueError``."""
+    from ..models import create
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        return create(spec.name, spec.num_classes, deformable=spec.deformable, **spec.kwargs)
+    except TypeError as err:
+        raise ValueError(f"cannot build {spec.name} with {spec.kwargs}: {err}") from None
+
+
+def model_from_checkpoint(spec: ModelSpec, path: str | Path) -> nn.Module:
+    """``build_model(spec)`` with the trained weights of checkpoint ``path``."""
+    from ..engine import load_weights
+
+    model = build_model(spec)
+    load_weights(model, path)
+    return model
+
+
+def specs_from_checkpoint(path: str | Path) -> tuple[ModelSpec, DataSpec, dict[str, Any]]:
+    """(model spec, data spec, the whole checkpoint) of a checkpoint written by ``train``
+    (or by anything that stored both specs in the engine's ``extra``)."""
+    from ..engine import load_checkpoint
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    state = load_checkpoint(p)
+    extra = state.get("extra") or {}
+    if "model" not in extra or "data" not in extra:
+        raise ValueError(f"checkpoint {p} was not written by 'deformconv train' or 'demo' "
+                         "(no model/data info); use deformconv.engine.load_weights in Python")
+    return ModelSpec(**extra["model"]), DataSpec(**extra["data"]), state

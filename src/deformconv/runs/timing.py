@@ -1,0 +1,89 @@
+"""Cost of a model on this machine: parameters, training step time, inference time, threads.
+
+Times are wall-clock, best or median of a few repeats after a warm-up; models compared in
+one call take turns, so a burst of load from elsewhere hits them alike.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+__all__ = ["ms_per_image", "parameter_count", "seconds_per_batch", "seconds_per_iteration",
+           "set_threads"]
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of parameters (trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def set_threads(count: int) -> None:
+    """Intra-op threads of torch and of the Numba kernels."""
+    import numba
+
+    torch.set_num_threads(count)
+    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: wait before reading the clock
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_iteration(model: nn.Module, task: str, dataset: Dataset, batch_size: int,
+                          device: torch.device, steps: int = 3) -> float:
+    """Median time of one SGD step (forward, loss, backward, update) of a copy of ``model``
+    on batches of ``dataset``, after one warm-up step; drawing the batch is left out."""
+    from ..engine import compute_loss, train_loader
+    from ..engine.tasks import to_device
+
+    net = copy.deepcopy(model).to(device).train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-6)
+    loader = iter(train_loader(dataset, task, batch_size, seed=0, epoch=0))
+    times = []
+    for _ in range(steps + 1):
+        images, targets = to_device(next(loader), device)
+        start = time.perf_counter()
+        loss, _ = compute_loss(task, net, images, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def seconds_per_batch(dataset: Dataset, task: str, batch_size: int, batches: int = 3
+                      ) -> float:
+    """Mean time to draw and collate one training batch (synthetic scenes are rendered on
+    the fly, which :func:`seconds_per_iteration` leaves out)."""
+    from ..engine import train_loader
+
+    loader = iter(train_loader(dataset, task, batch_size, seed=0, epoch=0))
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(loader)
+    return (time.perf_counter() - start) / batches
+
+
+@torch.no_grad()
+def ms_per_image(models: dict[str, nn.Module], batch: torch.Tensor,
+                 repeats: int = 5) -> dict[str, float]:
+    """Best-of-``repeats`` eval forward time per image of each model on ``batch``
+    ``(N, 3, H, W)``, in ms. Leaves the models in eval mode."""
+    for model in models.values():
+        model.eval()
+        model(batch)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model(batch)
+            _sync(batch.device)
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * min(t) / batch.shape[0] for name, t in times.items()}

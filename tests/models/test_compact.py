@@ -1,0 +1,66 @@
+"""CompactFCN: shapes, plain twin at init, deformable layers where asked, decoder, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from deformconv import models
+from deformconv.models import CompactFCN
+from deformconv.nn import DeformConv2d, offset_state_keys
+
+
+def _deformable_indices(model: CompactFCN) -> list[int]:
+    return [i for i, layer in enumerate(model.features) if isinstance(layer[0], DeformConv2d)]
+
+
+@pytest.mark.parametrize("skip_layer", [None, 0])
+def test_twins_agree_at_init_and_both_train(skip_layer):
+    kwargs = {"widths": (8, 8, 12, 12), "strides": (2, 2, 1, 1), "deform_layers": 2,
+              "skip_layer": skip_layer, "decoder_width": 6}
+    torch.manual_seed(0)
+    plain = models.create("compact_fcn", 4, deformable=False, **kwargs)
+    torch.manual_seed(0)
+    deformable = models.create("compact_fcn", 4, **kwargs)
+    missing = deformable.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert set(missing) == offset_state_keys(deformable) and missing
+    assert _deformable_indices(deformable) == [2, 3] and _deformable_indices(plain) == []
+    images = torch.rand(2, 3, 36, 44)
+    plain.eval()
+    deformable.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(deformable(images), plain(images), rtol=1e-4, atol=1e-5)
+    assert deformable(images).shape == (2, 4, 36, 44)
+    deformable.train()
+    masks = torch.randint(0, 4, (2, 36, 44))
+    masks[:, :4] = 255
+    loss = deformable(images, masks)["loss_seg"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in deformable.parameters())
+
+
+def test_predict_and_all_ignored_targets():
+    model = CompactFCN(3, widths=(4, 4), strides=(2, 1), deform_layers=1).eval()
+    images = torch.rand(1, 3, 16, 16)
+    assert model.predict(images).shape == (1, 16, 16)
+    loss = model(images, torch.full((1, 16, 16), 255))["loss_seg"]
+    assert loss.item() == 0.0 and loss.requires_grad
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"deform_layers": 4}, r"deform_layers must be in \[0, 3\]"),
+    ({"strides": (2, 2, 2), "deform_layers": 1}, "deformable layers need stride 1"),
+    ({"strides": (2, 3, 1)}, "strides must be 1 or 2"),
+    ({"strides": (2, 1)}, "of one length"),
+    ({"skip_layer": 2}, r"skip_layer must be None or in \[0, 1\]"),
+])
+def test_bad_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CompactFCN(3, **{"widths": (4, 4, 4), "strides": (2, 1, 1), **kwargs})
+
+
+def test_registered_for_segmentation():
+    assert models.model_task("compact_fcn") == "segmentation"
+    assert isinstance(models.create("compact_fcn", 3), nn.Module)
