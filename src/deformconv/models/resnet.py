@@ -269,6 +269,7 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         inplanes = base_channels
+        self.stage_channels: list[int] = []  # output channels of stages 1..4
         plan = zip(_stage_strides(output_stride), layers, deform_blocks, strict=True)
         for i, ((stride, dilation), blocks, deformable) in enumerate(plan):
             planes = base_channels * 2**i
@@ -276,6 +277,7 @@ class ResNet(nn.Module):
                                 deform_layer, norm_layer)
             self.add_module(f"layer{i + 1}", stage)
             inplanes = planes * block.expansion
+            self.stage_channels.append(inplanes)
         self.num_features = inplanes
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(inplanes, num_classes) if num_classes else nn.Identity()
