@@ -7,8 +7,11 @@ settings, so a long study can be stopped and continued. A run that is interrupte
 training resumes from its last checkpoint (``<out>/<study>/<run>/last.pt``).
 
 The models, data and training loop are the library's own (``deformconv.models``,
-``deformconv.data`` through ``deformconv.runs``, ``deformconv.engine.train``), set up
-as ``deformconv demo`` sets them up.
+``deformconv.data`` through ``deformconv.runs``, ``deformconv.engine.train``). The recipe
+mirrors the paper's at CPU scale: a plain ResNet-18 pretrained once on synthetic
+classification (``deformconv.runs.pretrained_backbone``, the studies' ImageNet, cached and
+shared) is fine-tuned with its deformable layers' offsets starting at zero, here with AdamW
+and a one-cycle schedule on scenes rendered once and turned and mirrored at random.
 """
 
 from __future__ import annotations
@@ -26,16 +29,19 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from deformconv.runs import (
     DataSpec,
     DemoSettings,
     ModelSpec,
+    PretrainSettings,
     build_datasets,
     build_model,
     from_scratch_spec,
+    load_pretrained,
     parameter_count,
-    seconds_per_batch,
+    pretrained_backbone,
     seconds_per_iteration,
     set_threads,
     twin_model,
@@ -44,6 +50,8 @@ from deformconv.runs import (
 
 __all__ = [
     "DEFAULT_OUT",
+    "PRETRAIN",
+    "SMOKE_PRETRAIN",
     "Sizes",
     "Study",
     "add_common_args",
@@ -53,6 +61,7 @@ __all__ = [
     "plan",
     "seed_stats",
     "segmentation_specs",
+    "train_data",
     "train_run",
     "twin_model",
 ]
@@ -62,25 +71,41 @@ SMOKE_OUT = Path("runs/experiments-smoke")
 # The demo's scenes: five shape classes at widely varying scale (8 px to 0.7 of the image
 # side), aspect ratio (up to 2.5) and rotation (any angle), on lighter clutter.
 SCENE: dict[str, Any] = DemoSettings().scene
-GRAD_CLIP = 5.0  # from-scratch BN nets at batch 8 spike early without it
-# Offsets train at the full rate: in a few hundred SGD iterations a reduced rate (the
-# paper's long schedules use one) would leave them near zero.
-OFFSET_LR_MULT = 1.0
+# The studies' ImageNet: a plain ResNet-18 of width 32 classifying single large objects of
+# the ten default shape classes (the five of the scenes among them) at 64 px.
+PRETRAIN = PretrainSettings()
+SMOKE_PRETRAIN = PretrainSettings(base_channels=4, image_size=32, train_size=8, val_size=4,
+                                  iterations=2, batch_size=2)
 
 
 @dataclass(frozen=True)
 class Sizes:
-    """How big a study's runs are: data, model width, training length, seeds."""
+    """How a study's runs train: data, model width, optimiser, length, seeds."""
 
     image_size: int
     batch_size: int
-    train_size: int
+    train_size: int  # scenes rendered once, then turned and mirrored at random
     val_size: int
     base_channels: int
     iterations: int
     seeds: tuple[int, ...]
-    lr: float = 0.02
+    lr: float = 2e-3  # AdamW peak rate of the one-cycle schedule
+    weight_decay: float = 1e-4
+    warmup_share: float = 0.15  # of the iterations: one-cycle's rising part
+    # Adam moves every weight by about lr per step whatever its gradient, and an offset
+    # sums 9 * C_in of them: offsets train at a tenth of the rate (about the demo's
+    # absolute offset rate), so that they grow as the fine-tuned features settle.
+    offset_lr_mult: float = 0.1
+    # Segmentation: cross-entropy weights (1 / class frequency) ** class_balance.
+    class_balance: float = 0.5
+    grad_clip: float = 10.0
+    pretrain: PretrainSettings | None = None  # None: from random init
     scene: dict[str, Any] = field(default_factory=lambda: dict(SCENE))
+
+    def __post_init__(self) -> None:
+        if self.pretrain is not None and self.pretrain.base_channels != self.base_channels:
+            raise ValueError(f"the pretrained backbone has width {self.pretrain.base_channels}"
+                             f", the models base_channels={self.base_channels}")
 
     def identity(self) -> dict[str, Any]:
         """The sizes that decide a run's result; the seed list is left out (each run
@@ -136,10 +161,12 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def seed_stats(results: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
-    """One configuration over its seeds: parameters, mean training seconds and, per metric,
-    ``{"mean", "std", "values"}``."""
-    row: dict[str, Any] = {"params": results[0]["params"],
-                           "train_seconds": mean_std([r["seconds"] for r in results])[0]}
+    """One configuration over its seeds: parameters, mean seconds per run (everything) and
+    per training iteration (the steps alone), and per metric ``{"mean", "std", "values"}``."""
+    row: dict[str, Any] = {
+        "params": results[0]["params"],
+        "run_seconds": mean_std([r["seconds"] for r in results])[0],
+        "seconds_per_iteration": mean_std([r["seconds_per_iteration"] for r in results])[0]}
     for key in metrics:
         values = [r["metrics"][key] for r in results]
         mean, std = mean_std(values)
@@ -236,49 +263,88 @@ class Study:
         return path
 
 
-def train_run(task: str, spec: ModelSpec, plain: ModelSpec, sizes: Sizes, seed: int,
-              run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Train ``spec`` (initialised from its plain twin) with ``seed``; evaluate on the
-    validation scenes. Resumes from ``run_dir/last.pt`` if a previous call was stopped.
-    Returns the trained model and ``{"metrics", "params", "iterations"}``."""
-    from deformconv.engine import TrainConfig, train
+_DATA: dict[str, tuple[Dataset, Dataset, int]] = {}
 
-    train_set, val_set, _ = build_datasets(sizes.data(), task)
-    assert train_set is not None
+
+def train_data(sizes: Sizes, task: str) -> tuple[Dataset, Dataset, int]:
+    """(training set, validation set, C classes) of ``sizes``, rendered once per process
+    and kept in memory; training samples are turned by quarter turns and mirrored at
+    random (the scenes' statistics do not change under either)."""
+    from deformconv.data import InMemory
+    from deformconv.data.transforms import Compose, RandomHorizontalFlip, RandomRot90
+
+    key = json.dumps([task, asdict(sizes.data())], sort_keys=True)
+    if key not in _DATA:
+        train_set, val_set, classes = build_datasets(sizes.data(), task)
+        assert train_set is not None
+        augment = Compose([RandomRot90(), RandomHorizontalFlip()])
+        _DATA[key] = InMemory(train_set, augment), InMemory(val_set), classes
+    return _DATA[key]
+
+
+def pretrained(sizes: Sizes, study: Study) -> dict[str, Any] | None:
+    """The pretrained backbone of ``sizes`` (trained on first use, then read from
+    ``<out>/cache``), or None for training from random init."""
+    if sizes.pretrain is None:
+        return None
+    return pretrained_backbone(sizes.pretrain, study.folder.parent / "cache")
+
+
+def train_run(task: str, spec: ModelSpec, plain: ModelSpec, sizes: Sizes, seed: int,
+              run_dir: Path, study: Study) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-tune ``spec`` (its plain twin's weights, the pretrained backbone, zero offsets)
+    with ``seed``; evaluate on the validation scenes. Resumes from ``run_dir/last.pt`` if a
+    previous call was stopped. Returns the trained model and ``{"metrics", "params",
+    "iterations", "train_seconds", "seconds_per_iteration"}``."""
+    from deformconv.engine import TrainConfig, balanced_class_weights, label_counts, train
+
+    train_set, val_set, classes = train_data(sizes, task)
     model = twin_model(spec, plain, seed)
+    backbone = pretrained(sizes, study)
+    if backbone is not None:
+        model.load_backbone_state_dict(load_pretrained(backbone["checkpoint"]))  # type: ignore[operator]
+    weights = None
+    if task == "segmentation":
+        counts = label_counts(train_set.targets, classes + 1)  # type: ignore[attr-defined]
+        weights = balanced_class_weights(counts, sizes.class_balance)
     config = TrainConfig(
-        task=task, iterations=sizes.iterations, batch_size=sizes.batch_size, lr=sizes.lr,
-        warmup_iters=min(50, sizes.iterations // 10), schedule="cosine",
-        grad_clip_norm=GRAD_CLIP, offset_lr_mult=OFFSET_LR_MULT, seed=seed,
+        task=task, iterations=sizes.iterations, batch_size=sizes.batch_size,
+        optimizer="adamw", lr=sizes.lr, weight_decay=sizes.weight_decay, schedule="onecycle",
+        warmup_iters=round(sizes.warmup_share * sizes.iterations), class_weights=weights,
+        grad_clip_norm=sizes.grad_clip, offset_lr_mult=sizes.offset_lr_mult, seed=seed,
         checkpoint_every=max(1, sizes.iterations // 4), keep_best=False, resume="auto",
         out_dir=str(run_dir), progress=False, log_every=10, device="cpu")
     result = train(config, model, train_set, val_set,
                    extra={"model": asdict(spec), "data": asdict(sizes.data())})
     return model, {"metrics": result.metrics, "params": parameter_count(model),
-                   "iterations": result.iteration}
+                   "iterations": result.iteration, "train_seconds": result.train_seconds,
+                   "seconds_per_iteration": result.train_seconds / max(1, result.iteration)}
 
 
 def plan(study: Study, task: str, specs: dict[str, ModelSpec], sizes: Sizes,
          eval_share: float = 0.1) -> dict[str, Any]:
-    """Measured seconds per training iteration of each configuration (one SGD step,
-    ``deformconv.runs.seconds_per_iteration``, plus drawing a batch) and the estimated study time:
-    sum over configurations of s/iter x iterations x seeds, plus ``eval_share`` for
-    evaluation, checkpoints and model building; also written to ``<study>/plan.json``."""
-    train_set, _, _ = build_datasets(sizes.data(), task)
-    assert train_set is not None
-    data_s = seconds_per_batch(train_set, task, sizes.batch_size)
-    print(f"  drawing a batch: {data_s:.3f} s")
+    """Measured seconds per training iteration of each configuration (one step,
+    ``deformconv.runs.seconds_per_iteration``, on the in-memory scenes) and the estimated
+    study time: sum over configurations of s/iter x iterations x seeds, plus ``eval_share``
+    for evaluation, checkpoints and model building, plus rendering the scenes and (when not
+    cached yet) pretraining; also written to ``<study>/plan.json``."""
+    start = time.perf_counter()
+    train_set, _, _ = train_data(sizes, task)
+    render_s = time.perf_counter() - start
+    print(f"  rendering the scenes: {render_s:.0f} s")
     per_iter = {}
     for name, spec in specs.items():
         model = build_model(spec, seed=0)
-        per_iter[name] = data_s + seconds_per_iteration(model, task, train_set,
-                                                        sizes.batch_size, torch.device("cpu"))
+        per_iter[name] = seconds_per_iteration(model, task, train_set, sizes.batch_size,
+                                               torch.device("cpu"))
         print(f"  {name}: {per_iter[name]:.3f} s / iteration")
     train_s = sum(per_iter.values()) * sizes.iterations * len(sizes.seeds)
-    total = train_s * (1 + eval_share)
+    total = train_s * (1 + eval_share) + render_s
     print(f"estimate: {len(specs)} configurations x {len(sizes.seeds)} seeds x "
           f"{sizes.iterations} iterations = {total / 60:.1f} min "
-          f"({train_s / 60:.1f} min training + {eval_share:.0%} for the rest)")
+          f"({train_s / 60:.1f} min training + {eval_share:.0%} for the rest + rendering)"
+          + ("" if sizes.pretrain is None else "; pretraining, once for all studies, "
+             "comes on top unless cached"))
     estimate = {"seconds_per_iteration": per_iter, "iterations": sizes.iterations,
                 "seeds": len(sizes.seeds), "estimated_minutes": total / 60,
                 "threads": torch.get_num_threads()}
@@ -286,15 +352,20 @@ def plan(study: Study, task: str, specs: dict[str, ModelSpec], sizes: Sizes,
     return estimate
 
 
+# The studies' networks: the basic-block ResNet-18 the pretraining trains, fine-tuned.
+BACKBONE = "resnet18"
+
+
 def segmentation_specs(sizes: Sizes, classes: int, deform_blocks: Sequence[int]
                        ) -> tuple[ModelSpec, ModelSpec]:
-    """(DeepLab with ``deform_blocks``, its plain twin): ResNet-50 of width
-    ``base_channels`` at output stride 16 (res5 dilated by 2, as in the paper) with a small
-    atrous rate for small maps."""
-    overrides = {"backbone_kwargs": {"output_stride": 16}, "atrous_rate": 2}
+    """(DeepLab with ``deform_blocks``, its plain twin) on a ResNet-18 of width
+    ``base_channels`` at output stride 8 (res4 and res5 dilated: the paper's stride 16
+    would leave 4x4 maps of 64 px images), with a DeepLabv3+ decoder back to stride 4."""
+    overrides = {"backbone_kwargs": {"output_stride": 8},
+                 "decoder_channels": 2 * sizes.base_channels}
 
     def spec(deformable: bool) -> ModelSpec:
-        return from_scratch_spec("deeplab_resnet50", classes, image_size=sizes.image_size,
+        return from_scratch_spec(f"deeplab_{BACKBONE}", classes, image_size=sizes.image_size,
                                  deformable=deformable, base_channels=sizes.base_channels,
                                  deform_blocks=list(deform_blocks), overrides=overrides)
 
@@ -304,23 +375,30 @@ def segmentation_specs(sizes: Sizes, classes: int, deform_blocks: Sequence[int]
 # Detection on a CPU: the torchvision defaults sized down (fewer RoIs, narrower head), and
 # a low score threshold so that mAP sees the whole precision-recall curve.
 DETECTION_OPTIONS: dict[str, Any] = {
-    "representation_size": 256, "rpn_post_nms_top_n_train": 64,
-    "rpn_post_nms_top_n_test": 64, "box_batch_size_per_image": 32,
-    "box_score_thresh": 0.001, "box_detections_per_img": 20,
+    "rpn_pre_nms_top_n_train": 300, "rpn_pre_nms_top_n_test": 300,
+    "rpn_post_nms_top_n_train": 64, "rpn_post_nms_top_n_test": 64,
+    "box_batch_size_per_image": 32, "box_score_thresh": 0.001, "box_detections_per_img": 20,
 }
+DETECTORS = ("faster_rcnn", "rfcn")
 
 
 def detection_specs(sizes: Sizes, classes: int, deform_blocks: Sequence[int],
-                    deformable_head: bool) -> tuple[ModelSpec, ModelSpec]:
-    """(Faster R-CNN ResNet-50 with ``deform_blocks`` and deformable RoI pooling or not, its
-    plain twin), with the ``deformconv train`` defaults for training from scratch at
-    ``image_size`` (anchors scaled to it) and :data:`DETECTION_OPTIONS`."""
+                    deformable_head: bool, detector: str = "faster_rcnn"
+                    ) -> tuple[ModelSpec, ModelSpec]:
+    """(Faster R-CNN or R-FCN on a ResNet-18 with ``deform_blocks`` and deformable (PS) RoI
+    pooling or not, its plain twin), at ``image_size`` (anchors scaled to it) with
+    :data:`DETECTION_OPTIONS`."""
+    if detector not in DETECTORS:
+        raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
     options = {**DETECTION_OPTIONS, "deformable_head": deformable_head,
                "head_channels": 4 * sizes.base_channels}
+    if detector == "faster_rcnn":
+        options["representation_size"] = 8 * sizes.base_channels
 
     def spec(deformable: bool) -> ModelSpec:
-        return from_scratch_spec("faster_rcnn_resnet50", classes, image_size=sizes.image_size,
-                                 deformable=deformable, base_channels=sizes.base_channels,
+        return from_scratch_spec(f"{detector}_{BACKBONE}", classes,
+                                 image_size=sizes.image_size, deformable=deformable,
+                                 base_channels=sizes.base_channels,
                                  deform_blocks=list(deform_blocks), overrides=options)
 
     return spec(True), spec(False)

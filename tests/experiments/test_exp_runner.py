@@ -89,7 +89,7 @@ def test_mean_std():
     assert all(math.isnan(v) for v in runner.mean_std([]))
 
 
-@pytest.mark.parametrize("task", ["segmentation", "detection"])
+@pytest.mark.parametrize("task", ["segmentation", "faster_rcnn", "rfcn"])
 def test_twin_starts_as_the_plain_function(task):
     """Same seed: the deformable model (zero offsets) computes what its plain twin does."""
     sizes = runner.Sizes(image_size=64, batch_size=2, train_size=4, val_size=2,
@@ -97,7 +97,8 @@ def test_twin_starts_as_the_plain_function(task):
     if task == "segmentation":
         spec, plain = runner.segmentation_specs(sizes, 5, (0, 0, 1, 3))
     else:
-        spec, plain = runner.detection_specs(sizes, 5, (0, 0, 0, 2), deformable_head=True)
+        spec, plain = runner.detection_specs(sizes, 5, (0, 0, 0, 2), deformable_head=True,
+                                             detector=task)
     model, base = runner.twin_model(spec, plain, 3).eval(), runner.twin_model(plain, plain, 3)
     assert runner.parameter_count(model) > runner.parameter_count(base.eval())
     images = torch.rand(2, 3, 64, 64)
@@ -117,3 +118,31 @@ def test_seed_list_is_not_part_of_a_runs_identity():
     assert a.identity() == b.identity() and "seeds" not in a.identity()
     assert runner.Sizes(**{**a.identity(), "iterations": 2, "seeds": (0,)}).identity() \
         != a.identity()
+
+
+def test_pretrained_backbone_must_match_the_model_width():
+    with pytest.raises(ValueError, match="width 4, the models base_channels=8"):
+        runner.Sizes(image_size=32, batch_size=2, train_size=4, val_size=2, base_channels=8,
+                     iterations=1, seeds=(0,), pretrain=runner.SMOKE_PRETRAIN)
+
+
+def test_train_run_fine_tunes_the_cached_pretrained_backbone(tmp_path):
+    """The study's runs load the pretrained weights into the backbone (trained once,
+    then read from <out>/cache), and both twins start from them."""
+    from deformconv.runs import load_pretrained
+
+    sizes = runner.Sizes(image_size=32, batch_size=2, train_size=4, val_size=2,
+                         base_channels=4, iterations=1, seeds=(0,),
+                         pretrain=runner.SMOKE_PRETRAIN)
+    study = _study(tmp_path, {})
+    info = runner.pretrained(sizes, study)
+    assert not info["cached"] and runner.pretrained(sizes, study)["cached"]
+    state = load_pretrained(info["checkpoint"])
+    spec, plain = runner.segmentation_specs(sizes, 5, (0, 0, 0, 3))
+    model, result = runner.train_run("segmentation", spec, plain, sizes, 0,
+                                     tmp_path / "run", study)
+    assert result["iterations"] == 1 and result["seconds_per_iteration"] > 0
+    # one AdamW step from the pretrained weights: close to them, not to a fresh init
+    fresh = runner.twin_model(spec, plain, 0).backbone.conv1.weight
+    trained = model.backbone.conv1.weight.detach()
+    assert (trained - state["conv1.weight"]).abs().max() < (trained - fresh).abs().max()
