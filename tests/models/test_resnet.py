@@ -98,21 +98,6 @@ def test_frozen_stages():
     assert frozen == {"conv1", "bn1", "layer1"}
 
 
-@pytest.mark.parametrize("depth", [18, 34])
-def test_torchvision_basic_block_resnets_load_exactly(depth):
-    state = getattr(torchvision.models, f"resnet{depth}")(weights=None).state_dict()
-    for key, value in state.items():
-        if value.is_floating_point():
-            state[key] = torch.randn_like(value)
-    model = models.create(f"deeplab_resnet{depth}", num_classes=4)
-    missing = model.load_backbone_state_dict(state)
-    assert sorted(missing) == sorted(offset_state_keys(model.backbone))
-    own = model.backbone.state_dict()
-    assert all(torch.equal(own[k], v) for k, v in state.items() if k in own)
-    assert {k for k in state if k not in own} == {"fc.weight", "fc.bias"} | {
-        k for k in state if k.endswith("num_batches_tracked")}
-
-
 def test_basic_blocks_count_deformable_layers_in_3x3_convs():
     # The paper's "last n layers": its bottleneck res5 has one 3x3 conv per block, a basic
     # block two; counting convs keeps "3 layers" = the last three 3x3 convs.
@@ -157,9 +142,14 @@ def test_bad_arguments(kwargs, match):
         ResNet((1, 1, 1, 1), 0, **kwargs)
 
 
-def test_torchvision_resnet101_state_dict_loads_into_the_deeplab_backbone():
-    state = torchvision.models.resnet101(weights=None).state_dict()
-    model = models.create("deeplab_resnet101", num_classes=21)
+@pytest.mark.parametrize("depth", [18, 34, 101])
+def test_torchvision_state_dict_loads_into_the_deeplab_backbone(depth):
+    """Bottleneck (ResNet-101) and basic-block (ResNet-18/34) checkpoints load exactly."""
+    state = getattr(torchvision.models, f"resnet{depth}")(weights=None).state_dict()
+    for key, value in state.items():
+        if value.is_floating_point():
+            state[key] = torch.randn_like(value)
+    model = models.create(f"deeplab_resnet{depth}", num_classes=21)
     missing = model.load_backbone_state_dict(state)
     assert sorted(missing) == sorted(offset_state_keys(model.backbone))
     own = model.backbone.state_dict()

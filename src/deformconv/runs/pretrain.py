@@ -44,7 +44,7 @@ class PretrainSettings:
     image_size: int = 64
     train_size: int = 10000  # scenes rendered once, then turned and mirrored at random
     val_size: int = 500
-    iterations: int = 1500
+    iterations: int = 3000
     batch_size: int = 32
     lr: float = 2e-3  # AdamW peak rate of the one-cycle schedule
     weight_decay: float = 0.05
