@@ -21,6 +21,7 @@ from dataclasses import asdict, replace
 
 from runner import (
     PRETRAIN,
+    SCENE,
     SMOKE_PRETRAIN,
     Sizes,
     Study,
@@ -38,12 +39,17 @@ LAYERS = {0: (0, 0, 0, 0), 1: (0, 0, 0, 1), 2: (0, 0, 0, 2), 3: (0, 0, 0, 3), 6:
 METRICS = {"segmentation": ("miou", "pixel_acc"), "detection": ("AP", "AP50")}
 # Full sizes: <= 30 min on 2 CPU cores each (estimate: experiments/README.md, --plan).
 SIZES = {
+    # The backbone fine-tunes at the heads' rate here (dense prediction at output stride 8
+    # needs it to adapt), at a tenth of it for detection: each chosen on plain twins, one
+    # seed, before any deformable run (experiments/README.md: the check runs).
     "segmentation": Sizes(image_size=64, batch_size=16, train_size=4000, val_size=200,
                           base_channels=32, iterations=1000, seeds=(0, 1, 2),
-                          pretrain=PRETRAIN),
-    "detection": Sizes(image_size=96, batch_size=8, train_size=3000, val_size=150,
-                       base_channels=32, iterations=600, seeds=(0, 1, 2), lr=1e-3,
-                       pretrain=PRETRAIN),
+                          pretrain=PRETRAIN, backbone_lr_mult=1.0),
+    # The demo's scenes at twice the resolution (objects 1/8 to 0.7 of the image side, as
+    # at 64 px): the smallest then spans one cell of the stride-16 maps the RPN reads.
+    "detection": Sizes(image_size=128, batch_size=8, train_size=3000, val_size=150,
+                       base_channels=32, iterations=500, seeds=(0, 1, 2), pretrain=PRETRAIN,
+                       scene={**SCENE, "min_object_size": 16.0}),
 }
 SMOKE = {
     "segmentation": Sizes(image_size=32, batch_size=2, train_size=8, val_size=4,

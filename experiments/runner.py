@@ -51,6 +51,7 @@ from deformconv.runs import (
 __all__ = [
     "DEFAULT_OUT",
     "PRETRAIN",
+    "SCENE",
     "SMOKE_PRETRAIN",
     "Sizes",
     "Study",
@@ -100,6 +101,9 @@ class Sizes:
     class_balance: float = 0.5
     grad_clip: float = 10.0
     pretrain: PretrainSettings | None = None  # None: from random init
+    # The pretrained backbone fine-tunes at this fraction of the rate of the new heads
+    # (AdamW would otherwise move its weights as fast as the random heads' from the start).
+    backbone_lr_mult: float = 0.1
     scene: dict[str, Any] = field(default_factory=lambda: dict(SCENE))
 
     def __post_init__(self) -> None:
@@ -303,6 +307,7 @@ def train_run(task: str, spec: ModelSpec, plain: ModelSpec, sizes: Sizes, seed: 
     backbone = pretrained(sizes, study)
     if backbone is not None:
         model.load_backbone_state_dict(load_pretrained(backbone["checkpoint"]))  # type: ignore[operator]
+    lr_mults = {} if backbone is None else {BACKBONE_PREFIX[task]: sizes.backbone_lr_mult}
     weights = None
     if task == "segmentation":
         counts = label_counts(train_set.targets, classes + 1)  # type: ignore[attr-defined]
@@ -311,6 +316,7 @@ def train_run(task: str, spec: ModelSpec, plain: ModelSpec, sizes: Sizes, seed: 
         task=task, iterations=sizes.iterations, batch_size=sizes.batch_size,
         optimizer="adamw", lr=sizes.lr, weight_decay=sizes.weight_decay, schedule="onecycle",
         warmup_iters=round(sizes.warmup_share * sizes.iterations), class_weights=weights,
+        lr_mults=lr_mults,
         grad_clip_norm=sizes.grad_clip, offset_lr_mult=sizes.offset_lr_mult, seed=seed,
         checkpoint_every=max(1, sizes.iterations // 4), keep_best=False, resume="auto",
         out_dir=str(run_dir), progress=False, log_every=10, device="cpu")
@@ -354,6 +360,8 @@ def plan(study: Study, task: str, specs: dict[str, ModelSpec], sizes: Sizes,
 
 # The studies' networks: the basic-block ResNet-18 the pretraining trains, fine-tuned.
 BACKBONE = "resnet18"
+# Where the pretrained ResNet sits in each task's models (parameter-name prefix).
+BACKBONE_PREFIX = {"segmentation": "backbone.", "detection": "backbone.body."}
 
 
 def segmentation_specs(sizes: Sizes, classes: int, deform_blocks: Sequence[int]
@@ -394,6 +402,9 @@ def detection_specs(sizes: Sizes, classes: int, deform_blocks: Sequence[int],
                "head_channels": 4 * sizes.base_channels}
     if detector == "faster_rcnn":
         options["representation_size"] = 8 * sizes.base_channels
+    else:  # 3x3 position-sensitive bins (R-FCN's own ablation has them): on our 8x8 maps a
+        # 7x7 grid would cut most objects into bins far smaller than a feature cell
+        options["group_size"] = 3
 
     def spec(deformable: bool) -> ModelSpec:
         return from_scratch_spec(f"{detector}_{BACKBONE}", classes,

@@ -146,3 +146,22 @@ def test_train_run_fine_tunes_the_cached_pretrained_backbone(tmp_path):
     fresh = runner.twin_model(spec, plain, 0).backbone.conv1.weight
     trained = model.backbone.conv1.weight.detach()
     assert (trained - state["conv1.weight"]).abs().max() < (trained - fresh).abs().max()
+
+
+@pytest.mark.parametrize("task", ["segmentation", "faster_rcnn", "rfcn"])
+def test_backbone_prefix_names_the_pretrained_weights(task):
+    """The lower fine-tuning rate reaches exactly the pretrained ResNet: every backbone
+    tensor sits under the task's prefix, and no head parameter does."""
+    sizes = runner.Sizes(image_size=64, batch_size=2, train_size=4, val_size=2,
+                         base_channels=4, iterations=1, seeds=(0,))
+    if task == "segmentation":
+        spec, _ = runner.segmentation_specs(sizes, 5, (0, 0, 0, 3))
+    else:
+        spec, _ = runner.detection_specs(sizes, 5, (0, 0, 0, 3), deformable_head=True,
+                                         detector=task)
+    model = runner.twin_model(spec, spec, 0)
+    prefix = runner.BACKBONE_PREFIX["detection" if task != "segmentation" else task]
+    resnet = model.backbone if task == "segmentation" else model.backbone.body
+    under = {n for n, _ in model.named_parameters() if n.startswith(prefix)}
+    assert under == {prefix + n for n, _ in resnet.named_parameters()}
+    assert len(under) < len(list(model.parameters()))
