@@ -18,6 +18,7 @@ Four tables, every ratio measured in the same run:
     python benchmarks/bench_deform_conv.py            # everything (several minutes on 2 cores)
     python benchmarks/bench_deform_conv.py --quick    # smaller shapes, seconds
     python benchmarks/bench_deform_conv.py --only ops,modules   # some of ops/modules/memory/cold
+    python benchmarks/bench_deform_conv.py --device cuda   # GPU: bench_deform_conv_cuda.py
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ from deformconv.nn import DeformConv2d
 from deformconv.ops import deform_conv2d
 
 try:
-    import torchvision.ops as tv_ops
+    from torchvision.ops import DeformConv2d as TorchvisionDeformConv2dLayer
+    from torchvision.ops import deform_conv2d as tv_deform_conv2d
 except ImportError:  # torchvision is an optional extra
-    tv_ops = None
+    TorchvisionDeformConv2dLayer = tv_deform_conv2d = None
 
 SECTIONS = ("ops", "modules", "memory", "cold")
 
@@ -122,7 +124,8 @@ def make_inputs(case: Case, requires_grad: bool) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def best_times(ops: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def best_times(ops: dict[str, Callable[[], object]], repeats: int,
+               clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Best-of-``repeats`` seconds per op; the ops take turns in each round, so a burst of
     load from elsewhere hits them alike instead of one op's whole series."""
     for fn in ops.values():
@@ -130,9 +133,9 @@ def best_times(ops: dict[str, Callable[[], object]], repeats: int) -> dict[str, 
     times: dict[str, list[float]] = {name: [] for name in ops}
     for _ in range(repeats):
         for name, fn in ops.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: min(series) for name, series in times.items()}
 
 
@@ -150,8 +153,8 @@ def op_runners(case: Case, backward: bool) -> dict[str, Callable[[], object]]:
         "conv2d": lambda: finish(F.conv2d(
             t["input"], t["weight"], padding=pad, dilation=case.dilation, groups=case.groups)),
     }
-    if tv_ops is not None:
-        ops["torchvision"] = lambda: finish(tv_ops.deform_conv2d(
+    if tv_deform_conv2d is not None:
+        ops["torchvision"] = lambda: finish(tv_deform_conv2d(
             t["input"], t["offset"], t["weight"], padding=pad, dilation=case.dilation))
     return ops
 
@@ -167,13 +170,13 @@ def print_table(header: list[str], widths: list[int]) -> Callable[[list[str]], N
     return row
 
 
-def bench_ops(cases: list[Case], repeats: int) -> None:
+def bench_ops(cases: list[Case], repeats: int, clock: Callable[[], float]) -> None:
     row = print_table(["shape (N,Cin,Cout,H,W) dil/G", "pass", "ours ms", "conv2d ms", "tv ms",
                        "ours/conv2d", "tv/ours"], [44, 8, 8, 9, 8, 11, 7])
     for case in cases:
         for backward in case.backward:
             with torch.enable_grad() if backward else torch.no_grad():
-                times = best_times(op_runners(case, backward), repeats)
+                times = best_times(op_runners(case, backward), repeats, clock)
             tv = times.get("torchvision", float("nan"))
             row([case.label(), "fwd+bwd" if backward else "fwd", f"{times['ours'] * 1e3:.1f}",
                  f"{times['conv2d'] * 1e3:.1f}", f"{tv * 1e3:.1f}",
@@ -190,7 +193,7 @@ class TorchvisionDeformConv2d(nn.Module):
                                      padding=dilation, dilation=dilation)
         nn.init.zeros_(self.conv_offset.weight)
         nn.init.zeros_(self.conv_offset.bias)
-        self.conv = tv_ops.DeformConv2d(channels, channels, 3, padding=dilation,
+        self.conv = TorchvisionDeformConv2dLayer(channels, channels, 3, padding=dilation,
                                         dilation=dilation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,7 +213,7 @@ def module_runners(case: ModuleCase) -> dict[str, Callable[[], object]]:
         "conv2d": nn.Conv2d(case.channels, case.channels, 3, padding=pad,
                             dilation=case.dilation),
     }
-    if tv_ops is not None:
+    if tv_deform_conv2d is not None:
         modules["torchvision"] = TorchvisionDeformConv2d(case.channels, case.dilation,
                                                          case.modulated)
     return {name: lambda m=m: m(x).sum().backward() for name, m in modules.items()}
@@ -250,16 +253,17 @@ def training_runners(batch: int) -> dict[str, Callable[[], object]]:
     return steps
 
 
-def bench_modules(cases: list[ModuleCase], batch: int, repeats: int) -> None:
+def bench_modules(cases: list[ModuleCase], batch: int, repeats: int,
+                  clock: Callable[[], float]) -> None:
     row = print_table(["layer (N,C->C,HxW), fwd+bwd", "ours ms", "conv2d ms", "tv ms",
                        "ours/conv2d", "tv/ours"], [40, 8, 9, 8, 11, 7])
     for case in cases:
-        times = best_times(module_runners(case), repeats)
+        times = best_times(module_runners(case), repeats, clock)
         tv = times.get("torchvision", float("nan"))
         row([case.label(), f"{times['ours'] * 1e3:.2f}", f"{times['conv2d'] * 1e3:.2f}",
              f"{tv * 1e3:.2f}", f"{times['ours'] / times['conv2d']:.2f}",
              f"{tv / times['ours']:.2f}"])
-    times = best_times(training_runners(batch), repeats)
+    times = best_times(training_runners(batch), repeats, clock)
     row([f"small CNN, 48 px, batch {batch}, train step", f"{times['ours'] * 1e3:.2f}",
          f"{times['conv2d'] * 1e3:.2f}", "", f"{times['ours'] / times['conv2d']:.2f}", ""])
 
@@ -305,38 +309,49 @@ def peak_extra_memory(op: Callable, t: dict[str, torch.Tensor], backward: bool) 
 
     extra = peak_rss_growth(call)
     if backward:
-        results += [t[k].grad for k in ("input", "offset", "weight")]
+        results += [t[k].grad for k in ("input", "offset", "weight") if t[k].grad is not None]
     extra -= sum(r.numel() * r.element_size() for r in results)
     for k in ("input", "offset", "weight"):
         t[k].grad = None
     return extra
 
 
-def memory_probe() -> None:
-    """Print the peak extra memory of each op at MEMORY_CASE (run in its own process)."""
+MEMORY_OPS = ("ours", "conv2d", "torchvision")
+
+
+def memory_probe(name: str, backward: bool) -> None:
+    """Print the peak extra memory of one op (forward, or forward+backward) at MEMORY_CASE;
+    run in a fresh process, so that the reusable workspace grows during the measured call."""
     c = MEMORY_CASE
     ops = {"ours": lambda x, off, w: deform_conv2d(x, off, w, padding=2, dilation=2),
-           "conv2d": lambda x, off, w: F.conv2d(x, w, padding=2, dilation=2)}
-    if tv_ops is not None:
-        ops["torchvision"] = lambda x, off, w: tv_ops.deform_conv2d(x, off, w, padding=2,
-                                                                    dilation=2)
+           "conv2d": lambda x, off, w: F.conv2d(x, w, padding=2, dilation=2),
+           "torchvision": lambda x, off, w: tv_deform_conv2d(x, off, w, padding=2, dilation=2)}
+    op = ops[name]
+    t = make_inputs(c, backward)
+    # Warm-up on an 8x8 crop with 8 output channels: compiles kernels without growing the
+    # reusable workspace (columns, weight copy), whose allocation the measured call counts.
+    with torch.set_grad_enabled(backward):
+        crop = [t[k].detach()[:1, :, :8, :8].requires_grad_(backward) for k in ("input", "offset")]
+        small = op(*crop, t["weight"].detach()[:8].requires_grad_(backward))
+        if backward:
+            small.sum().backward()
+    extra = peak_extra_memory(op, t, backward)
+    what = "forward+backward" if backward else "forward"
+    print(f"peak extra memory of the {what} at {c.name} ({c.n},{c.cin},{c.cout},{c.h},{c.w}), "
+          f"{name}: {extra / 2**20:.1f} MiB", flush=True)
+
+
+def bench_memory() -> None:
+    """Each op and pass in a fresh process where glibc returns every large block at once
+    (RSS is live memory)."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     for backward in (False, True):
-        t = make_inputs(c, backward)
-        for name, op in ops.items():
-            # Warm-up on an 8x8 crop with 8 output channels: compiles kernels without growing
-            # the reusable workspace (columns, weight copy), whose allocation the measured
-            # call then counts.
-            with torch.set_grad_enabled(backward):
-                crop = [t[k].detach()[:1, :, :8, :8].requires_grad_(backward)
-                        for k in ("input", "offset")]
-                small = op(*crop, t["weight"].detach()[:8].requires_grad_(backward))
-                if backward:
-                    small.sum().backward()
-            extra = peak_extra_memory(op, t, backward)
-            what = "forward+backward" if backward else "forward"
-            print(f"peak extra memory of the {what} at {c.name} "
-                  f"({c.n},{c.cin},{c.cout},{c.h},{c.w}), {name}: {extra / 2**20:.1f} MiB",
-                  flush=True)
+        for name in MEMORY_OPS:
+            if name == "torchvision" and tv_deform_conv2d is None:
+                continue
+            probe = [sys.executable, __file__, "--memory-probe", name] + (
+                ["--backward"] if backward else [])
+            subprocess.run(probe, env=env, check=True)
 
 
 COLD_SCRIPT = """
@@ -369,32 +384,46 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, a few seconds")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time by the process's CPU time instead of the wall clock: with one "
+                             "thread (OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1), the work done, "
+                             "whatever else the machine runs")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections out of {', '.join(SECTIONS)}")
-    parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-probe", choices=MEMORY_OPS, help=argparse.SUPPRESS)
+    parser.add_argument("--backward", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: Triton vs cuDNN vs torchvision (bench_deform_conv_cuda.py)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="with --device cuda: tiny shapes in Triton's CPU interpreter")
     args = parser.parse_args()
-    if args.memory_probe:
-        memory_probe()
+    if args.device == "cuda":
+        from bench_deform_conv_cuda import main as cuda_main
+
+        cuda_main(args.quick, 20 if args.repeats == 5 else args.repeats, args.dry_run)
         return
+    if args.memory_probe:
+        memory_probe(args.memory_probe, args.backward)
+        return
+    clock = time.process_time if args.cpu_time else time.perf_counter
     sections = set(args.only.split(","))
     if unknown := sections - set(SECTIONS):
         parser.error(f"--only: unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"load average {os.getloadavg()[0]:.1f}, "
+          f"{'CPU time' if args.cpu_time else 'wall clock'}, best of {args.repeats}")
     if "ops" in sections:
-        bench_ops(QUICK if args.quick else FULL, args.repeats)
+        bench_ops(QUICK if args.quick else FULL, args.repeats, clock)
     if "modules" in sections:
         print()
         bench_modules(QUICK_MODULE_CASES if args.quick else MODULE_CASES,
-                      4 if args.quick else 16, args.repeats * (1 if args.quick else 4))
+                      4 if args.quick else 16, args.repeats * (1 if args.quick else 4), clock)
     if args.quick:
         return
     if "memory" in sections:
         print()
-        # A fresh process where glibc returns every large block at once: RSS is live memory.
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-        subprocess.run([sys.executable, __file__, "--memory-probe"], env=env, check=True)
+        bench_memory()
     if "cold" in sections:
         print()
         bench_cold_start()

@@ -1,5 +1,5 @@
 """Shared test settings: bounded, reproducible hypothesis runs, seeded torch RNG and
-thread counts restored after each test.
+thread counts restored after each test; Triton's interpreter where no GPU is present.
 
 Hypothesis profiles (pick one with ``HYPOTHESIS_PROFILE=<name>``):
     ci   (default) 30 examples a test, derandomized so every run draws the same cases.
@@ -16,6 +16,12 @@ import numba
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+# Triton decides when ``triton`` is first imported (torchvision imports it) whether kernels
+# are compiled or interpreted. Without a GPU, tests run the Triton backend on CPU tensors in
+# its interpreter (tests/ops/test_triton.py), so set it before any test module loads.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Numba kernels compile (or load from the disk cache) on first use: no per-example deadline.
 settings.register_profile(

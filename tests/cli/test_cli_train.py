@@ -243,3 +243,21 @@ def test_train_eval_viz_on_coco_files(capsys: pytest.CaptureFixture, tmp_path: P
                            tmp_path / "viz")
     assert code == 0, err
     assert_valid_png(tmp_path / "viz" / "sampling_0.png")
+
+
+def test_coco_folder_of_unreadable_images_is_a_one_line_error(capsys: pytest.CaptureFixture,
+                                                              tmp_path: Path) -> None:
+    from deformconv.data import export_coco, synthetic_dataset
+
+    folder = tmp_path / "coco"
+    export_coco(synthetic_dataset("detection", 2, seed=2, image_size=32), folder)
+    for image in (folder / "images").iterdir():
+        image.write_bytes(b"not an image")
+    data = f"coco:{folder / 'annotations.json'}:{folder}"
+    with pytest.warns(RuntimeWarning, match="cannot decode image"):
+        code, _, err = run_cli(capsys, "train", "--data", data, "--base-channels", "4",
+                               "--image-size", "32", "--iterations", "1", "--batch-size", "2",
+                               "--out", tmp_path / "run", "--no-progress")
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1
+    assert "none of the 2 samples of CocoDetection(" in err
+    assert "skipped={'corrupt_image': 2}" in err

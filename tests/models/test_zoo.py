@@ -140,15 +140,20 @@ def test_zero_init_deformable_model_equals_plain_twin(name):
     # Same architecture and names: the deformable weights minus offsets load strictly.
     plain.load_state_dict({k: v for k, v in deformable.state_dict().items() if k not in keys})
     images = _images()
+    detection = models.model_task(name) == "detection"
+    if detection:
+        # Random-init scores nearly tie: in float32 the two paths' rounding differences
+        # could reorder proposals or flip NMS on another CPU; float64 leaves no such ties.
+        deformable, plain, images = deformable.double(), plain.double(), images.double()
     with torch.no_grad():
         out, twin = _forward(deformable, name, images), _forward(plain, name, images)
-    if models.model_task(name) != "detection":
+    if not detection:
         torch.testing.assert_close(out, twin, rtol=1e-4, atol=1e-5)
         return
     for ours, theirs in zip(out, twin, strict=True):
         assert len(ours["boxes"]) > 0
         for key in ("boxes", "scores", "labels"):
-            torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(ours[key], theirs[key], rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("name", NAMES_50)

@@ -1,4 +1,4 @@
-"""The registered models on a GPU (torch fallback ops): same outputs as on the CPU, and a
+"""The registered models on a GPU (Triton ops): same outputs as on the CPU, and a
 training step. Skipped without CUDA."""
 
 from __future__ import annotations

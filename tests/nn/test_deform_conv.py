@@ -75,11 +75,16 @@ class TestDeformConv2d:
             ({"offset_groups": 3}, "offset_groups"),
             ({"offset_groups": 0}, "offset_groups must be > 0"),
             ({"groups": 3}, "divisible by groups"),
+            ({"kernel_size": 0}, r"kernel_size must be > 0, got \(0, 0\)"),
+            ({"kernel_size": (3, 0)}, r"kernel_size must be > 0, got \(3, 0\)"),
+            ({"stride": 0}, r"stride must be > 0, got \(0, 0\)"),
+            ({"dilation": (1, -1)}, r"dilation must be > 0, got \(1, -1\)"),
+            ({"padding": -1}, r"padding must be >= 0, got \(-1, -1\)"),
         ],
     )
     def test_bad_arguments(self, kwargs, match):
         with pytest.raises(ValueError, match=match):
-            DeformConv2d(4, 6, 3, **kwargs)
+            DeformConv2d(4, 6, **{"kernel_size": 3, **kwargs})
 
 
 class TestDeformConv2dExternal:

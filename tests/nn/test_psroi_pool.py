@@ -96,6 +96,15 @@ class TestDeformPSRoIPool:
         with pytest.raises(ValueError, match=r"features must be \(N, 5, H, W\)"):
             pool(_scores(2), ROIS, torch.randn(2, 4, 16, 16))
 
+    @pytest.mark.parametrize(("kwargs", "match"), [
+        ({"spatial_scale": float("nan")}, "spatial_scale must be > 0, got nan"),
+        ({"trans_std": float("nan")}, "trans_std must be a finite number, got nan"),
+    ])
+    def test_non_finite_scalars(self, kwargs, match):
+        with pytest.raises(ValueError, match=match):
+            DeformPSRoIPool(**{"in_channels": 5, "output_dim": 2, "group_size": K,
+                               "spatial_scale": SCALE, **kwargs})
+
     def test_offset_classes_must_divide_output_dim(self):
         with pytest.raises(ValueError, match=r"offset_classes \(3\) must divide output_dim"):
             DeformPSRoIPool(5, 4, K, SCALE, offset_classes=3)

@@ -82,9 +82,14 @@ class TestDeformRoIPool:
         with pytest.raises(ValueError, match=r"input must be \(N, 4, H, W\)"):
             DeformRoIPool(4, 2)(torch.randn(1, 3, 8, 8), ROIS[:1])
 
-    @pytest.mark.parametrize(("kwargs", "match"), [({"spatial_scale": 0.0}, "spatial_scale"),
-                                                   ({"sampling_ratio": -1}, "sampling_ratio"),
-                                                   ({"output_size": 0}, "output_size")])
+    @pytest.mark.parametrize(("kwargs", "match"), [
+        ({"spatial_scale": 0.0}, "spatial_scale"),
+        ({"spatial_scale": float("nan")}, "spatial_scale must be > 0, got nan"),
+        ({"spatial_scale": float("inf")}, "spatial_scale must be > 0, got inf"),
+        ({"gamma": float("nan")}, "gamma must be a finite number, got nan"),
+        ({"sampling_ratio": -1}, "sampling_ratio"),
+        ({"output_size": 0}, "output_size"),
+    ])
     def test_bad_arguments(self, kwargs, match):
         with pytest.raises(ValueError, match=match):
             DeformRoIPool(**{"in_channels": 3, "output_size": 2, **kwargs})

@@ -68,6 +68,31 @@ def test_dynamic_image_size(tmp_path):
     assert dc_onnx.check(net, torch.randn(1, 3, 24, 10), tmp_path / "net.onnx") <= 1e-4
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_plain_torch_onnx_export_needs_no_translation_table(tmp_path, dtype):
+    """Like torchvision's op, ours exports through a plain ``torch.onnx.export``: while the
+    exporter traces, deform_conv2d emits the standard DeformConv node itself."""
+    import onnxruntime
+
+    import onnx
+
+    net = small_net().eval().to(dtype)
+    path = tmp_path / "plain.onnx"
+    x = torch.randn(2, 3, 16, 16, dtype=dtype)
+    torch.onnx.export(net, (x,), path, dynamo=True,
+                      dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+    graph = onnx.load(str(path)).graph
+    assert [n.op_type for n in graph.node].count("DeformConv") == 2
+    assert {n.domain for n in graph.node} <= {"", "ai.onnx"}  # standard ops only
+    if dtype == torch.float64:  # onnxruntime's CPU Conv has no float64 kernel
+        return
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (x, torch.randn(3, 3, 16, 16)):
+        got = session.run(None, {session.get_inputs()[0].name: batch.numpy()})[0]
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(got), net(batch), rtol=1e-4, atol=1e-5)
+
+
 def test_check_reports_a_real_difference(exported_net):
     """check must compare against the model it is given, not echo the file."""
     net, path, _ = exported_net

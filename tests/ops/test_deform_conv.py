@@ -27,8 +27,10 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from deformconv.ops import _utils, deform_conv2d, reference
-from deformconv.ops import deform_conv as op_module
 from deformconv.ops._numba import deform_conv as numba_backend
+from deformconv.ops._numba import deform_conv_depthwise as depthwise_backend
+from deformconv.ops._numba import deform_conv_tiles as tiles_module
+from deformconv.ops._numba import threads as threads_module
 from deformconv.ops._torch import deform_conv as torch_backend
 
 # ----------------------------------------------------------------------------- cases
@@ -235,12 +237,12 @@ class TestAgainstReference:
     @given(case=cases(max_batch=3), seed=st.integers(0, 2**31 - 1))
     def test_fallback_inside_registered_op(self, dtype, case, seed):
         """The fallback as other devices run it: inside the registered op's kernels, where
-        autograd records nothing. On the CPU it gets there by swapping out the Numba backend."""
+        autograd records nothing. On the CPU it gets there through DEFORMCONV_BACKEND."""
         tensors = make_tensors(case, dtype, seed)
         grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
         expected = expected_results(case, tensors, grad_out)
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(op_module, "numba_backend", torch_backend)
+            patch.setenv("DEFORMCONV_BACKEND", "torch")
             patch.setattr(numba_backend, "forward", None)  # any Numba call now fails loudly
             patch.setattr(numba_backend, "backward", None)
             actual = run_with_grads(fast_op(case), tensors, grad_out.to(dtype))
@@ -395,34 +397,129 @@ class TestBackwardChannelBlocks:
     """The backward kernel splits each image's channels into blocks when the images alone
     cannot share the threads evenly (batch 1 at res5); every split gives the same result."""
 
-    @pytest.mark.parametrize("blocks", [2, 3, 64])
+    @pytest.mark.parametrize("blocks", [1, 2, 3, 64])
     @given(case=cases(max_batch=3), seed=st.integers(0, 2**31 - 1),
            mode=st.sampled_from(["none", "bands"]))
     def test_forced_blocks_match_reference(self, blocks, case, seed, mode):
+        """On every thread the machine allows (no call is too small for them here)."""
         tensors = make_tensors(case, seed=seed)
         grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
         expected = expected_results(case, tensors, grad_out)
         used = []
 
-        def forced(images: int, channels: int) -> int:
+        def forced(images: int, channels: int, work: int) -> int:
             used.append(min(channels, blocks))
             return used[-1]
 
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(numba_backend, "_channel_blocks", forced)
+            patch.setattr(threads_module, "SERIAL_WORK", 0)
+            patch.setattr(tiles_module, "channel_blocks", forced)
             if mode == "bands":
                 patch.setattr(numba_backend, "tiles", _forced_tiles(mode, [], 1))
             actual = run_with_grads(fast_op(case), tensors, grad_out)
         assert used
         assert_results_close(actual, expected, 1e-10)
 
+    @pytest.mark.parametrize("chunk_bytes", [1, 100, 1 << 20])
+    def test_weight_gradient_reordered_in_place(self, chunk_bytes):
+        """(Cout, kh*kw*Cin) -> (Cout, Cin, kh, kw) in the same storage, chunk by chunk."""
+        shape = torch.Size((5, 3, 2, 4))
+        grad = torch.randn(5, 2, 4, 3)  # the accumulated (Cout, kh, kw, Cin) order
+        expected = grad.permute(0, 3, 1, 2).contiguous()
+        flat = grad.clone().view(5, -1)
+        result = numba_backend._to_channels_first(flat, shape, chunk_bytes)
+        assert result.data_ptr() == flat.data_ptr() and result.is_contiguous()
+        assert torch.equal(result, expected)
+
     @pytest.mark.parametrize("images, threads, expected", [
         (16, 2, 1), (1, 2, 2), (3, 2, 2), (3, 16, 8), (4, 16, 4), (6, 4, 2)])
     def test_block_count(self, monkeypatch, images, threads, expected):
         """Blocks make (image, block) tasks a multiple of the threads, at most one block per
-        channel of an offset group (8 here)."""
-        monkeypatch.setattr(numba_backend.numba, "get_num_threads", lambda: threads)
-        assert numba_backend._channel_blocks(images, 8) == expected
+        channel of an offset group (8 here); a call too small for threads gets one."""
+        monkeypatch.setattr(threads_module.numba, "get_num_threads", lambda: threads)
+        assert tiles_module.channel_blocks(images, 8, threads_module.SERIAL_WORK) == expected
+        assert tiles_module.channel_blocks(images, 8, threads_module.SERIAL_WORK - 1) == 1
+
+
+# ----------------------------------------------------------------------------- depthwise
+
+
+@st.composite
+def depthwise_cases(draw: st.DrawFn) -> Case:
+    """``cases`` with groups = Cin = Cout: the direct depthwise kernels' shapes."""
+    case = draw(cases(max_batch=3))
+    offset_groups = draw(st.sampled_from([1, 2]))
+    channels = offset_groups * draw(st.integers(1, 4))
+    return replace(case, cin=max(2, channels), cout=max(2, channels), groups=max(2, channels),
+                   offset_groups=offset_groups)
+
+
+class TestDepthwise:
+    """groups = Cin = Cout runs the direct kernels (no columns): values and gradients as
+    the reference's, tiled, on forced channel blocks, and zero offsets give conv2d."""
+
+    def test_takes_the_direct_path(self, monkeypatch):
+        calls = []
+        monkeypatch.setattr(numba_backend.kernels, "sample_columns",
+                            lambda *args: calls.append("columns"))
+        case = Case(cin=4, cout=4, groups=4)
+        run_with_grads(fast_op(case), make_tensors(case), None)
+        assert calls == []
+        assert depthwise_backend.applies(torch.zeros(1, 4, 1, 1), torch.zeros(4, 1, 3, 3))
+        assert not depthwise_backend.applies(torch.zeros(1, 4, 1, 1), torch.zeros(8, 1, 3, 3))
+        assert not depthwise_backend.applies(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 3, 3))
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+    @given(case=depthwise_cases(), seed=st.integers(0, 2**31 - 1),
+           mode=st.sampled_from(["none", "bands", "images"]), blocks=st.sampled_from([0, 1, 3]))
+    def test_matches_reference(self, dtype, case, seed, mode, blocks):
+        """``blocks`` 0: the default split on as many threads as the machine allows."""
+        tensors = make_tensors(case, dtype, seed)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        expected = expected_results(case, tensors, grad_out)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(threads_module, "SERIAL_WORK", 0)
+            if blocks:
+                patch.setattr(tiles_module, "channel_blocks",
+                              lambda images, channels, work: min(channels, blocks))
+            if mode != "none":
+                patch.setattr(depthwise_backend, "tiles", _forced_tiles(mode, [], 1))
+            actual = run_with_grads(fast_op(case), tensors, grad_out.to(dtype))
+        assert_results_close(actual, expected, TOLERANCE[dtype])
+
+    @pytest.mark.parametrize("requires_grad", [("input",), ("offset", "mask"), ("weight",),
+                                               ("input", "weight")])
+    def test_partial_grads(self, requires_grad):
+        case = Case(n=3, cin=6, cout=6, groups=6, offset_groups=2, stride=(2, 1))
+        tensors = make_tensors(case, seed=31)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        expected = expected_results(case, tensors, grad_out, requires_grad)
+        actual = run_with_grads(fast_op(case), tensors, grad_out, requires_grad)
+        assert set(actual) == set(expected)
+        assert_results_close(actual, expected, 1e-10)
+
+    def test_zero_offset_equals_conv2d(self):
+        case = Case(n=2, cin=8, cout=8, groups=8, height=9, width=7, dilation=(2, 1),
+                    padding=(2, 1), with_mask=False)
+        tensors = make_tensors(case, seed=32)
+        tensors["offset"] = torch.zeros_like(tensors["offset"])
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+
+        def conv(input, offset, weight, bias=None, mask=None):
+            return F.conv2d(input, weight, bias, case.stride, case.padding, case.dilation, 8)
+
+        names = ("input", "weight", "bias")
+        expected = run_with_grads(conv, tensors, grad_out, names)
+        assert_results_close(run_with_grads(fast_op(case), tensors, grad_out, names), expected,
+                             1e-12)
+
+    def test_empty_batch(self):
+        case = Case(n=0, cin=4, cout=4, groups=4)
+        tensors = make_tensors(case)
+        grad_out = torch.randn(0, 4, *case.out_size, dtype=torch.float64)
+        results = run_with_grads(fast_op(case), tensors, grad_out)
+        assert results["out"].shape == (0, 4, *case.out_size)
+        assert torch.equal(results["grad_weight"], torch.zeros_like(tensors["weight"]))
 
 
 # ----------------------------------------------------------------------------- GEMM forms
@@ -869,6 +966,8 @@ calls.update({
     "borders": lambda: run(2, 4, 4, 2, 2, (5, 6), border, padding=2),
     "row-bands": lambda: run(2, 4, 4, 2, 2, (5, 6), border, budget=1),
     "many-channels": lambda: run(1, 36, 8, 4, 3, (4, 5), border),
+    "depthwise": lambda: run(3, 4, 4, 4, 2, (5, 6), border, padding=2),
+    "depthwise-bands": lambda: run(1, 6, 6, 6, 3, (5, 6), border, padding=2, budget=1),
     "huge": lambda: run(1, 4, 4, 1, 1, (4, 4), lambda *s: torch.full(s, -1e6)),
     "inf": lambda: run(1, 4, 4, 1, 1, (4, 4), lambda *s: torch.full(s, math.inf)),
     "single-pixel": lambda: run(1, 2, 2, 1, 1, (1, 1), border, padding=1),
@@ -914,6 +1013,9 @@ _ISOLATED_SCRIPT = """
 import math
 import torch
 from deformconv.ops import _utils, deform_conv2d  # also registers torch.ops.deformconv
+from deformconv.ops._numba import threads
+
+threads.SERIAL_WORK = 0  # every kernel call in chunks on all threads
 
 calls = {}
 """ + _IN_BOUNDS_CALLS + _DIRECT_CALLS + _EMPTY_IMAGE_CALLS + """
@@ -955,7 +1057,8 @@ def isolated_results(request: pytest.FixtureRequest,
 def test_kernels_stay_in_bounds(isolated_results):
     """Forward and backward with samples on and across every border, in row bands, with
     more channels than parallel blocks: no kernel touches memory outside its arrays."""
-    for name in ("borders", "row-bands", "many-channels", "huge", "inf", "single-pixel"):
+    for name in ("borders", "row-bands", "many-channels", "depthwise", "depthwise-bands", "huge",
+                 "inf", "single-pixel"):
         assert isolated_results[name] == ("returned", "ok"), name
 
 
@@ -1026,6 +1129,29 @@ def test_opcheck_backward_op():
             (grad_out, t["input"], t["offset"], t["weight"], mask, 2, 1, 1, 1, 1, 1,
              True, True, True),
         )
+
+
+@pytest.mark.parametrize("change, error, match", [
+    ({"grad_out": torch.zeros(2, 2, 3, 3)}, ValueError,
+     r"grad_out\.shape is not valid: got \(2, 2, 3, 3\), expected \(2, 2, 3, 5\)"),
+    ({"grad_out": torch.zeros(2, 2, 3, 5, dtype=torch.float64)}, TypeError,
+     r"grad_out has dtype torch\.float64 but input has torch\.float32"),
+    ({"offset": torch.zeros(2, 17, 3, 5)}, ValueError, r"offset\.shape\[1\] is not valid"),
+    ({"mask": torch.zeros(2, 1, 3, 5)}, ValueError, r"mask\.shape is not valid"),
+    ({"weight": torch.zeros(2, 3, 3, 3)}, ValueError, r"must be a multiple of weight\.shape"),
+    ({"offset": torch.full((2, 36, 3, 5), math.nan)}, ValueError, r"offset contains 1080 NaN"),
+], ids=["grad-out-shape", "grad-out-dtype", "offset-channels", "mask-shape", "weight",
+        "nan-offset"])
+def test_backward_op_checks_its_arguments(change, error, match):
+    """The registered backward op is public too: bad arguments give the forward's errors."""
+    case = Case(n=2, cin=4, cout=2, groups=2, offset_groups=2, stride=(2, 1))
+    t = {**make_tensors(case, torch.float32, seed=10),
+         "grad_out": torch.randn(case.n, case.cout, *case.out_size)}
+    t.update(change)
+    with pytest.raises(error, match=match):
+        torch.ops.deformconv.deform_conv2d_backward(
+            t["grad_out"], t["input"], t["offset"], t["weight"], t["mask"], 2, 1, 1, 1, 1, 1,
+            True, True, True)
 
 
 def test_torch_compile_fullgraph_matches_eager():

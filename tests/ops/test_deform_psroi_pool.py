@@ -244,6 +244,14 @@ class TestDeformPSRoIPool:
          r"output_dim \(1\) must be divisible by num_classes .* = 2"),
         (9, torch.zeros(1, 5), {"group_size": 0}, ValueError, "group_size must be a positive"),
         (9, torch.zeros(1, 5), {"sample_per_part": 0}, ValueError, "sample_per_part"),
+        # NaN passes "<= 0" checks: it used to pool silent zeros
+        (9, torch.zeros(1, 5), {"spatial_scale": float("nan")}, ValueError,
+         "spatial_scale must be a finite number > 0, got nan"),
+        (9, torch.zeros(1, 5), {"spatial_scale": -1.0}, ValueError, "spatial_scale must be"),
+        (9, torch.zeros(1, 5), {"trans_std": float("nan")}, ValueError,
+         "trans_std must be a finite number, got nan"),
+        (9, torch.zeros(1, 5), {"trans_std": float("inf")}, ValueError,
+         "trans_std must be a finite number, got inf"),
     ])
     def test_bad_input(self, channels, rois, kwargs, error, match):
         x = torch.randn(1, channels, 6, 6)

@@ -257,6 +257,15 @@ class TestDeformRoIPool:
          r"mask.shape is not valid: got \(1, 2, 2, 2\), expected \(1, 1, 2, 2\)"),
         (torch.zeros(1, 5), {"output_size": 0}, ValueError, "output_size must be positive"),
         (torch.zeros(1, 5), {"output_size": None}, TypeError, "output_size"),
+        # NaN passes "<= 0" checks: it used to pool silent zeros
+        (torch.zeros(1, 5), {"spatial_scale": float("nan")}, ValueError,
+         "spatial_scale must be a finite number > 0, got nan"),
+        (torch.zeros(1, 5), {"spatial_scale": float("inf")}, ValueError,
+         "spatial_scale must be a finite number > 0, got inf"),
+        (torch.zeros(1, 5), {"spatial_scale": 0.0}, ValueError, "spatial_scale must be"),
+        (torch.zeros(1, 5), {"gamma": float("nan")}, ValueError,
+         "gamma must be a finite number, got nan"),
+        (torch.zeros(1, 5), {"gamma": "0.1x"}, TypeError, "gamma must be a finite number"),
     ])
     def test_bad_input(self, rois, kwargs, error, match):
         x = torch.randn(2, 3, 6, 6)
@@ -272,7 +281,7 @@ def test_registered_op_checks_its_arguments():
     op = torch.ops.deformconv
     with pytest.raises(ValueError, match=r"offset.shape is not valid"):
         op.deform_roi_pool(x, rois, torch.zeros(1, 2, 3, 3), None, 2, 2, 1.0, 0, 0.1, True)
-    with pytest.raises(TypeError, match="float32 or float64"):
+    with pytest.raises(TypeError, match=r"rois has dtype torch\.float16 but must be .*float32"):
         op.deform_roi_pool(x.half(), rois.half(), None, None, 2, 2, 1.0, 0, 0.1, True)
     with pytest.raises(ValueError, match=r"grad_out.shape is not valid"):
         op.deform_roi_pool_backward(torch.zeros(2, 3, 2, 2), x, rois, None, None, 2, 2, 1.0, 0,

@@ -60,10 +60,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [CLIError, ValueError, FileNotFoundError,
                                          FileExistsError, NotADirectoryError,
                                          IsADirectoryError, PermissionError]
-    from ..data import SampleError
+    from ..data import NoReadableSamplesError, SampleError
     from ..engine import CheckpointError
 
-    return (*errors, CheckpointError, SampleError)
+    return (*errors, CheckpointError, SampleError, NoReadableSamplesError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

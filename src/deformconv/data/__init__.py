@@ -11,7 +11,7 @@
 """
 
 from . import transforms
-from ._common import IGNORE_INDEX, SampleError
+from ._common import IGNORE_INDEX, NoReadableSamplesError, SampleError
 from .cached import InMemory
 from .catalog import CLASSES, DEFAULT_CLASSES
 from .coco import CocoDetection
@@ -33,6 +33,7 @@ __all__ = [
     "IGNORE_INDEX",
     "CocoDetection",
     "InMemory",
+    "NoReadableSamplesError",
     "SampleError",
     "Scene",
     "SceneConfig",

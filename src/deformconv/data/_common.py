@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "IGNORE_INDEX",
+    "NoReadableSamplesError",
     "SampleError",
     "SkippingDataset",
     "Transform",
@@ -35,6 +36,15 @@ class SampleError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class NoReadableSamplesError(RuntimeError):
+    """Not one sample of a dataset could be read (every image file corrupt, say)."""
+
+    @classmethod
+    def of(cls, dataset: Any) -> NoReadableSamplesError:
+        """The error for ``dataset``, named by its repr (which shows what it skipped)."""
+        return cls(f"none of the {len(dataset)} samples of {dataset!r} could be read")
 
 
 def load_rgb(path: Path) -> Tensor:
@@ -75,8 +85,10 @@ class SkippingDataset(Dataset):
     """Base for datasets whose samples can turn out unreadable only when loaded.
 
     Subclasses implement ``_load(index)`` and raise :class:`SampleError` for a bad sample.
-    ``__getitem__`` then warns, counts the reason in ``skipped`` (a ``Counter``), remembers
-    the index and returns the next good sample instead, so an epoch never stops half way.
+    ``load_or_skip(index)`` then warns, counts the reason in ``skipped`` (a ``Counter``),
+    remembers the index and returns None; evaluation uses it to leave the sample out.
+    ``__getitem__`` returns the next good sample instead, so a training epoch never stops
+    half way, and raises :class:`NoReadableSamplesError` when none is left.
     Counts made at construction (missing files, dropped annotations) are in ``skipped`` too.
     With DataLoader workers, each worker process keeps its own count.
     """
@@ -91,22 +103,28 @@ class SkippingDataset(Dataset):
     def _load(self, index: int) -> Any:
         raise NotImplementedError
 
+    def load_or_skip(self, index: int) -> Any | None:
+        """Sample ``index`` (in ``[0, len)``), or None when it cannot be read."""
+        if index in self._bad:
+            return None
+        try:
+            return self._load(index)
+        except SampleError as err:
+            self._bad.add(index)
+            self.skipped[err.reason] += 1
+            warnings.warn(f"skipping sample {index}: {err}", RuntimeWarning, stacklevel=3)
+            return None
+
     def __getitem__(self, index: int) -> Any:
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for a dataset of {n} samples")
         index %= n
         for step in range(n):
-            i = (index + step) % n
-            if i in self._bad:
-                continue
-            try:
-                return self._load(i)
-            except SampleError as err:
-                self._bad.add(i)
-                self.skipped[err.reason] += 1
-                warnings.warn(f"skipping sample {i}: {err}", RuntimeWarning, stacklevel=2)
-        raise RuntimeError(f"none of the {n} samples of {type(self).__name__} could be loaded")
+            sample = self.load_or_skip((index + step) % n)
+            if sample is not None:
+                return sample
+        raise NoReadableSamplesError.of(self)
 
     def _warn_skipped(self, source: object, total: int) -> None:
         """One summary warning for what construction dropped."""

@@ -15,6 +15,7 @@ What goes wrong, and what happens (counts are in ``dataset.skipped``, a Counter)
     on load: image unreadable, or its size differs from the json
                                                  -> warning, "corrupt_image" / "size_mismatch",
                                                     the next good image is returned instead
+                                                    (evaluation leaves the image out)
 """
 
 from __future__ import annotations

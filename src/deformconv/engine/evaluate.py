@@ -10,9 +10,10 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from .distributed import DistInfo, resolve_device
+from ..data import NoReadableSamplesError
+from .distributed import DistInfo, all_reduce_sum, resolve_device
 from .loader import eval_loader
-from .tasks import make_evaluator, to_device
+from .tasks import make_evaluator, num_images, to_device
 
 __all__ = ["evaluate"]
 
@@ -44,7 +45,9 @@ def evaluate(
     "num_images"}``. With several processes each evaluates its shard and the metric is
     reduced over all of them (every rank gets the same result). The model is moved to
     ``device`` (``"auto"``: CUDA when available; ignored when ``dist_info`` is given) and its
-    train/eval mode is restored afterwards.
+    train/eval mode is restored afterwards. Samples the dataset cannot read
+    (``load_or_skip`` gives None) are left out and not counted; when none is readable,
+    :class:`~deformconv.data.NoReadableSamplesError`.
     """
     info = dist_info or DistInfo(device=resolve_device(str(device)))
     net = getattr(model, "module", model)  # no DDP hooks needed for forward-only passes
@@ -54,14 +57,21 @@ def evaluate(
     loader = eval_loader(dataset, task, batch_size, world_size=info.world_size, rank=info.rank,
                          num_workers=num_workers, pin_memory=info.device.type == "cuda")
     evaluator = make_evaluator(task)
+    readable = 0
     try:
-        for images, targets in tqdm(loader, desc="eval", leave=False,
-                                    disable=not (progress and info.is_main)):
+        for batch in tqdm(loader, desc="eval", leave=False,
+                          disable=not (progress and info.is_main)):
+            if batch is None:  # every sample of the batch was unreadable
+                continue
+            images, targets = batch
+            readable += num_images(images)
             images = to_device(images, info.device)
             with autocast(info.device, bf16):
                 outputs = net(images)
             outputs = to_device(_float(outputs), torch.device("cpu"))
             evaluator.update(images, targets, outputs)
+        if len(dataset) and not all_reduce_sum(torch.tensor([readable])).item():  # type: ignore[arg-type]
+            raise NoReadableSamplesError.of(dataset)
         return evaluator.compute()
     finally:
         net.train(was_training)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Iterator, Sized
+from collections.abc import Callable, Iterator, Sequence, Sized
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -55,6 +57,33 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class _ReadableSamples(Dataset):
+    """``dataset[i]`` for evaluation, or None for a sample the dataset cannot read.
+
+    A dataset with ``load_or_skip`` (``data.CocoDetection``, ``data.VOCSegmentation``)
+    would substitute the next readable sample for an unreadable one in ``dataset[i]``,
+    which an evaluation would then count twice; the eval loader's collate leaves the
+    None out instead.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        if hasattr(self.dataset, "load_or_skip"):
+            return self.dataset.load_or_skip(index)
+        return self.dataset[index]
+
+
+def _collate_readable(collate: Callable[[Sequence[Any]], Any], batch: Sequence[Any]) -> Any:
+    """``collate`` of the samples that are not None; None when none is left."""
+    readable = [sample for sample in batch if sample is not None]
+    return collate(readable) if readable else None
 
 
 def iters_per_epoch(dataset_len: int, batch_size: int, world_size: int = 1) -> int:
@@ -114,12 +143,16 @@ def eval_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """Loader over this rank's shard of ``dataset`` in order, keeping the last partial batch."""
+    """Loader over this rank's shard of ``dataset`` in order, keeping the last partial batch.
+
+    Unreadable samples are left out (see ``_ReadableSamples``); a batch of only
+    unreadable samples comes out as None.
+    """
     return DataLoader(
-        SeededSamples(dataset, seed=0, epoch=0),
+        SeededSamples(_ReadableSamples(dataset), seed=0, epoch=0),
         batch_size=batch_size,
         sampler=ShardSampler(dataset, world_size, rank),  # type: ignore[arg-type]
-        collate_fn=collate_fn(task),
+        collate_fn=functools.partial(_collate_readable, collate_fn(task)),
         num_workers=num_workers,
         worker_init_fn=worker_init_fn,
         generator=torch.Generator().manual_seed(rank),

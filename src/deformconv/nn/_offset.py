@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from torch import nn
@@ -48,8 +49,10 @@ def zero_init_last(branch: nn.Module) -> None:
         nn.init.zeros_(last.bias)
 
 
-def check_positive(**values: int | float) -> None:
-    """Raise a ``ValueError`` naming the first argument that is not > 0."""
+def check_positive(**values: int | float | tuple[int, int]) -> None:
+    """Raise a ``ValueError`` naming the first argument that is not > 0 (NaN and inf are
+    not; a pair must be > 0 in both entries)."""
     for name, value in values.items():
-        if value <= 0:
+        numbers = value if isinstance(value, tuple) else (value,)
+        if not all(math.isfinite(v) and v > 0 for v in numbers):
             raise ValueError(f"{name} must be > 0, got {value!r}")

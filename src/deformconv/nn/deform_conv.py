@@ -65,6 +65,10 @@ class DeformConv2dExternal(nn.Module):
         self.stride = pair(stride, "stride")
         self.padding = pair(padding, "padding")
         self.dilation = pair(dilation, "dilation")
+        check_positive(kernel_size=self.kernel_size, stride=self.stride,
+                       dilation=self.dilation)
+        if min(self.padding) < 0:
+            raise ValueError(f"padding must be >= 0, got {self.padding}")
         self.groups = groups
         self.weight = nn.Parameter(
             torch.empty(out_channels, in_channels // groups, *self.kernel_size)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops._utils import rois_to_tensor
+from ..ops._utils import finite_float, rois_to_tensor
 from ._offset import OffsetBranchMixin, check_positive, zero_init_last
 
 __all__ = ["DeformPSRoIPool", "PSRoIPool"]
@@ -128,7 +128,7 @@ class DeformPSRoIPool(PSRoIPool, OffsetBranchMixin):
             )
         self.in_channels = in_channels
         self.part_size = part_size
-        self.trans_std = trans_std
+        self.trans_std = finite_float("trans_std", trans_std)
         self.offset_classes = offset_classes
         self.modulated = modulated
         self.offset_lr_mult = offset_lr_mult

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops._utils import pair, rois_to_tensor
+from ..ops._utils import finite_float, pair, rois_to_tensor
 from ._offset import OffsetBranchMixin, check_positive, zero_init_last
 
 __all__ = ["DeformRoIPool"]
@@ -66,7 +66,7 @@ class DeformRoIPool(nn.Module, OffsetBranchMixin):
             raise ValueError(f"sampling_ratio must be >= 0, got {sampling_ratio!r}")
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
-        self.gamma = gamma
+        self.gamma = finite_float("gamma", gamma)
         self.aligned = aligned
         self.hidden_dims = tuple(hidden_dims)
         self.modulated = modulated

@@ -2,7 +2,10 @@
 
 ``deform_conv2d`` becomes the standard ONNX ``DeformConv`` (opset 19); the deformable RoI
 pooling ops become decompositions into standard ONNX ops (Gather + arithmetic). The files
-run in onnxruntime's default CPU build; no custom operator library is needed.
+run in onnxruntime's default CPU build; no custom operator library is needed. A plain
+``torch.onnx.export(model, args, dynamo=True)`` handles ``deform_conv2d`` by itself (the op
+emits ``DeformConv`` while exporting); the RoI pooling ops need :func:`export` or
+``custom_translation_table=translation_table()``.
 
 Example::
 

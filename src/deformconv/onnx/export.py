@@ -3,7 +3,9 @@
 The dynamo exporter (``torch.onnx.export(..., dynamo=True)``) sees our ops as
 ``torch.ops.deformconv.*`` custom ops; :func:`translation_table` maps each one to ONNX:
 ``deform_conv2d`` to the standard ``DeformConv`` (opset 19), the RoI pooling ops to
-decompositions into standard ONNX ops.
+decompositions into standard ONNX ops. ``deform_conv2d`` also emits ``DeformConv`` itself
+while the exporter traces (``ops/_onnx.py``), so its entry matters for programs captured
+outside an ONNX export (``torch.export.export``, then ``torch.onnx.export`` of the program).
 """
 
 from __future__ import annotations

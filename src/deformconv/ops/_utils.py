@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor
 
 # Largest column buffer (bytes) a kernel may hold at once; tiles are sized to fit it.
-WORKSPACE_BYTES = int(float(os.environ.get("DEFORMCONV_WORKSPACE_MB", "48")) * 2**20)
+WORKSPACE_BYTES = int(float(os.environ.get("DEFORMCONV_WORKSPACE_MB", "32")) * 2**20)
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
 UPCAST_DTYPES = (torch.float16, torch.bfloat16)
@@ -26,6 +27,19 @@ def pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]
     ):
         return int(value[0]), int(value[1])
     raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def finite_float(name: str, value: object, *, positive: bool = False) -> float:
+    """``float(value)``, refused with an error naming ``name`` unless finite (and > 0 with
+    ``positive``): a NaN scale would pass ``value <= 0`` checks and pool silent zeros."""
+    expected = "a finite number > 0" if positive else "a finite number"
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be {expected}, got {value!r}") from None
+    if not math.isfinite(number) or (positive and not number > 0):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return number
 
 
 def check_tensor(name: str, tensor: object, ndim: int | None = None) -> Tensor:
@@ -284,18 +298,23 @@ def psroi_bins(output_dim: int, group_size: int, pooled_size: int, part_size: in
     return PSRoIBins(*(t.to(device) for t in vars(tables).values()))
 
 
-def check_compute_dtype(input: Tensor, **others: Tensor | None) -> None:
-    """A registered op's kernels compute in float32 or float64, every tensor in one dtype.
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels accumulate in (and RoI ops take RoIs in) for ``dtype`` data."""
+    return torch.float32 if dtype in UPCAST_DTYPES else dtype
 
-    The public functions upcast float16/bfloat16 before calling the op; this guards direct
-    calls of ``torch.ops.deformconv.*``.
+
+def check_compute_dtype(input: Tensor, rois: Tensor) -> None:
+    """A registered RoI op takes RoIs in the input's compute dtype (``compute_dtype``).
+
+    Coordinates in float16/bfloat16 would be off by pixels; the public functions convert
+    them, this guards direct calls of ``torch.ops.deformconv.*``.
     """
-    if input.dtype not in FLOAT_DTYPES:
+    expected = compute_dtype(input.dtype)
+    if rois.dtype != expected:
         raise TypeError(
-            f"the registered op computes in float32 or float64, got input of {input.dtype}; "
-            "call the public function, which computes float16/bfloat16 in float32"
+            f"rois has dtype {rois.dtype} but must be {expected} for input of {input.dtype}; "
+            "call the public function, which converts them"
         )
-    check_same_dtype_device("input", input, **others)
 
 
 _workspace = threading.local()

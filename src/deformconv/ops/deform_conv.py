@@ -10,82 +10,69 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._numba import deform_conv as numba_backend
-from ._torch import deform_conv as torch_backend
+from . import _dispatch, _onnx
+from ._library import OpParts, define_op
 from ._utils import (
-    UPCAST_DTYPES,
     check_no_nan,
     check_same_dtype_device,
     check_tensor,
     float32_under_autocast,
     pair,
-    register_float32_autocast,
 )
 
 __all__ = ["deform_conv2d"]
 
+_GEOMETRY = "int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w"
 
-def _run_forward(backend, input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
-                 mask: Tensor | None, ints: tuple[int, ...]) -> Tensor:
-    """The registered op's body: checks (the op may be called directly), then ``backend``."""
-    geometry = ((ints[0], ints[1]), (ints[2], ints[3]), (ints[4], ints[5]))
-    _check_arguments(input, offset, weight, bias, mask, *geometry)
+
+def _geometry(ints: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """``(stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)`` -> (stride, padding, dilation)."""
+    return (ints[0], ints[1]), (ints[2], ints[3]), (ints[4], ints[5])
+
+
+def _check_forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
+                   mask: Tensor | None, *ints: int) -> None:
+    _check_arguments(input, offset, weight, bias, mask, *_geometry(ints))
     check_no_nan("offset", offset)
+
+
+def _forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
+             mask: Tensor | None, *ints: int) -> Tensor:
     if input.shape[2] == 0 or input.shape[3] == 0:  # every sample reads zero padding
         out = input.new_zeros(input.shape[0], weight.shape[0], *offset.shape[2:])
         return out if bias is None else out + bias.view(1, -1, 1, 1)
-    return backend.forward(input, offset, weight, bias, mask, geometry)
+    return _dispatch.run("deform_conv2d", "forward",
+                         (input, offset, weight, bias, mask, _geometry(ints)))
 
 
-@torch.library.custom_op("deformconv::deform_conv2d", mutates_args=())
-def _deform_conv2d(
-    input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, mask: Tensor | None,
-    stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
-) -> Tensor:
-    ints = (stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
-    return _run_forward(torch_backend, input, offset, weight, bias, mask, ints)
-
-
-@_deform_conv2d.register_kernel("cpu")
-def _deform_conv2d_cpu(
-    input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, mask: Tensor | None,
-    stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
-) -> Tensor:
-    ints = (stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
-    return _run_forward(numba_backend, input, offset, weight, bias, mask, ints)
-
-
-@_deform_conv2d.register_fake
-def _deform_conv2d_fake(
-    input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, mask: Tensor | None,
-    stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
-) -> Tensor:
+def _forward_fake(input: Tensor, offset: Tensor, weight: Tensor, *args) -> Tensor:
     return input.new_empty(input.shape[0], weight.shape[0], offset.shape[2], offset.shape[3])
 
 
-@torch.library.custom_op("deformconv::deform_conv2d_backward", mutates_args=())
-def _deform_conv2d_backward(
-    grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask: Tensor | None,
-    stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
-    need_input: bool, need_offset_mask: bool, need_weight: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    geometry = ((stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w))
+def _check_backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
+                    mask: Tensor | None, *ints_and_needs: int) -> None:
+    _check_forward(input, offset, weight, None, mask, *ints_and_needs[:6])
+    check_tensor("grad_out", grad_out, 4)
+    expected = (input.shape[0], weight.shape[0], *offset.shape[2:])
+    if tuple(grad_out.shape) != expected:
+        raise ValueError(f"grad_out.shape is not valid: got {tuple(grad_out.shape)}, "
+                         f"expected {expected}")
+    check_same_dtype_device("input", input, grad_out=grad_out)
+
+
+def _backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
+              mask: Tensor | None, *ints_and_needs: int):
+    ints, needs = ints_and_needs[:6], ints_and_needs[6:]
     if input.shape[2] == 0 or input.shape[3] == 0:  # the output did not depend on anything
         grad_mask = torch.zeros_like(mask) if mask is not None else offset.new_empty(0)
         return (torch.zeros_like(input), torch.zeros_like(offset), torch.zeros_like(weight),
                 grad_mask)
-    backend = numba_backend if input.device.type == "cpu" else torch_backend
-    return backend.backward(
-        grad_out, input, offset, weight, mask, geometry, need_input, need_offset_mask, need_weight
-    )
+    return _dispatch.run("deform_conv2d", "backward",
+                         (grad_out, input, offset, weight, mask, _geometry(ints), *needs))
 
 
-@_deform_conv2d_backward.register_fake
-def _deform_conv2d_backward_fake(
-    grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask: Tensor | None,
-    stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
-    need_input: bool, need_offset_mask: bool, need_weight: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _backward_fake(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
+                   mask: Tensor | None, *args) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     grad_mask = torch.empty_like(mask) if mask is not None else offset.new_empty(0)
     return (torch.empty_like(input), torch.empty_like(offset), torch.empty_like(weight),
             grad_mask)
@@ -98,10 +85,10 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.has_bias = bias is not None
 
 
-def _backward(ctx, grad_out: Tensor):
+def _gradient(backward_op, ctx, grad_out: Tensor):
     input, offset, weight, mask = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    grad_input, grad_offset, grad_weight, grad_mask = _deform_conv2d_backward(
+    grad_input, grad_offset, grad_weight, grad_mask = backward_op(
         grad_out.contiguous(), input, offset, weight, mask, *ctx.geometry,
         needs[0], needs[1] or needs[4], needs[2],
     )
@@ -110,8 +97,15 @@ def _backward(ctx, grad_out: Tensor):
             grad_mask if mask is not None else None, *([None] * 6))
 
 
-_deform_conv2d.register_autograd(_backward, setup_context=_setup_context)
-register_float32_autocast("deformconv::deform_conv2d", "deformconv::deform_conv2d_backward")
+_deform_conv2d, _deform_conv2d_backward = define_op(
+    "deform_conv2d",
+    OpParts(f"(Tensor input, Tensor offset, Tensor weight, Tensor? bias, Tensor? mask, "
+            f"{_GEOMETRY}) -> Tensor", _check_forward, _forward_fake, _forward),
+    OpParts(f"(Tensor grad_out, Tensor input, Tensor offset, Tensor weight, Tensor? mask, "
+            f"{_GEOMETRY}, bool need_input, bool need_offset_mask, bool need_weight) "
+            "-> (Tensor, Tensor, Tensor, Tensor)", _check_backward, _backward_fake, _backward),
+    _setup_context, _gradient,
+)
 
 
 def _output_size(size: int, kernel: int, stride: int, pad: int, dil: int) -> int:
@@ -203,9 +197,9 @@ def deform_conv2d(
         mask (Tensor[N, G*kh*kw, Hout, Wout] or None): DCN v2 modulation of each sample.
 
     Returns:
-        Tensor[N, Cout, Hout, Wout]. float16/bfloat16 inputs are computed in float32 and
-        returned in their own dtype; under autocast all inputs are cast to float32 and the
-        result is float32.
+        Tensor[N, Cout, Hout, Wout] in the inputs' dtype. float16/bfloat16 accumulate in
+        float32 (the CPU kernels compute them in float32 throughout); under autocast all
+        inputs are cast to float32 and the result is float32.
 
     Example::
 
@@ -222,13 +216,11 @@ def deform_conv2d(
         input, offset, weight, bias, mask = float32_under_autocast(
             input.device.type, input, offset, weight, bias, mask)
     _check_arguments(input, offset, weight, bias, mask, stride_, padding_, dilation_)
-    dtype = input.dtype
-    if dtype in UPCAST_DTYPES:
-        input, offset, weight = input.float(), offset.float(), weight.float()
-        bias = None if bias is None else bias.float()
-        mask = None if mask is None else mask.float()
-    out = _deform_conv2d(input.contiguous(), offset.contiguous(), weight.contiguous(),
-                         None if bias is None else bias.contiguous(),
-                         None if mask is None else mask.contiguous(),
-                         *stride_, *padding_, *dilation_)
-    return out.to(dtype)
+    if _onnx.exporting():  # the standard ONNX DeformConv node instead of our custom op
+        return _onnx.deform_conv(input, offset, weight, bias, mask, stride_, padding_, dilation_)
+    if not input.is_contiguous(memory_format=torch.channels_last):
+        input = input.contiguous()  # the kernels read NCHW or channels-last images
+    return _deform_conv2d(input, offset.contiguous(), weight.contiguous(),
+                          None if bias is None else bias.contiguous(),
+                          None if mask is None else mask.contiguous(),
+                          *stride_, *padding_, *dilation_)

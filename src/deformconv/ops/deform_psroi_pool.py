@@ -13,17 +13,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._numba import deform_psroi_pool as numba_backend
-from ._torch import deform_psroi_pool as torch_backend
+from ._library import OpParts, define_op
 from ._utils import (
-    UPCAST_DTYPES,
     check_compute_dtype,
     check_no_nan,
     check_rois_values,
     check_same_dtype_device,
     check_tensor,
+    compute_dtype,
+    finite_float,
     float32_under_autocast,
-    register_float32_autocast,
     rois_to_tensor,
 )
 
@@ -40,46 +39,29 @@ def _check_registered(input: Tensor, rois: Tensor, offset: Tensor | None, output
                        ("sample_per_part", sample_per_part)):
         _positive_int(arg, value)
     _check_arguments(input, rois_to_tensor(rois), offset, output_dim, group_size, part_size)
-    check_compute_dtype(input, rois=rois)
+    check_compute_dtype(input, rois)
     check_rois_values(rois, input.shape[0])
     if offset is not None:
         check_no_nan("offset", offset)
 
 
-@torch.library.custom_op("deformconv::deform_psroi_pool", mutates_args=())
-def _deform_psroi_pool(
-    input: Tensor, rois: Tensor, offset: Tensor | None, spatial_scale: float, output_dim: int,
-    group_size: int, pooled_size: int, part_size: int, sample_per_part: int, trans_std: float,
-) -> tuple[Tensor, Tensor]:
+def _check_forward(input: Tensor, rois: Tensor, offset: Tensor | None, spatial_scale: float,
+                   output_dim: int, group_size: int, pooled_size: int, part_size: int,
+                   sample_per_part: int, trans_std: float) -> None:
     _check_registered(input, rois, offset, output_dim, group_size, pooled_size, part_size,
                       sample_per_part)
-    return torch_backend.forward(input, rois, offset, spatial_scale, output_dim, group_size,
-                                 pooled_size, part_size, sample_per_part, trans_std)
 
 
-@_deform_psroi_pool.register_kernel("cpu")
-def _deform_psroi_pool_cpu(
-    input: Tensor, rois: Tensor, offset: Tensor | None, spatial_scale: float, output_dim: int,
-    group_size: int, pooled_size: int, part_size: int, sample_per_part: int, trans_std: float,
-) -> tuple[Tensor, Tensor]:
-    _check_registered(input, rois, offset, output_dim, group_size, pooled_size, part_size,
-                      sample_per_part)
-    return numba_backend.forward(input, rois, offset, spatial_scale, output_dim, group_size,
-                                 pooled_size, part_size, sample_per_part, trans_std)
-
-
-@_deform_psroi_pool.register_fake
-def _deform_psroi_pool_fake(
-    input: Tensor, rois: Tensor, offset: Tensor | None, spatial_scale: float, output_dim: int,
-    group_size: int, pooled_size: int, part_size: int, sample_per_part: int, trans_std: float,
-) -> tuple[Tensor, Tensor]:
+def _forward_fake(input: Tensor, rois: Tensor, offset: Tensor | None, spatial_scale: float,
+                  output_dim: int, group_size: int, pooled_size: int, *args
+                  ) -> tuple[Tensor, Tensor]:
     shape = (rois.shape[0], output_dim, pooled_size, pooled_size)
     return input.new_empty(shape), input.new_empty(shape)
 
 
-def _check_backward(grad_out: Tensor, count: Tensor, input: Tensor, rois: Tensor,
-                    offset: Tensor | None, group_size: int, part_size: int,
-                    sample_per_part: int) -> None:
+def _check_backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None,
+                    count: Tensor, spatial_scale: float, group_size: int, part_size: int,
+                    sample_per_part: int, *args) -> None:
     check_tensor("grad_out", grad_out, 4)
     output_dim, pooled_size = grad_out.shape[1], grad_out.shape[2]
     _check_registered(input, rois, offset, output_dim, group_size, pooled_size, part_size,
@@ -92,36 +74,8 @@ def _check_backward(grad_out: Tensor, count: Tensor, input: Tensor, rois: Tensor
     check_same_dtype_device("input", input, grad_out=grad_out, count=count)
 
 
-@torch.library.custom_op("deformconv::deform_psroi_pool_backward", mutates_args=())
-def _deform_psroi_pool_backward(
-    grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None, count: Tensor,
-    spatial_scale: float, group_size: int, part_size: int, sample_per_part: int,
-    trans_std: float, need_input: bool, need_offset: bool,
-) -> tuple[Tensor, Tensor]:
-    _check_backward(grad_out, count, input, rois, offset, group_size, part_size, sample_per_part)
-    return torch_backend.backward(grad_out, input, rois, offset, count, spatial_scale,
-                                  group_size, part_size, sample_per_part, trans_std, need_input,
-                                  need_offset)
-
-
-@_deform_psroi_pool_backward.register_kernel("cpu")
-def _deform_psroi_pool_backward_cpu(
-    grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None, count: Tensor,
-    spatial_scale: float, group_size: int, part_size: int, sample_per_part: int,
-    trans_std: float, need_input: bool, need_offset: bool,
-) -> tuple[Tensor, Tensor]:
-    _check_backward(grad_out, count, input, rois, offset, group_size, part_size, sample_per_part)
-    return numba_backend.backward(grad_out, input, rois, offset, count, spatial_scale,
-                                  group_size, part_size, sample_per_part, trans_std, need_input,
-                                  need_offset)
-
-
-@_deform_psroi_pool_backward.register_fake
-def _deform_psroi_pool_backward_fake(
-    grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None, count: Tensor,
-    spatial_scale: float, group_size: int, part_size: int, sample_per_part: int,
-    trans_std: float, need_input: bool, need_offset: bool,
-) -> tuple[Tensor, Tensor]:
+def _backward_fake(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None,
+                   *args) -> tuple[Tensor, Tensor]:
     grad_offset = torch.empty_like(offset) if offset is not None else input.new_empty(0)
     return torch.empty_like(input), grad_offset
 
@@ -134,17 +88,26 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.arguments = (spatial_scale, group_size, part_size, samples, trans_std)
 
 
-def _backward(ctx, grad_out: Tensor, grad_count: Tensor | None):
+def _gradient(backward_op, ctx, grad_out: Tensor, grad_count: Tensor | None):
     input, rois, offset, count = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    grad_input, grad_offset = _deform_psroi_pool_backward(
+    grad_input, grad_offset = backward_op(
         grad_out.contiguous(), input, rois, offset, count, *ctx.arguments, needs[0], needs[2],
     )
     return (grad_input, None, grad_offset if offset is not None else None, *([None] * 7))
 
 
-_deform_psroi_pool.register_autograd(_backward, setup_context=_setup_context)
-register_float32_autocast("deformconv::deform_psroi_pool", "deformconv::deform_psroi_pool_backward")
+_deform_psroi_pool, _deform_psroi_pool_backward = define_op(
+    "deform_psroi_pool",
+    OpParts("(Tensor input, Tensor rois, Tensor? offset, float spatial_scale, int output_dim, "
+            "int group_size, int pooled_size, int part_size, int sample_per_part, "
+            "float trans_std) -> (Tensor, Tensor)", _check_forward, _forward_fake),
+    OpParts("(Tensor grad_out, Tensor input, Tensor rois, Tensor? offset, Tensor count, "
+            "float spatial_scale, int group_size, int part_size, int sample_per_part, "
+            "float trans_std, bool need_input, bool need_offset) -> (Tensor, Tensor)",
+            _check_backward, _backward_fake),
+    _setup_context, _gradient,
+)
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -219,7 +182,8 @@ def deform_psroi_pool(
         trans_std (float): offset scale γ (original code: 0.1).
 
     Returns:
-        Tensor[K, output_dim, P, P]. float16/bfloat16 inputs are computed in float32.
+        Tensor[K, output_dim, P, P] in the input's dtype. float16/bfloat16 accumulate
+        in float32 (RoIs are used in float32).
 
     Example::
 
@@ -235,16 +199,16 @@ def deform_psroi_pool(
     pooled_size = _positive_int("pooled_size", pooled_size)
     part_size = _positive_int("part_size", pooled_size if part_size is None else part_size)
     sample_per_part = _positive_int("sample_per_part", sample_per_part)
+    spatial_scale = finite_float("spatial_scale", spatial_scale, positive=True)
+    trans_std = finite_float("trans_std", trans_std)
     rois = rois_to_tensor(rois)
     if isinstance(input, Tensor):
         input, rois, offset = float32_under_autocast(input.device.type, input, rois, offset)
     _check_arguments(input, rois, offset, output_dim, group_size, part_size)
-    dtype = input.dtype
-    compute = torch.float32 if dtype in UPCAST_DTYPES else dtype
     out, _ = _deform_psroi_pool(
-        input.to(compute).contiguous(), rois.to(compute).contiguous(),
-        None if offset is None else offset.to(compute).contiguous(),
-        float(spatial_scale), output_dim, group_size, pooled_size, part_size, sample_per_part,
-        float(trans_std),
+        input.contiguous(), rois.to(compute_dtype(input.dtype)).contiguous(),
+        None if offset is None else offset.contiguous(),
+        spatial_scale, output_dim, group_size, pooled_size, part_size, sample_per_part,
+        trans_std,
     )
-    return out.to(dtype)
+    return out

@@ -11,106 +11,68 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._numba import deform_roi_pool as numba_backend
-from ._torch import deform_roi_pool as torch_backend
+from . import _dispatch
+from ._library import OpParts, define_op
 from ._utils import (
-    UPCAST_DTYPES,
     check_compute_dtype,
     check_no_nan,
     check_rois_values,
     check_same_dtype_device,
     check_tensor,
+    compute_dtype,
+    finite_float,
     float32_under_autocast,
     pair,
-    register_float32_autocast,
     rois_to_tensor,
 )
 
 __all__ = ["deform_roi_pool"]
 
+_ARGUMENTS = ("int pooled_h, int pooled_w, float spatial_scale, int sampling_ratio, "
+              "float gamma, bool aligned")
 
-def _check_registered(input: Tensor, rois: Tensor, offset: Tensor | None,
-                      mask: Tensor | None, pooled: tuple[int, int]) -> None:
+
+def _check_forward(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
+                   pooled_h: int, pooled_w: int, *args) -> None:
     """Checks of the registered op itself: it can be called directly, and the kernels trust
     these shapes and dtypes. Values (RoI indices, NaN) are checked here, not while tracing."""
-    _check_arguments(input, rois_to_tensor(rois), offset, mask, pooled)
-    check_compute_dtype(input, rois=rois)
+    _check_arguments(input, rois_to_tensor(rois), offset, mask, (pooled_h, pooled_w))
+    check_compute_dtype(input, rois)
     check_rois_values(rois, input.shape[0])
     if offset is not None:
         check_no_nan("offset", offset)
 
 
-@torch.library.custom_op("deformconv::deform_roi_pool", mutates_args=())
-def _deform_roi_pool(
-    input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
-    pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int, gamma: float,
-    aligned: bool,
-) -> Tensor:
-    _check_registered(input, rois, offset, mask, (pooled_h, pooled_w))
-    return torch_backend.forward(input, rois, offset, mask, (pooled_h, pooled_w), spatial_scale,
-                                 sampling_ratio, gamma, aligned)
+def _forward(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
+             pooled_h: int, pooled_w: int, *args) -> Tensor:
+    return _dispatch.run("deform_roi_pool", "forward",
+                         (input, rois, offset, mask, (pooled_h, pooled_w), *args))
 
 
-@_deform_roi_pool.register_kernel("cpu")
-def _deform_roi_pool_cpu(
-    input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
-    pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int, gamma: float,
-    aligned: bool,
-) -> Tensor:
-    _check_registered(input, rois, offset, mask, (pooled_h, pooled_w))
-    return numba_backend.forward(input, rois, offset, mask, (pooled_h, pooled_w), spatial_scale,
-                                 sampling_ratio, gamma, aligned)
-
-
-@_deform_roi_pool.register_fake
-def _deform_roi_pool_fake(
-    input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
-    pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int, gamma: float,
-    aligned: bool,
-) -> Tensor:
+def _forward_fake(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
+                  pooled_h: int, pooled_w: int, *args) -> Tensor:
     return input.new_empty(rois.shape[0], input.shape[1], pooled_h, pooled_w)
 
 
 def _check_backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None,
-                    mask: Tensor | None, pooled: tuple[int, int]) -> None:
-    _check_registered(input, rois, offset, mask, pooled)
-    expected = (rois.shape[0], input.shape[1], *pooled)
+                    mask: Tensor | None, pooled_h: int, pooled_w: int, *args) -> None:
+    _check_forward(input, rois, offset, mask, pooled_h, pooled_w)
+    expected = (rois.shape[0], input.shape[1], pooled_h, pooled_w)
     if tuple(grad_out.shape) != expected:
         raise ValueError(f"grad_out.shape is not valid: got {tuple(grad_out.shape)}, "
                          f"expected {expected}")
     check_same_dtype_device("input", input, grad_out=grad_out)
 
 
-@torch.library.custom_op("deformconv::deform_roi_pool_backward", mutates_args=())
-def _deform_roi_pool_backward(
-    grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
-    pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int, gamma: float,
-    aligned: bool, need_input: bool, need_offset_mask: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    _check_backward(grad_out, input, rois, offset, mask, (pooled_h, pooled_w))
-    return torch_backend.backward(grad_out, input, rois, offset, mask, (pooled_h, pooled_w),
-                                  spatial_scale, sampling_ratio, gamma, aligned, need_input,
-                                  need_offset_mask)
+def _backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None,
+              mask: Tensor | None, pooled_h: int, pooled_w: int, *args
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    return _dispatch.run("deform_roi_pool", "backward",
+                         (grad_out, input, rois, offset, mask, (pooled_h, pooled_w), *args))
 
 
-@_deform_roi_pool_backward.register_kernel("cpu")
-def _deform_roi_pool_backward_cpu(
-    grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
-    pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int, gamma: float,
-    aligned: bool, need_input: bool, need_offset_mask: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    _check_backward(grad_out, input, rois, offset, mask, (pooled_h, pooled_w))
-    return numba_backend.backward(grad_out, input, rois, offset, mask, (pooled_h, pooled_w),
-                                  spatial_scale, sampling_ratio, gamma, aligned, need_input,
-                                  need_offset_mask)
-
-
-@_deform_roi_pool_backward.register_fake
-def _deform_roi_pool_backward_fake(
-    grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
-    pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int, gamma: float,
-    aligned: bool, need_input: bool, need_offset_mask: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+def _backward_fake(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None,
+                   mask: Tensor | None, *args) -> tuple[Tensor, Tensor, Tensor]:
     grad_offset = torch.empty_like(offset) if offset is not None else input.new_empty(0)
     grad_mask = torch.empty_like(mask) if mask is not None else input.new_empty(0)
     return torch.empty_like(input), grad_offset, grad_mask
@@ -122,10 +84,10 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.arguments = arguments
 
 
-def _backward(ctx, grad_out: Tensor):
+def _gradient(backward_op, ctx, grad_out: Tensor):
     input, rois, offset, mask = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    grad_input, grad_offset, grad_mask = _deform_roi_pool_backward(
+    grad_input, grad_offset, grad_mask = backward_op(
         grad_out.contiguous(), input, rois, offset, mask, *ctx.arguments,
         needs[0], needs[2] or needs[3],
     )
@@ -133,8 +95,15 @@ def _backward(ctx, grad_out: Tensor):
             grad_mask if mask is not None else None, *([None] * 6))
 
 
-_deform_roi_pool.register_autograd(_backward, setup_context=_setup_context)
-register_float32_autocast("deformconv::deform_roi_pool", "deformconv::deform_roi_pool_backward")
+_deform_roi_pool, _deform_roi_pool_backward = define_op(
+    "deform_roi_pool",
+    OpParts(f"(Tensor input, Tensor rois, Tensor? offset, Tensor? mask, {_ARGUMENTS}) -> Tensor",
+            _check_forward, _forward_fake, _forward),
+    OpParts(f"(Tensor grad_out, Tensor input, Tensor rois, Tensor? offset, Tensor? mask, "
+            f"{_ARGUMENTS}, bool need_input, bool need_offset_mask) -> (Tensor, Tensor, Tensor)",
+            _check_backward, _backward_fake, _backward),
+    _setup_context, _gradient,
+)
 
 
 def _check_arguments(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
@@ -192,7 +161,8 @@ def deform_roi_pool(
         mask (Tensor[K, 1, ph, pw] or None): multiplies each bin (modulated pooling, DCN v2).
 
     Returns:
-        Tensor[K, C, ph, pw]. float16/bfloat16 inputs are computed in float32.
+        Tensor[K, C, ph, pw] in the input's dtype. float16/bfloat16 accumulate in
+        float32 (RoIs are used in float32).
 
     Example::
 
@@ -207,17 +177,16 @@ def deform_roi_pool(
     pooled = pair(output_size, "output_size")
     if not isinstance(sampling_ratio, int) or isinstance(sampling_ratio, bool):
         raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
+    spatial_scale = finite_float("spatial_scale", spatial_scale, positive=True)
+    gamma = finite_float("gamma", gamma)
     rois = rois_to_tensor(rois)
     if isinstance(input, Tensor):
         input, rois, offset, mask = float32_under_autocast(
             input.device.type, input, rois, offset, mask)
     _check_arguments(input, rois, offset, mask, pooled)
-    dtype = input.dtype
-    compute = torch.float32 if dtype in UPCAST_DTYPES else dtype
-    out = _deform_roi_pool(
-        input.to(compute).contiguous(), rois.to(compute).contiguous(),
-        None if offset is None else offset.to(compute).contiguous(),
-        None if mask is None else mask.to(compute).contiguous(),
-        *pooled, float(spatial_scale), sampling_ratio, float(gamma), bool(aligned),
+    return _deform_roi_pool(
+        input.contiguous(), rois.to(compute_dtype(input.dtype)).contiguous(),
+        None if offset is None else offset.contiguous(),
+        None if mask is None else mask.contiguous(),
+        *pooled, spatial_scale, sampling_ratio, gamma, bool(aligned),
     )
-    return out.to(dtype)

@@ -140,7 +140,7 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
         f"{s['train_size']} training scenes (turned and mirrored at random) and "
         f"{s['val_size']} validation scenes, seed {s['seed']}. The model is `compact_fcn`: "
         f"3×3 conv layers of widths {tuple(s['widths'])} and strides {tuple(s['strides'])}, "
-        f"the last {s['deform_layers']} deformable in the deformable twin. Both twins start "
+        f"{_deformable_phrase(s['deform_layers'])} in the deformable twin. Both twins start "
         "from the same weights (offsets at zero) and train with AdamW and a one-cycle "
         f"schedule (peak lr {s['lr']:g}, offsets at {s['offset_lr_mult']:g}× of it, "
         f"class-balanced cross-entropy).", "",
@@ -165,10 +165,11 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
         f"{reference}.", "",
         f"![predictions]({figures['predictions']})", "",
         "## What the offsets learned", "",
-        "Sampling locations of the three deformable layers, back-projected to the image from "
-        "the centres of the largest objects (paper Fig. 5), on the images above with the "
-        "largest gains: each layer's points in its own colour, the activation unit as a "
-        "green star.", "",
+        f"Sampling locations of the deformable {_plural(s['deform_layers'], 'layer')}, "
+        "back-projected "
+        "to the image from a pixel of each of the two largest objects (paper Fig. 5), on the "
+        "images above with the largest gains: each layer's points in its own colour, the "
+        "activation unit as a green star.", "",
     ]
     lines += [f"![{Path(name).stem}]({name})" for name in figures["sampling"]]
     if summary["offsets"]:
@@ -187,6 +188,15 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _plural(count: int, noun: str) -> str:
+    return noun if count == 1 else f"{count} {noun}s"
+
+
+def _deformable_phrase(count: int) -> str:
+    """"the last layer deformable", "the last 2 layers deformable"."""
+    return f"the last {_plural(count, 'layer')} deformable"
 
 
 def _folders(runs: Mapping[str, Any]) -> list[str]:

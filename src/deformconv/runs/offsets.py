@@ -78,7 +78,8 @@ def offset_figures(model: nn.Module, dataset: Dataset, indices: Sequence[int], t
         inputs, boxes, masks, input_module = offset_inputs(model, dataset, indices, task)
         report = offset_report(model, inputs, out_dir, boxes=boxes, masks=masks,
                                input_module=input_module, stack_depth=stack_depth,
-                               max_figures=len(indices), prefix=prefix)
+                               max_figures=len(indices), prefix=prefix,
+                               labels=[f"image {i}" for i in indices])
     finally:
         model.train(was_training)
     if not report.figures:

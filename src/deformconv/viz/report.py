@@ -94,6 +94,7 @@ def offset_report(
     max_rois: int = 4,
     thresholds: tuple[float, float] | None = None,
     prefix: str = "",
+    labels: Sequence[str] | None = None,
 ) -> OffsetReport:
     """Run ``model(inputs)`` once (no gradients, mode unchanged) and write offset figures.
 
@@ -114,6 +115,7 @@ def offset_report(
             must receive an ``(N, C, H, W)`` tensor (e.g. ``"backbone"`` for detectors).
         thresholds: object-area limits for the size buckets (default: COCO's, scaled to
             the image size, :func:`~deformconv.viz.scale_thresholds`).
+        labels: how the figure titles name each image (default ``"image {i}"``).
     """
     if stack_depth < 1:
         raise ValueError(f"stack_depth must be >= 1, got {stack_depth}")
@@ -126,6 +128,7 @@ def offset_report(
         raise ValueError("the images were not seen: the model (or input_module) must take an "
                          "(N, C, H, W) tensor as its first argument; set input_module")
     images = capture.inputs[0]
+    names_of = list(labels) if labels is not None else [f"image {i}" for i in range(len(images))]
     report = OffsetReport(out_dir)
     convs = capture.latest()
     if convs:
@@ -140,7 +143,7 @@ def offset_report(
             names = ", ".join(rec.name for rec in stack)
             report.figures.append(plot_stacked_sampling(
                 images[i], stack, units, out_dir / f"{prefix}sampling_{i}.png", image_index=i,
-                title=f"image {i}: sampling points of {names}"))
+                title=f"{names_of[i]}: sampling points of {names}"))
         if boxes is not None or masks is not None:
             report.dilation_rows = effective_dilation_table(convs, boxes=boxes, masks=masks,
                                                             thresholds=thresholds)
@@ -151,5 +154,5 @@ def offset_report(
                 stem = f"{prefix}roi_offsets{n or ''}_{i}"
                 report.figures.append(plot_roi_offsets(
                     images[i], [roi_bins(rec, k) for k in chosen], out_dir / f"{stem}.png",
-                    title=f"image {i}: {name or type(model).__name__}"))
+                    title=f"{names_of[i]}: {name or type(model).__name__}"))
     return report

@@ -15,58 +15,16 @@ live in reusable per-thread workspace slots, so a call allocates little beyond i
 
 from __future__ import annotations
 
-import math
-
-import numba
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .._utils import Tile, tiles, workspace
+from . import deform_conv_depthwise as depthwise
 from . import deform_conv_kernels as kernels
-
-Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # stride, padding, dilation
-
-
-class _TileData:
-    """The arrays a kernel call needs for one tile: contiguous slices, and the channels-last
-    input with the offset groups as an axis, (nb, H, W, G, Cin/G)."""
-
-    def __init__(self, tile: Tile, x_cl: Tensor, offset: Tensor, mask: Tensor | None,
-                 kk: int) -> None:
-        rows = slice(tile.y0, tile.y1)
-        self.offset_groups = offset.shape[1] // (2 * kk)
-        self.x = _grouped(x_cl, self.offset_groups)
-        self.offset = offset[tile.n0 : tile.n1, :, rows].contiguous()
-        self.has_mask = mask is not None
-        if mask is None:
-            self.mask = offset.new_ones(1, 1, 1, 1)
-        else:
-            self.mask = mask[tile.n0 : tile.n1, :, rows].contiguous()
-
-    def columns_shape(self) -> tuple[int, ...]:
-        """(nb, rows, Wout, kh*kw, Cin) of the tile's columns."""
-        nb, _, rows, wout = self.offset.shape
-        kk = self.offset.shape[1] // (2 * self.offset_groups)
-        return nb, rows, wout, kk, self.x.shape[3] * self.x.shape[4]
-
-
-def _grouped(channels_last: Tensor, offset_groups: int):
-    """A channels-last tensor (..., C) as the array (..., G, C/G) the kernels take."""
-    return channels_last.view(*channels_last.shape[:-1], offset_groups, -1).numpy()
-
-
-def _channels_last(input: Tensor, tile: Tile, cache: dict) -> Tensor:
-    """``input[n0:n1]`` as (nb, H, W, C) in the "x" workspace slot, reused across the row
-    bands of one image."""
-    key = (tile.n0, tile.n1)
-    if cache.get("key") != key:
-        images = input[tile.n0 : tile.n1]
-        nb, cin, height, width = images.shape
-        cache["key"] = key
-        cache["value"] = workspace((nb, height, width, cin), input.dtype, slot="x")
-        cache["value"].copy_(images.permute(0, 2, 3, 1))
-    return cache["value"]
+from . import deform_conv_tiles as tile_ops
+from .deform_conv_tiles import Geometry, TileData, grouped
+from .threads import run_tasks
 
 
 def _weight_channels_last(weight: Tensor) -> Tensor:
@@ -172,8 +130,10 @@ class _BackwardGemm:
 
     With one group both are (batched) matmuls on the weight's channels-last copy
     ``(Cout, kk*Cin)``: the columns gradient lands in the reusable column workspace and the
-    weight gradient accumulates image by image into one ``(Cout, kk*Cin)`` sum, so no tile
-    allocates. With conv groups they run as ``_ColumnsConv``'s backward.
+    weight gradient accumulates tile by tile (one GEMM each: few torch calls, since each may
+    wait for torch's threads) into one ``(Cout, kk*Cin)`` sum in the storage of the returned
+    gradient, which is reordered in place at the end. No tile allocates. With conv groups
+    they run as ``_ColumnsConv``'s backward.
     """
 
     def __init__(self, weight: Tensor, groups: int) -> None:
@@ -202,12 +162,13 @@ class _BackwardGemm:
             self.grad = grad if self.grad is None else self.grad.add_(grad)
             return
         if self.grad is None:
-            self.grad = torch.zeros_like(self.weight)
+            self.grad = self.weight.new_zeros(self.weight.shape)
         nb, cout = grad_out.shape[:2]
-        grad_out = grad_out.reshape(nb, cout, -1)
-        columns = columns.view(nb, -1, self.weight.shape[1])
-        for image in range(nb):
-            self.grad.addmm_(grad_out[image], columns[image])
+        if nb > 1:  # one GEMM over all the tile's pixels: (Cout, nb*rows*Wout) first
+            pixels = workspace((cout, nb, *grad_out.shape[2:]), grad_out.dtype, slot="grad_out")
+            pixels.copy_(grad_out.transpose(0, 1))
+            grad_out = pixels
+        self.grad.addmm_(grad_out.reshape(cout, -1), columns.view(-1, self.weight.shape[1]))
 
     def grad_weight(self) -> Tensor:
         """The summed weight gradient, (Cout, Cin/groups, kh, kw) (zeros without tiles)."""
@@ -215,16 +176,27 @@ class _BackwardGemm:
             return self.weight.new_zeros(self.weight_shape)
         if self.conv is not None:
             return self.grad.contiguous()
-        cout, cin_g, kh, kw = self.weight_shape
-        return self.grad.view(cout, kh, kw, cin_g).permute(0, 3, 1, 2).contiguous()
+        return _to_channels_first(self.grad, self.weight_shape)
 
 
-def _sample(data: _TileData, tile: Tile, kw: int, geometry: Geometry) -> Tensor:
+def _to_channels_first(grad: Tensor, shape: torch.Size, chunk_bytes: int = 1 << 20) -> Tensor:
+    """``grad`` (Cout, kh*kw*Cin) reordered in place to (Cout, Cin, kh, kw), a few output
+    channels at a time through a scratch copy of at most ``chunk_bytes`` (a full copy would
+    be the largest allocation of a res5 backward after the columns)."""
+    cout, cin_g, kh, kw = shape
+    step = max(1, chunk_bytes // (grad[0].numel() * grad.element_size()))
+    for start in range(0, cout, step):
+        rows = grad[start : start + step]
+        scratch = rows.clone()
+        rows.view(-1, cin_g, kh * kw).copy_(scratch.view(-1, kh * kw, cin_g).transpose(1, 2))
+    return grad.view(shape)
+
+
+def _sample(data: TileData, tile: Tile, kw: int, geometry: Geometry) -> Tensor:
     columns = workspace(data.columns_shape(), data.offset.dtype)
-    kernels.sample_columns(
-        data.x, data.offset.numpy(), data.mask.numpy(), data.has_mask,
-        _grouped(columns, data.offset_groups), tile.y0, kw, *geometry,
-    )
+    run_tasks(kernels.sample_columns, kernels.sample_tasks(data.x.shape, tile.y1 - tile.y0),
+              columns.numel(), data.x, data.offset.numpy(), data.mask.numpy(), data.has_mask,
+              grouped(columns, data.offset_groups), tile.y0, kw, *geometry)
     return columns
 
 
@@ -244,6 +216,8 @@ def _store(out: Tensor, tile: Tile, result: Tensor) -> None:
 def forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
             mask: Tensor | None, geometry: Geometry) -> Tensor:
     """(N, Cin, H, W) -> (N, Cout, Hout, Wout); arguments already checked."""
+    if depthwise.applies(input, weight):
+        return depthwise.forward(input, offset, weight, bias, mask, geometry)
     n, cin = input.shape[:2]
     cout, cin_g, kh, kw = weight.shape
     groups = cin // cin_g
@@ -258,37 +232,13 @@ def forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
     out = input.new_empty(n, cout, hout, wout)  # untouched (no page faults) if unused
     cache: dict = {}
     for tile in plan:
-        data = _TileData(tile, _channels_last(input, tile, cache), offset, mask, kh * kw)
+        data = TileData(tile, tile_ops.channels_last(input, tile, cache), offset, mask, kh * kw)
         columns = _sample(data, tile, kw, geometry)
         result = gemm.forward(columns, bias)
         if len(plan) == 1 and result.is_contiguous():
             return result  # the whole output, already in its layout
         _store(out, tile, result)
     return out
-
-
-def _channel_blocks(images: int, channels: int) -> int:
-    """Channel blocks per image for the backward kernel (each a share of every offset
-    group's ``channels``): enough (image, block) tasks to give every thread an equal share
-    (1 when the images divide evenly among them)."""
-    threads = numba.get_num_threads()
-    return max(1, min(channels, threads // math.gcd(images, threads)))
-
-
-def _gradient_parts(full: Tensor, tile: Tile, blocks: int) -> Tensor:
-    """Where the backward kernel writes its per-channel-block parts of a tile of ``full``
-    (offset or mask gradient): the tile itself when it is one contiguous block."""
-    region = full[tile.n0 : tile.n1, :, tile.y0 : tile.y1]
-    if blocks == 1 and region.is_contiguous():
-        return region.unsqueeze(0)
-    return full.new_empty(blocks, *region.shape)
-
-
-def _store_parts(full: Tensor, tile: Tile, parts: Tensor) -> None:
-    """Sum the kernel's parts into the tile of ``full`` (nothing to do if written there)."""
-    region = full[tile.n0 : tile.n1, :, tile.y0 : tile.y1]
-    if parts.data_ptr() != region.data_ptr():
-        region.copy_(parts.sum(0))
 
 
 def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
@@ -298,16 +248,15 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
 
     ``grad_mask`` is an empty tensor when ``mask`` is None.
     """
+    if depthwise.applies(input, weight):
+        return depthwise.backward(grad_out, input, offset, weight, mask, geometry, need_input,
+                                  need_offset_mask, need_weight)
     n, cin = input.shape[:2]
     _, cin_g, kh, kw = weight.shape
     hout, wout = offset.shape[2:]
     need_columns_grad = need_input or need_offset_mask
-    grad_input = torch.zeros_like(input)
-    # The kernel writes every offset/mask gradient entry when it computes them.
-    grad_offset = torch.empty_like(offset) if need_offset_mask else torch.zeros_like(offset)
-    grad_mask = offset.new_empty(0)
-    if mask is not None:
-        grad_mask = torch.empty_like(mask) if need_offset_mask else torch.zeros_like(mask)
+    grad_input, grad_offset, grad_mask = tile_ops.gradient_outputs(
+        input, offset, mask, need_input, need_offset_mask)
     if not (need_columns_grad or need_weight):
         return grad_input, grad_offset, torch.zeros_like(weight), grad_mask
     gemm = _BackwardGemm(weight, cin // cin_g)
@@ -315,29 +264,25 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
     cache: dict = {}
     grad_x = input.new_empty(0)
     for tile in tiles(n, hout, row_bytes):
-        x_cl = _channels_last(input, tile, cache)
-        data = _TileData(tile, x_cl, offset, mask, kh * kw)
+        x_cl = tile_ops.channels_last(input, tile, cache)
+        data = TileData(tile, x_cl, offset, mask, kh * kw)
         grad_out_tile = grad_out[tile.n0 : tile.n1, :, tile.y0 : tile.y1]
         if need_columns_grad:
-            if tile.y0 == 0:  # the first band of these images: a zero input gradient
-                grad_x = workspace(tuple(x_cl.shape), input.dtype, slot="grad_x").zero_()
             columns = gemm.grad_columns(grad_out_tile, data.columns_shape())
-            blocks = _channel_blocks(tile.n1 - tile.n0, data.x.shape[4])
-            grad_offset_parts = _gradient_parts(grad_offset, tile, blocks)
-            grad_mask_parts = (offset.new_empty(1, 1, 1, 1, 1) if mask is None
-                               else _gradient_parts(grad_mask, tile, blocks))
-            kernels.backward_tile(
-                data.x, data.offset.numpy(), data.mask.numpy(), data.has_mask,
-                _grouped(columns, data.offset_groups), grad_offset_parts.numpy(),
-                grad_mask_parts.numpy(), _grouped(grad_x, data.offset_groups),
-                blocks, need_offset_mask, need_input, need_weight, tile.y0, kw, *geometry,
+            blocks = tile_ops.channel_blocks(tile.n1 - tile.n0, data.x.shape[4], columns.numel())
+            grads = tile_ops.TileGradients(tile, x_cl, grad_x, grad_offset,
+                                           None if mask is None else grad_mask, blocks,
+                                           need_input)
+            groups = data.offset_groups
+            run_tasks(
+                kernels.backward_tile, (tile.n1 - tile.n0) * blocks, columns.numel(), data.x,
+                data.offset.numpy(), data.mask.numpy(), data.has_mask,
+                grouped(columns, groups), grads.offset_parts.numpy(), grads.mask_parts.numpy(),
+                grouped(grads.grad_x, groups), blocks, need_offset_mask, need_input, tile.y0,
+                kw, *geometry,
             )
-            if need_offset_mask:
-                _store_parts(grad_offset, tile, grad_offset_parts)
-                if mask is not None:
-                    _store_parts(grad_mask, tile, grad_mask_parts)
-            if need_input and tile.y1 == hout:
-                grad_input[tile.n0 : tile.n1] = grad_x.permute(0, 3, 1, 2)
+            grads.store(grad_input, hout, need_input, need_offset_mask)
+            grad_x = grads.grad_x
         else:
             columns = _sample(data, tile, kw, geometry)
         if need_weight:

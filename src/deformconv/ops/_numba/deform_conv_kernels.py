@@ -10,7 +10,8 @@ Channels are innermost everywhere, so each sample's four corner reads and its co
 write are contiguous runs that LLVM vectorises. The offset group is an axis of its own
 (views of the channels-last tensors) because a whole last axis vectorises better than a
 channel range sliced out of it. Loops run per kernel row and column: no division per
-sample.
+sample. The kernels are serial over a range of independent tasks; ``threads.run_tasks``
+spreads the ranges over threads.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import numba
 
 from .bilinear import corners, slope_corners
+from .channel_runs import blend, scatter_corners, slopes, store_slopes, value_weights
 
 
 @numba.njit(inline="always", cache=True)
@@ -27,31 +29,21 @@ def _tile_dims(x, offset, columns):
     return x.shape[3], x.shape[4], rows, wout, kk
 
 
-@numba.njit(inline="always", cache=True)
-def _value_weights(lh, lw, k00, k01, k10, k11, scale, cast):
-    """The four corner weights of a sample times ``scale`` (the mask), as ``cast``."""
-    return (cast(scale * (1 - lh) * (1 - lw) * k00), cast(scale * (1 - lh) * lw * k01),
-            cast(scale * lh * (1 - lw) * k10), cast(scale * lh * lw * k11))
+def sample_tasks(x_shape: tuple[int, ...], rows: int) -> int:
+    """The number of ``sample_columns`` tasks of a tile: offset groups × images × rows."""
+    return x_shape[3] * x_shape[0] * rows
 
 
-@numba.njit(inline="always", cache=True)
-def _blend(dst, a00, a01, a10, a11, x00, x01, x10, x11):
-    """``dst = a00 * x00 + a01 * x01 + a10 * x10 + a11 * x11`` over a channel run."""
-    for t in range(dst.shape[0]):
-        dst[t] = a00 * x00[t] + a01 * x01[t] + a10 * x10[t] + a11 * x11[t]
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil):
-    """Fill ``columns`` with ``mask * bilinear(x[n, :, :, g, c], position of (pixel, k))``.
-
-    One parallel task per offset group, image and output row of the tile.
-    """
+# contract: fused multiply-adds.
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil, first, last):
+    """Fill ``columns`` with ``mask * bilinear(x[n, :, :, g, c], position of (pixel, k))``
+    for tasks ``first:last`` of ``sample_tasks`` (offset group, image, output row)."""
     nb, height, width = x.shape[:3]
     offset_groups, cin_og, rows, wout, kk = _tile_dims(x, offset, columns)
     kh = kk // kw
     cast = columns.dtype.type
-    for task in numba.prange(offset_groups * nb * rows):
+    for task in range(first, last):
         g = task // (nb * rows)
         n = task // rows - g * nb
         r = task % rows
@@ -66,25 +58,28 @@ def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil)
                     w = left + offset[n, 2 * q + 1, r, col]
                     _, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = corners(h, w, height, width)
                     m = mask[n, q, r, col] if has_mask else 1.0
-                    a00, a01, a10, a11 = _value_weights(lh, lw, k00, k01, k10, k11, m, cast)
-                    _blend(columns[n, r, col, k, g], a00, a01, a10, a11, x[n, h0, w0, g],
+                    a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11, m, cast)
+                    blend(columns[n, r, col, k, g], a00, a01, a10, a11, x[n, h0, w0, g],
                            x[n, h0, w1, g], x[n, h1, w0, g], x[n, h1, w1, g])
 
 
 # reassoc lets LLVM vectorise the channel sums; no flag changes NaN/inf semantics.
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def backward_tile(x, offset, mask, has_mask, columns, grad_offset, grad_mask, grad_x,
-                  channel_blocks, need_offset_mask, need_input, need_columns,
-                  y0, kw, stride, pad, dil):
-    """One pass over a tile's samples for every gradient the GEMMs do not give.
+                  channel_blocks, need_offset_mask, need_input, y0, kw, stride, pad, dil,
+                  first, last):
+    """One pass over a tile's samples for every gradient the GEMMs do not give (tasks
+    ``first:last`` of ``nb * channel_blocks``).
 
     On entry ``columns`` holds the gradient of the columns; each sample's run is read for
     the offset/mask gradients (``need_offset_mask``) and scattered into ``grad_x`` (laid
-    out like x, accumulated; ``need_input``), and then, with ``need_columns``, overwritten
-    by the sampled columns (for the weight gradient's GEMM).
+    out like x, accumulated; ``need_input``), and then overwritten by the sampled columns
+    (for the weight gradient's GEMM). The last two happen whatever the flags say, with the
+    scatter's weights zeroed (each corner loop skips a zero weight): a branch around these
+    loops made them twice as slow.
 
-    Parallel tasks are (image, channel block) pairs, a block being the same share of every
-    offset group's channels: their ``grad_x`` and ``columns`` entries are disjoint, so the
+    Tasks are (image, channel block) pairs, a block being the same share of every offset
+    group's channels: their ``grad_x`` and ``columns`` entries are disjoint, so the
     scatter needs no atomics. A block sums the offset/mask gradients over its channels
     only: ``grad_offset`` (channel_blocks, nb, 2*G*kk, rows, Wout) and ``grad_mask``
     (channel_blocks, nb, G*kk, rows, Wout) get one part per block for the caller to add up
@@ -98,7 +93,8 @@ def backward_tile(x, offset, mask, has_mask, columns, grad_offset, grad_mask, gr
     kh = kk // kw
     cast = x.dtype.type
     zero = cast(0.0)
-    for task in numba.prange(nb * channel_blocks):
+    input_scale = 1.0 if need_input else 0.0
+    for task in range(first, last):
         n = task // channel_blocks
         b = task - n * channel_blocks
         c, end = b * cin_og // channel_blocks, (b + 1) * cin_og // channel_blocks
@@ -119,53 +115,21 @@ def backward_tile(x, offset, mask, has_mask, columns, grad_offset, grad_mask, gr
                             m = mask[n, q, r, col] if has_mask else 1.0
                             if not inside:
                                 if need_offset_mask:
-                                    grad_offset[b, n, 2 * q, r, col] = 0.0
-                                    grad_offset[b, n, 2 * q + 1, r, col] = 0.0
-                                    if has_mask:
-                                        grad_mask[b, n, q, r, col] = 0.0
-                                if need_columns:
-                                    run[:] = 0.0
+                                    store_slopes(grad_offset, grad_mask, has_mask, b, n, q, r, col,
+                                                 0.0, 0.0, 0.0, 0.0)
+                                run[:] = 0.0
                                 continue
                             x00, x01 = x[n, h0, w0, g, c:end], x[n, h0, w1, g, c:end]
                             x10, x11 = x[n, h1, w0, g, c:end], x[n, h1, w1, g, c:end]
                             if need_offset_mask:
-                                # The value and its h, w slopes are linear in the four
-                                # corner dot products <gradient run, corner run>.
-                                d00 = zero
-                                d01 = zero
-                                d10 = zero
-                                d11 = zero
-                                for t in range(end - c):
-                                    gcol = run[t]
-                                    d00 += gcol * x00[t]
-                                    d01 += gcol * x01[t]
-                                    d10 += gcol * x10[t]
-                                    d11 += gcol * x11[t]
-                                slope_h = (lw * (k11 * d11 - k01 * d01)
-                                           + (1 - lw) * (k10 * d10 - k00 * d00))
-                                slope_w = (lh * (k11 * d11 - k10 * d10)
-                                           + (1 - lh) * (k01 * d01 - k00 * d00))
-                                grad_offset[b, n, 2 * q, r, col] = m * slope_h
-                                grad_offset[b, n, 2 * q + 1, r, col] = m * slope_w
-                                if has_mask:
-                                    grad_mask[b, n, q, r, col] = (
-                                        (1 - lh) * ((1 - lw) * k00 * d00 + lw * k01 * d01)
-                                        + lh * ((1 - lw) * k10 * d10 + lw * k11 * d11))
-                            a00, a01, a10, a11 = _value_weights(lh, lw, k00, k01, k10, k11, m,
+                                slope_h, slope_w, value = slopes(
+                                    run, x00, x01, x10, x11, lh, lw, k00, k01, k10, k11, zero)
+                                store_slopes(grad_offset, grad_mask, has_mask, b, n, q, r, col,
+                                             m, slope_h, slope_w, value)
+                            s00, s01, s10, s11 = value_weights(lh, lw, k00, k01, k10, k11,
+                                                                input_scale * m, cast)
+                            scatter_corners(grad_x, n, g, c, end, h0, h1, w0, w1, s00, s01, s10,
+                                            s11, run)
+                            a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11, m,
                                                                 cast)
-                            if need_input:
-                                # One loop per corner: clamped corners may share a cell.
-                                _scatter(grad_x[n, h0, w0, g, c:end], a00, run)
-                                _scatter(grad_x[n, h0, w1, g, c:end], a01, run)
-                                _scatter(grad_x[n, h1, w0, g, c:end], a10, run)
-                                _scatter(grad_x[n, h1, w1, g, c:end], a11, run)
-                            if need_columns:
-                                _blend(run, a00, a01, a10, a11, x00, x01, x10, x11)
-
-
-@numba.njit(inline="always", cache=True)
-def _scatter(target, weight, run):
-    """``target += weight * run`` (nothing for a corner outside the image)."""
-    if weight != 0:
-        for t in range(run.shape[0]):
-            target[t] += weight * run[t]
+                            blend(run, a00, a01, a10, a11, x00, x01, x10, x11)

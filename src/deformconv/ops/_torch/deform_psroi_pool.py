@@ -1,9 +1,9 @@
 """deform_psroi_pool on any device: every bin of a block of RoIs at once, in bounded tiles.
 
 Each bin reads its own input channel, so the planes are gathered per bin
-(``(M, 1, H, W)``) and ``reference.bilinear`` samples each with its bin's positions of all
-the tile's RoIs of one image. The backward differentiates the recomputed forward with
-``torch.func.vjp``.
+(``(M, 1, H, W)``) and ``bilinear`` samples each with its bin's positions of all
+the tile's RoIs of one image. The backward differentiates the recomputed forward
+(``autodiff.vjp``).
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import reference
 from .._utils import PSRoIBins, PSRoIGrid, Tile, psroi_bins, psroi_grid, tiles
+from .autodiff import vjp
+from .bilinear import bilinear, clamp_into_plane
 
-# Sampled values and the intermediates of ``reference.bilinear`` held per tile, roughly.
-_TEMPORARIES = 8
+# Sampled values and the intermediates of ``bilinear`` held per tile, roughly.
+_TEMPORARIES = 12
 
 
 def _tile_forward(input: Tensor, batch: Tensor, grid: PSRoIGrid, bins: PSRoIBins, tile: Tile,
@@ -39,15 +40,15 @@ def _tile_forward(input: Tensor, batch: Tensor, grid: PSRoIGrid, bins: PSRoIBins
     w = wstart[:, :, None, None] + steps * sub_w
     h, w = torch.broadcast_tensors(h, w)  # (Kt, M, ih, iw)
     taken = (w >= -0.5) & (w <= width - 0.5) & (h >= -0.5) & (h <= height - 0.5)
-    h = reference.clamp_into_plane(h, height)
-    w = reference.clamp_into_plane(w, width)
+    h = clamp_into_plane(h, height)
+    w = clamp_into_plane(w, width)
     total = input.new_zeros(h.shape[:2])
     for n in range(n_images):
         index = (batch[rois] == n).nonzero()[:, 0]
         if index.numel() == 0:
             continue
         planes = input[n, bins.channel].unsqueeze(1)  # (M, 1, H, W)
-        values = reference.bilinear(planes, h[index].transpose(0, 1), w[index].transpose(0, 1))
+        values = bilinear(planes, h[index].transpose(0, 1), w[index].transpose(0, 1))
         values = torch.where(taken[index], values[:, 0].transpose(0, 1), 0.0)
         total = total.index_put((index,), values.sum(dim=(-2, -1)))
     count = taken.sum(dim=(-2, -1)).to(input.dtype)
@@ -92,17 +93,15 @@ def backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | Non
     batch = rois[:, 0].long()
     grad_input = torch.zeros_like(input)
     grad_offset = torch.zeros_like(offset) if offset is not None else input.new_empty(0)
-    primals = {"x": input} if offset is None else {"x": input, "offset": offset}
+    primals = (input,) if offset is None else (input, offset)
     for tile in tile_list:
-        # torch.func.vjp, not autograd.grad: this runs inside a custom op's kernel, below
-        # the autograd dispatch key, where autograd records nothing.
-        def tile_out(p: dict[str, Tensor], tile: Tile = tile) -> Tensor:
-            return _tile_forward(p["x"], batch, grid, bins, tile, p.get("offset"), pooled_size,
+        def tile_out(x: Tensor, offset: Tensor | None = None, tile: Tile = tile) -> Tensor:
+            return _tile_forward(x, batch, grid, bins, tile, offset, pooled_size,
                                  sample_per_part, trans_std)[0]
 
-        _, vjp = torch.func.vjp(tile_out, primals)
-        (grads,) = vjp(grad_out[tile.n0 : tile.n1].reshape(tile.n1 - tile.n0, -1))
-        grad_input += grads["x"]
+        grads = vjp(tile_out, primals,
+                    grad_out[tile.n0 : tile.n1].reshape(tile.n1 - tile.n0, -1))
+        grad_input += grads[0]
         if offset is not None:
-            grad_offset += grads["offset"]
+            grad_offset += grads[1]
     return grad_input, grad_offset

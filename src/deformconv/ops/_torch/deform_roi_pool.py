@@ -2,7 +2,7 @@
 
 A tile is a block of RoIs × a band of sample rows (``iy``), padded to the largest grid of
 the call; samples beyond a RoI's own grid are masked out. The backward differentiates
-each tile's recomputed forward with ``torch.func.vjp``.
+each tile's recomputed forward (``autodiff.vjp``).
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import reference
 from .._utils import RoIAlignGrid, Tile, roi_align_grid, tiles
+from .autodiff import vjp
+from .bilinear import bilinear, clamp_into_plane
 
-# Sampled values and the intermediates of ``reference.bilinear`` held per tile, roughly.
-_TEMPORARIES = 8
+# Sampled values and the intermediates of ``bilinear`` held per tile, roughly.
+_TEMPORARIES = 12
 
 
 def _sample_positions(grid: RoIAlignGrid, tile: Tile, cols: int, pooled: tuple[int, int],
@@ -54,15 +55,15 @@ def _tile_forward(input: Tensor, batch: Tensor, grid: RoIAlignGrid, tile: Tile, 
     n_images, channels, height, width = input.shape
     y, x, in_grid = _sample_positions(grid, tile, cols, pooled, offset, gamma)
     taken = in_grid & (y >= -1) & (y <= height) & (x >= -1) & (x <= width)
-    y = reference.clamp_into_plane(y, height)
-    x = reference.clamp_into_plane(x, width)
+    y = clamp_into_plane(y, height)
+    x = clamp_into_plane(x, width)
     rois = slice(tile.n0, tile.n1)
     out = input.new_zeros(tile.n1 - tile.n0, channels, *pooled)
     for n in range(n_images):
         index = (batch[rois] == n).nonzero()[:, 0]
         if index.numel() == 0:
             continue
-        values = reference.bilinear(input[n : n + 1], y[index][None], x[index][None])[0]
+        values = bilinear(input[n : n + 1], y[index][None], x[index][None])[0]
         values = torch.where(taken[index], values, torch.zeros_like(values))
         out = out.index_put((index,), values.sum(dim=(-2, -1)).transpose(0, 1))
     count = (grid.grid_h[rois] * grid.grid_w[rois]).clamp(min=1).to(input.dtype)
@@ -104,20 +105,17 @@ def backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | Non
     grad_offset = torch.zeros_like(offset) if offset is not None else input.new_empty(0)
     grad_mask = torch.zeros_like(mask) if mask is not None else input.new_empty(0)
     tile_list, cols = _tiling(input, grid, pooled, 2)
-    primals = {name: t for name, t in (("x", input), ("offset", offset), ("mask", mask))
-               if t is not None}
+    grads_out = (grad_input, grad_offset if offset is not None else None,
+                 grad_mask if mask is not None else None)
+    present = [i for i, t in enumerate((input, offset, mask)) if t is not None]
+    primals = tuple((input, offset, mask)[i] for i in present)
     for tile in tile_list:
-        # torch.func.vjp, not autograd.grad: this runs inside a custom op's kernel, below
-        # the autograd dispatch key, where autograd records nothing.
-        def tile_out(p: dict[str, Tensor], tile: Tile = tile) -> Tensor:
-            return _tile_forward(p["x"], batch, grid, tile, cols, p.get("offset"), p.get("mask"),
-                                 pooled, gamma)
+        def tile_out(x: Tensor, *optional: Tensor, tile: Tile = tile) -> Tensor:
+            named = dict(zip(present[1:], optional, strict=True))
+            return _tile_forward(x, batch, grid, tile, cols, named.get(1), named.get(2), pooled,
+                                 gamma)
 
-        _, vjp = torch.func.vjp(tile_out, primals)
-        (grads,) = vjp(grad_out[tile.n0 : tile.n1].contiguous())
-        grad_input += grads["x"]
-        if offset is not None:
-            grad_offset += grads["offset"]
-        if mask is not None:
-            grad_mask += grads["mask"]
+        grads = vjp(tile_out, primals, grad_out[tile.n0 : tile.n1].contiguous())
+        for i, grad in zip(present, grads, strict=True):
+            grads_out[i].add_(grad)
     return grad_input, grad_offset, grad_mask

@@ -1,0 +1,120 @@
+"""The one place that decides which backend runs an op: Numba, Triton or plain torch.
+
+Every registered op calls ``run(op, kernel, args)``. The backend comes from the device of the
+op's first tensor argument (``DEFAULT_BACKEND``: Numba on the CPU, Triton on CUDA, the
+vectorised torch kernels anywhere else), unless the environment variable
+``DEFORMCONV_BACKEND`` (``auto|numba|triton|torch``, read at each call) forces one.
+``DEFORMCONV_BACKEND=triton`` on CPU tensors runs the Triton kernels in Triton's interpreter,
+which needs ``TRITON_INTERPRET=1`` before the kernels are first imported (tests use this).
+
+Numba and torch compute float16/bfloat16 in float32 (``run`` casts on the way in and out);
+Triton computes them natively with float32 accumulation. float64 never runs on Triton: it
+takes the torch kernels on CUDA.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._utils import UPCAST_DTYPES
+
+BACKEND_ENV = "DEFORMCONV_BACKEND"
+BACKENDS = ("numba", "triton", "torch")
+# Device type -> backend under ``auto``; device types not listed run the torch kernels.
+DEFAULT_BACKEND = {"cpu": "numba", "cuda": "triton"}
+
+# (op, backend) -> module with that op's ``forward`` and ``backward`` kernels, imported on
+# first use (Triton's kernels decide at import time whether they are interpreted).
+_KERNEL_MODULES = {
+    (op, backend): f"deformconv.ops._{backend}.{module}"
+    for op, module in (("deform_conv2d", "deform_conv"), ("deform_roi_pool", "deform_roi_pool"),
+                       ("deform_psroi_pool", "deform_psroi_pool"))
+    for backend in BACKENDS
+}
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def requested_backend() -> str:
+    """``DEFORMCONV_BACKEND`` checked: one of ``auto`` and ``BACKENDS``."""
+    value = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
+    if value != "auto" and value not in BACKENDS:
+        raise ValueError(
+            f"{BACKEND_ENV} must be one of auto, {', '.join(BACKENDS)}; got {value!r}"
+        )
+    return value
+
+
+def triton_available() -> bool:
+    """Whether the ``triton`` package can be imported."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreted() -> bool:
+    """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def select_backend(device: torch.device, dtype: torch.dtype) -> str:
+    """The backend for tensors of ``device`` and ``dtype`` (see the module docstring)."""
+    requested = requested_backend()
+    if requested == "auto":
+        backend = DEFAULT_BACKEND.get(device.type, "torch")
+        if backend == "triton" and not triton_available():
+            backend = "torch"
+    else:
+        backend = requested
+        _check_forced(backend, device)
+    if backend == "triton" and dtype not in _TRITON_DTYPES:
+        backend = "torch"
+    return backend
+
+
+def _check_forced(backend: str, device: torch.device) -> None:
+    if backend == "numba" and device.type != "cpu":
+        raise RuntimeError(
+            f"{BACKEND_ENV}=numba runs on CPU tensors only, got tensors on {device}; "
+            "use auto, triton or torch"
+        )
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError(f"{BACKEND_ENV}=triton, but the triton package is not installed")
+        if device.type == "cpu" and not triton_interpreted():
+            raise RuntimeError(
+                f"{BACKEND_ENV}=triton on CPU tensors runs Triton's interpreter, which needs "
+                "TRITON_INTERPRET=1 set before the kernels are imported"
+            )
+        if device.type not in ("cpu", "cuda"):
+            raise RuntimeError(f"{BACKEND_ENV}=triton runs on CUDA tensors, got {device}")
+
+
+def kernel(op: str, backend: str, name: str) -> Callable[..., Any]:
+    """The ``name`` kernel (``forward`` or ``backward``) of ``op`` in ``backend``."""
+    return getattr(importlib.import_module(_KERNEL_MODULES[op, backend]), name)
+
+
+def run(op: str, name: str, args: Sequence[Any]) -> Any:
+    """Run kernel ``name`` of ``op`` on ``args`` with the backend of the first tensor.
+
+    On Numba and torch, float16/bfloat16 tensors are computed in float32 and the results
+    come back in the first tensor's dtype.
+    """
+    first = next(a for a in args if isinstance(a, Tensor))
+    backend = select_backend(first.device, first.dtype)
+    fn = kernel(op, backend, name)
+    if backend == "triton" or first.dtype not in UPCAST_DTYPES:
+        return fn(*args)
+    upcast = [a.float() if isinstance(a, Tensor) and a.is_floating_point() else a for a in args]
+    return _cast(fn(*upcast), first.dtype)
+
+
+def _cast(result: Any, dtype: torch.dtype) -> Any:
+    if isinstance(result, Tensor):
+        return result.to(dtype)
+    return type(result)(_cast(r, dtype) for r in result)

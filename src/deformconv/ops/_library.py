@@ -1,0 +1,68 @@
+"""Registration of an op and its backward op with ``torch.library``, from one definition.
+
+Each op is a pair of custom ops, ``deformconv::<name>`` and ``deformconv::<name>_backward``.
+``define_op`` writes each schema once, registers one kernel per op that checks its
+arguments and then runs the backend ``_dispatch`` picks, a fake (shape-only) kernel for
+meta tensors and ``torch.compile``, the autograd formula that calls the backward op, and
+float32 autocast for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import _dispatch
+from ._utils import register_float32_autocast
+
+NAMESPACE = "deformconv"
+
+
+@dataclass(frozen=True)
+class OpParts:
+    """One custom op: its schema, argument check, kernel and fake.
+
+    ``check(*args)`` raises on bad arguments (the registered ops are public and the kernels
+    trust what passes). ``run(*args)`` defaults to the dispatched backend kernel; an op
+    may wrap it to answer cases no backend needs to see. ``fake(*args)`` returns empty
+    tensors of the real results' shapes and dtypes.
+    """
+
+    schema: str
+    check: Callable[..., None]
+    fake: Callable[..., Any]
+    run: Callable[..., Any] | None = None
+
+
+def _custom_op(qualified: str, op: str, kernel_name: str, parts: OpParts):
+    run = parts.run or (lambda *args: _dispatch.run(op, kernel_name, args))
+
+    def kernel(*args: Any) -> Any:
+        parts.check(*args)
+        return run(*args)
+
+    kernel.__name__ = qualified.replace("::", "_")
+    custom = torch.library.custom_op(qualified, kernel, mutates_args=(), schema=parts.schema)
+    custom.register_fake(parts.fake)
+    return custom
+
+
+def define_op(name: str, forward: OpParts, backward: OpParts,
+              setup_context: Callable[..., None], gradient: Callable[..., Any]):
+    """Register ``deformconv::<name>`` and ``deformconv::<name>_backward``; return both.
+
+    ``gradient(backward_op, ctx, *grads)`` is the autograd formula; it gets the registered
+    backward op as its first argument.
+    """
+    forward_op = _custom_op(f"{NAMESPACE}::{name}", name, "forward", forward)
+    backward_op = _custom_op(f"{NAMESPACE}::{name}_backward", name, "backward", backward)
+
+    def autograd_backward(ctx, *grads):
+        return gradient(backward_op, ctx, *grads)
+
+    forward_op.register_autograd(autograd_backward, setup_context=setup_context)
+    register_float32_autocast(f"{NAMESPACE}::{name}", f"{NAMESPACE}::{name}_backward")
+    return forward_op, backward_op

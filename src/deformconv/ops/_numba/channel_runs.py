@@ -1,0 +1,75 @@
+"""Per-sample arithmetic on channel runs, shared by the deform_conv2d kernels (inlined).
+
+A sample's four corner runs ``x00, x01, x10, x11`` (its channels at the four corners,
+contiguous) combine with the corner weights from ``bilinear.corners``; a "run" is a
+sample's channels in the columns or their gradient.
+"""
+
+from __future__ import annotations
+
+import numba
+
+
+@numba.njit(inline="always", cache=True)
+def value_weights(lh, lw, k00, k01, k10, k11, scale, cast):
+    """The four corner weights of a sample times ``scale`` (the mask), as ``cast``."""
+    return (cast(scale * (1 - lh) * (1 - lw) * k00), cast(scale * (1 - lh) * lw * k01),
+            cast(scale * lh * (1 - lw) * k10), cast(scale * lh * lw * k11))
+
+
+@numba.njit(inline="always", cache=True)
+def blend(dst, a00, a01, a10, a11, x00, x01, x10, x11):
+    """``dst = a00 * x00 + a01 * x01 + a10 * x10 + a11 * x11`` over a channel run."""
+    for t in range(dst.shape[0]):
+        dst[t] = a00 * x00[t] + a01 * x01[t] + a10 * x10[t] + a11 * x11[t]
+
+
+@numba.njit(inline="always", cache=True)
+def slopes(run, x00, x01, x10, x11, lh, lw, k00, k01, k10, k11, zero):
+    """``<run, d sample / d h>``, ``<run, d sample / d w>`` and ``<run, sample>`` of one
+    sample (no mask), from the four corner dot products ``<run, corner run>``."""
+    d00 = zero
+    d01 = zero
+    d10 = zero
+    d11 = zero
+    for t in range(run.shape[0]):
+        gcol = run[t]
+        d00 += gcol * x00[t]
+        d01 += gcol * x01[t]
+        d10 += gcol * x10[t]
+        d11 += gcol * x11[t]
+    slope_h = lw * (k11 * d11 - k01 * d01) + (1 - lw) * (k10 * d10 - k00 * d00)
+    slope_w = lh * (k11 * d11 - k10 * d10) + (1 - lh) * (k01 * d01 - k00 * d00)
+    value = (1 - lh) * ((1 - lw) * k00 * d00 + lw * k01 * d01) + lh * (
+        (1 - lw) * k10 * d10 + lw * k11 * d11)
+    return slope_h, slope_w, value
+
+
+@numba.njit(inline="always", cache=True)
+def scatter(target, weight, run):
+    """``target += weight * run``; nothing for a zero weight (a corner outside the image,
+    a zero mask, or no input gradient wanted)."""
+    if weight != 0:
+        for t in range(run.shape[0]):
+            target[t] += weight * run[t]
+
+
+@numba.njit(inline="always", cache=True)
+def store_slopes(grad_offset, grad_mask, has_mask, b, n, q, r, col, m, slope_h, slope_w,
+                 value):
+    """Write one sample's offset gradient (``m`` times the slopes) and, with a mask, its
+    mask gradient (the value) into part ``b``."""
+    grad_offset[b, n, 2 * q, r, col] = m * slope_h
+    grad_offset[b, n, 2 * q + 1, r, col] = m * slope_w
+    if has_mask:
+        grad_mask[b, n, q, r, col] = value
+
+
+@numba.njit(inline="always", cache=True)
+def scatter_corners(grad_x, n, g, c, end, h0, h1, w0, w1, s00, s01, s10, s11, run):
+    """Scatter a sample's gradient ``run`` into its four corners of ``grad_x`` (channels
+    ``c:end`` of group ``g``), one loop per corner: clamped corners may share a cell."""
+    scatter(grad_x[n, h0, w0, g, c:end], s00, run)
+    scatter(grad_x[n, h0, w1, g, c:end], s01, run)
+    scatter(grad_x[n, h1, w0, g, c:end], s10, run)
+    scatter(grad_x[n, h1, w1, g, c:end], s11, run)

@@ -1,0 +1,142 @@
+"""Numba kernels of the depthwise deform_conv2d (groups = Cin = Cout): no columns.
+
+Each output channel reads only its own input channel, so a pixel's output is, channel by
+channel, ``Σ_k weight[k, c] * sample_k[c]``: the kernels sample and weight in one pass.
+Layouts as in ``deform_conv_kernels`` (G offset groups of Cg channels):
+    x, grad_x           (nb, H, W, G, Cg)       channels-last input of the tile's images
+    offset / mask       (nb, 2*G*kk | G*kk, rows, Wout)
+    weight              (kk, G, Cg)             weight[c, 0, i, j] at [i*kw + j, c]
+    bias                (G, Cg)                 (zeros without a bias)
+    out, grad_out       (nb, G, Cg, Hout, Wout) the output (gradient) of the tile's images
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .bilinear import corners, slope_corners
+from .channel_runs import scatter_corners, slopes, store_slopes, value_weights
+
+
+# contract: fused multiply-adds.
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+def forward(x, offset, mask, has_mask, weight, bias, out, y0, kw, stride, pad, dil, first,
+            last):
+    """``out`` (the output of the tile's images, NCHW as (nb, G, Cg, Hout, Wout)) for tasks
+    ``first:last`` of (offset group, image, output row), like
+    ``deform_conv_kernels.sample_tasks``.
+
+    A task sums its row channels-last in a small buffer (vectorised over channels) and
+    writes it transposed: no channels-last output tensor, no separate transpose pass.
+    """
+    nb, height, width, offset_groups, cin_og = x.shape
+    rows, wout, kk = offset.shape[2], offset.shape[3], weight.shape[0]
+    kh = kk // kw
+    cast = x.dtype.type
+    row = np.empty((wout, cin_og), x.dtype)
+    for task in range(first, last):
+        g = task // (nb * rows)
+        n = task // rows - g * nb
+        r = task % rows
+        for col in range(wout):
+            dst = row[col]
+            dst[:] = bias[g]
+            for i in range(kh):
+                top = (y0 + r) * stride[0] - pad[0] + i * dil[0]
+                for j in range(kw):
+                    left = col * stride[1] - pad[1] + j * dil[1]
+                    k = i * kw + j
+                    q = g * kk + k
+                    h = top + offset[n, 2 * q, r, col]
+                    w = left + offset[n, 2 * q + 1, r, col]
+                    inside, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = corners(
+                        h, w, height, width)
+                    if not inside:
+                        continue
+                    m = mask[n, q, r, col] if has_mask else 1.0
+                    a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11, m, cast)
+                    wk = weight[k, g]
+                    x00, x01 = x[n, h0, w0, g], x[n, h0, w1, g]
+                    x10, x11 = x[n, h1, w0, g], x[n, h1, w1, g]
+                    for t in range(cin_og):
+                        dst[t] += wk[t] * (a00 * x00[t] + a01 * x01[t] + a10 * x10[t]
+                                           + a11 * x11[t])
+        for t in range(cin_og):
+            out_row = out[n, g, t, y0 + r]
+            for col in range(wout):
+                out_row[col] = row[col, t]
+
+
+# reassoc lets LLVM vectorise the channel sums; no flag changes NaN/inf semantics.
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def backward(x, offset, mask, has_mask, weight, grad_out, grad_offset, grad_mask, grad_x,
+             grad_weight, channel_blocks, need_offset_mask, need_input, y0, kw, stride, pad,
+             dil, first, last):
+    """Every gradient for tasks ``first:last`` of (image, channel block), as in
+    ``deform_conv_kernels.backward_tile``.
+
+    ``grad_out`` is the output gradient of the tile's images, NCHW as (nb, G, Cg, Hout,
+    Wout); a task copies each of its rows channels-last into a small buffer first. A
+    sample's gradient run is ``grad_out[pixel] * weight[k]``; it gives the offset/mask
+    gradients (``need_offset_mask``) and is scattered into ``grad_x`` (zero weights when
+    not ``need_input``). ``grad_weight`` (tasks, kk, G, Cg) gets one part per task (the
+    caller zeroes and sums them): ``Σ_pixels grad_out * sample`` over the task's channels.
+    """
+    nb, height, width, offset_groups, cin_og = x.shape
+    rows, wout, kk = offset.shape[2], offset.shape[3], weight.shape[0]
+    kh = kk // kw
+    cast = x.dtype.type
+    zero = cast(0.0)
+    input_scale = 1.0 if need_input else 0.0
+    for task in range(first, last):
+        n = task // channel_blocks
+        b = task - n * channel_blocks
+        c, end = b * cin_og // channel_blocks, (b + 1) * cin_og // channel_blocks
+        run = np.empty(end - c, x.dtype)
+        row = np.empty((offset_groups, wout, end - c), x.dtype)
+        for r in range(rows):
+            for g in range(offset_groups):
+                for t in range(end - c):
+                    out_row = grad_out[n, g, c + t, y0 + r]
+                    for col in range(wout):
+                        row[g, col, t] = out_row[col]
+            for col in range(wout):
+                for g in range(offset_groups):
+                    go = row[g, col]
+                    for i in range(kh):
+                        top = (y0 + r) * stride[0] - pad[0] + i * dil[0]
+                        for j in range(kw):
+                            left = col * stride[1] - pad[1] + j * dil[1]
+                            k = i * kw + j
+                            q = g * kk + k
+                            h = top + offset[n, 2 * q, r, col]
+                            w = left + offset[n, 2 * q + 1, r, col]
+                            inside, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = slope_corners(
+                                h, w, height, width)
+                            if not inside:
+                                if need_offset_mask:
+                                    store_slopes(grad_offset, grad_mask, has_mask, b, n, q, r, col,
+                                                 0.0, 0.0, 0.0, 0.0)
+                                continue
+                            m = mask[n, q, r, col] if has_mask else 1.0
+                            wk = weight[k, g, c:end]
+                            for t in range(end - c):
+                                run[t] = go[t] * wk[t]
+                            x00, x01 = x[n, h0, w0, g, c:end], x[n, h0, w1, g, c:end]
+                            x10, x11 = x[n, h1, w0, g, c:end], x[n, h1, w1, g, c:end]
+                            if need_offset_mask:
+                                slope_h, slope_w, value = slopes(
+                                    run, x00, x01, x10, x11, lh, lw, k00, k01, k10, k11, zero)
+                                store_slopes(grad_offset, grad_mask, has_mask, b, n, q, r, col,
+                                             m, slope_h, slope_w, value)
+                            s00, s01, s10, s11 = value_weights(lh, lw, k00, k01, k10, k11,
+                                                                input_scale * m, cast)
+                            scatter_corners(grad_x, n, g, c, end, h0, h1, w0, w1, s00, s01, s10,
+                                            s11, run)
+                            a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11, m,
+                                                                cast)
+                            gw = grad_weight[task, k, g, c:end]
+                            for t in range(end - c):
+                                gw[t] += go[t] * (a00 * x00[t] + a01 * x01[t] + a10 * x10[t]
+                                                  + a11 * x11[t])

@@ -1,0 +1,106 @@
+"""The dispatch point: which backend runs where, DEFORMCONV_BACKEND, and dtype handling."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from deformconv.ops import _dispatch, deform_conv2d
+
+CPU, CUDA, META = torch.device("cpu"), torch.device("cuda"), torch.device("meta")
+
+
+@pytest.fixture
+def backend_env(monkeypatch: pytest.MonkeyPatch):
+    def set_backend(value: str | None) -> None:
+        if value is None:
+            monkeypatch.delenv(_dispatch.BACKEND_ENV, raising=False)
+        else:
+            monkeypatch.setenv(_dispatch.BACKEND_ENV, value)
+
+    return set_backend
+
+
+@pytest.mark.parametrize("value", [None, "auto", " AUTO ", ""])
+def test_auto_picks_by_device(backend_env, monkeypatch, value):
+    backend_env(value)
+    monkeypatch.setattr(_dispatch, "triton_available", lambda: True)
+    assert _dispatch.select_backend(CPU, torch.float32) == "numba"
+    assert _dispatch.select_backend(CUDA, torch.float32) == "triton"
+    assert _dispatch.select_backend(CUDA, torch.bfloat16) == "triton"
+    assert _dispatch.select_backend(CUDA, torch.float64) == "torch"  # float64 never on Triton
+    assert _dispatch.select_backend(META, torch.float32) == "torch"
+    monkeypatch.setattr(_dispatch, "triton_available", lambda: False)
+    assert _dispatch.select_backend(CUDA, torch.float32) == "torch"
+
+
+def test_forced_backends(backend_env, monkeypatch):
+    monkeypatch.setattr(_dispatch, "triton_available", lambda: True)
+    backend_env("torch")
+    assert _dispatch.select_backend(CPU, torch.float32) == "torch"
+    assert _dispatch.select_backend(CUDA, torch.float32) == "torch"
+    backend_env("numba")
+    assert _dispatch.select_backend(CPU, torch.float16) == "numba"
+    with pytest.raises(RuntimeError, match="DEFORMCONV_BACKEND=numba runs on CPU tensors only"):
+        _dispatch.select_backend(CUDA, torch.float32)
+    backend_env("triton")
+    assert _dispatch.select_backend(CUDA, torch.float16) == "triton"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert _dispatch.select_backend(CPU, torch.float32) == "triton"
+    assert _dispatch.select_backend(CPU, torch.float64) == "torch"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="needs TRITON_INTERPRET=1"):
+        _dispatch.select_backend(CPU, torch.float32)
+    monkeypatch.setattr(_dispatch, "triton_available", lambda: False)
+    with pytest.raises(RuntimeError, match="triton package is not installed"):
+        _dispatch.select_backend(CUDA, torch.float32)
+
+
+def test_bad_value_names_the_variable(backend_env):
+    backend_env("cuda")
+    x, w, off = torch.randn(1, 2, 4, 4), torch.randn(2, 2, 3, 3), torch.zeros(1, 18, 2, 2)
+    with pytest.raises(ValueError, match=r"DEFORMCONV_BACKEND must be one of auto, numba, "
+                                         r"triton, torch; got 'cuda'"):
+        deform_conv2d(x, off, w)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_torch_backend_computes_half_in_float32(backend_env, dtype):
+    """Numba and torch get float32 copies of half inputs; results come back in the dtype."""
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(1, 4, 5, 5, generator=gen), torch.randn(2, 2, 3, 3, generator=gen)
+    off = torch.randn(1, 36, 3, 3, generator=gen)
+    leaves = [t.to(dtype).requires_grad_() for t in (x, off, w)]
+    backend_env("torch")
+    out = deform_conv2d(*leaves)
+    grads = torch.autograd.grad(out.float().sum(), leaves)
+    backend_env("numba")
+    expected = deform_conv2d(*(t.detach().float() for t in leaves))
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+    torch.testing.assert_close(out, expected.to(dtype))
+
+
+def test_the_reference_is_not_imported_by_the_ops():
+    """``ops/reference.py`` is the tests' oracle only: running every op on every backend
+    the CPU offers never imports it."""
+    script = """
+import os, sys, torch
+from deformconv.ops import deform_conv2d, deform_roi_pool, deform_psroi_pool
+x = torch.randn(1, 4, 6, 6, requires_grad=True)
+rois = torch.tensor([[0.0, 1, 1, 4, 4]])
+for backend in ("numba", "torch"):
+    os.environ["DEFORMCONV_BACKEND"] = backend
+    y = deform_conv2d(x, torch.zeros(1, 18, 4, 4), torch.randn(2, 4, 3, 3))
+    y = y.sum() + deform_roi_pool(x, rois, torch.zeros(1, 2, 2, 2), 2).sum()
+    y = y + deform_psroi_pool(x, rois, None, spatial_scale=1.0, output_dim=1, group_size=2,
+                              pooled_size=2).sum()
+    y.backward()
+print("deformconv.ops.reference" in sys.modules)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "False"
