@@ -75,29 +75,77 @@ class PretrainSettings:
 
 
 def pretrained_backbone(settings: PretrainSettings, cache_dir: str | Path, *,
-                        device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+                        device: str = "cpu", progress: bool = False,
+                        poll_seconds: float = 5.0) -> dict[str, Any]:
     """The pretrained classifier of ``settings``, trained first unless cached.
 
     Returns ``{"checkpoint": path of the weights, "metrics": validation top-1 ...,
     "train_seconds", "seconds" (the whole pretraining run: rendering, training,
-    evaluation), "cached": whether it was read back}``. Two processes that miss the
-    cache at once both train; the folder each writes appears whole (renamed into place),
-    and the first one stays.
+    evaluation), "cached": whether it was read back}``. One process trains while others
+    that ask for the same settings (e.g. the shards of a study) wait for its result: the
+    trainer holds ``pretrain-<key>.lock`` (its process id; a lock whose process has died,
+    on this machine, is taken over), and the folder appears whole, renamed into place.
     """
     folder = Path(cache_dir) / f"pretrain-{settings.key()}"
     info_path = folder / "pretrain.json"
-    checkpoint = str(folder / "last.pt")
-    if info_path.is_file():
-        return {**json.loads(info_path.read_text()), "checkpoint": checkpoint, "cached": True}
-    scratch = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(scratch, ignore_errors=True)
+    lock = folder.with_name(f"{folder.name}.lock")
+    while not info_path.is_file():
+        if _take_lock(lock):
+            try:
+                if not info_path.is_file():
+                    _train_into(settings, folder, device, progress)
+                    return _info(info_path, cached=False)
+            finally:
+                lock.unlink(missing_ok=True)
+        else:
+            time.sleep(poll_seconds)
+    return _info(info_path, cached=True)
+
+
+def _info(info_path: Path, cached: bool) -> dict[str, Any]:
+    return {**json.loads(info_path.read_text()), "checkpoint": str(info_path.parent / "last.pt"),
+            "cached": cached}
+
+
+def _take_lock(lock: Path) -> bool:
+    """Create ``lock`` holding this process's id; False while a live process holds it
+    (a lock left by a dead process is removed, and the next call may take it)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            holder = int(lock.read_text() or "0")
+        except (OSError, ValueError):
+            return False  # being written or removed just now: ask again later
+        if holder and not _alive(holder):
+            lock.unlink(missing_ok=True)
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _train_into(settings: PretrainSettings, folder: Path, device: str, progress: bool) -> None:
+    """Train in ``<folder>.partial`` (continuing a run that was stopped there), then
+    rename it into place."""
+    scratch = folder.with_name(f"{folder.name}.partial")
     info = _pretrain(settings, scratch, device, progress)
     write_json({**info, "settings": asdict(settings)}, scratch / "pretrain.json")
     try:
         scratch.rename(folder)
-    except OSError:  # another process got there first: keep its run
+    except OSError:  # a rare race let another process train too, and it finished first
         shutil.rmtree(scratch, ignore_errors=True)
-    return {**json.loads(info_path.read_text()), "checkpoint": checkpoint, "cached": False}
 
 
 def _pretrain(s: PretrainSettings, out: Path, device: str, progress: bool) -> dict[str, Any]:
@@ -115,7 +163,8 @@ def _pretrain(s: PretrainSettings, out: Path, device: str, progress: bool) -> di
         task="classification", iterations=s.iterations, batch_size=s.batch_size,
         optimizer="adamw", lr=s.lr, weight_decay=s.weight_decay, schedule="onecycle",
         warmup_iters=round(s.warmup_share * s.iterations), seed=s.seed, keep_best=False,
-        log_every=50, out_dir=str(out), device=device, progress=progress)
+        checkpoint_every=max(1, s.iterations // 4), resume="auto", log_every=50,
+        out_dir=str(out), device=device, progress=progress)
     result = train(config, model, train_set, val_set,
                    extra={"model": asdict(s.spec(classes)), "data": asdict(s.data())})
     return {"metrics": result.metrics, "train_seconds": result.train_seconds,
