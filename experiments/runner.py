@@ -42,6 +42,7 @@ from deformconv.runs import (
     load_pretrained,
     parameter_count,
     pretrained_backbone,
+    pretraining_seconds,
     seconds_per_iteration,
     set_threads,
     twin_model,
@@ -329,11 +330,18 @@ def train_run(task: str, spec: ModelSpec, plain: ModelSpec, sizes: Sizes, seed: 
 
 def plan(study: Study, task: str, specs: dict[str, ModelSpec], sizes: Sizes,
          eval_share: float = 0.1) -> dict[str, Any]:
-    """Measured seconds per training iteration of each configuration (one step,
-    ``deformconv.runs.seconds_per_iteration``, on the in-memory scenes) and the estimated
-    study time: sum over configurations of s/iter x iterations x seeds, plus ``eval_share``
-    for evaluation, checkpoints and model building, plus rendering the scenes and (when not
-    cached yet) pretraining; also written to ``<study>/plan.json``."""
+    """The study's estimated time on an otherwise idle 2-core machine, without training it.
+
+    With ``--threads 1`` each configuration's training step is timed in this process's CPU
+    seconds (its own work, however busy the machine is) and the study is costed as two
+    ``--shard`` processes of one thread side by side: half the sum over configurations of
+    s/iteration x iterations x seeds. With more threads, in wall seconds, as one process.
+    On top: ``eval_share`` for evaluation, checkpoints and model building, and rendering
+    the scenes. The pretraining, once for all studies, is costed the same way (one process:
+    the other shard waits for it) and kept apart. Also written to ``<study>/plan.json``.
+    """
+    threads = torch.get_num_threads()
+    clock, processes = (time.process_time, 2) if threads == 1 else (time.perf_counter, 1)
     start = time.perf_counter()
     train_set, _, _ = train_data(sizes, task)
     render_s = time.perf_counter() - start
@@ -342,18 +350,23 @@ def plan(study: Study, task: str, specs: dict[str, ModelSpec], sizes: Sizes,
     for name, spec in specs.items():
         model = build_model(spec, seed=0)
         per_iter[name] = seconds_per_iteration(model, task, train_set, sizes.batch_size,
-                                               torch.device("cpu"))
+                                               torch.device("cpu"), clock=clock)
         print(f"  {name}: {per_iter[name]:.3f} s / iteration")
-    train_s = sum(per_iter.values()) * sizes.iterations * len(sizes.seeds)
+    train_s = sum(per_iter.values()) * sizes.iterations * len(sizes.seeds) / processes
     total = train_s * (1 + eval_share) + render_s
-    print(f"estimate: {len(specs)} configurations x {len(sizes.seeds)} seeds x "
+    how = ("two --shard processes of 1 thread (CPU seconds per step)" if processes == 2
+           else f"one process of {threads} threads (wall seconds per step)")
+    print(f"estimate, {how}: {len(specs)} configurations x {len(sizes.seeds)} seeds x "
           f"{sizes.iterations} iterations = {total / 60:.1f} min "
-          f"({train_s / 60:.1f} min training + {eval_share:.0%} for the rest + rendering)"
-          + ("" if sizes.pretrain is None else "; pretraining, once for all studies, "
-             "comes on top unless cached"))
+          f"({train_s / 60:.1f} min training + {eval_share:.0%} for the rest + rendering)")
     estimate = {"seconds_per_iteration": per_iter, "iterations": sizes.iterations,
                 "seeds": len(sizes.seeds), "estimated_minutes": total / 60,
-                "threads": torch.get_num_threads()}
+                "threads": threads, "processes": processes,
+                "clock": "cpu" if processes == 2 else "wall"}
+    if sizes.pretrain is not None:
+        pretrain_s = pretraining_seconds(sizes.pretrain, clock) * (1 + eval_share)
+        print(f"  pretraining, once for all studies: {pretrain_s / 60:.1f} min")
+        estimate["pretraining_minutes"] = pretrain_s / 60
     write_json(estimate, study.folder / "plan.json")
     return estimate
 

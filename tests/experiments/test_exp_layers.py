@@ -71,7 +71,11 @@ def test_plan_estimates_without_training(tmp_path):
     assert layers.main(args) == 0
     plan = json.loads((tmp_path / "layers_segmentation" / "plan.json").read_text())
     assert set(plan["seconds_per_iteration"]) == {"0 layers", "3 layers"}
+    # one thread: CPU seconds per step, the study as two --shard processes side by side
+    assert plan["threads"] == 1 and plan["processes"] == 2 and plan["clock"] == "cpu"
     total = sum(plan["seconds_per_iteration"].values()) * plan["iterations"] * plan["seeds"]
-    assert plan["estimated_minutes"] * 60 >= total > 0
+    assert plan["estimated_minutes"] * 60 >= total / 2 > 0
+    assert plan["pretraining_minutes"] > 0  # costed apart, not trained
+    assert not (tmp_path / "cache").exists()
     assert not (tmp_path / "layers_segmentation" / "summary.json").exists()
     assert not list((tmp_path / "layers_segmentation").glob("layers*_seed*.json"))

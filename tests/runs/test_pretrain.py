@@ -10,7 +10,13 @@ import time
 
 import pytest
 
-from deformconv.runs import PretrainSettings, load_pretrained, pretrained_backbone, set_threads
+from deformconv.runs import (
+    PretrainSettings,
+    load_pretrained,
+    pretrained_backbone,
+    pretraining_seconds,
+    set_threads,
+)
 
 TINY = PretrainSettings(base_channels=4, image_size=32, train_size=8, val_size=4,
                         iterations=2, batch_size=2)
@@ -75,3 +81,9 @@ def test_stopped_pretraining_continues(tmp_path, capfd):
     assert not info["cached"] and not partial.exists()
     assert info["iterations"] == TINY.iterations
     assert f"resumed from {partial / 'last.pt'} at iteration 2/2" in capfd.readouterr().out
+
+
+def test_pretraining_seconds_estimates_without_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert pretraining_seconds(TINY, time.process_time) > 0
+    assert not list(tmp_path.iterdir())

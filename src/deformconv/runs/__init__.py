@@ -35,7 +35,7 @@ from .offsets import (
     sample_targets,
 )
 from .plots import plot_learning_curves, plot_predictions, plot_scale_recall
-from .pretrain import PretrainSettings, load_pretrained, pretrained_backbone
+from .pretrain import PretrainSettings, load_pretrained, pretrained_backbone, pretraining_seconds
 from .results import write_json
 from .specs import (
     DataSpec,
@@ -82,6 +82,7 @@ __all__ = [
     "plot_scale_recall",
     "predict_masks",
     "pretrained_backbone",
+    "pretraining_seconds",
     "recall_by_scale",
     "run_demo",
     "sample_targets",

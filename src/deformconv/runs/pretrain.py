@@ -23,16 +23,19 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .results import write_json
 from .specs import DataSpec, ModelSpec, build_datasets, build_model
+from .timing import seconds_per_iteration
 
-__all__ = ["PretrainSettings", "load_pretrained", "pretrained_backbone"]
+__all__ = ["PretrainSettings", "load_pretrained", "pretrained_backbone", "pretraining_seconds"]
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,20 @@ def _pretrain(s: PretrainSettings, out: Path, device: str, progress: bool) -> di
                    extra={"model": asdict(s.spec(classes)), "data": asdict(s.data())})
     return {"metrics": result.metrics, "train_seconds": result.train_seconds,
             "seconds": time.perf_counter() - start, "iterations": result.iteration}
+
+
+def pretraining_seconds(settings: PretrainSettings,
+                        clock: Callable[[], float] = time.perf_counter) -> float:
+    """Estimated time of the pretraining's training steps, without running it: one step of
+    its classifier on its scenes (``seconds_per_iteration`` with ``clock``) times its
+    iterations."""
+    sample = replace(settings.data(), train_size=5 * settings.batch_size, val_size=1)
+    train_set, _, classes = build_datasets(sample, "classification")
+    assert train_set is not None
+    model = build_model(settings.spec(classes), seed=settings.seed)
+    step = seconds_per_iteration(model, "classification", train_set, settings.batch_size,
+                                 torch.device("cpu"), clock=clock)
+    return step * settings.iterations
 
 
 def load_pretrained(checkpoint: str | Path) -> dict[str, Tensor]:
