@@ -30,6 +30,7 @@ from runner import (
     Study,
     add_common_args,
     plan,
+    pretrained,
     segmentation_specs,
     train_data,
     train_run,
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         spec, _ = segmentation_specs(sizes, classes, DEFORM_BLOCKS)
         plan(study, "segmentation", {"deformable res5": spec}, sizes)
         return 0
+    pretrained(sizes, study)  # before the runs, so that none of them counts it
+    study.in_shards(__file__, argv)
     results = [study.run(f"seed{seed}", {"seed": seed},
                          lambda run_dir, seed=seed: one_run(sizes, seed, run_dir, figures, study))
                for seed in sizes.seeds]

@@ -28,6 +28,7 @@ from runner import (
     add_common_args,
     detection_specs,
     plan,
+    pretrained,
     seed_stats,
     segmentation_specs,
     train_run,
@@ -43,7 +44,7 @@ SIZES = {
     # needs it to adapt), at a tenth of it for detection: each chosen on plain twins, one
     # seed, before any deformable run (experiments/README.md: the check runs).
     "segmentation": Sizes(image_size=64, batch_size=16, train_size=4000, val_size=200,
-                          base_channels=32, iterations=1000, seeds=(0, 1, 2),
+                          base_channels=32, iterations=800, seeds=(0, 1, 2),
                           pretrain=PRETRAIN, backbone_lr_mult=1.0),
     # The demo's scenes at twice the resolution (objects 1/8 to 0.7 of the image side, as
     # at 64 px): the smallest then spans one cell of the stride-16 maps the RPN reads.
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         plan(study, task, {f"{n} layers": s for n, (s, _) in configs.items()}, sizes)
         return 0
 
+    pretrained(sizes, study)  # before the runs, so that none of them counts it
+    study.in_shards(__file__, argv)
     results = {}
     for layers, (spec, plain) in configs.items():
         for seed in sizes.seeds:

@@ -166,15 +166,16 @@ class Report:
         rows, metrics = data["rows"], data["metrics"]
         paper_cols = [k for k in TABLE1 if k.startswith("DeepLab" if task == "segmentation"
                                                         else "Faster")]
+        plain = next((row for row in rows if row["layers"] == 0), None)
         table = []
         for row in rows:
             line: dict[str, object] = {"deformable layers": row["layers"],
                                        "deformable 3x3 convs per stage":
                                            tuple(row["deform_blocks"]),
-                                       "params": f"{row['params']:,}",
-                                       "s / iteration": f"{row['seconds_per_iteration']:.3f}"}
+                                       "params": f"{row['params']:,}"}
             for key in metrics:
                 line[f"ours: {key}"] = pm(row[key])
+            line.update(time_cells(row, plain))
             for col in paper_cols:
                 if row["layers"] in TABLE1_LAYERS:
                     line[f"paper: {col}"] = TABLE1[col][TABLE1_LAYERS.index(row["layers"])]
@@ -208,12 +209,13 @@ class Report:
         data = self.summary(f"roi_pooling_{detector}")
         if data is None:
             return
+        plain = next((r for r in data["rows"] if r["config"] == "plain"), None)
         table = [{"configuration": r["config"],
                   "deformable conv layers": r["deformable_conv_layers"],
                   "deformable RoI pooling": "yes" if r["deformable_roi_pooling"] else "no",
                   "params": f"{r['params']:,}",
-                  "s / iteration": f"{r['seconds_per_iteration']:.3f}",
-                  **{f"ours: {k}": pm(r[k]) for k in data["metrics"]}}
+                  **{f"ours: {k}": pm(r[k]) for k in data["metrics"]},
+                  **time_cells(r, plain)}
                  for r in data["rows"]]
         self.add(markdown_table(table), "", f"Ours: {_sizes_text(data)} {EQUAL_ITERATIONS} "
                  "Paper: its Table 3 reports that deformable RoI pooling alone improves "
@@ -311,11 +313,11 @@ class Report:
             return
         scales = data["test_scales"]
         low, high = data["train_scale"]
+        plain = next((r for r in data["rows"] if r["model"] == "plain"), None)
         table = []
         for row in data["rows"]:
             line: dict[str, object] = {"model": row["model"], "params": f"{row['params']:,}",
-                                       "s / iteration":
-                                           f"{row['seconds_per_iteration']:.3f}"}
+                                       **time_cells(row, plain)}
             for scale in scales:
                 stat = row["by_scale"][str(scale)]
                 mark = "*" if low <= scale <= high else ""
@@ -344,26 +346,77 @@ class Report:
                 f"layers generalise better across scale: **{agrees(verdict, 'higher')}**.")
 
     def budget(self) -> None:
-        rows = []
+        """Per study: the --plan estimate and what the runs measured, with the shared
+        pretraining's cost split evenly over the studies that fine-tune from it."""
+        studies = {}
         for study in COMMANDS:
             data, plan = load(self.runs, study), load_plan(self.runs, study)
-            if data is None and plan is None:
-                continue
-            rows.append({"study": study, "mode": data["mode"] if data else "–",
-                         "estimated min (--plan)": plan["estimated_minutes"] if plan else None,
-                         "measured min (sum of runs)": _run_minutes(self.runs / study)})
-        for info in sorted((self.runs / "cache").glob("pretrain-*/pretrain.json")):
-            pretrain = json.loads(info.read_text())
-            rows.append({"study": f"pretraining ({info.parent.name}: top-1 "
-                                  f"{pretrain['metrics']['top1']:.3f}), once, shared",
-                         "mode": "–", "estimated min (--plan)": None,
-                         "measured min (sum of runs)": pretrain["seconds"] / 60})
+            if data is not None or plan is not None:
+                studies[study] = (data, plan)
+        users = [s for s, (data, plan) in studies.items() if _uses_pretraining(data, plan)]
+        pretrain = _pretraining(self.runs)
+        plan_pretrain = [p["pretraining_minutes"] for _, p in studies.values()
+                         if p and "pretraining_minutes" in p]
+        pretrain_plan = plan_pretrain[0] if plan_pretrain else None
+        share = {"plan": _share(pretrain_plan, users),
+                 "cpu": _share(pretrain and pretrain.get("cpu_seconds", math.nan) / 60, users)}
+        rows = []
+        for study, (data, plan) in studies.items():
+            uses = study in users
+            measured = _run_minutes(self.runs / study)
+            rows.append({
+                "study": study, "mode": data["mode"] if data else "–",
+                "runs": (f"{len(plan['seconds_per_iteration'])} × {plan['seeds']} seeds × "
+                         f"{plan['iterations']} it." if plan else "–"),
+                "estimate (--plan)": _plus(plan and plan["estimated_minutes"],
+                                           share["plan"] if uses else 0.0),
+                "measured: CPU / 2": _plus(measured and measured["cpu"] / 2,
+                                           share["cpu"] if uses else 0.0),
+                "measured: wall, sum of runs": measured and measured["wall"]})
+        if pretrain is not None:
+            rows.append({
+                "study": f"pretraining (top-1 {pretrain['metrics']['top1']:.3f}), once, "
+                         f"shared by {len(users)} studies",
+                "mode": "–", "runs": f"1 × {pretrain['iterations']} it.",
+                "estimate (--plan)": pretrain_plan,
+                "measured: CPU / 2": pretrain.get("cpu_seconds", math.nan) / 60,
+                "measured: wall, sum of runs": pretrain["seconds"] / 60})
         if rows:
             self.add(markdown_table(rows, digits=1), "",
-                     "Measured: each run's wall time (building, rendering the scenes on "
-                     "first use, training, evaluation), summed; the pretrained backbone is "
-                     "trained by the first study that needs it and read from the cache by "
-                     "the others.", "")
+                     "Minutes on 2 CPU cores. A study runs as two `--shard` processes of one "
+                     "thread side by side, so on an otherwise idle machine it takes about "
+                     "half its runs' summed CPU time (`CPU / 2`; `--plan` estimates the same "
+                     "from one timed step per configuration). `a + b`: the study's own runs "
+                     "plus its share of the pretraining, which is trained once (by the first "
+                     "study that needs it, one process, while the other shard waits) and "
+                     "read from the cache by the rest; a study run alone from an empty "
+                     "cache pays all of it. The wall-clock sum is what the runs took on the "
+                     "shared development machine, other jobs running: it overstates the "
+                     "cost.", "")
+
+
+def _uses_pretraining(data: dict[str, Any] | None, plan: dict[str, Any] | None) -> bool:
+    if plan is not None:
+        return "pretraining_minutes" in plan
+    sizes = (data or {}).get("settings", {}).get("sizes") or {}
+    return sizes.get("pretrain") is not None
+
+
+def _pretraining(runs: Path) -> dict[str, Any] | None:
+    """The pretraining's record (the newest, if several settings were cached)."""
+    infos = sorted((runs / "cache").glob("pretrain-*/pretrain.json"),
+                   key=lambda p: p.stat().st_mtime)
+    return json.loads(infos[-1].read_text()) if infos else None
+
+
+def _share(minutes: float | None, users: Sequence[str]) -> float:
+    return 0.0 if minutes is None or not users or math.isnan(minutes) else minutes / len(users)
+
+
+def _plus(own: float | None, share: float) -> str:
+    if own is None:
+        return "–"
+    return f"{own + share:.1f} ({own:.1f} + {share:.1f})" if share else f"{own:.1f}"
 
 
 def outside_mean(row: dict[str, Any], scales: Sequence[int], train: Sequence[float]
@@ -401,17 +454,32 @@ def _stat(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": mean, "std": std, "values": list(values)}
 
 
-def _run_minutes(folder: Path) -> float | None:
-    """Minutes the study's runs took (each run's own timing), None before any run."""
-    runs = [p for p in folder.glob("*.json") if p.name not in ("summary.json", "plan.json")]
+def _run_minutes(folder: Path) -> dict[str, float] | None:
+    """The study's runs' summed wall and CPU minutes (each run's own timing), None before
+    any run."""
+    runs = [json.loads(p.read_text())["result"] for p in folder.glob("*.json")
+            if p.name not in ("summary.json", "plan.json")]
     if not runs:
         return None
-    return sum(json.loads(p.read_text())["result"].get("seconds", 0.0) for p in runs) / 60
+    return {"wall": sum(r.get("seconds", 0.0) for r in runs) / 60,
+            "cpu": sum(r.get("cpu_seconds", math.nan) for r in runs) / 60}
 
 
-EQUAL_ITERATIONS = ("Every configuration trains for the same number of iterations; s / "
-                    "iteration (training steps only, mean over seeds, on this machine) says "
-                    "what each one costs, so a reader can weigh a gain against its time.")
+EQUAL_ITERATIONS = ("Every configuration trains for the same number of iterations; its "
+                    "cost stands next to its score, so a reader can weigh a gain against "
+                    "its time: CPU s / it. is a run's CPU seconds (one thread: training, "
+                    "evaluation and building, so the load of other jobs hardly counts) per "
+                    "training iteration, mean over seeds, and × plain its ratio to the "
+                    "plain configuration's.")
+
+
+def time_cells(row: dict[str, Any], plain: dict[str, Any] | None) -> dict[str, str]:
+    """A configuration's cost: its runs' CPU seconds per iteration and the ratio to the
+    plain configuration's (``–`` where unknown)."""
+    cpu = _num(row.get("cpu_seconds_per_iteration"))
+    base = _num(plain.get("cpu_seconds_per_iteration")) if plain else math.nan
+    return {"CPU s / it.": "–" if math.isnan(cpu) else f"{cpu:.3f}",
+            "× plain": "–" if math.isnan(cpu / base) else f"{cpu / base:.2f}"}
 
 
 def _sizes_text(data: dict[str, Any]) -> str:

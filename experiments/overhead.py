@@ -102,7 +102,7 @@ def measure(m: Measured, seed: int, repeats: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser)
+    add_common_args(parser, training=False)
     args = parser.parse_args(argv)
     models = SMOKE_MODELS if args.smoke else MODELS
     repeats = REPEATS["smoke" if args.smoke else "full"]

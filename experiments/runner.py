@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -61,6 +62,7 @@ __all__ = [
     "mean_std",
     "parameter_count",
     "plan",
+    "pretrained",
     "seed_stats",
     "segmentation_specs",
     "train_data",
@@ -123,7 +125,9 @@ class Sizes:
                         val_size=self.val_size, data_seed=0, scene=dict(self.scene))
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
+def add_common_args(parser: argparse.ArgumentParser, training: bool = True) -> None:
+    """The options every study takes; ``training`` studies also ``--jobs`` and
+    ``--shard``."""
     parser.add_argument("--out", type=Path,
                         help=f"results folder (default {DEFAULT_OUT}, {SMOKE_OUT} with --smoke)")
     parser.add_argument("--smoke", action="store_true",
@@ -135,13 +139,19 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plan", action="store_true",
                         help="measure seconds per training iteration of each configuration, "
                              "print the estimated study time, and stop")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep each finished run's last.pt (default: deleted once the "
+                             "run's result JSON is written)")
+    if not training:
+        return
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="train the runs in this many --shard processes of one thread "
+                             "each, side by side (default 2: one per core); the shared "
+                             "pretraining first, in this process at --threads")
     parser.add_argument("--shard", type=_shard, metavar="K/N",
                         help="run only every N-th run starting at the K-th (0-based), e.g. two "
                              "processes with --shard 0/2 and --shard 1/2 --threads 1 each; a "
                              "last call without --shard writes the summary")
-    parser.add_argument("--keep-checkpoints", action="store_true",
-                        help="keep each finished run's last.pt (default: deleted once the "
-                             "run's result JSON is written)")
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -166,12 +176,15 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def seed_stats(results: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
-    """One configuration over its seeds: parameters, mean seconds per run (everything) and
-    per training iteration (the steps alone), and per metric ``{"mean", "std", "values"}``."""
+    """One configuration over its seeds: parameters, mean wall seconds per run (everything)
+    and per training iteration (the steps alone), mean CPU seconds of a run per iteration,
+    and per metric ``{"mean", "std", "values"}``."""
     row: dict[str, Any] = {
         "params": results[0]["params"],
         "run_seconds": mean_std([r["seconds"] for r in results])[0],
-        "seconds_per_iteration": mean_std([r["seconds_per_iteration"] for r in results])[0]}
+        "seconds_per_iteration": mean_std([r["seconds_per_iteration"] for r in results])[0],
+        "cpu_seconds_per_iteration": mean_std([r.get("cpu_seconds", math.nan) / r["iterations"]
+                                               for r in results])[0]}
     for key in metrics:
         values = [r["metrics"][key] for r in results]
         mean, std = mean_std(values)
@@ -207,6 +220,9 @@ class Study:
         self.settings = _plain_json(settings)
         self.keep_checkpoints = args.keep_checkpoints
         self.shard: tuple[int, int] | None = getattr(args, "shard", None)
+        self.jobs: int = getattr(args, "jobs", 1)
+        if self.jobs < 1:
+            raise StudyError(f"--jobs must be >= 1, got {self.jobs}")
         self.done: list[str] = []
         self.skipped: list[str] = []
         self.left: list[str] = []  # runs of other shards, not done yet
@@ -240,9 +256,12 @@ class Study:
             self.left.append(run)
             return None
         print(f"[{self.name}] {run}: running")
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = fn(self.run_dir(run))
+        # wall seconds, and this process's CPU seconds (with one thread: the run's own work,
+        # however busy the machine was; a resumed run counts its last part only)
         result["seconds"] = time.perf_counter() - start
+        result["cpu_seconds"] = time.process_time() - cpu_start
         tmp = path.with_suffix(".json.tmp")
         write_json({"identity": identity, "result": result}, tmp)
         os.replace(tmp, path)  # a result file is complete or absent
@@ -251,6 +270,21 @@ class Study:
             checkpoint.unlink()
         self.done.append(run)
         return result
+
+    def in_shards(self, script: str, argv: Sequence[str] | None) -> None:
+        """With ``--jobs N`` (N > 1, no ``--shard``): run the script again as N shard
+        processes of one thread each, side by side, and wait for them; this process then
+        reads their results back. A failed shard stops the study (exit code 2)."""
+        if self.jobs <= 1 or self.shard is not None:
+            return
+        argv = list(sys.argv[1:] if argv is None else argv)
+        shards = [subprocess.Popen([sys.executable, script, *argv, "--jobs", "1",
+                                    "--shard", f"{k}/{self.jobs}", "--threads", "1"])
+                  for k in range(self.jobs)]
+        codes = [shard.wait() for shard in shards]
+        if any(codes):
+            raise StudyError(f"[{self.name}] shard exit codes {codes}; the runs done so far "
+                             "are kept, run the study again to continue")
 
     def finish_shard(self) -> int:
         """Report a shard's end (the summary needs every run); the exit code, 0."""
@@ -289,7 +323,9 @@ def train_data(sizes: Sizes, task: str) -> tuple[Dataset, Dataset, int]:
 
 def pretrained(sizes: Sizes, study: Study) -> dict[str, Any] | None:
     """The pretrained backbone of ``sizes`` (trained on first use, then read from
-    ``<out>/cache``), or None for training from random init."""
+    ``<out>/cache``; a process that finds another training it waits), or None for
+    training from random init. The scripts call it before their runs, so that no run's
+    time includes the pretraining (the budget counts it apart)."""
     if sizes.pretrain is None:
         return None
     return pretrained_backbone(sizes.pretrain, study.folder.parent / "cache")
@@ -330,18 +366,21 @@ def train_run(task: str, spec: ModelSpec, plain: ModelSpec, sizes: Sizes, seed: 
 
 def plan(study: Study, task: str, specs: dict[str, ModelSpec], sizes: Sizes,
          eval_share: float = 0.1) -> dict[str, Any]:
-    """The study's estimated time on an otherwise idle 2-core machine, without training it.
+    """The study's estimated time on an otherwise idle machine, without training it.
 
-    With ``--threads 1`` each configuration's training step is timed in this process's CPU
-    seconds (its own work, however busy the machine is) and the study is costed as two
-    ``--shard`` processes of one thread side by side: half the sum over configurations of
-    s/iteration x iterations x seeds. With more threads, in wall seconds, as one process.
-    On top: ``eval_share`` for evaluation, checkpoints and model building, and rendering
-    the scenes. The pretraining, once for all studies, is costed the same way (one process:
-    the other shard waits for it) and kept apart. Also written to ``<study>/plan.json``.
+    With ``--jobs N`` (N > 1; default 2, one per core) the runs train in N processes of one
+    thread: each configuration's step is timed at one thread in this process's CPU seconds
+    (its own work, however busy the machine is), and the study takes 1/N of the sum over
+    configurations of s/iteration x iterations x seeds. With ``--jobs 1``, in wall seconds
+    at ``--threads``. On top: ``eval_share`` for evaluation, checkpoints and model
+    building, and rendering the scenes. The pretraining, once for all studies, is costed
+    at one thread in CPU seconds (an upper bound: it runs at ``--threads``) and kept apart.
+    Also written to ``<study>/plan.json``.
     """
-    threads = torch.get_num_threads()
-    clock, processes = (time.process_time, 2) if threads == 1 else (time.perf_counter, 1)
+    threads, processes = torch.get_num_threads(), study.jobs
+    clock = time.process_time if processes > 1 else time.perf_counter
+    if processes > 1:
+        set_threads(1)
     start = time.perf_counter()
     train_set, _, _ = train_data(sizes, task)
     render_s = time.perf_counter() - start
@@ -354,19 +393,20 @@ def plan(study: Study, task: str, specs: dict[str, ModelSpec], sizes: Sizes,
         print(f"  {name}: {per_iter[name]:.3f} s / iteration")
     train_s = sum(per_iter.values()) * sizes.iterations * len(sizes.seeds) / processes
     total = train_s * (1 + eval_share) + render_s
-    how = ("two --shard processes of 1 thread (CPU seconds per step)" if processes == 2
+    how = (f"{processes} processes of 1 thread (CPU seconds per step)" if processes > 1
            else f"one process of {threads} threads (wall seconds per step)")
     print(f"estimate, {how}: {len(specs)} configurations x {len(sizes.seeds)} seeds x "
           f"{sizes.iterations} iterations = {total / 60:.1f} min "
           f"({train_s / 60:.1f} min training + {eval_share:.0%} for the rest + rendering)")
     estimate = {"seconds_per_iteration": per_iter, "iterations": sizes.iterations,
                 "seeds": len(sizes.seeds), "estimated_minutes": total / 60,
-                "threads": threads, "processes": processes,
-                "clock": "cpu" if processes == 2 else "wall"}
+                "threads": 1 if processes > 1 else threads, "processes": processes,
+                "clock": "cpu" if processes > 1 else "wall"}
     if sizes.pretrain is not None:
         pretrain_s = pretraining_seconds(sizes.pretrain, clock) * (1 + eval_share)
         print(f"  pretraining, once for all studies: {pretrain_s / 60:.1f} min")
         estimate["pretraining_minutes"] = pretrain_s / 60
+    set_threads(threads)
     write_json(estimate, study.folder / "plan.json")
     return estimate
 

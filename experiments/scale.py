@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         plan(study, "segmentation", {n: spec(n, classes, args.smoke) for n in MODELS}, sizes)
         return 0
+    study.in_shards(__file__, argv)
     train_data(sizes, "segmentation")  # rendered once for every run
     tests = test_sets(sizes, scales)
     results = {}

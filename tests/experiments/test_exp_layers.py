@@ -67,11 +67,12 @@ def test_layer_counts_match_the_paper():
 
 
 def test_plan_estimates_without_training(tmp_path):
-    args = ["--task", "segmentation", *run_args(tmp_path, "--plan", "--layers", "0", "3")]
+    args = ["--task", "segmentation", *run_args(tmp_path, "--plan", "--jobs", "2",
+                                                "--layers", "0", "3")]
     assert layers.main(args) == 0
     plan = json.loads((tmp_path / "layers_segmentation" / "plan.json").read_text())
     assert set(plan["seconds_per_iteration"]) == {"0 layers", "3 layers"}
-    # one thread: CPU seconds per step, the study as two --shard processes side by side
+    # two jobs: CPU seconds per step at one thread, the study as two processes side by side
     assert plan["threads"] == 1 and plan["processes"] == 2 and plan["clock"] == "cpu"
     total = sum(plan["seconds_per_iteration"].values()) * plan["iterations"] * plan["seeds"]
     assert plan["estimated_minutes"] * 60 >= total / 2 > 0

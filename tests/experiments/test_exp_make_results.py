@@ -42,7 +42,8 @@ def test_compare():
 def test_full_report_verdicts(tmp_path):
     runs = tmp_path / "runs"
     rows = [{"layers": n, "deform_blocks": [0, 0, 0, n], "params": 1000 + n,
-             "seconds_per_iteration": 0.1 + n / 100, "miou": _stat(v),
+             "seconds_per_iteration": 0.1 + n / 100,
+             "cpu_seconds_per_iteration": 0.1 + n / 100, "miou": _stat(v),
              "pixel_acc": _stat([0.9, 0.9, 0.9])}
             for n, v in ((0, [0.30, 0.31, 0.32]), (3, [0.40, 0.41, 0.42]),
                          (6, [0.60, 0.61, 0.62]))]
@@ -69,8 +70,10 @@ def test_full_report_verdicts(tmp_path):
     assert "finds saturation at 3 (6 no better): **does not agree**" in text
     assert "plain twin miou 0.310 < 0.50 (NOT met)" in text
     assert "small / medium / large = 4.50 / 5.00 / 6.50 (large - small +2.00, higher" in text
-    assert ("| 0 | (0, 0, 0, 0) | 1,000 | 0.100 | 0.310 ± 0.010 (n=3) | 0.900 ± 0.000 (n=3) | "
-            "69.7 | 70.4 |") in text
+    assert ("| 0 | (0, 0, 0, 0) | 1,000 | 0.310 ± 0.010 (n=3) | 0.900 ± 0.000 (n=3) | 0.100 "
+            "| 1.00 | 69.7 | 70.4 |") in text
+    assert "| 3 | (0, 0, 0, 3) | 1,003 | 0.410 ± 0.010 (n=3) | 0.900 ± 0.000 (n=3) | 0.130 " \
+        "| 1.30 | 75.2 | 75.2 |" in text
     assert "![dilation_seed0_fig5_sampling_0](results/dilation_seed0_fig5_sampling_0.png)" in text
     assert (tmp_path / "docs" / "results" / "dilation_seed0_fig5_sampling_0.png").is_file()
     for command in ("layers.py --task detection", "roi_pooling.py --detector faster_rcnn",
@@ -124,6 +127,7 @@ def test_scale_section_compares_outside_the_training_sizes(tmp_path):
     def row(model, inside, outside):
         by_scale = {"8": _stat(outside), "16": _stat(inside), "32": _stat(outside)}
         return {"model": model, "params": 10, "seconds_per_iteration": 0.05,
+                "cpu_seconds_per_iteration": 0.05 if model == "plain" else 0.1,
                 "by_scale": by_scale, "miou": _stat(inside)}
 
     (runs / "scale").mkdir(parents=True)
@@ -137,7 +141,8 @@ def test_scale_section_compares_outside_the_training_sizes(tmp_path):
     out = tmp_path / "RESULTS.md"
     assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
     text = out.read_text()
-    assert "| plain | 10 | 0.050 | 0.210 ± 0.010 | 0.620 ± 0.020 | 0.210 ± 0.010 |" in text
+    assert "| plain | 10 | 0.050 | 1.00 | 0.210 ± 0.010 | 0.620 ± 0.020 | 0.210 ± 0.010 |" in text
+    assert "| deformable (v1) | 10 | 0.100 | 2.00 | 0.310 ± 0.010 |" in text
     assert "deformable (v1) vs plain, mIoU outside the training sizes +0.100" in text
     assert "modulated (v2) vs plain, mIoU outside the training sizes -0.010 (within" in text
     assert text.count("**agrees**") == 1 and text.count("**inconclusive**") == 1

@@ -13,9 +13,9 @@ from exp_scripts import load
 runner = load("runner")
 
 
-def _study(tmp_path, settings, smoke=True, shard=None):
+def _study(tmp_path, settings, smoke=True, shard=None, jobs=1):
     args = argparse.Namespace(out=tmp_path, smoke=smoke, keep_checkpoints=False, threads=1,
-                              shard=shard)
+                              shard=shard, jobs=jobs)
     return runner.Study("unit", args, settings)
 
 
@@ -64,6 +64,24 @@ def test_shards_split_the_runs_then_a_plain_call_reads_all(tmp_path):
     study, out = sweep(None)
     assert ran == [0, 2, 4, 1, 3] and study.complete and len(study.skipped) == 5
     assert [r["i"] for r in out] == list(range(5))
+
+
+def test_jobs_run_the_script_as_shards_of_one_thread(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text("import sys, pathlib\n"
+                      "k = sys.argv[sys.argv.index('--shard') + 1].replace('/', 'of')\n"
+                      "pathlib.Path(sys.argv[1], k).write_text(' '.join(sys.argv[2:]))\n")
+    _study(tmp_path, {}, jobs=3).in_shards(str(script), [str(tmp_path), "--task", "x"])
+    for k in range(3):
+        assert (tmp_path / f"{k}of3").read_text() == \
+            f"--task x --jobs 1 --shard {k}/3 --threads 1"
+    _study(tmp_path, {}, jobs=1).in_shards(str(script), [str(tmp_path / "absent")])
+    _study(tmp_path, {}, jobs=2, shard=(0, 2)).in_shards(str(script), [str(tmp_path / "no")])
+    failing = tmp_path / "fail.py"
+    failing.write_text("raise SystemExit(3)\n")
+    with pytest.raises(SystemExit) as err:
+        _study(tmp_path, {}, jobs=2).in_shards(str(failing), [])
+    assert err.value.code == 2
 
 
 @pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2"])

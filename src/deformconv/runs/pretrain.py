@@ -83,8 +83,9 @@ def pretrained_backbone(settings: PretrainSettings, cache_dir: str | Path, *,
     """The pretrained classifier of ``settings``, trained first unless cached.
 
     Returns ``{"checkpoint": path of the weights, "metrics": validation top-1 ...,
-    "train_seconds", "seconds" (the whole pretraining run: rendering, training,
-    evaluation), "cached": whether it was read back}``. One process trains while others
+    "train_seconds", "seconds" and "cpu_seconds" (wall and process CPU time of the whole
+    pretraining run: rendering, training, evaluation; a resumed run counts its last part),
+    "cached": whether it was read back}``. One process trains while others
     that ask for the same settings (e.g. the shards of a study) wait for its result: the
     trainer holds ``pretrain-<key>.lock`` (its process id; a lock whose process has died,
     on this machine, is taken over), and the folder appears whole, renamed into place.
@@ -156,7 +157,7 @@ def _pretrain(s: PretrainSettings, out: Path, device: str, progress: bool) -> di
     from ..data.transforms import Compose, RandomHorizontalFlip, RandomRot90
     from ..engine import TrainConfig, train
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     train_set, val_set, classes = build_datasets(s.data(), "classification")
     assert train_set is not None
     augment = Compose([RandomRot90(), RandomHorizontalFlip()])
@@ -171,7 +172,8 @@ def _pretrain(s: PretrainSettings, out: Path, device: str, progress: bool) -> di
     result = train(config, model, train_set, val_set,
                    extra={"model": asdict(s.spec(classes)), "data": asdict(s.data())})
     return {"metrics": result.metrics, "train_seconds": result.train_seconds,
-            "seconds": time.perf_counter() - start, "iterations": result.iteration}
+            "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu_start, "iterations": result.iteration}
 
 
 def pretraining_seconds(settings: PretrainSettings,
