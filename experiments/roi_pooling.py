@@ -42,7 +42,7 @@ METRICS = ("AP", "AP50")
 # Table 1's detection recipe (data, model width, training); each detector's study trains
 # as long as its budget allows (<= 30 min on 2 cores with --plan; R-FCN's steps cost less).
 SIZES: dict[str, Sizes] = {
-    "faster_rcnn": replace(LAYER_SIZES["detection"], iterations=700),
+    "faster_rcnn": replace(LAYER_SIZES["detection"], iterations=600),
     "rfcn": replace(LAYER_SIZES["detection"], iterations=1000),
 }
 SMOKE: Sizes = LAYER_SMOKE["detection"]
