@@ -107,16 +107,20 @@ def test_mean_std():
     assert all(math.isnan(v) for v in runner.mean_std([]))
 
 
-@pytest.mark.parametrize("task", ["segmentation", "faster_rcnn", "rfcn"])
-def test_twin_starts_as_the_plain_function(task):
-    """Same seed: the deformable model (zero offsets) computes what its plain twin does."""
+def _specs(task, deform_blocks):
+    """(deformable spec, plain twin) of a width-4 study model: DeepLab or a detector with
+    deformable (PS) RoI pooling."""
     sizes = runner.Sizes(image_size=64, batch_size=2, train_size=4, val_size=2,
                          base_channels=4, iterations=1, seeds=(0,))
     if task == "segmentation":
-        spec, plain = runner.segmentation_specs(sizes, 5, (0, 0, 1, 3))
-    else:
-        spec, plain = runner.detection_specs(sizes, 5, (0, 0, 0, 2), deformable_head=True,
-                                             detector=task)
+        return runner.segmentation_specs(sizes, 5, deform_blocks)
+    return runner.detection_specs(sizes, 5, deform_blocks, deformable_head=True, detector=task)
+
+
+@pytest.mark.parametrize("task", ["segmentation", "faster_rcnn", "rfcn"])
+def test_twin_starts_as_the_plain_function(task):
+    """Same seed: the deformable model (zero offsets) computes what its plain twin does."""
+    spec, plain = _specs(task, (0, 0, 1, 3) if task == "segmentation" else (0, 0, 0, 2))
     model, base = runner.twin_model(spec, plain, 3).eval(), runner.twin_model(plain, plain, 3)
     assert runner.parameter_count(model) > runner.parameter_count(base.eval())
     images = torch.rand(2, 3, 64, 64)
@@ -170,13 +174,7 @@ def test_train_run_fine_tunes_the_cached_pretrained_backbone(tmp_path):
 def test_backbone_prefix_names_the_pretrained_weights(task):
     """The lower fine-tuning rate reaches exactly the pretrained ResNet: every backbone
     tensor sits under the task's prefix, and no head parameter does."""
-    sizes = runner.Sizes(image_size=64, batch_size=2, train_size=4, val_size=2,
-                         base_channels=4, iterations=1, seeds=(0,))
-    if task == "segmentation":
-        spec, _ = runner.segmentation_specs(sizes, 5, (0, 0, 0, 3))
-    else:
-        spec, _ = runner.detection_specs(sizes, 5, (0, 0, 0, 3), deformable_head=True,
-                                         detector=task)
+    spec, _ = _specs(task, (0, 0, 0, 3))
     model = runner.twin_model(spec, spec, 0)
     prefix = runner.BACKBONE_PREFIX["detection" if task != "segmentation" else task]
     resnet = model.backbone if task == "segmentation" else model.backbone.body
