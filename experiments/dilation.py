@@ -18,25 +18,34 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from runner import Sizes, Study, add_common_args, plan, segmentation_specs, train_run
+from layers import SIZES as LAYER_SIZES
+from layers import SMOKE as LAYER_SMOKE
+from runner import (
+    Sizes,
+    Study,
+    add_common_args,
+    plan,
+    pretrained,
+    segmentation_specs,
+    train_data,
+    train_run,
+)
 from torch import nn
 from torch.utils.data import Dataset
 
 from deformconv.nn import DeformConv2d
-from deformconv.runs import build_datasets, offset_figures, offset_inputs
+from deformconv.runs import offset_figures, offset_inputs
 from deformconv.viz import SIZE_BUCKETS, DilationStats, OffsetCapture, paint_instances
 
 DEFORM_BLOCKS = (0, 0, 0, 3)
-# Full sizes: <= 30 min on 2 CPU cores (estimate: experiments/README.md, --plan).
-SIZES = Sizes(image_size=96, batch_size=8, train_size=4000, val_size=192, base_channels=16,
-              iterations=10000, seeds=(0, 1))
-SMOKE = Sizes(image_size=32, batch_size=2, train_size=8, val_size=6, base_channels=4,
-              iterations=2, seeds=(0,))
+# The segmentation study's data, model and training (Table 1's 3-layer configuration).
+SIZES: Sizes = LAYER_SIZES["segmentation"]
+SMOKE: Sizes = replace(LAYER_SMOKE["segmentation"], val_size=6)
 FIGURES = {"full": 4, "smoke": 1}
 
 
@@ -80,10 +89,11 @@ def nominal_dilation(model: nn.Module) -> dict[str, int]:
             if isinstance(m, DeformConv2d)}
 
 
-def one_run(sizes: Sizes, seed: int, run_dir: Path, figures: int) -> dict[str, Any]:
-    _, val_set, classes = build_datasets(sizes.data(), "segmentation", need_train=False)
+def one_run(sizes: Sizes, seed: int, run_dir: Path, figures: int, study: Study
+            ) -> dict[str, Any]:
+    _, val_set, classes = train_data(sizes, "segmentation")
     spec, plain = segmentation_specs(sizes, classes, DEFORM_BLOCKS)
-    model, result = train_run("segmentation", spec, plain, sizes, seed, run_dir)
+    model, result = train_run("segmentation", spec, plain, sizes, seed, run_dir, study)
     thresholds = area_tertiles(val_set)
     report = offset_figures(model, val_set, list(range(min(figures, len(val_set)))),
                             "segmentation", run_dir, prefix="fig5_")
@@ -122,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else SIZES
     if args.seeds:
-        sizes = Sizes(**{**asdict(sizes), "seeds": tuple(args.seeds)})
+        sizes = replace(sizes, seeds=tuple(args.seeds))
     figures = FIGURES["smoke" if args.smoke else "full"]
     study = Study("dilation", args, {"sizes": sizes.identity(), "deform_blocks": DEFORM_BLOCKS,
                                      "figures": figures})
@@ -131,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         spec, _ = segmentation_specs(sizes, classes, DEFORM_BLOCKS)
         plan(study, "segmentation", {"deformable res5": spec}, sizes)
         return 0
+    pretrained(sizes, study)  # before the runs, so that none of them counts it
+    study.in_shards(__file__, argv)
     results = [study.run(f"seed{seed}", {"seed": seed},
-                         lambda run_dir, seed=seed: one_run(sizes, seed, run_dir, figures))
+                         lambda run_dir, seed=seed: one_run(sizes, seed, run_dir, figures, study))
                for seed in sizes.seeds]
     if not study.complete:
         return study.finish_shard()

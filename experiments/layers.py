@@ -1,10 +1,13 @@
 """Study: how many deformable layers (paper Table 1) — 0, 1, 2, 3, 6.
 
-The last 1, 2 or 3 3x3 convs of res5, or those plus the last 3 of res4 (6), become
-deformable; 0 is the plain network. Segmentation: DeepLab, mIoU. Detection: Faster R-CNN
-with a plain RoIAlign head (the paper's Table 1 varies the backbone only), COCO mAP and
-mAP@0.5. Every configuration of one seed starts from the same weights (the deformable ones
-add zero-initialised offset branches) and trains on the same scenes in the same order.
+The last 1, 2, 3 or 6 3x3 convs of the network become deformable (the paper: res5c;
+res5b-c; res5a-c; res5 and res4b20-22 of its ResNet-101): in our ResNet-18 the last 1, 2,
+3 of res5's four, or all four and the last two of res4. 0 is the plain network.
+Segmentation: DeepLab, mIoU. Detection: Faster R-CNN with a plain RoIAlign head (the
+paper's Table 1 varies the backbone only), COCO mAP and mAP@0.5. Every configuration of
+one seed starts from the same weights (the pretrained backbone, the seed's heads; the
+deformable ones add zero-initialised offset branches) and trains on the same scenes in the
+same order.
 
     python experiments/layers.py --task segmentation          # full: see SIZES
     python experiments/layers.py --task detection --plan      # time estimate only
@@ -14,34 +17,46 @@ add zero-initialised offset branches) and trains on the same scenes in the same 
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from runner import (
+    PRETRAIN,
+    SCENE,
+    SMOKE_PRETRAIN,
     Sizes,
     Study,
     add_common_args,
     detection_specs,
     plan,
+    pretrained,
     seed_stats,
     segmentation_specs,
     train_run,
 )
 
-# Paper Table 1: the number of deformable layers -> deform_blocks per ResNet stage.
-LAYERS = {0: (0, 0, 0, 0), 1: (0, 0, 0, 1), 2: (0, 0, 0, 2), 3: (0, 0, 0, 3), 6: (0, 0, 3, 3)}
+# Paper Table 1: the number of deformable layers -> deformable 3x3 convs per ResNet stage
+# (the last ones of each stage; a ResNet-18 stage has four).
+LAYERS = {0: (0, 0, 0, 0), 1: (0, 0, 0, 1), 2: (0, 0, 0, 2), 3: (0, 0, 0, 3), 6: (0, 0, 2, 4)}
 METRICS = {"segmentation": ("miou", "pixel_acc"), "detection": ("AP", "AP50")}
 # Full sizes: <= 30 min on 2 CPU cores each (estimate: experiments/README.md, --plan).
 SIZES = {
-    "segmentation": Sizes(image_size=96, batch_size=8, train_size=4000, val_size=96,
-                          base_channels=16, iterations=1400, seeds=(0, 1, 2)),
-    "detection": Sizes(image_size=96, batch_size=8, train_size=4000, val_size=64,
-                       base_channels=16, iterations=800, seeds=(0, 1, 2)),
+    # The backbone fine-tunes at the heads' rate here (dense prediction at output stride 8
+    # needs it to adapt), at a tenth of it for detection: each chosen on plain twins, one
+    # seed, before any deformable run (experiments/README.md: the check runs).
+    "segmentation": Sizes(image_size=64, batch_size=16, train_size=4000, val_size=200,
+                          base_channels=32, iterations=800, seeds=(0, 1, 2),
+                          pretrain=PRETRAIN, backbone_lr_mult=1.0),
+    # The demo's scenes at twice the resolution (objects 1/8 to 0.7 of the image side, as
+    # at 64 px): the smallest then spans one cell of the stride-16 maps the RPN reads.
+    "detection": Sizes(image_size=128, batch_size=8, train_size=3000, val_size=150,
+                       base_channels=32, iterations=500, seeds=(0, 1, 2), pretrain=PRETRAIN,
+                       scene={**SCENE, "min_object_size": 16.0}),
 }
 SMOKE = {
     "segmentation": Sizes(image_size=32, batch_size=2, train_size=8, val_size=4,
-                          base_channels=4, iterations=2, seeds=(0,)),
+                          base_channels=4, iterations=2, seeds=(0,), pretrain=SMOKE_PRETRAIN),
     "detection": Sizes(image_size=64, batch_size=2, train_size=8, val_size=4,
-                       base_channels=4, iterations=2, seeds=(0,)),
+                       base_channels=4, iterations=2, seeds=(0,), pretrain=SMOKE_PRETRAIN),
 }
 
 
@@ -64,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     task = args.task
     sizes = (SMOKE if args.smoke else SIZES)[task]
     if args.seeds:
-        sizes = Sizes(**{**asdict(sizes), "seeds": tuple(args.seeds)})
+        sizes = replace(sizes, seeds=tuple(args.seeds))
     classes = len(sizes.scene["classes"])
     study = Study(f"layers_{task}", args, {"sizes": sizes.identity(), "layers": LAYERS})
     configs = {n: specs(task, sizes, classes, n) for n in args.layers}
@@ -72,11 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         plan(study, task, {f"{n} layers": s for n, (s, _) in configs.items()}, sizes)
         return 0
 
+    pretrained(sizes, study)  # before the runs, so that none of them counts it
+    study.in_shards(__file__, argv)
     results = {}
     for layers, (spec, plain) in configs.items():
         for seed in sizes.seeds:
             def run(run_dir, spec=spec, plain=plain, seed=seed):
-                return train_run(task, spec, plain, sizes, seed, run_dir)[1]
+                return train_run(task, spec, plain, sizes, seed, run_dir, study)[1]
 
             results[layers, seed] = study.run(
                 f"layers{layers}_seed{seed}",

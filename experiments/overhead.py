@@ -52,16 +52,17 @@ class Measured:
 
 def experiment_models() -> list[tuple[str, ModelSpec, int]]:
     """(label, deformable spec, image size) of the networks the other studies train, with
-    the paper's deformable parts (res5; deformable RoI pooling in the detector)."""
+    the paper's deformable parts (the last 3 convs of res5; deformable (PS) RoI pooling in
+    the detectors)."""
     from layers import SIZES
 
     seg, det = SIZES["segmentation"], SIZES["detection"]
     classes = len(seg.scene["classes"])
-    return [("DeepLab ResNet-50, experiment size",
+    return [("DeepLab ResNet-18, experiment size",
              segmentation_specs(seg, classes, (0, 0, 0, 3))[0], seg.image_size),
-            ("Faster R-CNN ResNet-50, experiment size",
-             detection_specs(det, classes, (0, 0, 0, 3), deformable_head=True)[0],
-             det.image_size)]
+            *((f"{label} ResNet-18, experiment size",
+               detection_specs(det, classes, (0, 0, 0, 3), True, detector)[0], det.image_size)
+              for label, detector in (("Faster R-CNN", "faster_rcnn"), ("R-FCN", "rfcn")))]
 
 
 def _detector(size: int, **extra: Any) -> dict[str, Any]:
@@ -101,7 +102,7 @@ def measure(m: Measured, seed: int, repeats: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser)
+    add_common_args(parser, training=False)
     args = parser.parse_args(argv)
     models = SMOKE_MODELS if args.smoke else MODELS
     repeats = REPEATS["smoke" if args.smoke else "full"]

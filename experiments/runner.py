@@ -7,8 +7,11 @@ settings, so a long study can be stopped and continued. A run that is interrupte
 training resumes from its last checkpoint (``<out>/<study>/<run>/last.pt``).
 
 The models, data and training loop are the library's own (``deformconv.models``,
-``deformconv.data`` through ``deformconv.runs``, ``deformconv.engine.train``), set up
-as ``deformconv demo`` sets them up.
+``deformconv.data`` through ``deformconv.runs``, ``deformconv.engine.train``). The recipe
+mirrors the paper's at CPU scale: a plain ResNet-18 pretrained once on synthetic
+classification (``deformconv.runs.pretrained_backbone``, the studies' ImageNet, cached and
+shared) is fine-tuned with its deformable layers' offsets starting at zero, here with AdamW
+and a one-cycle schedule on scenes rendered once and turned and mirrored at random.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,16 +30,20 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from deformconv.runs import (
     DataSpec,
     DemoSettings,
     ModelSpec,
+    PretrainSettings,
     build_datasets,
     build_model,
     from_scratch_spec,
+    load_pretrained,
     parameter_count,
-    seconds_per_batch,
+    pretrained_backbone,
+    pretraining_seconds,
     seconds_per_iteration,
     set_threads,
     twin_model,
@@ -44,6 +52,9 @@ from deformconv.runs import (
 
 __all__ = [
     "DEFAULT_OUT",
+    "PRETRAIN",
+    "SCENE",
+    "SMOKE_PRETRAIN",
     "Sizes",
     "Study",
     "add_common_args",
@@ -51,8 +62,10 @@ __all__ = [
     "mean_std",
     "parameter_count",
     "plan",
+    "pretrained",
     "seed_stats",
     "segmentation_specs",
+    "train_data",
     "train_run",
     "twin_model",
 ]
@@ -62,25 +75,44 @@ SMOKE_OUT = Path("runs/experiments-smoke")
 # The demo's scenes: five shape classes at widely varying scale (8 px to 0.7 of the image
 # side), aspect ratio (up to 2.5) and rotation (any angle), on lighter clutter.
 SCENE: dict[str, Any] = DemoSettings().scene
-GRAD_CLIP = 5.0  # from-scratch BN nets at batch 8 spike early without it
-# Offsets train at the full rate: in a few hundred SGD iterations a reduced rate (the
-# paper's long schedules use one) would leave them near zero.
-OFFSET_LR_MULT = 1.0
+# The studies' ImageNet: a plain ResNet-18 of width 32 classifying single large objects of
+# the ten default shape classes (the five of the scenes among them) at 64 px.
+PRETRAIN = PretrainSettings()
+SMOKE_PRETRAIN = PretrainSettings(base_channels=4, image_size=32, train_size=8, val_size=4,
+                                  iterations=2, batch_size=2)
 
 
 @dataclass(frozen=True)
 class Sizes:
-    """How big a study's runs are: data, model width, training length, seeds."""
+    """How a study's runs train: data, model width, optimiser, length, seeds."""
 
     image_size: int
     batch_size: int
-    train_size: int
+    train_size: int  # scenes rendered once, then turned and mirrored at random
     val_size: int
     base_channels: int
     iterations: int
     seeds: tuple[int, ...]
-    lr: float = 0.02
+    lr: float = 2e-3  # AdamW peak rate of the one-cycle schedule
+    weight_decay: float = 1e-4
+    warmup_share: float = 0.15  # of the iterations: one-cycle's rising part
+    # Adam moves every weight by about lr per step whatever its gradient, and an offset
+    # sums 9 * C_in of them: offsets train at a tenth of the rate (about the demo's
+    # absolute offset rate), so that they grow as the fine-tuned features settle.
+    offset_lr_mult: float = 0.1
+    # Segmentation: cross-entropy weights (1 / class frequency) ** class_balance.
+    class_balance: float = 0.5
+    grad_clip: float = 10.0
+    pretrain: PretrainSettings | None = None  # None: from random init
+    # The pretrained backbone fine-tunes at this fraction of the rate of the new heads
+    # (AdamW would otherwise move its weights as fast as the random heads' from the start).
+    backbone_lr_mult: float = 0.1
     scene: dict[str, Any] = field(default_factory=lambda: dict(SCENE))
+
+    def __post_init__(self) -> None:
+        if self.pretrain is not None and self.pretrain.base_channels != self.base_channels:
+            raise ValueError(f"the pretrained backbone has width {self.pretrain.base_channels}"
+                             f", the models base_channels={self.base_channels}")
 
     def identity(self) -> dict[str, Any]:
         """The sizes that decide a run's result; the seed list is left out (each run
@@ -93,7 +125,9 @@ class Sizes:
                         val_size=self.val_size, data_seed=0, scene=dict(self.scene))
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
+def add_common_args(parser: argparse.ArgumentParser, training: bool = True) -> None:
+    """The options every study takes; ``training`` studies also ``--jobs`` and
+    ``--shard``."""
     parser.add_argument("--out", type=Path,
                         help=f"results folder (default {DEFAULT_OUT}, {SMOKE_OUT} with --smoke)")
     parser.add_argument("--smoke", action="store_true",
@@ -105,13 +139,19 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plan", action="store_true",
                         help="measure seconds per training iteration of each configuration, "
                              "print the estimated study time, and stop")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep each finished run's last.pt (default: deleted once the "
+                             "run's result JSON is written)")
+    if not training:
+        return
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="train the runs in this many --shard processes of one thread "
+                             "each, side by side (default 2: one per core); the shared "
+                             "pretraining first, in this process at --threads")
     parser.add_argument("--shard", type=_shard, metavar="K/N",
                         help="run only every N-th run starting at the K-th (0-based), e.g. two "
                              "processes with --shard 0/2 and --shard 1/2 --threads 1 each; a "
                              "last call without --shard writes the summary")
-    parser.add_argument("--keep-checkpoints", action="store_true",
-                        help="keep each finished run's last.pt (default: deleted once the "
-                             "run's result JSON is written)")
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -136,10 +176,15 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def seed_stats(results: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
-    """One configuration over its seeds: parameters, mean training seconds and, per metric,
-    ``{"mean", "std", "values"}``."""
-    row: dict[str, Any] = {"params": results[0]["params"],
-                           "train_seconds": mean_std([r["seconds"] for r in results])[0]}
+    """One configuration over its seeds: parameters, mean wall seconds per run (everything)
+    and per training iteration (the steps alone), mean CPU seconds of a run per iteration,
+    and per metric ``{"mean", "std", "values"}``."""
+    row: dict[str, Any] = {
+        "params": results[0]["params"],
+        "run_seconds": mean_std([r["seconds"] for r in results])[0],
+        "seconds_per_iteration": mean_std([r["seconds_per_iteration"] for r in results])[0],
+        "cpu_seconds_per_iteration": mean_std([r.get("cpu_seconds", math.nan) / r["iterations"]
+                                               for r in results])[0]}
     for key in metrics:
         values = [r["metrics"][key] for r in results]
         mean, std = mean_std(values)
@@ -175,6 +220,9 @@ class Study:
         self.settings = _plain_json(settings)
         self.keep_checkpoints = args.keep_checkpoints
         self.shard: tuple[int, int] | None = getattr(args, "shard", None)
+        self.jobs: int = getattr(args, "jobs", 1)
+        if self.jobs < 1:
+            raise StudyError(f"--jobs must be >= 1, got {self.jobs}")
         self.done: list[str] = []
         self.skipped: list[str] = []
         self.left: list[str] = []  # runs of other shards, not done yet
@@ -208,9 +256,12 @@ class Study:
             self.left.append(run)
             return None
         print(f"[{self.name}] {run}: running")
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = fn(self.run_dir(run))
+        # wall seconds, and this process's CPU seconds (with one thread: the run's own work,
+        # however busy the machine was; a resumed run counts its last part only)
         result["seconds"] = time.perf_counter() - start
+        result["cpu_seconds"] = time.process_time() - cpu_start
         tmp = path.with_suffix(".json.tmp")
         write_json({"identity": identity, "result": result}, tmp)
         os.replace(tmp, path)  # a result file is complete or absent
@@ -219,6 +270,21 @@ class Study:
             checkpoint.unlink()
         self.done.append(run)
         return result
+
+    def in_shards(self, script: str, argv: Sequence[str] | None) -> None:
+        """With ``--jobs N`` (N > 1, no ``--shard``): run the script again as N shard
+        processes of one thread each, side by side, and wait for them; this process then
+        reads their results back. A failed shard stops the study (exit code 2)."""
+        if self.jobs <= 1 or self.shard is not None:
+            return
+        argv = list(sys.argv[1:] if argv is None else argv)
+        shards = [subprocess.Popen([sys.executable, script, *argv, "--jobs", "1",
+                                    "--shard", f"{k}/{self.jobs}", "--threads", "1"])
+                  for k in range(self.jobs)]
+        codes = [shard.wait() for shard in shards]
+        if any(codes):
+            raise StudyError(f"[{self.name}] shard exit codes {codes}; the runs done so far "
+                             "are kept, run the study again to continue")
 
     def finish_shard(self) -> int:
         """Report a shard's end (the summary needs every run); the exit code, 0."""
@@ -236,65 +302,131 @@ class Study:
         return path
 
 
-def train_run(task: str, spec: ModelSpec, plain: ModelSpec, sizes: Sizes, seed: int,
-              run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Train ``spec`` (initialised from its plain twin) with ``seed``; evaluate on the
-    validation scenes. Resumes from ``run_dir/last.pt`` if a previous call was stopped.
-    Returns the trained model and ``{"metrics", "params", "iterations"}``."""
-    from deformconv.engine import TrainConfig, train
+_DATA: dict[str, tuple[Dataset, Dataset, int]] = {}
 
-    train_set, val_set, _ = build_datasets(sizes.data(), task)
-    assert train_set is not None
+
+def train_data(sizes: Sizes, task: str) -> tuple[Dataset, Dataset, int]:
+    """(training set, validation set, C classes) of ``sizes``, rendered once per process
+    and kept in memory; training samples are turned by quarter turns and mirrored at
+    random (the scenes' statistics do not change under either)."""
+    from deformconv.data import InMemory
+    from deformconv.data.transforms import Compose, RandomHorizontalFlip, RandomRot90
+
+    key = json.dumps([task, asdict(sizes.data())], sort_keys=True)
+    if key not in _DATA:
+        train_set, val_set, classes = build_datasets(sizes.data(), task)
+        assert train_set is not None
+        augment = Compose([RandomRot90(), RandomHorizontalFlip()])
+        _DATA[key] = InMemory(train_set, augment), InMemory(val_set), classes
+    return _DATA[key]
+
+
+def pretrained(sizes: Sizes, study: Study) -> dict[str, Any] | None:
+    """The pretrained backbone of ``sizes`` (trained on first use, then read from
+    ``<out>/cache``; a process that finds another training it waits), or None for
+    training from random init. The scripts call it before their runs, so that no run's
+    time includes the pretraining (the budget counts it apart)."""
+    if sizes.pretrain is None:
+        return None
+    return pretrained_backbone(sizes.pretrain, study.folder.parent / "cache")
+
+
+def train_run(task: str, spec: ModelSpec, plain: ModelSpec, sizes: Sizes, seed: int,
+              run_dir: Path, study: Study) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-tune ``spec`` (its plain twin's weights, the pretrained backbone, zero offsets)
+    with ``seed``; evaluate on the validation scenes. Resumes from ``run_dir/last.pt`` if a
+    previous call was stopped. Returns the trained model and ``{"metrics", "params",
+    "iterations", "train_seconds", "seconds_per_iteration"}``."""
+    from deformconv.engine import TrainConfig, balanced_class_weights, label_counts, train
+
+    train_set, val_set, classes = train_data(sizes, task)
     model = twin_model(spec, plain, seed)
+    backbone = pretrained(sizes, study)
+    if backbone is not None:
+        model.load_backbone_state_dict(load_pretrained(backbone["checkpoint"]))  # type: ignore[operator]
+    lr_mults = {} if backbone is None else {BACKBONE_PREFIX[task]: sizes.backbone_lr_mult}
+    weights = None
+    if task == "segmentation":
+        counts = label_counts(train_set.targets, classes + 1)  # type: ignore[attr-defined]
+        weights = balanced_class_weights(counts, sizes.class_balance)
     config = TrainConfig(
-        task=task, iterations=sizes.iterations, batch_size=sizes.batch_size, lr=sizes.lr,
-        warmup_iters=min(50, sizes.iterations // 10), schedule="cosine",
-        grad_clip_norm=GRAD_CLIP, offset_lr_mult=OFFSET_LR_MULT, seed=seed,
+        task=task, iterations=sizes.iterations, batch_size=sizes.batch_size,
+        optimizer="adamw", lr=sizes.lr, weight_decay=sizes.weight_decay, schedule="onecycle",
+        warmup_iters=round(sizes.warmup_share * sizes.iterations), class_weights=weights,
+        lr_mults=lr_mults,
+        grad_clip_norm=sizes.grad_clip, offset_lr_mult=sizes.offset_lr_mult, seed=seed,
         checkpoint_every=max(1, sizes.iterations // 4), keep_best=False, resume="auto",
         out_dir=str(run_dir), progress=False, log_every=10, device="cpu")
     result = train(config, model, train_set, val_set,
                    extra={"model": asdict(spec), "data": asdict(sizes.data())})
     return model, {"metrics": result.metrics, "params": parameter_count(model),
-                   "iterations": result.iteration}
+                   "iterations": result.iteration, "train_seconds": result.train_seconds,
+                   "seconds_per_iteration": result.train_seconds / max(1, result.iteration)}
 
 
 def plan(study: Study, task: str, specs: dict[str, ModelSpec], sizes: Sizes,
          eval_share: float = 0.1) -> dict[str, Any]:
-    """Measured seconds per training iteration of each configuration (one SGD step,
-    ``deformconv.runs.seconds_per_iteration``, plus drawing a batch) and the estimated study time:
-    sum over configurations of s/iter x iterations x seeds, plus ``eval_share`` for
-    evaluation, checkpoints and model building; also written to ``<study>/plan.json``."""
-    train_set, _, _ = build_datasets(sizes.data(), task)
-    assert train_set is not None
-    data_s = seconds_per_batch(train_set, task, sizes.batch_size)
-    print(f"  drawing a batch: {data_s:.3f} s")
+    """The study's estimated time on an otherwise idle machine, without training it.
+
+    With ``--jobs N`` (N > 1; default 2, one per core) the runs train in N processes of one
+    thread: each configuration's step is timed at one thread in this process's CPU seconds
+    (its own work, however busy the machine is), and the study takes 1/N of the sum over
+    configurations of s/iteration x iterations x seeds. With ``--jobs 1``, in wall seconds
+    at ``--threads``. On top: ``eval_share`` for evaluation, checkpoints and model
+    building, and rendering the scenes. The pretraining, once for all studies, is costed
+    at one thread in CPU seconds (an upper bound: it runs at ``--threads``) and kept apart.
+    Also written to ``<study>/plan.json``.
+    """
+    threads, processes = torch.get_num_threads(), study.jobs
+    clock = time.process_time if processes > 1 else time.perf_counter
+    if processes > 1:
+        set_threads(1)
+    start = time.perf_counter()
+    train_set, _, _ = train_data(sizes, task)
+    render_s = time.perf_counter() - start
+    print(f"  rendering the scenes: {render_s:.0f} s")
     per_iter = {}
     for name, spec in specs.items():
         model = build_model(spec, seed=0)
-        per_iter[name] = data_s + seconds_per_iteration(model, task, train_set,
-                                                        sizes.batch_size, torch.device("cpu"))
+        per_iter[name] = seconds_per_iteration(model, task, train_set, sizes.batch_size,
+                                               torch.device("cpu"), clock=clock)
         print(f"  {name}: {per_iter[name]:.3f} s / iteration")
-    train_s = sum(per_iter.values()) * sizes.iterations * len(sizes.seeds)
-    total = train_s * (1 + eval_share)
-    print(f"estimate: {len(specs)} configurations x {len(sizes.seeds)} seeds x "
+    train_s = sum(per_iter.values()) * sizes.iterations * len(sizes.seeds) / processes
+    total = train_s * (1 + eval_share) + render_s
+    how = (f"{processes} processes of 1 thread (CPU seconds per step)" if processes > 1
+           else f"one process of {threads} threads (wall seconds per step)")
+    print(f"estimate, {how}: {len(specs)} configurations x {len(sizes.seeds)} seeds x "
           f"{sizes.iterations} iterations = {total / 60:.1f} min "
-          f"({train_s / 60:.1f} min training + {eval_share:.0%} for the rest)")
+          f"({train_s / 60:.1f} min training + {eval_share:.0%} for the rest + rendering)")
     estimate = {"seconds_per_iteration": per_iter, "iterations": sizes.iterations,
                 "seeds": len(sizes.seeds), "estimated_minutes": total / 60,
-                "threads": torch.get_num_threads()}
+                "threads": 1 if processes > 1 else threads, "processes": processes,
+                "clock": "cpu" if processes > 1 else "wall"}
+    if sizes.pretrain is not None:
+        pretrain_s = pretraining_seconds(sizes.pretrain, clock) * (1 + eval_share)
+        print(f"  pretraining, once for all studies: {pretrain_s / 60:.1f} min")
+        estimate["pretraining_minutes"] = pretrain_s / 60
+    set_threads(threads)
     write_json(estimate, study.folder / "plan.json")
     return estimate
 
 
+# The studies' networks: the basic-block ResNet-18 the pretraining trains, fine-tuned.
+BACKBONE = "resnet18"
+# Where the pretrained ResNet sits in each task's models (parameter-name prefix).
+BACKBONE_PREFIX = {"segmentation": "backbone.", "detection": "backbone.body."}
+
+
 def segmentation_specs(sizes: Sizes, classes: int, deform_blocks: Sequence[int]
                        ) -> tuple[ModelSpec, ModelSpec]:
-    """(DeepLab with ``deform_blocks``, its plain twin): ResNet-50 of width
-    ``base_channels`` at output stride 16 (res5 dilated by 2, as in the paper) with a small
-    atrous rate for small maps."""
-    overrides = {"backbone_kwargs": {"output_stride": 16}, "atrous_rate": 2}
+    """(DeepLab with ``deform_blocks``, its plain twin) on a ResNet-18 of width
+    ``base_channels`` at output stride 8 (res4 and res5 dilated: the paper's stride 16
+    would leave 4x4 maps of 64 px images), with a DeepLabv3+ decoder back to stride 4."""
+    overrides = {"backbone_kwargs": {"output_stride": 8},
+                 "decoder_channels": 2 * sizes.base_channels}
 
     def spec(deformable: bool) -> ModelSpec:
-        return from_scratch_spec("deeplab_resnet50", classes, image_size=sizes.image_size,
+        return from_scratch_spec(f"deeplab_{BACKBONE}", classes, image_size=sizes.image_size,
                                  deformable=deformable, base_channels=sizes.base_channels,
                                  deform_blocks=list(deform_blocks), overrides=overrides)
 
@@ -304,23 +436,33 @@ def segmentation_specs(sizes: Sizes, classes: int, deform_blocks: Sequence[int]
 # Detection on a CPU: the torchvision defaults sized down (fewer RoIs, narrower head), and
 # a low score threshold so that mAP sees the whole precision-recall curve.
 DETECTION_OPTIONS: dict[str, Any] = {
-    "representation_size": 256, "rpn_post_nms_top_n_train": 64,
-    "rpn_post_nms_top_n_test": 64, "box_batch_size_per_image": 32,
-    "box_score_thresh": 0.001, "box_detections_per_img": 20,
+    "rpn_pre_nms_top_n_train": 300, "rpn_pre_nms_top_n_test": 300,
+    "rpn_post_nms_top_n_train": 64, "rpn_post_nms_top_n_test": 64,
+    "box_batch_size_per_image": 32, "box_score_thresh": 0.001, "box_detections_per_img": 20,
 }
+DETECTORS = ("faster_rcnn", "rfcn")
 
 
 def detection_specs(sizes: Sizes, classes: int, deform_blocks: Sequence[int],
-                    deformable_head: bool) -> tuple[ModelSpec, ModelSpec]:
-    """(Faster R-CNN ResNet-50 with ``deform_blocks`` and deformable RoI pooling or not, its
-    plain twin), with the ``deformconv train`` defaults for training from scratch at
-    ``image_size`` (anchors scaled to it) and :data:`DETECTION_OPTIONS`."""
+                    deformable_head: bool, detector: str = "faster_rcnn"
+                    ) -> tuple[ModelSpec, ModelSpec]:
+    """(Faster R-CNN or R-FCN on a ResNet-18 with ``deform_blocks`` and deformable (PS) RoI
+    pooling or not, its plain twin), at ``image_size`` (anchors scaled to it) with
+    :data:`DETECTION_OPTIONS`."""
+    if detector not in DETECTORS:
+        raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
     options = {**DETECTION_OPTIONS, "deformable_head": deformable_head,
                "head_channels": 4 * sizes.base_channels}
+    if detector == "faster_rcnn":
+        options["representation_size"] = 8 * sizes.base_channels
+    else:  # 3x3 position-sensitive bins (R-FCN's own ablation has them): on our 8x8 maps a
+        # 7x7 grid would cut most objects into bins far smaller than a feature cell
+        options["group_size"] = 3
 
     def spec(deformable: bool) -> ModelSpec:
-        return from_scratch_spec("faster_rcnn_resnet50", classes, image_size=sizes.image_size,
-                                 deformable=deformable, base_channels=sizes.base_channels,
+        return from_scratch_spec(f"{detector}_{BACKBONE}", classes,
+                                 image_size=sizes.image_size, deformable=deformable,
+                                 base_channels=sizes.base_channels,
                                  deform_blocks=list(deform_blocks), overrides=options)
 
     return spec(True), spec(False)

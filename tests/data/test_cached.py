@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deformconv.data import InMemory, SyntheticClassification, SyntheticSegmentation
+from deformconv.data import (
+    InMemory,
+    SyntheticClassification,
+    SyntheticDetection,
+    SyntheticSegmentation,
+)
 from deformconv.data import transforms as T
 
 
@@ -36,3 +41,14 @@ def test_images_of_different_sizes_are_refused() -> None:
     samples = [(torch.zeros(3, 8, 8), 0), (torch.zeros(3, 9, 8), 1)]
     with pytest.raises(ValueError, match="images of one size"):
         InMemory(samples)  # type: ignore[arg-type]
+
+
+def test_detection_targets_are_kept_as_dicts_and_turn_with_the_image() -> None:
+    source = SyntheticDetection(length=4, seed=2, image_size=32)
+    cached = InMemory(source, T.RandomRot90())
+    torch.manual_seed(1)
+    for i in range(4):
+        image, target = cached[i]
+        k = next(k for k in range(4) if torch.equal(image, source[i][0].rot90(k, (-2, -1))))
+        torch.testing.assert_close(target["boxes"], T.rot90(*source[i], k)[1]["boxes"])
+        assert torch.equal(target["labels"], source[i][1]["labels"])

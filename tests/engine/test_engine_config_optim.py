@@ -34,6 +34,7 @@ class TestTrainConfig:
             ("milestones", [5, 3], "milestones must be positive and increasing"),
             ("grad_clip_norm", 0.0, "grad_clip_norm must be > 0"),
             ("log_every", 0, "log_every must be >= 1"),
+            ("lr_mults", {"conv.": -0.5}, "lr_mults must map parameter-name prefixes"),
         ],
     )
     def test_bad_values_name_the_field(self, field, value, match):
@@ -55,6 +56,18 @@ class TestParamGroups:
         offset_ids = {id(p) for p in model.offset_conv.parameters()}
         assert {id(p) for p in groups[1]["params"]} == offset_ids
         assert len(groups[0]["params"]) == 4  # conv and head, weight + bias each
+
+    def test_name_prefixes_set_multipliers_and_offsets_keep_theirs(self):
+        model = TinyClassifier()
+        groups = param_groups(model, lr=0.2, offset_lr_mult=0.1,
+                              lr_mults={"conv.": 0.5, "co": 3.0, "offset_conv.": 7.0})
+        assert [(g["lr_mult"], len(g["params"])) for g in groups] == [
+            (0.5, 2), (1.0, 2), (0.1, 2)]  # first match wins; offsets last, at their rate
+        assert groups[0]["lr"] == pytest.approx(0.1)
+        assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.conv.parameters()}
+        config = TrainConfig(optimizer="adamw", lr=0.2, lr_mults={"head.": 0.0})
+        optimizer = build_optimizer(model, config)
+        assert sorted(g["lr"] for g in optimizer.param_groups) == pytest.approx([0.0, 0.02, 0.2])
 
     def test_frozen_parameters_left_out_and_no_empty_group(self):
         model = nn.Linear(2, 2)

@@ -18,6 +18,8 @@ def load(name: str) -> ModuleType:
     return importlib.import_module(name)
 
 
-def run_args(out: Path, *extra: str) -> list[str]:
-    """Arguments for a smoke run into ``out`` on one thread (tests share the cores)."""
-    return ["--smoke", "--out", str(out), "--threads", "1", *extra]
+def run_args(out: Path, *extra: str, training: bool = True) -> list[str]:
+    """Arguments for a smoke run into ``out`` on one thread (tests share the cores), a
+    ``training`` study's runs in this process."""
+    jobs = ["--jobs", "1"] if training else []
+    return ["--smoke", "--out", str(out), "--threads", "1", *jobs, *extra]

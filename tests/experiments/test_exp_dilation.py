@@ -43,7 +43,7 @@ def test_zero_offsets_give_the_nominal_dilation():
     spec, plain = runner.segmentation_specs(sizes, val_set.num_classes, (0, 0, 0, 3))
     model = runner.twin_model(spec, plain, 0)
     nominal = dilation.nominal_dilation(model)
-    assert len(nominal) == 3 and set(nominal.values()) == {2}  # res5 at output stride 16
+    assert len(nominal) == 3 and set(nominal.values()) == {4}  # res5 at output stride 8
     rows = dilation.dilation_rows(model, val_set, dilation.area_tertiles(val_set), 4)
     assert {(r["layer"], r["bucket"]) for r in rows} == {
         (layer, b) for layer in nominal for b in SIZE_BUCKETS}

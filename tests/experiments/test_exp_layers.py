@@ -19,7 +19,7 @@ def test_segmentation_smoke_then_continued(tmp_path, capsys):
     summary = _summary(tmp_path, "segmentation")
     assert summary["mode"] == "smoke" and summary["metrics"] == ["miou", "pixel_acc"]
     rows = {r["layers"]: r for r in summary["rows"]}
-    assert set(rows) == {0, 6} and rows[6]["deform_blocks"] == [0, 0, 3, 3]
+    assert set(rows) == {0, 6} and rows[6]["deform_blocks"] == [0, 0, 2, 4]
     assert rows[6]["params"] > rows[0]["params"]
     for row in rows.values():
         assert 0.0 <= row["miou"]["mean"] <= 1.0 and row["miou"]["values"] == [row["miou"]["mean"]]
@@ -43,7 +43,8 @@ def test_segmentation_smoke_then_continued(tmp_path, capsys):
     assert "These are SMOKE results" in text and "SMOKE RUN" in text
     miou = _summary(tmp_path, "segmentation")["rows"][1]["miou"]["mean"]
     assert f"{miou:.3f} ± 0.000 (n=1)" in text
-    assert "Command: `python experiments/roi_pooling.py`\n\n*Not run yet.*" in text
+    assert ("Command: `python experiments/roi_pooling.py --detector rfcn`\n\n*Not run yet.*"
+            in text)
     # a smoke run's models learn nothing, which the verdict says before anything else
     assert "Table 1, segmentation: **inconclusive: the models did not learn the task" in text
     assert "| layers_segmentation | smoke | – |" in text  # budget: no --plan made
@@ -59,17 +60,23 @@ def test_detection_smoke(tmp_path):
 
 
 def test_layer_counts_match_the_paper():
-    """1, 2, 3 layers: the last convs of res5; 6: also the last 3 of res4."""
+    """n layers: the network's last n 3x3 convs (1-3 in res5; 6: res5's four and the last
+    two of res4 in our ResNet-18)."""
     assert {n: sum(b) for n, b in layers.LAYERS.items()} == {0: 0, 1: 1, 2: 2, 3: 3, 6: 6}
-    assert layers.LAYERS[6] == (0, 0, 3, 3)
+    assert layers.LAYERS[6] == (0, 0, 2, 4)
 
 
 def test_plan_estimates_without_training(tmp_path):
-    args = ["--task", "segmentation", *run_args(tmp_path, "--plan", "--layers", "0", "3")]
+    args = ["--task", "segmentation", *run_args(tmp_path, "--plan", "--jobs", "2",
+                                                "--layers", "0", "3")]
     assert layers.main(args) == 0
     plan = json.loads((tmp_path / "layers_segmentation" / "plan.json").read_text())
     assert set(plan["seconds_per_iteration"]) == {"0 layers", "3 layers"}
+    # two jobs: CPU seconds per step at one thread, the study as two processes side by side
+    assert plan["threads"] == 1 and plan["processes"] == 2 and plan["clock"] == "cpu"
     total = sum(plan["seconds_per_iteration"].values()) * plan["iterations"] * plan["seeds"]
-    assert plan["estimated_minutes"] * 60 >= total > 0
+    assert plan["estimated_minutes"] * 60 >= total / 2 > 0
+    assert plan["pretraining_minutes"] > 0  # costed apart, not trained
+    assert not (tmp_path / "cache").exists()
     assert not (tmp_path / "layers_segmentation" / "summary.json").exists()
     assert not list((tmp_path / "layers_segmentation").glob("layers*_seed*.json"))

@@ -20,7 +20,7 @@ def _write(folder, study, summary):
     (folder / study / "summary.json").write_text(json.dumps(summary))
 
 
-SIZES = {"image_size": 64, "train_size": 10, "val_size": 4, "base_channels": 16,
+SIZES = {"image_size": 64, "train_size": 10, "val_size": 4, "base_channels": 16, "lr": 0.002,
          "iterations": 100, "batch_size": 8}
 
 
@@ -34,25 +34,31 @@ def test_compare():
                                     {"mean": 0, "std": 0, "values": [0]})[1]
     assert one_seed.startswith("one seed")
     assert make_results.agrees(one_seed, "higher") == "undecided (one seed)"
+    assert make_results.agrees("within seed noise (0.1)", "higher") == "inconclusive"
+    assert make_results.agrees("lower by more than the seed noise (0.1)", "higher") \
+        == "does not agree"
 
 
 def test_full_report_verdicts(tmp_path):
     runs = tmp_path / "runs"
     rows = [{"layers": n, "deform_blocks": [0, 0, 0, n], "params": 1000 + n,
-             "miou": _stat(v), "pixel_acc": _stat([0.9, 0.9, 0.9])}
+             "seconds_per_iteration": 0.1 + n / 100,
+             "cpu_seconds_per_iteration": 0.1 + n / 100, "miou": _stat(v),
+             "pixel_acc": _stat([0.9, 0.9, 0.9])}
             for n, v in ((0, [0.30, 0.31, 0.32]), (3, [0.40, 0.41, 0.42]),
                          (6, [0.60, 0.61, 0.62]))]
     _write(runs, "layers_segmentation", {"mode": "full", "settings": {"sizes": SIZES},
                                          "seeds": [0, 1, 2], "metrics": ["miou", "pixel_acc"],
                                          "rows": rows})
     dil_rows = [{"layer": "layer4.2.conv2", "nominal": 4, "bucket": b, "count": 10,
-                 "mean": m, "std": 0.5}
+                 "mean": m, "std": 0.5, "seed_means": [m - 0.1, m, m + 0.1]}
                 for b, m in (("small", 4.5), ("medium", 5.0), ("large", 6.5),
                              ("background", 5.5))]
     (runs / "dilation" / "seed0").mkdir(parents=True)
     (runs / "dilation" / "seed0" / "fig5_sampling_0.png").write_bytes(b"\x89PNG fake")
-    _write(runs, "dilation", {"mode": "full", "settings": {"sizes": SIZES}, "seeds": [0],
-                              "miou": [0.5], "thresholds": [50.0, 200.0], "rows": dil_rows,
+    _write(runs, "dilation", {"mode": "full", "settings": {"sizes": SIZES},
+                              "seeds": [0, 1, 2], "miou": [0.5, 0.5, 0.5],
+                              "thresholds": [50.0, 200.0], "rows": dil_rows,
                               "figures": ["seed0/fig5_sampling_0.png"]})
     out = tmp_path / "docs" / "RESULTS.md"
     assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
@@ -62,46 +68,82 @@ def test_full_report_verdicts(tmp_path):
     # 6 clearly beats 3: the paper's saturation is not reproduced
     assert "6 vs 3 deformable layers, miou +0.200" in text
     assert "finds saturation at 3 (6 no better): **does not agree**" in text
-    assert "small / medium / large = 4.50 / 5.00 / 6.50 (+44.4% large vs small" in text
-    assert "| 0 | (0, 0, 0, 0) | 1,000 | 0.310 ± 0.010 (n=3) | 0.900 ± 0.000 (n=3) | 69.7 |" \
-        in text
-    assert "![seed0_fig5_sampling_0](results/seed0_fig5_sampling_0.png)" in text
-    assert (tmp_path / "docs" / "results" / "seed0_fig5_sampling_0.png").is_file()
-    for command in ("layers.py --task detection", "roi_pooling.py", "overhead.py"):
+    assert "plain twin miou 0.310 < 0.50 (NOT met)" in text
+    assert "small / medium / large = 4.50 / 5.00 / 6.50 (large - small +2.00, higher" in text
+    assert ("| 0 | (0, 0, 0, 0) | 1,000 | 0.310 ± 0.010 (n=3) | 0.900 ± 0.000 (n=3) | 0.100 "
+            "| 1.00 | 69.7 | 70.4 |") in text
+    assert "| 3 | (0, 0, 0, 3) | 1,003 | 0.410 ± 0.010 (n=3) | 0.900 ± 0.000 (n=3) | 0.130 " \
+        "| 1.30 | 75.2 | 75.2 |" in text
+    assert "![dilation_seed0_fig5_sampling_0](results/dilation_seed0_fig5_sampling_0.png)" in text
+    assert (tmp_path / "docs" / "results" / "dilation_seed0_fig5_sampling_0.png").is_file()
+    for command in ("layers.py --task detection", "roi_pooling.py --detector faster_rcnn",
+                    "overhead.py", "scale.py"):
         assert f"Command: `python experiments/{command}`\n\n*Not run yet.*" in text
 
 
-def test_dilation_verdict_needs_every_seed():
+def test_dilation_verdict_weighs_large_against_small_objects_over_seeds():
     def rows(seed_means):
         return [{"layer": "l", "bucket": b, "mean": sum(s) / len(s), "seed_means": s}
                 for b, s in zip(("small", "medium", "large"), seed_means, strict=True)]
 
-    assert "**agrees**" in make_results._dilation_verdict("l", rows([[1, 2], [3, 4], [5, 6]]))
-    # pooled means grow (2 < 3 < 4.5) but seed 1 has medium > large
-    assert "**does not agree**" in make_results._dilation_verdict(
-        "l", rows([[1, 3], [2, 4], [6, 3]]))
+    verdict = make_results._dilation_verdict
+    assert "grows small < medium < large in every seed) — the paper finds it grows with " \
+        "object size: **agrees**" in verdict("l", rows([[1, 2], [3, 4], [5, 6]]))
+    # large above small on average, by less than the seeds' spread
+    assert "**inconclusive**" in verdict("l", rows([[1, 3], [2, 4], [2, 2.5]]))
+    assert "**does not agree**" in verdict("l", rows([[5, 6], [3, 4], [1, 2]]))
     empty = [{"layer": "l", "bucket": "small", "mean": None, "seed_means": [None]},
              {"layer": "l", "bucket": "medium", "mean": 2.0, "seed_means": [2.0]},
              {"layer": "l", "bucket": "large", "mean": 3.0, "seed_means": [3.0]}]
-    assert "**undecided**" in make_results._dilation_verdict("l", empty)
+    assert "**undecided**" in verdict("l", empty)
 
 
 def test_models_that_did_not_learn_give_inconclusive_verdicts(tmp_path):
     """Under the learned floor a gap between configurations says nothing about the claim."""
     runs = tmp_path / "runs"
     rows = [{"config": name, "deformable_conv_layers": 3 * conv, "deformable_roi_pooling": roi,
-             "params": 1000, "AP": _stat(ap), "AP50": _stat([v * 3 for v in ap])}
+             "params": 1000, "seconds_per_iteration": 0.2, "AP": _stat(ap),
+             "AP50": _stat([v * 3 for v in ap])}
             for name, conv, roi, ap in (("plain", 0, False, [0.001, 0.002, 0.003]),
                                         ("deformable RoI pooling", 0, True, [0.02, 0.021, 0.022]),
                                         ("deformable conv", 1, False, [0.01, 0.01, 0.01]),
                                         ("both", 1, True, [0.03, 0.03, 0.03]))]
-    _write(runs, "roi_pooling", {"mode": "full", "settings": {"sizes": SIZES},
-                                 "seeds": [0, 1, 2], "metrics": ["AP", "AP50"], "rows": rows})
+    _write(runs, "roi_pooling_rfcn", {"mode": "full", "settings": {"sizes": SIZES},
+                                      "seeds": [0, 1, 2], "metrics": ["AP", "AP50"],
+                                      "rows": rows})
     out = tmp_path / "RESULTS.md"
     assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
     text = out.read_text()
-    assert ("Table 3: **inconclusive: the models did not learn the task in this budget "
-            "(best AP50 0.090 < 0.1)**.") in text
-    assert "adds on top" not in text
+    assert ("Table 3, R-FCN: **inconclusive: the models did not learn the task in this "
+            "budget (best AP50 0.090 < 0.1)**.") in text
+    assert "finds it higher" not in text
     assert make_results.unlearned([{"miou": _stat([0.3, 0.3])}, {"miou": _stat([0.1, 0.1])}]) \
         is None
+
+
+def test_scale_section_compares_outside_the_training_sizes(tmp_path):
+    runs = tmp_path / "runs"
+
+    def row(model, inside, outside):
+        by_scale = {"8": _stat(outside), "16": _stat(inside), "32": _stat(outside)}
+        return {"model": model, "params": 10, "seconds_per_iteration": 0.05,
+                "cpu_seconds_per_iteration": 0.05 if model == "plain" else 0.1,
+                "by_scale": by_scale, "miou": _stat(inside)}
+
+    (runs / "scale").mkdir(parents=True)
+    (runs / "scale" / "scale_miou.png").write_bytes(b"\x89PNG fake")
+    _write(runs, "scale", {"mode": "full", "settings": {"sizes": SIZES}, "seeds": [0, 1, 2],
+                           "train_scale": [12, 20], "test_scales": [8, 16, 32],
+                           "figure": "scale_miou.png",
+                           "rows": [row("plain", [0.6, 0.62, 0.64], [0.2, 0.21, 0.22]),
+                                    row("deformable (v1)", [0.6, 0.6, 0.6], [0.3, 0.31, 0.32]),
+                                    row("modulated (v2)", [0.6, 0.6, 0.6], [0.1, 0.3, 0.2])]})
+    out = tmp_path / "RESULTS.md"
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| plain | 10 | 0.050 | 1.00 | 0.210 ± 0.010 | 0.620 ± 0.020 | 0.210 ± 0.010 |" in text
+    assert "| deformable (v1) | 10 | 0.100 | 2.00 | 0.310 ± 0.010 |" in text
+    assert "deformable (v1) vs plain, mIoU outside the training sizes +0.100" in text
+    assert "modulated (v2) vs plain, mIoU outside the training sizes -0.010 (within" in text
+    assert text.count("**agrees**") == 1 and text.count("**inconclusive**") == 1
+    assert "![mIoU by test object size](results/scale_scale_miou.png)" in text

@@ -13,7 +13,8 @@ overhead = load("overhead")
 
 def test_script_smoke(tmp_path):
     done = subprocess.run([sys.executable, str(EXPERIMENTS / "overhead.py"),
-                           *run_args(tmp_path)], capture_output=True, text=True, timeout=300)
+                           *run_args(tmp_path, training=False)],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "overhead" / "summary.json").read_text())
     assert summary["mode"] == "smoke" and summary["threads"] == 1

@@ -13,9 +13,9 @@ from exp_scripts import load
 runner = load("runner")
 
 
-def _study(tmp_path, settings, smoke=True, shard=None):
+def _study(tmp_path, settings, smoke=True, shard=None, jobs=1):
     args = argparse.Namespace(out=tmp_path, smoke=smoke, keep_checkpoints=False, threads=1,
-                              shard=shard)
+                              shard=shard, jobs=jobs)
     return runner.Study("unit", args, settings)
 
 
@@ -66,6 +66,24 @@ def test_shards_split_the_runs_then_a_plain_call_reads_all(tmp_path):
     assert [r["i"] for r in out] == list(range(5))
 
 
+def test_jobs_run_the_script_as_shards_of_one_thread(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text("import sys, pathlib\n"
+                      "k = sys.argv[sys.argv.index('--shard') + 1].replace('/', 'of')\n"
+                      "pathlib.Path(sys.argv[1], k).write_text(' '.join(sys.argv[2:]))\n")
+    _study(tmp_path, {}, jobs=3).in_shards(str(script), [str(tmp_path), "--task", "x"])
+    for k in range(3):
+        assert (tmp_path / f"{k}of3").read_text() == \
+            f"--task x --jobs 1 --shard {k}/3 --threads 1"
+    _study(tmp_path, {}, jobs=1).in_shards(str(script), [str(tmp_path / "absent")])
+    _study(tmp_path, {}, jobs=2, shard=(0, 2)).in_shards(str(script), [str(tmp_path / "no")])
+    failing = tmp_path / "fail.py"
+    failing.write_text("raise SystemExit(3)\n")
+    with pytest.raises(SystemExit) as err:
+        _study(tmp_path, {}, jobs=2).in_shards(str(failing), [])
+    assert err.value.code == 2
+
+
 @pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2"])
 def test_bad_shard_is_refused(text):
     parser = argparse.ArgumentParser()
@@ -89,15 +107,20 @@ def test_mean_std():
     assert all(math.isnan(v) for v in runner.mean_std([]))
 
 
-@pytest.mark.parametrize("task", ["segmentation", "detection"])
-def test_twin_starts_as_the_plain_function(task):
-    """Same seed: the deformable model (zero offsets) computes what its plain twin does."""
+def _specs(task, deform_blocks):
+    """(deformable spec, plain twin) of a width-4 study model: DeepLab or a detector with
+    deformable (PS) RoI pooling."""
     sizes = runner.Sizes(image_size=64, batch_size=2, train_size=4, val_size=2,
                          base_channels=4, iterations=1, seeds=(0,))
     if task == "segmentation":
-        spec, plain = runner.segmentation_specs(sizes, 5, (0, 0, 1, 3))
-    else:
-        spec, plain = runner.detection_specs(sizes, 5, (0, 0, 0, 2), deformable_head=True)
+        return runner.segmentation_specs(sizes, 5, deform_blocks)
+    return runner.detection_specs(sizes, 5, deform_blocks, deformable_head=True, detector=task)
+
+
+@pytest.mark.parametrize("task", ["segmentation", "faster_rcnn", "rfcn"])
+def test_twin_starts_as_the_plain_function(task):
+    """Same seed: the deformable model (zero offsets) computes what its plain twin does."""
+    spec, plain = _specs(task, (0, 0, 1, 3) if task == "segmentation" else (0, 0, 0, 2))
     model, base = runner.twin_model(spec, plain, 3).eval(), runner.twin_model(plain, plain, 3)
     assert runner.parameter_count(model) > runner.parameter_count(base.eval())
     images = torch.rand(2, 3, 64, 64)
@@ -117,3 +140,44 @@ def test_seed_list_is_not_part_of_a_runs_identity():
     assert a.identity() == b.identity() and "seeds" not in a.identity()
     assert runner.Sizes(**{**a.identity(), "iterations": 2, "seeds": (0,)}).identity() \
         != a.identity()
+
+
+def test_pretrained_backbone_must_match_the_model_width():
+    with pytest.raises(ValueError, match="width 4, the models base_channels=8"):
+        runner.Sizes(image_size=32, batch_size=2, train_size=4, val_size=2, base_channels=8,
+                     iterations=1, seeds=(0,), pretrain=runner.SMOKE_PRETRAIN)
+
+
+def test_train_run_fine_tunes_the_cached_pretrained_backbone(tmp_path):
+    """The study's runs load the pretrained weights into the backbone (trained once,
+    then read from <out>/cache), and both twins start from them."""
+    from deformconv.runs import load_pretrained
+
+    sizes = runner.Sizes(image_size=32, batch_size=2, train_size=4, val_size=2,
+                         base_channels=4, iterations=1, seeds=(0,),
+                         pretrain=runner.SMOKE_PRETRAIN)
+    study = _study(tmp_path, {})
+    info = runner.pretrained(sizes, study)
+    assert not info["cached"] and runner.pretrained(sizes, study)["cached"]
+    state = load_pretrained(info["checkpoint"])
+    spec, plain = runner.segmentation_specs(sizes, 5, (0, 0, 0, 3))
+    model, result = runner.train_run("segmentation", spec, plain, sizes, 0,
+                                     tmp_path / "run", study)
+    assert result["iterations"] == 1 and result["seconds_per_iteration"] > 0
+    # one AdamW step from the pretrained weights: close to them, not to a fresh init
+    fresh = runner.twin_model(spec, plain, 0).backbone.conv1.weight
+    trained = model.backbone.conv1.weight.detach()
+    assert (trained - state["conv1.weight"]).abs().max() < (trained - fresh).abs().max()
+
+
+@pytest.mark.parametrize("task", ["segmentation", "faster_rcnn", "rfcn"])
+def test_backbone_prefix_names_the_pretrained_weights(task):
+    """The lower fine-tuning rate reaches exactly the pretrained ResNet: every backbone
+    tensor sits under the task's prefix, and no head parameter does."""
+    spec, _ = _specs(task, (0, 0, 0, 3))
+    model = runner.twin_model(spec, spec, 0)
+    prefix = runner.BACKBONE_PREFIX["detection" if task != "segmentation" else task]
+    resnet = model.backbone if task == "segmentation" else model.backbone.body
+    under = {n for n, _ in model.named_parameters() if n.startswith(prefix)}
+    assert under == {prefix + n for n, _ in resnet.named_parameters()}
+    assert len(under) < len(list(model.parameters()))

@@ -1,4 +1,5 @@
-"""ResNet: torchvision checkpoints load exactly, stage geometry, deformable-block choice."""
+"""ResNet: torchvision checkpoints load exactly, stage geometry, deformable-conv choice,
+bottleneck and basic blocks."""
 
 from __future__ import annotations
 
@@ -97,8 +98,41 @@ def test_frozen_stages():
     assert frozen == {"conv1", "bn1", "layer1"}
 
 
+def test_basic_blocks_count_deformable_layers_in_3x3_convs():
+    # The paper's "last n layers": its bottleneck res5 has one 3x3 conv per block, a basic
+    # block two; counting convs keeps "3 layers" = the last three 3x3 convs.
+    model = ResNet((2, 2, 2, 2), 0, base_channels=4, block="basic", deform_blocks=(0, 0, 2, 3))
+    deformable = sorted(n for n, m in model.named_modules() if isinstance(m, DeformConv2d))
+    assert deformable == ["layer3.1.conv1", "layer3.1.conv2",
+                          "layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2"]
+    assert model.num_features == 32
+    with pytest.raises(ValueError, match=r"n = \(4, 4, 4, 4\): 2 per BasicBlock"):
+        ResNet((2, 2, 2, 2), 0, block="basic", deform_blocks=(0, 0, 0, 5))
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_basic_block_stage_geometry(output_stride):
+    model = ResNet((1, 1, 1, 2), 0, block="basic", base_channels=4,
+                   output_stride=output_stride, deform_blocks=(0, 0, 1, 4)).eval()
+    stages = model.forward_stages(torch.randn(1, 3, 64, 64))
+    assert [s.shape[1] for s in stages] == [4, 8, 16, 32]
+    assert stages[-1].shape[-1] == 64 // output_stride
+    res5 = [conv.dilation[0] for block in model.layer4 for conv in (block.conv1, block.conv2)]
+    assert res5 == [32 // output_stride] * 4
+
+
+def test_zero_init_residual_makes_every_block_start_as_its_shortcut():
+    model = ResNet((1, 1, 1, 1), 0, block="basic", base_channels=4, zero_init_residual=True)
+    model.eval()
+    block = model.layer1[0]  # no downsample: the block is relu(x) at init
+    x = torch.rand(1, 4, 8, 8)
+    torch.testing.assert_close(block(x), x)
+    assert all(float(b.last_norm().weight.abs().max()) == 0 for s in model.stages() for b in s)
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"deform_blocks": (0, 0, 0, 2)}, "deform_blocks"),
+    ({"block": "wide"}, "block"),
     ({"output_stride": 4}, "output_stride"),
     ({"norm_layer": "layer_norm"}, "norm_layer"),
     ({"frozen_stages": 5}, "frozen_stages"),
@@ -108,9 +142,14 @@ def test_bad_arguments(kwargs, match):
         ResNet((1, 1, 1, 1), 0, **kwargs)
 
 
-def test_torchvision_resnet101_state_dict_loads_into_the_deeplab_backbone():
-    state = torchvision.models.resnet101(weights=None).state_dict()
-    model = models.create("deeplab_resnet101", num_classes=21)
+@pytest.mark.parametrize("depth", [18, 34, 101])
+def test_torchvision_state_dict_loads_into_the_deeplab_backbone(depth):
+    """Bottleneck (ResNet-101) and basic-block (ResNet-18/34) checkpoints load exactly."""
+    state = getattr(torchvision.models, f"resnet{depth}")(weights=None).state_dict()
+    for key, value in state.items():
+        if value.is_floating_point():
+            state[key] = torch.randn_like(value)
+    model = models.create(f"deeplab_resnet{depth}", num_classes=21)
     missing = model.load_backbone_state_dict(state)
     assert sorted(missing) == sorted(offset_state_keys(model.backbone))
     own = model.backbone.state_dict()

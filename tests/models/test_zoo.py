@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from deformconv import models
-from deformconv.models.resnet import Bottleneck, ResNet
+from deformconv.models.resnet import BasicBlock, Bottleneck, ResNet
 from deformconv.nn import DeformConv2d, OffsetBranchMixin, offset_param_groups, offset_state_keys
 
 pytest.importorskip("torchvision")
@@ -46,8 +46,8 @@ def _build(name: str, deformable: bool = True) -> nn.Module:
     # damping the residual branches keeps outputs in a range where scores do not saturate.
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, Bottleneck):
-                module.bn3.weight.mul_(0.2)
+            if isinstance(module, (BasicBlock, Bottleneck)):
+                module.last_norm().weight.mul_(0.2)
     return model
 
 
@@ -82,13 +82,13 @@ def _losses(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
 def test_registry_names_and_tasks():
     assert models.list_models() == sorted(
         [f"{arch}_resnet{depth}" if arch else f"resnet{depth}"
-         for arch in ("", "deeplab", "faster_rcnn", "rfcn") for depth in (50, 101)]
+         for arch in ("", "deeplab", "faster_rcnn", "rfcn") for depth in (18, 34, 50, 101)]
         + ["compact_fcn"]
     )
-    assert models.list_models("detection") == ["faster_rcnn_resnet101", "faster_rcnn_resnet50",
-                                               "rfcn_resnet101", "rfcn_resnet50"]
-    with pytest.raises(ValueError, match="unknown model 'resnet18'; available: compact_fcn, "):
-        models.create("resnet18", 10)
+    assert models.list_models("detection") == [
+        f"{arch}_resnet{depth}" for arch in ("faster_rcnn", "rfcn") for depth in (101, 18, 34, 50)]
+    with pytest.raises(ValueError, match="unknown model 'resnet152'; available: compact_fcn, "):
+        models.create("resnet152", 10)
     with pytest.raises(ValueError, match="task must be one of"):
         models.list_models("tracking")
     with pytest.raises(TypeError, match="rpn_nms"):
@@ -115,7 +115,22 @@ def test_resnet101_entry_points(name):
     assert names == {n for n, _ in small.named_modules()}
 
 
-@pytest.mark.parametrize("name", NAMES_50)
+@pytest.mark.parametrize("name", [n for n in models.list_models() if n.endswith(("18", "34"))])
+def test_basic_block_entry_points(name):
+    model = models.create(name, NUM_CLASSES, **_tiny_kwargs(name))
+    bottleneck = models.create(name[:-2] + "50", NUM_CLASSES, **_tiny_kwargs(name))
+    body = model if isinstance(model, ResNet) else getattr(model.backbone, "body", model.backbone)
+    assert type(model) is type(bottleneck)
+    assert [len(stage) for stage in body.stages()] == ([2] * 4 if name.endswith("18")
+                                                       else [3, 4, 6, 3])
+    assert all(isinstance(block, BasicBlock) for stage in body.stages() for block in stage)
+    deformable = [n for n, m in body.named_modules() if isinstance(m, DeformConv2d)]
+    assert deformable == ["layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2"] if \
+        name.endswith("18") else ["layer4.1.conv2", "layer4.2.conv1", "layer4.2.conv2"]
+
+
+@pytest.mark.parametrize("name", [*NAMES_50, "deeplab_resnet18", "faster_rcnn_resnet18",
+                                  "rfcn_resnet18"])
 def test_zero_init_deformable_model_equals_plain_twin(name):
     deformable = _build(name).eval()
     plain = _build(name, deformable=False).eval()

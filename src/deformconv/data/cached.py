@@ -21,9 +21,10 @@ class InMemory(Dataset):
     """Every sample of ``source``, computed at construction and stored as stacked tensors.
 
     ``source[i]`` must be ``(image (3, H, W), target)`` with images of one size and targets
-    that ``default_collate`` stacks (class ids, segmentation masks). ``transforms`` (see
-    :mod:`deformconv.data.transforms`) run on each sample handed out. Attributes the class
-    does not define (``class_names``, ``num_classes``, ``scene(i)`` ...) are the source's.
+    that ``default_collate`` stacks (class ids, segmentation masks) or detection target
+    dicts (kept as a list). ``transforms`` (see :mod:`deformconv.data.transforms`) run on
+    each sample handed out. Attributes the class does not define (``class_names``,
+    ``num_classes``, ``scene(i)`` ...) are the source's.
 
     Example::
 
@@ -36,14 +37,19 @@ class InMemory(Dataset):
         length = len(source)  # type: ignore[arg-type]
         if length == 0:
             raise ValueError("source is empty: nothing to keep in memory")
+        samples = [source[i] for i in range(length)]
+        targets = [target for _, target in samples]
         try:
-            images, targets = default_collate([source[i] for i in range(length)])
+            images = default_collate([image for image, _ in samples])
+            if not isinstance(targets[0], dict):
+                targets = default_collate(targets)
         except RuntimeError as err:
             raise ValueError(f"cannot stack the samples of {type(source).__name__}: {err}; "
                              "InMemory needs images of one size and stackable targets") from err
         self.source = source
         self.images: Tensor = images  # (N, 3, H, W)
-        self.targets: Tensor = targets  # (N,) labels or (N, H, W) masks
+        self.targets: Tensor | list[dict[str, Any]] = targets  # (N,) labels, (N, H, W)
+        # masks, or N detection target dicts
         self.transforms = transforms
 
     def __len__(self) -> int:
@@ -51,7 +57,7 @@ class InMemory(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Any]:
         image, target = self.images[index], self.targets[index]
-        if target.dim() == 0:
+        if isinstance(target, Tensor) and target.dim() == 0:
             target = int(target)
         if self.transforms is not None:
             image, target = self.transforms(image, target)

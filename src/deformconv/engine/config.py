@@ -37,6 +37,10 @@ class TrainConfig:
     # the zero-initialised offsets from moving fast while the rest of the net is unsettled.
     # A model with a param_groups(base_lr) method sets its own multipliers instead.
     offset_lr_mult: float = 0.1
+    # Parameter-name prefix -> learning-rate multiplier for the other parameters (first
+    # match wins), e.g. {"backbone.": 0.1}: a pretrained backbone fine-tuned at a tenth of
+    # the rate of the heads trained from scratch. Empty: every one at lr.
+    lr_mults: dict[str, float] = field(default_factory=dict)
     warmup_iters: int = 0  # linear warm-up from warmup_factor * lr to lr
     warmup_factor: float = 1.0 / 3.0  # starting fraction of lr during warm-up (Detectron's 1/3)
     # "step": times gamma at each milestone; "cosine": to min_lr_ratio over the whole run
@@ -103,6 +107,10 @@ class TrainConfig:
         for name, value in non_negative.items():
             if isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if any(not isinstance(k, str) or isinstance(m, bool) or not m >= 0
+               for k, m in self.lr_mults.items()):
+            raise ValueError(f"lr_mults must map parameter-name prefixes to multipliers >= 0, "
+                             f"got {self.lr_mults!r}")
         if self.class_weights is not None and (
             not self.class_weights or any(not w >= 0 for w in self.class_weights)
         ):

@@ -16,8 +16,12 @@ from .config import TrainConfig
 __all__ = ["build_optimizer", "build_scheduler", "decay_start", "lr_factor", "param_groups"]
 
 
-def param_groups(model: nn.Module, lr: float, offset_lr_mult: float) -> list[dict[str, Any]]:
-    """Optimizer groups: parameters whose name contains ``"offset"`` get ``lr * offset_lr_mult``.
+def param_groups(model: nn.Module, lr: float, offset_lr_mult: float,
+                 lr_mults: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Optimizer groups: parameters whose name contains ``"offset"`` get ``lr * offset_lr_mult``;
+    the others ``lr`` times the multiplier of the first ``lr_mults`` key their name starts
+    with (e.g. ``{"backbone.": 0.1}`` fine-tunes a pretrained backbone at a tenth of the
+    rate of new heads), else ``lr``.
 
     A model (``DistributedDataParallel`` unwrapped) that defines ``param_groups(base_lr)``
     decides its own groups instead. Frozen parameters are left out. Each group carries
@@ -33,24 +37,27 @@ def param_groups(model: nn.Module, lr: float, offset_lr_mult: float) -> list[dic
                 "dicts with a 'params' key"
             )
         return groups
-    base, offset = [], []
+    # (is an offset, multiplier) -> parameters; offsets last, each kind in first-seen order
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        if param.requires_grad:
-            (offset if "offset" in name else base).append(param)
-    groups = [
-        {"params": params, "lr": lr * mult, "lr_mult": mult}
-        for params, mult in ((base, 1.0), (offset, offset_lr_mult))
-        if params
-    ]
+        if not param.requires_grad:
+            continue
+        if "offset" in name:
+            key = (True, offset_lr_mult)
+        else:
+            key = (False, next((m for prefix, m in (lr_mults or {}).items()
+                                if name.startswith(prefix)), 1.0))
+        groups.setdefault(key, []).append(param)
     if not groups:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
-    return groups
+    return [{"params": groups[key], "lr": lr * key[1], "lr_mult": key[1]}
+            for key in sorted(groups, key=lambda k: k[0])]
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """``config.optimizer`` over :func:`param_groups`: SGD with ``momentum`` and
     ``weight_decay``, or AdamW with decoupled ``weight_decay``."""
-    groups = param_groups(model, config.lr, config.offset_lr_mult)
+    groups = param_groups(model, config.lr, config.offset_lr_mult, config.lr_mults)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,

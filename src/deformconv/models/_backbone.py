@@ -24,3 +24,8 @@ def build_backbone(layers: tuple[int, int, int, int], deformable: bool,
     if not deformable:
         kwargs["deform_blocks"] = PLAIN_DEFORM_BLOCKS
     return ResNet(layers, 0, **kwargs)
+
+
+def basic(backbone_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``backbone_kwargs`` of a basic-block ResNet (ResNet-18/34 entry points)."""
+    return {"block": "basic", **(backbone_kwargs or {})}

@@ -15,11 +15,13 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import RoIAlign
 
 from ..nn import DeformRoIPool
+from ._backbone import basic
 from ._registry import register_model
 from .detection import HEAD_KEY, DetectionConfig, TwoStageDetector, build_detector
 from .resnet import ResNet
 
-__all__ = ["FasterRCNN", "faster_rcnn_resnet50", "faster_rcnn_resnet101"]
+__all__ = ["FasterRCNN", "faster_rcnn_resnet18", "faster_rcnn_resnet34", "faster_rcnn_resnet50",
+           "faster_rcnn_resnet101"]
 
 
 class _HeadPooler(nn.Module):
@@ -102,4 +104,23 @@ def faster_rcnn_resnet101(num_classes: int = 81, deformable: bool = True,
                           **kwargs: Any) -> FasterRCNN:
     """Faster R-CNN, ResNet-101, otherwise as :func:`faster_rcnn_resnet50`."""
     return build_detector(FasterRCNN, (3, 4, 23, 3), num_classes, deformable, backbone_kwargs,
+                          kwargs)
+
+
+@register_model("detection")
+def faster_rcnn_resnet18(num_classes: int = 81, deformable: bool = True,
+                         backbone_kwargs: dict[str, Any] | None = None,
+                         **kwargs: Any) -> FasterRCNN:
+    """Faster R-CNN on the basic-block ResNet-18, otherwise as :func:`faster_rcnn_resnet50` (the
+    deformable twin: the last three 3×3 convs of res5)."""
+    return build_detector(FasterRCNN, (2, 2, 2, 2), num_classes, deformable, basic(backbone_kwargs),
+                          kwargs)
+
+
+@register_model("detection")
+def faster_rcnn_resnet34(num_classes: int = 81, deformable: bool = True,
+                         backbone_kwargs: dict[str, Any] | None = None,
+                         **kwargs: Any) -> FasterRCNN:
+    """Faster R-CNN on the basic-block ResNet-34, otherwise as :func:`faster_rcnn_resnet18`."""
+    return build_detector(FasterRCNN, (3, 4, 6, 3), num_classes, deformable, basic(backbone_kwargs),
                           kwargs)

@@ -1,10 +1,12 @@
-"""ResNet-50/101 whose chosen 3×3 convs are deformable (the DCN paper's backbones).
+"""ResNets whose chosen 3×3 convs are deformable: the DCN paper's bottleneck ResNet-50/101
+and the basic-block ResNet-18/34.
 
-One ResNet class: a deformable ResNet is this ResNet with ``DeformConv2d`` as the 3×3 conv
-of the last ``deform_blocks[i]`` blocks of stage i, not a parallel class tree. Parameter
-names follow torchvision's ResNet (``conv1``, ``bn1``, ``layer1.0.conv2`` ...), so its
-ImageNet checkpoints load directly (:func:`load_backbone_state_dict`); stride sits on the 3×3
-conv as in torchvision (ResNet v1.5).
+One ResNet class: a deformable ResNet is this ResNet with ``DeformConv2d`` as the last
+``deform_blocks[i]`` 3×3 convs of stage i, not a parallel class tree. The block type is an
+argument (``block="bottleneck"`` or ``"basic"``, as timm's ResNet). Parameter names follow
+torchvision's ResNet (``conv1``, ``bn1``, ``layer1.0.conv2`` ...), so its ImageNet
+checkpoints load directly (:func:`load_backbone_state_dict`); stride sits on the first 3×3
+conv of a stage as in torchvision (ResNet v1.5).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from ..nn import DeformConv2d, DeformConv2dExternal, OffsetBranchMixin, offset_s
 from ..nn._offset import zero_init_last
 from ._registry import register_model
 
-__all__ = ["Bottleneck", "ResNet", "checkpoint_filter_fn", "load_backbone_state_dict",
-           "resnet50", "resnet101"]
+__all__ = ["BLOCKS", "BasicBlock", "Bottleneck", "ResNet", "checkpoint_filter_fn",
+           "load_backbone_state_dict", "resnet18", "resnet34", "resnet50", "resnet101"]
 
 ConvLayer = Callable[..., nn.Module]
 
@@ -51,10 +53,14 @@ def _norm_layer(norm_layer: str | Callable[[int], nn.Module]) -> Callable[[int],
     return norm_layer
 
 
-class Bottleneck(nn.Module):
-    """1×1 -> 3×3 (``conv_layer``, carries stride and dilation) -> 1×1, plus shortcut."""
+class BasicBlock(nn.Module):
+    """3×3 (carries stride) -> 3×3, plus shortcut (ResNet-18/34); both convs dilated.
 
-    expansion = 4
+    ``conv_layers``: the layer of each 3×3 conv, ``(conv1's, conv2's)``.
+    """
+
+    expansion = 1
+    convs = 2  # 3×3 convs per block
 
     def __init__(
         self,
@@ -63,10 +69,51 @@ class Bottleneck(nn.Module):
         stride: int = 1,
         dilation: int = 1,
         downsample: nn.Module | None = None,
-        conv_layer: ConvLayer = nn.Conv2d,
+        conv_layers: Sequence[ConvLayer] = (nn.Conv2d, nn.Conv2d),
         norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
+        first, second = conv_layers
+        self.conv1 = first(inplanes, planes, 3, stride=stride, padding=dilation,
+                           dilation=dilation, bias=False)
+        self.bn1 = norm_layer(planes)
+        self.conv2 = second(planes, planes, 3, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = norm_layer(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.bn2(self.conv2(x))
+        return self.relu(x + shortcut)
+
+    def last_norm(self) -> nn.Module:
+        """The norm closing the residual branch (zero-gamma init sets it to zero)."""
+        return self.bn2
+
+
+class Bottleneck(nn.Module):
+    """1×1 -> 3×3 (carries stride and dilation) -> 1×1, plus shortcut (ResNet-50/101).
+
+    ``conv_layers``: the layer of the one 3×3 conv, ``(conv2's,)``.
+    """
+
+    expansion = 4
+    convs = 1  # 3×3 convs per block
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        dilation: int = 1,
+        downsample: nn.Module | None = None,
+        conv_layers: Sequence[ConvLayer] = (nn.Conv2d,),
+        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        (conv_layer,) = conv_layers
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = norm_layer(planes)
         self.conv2 = conv_layer(planes, planes, 3, stride=stride, padding=dilation,
@@ -83,6 +130,24 @@ class Bottleneck(nn.Module):
         x = self.relu(self.bn2(self.conv2(x)))
         x = self.bn3(self.conv3(x))
         return self.relu(x + shortcut)
+
+    def last_norm(self) -> nn.Module:
+        """The norm closing the residual branch (zero-gamma init sets it to zero)."""
+        return self.bn3
+
+
+Block = type[BasicBlock] | type[Bottleneck]
+# Names a config file can give for ``block``.
+BLOCKS: dict[str, Block] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+def _block(block: str | Block) -> Block:
+    if isinstance(block, str):
+        if block not in BLOCKS:
+            raise ValueError(f"block must be one of {sorted(BLOCKS)} or a block class, "
+                             f"got {block!r}")
+        return BLOCKS[block]
+    return block
 
 
 def _stage_strides(output_stride: int) -> list[tuple[int, int]]:
@@ -101,36 +166,39 @@ def _stage_strides(output_stride: int) -> list[tuple[int, int]]:
     return plan
 
 
-def _make_stage(inplanes: int, planes: int, blocks: int, stride: int, dilation: int,
-                deformable: int, deform_layer: ConvLayer,
+def _make_stage(block: Block, inplanes: int, planes: int, blocks: int, stride: int,
+                dilation: int, deformable: int, deform_layer: ConvLayer,
                 norm_layer: Callable[[int], nn.Module]) -> nn.Sequential:
-    """``blocks`` bottlenecks, the last ``deformable`` of them with ``deform_layer``."""
-    outplanes = planes * Bottleneck.expansion
+    """``blocks`` blocks whose last ``deformable`` 3×3 convs are ``deform_layer``."""
+    outplanes = planes * block.expansion
     downsample = None
     if stride != 1 or inplanes != outplanes:
         downsample = nn.Sequential(
             nn.Conv2d(inplanes, outplanes, 1, stride=stride, bias=False), norm_layer(outplanes)
         )
+    first_deformable = blocks * block.convs - deformable  # index of the stage's 3×3 convs
     stage = []
     for b in range(blocks):
-        conv_layer = deform_layer if b >= blocks - deformable else nn.Conv2d
+        conv_layers = [deform_layer if b * block.convs + i >= first_deformable else nn.Conv2d
+                       for i in range(block.convs)]
         first = b == 0
-        stage.append(Bottleneck(inplanes if first else outplanes, planes, stride if first else 1,
-                                dilation, downsample if first else None, conv_layer, norm_layer))
+        stage.append(block(inplanes if first else outplanes, planes, stride if first else 1,
+                           dilation, downsample if first else None, conv_layers, norm_layer))
     return nn.Sequential(*stage)
 
 
 class ResNet(nn.Module):
-    """Bottleneck ResNet with deformable 3×3 convs in chosen blocks.
+    """ResNet with deformable 3×3 convs at chosen places.
 
     Args:
-        layers: blocks per stage, ``(3, 4, 6, 3)`` for ResNet-50.
+        layers: blocks per stage, ``(3, 4, 6, 3)`` for ResNet-50 (bottleneck) and
+            ResNet-34 (basic), ``(2, 2, 2, 2)`` for ResNet-18 (basic).
         num_classes: classifier outputs; 0 drops the classifier (a backbone).
         in_chans: image channels.
         output_stride: 32, or 16 / 8 by removing the stride of the last stage(s) and
             dilating their 3×3 convs (paper: 16 for segmentation and detection).
-        deform_blocks: per stage, how many of its last blocks get a deformable 3×3 conv
-            (paper: ``(0, 0, 0, 3)``, all of res5).
+        deform_blocks: per stage, how many of its last 3×3 convs are deformable (one per
+            bottleneck block, two per basic block; paper: ``(0, 0, 0, 3)``, all of res5).
         offset_groups, modulated, offset_lr_mult: passed to each :class:`DeformConv2d`
             (paper: 4 offset groups in res5, DCN v1).
         norm_layer: normalisation after each conv, a callable ``(channels) -> module`` or a
@@ -139,13 +207,18 @@ class ResNet(nn.Module):
             unnormalised (they grow with depth), so train from scratch with "batch_norm".
         base_channels: width of the stem and of stage 1's 3×3 convs (64; smaller values
             make tiny test models, torchvision checkpoints need 64).
+        block: ``"bottleneck"`` (ResNet-50/101), ``"basic"`` (ResNet-18/34) or a block
+            class with ``expansion`` and ``convs`` (3×3 convs per block).
+        zero_init_residual: start every residual branch's last norm at zero gamma, so each
+            block starts as the identity (Goyal et al. 2017; torchvision's option).
         frozen_stages: stop gradients for the stem (0) and stages 1..frozen_stages;
             -1 freezes nothing (paper, detection and segmentation: 1, conv1 and res2).
 
     Shape:
         ``forward(images (N, in_chans, H, W)) -> logits (N, num_classes)``;
-        ``forward_stages`` gives the four stage outputs ``(N, 4*base_channels*2^i, h_i, w_i)``
-        at strides 4, 8, 16, 32 (capped by ``output_stride``).
+        ``forward_stages`` gives the four stage outputs
+        ``(N, expansion*base_channels*2^i, h_i, w_i)`` at strides 4, 8, 16, 32 (capped by
+        ``output_stride``); expansion is 4 for bottleneck, 1 for basic blocks.
     """
 
     def __init__(
@@ -162,18 +235,22 @@ class ResNet(nn.Module):
         norm_layer: str | Callable[[int], nn.Module] = nn.BatchNorm2d,
         base_channels: int = 64,
         frozen_stages: int = -1,
+        block: str | Block = "bottleneck",
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
+        block = _block(block)
         if base_channels < 1:
             raise ValueError(f"base_channels must be >= 1, got {base_channels!r}")
         if len(layers) != 4 or min(layers) < 1:
             raise ValueError(f"layers must be 4 positive block counts, got {tuple(layers)}")
+        convs = tuple(n * block.convs for n in layers)
         if len(deform_blocks) != 4 or any(
-            not 0 <= d <= n for d, n in zip(deform_blocks, layers, strict=True)
+            not 0 <= d <= n for d, n in zip(deform_blocks, convs, strict=True)
         ):
             raise ValueError(
-                f"deform_blocks must give 0..blocks deformable blocks for each of the 4 stages "
-                f"(blocks {tuple(layers)}), got {tuple(deform_blocks)}"
+                f"deform_blocks must give 0..n deformable 3x3 convs for each of the 4 stages "
+                f"(n = {convs}: {block.convs} per {block.__name__}), got {tuple(deform_blocks)}"
             )
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages must be in -1..4, got {frozen_stages!r}")
@@ -192,16 +269,19 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         inplanes = base_channels
+        self.stage_channels: list[int] = []  # output channels of stages 1..4
         plan = zip(_stage_strides(output_stride), layers, deform_blocks, strict=True)
         for i, ((stride, dilation), blocks, deformable) in enumerate(plan):
             planes = base_channels * 2**i
-            stage = _make_stage(inplanes, planes, blocks, stride, dilation, deformable,
+            stage = _make_stage(block, inplanes, planes, blocks, stride, dilation, deformable,
                                 deform_layer, norm_layer)
             self.add_module(f"layer{i + 1}", stage)
-            inplanes = planes * Bottleneck.expansion
+            inplanes = planes * block.expansion
+            self.stage_channels.append(inplanes)
         self.num_features = inplanes
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(inplanes, num_classes) if num_classes else nn.Identity()
+        self.zero_init_residual = zero_init_residual
         self.reset_parameters()
         self.frozen_stages = frozen_stages
         if frozen_stages >= 0:
@@ -209,13 +289,20 @@ class ResNet(nn.Module):
                 module.requires_grad_(False)
 
     def reset_parameters(self) -> None:
-        """torchvision's init (He normal, fan_out), offset branches back to zero."""
+        """torchvision's init (He normal, fan_out; zero-gamma residual norms if asked),
+        offset branches back to zero."""
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, DeformConv2dExternal)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if self.zero_init_residual:
+            for stage in self.stages():
+                for block in stage:
+                    norm = block.last_norm()
+                    if isinstance(norm, (nn.BatchNorm2d, nn.GroupNorm)):
+                        nn.init.zeros_(norm.weight)
         for m in self.modules():
             if isinstance(m, OffsetBranchMixin):
                 zero_init_last(m.offset_branch)
@@ -224,7 +311,8 @@ class ResNet(nn.Module):
         return [self.layer1, self.layer2, self.layer3, self.layer4]
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:
-        """Outputs of stages 1-4 (res2..res5): (N, 256, H/4, W/4) ... (N, 2048, H/s, W/s)."""
+        """Outputs of stages 1-4 (res2..res5), from (N, C2, H/4, W/4) to
+        (N, num_features, H/s, W/s)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         outs = []
         for stage in self.stages():
@@ -233,11 +321,11 @@ class ResNet(nn.Module):
         return outs
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """(N, in_chans, H, W) -> (N, 2048, H/s, W/s), s = output_stride."""
+        """(N, in_chans, H, W) -> (N, num_features, H/s, W/s), s = output_stride."""
         return self.forward_stages(x)[-1]
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.global_pool(x).flatten(1)  # (N, 2048)
+        x = self.global_pool(x).flatten(1)  # (N, num_features)
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -299,6 +387,23 @@ def _resnet(layers: tuple[int, int, int, int], num_classes: int, deformable: boo
 
 
 @register_model("classification")
+def resnet18(num_classes: int = 1000, deformable: bool = True, **kwargs) -> ResNet:
+    """ResNet-18 (basic blocks); deformable: the last three 3×3 convs of res5, as the paper's
+    res5 (``deform_blocks=(0, 0, 0, 3)``; res5 has four).
+
+    ``forward(images (N, 3, H, W)) -> logits (N, num_classes)``. ``deformable=False`` is
+    the plain twin whatever ``deform_blocks`` says.
+    """
+    return _resnet((2, 2, 2, 2), num_classes, deformable, block="basic", **kwargs)
+
+
+@register_model("classification")
+def resnet34(num_classes: int = 1000, deformable: bool = True, **kwargs) -> ResNet:
+    """ResNet-34 (basic blocks), otherwise as :func:`resnet18`."""
+    return _resnet((3, 4, 6, 3), num_classes, deformable, block="basic", **kwargs)
+
+
+@register_model("classification")
 def resnet50(num_classes: int = 1000, deformable: bool = True, **kwargs) -> ResNet:
     """ResNet-50; deformable: the three res5 3×3 convs (``deform_blocks=(0, 0, 0, 3)``).
 
@@ -312,4 +417,3 @@ def resnet50(num_classes: int = 1000, deformable: bool = True, **kwargs) -> ResN
 def resnet101(num_classes: int = 1000, deformable: bool = True, **kwargs) -> ResNet:
     """ResNet-101, otherwise as :func:`resnet50`."""
     return _resnet((3, 4, 23, 3), num_classes, deformable, **kwargs)
-

@@ -16,11 +16,13 @@ from torch import Tensor, nn
 
 from ..nn import DeformPSRoIPool, PSRoIPool
 from ..ops._utils import rois_to_tensor
+from ._backbone import basic
 from ._registry import register_model
 from .detection import HEAD_KEY, DetectionConfig, TwoStageDetector, build_detector
 from .resnet import ResNet
 
-__all__ = ["RFCN", "rfcn_resnet50", "rfcn_resnet101"]
+__all__ = ["RFCN", "rfcn_resnet18", "rfcn_resnet34", "rfcn_resnet50",
+           "rfcn_resnet101"]
 
 
 class _PositionSensitivePooler(nn.Module):
@@ -133,3 +135,22 @@ def rfcn_resnet101(num_classes: int = 81, deformable: bool = True,
                    backbone_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> RFCN:
     """R-FCN, ResNet-101, otherwise as :func:`rfcn_resnet50`."""
     return build_detector(RFCN, (3, 4, 23, 3), num_classes, deformable, backbone_kwargs, kwargs)
+
+
+@register_model("detection")
+def rfcn_resnet18(num_classes: int = 81, deformable: bool = True,
+                  backbone_kwargs: dict[str, Any] | None = None,
+                  **kwargs: Any) -> RFCN:
+    """R-FCN on the basic-block ResNet-18, otherwise as :func:`rfcn_resnet50` (the
+    deformable twin: the last three 3×3 convs of res5)."""
+    return build_detector(RFCN, (2, 2, 2, 2), num_classes, deformable, basic(backbone_kwargs),
+                          kwargs)
+
+
+@register_model("detection")
+def rfcn_resnet34(num_classes: int = 81, deformable: bool = True,
+                  backbone_kwargs: dict[str, Any] | None = None,
+                  **kwargs: Any) -> RFCN:
+    """R-FCN on the basic-block ResNet-34, otherwise as :func:`rfcn_resnet18`."""
+    return build_detector(RFCN, (3, 4, 6, 3), num_classes, deformable, basic(backbone_kwargs),
+                          kwargs)

@@ -9,6 +9,7 @@
 - :mod:`.breakdown`: a segmentation model's quality per image and per object scale.
 - :mod:`.plots`: learning curves, segmentation predictions, recall per scale as PNG.
 - :mod:`.results`: JSON results on disk.
+- :mod:`.pretrain`: a backbone pretrained once on synthetic classification, cached.
 - :mod:`.demo`, :mod:`.demo_report`: the demo run behind ``deformconv demo``, its report.
 
 Example::
@@ -34,6 +35,7 @@ from .offsets import (
     sample_targets,
 )
 from .plots import plot_learning_curves, plot_predictions, plot_scale_recall
+from .pretrain import PretrainSettings, load_pretrained, pretrained_backbone, pretraining_seconds
 from .results import write_json
 from .specs import (
     DataSpec,
@@ -59,6 +61,7 @@ __all__ = [
     "DemoSettings",
     "DilationSummary",
     "ModelSpec",
+    "PretrainSettings",
     "build_datasets",
     "build_model",
     "demo_data",
@@ -66,6 +69,7 @@ __all__ = [
     "dilation_over",
     "from_scratch_spec",
     "image_mious",
+    "load_pretrained",
     "merge_kwargs",
     "model_from_checkpoint",
     "ms_per_image",
@@ -77,6 +81,8 @@ __all__ = [
     "plot_predictions",
     "plot_scale_recall",
     "predict_masks",
+    "pretrained_backbone",
+    "pretraining_seconds",
     "recall_by_scale",
     "run_demo",
     "sample_targets",
