@@ -15,7 +15,10 @@ table of every seed and a pass/fail line per floor (issue #13):
     python benchmarks/demo_seeds.py --seeds 0 1 --out /tmp/seeds -- --threads 1
 
 Arguments after ``--`` go to every ``deformconv demo`` call. A seed whose ``metrics.json``
-exists is read, not rerun (``--rerun`` to redo them). Writes ``OUT/summary.md``.
+exists is read, not rerun (``--rerun`` to redo them). Writes ``OUT/summary.md`` and
+``docs/demo_seeds.md`` (``--doc``): per seed the three runs' mIoU, the gains, train
+seconds (wall clock of the training steps) and CPU seconds of each twin, the whole
+process's wall time and the load average before and after it.
 """
 
 from __future__ import annotations
@@ -47,10 +50,11 @@ def run_seed(seed: int, out: Path, extra: list[str], rerun: bool) -> dict:
     command = [sys.executable, "-m", "deformconv", "demo", "--seed", str(seed),
                "--out", str(out), "--no-progress", *extra]
     print("$ " + " ".join(command[1:]), flush=True)
-    start = time.perf_counter()
+    load_start, start = os.getloadavg()[0], time.perf_counter()
     subprocess.run(command, check=True)
     summary = json.loads(metrics.read_text())
     summary["wall_seconds"] = time.perf_counter() - start
+    summary["wall_load"] = [load_start, os.getloadavg()[0]]
     write_json(summary, metrics)
     return summary
 
@@ -67,8 +71,14 @@ def seed_row(seed: int, summary: dict) -> dict:
     for name, run in runs.items():
         row[f"{name} s"] = run["train_seconds"]
     row["time ratio"] = runs["deformable"]["train_seconds"] / runs["plain"]["train_seconds"]
+    if all("cpu_seconds" in runs[name] for name in ("plain", "deformable")):
+        row["plain CPU s"] = runs["plain"]["cpu_seconds"]
+        row["deformable CPU s"] = runs["deformable"]["cpu_seconds"]
+        row["CPU ratio"] = row["deformable CPU s"] / row["plain CPU s"]
     row["equal-time its"] = runs.get("plain, equal time", {}).get("iterations")
     row["wall s"] = summary.get("wall_seconds", summary["total_seconds"])
+    if "wall_load" in summary:
+        row["load"] = "{:.1f}-{:.1f}".format(*summary["wall_load"])
     return row
 
 
@@ -107,6 +117,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--out", type=Path, default=Path("runs/demo-seeds"))
     parser.add_argument("--rerun", action="store_true", help="rerun seeds that have results")
+    parser.add_argument("--doc", type=Path, default=Path("docs/demo_seeds.md"),
+                        help="where the table goes too (default docs/demo_seeds.md)")
     args = parser.parse_args(argv)
     load = os.getloadavg()
     rows = [seed_row(seed, run_seed(seed, args.out / f"seed{seed}", extra, args.rerun))
@@ -122,6 +134,8 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     (args.out / "summary.md").write_text(text)
+    args.doc.parent.mkdir(parents=True, exist_ok=True)
+    args.doc.write_text(text)
     return 0 if all(ok for _, ok, _ in checks) else 1
 
 

@@ -145,9 +145,13 @@ def _train(name: str, config: Any, model: nn.Module, train_set: Dataset, val_set
     from ..engine import train
 
     print(f"training {name}: {config.iterations} iterations")
+    cpu_started = time.process_time()
     result = train(config, model, train_set, val_set, extra=extra,
                    on_iteration_end=on_iteration_end)
+    # CPU time of this process in the call: with the validations; a continued run's
+    # excludes what it continues from
     return {"metrics": result.metrics, "train_seconds": result.train_seconds,
+            "cpu_seconds": time.process_time() - cpu_started,
             "iterations": result.iteration, "checkpoint": result.last_checkpoint}
 
 
