@@ -129,7 +129,7 @@ def verdict(summary: Mapping[str, Any]) -> list[str]:
         lines.append(f"- deformable − plain at equal training time: "
                      f"**{_points(gaps['plain, equal time'])}** mIoU points")
     lines.append(f"- training time, deformable / plain at equal iterations: **{ratio:.2f}×** "
-                 f"(training steps timed in turns before training: "
+                 f"(training-step cost measured in turns before training: "
                  f"{summary['step_ratio']:.2f}×)")
     if "plain, equal time" not in gaps:
         lines.append("- (no equal-time run: the comparison at equal training time is "
@@ -205,9 +205,10 @@ def _setup(summary: Mapping[str, Any]) -> list[str]:
         ratio = summary["step_ratio"]
         lines += ["", "*plain, equal time* is the plain twin trained for the deformable "
                   f"twin's training time: {s['iterations']} iterations × {ratio:.2f}, the "
-                  "ratio of the twins' training-step times, measured before training with "
-                  "the two taking turns on one batch (median of 15 steps each; a burst of "
-                  f"load from elsewhere slows both alike). {shared}"]
+                  "ratio of the twins' training-step costs, measured before training with "
+                  "the two taking turns on one batch (median of 25 steps each, in CPU time "
+                  "on a CPU: other work on the machine barely changes it, while it makes "
+                  f"wall-clock times vary by tens of percent). {shared}"]
     return lines
 
 

@@ -64,14 +64,16 @@ def seconds_per_iteration(model: nn.Module, task: str, dataset: Dataset, batch_s
 
 def step_seconds(models: dict[str, nn.Module], task: str, dataset: Dataset, batch_size: int,
                  device: torch.device, optimizer: Callable[[nn.Module], torch.optim.Optimizer],
-                 steps: int = 15) -> dict[str, float]:
-    """Median time of one training step (forward, loss, backward, ``optimizer`` update) of
+                 steps: int = 25) -> dict[str, float]:
+    """Median cost of one training step (forward, loss, backward, ``optimizer`` update) of
     a copy of each model on one batch of ``dataset``, the models taking turns, after one
-    warm-up step each: a burst of load from elsewhere slows them alike, so their ratios
-    hold."""
+    warm-up step each. On a CPU the cost is the process's CPU time, which other processes
+    on the machine barely change (their load makes wall-clock steps vary by tens of
+    percent); on an accelerator, wall-clock time."""
     from ..engine import compute_loss, train_loader
     from ..engine.tasks import to_device
 
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
     nets = {name: copy.deepcopy(model).to(device).train() for name, model in models.items()}
     optimizers = {name: optimizer(net) for name, net in nets.items()}
     images, targets = to_device(next(iter(train_loader(dataset, task, batch_size, seed=0,
@@ -79,13 +81,13 @@ def step_seconds(models: dict[str, nn.Module], task: str, dataset: Dataset, batc
     times: dict[str, list[float]] = {name: [] for name in nets}
     for _ in range(steps + 1):
         for name, net in nets.items():
-            start = time.perf_counter()
+            start = clock()
             loss, _ = compute_loss(task, net, images, targets)
             optimizers[name].zero_grad()
             loss.backward()
             optimizers[name].step()
             _sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: sorted(t[1:])[len(t[1:]) // 2] for name, t in times.items()}
 
 
