@@ -52,8 +52,8 @@ MODEL = "compact_fcn"
 
 @dataclass
 class DemoSettings:
-    """Data, model and training of the demo. The defaults take about 4 minutes on 2 CPU
-    cores (README: the measured numbers)."""
+    """Data, model and training of the demo (the README's demo section and
+    ``docs/demo_seeds.md`` give the defaults' results and times over 5 seeds)."""
 
     iterations: int = 3000  # per twin at equal iterations
     equal_time: bool = True  # also train the plain twin for the deformable one's time
