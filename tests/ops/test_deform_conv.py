@@ -26,7 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor
 
-from deformconv.ops import _utils, deform_conv2d, reference
+from deformconv.ops import _workspace, deform_conv2d, reference
 from deformconv.ops._numba import deform_conv as numba_backend
 from deformconv.ops._numba import deform_conv_depthwise as depthwise_backend
 from deformconv.ops._numba import deform_conv_tiles as tiles_module
@@ -318,12 +318,13 @@ TILED_CASE = Case(n=3, cin=4, cout=4, groups=2, offset_groups=2, height=9, width
                   stride=(2, 1), padding=(1, 2), dilation=(1, 2))  # Hout = 5: odd band count
 
 
-def _forced_tiles(mode: str, record: list, count: int = 2) -> Callable[..., Iterator[_utils.Tile]]:
+def _forced_tiles(mode: str, record: list,
+                  count: int = 2) -> Callable[..., Iterator[_workspace.Tile]]:
     """``tiles`` with a budget that forces bands of ``count`` rows or ``count`` images a tile."""
 
     def spy(batch: int, rows: int, bytes_per_row: int, budget: int | None = None):
         budget = count * bytes_per_row * (1 if mode == "bands" else rows)
-        produced = list(_utils.tiles(batch, rows, bytes_per_row, budget))
+        produced = list(_workspace.tiles(batch, rows, bytes_per_row, budget))
         record.append(produced)
         return iter(produced)
 
@@ -340,7 +341,7 @@ class TestTiling:
         if backend == "numba-depthwise":
             case = replace(case, groups=case.cin)
         assert case.out_size[0] == 5
-        record: list[list[_utils.Tile]] = []
+        record: list[list[_workspace.Tile]] = []
         monkeypatch.setattr(module, "tiles", _forced_tiles(mode, record))
         tensors = make_tensors(case, seed=2)
         grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
@@ -379,15 +380,15 @@ class TestTiling:
         assert_results_close(actual, expected, 1e-10)
 
     def test_workspace_budget_is_read_at_call_time(self, monkeypatch):
-        """Setting ``_utils.WORKSPACE_BYTES`` (the DEFORMCONV_WORKSPACE_MB knob) takes effect."""
-        record: list[list[_utils.Tile]] = []
+        """Setting ``_workspace.WORKSPACE_BYTES`` (DEFORMCONV_WORKSPACE_MB) takes effect."""
+        record: list[list[_workspace.Tile]] = []
 
         def passthrough(*args, **kwargs):
-            produced = list(_utils.tiles(*args, **kwargs))
+            produced = list(_workspace.tiles(*args, **kwargs))
             record.append(produced)
             return iter(produced)
 
-        monkeypatch.setattr(_utils, "WORKSPACE_BYTES", 1)
+        monkeypatch.setattr(_workspace, "WORKSPACE_BYTES", 1)
         monkeypatch.setattr(numba_backend, "tiles", passthrough)
         case = TILED_CASE
         tensors = make_tensors(case, seed=3)
@@ -990,8 +991,8 @@ def test_bad_geometry(kwargs, error, match):
 
 _IN_BOUNDS_CALLS = """
 def run(n, cin, cout, groups, offset_groups, size, offset, padding=1, budget=None):
-    saved = _utils.WORKSPACE_BYTES
-    _utils.WORKSPACE_BYTES = saved if budget is None else budget
+    saved = _workspace.WORKSPACE_BYTES
+    _workspace.WORKSPACE_BYTES = saved if budget is None else budget
     try:
         x = torch.randn(n, cin, *size, dtype=torch.float64, requires_grad=True)
         w = torch.randn(cout, cin // groups, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -1002,7 +1003,7 @@ def run(n, cin, cout, groups, offset_groups, size, offset, padding=1, budget=Non
         y = deform_conv2d(x, off, w, padding=padding, mask=mask)
         y.backward(torch.randn_like(y))
     finally:
-        _utils.WORKSPACE_BYTES = saved
+        _workspace.WORKSPACE_BYTES = saved
     return "ok"
 
 
@@ -1059,7 +1060,7 @@ calls.update({
 _ISOLATED_SCRIPT = """
 import math
 import torch
-from deformconv.ops import _utils, deform_conv2d  # also registers torch.ops.deformconv
+from deformconv.ops import _workspace, deform_conv2d  # also registers torch.ops.deformconv
 from deformconv.ops._numba import threads
 
 threads.SERIAL_WORK = 0  # every kernel call in chunks on all threads

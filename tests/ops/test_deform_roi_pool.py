@@ -122,7 +122,7 @@ class TestDeformRoIPool:
         with below_autograd():
             whole_grads = torch_backend.backward(grad_out, x, rois, offset, mask, *args, True,
                                                  True)
-        monkeypatch.setattr("deformconv.ops._utils.WORKSPACE_BYTES", 1)
+        monkeypatch.setattr("deformconv.ops._workspace.WORKSPACE_BYTES", 1)
         tiled = torch_backend.forward(x, rois, offset, mask, *args)
         with below_autograd():
             tiled_grads = torch_backend.backward(grad_out, x, rois, offset, mask, *args, True,

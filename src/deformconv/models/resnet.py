@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 from torch import Tensor, nn
 
 from ..nn import DeformConv2d, DeformConv2dExternal, OffsetBranchMixin, offset_state_keys
-from ..nn._offset import zero_init_last
 from ._registry import register_model
 
 __all__ = ["BLOCKS", "BasicBlock", "Bottleneck", "ResNet", "checkpoint_filter_fn",
@@ -305,7 +304,7 @@ class ResNet(nn.Module):
                         nn.init.zeros_(norm.weight)
         for m in self.modules():
             if isinstance(m, OffsetBranchMixin):
-                zero_init_last(m.offset_branch)
+                m.zero_init_offsets()
 
     def stages(self) -> list[nn.Sequential]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]

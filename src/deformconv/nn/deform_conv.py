@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import deform_conv2d
-from ..ops._utils import pair
+from ..ops.arguments import pair
 from ._offset import OffsetBranchMixin, check_positive, zero_init_last
 
 __all__ = ["DeformConv2d", "DeformConv2dExternal"]

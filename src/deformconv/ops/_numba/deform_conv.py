@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._utils import Tile, tiles, workspace
+from .._workspace import Tile, tiles, workspace
 from . import deform_conv_depthwise as depthwise
 from . import deform_conv_kernels as kernels
 from . import deform_conv_tiles as tile_ops

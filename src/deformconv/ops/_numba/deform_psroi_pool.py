@@ -14,7 +14,7 @@ import numba
 import torch
 from torch import Tensor
 
-from .._utils import psroi_grid
+from ..geometry import psroi_grid
 from .roi_sampling import clamped_corners, slope_weights, value_weights
 from .threads import threads_for
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._utils import roi_align_grid
+from ..geometry import roi_align_grid
 from .roi_sampling import clamped_corners, slope_weights, value_weights
 from .threads import threads_for
 
