@@ -181,3 +181,9 @@ def test_backbone_prefix_names_the_pretrained_weights(task):
     under = {n for n, _ in model.named_parameters() if n.startswith(prefix)}
     assert under == {prefix + n for n, _ in resnet.named_parameters()}
     assert len(under) < len(list(model.parameters()))
+
+
+def test_pretraining_cache_key_is_pinned():
+    # The studies' results were made with the backbone cached under this key: a change to
+    # runner.PRETRAIN, or to PretrainSettings' fields, would pretrain again and mix backbones.
+    assert runner.PRETRAIN.key() == "c48008f53b10"
