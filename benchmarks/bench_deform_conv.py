@@ -8,7 +8,8 @@ Four tables, every ratio measured in the same run:
 2. Modules, forward+backward: ``deformconv.nn.DeformConv2d`` (with its own offset conv) vs
    ``nn.Conv2d`` vs torchvision's ``DeformConv2d`` fed by the same offset conv, at the
    small-layer shapes of compact networks; and one training step of a small CNN whose last
-   two convs are deformable vs its plain twin.
+   two convs are deformable, and of the demo's segmentation net (last three deformable),
+   each vs its plain twin.
 3. Peak extra memory (process RSS sampled during the call, in a fresh process where glibc
    unmaps every freed large block) of the forward and of forward+backward at res5, batch 8:
    the forward's minus its output, forward+backward's minus output and gradients.
@@ -219,29 +220,44 @@ def module_runners(case: ModuleCase) -> dict[str, Callable[[], object]]:
     return {name: lambda m=m: m(x).sum().backward() for name, m in modules.items()}
 
 
+def conv_bn_relu(cin: int, cout: int, deformable: bool, stride: int = 1) -> nn.Module:
+    """A 3×3 conv (ours when ``deformable``, stride 1 then), batch norm and ReLU."""
+    layer = (DeformConv2d(cin, cout, 3, padding=1, bias=False) if deformable
+             else nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False))
+    return nn.Sequential(layer, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
 def small_cnn(deformable: bool) -> nn.Module:
     """A digit classifier on 48 px images whose last two 3×3 convs may be deformable."""
-    def conv(cin: int, cout: int, deform: bool) -> nn.Module:
-        layer = (DeformConv2d(cin, cout, 3, padding=1, bias=False) if deform
-                 else nn.Conv2d(cin, cout, 3, padding=1, bias=False))
-        return nn.Sequential(layer, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
     torch.manual_seed(0)
     return nn.Sequential(
-        conv(1, 32, False), nn.MaxPool2d(2),          # 48 -> 24
-        conv(32, 48, False), nn.MaxPool2d(2),         # 24 -> 12
-        conv(48, 64, deformable), conv(64, 64, deformable),
+        conv_bn_relu(1, 32, False), nn.MaxPool2d(2),          # 48 -> 24
+        conv_bn_relu(32, 48, False), nn.MaxPool2d(2),         # 24 -> 12
+        conv_bn_relu(48, 64, deformable), conv_bn_relu(64, 64, deformable),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
     )
 
 
-def training_runners(batch: int) -> dict[str, Callable[[], object]]:
-    """One SGD step of the small CNN, deformable and plain."""
-    x = torch.randn(batch, 1, 48, 48)
-    target = torch.randint(0, 10, (batch,))
+def demo_fcn(deformable: bool, classes: int = 6) -> nn.Module:
+    """The demo's segmentation net (``compact_fcn``'s defaults): 3×3 conv layers of widths
+    24, 32, 48, 48, 48 with strides 2, 2, 1, 1, 1, the last three deformable (16×16 maps at
+    64 px), a 1×1 classifier and a bilinear upsampling to the input size."""
+    torch.manual_seed(0)
+    widths, strides = (24, 32, 48, 48, 48), (2, 2, 1, 1, 1)
+    layers, cin = [], 3
+    for i, (width, stride) in enumerate(zip(widths, strides, strict=True)):
+        layers.append(conv_bn_relu(cin, width, deformable and i >= 2, stride))
+        cin = width
+    return nn.Sequential(*layers, nn.Conv2d(cin, classes, 1),
+                         nn.Upsample(scale_factor=4, mode="bilinear", align_corners=False))
+
+
+def training_runners(net: Callable[[bool], nn.Module], x: torch.Tensor, target: torch.Tensor
+                     ) -> dict[str, Callable[[], object]]:
+    """One SGD step (cross-entropy on ``target``) of ``net(True)`` and its plain twin."""
     steps = {}
     for name, deformable in (("ours", True), ("conv2d", False)):
-        model = small_cnn(deformable)
+        model = net(deformable)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
         def step(model: nn.Module = model, optimizer: torch.optim.Optimizer = optimizer) -> None:
@@ -263,9 +279,17 @@ def bench_modules(cases: list[ModuleCase], batch: int, repeats: int,
         row([case.label(), f"{times['ours'] * 1e3:.2f}", f"{times['conv2d'] * 1e3:.2f}",
              f"{tv * 1e3:.2f}", f"{times['ours'] / times['conv2d']:.2f}",
              f"{tv / times['ours']:.2f}"])
-    times = best_times(training_runners(batch), repeats, clock)
-    row([f"small CNN, 48 px, batch {batch}, train step", f"{times['ours'] * 1e3:.2f}",
-         f"{times['conv2d'] * 1e3:.2f}", "", f"{times['ours'] / times['conv2d']:.2f}", ""])
+    gen = torch.Generator().manual_seed(0)
+    nets = {f"small CNN, 48 px, batch {batch}, train step": (
+                small_cnn, torch.randn(batch, 1, 48, 48, generator=gen),
+                torch.randint(0, 10, (batch,), generator=gen)),
+            f"demo FCN, 64 px, batch {batch}, train step": (
+                demo_fcn, torch.randn(batch, 3, 64, 64, generator=gen),
+                torch.randint(0, 6, (batch, 64, 64), generator=gen))}
+    for label, (net, x, target) in nets.items():
+        times = best_times(training_runners(net, x, target), repeats, clock)
+        row([label, f"{times['ours'] * 1e3:.2f}", f"{times['conv2d'] * 1e3:.2f}", "",
+             f"{times['ours'] / times['conv2d']:.2f}", ""])
 
 
 def rss_bytes() -> int:

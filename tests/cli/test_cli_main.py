@@ -107,7 +107,7 @@ def test_bad_input_gives_one_line_and_code_2(capsys: pytest.CaptureFixture, argv
     (["train", "--batch-size", "0"], "expected an integer >= 1, got 0"),
     (["train", "--lr", "-1"], "expected a number > 0"),
     (["train", "--schedule", "linear"], "invalid choice: 'linear'"),
-    (["demo", "--minutes", "soon"], "expected a number > 0, got 'soon'"),
+    (["demo", "--lr", "soon"], "expected a number > 0, got 'soon'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
 def test_bad_values_are_argparse_errors(capsys: pytest.CaptureFixture, argv: list[str],
@@ -153,7 +153,7 @@ def test_toml_config(tmp_path: Path) -> None:
     ("batch_size: 0\n", "batch_size: expected an integer >= 1, got 0"),
     ("batch_size: 2.5\n", "batch_size: expected an integer >= 1, got '2.5'"),
     ("bf16: 1\n", "bf16 must be true or false, got 1"),
-    ("schedule: linear\n", "schedule must be one of ['cosine', 'onecycle', 'step'], got 'linear'"),
+    ("schedule: linear\n", "schedule must be one of ['cosine', 'onecycle', 'step', 'wsd'], got 'linear'"),
     ("lr: [1, 2]\n", "lr must be a single value"),
     ("- a\n- b\n", "expected a mapping of option: value, got a list"),
     ("a: [\n", "invalid YAML"),

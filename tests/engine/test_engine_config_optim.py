@@ -13,6 +13,7 @@ from deformconv.engine import (
     TrainConfig,
     build_optimizer,
     build_scheduler,
+    decay_start,
     lr_factor,
     param_groups,
 )
@@ -141,6 +142,28 @@ class TestSchedule:
         long = TrainConfig(schedule="onecycle", warmup_iters=20)
         for i in range(0, 100, 7):
             assert lr_factor(2 * i, long, 200) == pytest.approx(lr_factor(i, short, 100))
+
+    def test_wsd_warms_up_holds_then_decays_linearly(self):
+        config = TrainConfig(schedule="wsd", warmup_iters=2, warmup_factor=0.5,
+                             decay_share=0.4, min_lr_ratio=0.2)
+        total = 10  # decay over iterations 6..10 from 1 to 0.2
+        got = [lr_factor(i, config, total) for i in range(total + 1)]
+        assert got == pytest.approx([0.5, 0.75, 1, 1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2])
+        assert decay_start(total, config.decay_share) == 6
+
+    def test_wsd_longer_run_shares_the_shorter_ones_schedule_until_its_decay(self):
+        """What lets a longer run continue a shorter one's checkpoint from its decay start."""
+        config = TrainConfig(schedule="wsd", warmup_iters=5)
+        for short, long in ((100, 101), (100, 173), (7, 8)):
+            start = decay_start(short, config.decay_share)
+            assert decay_start(long, config.decay_share) >= start
+            assert [lr_factor(i, config, long) for i in range(start + 1)] == [
+                lr_factor(i, config, short) for i in range(start + 1)]
+        assert decay_start(3, 0.01) == 2  # at least one decaying step
+
+    def test_decay_share_checked(self):
+        with pytest.raises(ValueError, match="decay_share must be in"):
+            TrainConfig(decay_share=0.0)
 
     def test_scheduler_keeps_offset_ratio(self):
         config = TrainConfig(lr=1.0, offset_lr_mult=0.1, milestones=[2], gamma=0.1)

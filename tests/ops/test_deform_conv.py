@@ -105,6 +105,10 @@ def make_tensors(case: Case, dtype: torch.dtype = torch.float64, seed: int = 0) 
     }
 
 
+# groups = Cin = Cout: the direct depthwise kernels (no columns), with two offset groups.
+DEPTHWISE_CASE = Case(n=2, cin=6, cout=6, groups=6, offset_groups=2)
+
+
 @st.composite
 def cases(draw: st.DrawFn, max_batch: int = 4) -> Case:
     """Small random configurations covering groups, offset groups and odd geometries."""
@@ -288,11 +292,13 @@ class TestAgainstReference:
 
 
     @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-    @pytest.mark.parametrize("backend", ["numba", "fallback"])
-    def test_integer_offsets_use_right_hand_derivative(self, backend, dtype):
+    @pytest.mark.parametrize("backend, groups", [("numba", 2), ("fallback", 2),
+                                                 ("numba", 4)], ids=["numba", "fallback",
+                                                                     "numba-depthwise"])
+    def test_integer_offsets_use_right_hand_derivative(self, backend, groups, dtype):
         """Samples exactly on grid points (the kinks), incl. the image border: the offset
         gradient is the right-hand derivative with the same floor corners, as in the SPEC."""
-        case = Case(n=2, groups=2, offset_groups=2, height=5, width=4, padding=(2, 1))
+        case = Case(n=2, groups=groups, offset_groups=2, height=5, width=4, padding=(2, 1))
         tensors = make_tensors(case, dtype, seed=13)
         gen = torch.Generator().manual_seed(13)
         tensors["offset"] = torch.randint(-3, 4, tensors["offset"].shape, generator=gen).to(dtype)
@@ -326,21 +332,24 @@ def _forced_tiles(mode: str, record: list, count: int = 2) -> Callable[..., Iter
 
 class TestTiling:
     @pytest.mark.parametrize("mode", ["bands", "images"])
-    @pytest.mark.parametrize("backend", ["numba", "fallback"])
+    @pytest.mark.parametrize("backend", ["numba", "fallback", "numba-depthwise"])
     def test_tiled_matches_reference(self, monkeypatch, backend, mode):
         case = TILED_CASE
+        module = {"numba": numba_backend, "fallback": torch_backend,
+                  "numba-depthwise": depthwise_backend}[backend]
+        if backend == "numba-depthwise":
+            case = replace(case, groups=case.cin)
         assert case.out_size[0] == 5
-        module = numba_backend if backend == "numba" else torch_backend
         record: list[list[_utils.Tile]] = []
         monkeypatch.setattr(module, "tiles", _forced_tiles(mode, record))
         tensors = make_tensors(case, seed=2)
         grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
         expected = expected_results(case, tensors, grad_out)
-        if backend == "numba":
-            actual = run_with_grads(fast_op(case), tensors, grad_out)
-        else:
+        if backend == "fallback":
             expected.pop("grad_bias")
             actual = fallback_results(case, tensors, grad_out)
+        else:
+            actual = run_with_grads(fast_op(case), tensors, grad_out)
         assert_results_close(actual, expected, 1e-10)
 
         assert len(record) == 2, "forward and backward should each tile once"
@@ -391,6 +400,33 @@ class TestTiling:
             assert [(t.n0, t.n1, t.y0, t.y1) for t in produced] == [
                 (n, n + 1, y, y + 1) for n in range(case.n) for y in range(hout)
             ]
+
+
+class TestChannelsFirstStore:
+    """Channels-last results (the forward's conv-form GEMM, the input gradient) reach NCHW
+    either as per-image 2-D transposed copies (images from ``TRANSPOSE_PER_IMAGE`` elements
+    up) or as one 4-D copy: both give the reference's values."""
+
+    @pytest.mark.parametrize("per_image", [True, False])
+    @pytest.mark.parametrize("groups", [2, 4], ids=["columns", "depthwise"])
+    def test_matches_reference(self, monkeypatch, per_image, groups):
+        monkeypatch.setattr(tiles_module, "TRANSPOSE_PER_IMAGE", 0 if per_image else 1 << 62)
+        case = replace(TILED_CASE, groups=groups)
+        tensors = make_tensors(case, seed=41)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        expected = expected_results(case, tensors, grad_out)
+        assert_results_close(run_with_grads(fast_op(case), tensors, grad_out), expected, 1e-10)
+
+    @pytest.mark.parametrize("threshold", [0, 1 << 62])
+    @pytest.mark.parametrize("channels_last_dst", [False, True])
+    def test_store(self, monkeypatch, threshold, channels_last_dst):
+        monkeypatch.setattr(tiles_module, "TRANSPOSE_PER_IMAGE", threshold)
+        src = torch.randn(3, 4, 5, 6)
+        dst = torch.empty(3, 6, 4, 5)
+        if channels_last_dst:
+            dst = dst.contiguous(memory_format=torch.channels_last)
+        tiles_module.store_channels_first(dst, src)
+        assert torch.equal(dst, src.permute(0, 3, 1, 2))
 
 
 class TestBackwardChannelBlocks:
@@ -471,9 +507,12 @@ class TestDepthwise:
 
     @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
     @given(case=depthwise_cases(), seed=st.integers(0, 2**31 - 1),
-           mode=st.sampled_from(["none", "bands", "images"]), blocks=st.sampled_from([0, 1, 3]))
-    def test_matches_reference(self, dtype, case, seed, mode, blocks):
-        """``blocks`` 0: the default split on as many threads as the machine allows."""
+           mode=st.sampled_from(["none", "bands", "images"]), count=st.integers(1, 3),
+           blocks=st.sampled_from([0, 1, 3]))
+    def test_matches_reference(self, dtype, case, seed, mode, count, blocks):
+        """``blocks`` 0: the default split on as many threads as the machine allows. Tiles
+        of ``count`` rows or images: the kernels write and read whole NCHW images at the
+        tile's rows."""
         tensors = make_tensors(case, dtype, seed)
         grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
         expected = expected_results(case, tensors, grad_out)
@@ -483,7 +522,7 @@ class TestDepthwise:
                 patch.setattr(tiles_module, "channel_blocks",
                               lambda images, channels, work: min(channels, blocks))
             if mode != "none":
-                patch.setattr(depthwise_backend, "tiles", _forced_tiles(mode, [], 1))
+                patch.setattr(depthwise_backend, "tiles", _forced_tiles(mode, [], count))
             actual = run_with_grads(fast_op(case), tensors, grad_out.to(dtype))
         assert_results_close(actual, expected, TOLERANCE[dtype])
 
@@ -577,9 +616,10 @@ def _fractional_offset(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
     return whole + 0.1 + 0.8 * torch.rand(shape, generator=gen, dtype=torch.float64)
 
 
+@pytest.mark.parametrize("cout, groups", [(2, 2), (4, 4)], ids=["groups", "depthwise"])
 @pytest.mark.parametrize("with_mask", [False, True])
-def test_gradcheck(with_mask, generator):
-    case = Case(n=1, cin=4, cout=2, groups=2, offset_groups=2, height=5, width=4,
+def test_gradcheck(with_mask, cout, groups, generator):
+    case = Case(n=1, cin=4, cout=cout, groups=groups, offset_groups=2, height=5, width=4,
                 kernel=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2),
                 with_mask=with_mask)
     tensors = make_tensors(case, seed=4)
@@ -701,10 +741,11 @@ def _assert_matches_torchvision(case: Case, seed: int) -> None:
 
 class TestEdgeCases:
     @pytest.mark.parametrize("shift", [1e3, -1e3, 1e6, math.inf, -math.inf])
-    @pytest.mark.parametrize("backend", ["numba", "fallback"])
-    def test_all_samples_outside(self, backend, shift):
+    @pytest.mark.parametrize("backend, case", [
+        ("numba", Case(groups=2, offset_groups=2)), ("fallback", Case(groups=2, offset_groups=2)),
+        ("numba", DEPTHWISE_CASE)], ids=["numba", "fallback", "numba-depthwise"])
+    def test_all_samples_outside(self, backend, case, shift):
         """Every sample off the image: out = bias, and no gradient reaches input/offset/mask."""
-        case = Case(groups=2, offset_groups=2)
         tensors = make_tensors(case)
         tensors["offset"] = torch.full_like(tensors["offset"], shift)
         grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
@@ -728,9 +769,10 @@ class TestEdgeCases:
                               grad_out, names)
         assert_results_close(ones, without, 1e-12)
 
-    def test_mixed_huge_and_infinite_offsets(self):
+    @pytest.mark.parametrize("case", [Case(n=2, offset_groups=2, cin=4), DEPTHWISE_CASE],
+                             ids=["columns", "depthwise"])
+    def test_mixed_huge_and_infinite_offsets(self, case):
         """Some offsets 1e6 / ±inf among ordinary ones: finite and equal to the reference."""
-        case = Case(n=2, offset_groups=2, cin=4)
         tensors = make_tensors(case, seed=6)
         offset = tensors["offset"].flatten()
         offset[::7] = math.inf
@@ -758,15 +800,17 @@ class TestEdgeCases:
         fallback = fallback_results(case, tensors, grad_out)
         assert fallback["out"].shape == (0, case.cout, *case.out_size)
 
-    def test_non_contiguous_inputs(self):
-        case = Case(n=2, cin=4, cout=6, groups=2, offset_groups=2, stride=(1, 2))
+    @pytest.mark.parametrize("case", [
+        Case(n=2, cin=4, cout=6, groups=2, offset_groups=2, stride=(1, 2)),
+        replace(DEPTHWISE_CASE, stride=(1, 2))], ids=["columns", "depthwise"])
+    def test_non_contiguous_inputs(self, case):
         tensors = make_tensors(case, seed=7)
         grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
         expected = expected_results(case, tensors, grad_out)
 
         def strided(t: Tensor) -> Tensor:
-            if t.dim() != 4:
-                return t.repeat_interleave(2)[::2]  # every other element of a 2x copy
+            if t.dim() != 4 or t.shape[1] == 1:  # (a channels-last (C, 1, kh, kw) is contiguous)
+                return t.repeat_interleave(2, -1)[..., ::2]  # every other element of a 2x copy
             return t.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
 
         def op(**kwargs):
@@ -797,9 +841,10 @@ class TestEdgeCases:
                       **{f"grad_{k}": t.grad for k, t in leaves[i].items()}}
             assert_results_close(actual, expected[i], 1e-10)
 
-    def test_repeated_calls_are_bitwise_identical(self):
+    @pytest.mark.parametrize("cout, groups", [(8, 2), (16, 16)], ids=["columns", "depthwise"])
+    def test_repeated_calls_are_bitwise_identical(self, cout, groups):
         """The parallel kernels must be race-free: two runs give the very same bits."""
-        case = Case(n=2, cin=16, cout=8, groups=2, offset_groups=4, height=12, width=11,
+        case = Case(n=2, cin=16, cout=cout, groups=groups, offset_groups=4, height=12, width=11,
                     offset_scale=1.0)
         tensors = make_tensors(case, torch.float32, seed=14)
         grad_out = torch.randn(case.n, case.cout, *case.out_size)
@@ -839,9 +884,10 @@ class TestEdgeCases:
         assert out.shape == (case.n, case.cout, *case.out_size)
         assert out.dtype == torch.float32
 
+    @pytest.mark.parametrize("case", [Case(offset_groups=2, groups=2), DEPTHWISE_CASE],
+                             ids=["columns", "depthwise"])
     @pytest.mark.parametrize("dtype, rtol", [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
-    def test_half_precision_computed_in_float32(self, dtype, rtol):
-        case = Case(offset_groups=2, groups=2)
+    def test_half_precision_computed_in_float32(self, dtype, rtol, case):
         tensors = make_tensors(case, dtype, seed=8)
         grad_out = torch.randn(case.n, case.cout, *case.out_size).to(dtype)
         # The spec: computed in float32 from the very same (rounded) values.
@@ -968,6 +1014,7 @@ calls.update({
     "many-channels": lambda: run(1, 36, 8, 4, 3, (4, 5), border),
     "depthwise": lambda: run(3, 4, 4, 4, 2, (5, 6), border, padding=2),
     "depthwise-bands": lambda: run(1, 6, 6, 6, 3, (5, 6), border, padding=2, budget=1),
+    "depthwise-inf": lambda: run(2, 4, 4, 4, 2, (4, 4), lambda *s: torch.full(s, -math.inf)),
     "huge": lambda: run(1, 4, 4, 1, 1, (4, 4), lambda *s: torch.full(s, -1e6)),
     "inf": lambda: run(1, 4, 4, 1, 1, (4, 4), lambda *s: torch.full(s, math.inf)),
     "single-pixel": lambda: run(1, 2, 2, 1, 1, (1, 1), border, padding=1),
@@ -1057,8 +1104,8 @@ def isolated_results(request: pytest.FixtureRequest,
 def test_kernels_stay_in_bounds(isolated_results):
     """Forward and backward with samples on and across every border, in row bands, with
     more channels than parallel blocks: no kernel touches memory outside its arrays."""
-    for name in ("borders", "row-bands", "many-channels", "depthwise", "depthwise-bands", "huge",
-                 "inf", "single-pixel"):
+    for name in ("borders", "row-bands", "many-channels", "depthwise", "depthwise-bands",
+                 "depthwise-inf", "huge", "inf", "single-pixel"):
         assert isolated_results[name] == ("returned", "ok"), name
 
 

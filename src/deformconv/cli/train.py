@@ -44,7 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     opt.add_argument("--offset-lr-mult", type=float, default=0.1,
                      help="learning-rate factor of the offset branches")
     opt.add_argument("--schedule", choices=SCHEDULES, default="cosine",
-                     help="cosine: over the whole run; onecycle: after the warm-up")
+                     help="cosine: over the whole run; onecycle: after the warm-up; wsd: "
+                          "warm-up, hold, then linear decay over the last fifth")
     opt.add_argument("--warmup-iters", type=non_negative_int, default=0)
     opt.add_argument("--class-weights", type=_weights, metavar="W0,W1,...",
                      help="cross-entropy weight per class, background first for segmentation "

@@ -22,7 +22,7 @@ from .evaluate import evaluate
 from .loader import ShardSampler, TrainSampler, eval_loader, iters_per_epoch, train_loader
 from .metrics import IGNORE_INDEX, confusion_matrix, iou_from_confusion, top1_correct
 from .metrics_log import MetricsLogger, read_metrics
-from .optim import build_optimizer, build_scheduler, lr_factor, param_groups
+from .optim import build_optimizer, build_scheduler, decay_start, lr_factor, param_groups
 from .seeding import SeededSamples, get_rng_state, seed_everything, set_rng_state, worker_init_fn
 from .tasks import PRIMARY_METRIC, collate_fn, compute_loss, make_evaluator
 from .trainer import KILL_ENV, TrainResult, train
@@ -49,6 +49,7 @@ __all__ = [
     "collate_fn",
     "compute_loss",
     "confusion_matrix",
+    "decay_start",
     "detection_record",
     "eval_loader",
     "evaluate",

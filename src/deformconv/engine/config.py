@@ -9,7 +9,7 @@ from typing import Any
 __all__ = ["OPTIMIZERS", "SCHEDULES", "TASKS", "TrainConfig"]
 
 TASKS = ("classification", "segmentation", "detection")
-SCHEDULES = ("step", "cosine", "onecycle")
+SCHEDULES = ("step", "cosine", "onecycle", "wsd")
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -44,8 +44,12 @@ class TrainConfig:
     warmup_iters: int = 0  # linear warm-up from warmup_factor * lr to lr
     warmup_factor: float = 1.0 / 3.0  # starting fraction of lr during warm-up (Detectron's 1/3)
     # "step": times gamma at each milestone; "cosine": to min_lr_ratio over the whole run
-    # (warm-up on top); "onecycle": warm-up, then cosine to min_lr_ratio over the rest
+    # (warm-up on top); "onecycle": warm-up, then cosine to min_lr_ratio over the rest;
+    # "wsd": warm-up, hold lr, then linear to min_lr_ratio over the last decay_share of the
+    # run (warmup-stable-decay): runs of different lengths share the schedule until the
+    # shorter one's decay, so a longer run can branch off a shorter one's checkpoint
     schedule: str = "step"
+    decay_share: float = 0.2  # "wsd": the share of the run spent decaying
     milestones: list[int] = field(default_factory=list)  # iterations where "step" decays lr
     gamma: float = 0.1
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
@@ -118,6 +122,8 @@ class TrainConfig:
             raise ValueError(f"warmup_factor must be in (0, 1], got {self.warmup_factor!r}")
         if not self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if not 0 < self.decay_share <= 1:
+            raise ValueError(f"decay_share must be in (0, 1], got {self.decay_share!r}")
         if list(self.milestones) != sorted(self.milestones) or any(
             m <= 0 for m in self.milestones
         ):

@@ -13,7 +13,7 @@ from torch import nn
 
 from .config import TrainConfig
 
-__all__ = ["build_optimizer", "build_scheduler", "lr_factor", "param_groups"]
+__all__ = ["build_optimizer", "build_scheduler", "decay_start", "lr_factor", "param_groups"]
 
 
 def param_groups(model: nn.Module, lr: float, offset_lr_mult: float,
@@ -72,10 +72,18 @@ def lr_factor(iteration: int, config: TrainConfig, total_iters: int) -> float:
     ``min_lr_ratio`` over ``total_iters`` (lr_t = floor + (1 - floor)(1 + cos(pi t / T)) / 2);
     "onecycle" holds 1 during the warm-up and then decays like "cosine" over the remaining
     ``total_iters - warmup_iters`` (the one-cycle policy of Smith & Topin, 2019,
-    https://arxiv.org/abs/1708.07120, without its momentum cycle).
+    https://arxiv.org/abs/1708.07120, without its momentum cycle); "wsd" holds 1 and then
+    decays linearly to ``min_lr_ratio`` over the last ``decay_share`` of ``total_iters``
+    (warmup-stable-decay, which matches cosine at any length: Hägele et al., 2024,
+    https://arxiv.org/abs/2405.18392). Before its decay, "wsd" does not depend on
+    ``total_iters``.
     """
     if config.schedule == "step":
         factor = config.gamma ** bisect.bisect_right(config.milestones, iteration)
+    elif config.schedule == "wsd":
+        start = decay_start(total_iters, config.decay_share)
+        progress = min(max(iteration - start, 0) / max(1, total_iters - start), 1.0)
+        factor = 1.0 - (1.0 - config.min_lr_ratio) * progress
     else:
         start = config.warmup_iters if config.schedule == "onecycle" else 0
         progress = min(max(iteration - start, 0) / max(1, total_iters - start), 1.0)
@@ -85,6 +93,12 @@ def lr_factor(iteration: int, config: TrainConfig, total_iters: int) -> float:
         alpha = iteration / config.warmup_iters
         factor *= config.warmup_factor * (1.0 - alpha) + alpha
     return factor
+
+
+def decay_start(total_iters: int, decay_share: float) -> int:
+    """The iteration where the "wsd" schedule starts decaying in a run of ``total_iters``
+    (never earlier in a longer run)."""
+    return total_iters - max(1, round(decay_share * total_iters))
 
 
 def build_scheduler(

@@ -1,4 +1,6 @@
-"""Per-sample arithmetic on channel runs, shared by the deform_conv2d kernels (inlined).
+"""Per-sample arithmetic shared by the deform_conv2d kernels (inlined): where a sample
+reads (``locate``), how a backward task splits channels (``block_task``), and what a sample
+does with channel runs.
 
 A sample's four corner runs ``x00, x01, x10, x11`` (its channels at the four corners,
 contiguous) combine with the corner weights from ``bilinear.corners``; a "run" is a
@@ -8,6 +10,29 @@ sample's channels in the columns or their gradient.
 from __future__ import annotations
 
 import numba
+
+from .bilinear import corners, slope_corners
+
+
+@numba.njit(inline="always", cache=True)
+def block_task(task, channel_blocks, channels):
+    """``(n, b, c, end)`` of a backward task: image ``n``, channel block ``b`` and that
+    block's share ``c:end`` of an offset group's ``channels``."""
+    n = task // channel_blocks
+    b = task - n * channel_blocks
+    return n, b, b * channels // channel_blocks, (b + 1) * channels // channel_blocks
+
+
+@numba.njit(inline="always", cache=True)
+def locate(offset, n, q, r, col, y, i, j, stride, pad, dil, height, width, slope_support):
+    """``bilinear.corners`` (``slope_corners`` with ``slope_support``) of sample ``q``
+    (offset group × kernel point ``(i, j)``) of the tile's output pixel ``(r, col)``, which
+    is row ``y`` of its image: the kernel point's grid position moved by the offset."""
+    h = y * stride[0] - pad[0] + i * dil[0] + offset[n, 2 * q, r, col]
+    w = col * stride[1] - pad[1] + j * dil[1] + offset[n, 2 * q + 1, r, col]
+    if slope_support:
+        return slope_corners(h, w, height, width)
+    return corners(h, w, height, width)
 
 
 @numba.njit(inline="always", cache=True)
@@ -73,3 +98,4 @@ def scatter_corners(grad_x, n, g, c, end, h0, h1, w0, w1, s00, s01, s10, s11, ru
     scatter(grad_x[n, h0, w1, g, c:end], s01, run)
     scatter(grad_x[n, h1, w0, g, c:end], s10, run)
     scatter(grad_x[n, h1, w1, g, c:end], s11, run)
+

@@ -1,8 +1,9 @@
 """Depthwise deform_conv2d on the CPU (groups = Cin = Cout): a direct kernel, no columns.
 
 Per tile of images × output rows the kernel samples the channels-last input and applies
-each channel's own kernel weights in the same pass, writing the channels-last output;
-the backward does every gradient in one pass over the same samples. A GEMM per channel
+each channel's own kernel weights in the same pass, writing the NCHW output row by row
+(through a small channels-last row buffer); the backward reads the NCHW output gradient
+the same way and does every gradient in one pass over the same samples. A GEMM per channel
 would multiply 1 × kk by kk × pixels: columns cost more than they save there.
 """
 

@@ -18,8 +18,15 @@ from __future__ import annotations
 
 import numba
 
-from .bilinear import corners, slope_corners
-from .channel_runs import blend, scatter_corners, slopes, store_slopes, value_weights
+from .channel_runs import (
+    blend,
+    block_task,
+    locate,
+    scatter_corners,
+    slopes,
+    store_slopes,
+    value_weights,
+)
 
 
 @numba.njit(inline="always", cache=True)
@@ -49,14 +56,11 @@ def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil,
         r = task % rows
         for col in range(wout):
             for i in range(kh):
-                top = (y0 + r) * stride[0] - pad[0] + i * dil[0]
                 for j in range(kw):
-                    left = col * stride[1] - pad[1] + j * dil[1]
                     k = i * kw + j
                     q = g * kk + k
-                    h = top + offset[n, 2 * q, r, col]
-                    w = left + offset[n, 2 * q + 1, r, col]
-                    _, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = corners(h, w, height, width)
+                    _, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = locate(
+                        offset, n, q, r, col, y0 + r, i, j, stride, pad, dil, height, width, False)
                     m = mask[n, q, r, col] if has_mask else 1.0
                     a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11, m, cast)
                     blend(columns[n, r, col, k, g], a00, a01, a10, a11, x[n, h0, w0, g],
@@ -95,30 +99,25 @@ def backward_tile(x, offset, mask, has_mask, columns, grad_offset, grad_mask, gr
     zero = cast(0.0)
     input_scale = 1.0 if need_input else 0.0
     for task in range(first, last):
-        n = task // channel_blocks
-        b = task - n * channel_blocks
-        c, end = b * cin_og // channel_blocks, (b + 1) * cin_og // channel_blocks
+        n, b, c, end = block_task(task, channel_blocks, cin_og)
         for r in range(rows):
             for col in range(wout):
                 for g in range(offset_groups):
                     for i in range(kh):
-                        top = (y0 + r) * stride[0] - pad[0] + i * dil[0]
                         for j in range(kw):
-                            left = col * stride[1] - pad[1] + j * dil[1]
                             k = i * kw + j
                             q = g * kk + k
-                            h = top + offset[n, 2 * q, r, col]
-                            w = left + offset[n, 2 * q + 1, r, col]
-                            inside, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = slope_corners(
-                                h, w, height, width)
+                            inside, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = locate(
+                                offset, n, q, r, col, y0 + r, i, j, stride, pad, dil, height,
+                                width, True)
                             run = columns[n, r, col, k, g, c:end]
-                            m = mask[n, q, r, col] if has_mask else 1.0
                             if not inside:
                                 if need_offset_mask:
                                     store_slopes(grad_offset, grad_mask, has_mask, b, n, q, r, col,
                                                  0.0, 0.0, 0.0, 0.0)
                                 run[:] = 0.0
                                 continue
+                            m = mask[n, q, r, col] if has_mask else 1.0
                             x00, x01 = x[n, h0, w0, g, c:end], x[n, h0, w1, g, c:end]
                             x10, x11 = x[n, h1, w0, g, c:end], x[n, h1, w1, g, c:end]
                             if need_offset_mask:

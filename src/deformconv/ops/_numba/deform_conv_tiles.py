@@ -25,6 +25,23 @@ def grouped(channels_last: Tensor, offset_groups: int) -> np.ndarray:
     return channels_last.view(*channels_last.shape[:-1], offset_groups, -1).numpy()
 
 
+# Images of at least this many elements go from channels-last to NCHW as one 2-D transposed
+# copy each: torch's blocked 2-D transpose is several times faster there than the strided 4-D
+# copy, which wins on small images (benchmarks/README.md).
+TRANSPOSE_PER_IMAGE = 1 << 16
+
+
+def store_channels_first(dst: Tensor, src: Tensor) -> None:
+    """Copy channels-last images ``src`` (nb, H, W, C) into ``dst`` (nb, C, H, W)."""
+    channels = dst.shape[1]
+    if math.prod(dst.shape[1:]) < TRANSPOSE_PER_IMAGE or not (
+            dst.is_contiguous() and src.is_contiguous()):
+        dst.copy_(src.permute(0, 3, 1, 2))
+        return
+    for image, source in zip(dst, src, strict=True):
+        image.view(channels, -1).copy_(source.view(-1, channels).t())
+
+
 def channels_last(input: Tensor, tile: Tile, cache: dict, slot: str = "x") -> Tensor:
     """``input[n0:n1]`` (nb, C, H, W) as (nb, H, W, C) in a workspace ``slot``, reused
     across the row bands of the same images (``cache`` remembers them)."""
@@ -126,4 +143,4 @@ class TileGradients:
             if self.grad_mask is not None:
                 store_parts(self.grad_mask, self.tile, self.mask_parts)
         if need_input and self.tile.y1 == rows:
-            grad_input[self.tile.n0 : self.tile.n1] = self.grad_x.permute(0, 3, 1, 2)
+            store_channels_first(grad_input[self.tile.n0 : self.tile.n1], self.grad_x)

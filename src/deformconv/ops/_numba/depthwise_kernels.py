@@ -15,8 +15,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .bilinear import corners, slope_corners
-from .channel_runs import scatter_corners, slopes, store_slopes, value_weights
+from .channel_runs import block_task, locate, scatter_corners, slopes, store_slopes, value_weights
 
 
 # contract: fused multiply-adds.
@@ -43,15 +42,11 @@ def forward(x, offset, mask, has_mask, weight, bias, out, y0, kw, stride, pad, d
             dst = row[col]
             dst[:] = bias[g]
             for i in range(kh):
-                top = (y0 + r) * stride[0] - pad[0] + i * dil[0]
                 for j in range(kw):
-                    left = col * stride[1] - pad[1] + j * dil[1]
                     k = i * kw + j
                     q = g * kk + k
-                    h = top + offset[n, 2 * q, r, col]
-                    w = left + offset[n, 2 * q + 1, r, col]
-                    inside, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = corners(
-                        h, w, height, width)
+                    inside, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = locate(
+                        offset, n, q, r, col, y0 + r, i, j, stride, pad, dil, height, width, False)
                     if not inside:
                         continue
                     m = mask[n, q, r, col] if has_mask else 1.0
@@ -90,9 +85,7 @@ def backward(x, offset, mask, has_mask, weight, grad_out, grad_offset, grad_mask
     zero = cast(0.0)
     input_scale = 1.0 if need_input else 0.0
     for task in range(first, last):
-        n = task // channel_blocks
-        b = task - n * channel_blocks
-        c, end = b * cin_og // channel_blocks, (b + 1) * cin_og // channel_blocks
+        n, b, c, end = block_task(task, channel_blocks, cin_og)
         run = np.empty(end - c, x.dtype)
         row = np.empty((offset_groups, wout, end - c), x.dtype)
         for r in range(rows):
@@ -105,15 +98,12 @@ def backward(x, offset, mask, has_mask, weight, grad_out, grad_offset, grad_mask
                 for g in range(offset_groups):
                     go = row[g, col]
                     for i in range(kh):
-                        top = (y0 + r) * stride[0] - pad[0] + i * dil[0]
                         for j in range(kw):
-                            left = col * stride[1] - pad[1] + j * dil[1]
                             k = i * kw + j
                             q = g * kk + k
-                            h = top + offset[n, 2 * q, r, col]
-                            w = left + offset[n, 2 * q + 1, r, col]
-                            inside, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = slope_corners(
-                                h, w, height, width)
+                            inside, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = locate(
+                                offset, n, q, r, col, y0 + r, i, j, stride, pad, dil, height,
+                                width, True)
                             if not inside:
                                 if need_offset_mask:
                                     store_slopes(grad_offset, grad_mask, has_mask, b, n, q, r, col,
