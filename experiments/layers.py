@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     pretrained(sizes, study)  # before the runs, so that none of them counts it
     study.in_shards(__file__, argv)
     results = {}
-    for layers, (spec, plain) in configs.items():
-        for seed in sizes.seeds:
+    for seed in sizes.seeds:  # seed by seed: a stopped study has whole seeds to report
+        for layers, (spec, plain) in configs.items():
             def run(run_dir, spec=spec, plain=plain, seed=seed):
                 return train_run(task, spec, plain, sizes, seed, run_dir, study)[1]
 
