@@ -309,12 +309,14 @@ class Report:
                 mark = "*" if low <= scale <= high else ""
                 line[f"{scale} px{mark}"] = f"{_num(stat['mean']):.3f} ± {_num(stat['std']):.3f}"
             line["outside the training sizes"] = pm(outside_mean(row, scales, (low, high)))
+            line["validation (training sizes)"] = pm(row["miou"])
             table.append(line)
         self.add(markdown_table(table), "",
                  f"mIoU on test scenes whose objects are all one size (longer side, px; * = "
                  f"inside the training range {low:g}-{high:g} px), mean ± std over seeds "
-                 f"{data['seeds']}; the last column averages each seed's mIoU over the sizes "
-                 f"outside the training range first. Ours: {_sizes_text(data)} "
+                 f"{data['seeds']}; \"outside\" averages each seed's mIoU over the sizes "
+                 f"outside the training range first (each seed's value in brackets); the last "
+                 f"column is the validation set of the training sizes. Ours: {_sizes_text(data)} "
                  f"{EQUAL_ITERATIONS}", "")
         figures = self.copy_figures("scale", [data["figure"]])
         self.add(*[f"![mIoU by test object size]({f})" for f in figures], "")
@@ -326,10 +328,13 @@ class Report:
             if name == "plain":
                 continue
             diff, verdict = compare(outside_mean(row, scales, (low, high)), base)
+            gaps = ", ".join(f"{scale} px {_scale_gap(row, rows['plain'], scale):+.3f}"
+                             for scale in scales)
             self.verdicts.append(
                 f"Scale generalisation (beyond the paper): {name} vs plain, mIoU outside the "
-                f"training sizes {diff:+.3f} ({verdict}) — the hypothesis is that deformable "
-                f"layers generalise better across scale: **{agrees(verdict, 'higher')}**.")
+                f"training sizes {diff:+.3f} ({verdict}; per test size: {gaps}) — the "
+                f"hypothesis is that deformable layers generalise better across scale: "
+                f"**{agrees(verdict, 'higher')}**.")
 
     def budget(self) -> None:
         """Per study: the --plan estimate and what the runs measured, with the shared
@@ -426,6 +431,11 @@ def outside_mean(row: dict[str, Any], scales: Sequence[int], train: Sequence[flo
     per_seed = [sum(v) / len(v) for v in
                 zip(*[row["by_scale"][s]["values"] for s in outside], strict=True)]
     return _stat(per_seed)
+
+
+def _scale_gap(row: dict[str, Any], base: dict[str, Any], scale: int) -> float:
+    """Mean mIoU of ``row`` minus that of ``base`` at test size ``scale``."""
+    return _num(row["by_scale"][str(scale)]["mean"]) - _num(base["by_scale"][str(scale)]["mean"])
 
 
 def _dilation_verdict(layer: str, rows: Sequence[dict[str, Any]]) -> str:

@@ -161,6 +161,7 @@ def test_scale_section_compares_outside_the_training_sizes(tmp_path):
     assert "| plain | 10 | 0.050 | 1.00 | 0.210 ± 0.010 | 0.620 ± 0.020 | 0.210 ± 0.010 |" in text
     assert "| deformable (v1) | 10 | 0.100 | 2.00 | 0.310 ± 0.010 |" in text
     assert "deformable (v1) vs plain, mIoU outside the training sizes +0.100" in text
+    assert "per test size: 8 px +0.100, 16 px -0.020, 32 px +0.100)" in text
     assert "modulated (v2) vs plain, mIoU outside the training sizes -0.010 (within" in text
     assert text.count("**agrees**") == 1 and text.count("**inconclusive**") == 1
     assert "![mIoU by test object size](results/scale_scale_miou.png)" in text
