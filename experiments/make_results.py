@@ -385,7 +385,8 @@ class Report:
                      "plus its share of the pretraining, which is trained once (by the first "
                      "study that needs it, one process, while the other shard waits) and "
                      "read from the cache by the rest; a study run alone from an empty "
-                     "cache pays all of it. The wall-clock sum is what the runs took on the "
+                     "cache pays all of it. A run resumed from a checkpoint counts the CPU "
+                     "time after it only. The wall-clock sum is what the runs took on the "
                      "shared development machine, other jobs running: it overstates the "
                      "cost.", "")
 
@@ -478,8 +479,10 @@ EQUAL_ITERATIONS = ("Every configuration trains for the same number of iteration
                     "cost stands next to its score, so a reader can weigh a gain against "
                     "its time: CPU s / it. is a run's CPU seconds (one thread: training, "
                     "evaluation and building, so the load of other jobs hardly counts) per "
-                    "training iteration, mean over seeds, and × plain its ratio to the "
-                    "plain configuration's.")
+                    "training iteration, mean over the seeds whose run trained from the "
+                    "start (a run resumed from a checkpoint does not know the CPU time "
+                    "before it; \"(n runs)\" where not every seed did), and × plain its "
+                    "ratio to the plain configuration's.")
 
 
 def time_cells(row: dict[str, Any], plain: dict[str, Any] | None) -> dict[str, str]:
@@ -487,7 +490,9 @@ def time_cells(row: dict[str, Any], plain: dict[str, Any] | None) -> dict[str, s
     plain configuration's (``–`` where unknown)."""
     cpu = _num(row.get("cpu_seconds_per_iteration"))
     base = _num(plain.get("cpu_seconds_per_iteration")) if plain else math.nan
-    return {"CPU s / it.": "–" if math.isnan(cpu) else f"{cpu:.3f}",
+    runs, seeds = row.get("cpu_runs"), len(row.get("seeds", []))
+    some = f" ({runs} runs)" if runs is not None and runs < seeds else ""
+    return {"CPU s / it.": "–" if math.isnan(cpu) else f"{cpu:.3f}{some}",
             "× plain": "–" if math.isnan(cpu / base) else f"{cpu / base:.2f}"}
 
 

@@ -185,19 +185,31 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def seed_stats(results: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
     """One configuration over its seeds: parameters, mean wall seconds per run (everything)
-    and per training iteration (the steps alone), mean CPU seconds of a run per iteration,
-    and per metric ``{"mean", "std", "values"}``."""
+    and per training iteration (the steps alone), mean CPU seconds of a run per iteration
+    over the runs that trained from the start (NaN if none did: a resumed run's CPU clock
+    misses the part before its checkpoint), and per metric ``{"mean", "std", "values"}``."""
+    whole = [r for r in results if _trained_whole(r)]
     row: dict[str, Any] = {
         "params": results[0]["params"],
         "run_seconds": mean_std([r["seconds"] for r in results])[0],
         "seconds_per_iteration": mean_std([r["seconds_per_iteration"] for r in results])[0],
         "cpu_seconds_per_iteration": mean_std([r.get("cpu_seconds", math.nan) / r["iterations"]
-                                               for r in results])[0]}
+                                               for r in whole])[0],
+        "cpu_runs": len(whole)}
     for key in metrics:
         values = [r["metrics"][key] for r in results]
         mean, std = mean_std(values)
         row[key] = {"mean": mean, "std": std, "values": values}
     return row
+
+
+def _trained_whole(result: dict[str, Any]) -> bool:
+    """Whether a run trained from iteration 0 in the call that wrote its result. Results
+    without ``resumed_at`` (older ones): resumed if their training clock, which a resumed
+    run carries over from its checkpoint, exceeds the call's own wall time."""
+    if "resumed_at" in result:
+        return result["resumed_at"] == 0
+    return result.get("train_seconds", 0.0) <= result.get("seconds", math.inf)
 
 
 def _plain_json(obj: Any) -> Any:
@@ -344,8 +356,15 @@ def train_run(task: str, spec: ModelSpec, plain: ModelSpec, sizes: Sizes, seed: 
     """Fine-tune ``spec`` (its plain twin's weights, the pretrained backbone, zero offsets)
     with ``seed``; evaluate on the validation scenes. Resumes from ``run_dir/last.pt`` if a
     previous call was stopped. Returns the trained model and ``{"metrics", "params",
-    "iterations", "train_seconds", "seconds_per_iteration"}``."""
-    from deformconv.engine import TrainConfig, balanced_class_weights, label_counts, train
+    "iterations", "resumed_at" (the checkpoint's iteration, 0 for a fresh run),
+    "train_seconds", "seconds_per_iteration"}``."""
+    from deformconv.engine import (
+        TrainConfig,
+        balanced_class_weights,
+        label_counts,
+        load_checkpoint,
+        train,
+    )
 
     train_set, val_set, classes = train_data(sizes, task)
     model = twin_model(spec, plain, seed)
@@ -365,10 +384,13 @@ def train_run(task: str, spec: ModelSpec, plain: ModelSpec, sizes: Sizes, seed: 
         grad_clip_norm=sizes.grad_clip, offset_lr_mult=sizes.offset_lr_mult, seed=seed,
         checkpoint_every=max(1, sizes.iterations // 4), keep_best=False, resume="auto",
         out_dir=str(run_dir), progress=False, log_every=10, device="cpu")
+    last = run_dir / "last.pt"
+    resumed_at = load_checkpoint(last)["iteration"] if last.exists() else 0
     result = train(config, model, train_set, val_set,
                    extra={"model": asdict(spec), "data": asdict(sizes.data())})
     return model, {"metrics": result.metrics, "params": parameter_count(model),
-                   "iterations": result.iteration, "train_seconds": result.train_seconds,
+                   "iterations": result.iteration, "resumed_at": resumed_at,
+                   "train_seconds": result.train_seconds,
                    "seconds_per_iteration": result.train_seconds / max(1, result.iteration)}
 
 

@@ -145,6 +145,7 @@ def test_scale_section_compares_outside_the_training_sizes(tmp_path):
         by_scale = {"8": _stat(outside), "16": _stat(inside), "32": _stat(outside)}
         return {"model": model, "params": 10, "seconds_per_iteration": 0.05,
                 "cpu_seconds_per_iteration": 0.05 if model == "plain" else 0.1,
+                "seeds": [0, 1, 2], "cpu_runs": 2 if model == "modulated (v2)" else 3,
                 "by_scale": by_scale, "miou": _stat(inside)}
 
     (runs / "scale").mkdir(parents=True)
@@ -160,6 +161,7 @@ def test_scale_section_compares_outside_the_training_sizes(tmp_path):
     text = out.read_text()
     assert "| plain | 10 | 0.050 | 1.00 | 0.210 ± 0.010 | 0.620 ± 0.020 | 0.210 ± 0.010 |" in text
     assert "| deformable (v1) | 10 | 0.100 | 2.00 | 0.310 ± 0.010 |" in text
+    assert "| modulated (v2) | 10 | 0.100 (2 runs) | 2.00 |" in text
     assert "deformable (v1) vs plain, mIoU outside the training sizes +0.100" in text
     assert "per test size: 8 px +0.100, 16 px -0.020, 32 px +0.100)" in text
     assert "modulated (v2) vs plain, mIoU outside the training sizes -0.010 (within" in text

@@ -168,6 +168,10 @@ def test_train_run_fine_tunes_the_cached_pretrained_backbone(tmp_path):
     fresh = runner.twin_model(spec, plain, 0).backbone.conv1.weight
     trained = model.backbone.conv1.weight.detach()
     assert (trained - state["conv1.weight"]).abs().max() < (trained - fresh).abs().max()
+    assert result["resumed_at"] == 0
+    # called again, the run continues from its checkpoint (here: already at the end)
+    _, again = runner.train_run("segmentation", spec, plain, sizes, 0, tmp_path / "run", study)
+    assert again["resumed_at"] == 1 and again["iterations"] == 1
 
 
 @pytest.mark.parametrize("task", ["segmentation", "faster_rcnn", "rfcn"])
@@ -187,3 +191,20 @@ def test_pretraining_cache_key_is_pinned():
     # The studies' results were made with the backbone cached under this key: a change to
     # runner.PRETRAIN, or to PretrainSettings' fields, would pretrain again and mix backbones.
     assert runner.PRETRAIN.key() == "c48008f53b10"
+
+
+def test_cpu_time_per_iteration_counts_runs_trained_from_the_start():
+    def result(cpu, **extra):
+        return {"params": 10, "seconds": 100.0, "seconds_per_iteration": 0.1, "iterations": 100,
+                "cpu_seconds": cpu, "metrics": {"miou": 0.5}, **extra}
+
+    row = runner.seed_stats([result(20.0, resumed_at=0), result(5.0, resumed_at=75),
+                             result(30.0, resumed_at=0)], ["miou"])
+    assert row["cpu_seconds_per_iteration"] == 0.25 and row["cpu_runs"] == 2
+    # older results without resumed_at: a training clock longer than the call's wall time
+    # was carried over from a checkpoint
+    row = runner.seed_stats([result(20.0, train_seconds=90.0),
+                             result(5.0, train_seconds=150.0)], ["miou"])
+    assert row["cpu_seconds_per_iteration"] == 0.2 and row["cpu_runs"] == 1
+    assert math.isnan(runner.seed_stats([result(5.0, resumed_at=50)], ["miou"])
+                      ["cpu_seconds_per_iteration"])
