@@ -391,12 +391,10 @@ class Report:
                      "cost.", "")
 
 
-def demo_seeds_line(out: Path) -> str:
-    """The pointer to the demo's table over seeds, beside the report."""
-    where = out.parent / DEMO_SEEDS
-    state = "" if where.exists() else " (not generated yet)"
+def demo_seeds_line() -> str:
+    """The pointer to the demo's table over seeds (a file of its own beside the report)."""
     return (f"The demo (`deformconv demo`, not a study of this file) over 5 seeds, each as "
-            f"the README runs it: [{DEMO_SEEDS}]({DEMO_SEEDS}){state}, written by "
+            f"the README runs it: [{DEMO_SEEDS}]({DEMO_SEEDS}), written by "
             "`python benchmarks/demo_seeds.py`.")
 
 
@@ -549,7 +547,7 @@ def build(runs: Path, out: Path) -> str:
         "Each study writes one JSON per run under `runs/experiments/<study>/` and skips runs "
         "already done, so an interrupted study continues where it stopped; a copy of each "
         "finished study's `summary.json` is kept in `docs/results/`.", "",
-        demo_seeds_line(out), "",
+        demo_seeds_line(), "",
         "## Budget", "")
     report.budget()
     report.lines += body.lines

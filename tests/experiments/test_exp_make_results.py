@@ -81,21 +81,20 @@ def test_full_report_verdicts(tmp_path):
         assert f"Command: `python experiments/{command}`\n\n*Not run in this session*" in text
     kept = json.loads((tmp_path / "docs" / "results" / "layers_segmentation.json").read_text())
     assert kept["rows"][1]["miou"]["values"] == [0.40, 0.41, 0.42]
-    assert "[demo_seeds.md](demo_seeds.md) (not generated yet)" in text
+    assert "[demo_seeds.md](demo_seeds.md), written by `python benchmarks/demo_seeds.py`" \
+        in text
 
 
-def test_partly_run_study_and_demo_seeds_link(tmp_path):
+def test_partly_run_study(tmp_path):
     runs = tmp_path / "runs"
     (runs / "roi_pooling_rfcn").mkdir(parents=True)
     for run in ("plain_seed0", "both_seed0"):
         (runs / "roi_pooling_rfcn" / f"{run}.json").write_text(
             json.dumps({"result": {"seconds": 60.0, "cpu_seconds": 50.0}}))
-    (tmp_path / "demo_seeds.md").write_text("| seed |\n")
     out = tmp_path / "RESULTS.md"
     assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
     text = out.read_text()
     assert "*Not finished in this session*: 2 run(s) done; the command above continues" in text
-    assert "[demo_seeds.md](demo_seeds.md), written by" in text
 
 
 def test_dilation_verdict_weighs_large_against_small_objects_over_seeds():
