@@ -477,10 +477,10 @@ EQUAL_ITERATIONS = ("Every configuration trains for the same number of iteration
                     "cost stands next to its score, so a reader can weigh a gain against "
                     "its time: CPU s / it. is a run's CPU seconds (one thread: training, "
                     "evaluation and building, so the load of other jobs hardly counts) per "
-                    "training iteration, mean over the seeds whose run trained from the "
-                    "start (a run resumed from a checkpoint does not know the CPU time "
-                    "before it; \"(n runs)\" where not every seed did), and × plain its "
-                    "ratio to the plain configuration's.")
+                    "training iteration, mean over seeds (a run resumed from a checkpoint: "
+                    "its last part's CPU seconds per iteration of that part; \"(n runs)\" "
+                    "where older results of resumed runs do not say where they resumed), "
+                    "and × plain its ratio to the plain configuration's.")
 
 
 def time_cells(row: dict[str, Any], plain: dict[str, Any] | None) -> dict[str, str]:

@@ -185,17 +185,17 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def seed_stats(results: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
     """One configuration over its seeds: parameters, mean wall seconds per run (everything)
-    and per training iteration (the steps alone), mean CPU seconds of a run per iteration
-    over the runs that trained from the start (NaN if none did: a resumed run's CPU clock
-    misses the part before its checkpoint), and per metric ``{"mean", "std", "values"}``."""
-    whole = [r for r in results if _trained_whole(r)]
+    and per training iteration (the steps alone), mean CPU seconds per iteration of the
+    calls that wrote the results (a resumed run's call: per iteration it trained; NaN if no
+    run says how far it trained), and per metric ``{"mean", "std", "values"}``."""
+    trained = [(r, _iterations_trained(r)) for r in results]
+    known = [r.get("cpu_seconds", math.nan) / n for r, n in trained if n]
     row: dict[str, Any] = {
         "params": results[0]["params"],
         "run_seconds": mean_std([r["seconds"] for r in results])[0],
         "seconds_per_iteration": mean_std([r["seconds_per_iteration"] for r in results])[0],
-        "cpu_seconds_per_iteration": mean_std([r.get("cpu_seconds", math.nan) / r["iterations"]
-                                               for r in whole])[0],
-        "cpu_runs": len(whole)}
+        "cpu_seconds_per_iteration": mean_std(known)[0],
+        "cpu_runs": len(known)}
     for key in metrics:
         values = [r["metrics"][key] for r in results]
         mean, std = mean_std(values)
@@ -203,13 +203,15 @@ def seed_stats(results: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dic
     return row
 
 
-def _trained_whole(result: dict[str, Any]) -> bool:
-    """Whether a run trained from iteration 0 in the call that wrote its result. Results
-    without ``resumed_at`` (older ones): resumed if their training clock, which a resumed
-    run carries over from its checkpoint, exceeds the call's own wall time."""
+def _iterations_trained(result: dict[str, Any]) -> int | None:
+    """The iterations trained by the call that wrote a run's result (its CPU seconds cover
+    those only). Results without ``resumed_at`` (older ones) were resumed, at an unknown
+    iteration (None), if their training clock, which a resumed run carries over from its
+    checkpoint, exceeds the call's own wall time."""
     if "resumed_at" in result:
-        return result["resumed_at"] == 0
-    return result.get("train_seconds", 0.0) <= result.get("seconds", math.inf)
+        return result["iterations"] - result["resumed_at"]
+    fresh = result.get("train_seconds", 0.0) <= result.get("seconds", math.inf)
+    return result["iterations"] if fresh else None
 
 
 def _plain_json(obj: Any) -> Any:
@@ -290,6 +292,12 @@ class Study:
             checkpoint.unlink()
         self.done.append(run)
         return result
+
+    @property
+    def trains_here(self) -> bool:
+        """Whether this process trains runs itself (not a ``--jobs`` parent whose shard
+        processes do)."""
+        return self.jobs <= 1 or self.shard is not None
 
     def in_shards(self, script: str, argv: Sequence[str] | None) -> None:
         """With ``--jobs N`` (N > 1, no ``--shard``): run the script again as N shard
