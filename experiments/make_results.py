@@ -57,6 +57,7 @@ DETECTOR_NAMES = {"faster_rcnn": "Faster R-CNN (RoIAlign vs deformable RoI pooli
 # report says for each study whether they did, next to its verdicts (which it does not
 # withhold: a reader weighs a verdict of models under the floor accordingly).
 PLAIN_FLOOR = {"miou": 0.50, "AP50": 0.50}
+SEEDS = 3  # each study's seeds (issue #13); a summary of fewer says so
 DEMO_SEEDS = "demo_seeds.md"  # the demo's table over 5 seeds (benchmarks/demo_seeds.py)
 
 
@@ -143,6 +144,11 @@ class Report:
         else:
             self.modes[study] = data["mode"]
             self.keep(self.runs / study / "summary.json", f"{study}.json")
+            seeds = data.get("seeds", [])
+            if data["mode"] == "full" and len(seeds) < SEEDS:
+                self.add(f"**Seeds {seeds} only, not {SEEDS}**: the session's time ran out "
+                         "before the rest; the command above trains the missing runs and "
+                         f"then summarises all {SEEDS} seeds.", "")
             if data["mode"] == "smoke":
                 self.add("**SMOKE RUN: tiny sizes, a few iterations; these numbers show "
                          "that the pipeline works, not what deformable convolution does.**",
@@ -158,6 +164,7 @@ class Report:
         if data is None:
             return
         rows, metrics = data["rows"], data["metrics"]
+        steps = _plan_steps(self.runs, study)
         paper_cols = [k for k in TABLE1 if k.startswith("DeepLab" if task == "segmentation"
                                                         else "Faster")]
         plain = next((row for row in rows if row["layers"] == 0), None)
@@ -170,6 +177,7 @@ class Report:
             for key in metrics:
                 line[f"ours: {key}"] = pm(row[key])
             line.update(time_cells(row, plain))
+            line.update(step_cells(steps, f"{row['layers']} layers", "0 layers"))
             for col in paper_cols:
                 if row["layers"] in TABLE1_LAYERS:
                     line[f"paper: {col}"] = TABLE1[col][TABLE1_LAYERS.index(row["layers"])]
@@ -188,11 +196,12 @@ class Report:
                 f"**{agrees(verdict, 'higher')}**.")
         if 3 in by_layers and 6 in by_layers:
             diff, verdict = compare(by_layers[6][key], by_layers[3][key])
-            saturates = ("undecided (one seed)" if verdict.startswith("one seed") else
-                         "does not agree" if verdict.startswith("higher") else "agrees")
+            # 6 no better than 3: agrees when 6 is lower beyond the noise (as inconclusive
+            # as any other gap within it)
             self.verdicts.append(
                 f"Table 1, {task}: 6 vs 3 deformable layers, {key} {diff:+.3f} ({verdict}) "
-                f"— the paper finds saturation at 3 (6 no better): **{saturates}**.")
+                f"— the paper finds saturation at 3 (6 no better): "
+                f"**{agrees(verdict, 'lower')}**.")
 
     def roi_pooling(self, detector: str) -> None:
         self.add(f"### {DETECTOR_NAMES[detector]}", "")
@@ -200,12 +209,14 @@ class Report:
         if data is None:
             return
         plain = next((r for r in data["rows"] if r["config"] == "plain"), None)
+        steps = _plan_steps(self.runs, f"roi_pooling_{detector}")
         table = [{"configuration": r["config"],
                   "deformable conv layers": r["deformable_conv_layers"],
                   "deformable RoI pooling": "yes" if r["deformable_roi_pooling"] else "no",
                   "params": f"{r['params']:,}",
                   **{f"ours: {k}": pm(r[k]) for k in data["metrics"]},
-                  **time_cells(r, plain)}
+                  **time_cells(r, plain),
+                  **step_cells(steps, r["config"], "plain")}
                  for r in data["rows"]]
         self.add(markdown_table(table), "", f"Ours: {_sizes_text(data)} {EQUAL_ITERATIONS} "
                  "Paper: its Table 3 reports that deformable RoI pooling alone improves "
@@ -300,10 +311,12 @@ class Report:
         scales = data["test_scales"]
         low, high = data["train_scale"]
         plain = next((r for r in data["rows"] if r["model"] == "plain"), None)
+        steps = _plan_steps(self.runs, "scale")
         table = []
         for row in data["rows"]:
             line: dict[str, object] = {"model": row["model"], "params": f"{row['params']:,}",
-                                       **time_cells(row, plain)}
+                                       **time_cells(row, plain),
+                                       **step_cells(steps, row["model"], "plain")}
             for scale in scales:
                 stat = row["by_scale"][str(scale)]
                 mark = "*" if low <= scale <= high else ""
@@ -480,7 +493,10 @@ EQUAL_ITERATIONS = ("Every configuration trains for the same number of iteration
                     "training iteration, mean over seeds (a run resumed from a checkpoint: "
                     "its last part's CPU seconds per iteration of that part; \"(n runs)\" "
                     "where older results of resumed runs do not say where they resumed), "
-                    "and × plain its ratio to the plain configuration's.")
+                    "and × plain its ratio to the plain configuration's. The step columns: "
+                    "one training step of each configuration timed by the study's `--plan` "
+                    "(CPU seconds, one thread, all configurations in one process, batches "
+                    "in memory), the cleaner ratio of the two.")
 
 
 def time_cells(row: dict[str, Any], plain: dict[str, Any] | None) -> dict[str, str]:
@@ -492,6 +508,21 @@ def time_cells(row: dict[str, Any], plain: dict[str, Any] | None) -> dict[str, s
     some = f" ({runs} runs)" if runs is not None and runs < seeds else ""
     return {"CPU s / it.": "–" if math.isnan(cpu) else f"{cpu:.3f}{some}",
             "× plain": "–" if math.isnan(cpu / base) else f"{cpu / base:.2f}"}
+
+
+def _plan_steps(runs: Path, study: str) -> dict[str, float]:
+    """CPU seconds of one training step per configuration, from the study's ``--plan``
+    (all configurations timed in one process), or {} without one."""
+    plan = load_plan(runs, study)
+    return dict(plan["seconds_per_iteration"]) if plan and plan.get("clock") == "cpu" else {}
+
+
+def step_cells(steps: dict[str, float], name: str, plain: str) -> dict[str, str]:
+    """A configuration's training step as ``--plan`` timed it, and its ratio to the plain
+    configuration's (``–`` without a plan)."""
+    step, base = steps.get(name, math.nan), steps.get(plain, math.nan)
+    return {"step CPU s (--plan)": "–" if math.isnan(step) else f"{step:.3f}",
+            "step × plain": "–" if math.isnan(step / base) else f"{step / base:.2f}"}
 
 
 def _sizes_text(data: dict[str, Any]) -> str:

@@ -68,12 +68,13 @@ def test_full_report_verdicts(tmp_path):
     # 6 clearly beats 3: the paper's saturation is not reproduced
     assert "6 vs 3 deformable layers, miou +0.200" in text
     assert "finds saturation at 3 (6 no better): **does not agree**" in text
+
     assert "plain twin miou 0.310 < 0.50 (NOT met)" in text
     assert "small / medium / large = 4.50 / 5.00 / 6.50 (large - small +2.00, higher" in text
     assert ("| 0 | (0, 0, 0, 0) | 1,000 | 0.310 ± 0.010 (0.300 / 0.310 / 0.320) | 0.900 ± "
-            "0.000 (0.900 / 0.900 / 0.900) | 0.100 | 1.00 | 69.7 | 70.4 |") in text
+            "0.000 (0.900 / 0.900 / 0.900) | 0.100 | 1.00 | – | – | 69.7 | 70.4 |") in text
     assert ("| 3 | (0, 0, 0, 3) | 1,003 | 0.410 ± 0.010 (0.400 / 0.410 / 0.420) | 0.900 ± "
-            "0.000 (0.900 / 0.900 / 0.900) | 0.130 | 1.30 | 75.2 | 75.2 |") in text
+            "0.000 (0.900 / 0.900 / 0.900) | 0.130 | 1.30 | – | – | 75.2 | 75.2 |") in text
     assert "![dilation_seed0_fig5_sampling_0](results/dilation_seed0_fig5_sampling_0.png)" in text
     assert (tmp_path / "docs" / "results" / "dilation_seed0_fig5_sampling_0.png").is_file()
     for command in ("layers.py --task detection", "roi_pooling.py --detector faster_rcnn",
@@ -149,6 +150,9 @@ def test_scale_section_compares_outside_the_training_sizes(tmp_path):
 
     (runs / "scale").mkdir(parents=True)
     (runs / "scale" / "scale_miou.png").write_bytes(b"\x89PNG fake")
+    (runs / "scale" / "plan.json").write_text(json.dumps({
+        "clock": "cpu", "iterations": 100, "seeds": 3, "estimated_minutes": 1.0,
+        "seconds_per_iteration": {"plain": 0.03, "deformable (v1)": 0.06}}))
     _write(runs, "scale", {"mode": "full", "settings": {"sizes": SIZES}, "seeds": [0, 1, 2],
                            "train_scale": [12, 20], "test_scales": [8, 16, 32],
                            "figure": "scale_miou.png",
@@ -158,11 +162,31 @@ def test_scale_section_compares_outside_the_training_sizes(tmp_path):
     out = tmp_path / "RESULTS.md"
     assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
     text = out.read_text()
-    assert "| plain | 10 | 0.050 | 1.00 | 0.210 ± 0.010 | 0.620 ± 0.020 | 0.210 ± 0.010 |" in text
-    assert "| deformable (v1) | 10 | 0.100 | 2.00 | 0.310 ± 0.010 |" in text
-    assert "| modulated (v2) | 10 | 0.100 (2 runs) | 2.00 |" in text
+    assert ("| plain | 10 | 0.050 | 1.00 | 0.030 | 1.00 | 0.210 ± 0.010 | 0.620 ± 0.020 | "
+            "0.210 ± 0.010 |") in text
+    assert "| deformable (v1) | 10 | 0.100 | 2.00 | 0.060 | 2.00 | 0.310 ± 0.010 |" in text
+    assert "| modulated (v2) | 10 | 0.100 (2 runs) | 2.00 | – | – |" in text
     assert "deformable (v1) vs plain, mIoU outside the training sizes +0.100" in text
     assert "per test size: 8 px +0.100, 16 px -0.020, 32 px +0.100)" in text
     assert "modulated (v2) vs plain, mIoU outside the training sizes -0.010 (within" in text
     assert text.count("**agrees**") == 1 and text.count("**inconclusive**") == 1
     assert "![mIoU by test object size](results/scale_scale_miou.png)" in text
+
+
+def test_saturation_within_the_seed_spread_is_inconclusive(tmp_path):
+    runs = tmp_path / "runs"
+    rows = [{"layers": n, "deform_blocks": [0, 0, 0, n], "params": 1000 + n,
+             "seconds_per_iteration": 0.1, "miou": _stat(v)}
+            for n, v in ((0, [0.30, 0.31, 0.32]), (3, [0.40, 0.42, 0.44]),
+                         (6, [0.41, 0.43, 0.45]))]
+    _write(runs, "layers_segmentation", {"mode": "full", "settings": {"sizes": SIZES},
+                                         "seeds": [0, 1, 2], "metrics": ["miou"],
+                                         "rows": rows})
+    out = tmp_path / "RESULTS.md"
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert "finds saturation at 3 (6 no better): **inconclusive**" in out.read_text()
+    assert "Seeds" not in out.read_text()
+    _write(runs, "layers_segmentation", {"mode": "full", "settings": {"sizes": SIZES},
+                                         "seeds": [0, 1], "metrics": ["miou"], "rows": rows})
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert "**Seeds [0, 1] only, not 3**: the session's time ran out" in out.read_text()
