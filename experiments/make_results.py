@@ -144,8 +144,8 @@ class Report:
         else:
             self.modes[study] = data["mode"]
             self.keep(self.runs / study / "summary.json", f"{study}.json")
-            seeds = data.get("seeds", [])
-            if data["mode"] == "full" and len(seeds) < SEEDS:
+            seeds = data.get("seeds")  # none in a study without training
+            if data["mode"] == "full" and seeds is not None and len(seeds) < SEEDS:
                 self.add(f"**Seeds {seeds} only, not {SEEDS}**: the session's time ran out "
                          "before the rest; the command above trains the missing runs and "
                          f"then summarises all {SEEDS} seeds.", "")
