@@ -185,7 +185,9 @@ def test_saturation_within_the_seed_spread_is_inconclusive(tmp_path):
     out = tmp_path / "RESULTS.md"
     assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
     assert "finds saturation at 3 (6 no better): **inconclusive**" in out.read_text()
-    _write(runs, "overhead", {"mode": "full", "threads": 1, "repeats": 2, "rows": []})
+    _write(runs, "overhead", {"mode": "full", "threads": 1, "repeats": 2, "rows": [
+        {"model": "m", "image_size": 32, "params_plain": 10, "params_deformable": 11,
+         "params_increase": 0.1, "ms_plain": 1.0, "ms_deformable": 1.2, "time_increase": 0.2}]})
     assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
     assert "Seeds" not in out.read_text()  # the overhead study has none
     _write(runs, "layers_segmentation", {"mode": "full", "settings": {"sizes": SIZES},
