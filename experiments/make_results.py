@@ -376,6 +376,7 @@ class Report:
                 "study": study, "mode": data["mode"] if data else "–",
                 "runs": (f"{len(plan['seconds_per_iteration'])} × {plan['seeds']} seeds × "
                          f"{plan['iterations']} it." if plan else "–"),
+                "runs done": measured["runs"] if measured else 0,
                 "estimate (--plan)": _plus(plan and plan["estimated_minutes"],
                                            share["plan"] if uses else 0.0),
                 "measured: CPU / 2": _plus(measured and measured["cpu"] / 2,
@@ -385,13 +386,15 @@ class Report:
             rows.append({
                 "study": f"pretraining (top-1 {pretrain['metrics']['top1']:.3f}), once, "
                          f"shared by {len(users)} studies",
-                "mode": "–", "runs": f"1 × {pretrain['iterations']} it.",
+                "mode": "–", "runs": f"1 × {pretrain['iterations']} it.", "runs done": 1,
                 "estimate (--plan)": pretrain_plan,
                 "measured: CPU / 2": pretrain.get("cpu_seconds", math.nan) / 60,
                 "measured: wall, sum of runs": pretrain["seconds"] / 60})
         if rows:
             self.add(markdown_table(rows, digits=1), "",
-                     "Minutes on 2 CPU cores. A study runs as two `--shard` processes of one "
+                     "Minutes on 2 CPU cores; `runs` is the study's plan, the measured "
+                     "columns sum the `runs done` so far (a study may be part way). A study "
+                     "runs as two `--shard` processes of one "
                      "thread side by side, so on an otherwise idle machine it takes about "
                      "half its runs' summed CPU time (`CPU / 2`; `--plan` estimates the same "
                      "from one timed step per configuration). `a + b`: the study's own runs "
