@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deformconv.nn import DeformConv2d, DeformConv2dExternal
+from deformconv.nn import DeformConv2d, DeformConv2dBase, DeformConv2dExternal
 from deformconv.ops import reference
 
 # (in, out, kernel, stride, padding, dilation, groups, offset_groups): awkward on purpose.
@@ -18,7 +18,7 @@ GEOMETRIES = [
 ]
 
 
-def _plain_twin(conv: DeformConv2dExternal) -> nn.Conv2d:
+def _plain_twin(conv: DeformConv2dBase) -> nn.Conv2d:
     plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                       conv.padding, conv.dilation, conv.groups, conv.bias is not None)
     plain.load_state_dict({k: v for k, v in conv.state_dict().items() if "offset" not in k})

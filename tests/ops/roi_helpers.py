@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+import pytest
 import torch
 from torch import Tensor
 
@@ -98,3 +99,94 @@ def assert_right_hand_slope(pool: Callable[[Tensor], Tensor], offset: Tensor,
     with torch.no_grad():
         right = (pool(offset + step).sum() - pool(offset).sum()) / 1e-7
     torch.testing.assert_close(grad[0, channel, 0, 0], right, rtol=1e-5, atol=1e-5)
+
+
+Case = tuple[Callable[..., Tensor], list[Tensor | None]]  # (op on the leaves, leaves)
+GRAD_NAMES = ("grad input", "grad offset", "grad mask")  # leaves come as (x, offset[, mask])
+
+
+class RoIOpTester:
+    """The tests every RoI pooling op shares (as torchvision's ``RoIOpTester``); a subclass
+    ``Test<Op>`` supplies each test's case and adds the op's own tests.
+
+    The generator passed to the hooks is the seeded ``generator`` fixture.
+    """
+
+    op_name: str  # the registered op, torch.ops.deformconv.<op_name>
+
+    def many_rois_case(self, generator: torch.Generator) -> Case:
+        """Many RoIs of one image, enough work for the kernels to run in parallel."""
+        raise NotImplementedError
+
+    def pushed_out_case(self, generator: torch.Generator) -> Case:
+        """Offsets that move every sample off the map (float64 leaves)."""
+        raise NotImplementedError
+
+    def no_rois_case(self) -> tuple[Case, tuple[int, ...]]:
+        """A case with zero RoIs and the output shape it must have."""
+        raise NotImplementedError
+
+    def gradcheck_cases(self, generator: torch.Generator) -> dict[str, Case]:
+        """Named float64 cases for ``gradcheck``."""
+        raise NotImplementedError
+
+    def opcheck_arguments(self, generator: torch.Generator) -> list[tuple]:
+        """Argument tuples of the registered op for ``torch.library.opcheck``."""
+        raise NotImplementedError
+
+    def compile_case(self, generator: torch.Generator) -> Case:
+        """A small head around the op (RoIs as a list of boxes) for ``torch.compile``."""
+        raise NotImplementedError
+
+    def float32_case(self, generator: torch.Generator) -> Case:
+        """float32 leaves (x, rois[, offset]) and the op applied to them."""
+        raise NotImplementedError
+
+    def test_parallel_kernels_match_serial(self, generator, monkeypatch):
+        """Many RoIs of one image scatter into the same planes: threads must not race."""
+        fn, leaves = self.many_rois_case(generator)
+        serial = outputs_and_grads(fn, leaves)
+        monkeypatch.setattr("deformconv.ops._numba.threads.SERIAL_WORK", 0)
+        parallel = outputs_and_grads(fn, leaves)
+        names = ["output", *GRAD_NAMES[:len(leaves)]]
+        assert_close_all(names, [parallel[0], *parallel[1]], [serial[0], *serial[1]],
+                         rtol=1e-9, atol=1e-9)
+
+    def test_offsets_that_push_every_sample_out(self, generator):
+        fn, leaves = self.pushed_out_case(generator)
+        out, grads = outputs_and_grads(fn, leaves)
+        for name, value in zip(["output", *GRAD_NAMES], [out, *grads], strict=False):
+            assert torch.equal(value, torch.zeros_like(value)), name
+
+    def test_no_rois(self):
+        (fn, leaves), shape = self.no_rois_case()
+        leaves = [t.requires_grad_() for t in leaves]
+        out = fn(*leaves)
+        assert out.shape == shape
+        out.sum().backward()
+        assert torch.equal(leaves[0].grad, torch.zeros_like(leaves[0]))
+        for leaf in leaves[1:]:
+            assert leaf.grad.shape == leaf.shape
+
+    def test_gradcheck(self, generator):
+        for name, (fn, leaves) in self.gradcheck_cases(generator).items():
+            assert torch.autograd.gradcheck(fn, [t.requires_grad_() for t in leaves]), name
+
+    def test_opcheck(self, generator):
+        op = getattr(torch.ops.deformconv, self.op_name).default
+        for args in self.opcheck_arguments(generator):
+            torch.library.opcheck(op, args)
+
+    def test_compile_fullgraph(self, generator):
+        head, inputs = self.compile_case(generator)
+        compiled = torch.compile(head, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(*inputs), head(*inputs))
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_low_precision_computes_in_float32(self, dtype, generator):
+        fn, leaves = self.float32_case(generator)
+        rounded = [t.to(dtype) for t in leaves]
+        out = fn(*rounded)
+        expected = fn(*(t.float() for t in rounded))
+        assert out.dtype == dtype
+        torch.testing.assert_close(out, expected.to(dtype))

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor
 
-from deformconv.ops import _utils, deform_conv2d, reference
+from deformconv.ops import _workspace, deform_conv2d, reference
 from deformconv.ops._numba import deform_conv as numba_backend
 from deformconv.ops._numba import deform_conv_depthwise as depthwise_backend
 from deformconv.ops._numba import deform_conv_tiles as tiles_module
@@ -318,12 +319,13 @@ TILED_CASE = Case(n=3, cin=4, cout=4, groups=2, offset_groups=2, height=9, width
                   stride=(2, 1), padding=(1, 2), dilation=(1, 2))  # Hout = 5: odd band count
 
 
-def _forced_tiles(mode: str, record: list, count: int = 2) -> Callable[..., Iterator[_utils.Tile]]:
+def _forced_tiles(mode: str, record: list,
+                  count: int = 2) -> Callable[..., Iterator[_workspace.Tile]]:
     """``tiles`` with a budget that forces bands of ``count`` rows or ``count`` images a tile."""
 
     def spy(batch: int, rows: int, bytes_per_row: int, budget: int | None = None):
         budget = count * bytes_per_row * (1 if mode == "bands" else rows)
-        produced = list(_utils.tiles(batch, rows, bytes_per_row, budget))
+        produced = list(_workspace.tiles(batch, rows, bytes_per_row, budget))
         record.append(produced)
         return iter(produced)
 
@@ -340,7 +342,7 @@ class TestTiling:
         if backend == "numba-depthwise":
             case = replace(case, groups=case.cin)
         assert case.out_size[0] == 5
-        record: list[list[_utils.Tile]] = []
+        record: list[list[_workspace.Tile]] = []
         monkeypatch.setattr(module, "tiles", _forced_tiles(mode, record))
         tensors = make_tensors(case, seed=2)
         grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
@@ -379,15 +381,15 @@ class TestTiling:
         assert_results_close(actual, expected, 1e-10)
 
     def test_workspace_budget_is_read_at_call_time(self, monkeypatch):
-        """Setting ``_utils.WORKSPACE_BYTES`` (the DEFORMCONV_WORKSPACE_MB knob) takes effect."""
-        record: list[list[_utils.Tile]] = []
+        """Setting ``_workspace.WORKSPACE_BYTES`` (DEFORMCONV_WORKSPACE_MB) takes effect."""
+        record: list[list[_workspace.Tile]] = []
 
         def passthrough(*args, **kwargs):
-            produced = list(_utils.tiles(*args, **kwargs))
+            produced = list(_workspace.tiles(*args, **kwargs))
             record.append(produced)
             return iter(produced)
 
-        monkeypatch.setattr(_utils, "WORKSPACE_BYTES", 1)
+        monkeypatch.setattr(_workspace, "WORKSPACE_BYTES", 1)
         monkeypatch.setattr(numba_backend, "tiles", passthrough)
         case = TILED_CASE
         tensors = make_tensors(case, seed=3)
@@ -983,104 +985,16 @@ def test_bad_geometry(kwargs, error, match):
         deform_conv2d(args["input"], args["offset"], args["weight"], **kwargs)
 
 
-# Memory safety. The Numba kernels have no bounds checks, so these calls run in a separate
-# interpreter (an out-of-bounds write must not take the test session down) whose kernels are
-# compiled with NUMBA_BOUNDSCHECK=1 (an out-of-bounds read raises instead of returning
-# whatever memory holds). One interpreter runs the calls of all the tests below.
+# Memory safety: calls that could crash run in a child process with Numba's bounds checks
+# (_isolated_calls.py); one process runs the calls of all the tests below.
 
-_IN_BOUNDS_CALLS = """
-def run(n, cin, cout, groups, offset_groups, size, offset, padding=1, budget=None):
-    saved = _utils.WORKSPACE_BYTES
-    _utils.WORKSPACE_BYTES = saved if budget is None else budget
-    try:
-        x = torch.randn(n, cin, *size, dtype=torch.float64, requires_grad=True)
-        w = torch.randn(cout, cin // groups, 3, 3, dtype=torch.float64, requires_grad=True)
-        hout, wout = size[0] + 2 * padding - 2, size[1] + 2 * padding - 2
-        off = offset(n, 2 * offset_groups * 9, hout, wout).double().requires_grad_()
-        mask = torch.rand(n, offset_groups * 9, hout, wout, dtype=torch.float64,
-                          requires_grad=True)
-        y = deform_conv2d(x, off, w, padding=padding, mask=mask)
-        y.backward(torch.randn_like(y))
-    finally:
-        _utils.WORKSPACE_BYTES = saved
-    return "ok"
-
-
-# Samples all around and across the borders (integers and halves included).
-border = lambda *shape: torch.randint(-12, 13, shape) / 2
-calls.update({
-    "borders": lambda: run(2, 4, 4, 2, 2, (5, 6), border, padding=2),
-    "row-bands": lambda: run(2, 4, 4, 2, 2, (5, 6), border, budget=1),
-    "many-channels": lambda: run(1, 36, 8, 4, 3, (4, 5), border),
-    "depthwise": lambda: run(3, 4, 4, 4, 2, (5, 6), border, padding=2),
-    "depthwise-bands": lambda: run(1, 6, 6, 6, 3, (5, 6), border, padding=2, budget=1),
-    "depthwise-inf": lambda: run(2, 4, 4, 4, 2, (4, 4), lambda *s: torch.full(s, -math.inf)),
-    "huge": lambda: run(1, 4, 4, 1, 1, (4, 4), lambda *s: torch.full(s, -1e6)),
-    "inf": lambda: run(1, 4, 4, 1, 1, (4, 4), lambda *s: torch.full(s, math.inf)),
-    "single-pixel": lambda: run(1, 2, 2, 1, 1, (1, 1), border, padding=1),
-})
-"""
-
-# Calls of the registered op that bypass the Python wrapper's checks.
-_DIRECT_CALLS = """
-op = torch.ops.deformconv.deform_conv2d.default
-dx, dw, doff = torch.randn(2, 4, 6, 6), torch.randn(4, 2, 3, 3), torch.randn(2, 18, 4, 4)
-geometry = (1, 1, 0, 0, 1, 1)
-calls.update({
-    "input-groups": lambda: op(torch.randn(2, 5, 6, 6), doff, dw, None, None, *geometry),
-    "weight-channels": lambda: op(dx, doff, torch.randn(4, 3, 3, 3), None, None, *geometry),
-    "mask-shape": lambda: op(dx, doff, dw, None, torch.rand(1, 1, 1, 1), *geometry),
-    "offset-batch": lambda: op(dx, torch.randn(1, 18, 4, 4), dw, None, None, *geometry),
-    "offset-channels": lambda: op(dx, torch.randn(2, 2, 4, 4), dw, None, None, *geometry),
-    "stride-0": lambda: op(dx, doff, dw, None, None, 0, 1, 0, 0, 1, 1),
-    "nan-offset": lambda: op(dx, doff.index_fill(0, torch.tensor([1]), float("nan")), dw, None,
-                             None, *geometry),
-})
-"""
-
-_EMPTY_IMAGE_CALLS = """
-def empty_image(x, padding, out_size):
-    w, b = torch.randn(3, 2, 2, 2, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
-    # Offsets in (-0.95, -0.05): samples fall in the (-1, 0) band next to the empty axis.
-    off = torch.rand(1, 8, *out_size, dtype=torch.float64) * 0.9 - 0.95
-    leaves = [t.clone().requires_grad_() for t in (x, off, w, b)]
-    y = deform_conv2d(leaves[0], leaves[1], leaves[2], leaves[3], padding=padding)
-    y.sum().backward()
-    return max((y - b.view(1, -1, 1, 1)).abs().max().nan_to_num(float("inf")).item(),
-               leaves[1].grad.abs().max().nan_to_num(float("inf")).item())
-
-
-calls.update({
-    "height-0": lambda: empty_image(torch.randn(1, 2, 0, 3, dtype=torch.float64), (2, 1), (3, 4)),
-    "width-0": lambda: empty_image(torch.randn(1, 2, 3, 0, dtype=torch.float64), (1, 2), (4, 3)),
-})
-"""
-
-_ISOLATED_SCRIPT = """
-import math
-import torch
-from deformconv.ops import _utils, deform_conv2d  # also registers torch.ops.deformconv
-from deformconv.ops._numba import threads
-
-threads.SERIAL_WORK = 0  # every kernel call in chunks on all threads
-
-calls = {}
-""" + _IN_BOUNDS_CALLS + _DIRECT_CALLS + _EMPTY_IMAGE_CALLS + """
-for name, call in calls.items():
-    try:
-        result = call()
-    except Exception as error:
-        message = str(error).replace(chr(10), " ")
-        print(f"{name}|{type(error).__name__}|{message}", flush=True)
-    else:
-        print(f"{name}|returned|{result}", flush=True)
-"""
+ISOLATED_CALLS = Path(__file__).with_name("_isolated_calls.py")
 
 
 @pytest.fixture(scope="module")
 def isolated_results(request: pytest.FixtureRequest,
                      tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str]]:
-    """``{call name: (outcome, detail)}`` of ``_ISOLATED_SCRIPT`` run with bounds checks.
+    """``{call name: (outcome, detail)}`` of ``_isolated_calls.py`` run with bounds checks.
 
     The Numba cache directory must be a separate one (else Numba loads the unchecked machine
     code from the normal cache); pytest's cache keeps it between runs.
@@ -1089,7 +1003,7 @@ def isolated_results(request: pytest.FixtureRequest,
     directory = (cache.mkdir("numba-boundscheck") if cache is not None
                  else tmp_path_factory.mktemp("numba-boundscheck"))
     env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(directory)}
-    run = subprocess.run([sys.executable, "-c", _ISOLATED_SCRIPT], capture_output=True,
+    run = subprocess.run([sys.executable, str(ISOLATED_CALLS)], capture_output=True,
                          text=True, timeout=300, env=env)
     results = {}
     for line in run.stdout.splitlines():

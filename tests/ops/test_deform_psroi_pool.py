@@ -11,6 +11,7 @@ from deformconv.ops import deform_psroi_pool, reference
 from deformconv.ops._torch import deform_psroi_pool as torch_backend
 
 from .roi_helpers import (
+    RoIOpTester,
     assert_close_all,
     assert_right_hand_slope,
     below_autograd,
@@ -30,7 +31,81 @@ def _linear_planes(channels: int, height: int, width: int) -> torch.Tensor:
     return (10 * c + h + 2 * w).unsqueeze(0)
 
 
-class TestDeformPSRoIPool:
+class TestDeformPSRoIPool(RoIOpTester):
+    op_name = "deform_psroi_pool"
+
+    def many_rois_case(self, generator):
+        x = torch.randn(1, 4 * 9, 12, 12, generator=generator, dtype=torch.float64)
+        rois = make_rois(generator, 40, 1, 24, 24)
+        offset = torch.randn(40, 4, 3, 3, generator=generator, dtype=torch.float64)
+
+        def fn(x, offset):
+            return deform_psroi_pool(x, rois, offset, spatial_scale=0.5, output_dim=4,
+                                     group_size=3, pooled_size=3, trans_std=0.1)
+
+        return fn, [x, offset]
+
+    def pushed_out_case(self, generator):
+        x = torch.randn(1, 2 * 4, 8, 8, generator=generator, dtype=torch.float64)
+        rois = torch.tensor([[0, 8.0, 8.0, 40.0, 30.0]], dtype=torch.float64)
+        offset = torch.full((1, 2, 3, 3), 100.0, dtype=torch.float64)
+
+        def fn(x, offset):
+            return deform_psroi_pool(x, rois, offset, spatial_scale=0.25, output_dim=2,
+                                     group_size=2, pooled_size=2, part_size=3, trans_std=0.1)
+
+        return fn, [x, offset]
+
+    def no_rois_case(self):
+        x, offset = torch.randn(1, 9, 5, 5), torch.zeros(0, 2, 3, 3)
+
+        def fn(x, offset):
+            return deform_psroi_pool(x, torch.zeros(0, 5), offset, spatial_scale=1.0,
+                                     output_dim=1, group_size=3, pooled_size=3)
+
+        return (fn, [x, offset]), (0, 1, 3, 3)
+
+    def gradcheck_cases(self, generator):
+        cases = {}
+        for group_size, classes in ((1, 1), (2, 2)):
+            x = torch.randn(2, 2 * group_size**2, 6, 7, generator=generator,
+                            dtype=torch.float64)
+            rois = make_rois(generator, 4, 2, 12, 14)
+            offset = torch.randn(4, 2 * classes, 2, 2, generator=generator, dtype=torch.float64)
+
+            def fn(x, offset, rois=rois, group_size=group_size):
+                return deform_psroi_pool(x, rois, offset, spatial_scale=0.5, output_dim=2,
+                                         group_size=group_size, pooled_size=3, part_size=2,
+                                         sample_per_part=2, trans_std=0.1)
+
+            cases[f"group_size {group_size}, {classes} classes"] = (fn, [x, offset])
+        return cases
+
+    def opcheck_arguments(self, generator):
+        x = torch.randn(2, 2 * 4, 6, 7, generator=generator, dtype=torch.float64)
+        rois = make_rois(generator, 5, 2, 12, 14)
+        offset = torch.randn(5, 4, 2, 2, generator=generator, dtype=torch.float64)
+        return [(x.requires_grad_(), rois, off, 0.5, 2, 2, 2, 2, 2, 0.1)
+                for off in (offset.requires_grad_(), None)]
+
+    def compile_case(self, generator):
+        x = torch.randn(1, 3 * 4, 9, 9, generator=generator)
+        rois = [make_rois(generator, 3, 1, 18, 18, torch.float32)[:, 1:]]
+        offset = torch.randn(3, 2, 2, 2, generator=generator)
+
+        def head(x, offset):
+            out = deform_psroi_pool(x, rois, offset, spatial_scale=0.5, output_dim=3,
+                                    group_size=2, pooled_size=2, trans_std=0.1)
+            return out.mean((2, 3))
+
+        return head, [x, offset]
+
+    def float32_case(self, generator):
+        x = torch.randn(1, 4, 8, 8, generator=generator)
+        rois = make_rois(generator, 4, 1, 8, 8, torch.float32)
+        options = {"spatial_scale": 1.0, "output_dim": 1, "group_size": 2, "pooled_size": 2}
+        return lambda x, rois: deform_psroi_pool(x, rois, **options), [x, rois]
+
     def test_hand_computed_group_size_2(self):
         x = _linear_planes(4, 6, 6)  # output_dim 1, group_size 2: channel of bin (i, j) = 2i + j
         rois = torch.tensor([
@@ -118,35 +193,6 @@ class TestDeformPSRoIPool:
                           count_torch],
                          [out_ref, *grads_ref, count_ref], **F64)
 
-    def test_parallel_kernels_match_serial(self, generator, monkeypatch):
-        """Many RoIs of one image scatter into the same planes: threads must not race."""
-        x = torch.randn(1, 4 * 9, 12, 12, generator=generator, dtype=torch.float64)
-        rois = make_rois(generator, 40, 1, 24, 24)
-        offset = torch.randn(40, 4, 3, 3, generator=generator, dtype=torch.float64)
-
-        def fn(x, offset):
-            return deform_psroi_pool(x, rois, offset, spatial_scale=0.5, output_dim=4,
-                                     group_size=3, pooled_size=3, trans_std=0.1)
-
-        serial = outputs_and_grads(fn, [x, offset])
-        monkeypatch.setattr("deformconv.ops._numba.threads.SERIAL_WORK", 0)
-        parallel = outputs_and_grads(fn, [x, offset])
-        assert_close_all(["output", "grad input", "grad offset"],
-                         [parallel[0], *parallel[1]], [serial[0], *serial[1]], **F64)
-
-    def test_offsets_that_push_every_sample_out(self, generator):
-        x = torch.randn(1, 2 * 4, 8, 8, generator=generator, dtype=torch.float64)
-        rois = torch.tensor([[0, 8.0, 8.0, 40.0, 30.0]], dtype=torch.float64)
-        offset = torch.full((1, 2, 3, 3), 100.0, dtype=torch.float64)
-        out, (grad_x, grad_offset) = outputs_and_grads(
-            lambda x, o: deform_psroi_pool(x, rois, o, spatial_scale=0.25, output_dim=2,
-                                           group_size=2, pooled_size=2, part_size=3,
-                                           trans_std=0.1),
-            [x, offset])
-        assert torch.equal(out, torch.zeros_like(out))
-        assert torch.equal(grad_x, torch.zeros_like(grad_x))
-        assert torch.equal(grad_offset, torch.zeros_like(grad_offset))
-
     @pytest.mark.parametrize("column", [-1.0, -0.5, 0.0, 1.0, 4.0, 5.0])
     @pytest.mark.parametrize("use_reference", [False, True])
     def test_offset_gradient_on_grid_lines_is_right_hand(self, column, use_reference,
@@ -166,58 +212,6 @@ class TestDeformPSRoIPool:
 
         offset = torch.tensor([column + 0.5, 1.3], dtype=torch.float64).view(1, 2, 1, 1)
         assert_right_hand_slope(pool, offset, channel=0)
-
-    def test_no_rois(self):
-        x = torch.randn(1, 9, 5, 5, requires_grad=True)
-        out = deform_psroi_pool(x, torch.zeros(0, 5), torch.zeros(0, 2, 3, 3),
-                                spatial_scale=1.0, output_dim=1, group_size=3, pooled_size=3)
-        assert out.shape == (0, 1, 3, 3)
-        out.sum().backward()
-        assert torch.equal(x.grad, torch.zeros_like(x))
-
-    @pytest.mark.parametrize(("group_size", "classes"), [(1, 1), (2, 2)])
-    def test_gradcheck(self, group_size, classes, generator):
-        x = torch.randn(2, 2 * group_size**2, 6, 7, generator=generator, dtype=torch.float64)
-        rois = make_rois(generator, 4, 2, 12, 14)
-        offset = torch.randn(4, 2 * classes, 2, 2, generator=generator, dtype=torch.float64)
-
-        def fn(x, offset):
-            return deform_psroi_pool(x, rois, offset, spatial_scale=0.5, output_dim=2,
-                                     group_size=group_size, pooled_size=3, part_size=2,
-                                     sample_per_part=2, trans_std=0.1)
-
-        assert torch.autograd.gradcheck(fn, [x.requires_grad_(), offset.requires_grad_()])
-
-    def test_opcheck(self, generator):
-        x = torch.randn(2, 2 * 4, 6, 7, generator=generator, dtype=torch.float64)
-        rois = make_rois(generator, 5, 2, 12, 14)
-        offset = torch.randn(5, 4, 2, 2, generator=generator, dtype=torch.float64)
-        op = torch.ops.deformconv.deform_psroi_pool.default
-        for off in (offset.requires_grad_(), None):
-            torch.library.opcheck(op, (x.requires_grad_(), rois, off, 0.5, 2, 2, 2, 2, 2, 0.1))
-
-    def test_compile_fullgraph(self, generator):
-        x = torch.randn(1, 3 * 4, 9, 9, generator=generator)
-        rois = [make_rois(generator, 3, 1, 18, 18, torch.float32)[:, 1:]]
-        offset = torch.randn(3, 2, 2, 2, generator=generator)
-
-        def head(x, offset):
-            out = deform_psroi_pool(x, rois, offset, spatial_scale=0.5, output_dim=3,
-                                    group_size=2, pooled_size=2, trans_std=0.1)
-            return out.mean((2, 3))
-
-        compiled = torch.compile(head, fullgraph=True, backend="aot_eager")
-        torch.testing.assert_close(compiled(x, offset), head(x, offset))
-
-    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-    def test_low_precision_computes_in_float32(self, dtype, generator):
-        x = torch.randn(1, 4, 8, 8, generator=generator)
-        rois = make_rois(generator, 4, 1, 8, 8, torch.float32)
-        options = {"spatial_scale": 1.0, "output_dim": 1, "group_size": 2, "pooled_size": 2}
-        out = deform_psroi_pool(x.to(dtype), rois.to(dtype), **options)
-        expected = deform_psroi_pool(x.to(dtype).float(), rois.to(dtype).float(), **options)
-        assert out.dtype == dtype
-        torch.testing.assert_close(out, expected.to(dtype))
 
     def test_float32_matches_float64(self, generator):
         x = torch.randn(2, 2 * 9, 10, 10, generator=generator, dtype=torch.float64)

@@ -12,6 +12,7 @@ from deformconv.ops import deform_roi_pool, reference
 from deformconv.ops._torch import deform_roi_pool as torch_backend
 
 from .roi_helpers import (
+    RoIOpTester,
     assert_close_all,
     assert_right_hand_slope,
     below_autograd,
@@ -53,7 +54,69 @@ options = st.fixed_dictionaries({
 })
 
 
-class TestDeformRoIPool:
+class TestDeformRoIPool(RoIOpTester):
+    op_name = "deform_roi_pool"
+
+    def many_rois_case(self, generator):
+        x = torch.randn(1, 6, 12, 12, generator=generator, dtype=torch.float64)
+        rois = make_rois(generator, 40, 1, 12, 12)
+        offset = torch.randn(40, 2, 3, 3, generator=generator, dtype=torch.float64)
+        mask = torch.rand(40, 1, 3, 3, generator=generator, dtype=torch.float64)
+
+        def fn(x, offset, mask):
+            return deform_roi_pool(x, rois, offset, 3, 0.9, 2, mask=mask)
+
+        return fn, [x, offset, mask]
+
+    def pushed_out_case(self, generator):
+        x = torch.randn(1, 3, 8, 8, generator=generator, dtype=torch.float64)
+        rois = torch.tensor([[0, 1.0, 1.0, 6.0, 5.0], [0, 2.5, 0.5, 4.0, 7.5]],
+                            dtype=torch.float64)
+        offset = torch.full((2, 2, 2, 2), 50.0, dtype=torch.float64)
+        offset[:, :, 0] = -50.0
+        return lambda x, o: deform_roi_pool(x, rois, o, 2, sampling_ratio=2), [x, offset]
+
+    def no_rois_case(self):
+        x, offset = torch.randn(2, 3, 5, 5), torch.zeros(0, 2, 2, 2)
+        return (lambda x, o: deform_roi_pool(x, torch.zeros(0, 5), o, 2), [x, offset]), \
+            (0, 3, 2, 2)
+
+    def gradcheck_cases(self, generator):
+        x = torch.randn(2, 2, 6, 5, generator=generator, dtype=torch.float64)
+        rois = make_rois(generator, 4, 2, 6, 5)
+        offset = torch.randn(4, 2, 2, 3, generator=generator, dtype=torch.float64)
+        mask = torch.rand(4, 1, 2, 3, generator=generator, dtype=torch.float64)
+
+        def fn(x, offset, mask=None):
+            return deform_roi_pool(x, rois, offset, (2, 3), 1.0, 2, gamma=0.5, mask=mask)
+
+        return {"without mask": (fn, [x, offset]), "with mask": (fn, [x, offset, mask])}
+
+    def opcheck_arguments(self, generator):
+        x = torch.randn(2, 3, 6, 7, generator=generator, dtype=torch.float64)
+        rois = make_rois(generator, 5, 2, 6, 7)
+        offset = torch.randn(5, 2, 2, 2, generator=generator, dtype=torch.float64)
+        mask = torch.rand(5, 1, 2, 2, generator=generator, dtype=torch.float64)
+        return [(x.requires_grad_(), rois, off if off is None else off.requires_grad_(),
+                 m if m is None else m.requires_grad_(), 2, 2, 0.8, 0, 0.1, True)
+                for off, m in ((offset, mask), (None, None))]
+
+    def compile_case(self, generator):
+        x = torch.randn(1, 4, 9, 9, generator=generator)
+        rois = [make_rois(generator, 3, 1, 9, 9, torch.float32)[:, 1:]]
+        offset = torch.randn(3, 2, 2, 2, generator=generator)
+
+        def head(x, offset):
+            return deform_roi_pool(x, rois, offset, 2, sampling_ratio=2).relu().sum((2, 3))
+
+        return head, [x, offset]
+
+    def float32_case(self, generator):
+        x = torch.randn(1, 3, 8, 8, generator=generator)
+        rois = make_rois(generator, 4, 1, 8, 8, torch.float32)
+        offset = torch.randn(4, 2, 2, 2, generator=generator)
+        return lambda x, rois, offset: deform_roi_pool(x, rois, offset, 2), [x, rois, offset]
+
     @pytest.mark.parametrize("aligned", [True, False])
     @pytest.mark.parametrize("sampling_ratio", [0, 2])
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -122,41 +185,13 @@ class TestDeformRoIPool:
         with below_autograd():
             whole_grads = torch_backend.backward(grad_out, x, rois, offset, mask, *args, True,
                                                  True)
-        monkeypatch.setattr("deformconv.ops._utils.WORKSPACE_BYTES", 1)
+        monkeypatch.setattr("deformconv.ops._workspace.WORKSPACE_BYTES", 1)
         tiled = torch_backend.forward(x, rois, offset, mask, *args)
         with below_autograd():
             tiled_grads = torch_backend.backward(grad_out, x, rois, offset, mask, *args, True,
                                                  True)
         assert_close_all(["output", "grad input", "grad offset", "grad mask"],
                          [tiled, *tiled_grads], [whole, *whole_grads], **F64)
-
-    def test_parallel_kernels_match_serial(self, generator, monkeypatch):
-        """Many RoIs of one image scatter into the same planes: threads must not race."""
-        x = torch.randn(1, 6, 12, 12, generator=generator, dtype=torch.float64)
-        rois = make_rois(generator, 40, 1, 12, 12)
-        offset = torch.randn(40, 2, 3, 3, generator=generator, dtype=torch.float64)
-        mask = torch.rand(40, 1, 3, 3, generator=generator, dtype=torch.float64)
-
-        def fn(x, offset, mask):
-            return deform_roi_pool(x, rois, offset, 3, 0.9, 2, mask=mask)
-
-        serial = outputs_and_grads(fn, [x, offset, mask])
-        monkeypatch.setattr("deformconv.ops._numba.threads.SERIAL_WORK", 0)
-        parallel = outputs_and_grads(fn, [x, offset, mask])
-        assert_close_all(["output", "grad input", "grad offset", "grad mask"],
-                         [parallel[0], *parallel[1]], [serial[0], *serial[1]], **F64)
-
-    def test_offsets_that_push_every_sample_out(self, generator):
-        x = torch.randn(1, 3, 8, 8, generator=generator, dtype=torch.float64)
-        rois = torch.tensor([[0, 1.0, 1.0, 6.0, 5.0], [0, 2.5, 0.5, 4.0, 7.5]],
-                            dtype=torch.float64)
-        offset = torch.full((2, 2, 2, 2), 50.0, dtype=torch.float64)
-        offset[:, :, 0] = -50.0
-        out, (grad_x, grad_offset) = outputs_and_grads(
-            lambda x, o: deform_roi_pool(x, rois, o, 2, sampling_ratio=2), [x, offset])
-        assert torch.equal(out, torch.zeros_like(out))
-        assert torch.equal(grad_x, torch.zeros_like(grad_x))
-        assert torch.equal(grad_offset, torch.zeros_like(grad_offset))
 
     @pytest.mark.parametrize("row", [-1.5, -1.0, -0.5, 0.0, 1.0, 3.5, 4.0])
     @pytest.mark.parametrize("use_reference", [False, True])
@@ -173,62 +208,6 @@ class TestDeformRoIPool:
 
         offset = torch.tensor([0.3, row - 2.0], dtype=torch.float64).view(1, 2, 1, 1)
         assert_right_hand_slope(pool, offset, channel=1)
-
-    def test_no_rois(self):
-        x = torch.randn(2, 3, 5, 5, requires_grad=True)
-        offset = torch.zeros(0, 2, 2, 2, requires_grad=True)
-        out = deform_roi_pool(x, torch.zeros(0, 5), offset, 2)
-        assert out.shape == (0, 3, 2, 2)
-        out.sum().backward()
-        assert torch.equal(x.grad, torch.zeros_like(x))
-        assert offset.grad.shape == offset.shape
-
-    @pytest.mark.parametrize("with_mask", [False, True])
-    def test_gradcheck(self, with_mask, generator):
-        x = torch.randn(2, 2, 6, 5, generator=generator, dtype=torch.float64)
-        rois = make_rois(generator, 4, 2, 6, 5)
-        offset = torch.randn(4, 2, 2, 3, generator=generator, dtype=torch.float64)
-        mask = torch.rand(4, 1, 2, 3, generator=generator, dtype=torch.float64)
-        leaves = [t.requires_grad_() for t in (x, offset, mask)]
-
-        def fn(x, offset, mask):
-            return deform_roi_pool(x, rois, offset, (2, 3), 1.0, 2, gamma=0.5,
-                                   mask=mask if with_mask else None)
-
-        assert torch.autograd.gradcheck(fn, leaves)
-
-    def test_opcheck(self, generator):
-        x = torch.randn(2, 3, 6, 7, generator=generator, dtype=torch.float64)
-        rois = make_rois(generator, 5, 2, 6, 7)
-        offset = torch.randn(5, 2, 2, 2, generator=generator, dtype=torch.float64)
-        mask = torch.rand(5, 1, 2, 2, generator=generator, dtype=torch.float64)
-        op = torch.ops.deformconv.deform_roi_pool.default
-        for off, m in ((offset, mask), (None, None)):
-            args = (x.requires_grad_(), rois, off if off is None else off.requires_grad_(),
-                    m if m is None else m.requires_grad_(), 2, 2, 0.8, 0, 0.1, True)
-            torch.library.opcheck(op, args)
-
-    def test_compile_fullgraph(self, generator):
-        x = torch.randn(1, 4, 9, 9, generator=generator)
-        rois = [make_rois(generator, 3, 1, 9, 9, torch.float32)[:, 1:]]
-        offset = torch.randn(3, 2, 2, 2, generator=generator)
-
-        def head(x, offset):
-            return deform_roi_pool(x, rois, offset, 2, sampling_ratio=2).relu().sum((2, 3))
-
-        compiled = torch.compile(head, fullgraph=True, backend="aot_eager")
-        torch.testing.assert_close(compiled(x, offset), head(x, offset))
-
-    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-    def test_low_precision_computes_in_float32(self, dtype, generator):
-        x = torch.randn(1, 3, 8, 8, generator=generator)
-        rois = make_rois(generator, 4, 1, 8, 8, torch.float32)
-        offset = torch.randn(4, 2, 2, 2, generator=generator)
-        out = deform_roi_pool(x.to(dtype), rois.to(dtype), offset.to(dtype), 2)
-        expected = deform_roi_pool(x.to(dtype).float(), rois.to(dtype).float(),
-                                   offset.to(dtype).float(), 2)
-        assert out.dtype == dtype
-        torch.testing.assert_close(out, expected.to(dtype))
 
     def test_non_contiguous_input(self, generator):
         x = torch.randn(2, 7, 6, 3, generator=generator).permute(0, 3, 1, 2)

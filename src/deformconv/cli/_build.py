@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
+from ..conventions import TASKS
 from ..runs.specs import (
     DataSpec,
     ModelSpec,
@@ -35,7 +36,6 @@ __all__ = [
     "specs_from_checkpoint",
 ]
 
-TASKS = ("classification", "segmentation", "detection")
 DEFAULT_MODELS = {"classification": "resnet50", "segmentation": "deeplab_resnet50",
                   "detection": "faster_rcnn_resnet50"}
 DATA_HELP = ("synthetic (default, generated on the fly) | coco:ANN.json:IMAGE_DIR (detection) "

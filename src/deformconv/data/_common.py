@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..conventions import IGNORE_INDEX
+
 __all__ = [
     "IGNORE_INDEX",
     "NoReadableSamplesError",
@@ -23,8 +25,6 @@ __all__ = [
     "clip_boxes",
     "load_rgb",
 ]
-
-IGNORE_INDEX = 255  # segmentation label that no loss or metric counts
 
 # A joint transform: (image (3, H, W), target) -> (image, target); see data.transforms.
 Transform = Callable[[Tensor, Any], tuple[Tensor, Any]]

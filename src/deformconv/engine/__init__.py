@@ -25,12 +25,11 @@ from .metrics_log import MetricsLogger, read_metrics
 from .optim import build_optimizer, build_scheduler, decay_start, lr_factor, param_groups
 from .seeding import SeededSamples, get_rng_state, seed_everything, set_rng_state, worker_init_fn
 from .tasks import PRIMARY_METRIC, collate_fn, compute_loss, make_evaluator
-from .trainer import KILL_ENV, TrainResult, train
+from .trainer import TrainResult, train
 
 __all__ = [
     "COCO_METRICS",
     "IGNORE_INDEX",
-    "KILL_ENV",
     "PRIMARY_METRIC",
     "TASKS",
     "CheckpointError",

@@ -6,9 +6,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..conventions import TASKS
+
 __all__ = ["OPTIMIZERS", "SCHEDULES", "TASKS", "TrainConfig"]
 
-TASKS = ("classification", "segmentation", "detection")
 SCHEDULES = ("step", "cosine", "onecycle", "wsd")
 OPTIMIZERS = ("sgd", "adamw")
 

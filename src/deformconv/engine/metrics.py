@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..data import IGNORE_INDEX  # 255: "void" pixels (VOC convention), excluded from metrics
+from ..conventions import IGNORE_INDEX
 
 __all__ = ["IGNORE_INDEX", "confusion_matrix", "iou_from_confusion", "top1_correct"]
 

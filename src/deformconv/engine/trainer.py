@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -41,11 +40,8 @@ from .optim import build_optimizer, build_scheduler
 from .seeding import get_rng_state, seed_everything, set_rng_state
 from .tasks import PRIMARY_METRIC, compute_loss, num_images, to_device
 
-__all__ = ["KILL_ENV", "TrainResult", "train"]
+__all__ = ["TrainResult", "train"]
 
-# Test hook: after this iteration (and its checkpoint, if one is due) the process SIGKILLs
-# itself, like a preempted job: no cleanup, no final checkpoint.
-KILL_ENV = "DEFORMCONV_KILL_AT_ITER"
 # Fields that fix the data order, the RNG streams and the optimizer state's layout: a
 # resumed run must keep them.
 RESUME_FIXED = ("task", "seed", "batch_size", "optimizer")
@@ -105,6 +101,33 @@ def _train(
     extra: dict[str, Any],
 ) -> TrainResult:
     out_dir = Path(config.out_dir)
+    _prepare_process(config, info, out_dir, extra)
+    model.to(info.device)
+    run = _Run(config, model, train_set, val_set, info, out_dir, extra)
+    run.resume_if_asked()
+    run.wrap_for_ddp()
+    run.open_log()
+    bar = tqdm(total=run.total, initial=run.iteration, desc="train", dynamic_ncols=True,
+               disable=not (config.progress and info.is_main))
+    with bar, contextlib.closing(run.logger):  # closed on errors too (e.g. a stop hook)
+        window = _LogWindow(run.clock.seconds)
+        run.clock.start()
+        run.net.train()
+        for epoch, images, targets in run.batches():
+            step = run.train_step(epoch, images, targets)
+            window.add(step.loss, num_images(images) * info.world_size)
+            if run.iteration % config.log_every == 0 or run.iteration == run.total:
+                run.log_train(epoch, step, window, bar)
+            bar.update(1)
+            run.evaluate_and_save_mid_run()
+            if on_iteration_end is not None:
+                on_iteration_end(run.iteration)
+        return run.finish()
+
+
+def _prepare_process(config: TrainConfig, info: DistInfo, out_dir: Path,
+                     extra: dict[str, Any]) -> None:
+    """Write ``config.json`` (rank 0), set deterministic algorithms if asked, seed the RNGs."""
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(
@@ -117,151 +140,202 @@ def _train(
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(config.seed + info.rank)  # per-rank streams (dropout etc.)
 
-    model.to(info.device)
-    optimizer = build_optimizer(model, config)
-    per_epoch = iters_per_epoch(len(train_set), config.batch_size, info.world_size)  # type: ignore[arg-type]
-    total = config.iterations if config.iterations is not None else config.epochs * per_epoch
-    scheduler = build_scheduler(optimizer, config, total)
 
-    iteration, best = 0, None
-    clock = _TrainClock()
-    class_weights = (None if config.class_weights is None
-                     else torch.tensor(config.class_weights, device=info.device))
-    resume_path = _resume_path(config, out_dir)
-    if resume_path is not None:
-        state = load_checkpoint(resume_path)
-        _check_resumable(state, config, info, resume_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"][info.rank])
-        iteration, best = state["iteration"], state.get("best_metric")
-        clock = _TrainClock(state.get("train_seconds", 0.0))
-        if info.is_main:
-            print(f"resumed from {resume_path} at iteration {iteration}/{total}")
+@dataclass
+class _Step:
+    """What one optimisation step reports to the log."""
 
-    net: nn.Module = model
-    if info.distributed:
-        device_ids = [info.device.index] if info.device.type == "cuda" else None
-        net = DistributedDataParallel(model, device_ids=device_ids)
+    loss: Tensor  # scalar
+    parts: dict[str, Tensor]  # the loss's named terms
+    lr: float  # the learning rate the step used
+    grad_norm: float | None  # before clipping; None without grad_clip_norm
 
-    logger = MetricsLogger(out_dir, enabled=info.is_main, tensorboard=config.tensorboard,
-                           resume_at=iteration if resume_path is not None else None)
-    last_path = out_dir / "last.pt" if info.is_main else None
-    best_path: Path | None = None
-    kill_at = int(os.environ.get(KILL_ENV, "-1"))
-    metrics: dict[str, Any] = {}
 
-    def checkpoint(path: Path | None) -> None:
-        # Every rank contributes its RNG state; rank 0 writes.
-        rng = all_gather_objects(get_rng_state())
-        if path is not None:
-            save_checkpoint({
-                "format": CHECKPOINT_FORMAT,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": None,  # bf16 autocast needs no loss scaling
-                "iteration": iteration,
-                "epoch": iteration // per_epoch,
-                "batch_in_epoch": iteration % per_epoch,
-                "rng": rng,
-                "world_size": info.world_size,
-                "best_metric": best,
-                "train_seconds": clock.seconds,
-                "config": config.to_dict(),
-                "extra": extra,
-            }, path)
+class _LogWindow:
+    """Losses and images since the last train log line."""
 
-    def validate() -> dict[str, Any]:
-        nonlocal best, best_path
-        result = evaluate(net, val_set, config.task,  # type: ignore[arg-type]
-                          batch_size=config.eval_batch_size or config.batch_size,
-                          num_workers=config.num_workers, bf16=config.bf16, dist_info=info)
-        logger.log({"split": "val", "iter": iteration, "train_seconds": clock.seconds,
-                    **result})
-        value = result.get(PRIMARY_METRIC[config.task], float("nan"))
-        if math.isfinite(value) and (best is None or value > best):
-            best = value
-            if config.keep_best:
-                best_path = out_dir / "best.pt" if info.is_main else None
-                checkpoint(best_path)
-        return result
+    def __init__(self, seconds: float) -> None:
+        self.reset(seconds)
 
-    bar = tqdm(total=total, initial=iteration, desc="train", dynamic_ncols=True,
-               disable=not (config.progress and info.is_main))
-    with bar, contextlib.closing(logger):  # closed on errors too (e.g. a stop hook)
-        window_loss = torch.zeros(2, dtype=torch.float64)  # (sum of losses, iterations) since log
-        window_images, window_start = 0, clock.seconds
-        clock.start()
-        net.train()
-        while iteration < total:
-            epoch, start_batch = divmod(iteration, per_epoch)
-            loader = train_loader(train_set, config.task, config.batch_size, seed=config.seed,
-                                  epoch=epoch, start_batch=start_batch,
+    def reset(self, seconds: float) -> None:
+        self.loss = torch.zeros(2, dtype=torch.float64)  # (sum of losses, iterations)
+        self.images = 0
+        self.start = seconds
+
+    def add(self, loss: Tensor, images: int) -> None:
+        self.loss += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
+        self.images += images
+
+
+class _Run:
+    """One run's parts (model, optimizer, schedule, log) and progress (iteration, best
+    value, clock); ``_train`` calls its steps top-down."""
+
+    def __init__(self, config: TrainConfig, model: nn.Module, train_set: Dataset,
+                 val_set: Dataset | None, info: DistInfo, out_dir: Path,
+                 extra: dict[str, Any]) -> None:
+        self.config, self.model, self.net = config, model, model
+        self.train_set, self.val_set = train_set, val_set
+        self.info, self.out_dir, self.extra = info, out_dir, extra
+        self.optimizer = build_optimizer(model, config)
+        self.per_epoch = iters_per_epoch(len(train_set), config.batch_size, info.world_size)  # type: ignore[arg-type]
+        self.total = (config.iterations if config.iterations is not None
+                      else config.epochs * self.per_epoch)
+        self.scheduler = build_scheduler(self.optimizer, config, self.total)
+        self.class_weights = (None if config.class_weights is None
+                              else torch.tensor(config.class_weights, device=info.device))
+        self.iteration = 0
+        self.best: float | None = None  # best val value of PRIMARY_METRIC[task]
+        self.clock = _TrainClock()
+        self.resumed = False
+        self.last_path = out_dir / "last.pt" if info.is_main else None
+        self.best_path: Path | None = None
+        self.metrics: dict[str, Any] = {}  # the latest validation's
+
+    def resume_if_asked(self) -> None:
+        """Load the checkpoint ``config.resume`` names (if any): weights, optimizer,
+        schedule, this rank's RNG state and the progress."""
+        path = _resume_path(self.config, self.out_dir)
+        if path is None:
+            return
+        state = load_checkpoint(path)
+        _check_resumable(state, self.config, self.info, path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"][self.info.rank])
+        self.iteration, self.best = state["iteration"], state.get("best_metric")
+        self.clock = _TrainClock(state.get("train_seconds", 0.0))
+        self.resumed = True
+        if self.info.is_main:
+            print(f"resumed from {path} at iteration {self.iteration}/{self.total}")
+
+    def wrap_for_ddp(self) -> None:
+        if self.info.distributed:
+            device = self.info.device
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def open_log(self) -> None:
+        self.logger = MetricsLogger(self.out_dir, enabled=self.info.is_main,
+                                    tensorboard=self.config.tensorboard,
+                                    resume_at=self.iteration if self.resumed else None)
+
+    def batches(self) -> Iterator[tuple[int, Any, Any]]:
+        """``(epoch, images, targets)`` on the device, from the current position to the end;
+        the data order is a function of seed, epoch and position only."""
+        config, info = self.config, self.info
+        while self.iteration < self.total:
+            epoch, start_batch = divmod(self.iteration, self.per_epoch)
+            loader = train_loader(self.train_set, config.task, config.batch_size,
+                                  seed=config.seed, epoch=epoch, start_batch=start_batch,
                                   world_size=info.world_size, rank=info.rank,
                                   num_workers=config.num_workers,
                                   pin_memory=info.device.type == "cuda")
             for images, targets in loader:
-                images, targets = to_device(images, info.device), to_device(targets, info.device)
-                lr = scheduler.get_last_lr()[0]
-                with autocast(info.device, config.bf16):
-                    loss, parts = compute_loss(config.task, net, images, targets, class_weights)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss is {loss.item()} at iteration {iteration} (epoch {epoch}); "
-                        "lower lr or set grad_clip_norm"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = None
-                if config.grad_clip_norm is not None:
-                    grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(),
-                                                               config.grad_clip_norm))
-                optimizer.step()
-                scheduler.step()
-                iteration += 1
+                yield epoch, to_device(images, info.device), to_device(targets, info.device)
+                if self.iteration >= self.total:
+                    return
 
-                window_loss += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
-                window_images += num_images(images) * info.world_size
-                if iteration % config.log_every == 0 or iteration == total:
-                    loss_sum, count = all_reduce_sum(window_loss.clone()).tolist()
-                    elapsed = clock.seconds - window_start
-                    record = {"split": "train", "iter": iteration, "epoch": epoch,
-                              "loss": loss_sum / count, "lr": lr,
-                              "images_per_s": window_images / max(elapsed, 1e-9),
-                              "train_seconds": clock.seconds,
-                              **{k: v.item() for k, v in parts.items()}}
-                    if grad_norm is not None:
-                        record["grad_norm"] = grad_norm
-                    logger.log(record)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.3g}",
-                                    img_s=f"{record['images_per_s']:.1f}")
-                    window_loss.zero_()
-                    window_images, window_start = 0, clock.seconds
-                bar.update(1)
+    def train_step(self, epoch: int, images: Any, targets: Any) -> _Step:
+        """Loss, backward, optional gradient clipping, optimizer and schedule step."""
+        config = self.config
+        lr = self.scheduler.get_last_lr()[0]
+        with autocast(self.info.device, config.bf16):
+            loss, parts = compute_loss(config.task, self.net, images, targets,
+                                       self.class_weights)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at iteration {self.iteration} (epoch {epoch}); "
+                "lower lr or set grad_clip_norm"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = None
+        if config.grad_clip_norm is not None:
+            grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                       config.grad_clip_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.iteration += 1
+        return _Step(loss, parts, lr, grad_norm)
 
-                # (the last iteration's evaluation and checkpoint come after the loop)
-                mid_run = iteration < total
-                with clock.paused():
-                    if val_set is not None and mid_run and _every(iteration, config.eval_every):
-                        metrics = validate()
-                    if mid_run and _every(iteration, config.checkpoint_every):
-                        checkpoint(last_path)
-                if on_iteration_end is not None:
-                    on_iteration_end(iteration)
-                if iteration == kill_at:
-                    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
-                if iteration >= total:
-                    break
+    def log_train(self, epoch: int, step: _Step, window: _LogWindow, bar: tqdm) -> None:
+        """One train line: the window's mean loss over all ranks, lr, throughput."""
+        loss_sum, count = all_reduce_sum(window.loss.clone()).tolist()
+        elapsed = self.clock.seconds - window.start
+        record = {"split": "train", "iter": self.iteration, "epoch": epoch,
+                  "loss": loss_sum / count, "lr": step.lr,
+                  "images_per_s": window.images / max(elapsed, 1e-9),
+                  "train_seconds": self.clock.seconds,
+                  **{k: v.item() for k, v in step.parts.items()}}
+        if step.grad_norm is not None:
+            record["grad_norm"] = step.grad_norm
+        self.logger.log(record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{step.lr:.3g}",
+                        img_s=f"{record['images_per_s']:.1f}")
+        window.reset(self.clock.seconds)
 
-        clock.stop()
-        if val_set is not None:
-            metrics = validate()
-        checkpoint(last_path)
-    return TrainResult(iteration=iteration, metrics=metrics, best_metric=best,
-                       train_seconds=clock.seconds,
-                       last_checkpoint=last_path, best_checkpoint=best_path, out_dir=out_dir)
+    def evaluate_and_save_mid_run(self) -> None:
+        """Validation and ``last.pt`` when due, off the clock; the last iteration's come in
+        ``finish``."""
+        if self.iteration >= self.total:
+            return
+        with self.clock.paused():
+            if self.val_set is not None and _every(self.iteration, self.config.eval_every):
+                self.metrics = self.validate()
+            if _every(self.iteration, self.config.checkpoint_every):
+                self.checkpoint(self.last_path)
+
+    def finish(self) -> TrainResult:
+        """Stop the clock, validate, write ``last.pt``."""
+        self.clock.stop()
+        if self.val_set is not None:
+            self.metrics = self.validate()
+        self.checkpoint(self.last_path)
+        return TrainResult(iteration=self.iteration, metrics=self.metrics,
+                           best_metric=self.best, train_seconds=self.clock.seconds,
+                           last_checkpoint=self.last_path, best_checkpoint=self.best_path,
+                           out_dir=self.out_dir)
+
+    def validate(self) -> dict[str, Any]:
+        """Evaluate on ``val_set``, log, and keep ``best.pt`` when the primary metric improves."""
+        config = self.config
+        result = evaluate(self.net, self.val_set, config.task,  # type: ignore[arg-type]
+                          batch_size=config.eval_batch_size or config.batch_size,
+                          num_workers=config.num_workers, bf16=config.bf16,
+                          dist_info=self.info)
+        self.logger.log({"split": "val", "iter": self.iteration,
+                         "train_seconds": self.clock.seconds, **result})
+        value = result.get(PRIMARY_METRIC[config.task], float("nan"))
+        if math.isfinite(value) and (self.best is None or value > self.best):
+            self.best = value
+            if config.keep_best:
+                self.best_path = self.out_dir / "best.pt" if self.info.is_main else None
+                self.checkpoint(self.best_path)
+        return result
+
+    def checkpoint(self, path: Path | None) -> None:
+        """Every rank contributes its RNG state; rank 0 writes ``path``."""
+        rng = all_gather_objects(get_rng_state())
+        if path is None:
+            return
+        save_checkpoint({
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": None,  # bf16 autocast needs no loss scaling
+            "iteration": self.iteration,
+            "epoch": self.iteration // self.per_epoch,
+            "batch_in_epoch": self.iteration % self.per_epoch,
+            "rng": rng,
+            "world_size": self.info.world_size,
+            "best_metric": self.best,
+            "train_seconds": self.clock.seconds,
+            "config": self.config.to_dict(),
+            "extra": self.extra,
+        }, path)
 
 
 class _TrainClock:

@@ -7,13 +7,14 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from ..conventions import TASKS
+
 __all__ = ["TASKS", "create", "list_models", "model_task", "register_model"]
 
 EntryPoint = TypeVar("EntryPoint", bound=Callable[..., nn.Module])
 
 _ENTRY_POINTS: dict[str, Callable[..., nn.Module]] = {}
 _TASKS: dict[str, str] = {}
-TASKS = ("classification", "segmentation", "detection")
 
 
 def register_model(task: str) -> Callable[[EntryPoint], EntryPoint]:

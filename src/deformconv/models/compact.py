@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..conventions import IGNORE_INDEX
 from ..nn import DeformConv2d
 from ._registry import register_model
 from ._segmentation import PixelClassifier
@@ -47,7 +48,7 @@ class CompactFCN(PixelClassifier):
                  strides: Sequence[int] = (2, 2, 1, 1, 1), deform_layers: int = 3, *,
                  skip_layer: int | None = None, decoder_width: int = 32,
                  modulated: bool = False, offset_groups: int = 1,
-                 ignore_index: int = 255) -> None:
+                 ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")

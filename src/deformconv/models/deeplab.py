@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..conventions import IGNORE_INDEX
 from ._backbone import basic, build_backbone
 from ._registry import register_model
 from ._segmentation import PixelClassifier
@@ -44,7 +45,7 @@ class DeepLab(PixelClassifier):
 
     def __init__(self, backbone: ResNet, num_classes: int, head_channels: int = 1024,
                  atrous_rate: int = 6, decoder_channels: int = 0,
-                 ignore_index: int = 255) -> None:
+                 ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")

@@ -16,8 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from torch import Tensor, nn
 
-from ..nn import DeformConv2d, DeformConv2dExternal, OffsetBranchMixin, offset_state_keys
-from ..nn._offset import zero_init_last
+from ..nn import DeformConv2d, DeformConv2dBase, OffsetBranchMixin, offset_state_keys
 from ._registry import register_model
 
 __all__ = ["BLOCKS", "BasicBlock", "Bottleneck", "ResNet", "checkpoint_filter_fn",
@@ -292,7 +291,7 @@ class ResNet(nn.Module):
         """torchvision's init (He normal, fan_out; zero-gamma residual norms if asked),
         offset branches back to zero."""
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, DeformConv2dExternal)):
+            if isinstance(m, (nn.Conv2d, DeformConv2dBase)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
@@ -305,7 +304,7 @@ class ResNet(nn.Module):
                         nn.init.zeros_(norm.weight)
         for m in self.modules():
             if isinstance(m, OffsetBranchMixin):
-                zero_init_last(m.offset_branch)
+                m.zero_init_offsets()
 
     def stages(self) -> list[nn.Sequential]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import DeformPSRoIPool, PSRoIPool
-from ..ops._utils import rois_to_tensor
+from ..ops.arguments import rois_to_tensor
 from ._backbone import basic
 from ._registry import register_model
 from .detection import HEAD_KEY, DetectionConfig, TwoStageDetector, build_detector

@@ -2,13 +2,14 @@
 
 from ._offset import OffsetBranchMixin, offset_state_keys
 from .convert import convert_to_deformable
-from .deform_conv import DeformConv2d, DeformConv2dExternal
+from .deform_conv import DeformConv2d, DeformConv2dBase, DeformConv2dExternal
 from .param_groups import offset_param_groups
 from .psroi_pool import DeformPSRoIPool, PSRoIPool
 from .roi_pool import DeformRoIPool
 
 __all__ = [
     "DeformConv2d",
+    "DeformConv2dBase",
     "DeformConv2dExternal",
     "DeformPSRoIPool",
     "DeformRoIPool",

@@ -24,6 +24,10 @@ class OffsetBranchMixin:
         """Parameters of the offset (and mask) predictor only."""
         return self.offset_branch.parameters()
 
+    def zero_init_offsets(self) -> None:
+        """Zero the offset branch's last layer, so the module starts as its plain twin."""
+        zero_init_last(self.offset_branch)
+
 
 def offset_state_keys(model: nn.Module) -> set[str]:
     """``model.state_dict()`` keys of every offset branch: what a checkpoint of the plain

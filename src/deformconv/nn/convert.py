@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from .deform_conv import DeformConv2d, DeformConv2dExternal
+from .deform_conv import DeformConv2d, DeformConv2dBase
 
 __all__ = ["convert_to_deformable"]
 
@@ -68,7 +68,7 @@ def convert_to_deformable(
     owners = tuple(
         f"{name}." if name else ""
         for name, m in model.named_modules()
-        if isinstance(m, DeformConv2dExternal)
+        if isinstance(m, DeformConv2dBase)
     )
     chosen = [
         (name, module)

@@ -12,33 +12,23 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import deform_conv2d
-from ..ops._utils import pair
+from ..ops.arguments import pair
 from ._offset import OffsetBranchMixin, check_positive, zero_init_last
 
-__all__ = ["DeformConv2d", "DeformConv2dExternal"]
+__all__ = ["DeformConv2d", "DeformConv2dBase", "DeformConv2dExternal"]
 
 
-class DeformConv2dExternal(nn.Module):
-    """Deformable conv whose offsets (and mask) are given to ``forward``.
+class DeformConv2dBase(nn.Module):
+    """The weight, bias and geometry of a deformable conv; subclasses say where the offsets
+    come from (:class:`DeformConv2dExternal`: the caller, :class:`DeformConv2d`: its own
+    offset conv).
 
-    The drop-in for ``torchvision.ops.DeformConv2d``: parameters ``weight`` and ``bias`` are
-    laid out and initialised like ``nn.Conv2d``'s, so a Conv2d state_dict loads into it.
+    Parameters ``weight`` and ``bias`` are laid out and initialised like ``nn.Conv2d``'s, so a
+    Conv2d state_dict loads into it.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as in
             ``nn.Conv2d`` (zero padding only).
-
-    Shape:
-        ``forward(input (N, Cin, H, W), offset (N, 2*G*kh*kw, Hout, Wout),
-        mask (N, G*kh*kw, Hout, Wout) or None) -> (N, Cout, Hout, Wout)``; the offset groups
-        ``G`` are read from ``offset``.
-
-    Example::
-
-        >>> conv = DeformConv2dExternal(8, 4, 3, padding=1)
-        >>> x = torch.randn(2, 8, 10, 10)
-        >>> conv(x, torch.zeros(2, 18, 10, 10)).shape
-        torch.Size([2, 4, 10, 10])
     """
 
     def __init__(
@@ -84,7 +74,8 @@ class DeformConv2dExternal(nn.Module):
             bound = 1 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, input: Tensor, offset: Tensor, mask: Tensor | None = None) -> Tensor:
+    def deform_conv(self, input: Tensor, offset: Tensor, mask: Tensor | None) -> Tensor:
+        """:func:`deformconv.ops.deform_conv2d` with this layer's weight, bias and geometry."""
         return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding,
                              self.dilation, mask)
 
@@ -99,7 +90,30 @@ class DeformConv2dExternal(nn.Module):
         return text
 
 
-class DeformConv2d(DeformConv2dExternal, OffsetBranchMixin):
+class DeformConv2dExternal(DeformConv2dBase):
+    """Deformable conv whose offsets (and mask) are given to ``forward``.
+
+    The drop-in for ``torchvision.ops.DeformConv2d``; arguments as in ``nn.Conv2d`` (see
+    :class:`DeformConv2dBase`).
+
+    Shape:
+        ``forward(input (N, Cin, H, W), offset (N, 2*G*kh*kw, Hout, Wout),
+        mask (N, G*kh*kw, Hout, Wout) or None) -> (N, Cout, Hout, Wout)``; the offset groups
+        ``G`` are read from ``offset``.
+
+    Example::
+
+        >>> conv = DeformConv2dExternal(8, 4, 3, padding=1)
+        >>> x = torch.randn(2, 8, 10, 10)
+        >>> conv(x, torch.zeros(2, 18, 10, 10)).shape
+        torch.Size([2, 4, 10, 10])
+    """
+
+    def forward(self, input: Tensor, offset: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.deform_conv(input, offset, mask)
+
+
+class DeformConv2d(DeformConv2dBase, OffsetBranchMixin):
     """Deformable conv that predicts its own offsets (DCN v1) and mask (DCN v2, ``modulated``).
 
     The offset branch ``conv_offset`` is a conv with the main conv's kernel, stride, padding
@@ -167,12 +181,12 @@ class DeformConv2d(DeformConv2dExternal, OffsetBranchMixin):
         if hasattr(self, "conv_offset"):
             zero_init_last(self.conv_offset)
 
-    def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, input: Tensor) -> Tensor:
         out = self.conv_offset(input)  # (N, 2*G*kk [+ G*kk], Hout, Wout)
         points = self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
         offset = out[:, : 2 * points]
         mask = out[:, 2 * points :].sigmoid() if self.modulated else None
-        return super().forward(input, offset, mask)
+        return self.deform_conv(input, offset, mask)
 
     def extra_repr(self) -> str:
         text = super().extra_repr()

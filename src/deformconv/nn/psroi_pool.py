@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops._utils import finite_float, rois_to_tensor
+from ..ops.arguments import finite_float, rois_to_tensor
 from ._offset import OffsetBranchMixin, check_positive, zero_init_last
 
 __all__ = ["DeformPSRoIPool", "PSRoIPool"]

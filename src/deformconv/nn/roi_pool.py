@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops._utils import finite_float, pair, rois_to_tensor
+from ..ops.arguments import finite_float, pair, rois_to_tensor
 from ._offset import OffsetBranchMixin, check_positive, zero_init_last
 
 __all__ = ["DeformRoIPool"]

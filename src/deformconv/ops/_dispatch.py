@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._utils import UPCAST_DTYPES
+from ._checks import UPCAST_DTYPES
 
 BACKEND_ENV = "DEFORMCONV_BACKEND"
 BACKENDS = ("numba", "triton", "torch")

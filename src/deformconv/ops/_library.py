@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from . import _dispatch
-from ._utils import register_float32_autocast
 
 NAMESPACE = "deformconv"
 
@@ -64,5 +63,8 @@ def define_op(name: str, forward: OpParts, backward: OpParts,
         return gradient(backward_op, ctx, *grads)
 
     forward_op.register_autograd(autograd_backward, setup_context=setup_context)
-    register_float32_autocast(f"{NAMESPACE}::{name}", f"{NAMESPACE}::{name}_backward")
+    # under autocast, run both in float32 and keep their inner GEMMs out of autocast
+    for qualified in (f"{NAMESPACE}::{name}", f"{NAMESPACE}::{name}_backward"):
+        for device_type in ("cpu", "cuda"):
+            torch.library.register_autocast(qualified, device_type, torch.float32)
     return forward_op, backward_op

@@ -11,14 +11,9 @@ import torch
 from torch import Tensor
 
 from . import _dispatch, _onnx
+from ._checks import check_no_nan, check_same_dtype_device, check_tensor, float32_under_autocast
 from ._library import OpParts, define_op
-from ._utils import (
-    check_no_nan,
-    check_same_dtype_device,
-    check_tensor,
-    float32_under_autocast,
-    pair,
-)
+from .arguments import pair
 
 __all__ = ["deform_conv2d"]
 

@@ -13,18 +13,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._library import OpParts, define_op
-from ._utils import (
+from ._checks import (
     check_compute_dtype,
     check_no_nan,
     check_rois_values,
     check_same_dtype_device,
     check_tensor,
     compute_dtype,
-    finite_float,
     float32_under_autocast,
-    rois_to_tensor,
 )
+from ._library import OpParts, define_op
+from .arguments import finite_float, rois_to_tensor
 
 __all__ = ["deform_psroi_pool"]
 

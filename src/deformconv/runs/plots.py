@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from ..conventions import IGNORE_INDEX
+
 __all__ = ["plot_learning_curves", "plot_predictions", "plot_scale_recall"]
 
 
@@ -77,7 +79,7 @@ def _colour_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
     out = np.zeros((*mask.shape, 3))
     for label in range(1, num_classes + 1):
         out[mask == label] = palette[(label - 1) % len(palette)]
-    out[mask == 255] = 1.0
+    out[mask == IGNORE_INDEX] = 1.0
     return out
 
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from ..conventions import IGNORE_INDEX
 from .capture import LayerGeometry, OffsetRecord
 from .sampling import sampling_positions
 from .table import markdown_table
@@ -74,7 +75,7 @@ def size_buckets(
     boxes: Tensor | None = None,
     instance_mask: Tensor | None = None,
     thresholds: tuple[float, float] = COCO_AREA_THRESHOLDS,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> Tensor:
     """Bucket code (index into :data:`SIZE_BUCKETS`, -1 = ignored) of each output pixel.
 
@@ -152,7 +153,7 @@ class DilationStats:
     """
 
     def __init__(self, thresholds: tuple[float, float] | None = None,
-                 ignore_index: int = 255) -> None:
+                 ignore_index: int = IGNORE_INDEX) -> None:
         self.thresholds = thresholds
         self.ignore_index = ignore_index
         # per layer: (buckets, 3) float64 [count, sum, sum of squares]

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import DeformPSRoIPool, DeformRoIPool
-from ..ops._utils import psroi_grid, roi_align_grid, rois_to_tensor
+from ..ops.arguments import rois_to_tensor
+from ..ops.geometry import psroi_grid, roi_align_grid
 from .coords import feature_to_image
 
 __all__ = ["RoIBins", "RoIOffsetRecord", "RoIPoolGeometry", "install_roi_hooks", "roi_bins"]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._utils import Tile, tiles, workspace
+from .._workspace import Tile, tiles, workspace
 from . import deform_conv_depthwise as depthwise
 from . import deform_conv_kernels as kernels
 from . import deform_conv_tiles as tile_ops
@@ -31,7 +31,7 @@ def _weight_channels_last(weight: Tensor) -> Tensor:
     """(Cout, Cin/groups, kh, kw) copied as (Cout, kh, kw, Cin/groups) into the weight slot.
 
     It is the columns' (kernel point, channel) order. oneDNN wants that layout too; a fresh
-    copy per call costs page faults in its weight reorder (≈ 2 vs 0.7 ms at res5).
+    copy per call would cost page faults in its weight reorder (benchmarks/README.md).
     """
     cout, cin_g, kh, kw = weight.shape
     weight_cl = workspace((cout, kh, kw, cin_g), weight.dtype, slot="weight")
@@ -43,9 +43,9 @@ def _use_matmul(input: Tensor, weight: Tensor, groups: int) -> bool:
     """Whether the forward GEMM runs as oneDNN's inner product (``_ColumnsMatmul``).
 
     It needs float32, one group and a oneDNN build. Its extra cost, packing the columns,
-    pays off against the output transpose and weight reorder it saves when Cout is wide:
-    for Cout >= Cin or Cout >= 256 it was faster in every shape measured (res5: 27.9 vs
-    28.9 ms), for Cout = 64..128 with Cin = 256 on 56×56 images 10-20 % slower.
+    pays off against the output transpose and weight reorder it saves when Cout is wide
+    (Cout >= Cin or Cout >= 256) and not when Cout is narrow against a wide input; the
+    timings behind the rule are in benchmarks/README.md.
     """
     cout, cin = weight.shape[0], input.shape[1]
     return (

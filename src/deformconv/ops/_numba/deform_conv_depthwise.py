@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._utils import tiles
+from .._workspace import tiles
 from . import deform_conv_tiles as tile_ops
 from . import depthwise_kernels as kernels
 from .deform_conv_kernels import sample_tasks

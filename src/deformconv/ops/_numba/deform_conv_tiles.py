@@ -1,6 +1,6 @@
 """What the host side of both deform_conv2d paths (columns, depthwise) does per tile.
 
-A tile is ``nb`` images × ``rows`` output rows (``_utils.tiles``). Its kernels take the
+A tile is ``nb`` images × ``rows`` output rows (``_workspace.tiles``). Its kernels take the
 channels-last input with the offset groups as an axis, ``(nb, H, W, G, Cin/G)``, the
 tile's offset and mask rows, and write per-channel-block parts of the offset and mask
 gradients that ``store_parts`` adds up.
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._utils import Tile, workspace
+from .._workspace import Tile, workspace
 from .threads import task_threads
 
 Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # stride, padding, dilation

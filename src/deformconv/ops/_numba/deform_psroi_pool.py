@@ -14,9 +14,13 @@ import numba
 import torch
 from torch import Tensor
 
-from .._utils import psroi_grid
+from ..geometry import psroi_grid
 from .roi_sampling import clamped_corners, slope_weights, value_weights
 from .threads import threads_for
+
+# Columns of the per-RoI table ``geo`` (K, 4) of ``psroi_grid``: the RoI's top-left corner
+# and its size (bins are 1/P of it; offsets are fractions of it, times ``trans_std``).
+_START_H, _START_W, _ROI_H, _ROI_W = range(4)
 
 
 @numba.njit(inline="always", cache=True)
@@ -27,14 +31,14 @@ def _group(index, size, group_size):
 @numba.njit(inline="always", cache=True)
 def _bin_origin(geo, k, ctop, i, j, size, offset, has_offset, trans_std, part_size, per_class):
     """``(hstart, wstart, part_h, part_w, cls)`` of bin ``(ctop, i, j)`` of RoI ``k``."""
-    hstart = i * (geo[k, 2] / size) + geo[k, 0]
-    wstart = j * (geo[k, 3] / size) + geo[k, 1]
+    hstart = i * (geo[k, _ROI_H] / size) + geo[k, _START_H]
+    wstart = j * (geo[k, _ROI_W] / size) + geo[k, _START_W]
     part_h = math.floor(i / size * part_size)
     part_w = math.floor(j / size * part_size)
     cls = ctop // per_class
     if has_offset:
-        wstart += offset[k, 2 * cls, part_h, part_w] * trans_std * geo[k, 3]
-        hstart += offset[k, 2 * cls + 1, part_h, part_w] * trans_std * geo[k, 2]
+        wstart += offset[k, 2 * cls, part_h, part_w] * trans_std * geo[k, _ROI_W]
+        hstart += offset[k, 2 * cls + 1, part_h, part_w] * trans_std * geo[k, _ROI_H]
     return hstart, wstart, part_h, part_w, cls
 
 
@@ -53,8 +57,8 @@ def _forward(x, batch, geo, offset, has_offset, trans_std, group_size, part_size
         k = task // output_dim
         ctop = task % output_dim
         b = batch[k]
-        sub_h = geo[k, 2] / size / samples
-        sub_w = geo[k, 3] / size / samples
+        sub_h = geo[k, _ROI_H] / size / samples
+        sub_w = geo[k, _ROI_W] / size / samples
         for i in range(size):
             for j in range(size):
                 hstart, wstart, _, _, _ = _bin_origin(
@@ -91,8 +95,8 @@ def _input_grad(batch, geo, offset, has_offset, trans_std, group_size, part_size
         gw = c % group_size
         for k in range(nrois):
             b = batch[k]
-            sub_h = geo[k, 2] / size / samples
-            sub_w = geo[k, 3] / size / samples
+            sub_h = geo[k, _ROI_H] / size / samples
+            sub_w = geo[k, _ROI_W] / size / samples
             for i in range(size):
                 if _group(i, size, group_size) != gh:
                     continue
@@ -129,8 +133,8 @@ def _offset_grad(x, batch, geo, offset, trans_std, group_size, part_size, sample
         k = task // classes
         cls = task % classes
         b = batch[k]
-        sub_h = geo[k, 2] / size / samples
-        sub_w = geo[k, 3] / size / samples
+        sub_h = geo[k, _ROI_H] / size / samples
+        sub_w = geo[k, _ROI_W] / size / samples
         for ctop in range(cls * per_class, (cls + 1) * per_class):
             for i in range(size):
                 for j in range(size):
@@ -157,9 +161,10 @@ def _offset_grad(x, batch, geo, offset, trans_std, group_size, part_size, sample
                             x10, x11 = x[b, c, h1, w0], x[b, c, h1, w1]
                             acc_h += s00 * x00 + s01 * x01 + s10 * x10 + s11 * x11
                             acc_w += t00 * x00 + t01 * x01 + t10 * x10 + t11 * x11
-                    grad_offset[k, 2 * cls, part_h, part_w] += g * acc_w * trans_std * geo[k, 3]
+                    grad_offset[k, 2 * cls, part_h, part_w] += (
+                        g * acc_w * trans_std * geo[k, _ROI_W])
                     grad_offset[k, 2 * cls + 1, part_h, part_w] += (
-                        g * acc_h * trans_std * geo[k, 2])
+                        g * acc_h * trans_std * geo[k, _ROI_H])
 
 
 class _Args:
@@ -168,7 +173,8 @@ class _Args:
     def __init__(self, input: Tensor, rois: Tensor, offset: Tensor | None,
                  spatial_scale: float) -> None:
         g = psroi_grid(rois, spatial_scale)
-        self.geo = torch.stack([g.start_h, g.start_w, g.roi_h, g.roi_w], dim=1).numpy()
+        columns = {_START_H: g.start_h, _START_W: g.start_w, _ROI_H: g.roi_h, _ROI_W: g.roi_w}
+        self.geo = torch.stack([columns[c] for c in sorted(columns)], dim=1).numpy()
         self.batch = rois[:, 0].long().numpy()
         self.has_offset = offset is not None
         self.offset = (offset if offset is not None else input.new_zeros(1, 2, 1, 1)).numpy()
@@ -198,13 +204,12 @@ def backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | Non
     classes = 1 if offset is None else offset.shape[1] // 2
     grad_input = torch.zeros_like(input)
     grad_offset = torch.zeros_like(offset) if offset is not None else input.new_empty(0)
-    args = (group_size, part_size, sample_per_part, output_dim // classes, count.numpy(),
-            grad_out.numpy())
+    shared = dict(batch=a.batch, geo=a.geo, offset=a.offset, trans_std=trans_std,
+                  group_size=group_size, part_size=part_size, samples=sample_per_part,
+                  per_class=output_dim // classes, count=count.numpy(), grad_out=grad_out.numpy())
     with threads_for(grad_out.numel() * sample_per_part**2):
         if need_input:
-            _input_grad(a.batch, a.geo, a.offset, a.has_offset, trans_std, *args,
-                        grad_input.numpy())
+            _input_grad(**shared, has_offset=a.has_offset, grad_x=grad_input.numpy())
         if need_offset and offset is not None:
-            _offset_grad(input.numpy(), a.batch, a.geo, a.offset, trans_std, *args,
-                         grad_offset.numpy())
+            _offset_grad(input.numpy(), **shared, grad_offset=grad_offset.numpy())
     return grad_input, grad_offset

@@ -13,22 +13,26 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._utils import roi_align_grid
+from ..geometry import roi_align_grid
 from .roi_sampling import clamped_corners, slope_weights, value_weights
 from .threads import threads_for
 
 # Channels handled together by one forward task: they share the bin's table of samples.
 _CHANNEL_BLOCK = 32
 
+# Columns of the per-RoI table ``geo`` (K, 6) of ``roi_align_grid``: the RoI's top-left
+# corner, its bin size and its size (offsets are fractions of the RoI size).
+_START_H, _START_W, _BIN_H, _BIN_W, _ROI_H, _ROI_W = range(6)
+
 
 @numba.njit(inline="always", cache=True)
 def _bin_origin(geo, k, i, j, offset, has_offset, gamma):
     """Top-left ``(y, x)`` of bin ``(i, j)`` of RoI ``k``, moved by its offset."""
-    y = geo[k, 0] + i * geo[k, 2]
-    x = geo[k, 1] + j * geo[k, 3]
+    y = geo[k, _START_H] + i * geo[k, _BIN_H]
+    x = geo[k, _START_W] + j * geo[k, _BIN_W]
     if has_offset:
-        y += gamma * geo[k, 4] * offset[k, 1, i, j]
-        x += gamma * geo[k, 5] * offset[k, 0, i, j]
+        y += gamma * geo[k, _ROI_H] * offset[k, 1, i, j]
+        x += gamma * geo[k, _ROI_W] * offset[k, 0, i, j]
     return y, x
 
 
@@ -50,9 +54,9 @@ def _fill_table(geo, grid, k, y_bin, x_bin, height, width, index, weight, slope_
     gh, gw = grid[k, 0], grid[k, 1]
     s = 0
     for iy in range(gh):
-        y = y_bin + (iy + 0.5) * geo[k, 2] / gh
+        y = y_bin + (iy + 0.5) * geo[k, _BIN_H] / gh
         for ix in range(gw):
-            xx = x_bin + (ix + 0.5) * geo[k, 3] / gw
+            xx = x_bin + (ix + 0.5) * geo[k, _BIN_W] / gw
             if _outside(y, xx, height, width):
                 for q in range(4):
                     index[s, q] = 0
@@ -181,8 +185,8 @@ def _offset_mask_grad(x, height, width, batch, geo, grid, offset, has_offset, ga
                     acc_h += g * dy
                     acc_w += g * dx
                 m = mask[k, 0, i, j] if has_mask else 1.0
-                grad_offset[k, 0, i, j] = gamma * geo[k, 5] * m * acc_w / count
-                grad_offset[k, 1, i, j] = gamma * geo[k, 4] * m * acc_h / count
+                grad_offset[k, 0, i, j] = gamma * geo[k, _ROI_W] * m * acc_w / count
+                grad_offset[k, 1, i, j] = gamma * geo[k, _ROI_H] * m * acc_h / count
                 if has_mask:
                     grad_mask[k, 0, i, j] = acc_v / count
 
@@ -194,8 +198,9 @@ class _Args:
                  pooled: tuple[int, int], spatial_scale: float, sampling_ratio: int,
                  aligned: bool) -> None:
         g = roi_align_grid(rois, pooled, spatial_scale, sampling_ratio, aligned)
-        self.geo = torch.stack(
-            [g.start_h, g.start_w, g.bin_h, g.bin_w, g.roi_h, g.roi_w], dim=1).numpy()
+        columns = {_START_H: g.start_h, _START_W: g.start_w, _BIN_H: g.bin_h, _BIN_W: g.bin_w,
+                   _ROI_H: g.roi_h, _ROI_W: g.roi_w}
+        self.geo = torch.stack([columns[c] for c in sorted(columns)], dim=1).numpy()
         self.grid = torch.stack([g.grid_h, g.grid_w], dim=1).numpy()
         per_bin = g.grid_h.clamp(min=0) * g.grid_w.clamp(min=0)
         self.table_size = max(1, int(per_bin.max())) if per_bin.numel() else 1
@@ -208,10 +213,12 @@ class _Args:
         self.mask = (mask if mask is not None else dummy).numpy()
         self.size = input.shape[2], input.shape[3]
 
-    def common(self, gamma: float) -> tuple:
-        """The arguments every kernel takes, from ``height`` to ``has_mask``."""
-        return (*self.size, self.batch, self.geo, self.grid, self.offset, self.has_offset, gamma,
-                self.mask, self.has_mask)
+    def rois(self, gamma: float) -> dict:
+        """The keyword arguments every kernel takes: the map size and the per-RoI tables."""
+        height, width = self.size
+        return dict(height=height, width=width, batch=self.batch, geo=self.geo, grid=self.grid,
+                    offset=self.offset, has_offset=self.has_offset, gamma=gamma,
+                    mask=self.mask, has_mask=self.has_mask)
 
 
 def _planes(t: Tensor):
@@ -227,7 +234,8 @@ def forward(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | N
     a = _Args(input, rois, offset, mask, pooled, spatial_scale, sampling_ratio, aligned)
     out = input.new_empty(rois.shape[0], input.shape[1], *pooled)
     with threads_for(a.work):
-        _forward(_planes(input), *a.common(gamma), out.numpy(), _CHANNEL_BLOCK, a.table_size)
+        _forward(_planes(input), **a.rois(gamma), out=out.numpy(), cblock=_CHANNEL_BLOCK,
+                 table_size=a.table_size)
     return out
 
 
@@ -244,10 +252,11 @@ def backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | Non
     with threads_for(a.work):
         if need_input:
             blocks = max(1, min(input.shape[1], 4 * numba.get_num_threads()))
-            _input_grad(*a.common(gamma), grad_out.numpy(), _planes(grad_input), blocks,
-                        a.table_size)
+            _input_grad(**a.rois(gamma), grad_out=grad_out.numpy(), grad_x=_planes(grad_input),
+                        blocks=blocks, table_size=a.table_size)
         if need_offset_mask:
-            _offset_mask_grad(_planes(input), *a.common(gamma), grad_out.numpy(),
-                              grad_offset.numpy(), grad_mask.numpy(), a.table_size)
+            _offset_mask_grad(_planes(input), **a.rois(gamma), grad_out=grad_out.numpy(),
+                              grad_offset=grad_offset.numpy(), grad_mask=grad_mask.numpy(),
+                              table_size=a.table_size)
     return (grad_input, grad_offset if offset is not None else input.new_empty(0),
             grad_mask if mask is not None else input.new_empty(0))

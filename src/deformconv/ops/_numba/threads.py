@@ -14,7 +14,8 @@ from contextlib import contextmanager
 
 import numba
 
-# Inner-loop iterations (sample × channel) below which a call runs serially: about 0.5 ms.
+# Inner-loop iterations (sample × channel) below which a call runs serially: so little work
+# costs less on one thread than waking the others (benchmarks/README.md).
 SERIAL_WORK = 1 << 18
 
 

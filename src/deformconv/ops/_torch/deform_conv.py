@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._utils import Tile, tiles
+from .._workspace import Tile, tiles
 from .autodiff import vjp
 from .bilinear import bilinear
 

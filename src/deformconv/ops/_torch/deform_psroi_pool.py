@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._utils import PSRoIBins, PSRoIGrid, Tile, psroi_bins, psroi_grid, tiles
+from .._workspace import Tile, tiles
+from ..geometry import PSRoIBins, PSRoIGrid, psroi_bins, psroi_grid
 from .autodiff import vjp
 from .bilinear import bilinear, clamp_into_plane
 

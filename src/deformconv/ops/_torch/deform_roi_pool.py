@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._utils import RoIAlignGrid, Tile, roi_align_grid, tiles
+from .._workspace import Tile, tiles
+from ..geometry import RoIAlignGrid, roi_align_grid
 from .autodiff import vjp
 from .bilinear import bilinear, clamp_into_plane
 

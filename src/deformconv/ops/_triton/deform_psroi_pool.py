@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._utils import psroi_bins, psroi_grid
+from ..geometry import psroi_bins, psroi_grid
 from .bilinear import (
     clamp_into_plane,
     corner_offsets,

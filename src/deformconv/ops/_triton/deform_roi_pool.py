@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._utils import roi_align_grid
+from ..geometry import roi_align_grid
 from .bilinear import (
     clamp_into_plane,
     corner_offsets,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deformconv.engine import KILL_ENV, load_checkpoint
+from deformconv.engine import load_checkpoint
 
 from .helpers import TINY_CLS, assert_valid_png, run_cli
 
@@ -70,11 +69,11 @@ def test_killed_run_resumes_to_identical_weights(capsys: pytest.CaptureFixture,
                                                  trained: Path, tmp_path: Path) -> None:
     """The same run, SIGKILLed after its iteration-2 checkpoint, then resumed to 4."""
     out = tmp_path / "killed"
-    env = {**os.environ, KILL_ENV: "2"}
+    killed_run = Path(__file__).parents[1] / "engine" / "_killed_run.py"
     done = subprocess.run(
-        [sys.executable, "-m", "deformconv", "train", *TINY_CLS, "--iterations", "4",
-         "--checkpoint-every", "2", "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=300, check=False)
+        [sys.executable, str(killed_run), "2", "-m", "deformconv", "train", *TINY_CLS,
+         "--iterations", "4", "--checkpoint-every", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode != 0  # killed
     assert load_checkpoint(out / "last.pt")["iteration"] == 2
     code, stdout, _ = run_cli(capsys, "train", "--resume", out / "last.pt", "--iterations",

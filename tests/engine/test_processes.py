@@ -13,19 +13,20 @@ import pytest
 import torch
 from _engine_toys import main, state_equal
 
-from deformconv.engine import KILL_ENV, load_checkpoint, read_metrics
+from deformconv.engine import load_checkpoint, read_metrics
 
 SCRIPT = Path(__file__).with_name("_engine_toys.py")
+KILLED_RUN = Path(__file__).with_name("_killed_run.py")  # SIGKILLs after an iteration
 
 
 def _start(*args: str, kill_at: int | None = None, torchrun: bool = False) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in (KILL_ENV, "RANK", "WORLD_SIZE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     env["OMP_NUM_THREADS"] = "1"
-    if kill_at is not None:
-        env[KILL_ENV] = str(kill_at)
     launcher = [sys.executable]
     if torchrun:
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    if kill_at is not None:
+        launcher += [str(KILLED_RUN), str(kill_at)]
     return subprocess.Popen([*launcher, str(SCRIPT), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -1,0 +1,112 @@
+"""Input checks of the registered ops and their dtype policy (which dtypes, computed in what)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float32, torch.float64)
+UPCAST_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def check_tensor(name: str, tensor: object, ndim: int | None = None) -> Tensor:
+    """Raise a clear error unless ``tensor`` is a floating tensor with ``ndim`` dims."""
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if ndim is not None and tensor.dim() != ndim:
+        raise ValueError(
+            f"{name} must be {ndim}-D, got {tensor.dim()}-D tensor of shape {tuple(tensor.shape)}"
+        )
+    if tensor.dtype not in FLOAT_DTYPES + UPCAST_DTYPES:
+        raise TypeError(
+            f"{name} must be float16, bfloat16, float32 or float64, got {tensor.dtype}"
+        )
+    return tensor
+
+
+def check_same_dtype_device(
+    reference_name: str, reference: Tensor, **others: Tensor | None
+) -> None:
+    """All tensors in ``others`` must share ``reference``'s dtype and device."""
+    for name, tensor in others.items():
+        if tensor is None:
+            continue
+        if tensor.device != reference.device:
+            raise RuntimeError(
+                f"{name} is on {tensor.device} but {reference_name} is on {reference.device}; "
+                "all tensors must be on the same device"
+            )
+        if tensor.dtype != reference.dtype:
+            raise TypeError(
+                f"{name} has dtype {tensor.dtype} but {reference_name} has {reference.dtype}; "
+                "all tensors must share one dtype"
+            )
+
+
+def check_no_nan(name: str, tensor: Tensor) -> None:
+    """NaN positions make sampling meaningless: refuse them instead of returning garbage."""
+    # max() propagates NaN: one reduction, without isnan()'s bool temporary of offset's size.
+    if tensor.numel() and bool(torch.isnan(tensor.max())):
+        count = int(torch.isnan(tensor).sum())
+        raise ValueError(f"{name} contains {count} NaN value(s); sample positions must not be NaN")
+
+
+def check_rois_values(rois: Tensor, batch: int) -> None:
+    """Refuse non-finite coordinates and batch indices that are not integers in ``[0, batch)``.
+
+    Data-dependent, so the ops call it inside their registered kernels (not while tracing).
+    """
+    if rois.numel() == 0:
+        return
+    bad = ~torch.isfinite(rois)
+    if bool(bad.any()):
+        row = int(bad.any(dim=1).nonzero()[0, 0])
+        raise ValueError(
+            f"rois must be finite, got NaN or inf in row {row}: {rois[row].tolist()}"
+        )
+    index = rois[:, 0]
+    fractional = index != torch.round(index)
+    if bool(fractional.any()):
+        row = int(fractional.nonzero()[0, 0])
+        raise ValueError(
+            f"rois[:, 0] (batch index) must hold integers, got {index[row].item()} in row {row}"
+        )
+    outside = (index < 0) | (index >= batch)
+    if bool(outside.any()):
+        row = int(outside.nonzero()[0, 0])
+        raise ValueError(
+            f"rois[:, 0] (batch index) must be in [0, {batch - 1}] for an input of batch size "
+            f"{batch}, got {int(index[row].item())} in row {row}"
+        )
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels accumulate in (and RoI ops take RoIs in) for ``dtype`` data."""
+    return torch.float32 if dtype in UPCAST_DTYPES else dtype
+
+
+def check_compute_dtype(input: Tensor, rois: Tensor) -> None:
+    """A registered RoI op takes RoIs in the input's compute dtype (``compute_dtype``).
+
+    Coordinates in float16/bfloat16 would be off by pixels; the public functions convert
+    them, this guards direct calls of ``torch.ops.deformconv.*``.
+    """
+    expected = compute_dtype(input.dtype)
+    if rois.dtype != expected:
+        raise TypeError(
+            f"rois has dtype {rois.dtype} but must be {expected} for input of {input.dtype}; "
+            "call the public function, which converts them"
+        )
+
+
+def float32_under_autocast(device_type: str, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """Cast ``tensors`` to float32 when autocast is on for ``device_type``, else return them.
+
+    Under autocast an offset branch (a conv) yields bf16/fp16 while the features stay
+    float32; sampling positions need full precision, so these ops run in float32 there.
+    """
+    if not (torch.amp.is_autocast_available(device_type)
+            and torch.is_autocast_enabled(device_type)):
+        return tensors
+    return tuple(t.float() if isinstance(t, Tensor) and t.is_floating_point() else t
+                 for t in tensors)

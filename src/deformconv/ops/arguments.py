@@ -1,0 +1,66 @@
+"""Argument normalisation shared by the ops and the modules, models and viz built on them."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["finite_float", "pair", "rois_to_tensor"]
+
+def pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+    """``3 -> (3, 3)``; a pair is checked and returned as a tuple."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        return int(value[0]), int(value[1])
+    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def finite_float(name: str, value: object, *, positive: bool = False) -> float:
+    """``float(value)``, refused with an error naming ``name`` unless finite (and > 0 with
+    ``positive``): a NaN scale would pass ``value <= 0`` checks and pool silent zeros."""
+    expected = "a finite number > 0" if positive else "a finite number"
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be {expected}, got {value!r}") from None
+    if not math.isfinite(number) or (positive and not number > 0):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return number
+
+
+def rois_to_tensor(rois: Tensor | list[Tensor] | tuple[Tensor, ...]) -> Tensor:
+    """RoIs as ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]``.
+
+    Accepts that layout directly or, like torchvision, a list of N per-image ``(Ki, 4)``
+    box tensors whose list position is the batch index. Only shapes are checked here
+    (trace-friendly); ``check_rois_values`` checks the numbers.
+    """
+    if isinstance(rois, Tensor):
+        if rois.dim() != 2 or rois.shape[1] != 5:
+            raise ValueError(
+                f"rois must have shape (K, 5) [batch_index, x1, y1, x2, y2], "
+                f"got {tuple(rois.shape)}"
+            )
+        return rois
+    if not isinstance(rois, (list, tuple)):
+        raise TypeError(
+            f"rois must be a Tensor (K, 5) or a list of (Ki, 4) Tensors, got {type(rois).__name__}"
+        )
+    if len(rois) == 0:
+        raise ValueError("rois is an empty list: give one (Ki, 4) Tensor per image")
+    for i, boxes in enumerate(rois):
+        if not isinstance(boxes, Tensor):
+            raise TypeError(f"rois[{i}] must be a Tensor, got {type(boxes).__name__}")
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise ValueError(
+                f"rois[{i}] must have shape (Ki, 4) [x1, y1, x2, y2], got {tuple(boxes.shape)}"
+            )
+    boxes = torch.cat([b.to(rois[0]) for b in rois], dim=0)
+    index = torch.cat([torch.full_like(b[:, :1], i, dtype=boxes.dtype, device=boxes.device)
+                       for i, b in enumerate(rois)], dim=0)
+    return torch.cat([index, boxes], dim=1)
