@@ -28,6 +28,7 @@ from runner import (
     plan,
     pretrained,
     seed_stats,
+    train_data,
     train_run,
 )
 
@@ -81,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
 
     pretrained(sizes, study)  # before the runs, so that none of them counts it
     study.in_shards(__file__, argv)
+    if study.trains_here:  # the scenes rendered before the runs: no run's CPU time counts it
+        train_data(sizes, "detection")
     results = {}
-    for name, (spec, plain) in configs.items():
-        for seed in sizes.seeds:
+    for seed in sizes.seeds:  # seed by seed: a stopped study has whole seeds to report
+        for name, (spec, plain) in configs.items():
             def run(run_dir, spec=spec, plain=plain, seed=seed):
                 return train_run("detection", spec, plain, sizes, seed, run_dir, study)[1]
 

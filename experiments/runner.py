@@ -34,7 +34,6 @@ from torch.utils.data import Dataset
 
 from deformconv.runs import (
     DataSpec,
-    DemoSettings,
     ModelSpec,
     PretrainSettings,
     build_datasets,
@@ -72,12 +71,21 @@ __all__ = [
 
 DEFAULT_OUT = Path("runs/experiments")
 SMOKE_OUT = Path("runs/experiments-smoke")
-# The demo's scenes: five shape classes at widely varying scale (8 px to 0.7 of the image
-# side), aspect ratio (up to 2.5) and rotation (any angle), on lighter clutter.
-SCENE: dict[str, Any] = DemoSettings().scene
+# The studies' own recipe is written out here and in the scripts, not read from the demo's
+# or the library's defaults: the studies' results and the pretraining cache (whose key
+# hashes PRETRAIN) stay valid when those defaults change.
+# The demo's scenes as the studies were run: five shape classes at widely varying scale
+# (8 px to 0.7 of the image side), aspect ratio (up to 2.5) and rotation (any angle), on
+# lighter clutter.
+SCENE: dict[str, Any] = {"classes": ["triangle", "rectangle", "ellipse", "star", "cross"],
+                         "clutter": 0.5, "max_distractors": 4, "max_objects": 3}
 # The studies' ImageNet: a plain ResNet-18 of width 32 classifying single large objects of
 # the ten default shape classes (the five of the scenes among them) at 64 px.
-PRETRAIN = PretrainSettings()
+PRETRAIN = PretrainSettings(
+    model="resnet18", base_channels=32, image_size=64, train_size=10000, val_size=500,
+    iterations=3000, batch_size=32, lr=2e-3, weight_decay=0.05, warmup_share=0.1, seed=0,
+    data_seed=100, scene={"min_object_size": 16.0, "max_object_size": 0.9, "clutter": 0.5,
+                          "max_distractors": 4})
 SMOKE_PRETRAIN = PretrainSettings(base_channels=4, image_size=32, train_size=8, val_size=4,
                                   iterations=2, batch_size=2)
 
@@ -177,19 +185,33 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def seed_stats(results: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
     """One configuration over its seeds: parameters, mean wall seconds per run (everything)
-    and per training iteration (the steps alone), mean CPU seconds of a run per iteration,
-    and per metric ``{"mean", "std", "values"}``."""
+    and per training iteration (the steps alone), mean CPU seconds per iteration of the
+    calls that wrote the results (a resumed run's call: per iteration it trained; NaN if no
+    run says how far it trained), and per metric ``{"mean", "std", "values"}``."""
+    trained = [(r, _iterations_trained(r)) for r in results]
+    known = [r.get("cpu_seconds", math.nan) / n for r, n in trained if n]
     row: dict[str, Any] = {
         "params": results[0]["params"],
         "run_seconds": mean_std([r["seconds"] for r in results])[0],
         "seconds_per_iteration": mean_std([r["seconds_per_iteration"] for r in results])[0],
-        "cpu_seconds_per_iteration": mean_std([r.get("cpu_seconds", math.nan) / r["iterations"]
-                                               for r in results])[0]}
+        "cpu_seconds_per_iteration": mean_std(known)[0],
+        "cpu_runs": len(known)}
     for key in metrics:
         values = [r["metrics"][key] for r in results]
         mean, std = mean_std(values)
         row[key] = {"mean": mean, "std": std, "values": values}
     return row
+
+
+def _iterations_trained(result: dict[str, Any]) -> int | None:
+    """The iterations trained by the call that wrote a run's result (its CPU seconds cover
+    those only). Results without ``resumed_at`` (older ones) were resumed, at an unknown
+    iteration (None), if their training clock, which a resumed run carries over from its
+    checkpoint, exceeds the call's own wall time."""
+    if "resumed_at" in result:
+        return result["iterations"] - result["resumed_at"]
+    fresh = result.get("train_seconds", 0.0) <= result.get("seconds", math.inf)
+    return result["iterations"] if fresh else None
 
 
 def _plain_json(obj: Any) -> Any:
@@ -271,6 +293,12 @@ class Study:
         self.done.append(run)
         return result
 
+    @property
+    def trains_here(self) -> bool:
+        """Whether this process trains runs itself (not a ``--jobs`` parent whose shard
+        processes do)."""
+        return self.jobs <= 1 or self.shard is not None
+
     def in_shards(self, script: str, argv: Sequence[str] | None) -> None:
         """With ``--jobs N`` (N > 1, no ``--shard``): run the script again as N shard
         processes of one thread each, side by side, and wait for them; this process then
@@ -336,8 +364,15 @@ def train_run(task: str, spec: ModelSpec, plain: ModelSpec, sizes: Sizes, seed: 
     """Fine-tune ``spec`` (its plain twin's weights, the pretrained backbone, zero offsets)
     with ``seed``; evaluate on the validation scenes. Resumes from ``run_dir/last.pt`` if a
     previous call was stopped. Returns the trained model and ``{"metrics", "params",
-    "iterations", "train_seconds", "seconds_per_iteration"}``."""
-    from deformconv.engine import TrainConfig, balanced_class_weights, label_counts, train
+    "iterations", "resumed_at" (the checkpoint's iteration, 0 for a fresh run),
+    "train_seconds", "seconds_per_iteration"}``."""
+    from deformconv.engine import (
+        TrainConfig,
+        balanced_class_weights,
+        label_counts,
+        load_checkpoint,
+        train,
+    )
 
     train_set, val_set, classes = train_data(sizes, task)
     model = twin_model(spec, plain, seed)
@@ -357,10 +392,13 @@ def train_run(task: str, spec: ModelSpec, plain: ModelSpec, sizes: Sizes, seed: 
         grad_clip_norm=sizes.grad_clip, offset_lr_mult=sizes.offset_lr_mult, seed=seed,
         checkpoint_every=max(1, sizes.iterations // 4), keep_best=False, resume="auto",
         out_dir=str(run_dir), progress=False, log_every=10, device="cpu")
+    last = run_dir / "last.pt"
+    resumed_at = load_checkpoint(last)["iteration"] if last.exists() else 0
     result = train(config, model, train_set, val_set,
                    extra={"model": asdict(spec), "data": asdict(sizes.data())})
     return model, {"metrics": result.metrics, "params": parameter_count(model),
-                   "iterations": result.iteration, "train_seconds": result.train_seconds,
+                   "iterations": result.iteration, "resumed_at": resumed_at,
+                   "train_seconds": result.train_seconds,
                    "seconds_per_iteration": result.train_seconds / max(1, result.iteration)}
 
 

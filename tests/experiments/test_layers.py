@@ -42,11 +42,12 @@ def test_segmentation_smoke_then_continued(tmp_path, capsys):
     text = report.read_text()
     assert "These are SMOKE results" in text and "SMOKE RUN" in text
     miou = _summary(tmp_path, "segmentation")["rows"][1]["miou"]["mean"]
-    assert f"{miou:.3f} ± 0.000 (n=1)" in text
-    assert ("Command: `python experiments/roi_pooling.py --detector rfcn`\n\n*Not run yet.*"
-            in text)
-    # a smoke run's models learn nothing, which the verdict says before anything else
-    assert "Table 1, segmentation: **inconclusive: the models did not learn the task" in text
+    assert f"{miou:.3f} ± 0.000 ({miou:.3f})" in text
+    assert ("Command: `python experiments/roi_pooling.py --detector rfcn`\n\n*Not run in this "
+            "session*" in text)
+    # a smoke run's plain twin misses the floor, and one seed gives no spread to judge by
+    assert "Table 1, segmentation: plain twin miou" in text and "(NOT met)" in text
+    assert "3 deformable layers vs none" in text and "**undecided (one seed)**" in text
     assert "| layers_segmentation | smoke | – |" in text  # budget: no --plan made
 
 

@@ -168,6 +168,10 @@ def test_train_run_fine_tunes_the_cached_pretrained_backbone(tmp_path):
     fresh = runner.twin_model(spec, plain, 0).backbone.conv1.weight
     trained = model.backbone.conv1.weight.detach()
     assert (trained - state["conv1.weight"]).abs().max() < (trained - fresh).abs().max()
+    assert result["resumed_at"] == 0
+    # called again, the run continues from its checkpoint (here: already at the end)
+    _, again = runner.train_run("segmentation", spec, plain, sizes, 0, tmp_path / "run", study)
+    assert again["resumed_at"] == 1 and again["iterations"] == 1
 
 
 @pytest.mark.parametrize("task", ["segmentation", "faster_rcnn", "rfcn"])
@@ -181,3 +185,26 @@ def test_backbone_prefix_names_the_pretrained_weights(task):
     under = {n for n, _ in model.named_parameters() if n.startswith(prefix)}
     assert under == {prefix + n for n, _ in resnet.named_parameters()}
     assert len(under) < len(list(model.parameters()))
+
+
+def test_pretraining_cache_key_is_pinned():
+    # The studies' results were made with the backbone cached under this key: a change to
+    # runner.PRETRAIN, or to PretrainSettings' fields, would pretrain again and mix backbones.
+    assert runner.PRETRAIN.key() == "c48008f53b10"
+
+
+def test_cpu_time_per_iteration_counts_what_each_call_trained():
+    def result(cpu, **extra):
+        return {"params": 10, "seconds": 100.0, "seconds_per_iteration": 0.1, "iterations": 100,
+                "cpu_seconds": cpu, "metrics": {"miou": 0.5}, **extra}
+
+    row = runner.seed_stats([result(20.0, resumed_at=0), result(6.25, resumed_at=75),
+                             result(30.0, resumed_at=0)], ["miou"])
+    assert row["cpu_seconds_per_iteration"] == pytest.approx(0.25) and row["cpu_runs"] == 3
+    # older results without resumed_at: a training clock longer than the call's wall time
+    # was carried over from a checkpoint, at an unknown iteration
+    row = runner.seed_stats([result(20.0, train_seconds=90.0),
+                             result(5.0, train_seconds=150.0)], ["miou"])
+    assert row["cpu_seconds_per_iteration"] == 0.2 and row["cpu_runs"] == 1
+    assert math.isnan(runner.seed_stats([result(5.0, train_seconds=150.0)], ["miou"])
+                      ["cpu_seconds_per_iteration"])
