@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ def seconds_per_iteration(model: nn.Module, task: str, dataset: Dataset, batch_s
     on batches of ``dataset``, after one warm-up step; drawing the batch is left out.
     ``clock=time.process_time`` counts this process's CPU seconds instead of wall-clock
     ones (with one thread: the step's own work, however busy the machine is)."""
-    from ..engine import compute_loss, train_loader
+    from ..engine import train_loader
     from ..engine.tasks import to_device
 
     net = copy.deepcopy(model).to(device).train()
@@ -52,14 +53,8 @@ def seconds_per_iteration(model: nn.Module, task: str, dataset: Dataset, batch_s
     times = []
     for _ in range(steps + 1):
         images, targets = to_device(next(loader), device)
-        start = clock()
-        loss, _ = compute_loss(task, net, images, targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        _sync(device)
-        times.append(clock() - start)
-    return sorted(times[1:])[len(times[1:]) // 2]
+        times.append(_timed_step(task, net, optimizer, images, targets, device, clock))
+    return _median_after_warm_up(times)
 
 
 def step_seconds(models: dict[str, nn.Module], task: str, dataset: Dataset, batch_size: int,
@@ -70,7 +65,7 @@ def step_seconds(models: dict[str, nn.Module], task: str, dataset: Dataset, batc
     warm-up step each. On a CPU the cost is the process's CPU time, which other processes
     on the machine barely change (their load makes wall-clock steps vary by tens of
     percent); on an accelerator, wall-clock time."""
-    from ..engine import compute_loss, train_loader
+    from ..engine import train_loader
     from ..engine.tasks import to_device
 
     clock = time.process_time if device.type == "cpu" else time.perf_counter
@@ -81,14 +76,30 @@ def step_seconds(models: dict[str, nn.Module], task: str, dataset: Dataset, batc
     times: dict[str, list[float]] = {name: [] for name in nets}
     for _ in range(steps + 1):
         for name, net in nets.items():
-            start = clock()
-            loss, _ = compute_loss(task, net, images, targets)
-            optimizers[name].zero_grad()
-            loss.backward()
-            optimizers[name].step()
-            _sync(device)
-            times[name].append(clock() - start)
-    return {name: sorted(t[1:])[len(t[1:]) // 2] for name, t in times.items()}
+            times[name].append(_timed_step(task, net, optimizers[name], images, targets, device,
+                                           clock))
+    return {name: _median_after_warm_up(t) for name, t in times.items()}
+
+
+def _median_after_warm_up(times: list[float]) -> float:
+    """The median of ``times`` without the first (warm-up) one."""
+    kept = sorted(times[1:])
+    return kept[len(kept) // 2]
+
+
+def _timed_step(task: str, net: nn.Module, optimizer: torch.optim.Optimizer, images: Any,
+                targets: Any, device: torch.device, clock: Callable[[], float]) -> float:
+    """Seconds of ``clock`` for one training step of ``net`` on a batch already on its
+    device: forward, loss, backward, ``optimizer`` update (waiting for a GPU to finish)."""
+    from ..engine import compute_loss
+
+    start = clock()
+    loss, _ = compute_loss(task, net, images, targets)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    _sync(device)
+    return clock() - start
 
 
 def seconds_per_batch(dataset: Dataset, task: str, batch_size: int, batches: int = 3
