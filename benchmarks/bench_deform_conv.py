@@ -8,7 +8,7 @@ Four tables, every ratio measured in the same run:
 2. Modules, forward+backward: ``deformconv.nn.DeformConv2d`` (with its own offset conv) vs
    ``nn.Conv2d`` vs torchvision's ``DeformConv2d`` fed by the same offset conv, at the
    small-layer shapes of compact networks; and one training step of a small CNN whose last
-   two convs are deformable, and of the demo's segmentation net (last three deformable),
+   two convs are deformable, and of the demo's segmentation net (its defaults),
    each vs its plain twin.
 3. Peak extra memory (process RSS sampled during the call, in a fresh process where glibc
    unmaps every freed large block) of the forward and of forward+backward at res5, batch 8:
@@ -238,18 +238,14 @@ def small_cnn(deformable: bool) -> nn.Module:
     )
 
 
-def demo_fcn(deformable: bool, classes: int = 6) -> nn.Module:
-    """The demo's segmentation net (``compact_fcn``'s defaults): 3×3 conv layers of widths
-    24, 32, 48, 48, 48 with strides 2, 2, 1, 1, 1, the last three deformable (16×16 maps at
-    64 px), a 1×1 classifier and a bilinear upsampling to the input size."""
-    torch.manual_seed(0)
-    widths, strides = (24, 32, 48, 48, 48), (2, 2, 1, 1, 1)
-    layers, cin = [], 3
-    for i, (width, stride) in enumerate(zip(widths, strides, strict=True)):
-        layers.append(conv_bn_relu(cin, width, deformable and i >= 2, stride))
-        cin = width
-    return nn.Sequential(*layers, nn.Conv2d(cin, classes, 1),
-                         nn.Upsample(scale_factor=4, mode="bilinear", align_corners=False))
+def demo_fcn(deformable: bool) -> nn.Module:
+    """The demo's segmentation net with its defaults (``deformconv.runs.DemoSettings``),
+    deformable or its plain twin, from the same seed."""
+    from deformconv.runs import DemoSettings, build_model, demo_specs
+
+    settings = DemoSettings()
+    deformable_spec, plain_spec = demo_specs(settings, len(settings.scene["classes"]))
+    return build_model(deformable_spec if deformable else plain_spec, seed=0)
 
 
 def training_runners(net: Callable[[bool], nn.Module], x: torch.Tensor, target: torch.Tensor
