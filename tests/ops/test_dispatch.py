@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -104,3 +105,24 @@ print("deformconv.ops.reference" in sys.modules)
                          timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "False"
+
+
+def test_numba_kernels_keep_torchs_thread_count():
+    """Starting Numba's threading layer (its first multi-threaded kernel call) must not
+    change ``torch.set_num_threads``: its OpenMP layer shares the runtime with torch."""
+    script = """
+import torch
+torch.set_num_threads(1)
+from deformconv.ops import deform_conv2d, deform_roi_pool
+x = torch.randn(16, 64, 8, 8, requires_grad=True)
+y = deform_conv2d(x, torch.zeros(16, 18, 8, 8), torch.randn(64, 64, 3, 3), padding=1)
+y.sum().backward()
+rois = torch.tensor([[0.0, 1, 1, 6, 6]]).repeat(64, 1)
+deform_roi_pool(x, rois, torch.zeros(64, 2, 7, 7), 7).sum().backward()
+print(torch.get_num_threads())
+"""
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "1"

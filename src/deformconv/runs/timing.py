@@ -28,8 +28,9 @@ def set_threads(count: int) -> None:
     """Intra-op threads of torch and of the Numba kernels."""
     import numba
 
-    torch.set_num_threads(count)
+    # Numba first: starting its threading layer can reset torch's count (ops._numba.threads)
     numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(count)
 
 
 def _sync(device: torch.device) -> None:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..geometry import roi_align_grid
 from .roi_sampling import clamped_corners, slope_weights, value_weights
-from .threads import threads_for
+from .threads import numba_threads, threads_for
 
 # Channels handled together by one forward task: they share the bin's table of samples.
 _CHANNEL_BLOCK = 32
@@ -251,7 +251,7 @@ def backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | Non
     grad_mask = torch.zeros_like(mask) if mask is not None else input.new_zeros(1, 2, 1, 1)
     with threads_for(a.work):
         if need_input:
-            blocks = max(1, min(input.shape[1], 4 * numba.get_num_threads()))
+            blocks = max(1, min(input.shape[1], 4 * numba_threads()))
             _input_grad(**a.rois(gamma), grad_out=grad_out.numpy(), grad_x=_planes(grad_input),
                         blocks=blocks, table_size=a.table_size)
         if need_offset_mask:

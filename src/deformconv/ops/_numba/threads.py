@@ -13,10 +13,27 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numba
+import torch
 
 # Inner-loop iterations (sample × channel) below which a call runs serially: so little work
 # costs less on one thread than waking the others (benchmarks/README.md).
 SERIAL_WORK = 1 << 18
+
+
+def numba_threads() -> int:
+    """``numba.get_num_threads()``, keeping torch's intra-op thread count.
+
+    The first call starts Numba's threading layer. Its OpenMP layer shares the OpenMP
+    runtime with torch and sets the process's team size to Numba's count: after
+    ``torch.set_num_threads(1)`` every torch op would then run on all cores, which on a
+    busy machine makes a 20 µs op take milliseconds (OpenMP barriers wait for descheduled
+    threads).
+    """
+    torch_threads = torch.get_num_threads()
+    count = numba.get_num_threads()
+    if torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
+    return count
 
 
 @contextmanager
@@ -25,7 +42,7 @@ def threads_for(work: int) -> Iterator[None]:
     if work >= SERIAL_WORK:
         yield
         return
-    previous = numba.get_num_threads()
+    previous = numba_threads()
     numba.set_num_threads(1)
     try:
         yield
@@ -64,7 +81,7 @@ os.register_at_fork(after_in_child=_workers.forget)
 def task_threads(work: int) -> int:
     """Threads ``run_tasks`` uses for ``work`` inner iterations: all Numba threads, or one
     below ``SERIAL_WORK``."""
-    return numba.get_num_threads() if work >= SERIAL_WORK else 1
+    return numba_threads() if work >= SERIAL_WORK else 1
 
 
 def run_tasks(kernel: Callable[..., None], tasks: int, work: int, *args: object) -> None:
