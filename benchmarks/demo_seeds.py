@@ -99,10 +99,14 @@ def floors(rows: list[dict]) -> list[tuple[str, bool, str]]:
                        mean >= MIN_GAIN, f"{mean * 100:+.1f} points"))
         checks.append((f"deformable ahead at {label} in >= {AHEAD_SHARE:.0%} of the seeds",
                        ahead >= AHEAD_SHARE * n, f"{ahead} of {n}"))
-    ratio = sum(r["time ratio"] for r in rows) / n
-    checks.append(("deformable training time <= 1.5x plain (mean)", ratio <= MAX_TIME_RATIO,
-                   f"{ratio:.2f}x (seeds {min(r['time ratio'] for r in rows):.2f}-"
-                   f"{max(r['time ratio'] for r in rows):.2f})"))
+    # CPU seconds where every seed has them: on a machine shared with other jobs the wall
+    # clock of a run measures the scheduler as much as the run
+    key = "CPU ratio" if all("CPU ratio" in r for r in rows) else "time ratio"
+    ratios = [r[key] for r in rows]
+    ratio = sum(ratios) / n
+    checks.append((f"deformable training time <= 1.5x plain (mean {key})",
+                   ratio <= MAX_TIME_RATIO,
+                   f"{ratio:.2f}x (seeds {min(ratios):.2f}-{max(ratios):.2f})"))
     slowest = max(r["wall s"] for r in rows)
     checks.append(("whole demo <= 5 min, every seed", slowest <= MAX_SECONDS,
                    f"slowest {slowest:.0f} s"))

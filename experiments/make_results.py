@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from runner import mean_std
+from runner import mean_std, run_minutes
 
 from deformconv.viz import SIZE_BUCKETS, markdown_table
 
@@ -135,7 +135,7 @@ class Report:
         self.add(f"Command: `{COMMANDS[study]}`", "")
         data = load(self.runs, study)
         if data is None:
-            done = _run_minutes(self.runs / study)
+            done = run_minutes(self.runs / study)
             self.add("*Not run in this session* (the shared 2-core machine had no time left "
                      "for it): the command above runs it."
                      if done is None else
@@ -371,7 +371,8 @@ class Report:
         rows = []
         for study, (data, plan) in studies.items():
             uses = study in users
-            measured = _run_minutes(self.runs / study)
+            # the summary's copy where the runs' own files are gone (another checkout)
+            measured = run_minutes(self.runs / study) or (data or {}).get("measured")
             rows.append({
                 "study": study, "mode": data["mode"] if data else "–",
                 "runs": (f"{len(plan['seconds_per_iteration'])} × {plan['seeds']} seeds × "
@@ -476,17 +477,6 @@ def _dilation_verdict(layer: str, rows: Sequence[dict[str, Any]]) -> str:
 def _stat(values: Sequence[float]) -> dict[str, Any]:
     mean, std = mean_std(values)
     return {"mean": mean, "std": std, "values": list(values)}
-
-
-def _run_minutes(folder: Path) -> dict[str, float] | None:
-    """The study's runs' summed wall and CPU minutes (each run's own timing), None before
-    any run."""
-    runs = [json.loads(p.read_text())["result"] for p in folder.glob("*.json")
-            if p.name not in ("summary.json", "plan.json")]
-    if not runs:
-        return None
-    return {"runs": len(runs), "wall": sum(r.get("seconds", 0.0) for r in runs) / 60,
-            "cpu": sum(r.get("cpu_seconds", math.nan) for r in runs) / 60}
 
 
 EQUAL_ITERATIONS = ("Every configuration trains for the same number of iterations; its "

@@ -324,10 +324,22 @@ class Study:
     def write_summary(self, summary: dict[str, Any]) -> Path:
         """``<out>/<name>/summary.json``: what the results generator reads."""
         path = write_json({"study": self.name, "mode": self.mode, "settings": self.settings,
-                           **summary}, self.folder / "summary.json")
+                           "measured": run_minutes(self.folder), **summary},
+                          self.folder / "summary.json")
         print(f"[{self.name}] {len(self.done)} run(s) done, {len(self.skipped)} skipped; "
               f"summary: {path}")
         return path
+
+
+def run_minutes(folder: Path) -> dict[str, float] | None:
+    """The study's runs' summed wall and CPU minutes (each run's own timing) and their
+    count, from the run files in ``folder``; None before any run."""
+    runs = [json.loads(p.read_text())["result"] for p in folder.glob("*.json")
+            if p.name not in ("summary.json", "plan.json")]
+    if not runs:
+        return None
+    return {"runs": len(runs), "wall": sum(r.get("seconds", 0.0) for r in runs) / 60,
+            "cpu": sum(r.get("cpu_seconds", math.nan) for r in runs) / 60}
 
 
 _DATA: dict[str, tuple[Dataset, Dataset, int]] = {}
