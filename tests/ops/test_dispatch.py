@@ -107,20 +107,34 @@ print("deformconv.ops.reference" in sys.modules)
     assert run.stdout.strip() == "False"
 
 
-def test_numba_kernels_keep_torchs_thread_count():
-    """Starting Numba's threading layer (its first multi-threaded kernel call) must not
-    change ``torch.set_num_threads``: its OpenMP layer shares the runtime with torch."""
-    script = """
-import torch
-torch.set_num_threads(1)
-from deformconv.ops import deform_conv2d, deform_roi_pool
+FIRST_NUMBA_CALLS = {
+    "deform_conv2d": """
 x = torch.randn(16, 64, 8, 8, requires_grad=True)
 y = deform_conv2d(x, torch.zeros(16, 18, 8, 8), torch.randn(64, 64, 3, 3), padding=1)
 y.sum().backward()
+""",
+    "deform_roi_pool": """
+x = torch.randn(1, 64, 8, 8, requires_grad=True)
 rois = torch.tensor([[0.0, 1, 1, 6, 6]]).repeat(64, 1)
 deform_roi_pool(x, rois, torch.zeros(64, 2, 7, 7), 7).sum().backward()
-print(torch.get_num_threads())
-"""
+""",
+    "deform_psroi_pool": """
+x = torch.randn(2, 8 * 49, 32, 32, requires_grad=True)
+rois = torch.tensor([[0.0, 1, 1, 20, 20]]).repeat(256, 1)
+deform_psroi_pool(x, rois, None, spatial_scale=1.0, output_dim=8, group_size=7,
+                  pooled_size=7, sample_per_part=4).sum().backward()
+""",
+}
+
+
+@pytest.mark.parametrize("first", sorted(FIRST_NUMBA_CALLS))
+def test_numba_kernels_keep_torchs_thread_count(first):
+    """Starting Numba's threading layer (the process's first multi-threaded kernel call,
+    serial chunks or a parallel kernel) must not change ``torch.set_num_threads``: its
+    OpenMP layer shares the runtime with torch."""
+    script = ("import torch\ntorch.set_num_threads(1)\n"
+              "from deformconv.ops import deform_conv2d, deform_psroi_pool, deform_roi_pool\n"
+              + FIRST_NUMBA_CALLS[first] + "print(torch.get_num_threads())\n")
     env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=300, env=env)

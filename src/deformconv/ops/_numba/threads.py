@@ -39,10 +39,10 @@ def numba_threads() -> int:
 @contextmanager
 def threads_for(work: int) -> Iterator[None]:
     """Use all Numba threads for ``work >= SERIAL_WORK`` inner iterations, else one."""
+    previous = numba_threads()  # also before a parallel kernel starts the threading layer
     if work >= SERIAL_WORK:
         yield
         return
-    previous = numba_threads()
     numba.set_num_threads(1)
     try:
         yield
