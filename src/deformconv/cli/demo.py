@@ -13,7 +13,7 @@ HELP = "train a deformable network and its plain twin on synthetic scenes, compa
 DEFAULTS = DemoSettings()
 # flag -> DemoSettings field, all optional (unset: the default, or the smoke size)
 FIELDS = ("iterations", "image_size", "batch_size", "train_size", "val_size", "deform_layers",
-          "lr", "seed", "device")
+          "lr", "seed", "device", "jobs")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -43,6 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--seed", type=non_negative_int,
                         help=f"initialisation, data order and scenes (default {d.seed})")
     parser.add_argument("--device", help=f"{d.device} (default) | cuda | auto")
+    parser.add_argument("--jobs", type=positive_int,
+                        help=f"processes the twins train in, on a CPU (default {d.jobs}: side by "
+                             "side, each on half of --threads; 1: one after another)")
     parser.add_argument("--scene", action="append", default=[], metavar="KEY=VALUE",
                         help="synthetic scene option (repeatable), e.g. max_objects=2; see "
                              "deformconv.data.SceneConfig")

@@ -69,6 +69,10 @@ class TrainConfig:
     log_every: int = 10  # iterations between metrics.jsonl lines
     tensorboard: bool = False  # also log to <out_dir>/tensorboard when tensorboard is installed
     progress: bool = True  # tqdm progress bar on rank 0
+    # The bar's label and line: runs trained side by side in several processes each keep
+    # their own line of the terminal.
+    progress_label: str = "train"
+    progress_line: int = 0
     num_workers: int = 0
     device: str = "auto"  # "auto" = cuda when available, else cpu; or any torch device string
     eval_batch_size: int | None = None  # defaults to batch_size
@@ -104,6 +108,7 @@ class TrainConfig:
             "checkpoint_every": self.checkpoint_every,
             "eval_every": self.eval_every,
             "num_workers": self.num_workers,
+            "progress_line": self.progress_line,
         }
         for name, value in non_negative.items():
             if isinstance(value, bool) or not value >= 0:

@@ -107,7 +107,8 @@ def _train(
     run.resume_if_asked()
     run.wrap_for_ddp()
     run.open_log()
-    bar = tqdm(total=run.total, initial=run.iteration, desc="train", dynamic_ncols=True,
+    bar = tqdm(total=run.total, initial=run.iteration, desc=config.progress_label,
+               position=config.progress_line, dynamic_ncols=True,
                disable=not (config.progress and info.is_main))
     with bar, contextlib.closing(run.logger):  # closed on errors too (e.g. a stop hook)
         window = _LogWindow(run.clock.seconds)

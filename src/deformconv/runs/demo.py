@@ -17,6 +17,9 @@ Three runs are compared:
   of that run's decay (``branch.pt``; until there both share rate, batches and weights),
   holds the rate longer and decays over its own last fifth.
 
+On a CPU the plain twin (then its equal-time run) and the deformable twin train side by
+side in two processes (``DemoSettings.jobs``), each on half of the threads.
+
 :func:`run_demo` then evaluates them (mIoU, each image alone, each object by scale),
 times inference, draws the learning curves, predictions, sampling locations and the
 object recall per scale, and writes ``report.md`` (see :mod:`.demo_report`),
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+import multiprocessing
 import os
 import shutil
 import time
@@ -35,13 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import Dataset
 
 from .results import write_json
-from .specs import DataSpec, ModelSpec, build_datasets, build_model
-from .timing import ms_per_image, parameter_count, step_seconds
-from .twins import twin_models
+from .specs import DataSpec, ModelSpec, build_datasets, model_from_checkpoint
+from .timing import ms_per_image, parameter_count, set_threads, step_seconds
+from .twins import twin_model, twin_models
 
 __all__ = ["RUNS", "DemoSettings", "demo_data", "demo_specs", "run_demo", "run_folder"]
 
@@ -83,6 +86,10 @@ class DemoSettings:
     grad_clip_norm: float | None = 1.0
     seed: int = 0  # model initialisation, data order and the scenes (validation: seed + 1)
     device: str = "cpu"
+    # Processes the runs train in, on a CPU: 2 trains the plain twin (then its equal-time
+    # run) and the deformable twin side by side, each on half of this process's threads;
+    # nets this small gain little from a second thread of one process. 1: one after another.
+    jobs: int = 2
     figures: int = 3  # images in the prediction and sampling-location figures
     evaluations: int = 6  # validations per run, for the learning curves
     progress: bool = True  # progress bars
@@ -95,7 +102,7 @@ class DemoSettings:
         """Seconds, for tests: tiny images, model and data, a few iterations."""
         values = dict(iterations=4, image_size=32, batch_size=2, train_size=8, val_size=4,
                       widths=(4, 4, 4), strides=(2, 1, 1), deform_layers=2, skip_layer=0, figures=2,
-                      evaluations=2)
+                      evaluations=2, jobs=1)
         return cls(**{**values, **overrides})
 
 
@@ -131,7 +138,8 @@ def demo_data(s: DemoSettings) -> tuple[DataSpec, Dataset, Dataset, int]:
 def _config(s: DemoSettings, iterations: int, out: Path, class_weights: list[float],
             **changes: Any) -> Any:
     """The training config of one run: AdamW, warmup-stable-decay over ``iterations``
-    (warm-up and evaluation period from ``s.iterations``, so every run shares them)."""
+    (warm-up and evaluation period from ``s.iterations``, so every run shares them);
+    ``changes`` override fields (resume, progress bar label and line, ...)."""
     from ..engine import TrainConfig
 
     return TrainConfig(
@@ -144,59 +152,87 @@ def _config(s: DemoSettings, iterations: int, out: Path, class_weights: list[flo
         out_dir=str(out), device=s.device, progress=s.progress, **changes)
 
 
-def _train(name: str, config: Any, model: nn.Module, train_set: Dataset, val_set: Dataset,
-           extra: dict[str, Any], on_iteration_end: Any = None) -> dict[str, Any]:
+@dataclass
+class _Job:
+    """The runs one process trains, in order, and what they start from."""
+
+    names: tuple[str, ...]  # from RUNS; "plain, equal time" after "plain"
+    settings: DemoSettings
+    specs: dict[str, ModelSpec]  # of each run
+    class_weights: list[float]
+    step_ratio: float  # deformable / plain step time: the equal-time run's length
+    out: Path
+    extra: dict[str, Any]  # stored in the checkpoints, with the run's model spec
+    threads: int | None = None  # set in a worker process; None: keep this process's
+    line: int = 0  # of the progress bars
+
+
+def _train_runs(job: _Job, datasets: tuple[Dataset, Dataset] | None = None
+                ) -> dict[str, dict[str, Any]]:
+    """Train ``job.names`` in order on ``datasets`` (training, validation; None: render
+    them, in a worker process): each run's result, its weights in ``result["checkpoint"]``.
+    Every run starts from the twins' weights of ``s.seed`` (:func:`twin_model`)."""
     from ..engine import train
 
-    print(f"training {name}: {config.iterations} iterations")
-    cpu_started = time.process_time()
-    result = train(config, model, train_set, val_set, extra=extra,
-                   on_iteration_end=on_iteration_end)
-    # CPU time of this process in the call: with the validations; a continued run's
-    # excludes what it continues from
-    return {"metrics": result.metrics, "train_seconds": result.train_seconds,
-            "cpu_seconds": time.process_time() - cpu_started,
-            "iterations": result.iteration, "checkpoint": result.last_checkpoint}
+    if job.threads is not None:
+        set_threads(job.threads)
+    s = job.settings
+    train_set, val_set = datasets or demo_data(s)[1:3]
+    trained = {}
+    for name in job.names:
+        model = twin_model(job.specs[name], job.specs["plain"], s.seed)
+        length = s.iterations
+        changes: dict[str, Any] = {"progress_label": name, "progress_line": job.line}
+        if name == RUNS[2]:
+            length, changes["resume"] = _equal_time_start(s, job.step_ratio, job.out)
+        folder = job.out / run_folder(name)
+        keep_branch = _branch_keeper(s, folder) if name == "plain" else None
+        if keep_branch is not None:
+            changes["checkpoint_every"] = _branch_at(s)
+        config = _config(s, length, folder, job.class_weights, **changes)
+        print(f"training {name}: {config.iterations} iterations")
+        cpu_started = time.process_time()
+        result = train(config, model, train_set, val_set,
+                       extra={**job.extra, "model": asdict(job.specs[name])},
+                       on_iteration_end=keep_branch)
+        # CPU time of this process in the call: with the validations; a continued run's
+        # excludes what it continues from
+        summary = {"metrics": result.metrics, "train_seconds": result.train_seconds,
+                   "cpu_seconds": time.process_time() - cpu_started,
+                   "iterations": result.iteration, "checkpoint": result.last_checkpoint}
+        if name == RUNS[2]:
+            summary["branched_at"] = None if config.resume is None else _branch_at(s)
+        trained[name] = summary
+    return trained
 
 
-def _train_plain(s: DemoSettings, model: nn.Module, train_set: Dataset, val_set: Dataset,
-                 weights: list[float], out: Path, extra: dict[str, Any]) -> dict[str, Any]:
-    """The plain run of ``s.iterations``; keeps ``branch.pt``, its state where the schedule
-    starts decaying, for the equal-time run to continue from."""
+def _branch_keeper(s: DemoSettings, folder: Path) -> Any:
+    """The plain run's hook that keeps ``branch.pt``, its state where the schedule starts
+    decaying, for the equal-time run to continue from."""
     branch_at = _branch_at(s)
-    folder = out / run_folder("plain")
 
     def keep_branch(iteration: int) -> None:
         if iteration == branch_at:
             shutil.copyfile(folder / "last.pt", folder / BRANCH)
 
-    config = _config(s, s.iterations, folder, weights, checkpoint_every=branch_at)
-    result = _train("plain", config, model, train_set, val_set, extra, keep_branch)
-    result["branch"] = str(folder / BRANCH)
-    return result
+    return keep_branch
 
 
-def _train_equal_time(s: DemoSettings, ratio: float, plain: dict[str, Any],
-                      model: nn.Module, train_set: Dataset, val_set: Dataset,
-                      weights: list[float], out: Path, extra: dict[str, Any]
-                      ) -> dict[str, Any]:
-    """The plain twin for the deformable run's time: ``ratio`` (deformable / plain step
-    time) times the plain run's iterations. When that is at least the plain run's
-    iterations, the run continues the plain run from its branch point (until there the
-    schedule, batches and weights are the same), holds the rate until its own decay and
-    decays; otherwise it starts afresh."""
+def _equal_time_start(s: DemoSettings, ratio: float, out: Path) -> tuple[int, str | None]:
+    """(iterations, checkpoint to resume) of the plain twin trained for the deformable run's
+    time: ``ratio`` (deformable / plain step time) times the plain run's iterations. When
+    that is at least the plain run's iterations, the run continues the plain run from its
+    branch point (until there the schedule, batches and weights are the same), holds the
+    rate until its own decay and decays; otherwise it starts afresh."""
     iterations = max(1, round(s.iterations * ratio))
+    if iterations < s.iterations:
+        return iterations, None
     folder = out / run_folder(RUNS[2])
     folder.mkdir(parents=True, exist_ok=True)
-    resume = None
-    if iterations >= s.iterations:
-        resume = plain["branch"]
-        # the shared part of the learning curve; the trainer drops what follows the branch
-        shutil.copyfile(out / run_folder("plain") / "metrics.jsonl", folder / "metrics.jsonl")
-    config = _config(s, iterations, folder, weights, resume=resume)
-    result = _train(RUNS[2], config, model, train_set, val_set, extra)
-    result["branched_at"] = None if resume is None else _branch_at(s)
-    return result
+    plain = out / run_folder("plain")
+    # the shared part of the learning curve; the trainer drops what follows the branch
+    shutil.copyfile(plain / "metrics.jsonl", folder / "metrics.jsonl")
+    return iterations, str(plain / BRANCH)
 
 
 def _branch_at(s: DemoSettings) -> int:
@@ -204,6 +240,29 @@ def _branch_at(s: DemoSettings) -> int:
     from ..engine import decay_start
 
     return decay_start(s.iterations, s.decay_share)
+
+
+def _train_side_by_side(jobs: list[_Job]) -> dict[str, Any]:
+    """Every job in a process of its own; the first failure stops the others."""
+    # spawn, not fork: a forked child of a process whose OpenMP threads have started can
+    # hang in its first parallel region
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(len(jobs)) as pool:  # leaving the block terminates the workers
+        pending = [pool.apply_async(_train_runs, (job,)) for job in jobs]
+        while not all(p.ready() for p in pending):
+            for p in pending:
+                if p.ready() and not p.successful():
+                    p.get()  # raises the worker's error
+            time.sleep(0.2)
+        pool.close()
+        pool.join()  # workers that exit by themselves release what they hold (semaphores)
+        return {name: run for p in pending for name, run in p.get().items()}
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its finished child processes."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def _load() -> float:
@@ -219,7 +278,7 @@ def run_demo(s: DemoSettings, out: Path) -> dict[str, Any]:
     from ..engine import balanced_class_weights, build_optimizer, label_counts, resolve_device
     from .demo_report import analyse, comparison_table, write_report
 
-    started, cpu_started, load_start = time.perf_counter(), time.process_time(), _load()
+    started, cpu_started, load_start = time.perf_counter(), _cpu_seconds(), _load()
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(s.device)
     print(f"rendering {s.train_size} training and {s.val_size} validation scenes")
@@ -227,29 +286,38 @@ def run_demo(s: DemoSettings, out: Path) -> dict[str, Any]:
     deform_spec, plain_spec = demo_specs(s, classes)
     specs = {"plain": plain_spec, "deformable": deform_spec, "plain, equal time": plain_spec}
     twins = twin_models(deform_spec, plain_spec, s.seed)
-    models = {"plain": twins["plain"], "deformable": twins["deformable"]}
     counts = label_counts(train_set.targets, classes + 1)  # type: ignore[attr-defined]
     weights = balanced_class_weights(counts, s.class_balance)
-    # Also the warm-up: kernel compilation and first calls are not counted as training.
+    names = RUNS if s.equal_time else RUNS[:2]
+    workers = 1 if device.type != "cpu" else min(s.jobs, 2)
+    threads = torch.get_num_threads()
+    train_threads = max(1, threads // workers)
+    # The step costs at the runs' thread count; also the warm-up: kernel compilation and
+    # first calls are not counted as training.
     print("timing the twins' training steps")
-    config = _config(s, s.iterations, out, weights)
-    steps = step_seconds(models, "segmentation", train_set, s.batch_size, device,
-                         lambda net: build_optimizer(net, config))
+    set_threads(train_threads)
+    try:
+        steps = step_seconds(twins, "segmentation", train_set, s.batch_size, device,
+                             lambda net: build_optimizer(net, _config(s, s.iterations, out,
+                                                                      weights)))
+    finally:
+        set_threads(threads)
     ratio = steps["deformable"] / steps["plain"]
 
     extra = {"data": asdict(data)}
-    results: dict[str, dict[str, Any]] = {
-        "plain": _train_plain(s, models["plain"], train_set, val_set, weights, out,
-                              {**extra, "model": asdict(plain_spec)}),
-        "deformable": _train("deformable", _config(s, s.iterations, out / "deformable", weights),
-                             models["deformable"], train_set, val_set,
-                             {**extra, "model": asdict(deform_spec)}),
-    }
-    if s.equal_time:
-        models[RUNS[2]] = build_model(plain_spec, seed=s.seed)
-        results[RUNS[2]] = _train_equal_time(
-            s, ratio, results["plain"], models[RUNS[2]], train_set, val_set, weights, out,
-            {**extra, "model": asdict(plain_spec)})
+    if workers > 1:
+        print(f"training the twins side by side: {workers} processes of {train_threads} "
+              f"thread(s)")
+        plain_runs = tuple(name for name in names if name != "deformable")
+        results = _train_side_by_side([
+            _Job(plain_runs, s, specs, weights, ratio, out, extra, train_threads, line=0),
+            _Job(("deformable",), s, specs, weights, ratio, out, extra, train_threads, line=1)])
+    else:
+        results = _train_runs(_Job(names, s, specs, weights, ratio, out, extra),
+                              (train_set, val_set))
+    results = {name: results[name] for name in names}
+    models = {name: model_from_checkpoint(specs[name], results[name]["checkpoint"]).to(device)
+              for name in names}
 
     batch = torch.stack([val_set[i][0] for i in range(min(8, len(val_set)))]).to(device)  # type: ignore[arg-type]
     speed = ms_per_image({k: models[k] for k in RUNS[:2]}, batch)
@@ -264,9 +332,9 @@ def run_demo(s: DemoSettings, out: Path) -> dict[str, Any]:
     }
     summary.update(analyse(s, models, val_set, classes, out))
     summary["total_seconds"] = time.perf_counter() - started
-    summary["machine"] = {"cpu_seconds": time.process_time() - cpu_started,
-                          "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                          "load_start": load_start, "load_end": _load()}
+    summary["machine"] = {"cpu_seconds": _cpu_seconds() - cpu_started, "jobs": workers,
+                          "threads": threads, "train_threads": train_threads,
+                          "cpus": os.cpu_count(), "load_start": load_start, "load_end": _load()}
     write_json(summary, out / "metrics.json")
     write_report(summary, out)
     print()

@@ -261,9 +261,13 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
     lines += [f"Files: `metrics.json` (all numbers), {folders} "
               "(checkpoints and metrics.jsonl; try `deformconv eval deformable/last.pt`).", ""]
     if machine:
+        jobs = machine.get("jobs", 1)
+        side_by_side = (f", the twins trained side by side in {jobs} processes of "
+                        f"{machine['train_threads']} thread(s)" if jobs > 1 else "")
         lines += [f"Whole demo: {summary['total_seconds']:.0f} s wall-clock, "
-                  f"{machine['cpu_seconds']:.0f} s of CPU time (user + system), "
-                  f"{machine['threads']} torch thread(s) on {machine['cpus']} CPU(s); "
+                  f"{machine['cpu_seconds']:.0f} s of CPU time (user + system, all "
+                  f"processes), {machine['threads']} torch thread(s) on {machine['cpus']} "
+                  f"CPU(s){side_by_side}; "
                   f"load average {machine['load_start']:.1f} at the start, "
                   f"{machine['load_end']:.1f} at the end (other processes slow every "
                   "run alike, but make wall-clock times longer).", ""]

@@ -1,0 +1,43 @@
+"""The demo's twins trained side by side in worker processes (``DemoSettings.jobs``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from deformconv.engine import load_checkpoint
+from deformconv.runs import DemoSettings, demo_data, demo_specs, run_demo, set_threads
+from deformconv.runs.demo import _Job, _train_side_by_side
+
+
+def test_side_by_side_trains_the_same_twins_as_one_after_another(tmp_path: Path) -> None:
+    set_threads(1)  # the workers' count: both ways then compute the same in every bit
+    summaries = {jobs: run_demo(DemoSettings.smoke(jobs=jobs, progress=False),
+                                tmp_path / f"jobs{jobs}")
+                 for jobs in (1, 2)}
+    assert [summaries[jobs]["machine"]["jobs"] for jobs in (1, 2)] == [1, 2]
+    for name in ("plain", "deformable"):
+        one, two = (summaries[jobs]["runs"][name] for jobs in (1, 2))
+        assert two["iterations"] == one["iterations"]
+        assert two["metrics"]["miou"] == pytest.approx(one["metrics"]["miou"], rel=1e-6)
+        weights = [load_checkpoint(run["checkpoint"])["model"] for run in (one, two)]
+        torch.testing.assert_close(weights[1], weights[0])
+    side_by_side = summaries[2]
+    # the equal-time run continued the plain run's branch point in the same worker
+    assert side_by_side["runs"]["plain, equal time"]["branched_at"] is not None
+    # the whole demo's CPU time counts the workers' training
+    trained = sum(run["cpu_seconds"] for run in side_by_side["runs"].values())
+    assert side_by_side["machine"]["cpu_seconds"] > trained
+
+
+def test_a_worker_error_reaches_the_caller(tmp_path: Path) -> None:
+    settings = DemoSettings.smoke(progress=False)
+    _, _, _, classes = demo_data(settings)
+    deformable, plain = demo_specs(settings, classes)
+    specs = {"plain": plain, "deformable": deformable}
+    jobs = [_Job(("no such run",), settings, specs, [1.0] * (classes + 1), 1.0, tmp_path, {},
+                 threads=1)]
+    with pytest.raises(KeyError, match="no such run"):
+        _train_side_by_side(jobs)
