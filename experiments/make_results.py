@@ -61,16 +61,6 @@ SEEDS = 3  # each study's seeds (issue #13); a summary of fewer says so
 DEMO_SEEDS = "demo_seeds.md"  # the demo's table over 5 seeds (benchmarks/demo_seeds.py)
 
 
-def load(runs: Path, study: str) -> dict[str, Any] | None:
-    path = runs / study / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def load_plan(runs: Path, study: str) -> dict[str, Any] | None:
-    path = runs / study / "plan.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def _num(value: Any) -> float:
     return math.nan if value is None else float(value)
 
@@ -123,6 +113,7 @@ class Report:
 
     def __init__(self, runs: Path, out: Path) -> None:
         self.runs, self.out = runs, out
+        self.kept = out.parent / "results"  # copies of the studies' files, beside the report
         self.lines: list[str] = []
         self.verdicts: list[str] = []
         self.modes: dict[str, str] = {}
@@ -133,7 +124,7 @@ class Report:
     def summary(self, study: str) -> dict[str, Any] | None:
         """Add the study's command line and read its summary (None, said so, if not run)."""
         self.add(f"Command: `{COMMANDS[study]}`", "")
-        data = load(self.runs, study)
+        data = self.load(study)
         if data is None:
             done = run_minutes(self.runs / study)
             self.add("*Not run in this session* (the shared 2-core machine had no time left "
@@ -143,7 +134,6 @@ class Report:
                      "command above continues it from there.", "")
         else:
             self.modes[study] = data["mode"]
-            self.keep(self.runs / study / "summary.json", f"{study}.json")
             seeds = data.get("seeds")  # none in a study without training
             if data["mode"] == "full" and seeds is not None and len(seeds) < SEEDS:
                 self.add(f"**Seeds {seeds} only, not {SEEDS}**: the session's time ran out "
@@ -164,7 +154,7 @@ class Report:
         if data is None:
             return
         rows, metrics = data["rows"], data["metrics"]
-        steps = _plan_steps(self.runs, study)
+        steps = _plan_steps(self.load_plan(study))
         paper_cols = [k for k in TABLE1 if k.startswith("DeepLab" if task == "segmentation"
                                                         else "Faster")]
         plain = next((row for row in rows if row["layers"] == 0), None)
@@ -209,7 +199,7 @@ class Report:
         if data is None:
             return
         plain = next((r for r in data["rows"] if r["config"] == "plain"), None)
-        steps = _plan_steps(self.runs, f"roi_pooling_{detector}")
+        steps = _plan_steps(self.load_plan(f"roi_pooling_{detector}"))
         table = [{"configuration": r["config"],
                   "deformable conv layers": r["deformable_conv_layers"],
                   "deformable RoI pooling": "yes" if r["deformable_roi_pooling"] else "no",
@@ -291,18 +281,42 @@ class Report:
                      "activation unit as a green star.", "")
             self.add(*[f"![{Path(f).stem}]({f})" for f in figures], "")
 
+    def load(self, study: str) -> dict[str, Any] | None:
+        """The study's ``summary.json``: see :meth:`stored`."""
+        return self.stored(self.runs / study / "summary.json", f"{study}.json")
+
+    def load_plan(self, study: str) -> dict[str, Any] | None:
+        """The study's ``--plan`` estimate, ``plan.json``: see :meth:`stored`."""
+        return self.stored(self.runs / study / "plan.json", f"{study}_plan.json")
+
+    def stored(self, source: Path | None, name: str) -> dict[str, Any] | None:
+        """JSON file ``source`` of this checkout's runs, kept as ``results/<name>``; else
+        the copy an earlier call kept there (the runs were made in another checkout);
+        else None."""
+        if source is not None and source.exists():
+            self.keep(source, name)
+        path = self.kept / name
+        return json.loads(path.read_text()) if path.exists() else None
+
     def keep(self, source: Path, name: str) -> str:
         """Copy ``source`` to ``results/<name>`` beside the report; its path relative to
         the report."""
-        target = self.out.parent / "results" / name
+        target = self.kept / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        if source.resolve() != target.resolve():
+            shutil.copyfile(source, target)
         return target.relative_to(self.out.parent).as_posix()
 
     def copy_figures(self, study: str, names: Sequence[str]) -> list[str]:
-        """Copy the study's PNGs next to the report; their paths relative to it."""
-        return [self.keep(self.runs / study / name, f"{study}_{name.replace('/', '_')}")
-                for name in names if (self.runs / study / name).exists()]
+        """Copy the study's PNGs next to the report (or find the copies an earlier call
+        kept there); their paths relative to it."""
+        kept = []
+        for name in names:
+            source, target = self.runs / study / name, f"{study}_{name.replace('/', '_')}"
+            if source.exists() or (self.kept / target).exists():
+                kept.append(self.keep(source if source.exists() else self.kept / target,
+                                      target))
+        return kept
 
     def scale(self) -> None:
         data = self.summary("scale")
@@ -311,7 +325,7 @@ class Report:
         scales = data["test_scales"]
         low, high = data["train_scale"]
         plain = next((r for r in data["rows"] if r["model"] == "plain"), None)
-        steps = _plan_steps(self.runs, "scale")
+        steps = _plan_steps(self.load_plan("scale"))
         table = []
         for row in data["rows"]:
             line: dict[str, object] = {"model": row["model"], "params": f"{row['params']:,}",
@@ -354,15 +368,11 @@ class Report:
         pretraining's cost split evenly over the studies that fine-tune from it."""
         studies = {}
         for study in COMMANDS:
-            data, plan = load(self.runs, study), load_plan(self.runs, study)
+            data, plan = self.load(study), self.load_plan(study)
             if data is not None or plan is not None:
                 studies[study] = (data, plan)
         users = [s for s, (data, plan) in studies.items() if _uses_pretraining(data, plan)]
-        record = _pretraining(self.runs)
-        pretrain = None
-        if record is not None:
-            pretrain = json.loads(record.read_text())
-            self.keep(record, "pretraining.json")
+        pretrain = self.stored(_pretraining(self.runs), "pretraining.json")
         plan_pretrain = [p["pretraining_minutes"] for _, p in studies.values()
                          if p and "pretraining_minutes" in p]
         pretrain_plan = plan_pretrain[0] if plan_pretrain else None
@@ -503,10 +513,9 @@ def time_cells(row: dict[str, Any], plain: dict[str, Any] | None) -> dict[str, s
             "× plain": "–" if math.isnan(cpu / base) else f"{cpu / base:.2f}"}
 
 
-def _plan_steps(runs: Path, study: str) -> dict[str, float]:
-    """CPU seconds of one training step per configuration, from the study's ``--plan``
+def _plan_steps(plan: dict[str, Any] | None) -> dict[str, float]:
+    """CPU seconds of one training step per configuration, from a study's ``--plan``
     (all configurations timed in one process), or {} without one."""
-    plan = load_plan(runs, study)
     return dict(plan["seconds_per_iteration"]) if plan and plan.get("clock") == "cpu" else {}
 
 
@@ -570,7 +579,8 @@ def build(runs: Path, out: Path) -> str:
         *COMMANDS.values(), GENERATE, "```", "",
         "Each study writes one JSON per run under `runs/experiments/<study>/` and skips runs "
         "already done, so an interrupted study continues where it stopped; a copy of each "
-        "finished study's `summary.json` is kept in `docs/results/`.", "",
+        "finished study's `summary.json` (and `plan.json`, figures) is kept in "
+        "`docs/results/`, from which this file is regenerated where the runs are not.", "",
         demo_seeds_line(), "",
         "## Budget", "")
     report.budget()

@@ -194,3 +194,33 @@ def test_saturation_within_the_seed_spread_is_inconclusive(tmp_path):
                                          "seeds": [0, 1], "metrics": ["miou"], "rows": rows})
     assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
     assert "**Seeds [0, 1] only, not 3**: the session's time ran out" in out.read_text()
+
+
+def test_a_checkout_without_the_runs_reports_from_the_kept_copies(tmp_path):
+    """The studies' summaries, plans and figures are kept beside the report: a checkout
+    whose runs folder lacks them (another machine) regenerates the same report."""
+    runs = tmp_path / "runs"
+    rows = [{"layers": n, "deform_blocks": [0, 0, 0, n], "params": 1000 + n,
+             "seconds_per_iteration": 0.1, "miou": _stat(v)}
+            for n, v in ((0, [0.30, 0.31, 0.32]), (3, [0.40, 0.42, 0.44]))]
+    _write(runs, "layers_segmentation", {"mode": "full", "settings": {"sizes": SIZES},
+                                         "seeds": [0, 1, 2], "metrics": ["miou"],
+                                         "rows": rows})
+    (runs / "layers_segmentation" / "plan.json").write_text(json.dumps({
+        "clock": "cpu", "iterations": 100, "seeds": 3, "estimated_minutes": 1.0,
+        "seconds_per_iteration": {"0 layers": 0.03, "3 layers": 0.06}}))
+    (runs / "scale").mkdir(parents=True)
+    (runs / "scale" / "scale_miou.png").write_bytes(b"\x89PNG fake")
+    scale_row = {"model": "plain", "params": 10, "seconds_per_iteration": 0.05,
+                 "seeds": [0, 1], "by_scale": {"8": _stat([0.2, 0.3])}, "miou": _stat([0.6, 0.7])}
+    _write(runs, "scale", {"mode": "full", "settings": {"sizes": SIZES}, "seeds": [0, 1],
+                           "train_scale": [12, 20], "test_scales": [8],
+                           "figure": "scale_miou.png", "rows": [scale_row]})
+    out = tmp_path / "docs" / "RESULTS.md"
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    first = out.read_text()
+    assert "| 0.030 | 1.00 |" in first and "| 0.060 | 2.00 |" in first  # the plan's steps
+    assert "![mIoU by test object size](results/scale_scale_miou.png)" in first
+    out.write_text("")
+    assert make_results.main(["--runs", str(tmp_path / "elsewhere"), "--out", str(out)]) == 0
+    assert out.read_text() == first
