@@ -129,7 +129,7 @@ def main() -> int:
             for seed in args.seeds]
     checks = floors(rows)
     lines = ["# deformconv demo over seeds", "",
-             f"`deformconv demo --seed K {' '.join(extra)}`".replace("  ", " ") + f", seeds "
+             f"`{' '.join(['deformconv demo --seed K', *extra])}`, seeds "
              f"{args.seeds}; {os.cpu_count()} CPUs, load average at the start "
              f"{load[0]:.1f}, at the end {os.getloadavg()[0]:.1f}.", "",
              markdown_table(rows, digits=3), "",

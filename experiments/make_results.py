@@ -479,9 +479,10 @@ def _dilation_verdict(layer: str, rows: Sequence[dict[str, Any]]) -> str:
     grows = all(all(a < b for a, b in itertools.pairwise(s)) for s in seeds)
     small, large = ([s[i] for s in seeds] for i in (0, 2))
     diff, verdict = compare(_stat(large), _stat(small))
+    seeds_text = "in every seed" if grows else "not in every seed"
     return (text + f" (large - small {diff:+.2f}, {verdict}; grows small < medium < large "
-            f"in {'every' if grows else 'not every'} seed) — the paper finds it grows with "
-            f"object size: **{agrees(verdict, 'higher')}**.")
+            f"{seeds_text}) — the paper finds it grows with object size: "
+            f"**{agrees(verdict, 'higher')}**.")
 
 
 def _stat(values: Sequence[float]) -> dict[str, Any]:
