@@ -45,7 +45,7 @@ SIZES = {
     # needs it to adapt), at a tenth of it for detection: each chosen on plain twins, one
     # seed, before any deformable run (experiments/README.md: the check runs).
     "segmentation": Sizes(image_size=64, batch_size=16, train_size=4000, val_size=200,
-                          base_channels=32, iterations=800, seeds=(0, 1, 2),
+                          base_channels=32, iterations=760, seeds=(0, 1, 2),
                           pretrain=PRETRAIN, backbone_lr_mult=1.0),
     # The demo's scenes at twice the resolution (objects 1/8 to 0.7 of the image side, as
     # at 64 px): the smallest then spans one cell of the stride-16 maps the RPN reads.
