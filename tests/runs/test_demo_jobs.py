@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -32,12 +38,33 @@ def test_side_by_side_trains_the_same_twins_as_one_after_another(tmp_path: Path)
     assert side_by_side["machine"]["cpu_seconds"] > trained
 
 
-def test_a_worker_error_reaches_the_caller(tmp_path: Path) -> None:
+def _job(runs: tuple[str, ...], out: Path) -> _Job:
     settings = DemoSettings.smoke(progress=False)
     _, _, _, classes = demo_data(settings)
     deformable, plain = demo_specs(settings, classes)
     specs = {"plain": plain, "deformable": deformable}
-    jobs = [_Job(("no such run",), settings, specs, [1.0] * (classes + 1), 1.0, tmp_path, {},
-                 threads=1)]
+    return _Job(runs, settings, specs, [1.0] * (classes + 1), 1.0, out, {}, threads=1)
+
+
+def test_a_worker_error_reaches_the_caller(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="no such run"):
-        _train_side_by_side(jobs)
+        _train_side_by_side([_job(("no such run",), tmp_path)])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_a_worker_that_dies_stops_the_demo_with_an_error(tmp_path: Path) -> None:
+    """A worker killed before it returns (by the OOM killer, say) is an error, not a hang."""
+    others = {child.pid for child in multiprocessing.active_children()}
+
+    def kill_the_worker() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            workers = [c for c in multiprocessing.active_children() if c.pid not in others]
+            if workers:
+                os.kill(workers[0].pid, signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    threading.Thread(target=kill_the_worker, daemon=True).start()
+    with pytest.raises(RuntimeError, match="a demo worker died \\(exit code -9\\)"):
+        _train_side_by_side([_job(("plain",), tmp_path)])

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
 import time
@@ -243,20 +244,50 @@ def _branch_at(s: DemoSettings) -> int:
 
 
 def _train_side_by_side(jobs: list[_Job]) -> dict[str, Any]:
-    """Every job in a process of its own; the first failure stops the others."""
+    """Every job in a process of its own; the first failure, or a worker that dies (killed
+    for memory, say), stops the others and raises here."""
     # spawn, not fork: a forked child of a process whose OpenMP threads have started can
     # hang in its first parallel region
     context = multiprocessing.get_context("spawn")
-    with context.Pool(len(jobs)) as pool:  # leaving the block terminates the workers
-        pending = [pool.apply_async(_train_runs, (job,)) for job in jobs]
-        while not all(p.ready() for p in pending):
-            for p in pending:
-                if p.ready() and not p.successful():
-                    p.get()  # raises the worker's error
-            time.sleep(0.2)
-        pool.close()
-        pool.join()  # workers that exit by themselves release what they hold (semaphores)
-        return {name: run for p in pending for name, run in p.get().items()}
+    workers = {}
+    for job in jobs:
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(target=_worker, args=(job, sender), daemon=True)
+        process.start()
+        sender.close()  # the worker's end: when it dies, the receiver reads end-of-file
+        workers[receiver] = process
+    results: dict[str, Any] = {}
+    try:
+        while workers:
+            for receiver in multiprocessing.connection.wait(list(workers)):
+                process = workers.pop(receiver)
+                try:
+                    status, value = receiver.recv()
+                except EOFError:
+                    status, value = "died", None
+                process.join()
+                if status == "died":
+                    raise RuntimeError(f"a demo worker died (exit code {process.exitcode}) "
+                                       "before returning its runs")
+                if status == "error":
+                    raise value
+                results.update(value)
+    finally:
+        for process in workers.values():
+            process.terminate()
+            process.join()
+    return results
+
+
+def _worker(job: _Job, sender: Any) -> None:
+    """A worker process: train ``job``'s runs, send ``("ok", results)`` or
+    ``("error", exception)``."""
+    try:
+        sender.send(("ok", _train_runs(job)))
+    except BaseException as error:  # any error, interrupts too, goes to the parent
+        sender.send(("error", error))
+    finally:
+        sender.close()
 
 
 def _cpu_seconds() -> float:
