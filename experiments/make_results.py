@@ -290,33 +290,26 @@ class Report:
         return self.stored(self.runs / study / "plan.json", f"{study}_plan.json")
 
     def stored(self, source: Path | None, name: str) -> dict[str, Any] | None:
-        """JSON file ``source`` of this checkout's runs, kept as ``results/<name>``; else
-        the copy an earlier call kept there (the runs were made in another checkout);
-        else None."""
-        if source is not None and source.exists():
-            self.keep(source, name)
-        path = self.kept / name
-        return json.loads(path.read_text()) if path.exists() else None
+        """JSON file ``source`` of this checkout's runs: see :meth:`kept_copy`."""
+        path = self.kept_copy(source, name)
+        return None if path is None else json.loads(path.read_text())
 
-    def keep(self, source: Path, name: str) -> str:
-        """Copy ``source`` to ``results/<name>`` beside the report; its path relative to
-        the report."""
+    def kept_copy(self, source: Path | None, name: str) -> Path | None:
+        """``results/<name>`` beside the report: ``source`` (a file of this checkout's
+        runs) copied there, else the copy an earlier call kept (the runs were made in
+        another checkout); None without either."""
         target = self.kept / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.resolve() != target.resolve():
+        if source is not None and source.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
-        return target.relative_to(self.out.parent).as_posix()
+        return target if target.exists() else None
 
     def copy_figures(self, study: str, names: Sequence[str]) -> list[str]:
-        """Copy the study's PNGs next to the report (or find the copies an earlier call
-        kept there); their paths relative to it."""
-        kept = []
-        for name in names:
-            source, target = self.runs / study / name, f"{study}_{name.replace('/', '_')}"
-            if source.exists() or (self.kept / target).exists():
-                kept.append(self.keep(source if source.exists() else self.kept / target,
-                                      target))
-        return kept
+        """The study's PNGs kept next to the report (:meth:`kept_copy`); their paths
+        relative to it."""
+        paths = [self.kept_copy(self.runs / study / name, f"{study}_{name.replace('/', '_')}")
+                 for name in names]
+        return [p.relative_to(self.out.parent).as_posix() for p in paths if p is not None]
 
     def scale(self) -> None:
         data = self.summary("scale")
