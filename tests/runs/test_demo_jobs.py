@@ -68,3 +68,16 @@ def test_a_worker_that_dies_stops_the_demo_with_an_error(tmp_path: Path) -> None
     threading.Thread(target=kill_the_worker, daemon=True).start()
     with pytest.raises(RuntimeError, match="a demo worker died \\(exit code -9\\)"):
         _train_side_by_side([_job(("plain",), tmp_path)])
+
+
+def test_threads_set_to_gives_torch_and_numba_their_own_counts_back() -> None:
+    import numba
+
+    from deformconv.runs.timing import threads_set_to
+
+    numba_before = min(2, numba.config.NUMBA_NUM_THREADS)
+    set_threads(1)
+    numba.set_num_threads(numba_before)
+    with threads_set_to(1):
+        assert (torch.get_num_threads(), numba.get_num_threads()) == (1, 1)
+    assert (torch.get_num_threads(), numba.get_num_threads()) == (1, numba_before)

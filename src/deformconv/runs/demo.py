@@ -44,7 +44,7 @@ from torch.utils.data import Dataset
 
 from .results import write_json
 from .specs import DataSpec, ModelSpec, build_datasets, model_from_checkpoint
-from .timing import ms_per_image, parameter_count, set_threads, step_seconds
+from .timing import ms_per_image, parameter_count, set_threads, step_seconds, threads_set_to
 from .twins import twin_model, twin_models
 
 __all__ = ["RUNS", "DemoSettings", "demo_data", "demo_specs", "run_demo", "run_folder"]
@@ -187,8 +187,9 @@ def _train_runs(job: _Job, datasets: tuple[Dataset, Dataset] | None = None
         if name == RUNS[2]:
             length, changes["resume"] = _equal_time_start(s, job.step_ratio, job.out)
         folder = job.out / run_folder(name)
-        keep_branch = _branch_keeper(s, folder) if name == "plain" else None
-        if keep_branch is not None:
+        keep_branch = None
+        if name == "plain":
+            keep_branch = _branch_keeper(s, folder)
             changes["checkpoint_every"] = _branch_at(s)
         config = _config(s, length, folder, job.class_weights, **changes)
         print(f"training {name}: {config.iterations} iterations")
@@ -326,13 +327,10 @@ def run_demo(s: DemoSettings, out: Path) -> dict[str, Any]:
     # The step costs at the runs' thread count; also the warm-up: kernel compilation and
     # first calls are not counted as training.
     print("timing the twins' training steps")
-    set_threads(train_threads)
-    try:
+    config = _config(s, s.iterations, out, weights)
+    with threads_set_to(train_threads):
         steps = step_seconds(twins, "segmentation", train_set, s.batch_size, device,
-                             lambda net: build_optimizer(net, _config(s, s.iterations, out,
-                                                                      weights)))
-    finally:
-        set_threads(threads)
+                             lambda net: build_optimizer(net, config))
     ratio = steps["deformable"] / steps["plain"]
 
     extra = {"data": asdict(data)}

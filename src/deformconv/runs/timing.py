@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 __all__ = ["ms_per_image", "parameter_count", "seconds_per_batch", "seconds_per_iteration",
-           "set_threads", "step_seconds"]
+           "set_threads", "step_seconds", "threads_set_to"]
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -31,6 +32,22 @@ def set_threads(count: int) -> None:
     # Numba first: starting its threading layer can reset torch's count (ops._numba.threads)
     numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
     torch.set_num_threads(count)
+
+
+@contextmanager
+def threads_set_to(count: int) -> Iterator[None]:
+    """:func:`set_threads` ``count`` inside the block; torch's and Numba's own counts back
+    after it."""
+    import numba
+
+    torch_threads = torch.get_num_threads()  # before Numba's layer may reset it
+    numba_threads = numba.get_num_threads()
+    set_threads(count)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(numba_threads)
+        torch.set_num_threads(torch_threads)
 
 
 def _sync(device: torch.device) -> None:
