@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numba
 
-from .bilinear import corners, slope_corners
+from .bilinear import SLOPE_LOWER, corners
 
 
 @numba.njit(inline="always", cache=True)
@@ -25,14 +25,12 @@ def block_task(task, channel_blocks, channels):
 
 @numba.njit(inline="always", cache=True)
 def locate(offset, n, q, r, col, y, i, j, stride, pad, dil, height, width, slope_support):
-    """``bilinear.corners`` (``slope_corners`` with ``slope_support``) of sample ``q``
+    """``bilinear.corners`` (on the slopes' support with ``slope_support``) of sample ``q``
     (offset group × kernel point ``(i, j)``) of the tile's output pixel ``(r, col)``, which
     is row ``y`` of its image: the kernel point's grid position moved by the offset."""
     h = y * stride[0] - pad[0] + i * dil[0] + offset[n, 2 * q, r, col]
     w = col * stride[1] - pad[1] + j * dil[1] + offset[n, 2 * q + 1, r, col]
-    if slope_support:
-        return slope_corners(h, w, height, width)
-    return corners(h, w, height, width)
+    return corners(h, w, height, width, SLOPE_LOWER if slope_support else -1.0)
 
 
 @numba.njit(inline="always", cache=True)
@@ -91,11 +89,11 @@ def store_slopes(grad_offset, grad_mask, has_mask, b, n, q, r, col, m, slope_h, 
 
 
 @numba.njit(inline="always", cache=True)
-def scatter_corners(grad_x, n, g, c, end, h0, h1, w0, w1, s00, s01, s10, s11, run):
-    """Scatter a sample's gradient ``run`` into its four corners of ``grad_x`` (channels
-    ``c:end`` of group ``g``), one loop per corner: clamped corners may share a cell."""
-    scatter(grad_x[n, h0, w0, g, c:end], s00, run)
-    scatter(grad_x[n, h0, w1, g, c:end], s01, run)
-    scatter(grad_x[n, h1, w0, g, c:end], s10, run)
-    scatter(grad_x[n, h1, w1, g, c:end], s11, run)
-
+def scatter_corners(grad_x, n, g, c, end, h0, h1, w0, w1, a00, a01, a10, a11, scale, run):
+    """Scatter a sample's gradient ``run`` times ``scale`` (1, or 0 for no input gradient)
+    into its four corners of ``grad_x`` (channels ``c:end`` of group ``g``) with the value
+    weights ``a00 .. a11``, one loop per corner: clamped corners may share a cell."""
+    scatter(grad_x[n, h0, w0, g, c:end], a00 * scale, run)
+    scatter(grad_x[n, h0, w1, g, c:end], a01 * scale, run)
+    scatter(grad_x[n, h1, w0, g, c:end], a10 * scale, run)
+    scatter(grad_x[n, h1, w1, g, c:end], a11 * scale, run)

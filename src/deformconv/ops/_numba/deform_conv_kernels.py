@@ -89,7 +89,7 @@ def backward_tile(x, offset, mask, has_mask, columns, grad_offset, grad_mask, gr
     (channel_blocks, nb, G*kk, rows, Wout) get one part per block for the caller to add up
     (``grad_mask`` is a dummy without a mask).
 
-    The position derivative's support includes the lines -1 (``slope_corners``): there
+    The position derivative's support includes the lines -1 (``SLOPE_LOWER``): there
     the value weights are 0, so values, mask gradient and scatter are unaffected.
     """
     nb, height, width = x.shape[:3]
@@ -97,7 +97,7 @@ def backward_tile(x, offset, mask, has_mask, columns, grad_offset, grad_mask, gr
     kh = kk // kw
     cast = x.dtype.type
     zero = cast(0.0)
-    input_scale = 1.0 if need_input else 0.0
+    input_scale = cast(1.0 if need_input else 0.0)
     for task in range(first, last):
         n, b, c, end = block_task(task, channel_blocks, cin_og)
         for r in range(rows):
@@ -125,10 +125,7 @@ def backward_tile(x, offset, mask, has_mask, columns, grad_offset, grad_mask, gr
                                     run, x00, x01, x10, x11, lh, lw, k00, k01, k10, k11, zero)
                                 store_slopes(grad_offset, grad_mask, has_mask, b, n, q, r, col,
                                              m, slope_h, slope_w, value)
-                            s00, s01, s10, s11 = value_weights(lh, lw, k00, k01, k10, k11,
-                                                                input_scale * m, cast)
-                            scatter_corners(grad_x, n, g, c, end, h0, h1, w0, w1, s00, s01, s10,
-                                            s11, run)
-                            a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11, m,
-                                                                cast)
+                            a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11, m, cast)
+                            scatter_corners(grad_x, n, g, c, end, h0, h1, w0, w1, a00, a01, a10,
+                                            a11, input_scale, run)
                             blend(run, a00, a01, a10, a11, x00, x01, x10, x11)

@@ -83,7 +83,7 @@ def backward(x, offset, mask, has_mask, weight, grad_out, grad_offset, grad_mask
     kh = kk // kw
     cast = x.dtype.type
     zero = cast(0.0)
-    input_scale = 1.0 if need_input else 0.0
+    input_scale = cast(1.0 if need_input else 0.0)
     for task in range(first, last):
         n, b, c, end = block_task(task, channel_blocks, cin_og)
         run = np.empty(end - c, x.dtype)
@@ -120,12 +120,9 @@ def backward(x, offset, mask, has_mask, weight, grad_out, grad_offset, grad_mask
                                     run, x00, x01, x10, x11, lh, lw, k00, k01, k10, k11, zero)
                                 store_slopes(grad_offset, grad_mask, has_mask, b, n, q, r, col,
                                              m, slope_h, slope_w, value)
-                            s00, s01, s10, s11 = value_weights(lh, lw, k00, k01, k10, k11,
-                                                                input_scale * m, cast)
-                            scatter_corners(grad_x, n, g, c, end, h0, h1, w0, w1, s00, s01, s10,
-                                            s11, run)
-                            a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11, m,
-                                                                cast)
+                            a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11, m, cast)
+                            scatter_corners(grad_x, n, g, c, end, h0, h1, w0, w1, a00, a01, a10,
+                                            a11, input_scale, run)
                             gw = grad_weight[task, k, g, c:end]
                             for t in range(end - c):
                                 gw[t] += go[t] * (a00 * x00[t] + a01 * x01[t] + a10 * x10[t]
