@@ -605,6 +605,7 @@ class TestForwardGemmForms:
         x32 = torch.zeros(1, 512, 8, 8)
         assert numba_backend._use_matmul(x32, weight, 1) is ONEDNN_MATMUL
         assert not numba_backend._use_matmul(x32, weight[:, :256], 2)
+        assert not numba_backend._use_matmul(x32[:, :64], weight[:255, :64], 1)
         assert not numba_backend._use_matmul(x32.double(), weight.double(), 1)
 
 
@@ -1063,10 +1064,10 @@ def test_empty_image_gives_bias_or_clear_error(isolated_results):
     (False, True, (2, 1, 0, 1, 1, 2)),
     (True, False, (1, 2, 1, 0, 2, 1)),
 ])
-@pytest.mark.parametrize("n, cout, groups", [(2, 2, 2), (1, 4, 1), (2, 4, 1)],
+@pytest.mark.parametrize("n, cout, groups", [(2, 2, 2), (1, 256, 1), (2, 256, 1)],
                          ids=["conv-form", "matmul-form-1-image", "matmul-form-2-images"])
 def test_opcheck(with_mask, with_bias, geometry, n, cout, groups):
-    """Both forward GEMM forms (groups = 1 and Cout >= Cin in float32 takes the inner
+    """Both forward GEMM forms (groups = 1 and Cout >= 256 in float32 takes the inner
     product, whose one-image result is returned as it is)."""
     sh, sw, ph, pw, dh, dw = geometry
     case = Case(n=n, cin=4, cout=cout, groups=groups, offset_groups=2, height=7, width=6,

@@ -42,16 +42,15 @@ def _weight_channels_last(weight: Tensor) -> Tensor:
 def _use_matmul(input: Tensor, weight: Tensor, groups: int) -> bool:
     """Whether the forward GEMM runs as oneDNN's inner product (``_ColumnsMatmul``).
 
-    It needs float32, one group and a oneDNN build. Its extra cost, packing the columns,
-    pays off against the output transpose and weight reorder it saves when Cout is wide
-    (Cout >= Cin or Cout >= 256) and not when Cout is narrow against a wide input; the
-    timings behind the rule are in benchmarks/README.md.
+    It needs float32, one group and a oneDNN build. It packs the columns inside the GEMM,
+    a cost in proportion to the columns, while the output transpose and weight reorder it
+    saves grow with Cout: it wins from Cout = 256 on and loses, by 3-20 %, below
+    (benchmarks/README.md).
     """
-    cout, cin = weight.shape[0], input.shape[1]
     return (
         input.dtype == torch.float32
         and groups == 1
-        and (cout >= cin or cout >= 256)
+        and weight.shape[0] >= 256
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
