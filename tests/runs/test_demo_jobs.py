@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -13,16 +14,23 @@ from pathlib import Path
 import pytest
 import torch
 
+import deformconv.runs.demo as demo_module
 from deformconv.engine import load_checkpoint
 from deformconv.runs import DemoSettings, demo_data, demo_specs, run_demo, set_threads
-from deformconv.runs.demo import _Job, _train_side_by_side
+from deformconv.runs.demo import _Job, _scenes, _train_side_by_side
 
 
-def test_side_by_side_trains_the_same_twins_as_one_after_another(tmp_path: Path) -> None:
+def test_side_by_side_trains_the_same_twins_as_one_after_another(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     set_threads(1)  # the workers' count: both ways then compute the same in every bit
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     summaries = {jobs: run_demo(DemoSettings.smoke(jobs=jobs, progress=False),
                                 tmp_path / f"jobs{jobs}")
                  for jobs in (1, 2)}
+    # the scenes the workers read are deleted with their folder
+    assert not list(temporary.glob("deformconv-demo-*"))
     assert [summaries[jobs]["machine"]["jobs"] for jobs in (1, 2)] == [1, 2]
     for name in ("plain", "deformable"):
         one, two = (summaries[jobs]["runs"][name] for jobs in (1, 2))
@@ -44,6 +52,24 @@ def _job(runs: tuple[str, ...], out: Path) -> _Job:
     deformable, plain = demo_specs(settings, classes)
     specs = {"plain": plain, "deformable": deformable}
     return _Job(runs, settings, specs, [1.0] * (classes + 1), 1.0, out, {}, threads=1)
+
+
+def test_a_worker_maps_the_parents_scenes_instead_of_rendering(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = _job(("plain",), tmp_path)
+    _, train_set, val_set, _ = demo_data(job.settings)
+    job.scenes = tmp_path / "scenes.pt"
+    torch.save({"train": train_set, "val": val_set}, job.scenes)
+
+    def render(settings: DemoSettings) -> None:
+        raise AssertionError("a worker with the parent's scenes rendered them again")
+
+    monkeypatch.setattr(demo_module, "demo_data", render)
+    mapped_train, mapped_val = _scenes(job)
+    for mapped, rendered in ((mapped_train, train_set), (mapped_val, val_set)):
+        torch.testing.assert_close(mapped.images, rendered.images)
+        torch.testing.assert_close(mapped.targets, rendered.targets)
+    assert mapped_train.transforms is not None  # the training augmentation came along
 
 
 def test_a_worker_error_reaches_the_caller(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -166,6 +167,7 @@ class _Job:
     extra: dict[str, Any]  # stored in the checkpoints, with the run's model spec
     threads: int | None = None  # set in a worker process; None: keep this process's
     line: int = 0  # of the progress bars
+    scenes: Path | None = None  # the parent's training and validation sets; None: render
 
 
 def _train_runs(job: _Job, datasets: tuple[Dataset, Dataset] | None = None
@@ -178,7 +180,7 @@ def _train_runs(job: _Job, datasets: tuple[Dataset, Dataset] | None = None
     if job.threads is not None:
         set_threads(job.threads)
     s = job.settings
-    train_set, val_set = datasets or demo_data(s)[1:3]
+    train_set, val_set = datasets or _scenes(job)
     trained = {}
     for name in job.names:
         model = twin_model(job.specs[name], job.specs["plain"], s.seed)
@@ -235,6 +237,16 @@ def _equal_time_start(s: DemoSettings, ratio: float, out: Path) -> tuple[int, st
     # the shared part of the learning curve; the trainer drops what follows the branch
     shutil.copyfile(plain / "metrics.jsonl", folder / "metrics.jsonl")
     return iterations, str(plain / BRANCH)
+
+
+def _scenes(job: _Job) -> tuple[Dataset, Dataset]:
+    """A worker's training and validation sets: memory-mapped from the file the parent
+    saved them to (the processes share its pages), or rendered again without one."""
+    if job.scenes is None:
+        return demo_data(job.settings)[1:3]
+    # the parent's own file in a private temporary folder: safe to unpickle
+    saved = torch.load(job.scenes, mmap=True, weights_only=False)
+    return saved["train"], saved["val"]
 
 
 def _branch_at(s: DemoSettings) -> int:
@@ -338,9 +350,15 @@ def run_demo(s: DemoSettings, out: Path) -> dict[str, Any]:
         print(f"training the twins side by side: {workers} processes of {train_threads} "
               f"thread(s)")
         plain_runs = tuple(name for name in names if name != "deformable")
-        results = _train_side_by_side([
-            _Job(plain_runs, s, specs, weights, ratio, out, extra, train_threads, line=0),
-            _Job(("deformable",), s, specs, weights, ratio, out, extra, train_threads, line=1)])
+        # the workers map the rendered scenes from a file instead of rendering them again
+        with tempfile.TemporaryDirectory(prefix="deformconv-demo-") as folder:
+            scenes = Path(folder) / "scenes.pt"
+            torch.save({"train": train_set, "val": val_set}, scenes)
+            results = _train_side_by_side([
+                _Job(plain_runs, s, specs, weights, ratio, out, extra, train_threads, line=0,
+                     scenes=scenes),
+                _Job(("deformable",), s, specs, weights, ratio, out, extra, train_threads,
+                     line=1, scenes=scenes)])
     else:
         results = _train_runs(_Job(names, s, specs, weights, ratio, out, extra),
                               (train_set, val_set))
