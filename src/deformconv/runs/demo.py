@@ -36,7 +36,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -345,7 +345,7 @@ def run_demo(s: DemoSettings, out: Path) -> dict[str, Any]:
                              lambda net: build_optimizer(net, config))
     ratio = steps["deformable"] / steps["plain"]
 
-    extra = {"data": asdict(data)}
+    job = _Job(names, s, specs, weights, ratio, out, {"data": asdict(data)})
     if workers > 1:
         print(f"training the twins side by side: {workers} processes of {train_threads} "
               f"thread(s)")
@@ -354,14 +354,11 @@ def run_demo(s: DemoSettings, out: Path) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="deformconv-demo-") as folder:
             scenes = Path(folder) / "scenes.pt"
             torch.save({"train": train_set, "val": val_set}, scenes)
-            results = _train_side_by_side([
-                _Job(plain_runs, s, specs, weights, ratio, out, extra, train_threads, line=0,
-                     scenes=scenes),
-                _Job(("deformable",), s, specs, weights, ratio, out, extra, train_threads,
-                     line=1, scenes=scenes)])
+            worker = replace(job, threads=train_threads, scenes=scenes)
+            results = _train_side_by_side([replace(worker, names=plain_runs),
+                                           replace(worker, names=("deformable",), line=1)])
     else:
-        results = _train_runs(_Job(names, s, specs, weights, ratio, out, extra),
-                              (train_set, val_set))
+        results = _train_runs(job, (train_set, val_set))
     results = {name: results[name] for name in names}
     models = {name: model_from_checkpoint(specs[name], results[name]["checkpoint"]).to(device)
               for name in names}
