@@ -479,6 +479,20 @@ class TestBackwardChannelBlocks:
         assert tiles_module.channel_blocks(images, 8, threads_module.SERIAL_WORK - 1) == 1
 
 
+def test_run_tasks_gives_each_chunk_its_own_scratch(monkeypatch):
+    """Chunks run at once on threads: the sampling kernel's row buffers must not be shared."""
+    monkeypatch.setattr(threads_module, "task_threads", lambda work: 3)
+    calls = []
+
+    def kernel(tag, buffer, first, last):
+        calls.append((tag, buffer, first, last))  # list.append is atomic
+
+    threads_module.run_tasks(kernel, 7, 0, "arg", scratch=lambda: (bytearray(1),))
+    assert sorted((first, last) for *_, first, last in calls) == [(0, 2), (2, 4), (4, 7)]
+    assert {tag for tag, *_ in calls} == {"arg"}
+    assert len({id(buffer) for _, buffer, *_ in calls}) == 3  # all still alive here
+
+
 # ----------------------------------------------------------------------------- depthwise
 
 

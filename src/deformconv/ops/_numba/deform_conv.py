@@ -193,9 +193,11 @@ def _to_channels_first(grad: Tensor, shape: torch.Size, chunk_bytes: int = 1 << 
 
 def _sample(data: TileData, tile: Tile, kw: int, geometry: Geometry) -> Tensor:
     columns = workspace(data.columns_shape(), data.offset.dtype)
+    _, _, wout, kk, _ = columns.shape
     run_tasks(kernels.sample_columns, kernels.sample_tasks(data.x.shape, tile.y1 - tile.y0),
               columns.numel(), data.x, data.offset.numpy(), data.mask.numpy(), data.has_mask,
-              grouped(columns, data.offset_groups), tile.y0, kw, *geometry)
+              grouped(columns, data.offset_groups), tile.y0, kw, *geometry,
+              scratch=lambda: kernels.row_scratch(kk, wout, data.x.dtype))
     return columns
 
 

@@ -17,6 +17,7 @@ spreads the ranges over threads.
 from __future__ import annotations
 
 import numba
+import numpy as np
 
 from .channel_runs import (
     blend,
@@ -41,11 +42,24 @@ def sample_tasks(x_shape: tuple[int, ...], rows: int) -> int:
     return x_shape[3] * x_shape[0] * rows
 
 
+def row_scratch(kk: int, wout: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """A ``sample_columns`` chunk's own buffers for one output row's samples: corner rows
+    and columns ``(h0, h1, w0, w1)`` and weights ``(a00, a01, a10, a11)``, (4, kk, Wout)."""
+    return np.empty((4, kk, wout), np.int64), np.empty((4, kk, wout), dtype)
+
+
 # contract: fused multiply-adds.
 @numba.njit(cache=True, nogil=True, fastmath={"contract"})
-def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil, first, last):
+def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil, corner,
+                   corner_weight, first, last):
     """Fill ``columns`` with ``mask * bilinear(x[n, :, :, g, c], position of (pixel, k))``
-    for tasks ``first:last`` of ``sample_tasks`` (offset group, image, output row)."""
+    for tasks ``first:last`` of ``sample_tasks`` (offset group, image, output row).
+
+    Two passes per task: the row's sample positions into ``corner`` / ``corner_weight``
+    (``row_scratch``), then the channel blends. Apart, both loops stay tight: at 8-64
+    channels the kernel takes 30-50 % less time than with each blend beside its position
+    arithmetic (benchmarks/README.md).
+    """
     nb, height, width = x.shape[:3]
     offset_groups, cin_og, rows, wout, kk = _tile_dims(x, offset, columns)
     kh = kk // kw
@@ -54,17 +68,26 @@ def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil,
         g = task // (nb * rows)
         n = task // rows - g * nb
         r = task % rows
-        for col in range(wout):
-            for i in range(kh):
-                for j in range(kw):
-                    k = i * kw + j
-                    q = g * kk + k
+        for i in range(kh):
+            for j in range(kw):
+                k = i * kw + j
+                q = g * kk + k
+                for col in range(wout):
                     _, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = locate(
                         offset, n, q, r, col, y0 + r, i, j, stride, pad, dil, height, width, False)
                     m = mask[n, q, r, col] if has_mask else 1.0
                     a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11, m, cast)
-                    blend(columns[n, r, col, k, g], a00, a01, a10, a11, x[n, h0, w0, g],
-                           x[n, h0, w1, g], x[n, h1, w0, g], x[n, h1, w1, g])
+                    corner[0, k, col], corner[1, k, col] = h0, h1
+                    corner[2, k, col], corner[3, k, col] = w0, w1
+                    corner_weight[0, k, col], corner_weight[1, k, col] = a00, a01
+                    corner_weight[2, k, col], corner_weight[3, k, col] = a10, a11
+        for col in range(wout):
+            for k in range(kk):
+                h0, h1, w0, w1 = corner[0, k, col], corner[1, k, col], corner[2, k, col], corner[
+                    3, k, col]
+                blend(columns[n, r, col, k, g], corner_weight[0, k, col], corner_weight[1, k, col],
+                      corner_weight[2, k, col], corner_weight[3, k, col], x[n, h0, w0, g],
+                      x[n, h0, w1, g], x[n, h1, w0, g], x[n, h1, w1, g])
 
 
 # reassoc lets LLVM vectorise the channel sums; no flag changes NaN/inf semantics.

@@ -84,9 +84,11 @@ def task_threads(work: int) -> int:
     return numba_threads() if work >= SERIAL_WORK else 1
 
 
-def run_tasks(kernel: Callable[..., None], tasks: int, work: int, *args: object) -> None:
-    """``kernel(*args, first, last)`` over ``range(tasks)`` cut into one contiguous chunk per
-    Numba thread (``numba.get_num_threads()``), ``work`` inner iterations in all.
+def run_tasks(kernel: Callable[..., None], tasks: int, work: int, *args: object,
+              scratch: Callable[[], tuple[object, ...]] | None = None) -> None:
+    """``kernel(*args, *scratch(), first, last)`` over ``range(tasks)`` cut into one contiguous
+    chunk per Numba thread (``numba.get_num_threads()``), ``work`` inner iterations in all;
+    ``scratch`` (optional) makes each chunk's own buffers.
 
     The kernels are serial ``nogil`` functions and the chunks run on Python threads (the
     caller runs one): a serial kernel compiles in half the time of a ``parallel=True`` one,
@@ -95,14 +97,18 @@ def run_tasks(kernel: Callable[..., None], tasks: int, work: int, *args: object)
     ``SERIAL_WORK`` run on the calling thread alone.
     """
     chunks = min(tasks, task_threads(work))
+
+    def call(first: int, last: int) -> None:
+        kernel(*args, *(scratch() if scratch else ()), first, last)
+
     if chunks <= 1:
-        kernel(*args, 0, tasks)
+        call(0, tasks)
         return
     bounds = [i * tasks // chunks for i in range(chunks + 1)]
     pool = _workers.get(chunks - 1)
-    futures = [pool.submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(1, chunks)]
+    futures = [pool.submit(call, bounds[i], bounds[i + 1]) for i in range(1, chunks)]
     try:
-        kernel(*args, bounds[0], bounds[1])
+        call(bounds[0], bounds[1])
     finally:
         for future in futures:
             future.result()
