@@ -83,10 +83,11 @@ def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil,
                     corner_weight[2, k, col], corner_weight[3, k, col] = a10, a11
         for col in range(wout):
             for k in range(kk):
-                h0, h1, w0, w1 = corner[0, k, col], corner[1, k, col], corner[2, k, col], corner[
-                    3, k, col]
-                blend(columns[n, r, col, k, g], corner_weight[0, k, col], corner_weight[1, k, col],
-                      corner_weight[2, k, col], corner_weight[3, k, col], x[n, h0, w0, g],
+                h0, h1 = corner[0, k, col], corner[1, k, col]
+                w0, w1 = corner[2, k, col], corner[3, k, col]
+                a00, a01 = corner_weight[0, k, col], corner_weight[1, k, col]
+                a10, a11 = corner_weight[2, k, col], corner_weight[3, k, col]
+                blend(columns[n, r, col, k, g], a00, a01, a10, a11, x[n, h0, w0, g],
                       x[n, h0, w1, g], x[n, h1, w0, g], x[n, h1, w1, g])
 
 
