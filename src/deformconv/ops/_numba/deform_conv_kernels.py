@@ -28,6 +28,7 @@ from .channel_runs import (
     store_slopes,
     value_weights,
 )
+from .noalias import kernel
 
 
 @numba.njit(inline="always", cache=True)
@@ -49,7 +50,7 @@ def row_scratch(kk: int, wout: int, dtype: np.dtype) -> tuple[np.ndarray, np.nda
 
 
 # contract: fused multiply-adds.
-@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+@kernel(fastmath={"contract"})
 def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil, corner,
                    corner_weight, first, last):
     """Fill ``columns`` with ``mask * bilinear(x[n, :, :, g, c], position of (pixel, k))``
@@ -92,7 +93,7 @@ def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil,
 
 
 # reassoc lets LLVM vectorise the channel sums; no flag changes NaN/inf semantics.
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+@kernel(fastmath={"reassoc", "contract"})
 def backward_tile(x, offset, mask, has_mask, columns, grad_offset, grad_mask, grad_x,
                   channel_blocks, need_offset_mask, need_input, y0, kw, stride, pad, dil,
                   first, last):

@@ -12,14 +12,14 @@ Layouts as in ``deform_conv_kernels`` (G offset groups of Cg channels):
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from .channel_runs import block_task, locate, scatter_corners, slopes, store_slopes, value_weights
+from .noalias import kernel
 
 
 # contract: fused multiply-adds.
-@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+@kernel(fastmath={"contract"})
 def forward(x, offset, mask, has_mask, weight, bias, out, y0, kw, stride, pad, dil, first,
             last):
     """``out`` (the output of the tile's images, NCHW as (nb, G, Cg, Hout, Wout)) for tasks
@@ -64,7 +64,7 @@ def forward(x, offset, mask, has_mask, weight, bias, out, y0, kw, stride, pad, d
 
 
 # reassoc lets LLVM vectorise the channel sums; no flag changes NaN/inf semantics.
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+@kernel(fastmath={"reassoc", "contract"})
 def backward(x, offset, mask, has_mask, weight, grad_out, grad_offset, grad_mask, grad_x,
              grad_weight, channel_blocks, need_offset_mask, need_input, y0, kw, stride, pad,
              dil, first, last):
