@@ -2,11 +2,12 @@
 
 Without it LLVM cannot know that a kernel's output (the columns, an input gradient) and
 its inputs are different buffers, so it guards every vectorised channel loop with run-time
-overlap checks and a scalar fallback: per sample, at a few dozen channels, about as much
-work as the loop itself. Numba's ``noalias`` compiler flag (the one its parallel
-``gufunc`` kernels get) marks every pointer argument of the compiled function, each
-array's data among them, LLVM ``noalias``; the checks go. Sampling kernel 0.70-0.96×,
-backward kernel 0.82-1.02× the time, results bit for bit the same (benchmarks/README.md).
+overlap checks and a scalar fallback: per sample, a few dozen instructions, about a tenth
+of the sampling kernel's time at 32 channels. Numba's ``noalias`` compiler flag (the one
+its parallel ``gufunc`` kernels get) marks every pointer argument of the compiled
+function, each array's data among them, LLVM ``noalias``; the checks go. Sampling kernel
+0.70-0.96×, backward kernel 0.80-1.09× (median 0.94) the time, results bit for bit the
+same (benchmarks/README.md).
 
 The contract this puts on callers: no array a kernel writes may share memory with another
 array argument of the same call. Their callers pass workspace slots, fresh tensors and
