@@ -523,6 +523,52 @@ def test_noalias_compiler_marks_array_data_noalias():
     assert _noalias_arguments(marked) >= _noalias_arguments(plain) + 2
 
 
+# Positions of the arrays each noalias kernel writes (its signature; run_tasks appends the
+# sampling kernel's scratch buffers after the call's own arguments).
+_KERNEL_WRITES = {
+    "sample_columns": {4, 10, 11},  # columns, corner, corner_weight
+    "backward_tile": {4, 5, 6, 7},  # columns, grad_offset, grad_mask, grad_x
+    "forward": {6},  # depthwise: out
+    "backward": {6, 7, 8, 9},  # depthwise: grad_offset, grad_mask, grad_x, grad_weight
+}
+
+
+@pytest.mark.parametrize("mode", ["none", "bands", "images"])
+@pytest.mark.parametrize("case", [
+    Case(), Case(with_mask=False, with_bias=False), TILED_CASE,
+    replace(TILED_CASE, cout=TILED_CASE.cin, groups=TILED_CASE.cin),
+], ids=["mask", "no-mask", "groups", "depthwise"])
+def test_noalias_kernels_never_get_overlapping_arrays(monkeypatch, case, mode):
+    """The contract of ``noalias.kernel``: no array a kernel writes shares memory with
+    another of its array arguments, in any forward or backward call, tiled or not."""
+    calls = []
+
+    def checked(name, kernel):
+        def call(*args):
+            arrays = [(i, a) for i, a in enumerate(args) if isinstance(a, np.ndarray)]
+            for i, written in arrays:
+                if i in _KERNEL_WRITES[name]:
+                    for j, other in arrays:
+                        assert j == i or not np.may_share_memory(written, other), (name, i, j)
+            calls.append(name)
+            return kernel(*args)
+        return call
+
+    modules = (numba_backend.kernels, depthwise_backend.kernels)
+    for module in modules:
+        for name in _KERNEL_WRITES:
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, checked(name, getattr(module, name)))
+    if mode != "none":
+        for module in (numba_backend, depthwise_backend):
+            monkeypatch.setattr(module, "tiles", _forced_tiles(mode, [], 2))
+    tensors = make_tensors(case, torch.float32, seed=3)
+    run_with_grads(fast_op(case), tensors)
+    expected = ({"forward", "backward"} if case.groups == case.cin
+                else {"sample_columns", "backward_tile"})
+    assert set(calls) == expected
+
+
 # ----------------------------------------------------------------------------- depthwise
 
 
