@@ -1185,6 +1185,17 @@ def test_opcheck_backward_op():
         )
 
 
+def test_double_backward_raises_a_clear_error():
+    case = Case(n=1, cin=2, cout=2)
+    t = make_tensors(case, torch.float64, seed=11)
+    leaves = [t["input"].requires_grad_(), t["offset"].requires_grad_(),
+              t["weight"].requires_grad_()]
+    out = deform_conv2d(*leaves, padding=case.padding)
+    grad_input, = torch.autograd.grad(out.sum(), leaves[0], create_graph=True)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        grad_input.sum().backward()
+
+
 @pytest.mark.parametrize("change, error, match", [
     ({"grad_out": torch.zeros(2, 2, 3, 3)}, ValueError,
      r"grad_out\.shape is not valid: got \(2, 2, 3, 3\), expected \(2, 2, 3, 5\)"),

@@ -36,17 +36,31 @@ class OpParts:
     run: Callable[..., Any] | None = None
 
 
-def _custom_op(qualified: str, op: str, kernel_name: str, parts: OpParts):
+_LIBRARY = torch.library.Library(NAMESPACE, "FRAGMENT")
+
+
+def _register(name: str, op: str, kernel_name: str, parts: OpParts) -> torch._ops.OpOverload:
+    """Define ``deformconv::<name>`` with the lower-level ``Library`` API, not
+    ``torch.library.custom_op``: ``custom_op`` wraps every kernel in ``torch._disable_dynamo``,
+    which imports ``torch._dynamo`` (1.2-1.9 s) on a process's first call, eager or not.
+    ``torch.compile`` never traces into a registered kernel either way: it sees the op and
+    its fake."""
     run = parts.run or (lambda *args: _dispatch.run(op, kernel_name, args))
 
     def kernel(*args: Any) -> Any:
         parts.check(*args)
         return run(*args)
 
-    kernel.__name__ = qualified.replace("::", "_")
-    custom = torch.library.custom_op(qualified, kernel, mutates_args=(), schema=parts.schema)
-    custom.register_fake(parts.fake)
-    return custom
+    _LIBRARY.define(name + parts.schema, tags=(torch.Tag.pt2_compliant_tag,))
+    _LIBRARY.impl(name, kernel, "CompositeExplicitAutograd")
+    qualified = f"{NAMESPACE}::{name}"
+    torch.library.register_fake(qualified, parts.fake, lib=_LIBRARY)
+    return getattr(getattr(torch.ops, NAMESPACE), name).default
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("deformconv ops have no double backward: their backward ops are not "
+                       "differentiable")
 
 
 def define_op(name: str, forward: OpParts, backward: OpParts,
@@ -56,13 +70,15 @@ def define_op(name: str, forward: OpParts, backward: OpParts,
     ``gradient(backward_op, ctx, *grads)`` is the autograd formula; it gets the registered
     backward op as its first argument.
     """
-    forward_op = _custom_op(f"{NAMESPACE}::{name}", name, "forward", forward)
-    backward_op = _custom_op(f"{NAMESPACE}::{name}_backward", name, "backward", backward)
+    forward_op = _register(name, name, "forward", forward)
+    backward_op = _register(f"{name}_backward", name, "backward", backward)
 
     def autograd_backward(ctx, *grads):
         return gradient(backward_op, ctx, *grads)
 
-    forward_op.register_autograd(autograd_backward, setup_context=setup_context)
+    torch.library.register_autograd(forward_op, autograd_backward, setup_context=setup_context,
+                                    lib=_LIBRARY)
+    torch.library.register_autograd(backward_op, _no_double_backward, lib=_LIBRARY)
     # under autocast, run both in float32 and keep their inner GEMMs out of autocast
     for qualified in (f"{NAMESPACE}::{name}", f"{NAMESPACE}::{name}_backward"):
         for device_type in ("cpu", "cuda"):
