@@ -17,7 +17,7 @@ import torch
 import deformconv.runs.demo as demo_module
 from deformconv.engine import load_checkpoint
 from deformconv.runs import DemoSettings, demo_data, demo_specs, run_demo, set_threads
-from deformconv.runs.demo import _Job, _scenes, _train_side_by_side
+from deformconv.runs.demo import _Job, _scenes, _train_side_by_side, _Workers
 
 
 def test_side_by_side_trains_the_same_twins_as_one_after_another(
@@ -94,6 +94,20 @@ def test_a_worker_that_dies_stops_the_demo_with_an_error(tmp_path: Path) -> None
     threading.Thread(target=kill_the_worker, daemon=True).start()
     with pytest.raises(RuntimeError, match="a demo worker died \\(exit code -9\\)"):
         _train_side_by_side([_job(("plain",), tmp_path)])
+
+
+def test_waiting_workers_stop_when_the_parent_fails_before_their_jobs() -> None:
+    """The workers start before the parent renders the scenes; an error there stops them
+    and deletes their shared folder."""
+    others = {child.pid for child in multiprocessing.active_children()}
+    with pytest.raises(ValueError, match="rendering failed"), _Workers(2) as workers:
+        workers.wait_ready()
+        folder = workers.folder
+        started = [c for c in multiprocessing.active_children() if c.pid not in others]
+        assert len(started) == 2 and folder.is_dir()
+        raise ValueError("rendering failed")
+    assert not [c for c in multiprocessing.active_children() if c.pid not in others]
+    assert not folder.exists()
 
 
 def test_threads_set_to_gives_torch_and_numba_their_own_counts_back() -> None:

@@ -28,6 +28,7 @@ object recall per scale, and writes ``report.md`` (see :mod:`.demo_report`),
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import multiprocessing
@@ -256,46 +257,100 @@ def _branch_at(s: DemoSettings) -> int:
     return decay_start(s.iterations, s.decay_share)
 
 
-def _train_side_by_side(jobs: list[_Job]) -> dict[str, Any]:
-    """Every job in a process of its own; the first failure, or a worker that dies (killed
-    for memory, say), stops the others and raises here."""
-    # spawn, not fork: a forked child of a process whose OpenMP threads have started can
-    # hang in its first parallel region
-    context = multiprocessing.get_context("spawn")
-    workers = {}
-    for job in jobs:
-        receiver, sender = context.Pipe(duplex=False)
-        process = context.Process(target=_worker, args=(job, sender), daemon=True)
-        process.start()
-        sender.close()  # the worker's end: when it dies, the receiver reads end-of-file
-        workers[receiver] = process
-    results: dict[str, Any] = {}
-    try:
-        while workers:
-            for receiver in multiprocessing.connection.wait(list(workers)):
-                process = workers.pop(receiver)
-                try:
-                    status, value = receiver.recv()
-                except EOFError:
-                    status, value = "died", None
-                process.join()
-                if status == "died":
-                    raise RuntimeError(f"a demo worker died (exit code {process.exitcode}) "
-                                       "before returning its runs")
-                if status == "error":
-                    raise value
-                results.update(value)
-    finally:
-        for process in workers.values():
+class _Workers:
+    """Worker processes, one per job, started before the parent renders the scenes: each
+    imports the training code meanwhile (torch, the models, the engine: seconds), says it
+    is ready and waits for its job (:meth:`train`). ``folder`` is a private temporary
+    folder to share files with them. Leaving the ``with`` block stops any worker still
+    running, then deletes the folder."""
+
+    def __init__(self, count: int) -> None:
+        # spawn, not fork: a forked child of a process whose OpenMP threads have started can
+        # hang in its first parallel region
+        context = multiprocessing.get_context("spawn")
+        self.workers: list[tuple[Any, Any, Any]] = []  # (process, job sender, result receiver)
+        self.ready = False
+        self._folder = tempfile.TemporaryDirectory(prefix="deformconv-demo-")
+        self.folder = Path(self._folder.name)
+        for _ in range(count):
+            job_receiver, job_sender = context.Pipe(duplex=False)
+            receiver, sender = context.Pipe(duplex=False)
+            process = context.Process(target=_worker, args=(job_receiver, sender), daemon=True)
+            process.start()
+            job_receiver.close()
+            sender.close()  # the worker's end: when it dies, the receiver reads end-of-file
+            self.workers.append((process, job_sender, receiver))
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for process, job_sender, _ in self.workers:
+            job_sender.close()
             process.terminate()
             process.join()
-    return results
+        self._folder.cleanup()
+
+    def wait_ready(self) -> None:
+        """Return once every worker has imported what it trains with (so that it no longer
+        competes for the CPU with the parent's step timing)."""
+        if not self.ready:
+            for process, _, receiver in self.workers:
+                _receive(receiver, process)
+            self.ready = True
+
+    def train(self, jobs: list[_Job]) -> dict[str, Any]:
+        """Each job to a worker of its own; the runs' results. The first failure, or a
+        worker that dies (killed for memory, say), raises here."""
+        self.wait_ready()
+        waiting = {}
+        for (process, job_sender, receiver), job in zip(self.workers, jobs, strict=True):
+            try:
+                job_sender.send(job)
+            except OSError:  # the worker is gone: raise why
+                _receive(receiver, process)
+                raise
+            waiting[receiver] = process
+        results: dict[str, Any] = {}
+        while waiting:
+            for receiver in multiprocessing.connection.wait(list(waiting)):
+                results.update(_receive(receiver, waiting.pop(receiver)))
+        return results
 
 
-def _worker(job: _Job, sender: Any) -> None:
-    """A worker process: train ``job``'s runs, send ``("ok", results)`` or
-    ``("error", exception)``."""
+def _receive(receiver: Any, process: Any) -> Any:
+    """A worker's next ``("ok", value)`` message's value; raises its error, or a
+    RuntimeError if it died first."""
     try:
+        status, value = receiver.recv()
+    except EOFError:
+        process.join()
+        raise RuntimeError(f"a demo worker died (exit code {process.exitcode}) before "
+                           "returning its runs") from None
+    if status == "error":
+        raise value
+    return value
+
+
+def _train_side_by_side(jobs: list[_Job]) -> dict[str, Any]:
+    """Every job in a process of its own (:class:`_Workers`); the runs' results."""
+    with _Workers(len(jobs)) as workers:
+        return workers.train(jobs)
+
+
+def _worker(jobs: Any, sender: Any) -> None:
+    """A worker process: import the training code, send ``("ok", None)``, wait for a job on
+    ``jobs``, train it and send ``("ok", results)``; any error goes as ``("error", e)``."""
+    try:
+        import torch._dynamo  # noqa: F401  (an optimizer's first step imports it: 1-2 s)
+
+        from ..engine import train  # noqa: F401
+
+        sender.send(("ok", None))
+        try:
+            job = jobs.recv()
+        except EOFError:  # the parent stopped before it had a job to give
+            return
         sender.send(("ok", _train_runs(job)))
     except BaseException as error:  # any error, interrupts too, goes to the parent
         sender.send(("error", error))
@@ -325,40 +380,45 @@ def run_demo(s: DemoSettings, out: Path) -> dict[str, Any]:
     started, cpu_started, load_start = time.perf_counter(), _cpu_seconds(), _load()
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(s.device)
-    print(f"rendering {s.train_size} training and {s.val_size} validation scenes")
-    data, train_set, val_set, classes = demo_data(s)
-    deform_spec, plain_spec = demo_specs(s, classes)
-    specs = {"plain": plain_spec, "deformable": deform_spec, "plain, equal time": plain_spec}
-    twins = twin_models(deform_spec, plain_spec, s.seed)
-    counts = label_counts(train_set.targets, classes + 1)  # type: ignore[attr-defined]
-    weights = balanced_class_weights(counts, s.class_balance)
-    names = RUNS if s.equal_time else RUNS[:2]
     workers = 1 if device.type != "cpu" else min(s.jobs, 2)
-    threads = torch.get_num_threads()
-    train_threads = max(1, threads // workers)
-    # The step costs at the runs' thread count; also the warm-up: kernel compilation and
-    # first calls are not counted as training.
-    print("timing the twins' training steps")
-    config = _config(s, s.iterations, out, weights)
-    with threads_set_to(train_threads):
-        steps = step_seconds(twins, "segmentation", train_set, s.batch_size, device,
-                             lambda net: build_optimizer(net, config))
-    ratio = steps["deformable"] / steps["plain"]
+    with contextlib.ExitStack() as stack:
+        # the workers start first: their imports overlap the rendering
+        pool = stack.enter_context(_Workers(workers)) if workers > 1 else None
+        print(f"rendering {s.train_size} training and {s.val_size} validation scenes")
+        data, train_set, val_set, classes = demo_data(s)
+        deform_spec, plain_spec = demo_specs(s, classes)
+        specs = {"plain": plain_spec, "deformable": deform_spec,
+                 "plain, equal time": plain_spec}
+        twins = twin_models(deform_spec, plain_spec, s.seed)
+        counts = label_counts(train_set.targets, classes + 1)  # type: ignore[attr-defined]
+        weights = balanced_class_weights(counts, s.class_balance)
+        names = RUNS if s.equal_time else RUNS[:2]
+        threads = torch.get_num_threads()
+        train_threads = max(1, threads // workers)
+        # The step costs at the runs' thread count; also the warm-up: kernel compilation and
+        # first calls are not counted as training.
+        print("timing the twins' training steps")
+        if pool is not None:
+            pool.wait_ready()
+        config = _config(s, s.iterations, out, weights)
+        with threads_set_to(train_threads):
+            steps = step_seconds(twins, "segmentation", train_set, s.batch_size, device,
+                                 lambda net: build_optimizer(net, config))
+        ratio = steps["deformable"] / steps["plain"]
 
-    job = _Job(names, s, specs, weights, ratio, out, {"data": asdict(data)})
-    if workers > 1:
-        print(f"training the twins side by side: {workers} processes of {train_threads} "
-              f"thread(s)")
-        plain_runs = tuple(name for name in names if name != "deformable")
-        # the workers map the rendered scenes from a file instead of rendering them again
-        with tempfile.TemporaryDirectory(prefix="deformconv-demo-") as folder:
-            scenes = Path(folder) / "scenes.pt"
+        job = _Job(names, s, specs, weights, ratio, out, {"data": asdict(data)})
+        if pool is not None:
+            print(f"training the twins side by side: {workers} processes of {train_threads} "
+                  f"thread(s)")
+            plain_runs = tuple(name for name in names if name != "deformable")
+            # the workers map the rendered scenes from a file instead of rendering them again
+            scenes = pool.folder / "scenes.pt"
             torch.save({"train": train_set, "val": val_set}, scenes)
             worker = replace(job, threads=train_threads, scenes=scenes)
-            results = _train_side_by_side([replace(worker, names=plain_runs),
-                                           replace(worker, names=("deformable",), line=1)])
-    else:
-        results = _train_runs(job, (train_set, val_set))
+            results = pool.train([replace(worker, names=plain_runs),
+                                  replace(worker, names=("deformable",), line=1)])
+        else:
+            results = _train_runs(job, (train_set, val_set))
     results = {name: results[name] for name in names}
     models = {name: model_from_checkpoint(specs[name], results[name]["checkpoint"]).to(device)
               for name in names}
