@@ -63,6 +63,28 @@ def test_seeded_samples_repeat_and_leave_global_rng_alone():
     assert not torch.equal(SeededSamples(data.dataset, seed=1, epoch=1)[2][0], a)
 
 
+class _ThreeGenerators(torch.utils.data.Dataset):
+    """Samples drawn from torch's, numpy's and python's global RNGs."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, index: int) -> tuple:
+        return _draw()
+
+
+def test_seeded_batches_equal_seeded_samples_and_leave_every_rng_alone():
+    data = SeededSamples(_ThreeGenerators(), seed=3, epoch=1)
+    seed_everything(0)
+    state = get_rng_state()
+    expected_next = _draw()
+    set_rng_state(state)
+    batch = data.__getitems__([4, 1, 4])  # what a DataLoader fetches for a batch
+    assert _draw() == expected_next  # no stream consumed or reseeded
+    assert batch == [data[4], data[1], data[4]]
+    assert batch[0] != batch[1]
+
+
 class TestSamplers:
     def test_skip_continues_the_same_order(self):
         full = list(TrainSampler(range(10), world_size=1, rank=0, seed=3, epoch=2))
