@@ -272,14 +272,19 @@ class _Workers:
         self.ready = False
         self._folder = tempfile.TemporaryDirectory(prefix="deformconv-demo-")
         self.folder = Path(self._folder.name)
-        for _ in range(count):
-            job_receiver, job_sender = context.Pipe(duplex=False)
-            receiver, sender = context.Pipe(duplex=False)
-            process = context.Process(target=_worker, args=(job_receiver, sender), daemon=True)
-            process.start()
-            job_receiver.close()
-            sender.close()  # the worker's end: when it dies, the receiver reads end-of-file
-            self.workers.append((process, job_sender, receiver))
+        try:
+            for _ in range(count):
+                job_receiver, job_sender = context.Pipe(duplex=False)
+                receiver, sender = context.Pipe(duplex=False)
+                process = context.Process(target=_worker, args=(job_receiver, sender),
+                                          daemon=True)
+                process.start()
+                job_receiver.close()
+                sender.close()  # the worker's end: when it dies, the receiver reads EOF
+                self.workers.append((process, job_sender, receiver))
+        except BaseException:
+            self.__exit__()
+            raise
 
     def __enter__(self) -> _Workers:
         return self
