@@ -53,9 +53,9 @@ def _register(name: str, op: str, kernel_name: str, parts: OpParts) -> torch._op
 
     _LIBRARY.define(name + parts.schema, tags=(torch.Tag.pt2_compliant_tag,))
     _LIBRARY.impl(name, kernel, "CompositeExplicitAutograd")
-    qualified = f"{NAMESPACE}::{name}"
-    torch.library.register_fake(qualified, parts.fake, lib=_LIBRARY)
-    return getattr(getattr(torch.ops, NAMESPACE), name).default
+    registered = getattr(getattr(torch.ops, NAMESPACE), name).default
+    torch.library.register_fake(registered, parts.fake, lib=_LIBRARY)
+    return registered
 
 
 def _no_double_backward(ctx, *grads):
@@ -80,7 +80,7 @@ def define_op(name: str, forward: OpParts, backward: OpParts,
                                     lib=_LIBRARY)
     torch.library.register_autograd(backward_op, _no_double_backward, lib=_LIBRARY)
     # under autocast, run both in float32 and keep their inner GEMMs out of autocast
-    for qualified in (f"{NAMESPACE}::{name}", f"{NAMESPACE}::{name}_backward"):
+    for op in (forward_op, backward_op):
         for device_type in ("cpu", "cuda"):
-            torch.library.register_autocast(qualified, device_type, torch.float32)
+            torch.library.register_autocast(op, device_type, torch.float32)
     return forward_op, backward_op
