@@ -4,7 +4,8 @@ Four tables, every ratio measured in the same run:
 
 1. The op, per shape (3×3 kernels): best-of-N forward and forward+backward of ours,
    ``torch.nn.functional.conv2d`` with the same geometry and groups (no offsets: the floor
-   any deformable conv pays) and ``torchvision.ops.deform_conv2d``.
+   any deformable conv pays) and ``torchvision.ops.deform_conv2d``; rows marked NHWC give
+   all three the input (and conv2d its weight) stored channels-last.
 2. Modules, forward+backward: ``deformconv.nn.DeformConv2d`` (with its own offset conv) vs
    ``nn.Conv2d`` vs torchvision's ``DeformConv2d`` fed by the same offset conv, at the
    small-layer shapes of compact networks; and one training step of a small CNN whose last
@@ -63,11 +64,13 @@ class Case:
     offset_groups: int = 1
     groups: int = 1
     backward: tuple[bool, ...] = (False, True)
+    channels_last: bool = False  # input (and conv2d's weight) stored channels-last
 
     def label(self) -> str:
         groups = f" g{self.groups}" if self.groups > 1 else ""
+        layout = " NHWC" if self.channels_last else ""
         return (f"{self.name} ({self.n},{self.cin},{self.cout},{self.h},{self.w}) "
-                f"{self.dilation}/{self.offset_groups}{groups}")
+                f"{self.dilation}/{self.offset_groups}{groups}{layout}")
 
 
 FULL = [
@@ -76,11 +79,14 @@ FULL = [
     Case("early, batch 8", 8, 64, 64, 56, 56),
     Case("small", 32, 32, 32, 28, 28),
     Case("depthwise", 8, 256, 256, 56, 56, groups=256),
+    Case("small", 32, 32, 32, 28, 28, channels_last=True),
+    Case("depthwise", 8, 256, 256, 56, 56, groups=256, channels_last=True),
 ]
 QUICK = [
     Case("res5-like, small", 1, 128, 128, 19, 32, dilation=2, offset_groups=4),
     Case("early, batch 2", 2, 32, 32, 28, 28),
     Case("depthwise, small", 2, 64, 64, 28, 28, groups=64),
+    Case("depthwise, small", 2, 64, 64, 28, 28, groups=64, channels_last=True),
 ]
 MEMORY_CASE = Case("res5, batch 8", 8, 512, 512, 38, 63, dilation=2, offset_groups=4)
 
@@ -119,6 +125,9 @@ def make_inputs(case: Case, requires_grad: bool) -> dict[str, torch.Tensor]:
     weight = torch.randn(case.cout, case.cin // case.groups, 3, 3, generator=g) * 0.02
     # Offsets of a few pixels, as a trained offset branch produces.
     offset = torch.randn(case.n, 2 * case.offset_groups * 9, case.h, case.w, generator=g) * 2
+    if case.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        weight = weight.contiguous(memory_format=torch.channels_last)
     tensors = {"input": x, "offset": offset, "weight": weight}
     for t in tensors.values():
         t.requires_grad_(requires_grad)
@@ -173,7 +182,7 @@ def print_table(header: list[str], widths: list[int]) -> Callable[[list[str]], N
 
 def bench_ops(cases: list[Case], repeats: int, clock: Callable[[], float]) -> None:
     row = print_table(["shape (N,Cin,Cout,H,W) dil/G", "pass", "ours ms", "conv2d ms", "tv ms",
-                       "ours/conv2d", "tv/ours"], [44, 8, 8, 9, 8, 11, 7])
+                       "ours/conv2d", "tv/ours"], [46, 8, 8, 9, 8, 11, 7])
     for case in cases:
         for backward in case.backward:
             with torch.enable_grad() if backward else torch.no_grad():

@@ -529,18 +529,26 @@ _KERNEL_WRITES = {
     "sample_columns": {4, 10, 11},  # columns, corner, corner_weight
     "backward_tile": {4, 5, 6, 7},  # columns, grad_offset, grad_mask, grad_x
     "forward": {6},  # depthwise: out
-    "backward": {6, 7, 8, 9},  # depthwise: grad_offset, grad_mask, grad_x, grad_weight
+    "backward": {7, 8, 9, 10},  # depthwise: grad_offset, grad_mask, grad_x, grad_weight
 }
 
 
+def channels_last(tensors: dict) -> dict:
+    """``tensors`` with the input stored channels-last (as a channels-last network holds it)."""
+    return {**tensors, "input": tensors["input"].contiguous(memory_format=torch.channels_last)}
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels-last"])
 @pytest.mark.parametrize("mode", ["none", "bands", "images"])
 @pytest.mark.parametrize("case", [
     Case(), Case(with_mask=False, with_bias=False), TILED_CASE,
     replace(TILED_CASE, cout=TILED_CASE.cin, groups=TILED_CASE.cin),
 ], ids=["mask", "no-mask", "groups", "depthwise"])
-def test_noalias_kernels_never_get_overlapping_arrays(monkeypatch, case, mode):
+def test_noalias_kernels_never_get_overlapping_arrays(monkeypatch, case, mode, layout):
     """The contract of ``noalias.kernel``: no array a kernel writes shares memory with
-    another of its array arguments, in any forward or backward call, tiled or not."""
+    another of its array arguments, in any forward or backward call, tiled or not, with
+    the input, output and output gradient in either layout (channels-last ones are read
+    and written in place)."""
     calls = []
 
     def checked(name, kernel):
@@ -565,10 +573,110 @@ def test_noalias_kernels_never_get_overlapping_arrays(monkeypatch, case, mode):
         for module in (numba_backend, depthwise_backend):
             monkeypatch.setattr(module, "tiles", _forced_tiles(mode, [], 2))
     tensors = make_tensors(case, torch.float32, seed=3)
-    run_with_grads(fast_op(case), tensors)
+    run_with_grads(fast_op(case), channels_last(tensors) if layout != "nchw" else tensors)
     expected = ({"forward", "backward"} if case.groups == case.cin
                 else {"sample_columns", "backward_tile"})
     assert set(calls) == expected
+
+
+# ----------------------------------------------------------------------------- channels-last
+
+CHANNELS_LAST_CASES = {
+    "columns": Case(n=3, cin=4, cout=6, offset_groups=2),
+    "conv-groups": TILED_CASE,
+    "depthwise": DEPTHWISE_CASE,
+    # float32 takes oneDNN's inner product here (Cout >= 256), float64 the conv form
+    "matmul-form": Case(n=2, cin=4, cout=256, offset_groups=2, height=5, width=4),
+}
+
+
+def _is_channels_last(t: Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+class TestChannelsLast:
+    """A channels-last input is read in place and its result and input gradient come back
+    channels-last, as torch's conv2d returns them; values and gradients are the
+    reference's, whatever the output gradient's layout and the tiling."""
+
+    @pytest.mark.parametrize("grad_layout", ["nchw", "channels-last"])
+    @pytest.mark.parametrize("mode", ["none", "bands", "images"])
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+    @pytest.mark.parametrize("name", list(CHANNELS_LAST_CASES))
+    def test_matches_reference(self, monkeypatch, name, dtype, mode, grad_layout):
+        case = CHANNELS_LAST_CASES[name]
+        if mode != "none":
+            for module in (numba_backend, depthwise_backend):
+                monkeypatch.setattr(module, "tiles", _forced_tiles(mode, [], 2))
+        tensors = make_tensors(case, dtype, seed=4)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64,
+                               generator=torch.Generator().manual_seed(5))
+        expected = expected_results(case, tensors, grad_out)
+        if grad_layout == "channels-last":
+            grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+        actual = run_with_grads(fast_op(case), channels_last(tensors), grad_out.to(dtype))
+        assert _is_channels_last(actual["out"])
+        assert _is_channels_last(actual["grad_input"])
+        assert_results_close(actual, expected, TOLERANCE[dtype])
+
+    def test_input_is_read_in_place(self, monkeypatch):
+        """No channels-last copy of a channels-last input: the kernels get its memory."""
+        seen = []
+        sample = numba_backend.kernels.sample_columns
+
+        def spy(x, *args):
+            seen.append(x.ctypes.data)
+            return sample(x, *args)
+
+        monkeypatch.setattr(numba_backend.kernels, "sample_columns", spy)
+        case = CHANNELS_LAST_CASES["columns"]
+        tensors = channels_last(make_tensors(case))
+        fast_op(case)(**tensors)
+        assert seen == [tensors["input"].data_ptr()]
+
+    @pytest.mark.parametrize("name", ["columns", "depthwise"])
+    def test_backward_op_takes_either_gradient_layout(self, name):
+        """The public backward op with an NCHW input and a channels-last output gradient
+        (or the reverse) gives what it gives for matching layouts."""
+        case = CHANNELS_LAST_CASES[name]
+        t = make_tensors(case, torch.float64, seed=6)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        geometry = (*case.stride, *case.padding, *case.dilation)
+
+        def grads(input: Tensor, grad: Tensor) -> tuple[Tensor, ...]:
+            return torch.ops.deformconv.deform_conv2d_backward(
+                grad, input, t["offset"], t["weight"], t["mask"], *geometry, True, True, True)
+
+        cl = torch.channels_last
+        expected = grads(t["input"], grad_out)
+        for input, grad in [(t["input"], grad_out.contiguous(memory_format=cl)),
+                            (t["input"].contiguous(memory_format=cl), grad_out)]:
+            for got, want in zip(grads(input, grad), expected, strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+    def test_fallback_gives_the_same_layout(self, monkeypatch):
+        """Every backend's result takes the input's layout (the fake kernel promises it)."""
+        case = CHANNELS_LAST_CASES["columns"]
+        tensors = channels_last(make_tensors(case, seed=7))
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        monkeypatch.setenv("DEFORMCONV_BACKEND", "torch")
+        expected = run_with_grads(fast_op(case), tensors, grad_out)
+        monkeypatch.setenv("DEFORMCONV_BACKEND", "numba")
+        actual = run_with_grads(fast_op(case), tensors, grad_out)
+        for key in ("out", "grad_input"):
+            assert _is_channels_last(expected[key]) and _is_channels_last(actual[key]), key
+        assert_results_close(actual, expected, 1e-10)
+
+    @pytest.mark.parametrize("name", list(CHANNELS_LAST_CASES))
+    def test_opcheck(self, name):
+        case = CHANNELS_LAST_CASES[name]
+        t = {k: None if v is None else v.float().requires_grad_()
+             for k, v in channels_last(make_tensors(case, seed=8)).items()}
+        torch.library.opcheck(
+            torch.ops.deformconv.deform_conv2d.default,
+            (t["input"], t["offset"], t["weight"], t["bias"], t["mask"], *case.stride,
+             *case.padding, *case.dilation),
+        )
 
 
 # ----------------------------------------------------------------------------- depthwise
@@ -1219,9 +1327,12 @@ def test_backward_op_checks_its_arguments(change, error, match):
             True, True, True)
 
 
-def test_torch_compile_fullgraph_matches_eager():
+@pytest.mark.parametrize("layout", ["nchw", "channels-last"])
+def test_torch_compile_fullgraph_matches_eager(layout):
     case = Case(n=2, cin=4, cout=4, groups=2, offset_groups=2, stride=(2, 1), dilation=(1, 2))
     tensors = {k: v.float() for k, v in make_tensors(case, seed=11).items()}
+    if layout == "channels-last":
+        tensors = channels_last(tensors)
     grad_out = torch.randn(case.n, case.cout, *case.out_size)
     compiled = torch.compile(fast_op(case), fullgraph=True)
     expected = run_with_grads(fast_op(case), tensors, grad_out)

@@ -7,7 +7,8 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["finite_float", "pair", "rois_to_tensor"]
+__all__ = ["finite_float", "memory_format", "pair", "rois_to_tensor"]
+
 
 def pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
     """``3 -> (3, 3)``; a pair is checked and returned as a tuple."""
@@ -18,6 +19,15 @@ def pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]
     ):
         return int(value[0]), int(value[1])
     raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def memory_format(images: Tensor) -> torch.memory_format:
+    """The layout a conv's result and input gradient take from its (N, C, H, W) input, as in
+    ``torch.nn.functional.conv2d``: ``torch.channels_last`` for images stored channels-last,
+    ``torch.contiguous_format`` otherwise, and for images that are both (C = 1, H = W = 1)."""
+    if images.is_contiguous() or not images.is_contiguous(memory_format=torch.channels_last):
+        return torch.contiguous_format
+    return torch.channels_last
 
 
 def finite_float(name: str, value: object, *, positive: bool = False) -> float:

@@ -13,7 +13,7 @@ from torch import Tensor
 from . import _dispatch, _onnx
 from ._checks import check_no_nan, check_same_dtype_device, check_tensor, float32_under_autocast
 from ._library import OpParts, define_op
-from .arguments import pair
+from .arguments import memory_format, pair
 
 __all__ = ["deform_conv2d"]
 
@@ -34,14 +34,18 @@ def _check_forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor |
 def _forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
              mask: Tensor | None, *ints: int) -> Tensor:
     if input.shape[2] == 0 or input.shape[3] == 0:  # every sample reads zero padding
-        out = input.new_zeros(input.shape[0], weight.shape[0], *offset.shape[2:])
-        return out if bias is None else out + bias.view(1, -1, 1, 1)
-    return _dispatch.run("deform_conv2d", "forward",
-                         (input, offset, weight, bias, mask, _geometry(ints)))
+        out = _forward_fake(input, offset, weight).zero_()
+        return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
+    out = _dispatch.run("deform_conv2d", "forward",
+                        (input, offset, weight, bias, mask, _geometry(ints)))
+    return out.contiguous(memory_format=memory_format(input))
 
 
 def _forward_fake(input: Tensor, offset: Tensor, weight: Tensor, *args) -> Tensor:
-    return input.new_empty(input.shape[0], weight.shape[0], offset.shape[2], offset.shape[3])
+    """The result: (N, Cout, Hout, Wout), channels-last for a channels-last input."""
+    return torch.empty((input.shape[0], weight.shape[0], offset.shape[2], offset.shape[3]),
+                       dtype=input.dtype, device=input.device,
+                       memory_format=memory_format(input))
 
 
 def _check_backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
@@ -84,7 +88,8 @@ def _gradient(backward_op, ctx, grad_out: Tensor):
     input, offset, weight, mask = ctx.saved_tensors
     needs = ctx.needs_input_grad
     grad_input, grad_offset, grad_weight, grad_mask = backward_op(
-        grad_out.contiguous(), input, offset, weight, mask, *ctx.geometry,
+        grad_out.contiguous(memory_format=memory_format(input)), input, offset, weight, mask,
+        *ctx.geometry,
         needs[0], needs[1] or needs[4], needs[2],
     )
     grad_bias = grad_out.sum((0, 2, 3)) if ctx.has_bias else None
@@ -192,9 +197,11 @@ def deform_conv2d(
         mask (Tensor[N, G*kh*kw, Hout, Wout] or None): DCN v2 modulation of each sample.
 
     Returns:
-        Tensor[N, Cout, Hout, Wout] in the inputs' dtype. float16/bfloat16 accumulate in
-        float32 (the CPU kernels compute them in float32 throughout); under autocast all
-        inputs are cast to float32 and the result is float32.
+        Tensor[N, Cout, Hout, Wout] in the inputs' dtype, stored channels-last when the
+        input is, as ``torch.nn.functional.conv2d`` returns it (the CPU kernels read such
+        an input in place and write the result without a transpose). float16/bfloat16
+        accumulate in float32 (the CPU kernels compute them in float32 throughout); under
+        autocast all inputs are cast to float32 and the result is float32.
 
     Example::
 

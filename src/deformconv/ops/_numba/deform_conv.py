@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._workspace import Tile, tiles, workspace
+from ..arguments import memory_format
 from . import deform_conv_depthwise as depthwise
 from . import deform_conv_kernels as kernels
 from . import deform_conv_tiles as tile_ops
@@ -163,6 +164,11 @@ class _BackwardGemm:
         if self.grad is None:
             self.grad = self.weight.new_zeros(self.weight.shape)
         nb, cout = grad_out.shape[:2]
+        pixels_last = grad_out.permute(0, 2, 3, 1)
+        if pixels_last.is_contiguous():  # channels-last: (pixels, Cout) as it is
+            self.grad.addmm_(pixels_last.reshape(-1, cout).t(),
+                             columns.view(-1, self.weight.shape[1]))
+            return
         if nb > 1:  # one GEMM over all the tile's pixels: (Cout, nb*rows*Wout) first
             pixels = workspace((cout, nb, *grad_out.shape[2:]), grad_out.dtype, slot="grad_out")
             pixels.copy_(grad_out.transpose(0, 1))
@@ -226,13 +232,15 @@ def forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
         gemm = _ColumnsMatmul(weight)
     else:
         gemm = _ColumnsConv(weight, groups)
-    out = input.new_empty(n, cout, hout, wout)  # untouched (no page faults) if unused
+    layout = memory_format(input)
+    # untouched (no page faults) if unused
+    out = torch.empty((n, cout, hout, wout), dtype=input.dtype, memory_format=layout)
     cache: dict = {}
     for tile in plan:
         data = TileData(tile, tile_ops.channels_last(input, tile, cache), offset, mask, kh * kw)
         columns = _sample(data, tile, kw, geometry)
         result = gemm.forward(columns, bias)
-        if len(plan) == 1 and result.is_contiguous():
+        if len(plan) == 1 and result.is_contiguous(memory_format=layout):
             return result  # the whole output, already in its layout
         _store(out, tile, result)
     return out

@@ -9,10 +9,12 @@ would multiply 1 × kk by kk × pixels: columns cost more than they save there.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .._workspace import tiles
+from ..arguments import memory_format
 from . import deform_conv_tiles as tile_ops
 from . import depthwise_kernels as kernels
 from .deform_conv_kernels import sample_tasks
@@ -30,13 +32,24 @@ def _weight_by_kernel_point(weight: Tensor) -> Tensor:
     return weight.reshape(weight.shape[0], -1).t().contiguous()
 
 
+def _images_array(images: Tensor, offset_groups: int) -> tuple[np.ndarray, bool]:
+    """(nb, C, H, W) images (the output or its gradient) as the kernels' array and their
+    ``channels_last`` flag: a view of channels-last images, else an NCHW copy if needed."""
+    pixels_last = images.permute(0, 2, 3, 1)
+    if images.shape[1] > 1 and tile_ops.is_dense(pixels_last):
+        return grouped(pixels_last, offset_groups), True
+    nb, channels, height, width = images.shape
+    return images.contiguous().view(nb, offset_groups, -1, height, width).numpy(), False
+
+
 def forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
             mask: Tensor | None, geometry: Geometry) -> Tensor:
     """(N, C, H, W) -> (N, C, Hout, Wout)."""
     n, channels = input.shape[:2]
     kh, kw = weight.shape[2:]
     hout, wout = offset.shape[2:]
-    out = input.new_empty(n, channels, hout, wout)
+    layout = memory_format(input)
+    out = torch.empty((n, channels, hout, wout), dtype=input.dtype, memory_format=layout)
     weight_k = _weight_by_kernel_point(weight)
     bias_g = input.new_zeros(channels) if bias is None else bias.contiguous()
     # Each tile holds its images' channels-last input.
@@ -50,9 +63,8 @@ def forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
                   out_images[:, :, tile.y0 : tile.y1].numel() * kh * kw, data.x,
                   data.offset.numpy(),
                   data.mask.numpy(), data.has_mask, grouped(weight_k, groups),
-                  grouped(bias_g, groups),
-                  out_images.view(out_images.shape[0], groups, -1, hout, wout).numpy(),
-                  tile.y0, kw, *geometry)
+                  grouped(bias_g, groups), *_images_array(out_images, groups), tile.y0, kw,
+                  *geometry)
     return out
 
 
@@ -77,7 +89,7 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
         data = TileData(tile, x_cl, offset, mask, kh * kw)
         groups = data.offset_groups
         nb = tile.n1 - tile.n0
-        grad_out_images = grad_out[tile.n0 : tile.n1].contiguous()
+        grad_out_images = grad_out[tile.n0 : tile.n1]
         work = grad_out_images[:, :, tile.y0 : tile.y1].numel() * kh * kw
         blocks = tile_ops.channel_blocks(nb, data.x.shape[4], work)
         grads = tile_ops.TileGradients(tile, x_cl, grad_x, grad_offset,
@@ -85,8 +97,7 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
         grad_weight_parts = weight.new_zeros(nb * blocks, kh * kw, channels)
         run_tasks(
             kernels.backward, nb * blocks, work, data.x, data.offset.numpy(), data.mask.numpy(),
-            data.has_mask, grouped(weight_k, groups),
-            grad_out_images.view(nb, groups, -1, hout, wout).numpy(),
+            data.has_mask, grouped(weight_k, groups), *_images_array(grad_out_images, groups),
             grads.offset_parts.numpy(), grads.mask_parts.numpy(), grouped(grads.grad_x, groups),
             grouped(grad_weight_parts, groups), blocks, need_offset_mask, need_input, tile.y0,
             kw, *geometry,

@@ -43,16 +43,27 @@ def store_channels_first(dst: Tensor, src: Tensor) -> None:
 
 
 def channels_last(input: Tensor, tile: Tile, cache: dict, slot: str = "x") -> Tensor:
-    """``input[n0:n1]`` (nb, C, H, W) as (nb, H, W, C) in a workspace ``slot``, reused
-    across the row bands of the same images (``cache`` remembers them)."""
+    """``input[n0:n1]`` (nb, C, H, W) as (nb, H, W, C): a view of channels-last images,
+    else a copy in a workspace ``slot``, reused across the row bands of the same images
+    (``cache`` remembers them)."""
     key = (tile.n0, tile.n1)
     if cache.get("key") != key:
-        images = input[tile.n0 : tile.n1]
-        nb, channels, height, width = images.shape
+        images = input[tile.n0 : tile.n1].permute(0, 2, 3, 1)
         cache["key"] = key
-        cache["value"] = workspace((nb, height, width, channels), input.dtype, slot=slot)
-        cache["value"].copy_(images.permute(0, 2, 3, 1))
+        cache["value"] = images if is_dense(images) else workspace(
+            tuple(images.shape), input.dtype, slot=slot).copy_(images)
     return cache["value"]
+
+
+def is_dense(tensor: Tensor) -> bool:
+    """Whether ``tensor`` has the strides of a contiguous tensor of its shape, size-1 axes
+    included (a Numba array typed C-contiguous is indexed with its strides)."""
+    expected = 1
+    for size, stride in zip(reversed(tensor.shape), reversed(tensor.stride()), strict=True):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 class TileData:

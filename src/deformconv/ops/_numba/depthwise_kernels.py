@@ -7,7 +7,8 @@ Layouts as in ``deform_conv_kernels`` (G offset groups of Cg channels):
     offset / mask       (nb, 2*G*kk | G*kk, rows, Wout)
     weight              (kk, G, Cg)             weight[c, 0, i, j] at [i*kw + j, c]
     bias                (G, Cg)                 (zeros without a bias)
-    out, grad_out       (nb, G, Cg, Hout, Wout) the output (gradient) of the tile's images
+    out, grad_out       (nb, G, Cg, Hout, Wout) the output (gradient) of the tile's images,
+                        or (nb, Hout, Wout, G, Cg) with ``channels_last``
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from .noalias import kernel
 
 # contract: fused multiply-adds.
 @kernel(fastmath={"contract"})
-def forward(x, offset, mask, has_mask, weight, bias, out, y0, kw, stride, pad, dil, first,
-            last):
-    """``out`` (the output of the tile's images, NCHW as (nb, G, Cg, Hout, Wout)) for tasks
-    ``first:last`` of (offset group, image, output row), like
-    ``deform_conv_kernels.sample_tasks``.
+def forward(x, offset, mask, has_mask, weight, bias, out, channels_last, y0, kw, stride, pad,
+            dil, first, last):
+    """``out`` (the output of the tile's images) for tasks ``first:last`` of (offset group,
+    image, output row), like ``deform_conv_kernels.sample_tasks``.
 
-    A task sums its row channels-last in a small buffer (vectorised over channels) and
-    writes it transposed: no channels-last output tensor, no separate transpose pass.
+    A task sums each pixel's channels (vectorised) in place in a ``channels_last`` output;
+    for an NCHW one, in a small row buffer that it then writes transposed: no separate
+    transpose pass.
     """
     nb, height, width, offset_groups, cin_og = x.shape
     rows, wout, kk = offset.shape[2], offset.shape[3], weight.shape[0]
@@ -39,7 +40,7 @@ def forward(x, offset, mask, has_mask, weight, bias, out, y0, kw, stride, pad, d
         n = task // rows - g * nb
         r = task % rows
         for col in range(wout):
-            dst = row[col]
+            dst = out[n, y0 + r, col, g] if channels_last else row[col]
             dst[:] = bias[g]
             for i in range(kh):
                 for j in range(kw):
@@ -57,6 +58,8 @@ def forward(x, offset, mask, has_mask, weight, bias, out, y0, kw, stride, pad, d
                     for t in range(cin_og):
                         dst[t] += wk[t] * (a00 * x00[t] + a01 * x01[t] + a10 * x10[t]
                                            + a11 * x11[t])
+        if channels_last:
+            continue
         for t in range(cin_og):
             out_row = out[n, g, t, y0 + r]
             for col in range(wout):
@@ -65,14 +68,15 @@ def forward(x, offset, mask, has_mask, weight, bias, out, y0, kw, stride, pad, d
 
 # reassoc lets LLVM vectorise the channel sums; no flag changes NaN/inf semantics.
 @kernel(fastmath={"reassoc", "contract"})
-def backward(x, offset, mask, has_mask, weight, grad_out, grad_offset, grad_mask, grad_x,
-             grad_weight, channel_blocks, need_offset_mask, need_input, y0, kw, stride, pad,
-             dil, first, last):
+def backward(x, offset, mask, has_mask, weight, grad_out, channels_last, grad_offset, grad_mask,
+             grad_x, grad_weight, channel_blocks, need_offset_mask, need_input, y0, kw, stride,
+             pad, dil, first, last):
     """Every gradient for tasks ``first:last`` of (image, channel block), as in
     ``deform_conv_kernels.backward_tile``.
 
-    ``grad_out`` is the output gradient of the tile's images, NCHW as (nb, G, Cg, Hout,
-    Wout); a task copies each of its rows channels-last into a small buffer first. A
+    ``grad_out`` is the output gradient of the tile's images; a task reads a
+    ``channels_last`` one in place and copies each row of an NCHW one channels-last into a
+    small buffer first. A
     sample's gradient run is ``grad_out[pixel] * weight[k]``; it gives the offset/mask
     gradients (``need_offset_mask``) and is scattered into ``grad_x`` (zero weights when
     not ``need_input``). ``grad_weight`` (tasks, kk, G, Cg) gets one part per task (the
@@ -89,14 +93,15 @@ def backward(x, offset, mask, has_mask, weight, grad_out, grad_offset, grad_mask
         run = np.empty(end - c, x.dtype)
         row = np.empty((offset_groups, wout, end - c), x.dtype)
         for r in range(rows):
-            for g in range(offset_groups):
-                for t in range(end - c):
-                    out_row = grad_out[n, g, c + t, y0 + r]
-                    for col in range(wout):
-                        row[g, col, t] = out_row[col]
+            if not channels_last:
+                for g in range(offset_groups):
+                    for t in range(end - c):
+                        out_row = grad_out[n, g, c + t, y0 + r]
+                        for col in range(wout):
+                            row[g, col, t] = out_row[col]
             for col in range(wout):
                 for g in range(offset_groups):
-                    go = row[g, col]
+                    go = grad_out[n, y0 + r, col, g, c:end] if channels_last else row[g, col]
                     for i in range(kh):
                         for j in range(kw):
                             k = i * kw + j
