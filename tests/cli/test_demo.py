@@ -21,7 +21,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
     out = tmp_path_factory.mktemp("demo")
     config = out / "demo.toml"  # the config-file path, with a flag overriding it
-    config.write_text("smoke = true\nval_size = 3\nseed = 5\n")
+    # channels-last here: eval and viz must rebuild the nets from their checkpoints so too
+    config.write_text("smoke = true\nval_size = 3\nseed = 5\nchannels_last = true\n")
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         code = main(["demo", "--config", str(config), "--val-size", "4", "--out", str(out)])
@@ -40,6 +41,7 @@ def test_demo_metrics_json(demo_run: tuple[Path, str]) -> None:
     out, _ = demo_run
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["settings"]["seed"] == 5 and summary["settings"]["val_size"] == 4
+    assert summary["settings"]["channels_last"] is True
     runs = summary["runs"]
     assert [runs[k]["deformable"] for k in runs] == [False, True, False]
     for run in runs.values():

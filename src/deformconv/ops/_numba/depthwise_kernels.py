@@ -76,11 +76,11 @@ def backward(x, offset, mask, has_mask, weight, grad_out, channels_last, grad_of
 
     ``grad_out`` is the output gradient of the tile's images; a task reads a
     ``channels_last`` one in place and copies each row of an NCHW one channels-last into a
-    small buffer first. A
-    sample's gradient run is ``grad_out[pixel] * weight[k]``; it gives the offset/mask
-    gradients (``need_offset_mask``) and is scattered into ``grad_x`` (zero weights when
-    not ``need_input``). ``grad_weight`` (tasks, kk, G, Cg) gets one part per task (the
-    caller zeroes and sums them): ``Σ_pixels grad_out * sample`` over the task's channels.
+    small buffer first. A sample's gradient run is ``grad_out[pixel] * weight[k]``; it
+    gives the offset/mask gradients (``need_offset_mask``) and is scattered into ``grad_x``
+    (zero weights when not ``need_input``). ``grad_weight`` (tasks, kk, G, Cg) gets one
+    part per task (the caller zeroes and sums them): ``Σ_pixels grad_out * sample`` over
+    the task's channels.
     """
     nb, height, width, offset_groups, cin_og = x.shape
     rows, wout, kk = offset.shape[2], offset.shape[3], weight.shape[0]
