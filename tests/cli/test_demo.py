@@ -21,8 +21,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
     out = tmp_path_factory.mktemp("demo")
     config = out / "demo.toml"  # the config-file path, with a flag overriding it
-    # channels-last here: eval and viz must rebuild the nets from their checkpoints so too
-    config.write_text("smoke = true\nval_size = 3\nseed = 5\nchannels_last = true\n")
+    config.write_text("smoke = true\nval_size = 3\nseed = 5\n")
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         code = main(["demo", "--config", str(config), "--val-size", "4", "--out", str(out)])
@@ -41,6 +40,7 @@ def test_demo_metrics_json(demo_run: tuple[Path, str]) -> None:
     out, _ = demo_run
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["settings"]["seed"] == 5 and summary["settings"]["val_size"] == 4
+    # channels-last by default: eval and viz rebuild the nets from their checkpoints so too
     assert summary["settings"]["channels_last"] is True
     runs = summary["runs"]
     assert [runs[k]["deformable"] for k in runs] == [False, True, False]
@@ -85,6 +85,15 @@ def test_demo_checkpoints_work_with_eval(capsys: pytest.CaptureFixture,
         assert code == 0, err
         result = json.loads((out / folder / "eval_metrics.json").read_text())
         assert result["metrics"]["miou"] == pytest.approx(summary["runs"][run]["metrics"]["miou"])
+
+
+def test_demo_no_channels_last_flag() -> None:
+    from deformconv.cli import build_parser
+    from deformconv.cli.demo import settings_from_args
+
+    parser, _ = build_parser()
+    assert settings_from_args(parser.parse_args(["demo"])).channels_last
+    assert not settings_from_args(parser.parse_args(["demo", "--no-channels-last"])).channels_last
 
 
 def test_demo_rejects_bad_sizes(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:

@@ -49,9 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--scene", action="append", default=[], metavar="KEY=VALUE",
                         help="synthetic scene option (repeatable), e.g. max_objects=2; see "
                              "deformconv.data.SceneConfig")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="store weights and images channels-last (faster steps on a CPU "
-                             "for both twins, the plain one's more; see docs/demo_seeds.md)")
+    parser.add_argument("--no-channels-last", action="store_true",
+                        help="store weights and images NCHW instead of channels-last (slower "
+                             "steps on a CPU for both twins)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny settings that run in seconds (for tests)")
@@ -65,8 +65,8 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         given["equal_time"] = False
     if args.no_progress:
         given["progress"] = False
-    if args.channels_last:
-        given["channels_last"] = True
+    if args.no_channels_last:
+        given["channels_last"] = False
     settings = DemoSettings.smoke(**given) if args.smoke else DemoSettings(**given)
     settings.scene = {**settings.scene, **parse_assignments(args.scene, "--scene")}
     if settings.image_size < 16:
