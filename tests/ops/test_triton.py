@@ -173,7 +173,8 @@ class TestDeformConv2d:
         assert torch.equal(results["grad_weight"], torch.zeros_like(tensors["weight"]))
 
     def test_strided_tensors_in_the_registered_op(self):
-        """Direct calls may hand any strides: NCHW, channels-last and sliced views."""
+        """Direct calls may hand any strides: NCHW, channels-last and sliced views; the
+        result is channels-last for a channels-last input, as on the CPU backends."""
         case = Case(n=2, cin=4, cout=6, groups=2, offset_groups=2, stride=(1, 2))
         tensors = _on_device(make_tensors(case, torch.float32, seed=9), torch.float32)
         expected = _conv_op(case)(**tensors)
@@ -190,6 +191,8 @@ class TestDeformConv2d:
                 strided(tensors["bias"]), strided(tensors["mask"]),
                 *case.stride, *case.padding, *case.dilation)
             torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+            assert out.is_contiguous(memory_format=torch.channels_last) == (x is x_cl)
+            assert out.is_contiguous() == (x is not x_cl)
 
     def test_opcheck(self):
         case = Case(n=1, cin=4, cout=2, groups=2, offset_groups=2, height=4, width=4)
