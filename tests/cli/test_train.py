@@ -260,3 +260,24 @@ def test_coco_folder_of_unreadable_images_is_a_one_line_error(capsys: pytest.Cap
     assert code == 2 and "Traceback" not in err and err.count("\n") == 1
     assert "none of the 2 samples of CocoDetection(" in err
     assert "skipped={'corrupt_image': 2}" in err
+
+
+def test_compact_fcn_trains_with_its_own_options(capsys: pytest.CaptureFixture,
+                                                 tmp_path: Path) -> None:
+    """The CPU-scale net has no ResNet backbone: no ResNet defaults are forced on it, its
+    own options pass through --model-arg, and the ResNet flags are refused clearly."""
+    tiny = ["--model", "compact_fcn", "--image-size", "32", "--train-size", "4", "--val-size",
+            "2", "--batch-size", "2", "--iterations", "2", "--no-progress"]
+    code, _, err = run_cli(capsys, "train", *tiny, "--model-arg", "widths=[4,4,4]",
+                           "--model-arg", "strides=[2,1,1]", "--model-arg", "deform_layers=1",
+                           "--model-arg", "channels_last=true", "--out", tmp_path / "run")
+    assert code == 0, err
+    spec = load_checkpoint(tmp_path / "run" / "last.pt")["extra"]["model"]
+    assert spec["name"] == "compact_fcn"
+    assert spec["kwargs"] == {"widths": [4, 4, 4], "strides": [2, 1, 1], "deform_layers": 1,
+                              "channels_last": True}
+    code, _, err = run_cli(capsys, "eval", tmp_path / "run" / "last.pt")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "train", *tiny, "--base-channels", "8", "--out",
+                           tmp_path / "refused")
+    assert code == 2 and "compact_fcn has no ResNet backbone" in err and "Traceback" not in err

@@ -126,19 +126,31 @@ def merge_kwargs(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Models without a ResNet backbone: the ResNet defaults and options do not apply to them.
+RESNET_FREE_MODELS = frozenset({"compact_fcn"})
+
+
 def from_scratch_spec(name: str, num_classes: int, *, image_size: int,
                       deformable: bool = True, base_channels: int | None = None,
                       deform_blocks: list[int] | None = None,
                       overrides: dict[str, Any] | None = None) -> ModelSpec:
-    """A ResNet-based model for C = ``num_classes`` object classes, trained from scratch.
+    """A model for C = ``num_classes`` object classes, trained from scratch.
 
-    Defaults suit training from random init: batch norm that learns (not frozen), nothing
-    frozen; detection images kept at their size, anchors scaled to ``image_size``.
-    ``overrides`` (nested dicts merge) have the last word.
+    Defaults suit training a ResNet-based model from random init: batch norm that learns
+    (not frozen), nothing frozen; detection images kept at their size, anchors scaled to
+    ``image_size``. ``overrides`` (nested dicts merge) have the last word. A model of
+    ``RESNET_FREE_MODELS`` gets its own defaults and ``overrides`` only.
     """
     from ..models import model_task
 
     task = model_task(name)
+    if name in RESNET_FREE_MODELS:
+        if base_channels is not None or deform_blocks is not None:
+            raise ValueError(f"{name} has no ResNet backbone: base channels and deformable "
+                             "blocks do not apply; give its own options (widths, "
+                             "deform_layers, ...) as overrides (--model-arg KEY=VALUE)")
+        return ModelSpec(name, num_classes + 1, deformable=deformable,
+                         kwargs=dict(overrides or {}))
     backbone: dict[str, Any] = {"norm_layer": "batch_norm", "frozen_stages": -1}
     if base_channels is not None:
         backbone["base_channels"] = base_channels
