@@ -9,8 +9,9 @@ the output's NCHW layout; otherwise the columns read as the channels-last image
 (``_ColumnsConv``). Backward (``_BackwardGemm``): the columns' gradient from one GEMM, then
 one kernel pass for the offset, mask and input gradients that also re-samples the columns
 in the same buffer for the weight gradient's GEMM. The column buffer never exceeds
-``WORKSPACE_BYTES``; it, the channels-last input and the input gradient's scatter target
-live in reusable per-thread workspace slots, so a call allocates little beyond its results.
+``WORKSPACE_BYTES``; it, the channels-last copy of an NCHW input (a channels-last input is
+read in place) and the input gradient's scatter target live in reusable per-thread
+workspace slots, so a call allocates little beyond its results.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def _images_array(images: Tensor, offset_groups: int) -> tuple[np.ndarray, bool]
     """(nb, C, H, W) images (the output or its gradient) as the kernels' array and their
     ``channels_last`` flag: a view of channels-last images, else an NCHW copy if needed."""
     pixels_last = images.permute(0, 2, 3, 1)
-    if images.shape[1] > 1 and tile_ops.is_dense(pixels_last):
+    if tile_ops.is_dense(pixels_last):
         return grouped(pixels_last, offset_groups), True
     nb, channels, height, width = images.shape
     return images.contiguous().view(nb, offset_groups, -1, height, width).numpy(), False
