@@ -34,6 +34,30 @@ def locate(offset, n, q, r, col, y, i, j, stride, pad, dil, height, width, slope
 
 
 @numba.njit(inline="always", cache=True)
+def row_positions(offset, mask, has_mask, n, g, r, y, kw, stride, pad, dil, height, width, cast,
+                  corner, corner_weight):
+    """Where the samples of offset group ``g`` in the tile's output row ``r`` (row ``y`` of
+    image ``n``) read, into ``row_scratch``-shaped buffers: ``corner[:, k, col]`` the corner
+    rows and columns ``(h0, h1, w0, w1)``, ``corner_weight[:, k, col]`` the value weights
+    times the mask, as ``cast``. A sample outside the plane reads corner (0, 0) with zero
+    weights. The loop over columns is branch-free, so LLVM vectorises it."""
+    kk, wout = corner.shape[1], corner.shape[2]
+    for i in range(kk // kw):
+        for j in range(kw):
+            k = i * kw + j
+            q = g * kk + k
+            for col in range(wout):
+                _, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = locate(
+                    offset, n, q, r, col, y, i, j, stride, pad, dil, height, width, False)
+                m = mask[n, q, r, col] if has_mask else 1.0
+                a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11, m, cast)
+                corner[0, k, col], corner[1, k, col] = h0, h1
+                corner[2, k, col], corner[3, k, col] = w0, w1
+                corner_weight[0, k, col], corner_weight[1, k, col] = a00, a01
+                corner_weight[2, k, col], corner_weight[3, k, col] = a10, a11
+
+
+@numba.njit(inline="always", cache=True)
 def value_weights(lh, lw, k00, k01, k10, k11, scale, cast):
     """The four corner weights of a sample times ``scale`` (the mask), as ``cast``."""
     return (cast(scale * (1 - lh) * (1 - lw) * k00), cast(scale * (1 - lh) * lw * k01),

@@ -1,13 +1,16 @@
 """Depthwise deform_conv2d on the CPU (groups = Cin = Cout): a direct kernel, no columns.
 
-Per tile of images × output rows the kernel samples the channels-last input and applies
-each channel's own kernel weights in the same pass, writing the NCHW output row by row
-(through a small channels-last row buffer); the backward reads the NCHW output gradient
-the same way and does every gradient in one pass over the same samples. A GEMM per channel
+Per tile of images × output rows the forward kernel finds an output row's sample positions,
+then samples the channels-last input and applies each channel's own kernel weights in one
+pass over the channels, writing a channels-last output in place and an NCHW one row by row
+(through a small channels-last row buffer); the backward reads the output gradient the
+same way and does every gradient in one pass over the same samples. A GEMM per channel
 would multiply 1 × kk by kk × pixels: columns cost more than they save there.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 import torch
@@ -17,7 +20,7 @@ from .._workspace import tiles
 from ..arguments import memory_format
 from . import deform_conv_tiles as tile_ops
 from . import depthwise_kernels as kernels
-from .deform_conv_kernels import sample_tasks
+from .deform_conv_kernels import row_scratch, sample_tasks
 from .deform_conv_tiles import Geometry, TileData, grouped
 from .threads import run_tasks
 
@@ -64,7 +67,7 @@ def forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
                   data.offset.numpy(),
                   data.mask.numpy(), data.has_mask, grouped(weight_k, groups),
                   grouped(bias_g, groups), *_images_array(out_images, groups), tile.y0, kw,
-                  *geometry)
+                  *geometry, scratch=partial(row_scratch, kh * kw, wout, data.x.dtype))
     return out
 
 

@@ -23,6 +23,7 @@ from .channel_runs import (
     blend,
     block_task,
     locate,
+    row_positions,
     scatter_corners,
     slopes,
     store_slopes,
@@ -63,25 +64,13 @@ def sample_columns(x, offset, mask, has_mask, columns, y0, kw, stride, pad, dil,
     """
     nb, height, width = x.shape[:3]
     offset_groups, cin_og, rows, wout, kk = _tile_dims(x, offset, columns)
-    kh = kk // kw
     cast = columns.dtype.type
     for task in range(first, last):
         g = task // (nb * rows)
         n = task // rows - g * nb
         r = task % rows
-        for i in range(kh):
-            for j in range(kw):
-                k = i * kw + j
-                q = g * kk + k
-                for col in range(wout):
-                    _, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = locate(
-                        offset, n, q, r, col, y0 + r, i, j, stride, pad, dil, height, width, False)
-                    m = mask[n, q, r, col] if has_mask else 1.0
-                    a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11, m, cast)
-                    corner[0, k, col], corner[1, k, col] = h0, h1
-                    corner[2, k, col], corner[3, k, col] = w0, w1
-                    corner_weight[0, k, col], corner_weight[1, k, col] = a00, a01
-                    corner_weight[2, k, col], corner_weight[3, k, col] = a10, a11
+        row_positions(offset, mask, has_mask, n, g, r, y0 + r, kw, stride, pad, dil, height,
+                      width, cast, corner, corner_weight)
         for col in range(wout):
             for k in range(kk):
                 h0, h1 = corner[0, k, col], corner[1, k, col]

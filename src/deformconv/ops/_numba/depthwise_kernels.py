@@ -15,49 +15,54 @@ from __future__ import annotations
 
 import numpy as np
 
-from .channel_runs import block_task, locate, scatter_corners, slopes, store_slopes, value_weights
+from .channel_runs import (
+    block_task,
+    locate,
+    row_positions,
+    scatter_corners,
+    slopes,
+    store_slopes,
+    value_weights,
+)
 from .noalias import kernel
 
 
 # contract: fused multiply-adds.
 @kernel(fastmath={"contract"})
 def forward(x, offset, mask, has_mask, weight, bias, out, channels_last, y0, kw, stride, pad,
-            dil, first, last):
+            dil, corner, corner_weight, first, last):
     """``out`` (the output of the tile's images) for tasks ``first:last`` of (offset group,
     image, output row), like ``deform_conv_kernels.sample_tasks``.
 
-    A task sums each pixel's channels (vectorised) in place in a ``channels_last`` output;
-    for an NCHW one, in a small row buffer that it then writes transposed: no separate
-    transpose pass.
+    Two passes per task, as in ``sample_columns``: the row's sample positions into
+    ``corner`` / ``corner_weight`` (``row_scratch``), then per pixel the channel sums
+    (vectorised), in place in a ``channels_last`` output; for an NCHW one, in a small row
+    buffer that the task then writes transposed: no separate transpose pass.
     """
     nb, height, width, offset_groups, cin_og = x.shape
     rows, wout, kk = offset.shape[2], offset.shape[3], weight.shape[0]
-    kh = kk // kw
     cast = x.dtype.type
     row = np.empty((wout, cin_og), x.dtype)
     for task in range(first, last):
         g = task // (nb * rows)
         n = task // rows - g * nb
         r = task % rows
+        row_positions(offset, mask, has_mask, n, g, r, y0 + r, kw, stride, pad, dil, height,
+                      width, cast, corner, corner_weight)
         for col in range(wout):
             dst = out[n, y0 + r, col, g] if channels_last else row[col]
             dst[:] = bias[g]
-            for i in range(kh):
-                for j in range(kw):
-                    k = i * kw + j
-                    q = g * kk + k
-                    inside, h0, h1, w0, w1, lh, lw, k00, k01, k10, k11 = locate(
-                        offset, n, q, r, col, y0 + r, i, j, stride, pad, dil, height, width, False)
-                    if not inside:
-                        continue
-                    m = mask[n, q, r, col] if has_mask else 1.0
-                    a00, a01, a10, a11 = value_weights(lh, lw, k00, k01, k10, k11, m, cast)
-                    wk = weight[k, g]
-                    x00, x01 = x[n, h0, w0, g], x[n, h0, w1, g]
-                    x10, x11 = x[n, h1, w0, g], x[n, h1, w1, g]
-                    for t in range(cin_og):
-                        dst[t] += wk[t] * (a00 * x00[t] + a01 * x01[t] + a10 * x10[t]
-                                           + a11 * x11[t])
+            for k in range(kk):
+                h0, h1 = corner[0, k, col], corner[1, k, col]
+                w0, w1 = corner[2, k, col], corner[3, k, col]
+                a00, a01 = corner_weight[0, k, col], corner_weight[1, k, col]
+                a10, a11 = corner_weight[2, k, col], corner_weight[3, k, col]
+                wk = weight[k, g]
+                x00, x01 = x[n, h0, w0, g], x[n, h0, w1, g]
+                x10, x11 = x[n, h1, w0, g], x[n, h1, w1, g]
+                for t in range(cin_og):
+                    dst[t] += wk[t] * (a00 * x00[t] + a01 * x01[t] + a10 * x10[t]
+                                       + a11 * x11[t])
         if channels_last:
             continue
         for t in range(cin_og):
