@@ -634,6 +634,26 @@ class TestChannelsLast:
         fast_op(case)(**tensors)
         assert seen == [tensors["input"].data_ptr()]
 
+
+    @pytest.mark.parametrize("mode", ["none", "bands"])
+    @pytest.mark.parametrize("name", ["columns", "depthwise"])
+    def test_input_gradient_is_scattered_in_place(self, monkeypatch, name, mode):
+        """The backward kernels scatter a channels-last input's gradient into the returned
+        tensor itself, across row bands too: no copy from a workspace afterwards."""
+        def no_copy(*args):
+            raise AssertionError("the input gradient was copied")
+
+        monkeypatch.setattr(tiles_module, "store_channels_first", no_copy)
+        if mode != "none":
+            for module in (numba_backend, depthwise_backend):
+                monkeypatch.setattr(module, "tiles", _forced_tiles(mode, [], 2))
+        case = CHANNELS_LAST_CASES[name]
+        tensors = make_tensors(case, torch.float64, seed=4)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64,
+                               generator=torch.Generator().manual_seed(5))
+        expected = expected_results(case, tensors, grad_out)
+        actual = run_with_grads(fast_op(case), channels_last(tensors), grad_out)
+        assert_results_close(actual, expected, TOLERANCE[torch.float64])
     @pytest.mark.parametrize("name", ["columns", "depthwise"])
     def test_backward_op_takes_either_gradient_layout(self, name):
         """The public backward op with an NCHW input and a channels-last output gradient

@@ -276,7 +276,7 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
         if need_columns_grad:
             columns = gemm.grad_columns(grad_out_tile, data.columns_shape())
             blocks = tile_ops.channel_blocks(tile.n1 - tile.n0, data.x.shape[4], columns.numel())
-            grads = tile_ops.TileGradients(tile, x_cl, grad_x, grad_offset,
+            grads = tile_ops.TileGradients(tile, x_cl, grad_x, grad_input, grad_offset,
                                            None if mask is None else grad_mask, blocks,
                                            need_input)
             groups = data.offset_groups
@@ -287,7 +287,7 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
                 grouped(grads.grad_x, groups), blocks, need_offset_mask, need_input, tile.y0,
                 kw, *geometry,
             )
-            grads.store(grad_input, hout, need_input, need_offset_mask)
+            grads.store(hout, need_input, need_offset_mask)
             grad_x = grads.grad_x
         else:
             columns = _sample(data, tile, kw, geometry)

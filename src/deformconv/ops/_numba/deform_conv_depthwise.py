@@ -95,7 +95,7 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
         grad_out_images = grad_out[tile.n0 : tile.n1]
         work = grad_out_images[:, :, tile.y0 : tile.y1].numel() * kh * kw
         blocks = tile_ops.channel_blocks(nb, data.x.shape[4], work)
-        grads = tile_ops.TileGradients(tile, x_cl, grad_x, grad_offset,
+        grads = tile_ops.TileGradients(tile, x_cl, grad_x, grad_input, grad_offset,
                                        None if mask is None else grad_mask, blocks, need_input)
         grad_weight_parts = weight.new_zeros(nb * blocks, kh * kw, channels)
         run_tasks(
@@ -106,7 +106,7 @@ def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
             kw, *geometry,
         )
         grad_weight += grad_weight_parts.sum(0)
-        grads.store(grad_input, hout, need_input, need_offset_mask)
+        grads.store(hout, need_input, need_offset_mask)
         grad_x = grads.grad_x
     if not need_weight:
         return grad_input, grad_offset, torch.zeros_like(weight), grad_mask

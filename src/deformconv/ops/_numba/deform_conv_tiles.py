@@ -126,32 +126,45 @@ def gradient_outputs(input: Tensor, offset: Tensor, mask: Tensor | None, need_in
     return grad_input, grad_offset, grad_mask
 
 
+def input_gradient_target(grad_input: Tensor, x_cl: Tensor, need_input: bool) -> Tensor:
+    """Where a backward kernel scatters the input gradient of images whose ``grad_input``
+    (nb, C, H, W) is given, as (nb, H, W, C), zeroed if ``need_input``: ``grad_input``
+    itself when it is channels-last (no copy afterwards), else a workspace slot."""
+    pixels_last = grad_input.permute(0, 2, 3, 1)
+    if need_input and is_dense(pixels_last):
+        return pixels_last.zero_()
+    target = workspace(tuple(x_cl.shape), x_cl.dtype, slot="grad_x")
+    if need_input:
+        target.zero_()
+    return target
+
+
 class TileGradients:
     """Where a backward tile's kernel writes: the offset/mask gradient parts
-    (``gradient_parts``) and the channels-last input gradient of the tile's images (a
-    workspace slot, zeroed on their first band and kept for the next bands)."""
+    (``gradient_parts``) and the channels-last input gradient of the tile's images
+    (``input_gradient_target``, set up on their first band and kept for the next bands)."""
 
-    def __init__(self, tile: Tile, x_cl: Tensor, previous_grad_x: Tensor, grad_offset: Tensor,
-                 grad_mask: Tensor | None, blocks: int, need_input: bool) -> None:
+    def __init__(self, tile: Tile, x_cl: Tensor, previous_grad_x: Tensor, grad_input: Tensor,
+                 grad_offset: Tensor, grad_mask: Tensor | None, blocks: int,
+                 need_input: bool) -> None:
         self.tile = tile
+        self.grad_input = grad_input[tile.n0 : tile.n1]
         self.grad_offset = grad_offset
         self.grad_mask = grad_mask
         self.grad_x = previous_grad_x
         if tile.y0 == 0:
-            self.grad_x = workspace(tuple(x_cl.shape), x_cl.dtype, slot="grad_x")
-            if need_input:
-                self.grad_x.zero_()
+            self.grad_x = input_gradient_target(self.grad_input, x_cl, need_input)
         self.offset_parts = gradient_parts(grad_offset, tile, blocks)
         self.mask_parts = (grad_offset.new_empty(1, 1, 1, 1, 1) if grad_mask is None
                            else gradient_parts(grad_mask, tile, blocks))
 
-    def store(self, grad_input: Tensor, rows: int, need_input: bool,
-              need_offset_mask: bool) -> None:
+    def store(self, rows: int, need_input: bool, need_offset_mask: bool) -> None:
         """Add up the parts; after the last of ``rows`` output rows, write the images' input
-        gradient into ``grad_input`` (NCHW)."""
+        gradient into ``grad_input`` (unless the kernel wrote it there)."""
         if need_offset_mask:
             store_parts(self.grad_offset, self.tile, self.offset_parts)
             if self.grad_mask is not None:
                 store_parts(self.grad_mask, self.tile, self.mask_parts)
-        if need_input and self.tile.y1 == rows:
-            store_channels_first(grad_input[self.tile.n0 : self.tile.n1], self.grad_x)
+        if (need_input and self.tile.y1 == rows
+                and self.grad_x.data_ptr() != self.grad_input.data_ptr()):
+            store_channels_first(self.grad_input, self.grad_x)
