@@ -73,8 +73,7 @@ def blend(dst, a00, a01, a10, a11, x00, x01, x10, x11):
 
 @numba.njit(inline="always", cache=True)
 def slopes(run, x00, x01, x10, x11, lh, lw, k00, k01, k10, k11, zero):
-    """``<run, d sample / d h>``, ``<run, d sample / d w>`` and ``<run, sample>`` of one
-    sample (no mask), from the four corner dot products ``<run, corner run>``."""
+    """``dot_slopes`` of one sample (no mask) from its gradient ``run`` and corner runs."""
     d00 = zero
     d01 = zero
     d10 = zero
@@ -85,6 +84,13 @@ def slopes(run, x00, x01, x10, x11, lh, lw, k00, k01, k10, k11, zero):
         d01 += gcol * x01[t]
         d10 += gcol * x10[t]
         d11 += gcol * x11[t]
+    return dot_slopes(d00, d01, d10, d11, lh, lw, k00, k01, k10, k11)
+
+
+@numba.njit(inline="always", cache=True)
+def dot_slopes(d00, d01, d10, d11, lh, lw, k00, k01, k10, k11):
+    """``<run, d sample / d h>``, ``<run, d sample / d w>`` and ``<run, sample>`` of one
+    sample (no mask) from the four corner dot products ``d00 .. d11 = <run, corner run>``."""
     slope_h = lw * (k11 * d11 - k01 * d01) + (1 - lw) * (k10 * d10 - k00 * d00)
     slope_w = lh * (k11 * d11 - k10 * d10) + (1 - lh) * (k01 * d01 - k00 * d00)
     value = (1 - lh) * ((1 - lw) * k00 * d00 + lw * k01 * d01) + lh * (
