@@ -79,6 +79,7 @@ FULL = [
     Case("early, batch 8", 8, 64, 64, 56, 56),
     Case("small", 32, 32, 32, 28, 28),
     Case("depthwise", 8, 256, 256, 56, 56, groups=256),
+    Case("depthwise, 64 ch", 8, 64, 64, 56, 56, groups=64),
     Case("small", 32, 32, 32, 28, 28, channels_last=True),
     Case("depthwise", 8, 256, 256, 56, 56, groups=256, channels_last=True),
 ]
