@@ -26,6 +26,7 @@ Four tables, every ratio measured in the same run:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import subprocess
@@ -135,19 +136,31 @@ def make_inputs(case: Case, requires_grad: bool) -> dict[str, torch.Tensor]:
     return tensors
 
 
+MAX_REPEATS = 50
+
+
 def best_times(ops: dict[str, Callable[[], object]], repeats: int,
-               clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
-    """Best-of-``repeats`` seconds per op; the ops take turns in each round, so a burst of
-    load from elsewhere hits them alike instead of one op's whole series."""
+               clock: Callable[[], float] = time.perf_counter,
+               min_seconds: float = 0.0) -> dict[str, float]:
+    """Best time in seconds per op, of ``repeats`` runs or, for a fast op, of as many as
+    fill ``min_seconds`` (at most ``MAX_REPEATS``): a minimum over more runs is less
+    likely to have met only bursts of load from elsewhere. The ops take turns in each
+    round, so such a burst hits them alike instead of one op's whole series."""
     for fn in ops.values():
         fn()  # warm-up (compiles, allocates)
     times: dict[str, list[float]] = {name: [] for name in ops}
-    for _ in range(repeats):
-        for name, fn in ops.items():
+    runs: dict[str, int] = {}
+    while True:
+        pending = [name for name in ops if len(times[name]) < runs.get(name, 1)]
+        if not pending:
+            return {name: min(series) for name, series in times.items()}
+        for name in pending:
             start = clock()
-            fn()
+            ops[name]()
             times[name].append(clock() - start)
-    return {name: min(series) for name, series in times.items()}
+            if name not in runs:
+                wanted = math.ceil(min_seconds / max(times[name][0], 1e-9))
+                runs[name] = max(repeats, min(MAX_REPEATS, wanted))
 
 
 def op_runners(case: Case, backward: bool) -> dict[str, Callable[[], object]]:
@@ -181,13 +194,14 @@ def print_table(header: list[str], widths: list[int]) -> Callable[[list[str]], N
     return row
 
 
-def bench_ops(cases: list[Case], repeats: int, clock: Callable[[], float]) -> None:
+def bench_ops(cases: list[Case], repeats: int, clock: Callable[[], float],
+              min_seconds: float) -> None:
     row = print_table(["shape (N,Cin,Cout,H,W) dil/G", "pass", "ours ms", "conv2d ms", "tv ms",
                        "ours/conv2d", "tv/ours"], [46, 8, 8, 9, 8, 11, 7])
     for case in cases:
         for backward in case.backward:
             with torch.enable_grad() if backward else torch.no_grad():
-                times = best_times(op_runners(case, backward), repeats, clock)
+                times = best_times(op_runners(case, backward), repeats, clock, min_seconds)
             tv = times.get("torchvision", float("nan"))
             row([case.label(), "fwd+bwd" if backward else "fwd", f"{times['ours'] * 1e3:.1f}",
                  f"{times['conv2d'] * 1e3:.1f}", f"{tv * 1e3:.1f}",
@@ -416,6 +430,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, a few seconds")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--min-seconds", type=float, default=1.0,
+                        help="ops table: time a fast op for at least this long (up to "
+                             f"{MAX_REPEATS} runs; default 1, 0 with --quick)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time by the process's CPU time instead of the wall clock: with one "
                              "thread (OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1), the work done, "
@@ -444,9 +461,11 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}, "
-          f"{'CPU time' if args.cpu_time else 'wall clock'}, best of {args.repeats}")
+          f"{'CPU time' if args.cpu_time else 'wall clock'}, best of {args.repeats} "
+          f"(ops: of up to {MAX_REPEATS} runs filling {args.min_seconds:g} s)")
     if "ops" in sections:
-        bench_ops(QUICK if args.quick else FULL, args.repeats, clock)
+        bench_ops(QUICK if args.quick else FULL, args.repeats, clock,
+                  0.0 if args.quick else args.min_seconds)
     if "modules" in sections:
         print()
         bench_modules(QUICK_MODULE_CASES if args.quick else MODULE_CASES,
