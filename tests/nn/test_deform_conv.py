@@ -51,6 +51,32 @@ class TestDeformConv2d:
                                            (1, 1), (1, 1), (1, 1), predicted[:, 36:].sigmoid())
         torch.testing.assert_close(conv(x), expected, rtol=1e-4, atol=1e-5)
 
+    @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+    def test_result_and_gradients_keep_the_input_layout(self, layout):
+        """What the module returns, and the input gradient, have the input's layout (as
+        with nn.Conv2d), and all values are those of the NCHW computation (float64)."""
+        conv = DeformConv2d(4, 3, 3, padding=1, offset_groups=2, modulated=True).double()
+        nn.init.normal_(conv.conv_offset.weight, std=0.3)
+        x = torch.randn(2, 4, 6, 5, dtype=torch.float64)
+        grad = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+        params = [conv.weight, conv.bias, conv.conv_offset.weight, conv.conv_offset.bias]
+
+        def run(images: torch.Tensor, forward) -> tuple[torch.Tensor, ...]:
+            images = images.clone().requires_grad_()
+            out = forward(images)
+            return (out, *torch.autograd.grad(out, [images, *params], grad))
+
+        def plain(images: torch.Tensor) -> torch.Tensor:
+            predicted = conv.conv_offset(images)
+            return conv.deform_conv(images, predicted[:, :36], predicted[:, 36:].sigmoid())
+
+        actual = run(x.contiguous(memory_format=layout), conv)
+        expected = run(x, plain)
+        assert actual[0].is_contiguous(memory_format=layout)
+        assert actual[1].is_contiguous(memory_format=layout)
+        for a, e in zip(actual, expected, strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+
     def test_offset_branch_gets_gradient_at_zero_init(self):
         conv = DeformConv2d(4, 4, 3, padding=1, offset_groups=2)
         conv(torch.randn(2, 4, 8, 8)).square().sum().backward()
