@@ -38,9 +38,9 @@ def _weight_by_kernel_point(weight: Tensor) -> Tensor:
 def _images_array(images: Tensor, offset_groups: int) -> tuple[np.ndarray, bool]:
     """(nb, C, H, W) images (the output or its gradient) as the kernels' array and their
     ``channels_last`` flag: a view of channels-last images, else an NCHW copy if needed."""
-    pixels_last = images.permute(0, 2, 3, 1)
-    if tile_ops.is_dense(pixels_last):
-        return grouped(pixels_last, offset_groups), True
+    view = tile_ops.pixels_last_view(images)
+    if view is not None:
+        return grouped(view, offset_groups), True
     nb, channels, height, width = images.shape
     return images.contiguous().view(nb, offset_groups, -1, height, width).numpy(), False
 

@@ -48,22 +48,27 @@ def channels_last(input: Tensor, tile: Tile, cache: dict, slot: str = "x") -> Te
     (``cache`` remembers them)."""
     key = (tile.n0, tile.n1)
     if cache.get("key") != key:
-        images = input[tile.n0 : tile.n1].permute(0, 2, 3, 1)
+        images = input[tile.n0 : tile.n1]
+        view = pixels_last_view(images)
+        if view is None:
+            pixels_last = images.permute(0, 2, 3, 1)
+            view = workspace(tuple(pixels_last.shape), input.dtype, slot=slot).copy_(pixels_last)
         cache["key"] = key
-        cache["value"] = images if is_dense(images) else workspace(
-            tuple(images.shape), input.dtype, slot=slot).copy_(images)
+        cache["value"] = view
     return cache["value"]
 
 
-def is_dense(tensor: Tensor) -> bool:
-    """Whether ``tensor`` has the strides of a contiguous tensor of its shape, size-1 axes
-    included (a Numba array typed C-contiguous is indexed with its strides)."""
+def pixels_last_view(images: Tensor) -> Tensor | None:
+    """(nb, C, H, W) images stored channels-last as the (nb, H, W, C) view the kernels read
+    and write in place, else None. The view's strides must be exactly a contiguous
+    tensor's, size-1 axes included: a Numba array typed C-contiguous is indexed with them."""
+    view = images.permute(0, 2, 3, 1)
     expected = 1
-    for size, stride in zip(reversed(tensor.shape), reversed(tensor.stride()), strict=True):
+    for size, stride in zip(reversed(view.shape), reversed(view.stride()), strict=True):
         if stride != expected:
-            return False
+            return None
         expected *= size
-    return True
+    return view
 
 
 class TileData:
@@ -130,9 +135,9 @@ def input_gradient_target(grad_input: Tensor, x_cl: Tensor, need_input: bool) ->
     """Where a backward kernel scatters the input gradient of images whose ``grad_input``
     (nb, C, H, W) is given, as (nb, H, W, C), zeroed if ``need_input``: ``grad_input``
     itself when it is channels-last (no copy afterwards), else a workspace slot."""
-    pixels_last = grad_input.permute(0, 2, 3, 1)
-    if need_input and is_dense(pixels_last):
-        return pixels_last.zero_()
+    view = pixels_last_view(grad_input)
+    if need_input and view is not None:
+        return view.zero_()
     target = workspace(tuple(x_cl.shape), x_cl.dtype, slot="grad_x")
     if need_input:
         target.zero_()
