@@ -1,4 +1,5 @@
-"""How the Numba kernels use threads: small calls on one, task chunks on Python threads.
+"""How the Numba kernels use threads: small calls on one, task chunks on torch's OpenMP
+team (else on Python threads).
 
 Waking Numba's thread pool for a parallel loop costs microseconds on an idle machine but
 can take 10+ ms on a busy one, far more than a small RoI pooling call computes.
@@ -6,6 +7,8 @@ can take 10+ ms on a busy one, far more than a small RoI pooling call computes.
 
 from __future__ import annotations
 
+import ctypes
+import itertools
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -78,6 +81,95 @@ _workers = _Workers()
 os.register_at_fork(after_in_child=_workers.forget)
 
 
+# GNU OpenMP's entry point for a parallel region (also exported by Intel's runtime):
+# GOMP_parallel(body, data, threads, flags) runs body(data) on each thread of the calling
+# thread's team, the caller included, and returns when all are done.
+_TEAM_BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+def _openmp_parallel() -> Callable[..., None] | None:
+    """``GOMP_parallel`` of the OpenMP runtime torch has loaded, or None (torch built
+    without GNU or Intel OpenMP, or a platform without ``RTLD_NOLOAD``)."""
+    if not hasattr(os, "RTLD_NOLOAD"):
+        return None
+    for name in ("libgomp.so.1", "libiomp5.so"):
+        try:  # only a runtime already in the process: never load a second one
+            function = ctypes.CDLL(name, mode=os.RTLD_NOLOAD).GOMP_parallel
+        except (OSError, AttributeError):
+            continue
+        function.argtypes = [_TEAM_BODY, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+        function.restype = None
+        return function
+    return None
+
+
+class _TeamJob:
+    """One ``run_on_team`` call: chunks ``0 .. chunks-1`` of ``call``, handed out in order
+    to whichever team thread asks next."""
+
+    def __init__(self, call: Callable[[int], None], chunks: int) -> None:
+        self.call = call
+        self.chunks = chunks
+        self.next_chunk = itertools.count()  # next() is atomic under the GIL
+        self.error: BaseException | None = None
+
+
+_team_jobs: dict[int, _TeamJob] = {}
+_team_job_ids = itertools.count(1)
+
+
+@_TEAM_BODY
+def _team_body(job_id: int) -> None:
+    """What each team thread runs: chunks until none is left (or one failed). The kernels
+    release the GIL, so the threads only take it to start each chunk."""
+    job = _team_jobs[job_id]
+    while job.error is None:
+        chunk = next(job.next_chunk)
+        if chunk >= job.chunks:
+            return
+        try:
+            job.call(chunk)
+        except BaseException as error:  # re-raised by run_on_team in the caller
+            job.error = error
+
+
+_openmp_team = _openmp_parallel()
+
+
+def _forget_team_in_child() -> None:
+    """A forked child has none of the parent's team threads, and GNU OpenMP would wait for
+    them forever: the child's chunks go to Python threads."""
+    global _openmp_team
+    _openmp_team = None
+
+
+os.register_at_fork(after_in_child=_forget_team_in_child)
+
+
+def run_on_team(call: Callable[[int], None], chunks: int) -> bool:
+    """Run ``call(0) .. call(chunks-1)`` on ``chunks`` threads of torch's OpenMP team;
+    False (nothing run) where that runtime is not available.
+
+    After each op torch's OpenMP threads spin for milliseconds before they sleep, on the
+    very cores Python threads would need: a kernel's chunks on Python threads right after
+    a torch op took 1.5-1.8× as long as on the team (benchmarks/README.md). On the team
+    the spinning threads take the chunks at once. A failed chunk's exception is raised
+    here once every thread is done.
+    """
+    if _openmp_team is None:
+        return False
+    job = _TeamJob(call, chunks)
+    job_id = next(_team_job_ids)
+    _team_jobs[job_id] = job
+    try:
+        _openmp_team(_team_body, job_id, chunks, 0)  # ctypes releases the GIL meanwhile
+    finally:
+        del _team_jobs[job_id]
+    if job.error is not None:
+        raise job.error
+    return True
+
+
 def task_threads(work: int) -> int:
     """Threads ``run_tasks`` uses for ``work`` inner iterations: all Numba threads, or one
     below ``SERIAL_WORK``."""
@@ -90,11 +182,10 @@ def run_tasks(kernel: Callable[..., None], tasks: int, work: int, *args: object,
     chunk per Numba thread (``numba.get_num_threads()``), ``work`` inner iterations in all;
     ``scratch`` (optional) makes each chunk's own buffers.
 
-    The kernels are serial ``nogil`` functions and the chunks run on Python threads (the
-    caller runs one): a serial kernel compiles in half the time of a ``parallel=True`` one,
-    and idle Python threads block instead of spinning, so they neither compete with torch's
-    OpenMP threads between calls nor stall when the machine is busy. Calls with less than
-    ``SERIAL_WORK`` run on the calling thread alone.
+    The kernels are serial ``nogil`` functions (a serial kernel compiles in half the time of
+    a ``parallel=True`` one). Their chunks run on torch's OpenMP team (``run_on_team``) or,
+    without one, on Python threads (the caller runs one), which block when idle instead of
+    spinning. Calls with less than ``SERIAL_WORK`` run on the calling thread alone.
     """
     chunks = min(tasks, task_threads(work))
 
@@ -105,6 +196,8 @@ def run_tasks(kernel: Callable[..., None], tasks: int, work: int, *args: object,
         call(0, tasks)
         return
     bounds = [i * tasks // chunks for i in range(chunks + 1)]
+    if run_on_team(lambda chunk: call(bounds[chunk], bounds[chunk + 1]), chunks):
+        return
     pool = _workers.get(chunks - 1)
     futures = [pool.submit(call, bounds[i], bounds[i + 1]) for i in range(1, chunks)]
     try:

@@ -1,0 +1,111 @@
+"""The Numba kernels' chunks on torch's OpenMP team (``ops._numba.threads.run_on_team``)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+
+import pytest
+import torch
+
+from deformconv.ops import deform_conv2d
+from deformconv.ops._numba import threads as threads_module
+
+needs_team = pytest.mark.skipif(
+    threads_module._openmp_team is None, reason="torch runs without GNU or Intel OpenMP here")
+
+
+@needs_team
+@pytest.mark.parametrize("chunks", [2, 3, 7])
+def test_every_chunk_runs_once(chunks: int) -> None:
+    done: list[int] = []
+    assert threads_module.run_on_team(done.append, chunks)  # list.append is atomic
+    assert sorted(done) == list(range(chunks))
+    assert threads_module._team_jobs == {}
+
+
+@needs_team
+def test_chunks_run_at_once_on_different_threads() -> None:
+    """Each chunk waits for the other: this returns only if two threads run them."""
+    barrier = threading.Barrier(2, timeout=30)
+    threads: set[int] = set()
+
+    def call(chunk: int) -> None:
+        threads.add(threading.get_ident())
+        barrier.wait()
+
+    assert threads_module.run_on_team(call, 2)
+    assert len(threads) == 2
+
+
+@needs_team
+def test_a_failed_chunk_raises_in_the_caller_and_the_team_runs_again() -> None:
+    def call(chunk: int) -> None:
+        if chunk == 1:
+            raise ValueError(f"chunk {chunk} failed")
+
+    with pytest.raises(ValueError, match="chunk 1 failed"):
+        threads_module.run_on_team(call, 2)
+    assert threads_module._team_jobs == {}
+    done: list[int] = []
+    assert threads_module.run_on_team(done.append, 2)
+    assert sorted(done) == [0, 1]
+
+
+def test_without_openmp_nothing_runs_and_run_tasks_uses_python_threads(monkeypatch) -> None:
+    monkeypatch.setattr(threads_module, "_openmp_team", None)
+    assert not threads_module.run_on_team(lambda chunk: pytest.fail("ran"), 2)
+    monkeypatch.setattr(threads_module, "task_threads", lambda work: 2)
+    ranges: list[tuple[int, int]] = []
+    threads_module.run_tasks(lambda first, last: ranges.append((first, last)), 5, 0)
+    assert sorted(ranges) == [(0, 2), (2, 5)]
+
+
+def test_team_and_python_threads_give_the_same_gradients(monkeypatch) -> None:
+    """Every kernel call in chunks (``SERIAL_WORK`` 0) on two threads: the team and the
+    Python threads give bit for bit the same forward and gradients."""
+    monkeypatch.setattr(threads_module, "SERIAL_WORK", 0)
+    monkeypatch.setattr(threads_module, "task_threads", lambda work: 2)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 8, 9, 11, generator=g)
+    weight = torch.randn(8, 8, 3, 3, generator=g)
+    offset = torch.randn(3, 18, 9, 11, generator=g) * 2
+    results = []
+    for team in (threads_module._openmp_team, None):
+        monkeypatch.setattr(threads_module, "_openmp_team", team)
+        inputs = [t.clone().requires_grad_() for t in (x, offset, weight)]
+        out = deform_conv2d(inputs[0], inputs[1], inputs[2], padding=1)
+        out.backward(torch.ones_like(out))
+        results.append([out.detach(), *(t.grad for t in inputs)])
+    for team_result, python_result in zip(*results, strict=True):
+        assert torch.equal(team_result, python_result)
+
+
+def _chunked_forward_in_child(queue, tensors) -> None:
+    torch.set_num_threads(1)  # as DataLoader workers do: torch's own ops run serially
+    queue.put(deform_conv2d(*tensors, padding=1).numpy())  # by value: the child exits
+
+
+@needs_team
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_runs_chunks_after_the_parent_used_the_team(monkeypatch) -> None:
+    """GNU OpenMP in a forked child waits forever for the parent's team threads: the
+    child's chunks must go to Python threads instead."""
+    monkeypatch.setattr(threads_module, "SERIAL_WORK", 0)
+    monkeypatch.setattr(threads_module, "task_threads", lambda work: 2)
+    g = torch.Generator().manual_seed(0)
+    tensors = (torch.randn(2, 4, 6, 6, generator=g), torch.randn(2, 18, 6, 6, generator=g),
+               torch.randn(4, 4, 3, 3, generator=g))
+    expected = deform_conv2d(*tensors, padding=1)  # the parent's team has run
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_chunked_forward_in_child, args=(queue, tensors))
+    child.start()
+    try:
+        result = queue.get(timeout=60)
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+    assert torch.equal(torch.from_numpy(result), expected)
