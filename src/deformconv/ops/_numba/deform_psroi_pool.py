@@ -1,9 +1,10 @@
 """deform_psroi_pool on the CPU: Numba kernels over NCHW planes.
 
-Bin ``(ctop, i, j)`` of a RoI reads one input channel ``(ctop*G + gh)*G + gw``. Forward runs
-in parallel over RoIs × output channels; the input gradient over input channels (each
-thread owns whole planes of ``grad_input``: no races); the offset gradient over
-RoIs × classes (each task owns its class's offset cells, shared by several bins).
+Bin ``(ctop, i, j)`` of a RoI reads one input channel ``(ctop*G + gh)*G + gw``. The kernels
+are serial over a range of independent tasks, spread over threads by ``threads.run_tasks``:
+the forward's tasks are RoIs × output channels; the input gradient's are input channels
+(each owns whole planes of ``grad_input``: no races); the offset gradient's are
+RoIs × classes (each owns its class's offset cells, shared by several bins).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import torch
 from torch import Tensor
 
 from ..geometry import psroi_grid
+from .noalias import kernel
 from .roi_sampling import clamped_corners, slope_weights, value_weights
-from .threads import threads_for
+from .threads import run_tasks
 
 # Columns of the per-RoI table ``geo`` (K, 4) of ``psroi_grid``: the RoI's top-left corner
 # and its size (bins are 1/P of it; offsets are fractions of it, times ``trans_std``).
@@ -48,12 +50,14 @@ def _skipped(h, w, height, width):
     return w < -0.5 or w > width - 0.5 or h < -0.5 or h > height - 0.5
 
 
-@numba.njit(parallel=True, cache=True)
+@kernel(fastmath=set())
 def _forward(x, batch, geo, offset, has_offset, trans_std, group_size, part_size, samples,
-             per_class, out, count):
-    nrois, output_dim, size, _ = out.shape
+             per_class, out, count, first, last):
+    """``out`` and ``count`` (K, output_dim, P, P) for tasks ``first:last`` of RoI × output
+    channel."""
+    output_dim, size = out.shape[1], out.shape[2]
     height, width = x.shape[2], x.shape[3]
-    for task in numba.prange(nrois * output_dim):
+    for task in range(first, last):
         k = task // output_dim
         ctop = task % output_dim
         b = batch[k]
@@ -83,13 +87,14 @@ def _forward(x, batch, geo, offset, has_offset, trans_std, group_size, part_size
                 count[k, ctop, i, j] = taken
 
 
-@numba.njit(parallel=True, cache=True)
+@kernel(fastmath=set())
 def _input_grad(batch, geo, offset, has_offset, trans_std, group_size, part_size, samples,
-                per_class, count, grad_out, grad_x):
-    """Scatter ``grad_out`` into ``grad_x`` (zeroed); task ``c`` owns input channel ``c``."""
-    nrois, output_dim, size, _ = grad_out.shape
+                per_class, count, grad_out, grad_x, first, last):
+    """Scatter ``grad_out`` into ``grad_x`` (zeroed) for input channels ``first:last``
+    (task ``c`` owns input channel ``c``)."""
+    nrois, size = grad_out.shape[0], grad_out.shape[2]
     height, width = grad_x.shape[2], grad_x.shape[3]
-    for c in numba.prange(grad_x.shape[1]):
+    for c in range(first, last):
         ctop = c // (group_size * group_size)
         gh = (c // group_size) % group_size
         gw = c % group_size
@@ -122,14 +127,15 @@ def _input_grad(batch, geo, offset, has_offset, trans_std, group_size, part_size
                             grad_x[b, c, h1, w1] += a11 * g
 
 
-@numba.njit(parallel=True, cache=True)
+@kernel(fastmath=set())
 def _offset_grad(x, batch, geo, offset, trans_std, group_size, part_size, samples, per_class,
-                 count, grad_out, grad_offset):
-    """Accumulate into ``grad_offset`` (zeroed, offset's shape); task = (RoI, class)."""
-    nrois, output_dim, size, _ = grad_out.shape
+                 count, grad_out, grad_offset, first, last):
+    """Accumulate into ``grad_offset`` (zeroed, offset's shape) for tasks ``first:last`` of
+    (RoI, class)."""
+    size = grad_out.shape[2]
     height, width = x.shape[2], x.shape[3]
     classes = grad_offset.shape[1] // 2
-    for task in numba.prange(nrois * classes):
+    for task in range(first, last):
         k = task // classes
         cls = task % classes
         b = batch[k]
@@ -188,9 +194,9 @@ def forward(input: Tensor, rois: Tensor, offset: Tensor | None, spatial_scale: f
     classes = 1 if offset is None else offset.shape[1] // 2
     out = input.new_empty(rois.shape[0], output_dim, pooled_size, pooled_size)
     count = torch.empty_like(out)
-    with threads_for(out.numel() * sample_per_part**2):
-        _forward(input.numpy(), a.batch, a.geo, a.offset, a.has_offset, trans_std, group_size,
-                 part_size, sample_per_part, output_dim // classes, out.numpy(), count.numpy())
+    run_tasks(_forward, rois.shape[0] * output_dim, out.numel() * sample_per_part**2,
+              input.numpy(), a.batch, a.geo, a.offset, a.has_offset, trans_std, group_size,
+              part_size, sample_per_part, output_dim // classes, out.numpy(), count.numpy())
     return out, count
 
 
@@ -204,12 +210,14 @@ def backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | Non
     classes = 1 if offset is None else offset.shape[1] // 2
     grad_input = torch.zeros_like(input)
     grad_offset = torch.zeros_like(offset) if offset is not None else input.new_empty(0)
-    shared = dict(batch=a.batch, geo=a.geo, offset=a.offset, trans_std=trans_std,
-                  group_size=group_size, part_size=part_size, samples=sample_per_part,
-                  per_class=output_dim // classes, count=count.numpy(), grad_out=grad_out.numpy())
-    with threads_for(grad_out.numel() * sample_per_part**2):
-        if need_input:
-            _input_grad(**shared, has_offset=a.has_offset, grad_x=grad_input.numpy())
-        if need_offset and offset is not None:
-            _offset_grad(input.numpy(), **shared, grad_offset=grad_offset.numpy())
+    work = grad_out.numel() * sample_per_part**2
+    per_class = output_dim // classes
+    if need_input:
+        run_tasks(_input_grad, input.shape[1], work, a.batch, a.geo, a.offset, a.has_offset,
+                  trans_std, group_size, part_size, sample_per_part, per_class, count.numpy(),
+                  grad_out.numpy(), grad_input.numpy())
+    if need_offset and offset is not None:
+        run_tasks(_offset_grad, rois.shape[0] * classes, work, input.numpy(), a.batch, a.geo,
+                  a.offset, trans_std, group_size, part_size, sample_per_part, per_class,
+                  count.numpy(), grad_out.numpy(), grad_offset.numpy())
     return grad_input, grad_offset

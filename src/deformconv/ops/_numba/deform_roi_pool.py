@@ -1,9 +1,10 @@
 """deform_roi_pool on the CPU: Numba kernels over NCHW planes.
 
 The RoI geometry (start, bin size, samples per bin) comes from ``roi_align_grid``, computed
-once per call in torch. Forward runs in parallel over RoIs × channel blocks; the input
-gradient over channel blocks (each thread owns whole channel planes of ``grad_input``, so
-the scatter has no races); offset and mask gradients over RoIs (each RoI owns its bins).
+once per call in torch. The kernels are serial over a range of independent tasks, spread
+over threads by ``threads.run_tasks``: the forward's tasks are RoIs × channel blocks; the
+input gradient's are channel blocks (each owns whole channel planes of ``grad_input``, so
+the scatter has no races); the offset and mask gradients' are RoIs (each RoI owns its bins).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import torch
 from torch import Tensor
 
 from ..geometry import roi_align_grid
+from .noalias import kernel
 from .roi_sampling import clamped_corners, slope_weights, value_weights
-from .threads import numba_threads, threads_for
+from .threads import numba_threads, run_tasks
 
 # Channels handled together by one forward task: they share the bin's table of samples.
 _CHANNEL_BLOCK = 32
@@ -107,18 +109,19 @@ def _dot3(plane, index, weight, slope_h, slope_w, samples):
     return v, dy, dx
 
 
-@numba.njit(parallel=True, cache=True)
+@kernel(fastmath=set())
 def _forward(x, height, width, batch, geo, grid, offset, has_offset, gamma, mask, has_mask,
-             out, cblock, table_size):
-    """``x`` is (N, C, H*W); ``out`` (K, C, ph, pw). Task = one RoI × a block of channels."""
-    nrois, channels, ph, pw = out.shape
+             out, cblock, table_size, first, last):
+    """``x`` is (N, C, H*W); ``out`` (K, C, ph, pw). Tasks ``first:last`` of one RoI × a
+    block of ``cblock`` channels."""
+    channels, ph, pw = out.shape[1:]
     blocks = (channels + cblock - 1) // cblock
-    for task in numba.prange(nrois * blocks):
+    index = np.empty((table_size, 4), np.int64)
+    weight = np.empty((table_size, 4), x.dtype)
+    for task in range(first, last):
         k = task // blocks
         c0 = (task % blocks) * cblock
         c1 = min(channels, c0 + cblock)
-        index = np.empty((table_size, 4), np.int64)
-        weight = np.empty((table_size, 4), x.dtype)
         count = max(grid[k, 0] * grid[k, 1], 1)
         for i in range(ph):
             for j in range(pw):
@@ -130,19 +133,20 @@ def _forward(x, height, width, batch, geo, grid, offset, has_offset, gamma, mask
                     out[k, c, i, j] = scale * _dot(x[batch[k], c], index, weight, samples)
 
 
-@numba.njit(parallel=True, cache=True)
+@kernel(fastmath=set())
 def _input_grad(height, width, batch, geo, grid, offset, has_offset, gamma, mask, has_mask,
-                grad_out, grad_x, blocks, table_size):
-    """Scatter ``grad_out`` into ``grad_x`` (zeroed, (N, C, H*W)); task = a channel block.
+                grad_out, grad_x, blocks, table_size, first, last):
+    """Scatter ``grad_out`` into ``grad_x`` (zeroed, (N, C, H*W)); tasks ``first:last`` of
+    ``blocks`` channel blocks.
 
     Each task owns whole channel planes of ``grad_x``: no two threads write the same entry.
     """
     nrois, channels, ph, pw = grad_out.shape
-    for blk in numba.prange(blocks):
+    index = np.empty((table_size, 4), np.int64)
+    weight = np.empty((table_size, 4), grad_x.dtype)
+    for blk in range(first, last):
         c0 = blk * channels // blocks
         c1 = (blk + 1) * channels // blocks
-        index = np.empty((table_size, 4), np.int64)
-        weight = np.empty((table_size, 4), grad_x.dtype)
         for k in range(nrois):
             count = max(grid[k, 0] * grid[k, 1], 1)
             for i in range(ph):
@@ -159,16 +163,17 @@ def _input_grad(height, width, batch, geo, grid, offset, has_offset, gamma, mask
                                 plane[index[s, q]] += weight[s, q] * g
 
 
-@numba.njit(parallel=True, cache=True)
+@kernel(fastmath=set())
 def _offset_mask_grad(x, height, width, batch, geo, grid, offset, has_offset, gamma, mask,
-                      has_mask, grad_out, grad_offset, grad_mask, table_size):
-    """Fill ``grad_offset (K, 2, ph, pw)`` and, with a mask, ``grad_mask (K, 1, ph, pw)``."""
-    nrois, channels, ph, pw = grad_out.shape
-    for k in numba.prange(nrois):
-        index = np.empty((table_size, 4), np.int64)
-        weight = np.empty((table_size, 4), x.dtype)
-        slope_h = np.empty((table_size, 4), x.dtype)
-        slope_w = np.empty((table_size, 4), x.dtype)
+                      has_mask, grad_out, grad_offset, grad_mask, table_size, first, last):
+    """Fill ``grad_offset (K, 2, ph, pw)`` and, with a mask, ``grad_mask (K, 1, ph, pw)``
+    for RoIs ``first:last``."""
+    channels, ph, pw = grad_out.shape[1:]
+    index = np.empty((table_size, 4), np.int64)
+    weight = np.empty((table_size, 4), x.dtype)
+    slope_h = np.empty((table_size, 4), x.dtype)
+    slope_w = np.empty((table_size, 4), x.dtype)
+    for k in range(first, last):
         count = max(grid[k, 0] * grid[k, 1], 1)
         for i in range(ph):
             for j in range(pw):
@@ -213,12 +218,11 @@ class _Args:
         self.mask = (mask if mask is not None else dummy).numpy()
         self.size = input.shape[2], input.shape[3]
 
-    def rois(self, gamma: float) -> dict:
-        """The keyword arguments every kernel takes: the map size and the per-RoI tables."""
+    def rois(self, gamma: float) -> tuple:
+        """The arguments every kernel takes, in order: the map size and the per-RoI tables."""
         height, width = self.size
-        return dict(height=height, width=width, batch=self.batch, geo=self.geo, grid=self.grid,
-                    offset=self.offset, has_offset=self.has_offset, gamma=gamma,
-                    mask=self.mask, has_mask=self.has_mask)
+        return (height, width, self.batch, self.geo, self.grid, self.offset, self.has_offset,
+                gamma, self.mask, self.has_mask)
 
 
 def _planes(t: Tensor):
@@ -233,9 +237,9 @@ def forward(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | N
     input = input.contiguous()  # the kernels read (N, C, H*W) views
     a = _Args(input, rois, offset, mask, pooled, spatial_scale, sampling_ratio, aligned)
     out = input.new_empty(rois.shape[0], input.shape[1], *pooled)
-    with threads_for(a.work):
-        _forward(_planes(input), **a.rois(gamma), out=out.numpy(), cblock=_CHANNEL_BLOCK,
-                 table_size=a.table_size)
+    blocks = -(-input.shape[1] // _CHANNEL_BLOCK)
+    run_tasks(_forward, rois.shape[0] * blocks, a.work, _planes(input), *a.rois(gamma),
+              out.numpy(), _CHANNEL_BLOCK, a.table_size)
     return out
 
 
@@ -249,14 +253,12 @@ def backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | Non
     grad_input = torch.zeros_like(input)
     grad_offset = input.new_zeros(rois.shape[0], 2, *pooled)
     grad_mask = torch.zeros_like(mask) if mask is not None else input.new_zeros(1, 2, 1, 1)
-    with threads_for(a.work):
-        if need_input:
-            blocks = max(1, min(input.shape[1], 4 * numba_threads()))
-            _input_grad(**a.rois(gamma), grad_out=grad_out.numpy(), grad_x=_planes(grad_input),
-                        blocks=blocks, table_size=a.table_size)
-        if need_offset_mask:
-            _offset_mask_grad(_planes(input), **a.rois(gamma), grad_out=grad_out.numpy(),
-                              grad_offset=grad_offset.numpy(), grad_mask=grad_mask.numpy(),
-                              table_size=a.table_size)
+    if need_input:
+        blocks = max(1, min(input.shape[1], 4 * numba_threads()))
+        run_tasks(_input_grad, blocks, a.work, *a.rois(gamma), grad_out.numpy(),
+                  _planes(grad_input), blocks, a.table_size)
+    if need_offset_mask:
+        run_tasks(_offset_mask_grad, rois.shape[0], a.work, _planes(input), *a.rois(gamma),
+                  grad_out.numpy(), grad_offset.numpy(), grad_mask.numpy(), a.table_size)
     return (grad_input, grad_offset if offset is not None else input.new_empty(0),
             grad_mask if mask is not None else input.new_empty(0))

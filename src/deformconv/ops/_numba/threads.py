@@ -1,8 +1,8 @@
 """How the Numba kernels use threads: small calls on one, task chunks on torch's OpenMP
 team (else on Python threads).
 
-Waking Numba's thread pool for a parallel loop costs microseconds on an idle machine but
-can take 10+ ms on a busy one, far more than a small RoI pooling call computes.
+Waking threads for a parallel loop costs microseconds on an idle machine but can take 10+
+ms on a busy one, far more than a small call computes.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import ctypes
 import itertools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import numba
 import torch
@@ -26,8 +25,8 @@ SERIAL_WORK = 1 << 18
 def numba_threads() -> int:
     """``numba.get_num_threads()``, keeping torch's intra-op thread count.
 
-    The first call starts Numba's threading layer. Its OpenMP layer shares the OpenMP
-    runtime with torch and sets the process's team size to Numba's count: after
+    The first call starts Numba's threading layer. Where its OpenMP layer shares the
+    OpenMP runtime with torch, it sets the process's team size to Numba's count: after
     ``torch.set_num_threads(1)`` every torch op would then run on all cores, which on a
     busy machine makes a 20 µs op take milliseconds (OpenMP barriers wait for descheduled
     threads).
@@ -37,20 +36,6 @@ def numba_threads() -> int:
     if torch.get_num_threads() != torch_threads:
         torch.set_num_threads(torch_threads)
     return count
-
-
-@contextmanager
-def threads_for(work: int) -> Iterator[None]:
-    """Use all Numba threads for ``work >= SERIAL_WORK`` inner iterations, else one."""
-    previous = numba_threads()  # also before a parallel kernel starts the threading layer
-    if work >= SERIAL_WORK:
-        yield
-        return
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
 
 
 class _Workers:
