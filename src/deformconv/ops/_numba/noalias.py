@@ -1,4 +1,4 @@
-"""``numba.njit`` for the deform_conv2d kernels, with their array arguments ``noalias``.
+"""``numba.njit`` for the serial Numba kernels, with their array arguments ``noalias``.
 
 Without it LLVM cannot know that a kernel's output (the columns, an input gradient) and
 its inputs are different buffers, so it guards every vectorised channel loop with run-time
