@@ -89,6 +89,8 @@ def _chunked_forward_in_child(queue, tensors) -> None:
 
 @needs_team
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+# Python 3.12+ warns on fork in a process with threads (the team's): that is the point here.
+@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
 def test_a_forked_child_runs_chunks_after_the_parent_used_the_team(monkeypatch) -> None:
     """GNU OpenMP in a forked child waits forever for the parent's team threads: the
     child's chunks must go to Python threads instead."""
