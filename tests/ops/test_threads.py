@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -111,3 +113,22 @@ def test_a_forked_child_runs_chunks_after_the_parent_used_the_team(monkeypatch) 
         if child.is_alive():
             child.kill()
     assert torch.equal(torch.from_numpy(result), expected)
+
+
+def test_the_ops_import_and_run_where_the_os_has_no_fork() -> None:
+    """Windows has no ``os.register_at_fork``: the threads module must not need it."""
+    script = (
+        "import os\n"
+        "import torch\n"  # torch registers its own fork handlers where it finds no win32
+        "del os.register_at_fork, os.fork\n"
+        "from deformconv.ops import deform_conv2d\n"
+        "from deformconv.ops._numba import threads\n"
+        "threads.SERIAL_WORK = 0\n"
+        "x = torch.randn(2, 4, 6, 6)\n"
+        "out = deform_conv2d(x, torch.zeros(2, 18, 6, 6), torch.randn(4, 4, 3, 3), padding=1)\n"
+        "print(tuple(out.shape))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "(2, 4, 6, 6)"

@@ -63,7 +63,6 @@ class _Workers:
 
 
 _workers = _Workers()
-os.register_at_fork(after_in_child=_workers.forget)
 
 
 # GNU OpenMP's entry point for a parallel region (also exported by Intel's runtime):
@@ -121,14 +120,16 @@ def _team_body(job_id: int) -> None:
 _openmp_team = _openmp_parallel()
 
 
-def _forget_team_in_child() -> None:
-    """A forked child has none of the parent's team threads, and GNU OpenMP would wait for
-    them forever: the child's chunks go to Python threads."""
+def _forget_threads_in_child() -> None:
+    """A forked child has none of its parent's threads: a new pool of Python threads, and
+    no team (GNU OpenMP would wait for the parent's team threads forever)."""
     global _openmp_team
     _openmp_team = None
+    _workers.forget()
 
 
-os.register_at_fork(after_in_child=_forget_team_in_child)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_forget_threads_in_child)
 
 
 def run_on_team(call: Callable[[int], None], chunks: int) -> bool:
