@@ -435,7 +435,7 @@ def main() -> None:
                              f"{MAX_REPEATS} runs; default 1, 0 with --quick)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time by the process's CPU time instead of the wall clock: with one "
-                             "thread (OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1), the work done, "
+                             "thread (OMP_NUM_THREADS=1), the work done, "
                              "whatever else the machine runs")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections out of {', '.join(SECTIONS)}")

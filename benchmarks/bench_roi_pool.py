@@ -19,7 +19,6 @@ import platform
 import time
 from collections.abc import Callable
 
-import numba
 import torch
 from torchvision.ops import ps_roi_align, roi_align
 
@@ -122,7 +121,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="best of this many runs")
     args = parser.parse_args()
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} torch threads, {numba.get_num_threads()} numba threads, "
+          f"{torch.get_num_threads()} threads, "
           f"best of {args.repeats}; ratio = time / torchvision's")
     print_table("deform_roi_pool: (1, 256, 50, 68), 512 RoIs, 7x7, sampling_ratio 2",
                 roi_case(args.repeats))

@@ -12,7 +12,6 @@ import os
 import zlib
 from collections.abc import Iterator
 
-import numba
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
@@ -54,10 +53,9 @@ def generator(request: pytest.FixtureRequest) -> torch.Generator:
 
 @pytest.fixture(autouse=True)
 def _restore_threads() -> Iterator[None]:
-    """Tests that set torch's or Numba's thread count (``--threads 1`` runs) hand it back:
-    results may depend on it in the last bits, and later tests compare in-process runs
-    with subprocesses that start at the default."""
-    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    """Tests that set torch's thread count (``--threads 1`` runs) hand it back: results
+    may depend on it in the last bits, and later tests compare in-process runs with
+    subprocesses that start at the default."""
+    threads = torch.get_num_threads()
     yield
-    torch.set_num_threads(torch_threads)
-    numba.set_num_threads(numba_threads)
+    torch.set_num_threads(threads)

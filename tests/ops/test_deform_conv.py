@@ -474,10 +474,10 @@ class TestBackwardChannelBlocks:
 
     @pytest.mark.parametrize("images, threads, expected", [
         (16, 2, 1), (1, 2, 2), (3, 2, 2), (3, 16, 8), (4, 16, 4), (6, 4, 2)])
-    def test_block_count(self, monkeypatch, images, threads, expected):
-        """Blocks make (image, block) tasks a multiple of the threads, at most one block per
-        channel of an offset group (8 here); a call too small for threads gets one."""
-        monkeypatch.setattr(threads_module.numba, "get_num_threads", lambda: threads)
+    def test_block_count(self, images, threads, expected):
+        """Blocks make (image, block) tasks a multiple of torch's threads, at most one block
+        per channel of an offset group (8 here); a call too small for threads gets one."""
+        torch.set_num_threads(threads)  # conftest restores it
         assert tiles_module.channel_blocks(images, 8, threads_module.SERIAL_WORK) == expected
         assert tiles_module.channel_blocks(images, 8, threads_module.SERIAL_WORK - 1) == 1
 

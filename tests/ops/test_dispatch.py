@@ -133,9 +133,8 @@ deform_psroi_pool(x, rois, None, spatial_scale=1.0, output_dim=8, group_size=7,
 
 @pytest.mark.parametrize("first", sorted(FIRST_NUMBA_CALLS))
 def test_numba_kernels_keep_torchs_thread_count(first):
-    """Starting Numba's threading layer (the process's first multi-threaded kernel call,
-    serial chunks or a parallel kernel) must not change ``torch.set_num_threads``: its
-    OpenMP layer shares the runtime with torch."""
+    """The process's first kernel calls must not change ``torch.set_num_threads`` (Numba's
+    threading layer, which did when started, shares the OpenMP runtime with torch)."""
     script = ("import torch\ntorch.set_num_threads(1)\n"
               "from deformconv.ops import deform_conv2d, deform_psroi_pool, deform_roi_pool\n"
               + FIRST_NUMBA_CALLS[first] + "print(torch.get_num_threads())\n")

@@ -132,3 +132,20 @@ def test_the_ops_import_and_run_where_the_os_has_no_fork() -> None:
                          timeout=300, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == "(2, 4, 6, 6)"
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_torchs_thread_count_sets_the_chunks(threads: int) -> None:
+    """``torch.set_num_threads`` governs the kernels as it does torch's ops: a process
+    that asks for one thread (a DataLoader worker, one of several ranks) gets one."""
+    torch.set_num_threads(threads)  # conftest restores it
+    chunks: list[tuple[int, int]] = []
+
+    def kernel(first: int, last: int) -> None:
+        chunks.append((first, last))  # list.append is atomic
+
+    threads_module.run_tasks(kernel, 6, threads_module.SERIAL_WORK)
+    assert sorted(chunks) == {1: [(0, 6)], 3: [(0, 2), (2, 4), (4, 6)]}[threads]
+    chunks.clear()
+    threads_module.run_tasks(kernel, 6, threads_module.SERIAL_WORK - 1)  # too little work
+    assert chunks == [(0, 6)]

@@ -55,9 +55,8 @@ def run_bench(args: argparse.Namespace) -> int:
         raise CLIError(f"benchmark script(s) missing: {', '.join(missing)}")
     repeats = args.repeats or (3 if args.quick else None)
     env = None
-    if args.threads:  # torch reads OMP_NUM_THREADS, Numba NUMBA_NUM_THREADS at start-up
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
-               "NUMBA_NUM_THREADS": str(args.threads)}
+    if args.threads:  # torch reads it at start-up; the CPU kernels use torch's count
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     status = 0
     for name, script in zip(chosen, scripts, strict=True):
         command = [sys.executable, str(script)]

@@ -26,28 +26,19 @@ def parameter_count(model: nn.Module) -> int:
 
 
 def set_threads(count: int) -> None:
-    """Intra-op threads of torch and of the Numba kernels."""
-    import numba
-
-    # Numba first: starting its threading layer can reset torch's count (ops._numba.threads)
-    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+    """Intra-op threads of torch, which the CPU kernels use too."""
     torch.set_num_threads(count)
 
 
 @contextmanager
 def threads_set_to(count: int) -> Iterator[None]:
-    """:func:`set_threads` ``count`` inside the block; torch's and Numba's own counts back
-    after it."""
-    import numba
-
-    torch_threads = torch.get_num_threads()  # before Numba's layer may reset it
-    numba_threads = numba.get_num_threads()
+    """:func:`set_threads` ``count`` inside the block, the count before it back after it."""
+    before = torch.get_num_threads()
     set_threads(count)
     try:
         yield
     finally:
-        numba.set_num_threads(numba_threads)
-        torch.set_num_threads(torch_threads)
+        set_threads(before)
 
 
 def _sync(device: torch.device) -> None:

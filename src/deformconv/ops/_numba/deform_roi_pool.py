@@ -17,7 +17,7 @@ from torch import Tensor
 from ..geometry import roi_align_grid
 from .noalias import kernel
 from .roi_sampling import clamped_corners, slope_weights, value_weights
-from .threads import numba_threads, run_tasks
+from .threads import run_tasks
 
 # Channels handled together by one forward task: they share the bin's table of samples.
 _CHANNEL_BLOCK = 32
@@ -254,7 +254,7 @@ def backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | Non
     grad_offset = input.new_zeros(rois.shape[0], 2, *pooled)
     grad_mask = torch.zeros_like(mask) if mask is not None else input.new_zeros(1, 2, 1, 1)
     if need_input:
-        blocks = max(1, min(input.shape[1], 4 * numba_threads()))
+        blocks = max(1, min(input.shape[1], 4 * torch.get_num_threads()))
         run_tasks(_input_grad, blocks, a.work, *a.rois(gamma), grad_out.numpy(),
                   _planes(grad_input), blocks, a.table_size)
     if need_offset_mask:

@@ -14,28 +14,11 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import torch
 
 # Inner-loop iterations (sample × channel) below which a call runs serially: so little work
 # costs less on one thread than waking the others (benchmarks/README.md).
 SERIAL_WORK = 1 << 18
-
-
-def numba_threads() -> int:
-    """``numba.get_num_threads()``, keeping torch's intra-op thread count.
-
-    The first call starts Numba's threading layer. Where its OpenMP layer shares the
-    OpenMP runtime with torch, it sets the process's team size to Numba's count: after
-    ``torch.set_num_threads(1)`` every torch op would then run on all cores, which on a
-    busy machine makes a 20 µs op take milliseconds (OpenMP barriers wait for descheduled
-    threads).
-    """
-    torch_threads = torch.get_num_threads()
-    count = numba.get_num_threads()
-    if torch.get_num_threads() != torch_threads:
-        torch.set_num_threads(torch_threads)
-    return count
 
 
 class _Workers:
@@ -157,16 +140,17 @@ def run_on_team(call: Callable[[int], None], chunks: int) -> bool:
 
 
 def task_threads(work: int) -> int:
-    """Threads ``run_tasks`` uses for ``work`` inner iterations: all Numba threads, or one
+    """Threads ``run_tasks`` uses for ``work`` inner iterations: torch's intra-op count
+    (``torch.set_num_threads``, so one setting governs torch's ops and the kernels), or one
     below ``SERIAL_WORK``."""
-    return numba_threads() if work >= SERIAL_WORK else 1
+    return torch.get_num_threads() if work >= SERIAL_WORK else 1
 
 
 def run_tasks(kernel: Callable[..., None], tasks: int, work: int, *args: object,
               scratch: Callable[[], tuple[object, ...]] | None = None) -> None:
     """``kernel(*args, *scratch(), first, last)`` over ``range(tasks)`` cut into one contiguous
-    chunk per Numba thread (``numba.get_num_threads()``), ``work`` inner iterations in all;
-    ``scratch`` (optional) makes each chunk's own buffers.
+    chunk per thread (``task_threads``), ``work`` inner iterations in all; ``scratch``
+    (optional) makes each chunk's own buffers.
 
     The kernels are serial ``nogil`` functions (a serial kernel compiles in half the time of
     a ``parallel=True`` one). Their chunks run on torch's OpenMP team (``run_on_team``) or,
