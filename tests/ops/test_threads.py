@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +17,7 @@ from deformconv.ops import deform_conv2d
 from deformconv.ops._numba import threads as threads_module
 
 needs_team = pytest.mark.skipif(
-    threads_module._openmp_team is None, reason="torch runs without GNU or Intel OpenMP here")
+    threads_module._openmp_team is None, reason="torch runs without an OpenMP runtime here")
 
 
 @needs_team
@@ -149,3 +151,25 @@ def test_torchs_thread_count_sets_the_chunks(threads: int) -> None:
     chunks.clear()
     threads_module.run_tasks(kernel, 6, threads_module.SERIAL_WORK - 1)  # too little work
     assert chunks == [(0, 6)]
+
+
+def test_openmp_libraries_lists_torchs_own_first_hashed_names_included(tmp_path) -> None:
+    """Some torch wheels ship their runtime under an auditwheel-hashed name, which the
+    plain soname would not find."""
+    for name in ("libgomp-a34b3233.so.1", "libomp.dylib", "libtorch_cpu.so"):
+        (tmp_path / name).touch()
+    assert threads_module.openmp_libraries(tmp_path) == [
+        str(tmp_path / "libgomp-a34b3233.so.1"), str(tmp_path / "libomp.dylib"),
+        "libgomp.so.1", "libiomp5.so"]
+
+
+@needs_team
+def test_the_team_runs_on_the_runtime_torch_uses() -> None:
+    """Our ``GOMP_parallel`` is the one libtorch_cpu resolves (looking a symbol up through
+    a library's handle searches its dependencies), not one of a second runtime."""
+    libtorch = sorted((Path(torch.__file__).parent / "lib").glob("libtorch_cpu.*"))
+    if not libtorch:
+        pytest.skip("libtorch_cpu is not in torch/lib here")
+    torchs = ctypes.CDLL(str(libtorch[0]), mode=os.RTLD_NOLOAD).GOMP_parallel
+    assert (ctypes.cast(threads_module._openmp_team, ctypes.c_void_p).value
+            == ctypes.cast(torchs, ctypes.c_void_p).value)

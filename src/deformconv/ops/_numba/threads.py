@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 
@@ -48,18 +49,27 @@ class _Workers:
 _workers = _Workers()
 
 
-# GNU OpenMP's entry point for a parallel region (also exported by Intel's runtime):
+# GNU OpenMP's entry point for a parallel region (Intel's and LLVM's runtimes export it too):
 # GOMP_parallel(body, data, threads, flags) runs body(data) on each thread of the calling
 # thread's team, the caller included, and returns when all are done.
 _TEAM_BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
+def openmp_libraries(torch_lib: Path) -> list[str]:
+    """Where torch's OpenMP runtime may live: the ones its wheel ships in ``torch_lib``
+    (GNU, Intel or LLVM's; auditwheel-hashed names like ``libgomp-a34b3233.so.1`` in some
+    releases), then the sonames a system or conda torch loads."""
+    shipped = [str(path) for pattern in ("libgomp*.so*", "libiomp5*", "libomp*")
+               for path in sorted(torch_lib.glob(pattern))]
+    return [*shipped, "libgomp.so.1", "libiomp5.so"]
+
+
 def _openmp_parallel() -> Callable[..., None] | None:
-    """``GOMP_parallel`` of the OpenMP runtime torch has loaded, or None (torch built
-    without GNU or Intel OpenMP, or a platform without ``RTLD_NOLOAD``)."""
+    """``GOMP_parallel`` of the OpenMP runtime torch has loaded (LLVM's and Intel's export
+    it too), or None (torch without OpenMP, or a platform without ``RTLD_NOLOAD``)."""
     if not hasattr(os, "RTLD_NOLOAD"):
         return None
-    for name in ("libgomp.so.1", "libiomp5.so"):
+    for name in openmp_libraries(Path(torch.__file__).parent / "lib"):
         try:  # only a runtime already in the process: never load a second one
             function = ctypes.CDLL(name, mode=os.RTLD_NOLOAD).GOMP_parallel
         except (OSError, AttributeError):
