@@ -61,3 +61,17 @@ def test_offset_groups_must_divide_channels():
     with pytest.raises(ValueError, match=r"offset_groups \(3\).*'layer1.0.conv1'"):
         convert_to_deformable(model, "layer1.*", offset_groups=3)
     assert not any(isinstance(m, DeformConv2d) for m in model.modules())  # nothing half-done
+
+
+def test_a_module_name_takes_the_convs_inside_it():
+    model = _resnet18()
+    assert convert_to_deformable(model, "layer4") == [
+        "layer4.0.conv1", "layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2"]
+    assert convert_to_deformable(model, "layer4") == []  # a second call finds them converted
+
+
+def test_a_pattern_that_matches_no_module_is_an_error():
+    model = _resnet18()
+    with pytest.raises(ValueError, match=r"\['layr4\.\*'\] match no module.*'layer1\.0\.conv1'"):
+        convert_to_deformable(model, ["layer1.0.conv1", "layr4.*"])
+    assert not any(isinstance(m, DeformConv2d) for m in model.modules())  # nothing half-done

@@ -24,13 +24,39 @@ def _is_candidate(module: nn.Module) -> bool:
     )
 
 
+def _patterns(include: Selector | None) -> list[str]:
+    """The glob patterns of a name selector (none for the default or a predicate)."""
+    if include is None or callable(include):
+        return []
+    return [include] if isinstance(include, str) else list(include)
+
+
 def _selected(name: str, conv: nn.Conv2d, include: Selector | None) -> bool:
+    """Whether ``include`` chooses conv ``name``: by a predicate, or by a pattern that
+    matches its name or the name of a module it sits in (``"layer4"`` takes its convs)."""
     if include is None:
         return conv.kernel_size == (3, 3)
     if callable(include):
         return bool(include(name, conv))
-    patterns = [include] if isinstance(include, str) else list(include)
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    parts = name.split(".")
+    scopes = [".".join(parts[:depth]) for depth in range(1, len(parts) + 1)]
+    return any(fnmatch.fnmatchcase(scope, pattern)
+               for scope in scopes for pattern in _patterns(include))
+
+
+def _check_patterns(model: nn.Module, include: Selector | None) -> None:
+    """A pattern that matches no module at all is a mistake (a typo, a name of another
+    model): say so rather than convert nothing."""
+    names = [name for name, _ in model.named_modules() if name]
+    unmatched = [pattern for pattern in _patterns(include)
+                 if not any(fnmatch.fnmatchcase(name, pattern) for name in names)]
+    if unmatched:
+        examples = [name for name, module in model.named_modules()
+                    if name and _is_candidate(module)][:4]
+        raise ValueError(
+            f"include: {unmatched} match no module of the model; patterns match qualified "
+            f"names from model.named_modules(), its convs are named like {examples}"
+        )
 
 
 def convert_to_deformable(
@@ -50,9 +76,11 @@ def convert_to_deformable(
     Args:
         model: any module (a torchvision or timm model, say).
         include: which convs to convert, by qualified name (``model.named_modules()``):
-            a glob pattern or a list of them (``"layer4.*.conv2"``), or a predicate
+            a glob pattern or a list of them (``"layer4.*.conv2"``; a pattern that names a
+            module takes the convs inside it: ``"layer4"``), or a predicate
             ``(name, conv) -> bool``. Default: every 3×3 conv. Only zero-padded convs with a
-            kernel larger than 1×1 are ever converted.
+            kernel larger than 1×1 are ever converted. A pattern that matches no module name
+            raises ``ValueError``.
         offset_groups, modulated, offset_lr_mult: passed to each :class:`DeformConv2d`.
 
     Returns:
@@ -64,6 +92,7 @@ def convert_to_deformable(
         >>> convert_to_deformable(model, "layer4.*.conv2", offset_groups=4)
         ['layer4.0.conv2', 'layer4.1.conv2', 'layer4.2.conv2']
     """
+    _check_patterns(model, include)
     # The offset convs inside existing deformable layers are never converted themselves.
     owners = tuple(
         f"{name}." if name else ""
