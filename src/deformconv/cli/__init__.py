@@ -1,7 +1,7 @@
 """The ``deformconv`` command: ``demo``, ``train``, ``eval``, ``viz``, ``bench``, ``export``.
 
 Each subcommand takes flags, an optional ``--config FILE`` (YAML or TOML; flags win) and
-``--threads N`` (CPU threads of torch and the Numba kernels).
+``--threads N`` (CPU threads of torch, which the CPU kernels use too).
 User errors (bad paths, unknown models, bad values) print one line and exit with code 2;
 set ``DEFORMCONV_DEBUG=1`` to see the traceback instead.
 """

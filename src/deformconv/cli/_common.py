@@ -108,7 +108,7 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
     """``--threads N``: ``main`` applies it (``set_threads``) before the command runs."""
     parser.add_argument(
         "--threads", type=positive_int,
-        help="CPU threads for torch and the Numba kernels (default: theirs); 1 is much "
+        help="CPU threads for torch and the CPU kernels (default: torch's); 1 is much "
              "faster on a machine busy with other work",
     )
 
