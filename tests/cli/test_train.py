@@ -197,16 +197,17 @@ def test_train_and_eval_on_voc_folder(capsys: pytest.CaptureFixture, tmp_path: P
     assert json.loads((out / "eval_metrics.json").read_text())["metrics"]["num_pixels"] > 0
 
 
+@pytest.mark.parametrize("how", ["--checkpoint", "positional, as eval takes it"])
 def test_export_trained_checkpoint(capsys: pytest.CaptureFixture, trained: Path,
-                                   tmp_path: Path) -> None:
+                                   tmp_path: Path, how: str) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from deformconv.engine import load_weights
     from deformconv.runs import build_model, specs_from_checkpoint
 
     out = tmp_path / "cls.onnx"
-    code, stdout, err = run_cli(capsys, "export", "--checkpoint", trained / "last.pt", "--out",
-                                out)
+    checkpoint = ["--checkpoint"] * (how == "--checkpoint") + [trained / "last.pt"]
+    code, stdout, err = run_cli(capsys, "export", *checkpoint, "--out", out)
     assert code == 0, err
     assert out.is_file() and out.stat().st_size > 10_000
     diff = float(stdout.split("max abs difference onnxruntime vs PyTorch: ")[1].split()[0])

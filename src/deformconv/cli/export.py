@@ -24,7 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "export", help=HELP, description=HELP + " (max abs difference on random images). "
         "Needs the onnx extra. Detection models give two graphs: features and RoI head.",
         epilog="example: deformconv export resnet50 --out resnet50.onnx --base-channels 16")
-    parser.add_argument("model", nargs="?", help="registered model name (or --checkpoint)")
+    parser.add_argument("model", nargs="?",
+                        help="registered model name, or a checkpoint file (as eval and viz "
+                             "take it; same as --checkpoint)")
     parser.add_argument("--out", required=True, help="ONNX file to write")
     parser.add_argument("--checkpoint", help="export these trained weights (from train/demo)")
     parser.add_argument("--num-classes", type=positive_int,
@@ -53,6 +55,8 @@ def run_export(args: argparse.Namespace) -> int:
         require_onnx()
     except ImportError as err:
         raise CLIError(str(err)) from None
+    if args.checkpoint is None and args.model is not None and Path(args.model).is_file():
+        args.checkpoint, args.model = args.model, None
     out = Path(args.out)
     if out.suffix.lower() != ".onnx":
         raise CLIError(f"--out must name a .onnx file, got {out}")
