@@ -135,3 +135,38 @@ class TestDeformConv2dExternal:
         conv = DeformConv2dExternal(4, 6, 3, padding=1)
         with pytest.raises(ValueError, match="offset"):
             conv(torch.randn(1, 4, 5, 5), torch.zeros(1, 17, 5, 5))
+
+
+@pytest.mark.parametrize("modulated", [False, True])
+def test_fx_symbolic_trace_records_the_op_as_one_call(modulated: bool) -> None:
+    """FX tracing (create_feature_extractor, timm's feature graphs) cannot run the op's
+    argument checks on proxies: the op must appear as a leaf call, and the traced module
+    compute what the module does."""
+    torch.manual_seed(0)
+    module = DeformConv2d(4, 6, 3, padding=1, modulated=modulated).eval()
+    nn.init.normal_(module.conv_offset.weight, std=0.1)  # offsets that move the samples
+    traced = torch.fx.symbolic_trace(module)
+    calls = [node.target.__name__ for node in traced.graph.nodes if node.op == "call_function"]
+    assert "deform_conv2d" in calls
+    x = torch.randn(2, 4, 9, 9)
+    torch.testing.assert_close(traced(x), module(x), rtol=0, atol=0)
+    external = DeformConv2dExternal(4, 6, 3, padding=1)
+    offset = torch.randn(2, 18, 9, 9)
+    torch.testing.assert_close(torch.fx.symbolic_trace(external)(x, offset), external(x, offset),
+                               rtol=0, atol=0)
+
+
+def test_torchvision_feature_extractor_on_a_converted_resnet() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from deformconv.nn import convert_to_deformable
+
+    model = torchvision.models.resnet18(weights=None).eval()
+    convert_to_deformable(model, "layer4")
+    features = create_feature_extractor(model, {"layer4": "c5"})
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        stem = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        expected = model.layer4(model.layer3(model.layer2(model.layer1(stem))))
+        torch.testing.assert_close(features(x)["c5"], expected, rtol=0, atol=0)

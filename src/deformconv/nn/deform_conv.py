@@ -17,6 +17,10 @@ from ._offset import OffsetBranchMixin, check_positive, zero_init_last
 
 __all__ = ["DeformConv2d", "DeformConv2dBase", "DeformConv2dExternal"]
 
+# FX symbolic tracing (torchvision's create_feature_extractor, timm's feature graphs) records
+# the op as one call instead of tracing into its argument checks, which need real tensors.
+torch.fx.wrap("deform_conv2d")
+
 
 class DeformConv2dBase(nn.Module):
     """The weight, bias and geometry of a deformable conv; subclasses say where the offsets
