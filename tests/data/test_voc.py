@@ -80,6 +80,11 @@ def test_structural_errors(voc: Path, tmp_path: Path) -> None:
         VOCSegmentation(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match=r"split file not found: .*test\.txt .*'train'"):
         VOCSegmentation(voc, "test")
+    unpacked = tmp_path / "download"  # where VOCdevkit/VOC2012 was unpacked
+    _write_split(unpacked / "VOCdevkit" / "VOC2012", "train", ["img1"])
+    with pytest.raises(FileNotFoundError,
+                       match=r"VOC folders below .*download are \['.*VOCdevkit/VOC2012'\]: pass"):
+        VOCSegmentation(unpacked)
     _write_split(voc, "empty", [])
     with pytest.raises(ValueError, match=r"empty\.txt: the split lists no images"):
         VOCSegmentation(voc, "empty")

@@ -50,6 +50,14 @@ def load_mask(path: Path) -> np.ndarray:
     return array.astype(np.int64)
 
 
+def _voc_folders_below(root: Path) -> list[str]:
+    """VOC folders one or two levels below ``root``: a root given as ``VOCdevkit``, or as
+    the folder the archive was unpacked into."""
+    return sorted(str(split_dir.parent.parent)
+                  for pattern in ("*/ImageSets/Segmentation", "*/*/ImageSets/Segmentation")
+                  for split_dir in root.glob(pattern))
+
+
 class VOCSegmentation(SkippingDataset):
     """``(image (3, H, W) float32, mask (H, W) int64)``: 0 background, 1..C, 255 ignore.
 
@@ -83,8 +91,10 @@ class VOCSegmentation(SkippingDataset):
         split_file = split_dir / f"{split}.txt"
         if not split_file.is_file():
             found = sorted(p.stem for p in split_dir.glob("*.txt")) if split_dir.is_dir() else []
+            below = [] if split_dir.is_dir() else _voc_folders_below(self.root)
+            hint = f"; the VOC folders below {self.root} are {below}: pass one" if below else ""
             raise FileNotFoundError(
-                f"VOC split file not found: {split_file} (splits found: {found})"
+                f"VOC split file not found: {split_file} (splits found: {found}){hint}"
             )
         ids = [line.strip() for line in split_file.read_text(encoding="utf-8").splitlines()]
         ids = [i for i in ids if i]
