@@ -88,6 +88,7 @@ def convert_to_deformable(
 
     Example::
 
+        >>> import torchvision
         >>> model = torchvision.models.resnet50(weights=None)
         >>> convert_to_deformable(model, "layer4.*.conv2", offset_groups=4)
         ['layer4.0.conv2', 'layer4.1.conv2', 'layer4.2.conv2']

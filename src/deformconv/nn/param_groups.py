@@ -32,6 +32,8 @@ def offset_param_groups(
 
     Example::
 
+        >>> from torch import nn
+        >>> from deformconv.nn import DeformConv2d
         >>> model = nn.Sequential(DeformConv2d(3, 8, 3, offset_lr_mult=0.5), nn.Conv2d(8, 8, 1))
         >>> groups = offset_param_groups(model, lr=0.01, momentum=0.9)
         >>> [(len(g["params"]), g["lr"]) for g in groups]

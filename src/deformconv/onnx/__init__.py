@@ -7,12 +7,16 @@ run in onnxruntime's default CPU build; no custom operator library is needed. A 
 emits ``DeformConv`` while exporting); the RoI pooling ops need :func:`export` or
 ``custom_translation_table=translation_table()``.
 
-Example::
+Example (``export_registered("faster_rcnn_resnet50", "frcnn.onnx")`` is what
+``deformconv export`` runs)::
 
+    >>> import torch
     >>> from deformconv import onnx as dc_onnx
-    >>> dc_onnx.export(model.eval(), (x,), "model.onnx")          # dynamic batch size
-    >>> dc_onnx.check(model, (x,), "model.onnx")                  # max |onnxruntime - torch|
-    >>> dc_onnx.export_registered("faster_rcnn_resnet50", "frcnn.onnx")  # what the CLI runs
+    >>> from deformconv.nn import DeformConv2d
+    >>> model, x = DeformConv2d(8, 8, 3, padding=1).eval(), torch.randn(2, 8, 16, 16)
+    >>> program = dc_onnx.export(model, (x,), "model.onnx")      # dynamic batch size
+    >>> dc_onnx.check(model, (x,), "model.onnx") < 1e-4          # max |onnxruntime - torch|
+    True
 """
 
 from .export import MIN_OPSET, ExportResult, check, export, export_model, translation_table

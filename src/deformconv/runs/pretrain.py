@@ -9,11 +9,11 @@ photos), with AdamW and a one-cycle schedule. The weights are written under
 once and later calls (other studies, other processes) read it back. Segmentation and
 detection models load it with ``model.load_backbone_state_dict(state)``.
 
-Example::
+Usage (the first call trains for minutes on a CPU; later ones read the cache)::
 
-    >>> from deformconv.runs import PretrainSettings, load_pretrained, pretrained_backbone
-    >>> info = pretrained_backbone(PretrainSettings(), "runs/cache")
-    >>> model.load_backbone_state_dict(load_pretrained(info["checkpoint"]))
+    from deformconv.runs import PretrainSettings, load_pretrained, pretrained_backbone
+    info = pretrained_backbone(PretrainSettings(), "runs/cache")
+    model.load_backbone_state_dict(load_pretrained(info["checkpoint"]))
 """
 
 from __future__ import annotations

@@ -137,9 +137,14 @@ class OffsetCapture:
 
     Example::
 
+        >>> import torch
+        >>> from torch import nn
+        >>> from deformconv.nn import DeformConv2d
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), DeformConv2d(8, 8, 3, padding=1))
         >>> with OffsetCapture(model, images=[0]) as capture:
-        ...     model(batch)
-        >>> record = capture.latest()["layer4.0.conv2"]
+        ...     out = model(torch.randn(2, 3, 16, 16))
+        >>> list(capture.latest())                    # layer names
+        ['1']
     """
 
     def __init__(
