@@ -38,10 +38,10 @@ def _selected(name: str, conv: nn.Conv2d, include: Selector | None) -> bool:
         return conv.kernel_size == (3, 3)
     if callable(include):
         return bool(include(name, conv))
+    patterns = _patterns(include)
     parts = name.split(".")
     scopes = [".".join(parts[:depth]) for depth in range(1, len(parts) + 1)]
-    return any(fnmatch.fnmatchcase(scope, pattern)
-               for scope in scopes for pattern in _patterns(include))
+    return any(fnmatch.fnmatchcase(scope, pattern) for scope in scopes for pattern in patterns)
 
 
 def _check_patterns(model: nn.Module, include: Selector | None) -> None:

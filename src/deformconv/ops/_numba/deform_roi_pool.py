@@ -111,11 +111,10 @@ def _dot3(plane, index, weight, slope_h, slope_w, samples):
 
 @kernel(fastmath=set())
 def _forward(x, height, width, batch, geo, grid, offset, has_offset, gamma, mask, has_mask,
-             out, cblock, table_size, first, last):
-    """``x`` is (N, C, H*W); ``out`` (K, C, ph, pw). Tasks ``first:last`` of one RoI × a
-    block of ``cblock`` channels."""
+             out, cblock, blocks, table_size, first, last):
+    """``x`` is (N, C, H*W); ``out`` (K, C, ph, pw). Tasks ``first:last`` of one RoI × one of
+    ``blocks`` blocks of ``cblock`` channels."""
     channels, ph, pw = out.shape[1:]
-    blocks = (channels + cblock - 1) // cblock
     index = np.empty((table_size, 4), np.int64)
     weight = np.empty((table_size, 4), x.dtype)
     for task in range(first, last):
@@ -239,7 +238,7 @@ def forward(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | N
     out = input.new_empty(rois.shape[0], input.shape[1], *pooled)
     blocks = -(-input.shape[1] // _CHANNEL_BLOCK)
     run_tasks(_forward, rois.shape[0] * blocks, a.work, _planes(input), *a.rois(gamma),
-              out.numpy(), _CHANNEL_BLOCK, a.table_size)
+              out.numpy(), _CHANNEL_BLOCK, blocks, a.table_size)
     return out
 
 
