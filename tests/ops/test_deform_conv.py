@@ -634,7 +634,6 @@ class TestChannelsLast:
         fast_op(case)(**tensors)
         assert seen == [tensors["input"].data_ptr()]
 
-
     @pytest.mark.parametrize("mode", ["none", "bands"])
     @pytest.mark.parametrize("name", ["columns", "depthwise"])
     def test_input_gradient_is_scattered_in_place(self, monkeypatch, name, mode):
@@ -654,6 +653,7 @@ class TestChannelsLast:
         expected = expected_results(case, tensors, grad_out)
         actual = run_with_grads(fast_op(case), channels_last(tensors), grad_out)
         assert_results_close(actual, expected, TOLERANCE[torch.float64])
+
     @pytest.mark.parametrize("name", ["columns", "depthwise"])
     def test_backward_op_takes_either_gradient_layout(self, name):
         """The public backward op with an NCHW input and a channels-last output gradient

@@ -66,11 +66,17 @@ def test_without_openmp_nothing_runs_and_run_tasks_uses_python_threads(monkeypat
     assert sorted(ranges) == [(0, 2), (2, 5)]
 
 
-def test_team_and_python_threads_give_the_same_gradients(monkeypatch) -> None:
-    """Every kernel call in chunks (``SERIAL_WORK`` 0) on two threads: the team and the
-    Python threads give bit for bit the same forward and gradients."""
+@pytest.fixture
+def two_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every kernel call in two chunks (``SERIAL_WORK`` 0, two threads), whatever torch's
+    thread count: also in a forked child that sets it to 1."""
     monkeypatch.setattr(threads_module, "SERIAL_WORK", 0)
     monkeypatch.setattr(threads_module, "task_threads", lambda work: 2)
+
+
+@pytest.mark.usefixtures("two_chunks")
+def test_team_and_python_threads_give_the_same_gradients(monkeypatch) -> None:
+    """The team and the Python threads give bit for bit the same forward and gradients."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 8, 9, 11, generator=g)
     weight = torch.randn(8, 8, 3, 3, generator=g)
@@ -95,11 +101,10 @@ def _chunked_forward_in_child(queue, tensors) -> None:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
 # Python 3.12+ warns on fork in a process with threads (the team's): that is the point here.
 @pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
-def test_a_forked_child_runs_chunks_after_the_parent_used_the_team(monkeypatch) -> None:
+@pytest.mark.usefixtures("two_chunks")
+def test_a_forked_child_runs_chunks_after_the_parent_used_the_team() -> None:
     """GNU OpenMP in a forked child waits forever for the parent's team threads: the
     child's chunks must go to Python threads instead."""
-    monkeypatch.setattr(threads_module, "SERIAL_WORK", 0)
-    monkeypatch.setattr(threads_module, "task_threads", lambda work: 2)
     g = torch.Generator().manual_seed(0)
     tensors = (torch.randn(2, 4, 6, 6, generator=g), torch.randn(2, 18, 6, 6, generator=g),
                torch.randn(4, 4, 3, 3, generator=g))
