@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from deformconv.cli import build_parser
 from deformconv.cli._common import CLIError, apply_config_file, parse_assignments
+from deformconv.engine import TrainingStopped
 
 from .helpers import run_cli
 
@@ -195,3 +197,21 @@ def test_missing_optional_dependency_names_the_extra(capsys: pytest.CaptureFixtu
     code, _, err = run_cli(capsys, "demo", "--smoke", "--out", tmp_path)
     assert code == 2
     assert "needs matplotlib, part of the vision extra: pip install 'deformconv[vision]'" in err
+
+
+@pytest.mark.parametrize(("raised", "code", "message"), [
+    (KeyboardInterrupt(), 130, "interrupted"),
+    (TrainingStopped(signal.SIGTERM, 3, 10, Path("run/last.pt")), 143,
+     "stopped by SIGTERM after iteration 3/10; saved run/last.pt (resume to continue)"),
+])
+def test_interrupts_exit_with_the_signals_code(capsys: pytest.CaptureFixture,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               raised: KeyboardInterrupt, code: int,
+                                               message: str) -> None:
+    from deformconv.cli import evaluate
+
+    def interrupted(args: object) -> int:
+        raise raised
+
+    monkeypatch.setattr(evaluate, "run_eval", interrupted)
+    assert run_cli(capsys, "eval", "last.pt") == (code, "", f"deformconv eval: {message}\n")

@@ -65,19 +65,24 @@ def test_eval_on_other_data_size_and_default_output(capsys: pytest.CaptureFixtur
     assert result["metrics"]["num_images"] == 6
 
 
-def test_killed_run_resumes_to_identical_weights(capsys: pytest.CaptureFixture,
-                                                 trained: Path, tmp_path: Path) -> None:
-    """The same run, SIGKILLed after its iteration-2 checkpoint, then resumed to 4."""
-    out = tmp_path / "killed"
+def test_interrupted_run_resumes_to_identical_weights(capsys: pytest.CaptureFixture,
+                                                      trained: Path, tmp_path: Path) -> None:
+    """The same run, Ctrl-C'd in iteration 3 (checkpoints every 2), then resumed to 4: it
+    stops after iteration 3 with a checkpoint, exit code 130."""
+    out = tmp_path / "interrupted"
     killed_run = Path(__file__).parents[1] / "engine" / "_killed_run.py"
     done = subprocess.run(
-        [sys.executable, str(killed_run), "2", "-m", "deformconv", "train", *TINY_CLS,
-         "--iterations", "4", "--checkpoint-every", "2", "--out", str(out)],
+        [sys.executable, str(killed_run), "3:SIGINT", "-m", "deformconv",
+         "train", *TINY_CLS, "--iterations", "4", "--checkpoint-every", "2", "--out",
+         str(out)],
         capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode != 0  # killed
-    assert load_checkpoint(out / "last.pt")["iteration"] == 2
-    code, stdout, _ = run_cli(capsys, "train", "--resume", out / "last.pt", "--iterations",
-                              "4", "--checkpoint-every", "2", "--out", out, "--no-progress")
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.endswith(
+        f"deformconv train: stopped by SIGINT after iteration 3/4; saved {out / 'last.pt'}"
+        " (resume to continue)\n")
+    assert load_checkpoint(out / "last.pt")["iteration"] == 3
+    code, stdout, _ = run_cli(capsys, "train", "--resume", "auto", "--iterations", "4",
+                              "--checkpoint-every", "2", "--out", out, "--no-progress")
     assert code == 0 and "resumed from" in stdout
     resumed = load_checkpoint(out / "last.pt")["model"]
     straight = load_checkpoint(trained / "last.pt")["model"]

@@ -1,12 +1,14 @@
-"""Run a training program and SIGKILL it after a given iteration, like a preempted job.
+"""Run a training program and signal it after a given iteration, like a preempted job.
 
-    python _killed_run.py ITERATION SCRIPT [ARGS...]
-    python _killed_run.py ITERATION -m MODULE [ARGS...]
+    python _killed_run.py ITERATION[:SIGNAL[:RANK]] SCRIPT [ARGS...]
+    python _killed_run.py ITERATION[:SIGNAL[:RANK]] -m MODULE [ARGS...]
 
 runs SCRIPT (or ``python -m MODULE``) with ARGS in this process, every
-``deformconv.engine.train`` call given an ``on_iteration_end`` hook that kills the process
-once ITERATION is done (after its checkpoint, if one is due): no cleanup, no final
-checkpoint. The resume tests run their programs through it, also under torchrun.
+``deformconv.engine.train`` call given an ``on_iteration_end`` hook that sends the process
+SIGNAL (a name, default SIGKILL: no cleanup, no final checkpoint) once ITERATION is done
+(after its checkpoint, if one is due); given RANK, only the process of that torchrun rank.
+The resume tests run their programs through it, also under torchrun (whose parser would
+take options here for its own, hence one positional argument).
 """
 
 from __future__ import annotations
@@ -20,31 +22,34 @@ import sys
 from deformconv import engine
 
 
-def kill_after(iteration: int, train):
-    """``train`` with an ``on_iteration_end`` hook that SIGKILLs the process at ``iteration``."""
+def signal_after(iteration: int, signum: int, train):
+    """``train`` with an ``on_iteration_end`` hook that sends ``signum`` at ``iteration``."""
 
     @functools.wraps(train)
-    def killed(*args, on_iteration_end=None, **kwargs):
+    def signalled(*args, on_iteration_end=None, **kwargs):
         def hook(done: int) -> None:
             if on_iteration_end is not None:
                 on_iteration_end(done)
             if done == iteration:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), signum)
 
         return train(*args, on_iteration_end=hook, **kwargs)
 
-    return killed
+    return signalled
 
 
 def main(argv: list[str]) -> None:
-    iteration, target, *args = argv
-    engine.train = kill_after(int(iteration), engine.train)
+    when, target, *rest = argv
+    iteration, name, rank = [*when.split(":"), "", ""][:3]
+    name = name or "SIGKILL"
+    if rank in ("", os.environ.get("RANK", "0")):
+        engine.train = signal_after(int(iteration), signal.Signals[name], engine.train)
     if target == "-m":
-        module, *args = args
-        sys.argv = [module, *args]
+        module, *rest = rest
+        sys.argv = [module, *rest]
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     else:
-        sys.argv = [target, *args]
+        sys.argv = [target, *rest]
         runpy.run_path(target, run_name="__main__")
 
 

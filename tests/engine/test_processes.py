@@ -16,17 +16,19 @@ from _engine_toys import main, state_equal
 from deformconv.engine import load_checkpoint, read_metrics
 
 SCRIPT = Path(__file__).with_name("_engine_toys.py")
-KILLED_RUN = Path(__file__).with_name("_killed_run.py")  # SIGKILLs after an iteration
+KILLED_RUN = Path(__file__).with_name("_killed_run.py")  # signals after an iteration
 
 
-def _start(*args: str, kill_at: int | None = None, torchrun: bool = False) -> subprocess.Popen:
+def _start(*args: str, kill_at: str | None = None, torchrun: bool = False) -> subprocess.Popen:
+    """The toy script in a process (or two under torchrun); ``kill_at``: signal it as
+    ``_killed_run.py``'s ``ITERATION[:SIGNAL[:RANK]]`` says."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     env["OMP_NUM_THREADS"] = "1"
     launcher = [sys.executable]
     if torchrun:
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     if kill_at is not None:
-        launcher += [str(KILLED_RUN), str(kill_at)]
+        launcher += [str(KILLED_RUN), kill_at]
     return subprocess.Popen([*launcher, str(SCRIPT), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -49,7 +51,7 @@ def _finish(proc: subprocess.Popen, expect: int | None = 0) -> str:
 
 def test_killed_process_resumes_to_identical_weights(tmp_path, in_process):
     full, cut = tmp_path / "full", tmp_path / "cut"
-    killed = _start(str(cut), "10", kill_at=8)
+    killed = _start(str(cut), "10", kill_at="8")
     in_process([str(full), "10"])  # the uninterrupted reference, while the other one runs
     _finish(killed, expect=-signal.SIGKILL)  # died after iteration 8, no final checkpoint
     assert load_checkpoint(cut / "last.pt")["iteration"] == 6  # checkpoint_every=3
@@ -66,14 +68,17 @@ def test_two_process_ddp_matches_single_process(tmp_path, in_process):
     # 2 ranks x batch 2 see, step by step, the same samples as 1 process x batch 4
     # (rank r takes every other index of the same permutation), and DDP averages the
     # gradients: without dropout both runs follow the same trajectory up to rounding.
-    # CPU processes (gloo) whatever hardware the test machine has. The DDP job is killed
-    # after iteration 4 and resumed from its iteration-3 checkpoint on the way.
+    # CPU processes (gloo) whatever hardware the test machine has. On the way, rank 0 alone
+    # gets a SIGTERM after iteration 4: both ranks stop there (rank 1 would otherwise wait
+    # in iteration 5's gradient all-reduce), with a checkpoint that the job resumes from.
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     common = ["6", "--dropout", "0", "--device", "cpu", "--eval-extra"]
-    killed = _start(str(ddp), *common, "--batch-size", "2", torchrun=True, kill_at=4)
+    stopped = _start(str(ddp), *common, "--batch-size", "2", torchrun=True, kill_at="4:SIGTERM:0")
     in_process([str(single), *common, "--batch-size", "4"])
-    _finish(killed, expect=None)  # torchrun reports the failed workers
-    assert load_checkpoint(ddp / "last.pt")["iteration"] == 3
+    out = _finish(stopped, expect=None)  # torchrun reports the stopped workers
+    assert "SIGTERM received: stopping after this iteration" in out
+    assert out.count("stopped by SIGTERM after iteration 4/6") == 2  # both ranks
+    assert load_checkpoint(ddp / "last.pt")["iteration"] == 4  # checkpoint_every=3
     _finish(_start(str(ddp), *common, "--batch-size", "2", "--resume", torchrun=True))
 
     rank0 = torch.load(ddp / "rank0.pt", weights_only=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -82,9 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.threads:
             set_threads(args.threads)
         return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        print("deformconv: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        # engine.TrainingStopped says where the run stopped and which signal stopped it
+        print(f"deformconv {args.command}: {str(err) or 'interrupted'}", file=sys.stderr)
+        return 128 + getattr(err, "signum", signal.SIGINT)
     except ModuleNotFoundError as err:
         top = (err.name or "").split(".")[0]
         if top not in EXTRAS or os.environ.get(DEBUG_ENV):

@@ -24,6 +24,7 @@ from .metrics import IGNORE_INDEX, confusion_matrix, iou_from_confusion, top1_co
 from .metrics_log import MetricsLogger, read_metrics
 from .optim import build_optimizer, build_scheduler, decay_start, lr_factor, param_groups
 from .seeding import SeededSamples, get_rng_state, seed_everything, set_rng_state, worker_init_fn
+from .stop import TrainingStopped
 from .tasks import PRIMARY_METRIC, collate_fn, compute_loss, make_evaluator
 from .trainer import TrainResult, train
 
@@ -40,6 +41,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainSampler",
+    "TrainingStopped",
     "balanced_class_weights",
     "build_optimizer",
     "build_scheduler",

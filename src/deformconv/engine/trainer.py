@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +38,7 @@ from .loader import iters_per_epoch, train_loader
 from .metrics_log import MetricsLogger
 from .optim import build_optimizer, build_scheduler
 from .seeding import get_rng_state, seed_everything, set_rng_state
+from .stop import STOP_SIGNALS, StopSignals, TrainingStopped
 from .tasks import PRIMARY_METRIC, compute_loss, num_images, to_device
 
 __all__ = ["TrainResult", "train"]
@@ -81,6 +82,10 @@ def train(
     callers and tests; it may raise to stop the run). ``extra`` (plain values: str, numbers,
     lists, dicts) is stored in every checkpoint under ``"extra"``, e.g. how to rebuild the
     model and data, and in ``<out_dir>/config.json`` beside the config.
+
+    SIGINT (Ctrl-C) or SIGTERM stops the run at the end of the iteration, after writing
+    ``last.pt``, with :class:`~deformconv.engine.TrainingStopped` (a ``KeyboardInterrupt``);
+    under torchrun a signal to any rank stops all ranks there. A second Ctrl-C stops at once.
     """
     was_initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
     info = init_distributed(config.device)
@@ -110,7 +115,8 @@ def _train(
     bar = tqdm(total=run.total, initial=run.iteration, desc=config.progress_label,
                position=config.progress_line, dynamic_ncols=True,
                disable=not (config.progress and info.is_main))
-    with bar, contextlib.closing(run.logger):  # closed on errors too (e.g. a stop hook)
+    # the logger is closed on errors too (e.g. a stop hook)
+    with bar, contextlib.closing(run.logger), StopSignals(announce=info.is_main) as signals:
         window = _LogWindow(run.clock.seconds)
         run.clock.start()
         run.net.train()
@@ -120,10 +126,15 @@ def _train(
             if run.iteration % config.log_every == 0 or run.iteration == run.total:
                 run.log_train(epoch, step, window, bar)
             bar.update(1)
-            run.evaluate_and_save_mid_run()
+            saved = run.evaluate_and_save_mid_run()
             if on_iteration_end is not None:
                 on_iteration_end(run.iteration)
-        return run.finish()
+            if run.iteration < run.total and (signum := run.stop_signal(signals)):
+                run.stop(signum, saved)
+        result = run.finish()
+        if signum := run.stop_signal(signals):  # came during the last iteration or validation
+            run.stop(signum, saved=True)
+        return result
 
 
 def _prepare_process(config: TrainConfig, info: DistInfo, out_dir: Path,
@@ -277,16 +288,35 @@ class _Run:
                         img_s=f"{record['images_per_s']:.1f}")
         window.reset(self.clock.seconds)
 
-    def evaluate_and_save_mid_run(self) -> None:
-        """Validation and ``last.pt`` when due, off the clock; the last iteration's come in
-        ``finish``."""
+    def evaluate_and_save_mid_run(self) -> bool:
+        """Validation and ``last.pt`` when due, off the clock (the last iteration's come in
+        ``finish``); whether ``last.pt`` was written."""
         if self.iteration >= self.total:
-            return
+            return False
         with self.clock.paused():
             if self.val_set is not None and _every(self.iteration, self.config.eval_every):
                 self.metrics = self.validate()
             if _every(self.iteration, self.config.checkpoint_every):
                 self.checkpoint(self.last_path)
+                return True
+        return False
+
+    def stop_signal(self, signals: StopSignals) -> int | None:
+        """The stop signal that reached this rank or, under torchrun, any rank (all ranks
+        agree, so all stop together); None if none did."""
+        if not self.info.distributed:
+            return signals.signum
+        hits = all_reduce_sum(torch.tensor([int(signals.signum == s) for s in STOP_SIGNALS]))
+        received = [s for s, count in zip(STOP_SIGNALS, hits.tolist(), strict=True) if count]
+        return signals.signum or (received[0] if received else None)
+
+    def stop(self, signum: int, saved: bool) -> NoReturn:
+        """Write ``last.pt`` unless this iteration's is ``saved``, and raise
+        :class:`TrainingStopped`."""
+        if not saved:
+            with self.clock.paused():
+                self.checkpoint(self.last_path)
+        raise TrainingStopped(signum, self.iteration, self.total, self.last_path)
 
     def finish(self) -> TrainResult:
         """Stop the clock, validate, write ``last.pt``."""

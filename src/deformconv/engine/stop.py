@@ -1,0 +1,79 @@
+"""Stopping a run cleanly on SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption notice).
+
+While :class:`StopSignals` is installed, the first of these signals only records a request;
+the training loop sees it at the end of the iteration, writes ``last.pt`` and raises
+:class:`TrainingStopped`. A parameter update is never cut in half, and the run resumes from
+where it stopped. A second Ctrl-C stops at once (as Python's default would); a repeated
+SIGTERM changes nothing, since the stop is under way (a scheduler's SIGKILL ends it anyway).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType, TracebackType
+
+__all__ = ["STOP_SIGNALS", "StopSignals", "TrainingStopped"]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """A run stopped by a signal at an iteration boundary, after writing its checkpoint.
+
+    A ``KeyboardInterrupt``, so code that handles Ctrl-C handles this too.
+    ``checkpoint`` is None on ranks other than 0 (they write none).
+    """
+
+    def __init__(self, signum: int, iteration: int, total: int,
+                 checkpoint: Path | None) -> None:
+        self.signum, self.iteration, self.total = signum, iteration, total
+        self.checkpoint = checkpoint
+        saved = "" if checkpoint is None else f"; saved {checkpoint} (resume to continue)"
+        super().__init__(f"stopped by {signal.Signals(signum).name} after iteration "
+                         f"{iteration}/{total}{saved}")
+
+    def __reduce__(self) -> tuple:  # picklable, e.g. to send from a worker process
+        return type(self), (self.signum, self.iteration, self.total, self.checkpoint)
+
+
+class StopSignals:
+    """Context manager: turns SIGINT and SIGTERM into a stop request (:attr:`signum`).
+
+    Installed only in the main thread (Python delivers signals there); elsewhere it does
+    nothing and the signals keep their handlers. Processes forked while it is installed
+    (data loader workers) ignore the signals: their parent ends them when it stops.
+    ``announce``: say on stderr that the stop is under way (one rank of several says it).
+    """
+
+    def __init__(self, announce: bool = True) -> None:
+        self.signum: int | None = None
+        self._announce = announce
+        self._pid = os.getpid()
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            return
+        if self.signum is None:
+            self.signum = signum
+            if not self._announce:
+                return
+            # os.write: a print here could re-enter a stream the loop is writing to
+            os.write(2, f"\ndeformconv: {signal.Signals(signum).name} received: stopping after "
+                        "this iteration, with a checkpoint (Ctrl-C again: stop at once)\n"
+                        .encode())
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt

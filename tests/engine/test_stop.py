@@ -1,0 +1,77 @@
+"""StopSignals and TrainingStopped; the training loop's stop is tested with real signals in
+test_processes.py (torchrun) and tests/cli/test_train.py (Ctrl-C)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from deformconv.engine.stop import STOP_SIGNALS, StopSignals, TrainingStopped
+
+needs_main_thread = pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(),
+    reason="signal handlers can be installed from the main thread only")
+
+
+@needs_main_thread
+def test_handlers_are_installed_and_restored() -> None:
+    before = [signal.getsignal(s) for s in STOP_SIGNALS]
+    with StopSignals() as signals:
+        assert [signal.getsignal(s) for s in STOP_SIGNALS] == [signals._handle] * 2
+    assert [signal.getsignal(s) for s in STOP_SIGNALS] == before
+
+
+def test_outside_the_main_thread_nothing_is_installed() -> None:
+    seen = []
+
+    def enter() -> None:
+        before = signal.getsignal(signal.SIGINT)
+        with StopSignals():
+            seen.append(signal.getsignal(signal.SIGINT) is before)
+
+    thread = threading.Thread(target=enter)
+    thread.start()
+    thread.join()
+    assert seen == [True]
+
+
+def test_first_signal_requests_a_stop_and_a_second_ctrl_c_stops_at_once(
+        capfd: pytest.CaptureFixture) -> None:
+    signals = StopSignals()
+    signals._handle(signal.SIGTERM, None)
+    assert signals.signum == signal.SIGTERM
+    assert "SIGTERM received: stopping after this iteration" in capfd.readouterr().err
+    signals._handle(signal.SIGTERM, None)  # a repeated SIGTERM: the stop is under way
+    assert signals.signum == signal.SIGTERM and capfd.readouterr().err == ""
+    with pytest.raises(KeyboardInterrupt):
+        signals._handle(signal.SIGINT, None)
+
+
+def test_quiet_ranks_and_forked_workers(capfd: pytest.CaptureFixture,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    quiet = StopSignals(announce=False)
+    quiet._handle(signal.SIGINT, None)
+    assert quiet.signum == signal.SIGINT and capfd.readouterr().err == ""
+
+    signals = StopSignals()
+    monkeypatch.setattr(os, "getpid", lambda: -1)  # as in a process forked from this one
+    signals._handle(signal.SIGINT, None)
+    signals._handle(signal.SIGINT, None)  # neither requests a stop nor raises
+    assert signals.signum is None and capfd.readouterr().err == ""
+
+
+def test_training_stopped_says_where_and_pickles() -> None:
+    stopped = TrainingStopped(signal.SIGINT, 3, 10, Path("runs/x/last.pt"))
+    assert isinstance(stopped, KeyboardInterrupt)
+    assert str(stopped) == ("stopped by SIGINT after iteration 3/10; saved runs/x/last.pt "
+                            "(resume to continue)")
+    copy = pickle.loads(pickle.dumps(stopped))
+    assert (copy.signum, copy.iteration, copy.total, copy.checkpoint, str(copy)) == (
+        stopped.signum, 3, 10, Path("runs/x/last.pt"), str(stopped))
+    assert str(TrainingStopped(signal.SIGTERM, 3, 10, None)) == (
+        "stopped by SIGTERM after iteration 3/10")
