@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from deformconv import onnx as dc_onnx
+from deformconv.onnx.export import worst
 from deformconv.ops import deform_conv2d
 
 pytest.importorskip("onnx")
@@ -100,6 +102,21 @@ def test_check_reports_a_real_difference(exported_net):
     with torch.no_grad():
         other[-1].bias.add_(1.0)
     assert dc_onnx.check(other, torch.randn(4, 3, 16, 16), path) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_check_reports_a_nan_output(exported_net):
+    """A NaN output is no match (it used to be reported as a difference of 0)."""
+    _, path, _ = exported_net
+    broken = small_net().eval()
+    with torch.no_grad():
+        broken[-1].weight.fill_(math.nan)
+    assert math.isnan(dc_onnx.check(broken, torch.randn(4, 3, 16, 16), path))
+
+
+def test_worst_keeps_a_nan_wherever_it_comes():
+    assert worst([0.0, 1e-6]) == 1e-6
+    assert math.isnan(worst([0.0, math.nan, 1e-6]))
+    assert math.isnan(worst([1e-6, math.nan]))
 
 
 def test_check_wrong_number_of_inputs(exported_net):

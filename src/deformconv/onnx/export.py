@@ -10,8 +10,9 @@ outside an ONNX export (``torch.export.export``, then ``torch.onnx.export`` of t
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,7 +165,7 @@ def check(model: nn.Module, args: tuple | Tensor, path: str | os.PathLike) -> fl
         expected = tensor_leaves(model(*args))
     if len(got) != len(expected):
         raise ValueError(f"onnxruntime gave {len(got)} outputs, PyTorch {len(expected)}")
-    diff = 0.0
+    diffs = [0.0]
     for i, (ort_out, torch_out) in enumerate(zip(got, expected, strict=True)):
         torch_out = torch_out.detach().cpu().double().numpy()
         if ort_out.shape != torch_out.shape:
@@ -173,8 +174,15 @@ def check(model: nn.Module, args: tuple | Tensor, path: str | os.PathLike) -> fl
                 f"{torch_out.shape} in PyTorch"
             )
         if ort_out.size:
-            diff = max(diff, float(np.abs(ort_out.astype(np.float64) - torch_out).max()))
-    return diff
+            diffs.append(float(np.abs(ort_out.astype(np.float64) - torch_out).max()))
+    return worst(diffs)
+
+
+def worst(diffs: Iterable[float]) -> float:
+    """The largest of ``diffs``; NaN if any is NaN (``max`` keeps a NaN only when it comes
+    first)."""
+    diffs = list(diffs)
+    return math.nan if any(math.isnan(d) for d in diffs) else max(diffs)
 
 
 @dataclass(frozen=True)
@@ -227,5 +235,5 @@ def export_model(
     inputs = [example_input]
     if dynamic_batch or dynamic_size:
         inputs.append(grow(example_input, dynamic_batch, dynamic_size))
-    diff = max(check(model, (x,), path) for x in inputs)
+    diff = worst(check(model, (x,), path) for x in inputs)
     return ExportResult(os.fspath(path), diff, tuple(tuple(x.shape) for x in inputs))
