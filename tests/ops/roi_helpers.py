@@ -177,9 +177,10 @@ class RoIOpTester:
         for args in self.opcheck_arguments(generator):
             torch.library.opcheck(op, args)
 
-    def test_compile_fullgraph(self, generator):
+    @pytest.mark.parametrize("dynamic", [None, True])  # True: RoI counts vary by batch
+    def test_compile_fullgraph(self, generator, dynamic):
         head, inputs = self.compile_case(generator)
-        compiled = torch.compile(head, fullgraph=True, backend="aot_eager")
+        compiled = torch.compile(head, fullgraph=True, backend="aot_eager", dynamic=dynamic)
         torch.testing.assert_close(compiled(*inputs), head(*inputs))
 
     @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

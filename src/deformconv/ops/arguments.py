@@ -38,7 +38,8 @@ def finite_float(name: str, value: object, *, positive: bool = False) -> float:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be {expected}, got {value!r}") from None
-    if not math.isfinite(number) or (positive and not number > 0):
+    # comparisons, not math.isfinite: torch.compile(dynamic=True) traces floats symbolically
+    if not -math.inf < number < math.inf or (positive and not number > 0):
         raise ValueError(f"{name} must be {expected}, got {value!r}")
     return number
 
