@@ -75,3 +75,51 @@ def test_a_pattern_that_matches_no_module_is_an_error():
     with pytest.raises(ValueError, match=r"\['layr4\.\*'\] match no module.*'layer1\.0\.conv1'"):
         convert_to_deformable(model, ["layer1.0.conv1", "layr4.*"])
     assert not any(isinstance(m, DeformConv2d) for m in model.modules())  # nothing half-done
+
+
+class _StandardizedConv2d(nn.Conv2d):
+    """A conv that standardises its weight in forward, as timm's StdConv2d does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-6)
+        return self._conv_forward(x, w, self.bias)
+
+
+def test_convs_a_deformable_conv_cannot_reproduce_are_left_with_a_warning():
+    model = nn.Sequential(
+        _StandardizedConv2d(4, 4, 3, padding=1),
+        nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
+        nn.utils.parametrizations.weight_norm(nn.Conv2d(4, 4, 3, padding=1)),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.Conv2d(4, 4, 1),  # 1×1: never converted, no warning
+    ).eval()
+    hooked = nn.Conv2d(4, 4, 3, padding=1)
+    hooked.register_forward_hook(lambda module, args, out: out * 2)
+    model.append(hooked)
+    x = torch.randn(1, 4, 8, 8)
+    expected = model(x)
+    with pytest.warns(UserWarning, match=r"left 4 selected conv\(s\) as they are.*"
+                      r"0: its class _StandardizedConv2d computes its own forward; "
+                      r"1: padding_mode='reflect'.*2: it has a parametrization.*"
+                      r"5: it has a parametrization or forward hooks") as record:
+        assert convert_to_deformable(model) == ["3"]
+    assert len(record) == 1
+    torch.testing.assert_close(model(x), expected)
+    assert isinstance(model[0], _StandardizedConv2d) and not isinstance(model[5], DeformConv2d)
+
+
+@pytest.mark.parametrize(("kernel", "dilation"), [(3, 1), (3, 2), (5, 1), ((3, 5), 1)])
+def test_same_and_valid_string_paddings_are_converted(kernel, dilation):
+    model = nn.Sequential(nn.Conv2d(4, 6, kernel, padding="same", dilation=dilation),
+                          nn.Conv2d(6, 4, kernel, padding="valid")).eval()
+    x = torch.randn(2, 4, 11, 9)
+    expected = model(x)
+    assert convert_to_deformable(model, lambda name, conv: True) == ["0", "1"]
+    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_same_padding_of_an_even_kernel_is_left_with_a_warning():
+    model = nn.Sequential(nn.Conv2d(4, 4, 2, padding="same"))
+    with pytest.warns(UserWarning, match="padding='same' pads one side more"):
+        assert convert_to_deformable(model, "0") == []

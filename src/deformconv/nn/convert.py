@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Callable, Sequence
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .deform_conv import DeformConv2d, DeformConv2dBase
 
@@ -15,13 +17,34 @@ Selector = str | Sequence[str] | Callable[[str, nn.Conv2d], bool]
 
 
 def _is_candidate(module: nn.Module) -> bool:
-    """Plain zero-padded 2-D convs with a kernel larger than 1×1 (1×1 has nothing to deform)."""
-    return (
-        isinstance(module, nn.Conv2d)
-        and module.kernel_size != (1, 1)
-        and module.padding_mode == "zeros"
-        and isinstance(module.padding, tuple)
-    )
+    """2-D convs with a kernel larger than 1×1 (1×1 has nothing to deform)."""
+    return isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1)
+
+
+def _zero_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
+    """The conv's padding as (ph, pw) on both sides; None for a ``"same"`` padding that
+    pads one side more (an odd total)."""
+    if not isinstance(conv.padding, str):
+        return conv.padding  # type: ignore[return-value]
+    if conv.padding == "valid":
+        return (0, 0)
+    totals = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
+    return None if any(t % 2 for t in totals) else (totals[0] // 2, totals[1] // 2)
+
+
+def _unconvertible(conv: nn.Conv2d) -> str | None:
+    """Why a :class:`DeformConv2d` with ``conv``'s weights would not compute what ``conv``
+    does; None when it would."""
+    kind = type(conv)
+    if kind.forward is not nn.Conv2d.forward or kind._conv_forward is not nn.Conv2d._conv_forward:
+        return f"its class {kind.__name__} computes its own forward"
+    if parametrize.is_parametrized(conv) or conv._forward_pre_hooks or conv._forward_hooks:
+        return "it has a parametrization or forward hooks (weight_norm, spectral_norm, ...)"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r} (deformable sampling pads with zeros)"
+    if _zero_padding(conv) is None:
+        return "padding='same' pads one side more than the other"
+    return None
 
 
 def _patterns(include: Selector | None) -> list[str]:
@@ -71,16 +94,20 @@ def convert_to_deformable(
 
     Each new layer shares the old one's ``weight`` and ``bias`` parameters and geometry, and
     its offset branch starts at zero, so a non-modulated conversion leaves the model's
-    output unchanged until the offsets are trained.
+    output unchanged until the offsets are trained. (A modulated one halves each converted
+    conv's sampled sum at first: DCN v2's initial mask is ``sigmoid(0) = 0.5``.)
 
     Args:
         model: any module (a torchvision or timm model, say).
         include: which convs to convert, by qualified name (``model.named_modules()``):
             a glob pattern or a list of them (``"layer4.*.conv2"``; a pattern that names a
             module takes the convs inside it: ``"layer4"``), or a predicate
-            ``(name, conv) -> bool``. Default: every 3×3 conv. Only zero-padded convs with a
-            kernel larger than 1×1 are ever converted. A pattern that matches no module name
-            raises ``ValueError``.
+            ``(name, conv) -> bool``. Default: every 3×3 conv. Convs with a 1×1 kernel are
+            never converted; selected convs that a :class:`DeformConv2d` cannot reproduce
+            (a subclass with its own ``forward`` such as timm's ``StdConv2d``, a
+            parametrized or hooked conv, a padding mode other than zeros) are left as
+            they are, with a warning. A pattern that matches no module name raises
+            ``ValueError``.
         offset_groups, modulated, offset_lr_mult: passed to each :class:`DeformConv2d`.
 
     Returns:
@@ -100,12 +127,15 @@ def convert_to_deformable(
         for name, m in model.named_modules()
         if isinstance(m, DeformConv2dBase)
     )
-    chosen = [
+    selected = [
         (name, module)
         for name, module in model.named_modules()
         if name and not name.startswith(owners) and _is_candidate(module)
         and _selected(name, module, include)
     ]
+    reasons = {name: _unconvertible(conv) for name, conv in selected}
+    chosen = [(name, conv) for name, conv in selected if reasons[name] is None]
+    _warn_skipped({name: why for name, why in reasons.items() if why is not None})
     for name, conv in chosen:
         if conv.in_channels % offset_groups:
             raise ValueError(
@@ -114,9 +144,9 @@ def convert_to_deformable(
             )
     for name, conv in chosen:
         deform = DeformConv2d(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-            conv.dilation, conv.groups, conv.bias is not None, offset_groups=offset_groups,
-            modulated=modulated, offset_lr_mult=offset_lr_mult,
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+            _zero_padding(conv), conv.dilation, conv.groups, conv.bias is not None,
+            offset_groups=offset_groups, modulated=modulated, offset_lr_mult=offset_lr_mult,
         ).to(device=conv.weight.device, dtype=conv.weight.dtype)
         deform.weight = conv.weight
         deform.bias = conv.bias
@@ -124,3 +154,14 @@ def convert_to_deformable(
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, deform)
     return [name for name, _ in chosen]
+
+
+def _warn_skipped(reasons: dict[str, str]) -> None:
+    """Warn about selected convs left as they are, naming a few and why."""
+    if not reasons:
+        return
+    shown = "; ".join(f"{name}: {why}" for name, why in list(reasons.items())[:4])
+    more = f"; and {len(reasons) - 4} more" if len(reasons) > 4 else ""
+    warnings.warn(f"convert_to_deformable left {len(reasons)} selected conv(s) as they are, "
+                  f"since a DeformConv2d would compute something else: {shown}{more}",
+                  stacklevel=3)
