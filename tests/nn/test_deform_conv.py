@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -33,7 +35,7 @@ class TestDeformConv2d:
         x = torch.randn(2, cin, 9, 8)
         torch.testing.assert_close(conv(x), _plain_twin(conv)(x), rtol=1e-5, atol=1e-5)
 
-    def test_modulated_starts_at_half_mask(self):
+    def test_modulated_starts_with_half_the_samples(self):
         conv = DeformConv2d(4, 6, 3, padding=1, offset_groups=2, modulated=True)
         x = torch.randn(2, 4, 7, 7)
         no_bias = F.conv2d(x, conv.weight, None, padding=1)
@@ -111,6 +113,13 @@ class TestDeformConv2d:
     def test_bad_arguments(self, kwargs, match):
         with pytest.raises(ValueError, match=match):
             DeformConv2d(4, 6, **{"kernel_size": 3, **kwargs})
+
+    @pytest.mark.parametrize("shape", [(2, 5, 7, 7), (4, 7, 7)])
+    def test_wrong_input_is_reported_against_the_layer(self, shape):
+        conv = DeformConv2d(4, 6, 3, padding=1)
+        message = f"input must have shape (N, 4, H, W) for in_channels=4, got {shape}"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            conv(torch.randn(shape))
 
 
 class TestDeformConv2dExternal:

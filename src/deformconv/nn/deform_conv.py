@@ -123,8 +123,8 @@ class DeformConv2d(DeformConv2dBase, OffsetBranchMixin):
     The offset branch ``conv_offset`` is a conv with the main conv's kernel, stride, padding
     and dilation and ``2*G*kh*kw`` outputs (``+ G*kh*kw`` mask logits when ``modulated``),
     initialised to zero. With zero offsets the module equals ``nn.Conv2d`` with the same
-    weight; a modulated one starts at half of it, since ``sigmoid(0) = 0.5`` is the DCN v2
-    initial mask.
+    weight. A modulated one starts at ``(conv(x) - bias) / 2 + bias``: DCN v2's initial
+    mask is ``sigmoid(0) = 0.5`` (Zhu et al. 2019), and it scales the samples, not the bias.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as in
@@ -186,6 +186,11 @@ class DeformConv2d(DeformConv2dBase, OffsetBranchMixin):
             zero_init_last(self.conv_offset)
 
     def forward(self, input: Tensor) -> Tensor:
+        # before the offset conv, whose error would name its own weight; a Proxy (FX
+        # tracing) has no shape to check
+        if isinstance(input, Tensor) and (input.dim() != 4 or input.shape[1] != self.in_channels):
+            raise ValueError(f"input must have shape (N, {self.in_channels}, H, W) for "
+                             f"in_channels={self.in_channels}, got {tuple(input.shape)}")
         out = self.conv_offset(input)  # (N, 2*G*kk [+ G*kk], Hout, Wout)
         points = self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
         offset = out[:, : 2 * points]
