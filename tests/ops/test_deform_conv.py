@@ -1276,6 +1276,23 @@ def test_empty_image_gives_bias_or_clear_error(isolated_results):
             assert outcome == "ValueError" and "input" in detail, f"{name}: {outcome} {detail}"
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_no_output_channels_gives_an_empty_result(layout):
+    """A weight with no output channels (pruned away, say) gives (N, 0, Hout, Wout) and zero
+    gradients, as torchvision does; it used to fail inside the GEMM."""
+    x = torch.randn(2, 4, 5, 6).to(memory_format=layout).requires_grad_()
+    offset = torch.randn(2, 2 * 9, 3, 3, requires_grad=True)
+    weight = torch.randn(0, 4, 3, 3, requires_grad=True)
+    bias = torch.randn(0, requires_grad=True)
+    out = deform_conv2d(x, offset, weight, bias, stride=2, padding=1)
+    assert out.shape == torchvision.ops.deform_conv2d(x, offset, weight, bias, stride=2,
+                                                      padding=1).shape == (2, 0, 3, 3)
+    assert out.is_contiguous(memory_format=layout)
+    out.sum().backward()
+    for leaf in (x, offset, weight, bias):
+        assert torch.equal(leaf.grad, torch.zeros_like(leaf))
+
+
 # ----------------------------------------------------------------------------- torch.library
 
 

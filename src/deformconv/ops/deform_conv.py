@@ -31,9 +31,15 @@ def _check_forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor |
     check_no_nan("offset", offset)
 
 
+def _nothing_sampled(input: Tensor, weight: Tensor) -> bool:
+    """Whether the result is its bias alone: every sample reads zero padding (an empty
+    image), or there is no output channel."""
+    return input.shape[2] == 0 or input.shape[3] == 0 or weight.shape[0] == 0
+
+
 def _forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
              mask: Tensor | None, *ints: int) -> Tensor:
-    if input.shape[2] == 0 or input.shape[3] == 0:  # every sample reads zero padding
+    if _nothing_sampled(input, weight):
         out = _forward_fake(input, offset, weight).zero_()
         return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
     out = _dispatch.run("deform_conv2d", "forward",
@@ -62,7 +68,7 @@ def _check_backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Ten
 def _backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
               mask: Tensor | None, *ints_and_needs: int):
     ints, needs = ints_and_needs[:6], ints_and_needs[6:]
-    if input.shape[2] == 0 or input.shape[3] == 0:  # the output did not depend on anything
+    if _nothing_sampled(input, weight):  # the output depended on nothing
         grad_mask = torch.zeros_like(mask) if mask is not None else offset.new_empty(0)
         return (torch.zeros_like(input), torch.zeros_like(offset), torch.zeros_like(weight),
                 grad_mask)
