@@ -1293,6 +1293,24 @@ def test_no_output_channels_gives_an_empty_result(layout):
         assert torch.equal(leaf.grad, torch.zeros_like(leaf))
 
 
+@pytest.mark.filterwarnings("ignore")  # torch's warning that the per-sample fallback is slow
+def test_vmap_matches_a_loop():
+    """torch.func.vmap runs the op through torch's per-sample fallback, as torchvision's op;
+    the layout check used to fail on batched tensors (channels-last ones included)."""
+    weight = torch.randn(2, 2, 3, 3)
+    images = torch.randn(3, 2, 2, 5, 5)
+    offsets = torch.randn(3, 2, 18, 5, 5)
+    got = torch.func.vmap(lambda x, o: deform_conv2d(x, o, weight, padding=1))(images, offsets)
+    expected = torch.stack([deform_conv2d(x, o, weight, padding=1)
+                            for x, o in zip(images, offsets, strict=True)])
+    assert torch.equal(got, expected)
+    channels_last = images.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    got = torch.func.vmap(lambda x: deform_conv2d(x, offsets[0], weight, padding=1))(
+        channels_last)
+    torch.testing.assert_close(got, torch.stack([deform_conv2d(x, offsets[0], weight, padding=1)
+                                                 for x in images]))
+
+
 # ----------------------------------------------------------------------------- torch.library
 
 

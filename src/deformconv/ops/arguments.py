@@ -25,9 +25,13 @@ def memory_format(images: Tensor) -> torch.memory_format:
     """The layout a conv's result and input gradient take from its (N, C, H, W) input, as in
     ``torch.nn.functional.conv2d``: ``torch.channels_last`` for images stored channels-last,
     ``torch.contiguous_format`` otherwise, and for images that are both (C = 1, H = W = 1)."""
-    if images.is_contiguous() or not images.is_contiguous(memory_format=torch.channels_last):
+    if images.is_contiguous():
         return torch.contiguous_format
-    return torch.channels_last
+    try:
+        channels_last = images.is_contiguous(memory_format=torch.channels_last)
+    except RuntimeError:  # torch.func.vmap's batched tensors answer for the default only
+        return torch.contiguous_format
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def finite_float(name: str, value: object, *, positive: bool = False) -> float:

@@ -226,7 +226,7 @@ def deform_conv2d(
     _check_arguments(input, offset, weight, bias, mask, stride_, padding_, dilation_)
     if _onnx.exporting():  # the standard ONNX DeformConv node instead of our custom op
         return _onnx.deform_conv(input, offset, weight, bias, mask, stride_, padding_, dilation_)
-    if not input.is_contiguous(memory_format=torch.channels_last):
+    if memory_format(input) != torch.channels_last:
         input = input.contiguous()  # the kernels read NCHW or channels-last images
     return _deform_conv2d(input, offset.contiguous(), weight.contiguous(),
                           None if bias is None else bias.contiguous(),
