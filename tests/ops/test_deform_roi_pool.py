@@ -193,6 +193,37 @@ class TestDeformRoIPool(RoIOpTester):
         assert_close_all(["output", "grad input", "grad offset", "grad mask"],
                          [tiled, *tiled_grads], [whole, *whole_grads], **F64)
 
+    @pytest.mark.parametrize(("sampling_ratio", "aligned"), [(0, True), (0, False), (3, True)])
+    def test_bins_with_more_samples_than_the_table_hold_go_in_parts(
+            self, sampling_ratio, aligned, monkeypatch):
+        """A table of 3 rows (bins of up to 9×5 samples here; RoIs of negative size
+        included) gives the reference's values and gradients."""
+        monkeypatch.setattr("deformconv.ops._numba.deform_roi_pool._TABLE_ROWS", 3)
+        x, rois, offset, mask = _case(5, 2, 3, 9, 8, 7, (2, 3), 1.0, True, True, 0.5)
+        rois[0, 1:] = torch.tensor([30.0, 28.0, 2.0, 4.0], dtype=rois.dtype)  # x2 < x1, y2 < y1
+        args = ((2, 3), 0.5, sampling_ratio, 0.1, aligned)
+
+        def fast(x, offset, mask):
+            return deform_roi_pool(x, rois, offset, *args, mask=mask)
+
+        def slow(x, offset, mask):
+            return reference.deform_roi_pool(x, rois, offset, *args, mask=mask)
+
+        out, grads = outputs_and_grads(fast, [x, offset, mask])
+        out_ref, grads_ref = outputs_and_grads(slow, [x, offset, mask])
+        assert_close_all(["output", "grad input", "grad offset", "grad mask"],
+                         [out, *grads], [out_ref, *grads_ref], **F64)
+
+    def test_absurd_adaptive_sample_count_is_refused(self):
+        """A RoI of 2e6² feature cells would take 4e12 samples per bin: refused at once
+        (it used to fail allocating a table of them)."""
+        x = torch.randn(1, 2, 6, 6)
+        rois = torch.tensor([[0.0, 1, 1, 4, 4], [0.0, -1e6, -1e6, 1e6, 1e6]])
+        with pytest.raises(ValueError, match=r"rois: row 1 .* spans 2e\+06 x 2e\+06 feature "
+                                             r"cells .* 4e\+12 samples per bin"):
+            deform_roi_pool(x, rois, output_size=1)
+        assert deform_roi_pool(x, rois, output_size=1, sampling_ratio=2).shape == (2, 2, 1, 1)
+
     @pytest.mark.parametrize("row", [-1.5, -1.0, -0.5, 0.0, 1.0, 3.5, 4.0])
     @pytest.mark.parametrize("use_reference", [False, True])
     def test_offset_gradient_on_grid_lines_is_right_hand(self, row, use_reference, generator):

@@ -23,6 +23,7 @@ from ._checks import (
 )
 from ._library import OpParts, define_op
 from .arguments import finite_float, pair, rois_to_tensor
+from .geometry import roi_align_grid
 
 __all__ = ["deform_roi_pool"]
 
@@ -30,15 +31,42 @@ _ARGUMENTS = ("int pooled_h, int pooled_w, float spatial_scale, int sampling_rat
               "float gamma, bool aligned")
 
 
+# Samples per bin beyond which adaptive sampling is refused: a bin of 8192² feature cells,
+# beyond any feature map, so only absurd coordinates or scales get there (the kernels would
+# run for hours, as torchvision's would).
+MAX_SAMPLES_PER_BIN = 2**26
+
+
 def _check_forward(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
-                   pooled_h: int, pooled_w: int, *args) -> None:
+                   pooled_h: int, pooled_w: int, spatial_scale: float = 1.0,
+                   sampling_ratio: int = 1, gamma: float = 0.0, aligned: bool = True) -> None:
     """Checks of the registered op itself: it can be called directly, and the kernels trust
-    these shapes and dtypes. Values (RoI indices, NaN) are checked here, not while tracing."""
+    these shapes and dtypes. Values (RoI indices, NaN, sample counts) are checked here, not
+    while tracing."""
     _check_arguments(input, rois_to_tensor(rois), offset, mask, (pooled_h, pooled_w))
     check_compute_dtype(input, rois)
     check_rois_values(rois, input.shape[0])
+    _check_sample_count(rois, (pooled_h, pooled_w), spatial_scale, sampling_ratio, aligned)
     if offset is not None:
         check_no_nan("offset", offset)
+
+
+def _check_sample_count(rois: Tensor, pooled: tuple[int, int], spatial_scale: float,
+                        sampling_ratio: int, aligned: bool) -> None:
+    """Refuse RoIs whose adaptive sampling grid exceeds ``MAX_SAMPLES_PER_BIN``."""
+    if sampling_ratio > 0 or rois.numel() == 0:
+        return
+    grid = roi_align_grid(rois.double(), pooled, spatial_scale, sampling_ratio, aligned)
+    samples = grid.bin_h.ceil().clamp(min=0) * grid.bin_w.ceil().clamp(min=0)
+    row = int(samples.argmax())
+    if samples[row] > MAX_SAMPLES_PER_BIN:
+        raise ValueError(
+            f"rois: row {row} {rois[row].tolist()} spans {grid.roi_h[row]:.4g} x "
+            f"{grid.roi_w[row]:.4g} feature cells at spatial_scale={spatial_scale}, so adaptive "
+            f"sampling (sampling_ratio=0) would take {samples[row]:.3g} samples per bin, more "
+            f"than {MAX_SAMPLES_PER_BIN}: check the RoI coordinates and spatial_scale, or pass "
+            "sampling_ratio > 0"
+        )
 
 
 def _forward(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,

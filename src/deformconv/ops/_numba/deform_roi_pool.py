@@ -21,6 +21,9 @@ from .threads import run_tasks
 
 # Channels handled together by one forward task: they share the bin's table of samples.
 _CHANNEL_BLOCK = 32
+# Rows of a thread's table of samples: a bin with more samples (a huge RoI with adaptive
+# sampling) is tabulated in parts, so the table stays small whatever the RoI.
+_TABLE_ROWS = 1024
 
 # Columns of the per-RoI table ``geo`` (K, 6) of ``roi_align_grid``: the RoI's top-left
 # corner, its bin size and its size (offsets are fractions of the RoI size).
@@ -45,19 +48,40 @@ def _outside(y, x, height, width):
 
 
 @numba.njit(inline="always", cache=True)
+def _parts(grid, k, table_rows):
+    """(parts, divisor) of RoI ``k``'s bins: how many tables of ``table_rows`` samples a
+    bin's ``gh × gw`` grid takes (blocks of whole rows, or of part of one row when a row is
+    longer), none for a grid with a side <= 0 (a RoI of negative size); RoIAlign divides the
+    samples' sum by ``max(gh·gw, 1)``."""
+    gh, gw = grid[k, 0], grid[k, 1]
+    if gh <= 0 or gw <= 0:
+        return 0, max(gh * gw, 1)
+    cols = min(gw, table_rows)
+    rows = max(1, table_rows // gw)
+    return -(-gh // rows) * -(-gw // cols), gh * gw
+
+
+@numba.njit(inline="always", cache=True)
 def _fill_table(geo, grid, k, y_bin, x_bin, height, width, index, weight, slope_h, slope_w,
-                slopes):
-    """Tabulate the samples of one bin: flat corner indices into an ``H*W`` plane and weights.
+                slopes, part):
+    """Tabulate part ``part`` (see ``_parts``) of one bin's samples: flat corner indices into
+    an ``H*W`` plane and weights; returns how many samples.
 
     Row ``s`` of ``index``/``weight`` (and with ``slopes``, of ``slope_h``/``slope_w``: the
-    corner weights of d value / d y and d value / d x) describes sample ``s``; a sample outside
-    the map gets weight 0. Every channel of the RoI's image then reuses the table.
+    corner weights of d value / d y and d value / d x) describes the part's sample ``s``; a
+    sample outside the map gets weight 0. Every channel of the RoI's image then reuses the
+    table.
     """
     gh, gw = grid[k, 0], grid[k, 1]
+    cols = min(gw, index.shape[0])
+    rows = max(1, index.shape[0] // gw)
+    col_parts = -(-gw // cols)
+    y0 = (part // col_parts) * rows
+    x0 = (part % col_parts) * cols
     s = 0
-    for iy in range(gh):
+    for iy in range(y0, min(gh, y0 + rows)):
         y = y_bin + (iy + 0.5) * geo[k, _BIN_H] / gh
-        for ix in range(gw):
+        for ix in range(x0, min(gw, x0 + cols)):
             xx = x_bin + (ix + 0.5) * geo[k, _BIN_W] / gw
             if _outside(y, xx, height, width):
                 for q in range(4):
@@ -121,15 +145,18 @@ def _forward(x, height, width, batch, geo, grid, offset, has_offset, gamma, mask
         k = task // blocks
         c0 = (task % blocks) * cblock
         c1 = min(channels, c0 + cblock)
-        count = max(grid[k, 0] * grid[k, 1], 1)
+        parts, count = _parts(grid, k, table_size)
         for i in range(ph):
             for j in range(pw):
                 y_bin, x_bin = _bin_origin(geo, k, i, j, offset, has_offset, gamma)
-                samples = _fill_table(geo, grid, k, y_bin, x_bin, height, width, index, weight,
-                                      weight, weight, False)
                 scale = (mask[k, 0, i, j] if has_mask else 1.0) / count
                 for c in range(c0, c1):
-                    out[k, c, i, j] = scale * _dot(x[batch[k], c], index, weight, samples)
+                    out[k, c, i, j] = 0.0
+                for part in range(parts):
+                    samples = _fill_table(geo, grid, k, y_bin, x_bin, height, width, index,
+                                          weight, weight, weight, False, part)
+                    for c in range(c0, c1):
+                        out[k, c, i, j] += scale * _dot(x[batch[k], c], index, weight, samples)
 
 
 @kernel(fastmath=set())
@@ -147,19 +174,20 @@ def _input_grad(height, width, batch, geo, grid, offset, has_offset, gamma, mask
         c0 = blk * channels // blocks
         c1 = (blk + 1) * channels // blocks
         for k in range(nrois):
-            count = max(grid[k, 0] * grid[k, 1], 1)
+            parts, count = _parts(grid, k, table_size)
             for i in range(ph):
                 for j in range(pw):
                     y_bin, x_bin = _bin_origin(geo, k, i, j, offset, has_offset, gamma)
-                    samples = _fill_table(geo, grid, k, y_bin, x_bin, height, width, index,
-                                          weight, weight, weight, False)
                     scale = (mask[k, 0, i, j] if has_mask else 1.0) / count
-                    for c in range(c0, c1):
-                        g = grad_out[k, c, i, j] * scale
-                        plane = grad_x[batch[k], c]
-                        for s in range(samples):
-                            for q in range(4):
-                                plane[index[s, q]] += weight[s, q] * g
+                    for part in range(parts):
+                        samples = _fill_table(geo, grid, k, y_bin, x_bin, height, width, index,
+                                              weight, weight, weight, False, part)
+                        for c in range(c0, c1):
+                            g = grad_out[k, c, i, j] * scale
+                            plane = grad_x[batch[k], c]
+                            for s in range(samples):
+                                for q in range(4):
+                                    plane[index[s, q]] += weight[s, q] * g
 
 
 @kernel(fastmath=set())
@@ -173,21 +201,23 @@ def _offset_mask_grad(x, height, width, batch, geo, grid, offset, has_offset, ga
     slope_h = np.empty((table_size, 4), x.dtype)
     slope_w = np.empty((table_size, 4), x.dtype)
     for k in range(first, last):
-        count = max(grid[k, 0] * grid[k, 1], 1)
+        parts, count = _parts(grid, k, table_size)
         for i in range(ph):
             for j in range(pw):
                 y_bin, x_bin = _bin_origin(geo, k, i, j, offset, has_offset, gamma)
-                samples = _fill_table(geo, grid, k, y_bin, x_bin, height, width, index, weight,
-                                      slope_h, slope_w, True)
                 acc_h = 0.0
                 acc_w = 0.0
                 acc_v = 0.0
-                for c in range(channels):
-                    g = grad_out[k, c, i, j]
-                    v, dy, dx = _dot3(x[batch[k], c], index, weight, slope_h, slope_w, samples)
-                    acc_v += g * v
-                    acc_h += g * dy
-                    acc_w += g * dx
+                for part in range(parts):
+                    samples = _fill_table(geo, grid, k, y_bin, x_bin, height, width, index,
+                                          weight, slope_h, slope_w, True, part)
+                    for c in range(channels):
+                        g = grad_out[k, c, i, j]
+                        v, dy, dx = _dot3(x[batch[k], c], index, weight, slope_h, slope_w,
+                                          samples)
+                        acc_v += g * v
+                        acc_h += g * dy
+                        acc_w += g * dx
                 m = mask[k, 0, i, j] if has_mask else 1.0
                 grad_offset[k, 0, i, j] = gamma * geo[k, _ROI_W] * m * acc_w / count
                 grad_offset[k, 1, i, j] = gamma * geo[k, _ROI_H] * m * acc_h / count
@@ -207,7 +237,8 @@ class _Args:
         self.geo = torch.stack([columns[c] for c in sorted(columns)], dim=1).numpy()
         self.grid = torch.stack([g.grid_h, g.grid_w], dim=1).numpy()
         per_bin = g.grid_h.clamp(min=0) * g.grid_w.clamp(min=0)
-        self.table_size = max(1, int(per_bin.max())) if per_bin.numel() else 1
+        most = int(per_bin.max()) if per_bin.numel() else 1
+        self.table_size = min(max(1, most), _TABLE_ROWS)
         self.work = int(per_bin.sum()) * pooled[0] * pooled[1] * input.shape[1]
         self.batch = rois[:, 0].long().numpy()
         dummy = input.new_zeros(1, 2, 1, 1)
