@@ -25,6 +25,7 @@ from deformconv.engine import (
     TrainConfig,
     evaluate,
     load_checkpoint,
+    lr_factor,
     read_metrics,
     train,
 )
@@ -134,6 +135,24 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
     losses = [[(r["iter"], r["loss"]) for r in read_metrics(tmp_path / name / "metrics.jsonl")
                if r["split"] == "train"] for name in ("full", "cut")]
     assert losses[0] == losses[1]
+
+
+def test_resume_takes_the_configs_learning_rate_momentum_and_weight_decay(tmp_path):
+    """A resumed run with a new lr (a common move: continue at a lower rate) uses it from
+    its first step, scaled by the schedule, offset group included; it used to keep the
+    checkpoint's."""
+    data = ToyClassification(size=20)
+    base = {"eval_every": 0, "offset_lr_mult": 0.5}
+    train(_config(tmp_path, **base, iterations=4), TinyClassifier(), data)
+    config = _config(tmp_path, **base, iterations=8, lr=0.02, momentum=0.5, weight_decay=1e-3,
+                     resume="auto")
+    train(config, TinyClassifier(), data)
+    logged = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")
+              if r["split"] == "train" and r["iter"] > 4]
+    assert logged == [0.02 * lr_factor(it, config, 8) for it in range(4, 8)]
+    groups = load_checkpoint(tmp_path / "run" / "last.pt")["optimizer"]["param_groups"]
+    assert [(g["initial_lr"], g["momentum"], g["weight_decay"]) for g in groups] == [
+        (0.02, 0.5, 1e-3), (0.01, 0.5, 1e-3)]  # the offset conv's group at half the rate
 
 
 def test_resume_refuses_changed_data_order_and_bad_files(tmp_path):

@@ -36,7 +36,7 @@ from .distributed import (
 from .evaluate import autocast, evaluate
 from .loader import iters_per_epoch, train_loader
 from .metrics_log import MetricsLogger
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, lr_factor
 from .seeding import get_rng_state, seed_everything, set_rng_state
 from .stop import STOP_SIGNALS, StopSignals, TrainingStopped
 from .tasks import PRIMARY_METRIC, compute_loss, num_images, to_device
@@ -213,14 +213,30 @@ class _Run:
         state = load_checkpoint(path)
         _check_resumable(state, self.config, self.info, path)
         self.model.load_state_dict(state["model"])
+        configured = [dict(group) for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._configure_loaded_optimizer(configured)
         set_rng_state(state["rng"][self.info.rank])
         self.iteration, self.best = state["iteration"], state.get("best_metric")
         self.clock = _TrainClock(state.get("train_seconds", 0.0))
         self.resumed = True
         if self.info.is_main:
             print(f"resumed from {path} at iteration {self.iteration}/{self.total}")
+
+    def _configure_loaded_optimizer(self, configured: list[dict[str, Any]]) -> None:
+        """Learning rates (and the schedule's point), momentum and weight decay as the config
+        says now: the loaded optimizer state holds the checkpoint's, which would silently
+        override a changed ``lr``. Unchanged settings give the checkpoint's values exactly
+        (``LambdaLR`` computes ``base_lr * factor`` the same way)."""
+        factor = lr_factor(self.scheduler.last_epoch, self.config, self.total)
+        groups = self.optimizer.param_groups
+        for i, (group, config) in enumerate(zip(groups, configured, strict=True)):
+            for key in ("momentum", "weight_decay"):
+                if key in config:
+                    group[key] = config[key]
+            self.scheduler.base_lrs[i] = group["initial_lr"] = config["initial_lr"]
+            group["lr"] = config["initial_lr"] * factor
 
     def wrap_for_ddp(self) -> None:
         if self.info.distributed:
@@ -252,7 +268,7 @@ class _Run:
     def train_step(self, epoch: int, images: Any, targets: Any) -> _Step:
         """Loss, backward, optional gradient clipping, optimizer and schedule step."""
         config = self.config
-        lr = self.scheduler.get_last_lr()[0]
+        lr = self.optimizer.param_groups[0]["lr"]
         with autocast(self.info.device, config.bf16):
             loss, parts = compute_loss(config.task, self.net, images, targets,
                                        self.class_weights)
