@@ -102,6 +102,34 @@ def test_resume_auto_continues_the_run_in_out(capsys: pytest.CaptureFixture, tra
     assert load_checkpoint(out / "last.pt")["iteration"] == 5
 
 
+def test_resume_refuses_model_flags_that_describe_another_model(
+        capsys: pytest.CaptureFixture, trained: Path, tmp_path: Path) -> None:
+    """Flags that shape the model would be ignored on a resume: those that differ from the
+    checkpoint's model are refused; the first run's command line rerun with --resume auto
+    (a preemptible job's pattern) passes."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    for flags in (["--plain"], ["--base-channels", "8"], ["--model-arg", "frozen_stages=1"]):
+        code, _, err = run_cli(capsys, "train", "--resume", "auto", "--out", out, *flags)
+        assert code == 2 and f"{flags[0]} describe another model than the checkpoint's " \
+                             "(deformable resnet50" in err, err
+    code, _, err = run_cli(capsys, "train", *TINY_CLS, "--iterations", "5", "--resume", "auto",
+                           "--out", out)
+    assert code == 0, err
+    assert load_checkpoint(out / "last.pt")["iteration"] == 5
+
+
+def test_checkpoint_commands_refuse_other_models_and_classes(capsys: pytest.CaptureFixture,
+                                                             trained: Path,
+                                                             tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "viz", trained / "last.pt", "--plain", "--out", tmp_path)
+    assert code == 2 and "--plain describe another model" in err
+    code, _, err = run_cli(capsys, "eval", trained / "last.pt", "--data", "synthetic",
+                           "--scene", 'classes=["star", "cross"]')
+    assert code == 2
+    assert "the data has 2 classes, but the checkpoint's model was trained for 10\n" in err
+
+
 def test_new_run_into_a_finished_run_is_refused(capsys: pytest.CaptureFixture, trained: Path,
                                                 tmp_path: Path) -> None:
     """Without --resume the old run's last.pt and metrics would be replaced: refused, the

@@ -16,6 +16,7 @@ from ..runs.specs import (
     build_datasets,
     build_model,
     from_scratch_spec,
+    merge_kwargs,
     model_from_checkpoint,
     specs_from_checkpoint,
 )
@@ -29,6 +30,8 @@ __all__ = [
     "add_model_options",
     "build_datasets",
     "build_model",
+    "check_classes_match",
+    "check_model_flags_match",
     "data_spec_from_args",
     "model_from_checkpoint",
     "model_spec_from_args",
@@ -67,7 +70,9 @@ def add_data_options(parser: argparse.ArgumentParser, *, with_train: bool = True
         group.add_argument("--val-data", metavar="coco:ANN:IMAGES",
                            help="COCO validation set (default: the training set)")
     group.add_argument("--image-size", type=positive_int,
-                       help="synthetic image side in pixels; VOC images are resized to it")
+                       help="synthetic image side in pixels; VOC images are resized to it; "
+                            "a new detector resizes its input (COCO images too) to fit in "
+                            "it, and scales its anchors to it")
     if with_train:
         group.add_argument("--train-size", type=positive_int,
                            help="synthetic training samples (default 2000)")
@@ -170,3 +175,40 @@ def model_spec_from_args(args: argparse.Namespace, num_classes: int, *, image_si
                              deformable=not args.plain, base_channels=args.base_channels,
                              deform_blocks=deform_blocks,
                              overrides=parse_assignments(args.model_arg, "--model-arg"))
+
+
+# add_model_options' flags that shape a model -> how the command line spells them
+MODEL_FLAGS = {"plain": "--plain", "base_channels": "--base-channels",
+               "deform_blocks": "--deform-blocks", "model_arg": "--model-arg"}
+
+
+def check_model_flags_match(args: argparse.Namespace, spec: ModelSpec) -> None:
+    """Refuse model flags that describe another model than a checkpoint's ``spec`` (they
+    would be ignored); flags that agree with it pass, as when a job reruns its command line
+    with ``--resume auto``."""
+    given = [flag for dest, flag in MODEL_FLAGS.items() if getattr(args, dest, None)]
+    if not given:
+        return
+    backbone: dict = {}
+    if args.base_channels is not None:
+        backbone["base_channels"] = args.base_channels
+    if args.deform_blocks is not None:
+        backbone["deform_blocks"] = _deform_blocks(args.deform_blocks)
+    if backbone and spec.task != "classification":  # a backbone of a larger model
+        backbone = {"backbone_kwargs": backbone}
+    overrides = merge_kwargs(backbone, parse_assignments(args.model_arg, "--model-arg"))
+    if (args.plain and spec.deformable) or merge_kwargs(spec.kwargs, overrides) != spec.kwargs:
+        kind = "deformable" if spec.deformable else "plain"
+        raise CLIError(f"{', '.join(given)} describe another model than the checkpoint's "
+                       f"({kind} {spec.name}, {spec.kwargs}); the checkpoint fixes the "
+                       "model: drop them")
+
+
+def check_classes_match(classes: int, spec: ModelSpec) -> None:
+    """Refuse data whose ``classes`` (without background) differ from what the checkpoint's
+    model ``spec`` was trained for."""
+    background = 0 if spec.task == "classification" else 1
+    if classes + background != spec.num_classes:
+        trained = spec.num_classes - background
+        raise CLIError(f"the data has {classes} classes, but the checkpoint's model was "
+                       f"trained for {trained}" + (" (+ background)" if background else ""))

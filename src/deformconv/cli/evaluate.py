@@ -8,11 +8,12 @@ from pathlib import Path
 from ._build import (
     add_data_options,
     build_datasets,
+    check_classes_match,
     data_spec_from_args,
     model_from_checkpoint,
     specs_from_checkpoint,
 )
-from ._common import CLIError, non_negative_int, positive_int, write_json
+from ._common import non_negative_int, positive_int, write_json
 from .train import format_metrics
 
 HELP = "evaluate a checkpoint: top-1, mIoU or COCO mAP, printed and written as JSON"
@@ -42,10 +43,7 @@ def run_eval(args: argparse.Namespace) -> int:
     data_spec = data_spec_from_args(args, data_spec)
     task = model_spec.task
     _, val_set, classes = build_datasets(data_spec, task, need_train=False)
-    expected = classes if task == "classification" else classes + 1
-    if expected != model_spec.num_classes:
-        raise CLIError(f"the data has {classes} classes, the checkpoint's model was trained for "
-                       f"{model_spec.num_classes} outputs")
+    check_classes_match(classes, model_spec)
     model = model_from_checkpoint(model_spec, args.checkpoint)
     metrics = evaluate(model, val_set, task, batch_size=args.batch_size, device=args.device,
                        num_workers=args.workers, bf16=args.bf16, progress=True)

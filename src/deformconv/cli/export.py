@@ -9,6 +9,8 @@ from ._build import (
     ModelSpec,
     add_model_options,
     build_model,
+    check_classes_match,
+    check_model_flags_match,
     model_from_checkpoint,
     model_spec_from_args,
     resolve_model_name,
@@ -64,6 +66,9 @@ def run_export(args: argparse.Namespace) -> int:
         spec, data_spec, _ = specs_from_checkpoint(args.checkpoint)
         if args.model is not None and args.model != spec.name:
             raise CLIError(f"model {args.model} differs from the checkpoint's {spec.name}")
+        check_model_flags_match(args, spec)
+        if args.num_classes is not None:
+            check_classes_match(args.num_classes, spec)
         model = model_from_checkpoint(spec, args.checkpoint)
         size = args.image_size or data_spec.image_size
     else:

@@ -12,6 +12,8 @@ from ._build import (
     add_model_options,
     build_datasets,
     build_model,
+    check_classes_match,
+    check_model_flags_match,
     data_spec_from_args,
     model_spec_from_args,
     resolve_model_name,
@@ -114,6 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
         if args.model is not None and args.model != model_spec.name:
             raise CLIError(f"--model {args.model} differs from the checkpoint's "
                            f"{model_spec.name}; drop --model to resume")
+        check_model_flags_match(args, model_spec)
         data_spec = data_spec_from_args(args, data_spec)
         task = model_spec.task
         values = {**state["config"], **_config_values(args, given), "resume": resume}
@@ -126,7 +129,9 @@ def run_train(args: argparse.Namespace) -> int:
     config = TrainConfig.from_dict(values)
     _claim_out_folder(Path(config.out_dir), resume, args.overwrite)
     train_set, val_set, classes = build_datasets(data_spec, task)
-    if not resume:
+    if resume:
+        check_classes_match(classes, model_spec)
+    else:
         model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
                                           name=name)
     model = build_model(model_spec, seed=config.seed)

@@ -11,6 +11,8 @@ from ._build import (
     add_model_options,
     build_datasets,
     build_model,
+    check_classes_match,
+    check_model_flags_match,
     data_spec_from_args,
     model_from_checkpoint,
     model_spec_from_args,
@@ -49,9 +51,11 @@ def run_viz(args: argparse.Namespace) -> int:
         if args.model is not None and args.model != model_spec.name:
             raise CLIError(f"--model {args.model} differs from the checkpoint's "
                            f"{model_spec.name}; give one or the other")
+        check_model_flags_match(args, model_spec)
         data_spec = data_spec_from_args(args, data_spec)
         task = model_spec.task
-        _, dataset, _ = build_datasets(data_spec, task, need_train=False)
+        _, dataset, classes = build_datasets(data_spec, task, need_train=False)
+        check_classes_match(classes, model_spec)
         model = model_from_checkpoint(model_spec, args.checkpoint)
     else:
         if args.model is None and args.task is None:
