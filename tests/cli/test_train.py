@@ -207,7 +207,10 @@ def test_viz_fresh_detector_draws_sampling_and_roi_offsets(capsys: pytest.Captur
         assert_valid_png(tmp_path / name)
 
 
-def test_train_and_eval_on_voc_folder(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+def test_train_and_eval_on_voc_folder(capsys: pytest.CaptureFixture, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trained on a VOC folder given relative to the working folder, evaluated from another
+    one: the checkpoint holds the absolute path."""
     from deformconv.data import export_voc, synthetic_dataset
 
     scenes = synthetic_dataset("segmentation", 4, seed=3, image_size=40)
@@ -215,8 +218,9 @@ def test_train_and_eval_on_voc_folder(capsys: pytest.CaptureFixture, tmp_path: P
     export_voc(scenes, root, "train", indices=[0, 1])
     export_voc(scenes, root, "val", indices=[2, 3])
     out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
     code, stdout, err = run_cli(
-        capsys, "train", "--data", f"voc:{root}", "--num-classes", "10", "--image-size", "32",
+        capsys, "train", "--data", "voc:voc", "--num-classes", "10", "--image-size", "32",
         "--base-channels", "4", "--iterations", "1", "--batch-size", "2", "--out", out,
         "--no-progress", "--optimizer", "adamw", "--schedule", "onecycle", "--class-weights",
         ",".join(["0.5"] + ["1"] * 10))
@@ -225,6 +229,7 @@ def test_train_and_eval_on_voc_folder(capsys: pytest.CaptureFixture, tmp_path: P
     config = json.loads((out / "config.json").read_text())["config"]
     assert (config["optimizer"], config["schedule"]) == ("adamw", "onecycle")
     assert config["class_weights"] == [0.5] + [1.0] * 10
+    monkeypatch.chdir(out)
     code, _, err = run_cli(capsys, "eval", out / "last.pt")
     assert code == 0, err
     assert json.loads((out / "eval_metrics.json").read_text())["metrics"]["num_pixels"] > 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
+from pathlib import Path
 
 from ..conventions import TASKS
 from ..runs.specs import (
@@ -46,7 +47,8 @@ DATA_HELP = ("synthetic (default, generated on the fly) | coco:ANN.json:IMAGE_DI
 
 
 def parse_data(text: str) -> tuple[str, list[str]]:
-    """``"synthetic"`` | ``"coco:ANN:IMAGES"`` | ``"voc:ROOT"`` -> (source, paths)."""
+    """``"synthetic"`` | ``"coco:ANN:IMAGES"`` | ``"voc:ROOT"`` -> (source, absolute paths:
+    checkpoints store them, and ``eval`` / ``viz`` may run from another folder)."""
     source, _, rest = text.partition(":")
     source = source.strip().lower()
     if source == "synthetic" and not rest:
@@ -55,12 +57,16 @@ def parse_data(text: str) -> tuple[str, list[str]]:
         ann, sep, images = rest.partition(":")
         if not sep or not ann or not images:
             raise CLIError(f"--data coco needs coco:ANNOTATIONS.json:IMAGE_DIR, got {text!r}")
-        return "coco", [ann, images]
+        return "coco", [_absolute(ann), _absolute(images)]
     if source == "voc":
         if not rest:
             raise CLIError(f"--data voc needs voc:ROOT, got {text!r}")
-        return "voc", [rest]
+        return "voc", [_absolute(rest)]
     raise CLIError(f"--data must be {DATA_HELP}; got {text!r}")
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().absolute())
 
 
 def add_data_options(parser: argparse.ArgumentParser, *, with_train: bool = True) -> None:
