@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import time
 
 import pytest
@@ -21,6 +22,7 @@ from _engine_toys import (
 
 from deformconv.engine import (
     CheckpointError,
+    RunInProgressError,
     SeededSamples,
     TrainConfig,
     evaluate,
@@ -29,6 +31,7 @@ from deformconv.engine import (
     read_metrics,
     train,
 )
+from deformconv.engine.run_lock import out_dir_lock
 
 
 def _config(tmp_path, name: str = "run", **kw) -> TrainConfig:
@@ -153,6 +156,19 @@ def test_resume_takes_the_configs_learning_rate_momentum_and_weight_decay(tmp_pa
     groups = load_checkpoint(tmp_path / "run" / "last.pt")["optimizer"]["param_groups"]
     assert [(g["initial_lr"], g["momentum"], g["weight_decay"]) for g in groups] == [
         (0.02, 0.5, 1e-3), (0.01, 0.5, 1e-3)]  # the offset conv's group at half the rate
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(tmp_path):
+    """While a run holds its folder (here: this test, through the same lock), another run
+    into it is refused with the holder's pid; the folder is free again afterwards."""
+    data = ToyClassification(size=20)
+    config = _config(tmp_path, iterations=2, eval_every=0)
+    with out_dir_lock(tmp_path / "run"):
+        with pytest.raises(RunInProgressError,
+                           match=rf"another process \(pid {os.getpid()}\) is training into"):
+            train(config, TinyClassifier(), data)
+        assert not (tmp_path / "run" / "last.pt").exists()
+    assert train(config, TinyClassifier(), data).iteration == 2
 
 
 def test_resume_refuses_changed_data_order_and_bad_files(tmp_path):

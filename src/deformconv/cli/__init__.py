@@ -62,9 +62,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
                                          FileExistsError, NotADirectoryError,
                                          IsADirectoryError, PermissionError]
     from ..data import NoReadableSamplesError, SampleError
-    from ..engine import CheckpointError
+    from ..engine import CheckpointError, RunInProgressError
 
-    return (*errors, CheckpointError, SampleError, NoReadableSamplesError)
+    return (*errors, CheckpointError, RunInProgressError, SampleError, NoReadableSamplesError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

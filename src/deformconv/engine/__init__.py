@@ -23,6 +23,7 @@ from .loader import ShardSampler, TrainSampler, eval_loader, iters_per_epoch, tr
 from .metrics import IGNORE_INDEX, confusion_matrix, iou_from_confusion, top1_correct
 from .metrics_log import MetricsLogger, read_metrics
 from .optim import build_optimizer, build_scheduler, decay_start, lr_factor, param_groups
+from .run_lock import RunInProgressError
 from .seeding import SeededSamples, get_rng_state, seed_everything, set_rng_state, worker_init_fn
 from .stop import TrainingStopped
 from .tasks import PRIMARY_METRIC, collate_fn, compute_loss, make_evaluator
@@ -36,6 +37,7 @@ __all__ = [
     "CheckpointError",
     "DistInfo",
     "MetricsLogger",
+    "RunInProgressError",
     "SeededSamples",
     "ShardSampler",
     "TrainConfig",

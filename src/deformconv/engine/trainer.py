@@ -37,6 +37,7 @@ from .evaluate import autocast, evaluate
 from .loader import iters_per_epoch, train_loader
 from .metrics_log import MetricsLogger
 from .optim import build_optimizer, build_scheduler, lr_factor
+from .run_lock import out_dir_lock
 from .seeding import get_rng_state, seed_everything, set_rng_state
 from .stop import STOP_SIGNALS, StopSignals, TrainingStopped
 from .tasks import PRIMARY_METRIC, compute_loss, num_images, to_device
@@ -83,6 +84,9 @@ def train(
     lists, dicts) is stored in every checkpoint under ``"extra"``, e.g. how to rebuild the
     model and data, and in ``<out_dir>/config.json`` beside the config.
 
+    While it runs, ``out_dir`` is locked: another process's run into it raises
+    :class:`~deformconv.engine.RunInProgressError`.
+
     SIGINT (Ctrl-C) or SIGTERM stops the run at the end of the iteration, after writing
     ``last.pt``, with :class:`~deformconv.engine.TrainingStopped` (a ``KeyboardInterrupt``);
     under torchrun a signal to any rank stops all ranks there. A second Ctrl-C stops at once.
@@ -90,7 +94,10 @@ def train(
     was_initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
     info = init_distributed(config.device)
     try:
-        return _train(config, model, train_set, val_set, info, on_iteration_end, extra or {})
+        lock = out_dir_lock(Path(config.out_dir)) if info.is_main else contextlib.nullcontext()
+        with lock:
+            return _train(config, model, train_set, val_set, info, on_iteration_end,
+                          extra or {})
     finally:
         if not was_initialized:
             cleanup_distributed()
