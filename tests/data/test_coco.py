@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import torch
 from PIL import Image
 
 from deformconv.data import CocoDetection, SyntheticDetection, export_coco
+from deformconv.data._common import load_rgb
+from deformconv.runs import DataSpec, build_datasets
 
 
 def _write_images(root: Path, sizes: dict[str, tuple[int, int]]) -> None:
@@ -115,6 +118,84 @@ def test_polygon_masks(tmp_path: Path) -> None:
     rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
     assert (int(rows.min()), int(rows.max()) + 1) == (3, 11)
     assert (int(cols.min()), int(cols.max()) + 1) == (2, 12)
+
+
+def test_borrowed_categories_label_as_the_lender_does(tiny, tmp_path: Path) -> None:
+    root, ann = tiny
+    train = CocoDetection(root, ann)
+    val_ann = _write_json(tmp_path / "val.json", [{"id": 1, "file_name": "a.png"}],
+                          [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [5, 6, 10, 12]}],
+                          [{"id": 7, "name": "seven"}])
+    assert CocoDetection(root, val_ann).num_classes == 1  # its own table: cat 7 -> label 1
+    for categories in (train, ann, str(ann)):
+        val = CocoDetection(root, val_ann, categories=categories)
+        assert val.category_ids == [3, 7, 10] and val.class_names == train.class_names
+        assert val[0][1]["labels"].tolist() == [2]
+
+
+def test_category_missing_from_borrowed_table_is_an_error(tiny, tmp_path: Path) -> None:
+    root, ann = tiny
+    anns = [{"id": i, "image_id": 1, "category_id": c, "bbox": [5, 6, 10, 12]}
+            for i, c in enumerate((3, 8, 8, 11))]
+    val_ann = _write_json(tmp_path / "val.json", [{"id": 1, "file_name": "a.png"}], anns,
+                          [{"id": 3}, {"id": 8}, {"id": 11}])
+    message = (f"{val_ann}: annotations have category ids [8, 11] that are not among the "
+               f"categories of {ann} (ids [3, 7, 10])")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        CocoDetection(root, val_ann, categories=ann)
+
+
+# -- image files ---------------------------------------------------------------------------
+
+
+def _save_grey(path: Path, values: np.ndarray, mode: str | None = None) -> Path:
+    """Save (H, W) ``values`` via PIL, as ``mode`` when given (big-endian 16-bit)."""
+    if mode == "I;16B":
+        image = Image.frombytes(mode, values.shape[::-1], values.astype(">u2").tobytes())
+    else:
+        image = Image.fromarray(values)
+    image.save(path)
+    return path
+
+
+_GREY = np.array([[0, 1000, 40000], [65535, 255, 7]])
+
+
+@pytest.mark.parametrize(
+    ("name", "values", "save_mode", "opens_as", "expected"),
+    [
+        ("g16.png", _GREY.astype(np.uint16), None, "I;16", _GREY / 65535),
+        ("g16b.tif", _GREY.astype(np.uint16), "I;16B", "I;16B", _GREY / 65535),
+        # 16-bit PNGs open as "I" in older PIL versions: values that fit in 16 bits
+        ("i16.tif", _GREY.astype(np.int32), None, "I", _GREY / 65535),
+        ("i32.tif", np.array([[-5, 0, 2**30]], np.int32), None, "I",
+         np.array([[0, 0, 2**30 / (2**31 - 1)]])),
+        ("f.tif", np.array([[-0.5, 0.25, 1.5]], np.float32), None, "F",
+         np.array([[0, 0.25, 1]])),
+    ],
+)
+def test_grey_images_of_more_than_8_bits_keep_their_range(
+    tmp_path: Path, name: str, values: np.ndarray, save_mode: str | None, opens_as: str,
+    expected: np.ndarray,
+) -> None:
+    path = _save_grey(tmp_path / name, values, save_mode)
+    with Image.open(path) as img:
+        assert img.mode == opens_as
+    image = load_rgb(path)
+    assert image.shape == (3, *values.shape) and image.dtype == torch.float32
+    want = torch.from_numpy(expected).float().expand(3, -1, -1)
+    torch.testing.assert_close(image, want, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "LA", "1"])
+def test_8_bit_images_are_divided_by_255(tmp_path: Path, mode: str) -> None:
+    rgb = np.random.default_rng(1).integers(0, 255, (6, 7, 3), dtype=np.uint8)
+    path = tmp_path / f"{mode}.png"
+    Image.fromarray(rgb).convert(mode).save(path)
+    with Image.open(path) as img:
+        assert img.mode == mode
+        want = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255)
+    torch.testing.assert_close(load_rgb(path), want.permute(2, 0, 1), rtol=0, atol=0)
 
 
 # -- broken inputs -------------------------------------------------------------------------
@@ -244,3 +325,84 @@ def test_dataloader_workers_survive_a_corrupt_image(tiny) -> None:
                                          collate_fn=detection_collate)
     ids = [t["image_id"] for _, targets in loader for t in targets]
     assert len(ids) == 3 and 3 not in ids  # the worker substituted a good image
+
+
+# -- as run data: runs.specs.build_datasets -----------------------------------------------
+
+
+class _Oracle(torch.nn.Module):
+    """A stand-in detector: the outputs it is given, one per image in dataset order."""
+
+    def __init__(self, outputs: list[dict[str, torch.Tensor]]) -> None:
+        super().__init__()
+        self.outputs = outputs
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        return [self.outputs.pop(0) for _ in images]
+
+
+def _output(boxes: list[list[float]], labels: list[int], score: float) -> dict:
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "scores": torch.full((len(labels),), score), "labels": torch.tensor(labels)}
+
+
+def _ap50(val, outputs: list[dict]) -> float:
+    from deformconv.engine import evaluate
+
+    return evaluate(_Oracle(outputs), val, "detection", batch_size=2)["AP50"]
+
+
+def _exact(target: dict) -> dict:
+    """The detections an ideal detector would output for ``target``."""
+    return _output(target["boxes"].tolist(), target["labels"].tolist(), 0.9)
+
+
+def test_run_data_trains_without_crowd_and_evaluates_with_it(tiny) -> None:
+    root, ann = tiny  # image 2 holds only a crowd region of category 10 (label 3)
+    with pytest.warns(RuntimeWarning, match="crowd: 1, empty_image: 1"):
+        train, val, classes = build_datasets(DataSpec("coco", [str(ann), str(root)]),
+                                             "detection")
+    assert classes == 3 and train.image_ids == [1, 3] and val.image_ids == [1, 2, 3]
+    assert all(train[i][1]["iscrowd"].sum() == 0 for i in range(len(train)))
+    _, crowd = val[1]
+    assert crowd["iscrowd"].tolist() == [1] and crowd["labels"].tolist() == [3]
+    # a confident detection inside the crowd region is neither a hit nor a false positive
+    outputs = [_exact(val[0][1]), _output([[10, 10, 30, 30]], [3], 0.99), _exact(val[2][1])]
+    assert _ap50(val, outputs) == pytest.approx(1.0)
+
+
+def test_run_data_evaluates_images_without_objects(tiny) -> None:
+    root, ann = tiny
+    data = json.loads(ann.read_text())
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 2]
+    ann.write_text(json.dumps(data))
+    with pytest.warns(RuntimeWarning, match="empty_image: 1"):
+        train, val, _ = build_datasets(DataSpec("coco", [str(ann), str(root)]), "detection")
+    assert len(train) == 2 and val.image_ids == [1, 2, 3] and not val.skipped
+    _, empty = val[1]
+    assert empty["boxes"].shape == (0, 4)
+    # image 2's false positive outscores the one hit of label 2: its AP50 halves to 0.5
+    outputs = [_exact(val[0][1]), _output([[10, 10, 30, 30]], [2], 0.99), _exact(val[2][1])]
+    assert _ap50(val, outputs) == pytest.approx(0.75)
+
+
+@pytest.mark.filterwarnings("ignore:.*dropped while indexing:RuntimeWarning")
+@pytest.mark.parametrize("need_train", [True, False])
+def test_run_data_validation_takes_the_training_categories(tiny, tmp_path: Path,
+                                                           need_train: bool) -> None:
+    root, ann = tiny
+    val_ann = _write_json(tmp_path / "val.json", [{"id": 1, "file_name": "a.png"}],
+                          [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [5, 6, 10, 12]}],
+                          [{"id": 7, "name": "seven"}])
+    spec = DataSpec("coco", [str(ann), str(root)], val_paths=[str(val_ann), str(root)])
+    train, val, classes = build_datasets(spec, "detection", need_train=need_train)
+    assert (train is not None) == need_train
+    assert classes == 3 and val.class_names == ("three", "seven", "ten")
+    assert val[0][1]["labels"].tolist() == [2]
+    # a category the training file lacks is an error, not a label of another class
+    _write_json(val_ann, [{"id": 1, "file_name": "a.png"}],
+                [{"id": 1, "image_id": 1, "category_id": 8, "bbox": [5, 6, 10, 12]}],
+                [{"id": 3}, {"id": 8}])
+    unknown = rf"{re.escape(str(val_ann))}: .* ids \[8\] .* of {re.escape(str(ann))} "
+    with pytest.raises(ValueError, match=unknown):
+        build_datasets(spec, "detection", need_train=need_train)

@@ -47,19 +47,44 @@ class NoReadableSamplesError(RuntimeError):
         return cls(f"none of the {len(dataset)} samples of {dataset!r} could be read")
 
 
+# One-channel PIL modes of more than 8 bits, which convert("RGB") would clip to 0 / 255.
+_WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+
+
 def load_rgb(path: Path) -> Tensor:
-    """Decode an image file to a float32 (3, H, W) tensor in [0, 1] (any PIL mode -> RGB)."""
+    """Decode an image file to a float32 (3, H, W) tensor in [0, 1] (any PIL mode -> RGB).
+
+    8-bit images are divided by 255. Grey images of more than 8 bits are scaled by their
+    format's range and repeated over the 3 channels: 16-bit ("I;16*" modes) by 65535;
+    32-bit integer ("I", the mode some PIL versions open 16-bit PNGs in) by 65535 when
+    every value fits in 16 bits, else by 2**31 - 1; float ("F") is taken to be in [0, 1]
+    already. Values outside [0, 1] are then clipped, NaN becomes 0.
+    """
     from PIL import Image
 
     try:
         with Image.open(path) as img:
             img.load()  # decode now, so truncated files fail here and not later
+            if img.mode in _WIDE_GREY_MODES:
+                return _wide_grey_to_rgb(np.asarray(img, dtype=np.float64), img.mode)
             array = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError as err:
         raise SampleError("missing_image", f"image file not found: {path}") from err
     except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for unreadable data
         raise SampleError("corrupt_image", f"cannot decode image {path}: {err}") from err
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def _wide_grey_to_rgb(grey: np.ndarray, mode: str) -> Tensor:
+    """(H, W) values of a ``_WIDE_GREY_MODES`` image -> float32 (3, H, W) in [0, 1]."""
+    if mode == "F":
+        full_scale = 1.0
+    elif mode == "I" and grey.max(initial=0) > 65535:
+        full_scale = 2.0**31 - 1
+    else:
+        full_scale = 65535.0
+    unit = np.clip(np.nan_to_num(grey / full_scale), 0.0, 1.0).astype(np.float32)
+    return torch.from_numpy(unit).repeat(3, 1, 1)
 
 
 def clip_boxes(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray, int]:

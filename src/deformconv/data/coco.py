@@ -1,11 +1,15 @@
 """COCO-format detection / instance segmentation: an annotation json and an image folder.
 
 Returns the same ``(image, target)`` as :class:`~deformconv.data.SyntheticDetection`.
-Category ids (any integers) map to contiguous labels 1..C in ascending id order.
+Category ids (any integers) map to contiguous labels 1..C in ascending id order: the ids of
+the file's own categories, or of a table borrowed with ``categories=`` (a validation set
+takes its training set's, so that a label means the same class in both).
 
 What goes wrong, and what happens (counts are in ``dataset.skipped``, a Counter):
     annotation file or image folder missing, json unreadable, required sections or
-    fields missing or of the wrong type, duplicate ids -> error at construction
+    fields missing or of the wrong type, duplicate ids,
+    annotation of a category the borrowed ``categories`` table lacks
+                                                 -> error at construction
     annotation with unknown image/category or a malformed bbox
                                                  -> dropped, "invalid_annotation"
     box partly outside the image                 -> clipped, counted in ``dataset.clipped``
@@ -95,6 +99,10 @@ class CocoDetection(SkippingDataset):
         masks: also return instance masks; annotations without a valid segmentation are dropped.
         drop_empty: leave out images that have no annotation left (training needs objects).
         skip_crowd: drop ``iscrowd=1`` annotations.
+        categories: the category table (ids -> labels, names) to use instead of the file's
+            own: another ``CocoDetection``, e.g. the training set, or another annotation
+            json (its 'categories' are read). Annotations of a category id the table lacks
+            are an error.
     """
 
     def __init__(
@@ -106,6 +114,7 @@ class CocoDetection(SkippingDataset):
         masks: bool = False,
         drop_empty: bool = True,
         skip_crowd: bool = False,
+        categories: CocoDetection | str | Path | None = None,
     ) -> None:
         super().__init__()
         self.root, self.ann_file = Path(root), Path(ann_file)
@@ -118,10 +127,12 @@ class CocoDetection(SkippingDataset):
             raise FileNotFoundError(f"COCO image folder not found: {self.root}")
         if masks:
             _require_pycocotools()
-        data = read_json(self.ann_file)
-        images, categories, annotations = self._sections(data)
-
-        self.category_ids, self.class_names = self._categories(categories)
+        images, own_categories, annotations = _sections(self.ann_file, read_json(self.ann_file))
+        if categories is None:
+            self.category_ids, self.class_names = _categories(self.ann_file, own_categories)
+        else:
+            source, self.category_ids, self.class_names = _borrowed_categories(categories)
+            _check_known_categories(annotations, self.category_ids, self.ann_file, source)
         self.category_to_label = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
         self.label_to_category = {v: k for k, v in self.category_to_label.items()}
         by_id = self._images(images)
@@ -144,35 +155,6 @@ class CocoDetection(SkippingDataset):
             )
 
     # -- parsing ---------------------------------------------------------------------------
-
-    def _sections(self, data: Any) -> tuple[list, list, list]:
-        path = self.ann_file
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
-        for key in ("images", "categories"):
-            if key not in data:
-                raise ValueError(f"{path}: missing the required '{key}' list")
-        sections = data["images"], data["categories"], data.get("annotations", [])
-        for key, value in zip(("images", "categories", "annotations"), sections, strict=True):
-            if not isinstance(value, list):
-                raise ValueError(f"{path}: '{key}' must be a list, got {type(value).__name__}")
-        return sections
-
-    def _categories(self, categories: list) -> tuple[list[int], tuple[str, ...]]:
-        """Sorted category ids and their names (the id as text where a name is missing)."""
-        names: dict[int, str] = {}
-        for i, cat in enumerate(categories):
-            if not isinstance(cat, dict) or not _int(cat.get("id")):
-                raise ValueError(
-                    f"{self.ann_file}: categories[{i}] needs an integer 'id', got {cat!r}"
-                )
-            if cat["id"] in names:
-                raise ValueError(f"{self.ann_file}: duplicate category id {cat['id']}")
-            names[cat["id"]] = str(cat.get("name", cat["id"]))
-        if not names:
-            raise ValueError(f"{self.ann_file}: 'categories' is empty")
-        ids = sorted(names)
-        return ids, tuple(names[i] for i in ids)
 
     def _images(self, images: list) -> dict[int, _Image]:
         by_id: dict[int, _Image] = {}
@@ -270,6 +252,56 @@ class CocoDetection(SkippingDataset):
     def __repr__(self) -> str:
         return (f"CocoDetection(root={str(self.root)!r}, images={len(self)}, "
                 f"classes={self.num_classes}, skipped={dict(self.skipped)})")
+
+
+def _sections(path: Path, data: Any) -> tuple[list, list, list]:
+    """The ``images``, ``categories`` and ``annotations`` lists of annotation file ``path``."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
+    for key in ("images", "categories"):
+        if key not in data:
+            raise ValueError(f"{path}: missing the required '{key}' list")
+    sections = data["images"], data["categories"], data.get("annotations", [])
+    for key, value in zip(("images", "categories", "annotations"), sections, strict=True):
+        if not isinstance(value, list):
+            raise ValueError(f"{path}: '{key}' must be a list, got {type(value).__name__}")
+    return sections
+
+
+def _categories(path: Path, categories: list) -> tuple[list[int], tuple[str, ...]]:
+    """Sorted category ids and their names (the id as text where a name is missing)."""
+    names: dict[int, str] = {}
+    for i, cat in enumerate(categories):
+        if not isinstance(cat, dict) or not _int(cat.get("id")):
+            raise ValueError(f"{path}: categories[{i}] needs an integer 'id', got {cat!r}")
+        if cat["id"] in names:
+            raise ValueError(f"{path}: duplicate category id {cat['id']}")
+        names[cat["id"]] = str(cat.get("name", cat["id"]))
+    if not names:
+        raise ValueError(f"{path}: 'categories' is empty")
+    ids = sorted(names)
+    return ids, tuple(names[i] for i in ids)
+
+
+def _borrowed_categories(
+    categories: CocoDetection | str | Path,
+) -> tuple[Path, list[int], tuple[str, ...]]:
+    """(the file it comes from, sorted ids, names) of a ``categories=`` table."""
+    if isinstance(categories, CocoDetection):
+        return categories.ann_file, list(categories.category_ids), categories.class_names
+    path = Path(categories)
+    return path, *_categories(path, _sections(path, read_json(path))[1])
+
+
+def _check_known_categories(annotations: list, ids: list[int], ann_file: Path,
+                            source: Path) -> None:
+    """Raise when annotations of ``ann_file`` use integer category ids not in ``ids``."""
+    known = set(ids)
+    unknown = sorted({ann["category_id"] for ann in annotations if isinstance(ann, dict)
+                      and _int(ann.get("category_id")) and ann["category_id"] not in known})
+    if unknown:
+        raise ValueError(f"{ann_file}: annotations have category ids {unknown} that are not "
+                         f"among the categories of {source} (ids {ids})")
 
 
 def _require_pycocotools() -> None:

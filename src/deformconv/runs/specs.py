@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from ..data import CocoDetection
 
 __all__ = [
     "DataSpec",
@@ -71,17 +74,30 @@ def _existing(path: str, what: str, directory: bool) -> Path:
     return p
 
 
-def _coco(paths: list[str]) -> Dataset:
+def _coco(paths: list[str], *, training: bool,
+          categories: CocoDetection | Path | None = None) -> CocoDetection:
+    """The ``[ann, images]`` COCO set, for training or for COCO evaluation.
+
+    Training drops crowd regions and images without objects, as torchvision's detection
+    references do. Evaluation keeps both, as COCOeval scores them: detections on a crowd
+    region are ignored, false positives on an empty image count. ``categories``: see
+    ``CocoDetection``.
+    """
     from ..data import CocoDetection
 
     ann = _existing(paths[0], "COCO annotation file", directory=False)
     images = _existing(paths[1], "COCO image folder", directory=True)
-    return CocoDetection(images, ann)
+    return CocoDetection(images, ann, drop_empty=training, skip_crowd=training,
+                         categories=categories)
 
 
 def build_datasets(spec: DataSpec, task: str, *, need_train: bool = True
                    ) -> tuple[Dataset | None, Dataset, int]:
-    """``(train set or None, val set, C object classes)`` for ``task``."""
+    """``(train set or None, val set, C object classes)`` for ``task``.
+
+    COCO: the training annotation file's categories label both sets and give C, also when
+    only the validation set is built.
+    """
     if spec.source == "synthetic":
         from ..data import synthetic_dataset
 
@@ -96,9 +112,13 @@ def build_datasets(spec: DataSpec, task: str, *, need_train: bool = True
     if spec.source == "coco":
         if task != "detection":
             raise ValueError(f"COCO data is for detection models, the model's task is {task}")
-        train = _coco(spec.paths) if need_train else None
-        val = _coco(spec.val_paths) if spec.val_paths else (train or _coco(spec.paths))
-        return train, val, val.num_classes  # type: ignore[attr-defined]
+        train = _coco(spec.paths, training=True) if need_train else None
+        # the training file's categories number the labels (and count the classes) of both
+        table: CocoDetection | Path | None = train
+        if train is None and spec.val_paths:
+            table = _existing(spec.paths[0], "COCO training annotation file", directory=False)
+        val = _coco(spec.val_paths or spec.paths, training=False, categories=table)
+        return train, val, val.num_classes
     if spec.source == "voc":
         from ..data import VOCSegmentation
         from ..data.transforms import Resize
@@ -137,8 +157,9 @@ def from_scratch_spec(name: str, num_classes: int, *, image_size: int,
     """A model for C = ``num_classes`` object classes, trained from scratch.
 
     Defaults suit training a ResNet-based model from random init: batch norm that learns
-    (not frozen), nothing frozen; detection images kept at their size, anchors scaled to
-    ``image_size``. ``overrides`` (nested dicts merge) have the last word. A model of
+    (not frozen), nothing frozen; a detector resizes its input images to fit in
+    ``image_size`` × ``image_size`` (torchvision's ``min_size = max_size``) and scales its
+    anchors to it. ``overrides`` (nested dicts merge) have the last word. A model of
     ``RESNET_FREE_MODELS`` gets its own defaults and ``overrides`` only.
     """
     from ..models import model_task
