@@ -90,6 +90,8 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
      "a classification scene always holds exactly one object"),
     (["eval", "/nonexistent/last.pt"], "checkpoint not found: /nonexistent/last.pt"),
     (["viz"], "give a checkpoint, or --model NAME"),
+    (["train", "--optimizer", "adamw", "--momentum", "0.5"],
+     "--momentum is for --optimizer sgd; adamw takes none"),
     (["bench", "--bench-dir", "/nonexistent/benchmarks"],
      "benchmark folder not found: /nonexistent/benchmarks"),
     (["train", "--config", "/nonexistent/run.yaml"], "config file not found"),

@@ -169,9 +169,11 @@ def test_resume_with_a_different_model_is_refused(capsys: pytest.CaptureFixture,
 
 def test_viz_from_checkpoint(capsys: pytest.CaptureFixture, trained: Path,
                              tmp_path: Path) -> None:
-    code, stdout, _ = run_cli(capsys, "viz", trained / "last.pt", "--index", "1", "--count",
-                              "2", "--out", tmp_path)
+    # images 2 and 3: the count stops at the last of the 4 validation images
+    code, stdout, _ = run_cli(capsys, "viz", trained / "last.pt", "--index", "2", "--count",
+                              "5", "--out", tmp_path)
     assert code == 0
+    assert "Images [2, 3] of the validation data" in (tmp_path / "offsets.md").read_text()
     pngs = sorted(tmp_path.glob("*.png"))
     assert [p.name for p in pngs] == ["sampling_0.png", "sampling_1.png"]
     for png in pngs:
@@ -183,9 +185,9 @@ def test_viz_from_checkpoint(capsys: pytest.CaptureFixture, trained: Path,
 
 def test_viz_index_out_of_range(capsys: pytest.CaptureFixture, trained: Path,
                                 tmp_path: Path) -> None:
-    code, _, err = run_cli(capsys, "viz", trained / "last.pt", "--index", "3", "--count", "2",
+    code, _, err = run_cli(capsys, "viz", trained / "last.pt", "--index", "4", "--count", "2",
                            "--out", tmp_path)
-    assert code == 2 and "image index 4 is out of range: the dataset has 4 samples" in err
+    assert code == 2 and "--index 4 is past the last of the 4 validation images" in err
 
 
 def test_viz_of_a_plain_model_has_nothing_to_draw(capsys: pytest.CaptureFixture,

@@ -50,6 +50,12 @@ def test_truncated_or_garbage_file_names_path(tmp_path, cut):
         load_checkpoint(path)
 
 
+def test_empty_file_is_named_empty(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"checkpoint .*last\.pt is empty \(0 bytes\)"):
+        load_checkpoint(tmp_path / "last.pt")
+
+
 def test_foreign_checkpoints_rejected(tmp_path):
     plain = tmp_path / "weights.pt"
     torch.save({"weight": torch.zeros(2)}, plain)

@@ -34,6 +34,7 @@ class TestTrainConfig:
             ("milestones", [5, 3], "milestones must be positive and increasing"),
             ("grad_clip_norm", 0.0, "grad_clip_norm must be > 0"),
             ("log_every", 0, "log_every must be >= 1"),
+            ("momentum", 1.0, r"momentum must be in \[0, 1\), got 1.0"),
             ("lr_mults", {"conv.": -0.5}, "lr_mults must map parameter-name prefixes"),
         ],
     )

@@ -127,6 +127,9 @@ def run_train(args: argparse.Namespace) -> int:
         name, task = resolve_model_name(args.task, args.model, data_spec)
         values = {**_config_values(args), "task": task, "resume": None}
     config = TrainConfig.from_dict(values)
+    if "momentum" in given and config.optimizer != "sgd":
+        raise CLIError(f"--momentum is for --optimizer sgd; {config.optimizer} takes none "
+                       "(AdamW's betas are 0.9, 0.999)")
     _claim_out_folder(Path(config.out_dir), resume, args.overwrite)
     train_set, val_set, classes = build_datasets(data_spec, task)
     if resume:

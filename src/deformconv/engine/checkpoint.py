@@ -67,11 +67,15 @@ def _read(path: str | os.PathLike, map_location: str | torch.device) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); delete it or pick "
+                              "another one")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated/corrupt archives
+        detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
         raise CheckpointError(
-            f"could not read checkpoint {path}: {type(err).__name__}: {err}. "
+            f"could not read checkpoint {path}: {detail}. "
             "The file is corrupt or not a torch checkpoint; delete it or pick another one."
         ) from err
 

@@ -122,6 +122,8 @@ class TrainConfig:
         ):
             raise ValueError(f"class_weights must be a non-empty list of weights >= 0, got "
                              f"{self.class_weights!r}")
+        if not self.momentum < 1:  # 1 and above: the velocity never decays, SGD diverges
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every!r}")
         if not 0 < self.warmup_factor <= 1:

@@ -226,6 +226,9 @@ class _Run:
         self._configure_loaded_optimizer(configured)
         set_rng_state(state["rng"][self.info.rank])
         self.iteration, self.best = state["iteration"], state.get("best_metric")
+        if self.iteration > self.total:
+            raise ValueError(f"cannot resume from {path}: it is at iteration {self.iteration}, "
+                             f"beyond this run's {self.total}; ask for more iterations")
         self.clock = _TrainClock(state.get("train_seconds", 0.0))
         self.resumed = True
         if self.info.is_main:
