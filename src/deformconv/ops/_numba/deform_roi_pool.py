@@ -49,23 +49,23 @@ def _outside(y, x, height, width):
 
 @numba.njit(inline="always", cache=True)
 def _parts(grid, k, table_rows):
-    """(parts, divisor) of RoI ``k``'s bins: how many tables of ``table_rows`` samples a
-    bin's ``gh × gw`` grid takes (blocks of whole rows, or of part of one row when a row is
-    longer), none for a grid with a side <= 0 (a RoI of negative size); RoIAlign divides the
-    samples' sum by ``max(gh·gw, 1)``."""
+    """``(parts, divisor, rows, cols)`` of RoI ``k``'s bins: a bin's ``gh × gw`` samples go
+    into ``parts`` tables of ``rows × cols`` of them (whole rows, or part of a row longer
+    than the table), none for a grid with a side <= 0 (a RoI of negative size); RoIAlign
+    divides the samples' sum by ``max(gh·gw, 1)``."""
     gh, gw = grid[k, 0], grid[k, 1]
     if gh <= 0 or gw <= 0:
-        return 0, max(gh * gw, 1)
+        return 0, max(gh * gw, 1), 1, 1
     cols = min(gw, table_rows)
     rows = max(1, table_rows // gw)
-    return -(-gh // rows) * -(-gw // cols), gh * gw
+    return -(-gh // rows) * -(-gw // cols), gh * gw, rows, cols
 
 
 @numba.njit(inline="always", cache=True)
 def _fill_table(geo, grid, k, y_bin, x_bin, height, width, index, weight, slope_h, slope_w,
-                slopes, part):
-    """Tabulate part ``part`` (see ``_parts``) of one bin's samples: flat corner indices into
-    an ``H*W`` plane and weights; returns how many samples.
+                slopes, part, rows, cols):
+    """Tabulate part ``part`` (see ``_parts``: ``rows × cols`` samples) of one bin's samples:
+    flat corner indices into an ``H*W`` plane and weights; returns how many samples.
 
     Row ``s`` of ``index``/``weight`` (and with ``slopes``, of ``slope_h``/``slope_w``: the
     corner weights of d value / d y and d value / d x) describes the part's sample ``s``; a
@@ -73,11 +73,11 @@ def _fill_table(geo, grid, k, y_bin, x_bin, height, width, index, weight, slope_
     table.
     """
     gh, gw = grid[k, 0], grid[k, 1]
-    cols = min(gw, index.shape[0])
-    rows = max(1, index.shape[0] // gw)
-    col_parts = -(-gw // cols)
-    y0 = (part // col_parts) * rows
-    x0 = (part % col_parts) * cols
+    y0 = x0 = 0
+    if part > 0:  # a bin that needs several tables: rare, so the divisions are left here
+        col_parts = -(-gw // cols)
+        y0 = (part // col_parts) * rows
+        x0 = (part % col_parts) * cols
     s = 0
     for iy in range(y0, min(gh, y0 + rows)):
         y = y_bin + (iy + 0.5) * geo[k, _BIN_H] / gh
@@ -145,16 +145,19 @@ def _forward(x, height, width, batch, geo, grid, offset, has_offset, gamma, mask
         k = task // blocks
         c0 = (task % blocks) * cblock
         c1 = min(channels, c0 + cblock)
-        parts, count = _parts(grid, k, table_size)
+        parts, count, rows, cols = _parts(grid, k, table_size)
         for i in range(ph):
             for j in range(pw):
                 y_bin, x_bin = _bin_origin(geo, k, i, j, offset, has_offset, gamma)
                 scale = (mask[k, 0, i, j] if has_mask else 1.0) / count
+                # part 0 (no samples for an empty grid) is written, any further ones added
+                samples = _fill_table(geo, grid, k, y_bin, x_bin, height, width, index,
+                                      weight, weight, weight, False, 0, rows, cols)
                 for c in range(c0, c1):
-                    out[k, c, i, j] = 0.0
-                for part in range(parts):
+                    out[k, c, i, j] = scale * _dot(x[batch[k], c], index, weight, samples)
+                for part in range(1, parts):
                     samples = _fill_table(geo, grid, k, y_bin, x_bin, height, width, index,
-                                          weight, weight, weight, False, part)
+                                          weight, weight, weight, False, part, rows, cols)
                     for c in range(c0, c1):
                         out[k, c, i, j] += scale * _dot(x[batch[k], c], index, weight, samples)
 
@@ -174,14 +177,14 @@ def _input_grad(height, width, batch, geo, grid, offset, has_offset, gamma, mask
         c0 = blk * channels // blocks
         c1 = (blk + 1) * channels // blocks
         for k in range(nrois):
-            parts, count = _parts(grid, k, table_size)
+            parts, count, rows, cols = _parts(grid, k, table_size)
             for i in range(ph):
                 for j in range(pw):
                     y_bin, x_bin = _bin_origin(geo, k, i, j, offset, has_offset, gamma)
                     scale = (mask[k, 0, i, j] if has_mask else 1.0) / count
                     for part in range(parts):
                         samples = _fill_table(geo, grid, k, y_bin, x_bin, height, width, index,
-                                              weight, weight, weight, False, part)
+                                              weight, weight, weight, False, part, rows, cols)
                         for c in range(c0, c1):
                             g = grad_out[k, c, i, j] * scale
                             plane = grad_x[batch[k], c]
@@ -201,7 +204,7 @@ def _offset_mask_grad(x, height, width, batch, geo, grid, offset, has_offset, ga
     slope_h = np.empty((table_size, 4), x.dtype)
     slope_w = np.empty((table_size, 4), x.dtype)
     for k in range(first, last):
-        parts, count = _parts(grid, k, table_size)
+        parts, count, rows, cols = _parts(grid, k, table_size)
         for i in range(ph):
             for j in range(pw):
                 y_bin, x_bin = _bin_origin(geo, k, i, j, offset, has_offset, gamma)
@@ -210,7 +213,8 @@ def _offset_mask_grad(x, height, width, batch, geo, grid, offset, has_offset, ga
                 acc_v = 0.0
                 for part in range(parts):
                     samples = _fill_table(geo, grid, k, y_bin, x_bin, height, width, index,
-                                          weight, slope_h, slope_w, True, part)
+                                          weight, slope_h, slope_w, True, part, rows,
+                                          cols)
                     for c in range(channels):
                         g = grad_out[k, c, i, j]
                         v, dy, dx = _dot3(x[batch[k], c], index, weight, slope_h, slope_w,
