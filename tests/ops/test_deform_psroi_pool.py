@@ -193,6 +193,30 @@ class TestDeformPSRoIPool(RoIOpTester):
                           count_torch],
                          [out_ref, *grads_ref, count_ref], **F64)
 
+    @pytest.mark.parametrize("pooled", [22, 23, 29])
+    def test_each_bin_reads_its_own_part_at_large_pooled_sizes(self, pooled):
+        """part = floor(i / P * part_size) exactly: with P = part_size every bin moves by its
+        own cell's offset. Computed in float64, bin 15 of 22 and bin 13 of 23 read the cell
+        before theirs; in the original kernel's float32, bin 15 of 29 did."""
+        x = _linear_planes(1, 2 * pooled + 8, 2 * pooled + 8)  # one plane, 10c + h + 2w
+        rois = torch.tensor([[0, 0.0, 0.0, 2.0 * pooled - 1, 2.0 * pooled - 1]],
+                            dtype=torch.float64)
+        offset = torch.zeros(1, 2, pooled, pooled, dtype=torch.float64)
+        offset[0, 0] = torch.arange(pooled, dtype=torch.float64).view(1, -1) / 1000  # dx by col
+        args = (1.0, 1, 1, pooled, pooled, 2, 1.0)
+        moved = {
+            "op": deform_psroi_pool(x, rois, offset, spatial_scale=1.0, output_dim=1,
+                                    group_size=1, pooled_size=pooled, part_size=pooled,
+                                    sample_per_part=2, trans_std=1.0),
+            "reference": reference.deform_psroi_pool(x, rois, offset, *args)[0],
+            "torch backend": torch_backend.forward(x, rois, offset, *args)[0],
+        }
+        still = reference.deform_psroi_pool(x, rois, None, *args)[0]
+        # column j's samples move right by j/1000 · roi_w (2 P), its value by twice that
+        expected = still + 2 * torch.arange(pooled, dtype=torch.float64) / 1000 * 2 * pooled
+        for name, out in moved.items():
+            torch.testing.assert_close(out, expected, rtol=0, atol=1e-9, msg=name)
+
     @pytest.mark.parametrize("column", [-1.0, -0.5, 0.0, 1.0, 4.0, 5.0])
     @pytest.mark.parametrize("use_reference", [False, True])
     def test_offset_gradient_on_grid_lines_is_right_hand(self, column, use_reference,

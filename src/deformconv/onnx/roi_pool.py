@@ -9,8 +9,6 @@ channels and the pooling geometry are static. Semantics: shared/SPEC.md.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from onnxscript import ir
 from onnxscript import opset19 as op
@@ -197,7 +195,7 @@ def deform_psroi_pool(
     # Static per-output tables over (D, p, p): part cell, class and input channel.
     p = pooled_size
     bins = np.arange(p)
-    part = np.array([math.floor(i / p * part_size) for i in range(p)], dtype=np.int64)
+    part = np.array([i * part_size // p for i in range(p)], dtype=np.int64)
     cell = np.clip(bins * group_size // p, 0, group_size - 1)
     ctop = np.arange(output_dim)[:, None, None]
     channel = (ctop * group_size + cell[:, None]) * group_size + cell[None, :]  # (D, p, p)

@@ -94,8 +94,9 @@ def psroi_bins(output_dim: int, group_size: int, pooled_size: int, part_size: in
         torch.arange(output_dim), torch.arange(size), torch.arange(size), indexing="ij"))
     group_h = (row * group_size // size).clamp(0, group_size - 1)
     group_w = (col * group_size // size).clamp(0, group_size - 1)
-    # floor(i / P * part_size) in floating point, as the original kernel computes it
-    part = torch.tensor([int(i / size * part_size) for i in range(size)])
+    # floor(i / P * part_size), exactly: in floating point (the original kernel's float32, or
+    # float64) some bins of P >= 22 would read their neighbour's part
+    part = torch.tensor([i * part_size // size for i in range(size)])
     tables = PSRoIBins(
         channel=(ctop * group_size + group_h) * group_size + group_w,
         cls=ctop // (output_dim // num_classes),

@@ -6,8 +6,6 @@ favour plain indexing over speed. Shapes follow the spec: N batch, C channels, K
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -209,7 +207,7 @@ def deform_psroi_pool(
     group_w = (bin_w * group_size // size).clamp(0, group_size - 1)
     channel = ((ctop * group_size + group_h) * group_size + group_w).reshape(-1)
     cls = (ctop // per_class).expand(-1, size, size).reshape(-1)
-    part_h = torch.tensor([math.floor(i / size * part_size) for i in range(size)])
+    part_h = torch.tensor([i * part_size // size for i in range(size)])  # exact floor
     part_w = part_h.view(1, 1, -1).expand(output_dim, size, size).reshape(-1)
     part_h = part_h.view(1, -1, 1).expand(output_dim, size, size).reshape(-1)
     bin_h = bin_h.expand(output_dim, size, size).reshape(-1).to(**factory)

@@ -9,8 +9,6 @@ RoIs × classes (each owns its class's offset cells, shared by several bins).
 
 from __future__ import annotations
 
-import math
-
 import numba
 import torch
 from torch import Tensor
@@ -35,8 +33,8 @@ def _bin_origin(geo, k, ctop, i, j, size, offset, has_offset, trans_std, part_si
     """``(hstart, wstart, part_h, part_w, cls)`` of bin ``(ctop, i, j)`` of RoI ``k``."""
     hstart = i * (geo[k, _ROI_H] / size) + geo[k, _START_H]
     wstart = j * (geo[k, _ROI_W] / size) + geo[k, _START_W]
-    part_h = math.floor(i / size * part_size)
-    part_w = math.floor(j / size * part_size)
+    part_h = i * part_size // size  # floor(i / P * part_size), exactly
+    part_w = j * part_size // size
     cls = ctop // per_class
     if has_offset:
         wstart += offset[k, 2 * cls, part_h, part_w] * trans_std * geo[k, _ROI_W]
