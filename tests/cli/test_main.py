@@ -71,6 +71,13 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
     assert code == 2 and "COMMAND" in err
 
 
+def test_a_bad_flag_value_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    """As the command's other errors (argparse printed the whole usage before the error)."""
+    code, _, err = run_cli(capsys, "train", "--lr", "-1")
+    assert (code, err) == (2, "deformconv train: error: argument --lr: expected a number > 0, "
+                              "got -1 (see deformconv train --help)\n")
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["train", "--model", "resnet5"], "unknown model 'resnet5'; available:"),
     (["train", "--model", "resnet50", "--task", "detection"],

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import bench, demo, evaluate, export, train, viz
 from ._common import (
@@ -34,18 +35,27 @@ EXTRAS = {"torchvision": "vision", "PIL": "vision", "matplotlib": "vision",
           "onnxscript": "onnx", "onnxruntime": "onnx"}
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser whose errors are one line and a pointer to ``--help``, as the command's other
+    errors are (argparse prints the whole usage, some twenty lines for ``train``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and each subcommand's parser by name."""
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="deformconv",
         description="Deformable ConvNets (Dai et al., ICCV 2017): train, evaluate and "
                     "visualise deformable networks and their plain twins; nothing to download.",
         epilog="start with: deformconv demo   (a few minutes on a laptop CPU)",
         allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"deformconv {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                       parser_class=_Parser)
     commands = {}
     for module in COMMANDS:
         sub = module.add_parser(subparsers)
