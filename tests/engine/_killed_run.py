@@ -7,6 +7,8 @@ runs SCRIPT (or ``python -m MODULE``) with ARGS in this process, every
 ``deformconv.engine.train`` call given an ``on_iteration_end`` hook that sends the process
 SIGNAL (a name, default SIGKILL: no cleanup, no final checkpoint) once ITERATION is done
 (after its checkpoint, if one is due); given RANK, only the process of that torchrun rank.
+A SIGNAL written ``group-NAME`` goes to the whole process group, data-loading workers
+included, as a scheduler sends it (start this program in a session of its own).
 The resume tests run their programs through it, also under torchrun (whose parser would
 take options here for its own, hence one positional argument).
 """
@@ -22,8 +24,8 @@ import sys
 from deformconv import engine
 
 
-def signal_after(iteration: int, signum: int, train):
-    """``train`` with an ``on_iteration_end`` hook that sends ``signum`` at ``iteration``."""
+def signal_after(iteration: int, signum: int, train, send=lambda s: os.kill(os.getpid(), s)):
+    """``train`` with an ``on_iteration_end`` hook that ``send``s ``signum`` at ``iteration``."""
 
     @functools.wraps(train)
     def signalled(*args, on_iteration_end=None, **kwargs):
@@ -31,7 +33,7 @@ def signal_after(iteration: int, signum: int, train):
             if on_iteration_end is not None:
                 on_iteration_end(done)
             if done == iteration:
-                os.kill(os.getpid(), signum)
+                send(signum)
 
         return train(*args, on_iteration_end=hook, **kwargs)
 
@@ -43,7 +45,10 @@ def main(argv: list[str]) -> None:
     iteration, name, rank = [*when.split(":"), "", ""][:3]
     name = name or "SIGKILL"
     if rank in ("", os.environ.get("RANK", "0")):
-        engine.train = signal_after(int(iteration), signal.Signals[name], engine.train)
+        group = name.startswith("group-")
+        engine.train = signal_after(
+            int(iteration), signal.Signals[name.removeprefix("group-")], engine.train,
+            **({"send": lambda s: os.killpg(os.getpgrp(), s)} if group else {}))
     if target == "-m":
         module, *rest = rest
         sys.argv = [module, *rest]

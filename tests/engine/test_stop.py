@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -75,3 +77,37 @@ def test_training_stopped_says_where_and_pickles() -> None:
         stopped.signum, 3, 10, Path("runs/x/last.pt"), str(stopped))
     assert str(TrainingStopped(signal.SIGTERM, 3, 10, None)) == (
         "stopped by SIGTERM after iteration 3/10")
+
+
+WAITING_FOR_WORKERS = """
+import os, signal, threading, time
+import torch
+from torch.utils.data import DataLoader, Dataset
+from deformconv.engine.loader import eval_loader
+from deformconv.engine.stop import StopSignals
+
+class Slow(Dataset):
+    def __len__(self):
+        return 40
+    def __getitem__(self, index):
+        time.sleep(0.2)
+        return torch.zeros(2, 4, 4), 0
+
+with StopSignals(announce=False) as signals:
+    batches = iter(eval_loader(Slow(), "classification", 1, num_workers=2))
+    next(batches)
+    threading.Timer(0.05, os.killpg, (os.getpgrp(), signal.SIGTERM)).start()
+    for _ in range(6):  # the main process waits for its workers while the signal arrives
+        next(batches)
+    del batches  # as a run does when it stops: the loader ends its workers
+    print("stop requested by", signal.Signals(signals.signum).name)
+"""
+
+
+def test_data_loading_workers_leave_a_group_signal_to_the_run():
+    """A scheduler's SIGTERM reaches every process of the job. torch's workers died of it,
+    and their loader, waiting for a batch, raised 'DataLoader worker ... is killed by signal'
+    before the run could stop with a checkpoint."""
+    done = subprocess.run([sys.executable, "-c", WAITING_FOR_WORKERS], capture_output=True,
+                          text=True, timeout=60, check=False, start_new_session=True)
+    assert (done.returncode, done.stdout) == (0, "stop requested by SIGTERM\n"), done.stderr

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .seeding import SeededSamples, sample_seed, worker_init_fn
+from .stop import leave_stop_signals_to_parent
 from .tasks import collate_fn
 
 __all__ = ["ShardSampler", "TrainSampler", "eval_loader", "iters_per_epoch", "train_loader"]
@@ -127,10 +128,16 @@ def train_loader(
         drop_last=True,
         collate_fn=collate_fn(task),
         num_workers=num_workers,
-        worker_init_fn=worker_init_fn,
+        worker_init_fn=_init_worker,
         generator=generator,
         pin_memory=pin_memory,
     )
+
+
+def _init_worker(worker_id: int) -> None:
+    """Seed the worker's RNGs; leave stop signals to a training parent."""
+    worker_init_fn(worker_id)
+    leave_stop_signals_to_parent()
 
 
 def eval_loader(
@@ -154,7 +161,7 @@ def eval_loader(
         sampler=ShardSampler(dataset, world_size, rank),  # type: ignore[arg-type]
         collate_fn=functools.partial(_collate_readable, collate_fn(task)),
         num_workers=num_workers,
-        worker_init_fn=worker_init_fn,
+        worker_init_fn=_init_worker,
         generator=torch.Generator().manual_seed(rank),
         pin_memory=pin_memory,
     )

@@ -15,9 +15,11 @@ import threading
 from pathlib import Path
 from types import FrameType, TracebackType
 
-__all__ = ["STOP_SIGNALS", "StopSignals", "TrainingStopped"]
+__all__ = ["STOP_SIGNALS", "StopSignals", "TrainingStopped", "leave_stop_signals_to_parent"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Whether a StopSignals is installed in this process; processes forked from it inherit this.
+_installed = False
 
 
 class TrainingStopped(KeyboardInterrupt):
@@ -55,14 +57,19 @@ class StopSignals:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignals:
+        global _installed
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+            _installed = True
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
+        global _installed
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]
+        if self._previous:
+            _installed = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self._pid:
@@ -71,9 +78,22 @@ class StopSignals:
             self.signum = signum
             if not self._announce:
                 return
+            again = " (Ctrl-C again: stop at once)" if signum == signal.SIGINT else ""
             # os.write: a print here could re-enter a stream the loop is writing to
             os.write(2, f"\ndeformconv: {signal.Signals(signum).name} received: stopping after "
-                        "this iteration, with a checkpoint (Ctrl-C again: stop at once)\n"
-                        .encode())
+                        f"this iteration, with a checkpoint{again}\n".encode())
         elif signum == signal.SIGINT:
             raise KeyboardInterrupt
+
+
+def leave_stop_signals_to_parent() -> None:
+    """In a data-loading worker forked while its parent handles stop signals: ignore them.
+
+    A signal to the whole process group (a scheduler's SIGTERM, Ctrl-C) reaches the workers
+    too. torch's worker would die of SIGTERM, and its parent's loader would report that as a
+    crash before the run could stop at its iteration boundary; the parent ends its workers
+    when it stops.
+    """
+    if _installed:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
