@@ -99,6 +99,19 @@ def test_interrupted_run_resumes_to_identical_weights(capsys: pytest.CaptureFixt
         assert torch.equal(resumed[key], straight[key]), key
 
 
+def test_a_signal_in_the_last_iteration_lets_the_run_finish(tmp_path: Path) -> None:
+    """Too late to stop anything: the run validates and finishes as usual (it used to exit
+    130 without final_metrics.json, and a resume validated again)."""
+    out = tmp_path / "finished"
+    killed_run = Path(__file__).parents[1] / "engine" / "_killed_run.py"
+    done = subprocess.run(
+        [sys.executable, str(killed_run), "4:SIGINT", "-m", "deformconv", "train", *TINY_CLS,
+         "--iterations", "4", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, check=False, start_new_session=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "final_metrics.json").read_text())["iteration"] == 4
+
+
 def test_resume_refuses_model_flags_that_describe_another_model(
         capsys: pytest.CaptureFixture, trained: Path, tmp_path: Path) -> None:
     """Flags that shape the model would be ignored on a resume: those that differ from the

@@ -89,7 +89,11 @@ def train(
 
     SIGINT (Ctrl-C) or SIGTERM stops the run at the end of the iteration, after writing
     ``last.pt``, with :class:`~deformconv.engine.TrainingStopped` (a ``KeyboardInterrupt``);
-    under torchrun a signal to any rank stops all ranks there. A second Ctrl-C stops at once.
+    under torchrun a signal to any rank stops all ranks there. One during the last iteration
+    or the final validation lets the run finish. A second Ctrl-C stops at once.
+
+    A run into an ``out_dir`` that holds another run's files replaces them (the command
+    line refuses such a folder unless told to overwrite it or resume).
     """
     was_initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
     info = init_distributed(config.device)
@@ -138,10 +142,9 @@ def _train(
                 on_iteration_end(run.iteration)
             if run.iteration < run.total and (signum := run.stop_signal(signals)):
                 run.stop(signum, saved)
-        result = run.finish()
-        if signum := run.stop_signal(signals):  # came during the last iteration or validation
-            run.stop(signum, saved=True)
-        return result
+        # A signal during the last iteration or the final validation is too late to stop
+        # anything: the run finishes (a second Ctrl-C still stops at once).
+        return run.finish()
 
 
 def _prepare_process(config: TrainConfig, info: DistInfo, out_dir: Path,
