@@ -161,6 +161,42 @@ def test_new_run_into_a_finished_run_is_refused(capsys: pytest.CaptureFixture, t
     assert [r["iter"] for r in records] == [1, 1]  # train and val of the new run only
 
 
+def test_overwrite_of_a_live_run_is_refused_before_anything_is_removed(
+        capsys: pytest.CaptureFixture, trained: Path, tmp_path: Path) -> None:
+    """--overwrite used to delete a live run's files before the run lock refused it."""
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    files = sorted(p.name for p in out.iterdir())
+    with open(out / ".lock", "w") as holder:  # another process's run holds the folder
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.write("4242\n")
+        holder.flush()
+        code, _, err = run_cli(capsys, "train", *TINY_CLS, "--iterations", "1", "--out", out,
+                               "--overwrite")
+    assert code == 2 and "another process (pid 4242) is training into" in err
+    assert sorted(p.name for p in out.iterdir()) == files
+
+
+def test_resume_auto_restarts_a_run_that_left_no_checkpoint(capsys: pytest.CaptureFixture,
+                                                             trained: Path,
+                                                             tmp_path: Path) -> None:
+    """A run that died before its first checkpoint leaves config.json and metrics.jsonl:
+    --resume auto starts afresh there (it was refused with advice to use --resume auto)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("config.json", "metrics.jsonl"):
+        shutil.copy(trained / name, out / name)
+    argv = ["train", *TINY_CLS, "--iterations", "2", "--out", out, "--resume", "auto"]
+    code, stdout, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    assert f"no checkpoint in {out} to resume (metrics.jsonl, config.json" in stdout
+    assert load_checkpoint(out / "last.pt")["iteration"] == 2
+    (out / "last.pt").unlink()  # best.pt is left: something to lose, so refused
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and "it has no last.pt to resume, start afresh there with --overwrite" in err
+
+
 def test_out_that_is_a_file_is_refused(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.write_text("not a folder")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import time
 
 import pytest
@@ -159,16 +158,23 @@ def test_resume_takes_the_configs_learning_rate_momentum_and_weight_decay(tmp_pa
 
 
 def test_a_second_run_into_a_busy_folder_is_refused(tmp_path):
-    """While a run holds its folder (here: this test, through the same lock), another run
-    into it is refused with the holder's pid; the folder is free again afterwards."""
+    """While another process holds the folder's lock (here: a lock taken on the file as it
+    would), a run into it is refused with the holder's pid; the folder is free again
+    afterwards. Within one process the lock is re-entrant (the command holds it too)."""
+    fcntl = pytest.importorskip("fcntl")
     data = ToyClassification(size=20)
     config = _config(tmp_path, iterations=2, eval_every=0)
-    with out_dir_lock(tmp_path / "run"):
+    (tmp_path / "run").mkdir()
+    with open(tmp_path / "run" / ".lock", "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.write("4242\n")
+        holder.flush()
         with pytest.raises(RunInProgressError,
-                           match=rf"another process \(pid {os.getpid()}\) is training into"):
+                           match=r"another process \(pid 4242\) is training into"):
             train(config, TinyClassifier(), data)
         assert not (tmp_path / "run" / "last.pt").exists()
-    assert train(config, TinyClassifier(), data).iteration == 2
+    with out_dir_lock(tmp_path / "run"):
+        assert train(config, TinyClassifier(), data).iteration == 2
 
 
 def test_resume_refuses_changed_data_order_and_bad_files(tmp_path):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -130,16 +133,17 @@ def run_train(args: argparse.Namespace) -> int:
     if "momentum" in given and config.optimizer != "sgd":
         raise CLIError(f"--momentum is for --optimizer sgd; {config.optimizer} takes none "
                        "(AdamW's betas are 0.9, 0.999)")
-    _claim_out_folder(Path(config.out_dir), resume, args.overwrite)
-    train_set, val_set, classes = build_datasets(data_spec, task)
-    if resume:
-        check_classes_match(classes, model_spec)
-    else:
-        model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
-                                          name=name)
-    model = build_model(model_spec, seed=config.seed)
-    extra = {"model": asdict(model_spec), "data": asdict(data_spec)}
-    result = train(config, model, train_set, val_set, extra=extra)
+    with _claimed_out_folder(Path(config.out_dir), resume, args.overwrite,
+                             resume_auto=args.resume == "auto"):
+        train_set, val_set, classes = build_datasets(data_spec, task)
+        if resume:
+            check_classes_match(classes, model_spec)
+        else:
+            model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
+                                              name=name)
+        model = build_model(model_spec, seed=config.seed)
+        extra = {"model": asdict(model_spec), "data": asdict(data_spec)}
+        result = train(config, model, train_set, val_set, extra=extra)
     if result.last_checkpoint is not None:  # rank 0
         summary = {"iteration": result.iteration, "metrics": result.metrics,
                    "best_metric": result.best_metric,
@@ -166,23 +170,47 @@ def _resume_checkpoint(resume: str | None, out: Path) -> str | None:
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "final_metrics.json", "config.json")
 
 
-def _claim_out_folder(out: Path, resume: str | None, overwrite: bool) -> None:
+@contextlib.contextmanager
+def _claimed_out_folder(out: Path, resume: str | None, overwrite: bool, *,
+                        resume_auto: bool) -> Iterator[None]:
+    """Hold the run folder ``out`` (its lock, which the training run takes again) after
+    checking that this run may write there (:func:`_claim_out_folder`). Under torchrun only
+    rank 0 checks and locks."""
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; expected a folder (created when missing)")
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    from ..engine.run_lock import out_dir_lock
+
+    with out_dir_lock(out):  # before the check: --overwrite must not clear a live run
+        _claim_out_folder(out, resume, overwrite, resume_auto)
+        yield
+
+
+def _claim_out_folder(out: Path, resume: str | None, overwrite: bool,
+                      resume_auto: bool) -> None:
     """Check that the run may write into ``out``, removing an old run's files on ``overwrite``.
 
     A folder holding another run is refused (a new run would replace its ``last.pt`` and
     clear its ``metrics.jsonl``), unless this run resumes from that folder's checkpoint.
+    With ``--resume auto``, a run that left no checkpoint at all (it died before its first)
+    is replaced: there is nothing to continue.
     """
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} is a file; expected a folder (created when missing)")
     found = [name for name in RUN_FILES if (out / name).is_file()]
     if not found:
         return
     if resume is not None and Path(resume).resolve().parent == out.resolve():
         return  # continuing this folder's own run
-    if not overwrite:
-        raise CLIError(
-            f"--out {out} already holds a training run ({', '.join(found)}); continue it with "
-            f"--resume auto, start afresh there with --overwrite, or choose another --out")
+    no_checkpoint = not any(name.endswith(".pt") for name in found)
+    if resume_auto and no_checkpoint:
+        print(f"no checkpoint in {out} to resume ({', '.join(found)} of a run that stopped "
+              "before its first): starting afresh there")
+    elif not overwrite:
+        way = ("it has no last.pt to resume" if resume_auto
+               else "continue it with --resume auto")
+        raise CLIError(f"--out {out} already holds a training run ({', '.join(found)}); {way}, "
+                       "start afresh there with --overwrite, or choose another --out")
     for name in found:
         (out / name).unlink()
 
