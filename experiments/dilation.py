@@ -31,6 +31,7 @@ from runner import (
     add_common_args,
     plan,
     pretrained,
+    run_script,
     segmentation_specs,
     train_data,
     train_run,
@@ -158,4 +159,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

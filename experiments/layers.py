@@ -29,6 +29,7 @@ from runner import (
     detection_specs,
     plan,
     pretrained,
+    run_script,
     seed_stats,
     segmentation_specs,
     train_data,
@@ -112,4 +113,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

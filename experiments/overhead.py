@@ -24,6 +24,7 @@ from runner import (
     add_common_args,
     detection_specs,
     parameter_count,
+    run_script,
     segmentation_specs,
 )
 
@@ -132,4 +133,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -27,6 +27,7 @@ from runner import (
     detection_specs,
     plan,
     pretrained,
+    run_script,
     seed_stats,
     train_data,
     train_run,
@@ -104,4 +105,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -219,6 +220,19 @@ def _plain_json(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
+def run_script(main: Callable[[], int]) -> None:
+    """Run a study script's ``main`` and exit with its code. Ctrl-C or a SIGTERM stops the
+    training run at the end of an iteration, with a checkpoint; the script then says so in
+    one line and exits with 128 + the signal's number, and the same command continues."""
+    try:
+        code = main()
+    except KeyboardInterrupt as err:  # engine.TrainingStopped included
+        print(f"{str(err) or 'interrupted'}; run the same command again to continue",
+              file=sys.stderr)
+        code = 128 + getattr(err, "signum", signal.SIGINT)
+    raise SystemExit(code)
+
+
 class StudyError(SystemExit):
     """A study cannot go on (e.g. old results made with other settings); exits with code 2."""
 
@@ -309,7 +323,14 @@ class Study:
         shards = [subprocess.Popen([sys.executable, script, *argv, "--jobs", "1",
                                     "--shard", f"{k}/{self.jobs}", "--threads", "1"])
                   for k in range(self.jobs)]
-        codes = [shard.wait() for shard in shards]
+        try:
+            codes = [shard.wait() for shard in shards]
+        except KeyboardInterrupt:  # the shards got it too: wait while they save and stop
+            codes = [shard.wait() for shard in shards]
+            raise
+        stopped = {128 + signal.SIGINT, 128 + signal.SIGTERM}
+        if any(codes) and set(codes) - {0} <= stopped:
+            raise KeyboardInterrupt(f"[{self.name}] shards stopped (exit codes {codes})")
         if any(codes):
             raise StudyError(f"[{self.name}] shard exit codes {codes}; the runs done so far "
                              "are kept, run the study again to continue")

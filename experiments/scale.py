@@ -28,6 +28,7 @@ from runner import (
     add_common_args,
     mean_std,
     plan,
+    run_script,
     seed_stats,
     train_data,
     train_run,
@@ -138,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     train_data(sizes, "segmentation")  # rendered once for every run
     tests = test_sets(sizes, scales)
     results = {}
-    for name in MODELS:
-        for seed in sizes.seeds:
+    # seed by seed, so a study stopped part way can be summarised for the seeds it finished
+    for seed in sizes.seeds:
+        for name in MODELS:
             def run(run_dir, name=name, seed=seed):
                 return one_run(name, sizes, seed, run_dir, study, tests, args.smoke)
 
@@ -167,4 +169,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -211,7 +211,7 @@ def test_missing_optional_dependency_names_the_extra(capsys: pytest.CaptureFixtu
 @pytest.mark.parametrize(("raised", "code", "message"), [
     (KeyboardInterrupt(), 130, "interrupted"),
     (TrainingStopped(signal.SIGTERM, 3, 10, Path("run/last.pt")), 143,
-     "stopped by SIGTERM after iteration 3/10; saved run/last.pt (resume to continue)"),
+     "stopped by SIGTERM after iteration 3/10; saved run/last.pt"),
 ])
 def test_interrupts_exit_with_the_signals_code(capsys: pytest.CaptureFixture,
                                                monkeypatch: pytest.MonkeyPatch,

@@ -87,7 +87,7 @@ def test_interrupted_run_resumes_to_identical_weights(capsys: pytest.CaptureFixt
     name = signal_spec.removeprefix("group-")
     assert done.stderr.endswith(
         f"deformconv train: stopped by {name} after iteration 3/4; saved {out / 'last.pt'}"
-        " (resume to continue)\n")
+        ": continue with --resume auto\n")
     assert load_checkpoint(out / "last.pt")["iteration"] == 3
     code, stdout, _ = run_cli(capsys, "train", "--resume", "auto", "--iterations", "4",
                               "--checkpoint-every", "2", "--out", out, "--no-progress")

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
+from pathlib import Path
 
 import pytest
 import torch
 from exp_scripts import load
+
+from deformconv.engine import TrainingStopped
 
 runner = load("runner")
 
@@ -82,6 +86,29 @@ def test_jobs_run_the_script_as_shards_of_one_thread(tmp_path):
     with pytest.raises(SystemExit) as err:
         _study(tmp_path, {}, jobs=2).in_shards(str(failing), [])
     assert err.value.code == 2
+
+
+def test_shards_stopped_by_a_signal_stop_the_study_as_an_interrupt(tmp_path):
+    """Shards whose runs stopped at a signal (exit 130/143) are no failure: the parent stops
+    as they did, and the same command continues."""
+    stopped = tmp_path / "stopped.py"
+    stopped.write_text("raise SystemExit(143)\n")
+    with pytest.raises(KeyboardInterrupt, match=r"shards stopped \(exit codes \[143, 143\]\)"):
+        _study(tmp_path, {}, jobs=2).in_shards(str(stopped), [])
+
+
+@pytest.mark.parametrize(("raised", "code"), [
+    (KeyboardInterrupt(), 130),
+    (TrainingStopped(signal.SIGTERM, 3, 10, Path("r/last.pt")), 143),
+])
+def test_a_stopped_script_exits_with_one_line(capsys, raised, code):
+    def main():
+        raise raised
+
+    with pytest.raises(SystemExit) as err:
+        runner.run_script(main)
+    assert err.value.code == code
+    assert capsys.readouterr().err.endswith("; run the same command again to continue\n")
 
 
 @pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2"])

@@ -95,7 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except KeyboardInterrupt as err:
         # engine.TrainingStopped says where the run stopped and which signal stopped it
-        print(f"deformconv {args.command}: {str(err) or 'interrupted'}", file=sys.stderr)
+        again = (": continue with --resume auto"
+                 if args.command == "train" and getattr(err, "checkpoint", None) else "")
+        print(f"deformconv {args.command}: {str(err) or 'interrupted'}{again}", file=sys.stderr)
         return 128 + getattr(err, "signum", signal.SIGINT)
     except ModuleNotFoundError as err:
         top = (err.name or "").split(".")[0]

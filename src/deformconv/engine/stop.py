@@ -33,7 +33,7 @@ class TrainingStopped(KeyboardInterrupt):
                  checkpoint: Path | None) -> None:
         self.signum, self.iteration, self.total = signum, iteration, total
         self.checkpoint = checkpoint
-        saved = "" if checkpoint is None else f"; saved {checkpoint} (resume to continue)"
+        saved = "" if checkpoint is None else f"; saved {checkpoint}"
         super().__init__(f"stopped by {signal.Signals(signum).name} after iteration "
                          f"{iteration}/{total}{saved}")
 

@@ -83,8 +83,9 @@ def pretrained_backbone(settings: PretrainSettings, cache_dir: str | Path, *,
     """The pretrained classifier of ``settings``, trained first unless cached.
 
     Returns ``{"checkpoint": path of the weights, "metrics": validation top-1 ...,
-    "train_seconds", "seconds" and "cpu_seconds" (wall and process CPU time of the whole
-    pretraining run: rendering, training, evaluation; a resumed run counts its last part),
+    "train_seconds" (the training steps' wall time, summed over resumes), "seconds" and
+    "cpu_seconds" (wall and process CPU time of the pretraining process: rendering,
+    training, evaluation; a resumed run counts its last part only),
     "cached": whether it was read back}``. One process trains while others
     that ask for the same settings (e.g. the shards of a study) wait for its result: the
     trainer holds ``pretrain-<key>.lock`` (its process id; a lock whose process has died,
