@@ -55,6 +55,17 @@ def test_compute_loss_weights_the_segmentation_cross_entropy():
         compute_loss("segmentation", model, images, masks, torch.ones(2))
 
 
+def test_masks_of_a_narrow_integer_type_are_taken_as_labels():
+    """uint8 masks, 255 ignored (as PIL gives them), failed inside cross_entropy."""
+    torch.manual_seed(0)
+    model = TinySegmenter()
+    images, masks = torch.rand(2, 3, 8, 8), torch.randint(3, (2, 8, 8))
+    masks[:, 0] = 255
+    expected, _ = compute_loss("segmentation", model, images, masks)
+    got, _ = compute_loss("segmentation", model, images, masks.to(torch.uint8))
+    assert got.item() == expected.item()
+
+
 def test_the_trainer_passes_the_config_weights_on(tmp_path):
     from _engine_toys import ToySegmentation
 

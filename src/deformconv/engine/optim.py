@@ -1,5 +1,6 @@
 """SGD or AdamW with a reduced learning rate for offset branches, and the learning-rate
-schedules: warm-up + step decay, cosine, or one-cycle (warm-up, then cosine annealing)."""
+schedules: warm-up + step decay, cosine, one-cycle (warm-up, then cosine annealing), or
+warmup-stable-decay."""
 
 from __future__ import annotations
 

@@ -106,6 +106,8 @@ def compute_loss(
         total = sum(losses.values())
         return total, {k: v.detach() for k, v in losses.items()}
     logits = model(images)
+    if targets.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
+        targets = targets.long()  # uint8 masks (as PIL gives them), 255 ignored, are common
     if class_weights is not None and class_weights.shape != (logits.shape[1],):
         raise ValueError(f"class_weights must hold one weight per class of the model's "
                          f"{logits.shape[1]} outputs, got shape {tuple(class_weights.shape)}")
