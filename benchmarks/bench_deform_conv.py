@@ -455,6 +455,7 @@ def main() -> None:
         memory_probe(args.memory_probe, args.backward)
         return
     clock = time.process_time if args.cpu_time else time.perf_counter
+    min_seconds = 0.0 if args.quick else args.min_seconds
     sections = set(args.only.split(","))
     if unknown := sections - set(SECTIONS):
         parser.error(f"--only: unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
@@ -462,10 +463,9 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}, "
           f"{'CPU time' if args.cpu_time else 'wall clock'}, best of {args.repeats} "
-          f"(ops: of up to {MAX_REPEATS} runs filling {args.min_seconds:g} s)")
+          f"(ops: of up to {MAX_REPEATS} runs filling {min_seconds:g} s)")
     if "ops" in sections:
-        bench_ops(QUICK if args.quick else FULL, args.repeats, clock,
-                  0.0 if args.quick else args.min_seconds)
+        bench_ops(QUICK if args.quick else FULL, args.repeats, clock, min_seconds)
     if "modules" in sections:
         print()
         bench_modules(QUICK_MODULE_CASES if args.quick else MODULE_CASES,

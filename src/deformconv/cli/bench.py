@@ -21,7 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         f"benchmarks/ folder (or --bench-dir, or ${BENCH_ENV}); they are not part of the wheel.",
         epilog="example: deformconv bench --quick --only deform_conv")
     parser.add_argument("--quick", action="store_true",
-                        help="small shapes and few repeats: seconds instead of minutes")
+                        help="few repeats (and small shapes for deform_conv): seconds "
+                             "instead of minutes")
     parser.add_argument("--only", choices=sorted(SCRIPTS), action="append",
                         help="run only this benchmark (repeatable; default: all)")
     parser.add_argument("--repeats", type=positive_int,
