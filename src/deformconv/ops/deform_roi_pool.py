@@ -38,8 +38,8 @@ MAX_SAMPLES_PER_BIN = 2**26
 
 
 def _check_forward(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
-                   pooled_h: int, pooled_w: int, spatial_scale: float = 1.0,
-                   sampling_ratio: int = 1, gamma: float = 0.0, aligned: bool = True) -> None:
+                   pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int,
+                   gamma: float, aligned: bool) -> None:
     """Checks of the registered op itself: it can be called directly, and the kernels trust
     these shapes and dtypes. Values (RoI indices, NaN, sample counts) are checked here, not
     while tracing."""
@@ -82,7 +82,7 @@ def _forward_fake(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tens
 
 def _check_backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None,
                     mask: Tensor | None, pooled_h: int, pooled_w: int, *args) -> None:
-    _check_forward(input, rois, offset, mask, pooled_h, pooled_w)
+    _check_forward(input, rois, offset, mask, pooled_h, pooled_w, *args[:4])  # not the needs
     expected = (rois.shape[0], input.shape[1], pooled_h, pooled_w)
     if tuple(grad_out.shape) != expected:
         raise ValueError(f"grad_out.shape is not valid: got {tuple(grad_out.shape)}, "
