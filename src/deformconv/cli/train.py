@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -178,10 +177,12 @@ def _claimed_out_folder(out: Path, resume: str | None, overwrite: bool, *,
     rank 0 checks and locks."""
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file; expected a folder (created when missing)")
-    if os.environ.get("RANK", "0") != "0":
+    from ..engine.distributed import launched_rank
+    from ..engine.run_lock import out_dir_lock
+
+    if launched_rank() != 0:
         yield
         return
-    from ..engine.run_lock import out_dir_lock
 
     with out_dir_lock(out):  # before the check: --overwrite must not clear a live run
         _claim_out_folder(out, resume, overwrite, resume_auto)

@@ -66,10 +66,11 @@ def run_viz(args: argparse.Namespace) -> int:
         model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
                                           name=name)
         model = build_model(model_spec, seed=args.seed)
-    if args.index >= len(dataset):  # type: ignore[arg-type]
-        raise CLIError(f"--index {args.index} is past the last of the {len(dataset)} "  # type: ignore[arg-type]
-                       "validation images")
-    indices = list(range(args.index, min(args.index + args.count, len(dataset))))  # type: ignore[arg-type]
+    images = len(dataset)  # type: ignore[arg-type]
+    if args.index >= images:
+        raise CLIError(f"--index {args.index} is past the last of the {images} validation "
+                       "images")
+    indices = list(range(args.index, min(args.index + args.count, images)))
     out = Path(args.out)
     report = offset_figures(model, dataset, indices, task, out, stack_depth=args.stack_depth)
     source = args.checkpoint or f"fresh {model_spec.name}"

@@ -21,6 +21,7 @@ __all__ = [
     "barrier",
     "cleanup_distributed",
     "init_distributed",
+    "launched_rank",
     "resolve_device",
 ]
 
@@ -66,6 +67,12 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun's environment gives it (0 without torchrun), before
+    the process group is joined."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group described by torchrun's environment, if there is one.
 
@@ -73,7 +80,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     already-initialised group is reused.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launched_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():

@@ -137,11 +137,11 @@ def _train(
             if run.iteration % config.log_every == 0 or run.iteration == run.total:
                 run.log_train(epoch, step, window, bar)
             bar.update(1)
-            saved = run.evaluate_and_save_mid_run()
+            run.evaluate_and_save_mid_run()
             if on_iteration_end is not None:
                 on_iteration_end(run.iteration)
             if run.iteration < run.total and (signum := run.stop_signal(signals)):
-                run.stop(signum, saved)
+                run.stop(signum)
         # A signal during the last iteration or the final validation is too late to stop
         # anything: the run finishes (a second Ctrl-C still stops at once).
         return run.finish()
@@ -317,18 +317,16 @@ class _Run:
                         img_s=f"{record['images_per_s']:.1f}")
         window.reset(self.clock.seconds)
 
-    def evaluate_and_save_mid_run(self) -> bool:
-        """Validation and ``last.pt`` when due, off the clock (the last iteration's come in
-        ``finish``); whether ``last.pt`` was written."""
+    def evaluate_and_save_mid_run(self) -> None:
+        """Validation and ``last.pt`` when due, off the clock; the last iteration's come in
+        ``finish``."""
         if self.iteration >= self.total:
-            return False
+            return
         with self.clock.paused():
             if self.val_set is not None and _every(self.iteration, self.config.eval_every):
                 self.metrics = self.validate()
             if _every(self.iteration, self.config.checkpoint_every):
                 self.checkpoint(self.last_path)
-                return True
-        return False
 
     def stop_signal(self, signals: StopSignals) -> int | None:
         """The stop signal that reached this rank or, under torchrun, any rank (all ranks
@@ -339,10 +337,10 @@ class _Run:
         received = [s for s, count in zip(STOP_SIGNALS, hits.tolist(), strict=True) if count]
         return signals.signum or (received[0] if received else None)
 
-    def stop(self, signum: int, saved: bool) -> NoReturn:
-        """Write ``last.pt`` unless this iteration's is ``saved``, and raise
+    def stop(self, signum: int) -> NoReturn:
+        """Write ``last.pt`` (unless this mid-run iteration's is written already) and raise
         :class:`TrainingStopped`."""
-        if not saved:
+        if not _every(self.iteration, self.config.checkpoint_every):
             with self.clock.paused():
                 self.checkpoint(self.last_path)
         raise TrainingStopped(signum, self.iteration, self.total, self.last_path)
