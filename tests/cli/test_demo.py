@@ -83,7 +83,7 @@ def test_demo_checkpoints_work_with_eval(capsys: pytest.CaptureFixture,
     for folder, run in (("deformable", "deformable"), ("plain_equal_time", "plain, equal time")):
         code, _, err = run_cli(capsys, "eval", out / folder / "last.pt")
         assert code == 0, err
-        result = json.loads((out / folder / "eval_metrics.json").read_text())
+        result = json.loads((out / folder / "eval_last.json").read_text())
         assert result["metrics"]["miou"] == pytest.approx(summary["runs"][run]["metrics"]["miou"])
 
 

@@ -61,8 +61,11 @@ def test_eval_on_other_data_size_and_default_output(capsys: pytest.CaptureFixtur
                                                      trained: Path) -> None:
     code, _, _ = run_cli(capsys, "eval", trained / "last.pt", "--val-size", "6")
     assert code == 0
-    result = json.loads((trained / "eval_metrics.json").read_text())
-    assert result["metrics"]["num_images"] == 6
+    code, _, _ = run_cli(capsys, "eval", trained / "best.pt", "--val-size", "5")
+    assert code == 0
+    # each checkpoint keeps its own metrics file
+    assert json.loads((trained / "eval_last.json").read_text())["metrics"]["num_images"] == 6
+    assert json.loads((trained / "eval_best.json").read_text())["metrics"]["num_images"] == 5
 
 
 @pytest.mark.parametrize(("signal_spec", "workers", "code"), [
@@ -280,7 +283,7 @@ def test_train_and_eval_on_voc_folder(capsys: pytest.CaptureFixture, tmp_path: P
     monkeypatch.chdir(out)
     code, _, err = run_cli(capsys, "eval", out / "last.pt")
     assert code == 0, err
-    assert json.loads((out / "eval_metrics.json").read_text())["metrics"]["num_pixels"] > 0
+    assert json.loads((out / "eval_last.json").read_text())["metrics"]["num_pixels"] > 0
 
 
 @pytest.mark.parametrize("how", ["--checkpoint", "positional, as eval takes it"])
@@ -323,7 +326,7 @@ def test_train_eval_viz_on_coco_files(capsys: pytest.CaptureFixture, tmp_path: P
     assert "faster_rcnn_resnet50 (deformable), 1 iterations: AP=" in stdout
     code, _, err = run_cli(capsys, "eval", out / "last.pt")
     assert code == 0, err
-    metrics = json.loads((out / "eval_metrics.json").read_text())["metrics"]
+    metrics = json.loads((out / "eval_last.json").read_text())["metrics"]
     assert metrics["num_images"] == 2 and "AP50" in metrics
     code, _, err = run_cli(capsys, "viz", out / "last.pt", "--count", "1", "--out",
                            tmp_path / "viz")

@@ -30,8 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda ...")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--workers", type=non_negative_int, default=0)
-    parser.add_argument("--out", help="metrics JSON (default: eval_metrics.json beside the "
-                                      "checkpoint)")
+    parser.add_argument("--out", help="metrics JSON (default: eval_STEM.json beside the "
+                                      "checkpoint: eval_last.json for last.pt, eval_best.json "
+                                      "for best.pt)")
     parser.set_defaults(run=run_eval)
     return parser
 
@@ -47,10 +48,15 @@ def run_eval(args: argparse.Namespace) -> int:
     model = model_from_checkpoint(model_spec, args.checkpoint)
     metrics = evaluate(model, val_set, task, batch_size=args.batch_size, device=args.device,
                        num_workers=args.workers, bf16=args.bf16, progress=True)
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval_metrics.json")
+    out = Path(args.out) if args.out else default_output(Path(args.checkpoint))
     write_json({"checkpoint": args.checkpoint, "model": model_spec.name,
                 "deformable": model_spec.deformable, "task": task,
                 "num_samples": len(val_set), "metrics": metrics}, out)  # type: ignore[arg-type]
     print(f"{model_spec.name} on {len(val_set)} samples: {format_metrics(metrics)}")  # type: ignore[arg-type]
     print(f"metrics: {out}")
     return 0
+
+
+def default_output(checkpoint: Path) -> Path:
+    """``eval_<stem>.json`` beside the checkpoint, so evaluating best.pt and last.pt keeps both."""
+    return checkpoint.with_name(f"eval_{checkpoint.stem}.json")
