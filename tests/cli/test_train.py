@@ -100,6 +100,14 @@ def test_interrupted_run_resumes_to_identical_weights(capsys: pytest.CaptureFixt
     assert resumed.keys() == straight.keys()
     for key in straight:
         assert torch.equal(resumed[key], straight[key]), key
+    # the log line at 4 averages iterations 1-4 in both runs (the resumed one's used to
+    # average iteration 4 alone)
+    assert _train_losses(out) == _train_losses(trained)
+
+
+def _train_losses(out: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["iter"]: r["loss"] for r in records if r["split"] == "train"}
 
 
 def test_a_signal_in_the_last_iteration_lets_the_run_finish(tmp_path: Path) -> None:

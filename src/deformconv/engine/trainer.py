@@ -128,14 +128,13 @@ def _train(
                disable=not (config.progress and info.is_main))
     # the logger is closed on errors too (e.g. a stop hook)
     with bar, contextlib.closing(run.logger), StopSignals(announce=info.is_main) as signals:
-        window = _LogWindow(run.clock.seconds)
         run.clock.start()
         run.net.train()
         for epoch, images, targets in run.batches():
             step = run.train_step(epoch, images, targets)
-            window.add(step.loss, num_images(images) * info.world_size)
+            run.window.add(step.loss, num_images(images) * info.world_size)
             if run.iteration % config.log_every == 0 or run.iteration == run.total:
-                run.log_train(epoch, step, window, bar)
+                run.log_train(epoch, step, bar)
             bar.update(1)
             run.evaluate_and_save_mid_run()
             if on_iteration_end is not None:
@@ -174,10 +173,18 @@ class _Step:
 
 
 class _LogWindow:
-    """Losses and images since the last train log line."""
+    """Losses and images since the last train log line (saved in checkpoints, so the first
+    line after a resume averages the same iterations as in an uninterrupted run)."""
 
     def __init__(self, seconds: float) -> None:
         self.reset(seconds)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss.tolist(), "images": self.images, "start": self.start}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss = torch.tensor(state["loss"], dtype=torch.float64)
+        self.images, self.start = state["images"], state["start"]
 
     def reset(self, seconds: float) -> None:
         self.loss = torch.zeros(2, dtype=torch.float64)  # (sum of losses, iterations)
@@ -209,6 +216,7 @@ class _Run:
         self.iteration = 0
         self.best: float | None = None  # best val value of PRIMARY_METRIC[task]
         self.clock = _TrainClock()
+        self.window = _LogWindow(0.0)
         self.resumed = False
         self.last_path = out_dir / "last.pt" if info.is_main else None
         self.best_path: Path | None = None
@@ -233,6 +241,9 @@ class _Run:
             raise ValueError(f"cannot resume from {path}: it is at iteration {self.iteration}, "
                              f"beyond this run's {self.total}; ask for more iterations")
         self.clock = _TrainClock(state.get("train_seconds", 0.0))
+        self.window.reset(self.clock.seconds)
+        if "log_window" in state:  # checkpoints before 2026-12-02 lack it
+            self.window.load_state_dict(state["log_window"][self.info.rank])
         self.resumed = True
         if self.info.is_main:
             print(f"resumed from {path} at iteration {self.iteration}/{self.total}")
@@ -301,8 +312,9 @@ class _Run:
         self.iteration += 1
         return _Step(loss, parts, lr, grad_norm)
 
-    def log_train(self, epoch: int, step: _Step, window: _LogWindow, bar: tqdm) -> None:
+    def log_train(self, epoch: int, step: _Step, bar: tqdm) -> None:
         """One train line: the window's mean loss over all ranks, lr, throughput."""
+        window = self.window
         loss_sum, count = all_reduce_sum(window.loss.clone()).tolist()
         elapsed = self.clock.seconds - window.start
         record = {"split": "train", "iter": self.iteration, "epoch": epoch,
@@ -374,8 +386,9 @@ class _Run:
         return result
 
     def checkpoint(self, path: Path | None) -> None:
-        """Every rank contributes its RNG state; rank 0 writes ``path``."""
-        rng = all_gather_objects(get_rng_state())
+        """Every rank contributes its RNG state and log window; rank 0 writes ``path``."""
+        rng, log_window = zip(*all_gather_objects((get_rng_state(), self.window.state_dict())),
+                              strict=True)
         if path is None:
             return
         save_checkpoint({
@@ -387,7 +400,8 @@ class _Run:
             "iteration": self.iteration,
             "epoch": self.iteration // self.per_epoch,
             "batch_in_epoch": self.iteration % self.per_epoch,
-            "rng": rng,
+            "rng": list(rng),
+            "log_window": list(log_window),
             "world_size": self.info.world_size,
             "best_metric": self.best,
             "train_seconds": self.clock.seconds,
