@@ -332,6 +332,9 @@ def test_train_eval_viz_on_coco_files(capsys: pytest.CaptureFixture, tmp_path: P
                                 "--out", out, "--no-progress")
     assert code == 0, err
     assert "faster_rcnn_resnet50 (deformable), 1 iterations: AP=" in stdout
+    recorded = load_checkpoint(out / "last.pt")["extra"]["data"]["categories"]
+    categories = json.loads((folder / "annotations.json").read_text())["categories"]
+    assert recorded == [{"id": c["id"], "name": c["name"]} for c in categories]
     code, _, err = run_cli(capsys, "eval", out / "last.pt")
     assert code == 0, err
     metrics = json.loads((out / "eval_last.json").read_text())["metrics"]

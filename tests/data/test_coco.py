@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 
 from deformconv.data import CocoDetection, SyntheticDetection, export_coco
 from deformconv.data._common import load_rgb
-from deformconv.runs import DataSpec, build_datasets
+from deformconv.runs import DataSpec, build_datasets, with_categories
 
 
 def _write_images(root: Path, sizes: dict[str, tuple[int, int]]) -> None:
@@ -127,7 +128,7 @@ def test_borrowed_categories_label_as_the_lender_does(tiny, tmp_path: Path) -> N
                           [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [5, 6, 10, 12]}],
                           [{"id": 7, "name": "seven"}])
     assert CocoDetection(root, val_ann).num_classes == 1  # its own table: cat 7 -> label 1
-    for categories in (train, ann, str(ann)):
+    for categories in (train, ann, str(ann), train.category_table):
         val = CocoDetection(root, val_ann, categories=categories)
         assert val.category_ids == [3, 7, 10] and val.class_names == train.class_names
         assert val[0][1]["labels"].tolist() == [2]
@@ -406,3 +407,26 @@ def test_run_data_validation_takes_the_training_categories(tiny, tmp_path: Path,
     unknown = rf"{re.escape(str(val_ann))}: .* ids \[8\] .* of {re.escape(str(ann))} "
     with pytest.raises(ValueError, match=unknown):
         build_datasets(spec, "detection", need_train=need_train)
+
+
+@pytest.mark.filterwarnings("ignore:.*dropped while indexing:RuntimeWarning")
+def test_recorded_categories_label_evaluation_data_without_the_training_file(
+        tiny, tmp_path: Path) -> None:
+    """A checkpoint's spec keeps the training file's table: evaluation, on the validation
+    file or on another file given as the data, labels as training did, with the training
+    file gone (another file used to be labelled by its own table, cat 7 -> label 1)."""
+    root, ann = tiny
+    val_ann = _write_json(tmp_path / "val.json", [{"id": 1, "file_name": "a.png"}],
+                          [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [5, 6, 10, 12]}],
+                          [{"id": 7, "name": "seven"}])
+    spec = DataSpec("coco", [str(ann), str(root)], val_paths=[str(val_ann), str(root)])
+    train, _, _ = build_datasets(spec, "detection")
+    recorded = with_categories(spec, train)
+    assert recorded.categories == [{"id": 3, "name": "three"}, {"id": 7, "name": "seven"},
+                                   {"id": 10, "name": "ten"}]
+    ann.unlink()
+    for paths, val_paths in (([str(ann), str(root)], [str(val_ann), str(root)]),
+                             ([str(val_ann), str(root)], [])):  # eval --data val.json
+        eval_spec = replace(recorded, paths=paths, val_paths=val_paths)
+        _, val, classes = build_datasets(eval_spec, "detection", need_train=False)
+        assert classes == 3 and val[0][1]["labels"].tolist() == [2]

@@ -20,6 +20,7 @@ from ..runs.specs import (
     merge_kwargs,
     model_from_checkpoint,
     specs_from_checkpoint,
+    with_categories,
 )
 from ._common import CLIError, non_negative_int, parse_assignments, positive_int
 
@@ -38,6 +39,7 @@ __all__ = [
     "model_spec_from_args",
     "resolve_model_name",
     "specs_from_checkpoint",
+    "with_categories",
 ]
 
 DEFAULT_MODELS = {"classification": "resnet50", "segmentation": "deeplab_resnet50",

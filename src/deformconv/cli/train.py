@@ -20,6 +20,7 @@ from ._build import (
     model_spec_from_args,
     resolve_model_name,
     specs_from_checkpoint,
+    with_categories,
 )
 from ._common import CLIError, non_negative_int, positive_float, positive_int, write_json
 
@@ -135,6 +136,7 @@ def run_train(args: argparse.Namespace) -> int:
     with _claimed_out_folder(Path(config.out_dir), resume, args.overwrite,
                              resume_auto=args.resume == "auto"):
         train_set, val_set, classes = build_datasets(data_spec, task)
+        data_spec = with_categories(data_spec, train_set)
         if resume:
             check_classes_match(classes, model_spec)
         else:

@@ -3,7 +3,8 @@
 Returns the same ``(image, target)`` as :class:`~deformconv.data.SyntheticDetection`.
 Category ids (any integers) map to contiguous labels 1..C in ascending id order: the ids of
 the file's own categories, or of a table borrowed with ``categories=`` (a validation set
-takes its training set's, so that a label means the same class in both).
+takes its training set's, so that a label means the same class in both; a checkpoint keeps
+its training set's ``category_table``).
 
 What goes wrong, and what happens (counts are in ``dataset.skipped``, a Counter):
     annotation file or image folder missing, json unreadable, required sections or
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,9 +102,10 @@ class CocoDetection(SkippingDataset):
         drop_empty: leave out images that have no annotation left (training needs objects).
         skip_crowd: drop ``iscrowd=1`` annotations.
         categories: the category table (ids -> labels, names) to use instead of the file's
-            own: another ``CocoDetection``, e.g. the training set, or another annotation
-            json (its 'categories' are read). Annotations of a category id the table lacks
-            are an error.
+            own: another ``CocoDetection``, e.g. the training set, another annotation
+            json (its 'categories' are read), or a list like a json's 'categories'
+            (``[{"id": 3, "name": "cat"}, ...]``, e.g. a training set's
+            ``category_table``). Annotations of a category id the table lacks are an error.
     """
 
     def __init__(
@@ -114,7 +117,7 @@ class CocoDetection(SkippingDataset):
         masks: bool = False,
         drop_empty: bool = True,
         skip_crowd: bool = False,
-        categories: CocoDetection | str | Path | None = None,
+        categories: CocoDetection | str | Path | Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self.root, self.ann_file = Path(root), Path(ann_file)
@@ -220,6 +223,12 @@ class CocoDetection(SkippingDataset):
         return len(self.category_ids)
 
     @property
+    def category_table(self) -> list[dict[str, Any]]:
+        """``[{"id": category id, "name": name}, ...]`` in label order (labels 1..C)."""
+        return [{"id": cid, "name": name}
+                for cid, name in zip(self.category_ids, self.class_names, strict=True)]
+
+    @property
     def image_ids(self) -> list[int]:
         return [rec.image_id for rec in self._records]
 
@@ -268,7 +277,7 @@ def _sections(path: Path, data: Any) -> tuple[list, list, list]:
     return sections
 
 
-def _categories(path: Path, categories: list) -> tuple[list[int], tuple[str, ...]]:
+def _categories(path: Path | str, categories: list) -> tuple[list[int], tuple[str, ...]]:
     """Sorted category ids and their names (the id as text where a name is missing)."""
     names: dict[int, str] = {}
     for i, cat in enumerate(categories):
@@ -284,17 +293,20 @@ def _categories(path: Path, categories: list) -> tuple[list[int], tuple[str, ...
 
 
 def _borrowed_categories(
-    categories: CocoDetection | str | Path,
-) -> tuple[Path, list[int], tuple[str, ...]]:
-    """(the file it comes from, sorted ids, names) of a ``categories=`` table."""
+    categories: CocoDetection | str | Path | Sequence[Mapping[str, Any]],
+) -> tuple[Path | str, list[int], tuple[str, ...]]:
+    """(where it comes from, sorted ids, names) of a ``categories=`` table."""
     if isinstance(categories, CocoDetection):
         return categories.ann_file, list(categories.category_ids), categories.class_names
-    path = Path(categories)
-    return path, *_categories(path, _sections(path, read_json(path))[1])
+    if isinstance(categories, (str, Path)):
+        path = Path(categories)
+        return path, *_categories(path, _sections(path, read_json(path))[1])
+    source = "the given category table"
+    return source, *_categories(source, list(categories))
 
 
 def _check_known_categories(annotations: list, ids: list[int], ann_file: Path,
-                            source: Path) -> None:
+                            source: Path | str) -> None:
     """Raise when annotations of ``ann_file`` use integer category ids not in ``ids``."""
     known = set(ids)
     unknown = sorted({ann["category_id"] for ann in annotations if isinstance(ann, dict)

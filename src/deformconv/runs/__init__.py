@@ -46,6 +46,7 @@ from .specs import (
     merge_kwargs,
     model_from_checkpoint,
     specs_from_checkpoint,
+    with_categories,
 )
 from .timing import (
     ms_per_image,
@@ -93,5 +94,6 @@ __all__ = [
     "specs_from_checkpoint",
     "twin_model",
     "twin_models",
+    "with_categories",
     "write_json",
 ]

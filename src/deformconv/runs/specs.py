@@ -10,7 +10,7 @@ and what was expected.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "merge_kwargs",
     "model_from_checkpoint",
     "specs_from_checkpoint",
+    "with_categories",
 ]
 
 @dataclass
@@ -45,6 +46,9 @@ class DataSpec:
     data_seed: int = 0  # synthetic scenes (validation uses data_seed + 1)
     num_classes: int | None = None  # VOC only (default 20)
     scene: dict[str, Any] = field(default_factory=dict)  # synthetic SceneConfig overrides
+    # coco: the training file's category table ([{"id", "name"}] in label order), recorded
+    # when training starts; it labels every COCO set built from this spec (see with_categories)
+    categories: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -75,7 +79,8 @@ def _existing(path: str, what: str, directory: bool) -> Path:
 
 
 def _coco(paths: list[str], *, training: bool,
-          categories: CocoDetection | Path | None = None) -> CocoDetection:
+          categories: CocoDetection | Path | list[dict[str, Any]] | None = None
+          ) -> CocoDetection:
     """The ``[ann, images]`` COCO set, for training or for COCO evaluation.
 
     Training drops crowd regions and images without objects, as torchvision's detection
@@ -96,7 +101,9 @@ def build_datasets(spec: DataSpec, task: str, *, need_train: bool = True
     """``(train set or None, val set, C object classes)`` for ``task``.
 
     COCO: the training annotation file's categories label both sets and give C, also when
-    only the validation set is built.
+    only the validation set is built: the table ``spec.categories`` recorded (then neither the
+    training file nor its changes since matter: a category id the table lacks is an error),
+    else the training file's.
     """
     if spec.source == "synthetic":
         from ..data import synthetic_dataset
@@ -112,10 +119,11 @@ def build_datasets(spec: DataSpec, task: str, *, need_train: bool = True
     if spec.source == "coco":
         if task != "detection":
             raise ValueError(f"COCO data is for detection models, the model's task is {task}")
-        train = _coco(spec.paths, training=True) if need_train else None
+        recorded = spec.categories or None
+        train = _coco(spec.paths, training=True, categories=recorded) if need_train else None
         # the training file's categories number the labels (and count the classes) of both
-        table: CocoDetection | Path | None = train
-        if train is None and spec.val_paths:
+        table: CocoDetection | Path | list[dict[str, Any]] | None = train or recorded
+        if table is None and spec.val_paths:
             table = _existing(spec.paths[0], "COCO training annotation file", directory=False)
         val = _coco(spec.val_paths or spec.paths, training=False, categories=table)
         return train, val, val.num_classes
@@ -133,6 +141,16 @@ def build_datasets(spec: DataSpec, task: str, *, need_train: bool = True
         val = VOCSegmentation(root, "val", resize, num_classes=classes)
         return train, val, classes
     raise ValueError(f"unknown data source {spec.source!r}; expected synthetic, coco or voc")
+
+
+def with_categories(spec: DataSpec, train_set: Dataset | None) -> DataSpec:
+    """``spec`` with a COCO training set's category table recorded (other specs as they are),
+    so that a checkpoint labels evaluation data as its training did without the training
+    file (``eval --data`` on another file included)."""
+    table = getattr(train_set, "category_table", None)
+    if spec.source != "coco" or table is None:
+        return spec
+    return replace(spec, categories=table)
 
 
 def merge_kwargs(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
