@@ -50,6 +50,32 @@ def test_truncated_or_garbage_file_names_path(tmp_path, cut):
         load_checkpoint(path)
 
 
+def test_changed_bytes_are_caught_by_the_records_checksums(tmp_path):
+    """torch.load reads a checkpoint whose tensor bytes changed (it does not check the zip's
+    CRC-32s): the weights would load silently wrong."""
+    path = save_checkpoint({**_state(), "model": {"w": torch.zeros(4096)}}, tmp_path / "last.pt")
+    data = bytearray(path.read_bytes())
+    start = data.find(bytes(4096 * 4))  # the tensor's bytes
+    assert start > 0
+    data[start + 100] ^= 0x40
+    path.write_bytes(data)
+    assert torch.load(path, weights_only=True)["model"]["w"].abs().sum() > 0  # silently wrong
+    message = r"checkpoint .*last\.pt is corrupt: record '\w+/data/0' does not match"
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=message):
+        load_weights(torch.nn.Linear(2, 2), path)
+
+
+def test_files_written_without_checksums_load(tmp_path):
+    torch.serialization.set_crc32_options(False)
+    try:
+        path = save_checkpoint(_state(3.0), tmp_path / "last.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((3,), 3.0))
+
+
 def test_empty_file_is_named_empty(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"checkpoint .*last\.pt is empty \(0 bytes\)"):

@@ -1,10 +1,12 @@
-"""Atomic checkpoint files: never a half-written ``last.pt``, clear errors for bad ones."""
+"""Atomic checkpoint files: never a half-written ``last.pt``, clear errors for bad ones
+(changed bytes included: each record's CRC-32 is checked on reading)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,7 @@ def _read(path: str | os.PathLike, map_location: str | torch.device) -> Any:
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); delete it or pick "
                               "another one")
+    _check_crcs(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated/corrupt archives
@@ -78,6 +81,30 @@ def _read(path: str | os.PathLike, map_location: str | torch.device) -> Any:
             f"could not read checkpoint {path}: {detail}. "
             "The file is corrupt or not a torch checkpoint; delete it or pick another one."
         ) from err
+
+
+def _check_crcs(path: Path) -> None:
+    """Raise :class:`CheckpointError` if a record of the zip archive ``torch.save`` wrote does
+    not match its CRC-32: torch's reader does not check them, so bytes changed on disk or in
+    transfer would load as silently wrong weights. Files that are not zip archives (torch's
+    legacy format, truncated files) are left to ``torch.load``."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        return
+    with archive:
+        for record in archive.infolist():
+            if record.CRC == 0:  # written with torch.serialization.set_crc32_options(False)
+                continue
+            try:
+                with archive.open(record) as f:
+                    while f.read(1 << 24):  # the CRC is checked at the end of the record
+                        pass
+            except (zipfile.BadZipFile, OSError) as err:
+                raise CheckpointError(
+                    f"checkpoint {path} is corrupt: record {record.filename!r} does not match "
+                    "its CRC-32, its bytes changed after it was written; delete it or pick "
+                    "another one") from err
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
