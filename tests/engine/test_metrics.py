@@ -63,6 +63,11 @@ class TestMIoU:
     def test_bad_labels(self):
         with pytest.raises(ValueError, match=r"class ids outside \[0, 2\)"):
             confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 5]), 2)
+        # a prediction out of range used to count as another class's (5 in row 1 -> [2, 0])
+        for bad in (5, -1):
+            with pytest.raises(ValueError, match=rf"pred holds class ids outside \[0, 3\): "
+                                                 rf"min {min(bad, 0)}, max {max(bad, 1)}"):
+                confusion_matrix(torch.tensor([0, 1, bad]), torch.tensor([0, 1, 1]), 3)
         with pytest.raises(ValueError, match="same shape"):
             confusion_matrix(torch.zeros(2), torch.zeros(3), 2)
 

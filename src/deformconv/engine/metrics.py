@@ -33,7 +33,8 @@ def confusion_matrix(
     """``(C, C)`` int64 counts: entry ``[t, p]`` is the number of pixels of class t predicted p.
 
     Pixels whose target is ``ignore_index`` are skipped. Targets outside ``[0, C)`` (other
-    than ``ignore_index``) raise ``ValueError`` rather than being counted silently.
+    than ``ignore_index``) and predictions outside ``[0, C)`` raise ``ValueError`` rather than
+    being counted silently (as another class's).
 
     Args:
         pred: ``(N, H, W)`` (or any shape) predicted class ids.
@@ -50,6 +51,11 @@ def confusion_matrix(
         raise ValueError(
             f"target holds class ids outside [0, {num_classes}) other than {ignore_index}: "
             f"min {int(t.min())}, max {int(t.max())}"
+        )
+    if p.numel() and (int(p.min()) < 0 or int(p.max()) >= num_classes):
+        raise ValueError(
+            f"pred holds class ids outside [0, {num_classes}): min {int(p.min())}, max "
+            f"{int(p.max())}; a model with more outputs than num_classes={num_classes}?"
         )
     counts = torch.bincount(t * num_classes + p, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes).cpu()
