@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.utils.data import ConcatDataset, Subset
 
 from deformconv.data import (
     CocoDetection,
+    InMemory,
     NoReadableSamplesError,
     export_coco,
     synthetic_dataset,
@@ -56,3 +58,25 @@ def test_eval_of_unreadable_images_only_is_an_error(tmp_path: Path) -> None:
             NoReadableSamplesError, match=r"none of the 4 samples of CocoDetection\(.*"
                                           r"skipped=\{'corrupt_image': 4\}\) could be read"):
         evaluate(_OneBoxDetector(), dataset, "detection", batch_size=2)
+
+
+@pytest.mark.filterwarnings("ignore:skipping sample:RuntimeWarning")
+@pytest.mark.parametrize("wrap", ["subset", "concat", "in_memory"])
+def test_wrapped_datasets_count_only_readable_images(tmp_path: Path, wrap: str) -> None:
+    """Through Subset, ConcatDataset and InMemory too: a Subset or ConcatDataset used to
+    count the substitute of an unreadable image, and evaluating an InMemory read the source's
+    files again instead of its own samples."""
+    dataset = _coco_folder(tmp_path, corrupt=[1])
+    wrapped = {"subset": lambda: Subset(dataset, [3, 1, 2]),
+               "concat": lambda: ConcatDataset([dataset, Subset(dataset, [1, 0])]),
+               "in_memory": lambda: InMemory(dataset)}[wrap]()
+    expected = {"subset": 2, "concat": 4, "in_memory": 3}[wrap]
+    metrics = evaluate(_OneBoxDetector(), wrapped, "detection", batch_size=2)
+    assert metrics["num_images"] == expected
+    if wrap == "in_memory":
+        files = (tmp_path / "images").iterdir()
+        for file in files:  # its samples are in memory: the files are not read again
+            file.unlink()
+        assert evaluate(_OneBoxDetector(), wrapped, "detection")["num_images"] == 3
+        assert len(wrapped) == 4 and wrapped.load_or_skip(1) is None
+        assert torch.equal(wrapped[1][0], wrapped[2][0])  # the next readable, as the source

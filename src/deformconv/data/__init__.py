@@ -11,7 +11,7 @@
 """
 
 from . import transforms
-from ._common import IGNORE_INDEX, NoReadableSamplesError, SampleError
+from ._common import IGNORE_INDEX, NoReadableSamplesError, SampleError, readable_sample
 from .cached import InMemory
 from .catalog import CLASSES, DEFAULT_CLASSES
 from .coco import CocoDetection
@@ -45,6 +45,7 @@ __all__ = [
     "detection_collate",
     "export_coco",
     "export_voc",
+    "readable_sample",
     "semantic_mask",
     "synthetic_dataset",
     "transforms",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from ..conventions import IGNORE_INDEX
 
@@ -24,6 +25,7 @@ __all__ = [
     "box_sizes",
     "clip_boxes",
     "load_rgb",
+    "readable_sample",
 ]
 
 # A joint transform: (image (3, H, W), target) -> (image, target); see data.transforms.
@@ -161,3 +163,22 @@ class SkippingDataset(Dataset):
                 RuntimeWarning,
                 stacklevel=3,
             )
+
+
+def readable_sample(dataset: Dataset, index: int) -> Any | None:
+    """``dataset[index]``, or None for a sample the dataset cannot read.
+
+    A :class:`SkippingDataset` (also inside a ``Subset`` or ``ConcatDataset``) answers with
+    ``load_or_skip``: its ``dataset[index]`` would give the next readable sample instead,
+    which an evaluation would count twice. Other datasets answer ``dataset[index]``.
+    """
+    if isinstance(dataset, SkippingDataset):
+        return dataset.load_or_skip(index % len(dataset))
+    if isinstance(dataset, Subset):
+        return readable_sample(dataset.dataset, dataset.indices[index])
+    if isinstance(dataset, ConcatDataset):
+        index %= len(dataset)
+        part = bisect.bisect_right(dataset.cumulative_sizes, index)
+        start = dataset.cumulative_sizes[part - 1] if part else 0
+        return readable_sample(dataset.datasets[part], index - start)
+    return dataset[index]

@@ -12,19 +12,29 @@ from typing import Any
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
-from ._common import Transform
+from ._common import (
+    NoReadableSamplesError,
+    SampleError,
+    SkippingDataset,
+    Transform,
+    readable_sample,
+)
 
 __all__ = ["InMemory"]
 
 
-class InMemory(Dataset):
-    """Every sample of ``source``, computed at construction and stored as stacked tensors.
+class InMemory(SkippingDataset):
+    """Every readable sample of ``source``, computed at construction and stored as stacked
+    tensors.
 
     ``source[i]`` must be ``(image (3, H, W), target)`` with images of one size and targets
     that ``default_collate`` stacks (class ids, segmentation masks) or detection target
     dicts (kept as a list). ``transforms`` (see :mod:`deformconv.data.transforms`) run on
     each sample handed out. Attributes the class does not define (``class_names``,
-    ``num_classes``, ``scene(i)`` ...) are the source's.
+    ``num_classes``, ``scene(i)`` ...) are the source's. A sample the source cannot read
+    (see :class:`~deformconv.data.VOCSegmentation`) keeps its index: as in the source,
+    ``load_or_skip`` gives None for it, so evaluation leaves it out, and indexing gives the
+    next readable sample.
 
     Example::
 
@@ -34,10 +44,14 @@ class InMemory(Dataset):
     """
 
     def __init__(self, source: Dataset, transforms: Transform | None = None) -> None:
+        super().__init__()
         length = len(source)  # type: ignore[arg-type]
         if length == 0:
             raise ValueError("source is empty: nothing to keep in memory")
-        samples = [source[i] for i in range(length)]
+        loaded = [readable_sample(source, i) for i in range(length)]
+        samples = [sample for sample in loaded if sample is not None]
+        if not samples:
+            raise NoReadableSamplesError.of(source)
         targets = [target for _, target in samples]
         try:
             images = default_collate([image for image, _ in samples])
@@ -47,16 +61,21 @@ class InMemory(Dataset):
             raise ValueError(f"cannot stack the samples of {type(source).__name__}: {err}; "
                              "InMemory needs images of one size and stackable targets") from err
         self.source = source
-        self.images: Tensor = images  # (N, 3, H, W)
-        self.targets: Tensor | list[dict[str, Any]] = targets  # (N,) labels, (N, H, W)
-        # masks, or N detection target dicts
+        self.images: Tensor = images  # (readable samples, 3, H, W)
+        self.targets: Tensor | list[dict[str, Any]] = targets  # (readable samples,) labels,
+        # (readable samples, H, W) masks, or detection target dicts
+        rows = iter(range(len(samples)))
+        self._rows = [-1 if sample is None else next(rows) for sample in loaded]
         self.transforms = transforms
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return len(self._rows)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Any]:
-        image, target = self.images[index], self.targets[index]
+    def _load(self, index: int) -> tuple[Tensor, Any]:
+        row = self._rows[index]
+        if row < 0:
+            raise SampleError("unreadable", f"sample {index} of {self.source!r} was unreadable")
+        image, target = self.images[row], self.targets[row]
         if isinstance(target, Tensor) and target.dim() == 0:
             target = int(target)
         if self.transforms is not None:
@@ -70,4 +89,3 @@ class InMemory(Dataset):
 
     def __repr__(self) -> str:
         return f"InMemory({self.source!r}, transforms={self.transforms!r})"
-

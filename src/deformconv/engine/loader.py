@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from ..data import readable_sample
 from .seeding import SeededSamples, sample_seed, worker_init_fn
 from .stop import leave_stop_signals_to_parent
 from .tasks import collate_fn
@@ -61,13 +62,8 @@ class ShardSampler(Sampler[int]):
 
 
 class _ReadableSamples(Dataset):
-    """``dataset[i]`` for evaluation, or None for a sample the dataset cannot read.
-
-    A dataset with ``load_or_skip`` (``data.CocoDetection``, ``data.VOCSegmentation``)
-    would substitute the next readable sample for an unreadable one in ``dataset[i]``,
-    which an evaluation would then count twice; the eval loader's collate leaves the
-    None out instead.
-    """
+    """``dataset[i]`` for evaluation, or None for a sample the dataset cannot read (see
+    ``data.readable_sample``); the eval loader's collate leaves the None out."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -76,9 +72,7 @@ class _ReadableSamples(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Any:
-        if hasattr(self.dataset, "load_or_skip"):
-            return self.dataset.load_or_skip(index)
-        return self.dataset[index]
+        return readable_sample(self.dataset, index)
 
 
 def _collate_readable(collate: Callable[[Sequence[Any]], Any], batch: Sequence[Any]) -> Any:
