@@ -382,3 +382,21 @@ def test_compact_fcn_trains_with_its_own_options(capsys: pytest.CaptureFixture,
     code, _, err = run_cli(capsys, "train", *tiny, "--base-channels", "8", "--out",
                            tmp_path / "refused")
     assert code == 2 and "compact_fcn has no ResNet backbone" in err and "Traceback" not in err
+
+
+def test_offset_lr_mult_model_uses_the_layers_own(capsys: pytest.CaptureFixture,
+                                                  tmp_path: Path) -> None:
+    """--offset-lr-mult's factor replaces every layer's own, so a model's own is refused
+    with it (it used to be ignored silently); 'model' applies the layers' own."""
+    own = ["--model-arg", "offset_lr_mult=0.5", "--iterations", "1"]
+    code, _, err = run_cli(capsys, "train", *TINY_CLS, *own, "--out", tmp_path / "a")
+    assert code == 2 and ("--model-arg offset_lr_mult has no effect while --offset-lr-mult "
+                          "0.1 sets every offset branch's factor") in err, err
+    code, _, err = run_cli(capsys, "train", *TINY_CLS, *own, "--offset-lr-mult", "model",
+                           "--out", tmp_path / "b")
+    assert code == 0, err
+    state = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert state["config"]["offset_lr_mult"] is None
+    assert [g["lr_mult"] for g in state["optimizer"]["param_groups"]] == [1.0, 0.5]
+    code, _, err = run_cli(capsys, "train", "--offset-lr-mult", "fast")
+    assert code == 2 and "expected a number >= 0 or 'model', got 'fast'" in err, err

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from deformconv.nn import OffsetBranchMixin
+
 
 class ToyClassification(Dataset):
     """Images (3, 8, 8) whose class is the brightest channel, plus random noise per access."""
@@ -81,13 +83,25 @@ class ToyDetection(Dataset):
         return self.items[index]
 
 
-class TinyClassifier(nn.Module):
-    """conv -> (conv named *offset*, added) -> dropout -> pooled linear head."""
+class _OffsetBranch(nn.Module, OffsetBranchMixin):
+    """A 1x1 conv that counts as an offset branch (its own lr multiplier ``offset_lr_mult``)."""
 
-    def __init__(self, num_classes: int = 3) -> None:
+    def __init__(self, channels: int, offset_lr_mult: float) -> None:
+        super().__init__()
+        self.offset_branch = nn.Conv2d(channels, channels, 1)
+        self.offset_lr_mult = offset_lr_mult
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.offset_branch(x)
+
+
+class TinyClassifier(nn.Module):
+    """conv -> (offset branch, added) -> dropout -> pooled linear head."""
+
+    def __init__(self, num_classes: int = 3, offset_lr_mult: float = 1.0) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.offset_conv = nn.Conv2d(4, 4, 1)
+        self.offset_conv = _OffsetBranch(4, offset_lr_mult)
         self.drop = nn.Dropout(0.2)
         self.head = nn.Linear(4, num_classes)
 

@@ -70,6 +70,29 @@ class TestParamGroups:
         optimizer = build_optimizer(model, config)
         assert sorted(g["lr"] for g in optimizer.param_groups) == pytest.approx([0.0, 0.02, 0.2])
 
+    def test_without_one_multiplier_each_layer_keeps_its_own(self):
+        """offset_lr_mult=None: each offset branch's own multiplier, as in a Faster R-CNN
+        with the paper's 0.01 for its RoI pooling fc and 1 for its deformable convs (a
+        model's own multipliers used to be ignored: every parameter named *offset* got the
+        config's)."""
+        model = TinyClassifier(offset_lr_mult=0.25)
+        groups = param_groups(model, lr=0.2, offset_lr_mult=None)
+        assert [(g["lr_mult"], len(g["params"])) for g in groups] == [(1.0, 4), (0.25, 2)]
+        from deformconv import models
+
+        detector = models.create("faster_rcnn_resnet18", 3, backbone_kwargs={
+            "base_channels": 8, "deform_blocks": [0, 0, 0, 1]})
+        names = {id(p): n for n, p in detector.named_parameters()}
+        by_mult = {g["lr_mult"]: {names[id(p)] for p in g["params"]}
+                   for g in build_optimizer(detector, TrainConfig(offset_lr_mult=None))
+                   .param_groups}
+        assert sorted(by_mult) == [0.01, 1.0]
+        assert by_mult[0.01] == {n for n in names.values() if ".offset_fc." in n}
+        assert sum(".conv_offset." in n for n in by_mult[1.0]) == 2
+        one = build_optimizer(detector, TrainConfig(offset_lr_mult=0.1)).param_groups
+        assert [g["lr_mult"] for g in one] == [1.0, 0.1]
+        assert len(one[1]["params"]) == len(by_mult[0.01]) + 2
+
     def test_frozen_parameters_left_out_and_no_empty_group(self):
         model = nn.Linear(2, 2)
         model.bias.requires_grad_(False)

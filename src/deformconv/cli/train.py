@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from ..engine.config import OPTIMIZERS, SCHEDULES
+from ..engine.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from ._build import (
+    ModelSpec,
     add_data_options,
     add_model_options,
     build_datasets,
@@ -46,8 +48,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     opt.add_argument("--lr", type=positive_float, default=0.02)
     opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     opt.add_argument("--weight-decay", type=float, default=1e-4)
-    opt.add_argument("--offset-lr-mult", type=float, default=0.1,
-                     help="learning-rate factor of the offset branches")
+    opt.add_argument("--offset-lr-mult", type=_offset_multiplier, default=0.1,
+                     metavar="FACTOR|model",
+                     help="learning-rate factor of every offset branch (default 0.1); 'model': "
+                          "each layer's own offset_lr_mult, the paper's β (1 for deformable "
+                          "convs, 0.01 for deformable RoI pooling's fc)")
     opt.add_argument("--schedule", choices=SCHEDULES, default="cosine",
                      help="cosine: over the whole run; onecycle: after the warm-up; wsd: "
                           "warm-up, hold, then linear decay over the last fifth")
@@ -107,8 +112,35 @@ def _config_values(args: argparse.Namespace, dests: set[str] | None = None) -> d
     return values
 
 
+def _offset_multiplier(text: str) -> float | None:
+    """argparse ``type`` of --offset-lr-mult: a factor >= 0, or "model" (None)."""
+    if text.strip().lower() == "model":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'model', got {text!r}")
+    return value
+
+
+def _check_offset_multipliers(config: TrainConfig, spec: ModelSpec) -> None:
+    """Refuse a model's own offset_lr_mult that --offset-lr-mult's factor would replace."""
+    if config.offset_lr_mult is not None and _has_key(spec.kwargs, "offset_lr_mult"):
+        raise CLIError(f"--model-arg offset_lr_mult has no effect while --offset-lr-mult "
+                       f"{config.offset_lr_mult:g} sets every offset branch's factor; add "
+                       "--offset-lr-mult model to use the model's own")
+
+
+def _has_key(options: dict, key: str) -> bool:
+    """Whether ``key`` is in ``options`` or in a dict nested in it."""
+    return key in options or any(isinstance(v, dict) and _has_key(v, key)
+                                 for v in options.values())
+
+
 def run_train(args: argparse.Namespace) -> int:
-    from ..engine import TrainConfig, train
+    from ..engine import train
 
     given = getattr(args, "given", set())
     resume = _resume_checkpoint(args.resume, Path(args.out))
@@ -142,6 +174,7 @@ def run_train(args: argparse.Namespace) -> int:
         else:
             model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
                                               name=name)
+        _check_offset_multipliers(config, model_spec)
         model = build_model(model_spec, seed=config.seed)
         extra = {"model": asdict(model_spec), "data": asdict(data_spec)}
         result = train(config, model, train_set, val_set, extra=extra)

@@ -32,12 +32,13 @@ class TrainConfig:
     lr: float = 0.01
     momentum: float = 0.9  # SGD only
     weight_decay: float = 1e-4
-    # Offset branches (parameters named "*offset*") train at lr * offset_lr_mult: the
-    # original Deformable ConvNets code uses a reduced learning rate for offset branches
-    # (the paper scales them by β, 0.01 for the fc of deformable RoI pooling). 0.1 keeps
-    # the zero-initialised offsets from moving fast while the rest of the net is unsettled.
-    # A model with a param_groups(base_lr) method sets its own multipliers instead.
-    offset_lr_mult: float = 0.1
+    # Offset branches (the offset parameters of deformconv.nn's modules) train at
+    # lr * offset_lr_mult: one multiplier for all, replacing each layer's own. None: each
+    # layer's own ``offset_lr_mult``, the paper's β (1 for deformable convs, 0.01 for the fc
+    # of deformable RoI pooling). 0.1 keeps the zero-initialised offsets from moving fast
+    # while the rest of the net is unsettled. A model with a param_groups(base_lr) method
+    # sets its own multipliers instead.
+    offset_lr_mult: float | None = 0.1
     # Parameter-name prefix -> learning-rate multiplier for the other parameters (first
     # match wins), e.g. {"backbone.": 0.1}: a pretrained backbone fine-tuned at a tenth of
     # the rate of the heads trained from scratch. Empty: every one at lr.
@@ -101,7 +102,6 @@ class TrainConfig:
         non_negative = {
             "momentum": self.momentum,
             "weight_decay": self.weight_decay,
-            "offset_lr_mult": self.offset_lr_mult,
             "warmup_iters": self.warmup_iters,
             "gamma": self.gamma,
             "min_lr_ratio": self.min_lr_ratio,
@@ -110,6 +110,8 @@ class TrainConfig:
             "num_workers": self.num_workers,
             "progress_line": self.progress_line,
         }
+        if self.offset_lr_mult is not None:
+            non_negative["offset_lr_mult"] = self.offset_lr_mult
         for name, value in non_negative.items():
             if isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")

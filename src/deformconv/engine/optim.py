@@ -12,17 +12,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..nn import offset_lr_multipliers
 from .config import TrainConfig
 
 __all__ = ["build_optimizer", "build_scheduler", "decay_start", "lr_factor", "param_groups"]
 
 
-def param_groups(model: nn.Module, lr: float, offset_lr_mult: float,
+def param_groups(model: nn.Module, lr: float, offset_lr_mult: float | None,
                  lr_mults: dict[str, float] | None = None) -> list[dict[str, Any]]:
-    """Optimizer groups: parameters whose name contains ``"offset"`` get ``lr * offset_lr_mult``;
-    the others ``lr`` times the multiplier of the first ``lr_mults`` key their name starts
-    with (e.g. ``{"backbone.": 0.1}`` fine-tunes a pretrained backbone at a tenth of the
-    rate of new heads), else ``lr``.
+    """Optimizer groups: the offset branches' parameters get ``lr * offset_lr_mult`` (None:
+    ``lr`` times their layer's own ``offset_lr_mult``, see
+    :func:`deformconv.nn.offset_lr_multipliers`); the others ``lr`` times the multiplier of
+    the first ``lr_mults`` key their name starts with (e.g. ``{"backbone.": 0.1}``
+    fine-tunes a pretrained backbone at a tenth of the rate of new heads), else ``lr``.
 
     A model (``DistributedDataParallel`` unwrapped) that defines ``param_groups(base_lr)``
     decides its own groups instead. Frozen parameters are left out. Each group carries
@@ -38,13 +40,14 @@ def param_groups(model: nn.Module, lr: float, offset_lr_mult: float,
                 "dicts with a 'params' key"
             )
         return groups
+    offsets = offset_lr_multipliers(model, offset_lr_mult)
     # (is an offset, multiplier) -> parameters; offsets last, each kind in first-seen order
     groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if "offset" in name:
-            key = (True, offset_lr_mult)
+        if name in offsets:
+            key = (True, offsets[name])
         else:
             key = (False, next((m for prefix, m in (lr_mults or {}).items()
                                 if name.startswith(prefix)), 1.0))

@@ -14,7 +14,8 @@ class OffsetBranchMixin:
     Subclasses keep the offset predictor in ``self.offset_branch`` and set
     ``self.offset_lr_mult``: the paper trains these layers at ``β`` times the base learning
     rate (β = 1 for deformable convs, 0.01 for the fc of deformable RoI pooling).
-    :func:`deformconv.nn.offset_param_groups` reads both.
+    :func:`deformconv.nn.offset_param_groups` reads both, and so does the training engine
+    with ``TrainConfig(offset_lr_mult=None)`` (``deformconv train --offset-lr-mult model``).
     """
 
     offset_branch: nn.Module

@@ -132,7 +132,8 @@ class DeformConv2d(DeformConv2dBase, OffsetBranchMixin):
         offset_groups: G, groups of input channels sharing one offset field.
         modulated: also predict a per-sample modulation mask (DCN v2).
         offset_lr_mult: learning-rate multiplier of the offset branch, applied by
-            :func:`deformconv.nn.offset_param_groups` (paper: 1).
+            :func:`deformconv.nn.offset_param_groups` and the engine (see
+            :class:`OffsetBranchMixin`) (paper: 1).
 
     Shape:
         ``forward(input (N, Cin, H, W)) -> (N, Cout, Hout, Wout)``.

@@ -8,7 +8,24 @@ from torch import nn
 
 from ._offset import OffsetBranchMixin
 
-__all__ = ["offset_param_groups"]
+__all__ = ["offset_lr_multipliers", "offset_param_groups"]
+
+
+def offset_lr_multipliers(model: nn.Module, offset_lr_mult: float | None = None
+                          ) -> dict[str, float]:
+    """``{parameter name: learning-rate multiplier}`` of the offset branches' parameters
+    (modules with :class:`OffsetBranchMixin`): each module's ``offset_lr_mult``, or
+    ``offset_lr_mult`` for all when given."""
+    if offset_lr_mult is not None and offset_lr_mult < 0:
+        raise ValueError(f"offset_lr_mult must be >= 0, got {offset_lr_mult!r}")
+    mult_of: dict[int, float] = {}
+    for module in model.modules():
+        if isinstance(module, OffsetBranchMixin):
+            mult = module.offset_lr_mult if offset_lr_mult is None else offset_lr_mult
+            for param in module.offset_parameters():
+                mult_of[id(param)] = mult
+    return {name: mult_of[id(param)] for name, param in model.named_parameters()
+            if id(param) in mult_of}
 
 
 def offset_param_groups(
@@ -41,18 +58,11 @@ def offset_param_groups(
     """
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
-    if offset_lr_mult is not None and offset_lr_mult < 0:
-        raise ValueError(f"offset_lr_mult must be >= 0, got {offset_lr_mult!r}")
-    mult_of: dict[int, float] = {}
-    for module in model.modules():
-        if isinstance(module, OffsetBranchMixin):
-            mult = module.offset_lr_mult if offset_lr_mult is None else offset_lr_mult
-            for param in module.offset_parameters():
-                mult_of[id(param)] = mult
+    mults = offset_lr_multipliers(model, offset_lr_mult)
     by_mult: dict[float, list[nn.Parameter]] = {1.0: []}
-    for param in model.parameters():
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            by_mult.setdefault(mult_of.get(id(param), 1.0), []).append(param)
+            by_mult.setdefault(mults.get(name, 1.0), []).append(param)
     return [
         {"params": params, "lr": lr * mult, "lr_mult": mult, **options}
         for mult, params in by_mult.items()
