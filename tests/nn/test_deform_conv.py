@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deformconv.nn import DeformConv2d, DeformConv2dBase, DeformConv2dExternal
-from deformconv.ops import reference
+from deformconv.ops import NaNOffsetError, reference
 
 # (in, out, kernel, stride, padding, dilation, groups, offset_groups): awkward on purpose.
 GEOMETRIES = [
@@ -144,6 +145,51 @@ class TestDeformConv2dExternal:
         conv = DeformConv2dExternal(4, 6, 3, padding=1)
         with pytest.raises(ValueError, match="offset"):
             conv(torch.randn(1, 4, 5, 5), torch.zeros(1, 17, 5, 5))
+
+    @pytest.mark.parametrize(("groups", "channels"), [(1, 8), (2, 4)])
+    def test_wrong_input_channels_are_refused(self, groups, channels):
+        """The op reads the grouping from the input, so an 8-channel input to a 4-channel
+        layer used to run as groups=2 (and 4 channels into an 8-channel groups=2 layer as
+        groups=1)."""
+        in_channels = 4 if groups == 1 else 8
+        conv = DeformConv2dExternal(in_channels, 8, 3, padding=1, groups=groups)
+        message = (f"input must have shape (N, {in_channels}, H, W) for "
+                   f"in_channels={in_channels}, got (2, {channels}, 6, 6)")
+        with pytest.raises(ValueError, match=re.escape(message)):
+            conv(torch.randn(2, channels, 6, 6), torch.zeros(2, 18, 6, 6))
+
+    def test_nan_offsets_given_are_refused(self):
+        conv = DeformConv2dExternal(4, 6, 3, padding=1)
+        offset = torch.zeros(1, 18, 5, 5)
+        offset[0, 3, 2, 2] = math.nan
+        with pytest.raises(NaNOffsetError, match="offset contains 1 NaN value"):
+            conv(torch.randn(1, 4, 5, 5), offset)
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+@pytest.mark.parametrize("modulated", [False, True])
+def test_a_non_finite_input_gives_nan_where_its_offsets_are_nan(bad, modulated):
+    """Its offset branch turns a NaN or inf pixel into NaN offsets (0 * inf), which the op
+    refuses: the module used to raise 'offset contains NaN', naming an argument its user
+    never passed. Now the outputs those offsets move are NaN, as a conv propagates a
+    non-finite input, and a loop that skips non-finite losses goes on."""
+    torch.manual_seed(0)
+    conv = DeformConv2d(4, 4, 3, padding=1, modulated=modulated)
+    x = torch.randn(2, 4, 8, 8)
+    x[1, 0, 3, 3] = bad
+    x.requires_grad_()
+    out = conv(x)
+    nan_pixels = out.isnan().any(1)
+    assert nan_pixels[1, 2:5, 2:5].all() and not nan_pixels[0].any()
+    assert not nan_pixels[1, 6:].any() and not nan_pixels[1, :, 6:].any()
+    out[0].sum().backward()
+    assert torch.isfinite(x.grad[0]).all()
+
+
+def test_compiles_whole_graph() -> None:
+    conv = DeformConv2d(4, 4, 3, padding=1)
+    x = torch.randn(1, 4, 6, 6)
+    torch.testing.assert_close(torch.compile(conv, fullgraph=True, backend="eager")(x), conv(x))
 
 
 @pytest.mark.parametrize("modulated", [False, True])

@@ -108,3 +108,18 @@ class TestDeformPSRoIPool:
     def test_offset_classes_must_divide_output_dim(self):
         with pytest.raises(ValueError, match=r"offset_classes \(3\) must divide output_dim"):
             DeformPSRoIPool(5, 4, K, SCALE, offset_classes=3)
+
+
+def test_non_finite_features_make_their_rois_nan_instead_of_an_error() -> None:
+    """As DeformRoIPool: a NaN feature pixel inside RoI 0 gives the offset of the bin over
+    it NaN, which the op refuses; the module now gives that bin NaN and the rest as usual."""
+    x = _scores(4).detach()
+    features = torch.randn(2, 5, 16, 16)
+    pool = DeformPSRoIPool(5, 4, K, SCALE, sample_per_part=2)
+    nn.init.normal_(pool.conv_offset.weight, std=0.5)
+    features[0, 2, 3, 3] = float("nan")  # inside RoI 0 (image 0) only
+    out = pool(x, ROIS, features)
+    expected = torch.zeros(K, K, dtype=torch.bool)
+    expected[1, 1] = True  # RoI 0 spans 0.75-10 of the 16 px map: (3, 3) is in its middle bin
+    assert torch.equal(out[0].isnan().any(0), expected) and out[0, :, 1, 1].isnan().all()
+    assert torch.isfinite(out[1]).all()

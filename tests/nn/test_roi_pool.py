@@ -93,3 +93,16 @@ class TestDeformRoIPool:
     def test_bad_arguments(self, kwargs, match):
         with pytest.raises(ValueError, match=match):
             DeformRoIPool(**{"in_channels": 3, "output_size": 2, **kwargs})
+
+
+def test_non_finite_features_make_their_rois_nan_instead_of_an_error() -> None:
+    """A NaN pixel inside RoI 0 makes its predicted offsets NaN, which the op refuses with
+    an error about 'offset'; the module now gives that RoI NaN and the others as usual."""
+    pool = DeformRoIPool(3, 2, spatial_scale=0.25, sampling_ratio=2)
+    x = torch.randn(2, 3, 16, 16)
+    x[0, 1, 4, 4] = float("nan")  # inside RoI 0 only (image 0)
+    out = pool(x, ROIS)
+    assert out[0].isnan().all() and torch.isfinite(out[1:]).all()
+    clean = x.clone()
+    clean[0, 1, 4, 4] = 0.0
+    torch.testing.assert_close(out[1:], pool(clean, ROIS)[1:])

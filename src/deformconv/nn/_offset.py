@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from torch import nn
+from torch import Tensor, nn
+
+from ..ops import NaNOffsetError
 
 
 class OffsetBranchMixin:
@@ -28,6 +30,27 @@ class OffsetBranchMixin:
     def zero_init_offsets(self) -> None:
         """Zero the offset branch's last layer, so the module starts as its plain twin."""
         zero_init_last(self.offset_branch)
+
+
+def nan_offsets_propagate(op: Callable[[Tensor], Tensor], offset: Tensor) -> Tensor:
+    """``op(offset)``, where a module's own predicted offset that is NaN (from a NaN or inf
+    in its input) makes what it moves NaN, as a conv's output is where its window holds a
+    NaN; the ops refuse NaN offsets with an error about an argument the module's user never
+    passed, which would also stop a training loop that skips non-finite losses.
+
+    ``offset`` (N|K, *, h, w) and ``op``'s output (N|K, C, h', w'): a NaN at (n, :, i, j)
+    makes output (n, :, i, j) NaN when the sizes agree, else all of output n.
+    """
+    try:
+        return op(offset)
+    except NaNOffsetError:
+        bad = offset.isnan()
+        out = op(offset.nan_to_num(0.0))
+        if bad.shape[2:] == out.shape[2:]:
+            where = bad.any(1, keepdim=True)
+        else:
+            where = bad.flatten(1).any(1).view(-1, 1, 1, 1)
+        return out.masked_fill(where, math.nan)
 
 
 def offset_state_keys(model: nn.Module) -> set[str]:

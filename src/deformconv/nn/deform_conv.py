@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..ops import deform_conv2d
 from ..ops.arguments import pair
-from ._offset import OffsetBranchMixin, check_positive, zero_init_last
+from ._offset import OffsetBranchMixin, check_positive, nan_offsets_propagate, zero_init_last
 
 __all__ = ["DeformConv2d", "DeformConv2dBase", "DeformConv2dExternal"]
 
@@ -78,6 +78,13 @@ class DeformConv2dBase(nn.Module):
             bound = 1 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -bound, bound)
 
+    def check_input(self, input: Tensor) -> None:
+        """Refuse an input of another channel count, as ``nn.Conv2d`` does (the op would
+        take it as another grouping); a Proxy (FX tracing) has no shape to check."""
+        if isinstance(input, Tensor) and (input.dim() != 4 or input.shape[1] != self.in_channels):
+            raise ValueError(f"input must have shape (N, {self.in_channels}, H, W) for "
+                             f"in_channels={self.in_channels}, got {tuple(input.shape)}")
+
     def deform_conv(self, input: Tensor, offset: Tensor, mask: Tensor | None) -> Tensor:
         """:func:`deformconv.ops.deform_conv2d` with this layer's weight, bias and geometry."""
         return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding,
@@ -114,6 +121,7 @@ class DeformConv2dExternal(DeformConv2dBase):
     """
 
     def forward(self, input: Tensor, offset: Tensor, mask: Tensor | None = None) -> Tensor:
+        self.check_input(input)
         return self.deform_conv(input, offset, mask)
 
 
@@ -187,16 +195,12 @@ class DeformConv2d(DeformConv2dBase, OffsetBranchMixin):
             zero_init_last(self.conv_offset)
 
     def forward(self, input: Tensor) -> Tensor:
-        # before the offset conv, whose error would name its own weight; a Proxy (FX
-        # tracing) has no shape to check
-        if isinstance(input, Tensor) and (input.dim() != 4 or input.shape[1] != self.in_channels):
-            raise ValueError(f"input must have shape (N, {self.in_channels}, H, W) for "
-                             f"in_channels={self.in_channels}, got {tuple(input.shape)}")
+        self.check_input(input)  # before the offset conv, whose error would name its weight
         out = self.conv_offset(input)  # (N, 2*G*kk [+ G*kk], Hout, Wout)
         points = self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
         offset = out[:, : 2 * points]
         mask = out[:, 2 * points :].sigmoid() if self.modulated else None
-        return self.deform_conv(input, offset, mask)
+        return nan_offsets_propagate(lambda o: self.deform_conv(input, o, mask), offset)
 
     def extra_repr(self) -> str:
         text = super().extra_repr()

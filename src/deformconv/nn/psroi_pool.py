@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..ops.arguments import finite_float, rois_to_tensor
-from ._offset import OffsetBranchMixin, check_positive, zero_init_last
+from ._offset import OffsetBranchMixin, check_positive, nan_offsets_propagate, zero_init_last
 
 __all__ = ["DeformPSRoIPool", "PSRoIPool"]
 
@@ -173,11 +173,11 @@ class DeformPSRoIPool(PSRoIPool, OffsetBranchMixin):
         maps = self.conv_offset(features)  # (N, (2|3)*classes*part², H, W)
         offset_maps = 2 * self.offset_classes * self.part_size**2
         offset = self._pool_maps(maps[:, :offset_maps], rois, 2 * self.offset_classes)
-        out = ops.deform_psroi_pool(
-            input, rois, offset, spatial_scale=self.spatial_scale, output_dim=self.output_dim,
+        out = nan_offsets_propagate(lambda o: ops.deform_psroi_pool(
+            input, rois, o, spatial_scale=self.spatial_scale, output_dim=self.output_dim,
             group_size=self.group_size, pooled_size=self.pooled_size, part_size=self.part_size,
             sample_per_part=self.sample_per_part, trans_std=self.trans_std,
-        )
+        ), offset)
         if self.modulated:
             part_mask = self._pool_maps(maps[:, offset_maps:], rois, self.offset_classes)
             out = out * self._bin_mask(part_mask.sigmoid())

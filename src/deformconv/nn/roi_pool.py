@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..ops.arguments import finite_float, pair, rois_to_tensor
-from ._offset import OffsetBranchMixin, check_positive, zero_init_last
+from ._offset import OffsetBranchMixin, check_positive, nan_offsets_propagate, zero_init_last
 
 __all__ = ["DeformRoIPool"]
 
@@ -103,7 +103,7 @@ class DeformRoIPool(nn.Module, OffsetBranchMixin):
         mask = None
         if self.modulated:
             mask = predicted[:, 2 * ph * pw :].reshape(-1, 1, ph, pw).sigmoid()
-        return self._pool(input, rois, offset, mask)
+        return nan_offsets_propagate(lambda o: self._pool(input, rois, o, mask), offset)
 
     def extra_repr(self) -> str:
         text = (f"{self.in_channels}, output_size={self.output_size}, "

@@ -43,13 +43,18 @@ def check_same_dtype_device(
             )
 
 
+class NaNOffsetError(ValueError):
+    """An op was given NaN offsets (sample positions)."""
+
+
 def check_no_nan(name: str, tensor: Tensor) -> None:
     """NaN positions make sampling meaningless: refuse them instead of returning garbage."""
     # amax() propagates NaN: one reduction, without isnan()'s bool temporary of offset's
     # size, and 2-3x faster than max() on the CPU.
     if tensor.numel() and bool(torch.isnan(tensor.amax())):
         count = int(torch.isnan(tensor).sum())
-        raise ValueError(f"{name} contains {count} NaN value(s); sample positions must not be NaN")
+        raise NaNOffsetError(f"{name} contains {count} NaN value(s); sample positions must "
+                             "not be NaN")
 
 
 def check_rois_values(rois: Tensor, batch: int) -> None:
