@@ -91,10 +91,16 @@ class TestDeformPSRoIPool:
         assert "trans_std=0.1" in text and "offset_classes=21" in text
         assert "modulated=True" in text
 
-    def test_bad_features(self):
+    @pytest.mark.parametrize("shape", [(2, 4, 16, 16), (2, 5, 32, 40), (2, 5, 4, 4),
+                                       (1, 5, 16, 16), (5, 16, 16)])
+    def test_bad_features(self, shape):
+        """Another N, H or W than the score maps' used to pass: offsets pooled from a map of
+        another size at the scores' spatial_scale, or a batch error that named rois."""
         pool = DeformPSRoIPool(5, 2, K, SCALE)
-        with pytest.raises(ValueError, match=r"features must be \(N, 5, H, W\)"):
-            pool(_scores(2), ROIS, torch.randn(2, 4, 16, 16))
+        message = (r"features must be \(N, 5, H, W\) with input's N, H, W, i.e. "
+                   rf"\(2, 5, 16, 16\), got shape \({', '.join(map(str, shape))}\)")
+        with pytest.raises(ValueError, match=message):
+            pool(_scores(2), ROIS, torch.randn(shape))
 
     @pytest.mark.parametrize(("kwargs", "match"), [
         ({"spatial_scale": float("nan")}, "spatial_scale must be > 0, got nan"),

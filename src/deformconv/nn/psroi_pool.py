@@ -165,10 +165,13 @@ class DeformPSRoIPool(PSRoIPool, OffsetBranchMixin):
                 features: Tensor | None = None) -> Tensor:
         self._check_input(input)
         features = input if features is None else features
-        if features.dim() != 4 or features.shape[1] != self.in_channels:
+        n, _, height, width = input.shape
+        if features.dim() != 4 or features.shape[1] != self.in_channels or (
+                features.shape[0], *features.shape[2:]) != (n, height, width):
             raise ValueError(
-                f"features must be (N, {self.in_channels}, H, W), got shape {tuple(features.shape)}"
-            )
+                f"features must be (N, {self.in_channels}, H, W) with input's N, H, W, i.e. "
+                f"({n}, {self.in_channels}, {height}, {width}), got shape "
+                f"{tuple(features.shape)}")
         rois = rois_to_tensor(rois)
         maps = self.conv_offset(features)  # (N, (2|3)*classes*part², H, W)
         offset_maps = 2 * self.offset_classes * self.part_size**2
