@@ -98,6 +98,21 @@ def test_frozen_stages():
     assert frozen == {"conv1", "bn1", "layer1"}
 
 
+def test_frozen_stages_keep_their_batch_norm_statistics_in_training():
+    """Frozen stages' BatchNorm used to update its running statistics in train() (and
+    normalise with the batch's): a frozen stage's output drifted."""
+    model = ResNet((1, 1, 1, 1), 0, base_channels=4, frozen_stages=1).train()
+    frozen = model.layer1[0].bn1
+    before = frozen.running_mean.clone(), model.layer2[0].bn1.running_mean.clone()
+    x = torch.randn(2, 3, 32, 32) * 3 + 1
+    model(x)
+    assert torch.equal(frozen.running_mean, before[0]) and not frozen.training
+    assert not torch.equal(model.layer2[0].bn1.running_mean, before[1])  # not frozen
+    assert model.layer2.training and model.training
+    stage1 = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    torch.testing.assert_close(model.layer1(stage1), model.eval().layer1(stage1))
+
+
 def test_basic_blocks_count_deformable_layers_in_3x3_convs():
     # The paper's "last n layers": its bottleneck res5 has one 3x3 conv per block, a basic
     # block two; counting convs keeps "3 layers" = the last three 3x3 convs.

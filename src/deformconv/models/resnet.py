@@ -210,8 +210,9 @@ class ResNet(nn.Module):
             class with ``expansion`` and ``convs`` (3×3 convs per block).
         zero_init_residual: start every residual branch's last norm at zero gamma, so each
             block starts as the identity (Goyal et al. 2017; torchvision's option).
-        frozen_stages: stop gradients for the stem (0) and stages 1..frozen_stages;
-            -1 freezes nothing (paper, detection and segmentation: 1, conv1 and res2).
+        frozen_stages: stop gradients for the stem (0) and stages 1..frozen_stages, whose
+            norms also stay in eval mode (running statistics fixed); -1 freezes nothing
+            (paper, detection and segmentation: 1, conv1 and res2).
 
     Shape:
         ``forward(images (N, in_chans, H, W)) -> logits (N, num_classes)``;
@@ -283,9 +284,22 @@ class ResNet(nn.Module):
         self.zero_init_residual = zero_init_residual
         self.reset_parameters()
         self.frozen_stages = frozen_stages
-        if frozen_stages >= 0:
-            for module in [self.conv1, self.bn1, *self.stages()[:frozen_stages]]:
-                module.requires_grad_(False)
+        for module in self.frozen_modules():
+            module.requires_grad_(False)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The stem and stages 1..frozen_stages (none for -1)."""
+        if self.frozen_stages < 0:
+            return []
+        return [self.conv1, self.bn1, *self.stages()[: self.frozen_stages]]
+
+    def train(self, mode: bool = True) -> ResNet:
+        """As ``nn.Module.train``, but frozen modules stay in eval mode: their BatchNorm
+        keeps its running statistics, and normalises with them, as a frozen stage should."""
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
 
     def reset_parameters(self) -> None:
         """torchvision's init (He normal, fan_out; zero-gamma residual norms if asked),
