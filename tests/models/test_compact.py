@@ -64,3 +64,22 @@ def test_bad_arguments_are_named(kwargs, match):
 def test_registered_for_segmentation():
     assert models.model_task("compact_fcn") == "segmentation"
     assert isinstance(models.create("compact_fcn", 3), nn.Module)
+
+
+@pytest.mark.parametrize("skip_layer", [None, 0, 1, 2, 3])
+def test_receptive_field_is_the_window_that_reaches_one_feature(skip_layer):
+    """Measured as the input window with a gradient to one classifier input. Positive
+    weights and images keep every ReLU open, so the whole window shows. A skip at the top
+    layer's stride (skip_layer 1-3) used to count an upsampling that is the identity there
+    (43 for 39)."""
+    model = CompactFCN(2, widths=(3, 3, 3, 3, 3), strides=(2, 2, 1, 1, 1), deform_layers=0,
+                       skip_layer=skip_layer, decoder_width=3).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.abs_()
+    images = torch.rand(1, 3, 96, 96, requires_grad=True)
+    features = model.forward_features(images)
+    center = features.shape[-1] // 2
+    features[0, :, center, center].sum().backward()
+    rows = images.grad.abs().sum((0, 1)).sum(1).nonzero()
+    assert int(rows.max() - rows.min() + 1) == model.receptive_field

@@ -104,7 +104,9 @@ class CompactFCN(PixelClassifier):
             step *= layer_stride
             steps.append(step)
         if self.skip_layer is not None:
-            size += step + 2 * steps[self.skip_layer]
+            skip_step = steps[self.skip_layer]
+            # bilinear upsampling reads two top pixels, unless skip and top share a stride
+            size += (step if step != skip_step else 0) + 2 * skip_step
         return size
 
     def forward_features(self, images: Tensor) -> Tensor:
