@@ -85,6 +85,23 @@ def test_crop_without_masks_scales_area_with_box() -> None:
     assert torch.allclose(t["area"], torch.tensor([25.0]))
 
 
+def test_integer_boxes_and_areas_are_moved_in_float() -> None:
+    """Integer boxes (as parsed from annotation files) used to be scaled in their own dtype
+    (halved to [0, 0, 0, 0] and kept) and a cut area's ratio rounded to 0."""
+    image = torch.rand(3, 40, 60)
+    target = {"boxes": torch.tensor([[10, 5, 25, 30]]), "labels": torch.tensor([1]),
+              "area": torch.tensor([375])}
+    _, resized = T.resize(image, target, (20, 30))
+    assert torch.equal(resized["boxes"], torch.tensor([[5.0, 2.5, 12.5, 15.0]]))
+    assert torch.equal(resized["area"], torch.tensor([93.75]))
+    _, cut = T.crop(image, target, 0, 0, 20, 20)
+    assert torch.equal(cut["boxes"], torch.tensor([[10.0, 5.0, 20.0, 20.0]]))
+    assert torch.equal(cut["area"], torch.tensor([150.0]))
+    for _, moved in (T.hflip(image, target), T.rot90(image, target, 1)):
+        assert moved["boxes"].dtype == torch.float32
+    assert target["boxes"].dtype == torch.int64  # the caller's dict is left as it was
+
+
 def test_crop_pads_segmentation_with_ignore() -> None:
     image, mask = SyntheticSegmentation(length=1, seed=0, image_size=32)[0]
     out, m = T.crop(image, mask, -4, -2, 40, 36, fill=0.5)

@@ -5,7 +5,8 @@ Every transform is ``(image (3, H, W), target) -> (image, target)`` where ``targ
     a segmentation mask (H, W) int64    -> moved with the image (nearest), padding = 255,
     a detection dict                    -> ``boxes`` moved, clipped, empty ones dropped with
                                           their ``labels``/``masks``/``area``/``iscrowd``/
-                                          ``sizes``; ``area`` and ``sizes`` kept consistent.
+                                          ``sizes``; ``area`` and ``sizes`` kept consistent;
+                                          integer ``boxes``/``area`` come back float32.
 Random draws use torch's global RNG, so wrapping the dataset in
 ``deformconv.engine.seeding.SeededSamples`` makes them reproducible per sample.
 """
@@ -58,6 +59,17 @@ def _resize_nearest(x: Tensor, size: tuple[int, int]) -> Tensor:
     return out.reshape(*lead, *size).to(x.dtype)
 
 
+def _detection_copy(target: dict[str, Any]) -> dict[str, Any]:
+    """A shallow copy whose integer ``boxes`` and ``area`` are float32: scaled or cut in
+    their own dtype they would round (a box halved to nothing, an area ratio to 0)."""
+    target = dict(target)
+    for key in ("boxes", "area"):
+        value = target.get(key)
+        if isinstance(value, Tensor) and not value.is_floating_point():
+            target[key] = value.float()
+    return target
+
+
 def hflip(image: Tensor, target: Any) -> tuple[Tensor, Any]:
     """Mirror left-right."""
     _check_image(image)
@@ -65,7 +77,7 @@ def hflip(image: Tensor, target: Any) -> tuple[Tensor, Any]:
     if _is_mask(target):
         return image.flip(-1), target.flip(-1)
     if isinstance(target, dict):
-        target = dict(target)
+        target = _detection_copy(target)
         boxes = target["boxes"]
         target["boxes"] = torch.stack(
             [width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1
@@ -86,7 +98,7 @@ def rot90(image: Tensor, target: Any, k: int = 1) -> tuple[Tensor, Any]:
         if _is_mask(target):
             target = target.rot90(1, (-2, -1))
         elif isinstance(target, dict):
-            target = dict(target)
+            target = _detection_copy(target)
             x1, y1, x2, y2 = target["boxes"].unbind(1)
             # rot90 = flip left-right, then transpose: (x, y) -> (y, width - x)
             target["boxes"] = torch.stack([y1, width - x2, y2, width - x1], dim=1)
@@ -109,7 +121,7 @@ def resize(image: Tensor, target: Any, size: tuple[int, int]) -> tuple[Tensor, A
         return out, _resize_nearest(target, size)
     if isinstance(target, dict):
         sy, sx = size[0] / height, size[1] / width
-        target = dict(target)
+        target = _detection_copy(target)
         scale = torch.tensor([sx, sy, sx, sy], dtype=target["boxes"].dtype)
         target["boxes"] = target["boxes"] * scale
         if "area" in target:
@@ -141,7 +153,7 @@ def crop(
     if _is_mask(target):
         return out, cut(target, IGNORE_INDEX)
     if isinstance(target, dict):
-        target = dict(target)
+        target = _detection_copy(target)
         old = target["boxes"]
         boxes = old - torch.tensor([left, top, left, top], dtype=old.dtype)
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
