@@ -95,11 +95,27 @@ def test_structural_errors(voc: Path, tmp_path: Path) -> None:
 def test_missing_files_are_dropped_and_counted(voc: Path) -> None:
     _write_split(voc, "train", ["img1", "ghost", "img2"])
     (voc / "SegmentationClass" / "img2.png").unlink()
-    with pytest.warns(RuntimeWarning, match="missing_image: 1, missing_mask: 1"):
+    # the warning names what is missing
+    with pytest.warns(RuntimeWarning, match=r"missing_image: 1, e\.g\. .*JPEGImages/ghost\."
+                                            r"\(jpg\|jpeg\|png\), missing_mask: 1, e\.g\. "
+                                            r".*SegmentationClass/img2\.png\); see"):
         ds = VOCSegmentation(voc, "train")
     assert ds.ids == ["img1"] and ds.skipped == {"missing_image": 1, "missing_mask": 1}
     _write_split(voc, "train", ["ghost"])
     with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match="none of the 1 listed"):
+        VOCSegmentation(voc, "train")
+
+
+def test_split_files_as_editors_and_cameras_write_them(voc: Path) -> None:
+    """A byte-order mark used to become part of the first id (that image was dropped as
+    missing), an upper-case extension was not found, and an id listed twice was loaded
+    and scored twice."""
+    (voc / "JPEGImages" / "img1.jpg").rename(voc / "JPEGImages" / "img1.JPG")
+    split = voc / "ImageSets" / "Segmentation" / "train.txt"
+    split.write_bytes(b"\xef\xbb\xbfimg1\r\nimg2\r\n")
+    assert VOCSegmentation(voc, "train").ids == ["img1", "img2"]
+    _write_split(voc, "train", ["img1", "img2", "img1"])
+    with pytest.raises(ValueError, match=r"train\.txt: lists \['img1'\] more than once"):
         VOCSegmentation(voc, "train")
 
 

@@ -123,6 +123,15 @@ class SkippingDataset(Dataset):
     def __init__(self) -> None:
         self.skipped: Counter[str] = Counter()
         self._bad: set[int] = set()
+        self._skip_examples: dict[str, list[str]] = {}  # reason -> the first few named
+
+    def _skip(self, reason: str, example: object) -> None:
+        """Count one sample dropped at construction under ``reason``; the summary warning
+        names the first few ``example``s (a file, an id)."""
+        self.skipped[reason] += 1
+        examples = self._skip_examples.setdefault(reason, [])
+        if len(examples) < 3:
+            examples.append(str(example))
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -156,13 +165,20 @@ class SkippingDataset(Dataset):
     def _warn_skipped(self, source: object, total: int) -> None:
         """One summary warning for what construction dropped."""
         if self.skipped:
-            detail = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
+            detail = ", ".join(self._skip_detail(k, v) for k, v in sorted(self.skipped.items()))
             warnings.warn(
                 f"{source}: dropped while indexing {total} images ({detail}); "
                 "see the dataset's .skipped",
                 RuntimeWarning,
                 stacklevel=3,
             )
+
+    def _skip_detail(self, reason: str, count: int) -> str:
+        examples = self._skip_examples.get(reason)
+        if not examples:
+            return f"{reason}: {count}"
+        more = ", ..." if count > len(examples) else ""
+        return f"{reason}: {count}, e.g. {', '.join(examples)}{more}"
 
 
 def readable_sample(dataset: Dataset, index: int) -> Any | None:

@@ -145,7 +145,7 @@ class CocoDetection(SkippingDataset):
         self._records: list[_Image] = []
         for rec in by_id.values():
             if not rec.path.is_file():
-                self.skipped["missing_image"] += 1
+                self._skip("missing_image", rec.path)
             elif drop_empty and not rec.boxes:
                 self.skipped["empty_image"] += 1
             else:

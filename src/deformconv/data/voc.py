@@ -14,6 +14,7 @@ warning on load, counted, and the next sample is returned instead.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from torch import Tensor
 from ._common import IGNORE_INDEX, SampleError, SkippingDataset, Transform, load_rgb
 
 __all__ = ["VOCSegmentation"]
-_IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 
 def load_mask(path: Path) -> np.ndarray:
@@ -96,10 +97,15 @@ class VOCSegmentation(SkippingDataset):
             raise FileNotFoundError(
                 f"VOC split file not found: {split_file} (splits found: {found}){hint}"
             )
-        ids = [line.strip() for line in split_file.read_text(encoding="utf-8").splitlines()]
+        # utf-8-sig: a byte-order mark (as some editors save) is not part of the first id
+        ids = [line.strip() for line in split_file.read_text(encoding="utf-8-sig").splitlines()]
         ids = [i for i in ids if i]
         if not ids:
             raise ValueError(f"{split_file}: the split lists no images")
+        repeated = sorted(i for i, count in Counter(ids).items() if count > 1)
+        if repeated:
+            raise ValueError(f"{split_file}: lists {repeated[:5]} more than once; each image "
+                             "would be trained on and scored more than once")
 
         self._samples: list[tuple[str, Path, Path]] = []
         for name in ids:
@@ -107,9 +113,9 @@ class VOCSegmentation(SkippingDataset):
                           if (p := self.root / image_dir / f"{name}{ext}").is_file()), None)
             mask = self.root / mask_dir / f"{name}.png"
             if image is None:
-                self.skipped["missing_image"] += 1
+                self._skip("missing_image", f"{self.root / image_dir / name}.(jpg|jpeg|png)")
             elif not mask.is_file():
-                self.skipped["missing_mask"] += 1
+                self._skip("missing_mask", mask)
             else:
                 self._samples.append((name, image, mask))
         self._warn_skipped(split_file, len(ids))
