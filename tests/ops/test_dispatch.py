@@ -50,6 +50,7 @@ def test_forced_backends(backend_env, monkeypatch):
     backend_env("triton")
     assert _dispatch.select_backend(CUDA, torch.float16) == "triton"
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_dispatch, "_triton_imported_compiled", lambda: False)
     assert _dispatch.select_backend(CPU, torch.float32) == "triton"
     assert _dispatch.select_backend(CPU, torch.float64) == "torch"
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -58,6 +59,24 @@ def test_forced_backends(backend_env, monkeypatch):
     monkeypatch.setattr(_dispatch, "triton_available", lambda: False)
     with pytest.raises(RuntimeError, match="triton package is not installed"):
         _dispatch.select_backend(CUDA, torch.float32)
+
+
+@pytest.mark.skipif(not _dispatch.triton_available(), reason="triton is not installed")
+def test_interpreter_asked_for_after_triton_was_imported_is_named() -> None:
+    """TRITON_INTERPRET=1 set after triton's import (torchvision imports it) used to fail
+    inside the interpreter: "Cannot call @triton.jit'd outside of the scope of a kernel"."""
+    code = ("import os, torch, triton\n"
+            "os.environ['TRITON_INTERPRET'] = '1'\n"
+            "os.environ['DEFORMCONV_BACKEND'] = 'triton'\n"
+            "from deformconv.ops import deform_conv2d\n"
+            "deform_conv2d(torch.ones(1, 1, 3, 3), torch.zeros(1, 18, 3, 3),"
+            " torch.ones(1, 1, 3, 3), padding=1)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    assert done.returncode == 1
+    assert ("RuntimeError: DEFORMCONV_BACKEND=triton on CPU tensors runs Triton's interpreter, "
+            "but triton was imported before TRITON_INTERPRET=1 was set") in done.stderr
 
 
 def test_bad_value_names_the_variable(backend_env):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,6 +62,15 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
+def _triton_imported_compiled() -> bool:
+    """Whether triton was imported in compiled mode (TRITON_INTERPRET unset then): its
+    standard-library functions are then not interpreted, and an interpreted kernel that
+    calls one fails with a Triton-internal error."""
+    standard = sys.modules.get("triton.language.standard")
+    cdiv = getattr(standard, "cdiv", None)
+    return cdiv is not None and type(cdiv).__name__ != "InterpretedFunction"
+
+
 def select_backend(device: torch.device, dtype: torch.dtype) -> str:
     """The backend for tensors of ``device`` and ``dtype`` (see the module docstring)."""
     requested = requested_backend()
@@ -89,6 +99,13 @@ def _check_forced(backend: str, device: torch.device) -> None:
             raise RuntimeError(
                 f"{BACKEND_ENV}=triton on CPU tensors runs Triton's interpreter, which needs "
                 "TRITON_INTERPRET=1 set before the kernels are imported"
+            )
+        if device.type == "cpu" and _triton_imported_compiled():
+            raise RuntimeError(
+                f"{BACKEND_ENV}=triton on CPU tensors runs Triton's interpreter, but triton "
+                "was imported before TRITON_INTERPRET=1 was set (torchvision and "
+                "torch.compile import it), so its own functions are not interpreted; set "
+                "TRITON_INTERPRET=1 before importing torch, e.g. in the shell"
             )
         if device.type not in ("cpu", "cuda"):
             raise RuntimeError(f"{BACKEND_ENV}=triton runs on CUDA tensors, got {device}")
