@@ -293,3 +293,17 @@ def test_registered_op_checks_its_arguments():
     with pytest.raises(ValueError, match=r"grad_out.shape is not valid"):
         op.deform_psroi_pool_backward(torch.zeros(3, 1, 2, 2), x, rois, None, count, 1.0, 2, 2,
                                       2, 0.1, True, True)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("shape", [(1, 9, 0, 8), (1, 9, 8, 0)])
+def test_feature_map_without_cells_gives_zeros(monkeypatch, backend, shape):
+    """The torch backend failed on H or W = 0 (index out of bounds)."""
+    monkeypatch.setenv("DEFORMCONV_BACKEND", backend)
+    x = torch.randn(shape, requires_grad=True)
+    offset = torch.zeros(1, 2, 3, 3, requires_grad=True)
+    out = deform_psroi_pool(x, torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]]), offset,
+                            spatial_scale=1.0, output_dim=1, group_size=3, pooled_size=3)
+    assert out.shape == (1, 1, 3, 3) and not out.any()
+    out.sum().backward()
+    assert not offset.grad.any() and x.grad.shape == shape

@@ -300,3 +300,19 @@ def test_registered_op_checks_its_arguments():
     torch.testing.assert_close(
         op.deform_roi_pool(x_strided, rois, None, None, 2, 2, 1.0, 0, 0.1, True),
         op.deform_roi_pool(x_strided.contiguous(), rois, None, None, 2, 2, 1.0, 0, 0.1, True))
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("shape", [(1, 0, 8, 8), (1, 4, 0, 8), (1, 4, 8, 0)])
+def test_feature_map_without_cells_gives_zeros(monkeypatch, backend, shape):
+    """As torchvision's roi_align: (K, C, ph, pw) zeros and zero gradients. The torch backend
+    failed on H or W = 0 (index out of bounds), both on C = 0 (a reshape)."""
+    monkeypatch.setenv("DEFORMCONV_BACKEND", backend)
+    x = torch.randn(shape, requires_grad=True)
+    offset = torch.zeros(1, 2, 3, 2, requires_grad=True)
+    mask = torch.ones(1, 1, 3, 2, requires_grad=True)
+    out = deform_roi_pool(x, torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]]), offset,
+                          output_size=(3, 2), mask=mask)
+    assert out.shape == (1, shape[1], 3, 2) and not out.any()
+    out.sum().backward()
+    assert not offset.grad.any() and not mask.grad.any() and x.grad.shape == shape

@@ -39,6 +39,17 @@ class OpParts:
 _LIBRARY = torch.library.Library(NAMESPACE, "FRAGMENT")
 
 
+def no_feature_cells(input: torch.Tensor) -> bool:
+    """Whether a feature map (N, C, H, W) has no channel or no cell: a RoI op's samples all
+    read zero padding there, so its results are zeros (the backends need not handle it)."""
+    return 0 in input.shape[1:]
+
+
+def zeroed(results: Any) -> Any:
+    """A fake's results (a tensor or a tuple of tensors), filled with zeros."""
+    return tuple(r.zero_() for r in results) if isinstance(results, tuple) else results.zero_()
+
+
 def _register(name: str, op: str, kernel_name: str, parts: OpParts) -> torch._ops.OpOverload:
     """Define ``deformconv::<name>`` with the lower-level ``Library`` API, not
     ``torch.library.custom_op``: ``custom_op`` wraps every kernel in ``torch._disable_dynamo``,

@@ -10,9 +10,12 @@ group_size = k gives R-FCN's position-sensitive pooling (Dai et al., NIPS 2016).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from . import _dispatch
 from ._checks import (
     check_compute_dtype,
     check_no_nan,
@@ -22,7 +25,7 @@ from ._checks import (
     compute_dtype,
     float32_under_autocast,
 )
-from ._library import OpParts, define_op
+from ._library import OpParts, define_op, no_feature_cells, zeroed
 from .arguments import finite_float, rois_to_tensor
 
 __all__ = ["deform_psroi_pool"]
@@ -58,6 +61,12 @@ def _forward_fake(input: Tensor, rois: Tensor, offset: Tensor | None, spatial_sc
     return input.new_empty(shape), input.new_empty(shape)
 
 
+def _forward(input: Tensor, *args: Any) -> tuple[Tensor, Tensor]:
+    if no_feature_cells(input):
+        return zeroed(_forward_fake(input, *args))
+    return _dispatch.run("deform_psroi_pool", "forward", (input, *args))
+
+
 def _check_backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None,
                     count: Tensor, spatial_scale: float, group_size: int, part_size: int,
                     sample_per_part: int, *args) -> None:
@@ -77,6 +86,12 @@ def _backward_fake(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor
                    *args) -> tuple[Tensor, Tensor]:
     grad_offset = torch.empty_like(offset) if offset is not None else input.new_empty(0)
     return torch.empty_like(input), grad_offset
+
+
+def _backward(grad_out: Tensor, input: Tensor, *args: Any) -> tuple[Tensor, Tensor]:
+    if no_feature_cells(input):
+        return zeroed(_backward_fake(grad_out, input, *args))
+    return _dispatch.run("deform_psroi_pool", "backward", (grad_out, input, *args))
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -100,11 +115,11 @@ _deform_psroi_pool, _deform_psroi_pool_backward = define_op(
     "deform_psroi_pool",
     OpParts("(Tensor input, Tensor rois, Tensor? offset, float spatial_scale, int output_dim, "
             "int group_size, int pooled_size, int part_size, int sample_per_part, "
-            "float trans_std) -> (Tensor, Tensor)", _check_forward, _forward_fake),
+            "float trans_std) -> (Tensor, Tensor)", _check_forward, _forward_fake, _forward),
     OpParts("(Tensor grad_out, Tensor input, Tensor rois, Tensor? offset, Tensor count, "
             "float spatial_scale, int group_size, int part_size, int sample_per_part, "
             "float trans_std, bool need_input, bool need_offset) -> (Tensor, Tensor)",
-            _check_backward, _backward_fake),
+            _check_backward, _backward_fake, _backward),
     _setup_context, _gradient,
 )
 

@@ -21,7 +21,7 @@ from ._checks import (
     compute_dtype,
     float32_under_autocast,
 )
-from ._library import OpParts, define_op
+from ._library import OpParts, define_op, no_feature_cells, zeroed
 from .arguments import finite_float, pair, rois_to_tensor
 from .geometry import roi_align_grid
 
@@ -71,6 +71,8 @@ def _check_sample_count(rois: Tensor, pooled: tuple[int, int], spatial_scale: fl
 
 def _forward(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
              pooled_h: int, pooled_w: int, *args) -> Tensor:
+    if no_feature_cells(input):
+        return zeroed(_forward_fake(input, rois, offset, mask, pooled_h, pooled_w))
     return _dispatch.run("deform_roi_pool", "forward",
                          (input, rois, offset, mask, (pooled_h, pooled_w), *args))
 
@@ -93,6 +95,8 @@ def _check_backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tenso
 def _backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None,
               mask: Tensor | None, pooled_h: int, pooled_w: int, *args
               ) -> tuple[Tensor, Tensor, Tensor]:
+    if no_feature_cells(input):
+        return zeroed(_backward_fake(grad_out, input, rois, offset, mask))
     return _dispatch.run("deform_roi_pool", "backward",
                          (grad_out, input, rois, offset, mask, (pooled_h, pooled_w), *args))
 
