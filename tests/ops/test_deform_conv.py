@@ -1206,6 +1206,19 @@ def test_bad_geometry(kwargs, error, match):
         deform_conv2d(args["input"], args["offset"], args["weight"], **kwargs)
 
 
+def test_numpy_integers_are_taken_as_torchvision_takes_them():
+    """np.int64 geometry (from configs, array shapes) was refused: 'stride must be an int
+    or a pair of ints, got np.int64(1)'; torchvision and nn.Conv2d take it."""
+    args = _valid_arguments()
+    expected = deform_conv2d(args["input"], args["offset"], args["weight"])
+    for one in (np.int64(1), (np.int32(1), np.int64(1))):
+        got = deform_conv2d(args["input"], args["offset"], args["weight"], stride=one,
+                            padding=np.int64(0), dilation=one)
+        assert torch.equal(got, expected)
+    with pytest.raises(TypeError, match=r"padding must be an int or a pair of ints, got True"):
+        deform_conv2d(args["input"], args["offset"], args["weight"], padding=True)
+
+
 # Memory safety: calls that could crash run in a child process with Numba's bounds checks
 # (_isolated_calls.py); one process runs the calls of all the tests below.
 

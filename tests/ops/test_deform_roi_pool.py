@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -316,3 +317,11 @@ def test_feature_map_without_cells_gives_zeros(monkeypatch, backend, shape):
     assert out.shape == (1, shape[1], 3, 2) and not out.any()
     out.sum().backward()
     assert not offset.grad.any() and not mask.grad.any() and x.grad.shape == shape
+
+
+def test_numpy_integers_are_taken_as_roi_align_takes_them():
+    x = torch.randn(1, 4, 8, 8)
+    rois = torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]])
+    expected = deform_roi_pool(x, rois, output_size=3, sampling_ratio=2)
+    got = deform_roi_pool(x, rois, output_size=np.int64(3), sampling_ratio=np.int32(2))
+    assert torch.equal(got, expected)

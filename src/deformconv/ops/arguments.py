@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
 
-__all__ = ["finite_float", "memory_format", "pair", "rois_to_tensor"]
+__all__ = ["finite_float", "integer", "is_integer", "memory_format", "pair", "rois_to_tensor"]
+
+
+def is_integer(value: object) -> bool:
+    """Whether ``value`` is an integer (Python's or NumPy's, as torchvision and ``nn.Conv2d``
+    take them), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def integer(value: object, name: str) -> int:
+    """``value`` as a Python int, refused with an error naming ``name`` unless an integer."""
+    if not is_integer(value):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    return int(value)  # type: ignore[call-overload]
 
 
 def pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
-    """``3 -> (3, 3)``; a pair is checked and returned as a tuple."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value, value
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
+    """``3 -> (3, 3)``; a pair is checked and returned as a tuple of Python ints."""
+    if is_integer(value):
+        return int(value), int(value)  # type: ignore[call-overload]
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(map(is_integer, value)):
         return int(value[0]), int(value[1])
     raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
 

@@ -26,7 +26,7 @@ from ._checks import (
     float32_under_autocast,
 )
 from ._library import OpParts, define_op, no_feature_cells, zeroed
-from .arguments import finite_float, rois_to_tensor
+from .arguments import finite_float, is_integer, rois_to_tensor
 
 __all__ = ["deform_psroi_pool"]
 
@@ -125,9 +125,9 @@ _deform_psroi_pool, _deform_psroi_pool_backward = define_op(
 
 
 def _positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not is_integer(value) or value < 1:  # type: ignore[operator]
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return int(value)  # type: ignore[call-overload]
 
 
 def _check_arguments(input: Tensor, rois: Tensor, offset: Tensor | None, output_dim: int,

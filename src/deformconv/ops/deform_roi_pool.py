@@ -22,7 +22,7 @@ from ._checks import (
     float32_under_autocast,
 )
 from ._library import OpParts, define_op, no_feature_cells, zeroed
-from .arguments import finite_float, pair, rois_to_tensor
+from .arguments import finite_float, integer, pair, rois_to_tensor
 from .geometry import roi_align_grid
 
 __all__ = ["deform_roi_pool"]
@@ -205,8 +205,7 @@ def deform_roi_pool(
     if output_size is None:
         raise TypeError("deform_roi_pool() missing required argument: 'output_size'")
     pooled = pair(output_size, "output_size")
-    if not isinstance(sampling_ratio, int) or isinstance(sampling_ratio, bool):
-        raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
+    sampling_ratio = integer(sampling_ratio, "sampling_ratio")
     spatial_scale = finite_float("spatial_scale", spatial_scale, positive=True)
     gamma = finite_float("gamma", gamma)
     rois = rois_to_tensor(rois)
