@@ -162,3 +162,16 @@ def test_numba_kernels_keep_torchs_thread_count(first):
                          timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "1"
+
+
+@pytest.mark.parametrize("value", ["64MB", "-5", "nan"])
+def test_bad_workspace_size_names_the_variable(value: str) -> None:
+    """It used to fail at the first op call with "could not convert string to float"."""
+    code = ("import torch; from deformconv.ops import deform_conv2d\n"
+            "deform_conv2d(torch.ones(1, 1, 3, 3), torch.zeros(1, 18, 3, 3),"
+            " torch.ones(1, 1, 3, 3), padding=1)\n")
+    env = {**os.environ, "DEFORMCONV_WORKSPACE_MB": value}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    assert (f"ValueError: DEFORMCONV_WORKSPACE_MB must be a number of MiB >= 0 (e.g. 32), "
+            f"got '{value}'") in done.stderr

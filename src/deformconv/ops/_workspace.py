@@ -3,6 +3,7 @@ and reusable per-thread CPU buffers."""
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Iterator
@@ -11,8 +12,23 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+WORKSPACE_ENV = "DEFORMCONV_WORKSPACE_MB"
+
+
+def _workspace_bytes() -> int:
+    """``DEFORMCONV_WORKSPACE_MB`` (default 32) in bytes, refused unless a number >= 0."""
+    text = os.environ.get(WORKSPACE_ENV, "32")
+    try:
+        mib = float(text)
+    except ValueError:
+        mib = math.nan
+    if not 0 <= mib < math.inf:
+        raise ValueError(f"{WORKSPACE_ENV} must be a number of MiB >= 0 (e.g. 32), got {text!r}")
+    return int(mib * 2**20)
+
+
 # Largest column buffer (bytes) a kernel may hold at once; tiles are sized to fit it.
-WORKSPACE_BYTES = int(float(os.environ.get("DEFORMCONV_WORKSPACE_MB", "32")) * 2**20)
+WORKSPACE_BYTES = _workspace_bytes()
 
 
 @dataclass(frozen=True)
