@@ -64,7 +64,7 @@ class TestEffectiveDilation:
 
 class TestSizeBuckets:
     def test_boxes_smallest_containing_box_wins(self):
-        # 64x64 image, 16x16 map: cell (y, x) centred at ((y + 0.5) * 4, (x + 0.5) * 4)
+        # 64x64 image, 16x16 map: cell (y, x) centred on pixel (4y, 4x), edges 4y + 0.5
         boxes = torch.tensor([
             [0.0, 0.0, 8.0, 8.0],  # area 64: small, cells y, x in {0, 1}
             [16.0, 16.0, 32.0, 32.0],  # area 256: medium, cells 4..7
@@ -90,19 +90,19 @@ class TestSizeBuckets:
         mask[16:22, 0:6] = 3  # 36 pixels: medium
         mask[8:16, 8:16] = 2  # 64 pixels: large
         mask[28:32, 28:32] = 255  # ignored
-        # 8x8 map: cell (y, x) reads pixel (4y + 2, 4x + 2)
+        # 8x8 map: cell (y, x) reads pixel (4y, 4x), its centre (viz.coords)
         codes = size_buckets((8, 8), (32, 32), instance_mask=mask, thresholds=(20.0, 50.0))
-        assert codes[0, 0] == 0 and codes[4, 0] == 1 and codes[5, 0] == 3
+        assert codes[0, 0] == 0 and codes[4, 0] == 1 and codes[5, 1] == 1 and codes[6, 0] == 3
         assert codes[2:4, 2:4].tolist() == [[2, 2], [2, 2]]
         assert codes[7, 7] == -1
-        assert torch.bincount(codes.flatten() + 1, minlength=5).tolist() == [1, 1, 1, 4, 57]
+        assert torch.bincount(codes.flatten() + 1, minlength=5).tolist() == [1, 1, 4, 4, 54]
 
     def test_stacked_binary_masks_smallest_wins(self):
         masks = torch.zeros(3, 16, 16, dtype=torch.bool)
         masks[0] = True  # 256 pixels: large, everywhere
         masks[1, :8, :8] = True  # 64 pixels: medium, 4x4 cells
         masks[2, 2:4, 2:4] = True  # 4 pixels: small, the cell reading pixel (2, 2)
-        # 8x8 map: cell (y, x) has its centre in pixel (2y + 1, 2x + 1)
+        # 8x8 map: cell (y, x) has its centre in pixel (2y, 2x)
         codes = size_buckets((8, 8), (16, 16), instance_mask=masks, thresholds=(10.0, 100.0))
         counts = torch.bincount(codes.flatten(), minlength=4).tolist()
         assert counts == [1, 15, 48, 0]

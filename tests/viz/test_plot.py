@@ -52,6 +52,16 @@ class TestPlotSampling:
                                                  tmp_path / "empty.png"))
         assert count_color(empty, (255, 0, 0)) == 0
 
+    def test_a_single_level_is_red_too(self, tmp_path):
+        """The paper's colour for the layer the points are on; it came out yellow."""
+        geometry = LayerGeometry((3, 3), padding=(1, 1))
+        projection = back_project([record(geometry, torch.zeros(1, 18, 16, 16), (16, 16))],
+                                  (8, 8))
+        pixels = read_png(plot_sampling_locations(torch.zeros(3, 16, 16), projection,
+                                                  tmp_path / "one.png"))
+        assert count_color(pixels, (255, 0, 0)) > 20
+        assert count_color(pixels, (255, 217, 0)) == 0  # autumn_r's yellow end
+
     def test_stacked_sampling_of_a_captured_model(self, tmp_path):
         model = Stack()
         randomize_offsets(model)

@@ -100,3 +100,8 @@ def test_units_from_instance_masks_lie_on_the_largest_objects():
     assert masks[1, int(y0), int(x0)] and masks[0, int(y1), int(x1)]
     assert (y1, x1) == (3.0, 3.0)  # the square's centre pixel
     assert _units(None, None, (16, 16), per_image=2) == [(7.5, 7.5)]
+    # (H, W) ids, as VOC masks come (255: ignored), used to give the image centre
+    ids = torch.zeros(16, 16, dtype=torch.long)
+    ids[1:4, 10:15] = 3
+    ids[0, :] = 255
+    assert _units(None, ids, (16, 16), per_image=2) == [(2.0, 12.0)]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
 
 from deformconv.viz import (
     LayerGeometry,
+    OffsetCapture,
     back_project,
     sampling_locations,
     sampling_positions,
@@ -91,9 +93,10 @@ class TestBackProject:
         top = record(LayerGeometry((3, 3), padding=(1, 1)), torch.zeros(1, 18, 8, 8),
                      (8, 8), (16, 16), "top")
         projection = back_project([bottom, top], (3, 3))
-        # top samples features 3 + {-1, 0, 1}, at image (f + 0.5) * 2 - 0.5 = 2f + 0.5
-        assert sorted({p[0] for p in projection.levels[0].tolist()}) == [4.5, 6.5, 8.5]
-        assert projection.unit.tolist() == [6.5, 6.5]
+        # top samples features 3 + {-1, 0, 1}, at image 2f: the centre of the rows
+        # 2f - 1 .. 2f + 1 that the bottom's cell f reads (they were drawn at 2f + 0.5)
+        assert sorted({p[0] for p in projection.levels[0].tolist()}) == [4.0, 6.0, 8.0]
+        assert projection.unit.tolist() == [6.0, 6.0]
         # bottom reads image rows 2f - 1 + {0, 1, 2} for f in {2, 3, 4}
         expected = [(2.0 * fy - 1 + i, 2.0 * fx - 1 + j)
                     for fy, fx, i, j in itertools.product([2, 3, 4], [2, 3, 4], range(3),
@@ -146,3 +149,36 @@ def test_unit_at_maps_image_points_to_the_nearest_output_pixel():
     # output cell f is centred on image (f + 0.5) * 4 - 0.5 = 4f + 1.5
     assert unit_at(rec, (9.5, 13.5)) == (2, 3)
     assert unit_at(rec, (-10.0, 100.0)) == (0, 7)
+
+
+@pytest.mark.parametrize(("name", "kwargs", "size", "cell"), [
+    ("compact_fcn", {"widths": (3, 3, 3, 3), "strides": (2, 2, 1, 1), "deform_layers": 1}, 48, 5),
+    ("resnet18", {"base_channels": 4, "deform_blocks": (0, 0, 0, 1)}, 1024, 16),
+])
+def test_points_are_drawn_where_the_models_cells_look(name, kwargs, size, cell):
+    """The centre tap of a deformable layer (zero offsets) is drawn on the middle of the
+    image window its input cell sees, measured as the input gradient's extent. Positive
+    weights and images keep every ReLU open. The points used to be drawn (s - 1) / 2 pixels
+    off: 1.5 at stride 4, 15.5 at stride 32."""
+    from deformconv import models
+
+    torch.manual_seed(0)
+    model = models.create(name, 3, **kwargs).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.abs_()
+    images = torch.rand(1, 3, size, size, requires_grad=True)
+    with OffsetCapture(model) as capture:
+        model(images)
+    top = list(capture.latest().values())[-1]
+    seen = {}
+    layer = dict(model.named_modules())[top.name]
+    hook = layer.register_forward_pre_hook(lambda module, args: seen.setdefault("x", args[0]))
+    model(images)
+    hook.remove()
+    (grad,) = torch.autograd.grad(seen["x"][0, :, cell, cell].sum(), images)
+    rows = grad[0].abs().sum((0, 2)).nonzero()
+    middle = float(rows.min() + rows.max()) / 2
+    zero = replace(top, offset=torch.zeros_like(top.offset))
+    centre_tap = back_project([zero], (cell, cell)).levels[0][4]
+    assert centre_tap.tolist() == [middle, middle]

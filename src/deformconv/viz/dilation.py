@@ -102,8 +102,9 @@ def size_buckets(
         raise ValueError(f"thresholds must be increasing, got {thresholds}")
     hout, wout = output_size
     stride_y, stride_x = image_size[0] / hout, image_size[1] / wout
-    cy = (torch.arange(hout, dtype=torch.float64) + 0.5) * stride_y  # pixel-edge coordinates
-    cx = (torch.arange(wout, dtype=torch.float64) + 0.5) * stride_x
+    # cell centres (viz.coords: image pixel s*f) in pixel-edge coordinates
+    cy = torch.arange(hout, dtype=torch.float64) * stride_y + 0.5
+    cx = torch.arange(wout, dtype=torch.float64) * stride_x + 0.5
     background = len(SIZE_BUCKETS) - 1
     if boxes is not None:
         if boxes.dim() != 2 or boxes.shape[1] != 4:

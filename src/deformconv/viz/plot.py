@@ -109,7 +109,9 @@ def plot_sampling_locations(
                    edgecolors=REGULAR_COLOR, linewidths=0.9,
                    label="regular grid (zero offsets)" if n == 0 else None)
     depth = max((len(p.levels) for p in projections), default=0)
-    colors = colormaps["autumn_r"](np.linspace(0.15, 1.0, depth)) if depth else []
+    # levels run top to bottom: the bottom one red (1.0), a single level too
+    colors = colormaps["autumn_r"](np.linspace(0.15, 1.0, depth) if depth > 1
+                                   else np.ones(depth))
     for n, projection in enumerate(projections):
         for level, points in enumerate(projection.levels):
             size = max(40.0 / 3**level, 2.0)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..conventions import IGNORE_INDEX
 from .capture import OffsetCapture
 from .dilation import effective_dilation_table, format_dilation_table
 from .plot import plot_roi_offsets, plot_stacked_sampling
@@ -58,8 +59,9 @@ class OffsetReport:
 def _units(boxes: Tensor | None, masks: Tensor | None, image_size: tuple[int, int],
            per_image: int) -> list[tuple[float, float]]:
     """Image points (y, x) to back-project from: centres of the largest boxes; or, given
-    instance masks ``(K, H, W)``, the pixel of each of the largest objects nearest to its
-    centroid (on the object even for an outline); else the image centre."""
+    instance masks ``(K, H, W)`` or ``(H, W)`` ids (instances or classes; 0 and 255 are
+    none), the pixel of each of the largest objects nearest to its centroid (on the object
+    even for an outline); else the image centre."""
     if boxes is not None and len(boxes):
         boxes = boxes.detach().cpu().double()
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
@@ -67,6 +69,10 @@ def _units(boxes: Tensor | None, masks: Tensor | None, image_size: tuple[int, in
         # box edges -> pixel-index coordinates of the centre
         return [(float((b[1] + b[3]) / 2 - 0.5), float((b[0] + b[2]) / 2 - 0.5))
                 for b in chosen]
+    if masks is not None and masks.dim() == 2:
+        ids = masks.detach().cpu().long()
+        objects = [i for i in ids.unique().tolist() if i not in (0, IGNORE_INDEX)]
+        masks = torch.stack([ids == i for i in objects]) if objects else None
     if masks is not None and masks.dim() == 3 and bool(masks.any()):
         masks = masks.detach().cpu().bool()
         points = []

@@ -17,7 +17,6 @@ from torch import Tensor, nn
 from ..nn import DeformPSRoIPool, DeformRoIPool
 from ..ops.arguments import rois_to_tensor
 from ..ops.geometry import psroi_grid, roi_align_grid
-from .coords import feature_to_image
 
 __all__ = ["RoIBins", "RoIOffsetRecord", "RoIPoolGeometry", "install_roi_hooks", "roi_bins"]
 
@@ -175,7 +174,9 @@ def roi_bins(record: RoIOffsetRecord, index: int, class_index: int = 0) -> RoIBi
     y0, x0 = torch.meshgrid(y0, x0, indexing="ij")
     corners = torch.stack([y0, x0, y0 + bin_h, x0 + bin_w], dim=-1)  # (ph, pw, 4) y, x, y, x
     stride = 1.0 / geo.spatial_scale
-    corners = feature_to_image(corners, stride)
+    # RoIAlign's feature coordinates (aligned: box * scale - 0.5, so a cell centres on image
+    # pixel (f + 0.5) * stride - 0.5), so that the bins tile the box as it is drawn
+    corners = (corners + 0.5) * stride - 0.5
     bins = corners[..., [1, 0, 3, 2]]  # x1, y1, x2, y2
     chosen = offset[2 * class_index : 2 * class_index + 2][:, parts_h][:, :, parts_w]
     shifts = torch.stack([chosen[0] * roi_w, chosen[1] * roi_h], dim=-1)  # (ph, pw, 2)
