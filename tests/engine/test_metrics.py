@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,3 +136,48 @@ class TestCocoMap:
         with pytest.raises(KeyError, match=r"output is missing \['scores'\]"):
             detection_record((10, 10), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)},
                              {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)})
+
+
+class _Diverged(torch.nn.Module):
+    """Outputs of a diverged model: NaN logits, or NaN boxes with confident scores."""
+
+    def __init__(self, task: str) -> None:
+        super().__init__()
+        self.task = task
+
+    def forward(self, images):
+        nan = float("nan")
+        if self.task == "classification":
+            return torch.full((images.shape[0], 3), nan)
+        if self.task == "segmentation":
+            return torch.full((images.shape[0], 3, 8, 8), nan)
+        return [{"boxes": torch.full((1, 4), nan), "scores": torch.ones(1),
+                 "labels": torch.ones(1, dtype=torch.long)} for _ in images]
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation", "detection"])
+def test_non_finite_outputs_score_nan(task):
+    """argmax of NaN logits is class 0 (top-1 0.33 here) and COCO's matching counts a NaN
+    box as a hit (AP 1.0): a diverged model used to be scored as a good one."""
+    from deformconv.engine import evaluate
+
+    samples = {
+        "classification": [(torch.rand(3, 8, 8), i % 3) for i in range(6)],
+        "segmentation": [(torch.rand(3, 8, 8), torch.randint(0, 3, (8, 8))) for _ in range(4)],
+        "detection": [(torch.rand(3, 32, 32), {"boxes": torch.tensor([[2.0, 3.0, 12.0, 20.0]]),
+                                               "labels": torch.tensor([1])}) for _ in range(3)],
+    }[task]
+    with pytest.warns(RuntimeWarning, match=r"gave NaN or inf outputs .*every score is NaN"):
+        metrics = evaluate(_Diverged(task), samples, task, batch_size=2)
+    primary = {"classification": "top1", "segmentation": "miou", "detection": "AP"}[task]
+    assert math.isnan(metrics[primary])
+    assert metrics.get("num_images", metrics.get("num_pixels")) > 0
+
+
+def test_coco_map_refuses_nan_boxes():
+    record = {"height": 32, "width": 40, "gt_boxes": np.array([[2.0, 3.0, 12.0, 20.0]]),
+              "gt_labels": np.array([1]), "gt_iscrowd": np.zeros(1, np.int64),
+              "gt_area": np.array([170.0]), "boxes": np.full((1, 4), np.nan),
+              "scores": np.ones(1), "labels": np.array([1])}
+    with pytest.raises(ValueError, match=r"record 0: predicted boxes hold NaN or inf"):
+        coco_map([record])

@@ -68,6 +68,8 @@ def coco_map(records: Sequence[DetectionRecord]) -> dict[str, float]:
     ids = label values) and runs ``COCOeval`` with its default parameters (100 detections
     per image). Values are fractions in [0, 1]; ``nan`` where COCO reports -1 (no ground
     truth of that kind). No predictions at all gives AP 0 for every category with objects.
+    Predicted boxes or scores with NaN or inf are refused: COCO's matching would count a
+    NaN box as a hit.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -76,6 +78,9 @@ def coco_map(records: Sequence[DetectionRecord]) -> dict[str, float]:
         raise ValueError("coco_map needs at least one image record, got none")
     images, gt_anns, dt_anns, categories = [], [], [], set()
     for image_id, rec in enumerate(records, start=1):
+        for key in ("boxes", "scores"):
+            if not np.isfinite(np.asarray(rec[key], dtype=np.float64)).all():
+                raise ValueError(f"record {image_id - 1}: predicted {key} hold NaN or inf")
         images.append({"id": image_id, "height": rec["height"], "width": rec["width"]})
         boxes = _xywh(rec["gt_boxes"])
         for box, label, crowd, area in zip(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -47,7 +50,9 @@ def evaluate(
     ``device`` (``"auto"``: CUDA when available; ignored when ``dist_info`` is given) and its
     train/eval mode is restored afterwards. Samples the dataset cannot read
     (``load_or_skip`` gives None) are left out and not counted; when none is readable,
-    :class:`~deformconv.data.NoReadableSamplesError`.
+    :class:`~deformconv.data.NoReadableSamplesError`. When any output holds NaN or inf (a
+    diverged model), every score is NaN, with a warning: argmax and COCO's matching would
+    score such outputs as plausible predictions.
     """
     info = dist_info or DistInfo(device=resolve_device(str(device)))
     net = getattr(model, "module", model)  # no DDP hooks needed for forward-only passes
@@ -57,7 +62,7 @@ def evaluate(
     loader = eval_loader(dataset, task, batch_size, world_size=info.world_size, rank=info.rank,
                          num_workers=num_workers, pin_memory=info.device.type == "cuda")
     evaluator = make_evaluator(task)
-    readable = 0
+    readable = non_finite = 0
     try:
         for batch in tqdm(loader, desc="eval", leave=False,
                           disable=not (progress and info.is_main)):
@@ -69,20 +74,53 @@ def evaluate(
             with autocast(info.device, bf16):
                 outputs = net(images)
             outputs = to_device(_float(outputs), torch.device("cpu"))
+            if _has_non_finite(outputs):  # scored as NaN below; zeros keep compute() going
+                non_finite += 1
+                outputs = _apply(outputs, lambda t: t.nan_to_num(0.0, 0.0, 0.0))
             evaluator.update(images, targets, outputs)
-        if len(dataset) and not all_reduce_sum(torch.tensor([readable])).item():  # type: ignore[arg-type]
+        readable, non_finite = all_reduce_sum(torch.tensor([readable, non_finite])).tolist()
+        if len(dataset) and not readable:  # type: ignore[arg-type]
             raise NoReadableSamplesError.of(dataset)
-        return evaluator.compute()
+        metrics = evaluator.compute()
+        return _scores_to_nan(metrics, non_finite) if non_finite else metrics
     finally:
         net.train(was_training)
 
 
+def _has_non_finite(outputs: Any) -> bool:
+    """Whether a floating-point tensor in ``outputs`` (nested dicts, lists) holds NaN or inf."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.is_floating_point() and not bool(torch.isfinite(outputs).all())
+    if isinstance(outputs, dict):
+        return any(_has_non_finite(v) for v in outputs.values())
+    if isinstance(outputs, (list, tuple)):
+        return any(_has_non_finite(v) for v in outputs)
+    return False
+
+
+# Counts, not scores: they stay as computed when the scores turn NaN.
+_COUNTS = ("num_images", "num_pixels")
+
+
+def _scores_to_nan(metrics: dict[str, Any], batches: int) -> dict[str, Any]:
+    warnings.warn(f"{batches} evaluation batch(es) gave NaN or inf outputs (a diverged "
+                  "model?): every score is NaN", RuntimeWarning, stacklevel=4)
+    return {key: value if key in _COUNTS
+            else [math.nan] * len(value) if isinstance(value, list) else math.nan
+            for key, value in metrics.items()}
+
+
 def _float(outputs: Any) -> Any:
     """bf16 outputs back to float32 (argmax ties, COCO box coordinates)."""
+    return _apply(outputs, lambda t: t.float())
+
+
+def _apply(outputs: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``fn`` on every floating-point tensor of ``outputs`` (nested dicts, lists, tuples)."""
     if isinstance(outputs, torch.Tensor):
-        return outputs.float() if outputs.is_floating_point() else outputs
+        return fn(outputs) if outputs.is_floating_point() else outputs
     if isinstance(outputs, dict):
-        return {k: _float(v) for k, v in outputs.items()}
+        return {k: _apply(v, fn) for k, v in outputs.items()}
     if isinstance(outputs, (list, tuple)):
-        return type(outputs)(_float(v) for v in outputs)
+        return type(outputs)(_apply(v, fn) for v in outputs)
     return outputs
