@@ -139,6 +139,47 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
     assert losses[0] == losses[1]
 
 
+def test_best_checkpoint_belongs_to_the_run(tmp_path):
+    """best.pt saved after the checkpoint a run resumes from (in the part it retrains) is
+    deleted, and the resumed run ends with the straight run's best.pt; it used to keep the
+    abandoned model, and TrainResult.best_checkpoint was None after any resume without a new
+    best. A new run into a folder deletes another run's best.pt (it used to stay)."""
+    data, val = ToyClassification(size=20), ToyClassification(size=8, seed=3)
+    torch.manual_seed(0)
+    straight = train(_config(tmp_path, "full"), TinyClassifier(), data, val)
+    torch.manual_seed(0)
+    with pytest.raises(_Stop):
+        train(_config(tmp_path, "cut"), TinyClassifier(), data, val, on_iteration_end=_stop_at(8))
+    abandoned = load_checkpoint(tmp_path / "cut" / "last.pt")  # iteration 6
+    torch.save({**abandoned, "iteration": 8, "best_metric": 2.0}, tmp_path / "cut" / "best.pt")
+    resumed = train(_config(tmp_path, "cut", resume="auto"), TinyClassifier(), data, val)
+    assert resumed.best_checkpoint == tmp_path / "cut" / "best.pt"
+    assert resumed.best_metric == straight.best_metric
+    best = load_checkpoint(resumed.best_checkpoint)
+    assert best["iteration"] == load_checkpoint(straight.best_checkpoint)["iteration"]
+    assert best["best_metric"] == straight.best_metric
+    # a resume that finds no better value keeps pointing at the run's best.pt
+    again = train(_config(tmp_path, "cut", iterations=12, eval_every=0, resume="auto"),
+                  TinyClassifier(), data, val)
+    assert again.best_checkpoint == tmp_path / "cut" / "best.pt"
+    # a new run without validation: the old run's best.pt is not this one's
+    fresh = train(_config(tmp_path, "cut", iterations=2), TinyClassifier(), data)
+    assert fresh.best_checkpoint is None and not (tmp_path / "cut" / "best.pt").exists()
+
+
+def test_resume_errors_name_the_checkpoint_and_what_changed(tmp_path):
+    data = ToyClassification(size=20)
+    train(_config(tmp_path, iterations=3, eval_every=0), TinyClassifier(), data)
+    last = tmp_path / "run" / "last.pt"
+    with pytest.raises(ValueError, match=rf"cannot resume from {last}: its optimizer has 2 "
+                                         r"parameter groups, this run's 3 \(lr_mults"):
+        train(_config(tmp_path, iterations=6, lr_mults={"head.": 0.1}, resume="auto"),
+              TinyClassifier(), data)
+    with pytest.raises(ValueError, match=rf"cannot resume from {last}: its weights do not fit"):
+        train(_config(tmp_path, iterations=6, resume="auto"), TinyClassifier(num_classes=5),
+              data)
+
+
 def test_resume_takes_the_configs_learning_rate_momentum_and_weight_decay(tmp_path):
     """A resumed run with a new lr (a common move: continue at a lower rate) uses it from
     its first step, scaled by the schedule, offset group included; it used to keep the

@@ -227,12 +227,24 @@ class _Run:
         schedule, this rank's RNG state and the progress."""
         path = _resume_path(self.config, self.out_dir)
         if path is None:
+            self._adopt_best_checkpoint()
             return
         state = load_checkpoint(path)
         _check_resumable(state, self.config, self.info, path)
-        self.model.load_state_dict(state["model"])
         configured = [dict(group) for group in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise ValueError(f"cannot resume from {path}: its weights do not fit the model "
+                             f"(another architecture or class count?): {err}") from err
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as err:
+            saved = len(state["optimizer"]["param_groups"])
+            raise ValueError(
+                f"cannot resume from {path}: its optimizer has {saved} parameter groups, this "
+                f"run's {len(configured)} (lr_mults, offset_lr_mult or the model's trainable "
+                f"parameters changed?): {err}") from err
         self.scheduler.load_state_dict(state["scheduler"])
         self._configure_loaded_optimizer(configured)
         set_rng_state(state["rng"][self.info.rank])
@@ -247,6 +259,27 @@ class _Run:
         self.resumed = True
         if self.info.is_main:
             print(f"resumed from {path} at iteration {self.iteration}/{self.total}")
+        self._adopt_best_checkpoint()
+
+    def _adopt_best_checkpoint(self) -> None:
+        """Keep ``best.pt`` only if it belongs to this run up to its current iteration: a
+        new run's folder may hold another run's, and a resumed run may have validated (and
+        saved a best) after the checkpoint it resumes from, in a part it now retrains. A
+        stale one is deleted; after a resume the next validation then writes a new one."""
+        best = self.out_dir / "best.pt"
+        stale = False
+        if self.info.is_main and best.exists():
+            if self.resumed and _checkpoint_iteration(best) <= self.iteration:
+                self.best_path = best
+            else:
+                best.unlink()
+                stale = self.resumed
+        # every rank must agree on self.best: it decides whether all of them checkpoint
+        if all_reduce_sum(torch.tensor([int(stale)])).item():
+            self.best = None
+            if self.info.is_main:
+                print(f"deleted {best}: it was saved after iteration {self.iteration}, in the "
+                      "part of the run being retrained")
 
     def _configure_loaded_optimizer(self, configured: list[dict[str, Any]]) -> None:
         """Learning rates (and the schedule's point), momentum and weight decay as the config
@@ -437,6 +470,11 @@ class _TrainClock:
             yield
         finally:
             self.start()
+
+
+def _checkpoint_iteration(path: Path) -> int:
+    """The iteration a checkpoint was saved at, without reading its tensors."""
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["iteration"])
 
 
 def _every(iteration: int, period: int) -> bool:
