@@ -305,3 +305,31 @@ def test_evaluate_matches_a_direct_computation_and_restores_mode():
     assert result["top1"] == correct / 7
     low = evaluate(model, data, "classification", batch_size=3, device="auto", bf16=True)
     assert low["num_images"] == 7 and 0.0 <= low["top1"] <= 1.0
+
+
+def test_run_settings_that_used_to_leak_or_mislead(tmp_path):
+    """Integer class weights failed inside cross_entropy ('expected scalar type Float but
+    found Long'); the logged lr was the first parameter group's (here the conv's, at
+    lr_mults' 0.5); deterministic=True stayed on after the run."""
+    data = ToyClassification(size=20)
+    config = _config(tmp_path, iterations=4, eval_every=0, class_weights=[1, 2, 1],
+                     lr_mults={"conv.": 0.5}, deterministic=True)
+    before = torch.are_deterministic_algorithms_enabled()
+    train(config, TinyClassifier(), data)
+    assert torch.are_deterministic_algorithms_enabled() == before
+    logged = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")
+              if r["split"] == "train"]
+    assert logged == [0.1 * lr_factor(it, config, 4) for it in range(4)]
+
+
+def test_resuming_a_finished_run_logs_nothing_twice(tmp_path):
+    """A requeued job resumes its finished run: it used to validate and log iteration 8's
+    val line a second time."""
+    data, val = ToyClassification(size=20), ToyClassification(size=8, seed=3)
+    config = _config(tmp_path, iterations=8, eval_every=4, log_every=4)
+    first = train(config, TinyClassifier(), data, val)
+    again = train(_config(tmp_path, iterations=8, eval_every=4, log_every=4, resume="auto"),
+                  TinyClassifier(), data, val)
+    assert again.metrics == first.metrics
+    lines = [(r["split"], r["iter"]) for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
+    assert lines == [("train", 4), ("val", 4), ("train", 8), ("val", 8)]

@@ -96,6 +96,9 @@ def train(
     line refuses such a folder unless told to overwrite it or resume).
     """
     was_initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
+    # config.deterministic holds for this run only
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
     info = init_distributed(config.device)
     try:
         lock = out_dir_lock(Path(config.out_dir)) if info.is_main else contextlib.nullcontext()
@@ -103,6 +106,7 @@ def train(
             return _train(config, model, train_set, val_set, info, on_iteration_end,
                           extra or {})
     finally:
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         if not was_initialized:
             cleanup_distributed()
 
@@ -212,12 +216,14 @@ class _Run:
                       else config.epochs * self.per_epoch)
         self.scheduler = build_scheduler(self.optimizer, config, self.total)
         self.class_weights = (None if config.class_weights is None
-                              else torch.tensor(config.class_weights, device=info.device))
+                              else torch.tensor(config.class_weights, dtype=torch.float32,
+                                                device=info.device))
         self.iteration = 0
         self.best: float | None = None  # best val value of PRIMARY_METRIC[task]
         self.clock = _TrainClock()
         self.window = _LogWindow(0.0)
         self.resumed = False
+        self.resumed_at = 0  # the iteration a resumed run started from
         self.last_path = out_dir / "last.pt" if info.is_main else None
         self.best_path: Path | None = None
         self.metrics: dict[str, Any] = {}  # the latest validation's
@@ -256,7 +262,7 @@ class _Run:
         self.window.reset(self.clock.seconds)
         if "log_window" in state:  # checkpoints before 2026-12-02 lack it
             self.window.load_state_dict(state["log_window"][self.info.rank])
-        self.resumed = True
+        self.resumed, self.resumed_at = True, self.iteration
         if self.info.is_main:
             print(f"resumed from {path} at iteration {self.iteration}/{self.total}")
         self._adopt_best_checkpoint()
@@ -325,7 +331,8 @@ class _Run:
     def train_step(self, epoch: int, images: Any, targets: Any) -> _Step:
         """Loss, backward, optional gradient clipping, optimizer and schedule step."""
         config = self.config
-        lr = self.optimizer.param_groups[0]["lr"]
+        # the base rate: the first group's may carry an lr_mults or offset multiplier
+        lr = config.lr * lr_factor(self.iteration, config, self.total)
         with autocast(self.info.device, config.bf16):
             loss, parts = compute_loss(config.task, self.net, images, targets,
                                        self.class_weights)
@@ -391,11 +398,15 @@ class _Run:
         raise TrainingStopped(signum, self.iteration, self.total, self.last_path)
 
     def finish(self) -> TrainResult:
-        """Stop the clock, validate, write ``last.pt``."""
+        """Stop the clock, validate, write ``last.pt``. A run resumed from its own final
+        checkpoint (a requeued job that had finished) evaluates without logging again: its
+        final validation line is in the log already."""
         self.clock.stop()
+        finished_before = self.resumed and self.resumed_at == self.total
         if self.val_set is not None:
-            self.metrics = self.validate()
-        self.checkpoint(self.last_path)
+            self.metrics = self.evaluate() if finished_before else self.validate()
+        if not finished_before:
+            self.checkpoint(self.last_path)
         return TrainResult(iteration=self.iteration, metrics=self.metrics,
                            best_metric=self.best, train_seconds=self.clock.seconds,
                            last_checkpoint=self.last_path, best_checkpoint=self.best_path,
@@ -404,10 +415,7 @@ class _Run:
     def validate(self) -> dict[str, Any]:
         """Evaluate on ``val_set``, log, and keep ``best.pt`` when the primary metric improves."""
         config = self.config
-        result = evaluate(self.net, self.val_set, config.task,  # type: ignore[arg-type]
-                          batch_size=config.eval_batch_size or config.batch_size,
-                          num_workers=config.num_workers, bf16=config.bf16,
-                          dist_info=self.info)
+        result = self.evaluate()
         self.logger.log({"split": "val", "iter": self.iteration,
                          "train_seconds": self.clock.seconds, **result})
         value = result.get(PRIMARY_METRIC[config.task], float("nan"))
@@ -417,6 +425,12 @@ class _Run:
                 self.best_path = self.out_dir / "best.pt" if self.info.is_main else None
                 self.checkpoint(self.best_path)
         return result
+
+    def evaluate(self) -> dict[str, Any]:
+        config = self.config
+        return evaluate(self.net, self.val_set, config.task,  # type: ignore[arg-type]
+                        batch_size=config.eval_batch_size or config.batch_size,
+                        num_workers=config.num_workers, bf16=config.bf16, dist_info=self.info)
 
     def checkpoint(self, path: Path | None) -> None:
         """Every rank contributes its RNG state and log window; rank 0 writes ``path``."""
