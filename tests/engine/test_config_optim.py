@@ -36,6 +36,13 @@ class TestTrainConfig:
             ("log_every", 0, "log_every must be >= 1"),
             ("momentum", 1.0, r"momentum must be in \[0, 1\), got 1.0"),
             ("lr_mults", {"conv.": -0.5}, "lr_mults must map parameter-name prefixes"),
+            # types, as a YAML file gives them ("1e-3" is a string to PyYAML); these used
+            # to fail later without the field's name, or to pass (5.5 iterations ran 6)
+            ("lr", "1e-3", r"^lr must be a number, got '1e-3' \(str\)$"),
+            ("checkpoint_every", "10", r"^checkpoint_every must be an int, got '10' \(str\)$"),
+            ("iterations", 5.5, r"^iterations must be an int or None, got 5\.5 \(float\)$"),
+            ("bf16", "no", r"^bf16 must be true or false, got 'no' \(str\)$"),
+            ("class_weights", [1, "a"], r"^class_weights must be a list of numbers or None"),
         ],
     )
     def test_bad_values_name_the_field(self, field, value, match):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +85,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field, its value and what it must be."""
+        hints = typing.get_type_hints(type(self))
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if not _is_of(value, hints[spec.name]):
+                raise ValueError(f"{spec.name} must be {_describe(hints[spec.name])}, got "
+                                 f"{value!r} ({type(value).__name__})")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -153,3 +161,36 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(known)}")
         return cls(**values)
+
+
+def _is_of(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits a field's type: an int is a float, a bool is neither."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_is_of(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, (list, tuple)) and all(_is_of(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _is_of(k, args[0]) and _is_of(v, args[1]) for k, v in value.items())
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    """A field type in words: "an int or None", "a list of numbers"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is list:
+        return f"a list of {_describe(args[0]).split(' ', 1)[1]}s"
+    if origin is dict:
+        return f"a dict of {_describe(args[0]).split(' ', 1)[1]} -> {_describe(args[1])}"
+    words = {type(None): "None", float: "a number", int: "an int", bool: "true or false",
+             str: "a string"}
+    return words.get(hint, getattr(hint, "__name__", str(hint)))
