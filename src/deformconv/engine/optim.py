@@ -80,7 +80,10 @@ def lr_factor(iteration: int, config: TrainConfig, total_iters: int) -> float:
     decays linearly to ``min_lr_ratio`` over the last ``decay_share`` of ``total_iters``
     (warmup-stable-decay, which matches cosine at any length: Hägele et al., 2024,
     https://arxiv.org/abs/2405.18392). Before its decay, "wsd" does not depend on
-    ``total_iters``.
+    ``total_iters``. The decays of "cosine", "onecycle" and "wsd" reach ``min_lr_ratio`` at
+    iteration ``total_iters``, after the run: its last update is made one decay step above
+    it (a decay over D iterations to 0 ends with 1/D), as ``torch.optim.lr_scheduler``'s
+    schedules do, so that no update is spent at the floor.
     """
     if config.schedule == "step":
         factor = config.gamma ** bisect.bisect_right(config.milestones, iteration)
