@@ -181,6 +181,6 @@ class TestDilationStats:
         assert format_dilation_table(rows) == (
             "| layer | small | medium | large | background |\n"
             "|---|---|---|---|---|\n"
-            "| res5a | 1.50 ± 0.25 | – | – | – |\n"
-            "| res5b | – | – | – | 2.00 ± 0.00 |"
+            "| res5a | 1.50 ± 0.25 (3) | – | – | – |\n"
+            "| res5b | – | – | – | 2.00 ± 0.00 (9) |"
         )

@@ -214,7 +214,7 @@ def _setup(summary: Mapping[str, Any]) -> list[str]:
 
 def write_report(summary: Mapping[str, Any], out: Path) -> Path:
     """``out/report.md`` from the summary ``run_demo`` builds."""
-    from ..viz import format_dilation_table, markdown_table
+    from ..viz import format_dilation_table, markdown_table, scale_thresholds
 
     s, figures, reference = summary["settings"], summary["figures"], summary["reference"]
     runs = summary["runs"]
@@ -255,7 +255,11 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
     if summary["dilation"]:
         lines += ["### Effective dilation by object size (all validation images)", "",
                   "Mean distance between adjacent sampling points, in feature-map pixels "
-                  "(paper Table 2); a plain 3×3 conv keeps dilation 1 everywhere.", "",
+                  "(paper Table 2); a plain 3×3 conv keeps dilation 1 everywhere. A "
+                  "feature cell counts for the object under its centre: small below "
+                  "{:.0f} visible pixels, large from {:.0f} (COCO's 32² and 96², scaled "
+                  "to the image's area); in brackets the number of cells.".format(
+                      *scale_thresholds((s["image_size"], s["image_size"]))), "",
                   format_dilation_table(summary["dilation"]), ""]
     folders = ", ".join(f"`{name}/`" for name in _folders(runs))
     lines += [f"Files: `metrics.json` (all numbers), {folders} "

@@ -217,11 +217,12 @@ def effective_dilation_table(
 
 
 def format_dilation_table(rows: Sequence[Mapping[str, object]], digits: int = 2) -> str:
-    """Markdown, one line per layer, one ``mean ± std`` column per bucket (paper Table 2)."""
+    """Markdown, one line per layer, one ``mean ± std (n cells)`` column per bucket (paper
+    Table 2)."""
     by_layer: dict[str, dict[str, object]] = {}
     for row in rows:
         line = by_layer.setdefault(str(row["layer"]), {"layer": row["layer"]})
         mean, std = float(row["mean"]), float(row["std"])  # type: ignore[arg-type]
-        line[str(row["bucket"])] = ("–" if math.isnan(mean)
-                                    else f"{mean:.{digits}f} ± {std:.{digits}f}")
+        line[str(row["bucket"])] = ("–" if math.isnan(mean) else
+                                    f"{mean:.{digits}f} ± {std:.{digits}f} ({row['count']})")
     return markdown_table(list(by_layer.values()), ["layer", *SIZE_BUCKETS])
