@@ -113,7 +113,7 @@ def plot(rows: list[dict[str, Any]], scales: tuple[int, ...], path: Path) -> Pat
     ax.set_xticklabels([str(s) for s in scales])
     ax.minorticks_off()
     ax.set_xlabel("object size in the test scenes: longer side, px (64 px images)")
-    ax.set_ylabel("validation mIoU")
+    ax.set_ylabel("mIoU on the test scenes of one object size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
