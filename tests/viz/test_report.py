@@ -76,6 +76,19 @@ def test_report_draws_roi_offsets(tmp_path):
     assert report.dilation_rows == [] and "Effective dilation" not in report.markdown()
 
 
+def test_class_specific_roi_offsets_draw_an_object_class():
+    """R-FCN's score-map pooling has offsets per class: the figure used to draw class 0's,
+    the background's, without saying so."""
+    from deformconv.viz.report import _offset_class
+
+    offset = torch.zeros(2, 2 * 3, 3, 3)
+    offset[:, 0:2] = 5.0  # background: moves most, but is not an object class
+    offset[:, 4:6] = 0.5  # class 2
+    offset[0, 2:4] = 0.1  # class 1
+    assert _offset_class(offset) == 2
+    assert _offset_class(torch.ones(2, 2, 3, 3)) == 0  # one offset set: that one
+
+
 def test_report_needs_an_image_tensor(tmp_path):
     model = ListInput()
     images = [torch.rand(3, 16, 16)]

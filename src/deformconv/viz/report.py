@@ -85,6 +85,17 @@ def _units(boxes: Tensor | None, masks: Tensor | None, image_size: tuple[int, in
     return [((image_size[0] - 1) / 2, (image_size[1] - 1) / 2)]
 
 
+def _offset_class(offset: Tensor) -> int:
+    """The offset set to draw for RoIs with ``offset`` (K, 2*classes, p, p): the only one,
+    or with class-specific offsets (R-FCN's score maps) the object class (not the
+    background's, 0) whose bins move most on average."""
+    classes = offset.shape[1] // 2
+    if classes == 1:
+        return 0
+    moved = offset.abs().reshape(offset.shape[0], classes, -1).mean((0, 2))
+    return 1 + int(moved[1:].argmax())
+
+
 def offset_report(
     model: nn.Module,
     inputs: object,
@@ -158,7 +169,11 @@ def offset_report(
             chosen = (rec.rois[:, 0] == i).nonzero().flatten()[:max_rois].tolist()
             if chosen:
                 stem = f"{prefix}roi_offsets{n or ''}_{i}"
+                drawn = _offset_class(rec.offset[chosen])
+                title = f"{names_of[i]}: {name or type(model).__name__}"
+                if drawn:
+                    title += f", class {drawn}'s offsets"
                 report.figures.append(plot_roi_offsets(
-                    images[i], [roi_bins(rec, k) for k in chosen], out_dir / f"{stem}.png",
-                    title=f"{names_of[i]}: {name or type(model).__name__}"))
+                    images[i], [roi_bins(rec, k, drawn) for k in chosen],
+                    out_dir / f"{stem}.png", title=title))
     return report
