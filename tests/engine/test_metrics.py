@@ -181,3 +181,50 @@ def test_coco_map_refuses_nan_boxes():
               "scores": np.ones(1), "labels": np.array([1])}
     with pytest.raises(ValueError, match=r"record 0: predicted boxes hold NaN or inf"):
         coco_map([record])
+
+
+class _Returns(torch.nn.Module):
+    def __init__(self, make) -> None:
+        super().__init__()
+        self.make = make
+
+    def forward(self, images):
+        return self.make(images)
+
+
+@pytest.mark.parametrize(("task", "make", "error", "match"), [
+    ("segmentation", lambda x: {"out": torch.zeros(x.shape[0], 3, 8, 8)}, TypeError,
+     r"must return its logits \(N, C, H, W\) as one tensor, got dict with keys \['out'\] "
+     r"\(torchvision's segmentation models"),
+    ("classification", lambda x: (torch.zeros(x.shape[0], 3), None), TypeError,
+     r"a classification model must return its logits \(N, C\) as one tensor, got tuple"),
+    ("segmentation", lambda x: torch.zeros(x.shape[0], 8, 8), ValueError,
+     r"segmentation logits must be \(N, C, H, W\), got shape \(2, 8, 8\)"),
+])
+def test_model_outputs_of_another_form_are_named(task, make, error, match):
+    """They used to fail deep inside: "'dict' object has no attribute 'shape'", "pred and
+    target must have the same shape"."""
+    from deformconv.engine import compute_loss, evaluate
+
+    target = torch.zeros(8, 8, dtype=torch.long) if task == "segmentation" else 1
+    samples = [(torch.rand(3, 8, 8), target)] * 2
+    with pytest.raises(error, match=match):
+        evaluate(_Returns(make), samples, task, batch_size=2)
+    batch = torch.rand(2, 3, 8, 8)
+    targets = torch.zeros(2, 8, 8, dtype=torch.long) if task == "segmentation" else torch.ones(2)
+    with pytest.raises(error, match=match):
+        compute_loss(task, _Returns(make), batch, targets.long())
+
+
+@pytest.mark.parametrize(("targets", "match"), [
+    (("cat", "dog"), r"classification targets must be a tensor of \(N,\) class ids "
+                     r"\(integers\), got tuple"),
+    (torch.tensor([0.0, 1.0]), r"must be \(N,\) class ids of an integer dtype, got shape "
+                               r"\(2,\) of torch.float32"),
+])
+def test_targets_of_another_form_are_named(targets, match):
+    from deformconv.engine import compute_loss
+
+    model = _Returns(lambda x: torch.zeros(x.shape[0], 3, requires_grad=True))
+    with pytest.raises((TypeError, ValueError), match=match):
+        compute_loss("classification", model, torch.rand(2, 3, 8, 8), targets)

@@ -73,9 +73,42 @@ def num_images(images: Tensor | Sequence[Tensor]) -> int:
     return images.shape[0] if isinstance(images, Tensor) else len(images)
 
 
+# What a classification / segmentation model returns, and what its targets are.
+_LOGITS = {"classification": (2, "(N, C)"), "segmentation": (4, "(N, C, H, W)")}
+_TARGETS = {"classification": (1, "(N,) class ids"), "segmentation": (3, "(N, H, W) masks")}
+
+
+def checked_logits(outputs: Any, task: str) -> Tensor:
+    """A classification or segmentation model's output, refused with what it must be."""
+    dims, shape = _LOGITS[task]
+    if not isinstance(outputs, Tensor):
+        what = type(outputs).__name__
+        if isinstance(outputs, dict):
+            what += f" with keys {list(outputs)}"
+        hint = (" (torchvision's segmentation models return {'out': logits}: wrap the model "
+                "to return output['out'])" if isinstance(outputs, dict) and "out" in outputs
+                else "")
+        raise TypeError(f"a {task} model must return its logits {shape} as one tensor, got "
+                        f"{what}{hint}")
+    if outputs.dim() != dims:
+        raise ValueError(f"{task} logits must be {shape}, got shape {tuple(outputs.shape)}")
+    return outputs
+
+
+def checked_targets(targets: Any, task: str) -> Tensor:
+    """Classification or segmentation targets as int64, refused with what they must be."""
+    dims, shape = _TARGETS[task]
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"{task} targets must be a tensor of {shape} (integers), got "
+                        f"{type(targets).__name__}; the dataset must give (image, target) "
+                        "with an int or tensor target")
+    if targets.is_floating_point() or targets.dtype == torch.bool or targets.dim() != dims:
+        raise ValueError(f"{task} targets must be {shape} of an integer dtype, got shape "
+                         f"{tuple(targets.shape)} of {targets.dtype}")
+    return targets.long()  # uint8 masks (as PIL gives them), 255 ignored, are common
+
+
 def _segmentation_loss(logits: Tensor, masks: Tensor, weight: Tensor | None = None) -> Tensor:
-    if logits.dim() != 4:
-        raise ValueError(f"segmentation logits must be (N, C, H, W), got {tuple(logits.shape)}")
     if logits.shape[-2:] != masks.shape[-2:]:
         # Models with an output stride predict coarse maps: compare at the mask's resolution.
         logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear",
@@ -105,17 +138,12 @@ def compute_loss(
             )
         total = sum(losses.values())
         return total, {k: v.detach() for k, v in losses.items()}
-    logits = model(images)
-    if targets.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
-        targets = targets.long()  # uint8 masks (as PIL gives them), 255 ignored, are common
+    logits = checked_logits(model(images), task)
+    targets = checked_targets(targets, task)
     if class_weights is not None and class_weights.shape != (logits.shape[1],):
         raise ValueError(f"class_weights must hold one weight per class of the model's "
                          f"{logits.shape[1]} outputs, got shape {tuple(class_weights.shape)}")
     if task == "classification":
-        if logits.dim() != 2:
-            raise ValueError(
-                f"classification logits must be (N, C), got shape {tuple(logits.shape)}"
-            )
         loss = F.cross_entropy(logits.float(), targets, weight=class_weights)
     else:
         loss = _segmentation_loss(logits, targets, class_weights)
@@ -140,6 +168,8 @@ class ClassificationEvaluator(Evaluator):
         self.total = 0
 
     def update(self, images: Tensor, targets: Tensor, outputs: Tensor) -> None:
+        outputs = checked_logits(outputs, "classification")
+        targets = checked_targets(targets, "classification")
         self.correct += top1_correct(outputs, targets)
         self.total += targets.numel()
 
@@ -157,6 +187,8 @@ class SegmentationEvaluator(Evaluator):
         self.confusion: Tensor | None = None
 
     def update(self, images: Tensor, targets: Tensor, outputs: Tensor) -> None:
+        outputs = checked_logits(outputs, "segmentation")
+        targets = checked_targets(targets, "segmentation")
         if outputs.shape[-2:] != targets.shape[-2:]:
             outputs = F.interpolate(outputs.float(), size=targets.shape[-2:], mode="bilinear",
                                     align_corners=False)
