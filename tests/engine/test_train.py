@@ -162,6 +162,12 @@ def test_best_checkpoint_belongs_to_the_run(tmp_path):
     again = train(_config(tmp_path, "cut", iterations=12, eval_every=0, resume="auto"),
                   TinyClassifier(), data, val)
     assert again.best_checkpoint == tmp_path / "cut" / "best.pt"
+    # an unreadable best.pt counts as stale
+    (tmp_path / "cut" / "best.pt").write_bytes(b"not a checkpoint")
+    again = train(_config(tmp_path, "cut", iterations=14, eval_every=0, resume="auto"),
+                  TinyClassifier(), data, val)
+    assert again.best_checkpoint == tmp_path / "cut" / "best.pt"  # written at the end
+    assert load_checkpoint(again.best_checkpoint)["iteration"] == 14
     # a new run without validation: the old run's best.pt is not this one's
     fresh = train(_config(tmp_path, "cut", iterations=2), TinyClassifier(), data)
     assert fresh.best_checkpoint is None and not (tmp_path / "cut" / "best.pt").exists()

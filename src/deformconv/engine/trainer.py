@@ -486,9 +486,14 @@ class _TrainClock:
             self.start()
 
 
-def _checkpoint_iteration(path: Path) -> int:
-    """The iteration a checkpoint was saved at, without reading its tensors."""
-    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["iteration"])
+def _checkpoint_iteration(path: Path) -> float:
+    """The iteration a checkpoint was saved at, without reading its tensors; inf for a file
+    that is not a readable checkpoint (so it counts as stale)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                   ["iteration"])
+    except Exception:  # torch raises several types for foreign or corrupt files
+        return math.inf
 
 
 def _every(iteration: int, period: int) -> bool:
