@@ -392,6 +392,7 @@ def test_offset_lr_mult_model_uses_the_layers_own(capsys: pytest.CaptureFixture,
     code, _, err = run_cli(capsys, "train", *TINY_CLS, *own, "--out", tmp_path / "a")
     assert code == 2 and ("--model-arg offset_lr_mult has no effect while --offset-lr-mult "
                           "0.1 sets every offset branch's factor") in err, err
+    assert not (tmp_path / "a").exists()  # refused before the folder is claimed
     code, _, err = run_cli(capsys, "train", *TINY_CLS, *own, "--offset-lr-mult", "model",
                            "--out", tmp_path / "b")
     assert code == 0, err

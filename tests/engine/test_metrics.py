@@ -228,3 +228,15 @@ def test_targets_of_another_form_are_named(targets, match):
     model = _Returns(lambda x: torch.zeros(x.shape[0], 3, requires_grad=True))
     with pytest.raises((TypeError, ValueError), match=match):
         compute_loss("classification", model, torch.rand(2, 3, 8, 8), targets)
+
+
+def test_class_probabilities_train_classification():
+    """(N, C) probabilities (mixup, label smoothing in the data) are cross_entropy's soft
+    targets; the target check must let them through."""
+    from deformconv.engine import compute_loss
+
+    torch.manual_seed(0)
+    model, images = torch.nn.Linear(4, 3), torch.randn(5, 4)
+    soft = torch.softmax(torch.randn(5, 3), 1)
+    loss, _ = compute_loss("classification", model, images, soft)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(model(images), soft))

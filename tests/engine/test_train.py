@@ -339,3 +339,12 @@ def test_resuming_a_finished_run_logs_nothing_twice(tmp_path):
     assert again.metrics == first.metrics
     lines = [(r["split"], r["iter"]) for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
     assert lines == [("train", 4), ("val", 4), ("train", 8), ("val", 8)]
+    # a stopped run shortened to its checkpoint's iteration has not finished: it validates
+    with pytest.raises(_Stop):
+        train(_config(tmp_path, "cut", iterations=10, eval_every=4), TinyClassifier(), data,
+              val, on_iteration_end=_stop_at(7))  # last.pt at 6
+    train(_config(tmp_path, "cut", iterations=6, eval_every=4, resume="auto"),
+          TinyClassifier(), data, val)
+    records = read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    assert [r["iter"] for r in records if r["split"] == "val"] == [4, 6]
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["config"]["iterations"] == 6

@@ -80,3 +80,4 @@ def test_wrapped_datasets_count_only_readable_images(tmp_path: Path, wrap: str) 
         assert evaluate(_OneBoxDetector(), wrapped, "detection")["num_images"] == 3
         assert len(wrapped) == 4 and wrapped.load_or_skip(1) is None
         assert torch.equal(wrapped[1][0], wrapped[2][0])  # the next readable, as the source
+        assert wrapped.skipped == dataset.skipped == {"corrupt_image": 1}  # the source's

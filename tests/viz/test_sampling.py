@@ -146,8 +146,10 @@ class TestBackProject:
 def test_unit_at_maps_image_points_to_the_nearest_output_pixel():
     geometry = LayerGeometry((3, 3), (4, 4), (1, 1))
     rec = record(geometry, torch.zeros(1, 18, 8, 8), (32, 32), (32, 32))
-    # output cell f is centred on image (f + 0.5) * 4 - 0.5 = 4f + 1.5
-    assert unit_at(rec, (9.5, 13.5)) == (2, 3)
+    # output cell f is centred on image pixel 4f (viz.coords); (5, 5) was cell (0, 0) when
+    # cells were taken to centre on 4f + 1.5
+    assert unit_at(rec, (8.0, 12.0)) == (2, 3)
+    assert unit_at(rec, (5.0, 5.0)) == (1, 1)
     assert unit_at(rec, (-10.0, 100.0)) == (0, 7)
 
 

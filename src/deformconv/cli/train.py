@@ -11,7 +11,6 @@ from pathlib import Path
 
 from ..engine.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from ._build import (
-    ModelSpec,
     add_data_options,
     add_model_options,
     build_datasets,
@@ -24,7 +23,14 @@ from ._build import (
     specs_from_checkpoint,
     with_categories,
 )
-from ._common import CLIError, non_negative_int, positive_float, positive_int, write_json
+from ._common import (
+    CLIError,
+    non_negative_int,
+    parse_assignments,
+    positive_float,
+    positive_int,
+    write_json,
+)
 
 HELP = "train a deformable (or --plain) model; writes checkpoints and metrics"
 
@@ -125,9 +131,11 @@ def _offset_multiplier(text: str) -> float | None:
     return value
 
 
-def _check_offset_multipliers(config: TrainConfig, spec: ModelSpec) -> None:
-    """Refuse a model's own offset_lr_mult that --offset-lr-mult's factor would replace."""
-    if config.offset_lr_mult is not None and _has_key(spec.kwargs, "offset_lr_mult"):
+def _check_offset_multipliers(config: TrainConfig, args: argparse.Namespace) -> None:
+    """Refuse a new run's --model-arg offset_lr_mult that --offset-lr-mult's factor would
+    replace."""
+    model_args = parse_assignments(args.model_arg, "--model-arg") if args.model_arg else {}
+    if config.offset_lr_mult is not None and _has_key(model_args, "offset_lr_mult"):
         raise CLIError(f"--model-arg offset_lr_mult has no effect while --offset-lr-mult "
                        f"{config.offset_lr_mult:g} sets every offset branch's factor; add "
                        "--offset-lr-mult model to use the model's own")
@@ -165,6 +173,8 @@ def run_train(args: argparse.Namespace) -> int:
     if "momentum" in given and config.optimizer != "sgd":
         raise CLIError(f"--momentum is for --optimizer sgd; {config.optimizer} takes none "
                        "(AdamW's betas are 0.9, 0.999)")
+    if not resume:
+        _check_offset_multipliers(config, args)
     with _claimed_out_folder(Path(config.out_dir), resume, args.overwrite,
                              resume_auto=args.resume == "auto"):
         train_set, val_set, classes = build_datasets(data_spec, task)
@@ -174,7 +184,6 @@ def run_train(args: argparse.Namespace) -> int:
         else:
             model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
                                               name=name)
-        _check_offset_multipliers(config, model_spec)
         model = build_model(model_spec, seed=config.seed)
         extra = {"model": asdict(model_spec), "data": asdict(data_spec)}
         result = train(config, model, train_set, val_set, extra=extra)

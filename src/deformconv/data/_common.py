@@ -152,15 +152,7 @@ class SkippingDataset(Dataset):
             return None
 
     def __getitem__(self, index: int) -> Any:
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for a dataset of {n} samples")
-        index %= n
-        for step in range(n):
-            sample = self.load_or_skip((index + step) % n)
-            if sample is not None:
-                return sample
-        raise NoReadableSamplesError.of(self)
+        return next_readable(self, index)
 
     def _warn_skipped(self, source: object, total: int) -> None:
         """One summary warning for what construction dropped."""
@@ -181,15 +173,31 @@ class SkippingDataset(Dataset):
         return f"{reason}: {count}, e.g. {', '.join(examples)}{more}"
 
 
+def next_readable(dataset: Any, index: int) -> Any:
+    """Sample ``index`` of a dataset with ``load_or_skip``, or the next readable one after
+    it (wrapping around); :class:`NoReadableSamplesError` when none is."""
+    n = len(dataset)
+    if not -n <= index < n:
+        raise IndexError(f"index {index} out of range for a dataset of {n} samples")
+    index %= n
+    for step in range(n):
+        sample = dataset.load_or_skip((index + step) % n)
+        if sample is not None:
+            return sample
+    raise NoReadableSamplesError.of(dataset)
+
+
 def readable_sample(dataset: Dataset, index: int) -> Any | None:
     """``dataset[index]``, or None for a sample the dataset cannot read.
 
-    A :class:`SkippingDataset` (also inside a ``Subset`` or ``ConcatDataset``) answers with
-    ``load_or_skip``: its ``dataset[index]`` would give the next readable sample instead,
-    which an evaluation would count twice. Other datasets answer ``dataset[index]``.
+    A dataset whose class defines ``load_or_skip`` (:class:`SkippingDataset`,
+    ``data.InMemory``; also inside a ``Subset`` or ``ConcatDataset``) answers with it: its
+    ``dataset[index]`` would give the next readable sample instead, which an evaluation
+    would count twice. Other datasets answer ``dataset[index]``. (The class, not the
+    instance: a wrapper that forwards attributes must not answer for its source.)
     """
-    if isinstance(dataset, SkippingDataset):
-        return dataset.load_or_skip(index % len(dataset))
+    if callable(getattr(type(dataset), "load_or_skip", None)):
+        return dataset.load_or_skip(index % len(dataset))  # type: ignore[attr-defined]
     if isinstance(dataset, Subset):
         return readable_sample(dataset.dataset, dataset.indices[index])
     if isinstance(dataset, ConcatDataset):

@@ -12,18 +12,12 @@ from typing import Any
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
-from ._common import (
-    NoReadableSamplesError,
-    SampleError,
-    SkippingDataset,
-    Transform,
-    readable_sample,
-)
+from ._common import NoReadableSamplesError, Transform, next_readable, readable_sample
 
 __all__ = ["InMemory"]
 
 
-class InMemory(SkippingDataset):
+class InMemory(Dataset):
     """Every readable sample of ``source``, computed at construction and stored as stacked
     tensors.
 
@@ -31,10 +25,10 @@ class InMemory(SkippingDataset):
     that ``default_collate`` stacks (class ids, segmentation masks) or detection target
     dicts (kept as a list). ``transforms`` (see :mod:`deformconv.data.transforms`) run on
     each sample handed out. Attributes the class does not define (``class_names``,
-    ``num_classes``, ``scene(i)`` ...) are the source's. A sample the source cannot read
-    (see :class:`~deformconv.data.VOCSegmentation`) keeps its index: as in the source,
-    ``load_or_skip`` gives None for it, so evaluation leaves it out, and indexing gives the
-    next readable sample.
+    ``num_classes``, ``scene(i)``, ``skipped`` ...) are the source's. A sample the source
+    cannot read (see :class:`~deformconv.data.VOCSegmentation`) keeps its index: as in the
+    source, ``load_or_skip`` gives None for it, so evaluation leaves it out, and indexing
+    gives the next readable sample.
 
     Example::
 
@@ -44,7 +38,6 @@ class InMemory(SkippingDataset):
     """
 
     def __init__(self, source: Dataset, transforms: Transform | None = None) -> None:
-        super().__init__()
         length = len(source)  # type: ignore[arg-type]
         if length == 0:
             raise ValueError("source is empty: nothing to keep in memory")
@@ -71,10 +64,15 @@ class InMemory(SkippingDataset):
     def __len__(self) -> int:
         return len(self._rows)
 
-    def _load(self, index: int) -> tuple[Tensor, Any]:
+    def __getitem__(self, index: int) -> tuple[Tensor, Any]:
+        return next_readable(self, index)
+
+    def load_or_skip(self, index: int) -> tuple[Tensor, Any] | None:
+        """Sample ``index`` (in ``[0, len)``), or None where the source could not read it (it
+        warned and counted that already)."""
         row = self._rows[index]
         if row < 0:
-            raise SampleError("unreadable", f"sample {index} of {self.source!r} was unreadable")
+            return None
         image, target = self.images[row], self.targets[row]
         if isinstance(target, Tensor) and target.dim() == 0:
             target = int(target)

@@ -139,7 +139,10 @@ def compute_loss(
         total = sum(losses.values())
         return total, {k: v.detach() for k, v in losses.items()}
     logits = checked_logits(model(images), task)
-    targets = checked_targets(targets, task)
+    soft = (task == "classification" and isinstance(targets, Tensor)
+            and targets.is_floating_point() and targets.shape == logits.shape)
+    # class probabilities (N, C) (mixup, cutmix, label smoothing in the data) stay as they are
+    targets = targets.float() if soft else checked_targets(targets, task)
     if class_weights is not None and class_weights.shape != (logits.shape[1],):
         raise ValueError(f"class_weights must hold one weight per class of the model's "
                          f"{logits.shape[1]} outputs, got shape {tuple(class_weights.shape)}")

@@ -96,9 +96,10 @@ def train(
     line refuses such a folder unless told to overwrite it or resume).
     """
     was_initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
-    # config.deterministic holds for this run only
+    # config.deterministic holds for this run only (CUBLAS_WORKSPACE_CONFIG stays set)
     deterministic = (torch.are_deterministic_algorithms_enabled(),
-                     torch.is_deterministic_algorithms_warn_only_enabled())
+                     torch.is_deterministic_algorithms_warn_only_enabled(),
+                     torch.backends.cudnn.benchmark)
     info = init_distributed(config.device)
     try:
         lock = out_dir_lock(Path(config.out_dir)) if info.is_main else contextlib.nullcontext()
@@ -107,6 +108,7 @@ def train(
                           extra or {})
     finally:
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        torch.backends.cudnn.benchmark = deterministic[2]
         if not was_initialized:
             cleanup_distributed()
 
@@ -223,7 +225,8 @@ class _Run:
         self.clock = _TrainClock()
         self.window = _LogWindow(0.0)
         self.resumed = False
-        self.resumed_at = 0  # the iteration a resumed run started from
+        # resumed from this folder's last.pt written when the run finished (a requeued job)
+        self.finished_before = False
         self.last_path = out_dir / "last.pt" if info.is_main else None
         self.best_path: Path | None = None
         self.metrics: dict[str, Any] = {}  # the latest validation's
@@ -262,7 +265,9 @@ class _Run:
         self.window.reset(self.clock.seconds)
         if "log_window" in state:  # checkpoints before 2026-12-02 lack it
             self.window.load_state_dict(state["log_window"][self.info.rank])
-        self.resumed, self.resumed_at = True, self.iteration
+        self.resumed = True
+        self.finished_before = (state.get("finished", False) and self.iteration == self.total
+                                and Path(path).resolve() == (self.out_dir / "last.pt").resolve())
         if self.info.is_main:
             print(f"resumed from {path} at iteration {self.iteration}/{self.total}")
         self._adopt_best_checkpoint()
@@ -284,8 +289,9 @@ class _Run:
         if all_reduce_sum(torch.tensor([int(stale)])).item():
             self.best = None
             if self.info.is_main:
-                print(f"deleted {best}: it was saved after iteration {self.iteration}, in the "
-                      "part of the run being retrained")
+                print(f"deleted {best}: it is not this run's best up to iteration "
+                      f"{self.iteration} (saved later, in the part being retrained, or "
+                      "unreadable)")
 
     def _configure_loaded_optimizer(self, configured: list[dict[str, Any]]) -> None:
         """Learning rates (and the schedule's point), momentum and weight decay as the config
@@ -402,11 +408,10 @@ class _Run:
         checkpoint (a requeued job that had finished) evaluates without logging again: its
         final validation line is in the log already."""
         self.clock.stop()
-        finished_before = self.resumed and self.resumed_at == self.total
         if self.val_set is not None:
-            self.metrics = self.evaluate() if finished_before else self.validate()
-        if not finished_before:
-            self.checkpoint(self.last_path)
+            self.metrics = self.evaluate() if self.finished_before else self.validate()
+        if not self.finished_before:
+            self.checkpoint(self.last_path, finished=True)
         return TrainResult(iteration=self.iteration, metrics=self.metrics,
                            best_metric=self.best, train_seconds=self.clock.seconds,
                            last_checkpoint=self.last_path, best_checkpoint=self.best_path,
@@ -432,14 +437,16 @@ class _Run:
                         batch_size=config.eval_batch_size or config.batch_size,
                         num_workers=config.num_workers, bf16=config.bf16, dist_info=self.info)
 
-    def checkpoint(self, path: Path | None) -> None:
-        """Every rank contributes its RNG state and log window; rank 0 writes ``path``."""
+    def checkpoint(self, path: Path | None, finished: bool = False) -> None:
+        """Every rank contributes its RNG state and log window; rank 0 writes ``path``
+        (``finished``: the run's final checkpoint)."""
         rng, log_window = zip(*all_gather_objects((get_rng_state(), self.window.state_dict())),
                               strict=True)
         if path is None:
             return
         save_checkpoint({
             "format": CHECKPOINT_FORMAT,
+            "finished": finished,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
