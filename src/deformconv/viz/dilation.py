@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..conventions import IGNORE_INDEX
 from .capture import LayerGeometry, OffsetRecord
+from .coords import feature_to_image
 from .sampling import sampling_positions
 from .table import markdown_table
 
@@ -102,9 +103,9 @@ def size_buckets(
         raise ValueError(f"thresholds must be increasing, got {thresholds}")
     hout, wout = output_size
     stride_y, stride_x = image_size[0] / hout, image_size[1] / wout
-    # cell centres (viz.coords: image pixel s*f) in pixel-edge coordinates
-    cy = torch.arange(hout, dtype=torch.float64) * stride_y + 0.5
-    cx = torch.arange(wout, dtype=torch.float64) * stride_x + 0.5
+    # cell centres (image pixel indices) in pixel-edge coordinates
+    cy = feature_to_image(torch.arange(hout, dtype=torch.float64), stride_y) + 0.5
+    cx = feature_to_image(torch.arange(wout, dtype=torch.float64), stride_x) + 0.5
     background = len(SIZE_BUCKETS) - 1
     if boxes is not None:
         if boxes.dim() != 2 or boxes.shape[1] != 4:
