@@ -104,8 +104,8 @@ class TrainConfig:
             positive["eval_batch_size"] = self.eval_batch_size
         if self.grad_clip_norm is not None:
             positive["grad_clip_norm"] = self.grad_clip_norm
-        for name, value in positive.items():
-            if isinstance(value, bool) or not value > 0:
+        for name, value in positive.items():  # types are checked above: no bools here
+            if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
         non_negative = {
             "momentum": self.momentum,
@@ -121,10 +121,9 @@ class TrainConfig:
         if self.offset_lr_mult is not None:
             non_negative["offset_lr_mult"] = self.offset_lr_mult
         for name, value in non_negative.items():
-            if isinstance(value, bool) or not value >= 0:
+            if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
-        if any(not isinstance(k, str) or isinstance(m, bool) or not m >= 0
-               for k, m in self.lr_mults.items()):
+        if any(not m >= 0 for m in self.lr_mults.values()):
             raise ValueError(f"lr_mults must map parameter-name prefixes to multipliers >= 0, "
                              f"got {self.lr_mults!r}")
         if self.class_weights is not None and (
