@@ -107,13 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     models = SMOKE_MODELS if args.smoke else MODELS
     repeats = REPEATS["smoke" if args.smoke else "full"]
+    if args.seeds and len(args.seeds) > 1:
+        parser.error(f"--seeds: overhead measures with one seed, got {args.seeds}")
     seed = args.seeds[0] if args.seeds else 0
     study = Study("overhead", args, {"models": [asdict(m) for m in models],
                                      "repeats": repeats, "seed": seed,
                                      "threads": args.threads})
     if args.plan:
-        print("overhead has no training; it takes under a minute in full mode (0.5 min "
-              "on 2 cores)")
+        print("overhead has no training; it takes about 1.5 min in full mode on 2 cores "
+              "(docs/RESULTS.md: measured)")
         return 0
     results = [study.run(m.name + f"_{m.image_size}px", {"model": asdict(m)},
                          lambda _dir, m=m: measure(m, seed, repeats)) for m in models]

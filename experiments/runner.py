@@ -59,6 +59,7 @@ __all__ = [
     "Study",
     "add_common_args",
     "detection_specs",
+    "iterations_trained",
     "mean_std",
     "parameter_count",
     "plan",
@@ -142,8 +143,9 @@ def add_common_args(parser: argparse.ArgumentParser, training: bool = True) -> N
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes that run in seconds (for tests); results are "
                              "marked as smoke results")
-    parser.add_argument("--seeds", type=int, nargs="+", help="override the study's seeds")
-    parser.add_argument("--threads", type=int, default=2,
+    parser.add_argument("--seeds", type=int, nargs="+", action=_DistinctSeeds,
+                        help="override the study's seeds (each at most once)")
+    parser.add_argument("--threads", type=_positive_int, default=2,
                         help="CPU threads for torch and the Numba kernels (default 2)")
     parser.add_argument("--plan", action="store_true",
                         help="measure seconds per training iteration of each configuration, "
@@ -153,7 +155,7 @@ def add_common_args(parser: argparse.ArgumentParser, training: bool = True) -> N
                              "run's result JSON is written)")
     if not training:
         return
-    parser.add_argument("--jobs", type=int, default=2,
+    parser.add_argument("--jobs", type=_positive_int, default=2,
                         help="train the runs in this many --shard processes of one thread "
                              "each, side by side (default 2: one per core); the shared "
                              "pretraining first, in this process at --threads")
@@ -161,6 +163,29 @@ def add_common_args(parser: argparse.ArgumentParser, training: bool = True) -> N
                         help="run only every N-th run starting at the K-th (0-based), e.g. two "
                              "processes with --shard 0/2 and --shard 1/2 --threads 1 each; a "
                              "last call without --shard writes the summary")
+
+
+class _DistinctSeeds(argparse.Action):
+    """``--seeds``, refused when a seed repeats: its runs would count twice in the means and
+    make up a seed-to-seed spread."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        repeated = sorted({seed for seed in values if values.count(seed) > 1})
+        if repeated:
+            parser.error(f"{option_string}: each seed at most once, got {values} "
+                         f"({', '.join(map(str, repeated))} repeated)")
+        setattr(namespace, self.dest, values)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -189,7 +214,7 @@ def seed_stats(results: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dic
     and per training iteration (the steps alone), mean CPU seconds per iteration of the
     calls that wrote the results (a resumed run's call: per iteration it trained; NaN if no
     run says how far it trained), and per metric ``{"mean", "std", "values"}``."""
-    trained = [(r, _iterations_trained(r)) for r in results]
+    trained = [(r, iterations_trained(r)) for r in results]
     known = [r.get("cpu_seconds", math.nan) / n for r, n in trained if n]
     row: dict[str, Any] = {
         "params": results[0]["params"],
@@ -204,7 +229,7 @@ def seed_stats(results: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dic
     return row
 
 
-def _iterations_trained(result: dict[str, Any]) -> int | None:
+def iterations_trained(result: dict[str, Any]) -> int | None:
     """The iterations trained by the call that wrote a run's result (its CPU seconds cover
     those only). Results without ``resumed_at`` (older ones) were resumed, at an unknown
     iteration (None), if their training clock, which a resumed run carries over from its
@@ -233,6 +258,14 @@ def run_script(main: Callable[[], int]) -> None:
     raise SystemExit(code)
 
 
+class ShardsStopped(KeyboardInterrupt):
+    """The shard processes of a ``--jobs`` study stopped at signal ``signum``."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        self.signum = signum
+        super().__init__(message)
+
+
 class StudyError(SystemExit):
     """A study cannot go on (e.g. old results made with other settings); exits with code 2."""
 
@@ -257,12 +290,24 @@ class Study:
         self.keep_checkpoints = args.keep_checkpoints
         self.shard: tuple[int, int] | None = getattr(args, "shard", None)
         self.jobs: int = getattr(args, "jobs", 1)
-        if self.jobs < 1:
-            raise StudyError(f"--jobs must be >= 1, got {self.jobs}")
         self.done: list[str] = []
         self.skipped: list[str] = []
         self.left: list[str] = []  # runs of other shards, not done yet
+        if not getattr(args, "plan", False):
+            self._refuse_other_results()
         set_threads(args.threads)
+
+    def _refuse_other_results(self) -> None:
+        """Stop at once, before any pretraining or rendering, if the folder holds a result
+        made with other settings or in the other mode (:meth:`run` also checks each run's
+        own configuration when it gets there)."""
+        for path in sorted(self.folder.glob("*.json")):
+            if path.name in ("summary.json", "plan.json"):
+                continue
+            identity = json.loads(path.read_text()).get("identity") or {}
+            if (identity.get("mode"), identity.get("settings")) != (self.mode, self.settings):
+                raise StudyError(f"{path} was made with other settings or another mode; "
+                                 "use another --out or delete it")
 
     def run_dir(self, run: str) -> Path:
         return self.folder / run
@@ -316,21 +361,38 @@ class Study:
     def in_shards(self, script: str, argv: Sequence[str] | None) -> None:
         """With ``--jobs N`` (N > 1, no ``--shard``): run the script again as N shard
         processes of one thread each, side by side, and wait for them; this process then
-        reads their results back. A failed shard stops the study (exit code 2)."""
+        reads their results back. A failed shard stops the study (exit code 2).
+
+        A SIGINT or SIGTERM to this process alone (``kill``, a scheduler) is passed on to the
+        shards as a SIGTERM, which stops their runs at the end of an iteration with a
+        checkpoint (a Ctrl-C reaches them anyway; the SIGTERM after it changes nothing);
+        this process then stops as they did. A second SIGINT stops the shards at once.
+        """
         if self.jobs <= 1 or self.shard is not None:
             return
         argv = list(sys.argv[1:] if argv is None else argv)
         shards = [subprocess.Popen([sys.executable, script, *argv, "--jobs", "1",
                                     "--shard", f"{k}/{self.jobs}", "--threads", "1"])
                   for k in range(self.jobs)]
+        received: list[int] = []
+
+        def forward(signum: int, frame: object) -> None:
+            repeated_sigint = signum == signal.SIGINT and signal.SIGINT in received
+            received.append(signum)
+            for shard in shards:
+                if shard.poll() is None:
+                    shard.send_signal(signal.SIGINT if repeated_sigint else signal.SIGTERM)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             codes = [shard.wait() for shard in shards]
-        except KeyboardInterrupt:  # the shards got it too: wait while they save and stop
-            codes = [shard.wait() for shard in shards]
-            raise
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         stopped = {128 + signal.SIGINT, 128 + signal.SIGTERM}
-        if any(codes) and set(codes) - {0} <= stopped:
-            raise KeyboardInterrupt(f"[{self.name}] shards stopped (exit codes {codes})")
+        if received or (any(codes) and set(codes) - {0} <= stopped):
+            signum = received[0] if received else max(codes) - 128
+            raise ShardsStopped(signum, f"[{self.name}] shards stopped (exit codes {codes})")
         if any(codes):
             raise StudyError(f"[{self.name}] shard exit codes {codes}; the runs done so far "
                              "are kept, run the study again to continue")
@@ -469,7 +531,8 @@ def plan(study: Study, task: str, specs: dict[str, ModelSpec], sizes: Sizes,
     print(f"estimate, {how}: {len(specs)} configurations x {len(sizes.seeds)} seeds x "
           f"{sizes.iterations} iterations = {total / 60:.1f} min "
           f"({train_s / 60:.1f} min training + {eval_share:.0%} for the rest + rendering)")
-    estimate = {"seconds_per_iteration": per_iter, "iterations": sizes.iterations,
+    estimate = {"mode": study.mode, "settings": study.settings,
+                "seconds_per_iteration": per_iter, "iterations": sizes.iterations,
                 "seeds": len(sizes.seeds), "estimated_minutes": total / 60,
                 "threads": 1 if processes > 1 else threads, "processes": processes,
                 "clock": "cpu" if processes > 1 else "wall"}

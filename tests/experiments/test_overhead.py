@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from exp_scripts import EXPERIMENTS, load, run_args
 
 overhead = load("overhead")
@@ -32,3 +33,11 @@ def test_twins_share_the_input_size():
         assert not plain.deformable
         if "min_size" in m.kwargs:  # detectors must not resize the image
             assert m.kwargs["min_size"] == m.kwargs["max_size"] == m.image_size
+
+
+def test_more_than_one_seed_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        overhead.main(run_args(tmp_path, "--seeds", "5", "7", training=False))
+    assert err.value.code == 2
+    assert "--seeds: overhead measures with one seed, got [5, 7]" in capsys.readouterr().err
+    assert not (tmp_path / "overhead").exists()

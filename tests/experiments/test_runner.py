@@ -6,11 +6,14 @@ import argparse
 import json
 import math
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from exp_scripts import load
+from exp_scripts import EXPERIMENTS, load
 
 from deformconv.engine import TrainingStopped
 
@@ -40,15 +43,26 @@ def test_run_is_computed_once_then_read_back(tmp_path):
     assert saved["identity"]["mode"] == "smoke" and saved["identity"]["settings"] == {"a": [1, 2]}
 
 
-@pytest.mark.parametrize("change", ["settings", "config", "mode"])
-def test_results_made_otherwise_are_refused(tmp_path, change):
+def test_a_result_of_another_configuration_is_refused(tmp_path):
+    _study(tmp_path, {"a": 1}).run("r0", {"seed": 0}, lambda d: {"value": 1})
+    study = _study(tmp_path, {"a": 1})
+    with pytest.raises(SystemExit) as err:
+        study.run("r0", {"seed": 1}, lambda d: pytest.fail("must not recompute"))
+    assert err.value.code == 2
+
+
+@pytest.mark.parametrize("change", ["settings", "mode"])
+def test_a_folder_of_results_made_otherwise_is_refused_before_any_work(tmp_path, change):
+    """Refused when the study is set up (before its pretraining and scenes), not when the
+    first run is reached; a ``--plan`` writes no result and is not refused."""
     _study(tmp_path, {"a": 1}).run("r0", {"seed": 0}, lambda d: {"value": 1})
     settings = {"a": 2} if change == "settings" else {"a": 1}
-    config = {"seed": 1} if change == "config" else {"seed": 0}
-    study = _study(tmp_path, settings, smoke=change != "mode")
     with pytest.raises(SystemExit) as err:
-        study.run("r0", config, lambda d: pytest.fail("must not recompute"))
+        _study(tmp_path, settings, smoke=change != "mode")
     assert err.value.code == 2
+    args = argparse.Namespace(out=tmp_path, smoke=True, keep_checkpoints=False, threads=1,
+                              plan=True)
+    runner.Study("unit", args, {"a": 3})
 
 
 def test_shards_split_the_runs_then_a_plain_call_reads_all(tmp_path):
@@ -97,6 +111,50 @@ def test_shards_stopped_by_a_signal_stop_the_study_as_an_interrupt(tmp_path):
         _study(tmp_path, {}, jobs=2).in_shards(str(stopped), [])
 
 
+_WAITING_SHARD = """\
+import pathlib, signal, sys, time
+k = sys.argv[sys.argv.index('--shard') + 1].split('/')[0]
+folder = pathlib.Path(sys.argv[1])
+def stop(signum, frame):
+    (folder / f'stopped{k}').write_text(signal.Signals(signum).name)
+    raise SystemExit(128 + signum)
+signal.signal(signal.SIGTERM, stop)
+(folder / f'ready{k}').touch()
+time.sleep(30)
+"""
+
+_STUDY_PARENT = """\
+import argparse, sys
+sys.path.insert(0, sys.argv[1])
+import runner
+args = argparse.Namespace(out=sys.argv[2], smoke=True, keep_checkpoints=False, threads=1,
+                          shard=None, jobs=2)
+runner.run_script(lambda: runner.Study('unit', args, {}).in_shards(sys.argv[3], [sys.argv[2]])
+                  or 0)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_parent_alone_stops_its_shards(tmp_path, signum):
+    """``kill PARENT`` (not the process group) reaches the shards as a SIGTERM: their runs
+    stop with a checkpoint and the parent exits as stopped, leaving no shard behind."""
+    shard, parent = tmp_path / "shard.py", tmp_path / "parent.py"
+    shard.write_text(_WAITING_SHARD)
+    parent.write_text(_STUDY_PARENT)
+    process = subprocess.Popen([sys.executable, str(parent), str(EXPERIMENTS), str(tmp_path),
+                                str(shard)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"ready{k}").exists() for k in range(2)):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum
+    assert [(tmp_path / f"stopped{k}").read_text() for k in range(2)] == ["SIGTERM"] * 2
+    assert err.strip().endswith("shards stopped (exit codes [143, 143]); run the same command "
+                                "again to continue")
+
+
 @pytest.mark.parametrize(("raised", "code"), [
     (KeyboardInterrupt(), 130),
     (TrainingStopped(signal.SIGTERM, 3, 10, Path("r/last.pt")), 143),
@@ -117,6 +175,19 @@ def test_bad_shard_is_refused(text):
     runner.add_common_args(parser)
     with pytest.raises(SystemExit):
         parser.parse_args(["--shard", text])
+
+
+@pytest.mark.parametrize(("option", "values", "named"), [
+    ("--seeds", ["0", "1", "0"], "each seed at most once, got [0, 1, 0] (0 repeated)"),
+    ("--threads", ["0"], "--threads: expected an integer >= 1, got '0'"),
+    ("--jobs", ["-1"], "--jobs: expected an integer >= 1, got '-1'"),
+])
+def test_bad_common_options_are_refused(capsys, option, values, named):
+    parser = argparse.ArgumentParser()
+    runner.add_common_args(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args([option, *values])
+    assert named in capsys.readouterr().err
 
 
 def test_failed_run_leaves_no_result(tmp_path):
