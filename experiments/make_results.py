@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from runner import mean_std, run_minutes
+from runner import iterations_trained, mean_std, run_minutes
 
 from deformconv.viz import SIZE_BUCKETS, markdown_table
 
@@ -125,25 +125,36 @@ class Report:
         """Add the study's command line and read its summary (None, said so, if not run)."""
         self.add(f"Command: `{COMMANDS[study]}`", "")
         data = self.load(study)
+        unfinished = None if self.has_own(study) else run_minutes(self.runs / study)
         if data is None:
-            done = run_minutes(self.runs / study)
-            self.add("*Not run in this session* (the shared 2-core machine had no time left "
-                     "for it): the command above runs it."
-                     if done is None else
-                     f"*Not finished in this session*: {done['runs']} run(s) done; the "
-                     "command above continues it from there.", "")
-        else:
-            self.modes[study] = data["mode"]
-            seeds = data.get("seeds")  # none in a study without training
-            if data["mode"] == "full" and seeds is not None and len(seeds) < SEEDS:
-                self.add(f"**Seeds {seeds} only, not {SEEDS}**: the session's time ran out "
-                         "before the rest; the command above trains the missing runs and "
-                         f"then summarises all {SEEDS} seeds.", "")
-            if data["mode"] == "smoke":
-                self.add("**SMOKE RUN: tiny sizes, a few iterations; these numbers show "
-                         "that the pipeline works, not what deformable convolution does.**",
-                         "")
+            self.add("*Not run*: no summary of it in the runs folder; the command above runs "
+                     "it." if unfinished is None else
+                     f"*Not finished*: {unfinished['runs']} run(s) done; the command above "
+                     "continues it from there.", "")
+            return None
+        self.modes[study] = data["mode"]
+        if unfinished is not None:
+            self.add(f"**Below: the kept copy of an earlier {data['mode']} run** "
+                     f"(`results/{study}.json`); the runs folder holds "
+                     f"{unfinished['runs']} run(s) of an unfinished new one, which the "
+                     "command above continues.", "")
+        seeds = data.get("seeds")  # none in a study without training
+        if data["mode"] == "full" and seeds is not None and len(seeds) < SEEDS:
+            self.add(f"**Seeds {seeds} only, not {SEEDS}**: the command above trains the "
+                     "missing runs and then summarises all of them.", "")
+        missing = _missing_configurations(data)
+        if missing:
+            self.add(f"**Not every configuration**: this summary leaves out "
+                     f"{', '.join(missing)} (a call with a subset of them); the command "
+                     "above without a subset runs all.", "")
+        if data["mode"] == "smoke":
+            self.add("**SMOKE RUN: tiny sizes, a few iterations; these numbers show "
+                     "that the pipeline works, not what deformable convolution does.**", "")
         return data
+
+    def has_own(self, study: str) -> bool:
+        """Whether ``--runs`` holds the study's own summary (not only a kept copy)."""
+        return (self.runs / study / "summary.json").exists()
 
     # -- sections ------------------------------------------------------------------------
 
@@ -154,7 +165,7 @@ class Report:
         if data is None:
             return
         rows, metrics = data["rows"], data["metrics"]
-        steps = _plan_steps(self.load_plan(study))
+        steps = _plan_steps(self.load_plan(study, data))
         paper_cols = [k for k in TABLE1 if k.startswith("DeepLab" if task == "segmentation"
                                                         else "Faster")]
         plain = next((row for row in rows if row["layers"] == 0), None)
@@ -199,7 +210,7 @@ class Report:
         if data is None:
             return
         plain = next((r for r in data["rows"] if r["config"] == "plain"), None)
-        steps = _plan_steps(self.load_plan(f"roi_pooling_{detector}"))
+        steps = _plan_steps(self.load_plan(f"roi_pooling_{detector}", data))
         table = [{"configuration": r["config"],
                   "deformable conv layers": r["deformable_conv_layers"],
                   "deformable RoI pooling": "yes" if r["deformable_roi_pooling"] else "no",
@@ -285,9 +296,16 @@ class Report:
         """The study's ``summary.json``: see :meth:`stored`."""
         return self.stored(self.runs / study / "summary.json", f"{study}.json")
 
-    def load_plan(self, study: str) -> dict[str, Any] | None:
-        """The study's ``--plan`` estimate, ``plan.json``: see :meth:`stored`."""
-        return self.stored(self.runs / study / "plan.json", f"{study}_plan.json")
+    def load_plan(self, study: str, data: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The study's ``--plan`` estimate, ``plan.json`` (see :meth:`stored`); None where
+        it was made in another mode or with other settings than the summary ``data``
+        (plans written before plans recorded them count as full mode, any settings)."""
+        plan = self.stored(self.runs / study / "plan.json", f"{study}_plan.json")
+        if plan is None or data is None:
+            return plan
+        same = (plan.get("mode", "full") == data["mode"]
+                and plan.get("settings", data["settings"]) == data["settings"])
+        return plan if same else None
 
     def stored(self, source: Path | None, name: str) -> dict[str, Any] | None:
         """JSON file ``source`` of this checkout's runs: see :meth:`kept_copy`."""
@@ -318,7 +336,7 @@ class Report:
         scales = data["test_scales"]
         low, high = data["train_scale"]
         plain = next((r for r in data["rows"] if r["model"] == "plain"), None)
-        steps = _plan_steps(self.load_plan("scale"))
+        steps = _plan_steps(self.load_plan("scale", data))
         table = []
         for row in data["rows"]:
             line: dict[str, object] = {"model": row["model"], "params": f"{row['params']:,}",
@@ -361,11 +379,19 @@ class Report:
         pretraining's cost split evenly over the studies that fine-tune from it."""
         studies = {}
         for study in COMMANDS:
-            data, plan = self.load(study), self.load_plan(study)
+            data = self.load(study)
+            plan = self.load_plan(study, data)
             if data is not None or plan is not None:
                 studies[study] = (data, plan)
         users = [s for s, (data, plan) in studies.items() if _uses_pretraining(data, plan)]
-        pretrain = self.stored(_pretraining(self.runs), "pretraining.json")
+        wanted = {json.dumps(w, sort_keys=True): w
+                  for w in (_pretrain_settings(*studies[s]) for s in users) if w is not None}
+        pretrain = None
+        if len(wanted) == 1:
+            settings = next(iter(wanted.values()))
+            pretrain = self.stored(_pretraining(self.runs, settings), "pretraining.json")
+            if pretrain is not None and pretrain.get("settings") != settings:
+                pretrain = None  # a kept copy of another pretraining
         plan_pretrain = [p["pretraining_minutes"] for _, p in studies.values()
                          if p and "pretraining_minutes" in p]
         pretrain_plan = plan_pretrain[0] if plan_pretrain else None
@@ -374,10 +400,11 @@ class Report:
         rows = []
         for study, (data, plan) in studies.items():
             uses = study in users
-            # the summary's copy where the runs' own files are gone (another checkout)
-            measured = run_minutes(self.runs / study) or (data or {}).get("measured")
+            # the summary's own count (also where the runs' files are gone: another
+            # checkout); the runs so far of a study not summarised yet
+            measured = (data or {}).get("measured") or run_minutes(self.runs / study)
             rows.append({
-                "study": study, "mode": data["mode"] if data else "–",
+                "study": study, "mode": (data or plan or {}).get("mode", "–"),
                 "runs": (f"{len(plan['seconds_per_iteration'])} × {plan['seeds']} seeds × "
                          f"{plan['iterations']} it." if plan else "–"),
                 "runs done": measured["runs"] if measured else 0,
@@ -387,13 +414,18 @@ class Report:
                                            share["cpu"] if uses else 0.0),
                 "measured: wall, sum of runs": measured and measured["wall"]})
         if pretrain is not None:
+            cpu = f"{pretrain.get('cpu_seconds', math.nan) / 60:.1f}"
+            resumed = iterations_trained(pretrain) is None
             rows.append({
                 "study": f"pretraining (top-1 {pretrain['metrics']['top1']:.3f}), once, "
                          f"shared by {len(users)} studies",
                 "mode": "–", "runs": f"1 × {pretrain['iterations']} it.", "runs done": 1,
                 "estimate (--plan)": pretrain_plan,
-                "measured: CPU / 2": pretrain.get("cpu_seconds", math.nan) / 60,
+                "measured: CPU / 2": f"{cpu} (resumed: its last part only)" if resumed else cpu,
                 "measured: wall, sum of runs": pretrain["seconds"] / 60})
+        elif len(wanted) > 1:
+            self.add(f"The studies fine-tune from {len(wanted)} different pretrainings; "
+                     "their cost is not shared out below.", "")
         if rows:
             self.add(markdown_table(rows, digits=1), "",
                      "Minutes on 2 CPU cores; `runs` is the study's plan, the measured "
@@ -405,7 +437,8 @@ class Report:
                      "plus its share of the pretraining, which is trained once (by the first "
                      "study that needs it, one process, while the other shard waits) and "
                      "read from the cache by the rest; a study run alone from an empty "
-                     "cache pays all of it. A run resumed from a checkpoint counts the CPU "
+                     "cache pays all of it; its row gives that one process's CPU minutes, "
+                     "not halved. A run resumed from a checkpoint counts the CPU "
                      "time after it only. The wall-clock sum is what the runs took on the "
                      "shared development machine, other jobs running: it overstates the "
                      "cost.", "")
@@ -425,11 +458,31 @@ def _uses_pretraining(data: dict[str, Any] | None, plan: dict[str, Any] | None) 
     return sizes.get("pretrain") is not None
 
 
-def _pretraining(runs: Path) -> Path | None:
-    """The pretraining's record (the newest, if several settings were cached)."""
-    infos = sorted((runs / "cache").glob("pretrain-*/pretrain.json"),
-                   key=lambda p: p.stat().st_mtime)
-    return infos[-1] if infos else None
+def _pretrain_settings(data: dict[str, Any] | None, plan: dict[str, Any] | None
+                       ) -> dict[str, Any] | None:
+    """The pretraining settings a study fine-tunes from, by its summary or plan."""
+    for source in (data, plan):
+        sizes = (source or {}).get("settings", {}).get("sizes") or {}
+        if sizes.get("pretrain") is not None:
+            return sizes["pretrain"]
+    return None
+
+
+def _pretraining(runs: Path, settings: dict[str, Any]) -> Path | None:
+    """The cached pretraining record made with ``settings``, if ``runs`` holds it."""
+    return next((p for p in sorted((runs / "cache").glob("pretrain-*/pretrain.json"))
+                 if json.loads(p.read_text()).get("settings") == settings), None)
+
+
+def _missing_configurations(data: dict[str, Any]) -> list[str]:
+    """The configurations of the study's settings that its summary has no row for (a call
+    that ran a subset, ``--layers`` or ``--configs``)."""
+    for setting, column in (("layers", "layers"), ("configs", "config"), ("models", "model")):
+        asked = data.get("settings", {}).get(setting)
+        if isinstance(asked, dict):
+            done = {str(row[column]) for row in data["rows"]}
+            return [str(name) for name in asked if str(name) not in done]
+    return []
 
 
 def _share(minutes: float | None, users: Sequence[str]) -> float:
@@ -607,6 +660,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="report path (default docs/RESULTS.md); figures go to "
                              "results/ beside it")
     args = parser.parse_args(argv)
+    kept = args.out.parent / "results"
+    if not args.runs.is_dir():
+        if not kept.is_dir():
+            parser.error(f"--runs {args.runs}: no such folder, and no kept copies in {kept} "
+                         "to build the report from")
+        print(f"--runs {args.runs}: no such folder; the report is built from the kept "
+              f"copies in {kept}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(build(args.runs, args.out))
     print(f"wrote {args.out}")

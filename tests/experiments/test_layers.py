@@ -43,8 +43,8 @@ def test_segmentation_smoke_then_continued(tmp_path, capsys):
     assert "These are SMOKE results" in text and "SMOKE RUN" in text
     miou = _summary(tmp_path, "segmentation")["rows"][1]["miou"]["mean"]
     assert f"{miou:.3f} ± 0.000 ({miou:.3f})" in text
-    assert ("Command: `python experiments/roi_pooling.py --detector rfcn`\n\n*Not run in this "
-            "session*" in text)
+    assert ("Command: `python experiments/roi_pooling.py --detector rfcn`\n\n*Not run*: no "
+            "summary" in text)
     # a smoke run's plain twin misses the floor, and one seed gives no spread to judge by
     assert "Table 1, segmentation: plain twin miou" in text and "(NOT met)" in text
     assert "3 deformable layers vs none" in text and "**undecided (one seed)**" in text
@@ -75,6 +75,8 @@ def test_plan_estimates_without_training(tmp_path):
     assert set(plan["seconds_per_iteration"]) == {"0 layers", "3 layers"}
     # two jobs: CPU seconds per step at one thread, the study as two processes side by side
     assert plan["threads"] == 1 and plan["processes"] == 2 and plan["clock"] == "cpu"
+    # what make_results matches against the summary's
+    assert plan["mode"] == "smoke" and plan["settings"]["layers"]["6"] == [0, 0, 2, 4]
     total = sum(plan["seconds_per_iteration"].values()) * plan["iterations"] * plan["seeds"]
     assert plan["estimated_minutes"] * 60 >= total / 2 > 0
     assert plan["pretraining_minutes"] > 0  # costed apart, not trained

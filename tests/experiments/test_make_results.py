@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from exp_scripts import load
 
 make_results = load("make_results")
@@ -79,7 +80,7 @@ def test_full_report_verdicts(tmp_path):
     assert (tmp_path / "docs" / "results" / "dilation_seed0_fig5_sampling_0.png").is_file()
     for command in ("layers.py --task detection", "roi_pooling.py --detector faster_rcnn",
                     "overhead.py", "scale.py"):
-        assert f"Command: `python experiments/{command}`\n\n*Not run in this session*" in text
+        assert f"Command: `python experiments/{command}`\n\n*Not run*: no summary" in text
     kept = json.loads((tmp_path / "docs" / "results" / "layers_segmentation.json").read_text())
     assert kept["rows"][1]["miou"]["values"] == [0.40, 0.41, 0.42]
     assert "[demo_seeds.md](demo_seeds.md), written by `python benchmarks/demo_seeds.py`" \
@@ -95,7 +96,7 @@ def test_partly_run_study(tmp_path):
     out = tmp_path / "RESULTS.md"
     assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
     text = out.read_text()
-    assert "*Not finished in this session*: 2 run(s) done; the command above continues" in text
+    assert "*Not finished*: 2 run(s) done; the command above continues" in text
 
 
 def test_dilation_verdict_weighs_large_against_small_objects_over_seeds():
@@ -193,7 +194,7 @@ def test_saturation_within_the_seed_spread_is_inconclusive(tmp_path):
     _write(runs, "layers_segmentation", {"mode": "full", "settings": {"sizes": SIZES},
                                          "seeds": [0, 1], "metrics": ["miou"], "rows": rows})
     assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
-    assert "**Seeds [0, 1] only, not 3**: the session's time ran out" in out.read_text()
+    assert "**Seeds [0, 1] only, not 3**: the command above trains the missing" in out.read_text()
 
 
 def test_a_checkout_without_the_runs_reports_from_the_kept_copies(tmp_path):
@@ -224,3 +225,80 @@ def test_a_checkout_without_the_runs_reports_from_the_kept_copies(tmp_path):
     out.write_text("")
     assert make_results.main(["--runs", str(tmp_path / "elsewhere"), "--out", str(out)]) == 0
     assert out.read_text() == first
+
+
+def test_a_missing_runs_folder_without_kept_copies_is_refused(tmp_path, capsys):
+    out = tmp_path / "docs" / "RESULTS.md"
+    with pytest.raises(SystemExit) as err:
+        make_results.main(["--runs", str(tmp_path / "typo"), "--out", str(out)])
+    assert err.value.code == 2 and not out.exists()
+    assert "typo: no such folder, and no kept copies" in capsys.readouterr().err
+
+
+def _layers_summary(runs, mode="full", layers=(0, 3)):
+    rows = [{"layers": n, "deform_blocks": [0, 0, 0, n], "params": 1000 + n,
+             "seconds_per_iteration": 0.1, "miou": _stat([0.3 + n / 100, 0.31, 0.32])}
+            for n in layers]
+    settings = {"sizes": {**SIZES, "pretrain": PRETRAIN}, "layers": {"0": [], "3": [], "6": []}}
+    _write(runs, "layers_segmentation", {"mode": mode, "settings": settings,
+                                         "seeds": [0, 1, 2], "metrics": ["miou"],
+                                         "rows": rows, "measured": {"runs": 6, "wall": 12.0,
+                                                                    "cpu": 10.0}})
+    return settings
+
+
+PRETRAIN = {"iterations": 3000, "batch_size": 32, "image_size": 64}
+
+
+def _pretraining(runs, key, settings, top1, seconds, train_seconds):
+    folder = runs / "cache" / f"pretrain-{key}"
+    folder.mkdir(parents=True)
+    (folder / "pretrain.json").write_text(json.dumps({
+        "metrics": {"top1": top1}, "iterations": settings["iterations"], "settings": settings,
+        "seconds": seconds, "train_seconds": train_seconds, "cpu_seconds": 120.0}))
+
+
+def test_the_budget_names_the_pretraining_the_studies_used(tmp_path):
+    """Another cached pretraining (a smoke run's, made later) is not the studies' one; a
+    pretraining resumed part way says its CPU time covers its last part only."""
+    runs = tmp_path / "runs"
+    _layers_summary(runs)
+    _pretraining(runs, "a", PRETRAIN, 0.842, seconds=600.0, train_seconds=2000.0)
+    _pretraining(runs, "b", {**PRETRAIN, "iterations": 2}, 0.25, 1.0, 1.0)
+    out = tmp_path / "RESULTS.md"
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| pretraining (top-1 0.842), once, shared by 1 studies | – | 1 × 3000 it. | 1 | " \
+           "– | 2.0 (resumed: its last part only) | 10.0 |" in text
+    assert "top-1 0.250" not in text
+
+
+def test_a_plan_of_another_mode_or_a_subset_summary_is_marked(tmp_path):
+    """A smoke ``plan.json`` does not time a full summary's rows, and a summary of some of the
+    configurations says which are left out."""
+    runs = tmp_path / "runs"
+    settings = _layers_summary(runs)
+    (runs / "layers_segmentation" / "plan.json").write_text(json.dumps({
+        "mode": "smoke", "settings": settings, "clock": "cpu", "iterations": 2, "seeds": 1,
+        "estimated_minutes": 0.1, "seconds_per_iteration": {"0 layers": 0.03,
+                                                            "3 layers": 0.06}}))
+    out = tmp_path / "RESULTS.md"
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| 0.030 |" not in text and "2 it." not in text
+    assert "**Not every configuration**: this summary leaves out 6" in text
+
+
+def test_a_kept_summary_beside_unfinished_new_runs_says_so(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
+    _layers_summary(runs, layers=(0, 3, 6))
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert "kept copy" not in out.read_text()
+    (runs / "layers_segmentation" / "summary.json").unlink()
+    (runs / "layers_segmentation" / "layers0_seed0.json").write_text(
+        json.dumps({"result": {"seconds": 6.0, "cpu_seconds": 5.0}}))
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "**Below: the kept copy of an earlier full run** (`results/layers_segmentation" \
+           ".json`); the runs folder holds 1 run(s) of an unfinished new one" in text
+    assert "| layers_segmentation | full | – | 6 | – | 5.0 | 12.0 |" in text
