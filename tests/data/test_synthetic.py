@@ -169,6 +169,15 @@ def test_every_catalog_class_renders() -> None:
         assert scene.labels.tolist() == [0] and scene.masks[0].sum() >= 4
 
 
+@pytest.mark.parametrize("size", [16, 19, (16, 40)])
+def test_the_smallest_allowed_images_render(size) -> None:
+    """16 px is the stated minimum; the clutter's arcs once needed 20."""
+    config = SceneConfig(image_size=size, min_object_size=4.0, clutter=1.0, max_distractors=6)
+    gen = SceneGenerator(config, seed=0)
+    for index in range(20):
+        assert gen(index).image.shape[:2] == ((size, size) if isinstance(size, int) else size)
+
+
 def test_semantic_mask_is_importable_helper() -> None:
     scene = SceneGenerator(SceneConfig(image_size=SIZE), seed=9)(0)
     assert semantic_mask(scene).shape == (SIZE, SIZE)

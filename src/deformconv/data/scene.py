@@ -270,7 +270,7 @@ class SceneGenerator:
             points = start + np.cumsum(rng.normal(0, 0.06 * side, size=(rng.integers(3, 7), 2)), 0)
             pen = rng.uniform(1.0, 2.0)
         elif kind == 2:  # open arc
-            r = rng.uniform(3, 0.15 * side)
+            r = rng.uniform(3, max(3.0, 0.15 * side))  # images under 20 px: 3
             t = np.linspace(0, rng.uniform(1.0, 3.5), 8) + rng.uniform(0, 2 * np.pi)
             points = start + r * np.stack([np.cos(t), np.sin(t)], axis=1)
             pen = rng.uniform(1.0, 2.0)
