@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 
@@ -19,6 +22,20 @@ def test_round_trip_leaves_no_temp_files(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
     state = load_checkpoint(path)
     assert state["iteration"] == 7 and torch.equal(state["model"]["w"], torch.ones(3))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_checkpoints_get_the_mode_of_any_new_file(tmp_path, umask):
+    """Readable by the group and others under the usual umask 022 (they were always 0600,
+    so colleagues could not evaluate a shared run's checkpoints)."""
+    previous = os.umask(umask)
+    try:
+        path = save_checkpoint(_state(), tmp_path / "last.pt")
+        (tmp_path / "other").touch()
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE((tmp_path / "other").stat().st_mode)
 
 
 def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):

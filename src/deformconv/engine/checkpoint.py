@@ -45,6 +45,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file 0600; give it the mode any other new file would have
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -52,6 +54,12 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: set it back at once
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
