@@ -157,6 +157,7 @@ def test_new_run_into_a_finished_run_is_refused(capsys: pytest.CaptureFixture, t
     folder untouched; --overwrite starts afresh, without the old run's files."""
     out = tmp_path / "run"
     shutil.copytree(trained, out)
+    (out / "eval_last.json").write_text("{}")  # what `deformconv eval` writes there
     metrics = (out / "metrics.jsonl").read_text()
     argv = ["train", *TINY_CLS, "--iterations", "1", "--out", out]
     code, _, err = run_cli(capsys, *argv)
@@ -170,6 +171,7 @@ def test_new_run_into_a_finished_run_is_refused(capsys: pytest.CaptureFixture, t
     assert load_checkpoint(out / "last.pt")["iteration"] == 1
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records] == [1, 1]  # train and val of the new run only
+    assert not (out / "eval_last.json").exists()  # the old run's, kept before
 
 
 def test_overwrite_of_a_live_run_is_refused_before_anything_is_removed(
@@ -189,23 +191,44 @@ def test_overwrite_of_a_live_run_is_refused_before_anything_is_removed(
     assert sorted(p.name for p in out.iterdir()) == files
 
 
-def test_resume_auto_restarts_a_run_that_left_no_checkpoint(capsys: pytest.CaptureFixture,
-                                                             trained: Path,
-                                                             tmp_path: Path) -> None:
-    """A run that died before its first checkpoint leaves config.json and metrics.jsonl:
-    --resume auto starts afresh there (it was refused with advice to use --resume auto)."""
+@pytest.mark.parametrize("resume", [["--resume", "auto"], []])
+def test_a_run_that_left_no_checkpoint_is_replaced(capsys: pytest.CaptureFixture,
+                                                   trained: Path, tmp_path: Path,
+                                                   resume: list[str]) -> None:
+    """A run that died before its first checkpoint (a bad setting, say) leaves config.json
+    and metrics.jsonl: a new run starts afresh there, with or without --resume auto (without
+    it, it was refused with advice to use --resume auto)."""
     out = tmp_path / "run"
     out.mkdir()
     for name in ("config.json", "metrics.jsonl"):
         shutil.copy(trained / name, out / name)
-    argv = ["train", *TINY_CLS, "--iterations", "2", "--out", out, "--resume", "auto"]
+    argv = ["train", *TINY_CLS, "--iterations", "2", "--out", out, *resume]
     code, stdout, err = run_cli(capsys, *argv)
     assert code == 0, err
-    assert f"no checkpoint in {out} to resume (metrics.jsonl, config.json" in stdout
+    assert (f"{out} holds metrics.jsonl, config.json of a run that stopped before its first "
+            "checkpoint (nothing to resume): starting afresh there") in stdout
     assert load_checkpoint(out / "last.pt")["iteration"] == 2
     (out / "last.pt").unlink()  # best.pt is left: something to lose, so refused
     code, _, err = run_cli(capsys, *argv)
-    assert code == 2 and "it has no last.pt to resume, start afresh there with --overwrite" in err
+    assert code == 2 and "start afresh there with --overwrite" in err
+
+
+def test_resume_from_a_checkpoint_continues_in_its_own_folder(
+        capsys: pytest.CaptureFixture, trained: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--resume CKPT`` without --out writes beside CKPT, wherever the command runs (it
+    used to write into the run's --out as first typed, relative to the current folder)."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "train", *TINY_CLS, "--iterations", "2", "--out", "run")
+    assert code == 0, err
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, stdout, err = run_cli(capsys, "train", "--resume", tmp_path / "run" / "last.pt",
+                                "--iterations", "3", "--no-progress")
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 3
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    assert f"checkpoint: {tmp_path / 'run' / 'last.pt'}" in stdout
 
 
 def test_out_that_is_a_file_is_refused(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:

@@ -71,10 +71,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     run = parser.add_argument_group("run")
     run.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
     run.add_argument("--resume", metavar="CKPT",
-                     help="continue from a checkpoint ('auto': OUT/last.pt when present)")
+                     help="continue from a checkpoint, writing beside it unless --out is "
+                          "given ('auto': OUT/last.pt when present)")
     run.add_argument("--overwrite", action="store_true",
-                     help="start afresh in an --out folder that holds a run (its files are "
-                          "removed); without it such a folder is refused")
+                     help="start afresh in an --out folder that holds a run (its files and "
+                          "eval_*.json are removed); without it such a folder is refused")
     run.add_argument("--checkpoint-every", type=non_negative_int, default=0,
                      help="iterations between checkpoints (0: only at the end)")
     run.add_argument("--eval-every", type=non_negative_int, default=0,
@@ -165,6 +166,8 @@ def run_train(args: argparse.Namespace) -> int:
         values = {**state["config"], **_config_values(args, given), "resume": resume}
         if args.resume == "auto":  # OUT/last.pt: keep writing to OUT
             values["out_dir"] = args.out
+        elif "out" not in given:  # --resume CKPT alone: its own folder, wherever we are
+            values["out_dir"] = str(Path(resume).resolve().parent)
     else:
         data_spec = data_spec_from_args(args)
         name, task = resolve_model_name(args.task, args.model, data_spec)
@@ -211,6 +214,8 @@ def _resume_checkpoint(resume: str | None, out: Path) -> str | None:
 # What a run writes into its folder (besides tensorboard/): a folder holding any of these
 # holds a run.
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "final_metrics.json", "config.json")
+# What `deformconv eval` writes beside a run's checkpoints: removed with the run's files.
+EVAL_FILES = "eval_*.json"
 
 
 @contextlib.contextmanager
@@ -239,7 +244,7 @@ def _claim_out_folder(out: Path, resume: str | None, overwrite: bool,
 
     A folder holding another run is refused (a new run would replace its ``last.pt`` and
     clear its ``metrics.jsonl``), unless this run resumes from that folder's checkpoint.
-    With ``--resume auto``, a run that left no checkpoint at all (it died before its first)
+    A run that left no checkpoint at all (it died before its first, e.g. at a bad setting)
     is replaced: there is nothing to continue.
     """
     found = [name for name in RUN_FILES if (out / name).is_file()]
@@ -247,17 +252,16 @@ def _claim_out_folder(out: Path, resume: str | None, overwrite: bool,
         return
     if resume is not None and Path(resume).resolve().parent == out.resolve():
         return  # continuing this folder's own run
-    no_checkpoint = not any(name.endswith(".pt") for name in found)
-    if resume_auto and no_checkpoint:
-        print(f"no checkpoint in {out} to resume ({', '.join(found)} of a run that stopped "
-              "before its first): starting afresh there")
+    if not any(name.endswith(".pt") for name in found):
+        print(f"{out} holds {', '.join(found)} of a run that stopped before its first "
+              "checkpoint (nothing to resume): starting afresh there")
     elif not overwrite:
         way = ("it has no last.pt to resume" if resume_auto
                else "continue it with --resume auto")
         raise CLIError(f"--out {out} already holds a training run ({', '.join(found)}); {way}, "
                        "start afresh there with --overwrite, or choose another --out")
-    for name in found:
-        (out / name).unlink()
+    for path in [*(out / name for name in found), *out.glob(EVAL_FILES)]:
+        path.unlink()
 
 
 def format_metrics(metrics: dict) -> str:
