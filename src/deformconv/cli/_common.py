@@ -100,7 +100,8 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", metavar="FILE",
         help="YAML or TOML file of option values (keys are the long options, e.g. "
-             "batch_size: 16); options given on the command line override it",
+             "batch_size: 16; paths in it are relative to the current folder, as on the "
+             "command line); options given on the command line override it",
     )
 
 
@@ -154,17 +155,37 @@ def _file_value(action: argparse.Action, key: str, value: Any, path: str) -> Any
         if not isinstance(value, bool):
             raise CLIError(f"{where} must be true or false, got {value!r}")
         return value
+    if value is None:
+        raise CLIError(f"{where} is empty (null); give it a value, or leave the key out "
+                       "for the default")
     if isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+"):
+        if isinstance(value, dict) and action.metavar == "KEY=VALUE":
+            return _assignments(value)
         values = value if isinstance(value, list) else [value]
         return [_convert(action, where, v) for v in values]
+    if isinstance(value, list) and action.metavar and "," in action.metavar:
+        value = ",".join(map(str, value))  # [0, 0, 1, 1] as the flag's 0,0,1,1
     if isinstance(value, (list, dict)):
         raise CLIError(f"{where} must be a single value, got {value!r}")
     return _convert(action, where, value)
 
 
+def _assignments(mapping: dict[str, Any], prefix: str = "") -> list[str]:
+    """``{"a": 1, "b": {"c": "x"}}`` -> ``["a=1", "b.c=x"]``: a file's mapping as the
+    KEY=VALUE entries of the flag (:func:`parse_assignments` reads them back)."""
+    entries = []
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value:
+            entries += _assignments(value, f"{prefix}{key}.")
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
+            entries.append(f"{prefix}{key}={text}")
+    return entries
+
+
 def _convert(action: argparse.Action, where: str, value: Any) -> Any:
     if value is None:
-        return None
+        raise CLIError(f"{where} holds an empty (null) entry")
     if isinstance(value, bool) and action.type not in (None, str):
         raise CLIError(f"{where} must be a {getattr(action.type, '__name__', 'value')}, "
                        f"got {value!r}")
