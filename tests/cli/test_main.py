@@ -102,6 +102,9 @@ def test_a_bad_flag_value_is_one_line(capsys: pytest.CaptureFixture) -> None:
     (["bench", "--bench-dir", "/nonexistent/benchmarks"],
      "benchmark folder not found: /nonexistent/benchmarks"),
     (["train", "--config", "/nonexistent/run.yaml"], "config file not found"),
+    (["train", "--num-classes", "5"], "--num-classes is for VOC data only; synthetic data "),
+    (["export", "missing.pt", "--out", "m.onnx"], "checkpoint file not found: missing.pt"),
+    (["export", "runs/x/last", "--out", "m.onnx"], "checkpoint file not found: runs/x/last"),
 ])
 def test_bad_input_gives_one_line_and_code_2(capsys: pytest.CaptureFixture, argv: list[str],
                                              message: str) -> None:
@@ -118,6 +121,8 @@ def test_bad_input_gives_one_line_and_code_2(capsys: pytest.CaptureFixture, argv
     (["train", "--schedule", "linear"], "invalid choice: 'linear'"),
     (["demo", "--lr", "soon"], "expected a number > 0, got 'soon'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["export", "resnet18", "--out", "m.onnx", "--batch", "1"],
+     "--batch: expected an integer >= 2 (the exported batch size is dynamic), got '1'"),
 ])
 def test_bad_values_are_argparse_errors(capsys: pytest.CaptureFixture, argv: list[str],
                                         message: str) -> None:

@@ -112,6 +112,10 @@ def data_spec_from_args(args: argparse.Namespace, base: DataSpec | None = None) 
         value = getattr(args, name, None)
         if value is not None:
             setattr(spec, name, value)
+    if getattr(args, "num_classes", None) is not None and spec.source != "voc":
+        raise CLIError(f"--num-classes is for VOC data only; {spec.source} data sets "
+                       "their classes themselves (synthetic: --scene classes=[...], COCO: "
+                       "its categories)")
     if getattr(args, "scene", None):
         if spec.source != "synthetic":
             raise CLIError("--scene options are for synthetic data only")

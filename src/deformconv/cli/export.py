@@ -37,8 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_model_options(parser, with_name=False)
     parser.add_argument("--image-size", type=positive_int,
                         help="example image side (default: the checkpoint's data, else 224)")
-    parser.add_argument("--batch", type=positive_int, default=2,
-                        help="example batch size (default 2; the batch size stays dynamic)")
+    parser.add_argument("--batch", type=_example_batch, default=2,
+                        help="example batch size, at least 2 (default 2; the exported batch "
+                             "size stays dynamic)")
     parser.add_argument("--opset", type=positive_int, default=19)
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     parser.add_argument("--seed", type=non_negative_int, default=0)
@@ -47,6 +48,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 DEFAULT_CLASSES = {"classification": 1000, "segmentation": 20, "detection": 80}
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+
+
+def _example_batch(text: str) -> int:
+    """argparse ``type`` of --batch: torch's exporter makes a batch of 1 a fixed size."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2 (the exported batch size "
+                                         f"is dynamic), got {text!r}")
+    return value
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -57,8 +68,12 @@ def run_export(args: argparse.Namespace) -> int:
         require_onnx()
     except ImportError as err:
         raise CLIError(str(err)) from None
-    if args.checkpoint is None and args.model is not None and Path(args.model).is_file():
-        args.checkpoint, args.model = args.model, None
+    if args.checkpoint is None and args.model is not None:
+        named = Path(args.model)
+        if named.is_file():
+            args.checkpoint, args.model = args.model, None
+        elif named.suffix.lower() in CHECKPOINT_SUFFIXES or len(named.parts) > 1:
+            raise CLIError(f"checkpoint file not found: {named}")
     out = Path(args.out)
     if out.suffix.lower() != ".onnx":
         raise CLIError(f"--out must name a .onnx file, got {out}")
