@@ -140,6 +140,27 @@ def test_resume_refuses_model_flags_that_describe_another_model(
     assert load_checkpoint(out / "last.pt")["iteration"] == 5
 
 
+def test_resume_refuses_another_task_or_training_data_and_takes_epochs(
+        capsys: pytest.CaptureFixture, trained: Path, tmp_path: Path) -> None:
+    """--task and the flags that make the training samples were ignored or taken silently on
+    a resume (another data order, no error); --epochs lost to the checkpoint's iterations."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    for flags, message in (
+            (["--task", "segmentation"], "--task segmentation differs from the checkpoint's "
+                                         "classification; drop --task"),
+            (["--train-size", "16", "--data-seed", "3"],
+             "cannot resume with other training data (train_size: checkpoint 8 vs now 16; "
+             "data_seed: checkpoint 0 vs now 3)"),
+            (["--scene", "clutter=0.1"], "scene: checkpoint {} vs now {'clutter': 0.1}")):
+        code, _, err = run_cli(capsys, "train", "--resume", "auto", "--out", out, *flags)
+        assert code == 2 and message in err, err
+    code, _, err = run_cli(capsys, "train", "--resume", "auto", "--out", out, "--val-size", "2",
+                           "--epochs", "3", "--no-progress")
+    assert code == 0, err
+    assert load_checkpoint(out / "last.pt")["iteration"] == 12  # 3 epochs of 8 / 2 batches
+
+
 def test_checkpoint_commands_refuse_other_models_and_classes(capsys: pytest.CaptureFixture,
                                                              trained: Path,
                                                              tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..engine.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from ..runs.specs import DataSpec
 from ._build import (
     add_data_options,
     add_model_options,
@@ -161,9 +162,14 @@ def run_train(args: argparse.Namespace) -> int:
             raise CLIError(f"--model {args.model} differs from the checkpoint's "
                            f"{model_spec.name}; drop --model to resume")
         check_model_flags_match(args, model_spec)
-        data_spec = data_spec_from_args(args, data_spec)
+        if args.task is not None and args.task != model_spec.task:
+            raise CLIError(f"--task {args.task} differs from the checkpoint's "
+                           f"{model_spec.task}; drop --task to resume")
+        data_spec = _resumed_data_spec(args, data_spec)
         task = model_spec.task
         values = {**state["config"], **_config_values(args, given), "resume": resume}
+        if "epochs" in given and "iterations" not in given:
+            values["iterations"] = None  # the run's length in epochs now, as asked
         if args.resume == "auto":  # OUT/last.pt: keep writing to OUT
             values["out_dir"] = args.out
         elif "out" not in given:  # --resume CKPT alone: its own folder, wherever we are
@@ -200,6 +206,23 @@ def run_train(args: argparse.Namespace) -> int:
               f"{result.iteration} iterations: " + format_metrics(result.metrics))
         print(f"checkpoint: {result.last_checkpoint}; metrics: {path}")
     return 0
+
+
+# What decides the training samples and their order: a resumed run keeps them.
+TRAINING_DATA_FIELDS = ("source", "paths", "image_size", "train_size", "data_seed",
+                        "num_classes", "scene")
+
+
+def _resumed_data_spec(args: argparse.Namespace, saved: DataSpec) -> DataSpec:
+    """The checkpoint's data with the flags given now, which may change the validation set
+    only (a changed training set would not continue the run)."""
+    spec = data_spec_from_args(args, saved)
+    changed = [f"{name}: checkpoint {getattr(saved, name)!r} vs now {getattr(spec, name)!r}"
+               for name in TRAINING_DATA_FIELDS if getattr(saved, name) != getattr(spec, name)]
+    if changed:
+        raise CLIError(f"cannot resume with other training data ({'; '.join(changed)}); drop "
+                       "those flags to resume, or start a new run")
+    return spec
 
 
 def _resume_checkpoint(resume: str | None, out: Path) -> str | None:
