@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import stat
 
@@ -36,6 +37,23 @@ def test_checkpoints_get_the_mode_of_any_new_file(tmp_path, umask):
         os.umask(previous)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
     assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE((tmp_path / "other").stat().st_mode)
+
+
+def test_a_file_of_other_objects_is_refused_without_torch_s_unsafe_advice(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"args": argparse.Namespace(lr=1.0)}, path)  # not loadable weights-only
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert message.startswith(f"could not read checkpoint {path}: UnpicklingError: ")
+    assert "weights_only=False" not in message and "\n" not in message
+
+
+def test_a_folder_is_named_a_folder_with_its_checkpoints(tmp_path):
+    save_checkpoint(_state(), tmp_path / "run" / "last.pt")
+    with pytest.raises(FileNotFoundError, match=f"checkpoint {tmp_path / 'run'} is a folder; "
+                                                f"give a file in it: {tmp_path / 'run'}/last.pt"):
+        load_checkpoint(tmp_path / "run")
 
 
 def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):

@@ -75,6 +75,10 @@ def _fsync_dir(folder: Path) -> None:
 def _read(path: str | os.PathLike, map_location: str | torch.device) -> Any:
     """``torch.load(weights_only=True)`` with errors that name the file."""
     path = Path(path)
+    if path.is_dir():
+        found = [name for name in ("last.pt", "best.pt") if (path / name).is_file()]
+        hint = f"; give a file in it: {', '.join(str(path / n) for n in found)}" if found else ""
+        raise FileNotFoundError(f"checkpoint {path} is a folder{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
@@ -84,7 +88,10 @@ def _read(path: str | os.PathLike, map_location: str | torch.device) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated/corrupt archives
-        detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        # the first line only: torch's weights-only refusal goes on to advise loading the
+        # file with weights_only=False, which would run whatever code it holds
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        detail = f"{type(err).__name__}: {first}" if first else type(err).__name__
         raise CheckpointError(
             f"could not read checkpoint {path}: {detail}. "
             "The file is corrupt or not a torch checkpoint; delete it or pick another one."
