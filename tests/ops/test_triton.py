@@ -128,6 +128,28 @@ class TestDeformConv2d:
         case = Case(n=3, cin=4, cout=4, groups=2, offset_groups=2, height=8, width=8)
         _check_conv(case, torch.float32, seed=7, requires_grad=("weight",))
 
+    def test_weight_gradient_launch_grid_fits_cuda_for_wide_kernels(self, monkeypatch):
+        """kk * Cin/groups of 7x7 from 2048 channels (100352) is past grid axis 1's 65535:
+        it goes on axis 0 (the backward used to refuse the layer)."""
+        from deformconv.ops._triton import deform_conv as triton_conv
+
+        launched = []
+
+        class Recorder:
+            def __getitem__(self, grid):
+                launched.append(grid)
+                return lambda *args, **kwargs: None
+
+        monkeypatch.setattr(triton_conv.kernels, "weight_grad_direct", Recorder())
+        monkeypatch.setattr(triton_conv, "_use_gemm", lambda cin_g, cout_g: False)
+        x, weight = torch.randn(1, 2048, 7, 7), torch.randn(8, 2048, 7, 7)
+        offset, grad_out = torch.zeros(1, 98, 7, 7), torch.randn(1, 8, 7, 7)
+        torch.ops.deformconv.deform_conv2d_backward(
+            grad_out.to(DEVICE), x.to(DEVICE), offset.to(DEVICE), weight.to(DEVICE), None,
+            1, 1, 3, 3, 1, 1, False, False, True)
+        assert len(launched) == 1 and launched[0][0] == 49 * 2048
+        assert max(launched[0][1:]) <= 65535
+
     @pytest.mark.parametrize("offsets", ["zero", "integer"])
     def test_grid_samples_on_the_border_match_torchvision(self, offsets, conv_path):
         """Integer-grid samples with padding, many on row/column -1 and H/W: values and

@@ -183,7 +183,8 @@ def _backward_weight(a: _Layout, grad_out: Tensor, grad_weight: Tensor) -> None:
         tiles = triton.cdiv(a.cout, block_o) * kk * a.cin_g
         split = _weight_split(a, tiles, block_p, wave)
         partial = grad_out.new_empty(split, a.cout, a.cin_g, kk, dtype=torch.float32)
-        grid = (triton.cdiv(a.cout, block_o), kk * a.cin_g, split)
+        # kk * cin_g can pass axis 1's 65535 (7x7 from 2048 channels): it goes on axis 0
+        grid = (kk * a.cin_g, triton.cdiv(a.cout, block_o), split)
         kernels.weight_grad_direct[check_grid(grid, "deform_conv2d weight gradient")](
             a.x, a.offset, a.mask, grad_out, partial, *a.sizes(),
             triton.cdiv(triton.cdiv(a.pixels, block_p), split), *a.channel_sizes(), *strides,

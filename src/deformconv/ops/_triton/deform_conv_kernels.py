@@ -92,7 +92,7 @@ def _store_output(acc, bias_ptr, out_ptr, n, oy, ox, p_ok, o, o_ok, out_sn, out_
     """Epilogue: add the bias to the ``[pixels × Cout]`` accumulator, store in out's dtype."""
     if HAS_BIAS:
         acc += tl.load(bias_ptr + o, mask=o_ok, other=0.0).to(tl.float32)[None, :]
-    out_rows = n.to(tl.int64) * out_sn + oy * out_sh + ox * out_sw
+    out_rows = n.to(tl.int64) * out_sn + oy.to(tl.int64) * out_sh + ox * out_sw
     tl.store(out_ptr + out_rows[:, None] + o.to(tl.int64)[None, :] * out_sc,
              acc.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & o_ok[None, :])
 
@@ -233,8 +233,8 @@ def backward_data(
     o00, o01, o10, o11 = corner_offsets(h0, w0, x_sh, x_sw)
     g00, g01, g10, g11 = corner_offsets(h0, w0, width * cin, cin)
     rows = x_ptr + n.to(tl.int64) * x_sn
-    grad_rows = grad_x_ptr + n.to(tl.int64) * (height * width * cin)
-    go_rows = go_ptr + (n.to(tl.int64) * go_sn + oy * go_sh + ox * go_sw)
+    grad_rows = grad_x_ptr + n.to(tl.int64) * height * width * cin  # int64 before the product
+    go_rows = go_ptr + (n.to(tl.int64) * go_sn + oy.to(tl.int64) * go_sh + ox * go_sw)
     grad_h = tl.zeros((BLOCK_P,), dtype=tl.float32)
     grad_w = tl.zeros((BLOCK_P,), dtype=tl.float32)
     grad_m = tl.zeros((BLOCK_P,), dtype=tl.float32)
@@ -326,7 +326,7 @@ def weight_grad_gemm(
     for block in range(split * blocks_per_split,
                        tl.minimum((split + 1) * blocks_per_split, p_blocks)):
         n, oy, ox, p_ok = _pixel_block(block, pixels, hout, wout, BLOCK_P)
-        go_rows = n.to(tl.int64) * go_sn + oy * go_sh + ox * go_sw
+        go_rows = n.to(tl.int64) * go_sn + oy.to(tl.int64) * go_sh + ox * go_sw
         go = tl.load(go_ptr + go_rows[None, :] + o.to(tl.int64)[:, None] * go_sc,
                      mask=o_ok[:, None] & p_ok[None, :], other=0.0)
         rows = x_ptr + n.to(tl.int64) * x_sn
@@ -351,12 +351,12 @@ def weight_grad_direct(
     BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr,
 ):
     """``partial[split, o, j, k] = Σ_p grad_out[p, o] · columns[p, c(o, j), k]`` where
-    ``c(o, j)`` is input channel j of o's conv group. Program (Cout block, k × j, split)."""
-    o_first = tl.program_id(0) * BLOCK_O
+    ``c(o, j)`` is input channel j of o's conv group. Program (k × j, Cout block, split)."""
+    o_first = tl.program_id(1) * BLOCK_O
     o = o_first + tl.arange(0, BLOCK_O)
     o_ok = o < cout
-    k = tl.program_id(1) // cin_g
-    j = tl.program_id(1) % cin_g
+    k = tl.program_id(0) // cin_g
+    j = tl.program_id(0) % cin_g
     split = tl.program_id(2)
     c = (o // cout_g) * cin_g + j
     g_first = ((o_first // cout_g) * cin_g + j) // cpo
@@ -366,7 +366,7 @@ def weight_grad_direct(
     for block in range(split * blocks_per_split,
                        tl.minimum((split + 1) * blocks_per_split, p_blocks)):
         n, oy, ox, p_ok = _pixel_block(block, pixels, hout, wout, BLOCK_P)
-        go_rows = n.to(tl.int64) * go_sn + oy * go_sh + ox * go_sw
+        go_rows = n.to(tl.int64) * go_sn + oy.to(tl.int64) * go_sh + ox * go_sw
         go = tl.load(go_ptr + go_rows[:, None] + o.to(tl.int64)[None, :] * go_sc,
                      mask=p_ok[:, None] & o_ok[None, :], other=0.0).to(tl.float32)
         rows = x_ptr + n.to(tl.int64) * x_sn

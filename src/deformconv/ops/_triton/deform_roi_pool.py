@@ -120,7 +120,7 @@ def _backward_kernel(
     else:
         m = tl.where(bins_ok, 1.0, 0.0)
     rows = x_ptr + b * x_sn + tl.zeros((BLOCK_B,), dtype=tl.int64)
-    grad_rows = grad_x_ptr + b * (height * width * channels) + tl.zeros((BLOCK_B,), tl.int64)
+    grad_rows = grad_x_ptr + b * height * width * channels + tl.zeros((BLOCK_B,), tl.int64)
     grad_y = tl.zeros((BLOCK_B,), dtype=tl.float32)
     grad_x = tl.zeros((BLOCK_B,), dtype=tl.float32)
     grad_m = tl.zeros((BLOCK_B,), dtype=tl.float32)
