@@ -110,3 +110,60 @@ def test_data_loading_workers_leave_a_group_signal_to_the_run():
     done = subprocess.run([sys.executable, "-c", WAITING_FOR_WORKERS], capture_output=True,
                           text=True, timeout=60, check=False, start_new_session=True)
     assert (done.returncode, done.stdout) == (0, "stop requested by SIGTERM\n"), done.stderr
+
+
+STARTING_WORKERS = """
+import os, signal, sys
+from torch.utils.data._utils import signal_handling
+from deformconv import engine
+from deformconv.cli import main
+
+# torch's worker puts in its SIGTERM handler (which dies of the signal), then calls
+# worker_init_fn, which has the signal ignored. A scheduler's SIGTERM to the process group
+# in between, while the second epoch's worker starts (every epoch starts new workers), is
+# sent here by that worker itself right after torch's handler goes in: the window every time.
+set_handlers = signal_handling._set_worker_signal_handlers
+second_epoch = False
+
+def set_handlers_then_signal_the_group():
+    set_handlers()
+    if second_epoch:  # as forked from the training process after iteration 4
+        os.killpg(os.getpgrp(), signal.SIGTERM)
+
+signal_handling._set_worker_signal_handlers = set_handlers_then_signal_the_group
+train = engine.train
+
+def train_noting_the_epoch(*args, **kwargs):
+    def hook(done):
+        global second_epoch
+        second_epoch = done >= 4  # batches of 2 from 8 samples: 4 iterations an epoch
+    return train(*args, on_iteration_end=hook, **kwargs)
+
+engine.train = train_noting_the_epoch
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_group_signal_while_workers_start_stops_the_run_with_a_checkpoint(
+        tmp_path: Path) -> None:
+    """A group SIGTERM that reached a data-loading worker after torch's SIGTERM handler went
+    in but before worker_init_fn had the signal ignored killed the worker: the run crashed
+    ('DataLoader worker ... is killed by signal'), exit code 1, no checkpoint. Under torchrun,
+    which signals each rank's process group, this happened often. Workers now start with the
+    stop signals blocked; the run stops after the iteration it is in."""
+    from deformconv.cli import main
+    from deformconv.engine import load_checkpoint
+
+    out = tmp_path / "run"
+    run = ["train", "--model", "resnet18", "--base-channels", "4", "--image-size", "32",
+           "--train-size", "8", "--val-size", "2", "--batch-size", "2", "--iterations", "6",
+           "--out", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", STARTING_WORKERS, *run, "--workers", "1"],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          start_new_session=True, env=env)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert "stopped by SIGTERM after iteration 5/6" in done.stderr
+    assert load_checkpoint(out / "last.pt")["iteration"] == 5
+    assert main([*run, "--resume", "auto"]) == 0
+    assert load_checkpoint(out / "last.pt")["iteration"] == 6

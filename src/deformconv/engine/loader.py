@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..data import readable_sample
 from .seeding import SeededSamples, sample_seed, worker_init_fn
-from .stop import leave_stop_signals_to_parent
+from .stop import hold_stop_signals_for_workers, leave_stop_signals_to_parent
 from .tasks import collate_fn
 
 __all__ = ["ShardSampler", "TrainSampler", "eval_loader", "iters_per_epoch", "train_loader"]
@@ -115,7 +115,7 @@ def train_loader(
         dataset, world_size, rank, seed, epoch, start=start_batch * batch_size  # type: ignore[arg-type]
     )
     generator = torch.Generator().manual_seed(sample_seed(seed, epoch, -1 - rank))
-    return DataLoader(
+    return _Loader(
         SeededSamples(dataset, seed, epoch),
         batch_size=batch_size,
         sampler=sampler,
@@ -128,10 +128,29 @@ def train_loader(
     )
 
 
-def _init_worker(worker_id: int) -> None:
-    """Seed the worker's RNGs; leave stop signals to a training parent."""
+class _Loader(DataLoader):
+    """A DataLoader whose workers, started during a run, leave stop signals to the run.
+
+    Each iterator starts new workers (each epoch of a run, each validation) with SIGINT and
+    SIGTERM held (see ``stop.hold_stop_signals_for_workers``) while a StopSignals is
+    installed: torch's worker would die of a SIGTERM that came before ``worker_init_fn``
+    had it ignored, and a scheduler's signal to the process group reaches the workers too.
+    """
+
+    def __iter__(self) -> Any:
+        if self.num_workers == 0:
+            return super().__iter__()
+        with hold_stop_signals_for_workers() as held:
+            # read by the iterator, which starts the workers
+            self.worker_init_fn = functools.partial(_init_worker, held=held)
+            return super().__iter__()
+
+
+def _init_worker(worker_id: int, held: bool = False) -> None:
+    """Leave stop signals to a training parent (``held``: it started this worker with them
+    blocked); seed the worker's RNGs."""
+    leave_stop_signals_to_parent(held)
     worker_init_fn(worker_id)
-    leave_stop_signals_to_parent()
 
 
 def eval_loader(
@@ -149,7 +168,7 @@ def eval_loader(
     Unreadable samples are left out (see ``_ReadableSamples``); a batch of only
     unreadable samples comes out as None.
     """
-    return DataLoader(
+    return _Loader(
         SeededSamples(_ReadableSamples(dataset), seed=0, epoch=0),
         batch_size=batch_size,
         sampler=ShardSampler(dataset, world_size, rank),  # type: ignore[arg-type]

@@ -9,13 +9,16 @@ SIGTERM changes nothing, since the stop is under way (a scheduler's SIGKILL ends
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType, TracebackType
 
-__all__ = ["STOP_SIGNALS", "StopSignals", "TrainingStopped", "leave_stop_signals_to_parent"]
+__all__ = ["STOP_SIGNALS", "StopSignals", "TrainingStopped", "hold_stop_signals_for_workers",
+           "leave_stop_signals_to_parent"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Whether a StopSignals is installed in this process; processes forked from it inherit this.
@@ -86,14 +89,46 @@ class StopSignals:
             raise KeyboardInterrupt
 
 
-def leave_stop_signals_to_parent() -> None:
-    """In a data-loading worker forked while its parent handles stop signals: ignore them.
+@contextlib.contextmanager
+def hold_stop_signals_for_workers() -> Iterator[bool]:
+    """Around starting data-loading workers while a :class:`StopSignals` is installed: block
+    SIGINT and SIGTERM in this thread, so that the workers start with them blocked (a
+    forked or spawned process keeps its parent's mask) until
+    ``leave_stop_signals_to_parent(held=True)`` has them ignored. Yields whether it blocked
+    them; outside a run (or where signals cannot be blocked) it changes nothing.
+
+    torch's worker puts in its own SIGTERM handler, which dies of the signal, before it
+    calls ``worker_init_fn``: a group signal in between killed it. A signal for this process
+    that arrives meanwhile is not lost: it waits until the mask is restored on leaving the
+    block and goes to the StopSignals handler then (or at once, in another of its threads).
+    Threads started in the block (the loader's) keep the signals blocked, which changes
+    nothing: Python runs handlers in the main thread. Workers of a ``forkserver`` context
+    (Python 3.14's default on Linux) are forked by the server, not from here: they still
+    have the window at their start.
+    """
+    if not (_installed and hasattr(signal, "pthread_sigmask")):
+        yield False
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield True
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def leave_stop_signals_to_parent(held: bool = False) -> None:
+    """In a data-loading worker started while its parent handles stop signals: ignore them.
 
     A signal to the whole process group (a scheduler's SIGTERM, Ctrl-C) reaches the workers
     too. torch's worker would die of SIGTERM, and its parent's loader would report that as a
     crash before the run could stop at its iteration boundary; the parent ends its workers
-    when it stops.
+    when it stops. ``held``: the parent started this worker in
+    :func:`hold_stop_signals_for_workers`; the signals are unblocked once ignored (one that
+    came in the meantime is dropped: the parent got it too). Otherwise the worker acts only
+    if it was forked while a StopSignals was installed.
     """
-    if _installed:
+    if held or _installed:
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
+    if held:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
