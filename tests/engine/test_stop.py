@@ -167,3 +167,47 @@ def test_a_group_signal_while_workers_start_stops_the_run_with_a_checkpoint(
     assert load_checkpoint(out / "last.pt")["iteration"] == 5
     assert main([*run, "--resume", "auto"]) == 0
     assert load_checkpoint(out / "last.pt")["iteration"] == 6
+
+
+_FAILING_WORKERS = """
+import sys, torch
+from torch.utils.data import Dataset
+sys.path.insert(0, sys.argv[1])
+from _engine_toys import TinyClassifier, ToyClassification
+from deformconv.engine import TrainConfig, evaluate, train
+
+class Broken(ToyClassification):
+    def __getitem__(self, index):
+        if index == 5:
+            raise ValueError("broken sample 5")
+        return super().__getitem__(index)
+
+class Failing(TinyClassifier):
+    def forward(self, x):
+        raise RuntimeError("forward failed")
+
+kept = []  # the errors, referenced until the interpreter exits (as a CLI's handler may)
+config = TrainConfig(task="classification", iterations=8, batch_size=2, num_workers=1,
+                     out_dir=sys.argv[2], progress=False, device="cpu")
+for run in (lambda: train(config, TinyClassifier(), Broken(16), None),
+            lambda: evaluate(Failing(), ToyClassification(8), "classification",
+                             batch_size=2, num_workers=1, progress=False)):
+    try:
+        run()
+    except Exception as err:
+        kept.append(err)
+print([str(err).splitlines()[-1] for err in kept])
+"""
+
+
+def test_a_run_or_evaluation_that_fails_with_workers_lets_the_process_exit(
+        tmp_path: Path) -> None:
+    """An error left the loader's iterator referenced from its traceback, so its workers,
+    which ignore SIGTERM during a run, were only stopped at interpreter exit by a
+    ``terminate()`` they ignored: the process hung after printing the error."""
+    script = tmp_path / "failing.py"
+    script.write_text(_FAILING_WORKERS)
+    done = subprocess.run([sys.executable, str(script), str(Path(__file__).parent),
+                           str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['ValueError: broken sample 5', 'forward failed']"

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ..data import NoReadableSamplesError
 from .distributed import DistInfo, all_reduce_sum, resolve_device
-from .loader import eval_loader
+from .loader import eval_loader, loader_batches
 from .tasks import make_evaluator, num_images, to_device
 
 __all__ = ["evaluate"]
@@ -64,20 +64,21 @@ def evaluate(
     evaluator = make_evaluator(task)
     readable = non_finite = 0
     try:
-        for batch in tqdm(loader, desc="eval", leave=False,
-                          disable=not (progress and info.is_main)):
-            if batch is None:  # every sample of the batch was unreadable
-                continue
-            images, targets = batch
-            readable += num_images(images)
-            images = to_device(images, info.device)
-            with autocast(info.device, bf16):
-                outputs = net(images)
-            outputs = to_device(_float(outputs), torch.device("cpu"))
-            if _has_non_finite(outputs):  # scored as NaN below; zeros keep compute() going
-                non_finite += 1
-                outputs = _apply(outputs, lambda t: t.nan_to_num(0.0, 0.0, 0.0))
-            evaluator.update(images, targets, outputs)
+        with loader_batches(loader) as batches:
+            for batch in tqdm(batches, desc="eval", leave=False, total=len(loader),
+                              disable=not (progress and info.is_main)):
+                if batch is None:  # every sample of the batch was unreadable
+                    continue
+                images, targets = batch
+                readable += num_images(images)
+                images = to_device(images, info.device)
+                with autocast(info.device, bf16):
+                    outputs = net(images)
+                outputs = to_device(_float(outputs), torch.device("cpu"))
+                if _has_non_finite(outputs):  # scored as NaN below; zeros keep compute() going
+                    non_finite += 1
+                    outputs = _apply(outputs, lambda t: t.nan_to_num(0.0, 0.0, 0.0))
+                evaluator.update(images, targets, outputs)
         readable, non_finite = all_reduce_sum(torch.tensor([readable, non_finite])).tolist()
         if len(dataset) and not readable:  # type: ignore[arg-type]
             raise NoReadableSamplesError.of(dataset)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 from collections.abc import Callable, Iterator, Sequence, Sized
@@ -15,7 +16,8 @@ from .seeding import SeededSamples, sample_seed, worker_init_fn
 from .stop import hold_stop_signals_for_workers, leave_stop_signals_to_parent
 from .tasks import collate_fn
 
-__all__ = ["ShardSampler", "TrainSampler", "eval_loader", "iters_per_epoch", "train_loader"]
+__all__ = ["ShardSampler", "TrainSampler", "eval_loader", "iters_per_epoch", "loader_batches",
+           "train_loader"]
 
 
 class TrainSampler(Sampler[int]):
@@ -144,6 +146,24 @@ class _Loader(DataLoader):
             # read by the iterator, which starts the workers
             self.worker_init_fn = functools.partial(_init_worker, held=held)
             return super().__iter__()
+
+
+@contextlib.contextmanager
+def loader_batches(loader: DataLoader) -> Iterator[Iterator[Any]]:
+    """``iter(loader)``, whose worker processes are shut down however the loop ends.
+
+    After an error the iterator stays referenced from the traceback (its own methods'
+    frames) and would live until the interpreter exits, whose ``terminate()`` the workers
+    of a run ignore (stop signals are the run's): the process hung in ``join`` after
+    printing the error.
+    """
+    iterator = iter(loader)
+    try:
+        yield iterator
+    finally:
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # iterators with workers
+        if shutdown is not None:
+            shutdown()
 
 
 def _init_worker(worker_id: int, held: bool = False) -> None:

@@ -34,7 +34,7 @@ from .distributed import (
     init_distributed,
 )
 from .evaluate import autocast, evaluate
-from .loader import iters_per_epoch, train_loader
+from .loader import iters_per_epoch, loader_batches, train_loader
 from .metrics_log import MetricsLogger
 from .optim import build_optimizer, build_scheduler, lr_factor
 from .run_lock import out_dir_lock
@@ -133,10 +133,11 @@ def _train(
                position=config.progress_line, dynamic_ncols=True,
                disable=not (config.progress and info.is_main))
     # the logger is closed on errors too (e.g. a stop hook)
-    with bar, contextlib.closing(run.logger), StopSignals(announce=info.is_main) as signals:
+    with bar, contextlib.closing(run.logger), StopSignals(announce=info.is_main) as signals, \
+            contextlib.closing(run.batches()) as batches:  # closed: its workers stop on errors
         run.clock.start()
         run.net.train()
-        for epoch, images, targets in run.batches():
+        for epoch, images, targets in batches:
             step = run.train_step(epoch, images, targets)
             run.window.add(step.loss, num_images(images) * info.world_size)
             if run.iteration % config.log_every == 0 or run.iteration == run.total:
@@ -329,10 +330,11 @@ class _Run:
                                   world_size=info.world_size, rank=info.rank,
                                   num_workers=config.num_workers,
                                   pin_memory=info.device.type == "cuda")
-            for images, targets in loader:
-                yield epoch, to_device(images, info.device), to_device(targets, info.device)
-                if self.iteration >= self.total:
-                    return
+            with loader_batches(loader) as epoch_batches:
+                for images, targets in epoch_batches:
+                    yield epoch, to_device(images, info.device), to_device(targets, info.device)
+                    if self.iteration >= self.total:
+                        return
 
     def train_step(self, epoch: int, images: Any, targets: Any) -> _Step:
         """Loss, backward, optional gradient clipping, optimizer and schedule step."""
