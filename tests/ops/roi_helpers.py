@@ -48,6 +48,22 @@ def make_rois(gen: torch.Generator, k: int, batch: int, height: float, width: fl
     return torch.stack(rows).to(dtype)
 
 
+def integer_rois(gen: torch.Generator, k: int, batch: int, low: int, high: int,
+                 dtype: torch.dtype) -> Tensor:
+    """``(k, 5)`` RoIs with integer corners in ``[low, high)`` (``x1 <= x2``, ``y1 <= y2``).
+
+    Unlike ``make_rois``' draws, many of their samples land exactly on a rule's boundary (the
+    map's edges, RoIAlign's ``-1`` and ``H``, PS pooling's ``-0.5`` and ``H - 0.5``), where
+    a position rounded differently (another dtype, another order of operations) changes
+    the result.
+    """
+    corners = torch.randint(low, high, (k, 4), generator=gen, dtype=torch.float64)
+    xs = corners[:, 0::2].sort(dim=1).values
+    ys = corners[:, 1::2].sort(dim=1).values
+    index = torch.randint(batch, (k,), generator=gen, dtype=torch.float64)
+    return torch.stack([index, xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], dim=1).to(dtype)
+
+
 @contextmanager
 def below_autograd() -> Iterator[None]:
     """Run as a custom op's kernel runs: below autograd, where autograd records nothing.

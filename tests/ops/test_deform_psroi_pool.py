@@ -15,6 +15,7 @@ from .roi_helpers import (
     assert_close_all,
     assert_right_hand_slope,
     below_autograd,
+    integer_rois,
     make_rois,
     outputs_and_grads,
 )
@@ -236,6 +237,46 @@ class TestDeformPSRoIPool(RoIOpTester):
 
         offset = torch.tensor([column + 0.5, 1.3], dtype=torch.float64).view(1, 2, 1, 1)
         assert_right_hand_slope(pool, offset, channel=0)
+
+    def test_sample_on_minus_half_is_taken(self):
+        """RoI x -1..0 at scale 0.5: start_w -1, roi_w 1, bin 1/3, step 1/6, so bin column 1's
+        second sample is at w = -1 + 1/3 + 1/6 = -0.5, which float32 (the input's dtype, as
+        in the original kernel) reaches exactly: kept (7.0). The Numba kernels divided in
+        float64, landed just below -0.5 and skipped it (0.0)."""
+        x = torch.arange(36.0).reshape(1, 9, 2, 2) + 1
+        rois = torch.tensor([[0, -1.0, 3.0, 0.0, 7.0]])
+        args = (0.5, 1, 3, 3, 3, 2, 0.0)
+        outputs = {
+            "op": deform_psroi_pool(x, rois, None, spatial_scale=0.5, output_dim=1,
+                                    group_size=3, pooled_size=3, sample_per_part=2),
+            "torch backend": torch_backend.forward(x, rois, None, *args)[0],
+            "reference": reference.deform_psroi_pool(x, rois, None, *args)[0],
+        }
+        for name, out in outputs.items():
+            assert out[0, 0, 0].tolist() == [0.0, 7.0, 11.0], name
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_integer_rois_agree_across_backends(self, dtype, monkeypatch):
+        """Integer RoIs put many samples exactly on -0.5 or H - 0.5: the Numba kernels, the
+        torch backend and the reference compute the positions in the input's dtype in the
+        original kernel's order, so they keep or skip the same samples. Before, Numba
+        (float64 positions) differed on 29-69 of 3000 float32 RoIs per setting."""
+        monkeypatch.setenv("DEFORMCONV_BACKEND", "numba")
+        gen = torch.Generator().manual_seed(0)
+        x = torch.arange(2 * 9 * 4 * 4, dtype=dtype).reshape(2, 9, 4, 4) + 1
+        tol = F64 if dtype == torch.float64 else {}
+        for scale, samples, pooled in ((0.5, 2, 3), (1.0, 4, 3), (0.25, 2, 6)):
+            rois = integer_rois(gen, 300, 2, -3, 10 if scale >= 0.5 else 20, dtype)
+            args = (scale, 1, 3, pooled, pooled, samples, 0.0)
+            out, count = torch.ops.deformconv.deform_psroi_pool(x, rois, None, *args)
+            expected, expected_count = reference.deform_psroi_pool(x, rois, None, *args)
+            out_torch, count_torch = torch_backend.forward(x, rois, None, *args)
+            for name, got, want in (("numba", out, expected), ("numba count", count,
+                                                              expected_count),
+                                    ("torch", out_torch, expected),
+                                    ("torch count", count_torch, expected_count)):
+                torch.testing.assert_close(got, want, **tol, msg=lambda m, name=name,
+                                           args=args: f"{name} {args}: {m}")
 
     def test_float32_matches_float64(self, generator):
         x = torch.randn(2, 2 * 9, 10, 10, generator=generator, dtype=torch.float64)

@@ -17,6 +17,7 @@ from .roi_helpers import (
     assert_close_all,
     assert_right_hand_slope,
     below_autograd,
+    integer_rois,
     make_rois,
     outputs_and_grads,
 )
@@ -130,6 +131,55 @@ class TestDeformRoIPool(RoIOpTester):
             out = deform_roi_pool(x, rois, offset, (3, 4), 0.5, sampling_ratio,
                                   aligned=aligned)
             torch.testing.assert_close(out, expected)
+
+    @pytest.mark.parametrize(("x", "roi", "pooled", "scale", "sampling_ratio", "aligned"), [
+        # bin column 3 samples x = 15.75 + 3·(0.5/7) + 0.5·(0.5/7)/1 = 16 = W
+        (torch.arange(256.0).reshape(1, 1, 16, 16), [0, 65.0, 14.0, 67.0, 24.0], (7, 7), 0.25,
+         0, True),
+        # bin row 0, sample row 1: y = 2 + 0·(8/3) + 1.5·(8/3)/2 = 4 = H
+        (torch.arange(32.0).reshape(2, 1, 4, 4) + 1, [1, 3.0, 2.0, 5.0, 10.0], (3, 1), 1.0,
+         2, False),
+    ])
+    def test_sample_on_the_map_edge_equals_roi_align(self, x, roi, pooled, scale,
+                                                     sampling_ratio, aligned, monkeypatch):
+        """A float32 sample that lands exactly on the edge W or H is clamped and kept. The
+        Numba kernels computed the positions in float64, a step past the edge, and dropped
+        it (100.14 off in the first case; 7.67 instead of 15.67 in the second)."""
+        rois = torch.tensor([roi])
+        expected = torchvision.ops.roi_align(x, rois, pooled, scale, sampling_ratio, aligned)
+        for backend in ("numba", "torch"):
+            monkeypatch.setenv("DEFORMCONV_BACKEND", backend)
+            out = deform_roi_pool(x, rois, None, pooled, scale, sampling_ratio, aligned=aligned)
+            torch.testing.assert_close(out, expected, msg=backend)
+        out = reference.deform_roi_pool(x, rois, None, pooled, scale, sampling_ratio, 0.1,
+                                        aligned)
+        torch.testing.assert_close(out, expected, msg="reference")
+
+    @pytest.mark.parametrize("aligned", [True, False])
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_integer_rois_equal_roi_align(self, aligned, dtype, monkeypatch):
+        """Integer RoIs on an 8×8 map put many samples exactly on the map's edges: every
+        backend computes the positions in the input's dtype, in torchvision's order
+        ``(start + i·bin) + (iy + 0.5)·bin / grid``, so those samples agree exactly. Before,
+        Numba (float64 positions) missed 33-125 of 3000 float32 RoIs per setting, and the
+        torch backend (``(iy + 0.5)·(bin / grid)``) 24 of 3000 float64 RoIs at sampling
+        ratio 0, (3, 5) bins, aligned=False."""
+        gen = torch.Generator().manual_seed(0)
+        x = torch.arange(2 * 3 * 8 * 8, dtype=dtype).reshape(2, 3, 8, 8) + 1
+        for scale, sampling_ratio, pooled in ((1.0, 2, (3, 1)), (0.5, 0, (7, 7)),
+                                              (1.0, 0, (3, 5))):
+            rois = integer_rois(gen, 300, 2, -4, 12 if scale == 1.0 else 40, dtype)
+            expected = torchvision.ops.roi_align(x, rois, pooled, scale, sampling_ratio,
+                                                 aligned)
+            args = (pooled, scale, sampling_ratio)
+            monkeypatch.setenv("DEFORMCONV_BACKEND", "numba")
+            outputs = {
+                "numba": deform_roi_pool(x, rois, None, *args, aligned=aligned),
+                "torch": torch_backend.forward(x, rois, None, None, *args, 0.1, aligned),
+            }
+            for name, out in outputs.items():
+                torch.testing.assert_close(out, expected, msg=lambda m, name=name, args=args:
+                                           f"{name} {args}: {m}")
 
     def test_list_of_boxes_equals_roi_align(self, generator):
         x = torch.randn(3, 4, 10, 10, generator=generator)

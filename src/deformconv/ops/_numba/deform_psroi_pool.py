@@ -30,16 +30,32 @@ def _group(index, size, group_size):
 
 @numba.njit(inline="always", cache=True)
 def _bin_origin(geo, k, ctop, i, j, size, offset, has_offset, trans_std, part_size, per_class):
-    """``(hstart, wstart, part_h, part_w, cls)`` of bin ``(ctop, i, j)`` of RoI ``k``."""
-    hstart = i * (geo[k, _ROI_H] / size) + geo[k, _START_H]
-    wstart = j * (geo[k, _ROI_W] / size) + geo[k, _START_W]
+    """``(hstart, wstart, part_h, part_w, cls)`` of bin ``(ctop, i, j)`` of RoI ``k``.
+
+    In ``geo``'s dtype (the input's compute dtype), as the original kernel computes in its
+    ``T`` (see ``_sub_bins``): Numba would widen ``float32 / int`` to float64.
+    """
+    real = geo.dtype.type
+    hstart = real(i) * (geo[k, _ROI_H] / real(size)) + geo[k, _START_H]
+    wstart = real(j) * (geo[k, _ROI_W] / real(size)) + geo[k, _START_W]
     part_h = i * part_size // size  # floor(i / P * part_size), exactly
     part_w = j * part_size // size
     cls = ctop // per_class
     if has_offset:
-        wstart += offset[k, 2 * cls, part_h, part_w] * trans_std * geo[k, _ROI_W]
-        hstart += offset[k, 2 * cls + 1, part_h, part_w] * trans_std * geo[k, _ROI_H]
+        wstart += offset[k, 2 * cls, part_h, part_w] * real(trans_std) * geo[k, _ROI_W]
+        hstart += offset[k, 2 * cls + 1, part_h, part_w] * real(trans_std) * geo[k, _ROI_H]
     return hstart, wstart, part_h, part_w, cls
+
+
+@numba.njit(inline="always", cache=True)
+def _sub_bins(geo, k, size, samples):
+    """``(sub_h, sub_w)``: the step between RoI ``k``'s samples in a bin, ``roi / P / S`` in
+    ``geo``'s dtype. Sample ``ih`` of a bin is at ``hstart + ih * sub_h``, in that dtype too:
+    a sample that lands exactly on ``-0.5`` (kept) in float32 can land just below it (skipped)
+    in float64."""
+    real = geo.dtype.type
+    return (geo[k, _ROI_H] / real(size) / real(samples),
+            geo[k, _ROI_W] / real(size) / real(samples))
 
 
 @numba.njit(inline="always", cache=True)
@@ -59,8 +75,7 @@ def _forward(x, batch, geo, offset, has_offset, trans_std, group_size, part_size
         k = task // output_dim
         ctop = task % output_dim
         b = batch[k]
-        sub_h = geo[k, _ROI_H] / size / samples
-        sub_w = geo[k, _ROI_W] / size / samples
+        sub_h, sub_w = _sub_bins(geo, k, size, samples)
         for i in range(size):
             for j in range(size):
                 hstart, wstart, _, _, _ = _bin_origin(
@@ -70,9 +85,9 @@ def _forward(x, batch, geo, offset, has_offset, trans_std, group_size, part_size
                 total = 0.0
                 taken = 0
                 for ih in range(samples):
-                    h = hstart + ih * sub_h
+                    h = hstart + geo.dtype.type(ih) * sub_h
                     for iw in range(samples):
-                        w = wstart + iw * sub_w
+                        w = wstart + geo.dtype.type(iw) * sub_w
                         if _skipped(h, w, height, width):
                             continue
                         h0, h1, w0, w1, lh, lw, k00, k01, k10, k11, _, _ = clamped_corners(
@@ -98,8 +113,7 @@ def _input_grad(batch, geo, offset, has_offset, trans_std, group_size, part_size
         gw = c % group_size
         for k in range(nrois):
             b = batch[k]
-            sub_h = geo[k, _ROI_H] / size / samples
-            sub_w = geo[k, _ROI_W] / size / samples
+            sub_h, sub_w = _sub_bins(geo, k, size, samples)
             for i in range(size):
                 if _group(i, size, group_size) != gh:
                     continue
@@ -111,9 +125,9 @@ def _input_grad(batch, geo, offset, has_offset, trans_std, group_size, part_size
                         geo, k, ctop, i, j, size, offset, has_offset, trans_std, part_size,
                         per_class)
                     for ih in range(samples):
-                        h = hstart + ih * sub_h
+                        h = hstart + geo.dtype.type(ih) * sub_h
                         for iw in range(samples):
-                            w = wstart + iw * sub_w
+                            w = wstart + geo.dtype.type(iw) * sub_w
                             if _skipped(h, w, height, width):
                                 continue
                             h0, h1, w0, w1, lh, lw, k00, k01, k10, k11, _, _ = clamped_corners(
@@ -137,8 +151,7 @@ def _offset_grad(x, batch, geo, offset, trans_std, group_size, part_size, sample
         k = task // classes
         cls = task % classes
         b = batch[k]
-        sub_h = geo[k, _ROI_H] / size / samples
-        sub_w = geo[k, _ROI_W] / size / samples
+        sub_h, sub_w = _sub_bins(geo, k, size, samples)
         for ctop in range(cls * per_class, (cls + 1) * per_class):
             for i in range(size):
                 for j in range(size):
@@ -152,9 +165,9 @@ def _offset_grad(x, batch, geo, offset, trans_std, group_size, part_size, sample
                     acc_h = 0.0
                     acc_w = 0.0
                     for ih in range(samples):
-                        h = hstart + ih * sub_h
+                        h = hstart + geo.dtype.type(ih) * sub_h
                         for iw in range(samples):
-                            w = wstart + iw * sub_w
+                            w = wstart + geo.dtype.type(iw) * sub_w
                             if _skipped(h, w, height, width):
                                 continue
                             h0, h1, w0, w1, lh, lw, k00, k01, k10, k11, dh, dw = clamped_corners(

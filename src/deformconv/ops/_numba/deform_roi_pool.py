@@ -32,12 +32,17 @@ _START_H, _START_W, _BIN_H, _BIN_W, _ROI_H, _ROI_W = range(6)
 
 @numba.njit(inline="always", cache=True)
 def _bin_origin(geo, k, i, j, offset, has_offset, gamma):
-    """Top-left ``(y, x)`` of bin ``(i, j)`` of RoI ``k``, moved by its offset."""
-    y = geo[k, _START_H] + i * geo[k, _BIN_H]
-    x = geo[k, _START_W] + j * geo[k, _BIN_W]
+    """Top-left ``(y, x)`` of bin ``(i, j)`` of RoI ``k``, moved by its offset.
+
+    In ``geo``'s dtype, as RoIAlign computes it (see ``_fill_table``): Numba would widen
+    ``int * float32`` and ``float * float32`` to float64.
+    """
+    real = geo.dtype.type
+    y = geo[k, _START_H] + real(i) * geo[k, _BIN_H]
+    x = geo[k, _START_W] + real(j) * geo[k, _BIN_W]
     if has_offset:
-        y += gamma * geo[k, _ROI_H] * offset[k, 1, i, j]
-        x += gamma * geo[k, _ROI_W] * offset[k, 0, i, j]
+        y += real(gamma) * geo[k, _ROI_H] * offset[k, 1, i, j]
+        x += real(gamma) * geo[k, _ROI_W] * offset[k, 0, i, j]
     return y, x
 
 
@@ -71,7 +76,13 @@ def _fill_table(geo, grid, k, y_bin, x_bin, height, width, index, weight, slope_
     corner weights of d value / d y and d value / d x) describes the part's sample ``s``; a
     sample outside the map gets weight 0. Every channel of the RoI's image then reuses the
     table.
+
+    Sample positions are computed in ``geo``'s dtype (the input's compute dtype) in
+    torchvision's order, ``y_bin + (iy + 0.5) * bin_h / gh``: in float64 a float32 RoI's
+    sample can land a rounding step past the map's edge (dropped) where RoIAlign's float32
+    lands exactly on it (clamped and kept).
     """
+    real = geo.dtype.type
     gh, gw = grid[k, 0], grid[k, 1]
     y0 = x0 = 0
     if part > 0:  # a bin that needs several tables: rare, so the divisions are left here
@@ -80,9 +91,9 @@ def _fill_table(geo, grid, k, y_bin, x_bin, height, width, index, weight, slope_
         x0 = (part % col_parts) * cols
     s = 0
     for iy in range(y0, min(gh, y0 + rows)):
-        y = y_bin + (iy + 0.5) * geo[k, _BIN_H] / gh
+        y = y_bin + real(iy + 0.5) * geo[k, _BIN_H] / real(gh)
         for ix in range(x0, min(gw, x0 + cols)):
-            xx = x_bin + (ix + 0.5) * geo[k, _BIN_W] / gw
+            xx = x_bin + real(ix + 0.5) * geo[k, _BIN_W] / real(gw)
             if _outside(y, xx, height, width):
                 for q in range(4):
                     index[s, q] = 0

@@ -34,11 +34,13 @@ def _sample_positions(grid: RoIAlignGrid, tile: Tile, cols: int, pooled: tuple[i
     ix = torch.arange(cols, **factory)
     bins_y = torch.arange(pooled[0], **factory)
     bins_x = torch.arange(pooled[1], **factory)
-    step_h = bin_h / grid_h.clamp(min=1)
-    step_w = bin_w / grid_w.clamp(min=1)
-    # (Kt, ph, rows) and (Kt, pw, cols): bin start + sample position within the bin
-    y = (start_h[:, None] + bins_y * bin_h[:, None])[..., None] + (iy + 0.5) * step_h[:, None, None]
-    x = (start_w[:, None] + bins_x * bin_w[:, None])[..., None] + (ix + 0.5) * step_w[:, None, None]
+    # (Kt, ph, rows) and (Kt, pw, cols): bin start + sample position within the bin, in
+    # torchvision's order (start + i * bin) + (iy + 0.5) * bin / grid, so that samples on the
+    # map's edge round as RoIAlign's do (not (iy + 0.5) * (bin / grid))
+    within_h = (iy + 0.5) * bin_h[:, None] / grid_h.clamp(min=1)[:, None]
+    within_w = (ix + 0.5) * bin_w[:, None] / grid_w.clamp(min=1)[:, None]
+    y = (start_h[:, None] + bins_y * bin_h[:, None])[..., None] + within_h[:, None]
+    x = (start_w[:, None] + bins_x * bin_w[:, None])[..., None] + within_w[:, None]
     y = y[:, :, None, :, None]  # (Kt, ph, 1, rows, 1)
     x = x[:, None, :, None, :]  # (Kt, 1, pw, 1, cols)
     if offset is not None:

@@ -45,11 +45,16 @@ def _bins(k, pid, geo_ptr, offset_ptr, bins_per_roi, pw, gamma,
 
 
 @triton.jit
-def _sample(y_bin, x_bin, iy, ix, step_h, step_w, height, width, bins_ok):
+def _sample(y_bin, x_bin, iy, ix, bin_h, bin_w, grid_h, grid_w, height, width, bins_ok):
     """Sample ``(iy, ix)`` of each bin clamped into the plane, whether it counts (RoIAlign:
-    outside ``[-1, H] × [-1, W]`` it is 0) and whether it moves with ``y`` / ``x``."""
-    y = y_bin + (iy + 0.5) * step_h
-    x = x_bin + (ix + 0.5) * step_w
+    outside ``[-1, H] × [-1, W]`` it is 0) and whether it moves with ``y`` / ``x``.
+
+    In torchvision's order, ``y_bin + (iy + 0.5) * bin_h / grid_h`` with an IEEE division
+    (``/`` is approximate on NVIDIA GPUs), so that a sample on the map's edge rounds as
+    RoIAlign's does (``(iy + 0.5) * (bin_h / grid_h)`` can land one step past it).
+    """
+    y = y_bin + tl.div_rn((iy + 0.5) * bin_h, grid_h)
+    x = x_bin + tl.div_rn((ix + 0.5) * bin_w, grid_w)
     taken = bins_ok & (y >= -1.0) & (y <= height) & (x >= -1.0) & (x <= width)
     y, y_moves = clamp_into_plane(y, height)
     x, x_moves = clamp_into_plane(x, width)
@@ -71,15 +76,17 @@ def _forward_kernel(
     channel_offsets = c.to(tl.int64) * x_sc
     grid_h = tl.load(grid_ptr + 2 * k)
     grid_w = tl.load(grid_ptr + 2 * k + 1)
-    step_h = tl.load(geo_ptr + 6 * k + 2) / tl.maximum(grid_h, 1)
-    step_w = tl.load(geo_ptr + 6 * k + 3) / tl.maximum(grid_w, 1)
+    bin_h = tl.load(geo_ptr + 6 * k + 2)
+    bin_w = tl.load(geo_ptr + 6 * k + 3)
+    rows_f = grid_h.to(tl.float32)  # the divisors of ``_sample`` (>= 1 wherever it runs)
+    cols_f = grid_w.to(tl.float32)
     image = x_ptr + tl.load(batch_ptr + k).to(tl.int64) * x_sn
     rows = image + tl.zeros((BLOCK_B,), dtype=tl.int64)
     acc = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
     for iy in range(0, grid_h):
         for ix in range(0, grid_w):
-            y, x, taken, _, _ = _sample(y_bin, x_bin, iy, ix, step_h, step_w, height, width,
-                                        bins_ok)
+            y, x, taken, _, _ = _sample(y_bin, x_bin, iy, ix, bin_h, bin_w, rows_f, cols_f,
+                                        height, width, bins_ok)
             h0, w0, lh, lw, ok00, ok01, ok10, ok11 = corners(y, x, height, width)
             o00, o01, o10, o11 = corner_offsets(h0, w0, x_sh, x_sw)
             acc += interpolate(load_corner(rows, o00, ok00 & taken, channel_offsets, c_ok),
@@ -111,8 +118,10 @@ def _backward_kernel(
     b = tl.load(batch_ptr + k).to(tl.int64)
     grid_h = tl.load(grid_ptr + 2 * k)
     grid_w = tl.load(grid_ptr + 2 * k + 1)
-    step_h = tl.load(geo_ptr + 6 * k + 2) / tl.maximum(grid_h, 1)
-    step_w = tl.load(geo_ptr + 6 * k + 3) / tl.maximum(grid_w, 1)
+    bin_h = tl.load(geo_ptr + 6 * k + 2)
+    bin_w = tl.load(geo_ptr + 6 * k + 3)
+    rows_f = grid_h.to(tl.float32)  # the divisors of ``_sample`` (>= 1 wherever it runs)
+    cols_f = grid_w.to(tl.float32)
     scale = tl.where(bins_ok, 1.0, 0.0) / tl.maximum(grid_h * grid_w, 1)
     if HAS_MASK:
         m = tl.load(mask_ptr + k.to(tl.int64) * bins_per_roi + bins, mask=bins_ok,
@@ -134,8 +143,9 @@ def _backward_kernel(
         pooled = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
         for iy in range(0, grid_h):
             for ix in range(0, grid_w):
-                y, x, taken, y_moves, x_moves = _sample(y_bin, x_bin, iy, ix, step_h, step_w,
-                                                        height, width, bins_ok)
+                y, x, taken, y_moves, x_moves = _sample(y_bin, x_bin, iy, ix, bin_h, bin_w,
+                                                        rows_f, cols_f, height, width,
+                                                        bins_ok)
                 h0, w0, lh, lw, ok00, ok01, ok10, ok11 = corners(y, x, height, width)
                 if NEED_OFFSET_MASK:
                     o00, o01, o10, o11 = corner_offsets(h0, w0, x_sh, x_sw)
