@@ -49,9 +49,12 @@ def test_eval_recomputes_the_final_metric(capsys: pytest.CaptureFixture, trained
                                           tmp_path: Path) -> None:
     out = tmp_path / "eval.json"
     code, stdout, _ = run_cli(capsys, "eval", trained / "last.pt", "--out", out,
-                              "--batch-size", "3")
+                              "--batch-size", "3", "--no-progress")
     assert code == 0 and "top1=" in stdout
     result = json.loads(out.read_text())
+    # what was scored is recorded with the scores
+    assert (result["data"]["val_size"], result["data"]["image_size"]) == (4, 32)
+    assert (result["batch_size"], result["bf16"]) == (3, False)
     final = json.loads((trained / "final_metrics.json").read_text())
     assert result["metrics"]["top1"] == final["metrics"]["top1"]
     assert result["metrics"]["num_images"] == 4 and result["model"] == "resnet50"
@@ -276,7 +279,8 @@ def test_viz_from_checkpoint(capsys: pytest.CaptureFixture, trained: Path,
     assert code == 0
     assert "Images [2, 3] of the validation data" in (tmp_path / "offsets.md").read_text()
     pngs = sorted(tmp_path.glob("*.png"))
-    assert [p.name for p in pngs] == ["sampling_0.png", "sampling_1.png"]
+    # named by data set index (they were sampling_0/1, titled images 2 and 3)
+    assert [p.name for p in pngs] == ["sampling_2.png", "sampling_3.png"]
     for png in pngs:
         assert_valid_png(png)
         assert str(png) in stdout

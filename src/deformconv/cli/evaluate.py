@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 
 from ._build import (
@@ -30,6 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda ...")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--workers", type=non_negative_int, default=0)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", help="metrics JSON (default: eval_STEM.json beside the "
                                       "checkpoint: eval_last.json for last.pt, eval_best.json "
                                       "for best.pt)")
@@ -47,11 +49,14 @@ def run_eval(args: argparse.Namespace) -> int:
     check_classes_match(classes, model_spec)
     model = model_from_checkpoint(model_spec, args.checkpoint)
     metrics = evaluate(model, val_set, task, batch_size=args.batch_size, device=args.device,
-                       num_workers=args.workers, bf16=args.bf16, progress=True)
+                       num_workers=args.workers, bf16=args.bf16,
+                       progress=not args.no_progress)
     out = Path(args.out) if args.out else default_output(Path(args.checkpoint))
+    # what was scored, so that results of other data or settings can be told apart
     write_json({"checkpoint": args.checkpoint, "model": model_spec.name,
                 "deformable": model_spec.deformable, "task": task,
-                "num_samples": len(val_set), "metrics": metrics}, out)  # type: ignore[arg-type]
+                "num_samples": len(val_set), "data": asdict(data_spec),  # type: ignore[arg-type]
+                "batch_size": args.batch_size, "bf16": args.bf16, "metrics": metrics}, out)
     print(f"{model_spec.name} on {len(val_set)} samples: {format_metrics(metrics)}")  # type: ignore[arg-type]
     print(f"metrics: {out}")
     return 0

@@ -79,7 +79,7 @@ def offset_figures(model: nn.Module, dataset: Dataset, indices: Sequence[int], t
         report = offset_report(model, inputs, out_dir, boxes=boxes, masks=masks,
                                input_module=input_module, stack_depth=stack_depth,
                                max_figures=len(indices), prefix=prefix,
-                               labels=[f"image {i}" for i in indices])
+                               image_ids=indices)
     finally:
         model.train(was_training)
     if not report.figures:

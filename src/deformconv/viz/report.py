@@ -111,13 +111,13 @@ def offset_report(
     max_rois: int = 4,
     thresholds: tuple[float, float] | None = None,
     prefix: str = "",
-    labels: Sequence[str] | None = None,
+    image_ids: Sequence[int] | None = None,
 ) -> OffsetReport:
     """Run ``model(inputs)`` once (no gradients, mode unchanged) and write offset figures.
 
-    Writes ``{prefix}sampling_{i}.png`` (the top ``stack_depth`` deformable convs
+    Writes ``{prefix}sampling_{id}.png`` (the top ``stack_depth`` deformable convs
     back-projected from the centres of the ``units_per_image`` largest boxes or instance
-    masks, or the image centre; paper Fig. 5) and ``{prefix}roi_offsets_{i}.png`` (first
+    masks, or the image centre; paper Fig. 5) and ``{prefix}roi_offsets_{id}.png`` (first
     ``max_rois`` RoIs of each deformable RoI pooling; Fig. 7) for the first ``max_figures``
     images, and computes offset statistics and, given ``boxes`` or ``masks``, the effective
     dilation table.
@@ -132,7 +132,8 @@ def offset_report(
             must receive an ``(N, C, H, W)`` tensor (e.g. ``"backbone"`` for detectors).
         thresholds: object-area limits for the size buckets (default: COCO's, scaled to
             the image size, :func:`~deformconv.viz.scale_thresholds`).
-        labels: how the figure titles name each image (default ``"image {i}"``).
+        image_ids: the number of each image in the titles (``"image {id}"``) and file
+            names (default its place in the batch: 0, 1, ...), e.g. its data set index.
     """
     if stack_depth < 1:
         raise ValueError(f"stack_depth must be >= 1, got {stack_depth}")
@@ -145,7 +146,7 @@ def offset_report(
         raise ValueError("the images were not seen: the model (or input_module) must take an "
                          "(N, C, H, W) tensor as its first argument; set input_module")
     images = capture.inputs[0]
-    names_of = list(labels) if labels is not None else [f"image {i}" for i in range(len(images))]
+    ids = list(image_ids) if image_ids is not None else list(range(len(images)))
     report = OffsetReport(out_dir)
     convs = capture.latest()
     if convs:
@@ -159,8 +160,8 @@ def offset_report(
             units = list(dict.fromkeys(unit_at(top, point) for point in points))
             names = ", ".join(rec.name for rec in stack)
             report.figures.append(plot_stacked_sampling(
-                images[i], stack, units, out_dir / f"{prefix}sampling_{i}.png", image_index=i,
-                title=f"{names_of[i]}: sampling points of {names}"))
+                images[i], stack, units, out_dir / f"{prefix}sampling_{ids[i]}.png",
+                image_index=i, title=f"image {ids[i]}: sampling points of {names}"))
         if boxes is not None or masks is not None:
             report.dilation_rows = effective_dilation_table(convs, boxes=boxes, masks=masks,
                                                             thresholds=thresholds)
@@ -168,9 +169,9 @@ def offset_report(
         for i in range(min(max_figures, len(images))):
             chosen = (rec.rois[:, 0] == i).nonzero().flatten()[:max_rois].tolist()
             if chosen:
-                stem = f"{prefix}roi_offsets{n or ''}_{i}"
+                stem = f"{prefix}roi_offsets{n or ''}_{ids[i]}"
                 drawn = _offset_class(rec.offset[chosen])
-                title = f"{names_of[i]}: {name or type(model).__name__}"
+                title = f"image {ids[i]}: {name or type(model).__name__}"
                 if drawn:
                     title += f", class {drawn}'s offsets"
                 report.figures.append(plot_roi_offsets(
