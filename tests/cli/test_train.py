@@ -60,6 +60,23 @@ def test_eval_recomputes_the_final_metric(capsys: pytest.CaptureFixture, trained
     assert result["metrics"]["num_images"] == 4 and result["model"] == "resnet50"
 
 
+def test_eval_under_torchrun_scores_each_image_once(trained: Path, tmp_path: Path) -> None:
+    """Two processes share the images and the first writes the result (each used to score
+    every image and write the same file)."""
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    command = ["-m", "deformconv", "eval", str(trained / "last.pt"), "--val-size", "5",
+               "--batch-size", "2", "--no-progress", "--threads", "1", "--out"]
+    subprocess.run([sys.executable, *command, str(one)], check=True, capture_output=True,
+                   timeout=300)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", *command, str(two)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("samples: top1=") == 1
+    single, shared = (json.loads(path.read_text())["metrics"] for path in (one, two))
+    assert shared == single and shared["num_images"] == 5
+
+
 def test_eval_on_other_data_size_and_default_output(capsys: pytest.CaptureFixture,
                                                      trained: Path) -> None:
     code, _, _ = run_cli(capsys, "eval", trained / "last.pt", "--val-size", "6")

@@ -23,7 +23,8 @@ HELP = "evaluate a checkpoint: top-1, mIoU or COCO mAP, printed and written as J
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "eval", help=HELP, description=HELP + ". The model and, unless --data is given, the "
-        "validation data are rebuilt from the checkpoint.",
+        "validation data are rebuilt from the checkpoint. Under torchrun the processes "
+        "share the images; the first writes the result.",
         epilog="example: deformconv eval runs/train/last.pt --out runs/train/eval.json")
     parser.add_argument("checkpoint", help="last.pt / best.pt written by train or demo")
     add_data_options(parser, with_train=False)
@@ -40,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..engine import evaluate
+    from ..engine import cleanup_distributed, evaluate, init_distributed
 
     model_spec, data_spec, _ = specs_from_checkpoint(args.checkpoint)
     data_spec = data_spec_from_args(args, data_spec)
@@ -48,9 +49,15 @@ def run_eval(args: argparse.Namespace) -> int:
     _, val_set, classes = build_datasets(data_spec, task, need_train=False)
     check_classes_match(classes, model_spec)
     model = model_from_checkpoint(model_spec, args.checkpoint)
-    metrics = evaluate(model, val_set, task, batch_size=args.batch_size, device=args.device,
-                       num_workers=args.workers, bf16=args.bf16,
-                       progress=not args.no_progress)
+    info = init_distributed(args.device)  # under torchrun each process scores its share
+    try:
+        metrics = evaluate(model, val_set, task, batch_size=args.batch_size, device=info.device,
+                           num_workers=args.workers, bf16=args.bf16, dist_info=info,
+                           progress=not args.no_progress)
+    finally:
+        cleanup_distributed()
+    if not info.is_main:
+        return 0
     out = Path(args.out) if args.out else default_output(Path(args.checkpoint))
     # what was scored, so that results of other data or settings can be told apart
     write_json({"checkpoint": args.checkpoint, "model": model_spec.name,
