@@ -45,8 +45,10 @@ def test_a_file_of_other_objects_is_refused_without_torch_s_unsafe_advice(tmp_pa
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(path)
     message = str(err.value)
-    assert message.startswith(f"could not read checkpoint {path}: UnpicklingError: ")
-    assert "weights_only=False" not in message and "\n" not in message
+    assert message == (f"checkpoint {path} holds objects other than tensors and plain "
+                       "containers (Unsupported global: GLOBAL argparse.Namespace was not an "
+                       "allowed global by default.); it was not written by deformconv's "
+                       "trainer, and is not loaded, as loading it could run code it holds")
 
 
 def test_a_folder_is_named_a_folder_with_its_checkpoints(tmp_path):
@@ -81,8 +83,9 @@ def test_truncated_or_garbage_file_names_path(tmp_path, cut):
     path = save_checkpoint(_state(), tmp_path / "last.pt")
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * cut)] if cut else b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match=r"could not read checkpoint .*last\.pt"):
+    with pytest.raises(CheckpointError, match=r"could not read checkpoint .*last\.pt") as err:
         load_checkpoint(path)
+    assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
 
 
 def test_changed_bytes_are_caught_by_the_records_checksums(tmp_path):

@@ -57,7 +57,13 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it: set it back at once
+    """The process's umask; read from /proc where it can be, since os.umask can only read
+    it by setting it, which other threads creating files at that moment would see."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0)
     os.umask(mask)
     return mask
 
@@ -88,14 +94,28 @@ def _read(path: str | os.PathLike, map_location: str | torch.device) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated/corrupt archives
-        # the first line only: torch's weights-only refusal goes on to advise loading the
-        # file with weights_only=False, which would run whatever code it holds
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        detail = f"{type(err).__name__}: {first}" if first else type(err).__name__
+        reason = _load_error_reason(err)
+        if reason.startswith("Unsupported global"):
+            raise CheckpointError(
+                f"checkpoint {path} holds objects other than tensors and plain containers "
+                f"({reason}); it was not written by deformconv's trainer, and is not loaded, "
+                "as loading it could run code it holds") from err
+        detail = f"{type(err).__name__}: {reason}" if reason else type(err).__name__
         raise CheckpointError(
             f"could not read checkpoint {path}: {detail}. "
             "The file is corrupt or not a torch checkpoint; delete it or pick another one."
         ) from err
+
+
+def _load_error_reason(err: Exception) -> str:
+    """What ``torch.load`` says went wrong, on one line: for a weights-only refusal its
+    reason alone, without torch's advice around it to load with ``weights_only=False``
+    (which would run whatever code the file holds)."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
+        text = text.split(" Please use ")[0]
+    return " ".join(text.split())
 
 
 def _check_crcs(path: Path) -> None:
