@@ -181,6 +181,16 @@ def test_resume_refuses_another_task_or_training_data_and_takes_epochs(
     assert load_checkpoint(out / "last.pt")["iteration"] == 12  # 3 epochs of 8 / 2 batches
 
 
+def test_epochs_on_the_command_line_override_a_config_file_s_iterations(
+        capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("iterations: 50\n")
+    code, _, err = run_cli(capsys, "train", "--config", config, *TINY_CLS, "--epochs", "1",
+                           "--out", tmp_path / "run")
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 4  # 8 / 2 batches
+
+
 def test_checkpoint_commands_refuse_other_models_and_classes(capsys: pytest.CaptureFixture,
                                                              trained: Path,
                                                              tmp_path: Path) -> None:
@@ -251,7 +261,12 @@ def test_a_run_that_left_no_checkpoint_is_replaced(capsys: pytest.CaptureFixture
     assert load_checkpoint(out / "last.pt")["iteration"] == 2
     (out / "last.pt").unlink()  # best.pt is left: something to lose, so refused
     code, _, err = run_cli(capsys, *argv)
-    assert code == 2 and "start afresh there with --overwrite" in err
+    assert code == 2 and "it has no last.pt to resume, start afresh there with --overwrite" in err
+    # a finished run whose checkpoints were deleted keeps its results: refused as well
+    (out / "best.pt").unlink()
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and "(metrics.jsonl, final_metrics.json, config.json)" in err
+    assert (out / "final_metrics.json").is_file()
 
 
 def test_resume_from_a_checkpoint_continues_in_its_own_folder(

@@ -89,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = parser.parse_args(argv)  # again: file values are now the defaults
         # What the user chose (file or flags), as opposed to defaults: resuming a run keeps
         # the checkpoint's settings except these.
-        args.given = from_file | given_options(sub, argv)
+        args.given_on_command_line = given_options(sub, argv)
+        args.given = from_file | args.given_on_command_line
         if args.threads:
             set_threads(args.threads)
         return int(args.run(args) or 0)

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..engine.config import OPTIMIZERS, SCHEDULES, TrainConfig
-from ..runs.specs import DataSpec
+from ..runs.specs import VOC_CLASSES, DataSpec
 from ._build import (
     add_data_options,
     add_model_options,
@@ -168,8 +168,6 @@ def run_train(args: argparse.Namespace) -> int:
         data_spec = _resumed_data_spec(args, data_spec)
         task = model_spec.task
         values = {**state["config"], **_config_values(args, given), "resume": resume}
-        if "epochs" in given and "iterations" not in given:
-            values["iterations"] = None  # the run's length in epochs now, as asked
         if args.resume == "auto":  # OUT/last.pt: keep writing to OUT
             values["out_dir"] = args.out
         elif "out" not in given:  # --resume CKPT alone: its own folder, wherever we are
@@ -178,6 +176,8 @@ def run_train(args: argparse.Namespace) -> int:
         data_spec = data_spec_from_args(args)
         name, task = resolve_model_name(args.task, args.model, data_spec)
         values = {**_config_values(args), "task": task, "resume": None}
+    if _length_in_epochs(args):
+        values["iterations"] = None  # --epochs asked for, over a file's or checkpoint's length
     config = TrainConfig.from_dict(values)
     if "momentum" in given and config.optimizer != "sgd":
         raise CLIError(f"--momentum is for --optimizer sgd; {config.optimizer} takes none "
@@ -208,21 +208,45 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-# What decides the training samples and their order: a resumed run keeps them.
-TRAINING_DATA_FIELDS = ("source", "paths", "image_size", "train_size", "data_seed",
-                        "num_classes", "scene")
+def _length_in_epochs(args: argparse.Namespace) -> bool:
+    """Whether --epochs sets the run's length: given on the command line without
+    --iterations, or in the config file without iterations (flags override the file)."""
+    given = getattr(args, "given", set())
+    flags = getattr(args, "given_on_command_line", given)
+    return any("epochs" in chosen and "iterations" not in chosen for chosen in (flags, given))
+
+
+# What decides each source's training samples and their order: a resumed run keeps them.
+TRAINING_DATA_FIELDS = {"synthetic": ("image_size", "train_size", "data_seed", "scene"),
+                        "coco": ("paths",), "voc": ("paths", "image_size", "num_classes")}
 
 
 def _resumed_data_spec(args: argparse.Namespace, saved: DataSpec) -> DataSpec:
     """The checkpoint's data with the flags given now, which may change the validation set
     only (a changed training set would not continue the run)."""
     spec = data_spec_from_args(args, saved)
-    changed = [f"{name}: checkpoint {getattr(saved, name)!r} vs now {getattr(spec, name)!r}"
-               for name in TRAINING_DATA_FIELDS if getattr(saved, name) != getattr(spec, name)]
+    if spec.source != saved.source:
+        raise CLIError(f"cannot resume with other training data (source: checkpoint "
+                       f"{saved.source!r} vs now {spec.source!r}); drop --data to resume, or "
+                       "start a new run")
+    fields = TRAINING_DATA_FIELDS[spec.source]
+    changed = [f"{name}: checkpoint {_training_value(saved, name)!r} vs now "
+               f"{_training_value(spec, name)!r}" for name in fields
+               if _training_value(saved, name) != _training_value(spec, name)]
     if changed:
         raise CLIError(f"cannot resume with other training data ({'; '.join(changed)}); drop "
                        "those flags to resume, or start a new run")
     return spec
+
+
+def _training_value(spec: DataSpec, name: str) -> object:
+    """Field ``name`` of ``spec`` as it decides the samples: paths resolved (the same files
+    named from another folder), VOC's class count with its default."""
+    if name == "paths":
+        return [str(Path(path).resolve()) for path in spec.paths]
+    if name == "num_classes":
+        return spec.num_classes or VOC_CLASSES
+    return getattr(spec, name)
 
 
 def _resume_checkpoint(resume: str | None, out: Path) -> str | None:
@@ -267,22 +291,27 @@ def _claim_out_folder(out: Path, resume: str | None, overwrite: bool,
 
     A folder holding another run is refused (a new run would replace its ``last.pt`` and
     clear its ``metrics.jsonl``), unless this run resumes from that folder's checkpoint.
-    A run that left no checkpoint at all (it died before its first, e.g. at a bad setting)
-    is replaced: there is nothing to continue.
+    A run that left no checkpoint and no results (it died before its first checkpoint, e.g.
+    at a bad setting) is replaced: there is nothing to continue or to lose. A finished run
+    whose checkpoints were deleted keeps its results: refused.
     """
     found = [name for name in RUN_FILES if (out / name).is_file()]
     if not found:
         return
     if resume is not None and Path(resume).resolve().parent == out.resolve():
         return  # continuing this folder's own run
-    if not any(name.endswith(".pt") for name in found):
+    evaluated = sorted(path.name for path in out.glob(EVAL_FILES))
+    stopped_early = (not any(name.endswith(".pt") for name in found)
+                     and "final_metrics.json" not in found and not evaluated)
+    if stopped_early:
         print(f"{out} holds {', '.join(found)} of a run that stopped before its first "
               "checkpoint (nothing to resume): starting afresh there")
     elif not overwrite:
-        way = ("it has no last.pt to resume" if resume_auto
-               else "continue it with --resume auto")
-        raise CLIError(f"--out {out} already holds a training run ({', '.join(found)}); {way}, "
-                       "start afresh there with --overwrite, or choose another --out")
+        way = ("continue it with --resume auto" if "last.pt" in found
+               else "it has no last.pt to resume")
+        raise CLIError(f"--out {out} already holds a training run "
+                       f"({', '.join(found + evaluated)}); {way}, start afresh there with "
+                       "--overwrite, or choose another --out")
     for path in [*(out / name for name in found), *out.glob(EVAL_FILES)]:
         path.unlink()
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..data import CocoDetection
 
 __all__ = [
+    "VOC_CLASSES",
     "DataSpec",
     "ModelSpec",
     "build_datasets",
@@ -32,6 +33,9 @@ __all__ = [
     "specs_from_checkpoint",
     "with_categories",
 ]
+
+VOC_CLASSES = 20  # a VOC-style folder's object classes unless DataSpec.num_classes says
+
 
 @dataclass
 class DataSpec:
@@ -44,7 +48,7 @@ class DataSpec:
     train_size: int = 2000  # synthetic training samples
     val_size: int = 200  # synthetic validation samples
     data_seed: int = 0  # synthetic scenes (validation uses data_seed + 1)
-    num_classes: int | None = None  # VOC only (default 20)
+    num_classes: int | None = None  # VOC only (default VOC_CLASSES)
     scene: dict[str, Any] = field(default_factory=dict)  # synthetic SceneConfig overrides
     # coco: the training file's category table ([{"id", "name"}] in label order), recorded
     # when training starts; it labels every COCO set built from this spec (see with_categories)
@@ -134,7 +138,7 @@ def build_datasets(spec: DataSpec, task: str, *, need_train: bool = True
         if task != "segmentation":
             raise ValueError(f"VOC data is for segmentation models, the model's task is {task}")
         root = _existing(spec.paths[0], "VOC root folder", directory=True)
-        classes = spec.num_classes or 20
+        classes = spec.num_classes or VOC_CLASSES
         resize = Resize(spec.image_size)  # one size per batch
         train = (VOCSegmentation(root, "train", resize, num_classes=classes)
                  if need_train else None)
