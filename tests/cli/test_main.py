@@ -166,14 +166,15 @@ def test_config_file_mappings_and_lists_read_as_their_flags(tmp_path: Path) -> N
     """A mapping for a KEY=VALUE flag and a list for a comma-separated one read as the flag
     would (both were refused, naming the flag instead of the file)."""
     config = tmp_path / "run.yaml"
-    config.write_text("model_arg: {deform_layers: 2, rpn: {nms: 0.5, name: x}}\n"
+    config.write_text("model_arg: {deform_layers: 2, rpn: {nms: 0.5, name: x, norm: none, "
+                      "v: '2'}}\n"
                       "scene: {max_objects: 1}\ndeform_blocks: [0, 0, 1, 1]\n"
                       "class_weights: [1, 2.5]\n")
     parser = _train_parser()
     apply_config_file(parser, str(config))
     args = parser.parse_args([])
     assert parse_assignments(args.model_arg, "--model-arg") == {
-        "deform_layers": 2, "rpn": {"nms": 0.5, "name": "x"}}
+        "deform_layers": 2, "rpn": {"nms": 0.5, "name": "x", "norm": "none", "v": "2"}}
     assert args.scene == ["max_objects=1"] and args.deform_blocks == "0,0,1,1"
     assert args.class_weights == parser.parse_args(["--class-weights", "1,2.5"]).class_weights
 
@@ -189,6 +190,7 @@ def test_config_file_mappings_and_lists_read_as_their_flags(tmp_path: Path) -> N
     ("out: null\n", "out is empty (null); give it a value, or leave the key out"),
     ("offset_lr_mult:\n", "offset_lr_mult is empty (null)"),
     ("model_arg: [a=1, null]\n", "model_arg holds an empty (null) entry"),
+    ("model_arg: {a.b: 1}\n", "model_arg: key a.b: a key of a mapping cannot hold a dot"),
     ("- a\n- b\n", "expected a mapping of option: value, got a list"),
     ("a: [\n", "invalid YAML"),
 ])

@@ -160,7 +160,7 @@ def _file_value(action: argparse.Action, key: str, value: Any, path: str) -> Any
                        "for the default")
     if isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+"):
         if isinstance(value, dict) and action.metavar == "KEY=VALUE":
-            return _assignments(value)
+            return _assignments(value, where)
         values = value if isinstance(value, list) else [value]
         return [_convert(action, where, v) for v in values]
     if isinstance(value, list) and action.metavar and "," in action.metavar:
@@ -170,16 +170,18 @@ def _file_value(action: argparse.Action, key: str, value: Any, path: str) -> Any
     return _convert(action, where, value)
 
 
-def _assignments(mapping: dict[str, Any], prefix: str = "") -> list[str]:
+def _assignments(mapping: dict[str, Any], where: str, prefix: str = "") -> list[str]:
     """``{"a": 1, "b": {"c": "x"}}`` -> ``["a=1", "b.c=x"]``: a file's mapping as the
     KEY=VALUE entries of the flag (:func:`parse_assignments` reads them back)."""
     entries = []
     for key, value in mapping.items():
+        if "." in str(key):
+            raise CLIError(f"{where}: key {prefix}{key!s}: a key of a mapping cannot hold a dot "
+                           "(a dot nests the key); nest the mapping instead")
         if isinstance(value, dict) and value:
-            entries += _assignments(value, f"{prefix}{key}.")
-        else:
-            text = value if isinstance(value, str) else json.dumps(value)
-            entries.append(f"{prefix}{key}={text}")
+            entries += _assignments(value, where, f"{prefix}{key}.")
+        else:  # JSON, strings quoted: "none" or "2" stay strings when read back
+            entries.append(f"{prefix}{key}={json.dumps(value)}")
     return entries
 
 
