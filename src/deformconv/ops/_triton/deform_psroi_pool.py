@@ -43,16 +43,21 @@ def _bins(k, pid, batch_ptr, geo_ptr, table_ptr, offset_ptr, bins_per_roi, class
     start_w = tl.load(geo_ptr + 4 * k + 1)
     roi_h = tl.load(geo_ptr + 4 * k + 2)
     roi_w = tl.load(geo_ptr + 4 * k + 3)
-    h = row.to(tl.float32) * (roi_h / pooled_size) + start_h
-    w = col.to(tl.float32) * (roi_w / pooled_size) + start_w
+    # IEEE divisions ('/' is approximate on NVIDIA GPUs), in the CPU kernels' order, so that a
+    # sample exactly on the -0.5 limit is taken there as here; fp32 divisors (* 1.0: Triton may
+    # pass a size of 1 as a Python int)
+    size, per_bin = pooled_size * 1.0, samples * 1.0
+    bin_h, bin_w = tl.div_rn(roi_h, size), tl.div_rn(roi_w, size)
+    h = row.to(tl.float32) * bin_h + start_h
+    w = col.to(tl.float32) * bin_w + start_w
     if HAS_OFFSET:
         at = ((k.to(tl.int64) * 2 * classes + 2 * cls) * part_size + part_h) * part_size + part_w
         plane = part_size * part_size
         w += tl.load(offset_ptr + at, mask=ok, other=0.0).to(tl.float32) * trans_std * roi_w
         h += tl.load(offset_ptr + at + plane, mask=ok, other=0.0).to(tl.float32) * trans_std \
             * roi_h
-    return (ok, channel, h, w, roi_h / pooled_size / samples, roi_w / pooled_size / samples,
-            roi_h, roi_w)
+    return (ok, channel, h, w, tl.div_rn(bin_h, per_bin), tl.div_rn(bin_w, per_bin), roi_h,
+            roi_w)
 
 
 @triton.jit
