@@ -363,17 +363,15 @@ class Study:
         processes of one thread each, side by side, and wait for them; this process then
         reads their results back. A failed shard stops the study (exit code 2).
 
-        A SIGINT or SIGTERM to this process alone (``kill``, a scheduler) is passed on to the
-        shards as a SIGTERM, which stops their runs at the end of an iteration with a
-        checkpoint (a Ctrl-C reaches them anyway; the SIGTERM after it changes nothing);
-        this process then stops as they did. A second SIGINT stops the shards at once.
+        The shards run in sessions of their own, so a signal reaches them only through this
+        process: a SIGINT (Ctrl-C) or SIGTERM (``kill``, a scheduler) to it is passed on as one
+        SIGTERM, which stops their runs at the end of an iteration with a checkpoint; this
+        process then stops as they did. A second SIGINT stops the shards at once.
         """
         if self.jobs <= 1 or self.shard is not None:
             return
         argv = list(sys.argv[1:] if argv is None else argv)
-        shards = [subprocess.Popen([sys.executable, script, *argv, "--jobs", "1",
-                                    "--shard", f"{k}/{self.jobs}", "--threads", "1"])
-                  for k in range(self.jobs)]
+        shards: list[subprocess.Popen] = []
         received: list[int] = []
 
         def forward(signum: int, frame: object) -> None:
@@ -383,19 +381,26 @@ class Study:
                 if shard.poll() is None:
                     shard.send_signal(signal.SIGINT if repeated_sigint else signal.SIGTERM)
 
+        # before the shards start: a signal in between would end this process alone
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
+            for k in range(self.jobs):
+                if received:  # stopped while starting them: start no more
+                    break
+                shards.append(subprocess.Popen(
+                    [sys.executable, script, *argv, "--jobs", "1", "--shard", f"{k}/{self.jobs}",
+                     "--threads", "1"], start_new_session=True))
             codes = [shard.wait() for shard in shards]
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         stopped = {128 + signal.SIGINT, 128 + signal.SIGTERM}
-        if received or (any(codes) and set(codes) - {0} <= stopped):
-            signum = received[0] if received else max(codes) - 128
-            raise ShardsStopped(signum, f"[{self.name}] shards stopped (exit codes {codes})")
-        if any(codes):
+        if set(codes) - stopped - {0}:
             raise StudyError(f"[{self.name}] shard exit codes {codes}; the runs done so far "
                              "are kept, run the study again to continue")
+        if received or set(codes) - {0}:
+            signum = received[0] if received else max(codes) - 128
+            raise ShardsStopped(signum, f"[{self.name}] shards stopped (exit codes {codes})")
 
     def finish_shard(self) -> int:
         """Report a shard's end (the summary needs every run); the exit code, 0."""
