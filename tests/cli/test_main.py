@@ -103,8 +103,9 @@ def test_a_bad_flag_value_is_one_line(capsys: pytest.CaptureFixture) -> None:
      "benchmark folder not found: /nonexistent/benchmarks"),
     (["train", "--config", "/nonexistent/run.yaml"], "config file not found"),
     (["train", "--num-classes", "5"], "--num-classes is for VOC data only; synthetic data "),
-    (["export", "missing.pt", "--out", "m.onnx"], "checkpoint file not found: missing.pt"),
-    (["export", "runs/x/last", "--out", "m.onnx"], "checkpoint file not found: runs/x/last"),
+    (["export", "missing.pt", "--out", "m.onnx"], "checkpoint not found: missing.pt"),
+    (["export", "runs/x/last", "--out", "m.onnx"], "checkpoint not found: runs/x/last"),
+    (["export", "model.ckpt", "--out", "m.onnx"], "checkpoint not found: model.ckpt"),
 ])
 def test_bad_input_gives_one_line_and_code_2(capsys: pytest.CaptureFixture, argv: list[str],
                                              message: str) -> None:

@@ -75,6 +75,7 @@ def test_eval_under_torchrun_scores_each_image_once(trained: Path, tmp_path: Pat
     assert done.stdout.count("samples: top1=") == 1
     single, shared = (json.loads(path.read_text())["metrics"] for path in (one, two))
     assert shared == single and shared["num_images"] == 5
+    assert json.loads(two.read_text())["processes"] == 2  # batch_size is per process
 
 
 def test_eval_on_other_data_size_and_default_output(capsys: pytest.CaptureFixture,

@@ -89,6 +89,15 @@ def test_class_specific_roi_offsets_draw_an_object_class():
     assert _offset_class(torch.ones(2, 2, 3, 3)) == 0  # one offset set: that one
 
 
+def test_figures_are_named_by_the_image_ids(tmp_path):
+    model = Stack()
+    randomize_offsets(model)
+    report = offset_report(model, torch.rand(2, 3, 16, 16), tmp_path, image_ids=[7, 42])
+    assert [p.name for p in report.figures] == ["sampling_7.png", "sampling_42.png"]
+    with pytest.raises(ValueError, match="image_ids must number each of the 2 images, got 1"):
+        offset_report(model, torch.rand(2, 3, 16, 16), tmp_path, image_ids=[7])
+
+
 def test_report_needs_an_image_tensor(tmp_path):
     model = ListInput()
     images = [torch.rand(3, 16, 16)]

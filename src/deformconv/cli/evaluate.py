@@ -63,7 +63,8 @@ def run_eval(args: argparse.Namespace) -> int:
     write_json({"checkpoint": args.checkpoint, "model": model_spec.name,
                 "deformable": model_spec.deformable, "task": task,
                 "num_samples": len(val_set), "data": asdict(data_spec),  # type: ignore[arg-type]
-                "batch_size": args.batch_size, "bf16": args.bf16, "metrics": metrics}, out)
+                "batch_size": args.batch_size, "processes": info.world_size, "bf16": args.bf16,
+                "metrics": metrics}, out)
     print(f"{model_spec.name} on {len(val_set)} samples: {format_metrics(metrics)}")  # type: ignore[arg-type]
     print(f"metrics: {out}")
     return 0

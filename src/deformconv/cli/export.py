@@ -48,7 +48,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 DEFAULT_CLASSES = {"classification": 1000, "segmentation": 20, "detection": 80}
-CHECKPOINT_SUFFIXES = (".pt", ".pth")
 
 
 def _example_batch(text: str) -> int:
@@ -70,10 +69,10 @@ def run_export(args: argparse.Namespace) -> int:
         raise CLIError(str(err)) from None
     if args.checkpoint is None and args.model is not None:
         named = Path(args.model)
-        if named.is_file():
+        # model names hold no dot or slash: anything else names a file (or a folder), which
+        # the checkpoint reader checks
+        if named.exists() or named.suffix or len(named.parts) > 1:
             args.checkpoint, args.model = args.model, None
-        elif named.suffix.lower() in CHECKPOINT_SUFFIXES or len(named.parts) > 1:
-            raise CLIError(f"checkpoint file not found: {named}")
     out = Path(args.out)
     if out.suffix.lower() != ".onnx":
         raise CLIError(f"--out must name a .onnx file, got {out}")

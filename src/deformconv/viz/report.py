@@ -147,6 +147,9 @@ def offset_report(
                          "(N, C, H, W) tensor as its first argument; set input_module")
     images = capture.inputs[0]
     ids = list(image_ids) if image_ids is not None else list(range(len(images)))
+    if len(ids) != len(images):
+        raise ValueError(f"image_ids must number each of the {len(images)} images, got "
+                         f"{len(ids)} ids")
     report = OffsetReport(out_dir)
     convs = capture.latest()
     if convs:
