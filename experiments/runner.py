@@ -364,9 +364,9 @@ class Study:
         reads their results back. A failed shard stops the study (exit code 2).
 
         The shards run in sessions of their own, so a signal reaches them only through this
-        process: a SIGINT (Ctrl-C) or SIGTERM (``kill``, a scheduler) to it is passed on as one
-        SIGTERM, which stops their runs at the end of an iteration with a checkpoint; this
-        process then stops as they did. A second SIGINT stops the shards at once.
+        process, once: a SIGINT (Ctrl-C) or SIGTERM (``kill``, a scheduler) to it is passed on
+        to them, which stops their runs at the end of an iteration with a checkpoint (a second
+        Ctrl-C at once); this process then stops as they did.
         """
         if self.jobs <= 1 or self.shard is not None:
             return
@@ -375,11 +375,10 @@ class Study:
         received: list[int] = []
 
         def forward(signum: int, frame: object) -> None:
-            repeated_sigint = signum == signal.SIGINT and signal.SIGINT in received
             received.append(signum)
             for shard in shards:
                 if shard.poll() is None:
-                    shard.send_signal(signal.SIGINT if repeated_sigint else signal.SIGTERM)
+                    shard.send_signal(signum)
 
         # before the shards start: a signal in between would end this process alone
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -394,12 +393,13 @@ class Study:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-        stopped = {128 + signal.SIGINT, 128 + signal.SIGTERM}
+        # a shard stops with 128 + the signal's number, or dies of it (-number) outside a run
+        stopped = {code for s in (signal.SIGINT, signal.SIGTERM) for code in (128 + s, -s)}
         if set(codes) - stopped - {0}:
             raise StudyError(f"[{self.name}] shard exit codes {codes}; the runs done so far "
                              "are kept, run the study again to continue")
         if received or set(codes) - {0}:
-            signum = received[0] if received else max(codes) - 128
+            signum = received[0] if received else next(abs(c) % 128 for c in codes if c)
             raise ShardsStopped(signum, f"[{self.name}] shards stopped (exit codes {codes})")
 
     def finish_shard(self) -> int:

@@ -102,12 +102,17 @@ def test_jobs_run_the_script_as_shards_of_one_thread(tmp_path):
     assert err.value.code == 2
 
 
-def test_shards_stopped_by_a_signal_stop_the_study_as_an_interrupt(tmp_path):
-    """Shards whose runs stopped at a signal (exit 130/143) are no failure: the parent stops
-    as they did, and the same command continues."""
+@pytest.mark.parametrize(("script", "codes"), [
+    ("raise SystemExit(143)\n", "143, 143"),
+    # a signal outside a training run (rendering, evaluating) kills a shard
+    ("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n", "-15, -15"),
+])
+def test_shards_stopped_by_a_signal_stop_the_study_as_an_interrupt(tmp_path, script, codes):
+    """Shards that stopped at a signal (exit 130/143, or killed by it) are no failure: the
+    parent stops as they did, and the same command continues."""
     stopped = tmp_path / "stopped.py"
-    stopped.write_text("raise SystemExit(143)\n")
-    with pytest.raises(KeyboardInterrupt, match=r"shards stopped \(exit codes \[143, 143\]\)"):
+    stopped.write_text(script)
+    with pytest.raises(KeyboardInterrupt, match=rf"shards stopped \(exit codes \[{codes}\]\)"):
         _study(tmp_path, {}, jobs=2).in_shards(str(stopped), [])
 
 
@@ -119,6 +124,7 @@ def stop(signum, frame):
     (folder / f'stopped{k}').write_text(signal.Signals(signum).name)
     raise SystemExit(128 + signum)
 signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
 (folder / f'ready{k}').touch()
 time.sleep(30)
 """
@@ -136,8 +142,9 @@ runner.run_script(lambda: runner.Study('unit', args, {}).in_shards(sys.argv[3], 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_the_parent_alone_stops_its_shards(tmp_path, signum):
-    """``kill PARENT`` (not the process group) reaches the shards as a SIGTERM: their runs
-    stop with a checkpoint and the parent exits as stopped, leaving no shard behind."""
+    """A signal to the parent (``kill PARENT``, or a terminal's Ctrl-C: the shards have
+    sessions of their own) reaches each shard once: their runs stop with a checkpoint and
+    the parent exits as stopped, leaving no shard behind."""
     shard, parent = tmp_path / "shard.py", tmp_path / "parent.py"
     shard.write_text(_WAITING_SHARD)
     parent.write_text(_STUDY_PARENT)
@@ -150,9 +157,10 @@ def test_a_signal_to_the_parent_alone_stops_its_shards(tmp_path, signum):
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signum
-    assert [(tmp_path / f"stopped{k}").read_text() for k in range(2)] == ["SIGTERM"] * 2
-    assert err.strip().endswith("shards stopped (exit codes [143, 143]); run the same command "
-                                "again to continue")
+    assert [(tmp_path / f"stopped{k}").read_text() for k in range(2)] == [signum.name] * 2
+    code = 128 + signum
+    assert err.strip().endswith(f"shards stopped (exit codes [{code}, {code}]); run the same "
+                                "command again to continue")
 
 
 @pytest.mark.parametrize(("raised", "code"), [
