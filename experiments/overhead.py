@@ -1,5 +1,6 @@
-"""Study: parameters and forward time, plain vs deformable, at the same input size (paper's
-model complexity and runtime table).
+"""Study: parameters and forward time, plain vs deformable twin (paper's runtime table).
+
+The twins run at the same input size, as in the paper's model complexity and runtime table.
 
 Each model is built twice from one seed, as the paper's deformable network (deformable 3x3
 convs in all of res5; deformable (PS)RoI pooling in the detectors) and as its plain twin,

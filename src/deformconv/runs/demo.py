@@ -89,9 +89,8 @@ class DemoSettings:
     grad_clip_norm: float | None = 1.0
     seed: int = 0  # model initialisation, data order and the scenes (validation: seed + 1)
     device: str = "cpu"
-    # Weights and images stored channels-last: on a CPU both twins train a fifth faster a
-    # step than NCHW (the plain one a little more), the whole demo 200-216 s against 240-277
-    # over 5 seeds (README).
+    # Weights and images stored channels-last: on a CPU each step of either twin is 12-19 %
+    # cheaper than NCHW (README; the demo's times over 5 seeds: docs/demo_seeds.md).
     channels_last: bool = True
     # Processes the runs train in, on a CPU: 2 trains the plain twin (then its equal-time
     # run) and the deformable twin side by side, each on half of this process's threads;
