@@ -184,8 +184,7 @@ def run_train(args: argparse.Namespace) -> int:
                        "(AdamW's betas are 0.9, 0.999)")
     if not resume:
         _check_offset_multipliers(config, args)
-    with _claimed_out_folder(Path(config.out_dir), resume, args.overwrite,
-                             resume_auto=args.resume == "auto"):
+    with _claimed_out_folder(Path(config.out_dir), resume, args.overwrite):
         train_set, val_set, classes = build_datasets(data_spec, task)
         data_spec = with_categories(data_spec, train_set)
         if resume:
@@ -229,10 +228,10 @@ def _resumed_data_spec(args: argparse.Namespace, saved: DataSpec) -> DataSpec:
         raise CLIError(f"cannot resume with other training data (source: checkpoint "
                        f"{saved.source!r} vs now {spec.source!r}); drop --data to resume, or "
                        "start a new run")
-    fields = TRAINING_DATA_FIELDS[spec.source]
-    changed = [f"{name}: checkpoint {_training_value(saved, name)!r} vs now "
-               f"{_training_value(spec, name)!r}" for name in fields
-               if _training_value(saved, name) != _training_value(spec, name)]
+    values = {name: (_training_value(saved, name), _training_value(spec, name))
+              for name in TRAINING_DATA_FIELDS[spec.source]}
+    changed = [f"{name}: checkpoint {before!r} vs now {now!r}"
+               for name, (before, now) in values.items() if before != now]
     if changed:
         raise CLIError(f"cannot resume with other training data ({'; '.join(changed)}); drop "
                        "those flags to resume, or start a new run")
@@ -266,8 +265,7 @@ EVAL_FILES = "eval_*.json"
 
 
 @contextlib.contextmanager
-def _claimed_out_folder(out: Path, resume: str | None, overwrite: bool, *,
-                        resume_auto: bool) -> Iterator[None]:
+def _claimed_out_folder(out: Path, resume: str | None, overwrite: bool) -> Iterator[None]:
     """Hold the run folder ``out`` (its lock, which the training run takes again) after
     checking that this run may write there (:func:`_claim_out_folder`). Under torchrun only
     rank 0 checks and locks."""
@@ -281,12 +279,11 @@ def _claimed_out_folder(out: Path, resume: str | None, overwrite: bool, *,
         return
 
     with out_dir_lock(out):  # before the check: --overwrite must not clear a live run
-        _claim_out_folder(out, resume, overwrite, resume_auto)
+        _claim_out_folder(out, resume, overwrite)
         yield
 
 
-def _claim_out_folder(out: Path, resume: str | None, overwrite: bool,
-                      resume_auto: bool) -> None:
+def _claim_out_folder(out: Path, resume: str | None, overwrite: bool) -> None:
     """Check that the run may write into ``out``, removing an old run's files on ``overwrite``.
 
     A folder holding another run is refused (a new run would replace its ``last.pt`` and
@@ -312,8 +309,8 @@ def _claim_out_folder(out: Path, resume: str | None, overwrite: bool,
         raise CLIError(f"--out {out} already holds a training run "
                        f"({', '.join(found + evaluated)}); {way}, start afresh there with "
                        "--overwrite, or choose another --out")
-    for path in [*(out / name for name in found), *out.glob(EVAL_FILES)]:
-        path.unlink()
+    for name in [*found, *evaluated]:
+        (out / name).unlink()
 
 
 def format_metrics(metrics: dict) -> str:
