@@ -301,13 +301,10 @@ class Study:
         """Stop at once, before any pretraining or rendering, if the folder holds a result
         made with other settings or in the other mode (:meth:`run` also checks each run's
         own configuration when it gets there)."""
-        for path in sorted(self.folder.glob("*.json")):
-            if path.name in ("summary.json", "plan.json"):
-                continue
+        for path in _result_files(self.folder):
             identity = json.loads(path.read_text()).get("identity") or {}
             if (identity.get("mode"), identity.get("settings")) != (self.mode, self.settings):
-                raise StudyError(f"{path} was made with other settings or another mode; "
-                                 "use another --out or delete it")
+                raise _made_otherwise(path)
 
     def run_dir(self, run: str) -> Path:
         return self.folder / run
@@ -328,8 +325,7 @@ class Study:
         if path.exists():
             saved = json.loads(path.read_text())
             if saved.get("identity") != identity:
-                raise StudyError(f"{path} was made with other settings or another mode; "
-                                 "use another --out or delete it")
+                raise _made_otherwise(path)
             self.skipped.append(run)
             print(f"[{self.name}] {run}: done before, skipped")
             return saved["result"]
@@ -419,11 +415,21 @@ class Study:
         return path
 
 
+def _result_files(folder: Path) -> list[Path]:
+    """The runs' result files in a study's folder (not its summary or plan)."""
+    return [path for path in sorted(folder.glob("*.json"))
+            if path.name not in ("summary.json", "plan.json")]
+
+
+def _made_otherwise(path: Path) -> StudyError:
+    return StudyError(f"{path} was made with other settings or another mode; use another "
+                      "--out or delete it")
+
+
 def run_minutes(folder: Path) -> dict[str, float] | None:
     """The study's runs' summed wall and CPU minutes (each run's own timing) and their
     count, from the run files in ``folder``; None before any run."""
-    runs = [json.loads(p.read_text())["result"] for p in folder.glob("*.json")
-            if p.name not in ("summary.json", "plan.json")]
+    runs = [json.loads(p.read_text())["result"] for p in _result_files(folder)]
     if not runs:
         return None
     return {"runs": len(runs), "wall": sum(r.get("seconds", 0.0) for r in runs) / 60,
