@@ -108,12 +108,17 @@ def plain_floor(row: dict[str, Any], metric: str) -> str:
             f"({'met' if mean >= floor else 'NOT met'})")
 
 
+def kept_folder(report: Path) -> Path:
+    """``results/`` beside the report: copies of the studies' files, kept with it."""
+    return report.parent / "results"
+
+
 class Report:
     """The markdown lines and the list of agreement statements, built section by section."""
 
     def __init__(self, runs: Path, out: Path) -> None:
         self.runs, self.out = runs, out
-        self.kept = out.parent / "results"  # copies of the studies' files, beside the report
+        self.kept = kept_folder(out)
         self.lines: list[str] = []
         self.verdicts: list[str] = []
         self.modes: dict[str, str] = {}
@@ -454,8 +459,7 @@ def demo_seeds_line() -> str:
 def _uses_pretraining(data: dict[str, Any] | None, plan: dict[str, Any] | None) -> bool:
     if plan is not None:
         return "pretraining_minutes" in plan
-    sizes = (data or {}).get("settings", {}).get("sizes") or {}
-    return sizes.get("pretrain") is not None
+    return _pretrain_settings(data, None) is not None
 
 
 def _pretrain_settings(data: dict[str, Any] | None, plan: dict[str, Any] | None
@@ -660,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="report path (default docs/RESULTS.md); figures go to "
                              "results/ beside it")
     args = parser.parse_args(argv)
-    kept = args.out.parent / "results"
+    kept = kept_folder(args.out)
     if not args.runs.is_dir():
         if not kept.is_dir():
             parser.error(f"--runs {args.runs}: no such folder, and no kept copies in {kept} "
