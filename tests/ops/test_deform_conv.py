@@ -1,4 +1,4 @@
-"""Tests of ``deformconv.ops.deform_conv2d`` (shared/SPEC.md, section deform_conv2d).
+"""Tests of ``deformconv.ops.deform_conv2d`` (docs/OPS.md, section deform_conv2d).
 
 The oracle is ``deformconv.ops.reference.deform_conv2d`` differentiated by autograd in
 float64. Both backends are checked against it: the Numba CPU kernels (through the public
@@ -42,7 +42,7 @@ from deformconv.ops._torch import deform_conv as torch_backend
 
 @dataclass(frozen=True)
 class Case:
-    """One deform_conv2d configuration; ``out_size`` follows the SPEC's Hout/Wout rule."""
+    """One deform_conv2d configuration; ``out_size`` follows the Hout/Wout rule of docs/OPS.md."""
 
     n: int = 2
     cin: int = 4
@@ -301,7 +301,7 @@ class TestAgainstReference:
                                                                      "numba-depthwise"])
     def test_integer_offsets_use_right_hand_derivative(self, backend, groups, dtype):
         """Samples exactly on grid points (the kinks), incl. the image border: the offset
-        gradient is the right-hand derivative with the same floor corners, as in the SPEC."""
+        gradient is the right-hand derivative with the same floor corners, as docs/OPS.md says."""
         case = Case(n=2, groups=groups, offset_groups=2, height=5, width=4, padding=(2, 1))
         tensors = make_tensors(case, dtype, seed=13)
         gen = torch.Generator().manual_seed(13)

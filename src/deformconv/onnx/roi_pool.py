@@ -4,7 +4,7 @@ ONNX has no deformable RoI pooling operator, so each op becomes a small graph: t
 positions of every (RoI, bin, sample) are computed with elementwise ops, the four bilinear
 corners are read with ``Gather`` from the flattened feature map, and the samples are averaged
 with ``ReduceSum``. The RoI count K, the batch size and the map size (H, W) may be dynamic;
-channels and the pooling geometry are static. Semantics: shared/SPEC.md.
+channels and the pooling geometry are static. Semantics: docs/OPS.md.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Dai et al., "Deformable Convolutional Networks", ICCV 2017 (https://arxiv.org/abs/1703.06211);
 Zhu et al., "Deformable ConvNets v2", CVPR 2019 (https://arxiv.org/abs/1811.11168).
-Semantics, layouts and results match ``torchvision.ops.deform_conv2d`` (shared/SPEC.md).
+Semantics, layouts and results match ``torchvision.ops.deform_conv2d`` (docs/OPS.md).
 """
 
 from __future__ import annotations

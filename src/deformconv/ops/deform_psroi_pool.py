@@ -4,7 +4,7 @@ Dai et al., "Deformable Convolutional Networks", ICCV 2017 (https://arxiv.org/ab
 section 2.2, with the conventions of its DeformablePSROIPooling operator: rounded RoIs,
 -0.5 pixel shifts, offsets on a part grid (class-specific when there are several classes),
 samples outside the map skipped and the bin averaged over the samples taken
-(shared/SPEC.md). group_size = 1 gives the deformable RoI pooling of Faster R-CNN heads;
+(docs/OPS.md). group_size = 1 gives the deformable RoI pooling of Faster R-CNN heads;
 group_size = k gives R-FCN's position-sensitive pooling (Dai et al., NIPS 2016).
 """
 

@@ -3,7 +3,7 @@
 Dai et al., "Deformable Convolutional Networks", ICCV 2017 (https://arxiv.org/abs/1703.06211),
 section 2.2, eq. (6); the optional mask is the modulated pooling of Zhu et al.,
 "Deformable ConvNets v2", CVPR 2019 (https://arxiv.org/abs/1811.11168).
-Without offset it equals ``torchvision.ops.roi_align`` (shared/SPEC.md).
+Without offset it equals ``torchvision.ops.roi_align`` (docs/OPS.md).
 """
 
 from __future__ import annotations

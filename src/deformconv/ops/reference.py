@@ -1,4 +1,4 @@
-"""Slow, obviously correct pure-torch references, written straight from ``shared/SPEC.md``.
+"""Slow, obviously correct pure-torch references, written straight from ``docs/OPS.md``.
 
 They are the oracle for every fast kernel: autograd gives their gradients, and they
 favour plain indexing over speed. Shapes follow the spec: N batch, C channels, K RoIs.
@@ -66,7 +66,7 @@ def deform_conv2d(
     dilation: tuple[int, int] = (1, 1),
     mask: Tensor | None = None,
 ) -> Tensor:
-    """Deformable convolution (DCN v1; v2 with ``mask``), SPEC section deform_conv2d.
+    """Deformable convolution (DCN v1; v2 with ``mask``), docs/OPS.md, ``deform_conv2d``.
 
     Shapes: input ``(N, Cin, H, W)``, offset ``(N, 2*G*kh*kw, Hout, Wout)``,
     weight ``(Cout, Cin/groups, kh, kw)``, bias ``(Cout,)``, mask ``(N, G*kh*kw, Hout, Wout)``.
@@ -130,7 +130,7 @@ def deform_roi_pool(
     aligned: bool = True,
     mask: Tensor | None = None,
 ) -> Tensor:
-    """Deformable RoI pooling, SPEC section deform_roi_pool (RoIAlign with moving bins).
+    """Deformable RoI pooling, docs/OPS.md, ``deform_roi_pool`` (RoIAlign with moving bins).
 
     Shapes: input ``(N, C, H, W)``, rois ``(K, 5)``, offset ``(K, 2, ph, pw)`` (Δx̂, Δŷ),
     mask ``(K, 1, ph, pw)``. Returns ``(K, C, ph, pw)``. One RoI at a time, torchvision's
@@ -187,7 +187,7 @@ def deform_psroi_pool(
     sample_per_part: int = 4,
     trans_std: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
-    """Deformable position-sensitive RoI pooling, SPEC section deform_psroi_pool.
+    """Deformable position-sensitive RoI pooling, docs/OPS.md, ``deform_psroi_pool``.
 
     Shapes: input ``(N, output_dim*group_size**2, H, W)``, rois ``(K, 5)``, offset
     ``(K, 2*num_classes, part_size, part_size)`` or None. Returns the pooled output and

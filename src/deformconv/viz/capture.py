@@ -43,7 +43,7 @@ class LayerGeometry:
         return self.kernel_size[0] * self.kernel_size[1]
 
     def output_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
-        """SPEC: ``Hout = (H + 2*pad - dil*(k - 1) - 1) // stride + 1``, same for W."""
+        """docs/OPS.md: ``Hout = (H + 2*pad - dil*(k - 1) - 1) // stride + 1``, same for W."""
         return tuple(  # type: ignore[return-value]
             (size + 2 * p - d * (k - 1) - 1) // s + 1
             for size, p, d, k, s in zip(input_size, self.padding, self.dilation,
@@ -68,7 +68,7 @@ class OffsetRecord:
         name: the layer's name in ``model.named_modules()``.
         geometry: the layer's :class:`LayerGeometry`.
         input_size: ``(H, W)`` of the layer input.
-        offset: ``(n, 2*G*kh*kw, Hout, Wout)`` float32, SPEC layout (Δh, Δw per point).
+        offset: ``(n, 2*G*kh*kw, Hout, Wout)`` float32, laid out as docs/OPS.md says (Δh, Δw).
         mask: ``(n, G*kh*kw, Hout, Wout)`` after the sigmoid, or None (DCN v1).
         images: batch index of each of the ``n`` kept images.
         image_size: ``(H, W)`` of the network input, if known; needed for image coordinates.

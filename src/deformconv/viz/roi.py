@@ -1,7 +1,7 @@
 """Offsets of deformable RoI pooling: capture hooks and the displaced bin grid of a RoI.
 
 Paper Fig. 7: each bin of a RoI's regular k×k grid moves by its learned offset. Offsets are
-normalised (SPEC deform_roi_pool / deform_psroi_pool): a bin moves by
+normalised (docs/OPS.md, deform_roi_pool / deform_psroi_pool): a bin moves by
 ``scale * (Δx̂ * roi_w, Δŷ * roi_h)`` with ``scale`` = γ (DeformRoIPool) or ``trans_std``
 (DeformPSRoIPool), RoI sizes in feature pixels.
 """
@@ -165,7 +165,7 @@ def roi_bins(record: RoIOffsetRecord, index: int, class_index: int = 0) -> RoIBi
     else:
         grid = psroi_grid(rois, geo.spatial_scale)
         start_h, start_w, roi_h, roi_w = grid.start_h, grid.start_w, grid.roi_h, grid.roi_w
-        # SPEC: bin (ph, pw) reads offset part floor(ph / pooled * part_size)
+        # docs/OPS.md: bin (ph, pw) reads offset part floor(ph / pooled * part_size)
         parts_h = torch.arange(ph) * geo.part_size // ph
         parts_w = torch.arange(pw) * geo.part_size // pw
     bin_h, bin_w = roi_h / ph, roi_w / pw

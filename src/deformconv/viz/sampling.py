@@ -29,7 +29,7 @@ def sampling_positions(offset: Tensor, geometry: LayerGeometry) -> Tensor:
     """Sampling positions of every output pixel, float64.
 
     Args:
-        offset: ``(N, 2*G*kh*kw, Hout, Wout)``, SPEC layout.
+        offset: ``(N, 2*G*kh*kw, Hout, Wout)``, the layout of docs/OPS.md.
         geometry: the layer's kernel, stride, padding, dilation.
 
     Returns:

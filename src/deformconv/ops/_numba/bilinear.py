@@ -1,11 +1,11 @@
-"""Bilinear corner arithmetic shared by the Numba kernels (SPEC: "Bilinear sampling").
+"""Bilinear corner arithmetic shared by the Numba kernels (docs/OPS.md, "Bilinear sampling").
 
 ``corners`` turns a real sample position into four clamped corner indices and four
 weights, with the weight of every corner outside the plane set to 0. Callers then read
 the four corners unconditionally, which keeps their channel loops branch-free.
 With ``lower=SLOPE_LOWER`` it does the same on the support of the position derivative,
 which also holds the lines ``h == -1`` and ``w == -1``: the value is 0 there, but the
-right-hand derivative (SPEC; torchvision's kernel) moves the sample onto row/column 0.
+right-hand derivative (docs/OPS.md; torchvision's kernel) moves the sample onto row/column 0.
 One function for both keeps the kernels' inlined code, and so their compile time, small.
 """
 

@@ -1,4 +1,4 @@
-"""Bilinear sampling with torch gathers, differentiable by autograd (SPEC: "Bilinear sampling").
+"""Bilinear sampling with torch gathers, differentiable by autograd (docs/OPS.md: bilinear).
 
 All four corners of every sample are gathered at once. Corners outside the plane weigh 0.
 No separate "inside" test: a sample with ``h <= -1`` or ``h >= H`` has no corner inside,

@@ -1,4 +1,4 @@
-"""Bilinear sampling arithmetic shared by the Triton kernels (SPEC: "Bilinear sampling").
+"""Bilinear sampling arithmetic shared by the Triton kernels (docs/OPS.md, "Bilinear sampling").
 
 ``corners`` gives the ``floor`` corners of a block of samples and which of them lie in the
 plane; callers load the corners with those masks (a corner outside reads 0). There is no
