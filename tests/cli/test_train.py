@@ -78,6 +78,20 @@ def test_eval_under_torchrun_scores_each_image_once(trained: Path, tmp_path: Pat
     assert json.loads(two.read_text())["processes"] == 2  # batch_size is per process
 
 
+def test_eval_refuses_a_folder_as_out_before_evaluating(
+        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, trained: Path) -> None:
+    """The evaluation used to run in full, then fail to write its JSON into the folder."""
+    from deformconv import engine
+
+    def evaluated(*args: object, **kwargs: object) -> None:
+        raise AssertionError("evaluated before --out was checked")
+
+    monkeypatch.setattr(engine, "evaluate", evaluated)
+    code, _, err = run_cli(capsys, "eval", trained / "last.pt", "--out", trained)
+    assert code == 2
+    assert f"--out {trained} is a folder" in err and "eval_last.json" in err
+
+
 def test_eval_on_other_data_size_and_default_output(capsys: pytest.CaptureFixture,
                                                      trained: Path) -> None:
     code, _, _ = run_cli(capsys, "eval", trained / "last.pt", "--val-size", "6")

@@ -240,3 +240,103 @@ def test_class_probabilities_train_classification():
     soft = torch.softmax(torch.randn(5, 3), 1)
     loss, _ = compute_loss("classification", model, images, soft)
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(model(images), soft))
+
+
+def test_a_module_kept_as_module_attribute_is_evaluated_whole():
+    """Only DDP and DataParallel are unwrapped: a user's wrapper that keeps its net as
+    ``.module`` (normalising first) used to be skipped, scoring the bare net."""
+    from deformconv.engine import evaluate
+
+    class Normalized(torch.nn.Module):
+        def __init__(self, module: torch.nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            return self.module((x - 0.5) / 0.1)
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    images = torch.rand(64, 3, 2, 2)
+    with torch.no_grad():
+        labels = net((images - 0.5) / 0.1).argmax(1)
+    samples = list(zip(images, labels, strict=True))
+    assert evaluate(Normalized(net), samples, "classification")["top1"] == 1.0
+
+
+class _PaddingDetector(torch.nn.Module):
+    """Scores that depend on the padded batch, as a detector's do (it pads a batch to its
+    largest image): a miss scored by the image's share of the padded area, a hit at 0.5."""
+
+    def forward(self, images):
+        height = max(image.shape[-2] for image in images)
+        width = max(image.shape[-1] for image in images)
+        outputs = []
+        for image in images:
+            share = image.shape[-2] * image.shape[-1] / (height * width)
+            outputs.append({"boxes": torch.tensor([[0.0, 0.0, 8.0, 8.0], [10.0, 10.0, 20.0, 20.0]]),
+                            "scores": torch.tensor([share, 0.5]),
+                            "labels": torch.tensor([1, 1])})
+        return outputs
+
+
+def test_detection_scores_do_not_depend_on_the_batch():
+    """Images of one size run together, others apart: with mixed sizes in a batch the AP
+    used to change with the batch size (0.5 here at batch 1, 0.67 at batch 4)."""
+    from deformconv.engine import evaluate
+
+    target = {"boxes": torch.tensor([[10.0, 10.0, 20.0, 20.0]]), "labels": torch.tensor([1])}
+    samples = [(torch.zeros(3, size, 32), target) for size in (32, 12, 32, 8, 12, 32)]
+    metrics = [evaluate(_PaddingDetector(), samples, "detection", batch_size=size)["AP"]
+               for size in (1, 4, 6)]
+    assert metrics[0] == metrics[1] == metrics[2]
+
+
+def test_detection_records_are_scored_in_dataset_order():
+    """COCO breaks score ties by image order: records gathered rank by rank (dataset
+    indices 0, 2, 4, then 1, 3, 5) are put back in dataset order first."""
+    def batch(index):
+        hit, miss = [10.0, 10.0, 20.0, 20.0], [0.0, 0.0, 5.0, 5.0]
+        order = [hit, miss] if index % 2 else [miss, hit]
+        return ([torch.zeros(3, 32, 32)],
+                [{"boxes": torch.tensor([hit]), "labels": torch.tensor([1])}],
+                [{"boxes": torch.tensor(order), "scores": torch.tensor([0.5, 0.5]),
+                  "labels": torch.tensor([1, 1])}])
+
+    in_order, gathered, unindexed = (make_evaluator("detection") for _ in range(3))
+    for index in range(6):
+        in_order.update(*batch(index))
+    for index in (0, 2, 4, 1, 3, 5):
+        gathered.update(*batch(index), [index])
+        unindexed.update(*batch(index))
+    expected = in_order.compute()["AP"]
+    assert gathered.compute()["AP"] == expected
+    assert unindexed.compute()["AP"] != expected  # the order matters in this case
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation", "detection"])
+def test_an_empty_dataset_is_refused_for_every_task(task):
+    """Each task used to fail its own way (NaN top-1, "needs one class count, got set()")."""
+    from deformconv.engine import evaluate
+
+    with pytest.raises(ValueError, match=rf"the {task} dataset is empty \(0 samples\)"):
+        evaluate(torch.nn.Identity(), [], task)
+
+
+@pytest.mark.parametrize(("target", "output", "match"), [
+    ({"labels": torch.tensor([1])}, {}, r"target\['labels'\] must hold one value per box \(2\), "
+                                        r"got shape \(1,\)"),
+    ({"iscrowd": torch.tensor([0])}, {}, r"target\['iscrowd'\] must hold one value per box"),
+    ({"area": torch.tensor([1.0, 2.0, 3.0])}, {}, r"target\['area'\] must hold one value"),
+    ({}, {"scores": torch.tensor([0.5])}, r"output\['scores'\] must hold one value per box \(2\)"),
+    ({"boxes": torch.zeros(2, 5)}, {}, r"target\['boxes'\] must be \(K, 4\) x1y1x2y2, got "
+                                       r"shape \(2, 5\)"),
+])
+def test_detection_fields_of_another_length_are_named(target, output, match):
+    """They used to fail inside zip() or a numpy reshape, naming no field."""
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [2.0, 2.0, 8.0, 8.0]])
+    target = {"boxes": boxes, "labels": torch.tensor([1, 1]), **target}
+    output = {"boxes": boxes, "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([1, 1]),
+              **output}
+    with pytest.raises(ValueError, match=match):
+        detection_record((16, 16), target, output)

@@ -348,3 +348,11 @@ def test_resuming_a_finished_run_logs_nothing_twice(tmp_path):
     records = read_metrics(tmp_path / "cut" / "metrics.jsonl")
     assert [r["iter"] for r in records if r["split"] == "val"] == [4, 6]
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["config"]["iterations"] == 6
+
+
+def test_an_empty_val_set_is_refused_before_training(tmp_path):
+    """It used to fail at the first validation, after the training up to it."""
+    config = _config(tmp_path)
+    with pytest.raises(ValueError, match=r"val_set is empty \(0 samples\); pass val_set=None"):
+        train(config, TinyClassifier(), ToyClassification(size=8), [])
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -14,7 +14,7 @@ from ._build import (
     model_from_checkpoint,
     specs_from_checkpoint,
 )
-from ._common import non_negative_int, positive_int, write_json
+from ._common import CLIError, non_negative_int, positive_int, write_json
 from .train import format_metrics
 
 HELP = "evaluate a checkpoint: top-1, mIoU or COCO mAP, printed and written as JSON"
@@ -43,6 +43,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run_eval(args: argparse.Namespace) -> int:
     from ..engine import cleanup_distributed, evaluate, init_distributed
 
+    out = Path(args.out) if args.out else default_output(Path(args.checkpoint))
+    if out.is_dir():  # found before the evaluation, not after it
+        raise CLIError(f"--out {out} is a folder; give the metrics JSON file to write, e.g. "
+                       f"{out / default_output(Path(args.checkpoint)).name}")
     model_spec, data_spec, _ = specs_from_checkpoint(args.checkpoint)
     data_spec = data_spec_from_args(args, data_spec)
     task = model_spec.task
@@ -58,14 +62,13 @@ def run_eval(args: argparse.Namespace) -> int:
         cleanup_distributed()
     if not info.is_main:
         return 0
-    out = Path(args.out) if args.out else default_output(Path(args.checkpoint))
+    print(f"{model_spec.name} on {len(val_set)} samples: {format_metrics(metrics)}")  # type: ignore[arg-type]
     # what was scored, so that results of other data or settings can be told apart
     write_json({"checkpoint": args.checkpoint, "model": model_spec.name,
                 "deformable": model_spec.deformable, "task": task,
                 "num_samples": len(val_set), "data": asdict(data_spec),  # type: ignore[arg-type]
                 "batch_size": args.batch_size, "processes": info.world_size, "bf16": args.bf16,
                 "metrics": metrics}, out)
-    print(f"{model_spec.name} on {len(val_set)} samples: {format_metrics(metrics)}")  # type: ignore[arg-type]
     print(f"metrics: {out}")
     return 0
 

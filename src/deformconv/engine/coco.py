@@ -39,22 +39,39 @@ def detection_record(
         missing = [k for k in keys if k not in d]
         if missing:
             raise KeyError(f"detection {name} is missing {missing}; it has {sorted(d)}")
-    gt_boxes = _numpy(target["boxes"], np.float64).reshape(-1, 4)
-    k = len(gt_boxes)
+    gt_boxes = _per_box(target, "target", "boxes", np.float64, None)
     widths, heights = gt_boxes[:, 2] - gt_boxes[:, 0], gt_boxes[:, 3] - gt_boxes[:, 1]
-    area = target.get("area")
-    iscrowd = target.get("iscrowd")
+    k = len(gt_boxes)
+    boxes = _per_box(output, "output", "boxes", np.float64, None)
     return {
         "height": int(image_size[0]),
         "width": int(image_size[1]),
         "gt_boxes": gt_boxes,
-        "gt_labels": _numpy(target["labels"], np.int64).reshape(k),
-        "gt_iscrowd": np.zeros(k, np.int64) if iscrowd is None else _numpy(iscrowd, np.int64),
-        "gt_area": widths * heights if area is None else _numpy(area, np.float64),
-        "boxes": _numpy(output["boxes"], np.float64).reshape(-1, 4),
-        "scores": _numpy(output["scores"], np.float64).reshape(-1),
-        "labels": _numpy(output["labels"], np.int64).reshape(-1),
+        "gt_labels": _per_box(target, "target", "labels", np.int64, k),
+        "gt_iscrowd": (np.zeros(k, np.int64) if target.get("iscrowd") is None
+                       else _per_box(target, "target", "iscrowd", np.int64, k)),
+        "gt_area": (widths * heights if target.get("area") is None
+                    else _per_box(target, "target", "area", np.float64, k)),
+        "boxes": boxes,
+        "scores": _per_box(output, "output", "scores", np.float64, len(boxes)),
+        "labels": _per_box(output, "output", "labels", np.int64, len(boxes)),
     }
+
+
+def _per_box(d: dict[str, Any], name: str, key: str, dtype: Any, count: int | None
+             ) -> np.ndarray:
+    """``d[key]`` as ``(count,)`` values, or as ``(K, 4)`` boxes when ``count`` is None;
+    refused with the expected and actual shape otherwise."""
+    values = _numpy(d[key], dtype)
+    if count is None:
+        if values.size % 4 or (values.size and values.shape[-1] != 4):
+            raise ValueError(f"detection {name}['boxes'] must be (K, 4) x1y1x2y2, got shape "
+                             f"{values.shape}")
+        return values.reshape(-1, 4)
+    if values.size != count:
+        raise ValueError(f"detection {name}[{key!r}] must hold one value per box ({count}), "
+                         f"got shape {values.shape}")
+    return values.reshape(count)
 
 
 def _xywh(boxes: np.ndarray) -> list[list[float]]:

@@ -50,17 +50,22 @@ def evaluate(
     ``device`` (``"auto"``: CUDA when available; ignored when ``dist_info`` is given) and its
     train/eval mode is restored afterwards. Samples the dataset cannot read
     (``load_or_skip`` gives None) are left out and not counted; when none is readable,
-    :class:`~deformconv.data.NoReadableSamplesError`. When any output holds NaN or inf (a
+    :class:`~deformconv.data.NoReadableSamplesError`; an empty dataset is refused. Detection
+    images run in groups of one size, so that a detector's padding of a batch to its largest
+    image does not make scores depend on the batch size. When any output holds NaN or inf (a
     diverged model), every score is NaN, with a warning: argmax and COCO's matching would
     score such outputs as plausible predictions.
     """
+    if not len(dataset):  # type: ignore[arg-type]
+        raise ValueError(f"the {task} dataset is empty (0 samples): nothing to evaluate")
     info = dist_info or DistInfo(device=resolve_device(str(device)))
-    net = getattr(model, "module", model)  # no DDP hooks needed for forward-only passes
+    net = _unwrapped(model)
     net.to(info.device)
     was_training = net.training
     net.eval()
     loader = eval_loader(dataset, task, batch_size, world_size=info.world_size, rank=info.rank,
-                         num_workers=num_workers, pin_memory=info.device.type == "cuda")
+                         num_workers=num_workers, pin_memory=info.device.type == "cuda",
+                         with_indices=True)
     evaluator = make_evaluator(task)
     readable = non_finite = 0
     try:
@@ -69,23 +74,49 @@ def evaluate(
                               disable=not (progress and info.is_main)):
                 if batch is None:  # every sample of the batch was unreadable
                     continue
-                images, targets = batch
+                indices, (images, targets) = batch
                 readable += num_images(images)
                 images = to_device(images, info.device)
                 with autocast(info.device, bf16):
-                    outputs = net(images)
+                    outputs = _detect(net, images) if task == "detection" else net(images)
                 outputs = to_device(_float(outputs), torch.device("cpu"))
                 if _has_non_finite(outputs):  # scored as NaN below; zeros keep compute() going
                     non_finite += 1
                     outputs = _apply(outputs, lambda t: t.nan_to_num(0.0, 0.0, 0.0))
-                evaluator.update(images, targets, outputs)
+                evaluator.update(images, targets, outputs, indices)
         readable, non_finite = all_reduce_sum(torch.tensor([readable, non_finite])).tolist()
-        if len(dataset) and not readable:  # type: ignore[arg-type]
+        if not readable:
             raise NoReadableSamplesError.of(dataset)
         metrics = evaluator.compute()
         return _scores_to_nan(metrics, non_finite) if non_finite else metrics
     finally:
         net.train(was_training)
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside DDP or DataParallel (no hooks needed for forward-only passes); any
+    other module as it is, even one that keeps its network as ``.module``."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model
+
+
+def _detect(net: nn.Module, images: list[torch.Tensor]) -> list[Any]:
+    """A detector's outputs for ``images``, run in groups of one size.
+
+    A detector pads a batch to its largest image, and the padding changes the features of
+    the smaller ones: scores would depend on which images share a batch, and so on the
+    batch size, the order and the number of processes.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(i)
+    if len(groups) == 1:
+        return net(images)
+    outputs: list[Any] = [None] * len(images)
+    for members in groups.values():
+        for i, output in zip(members, net([images[i] for i in members]), strict=True):
+            outputs[i] = output
+    return outputs
 
 
 def _has_non_finite(outputs: Any) -> bool:

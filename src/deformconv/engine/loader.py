@@ -64,7 +64,7 @@ class ShardSampler(Sampler[int]):
 
 
 class _ReadableSamples(Dataset):
-    """``dataset[i]`` for evaluation, or None for a sample the dataset cannot read (see
+    """``(i, dataset[i])`` for evaluation, or None for a sample the dataset cannot read (see
     ``data.readable_sample``); the eval loader's collate leaves the None out."""
 
     def __init__(self, dataset: Dataset) -> None:
@@ -74,13 +74,19 @@ class _ReadableSamples(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Any:
-        return readable_sample(self.dataset, index)
+        sample = readable_sample(self.dataset, index)
+        return None if sample is None else (index, sample)
 
 
-def _collate_readable(collate: Callable[[Sequence[Any]], Any], batch: Sequence[Any]) -> Any:
-    """``collate`` of the samples that are not None; None when none is left."""
-    readable = [sample for sample in batch if sample is not None]
-    return collate(readable) if readable else None
+def _collate_readable(collate: Callable[[Sequence[Any]], Any], with_indices: bool,
+                      batch: Sequence[Any]) -> Any:
+    """``collate`` of the samples that are not None, after their dataset indices when
+    ``with_indices``; None when none is left."""
+    readable = [item for item in batch if item is not None]
+    if not readable:
+        return None
+    collated = collate([sample for _, sample in readable])
+    return ([index for index, _ in readable], collated) if with_indices else collated
 
 
 def iters_per_epoch(dataset_len: int, batch_size: int, world_size: int = 1) -> int:
@@ -182,17 +188,19 @@ def eval_loader(
     rank: int = 0,
     num_workers: int = 0,
     pin_memory: bool = False,
+    with_indices: bool = False,
 ) -> DataLoader:
     """Loader over this rank's shard of ``dataset`` in order, keeping the last partial batch.
 
     Unreadable samples are left out (see ``_ReadableSamples``); a batch of only
-    unreadable samples comes out as None.
+    unreadable samples comes out as None. ``with_indices``: each batch comes as
+    ``(dataset indices of its samples, batch)``.
     """
     return _Loader(
         SeededSamples(_ReadableSamples(dataset), seed=0, epoch=0),
         batch_size=batch_size,
         sampler=ShardSampler(dataset, world_size, rank),  # type: ignore[arg-type]
-        collate_fn=functools.partial(_collate_readable, collate_fn(task)),
+        collate_fn=functools.partial(_collate_readable, collate_fn(task), with_indices),
         num_workers=num_workers,
         worker_init_fn=_init_worker,
         generator=torch.Generator().manual_seed(rank),

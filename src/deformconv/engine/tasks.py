@@ -154,9 +154,14 @@ def compute_loss(
 
 
 class Evaluator:
-    """Accumulates one task's metric over batches; ``compute()`` reduces across ranks."""
+    """Accumulates one task's metric over batches; ``compute()`` reduces across ranks.
 
-    def update(self, images: Any, targets: Any, outputs: Any) -> None:
+    ``update`` takes a batch and the dataset indices of its samples (None: the order of the
+    updates).
+    """
+
+    def update(self, images: Any, targets: Any, outputs: Any,
+               indices: Sequence[int] | None = None) -> None:
         raise NotImplementedError
 
     def compute(self) -> dict[str, Any]:
@@ -170,7 +175,8 @@ class ClassificationEvaluator(Evaluator):
         self.correct = 0
         self.total = 0
 
-    def update(self, images: Tensor, targets: Tensor, outputs: Tensor) -> None:
+    def update(self, images: Tensor, targets: Tensor, outputs: Tensor,
+               indices: Sequence[int] | None = None) -> None:
         outputs = checked_logits(outputs, "classification")
         targets = checked_targets(targets, "classification")
         self.correct += top1_correct(outputs, targets)
@@ -189,7 +195,8 @@ class SegmentationEvaluator(Evaluator):
         self.num_classes = num_classes
         self.confusion: Tensor | None = None
 
-    def update(self, images: Tensor, targets: Tensor, outputs: Tensor) -> None:
+    def update(self, images: Tensor, targets: Tensor, outputs: Tensor,
+               indices: Sequence[int] | None = None) -> None:
         outputs = checked_logits(outputs, "segmentation")
         targets = checked_targets(targets, "segmentation")
         if outputs.shape[-2:] != targets.shape[-2:]:
@@ -214,18 +221,23 @@ class SegmentationEvaluator(Evaluator):
 
 
 class DetectionEvaluator(Evaluator):
-    """COCO box mAP; predictions from every rank are gathered, COCOeval runs once."""
+    """COCO box mAP; predictions from every rank are gathered, COCOeval runs once over them
+    in dataset order (COCO breaks score ties by image order)."""
 
     def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
+        self.records: list[tuple[int, dict[str, Any]]] = []
 
-    def update(self, images: Sequence[Tensor], targets: Sequence[dict], outputs: Sequence[dict]
-               ) -> None:
-        for image, target, output in zip(images, targets, outputs, strict=True):
-            self.records.append(detection_record(tuple(image.shape[-2:]), target, output))
+    def update(self, images: Sequence[Tensor], targets: Sequence[dict], outputs: Sequence[dict],
+               indices: Sequence[int] | None = None) -> None:
+        if indices is None:
+            indices = range(len(self.records), len(self.records) + len(images))
+        for image, target, output, index in zip(images, targets, outputs, indices, strict=True):
+            self.records.append(
+                (index, detection_record(tuple(image.shape[-2:]), target, output)))
 
     def compute(self) -> dict[str, Any]:
-        records = [r for rank_records in all_gather_objects(self.records) for r in rank_records]
+        gathered = [r for rank_records in all_gather_objects(self.records) for r in rank_records]
+        records = [record for _, record in sorted(gathered, key=lambda item: item[0])]
         if not records:
             raise ValueError("detection evaluation saw no images")
         return {**coco_map(records), "num_images": len(records)}

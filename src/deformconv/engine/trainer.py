@@ -122,6 +122,9 @@ def _train(
     on_iteration_end: Callable[[int], None] | None,
     extra: dict[str, Any],
 ) -> TrainResult:
+    if val_set is not None and not len(val_set):  # type: ignore[arg-type]
+        raise ValueError("val_set is empty (0 samples); pass val_set=None to train without "
+                         "validation")
     out_dir = Path(config.out_dir)
     _prepare_process(config, info, out_dir, extra)
     model.to(info.device)
