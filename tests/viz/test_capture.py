@@ -118,3 +118,15 @@ def test_input_module_sets_the_image_and_keeps_its_input():
                                nn.functional.interpolate(x, scale_factor=2.0)[[2]])
     with pytest.raises(ValueError, match="input_module: no module named 'trunk'"):
         OffsetCapture(model, input_module="trunk")
+
+
+@pytest.mark.parametrize(("image", "cells", "stride"), [
+    (64, 4, 16.0), (100, 7, 16.0), (60, 4, 16.0), (513, 33, 16.0), (513, 65, 8.0),
+    (100, 34, 3.0), (32, 1, 32.0), (5, 7, 5 / 7),
+])
+def test_cumulative_stride_of_padded_layers(image, cells, stride):
+    """ceil(image / s) == cells: a power of two where one fits, else the smallest integer,
+    else (an upsampled map) the size ratio."""
+    from deformconv.viz.coords import cumulative_stride
+
+    assert cumulative_stride(image, cells) == stride

@@ -80,6 +80,13 @@ class TestSizeBuckets:
         counts = torch.bincount(codes.flatten(), minlength=4).tolist()
         assert counts == [8, 16, 16 * 6 - 4, 256 - 8 - 16 - 92]
 
+    def test_cells_sit_at_the_stride_when_the_image_is_not_a_multiple_of_it(self):
+        # 100 px at stride 16: 7 cells centred on pixels 16f; the size ratio 14.3 put cell 6
+        # on pixel 85.7, outside the box
+        box = torch.tensor([[92.0, 92.0, 100.0, 100.0]])
+        codes = size_buckets((7, 7), (100, 100), boxes=box, thresholds=(10.0, 100.0))
+        assert codes[6, 6] == 1 and int((codes != 3).sum()) == 1
+
     def test_no_boxes_is_all_background(self):
         codes = size_buckets((3, 4), (12, 16), boxes=torch.zeros(0, 4))
         assert codes.tolist() == [[3] * 4] * 3

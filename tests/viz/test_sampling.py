@@ -155,13 +155,16 @@ def test_unit_at_maps_image_points_to_the_nearest_output_pixel():
 
 @pytest.mark.parametrize(("name", "kwargs", "size", "cell"), [
     ("compact_fcn", {"widths": (3, 3, 3, 3), "strides": (2, 2, 1, 1), "deform_layers": 1}, 48, 5),
+    # 50 px at stride 4 makes 13 cells, a size ratio of 3.85: cell 5 was drawn at 19.2, not 20
+    ("compact_fcn", {"widths": (3, 3, 3, 3), "strides": (2, 2, 1, 1), "deform_layers": 1}, 50, 5),
     ("resnet18", {"base_channels": 4, "deform_blocks": (0, 0, 0, 1)}, 1024, 16),
 ])
 def test_points_are_drawn_where_the_models_cells_look(name, kwargs, size, cell):
     """The centre tap of a deformable layer (zero offsets) is drawn on the middle of the
     image window its input cell sees, measured as the input gradient's extent. Positive
     weights and images keep every ReLU open. The points used to be drawn (s - 1) / 2 pixels
-    off: 1.5 at stride 4, 15.5 at stride 32."""
+    off: 1.5 at stride 4, 15.5 at stride 32; and at the size ratio instead of the stride when
+    the image side is not a multiple of it."""
     from deformconv import models
 
     torch.manual_seed(0)

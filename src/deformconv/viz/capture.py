@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import DeformConv2d, DeformPSRoIPool, DeformRoIPool
+from .coords import cumulative_stride
 from .roi import RoIOffsetRecord, install_roi_hooks
 
 __all__ = ["LayerGeometry", "OffsetCapture", "OffsetRecord", "capture_offsets"]
@@ -93,13 +94,14 @@ class OffsetRecord:
                 "(N, C, H, W) tensor); give image_size to OffsetCapture or use "
                 "dataclasses.replace(record, image_size=(H, W))"
             )
-        return torch.tensor([self.image_size[0] / size[0], self.image_size[1] / size[1]],
+        return torch.tensor([cumulative_stride(self.image_size[0], size[0]),
+                             cumulative_stride(self.image_size[1], size[1])],
                             dtype=torch.float64)
 
     @property
     def input_stride(self) -> Tensor:
-        """``(2,)`` (stride_y, stride_x) of the layer input w.r.t. the image: image / feature
-        size, the cumulative stride of the layers below."""
+        """``(2,)`` (stride_y, stride_x) of the layer input w.r.t. the image, the cumulative
+        stride of the layers below (:func:`~deformconv.viz.coords.cumulative_stride`)."""
         return self._stride(self.input_size)
 
     @property

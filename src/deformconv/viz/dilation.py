@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..conventions import IGNORE_INDEX
 from .capture import LayerGeometry, OffsetRecord
-from .coords import feature_to_image
+from .coords import cumulative_stride, feature_to_image
 from .sampling import sampling_positions
 from .table import markdown_table
 
@@ -102,7 +102,8 @@ def size_buckets(
     if not thresholds[0] <= thresholds[1]:
         raise ValueError(f"thresholds must be increasing, got {thresholds}")
     hout, wout = output_size
-    stride_y, stride_x = image_size[0] / hout, image_size[1] / wout
+    stride_y = cumulative_stride(image_size[0], hout)
+    stride_x = cumulative_stride(image_size[1], wout)
     # cell centres (image pixel indices) in pixel-edge coordinates
     cy = feature_to_image(torch.arange(hout, dtype=torch.float64), stride_y) + 0.5
     cx = feature_to_image(torch.arange(wout, dtype=torch.float64), stride_x) + 0.5
