@@ -62,6 +62,16 @@ class TestPlotSampling:
         assert count_color(pixels, (255, 0, 0)) > 20
         assert count_color(pixels, (255, 217, 0)) == 0  # autumn_r's yellow end
 
+    def test_no_unit_is_hidden_under_another_units_points(self, tmp_path):
+        """Unit (7, 7)'s points cover unit (8, 8): its star used to be painted over."""
+        geometry = LayerGeometry((3, 3), padding=(1, 1))
+        layer = [record(geometry, torch.zeros(1, 18, 16, 16), (16, 16))]
+        first, second = back_project(layer, (8, 8)), back_project(layer, (7, 7))
+        green = [count_color(read_png(plot_sampling_locations(
+            torch.zeros(3, 16, 16), units, tmp_path / f"{len(units)}.png")), (0, 224, 0))
+            for units in ([first], [first, second])]
+        assert green[1] > 1.6 * green[0]  # both stars
+
     def test_stacked_sampling_of_a_captured_model(self, tmp_path):
         model = Stack()
         randomize_offsets(model)

@@ -29,6 +29,7 @@ __all__ = ["plot_roi_offsets", "plot_sampling_locations", "plot_stacked_sampling
 
 UNIT_COLOR = "#00e000"  # the activation unit, green as in the paper
 REGULAR_COLOR = "#d0d0d0"  # where the same stack would sample with zero offsets
+UNIT_MARKERS = ("o", "s", "^", "D", "v", "P")  # one per activation unit in a figure
 
 
 def to_display_image(image: Tensor | np.ndarray) -> np.ndarray:
@@ -93,9 +94,10 @@ def plot_sampling_locations(
 
     Each level of a :class:`~deformconv.viz.sampling.BackProjection` has its own colour
     (the bottom level red, as in the paper's Fig. 5), points shrinking with depth; the
-    activation unit is a green star. ``regular``: the same units' projections with zero
-    offsets, whose image points are drawn as hollow grey circles (where plain convs would
-    sample). Returns the path written.
+    activation unit is a green star, drawn over the points. Several units' points have
+    their own marker shapes, and their stars are numbered as in the legend. ``regular``:
+    the same units' projections with zero offsets, whose image points are drawn as hollow
+    grey circles (where plain convs would sample). Returns the path written.
     """
     from matplotlib import colormaps
 
@@ -112,15 +114,22 @@ def plot_sampling_locations(
     # levels run top to bottom: the bottom one red (1.0), a single level too
     colors = colormaps["autumn_r"](np.linspace(0.15, 1.0, depth) if depth > 1
                                    else np.ones(depth))
+    several = len(projections) > 1
     for n, projection in enumerate(projections):
+        marker = UNIT_MARKERS[n % len(UNIT_MARKERS)]
         for level, points in enumerate(projection.levels):
             size = max(40.0 / 3**level, 2.0)
-            label = f"{projection.layers[level]} ({len(points)} pts)" if n == 0 else None
+            label = f"{projection.layers[level] or 'layer'} ({len(points)} pts)"
             ax.scatter(points[:, 1].numpy(), points[:, 0].numpy(), s=size, c=[colors[level]],
-                       marker="o", linewidths=0, alpha=0.85, label=label)
-        ax.scatter([float(projection.unit[1])], [float(projection.unit[0])], s=120,
-                   c=UNIT_COLOR, marker="*", edgecolors="black", linewidths=0.5,
-                   label="activation unit" if n == 0 else None)
+                       marker=marker, linewidths=0, alpha=0.85,
+                       label=f"unit {n + 1}: {label}" if several else label)
+    for n, projection in enumerate(projections):  # last, so that no point hides a unit
+        y, x = float(projection.unit[0]), float(projection.unit[1])
+        ax.scatter([x], [y], s=120, c=UNIT_COLOR, marker="*", edgecolors="black",
+                   linewidths=0.5, label="activation unit" if n == 0 else None, zorder=3)
+        if several:
+            ax.annotate(str(n + 1), (x, y), xytext=(4, 4), textcoords="offset points",
+                        fontsize=7, color=UNIT_COLOR, fontweight="bold", zorder=3)
     if projections:
         ax.legend(loc="lower left", fontsize=6, framealpha=0.6)
     return _save(fig, path, dpi)
