@@ -103,3 +103,22 @@ def test_demo_rejects_bad_sizes(capsys: pytest.CaptureFixture, tmp_path: Path) -
     assert code == 2 and "--image-size must be >= 16" in err
     code, _, err = run_cli(capsys, "demo", "--smoke", "--deform-layers", "3", "--out", tmp_path)
     assert code == 2 and "--deform-layers must be at most 2" in err
+
+
+def test_a_rerun_replaces_the_earlier_demo(capsys: pytest.CaptureFixture,
+                                           demo_run: tuple[Path, str], tmp_path: Path) -> None:
+    """Nothing of the earlier demo stays beside the new one (its equal-time run and offset
+    figures of other images used to); files that are not a demo's stay."""
+    import shutil
+
+    out = tmp_path / "demo"
+    shutil.copytree(demo_run[0], out)
+    (out / "offsets_sampling_99.png").write_bytes(b"an earlier figure")
+    code, stdout, _ = run_cli(capsys, "demo", "--smoke", "--no-equal-time", "--no-progress",
+                              "--out", out)
+    assert code == 0 and f"replacing the earlier demo in {out}" in stdout
+    assert not (out / "plain_equal_time").exists() and (out / "demo.toml").is_file()
+    report = (out / "report.md").read_text()
+    figures = sorted(path.name for path in out.glob("offsets_sampling_*.png"))
+    assert figures and all(name in report for name in figures)
+    assert json.loads((out / "metrics.json").read_text())["settings"]["equal_time"] is False

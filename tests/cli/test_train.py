@@ -333,6 +333,21 @@ def test_viz_from_checkpoint(capsys: pytest.CaptureFixture, trained: Path,
         assert str(png) in stdout
     tables = (tmp_path / "offsets.md").read_text()
     assert "layer4.2.conv2" in tables and "Effective dilation" in tables
+    # a rerun replaces the figures: the earlier ones used to stay beside those offsets.md lists
+    code, stdout, _ = run_cli(capsys, "viz", trained / "last.pt", "--count", "1", "--out",
+                              tmp_path)
+    assert code == 0 and f"removed 2 figure(s) of an earlier viz run from {tmp_path}" in stdout
+    assert [p.name for p in tmp_path.glob("*.png")] == ["sampling_0.png"]
+
+
+def test_viz_refuses_another_task_and_a_file_as_out(capsys: pytest.CaptureFixture,
+                                                    trained: Path) -> None:
+    """--task used to be ignored; a file as --out gave a bare "[Errno 17] File exists"."""
+    code, _, err = run_cli(capsys, "viz", trained / "last.pt", "--task", "detection")
+    assert code == 2
+    assert "--task detection differs from the checkpoint's classification model" in err
+    code, _, err = run_cli(capsys, "viz", trained / "last.pt", "--out", trained / "last.pt")
+    assert code == 2 and f"--out {trained / 'last.pt'} is a file" in err
 
 
 def test_viz_index_out_of_range(capsys: pytest.CaptureFixture, trained: Path,

@@ -25,7 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "sampling locations, accuracy by object size), metrics.json, PNGs and each run's "
         "checkpoint (usable with eval/viz/export) to --out.",
         epilog="example: deformconv demo --seed 1 --out runs/demo-seed1")
-    parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    parser.add_argument("--out", default="runs/demo",
+                        help="output folder (default runs/demo); an earlier demo's files "
+                             "there are replaced")
     parser.add_argument("--iterations", type=positive_int,
                         help=f"iterations of each twin (default {d.iterations})")
     parser.add_argument("--no-equal-time", action="store_true",

@@ -35,22 +35,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_data_options(parser, with_train=False)
     parser.add_argument("--index", type=non_negative_int, default=0,
                         help="first validation image to draw (default 0)")
-    parser.add_argument("--count", type=positive_int, default=2, help="images to draw")
+    parser.add_argument("--count", type=positive_int, default=2,
+                        help="images to draw (default 2)")
     parser.add_argument("--stack-depth", type=positive_int, default=3,
                         help="deformable layers back-projected together (paper Fig. 5: 3)")
     parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="initialisation seed of a fresh model")
-    parser.add_argument("--out", default="runs/viz", help="output folder (default runs/viz)")
+    parser.add_argument("--out", default="runs/viz",
+                        help="output folder (default runs/viz); an earlier viz run's figures "
+                             "there are replaced")
     parser.set_defaults(run=run_viz)
     return parser
 
 
+# What a viz run writes into its folder, besides offsets.md (viz.offset_report's names).
+FIGURE_PATTERNS = ("sampling_*.png", "roi_offsets*_*.png")
+
+
 def run_viz(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; give the folder to write the figures into")
     if args.checkpoint:
         model_spec, data_spec, _ = specs_from_checkpoint(args.checkpoint)
         if args.model is not None and args.model != model_spec.name:
             raise CLIError(f"--model {args.model} differs from the checkpoint's "
                            f"{model_spec.name}; give one or the other")
+        if args.task is not None and args.task != model_spec.task:
+            raise CLIError(f"--task {args.task} differs from the checkpoint's "
+                           f"{model_spec.task} model; leave --task out")
         check_model_flags_match(args, model_spec)
         data_spec = data_spec_from_args(args, data_spec)
         task = model_spec.task
@@ -71,7 +84,7 @@ def run_viz(args: argparse.Namespace) -> int:
         raise CLIError(f"--index {args.index} is past the last of the {images} validation "
                        "images")
     indices = list(range(args.index, min(args.index + args.count, images)))
-    out = Path(args.out)
+    _remove_earlier_figures(out)
     report = offset_figures(model, dataset, indices, task, out, stack_depth=args.stack_depth)
     source = args.checkpoint or f"fresh {model_spec.name}"
     (out / "offsets.md").write_text(f"# Offsets of {source}\n\nImages {indices} of the "
@@ -80,3 +93,12 @@ def run_viz(args: argparse.Namespace) -> int:
         print(path)
     print(f"tables: {out / 'offsets.md'}")
     return 0
+
+
+def _remove_earlier_figures(out: Path) -> None:
+    """Remove an earlier viz run's figures from ``out``: offsets.md lists only this run's."""
+    earlier = [path for pattern in FIGURE_PATTERNS for path in out.glob(pattern)]
+    for path in earlier:
+        path.unlink()
+    if earlier:
+        print(f"removed {len(earlier)} figure(s) of an earlier viz run from {out}")

@@ -112,6 +112,12 @@ class DemoSettings:
         return cls(**{**values, **overrides})
 
 
+# What a demo writes into its folder besides the runs' folders (demo_report's report and
+# figures); a rerun into the folder replaces them.
+REPORT_FILES = ("report.md", "metrics.json", "curves.png", "scales.png", "predictions.png",
+                "offsets_sampling_*.png")
+
+
 def run_folder(name: str) -> str:
     """The subfolder of a run's checkpoints and metrics: ``plain_equal_time`` etc."""
     return name.replace(", ", "_").replace(" ", "_")
@@ -381,12 +387,30 @@ def _load() -> float:
         return math.nan
 
 
+def _clear_earlier_demo(out: Path) -> None:
+    """Remove an earlier demo's files and run folders from ``out``, so that none is left
+    beside this one's; other files stay."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the demo's output folder {out} is a file")
+    earlier = [path for path in (out / run_folder(name) for name in RUNS) if path.exists()]
+    earlier += [path for pattern in REPORT_FILES for path in out.glob(pattern)]
+    if earlier:
+        print(f"replacing the earlier demo in {out}")
+    for path in earlier:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def run_demo(s: DemoSettings, out: Path) -> dict[str, Any]:
-    """Run the demo, writing to folder ``out``; returns what ``metrics.json`` holds."""
+    """Run the demo, writing to folder ``out``; returns what ``metrics.json`` holds. An
+    earlier demo's files in ``out`` are removed first."""
     from ..engine import balanced_class_weights, build_optimizer, label_counts, resolve_device
     from .demo_report import analyse, comparison_table, write_report
 
     started, cpu_started, load_start = time.perf_counter(), _cpu_seconds(), _load()
+    _clear_earlier_demo(out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(s.device)
     workers = 1 if device.type != "cpu" else min(s.jobs, 2)

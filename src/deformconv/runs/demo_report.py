@@ -122,14 +122,16 @@ def verdict(summary: Mapping[str, Any]) -> list[str]:
     deformable = runs["deformable"]["metrics"]["miou"]
     gaps = {name: deformable - runs[name]["metrics"]["miou"]
             for name in ("plain", "plain, equal time") if name in runs}
-    ratio = runs["deformable"]["train_seconds"] / runs["plain"]["train_seconds"]
+    cpu = runs["deformable"]["cpu_seconds"] / runs["plain"]["cpu_seconds"]
+    wall = runs["deformable"]["train_seconds"] / runs["plain"]["train_seconds"]
     lines = [f"- deformable − plain at equal iterations: **{_points(gaps['plain'])}** mIoU "
              "points"]
     if "plain, equal time" in gaps:
         lines.append(f"- deformable − plain at equal training time: "
                      f"**{_points(gaps['plain, equal time'])}** mIoU points")
-    lines.append(f"- training time, deformable / plain at equal iterations: **{ratio:.2f}×** "
-                 f"(training-step cost measured in turns before training: "
+    lines.append(f"- training cost, deformable / plain at equal iterations: **{cpu:.2f}×** "
+                 f"the CPU time ({wall:.2f}× the wall-clock time, which other work on the "
+                 f"machine sways; training-step cost measured in turns before training: "
                  f"{summary['step_ratio']:.2f}×)")
     if "plain, equal time" not in gaps:
         lines.append("- (no equal-time run: the comparison at equal training time is "
@@ -241,7 +243,7 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
         f"{reference}.", "",
         f"![predictions]({figures['predictions']})", "",
         "## What the offsets learned", "",
-        f"Sampling locations of the deformable {_plural(s['deform_layers'], 'layer')} "
+        f"Sampling locations of the {_plural(s['deform_layers'], 'deformable layer')} "
         "back-projected to the image (paper Fig. 5), from a pixel of each of the two "
         "largest objects, on the images above with the largest gains: each layer's points "
         "in its own colour, the activation unit as a green star, and as hollow grey "

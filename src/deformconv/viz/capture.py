@@ -24,6 +24,11 @@ from .roi import RoIOffsetRecord, install_roi_hooks
 __all__ = ["LayerGeometry", "OffsetCapture", "OffsetRecord", "capture_offsets"]
 
 
+def layer_label(name: str) -> str:
+    """A layer's name for titles and legends: the model itself is named ``""``."""
+    return name or "the model"
+
+
 @dataclass(frozen=True)
 class LayerGeometry:
     """Kernel, stride, padding, dilation and offset groups of a deformable conv."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .capture import OffsetRecord
+from .capture import OffsetRecord, layer_label
 from .roi import RoIBins
 from .sampling import BackProjection, back_project
 
@@ -119,7 +119,7 @@ def plot_sampling_locations(
         marker = UNIT_MARKERS[n % len(UNIT_MARKERS)]
         for level, points in enumerate(projection.levels):
             size = max(40.0 / 3**level, 2.0)
-            label = f"{projection.layers[level] or 'layer'} ({len(points)} pts)"
+            label = f"{layer_label(projection.layers[level])} ({len(points)} pts)"
             ax.scatter(points[:, 1].numpy(), points[:, 0].numpy(), s=size, c=[colors[level]],
                        marker=marker, linewidths=0, alpha=0.85,
                        label=f"unit {n + 1}: {label}" if several else label)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..conventions import IGNORE_INDEX
-from .capture import OffsetCapture
+from .capture import OffsetCapture, layer_label
 from .dilation import effective_dilation_table, format_dilation_table
 from .plot import plot_roi_offsets, plot_stacked_sampling
 from .roi import roi_bins
@@ -161,7 +161,7 @@ def offset_report(
                             None if masks is None else masks[i], top.image_size,
                             units_per_image)
             units = list(dict.fromkeys(unit_at(top, point) for point in points))
-            names = ", ".join(rec.name for rec in stack)
+            names = ", ".join(layer_label(rec.name) for rec in stack)
             report.figures.append(plot_stacked_sampling(
                 images[i], stack, units, out_dir / f"{prefix}sampling_{ids[i]}.png",
                 image_index=i, title=f"image {ids[i]}: sampling points of {names}"))
