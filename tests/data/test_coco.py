@@ -430,3 +430,56 @@ def test_recorded_categories_label_evaluation_data_without_the_training_file(
         eval_spec = replace(recorded, paths=paths, val_paths=val_paths)
         _, val, classes = build_datasets(eval_spec, "detection", need_train=False)
         assert classes == 3 and val[0][1]["labels"].tolist() == [2]
+
+
+# -- masks ---------------------------------------------------------------------------------
+
+
+def _one_mask_set(root: Path, segmentation) -> Path:
+    """A 30x40 image with one crowd annotation (id 5) of ``segmentation``."""
+    _write_images(root, {"a.png": (30, 40)})
+    ann = {"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 1,
+           "segmentation": segmentation}
+    return _write_json(root / "ann.json", [{"id": 1, "file_name": "a.png", "height": 30,
+                                            "width": 40}], [ann], [{"id": 1}])
+
+
+def test_rle_masks_decode_to_zeros_and_ones(tmp_path: Path) -> None:
+    counts = [31, 3, 27, 3, 1136]  # column major: rows 1..3 of columns 1 and 2
+    for segmentation in ({"size": [30, 40], "counts": counts},
+                         {"size": [30, 40], "counts": "o03k00eR1"}):
+        path = _one_mask_set(tmp_path, segmentation)
+        mask = CocoDetection(tmp_path, path, masks=True)[0][1]["masks"][0]
+        assert mask.sum() == 6 and mask[1:4, 1:3].all(), segmentation
+
+
+@pytest.mark.parametrize(
+    ("segmentation", "why"),
+    [
+        ({"size": [30, 40], "counts": [1, 2, 3]}, "RLE counts sum to 6, not height * width = 1200"),
+        ({"size": [30, 40], "counts": [1300, -100]}, "RLE counts must be integers >= 0"),
+        ({"size": [30, 40], "counts": "0"}, "RLE counts sum to 0, not height * width = 1200"),
+        ({"size": [30, 40], "counts": "o03k00"}, "RLE counts sum to 64, not"),
+        ({"size": [30, 40], "counts": "Y1\u00e9"}, "RLE counts string has the character"),
+        ({"size": [30, 40], "counts": "Y1b"}, "RLE counts string ends inside a count"),
+        ({"size": [40, 30], "counts": [1200]}, "RLE size [40, 30] is not the image's [30, 40]"),
+        ({"size": [12000, 12000], "counts": "0"}, "RLE size [12000, 12000] is not the image's"),
+        ({"size": [30, 40], "counts": 7}, "RLE counts must be a list or a string, got int"),
+    ],
+)
+def test_malformed_rle_is_skipped_before_decoding(tmp_path: Path, monkeypatch, segmentation,
+                                                  why: str) -> None:
+    """pycocotools decoded short counts to uninitialised memory (mask values like 31, 45)
+    and allocated an RLE's claimed size, however large, before the size was checked."""
+    from pycocotools import mask as mask_utils
+
+    decoded = []
+    decode = mask_utils.decode
+    monkeypatch.setattr(mask_utils, "decode", lambda rle: decoded.append(rle) or decode(rle))
+    path = _one_mask_set(tmp_path, segmentation)
+    ds = CocoDetection(tmp_path, path, masks=True)
+    message = r"skipping sample 0: .*a\.png: cannot decode the mask of annotation id 5: "
+    message += re.escape(why)
+    with pytest.warns(RuntimeWarning, match=message), pytest.raises(RuntimeError, match="none"):
+        ds[0]
+    assert ds.skipped == {"corrupt_annotation": 1} and not decoded

@@ -17,10 +17,13 @@ What goes wrong, and what happens (counts are in ``dataset.skipped``, a Counter)
     box with no area (after clipping)            -> dropped, "degenerate_box"
     image file missing                           -> dropped, "missing_image"
     image with no annotation left (drop_empty)   -> dropped, "empty_image"
-    on load: image unreadable, or its size differs from the json
-                                                 -> warning, "corrupt_image" / "size_mismatch",
-                                                    the next good image is returned instead
-                                                    (evaluation leaves the image out)
+    on load: image unreadable, or its size differs from the json, or (``masks=True``) a
+    segmentation that does not decode: an RLE whose ``size`` is not the image's or whose
+    runs do not add up to height * width
+                                                 -> warning, "corrupt_image" / "size_mismatch"
+                                                    / "corrupt_annotation", the next good
+                                                    image is returned instead (evaluation
+                                                    leaves the image out)
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class _Image:
     areas: list[float] = field(default_factory=list)
     crowd: list[int] = field(default_factory=list)
     segmentations: list[Any] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # "annotation id 7", for messages
 
 
 def _int(value: Any) -> bool:
@@ -75,6 +79,13 @@ def _int(value: Any) -> bool:
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _annotation_name(ann: Any, index: int) -> str:
+    """How messages name an annotation: by its id, else by its place in the list."""
+    if isinstance(ann, dict) and _int(ann.get("id")):
+        return f"annotation id {ann['id']}"
+    return f"annotations[{index}]"
 
 
 def _valid_segmentation(seg: Any) -> bool:
@@ -139,8 +150,8 @@ class CocoDetection(SkippingDataset):
         self.category_to_label = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
         self.label_to_category = {v: k for k, v in self.category_to_label.items()}
         by_id = self._images(images)
-        for ann in annotations:
-            self._add_annotation(ann, by_id, skip_crowd)
+        for index, ann in enumerate(annotations):
+            self._add_annotation(index, ann, by_id, skip_crowd)
 
         self._records: list[_Image] = []
         for rec in by_id.values():
@@ -177,7 +188,8 @@ class CocoDetection(SkippingDataset):
                                       h if known else None, w if known else None)
         return by_id
 
-    def _add_annotation(self, ann: Any, by_id: dict[int, _Image], skip_crowd: bool) -> None:
+    def _add_annotation(self, index: int, ann: Any, by_id: dict[int, _Image],
+                        skip_crowd: bool) -> None:
         if not isinstance(ann, dict):
             self.skipped["invalid_annotation"] += 1
             return
@@ -212,6 +224,7 @@ class CocoDetection(SkippingDataset):
         rec.areas.append(float(area) if _number(area) and area > 0 else w * h)
         rec.crowd.append(crowd)
         rec.segmentations.append(seg)
+        rec.names.append(_annotation_name(ann, index))
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -252,8 +265,9 @@ class CocoDetection(SkippingDataset):
             "sizes": box_sizes(boxes_t),
         }
         if self.masks:
-            segs = [s for s, k in zip(rec.segmentations, keep, strict=True) if k]
-            target["masks"] = _decode_masks(segs, h, w, rec.path)
+            anns = [(name, seg) for name, seg, k
+                    in zip(rec.names, rec.segmentations, keep, strict=True) if k]
+            target["masks"] = _decode_masks(anns, h, w, rec.path)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
@@ -325,31 +339,73 @@ def _require_pycocotools() -> None:
         ) from err
 
 
-def _decode_masks(segmentations: list[Any], height: int, width: int, path: Path) -> Tensor:
-    """Polygons / RLE -> (K, H, W) uint8."""
+def _decode_masks(anns: list[tuple[str, Any]], height: int, width: int, path: Path) -> Tensor:
+    """(name, polygons / RLE) of each annotation -> (K, H, W) uint8 masks of 0 and 1."""
     from pycocotools import mask as mask_utils
 
-    out = np.zeros((len(segmentations), height, width), dtype=np.uint8)
-    for k, seg in enumerate(segmentations):
+    out = np.zeros((len(anns), height, width), dtype=np.uint8)
+    for k, (name, seg) in enumerate(anns):
         try:
             if isinstance(seg, list):
                 rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-            elif isinstance(seg["counts"], list):  # uncompressed RLE
-                rle = mask_utils.frPyObjects(seg, height, width)
             else:
-                rle = seg
+                # pycocotools trusts an RLE: it allocates size[0] * size[1] bytes and leaves
+                # what short counts do not cover uninitialised, so check it first
+                _check_rle(seg, height, width)
+                rle = mask_utils.frPyObjects(seg, height, width) if isinstance(
+                    seg["counts"], list) else seg
             with warnings.catch_warnings():
                 # pycocotools' Cython arrays trip a numpy 2 DeprecationWarning on every call
                 warnings.simplefilter("ignore", DeprecationWarning)
                 decoded = mask_utils.decode(rle)
         except Exception as err:  # pycocotools raises bare Exceptions on bad RLE
             raise SampleError(
-                "corrupt_annotation", f"{path}: cannot decode mask {k}: {err}"
+                "corrupt_annotation", f"{path}: cannot decode the mask of {name}: {err}"
             ) from err
-        if decoded.shape != (height, width):
-            raise SampleError(
-                "corrupt_annotation",
-                f"{path}: mask {k} is {decoded.shape}, image is {(height, width)}",
-            )
         out[k] = decoded
     return torch.from_numpy(out)
+
+
+def _check_rle(seg: dict[str, Any], height: int, width: int) -> None:
+    """Raise ValueError unless RLE ``seg`` is of the image's size and its runs cover it."""
+    size = seg["size"]
+    if not isinstance(size, list) or size != [height, width]:
+        raise ValueError(f"RLE size {size!r} is not the image's [{height}, {width}]")
+    counts = seg["counts"]
+    if isinstance(counts, list):
+        if not all(_int(c) and c >= 0 for c in counts):
+            raise ValueError("RLE counts must be integers >= 0")
+    elif isinstance(counts, str):
+        counts = _rle_string_counts(counts)
+    else:
+        raise ValueError(f"RLE counts must be a list or a string, got {type(counts).__name__}")
+    if sum(counts) != height * width:
+        raise ValueError(f"RLE counts sum to {sum(counts)}, not height * width = "
+                         f"{height * width}")
+
+
+def _rle_string_counts(text: str) -> list[int]:
+    """The run lengths of a compressed RLE ``counts`` string (pycocotools' format: each
+    count in 5-bit groups of characters from '0', with a continue bit and a sign bit,
+    from the fourth count on stored as the difference to the count two before)."""
+    counts: list[int] = []
+    value, shift = 0, 0
+    for char in text:
+        group = ord(char) - 48
+        if not 0 <= group < 64:
+            raise ValueError(f"RLE counts string has the character {char!r}")
+        value |= (group & 0x1F) << shift
+        shift += 5
+        if group & 0x20:  # more groups follow
+            continue
+        if group & 0x10:  # sign bit of the last group
+            value -= 1 << shift
+        if len(counts) > 2:
+            value += counts[-2]
+        if value < 0:
+            raise ValueError(f"RLE counts string gives a negative run ({value})")
+        counts.append(value)
+        value, shift = 0, 0
+    if shift:
+        raise ValueError("RLE counts string ends inside a count")
+    return counts
