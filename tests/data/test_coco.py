@@ -68,7 +68,8 @@ def test_loads_targets_and_maps_categories(tiny) -> None:
 
 def test_skip_crowd(tiny) -> None:
     root, ann = tiny
-    with pytest.warns(RuntimeWarning, match="crowd: 1, empty_image: 1"):
+    with pytest.warns(RuntimeWarning,
+                      match=r"crowd: 1, e\.g\. annotation id 3, empty_image: 1, e\.g\. .*b\.png\)"):
         ds = CocoDetection(root, ann, skip_crowd=True)
     assert len(ds) == 2 and ds.skipped == {"crowd": 1, "empty_image": 1}
 
@@ -255,13 +256,45 @@ def test_boxes_outside_the_image_are_clipped_or_dropped(tmp_path: Path) -> None:
     anns.append({"id": 10, "image_id": 1, "category_id": 99, "bbox": [1, 1, 2, 2]})
     path = _write_json(tmp_path / "a.json", [{"id": 1, "file_name": "a.png", "height": 40,
                                               "width": 50}], anns, [{"id": 1}])
-    with pytest.warns(RuntimeWarning, match="degenerate_box: 2, invalid_annotation: 4"):
+    with pytest.warns(RuntimeWarning, match=r"degenerate_box: 2, e\.g\. annotation id 3 .*, "
+                                            r"invalid_annotation: 4, e\.g\. annotation id 5"):
         ds = CocoDetection(tmp_path, path)
     assert ds.clipped == 2
     _, t = ds[0]
     assert torch.equal(t["boxes"], torch.tensor([[0.0, 0, 15, 15], [40, 30, 50, 40]]))
     assert t["labels"].tolist() == [1, 1]
     assert ds.class_names == ("1",)
+
+
+def test_dropped_annotations_are_named_with_the_reason(tmp_path: Path) -> None:
+    """The summary warning used to say only "invalid_annotation: 5"."""
+    _write_images(tmp_path, {"a.png": (40, 50)})
+    good = {"image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5],
+            "segmentation": [[1, 1, 6, 1, 6, 6]]}
+    anns = [{**good, "id": 1, "category_id": 2}, {**good, "id": 2, "image_id": "1"},
+            {**good, "id": 3, "image_id": 9}, {**good, "id": 4, "bbox": [1, 1, 5]}, "junk",
+            {**good, "id": 6, "bbox": [60, 1, 5, 5]}, {**good, "id": 7, "iscrowd": 1},
+            {**good, "id": 8, "segmentation": "none"}, {**good, "id": 9}]
+    path = _write_json(tmp_path / "a.json", [{"id": 1, "file_name": "a.png", "height": 40,
+                                              "width": 50}], anns, [{"id": 1}])
+    with pytest.warns(RuntimeWarning) as record:
+        ds = CocoDetection(tmp_path, path, masks=True, skip_crowd=True)
+    summary = str(record[0].message)
+    assert ds.skipped == {"invalid_annotation": 5, "degenerate_box": 1, "crowd": 1,
+                          "invalid_segmentation": 1}
+    for part in ("invalid_annotation: 5, e.g. annotation id 1 (unknown category_id 2), "
+                 "annotation id 2 (image_id not an integer: '1'), annotation id 3 (unknown "
+                 "image_id 9), ...",
+                 "degenerate_box: 1, e.g. annotation id 6 (bbox [60, 1, 5, 5] has no area "
+                 "inside the image)",
+                 "crowd: 1, e.g. annotation id 7,",
+                 "invalid_segmentation: 1, e.g. annotation id 8 (not polygons or RLE: 'none')"):
+        assert part in summary
+    _write_json(path, [{"id": 1, "file_name": "a.png"}], anns[3:5], [{"id": 1}])
+    named = ("invalid_annotation: 2, e.g. annotation id 4 (bbox not [x, y, width, height] of "
+             "finite numbers: [1, 1, 5]), annotations[1] (not a JSON object: 'junk'));")
+    with pytest.warns(RuntimeWarning, match=re.escape(named)):
+        CocoDetection(tmp_path, path, drop_empty=False)
 
 
 def test_empty_annotations(tiny, tmp_path: Path) -> None:
@@ -360,7 +393,7 @@ def _exact(target: dict) -> dict:
 
 def test_run_data_trains_without_crowd_and_evaluates_with_it(tiny) -> None:
     root, ann = tiny  # image 2 holds only a crowd region of category 10 (label 3)
-    with pytest.warns(RuntimeWarning, match="crowd: 1, empty_image: 1"):
+    with pytest.warns(RuntimeWarning, match=r"crowd: 1, e\.g\. annotation id 3, empty_image: 1"):
         train, val, classes = build_datasets(DataSpec("coco", [str(ann), str(root)]),
                                              "detection")
     assert classes == 3 and train.image_ids == [1, 3] and val.image_ids == [1, 2, 3]

@@ -13,6 +13,8 @@ What goes wrong, and what happens (counts are in ``dataset.skipped``, a Counter)
                                                  -> error at construction
     annotation with unknown image/category or a malformed bbox
                                                  -> dropped, "invalid_annotation"
+    crowd annotation under ``skip_crowd``        -> dropped, "crowd"
+    no polygons or RLE under ``masks``           -> dropped, "invalid_segmentation"
     box partly outside the image                 -> clipped, counted in ``dataset.clipped``
     box with no area (after clipping)            -> dropped, "degenerate_box"
     image file missing                           -> dropped, "missing_image"
@@ -24,6 +26,8 @@ What goes wrong, and what happens (counts are in ``dataset.skipped``, a Counter)
                                                     / "corrupt_annotation", the next good
                                                     image is returned instead (evaluation
                                                     leaves the image out)
+One warning sums up what construction dropped, naming the first few of each reason: the
+annotation (its id, else its place in the list) and what is wrong with it, or the image file.
 """
 
 from __future__ import annotations
@@ -158,7 +162,7 @@ class CocoDetection(SkippingDataset):
             if not rec.path.is_file():
                 self._skip("missing_image", rec.path)
             elif drop_empty and not rec.boxes:
-                self.skipped["empty_image"] += 1
+                self._skip("empty_image", rec.path)
             else:
                 self._records.append(rec)
         self._warn_skipped(self.ann_file, len(by_id))
@@ -190,23 +194,20 @@ class CocoDetection(SkippingDataset):
 
     def _add_annotation(self, index: int, ann: Any, by_id: dict[int, _Image],
                         skip_crowd: bool) -> None:
-        if not isinstance(ann, dict):
-            self.skipped["invalid_annotation"] += 1
+        name = _annotation_name(ann, index)
+        problem = self._annotation_problem(ann, by_id)
+        if problem:
+            self._skip("invalid_annotation", f"{name} ({problem})")
             return
-        rec = by_id.get(ann.get("image_id"))  # type: ignore[arg-type]
-        label = self.category_to_label.get(ann.get("category_id"))  # type: ignore[arg-type]
-        bbox = ann.get("bbox")
-        if (rec is None or label is None or not isinstance(bbox, list) or len(bbox) != 4
-                or not all(map(_number, bbox))):
-            self.skipped["invalid_annotation"] += 1
-            return
+        rec, bbox = by_id[ann["image_id"]], ann["bbox"]
+        label = self.category_to_label[ann["category_id"]]
         crowd = int(bool(ann.get("iscrowd", 0)))
         if crowd and skip_crowd:
-            self.skipped["crowd"] += 1
+            self._skip("crowd", name)
             return
         seg = ann.get("segmentation")
         if self.masks and not _valid_segmentation(seg):
-            self.skipped["invalid_segmentation"] += 1
+            self._skip("invalid_segmentation", f"{name} (not polygons or RLE: {seg!r:.40})")
             return
         x, y, w, h = (float(v) for v in bbox)
         box = np.array([[x, y, x + w, y + h]], dtype=np.float64)
@@ -216,7 +217,7 @@ class CocoDetection(SkippingDataset):
         elif not (w > 0 and h > 0):
             box = box[:0]
         if len(box) == 0:
-            self.skipped["degenerate_box"] += 1
+            self._skip("degenerate_box", f"{name} (bbox {bbox} has no area inside the image)")
             return
         area = ann.get("area")
         rec.boxes.append(box[0].tolist())
@@ -224,7 +225,24 @@ class CocoDetection(SkippingDataset):
         rec.areas.append(float(area) if _number(area) and area > 0 else w * h)
         rec.crowd.append(crowd)
         rec.segmentations.append(seg)
-        rec.names.append(_annotation_name(ann, index))
+        rec.names.append(name)
+
+    def _annotation_problem(self, ann: Any, by_id: dict[int, _Image]) -> str | None:
+        """Why annotation ``ann`` cannot be used (counted as invalid_annotation), or None."""
+        if not isinstance(ann, dict):
+            return f"not a JSON object: {ann!r:.40}"
+        image_id, category_id, bbox = ann.get("image_id"), ann.get("category_id"), ann.get("bbox")
+        if not _int(image_id):
+            return f"image_id not an integer: {image_id!r:.40}"
+        if image_id not in by_id:
+            return f"unknown image_id {image_id}"
+        if not _int(category_id):
+            return f"category_id not an integer: {category_id!r:.40}"
+        if category_id not in self.category_to_label:
+            return f"unknown category_id {category_id}"
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_number, bbox))):
+            return f"bbox not [x, y, width, height] of finite numbers: {bbox!r:.60}"
+        return None
 
     # -- loading ---------------------------------------------------------------------------
 
