@@ -297,6 +297,15 @@ def test_dropped_annotations_are_named_with_the_reason(tmp_path: Path) -> None:
         CocoDetection(tmp_path, path, drop_empty=False)
 
 
+def test_duplicate_annotation_ids_are_an_error(tiny) -> None:
+    root, ann = tiny
+    data = json.loads(ann.read_text())
+    data["annotations"][3]["id"] = 2
+    ann.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=f"^{re.escape(str(ann))}: duplicate annotation id 2$"):
+        CocoDetection(root, ann)
+
+
 def test_empty_annotations(tiny, tmp_path: Path) -> None:
     root, ann = tiny
     data = json.loads(ann.read_text())

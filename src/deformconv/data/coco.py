@@ -8,7 +8,7 @@ its training set's ``category_table``).
 
 What goes wrong, and what happens (counts are in ``dataset.skipped``, a Counter):
     annotation file or image folder missing, json unreadable, required sections or
-    fields missing or of the wrong type, duplicate ids,
+    fields missing or of the wrong type, duplicate image, category or annotation ids,
     annotation of a category the borrowed ``categories`` table lacks
                                                  -> error at construction
     annotation with unknown image/category or a malformed bbox
@@ -151,6 +151,7 @@ class CocoDetection(SkippingDataset):
         else:
             source, self.category_ids, self.class_names = _borrowed_categories(categories)
             _check_known_categories(annotations, self.category_ids, self.ann_file, source)
+        _check_unique_annotation_ids(annotations, self.ann_file)
         self.category_to_label = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
         self.label_to_category = {v: k for k, v in self.category_to_label.items()}
         by_id = self._images(images)
@@ -346,6 +347,17 @@ def _check_known_categories(annotations: list, ids: list[int], ann_file: Path,
     if unknown:
         raise ValueError(f"{ann_file}: annotations have category ids {unknown} that are not "
                          f"among the categories of {source} (ids {ids})")
+
+
+def _check_unique_annotation_ids(annotations: list, ann_file: Path) -> None:
+    """Raise when two annotations of ``ann_file`` share an integer id."""
+    seen: set[int] = set()
+    for ann in annotations:
+        ann_id = ann.get("id") if isinstance(ann, dict) else None
+        if _int(ann_id):
+            if ann_id in seen:
+                raise ValueError(f"{ann_file}: duplicate annotation id {ann_id}")
+            seen.add(ann_id)
 
 
 def _require_pycocotools() -> None:
