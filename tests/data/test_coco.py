@@ -297,6 +297,21 @@ def test_dropped_annotations_are_named_with_the_reason(tmp_path: Path) -> None:
         CocoDetection(tmp_path, path, drop_empty=False)
 
 
+def test_iscrowd_must_be_0_or_1(tiny) -> None:
+    """A string "0" was taken as crowd (bool("0")) and dropped under skip_crowd."""
+    root, ann = tiny
+    data = json.loads(ann.read_text())
+    for a, iscrowd in zip(data["annotations"], ("0", True, 1.0, 2), strict=True):
+        a["iscrowd"] = iscrowd
+    ann.write_text(json.dumps(data))
+    named = ("invalid_annotation: 2, e.g. annotation id 1 (iscrowd not 0 or 1: '0'), "
+             "annotation id 4 (iscrowd not 0 or 1: 2));")
+    with pytest.warns(RuntimeWarning, match=re.escape(named)):
+        ds = CocoDetection(root, ann, drop_empty=False)
+    assert ds.skipped == {"invalid_annotation": 2}
+    assert ds[0][1]["iscrowd"].tolist() == [1] and ds[1][1]["iscrowd"].tolist() == [1]
+
+
 def test_duplicate_annotation_ids_are_an_error(tiny) -> None:
     root, ann = tiny
     data = json.loads(ann.read_text())

@@ -11,7 +11,8 @@ What goes wrong, and what happens (counts are in ``dataset.skipped``, a Counter)
     fields missing or of the wrong type, duplicate image, category or annotation ids,
     annotation of a category the borrowed ``categories`` table lacks
                                                  -> error at construction
-    annotation with unknown image/category or a malformed bbox
+    annotation with unknown image/category, a malformed bbox or an ``iscrowd`` other than
+    0 / 1 (numbers or booleans; a string "0" is not taken for either)
                                                  -> dropped, "invalid_annotation"
     crowd annotation under ``skip_crowd``        -> dropped, "crowd"
     no polygons or RLE under ``masks``           -> dropped, "invalid_segmentation"
@@ -202,7 +203,7 @@ class CocoDetection(SkippingDataset):
             return
         rec, bbox = by_id[ann["image_id"]], ann["bbox"]
         label = self.category_to_label[ann["category_id"]]
-        crowd = int(bool(ann.get("iscrowd", 0)))
+        crowd = int(ann.get("iscrowd", 0))
         if crowd and skip_crowd:
             self._skip("crowd", name)
             return
@@ -243,6 +244,9 @@ class CocoDetection(SkippingDataset):
             return f"unknown category_id {category_id}"
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_number, bbox))):
             return f"bbox not [x, y, width, height] of finite numbers: {bbox!r:.60}"
+        iscrowd = ann.get("iscrowd", 0)
+        if not (isinstance(iscrowd, (int, float)) and iscrowd in (0, 1)):  # bools too
+            return f"iscrowd not 0 or 1: {iscrowd!r:.40}"
         return None
 
     # -- loading ---------------------------------------------------------------------------
