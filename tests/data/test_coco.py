@@ -256,7 +256,7 @@ def test_boxes_outside_the_image_are_clipped_or_dropped(tmp_path: Path) -> None:
     anns.append({"id": 10, "image_id": 1, "category_id": 99, "bbox": [1, 1, 2, 2]})
     path = _write_json(tmp_path / "a.json", [{"id": 1, "file_name": "a.png", "height": 40,
                                               "width": 50}], anns, [{"id": 1}])
-    with pytest.warns(RuntimeWarning, match=r"degenerate_box: 2, e\.g\. annotation id 3 .*, "
+    with pytest.warns(RuntimeWarning, match=r"degenerate_box: 2, e\.g\. annotation id 4 .*, "
                                             r"invalid_annotation: 4, e\.g\. annotation id 5"):
         ds = CocoDetection(tmp_path, path)
     assert ds.clipped == 2
@@ -285,8 +285,8 @@ def test_dropped_annotations_are_named_with_the_reason(tmp_path: Path) -> None:
     for part in ("invalid_annotation: 5, e.g. annotation id 1 (unknown category_id 2), "
                  "annotation id 2 (image_id not an integer: '1'), annotation id 3 (unknown "
                  "image_id 9), ...",
-                 "degenerate_box: 1, e.g. annotation id 6 (bbox [60, 1, 5, 5] has no area "
-                 "inside the image)",
+                 "degenerate_box: 1, e.g. annotation id 6 (box x1y1x2y2 [60.0, 1.0, 65.0, "
+                 "6.0] has no area inside the image, 50 wide and 40 high)",
                  "crowd: 1, e.g. annotation id 7,",
                  "invalid_segmentation: 1, e.g. annotation id 8 (not polygons or RLE: 'none')"):
         assert part in summary
@@ -319,6 +319,50 @@ def test_duplicate_annotation_ids_are_an_error(tiny) -> None:
     ann.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=f"^{re.escape(str(ann))}: duplicate annotation id 2$"):
         CocoDetection(root, ann)
+
+
+@pytest.mark.parametrize("sizes_in_json", [True, False])
+def test_clipping_is_counted_and_areas_follow_the_clipped_box(tmp_path: Path,
+                                                              sizes_in_json: bool) -> None:
+    """Without sizes in the json, boxes were clipped or dropped at load without a count or
+    a warning, and a clipped box's area stayed the json bbox's w * h (400 for a 10x10)."""
+    _write_images(tmp_path, {"a.png": (30, 40)})
+    anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b} for i, b in
+            enumerate([[30, 20, 20, 20], [45, 35, 5, 5], [1, 1, 5, 5]])]
+    anns.append({"id": 4, "image_id": 1, "category_id": 1, "bbox": [-2, 0, 4, 4], "area": 7})
+    image = {"id": 1, "file_name": "a.png"}
+    if sizes_in_json:
+        image.update(height=30, width=40)
+    path = _write_json(tmp_path / "a.json", [image], anns, [{"id": 1}])
+    named = ("degenerate_box: 1, e.g. annotation id 2 (box x1y1x2y2 [45.0, 35.0, 50.0, 40.0] "
+             "has no area inside the image, 40 wide and 30 high)")
+    if sizes_in_json:
+        with pytest.warns(RuntimeWarning, match=re.escape(named)):
+            ds = CocoDetection(tmp_path, path)
+        _, t = ds[0]
+    else:
+        ds = CocoDetection(tmp_path, path)  # the json gives no size: checked on load
+        warning = r"a\.png: dropped annotation id 2 as degenerate_box: no area inside the image, "
+        warning += "40 wide and 30 high"
+        with pytest.warns(RuntimeWarning, match=warning):
+            _, t = ds[0]
+    assert torch.equal(t["boxes"], torch.tensor([[30.0, 20, 40, 30], [1, 1, 6, 6], [0, 0, 2, 4]]))
+    assert t["area"].tolist() == [100.0, 25.0, 7.0]  # the json's area where it gives one
+    assert ds.clipped == 2 and ds.skipped == {"degenerate_box": 1}
+    assert torch.equal(ds[0][1]["boxes"], t["boxes"]) and ds.clipped == 2  # counted once
+
+
+def test_image_without_size_and_no_box_inside_is_skipped_on_load(tmp_path: Path) -> None:
+    _write_images(tmp_path, {"a.png": (30, 40), "b.png": (30, 40)})
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [45, 35, 5, 5]},
+            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5]}]
+    images = [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}]
+    ds = CocoDetection(tmp_path, _write_json(tmp_path / "a.json", images, anns, [{"id": 1}]))
+    with pytest.warns(RuntimeWarning) as record:
+        assert ds[0][1]["image_id"] == 2
+    assert "skipping sample 0: " in str(record[-1].message)
+    assert str(record[-1].message).endswith("a.png: no box left inside the image")
+    assert ds.skipped == {"degenerate_box": 1, "empty_image": 1}
 
 
 def test_empty_annotations(tiny, tmp_path: Path) -> None:

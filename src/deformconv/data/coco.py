@@ -18,6 +18,9 @@ What goes wrong, and what happens (counts are in ``dataset.skipped``, a Counter)
     no polygons or RLE under ``masks``           -> dropped, "invalid_segmentation"
     box partly outside the image                 -> clipped, counted in ``dataset.clipped``
     box with no area (after clipping)            -> dropped, "degenerate_box"
+        (for an image the json gives no ``height``/``width`` for, both on its first load,
+        with a warning naming what is dropped; left with no box under ``drop_empty``, the
+        image is then skipped as "empty_image")
     image file missing                           -> dropped, "missing_image"
     image with no annotation left (drop_empty)   -> dropped, "empty_image"
     on load: image unreadable, or its size differs from the json, or (``masks=True``) a
@@ -72,10 +75,15 @@ class _Image:
     width: int | None
     boxes: list[list[float]] = field(default_factory=list)  # x1y1x2y2
     labels: list[int] = field(default_factory=list)
-    areas: list[float] = field(default_factory=list)
+    areas: list[float] = field(default_factory=list)  # the json's; NaN: the box area
     crowd: list[int] = field(default_factory=list)
     segmentations: list[Any] = field(default_factory=list)
     names: list[str] = field(default_factory=list)  # "annotation id 7", for messages
+
+    def keep(self, keep: Sequence[bool]) -> None:
+        """Keep only the annotations where ``keep`` is true."""
+        for key in ("boxes", "labels", "areas", "crowd", "segmentations", "names"):
+            setattr(self, key, [v for v, k in zip(getattr(self, key), keep, strict=True) if k])
 
 
 def _int(value: Any) -> bool:
@@ -106,9 +114,10 @@ class CocoDetection(SkippingDataset):
     """COCO json + image folder -> ``(image (3, H, W) float32, target dict)``.
 
     target: ``boxes`` (K, 4) float32 x1y1x2y2, ``labels`` (K,) int64 in 1..C, ``image_id``
-    int (the json's id), ``area`` (K,) float32 (the json's, else the box area), ``iscrowd``
-    (K,) int64, ``sizes`` (K,) float32 ``sqrt(w * h)``, and ``masks`` (K, H, W) uint8 when
-    ``masks=True`` (decoded with pycocotools from polygons or RLE).
+    int (the json's id), ``area`` (K,) float32 (the json's, else the area of the box clipped
+    to the image), ``iscrowd`` (K,) int64, ``sizes`` (K,) float32 ``sqrt(w * h)``, and
+    ``masks`` (K, H, W) uint8 when ``masks=True`` (decoded with pycocotools from polygons
+    or RLE).
 
     Args:
         root: folder the images' ``file_name`` are relative to.
@@ -140,6 +149,7 @@ class CocoDetection(SkippingDataset):
         self.transforms = transforms
         self.masks = masks
         self.clipped = 0  # boxes clipped to their image
+        self.drop_empty = drop_empty
         if not self.ann_file.is_file():
             raise FileNotFoundError(f"COCO annotation file not found: {self.ann_file}")
         if not self.root.is_dir():
@@ -158,6 +168,9 @@ class CocoDetection(SkippingDataset):
         by_id = self._images(images)
         for index, ann in enumerate(annotations):
             self._add_annotation(index, ann, by_id, skip_crowd)
+        for rec in by_id.values():
+            if rec.height is not None:
+                self._fit_boxes(rec, rec.height, rec.width)  # type: ignore[arg-type]
 
         self._records: list[_Image] = []
         for rec in by_id.values():
@@ -212,19 +225,13 @@ class CocoDetection(SkippingDataset):
             self._skip("invalid_segmentation", f"{name} (not polygons or RLE: {seg!r:.40})")
             return
         x, y, w, h = (float(v) for v in bbox)
-        box = np.array([[x, y, x + w, y + h]], dtype=np.float64)
-        if rec.height is not None:
-            box, keep, clipped = clip_boxes(box, rec.height, rec.width)  # type: ignore[arg-type]
-            self.clipped += clipped
-        elif not (w > 0 and h > 0):
-            box = box[:0]
-        if len(box) == 0:
-            self._skip("degenerate_box", f"{name} (bbox {bbox} has no area inside the image)")
+        if not (w > 0 and h > 0):
+            self._skip("degenerate_box", f"{name} (bbox {bbox} has no area)")
             return
         area = ann.get("area")
-        rec.boxes.append(box[0].tolist())
+        rec.boxes.append([x, y, x + w, y + h])  # clipped by _fit_boxes once the size is known
         rec.labels.append(label)
-        rec.areas.append(float(area) if _number(area) and area > 0 else w * h)
+        rec.areas.append(float(area) if _number(area) and area > 0 else math.nan)
         rec.crowd.append(crowd)
         rec.segmentations.append(seg)
         rec.names.append(name)
@@ -249,6 +256,32 @@ class CocoDetection(SkippingDataset):
             return f"iscrowd not 0 or 1: {iscrowd!r:.40}"
         return None
 
+    def _fit_boxes(self, rec: _Image, height: int, width: int) -> list[str]:
+        """Clip ``rec``'s boxes to a ``height`` x ``width`` image, counted in ``clipped``;
+        drop those left with no area as degenerate_box. Returns the names of the dropped."""
+        boxes = np.asarray(rec.boxes, dtype=np.float64).reshape(-1, 4)
+        fitted, keep, clipped = clip_boxes(boxes, height, width)
+        self.clipped += clipped
+        dropped = [name for name, k in zip(rec.names, keep, strict=True) if not k]
+        for name, box in zip(dropped, boxes[~keep], strict=True):
+            self._skip("degenerate_box", f"{name} (box x1y1x2y2 {box.tolist()} has no area "
+                                         f"inside the image, {width} wide and {height} high)")
+        rec.keep(keep)
+        rec.boxes = fitted.tolist()
+        return dropped
+
+    def _fit_to_loaded_size(self, rec: _Image, height: int, width: int) -> None:
+        """Fit the boxes of an image whose size the json does not give, on its first load."""
+        dropped = self._fit_boxes(rec, height, width)
+        rec.height, rec.width = height, width
+        if dropped:
+            warnings.warn(f"{rec.path}: dropped {', '.join(dropped)} as degenerate_box: no "
+                          f"area inside the image, {width} wide and {height} high (the json "
+                          "gives no size, so this shows on load only)", RuntimeWarning,
+                          stacklevel=2)
+        if self.drop_empty and not rec.boxes:
+            raise SampleError("empty_image", f"{rec.path}: no box left inside the image")
+
     # -- loading ---------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -272,25 +305,28 @@ class CocoDetection(SkippingDataset):
         rec = self._records[index]
         image = load_rgb(rec.path)
         h, w = image.shape[-2:]
-        if rec.height is not None and (rec.height, rec.width) != (h, w):
+        if rec.height is None:
+            self._fit_to_loaded_size(rec, h, w)
+        elif (rec.height, rec.width) != (h, w):
             raise SampleError(
                 "size_mismatch",
                 f"{rec.path} is {h}x{w} but the annotations say {rec.height}x{rec.width}",
             )
-        boxes, keep, _ = clip_boxes(np.asarray(rec.boxes, dtype=np.float64).reshape(-1, 4), h, w)
-        boxes_t = torch.from_numpy(boxes.astype(np.float32))
+        boxes = torch.tensor(rec.boxes, dtype=torch.float64).reshape(-1, 4)
+        box_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        area = torch.tensor(rec.areas, dtype=torch.float64)
+        boxes_t = boxes.float()
         target: dict[str, Any] = {
             "boxes": boxes_t,
-            "labels": torch.tensor(rec.labels, dtype=torch.int64)[keep],
+            "labels": torch.tensor(rec.labels, dtype=torch.int64),
             "image_id": rec.image_id,
-            "area": torch.tensor(rec.areas, dtype=torch.float32)[keep],
-            "iscrowd": torch.tensor(rec.crowd, dtype=torch.int64)[keep],
+            "area": torch.where(area.isnan(), box_area, area).float(),
+            "iscrowd": torch.tensor(rec.crowd, dtype=torch.int64),
             "sizes": box_sizes(boxes_t),
         }
         if self.masks:
-            anns = [(name, seg) for name, seg, k
-                    in zip(rec.names, rec.segmentations, keep, strict=True) if k]
-            target["masks"] = _decode_masks(anns, h, w, rec.path)
+            target["masks"] = _decode_masks(list(zip(rec.names, rec.segmentations, strict=True)),
+                                            h, w, rec.path)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
