@@ -200,6 +200,55 @@ def test_8_bit_images_are_divided_by_255(tmp_path: Path, mode: str) -> None:
     torch.testing.assert_close(load_rgb(path), want.permute(2, 0, 1), rtol=0, atol=0)
 
 
+def _save_oriented(path: Path, rgb: np.ndarray, orientation: int) -> Path:
+    """Save ``rgb`` (stored pixels) with EXIF orientation tag ``orientation``."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(rgb).save(path, exif=exif)
+    return path
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_exif_orientation_is_applied(tmp_path: Path, orientation: int) -> None:
+    """Viewers and annotation tools show a photo with its orientation applied; load_rgb
+    used to return the stored pixels."""
+    stored = np.random.default_rng(2).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    path = _save_oriented(tmp_path / "p.png", stored, orientation)
+    turns = {1: 0, 3: 2, 6: -1, 8: 1}[orientation]  # counter-clockwise quarter turns
+    want = torch.from_numpy(np.rot90(stored, turns).copy()).permute(2, 0, 1).float() / 255
+    torch.testing.assert_close(load_rgb(path), want, rtol=0, atol=0)
+
+
+def _photo_set(root: Path, sizes: dict[str, int], bbox: list[int]) -> Path:
+    """p.jpg stored 40 wide, 30 high with EXIF orientation 6 (shown 30 wide, 40 high), its
+    image entry with ``sizes``, one annotation of ``bbox``."""
+    _save_oriented(root / "p.jpg", np.zeros((30, 40, 3), np.uint8), 6)
+    ann = {"id": 1, "image_id": 1, "category_id": 1, "bbox": bbox}
+    return _write_json(root / "a.json", [{"id": 1, "file_name": "p.jpg", **sizes}], [ann],
+                       [{"id": 1}])
+
+
+@pytest.mark.parametrize("sizes", [{"width": 30, "height": 40}, {}])
+def test_annotations_of_the_upright_photo_load(tmp_path: Path, sizes: dict[str, int]) -> None:
+    """The json of an annotation tool, which shows the photo upright, was refused as a
+    size mismatch, or without sizes the box was cut to the stored 30 rows."""
+    bottom_left = [0, 30, 10, 10]  # of the photo as shown
+    image, t = CocoDetection(tmp_path, _photo_set(tmp_path, sizes, bottom_left))[0]
+    assert image.shape == (3, 40, 30)
+    assert t["boxes"].tolist() == [[0.0, 30.0, 10.0, 40.0]] and t["area"].tolist() == [100.0]
+
+
+def test_annotations_of_the_stored_pixels_are_explained(tmp_path: Path) -> None:
+    path = _photo_set(tmp_path, {"width": 40, "height": 30}, [30, 20, 10, 10])
+    ds = CocoDetection(tmp_path, path)
+    message = (r"skipping sample 0: .*p\.jpg is 40x30 but the annotations say 30x40; the "
+               r"annotations appear to be in the file's stored pixel orientation \(30 high, 40 "
+               r"wide\), ignoring its EXIF orientation tag \(6\), .* strip the tag")
+    with pytest.warns(RuntimeWarning, match=message), pytest.raises(RuntimeError):
+        ds[0]
+    assert ds.skipped == {"size_mismatch": 1}
+
+
 # -- broken inputs -------------------------------------------------------------------------
 
 

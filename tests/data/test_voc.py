@@ -156,3 +156,33 @@ def test_grey_rgb_mask_is_accepted(voc: Path) -> None:
     Image.fromarray(grey).save(voc / "SegmentationClass" / "img1.png")
     _, m = VOCSegmentation(voc, "train")[0]
     assert torch.equal(m, torch.from_numpy(_mask(label=3)))
+
+
+def _rotate_stored(path: Path, orientation: int) -> None:
+    """Re-save image ``path`` with its pixels turned a quarter clockwise and the EXIF
+    orientation ``orientation`` (6 shows the original again)."""
+    with Image.open(path) as img:
+        turned = img.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    turned.save(path, exif=exif)
+
+
+def test_exif_orientation_of_images_and_masks_is_applied(voc: Path) -> None:
+    image = voc / "JPEGImages" / "img2.png"  # png: exact pixels
+    expected = VOCSegmentation(voc, "train")[1]
+    _rotate_stored(image, 6)
+    _rotate_stored(voc / "SegmentationClass" / "img2.png", 6)
+    got = VOCSegmentation(voc, "train")[1]
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_mask_of_the_stored_pixels_is_explained(voc: Path) -> None:
+    _rotate_stored(voc / "JPEGImages" / "img2.png", 8)  # stored 16 high, shown 12 high
+    Image.fromarray(np.zeros((16, 12), np.uint8)).save(voc / "SegmentationClass" / "img2.png")
+    ds = VOCSegmentation(voc, "train")
+    message = (r"skipping sample 1: .*img2\.png is \(16, 12\) but .*img2\.png is \(12, 16\); "
+               r"the mask's pixels appear to be in the file's stored pixel orientation \(16 high, "
+               r"12 wide\), ignoring its EXIF orientation tag \(8\)")
+    with pytest.warns(RuntimeWarning, match=message):
+        ds.load_or_skip(1)

@@ -25,6 +25,7 @@ __all__ = [
     "box_sizes",
     "clip_boxes",
     "load_rgb",
+    "orientation_hint",
     "readable_sample",
 ]
 
@@ -53,8 +54,17 @@ class NoReadableSamplesError(RuntimeError):
 _WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 
 
+# EXIF orientations (tag 0x0112) whose display swaps the stored width and height.
+_EXIF_ORIENTATION = 0x0112
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
 def load_rgb(path: Path) -> Tensor:
     """Decode an image file to a float32 (3, H, W) tensor in [0, 1] (any PIL mode -> RGB).
+
+    The file's EXIF orientation tag is applied (as viewers and annotation tools show the
+    image, and as detectron2 reads it): a photo stored 40 wide, 30 high with orientation 6
+    loads 30 wide, 40 high.
 
     8-bit images are divided by 255. Grey images of more than 8 bits are scaled by their
     format's range and repeated over the 3 channels: 16-bit ("I;16*" modes) by 65535;
@@ -62,11 +72,12 @@ def load_rgb(path: Path) -> Tensor:
     every value fits in 16 bits, else by 2**31 - 1; float ("F") is taken to be in [0, 1]
     already. Values outside [0, 1] are then clipped, NaN becomes 0.
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as img:
             img.load()  # decode now, so truncated files fail here and not later
+            ImageOps.exif_transpose(img, in_place=True)
             if img.mode in _WIDE_GREY_MODES:
                 return _wide_grey_to_rgb(np.asarray(img, dtype=np.float64), img.mode)
             array = np.asarray(img.convert("RGB"), dtype=np.uint8)
@@ -75,6 +86,29 @@ def load_rgb(path: Path) -> Tensor:
     except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for unreadable data
         raise SampleError("corrupt_image", f"cannot decode image {path}: {err}") from err
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def orientation_hint(path: Path, loaded: tuple[int, int], expected: tuple[object, object],
+                     what: str) -> str:
+    """For image ``path`` loaded (H, W) ``loaded`` where ``what`` (a plural noun phrase)
+    expect ``expected``: a sentence when the EXIF orientation tag swapped the stored width
+    and height and the stored size is the expected one, else ''."""
+    from PIL import Image
+
+    if tuple(expected) != tuple(loaded)[::-1]:
+        return ""
+    try:
+        with Image.open(path) as img:
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError):
+        return ""
+    if orientation not in _SWAPPING_ORIENTATIONS:
+        return ""
+    return (f"; {what} appear to be in the file's stored pixel orientation "
+            f"({expected[0]} high, {expected[1]} wide), ignoring its EXIF orientation "
+            f"tag ({orientation}), which the loader applies as viewers do. If they are right "
+            "for the stored pixels, strip the tag (e.g. exiftool -Orientation= FILE); else "
+            "redo them for the image as viewers show it")
 
 
 def _wide_grey_to_rgb(grey: np.ndarray, mode: str) -> Tensor:

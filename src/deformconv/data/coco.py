@@ -6,6 +6,11 @@ the file's own categories, or of a table borrowed with ``categories=`` (a valida
 takes its training set's, so that a label means the same class in both; a checkpoint keeps
 its training set's ``category_table``).
 
+Images are read as viewers and annotation tools show them: a file's EXIF orientation tag is
+applied, so boxes, masks and the json's ``width``/``height`` are those of the upright image.
+A json size that is the file's stored (unturned) size instead is skipped as "size_mismatch"
+with a message saying so and how to fix the data.
+
 What goes wrong, and what happens (counts are in ``dataset.skipped``, a Counter):
     annotation file or image folder missing, json unreadable, required sections or
     fields missing or of the wrong type, duplicate image, category or annotation ids,
@@ -48,7 +53,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._common import SampleError, SkippingDataset, Transform, box_sizes, clip_boxes, load_rgb
+from ._common import (
+    SampleError,
+    SkippingDataset,
+    Transform,
+    box_sizes,
+    clip_boxes,
+    load_rgb,
+    orientation_hint,
+)
 
 __all__ = ["CocoDetection", "read_json"]
 
@@ -308,9 +321,10 @@ class CocoDetection(SkippingDataset):
         if rec.height is None:
             self._fit_to_loaded_size(rec, h, w)
         elif (rec.height, rec.width) != (h, w):
+            hint = orientation_hint(rec.path, (h, w), (rec.height, rec.width), "the annotations")
             raise SampleError(
                 "size_mismatch",
-                f"{rec.path} is {h}x{w} but the annotations say {rec.height}x{rec.width}",
+                f"{rec.path} is {h}x{w} but the annotations say {rec.height}x{rec.width}{hint}",
             )
         boxes = torch.tensor(rec.boxes, dtype=torch.float64).reshape(-1, 4)
         box_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])

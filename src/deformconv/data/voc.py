@@ -6,6 +6,8 @@ Layout (``root`` = e.g. ``VOCdevkit/VOC2012``)::
     SegmentationClass/<id>.png     class ids as palette (P) or grayscale (L) PNG, 255 = ignore
     ImageSets/Segmentation/<split>.txt   one <id> per line
 
+Images and masks are read as viewers show them: a file's EXIF orientation tag is applied.
+
 Missing root or split file, or an empty split -> error at construction. A missing image or
 mask -> dropped at construction, counted in ``skipped``. An unreadable image or mask, a mask
 whose size differs from the image, or labels above ``num_classes`` (other than 255) ->
@@ -21,19 +23,28 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._common import IGNORE_INDEX, SampleError, SkippingDataset, Transform, load_rgb
+from ._common import (
+    IGNORE_INDEX,
+    SampleError,
+    SkippingDataset,
+    Transform,
+    load_rgb,
+    orientation_hint,
+)
 
 __all__ = ["VOCSegmentation"]
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 
 def load_mask(path: Path) -> np.ndarray:
-    """Read a class-id PNG to (H, W) int64; colour (RGB) masks are refused."""
-    from PIL import Image
+    """Read a class-id PNG to (H, W) int64; colour (RGB) masks are refused. An EXIF
+    orientation tag is applied, as to the images."""
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as img:
             img.load()
+            ImageOps.exif_transpose(img, in_place=True)
             mode = img.mode
             array = np.asarray(img)
     except FileNotFoundError as err:
@@ -134,10 +145,11 @@ class VOCSegmentation(SkippingDataset):
         _, image_path, mask_path = self._samples[index]
         image = load_rgb(image_path)
         mask = load_mask(mask_path)
-        if mask.shape != tuple(image.shape[-2:]):
+        size = tuple(image.shape[-2:])
+        if mask.shape != size:
+            hint = orientation_hint(image_path, size, mask.shape, "the mask's pixels")
             raise SampleError(
-                "size_mismatch",
-                f"{mask_path} is {mask.shape} but {image_path} is {tuple(image.shape[-2:])}",
+                "size_mismatch", f"{mask_path} is {mask.shape} but {image_path} is {size}{hint}"
             )
         if self.num_classes is not None:
             bad = np.unique(mask[(mask > self.num_classes) & (mask != IGNORE_INDEX)])
