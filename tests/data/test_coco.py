@@ -287,6 +287,13 @@ def test_binary_annotation_file(tmp_path: Path) -> None:
         CocoDetection(tmp_path, path)
 
 
+def test_annotation_file_with_a_byte_order_mark(tiny) -> None:
+    """A UTF-8 json with a BOM (as some editors save it) was refused as invalid JSON."""
+    root, ann = tiny
+    ann.write_bytes(b"\xef\xbb\xbf" + ann.read_bytes())
+    assert CocoDetection(root, ann).image_ids == [1, 2, 3]
+
+
 def test_missing_image_is_dropped_and_counted(tiny) -> None:
     root, ann = tiny
     (root / "b.png").unlink()

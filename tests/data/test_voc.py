@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,14 @@ def test_split_files_as_editors_and_cameras_write_them(voc: Path) -> None:
     assert VOCSegmentation(voc, "train").ids == ["img1", "img2"]
     _write_split(voc, "train", ["img1", "img2", "img1"])
     with pytest.raises(ValueError, match=r"train\.txt: lists \['img1'\] more than once"):
+        VOCSegmentation(voc, "train")
+
+
+def test_split_file_that_is_not_utf8_is_named(voc: Path) -> None:
+    """The error was only "'utf-8' codec can't decode byte 0xe9 ...", naming no file."""
+    split = voc / "ImageSets" / "Segmentation" / "train.txt"
+    split.write_bytes("img1\ncaf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(split))}: not a UTF-8 text file"):
         VOCSegmentation(voc, "train")
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "clip_boxes",
     "load_rgb",
     "orientation_hint",
+    "read_utf8",
     "readable_sample",
 ]
 
@@ -121,6 +122,15 @@ def _wide_grey_to_rgb(grey: np.ndarray, mode: str) -> Tensor:
         full_scale = 65535.0
     unit = np.clip(np.nan_to_num(grey / full_scale), 0.0, 1.0).astype(np.float32)
     return torch.from_numpy(unit).repeat(3, 1, 1)
+
+
+def read_utf8(path: Path) -> str:
+    """The text of a UTF-8 file, without a byte-order mark (as some editors save);
+    ValueError naming the file when it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 text file ({err})") from err
 
 
 def clip_boxes(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray, int]:

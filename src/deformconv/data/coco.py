@@ -61,17 +61,16 @@ from ._common import (
     clip_boxes,
     load_rgb,
     orientation_hint,
+    read_utf8,
 )
 
 __all__ = ["CocoDetection", "read_json"]
 
 
 def read_json(path: Path) -> Any:
-    """Parse a json file; errors name the file and what was wrong."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not a UTF-8 text file ({err})") from err
+    """Parse a UTF-8 json file (a byte-order mark is allowed); errors name the file and
+    what was wrong."""
+    text = read_utf8(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:

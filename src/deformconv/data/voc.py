@@ -8,7 +8,8 @@ Layout (``root`` = e.g. ``VOCdevkit/VOC2012``)::
 
 Images and masks are read as viewers show them: a file's EXIF orientation tag is applied.
 
-Missing root or split file, or an empty split -> error at construction. A missing image or
+Missing root or split file, a split file that is not UTF-8 text (a byte-order mark is
+allowed), or an empty split -> error at construction. A missing image or
 mask -> dropped at construction, counted in ``skipped``. An unreadable image or mask, a mask
 whose size differs from the image, or labels above ``num_classes`` (other than 255) ->
 warning on load, counted, and the next sample is returned instead.
@@ -30,6 +31,7 @@ from ._common import (
     Transform,
     load_rgb,
     orientation_hint,
+    read_utf8,
 )
 
 __all__ = ["VOCSegmentation"]
@@ -108,8 +110,7 @@ class VOCSegmentation(SkippingDataset):
             raise FileNotFoundError(
                 f"VOC split file not found: {split_file} (splits found: {found}){hint}"
             )
-        # utf-8-sig: a byte-order mark (as some editors save) is not part of the first id
-        ids = [line.strip() for line in split_file.read_text(encoding="utf-8-sig").splitlines()]
+        ids = [line.strip() for line in read_utf8(split_file).splitlines()]
         ids = [i for i in ids if i]
         if not ids:
             raise ValueError(f"{split_file}: the split lists no images")
