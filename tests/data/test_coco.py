@@ -258,6 +258,13 @@ def test_missing_annotation_file_and_folder(tiny, tmp_path: Path) -> None:
         CocoDetection(root, root / "nope.json")
     with pytest.raises(FileNotFoundError, match=r"image folder not found: .*nodir"):
         CocoDetection(root / "nodir", ann)
+    # a folder given as the annotation file was "not found"
+    folder = f"^COCO annotation file is a folder, not a file: {re.escape(str(root))}$"
+    with pytest.raises(IsADirectoryError, match=folder):
+        CocoDetection(root, root)
+    with pytest.raises(NotADirectoryError,
+                       match=r"^COCO image folder is a file, not a folder: .*ann\.json$"):
+        CocoDetection(ann, ann)
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,11 @@ def test_structural_errors(voc: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError,
                        match=r"VOC folders below .*download are \['.*VOCdevkit/VOC2012'\]: pass"):
         VOCSegmentation(unpacked)
+    (voc / "ImageSets" / "Segmentation" / "dir.txt").mkdir()  # was "not found", listed
+    with pytest.raises(IsADirectoryError, match=r"split file is a folder, not a file: .*dir\.txt$"):
+        VOCSegmentation(voc, "dir")
+    with pytest.raises(FileNotFoundError, match=r"\(splits found: \['train', 'val'\]\)$"):
+        VOCSegmentation(voc, "test")
     _write_split(voc, "empty", [])
     with pytest.raises(ValueError, match=r"empty\.txt: the split lists no images"):
         VOCSegmentation(voc, "empty")

@@ -28,6 +28,7 @@ __all__ = [
     "orientation_hint",
     "read_utf8",
     "readable_sample",
+    "require_path",
 ]
 
 # A joint transform: (image (3, H, W), target) -> (image, target); see data.transforms.
@@ -122,6 +123,17 @@ def _wide_grey_to_rgb(grey: np.ndarray, mode: str) -> Tensor:
         full_scale = 65535.0
     unit = np.clip(np.nan_to_num(grey / full_scale), 0.0, 1.0).astype(np.float32)
     return torch.from_numpy(unit).repeat(3, 1, 1)
+
+
+def require_path(path: Path, what: str, *, folder: bool) -> None:
+    """Raise, naming ``what`` and ``path``, unless ``path`` is a folder (``folder``) or
+    a file (not ``folder``)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if folder and not path.is_dir():
+        raise NotADirectoryError(f"{what} is a file, not a folder: {path}")
+    if not folder and path.is_dir():
+        raise IsADirectoryError(f"{what} is a folder, not a file: {path}")
 
 
 def read_utf8(path: Path) -> str:

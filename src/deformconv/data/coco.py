@@ -62,6 +62,7 @@ from ._common import (
     load_rgb,
     orientation_hint,
     read_utf8,
+    require_path,
 )
 
 __all__ = ["CocoDetection", "read_json"]
@@ -162,10 +163,8 @@ class CocoDetection(SkippingDataset):
         self.masks = masks
         self.clipped = 0  # boxes clipped to their image
         self.drop_empty = drop_empty
-        if not self.ann_file.is_file():
-            raise FileNotFoundError(f"COCO annotation file not found: {self.ann_file}")
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"COCO image folder not found: {self.root}")
+        require_path(self.ann_file, "COCO annotation file", folder=False)
+        require_path(self.root, "COCO image folder", folder=True)
         if masks:
             _require_pycocotools()
         images, own_categories, annotations = _sections(self.ann_file, read_json(self.ann_file))

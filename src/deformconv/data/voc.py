@@ -32,6 +32,7 @@ from ._common import (
     load_rgb,
     orientation_hint,
     read_utf8,
+    require_path,
 )
 
 __all__ = ["VOCSegmentation"]
@@ -99,12 +100,13 @@ class VOCSegmentation(SkippingDataset):
         self.num_classes = num_classes
         if num_classes is not None and not 1 <= num_classes < IGNORE_INDEX:
             raise ValueError(f"num_classes must be in 1..{IGNORE_INDEX - 1}, got {num_classes}")
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"VOC root folder not found: {self.root}")
+        require_path(self.root, "VOC root folder", folder=True)
         split_dir = self.root / "ImageSets" / "Segmentation"
         split_file = split_dir / f"{split}.txt"
+        if split_file.is_dir():
+            raise IsADirectoryError(f"VOC split file is a folder, not a file: {split_file}")
         if not split_file.is_file():
-            found = sorted(p.stem for p in split_dir.glob("*.txt")) if split_dir.is_dir() else []
+            found = sorted(p.stem for p in split_dir.glob("*.txt") if p.is_file())
             below = [] if split_dir.is_dir() else _voc_folders_below(self.root)
             hint = f"; the VOC folders below {self.root} are {below}: pass one" if below else ""
             raise FileNotFoundError(
