@@ -165,11 +165,26 @@ def test_bad_samples_are_skipped_on_load(voc: Path, breakage: str, reason: str) 
     assert ds.skipped == {reason: 1}
 
 
-def test_grey_rgb_mask_is_accepted(voc: Path) -> None:
-    grey = np.repeat(_mask(label=3).astype(np.uint8)[..., None], 3, axis=2)
-    Image.fromarray(grey).save(voc / "SegmentationClass" / "img1.png")
+@pytest.mark.parametrize("mode", ["RGB", "LA", "RGBA"])
+def test_grey_mask_with_more_bands_is_accepted(voc: Path, mode: str) -> None:
+    """An opaque grey+alpha (LA) mask was refused as a "colour (LA) mask"."""
+    grey = Image.fromarray(_mask(label=3).astype(np.uint8), mode="L")
+    grey.convert(mode).save(voc / "SegmentationClass" / "img1.png")
     _, m = VOCSegmentation(voc, "train")[0]
     assert torch.equal(m, torch.from_numpy(_mask(label=3)))
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA"])
+def test_mask_with_transparent_pixels_is_refused(voc: Path, mode: str) -> None:
+    grey = Image.fromarray(_mask(label=3).astype(np.uint8), mode="L").convert(mode)
+    alpha = np.full(_mask().shape, 255, np.uint8)
+    alpha[0, 0] = 0
+    grey.putalpha(Image.fromarray(alpha))
+    grey.save(voc / "SegmentationClass" / "img1.png")
+    ds = VOCSegmentation(voc, "train")
+    with pytest.warns(RuntimeWarning, match=rf"img1\.png has transparent pixels \(a {mode} mask\)"):
+        ds[0]
+    assert ds.skipped == {"bad_mask": 1}
 
 
 def _rotate_stored(path: Path, orientation: int) -> None:

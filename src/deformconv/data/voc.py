@@ -7,6 +7,8 @@ Layout (``root`` = e.g. ``VOCdevkit/VOC2012``)::
     ImageSets/Segmentation/<split>.txt   one <id> per line
 
 Images and masks are read as viewers show them: a file's EXIF orientation tag is applied.
+A mask may also be grey RGB, or L / RGB with an alpha band that is fully opaque; colour
+masks and masks with transparent pixels are skipped on load as "bad_mask".
 
 Missing root or split file, a split file that is not UTF-8 text (a byte-order mark is
 allowed), or an empty split -> error at construction. A missing image or
@@ -40,8 +42,10 @@ _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 
 def load_mask(path: Path) -> np.ndarray:
-    """Read a class-id PNG to (H, W) int64; colour (RGB) masks are refused. An EXIF
-    orientation tag is applied, as to the images."""
+    """Read a class-id PNG to (H, W) int64. A grey mask may come as RGB with equal bands;
+    colour masks are refused. An alpha band (LA, RGBA) must be fully opaque: what a
+    transparent pixel's class is cannot be told. An EXIF orientation tag is applied, as to
+    the images."""
     from PIL import Image, ImageOps
 
     try:
@@ -54,6 +58,14 @@ def load_mask(path: Path) -> np.ndarray:
         raise SampleError("missing_mask", f"mask file not found: {path}") from err
     except (OSError, ValueError, SyntaxError) as err:
         raise SampleError("corrupt_mask", f"cannot decode mask {path}: {err}") from err
+    if array.ndim == 3 and mode.endswith("A"):  # LA, RGBA, PA: the last band is alpha
+        if (array[..., -1] != 255).any():
+            raise SampleError(
+                "bad_mask",
+                f"{path} has transparent pixels (a {mode} mask); save class ids without "
+                "alpha, as a palette (P) or grayscale (L) PNG",
+            )
+        array = array[..., :-1]
     if array.ndim == 3:
         if not (array[..., :3] == array[..., :1]).all():
             raise SampleError(
