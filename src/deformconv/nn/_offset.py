@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 
+import torch
 from torch import Tensor, nn
 
 from ..ops import NaNOffsetError
@@ -41,16 +42,20 @@ def nan_offsets_propagate(op: Callable[[Tensor], Tensor], offset: Tensor) -> Ten
     ``offset`` (N|K, *, h, w) and ``op``'s output (N|K, C, h', w'): a NaN at (n, :, i, j)
     makes output (n, :, i, j) NaN when the sizes agree, else all of output n.
     """
-    try:
-        return op(offset)
-    except NaNOffsetError:
-        bad = offset.isnan()
-        out = op(offset.nan_to_num(0.0))
-        if bad.shape[2:] == out.shape[2:]:
-            where = bad.any(1, keepdim=True)
-        else:
-            where = bad.flatten(1).any(1).view(-1, 1, 1, 1)
-        return out.masked_fill(where, math.nan)
+    if not torch.compiler.is_compiling():
+        try:
+            return op(offset)  # all finite: nothing costs more than the op's own NaN check
+        except NaNOffsetError:
+            pass
+    # torch.compile and torch.export trace the op as a node whose error no except ever sees:
+    # there the masking always runs, and without NaN it leaves op(offset) as it is.
+    bad = offset.isnan()
+    out = op(offset.masked_fill(bad, 0.0))
+    if bad.shape[2:] == out.shape[2:]:
+        where = bad.any(1, keepdim=True)
+    else:
+        where = bad.flatten(1).any(1).view(-1, 1, 1, 1)
+    return out.masked_fill(where, math.nan)
 
 
 def offset_state_keys(model: nn.Module) -> set[str]:
