@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 import pytest
 import torch
 from torch import nn
 
-from deformconv.nn import DeformConv2d, DeformRoIPool, offset_param_groups
+from deformconv.nn import DeformConv2d, DeformPSRoIPool, DeformRoIPool, offset_param_groups
 
 
 def _model() -> nn.Sequential:
@@ -54,9 +57,33 @@ def test_model_without_offset_branches_gives_one_group():
     assert len(groups) == 1 and groups[0]["lr"] == 0.1
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"lr": 0.0}, "lr must be > 0"),
-                                               ({"lr": 0.1, "offset_lr_mult": -1.0},
-                                                "offset_lr_mult")])
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"lr": 0.0}, "lr must be a finite number > 0, got 0.0"),
+    # NaN passed the old `lr <= 0` and `offset_lr_mult < 0` checks: NaN learning rates
+    ({"lr": math.nan}, "lr must be a finite number > 0, got nan"),
+    ({"lr": math.inf}, "lr must be a finite number > 0, got inf"),
+    ({"lr": 0.1, "offset_lr_mult": -1.0}, "offset_lr_mult must be a finite number >= 0, got -1"),
+    ({"lr": 0.1, "offset_lr_mult": math.nan}, "offset_lr_mult must be a finite number >= 0, got n"),
+])
 def test_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=re.escape(match)):
         offset_param_groups(_model(), **kwargs)
+
+
+@pytest.mark.parametrize("build", [
+    lambda mult: DeformConv2d(4, 4, 3, offset_lr_mult=mult),
+    lambda mult: DeformRoIPool(4, 2, offset_lr_mult=mult),
+    lambda mult: DeformPSRoIPool(4, 2, 3, 0.25, offset_lr_mult=mult),
+])
+@pytest.mark.parametrize("mult", [-1.0, math.nan, math.inf])
+def test_modules_refuse_a_bad_offset_lr_mult(build, mult):
+    """Stored unchecked, a negative multiplier gave the offset branch a negative lr (ascent)
+    through offset_param_groups and the engine's per-module path, a NaN one a NaN lr."""
+    with pytest.raises(ValueError, match=re.escape(
+            f"offset_lr_mult must be a finite number >= 0, got {mult!r}")):
+        build(mult)
+    module = build(0.0)  # 0 freezes the offsets
+    assert module.offset_lr_mult == 0.0
+    with pytest.raises(ValueError, match="offset_lr_mult must be a finite number >= 0"):
+        module.offset_lr_mult = mult  # set later, it is checked as well
+    assert module.offset_lr_mult == 0.0

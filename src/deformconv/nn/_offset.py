@@ -9,20 +9,32 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import NaNOffsetError
+from ..ops.arguments import finite_float
 
 
 class OffsetBranchMixin:
     """A module that predicts its own sampling offsets from its input.
 
     Subclasses keep the offset predictor in ``self.offset_branch`` and set
-    ``self.offset_lr_mult``: the paper trains these layers at ``β`` times the base learning
-    rate (β = 1 for deformable convs, 0.01 for the fc of deformable RoI pooling).
+    ``self.offset_lr_mult`` (a finite number >= 0, checked): the paper trains these layers at
+    ``β`` times the base learning rate (β = 1 for deformable convs, 0.01 for the fc of
+    deformable RoI pooling).
     :func:`deformconv.nn.offset_param_groups` reads both, and so does the training engine
     with ``TrainConfig(offset_lr_mult=None)`` (``deformconv train --offset-lr-mult model``).
     """
 
     offset_branch: nn.Module
-    offset_lr_mult: float
+    _offset_lr_mult: float
+
+    @property
+    def offset_lr_mult(self) -> float:
+        """The offset branch's learning-rate multiplier: a finite number >= 0 (0 freezes
+        it); set to anything else, it raises an error naming ``offset_lr_mult``."""
+        return self._offset_lr_mult
+
+    @offset_lr_mult.setter
+    def offset_lr_mult(self, value: float) -> None:
+        self._offset_lr_mult = finite_float("offset_lr_mult", value, nonnegative=True)
 
     def offset_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the offset (and mask) predictor only."""

@@ -139,7 +139,7 @@ class DeformConv2d(DeformConv2dBase, OffsetBranchMixin):
             ``nn.Conv2d``.
         offset_groups: G, groups of input channels sharing one offset field.
         modulated: also predict a per-sample modulation mask (DCN v2).
-        offset_lr_mult: learning-rate multiplier of the offset branch, applied by
+        offset_lr_mult: learning-rate multiplier (finite, >= 0) of the offset branch, applied by
             :func:`deformconv.nn.offset_param_groups` and the engine (see
             :class:`OffsetBranchMixin`) (paper: 1).
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from ..ops.arguments import finite_float
 from ._offset import OffsetBranchMixin
 
 __all__ = ["offset_lr_multipliers", "offset_param_groups"]
@@ -16,8 +17,8 @@ def offset_lr_multipliers(model: nn.Module, offset_lr_mult: float | None = None
     """``{parameter name: learning-rate multiplier}`` of the offset branches' parameters
     (modules with :class:`OffsetBranchMixin`): each module's ``offset_lr_mult``, or
     ``offset_lr_mult`` for all when given."""
-    if offset_lr_mult is not None and offset_lr_mult < 0:
-        raise ValueError(f"offset_lr_mult must be >= 0, got {offset_lr_mult!r}")
+    if offset_lr_mult is not None:
+        offset_lr_mult = finite_float("offset_lr_mult", offset_lr_mult, nonnegative=True)
     mult_of: dict[int, float] = {}
     for module in model.modules():
         if isinstance(module, OffsetBranchMixin):
@@ -39,8 +40,9 @@ def offset_param_groups(
 
     Args:
         model: any module.
-        lr: base learning rate.
-        offset_lr_mult: one multiplier for all offset branches instead of each module's own.
+        lr: base learning rate (finite, > 0).
+        offset_lr_mult: one multiplier (finite, >= 0) for all offset branches instead of
+            each module's own.
         **options: extra keys copied into every group (``weight_decay``, ``momentum``...).
 
     Returns:
@@ -56,8 +58,7 @@ def offset_param_groups(
         >>> [(len(g["params"]), g["lr"]) for g in groups]
         [(4, 0.01), (2, 0.005)]
     """
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    lr = finite_float("lr", lr, positive=True)
     mults = offset_lr_multipliers(model, offset_lr_mult)
     by_mult: dict[float, list[nn.Parameter]] = {1.0: []}
     for name, param in model.named_parameters():

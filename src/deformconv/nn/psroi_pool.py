@@ -96,7 +96,7 @@ class DeformPSRoIPool(PSRoIPool, OffsetBranchMixin):
         trans_std: offset scale (paper: 0.1).
         offset_classes: number of offset sets; must divide ``output_dim``.
         modulated: also predict a modulation mask.
-        offset_lr_mult: learning-rate multiplier of ``conv_offset``.
+        offset_lr_mult: learning-rate multiplier (finite, >= 0) of ``conv_offset``.
 
     Shape:
         ``forward(input (N, output_dim*k², H, W), rois (K, 5) or list of (Ki, 4),

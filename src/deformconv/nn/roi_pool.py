@@ -37,7 +37,7 @@ class DeformRoIPool(nn.Module, OffsetBranchMixin):
         hidden_dims: widths of hidden fc layers before the offset layer. ``()`` is the
             original single layer; mmcv's DeformRoIPoolPack uses ``(1024, 1024)``.
         modulated: also predict a per-bin modulation mask (DCN v2).
-        offset_lr_mult: learning-rate multiplier of the fc layers (paper: 0.01).
+        offset_lr_mult: learning-rate multiplier (finite, >= 0) of the fc layers (paper: 0.01).
 
     Shape:
         ``forward(input (N, C, H, W), rois (K, 5) or list of (Ki, 4)) -> (K, C, ph, pw)``;

@@ -46,16 +46,19 @@ def memory_format(images: Tensor) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def finite_float(name: str, value: object, *, positive: bool = False) -> float:
+def finite_float(name: str, value: object, *, positive: bool = False,
+                 nonnegative: bool = False) -> float:
     """``float(value)``, refused with an error naming ``name`` unless finite (and > 0 with
-    ``positive``): a NaN scale would pass ``value <= 0`` checks and pool silent zeros."""
-    expected = "a finite number > 0" if positive else "a finite number"
+    ``positive``, >= 0 with ``nonnegative``): a NaN scale would pass ``value <= 0`` checks
+    and pool silent zeros."""
+    expected = "a finite number" + (" > 0" if positive else " >= 0" if nonnegative else "")
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be {expected}, got {value!r}") from None
     # comparisons, not math.isfinite: torch.compile(dynamic=True) traces floats symbolically
-    if not -math.inf < number < math.inf or (positive and not number > 0):
+    if (not -math.inf < number < math.inf or (positive and not number > 0)
+            or (nonnegative and not number >= 0)):
         raise ValueError(f"{name} must be {expected}, got {value!r}")
     return number
 

@@ -1,0 +1,21 @@
+"""models.create and the entry points: arguments refused with errors naming them."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+
+from deformconv import models
+
+pytest.importorskip("torchvision")
+
+
+@pytest.mark.parametrize("mult", [-1.0, math.nan])
+def test_a_bad_offset_lr_mult_is_refused(mult: float) -> None:
+    """It was stored in every DeformConv2d unchecked, and the engine's per-module path
+    (--offset-lr-mult model) turned it into a negative or NaN learning rate."""
+    with pytest.raises(ValueError, match=re.escape(
+            f"offset_lr_mult must be a finite number >= 0, got {mult!r}")):
+        models.create("resnet18", 3, offset_lr_mult=mult, base_channels=8)
