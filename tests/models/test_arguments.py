@@ -19,3 +19,13 @@ def test_a_bad_offset_lr_mult_is_refused(mult: float) -> None:
     with pytest.raises(ValueError, match=re.escape(
             f"offset_lr_mult must be a finite number >= 0, got {mult!r}")):
         models.create("resnet18", 3, offset_lr_mult=mult, base_channels=8)
+
+
+@pytest.mark.parametrize(("num_classes", "error", "message"), [
+    (2.5, TypeError, "num_classes must be an int, got 2.5"),  # failed inside torch.empty
+    (True, TypeError, "num_classes must be an int, got True"),
+    (0, ValueError, "num_classes must be > 0, got 0"),
+])
+def test_num_classes_must_be_a_positive_int(num_classes, error, message) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        models.create("resnet18", num_classes, base_channels=8)

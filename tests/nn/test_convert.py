@@ -56,6 +56,17 @@ def test_stem_7x7_only_when_asked():
     assert model.conv1.kernel_size == (7, 7) and model.conv1.padding == (3, 3)
 
 
+@pytest.mark.parametrize(("offset_groups", "error", "message"), [
+    (0, ValueError, r"^offset_groups must be > 0, got 0$"),  # was a ZeroDivisionError
+    (2.0, TypeError, r"^offset_groups must be an int, got 2\.0$"),
+])
+def test_offset_groups_must_be_a_positive_int(offset_groups, error, message):
+    model = _resnet18()
+    with pytest.raises(error, match=message):
+        convert_to_deformable(model, "layer4", offset_groups=offset_groups)
+    assert not any(isinstance(m, DeformConv2d) for m in model.modules())
+
+
 def test_offset_groups_must_divide_channels():
     model = _resnet18()
     with pytest.raises(ValueError, match=r"offset_groups \(3\).*'layer1.0.conv1'"):

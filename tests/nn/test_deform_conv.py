@@ -115,6 +115,19 @@ class TestDeformConv2d:
         with pytest.raises(ValueError, match=match):
             DeformConv2d(4, 6, **{"kernel_size": 3, **kwargs})
 
+    @pytest.mark.parametrize(("args", "kwargs", "message"), [
+        ((4.0, 8, 3), {}, "in_channels must be an int, got 4.0"),
+        ((True, 8, 3), {}, "in_channels must be an int, got True"),
+        ((4, 8.0, 3), {}, "out_channels must be an int, got 8.0"),
+        ((4, 8, 3), {"groups": 2.0}, "groups must be an int, got 2.0"),
+        ((4, 8, 3), {"offset_groups": 2.0}, "offset_groups must be an int, got 2.0"),
+    ])
+    def test_channel_counts_must_be_ints(self, args, kwargs, message):
+        """A float failed inside torch.empty ('must be tuple of ints, but got float')
+        without the argument's name; True passed as 1."""
+        with pytest.raises(TypeError, match=re.escape(message)):
+            DeformConv2d(*args, **kwargs)
+
     @pytest.mark.parametrize("shape", [(2, 5, 7, 7), (4, 7, 7)])
     def test_wrong_input_is_reported_against_the_layer(self, shape):
         conv = DeformConv2d(4, 6, 3, padding=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -34,6 +36,16 @@ class TestPSRoIPool:
     def test_bad_input_channels(self):
         with pytest.raises(ValueError, match=r"output_dim\*group_size² = 36"):
             PSRoIPool(4, K, SCALE)(torch.randn(1, 35, 8, 8), ROIS[:1])
+
+    @pytest.mark.parametrize(("args", "kwargs", "message"), [
+        ((2, 2.5, 1.0), {}, "group_size must be an int, got 2.5"),  # failed only in forward
+        ((2.0, 2, 1.0), {}, "output_dim must be an int, got 2.0"),
+        ((2, 2, 1.0), {"pooled_size": True}, "pooled_size must be an int, got True"),
+        ((2, 2, 1.0), {"sample_per_part": 2.0}, "sample_per_part must be an int, got 2.0"),
+    ])
+    def test_integer_arguments_must_be_ints(self, args, kwargs, message):
+        with pytest.raises(TypeError, match=re.escape(message)):
+            PSRoIPool(*args, **kwargs)
 
 
 class TestDeformPSRoIPool:
@@ -108,6 +120,16 @@ class TestDeformPSRoIPool:
     ])
     def test_non_finite_scalars(self, kwargs, match):
         with pytest.raises(ValueError, match=match):
+            DeformPSRoIPool(**{"in_channels": 5, "output_dim": 2, "group_size": K,
+                               "spatial_scale": SCALE, **kwargs})
+
+    @pytest.mark.parametrize(("kwargs", "message"), [
+        ({"part_size": 2.0}, "part_size must be an int, got 2.0"),
+        ({"offset_classes": 1.0}, "offset_classes must be an int, got 1.0"),
+        ({"in_channels": 5.0}, "in_channels must be an int, got 5.0"),
+    ])
+    def test_integer_arguments_must_be_ints(self, kwargs, message):
+        with pytest.raises(TypeError, match=re.escape(message)):
             DeformPSRoIPool(**{"in_channels": 5, "output_dim": 2, "group_size": K,
                                "spatial_scale": SCALE, **kwargs})
 

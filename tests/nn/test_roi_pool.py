@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -93,6 +95,22 @@ class TestDeformRoIPool:
     def test_bad_arguments(self, kwargs, match):
         with pytest.raises(ValueError, match=match):
             DeformRoIPool(**{"in_channels": 3, "output_size": 2, **kwargs})
+
+    @pytest.mark.parametrize(("kwargs", "error", "message"), [
+        # a negative width failed in torch.empty ('negative dimension -1'); 0 passed
+        ({"hidden_dims": (-1,)}, ValueError, "hidden_dims[0] must be > 0, got -1"),
+        ({"hidden_dims": (16, 0)}, ValueError, "hidden_dims[1] must be > 0, got 0"),
+        ({"hidden_dims": (16.0,)}, TypeError, "hidden_dims[0] must be an int, got 16.0"),
+        ({"sampling_ratio": 1.5}, TypeError, "sampling_ratio must be an int, got 1.5"),
+        ({"in_channels": 3.0}, TypeError, "in_channels must be an int, got 3.0"),
+        ({"in_channels": True}, TypeError, "in_channels must be an int, got True"),
+    ])
+    def test_integer_arguments_must_be_ints_in_range(self, kwargs, error, message):
+        with pytest.raises(error, match=re.escape(message)):
+            DeformRoIPool(**{"in_channels": 3, "output_size": 2, **kwargs})
+
+    def test_adaptive_sampling_ratio_is_accepted(self):
+        assert DeformRoIPool(3, 2, sampling_ratio=0).sampling_ratio == 0
 
 
 def test_non_finite_features_make_their_rois_nan_instead_of_an_error() -> None:

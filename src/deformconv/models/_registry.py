@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..conventions import TASKS
+from ..ops.arguments import count
 
 __all__ = ["TASKS", "create", "list_models", "model_task", "register_model"]
 
@@ -57,7 +58,7 @@ def create(name: str, num_classes: int, deformable: bool = True, channels_last: 
 
     Args:
         name: one of :func:`list_models`.
-        num_classes: classes, background included for detection models.
+        num_classes: classes (an int > 0), background included for detection models.
         deformable: ``False`` builds the plain twin (same architecture and parameter names,
             without offset branches) for ablations.
         channels_last: store the conv weights channels-last and make ``forward`` take its
@@ -70,6 +71,7 @@ def create(name: str, num_classes: int, deformable: bool = True, channels_last: 
         >>> model = create("deeplab_resnet50", num_classes=21, deformable=True)
     """
     _check_name(name)
+    count(num_classes, "num_classes")
     model = _ENTRY_POINTS[name](num_classes=num_classes, deformable=deformable, **kwargs)
     if channels_last:
         model.to(memory_format=torch.channels_last)

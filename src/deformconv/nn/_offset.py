@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import NaNOffsetError
-from ..ops.arguments import finite_float
+from ..ops.arguments import count, finite_float
 
 
 class OffsetBranchMixin:
@@ -94,7 +94,14 @@ def zero_init_last(branch: nn.Module) -> None:
         nn.init.zeros_(last.bias)
 
 
-def check_positive(**values: int | float | tuple[int, int]) -> None:
+def check_counts(**values: object) -> None:
+    """Raise an error naming the first argument that is not an int > 0 (``ops.arguments.
+    count``): a float fails later inside ``torch.empty`` without the name, a bool passes."""
+    for name, value in values.items():
+        count(value, name)
+
+
+def check_positive(**values: float | tuple[int, int]) -> None:
     """Raise a ``ValueError`` naming the first argument that is not > 0 (NaN and inf are
     not; a pair must be > 0 in both entries)."""
     for name, value in values.items():

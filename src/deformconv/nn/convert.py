@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..ops.arguments import count
 from .deform_conv import DeformConv2d, DeformConv2dBase
 
 __all__ = ["convert_to_deformable"]
@@ -120,6 +121,7 @@ def convert_to_deformable(
         >>> convert_to_deformable(model, "layer4.*.conv2", offset_groups=4)
         ['layer4.0.conv2', 'layer4.1.conv2', 'layer4.2.conv2']
     """
+    count(offset_groups, "offset_groups")  # before dividing in_channels by it
     _check_patterns(model, include)
     # The offset convs inside existing deformable layers are never converted themselves.
     owners = tuple(

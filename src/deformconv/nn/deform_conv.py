@@ -13,7 +13,13 @@ from torch import Tensor, nn
 
 from ..ops import deform_conv2d
 from ..ops.arguments import pair
-from ._offset import OffsetBranchMixin, check_positive, nan_offsets_propagate, zero_init_last
+from ._offset import (
+    OffsetBranchMixin,
+    check_counts,
+    check_positive,
+    nan_offsets_propagate,
+    zero_init_last,
+)
 
 __all__ = ["DeformConv2d", "DeformConv2dBase", "DeformConv2dExternal"]
 
@@ -47,7 +53,7 @@ class DeformConv2dBase(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        check_positive(in_channels=in_channels, out_channels=out_channels, groups=groups)
+        check_counts(in_channels=in_channels, out_channels=out_channels, groups=groups)
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"in_channels ({in_channels}) and out_channels ({out_channels}) must be "
@@ -170,7 +176,7 @@ class DeformConv2d(DeformConv2dBase, OffsetBranchMixin):
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias)
-        check_positive(offset_groups=offset_groups)
+        check_counts(offset_groups=offset_groups)
         if in_channels % offset_groups:
             raise ValueError(
                 f"in_channels ({in_channels}) must be divisible by offset_groups ({offset_groups})"

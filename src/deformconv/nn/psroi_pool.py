@@ -11,7 +11,13 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..ops.arguments import finite_float, rois_to_tensor
-from ._offset import OffsetBranchMixin, check_positive, nan_offsets_propagate, zero_init_last
+from ._offset import (
+    OffsetBranchMixin,
+    check_counts,
+    check_positive,
+    nan_offsets_propagate,
+    zero_init_last,
+)
 
 __all__ = ["DeformPSRoIPool", "PSRoIPool"]
 
@@ -42,9 +48,9 @@ class PSRoIPool(nn.Module):
                  pooled_size: int | None = None, sample_per_part: int = 4) -> None:
         super().__init__()
         pooled_size = group_size if pooled_size is None else pooled_size
-        check_positive(output_dim=output_dim, group_size=group_size,
-                       spatial_scale=spatial_scale, pooled_size=pooled_size,
-                       sample_per_part=sample_per_part)
+        check_counts(output_dim=output_dim, group_size=group_size, pooled_size=pooled_size,
+                     sample_per_part=sample_per_part)
+        check_positive(spatial_scale=spatial_scale)
         self.output_dim = output_dim
         self.group_size = group_size
         self.spatial_scale = spatial_scale
@@ -120,8 +126,7 @@ class DeformPSRoIPool(PSRoIPool, OffsetBranchMixin):
     ) -> None:
         super().__init__(output_dim, group_size, spatial_scale, pooled_size, sample_per_part)
         part_size = self.pooled_size if part_size is None else part_size
-        check_positive(in_channels=in_channels, part_size=part_size,
-                       offset_classes=offset_classes)
+        check_counts(in_channels=in_channels, part_size=part_size, offset_classes=offset_classes)
         if output_dim % offset_classes:
             raise ValueError(
                 f"offset_classes ({offset_classes}) must divide output_dim ({output_dim})"

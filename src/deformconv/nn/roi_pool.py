@@ -12,8 +12,14 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops.arguments import finite_float, pair, rois_to_tensor
-from ._offset import OffsetBranchMixin, check_positive, nan_offsets_propagate, zero_init_last
+from ..ops.arguments import count, finite_float, pair, rois_to_tensor
+from ._offset import (
+    OffsetBranchMixin,
+    check_counts,
+    check_positive,
+    nan_offsets_propagate,
+    zero_init_last,
+)
 
 __all__ = ["DeformRoIPool"]
 
@@ -34,7 +40,7 @@ class DeformRoIPool(nn.Module, OffsetBranchMixin):
         sampling_ratio: samples per bin side; 0 = adaptive, as in RoIAlign.
         gamma: offset scale γ (paper: 0.1).
         aligned: RoIAlign's half-pixel shift.
-        hidden_dims: widths of hidden fc layers before the offset layer. ``()`` is the
+        hidden_dims: widths (ints > 0) of hidden fc layers before the offset layer. ``()`` is the
             original single layer; mmcv's DeformRoIPoolPack uses ``(1024, 1024)``.
         modulated: also predict a per-bin modulation mask (DCN v2).
         offset_lr_mult: learning-rate multiplier (finite, >= 0) of the fc layers (paper: 0.01).
@@ -58,17 +64,17 @@ class DeformRoIPool(nn.Module, OffsetBranchMixin):
         offset_lr_mult: float = 0.01,
     ) -> None:
         super().__init__()
-        check_positive(in_channels=in_channels, spatial_scale=spatial_scale)
+        check_counts(in_channels=in_channels)
+        check_positive(spatial_scale=spatial_scale)
         self.in_channels = in_channels
         self.output_size = pair(output_size, "output_size")
-        check_positive(output_size=min(self.output_size))
-        if sampling_ratio < 0:
-            raise ValueError(f"sampling_ratio must be >= 0, got {sampling_ratio!r}")
+        check_positive(output_size=self.output_size)
         self.spatial_scale = spatial_scale
-        self.sampling_ratio = sampling_ratio
+        self.sampling_ratio = count(sampling_ratio, "sampling_ratio", minimum=0)
         self.gamma = finite_float("gamma", gamma)
         self.aligned = aligned
         self.hidden_dims = tuple(hidden_dims)
+        check_counts(**{f"hidden_dims[{i}]": width for i, width in enumerate(self.hidden_dims)})
         self.modulated = modulated
         self.offset_lr_mult = offset_lr_mult
         bins = self.output_size[0] * self.output_size[1]

@@ -8,7 +8,8 @@ import numbers
 import torch
 from torch import Tensor
 
-__all__ = ["finite_float", "integer", "is_integer", "memory_format", "pair", "rois_to_tensor"]
+__all__ = ["count", "finite_float", "integer", "is_integer", "memory_format", "pair",
+           "rois_to_tensor"]
 
 
 def is_integer(value: object) -> bool:
@@ -22,6 +23,16 @@ def integer(value: object, name: str) -> int:
     if not is_integer(value):
         raise TypeError(f"{name} must be an int, got {value!r}")
     return int(value)  # type: ignore[call-overload]
+
+
+def count(value: object, name: str, minimum: int = 1) -> int:
+    """``integer(value, name)``, also refused unless >= ``minimum`` (1 for a size or a
+    count; 0 where zero means something, such as an adaptive ``sampling_ratio``)."""
+    number = integer(value, name)
+    if number < minimum:
+        bound = "> 0" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    return number
 
 
 def pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
