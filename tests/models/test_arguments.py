@@ -29,3 +29,18 @@ def test_a_bad_offset_lr_mult_is_refused(mult: float) -> None:
 def test_num_classes_must_be_a_positive_int(num_classes, error, message) -> None:
     with pytest.raises(error, match=re.escape(message)):
         models.create("resnet18", num_classes, base_channels=8)
+
+
+@pytest.mark.parametrize("name", ["faster_rcnn_resnet18", "rfcn_resnet18"])
+def test_a_given_detection_config_is_the_base_of_its_field_kwargs(name: str) -> None:
+    """config was passed on to the model class beside the one built from field kwargs:
+    'got multiple values for keyword argument config'."""
+    backbone = {"backbone_kwargs": {"base_channels": 8}, "head_channels": 16}
+    config = models.DetectionConfig(min_size=64, box_nms_thresh=0.4)
+    model = models.create(name, 3, config=config, **backbone)
+    assert model.config == config
+    model = models.create(name, 3, config=config, max_size=96, min_size=48, **backbone)
+    assert model.config == models.DetectionConfig(min_size=48, max_size=96, box_nms_thresh=0.4)
+    assert model.transform.min_size == (48,) and model.transform.max_size == 96
+    with pytest.raises(TypeError, match="config must be a DetectionConfig or None, got dict"):
+        models.create(name, 3, config={"min_size": 64}, **backbone)

@@ -58,10 +58,15 @@ class DetectionConfig:
 
 
 def split_detection_kwargs(kwargs: dict[str, Any]) -> tuple[DetectionConfig, dict[str, Any]]:
-    """Entry-point kwargs -> (config from its field names, the rest for the model class)."""
+    """Entry-point kwargs -> (config, the rest for the model class): the config is a given
+    ``config`` (default ``DetectionConfig()``) with the kwargs named as its fields applied
+    on top."""
     names = {f.name for f in dataclasses.fields(DetectionConfig)}
-    config = DetectionConfig(**{k: v for k, v in kwargs.items() if k in names})
-    return config, {k: v for k, v in kwargs.items() if k not in names}
+    base = kwargs.get("config") or DetectionConfig()
+    if not isinstance(base, DetectionConfig):
+        raise TypeError(f"config must be a DetectionConfig or None, got {type(base).__name__}")
+    config = dataclasses.replace(base, **{k: v for k, v in kwargs.items() if k in names})
+    return config, {k: v for k, v in kwargs.items() if k not in names and k != "config"}
 
 
 class _Features(nn.Module):

@@ -92,7 +92,8 @@ def faster_rcnn_resnet50(num_classes: int = 81, deformable: bool = True,
 
     ``backbone_kwargs`` go to :class:`ResNet` (``deform_blocks=(0, 0, 0, 0)`` with
     ``deformable_head=True`` isolates the head, say); other ``kwargs`` are
-    :class:`DetectionConfig` fields or :class:`FasterRCNN` options.
+    :class:`DetectionConfig` fields, applied on top of ``config`` when one is given, or
+    :class:`FasterRCNN` options.
     """
     return build_detector(FasterRCNN, (3, 4, 6, 3), num_classes, deformable, backbone_kwargs,
                           kwargs)

@@ -125,7 +125,8 @@ def rfcn_resnet50(num_classes: int = 81, deformable: bool = True,
     """R-FCN, ResNet-50: deformable res5 3×3 convs and deformable PS RoI pooling.
 
     ``backbone_kwargs`` go to :class:`ResNet`; other ``kwargs`` are
-    :class:`DetectionConfig` fields or :class:`RFCN` options.
+    :class:`DetectionConfig` fields, applied on top of ``config`` when one is given, or
+    :class:`RFCN` options.
     """
     return build_detector(RFCN, (3, 4, 6, 3), num_classes, deformable, backbone_kwargs, kwargs)
 
