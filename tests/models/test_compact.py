@@ -41,6 +41,25 @@ def test_twins_agree_at_init_and_both_train(skip_layer):
     assert all(p.grad is not None for p in deformable.parameters())
 
 
+@pytest.mark.parametrize(("name", "kwargs"), [
+    ("compact_fcn", {}),
+    # trainable BN, and a frozen stem and res2 whose BN stays in eval mode in train()
+    ("deeplab_resnet18", {"backbone_kwargs": {"base_channels": 8, "norm_layer": "batch_norm",
+                                              "frozen_stages": 1}, "head_channels": 8}),
+])
+def test_predict_runs_in_eval_mode_and_restores_the_modes(name, kwargs):
+    """predict on a training model used to update BatchNorm's running statistics and
+    normalise with the batch's, giving train-mode predictions."""
+    model = models.create(name, 3, **kwargs).train()
+    images = torch.randn(2, 3, 32, 32)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = {name: m.training for name, m in model.named_modules()}
+    predicted = model.predict(images)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert torch.equal(predicted, model.eval()(images).argmax(1))
+
+
 def test_predict_and_all_ignored_targets():
     model = CompactFCN(3, widths=(4, 4), strides=(2, 1), deform_layers=1).eval()
     images = torch.rand(1, 3, 16, 16)

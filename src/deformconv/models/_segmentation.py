@@ -47,5 +47,14 @@ class PixelClassifier(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
-        """(N, 3, H, W) -> (N, H, W) class indices."""
-        return self(images).argmax(1)
+        """(N, 3, H, W) -> (N, H, W) class indices, in eval mode whatever the model's mode:
+        BatchNorm normalises with its running statistics and leaves them as they are. Each
+        submodule's mode is restored afterwards."""
+        modes = [(module, module.training) for module in self.modules()]
+        self.eval()
+        try:
+            return self(images).argmax(1)
+        finally:
+            # flags, not train(): a module kept in eval in a training model stays so
+            for module, training in modes:
+                module.training = training
