@@ -136,8 +136,11 @@ def test_basic_block_stage_geometry(output_stride):
     assert res5 == [32 // output_stride] * 4
 
 
-def test_zero_init_residual_makes_every_block_start_as_its_shortcut():
-    model = ResNet((1, 1, 1, 1), 0, block="basic", base_channels=4, zero_init_residual=True)
+@pytest.mark.parametrize("norm_layer", ["batch_norm", "frozen_batch_norm"])
+def test_zero_init_residual_makes_every_block_start_as_its_shortcut(norm_layer):
+    """Frozen BN (the DeepLab and detection backbones' default) used to keep gamma 1."""
+    model = ResNet((1, 1, 1, 1), 0, block="basic", base_channels=4, zero_init_residual=True,
+                   norm_layer=norm_layer)
     model.eval()
     block = model.layer1[0]  # no downsample: the block is relu(x) at init
     x = torch.rand(1, 4, 8, 8)

@@ -313,9 +313,10 @@ class ResNet(nn.Module):
         if self.zero_init_residual:
             for stage in self.stages():
                 for block in stage:
-                    norm = block.last_norm()
-                    if isinstance(norm, (nn.BatchNorm2d, nn.GroupNorm)):
-                        nn.init.zeros_(norm.weight)
+                    # any norm's gamma: a parameter, or FrozenBatchNorm2d's buffer
+                    weight = getattr(block.last_norm(), "weight", None)
+                    if isinstance(weight, Tensor):
+                        nn.init.zeros_(weight)
         for m in self.modules():
             if isinstance(m, OffsetBranchMixin):
                 m.zero_init_offsets()
