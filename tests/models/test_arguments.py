@@ -44,3 +44,28 @@ def test_a_given_detection_config_is_the_base_of_its_field_kwargs(name: str) -> 
     assert model.transform.min_size == (48,) and model.transform.max_size == 96
     with pytest.raises(TypeError, match="config must be a DetectionConfig or None, got dict"):
         models.create(name, 3, config={"min_size": 64}, **backbone)
+
+
+@pytest.mark.parametrize(("name", "kwargs", "message"), [
+    ("resnet18", {"block": "bottleneck"}, "resnet18 is a basic-block ResNet with layers "
+     "(2, 2, 2, 2), so block is not one of its options, got block='bottleneck'"),
+    ("resnet34", {"block": "bottleneck"}, "resnet34 is a basic-block ResNet"),
+    ("resnet50", {"block": "basic"}, "resnet50 is a bottleneck-block ResNet"),  # was resnet34
+    ("resnet50", {"layers": (1, 1, 1, 1)}, "so layers is not one of its options, got "
+     "layers=(1, 1, 1, 1); build ResNet(layers, num_classes, block=...) directly"),
+])
+def test_what_a_resnet_entry_point_fixes_is_refused(name, kwargs, message) -> None:
+    """resnet18/34 passed block='basic' beside the user's: 'got multiple values for keyword
+    argument block' (layers likewise); resnet50 built basic blocks if asked."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        models.create(name, 3, base_channels=8, **kwargs)
+
+
+@pytest.mark.parametrize("fixed", [{"layers": (1, 1, 1, 1)}, {"num_classes": 5}])
+def test_backbone_kwargs_cannot_set_what_the_entry_point_fixes(fixed) -> None:
+    (key, value), = fixed.items()
+    with pytest.raises(ValueError, match=re.escape(
+            f"backbone_kwargs cannot set {key}, which the entry point fixes")):
+        models.create("deeplab_resnet18", 3, backbone_kwargs={"base_channels": 8, **fixed})
+    with pytest.raises(ValueError, match=re.escape(f"got {key}={value!r}")):
+        models.create("faster_rcnn_resnet18", 3, backbone_kwargs=fixed)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -392,12 +393,19 @@ def load_backbone_state_dict(model: ResNet, state_dict: Mapping[str, Tensor]) ->
     return missing
 
 
-def _resnet(layers: tuple[int, int, int, int], num_classes: int, deformable: bool,
-            **kwargs) -> ResNet:
+def _resnet(name: str, layers: tuple[int, int, int, int], num_classes: int, deformable: bool,
+            kwargs: dict[str, Any], block: str = "bottleneck") -> ResNet:
+    """The ResNet of entry point ``name``; its name fixes ``layers`` and ``block``."""
+    for fixed in ("block", "layers"):
+        if fixed in kwargs:
+            raise ValueError(
+                f"{name} is a {block}-block ResNet with layers {layers}, so {fixed} is not one "
+                f"of its options, got {fixed}={kwargs[fixed]!r}; build ResNet(layers, "
+                "num_classes, block=...) directly for another")
     kwargs.setdefault("deform_blocks", PAPER_DEFORM_BLOCKS)
     if not deformable:
         kwargs["deform_blocks"] = PLAIN_DEFORM_BLOCKS
-    return ResNet(layers, num_classes, **kwargs)
+    return ResNet(layers, num_classes, block=block, **kwargs)
 
 
 @register_model("classification")
@@ -406,15 +414,16 @@ def resnet18(num_classes: int = 1000, deformable: bool = True, **kwargs) -> ResN
     res5 (``deform_blocks=(0, 0, 0, 3)``; res5 has four).
 
     ``forward(images (N, 3, H, W)) -> logits (N, num_classes)``. ``deformable=False`` is
-    the plain twin whatever ``deform_blocks`` says.
+    the plain twin whatever ``deform_blocks`` says. ``kwargs`` are :class:`ResNet` options
+    but ``layers`` and ``block``, which the name fixes (``ValueError``).
     """
-    return _resnet((2, 2, 2, 2), num_classes, deformable, block="basic", **kwargs)
+    return _resnet("resnet18", (2, 2, 2, 2), num_classes, deformable, kwargs, "basic")
 
 
 @register_model("classification")
 def resnet34(num_classes: int = 1000, deformable: bool = True, **kwargs) -> ResNet:
     """ResNet-34 (basic blocks), otherwise as :func:`resnet18`."""
-    return _resnet((3, 4, 6, 3), num_classes, deformable, block="basic", **kwargs)
+    return _resnet("resnet34", (3, 4, 6, 3), num_classes, deformable, kwargs, "basic")
 
 
 @register_model("classification")
@@ -422,12 +431,13 @@ def resnet50(num_classes: int = 1000, deformable: bool = True, **kwargs) -> ResN
     """ResNet-50; deformable: the three res5 3×3 convs (``deform_blocks=(0, 0, 0, 3)``).
 
     ``forward(images (N, 3, H, W)) -> logits (N, num_classes)``. ``deformable=False`` is
-    the plain twin whatever ``deform_blocks`` says.
+    the plain twin whatever ``deform_blocks`` says. ``kwargs`` are :class:`ResNet` options
+    but ``layers`` and ``block``, which the name fixes (``ValueError``).
     """
-    return _resnet((3, 4, 6, 3), num_classes, deformable, **kwargs)
+    return _resnet("resnet50", (3, 4, 6, 3), num_classes, deformable, kwargs)
 
 
 @register_model("classification")
 def resnet101(num_classes: int = 1000, deformable: bool = True, **kwargs) -> ResNet:
     """ResNet-101, otherwise as :func:`resnet50`."""
-    return _resnet((3, 4, 23, 3), num_classes, deformable, **kwargs)
+    return _resnet("resnet101", (3, 4, 23, 3), num_classes, deformable, kwargs)
