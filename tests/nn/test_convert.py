@@ -134,3 +134,16 @@ def test_same_padding_of_an_even_kernel_is_left_with_a_warning():
     model = nn.Sequential(nn.Conv2d(4, 4, 2, padding="same"))
     with pytest.warns(UserWarning, match="padding='same' pads one side more"):
         assert convert_to_deformable(model, "0") == []
+
+
+def test_an_uninitialised_lazy_conv_is_left_with_a_warning_saying_what_to_do():
+    """Its initialising pre-hook made it 'a parametrization or forward hooks (weight_norm,
+    spectral_norm, ...)'; once initialised it converts as any conv."""
+    model = nn.Sequential(nn.LazyConv2d(8, 3, padding=1))
+    with pytest.warns(UserWarning, match=r"0: it is an uninitialised lazy module: run one "
+                                         r"forward pass first to initialise it"):
+        assert convert_to_deformable(model) == []
+    x = torch.randn(1, 2, 6, 6)
+    expected = model(x)
+    assert convert_to_deformable(model) == ["0"]
+    torch.testing.assert_close(model(x), expected)

@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 
 from ..ops.arguments import count
@@ -36,6 +37,9 @@ def _zero_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
 def _unconvertible(conv: nn.Conv2d) -> str | None:
     """Why a :class:`DeformConv2d` with ``conv``'s weights would not compute what ``conv``
     does; None when it would."""
+    if isinstance(conv, LazyModuleMixin) and conv.has_uninitialized_params():
+        # before the check for hooks below: its initialising pre-hook is one
+        return "it is an uninitialised lazy module: run one forward pass first to initialise it"
     kind = type(conv)
     if kind.forward is not nn.Conv2d.forward or kind._conv_forward is not nn.Conv2d._conv_forward:
         return f"its class {kind.__name__} computes its own forward"
@@ -106,9 +110,9 @@ def convert_to_deformable(
             ``(name, conv) -> bool``. Default: every 3×3 conv. Convs with a 1×1 kernel are
             never converted; selected convs that a :class:`DeformConv2d` cannot reproduce
             (a subclass with its own ``forward`` such as timm's ``StdConv2d``, a
-            parametrized or hooked conv, a padding mode other than zeros) are left as
-            they are, with a warning. A pattern that matches no module name raises
-            ``ValueError``.
+            parametrized or hooked conv, a padding mode other than zeros, a lazy conv
+            before its first forward pass) are left as they are, with a warning. A pattern
+            that matches no module name raises ``ValueError``.
         offset_groups, modulated, offset_lr_mult: passed to each :class:`DeformConv2d`.
 
     Returns:
