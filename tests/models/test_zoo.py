@@ -280,3 +280,12 @@ def test_channels_last_model_matches_the_contiguous_one(name, float64_default):
     for key, grad in got.items():
         scale = max(1.0, want[key].abs().max().item())
         torch.testing.assert_close(grad, want[key], rtol=1e-7, atol=1e-8 * scale, msg=key)
+
+
+def test_the_package_docstring_says_which_models_load_backbone_checkpoints():
+    """It said every model has load_backbone_state_dict; compact_fcn (no ResNet) has none."""
+    resnet_based = set(models.list_models()) - {"compact_fcn"}
+    assert all(hasattr(_build(name), "load_backbone_state_dict") for name in resnet_based)
+    assert not hasattr(models.create("compact_fcn", 3), "load_backbone_state_dict")
+    assert "Every ResNet-based model (all but ``compact_fcn``) has" in " ".join(
+        models.__doc__.split())

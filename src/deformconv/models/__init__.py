@@ -13,8 +13,9 @@ returns, by ``model_task(name)``:
   convention, ``model(list of (3, H, W) images in [0, 1], targets)`` -> loss dict in train
   mode; ``model(images)`` -> ``[{"boxes", "labels", "scores"}]`` per image in eval mode.
 
-Every model has ``load_backbone_state_dict(torchvision_resnet_state_dict)``. Needs
-torchvision (the ``vision`` extra).
+Every ResNet-based model (all but ``compact_fcn``) has
+``load_backbone_state_dict(torchvision_resnet_state_dict)``. Needs torchvision (the
+``vision`` extra).
 """
 
 from . import compact, deeplab, faster_rcnn, resnet, rfcn
