@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -105,8 +106,8 @@ class TrainConfig:
         if self.grad_clip_norm is not None:
             positive["grad_clip_norm"] = self.grad_clip_norm
         for name, value in positive.items():  # types are checked above: no bools here
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be finite and > 0, got {value!r}")
         non_negative = {
             "momentum": self.momentum,
             "weight_decay": self.weight_decay,
@@ -121,16 +122,17 @@ class TrainConfig:
         if self.offset_lr_mult is not None:
             non_negative["offset_lr_mult"] = self.offset_lr_mult
         for name, value in non_negative.items():
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value!r}")
-        if any(not m >= 0 for m in self.lr_mults.values()):
-            raise ValueError(f"lr_mults must map parameter-name prefixes to multipliers >= 0, "
-                             f"got {self.lr_mults!r}")
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+        if any(not (m >= 0 and math.isfinite(m)) for m in self.lr_mults.values()):
+            raise ValueError(f"lr_mults must map parameter-name prefixes to finite multipliers "
+                             f">= 0, got {self.lr_mults!r}")
         if self.class_weights is not None and (
-            not self.class_weights or any(not w >= 0 for w in self.class_weights)
+            not self.class_weights
+            or any(not (w >= 0 and math.isfinite(w)) for w in self.class_weights)
         ):
-            raise ValueError(f"class_weights must be a non-empty list of weights >= 0, got "
-                             f"{self.class_weights!r}")
+            raise ValueError(f"class_weights must be a non-empty list of finite weights >= 0, "
+                             f"got {self.class_weights!r}")
         if not self.momentum < 1:  # 1 and above: the velocity never decays, SGD diverges
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.log_every < 1:
