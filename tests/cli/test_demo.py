@@ -105,8 +105,8 @@ def test_demo_rejects_bad_sizes(capsys: pytest.CaptureFixture, tmp_path: Path) -
     assert code == 2 and "--deform-layers must be at most 2" in err
 
 
-def test_a_rerun_replaces_the_earlier_demo(capsys: pytest.CaptureFixture,
-                                           demo_run: tuple[Path, str], tmp_path: Path) -> None:
+def test_a_rerun_needs_overwrite_and_replaces_the_earlier_demo(
+        capsys: pytest.CaptureFixture, demo_run: tuple[Path, str], tmp_path: Path) -> None:
     """Nothing of the earlier demo stays beside the new one (its equal-time run and offset
     figures of other images used to); files that are not a demo's stay."""
     import shutil
@@ -114,11 +114,24 @@ def test_a_rerun_replaces_the_earlier_demo(capsys: pytest.CaptureFixture,
     out = tmp_path / "demo"
     shutil.copytree(demo_run[0], out)
     (out / "offsets_sampling_99.png").write_bytes(b"an earlier figure")
-    code, stdout, _ = run_cli(capsys, "demo", "--smoke", "--no-equal-time", "--no-progress",
-                              "--out", out)
+    smoke = ["demo", "--smoke", "--no-equal-time", "--no-progress", "--out", out]
+    code, _, err = run_cli(capsys, *smoke)
+    assert code == 2 and f"{out} holds an earlier demo" in err and "--overwrite" in err
+    assert (out / "plain_equal_time").is_dir()  # refused: nothing removed
+    code, stdout, _ = run_cli(capsys, *smoke, "--overwrite")
     assert code == 0 and f"replacing the earlier demo in {out}" in stdout
     assert not (out / "plain_equal_time").exists() and (out / "demo.toml").is_file()
     report = (out / "report.md").read_text()
     figures = sorted(path.name for path in out.glob("offsets_sampling_*.png"))
     assert figures and all(name in report for name in figures)
     assert json.loads((out / "metrics.json").read_text())["settings"]["equal_time"] is False
+
+
+def test_files_a_demo_did_not_write_are_never_replaced(capsys: pytest.CaptureFixture,
+                                                      tmp_path: Path) -> None:
+    """A training run in OUT/deformable is not an earlier demo, even with --overwrite."""
+    (tmp_path / "deformable").mkdir()
+    (tmp_path / "deformable" / "last.pt").write_bytes(b"a training run's checkpoint")
+    code, _, err = run_cli(capsys, "demo", "--smoke", "--overwrite", "--out", tmp_path)
+    assert code == 2 and "holds files a demo would replace (deformable) that no demo" in err
+    assert (tmp_path / "deformable" / "last.pt").read_bytes() == b"a training run's checkpoint"

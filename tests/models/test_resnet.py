@@ -136,9 +136,17 @@ def test_basic_block_stage_geometry(output_stride):
     assert res5 == [32 // output_stride] * 4
 
 
-@pytest.mark.parametrize("norm_layer", ["batch_norm", "frozen_batch_norm"])
+def test_zero_init_residual_refuses_a_fixed_norm_scale():
+    """Frozen BN (the DeepLab and detection backbones' default) kept gamma 1 without a word;
+    zeroed, its fixed gamma would silence every residual branch for good."""
+    with pytest.raises(ValueError, match="zero_init_residual needs norm layers with a "
+                                         "trainable scale, got FrozenBatchNorm2d"):
+        ResNet((1, 1, 1, 1), 0, block="basic", base_channels=4, zero_init_residual=True,
+               norm_layer="frozen_batch_norm")
+
+
+@pytest.mark.parametrize("norm_layer", ["batch_norm", lambda channels: nn.GroupNorm(2, channels)])
 def test_zero_init_residual_makes_every_block_start_as_its_shortcut(norm_layer):
-    """Frozen BN (the DeepLab and detection backbones' default) used to keep gamma 1."""
     model = ResNet((1, 1, 1, 1), 0, block="basic", base_channels=4, zero_init_residual=True,
                    norm_layer=norm_layer)
     model.eval()

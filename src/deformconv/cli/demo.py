@@ -26,8 +26,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "checkpoint (usable with eval/viz/export) to --out.",
         epilog="example: deformconv demo --seed 1 --out runs/demo-seed1")
     parser.add_argument("--out", default="runs/demo",
-                        help="output folder (default runs/demo); an earlier demo's files "
-                             "there are replaced")
+                        help="output folder (default runs/demo); one holding an earlier "
+                             "demo needs --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier demo in --out")
     parser.add_argument("--iterations", type=positive_int,
                         help=f"iterations of each twin (default {d.iterations})")
     parser.add_argument("--no-equal-time", action="store_true",
@@ -81,5 +83,5 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_demo(settings_from_args(args), Path(args.out))
+    run_demo(settings_from_args(args), Path(args.out), overwrite=args.overwrite)
     return 0

@@ -48,10 +48,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-# What a viz run writes into its folder, besides offsets.md (viz.offset_report's names).
-FIGURE_PATTERNS = ("sampling_*.png", "roi_offsets*_*.png")
-
-
 def run_viz(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -84,8 +80,8 @@ def run_viz(args: argparse.Namespace) -> int:
         raise CLIError(f"--index {args.index} is past the last of the {images} validation "
                        "images")
     indices = list(range(args.index, min(args.index + args.count, images)))
-    _remove_earlier_figures(out)
     report = offset_figures(model, dataset, indices, task, out, stack_depth=args.stack_depth)
+    _remove_earlier_figures(out, report.figures)
     source = args.checkpoint or f"fresh {model_spec.name}"
     (out / "offsets.md").write_text(f"# Offsets of {source}\n\nImages {indices} of the "
                                     f"validation data.\n\n{report.markdown()}")
@@ -95,10 +91,16 @@ def run_viz(args: argparse.Namespace) -> int:
     return 0
 
 
-def _remove_earlier_figures(out: Path) -> None:
-    """Remove an earlier viz run's figures from ``out``: offsets.md lists only this run's."""
-    earlier = [path for pattern in FIGURE_PATTERNS for path in out.glob(pattern)]
+def _remove_earlier_figures(out: Path, figures: list[Path]) -> None:
+    """Remove the figures of an earlier viz run from ``out`` (those not among this run's
+    ``figures``): offsets.md lists only this run's."""
+    from ..viz.report import figure_patterns
+
+    kept = {path.resolve() for path in figures}
+    earlier = sorted(path for pattern in figure_patterns() for path in out.glob(pattern)
+                     if path.resolve() not in kept)
     for path in earlier:
         path.unlink()
     if earlier:
-        print(f"removed {len(earlier)} figure(s) of an earlier viz run from {out}")
+        print(f"removed {len(earlier)} figure(s) of an earlier viz run from {out}: "
+              f"{', '.join(path.name for path in earlier)}")

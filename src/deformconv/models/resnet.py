@@ -44,6 +44,18 @@ NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {
 }
 
 
+def _trainable_gamma(norm: nn.Module) -> nn.Parameter:
+    """The scale of a residual branch's last norm, which ``zero_init_residual`` zeroes; a
+    fixed one (frozen BN's buffer) would keep the branch at zero for good."""
+    weight = getattr(norm, "weight", None)
+    if not isinstance(weight, nn.Parameter):
+        raise ValueError(
+            f"zero_init_residual needs norm layers with a trainable scale, got "
+            f"{type(norm).__name__}: zeroed, a fixed scale would silence every residual "
+            "branch for good (with frozen BN, load pretrained weights instead)")
+    return weight
+
+
 def _norm_layer(norm_layer: str | Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
     if isinstance(norm_layer, str):
         if norm_layer not in NORM_LAYERS:
@@ -210,7 +222,8 @@ class ResNet(nn.Module):
         block: ``"bottleneck"`` (ResNet-50/101), ``"basic"`` (ResNet-18/34) or a block
             class with ``expansion`` and ``convs`` (3×3 convs per block).
         zero_init_residual: start every residual branch's last norm at zero gamma, so each
-            block starts as the identity (Goyal et al. 2017; torchvision's option).
+            block starts as the identity (Goyal et al. 2017; torchvision's option); needs
+            norms with a trainable scale (not frozen BN).
         frozen_stages: stop gradients for the stem (0) and stages 1..frozen_stages, whose
             norms also stay in eval mode (running statistics fixed); -1 freezes nothing
             (paper, detection and segmentation: 1, conv1 and res2).
@@ -314,10 +327,7 @@ class ResNet(nn.Module):
         if self.zero_init_residual:
             for stage in self.stages():
                 for block in stage:
-                    # any norm's gamma: a parameter, or FrozenBatchNorm2d's buffer
-                    weight = getattr(block.last_norm(), "weight", None)
-                    if isinstance(weight, Tensor):
-                        nn.init.zeros_(weight)
+                    nn.init.zeros_(_trainable_gamma(block.last_norm()))
         for m in self.modules():
             if isinstance(m, OffsetBranchMixin):
                 m.zero_init_offsets()

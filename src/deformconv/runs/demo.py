@@ -112,10 +112,8 @@ class DemoSettings:
         return cls(**{**values, **overrides})
 
 
-# What a demo writes into its folder besides the runs' folders (demo_report's report and
-# figures); a rerun into the folder replaces them.
-REPORT_FILES = ("report.md", "metrics.json", "curves.png", "scales.png", "predictions.png",
-                "offsets_sampling_*.png")
+SUMMARY = "metrics.json"
+MARKER = ".deformconv-demo"  # marks a folder a demo wrote: a rerun may replace its files
 
 
 def run_folder(name: str) -> str:
@@ -387,31 +385,52 @@ def _load() -> float:
         return math.nan
 
 
-def _clear_earlier_demo(out: Path) -> None:
-    """Remove an earlier demo's files and run folders from ``out``, so that none is left
-    beside this one's; other files stay."""
+def demo_files(out: Path) -> list[Path]:
+    """What a demo writes into ``out`` that is there now: run folders, summary, report."""
+    from .demo_report import report_patterns
+
+    files = [path for path in (out / run_folder(name) for name in RUNS) if path.exists()]
+    files += [path for pattern in [SUMMARY, *report_patterns()] for path in out.glob(pattern)]
+    return files
+
+
+def claim_demo_folder(out: Path, overwrite: bool) -> None:
+    """Make ``out`` ready for a demo, which marks it as a demo's folder.
+
+    A folder with another demo's files needs ``overwrite``, which removes them (so that none
+    is left beside the new ones); files under those names that no demo wrote (a training
+    run in ``out/deformable``) are refused. Other files stay.
+    """
     if out.exists() and not out.is_dir():
         raise ValueError(f"the demo's output folder {out} is a file")
-    earlier = [path for path in (out / run_folder(name) for name in RUNS) if path.exists()]
-    earlier += [path for pattern in REPORT_FILES for path in out.glob(pattern)]
+    earlier = demo_files(out)
     if earlier:
+        names = ", ".join(sorted(path.name for path in earlier)[:6])
+        if not (out / MARKER).exists():
+            raise ValueError(f"{out} holds files a demo would replace ({names}) that no demo "
+                             "wrote; choose another output folder")
+        if not overwrite:
+            raise ValueError(f"{out} holds an earlier demo ({names}); replace it with "
+                             "--overwrite (overwrite=True) or choose another output folder")
         print(f"replacing the earlier demo in {out}")
-    for path in earlier:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        for path in earlier:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
 
 
-def run_demo(s: DemoSettings, out: Path) -> dict[str, Any]:
+def run_demo(s: DemoSettings, out: Path, overwrite: bool = False) -> dict[str, Any]:
     """Run the demo, writing to folder ``out``; returns what ``metrics.json`` holds. An
-    earlier demo's files in ``out`` are removed first."""
+    earlier demo in ``out`` is refused, or replaced with ``overwrite``
+    (:func:`claim_demo_folder`)."""
     from ..engine import balanced_class_weights, build_optimizer, label_counts, resolve_device
     from .demo_report import analyse, comparison_table, write_report
 
     started, cpu_started, load_start = time.perf_counter(), _cpu_seconds(), _load()
-    _clear_earlier_demo(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_demo_folder(out, overwrite)
     device = resolve_device(s.device)
     workers = 1 if device.type != "cpu" else min(s.jobs, 2)
     with contextlib.ExitStack() as stack:
@@ -472,7 +491,7 @@ def run_demo(s: DemoSettings, out: Path) -> dict[str, Any]:
     summary["machine"] = {"cpu_seconds": _cpu_seconds() - cpu_started, "jobs": workers,
                           "threads": threads, "train_threads": train_threads,
                           "cpus": os.cpu_count(), "load_start": load_start, "load_end": _load()}
-    write_json(summary, out / "metrics.json")
+    write_json(summary, out / SUMMARY)
     write_report(summary, out)
     print()
     print(comparison_table(summary))

@@ -17,6 +17,19 @@ from torch.utils.data import Dataset
 
 __all__ = ["analyse", "comparison_table", "verdict", "write_report"]
 
+# The files the report writes into the demo's folder.
+REPORT = "report.md"
+FIGURES = {"curves": "curves.png", "scales": "scales.png", "predictions": "predictions.png"}
+OFFSET_PREFIX = "offsets_"
+
+
+def report_patterns() -> list[str]:
+    """Glob patterns of everything the report writes (a rerun of the demo replaces them)."""
+    from ..viz.report import figure_patterns
+
+    return [REPORT, *FIGURES.values(), *figure_patterns(OFFSET_PREFIX)]
+
+
 REFERENCE_ORDER = ("plain, equal time", "plain")  # the deformable run is compared with
 # A gap one run cannot tell from seed noise: the demo's seeds differ by a few mIoU points
 # (docs/demo_seeds.md), and issue 13 asks +3 on average over 5 seeds.
@@ -76,18 +89,18 @@ def analyse(s: Any, models: Mapping[str, nn.Module], val_set: Dataset, classes: 
                 for name, p in predictions.items()}
 
     losses, scores, iterations = _curves(out, list(models))
-    figures = {"curves": plot_learning_curves(losses, scores, out / "curves.png",
+    figures = {"curves": plot_learning_curves(losses, scores, out / FIGURES["curves"],
                                               score_iterations=iterations).name,
-               "scales": plot_scale_recall(by_scale, out / "scales.png").name}
+               "scales": plot_scale_recall(by_scale, out / FIGURES["scales"]).name}
     titles = [f"val {i}: {mious['deformable'][i]:.2f} vs {mious[reference][i]:.2f}"
               for i in chosen]
     figures["predictions"] = plot_predictions(
         [val_set[i][0] for i in chosen], [masks[i] for i in chosen],
         {name: p[chosen] for name, p in predictions.items()}, classes,
-        out / "predictions.png", row_titles=titles,
+        out / FIGURES["predictions"], row_titles=titles,
         class_names=list(val_set.class_names)).name  # type: ignore[attr-defined]
     offsets = offset_figures(models["deformable"], val_set, chosen[:-1] or chosen,
-                             "segmentation", out, prefix="offsets_")
+                             "segmentation", out, prefix=OFFSET_PREFIX)
     figures["sampling"] = [p.name for p in offsets.figures]
     dilation = dilation_over(models["deformable"], val_set, list(range(len(masks))),
                              "segmentation", batch_size=s.batch_size).rows()
@@ -277,7 +290,7 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
                   f"load average {machine['load_start']:.1f} at the start, "
                   f"{machine['load_end']:.1f} at the end (other processes slow every "
                   "run alike, but make wall-clock times longer).", ""]
-    path = out / "report.md"
+    path = out / REPORT
     path.write_text("\n".join(lines))
     return path
 

@@ -18,7 +18,12 @@ from .sampling import unit_at
 from .stats import offset_statistics
 from .table import markdown_table
 
-__all__ = ["OffsetReport", "offset_report"]
+__all__ = ["OffsetReport", "figure_patterns", "offset_report"]
+
+
+def figure_patterns(prefix: str = "") -> tuple[str, str]:
+    """Glob patterns of the figures :func:`offset_report` writes with ``prefix``."""
+    return f"{prefix}sampling_*.png", f"{prefix}roi_offsets*_*.png"
 
 
 @dataclass
