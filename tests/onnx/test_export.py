@@ -165,3 +165,15 @@ def test_missing_dependency_gives_install_hint(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(ImportError, match=r"needs onnxruntime: pip install 'deformconv\[onnx\]'"):
         dc_onnx.export(small_net(), torch.randn(2, 3, 16, 16), tmp_path / "x.onnx")
+
+
+def test_a_modules_nan_masking_stays_out_of_the_graph(tmp_path):
+    """The NaN masking the modules run under torch.compile (IsNaN, Where, ReduceMax, Cast)
+    was exported too: extra work per layer in every runtime."""
+    import onnx
+    from deformconv.nn import DeformConv2d
+
+    path = tmp_path / "layer.onnx"
+    torch.onnx.export(DeformConv2d(4, 4, 3, padding=1).eval(), (torch.randn(1, 4, 8, 8),), path,
+                      dynamo=True)
+    assert {n.op_type for n in onnx.load(str(path)).graph.node} == {"Conv", "DeformConv"}

@@ -45,6 +45,12 @@ class OffsetBranchMixin:
         zero_init_last(self.offset_branch)
 
 
+def _exporting() -> bool:
+    """Whether ``torch.export`` is tracing (torch < 2.7 cannot tell: False)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting is not None and is_exporting())
+
+
 def nan_offsets_propagate(op: Callable[[Tensor], Tensor], offset: Tensor) -> Tensor:
     """``op(offset)``, where a module's own predicted offset that is NaN (from a NaN or inf
     in its input) makes what it moves NaN, as a conv's output is where its window holds a
@@ -54,13 +60,15 @@ def nan_offsets_propagate(op: Callable[[Tensor], Tensor], offset: Tensor) -> Ten
     ``offset`` (N|K, *, h, w) and ``op``'s output (N|K, C, h', w'): a NaN at (n, :, i, j)
     makes output (n, :, i, j) NaN when the sizes agree, else all of output n.
     """
+    if _exporting():
+        return op(offset)  # an exported graph (ONNX) holds the op alone, no NaN masking
     if not torch.compiler.is_compiling():
         try:
             return op(offset)  # all finite: nothing costs more than the op's own NaN check
         except NaNOffsetError:
             pass
-    # torch.compile and torch.export trace the op as a node whose error no except ever sees:
-    # there the masking always runs, and without NaN it leaves op(offset) as it is.
+    # torch.compile traces the op as a node whose error no except ever sees: there the
+    # masking always runs, and without NaN it leaves op(offset) as it is.
     bad = offset.isnan()
     out = op(offset.masked_fill(bad, 0.0))
     if bad.shape[2:] == out.shape[2:]:
