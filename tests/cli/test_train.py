@@ -183,7 +183,7 @@ def test_resume_refuses_another_task_or_training_data_and_takes_epochs(
     shutil.copytree(trained, out)
     for flags, message in (
             (["--task", "segmentation"], "--task segmentation differs from the checkpoint's "
-                                         "classification; drop --task"),
+                                         "classification model; drop --task"),
             (["--train-size", "16", "--data-seed", "3"],
              "cannot resume with other training data (train_size: checkpoint 8 vs now 16; "
              "data_seed: checkpoint 0 vs now 3)"),

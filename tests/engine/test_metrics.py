@@ -331,6 +331,7 @@ def test_an_empty_dataset_is_refused_for_every_task(task):
     ({}, {"scores": torch.tensor([0.5])}, r"output\['scores'\] must hold one value per box \(2\)"),
     ({"boxes": torch.zeros(2, 5)}, {}, r"target\['boxes'\] must be \(K, 4\) x1y1x2y2, got "
                                        r"shape \(2, 5\)"),
+    ({}, {"boxes": torch.zeros(1, 2, 4)}, r"output\['boxes'\] must be \(K, 4\)"),
 ])
 def test_detection_fields_of_another_length_are_named(target, output, match):
     """They used to fail inside zip() or a numpy reshape, naming no field."""

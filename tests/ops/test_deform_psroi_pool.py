@@ -301,7 +301,7 @@ class TestDeformPSRoIPool(RoIOpTester):
          r"offset.shape\[1\] is not valid: got 3, expected 2 \* num_classes"),
         (9, torch.zeros(1, 5), {"offset": torch.zeros(1, 4, 3, 3)}, ValueError,
          r"output_dim \(1\) must be divisible by num_classes .* = 2"),
-        (9, torch.zeros(1, 5), {"group_size": 0}, ValueError, "group_size must be a positive"),
+        (9, torch.zeros(1, 5), {"group_size": 0}, ValueError, r"group_size must be > 0, got 0"),
         (9, torch.zeros(1, 5), {"sample_per_part": 0}, ValueError, "sample_per_part"),
         # NaN passes "<= 0" checks: it used to pool silent zeros
         (9, torch.zeros(1, 5), {"spatial_scale": float("nan")}, ValueError,
@@ -328,7 +328,7 @@ def test_registered_op_checks_its_arguments():
     op = torch.ops.deformconv
     with pytest.raises(ValueError, match=r"input.shape\[1\] is not valid"):
         op.deform_psroi_pool(x, rois, None, 1.0, 2, 2, 2, 2, 2, 0.1)
-    with pytest.raises(ValueError, match="part_size must be a positive int"):
+    with pytest.raises(ValueError, match="part_size must be > 0, got 0"):
         op.deform_psroi_pool(x, rois, None, 1.0, 1, 2, 2, 0, 2, 0.1)
     count = torch.ones(1, 1, 2, 2)
     with pytest.raises(ValueError, match=r"grad_out.shape is not valid"):

@@ -19,5 +19,6 @@ def test_the_cost_ratio_is_of_cpu_time():
                "step_ratio": 1.36}
     line = next(line for line in verdict(summary) if "training cost" in line)
     assert line == ("- training cost, deformable / plain at equal iterations: **1.26×** the "
-                    "CPU time (1.18× the wall-clock time, which other work on the machine "
-                    "sways; training-step cost measured in turns before training: 1.36×)")
+                    "CPU time of the training processes, validations included (1.18× the "
+                    "wall-clock time, which other work on the machine sways; training-step "
+                    "cost measured in turns before training: 1.36×)")

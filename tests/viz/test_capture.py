@@ -122,11 +122,11 @@ def test_input_module_sets_the_image_and_keeps_its_input():
 
 @pytest.mark.parametrize(("image", "cells", "stride"), [
     (64, 4, 16.0), (100, 7, 16.0), (60, 4, 16.0), (513, 33, 16.0), (513, 65, 8.0),
-    (100, 34, 3.0), (32, 1, 32.0), (5, 7, 5 / 7),
+    (100, 34, 3.0), (5, 7, 5 / 7), (9, 1, 9.0),
 ])
 def test_cumulative_stride_of_padded_layers(image, cells, stride):
     """ceil(image / s) == cells: a power of two where one fits, else the smallest integer,
-    else (an upsampled map) the size ratio."""
+    else (an upsampled map) the size ratio; one cell fits any s >= image: the image side."""
     from deformconv.viz.coords import cumulative_stride
 
     assert cumulative_stride(image, cells) == stride

@@ -194,10 +194,16 @@ MODEL_FLAGS = {"plain": "--plain", "base_channels": "--base-channels",
                "deform_blocks": "--deform-blocks", "model_arg": "--model-arg"}
 
 
-def check_model_flags_match(args: argparse.Namespace, spec: ModelSpec) -> None:
-    """Refuse model flags that describe another model than a checkpoint's ``spec`` (they
-    would be ignored); flags that agree with it pass, as when a job reruns its command line
-    with ``--resume auto``."""
+def check_model_flags_match(args: argparse.Namespace, spec: ModelSpec,
+                            model_flag: str = "--model") -> None:
+    """Refuse a model name (``model_flag``), task or model flags that describe another model
+    than a checkpoint's ``spec`` (they would be ignored); flags that agree with it pass, as
+    when a job reruns its command line with ``--resume auto``."""
+    for flag, given_value, fixed in ((model_flag, getattr(args, "model", None), spec.name),
+                                     ("--task", getattr(args, "task", None), spec.task)):
+        if given_value is not None and given_value != fixed:
+            raise CLIError(f"{flag} {given_value} differs from the checkpoint's {fixed} "
+                           f"model; drop {flag}")
     given = [flag for dest, flag in MODEL_FLAGS.items() if getattr(args, dest, None)]
     if not given:
         return

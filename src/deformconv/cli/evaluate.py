@@ -28,7 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         epilog="example: deformconv eval runs/train/last.pt --out runs/train/eval.json")
     parser.add_argument("checkpoint", help="last.pt / best.pt written by train or demo")
     add_data_options(parser, with_train=False)
-    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--batch-size", type=positive_int, default=8,
+                        help="images per forward pass (default 8); detection runs images "
+                             "of different sizes in separate passes")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda ...")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--workers", type=non_negative_int, default=0)

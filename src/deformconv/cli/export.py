@@ -78,9 +78,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise CLIError(f"--out must name a .onnx file, got {out}")
     if args.checkpoint:
         spec, data_spec, _ = specs_from_checkpoint(args.checkpoint)
-        if args.model is not None and args.model != spec.name:
-            raise CLIError(f"model {args.model} differs from the checkpoint's {spec.name}")
-        check_model_flags_match(args, spec)
+        check_model_flags_match(args, spec, model_flag="model")
         if args.num_classes is not None:
             check_classes_match(args.num_classes, spec)
         model = model_from_checkpoint(spec, args.checkpoint)

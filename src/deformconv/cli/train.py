@@ -158,13 +158,7 @@ def run_train(args: argparse.Namespace) -> int:
         # The checkpoint decides model, data and settings; flags given now override the
         # settings (those that fix the data order must match, the engine checks).
         model_spec, data_spec, state = specs_from_checkpoint(resume)
-        if args.model is not None and args.model != model_spec.name:
-            raise CLIError(f"--model {args.model} differs from the checkpoint's "
-                           f"{model_spec.name}; drop --model to resume")
         check_model_flags_match(args, model_spec)
-        if args.task is not None and args.task != model_spec.task:
-            raise CLIError(f"--task {args.task} differs from the checkpoint's "
-                           f"{model_spec.task}; drop --task to resume")
         data_spec = _resumed_data_spec(args, data_spec)
         task = model_spec.task
         values = {**state["config"], **_config_values(args, given), "resume": resume}

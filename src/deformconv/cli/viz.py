@@ -54,12 +54,6 @@ def run_viz(args: argparse.Namespace) -> int:
         raise CLIError(f"--out {out} is a file; give the folder to write the figures into")
     if args.checkpoint:
         model_spec, data_spec, _ = specs_from_checkpoint(args.checkpoint)
-        if args.model is not None and args.model != model_spec.name:
-            raise CLIError(f"--model {args.model} differs from the checkpoint's "
-                           f"{model_spec.name}; give one or the other")
-        if args.task is not None and args.task != model_spec.task:
-            raise CLIError(f"--task {args.task} differs from the checkpoint's "
-                           f"{model_spec.task} model; leave --task out")
         check_model_flags_match(args, model_spec)
         data_spec = data_spec_from_args(args, data_spec)
         task = model_spec.task

@@ -64,7 +64,7 @@ def _per_box(d: dict[str, Any], name: str, key: str, dtype: Any, count: int | No
     refused with the expected and actual shape otherwise."""
     values = _numpy(d[key], dtype)
     if count is None:
-        if values.size % 4 or (values.size and values.shape[-1] != 4):
+        if values.size and (values.ndim != 2 or values.shape[1] != 4):
             raise ValueError(f"detection {name}['boxes'] must be (K, 4) x1y1x2y2, got shape "
                              f"{values.shape}")
         return values.reshape(-1, 4)

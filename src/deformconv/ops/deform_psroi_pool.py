@@ -26,7 +26,7 @@ from ._checks import (
     float32_under_autocast,
 )
 from ._library import OpParts, define_op, no_feature_cells, zeroed
-from .arguments import finite_float, is_integer, rois_to_tensor
+from .arguments import count, finite_float, rois_to_tensor
 
 __all__ = ["deform_psroi_pool"]
 
@@ -39,7 +39,7 @@ def _check_registered(input: Tensor, rois: Tensor, offset: Tensor | None, output
     for arg, value in (("output_dim", output_dim), ("group_size", group_size),
                        ("pooled_size", pooled_size), ("part_size", part_size),
                        ("sample_per_part", sample_per_part)):
-        _positive_int(arg, value)
+        count(value, arg)
     _check_arguments(input, rois_to_tensor(rois), offset, output_dim, group_size, part_size)
     check_compute_dtype(input, rois)
     check_rois_values(rois, input.shape[0])
@@ -124,12 +124,6 @@ _deform_psroi_pool, _deform_psroi_pool_backward = define_op(
 )
 
 
-def _positive_int(name: str, value: object) -> int:
-    if not is_integer(value) or value < 1:  # type: ignore[operator]
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)  # type: ignore[call-overload]
-
-
 def _check_arguments(input: Tensor, rois: Tensor, offset: Tensor | None, output_dim: int,
                      group_size: int, part_size: int) -> None:
     check_tensor("input", input, 4)
@@ -208,11 +202,11 @@ def deform_psroi_pool(
         ...                   group_size=3, pooled_size=3, trans_std=0.1).shape
         torch.Size([1, 8, 3, 3])
     """
-    output_dim = _positive_int("output_dim", output_dim)
-    group_size = _positive_int("group_size", group_size)
-    pooled_size = _positive_int("pooled_size", pooled_size)
-    part_size = _positive_int("part_size", pooled_size if part_size is None else part_size)
-    sample_per_part = _positive_int("sample_per_part", sample_per_part)
+    output_dim = count(output_dim, "output_dim")
+    group_size = count(group_size, "group_size")
+    pooled_size = count(pooled_size, "pooled_size")
+    part_size = count(pooled_size if part_size is None else part_size, "part_size")
+    sample_per_part = count(sample_per_part, "sample_per_part")
     spatial_scale = finite_float("spatial_scale", spatial_scale, positive=True)
     trans_std = finite_float("trans_std", trans_std)
     rois = rois_to_tensor(rois)

@@ -143,7 +143,8 @@ def verdict(summary: Mapping[str, Any]) -> list[str]:
         lines.append(f"- deformable − plain at equal training time: "
                      f"**{_points(gaps['plain, equal time'])}** mIoU points")
     lines.append(f"- training cost, deformable / plain at equal iterations: **{cpu:.2f}×** "
-                 f"the CPU time ({wall:.2f}× the wall-clock time, which other work on the "
+                 f"the CPU time of the training processes, validations included ({wall:.2f}× "
+                 f"the wall-clock time, which other work on the "
                  f"machine sways; training-step cost measured in turns before training: "
                  f"{summary['step_ratio']:.2f}×)")
     if "plain, equal time" not in gaps:

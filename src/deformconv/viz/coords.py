@@ -25,10 +25,13 @@ def cumulative_stride(image_size: int, feature_size: int) -> float:
 
     The integers that fit lie in ``[image / feature, image / (feature - 1))``, which holds at
     most one power of two: that one (the strides of this library's models), else the
-    smallest integer; else (not made by padded layers) the size ratio.
+    smallest integer; else (not made by padded layers) the size ratio. A 1-cell map fits
+    any stride from the image side on: the size ratio, the image side, stands for it.
     """
     low = image_size / feature_size
-    high = image_size / (feature_size - 1) if feature_size > 1 else math.inf
+    if feature_size <= 1:
+        return low
+    high = image_size / (feature_size - 1)
     power = 2 ** math.ceil(math.log2(low)) if low > 0 else 0
     if 1 <= power < high:
         return float(power)
