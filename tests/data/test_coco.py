@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from deformconv.data import CocoDetection, SyntheticDetection, export_coco
-from deformconv.data._common import load_rgb
+from deformconv.data._common import load_rgb, upright_size
 from deformconv.runs import DataSpec, build_datasets, with_categories
 
 
@@ -387,8 +388,9 @@ def test_duplicate_annotation_ids_are_an_error(tiny) -> None:
 @pytest.mark.parametrize("sizes_in_json", [True, False])
 def test_clipping_is_counted_and_areas_follow_the_clipped_box(tmp_path: Path,
                                                               sizes_in_json: bool) -> None:
-    """Without sizes in the json, boxes were clipped or dropped at load without a count or
-    a warning, and a clipped box's area stayed the json bbox's w * h (400 for a 10x10)."""
+    """A clipped box's area used to stay the json bbox's w * h (400 for a 10x10). Without
+    sizes in the json, the image is sized from its file's header at construction and
+    clipped there as well (it was clipped on its first load, in whichever process)."""
     _write_images(tmp_path, {"a.png": (30, 40)})
     anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b} for i, b in
             enumerate([[30, 20, 20, 20], [45, 35, 5, 5], [1, 1, 5, 5]])]
@@ -399,33 +401,84 @@ def test_clipping_is_counted_and_areas_follow_the_clipped_box(tmp_path: Path,
     path = _write_json(tmp_path / "a.json", [image], anns, [{"id": 1}])
     named = ("degenerate_box: 1, e.g. annotation id 2 (box x1y1x2y2 [45.0, 35.0, 50.0, 40.0] "
              "has no area inside the image, 40 wide and 30 high)")
-    if sizes_in_json:
-        with pytest.warns(RuntimeWarning, match=re.escape(named)):
-            ds = CocoDetection(tmp_path, path)
-        _, t = ds[0]
-    else:
-        ds = CocoDetection(tmp_path, path)  # the json gives no size: checked on load
-        warning = r"a\.png: dropped annotation id 2 as degenerate_box: no area inside the image, "
-        warning += "40 wide and 30 high"
-        with pytest.warns(RuntimeWarning, match=warning):
-            _, t = ds[0]
+    with pytest.warns(RuntimeWarning, match=re.escape(named)):
+        ds = CocoDetection(tmp_path, path)
+    assert ds.clipped == 2 and ds.skipped == {"degenerate_box": 1}
+    _, t = ds[0]
     assert torch.equal(t["boxes"], torch.tensor([[30.0, 20, 40, 30], [1, 1, 6, 6], [0, 0, 2, 4]]))
     assert t["area"].tolist() == [100.0, 25.0, 7.0]  # the json's area where it gives one
     assert ds.clipped == 2 and ds.skipped == {"degenerate_box": 1}
-    assert torch.equal(ds[0][1]["boxes"], t["boxes"]) and ds.clipped == 2  # counted once
 
 
-def test_image_without_size_and_no_box_inside_is_skipped_on_load(tmp_path: Path) -> None:
-    _write_images(tmp_path, {"a.png": (30, 40), "b.png": (30, 40)})
-    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [45, 35, 5, 5]},
-            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5]}]
+def _sizeless_set(root: Path) -> Path:
+    """a.png and b.png (30x40) without sizes in the json: a.png's box is partly outside,
+    b.png's one box is wholly outside."""
+    _write_images(root, {"a.png": (30, 40), "b.png": (30, 40)})
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [30, 20, 20, 20]},
+            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [45, 35, 5, 5]}]
     images = [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}]
-    ds = CocoDetection(tmp_path, _write_json(tmp_path / "a.json", images, anns, [{"id": 1}]))
-    with pytest.warns(RuntimeWarning) as record:
-        assert ds[0][1]["image_id"] == 2
-    assert "skipping sample 0: " in str(record[-1].message)
-    assert str(record[-1].message).endswith("a.png: no box left inside the image")
-    assert ds.skipped == {"degenerate_box": 1, "empty_image": 1}
+    return _write_json(root / "a.json", images, anns, [{"id": 1}])
+
+
+@pytest.mark.parametrize("drop_empty", [True, False])
+def test_images_without_size_are_fitted_at_construction(tmp_path: Path,
+                                                        drop_empty: bool) -> None:
+    """They were fitted on their first load: in the DataLoader's worker processes, which
+    start afresh each epoch from the main process's unfitted copy, so the main process
+    never counted and each epoch warned again."""
+    with pytest.warns(RuntimeWarning, match=r"degenerate_box: 1, e\.g\. annotation id 2 .*"
+                                            r"40 wide and 30 high"):
+        ds = CocoDetection(tmp_path, _sizeless_set(tmp_path), drop_empty=drop_empty)
+    skipped = {"degenerate_box": 1, **({"empty_image": 1} if drop_empty else {})}
+    assert ds.clipped == 1 and ds.skipped == skipped and len(ds) == 2 - drop_empty
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1,
+                                         collate_fn=lambda batch: batch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        epochs = [[t["boxes"].tolist() for _, t in batch] for _ in range(2) for batch in loader]
+    want = [[[30.0, 20.0, 40.0, 30.0]]] + ([] if drop_empty else [[]])
+    assert epochs == [want, want]
+    assert ds.clipped == 1 and ds.skipped == skipped
+
+
+def test_image_without_size_that_cannot_be_read_is_skipped_on_load(tmp_path: Path) -> None:
+    path = _sizeless_set(tmp_path)
+    (tmp_path / "a.png").write_bytes(b"not a png")
+    (tmp_path / "b.png").unlink()
+    with pytest.warns(RuntimeWarning, match=r"missing_image: 1, e\.g\. .*b\.png"):
+        ds = CocoDetection(tmp_path, path)  # as with sizes in the json
+    assert len(ds) == 1 and ds.skipped == {"missing_image": 1}
+    with pytest.warns(RuntimeWarning, match=r"cannot decode image .*a\.png"), \
+            pytest.raises(RuntimeError, match="none of the 1"):
+        ds[0]
+    assert ds.skipped == {"missing_image": 1, "corrupt_image": 1}
+
+
+def test_image_changed_since_its_header_was_read_is_a_size_mismatch(tmp_path: Path) -> None:
+    with pytest.warns(RuntimeWarning, match="degenerate_box"):
+        ds = CocoDetection(tmp_path, _sizeless_set(tmp_path))
+    _write_images(tmp_path, {"a.png": (31, 40)})
+    with pytest.warns(RuntimeWarning, match=r"a\.png is 31x40 but its header said 30x40 when "
+                                            r"the dataset was built \(the file changed since"), \
+            pytest.raises(RuntimeError, match="none of the 1"):
+        ds[0]
+    assert ds.skipped["size_mismatch"] == 1
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 5, 6, 7, 8])
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_upright_size_reads_only_the_header(tmp_path: Path, monkeypatch, orientation: int,
+                                            suffix: str) -> None:
+    from PIL import ImageFile
+
+    path = _save_oriented(tmp_path / f"p{suffix}", np.zeros((30, 40, 3), np.uint8), orientation)
+    want = tuple(load_rgb(path).shape[1:])
+    _write_images(tmp_path, {f"plain{suffix}": (30, 40)})  # no EXIF: PNG's getexif decodes
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded"))
+    assert upright_size(path) == want == ((40, 30) if orientation >= 5 else (30, 40))
+    assert upright_size(tmp_path / f"plain{suffix}") == (30, 40)
+    (tmp_path / "junk.png").write_bytes(b"junk")
+    assert upright_size(tmp_path / "junk.png") is None
 
 
 def test_empty_annotations(tiny, tmp_path: Path) -> None:

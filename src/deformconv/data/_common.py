@@ -29,6 +29,7 @@ __all__ = [
     "read_utf8",
     "readable_sample",
     "require_path",
+    "upright_size",
 ]
 
 # A joint transform: (image (3, H, W), target) -> (image, target); see data.transforms.
@@ -90,6 +91,23 @@ def load_rgb(path: Path) -> Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
+def upright_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) that ``load_rgb`` will return for image ``path``, from the file's
+    header and EXIF orientation tag, without decoding the pixels; None when the header
+    cannot be read (``load_rgb`` then fails too)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            # Image.getexif, not PNG's override: that decodes the pixels to look for an
+            # EXIF chunk after them (one there is met on load, as a size mismatch)
+            orientation = Image.Image.getexif(img).get(_EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError):  # PIL's errors for unreadable data
+        return None
+    return (width, height) if orientation in _SWAPPING_ORIENTATIONS else (height, width)
+
+
 def orientation_hint(path: Path, loaded: tuple[int, int], expected: tuple[object, object],
                      what: str) -> str:
     """For image ``path`` loaded (H, W) ``loaded`` where ``what`` (a plural noun phrase)
@@ -101,7 +119,7 @@ def orientation_hint(path: Path, loaded: tuple[int, int], expected: tuple[object
         return ""
     try:
         with Image.open(path) as img:
-            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+            orientation = Image.Image.getexif(img).get(_EXIF_ORIENTATION, 1)
     except (OSError, ValueError, SyntaxError):
         return ""
     if orientation not in _SWAPPING_ORIENTATIONS:

@@ -23,14 +23,13 @@ What goes wrong, and what happens (counts are in ``dataset.skipped``, a Counter)
     no polygons or RLE under ``masks``           -> dropped, "invalid_segmentation"
     box partly outside the image                 -> clipped, counted in ``dataset.clipped``
     box with no area (after clipping)            -> dropped, "degenerate_box"
-        (for an image the json gives no ``height``/``width`` for, both on its first load,
-        with a warning naming what is dropped; left with no box under ``drop_empty``, the
-        image is then skipped as "empty_image")
+        (an image the json gives no ``height``/``width`` for is sized from its file's
+        header and EXIF orientation tag, without decoding it, and clipped like the others)
     image file missing                           -> dropped, "missing_image"
     image with no annotation left (drop_empty)   -> dropped, "empty_image"
-    on load: image unreadable, or its size differs from the json, or (``masks=True``) a
-    segmentation that does not decode: an RLE whose ``size`` is not the image's or whose
-    runs do not add up to height * width
+    on load: image unreadable, or its size differs from the json's (or from its header's,
+    read at construction), or (``masks=True``) a segmentation that does not decode: an RLE
+    whose ``size`` is not the image's or whose runs do not add up to height * width
                                                  -> warning, "corrupt_image" / "size_mismatch"
                                                     / "corrupt_annotation", the next good
                                                     image is returned instead (evaluation
@@ -63,6 +62,7 @@ from ._common import (
     orientation_hint,
     read_utf8,
     require_path,
+    upright_size,
 )
 
 __all__ = ["CocoDetection", "read_json"]
@@ -92,6 +92,7 @@ class _Image:
     crowd: list[int] = field(default_factory=list)
     segmentations: list[Any] = field(default_factory=list)
     names: list[str] = field(default_factory=list)  # "annotation id 7", for messages
+    sized_by_header: bool = False  # height and width are the file header's, not the json's
 
     def keep(self, keep: Sequence[bool]) -> None:
         """Keep only the annotations where ``keep`` is true."""
@@ -180,6 +181,8 @@ class CocoDetection(SkippingDataset):
         for index, ann in enumerate(annotations):
             self._add_annotation(index, ann, by_id, skip_crowd)
         for rec in by_id.values():
+            if rec.height is None and rec.path.is_file():
+                _size_from_header(rec)
             if rec.height is not None:
                 self._fit_boxes(rec, rec.height, rec.width)  # type: ignore[arg-type]
 
@@ -267,9 +270,9 @@ class CocoDetection(SkippingDataset):
             return f"iscrowd not 0 or 1: {iscrowd!r:.40}"
         return None
 
-    def _fit_boxes(self, rec: _Image, height: int, width: int) -> list[str]:
+    def _fit_boxes(self, rec: _Image, height: int, width: int) -> None:
         """Clip ``rec``'s boxes to a ``height`` x ``width`` image, counted in ``clipped``;
-        drop those left with no area as degenerate_box. Returns the names of the dropped."""
+        drop those left with no area as degenerate_box."""
         boxes = np.asarray(rec.boxes, dtype=np.float64).reshape(-1, 4)
         fitted, keep, clipped = clip_boxes(boxes, height, width)
         self.clipped += clipped
@@ -279,19 +282,6 @@ class CocoDetection(SkippingDataset):
                                          f"inside the image, {width} wide and {height} high)")
         rec.keep(keep)
         rec.boxes = fitted.tolist()
-        return dropped
-
-    def _fit_to_loaded_size(self, rec: _Image, height: int, width: int) -> None:
-        """Fit the boxes of an image whose size the json does not give, on its first load."""
-        dropped = self._fit_boxes(rec, height, width)
-        rec.height, rec.width = height, width
-        if dropped:
-            warnings.warn(f"{rec.path}: dropped {', '.join(dropped)} as degenerate_box: no "
-                          f"area inside the image, {width} wide and {height} high (the json "
-                          "gives no size, so this shows on load only)", RuntimeWarning,
-                          stacklevel=2)
-        if self.drop_empty and not rec.boxes:
-            raise SampleError("empty_image", f"{rec.path}: no box left inside the image")
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -316,14 +306,8 @@ class CocoDetection(SkippingDataset):
         rec = self._records[index]
         image = load_rgb(rec.path)
         h, w = image.shape[-2:]
-        if rec.height is None:
-            self._fit_to_loaded_size(rec, h, w)
-        elif (rec.height, rec.width) != (h, w):
-            hint = orientation_hint(rec.path, (h, w), (rec.height, rec.width), "the annotations")
-            raise SampleError(
-                "size_mismatch",
-                f"{rec.path} is {h}x{w} but the annotations say {rec.height}x{rec.width}{hint}",
-            )
+        if (rec.height, rec.width) != (h, w):
+            raise SampleError("size_mismatch", _size_mismatch(rec, h, w))
         boxes = torch.tensor(rec.boxes, dtype=torch.float64).reshape(-1, 4)
         box_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         area = torch.tensor(rec.areas, dtype=torch.float64)
@@ -346,6 +330,27 @@ class CocoDetection(SkippingDataset):
     def __repr__(self) -> str:
         return (f"CocoDetection(root={str(self.root)!r}, images={len(self)}, "
                 f"classes={self.num_classes}, skipped={dict(self.skipped)})")
+
+
+def _size_from_header(rec: _Image) -> None:
+    """Size image ``rec``, which the json gives no size for, from its file's header (left
+    unknown where the header cannot be read: the image then fails to load)."""
+    size = upright_size(rec.path)
+    if size is not None:
+        rec.height, rec.width = size
+        rec.sized_by_header = True
+
+
+def _size_mismatch(rec: _Image, height: int, width: int) -> str:
+    """Why image ``rec``, loaded ``height`` x ``width``, is not of the size expected."""
+    loaded = f"{rec.path} is {height}x{width}"
+    if rec.height is None:
+        return f"{loaded}, but its header could not be read when the dataset was built"
+    if rec.sized_by_header:
+        return (f"{loaded} but its header said {rec.height}x{rec.width} when the dataset was "
+                "built (the file changed since, or its EXIF data follows the pixel data)")
+    hint = orientation_hint(rec.path, (height, width), (rec.height, rec.width), "the annotations")
+    return f"{loaded} but the annotations say {rec.height}x{rec.width}{hint}"
 
 
 def _sections(path: Path, data: Any) -> tuple[list, list, list]:
