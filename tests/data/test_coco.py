@@ -679,6 +679,12 @@ def test_rle_masks_decode_to_zeros_and_ones(tmp_path: Path) -> None:
         ({"size": [30, 40], "counts": "o03k00"}, "RLE counts sum to 64, not"),
         ({"size": [30, 40], "counts": "Y1\u00e9"}, "RLE counts string has the character"),
         ({"size": [30, 40], "counts": "Y1b"}, "RLE counts string ends inside a count"),
+        ({"size": [30, 40], "counts": "dX1"}, "RLE counts string stores 1300, beyond height * "
+                                              "width = 1200"),
+        ({"size": [30, 40], "counts": "0Xo00Xo0"}, "RLE counts string gives a run of 2000, "
+                                                   "more than height * width = 1200"),
+        ({"size": [30, 40], "counts": "P" * 12 + "0"}, "RLE counts string has a count of "
+                                                        "more than 12 characters"),
         ({"size": [40, 30], "counts": [1200]}, "RLE size [40, 30] is not the image's [30, 40]"),
         ({"size": [12000, 12000], "counts": "0"}, "RLE size [12000, 12000] is not the image's"),
         ({"size": [30, 40], "counts": 7}, "RLE counts must be a list or a string, got int"),
@@ -700,3 +706,53 @@ def test_malformed_rle_is_skipped_before_decoding(tmp_path: Path, monkeypatch, s
     with pytest.warns(RuntimeWarning, match=message), pytest.raises(RuntimeError, match="none"):
         ds[0]
     assert ds.skipped == {"corrupt_annotation": 1} and not decoded
+
+
+def _reference_rle_counts(text: str) -> list[int] | None:
+    """A plain loop over the characters (the decoder's first version); None if malformed."""
+    counts: list[int] = []
+    value, shift = 0, 0
+    for char in text:
+        group = ord(char) - 48
+        if not 0 <= group < 64:
+            return None
+        value |= (group & 0x1F) << shift
+        shift += 5
+        if group & 0x20:
+            continue
+        if group & 0x10:
+            value -= 1 << shift
+        counts.append(value + (counts[-2] if len(counts) > 2 else 0))
+        value, shift = 0, 0
+    return None if shift or min(counts, default=0) < 0 else counts
+
+
+def test_rle_counts_strings_decode_as_pycocotools_encodes_them() -> None:
+    """The vectorised decoder against pycocotools.mask.encode and a plain loop: random
+    masks, then random strings (the verdict: decoded to runs covering the image, or not)."""
+    from pycocotools import mask as mask_utils
+
+    from deformconv.data.coco import _rle_string_counts
+
+    def runs(text: str, area: int) -> list[int] | None:
+        try:
+            counts = _rle_string_counts(text, area)
+        except ValueError:
+            return None
+        return counts.tolist() if counts.sum() == area else None
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        mask = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        text = mask_utils.encode(np.asfortranarray(mask))["counts"].decode()
+        flat = mask.ravel(order="F")
+        edges = np.flatnonzero(np.diff(flat)) + 1
+        want = [0] * int(flat[0]) + np.diff(np.r_[0, edges, flat.size]).tolist()
+        assert runs(text, h * w) == want, text
+    alphabet = [chr(c) for c in range(48, 112)] + ["/", "p", "\u00e9"]
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet, int(rng.integers(0, 10))))
+        want = _reference_rle_counts(text)
+        area = sum(want) if want and sum(want) > 0 else int(rng.integers(1, 100))
+        assert runs(text, area) == (want if want and sum(want) == area else None), text

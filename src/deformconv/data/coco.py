@@ -462,37 +462,62 @@ def _check_rle(seg: dict[str, Any], height: int, width: int) -> None:
     if isinstance(counts, list):
         if not all(_int(c) and c >= 0 for c in counts):
             raise ValueError("RLE counts must be integers >= 0")
+        total = sum(counts)
     elif isinstance(counts, str):
-        counts = _rle_string_counts(counts)
+        total = int(_rle_string_counts(counts, height * width).sum())
     else:
         raise ValueError(f"RLE counts must be a list or a string, got {type(counts).__name__}")
-    if sum(counts) != height * width:
-        raise ValueError(f"RLE counts sum to {sum(counts)}, not height * width = "
-                         f"{height * width}")
+    if total != height * width:
+        raise ValueError(f"RLE counts sum to {total}, not height * width = {height * width}")
 
 
-def _rle_string_counts(text: str) -> list[int]:
-    """The run lengths of a compressed RLE ``counts`` string (pycocotools' format: each
-    count in 5-bit groups of characters from '0', with a continue bit and a sign bit,
-    from the fourth count on stored as the difference to the count two before)."""
-    counts: list[int] = []
-    value, shift = 0, 0
-    for char in text:
-        group = ord(char) - 48
-        if not 0 <= group < 64:
-            raise ValueError(f"RLE counts string has the character {char!r}")
-        value |= (group & 0x1F) << shift
-        shift += 5
-        if group & 0x20:  # more groups follow
-            continue
-        if group & 0x10:  # sign bit of the last group
-            value -= 1 << shift
-        if len(counts) > 2:
-            value += counts[-2]
-        if value < 0:
-            raise ValueError(f"RLE counts string gives a negative run ({value})")
-        counts.append(value)
-        value, shift = 0, 0
-    if shift:
+_MAX_COUNT_CHARS = 12  # 60 bits: a count's value and sign bit fit in an int64
+
+
+def _rle_string_counts(text: str, area: int) -> np.ndarray:
+    """The run lengths (int64) of a compressed RLE ``counts`` string (pycocotools' format:
+    from the fourth count on, each is stored as the difference to the count two before).
+
+    Raises ValueError where ``text`` is malformed, a run is negative, or a run or a stored
+    difference is more than ``area``, the image's height * width (no run of a valid RLE
+    is): so no sum here or of the runs leaves int64 for ``text`` under 2**63 / ``area``
+    characters. Vectorised: a pure-Python loop cost 2.6 ms a load for a 10.8k-character
+    string, 5.5 times pycocotools' decoding of it."""
+    if len(text) * max(area, 1) >= 2**63:
+        raise ValueError(f"RLE counts string of {len(text)} characters is too long")
+    values = _rle_string_values(text)
+    if values.size and np.abs(values).max() > area:
+        first = values[np.flatnonzero(np.abs(values) > area)[0]]
+        raise ValueError(f"RLE counts string stores {first}, beyond height * width = {area}")
+    values[1::2] = np.cumsum(values[1::2])  # the count two before plus the difference
+    values[2::2] = np.cumsum(values[2::2])
+    if values.size and (values.min() < 0 or values.max() > area):
+        first = values[np.flatnonzero((values < 0) | (values > area))[0]]
+        if first < 0:
+            raise ValueError(f"RLE counts string gives a negative run ({first})")
+        raise ValueError(f"RLE counts string gives a run of {first}, more than height * "
+                         f"width = {area}")
+    return values
+
+
+def _rle_string_values(text: str) -> np.ndarray:
+    """The numbers a compressed RLE ``counts`` string stores, as int64: each in 5-bit
+    groups of characters from '0', low group first, with a continue bit (0x20) and, in
+    the last group, a sign bit (0x10)."""
+    code_points = text.encode("utf-32-le", "surrogatepass")  # one uint32 a character
+    groups = np.frombuffer(code_points, dtype=np.uint32) - np.uint32(48)  # below 48 wraps
+    if groups.size and groups.max() >= 64:
+        raise ValueError("RLE counts string has the character "
+                         f"{text[np.flatnonzero(groups >= 64)[0]]!r}")
+    if groups.size and groups[-1] & 0x20:
         raise ValueError("RLE counts string ends inside a count")
-    return counts
+    groups = groups.astype(np.int64)
+    ends = np.flatnonzero(groups < 0x20)  # the last group of each number
+    lengths = np.diff(ends, prepend=-1)
+    if lengths.size and lengths.max() > _MAX_COUNT_CHARS:
+        raise ValueError(f"RLE counts string has a count of more than {_MAX_COUNT_CHARS} "
+                         "characters")
+    starts = ends - lengths + 1
+    shifts = 5 * (np.arange(groups.size) - np.repeat(starts, lengths))
+    values = np.add.reduceat((groups & 0x1F) << shifts, starts) if ends.size else ends
+    return values - ((groups[ends] & 0x10 > 0) << (5 * lengths))  # the sign bit
