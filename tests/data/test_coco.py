@@ -708,6 +708,16 @@ def test_malformed_rle_is_skipped_before_decoding(tmp_path: Path, monkeypatch, s
     assert ds.skipped == {"corrupt_annotation": 1} and not decoded
 
 
+def test_rles_are_checked_at_construction_not_on_every_load(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """The check decoded each RLE counts string again on every load of every epoch."""
+    from deformconv.data import coco
+
+    path = _one_mask_set(tmp_path, {"size": [30, 40], "counts": "o03k00eR1"})
+    ds = CocoDetection(tmp_path, path, masks=True)
+    monkeypatch.setattr(coco, "_check_rle", lambda *args: pytest.fail("checked on load"))
+    assert ds[0][1]["masks"].sum() == 6
+
 def _reference_rle_counts(text: str) -> list[int] | None:
     """A plain loop over the characters (the decoder's first version); None if malformed."""
     counts: list[int] = []
