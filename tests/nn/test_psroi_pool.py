@@ -91,6 +91,14 @@ class TestDeformPSRoIPool:
                     expected = plain[:, c, ph, pw] * mask[c // 2, ph // 2, pw // 2]
                     torch.testing.assert_close(out[:, c, ph, pw], expected)
 
+    @pytest.mark.parametrize("size", [7, 22, 23, 26])
+    def test_mask_and_offset_of_a_bin_come_from_the_same_part(self, size):
+        """The op picks part ph * part // pooled exactly; the mask took floor(ph / pooled *
+        part) in float64, which is one part lower at 22, 23 and 26 (bin 15 of 22: 14)."""
+        pool = DeformPSRoIPool(1, 1, size, SCALE, part_size=size, modulated=True)
+        part_mask = torch.arange(size * size, dtype=torch.float32).view(1, 1, size, size)
+        torch.testing.assert_close(pool._bin_mask(part_mask), part_mask, rtol=0, atol=0)
+
     def test_offset_branch_gets_gradient_at_zero_init(self):
         x = _scores(2)
         pool = DeformPSRoIPool(2 * K * K, 2, K, SCALE, offset_classes=2)

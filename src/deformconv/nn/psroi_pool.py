@@ -156,14 +156,13 @@ class DeformPSRoIPool(PSRoIPool, OffsetBranchMixin):
 
     def _bin_mask(self, part_mask: Tensor) -> Tensor:
         """(K, offset_classes, part, part) -> (K, output_dim, pooled, pooled), like the op's
-        lookup of a bin's part: part_h = floor(ph / pooled * part_size)."""
+        lookup of a bin's part: part_h = ph * part_size // pooled."""
         pooled, part = self.pooled_size, self.part_size
         device = part_mask.device
         per_class = self.output_dim // self.offset_classes
         cls = torch.arange(self.output_dim, device=device) // per_class
-        # The op's own float64 formula, so that mask and offset always pick the same part.
-        bins = torch.arange(pooled, dtype=torch.float64, device=device)
-        parts = torch.floor(bins / pooled * part).long()
+        # The op's exact integer formula, so that mask and offset always pick the same part.
+        parts = torch.arange(pooled, device=device) * part // pooled
         return part_mask[:, cls][:, :, parts][:, :, :, parts]
 
     def forward(self, input: Tensor, rois: Tensor | list[Tensor],
