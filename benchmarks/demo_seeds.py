@@ -47,8 +47,9 @@ def run_seed(seed: int, out: Path, extra: list[str], rerun: bool) -> dict:
     metrics = out / "metrics.json"
     if metrics.is_file() and not rerun:
         return json.loads(metrics.read_text())
+    # the seed's folder is this script's: an interrupted or rerun seed replaces its demo
     command = [sys.executable, "-m", "deformconv", "demo", "--seed", str(seed),
-               "--out", str(out), "--no-progress", *extra]
+               "--out", str(out), "--overwrite", "--no-progress", *extra]
     print("$ " + " ".join(command[1:]), flush=True)
     load_start, start = os.getloadavg()[0], time.perf_counter()
     subprocess.run(command, check=True)
