@@ -213,3 +213,19 @@ class TestSchedule:
             sched.step()
         assert lrs == [pytest.approx([1.0, 0.1]), pytest.approx([1.0, 0.1]),
                        pytest.approx([0.1, 0.01])]
+
+
+def test_lr_mults_prefixes_that_match_nothing_are_refused():
+    """A typo used to train the whole model at the full rate without a word."""
+    with pytest.raises(ValueError, match=r"lr_mults prefixes \['backbone\.'\] match no "
+                                         r"parameter of TinyClassifier"):
+        param_groups(TinyClassifier(), 0.1, None, {"conv.": 0.5, "backbone.": 0.1})
+
+
+def test_a_wrapper_keeping_its_net_as_module_gets_all_its_parameters():
+    """Only DDP and DataParallel are unwrapped: a user's wrapper with its own head and the
+    net as ``.module`` used to lose the head's parameters from the optimizer."""
+    wrapper = nn.Module()
+    wrapper.module, wrapper.head = TinyClassifier(), nn.Linear(3, 2)
+    grouped = {id(p) for g in param_groups(wrapper, 0.1, None) for p in g["params"]}
+    assert grouped == {id(p) for p in wrapper.parameters()}

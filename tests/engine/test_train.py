@@ -356,3 +356,73 @@ def test_an_empty_val_set_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"val_set is empty \(0 samples\); pass val_set=None"):
         train(config, TinyClassifier(), ToyClassification(size=8), [])
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_config_changed_after_construction_is_checked(tmp_path):
+    """Fields are checked when train() starts too: an "adam" set afterwards trained SGD."""
+    config = _config(tmp_path)
+    config.optimizer = "adam"
+    with pytest.raises(ValueError, match=r"optimizer must be one of .*got 'adam'"):
+        train(config, TinyClassifier(), ToyClassification(size=8))
+
+
+def test_a_refused_resume_leaves_the_folder_as_it_was(tmp_path):
+    """config.json used to be rewritten with the refused settings."""
+    train(_config(tmp_path, iterations=2), TinyClassifier(), ToyClassification(size=8))
+    written = (tmp_path / "run" / "config.json").read_text()
+    with pytest.raises(ValueError, match="cannot resume"):
+        train(_config(tmp_path, iterations=4, batch_size=2, resume="auto"), TinyClassifier(),
+              ToyClassification(size=8))
+    assert (tmp_path / "run" / "config.json").read_text() == written
+
+
+def test_targets_the_model_cannot_score_are_named():
+    """Classification evaluation scored them as misses (top-1 0.0); training raised torch's
+    bare IndexError."""
+    from deformconv.engine import compute_loss
+
+    samples = [(torch.rand(3, 8, 8), 7)] * 4
+    message = r"classification targets hold class ids outside \[0, 3\), the model's 3 outputs"
+    with pytest.raises(ValueError, match=message):
+        evaluate(TinyClassifier(), samples, "classification", batch_size=2)
+    with pytest.raises(ValueError, match=message):
+        compute_loss("classification", TinyClassifier(), torch.rand(2, 3, 8, 8),
+                     torch.tensor([0, 7]))
+    masks = torch.full((1, 8, 8), 255)
+    masks[0, 0, 0] = 5
+    with pytest.raises(ValueError, match=r"segmentation targets hold class ids outside "
+                                         r"\[0, 3\) other than 255 \(ignored\)"):
+        compute_loss("segmentation", TinySegmenter(), torch.rand(1, 3, 8, 8), masks)
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_a_batch_of_zero_weight_classes_has_zero_loss(task):
+    """cross_entropy's weighted mean is 0/0 there: the run stopped at once, blaming the lr."""
+    from deformconv.engine import compute_loss
+
+    model = TinyClassifier() if task == "classification" else TinySegmenter()
+    targets = torch.zeros(2, dtype=torch.long)
+    if task == "segmentation":
+        targets = torch.zeros(2, 8, 8, dtype=torch.long)
+    weights = torch.tensor([0.0, 1.0, 1.0])
+    loss, _ = compute_loss(task, model, torch.rand(2, 3, 8, 8), targets, weights)
+    assert loss.item() == 0.0
+    loss.backward()  # still a graph: the step runs, it just moves nothing
+
+
+def test_samples_that_are_not_pairs_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"the dataset must give \(image, target\) pairs; "
+                                         r"batch item 0 is a tuple of 1"):
+        train(_config(tmp_path), TinyClassifier(),
+              torch.utils.data.TensorDataset(torch.rand(8, 3, 8, 8)))
+
+
+def test_a_resume_into_another_folder_writes_its_own_best(tmp_path):
+    """The best value came along from the checkpoint, so no later validation beat it and
+    the new folder never got a best.pt."""
+    data, val = ToyClassification(size=16), ToyClassification(size=8, seed=2)
+    train(_config(tmp_path, iterations=4, eval_every=2), TinyClassifier(), data, val)
+    result = train(_config(tmp_path, "other", iterations=6, eval_every=2, lr=1e-9,
+                           resume=str(tmp_path / "run" / "last.pt")),
+                   TinyClassifier(), data, val)
+    assert result.best_checkpoint is not None and (tmp_path / "other" / "best.pt").is_file()

@@ -23,6 +23,7 @@ __all__ = [
     "init_distributed",
     "launched_rank",
     "resolve_device",
+    "unwrap_parallel",
 ]
 
 
@@ -127,3 +128,10 @@ def all_gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def unwrap_parallel(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DistributedDataParallel or DataParallel; any other module as it is,
+    even one that keeps its network as ``.module``."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model

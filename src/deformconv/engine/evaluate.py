@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..data import NoReadableSamplesError
-from .distributed import DistInfo, all_reduce_sum, resolve_device
+from .distributed import DistInfo, all_reduce_sum, resolve_device, unwrap_parallel
 from .loader import eval_loader, loader_batches
 from .tasks import make_evaluator, num_images, to_device
 
@@ -59,7 +59,7 @@ def evaluate(
     if not len(dataset):  # type: ignore[arg-type]
         raise ValueError(f"the {task} dataset is empty (0 samples): nothing to evaluate")
     info = dist_info or DistInfo(device=resolve_device(str(device)))
-    net = _unwrapped(model)
+    net = unwrap_parallel(model)  # no DDP hooks needed for forward-only passes
     net.to(info.device)
     was_training = net.training
     net.eval()
@@ -91,13 +91,6 @@ def evaluate(
         return _scores_to_nan(metrics, non_finite) if non_finite else metrics
     finally:
         net.train(was_training)
-
-
-def _unwrapped(model: nn.Module) -> nn.Module:
-    """The model inside DDP or DataParallel (no hooks needed for forward-only passes); any
-    other module as it is, even one that keeps its network as ``.module``."""
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    return model.module if isinstance(model, wrappers) else model
 
 
 def _detect(net: nn.Module, images: list[torch.Tensor]) -> list[Any]:

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..nn import offset_lr_multipliers
 from .config import TrainConfig
+from .distributed import unwrap_parallel
 
 __all__ = ["build_optimizer", "build_scheduler", "decay_start", "lr_factor", "param_groups"]
 
@@ -30,7 +31,7 @@ def param_groups(model: nn.Module, lr: float, offset_lr_mult: float | None,
     decides its own groups instead. Frozen parameters are left out. Each group carries
     ``"lr_mult"``; the scheduler scales every group's initial ``lr``, so ratios are kept.
     """
-    model = getattr(model, "module", model)
+    model = unwrap_parallel(model)
     custom = getattr(model, "param_groups", None)
     if callable(custom):
         groups = list(custom(lr))
@@ -41,6 +42,11 @@ def param_groups(model: nn.Module, lr: float, offset_lr_mult: float | None,
             )
         return groups
     offsets = offset_lr_multipliers(model, offset_lr_mult)
+    names = [name for name, _ in model.named_parameters()]
+    unmatched = [p for p in (lr_mults or {}) if not any(n.startswith(p) for n in names)]
+    if unmatched:
+        raise ValueError(f"lr_mults prefixes {unmatched} match no parameter of "
+                         f"{type(model).__name__} (its names begin like {names[:3]})")
     # (is an offset, multiplier) -> parameters; offsets last, each kind in first-seen order
     groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():

@@ -42,6 +42,12 @@ PRIMARY_METRIC = {"classification": "top1", "segmentation": "miou", "detection":
 
 
 def _stack_collate(batch: Sequence[Any]) -> Any:
+    for i, sample in enumerate(batch):
+        if not isinstance(sample, (tuple, list)) or len(sample) != 2:
+            what = (f"a {type(sample).__name__} of {len(sample)}"
+                    if isinstance(sample, (tuple, list)) else type(sample).__name__)
+            raise ValueError(f"the dataset must give (image, target) pairs; batch item {i} is "
+                             f"{what}")
     try:
         return default_collate(batch)
     except RuntimeError as err:
@@ -113,9 +119,28 @@ def _segmentation_loss(logits: Tensor, masks: Tensor, weight: Tensor | None = No
         # Models with an output stride predict coarse maps: compare at the mask's resolution.
         logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear",
                                align_corners=False)
-    if not bool((masks != IGNORE_INDEX).any()):
-        return logits.sum() * 0.0  # every pixel ignored: cross_entropy would give 0/0 = nan
+    if not _weighs_anything(masks[masks != IGNORE_INDEX], weight):
+        return logits.sum() * 0.0  # cross_entropy's weighted mean would be 0/0 = nan
     return F.cross_entropy(logits.float(), masks, weight=weight, ignore_index=IGNORE_INDEX)
+
+
+def _weighs_anything(class_ids: Tensor, weight: Tensor | None) -> bool:
+    """Whether targets ``class_ids`` (ignored ones left out) have a total weight above 0:
+    none left (every pixel ignored) or only classes of weight 0 leave nothing to average."""
+    if weight is None:
+        return bool(class_ids.numel())
+    return bool(weight[class_ids].sum() > 0)
+
+
+def check_class_ids(targets: Tensor, num_classes: int, task: str) -> None:
+    """Refuse target class ids that the model's ``num_classes`` outputs cannot score (255
+    is ignored in segmentation masks)."""
+    ids = targets[targets != IGNORE_INDEX] if task == "segmentation" else targets
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_classes):
+        ignored = f" other than {IGNORE_INDEX} (ignored)" if task == "segmentation" else ""
+        raise ValueError(f"{task} targets hold class ids outside [0, {num_classes}){ignored}, "
+                         f"the model's {num_classes} outputs: min {int(ids.min())}, max "
+                         f"{int(ids.max())}")
 
 
 def compute_loss(
@@ -146,11 +171,13 @@ def compute_loss(
     if class_weights is not None and class_weights.shape != (logits.shape[1],):
         raise ValueError(f"class_weights must hold one weight per class of the model's "
                          f"{logits.shape[1]} outputs, got shape {tuple(class_weights.shape)}")
-    if task == "classification":
-        loss = F.cross_entropy(logits.float(), targets, weight=class_weights)
-    else:
-        loss = _segmentation_loss(logits, targets, class_weights)
-    return loss, {}
+    if not soft:
+        check_class_ids(targets, logits.shape[1], task)
+    if task == "segmentation":
+        return _segmentation_loss(logits, targets, class_weights), {}
+    if not soft and not _weighs_anything(targets, class_weights):
+        return logits.sum() * 0.0, {}  # only classes of weight 0: the mean would be nan
+    return F.cross_entropy(logits.float(), targets, weight=class_weights), {}
 
 
 class Evaluator:
@@ -179,6 +206,7 @@ class ClassificationEvaluator(Evaluator):
                indices: Sequence[int] | None = None) -> None:
         outputs = checked_logits(outputs, "classification")
         targets = checked_targets(targets, "classification")
+        check_class_ids(targets, outputs.shape[1], "classification")
         self.correct += top1_correct(outputs, targets)
         self.total += targets.numel()
 

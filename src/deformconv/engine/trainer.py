@@ -122,14 +122,17 @@ def _train(
     on_iteration_end: Callable[[int], None] | None,
     extra: dict[str, Any],
 ) -> TrainResult:
+    config.validate()  # fields set after construction were not checked
     if val_set is not None and not len(val_set):  # type: ignore[arg-type]
         raise ValueError("val_set is empty (0 samples); pass val_set=None to train without "
                          "validation")
     out_dir = Path(config.out_dir)
-    _prepare_process(config, info, out_dir, extra)
+    _prepare_process(config, info)
     model.to(info.device)
     run = _Run(config, model, train_set, val_set, info, out_dir, extra)
     run.resume_if_asked()
+    if info.is_main:  # after the resume's checks: a refused resume leaves the folder as it was
+        _write_config(config, info, out_dir, extra)
     run.wrap_for_ddp()
     run.open_log()
     bar = tqdm(total=run.total, initial=run.iteration, desc=config.progress_label,
@@ -156,14 +159,21 @@ def _train(
         return run.finish()
 
 
-def _prepare_process(config: TrainConfig, info: DistInfo, out_dir: Path,
-                     extra: dict[str, Any]) -> None:
-    """Write ``config.json`` (rank 0), set deterministic algorithms if asked, seed the RNGs."""
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(
-            json.dumps({"config": config.to_dict(), "extra": extra,
-                        "world_size": info.world_size}, indent=2) + "\n")
+def _write_config(config: TrainConfig, info: DistInfo, out_dir: Path,
+                  extra: dict[str, Any]) -> None:
+    """``out_dir/config.json``: the config, ``extra`` and the number of processes."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        text = json.dumps({"config": config.to_dict(), "extra": extra,
+                           "world_size": info.world_size}, indent=2)
+    except TypeError as err:
+        raise TypeError(f"extra must hold plain values (str, numbers, lists, dicts): {err}"
+                        ) from None
+    (out_dir / "config.json").write_text(text + "\n")
+
+
+def _prepare_process(config: TrainConfig, info: DistInfo) -> None:
+    """Set deterministic algorithms if asked, seed the RNGs."""
     if config.deterministic:
         if info.device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -280,19 +290,22 @@ class _Run:
         """Keep ``best.pt`` only if it belongs to this run up to its current iteration: a
         new run's folder may hold another run's, and a resumed run may have validated (and
         saved a best) after the checkpoint it resumes from, in a part it now retrains. A
-        stale one is deleted; after a resume the next validation then writes a new one."""
+        stale one is deleted; after a resume the next validation then writes a new one, as
+        it does when the folder has none (a resume into another folder)."""
         best = self.out_dir / "best.pt"
-        stale = False
+        stale = missing = False
         if self.info.is_main and best.exists():
             if self.resumed and _checkpoint_iteration(best) <= self.iteration:
                 self.best_path = best
             else:
                 best.unlink()
                 stale = self.resumed
+        elif self.info.is_main:
+            missing = self.resumed and self.config.keep_best and self.best is not None
         # every rank must agree on self.best: it decides whether all of them checkpoint
-        if all_reduce_sum(torch.tensor([int(stale)])).item():
+        if all_reduce_sum(torch.tensor([int(stale or missing)])).item():
             self.best = None
-            if self.info.is_main:
+            if self.info.is_main and stale:
                 print(f"deleted {best}: it is not this run's best up to iteration "
                       f"{self.iteration} (saved later, in the part being retrained, or "
                       "unreadable)")
