@@ -87,3 +87,15 @@ def test_modules_refuse_a_bad_offset_lr_mult(build, mult):
     with pytest.raises(ValueError, match="offset_lr_mult must be a finite number >= 0"):
         module.offset_lr_mult = mult  # set later, it is checked as well
     assert module.offset_lr_mult == 0.0
+
+
+def test_a_module_pickled_whole_by_an_earlier_version_keeps_its_multiplier():
+    """Earlier versions kept offset_lr_mult as a plain attribute, now a checked property:
+    reading it on such an unpickled module raised AttributeError."""
+    import pickle
+
+    layer = DeformConv2d(4, 4, 3, padding=1, offset_lr_mult=0.25)
+    layer.__dict__["offset_lr_mult"] = layer.__dict__.pop("_offset_lr_mult")  # the old layout
+    old = pickle.loads(pickle.dumps(layer))
+    assert old.offset_lr_mult == 0.25
+    assert [g["lr"] for g in offset_param_groups(nn.Sequential(old), 1.0)] == [1.0, 0.25]

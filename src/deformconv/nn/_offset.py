@@ -30,7 +30,12 @@ class OffsetBranchMixin:
     def offset_lr_mult(self) -> float:
         """The offset branch's learning-rate multiplier: a finite number >= 0 (0 freezes
         it); set to anything else, it raises an error naming ``offset_lr_mult``."""
-        return self._offset_lr_mult
+        try:
+            return self._offset_lr_mult
+        except AttributeError:
+            if "offset_lr_mult" in self.__dict__:  # pickled whole before it was checked
+                return self.__dict__["offset_lr_mult"]
+            raise
 
     @offset_lr_mult.setter
     def offset_lr_mult(self, value: float) -> None:
