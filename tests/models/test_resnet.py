@@ -145,6 +145,15 @@ def test_zero_init_residual_refuses_a_fixed_norm_scale():
                norm_layer="frozen_batch_norm")
 
 
+def test_zero_init_residual_refuses_frozen_stages():
+    """Their zeroed scales could not learn either: the blocks' branches stayed at zero."""
+    with pytest.raises(ValueError, match="zero_init_residual with frozen_stages=2 would leave"):
+        ResNet((1, 1, 1, 1), 0, block="basic", base_channels=4, zero_init_residual=True,
+               frozen_stages=2)
+    ResNet((1, 1, 1, 1), 0, block="basic", base_channels=4, zero_init_residual=True,
+           frozen_stages=0)  # the stem alone has no residual branch
+
+
 @pytest.mark.parametrize("norm_layer", ["batch_norm", lambda channels: nn.GroupNorm(2, channels)])
 def test_zero_init_residual_makes_every_block_start_as_its_shortcut(norm_layer):
     model = ResNet((1, 1, 1, 1), 0, block="basic", base_channels=4, zero_init_residual=True,

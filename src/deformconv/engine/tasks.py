@@ -60,7 +60,8 @@ def _stack_collate(batch: Sequence[Any]) -> Any:
 
 
 def collate_fn(task: str) -> Callable[[Sequence[Any]], Any]:
-    """Stacked tensors for classification/segmentation, lists of images and dicts for detection."""
+    """Stacked tensors for classification/segmentation, lists of images and dicts for
+    detection; the samples must be ``(image, target)`` pairs."""
     return detection_collate if task == "detection" else _stack_collate
 
 
@@ -119,28 +120,31 @@ def _segmentation_loss(logits: Tensor, masks: Tensor, weight: Tensor | None = No
         # Models with an output stride predict coarse maps: compare at the mask's resolution.
         logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear",
                                align_corners=False)
-    if not _weighs_anything(masks[masks != IGNORE_INDEX], weight):
+    if not _weighs_anything(masks, weight, masks != IGNORE_INDEX):
         return logits.sum() * 0.0  # cross_entropy's weighted mean would be 0/0 = nan
     return F.cross_entropy(logits.float(), masks, weight=weight, ignore_index=IGNORE_INDEX)
 
 
-def _weighs_anything(class_ids: Tensor, weight: Tensor | None) -> bool:
-    """Whether targets ``class_ids`` (ignored ones left out) have a total weight above 0:
-    none left (every pixel ignored) or only classes of weight 0 leave nothing to average."""
-    if weight is None:
-        return bool(class_ids.numel())
-    return bool(weight[class_ids].sum() > 0)
+def _weighs_anything(targets: Tensor, weight: Tensor | None, counted: Tensor | None) -> bool:
+    """Whether ``targets`` (where ``counted``, None: all) have a total weight above 0: none
+    counted (every pixel ignored) or only classes of weight 0 leave nothing to average."""
+    if weight is None or bool((weight > 0).all()):  # the usual case: one cheap reduction
+        return bool(counted.any()) if counted is not None else bool(targets.numel())
+    ids = targets if counted is None else targets[counted]
+    return bool(weight[ids].sum() > 0)
 
 
 def check_class_ids(targets: Tensor, num_classes: int, task: str) -> None:
     """Refuse target class ids that the model's ``num_classes`` outputs cannot score (255
     is ignored in segmentation masks)."""
-    ids = targets[targets != IGNORE_INDEX] if task == "segmentation" else targets
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_classes):
+    outside = (targets < 0) | (targets >= num_classes)
+    if task == "segmentation":
+        outside &= targets != IGNORE_INDEX
+    if bool(outside.any()):
+        ids = targets[outside]
         ignored = f" other than {IGNORE_INDEX} (ignored)" if task == "segmentation" else ""
         raise ValueError(f"{task} targets hold class ids outside [0, {num_classes}){ignored}, "
-                         f"the model's {num_classes} outputs: min {int(ids.min())}, max "
-                         f"{int(ids.max())}")
+                         f"the model's {num_classes} outputs: {sorted(set(ids.tolist()))[:8]}")
 
 
 def compute_loss(
@@ -175,7 +179,7 @@ def compute_loss(
         check_class_ids(targets, logits.shape[1], task)
     if task == "segmentation":
         return _segmentation_loss(logits, targets, class_weights), {}
-    if not soft and not _weighs_anything(targets, class_weights):
+    if not soft and not _weighs_anything(targets, class_weights, None):
         return logits.sum() * 0.0, {}  # only classes of weight 0: the mean would be nan
     return F.cross_entropy(logits.float(), targets, weight=class_weights), {}
 

@@ -268,6 +268,10 @@ class ResNet(nn.Module):
             )
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages must be in -1..4, got {frozen_stages!r}")
+        if zero_init_residual and frozen_stages >= 1:
+            raise ValueError(
+                f"zero_init_residual with frozen_stages={frozen_stages} would leave the frozen "
+                "blocks' residual branches at zero for good; load pretrained weights instead")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes!r}")
         norm_layer = _norm_layer(norm_layer)
