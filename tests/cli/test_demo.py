@@ -133,5 +133,5 @@ def test_files_a_demo_did_not_write_are_never_replaced(capsys: pytest.CaptureFix
     (tmp_path / "deformable").mkdir()
     (tmp_path / "deformable" / "last.pt").write_bytes(b"a training run's checkpoint")
     code, _, err = run_cli(capsys, "demo", "--smoke", "--overwrite", "--out", tmp_path)
-    assert code == 2 and "holds files a demo would replace (deformable) that no demo" in err
+    assert code == 2 and "holds files a demo would replace (deformable) that no demo marked" in err
     assert (tmp_path / "deformable" / "last.pt").read_bytes() == b"a training run's checkpoint"

@@ -333,11 +333,15 @@ def test_viz_from_checkpoint(capsys: pytest.CaptureFixture, trained: Path,
         assert str(png) in stdout
     tables = (tmp_path / "offsets.md").read_text()
     assert "layer4.2.conv2" in tables and "Effective dilation" in tables
-    # a rerun replaces the figures: the earlier ones used to stay beside those offsets.md lists
-    code, stdout, _ = run_cli(capsys, "viz", trained / "last.pt", "--count", "1", "--out",
-                              tmp_path)
-    assert code == 0 and f"removed 2 figure(s) of an earlier viz run from {tmp_path}" in stdout
-    assert [p.name for p in tmp_path.glob("*.png")] == ["sampling_0.png"]
+    # a rerun replaces the figures: the earlier ones used to stay beside those offsets.md lists;
+    # one it writes again stays, and so does a file viz does not name its figures like
+    (tmp_path / "sampling_notes.png").write_bytes(b"the user's")
+    code, stdout, _ = run_cli(capsys, "viz", trained / "last.pt", "--index", "3", "--count",
+                              "1", "--out", tmp_path)
+    assert code == 0
+    assert f"removed 1 figure(s) of an earlier viz run from {tmp_path}: sampling_2.png" in stdout
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["sampling_3.png",
+                                                              "sampling_notes.png"]
 
 
 def test_viz_refuses_another_task_and_a_file_as_out(capsys: pytest.CaptureFixture,

@@ -426,3 +426,12 @@ def test_a_resume_into_another_folder_writes_its_own_best(tmp_path):
                            resume=str(tmp_path / "run" / "last.pt")),
                    TinyClassifier(), data, val)
     assert result.best_checkpoint is not None and (tmp_path / "other" / "best.pt").is_file()
+
+
+def test_extra_that_is_not_json_is_named_before_anything_is_written(tmp_path):
+    from pathlib import Path
+
+    with pytest.raises(TypeError, match=r"extra must hold plain values .* PosixPath"):
+        train(_config(tmp_path), TinyClassifier(), ToyClassification(size=8),
+              extra={"data": Path("/data")})
+    assert not (tmp_path / "run" / "config.json").exists()

@@ -88,11 +88,10 @@ def run_viz(args: argparse.Namespace) -> int:
 def _remove_earlier_figures(out: Path, figures: list[Path]) -> None:
     """Remove the figures of an earlier viz run from ``out`` (those not among this run's
     ``figures``): offsets.md lists only this run's."""
-    from ..viz.report import figure_patterns
+    from ..viz.report import figures_in
 
     kept = {path.resolve() for path in figures}
-    earlier = sorted(path for pattern in figure_patterns() for path in out.glob(pattern)
-                     if path.resolve() not in kept)
+    earlier = [path for path in figures_in(out) if path.resolve() not in kept]
     for path in earlier:
         path.unlink()
     if earlier:

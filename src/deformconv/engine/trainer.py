@@ -127,12 +127,14 @@ def _train(
         raise ValueError("val_set is empty (0 samples); pass val_set=None to train without "
                          "validation")
     out_dir = Path(config.out_dir)
+    config_json = _config_json(config, info, extra)  # on every rank: a bad extra stops all
     _prepare_process(config, info)
     model.to(info.device)
     run = _Run(config, model, train_set, val_set, info, out_dir, extra)
     run.resume_if_asked()
     if info.is_main:  # after the resume's checks: a refused resume leaves the folder as it was
-        _write_config(config, info, out_dir, extra)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(config_json)
     run.wrap_for_ddp()
     run.open_log()
     bar = tqdm(total=run.total, initial=run.iteration, desc=config.progress_label,
@@ -159,17 +161,14 @@ def _train(
         return run.finish()
 
 
-def _write_config(config: TrainConfig, info: DistInfo, out_dir: Path,
-                  extra: dict[str, Any]) -> None:
-    """``out_dir/config.json``: the config, ``extra`` and the number of processes."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _config_json(config: TrainConfig, info: DistInfo, extra: dict[str, Any]) -> str:
+    """What ``config.json`` holds: the config, ``extra`` and the number of processes."""
     try:
-        text = json.dumps({"config": config.to_dict(), "extra": extra,
-                           "world_size": info.world_size}, indent=2)
+        return json.dumps({"config": config.to_dict(), "extra": extra,
+                           "world_size": info.world_size}, indent=2) + "\n"
     except TypeError as err:
         raise TypeError(f"extra must hold plain values (str, numbers, lists, dicts): {err}"
                         ) from None
-    (out_dir / "config.json").write_text(text + "\n")
 
 
 def _prepare_process(config: TrainConfig, info: DistInfo) -> None:

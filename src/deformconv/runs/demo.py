@@ -387,11 +387,10 @@ def _load() -> float:
 
 def demo_files(out: Path) -> list[Path]:
     """What a demo writes into ``out`` that is there now: run folders, summary, report."""
-    from .demo_report import report_patterns
+    from .demo_report import report_files
 
-    files = [path for path in (out / run_folder(name) for name in RUNS) if path.exists()]
-    files += [path for pattern in [SUMMARY, *report_patterns()] for path in out.glob(pattern)]
-    return files
+    named = [out / run_folder(name) for name in RUNS] + [out / SUMMARY]
+    return [path for path in named if path.exists()] + report_files(out)
 
 
 def claim_demo_folder(out: Path, overwrite: bool) -> None:
@@ -408,7 +407,8 @@ def claim_demo_folder(out: Path, overwrite: bool) -> None:
         names = ", ".join(sorted(path.name for path in earlier)[:6])
         if not (out / MARKER).exists():
             raise ValueError(f"{out} holds files a demo would replace ({names}) that no demo "
-                             "wrote; choose another output folder")
+                             "marked as its own (not a demo's, or one of an earlier version); "
+                             "remove them or choose another output folder")
         if not overwrite:
             raise ValueError(f"{out} holds an earlier demo ({names}); replace it with "
                              "--overwrite (overwrite=True) or choose another output folder")

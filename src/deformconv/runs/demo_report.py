@@ -23,11 +23,13 @@ FIGURES = {"curves": "curves.png", "scales": "scales.png", "predictions": "predi
 OFFSET_PREFIX = "offsets_"
 
 
-def report_patterns() -> list[str]:
-    """Glob patterns of everything the report writes (a rerun of the demo replaces them)."""
-    from ..viz.report import figure_patterns
+def report_files(out: Path) -> list[Path]:
+    """The files the report wrote into ``out`` that are there now (a rerun of the demo
+    replaces them)."""
+    from ..viz.report import figures_in
 
-    return [REPORT, *FIGURES.values(), *figure_patterns(OFFSET_PREFIX)]
+    named = [out / name for name in (REPORT, *FIGURES.values())]
+    return [path for path in named if path.exists()] + figures_in(out, OFFSET_PREFIX)
 
 
 REFERENCE_ORDER = ("plain, equal time", "plain")  # the deformable run is compared with

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +19,14 @@ from .sampling import unit_at
 from .stats import offset_statistics
 from .table import markdown_table
 
-__all__ = ["OffsetReport", "figure_patterns", "offset_report"]
+__all__ = ["OffsetReport", "figures_in", "offset_report"]
 
 
-def figure_patterns(prefix: str = "") -> tuple[str, str]:
-    """Glob patterns of the figures :func:`offset_report` writes with ``prefix``."""
-    return f"{prefix}sampling_*.png", f"{prefix}roi_offsets*_*.png"
+def figures_in(folder: Path, prefix: str = "") -> list[Path]:
+    """The files in ``folder`` named as :func:`offset_report` names its figures with
+    ``prefix`` (``sampling_3.png``, ``roi_offsets1_3.png``; not ``sampling_notes.png``)."""
+    name = re.compile(rf"{re.escape(prefix)}(sampling|roi_offsets\d*)_\d+\.png")
+    return sorted(path for path in folder.glob(f"{prefix}*.png") if name.fullmatch(path.name))
 
 
 @dataclass
