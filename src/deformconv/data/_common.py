@@ -94,7 +94,8 @@ def load_rgb(path: Path) -> Tensor:
 def upright_size(path: Path) -> tuple[int, int] | None:
     """(height, width) that ``load_rgb`` will return for image ``path``, from the file's
     header and EXIF orientation tag, without decoding the pixels; None when the header
-    cannot be read (``load_rgb`` then fails too)."""
+    cannot be read (``load_rgb`` then fails too). A PNG whose EXIF chunk follows its pixel
+    data is read unturned here: loading then finds a size mismatch, whose message says so."""
     from PIL import Image
 
     try:
@@ -118,8 +119,8 @@ def orientation_hint(path: Path, loaded: tuple[int, int], expected: tuple[object
     if tuple(expected) != tuple(loaded)[::-1]:
         return ""
     try:
-        with Image.open(path) as img:
-            orientation = Image.Image.getexif(img).get(_EXIF_ORIENTATION, 1)
+        with Image.open(path) as img:  # the error path: reading an EXIF chunk late is fine
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
     except (OSError, ValueError, SyntaxError):
         return ""
     if orientation not in _SWAPPING_ORIENTATIONS:

@@ -355,7 +355,8 @@ def _size_mismatch(rec: _Image, height: int, width: int) -> str:
         return f"{loaded}, but its header could not be read when the dataset was built"
     if rec.sized_by_header:
         return (f"{loaded} but its header said {rec.height}x{rec.width} when the dataset was "
-                "built (the file changed since, or its EXIF data follows the pixel data)")
+                "built (the file changed since, or its EXIF data follows the pixel data: give "
+                "the image's height and width in the json)")
     hint = orientation_hint(rec.path, (height, width), (rec.height, rec.width), "the annotations")
     return f"{loaded} but the annotations say {rec.height}x{rec.width}{hint}"
 
