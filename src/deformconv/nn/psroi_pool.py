@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..ops.arguments import finite_float, rois_to_tensor
+from ..ops.geometry import part_cells
 from ._offset import (
     OffsetBranchMixin,
     check_counts,
@@ -161,8 +162,7 @@ class DeformPSRoIPool(PSRoIPool, OffsetBranchMixin):
         device = part_mask.device
         per_class = self.output_dim // self.offset_classes
         cls = torch.arange(self.output_dim, device=device) // per_class
-        # The op's exact integer formula, so that mask and offset always pick the same part.
-        parts = torch.arange(pooled, device=device) * part // pooled
+        parts = part_cells(pooled, part).to(device)  # the op's, so mask and offset agree
         return part_mask[:, cls][:, :, parts][:, :, :, parts]
 
     def forward(self, input: Tensor, rois: Tensor | list[Tensor],

@@ -13,6 +13,7 @@ import numpy as np
 from onnxscript import ir
 from onnxscript import opset19 as op
 
+from ..ops.geometry import part_cells
 from .deform_conv import TFloat, check_type, static_dim
 
 
@@ -195,7 +196,7 @@ def deform_psroi_pool(
     # Static per-output tables over (D, p, p): part cell, class and input channel.
     p = pooled_size
     bins = np.arange(p)
-    part = np.array([i * part_size // p for i in range(p)], dtype=np.int64)
+    part = part_cells(p, part_size).numpy()
     cell = np.clip(bins * group_size // p, 0, group_size - 1)
     ctop = np.arange(output_dim)[:, None, None]
     channel = (ctop * group_size + cell[:, None]) * group_size + cell[None, :]  # (D, p, p)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["PSRoIBins", "PSRoIGrid", "RoIAlignGrid", "psroi_bins", "psroi_grid", "roi_align_grid"]
+__all__ = ["PSRoIBins", "PSRoIGrid", "RoIAlignGrid", "part_cells", "psroi_bins", "psroi_grid",
+           "roi_align_grid"]
 
 @dataclass(frozen=True)
 class RoIAlignGrid:
@@ -86,6 +87,13 @@ class PSRoIBins:
     col: Tensor
 
 
+def part_cells(pooled_size: int, part_size: int) -> Tensor:
+    """``(pooled_size,)`` int64: the offset part cell of each bin row (or column),
+    floor(i / P * part_size) computed exactly; in floating point (the original kernel's
+    float32, or float64) some bins of P >= 22 would read their neighbour's part."""
+    return torch.arange(pooled_size) * part_size // pooled_size
+
+
 def psroi_bins(output_dim: int, group_size: int, pooled_size: int, part_size: int,
                num_classes: int, device: torch.device) -> PSRoIBins:
     """Index tables of every bin (see ``PSRoIBins``), int64 on ``device``."""
@@ -94,9 +102,7 @@ def psroi_bins(output_dim: int, group_size: int, pooled_size: int, part_size: in
         torch.arange(output_dim), torch.arange(size), torch.arange(size), indexing="ij"))
     group_h = (row * group_size // size).clamp(0, group_size - 1)
     group_w = (col * group_size // size).clamp(0, group_size - 1)
-    # floor(i / P * part_size), exactly: in floating point (the original kernel's float32, or
-    # float64) some bins of P >= 22 would read their neighbour's part
-    part = torch.tensor([i * part_size // size for i in range(size)])
+    part = part_cells(size, part_size)
     tables = PSRoIBins(
         channel=(ctop * group_size + group_h) * group_size + group_w,
         cls=ctop // (output_dim // num_classes),

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..nn import DeformPSRoIPool, DeformRoIPool
 from ..ops.arguments import rois_to_tensor
-from ..ops.geometry import psroi_grid, roi_align_grid
+from ..ops.geometry import part_cells, psroi_grid, roi_align_grid
 
 __all__ = ["RoIBins", "RoIOffsetRecord", "RoIPoolGeometry", "install_roi_hooks", "roi_bins"]
 
@@ -165,9 +165,7 @@ def roi_bins(record: RoIOffsetRecord, index: int, class_index: int = 0) -> RoIBi
     else:
         grid = psroi_grid(rois, geo.spatial_scale)
         start_h, start_w, roi_h, roi_w = grid.start_h, grid.start_w, grid.roi_h, grid.roi_w
-        # docs/OPS.md: bin (ph, pw) reads offset part floor(ph / pooled * part_size)
-        parts_h = torch.arange(ph) * geo.part_size // ph
-        parts_w = torch.arange(pw) * geo.part_size // pw
+        parts_h, parts_w = part_cells(ph, geo.part_size), part_cells(pw, geo.part_size)
     bin_h, bin_w = roi_h / ph, roi_w / pw
     y0 = start_h + torch.arange(ph, dtype=torch.float64) * bin_h  # (ph,) feature coords
     x0 = start_w + torch.arange(pw, dtype=torch.float64) * bin_w
