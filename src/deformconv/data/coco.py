@@ -442,9 +442,10 @@ def _decode_masks(anns: list[tuple[str, Any, str | None]], height: int, width: i
 
     out = np.zeros((len(anns), height, width), dtype=np.uint8)
     for k, (name, seg, problem) in enumerate(anns):
+        cannot_decode = f"{path}: cannot decode the mask of {name}"
+        if problem is not None:  # found at construction
+            raise SampleError("corrupt_annotation", f"{cannot_decode}: {problem}")
         try:
-            if problem is not None:
-                raise ValueError(problem)
             if isinstance(seg, list):
                 rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
             else:
@@ -455,9 +456,7 @@ def _decode_masks(anns: list[tuple[str, Any, str | None]], height: int, width: i
                 warnings.simplefilter("ignore", DeprecationWarning)
                 decoded = mask_utils.decode(rle)
         except Exception as err:  # pycocotools raises bare Exceptions on bad RLE
-            raise SampleError(
-                "corrupt_annotation", f"{path}: cannot decode the mask of {name}: {err}"
-            ) from err
+            raise SampleError("corrupt_annotation", f"{cannot_decode}: {err}") from err
         out[k] = decoded
     return torch.from_numpy(out)
 
