@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import default_collate
 
 from ..data import detection_collate
+from ..data.collate import check_pairs
 from .coco import coco_map, detection_record
 from .distributed import all_gather_objects, all_reduce_sum
 from .metrics import IGNORE_INDEX, confusion_matrix, iou_from_confusion, top1_correct
@@ -42,12 +43,7 @@ PRIMARY_METRIC = {"classification": "top1", "segmentation": "miou", "detection":
 
 
 def _stack_collate(batch: Sequence[Any]) -> Any:
-    for i, sample in enumerate(batch):
-        if not isinstance(sample, (tuple, list)) or len(sample) != 2:
-            what = (f"a {type(sample).__name__} of {len(sample)}"
-                    if isinstance(sample, (tuple, list)) else type(sample).__name__)
-            raise ValueError(f"the dataset must give (image, target) pairs; batch item {i} is "
-                             f"{what}")
+    check_pairs(batch)
     try:
         return default_collate(batch)
     except RuntimeError as err:
