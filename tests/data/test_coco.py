@@ -766,3 +766,19 @@ def test_rle_counts_strings_decode_as_pycocotools_encodes_them() -> None:
         want = _reference_rle_counts(text)
         area = sum(want) if want and sum(want) > 0 else int(rng.integers(1, 100))
         assert runs(text, area) == (want if want and sum(want) == area else None), text
+
+
+def test_image_record_keep_filters_every_per_annotation_list():
+    from deformconv.data.coco import _Image
+
+    rec = _Image(image_id=1, path=Path("a.jpg"), height=4, width=4,
+                 boxes=[[0, 0, 1, 1], [1, 1, 2, 2]], labels=[1, 2], areas=[1.0, 1.0],
+                 crowd=[0, 0], segmentations=[[], []], names=["id 1", "id 2"],
+                 mask_problems=[None, "bad counts"])
+    rec.keep([False, True])
+    assert rec.names == ["id 2"] and rec.mask_problems == ["bad counts"]
+    unchecked = _Image(image_id=2, path=Path("b.jpg"), height=4, width=4, names=["id 3"],
+                       boxes=[[0, 0, 1, 1]], labels=[1], areas=[1.0], crowd=[0],
+                       segmentations=[[]])
+    unchecked.keep([True])
+    assert unchecked.mask_problems == []

@@ -100,7 +100,10 @@ class _Image:
 
     def keep(self, keep: Sequence[bool]) -> None:
         """Keep only the annotations where ``keep`` is true."""
-        for key in ("boxes", "labels", "areas", "crowd", "segmentations", "names"):
+        keys = ["boxes", "labels", "areas", "crowd", "segmentations", "names"]
+        if self.mask_problems:  # computed once the size is known, under masks=True
+            keys.append("mask_problems")
+        for key in keys:
             setattr(self, key, [v for v, k in zip(getattr(self, key), keep, strict=True) if k])
 
 

@@ -39,7 +39,7 @@ class OffsetBranchMixin:
 
     @offset_lr_mult.setter
     def offset_lr_mult(self, value: float) -> None:
-        self._offset_lr_mult = finite_float("offset_lr_mult", value, nonnegative=True)
+        self._offset_lr_mult = finite_float(value, "offset_lr_mult", nonnegative=True)
 
     def offset_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the offset (and mask) predictor only."""

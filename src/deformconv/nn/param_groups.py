@@ -18,7 +18,7 @@ def offset_lr_multipliers(model: nn.Module, offset_lr_mult: float | None = None
     (modules with :class:`OffsetBranchMixin`): each module's ``offset_lr_mult``, or
     ``offset_lr_mult`` for all when given."""
     if offset_lr_mult is not None:
-        offset_lr_mult = finite_float("offset_lr_mult", offset_lr_mult, nonnegative=True)
+        offset_lr_mult = finite_float(offset_lr_mult, "offset_lr_mult", nonnegative=True)
     mult_of: dict[int, float] = {}
     for module in model.modules():
         if isinstance(module, OffsetBranchMixin):
@@ -58,7 +58,7 @@ def offset_param_groups(
         >>> [(len(g["params"]), g["lr"]) for g in groups]
         [(4, 0.01), (2, 0.005)]
     """
-    lr = finite_float("lr", lr, positive=True)
+    lr = finite_float(lr, "lr", positive=True)
     mults = offset_lr_multipliers(model, offset_lr_mult)
     by_mult: dict[float, list[nn.Parameter]] = {1.0: []}
     for name, param in model.named_parameters():

@@ -134,7 +134,7 @@ class DeformPSRoIPool(PSRoIPool, OffsetBranchMixin):
             )
         self.in_channels = in_channels
         self.part_size = part_size
-        self.trans_std = finite_float("trans_std", trans_std)
+        self.trans_std = finite_float(trans_std, "trans_std")
         self.offset_classes = offset_classes
         self.modulated = modulated
         self.offset_lr_mult = offset_lr_mult

@@ -71,7 +71,7 @@ class DeformRoIPool(nn.Module, OffsetBranchMixin):
         check_positive(output_size=self.output_size)
         self.spatial_scale = spatial_scale
         self.sampling_ratio = count(sampling_ratio, "sampling_ratio", minimum=0)
-        self.gamma = finite_float("gamma", gamma)
+        self.gamma = finite_float(gamma, "gamma")
         self.aligned = aligned
         self.hidden_dims = tuple(hidden_dims)
         check_counts(**{f"hidden_dims[{i}]": width for i, width in enumerate(self.hidden_dims)})

@@ -57,7 +57,7 @@ def memory_format(images: Tensor) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def finite_float(name: str, value: object, *, positive: bool = False,
+def finite_float(value: object, name: str, *, positive: bool = False,
                  nonnegative: bool = False) -> float:
     """``float(value)``, refused with an error naming ``name`` unless finite (and > 0 with
     ``positive``, >= 0 with ``nonnegative``): a NaN scale would pass ``value <= 0`` checks

@@ -207,8 +207,8 @@ def deform_psroi_pool(
     pooled_size = count(pooled_size, "pooled_size")
     part_size = count(pooled_size if part_size is None else part_size, "part_size")
     sample_per_part = count(sample_per_part, "sample_per_part")
-    spatial_scale = finite_float("spatial_scale", spatial_scale, positive=True)
-    trans_std = finite_float("trans_std", trans_std)
+    spatial_scale = finite_float(spatial_scale, "spatial_scale", positive=True)
+    trans_std = finite_float(trans_std, "trans_std")
     rois = rois_to_tensor(rois)
     if isinstance(input, Tensor):
         input, rois, offset = float32_under_autocast(input.device.type, input, rois, offset)

@@ -206,8 +206,8 @@ def deform_roi_pool(
         raise TypeError("deform_roi_pool() missing required argument: 'output_size'")
     pooled = pair(output_size, "output_size")
     sampling_ratio = integer(sampling_ratio, "sampling_ratio")
-    spatial_scale = finite_float("spatial_scale", spatial_scale, positive=True)
-    gamma = finite_float("gamma", gamma)
+    spatial_scale = finite_float(spatial_scale, "spatial_scale", positive=True)
+    gamma = finite_float(gamma, "gamma")
     rois = rois_to_tensor(rois)
     if isinstance(input, Tensor):
         input, rois, offset, mask = float32_under_autocast(
