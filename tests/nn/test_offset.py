@@ -49,3 +49,18 @@ def test_a_nan_input_gives_the_same_nan_outputs_compiled(
         compiled = torch.compile(module, fullgraph=True, backend="aot_eager")(*inputs)
     assert eager.isnan().any() and not eager.isnan().all()
     torch.testing.assert_close(compiled, eager, equal_nan=True)
+
+
+def test_a_nan_input_gives_the_same_nan_outputs_fx_traced() -> None:
+    """An FX-traced conv (torchvision's create_feature_extractor) records the op as one
+    call whose NaNOffsetError no except sees when the graph runs: it used to raise. (The
+    RoI modules check their inputs' shapes in Python, which symbolic tracing cannot run.)"""
+    torch.manual_seed(0)
+    module, inputs = _conv()
+    with torch.no_grad():
+        for param in module.offset_parameters():
+            nn.init.normal_(param, std=0.5)
+        eager = module(*inputs)
+        traced = torch.fx.symbolic_trace(module)(*inputs)
+    assert eager.isnan().any() and not eager.isnan().all()
+    torch.testing.assert_close(traced, eager, equal_nan=True)

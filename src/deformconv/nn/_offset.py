@@ -56,30 +56,34 @@ def _exporting() -> bool:
     return bool(is_exporting is not None and is_exporting())
 
 
-def nan_offsets_propagate(op: Callable[[Tensor], Tensor], offset: Tensor) -> Tensor:
+def _fx_tracing() -> bool:
+    """Whether ``torch.fx.symbolic_trace`` is tracing (torchvision's feature extractor)."""
+    return bool(torch.fx._symbolic_trace.is_fx_tracing())
+
+
+def nan_offsets_propagate(op: Callable[[Tensor], Tensor], offset: Tensor, *,
+                          per_position: bool = True) -> Tensor:
     """``op(offset)``, where a module's own predicted offset that is NaN (from a NaN or inf
     in its input) makes what it moves NaN, as a conv's output is where its window holds a
     NaN; the ops refuse NaN offsets with an error about an argument the module's user never
     passed, which would also stop a training loop that skips non-finite losses.
 
-    ``offset`` (N|K, *, h, w) and ``op``'s output (N|K, C, h', w'): a NaN at (n, :, i, j)
-    makes output (n, :, i, j) NaN when the sizes agree, else all of output n.
+    ``offset`` (N|K, *, h, w) and ``op``'s output (N|K, C, h, w): a NaN at (n, :, i, j)
+    makes output (n, :, i, j) NaN; without ``per_position`` (the output's positions do not
+    match the offset's), all of output n.
     """
     if _exporting():
         return op(offset)  # an exported graph (ONNX) holds the op alone, no NaN masking
-    if not torch.compiler.is_compiling():
+    if not (torch.compiler.is_compiling() or _fx_tracing()):
         try:
             return op(offset)  # all finite: nothing costs more than the op's own NaN check
         except NaNOffsetError:
             pass
-    # torch.compile traces the op as a node whose error no except ever sees: there the
-    # masking always runs, and without NaN it leaves op(offset) as it is.
+    # torch.compile and FX trace the op as a node whose error no except ever sees: there
+    # the masking always runs, and without NaN it leaves op(offset) as it is.
     bad = offset.isnan()
     out = op(offset.masked_fill(bad, 0.0))
-    if bad.shape[2:] == out.shape[2:]:
-        where = bad.any(1, keepdim=True)
-    else:
-        where = bad.flatten(1).any(1).view(-1, 1, 1, 1)
+    where = bad.any(1, keepdim=True) if per_position else bad.flatten(1).any(1).view(-1, 1, 1, 1)
     return out.masked_fill(where, math.nan)
 
 

@@ -184,7 +184,7 @@ class DeformPSRoIPool(PSRoIPool, OffsetBranchMixin):
             input, rois, o, spatial_scale=self.spatial_scale, output_dim=self.output_dim,
             group_size=self.group_size, pooled_size=self.pooled_size, part_size=self.part_size,
             sample_per_part=self.sample_per_part, trans_std=self.trans_std,
-        ), offset)
+        ), offset, per_position=self.part_size == self.pooled_size)
         if self.modulated:
             part_mask = self._pool_maps(maps[:, offset_maps:], rois, self.offset_classes)
             out = out * self._bin_mask(part_mask.sigmoid())
