@@ -184,6 +184,17 @@ class RoIOpTester:
         for leaf in leaves[1:]:
             assert leaf.grad.shape == leaf.shape
 
+    def test_empty_batch(self):
+        """No image (N = 0), so no RoI: empty results and gradients, as roi_align gives
+        (the Numba deform_roi_pool failed to reshape its 0-image input)."""
+        (fn, leaves), shape = self.no_rois_case()
+        leaves = [leaves[0][:0].clone(), *leaves[1:]]
+        leaves = [t.requires_grad_() for t in leaves]
+        out = fn(*leaves)
+        assert out.shape == shape
+        out.sum().backward()
+        assert [leaf.grad.shape for leaf in leaves] == [leaf.shape for leaf in leaves]
+
     def test_gradcheck(self, generator):
         for name, (fn, leaves) in self.gradcheck_cases(generator).items():
             assert torch.autograd.gradcheck(fn, [t.requires_grad_() for t in leaves]), name

@@ -40,9 +40,10 @@ _LIBRARY = torch.library.Library(NAMESPACE, "FRAGMENT")
 
 
 def no_feature_cells(input: torch.Tensor) -> bool:
-    """Whether a feature map (N, C, H, W) has no channel or no cell: a RoI op's samples all
-    read zero padding there, so its results are zeros (the backends need not handle it)."""
-    return 0 in input.shape[1:]
+    """Whether a feature map (N, C, H, W) has no image, channel or cell: a RoI op's samples
+    all read zero padding there (with no image there is no RoI), so its results are zeros
+    (the backends need not handle it)."""
+    return 0 in input.shape
 
 
 def zeroed(results: Any) -> Any:
