@@ -124,3 +124,10 @@ def test_non_finite_features_make_their_rois_nan_instead_of_an_error() -> None:
     clean = x.clone()
     clean[0, 1, 4, 4] = 0.0
     torch.testing.assert_close(out[1:], pool(clean, ROIS)[1:])
+
+
+def test_a_negative_sampling_ratio_is_adaptive_as_in_the_op() -> None:
+    """torchvision's RoIAlign default, -1, was refused by the module but not by the op."""
+    x, rois = torch.randn(1, 4, 8, 8), torch.tensor([[0, 1, 1, 6, 6.0]])
+    torch.testing.assert_close(DeformRoIPool(4, 3, sampling_ratio=-1)(x, rois),
+                               DeformRoIPool(4, 3, sampling_ratio=0)(x, rois), rtol=0, atol=0)

@@ -375,3 +375,36 @@ def test_numpy_integers_are_taken_as_roi_align_takes_them():
     expected = deform_roi_pool(x, rois, output_size=3, sampling_ratio=2)
     got = deform_roi_pool(x, rois, output_size=np.int64(3), sampling_ratio=np.int32(2))
     assert torch.equal(got, expected)
+
+
+class TestRegisteredOpScalars:
+    """The registered ops are public (``torch.ops.deformconv.*``) and their kernels trust
+    their checks: a NaN or negative scale, an inf gamma or trans_std used to pool silent
+    zeros, and a huge sample count would run for hours."""
+
+    X, ROIS = torch.randn(1, 8, 8, 8), torch.tensor([[0, 1, 1, 6, 6.0]])
+
+    @pytest.mark.parametrize(("scale", "ratio", "gamma", "name"), [
+        (float("nan"), 2, 0.1, "spatial_scale"), (-1.0, 2, 0.1, "spatial_scale"),
+        (1.0, 2, float("inf"), "gamma"), (1.0, 10**5, 0.1, "sampling_ratio")])
+    def test_roi_pool(self, scale: float, ratio: int, gamma: float, name: str) -> None:
+        with pytest.raises(ValueError, match=name):
+            torch.ops.deformconv.deform_roi_pool(self.X, self.ROIS, None, None, 3, 3, scale,
+                                                 ratio, gamma, True)
+        with pytest.raises(ValueError, match=name):
+            deform_roi_pool(self.X, self.ROIS, output_size=3, spatial_scale=scale,
+                            sampling_ratio=ratio, gamma=gamma)
+
+    @pytest.mark.parametrize(("scale", "samples", "trans_std", "name"), [
+        (float("nan"), 2, 0.1, "spatial_scale"), (0.0, 2, 0.1, "spatial_scale"),
+        (1.0, 2, float("-inf"), "trans_std"), (1.0, 10**5, 0.1, "sample_per_part")])
+    def test_psroi_pool(self, scale: float, samples: int, trans_std: float, name: str) -> None:
+        with pytest.raises(ValueError, match=name):
+            torch.ops.deformconv.deform_psroi_pool(self.X, self.ROIS, None, scale, 2, 2, 2, 2,
+                                                   samples, trans_std)
+
+    def test_a_negative_sampling_ratio_is_adaptive_as_in_torchvision(self) -> None:
+        adaptive = deform_roi_pool(self.X, self.ROIS, output_size=3)
+        torch.testing.assert_close(
+            deform_roi_pool(self.X, self.ROIS, output_size=3, sampling_ratio=-1), adaptive,
+            rtol=0, atol=0)

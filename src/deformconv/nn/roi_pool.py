@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops.arguments import count, finite_float, pair, rois_to_tensor
+from ..ops.arguments import finite_float, integer, pair, rois_to_tensor
 from ._offset import (
     OffsetBranchMixin,
     check_counts,
@@ -37,7 +37,7 @@ class DeformRoIPool(nn.Module, OffsetBranchMixin):
         in_channels: C of the pooled feature map.
         output_size: (ph, pw) bins per RoI.
         spatial_scale: feature size / image size (1/16 for a stride-16 map).
-        sampling_ratio: samples per bin side; 0 = adaptive, as in RoIAlign.
+        sampling_ratio: samples per bin side; 0 or less (torchvision's -1) = adaptive.
         gamma: offset scale γ (paper: 0.1).
         aligned: RoIAlign's half-pixel shift.
         hidden_dims: widths (ints > 0) of hidden fc layers before the offset layer. ``()`` is the
@@ -70,7 +70,7 @@ class DeformRoIPool(nn.Module, OffsetBranchMixin):
         self.output_size = pair(output_size, "output_size")
         check_positive(output_size=self.output_size)
         self.spatial_scale = spatial_scale
-        self.sampling_ratio = count(sampling_ratio, "sampling_ratio", minimum=0)
+        self.sampling_ratio = integer(sampling_ratio, "sampling_ratio")  # <= 0: adaptive
         self.gamma = finite_float(gamma, "gamma")
         self.aligned = aligned
         self.hidden_dims = tuple(hidden_dims)

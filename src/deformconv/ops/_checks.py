@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
 UPCAST_DTYPES = (torch.float16, torch.bfloat16)
+
+# Samples per RoI bin beyond which sampling is refused: a bin of 8192² feature cells sampled
+# adaptively, or 8192 samples per bin side, is beyond any feature map, so only absurd
+# coordinates, scales or counts get there (the kernels would run for hours, as
+# torchvision's would).
+MAX_SAMPLES_PER_BIN = 2**26
 
 
 def check_tensor(name: str, tensor: object, ndim: int | None = None) -> Tensor:
@@ -55,6 +63,13 @@ def check_no_nan(name: str, tensor: Tensor) -> None:
         count = int(torch.isnan(tensor).sum())
         raise NaNOffsetError(f"{name} contains {count} NaN value(s); sample positions must "
                              "not be NaN")
+
+
+def check_samples_per_side(value: int, name: str) -> None:
+    """Refuse ``value`` samples per bin side (``value``² per bin) beyond ``MAX_SAMPLES_PER_BIN``."""
+    if value * value > MAX_SAMPLES_PER_BIN:
+        raise ValueError(f"{name} must be at most {math.isqrt(MAX_SAMPLES_PER_BIN)} "
+                         f"({MAX_SAMPLES_PER_BIN} samples per bin), got {value}")
 
 
 def check_rois_values(rois: Tensor, batch: int) -> None:

@@ -21,6 +21,7 @@ from ._checks import (
     check_no_nan,
     check_rois_values,
     check_same_dtype_device,
+    check_samples_per_side,
     check_tensor,
     compute_dtype,
     float32_under_autocast,
@@ -40,6 +41,7 @@ def _check_registered(input: Tensor, rois: Tensor, offset: Tensor | None, output
                        ("pooled_size", pooled_size), ("part_size", part_size),
                        ("sample_per_part", sample_per_part)):
         count(value, arg)
+    check_samples_per_side(sample_per_part, "sample_per_part")
     _check_arguments(input, rois_to_tensor(rois), offset, output_dim, group_size, part_size)
     check_compute_dtype(input, rois)
     check_rois_values(rois, input.shape[0])
@@ -52,6 +54,8 @@ def _check_forward(input: Tensor, rois: Tensor, offset: Tensor | None, spatial_s
                    sample_per_part: int, trans_std: float) -> None:
     _check_registered(input, rois, offset, output_dim, group_size, pooled_size, part_size,
                       sample_per_part)
+    finite_float(spatial_scale, "spatial_scale", positive=True)
+    finite_float(trans_std, "trans_std")
 
 
 def _forward_fake(input: Tensor, rois: Tensor, offset: Tensor | None, spatial_scale: float,
@@ -186,7 +190,7 @@ def deform_psroi_pool(
         group_size (int): side of the position-sensitive channel grid (1: none).
         pooled_size (int): side P of the output.
         part_size (int or None): side of the offset grid; defaults to ``pooled_size``.
-        sample_per_part (int): samples per bin side.
+        sample_per_part (int): samples per bin side, at most 8192.
         trans_std (float): offset scale γ (original code: 0.1).
 
     Returns:

@@ -13,10 +13,12 @@ from torch import Tensor
 
 from . import _dispatch
 from ._checks import (
+    MAX_SAMPLES_PER_BIN,
     check_compute_dtype,
     check_no_nan,
     check_rois_values,
     check_same_dtype_device,
+    check_samples_per_side,
     check_tensor,
     compute_dtype,
     float32_under_autocast,
@@ -31,10 +33,6 @@ _ARGUMENTS = ("int pooled_h, int pooled_w, float spatial_scale, int sampling_rat
               "float gamma, bool aligned")
 
 
-# Samples per bin beyond which adaptive sampling is refused: a bin of 8192² feature cells,
-# beyond any feature map, so only absurd coordinates or scales get there (the kernels would
-# run for hours, as torchvision's would).
-MAX_SAMPLES_PER_BIN = 2**26
 
 
 def _check_forward(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
@@ -44,6 +42,8 @@ def _check_forward(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Ten
     these shapes and dtypes. Values (RoI indices, NaN, sample counts) are checked here, not
     while tracing."""
     _check_arguments(input, rois_to_tensor(rois), offset, mask, (pooled_h, pooled_w))
+    finite_float(spatial_scale, "spatial_scale", positive=True)
+    finite_float(gamma, "gamma")
     check_compute_dtype(input, rois)
     check_rois_values(rois, input.shape[0])
     _check_sample_count(rois, (pooled_h, pooled_w), spatial_scale, sampling_ratio, aligned)
@@ -53,8 +53,12 @@ def _check_forward(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Ten
 
 def _check_sample_count(rois: Tensor, pooled: tuple[int, int], spatial_scale: float,
                         sampling_ratio: int, aligned: bool) -> None:
-    """Refuse RoIs whose adaptive sampling grid exceeds ``MAX_SAMPLES_PER_BIN``."""
-    if sampling_ratio > 0 or rois.numel() == 0:
+    """Refuse a ``sampling_ratio``, or RoIs whose adaptive sampling grid, that exceeds
+    ``MAX_SAMPLES_PER_BIN``."""
+    if sampling_ratio > 0:
+        check_samples_per_side(sampling_ratio, "sampling_ratio")
+        return
+    if rois.numel() == 0:
         return
     grid = roi_align_grid(rois.double(), pooled, spatial_scale, sampling_ratio, aligned)
     samples = grid.bin_h.ceil().clamp(min=0) * grid.bin_w.ceil().clamp(min=0)
@@ -185,7 +189,8 @@ def deform_roi_pool(
             channel 1 is Δŷ. None pools without offsets (plain RoIAlign).
         output_size (int or (int, int)): ``(ph, pw)``; required.
         spatial_scale (float): factor mapping RoI coordinates to feature coordinates.
-        sampling_ratio (int): samples per bin side; 0 picks ``ceil(roi_size / output_size)``.
+        sampling_ratio (int): samples per bin side; 0 or less (torchvision's -1) picks
+            ``ceil(roi_size / output_size)``; at most 8192.
         gamma (float): offset scale γ (paper: 0.1).
         aligned (bool): shift RoIs by -0.5 pixel (torchvision's ``aligned=True``).
         mask (Tensor[K, 1, ph, pw] or None): multiplies each bin (modulated pooling, DCN v2).
