@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -64,3 +65,23 @@ def test_a_nan_input_gives_the_same_nan_outputs_fx_traced() -> None:
         traced = torch.fx.symbolic_trace(module)(*inputs)
     assert eager.isnan().any() and not eager.isnan().all()
     torch.testing.assert_close(traced, eager, equal_nan=True)
+
+
+@pytest.mark.parametrize("build", [_conv, _roi_pool, _psroi_pool])
+def test_an_inf_input_is_not_hidden_by_offsets_that_move_samples_out(
+        build: Callable[[], tuple[nn.Module, tuple[Tensor, ...]]]) -> None:
+    """A trained offset branch turns an inf pixel into ±inf offsets (not NaN), which the ops
+    take as samples far outside the map, reading 0: the inf vanished from the output (the
+    conv's outputs around it were exactly its bias). The outputs those offsets move are NaN
+    now, as for NaN offsets; the other image's or RoI's stay finite."""
+    torch.manual_seed(0)
+    module, inputs = build()
+    inputs = tuple(t.nan_to_num(nan=math.inf) for t in inputs)
+    with torch.no_grad():
+        for param in module.offset_parameters():
+            nn.init.normal_(param, std=0.5)
+        out = module(*inputs)
+    assert out[0].isnan().any()
+    if build is _conv:  # every output whose window holds the inf
+        assert not torch.isfinite(out[0, :, 1:4, 1:4]).any()
+    assert torch.isfinite(out[1]).all()

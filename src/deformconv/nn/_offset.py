@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from ..ops import NaNOffsetError
 from ..ops.arguments import count, finite_float
 
 
@@ -63,25 +62,24 @@ def _fx_tracing() -> bool:
 
 def nan_offsets_propagate(op: Callable[[Tensor], Tensor], offset: Tensor, *,
                           per_position: bool = True) -> Tensor:
-    """``op(offset)``, where a module's own predicted offset that is NaN (from a NaN or inf
-    in its input) makes what it moves NaN, as a conv's output is where its window holds a
-    NaN; the ops refuse NaN offsets with an error about an argument the module's user never
-    passed, which would also stop a training loop that skips non-finite losses.
+    """``op(offset)``, where a module's own predicted offset that is not finite (from a NaN
+    or inf in its input) makes what it moves NaN, as a conv's output is where its window
+    holds a NaN or inf. The ops refuse NaN offsets with an error about an argument the
+    module's user never passed (which would also stop a training loop that skips
+    non-finite losses), and read 0 at inf ones, which would hide the inf.
 
-    ``offset`` (N|K, *, h, w) and ``op``'s output (N|K, C, h, w): a NaN at (n, :, i, j)
-    makes output (n, :, i, j) NaN; without ``per_position`` (the output's positions do not
-    match the offset's), all of output n.
+    ``offset`` (N|K, *, h, w) and ``op``'s output (N|K, C, h, w): a non-finite value at
+    (n, :, i, j) makes output (n, :, i, j) NaN; without ``per_position`` (the output's
+    positions do not match the offset's), all of output n.
     """
     if _exporting():
-        return op(offset)  # an exported graph (ONNX) holds the op alone, no NaN masking
-    if not (torch.compiler.is_compiling() or _fx_tracing()):
-        try:
-            return op(offset)  # all finite: nothing costs more than the op's own NaN check
-        except NaNOffsetError:
-            pass
+        return op(offset)  # an exported graph (ONNX) holds the op alone, no masking
     # torch.compile and FX trace the op as a node whose error no except ever sees: there
-    # the masking always runs, and without NaN it leaves op(offset) as it is.
-    bad = offset.isnan()
+    # the masking always runs, and where all is finite it leaves op(offset) as it is.
+    tracing = torch.compiler.is_compiling() or _fx_tracing()
+    if not tracing and bool(offset.isfinite().all()):
+        return op(offset)
+    bad = ~offset.isfinite()
     out = op(offset.masked_fill(bad, 0.0))
     where = bad.any(1, keepdim=True) if per_position else bad.flatten(1).any(1).view(-1, 1, 1, 1)
     return out.masked_fill(where, math.nan)
