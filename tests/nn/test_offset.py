@@ -85,3 +85,20 @@ def test_an_inf_input_is_not_hidden_by_offsets_that_move_samples_out(
     if build is _conv:  # every output whose window holds the inf
         assert not torch.isfinite(out[0, :, 1:4, 1:4]).any()
     assert torch.isfinite(out[1]).all()
+
+
+@pytest.mark.parametrize("build", [_conv, _roi_pool, _psroi_pool])
+def test_a_generic_reset_loop_keeps_the_offsets_zero(
+        build: Callable[[], tuple[nn.Module, tuple[Tensor, ...]]]) -> None:
+    """Meta-device init (``to_empty``, then ``reset_parameters`` on every submodule, as
+    FSDP's ``param_init_fn`` does) visits the offset branch's own output layer after its
+    parent: as a plain conv/linear it took a random init, so the module no longer started
+    as its plain twin."""
+    with torch.device("meta"):
+        module, _ = build()
+    module = module.to_empty(device="cpu")
+    for submodule in module.modules():
+        if hasattr(submodule, "reset_parameters"):
+            submodule.reset_parameters()
+    last = [m for m in module.offset_branch.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert not last[-1].weight.any() and not last[-1].bias.any()

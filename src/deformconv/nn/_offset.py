@@ -98,15 +98,36 @@ def offset_state_keys(model: nn.Module) -> set[str]:
     return keys
 
 
+def _zero_weight_and_bias(layer: nn.Conv2d | nn.Linear) -> None:
+    nn.init.zeros_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
 def zero_init_last(branch: nn.Module) -> None:
     """Zero the weight and bias of the last conv/linear layer in ``branch``.
 
     Zero offsets (and mask logits) make a deformable layer start as its plain twin.
     """
-    last = [m for m in branch.modules() if isinstance(m, (nn.Conv2d, nn.Linear))][-1]
-    nn.init.zeros_(last.weight)
-    if last.bias is not None:
-        nn.init.zeros_(last.bias)
+    layers = [m for m in branch.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    _zero_weight_and_bias(layers[-1])
+
+
+class ZeroInitConv2d(nn.Conv2d):
+    """An offset branch's output conv, zero from the start: its own ``reset_parameters``
+    zeroes it, so that generic init loops (``to_empty`` then ``reset_parameters`` on every
+    submodule, FSDP's ``param_init_fn``) keep the deformable layer starting as its plain
+    twin; a plain ``nn.Conv2d`` there took a random init after its parent's zeroing."""
+
+    def reset_parameters(self) -> None:
+        _zero_weight_and_bias(self)
+
+
+class ZeroInitLinear(nn.Linear):
+    """An offset branch's output fc, zero from the start (see :class:`ZeroInitConv2d`)."""
+
+    def reset_parameters(self) -> None:
+        _zero_weight_and_bias(self)
 
 
 def check_counts(**values: object) -> None:

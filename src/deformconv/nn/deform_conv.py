@@ -15,6 +15,7 @@ from ..ops import deform_conv2d
 from ..ops.arguments import pair
 from ._offset import (
     OffsetBranchMixin,
+    ZeroInitConv2d,
     check_counts,
     check_positive,
     nan_offsets_propagate,
@@ -185,11 +186,10 @@ class DeformConv2d(DeformConv2dBase, OffsetBranchMixin):
         self.modulated = modulated
         self.offset_lr_mult = offset_lr_mult
         points = offset_groups * self.kernel_size[0] * self.kernel_size[1]
-        self.conv_offset = nn.Conv2d(
+        self.conv_offset = ZeroInitConv2d(
             in_channels, (3 if modulated else 2) * points, self.kernel_size, self.stride,
             self.padding, self.dilation,
         )
-        zero_init_last(self.conv_offset)
 
     @property
     def offset_branch(self) -> nn.Module:

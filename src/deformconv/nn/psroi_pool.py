@@ -14,10 +14,10 @@ from ..ops.arguments import finite_float, rois_to_tensor
 from ..ops.geometry import part_cells
 from ._offset import (
     OffsetBranchMixin,
+    ZeroInitConv2d,
     check_counts,
     check_positive,
     nan_offsets_propagate,
-    zero_init_last,
 )
 
 __all__ = ["DeformPSRoIPool", "PSRoIPool"]
@@ -139,8 +139,7 @@ class DeformPSRoIPool(PSRoIPool, OffsetBranchMixin):
         self.modulated = modulated
         self.offset_lr_mult = offset_lr_mult
         maps = (3 if modulated else 2) * offset_classes * part_size**2
-        self.conv_offset = nn.Conv2d(in_channels, maps, kernel_size=1)
-        zero_init_last(self.conv_offset)
+        self.conv_offset = ZeroInitConv2d(in_channels, maps, kernel_size=1)
 
     @property
     def offset_branch(self) -> nn.Module:

@@ -15,10 +15,10 @@ from .. import ops
 from ..ops.arguments import finite_float, integer, pair, rois_to_tensor
 from ._offset import (
     OffsetBranchMixin,
+    ZeroInitLinear,
     check_counts,
     check_positive,
     nan_offsets_propagate,
-    zero_init_last,
 )
 
 __all__ = ["DeformRoIPool"]
@@ -82,9 +82,8 @@ class DeformRoIPool(nn.Module, OffsetBranchMixin):
         layers: list[nn.Module] = []
         for width_in, width_out in itertools.pairwise(widths):
             layers += [nn.Linear(width_in, width_out), nn.ReLU(inplace=True)]
-        layers.append(nn.Linear(widths[-1], (3 if modulated else 2) * bins))
+        layers.append(ZeroInitLinear(widths[-1], (3 if modulated else 2) * bins))
         self.offset_fc = nn.Sequential(*layers)
-        zero_init_last(self.offset_fc)
 
     @property
     def offset_branch(self) -> nn.Module:
