@@ -147,3 +147,19 @@ def test_an_uninitialised_lazy_conv_is_left_with_a_warning_saying_what_to_do():
     expected = model(x)
     assert convert_to_deformable(model) == ["0"]
     torch.testing.assert_close(model(x), expected)
+
+
+def test_a_shared_conv_becomes_one_shared_deformable_layer_at_each_name() -> None:
+    """named_modules() lists a shared module once: the conv was converted under its first
+    name only (the other use stayed plain), and a pattern naming the second use matched
+    nothing."""
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+    model = nn.Sequential(conv, nn.ReLU(), conv)
+    x = torch.randn(1, 4, 6, 6)
+    expected = model(x)
+    assert convert_to_deformable(model) == ["0", "2"]
+    assert isinstance(model[0], DeformConv2d) and model[2] is model[0]
+    torch.testing.assert_close(model(x), expected)
+    second = nn.Sequential(conv, nn.ReLU(), conv)
+    assert convert_to_deformable(second, "2") == ["2"]
+    assert isinstance(second[2], DeformConv2d) and second[2].weight is conv.weight

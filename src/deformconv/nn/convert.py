@@ -75,11 +75,11 @@ def _selected(name: str, conv: nn.Conv2d, include: Selector | None) -> bool:
 def _check_patterns(model: nn.Module, include: Selector | None) -> None:
     """A pattern that matches no module at all is a mistake (a typo, a name of another
     model): say so rather than convert nothing."""
-    names = [name for name, _ in model.named_modules() if name]
+    names = [name for name, _ in model.named_modules(remove_duplicate=False) if name]
     unmatched = [pattern for pattern in _patterns(include)
                  if not any(fnmatch.fnmatchcase(name, pattern) for name in names)]
     if unmatched:
-        examples = [name for name, module in model.named_modules()
+        examples = [name for name, module in model.named_modules(remove_duplicate=False)
                     if name and _is_candidate(module)][:4]
         raise ValueError(
             f"include: {unmatched} match no module of the model; patterns match qualified "
@@ -112,7 +112,9 @@ def convert_to_deformable(
             (a subclass with its own ``forward`` such as timm's ``StdConv2d``, a
             parametrized or hooked conv, a padding mode other than zeros, a lazy conv
             before its first forward pass) are left as they are, with a warning. A pattern
-            that matches no module name raises ``ValueError``.
+            that matches no module name raises ``ValueError``. A conv registered under
+            several names (shared) becomes one shared :class:`DeformConv2d` at each
+            selected name.
         offset_groups, modulated, offset_lr_mult: passed to each :class:`DeformConv2d`.
 
     Returns:
@@ -128,14 +130,13 @@ def convert_to_deformable(
     count(offset_groups, "offset_groups")  # before dividing in_channels by it
     _check_patterns(model, include)
     # The offset convs inside existing deformable layers are never converted themselves.
-    owners = tuple(
-        f"{name}." if name else ""
-        for name, m in model.named_modules()
-        if isinstance(m, DeformConv2dBase)
-    )
+    # A conv registered under several names (shared, tied) is seen under each of them.
+    modules = list(model.named_modules(remove_duplicate=False))
+    owners = tuple(f"{name}." if name else "" for name, m in modules
+                   if isinstance(m, DeformConv2dBase))
     selected = [
         (name, module)
-        for name, module in model.named_modules()
+        for name, module in modules
         if name and not name.startswith(owners) and _is_candidate(module)
         and _selected(name, module, include)
     ]
@@ -148,18 +149,29 @@ def convert_to_deformable(
                 f"offset_groups ({offset_groups}) must divide the in_channels of every "
                 f"converted conv; {name!r} has in_channels={conv.in_channels}"
             )
+    replacements: dict[int, DeformConv2d] = {}  # a shared conv stays shared, as one layer
     for name, conv in chosen:
-        deform = DeformConv2d(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-            _zero_padding(conv), conv.dilation, conv.groups, conv.bias is not None,
-            offset_groups=offset_groups, modulated=modulated, offset_lr_mult=offset_lr_mult,
-        ).to(device=conv.weight.device, dtype=conv.weight.dtype)
-        deform.weight = conv.weight
-        deform.bias = conv.bias
-        deform.train(conv.training)
+        deform = replacements.get(id(conv))
+        if deform is None:
+            deform = replacements[id(conv)] = _deformable_twin(
+                conv, offset_groups=offset_groups, modulated=modulated,
+                offset_lr_mult=offset_lr_mult)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, deform)
     return [name for name, _ in chosen]
+
+
+def _deformable_twin(conv: nn.Conv2d, **offset_settings: object) -> DeformConv2d:
+    """A :class:`DeformConv2d` sharing ``conv``'s parameters and geometry, offsets at zero."""
+    deform = DeformConv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+        _zero_padding(conv), conv.dilation, conv.groups, conv.bias is not None,
+        **offset_settings,  # type: ignore[arg-type]
+    ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    deform.weight = conv.weight
+    deform.bias = conv.bias
+    deform.train(conv.training)
+    return deform
 
 
 def _warn_skipped(reasons: dict[str, str]) -> None:
