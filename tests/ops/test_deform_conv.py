@@ -1076,6 +1076,16 @@ class TestEdgeCases:
         for name, value in first.items():
             assert torch.equal(value, second[name]), name
 
+    def test_autocast_leaves_float64_as_torch_does(self):
+        """Autocast never casts float64 (conv2d keeps it): the op cast it to float32."""
+        case = Case(n=1, cin=2, cout=2, height=5, width=5)
+        tensors = make_tensors(case, torch.float64, seed=3)
+        expected = fast_op(case)(**tensors)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fast_op(case)(**tensors)
+        assert out.dtype == torch.float64
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
     def test_autocast_runs_in_float32(self):
         """Under CPU autocast an offset branch yields bfloat16 while the features stay float32:
         the op accepts the mix, samples and multiplies in float32 (no low-precision GEMM)."""

@@ -121,7 +121,8 @@ def check_compute_dtype(input: Tensor, rois: Tensor) -> None:
 
 
 def float32_under_autocast(device_type: str, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
-    """Cast ``tensors`` to float32 when autocast is on for ``device_type``, else return them.
+    """Cast ``tensors`` to float32 when autocast is on for ``device_type``, else return them;
+    float64 stays float64, as autocast leaves it (``torch.library.register_autocast`` too).
 
     Under autocast an offset branch (a conv) yields bf16/fp16 while the features stay
     float32; sampling positions need full precision, so these ops run in float32 there.
@@ -129,5 +130,5 @@ def float32_under_autocast(device_type: str, *tensors: Tensor | None) -> tuple[T
     if not (torch.amp.is_autocast_available(device_type)
             and torch.is_autocast_enabled(device_type)):
         return tensors
-    return tuple(t.float() if isinstance(t, Tensor) and t.is_floating_point() else t
-                 for t in tensors)
+    return tuple(t.float() if isinstance(t, Tensor) and t.dtype in (*UPCAST_DTYPES, torch.float32)
+                 else t for t in tensors)

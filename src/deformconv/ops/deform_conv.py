@@ -207,7 +207,8 @@ def deform_conv2d(
         input is, as ``torch.nn.functional.conv2d`` returns it (the CPU kernels read such
         an input in place and write the result without a transpose). float16/bfloat16
         accumulate in float32 (the CPU kernels compute them in float32 throughout); under
-        autocast all inputs are cast to float32 and the result is float32.
+        autocast all inputs are cast to float32 and the result is float32 (float64 stays
+        float64, as autocast leaves it).
 
     Example::
 
