@@ -136,6 +136,9 @@ def _check_arguments(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor
         )
     n, cin, height, width = input.shape
     cout, cin_per_group, kh, kw = weight.shape
+    if kh == 0 or kw == 0:
+        raise ValueError(f"weight must have a kernel of at least 1 x 1 (weight.shape[2:]), "
+                         f"got weight.shape {tuple(weight.shape)}")
     if cin_per_group == 0 or cin % cin_per_group:
         raise ValueError(
             f"input.shape[1] ({cin}) must be a multiple of weight.shape[1] ({cin_per_group}): "
