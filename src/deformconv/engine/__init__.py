@@ -14,7 +14,13 @@ Under ``torchrun --nproc_per_node N`` the same call trains with DistributedDataP
 """
 
 from .balance import balanced_class_weights, label_counts
-from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    write_atomically,
+)
 from .coco import COCO_METRICS, coco_map, detection_record
 from .config import TASKS, TrainConfig
 from .distributed import DistInfo, cleanup_distributed, init_distributed, resolve_device
@@ -75,4 +81,5 @@ __all__ = [
     "train",
     "train_loader",
     "worker_init_fn",
+    "write_atomically",
 ]

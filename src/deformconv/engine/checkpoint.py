@@ -7,8 +7,9 @@ import contextlib
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ __all__ = [
     "load_checkpoint",
     "load_weights",
     "save_checkpoint",
+    "write_atomically",
 ]
 
 CHECKPOINT_FORMAT = "deformconv-train-v1"
@@ -30,7 +32,12 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically and durably.
+    """Write ``state`` to ``path`` atomically and durably (:func:`write_atomically`)."""
+    return write_atomically(path, lambda f: torch.save(state, f))
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Write ``path`` by ``write(file)`` atomically and durably; returns ``path``.
 
     The bytes go to a temporary file in the same folder, are flushed and fsync'ed, then the
     file is renamed over ``path`` with ``os.replace`` (atomic on POSIX and Windows) and the
@@ -42,7 +49,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         # mkstemp makes the file 0600; give it the mode any other new file would have

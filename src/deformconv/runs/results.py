@@ -8,15 +8,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..engine.checkpoint import write_atomically
+
 __all__ = ["write_json"]
 
 
 def write_json(data: Any, path: str | os.PathLike) -> Path:
-    """Pretty JSON (NaN written as null) to ``path``, folders created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_plain(data), indent=2) + "\n")
-    return path
+    """Pretty JSON (NaN written as null) to ``path``, folders created; atomically (a
+    reader or a crash sees the old file or the new one, never a part)."""
+    text = json.dumps(_plain(data), indent=2) + "\n"
+    return write_atomically(path, lambda f: f.write(text.encode()))
 
 
 def _plain(obj: Any) -> Any:
