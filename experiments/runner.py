@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from deformconv.engine import CheckpointError
 from deformconv.runs import (
     DataSpec,
     ModelSpec,
@@ -247,9 +248,13 @@ def _plain_json(obj: Any) -> Any:
 def run_script(main: Callable[[], int]) -> None:
     """Run a study script's ``main`` and exit with its code. Ctrl-C or a SIGTERM stops the
     training run at the end of an iteration, with a checkpoint; the script then says so in
-    one line and exits with 128 + the signal's number, and the same command continues."""
+    one line and exits with 128 + the signal's number, and the same command continues. An
+    unreadable checkpoint is an ``error:`` line and exit code 2, as a study's own errors."""
     try:
         code = main()
+    except CheckpointError as err:  # a run's last.pt or the pretraining's, kept as it is
+        print(f"error: {err}", file=sys.stderr)
+        code = 2
     except KeyboardInterrupt as err:  # engine.TrainingStopped included
         print(f"{str(err) or 'interrupted'}; run the same command again to continue",
               file=sys.stderr)
@@ -292,18 +297,19 @@ class Study:
         self.done: list[str] = []
         self.skipped: list[str] = []
         self.left: list[str] = []  # runs of other shards, not done yet
-        if not getattr(args, "plan", False):
-            self._refuse_other_results()
+        # a --plan may time other settings (e.g. another length), not the other mode
+        self._refuse_other_results(settings=not getattr(args, "plan", False))
         set_threads(args.threads)
 
-    def _refuse_other_results(self) -> None:
+    def _refuse_other_results(self, settings: bool = True) -> None:
         """Stop at once, before any pretraining or rendering, if the folder holds a result
-        made with other settings or in the other mode (:meth:`run` also checks each run's
-        own configuration when it gets there)."""
+        made in the other mode or (``settings``) with other settings (:meth:`run` also
+        checks each run's own configuration when it gets there)."""
+        here = {"mode": self.mode, **({"settings": self.settings} if settings else {})}
         for path in _result_files(self.folder):
-            identity = json.loads(path.read_text()).get("identity") or {}
-            if (identity.get("mode"), identity.get("settings")) != (self.mode, self.settings):
-                raise _made_otherwise(path)
+            identity = _read_result(path).get("identity") or {}
+            if {key: identity.get(key) for key in here} != here:
+                raise _made_otherwise(path, here, identity)
 
     def run_dir(self, run: str) -> Path:
         return self.folder / run
@@ -322,9 +328,9 @@ class Study:
         identity = _plain_json({"study": self.name, "run": run, "mode": self.mode,
                                 "settings": self.settings, "config": config})
         if path.exists():
-            saved = json.loads(path.read_text())
+            saved = _read_result(path)
             if saved.get("identity") != identity:
-                raise _made_otherwise(path)
+                raise _made_otherwise(path, identity, saved.get("identity") or {})
             self.skipped.append(run)
             print(f"[{self.name}] {run}: done before, skipped")
             return saved["result"]
@@ -418,15 +424,50 @@ def _result_files(folder: Path) -> list[Path]:
             if path.name not in ("summary.json", "plan.json")]
 
 
-def _made_otherwise(path: Path) -> StudyError:
-    return StudyError(f"{path} was made with other settings or another mode; use another "
-                      "--out or delete it")
+def _read_result(path: Path) -> dict[str, Any]:
+    """A run's result file read back: ``{"identity", "result"}``; a :class:`StudyError`
+    naming it if it is not one (empty, cut short, not JSON)."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        reason = f"{type(err).__name__}: {err}"
+    else:
+        if isinstance(saved, dict) and isinstance(saved.get("result"), dict):
+            return saved
+        reason = "no result object in it"
+    raise StudyError(f"{path} is not a valid result file ({reason}); delete it")
+
+
+def _made_otherwise(path: Path, here: dict[str, Any], saved: dict[str, Any]) -> StudyError:
+    return StudyError(f"{path} was made with other settings or another mode "
+                      f"({first_difference(here, saved)}); use another --out or delete it")
+
+
+def first_difference(here: Any, saved: Any, key: str = "") -> str:
+    """The first key where ``here`` and ``saved`` (plain JSON values) differ, with both
+    values: ``"mode: smoke here, full in the file"``."""
+    if isinstance(here, dict) and isinstance(saved, dict):
+        for name in [*here, *(k for k in saved if k not in here)]:
+            if here.get(name, _ABSENT) != saved.get(name, _ABSENT):
+                return first_difference(here.get(name, _ABSENT), saved.get(name, _ABSENT),
+                                        f"{key}.{name}" if key else str(name))
+    return f"{key or 'value'}: {_shown(here)} here, {_shown(saved)} in the file"
+
+
+_ABSENT = object()
+
+
+def _shown(value: Any, width: int = 60) -> str:
+    if value is _ABSENT:
+        return "absent"
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def run_minutes(folder: Path) -> dict[str, float] | None:
     """The study's runs' summed wall and CPU minutes (each run's own timing) and their
     count, from the run files in ``folder``; None before any run."""
-    runs = [json.loads(p.read_text())["result"] for p in _result_files(folder)]
+    runs = [_read_result(p)["result"] for p in _result_files(folder)]
     if not runs:
         return None
     return {"runs": len(runs), "wall": sum(r.get("seconds", 0.0) for r in runs) / 60,

@@ -51,18 +51,70 @@ def test_a_result_of_another_configuration_is_refused(tmp_path):
     assert err.value.code == 2
 
 
-@pytest.mark.parametrize("change", ["settings", "mode"])
-def test_a_folder_of_results_made_otherwise_is_refused_before_any_work(tmp_path, change):
+@pytest.mark.parametrize(("change", "named"), [
+    ("settings", "(settings.a: 2 here, 1 in the file)"),
+    ("mode", "(mode: full here, smoke in the file)"),
+])
+def test_a_folder_of_results_made_otherwise_is_refused_before_any_work(tmp_path, capsys,
+                                                                        change, named):
     """Refused when the study is set up (before its pretraining and scenes), not when the
-    first run is reached; a ``--plan`` writes no result and is not refused."""
+    first run is reached, naming the first setting that differs."""
     _study(tmp_path, {"a": 1}).run("r0", {"seed": 0}, lambda d: {"value": 1})
     settings = {"a": 2} if change == "settings" else {"a": 1}
     with pytest.raises(SystemExit) as err:
         _study(tmp_path, settings, smoke=change != "mode")
     assert err.value.code == 2
+    assert f"r0.json was made with other settings or another mode {named}; use another " \
+           "--out or delete it" in capsys.readouterr().err
+
+
+def test_a_plan_may_time_other_settings_but_not_the_other_mode(tmp_path, capsys):
+    """A ``--plan`` writes no result: other settings (another length, say) are timed, but a
+    plan of the other mode is refused as a run is (it would stand as the study's plan)."""
+    _study(tmp_path, {"a": 1}).run("r0", {"seed": 0}, lambda d: {"value": 1})
+
+    def plan(smoke):
+        args = argparse.Namespace(out=tmp_path, smoke=smoke, keep_checkpoints=False,
+                                  threads=1, plan=True)
+        return runner.Study("unit", args, {"a": 3})
+
+    plan(smoke=True)
+    with pytest.raises(SystemExit) as err:
+        plan(smoke=False)
+    assert err.value.code == 2 and "(mode: full here, smoke in the file)" in \
+        capsys.readouterr().err
+
+
+def test_a_run_of_another_configuration_names_what_differs(tmp_path, capsys):
+    _study(tmp_path, {"a": 1}).run("r0", {"seed": 0, "model": {"width": 4}}, lambda d: {})
+    with pytest.raises(SystemExit):
+        _study(tmp_path, {"a": 1}).run("r0", {"seed": 0, "model": {"width": 8}},
+                                       lambda d: pytest.fail("must not recompute"))
+    assert "(config.model.width: 8 here, 4 in the file)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["", '{"identity": {"mode": "sm', "[1, 2]"])
+def test_a_cut_short_result_file_is_named_not_a_traceback(tmp_path, capsys, text):
+    """An empty or truncated run result (a full disk, a copy cut short) stops the script
+    with its error line, wherever the file is read: setting up, reaching the run, or
+    summing the study's minutes."""
+    bad = tmp_path / "unit" / "r0.json"
+    bad.parent.mkdir()
+    bad.write_text(text)
+    checks = [lambda: _study(tmp_path, {}),
+              lambda: runner.run_minutes(bad.parent)]
     args = argparse.Namespace(out=tmp_path, smoke=True, keep_checkpoints=False, threads=1,
                               plan=True)
-    runner.Study("unit", args, {"a": 3})
+    (tmp_path / "plan").mkdir()
+    study = runner.Study("plan", args, {})  # nothing there yet: reached at the run
+    study.folder = bad.parent
+    checks.append(lambda: study.run("r0", {}, lambda d: pytest.fail("must not run")))
+    for check in checks:
+        with pytest.raises(SystemExit) as err:
+            check()
+        assert err.value.code == 2
+        assert f"error: {bad} is not a valid result file (" in capsys.readouterr().err
+        assert bad.read_text() == text
 
 
 def test_shards_split_the_runs_then_a_plain_call_reads_all(tmp_path):
@@ -175,6 +227,24 @@ def test_a_stopped_script_exits_with_one_line(capsys, raised, code):
         runner.run_script(main)
     assert err.value.code == code
     assert capsys.readouterr().err.endswith("; run the same command again to continue\n")
+
+
+def test_a_corrupt_checkpoint_is_an_error_line_and_is_kept(tmp_path, capsys):
+    """A run stopped part way whose last.pt is damaged: the script says so in its error
+    line (exit code 2, no traceback) and leaves the file for the user to look at."""
+    from deformconv.engine import load_checkpoint
+
+    last = tmp_path / "unit" / "r0" / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04 cut short")
+    study = _study(tmp_path, {})
+    with pytest.raises(SystemExit) as err:
+        runner.run_script(lambda: study.run("r0", {}, lambda d: load_checkpoint(d / "last.pt")))
+    assert err.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: could not read checkpoint {last}")
+    assert "delete it or pick another one" in lines[0]
+    assert last.read_bytes() == b"PK\x03\x04 cut short"
 
 
 @pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2"])
