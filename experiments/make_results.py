@@ -5,8 +5,14 @@ constants below, each marked with whether it was checked against the paper's tex
 study that has not been run is listed with the command that runs it. When any summary
 comes from a ``--smoke`` run, the report says so at the top and on every table.
 
+Each study's summary, plan and figures are kept in ``results/`` beside the report. A kept
+summary is not replaced by one of the other mode or one that covers less (fewer seeds,
+configurations it lacks) unless ``--replace`` is given; a plan is kept and used only if it
+covers the study's summary. Files that cannot be read are named in an error (exit code 2).
+
     python experiments/make_results.py                        # runs/experiments -> docs/
     python experiments/make_results.py --runs runs/experiments-smoke --out /tmp/RESULTS.md
+    python experiments/make_results.py --replace    # a kept summary replaced all the same
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ import argparse
 import itertools
 import json
 import math
-import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from runner import iterations_trained, mean_std, run_minutes
+from runner import StudyError, iterations_trained, mean_std, run_minutes
 
+from deformconv.engine import write_atomically
 from deformconv.viz import SIZE_BUCKETS, markdown_table
 
 PAPER = "Dai et al., *Deformable Convolutional Networks*, ICCV 2017 (arXiv:1703.06211)"
@@ -116,12 +123,21 @@ def kept_folder(report: Path) -> Path:
 class Report:
     """The markdown lines and the list of agreement statements, built section by section."""
 
-    def __init__(self, runs: Path, out: Path) -> None:
-        self.runs, self.out = runs, out
+    def __init__(self, runs: Path, out: Path, replace: bool = False) -> None:
+        self.runs, self.out, self.replace = runs, out, replace
         self.kept = kept_folder(out)
         self.lines: list[str] = []
         self.verdicts: list[str] = []
         self.modes: dict[str, str] = {}
+        self.summaries: dict[str, dict[str, Any] | None] = {}  # per study, read once
+        self.fresh: set[str] = set()  # studies whose runs' summary was kept
+        self.refused: dict[str, str] = {}  # study -> why its runs' summary was not kept
+        self.plans_refused: set[str] = set()
+
+    def share(self, other: Report) -> None:
+        """Read the studies once for both reports: ``other``'s records become this one's."""
+        self.modes, self.summaries, self.fresh = other.modes, other.summaries, other.fresh
+        self.refused, self.plans_refused = other.refused, other.plans_refused
 
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
@@ -143,6 +159,10 @@ class Report:
                      f"(`results/{study}.json`); the runs folder holds "
                      f"{unfinished['runs']} run(s) of an unfinished new one, which the "
                      "command above continues.", "")
+        if study in self.refused:
+            self.add(f"**Below: the kept copy of an earlier {data['mode']} run** "
+                     f"(`results/{study}.json`); the runs folder's summary was not kept "
+                     f"({self.refused[study]}): `{GENERATE} --replace` would replace it.", "")
         seeds = data.get("seeds")  # none in a study without training
         if data["mode"] == "full" and seeds is not None and len(seeds) < SEEDS:
             self.add(f"**Seeds {seeds} only, not {SEEDS}**: the command above trains the "
@@ -159,7 +179,7 @@ class Report:
 
     def has_own(self, study: str) -> bool:
         """Whether ``--runs`` holds the study's own summary (not only a kept copy)."""
-        return (self.runs / study / "summary.json").exists()
+        return (self.runs / study / "summary.json").is_file()
 
     # -- sections ------------------------------------------------------------------------
 
@@ -298,41 +318,72 @@ class Report:
             self.add(*[f"![{Path(f).stem}]({f})" for f in figures], "")
 
     def load(self, study: str) -> dict[str, Any] | None:
-        """The study's ``summary.json``: see :meth:`stored`."""
-        return self.stored(self.runs / study / "summary.json", f"{study}.json")
+        """The study's summary: the runs' ``summary.json``, kept as ``results/<study>.json``
+        unless that holds one it may not replace (:func:`falls_short`; ``--replace``
+        replaces it all the same), in which case the kept one; None without either."""
+        if study in self.summaries:
+            return self.summaries[study]
+        source, target = self.runs / study / "summary.json", self.kept / f"{study}.json"
+        new = read_json(source, SUMMARY) if source.is_file() else None
+        may_replace = self.replace and new is not None  # a damaged kept copy, too
+        kept = read_json(target, SUMMARY, kept=True) if target.is_file() and not may_replace \
+            else None
+        data = kept
+        if new is not None:
+            short = [] if kept is None else falls_short(_cover(study, new), _cover(study, kept))
+            if short:
+                self.refused[study] = "; ".join(short)
+                print(f"{target}: kept, not replaced by {source} ({self.refused[study]}); "
+                      "pass --replace to replace it", file=sys.stderr)
+            else:
+                keep_copy(source, target)
+                self.fresh.add(study)
+                data = new
+        self.summaries[study] = data
+        return data
 
     def load_plan(self, study: str, data: dict[str, Any] | None) -> dict[str, Any] | None:
-        """The study's ``--plan`` estimate, ``plan.json`` (see :meth:`stored`); None where
-        it was made in another mode or with other settings than the summary ``data``
-        (plans written before plans recorded them count as full mode, any settings)."""
-        plan = self.stored(self.runs / study / "plan.json", f"{study}_plan.json")
-        if plan is None or data is None:
-            return plan
-        same = (plan.get("mode", "full") == data["mode"]
-                and plan.get("settings", data["settings"]) == data["settings"])
-        return plan if same else None
+        """The study's ``--plan`` estimate, the runs' ``plan.json`` kept as
+        ``results/<study>_plan.json``, or the kept one; only a plan that covers the summary
+        ``data`` (same mode and settings, its configurations, as many seeds) is kept or
+        used (plans written before plans recorded mode and settings count as full mode, any
+        settings). Without a summary, a plan replaces a kept one as a summary does."""
+        source, target = self.runs / study / "plan.json", self.kept / f"{study}_plan.json"
+        new = read_json(source, PLAN) if source.is_file() else None
+        kept = read_json(target, PLAN, kept=True) if target.is_file() else None
 
-    def stored(self, source: Path | None, name: str) -> dict[str, Any] | None:
-        """JSON file ``source`` of this checkout's runs: see :meth:`kept_copy`."""
-        path = self.kept_copy(source, name)
-        return None if path is None else json.loads(path.read_text())
+        def short(plan: dict[str, Any]) -> list[str]:
+            if data is not None:
+                return _plan_short(study, plan, data)
+            if kept is None or self.replace:
+                return []
+            return falls_short(_cover(study, plan), _cover(study, kept))
 
-    def kept_copy(self, source: Path | None, name: str) -> Path | None:
-        """``results/<name>`` beside the report: ``source`` (a file of this checkout's
-        runs) copied there, else the copy an earlier call kept (the runs were made in
-        another checkout); None without either."""
-        target = self.kept / name
-        if source is not None and source.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
-        return target if target.exists() else None
+        if new is not None:
+            why = short(new)
+            if not why:
+                keep_copy(source, target)
+                return new
+            if study not in self.plans_refused:
+                self.plans_refused.add(study)
+                print(f"{source}: not kept as the study's plan ({'; '.join(why)})",
+                      file=sys.stderr)
+        return kept if kept is not None and not short(kept) else None
 
     def copy_figures(self, study: str, names: Sequence[str]) -> list[str]:
-        """The study's PNGs kept next to the report (:meth:`kept_copy`); their paths
-        relative to it."""
-        paths = [self.kept_copy(self.runs / study / name, f"{study}_{name.replace('/', '_')}")
-                 for name in names]
-        return [p.relative_to(self.out.parent).as_posix() for p in paths if p is not None]
+        """The study's PNGs kept next to the report, their paths relative to it: the runs'
+        copied there when their summary is the one kept (and the figures an earlier summary
+        named, which it does not, removed), else the kept ones."""
+        kept = {self.kept / f"{study}_{name.replace('/', '_')}": self.runs / study / name
+                for name in names}
+        if study in self.fresh:
+            for target, source in kept.items():
+                if source.is_file():
+                    keep_copy(source, target)
+            for old in self.kept.glob(f"{study}_*.png"):
+                if old not in kept:
+                    old.unlink()
+        return [p.relative_to(self.out.parent).as_posix() for p in kept if p.is_file()]
 
     def scale(self) -> None:
         data = self.summary("scale")
@@ -386,7 +437,7 @@ class Report:
         for study in COMMANDS:
             data = self.load(study)
             plan = self.load_plan(study, data)
-            if data is not None or plan is not None:
+            if data is not None or plan is not None or run_minutes(self.runs / study):
                 studies[study] = (data, plan)
         users = [s for s, (data, plan) in studies.items() if _uses_pretraining(data, plan)]
         wanted = {json.dumps(w, sort_keys=True): w
@@ -394,12 +445,16 @@ class Report:
         pretrain = None
         if len(wanted) == 1:
             settings = next(iter(wanted.values()))
-            pretrain = self.stored(_pretraining(self.runs, settings), "pretraining.json")
+            source, target = _pretraining(self.runs, settings), self.kept / "pretraining.json"
+            if source is not None:
+                keep_copy(source, target)  # the studies' own: the same settings
+            pretrain = read_json(target, PRETRAINING, kept=True) if target.is_file() else None
             if pretrain is not None and pretrain.get("settings") != settings:
                 pretrain = None  # a kept copy of another pretraining
         plan_pretrain = [p["pretraining_minutes"] for _, p in studies.values()
                          if p and "pretraining_minutes" in p]
-        pretrain_plan = plan_pretrain[0] if plan_pretrain else None
+        # the plans time the same pretraining on other days, under other loads: the largest
+        pretrain_plan = max(plan_pretrain) if plan_pretrain else None
         share = {"plan": _share(pretrain_plan, users),
                  "cpu": _share(pretrain and pretrain.get("cpu_seconds", math.nan) / 60, users)}
         rows = []
@@ -443,10 +498,79 @@ class Report:
                      "study that needs it, one process, while the other shard waits) and "
                      "read from the cache by the rest; a study run alone from an empty "
                      "cache pays all of it; its row gives that one process's CPU minutes, "
-                     "not halved. A run resumed from a checkpoint counts the CPU "
-                     "time after it only. The wall-clock sum is what the runs took on the "
-                     "shared development machine, other jobs running: it overstates the "
-                     "cost.", "")
+                     "not halved, and as its estimate the largest of the studies' plans' "
+                     "(each times it anew, on its own day and load). A run resumed from a "
+                     "checkpoint counts the CPU time after it only. The wall-clock sum is "
+                     "what the runs took on the shared development machine, other jobs "
+                     "running: it overstates the cost.", "")
+
+
+# What each kind of kept file must hold (checked before it is kept or used).
+SUMMARY = ("summary", ("mode", "rows"))
+PLAN = ("plan", ("seconds_per_iteration", "iterations", "seeds", "estimated_minutes"))
+PRETRAINING = ("pretraining record", ("metrics", "settings", "iterations", "seconds"))
+
+
+def read_json(path: Path, kind: tuple[str, Sequence[str]], kept: bool = False
+              ) -> dict[str, Any]:
+    """The JSON object in ``path``, a ``kind`` (its name, its required keys); an error
+    naming the file (exit code 2) if it is not one. ``kept``: a copy in ``results/``."""
+    name, keys = kind
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        reason = f"{type(err).__name__}: {err}"
+    else:
+        missing = [key for key in keys if key not in data] if isinstance(data, dict) else keys
+        if not missing:
+            return data
+        reason = f"no {', '.join(missing)} in it"
+    hint = ("restore it (git checkout), or pass --replace to replace it by the runs' one"
+            if kept else "delete it, or run its study again to write it")
+    raise StudyError(f"{path} is not a valid {name} ({reason}); {hint}")
+
+
+def keep_copy(source: Path, target: Path) -> None:
+    """``source`` copied to ``target`` atomically: a copy cut short leaves the old one."""
+    raw = source.read_bytes()
+    write_atomically(target, lambda f: f.write(raw))
+
+
+def _cover(study: str, data: dict[str, Any]) -> tuple[str, set[str], int]:
+    """(mode, configurations as the study's ``--plan`` names them, number of seeds) of a
+    summary or a plan."""
+    if "rows" not in data:  # a plan
+        return data.get("mode", "full"), set(data["seconds_per_iteration"]), data["seeds"]
+    if study == "dilation":  # one configuration; its rows are layers x size buckets
+        names = {"deformable res5"}
+    elif study.startswith("layers_"):
+        names = {f"{row['layers']} layers" for row in data["rows"]}
+    else:
+        names = {str(row["config" if "config" in row else "model"]) for row in data["rows"]}
+    return data["mode"], names, len(data.get("seeds") or [])
+
+
+def falls_short(new: tuple[str, set[str], int], kept: tuple[str, set[str], int],
+                kept_name: str = "the kept one") -> list[str]:
+    """How a summary or plan ``new`` (:func:`_cover`) is of another mode than ``kept`` or
+    covers less (configurations it lacks, fewer seeds); [] if it does neither."""
+    why = []
+    if new[0] != kept[0]:
+        why.append(f"{new[0]} mode, {kept_name} {kept[0]}")
+    if kept[1] - new[1]:
+        why.append(f"without {', '.join(sorted(kept[1] - new[1]))}")
+    if new[2] < kept[2]:
+        why.append(f"{new[2]} seed(s), {kept_name} {kept[2]}")
+    return why
+
+
+def _plan_short(study: str, plan: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    """How ``plan`` does not cover the summary ``data``: another mode or other settings,
+    configurations it did not time, fewer seeds; [] if it covers it."""
+    why = falls_short(_cover(study, plan), _cover(study, data), "the summary")
+    if plan.get("settings", data["settings"]) != data["settings"]:
+        why.append("other settings")
+    return why
 
 
 def demo_seeds_line() -> str:
@@ -475,7 +599,7 @@ def _pretrain_settings(data: dict[str, Any] | None, plan: dict[str, Any] | None
 def _pretraining(runs: Path, settings: dict[str, Any]) -> Path | None:
     """The cached pretraining record made with ``settings``, if ``runs`` holds it."""
     return next((p for p in sorted((runs / "cache").glob("pretrain-*/pretrain.json"))
-                 if json.loads(p.read_text()).get("settings") == settings), None)
+                 if read_json(p, PRETRAINING).get("settings") == settings), None)
 
 
 def _missing_configurations(data: dict[str, Any]) -> list[str]:
@@ -593,10 +717,10 @@ def _sizes_text(data: dict[str, Any]) -> str:
             f"seeds {data['seeds']}.")
 
 
-def build(runs: Path, out: Path) -> str:
-    report = Report(runs, out)
-    body = Report(runs, out)
-    body.modes = report.modes
+def build(runs: Path, out: Path, replace: bool = False) -> str:
+    report = Report(runs, out, replace)
+    body = Report(runs, out, replace)
+    body.share(report)
     body.add("## 1. Number of deformable layers (paper Table 1)", "")
     body.layers("segmentation")
     body.layers("detection")
@@ -663,6 +787,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"),
                         help="report path (default docs/RESULTS.md); figures go to "
                              "results/ beside it")
+    parser.add_argument("--replace", action="store_true",
+                        help="replace a study's kept summary in results/ by the runs' one "
+                             "even if it is of the other mode or covers less (fewer seeds "
+                             "or configurations); without it, such a summary is not kept "
+                             "and the report shows the kept one")
     args = parser.parse_args(argv)
     kept = kept_folder(args.out)
     if not args.runs.is_dir():
@@ -672,7 +801,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--runs {args.runs}: no such folder; the report is built from the kept "
               f"copies in {kept}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(build(args.runs, args.out))
+    args.out.write_text(build(args.runs, args.out, args.replace))
     print(f"wrote {args.out}")
     return 0
 

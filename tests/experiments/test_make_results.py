@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from exp_scripts import load
@@ -153,7 +154,8 @@ def test_scale_section_compares_outside_the_training_sizes(tmp_path):
     (runs / "scale" / "scale_miou.png").write_bytes(b"\x89PNG fake")
     (runs / "scale" / "plan.json").write_text(json.dumps({
         "clock": "cpu", "iterations": 100, "seeds": 3, "estimated_minutes": 1.0,
-        "seconds_per_iteration": {"plain": 0.03, "deformable (v1)": 0.06}}))
+        "seconds_per_iteration": {"plain": 0.03, "deformable (v1)": 0.06,
+                                  "modulated (v2)": math.nan}}))
     _write(runs, "scale", {"mode": "full", "settings": {"sizes": SIZES}, "seeds": [0, 1, 2],
                            "train_scale": [12, 20], "test_scales": [8, 16, 32],
                            "figure": "scale_miou.png",
@@ -193,7 +195,7 @@ def test_saturation_within_the_seed_spread_is_inconclusive(tmp_path):
     assert "Seeds" not in out.read_text()  # the overhead study has none
     _write(runs, "layers_segmentation", {"mode": "full", "settings": {"sizes": SIZES},
                                          "seeds": [0, 1], "metrics": ["miou"], "rows": rows})
-    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace"]) == 0
     assert "**Seeds [0, 1] only, not 3**: the command above trains the missing" in out.read_text()
 
 
@@ -302,3 +304,166 @@ def test_a_kept_summary_beside_unfinished_new_runs_says_so(tmp_path):
     assert "**Below: the kept copy of an earlier full run** (`results/layers_segmentation" \
            ".json`); the runs folder holds 1 run(s) of an unfinished new one" in text
     assert "| layers_segmentation | full | – | 6 | – | 5.0 | 12.0 |" in text
+
+
+def _full_layers(runs, mode="full", seeds=(0, 1, 2), layers=(0, 1, 2, 3, 6)):
+    rows = [{"layers": n, "deform_blocks": [0, 0, 0, n], "params": 1000 + n,
+             "seconds_per_iteration": 0.1, "seeds": list(seeds),
+             "miou": {"mean": 0.3 + n / 100, "std": 0.01, "values": [0.3 + n / 100] * len(seeds)}}
+            for n in layers]
+    _write(runs, "layers_segmentation", {"mode": mode, "settings": {"sizes": SIZES},
+                                         "seeds": list(seeds), "metrics": ["miou"],
+                                         "rows": rows})
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    ({"mode": "smoke", "seeds": (0,), "layers": (0,)},
+     "smoke mode, the kept one full; without 1 layers, 2 layers, 3 layers, 6 layers; 1 "
+     "seed(s), the kept one 3"),
+    ({"seeds": (0,)}, "1 seed(s), the kept one 3"),
+    ({"layers": (0, 3)}, "without 1 layers, 2 layers, 6 layers"),
+])
+def test_a_kept_summary_is_not_replaced_by_a_smoke_or_partial_one(tmp_path, capsys, change,
+                                                                    why):
+    """The kept copies in results/ are the only record of hours of runs: a summary of the
+    other mode, of fewer seeds or of fewer configurations does not replace one, unless
+    --replace says so; the report shows the kept one and says why."""
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
+    kept = tmp_path / "docs" / "results" / "layers_segmentation.json"
+    _full_layers(runs)
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    before = kept.read_bytes()
+    _full_layers(runs, **change)
+    capsys.readouterr()
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert kept.read_bytes() == before
+    source = runs / "layers_segmentation" / "summary.json"
+    assert f"{kept}: kept, not replaced by {source} ({why}); pass --replace to replace it" \
+        in capsys.readouterr().err
+    text = out.read_text()
+    assert "SMOKE" not in text and "| 6 | (0, 0, 0, 6) |" in text
+    assert ("**Below: the kept copy of an earlier full run** (`results/layers_segmentation"
+            f".json`); the runs folder's summary was not kept ({why}): `python experiments/"
+            "make_results.py --replace` would replace it.") in text
+    assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace"]) == 0
+    assert kept.read_bytes() == source.read_bytes()
+    # a summary that covers as much (other seeds, more configurations) replaces it
+    _full_layers(runs, mode=change.get("mode", "full"), seeds=(3, 4, 5))
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert json.loads(kept.read_text())["seeds"] == [3, 4, 5]
+
+
+def test_figures_follow_the_kept_summary(tmp_path):
+    """A refused summary's figures do not replace the kept ones; a kept summary's figures
+    replace them, and those it no longer names are removed."""
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
+    results = out.parent / "results"
+
+    def dilation(mode, figures):
+        rows = [{"layer": "l", "nominal": 4, "bucket": b, "count": 1, "mean": m, "std": 0.1,
+                 "seed_means": [m]} for b, m in (("small", 1.0), ("medium", 2.0),
+                                                 ("large", 3.0))]
+        for name in figures:
+            (runs / "dilation" / name).parent.mkdir(parents=True, exist_ok=True)
+            (runs / "dilation" / name).write_bytes(f"PNG {mode} {name}".encode())
+        _write(runs, "dilation", {"mode": mode, "settings": {"sizes": SIZES}, "seeds": [0],
+                                  "miou": [0.5], "thresholds": [1.0, 2.0], "rows": rows,
+                                  "figures": figures})
+
+    dilation("full", ["seed0/a.png", "seed0/b.png"])
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert sorted(p.name for p in results.glob("*.png")) == ["dilation_seed0_a.png",
+                                                             "dilation_seed0_b.png"]
+    dilation("smoke", ["seed0/a.png"])
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert (results / "dilation_seed0_a.png").read_bytes() == b"PNG full seed0/a.png"
+    assert (results / "dilation_seed0_b.png").is_file()
+    assert "results/dilation_seed0_b.png" in out.read_text()
+    assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace"]) == 0
+    assert [p.name for p in results.glob("*.png")] == ["dilation_seed0_a.png"]
+    assert (results / "dilation_seed0_a.png").read_bytes() == b"PNG smoke seed0/a.png"
+    assert "dilation_seed0_b" not in out.read_text()
+
+
+@pytest.mark.parametrize("text", ["", '{"study": "scale", "mo', '{"mode": "full"}'])
+def test_a_damaged_summary_is_named_and_the_kept_copy_survives(tmp_path, capsys, text):
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
+    kept = tmp_path / "docs" / "results" / "layers_segmentation.json"
+    _full_layers(runs)
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    before, report = kept.read_bytes(), out.read_text()
+    source = runs / "layers_segmentation" / "summary.json"
+    source.write_text(text)
+    for replace in ([], ["--replace"]):
+        with pytest.raises(SystemExit) as err:
+            make_results.main(["--runs", str(runs), "--out", str(out), *replace])
+        assert err.value.code == 2
+        assert f"error: {source} is not a valid summary (" in capsys.readouterr().err
+        assert kept.read_bytes() == before and out.read_text() == report
+    # a damaged kept copy is named too; --replace replaces it by a good summary
+    kept.write_text(text)
+    source.unlink()
+    with pytest.raises(SystemExit):
+        make_results.main(["--runs", str(runs), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert f"error: {kept} is not a valid summary (" in err
+    assert "; restore it (git checkout), or pass --replace to replace it by the runs' one" in err
+    _full_layers(runs)
+    assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace"]) == 0
+    assert kept.read_bytes() == source.read_bytes()
+
+
+def _plan(runs, mode="full", names=("0 layers", "1 layers", "2 layers", "3 layers", "6 layers"),
+          seeds=3, minutes=20.0, pretraining=None):
+    plan = {"mode": mode, "settings": {"sizes": SIZES}, "clock": "cpu", "iterations": 100,
+            "seeds": seeds, "estimated_minutes": minutes,
+            "seconds_per_iteration": {name: 0.03 for name in names}}
+    if pretraining is not None:
+        plan["pretraining_minutes"] = pretraining
+    (runs / "layers_segmentation" / "plan.json").write_text(json.dumps(plan))
+
+
+@pytest.mark.parametrize("change", [{"mode": "smoke"}, {"names": ("0 layers", "3 layers")},
+                                    {"seeds": 1}])
+def test_only_a_plan_that_covers_the_summary_is_kept(tmp_path, capsys, change):
+    """A plan of the other mode, of a subset of the configurations or of fewer seeds is not
+    the study's plan: it is neither kept nor used, and the kept one stays."""
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
+    kept = out.parent / "results" / "layers_segmentation_plan.json"
+    _full_layers(runs)
+    _plan(runs)
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    before = kept.read_bytes()
+    assert "| layers_segmentation | full | 5 × 3 seeds × 100 it. | 0 | 20.0 |" in out.read_text()
+    _plan(runs, minutes=1.0, **change)
+    capsys.readouterr()
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert kept.read_bytes() == before
+    assert "plan.json: not kept as the study's plan (" in capsys.readouterr().err
+    assert "| layers_segmentation | full | 5 × 3 seeds × 100 it. | 0 | 20.0 |" in out.read_text()
+
+
+def test_the_budget_takes_the_largest_pretraining_estimate_and_lists_unfinished_studies(
+        tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
+    _layers_summary(runs)
+    settings = json.loads((runs / "layers_segmentation" / "summary.json").read_text())["settings"]
+    names = ("0 layers", "3 layers")
+    for study, minutes in (("layers_segmentation", 6.0), ("dilation", 9.0)):
+        (runs / study).mkdir(exist_ok=True)
+        (runs / study / "plan.json").write_text(json.dumps({
+            "mode": "full", "settings": settings if study != "dilation" else {"sizes": {}},
+            "clock": "cpu", "iterations": 10, "seeds": 3, "estimated_minutes": 1.0,
+            "pretraining_minutes": minutes,
+            "seconds_per_iteration": {n: 0.1 for n in names}}))
+    _pretraining(runs, "a", PRETRAIN, 0.842, seconds=600.0, train_seconds=500.0)
+    (runs / "scale").mkdir()
+    (runs / "scale" / "plain_seed0.json").write_text(
+        json.dumps({"result": {"seconds": 60.0, "cpu_seconds": 30.0}}))
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    # the largest plan's 9.0 min, not the first's 6.0, shared by the two studies
+    assert "| pretraining (top-1 0.842), once, shared by 2 studies | – | 1 × 3000 it. | 1 | " \
+           "9.0 |" in text
+    assert "| dilation | full | 2 × 3 seeds × 10 it. | 0 | 5.5 (1.0 + 4.5) |" in text
+    assert "| scale | – | – | 1 | – | 0.2 | 1.0 |" in text
