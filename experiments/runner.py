@@ -44,8 +44,8 @@ from deformconv.runs import (
     parameter_count,
     pretrained_backbone,
     pretraining_seconds,
-    seconds_per_iteration,
     set_threads,
+    step_seconds,
     twin_model,
     write_json,
 )
@@ -546,13 +546,17 @@ def train_run(task: str, spec: ModelSpec, plain: ModelSpec, sizes: Sizes, seed: 
                    "seconds_per_iteration": result.train_seconds / max(1, result.iteration)}
 
 
+PLAN_STEPS = 10  # timed steps per configuration in a --plan
+
+
 def plan(study: Study, task: str, specs: dict[str, ModelSpec], sizes: Sizes,
          eval_share: float = 0.1) -> dict[str, Any]:
     """The study's estimated time on an otherwise idle machine, without training it.
 
     With ``--jobs N`` (N > 1; default 2, one per core) the runs train in N processes of one
     thread: each configuration's step is timed at one thread in this process's CPU seconds
-    (its own work, however busy the machine is), and the study takes 1/N of the sum over
+    (its own work, however busy the machine is; the median of :data:`PLAN_STEPS` steps on
+    one batch, the configurations taking turns), and the study takes 1/N of the sum over
     configurations of s/iteration x iterations x seeds. With ``--jobs 1``, in wall seconds
     at ``--threads``. On top: ``eval_share`` for evaluation, checkpoints and model
     building, and rendering the scenes. The pretraining, once for all studies, is costed
@@ -567,12 +571,14 @@ def plan(study: Study, task: str, specs: dict[str, ModelSpec], sizes: Sizes,
     train_set, _, _ = train_data(sizes, task)
     render_s = time.perf_counter() - start
     print(f"  rendering the scenes: {render_s:.0f} s")
-    per_iter = {}
-    for name, spec in specs.items():
-        model = build_model(spec, seed=0)
-        per_iter[name] = seconds_per_iteration(model, task, train_set, sizes.batch_size,
-                                               torch.device("cpu"), clock=clock)
-        print(f"  {name}: {per_iter[name]:.3f} s / iteration")
+    # every configuration on the same batch, taking turns: a detection step's cost varies
+    # with its batch's proposals, and a burst of load hits all alike
+    models = {name: build_model(spec, seed=0) for name, spec in specs.items()}
+    per_iter = step_seconds(models, task, train_set, sizes.batch_size, torch.device("cpu"),
+                            lambda net: torch.optim.AdamW(net.parameters(), lr=1e-6),
+                            steps=PLAN_STEPS, clock=clock)
+    for name, seconds in per_iter.items():
+        print(f"  {name}: {seconds:.3f} s / iteration")
     train_s = sum(per_iter.values()) * sizes.iterations * len(sizes.seeds) / processes
     total = train_s * (1 + eval_share) + render_s
     how = (f"{processes} processes of 1 thread (CPU seconds per step)" if processes > 1
@@ -584,7 +590,9 @@ def plan(study: Study, task: str, specs: dict[str, ModelSpec], sizes: Sizes,
                 "seconds_per_iteration": per_iter, "iterations": sizes.iterations,
                 "seeds": len(sizes.seeds), "estimated_minutes": total / 60,
                 "threads": 1 if processes > 1 else threads, "processes": processes,
-                "clock": "cpu" if processes > 1 else "wall"}
+                "clock": "cpu" if processes > 1 else "wall",
+                "timing": f"the median of {PLAN_STEPS} AdamW steps on one batch, after a "
+                          "warm-up step, the configurations taking turns"}
     if sizes.pretrain is not None:
         pretrain_s = pretraining_seconds(sizes.pretrain, clock) * (1 + eval_share)
         print(f"  pretraining, once for all studies: {pretrain_s / 60:.1f} min")

@@ -75,6 +75,9 @@ def test_plan_estimates_without_training(tmp_path):
     assert set(plan["seconds_per_iteration"]) == {"0 layers", "3 layers"}
     # two jobs: CPU seconds per step at one thread, the study as two processes side by side
     assert plan["threads"] == 1 and plan["processes"] == 2 and plan["clock"] == "cpu"
+    # every configuration timed on the same batch, over more than 3 steps
+    assert plan["timing"] == ("the median of 10 AdamW steps on one batch, after a warm-up "
+                              "step, the configurations taking turns")
     # what make_results matches against the summary's
     assert plan["mode"] == "smoke" and plan["settings"]["layers"]["6"] == [0, 0, 2, 4]
     total = sum(plan["seconds_per_iteration"].values()) * plan["iterations"] * plan["seeds"]

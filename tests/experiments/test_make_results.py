@@ -467,3 +467,21 @@ def test_the_budget_takes_the_largest_pretraining_estimate_and_lists_unfinished_
            "9.0 |" in text
     assert "| dilation | full | 2 × 3 seeds × 10 it. | 0 | 5.5 (1.0 + 4.5) |" in text
     assert "| scale | – | – | 1 | – | 0.2 | 1.0 |" in text
+
+
+def test_the_step_columns_say_how_their_plan_timed_them(tmp_path):
+    """Plans that timed 3 steps each on another batch give a rough ratio, and the report
+    says so; a plan that records its timing is quoted."""
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
+    _full_layers(runs)
+    _plan(runs)
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "the cleaner ratio" not in text
+    assert "The plan's steps: the median of only 3 steps, each on another batch: a rough " \
+           "ratio" in text
+    plan = json.loads((runs / "layers_segmentation" / "plan.json").read_text())
+    plan["timing"] = "the median of 10 steps on one batch"
+    (runs / "layers_segmentation" / "plan.json").write_text(json.dumps(plan))
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert "The plan's steps: the median of 10 steps on one batch." in out.read_text()

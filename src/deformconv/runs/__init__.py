@@ -54,6 +54,7 @@ from .timing import (
     seconds_per_batch,
     seconds_per_iteration,
     set_threads,
+    step_seconds,
 )
 from .twins import twin_model, twin_models
 
@@ -92,6 +93,7 @@ __all__ = [
     "seconds_per_iteration",
     "set_threads",
     "specs_from_checkpoint",
+    "step_seconds",
     "twin_model",
     "twin_models",
     "with_categories",

@@ -68,16 +68,18 @@ def seconds_per_iteration(model: nn.Module, task: str, dataset: Dataset, batch_s
 
 def step_seconds(models: dict[str, nn.Module], task: str, dataset: Dataset, batch_size: int,
                  device: torch.device, optimizer: Callable[[nn.Module], torch.optim.Optimizer],
-                 steps: int = 25) -> dict[str, float]:
+                 steps: int = 25, clock: Callable[[], float] | None = None
+                 ) -> dict[str, float]:
     """Median cost of one training step (forward, loss, backward, ``optimizer`` update) of
     a copy of each model on one batch of ``dataset``, the models taking turns, after one
-    warm-up step each. On a CPU the cost is the process's CPU time, which other processes
-    on the machine barely change (their load makes wall-clock steps vary by tens of
-    percent); on an accelerator, wall-clock time."""
+    warm-up step each. By default, on a CPU the cost is the process's CPU time, which other
+    processes on the machine barely change (their load makes wall-clock steps vary by tens
+    of percent); on an accelerator, wall-clock time; ``clock`` sets it."""
     from ..engine import train_loader
     from ..engine.tasks import to_device
 
-    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    if clock is None:
+        clock = time.process_time if device.type == "cpu" else time.perf_counter
     nets = {name: copy.deepcopy(model).to(device).train() for name, model in models.items()}
     optimizers = {name: optimizer(net) for name, net in nets.items()}
     images, targets = to_device(next(iter(train_loader(dataset, task, batch_size, seed=0,
