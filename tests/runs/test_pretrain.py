@@ -32,6 +32,8 @@ def test_trained_once_then_read_back(tmp_path):
     again = pretrained_backbone(TINY, tmp_path)
     assert not first["cached"] and again["cached"]
     assert first["checkpoint"] == again["checkpoint"] and first["iterations"] == 2
+    # the weights depend on the threads, which the key leaves out: the record says them
+    assert first["threads"] == again["threads"] == 1
     assert 0.0 <= first["metrics"]["top1"] <= 1.0
     assert "conv1.weight" in load_pretrained(first["checkpoint"])
     assert [p.name for p in tmp_path.iterdir()] == [f"pretrain-{TINY.key()}"]  # no lock left

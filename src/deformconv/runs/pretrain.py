@@ -85,11 +85,16 @@ def pretrained_backbone(settings: PretrainSettings, cache_dir: str | Path, *,
     Returns ``{"checkpoint": path of the weights, "metrics": validation top-1 ...,
     "train_seconds" (the training steps' wall time, summed over resumes), "seconds" and
     "cpu_seconds" (wall and process CPU time of the pretraining process: rendering,
-    training, evaluation; a resumed run counts its last part only),
-    "cached": whether it was read back}``. One process trains while others
-    that ask for the same settings (e.g. the shards of a study) wait for its result: the
-    trainer holds ``pretrain-<key>.lock`` (its process id; a lock whose process has died,
-    on this machine, is taken over), and the folder appears whole, renamed into place.
+    training, evaluation; a resumed run counts its last part only), "threads" (torch's
+    thread count it trained at; a resumed run's last part's: absent in records written
+    before it was kept), "cached": whether it was read back}``. The weights depend on
+    the thread count (sums split over threads round differently: up to 7e-5 after 3000
+    steps), which the cache key leaves out: a cached backbone serves any thread count.
+
+    One process trains while others that ask for the same settings (e.g. the shards of a
+    study) wait for its result: the trainer holds ``pretrain-<key>.lock`` (its process id;
+    a lock whose process has died, on this machine, is taken over), and the folder appears
+    whole, renamed into place.
     """
     folder = Path(cache_dir) / f"pretrain-{settings.key()}"
     info_path = folder / "pretrain.json"
@@ -174,7 +179,8 @@ def _pretrain(s: PretrainSettings, out: Path, device: str, progress: bool) -> di
                    extra={"model": asdict(s.spec(classes)), "data": asdict(s.data())})
     return {"metrics": result.metrics, "train_seconds": result.train_seconds,
             "seconds": time.perf_counter() - start,
-            "cpu_seconds": time.process_time() - cpu_start, "iterations": result.iteration}
+            "cpu_seconds": time.process_time() - cpu_start, "iterations": result.iteration,
+            "threads": torch.get_num_threads()}
 
 
 def pretraining_seconds(settings: PretrainSettings,
