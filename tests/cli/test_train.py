@@ -257,6 +257,32 @@ def test_overwrite_of_a_live_run_is_refused_before_anything_is_removed(
     assert sorted(p.name for p in out.iterdir()) == files
 
 
+@pytest.mark.parametrize("refused", [["--model-arg", "foo=1"], ["--batch-size", "100"]])
+def test_overwrite_keeps_the_earlier_run_when_the_new_one_is_refused(
+        capsys: pytest.CaptureFixture, trained: Path, tmp_path: Path, refused: list[str]) -> None:
+    """--overwrite removed the earlier run before the new one's model (an unknown
+    --model-arg) or the engine (a batch larger than the training set) refused it: both
+    runs were lost, the folder left holding only .lock."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = run_cli(capsys, "train", *TINY_CLS, "--iterations", "1", "--out", out,
+                           "--overwrite", *refused)
+    assert code == 2 and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+
+
+def test_a_refused_new_run_leaves_no_folder(capsys: pytest.CaptureFixture,
+                                            tmp_path: Path) -> None:
+    """A run the engine refuses (here: a batch larger than the training set) left a new
+    --out folder holding only .lock."""
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", *TINY_CLS, "--iterations", "1", "--out", out,
+                           "--batch-size", "100")
+    assert code == 2 and "fewer than one batch of batch_size=100" in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("resume", [["--resume", "auto"], []])
 def test_a_run_that_left_no_checkpoint_is_replaced(capsys: pytest.CaptureFixture,
                                                    trained: Path, tmp_path: Path,

@@ -224,6 +224,39 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path):
         assert train(config, TinyClassifier(), data).iteration == 2
 
 
+def test_on_start_runs_after_the_checks_under_the_lock(tmp_path):
+    """The folder and its lock are taken once the run's checks passed (a run refused for a
+    batch larger than its data used to leave a folder holding only .lock); ``on_start`` runs
+    there, holding the lock, before anything is written, and raising stops the run."""
+    fcntl = pytest.importorskip("fcntl")
+    data = ToyClassification(size=20)
+    out = tmp_path / "run"
+    calls = []
+    with pytest.raises(ValueError, match="fewer than one batch of batch_size=40"):
+        train(_config(tmp_path, batch_size=40), TinyClassifier(), data,
+              on_start=lambda: calls.append("refused run"))
+    assert not out.exists() and calls == []
+
+    def seen() -> None:
+        calls.append(sorted(p.name for p in out.iterdir()))
+        # held: a lock on another open file description fails, as another process's would
+        with open(out / ".lock") as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    assert train(_config(tmp_path, iterations=2, eval_every=0), TinyClassifier(), data,
+                 on_start=seen).iteration == 2
+    assert calls == [[".lock"]]
+
+    def refuse() -> None:
+        raise _Stop
+
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(_Stop):
+        train(_config(tmp_path, iterations=2, eval_every=0), TinyClassifier(), data,
+              on_start=refuse)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_resume_refuses_changed_data_order_and_bad_files(tmp_path):
     data = ToyClassification(size=20)
     train(_config(tmp_path, iterations=3, eval_every=0), TinyClassifier(), data)

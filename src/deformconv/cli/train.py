@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -178,17 +176,21 @@ def run_train(args: argparse.Namespace) -> int:
                        "(AdamW's betas are 0.9, 0.999)")
     if not resume:
         _check_offset_multipliers(config, args)
-    with _claimed_out_folder(Path(config.out_dir), resume, args.overwrite):
-        train_set, val_set, classes = build_datasets(data_spec, task)
-        data_spec = with_categories(data_spec, train_set)
-        if resume:
-            check_classes_match(classes, model_spec)
-        else:
-            model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
-                                              name=name)
-        model = build_model(model_spec, seed=config.seed)
-        extra = {"model": asdict(model_spec), "data": asdict(data_spec)}
-        result = train(config, model, train_set, val_set, extra=extra)
+    out = Path(config.out_dir)
+    _check_out_folder(out, resume, args.overwrite)  # early: before the data is built
+    train_set, val_set, classes = build_datasets(data_spec, task)
+    data_spec = with_categories(data_spec, train_set)
+    if resume:
+        check_classes_match(classes, model_spec)
+    else:
+        model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
+                                          name=name)
+    model = build_model(model_spec, seed=config.seed)
+    extra = {"model": asdict(model_spec), "data": asdict(data_spec)}
+    # An earlier run's files go once the new run has passed every check (the engine's too),
+    # under the folder's lock: a refused run leaves them, and a live run's, in place.
+    result = train(config, model, train_set, val_set, extra=extra,
+                   on_start=lambda: _clear_out_folder(out, resume, args.overwrite))
     if result.last_checkpoint is not None:  # rank 0
         summary = {"iteration": result.iteration, "metrics": result.metrics,
                    "best_metric": result.best_metric,
@@ -258,53 +260,53 @@ RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "final_metrics.json", "confi
 EVAL_FILES = "eval_*.json"
 
 
-@contextlib.contextmanager
-def _claimed_out_folder(out: Path, resume: str | None, overwrite: bool) -> Iterator[None]:
-    """Hold the run folder ``out`` (its lock, which the training run takes again) after
-    checking that this run may write there (:func:`_claim_out_folder`). Under torchrun only
-    rank 0 checks and locks."""
+def _check_out_folder(out: Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse an ``out`` that is a file or holds a run this one may not replace
+    (:func:`_old_run_files`), before anything is built; under torchrun only rank 0 checks."""
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file; expected a folder (created when missing)")
     from ..engine.distributed import launched_rank
-    from ..engine.run_lock import out_dir_lock
 
-    if launched_rank() != 0:
-        yield
-        return
-
-    with out_dir_lock(out):  # before the check: --overwrite must not clear a live run
-        _claim_out_folder(out, resume, overwrite)
-        yield
+    if launched_rank() == 0:
+        _old_run_files(out, resume, overwrite)
 
 
-def _claim_out_folder(out: Path, resume: str | None, overwrite: bool) -> None:
-    """Check that the run may write into ``out``, removing an old run's files on ``overwrite``.
+def _clear_out_folder(out: Path, resume: str | None, overwrite: bool) -> None:
+    """Check ``out`` again (the run holds its lock now) and remove the earlier run's files
+    that this run replaces."""
+    files = _old_run_files(out, resume, overwrite)
+    if files and not overwrite:
+        print(f"{out} holds {', '.join(path.name for path in files)} of a run that stopped "
+              "before its first checkpoint (nothing to resume): starting afresh there")
+    for path in files:
+        path.unlink()
+
+
+def _old_run_files(out: Path, resume: str | None, overwrite: bool) -> list[Path]:
+    """The files of an earlier run in ``out`` that this run replaces; refuses a folder
+    holding a run it may not replace.
 
     A folder holding another run is refused (a new run would replace its ``last.pt`` and
-    clear its ``metrics.jsonl``), unless this run resumes from that folder's checkpoint.
-    A run that left no checkpoint and no results (it died before its first checkpoint, e.g.
-    at a bad setting) is replaced: there is nothing to continue or to lose. A finished run
-    whose checkpoints were deleted keeps its results: refused.
+    clear its ``metrics.jsonl``) without ``overwrite``, unless this run resumes from that
+    folder's checkpoint. A run that left no checkpoint and no results (it died before its
+    first checkpoint, e.g. at a bad setting) is replaced: there is nothing to continue or
+    to lose. A finished run whose checkpoints were deleted keeps its results: refused.
     """
     found = [name for name in RUN_FILES if (out / name).is_file()]
     if not found:
-        return
+        return []
     if resume is not None and Path(resume).resolve().parent == out.resolve():
-        return  # continuing this folder's own run
+        return []  # continuing this folder's own run
     evaluated = sorted(path.name for path in out.glob(EVAL_FILES))
     stopped_early = (not any(name.endswith(".pt") for name in found)
                      and "final_metrics.json" not in found and not evaluated)
-    if stopped_early:
-        print(f"{out} holds {', '.join(found)} of a run that stopped before its first "
-              "checkpoint (nothing to resume): starting afresh there")
-    elif not overwrite:
+    if not (stopped_early or overwrite):
         way = ("continue it with --resume auto" if "last.pt" in found
                else "it has no last.pt to resume")
         raise CLIError(f"--out {out} already holds a training run "
                        f"({', '.join(found + evaluated)}); {way}, start afresh there with "
                        "--overwrite, or choose another --out")
-    for name in [*found, *evaluated]:
-        (out / name).unlink()
+    return [out / name for name in [*found, *evaluated]]
 
 
 def format_metrics(metrics: dict) -> str:

@@ -71,6 +71,7 @@ def train(
     val_set: Dataset | None = None,
     *,
     on_iteration_end: Callable[[int], None] | None = None,
+    on_start: Callable[[], None] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_set`` as ``config`` says; evaluate on ``val_set`` if given.
@@ -80,12 +81,16 @@ def train(
     ``config.resume`` set, continues the run saved in that checkpoint. Under torchrun each
     process calls this with the same arguments; only rank 0 writes files.
     ``on_iteration_end(iteration)`` is called after each completed iteration (a hook for
-    callers and tests; it may raise to stop the run). ``extra`` (plain values: str, numbers,
+    callers and tests; it may raise to stop the run). ``on_start()`` is called by the main
+    process once the run's checks passed (a resume's included), holding ``out_dir``'s lock,
+    before the run writes or removes anything there (the command line clears an earlier
+    run's files in it; raising leaves the folder as it was). ``extra`` (plain values: str, numbers,
     lists, dicts) is stored in every checkpoint under ``"extra"``, e.g. how to rebuild the
     model and data, and in ``<out_dir>/config.json`` beside the config.
 
     While it runs, ``out_dir`` is locked: another process's run into it raises
-    :class:`~deformconv.engine.RunInProgressError`.
+    :class:`~deformconv.engine.RunInProgressError`. The lock (and the folder) is taken after
+    the run's checks: a refused run leaves no folder behind.
 
     SIGINT (Ctrl-C) or SIGTERM stops the run at the end of the iteration, after writing
     ``last.pt``, with :class:`~deformconv.engine.TrainingStopped` (a ``KeyboardInterrupt``);
@@ -102,10 +107,8 @@ def train(
                      torch.backends.cudnn.benchmark)
     info = init_distributed(config.device)
     try:
-        lock = out_dir_lock(Path(config.out_dir)) if info.is_main else contextlib.nullcontext()
-        with lock:
-            return _train(config, model, train_set, val_set, info, on_iteration_end,
-                          extra or {})
+        return _train(config, model, train_set, val_set, info, on_iteration_end, on_start,
+                      extra or {})
     finally:
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         torch.backends.cudnn.benchmark = deterministic[2]
@@ -120,6 +123,7 @@ def _train(
     val_set: Dataset | None,
     info: DistInfo,
     on_iteration_end: Callable[[int], None] | None,
+    on_start: Callable[[], None] | None,
     extra: dict[str, Any],
 ) -> TrainResult:
     config.validate()  # fields set after construction were not checked
@@ -132,9 +136,21 @@ def _train(
     model.to(info.device)
     run = _Run(config, model, train_set, val_set, info, out_dir, extra)
     run.resume_if_asked()
-    if info.is_main:  # after the resume's checks: a refused resume leaves the folder as it was
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(config_json)
+    # After the checks: a refused run (or resume) leaves the folder as it was, or absent.
+    lock = out_dir_lock(out_dir) if info.is_main else contextlib.nullcontext()
+    with lock:
+        if info.is_main and on_start is not None:
+            on_start()
+        run.adopt_best_checkpoint()
+        if info.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "config.json").write_text(config_json)
+        return _train_loop(run, on_iteration_end)
+
+
+def _train_loop(run: _Run, on_iteration_end: Callable[[int], None] | None) -> TrainResult:
+    """The iterations of a checked run, from its current one to the end."""
+    config, info = run.config, run.info
     run.wrap_for_ddp()
     run.open_log()
     bar = tqdm(total=run.total, initial=run.iteration, desc=config.progress_label,
@@ -249,7 +265,6 @@ class _Run:
         schedule, this rank's RNG state and the progress."""
         path = _resume_path(self.config, self.out_dir)
         if path is None:
-            self._adopt_best_checkpoint()
             return
         state = load_checkpoint(path)
         _check_resumable(state, self.config, self.info, path)
@@ -283,9 +298,8 @@ class _Run:
                                 and Path(path).resolve() == (self.out_dir / "last.pt").resolve())
         if self.info.is_main:
             print(f"resumed from {path} at iteration {self.iteration}/{self.total}")
-        self._adopt_best_checkpoint()
 
-    def _adopt_best_checkpoint(self) -> None:
+    def adopt_best_checkpoint(self) -> None:
         """Keep ``best.pt`` only if it belongs to this run up to its current iteration: a
         new run's folder may hold another run's, and a resumed run may have validated (and
         saved a best) after the checkpoint it resumes from, in a part it now retrains. A
