@@ -272,6 +272,19 @@ def test_overwrite_keeps_the_earlier_run_when_the_new_one_is_refused(
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files
 
 
+@pytest.mark.parametrize("resume", ["auto", "last.pt"])
+def test_resume_in_its_own_folder_with_overwrite_is_refused(
+        capsys: pytest.CaptureFixture, trained: Path, resume: str) -> None:
+    """--resume auto --overwrite resumed, --overwrite silently ignored."""
+    checkpoint = "auto" if resume == "auto" else trained / resume
+    code, _, err = run_cli(capsys, "train", *TINY_CLS, "--iterations", "5", "--out", trained,
+                           "--resume", checkpoint, "--overwrite")
+    assert code == 2
+    assert err == (f"deformconv train: error: --resume {checkpoint} continues the run in its "
+                   "folder, --overwrite would start afresh there; drop one of them\n")
+    assert load_checkpoint(trained / "last.pt")["iteration"] == 4
+
+
 def test_a_refused_new_run_leaves_no_folder(capsys: pytest.CaptureFixture,
                                             tmp_path: Path) -> None:
     """A run the engine refuses (here: a batch larger than the training set) left a new

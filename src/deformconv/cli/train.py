@@ -74,7 +74,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                           "given ('auto': OUT/last.pt when present)")
     run.add_argument("--overwrite", action="store_true",
                      help="start afresh in an --out folder that holds a run (its files and "
-                          "eval_*.json are removed); without it such a folder is refused")
+                          "eval_*.json are removed); without it such a folder is refused. "
+                          "Not with a --resume that continues in --out's own run")
     run.add_argument("--checkpoint-every", type=non_negative_int, default=0,
                      help="iterations between checkpoints (0: only at the end)")
     run.add_argument("--eval-every", type=non_negative_int, default=0,
@@ -151,6 +152,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..engine import train
 
     given = getattr(args, "given", set())
+    _check_resume_or_overwrite(args, given)
     resume = _resume_checkpoint(args.resume, Path(args.out))
     if resume:
         # The checkpoint decides model, data and settings; flags given now override the
@@ -242,6 +244,17 @@ def _training_value(spec: DataSpec, name: str) -> object:
     if name == "num_classes":
         return spec.num_classes or VOC_CLASSES
     return getattr(spec, name)
+
+
+def _check_resume_or_overwrite(args: argparse.Namespace, given: set[str]) -> None:
+    """Refuse --overwrite with a --resume that continues the run in its own folder (auto,
+    or a checkpoint written there): one says continue it, the other start afresh."""
+    if not (args.overwrite and args.resume):
+        return
+    if (args.resume == "auto" or "out" not in given
+            or Path(args.resume).resolve().parent == Path(args.out).resolve()):
+        raise CLIError(f"--resume {args.resume} continues the run in its folder, --overwrite "
+                       "would start afresh there; drop one of them")
 
 
 def _resume_checkpoint(resume: str | None, out: Path) -> str | None:
