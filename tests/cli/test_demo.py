@@ -127,6 +127,21 @@ def test_a_rerun_needs_overwrite_and_replaces_the_earlier_demo(
     assert json.loads((out / "metrics.json").read_text())["settings"]["equal_time"] is False
 
 
+def test_overwrite_keeps_the_earlier_demo_when_the_new_one_is_refused(
+        capsys: pytest.CaptureFixture, demo_run: tuple[Path, str], tmp_path: Path) -> None:
+    """--overwrite removed the earlier demo before a bad scene option refused the new one."""
+    import shutil
+
+    out = tmp_path / "demo"
+    shutil.copytree(demo_run[0], out)
+    before = sorted(str(path.relative_to(out)) for path in out.rglob("*"))
+    code, stdout, err = run_cli(capsys, "demo", "--smoke", "--no-progress", "--out", out,
+                                "--overwrite", "--scene", "bogus=1")
+    assert code == 2 and "bogus" in err and "Traceback" not in err
+    assert "replacing the earlier demo" not in stdout
+    assert sorted(str(path.relative_to(out)) for path in out.rglob("*")) == before
+
+
 def test_files_a_demo_did_not_write_are_never_replaced(capsys: pytest.CaptureFixture,
                                                       tmp_path: Path) -> None:
     """A training run in OUT/deformable is not an earlier demo, even with --overwrite."""

@@ -393,13 +393,10 @@ def demo_files(out: Path) -> list[Path]:
     return [path for path in named if path.exists()] + report_files(out)
 
 
-def claim_demo_folder(out: Path, overwrite: bool) -> None:
-    """Make ``out`` ready for a demo, which marks it as a demo's folder.
-
-    A folder with another demo's files needs ``overwrite``, which removes them (so that none
-    is left beside the new ones); files under those names that no demo wrote (a training
-    run in ``out/deformable``) are refused. Other files stay.
-    """
+def earlier_demo(out: Path, overwrite: bool) -> list[Path]:
+    """The earlier demo's files in ``out`` that a demo replaces (:func:`demo_files`);
+    refuses them without ``overwrite``, and files under those names that no demo wrote (a
+    training run in ``out/deformable``) always. Other files stay."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"the demo's output folder {out} is a file")
     earlier = demo_files(out)
@@ -412,12 +409,21 @@ def claim_demo_folder(out: Path, overwrite: bool) -> None:
         if not overwrite:
             raise ValueError(f"{out} holds an earlier demo ({names}); replace it with "
                              "--overwrite (overwrite=True) or choose another output folder")
+    return earlier
+
+
+def claim_demo_folder(out: Path, overwrite: bool) -> None:
+    """Make ``out`` ready for a demo, which marks it as a demo's folder: an earlier demo's
+    files are removed (so that none is left beside the new ones), if :func:`earlier_demo`
+    allows."""
+    earlier = earlier_demo(out, overwrite)
+    if earlier:
         print(f"replacing the earlier demo in {out}")
-        for path in earlier:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+    for path in earlier:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).touch()
 
@@ -425,12 +431,13 @@ def claim_demo_folder(out: Path, overwrite: bool) -> None:
 def run_demo(s: DemoSettings, out: Path, overwrite: bool = False) -> dict[str, Any]:
     """Run the demo, writing to folder ``out``; returns what ``metrics.json`` holds. An
     earlier demo in ``out`` is refused, or replaced with ``overwrite``
-    (:func:`claim_demo_folder`)."""
+    (:func:`claim_demo_folder`) once the settings have passed their checks (the scenes
+    rendered, the training configured and its steps timed)."""
     from ..engine import balanced_class_weights, build_optimizer, label_counts, resolve_device
     from .demo_report import analyse, comparison_table, write_report
 
     started, cpu_started, load_start = time.perf_counter(), _cpu_seconds(), _load()
-    claim_demo_folder(out, overwrite)
+    earlier_demo(out, overwrite)  # refused at once; replaced only once the demo can start
     device = resolve_device(s.device)
     workers = 1 if device.type != "cpu" else min(s.jobs, 2)
     with contextlib.ExitStack() as stack:
@@ -458,6 +465,7 @@ def run_demo(s: DemoSettings, out: Path, overwrite: bool = False) -> dict[str, A
                                  lambda net: build_optimizer(net, config))
         ratio = steps["deformable"] / steps["plain"]
 
+        claim_demo_folder(out, overwrite)
         job = _Job(names, s, specs, weights, ratio, out, {"data": asdict(data)})
         if pool is not None:
             print(f"training the twins side by side: {workers} processes of {train_threads} "
