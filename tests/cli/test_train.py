@@ -92,6 +92,29 @@ def test_eval_refuses_a_folder_as_out_before_evaluating(
     assert f"--out {trained} is a folder" in err and "eval_last.json" in err
 
 
+def test_eval_refuses_to_overwrite_what_it_did_not_write(
+        capsys: pytest.CaptureFixture, trained: Path, tmp_path: Path) -> None:
+    """``eval CKPT --out CKPT`` replaced the checkpoint with the metrics JSON (exit 0); any
+    existing file but an earlier eval's metrics JSON is refused now, before evaluating."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    files = {p.name: p.read_bytes() for p in run.iterdir()}
+    code, _, err = run_cli(capsys, "eval", run / "last.pt", "--out", run / "last.pt")
+    assert code == 2 and err == (
+        f"deformconv eval: error: --out {run / 'last.pt'} is the checkpoint being evaluated; "
+        f"give the metrics JSON file to write, e.g. {run / 'eval_last.json'}\n")
+    for name in ("best.pt", "metrics.jsonl", "config.json", "final_metrics.json"):
+        code, _, err = run_cli(capsys, "eval", run / "last.pt", "--out", run / name)
+        assert code == 2 and f"--out {run / name} exists and is not an earlier eval's" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == files
+    out = tmp_path / "eval.json"  # an earlier result of eval is replaced
+    for batch_size in ("2", "4"):
+        code, _, err = run_cli(capsys, "eval", run / "last.pt", "--out", out, "--batch-size",
+                               batch_size, "--no-progress")
+        assert code == 0, err
+    assert json.loads(out.read_text())["batch_size"] == 4
+
+
 def test_eval_on_other_data_size_and_default_output(capsys: pytest.CaptureFixture,
                                                      trained: Path) -> None:
     code, _, _ = run_cli(capsys, "eval", trained / "last.pt", "--val-size", "6")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", help="metrics JSON (default: eval_STEM.json beside the "
                                       "checkpoint: eval_last.json for last.pt, eval_best.json "
-                                      "for best.pt)")
+                                      "for best.pt); an existing file is replaced only if it "
+                                      "is an earlier eval's metrics JSON")
     parser.set_defaults(run=run_eval)
     return parser
 
@@ -46,9 +48,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..engine import cleanup_distributed, evaluate, init_distributed
 
     out = Path(args.out) if args.out else default_output(Path(args.checkpoint))
-    if out.is_dir():  # found before the evaluation, not after it
-        raise CLIError(f"--out {out} is a folder; give the metrics JSON file to write, e.g. "
-                       f"{out / default_output(Path(args.checkpoint)).name}")
+    check_output(out, Path(args.checkpoint))  # before the evaluation, not after it
     model_spec, data_spec, _ = specs_from_checkpoint(args.checkpoint)
     data_spec = data_spec_from_args(args, data_spec)
     task = model_spec.task
@@ -78,3 +78,33 @@ def run_eval(args: argparse.Namespace) -> int:
 def default_output(checkpoint: Path) -> Path:
     """``eval_<stem>.json`` beside the checkpoint, so evaluating best.pt and last.pt keeps both."""
     return checkpoint.with_name(f"eval_{checkpoint.stem}.json")
+
+
+# What every metrics JSON of this command holds: an existing --out without them is no
+# earlier result of it, and is kept.
+EVAL_KEYS = ("checkpoint", "model", "task", "num_samples", "metrics")
+
+
+def check_output(out: Path, checkpoint: Path) -> None:
+    """Refuse an ``out`` that is a folder, the checkpoint itself, or any existing file that
+    is not an earlier eval's metrics JSON (a run's best.pt, metrics.jsonl or config.json):
+    it would be overwritten."""
+    if out.is_dir():
+        raise CLIError(f"--out {out} is a folder; give the metrics JSON file to write, e.g. "
+                       f"{out / default_output(checkpoint).name}")
+    if not out.exists():
+        return
+    if checkpoint.exists() and out.samefile(checkpoint):
+        raise CLIError(f"--out {out} is the checkpoint being evaluated; give the metrics JSON "
+                       f"file to write, e.g. {default_output(checkpoint)}")
+    if not _is_eval_result(out):
+        raise CLIError(f"--out {out} exists and is not an earlier eval's metrics JSON, which "
+                       "alone is replaced; choose another file")
+
+
+def _is_eval_result(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and all(key in data for key in EVAL_KEYS)
