@@ -71,6 +71,23 @@ def test_bench_only_one_and_env_folder(capfd: pytest.CaptureFixture, tmp_path: P
     assert "roi_pool ['--repeats', '7']" in out and "deform_conv [" not in out
 
 
+def test_bench_only_overrides_a_config_file_and_runs_each_once(
+        capfd: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """--only on the command line ran the config file's benchmarks too; a benchmark named
+    twice ran twice."""
+    from deformconv.cli import main
+
+    folder = _fake_benchmarks(tmp_path / "b")
+    config = tmp_path / "bench.yaml"
+    config.write_text(f"only: [deform_conv]\nbench_dir: {folder}\n")
+    assert main(["bench", "--config", str(config), "--only", "roi_pool"]) == 0
+    out = capfd.readouterr().out
+    assert "== roi_pool" in out and "== deform_conv" not in out
+    assert main(["bench", "--bench-dir", str(folder), "--only", "deform_conv", "--only",
+                 "deform_conv"]) == 0
+    assert capfd.readouterr().out.count("== deform_conv") == 1
+
+
 def test_bench_missing_script(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     folder = _fake_benchmarks(tmp_path / "b")
     (folder / SCRIPTS["roi_pool"]).unlink()

@@ -154,6 +154,17 @@ def test_yaml_config_sets_defaults_and_flags_override(tmp_path: Path) -> None:
     assert args.model_arg == ["min_size=64"]
 
 
+def test_a_repeatable_flag_replaces_the_config_file_s_list(tmp_path: Path) -> None:
+    """The command line's values of an append flag were added to the file's."""
+    config = tmp_path / "run.yaml"
+    config.write_text("model_arg: [a=1, b=2]\nscene: {max_objects: 1}\n")
+    parser = _train_parser()
+    apply_config_file(parser, str(config))
+    args = parser.parse_args(["--model-arg", "c=3", "--model-arg", "d=4"])
+    assert (args.model_arg, args.scene) == (["c=3", "d=4"], ["max_objects=1"])
+    assert parser.parse_args([]).model_arg == ["a=1", "b=2"]  # the file's, when no flag
+
+
 def test_toml_config(tmp_path: Path) -> None:
     config = tmp_path / "run.toml"
     config.write_text('model = "resnet50"\niterations = 7\nout = "runs/x"\n')

@@ -13,10 +13,11 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import bench, demo, evaluate, export, train, viz
 from ._common import (
+    AppendOverDefault,
     CLIError,
     add_config_option,
     add_threads_option,
@@ -37,7 +38,12 @@ EXTRAS = {"torchvision": "vision", "PIL": "vision", "matplotlib": "vision",
 
 class _Parser(argparse.ArgumentParser):
     """A parser whose errors are one line and a pointer to ``--help``, as the command's other
-    errors are (argparse prints the whole usage, some twenty lines for ``train``)."""
+    errors are (argparse prints the whole usage, some twenty lines for ``train``), and whose
+    ``action="append"`` flags replace a config file's list (:class:`AppendOverDefault`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", "append", AppendOverDefault)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -20,6 +20,7 @@ from ..runs.results import write_json
 from ..runs.timing import set_threads
 
 __all__ = [
+    "AppendOverDefault",
     "CLIError",
     "add_config_option",
     "add_threads_option",
@@ -207,6 +208,18 @@ def _convert(action: argparse.Action, where: str, value: Any) -> Any:
     if action.choices is not None and value not in action.choices:
         raise CLIError(f"{where} must be one of {sorted(action.choices)}, got {value!r}")
     return value
+
+
+class AppendOverDefault(argparse._AppendAction):
+    """``action="append"`` (every subcommand's: :class:`deformconv.cli._Parser` registers it)
+    whose first value on the command line replaces the default, a config file's list,
+    instead of adding to it: flags override the file, as for every other option."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if getattr(namespace, self.dest, None) is self.default:  # argparse's own object
+            setattr(namespace, self.dest, None)
+        super().__call__(parser, namespace, values, option_string)
 
 
 def given_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:

@@ -49,7 +49,7 @@ def find_benchmarks(explicit: str | None = None) -> Path:
 
 def run_bench(args: argparse.Namespace) -> int:
     folder = find_benchmarks(args.bench_dir)
-    chosen = args.only or sorted(SCRIPTS)
+    chosen = list(dict.fromkeys(args.only or sorted(SCRIPTS)))  # each once, in given order
     scripts = [folder / SCRIPTS[name] for name in chosen]
     missing = [str(s) for s in scripts if not s.is_file()]
     if missing:
