@@ -174,6 +174,23 @@ def test_toml_config(tmp_path: Path) -> None:
     assert (args.model, args.iterations, args.out) == ("resnet50", 7, "runs/x")
 
 
+@pytest.mark.parametrize(("command", "key"), [
+    ("train", "out"), ("train", "resume"), ("demo", "out"), ("eval", "out"), ("viz", "out"),
+    ("export", "checkpoint"), ("bench", "bench_dir"),
+])
+def test_config_file_paths_expand_the_home_folder(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  command: str, key: str) -> None:
+    """``~`` was expanded in ``data`` only: ``out: ~/runs/t`` made a folder named ``~``."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    config = tmp_path / "run.yaml"
+    config.write_text(f"{key}: ~/runs/t\n")
+    parser = build_parser()[1][command]
+    apply_config_file(parser, str(config))
+    args = parser.parse_args({"eval": ["CKPT"], "export": ["--out", "x.onnx"]}.get(command, []))
+    assert getattr(args, key) == str(tmp_path / "home" / "runs" / "t")
+
+
 def test_config_file_mappings_and_lists_read_as_their_flags(tmp_path: Path) -> None:
     """A mapping for a KEY=VALUE flag and a list for a comma-separated one read as the flag
     would (both were refused, naming the flag instead of the file)."""

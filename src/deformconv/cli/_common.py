@@ -33,6 +33,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "set_threads",
+    "user_path",
     "write_json",
 ]
 
@@ -64,6 +65,12 @@ def non_negative_int(text: str) -> int:
 def positive_float(text: str) -> float:
     """argparse ``type`` for durations and rates that must be > 0."""
     return _number(text, float, lambda v: v > 0 and math.isfinite(v), "a number > 0")
+
+
+def user_path(text: str) -> str:
+    """argparse ``type`` of path options: ``~`` expanded, as the shell does before a flag's
+    value but not in a config file (nor after ``--out=``)."""
+    return os.path.expanduser(text)
 
 
 def parse_literal(text: str) -> Any:
@@ -99,10 +106,11 @@ def parse_assignments(items: Sequence[str], option: str) -> dict[str, Any]:
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", metavar="FILE",
+        "--config", metavar="FILE", type=user_path,
         help="YAML or TOML file of option values (keys are the long options, e.g. "
              "batch_size: 16; paths in it are relative to the current folder, as on the "
-             "command line); options given on the command line override it",
+             "command line, ~ is the home folder); options given on the command line "
+             "override it",
     )
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ._common import CLIError, positive_int
+from ._common import CLIError, positive_int, user_path
 
 HELP = "benchmark deform_conv2d and the deformable RoI pooling ops against torch/torchvision"
 SCRIPTS = {"deform_conv": "bench_deform_conv.py", "roi_pool": "bench_roi_pool.py"}
@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="run only this benchmark (repeatable; default: all)")
     parser.add_argument("--repeats", type=positive_int,
                         help="timed runs per case (default: each script's own, 3 with --quick)")
-    parser.add_argument("--bench-dir", help="folder holding the benchmark scripts")
+    parser.add_argument("--bench-dir", type=user_path, help="folder holding the benchmark scripts")
     parser.set_defaults(run=run_bench)
     return parser
 

@@ -7,7 +7,14 @@ import argparse
 from pathlib import Path
 
 from ..runs import DemoSettings, run_demo
-from ._common import CLIError, non_negative_int, parse_assignments, positive_float, positive_int
+from ._common import (
+    CLIError,
+    non_negative_int,
+    parse_assignments,
+    positive_float,
+    positive_int,
+    user_path,
+)
 
 HELP = "train a deformable network and its plain twin on synthetic scenes, compare, report"
 DEFAULTS = DemoSettings()
@@ -25,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "sampling locations, accuracy by object size), metrics.json, PNGs and each run's "
         "checkpoint (usable with eval/viz/export) to --out.",
         epilog="example: deformconv demo --seed 1 --out runs/demo-seed1")
-    parser.add_argument("--out", default="runs/demo",
+    parser.add_argument("--out", default="runs/demo", type=user_path,
                         help="output folder (default runs/demo); one holding an earlier "
                              "demo needs --overwrite")
     parser.add_argument("--overwrite", action="store_true",

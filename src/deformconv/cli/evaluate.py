@@ -15,7 +15,7 @@ from ._build import (
     model_from_checkpoint,
     specs_from_checkpoint,
 )
-from ._common import CLIError, non_negative_int, positive_int, write_json
+from ._common import CLIError, non_negative_int, positive_int, user_path, write_json
 from .train import format_metrics
 
 HELP = "evaluate a checkpoint: top-1, mIoU or COCO mAP, printed and written as JSON"
@@ -36,10 +36,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--workers", type=non_negative_int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--out", help="metrics JSON (default: eval_STEM.json beside the "
-                                      "checkpoint: eval_last.json for last.pt, eval_best.json "
-                                      "for best.pt); an existing file is replaced only if it "
-                                      "is an earlier eval's metrics JSON")
+    parser.add_argument("--out", type=user_path,
+                        help="metrics JSON (default: eval_STEM.json beside the checkpoint: "
+                             "eval_last.json for last.pt, eval_best.json for best.pt); an "
+                             "existing file is replaced only if it is an earlier eval's "
+                             "metrics JSON")
     parser.set_defaults(run=run_eval)
     return parser
 

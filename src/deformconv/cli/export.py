@@ -16,7 +16,7 @@ from ._build import (
     resolve_model_name,
     specs_from_checkpoint,
 )
-from ._common import CLIError, non_negative_int, positive_int
+from ._common import CLIError, non_negative_int, positive_int, user_path
 
 HELP = "export a model to ONNX and compare onnxruntime with PyTorch"
 
@@ -29,8 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("model", nargs="?",
                         help="registered model name, or a checkpoint file (as eval and viz "
                              "take it; same as --checkpoint)")
-    parser.add_argument("--out", required=True, help="ONNX file to write")
-    parser.add_argument("--checkpoint", help="export these trained weights (from train/demo)")
+    parser.add_argument("--out", required=True, type=user_path, help="ONNX file to write")
+    parser.add_argument("--checkpoint", type=user_path,
+                        help="export these trained weights (from train/demo)")
     parser.add_argument("--num-classes", type=positive_int,
                         help="classes without background (default: ImageNet 1000, VOC 20, "
                              "COCO 80)")

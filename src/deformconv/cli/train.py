@@ -28,6 +28,7 @@ from ._common import (
     parse_assignments,
     positive_float,
     positive_int,
+    user_path,
     write_json,
 )
 
@@ -68,8 +69,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     opt.add_argument("--grad-clip", type=positive_float, help="max gradient L2 norm")
     opt.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     run = parser.add_argument_group("run")
-    run.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
-    run.add_argument("--resume", metavar="CKPT",
+    run.add_argument("--out", default="runs/train", type=user_path,
+                     help="output folder (default runs/train)")
+    run.add_argument("--resume", metavar="CKPT", type=user_path,
                      help="continue from a checkpoint, writing beside it unless --out is "
                           "given ('auto': OUT/last.pt when present)")
     run.add_argument("--overwrite", action="store_true",

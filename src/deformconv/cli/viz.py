@@ -19,7 +19,7 @@ from ._build import (
     resolve_model_name,
     specs_from_checkpoint,
 )
-from ._common import CLIError, non_negative_int, positive_int
+from ._common import CLIError, non_negative_int, positive_int, user_path
 
 HELP = "plot the sampling locations (and RoI bin offsets) of deformable layers as PNGs"
 
@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="deformable layers back-projected together (paper Fig. 5: 3)")
     parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="initialisation seed of a fresh model")
-    parser.add_argument("--out", default="runs/viz",
+    parser.add_argument("--out", default="runs/viz", type=user_path,
                         help="output folder (default runs/viz); an earlier viz run's figures "
                              "there are replaced")
     parser.set_defaults(run=run_viz)
