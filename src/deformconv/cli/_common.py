@@ -12,9 +12,9 @@ import argparse
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..runs.results import write_json
 from ..runs.timing import set_threads
@@ -25,6 +25,8 @@ __all__ = [
     "add_config_option",
     "add_threads_option",
     "apply_config_file",
+    "expected_value",
+    "expecting",
     "given_options",
     "load_config_file",
     "non_negative_int",
@@ -42,31 +44,57 @@ class CLIError(Exception):
     """A user error: bad path, argument or value. ``main`` prints it on one line, exit code 2."""
 
 
-def _number(text: str, kind: type, check: Any, expected: str) -> Any:
+_Type = TypeVar("_Type", bound=Callable[..., Any])
+# What builtin argparse types accept, in words
+PLAIN_TYPES: dict[Any, str] = {int: "an integer", float: "a number", str: "text"}
+
+
+def expecting(expected: str) -> Callable[[_Type], _Type]:
+    """Mark an argparse ``type`` with what it accepts, in words ("an integer >= 1"), which
+    config-file errors name (:func:`expected_value`)."""
+
+    def mark(type_: _Type) -> _Type:
+        type_.expected = expected  # type: ignore[attr-defined]
+        return type_
+
+    return mark
+
+
+def expected_value(type_: Any) -> str:
+    """What an argparse ``type`` accepts, in words: "an integer >= 1", "a number"."""
+    return getattr(type_, "expected", None) or PLAIN_TYPES.get(type_, "a value")
+
+
+def _number(text: str, kind: type, check: Any, type_: Any) -> Any:
     try:
         value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {expected_value(type_)}, got {text!r}") \
+            from None
     if not check(value):
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        raise argparse.ArgumentTypeError(f"expected {expected_value(type_)}, got {text}")
     return value
 
 
+@expecting("an integer >= 1")
 def positive_int(text: str) -> int:
     """argparse ``type`` for counts that must be >= 1."""
-    return _number(text, int, lambda v: v >= 1, "an integer >= 1")
+    return _number(text, int, lambda v: v >= 1, positive_int)
 
 
+@expecting("an integer >= 0")
 def non_negative_int(text: str) -> int:
     """argparse ``type`` for counts that may be 0."""
-    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+    return _number(text, int, lambda v: v >= 0, non_negative_int)
 
 
+@expecting("a number > 0")
 def positive_float(text: str) -> float:
     """argparse ``type`` for durations and rates that must be > 0."""
-    return _number(text, float, lambda v: v > 0 and math.isfinite(v), "a number > 0")
+    return _number(text, float, lambda v: v > 0 and math.isfinite(v), positive_float)
 
 
+@expecting("a path")
 def user_path(text: str) -> str:
     """argparse ``type`` of path options: ``~`` expanded, as the shell does before a flag's
     value but not in a config file (nor after ``--out=``)."""
@@ -204,12 +232,14 @@ def _convert(action: argparse.Action, where: str, value: Any) -> Any:
     if value is None:
         raise CLIError(f"{where} holds an empty (null) entry")
     if isinstance(value, bool) and action.type not in (None, str):
-        raise CLIError(f"{where} must be a {getattr(action.type, '__name__', 'value')}, "
-                       f"got {value!r}")
+        raise CLIError(f"{where} must be {expected_value(action.type)}, got {value!r}")
     if action.type is not None:
         try:
             value = action.type(value if isinstance(value, str) else str(value))
         except (argparse.ArgumentTypeError, ValueError, TypeError) as err:
+            if action.type in PLAIN_TYPES:  # int's and float's own errors name the type
+                raise CLIError(f"{where} must be {expected_value(action.type)}, got "
+                               f"{value!r}") from None
             raise CLIError(f"{where}: {err}") from None
     elif not isinstance(value, str):
         value = str(value)

@@ -16,7 +16,14 @@ from ._build import (
     resolve_model_name,
     specs_from_checkpoint,
 )
-from ._common import CLIError, non_negative_int, positive_int, user_path
+from ._common import (
+    CLIError,
+    expected_value,
+    expecting,
+    non_negative_int,
+    positive_int,
+    user_path,
+)
 
 HELP = "export a model to ONNX and compare onnxruntime with PyTorch"
 
@@ -51,12 +58,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 DEFAULT_CLASSES = {"classification": 1000, "segmentation": 20, "detection": 80}
 
 
+@expecting("an integer >= 2 (the exported batch size is dynamic)")
 def _example_batch(text: str) -> int:
     """argparse ``type`` of --batch: torch's exporter makes a batch of 1 a fixed size."""
     value = positive_int(text)
     if value < 2:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2 (the exported batch size "
-                                         f"is dynamic), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected_value(_example_batch)}, "
+                                         f"got {text!r}")
     return value
 
 

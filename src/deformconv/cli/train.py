@@ -24,6 +24,8 @@ from ._build import (
 )
 from ._common import (
     CLIError,
+    expected_value,
+    expecting,
     non_negative_int,
     parse_assignments,
     positive_float,
@@ -91,11 +93,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
+@expecting("comma-separated numbers")
 def _weights(text: str) -> list[float]:
     try:
         return [float(w) for w in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") \
+        raise argparse.ArgumentTypeError(f"expected {expected_value(_weights)}, got {text!r}") \
             from None
 
 
@@ -121,6 +124,7 @@ def _config_values(args: argparse.Namespace, dests: set[str] | None = None) -> d
     return values
 
 
+@expecting("a number >= 0 or 'model'")
 def _offset_multiplier(text: str) -> float | None:
     """argparse ``type`` of --offset-lr-mult: a factor >= 0, or "model" (None)."""
     if text.strip().lower() == "model":
@@ -130,7 +134,8 @@ def _offset_multiplier(text: str) -> float | None:
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'model', got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected_value(_offset_multiplier)}, "
+                                         f"got {text!r}")
     return value
 
 
