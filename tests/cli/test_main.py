@@ -298,3 +298,20 @@ def test_interrupts_exit_with_the_signals_code(capsys: pytest.CaptureFixture,
 
     monkeypatch.setattr(evaluate, "run_eval", interrupted)
     assert run_cli(capsys, "eval", "last.pt") == (code, "", f"deformconv eval: {message}\n")
+
+
+def test_under_torchrun_only_the_first_process_reports_the_stop(
+        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every rank printed "stopped by SIGTERM after iteration ..."."""
+    from deformconv.cli import train
+
+    def stopped(args: object) -> int:
+        raise TrainingStopped(signal.SIGTERM, 11, 60, Path("last.pt"))
+
+    monkeypatch.setattr(train, "run_train", stopped)
+    monkeypatch.setenv("RANK", "1")
+    assert run_cli(capsys, "train") == (143, "", "")
+    monkeypatch.setenv("RANK", "0")
+    code, _, err = run_cli(capsys, "train")
+    assert code == 143 and err.startswith("deformconv train: stopped by SIGTERM after "
+                                          "iteration 11/60")

@@ -101,10 +101,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             set_threads(args.threads)
         return int(args.run(args) or 0)
     except KeyboardInterrupt as err:
-        # engine.TrainingStopped says where the run stopped and which signal stopped it
-        again = (": continue with --resume auto"
-                 if args.command == "train" and getattr(err, "checkpoint", None) else "")
-        print(f"deformconv {args.command}: {str(err) or 'interrupted'}{again}", file=sys.stderr)
+        from ..engine.distributed import launched_rank
+
+        # engine.TrainingStopped says where the run stopped and which signal stopped it;
+        # under torchrun every rank stops there, and the first says so (as it prints the rest)
+        if launched_rank() == 0:
+            again = (": continue with --resume auto"
+                     if args.command == "train" and getattr(err, "checkpoint", None) else "")
+            print(f"deformconv {args.command}: {str(err) or 'interrupted'}{again}",
+                  file=sys.stderr)
         return 128 + getattr(err, "signum", signal.SIGINT)
     except ModuleNotFoundError as err:
         top = (err.name or "").split(".")[0]
