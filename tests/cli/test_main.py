@@ -71,6 +71,21 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
     assert code == 2 and "COMMAND" in err
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "--bogus"], "deformconv train: error: unrecognized arguments: --bogus (see "
+                           "deformconv train --help)\n"),
+    (["eval", "last.pt", "extra", "--bogus=1"], "deformconv eval: error: unrecognized "
+                                                "arguments: extra --bogus=1 (see deformconv "
+                                                "eval --help)\n"),
+    (["--bogus", "train"], "deformconv: error: unrecognized arguments: --bogus (see "
+                           "deformconv --help)\n"),
+])
+def test_unknown_arguments_are_the_command_s_error(capsys: pytest.CaptureFixture,
+                                                   argv: list[str], message: str) -> None:
+    """An unknown option of a subcommand was reported against the top-level command."""
+    assert run_cli(capsys, *argv) == (2, "", message)
+
+
 def test_a_bad_flag_value_is_one_line(capsys: pytest.CaptureFixture) -> None:
     """As the command's other errors (argparse printed the whole usage before the error)."""
     code, _, err = run_cli(capsys, "train", "--lr", "-1")

@@ -72,6 +72,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, commands
 
 
+def _parse(parser: argparse.ArgumentParser, commands: dict[str, argparse.ArgumentParser],
+           argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, with unknown options after the command reported by the
+    command's parser (argparse reports them as the top-level command's)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # The top level's options (--help, --version: no values) come before the command.
+        first = next(i for i, token in enumerate(argv) if not token.startswith("-"))
+        before = argv[:first]
+        culprit = parser if before else commands[args.command]
+        culprit.error(f"unrecognized arguments: {' '.join(before or unknown)}")
+    return args
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that describe a bad input rather than a bug (one-line message, exit 2)."""
     errors: list[type[BaseException]] = [CLIError, ValueError, FileNotFoundError,
@@ -87,12 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 failed run, 2 bad input)."""
     parser, commands = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    args = _parse(parser, commands, argv)
     try:
         sub = commands[args.command]
         from_file = apply_config_file(sub, args.config) if args.config else set()
         if from_file:
-            args = parser.parse_args(argv)  # again: file values are now the defaults
+            args = _parse(parser, commands, argv)  # again: file values are now the defaults
         # What the user chose (file or flags), as opposed to defaults: resuming a run keeps
         # the checkpoint's settings except these.
         args.given_on_command_line = given_options(sub, argv)
