@@ -128,28 +128,6 @@ class TestDeformConv2d:
         case = Case(n=3, cin=4, cout=4, groups=2, offset_groups=2, height=8, width=8)
         _check_conv(case, torch.float32, seed=7, requires_grad=("weight",))
 
-    def test_weight_gradient_launch_grid_fits_cuda_for_wide_kernels(self, monkeypatch):
-        """kk * Cin/groups of 7x7 from 2048 channels (100352) is past grid axis 1's 65535:
-        it goes on axis 0 (the backward used to refuse the layer)."""
-        from deformconv.ops._triton import deform_conv as triton_conv
-
-        launched = []
-
-        class Recorder:
-            def __getitem__(self, grid):
-                launched.append(grid)
-                return lambda *args, **kwargs: None
-
-        monkeypatch.setattr(triton_conv.kernels, "weight_grad_direct", Recorder())
-        monkeypatch.setattr(triton_conv, "_use_gemm", lambda cin_g, cout_g: False)
-        x, weight = torch.randn(1, 2048, 7, 7), torch.randn(8, 2048, 7, 7)
-        offset, grad_out = torch.zeros(1, 98, 7, 7), torch.randn(1, 8, 7, 7)
-        torch.ops.deformconv.deform_conv2d_backward(
-            grad_out.to(DEVICE), x.to(DEVICE), offset.to(DEVICE), weight.to(DEVICE), None,
-            1, 1, 3, 3, 1, 1, False, False, True)
-        assert len(launched) == 1 and launched[0][0] == 49 * 2048
-        assert max(launched[0][1:]) <= 65535
-
     @pytest.mark.parametrize("offsets", ["zero", "integer"])
     def test_grid_samples_on_the_border_match_torchvision(self, offsets, conv_path):
         """Integer-grid samples with padding, many on row/column -1 and H/W: values and
@@ -236,6 +214,88 @@ class TestDeformConv2d:
 
 
 # ----------------------------------------------------------------------------- RoI pooling
+
+
+class Recorder:
+    """Stands in for a Triton kernel: records the launch grid, runs nothing."""
+
+    def __init__(self) -> None:
+        self.grids: list[tuple[int, ...]] = []
+
+    def __getitem__(self, grid: tuple[int, ...]):
+        self.grids.append(grid)
+        return lambda *args, **kwargs: None
+
+
+def _wide_depthwise_backward() -> None:
+    """Depthwise 7x7, an offset group per channel: 1400 * 49 = 68600 (offset group, kernel
+    point) pairs, each a program of the data gradient."""
+    x, weight = torch.randn(1, 1400, 7, 7), torch.randn(1400, 1, 7, 7)
+    offset, grad_out = torch.zeros(1, 2 * 1400 * 49, 1, 1), torch.randn(1, 1400, 1, 1)
+    torch.ops.deformconv.deform_conv2d_backward(
+        grad_out.to(DEVICE), x.to(DEVICE), offset.to(DEVICE), weight.to(DEVICE), None,
+        1, 1, 0, 0, 1, 1, True, True, False)
+
+
+def _wide_kernel_weight_gradient() -> None:
+    """7x7 from 2048 channels: kk * Cin/groups = 100352 (kernel point, channel) programs."""
+    x, weight = torch.randn(1, 2048, 7, 7), torch.randn(8, 2048, 7, 7)
+    offset, grad_out = torch.zeros(1, 98, 7, 7), torch.randn(1, 8, 7, 7)
+    torch.ops.deformconv.deform_conv2d_backward(
+        grad_out.to(DEVICE), x.to(DEVICE), offset.to(DEVICE), weight.to(DEVICE), None,
+        1, 1, 3, 3, 1, 1, False, False, True)
+
+
+def _wide_depthwise_forward() -> None:
+    """1x1 depthwise over 2**21 channels: 65536 blocks of 32 output channels."""
+    channels = 2**21
+    deform_conv2d(torch.randn(1, channels, 1, 1, device=DEVICE),
+                  torch.zeros(1, 2, 1, 1, device=DEVICE),
+                  torch.randn(channels, 1, 1, 1, device=DEVICE))
+
+
+def _wide_roi_pool() -> None:
+    """2**22 channels: 65536 blocks of 64 channels for one RoI."""
+    rois = torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0]], device=DEVICE)
+    deform_roi_pool(torch.randn(1, 2**22, 2, 2, device=DEVICE), rois, output_size=1)
+
+
+def _wide_psroi_pool() -> None:
+    """output_dim 2**22: 65536 blocks of 64 bins for one RoI."""
+    rois = torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0]], device=DEVICE)
+    deform_psroi_pool(torch.randn(1, 2**22, 2, 2, device=DEVICE), rois, spatial_scale=1.0,
+                      output_dim=2**22, group_size=1, pooled_size=1)
+
+
+@pytest.mark.parametrize(("module", "kernel", "call"), [
+    ("deform_conv", "backward_data", _wide_depthwise_backward),
+    ("deform_conv", "weight_grad_direct", _wide_kernel_weight_gradient),
+    ("deform_conv", "forward_direct", _wide_depthwise_forward),
+    ("deform_roi_pool", "_forward_kernel", _wide_roi_pool),
+    ("deform_psroi_pool", "_forward_kernel", _wide_psroi_pool),
+], ids=["conv-data-gradient", "conv-weight-gradient", "conv-forward", "roi-pool",
+        "psroi-pool"])
+def test_launch_grids_fit_cuda_past_65535_blocks_of_a_kind(module, kernel, call, monkeypatch):
+    """Layers that used to put over 65535 programs on grid axis 1 or 2 (CUDA's limit
+    there; the forward or backward refused them) launch every program on axis 0."""
+    import importlib
+
+    launched = importlib.import_module(f"deformconv.ops._triton.{module}")
+    recorder = Recorder()
+    kernels = launched.kernels if module == "deform_conv" else launched
+    monkeypatch.setattr(kernels, kernel, recorder)
+    monkeypatch.setattr(launched, "_use_gemm", lambda cin_g, cout_g: False, raising=False)
+    call()
+    assert len(recorder.grids) == 1
+    (grid,) = recorder.grids
+    assert len(grid) == 1 and 65535 < grid[0] <= 2**31 - 1, grid
+
+
+def test_launch_grid_over_int32_programs_is_refused():
+    from deformconv.ops._triton.launch import flat_grid
+
+    with pytest.raises(ValueError, match=r"\(65536, 65536\) has 4294967296 programs"):
+        flat_grid((65536, 65536), "deform_conv2d forward")
 
 
 def _roi_case(seed: int, k: int = 8, with_offset: bool = True, with_mask: bool = True):

@@ -16,9 +16,9 @@ from . import deform_conv_kernels as kernels
 from .launch import (
     block,
     channels_last,
-    check_grid,
     check_index_range,
     dot_dtype,
+    flat_grid,
     input_precision,
     on_device,
     programs_per_wave,
@@ -89,13 +89,13 @@ def forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
         if a.gemm:
             block_o, block_c = block(a.cout_g, 16, 64), block(min(a.cin_g, a.cpo), 16, 32)
             grid = (triton.cdiv(a.pixels, 64), triton.cdiv(a.cout_g, block_o), a.groups)
-            kernels.forward_gemm[check_grid(grid, "deform_conv2d forward")](
+            kernels.forward_gemm[flat_grid(grid, "deform_conv2d forward")](
                 *common, **flags, BLOCK_O=block_o, BLOCK_C=block_c, DOT_DTYPE=a.dot_dtype,
                 PRECISION=a.precision)
         else:
             block_o = block(a.cout, 16, 32)
             grid = (triton.cdiv(a.pixels, 64), triton.cdiv(a.cout, block_o))
-            kernels.forward_direct[check_grid(grid, "deform_conv2d forward")](
+            kernels.forward_direct[flat_grid(grid, "deform_conv2d forward")](
                 *common, **flags, BLOCK_O=block_o)
     return out
 
@@ -142,7 +142,7 @@ def _backward_data(a: _Layout, grad_out: Tensor, weight: Tensor, grad_input: Ten
         a.mask)
     block_c = block(min(a.cin_g, a.cpo) if a.gemm else a.cpo, 16, 32 if a.gemm else 64)
     grid = (triton.cdiv(a.pixels, 32), a.offset_groups * a.kh * a.kw)
-    kernels.backward_data[check_grid(grid, "deform_conv2d backward")](
+    kernels.backward_data[flat_grid(grid, "deform_conv2d backward")](
         a.x, a.offset, a.mask, a.weight_t(weight), grad_out, grad_x, grad_off,
         grad_m if a.has_mask else grad_off,
         *a.sizes(), a.cin, *a.channel_sizes(),
@@ -172,7 +172,7 @@ def _backward_weight(a: _Layout, grad_out: Tensor, grad_weight: Tensor) -> None:
         partial = grad_out.new_empty(split, a.cout, a.cin_g, kk, dtype=torch.float32)
         grid = (a.groups * triton.cdiv(a.cout_g, block_o), triton.cdiv(a.cin_g, block_c),
                 split * kk)
-        kernels.weight_grad_gemm[check_grid(grid, "deform_conv2d weight gradient")](
+        kernels.weight_grad_gemm[flat_grid(grid, "deform_conv2d weight gradient")](
             a.x, a.offset, a.mask, grad_out, partial, *a.sizes(),
             triton.cdiv(triton.cdiv(a.pixels, block_p), split), *a.channel_sizes(), *strides,
             **flags,
@@ -183,9 +183,8 @@ def _backward_weight(a: _Layout, grad_out: Tensor, grad_weight: Tensor) -> None:
         tiles = triton.cdiv(a.cout, block_o) * kk * a.cin_g
         split = _weight_split(a, tiles, block_p, wave)
         partial = grad_out.new_empty(split, a.cout, a.cin_g, kk, dtype=torch.float32)
-        # kk * cin_g can pass axis 1's 65535 (7x7 from 2048 channels): it goes on axis 0
         grid = (kk * a.cin_g, triton.cdiv(a.cout, block_o), split)
-        kernels.weight_grad_direct[check_grid(grid, "deform_conv2d weight gradient")](
+        kernels.weight_grad_direct[flat_grid(grid, "deform_conv2d weight gradient")](
             a.x, a.offset, a.mask, grad_out, partial, *a.sizes(),
             triton.cdiv(triton.cdiv(a.pixels, block_p), split), *a.channel_sizes(), *strides,
             **flags,

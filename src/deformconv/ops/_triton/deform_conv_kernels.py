@@ -8,6 +8,9 @@ through its strides (the host passes it channels-last); the weight comes as
 global memory: each kernel samples its tile of columns in registers, once per
 (pixel block, kernel point, offset group) for the corners, reused by every channel.
 
+Each kernel runs on a flat grid (``launch.flat_grid``) and recovers the indices of the
+program listed below with ``launch.program_ids``, the first varying fastest.
+
 - ``forward_gemm``: program (pixels, Cout block, conv group); ``tl.dot`` of sampled
   ``[pixels × channels]`` tiles with weight tiles, float32 accumulator, bias epilogue.
 - ``forward_direct``: program (pixels, Cout block), for conv groups too small for
@@ -26,6 +29,7 @@ import triton
 import triton.language as tl
 
 from .bilinear import corner_offsets, corners, interpolate, load_corner, scatter_corners, slopes
+from .launch import program_ids
 
 
 @triton.jit
@@ -107,9 +111,9 @@ def forward_gemm(
     BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    n, oy, ox, p_ok = _pixel_block(tl.program_id(0), pixels, hout, wout, BLOCK_P)
-    gi = tl.program_id(2)
-    o_local = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
+    p_block, o_block, gi = program_ids(tl.cdiv(pixels, BLOCK_P), tl.cdiv(cout_g, BLOCK_O))
+    n, oy, ox, p_ok = _pixel_block(p_block, pixels, hout, wout, BLOCK_P)
+    o_local = o_block * BLOCK_O + tl.arange(0, BLOCK_O)
     o_ok = o_local < cout_g
     o = gi * cout_g + o_local
     rows = x_ptr + n.to(tl.int64) * x_sn
@@ -147,8 +151,9 @@ def forward_direct(
     KH: tl.constexpr, KW: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr,
 ):
-    n, oy, ox, p_ok = _pixel_block(tl.program_id(0), pixels, hout, wout, BLOCK_P)
-    o_first = tl.program_id(1) * BLOCK_O
+    p_block, o_block, _ = program_ids(tl.cdiv(pixels, BLOCK_P), tl.cdiv(cout, BLOCK_O))
+    n, oy, ox, p_ok = _pixel_block(p_block, pixels, hout, wout, BLOCK_P)
+    o_first = o_block * BLOCK_O
     o = o_first + tl.arange(0, BLOCK_O)
     o_ok = o < cout
     first_channel = (o_first // cout_g) * cin_g  # of the block's first and last conv group
@@ -223,9 +228,10 @@ def backward_data(
 
     ``grad_x_ptr`` is a zeroed float32 (N, H, W, Cin) buffer.
     """
-    n, oy, ox, p_ok = _pixel_block(tl.program_id(0), pixels, hout, wout, BLOCK_P)
-    g = tl.program_id(1) // (KH * KW)
-    k = tl.program_id(1) % (KH * KW)
+    p_block, point, _ = program_ids(tl.cdiv(pixels, BLOCK_P), offset_groups * KH * KW)
+    n, oy, ox, p_ok = _pixel_block(p_block, pixels, hout, wout, BLOCK_P)
+    g = point // (KH * KW)
+    k = point % (KH * KW)
     h, w, m, at = _sample_point(offset_ptr, mask_ptr, n, oy, ox, p_ok, g, k, hout, wout,
                                 offset_groups, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                                 KW, KH * KW, HAS_MASK)
@@ -309,16 +315,18 @@ def weight_grad_gemm(
     Program (conv group × Cout block, Cin block, split × kernel point).
     """
     o_blocks = tl.cdiv(cout_g, BLOCK_O)
-    gi = tl.program_id(0) // o_blocks
-    o_local = (tl.program_id(0) % o_blocks) * BLOCK_O + tl.arange(0, BLOCK_O)
+    group_block, c_block, split_point = program_ids((cout // cout_g) * o_blocks,
+                                                    tl.cdiv(cin_g, BLOCK_C))
+    gi = group_block // o_blocks
+    o_local = (group_block % o_blocks) * BLOCK_O + tl.arange(0, BLOCK_O)
     o_ok = o_local < cout_g
     o = gi * cout_g + o_local
-    c_first = tl.program_id(1) * BLOCK_C
+    c_first = c_block * BLOCK_C
     c_local = c_first + tl.arange(0, BLOCK_C)
     c_ok = c_local < cin_g
     c = gi * cin_g + c_local
-    split = tl.program_id(2) // (KH * KW)
-    k = tl.program_id(2) % (KH * KW)
+    split = split_point // (KH * KW)
+    k = split_point % (KH * KW)
     g_first = (gi * cin_g + c_first) // cpo
     g_last = (gi * cin_g + tl.minimum(c_first + BLOCK_C, cin_g) - 1) // cpo
     p_blocks = tl.cdiv(pixels, BLOCK_P)
@@ -352,12 +360,12 @@ def weight_grad_direct(
 ):
     """``partial[split, o, j, k] = Σ_p grad_out[p, o] · columns[p, c(o, j), k]`` where
     ``c(o, j)`` is input channel j of o's conv group. Program (k × j, Cout block, split)."""
-    o_first = tl.program_id(1) * BLOCK_O
+    point_channel, o_block, split = program_ids(KH * KW * cin_g, tl.cdiv(cout, BLOCK_O))
+    o_first = o_block * BLOCK_O
     o = o_first + tl.arange(0, BLOCK_O)
     o_ok = o < cout
-    k = tl.program_id(0) // cin_g
-    j = tl.program_id(0) % cin_g
-    split = tl.program_id(2)
+    k = point_channel // cin_g
+    j = point_channel % cin_g
     c = (o // cout_g) * cin_g + j
     g_first = ((o_first // cout_g) * cin_g + j) // cpo
     g_last = (((tl.minimum(o_first + BLOCK_O, cout) - 1) // cout_g) * cin_g + j) // cpo

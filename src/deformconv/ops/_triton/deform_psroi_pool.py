@@ -22,7 +22,7 @@ from .bilinear import (
     scatter_corners,
     slopes,
 )
-from .launch import check_grid, check_index_range, on_device
+from .launch import check_index_range, flat_grid, on_device, program_ids
 
 _BLOCK = 64
 
@@ -75,12 +75,12 @@ def _sample(h_start, w_start, ih, iw, sub_h, sub_w, height, width, ok):
 @triton.jit
 def _forward_kernel(
     x_ptr, batch_ptr, geo_ptr, table_ptr, offset_ptr, out_ptr, count_ptr,
-    height, width, bins_per_roi, classes, part_size, pooled_size, samples, trans_std,
+    rois, height, width, bins_per_roi, classes, part_size, pooled_size, samples, trans_std,
     x_sn, x_sc, x_sh, x_sw, HAS_OFFSET: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    k = tl.program_id(0)
+    k, pid, _ = program_ids(rois, tl.cdiv(bins_per_roi, BLOCK))
     ok, channel, h_start, w_start, sub_h, sub_w, _, _ = _bins(
-        k, tl.program_id(1), batch_ptr, geo_ptr, table_ptr, offset_ptr, bins_per_roi, classes,
+        k, pid, batch_ptr, geo_ptr, table_ptr, offset_ptr, bins_per_roi, classes,
         part_size, pooled_size, samples, trans_std, HAS_OFFSET, BLOCK)
     planes = x_ptr + tl.load(batch_ptr + k).to(tl.int64) * x_sn + channel.to(tl.int64) * x_sc
     total = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -97,7 +97,7 @@ def _forward_kernel(
             v11 = tl.load(planes + o11, mask=taken & ok11, other=0.0).to(tl.float32)
             total += interpolate(v00, v01, v10, v11, lh, lw)
             count += tl.where(taken, 1.0, 0.0)
-    at = k.to(tl.int64) * bins_per_roi + tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    at = k.to(tl.int64) * bins_per_roi + pid * BLOCK + tl.arange(0, BLOCK)
     out = tl.where(count > 0, total / tl.maximum(count, 1.0), 0.0)
     tl.store(out_ptr + at, out.to(out_ptr.dtype.element_ty), mask=ok)
     tl.store(count_ptr + at, count.to(count_ptr.dtype.element_ty), mask=ok)
@@ -106,16 +106,16 @@ def _forward_kernel(
 @triton.jit
 def _backward_kernel(
     x_ptr, batch_ptr, geo_ptr, table_ptr, offset_ptr, go_ptr, count_ptr, grad_x_ptr,
-    bin_grad_ptr, channels, height, width, bins_per_roi, classes, part_size, pooled_size, samples,
-    trans_std, x_sn, x_sc, x_sh, x_sw, HAS_OFFSET: tl.constexpr, NEED_INPUT: tl.constexpr,
-    NEED_OFFSET: tl.constexpr, BLOCK: tl.constexpr,
+    bin_grad_ptr, channels, rois, height, width, bins_per_roi, classes, part_size, pooled_size,
+    samples, trans_std, x_sn, x_sc, x_sh, x_sw, HAS_OFFSET: tl.constexpr,
+    NEED_INPUT: tl.constexpr, NEED_OFFSET: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """``grad_x_ptr``: zeroed float32 (N, C, H, W); ``bin_grad_ptr``: float32 (K, M, 2)."""
-    k = tl.program_id(0)
+    k, pid, _ = program_ids(rois, tl.cdiv(bins_per_roi, BLOCK))
     ok, channel, h_start, w_start, sub_h, sub_w, roi_h, roi_w = _bins(
-        k, tl.program_id(1), batch_ptr, geo_ptr, table_ptr, offset_ptr, bins_per_roi, classes,
+        k, pid, batch_ptr, geo_ptr, table_ptr, offset_ptr, bins_per_roi, classes,
         part_size, pooled_size, samples, trans_std, HAS_OFFSET, BLOCK)
-    at = k.to(tl.int64) * bins_per_roi + tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    at = k.to(tl.int64) * bins_per_roi + pid * BLOCK + tl.arange(0, BLOCK)
     count = tl.load(count_ptr + at, mask=ok, other=0.0).to(tl.float32)
     scale = tl.where(count > 0, tl.load(go_ptr + at, mask=ok, other=0.0).to(tl.float32)
                      / tl.maximum(count, 1.0), 0.0)
@@ -170,10 +170,10 @@ class _Args:
         self.rois = rois.shape[0]
         self.per_roi = output_dim * pooled_size * pooled_size
         check_index_range(self.rois * self.per_roi, "K * output_dim * P * P")
-        self.grid = check_grid((self.rois, triton.cdiv(self.per_roi, _BLOCK)),
-                               "deform_psroi_pool")
-        self.common = (input.shape[2], input.shape[3], self.per_roi, self.classes, part_size,
-                       pooled_size, samples, trans_std, *input.stride())
+        self.grid = flat_grid((self.rois, triton.cdiv(self.per_roi, _BLOCK)),
+                              "deform_psroi_pool")
+        self.common = (self.rois, input.shape[2], input.shape[3], self.per_roi, self.classes,
+                       part_size, pooled_size, samples, trans_std, *input.stride())
 
 
 def forward(input: Tensor, rois: Tensor, offset: Tensor | None, spatial_scale: float,

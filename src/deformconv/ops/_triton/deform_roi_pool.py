@@ -24,7 +24,7 @@ from .bilinear import (
     scatter_corners,
     slopes,
 )
-from .launch import block, check_grid, check_index_range, on_device
+from .launch import block, check_index_range, flat_grid, on_device, program_ids
 
 
 @triton.jit
@@ -64,14 +64,14 @@ def _sample(y_bin, x_bin, iy, ix, bin_h, bin_w, grid_h, grid_w, height, width, b
 @triton.jit
 def _forward_kernel(
     x_ptr, batch_ptr, geo_ptr, grid_ptr, offset_ptr, mask_ptr, out_ptr,
-    channels, height, width, pw, bins_per_roi, gamma, x_sn, x_sc, x_sh, x_sw,
+    rois, channels, height, width, pw, bins_per_roi, gamma, x_sn, x_sc, x_sh, x_sw,
     HAS_OFFSET: tl.constexpr, HAS_MASK: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    k = tl.program_id(0)
-    bins, bins_ok, y_bin, x_bin = _bins(k, tl.program_id(1), geo_ptr, offset_ptr, bins_per_roi,
-                                        pw, gamma, HAS_OFFSET, BLOCK_B)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    k, b_block, c_block = program_ids(rois, tl.cdiv(bins_per_roi, BLOCK_B))
+    bins, bins_ok, y_bin, x_bin = _bins(k, b_block, geo_ptr, offset_ptr, bins_per_roi, pw,
+                                        gamma, HAS_OFFSET, BLOCK_B)
+    c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < channels
     channel_offsets = c.to(tl.int64) * x_sc
     grid_h = tl.load(grid_ptr + 2 * k)
@@ -107,14 +107,14 @@ def _forward_kernel(
 def _backward_kernel(
     x_ptr, batch_ptr, geo_ptr, grid_ptr, offset_ptr, mask_ptr, go_ptr,
     grad_x_ptr, grad_offset_ptr, grad_mask_ptr,
-    channels, height, width, pw, bins_per_roi, gamma, x_sn, x_sc, x_sh, x_sw,
+    rois, channels, height, width, pw, bins_per_roi, gamma, x_sn, x_sc, x_sh, x_sw,
     HAS_OFFSET: tl.constexpr, HAS_MASK: tl.constexpr, NEED_INPUT: tl.constexpr,
     NEED_OFFSET_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """``grad_x_ptr``: zeroed float32 (N, H, W, C); ``go_ptr``: contiguous (K, C, ph, pw)."""
-    k = tl.program_id(0)
-    bins, bins_ok, y_bin, x_bin = _bins(k, tl.program_id(1), geo_ptr, offset_ptr, bins_per_roi,
-                                        pw, gamma, HAS_OFFSET, BLOCK_B)
+    k, b_block, _ = program_ids(rois, tl.cdiv(bins_per_roi, BLOCK_B))
+    bins, bins_ok, y_bin, x_bin = _bins(k, b_block, geo_ptr, offset_ptr, bins_per_roi, pw,
+                                        gamma, HAS_OFFSET, BLOCK_B)
     b = tl.load(batch_ptr + k).to(tl.int64)
     grid_h = tl.load(grid_ptr + 2 * k)
     grid_w = tl.load(grid_ptr + 2 * k + 1)
@@ -198,7 +198,7 @@ class _Args:
         check_index_range(self.rois * self.channels * self.bins, "K * C * ph * pw")
 
     def sizes(self, gamma: float) -> tuple:
-        return (self.channels, self.height, self.width, self.pooled[1], self.bins, gamma)
+        return (self.rois, self.channels, self.height, self.width, self.pooled[1], self.bins, gamma)
 
 
 def forward(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | None,
@@ -214,7 +214,7 @@ def forward(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | N
     block_c = block(a.channels, 16, 64)
     grid = (a.rois, triton.cdiv(a.bins, a.block_b), triton.cdiv(a.channels, block_c))
     with on_device(input):
-        _forward_kernel[check_grid(grid, "deform_roi_pool forward")](
+        _forward_kernel[flat_grid(grid, "deform_roi_pool forward")](
             input, a.batch, a.geo, a.grid, offset, mask, out, *a.sizes(gamma), *input.stride(),
             HAS_OFFSET=offset is not a.geo, HAS_MASK=mask is not a.geo, BLOCK_B=a.block_b,
             BLOCK_C=block_c, num_warps=4,
@@ -237,7 +237,7 @@ def backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | Non
                                  dtype=torch.float32) if need_input else a.geo
         grid = (a.rois, triton.cdiv(a.bins, a.block_b))
         with on_device(input):
-            _backward_kernel[check_grid(grid, "deform_roi_pool backward")](
+            _backward_kernel[flat_grid(grid, "deform_roi_pool backward")](
                 input, a.batch, a.geo, a.grid,
                 offset.contiguous() if offset is not None else a.geo,
                 mask.contiguous() if mask is not None else a.geo, grad_out.contiguous(), grad_x,

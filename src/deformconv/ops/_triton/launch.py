@@ -1,8 +1,11 @@
-"""Host-side helpers of the Triton backend: dtypes, device guard, block sizes, limits."""
+"""Launch helpers of the Triton backend: dtypes, device guard, block sizes, limits, and
+the grid every kernel is launched on (``flat_grid`` on the host, ``program_ids`` in the
+kernel)."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -12,8 +15,6 @@ from torch import Tensor
 
 from .._dispatch import triton_interpreted
 
-# Grid axes 1 and 2 of a CUDA launch hold at most this many programs.
-MAX_GRID_YZ = 65535
 INT32_MAX = 2**31 - 1
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
@@ -41,12 +42,25 @@ def block(size: int, low: int, high: int) -> int:
     return max(low, min(high, triton.next_power_of_2(max(1, size))))
 
 
-def check_grid(grid: tuple[int, ...], what: str) -> tuple[int, ...]:
-    """Refuse launches CUDA cannot express, with the sizes that caused them."""
-    if grid[0] > INT32_MAX or any(axis > MAX_GRID_YZ for axis in grid[1:]):
-        raise ValueError(f"{what}: launch grid {grid} exceeds CUDA's limits "
-                         f"({INT32_MAX} programs on axis 0, {MAX_GRID_YZ} on axes 1-2)")
-    return grid
+def flat_grid(grid: tuple[int, ...], what: str) -> tuple[int]:
+    """The programs of ``grid`` (at most 3 axes) all on axis 0, which holds up to
+    ``INT32_MAX`` (axes 1 and 2 only 65535: channel, kernel-point or bin counts can pass
+    that); the kernel recovers its indices with ``program_ids``."""
+    total = math.prod(grid)
+    if total > INT32_MAX:
+        raise ValueError(f"{what}: launch grid {grid} has {total} programs, more than CUDA's "
+                         f"{INT32_MAX}")
+    return (total,)
+
+
+@triton.jit
+def program_ids(size0, size1):
+    """This program's indices ``(i0, i1, i2)`` in the grid ``(size0, size1, size2)`` that
+    ``flat_grid`` flattened. ``i0`` varies fastest, so programs run in the same order as
+    on the 3-axis grid."""
+    pid = tl.program_id(0)
+    rest = pid // size0
+    return pid % size0, rest % size1, rest // size1
 
 
 def check_index_range(count: int, what: str) -> None:
