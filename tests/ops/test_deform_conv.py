@@ -982,6 +982,33 @@ class TestEdgeCases:
         for name in ("grad_input", "grad_offset", "grad_mask", "grad_weight"):
             assert torch.equal(results[name], torch.zeros_like(results[name])), name
 
+    def test_fallback_keeps_an_inf_pixel_out_of_outputs_beside_it(self):
+        """An inf at pixel (0, 0), zero offsets: outputs whose window misses it equal
+        conv2d's. The torch backend used to gather corners outside the plane from pixel 0
+        and weigh them 0, so 0 * inf made the last row and column NaN."""
+        case = Case(n=1, cin=2, cout=3, height=5, width=6, with_mask=False)
+        t = make_tensors(case, seed=13)
+        t["input"][0, 0, 0, 0] = math.inf
+        t["offset"] = torch.zeros_like(t["offset"])
+        conv = torch.nn.functional.conv2d(t["input"], t["weight"], t["bias"], case.stride,
+                                          case.padding, case.dilation, case.groups)
+        finite = conv.isfinite()
+        assert 0 < finite.sum() < conv.numel()
+        results = {
+            "fallback": torch_backend.forward(t["input"], t["offset"], t["weight"], t["bias"],
+                                              None, case.geometry),
+            "reference": reference_op(case)(t["input"], t["offset"], t["weight"], t["bias"]),
+        }
+        for name, out in results.items():
+            torch.testing.assert_close(out[finite], conv[finite], msg=name)
+        grad_out = torch.randn_like(conv)
+        grad_input = torch_backend.backward(grad_out, t["input"], t["offset"], t["weight"], None,
+                                            case.geometry, True, False, False)[0]
+        expected = torch.nn.grad.conv2d_input(t["input"].shape, t["weight"], grad_out,
+                                              case.stride, case.padding, case.dilation,
+                                              case.groups)
+        torch.testing.assert_close(grad_input, expected)
+
     def test_mask_of_ones_equals_no_mask(self):
         case = Case(groups=2, offset_groups=2, stride=(2, 1))
         tensors = make_tensors(case, seed=12)

@@ -227,6 +227,22 @@ class TestDeformRoIPool(RoIOpTester):
                           grads[2] if mask is not None else None],
                          [out_ref, *grads_ref], **F64)
 
+    def test_torch_backend_keeps_an_inf_pixel_out_of_bins_that_miss_it(self, generator):
+        """An inf at pixel (0, 0) and a RoI on the bottom-right edge (samples clamped onto
+        the last row and column): equal to the reference and roi_align. The torch backend
+        used to gather the corners past the edge from pixel 0 with weight 0: NaN."""
+        x = torch.randn(1, 2, 6, 6, dtype=torch.float64, generator=generator)
+        x[0, :, 0, 0] = torch.inf
+        rois = torch.tensor([[0, 2.0, 3.0, 6.0, 6.0]], dtype=torch.float64)
+        offset = torch.zeros(1, 2, 2, 2, dtype=torch.float64)
+        args = ((2, 2), 1.0, 2, 0.1, True)
+        out = torch_backend.forward(x, rois, offset, None, *args)
+        expected = reference.deform_roi_pool(x, rois, offset, *args)
+        assert expected.isfinite().all()
+        torch.testing.assert_close(out, expected, **F64)
+        torch.testing.assert_close(out, torchvision.ops.roi_align(x, rois, 2, 1.0, 2, True),
+                                   **F64)
+
     def test_torch_backend_tiles(self, generator, monkeypatch):
         """A workspace of a few bytes splits the work into single RoIs and sample rows."""
         x, rois, offset, mask = _case(3, 2, 3, 8, 9, 6, (2, 3), 1.0, True, True, 0.5)

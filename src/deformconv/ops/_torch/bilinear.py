@@ -1,6 +1,7 @@
 """Bilinear sampling with torch gathers, differentiable by autograd (docs/OPS.md: bilinear).
 
-All four corners of every sample are gathered at once. Corners outside the plane weigh 0.
+All four corners of every sample are gathered at once. Corners outside the plane weigh 0
+and count as 0 (an inf or NaN gathered in their place does not leak in).
 No separate "inside" test: a sample with ``h <= -1`` or ``h >= H`` has no corner inside,
 so it is 0 anyway, and the derivative is that of the piecewise-bilinear function with the
 ``floor`` corners -- the right-hand derivative at integer points, also on row -1 (whose
@@ -40,7 +41,12 @@ def bilinear(planes: Tensor, h: Tensor, w: Tensor) -> Tensor:
     index = torch.where(inside, rows * width + cols, torch.zeros_like(rows))
     flat = planes.reshape(batch, channels, height * width)
     gathered = torch.gather(flat, 2, index.reshape(batch, 1, -1).expand(-1, channels, -1))
-    values = (gathered.view(batch, channels, 4, -1) * weight.unsqueeze(1)).sum(dim=2)
+    gathered = gathered.view(batch, channels, 4, -1)
+    # Corners outside gathered pixel 0, whose zero weight makes an inf or NaN there NaN:
+    # then zero them. A pass over every corner, paid only when pixel 0 is not finite.
+    if not flat[:, :, 0].isfinite().all():
+        gathered = gathered.masked_fill(~inside.unsqueeze(1), 0.0)
+    values = (gathered * weight.unsqueeze(1)).sum(dim=2)
     return values.view(batch, channels, *sample_shape)
 
 
