@@ -102,3 +102,15 @@ def test_a_generic_reset_loop_keeps_the_offsets_zero(
             submodule.reset_parameters()
     last = [m for m in module.offset_branch.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert not last[-1].weight.any() and not last[-1].bias.any()
+
+
+def test_an_eager_forward_logs_no_fx_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.fx's is_fx_tracing() logs a deprecation warning (once per process): asking it
+    on every forward printed that warning in every program using a deformable module."""
+    warned = []
+    monkeypatch.setattr(torch.fx._symbolic_trace, "is_fx_tracing_warning",
+                        lambda: warned.append(True), raising=False)
+    for build in (_conv, _roi_pool, _psroi_pool):
+        module, inputs = build()
+        module(*(t.nan_to_num() for t in inputs))
+    assert warned == []

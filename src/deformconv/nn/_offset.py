@@ -56,8 +56,12 @@ def _exporting() -> bool:
 
 
 def _fx_tracing() -> bool:
-    """Whether ``torch.fx.symbolic_trace`` is tracing (torchvision's feature extractor)."""
-    return bool(torch.fx._symbolic_trace.is_fx_tracing())
+    """Whether ``torch.fx.symbolic_trace`` is tracing (torchvision's feature extractor);
+    not ``is_fx_tracing()``, which logs a deprecation warning on its first call."""
+    symbolic_trace = torch.fx._symbolic_trace
+    if hasattr(symbolic_trace, "is_fx_symbolic_tracing"):
+        return bool(symbolic_trace.is_fx_symbolic_tracing())
+    return bool(getattr(symbolic_trace, "_is_fx_tracing_flag", False))  # torch < 2.8
 
 
 def nan_offsets_propagate(op: Callable[[Tensor], Tensor], offset: Tensor, *,
@@ -77,7 +81,9 @@ def nan_offsets_propagate(op: Callable[[Tensor], Tensor], offset: Tensor, *,
     # torch.compile and FX trace the op as a node whose error no except ever sees: there
     # the masking always runs, and where all is finite it leaves op(offset) as it is.
     tracing = torch.compiler.is_compiling() or _fx_tracing()
-    if not tracing and bool(offset.isfinite().all()):
+    # one float32 sum, no temporary: it is not finite when an offset is not (or when the
+    # sum overflows, which only costs the masking below, exact without non-finite offsets)
+    if not tracing and bool(offset.sum(dtype=torch.float32).isfinite()):
         return op(offset)
     bad = ~offset.isfinite()
     out = op(offset.masked_fill(bad, 0.0))
