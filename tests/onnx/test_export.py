@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from deformconv import onnx as dc_onnx
-from deformconv.onnx.export import worst
+from deformconv.onnx.export import save_checked, worst
 from deformconv.ops import deform_conv2d
 
 pytest.importorskip("onnx")
@@ -177,3 +177,27 @@ def test_a_modules_nan_masking_stays_out_of_the_graph(tmp_path):
     torch.onnx.export(DeformConv2d(4, 4, 3, padding=1).eval(), (torch.randn(1, 4, 8, 8),), path,
                       dynamo=True)
     assert {n.op_type for n in onnx.load(str(path)).graph.node} == {"Conv", "DeformConv"}
+
+
+def test_an_invalid_graph_is_not_saved(tmp_path):
+    """export() checks the file it writes (onnx.checker, full check): an invalid graph (as
+    float16 RoI pooling gave) raised no error and was saved for onnxruntime to refuse."""
+    path = tmp_path / "linear.onnx"
+    program = dc_onnx.export(nn.Linear(3, 2).eval(), torch.randn(2, 3), path)
+    import onnx
+
+    onnx.checker.check_model(str(path), full_check=True)
+    before = path.read_bytes()
+    next(iter(program.model.graph)).op_type = "NoSuchOp"
+    with pytest.raises(RuntimeError, match=r"not valid ONNX, so .*linear.onnx was not written"):
+        save_checked(program, path, external_data=False)
+    assert path.read_bytes() == before  # the earlier file is kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["linear.onnx"]  # nothing left over
+
+
+def test_external_data_is_saved_beside_the_graph(tmp_path):
+    path = tmp_path / "linear.onnx"
+    net = nn.Linear(3, 2).eval()
+    dc_onnx.export(net, torch.randn(2, 3), path, external_data=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["linear.onnx", "linear.onnx.data"]
+    assert dc_onnx.check(net, torch.randn(4, 3), path) <= 1e-6

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -120,6 +122,9 @@ def export(
 
     Returns:
         The ``torch.onnx.ONNXProgram`` that was saved.
+
+    Raises:
+        RuntimeError: ``onnx.checker`` rejects the graph; nothing is written at ``path``.
     """
     require_onnx()
     args = args if isinstance(args, tuple) else (args,)
@@ -136,8 +141,34 @@ def export(
         custom_translation_table=translation_table(), input_names=input_names,
         output_names=output_names, verbose=False,
     )
-    program.save(os.fspath(path), external_data=external_data)
+    save_checked(program, path, external_data=external_data)
     return program
+
+
+def save_checked(
+    program: torch.onnx.ONNXProgram, path: str | os.PathLike, *, external_data: bool,
+) -> None:
+    """Save ``program`` at ``path`` only if ``onnx.checker`` (full check, with shape
+    inference) accepts the file; a file already at ``path`` stays as it was otherwise.
+
+    The graph is written to a temporary folder beside ``path`` under the same name (the
+    ``.data`` file of external weights is named after it), checked there, then moved.
+    """
+    import onnx
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as folder:
+        staged = Path(folder) / path.name
+        program.save(os.fspath(staged), external_data=external_data)
+        try:
+            onnx.checker.check_model(os.fspath(staged), full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+            raise RuntimeError(
+                f"the exported graph is not valid ONNX, so {os.fspath(path)} was not written: "
+                f"{error}"
+            ) from error
+        for staged_file in sorted(Path(folder).iterdir(), reverse=True):  # .data before graph
+            os.replace(staged_file, path.with_name(staged_file.name))
 
 
 def check(model: nn.Module, args: tuple | Tensor, path: str | os.PathLike) -> float:

@@ -4,7 +4,8 @@ ONNX has no deformable RoI pooling operator, so each op becomes a small graph: t
 positions of every (RoI, bin, sample) are computed with elementwise ops, the four bilinear
 corners are read with ``Gather`` from the flattened feature map, and the samples are averaged
 with ``ReduceSum``. The RoI count K, the batch size and the map size (H, W) may be dynamic;
-channels and the pooling geometry are static. Semantics: docs/OPS.md.
+channels and the pooling geometry are static. float16 inputs are pooled in float32 and
+the results cast back, as the ops' kernels do. Semantics: docs/OPS.md.
 """
 
 from __future__ import annotations
@@ -24,6 +25,25 @@ def floats(values, dtype: ir.DataType) -> ir.Value:
 
 def ints(values) -> ir.Value:
     return op.Constant(value=ir.tensor(np.asarray(values, dtype=np.int64)))
+
+
+def upcast(
+    input: ir.Value, *others: ir.Value | None,
+) -> tuple[ir.DataType, list[ir.Value | None]]:
+    """The dtype the ops compute in for ``input`` (float32 for float16, as the kernels and
+    ``ops._checks.compute_dtype``) and ``input``, ``others`` cast to it where they differ.
+
+    The ops take float16 RoIs in float32, so computing in the input's dtype would mix float16
+    and float32 in one node (an invalid graph) and round differently from PyTorch.
+    """
+    dtype = ir.DataType.FLOAT if input.dtype == ir.DataType.FLOAT16 else input.dtype
+    return dtype, [v if v is None or v.dtype == dtype else op.Cast(v, to=dtype)
+                   for v in (input, *others)]
+
+
+def downcast(value: ir.Value, dtype: ir.DataType, compute: ir.DataType) -> ir.Value:
+    """``value`` computed in ``compute`` back in the input's ``dtype``."""
+    return value if dtype == compute else op.Cast(value, to=dtype)
 
 
 class MapSize:
@@ -103,8 +123,9 @@ def deform_roi_pool(
     None, mask (K, 1, ph, pw) or None. Sample grids are laid out (K, ph, pw, Gh, Gw).
     """
     check_type(input, "input", "deform_roi_pool decomposition")
-    dtype = input.dtype
-    channels, size = static_dim(input, 1, "input"), MapSize(input, dtype)
+    channels, out_dtype = static_dim(input, 1, "input"), input.dtype
+    dtype, (input, rois, offset, mask) = upcast(input, rois, offset, mask)
+    size = MapSize(input, dtype)
     flat = op.Reshape(op.Transpose(input, perm=[0, 2, 3, 1]), ints([-1, channels]))
     batch, (x1, y1, x2, y2) = split_rois(rois)
     shift = 0.5 if aligned else 0.0
@@ -157,7 +178,7 @@ def deform_roi_pool(
     count = op.Max(op.Mul(grid_h, grid_w), floats(1, dtype))  # (K, 1)
     pooled = op.Div(op.ReduceSum(values, ints([3, 4]), keepdims=0), to5d(count, [2, 3]))
     out = op.Transpose(pooled, perm=[0, 3, 1, 2])  # (K, C, ph, pw)
-    return out if mask is None else op.Mul(out, mask)
+    return downcast(out if mask is None else op.Mul(out, mask), out_dtype, dtype)
 
 
 def round_half_away(value: ir.Value, dtype: ir.DataType) -> ir.Value:
@@ -176,8 +197,10 @@ def deform_psroi_pool(
     or None (no offsets). Samples are laid out (K, D, p, p, sh, sw), sh = sw = sample_per_part.
     """
     check_type(input, "input", "deform_psroi_pool decomposition")
-    dtype = input.dtype
-    channels, size = static_dim(input, 1, "input"), MapSize(input, dtype)
+    channels, out_dtype = static_dim(input, 1, "input"), input.dtype
+    classes = 0 if offset is None else static_dim(offset, 1, "offset") // 2
+    dtype, (input, rois, offset) = upcast(input, rois, offset)
+    size = MapSize(input, dtype)
     flat = op.Reshape(input, ints([-1]))
     batch, coords = split_rois(rois)
     x1, y1, x2, y2 = (round_half_away(c, dtype) for c in coords)
@@ -203,7 +226,6 @@ def deform_psroi_pool(
     bin_y = op.Add(to6d(start_h), op.Mul(to6d(bin_h), floats(bins[:, None, None, None], dtype)))
     bin_x = op.Add(to6d(start_w), op.Mul(to6d(bin_w), floats(bins[:, None, None], dtype)))
     if offset is not None:
-        classes = static_dim(offset, 1, "offset") // 2
         per_class = output_dim // classes
         cls = ctop // per_class  # (D, 1, 1)
         cells = (part[:, None] * part_size + part[None, :])  # (p, p): index in part grid
@@ -236,7 +258,7 @@ def deform_psroi_pool(
     count = op.Expand(count, op.Shape(total))
     out = op.Where(op.Greater(count, floats(0, dtype)),
                    op.Div(total, op.Max(count, one)), floats(0, dtype))
-    return out, count
+    return downcast(out, out_dtype, dtype), downcast(count, out_dtype, dtype)
 
 
 # Translations of the registered custom ops (their schemas, argument for argument).
