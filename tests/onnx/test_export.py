@@ -51,7 +51,7 @@ def exported_net(tmp_path_factory):
 
 def test_export_model_matches_at_two_batch_sizes(exported_net):
     net, path, result = exported_net
-    assert not net.training  # exported for inference
+    assert net.training  # exported for inference (eval mode), the caller's mode kept
     assert result.path == str(path) and path.is_file()
     assert result.checked_shapes == ((2, 3, 16, 16), (3, 3, 16, 16))
     assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
@@ -201,3 +201,23 @@ def test_external_data_is_saved_beside_the_graph(tmp_path):
     dc_onnx.export(net, torch.randn(2, 3), path, external_data=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["linear.onnx", "linear.onnx.data"]
     assert dc_onnx.check(net, torch.randn(4, 3), path) <= 1e-6
+
+
+def test_training_mode_model_is_exported_and_checked_in_eval_mode_and_left_as_it_was(
+        exported_net):
+    """check() ran a training-mode model as it was: BatchNorm on batch statistics gave a
+    large 'error' (0.9 on a detector) and updated the model's running statistics."""
+    _, path, _ = exported_net
+    net = small_net()  # same weights as the exported one, in training mode
+    net[6].eval()  # a submodule kept in its own mode stays so
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    assert dc_onnx.check(net, torch.randn(4, 3, 16, 16), path) <= 1e-4
+    assert net.training and net[1].training and not net[6].training
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_export_leaves_the_mode_as_it_was(tmp_path):
+    net = small_net()
+    dc_onnx.export(net, torch.randn(2, 3, 16, 16), tmp_path / "x.onnx")
+    assert all(module.training for module in net.modules())

@@ -10,10 +10,11 @@ outside an ONNX export (``torch.export.export``, then ``torch.onnx.export`` of t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,19 @@ def check_dtypes(model: nn.Module, args: tuple) -> None:
             )
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block, then every submodule back in its own mode
+    (``model.train(was_training)`` would also flip submodules kept in another mode)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def dynamic_dims(args: tuple, batch: bool, spatial: bool) -> tuple:
     """``dynamic_shapes`` for ``args``: with ``batch`` dim 0 of every tensor (batch size, or RoI
     count for rois) is dynamic; with ``spatial`` the last two dims of every 4-D tensor (H, W)
@@ -110,8 +124,9 @@ def export(
     """Export ``model(*args)`` to an ONNX file at ``path`` with our ops translated.
 
     Args:
-        model: any module; it is exported in its current mode (call ``model.eval()`` first
-            for inference).
+        model: any module. ONNX graphs are for inference: it is exported in eval mode
+            whatever its mode (BatchNorm with its running statistics, no dropout), and its
+            mode is left as it was.
         args: example positional inputs (a tensor or a tuple).
         opset: ONNX opset, at least 19 (``DeformConv``).
         dynamic_batch: make dim 0 of every tensor argument dynamic (examples need dim 0 >= 2).
@@ -136,11 +151,12 @@ def export(
     check_dtypes(model, args)
     if dynamic_shapes is None and (dynamic_batch or dynamic_size):
         dynamic_shapes = dynamic_dims(args, batch=dynamic_batch, spatial=dynamic_size)
-    program = torch.onnx.export(
-        model, args, None, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
-        custom_translation_table=translation_table(), input_names=input_names,
-        output_names=output_names, verbose=False,
-    )
+    with eval_mode(model):
+        program = torch.onnx.export(
+            model, args, None, dynamo=True, opset_version=opset,
+            dynamic_shapes=dynamic_shapes, custom_translation_table=translation_table(),
+            input_names=input_names, output_names=output_names, verbose=False,
+        )
     save_checked(program, path, external_data=external_data)
     return program
 
@@ -174,6 +190,9 @@ def save_checked(
 def check(model: nn.Module, args: tuple | Tensor, path: str | os.PathLike) -> float:
     """Run the ONNX file at ``path`` in onnxruntime (CPU) on ``args``; compare with ``model``.
 
+    ``model`` runs in eval mode, as :func:`export` exports it, without gradients; its mode
+    and state (BatchNorm statistics included) are left as they were.
+
     Returns:
         The largest absolute difference over all outputs (NaN if either side has a NaN).
     """
@@ -192,7 +211,7 @@ def check(model: nn.Module, args: tuple | Tensor, path: str | os.PathLike) -> fl
         )
     feed = {name: t.detach().cpu().numpy() for name, t in zip(names, inputs, strict=True)}
     got = session.run(None, feed)
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         expected = tensor_leaves(model(*args))
     if len(got) != len(expected):
         raise ValueError(f"onnxruntime gave {len(got)} outputs, PyTorch {len(expected)}")
@@ -256,9 +275,8 @@ def export_model(
     """Export an image model (input ``(N, C, H, W)``) in eval mode, then check it in onnxruntime.
 
     The check runs on ``example_input`` and, when a dim is dynamic, on an input grown along
-    it (batch N + 1; H + 3, W + 5 with ``dynamic_size``).
+    it (batch N + 1; H + 3, W + 5 with ``dynamic_size``). The model's mode is left as it was.
     """
-    model.eval()
     export(model, (example_input,), path, opset=opset, dynamic_batch=dynamic_batch,
            dynamic_size=dynamic_size)
     if not verify:

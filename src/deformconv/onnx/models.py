@@ -21,7 +21,16 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .export import MIN_OPSET, ExportResult, check, export, export_model, grow, worst
+from .export import (
+    MIN_OPSET,
+    ExportResult,
+    check,
+    eval_mode,
+    export,
+    export_model,
+    grow,
+    worst,
+)
 
 __all__ = ["DetectorFeatures", "RoIHead", "export_detector", "export_registered"]
 
@@ -84,16 +93,16 @@ def export_detector(
 
     Both graphs have a dynamic batch size and, with ``dynamic_size``, a dynamic image /
     feature-map size; the RoI head also a dynamic RoI count. With ``verify`` each graph is
-    checked in onnxruntime on the example and on a larger input.
+    checked in onnxruntime on the example and on a larger input. Both run in eval mode; the
+    detector's mode is left as it was.
     """
-    detector.eval()
     path = Path(path)
-    features = DetectorFeatures(detector).eval()
+    features = DetectorFeatures(detector)
     first = export_model(features, images, path, opset=opset, dynamic_size=dynamic_size,
                          verify=verify)
-    head = RoIHead(detector).eval()
+    head = RoIHead(detector)
     head_path = path.with_name(f"{path.stem}.roi_head.onnx")
-    with torch.no_grad():
+    with eval_mode(features), torch.no_grad():
         feature_map = features(images)[2]
     height, width = images.shape[-2:]
     boxes = example_rois(rois, images.shape[0], height, width)
