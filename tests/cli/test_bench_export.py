@@ -123,6 +123,10 @@ def test_export_registered_model(capsys: pytest.CaptureFixture, tmp_path: Path) 
     (["export", "resnet5", "--out", "m.onnx"], "unknown model 'resnet5'"),
     (["export", "resnet50", "--out", "m.txt", "--base-channels", "4"],
      "--out must name a .onnx file"),
+    (["export", "resnet50", "--out", "m.onnx", "--opset", "26"],
+     "expected an opset in [19, 25]"),
+    (["export", "resnet50", "--out", "m.onnx", "--opset", "18"],
+     "expected an opset in [19, 25]"),
 ])
 def test_export_bad_arguments(capsys: pytest.CaptureFixture, argv: list[str],
                               message: str) -> None:

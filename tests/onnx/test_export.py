@@ -126,10 +126,31 @@ def test_check_wrong_number_of_inputs(exported_net):
         dc_onnx.check(net, (x, x), path)
 
 
-def test_opset_below_19_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"opset must be an int >= 19 .* got 18"):
-        dc_onnx.export(small_net(), torch.randn(2, 3, 16, 16), tmp_path / "x.onnx", opset=18)
+@pytest.mark.parametrize("opset", [18, 26, 19.0])
+def test_opset_outside_19_to_25_is_refused(tmp_path, opset):
+    """Above 25 torch's converter left an opset-18 DeformConv graph (only logged) that
+    onnxruntime cannot load."""
+    with pytest.raises(ValueError, match=rf"opset must be an int in \[19, 25\] .* got {opset}"):
+        dc_onnx.export(small_net(), torch.randn(2, 3, 16, 16), tmp_path / "x.onnx", opset=opset)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_opset_25_is_written_as_asked(tmp_path):
+    import onnx
+
+    net = small_net()
+    dc_onnx.export(net, torch.randn(2, 3, 16, 16), tmp_path / "x.onnx", opset=dc_onnx.MAX_OPSET)
+    imports = {o.domain: o.version for o in onnx.load(str(tmp_path / "x.onnx")).opset_import}
+    assert imports[""] == 25
+    assert dc_onnx.check(net, torch.randn(3, 3, 16, 16), tmp_path / "x.onnx") <= 1e-4
+
+
+def test_a_graph_of_another_opset_is_not_saved(tmp_path):
+    path = tmp_path / "linear.onnx"
+    program = dc_onnx.export(nn.Linear(3, 2).eval(), torch.randn(2, 3), path, opset=20)
+    with pytest.raises(RuntimeError, match=r"has opset 20, not the requested opset 21, so .*"
+                                           r"linear.onnx was not written"):
+        save_checked(program, tmp_path / "linear.onnx", opset=21, external_data=False)
 
 
 def test_bfloat16_is_refused(tmp_path):
@@ -190,7 +211,7 @@ def test_an_invalid_graph_is_not_saved(tmp_path):
     before = path.read_bytes()
     next(iter(program.model.graph)).op_type = "NoSuchOp"
     with pytest.raises(RuntimeError, match=r"not valid ONNX, so .*linear.onnx was not written"):
-        save_checked(program, path, external_data=False)
+        save_checked(program, path, opset=19, external_data=False)
     assert path.read_bytes() == before  # the earlier file is kept
     assert sorted(p.name for p in tmp_path.iterdir()) == ["linear.onnx"]  # nothing left over
 

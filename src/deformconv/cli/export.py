@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..onnx.export import MAX_OPSET, MIN_OPSET
 from ._build import (
     ModelSpec,
     add_model_options,
@@ -48,7 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--batch", type=_example_batch, default=2,
                         help="example batch size, at least 2 (default 2; the exported batch "
                              "size stays dynamic)")
-    parser.add_argument("--opset", type=positive_int, default=19)
+    parser.add_argument("--opset", type=_opset, default=MIN_OPSET,
+                        help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default {MIN_OPSET})")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.set_defaults(run=run_export)
@@ -65,6 +67,16 @@ def _example_batch(text: str) -> int:
     if value < 2:
         raise argparse.ArgumentTypeError(f"expected {expected_value(_example_batch)}, "
                                          f"got {text!r}")
+    return value
+
+
+def _opset(text: str) -> int:
+    """argparse ``type`` of --opset: the opsets ``deformconv.onnx.export`` can write."""
+    value = positive_int(text)
+    if not MIN_OPSET <= value <= MAX_OPSET:
+        raise argparse.ArgumentTypeError(
+            f"expected an opset in [{MIN_OPSET}, {MAX_OPSET}] (ONNX DeformConv needs >= "
+            f"{MIN_OPSET}; torch's exporter cannot convert it past {MAX_OPSET}), got {value}")
     return value
 
 

@@ -19,10 +19,19 @@ Example (``export_registered("faster_rcnn_resnet50", "frcnn.onnx")`` is what
     True
 """
 
-from .export import MIN_OPSET, ExportResult, check, export, export_model, translation_table
+from .export import (
+    MAX_OPSET,
+    MIN_OPSET,
+    ExportResult,
+    check,
+    export,
+    export_model,
+    translation_table,
+)
 from .models import export_detector, export_registered
 
 __all__ = [
+    "MAX_OPSET",
     "MIN_OPSET",
     "ExportResult",
     "check",

@@ -24,6 +24,9 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 MIN_OPSET = 19  # ONNX DeformConv first appears in opset 19
+# torch's exporter builds opset 18 graphs and converts them to the requested opset; above 25
+# its converter has no DeformConv adapter and leaves an opset-18 graph that is not valid ONNX.
+MAX_OPSET = 25
 SUPPORTED_DTYPES = (torch.float16, torch.float32, torch.float64)
 
 
@@ -128,7 +131,7 @@ def export(
             whatever its mode (BatchNorm with its running statistics, no dropout), and its
             mode is left as it was.
         args: example positional inputs (a tensor or a tuple).
-        opset: ONNX opset, at least 19 (``DeformConv``).
+        opset: ONNX opset, 19 (``DeformConv``) to 25 (``MAX_OPSET``).
         dynamic_batch: make dim 0 of every tensor argument dynamic (examples need dim 0 >= 2).
         dynamic_size: also make H and W of every 4-D tensor argument dynamic where the model
             allows it (:func:`export_model` checks that the image size really is).
@@ -139,14 +142,17 @@ def export(
         The ``torch.onnx.ONNXProgram`` that was saved.
 
     Raises:
-        RuntimeError: ``onnx.checker`` rejects the graph; nothing is written at ``path``.
+        RuntimeError: ``onnx.checker`` rejects the graph, or its opset is not ``opset``;
+            nothing is written at ``path`` then.
     """
     require_onnx()
     args = args if isinstance(args, tuple) else (args,)
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+    if (isinstance(opset, bool) or not isinstance(opset, int)
+            or not MIN_OPSET <= opset <= MAX_OPSET):
         raise ValueError(
-            f"opset must be an int >= {MIN_OPSET} (ONNX DeformConv was added in opset "
-            f"{MIN_OPSET}), got {opset!r}"
+            f"opset must be an int in [{MIN_OPSET}, {MAX_OPSET}] (ONNX DeformConv was added in "
+            f"opset {MIN_OPSET}; torch's exporter cannot convert it past opset {MAX_OPSET}), "
+            f"got {opset!r}"
         )
     check_dtypes(model, args)
     if dynamic_shapes is None and (dynamic_batch or dynamic_size):
@@ -157,15 +163,17 @@ def export(
             dynamic_shapes=dynamic_shapes, custom_translation_table=translation_table(),
             input_names=input_names, output_names=output_names, verbose=False,
         )
-    save_checked(program, path, external_data=external_data)
+    save_checked(program, path, opset=opset, external_data=external_data)
     return program
 
 
 def save_checked(
-    program: torch.onnx.ONNXProgram, path: str | os.PathLike, *, external_data: bool,
+    program: torch.onnx.ONNXProgram, path: str | os.PathLike, *, opset: int,
+    external_data: bool,
 ) -> None:
     """Save ``program`` at ``path`` only if ``onnx.checker`` (full check, with shape
-    inference) accepts the file; a file already at ``path`` stays as it was otherwise.
+    inference) accepts the file and its opset is ``opset``; a file already at ``path`` stays
+    as it was otherwise.
 
     The graph is written to a temporary folder beside ``path`` under the same name (the
     ``.data`` file of external weights is named after it), checked there, then moved.
@@ -183,6 +191,13 @@ def save_checked(
                 f"the exported graph is not valid ONNX, so {os.fspath(path)} was not written: "
                 f"{error}"
             ) from error
+        imports = onnx.load(os.fspath(staged), load_external_data=False).opset_import
+        written = next((o.version for o in imports if o.domain in ("", "ai.onnx")), None)
+        if written != opset:
+            raise RuntimeError(
+                f"the exported graph has opset {written}, not the requested opset {opset}, so "
+                f"{os.fspath(path)} was not written"
+            )
         for staged_file in sorted(Path(folder).iterdir(), reverse=True):  # .data before graph
             os.replace(staged_file, path.with_name(staged_file.name))
 
