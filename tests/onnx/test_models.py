@@ -14,6 +14,7 @@ pytest.importorskip("onnxruntime")
 from deformconv import models  # noqa: E402
 from deformconv.nn import OffsetBranchMixin  # noqa: E402
 from deformconv.onnx import check, export  # noqa: E402
+from deformconv.onnx.export import eval_mode  # noqa: E402
 from deformconv.onnx.models import RoIHead, example_rois, export_registered  # noqa: E402
 
 TOL = 1e-4
@@ -46,11 +47,12 @@ def faster_rcnn_export(tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "faster_rcnn.onnx"
     results = export_registered("faster_rcnn_resnet50", path, model=randomise_offsets(model),
                                 image_size=64)
-    return path, results
+    return path, results, model
 
 
 def test_detector_backbone_and_head_match_pytorch(faster_rcnn_export):
-    path, (features, head) = faster_rcnn_export
+    path, (features, head), model = faster_rcnn_export
+    assert all(module.training for module in model.modules())  # the caller's mode kept
     assert features.path == str(path)
     assert head.path == str(path.with_name("faster_rcnn.roi_head.onnx"))
     # Checked on the example and on one more image, 3 more rows and 5 more columns.
@@ -61,12 +63,54 @@ def test_detector_backbone_and_head_match_pytorch(faster_rcnn_export):
 
 
 def test_detector_graphs_use_standard_ops(faster_rcnn_export):
-    path, (features, head) = faster_rcnn_export
+    path, (features, head), _ = faster_rcnn_export
     assert "DeformConv" in op_types(features.path)  # the deformable backbone
     head_ops = op_types(head.path)
     assert "Gather" in head_ops and "DeformConv" not in head_ops  # decomposed RoI pooling
     for result in (features, head):
         onnx.checker.check_model(onnx.load(result.path), full_check=True)
+
+
+def test_documented_pipeline_gives_the_detectors_detections(faster_rcnn_export, monkeypatch):
+    """The pipeline of deformconv.onnx.models' docstring on an image whose sides are not
+    multiples of 32. The features graph did not pad as the detector's transform does
+    (zeros after normalisation, to multiples of 32): boxes came out 128 px off."""
+    import onnxruntime as ort
+    from torchvision.models.detection.image_list import ImageList
+    from torchvision.models.detection.rpn import concat_box_prediction_layers
+
+    path, (features, head), model = faster_rcnn_export
+    monkeypatch.setattr(model.transform, "min_size", (72,))  # no resizing of a 72 x 100 image
+    monkeypatch.setattr(model.transform, "max_size", 100)
+    monkeypatch.setattr(model.roi_heads, "score_thresh", 0.0)  # random weights: low scores
+    images = torch.rand(1, 3, 72, 100, generator=torch.Generator().manual_seed(5))
+    sizes = [(72, 100)]
+    with eval_mode(model), torch.no_grad():
+        expected = model(list(images))[0]
+
+    def run(path: str, *args: torch.Tensor) -> list[torch.Tensor]:
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        feed = {name: x.numpy() for name, x in zip(names, args, strict=True)}
+        return [torch.from_numpy(a) for a in session.run(None, feed)]
+
+    with torch.no_grad():
+        objectness, deltas, feature_map = run(features.path, images)
+        padded = torch.empty(1, 3, 96, 128)  # anchors: padded size
+        anchors = model.rpn.anchor_generator(ImageList(padded, sizes), [objectness])
+        scores, deltas = concat_box_prediction_layers([objectness], [deltas])
+        proposals = model.rpn.box_coder.decode(deltas, anchors).view(1, -1, 4)
+        boxes, _ = model.rpn.filter_proposals(proposals, scores, sizes,
+                                              [objectness[0].numel()])
+        rois = torch.cat([torch.cat([torch.full((len(b), 1), i), b], 1)
+                          for i, b in enumerate(boxes)])
+        logits, box_deltas = run(head.path, feature_map, rois)
+        (got_boxes,), (got_scores,), (got_labels,) = model.roi_heads.postprocess_detections(
+            logits, box_deltas, boxes, sizes)
+    assert len(expected["boxes"]) > 10
+    torch.testing.assert_close(got_boxes, expected["boxes"], atol=1e-3, rtol=0)
+    torch.testing.assert_close(got_scores, expected["scores"], atol=1e-5, rtol=0)
+    assert torch.equal(got_labels, expected["labels"])
 
 
 def test_rfcn_position_sensitive_head(tmp_path):

@@ -6,11 +6,27 @@ box lists have data-dependent sizes), so it exports as the two graphs that carry
 its weights, the parts a deployment runs in onnxruntime:
 
 - features: ``images (N, 3, H, W)`` in [0, 1], already resized -> RPN objectness
-  ``(N, A, h, w)``, RPN box deltas ``(N, 4A, h, w)`` and the RoI head's feature map;
+  ``(N, A, h, w)``, RPN box deltas ``(N, 4A, h, w)`` and the RoI head's feature map. Like
+  the detector's transform, the graph normalises, then pads with zeros at the bottom and
+  right to multiples of ``detector.transform.size_divisible`` (32): H and W may be any size;
 - RoI head: ``(head features, rois (K, 5) [batch_index, x1, y1, x2, y2] in image pixels)``
   -> class logits ``(K, classes)`` and box deltas ``(K, 4 * classes)``.
 
 Anchors, proposal decoding, NMS and box post-processing stay in torchvision's Python code.
+The detector's detections for images resized to ``sizes = [(H, W)] * N`` are then
+(``ImageList`` and ``concat_box_prediction_layers`` from ``torchvision.models.detection``)::
+
+    objectness, deltas, features = features_graph(images)
+    padded = torch.empty(N, 3, ceil(H / 32) * 32, ceil(W / 32) * 32)  # anchors: padded size
+    anchors = detector.rpn.anchor_generator(ImageList(padded, sizes), [objectness])
+    scores, deltas = concat_box_prediction_layers([objectness], [deltas])
+    proposals = detector.rpn.box_coder.decode(deltas, anchors).view(N, -1, 4)
+    boxes, _ = detector.rpn.filter_proposals(proposals, scores, sizes, [objectness[0].numel()])
+    rois = torch.cat([torch.cat([torch.full((len(b), 1), i), b], 1) for i, b in enumerate(boxes)])
+    logits, box_deltas = roi_head_graph(features, rois)
+    detector.roi_heads.postprocess_detections(logits, box_deltas, boxes, sizes)
+
+followed by ``detector.transform.postprocess`` for boxes in the original image sizes.
 """
 
 from __future__ import annotations
@@ -39,12 +55,19 @@ DEFAULT_CLASSES = {"classification": 1000, "segmentation": 21, "detection": 81}
 
 
 class DetectorFeatures(nn.Module):
-    """Normalise, run the backbone and the RPN head of a ``TwoStageDetector``."""
+    """Normalise and pad as the detector's transform does, run the backbone and the RPN head
+    of a ``TwoStageDetector``.
+
+    Padding is zeros after normalisation, at the bottom and right, up to multiples of
+    ``size_divisible`` (torchvision's ``GeneralizedRCNNTransform`` pads its batch so);
+    without it the feature maps, and so the detections, differ from the detector's.
+    """
 
     def __init__(self, detector: nn.Module) -> None:
         super().__init__()
         self.backbone = detector.backbone
         self.rpn_head = detector.rpn.head
+        self.size_divisible = int(detector.transform.size_divisible)
         mean = torch.tensor(detector.transform.image_mean).view(1, -1, 1, 1)
         std = torch.tensor(detector.transform.image_std).view(1, -1, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
@@ -53,7 +76,9 @@ class DetectorFeatures(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         from ..models.detection import HEAD_KEY, RPN_KEY
 
-        features = self.backbone((images - self.mean) / self.std)
+        height, width = images.shape[-2:]
+        pad = (0, -width % self.size_divisible, 0, -height % self.size_divisible)
+        features = self.backbone(nn.functional.pad((images - self.mean) / self.std, pad))
         (objectness,), (deltas,) = self.rpn_head([features[RPN_KEY]])
         return objectness, deltas, features[HEAD_KEY]
 
