@@ -119,3 +119,25 @@ def test_float16_graph_is_valid_and_matches_pytorch(tmp_path, name):
     more = tuple(t.half() for t in make_inputs(name, rois=7, batch=3, seed=1))
     # torch rounds a float32 result to float16 too: at most a rounding step apart
     assert dc_onnx.check(module, more, path) <= 4e-3
+
+
+def test_invalid_rois_give_nan_rows(exported):
+    """The ops raise for these RoIs; a graph cannot, and gave silent values instead: batch
+    index -1 pooled the last image (Gather wraps), 0.7 the first, an inf coordinate zeros."""
+    import onnxruntime
+
+    name, path = exported
+    inputs = list(make_inputs(name, rois=7, batch=2, seed=3))
+    inf, nan = float("inf"), float("nan")
+    bad = [[-1, 1, 1, 5, 5], [0.7, 1, 1, 5, 5], [2, 1, 1, 5, 5], [0, 1, inf, 5, 5],
+           [0, nan, 1, 5, 5], [nan, 1, 1, 5, 5]]
+    inputs[1][1:] = torch.tensor(bad)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs, strict=True)}
+    outputs = [torch.from_numpy(out) for out in session.run(None, feed)]
+    with torch.no_grad():
+        valid = CASES[name][0](*(t[:1] if i else t for i, t in enumerate(inputs)))
+    for got, expected in zip(outputs, (valid,) if torch.is_tensor(valid) else valid,
+                             strict=True):
+        torch.testing.assert_close(got[:1], expected, atol=TOL, rtol=0)
+        assert got[1:].isnan().all()

@@ -5,7 +5,9 @@ pooling ops become decompositions into standard ONNX ops (Gather + arithmetic). 
 run in onnxruntime's default CPU build; no custom operator library is needed. A plain
 ``torch.onnx.export(model, args, dynamo=True)`` handles ``deform_conv2d`` by itself (the op
 emits ``DeformConv`` while exporting); the RoI pooling ops need :func:`export` or
-``custom_translation_table=translation_table()``.
+``custom_translation_table=translation_table()``. RoIs are not checked in the graph as the
+ops check them (a graph cannot raise): rows whose batch index is not an integer in [0, N) or
+with a non-finite coordinate come out NaN.
 
 Example (``export_registered("faster_rcnn_resnet50", "frcnn.onnx")`` is what
 ``deformconv export`` runs)::

@@ -5,7 +5,8 @@ positions of every (RoI, bin, sample) are computed with elementwise ops, the fou
 corners are read with ``Gather`` from the flattened feature map, and the samples are averaged
 with ``ReduceSum``. The RoI count K, the batch size and the map size (H, W) may be dynamic;
 channels and the pooling geometry are static. float16 inputs are pooled in float32 and
-the results cast back, as the ops' kernels do. Semantics: docs/OPS.md.
+the results cast back, as the ops' kernels do. RoIs the ops would refuse (batch index not
+an integer in [0, N), a non-finite coordinate) give NaN rows. Semantics: docs/OPS.md.
 """
 
 from __future__ import annotations
@@ -90,11 +91,30 @@ def bilinear_gather(
     return op.Add(op.Mul(row(y0), hy), op.Mul(row(y1), ly))
 
 
-def split_rois(rois: ir.Value) -> tuple[ir.Value, list[ir.Value]]:
-    """(K, 5) rois -> batch index (K,) int64 and [x1, y1, x2, y2], each (K, 1)."""
+def split_rois(
+    rois: ir.Value, input: ir.Value, dtype: ir.DataType,
+) -> tuple[ir.Value, list[ir.Value], ir.Value]:
+    """(K, 5) rois -> batch index (K,) int64, [x1, y1, x2, y2] each (K, 1), valid (K,) bool.
+
+    A graph cannot raise as the ops do for a bad RoI, so a row is valid when its batch index
+    is an integer in [0, N) and its coordinates are finite; invalid rows are read as image 0,
+    box 0 (``Gather`` would wrap a negative index) and :func:`invalidate` makes them NaN.
+    """
+    # x - x is 0 for finite x and NaN for inf or NaN: one ReduceSum tests the whole row.
+    finite = op.Equal(op.ReduceSum(op.Sub(rois, rois), ints([1]), keepdims=0), floats(0, dtype))
+    index = op.Gather(rois, ints(0), axis=1)
+    images = op.Cast(op.Gather(op.Shape(input), ints(0)), to=dtype)
+    valid = op.And(op.And(finite, op.Equal(index, op.Floor(index))),
+                   op.And(op.GreaterOrEqual(index, floats(0, dtype)), op.Less(index, images)))
+    rois = op.Where(op.Unsqueeze(valid, ints([1])), rois, floats(0, dtype))
     batch = op.Cast(op.Gather(rois, ints(0), axis=1), to=ir.DataType.INT64)
     coords = op.Split(op.Slice(rois, ints([1]), ints([5]), ints([1])), num_outputs=4, axis=1)
-    return batch, list(coords)
+    return batch, list(coords), valid
+
+
+def invalidate(out: ir.Value, valid: ir.Value, dtype: ir.DataType) -> ir.Value:
+    """(K, ...) ``out`` with NaN in the rows of invalid RoIs."""
+    return op.Where(op.Unsqueeze(valid, ints([1, 2, 3])), out, floats(np.nan, dtype))
 
 
 def sample_steps(roi_size: ir.Value, pooled: int, sampling_ratio: int, dtype: ir.DataType):
@@ -127,7 +147,7 @@ def deform_roi_pool(
     dtype, (input, rois, offset, mask) = upcast(input, rois, offset, mask)
     size = MapSize(input, dtype)
     flat = op.Reshape(op.Transpose(input, perm=[0, 2, 3, 1]), ints([-1, channels]))
-    batch, (x1, y1, x2, y2) = split_rois(rois)
+    batch, (x1, y1, x2, y2), valid = split_rois(rois, input, dtype)
     shift = 0.5 if aligned else 0.0
     scale = floats(spatial_scale, dtype)
     start_w = op.Sub(op.Mul(x1, scale), floats(shift, dtype))
@@ -178,7 +198,8 @@ def deform_roi_pool(
     count = op.Max(op.Mul(grid_h, grid_w), floats(1, dtype))  # (K, 1)
     pooled = op.Div(op.ReduceSum(values, ints([3, 4]), keepdims=0), to5d(count, [2, 3]))
     out = op.Transpose(pooled, perm=[0, 3, 1, 2])  # (K, C, ph, pw)
-    return downcast(out if mask is None else op.Mul(out, mask), out_dtype, dtype)
+    out = invalidate(out if mask is None else op.Mul(out, mask), valid, dtype)
+    return downcast(out, out_dtype, dtype)
 
 
 def round_half_away(value: ir.Value, dtype: ir.DataType) -> ir.Value:
@@ -202,7 +223,7 @@ def deform_psroi_pool(
     dtype, (input, rois, offset) = upcast(input, rois, offset)
     size = MapSize(input, dtype)
     flat = op.Reshape(input, ints([-1]))
-    batch, coords = split_rois(rois)
+    batch, coords, valid = split_rois(rois, input, dtype)
     x1, y1, x2, y2 = (round_half_away(c, dtype) for c in coords)
     scale, half, one = floats(spatial_scale, dtype), floats(0.5, dtype), floats(1, dtype)
     start_w = op.Sub(op.Mul(x1, scale), half)
@@ -258,6 +279,7 @@ def deform_psroi_pool(
     count = op.Expand(count, op.Shape(total))
     out = op.Where(op.Greater(count, floats(0, dtype)),
                    op.Div(total, op.Max(count, one)), floats(0, dtype))
+    out, count = invalidate(out, valid, dtype), invalidate(count, valid, dtype)
     return downcast(out, out_dtype, dtype), downcast(count, out_dtype, dtype)
 
 
