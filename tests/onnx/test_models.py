@@ -71,6 +71,26 @@ def test_detector_graphs_use_standard_ops(faster_rcnn_export):
         onnx.checker.check_model(onnx.load(result.path), full_check=True)
 
 
+def io_names(path) -> tuple[list[str], list[str]]:
+    graph = onnx.load(str(path)).graph
+    return [i.name for i in graph.input], [o.name for o in graph.output]
+
+
+def test_detector_graphs_have_the_documented_names(faster_rcnn_export):
+    """The outputs were named by the exporter after their last op: 'conv2d_22', 'linear_3'."""
+    _, (features, head), _ = faster_rcnn_export
+    assert io_names(features.path) == (["images"],
+                                       ["rpn_objectness", "rpn_box_deltas", "features"])
+    assert io_names(head.path) == (["features", "rois"], ["class_logits", "box_deltas"])
+
+
+def test_image_model_graph_is_named_images_to_logits(tmp_path):
+    path = tmp_path / "resnet.onnx"
+    export_registered("resnet18", path, num_classes=3, image_size=32, dynamic_size=False,
+                      verify=False, base_channels=4)
+    assert io_names(path) == (["images"], ["logits"])
+
+
 def test_documented_pipeline_gives_the_detectors_detections(faster_rcnn_export, monkeypatch):
     """The pipeline of deformconv.onnx.models' docstring on an image whose sides are not
     multiples of 32. The features graph did not pad as the detector's transform does

@@ -136,6 +136,8 @@ def export(
         dynamic_size: also make H and W of every 4-D tensor argument dynamic where the model
             allows it (:func:`export_model` checks that the image size really is).
         dynamic_shapes: passed to ``torch.onnx.export`` instead, when given.
+        input_names, output_names: names of the graph's inputs and outputs (default: the
+            forward's argument names and names made up by the exporter).
         external_data: store weights in a ``.data`` file beside ``path`` (needed above 2 GB).
 
     Returns:
@@ -286,6 +288,8 @@ def export_model(
     dynamic_batch: bool = True,
     dynamic_size: bool = False,
     verify: bool = True,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
 ) -> ExportResult:
     """Export an image model (input ``(N, C, H, W)``) in eval mode, then check it in onnxruntime.
 
@@ -293,7 +297,7 @@ def export_model(
     it (batch N + 1; H + 3, W + 5 with ``dynamic_size``). The model's mode is left as it was.
     """
     export(model, (example_input,), path, opset=opset, dynamic_batch=dynamic_batch,
-           dynamic_size=dynamic_size)
+           dynamic_size=dynamic_size, input_names=input_names, output_names=output_names)
     if not verify:
         return ExportResult(os.fspath(path), None, ())
     inputs = [example_input]

@@ -5,12 +5,16 @@ two-stage detector is not one static graph (proposal selection, NMS and the per-
 box lists have data-dependent sizes), so it exports as the two graphs that carry all of
 its weights, the parts a deployment runs in onnxruntime:
 
-- features: ``images (N, 3, H, W)`` in [0, 1], already resized -> RPN objectness
-  ``(N, A, h, w)``, RPN box deltas ``(N, 4A, h, w)`` and the RoI head's feature map. Like
-  the detector's transform, the graph normalises, then pads with zeros at the bottom and
-  right to multiples of ``detector.transform.size_divisible`` (32): H and W may be any size;
-- RoI head: ``(head features, rois (K, 5) [batch_index, x1, y1, x2, y2] in image pixels)``
-  -> class logits ``(K, classes)`` and box deltas ``(K, 4 * classes)``.
+- features: ``images (N, 3, H, W)`` in [0, 1], already resized -> ``rpn_objectness``
+  ``(N, A, h, w)``, ``rpn_box_deltas`` ``(N, 4A, h, w)`` and ``features``, the RoI head's
+  feature map. Like the detector's transform, the graph normalises, then pads with zeros at
+  the bottom and right to multiples of ``detector.transform.size_divisible`` (32): H and W
+  may be any size;
+- RoI head: ``features``, ``rois (K, 5)`` ``[batch_index, x1, y1, x2, y2]`` in image
+  pixels -> ``class_logits (K, classes)`` and ``box_deltas (K, 4 * classes)``.
+
+Those are the graphs' input and output names; classification and segmentation graphs take
+``images`` and give ``logits``.
 
 Anchors, proposal decoding, NMS and box post-processing stay in torchvision's Python code.
 The detector's detections for images resized to ``sizes = [(H, W)] * N`` are then
@@ -49,6 +53,11 @@ from .export import (
 )
 
 __all__ = ["DetectorFeatures", "RoIHead", "export_detector", "export_registered"]
+
+# Input and output names of the graphs (see the module docstring).
+IMAGE_MODEL_NAMES = (["images"], ["logits"])
+FEATURES_NAMES = (["images"], ["rpn_objectness", "rpn_box_deltas", "features"])
+ROI_HEAD_NAMES = (["features", "rois"], ["class_logits", "box_deltas"])
 
 # num_classes when none is given: ImageNet, PASCAL VOC (+ background), COCO (+ background).
 DEFAULT_CLASSES = {"classification": 1000, "segmentation": 21, "detection": 81}
@@ -124,14 +133,16 @@ def export_detector(
     path = Path(path)
     features = DetectorFeatures(detector)
     first = export_model(features, images, path, opset=opset, dynamic_size=dynamic_size,
-                         verify=verify)
+                         verify=verify, input_names=FEATURES_NAMES[0],
+                         output_names=FEATURES_NAMES[1])
     head = RoIHead(detector)
     head_path = path.with_name(f"{path.stem}.roi_head.onnx")
     with eval_mode(features), torch.no_grad():
         feature_map = features(images)[2]
     height, width = images.shape[-2:]
     boxes = example_rois(rois, images.shape[0], height, width)
-    export(head, (feature_map, boxes), head_path, opset=opset, dynamic_size=dynamic_size)
+    export(head, (feature_map, boxes), head_path, opset=opset, dynamic_size=dynamic_size,
+           input_names=ROI_HEAD_NAMES[0], output_names=ROI_HEAD_NAMES[1])
     if not verify:
         return first, ExportResult(str(head_path), None, ())
     more_features = grow(feature_map, batch=True, spatial=dynamic_size)
@@ -169,5 +180,6 @@ def export_registered(
         return list(export_detector(model, images, path, opset=opset,
                                     dynamic_size=dynamic_size, verify=verify))
     return [export_model(model, images, path, opset=opset, dynamic_size=dynamic_size,
-                         verify=verify)]
+                         verify=verify, input_names=IMAGE_MODEL_NAMES[0],
+                         output_names=IMAGE_MODEL_NAMES[1])]
 
