@@ -163,6 +163,27 @@ def test_bfloat16_is_refused(tmp_path):
         dc_onnx.check(net, torch.randn(2, 3, 16, 16, dtype=torch.bfloat16), tmp_path / "x.onnx")
 
 
+def test_meta_tensors_are_refused(tmp_path):
+    """A model on the meta device failed in torch's exporter with an unclear PassError."""
+    net = small_net().eval()
+    with pytest.raises(ValueError, match=r"parameter '0.weight' is on device meta, but export "
+                                         r"needs .* CPU or a CUDA device"):
+        dc_onnx.export(net.to("meta"), torch.randn(2, 3, 16, 16), tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match=r"argument 0 is on device meta"):
+        dc_onnx.export(small_net().eval(), torch.randn(2, 3, 16, 16, device="meta"),
+                       tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_mixed_devices_are_refused(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    with pytest.raises(ValueError, match=r"argument 0 is on device cuda:0 but parameter "
+                                         r"'0.weight' on cpu; put the model and inputs on one"):
+        dc_onnx.export(small_net().eval(), torch.randn(2, 3, 16, 16, device="cuda"),
+                       tmp_path / "x.onnx")
+
+
 def test_dynamic_batch_needs_batch_of_two(tmp_path):
     with pytest.raises(ValueError, match=r"leading size >= 2, got argument 0 of shape \(1, 3"):
         dc_onnx.export(small_net().eval(), torch.randn(1, 3, 16, 16), tmp_path / "x.onnx")

@@ -61,16 +61,29 @@ def tensor_leaves(tree: Any) -> list[Tensor]:
     return [leaf for leaf in pytree.tree_leaves(tree) if isinstance(leaf, Tensor)]
 
 
-def check_dtypes(model: nn.Module, args: tuple) -> None:
-    """Every floating tensor must have a dtype ONNX DeformConv and onnxruntime's CPU accept."""
+def check_tensors(model: nn.Module, args: tuple) -> None:
+    """Every floating tensor must have a dtype ONNX DeformConv and onnxruntime's CPU accept,
+    and all tensors must be on one CPU or CUDA device (a meta model failed deep in torch's
+    exporter)."""
     named = [(f"argument {i}", t) for i, t in enumerate(tensor_leaves(args))]
     named += [(f"parameter {n!r}", t) for n, t in model.named_parameters()]
     named += [(f"buffer {n!r}", t) for n, t in model.named_buffers()]
     for name, tensor in named:
+        if tensor.device.type not in ("cpu", "cuda"):
+            raise ValueError(
+                f"{name} is on device {tensor.device}, but export needs tensors with values "
+                "on the CPU or a CUDA device; move the model and inputs (e.g. model.cpu()) first"
+            )
         if tensor.is_floating_point() and tensor.dtype not in SUPPORTED_DTYPES:
             raise TypeError(
                 f"{name} has dtype {tensor.dtype}, but ONNX DeformConv accepts only float16, "
                 "float32 and float64; cast the model and inputs (e.g. model.float()) first"
+            )
+    for name, tensor in named[1:]:
+        if tensor.device != named[0][1].device:
+            raise ValueError(
+                f"{named[0][0]} is on device {named[0][1].device} but {name} on "
+                f"{tensor.device}; put the model and inputs on one device"
             )
 
 
@@ -156,7 +169,7 @@ def export(
             f"opset {MIN_OPSET}; torch's exporter cannot convert it past opset {MAX_OPSET}), "
             f"got {opset!r}"
         )
-    check_dtypes(model, args)
+    check_tensors(model, args)
     if dynamic_shapes is None and (dynamic_batch or dynamic_size):
         dynamic_shapes = dynamic_dims(args, batch=dynamic_batch, spatial=dynamic_size)
     with eval_mode(model):
@@ -219,7 +232,7 @@ def check(model: nn.Module, args: tuple | Tensor, path: str | os.PathLike) -> fl
 
     args = args if isinstance(args, tuple) else (args,)
     inputs = tensor_leaves(args)
-    check_dtypes(nn.Module(), tuple(inputs))
+    check_tensors(nn.Module(), tuple(inputs))
     session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     if len(names) != len(inputs):
