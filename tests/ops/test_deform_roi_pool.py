@@ -418,6 +418,11 @@ class TestRegisteredOpScalars:
         with pytest.raises(ValueError, match=name):
             torch.ops.deformconv.deform_psroi_pool(self.X, self.ROIS, None, scale, 2, 2, 2, 2,
                                                    samples, trans_std)
+        grad, count = torch.ones(1, 2, 2, 2), torch.ones(1, 2, 2, 2)
+        with pytest.raises(ValueError, match=name):  # silent zero gradients before
+            torch.ops.deformconv.deform_psroi_pool_backward(
+                grad, self.X, self.ROIS, None, count, scale, 2, 2, samples, trans_std, True,
+                False)
 
     def test_a_negative_sampling_ratio_is_adaptive_as_in_torchvision(self) -> None:
         adaptive = deform_roi_pool(self.X, self.ROIS, output_size=3)

@@ -32,30 +32,24 @@ from .arguments import count, finite_float, rois_to_tensor
 __all__ = ["deform_psroi_pool"]
 
 
-def _check_registered(input: Tensor, rois: Tensor, offset: Tensor | None, output_dim: int,
-                      group_size: int, pooled_size: int, part_size: int,
-                      sample_per_part: int) -> None:
+def _check_forward(input: Tensor, rois: Tensor, offset: Tensor | None, spatial_scale: float,
+                   output_dim: int, group_size: int, pooled_size: int, part_size: int,
+                   sample_per_part: int, trans_std: float) -> None:
     """Checks of the registered op itself: it can be called directly, and the kernels trust
-    these shapes and dtypes. Values (RoI indices, NaN) are checked here, not while tracing."""
+    these shapes, dtypes and scalars. Values (RoI indices, NaN) are checked here, not while
+    tracing."""
     for arg, value in (("output_dim", output_dim), ("group_size", group_size),
                        ("pooled_size", pooled_size), ("part_size", part_size),
                        ("sample_per_part", sample_per_part)):
         count(value, arg)
     check_samples_per_side(sample_per_part, "sample_per_part")
+    finite_float(spatial_scale, "spatial_scale", positive=True)
+    finite_float(trans_std, "trans_std")
     _check_arguments(input, rois_to_tensor(rois), offset, output_dim, group_size, part_size)
     check_compute_dtype(input, rois)
     check_rois_values(rois, input.shape[0])
     if offset is not None:
         check_no_nan("offset", offset)
-
-
-def _check_forward(input: Tensor, rois: Tensor, offset: Tensor | None, spatial_scale: float,
-                   output_dim: int, group_size: int, pooled_size: int, part_size: int,
-                   sample_per_part: int, trans_std: float) -> None:
-    _check_registered(input, rois, offset, output_dim, group_size, pooled_size, part_size,
-                      sample_per_part)
-    finite_float(spatial_scale, "spatial_scale", positive=True)
-    finite_float(trans_std, "trans_std")
 
 
 def _forward_fake(input: Tensor, rois: Tensor, offset: Tensor | None, spatial_scale: float,
@@ -73,11 +67,11 @@ def _forward(input: Tensor, *args: Any) -> tuple[Tensor, Tensor]:
 
 def _check_backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None,
                     count: Tensor, spatial_scale: float, group_size: int, part_size: int,
-                    sample_per_part: int, *args) -> None:
+                    sample_per_part: int, trans_std: float, *flags: bool) -> None:
     check_tensor("grad_out", grad_out, 4)
     output_dim, pooled_size = grad_out.shape[1], grad_out.shape[2]
-    _check_registered(input, rois, offset, output_dim, group_size, pooled_size, part_size,
-                      sample_per_part)
+    _check_forward(input, rois, offset, spatial_scale, output_dim, group_size, pooled_size,
+                   part_size, sample_per_part, trans_std)
     expected = (rois.shape[0], output_dim, pooled_size, pooled_size)
     for name, tensor in (("grad_out", grad_out), ("count", count)):
         if tuple(tensor.shape) != expected:

@@ -67,7 +67,7 @@ def _check_sample_count(rois: Tensor, pooled: tuple[int, int], spatial_scale: fl
         raise ValueError(
             f"rois: row {row} {rois[row].tolist()} spans {grid.roi_h[row]:.4g} x "
             f"{grid.roi_w[row]:.4g} feature cells at spatial_scale={spatial_scale}, so adaptive "
-            f"sampling (sampling_ratio=0) would take {samples[row]:.3g} samples per bin, more "
+            f"sampling (sampling_ratio <= 0) would take {samples[row]:.3g} samples per bin, more "
             f"than {MAX_SAMPLES_PER_BIN}: check the RoI coordinates and spatial_scale, or pass "
             "sampling_ratio > 0"
         )
