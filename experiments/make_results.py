@@ -8,7 +8,8 @@ comes from a ``--smoke`` run, the report says so at the top and on every table.
 Each study's summary, plan and figures are kept in ``results/`` beside the report. A kept
 summary is not replaced by one of the other mode or one that covers less (fewer seeds,
 configurations it lacks) unless ``--replace`` is given; a plan is kept and used only if it
-covers the study's summary. Files that cannot be read are named in an error (exit code 2).
+covers the study's summary. Every file is read and checked before anything is copied,
+removed or written; one that cannot be read is named in an error (exit code 2).
 
     python experiments/make_results.py                        # runs/experiments -> docs/
     python experiments/make_results.py --runs runs/experiments-smoke --out /tmp/RESULTS.md
@@ -133,11 +134,25 @@ class Report:
         self.fresh: set[str] = set()  # studies whose runs' summary was kept
         self.refused: dict[str, str] = {}  # study -> why its runs' summary was not kept
         self.plans_refused: set[str] = set()
+        # what to write once every file has been read and checked (:meth:`save`)
+        self.copies: dict[Path, Path] = {}  # kept copy -> the runs' file
+        self.stale: set[Path] = set()  # kept figures their study's summary no longer names
 
     def share(self, other: Report) -> None:
         """Read the studies once for both reports: ``other``'s records become this one's."""
         self.modes, self.summaries, self.fresh = other.modes, other.summaries, other.fresh
         self.refused, self.plans_refused = other.refused, other.plans_refused
+        self.copies, self.stale = other.copies, other.stale
+
+    def save(self, text: str) -> None:
+        """The kept copies, then the report ``text``, then the stale figures' removal: each
+        file written whole or not at all, and nothing written before every file was read
+        and checked (a damaged one stops :func:`build` with the old files intact)."""
+        for target, source in self.copies.items():
+            keep_copy(source, target)
+        write_atomically(self.out, lambda f: f.write(text.encode()))
+        for old in self.stale:
+            old.unlink(missing_ok=True)
 
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
@@ -339,7 +354,7 @@ class Report:
                 print(f"{target}: kept, not replaced by {source} ({self.refused[study]}); "
                       "pass --replace to replace it", file=sys.stderr)
             else:
-                keep_copy(source, target)
+                self.copies[target] = source
                 self.fresh.add(study)
                 data = new
         self.summaries[study] = data
@@ -365,7 +380,7 @@ class Report:
         if new is not None:
             why = short(new)
             if not why:
-                keep_copy(source, target)
+                self.copies[target] = source
                 return new
             if study not in self.plans_refused:
                 self.plans_refused.add(study)
@@ -375,18 +390,17 @@ class Report:
 
     def copy_figures(self, study: str, names: Sequence[str]) -> list[str]:
         """The study's PNGs kept next to the report, their paths relative to it: the runs'
-        copied there when their summary is the one kept (and the figures an earlier summary
-        named, which it does not, removed), else the kept ones."""
+        to be copied there when their summary is the one kept (and the figures an earlier
+        summary named, which it does not, to be removed), else the kept ones."""
         kept = {self.kept / f"{study}_{name.replace('/', '_')}": self.runs / study / name
                 for name in names}
         if study in self.fresh:
             for target, source in kept.items():
                 if source.is_file():
-                    keep_copy(source, target)
-            for old in self.kept.glob(f"{study}_*.png"):
-                if old not in kept:
-                    old.unlink()
-        return [p.relative_to(self.out.parent).as_posix() for p in kept if p.is_file()]
+                    self.copies[target] = source
+            self.stale.update(old for old in self.kept.glob(f"{study}_*.png") if old not in kept)
+        return [p.relative_to(self.out.parent).as_posix() for p in kept
+                if p in self.copies or p.is_file()]
 
     def scale(self) -> None:
         data = self.summary("scale")
@@ -450,9 +464,12 @@ class Report:
         if len(wanted) == 1:
             settings = next(iter(wanted.values()))
             source, target = _pretraining(self.runs, settings), self.kept / "pretraining.json"
-            if source is not None:
-                keep_copy(source, target)  # the studies' own: the same settings
-            pretrain = read_json(target, PRETRAINING, kept=True) if target.is_file() else None
+            if source is not None:  # the studies' own: the same settings
+                self.copies[target] = source
+                pretrain = read_json(source, PRETRAINING)
+            else:
+                pretrain = read_json(target, PRETRAINING, kept=True) if target.is_file() \
+                    else None
             if pretrain is not None and pretrain.get("settings") != settings:
                 pretrain = None  # a kept copy of another pretraining
         plan_pretrain = [p["pretraining_minutes"] for _, p in studies.values()
@@ -733,9 +750,10 @@ def _sizes_text(data: dict[str, Any]) -> str:
             f"seeds {data['seeds']}.")
 
 
-def build(runs: Path, out: Path, replace: bool = False) -> str:
-    report = Report(runs, out, replace)
-    body = Report(runs, out, replace)
+def build(report: Report) -> str:
+    """The report's text; what it keeps in ``results/`` is left in ``report`` for
+    :meth:`Report.save`."""
+    body = Report(report.runs, report.out, report.replace)
     body.share(report)
     body.add("## 1. Number of deformable layers (paper Table 1)", "")
     body.layers("segmentation")
@@ -816,8 +834,8 @@ def main(argv: list[str] | None = None) -> int:
                          "to build the report from")
         print(f"--runs {args.runs}: no such folder; the report is built from the kept "
               f"copies in {kept}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(build(args.runs, args.out, args.replace))
+    report = Report(args.runs, args.out, args.replace)
+    report.save(build(report))
     print(f"wrote {args.out}")
     return 0
 

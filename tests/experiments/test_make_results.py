@@ -353,28 +353,28 @@ def test_a_kept_summary_is_not_replaced_by_a_smoke_or_partial_one(tmp_path, caps
     assert json.loads(kept.read_text())["seeds"] == [3, 4, 5]
 
 
+def _dilation(runs, mode, figures, seeds=(0,)):
+    rows = [{"layer": "l", "nominal": 4, "bucket": b, "count": 1, "mean": m, "std": 0.1,
+             "seed_means": [m] * len(seeds)} for b, m in (("small", 1.0), ("medium", 2.0),
+                                                           ("large", 3.0))]
+    for name in figures:
+        (runs / "dilation" / name).parent.mkdir(parents=True, exist_ok=True)
+        (runs / "dilation" / name).write_bytes(f"PNG {mode} {name}".encode())
+    _write(runs, "dilation", {"mode": mode, "settings": {"sizes": SIZES}, "seeds": list(seeds),
+                              "miou": [0.5] * len(seeds), "thresholds": [1.0, 2.0],
+                              "rows": rows, "figures": figures})
+
+
 def test_figures_follow_the_kept_summary(tmp_path):
     """A refused summary's figures do not replace the kept ones; a kept summary's figures
     replace them, and those it no longer names are removed."""
     runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
     results = out.parent / "results"
-
-    def dilation(mode, figures):
-        rows = [{"layer": "l", "nominal": 4, "bucket": b, "count": 1, "mean": m, "std": 0.1,
-                 "seed_means": [m]} for b, m in (("small", 1.0), ("medium", 2.0),
-                                                 ("large", 3.0))]
-        for name in figures:
-            (runs / "dilation" / name).parent.mkdir(parents=True, exist_ok=True)
-            (runs / "dilation" / name).write_bytes(f"PNG {mode} {name}".encode())
-        _write(runs, "dilation", {"mode": mode, "settings": {"sizes": SIZES}, "seeds": [0],
-                                  "miou": [0.5], "thresholds": [1.0, 2.0], "rows": rows,
-                                  "figures": figures})
-
-    dilation("full", ["seed0/a.png", "seed0/b.png"])
+    _dilation(runs, "full", ["seed0/a.png", "seed0/b.png"])
     assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
     assert sorted(p.name for p in results.glob("*.png")) == ["dilation_seed0_a.png",
                                                              "dilation_seed0_b.png"]
-    dilation("smoke", ["seed0/a.png"])
+    _dilation(runs, "smoke", ["seed0/a.png"])
     assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
     assert (results / "dilation_seed0_a.png").read_bytes() == b"PNG full seed0/a.png"
     assert (results / "dilation_seed0_b.png").is_file()
@@ -485,3 +485,37 @@ def test_the_step_columns_say_how_their_plan_timed_them(tmp_path):
     (runs / "layers_segmentation" / "plan.json").write_text(json.dumps(plan))
     assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
     assert "The plan's steps: the median of 10 steps on one batch." in out.read_text()
+
+
+
+def test_a_damaged_summary_stops_the_run_before_anything_is_kept_or_written(tmp_path,
+                                                                            monkeypatch):
+    """Every file is read and checked first: a damaged summary of a later study leaves the
+    kept copies, figures and report as they were (a new layers_segmentation summary was kept
+    and dilation's old figures removed while RESULTS.md still showed the old ones); the
+    report is written atomically."""
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
+    results = out.parent / "results"
+    _full_layers(runs)
+    _dilation(runs, "full", ["seed0/a.png"])
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    before = {p: p.read_bytes() for p in (out, *results.iterdir())}
+    assert "seeds [0, 1, 2]" in before[out].decode()
+    _full_layers(runs, seeds=(3, 4, 5))
+    _dilation(runs, "full", ["seed0/b.png"])
+    (runs / "scale").mkdir()
+    (runs / "scale" / "summary.json").write_text('{"mode": "full", "ro')
+    with pytest.raises(SystemExit) as err:
+        make_results.main(["--runs", str(runs), "--out", str(out)])
+    assert err.value.code == 2
+    assert {p: p.read_bytes() for p in (out, *results.iterdir())} == before
+    (runs / "scale" / "summary.json").unlink()
+    written = []
+    write = make_results.write_atomically
+    monkeypatch.setattr(make_results, "write_atomically",
+                        lambda path, how: written.append(path) or write(path, how))
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert out in written and "seeds [3, 4, 5]" in out.read_text()
+    assert json.loads((results / "layers_segmentation.json").read_text())["seeds"] == [3, 4, 5]
+    assert sorted(p.name for p in results.glob("*.png")) == ["dilation_seed0_b.png"]
+    assert not list(out.parent.glob(".*.tmp"))
