@@ -6,14 +6,15 @@ study that has not been run is listed with the command that runs it. When any su
 comes from a ``--smoke`` run, the report says so at the top and on every table.
 
 Each study's summary, plan and figures are kept in ``results/`` beside the report. A kept
-summary is not replaced by one of the other mode or one that covers less (fewer seeds,
-configurations it lacks) unless ``--replace`` is given; a plan is kept and used only if it
-covers the study's summary. Every file is read and checked before anything is copied,
+summary is not replaced by a downgrade (a smoke one over a full one; one of the same mode
+with fewer seeds or without some of its configurations) unless ``--replace`` names the
+study; a full one replaces a smoke one. A plan is kept and used only if it covers the
+study's summary. Every file is read and checked before anything is copied,
 removed or written; one that cannot be read is named in an error (exit code 2).
 
     python experiments/make_results.py                        # runs/experiments -> docs/
     python experiments/make_results.py --runs runs/experiments-smoke --out /tmp/RESULTS.md
-    python experiments/make_results.py --replace    # a kept summary replaced all the same
+    python experiments/make_results.py --replace scale   # scale's kept summary replaced
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import itertools
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,8 @@ def kept_folder(report: Path) -> Path:
 class Report:
     """The markdown lines and the list of agreement statements, built section by section."""
 
-    def __init__(self, runs: Path, out: Path, replace: bool = False) -> None:
-        self.runs, self.out, self.replace = runs, out, replace
+    def __init__(self, runs: Path, out: Path, replace: Collection[str] = ()) -> None:
+        self.runs, self.out, self.replace = runs, out, frozenset(replace)
         self.kept = kept_folder(out)
         self.lines: list[str] = []
         self.verdicts: list[str] = []
@@ -177,7 +178,8 @@ class Report:
         if study in self.refused:
             self.add(f"**Below: the kept copy of an earlier {data['mode']} run** "
                      f"(`results/{study}.json`); the runs folder's summary was not kept "
-                     f"({self.refused[study]}): `{GENERATE} --replace` would replace it.", "")
+                     f"({self.refused[study]}): `{GENERATE} --replace {study}` would "
+                     "replace it.", "")
         seeds = data.get("seeds")  # none in a study without training
         if data["mode"] == "full" and seeds is not None and len(seeds) < SEEDS:
             self.add(f"**Seeds {seeds} only, not {SEEDS}**: the command above trains the "
@@ -337,13 +339,14 @@ class Report:
 
     def load(self, study: str) -> dict[str, Any] | None:
         """The study's summary: the runs' ``summary.json``, kept as ``results/<study>.json``
-        unless that holds one it may not replace (:func:`falls_short`; ``--replace``
-        replaces it all the same), in which case the kept one; None without either."""
+        unless that holds one it may not replace (:func:`falls_short`; ``--replace`` with
+        the study replaces it all the same), in which case the kept one; None without
+        either."""
         if study in self.summaries:
             return self.summaries[study]
         source, target = self.runs / study / "summary.json", self.kept / f"{study}.json"
         new = read_json(source, SUMMARY) if source.is_file() else None
-        may_replace = self.replace and new is not None  # a damaged kept copy, too
+        may_replace = study in self.replace and new is not None  # a damaged kept copy, too
         kept = read_json(target, SUMMARY, kept=True) if target.is_file() and not may_replace \
             else None
         data = kept
@@ -352,7 +355,7 @@ class Report:
             if short:
                 self.refused[study] = "; ".join(short)
                 print(f"{target}: kept, not replaced by {source} ({self.refused[study]}); "
-                      "pass --replace to replace it", file=sys.stderr)
+                      f"pass --replace {study} to replace it", file=sys.stderr)
             else:
                 self.copies[target] = source
                 self.fresh.add(study)
@@ -373,7 +376,7 @@ class Report:
         def short(plan: dict[str, Any]) -> list[str]:
             if data is not None:
                 return _plan_short(study, plan, data)
-            if kept is None or self.replace:
+            if kept is None or study in self.replace:
                 return []
             return falls_short(_cover(study, plan), _cover(study, kept))
 
@@ -571,10 +574,20 @@ def _cover(study: str, data: dict[str, Any]) -> tuple[str, set[str], int]:
     return data["mode"], names, len(data.get("seeds") or [])
 
 
-def falls_short(new: tuple[str, set[str], int], kept: tuple[str, set[str], int],
-                kept_name: str = "the kept one") -> list[str]:
-    """How a summary or plan ``new`` (:func:`_cover`) is of another mode than ``kept`` or
-    covers less (configurations it lacks, fewer seeds); [] if it does neither."""
+def falls_short(new: tuple[str, set[str], int], kept: tuple[str, set[str], int]
+                ) -> list[str]:
+    """How replacing the kept summary or plan ``kept`` by ``new`` (:func:`_cover`) would be
+    a downgrade: a smoke one over a full one, or of the same mode, configurations it lacks
+    or fewer seeds; [] if it is not (a full one over a smoke one is an upgrade)."""
+    if (new[0], kept[0]) == ("full", "smoke"):
+        return []
+    return _differences(new, kept, "the kept one")
+
+
+def _differences(new: tuple[str, set[str], int], kept: tuple[str, set[str], int],
+                 kept_name: str) -> list[str]:
+    """How ``new`` (:func:`_cover`) is of another mode than ``kept`` or covers less
+    (configurations it lacks, fewer seeds); [] if it does neither."""
     why = []
     if new[0] != kept[0]:
         why.append(f"{new[0]} mode, {kept_name} {kept[0]}")
@@ -588,7 +601,7 @@ def falls_short(new: tuple[str, set[str], int], kept: tuple[str, set[str], int],
 def _plan_short(study: str, plan: dict[str, Any], data: dict[str, Any]) -> list[str]:
     """How ``plan`` does not cover the summary ``data``: another mode or other settings,
     configurations it did not time, fewer seeds; [] if it covers it."""
-    why = falls_short(_cover(study, plan), _cover(study, data), "the summary")
+    why = _differences(_cover(study, plan), _cover(study, data), "the summary")
     if plan.get("settings", data["settings"]) != data["settings"]:
         why.append("other settings")
     return why
@@ -821,11 +834,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"),
                         help="report path (default docs/RESULTS.md); figures go to "
                              "results/ beside it")
-    parser.add_argument("--replace", action="store_true",
-                        help="replace a study's kept summary in results/ by the runs' one "
-                             "even if it is of the other mode or covers less (fewer seeds "
-                             "or configurations); without it, such a summary is not kept "
-                             "and the report shows the kept one")
+    parser.add_argument("--replace", nargs="+", action="extend", default=[],
+                        choices=list(COMMANDS), metavar="STUDY",
+                        help="replace these studies' kept summaries in results/ by the "
+                             "runs' ones even if they are downgrades (smoke over full, "
+                             "fewer seeds or configurations); without it, such a summary "
+                             "is not kept and the report shows the kept one. Studies: "
+                             f"{', '.join(COMMANDS)}")
     args = parser.parse_args(argv)
     kept = kept_folder(args.out)
     if not args.runs.is_dir():

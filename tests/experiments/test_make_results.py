@@ -195,7 +195,8 @@ def test_saturation_within_the_seed_spread_is_inconclusive(tmp_path):
     assert "Seeds" not in out.read_text()  # the overhead study has none
     _write(runs, "layers_segmentation", {"mode": "full", "settings": {"sizes": SIZES},
                                          "seeds": [0, 1], "metrics": ["miou"], "rows": rows})
-    assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace"]) == 0
+    assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace",
+                              "layers_segmentation"]) == 0
     assert "**Seeds [0, 1] only, not 3**: the command above trains the missing" in out.read_text()
 
 
@@ -338,14 +339,15 @@ def test_a_kept_summary_is_not_replaced_by_a_smoke_or_partial_one(tmp_path, caps
     assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
     assert kept.read_bytes() == before
     source = runs / "layers_segmentation" / "summary.json"
-    assert f"{kept}: kept, not replaced by {source} ({why}); pass --replace to replace it" \
-        in capsys.readouterr().err
+    assert f"{kept}: kept, not replaced by {source} ({why}); pass --replace " \
+        "layers_segmentation to replace it" in capsys.readouterr().err
     text = out.read_text()
     assert "SMOKE" not in text and "| 6 | (0, 0, 0, 6) |" in text
     assert ("**Below: the kept copy of an earlier full run** (`results/layers_segmentation"
             f".json`); the runs folder's summary was not kept ({why}): `python experiments/"
-            "make_results.py --replace` would replace it.") in text
-    assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace"]) == 0
+            "make_results.py --replace layers_segmentation` would replace it.") in text
+    assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace",
+                              "layers_segmentation"]) == 0
     assert kept.read_bytes() == source.read_bytes()
     # a summary that covers as much (other seeds, more configurations) replaces it
     _full_layers(runs, mode=change.get("mode", "full"), seeds=(3, 4, 5))
@@ -365,6 +367,46 @@ def _dilation(runs, mode, figures, seeds=(0,)):
                               "rows": rows, "figures": figures})
 
 
+
+def test_a_full_summary_replaces_a_kept_smoke_one(tmp_path, capsys):
+    """An upgrade is no accident: a full summary replaces a kept smoke one, even of fewer
+    seeds and configurations, without --replace."""
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
+    kept = tmp_path / "docs" / "results" / "layers_segmentation.json"
+    _full_layers(runs, mode="smoke")
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    _full_layers(runs, seeds=(0,), layers=(0, 3))
+    capsys.readouterr()
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert kept.read_bytes() == (runs / "layers_segmentation" / "summary.json").read_bytes()
+    assert "not replaced" not in capsys.readouterr().err
+    assert "SMOKE" not in out.read_text()
+
+
+def test_replace_names_the_studies_it_forces(tmp_path, capsys):
+    """--replace STUDY forces that study's downgrade only, not another study's partial
+    summary; an unknown study is refused, naming the valid ones."""
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
+    results = out.parent / "results"
+    _full_layers(runs)
+    _dilation(runs, "full", ["seed0/a.png"], seeds=(0, 1, 2))
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    dilation = (results / "dilation.json").read_bytes()
+    _full_layers(runs, mode="smoke", seeds=(0,))
+    _dilation(runs, "full", ["seed0/a.png"], seeds=(0,))
+    assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace",
+                              "layers_segmentation"]) == 0
+    assert json.loads((results / "layers_segmentation.json").read_text())["mode"] == "smoke"
+    assert (results / "dilation.json").read_bytes() == dilation
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:
+        make_results.main(["--runs", str(runs), "--out", str(out), "--replace", "dilatoin"])
+    assert err.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --replace: invalid choice: 'dilatoin'" in err and "dilation" in err
+    assert (results / "dilation.json").read_bytes() == dilation
+
+
 def test_figures_follow_the_kept_summary(tmp_path):
     """A refused summary's figures do not replace the kept ones; a kept summary's figures
     replace them, and those it no longer names are removed."""
@@ -379,7 +421,8 @@ def test_figures_follow_the_kept_summary(tmp_path):
     assert (results / "dilation_seed0_a.png").read_bytes() == b"PNG full seed0/a.png"
     assert (results / "dilation_seed0_b.png").is_file()
     assert "results/dilation_seed0_b.png" in out.read_text()
-    assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace"]) == 0
+    assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace",
+                              "dilation"]) == 0
     assert [p.name for p in results.glob("*.png")] == ["dilation_seed0_a.png"]
     assert (results / "dilation_seed0_a.png").read_bytes() == b"PNG smoke seed0/a.png"
     assert "dilation_seed0_b" not in out.read_text()
@@ -394,7 +437,7 @@ def test_a_damaged_summary_is_named_and_the_kept_copy_survives(tmp_path, capsys,
     before, report = kept.read_bytes(), out.read_text()
     source = runs / "layers_segmentation" / "summary.json"
     source.write_text(text)
-    for replace in ([], ["--replace"]):
+    for replace in ([], ["--replace", "layers_segmentation"]):
         with pytest.raises(SystemExit) as err:
             make_results.main(["--runs", str(runs), "--out", str(out), *replace])
         assert err.value.code == 2
@@ -409,7 +452,8 @@ def test_a_damaged_summary_is_named_and_the_kept_copy_survives(tmp_path, capsys,
     assert f"error: {kept} is not a valid summary (" in err
     assert "; restore it (git checkout), or pass --replace to replace it by the runs' one" in err
     _full_layers(runs)
-    assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace"]) == 0
+    assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace",
+                              "layers_segmentation"]) == 0
     assert kept.read_bytes() == source.read_bytes()
 
 
