@@ -347,8 +347,8 @@ class Report:
         source, target = self.runs / study / "summary.json", self.kept / f"{study}.json"
         new = read_json(source, SUMMARY) if source.is_file() else None
         may_replace = study in self.replace and new is not None  # a damaged kept copy, too
-        kept = read_json(target, SUMMARY, kept=True) if target.is_file() and not may_replace \
-            else None
+        kept = self.read_kept(study, target, SUMMARY, new is not None) \
+            if target.is_file() and not may_replace else None
         data = kept
         if new is not None:
             short = [] if kept is None else falls_short(_cover(study, new), _cover(study, kept))
@@ -368,20 +368,21 @@ class Report:
         ``results/<study>_plan.json``, or the kept one; only a plan that covers the summary
         ``data`` (same mode and settings, its configurations, as many seeds) is kept or
         used (plans written before plans recorded mode and settings count as full mode, any
-        settings). Without a summary, a plan replaces a kept one as a summary does."""
+        settings). Without a summary, a plan replaces a kept one as a summary does. With
+        ``--replace`` naming the study, a runs' plan that may be kept replaces the kept one
+        unread (a damaged one, too)."""
         source, target = self.runs / study / "plan.json", self.kept / f"{study}_plan.json"
         new = read_json(source, PLAN) if source.is_file() else None
-        kept = read_json(target, PLAN, kept=True) if target.is_file() else None
-
-        def short(plan: dict[str, Any]) -> list[str]:
-            if data is not None:
-                return _plan_short(study, plan, data)
-            if kept is None or study in self.replace:
-                return []
-            return falls_short(_cover(study, plan), _cover(study, kept))
-
+        # None: no summary to check the plan against, the kept plan decides
+        why = None if new is None or data is None else _plan_short(study, new, data)
+        if new is not None and not why and study in self.replace:
+            self.copies[target] = source
+            return new
+        kept = self.read_kept(study, target, PLAN, new is not None and not why) \
+            if target.is_file() else None
         if new is not None:
-            why = short(new)
+            if why is None:
+                why = [] if kept is None else falls_short(_cover(study, new), _cover(study, kept))
             if not why:
                 self.copies[target] = source
                 return new
@@ -389,7 +390,16 @@ class Report:
                 self.plans_refused.add(study)
                 print(f"{source}: not kept as the study's plan ({'; '.join(why)})",
                       file=sys.stderr)
-        return kept if kept is not None and not short(kept) else None
+        return kept if kept is not None and (data is None or not _plan_short(study, kept, data)) \
+            else None
+
+    def read_kept(self, study: str, path: Path, kind: tuple[str, Sequence[str]],
+                  replaceable: bool) -> dict[str, Any]:
+        """The kept copy ``path`` of the study's summary or plan (:func:`read_json`);
+        ``replaceable``: the runs hold one that ``--replace`` would put in its place."""
+        hint = RESTORE + (f", or pass --replace {study} to replace it by the runs' one"
+                          if replaceable else "")
+        return read_json(path, kind, hint)
 
     def copy_figures(self, study: str, names: Sequence[str]) -> list[str]:
         """The study's PNGs kept next to the report, their paths relative to it: the runs'
@@ -471,7 +481,7 @@ class Report:
                 self.copies[target] = source
                 pretrain = read_json(source, PRETRAINING)
             else:
-                pretrain = read_json(target, PRETRAINING, kept=True) if target.is_file() \
+                pretrain = read_json(target, PRETRAINING, RESTORE) if target.is_file() \
                     else None
             if pretrain is not None and pretrain.get("settings") != settings:
                 pretrain = None  # a kept copy of another pretraining
@@ -535,10 +545,13 @@ PLAN = ("plan", ("seconds_per_iteration", "iterations", "seeds", "estimated_minu
 PRETRAINING = ("pretraining record", ("metrics", "settings", "iterations", "seconds"))
 
 
-def read_json(path: Path, kind: tuple[str, Sequence[str]], kept: bool = False
-              ) -> dict[str, Any]:
+RESTORE = "restore it (git checkout)"  # what to do about a damaged copy in results/
+
+
+def read_json(path: Path, kind: tuple[str, Sequence[str]],
+              hint: str = "delete it, or run its study again to write it") -> dict[str, Any]:
     """The JSON object in ``path``, a ``kind`` (its name, its required keys); an error
-    naming the file (exit code 2) if it is not one. ``kept``: a copy in ``results/``."""
+    naming the file and ending in ``hint`` (exit code 2) if it is not one."""
     name, keys = kind
     try:
         data = json.loads(path.read_text())
@@ -549,8 +562,6 @@ def read_json(path: Path, kind: tuple[str, Sequence[str]], kept: bool = False
         if not missing:
             return data
         reason = f"no {', '.join(missing)} in it"
-    hint = ("restore it (git checkout), or pass --replace to replace it by the runs' one"
-            if kept else "delete it, or run its study again to write it")
     raise StudyError(f"{path} is not a valid {name} ({reason}); {hint}")
 
 

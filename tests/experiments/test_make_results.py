@@ -443,15 +443,20 @@ def test_a_damaged_summary_is_named_and_the_kept_copy_survives(tmp_path, capsys,
         assert err.value.code == 2
         assert f"error: {source} is not a valid summary (" in capsys.readouterr().err
         assert kept.read_bytes() == before and out.read_text() == report
-    # a damaged kept copy is named too; --replace replaces it by a good summary
+    # a damaged kept copy is named too; --replace offered, and replaces it, only where the
+    # runs hold a summary to put in its place
     kept.write_text(text)
     source.unlink()
     with pytest.raises(SystemExit):
         make_results.main(["--runs", str(runs), "--out", str(out)])
     err = capsys.readouterr().err
     assert f"error: {kept} is not a valid summary (" in err
-    assert "; restore it (git checkout), or pass --replace to replace it by the runs' one" in err
+    assert err.rstrip().endswith("); restore it (git checkout)")
     _full_layers(runs)
+    with pytest.raises(SystemExit):
+        make_results.main(["--runs", str(runs), "--out", str(out)])
+    assert "; restore it (git checkout), or pass --replace layers_segmentation to replace it " \
+        "by the runs' one" in capsys.readouterr().err
     assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace",
                               "layers_segmentation"]) == 0
     assert kept.read_bytes() == source.read_bytes()
@@ -465,6 +470,33 @@ def _plan(runs, mode="full", names=("0 layers", "1 layers", "2 layers", "3 layer
     if pretraining is not None:
         plan["pretraining_minutes"] = pretraining
     (runs / "layers_segmentation" / "plan.json").write_text(json.dumps(plan))
+
+
+
+def test_a_damaged_kept_plan_is_replaced_with_replace(tmp_path, capsys):
+    """The error on a damaged kept plan offers --replace: it replaces it by the runs' plan
+    (it used to read the kept plan all the same and stop again)."""
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
+    kept = out.parent / "results" / "layers_segmentation_plan.json"
+    _full_layers(runs)
+    _plan(runs)
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    kept.write_text("")
+    with pytest.raises(SystemExit) as err:
+        make_results.main(["--runs", str(runs), "--out", str(out)])
+    assert err.value.code == 2
+    assert f"error: {kept} is not a valid plan (" in capsys.readouterr().err
+    assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace",
+                              "layers_segmentation"]) == 0
+    assert kept.read_bytes() == (runs / "layers_segmentation" / "plan.json").read_bytes()
+    assert "| 0.030 | 1.00 |" in out.read_text()
+    # a runs' plan that does not cover the summary cannot replace it: not offered
+    kept.write_text("")
+    _plan(runs, mode="smoke")
+    with pytest.raises(SystemExit):
+        make_results.main(["--runs", str(runs), "--out", str(out), "--replace",
+                           "layers_segmentation"])
+    assert capsys.readouterr().err.rstrip().endswith("); restore it (git checkout)")
 
 
 @pytest.mark.parametrize("change", [{"mode": "smoke"}, {"names": ("0 layers", "3 layers")},
