@@ -366,8 +366,8 @@ class Report:
     def load_plan(self, study: str, data: dict[str, Any] | None) -> dict[str, Any] | None:
         """The study's ``--plan`` estimate, the runs' ``plan.json`` kept as
         ``results/<study>_plan.json``, or the kept one; only a plan that covers the summary
-        ``data`` (same mode and settings, its configurations, as many seeds) is kept or
-        used (plans written before plans recorded mode and settings count as full mode, any
+        ``data`` (same mode and settings, its configurations; any seeds) is kept or used
+        (plans written before plans recorded mode and settings count as full mode, any
         settings). Without a summary, a plan replaces a kept one as a summary does. With
         ``--replace`` naming the study, a runs' plan that may be kept replaces the kept one
         unread (a damaged one, too)."""
@@ -497,13 +497,18 @@ class Report:
             # the summary's own count (also where the runs' files are gone: another
             # checkout); the runs so far of a study not summarised yet
             measured = (data or {}).get("measured") or run_minutes(self.runs / study)
+            seeds = len((data or {}).get("seeds") or [])
+            # seeds added since the plan: its minutes are not rescaled (they include the
+            # scenes' rendering, which does not grow with seeds), but marked
+            made_for = f", for {plan['seeds']} seeds" if plan and seeds not in (0, plan["seeds"]) \
+                else ""
             rows.append({
                 "study": study, "mode": (data or plan or {}).get("mode", "–"),
                 "runs": (f"{len(plan['seconds_per_iteration'])} × {plan['seeds']} seeds × "
                          f"{plan['iterations']} it." if plan else "–"),
                 "runs done": measured["runs"] if measured else 0,
                 "estimate (--plan)": _plus(plan and plan["estimated_minutes"],
-                                           share["plan"] if uses else 0.0),
+                                           share["plan"] if uses else 0.0) + made_for,
                 "measured: CPU / 2": _plus(measured and measured["cpu"] / 2,
                                            share["cpu"] if uses else 0.0),
                 "measured: wall, sum of runs": measured and measured["wall"]})
@@ -536,7 +541,11 @@ class Report:
                      "(each times it anew, on its own day and load). A run resumed from a "
                      "checkpoint counts the CPU time after it only. The wall-clock sum is "
                      "what the runs took on the shared development machine, other jobs "
-                     "running: it overstates the cost.", "")
+                     "running: it overstates the cost. An estimate marked `for n seeds` is "
+                     "its plan's, made for n seeds, not the summary's count (seeds added to "
+                     "a finished study); it is not rescaled (it includes the rendering of the "
+                     "scenes, which does not grow with seeds); the plan's step timings hold "
+                     "for any seed count.", "")
 
 
 # What each kind of kept file must hold (checked before it is kept or used).
@@ -596,23 +605,24 @@ def falls_short(new: tuple[str, set[str], int], kept: tuple[str, set[str], int]
 
 
 def _differences(new: tuple[str, set[str], int], kept: tuple[str, set[str], int],
-                 kept_name: str) -> list[str]:
+                 kept_name: str, seeds: bool = True) -> list[str]:
     """How ``new`` (:func:`_cover`) is of another mode than ``kept`` or covers less
-    (configurations it lacks, fewer seeds); [] if it does neither."""
+    (configurations it lacks, fewer seeds if ``seeds``); [] if it does neither."""
     why = []
     if new[0] != kept[0]:
         why.append(f"{new[0]} mode, {kept_name} {kept[0]}")
     if kept[1] - new[1]:
         why.append(f"without {', '.join(sorted(kept[1] - new[1]))}")
-    if new[2] < kept[2]:
+    if seeds and new[2] < kept[2]:
         why.append(f"{new[2]} seed(s), {kept_name} {kept[2]}")
     return why
 
 
 def _plan_short(study: str, plan: dict[str, Any], data: dict[str, Any]) -> list[str]:
     """How ``plan`` does not cover the summary ``data``: another mode or other settings,
-    configurations it did not time, fewer seeds; [] if it covers it."""
-    why = _differences(_cover(study, plan), _cover(study, data), "the summary")
+    configurations it did not time; [] if it covers it. Its seeds do not count: a step
+    takes as long whatever the seed count, and seeds can be added to a finished study."""
+    why = _differences(_cover(study, plan), _cover(study, data), "the summary", seeds=False)
     if plan.get("settings", data["settings"]) != data["settings"]:
         why.append("other settings")
     return why

@@ -499,11 +499,10 @@ def test_a_damaged_kept_plan_is_replaced_with_replace(tmp_path, capsys):
     assert capsys.readouterr().err.rstrip().endswith("); restore it (git checkout)")
 
 
-@pytest.mark.parametrize("change", [{"mode": "smoke"}, {"names": ("0 layers", "3 layers")},
-                                    {"seeds": 1}])
+@pytest.mark.parametrize("change", [{"mode": "smoke"}, {"names": ("0 layers", "3 layers")}])
 def test_only_a_plan_that_covers_the_summary_is_kept(tmp_path, capsys, change):
-    """A plan of the other mode, of a subset of the configurations or of fewer seeds is not
-    the study's plan: it is neither kept nor used, and the kept one stays."""
+    """A plan of the other mode or of a subset of the configurations is not the study's
+    plan: it is neither kept nor used, and the kept one stays."""
     runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
     kept = out.parent / "results" / "layers_segmentation_plan.json"
     _full_layers(runs)
@@ -516,6 +515,24 @@ def test_only_a_plan_that_covers_the_summary_is_kept(tmp_path, capsys, change):
     assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
     assert kept.read_bytes() == before
     assert "plan.json: not kept as the study's plan (" in capsys.readouterr().err
+    assert "| layers_segmentation | full | 5 × 3 seeds × 100 it. | 0 | 20.0 |" in out.read_text()
+
+
+
+def test_a_seed_added_to_a_finished_study_keeps_its_plan(tmp_path):
+    """A step takes as long whatever the seed count: a 3-seed plan still gives the step
+    columns of a 4-seed summary; its estimate says it was made for 3 seeds."""
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
+    _full_layers(runs, seeds=(0, 1, 2, 3))
+    _plan(runs)
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| 0.030 | 1.00 |" in text
+    assert "| layers_segmentation | full | 5 × 3 seeds × 100 it. | 0 | 20.0, for 3 seeds |" \
+        in text
+    _full_layers(runs)
+    assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace",
+                              "layers_segmentation"]) == 0
     assert "| layers_segmentation | full | 5 × 3 seeds × 100 it. | 0 | 20.0 |" in out.read_text()
 
 
