@@ -330,3 +330,16 @@ def test_under_torchrun_only_the_first_process_reports_the_stop(
     code, _, err = run_cli(capsys, "train")
     assert code == 143 and err.startswith("deformconv train: stopped by SIGTERM after "
                                           "iteration 11/60")
+
+
+def test_every_option_type_says_what_it_takes_in_words() -> None:
+    """A config file's wrong value is named by its option's type in words; a type without
+    them said "must be a value" (export's opset did)."""
+    from deformconv.cli import build_parser
+    from deformconv.cli._common import expected_value
+
+    _, commands = build_parser()
+    vague = [f"{name} {action.dest}" for name, parser in commands.items()
+             for action in parser._actions
+             if action.type is not None and expected_value(action.type) == "a value"]
+    assert vague == []

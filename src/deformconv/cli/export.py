@@ -70,6 +70,7 @@ def _example_batch(text: str) -> int:
     return value
 
 
+@expecting(f"an integer from {MIN_OPSET} to {MAX_OPSET}")
 def _opset(text: str) -> int:
     """argparse ``type`` of --opset: the opsets ``deformconv.onnx.export`` can write."""
     value = positive_int(text)

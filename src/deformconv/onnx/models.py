@@ -77,8 +77,9 @@ class DetectorFeatures(nn.Module):
         self.backbone = detector.backbone
         self.rpn_head = detector.rpn.head
         self.size_divisible = int(detector.transform.size_divisible)
-        mean = torch.tensor(detector.transform.image_mean).view(1, -1, 1, 1)
-        std = torch.tensor(detector.transform.image_std).view(1, -1, 1, 1)
+        device = next(detector.parameters()).device  # on a CUDA detector's device too
+        mean = torch.tensor(detector.transform.image_mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(detector.transform.image_std, device=device).view(1, -1, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
 
