@@ -126,6 +126,7 @@ class ZeroInitConv2d(nn.Conv2d):
     twin; a plain ``nn.Conv2d`` there took a random init after its parent's zeroing."""
 
     def reset_parameters(self) -> None:
+        super().reset_parameters()  # its random draws, so a seeded model's other weights stay
         _zero_weight_and_bias(self)
 
 
@@ -133,6 +134,7 @@ class ZeroInitLinear(nn.Linear):
     """An offset branch's output fc, zero from the start (see :class:`ZeroInitConv2d`)."""
 
     def reset_parameters(self) -> None:
+        super().reset_parameters()  # as in ZeroInitConv2d
         _zero_weight_and_bias(self)
 
 
