@@ -343,3 +343,18 @@ def test_every_option_type_says_what_it_takes_in_words() -> None:
              for action in parser._actions
              if action.type is not None and expected_value(action.type) == "a value"]
     assert vague == []
+
+
+def test_a_rank_that_rank_0_refused_exits_quietly(capsys: pytest.CaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun, rank 0 prints why it refused a run; the other ranks, refused with
+    it, add nothing (they printed a gloo traceback)."""
+    from deformconv.cli import train
+    from deformconv.engine import RefusedByMainProcess
+
+    def refused(args: object) -> int:
+        raise RefusedByMainProcess("rank 0 refused to start the run into run")
+
+    monkeypatch.setattr(train, "run_train", refused)
+    monkeypatch.setenv("RANK", "1")
+    assert run_cli(capsys, "train") == (1, "", "")

@@ -108,3 +108,21 @@ def test_two_process_ddp_matches_single_process(tmp_path, in_process):
     assert det[0]["num_images"] == det[2]["num_images"] == 5
     for key in ("AP", "AP50", "AP75"):
         assert det[0][key] == pytest.approx(det[2][key], abs=1e-12)
+
+
+def test_a_busy_folder_stops_every_rank_with_rank_0_s_error(tmp_path):
+    """Only rank 0 takes the run folder's lock: when another process held it, rank 0 raised
+    RunInProgressError and rank 1, waiting in the next all-reduce, died with a gloo
+    traceback ("Connection closed by peer"). Now every rank learns of the refusal."""
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "w") as holder:  # another process's run holds the folder
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.write("4242\n")
+        holder.flush()
+        text = _finish(_start(str(out), "2", "--device", "cpu", torchrun=True), expect=None)
+    assert "RunInProgressError: another process (pid 4242) is training into" in text
+    assert "RefusedByMainProcess: rank 0 refused to start the run" in text
+    assert "Connection closed" not in text and "gloo" not in text.lower()
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]

@@ -97,6 +97,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (*errors, CheckpointError, RunInProgressError, SampleError, NoReadableSamplesError)
 
 
+def _refused_by_rank_0() -> type[BaseException]:
+    """What a rank other than 0 raises when rank 0 refused the run (printed by rank 0 only)."""
+    from ..engine import RefusedByMainProcess
+
+    return RefusedByMainProcess
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 failed run, 2 bad input)."""
     parser, commands = build_parser()
@@ -132,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"deformconv {args.command}: error: needs {top}, part of the "
               f"{EXTRAS[top]} extra: pip install 'deformconv[{EXTRAS[top]}]'", file=sys.stderr)
         return 2
+    except _refused_by_rank_0():
+        return 1  # under torchrun: rank 0 says why it refused the run, once
     except _user_errors() as err:
         if os.environ.get(DEBUG_ENV):
             raise

@@ -33,7 +33,7 @@ from .run_lock import RunInProgressError
 from .seeding import SeededSamples, get_rng_state, seed_everything, set_rng_state, worker_init_fn
 from .stop import TrainingStopped
 from .tasks import PRIMARY_METRIC, collate_fn, compute_loss, make_evaluator
-from .trainer import TrainResult, train
+from .trainer import RefusedByMainProcess, TrainResult, train
 
 __all__ = [
     "COCO_METRICS",
@@ -43,6 +43,7 @@ __all__ = [
     "CheckpointError",
     "DistInfo",
     "MetricsLogger",
+    "RefusedByMainProcess",
     "RunInProgressError",
     "SeededSamples",
     "ShardSampler",

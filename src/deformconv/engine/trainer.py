@@ -42,7 +42,7 @@ from .seeding import get_rng_state, seed_everything, set_rng_state
 from .stop import STOP_SIGNALS, StopSignals, TrainingStopped
 from .tasks import PRIMARY_METRIC, compute_loss, num_images, to_device
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["RefusedByMainProcess", "TrainResult", "train"]
 
 # Fields that fix the data order, the RNG streams and the optimizer state's layout: a
 # resumed run must keep them.
@@ -90,7 +90,9 @@ def train(
 
     While it runs, ``out_dir`` is locked: another process's run into it raises
     :class:`~deformconv.engine.RunInProgressError`. The lock (and the folder) is taken after
-    the run's checks: a refused run leaves no folder behind.
+    the run's checks: a refused run leaves no folder behind. Under torchrun rank 0 takes it
+    and calls ``on_start``; if either fails, rank 0 raises that error and the other ranks
+    :class:`~deformconv.engine.RefusedByMainProcess`.
 
     SIGINT (Ctrl-C) or SIGTERM stops the run at the end of the iteration, after writing
     ``last.pt``, with :class:`~deformconv.engine.TrainingStopped` (a ``KeyboardInterrupt``);
@@ -137,15 +139,39 @@ def _train(
     run = _Run(config, model, train_set, val_set, info, out_dir, extra)
     run.resume_if_asked()
     # After the checks: a refused run (or resume) leaves the folder as it was, or absent.
-    lock = out_dir_lock(out_dir) if info.is_main else contextlib.nullcontext()
-    with lock:
-        if info.is_main and on_start is not None:
-            on_start()
+    with _started(out_dir, info, on_start):
         run.adopt_best_checkpoint()
         if info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "config.json").write_text(config_json)
         return _train_loop(run, on_iteration_end)
+
+
+class RefusedByMainProcess(RuntimeError):
+    """Raised by :func:`train` on ranks other than 0 when rank 0 refused to start the run
+    (its folder busy, or ``on_start`` raised); rank 0 raises the error that says why."""
+
+
+@contextlib.contextmanager
+def _started(out_dir: Path, info: DistInfo, on_start: Callable[[], None] | None
+             ) -> Iterator[None]:
+    """Rank 0 holds ``out_dir``'s lock while inside, having called ``on_start``; every rank
+    learns whether it could, so that a refusal stops all of them (not only rank 0, the others
+    then failing in the next collective with the connection closed)."""
+    with contextlib.ExitStack() as held:
+        error: Exception | None = None
+        if info.is_main:
+            try:
+                held.enter_context(out_dir_lock(out_dir))
+                if on_start is not None:
+                    on_start()
+            except Exception as err:
+                error = err
+        if all_reduce_sum(torch.tensor([int(error is not None)])).item():
+            if error is not None:
+                raise error
+            raise RefusedByMainProcess(f"rank 0 refused to start the run into {out_dir}")
+        yield
 
 
 def _train_loop(run: _Run, on_iteration_end: Callable[[int], None] | None) -> TrainResult:
