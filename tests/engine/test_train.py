@@ -256,6 +256,12 @@ def test_on_start_runs_after_the_checks_under_the_lock(tmp_path):
               on_start=refuse)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
+    # a folder created for the run goes with it (it was left holding .lock)
+    with pytest.raises(_Stop):
+        train(_config(tmp_path, "new", iterations=2, eval_every=0), TinyClassifier(), data,
+              on_start=refuse)
+    assert not (tmp_path / "new").exists()
+
 
 def test_resume_refuses_changed_data_order_and_bad_files(tmp_path):
     data = ToyClassification(size=20)

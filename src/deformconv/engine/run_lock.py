@@ -7,6 +7,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 try:
     import fcntl
@@ -33,7 +34,9 @@ def out_dir_lock(out_dir: Path) -> Iterator[None]:
     re-entrant within a process.
 
     The operating system drops the lock when its process ends, however it ends (SIGKILL
-    included), so a killed run never leaves the folder locked.
+    included), so a killed run never leaves the folder locked. A folder this lock created is
+    removed on the way out (its ``.lock`` with it) if nothing else was written into it, e.g.
+    when the run is refused once it holds the lock.
     """
     key = out_dir.resolve()
     if fcntl is None or key in _held:
@@ -45,16 +48,23 @@ def out_dir_lock(out_dir: Path) -> Iterator[None]:
             if not _held[key]:
                 del _held[key]
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / LOCK_FILE, "a+") as file:
+    path = out_dir / LOCK_FILE
+    created = False
+    while True:
+        created = created or not out_dir.exists()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        file = open(path, "a+")  # noqa: SIM115 (closed below, or by the with block)
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            file.seek(0)
-            holder = file.read().strip() or "unknown"
-            raise RunInProgressError(
-                f"another process (pid {holder}) is training into {out_dir}; wait for it, "
-                "stop it, or choose another output folder") from None
+            with file:
+                raise _busy(file, out_dir) from None
+        # Its holder may have removed the file (and the folder it created) between our open
+        # and our lock: then lock the file now at that path.
+        if _same_file(path, file):
+            break
+        file.close()
+    with file:
         _held[key] = 1
         try:
             file.seek(0)
@@ -64,4 +74,25 @@ def out_dir_lock(out_dir: Path) -> Iterator[None]:
             yield
         finally:
             del _held[key]
+            if created and [p.name for p in out_dir.iterdir()] == [LOCK_FILE]:
+                path.unlink()  # still locked: whoever opened it retries at the path
+                with contextlib.suppress(OSError):  # something written there meanwhile
+                    out_dir.rmdir()
             fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def _busy(file: IO[str], out_dir: Path) -> RunInProgressError:
+    """The error for ``out_dir``, whose lock ``file`` another process holds."""
+    file.seek(0)
+    holder = file.read().strip() or "unknown"
+    return RunInProgressError(
+        f"another process (pid {holder}) is training into {out_dir}; wait for it, "
+        "stop it, or choose another output folder")
+
+
+def _same_file(path: Path, file: IO[str]) -> bool:
+    """Whether ``path`` names the open ``file`` (not removed, nor replaced)."""
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(file.fileno()))
+    except FileNotFoundError:
+        return False

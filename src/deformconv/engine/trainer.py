@@ -84,7 +84,8 @@ def train(
     callers and tests; it may raise to stop the run). ``on_start()`` is called by the main
     process once the run's checks passed (a resume's included), holding ``out_dir``'s lock,
     before the run writes or removes anything there (the command line clears an earlier
-    run's files in it; raising leaves the folder as it was). ``extra`` (plain values: str, numbers,
+    run's files in it; raising stops the run, leaving the folder as ``on_start`` did, and a
+    folder the run created is removed again). ``extra`` (plain values: str, numbers,
     lists, dicts) is stored in every checkpoint under ``"extra"``, e.g. how to rebuild the
     model and data, and in ``<out_dir>/config.json`` beside the config.
 

@@ -1,0 +1,57 @@
+"""The run folder's lock: who holds it, what it leaves behind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from deformconv.engine import run_lock
+from deformconv.engine.run_lock import LOCK_FILE, out_dir_lock
+
+fcntl = pytest.importorskip("fcntl")
+
+
+class _Refused(Exception):
+    pass
+
+
+def test_a_folder_the_lock_created_goes_when_nothing_was_written(tmp_path: Path) -> None:
+    """A run refused holding the lock (on_start raising) left a new folder holding .lock."""
+    out = tmp_path / "new" / "run"
+    with pytest.raises(_Refused), out_dir_lock(out):
+        assert (out / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+        raise _Refused
+    assert not out.exists() and (tmp_path / "new").exists()  # only the folder it locked
+    with out_dir_lock(out):
+        (out / "last.pt").write_bytes(b"")
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, "last.pt"]
+
+
+def test_a_folder_that_existed_keeps_its_lock_file(tmp_path: Path) -> None:
+    with pytest.raises(_Refused), out_dir_lock(tmp_path):
+        raise _Refused
+    assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE]
+
+
+def test_a_lock_file_removed_by_its_holder_is_not_the_one_held(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between opening .lock and locking it, its holder may remove it (its new folder, left
+    empty): the lock then takes the file at the path, which another run would lock too."""
+    out = tmp_path / "run"
+    real_flock = fcntl.flock
+    removed = []
+
+    def flock_after_removal(file: object, operation: int) -> None:
+        if not removed:
+            removed.append((out / LOCK_FILE).stat().st_ino)
+            (out / LOCK_FILE).unlink()
+        real_flock(file, operation)
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", flock_after_removal)
+    with out_dir_lock(out):
+        monkeypatch.setattr(run_lock.fcntl, "flock", real_flock)
+        with open(out / LOCK_FILE) as other, pytest.raises(BlockingIOError):
+            real_flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert removed
