@@ -577,3 +577,21 @@ def test_offset_lr_mult_model_uses_the_layers_own(capsys: pytest.CaptureFixture,
     assert [g["lr_mult"] for g in state["optimizer"]["param_groups"]] == [1.0, 0.5]
     code, _, err = run_cli(capsys, "train", "--offset-lr-mult", "fast")
     assert code == 2 and "expected a number >= 0 or 'model', got 'fast'" in err, err
+
+
+def test_a_live_run_s_folder_is_refused_before_the_setup(
+        capsys: pytest.CaptureFixture, trained: Path, tmp_path: Path) -> None:
+    """--resume auto into a folder whose run is live was refused only after the model, the
+    data and the checkpoint were loaded ("resumed from ..." printed first)."""
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    with open(out / ".lock", "w") as holder:  # another process's run holds the folder
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.write("4242\n")
+        holder.flush()
+        code, stdout, err = run_cli(capsys, "train", *TINY_CLS, "--iterations", "6",
+                                    "--out", out, "--resume", "auto")
+    assert code == 2 and "another process (pid 4242) is training into" in err
+    assert stdout == ""
+    assert load_checkpoint(out / "last.pt")["iteration"] == 4

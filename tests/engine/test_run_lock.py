@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from deformconv.engine import run_lock
-from deformconv.engine.run_lock import LOCK_FILE, out_dir_lock
+from deformconv.engine import RunInProgressError, run_lock
+from deformconv.engine.run_lock import LOCK_FILE, check_not_busy, out_dir_lock
 
 fcntl = pytest.importorskip("fcntl")
 
@@ -55,3 +55,22 @@ def test_a_lock_file_removed_by_its_holder_is_not_the_one_held(
         with open(out / LOCK_FILE) as other, pytest.raises(BlockingIOError):
             real_flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     assert removed
+
+
+def test_check_not_busy_names_the_holder_and_holds_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    check_not_busy(out)  # no folder: nothing to refuse, nothing created
+    assert not out.exists()
+    out.mkdir()
+    with open(out / LOCK_FILE, "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.write("4242\n")
+        holder.flush()
+        with pytest.raises(RunInProgressError, match=r"another process \(pid 4242\) is "
+                                                     "training into"):
+            check_not_busy(out)
+    check_not_busy(out)
+    with out_dir_lock(out):
+        check_not_busy(out)  # this process's own run: re-entrant, as the lock is
+        with open(out / LOCK_FILE) as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # still held

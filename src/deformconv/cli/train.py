@@ -281,13 +281,16 @@ EVAL_FILES = "eval_*.json"
 
 
 def _check_out_folder(out: Path, resume: str | None, overwrite: bool) -> None:
-    """Refuse an ``out`` that is a file or holds a run this one may not replace
-    (:func:`_old_run_files`), before anything is built; under torchrun only rank 0 checks."""
+    """Refuse an ``out`` that is a file, that a live run trains into, or that holds a run
+    this one may not replace (:func:`_old_run_files`), before anything is built; under
+    torchrun only rank 0 checks. The run checks again holding the folder's lock."""
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file; expected a folder (created when missing)")
     from ..engine.distributed import launched_rank
+    from ..engine.run_lock import check_not_busy
 
     if launched_rank() == 0:
+        check_not_busy(out)
         _old_run_files(out, resume, overwrite)
 
 

@@ -14,7 +14,7 @@ try:
 except ImportError:  # Windows: no advisory locks; runs are not guarded there
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCK_FILE", "RunInProgressError", "out_dir_lock"]
+__all__ = ["LOCK_FILE", "RunInProgressError", "check_not_busy", "out_dir_lock"]
 
 LOCK_FILE = ".lock"
 
@@ -79,6 +79,24 @@ def out_dir_lock(out_dir: Path) -> Iterator[None]:
                 with contextlib.suppress(OSError):  # something written there meanwhile
                     out_dir.rmdir()
             fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def check_not_busy(out_dir: Path) -> None:
+    """Raise :class:`RunInProgressError` if another process holds ``out_dir``'s lock now
+    (creates nothing, holds nothing): refuses a live run's folder early, before a run's
+    setup; :func:`out_dir_lock` stays the guard."""
+    if fcntl is None or out_dir.resolve() in _held:
+        return
+    try:
+        file = open(out_dir / LOCK_FILE)  # noqa: SIM115
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    with file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _busy(file, out_dir) from None
+        fcntl.flock(file, fcntl.LOCK_UN)
 
 
 def _busy(file: IO[str], out_dir: Path) -> RunInProgressError:
