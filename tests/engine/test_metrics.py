@@ -341,3 +341,17 @@ def test_detection_fields_of_another_length_are_named(target, output, match):
               **output}
     with pytest.raises(ValueError, match=match):
         detection_record((16, 16), target, output)
+
+
+def test_evaluation_leaves_each_submodule_in_its_own_mode():
+    """A submodule kept in eval in a training model (frozen BatchNorm) went back to training
+    mode after evaluate() (model.train(was_training)), so the next steps updated its
+    statistics; each module's own mode is restored now (deformconv.nn.eval_mode)."""
+    from deformconv.engine import evaluate
+
+    net = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Flatten(),
+                              torch.nn.Linear(12, 3)).train()
+    net[0].eval()
+    samples = [(torch.rand(3, 2, 2), 0) for _ in range(4)]
+    evaluate(net, samples, "classification")
+    assert net.training and net[2].training and not net[0].training

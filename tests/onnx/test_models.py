@@ -12,9 +12,8 @@ pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
 from deformconv import models  # noqa: E402
-from deformconv.nn import OffsetBranchMixin  # noqa: E402
+from deformconv.nn import OffsetBranchMixin, eval_mode  # noqa: E402
 from deformconv.onnx import check, export  # noqa: E402
-from deformconv.onnx.export import eval_mode  # noqa: E402
 from deformconv.onnx.models import RoIHead, example_rois, export_registered  # noqa: E402
 
 TOL = 1e-4

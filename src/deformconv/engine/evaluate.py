@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..data import NoReadableSamplesError
+from ..nn import eval_mode
 from .distributed import DistInfo, all_reduce_sum, resolve_device, unwrap_parallel
 from .loader import eval_loader, loader_batches
 from .tasks import make_evaluator, num_images, to_device
@@ -61,36 +62,31 @@ def evaluate(
     info = dist_info or DistInfo(device=resolve_device(str(device)))
     net = unwrap_parallel(model)  # no DDP hooks needed for forward-only passes
     net.to(info.device)
-    was_training = net.training
-    net.eval()
     loader = eval_loader(dataset, task, batch_size, world_size=info.world_size, rank=info.rank,
                          num_workers=num_workers, pin_memory=info.device.type == "cuda",
                          with_indices=True)
     evaluator = make_evaluator(task)
     readable = non_finite = 0
-    try:
-        with loader_batches(loader) as batches:
-            for batch in tqdm(batches, desc="eval", leave=False, total=len(loader),
-                              disable=not (progress and info.is_main)):
-                if batch is None:  # every sample of the batch was unreadable
-                    continue
-                indices, (images, targets) = batch
-                readable += num_images(images)
-                images = to_device(images, info.device)
-                with autocast(info.device, bf16):
-                    outputs = _detect(net, images) if task == "detection" else net(images)
-                outputs = to_device(_float(outputs), torch.device("cpu"))
-                if _has_non_finite(outputs):  # scored as NaN below; zeros keep compute() going
-                    non_finite += 1
-                    outputs = _apply(outputs, lambda t: t.nan_to_num(0.0, 0.0, 0.0))
-                evaluator.update(images, targets, outputs, indices)
-        readable, non_finite = all_reduce_sum(torch.tensor([readable, non_finite])).tolist()
-        if not readable:
-            raise NoReadableSamplesError.of(dataset)
-        metrics = evaluator.compute()
-        return _scores_to_nan(metrics, non_finite) if non_finite else metrics
-    finally:
-        net.train(was_training)
+    with eval_mode(net), loader_batches(loader) as batches:
+        for batch in tqdm(batches, desc="eval", leave=False, total=len(loader),
+                          disable=not (progress and info.is_main)):
+            if batch is None:  # every sample of the batch was unreadable
+                continue
+            indices, (images, targets) = batch
+            readable += num_images(images)
+            images = to_device(images, info.device)
+            with autocast(info.device, bf16):
+                outputs = _detect(net, images) if task == "detection" else net(images)
+            outputs = to_device(_float(outputs), torch.device("cpu"))
+            if _has_non_finite(outputs):  # scored as NaN below; zeros keep compute() going
+                non_finite += 1
+                outputs = _apply(outputs, lambda t: t.nan_to_num(0.0, 0.0, 0.0))
+            evaluator.update(images, targets, outputs, indices)
+    readable, non_finite = all_reduce_sum(torch.tensor([readable, non_finite])).tolist()
+    if not readable:
+        raise NoReadableSamplesError.of(dataset)
+    metrics = evaluator.compute()
+    return _scores_to_nan(metrics, non_finite) if non_finite else metrics
 
 
 def _detect(net: nn.Module, images: list[torch.Tensor]) -> list[Any]:

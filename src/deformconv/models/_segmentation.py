@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..nn import eval_mode
+
 __all__ = ["PixelClassifier"]
 
 
@@ -50,11 +52,5 @@ class PixelClassifier(nn.Module):
         """(N, 3, H, W) -> (N, H, W) class indices, in eval mode whatever the model's mode:
         BatchNorm normalises with its running statistics and leaves them as they are. Each
         submodule's mode is restored afterwards."""
-        modes = [(module, module.training) for module in self.modules()]
-        self.eval()
-        try:
+        with eval_mode(self):
             return self(images).argmax(1)
-        finally:
-            # flags, not train(): a module kept in eval in a training model stays so
-            for module, training in modes:
-                module.training = training

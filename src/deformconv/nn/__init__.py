@@ -3,6 +3,7 @@
 from ._offset import OffsetBranchMixin, offset_state_keys
 from .convert import convert_to_deformable
 from .deform_conv import DeformConv2d, DeformConv2dBase, DeformConv2dExternal
+from .modes import eval_mode
 from .param_groups import offset_lr_multipliers, offset_param_groups
 from .psroi_pool import DeformPSRoIPool, PSRoIPool
 from .roi_pool import DeformRoIPool
@@ -16,6 +17,7 @@ __all__ = [
     "OffsetBranchMixin",
     "PSRoIPool",
     "convert_to_deformable",
+    "eval_mode",
     "offset_lr_multipliers",
     "offset_param_groups",
     "offset_state_keys",

@@ -10,11 +10,10 @@ outside an ONNX export (``torch.export.export``, then ``torch.onnx.export`` of t
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
+
+from ..nn import eval_mode
 
 MIN_OPSET = 19  # ONNX DeformConv first appears in opset 19
 # torch's exporter builds opset 18 graphs and converts them to the requested opset; above 25
@@ -85,19 +86,6 @@ def check_tensors(model: nn.Module, args: tuple) -> None:
                 f"{named[0][0]} is on device {named[0][1].device} but {name} on "
                 f"{tensor.device}; put the model and inputs on one device"
             )
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode for the block, then every submodule back in its own mode
-    (``model.train(was_training)`` would also flip submodules kept in another mode)."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def dynamic_dims(args: tuple, batch: bool, spatial: bool) -> tuple:

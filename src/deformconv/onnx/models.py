@@ -41,11 +41,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..nn import eval_mode
 from .export import (
     MIN_OPSET,
     ExportResult,
     check,
-    eval_mode,
     export,
     export_model,
     grow,

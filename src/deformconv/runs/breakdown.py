@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ..nn import eval_mode
+
 __all__ = ["image_mious", "object_recalls", "predict_masks", "recall_by_scale", "scale_edges"]
 
 
@@ -28,15 +30,11 @@ def predict_masks(model: nn.Module, dataset: Dataset, indices: Sequence[int] | N
     ``indices`` (default: all) of a segmentation ``dataset``."""
     indices = list(range(len(dataset))) if indices is None else list(indices)  # type: ignore[arg-type]
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         out = []
         for start in range(0, len(indices), batch_size):
             images = torch.stack([dataset[i][0] for i in indices[start:start + batch_size]])
             out.append(model(images.to(device)).argmax(1).cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
 
 

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ..nn import eval_mode
+
 __all__ = ["DilationSummary", "dilation_over", "offset_figures", "offset_inputs", "sample_targets"]
 
 
@@ -72,16 +74,12 @@ def offset_figures(model: nn.Module, dataset: Dataset, indices: Sequence[int], t
         if not 0 <= i < len(dataset):  # type: ignore[arg-type]
             raise ValueError(f"image index {i} is out of range: the dataset has "
                            f"{len(dataset)} samples")  # type: ignore[arg-type]
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         inputs, boxes, masks, input_module = offset_inputs(model, dataset, indices, task)
         report = offset_report(model, inputs, out_dir, boxes=boxes, masks=masks,
                                input_module=input_module, stack_depth=stack_depth,
                                max_figures=len(indices), prefix=prefix,
                                image_ids=indices)
-    finally:
-        model.train(was_training)
     if not report.figures:
         raise ValueError(f"{type(model).__name__} has no deformable layers to plot "
                        "(a plain twin?)")
@@ -112,9 +110,7 @@ def dilation_over(model: nn.Module, dataset: Dataset, indices: Sequence[int], ta
     from ..viz import OffsetCapture
 
     summary = DilationSummary()
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for start in range(0, len(indices), batch_size):
             chunk = list(indices[start:start + batch_size])
             inputs, boxes, masks, input_module = offset_inputs(model, dataset, chunk, task)
@@ -124,6 +120,4 @@ def dilation_over(model: nn.Module, dataset: Dataset, indices: Sequence[int], ta
                 model(inputs)
             for record in capture.latest().values():
                 summary.stats.update(record, boxes=boxes, masks=masks)
-    finally:
-        model.train(was_training)
     return summary
