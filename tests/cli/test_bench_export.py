@@ -139,3 +139,15 @@ def test_export_without_onnx_extra(capsys: pytest.CaptureFixture,
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
     code, _, err = run_cli(capsys, "export", "resnet50", "--out", tmp_path / "m.onnx")
     assert code == 2 and "pip install 'deformconv[onnx]'" in err
+
+
+def test_export_takes_out_from_a_config_file(capsys: pytest.CaptureFixture,
+                                             tmp_path: Path) -> None:
+    """--out was required by argparse, before the config file was read: a file's out
+    could not give it."""
+    config = tmp_path / "export.yaml"
+    config.write_text("out: model.txt\n")
+    code, _, err = run_cli(capsys, "export", "resnet18", "--config", config)
+    assert code == 2 and "--out must name a .onnx file, got model.txt" in err
+    code, _, err = run_cli(capsys, "export", "resnet18")
+    assert code == 2 and "--out is required" in err

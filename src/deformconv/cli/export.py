@@ -37,7 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("model", nargs="?",
                         help="registered model name, or a checkpoint file (as eval and viz "
                              "take it; same as --checkpoint)")
-    parser.add_argument("--out", required=True, type=user_path, help="ONNX file to write")
+    # required, but checked after parsing: a --config file's out may give it
+    parser.add_argument("--out", type=user_path, help="ONNX file to write (required)")
     parser.add_argument("--checkpoint", type=user_path,
                         help="export these trained weights (from train/demo)")
     parser.add_argument("--num-classes", type=positive_int,
@@ -95,6 +96,9 @@ def run_export(args: argparse.Namespace) -> int:
         # the checkpoint reader checks
         if named.exists() or named.suffix or len(named.parts) > 1:
             args.checkpoint, args.model = args.model, None
+    if args.out is None:
+        raise CLIError("--out is required: the ONNX file to write (on the command line or "
+                       "as out in the --config file)")
     out = Path(args.out)
     if out.suffix.lower() != ".onnx":
         raise CLIError(f"--out must name a .onnx file, got {out}")
