@@ -28,7 +28,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from runner import StudyError, iterations_trained, mean_std, run_minutes
+from runner import iterations_trained, mean_std, read_json, run_minutes
 
 from deformconv.engine import write_atomically
 from deformconv.viz import SIZE_BUCKETS, markdown_table
@@ -556,23 +556,6 @@ PRETRAINING = ("pretraining record", ("metrics", "settings", "iterations", "seco
 
 
 RESTORE = "restore it (git checkout)"  # what to do about a damaged copy in results/
-
-
-def read_json(path: Path, kind: tuple[str, Sequence[str]],
-              hint: str = "delete it, or run its study again to write it") -> dict[str, Any]:
-    """The JSON object in ``path``, a ``kind`` (its name, its required keys); an error
-    naming the file and ending in ``hint`` (exit code 2) if it is not one."""
-    name, keys = kind
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        reason = f"{type(err).__name__}: {err}"
-    else:
-        missing = [key for key in keys if key not in data] if isinstance(data, dict) else keys
-        if not missing:
-            return data
-        reason = f"no {', '.join(missing)} in it"
-    raise StudyError(f"{path} is not a valid {name} ({reason}); {hint}")
 
 
 def keep_copy(source: Path, target: Path) -> None:

@@ -427,15 +427,28 @@ def _result_files(folder: Path) -> list[Path]:
 def _read_result(path: Path) -> dict[str, Any]:
     """A run's result file read back: ``{"identity", "result"}``; a :class:`StudyError`
     naming it if it is not one (empty, cut short, not JSON)."""
+    saved = read_json(path, ("result file", ("result",)), "delete it")
+    if not isinstance(saved["result"], dict):
+        raise StudyError(f"{path} is not a valid result file (no result object in it); "
+                         "delete it")
+    return saved
+
+
+def read_json(path: Path, kind: tuple[str, Sequence[str]],
+              hint: str = "delete it, or run its study again to write it") -> dict[str, Any]:
+    """The JSON object in ``path``, a ``kind`` (its name, its required keys); an error
+    naming the file and ending in ``hint`` (exit code 2) if it is not one."""
+    name, keys = kind
     try:
-        saved = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         reason = f"{type(err).__name__}: {err}"
     else:
-        if isinstance(saved, dict) and isinstance(saved.get("result"), dict):
-            return saved
-        reason = "no result object in it"
-    raise StudyError(f"{path} is not a valid result file ({reason}); delete it")
+        missing = [key for key in keys if key not in data] if isinstance(data, dict) else keys
+        if not missing:
+            return data
+        reason = f"no {', '.join(missing)} in it"
+    raise StudyError(f"{path} is not a valid {name} ({reason}); {hint}")
 
 
 def _made_otherwise(path: Path, here: dict[str, Any], saved: dict[str, Any]) -> StudyError:
