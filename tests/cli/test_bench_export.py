@@ -151,3 +151,21 @@ def test_export_takes_out_from_a_config_file(capsys: pytest.CaptureFixture,
     assert code == 2 and "--out must name a .onnx file, got model.txt" in err
     code, _, err = run_cli(capsys, "export", "resnet18")
     assert code == 2 and "--out is required" in err
+
+
+def test_export_rejected_by_the_onnx_checker_is_an_error_line(
+        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A graph onnx.checker rejects ended the command with a traceback."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+
+    def reject(*_args: object, **_kwargs: object) -> None:
+        raise onnx.checker.ValidationError("no such op")
+
+    monkeypatch.setattr(onnx.checker, "check_model", reject)
+    out = tmp_path / "m.onnx"
+    code, _, err = run_cli(capsys, "export", "resnet18", "--out", out, "--base-channels", "4",
+                           "--image-size", "32", "--num-classes", "3")
+    assert code == 2
+    assert f"error: the exported graph is not valid ONNX, so {out} was not written" in err
+    assert not out.exists()

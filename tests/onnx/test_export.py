@@ -231,7 +231,8 @@ def test_an_invalid_graph_is_not_saved(tmp_path):
     onnx.checker.check_model(str(path), full_check=True)
     before = path.read_bytes()
     next(iter(program.model.graph)).op_type = "NoSuchOp"
-    with pytest.raises(RuntimeError, match=r"not valid ONNX, so .*linear.onnx was not written"):
+    with pytest.raises(dc_onnx.InvalidONNXError,
+                       match=r"not valid ONNX, so .*linear.onnx was not written"):
         save_checked(program, path, opset=19, external_data=False)
     assert path.read_bytes() == before  # the earlier file is kept
     assert sorted(p.name for p in tmp_path.iterdir()) == ["linear.onnx"]  # nothing left over
@@ -242,6 +243,16 @@ def test_external_data_is_saved_beside_the_graph(tmp_path):
     net = nn.Linear(3, 2).eval()
     dc_onnx.export(net, torch.randn(2, 3), path, external_data=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["linear.onnx", "linear.onnx.data"]
+    assert dc_onnx.check(net, torch.randn(4, 3), path) <= 1e-6
+
+
+def test_export_without_external_data_removes_an_earlier_data_file(tmp_path):
+    """A re-export with the weights inside the graph left the earlier export's .data file."""
+    path = tmp_path / "linear.onnx"
+    net = nn.Linear(3, 2).eval()
+    dc_onnx.export(net, torch.randn(2, 3), path, external_data=True)
+    dc_onnx.export(net, torch.randn(2, 3), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["linear.onnx"]
     assert dc_onnx.check(net, torch.randn(4, 3), path) <= 1e-6
 
 

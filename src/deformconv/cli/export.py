@@ -84,7 +84,7 @@ def _opset(text: str) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     try:
-        from ..onnx import export_registered
+        from ..onnx import InvalidONNXError, export_registered
         from ..onnx.export import require_onnx
 
         require_onnx()
@@ -119,9 +119,12 @@ def run_export(args: argparse.Namespace) -> int:
         spec = model_spec_from_args(args, classes, image_size=size, name=name)
         model = build_model(spec, seed=args.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = export_registered(spec.name, out, model=model, image_size=size,
-                                batch=args.batch, opset=args.opset,
-                                verify=not args.no_check, seed=args.seed)
+    try:
+        results = export_registered(spec.name, out, model=model, image_size=size,
+                                    batch=args.batch, opset=args.opset,
+                                    verify=not args.no_check, seed=args.seed)
+    except InvalidONNXError as err:
+        raise CLIError(str(err)) from None
     for result in results:
         diff = ("not checked" if result.max_abs_diff is None
                 else f"max abs difference onnxruntime vs PyTorch: {result.max_abs_diff:.3g}")

@@ -145,7 +145,7 @@ def export(
         The ``torch.onnx.ONNXProgram`` that was saved.
 
     Raises:
-        RuntimeError: ``onnx.checker`` rejects the graph, or its opset is not ``opset``;
+        InvalidONNXError: ``onnx.checker`` rejects the graph, or its opset is not ``opset``;
             nothing is written at ``path`` then.
     """
     require_onnx()
@@ -170,6 +170,10 @@ def export(
     return program
 
 
+class InvalidONNXError(RuntimeError):
+    """The exported graph failed ``onnx.checker`` or has another opset than requested."""
+
+
 def save_checked(
     program: torch.onnx.ONNXProgram, path: str | os.PathLike, *, opset: int,
     external_data: bool,
@@ -179,7 +183,12 @@ def save_checked(
     as it was otherwise.
 
     The graph is written to a temporary folder beside ``path`` under the same name (the
-    ``.data`` file of external weights is named after it), checked there, then moved.
+    ``.data`` file of external weights is named after it), checked there, then moved. Without
+    ``external_data``, a ``.data`` file an earlier export left beside ``path`` is removed: the
+    new graph holds its weights and nothing else would remove it.
+
+    Raises:
+        InvalidONNXError: the checker rejects the graph, or its opset is not ``opset``.
     """
     import onnx
 
@@ -190,19 +199,21 @@ def save_checked(
         try:
             onnx.checker.check_model(os.fspath(staged), full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-            raise RuntimeError(
+            raise InvalidONNXError(
                 f"the exported graph is not valid ONNX, so {os.fspath(path)} was not written: "
                 f"{error}"
             ) from error
         imports = onnx.load(os.fspath(staged), load_external_data=False).opset_import
         written = next((o.version for o in imports if o.domain in ("", "ai.onnx")), None)
         if written != opset:
-            raise RuntimeError(
+            raise InvalidONNXError(
                 f"the exported graph has opset {written}, not the requested opset {opset}, so "
                 f"{os.fspath(path)} was not written"
             )
         for staged_file in sorted(Path(folder).iterdir(), reverse=True):  # .data before graph
             os.replace(staged_file, path.with_name(staged_file.name))
+    if not external_data:
+        path.with_name(path.name + ".data").unlink(missing_ok=True)
 
 
 def check(model: nn.Module, args: tuple | Tensor, path: str | os.PathLike) -> float:
