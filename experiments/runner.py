@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from deformconv.cli._common import positive_int
 from deformconv.engine import CheckpointError
 from deformconv.runs import (
     DataSpec,
@@ -145,7 +146,7 @@ def add_common_args(parser: argparse.ArgumentParser, training: bool = True) -> N
                              "marked as smoke results")
     parser.add_argument("--seeds", type=int, nargs="+", action=_DistinctSeeds,
                         help="override the study's seeds (each at most once)")
-    parser.add_argument("--threads", type=_positive_int, default=2,
+    parser.add_argument("--threads", type=positive_int, default=2,
                         help="CPU threads for torch and the Numba kernels (default 2)")
     parser.add_argument("--plan", action="store_true",
                         help="measure seconds per training iteration of each configuration, "
@@ -155,7 +156,7 @@ def add_common_args(parser: argparse.ArgumentParser, training: bool = True) -> N
                              "run's result JSON is written)")
     if not training:
         return
-    parser.add_argument("--jobs", type=_positive_int, default=2,
+    parser.add_argument("--jobs", type=positive_int, default=2,
                         help="train the runs in this many --shard processes of one thread "
                              "each, side by side (default 2: one per core); the shared "
                              "pretraining first, in this process at --threads")
@@ -176,16 +177,6 @@ class _DistinctSeeds(argparse.Action):
             parser.error(f"{option_string}: each seed at most once, got {values} "
                          f"({', '.join(map(str, repeated))} repeated)")
         setattr(namespace, self.dest, values)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
 
 
 def _shard(text: str) -> tuple[int, int]:

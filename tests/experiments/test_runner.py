@@ -257,8 +257,8 @@ def test_bad_shard_is_refused(text):
 
 @pytest.mark.parametrize(("option", "values", "named"), [
     ("--seeds", ["0", "1", "0"], "each seed at most once, got [0, 1, 0] (0 repeated)"),
-    ("--threads", ["0"], "--threads: expected an integer >= 1, got '0'"),
-    ("--jobs", ["-1"], "--jobs: expected an integer >= 1, got '-1'"),
+    ("--threads", ["0"], "--threads: expected an integer >= 1, got 0"),
+    ("--jobs", ["-1"], "--jobs: expected an integer >= 1, got -1"),
 ])
 def test_bad_common_options_are_refused(capsys, option, values, named):
     parser = argparse.ArgumentParser()
