@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from ._common import NoReadableSamplesError, readable_sample
 
 __all__ = ["export_coco", "export_voc", "save_image"]
 
@@ -38,6 +41,35 @@ def _names(dataset: Dataset, class_names: Sequence[str] | None) -> list[str]:
             f"{type(dataset).__name__} has no class_names; pass class_names=[...] for labels 1..C"
         )
     return list(names)
+
+
+def _readable_samples(dataset: Dataset, indices: Iterable[int] | None,
+                      writer: str) -> Iterator[tuple[int, Any]]:
+    """``(i, dataset[i])`` for each readable sample ``i`` of ``indices`` (default: all).
+
+    Samples the dataset cannot read are left out, with one warning from ``writer`` naming
+    them (``dataset[i]`` would give the next readable sample instead, written twice);
+    :class:`NoReadableSamplesError` when none is readable.
+    """
+    left_out: list[int] = []
+    written = 0
+    for i in range(len(dataset)) if indices is None else indices:  # type: ignore[arg-type]
+        sample = readable_sample(dataset, i)
+        if sample is None:
+            left_out.append(i)
+            continue
+        written += 1
+        yield i, sample
+    if left_out and not written:
+        raise NoReadableSamplesError.of(dataset)
+    if left_out:
+        more = ", ..." if len(left_out) > 10 else ""
+        warnings.warn(
+            f"{writer}: left out {len(left_out)} unreadable sample(s) of {dataset!r}: "
+            f"{', '.join(map(str, left_out[:10]))}{more}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _write_json(data: Any, path: Path) -> None:
@@ -66,7 +98,8 @@ def export_coco(
     ``dataset[i]`` must give ``(image (3, H, W), target)`` with ``boxes`` and ``labels``
     (1..C) and optionally ``image_id``, ``area``, ``iscrowd``, ``masks`` (stored as RLE).
     Labels become category ids as they are, so :class:`CocoDetection` reads the same labels
-    back. Returns the annotation file's path.
+    back. Samples the dataset cannot read (an unreadable image of a :class:`CocoDetection`)
+    are left out, with a warning naming them. Returns the annotation file's path.
     """
     ext = image_format.lower().lstrip(".")
     if ext not in _FORMATS:
@@ -77,8 +110,7 @@ def export_coco(
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     seen: set[int] = set()
-    for i in range(len(dataset)) if indices is None else indices:  # type: ignore[arg-type]
-        image, target = dataset[i]
+    for i, (image, target) in _readable_samples(dataset, indices, "export_coco"):
         image_id = int(target.get("image_id", i))
         if image_id in seen:
             raise ValueError(f"image_id {image_id} (sample {i}) occurs twice; ids must be unique")
@@ -137,7 +169,9 @@ def export_voc(
 
     ``folder/JPEGImages/<id>.png``, ``folder/SegmentationClass/<id>.png`` (palette PNG,
     values are the class ids, 255 ignore) and ``folder/ImageSets/Segmentation/<split>.txt``.
-    Splits accumulate: writing ``val`` after ``train`` keeps both.
+    Splits accumulate: writing ``val`` after ``train`` keeps both. ``<id>`` is
+    ``<split>_<index>``; samples the dataset cannot read are left out (no id), with a
+    warning naming them.
     """
     from PIL import Image
 
@@ -149,8 +183,7 @@ def export_voc(
         (folder / sub).mkdir(parents=True, exist_ok=True)
     palette = _palette()
     ids = []
-    for i in range(len(dataset)) if indices is None else indices:  # type: ignore[arg-type]
-        image, mask = dataset[i]
+    for i, (image, mask) in _readable_samples(dataset, indices, "export_voc"):
         if mask.dim() != 2 or (mask.numel() and not 0 <= int(mask.min()) <= int(mask.max()) <= 255):
             raise ValueError(f"sample {i}: mask must be (H, W) with values in 0..255")
         name = f"{split}_{i:06d}"

@@ -1,0 +1,80 @@
+"""export_coco / export_voc of datasets with samples that cannot be read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deformconv.data import (
+    CocoDetection,
+    InMemory,
+    NoReadableSamplesError,
+    SyntheticSegmentation,
+    VOCSegmentation,
+    export_coco,
+    export_voc,
+    synthetic_dataset,
+)
+
+
+def _voc_with_bad_mask(root: Path) -> VOCSegmentation:
+    """Three samples of pixel value 0, 60, 120; the mask of sample 1 is 20 rows high."""
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    names = [f"img{i}" for i in range(3)]
+    for i, name in enumerate(names):
+        Image.fromarray(np.full((10, 12, 3), 60 * i, np.uint8)).save(
+            root / "JPEGImages" / f"{name}.png")
+        Image.fromarray(np.zeros((20 if i == 1 else 10, 12), np.uint8), mode="L").save(
+            root / "SegmentationClass" / f"{name}.png")
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(names) + "\n")
+    return VOCSegmentation(root)
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_export_voc_leaves_out_unreadable_samples(tmp_path: Path, wrap: bool) -> None:
+    """An unreadable sample was written as a copy of the next one, under its own id."""
+    source = _voc_with_bad_mask(tmp_path / "src")
+    with pytest.warns(RuntimeWarning, match="skipping sample 1"):
+        dataset = InMemory(source) if wrap else source
+        with pytest.warns(RuntimeWarning, match=r"export_voc: left out 1 unreadable sample\(s\) "
+                                                r"of .*: 1$"):
+            split = export_voc(dataset, tmp_path / "out")
+    assert split.read_text().split() == ["train_000000", "train_000002"]
+    out = VOCSegmentation(tmp_path / "out")
+    assert [int(out[i][0].mul(255).round()[0, 0, 0]) for i in range(len(out))] == [0, 120]
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_export_coco_leaves_out_unreadable_samples(tmp_path: Path, wrap: bool) -> None:
+    """An unreadable image was replaced by the next one, whose id then occurred twice."""
+    export_coco(synthetic_dataset("detection", 3, seed=2, image_size=32), tmp_path / "src")
+    (tmp_path / "src" / "images" / "000001.png").write_bytes(b"not an image")
+    source = CocoDetection(tmp_path / "src", tmp_path / "src" / "annotations.json")
+    with pytest.warns(RuntimeWarning, match="skipping sample 1"):
+        dataset = InMemory(source) if wrap else source
+        with pytest.warns(RuntimeWarning, match=r"export_coco: left out 1 unreadable"):
+            path = export_coco(dataset, tmp_path / "out")
+    out = CocoDetection(tmp_path / "out", path)
+    assert [out[i][1]["image_id"] for i in range(len(out))] == [0, 2]
+    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == [
+        "000000.png", "000002.png"]
+
+
+def test_export_of_no_readable_sample_is_an_error(tmp_path: Path) -> None:
+    source = _voc_with_bad_mask(tmp_path / "src")
+    with pytest.warns(RuntimeWarning), pytest.raises(NoReadableSamplesError):
+        export_voc(source, tmp_path / "out", indices=[1])
+    assert not (tmp_path / "out" / "ImageSets" / "Segmentation" / "train.txt").exists()
+
+
+def test_export_of_readable_datasets_warns_nothing(tmp_path: Path, recwarn) -> None:
+    export_voc(SyntheticSegmentation(2, seed=0, image_size=32), tmp_path)
+    assert not recwarn.list
+    assert torch.equal(VOCSegmentation(tmp_path)[1][1], SyntheticSegmentation(
+        2, seed=0, image_size=32)[1][1])
