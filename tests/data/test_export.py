@@ -78,3 +78,16 @@ def test_export_of_readable_datasets_warns_nothing(tmp_path: Path, recwarn) -> N
     assert not recwarn.list
     assert torch.equal(VOCSegmentation(tmp_path)[1][1], SyntheticSegmentation(
         2, seed=0, image_size=32)[1][1])
+
+
+def test_export_voc_again_in_another_format_replaces_the_images(tmp_path: Path) -> None:
+    """The jpg images of a first export were kept beside the png ones of a second, and
+    the loader paired them (jpg first) with the second export's masks."""
+    first = SyntheticSegmentation(3, seed=0, image_size=32)
+    second = SyntheticSegmentation(3, seed=1, image_size=32)
+    export_voc(first, tmp_path, "train", image_format="jpg")
+    export_voc(second, tmp_path, "train")
+    assert sorted(p.suffix for p in (tmp_path / "JPEGImages").iterdir()) == [".png"] * 3
+    image, mask = VOCSegmentation(tmp_path, "train")[0]
+    assert torch.equal(mask, second[0][1])
+    assert (image - second[0][0]).abs().max() <= 0.5 / 255 + 1e-6

@@ -215,3 +215,11 @@ def test_mask_of_the_stored_pixels_is_explained(voc: Path) -> None:
                r"12 wide\), ignoring its EXIF orientation tag \(8\)")
     with pytest.warns(RuntimeWarning, match=message):
         ds.load_or_skip(1)
+
+
+def test_an_id_with_two_image_files_is_refused(voc: Path) -> None:
+    """img1.jpg was taken and img1.png ignored: which one the mask is for cannot be told."""
+    _write_sample(voc, "img1", _mask(), ext=".png")
+    with pytest.raises(ValueError, match=r"JPEGImages: 1 id\(s\) have more than one image "
+                                         r"file \(img1: \['img1\.jpg', 'img1\.png'\]\)"):
+        VOCSegmentation(voc, "train")

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ._common import NoReadableSamplesError, readable_sample
+from .voc import _IMAGE_EXTS
 
 __all__ = ["export_coco", "export_voc", "save_image"]
 
@@ -169,7 +170,8 @@ def export_voc(
 
     ``folder/JPEGImages/<id>.png``, ``folder/SegmentationClass/<id>.png`` (palette PNG,
     values are the class ids, 255 ignore) and ``folder/ImageSets/Segmentation/<split>.txt``.
-    Splits accumulate: writing ``val`` after ``train`` keeps both. ``<id>`` is
+    Splits accumulate: writing ``val`` after ``train`` keeps both; an id written again
+    replaces its files (an image of another format included). ``<id>`` is
     ``<split>_<index>``; samples the dataset cannot read are left out (no id), with a
     warning naming them.
     """
@@ -187,6 +189,9 @@ def export_voc(
         if mask.dim() != 2 or (mask.numel() and not 0 <= int(mask.min()) <= int(mask.max()) <= 255):
             raise ValueError(f"sample {i}: mask must be (H, W) with values in 0..255")
         name = f"{split}_{i:06d}"
+        for other in _IMAGE_EXTS:  # an earlier export's image in another format
+            if other != f".{ext}":  # (before saving: on a case-insensitive disk .JPG is .jpg)
+                (folder / "JPEGImages" / f"{name}{other}").unlink(missing_ok=True)
         save_image(image, folder / "JPEGImages" / f"{name}.{ext}")
         png = Image.fromarray(mask.cpu().numpy().astype(np.uint8), mode="P")
         png.putpalette(palette)

@@ -11,7 +11,8 @@ A mask may also be grey RGB, or L / RGB with an alpha band that is fully opaque;
 masks and masks with transparent pixels are skipped on load as "bad_mask".
 
 Missing root or split file, a split file that is not UTF-8 text (a byte-order mark is
-allowed), or an empty split -> error at construction. A missing image or
+allowed), or an empty split -> error at construction. An id with more than one image
+file (``a.jpg`` and ``a.png``) -> error at construction. A missing image or
 mask -> dropped at construction, counted in ``skipped``. An unreadable image or mask, a mask
 whose size differs from the image, or labels above ``num_classes`` (other than 255) ->
 warning on load, counted, and the next sample is returned instead.
@@ -19,6 +20,7 @@ warning on load, counted, and the next sample is returned instead.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -75,6 +77,26 @@ def load_mask(path: Path) -> np.ndarray:
             )
         array = array[..., 0]
     return array.astype(np.int64)
+
+
+def _image_files(folder: Path, ids: list[str]) -> dict[str, list[Path]]:
+    """The files ``folder/<id><ext>`` for each id, ``ext`` one of ``_IMAGE_EXTS``.
+
+    Names are matched as the folder lists them, not by asking for each one: on a
+    case-insensitive disk ``a.JPG`` would also be found as ``a.jpg``, one file twice.
+    """
+    listings: dict[Path, set[str]] = {}
+    found: dict[str, list[Path]] = {}
+    for name in ids:
+        stem = folder / name  # an id may name a file in a subfolder
+        if stem.parent not in listings:
+            try:
+                listings[stem.parent] = {e.name for e in os.scandir(stem.parent) if e.is_file()}
+            except (FileNotFoundError, NotADirectoryError):
+                listings[stem.parent] = set()
+        found[name] = [stem.parent / f"{stem.name}{ext}" for ext in _IMAGE_EXTS
+                       if f"{stem.name}{ext}" in listings[stem.parent]]
+    return found
 
 
 def _voc_folders_below(root: Path) -> list[str]:
@@ -134,9 +156,16 @@ class VOCSegmentation(SkippingDataset):
                              "would be trained on and scored more than once")
 
         self._samples: list[tuple[str, Path, Path]] = []
+        images = _image_files(self.root / image_dir, ids)
+        ambiguous = {name: files for name, files in images.items() if len(files) > 1}
+        if ambiguous:
+            listed = "; ".join(f"{name}: {[f.name for f in files]}"
+                               for name, files in list(ambiguous.items())[:5])
+            raise ValueError(f"{self.root / image_dir}: {len(ambiguous)} id(s) have more than "
+                             f"one image file ({listed}); which is meant cannot be told: "
+                             "remove the others")
         for name in ids:
-            image = next((p for ext in _IMAGE_EXTS
-                          if (p := self.root / image_dir / f"{name}{ext}").is_file()), None)
+            image = images[name][0] if images[name] else None
             mask = self.root / mask_dir / f"{name}.png"
             if image is None:
                 self._skip("missing_image", f"{self.root / image_dir / name}.(jpg|jpeg|png)")
