@@ -595,3 +595,19 @@ def test_a_live_run_s_folder_is_refused_before_the_setup(
     assert code == 2 and "another process (pid 4242) is training into" in err
     assert stdout == ""
     assert load_checkpoint(out / "last.pt")["iteration"] == 4
+
+
+@pytest.mark.parametrize(("scene", "message"), [
+    ("clutter=1e999", "clutter must be a finite number, got inf"),
+    ("max_aspect=NaN", "max_aspect must be a finite number, got nan"),
+    ("min_objects=1.5", "min_objects must be an int, got 1.5"),
+])
+def test_non_finite_or_fractional_scene_options_are_one_line_errors(
+        capsys: pytest.CaptureFixture, tmp_path: Path, scene: str, message: str) -> None:
+    """clutter=inf trained on NaN images (ending in 'loss is nan ... lower lr'), NaN and
+    fractional counts failed with a traceback when a scene was drawn."""
+    code, _, err = run_cli(capsys, "train", "--model", "compact_fcn", "--image-size", "32",
+                           "--train-size", "8", "--val-size", "4", "--scene", scene,
+                           "--iterations", "2", "--threads", "1", "--out", tmp_path)
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("deformconv train: error: ") and message in err

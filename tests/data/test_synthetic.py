@@ -201,6 +201,36 @@ def test_config_errors(changes, match) -> None:
         SceneConfig(**changes)
 
 
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"clutter": float("inf")}, r"clutter must be a finite number, got inf"),
+        ({"clutter": float("nan")}, r"clutter must be a finite number, got nan"),
+        ({"clutter": 1e30}, r"clutter must be in \[0, 1e\+06\], got 1e\+30"),
+        ({"max_aspect": float("nan")}, r"max_aspect must be a finite number, got nan"),
+        ({"max_aspect": float("inf")}, r"max_aspect must be a finite number, got inf"),
+        ({"min_object_size": float("nan")}, r"min_object_size must be a finite number"),
+        ({"max_rotation": float("nan")}, r"max_rotation must be a finite number"),
+        ({"outline_prob": "0.5"}, r"outline_prob must be a finite number, got '0\.5'"),
+        ({"min_objects": 1.5, "max_objects": 2.5}, r"min_objects must be an int, got 1\.5"),
+        ({"max_objects": 2.0}, r"max_objects must be an int, got 2\.0"),
+        ({"max_distractors": True}, r"max_distractors must be an int, got True"),
+        ({"image_size": (32.5, 32)}, r"image_size must be an int or \(H, W\) of ints"),
+        ({"image_size": float("nan")}, r"image_size must be an int or \(H, W\) of ints"),
+    ],
+)
+def test_config_refuses_non_finite_numbers_and_non_integer_counts(changes, match) -> None:
+    """NaN passed every range check (clutter=inf drew NaN images, max_aspect=nan a raw
+    numpy OverflowError), and min_objects=1.5 failed only when a scene was drawn."""
+    with pytest.raises(ValueError, match=match):
+        SceneConfig(**changes)
+
+
+def test_config_takes_numpy_integers() -> None:
+    config = SceneConfig(image_size=np.int64(32), max_objects=np.int64(3), clutter=np.float32(1))
+    assert config.image_size == (32, 32) and config.max_objects == 3
+
+
 def test_seed_must_be_non_negative_int() -> None:
     with pytest.raises(ValueError, match="seed must be a non-negative int"):
         SceneGenerator(seed=-1)

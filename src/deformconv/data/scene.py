@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..ops.arguments import is_integer
 from .catalog import CLASSES, DEFAULT_CLASSES, ShapeClass
 from .render import (
     Placement,
@@ -31,6 +33,11 @@ __all__ = ["Scene", "SceneConfig", "SceneGenerator", "boxes_from_masks"]
 _MIN_PIXELS = 4  # an object must keep at least this many visible pixels
 _MIN_CONTRAST = 0.35  # Euclidean RGB distance between an object and what is under it
 _TRIES = 12  # placements tried per object before giving up on it
+_MAX_CLUTTER = 1e6  # far past saturation (~10); huge values overflow float32 (inf, NaN)
+
+_INT_FIELDS = ("min_objects", "max_objects", "max_distractors")
+_REAL_FIELDS = ("min_object_size", "max_object_size", "max_aspect", "max_rotation",
+                "outline_prob", "max_occlusion", "clutter")
 
 
 @dataclass(frozen=True)
@@ -52,12 +59,12 @@ class SceneConfig:
 
     def __post_init__(self) -> None:
         size = self.image_size
-        if isinstance(size, int):
-            object.__setattr__(self, "image_size", (size, size))
-        elif isinstance(size, (tuple, list)) and len(size) == 2:
+        if isinstance(size, (tuple, list)) and len(size) == 2 and all(map(is_integer, size)):
             object.__setattr__(self, "image_size", (int(size[0]), int(size[1])))
+        elif is_integer(size):
+            object.__setattr__(self, "image_size", (int(size), int(size)))  # type: ignore
         else:
-            raise ValueError(f"image_size must be an int or (H, W), got {size!r}")
+            raise ValueError(f"image_size must be an int or (H, W) of ints, got {size!r}")
         object.__setattr__(self, "classes", tuple(self.classes))
         self.validate()
 
@@ -70,10 +77,19 @@ class SceneConfig:
         return self.image_size[1]  # type: ignore[index]
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad field."""
+        """Raise ``ValueError`` naming the first bad field: counts must be ints, the other
+        numbers finite (NaN passes every comparison, and inf breaks the random draws)."""
         def bad(name: str, expected: str) -> ValueError:
             return ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
 
+        for name in _INT_FIELDS:
+            if not is_integer(getattr(self, name)):
+                raise bad(name, "an int")
+        for name in _REAL_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) \
+                    or not math.isfinite(value):
+                raise bad(name, "a finite number")
         if min(self.image_size) < 16:  # type: ignore[arg-type]
             raise bad("image_size", "at least 16 px on each side")
         if not self.classes:
@@ -106,8 +122,8 @@ class SceneConfig:
                 raise bad(name, "in [0, 1]")
         if self.max_distractors < 0:
             raise bad("max_distractors", ">= 0")
-        if self.clutter < 0:
-            raise bad("clutter", ">= 0")
+        if not 0 <= self.clutter <= _MAX_CLUTTER:
+            raise bad("clutter", f"in [0, {_MAX_CLUTTER:g}]")
 
     def replace(self, **changes: object) -> SceneConfig:
         """A copy with some fields changed; unknown names raise ``TypeError`` listing the fields."""
