@@ -155,6 +155,41 @@ def test_argument_errors() -> None:
         T.hflip(torch.rand(20, 20), None)
 
 
+_TRANSFORMS = {
+    "hflip": T.hflip,
+    "rot90": T.rot90,
+    "resize": lambda image, target: T.resize(image, target, (5, 8)),
+    "crop": lambda image, target: T.crop(image, target, 2, 2, 6, 6),
+    "padding crop": lambda image, target: T.crop(image, target, -2, -2, 14, 20),
+}
+
+
+@pytest.mark.parametrize("transform", _TRANSFORMS.values(), ids=_TRANSFORMS.keys())
+@pytest.mark.parametrize(("target", "match"), [
+    (torch.zeros(20, 32, dtype=torch.int64),
+     r"target mask must have the image's size \(10, 16\), got \(20, 32\)"),
+    (torch.zeros(10, 16, dtype=torch.int8),
+     r"target mask must have an integer dtype that holds 255 .*, got torch\.int8"),
+    (torch.zeros(10, 16, dtype=torch.float32), r"integer dtype .*, got torch\.float32"),
+    (torch.zeros(1, 10, 16, dtype=torch.int64),
+     r"target tensor must be a 0-d class label or an \(H, W\) mask, got shape \(1, 10, 16\)"),
+    ({"boxes": torch.zeros(1, 4), "labels": torch.ones(1, dtype=torch.int64),
+      "masks": torch.zeros(1, 20, 32, dtype=torch.uint8)},
+     r"target\['masks'\] must be a \(K, H, W\) tensor of the image's size \(H, W\) = "
+     r"\(10, 16\), got \(1, 20, 32\)"),
+    ({"labels": torch.ones(1, dtype=torch.int64)},
+     r"target\['boxes'\] must be a \(K, 4\) tensor, got NoneType"),
+    ({"boxes": torch.zeros(2, 4), "labels": torch.ones(3, dtype=torch.int64)},
+     r"target\['labels'\] must have one row per box \(2\), got shape \(3,\)"),
+], ids=["mask size", "int8 mask", "float mask", "3-d mask", "masks size", "no boxes",
+        "labels length"])
+def test_targets_that_do_not_fit_the_image_are_refused(transform, target, match) -> None:
+    """A target of another size than the image came back misaligned without an error; a
+    dict without boxes raised KeyError, an int8 mask a RuntimeError in a padding crop."""
+    with pytest.raises(ValueError, match=match):
+        transform(torch.rand(3, 10, 16), target)
+
+
 def test_empty_targets_survive_every_transform() -> None:
     target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
               "masks": torch.zeros(0, 16, 16, dtype=torch.uint8), "area": torch.zeros(0)}

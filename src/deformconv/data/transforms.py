@@ -7,6 +7,9 @@ Every transform is ``(image (3, H, W), target) -> (image, target)`` where ``targ
                                           their ``labels``/``masks``/``area``/``iscrowd``/
                                           ``sizes``; ``area`` and ``sizes`` kept consistent;
                                           integer ``boxes``/``area`` come back float32.
+A mask or detection ``masks`` of another size than the image, a mask dtype that cannot hold
+255 (int8, bool, float), a dict without (K, 4) ``boxes`` or per-object entries of another
+length raise ``ValueError``.
 Random draws use torch's global RNG, so wrapping the dataset in
 ``deformconv.engine.seeding.SeededSamples`` makes them reproducible per sample.
 """
@@ -43,10 +46,45 @@ def _is_mask(target: Any) -> bool:
     return isinstance(target, Tensor) and target.dim() == 2
 
 
-def _check_image(image: Tensor) -> None:
+# Mask dtypes that hold the padding value IGNORE_INDEX (255).
+_MASK_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
+
+
+def _check(image: Tensor, target: Any) -> None:
+    """Raise ValueError unless ``image`` is (C, H, W) and ``target`` fits it: a mask or
+    detection ``masks`` of the image's (H, W), one row per box in each per-object entry.
+    Shapes and dtypes only: nothing is read from the tensors."""
     if not isinstance(image, Tensor) or image.dim() != 3:
         shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
         raise ValueError(f"image must be a (C, H, W) tensor, got {shape}")
+    size = tuple(image.shape[-2:])
+    if isinstance(target, Tensor):
+        if target.dim() == 2:
+            if tuple(target.shape) != size:
+                raise ValueError(f"target mask must have the image's size {size}, got "
+                                 f"{tuple(target.shape)}")
+            if target.dtype not in _MASK_DTYPES:
+                raise ValueError(f"target mask must have an integer dtype that holds "
+                                 f"{IGNORE_INDEX} {_MASK_DTYPES}, got {target.dtype}")
+        elif target.dim() != 0:
+            raise ValueError("target tensor must be a 0-d class label or an (H, W) mask, got "
+                             f"shape {tuple(target.shape)}")
+    elif isinstance(target, dict):
+        boxes = target.get("boxes")
+        if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
+            got = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
+            raise ValueError(f"target['boxes'] must be a (K, 4) tensor, got {got}")
+        masks = target.get("masks")
+        if masks is not None and (not isinstance(masks, Tensor) or masks.dim() != 3
+                                  or tuple(masks.shape[-2:]) != size):
+            got = tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
+            raise ValueError(f"target['masks'] must be a (K, H, W) tensor of the image's size "
+                             f"(H, W) = {size}, got {got}")
+        for key in _PER_OBJECT:
+            value = target.get(key)
+            if isinstance(value, Tensor) and (value.dim() == 0 or len(value) != len(boxes)):
+                raise ValueError(f"target[{key!r}] must have one row per box ({len(boxes)}), "
+                                 f"got shape {tuple(value.shape)}")
 
 
 def _resize_nearest(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -72,7 +110,7 @@ def _detection_copy(target: dict[str, Any]) -> dict[str, Any]:
 
 def hflip(image: Tensor, target: Any) -> tuple[Tensor, Any]:
     """Mirror left-right."""
-    _check_image(image)
+    _check(image, target)
     width = image.shape[-1]
     if _is_mask(target):
         return image.flip(-1), target.flip(-1)
@@ -90,7 +128,7 @@ def hflip(image: Tensor, target: Any) -> tuple[Tensor, Any]:
 def rot90(image: Tensor, target: Any, k: int = 1) -> tuple[Tensor, Any]:
     """Turn by ``k`` quarter turns, counter-clockwise as displayed (``torch.rot90`` on the
     last two dims); boxes and masks turn with the image."""
-    _check_image(image)
+    _check(image, target)
     k %= 4
     for _ in range(k):
         width = image.shape[-1]
@@ -109,7 +147,7 @@ def rot90(image: Tensor, target: Any, k: int = 1) -> tuple[Tensor, Any]:
 
 def resize(image: Tensor, target: Any, size: tuple[int, int]) -> tuple[Tensor, Any]:
     """Resize to ``size = (H, W)``: bilinear image, nearest masks, scaled boxes and areas."""
-    _check_image(image)
+    _check(image, target)
     height, width = image.shape[-2:]
     size = (int(size[0]), int(size[1]))
     if min(size) < 1:
@@ -140,7 +178,7 @@ def crop(
     (image with ``fill``, segmentation with 255, instance masks with 0). Boxes are clipped
     and those left empty dropped; ``area`` is recounted from masks, else scaled with the box.
     """
-    _check_image(image)
+    _check(image, target)
     h, w = image.shape[-2:]
     pads = (max(0, -left), max(0, left + width - w), max(0, -top), max(0, top + height - h))
 
