@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -28,6 +29,12 @@ class TestTop1:
             top1_correct(torch.zeros(2, 3, 4), torch.zeros(2, dtype=torch.long))
         with pytest.raises(ValueError, match=r"targets must have shape \(2,\)"):
             top1_correct(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long))
+
+    def test_float_targets_are_refused(self):
+        """Float targets were compared with the argmax: 1.7 never matched, silently."""
+        with pytest.raises(ValueError, match="targets must hold integer class ids, got "
+                                             r"dtype torch\.float32"):
+            top1_correct(torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([1.7, 0.2]))
 
     def test_evaluator(self):
         ev = make_evaluator("classification")
@@ -71,6 +78,26 @@ class TestMIoU:
                 confusion_matrix(torch.tensor([0, 1, bad]), torch.tensor([0, 1, 1]), 3)
         with pytest.raises(ValueError, match="same shape"):
             confusion_matrix(torch.zeros(2), torch.zeros(3), 2)
+
+    def test_input_errors(self):
+        """Float ids were truncated, num_classes=0 gave an empty matrix and -1 a raw
+        RuntimeError; a negative count gave mIoU 1.75, a non-square matrix an IndexError."""
+        ids = torch.tensor([0, 1])
+        with pytest.raises(ValueError, match="target must hold integer class ids, got dtype "
+                                             r"torch\.float32"):
+            confusion_matrix(ids, torch.tensor([0.9, 1.5]), 3)
+        with pytest.raises(ValueError, match="pred must hold integer class ids, got dtype "
+                                             r"torch\.float64"):
+            confusion_matrix(ids.double(), ids, 3)
+        for bad in (0, -1):
+            with pytest.raises(ValueError, match=f"num_classes must be > 0, got {bad}"):
+                confusion_matrix(ids, ids, bad)
+        with pytest.raises(ValueError, match=r"confusion must hold counts >= 0, got min -1"):
+            iou_from_confusion(torch.tensor([[3, -1], [0, 2]]))
+        for shape in [(3,), (2, 3)]:
+            with pytest.raises(ValueError, match=rf"confusion must be a square \(C, C\) "
+                                                 rf"matrix, got shape {re.escape(str(shape))}"):
+                iou_from_confusion(torch.zeros(shape, dtype=torch.int64))
 
     def test_evaluator_upsamples_and_accumulates(self):
         ev = make_evaluator("segmentation")

@@ -6,8 +6,16 @@ import torch
 from torch import Tensor
 
 from ..conventions import IGNORE_INDEX
+from ..ops.arguments import count
 
 __all__ = ["IGNORE_INDEX", "confusion_matrix", "iou_from_confusion", "top1_correct"]
+
+
+def _check_class_ids(ids: Tensor, name: str) -> None:
+    """Refuse floating-point class ids, which comparisons and ``.long()`` would truncate
+    silently (a dtype check: no sync with the device)."""
+    if ids.is_floating_point() or ids.is_complex():
+        raise ValueError(f"{name} must hold integer class ids, got dtype {ids.dtype}")
 
 
 def top1_correct(logits: Tensor, targets: Tensor) -> int:
@@ -24,6 +32,7 @@ def top1_correct(logits: Tensor, targets: Tensor) -> int:
             f"targets must have shape {tuple(logits.shape[:1])} to match logits "
             f"{tuple(logits.shape)}, got {tuple(targets.shape)}"
         )
+    _check_class_ids(targets, "targets")
     return int((logits.argmax(dim=1) == targets).sum())
 
 
@@ -34,7 +43,7 @@ def confusion_matrix(
 
     Pixels whose target is ``ignore_index`` are skipped. Targets outside ``[0, C)`` (other
     than ``ignore_index``) and predictions outside ``[0, C)`` raise ``ValueError`` rather than
-    being counted silently (as another class's).
+    being counted silently (as another class's), as do floating-point ids and ``C < 1``.
 
     Args:
         pred: ``(N, H, W)`` (or any shape) predicted class ids.
@@ -45,6 +54,9 @@ def confusion_matrix(
             f"pred and target must have the same shape, got {tuple(pred.shape)} and "
             f"{tuple(target.shape)}"
         )
+    num_classes = count(num_classes, "num_classes")
+    _check_class_ids(pred, "pred")
+    _check_class_ids(target, "target")
     keep = target != ignore_index
     t, p = target[keep].long(), pred[keep].long()
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
@@ -66,11 +78,17 @@ def iou_from_confusion(confusion: Tensor) -> dict[str, object]:
 
     IoU_c = TP_c / (TP_c + FP_c + FN_c). A class that appears neither in the targets nor in
     the predictions (zero union) has IoU ``nan`` and is left out of the mean, so mIoU is
-    the mean over the classes present.
+    the mean over the classes present. A matrix that is not square or holds negative
+    counts raises ``ValueError``.
 
     Returns:
         ``{"miou": float, "iou": list[float], "pixel_acc": float}``.
     """
+    if confusion.dim() != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"confusion must be a square (C, C) matrix, got shape "
+                         f"{tuple(confusion.shape)}")
+    if bool((confusion < 0).any()):
+        raise ValueError(f"confusion must hold counts >= 0, got min {confusion.min().item()}")
     conf = confusion.double()
     tp = conf.diag()
     union = conf.sum(0) + conf.sum(1) - tp
