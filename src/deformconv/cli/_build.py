@@ -78,7 +78,9 @@ def add_data_options(parser: argparse.ArgumentParser, *, with_train: bool = True
         group.add_argument("--val-data", metavar="coco:ANN:IMAGES",
                            help="COCO validation set (default: the training set)")
     group.add_argument("--image-size", type=positive_int,
-                       help="synthetic image side in pixels; VOC images are resized to it; "
+                       help="synthetic image side in pixels; VOC images and masks (nearest) "
+                            "are resized to a square of this side, and VOC mIoU is computed "
+                            "at that size, not at the images' own resolution; "
                             "a new detector resizes its input (COCO images too) to fit in "
                             "it, and scales its anchors to it")
     if with_train:

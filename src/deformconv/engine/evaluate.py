@@ -55,7 +55,11 @@ def evaluate(
     images run in groups of one size, so that a detector's padding of a batch to its largest
     image does not make scores depend on the batch size. When any output holds NaN or inf (a
     diverged model), every score is NaN, with a warning: argmax and COCO's matching would
-    score such outputs as plausible predictions.
+    score such outputs as plausible predictions. Metrics are of the samples as the dataset
+    gives them: masks at the size its transforms leave them (``runs.build_datasets``
+    resizes VOC's), COCO ground truth as :class:`~deformconv.data.CocoDetection` cleaned it
+    (boxes of no area or outside the image dropped, overhanging ones clipped), so COCO AP
+    can differ from ``COCOeval`` on the raw json.
     """
     if not len(dataset):  # type: ignore[arg-type]
         raise ValueError(f"the {task} dataset is empty (0 samples): nothing to evaluate")

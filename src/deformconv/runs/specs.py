@@ -44,7 +44,7 @@ class DataSpec:
     source: str = "synthetic"  # "synthetic" | "coco" | "voc"
     paths: list[str] = field(default_factory=list)  # coco: [ann, images]; voc: [root]
     val_paths: list[str] = field(default_factory=list)  # coco: [ann, images] for eval
-    image_size: int = 128  # synthetic side; VOC images are resized to it
+    image_size: int = 128  # synthetic side; VOC images and masks (so its mIoU) resized to it
     train_size: int = 2000  # synthetic training samples
     val_size: int = 200  # synthetic validation samples
     data_seed: int = 0  # synthetic scenes (validation uses data_seed + 1)
@@ -104,6 +104,8 @@ def build_datasets(spec: DataSpec, task: str, *, need_train: bool = True
                    ) -> tuple[Dataset | None, Dataset, int]:
     """``(train set or None, val set, C object classes)`` for ``task``.
 
+    VOC: both splits are resized to ``image_size`` square, masks by nearest neighbour, so
+    the validation mIoU is that of the resized masks, not at the images' own resolution.
     COCO: the training annotation file's categories label both sets and give C, also when
     only the validation set is built: the table ``spec.categories`` recorded (then neither the
     training file nor its changes since matter: a category id the table lacks is an error),
