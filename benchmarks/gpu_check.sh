@@ -5,7 +5,8 @@
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]     # from the repository root; logs in OUT_DIR
 #   bash benchmarks/gpu_check.sh --dry-run     # on a CPU: the same steps, tiny, in Triton's
-#                                              # interpreter (checks the script, measures nothing)
+#                                              # interpreter (checks the script, measures nothing;
+#                                              # about 3 minutes on 2 cores)
 #
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
 # Record the benchmark's tables (OUT_DIR/bench.txt) in benchmarks/README.md.
@@ -23,6 +24,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 status=0
+: > "$OUT_DIR/summary.txt"
 
 step() {  # step NAME SECONDS COMMAND...: run with a time cap, log to OUT_DIR/NAME.txt
     local name="$1" seconds="$2"
@@ -39,10 +41,12 @@ if [[ $DRY -eq 1 ]]; then
     export TRITON_INTERPRET=1
     step syntax 60 "$PY" -m py_compile src/deformconv/ops/_triton/*.py \
         benchmarks/bench_deform_conv.py benchmarks/bench_deform_conv_cuda.py
-    step smoke 300 env DEFORMCONV_BACKEND=triton "$PY" benchmarks/triton_smoke.py cpu
+    # --small: the interpreter takes minutes per full-size conv call on 2 cores
+    step smoke 300 env DEFORMCONV_BACKEND=triton "$PY" benchmarks/triton_smoke.py cpu --small
     step tests 300 "$PY" -m pytest -q -x -p no:cacheprovider tests/ops/test_triton.py \
         -k "1x1 or no_rois or half_precision and DeformPSRoIPool"
     step bench 120 "$PY" benchmarks/bench_deform_conv.py --device cuda --dry-run
+    cat "$OUT_DIR/summary.txt"
     exit $status
 fi
 
@@ -51,7 +55,6 @@ fi
     "$PY" -c "import sys, torch, triton; print(sys.version.split()[0], 'torch', torch.__version__,
 'triton', triton.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 } 2>&1 | tee "$OUT_DIR/environment.txt"
-: > "$OUT_DIR/summary.txt"
 step smoke 120 "$PY" benchmarks/triton_smoke.py cuda
 step tests 240 "$PY" -m pytest -q -p no:cacheprovider -n 4 --durations=10 \
     tests/ops/test_triton.py tests/ops/test_dispatch.py tests/ops/test_devices.py \
