@@ -142,25 +142,26 @@ MAX_REPEATS = 50
 def best_times(ops: dict[str, Callable[[], object]], repeats: int,
                clock: Callable[[], float] = time.perf_counter,
                min_seconds: float = 0.0) -> dict[str, float]:
-    """Best time in seconds per op, of ``repeats`` runs or, for a fast op, of as many as
-    fill ``min_seconds`` (at most ``MAX_REPEATS``): a minimum over more runs is less
-    likely to have met only bursts of load from elsewhere. The ops take turns in each
-    round, so such a burst hits them alike instead of one op's whole series."""
+    """Best time in seconds per op over rounds in which each op runs once, taking turns, so
+    that a burst of load from elsewhere hits them alike and every op has as many runs:
+    ``repeats`` rounds, or as many as the slowest op needs to fill ``min_seconds`` (at most
+    ``MAX_REPEATS``): a minimum over a series spread over more time is less likely to have
+    met only bursts."""
     for fn in ops.values():
         fn()  # warm-up (compiles, allocates)
     times: dict[str, list[float]] = {name: [] for name in ops}
-    runs: dict[str, int] = {}
-    while True:
-        pending = [name for name in ops if len(times[name]) < runs.get(name, 1)]
-        if not pending:
-            return {name: min(series) for name, series in times.items()}
-        for name in pending:
+    rounds = repeats
+    done = 0
+    while done < rounds:
+        for name, fn in ops.items():
             start = clock()
-            ops[name]()
+            fn()
             times[name].append(clock() - start)
-            if name not in runs:
-                wanted = math.ceil(min_seconds / max(times[name][0], 1e-9))
-                runs[name] = max(repeats, min(MAX_REPEATS, wanted))
+        done += 1
+        if done == 1:
+            slowest = max(series[0] for series in times.values())
+            rounds = max(repeats, min(MAX_REPEATS, math.ceil(min_seconds / max(slowest, 1e-9))))
+    return {name: min(series) for name, series in times.items()}
 
 
 def op_runners(case: Case, backward: bool) -> dict[str, Callable[[], object]]:
@@ -431,8 +432,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small shapes, a few seconds")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--min-seconds", type=float, default=1.0,
-                        help="ops table: time a fast op for at least this long (up to "
-                             f"{MAX_REPEATS} runs; default 1, 0 with --quick)")
+                        help="ops table: time the ops until the slowest has run this long "
+                             f"(up to {MAX_REPEATS} rounds; default 1, 0 with --quick)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time by the process's CPU time instead of the wall clock: with one "
                              "thread (OMP_NUM_THREADS=1), the work done, "
@@ -463,7 +464,7 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}, "
           f"{'CPU time' if args.cpu_time else 'wall clock'}, best of {args.repeats} "
-          f"(ops: of up to {MAX_REPEATS} runs filling {min_seconds:g} s)")
+          f"(ops: of up to {MAX_REPEATS} rounds filling {min_seconds:g} s for the slowest)")
     if "ops" in sections:
         bench_ops(QUICK if args.quick else FULL, args.repeats, clock, min_seconds)
     if "modules" in sections:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -17,29 +16,6 @@ def test_finds_the_repository_benchmarks() -> None:
     folder = find_benchmarks()
     for script in SCRIPTS.values():
         assert (folder / script).is_file()
-
-
-def test_deform_conv_benchmark_runs_fast_ops_longer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ops table's timer: a fast op runs until it fills ``min_seconds`` (at most
-    ``MAX_REPEATS`` times), a slow one ``repeats`` times, each after one warm-up run."""
-    path = find_benchmarks() / SCRIPTS["deform_conv"]
-    spec = importlib.util.spec_from_file_location("bench_deform_conv", path)
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look it up
-    spec.loader.exec_module(bench)
-    now = [0.0]
-    calls = dict.fromkeys(("fast", "tiny", "slow"), 0)
-
-    def op(name: str, seconds: float):
-        def run() -> None:
-            calls[name] += 1
-            now[0] += seconds
-        return run
-
-    best = bench.best_times({"fast": op("fast", 0.01), "tiny": op("tiny", 1e-5),
-                             "slow": op("slow", 1.0)}, 3, clock=lambda: now[0], min_seconds=0.1)
-    assert calls == {"fast": 1 + 10, "tiny": 1 + bench.MAX_REPEATS, "slow": 1 + 3}
-    assert best == pytest.approx({"fast": 0.01, "tiny": 1e-5, "slow": 1.0})
 
 
 def _fake_benchmarks(folder: Path) -> Path:
