@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -164,13 +164,22 @@ def best_times(ops: dict[str, Callable[[], object]], repeats: int,
     return {name: min(series) for name, series in times.items()}
 
 
+def backward_and_clear(out: torch.Tensor, leaves: Iterable[torch.Tensor]) -> None:
+    """``out.sum().backward()``, then the leaves' gradients dropped: each timed run stores
+    fresh gradients, as a training step after ``zero_grad(set_to_none=True)`` does, instead
+    of adding to the last run's (an extra pass, which conv2d pays without the offset's)."""
+    out.sum().backward()
+    for leaf in leaves:
+        leaf.grad = None
+
+
 def op_runners(case: Case, backward: bool) -> dict[str, Callable[[], object]]:
     t = make_inputs(case, backward)
     pad = case.dilation
 
     def finish(out: torch.Tensor) -> None:
         if backward:
-            out.sum().backward()
+            backward_and_clear(out, t.values())
 
     ops = {
         "ours": lambda: finish(deform_conv2d(
@@ -242,7 +251,8 @@ def module_runners(case: ModuleCase) -> dict[str, Callable[[], object]]:
     if tv_deform_conv2d is not None:
         modules["torchvision"] = TorchvisionDeformConv2d(case.channels, case.dilation,
                                                          case.modulated)
-    return {name: lambda m=m: m(x).sum().backward() for name, m in modules.items()}
+    return {name: lambda m=m: backward_and_clear(m(x), [x, *m.parameters()])
+            for name, m in modules.items()}
 
 
 def conv_bn_relu(cin: int, cout: int, deformable: bool, stride: int = 1) -> nn.Module:

@@ -7,6 +7,9 @@ from collections.abc import Callable
 from types import ModuleType
 
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 from .scripts import load_script
 
@@ -51,3 +54,52 @@ def test_rounds_fill_min_seconds_for_the_slowest_op(bench: ModuleType, seconds: 
     bench.best_times(ops, 3, clock=clock, min_seconds=0.1)
     assert rounds <= bench.MAX_REPEATS
     assert order == list(seconds) * (1 + rounds)
+
+
+def test_timed_backward_leaves_no_gradient_to_add_to(bench: ModuleType,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gradients piled up over the timed runs (the offset's after 3 runs was 3 times one
+    run's): every run after the first paid an extra add, and ours and torchvision one for the
+    offset gradient that conv2d does not have."""
+    made: list[dict[str, torch.Tensor]] = []
+    make_inputs = bench.make_inputs
+
+    def recorded_inputs(*args: object) -> dict[str, torch.Tensor]:
+        made.append(make_inputs(*args))
+        return made[-1]
+
+    def stand_in(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, *,
+                 padding: int, dilation: int) -> torch.Tensor:
+        """A differentiable op of the same arguments: the test is about the runners."""
+        return F.conv2d(input, weight, padding=padding, dilation=dilation) + offset.mean()
+
+    monkeypatch.setattr(bench, "make_inputs", recorded_inputs)
+
+    monkeypatch.setattr(bench, "deform_conv2d", stand_in)
+    monkeypatch.setattr(bench, "tv_deform_conv2d", stand_in)
+    with torch.enable_grad():
+        runners = bench.op_runners(bench.Case("tiny", 1, 2, 2, 4, 4), backward=True)
+        for run in list(runners.values()) * 2:
+            run()
+    assert set(runners) == {"ours", "conv2d", "torchvision"}
+    assert all(t.grad is None for t in made[0].values())
+
+
+def test_timed_module_backward_leaves_no_gradient(bench: ModuleType,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # our layer as a plain conv: the test is about the runners, not the op (nor Numba's start)
+    monkeypatch.setattr(bench, "DeformConv2d", lambda cin, cout, k, padding, dilation, modulated:
+                        nn.Conv2d(cin, cout, k, padding=padding, dilation=dilation))
+    called: list[tuple[nn.Module, tuple]] = []
+    hook = nn.modules.module.register_module_forward_hook(
+        lambda module, inputs, _out: called.append((module, inputs)))
+    try:
+        runners = bench.module_runners(bench.ModuleCase(1, 2, 4))
+        for run in list(runners.values()) * 2:
+            run()
+    finally:
+        hook.remove()
+    leaves = [t for module, inputs in called for t in (*module.parameters(), *inputs)
+              if isinstance(t, torch.Tensor) and t.is_leaf and t.requires_grad]
+    assert len({id(module) for module, _ in called}) >= 3 and leaves
+    assert all(t.grad is None for t in leaves)
