@@ -16,29 +16,15 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 from collections.abc import Callable
 
 import torch
 from torchvision.ops import ps_roi_align, roi_align
 
-from bench_deform_conv import backward_and_clear
+from bench_deform_conv import backward_and_clear, best_times
 from deformconv.ops import deform_psroi_pool, deform_roi_pool
 
 STRIDE = 16
-
-
-def best_times(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Best wall time of each function over ``repeats`` rounds, taking turns within a round."""
-    for fn in fns:
-        fn()  # warm-up: Numba compiles or loads its cache, allocators settle
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best
 
 
 def proposals(k: int, height: int, width: int, gen: torch.Generator) -> torch.Tensor:
@@ -79,12 +65,12 @@ def _measure(names: list[str], theirs: Callable, ours: Callable, x: torch.Tensor
              offset: torch.Tensor, repeats: int) -> list[tuple[str, float, float]]:
     """Forward (no grad) and forward+backward times of theirs, ours, ours with offset."""
     with torch.no_grad():
-        forward = best_times([lambda: theirs(x), lambda: ours(x), lambda: ours(x, offset)],
-                             repeats)
+        forward = best_times(dict(zip(names, [lambda: theirs(x), lambda: ours(x),
+                                              lambda: ours(x, offset)], strict=True)), repeats)
     xg, og = x.clone().requires_grad_(), offset.clone().requires_grad_()
-    both = best_times([forward_backward(theirs, xg), forward_backward(ours, xg),
-                       forward_backward(ours, xg, og)], repeats)
-    return list(zip(names, forward, both, strict=True))
+    both = best_times(dict(zip(names, [forward_backward(theirs, xg), forward_backward(ours, xg),
+                                       forward_backward(ours, xg, og)], strict=True)), repeats)
+    return [(name, forward[name], both[name]) for name in names]
 
 
 def psroi_case(repeats: int) -> list[tuple[str, float, float]]:

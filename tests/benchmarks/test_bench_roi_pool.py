@@ -16,3 +16,22 @@ def test_forward_backward_leaves_no_gradient(monkeypatch: pytest.MonkeyPatch) ->
     run()
     run()
     assert x.grad is None and offset.grad is None
+
+
+def test_measure_times_each_op_forward_and_backward(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = load_script("bench_roi_pool", monkeypatch)
+    calls: list[str] = []
+
+    def theirs(x: torch.Tensor) -> torch.Tensor:
+        calls.append("theirs")
+        return x * 2
+
+    def ours(x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        calls.append("ours" if offset is None else "ours, offset")
+        return x * 2 if offset is None else x * offset
+
+    rows = bench._measure(["a", "b", "c"], theirs, ours, torch.ones(3), torch.ones(3), 2)
+    assert [name for name, _, _ in rows] == ["a", "b", "c"]
+    assert all(0 <= forward < 1 and 0 <= both < 1 for _, forward, both in rows)
+    # forward, then forward+backward: a warm-up and 2 rounds each, the three taking turns
+    assert calls == ["theirs", "ours", "ours, offset"] * 6
