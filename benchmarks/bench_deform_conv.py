@@ -34,13 +34,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deformconv.cli._common import positive_int
 from deformconv.nn import DeformConv2d
 from deformconv.ops import deform_conv2d
 
@@ -437,10 +438,10 @@ def bench_cold_start() -> None:
                   "(after importing torch)", flush=True)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, a few seconds")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--min-seconds", type=float, default=1.0,
                         help="ops table: time the ops until the slowest has run this long "
                              f"(up to {MAX_REPEATS} rounds; default 1, 0 with --quick)")
@@ -456,7 +457,7 @@ def main() -> None:
                         help="cuda: Triton vs cuDNN vs torchvision (bench_deform_conv_cuda.py)")
     parser.add_argument("--dry-run", action="store_true",
                         help="with --device cuda: tiny shapes in Triton's CPU interpreter")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.device == "cuda":
         from bench_deform_conv_cuda import main as cuda_main
 

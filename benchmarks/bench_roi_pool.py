@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torchvision.ops import ps_roi_align, roi_align
 
 from bench_deform_conv import backward_and_clear, best_times
+from deformconv.cli._common import positive_int
 from deformconv.ops import deform_psroi_pool, deform_roi_pool
 
 STRIDE = 16
@@ -102,10 +103,10 @@ def print_table(title: str, rows: list[tuple[str, float, float]]) -> None:
         print(f"| {name} | {f * 1e3:.2f} | {f / base_f:.2f} | {b * 1e3:.2f} | {b / base_b:.2f} |")
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20, help="best of this many runs")
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=positive_int, default=20, help="best of this many runs")
+    args = parser.parse_args(argv)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, "
           f"best of {args.repeats}; ratio = time / torchvision's")

@@ -103,3 +103,13 @@ def test_timed_module_backward_leaves_no_gradient(bench: ModuleType,
               if isinstance(t, torch.Tensor) and t.is_leaf and t.requires_grad]
     assert len({id(module) for module, _ in called}) >= 3 and leaves
     assert all(t.grad is None for t in leaves)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_repeats_below_one_are_refused(bench: ModuleType, capsys: pytest.CaptureFixture,
+                                       device: str) -> None:
+    """--repeats 0 said 'best of 0' and took one run."""
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--repeats", "0", "--device", device])
+    assert stop.value.code == 2
+    assert "--repeats: expected an integer >= 1, got 0" in capsys.readouterr().err

@@ -35,3 +35,13 @@ def test_measure_times_each_op_forward_and_backward(monkeypatch: pytest.MonkeyPa
     assert all(0 <= forward < 1 and 0 <= both < 1 for _, forward, both in rows)
     # forward, then forward+backward: a warm-up and 2 rounds each, the three taking turns
     assert calls == ["theirs", "ours", "ours, offset"] * 6
+
+
+def test_repeats_below_one_are_refused(capsys: pytest.CaptureFixture,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """--repeats 0 printed rows of 'inf | nan' and exited 0."""
+    bench = load_script("bench_roi_pool", monkeypatch)
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--repeats", "0"])
+    assert stop.value.code == 2
+    assert "--repeats: expected an integer >= 1, got 0" in capsys.readouterr().err
