@@ -43,7 +43,7 @@ from torch import nn
 
 from deformconv.cli._common import positive_int
 from deformconv.nn import DeformConv2d
-from deformconv.ops import deform_conv2d
+from deformconv.ops import _dispatch, deform_conv2d
 
 try:
     from torchvision.ops import DeformConv2d as TorchvisionDeformConv2dLayer
@@ -138,6 +138,12 @@ def make_inputs(case: Case, requires_grad: bool) -> dict[str, torch.Tensor]:
 
 
 MAX_REPEATS = 50
+
+
+def cpu_backend() -> str:
+    """The backend "ours" runs on for CPU float32 tensors: numba unless ``DEFORMCONV_BACKEND``
+    picks another."""
+    return _dispatch.select_backend(torch.device("cpu"), torch.float32)
 
 
 def best_times(ops: dict[str, Callable[[], object]], repeats: int,
@@ -414,7 +420,7 @@ COLD_SCRIPT = """
 import time
 import torch
 start, cpu_start = time.perf_counter(), time.process_time()
-from deformconv.ops import deform_conv2d
+from deformconv.ops import _dispatch, deform_conv2d
 x = torch.randn(2, 8, 10, 10, requires_grad=True)
 w = torch.randn(8, 8, 3, 3, requires_grad=True)
 offset = torch.randn(2, 18, 10, 10, requires_grad=True)
@@ -473,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--only: unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}, "
+          f"load average {os.getloadavg()[0]:.1f}, ours on {cpu_backend()}, "
           f"{'CPU time' if args.cpu_time else 'wall clock'}, best of {args.repeats} "
           f"(ops: of up to {MAX_REPEATS} rounds filling {min_seconds:g} s for the slowest)")
     if "ops" in sections:

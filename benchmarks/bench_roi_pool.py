@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torchvision.ops import ps_roi_align, roi_align
 
-from bench_deform_conv import backward_and_clear, best_times
+from bench_deform_conv import backward_and_clear, best_times, cpu_backend
 from deformconv.cli._common import positive_int
 from deformconv.ops import deform_psroi_pool, deform_roi_pool
 
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=positive_int, default=20, help="best of this many runs")
     args = parser.parse_args(argv)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, "
+          f"{torch.get_num_threads()} threads, ours on {cpu_backend()}, "
           f"best of {args.repeats}; ratio = time / torchvision's")
     print_table("deform_roi_pool: (1, 256, 50, 68), 512 RoIs, 7x7, sampling_ratio 2",
                 roi_case(args.repeats))

@@ -113,3 +113,21 @@ def test_repeats_below_one_are_refused(bench: ModuleType, capsys: pytest.Capture
         bench.main(["--repeats", "0", "--device", device])
     assert stop.value.code == 2
     assert "--repeats: expected an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def _run_main(bench: ModuleType, monkeypatch: pytest.MonkeyPatch, *argv: str) -> list[str]:
+    """``main(argv)`` with every section stubbed out; the sections called, with arguments."""
+    called: list[str] = []
+    for section in ("bench_ops", "bench_modules", "bench_memory", "bench_cold_start"):
+        monkeypatch.setattr(bench, section, lambda *args, section=section:
+                            called.append(f"{section}{args}"))
+    bench.main(list(argv))
+    return called
+
+
+def test_header_names_the_backend(bench: ModuleType, capsys: pytest.CaptureFixture,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """With DEFORMCONV_BACKEND=torch the torch fallback was timed as 'ours', unsaid."""
+    monkeypatch.setenv("DEFORMCONV_BACKEND", "torch")
+    _run_main(bench, monkeypatch, "--only", "ops")
+    assert "ours on torch," in capsys.readouterr().out.splitlines()[0]

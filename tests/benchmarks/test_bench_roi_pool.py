@@ -45,3 +45,15 @@ def test_repeats_below_one_are_refused(capsys: pytest.CaptureFixture,
         bench.main(["--repeats", "0"])
     assert stop.value.code == 2
     assert "--repeats: expected an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_header_names_the_backend(capsys: pytest.CaptureFixture,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """With DEFORMCONV_BACKEND=torch the torch fallback was timed as 'ours', unsaid."""
+    bench = load_script("bench_roi_pool", monkeypatch)
+    monkeypatch.setenv("DEFORMCONV_BACKEND", "torch")
+    rows = [("theirs", 1.0, 2.0), ("ours", 1.0, 2.0), ("ours, offset", 1.0, 2.0)]
+    monkeypatch.setattr(bench, "roi_case", lambda _repeats: rows)
+    monkeypatch.setattr(bench, "psroi_case", lambda _repeats: rows)
+    bench.main([])
+    assert "ours on torch," in capsys.readouterr().out.splitlines()[0]
