@@ -444,19 +444,27 @@ def bench_cold_start() -> None:
                   "(after importing torch)", flush=True)
 
 
+QUICK_SECTIONS = ("ops", "modules")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small shapes, a few seconds")
-    parser.add_argument("--repeats", type=positive_int, default=5)
-    parser.add_argument("--min-seconds", type=float, default=1.0,
+    parser.add_argument("--quick", action="store_true",
+                        help=f"small shapes, {' and '.join(QUICK_SECTIONS)} only (a few seconds)")
+    parser.add_argument("--repeats", type=positive_int,
+                        help="best of this many runs (default 5; the modules table 4 times as "
+                             "many, as many with --quick); --device cuda: median of this many "
+                             "rounds (default 20)")
+    parser.add_argument("--min-seconds", type=float,
                         help="ops table: time the ops until the slowest has run this long "
                              f"(up to {MAX_REPEATS} rounds; default 1, 0 with --quick)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time by the process's CPU time instead of the wall clock: with one "
                              "thread (OMP_NUM_THREADS=1), the work done, "
                              "whatever else the machine runs")
-    parser.add_argument("--only", default=",".join(SECTIONS),
-                        help=f"comma-separated sections out of {', '.join(SECTIONS)}")
+    parser.add_argument("--only",
+                        help=f"comma-separated sections out of {', '.join(SECTIONS)} (default: "
+                             f"all; with --quick {', '.join(QUICK_SECTIONS)})")
     parser.add_argument("--memory-probe", choices=MEMORY_OPS, help=argparse.SUPPRESS)
     parser.add_argument("--backward", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -465,31 +473,48 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="with --device cuda: tiny shapes in Triton's CPU interpreter")
     args = parser.parse_args(argv)
     if args.device == "cuda":
+        cpu_options = [option for option, given in (
+            ("--only", args.only is not None), ("--min-seconds", args.min_seconds is not None),
+            ("--cpu-time", args.cpu_time)) if given]
+        if cpu_options:
+            parser.error(f"{', '.join(cpu_options)}: not options of --device cuda "
+                         "(bench_deform_conv_cuda.py times every op by CUDA events)")
         from bench_deform_conv_cuda import main as cuda_main
 
-        cuda_main(args.quick, 20 if args.repeats == 5 else args.repeats, args.dry_run)
+        cuda_main(args.quick, args.repeats, args.dry_run)
         return
+    if args.dry_run:
+        parser.error("--dry-run checks the CUDA benchmark in Triton's interpreter: "
+                     "add --device cuda")
     if args.memory_probe:
         memory_probe(args.memory_probe, args.backward)
         return
     clock = time.process_time if args.cpu_time else time.perf_counter
-    min_seconds = 0.0 if args.quick else args.min_seconds
-    sections = set(args.only.split(","))
-    if unknown := sections - set(SECTIONS):
-        parser.error(f"--only: unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
+    repeats = args.repeats or 5
+    module_repeats = repeats * (1 if args.quick else 4)
+    min_seconds = args.min_seconds if args.min_seconds is not None else (
+        0.0 if args.quick else 1.0)
+    if args.only is None:
+        sections = set(QUICK_SECTIONS if args.quick else SECTIONS)
+    else:
+        sections = set(args.only.split(","))
+        if unknown := sections - set(SECTIONS):
+            parser.error(f"--only: unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
+        if args.quick and (full_only := sorted(sections - set(QUICK_SECTIONS))):
+            parser.error(f"--only {args.only}: --quick has no {' or '.join(full_only)} "
+                         f"section (only {', '.join(QUICK_SECTIONS)}); drop --quick for it")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}, ours on {cpu_backend()}, "
-          f"{'CPU time' if args.cpu_time else 'wall clock'}, best of {args.repeats} "
-          f"(ops: of up to {MAX_REPEATS} rounds filling {min_seconds:g} s for the slowest)")
+          f"{'CPU time' if args.cpu_time else 'wall clock'}, best of {repeats} "
+          f"(ops: of up to {MAX_REPEATS} rounds filling {min_seconds:g} s for the slowest; "
+          f"modules: best of {module_repeats})")
     if "ops" in sections:
-        bench_ops(QUICK if args.quick else FULL, args.repeats, clock, min_seconds)
+        bench_ops(QUICK if args.quick else FULL, repeats, clock, min_seconds)
     if "modules" in sections:
         print()
         bench_modules(QUICK_MODULE_CASES if args.quick else MODULE_CASES,
-                      4 if args.quick else 16, args.repeats * (1 if args.quick else 4), clock)
-    if args.quick:
-        return
+                      4 if args.quick else 16, module_repeats, clock)
     if "memory" in sections:
         print()
         bench_memory()

@@ -131,3 +131,58 @@ def test_header_names_the_backend(bench: ModuleType, capsys: pytest.CaptureFixtu
     monkeypatch.setenv("DEFORMCONV_BACKEND", "torch")
     _run_main(bench, monkeypatch, "--only", "ops")
     assert "ours on torch," in capsys.readouterr().out.splitlines()[0]
+
+
+@pytest.mark.parametrize("only", ["memory,cold", "ops,memory", "cold"])
+def test_quick_refuses_sections_it_has_not(bench: ModuleType, capsys: pytest.CaptureFixture,
+                                           monkeypatch: pytest.MonkeyPatch, only: str) -> None:
+    """--quick --only memory,cold printed the header alone and exited 0."""
+    with pytest.raises(SystemExit) as stop:
+        _run_main(bench, monkeypatch, "--quick", "--only", only)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--only {only}: --quick has no " in err and "drop --quick" in err
+
+
+def test_quick_runs_ops_and_modules_with_the_given_min_seconds(
+        bench: ModuleType, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--quick replaced an explicit --min-seconds by 0; the header said 'best of 5' of a
+    modules table that takes the best of 4 times as many (of as many with --quick)."""
+    called = _run_main(bench, monkeypatch, "--quick", "--min-seconds", "0.5")
+    assert [c.split("(")[0] for c in called] == ["bench_ops", "bench_modules"]
+    assert called[0].endswith(", 5, <built-in function perf_counter>, 0.5)")
+    assert "best of 5 (ops: of up to 50 rounds filling 0.5 s for the slowest; modules: best " \
+           "of 5)" in capsys.readouterr().out
+    called = _run_main(bench, monkeypatch, "--only", "ops,modules", "--repeats", "3")
+    assert called[0].endswith(", 3, <built-in function perf_counter>, 1.0)")
+    assert "modules: best of 12)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "repeats"), [([], None), (["--repeats", "5"], 5),
+                                               (["--quick", "--repeats", "7"], 7)])
+def test_cuda_gets_the_repeats_given(bench: ModuleType, monkeypatch: pytest.MonkeyPatch,
+                                     argv: list[str], repeats: int | None) -> None:
+    """--device cuda --repeats 5 became 20 rounds: 5 stood for 'not given'."""
+    cuda = load_script("bench_deform_conv_cuda", monkeypatch)
+    got: list[int | None] = []
+    monkeypatch.setattr(cuda, "main", lambda _quick, repeats, _dry: got.append(repeats))
+    bench.main(["--device", "cuda", *argv])
+    assert got == [repeats]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--device", "cuda", "--only", "ops", "--cpu-time"],
+     "--only, --cpu-time: not options of --device cuda"),
+    (["--device", "cuda", "--min-seconds", "2"], "--min-seconds: not options of --device cuda"),
+    (["--dry-run"], "--dry-run checks the CUDA benchmark in Triton's interpreter: add "
+                    "--device cuda"),
+])
+def test_options_of_the_other_device_are_refused(bench: ModuleType,
+                                                 capsys: pytest.CaptureFixture,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 argv: list[str], message: str) -> None:
+    """They were ignored in silence."""
+    with pytest.raises(SystemExit) as stop:
+        _run_main(bench, monkeypatch, *argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
