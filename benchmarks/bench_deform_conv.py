@@ -17,8 +17,11 @@ Four tables, every ratio measured in the same run:
 4. Cold start: import and first forward+backward in a fresh process with an empty Numba
    kernel cache, and again with the cache it filled.
 
-    python benchmarks/bench_deform_conv.py            # everything (several minutes on 2 cores)
-    python benchmarks/bench_deform_conv.py --quick    # smaller shapes, seconds
+    python benchmarks/bench_deform_conv.py            # everything (far longer than --quick)
+    python benchmarks/bench_deform_conv.py --quick    # smaller shapes, ops and modules only
+
+``--quick`` still takes about 2 minutes on 2 cores (one thread): Numba compiles the kernels
+first (~10 s) and torchvision's depthwise forward+backward takes about 1 s a call.
     python benchmarks/bench_deform_conv.py --only ops,modules   # some of ops/modules/memory/cold
     python benchmarks/bench_deform_conv.py --device cuda   # GPU: bench_deform_conv_cuda.py
 """
@@ -450,7 +453,8 @@ QUICK_SECTIONS = ("ops", "modules")
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help=f"small shapes, {' and '.join(QUICK_SECTIONS)} only (a few seconds)")
+                        help=f"small shapes, {' and '.join(QUICK_SECTIONS)} only (about 2 "
+                             "minutes on 2 cores, compilation included)")
     parser.add_argument("--repeats", type=positive_int,
                         help="best of this many runs (default 5; the modules table 4 times as "
                              "many, as many with --quick); --device cuda: median of this many "

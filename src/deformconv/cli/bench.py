@@ -21,8 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         f"benchmarks/ folder (or --bench-dir, or ${BENCH_ENV}); they are not part of the wheel.",
         epilog="example: deformconv bench --quick --only deform_conv")
     parser.add_argument("--quick", action="store_true",
-                        help="few repeats (and small shapes for deform_conv): seconds "
-                             "instead of minutes")
+                        help="3 repeats, and for deform_conv small shapes and only its ops "
+                             "and modules tables (which still take about 2 minutes on 2 cores: "
+                             "kernel compilation, torchvision's slow depthwise backward)")
     parser.add_argument("--only", choices=sorted(SCRIPTS), action="append",
                         help="run only this benchmark (repeatable; default: all)")
     parser.add_argument("--repeats", type=positive_int,
