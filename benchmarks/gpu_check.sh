@@ -45,7 +45,7 @@ if [[ $DRY -eq 1 ]]; then
     step smoke 300 env DEFORMCONV_BACKEND=triton "$PY" benchmarks/triton_smoke.py cpu --small
     step tests 300 "$PY" -m pytest -q -x -p no:cacheprovider tests/ops/test_triton.py \
         -k "1x1 or no_rois or half_precision and DeformPSRoIPool"
-    step bench 120 "$PY" benchmarks/bench_deform_conv.py --device cuda --dry-run
+    step bench 180 "$PY" benchmarks/bench_deform_conv.py --device cuda --dry-run
     cat "$OUT_DIR/summary.txt"
     exit $status
 fi
