@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -43,3 +45,17 @@ def test_decoder_twins_start_as_the_same_function():
 def test_negative_decoder_width_is_refused():
     with pytest.raises(ValueError, match="decoder_channels must be >= 0, got -1"):
         _deeplab(decoder_channels=-1)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    # each built, then failed at forward in torch's conv (no word of the argument)
+    ({"head_channels": 0}, ValueError, "head_channels must be > 0, got 0"),
+    ({"head_channels": -3}, ValueError, "head_channels must be > 0, got -3"),
+    ({"head_channels": 8.5}, TypeError, "head_channels must be an int, got 8.5"),
+    ({"atrous_rate": 0}, ValueError, "atrous_rate must be > 0, got 0"),
+    ({"atrous_rate": -2}, ValueError, "atrous_rate must be > 0, got -2"),
+    ({"decoder_channels": 2.5}, TypeError, "decoder_channels must be an int, got 2.5"),
+])
+def test_bad_head_options_are_refused_at_construction(kwargs, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        models.create("deeplab_resnet18", 4, backbone_kwargs=BACKBONE, **kwargs)

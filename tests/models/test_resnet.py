@@ -3,6 +3,8 @@ bottleneck and basic blocks."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -176,6 +178,17 @@ def test_zero_init_residual_makes_every_block_start_as_its_shortcut(norm_layer):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ResNet((1, 1, 1, 1), 0, **kwargs)
+
+
+@pytest.mark.parametrize(("base_channels", "error", "message"), [
+    # 2.5 failed in torch: "out_channels must be divisible by groups"
+    (2.5, TypeError, "base_channels must be an int, got 2.5"),
+    (True, TypeError, "base_channels must be an int, got True"),
+    (0, ValueError, "base_channels must be > 0, got 0"),
+])
+def test_base_channels_must_be_a_positive_int(base_channels, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        ResNet((1, 1, 1, 1), 0, base_channels=base_channels)
 
 
 @pytest.mark.parametrize("depth", [18, 34, 101])

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..conventions import IGNORE_INDEX
+from ..ops.arguments import count
 from ._backbone import basic, build_backbone
 from ._registry import register_model
 from ._segmentation import PixelClassifier
@@ -49,8 +50,9 @@ class DeepLab(PixelClassifier):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
-        if decoder_channels < 0:
-            raise ValueError(f"decoder_channels must be >= 0, got {decoder_channels!r}")
+        head_channels = count(head_channels, "head_channels")
+        atrous_rate = count(atrous_rate, "atrous_rate")
+        decoder_channels = count(decoder_channels, "decoder_channels", minimum=0)
         self.backbone = backbone
         self.num_classes = num_classes
         self.ignore_index = ignore_index

@@ -18,6 +18,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..nn import DeformConv2d, DeformConv2dBase, OffsetBranchMixin, offset_state_keys
+from ..ops.arguments import count
 from ._registry import register_model
 
 __all__ = ["BLOCKS", "BasicBlock", "Bottleneck", "ResNet", "checkpoint_filter_fn",
@@ -254,8 +255,7 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         block = _block(block)
-        if base_channels < 1:
-            raise ValueError(f"base_channels must be >= 1, got {base_channels!r}")
+        base_channels = count(base_channels, "base_channels")
         if len(layers) != 4 or min(layers) < 1:
             raise ValueError(f"layers must be 4 positive block counts, got {tuple(layers)}")
         convs = tuple(n * block.convs for n in layers)
