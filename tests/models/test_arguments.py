@@ -69,3 +69,29 @@ def test_backbone_kwargs_cannot_set_what_the_entry_point_fixes(fixed) -> None:
         models.create("deeplab_resnet18", 3, backbone_kwargs={"base_channels": 8, **fixed})
     with pytest.raises(ValueError, match=re.escape(f"got {key}={value!r}")):
         models.create("faster_rcnn_resnet18", 3, backbone_kwargs=fixed)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    # NaN losses: a zero std divides the images by 0, a zero ratio gives empty anchors
+    ("image_std", (0, 0, 0), "image_std must be 3 finite numbers > 0, got (0, 0, 0)"),
+    ("image_mean", (0.5, 0.5), "image_mean must be 3 finite numbers, got (0.5, 0.5)"),
+    ("aspect_ratios", (0.0,), "aspect_ratios must be a non-empty sequence of finite numbers "
+     "> 0, got (0.0,)"),
+    # these failed at the first forward pass, in torch's interpolate or conv
+    ("min_size", 0, "min_size must be > 0, got 0"),
+    ("max_size", -5, "max_size must be > 0, got -5"),
+    ("min_size", 2000, "min_size must be <= max_size (1000), got 2000"),
+    ("anchor_sizes", (), "anchor_sizes must be a non-empty sequence of ints > 0, got ()"),
+    ("anchor_sizes", (8.5,), "anchor_sizes must be a non-empty sequence of ints > 0"),
+    ("rpn_post_nms_top_n_train", 0, "rpn_post_nms_top_n_train must be > 0, got 0"),
+    ("rpn_nms_thresh", math.nan, "rpn_nms_thresh must be a number in [0, 1], got nan"),
+    ("box_score_thresh", 1.5, "box_score_thresh must be a finite number <= 1, got 1.5"),
+    ("box_nms_thresh", -0.1, "box_nms_thresh must be a number in [0, 1], got -0.1"),
+    ("rpn_bg_iou_thresh", 0.8, "rpn_bg_iou_thresh must be <= rpn_fg_iou_thresh (0.7), got 0.8"),
+])
+def test_a_bad_detection_config_field_is_refused_at_construction(field, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        models.DetectionConfig(**{field: value})
+    with pytest.raises(ValueError, match=re.escape(message)):  # as an entry point's kwarg
+        models.create("faster_rcnn_resnet18", 3, backbone_kwargs={"base_channels": 8},
+                      **{field: value})

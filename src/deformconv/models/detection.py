@@ -21,6 +21,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from ..ops.arguments import count, finite_float, integer
 from ._backbone import build_backbone
 from .resnet import ResNet
 
@@ -55,6 +56,63 @@ class DetectionConfig:
     box_score_thresh: float = 0.05  # detections below are dropped (use ~1e-3 for mAP)
     box_nms_thresh: float = 0.3
     box_detections_per_img: int = 100
+
+    def __post_init__(self) -> None:
+        """Refuse a value that torchvision would take and turn into NaN losses or a failure
+        at the first forward pass."""
+        counts = ("min_size", "max_size", "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test",
+                  "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test",
+                  "rpn_batch_size_per_image", "box_batch_size_per_image",
+                  "box_detections_per_img")
+        for name in counts:
+            count(getattr(self, name), name)
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size must be <= max_size ({self.max_size!r}), got "
+                             f"{self.min_size!r}")
+        _sequence(self.image_mean, "image_mean", length=3)
+        _sequence(self.image_std, "image_std", length=3, positive=True)
+        _sequence(self.anchor_sizes, "anchor_sizes", positive=True, integers=True)
+        _sequence(self.aspect_ratios, "aspect_ratios", positive=True)
+        fractions = ("rpn_nms_thresh", "rpn_fg_iou_thresh", "rpn_bg_iou_thresh",
+                     "rpn_positive_fraction", "box_fg_iou_thresh", "box_bg_iou_thresh",
+                     "box_positive_fraction", "box_nms_thresh")
+        for name in fractions:
+            value = getattr(self, name)
+            try:
+                within = 0 <= finite_float(value, name) <= 1
+            except (TypeError, ValueError):
+                within = False
+            if not within:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        # scores are probabilities: a threshold below 0 keeps every detection
+        if not finite_float(self.box_score_thresh, "box_score_thresh") <= 1:
+            raise ValueError(f"box_score_thresh must be a finite number <= 1, got "
+                             f"{self.box_score_thresh!r}")
+        for stage in ("rpn", "box"):
+            low = getattr(self, f"{stage}_bg_iou_thresh")
+            high = getattr(self, f"{stage}_fg_iou_thresh")
+            if low > high:
+                raise ValueError(f"{stage}_bg_iou_thresh must be <= {stage}_fg_iou_thresh "
+                                 f"({high!r}), got {low!r}")
+
+
+def _sequence(values: Any, name: str, length: int | None = None, positive: bool = False,
+              integers: bool = False) -> None:
+    """Refuse ``values`` unless a non-empty tuple or list (of ``length`` items when given)
+    of finite numbers (> 0 with ``positive``; ints with ``integers``)."""
+    kind = "ints" if integers else "finite numbers"
+    expected = (f"{length} {kind}" if length else f"a non-empty sequence of {kind}") + (
+        " > 0" if positive else "")
+    if (not isinstance(values, (tuple, list)) or not values
+            or (length is not None and len(values) != length)):
+        raise ValueError(f"{name} must be {expected}, got {values!r}")
+    for value in values:
+        try:
+            if integers:
+                integer(value, name)
+            finite_float(value, name, positive=positive)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be {expected}, got {values!r}") from None
 
 
 def split_detection_kwargs(kwargs: dict[str, Any]) -> tuple[DetectionConfig, dict[str, Any]]:
