@@ -272,8 +272,13 @@ def test_resume_refuses_changed_data_order_and_bad_files(tmp_path):
     with pytest.raises(ValueError, match="optimizer: checkpoint 'sgd' vs now 'adamw'"):
         train(_config(tmp_path, iterations=6, optimizer="adamw", resume="auto"),
               TinyClassifier(), data)
+    model = TinyClassifier()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match="it is at iteration 3, beyond this run's 2"):
-        train(_config(tmp_path, iterations=2, resume="auto"), TinyClassifier(), data)
+        train(_config(tmp_path, iterations=2, resume="auto"), model, data)
+    # the refused resume left the caller's model alone (it loaded the checkpoint's weights)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match=r"could not read checkpoint .*bad\.pt"):

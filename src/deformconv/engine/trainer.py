@@ -295,6 +295,10 @@ class _Run:
             return
         state = load_checkpoint(path)
         _check_resumable(state, self.config, self.info, path)
+        if state["iteration"] > self.total:  # before loading: a refused resume changes nothing
+            raise ValueError(f"cannot resume from {path}: it is at iteration "
+                             f"{state['iteration']}, beyond this run's {self.total}; ask for "
+                             "more iterations")
         configured = [dict(group) for group in self.optimizer.param_groups]
         try:
             self.model.load_state_dict(state["model"])
@@ -313,9 +317,6 @@ class _Run:
         self._configure_loaded_optimizer(configured)
         set_rng_state(state["rng"][self.info.rank])
         self.iteration, self.best = state["iteration"], state.get("best_metric")
-        if self.iteration > self.total:
-            raise ValueError(f"cannot resume from {path}: it is at iteration {self.iteration}, "
-                             f"beyond this run's {self.total}; ask for more iterations")
         self.clock = _TrainClock(state.get("train_seconds", 0.0))
         self.window.reset(self.clock.seconds)
         if "log_window" in state:  # checkpoints before 2026-12-02 lack it
