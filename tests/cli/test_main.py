@@ -114,6 +114,13 @@ def test_a_bad_flag_value_is_one_line(capsys: pytest.CaptureFixture) -> None:
     (["viz"], "give a checkpoint, or --model NAME"),
     (["train", "--optimizer", "adamw", "--momentum", "0.5"],
      "--momentum is for --optimizer sgd; adamw takes none"),
+    (["train", "--schedule", "step", "--milestones", "5,5"],
+     "milestones must be positive and strictly increasing, got [5, 5]"),
+    (["train", "--schedule", "step", "--gamma", "-1"], "gamma must be finite and >= 0"),
+    (["train", "--milestones", "5"],
+     "--milestones is for --schedule step; cosine has no milestones"),
+    (["train", "--schedule", "wsd", "--gamma", "0.5"],
+     "--gamma is for --schedule step; wsd has no milestones"),
     (["bench", "--bench-dir", "/nonexistent/benchmarks"],
      "benchmark folder not found: /nonexistent/benchmarks"),
     (["train", "--config", "/nonexistent/run.yaml"], "config file not found"),
@@ -135,6 +142,8 @@ def test_bad_input_gives_one_line_and_code_2(capsys: pytest.CaptureFixture, argv
     (["train", "--batch-size", "0"], "expected an integer >= 1, got 0"),
     (["train", "--lr", "-1"], "expected a number > 0"),
     (["train", "--schedule", "linear"], "invalid choice: 'linear'"),
+    (["train", "--milestones", "0,5"], "expected comma-separated iterations >= 1, got '0,5'"),
+    (["train", "--milestones", "5,x"], "expected comma-separated iterations >= 1"),
     (["demo", "--lr", "soon"], "expected a number > 0, got 'soon'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["export", "resnet18", "--out", "m.onnx", "--batch", "1"],
@@ -213,7 +222,7 @@ def test_config_file_mappings_and_lists_read_as_their_flags(tmp_path: Path) -> N
     config.write_text("model_arg: {deform_layers: 2, rpn: {nms: 0.5, name: x, norm: none, "
                       "v: '2'}}\n"
                       "scene: {max_objects: 1}\ndeform_blocks: [0, 0, 1, 1]\n"
-                      "class_weights: [1, 2.5]\n")
+                      "class_weights: [1, 2.5]\nmilestones: [5, 8]\ngamma: 0.5\n")
     parser = _train_parser()
     apply_config_file(parser, str(config))
     args = parser.parse_args([])
@@ -221,6 +230,8 @@ def test_config_file_mappings_and_lists_read_as_their_flags(tmp_path: Path) -> N
         "deform_layers": 2, "rpn": {"nms": 0.5, "name": "x", "norm": "none", "v": "2"}}
     assert args.scene == ["max_objects=1"] and args.deform_blocks == "0,0,1,1"
     assert args.class_weights == parser.parse_args(["--class-weights", "1,2.5"]).class_weights
+    assert (args.milestones, args.gamma) == ([5, 8], 0.5)
+    assert parser.parse_args(["--milestones", "3,6"]).milestones == [3, 6]
 
 
 def test_toml_without_tomllib_or_tomli_is_a_clear_error(tmp_path: Path,

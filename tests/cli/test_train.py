@@ -611,3 +611,19 @@ def test_non_finite_or_fractional_scene_options_are_one_line_errors(
                            "--iterations", "2", "--threads", "1", "--out", tmp_path)
     assert code == 2 and "Traceback" not in err
     assert err.startswith("deformconv train: error: ") and message in err
+
+
+def test_schedule_step_decays_at_the_milestones(capsys: pytest.CaptureFixture,
+                                                tmp_path: Path) -> None:
+    """--milestones and --gamma did not exist: --schedule step was a constant lr."""
+    code, _, err = run_cli(capsys, "train", "--model", "compact_fcn", "--image-size", "32",
+                           "--train-size", "4", "--val-size", "2", "--batch-size", "2",
+                           "--iterations", "3", "--no-progress", "--schedule", "step",
+                           "--milestones", "2", "--gamma", "0.5", "--lr", "0.02",
+                           "--out", tmp_path / "run")
+    assert code == 0, err
+    config = load_checkpoint(tmp_path / "run" / "last.pt")["config"]
+    assert (config["milestones"], config["gamma"]) == ([2], 0.5)
+    records = [json.loads(line)
+               for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in records if r["split"] == "train"] == [0.01]  # iteration 3's step

@@ -37,7 +37,11 @@ class TestTrainConfig:
             ("iterations", 0, "iterations must be finite and > 0"),
             ("offset_lr_mult", -1.0, "offset_lr_mult must be finite and >= 0"),
             ("warmup_factor", 0.0, "warmup_factor must be in"),
-            ("milestones", [5, 3], "milestones must be positive and increasing"),
+            ("milestones", [5, 3], "milestones must be positive and strictly increasing"),
+            # passed sorted(): lr_factor(3) was gamma**2 at a repeated milestone 3
+            ("milestones", [3, 3], r"milestones must be positive and strictly increasing, "
+             r"got \[3, 3\]"),
+            ("milestones", [0, 3], "milestones must be positive and strictly increasing"),
             ("grad_clip_norm", 0.0, "grad_clip_norm must be finite and > 0"),
             ("log_every", 0, "log_every must be >= 1"),
             ("momentum", 1.0, r"momentum must be in \[0, 1\), got 1.0"),

@@ -63,7 +63,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                           "convs, 0.01 for deformable RoI pooling's fc)")
     opt.add_argument("--schedule", choices=SCHEDULES, default="cosine",
                      help="cosine: over the whole run; onecycle: after the warm-up; wsd: "
-                          "warm-up, hold, then linear decay over the last fifth")
+                          "warm-up, hold, then linear decay over the last fifth; step: lr "
+                          "times --gamma at each of --milestones (none: a constant lr)")
+    opt.add_argument("--milestones", type=_milestones, default=[], metavar="I1,I2,...",
+                     help="--schedule step: the iterations where lr is multiplied by --gamma "
+                          "(strictly increasing)")
+    opt.add_argument("--gamma", type=float, default=0.1,
+                     help="--schedule step: lr factor at each milestone (default 0.1)")
     opt.add_argument("--warmup-iters", type=non_negative_int, default=0)
     opt.add_argument("--class-weights", type=_weights, metavar="W0,W1,...",
                      help="cross-entropy weight per class, background first for segmentation "
@@ -102,12 +108,25 @@ def _weights(text: str) -> list[float]:
             from None
 
 
+@expecting("comma-separated iterations >= 1")
+def _milestones(text: str) -> list[int]:
+    try:
+        values = [int(m) for m in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected {expected_value(_milestones)}, got "
+                                         f"{text!r}")
+    return values
+
+
 # train's flags -> TrainConfig fields
 CONFIG_FIELDS = {
     "epochs": "epochs", "iterations": "iterations", "batch_size": "batch_size",
     "optimizer": "optimizer", "lr": "lr",
     "momentum": "momentum", "weight_decay": "weight_decay", "offset_lr_mult": "offset_lr_mult",
-    "warmup_iters": "warmup_iters", "schedule": "schedule", "class_weights": "class_weights",
+    "warmup_iters": "warmup_iters", "schedule": "schedule", "milestones": "milestones",
+    "gamma": "gamma", "class_weights": "class_weights",
     "grad_clip": "grad_clip_norm",
     "bf16": "bf16", "seed": "seed", "checkpoint_every": "checkpoint_every",
     "eval_every": "eval_every", "out": "out_dir", "workers": "num_workers",
@@ -183,6 +202,10 @@ def run_train(args: argparse.Namespace) -> int:
     if "momentum" in given and config.optimizer != "sgd":
         raise CLIError(f"--momentum is for --optimizer sgd; {config.optimizer} takes none "
                        "(AdamW's betas are 0.9, 0.999)")
+    for option in ("milestones", "gamma"):
+        if option in given and config.schedule != "step":
+            raise CLIError(f"--{option} is for --schedule step; {config.schedule} has no "
+                           "milestones")
     if not resume:
         _check_offset_multipliers(config, args)
     out = Path(config.out_dir)

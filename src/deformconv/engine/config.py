@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import types
 import typing
@@ -55,7 +56,8 @@ class TrainConfig:
     # shorter one's decay, so a longer run can branch off a shorter one's checkpoint
     schedule: str = "step"
     decay_share: float = 0.2  # "wsd": the share of the run spent decaying
-    milestones: list[int] = field(default_factory=list)  # iterations where "step" decays lr
+    # iterations where "step" multiplies lr by gamma, strictly increasing
+    milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
     # Cross-entropy weight per class (classification, segmentation), e.g. from
@@ -143,12 +145,11 @@ class TrainConfig:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         if not 0 < self.decay_share <= 1:
             raise ValueError(f"decay_share must be in (0, 1], got {self.decay_share!r}")
-        if list(self.milestones) != sorted(self.milestones) or any(
-            m <= 0 for m in self.milestones
-        ):
-            raise ValueError(
-                f"milestones must be positive and increasing, got {list(self.milestones)!r}"
-            )
+        if any(m <= 0 for m in self.milestones) or any(
+            later <= earlier for earlier, later in itertools.pairwise(self.milestones)
+        ):  # a repeated milestone would multiply lr by gamma twice there
+            raise ValueError(f"milestones must be positive and strictly increasing, got "
+                             f"{list(self.milestones)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain ``dict`` of the fields (JSON- and ``torch.load(weights_only=True)``-safe)."""
