@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -627,3 +628,16 @@ def test_schedule_step_decays_at_the_milestones(capsys: pytest.CaptureFixture,
     records = [json.loads(line)
                for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in records if r["split"] == "train"] == [0.01]  # iteration 3's step
+
+
+def test_a_diverged_run_is_a_one_line_error(capsys: pytest.CaptureFixture,
+                                            tmp_path: Path) -> None:
+    """A NaN loss ended the command with a FloatingPointError traceback."""
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--model", "compact_fcn", "--image-size", "32",
+                           "--train-size", "16", "--val-size", "4", "--batch-size", "4",
+                           "--iterations", "20", "--lr", "1e6", "--no-progress", "--out", out)
+    assert code == 2 and "Traceback" not in err
+    assert re.fullmatch(r"deformconv train: error: loss is (nan|inf|-inf) at iteration \d+ "
+                        r"\(epoch \d+\); lower lr or set grad_clip_norm\n", err), err
+    assert (out / "config.json").is_file() and not (out / "last.pt").exists()

@@ -332,6 +332,24 @@ def test_non_finite_loss_stops_with_iteration(tmp_path):
         train(_config(tmp_path), model, ToyClassification(size=8))
 
 
+def test_a_diverged_run_logs_the_losses_before_it(tmp_path):
+    """Between two train lines the losses were lost: a run diverging at iteration 3 with
+    log_every=10 left an empty metrics.jsonl."""
+    model = TinyClassifier()
+
+    def poison(iteration: int) -> None:
+        if iteration == 3:
+            with torch.no_grad():
+                model.head.bias.fill_(float("nan"))
+
+    with pytest.raises(FloatingPointError, match="loss is nan at iteration 3"):
+        train(_config(tmp_path, log_every=10, eval_every=0, checkpoint_every=0), model,
+              ToyClassification(size=16), on_iteration_end=poison)
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [(r["split"], r["iter"]) for r in records] == [("train", 3)]
+    assert math.isfinite(records[0]["loss"])
+
+
 def test_tensorboard_optional(tmp_path, capsys):
     result = train(_config(tmp_path, iterations=2, tensorboard=True, eval_every=0),
                    TinyClassifier(), ToyClassification(size=8))

@@ -2,7 +2,8 @@
 
 Each subcommand takes flags, an optional ``--config FILE`` (YAML or TOML; flags win) and
 ``--threads N`` (CPU threads of torch, which the CPU kernels use too).
-User errors (bad paths, unknown models, bad values) print one line and exit with code 2;
+User errors (bad paths, unknown models, bad values, a run whose loss diverged) print one
+line and exit with code 2;
 set ``DEFORMCONV_DEBUG=1`` to see the traceback instead.
 """
 
@@ -90,7 +91,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that describe a bad input rather than a bug (one-line message, exit 2)."""
     errors: list[type[BaseException]] = [CLIError, ValueError, FileNotFoundError,
                                          FileExistsError, NotADirectoryError,
-                                         IsADirectoryError, PermissionError]
+                                         IsADirectoryError, PermissionError,
+                                         FloatingPointError]  # a diverged run: lower lr
     from ..data import NoReadableSamplesError, SampleError
     from ..engine import CheckpointError, RunInProgressError
 

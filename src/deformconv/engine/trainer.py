@@ -100,6 +100,9 @@ def train(
     under torchrun a signal to any rank stops all ranks there. One during the last iteration
     or the final validation lets the run finish. A second Ctrl-C stops at once.
 
+    A non-finite loss raises ``FloatingPointError`` naming the iteration, after a train line
+    of the losses since the last one (``metrics.jsonl`` shows the run up to it).
+
     A run into an ``out_dir`` that holds another run's files replaces them (the command
     line refuses such a folder unless told to overwrite it or resume).
     """
@@ -188,8 +191,16 @@ def _train_loop(run: _Run, on_iteration_end: Callable[[int], None] | None) -> Tr
             contextlib.closing(run.batches()) as batches:  # closed: its workers stop on errors
         run.clock.start()
         run.net.train()
+        last: tuple[int, _Step] | None = None
         for epoch, images, targets in batches:
-            step = run.train_step(epoch, images, targets)
+            try:
+                step = run.train_step(epoch, images, targets)
+            except FloatingPointError:
+                # the losses before it, which no line reported yet, go to the log
+                if last is not None and run.window.loss[1] > 0:
+                    run.log_train(*last, bar, gather=False)
+                raise
+            last = (epoch, step)
             run.window.add(step.loss, num_images(images) * info.world_size)
             if run.iteration % config.log_every == 0 or run.iteration == run.total:
                 run.log_train(epoch, step, bar)
@@ -417,10 +428,12 @@ class _Run:
         self.iteration += 1
         return _Step(loss, parts, lr, grad_norm)
 
-    def log_train(self, epoch: int, step: _Step, bar: tqdm) -> None:
-        """One train line: the window's mean loss over all ranks, lr, throughput."""
+    def log_train(self, epoch: int, step: _Step, bar: tqdm, gather: bool = True) -> None:
+        """One train line: the window's mean loss over all ranks (this rank's only without
+        ``gather``: a failing rank cannot wait for the others), lr, throughput."""
         window = self.window
-        loss_sum, count = all_reduce_sum(window.loss.clone()).tolist()
+        losses = window.loss.clone()
+        loss_sum, count = (all_reduce_sum(losses) if gather else losses).tolist()
         elapsed = self.clock.seconds - window.start
         record = {"split": "train", "iter": self.iteration, "epoch": epoch,
                   "loss": loss_sum / count, "lr": step.lr,
