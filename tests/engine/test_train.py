@@ -412,6 +412,25 @@ def test_resuming_a_finished_run_logs_nothing_twice(tmp_path):
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["config"]["iterations"] == 6
 
 
+def test_a_finished_run_extended_logs_what_a_straight_run_does(tmp_path):
+    """The final line of a run off the log_every grid reset the log window: extended from 5
+    to 10 iterations, the line at 10 averaged iterations 6-10, a straight run's 1-10."""
+    data = ToyClassification(size=20)
+    short = {"log_every": 4, "eval_every": 0, "checkpoint_every": 0, "schedule": "step"}
+    torch.manual_seed(0)
+    train(_config(tmp_path, "extended", iterations=5, **short), TinyClassifier(), data)
+    train(_config(tmp_path, "extended", iterations=10, resume="auto", **short),
+          TinyClassifier(), data)
+    torch.manual_seed(0)
+    train(_config(tmp_path, "straight", iterations=10, **short), TinyClassifier(), data)
+    lines = {name: {r["iter"]: r["loss"] for r in read_metrics(tmp_path / name / "metrics.jsonl")}
+             for name in ("extended", "straight")}
+    assert list(lines["extended"]) == [4, 5, 8, 10]  # 5: the first run's last line
+    assert list(lines["straight"]) == [4, 8, 10]
+    assert lines["extended"][8] == lines["straight"][8]  # the window 5..8 carried over
+    assert lines["extended"][10] == lines["straight"][10]
+
+
 def test_an_empty_val_set_is_refused_before_training(tmp_path):
     """It used to fail at the first validation, after the training up to it."""
     config = _config(tmp_path)

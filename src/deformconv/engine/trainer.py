@@ -445,7 +445,10 @@ class _Run:
         self.logger.log(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{step.lr:.3g}",
                         img_s=f"{record['images_per_s']:.1f}")
-        window.reset(self.clock.seconds)
+        # A line off the log_every grid (the run's last) keeps the window: a longer run
+        # resumed from this one's final checkpoint then logs what a straight run would.
+        if self.iteration % self.config.log_every == 0:
+            window.reset(self.clock.seconds)
 
     def evaluate_and_save_mid_run(self) -> None:
         """Validation and ``last.pt`` when due, off the clock; the last iteration's come in
