@@ -641,3 +641,44 @@ def test_a_diverged_run_is_a_one_line_error(capsys: pytest.CaptureFixture,
     assert re.fullmatch(r"deformconv train: error: loss is (nan|inf|-inf) at iteration \d+ "
                         r"\(epoch \d+\); lower lr or set grad_clip_norm\n", err), err
     assert (out / "config.json").is_file() and not (out / "last.pt").exists()
+
+
+def test_resuming_an_earlier_checkpoint_in_its_folder_needs_out_or_overwrite(
+        capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """--resume of a checkpoint behind the folder's last.pt replaced last.pt, cut the log and
+    rewrote final_metrics.json (eval_last.json then described a lost checkpoint), unasked."""
+    tiny = ["--model", "compact_fcn", "--image-size", "32", "--train-size", "4", "--val-size",
+            "2", "--batch-size", "2", "--no-progress"]
+    out = tmp_path / "run"
+    assert _main("train", *tiny, "--iterations", "2", "--out", out) == 0
+    shutil.copy(out / "last.pt", out / "early.pt")
+    assert _main("train", *tiny, "--iterations", "4", "--out", out, "--resume", "auto") == 0
+    (out / "eval_last.json").write_text("{}")
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = run_cli(capsys, "train", "--resume", out / "early.pt", "--no-progress")
+    assert code == 2 and "Traceback" not in err
+    assert (f"--resume {out / 'early.pt'} is at iteration 2, but {out} holds its run up to "
+            "iteration 4 (last.pt): resuming there would replace that later part; branch off "
+            "into another folder with --out NEW_FOLDER, or replace the later part with "
+            "--overwrite") in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+    # branching off leaves the run alone
+    code, _, err = run_cli(capsys, "train", "--resume", out / "early.pt", "--no-progress",
+                           "--out", tmp_path / "branch", "--iterations", "3")
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "branch" / "last.pt")["iteration"] == 3
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+    # --overwrite replaces the later part: last.pt, the results and evaluations of it
+    code, _, err = run_cli(capsys, "train", "--resume", out / "early.pt", "--no-progress",
+                           "--overwrite", "--lr", "0.5", "--iterations", "4")
+    assert code == 0, err
+    last = load_checkpoint(out / "last.pt")
+    assert (last["iteration"], last["config"]["lr"]) == (4, 0.5)
+    assert not (out / "eval_last.json").exists() and (out / "early.pt").is_file()
+    # the run's latest state continues as before, and --overwrite with it is refused
+    code, _, err = run_cli(capsys, "train", "--resume", out / "early.pt", "--no-progress",
+                           "--iterations", "5")
+    assert code == 2 and "is at iteration 2, but" in err
+    code, _, err = run_cli(capsys, "train", "--resume", out / "last.pt", "--no-progress",
+                           "--iterations", "5")
+    assert code == 0, err

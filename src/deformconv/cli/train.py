@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from dataclasses import asdict
 from pathlib import Path
 
+from ..engine.checkpoint import checkpoint_iteration
 from ..engine.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from ..runs.specs import VOC_CLASSES, DataSpec
 from ._build import (
@@ -85,7 +87,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     run.add_argument("--overwrite", action="store_true",
                      help="start afresh in an --out folder that holds a run (its files and "
                           "eval_*.json are removed); without it such a folder is refused. "
-                          "Not with a --resume that continues in --out's own run")
+                          "With a --resume of an earlier checkpoint of --out's own run "
+                          "(best.pt behind last.pt): continue from it there, replacing the "
+                          "run's later part. Not with a --resume of the run's latest state")
     run.add_argument("--checkpoint-every", type=non_negative_int, default=0,
                      help="iterations between checkpoints (0: only at the end)")
     run.add_argument("--eval-every", type=non_negative_int, default=0,
@@ -277,12 +281,15 @@ def _training_value(spec: DataSpec, name: str) -> object:
 
 
 def _check_resume_or_overwrite(args: argparse.Namespace, given: set[str]) -> None:
-    """Refuse --overwrite with a --resume that continues the run in its own folder (auto,
-    or a checkpoint written there): one says continue it, the other start afresh."""
+    """Refuse --overwrite with a --resume that continues the run in its own folder from its
+    latest state (auto, or a checkpoint written there that nothing there is later than):
+    one says continue it, the other start afresh. From an earlier checkpoint (best.pt
+    behind last.pt) --overwrite replaces the run's later part (:func:`_old_run_files`)."""
     if not (args.overwrite and args.resume):
         return
-    if (args.resume == "auto" or "out" not in given
-            or Path(args.resume).resolve().parent == Path(args.out).resolve()):
+    if args.resume == "auto" or (
+            ("out" not in given or Path(args.resume).resolve().parent == Path(args.out).resolve())
+            and _later_state(Path(args.resume).resolve().parent, args.resume) is None):
         raise CLIError(f"--resume {args.resume} continues the run in its folder, --overwrite "
                        "would start afresh there; drop one of them")
 
@@ -334,16 +341,31 @@ def _old_run_files(out: Path, resume: str | None, overwrite: bool) -> list[Path]
 
     A folder holding another run is refused (a new run would replace its ``last.pt`` and
     clear its ``metrics.jsonl``) without ``overwrite``, unless this run resumes from that
-    folder's checkpoint. A run that left no checkpoint and no results (it died before its
-    first checkpoint, e.g. at a bad setting) is replaced: there is nothing to continue or
-    to lose. A finished run whose checkpoints were deleted keeps its results: refused.
+    folder's checkpoint. A resume from an earlier checkpoint there than the folder's latest
+    (best.pt behind last.pt: :func:`_later_state`) would replace the later part of the run:
+    refused too without ``overwrite``, which removes the later part's last.pt, results and
+    evaluations (the log the run cuts back itself).
+    A run that left no checkpoint and no results (it died before its first checkpoint, e.g.
+    at a bad setting) is replaced: there is nothing to continue or to lose.
+    A finished run whose checkpoints were deleted keeps its results: refused.
     """
     found = [name for name in RUN_FILES if (out / name).is_file()]
     if not found:
         return []
-    if resume is not None and Path(resume).resolve().parent == out.resolve():
-        return []  # continuing this folder's own run
     evaluated = sorted(path.name for path in out.glob(EVAL_FILES))
+    if resume is not None and Path(resume).resolve().parent == out.resolve():
+        later = _later_state(out, resume)
+        if later is None:
+            return []  # continuing this folder's own run
+        if not overwrite:
+            at, where = later
+            raise CLIError(f"--resume {resume} is at iteration {at}, but {out} holds its run "
+                           f"up to {where}: resuming there would replace that later part; "
+                           "branch off into another folder with --out NEW_FOLDER, or "
+                           "replace the later part with --overwrite")
+        # what describes the later part; best.pt the run keeps if it is not later
+        return [out / name for name in ("last.pt", "final_metrics.json", *evaluated)
+                if (out / name).is_file() and (out / name).resolve() != Path(resume).resolve()]
     stopped_early = (not any(name.endswith(".pt") for name in found)
                      and "final_metrics.json" not in found and not evaluated)
     if not (stopped_early or overwrite):
@@ -353,6 +375,37 @@ def _old_run_files(out: Path, resume: str | None, overwrite: bool) -> list[Path]
                        f"({', '.join(found + evaluated)}); {way}, start afresh there with "
                        "--overwrite, or choose another --out")
     return [out / name for name in [*found, *evaluated]]
+
+
+def _later_state(out: Path, resume: str) -> tuple[int, str] | None:
+    """``(resume's iteration, what is later in words)`` when ``out``, the folder of checkpoint
+    ``resume``, holds its run beyond that checkpoint ("iteration 8 (last.pt)"): a checkpoint
+    saved later, or a later run's final_metrics.json. None when ``resume`` is the folder's
+    latest state (its last.pt, say)."""
+    checkpoint = Path(resume).resolve()
+    at = checkpoint_iteration(checkpoint)
+    if checkpoint == (out / "last.pt").resolve() or at == math.inf:  # unreadable: refused later
+        return None
+    states = [(checkpoint_iteration(out / name), name) for name in ("last.pt", "best.pt")
+              if (out / name).is_file() and (out / name).resolve() != checkpoint]
+    if (out / "final_metrics.json").is_file():
+        states.append((_final_iteration(out / "final_metrics.json"), "final_metrics.json"))
+    later = [(iteration, name) for iteration, name in states if iteration > at]
+    if not later:
+        return None
+    iteration, name = max(later)
+    where = (f"iteration {iteration} ({name})" if iteration < math.inf
+             else f"a {name} it cannot read")
+    return int(at), where
+
+
+def _final_iteration(path: Path) -> float:
+    """The iteration a run's final_metrics.json was written at; inf when unreadable (a
+    result not to be replaced unasked)."""
+    try:
+        return int(json.loads(path.read_text())["iteration"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def format_metrics(metrics: dict) -> str:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 import zipfile
@@ -17,6 +18,7 @@ from torch import nn
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
+    "checkpoint_iteration",
     "load_checkpoint",
     "load_weights",
     "save_checkpoint",
@@ -29,6 +31,17 @@ REQUIRED_KEYS = ("format", "model", "optimizer", "scheduler", "iteration", "rng"
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read or is not a deformconv training checkpoint."""
+
+
+def checkpoint_iteration(path: str | os.PathLike) -> float:
+    """The iteration a checkpoint was saved at, without reading its tensors; inf for a file
+    that is not a readable checkpoint (so it counts as later than any: stale, or not to be
+    replaced unasked)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                   ["iteration"])
+    except Exception:  # torch raises several types for foreign or corrupt files
+        return math.inf
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:

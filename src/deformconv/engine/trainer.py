@@ -24,7 +24,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    checkpoint_iteration,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .config import TrainConfig
 from .distributed import (
     DistInfo,
@@ -347,7 +352,7 @@ class _Run:
         best = self.out_dir / "best.pt"
         stale = missing = False
         if self.info.is_main and best.exists():
-            if self.resumed and _checkpoint_iteration(best) <= self.iteration:
+            if self.resumed and checkpoint_iteration(best) <= self.iteration:
                 self.best_path = best
             else:
                 best.unlink()
@@ -566,16 +571,6 @@ class _TrainClock:
             yield
         finally:
             self.start()
-
-
-def _checkpoint_iteration(path: Path) -> float:
-    """The iteration a checkpoint was saved at, without reading its tensors; inf for a file
-    that is not a readable checkpoint (so it counts as stale)."""
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                   ["iteration"])
-    except Exception:  # torch raises several types for foreign or corrupt files
-        return math.inf
 
 
 def _every(iteration: int, period: int) -> bool:
