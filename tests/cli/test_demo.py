@@ -105,6 +105,24 @@ def test_demo_rejects_bad_sizes(capsys: pytest.CaptureFixture, tmp_path: Path) -
     assert code == 2 and "--deform-layers must be at most 2" in err
 
 
+def test_demo_refuses_settings_it_would_fail_on_before_training(
+        capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """--deform-layers 0 trained all three runs, then failed with no report ("no deformable
+    layers to plot"); a training set smaller than a batch died in the step timing with a
+    bare StopIteration. Both are refused at once, nothing written."""
+    out = tmp_path / "demo"
+    code, stdout, err = run_cli(capsys, "demo", "--smoke", "--deform-layers", "0", "--out", out)
+    assert code == 2 and "--deform-layers: expected an integer >= 1, got 0" in err
+    code, stdout, err = run_cli(capsys, "demo", "--smoke", "--train-size", "1", "--out", out)
+    assert code == 2 and "Traceback" not in err and "training" not in stdout
+    assert "the training set has 1 samples, fewer than one batch of batch_size=2" in err
+    assert not out.exists()
+    from deformconv.runs import DemoSettings, run_demo
+
+    with pytest.raises(ValueError, match=r"deform_layers must be at least 1 .*got 0"):
+        run_demo(DemoSettings.smoke(deform_layers=0), out)
+
+
 def test_a_rerun_needs_overwrite_and_replaces_the_earlier_demo(
         capsys: pytest.CaptureFixture, demo_run: tuple[Path, str], tmp_path: Path) -> None:
     """Nothing of the earlier demo stays beside the new one (its equal-time run and offset

@@ -48,8 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help=f"synthetic training scenes (default {d.train_size})")
     parser.add_argument("--val-size", type=positive_int,
                         help=f"synthetic validation scenes (default {d.val_size})")
-    parser.add_argument("--deform-layers", type=non_negative_int,
-                        help=f"deformable layers at the top (default {d.deform_layers})")
+    parser.add_argument("--deform-layers", type=positive_int,
+                        help=f"deformable layers at the top, at least 1 (default "
+                             f"{d.deform_layers})")
     parser.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {d.lr:g})")
     parser.add_argument("--seed", type=non_negative_int,
                         help=f"initialisation, data order and scenes (default {d.seed})")

@@ -428,15 +428,28 @@ def claim_demo_folder(out: Path, overwrite: bool) -> None:
     (out / MARKER).touch()
 
 
+def check_settings(s: DemoSettings) -> None:
+    """Refuse settings the demo could only fail on after training: no deformable layer
+    (nothing to compare, no offsets to plot), fewer training scenes than one batch."""
+    from ..engine import iters_per_epoch
+
+    if s.deform_layers < 1:
+        raise ValueError(f"deform_layers must be at least 1 (the deformable twin needs a "
+                         f"deformable layer), got {s.deform_layers}")
+    iters_per_epoch(s.train_size, s.batch_size)  # the trainer's own check, before training
+
+
 def run_demo(s: DemoSettings, out: Path, overwrite: bool = False) -> dict[str, Any]:
     """Run the demo, writing to folder ``out``; returns what ``metrics.json`` holds. An
     earlier demo in ``out`` is refused, or replaced with ``overwrite``
-    (:func:`claim_demo_folder`) once the settings have passed their checks (the scenes
-    rendered, the training configured and its steps timed)."""
+    (:func:`claim_demo_folder`) once the settings have passed their checks
+    (:func:`check_settings`, the scenes rendered, the training configured and its steps
+    timed)."""
     from ..engine import balanced_class_weights, build_optimizer, label_counts, resolve_device
     from .demo_report import analyse, comparison_table, write_report
 
     started, cpu_started, load_start = time.perf_counter(), _cpu_seconds(), _load()
+    check_settings(s)
     earlier_demo(out, overwrite)  # refused at once; replaced only once the demo can start
     device = resolve_device(s.device)
     workers = 1 if device.type != "cpu" else min(s.jobs, 2)
