@@ -22,3 +22,34 @@ def test_the_cost_ratio_is_of_cpu_time():
                     "CPU time of the training processes, validations included (1.18× the "
                     "wall-clock time, which other work on the machine sways; training-step "
                     "cost measured in turns before training: 1.36×)")
+
+
+def _equal_time_line(deformable: float, equal_time: float) -> str:
+    summary = {"runs": {"plain": _run(0.60, 200.0, 200.0),
+                        "deformable": _run(deformable, 250.0, 250.0),
+                        "plain, equal time": _run(equal_time, 250.0, 250.0)},
+               "step_ratio": 1.25}
+    lines = verdict(summary)
+    assert "at equal training time" in lines[1]
+    return lines[1] + "\n" + lines[-1]
+
+
+def test_a_gap_within_seed_noise_reads_so_whatever_its_sign():
+    """0.650 vs 0.645 read "within seed noise", 0.645 vs 0.650 in bold "catches up ... not
+    worth their cost": the noise band was one-sided."""
+    behind = _equal_time_line(0.650, 0.645)
+    assert "**+0.5**" in behind and "stays behind by less than 3 points" in behind
+    passes = _equal_time_line(0.645, 0.650)
+    assert "**-0.5**" in passes and "passes it by less than 3 points" in passes
+    assert "within what one run cannot tell from seed noise" in passes
+    assert "not worth" not in passes and "**The plain" not in passes
+    level = _equal_time_line(0.6450, 0.6452)
+    assert "**+0.0**" in level and "ends level with it" in level  # not "-0.0"
+    far = _equal_time_line(0.60, 0.64)
+    assert "**The plain twin, given the deformable twin's training time, passes it** by 3" in far
+    assert "not worth their cost" in far
+    # the default demo's published seed 0 (.648 vs .623) reads as before
+    published = _equal_time_line(0.648, 0.623)
+    assert "**+2.5**" in published
+    assert "stays behind by less than 3 points: within what one run cannot tell" in published
+    assert "stays behind: the deformable layers are worth" in _equal_time_line(0.66, 0.62)

@@ -127,7 +127,9 @@ def comparison_table(summary: Mapping[str, Any]) -> str:
 
 
 def _points(value: float) -> str:
-    return f"{value * 100:+.1f}"
+    """A gap in mIoU points, signed: ``+2.5``; ``+0.0`` for any gap that rounds to zero
+    (not ``-0.0``)."""
+    return f"{round(value * 100, 1) + 0.0:+.1f}"
 
 
 def verdict(summary: Mapping[str, Any]) -> list[str]:
@@ -152,19 +154,28 @@ def verdict(summary: Mapping[str, Any]) -> list[str]:
     if "plain, equal time" not in gaps:
         lines.append("- (no equal-time run: the comparison at equal training time is "
                      "missing)")
-    elif gaps["plain, equal time"] >= SEED_NOISE:
-        lines.append("- The plain twin, given the deformable twin's training time, stays "
-                     "behind: the deformable layers are worth more than the iterations "
-                     "their cost would buy.")
-    elif gaps["plain, equal time"] > 0:
-        lines.append("- The plain twin, given the deformable twin's training time, stays "
-                     f"behind by less than {SEED_NOISE * 100:.0f} points: within what one "
-                     "run cannot tell from seed noise (see the README's 5-seed table).")
     else:
-        lines.append("- **The plain twin, given the deformable twin's training time, "
-                     "catches up** (or passes it): on this run the deformable layers are "
-                     "not worth their cost.")
+        lines.append(f"- {_equal_time_verdict(gaps['plain, equal time'])}")
     return lines
+
+
+def _equal_time_verdict(gap: float) -> str:
+    """In words, what the deformable − plain gap ``gap`` at equal training time says: a
+    gap within :data:`SEED_NOISE` either way is one run's noise, whatever its sign."""
+    plain = "The plain twin, given the deformable twin's training time,"
+    noise = f"{SEED_NOISE * 100:.0f} points"
+    if gap >= SEED_NOISE:
+        return (f"{plain} stays behind: the deformable layers are worth more than the "
+                "iterations their cost would buy.")
+    if gap <= -SEED_NOISE:
+        return (f"**{plain} passes it** by {noise} or more: on this run the deformable "
+                "layers are not worth their cost.")
+    if _points(gap) == "+0.0":
+        where = "ends level with it"
+    else:
+        where = f"{'stays behind' if gap > 0 else 'passes it'} by less than {noise}"
+    return (f"{plain} {where}: within what one run cannot tell from seed noise, either way "
+            "(see the README's 5-seed table).")
 
 
 def _scale_table(by_scale: Mapping[str, list[dict[str, Any]]]) -> str:
