@@ -53,3 +53,28 @@ def test_a_gap_within_seed_noise_reads_so_whatever_its_sign():
     assert "**+2.5**" in published
     assert "stays behind by less than 3 points: within what one run cannot tell" in published
     assert "stays behind: the deformable layers are worth" in _equal_time_line(0.66, 0.62)
+
+
+def test_size_limits_are_stated_as_the_integer_areas_obey_them():
+    """The limits were rounded: 100 px said "small below 33" though area 33 counts as small
+    (limit 33.3); 48 px "large from 69" though 69 counts as medium (69.12)."""
+    from deformconv.runs.demo_report import _size_limits
+    from deformconv.viz import scale_thresholds
+
+    assert _size_limits(100) == "small below 34 visible pixels, large from 300"
+    assert _size_limits(48) == "small below 8 visible pixels, large from 70"
+    assert _size_limits(64) == "small below 14 visible pixels, large from 123"  # the default's
+    for size in (32, 48, 64, 100):
+        small, large = scale_thresholds((size, size))
+        below, start = (int(n) for n in _size_limits(size).split()[2::5])
+        assert below - 1 < small <= below and start - 1 < large <= start
+
+
+def test_the_examples_phrase_follows_the_number_of_images():
+    """--val-size 1 read "the 0 validation images where ... exceeds ... the most"."""
+    from deformconv.runs.demo_report import _examples_phrase
+
+    assert _examples_phrase(1, "plain") == "the only validation image."
+    assert _examples_phrase(2, "plain").startswith("the validation image where the "
+                                                   "deformable twin's mIoU exceeds *plain*'s")
+    assert _examples_phrase(4, "plain").startswith("the 3 validation images where")

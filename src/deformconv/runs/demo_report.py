@@ -243,7 +243,7 @@ def _setup(summary: Mapping[str, Any]) -> list[str]:
 
 def write_report(summary: Mapping[str, Any], out: Path) -> Path:
     """``out/report.md`` from the summary ``run_demo`` builds."""
-    from ..viz import format_dilation_table, markdown_table, scale_thresholds
+    from ..viz import format_dilation_table, markdown_table
 
     s, figures, reference = summary["settings"], summary["figures"], summary["reference"]
     runs = summary["runs"]
@@ -264,10 +264,8 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
         "", f"![recall by object size]({figures['scales']})", "",
         _scale_table(summary["recall_by_scale"]), "",
         "## Predictions", "",
-        f"Chosen by rule, not by hand: the {len(summary['examples']) - 1} validation images "
-        f"where the deformable twin's mIoU exceeds *{reference}*'s the most, and (last row) "
-        "the one where it falls shortest. Row labels: image index, mIoU deformable vs "
-        f"{reference}.", "",
+        f"Chosen by rule, not by hand: {_examples_phrase(len(summary['examples']), reference)}"
+        f" Row labels: image index, mIoU deformable vs {reference}.", "",
         f"![predictions]({figures['predictions']})", "",
         "## What the offsets learned", "",
         f"Sampling locations of the {_plural(s['deform_layers'], 'deformable layer')} "
@@ -285,10 +283,9 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
         lines += ["### Effective dilation by object size (all validation images)", "",
                   "Mean distance between adjacent sampling points, in feature-map pixels "
                   "(paper Table 2); a plain 3×3 conv keeps dilation 1 everywhere. A "
-                  "feature cell counts for the object under its centre: small below "
-                  "{:.0f} visible pixels, large from {:.0f} (COCO's 32² and 96², scaled "
-                  "to the image's area); in brackets the number of cells.".format(
-                      *scale_thresholds((s["image_size"], s["image_size"]))), "",
+                  f"feature cell counts for the object under its centre: "
+                  f"{_size_limits(s['image_size'])} (COCO's 32² and 96², scaled "
+                  "to the image's area); in brackets the number of cells.", "",
                   format_dilation_table(summary["dilation"]), ""]
     folders = ", ".join(f"`{name}/`" for name in _folders(runs))
     lines += [f"Files: `metrics.json` (all numbers), {folders} "
@@ -307,6 +304,29 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
     path = out / REPORT
     path.write_text("\n".join(lines))
     return path
+
+
+def _examples_phrase(count: int, reference: str) -> str:
+    """Which validation images the predictions figure shows, ``count`` of them
+    (:func:`_examples`: the largest gains, the smallest last)."""
+    if count == 1:
+        return "the only validation image."
+    return (f"the {_plural(count - 1, 'validation image')} where the deformable twin's mIoU "
+            f"exceeds *{reference}*'s the most, and (last row) the one where it falls "
+            "shortest.")
+
+
+def _size_limits(image_size: int) -> str:
+    """The size buckets' limits in whole pixels, as the dilation table applies them to a
+    cell's object area (small: area < t_small, large: area >= t_large): ``"small below 34
+    visible pixels, large from 300"`` for 100 px images (33.3 and 300)."""
+    from ..viz import scale_thresholds
+
+    small, large = scale_thresholds((image_size, image_size))
+    # an integer area is below t exactly when it is below ceil(t), and at least t when at
+    # least ceil(t)
+    return (f"small below {math.ceil(small)} visible pixels, large from "
+            f"{math.ceil(large)}")
 
 
 def _plural(count: int, noun: str) -> str:
