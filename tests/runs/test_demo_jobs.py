@@ -22,16 +22,21 @@ from deformconv.runs.demo import _Job, _scenes, _train_side_by_side, _Workers
 
 def test_side_by_side_trains_the_same_twins_as_one_after_another(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    set_threads(1)  # the workers' count: both ways then compute the same in every bit
     temporary = tmp_path / "tmp"
     temporary.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temporary))
-    summaries = {jobs: run_demo(DemoSettings.smoke(jobs=jobs, progress=False),
-                                tmp_path / f"jobs{jobs}")
-                 for jobs in (1, 2)}
+    summaries = {}
+    for jobs in (1, 2):
+        # each run trains on 1 thread (two processes need two threads to share): both ways
+        # then compute the same in every bit
+        set_threads(jobs)
+        summaries[jobs] = run_demo(DemoSettings.smoke(jobs=jobs, progress=False),
+                                   tmp_path / f"jobs{jobs}")
+    set_threads(1)
     # the scenes the workers read are deleted with their folder
     assert not list(temporary.glob("deformconv-demo-*"))
     assert [summaries[jobs]["machine"]["jobs"] for jobs in (1, 2)] == [1, 2]
+    assert [summaries[jobs]["machine"]["train_threads"] for jobs in (1, 2)] == [1, 1]
     for name in ("plain", "deformable"):
         one, two = (summaries[jobs]["runs"][name] for jobs in (1, 2))
         assert two["iterations"] == one["iterations"]
@@ -117,3 +122,17 @@ def test_threads_set_to_gives_the_count_back() -> None:
     with threads_set_to(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == 3
+
+
+def test_one_thread_is_one_process_of_one_thread() -> None:
+    """--threads 1 with the default --jobs 2 trained in 2 processes of 1 thread each: two
+    threads in all on a machine the user asked to spare."""
+    from deformconv.runs.demo import process_layout
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert process_layout(cpu, 2, 1) == (1, 1)
+    assert process_layout(cpu, 2, 2) == (2, 1)  # the default, as the published runs
+    assert process_layout(cpu, 2, 5) == (2, 2)
+    assert process_layout(cpu, 3, 8) == (2, 4)
+    assert process_layout(cpu, 1, 4) == (1, 4)
+    assert process_layout(cuda, 2, 4) == (1, 4)

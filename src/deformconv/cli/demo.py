@@ -57,7 +57,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--device", help=f"{d.device} (default) | cuda | auto")
     parser.add_argument("--jobs", type=positive_int,
                         help=f"processes the twins train in, on a CPU (default {d.jobs}: side by "
-                             "side, each on half of --threads; 1: one after another)")
+                             "side, each on half of --threads; 1, or --threads 1: one after "
+                             "another in one process)")
     parser.add_argument("--scene", action="append", default=[], metavar="KEY=VALUE",
                         help="synthetic scene option (repeatable), e.g. max_objects=2; see "
                              "deformconv.data.SceneConfig")

@@ -18,7 +18,8 @@ Three runs are compared:
   holds the rate longer and decays over its own last fifth.
 
 On a CPU the plain twin (then its equal-time run) and the deformable twin train side by
-side in two processes (``DemoSettings.jobs``), each on half of the threads.
+side in two processes (``DemoSettings.jobs``), each on half of the threads; on one thread
+they train one after another in one process (:func:`process_layout`).
 
 :func:`run_demo` then evaluates them (mIoU, each image alone, each object by scale),
 times inference, draws the learning curves, predictions, sampling locations and the
@@ -93,8 +94,9 @@ class DemoSettings:
     # cheaper than NCHW (README; the demo's times over 5 seeds: docs/demo_seeds.md).
     channels_last: bool = True
     # Processes the runs train in, on a CPU: 2 trains the plain twin (then its equal-time
-    # run) and the deformable twin side by side, each on half of this process's threads;
-    # nets this small gain little from a second thread of one process. 1: one after another.
+    # run) and the deformable twin side by side, each on half of this process's threads
+    # (with one thread: one process); nets this small gain little from a second thread of
+    # one process. 1: one after another.
     jobs: int = 2
     figures: int = 3  # images in the prediction and sampling-location figures
     evaluations: int = 6  # validations per run, for the learning curves
@@ -428,6 +430,15 @@ def claim_demo_folder(out: Path, overwrite: bool) -> None:
     (out / MARKER).touch()
 
 
+def process_layout(device: torch.device, jobs: int, threads: int) -> tuple[int, int]:
+    """(processes, torch threads of each) the runs train in, given ``jobs`` and this
+    process's ``threads``: on a CPU up to ``min(jobs, 2)`` processes, never more than
+    ``threads`` (``--threads 1`` is one process of one thread), sharing the threads; on an
+    accelerator one process."""
+    workers = 1 if device.type != "cpu" else max(1, min(jobs, 2, threads))
+    return workers, max(1, threads // workers)
+
+
 def check_settings(s: DemoSettings) -> None:
     """Refuse settings the demo could only fail on after training: no deformable layer
     (nothing to compare, no offsets to plot), fewer training scenes than one batch."""
@@ -452,7 +463,8 @@ def run_demo(s: DemoSettings, out: Path, overwrite: bool = False) -> dict[str, A
     check_settings(s)
     earlier_demo(out, overwrite)  # refused at once; replaced only once the demo can start
     device = resolve_device(s.device)
-    workers = 1 if device.type != "cpu" else min(s.jobs, 2)
+    threads = torch.get_num_threads()
+    workers, train_threads = process_layout(device, s.jobs, threads)
     with contextlib.ExitStack() as stack:
         # the workers start first: their imports overlap the rendering
         pool = stack.enter_context(_Workers(workers)) if workers > 1 else None
@@ -465,8 +477,6 @@ def run_demo(s: DemoSettings, out: Path, overwrite: bool = False) -> dict[str, A
         counts = label_counts(train_set.targets, classes + 1)  # type: ignore[attr-defined]
         weights = balanced_class_weights(counts, s.class_balance)
         names = RUNS if s.equal_time else RUNS[:2]
-        threads = torch.get_num_threads()
-        train_threads = max(1, threads // workers)
         # The step costs at the runs' thread count; also the warm-up: kernel compilation and
         # first calls are not counted as training.
         print("timing the twins' training steps")
