@@ -417,6 +417,29 @@ def test_viz_refuses_another_task_and_a_file_as_out(capsys: pytest.CaptureFixtur
     assert code == 2 and f"--out {trained / 'last.pt'} is a file" in err
 
 
+def test_a_checkpoint_argument_that_is_no_checkpoint_says_what_it_is(
+        capsys: pytest.CaptureFixture, trained: Path, tmp_path: Path) -> None:
+    """A run's metrics JSON or an ONNX model read "could not read checkpoint ...:
+    UnpicklingError ... delete it or pick another one"; a run's folder "checkpoint not
+    found"; an --out under a file a bare "[Errno 20] Not a directory"."""
+    (tmp_path / "metrics.json").write_text('{"miou": 0.5}')
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")
+    for command in ("viz", "eval", "export"):
+        extra = ["--out", tmp_path / "m.onnx"] if command == "export" else []
+        for name, kind in (("metrics.json", "a JSON file"), ("model.onnx", "an ONNX model")):
+            code, _, err = run_cli(capsys, command, tmp_path / name, *extra)
+            assert code == 2 and f"{tmp_path / name} is {kind}, not a checkpoint" in err
+            assert "last.pt or best.pt" in err and "delete" not in err
+        code, _, err = run_cli(capsys, command, trained, *extra)
+        assert code == 2
+        assert f"checkpoint {trained} is a folder; give a file in it: {trained / 'last.pt'}" in err
+    (tmp_path / "afile").write_text("the user's")
+    under = tmp_path / "afile" / "sub"
+    code, _, err = run_cli(capsys, "viz", trained / "last.pt", "--out", under)
+    assert code == 2 and f"--out {under}: {tmp_path / 'afile'} is a file, not a folder" in err
+    assert (tmp_path / "afile").read_text() == "the user's"
+
+
 def test_viz_index_out_of_range(capsys: pytest.CaptureFixture, trained: Path,
                                 tmp_path: Path) -> None:
     code, _, err = run_cli(capsys, "viz", trained / "last.pt", "--index", "4", "--count", "2",

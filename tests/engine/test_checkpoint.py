@@ -73,6 +73,22 @@ def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
 
 
+@pytest.mark.parametrize(("name", "data", "kind"), [
+    ("metrics.json", b'{"miou": 0.5}', "a JSON file"),
+    ("model.onnx", b"\x08\x07\x12\x07pytorch", "an ONNX model"),
+    ("summary", b'  [{"iter": 1}]', "a JSON file (by its contents)"),
+])
+def test_a_file_beside_checkpoints_is_named_for_what_it_is(tmp_path, name, data, kind):
+    """A run's metrics.json or an exported model read "could not read checkpoint ...
+    UnpicklingError ... delete it or pick another one": advice to delete a valid file."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(err.value) == (f"{path} is {kind}, not a checkpoint; give a checkpoint that "
+                              "train or demo wrote (last.pt or best.pt in a run's folder)")
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*nope\.pt"):
         load_checkpoint(tmp_path / "nope.pt")

@@ -52,6 +52,17 @@ class TestPlotSampling:
                                                  tmp_path / "empty.png"))
         assert count_color(empty, (255, 0, 0)) == 0
 
+    def test_a_path_under_a_file_names_the_file_in_the_way(self, tmp_path):
+        """It raised a bare "FileExistsError: File exists: '.../afile'"."""
+        geometry = LayerGeometry((3, 3), padding=(1, 1))
+        stack = [record(geometry, torch.zeros(1, 18, 16, 16), (16, 16))]
+        (tmp_path / "afile").write_text("the user's")
+        target = tmp_path / "afile" / "t.png"
+        with pytest.raises(NotADirectoryError, match=f"cannot write {target}: "
+                                                     f"{tmp_path / 'afile'} is a file, not a"):
+            plot_stacked_sampling(torch.zeros(3, 16, 16), stack, [(8, 8)], target)
+        assert (tmp_path / "afile").read_text() == "the user's"
+
     def test_a_single_level_is_red_too(self, tmp_path):
         """The paper's colour for the layer the points are on; it came out yellow."""
         geometry = LayerGeometry((3, 3), padding=(1, 1))

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..runs import offset_figures
+from ..viz.plot import check_folder_possible
 from ._build import (
     add_data_options,
     add_model_options,
@@ -52,6 +53,7 @@ def run_viz(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file; give the folder to write the figures into")
+    check_folder_possible(out, f"--out {out}")
     if args.checkpoint:
         model_spec, data_spec, _ = specs_from_checkpoint(args.checkpoint)
         check_model_flags_match(args, model_spec)

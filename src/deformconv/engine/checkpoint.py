@@ -120,11 +120,38 @@ def _read(path: str | os.PathLike, map_location: str | torch.device) -> Any:
                 f"checkpoint {path} holds objects other than tensors and plain containers "
                 f"({reason}); it was not written by deformconv's trainer, and is not loaded, "
                 "as loading it could run code it holds") from err
+        kind = _other_file_kind(path)
+        if kind:
+            raise CheckpointError(
+                f"{path} is {kind}, not a checkpoint; give a checkpoint that train or demo "
+                "wrote (last.pt or best.pt in a run's folder)") from err
         detail = f"{type(err).__name__}: {reason}" if reason else type(err).__name__
         raise CheckpointError(
             f"could not read checkpoint {path}: {detail}. "
             "The file is corrupt or not a torch checkpoint; delete it or pick another one."
         ) from err
+
+
+# Files that lie beside checkpoints and are given in their place: suffix -> what they are.
+OTHER_FILES = {".json": "a JSON file", ".jsonl": "a JSON-lines file (a metrics log)",
+               ".onnx": "an ONNX model", ".md": "a markdown file", ".png": "a PNG image",
+               ".yaml": "a YAML file", ".yml": "a YAML file", ".toml": "a TOML file",
+               ".txt": "a text file"}
+
+
+def _other_file_kind(path: Path) -> str | None:
+    """What a file torch cannot load is, when its suffix or first bytes tell (a run's
+    metrics.json, an exported model.onnx, ...); None otherwise."""
+    kind = OTHER_FILES.get(path.suffix.lower())
+    if kind:
+        return kind
+    with contextlib.suppress(OSError), open(path, "rb") as file:
+        start = file.read(64).lstrip()
+        if start[:1] in (b"{", b"["):
+            return "a JSON file (by its contents)"
+        if start.startswith(b"\x89PNG"):
+            return "a PNG image (by its contents)"
+    return None
 
 
 def _load_error_reason(err: Exception) -> str:

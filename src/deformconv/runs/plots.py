@@ -15,9 +15,9 @@ __all__ = ["plot_learning_curves", "plot_predictions", "plot_scale_recall"]
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
-    return path
+    from ..viz.plot import _save as save_png
+
+    return save_png(fig, path, dpi=100)
 
 
 Curve = tuple[Sequence[float], Sequence[float]]  # (x values, y values)

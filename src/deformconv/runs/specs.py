@@ -244,9 +244,7 @@ def specs_from_checkpoint(path: str | Path) -> tuple[ModelSpec, DataSpec, dict[s
     from ..engine import load_checkpoint
 
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    state = load_checkpoint(p)
+    state = load_checkpoint(p)  # a missing file, or a folder, named as such
     extra = state.get("extra") or {}
     if "model" not in extra or "data" not in extra:
         raise ValueError(f"checkpoint {p} was not written by 'deformconv train' or 'demo' "

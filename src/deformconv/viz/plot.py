@@ -74,8 +74,19 @@ def _figure(image: np.ndarray, title: str | None) -> tuple[Figure, Axes]:
     return fig, ax
 
 
+def check_folder_possible(folder: Path, what: str) -> None:
+    """Raise NotADirectoryError, naming ``what`` and the file in the way, when ``folder`` or
+    a folder above it is an existing file (``folder`` could not be created)."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise NotADirectoryError(f"{what}: {path} is a file, not a folder")
+            return
+
+
 def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
     path = Path(path)
+    check_folder_possible(path.parent, f"cannot write {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight")
     return path
