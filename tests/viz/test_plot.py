@@ -52,6 +52,33 @@ class TestPlotSampling:
                                                  tmp_path / "empty.png"))
         assert count_color(empty, (255, 0, 0)) == 0
 
+    def test_the_legend_is_outside_the_image_and_counts_the_points_in_it(self, tmp_path):
+        """The legend sat in the image's lower left corner (over points); a stack whose
+        points mostly fall outside a small image read "(81 pts)" over a few dots."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        from deformconv.viz.plot import _sampling_figure
+
+        geometry = LayerGeometry((3, 3), padding=(4, 4), dilation=(4, 4))
+        stack = [record(geometry, torch.zeros(1, 18, 8, 8), (8, 8), name=f"l{n}")
+                 for n in range(2)]
+        projection = back_project(stack, (0, 0))
+        fig = _sampling_figure(to_display_image(torch.zeros(3, 8, 8)), [projection], None, [])
+        FigureCanvasAgg(fig).draw()
+        ax = fig.axes[0]
+        legend = ax.get_legend()
+        assert not legend.get_window_extent().overlaps(ax.get_window_extent())
+        texts = [t.get_text() for t in legend.get_texts()]
+        # unit (0, 0), dilation 4: rows and columns -4, 0, 4 of which 2 are on the 8x8
+        # image; below them -8..8, each row or column in 5 of 9 ways on it
+        inside = [int(((p >= 0) & (p <= 7)).all(1).sum()) for p in projection.levels]
+        assert inside == [2 * 2, 5 * 5]
+        assert texts[:2] == ["l1 (9 pts, 4 in the image)", "l0 (81 pts, 25 in the image)"]
+        whole = back_project([record(LayerGeometry((3, 3), padding=(1, 1)),
+                                     torch.zeros(1, 18, 8, 8), (8, 8), name="l0")], (4, 4))
+        fig = _sampling_figure(to_display_image(torch.zeros(3, 8, 8)), [whole], None, [])
+        assert fig.axes[0].get_legend().get_texts()[0].get_text() == "l0 (9 pts)"
+
     def test_a_path_under_a_file_names_the_file_in_the_way(self, tmp_path):
         """It raised a bare "FileExistsError: File exists: '.../afile'"."""
         geometry = LayerGeometry((3, 3), padding=(1, 1))

@@ -108,14 +108,29 @@ def plot_sampling_locations(
     activation unit is a green star, drawn over the points. Several units' points have
     their own marker shapes, and their stars are numbered as in the legend. ``regular``:
     the same units' projections with zero offsets, whose image points are drawn as hollow
-    grey circles (where plain convs would sample). Returns the path written.
+    grey circles (where plain convs would sample). The legend, below the image, counts each
+    level's points and, when some fall outside the image (the axes show only the image),
+    those inside it. Returns the path written.
     """
-    from matplotlib import colormaps
-
     if isinstance(projections, BackProjection):
         projections = [projections]
-    shown = to_display_image(image)
+    fig = _sampling_figure(to_display_image(image), projections, title, regular)
+    return _save(fig, path, dpi)
+
+
+def _inside(points: Tensor, height: int, width: int) -> int:
+    """How many (y, x) ``points`` lie on the image (pixel i covers [i - 0.5, i + 0.5])."""
+    y, x = points[:, 0], points[:, 1]
+    return int(((y >= -0.5) & (y <= height - 0.5) & (x >= -0.5) & (x <= width - 0.5)).sum())
+
+
+def _sampling_figure(shown: np.ndarray, projections: Sequence[BackProjection],
+                     title: str | None, regular: Sequence[BackProjection]) -> Figure:
+    """The figure :func:`plot_sampling_locations` saves."""
+    from matplotlib import colormaps
+
     fig, ax = _figure(shown, title)
+    height, width = shown.shape[:2]
     for n, projection in enumerate(regular):
         points = projection.points
         ax.scatter(points[:, 1].numpy(), points[:, 0].numpy(), s=30, facecolors="none",
@@ -130,7 +145,10 @@ def plot_sampling_locations(
         marker = UNIT_MARKERS[n % len(UNIT_MARKERS)]
         for level, points in enumerate(projection.levels):
             size = max(40.0 / 3**level, 2.0)
-            label = f"{layer_label(projection.layers[level])} ({len(points)} pts)"
+            inside = _inside(points, height, width)
+            count = (f"{len(points)} pts" if inside == len(points) else
+                     f"{len(points)} pts, {inside} in the image")
+            label = f"{layer_label(projection.layers[level])} ({count})"
             ax.scatter(points[:, 1].numpy(), points[:, 0].numpy(), s=size, c=[colors[level]],
                        marker=marker, linewidths=0, alpha=0.85,
                        label=f"unit {n + 1}: {label}" if several else label)
@@ -141,9 +159,10 @@ def plot_sampling_locations(
         if several:
             ax.annotate(str(n + 1), (x, y), xytext=(4, 4), textcoords="offset points",
                         fontsize=7, color=UNIT_COLOR, fontweight="bold", zorder=3)
-    if projections:
-        ax.legend(loc="lower left", fontsize=6, framealpha=0.6)
-    return _save(fig, path, dpi)
+    if projections:  # below the image, where it hides no point
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.01), fontsize=6, ncol=2,
+                  frameon=False)
+    return fig
 
 
 def plot_stacked_sampling(
