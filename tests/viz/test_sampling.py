@@ -131,6 +131,33 @@ class TestBackProject:
         torch.testing.assert_close(shifted, regular + torch.tensor([0.5, -1.0],
                                                                    dtype=torch.float64))
 
+    def test_records_given_top_layer_first_are_refused(self):
+        """[top, bottom] silently gave points at row -1 (bottom first: rows 3..5)."""
+        from torch import nn
+
+        from deformconv.nn import DeformConv2d
+        from deformconv.viz import capture_offsets
+
+        torch.manual_seed(0)
+        model = nn.Sequential(DeformConv2d(3, 8, 3, stride=2, padding=1),
+                              nn.Conv2d(8, 8, 3, stride=2, padding=1),
+                              DeformConv2d(8, 8, 3, padding=1))
+        for layer in (model[0], model[2]):
+            nn.init.zeros_(layer.conv_offset.weight)
+            nn.init.zeros_(layer.conv_offset.bias)
+        low, high = capture_offsets(model, torch.rand(1, 3, 30, 50)).values()
+        # unit (2, 3) at image (8, 12); its first point (4, 8), read by the bottom layer
+        # from rows 3..5 and columns 7..9
+        assert back_project([low, high], (2, 3)).points[:3].tolist() == [
+            [3.0, 7.0], [3.0, 8.0], [3.0, 9.0]]
+        with pytest.raises(ValueError, match=r"records must be given bottom layer first: "
+                                             r"layer '0', whose input has stride 1, cannot lie "
+                                             r"above layer '2', whose output has stride 4; "
+                                             r"reverse"):
+            back_project([high, low], (2, 3))
+        # layers of one resolution cannot tell their order: both orders are taken
+        back_project([high, high], (2, 3))
+
     def test_bad_arguments(self):
         geometry = LayerGeometry((3, 3), padding=(1, 1))
         rec = record(geometry, torch.zeros(1, 18, 4, 4), (4, 4))

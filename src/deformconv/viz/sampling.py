@@ -154,9 +154,11 @@ def back_project(
 
     Args:
         records: the layers' records from one forward pass, bottom layer first (e.g. the
-            three deformable 3x3 convs of res5). Layers between them (1x1 convs, norms) are
-            assumed not to move positions; resolutions may differ (points go through image
-            coordinates, using each record's cumulative strides).
+            three deformable 3x3 convs of res5; a layer whose input is finer than the
+            output of the one given below it is refused as out of order). Layers between
+            them (1x1 convs, norms) are assumed not to move positions; resolutions may
+            differ (points go through image coordinates, using each record's cumulative
+            strides).
         unit: output position in the top layer.
         image: index into the records' kept images.
         group: offset group, or None for the mean over groups.
@@ -183,6 +185,7 @@ def back_project(
     above: OffsetRecord | None = None
     for record in stack:
         if above is not None:  # points in the input of `above` -> output of `record`
+            _check_below(record, above)
             image_points = feature_to_image(units, above.input_stride)
             units = image_to_feature(image_points, record.output_stride)
         units = _points_from(record, units, image, group, lookup)
@@ -190,6 +193,22 @@ def back_project(
         above = record
     unit_image = feature_to_image(_check_unit(top, unit)[0], top.output_stride)
     return BackProjection(unit_image, levels, tuple(rec.name for rec in stack))
+
+
+def _check_below(record: OffsetRecord, above: OffsetRecord) -> None:
+    """Refuse ``record`` as the layer below ``above`` when ``above``'s input is finer than
+    ``record``'s output: records given top layer first (strides only grow upwards)."""
+    below_stride, above_stride = record.output_stride, above.input_stride
+    if bool((above_stride < below_stride).any()):
+        raise ValueError(
+            f"records must be given bottom layer first: layer {above.name!r}, whose input has "
+            f"stride {_stride_text(above_stride)}, cannot lie above layer {record.name!r}, "
+            f"whose output has stride {_stride_text(below_stride)}; reverse the records' order")
+
+
+def _stride_text(stride: Tensor) -> str:
+    y, x = (f"{float(v):g}" for v in stride)
+    return y if y == x else f"({y}, {x})"
 
 
 def unit_at(record: OffsetRecord, point: tuple[float, float]) -> tuple[int, int]:
