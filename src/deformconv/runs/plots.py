@@ -30,14 +30,43 @@ def plot_learning_curves(losses: Mapping[str, Curve], scores: Mapping[str, Curve
     """One line per run: training loss against iteration (``losses``), the validation
     score against training time in seconds (``scores``: runs of equal duration end at
     the same x) and, given ``score_iterations`` (the iterations of each run's scores), the
-    score against iteration in a middle panel."""
+    score against iteration in a middle panel.
+
+    Each loss is a running mean over the iterations since the one logged before it: a last
+    window shorter than the one before it (a run's length not a multiple of the log
+    period) is left out rather than drawn as a full one; a series of few points is drawn
+    with markers (a one-point line would not show)."""
+    return _save(_learning_curves_figure(losses, scores, score_label, score_iterations), path)
+
+
+SHORT_SERIES = 10  # points: fewer are drawn with markers
+
+
+def _full_windows(x: Sequence[float], y: Sequence[float]) -> tuple[list[float], list[float]]:
+    """Running-mean losses ``y`` logged at iterations ``x`` without a partial last window:
+    one shorter than the window before it (logged at a run's end between two log
+    periods, it plunged or jumped the curve's end)."""
+    x, y = list(x), list(y)
+    if len(x) >= 2:
+        before = x[-2] - (x[-3] if len(x) >= 3 else 0)
+        if x[-1] - x[-2] < before:
+            return x[:-1], y[:-1]
+    return x, y
+
+
+def _learning_curves_figure(losses: Mapping[str, Curve], scores: Mapping[str, Curve],
+                            score_label: str,
+                            score_iterations: Mapping[str, Sequence[float]] | None):
+    """The figure :func:`plot_learning_curves` saves."""
     from matplotlib.figure import Figure
 
     panels = 3 if score_iterations is not None else 2
     fig = Figure(figsize=(5 * panels, 3.4))
     axes = fig.subplots(1, panels)
     for name, (x, y) in losses.items():
-        axes[0].plot(list(x), list(y), label=name, linewidth=1.1)
+        x, y = _full_windows(x, y)
+        marker = "o" if len(x) < SHORT_SERIES else None
+        axes[0].plot(x, y, label=name, linewidth=1.1, marker=marker, markersize=3)
     axes[0].set_xlabel("iteration")
     axes[0].set_ylabel("training loss (running mean)")
     axes[0].set_yscale("log")
@@ -55,7 +84,7 @@ def plot_learning_curves(losses: Mapping[str, Curve], scores: Mapping[str, Curve
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_scale_recall(rows: Mapping[str, Sequence[Mapping[str, float]]], path: Path) -> Path:
