@@ -407,6 +407,38 @@ def test_viz_from_checkpoint(capsys: pytest.CaptureFixture, trained: Path,
                                                               "sampling_notes.png"]
 
 
+def test_viz_replaces_only_what_a_viz_run_wrote(capsys: pytest.CaptureFixture, trained: Path,
+                                                tmp_path: Path) -> None:
+    """viz deleted any file named like its figures ("removed 2 figure(s) of an earlier viz
+    run from myfigs: roi_offsets_2.png, sampling_7.png") and overwrote any offsets.md, in
+    folders no viz run wrote."""
+    mine = tmp_path / "myfigs"
+    mine.mkdir()
+    for name in ("sampling_7.png", "roi_offsets_2.png", "offsets.md"):
+        (mine / name).write_bytes(b"the user's")
+    viz = ["viz", trained / "last.pt", "--count", "1", "--out", mine]
+    code, stdout, err = run_cli(capsys, *viz)
+    assert code == 2 and f"--out {mine} holds offsets.md, roi_offsets_2.png, sampling_7.png" in err
+    assert "that no viz run wrote there" in err and "--overwrite" in err
+    assert sorted(path.name for path in mine.iterdir()) == [
+        "offsets.md", "roi_offsets_2.png", "sampling_7.png"]
+    assert all(path.read_bytes() == b"the user's" for path in mine.iterdir())
+    (mine / "roi_offsets_2.png").unlink()
+    (mine / "offsets.md").unlink()
+    code, _, err = run_cli(capsys, *viz)  # one foreign figure is enough to refuse
+    assert code == 2 and f"--out {mine} holds sampling_7.png, named as viz names" in err
+    code, stdout, err = run_cli(capsys, *viz, "--overwrite")
+    assert code == 0, err
+    assert sorted(path.name for path in mine.iterdir()) == [
+        ".deformconv-viz", "offsets.md", "sampling_0.png"]
+    # the folder is now a viz run's: a rerun replaces its files without --overwrite
+    code, _, err = run_cli(capsys, "viz", trained / "last.pt", "--index", "1", "--count", "1",
+                           "--out", mine)
+    assert code == 0, err
+    assert sorted(path.name for path in mine.glob("*.png")) == ["sampling_1.png"]
+    assert (mine / ".deformconv-viz").read_text() == "sampling_1.png\noffsets.md\n"
+
+
 def test_viz_refuses_another_task_and_a_file_as_out(capsys: pytest.CaptureFixture,
                                                     trained: Path) -> None:
     """--task used to be ignored; a file as --out gave a bare "[Errno 17] File exists"."""

@@ -44,7 +44,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="initialisation seed of a fresh model")
     parser.add_argument("--out", default="runs/viz", type=user_path,
                         help="output folder (default runs/viz); an earlier viz run's figures "
-                             "there are replaced")
+                             "there are replaced, files of those names that no viz run wrote "
+                             "only with --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace or remove figures and offsets.md in --out that no viz "
+                             "run wrote")
     parser.set_defaults(run=run_viz)
     return parser
 
@@ -54,6 +58,7 @@ def run_viz(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file; give the folder to write the figures into")
     check_folder_possible(out, f"--out {out}")
+    replaceable = _replaceable_files(out, args.overwrite)  # before any work
     if args.checkpoint:
         model_spec, data_spec, _ = specs_from_checkpoint(args.checkpoint)
         check_model_flags_match(args, model_spec)
@@ -77,23 +82,55 @@ def run_viz(args: argparse.Namespace) -> int:
                        "images")
     indices = list(range(args.index, min(args.index + args.count, images)))
     report = offset_figures(model, dataset, indices, task, out, stack_depth=args.stack_depth)
-    _remove_earlier_figures(out, report.figures)
+    _remove_earlier_figures(out, report.figures, replaceable)
     source = args.checkpoint or f"fresh {model_spec.name}"
-    (out / "offsets.md").write_text(f"# Offsets of {source}\n\nImages {indices} of the "
-                                    f"validation data.\n\n{report.markdown()}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TABLES).write_text(f"# Offsets of {source}\n\nImages {indices} of the "
+                              f"validation data.\n\n{report.markdown()}")
+    (out / MARKER).write_text("".join(f"{name}\n" for name in
+                                      [*(path.name for path in report.figures), TABLES]))
     for path in report.figures:
         print(path)
     print(f"tables: {out / 'offsets.md'}")
     return 0
 
 
-def _remove_earlier_figures(out: Path, figures: list[Path]) -> None:
-    """Remove the figures of an earlier viz run from ``out`` (those not among this run's
-    ``figures``): offsets.md lists only this run's."""
+TABLES = "offsets.md"
+# Lists the files a viz run wrote into its folder, one name a line: a later run replaces
+# those, and refuses files of the same names that no viz run wrote.
+MARKER = ".deformconv-viz"
+
+
+def _replaceable_files(out: Path, overwrite: bool) -> set[str]:
+    """The names of the files in ``out`` a viz run may replace or remove: figures and
+    offsets.md an earlier viz run wrote (its :data:`MARKER` lists them) and, with
+    ``overwrite``, any of such names; without it, such files no viz run wrote are
+    refused."""
+    from ..viz.report import figures_in
+
+    if not out.is_dir():
+        return set()
+    marker = out / MARKER
+    written = set(marker.read_text().split()) if marker.is_file() else set()
+    ours = [*figures_in(out), *([out / TABLES] if (out / TABLES).exists() else [])]
+    foreign = sorted(path.name for path in ours if path.name not in written)
+    if foreign and not overwrite:
+        more = f" and {len(foreign) - 6} more" if len(foreign) > 6 else ""
+        raise CLIError(f"--out {out} holds {', '.join(foreign[:6])}{more}, named as viz "
+                       f"names its files, that no viz run wrote there (its {MARKER} does "
+                       "not list them); viz would replace or remove them: give another "
+                       "--out, or --overwrite to replace them")
+    return written | set(foreign)
+
+
+def _remove_earlier_figures(out: Path, figures: list[Path], replaceable: set[str]) -> None:
+    """Remove the figures of an earlier viz run from ``out`` (those ``replaceable`` ones
+    not among this run's ``figures``): offsets.md lists only this run's."""
     from ..viz.report import figures_in
 
     kept = {path.resolve() for path in figures}
-    earlier = [path for path in figures_in(out) if path.resolve() not in kept]
+    earlier = [path for path in figures_in(out)
+               if path.name in replaceable and path.resolve() not in kept]
     for path in earlier:
         path.unlink()
     if earlier:
