@@ -13,6 +13,13 @@ from deformconv.viz import LayerGeometry, OffsetCapture, capture_offsets
 from .helpers import Stack, randomize_offsets
 
 
+class Unstack(nn.Module):
+    """Stacks a list of images into a batch, as a detector's transform does."""
+
+    def forward(self, images: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(images)
+
+
 class TestOffsetCapture:
     def test_finds_every_deform_conv_with_sizes_and_geometry(self):
         model = Stack()
@@ -33,13 +40,13 @@ class TestOffsetCapture:
         model = Stack(modulated=True)
         randomize_offsets(model)
         x = torch.randn(3, 3, 8, 8)
-        records = capture_offsets(model, x, images=[2, 0, 7])
+        records = capture_offsets(model, x, images=[2, 0])
         conv = model.block[2]
         with torch.no_grad():
             feature = model.block[1](model.block[0](model.stem(x)))
             expected = conv.conv_offset(feature)
         record = records["block.2"]
-        assert record.images == (2, 0)  # 7 is not in a batch of 3
+        assert record.images == (2, 0)
         torch.testing.assert_close(record.offset, expected[[2, 0], :36])
         torch.testing.assert_close(record.mask, expected[[2, 0], 36:].sigmoid())
         assert record.offset.abs().max() > 0
@@ -75,6 +82,20 @@ class TestOffsetCapture:
             OffsetCapture(model, layers=["stem"])
         with pytest.raises(ValueError, match="max_calls must be >= 1"):
             OffsetCapture(model, max_calls=0)
+
+    def test_image_indices_past_the_batch_are_refused(self):
+        model = Stack()
+        x = torch.randn(2, 3, 8, 8)
+        message = r"images: index 5 is out of range for a batch of 2 image\(s\)"
+        with pytest.raises(ValueError, match=message):
+            capture_offsets(model, x, images=[0, 5])
+        with pytest.raises(ValueError, match=message):  # input not a tensor: the conv hook
+            capture_offsets(nn.Sequential(Unstack(), model), [x[0], x[1]], images=[5])
+        # once max_calls passes are recorded, a smaller later batch is no longer checked
+        with OffsetCapture(model, images=[1], max_calls=1) as capture:
+            model(x)
+            model(x[:1])
+        assert capture.latest()["block.0"].images == (1,)
 
     def test_image_size_unknown_for_list_inputs(self):
         class ListModel(nn.Module):

@@ -128,6 +128,7 @@ class OffsetCapture:
             hooked (found by ``isinstance``).
         layers: names (as in ``model.named_modules()``) of the layers to record; None = all.
         images: batch indices to keep (others are dropped at once); None = the whole batch.
+            An index past the batch of a recorded pass is refused (ValueError).
         max_calls: forward passes recorded per layer; later ones are ignored. None = all.
         image_size: ``(H, W)`` of the network input; by default read from the first
             positional argument of ``input_module`` when it is an ``(N, C, H, W)`` tensor.
@@ -236,15 +237,32 @@ class OffsetCapture:
         batch = _image_batch(args)
         size = None if batch is None else (int(batch.shape[-2]), int(batch.shape[-1]))
         self._input_size = self.image_size or size
+        if batch is not None and not self._finished():
+            self._kept(batch.shape[0])  # refuses bad indices before the model runs
         if self.keep_inputs and batch is not None and self._wanted(len(self.inputs)):
             self.inputs.append(batch.detach()[self._kept(batch.shape[0])].float().cpu())
 
     def _wanted(self, recorded: int) -> bool:
         return self.max_calls is None or recorded < self.max_calls
 
+    def _finished(self) -> bool:
+        """Whether every hooked layer (and ``inputs``) already holds ``max_calls`` passes."""
+        if self.max_calls is None:
+            return False
+        counts = [len(self.records.get(n, [])) if isinstance(m, DeformConv2d)
+                  else len(self.roi_records.get(n, [])) for n, m in self.layers.items()]
+        if self.keep_inputs:
+            counts.append(len(self.inputs))
+        return all(c >= self.max_calls for c in counts)
+
     def _kept(self, batch: int) -> list[int]:
-        return list(range(batch)) if self.images is None else [i for i in self.images
-                                                                if i < batch]
+        if self.images is None:
+            return list(range(batch))
+        for i in self.images:
+            if i >= batch:
+                raise ValueError(f"images: index {i} is out of range for a batch of {batch} "
+                                 f"image(s) (valid indices 0..{batch - 1})")
+        return list(self.images)
 
     def _conv_hook(self, name: str, conv: DeformConv2d) -> Callable:
         geometry = LayerGeometry.of(conv)
