@@ -274,3 +274,17 @@ def test_export_leaves_the_mode_as_it_was(tmp_path):
     net = small_net()
     dc_onnx.export(net, torch.randn(2, 3, 16, 16), tmp_path / "x.onnx")
     assert all(module.training for module in net.modules())
+
+
+def test_missing_folders_are_created_and_a_file_in_the_way_is_named(tmp_path):
+    path = tmp_path / "missing" / "dir" / "net.onnx"
+    net = nn.Linear(3, 2).eval()
+    dc_onnx.export(net, torch.randn(2, 3), path)
+    assert dc_onnx.check(net, torch.randn(3, 3), path) <= 1e-5
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match=r"path: cannot create the folder .*file.* "
+                                                 r"a file is in the way"):
+        dc_onnx.export(net, torch.randn(2, 3), tmp_path / "file" / "net.onnx")
+    with pytest.raises(IsADirectoryError, match=r"path: .*missing is a folder"):
+        dc_onnx.export(net, torch.randn(2, 3), tmp_path / "missing")
+    assert (tmp_path / "file").read_text() == "not a folder"

@@ -132,6 +132,8 @@ def export(
             whatever its mode (BatchNorm with its running statistics, no dropout), and its
             mode is left as it was.
         args: example positional inputs (a tensor or a tuple).
+        path: the ``.onnx`` file to write; its folder is created if missing (checked before
+            the model is traced). A file already there is replaced only by a valid graph.
         opset: ONNX opset, 19 (``DeformConv``) to 25 (``MAX_OPSET``).
         dynamic_batch: make dim 0 of every tensor argument dynamic (examples need dim 0 >= 2).
         dynamic_size: also make H and W of every 4-D tensor argument dynamic where the model
@@ -158,6 +160,7 @@ def export(
             f"got {opset!r}"
         )
     check_tensors(model, args)
+    output_path(path)
     if dynamic_shapes is None and (dynamic_batch or dynamic_size):
         dynamic_shapes = dynamic_dims(args, batch=dynamic_batch, spatial=dynamic_size)
     with eval_mode(model):
@@ -168,6 +171,23 @@ def export(
         )
     save_checked(program, path, opset=opset, external_data=external_data)
     return program
+
+
+def output_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, its folder created as the CLI's other outputs are; a folder at
+    ``path``, or a file where a folder above it should be, is refused."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"path: {os.fspath(path)} is a folder, expected the name of "
+                                "the .onnx file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise NotADirectoryError(
+            f"path: cannot create the folder {os.fspath(path.parent)} for "
+            f"{os.fspath(path)}: a file is in the way"
+        ) from None
+    return path
 
 
 class InvalidONNXError(RuntimeError):
@@ -182,17 +202,18 @@ def save_checked(
     inference) accepts the file and its opset is ``opset``; a file already at ``path`` stays
     as it was otherwise.
 
-    The graph is written to a temporary folder beside ``path`` under the same name (the
-    ``.data`` file of external weights is named after it), checked there, then moved. Without
-    ``external_data``, a ``.data`` file an earlier export left beside ``path`` is removed: the
-    new graph holds its weights and nothing else would remove it.
+    The folder of ``path`` is created if missing. The graph is written to a temporary folder
+    beside ``path`` under the same name (the ``.data`` file of external weights is named
+    after it), checked there, then moved. Without ``external_data``, a ``.data`` file an
+    earlier export left beside ``path`` is removed: the new graph holds its weights and
+    nothing else would remove it.
 
     Raises:
         InvalidONNXError: the checker rejects the graph, or its opset is not ``opset``.
     """
     import onnx
 
-    path = Path(path)
+    path = output_path(path)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as folder:
         staged = Path(folder) / path.name
         program.save(os.fspath(staged), external_data=external_data)
