@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,6 +25,15 @@ def test_samples_equal_the_source_and_attributes_pass_through() -> None:
     assert cached.scene(2).masks.shape[1:] == (32, 32)
     with pytest.raises(AttributeError):
         cached.no_such_attribute  # noqa: B018
+
+
+def test_indices_are_a_sequences() -> None:
+    cached = InMemory(SyntheticClassification(length=3, seed=1, image_size=32))
+    assert torch.equal(cached[np.int64(-1)][0], cached[2][0])
+    with pytest.raises(TypeError, match=r"dataset indices must be integers, got float 1\.7"):
+        cached[1.7]
+    with pytest.raises(IndexError, match="index 3 out of range for a dataset of 3"):
+        cached[3]
 
 
 def test_labels_come_back_as_ints_and_transforms_apply_each_time() -> None:

@@ -69,6 +69,26 @@ class TestViews:
         with pytest.raises(TypeError, match="unknown scene option"):
             view(length=2, image_sise=32)
 
+    def test_indices_are_a_sequences(self, view) -> None:
+        ds = view(length=3, seed=0, image_size=SIZE)
+        last = ds[2][0]
+        for index in (-1, np.int64(2), torch.tensor(2)):
+            assert torch.equal(ds[index][0], last)
+        with pytest.raises(IndexError, match="index -4 out of range for a dataset of 3"):
+            ds[-4]
+        with pytest.raises(TypeError, match=r"dataset indices must be integers, got float 1.7"):
+            ds[1.7]
+        with pytest.raises(TypeError, match=r"got slice .*use torch.utils.data.Subset"):
+            ds[0:2]
+        with pytest.raises(TypeError, match="got Tensor"):
+            ds[torch.tensor(1.0)]
+
+
+def test_detection_image_id_is_the_position_as_an_int() -> None:
+    ds = SyntheticDetection(length=3, seed=0, image_size=SIZE)
+    assert ds[np.int64(-1)][1]["image_id"] == 2
+    assert type(ds[np.int64(1)][1]["image_id"]) is int
+
 
 def test_classification_labels() -> None:
     ds = SyntheticClassification(length=40, seed=5, image_size=SIZE)

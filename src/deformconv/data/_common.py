@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import operator
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -29,6 +30,7 @@ __all__ = [
     "read_utf8",
     "readable_sample",
     "require_path",
+    "sample_index",
     "upright_size",
 ]
 
@@ -248,13 +250,30 @@ class SkippingDataset(Dataset):
         return f"{reason}: {count}, e.g. {', '.join(examples)}{more}"
 
 
+def sample_index(index: object, length: int) -> int:
+    """``index`` of a dataset of ``length`` samples as a position in ``[0, length)``, as a
+    Sequence takes it: an int (numpy and torch integer scalars too), negative from the end.
+
+    Raises:
+        TypeError: ``index`` is not an integer (a float, a slice ...).
+        IndexError: ``index`` is outside ``[-length, length)``.
+    """
+    try:
+        position = operator.index(index)  # type: ignore[arg-type]
+    except TypeError:
+        hint = " (to take a part, use torch.utils.data.Subset)" if isinstance(index, slice) else ""
+        raise TypeError(f"dataset indices must be integers, got {type(index).__name__} "
+                        f"{index!r}{hint}") from None
+    if not -length <= position < length:
+        raise IndexError(f"index {position} out of range for a dataset of {length} samples")
+    return position % length
+
+
 def next_readable(dataset: Any, index: int) -> Any:
     """Sample ``index`` of a dataset with ``load_or_skip``, or the next readable one after
     it (wrapping around); :class:`NoReadableSamplesError` when none is."""
     n = len(dataset)
-    if not -n <= index < n:
-        raise IndexError(f"index {index} out of range for a dataset of {n} samples")
-    index %= n
+    index = sample_index(index, n)
     for step in range(n):
         sample = dataset.load_or_skip((index + step) % n)
         if sample is not None:
@@ -272,11 +291,12 @@ def readable_sample(dataset: Dataset, index: int) -> Any | None:
     instance: a wrapper that forwards attributes must not answer for its source.)
     """
     if callable(getattr(type(dataset), "load_or_skip", None)):
-        return dataset.load_or_skip(index % len(dataset))  # type: ignore[attr-defined]
+        return dataset.load_or_skip(  # type: ignore[attr-defined]
+            sample_index(index, len(dataset)))
     if isinstance(dataset, Subset):
         return readable_sample(dataset.dataset, dataset.indices[index])
     if isinstance(dataset, ConcatDataset):
-        index %= len(dataset)
+        index = sample_index(index, len(dataset))
         part = bisect.bisect_right(dataset.cumulative_sizes, index)
         start = dataset.cumulative_sizes[part - 1] if part else 0
         return readable_sample(dataset.datasets[part], index - start)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ._common import IGNORE_INDEX, Transform, box_sizes
+from ._common import IGNORE_INDEX, Transform, box_sizes, sample_index
 from .scene import Scene, SceneConfig, SceneGenerator
 
 __all__ = [
@@ -98,10 +98,9 @@ class _Synthetic(Dataset):
         return self.length
 
     def scene(self, index: int) -> Scene:
-        """The full scene behind sample ``index``: instance masks, scales, angles, aspects."""
-        if not -self.length <= index < self.length:
-            raise IndexError(f"index {index} out of range for a dataset of {self.length} samples")
-        return self.generator(index % self.length)
+        """The full scene behind sample ``index``: instance masks, scales, angles, aspects.
+        Indices are a Sequence's: ints (numpy, torch integer scalars too), negative from the end."""
+        return self.generator(sample_index(index, self.length))
 
     def _apply(self, image: Tensor, target: Any) -> tuple[Tensor, Any]:
         return (image, target) if self.transforms is None else self.transforms(image, target)
@@ -189,12 +188,13 @@ class SyntheticDetection(_Synthetic):
         self.masks = masks
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+        index = sample_index(index, self.length)
         scene = self.scene(index)
         boxes = torch.from_numpy(scene.boxes)
         target: dict[str, Any] = {
             "boxes": boxes,
             "labels": torch.from_numpy(scene.labels + 1),
-            "image_id": index % self.length,
+            "image_id": index,
             "area": torch.from_numpy(scene.masks.sum(axis=(1, 2)).astype(np.float32)),
             "iscrowd": torch.zeros(len(boxes), dtype=torch.int64),
             "sizes": box_sizes(boxes),
