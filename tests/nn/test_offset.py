@@ -130,3 +130,13 @@ def test_zero_init_layers_draw_the_random_numbers_their_plain_class_draws() -> N
         torch.manual_seed(0)
         plain()
         torch.testing.assert_close(after_zero_init, torch.rand(3), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("pool", [
+    lambda scale: DeformRoIPool(3, 2, spatial_scale=scale),
+    lambda scale: DeformPSRoIPool(4, 1, 2, spatial_scale=scale),
+])
+def test_a_spatial_scale_that_is_no_number_is_named(pool: Callable[[object], nn.Module]) -> None:
+    """math.isfinite raised its own 'must be real number, not str'."""
+    with pytest.raises(TypeError, match="spatial_scale must be a number > 0, got 'a'"):
+        pool("a")

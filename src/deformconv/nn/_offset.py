@@ -147,8 +147,12 @@ def check_counts(**values: object) -> None:
 
 def check_positive(**values: float | tuple[int, int]) -> None:
     """Raise a ``ValueError`` naming the first argument that is not > 0 (NaN and inf are
-    not; a pair must be > 0 in both entries)."""
+    not; a pair must be > 0 in both entries), or a ``TypeError`` for one that is no number."""
     for name, value in values.items():
         numbers = value if isinstance(value, tuple) else (value,)
-        if not all(math.isfinite(v) and v > 0 for v in numbers):
+        try:
+            positive = all(math.isfinite(v) and v > 0 for v in numbers)
+        except TypeError:  # math.isfinite('a'): "must be real number, not str"
+            raise TypeError(f"{name} must be a number > 0, got {value!r}") from None
+        if not positive:
             raise ValueError(f"{name} must be > 0, got {value!r}")
