@@ -155,6 +155,23 @@ def test_argument_errors() -> None:
         T.hflip(torch.rand(20, 20), None)
 
 
+def test_bad_sizes_turns_and_transforms_are_named() -> None:
+    image = torch.rand(3, 20, 30)
+    assert T.resize(image, 3, 10)[0].shape == (3, 10, 10)  # an int is a square, as in Resize
+    with pytest.raises(TypeError, match=r"size must be an int or a pair of ints, got 10\.5"):
+        T.resize(image, 3, 10.5)
+    with pytest.raises(TypeError, match=r"size must be an int or a pair of ints, got \(8\.0, 8"):
+        T.Resize((8.0, 8))
+    with pytest.raises(ValueError, match=r"size must be positive, got \(4, 0\)"):
+        T.resize(image, 3, (4, 0))
+    with pytest.raises(TypeError, match=r"k must be an int, got 1\.5"):
+        T.rot90(image, 3, k=1.5)
+    with pytest.raises(TypeError, match=r"transforms\[1\] must be a callable .* got 1"):
+        T.Compose([T.hflip, 1])
+    with pytest.raises(TypeError, match="transforms must be a list of transforms, got 3"):
+        T.Compose(3)
+
+
 _TRANSFORMS = {
     "hflip": T.hflip,
     "rot90": T.rot90,

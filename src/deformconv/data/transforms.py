@@ -16,13 +16,14 @@ Random draws use torch's global RNG, so wrapping the dataset in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.arguments import integer, pair
 from ._common import IGNORE_INDEX, Transform, box_sizes
 
 __all__ = [
@@ -87,6 +88,14 @@ def _check(image: Tensor, target: Any) -> None:
                                  f"got shape {tuple(value.shape)}")
 
 
+def _size(size: int | tuple[int, int]) -> tuple[int, int]:
+    """An output ``(H, W)`` from a pair of ints or one int (a square), both > 0."""
+    hw = pair(size, "size")
+    if min(hw) < 1:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return hw
+
+
 def _resize_nearest(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Nearest-neighbour resize of integer maps (..., H, W), keeping the dtype."""
     lead = x.shape[:-2]
@@ -126,10 +135,10 @@ def hflip(image: Tensor, target: Any) -> tuple[Tensor, Any]:
 
 
 def rot90(image: Tensor, target: Any, k: int = 1) -> tuple[Tensor, Any]:
-    """Turn by ``k`` quarter turns, counter-clockwise as displayed (``torch.rot90`` on the
-    last two dims); boxes and masks turn with the image."""
+    """Turn by ``k`` quarter turns (an int, negative turns clockwise), counter-clockwise as
+    displayed (``torch.rot90`` on the last two dims); boxes and masks turn with the image."""
     _check(image, target)
-    k %= 4
+    k = integer(k, "k") % 4
     for _ in range(k):
         width = image.shape[-1]
         image = image.rot90(1, (-2, -1))
@@ -145,13 +154,12 @@ def rot90(image: Tensor, target: Any, k: int = 1) -> tuple[Tensor, Any]:
     return image, target
 
 
-def resize(image: Tensor, target: Any, size: tuple[int, int]) -> tuple[Tensor, Any]:
-    """Resize to ``size = (H, W)``: bilinear image, nearest masks, scaled boxes and areas."""
+def resize(image: Tensor, target: Any, size: int | tuple[int, int]) -> tuple[Tensor, Any]:
+    """Resize to ``size = (H, W)`` (an int: a square, as :class:`Resize` takes it): bilinear
+    image, nearest masks, scaled boxes and areas."""
     _check(image, target)
     height, width = image.shape[-2:]
-    size = (int(size[0]), int(size[1]))
-    if min(size) < 1:
-        raise ValueError(f"size must be positive, got {size}")
+    size = _size(size)
     antialias = size[0] < height or size[1] < width
     out = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
                         antialias=antialias)[0].clamp_(0, 1)
@@ -218,10 +226,17 @@ def _box_area(boxes: Tensor) -> Tensor:
 
 
 class Compose:
-    """Apply transforms in order."""
+    """Apply transforms in order; each must be a callable ``(image, target) -> (image,
+    target)``."""
 
-    def __init__(self, transforms: Sequence[Transform]) -> None:
+    def __init__(self, transforms: Iterable[Transform]) -> None:
+        if not isinstance(transforms, Iterable):
+            raise TypeError(f"transforms must be a list of transforms, got {transforms!r}")
         self.transforms = list(transforms)
+        for i, transform in enumerate(self.transforms):
+            if not callable(transform):
+                raise TypeError(f"transforms[{i}] must be a callable (image, target) -> "
+                                f"(image, target), got {transform!r}")
 
     def __call__(self, image: Tensor, target: Any) -> tuple[Tensor, Any]:
         for t in self.transforms:
@@ -264,9 +279,7 @@ class Resize:
     """Resize to a fixed ``(H, W)`` (or a square side)."""
 
     def __init__(self, size: int | tuple[int, int]) -> None:
-        self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        if min(self.size) < 1:
-            raise ValueError(f"size must be positive, got {size}")
+        self.size = _size(size)
 
     def __call__(self, image: Tensor, target: Any) -> tuple[Tensor, Any]:
         return resize(image, target, self.size)
@@ -301,9 +314,7 @@ class RandomCrop:
     """
 
     def __init__(self, size: int | tuple[int, int], fill: float = 0.0) -> None:
-        self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        if min(self.size) < 1:
-            raise ValueError(f"size must be positive, got {size}")
+        self.size = _size(size)
         self.fill = fill
 
     def __call__(self, image: Tensor, target: Any) -> tuple[Tensor, Any]:
