@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..ops.arguments import count as positive_count
+
 __all__ = ["ms_per_image", "parameter_count", "seconds_per_batch", "seconds_per_iteration",
            "set_threads", "step_seconds", "threads_set_to"]
 
@@ -26,8 +28,8 @@ def parameter_count(model: nn.Module) -> int:
 
 
 def set_threads(count: int) -> None:
-    """Intra-op threads of torch, which the CPU kernels use too."""
-    torch.set_num_threads(count)
+    """Intra-op threads of torch, which the CPU kernels use too; ``count`` an int > 0."""
+    torch.set_num_threads(positive_count(count, "count"))
 
 
 @contextmanager
