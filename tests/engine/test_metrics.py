@@ -19,6 +19,12 @@ from deformconv.engine import (
 )
 
 
+def test_make_evaluator_lists_the_tasks_for_an_unknown_one():
+    with pytest.raises(ValueError, match=re.escape(
+            "task must be one of ('classification', 'segmentation', 'detection'), got 'depth'")):
+        make_evaluator("depth")
+
+
 class TestTop1:
     def test_counts(self):
         logits = torch.tensor([[0.1, 0.9], [2.0, 1.0], [0.0, 3.0]])

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
+from ..conventions import TASKS
 from ..data import detection_collate
 from ..data.collate import check_pairs
 from .coco import coco_map, detection_record
@@ -272,10 +273,14 @@ class DetectionEvaluator(Evaluator):
 
 
 def make_evaluator(task: str) -> Evaluator:
-    if task == "classification":
-        return ClassificationEvaluator()
-    if task == "segmentation":
-        return SegmentationEvaluator()
-    if task == "detection":
-        return DetectionEvaluator()
-    raise ValueError(f"unknown task {task!r}")
+    """A fresh :class:`Evaluator` for ``task`` (one of ``TASKS``): top-1 accuracy for
+    classification, mIoU for segmentation, COCO box mAP for detection.
+
+    Raises:
+        ValueError: ``task`` is not one of ``TASKS``.
+    """
+    evaluators = {"classification": ClassificationEvaluator,
+                  "segmentation": SegmentationEvaluator, "detection": DetectionEvaluator}
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    return evaluators[task]()
