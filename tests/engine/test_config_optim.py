@@ -10,6 +10,8 @@ from _engine_toys import TinyClassifier
 from torch import nn
 
 from deformconv.engine import (
+    OPTIMIZERS,
+    SCHEDULES,
     TrainConfig,
     build_optimizer,
     build_scheduler,
@@ -20,6 +22,13 @@ from deformconv.engine import (
 
 
 class TestTrainConfig:
+    def test_every_optimizer_and_schedule_the_engine_names_is_accepted(self):
+        """OPTIMIZERS and SCHEDULES, the choices TrainConfig documents, came only from
+        deformconv.engine.config."""
+        for optimizer in OPTIMIZERS:
+            for schedule in SCHEDULES:
+                TrainConfig(optimizer=optimizer, schedule=schedule, milestones=[1])
+
     @pytest.mark.parametrize(
         ("field", "value", "match"),
         [

@@ -22,7 +22,7 @@ from .checkpoint import (
     write_atomically,
 )
 from .coco import COCO_METRICS, coco_map, detection_record
-from .config import TASKS, TrainConfig
+from .config import OPTIMIZERS, SCHEDULES, TASKS, TrainConfig
 from .distributed import DistInfo, cleanup_distributed, init_distributed, resolve_device
 from .evaluate import evaluate
 from .loader import ShardSampler, TrainSampler, eval_loader, iters_per_epoch, train_loader
@@ -38,7 +38,9 @@ from .trainer import RefusedByMainProcess, TrainResult, train
 __all__ = [
     "COCO_METRICS",
     "IGNORE_INDEX",
+    "OPTIMIZERS",
     "PRIMARY_METRIC",
+    "SCHEDULES",
     "TASKS",
     "CheckpointError",
     "DistInfo",

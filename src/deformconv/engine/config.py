@@ -32,7 +32,7 @@ class TrainConfig:
     batch_size: int = 8  # per process; the global batch is batch_size * world_size
     # "sgd" (momentum) or "adamw" (Loshchilov & Hutter 2019; betas 0.9, 0.999, decoupled
     # weight decay): with "onecycle" it trains small nets from scratch in far fewer steps.
-    optimizer: str = "sgd"
+    optimizer: str = "sgd"  # one of OPTIMIZERS
     lr: float = 0.01
     momentum: float = 0.9  # SGD only
     weight_decay: float = 1e-4
@@ -54,7 +54,7 @@ class TrainConfig:
     # "wsd": warm-up, hold lr, then linear to min_lr_ratio over the last decay_share of the
     # run (warmup-stable-decay): runs of different lengths share the schedule until the
     # shorter one's decay, so a longer run can branch off a shorter one's checkpoint
-    schedule: str = "step"
+    schedule: str = "step"  # one of SCHEDULES
     decay_share: float = 0.2  # "wsd": the share of the run spent decaying
     # iterations where "step" multiplies lr by gamma, strictly increasing
     milestones: list[int] = field(default_factory=list)
