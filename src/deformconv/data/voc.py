@@ -115,6 +115,10 @@ class VOCSegmentation(SkippingDataset):
         split: name of the ``ImageSets/Segmentation/<split>.txt`` list.
         transforms: ``(image, mask) -> (image, mask)``, e.g. from ``data.transforms``.
         num_classes: C; when given, masks with other values than 0..C and 255 are skipped.
+        image_dir: folder under ``root`` holding the images (``<id>.jpg``, ``.jpeg`` or
+            ``.png``).
+        mask_dir: folder under ``root`` holding the masks (``<id>.png`` of class ids, as a
+            palette (P) or grayscale image).
     """
 
     def __init__(

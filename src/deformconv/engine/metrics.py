@@ -48,6 +48,8 @@ def confusion_matrix(
     Args:
         pred: ``(N, H, W)`` (or any shape) predicted class ids.
         target: same shape as ``pred``, true class ids.
+        num_classes: C, the size of the matrix (an int > 0).
+        ignore_index: the target id of pixels left out (255, VOC's "void", by default).
     """
     if pred.shape != target.shape:
         raise ValueError(

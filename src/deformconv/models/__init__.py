@@ -4,12 +4,12 @@
 plain twin (same parameter names minus the offset branches). What ``forward`` takes and
 returns, by ``model_task(name)``:
 
-- classification (``resnet50``, ``resnet101``): ``model(images (N, 3, H, W)) -> logits
+- classification (``resnet18/34/50/101``): ``model(images (N, 3, H, W)) -> logits
   (N, classes)``.
-- segmentation (``deeplab_resnet50/101``, ``compact_fcn``): ``model(images) -> logits
+- segmentation (``deeplab_resnet18/34/50/101``, ``compact_fcn``): ``model(images) -> logits
   (N, classes, H, W)`` at the input size; ``model(images, masks (N, H, W) int64) ->
   {"loss_seg": loss}`` (255 = ignore), also ``model.loss(logits, masks)``.
-- detection (``faster_rcnn_resnet50/101``, ``rfcn_resnet50/101``): torchvision's
+- detection (``faster_rcnn_resnet18/34/50/101``, ``rfcn_resnet18/34/50/101``): torchvision's
   convention, ``model(list of (3, H, W) images in [0, 1], targets)`` -> loss dict in train
   mode; ``model(images)`` -> ``[{"boxes", "labels", "scores"}]`` per image in eval mode.
 

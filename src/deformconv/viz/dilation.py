@@ -93,6 +93,8 @@ def size_buckets(
             A semantic mask (class ids) makes each class one object. Give exactly one of
             ``boxes`` and ``instance_mask``.
         thresholds: object areas (image pixels²) separating small | medium | large.
+        ignore_index: the id of ignored pixels in a ``(H, W)`` ``instance_mask``; cells
+            on them get -1.
 
     Returns:
         ``(Hout, Wout)`` int64.

@@ -134,14 +134,28 @@ def offset_report(
         model: any model with deformable layers; called as ``model(inputs)``.
         inputs: its input, e.g. an ``(N, C, H, W)`` batch.
         out_dir: folder for the PNGs (created).
-        boxes: per image ``(M, 4)`` x1, y1, x2, y2, or ``masks`` per image ``(H, W)``
-            instance ids, in the coordinates of the tensor ``input_module`` receives.
+        boxes: per image ``(M, 4)`` x1, y1, x2, y2, in the coordinates of the tensor
+            ``input_module`` receives: where the sampling figures look, and the objects of
+            the dilation table.
+        masks: instead of ``boxes``, per image ``(H, W)`` instance ids (0 = none), in the
+            same coordinates.
         layers, input_module: as :class:`~deformconv.viz.OffsetCapture`; ``input_module``
             must receive an ``(N, C, H, W)`` tensor (e.g. ``"backbone"`` for detectors).
+        stack_depth: how many of the top deformable convs the sampling figures back-project
+            through (>= 1).
+        max_figures: figures of each kind are drawn for the first this many images.
+        units_per_image: output units drawn per image, at the centres of the largest boxes
+            or masks.
+        max_rois: RoIs drawn per image and deformable RoI pooling.
         thresholds: object-area limits for the size buckets (default: COCO's, scaled to
             the image size, :func:`~deformconv.viz.scale_thresholds`).
+        prefix: put before every file name, to keep several reports in one folder.
         image_ids: the number of each image in the titles (``"image {id}"``) and file
             names (default its place in the batch: 0, 1, ...), e.g. its data set index.
+
+    Returns:
+        An :class:`OffsetReport`: the PNGs written, the offset statistics and the
+        effective dilation table.
     """
     if stack_depth < 1:
         raise ValueError(f"stack_depth must be >= 1, got {stack_depth}")
