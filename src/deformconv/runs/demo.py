@@ -452,10 +452,10 @@ def check_settings(s: DemoSettings) -> None:
 
 def run_demo(s: DemoSettings, out: Path, overwrite: bool = False) -> dict[str, Any]:
     """Run the demo, writing to folder ``out``; returns what ``metrics.json`` holds. An
-    earlier demo in ``out`` is refused, or replaced with ``overwrite``
-    (:func:`claim_demo_folder`) once the settings have passed their checks
-    (:func:`check_settings`, the scenes rendered, the training configured and its steps
-    timed)."""
+    earlier demo in ``out`` is refused, or replaced with ``overwrite``: its files are
+    removed only once the settings have passed their checks (at least one deformable
+    layer, a training set of at least one batch), the scenes are rendered and the
+    training is configured and its steps timed."""
     from ..engine import balanced_class_weights, build_optimizer, label_counts, resolve_device
     from .demo_report import analyse, comparison_table, write_report
 

@@ -183,8 +183,8 @@ def from_scratch_spec(name: str, num_classes: int, *, image_size: int,
     Defaults suit training a ResNet-based model from random init: batch norm that learns
     (not frozen), nothing frozen; a detector resizes its input images to fit in
     ``image_size`` × ``image_size`` (torchvision's ``min_size = max_size``) and scales its
-    anchors to it. ``overrides`` (nested dicts merge) have the last word. A model of
-    ``RESNET_FREE_MODELS`` gets its own defaults and ``overrides`` only.
+    anchors to it. ``overrides`` (nested dicts merge) have the last word. A model without a
+    ResNet backbone (``compact_fcn``) gets its own defaults and ``overrides`` only.
     """
     from ..models import model_task
 
