@@ -1,0 +1,42 @@
+"""The top-level package: ``nn``/``ops`` at import, the other subpackages on first use."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import deformconv
+
+LAZY = ("data", "engine", "models", "onnx", "runs", "viz")
+
+# In a fresh interpreter: what `import deformconv` loads, then attribute access.
+SCRIPT = """
+import sys
+import deformconv
+loaded = sorted(m for m in sys.modules if m.startswith("deformconv."))
+assert not [m for m in loaded if m.split(".")[1] in {lazy!r}], loaded
+assert "torchvision" not in sys.modules
+assert len(deformconv.data.SyntheticClassification(length=2)) == 2
+assert sys.modules["deformconv.data"] is deformconv.data
+"""
+
+
+def test_import_is_cheap_and_subpackages_load_on_first_use() -> None:
+    src = str(Path(deformconv.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", SCRIPT.format(lazy=set(LAZY))], check=True, env=env,
+                   timeout=120)
+
+
+def test_subpackages_are_listed_and_other_names_refused() -> None:
+    assert set(LAZY) | {"nn", "ops", "__version__"} <= set(dir(deformconv))
+    pytest.importorskip("torchvision")
+    assert callable(deformconv.models.create)  # as the README writes it
+    with pytest.raises(AttributeError, match="module 'deformconv' has no attribute 'cli_x'"):
+        deformconv.cli_x  # noqa: B018
+    with pytest.raises(AttributeError, match="has no attribute 'Scene'"):
+        deformconv.Scene  # noqa: B018
