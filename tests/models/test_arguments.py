@@ -95,3 +95,32 @@ def test_a_bad_detection_config_field_is_refused_at_construction(field, value, m
     with pytest.raises(ValueError, match=re.escape(message)):  # as an entry point's kwarg
         models.create("faster_rcnn_resnet18", 3, backbone_kwargs={"base_channels": 8},
                       **{field: value})
+
+
+@pytest.mark.parametrize(("name", "kwargs", "argument", "value"), [
+    ("resnet18", {"deformable": "no"}, "deformable", "'no'"),  # built the deformable model
+    ("resnet18", {"channels_last": 1}, "channels_last", "1"),
+    ("resnet18", {"modulated": "no", "deform_blocks": (0, 0, 0, 0)}, "modulated", "'no'"),
+    ("resnet18", {"zero_init_residual": "False"}, "zero_init_residual", "'False'"),
+    ("compact_fcn", {"modulated": "no", "deform_layers": 0}, "modulated", "'no'"),
+    ("deeplab_resnet18", {"deformable": 0}, "deformable", "0"),
+    ("faster_rcnn_resnet18", {"deformable_head": "no"}, "deformable_head", "'no'"),
+    ("faster_rcnn_resnet18", {"modulated_head": "no", "deformable_head": False},
+     "modulated_head", "'no'"),
+    ("rfcn_resnet18", {"deformable_head": "no"}, "deformable_head", "'no'"),
+    ("rfcn_resnet18", {"modulated_head": 1}, "modulated_head", "1"),
+])
+def test_bool_options_must_be_bools(name, kwargs, argument, value) -> None:
+    """bool('no') is True: create(..., deformable='no') built the deformable model."""
+    small = {"base_channels": 8} if name.startswith("resnet") else {}
+    if name.startswith(("faster", "rfcn", "deeplab")):
+        small = {"backbone_kwargs": {"base_channels": 8}}
+    with pytest.raises(TypeError, match=re.escape(
+            f"{argument} must be a bool (True or False), got {value}")):
+        models.create(name, 3, **small, **kwargs)
+
+
+def test_entry_points_check_deformable_when_called_directly() -> None:
+    with pytest.raises(TypeError, match=re.escape(
+            "deformable must be a bool (True or False), got 'no'")):
+        models.resnet.resnet18(3, deformable="no", base_channels=8)

@@ -67,6 +67,14 @@ def test_offset_groups_must_be_a_positive_int(offset_groups, error, message):
     assert not any(isinstance(m, DeformConv2d) for m in model.modules())
 
 
+def test_modulated_must_be_a_bool():
+    """modulated='no' made every converted conv modulated, halving its output."""
+    model = _resnet18()
+    with pytest.raises(TypeError, match=r"modulated must be a bool \(True or False\), got .no.$"):
+        convert_to_deformable(model, "layer4", modulated="no")
+    assert not any(isinstance(m, DeformConv2d) for m in model.modules())
+
+
 def test_offset_groups_must_divide_channels():
     model = _resnet18()
     with pytest.raises(ValueError, match=r"offset_groups \(3\).*'layer1.0.conv1'"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -127,6 +128,27 @@ class TestDeformConv2d:
         without the argument's name; True passed as 1."""
         with pytest.raises(TypeError, match=re.escape(message)):
             DeformConv2d(*args, **kwargs)
+
+    @pytest.mark.parametrize(("kwargs", "name", "value"), [
+        ({"modulated": "no"}, "modulated", "'no'"),
+        ({"modulated": 1}, "modulated", "1"),
+        ({"bias": "False"}, "bias", "'False'"),
+        ({"bias": None}, "bias", "None"),
+    ])
+    def test_bool_options_must_be_bools(self, kwargs, name, value):
+        """modulated='no' built a modulated layer (bool('no') is True)."""
+        with pytest.raises(TypeError, match=re.escape(
+                f"{name} must be a bool (True or False), got {value}")):
+            DeformConv2d(4, 6, 3, **kwargs)
+
+    def test_external_bias_must_be_a_bool(self):
+        with pytest.raises(TypeError, match=re.escape(
+                "bias must be a bool (True or False), got 'no'")):
+            DeformConv2dExternal(4, 6, 3, bias="no")
+
+    def test_numpy_bools_are_taken(self):
+        conv = DeformConv2d(4, 6, 3, bias=np.bool_(False), modulated=np.bool_(True))
+        assert conv.bias is None and conv.modulated is True
 
     @pytest.mark.parametrize("shape", [(2, 5, 7, 7), (4, 7, 7)])
     def test_wrong_input_is_reported_against_the_layer(self, shape):

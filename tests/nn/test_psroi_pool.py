@@ -141,6 +141,11 @@ class TestDeformPSRoIPool:
             DeformPSRoIPool(**{"in_channels": 5, "output_dim": 2, "group_size": K,
                                "spatial_scale": SCALE, **kwargs})
 
+    def test_modulated_must_be_a_bool(self):
+        with pytest.raises(TypeError, match=re.escape(
+                "modulated must be a bool (True or False), got 'no'")):
+            DeformPSRoIPool(5, 2, K, SCALE, modulated="no")
+
     def test_offset_classes_must_divide_output_dim(self):
         with pytest.raises(ValueError, match=r"offset_classes \(3\) must divide output_dim"):
             DeformPSRoIPool(5, 4, K, SCALE, offset_classes=3)

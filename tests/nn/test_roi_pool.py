@@ -108,6 +108,14 @@ class TestDeformRoIPool:
         with pytest.raises(error, match=re.escape(message)):
             DeformRoIPool(**{"in_channels": 3, "output_size": 2, **kwargs})
 
+    @pytest.mark.parametrize(("name", "value"), [("aligned", "False"), ("modulated", "no"),
+                                                 ("modulated", 1)])
+    def test_bool_options_must_be_bools(self, name, value):
+        """aligned='False' pooled aligned, modulated='no' predicted a mask."""
+        with pytest.raises(TypeError, match=re.escape(
+                f"{name} must be a bool (True or False), got {value!r}")):
+            DeformRoIPool(3, 2, **{name: value})
+
     def test_adaptive_sampling_ratio_is_accepted(self):
         assert DeformRoIPool(3, 2, sampling_ratio=0).sampling_ratio == 0
 

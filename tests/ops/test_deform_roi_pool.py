@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -391,6 +393,15 @@ def test_numpy_integers_are_taken_as_roi_align_takes_them():
     expected = deform_roi_pool(x, rois, output_size=3, sampling_ratio=2)
     got = deform_roi_pool(x, rois, output_size=np.int64(3), sampling_ratio=np.int32(2))
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("aligned", ["False", 0, None])
+def test_aligned_must_be_a_bool(aligned):
+    """aligned='False' pooled with aligned=True (bool('False') is True)."""
+    with pytest.raises(TypeError, match=re.escape(
+            f"aligned must be a bool (True or False), got {aligned!r}")):
+        deform_roi_pool(torch.randn(1, 2, 8, 8), torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]]),
+                        output_size=2, aligned=aligned)
 
 
 class TestRegisteredOpScalars:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..ops.arguments import boolean
 from .resnet import PAPER_DEFORM_BLOCKS, PLAIN_DEFORM_BLOCKS, ResNet
 
 
@@ -28,7 +29,7 @@ def build_backbone(layers: tuple[int, int, int, int], deformable: bool,
         "deform_blocks": PAPER_DEFORM_BLOCKS,
         **(backbone_kwargs or {}),
     }
-    if not deformable:
+    if not boolean(deformable, "deformable"):
         kwargs["deform_blocks"] = PLAIN_DEFORM_BLOCKS
     return ResNet(layers, 0, **kwargs)
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..conventions import TASKS
-from ..ops.arguments import count
+from ..ops.arguments import boolean, count
 
 __all__ = ["TASKS", "create", "list_models", "model_task", "register_model"]
 
@@ -72,6 +72,8 @@ def create(name: str, num_classes: int, deformable: bool = True, channels_last: 
     """
     _check_name(name)
     count(num_classes, "num_classes")
+    deformable = boolean(deformable, "deformable")
+    channels_last = boolean(channels_last, "channels_last")
     model = _ENTRY_POINTS[name](num_classes=num_classes, deformable=deformable, **kwargs)
     if channels_last:
         model.to(memory_format=torch.channels_last)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..conventions import IGNORE_INDEX
 from ..nn import DeformConv2d
+from ..ops.arguments import boolean
 from ._registry import register_model
 from ._segmentation import PixelClassifier
 
@@ -50,6 +51,7 @@ class CompactFCN(PixelClassifier):
                  modulated: bool = False, offset_groups: int = 1,
                  ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
+        modulated = boolean(modulated, "modulated")  # checked even with no deformable layer
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
         if len(widths) != len(strides) or not widths:
@@ -133,6 +135,6 @@ def compact_fcn(num_classes: int = 21, deformable: bool = True, **kwargs: object
                 ) -> CompactFCN:
     """:class:`CompactFCN` (five 3×3 layers at widths 24-48, output stride 4, the last three
     deformable); ``deformable=False`` gives the plain twin (``deform_layers=0``)."""
-    if not deformable:
+    if not boolean(deformable, "deformable"):
         kwargs["deform_layers"] = 0
     return CompactFCN(num_classes, **kwargs)  # type: ignore[arg-type]

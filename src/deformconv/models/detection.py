@@ -21,7 +21,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from ..ops.arguments import count, finite_float, integer
+from ..ops.arguments import boolean, count, finite_float, integer
 from ._backbone import build_backbone
 from .resnet import ResNet
 
@@ -199,6 +199,8 @@ def build_detector(cls: type[TwoStageDetector], layers: tuple[int, int, int, int
     """What detection entry points share: ``kwargs`` split into config and model options;
     ``deformable=False`` makes backbone and head plain whatever the options say."""
     config, model_kwargs = split_detection_kwargs(kwargs)
-    model_kwargs["deformable_head"] = deformable and model_kwargs.get("deformable_head", True)
+    deformable = boolean(deformable, "deformable")
+    head = boolean(model_kwargs.get("deformable_head", True), "deformable_head")
+    model_kwargs["deformable_head"] = deformable and head
     body = build_backbone(layers, deformable, backbone_kwargs)
     return cls(body, num_classes, config=config, **model_kwargs)

@@ -15,6 +15,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import RoIAlign
 
 from ..nn import DeformRoIPool
+from ..ops.arguments import boolean
 from ._backbone import basic
 from ._registry import register_model
 from .detection import HEAD_KEY, DetectionConfig, TwoStageDetector, build_detector
@@ -68,8 +69,9 @@ class FasterRCNN(TwoStageDetector):
     ) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background included), got {num_classes}")
+        boolean(modulated_head, "modulated_head")  # checked even for a plain head
         scale = 1.0 / body.output_stride
-        if deformable_head:
+        if boolean(deformable_head, "deformable_head"):
             pool: nn.Module = DeformRoIPool(
                 head_channels, pool_size, scale, sampling_ratio, gamma=0.1, aligned=True,
                 hidden_dims=offset_hidden_dims, modulated=modulated_head,

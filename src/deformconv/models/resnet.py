@@ -18,7 +18,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..nn import DeformConv2d, DeformConv2dBase, OffsetBranchMixin, offset_state_keys
-from ..ops.arguments import count
+from ..ops.arguments import boolean, count
 from ._registry import register_model
 
 __all__ = ["BLOCKS", "BasicBlock", "Bottleneck", "ResNet", "checkpoint_filter_fn",
@@ -256,6 +256,8 @@ class ResNet(nn.Module):
         super().__init__()
         block = _block(block)
         base_channels = count(base_channels, "base_channels")
+        modulated = boolean(modulated, "modulated")  # checked even with no deformable block
+        zero_init_residual = boolean(zero_init_residual, "zero_init_residual")
         if len(layers) != 4 or min(layers) < 1:
             raise ValueError(f"layers must be 4 positive block counts, got {tuple(layers)}")
         convs = tuple(n * block.convs for n in layers)
@@ -417,7 +419,7 @@ def _resnet(name: str, layers: tuple[int, int, int, int], num_classes: int, defo
                 f"of its options, got {fixed}={kwargs[fixed]!r}; build ResNet(layers, "
                 "num_classes, block=...) directly for another")
     kwargs.setdefault("deform_blocks", PAPER_DEFORM_BLOCKS)
-    if not deformable:
+    if not boolean(deformable, "deformable"):
         kwargs["deform_blocks"] = PLAIN_DEFORM_BLOCKS
     return ResNet(layers, num_classes, block=block, **kwargs)
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import DeformPSRoIPool, PSRoIPool
-from ..ops.arguments import rois_to_tensor
+from ..ops.arguments import boolean, rois_to_tensor
 from ._backbone import basic
 from ._registry import register_model
 from .detection import HEAD_KEY, DetectionConfig, TwoStageDetector, build_detector
@@ -112,8 +112,9 @@ class RFCN(TwoStageDetector):
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background included), got {num_classes}")
         pooler = _PositionSensitivePooler(
-            head_channels, num_classes, group_size, 1.0 / body.output_stride, deformable_head,
-            sample_per_part, trans_std, modulated_head, offset_lr_mult,
+            head_channels, num_classes, group_size, 1.0 / body.output_stride,
+            boolean(deformable_head, "deformable_head"), sample_per_part, trans_std,
+            boolean(modulated_head, "modulated_head"), offset_lr_mult,
         )
         super().__init__(body, head_channels, pooler, nn.Identity(), _VotePredictor(num_classes),
                          config or DetectionConfig())

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 
-from ..ops.arguments import count
+from ..ops.arguments import boolean, count
 from .deform_conv import DeformConv2d, DeformConv2dBase
 
 __all__ = ["convert_to_deformable"]
@@ -128,6 +128,7 @@ def convert_to_deformable(
         ['layer4.0.conv2', 'layer4.1.conv2', 'layer4.2.conv2']
     """
     count(offset_groups, "offset_groups")  # before dividing in_channels by it
+    boolean(modulated, "modulated")  # even when no conv is chosen
     _check_patterns(model, include)
     # The offset convs inside existing deformable layers are never converted themselves.
     # A conv registered under several names (shared, tied) is seen under each of them.

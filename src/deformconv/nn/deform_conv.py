@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import deform_conv2d
-from ..ops.arguments import pair
+from ..ops.arguments import boolean, pair
 from ._offset import (
     OffsetBranchMixin,
     ZeroInitConv2d,
@@ -74,7 +74,8 @@ class DeformConv2dBase(nn.Module):
         self.weight = nn.Parameter(
             torch.empty(out_channels, in_channels // groups, *self.kernel_size)
         )
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        has_bias = boolean(bias, "bias")
+        self.bias = nn.Parameter(torch.empty(out_channels)) if has_bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -183,11 +184,11 @@ class DeformConv2d(DeformConv2dBase, OffsetBranchMixin):
                 f"in_channels ({in_channels}) must be divisible by offset_groups ({offset_groups})"
             )
         self.offset_groups = offset_groups
-        self.modulated = modulated
+        self.modulated = boolean(modulated, "modulated")
         self.offset_lr_mult = offset_lr_mult
         points = offset_groups * self.kernel_size[0] * self.kernel_size[1]
         self.conv_offset = ZeroInitConv2d(
-            in_channels, (3 if modulated else 2) * points, self.kernel_size, self.stride,
+            in_channels, (3 if self.modulated else 2) * points, self.kernel_size, self.stride,
             self.padding, self.dilation,
         )
 

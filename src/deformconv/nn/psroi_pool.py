@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops.arguments import finite_float, rois_to_tensor
+from ..ops.arguments import boolean, finite_float, rois_to_tensor
 from ..ops.geometry import part_cells
 from ._offset import (
     OffsetBranchMixin,
@@ -136,9 +136,9 @@ class DeformPSRoIPool(PSRoIPool, OffsetBranchMixin):
         self.part_size = part_size
         self.trans_std = finite_float(trans_std, "trans_std")
         self.offset_classes = offset_classes
-        self.modulated = modulated
+        self.modulated = boolean(modulated, "modulated")
         self.offset_lr_mult = offset_lr_mult
-        maps = (3 if modulated else 2) * offset_classes * part_size**2
+        maps = (3 if self.modulated else 2) * offset_classes * part_size**2
         self.conv_offset = ZeroInitConv2d(in_channels, maps, kernel_size=1)
 
     @property

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops.arguments import finite_float, integer, pair, rois_to_tensor
+from ..ops.arguments import boolean, finite_float, integer, pair, rois_to_tensor
 from ._offset import (
     OffsetBranchMixin,
     ZeroInitLinear,
@@ -72,17 +72,17 @@ class DeformRoIPool(nn.Module, OffsetBranchMixin):
         self.spatial_scale = spatial_scale
         self.sampling_ratio = integer(sampling_ratio, "sampling_ratio")  # <= 0: adaptive
         self.gamma = finite_float(gamma, "gamma")
-        self.aligned = aligned
+        self.aligned = boolean(aligned, "aligned")
         self.hidden_dims = tuple(hidden_dims)
         check_counts(**{f"hidden_dims[{i}]": width for i, width in enumerate(self.hidden_dims)})
-        self.modulated = modulated
+        self.modulated = boolean(modulated, "modulated")
         self.offset_lr_mult = offset_lr_mult
         bins = self.output_size[0] * self.output_size[1]
         widths = [in_channels * bins, *self.hidden_dims]
         layers: list[nn.Module] = []
         for width_in, width_out in itertools.pairwise(widths):
             layers += [nn.Linear(width_in, width_out), nn.ReLU(inplace=True)]
-        layers.append(ZeroInitLinear(widths[-1], (3 if modulated else 2) * bins))
+        layers.append(ZeroInitLinear(widths[-1], (3 if self.modulated else 2) * bins))
         self.offset_fc = nn.Sequential(*layers)
 
     @property

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 
 import torch
 from torch import Tensor
 
-__all__ = ["count", "finite_float", "integer", "is_integer", "memory_format", "pair",
+__all__ = ["boolean", "count", "finite_float", "integer", "is_integer", "memory_format", "pair",
            "rois_to_tensor"]
+
+
+def boolean(value: object, name: str) -> bool:
+    """``value`` as a Python bool, refused with a ``TypeError`` naming ``name`` unless a bool
+    (Python's or NumPy's): ``bool("no")`` is True, so a truthy string or number would turn
+    an option on."""
+    if isinstance(value, bool):
+        return value
+    numpy = sys.modules.get("numpy")  # a NumPy bool exists only once NumPy is imported
+    if numpy is not None and isinstance(value, numpy.bool_):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
 
 
 def is_integer(value: object) -> bool:

@@ -24,7 +24,7 @@ from ._checks import (
     float32_under_autocast,
 )
 from ._library import OpParts, define_op, no_feature_cells, zeroed
-from .arguments import finite_float, integer, pair, rois_to_tensor
+from .arguments import boolean, finite_float, integer, pair, rois_to_tensor
 from .geometry import roi_align_grid
 
 __all__ = ["deform_roi_pool"]
@@ -213,6 +213,7 @@ def deform_roi_pool(
     sampling_ratio = integer(sampling_ratio, "sampling_ratio")
     spatial_scale = finite_float(spatial_scale, "spatial_scale", positive=True)
     gamma = finite_float(gamma, "gamma")
+    aligned = boolean(aligned, "aligned")
     rois = rois_to_tensor(rois)
     if isinstance(input, Tensor):
         input, rois, offset, mask = float32_under_autocast(
@@ -222,5 +223,5 @@ def deform_roi_pool(
         input.contiguous(), rois.to(compute_dtype(input.dtype)).contiguous(),
         None if offset is None else offset.contiguous(),
         None if mask is None else mask.contiguous(),
-        *pooled, spatial_scale, sampling_ratio, gamma, bool(aligned),
+        *pooled, spatial_scale, sampling_ratio, gamma, aligned,
     )
