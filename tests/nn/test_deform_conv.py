@@ -158,6 +158,18 @@ class TestDeformConv2d:
             conv(torch.randn(shape))
 
 
+    @pytest.mark.parametrize("modulated", [False, True])
+    def test_an_input_smaller_than_the_kernel_gets_the_ops_message(self, modulated):
+        """The offset conv ran first and failed with torch's message about its own
+        kernel ('Kernel size can't be greater than actual input size')."""
+        conv = DeformConv2d(4, 6, 3, padding=1, dilation=(3, 1), modulated=modulated)
+        message = ("input of spatial size (4, 5) is too small for kernel (3, 3) with padding "
+                   "(1, 1) and dilation (3, 1): output size would be (0, 5)")
+        with pytest.raises(ValueError, match=re.escape(message)):
+            conv(torch.randn(2, 4, 4, 5))
+        assert conv(torch.randn(2, 4, 5, 5)).shape == (2, 6, 1, 5)  # the smallest that fits
+
+
 class TestDeformConv2dExternal:
     def test_matches_reference_with_given_offset_and_mask(self):
         conv = DeformConv2dExternal(6, 4, (3, 2), stride=(2, 1), padding=(1, 0), groups=2)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..ops import deform_conv2d
 from ..ops.arguments import boolean, pair
+from ..ops.deform_conv import output_size
 from ._offset import (
     OffsetBranchMixin,
     ZeroInitConv2d,
@@ -88,10 +89,16 @@ class DeformConv2dBase(nn.Module):
 
     def check_input(self, input: Tensor) -> None:
         """Refuse an input of another channel count, as ``nn.Conv2d`` does (the op would
-        take it as another grouping); a Proxy (FX tracing) has no shape to check."""
-        if isinstance(input, Tensor) and (input.dim() != 4 or input.shape[1] != self.in_channels):
+        take it as another grouping), or smaller than the dilated kernel (with the op's
+        message, before an offset conv fails on it with torch's); a Proxy (FX tracing) has
+        no shape to check."""
+        if not isinstance(input, Tensor):
+            return
+        if input.dim() != 4 or input.shape[1] != self.in_channels:
             raise ValueError(f"input must have shape (N, {self.in_channels}, H, W) for "
                              f"in_channels={self.in_channels}, got {tuple(input.shape)}")
+        output_size((input.shape[2], input.shape[3]), self.kernel_size, self.stride,
+                    self.padding, self.dilation)
 
     def deform_conv(self, input: Tensor, offset: Tensor, mask: Tensor | None) -> Tensor:
         """:func:`deformconv.ops.deform_conv2d` with this layer's weight, bias and geometry."""

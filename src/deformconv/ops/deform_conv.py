@@ -118,6 +118,23 @@ def _output_size(size: int, kernel: int, stride: int, pad: int, dil: int) -> int
     return (size + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
 
 
+def output_size(input_size: tuple[int, int], kernel_size: tuple[int, int],
+                stride: tuple[int, int], padding: tuple[int, int],
+                dilation: tuple[int, int]) -> tuple[int, int]:
+    """``(Hout, Wout)`` of a conv over an ``input_size`` (H, W) image; a ``ValueError``
+    naming the sizes when the padded image is smaller than the dilated kernel."""
+    height, width = input_size
+    hout = _output_size(height, kernel_size[0], stride[0], padding[0], dilation[0])
+    wout = _output_size(width, kernel_size[1], stride[1], padding[1], dilation[1])
+    if hout < 1 or wout < 1:
+        raise ValueError(
+            f"input of spatial size {(height, width)} is too small for kernel "
+            f"{tuple(kernel_size)} with padding {padding} and dilation {dilation}: output "
+            f"size would be {(hout, wout)}"
+        )
+    return hout, wout
+
+
 def _check_arguments(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
                      mask: Tensor | None, stride: tuple[int, int], padding: tuple[int, int],
                      dilation: tuple[int, int]) -> None:
@@ -152,13 +169,7 @@ def _check_arguments(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor
         )
     if bias is not None and bias.shape[0] != cout:
         raise ValueError(f"bias.shape is not valid: got {tuple(bias.shape)}, expected ({cout},)")
-    hout = _output_size(height, kh, stride[0], padding[0], dilation[0])
-    wout = _output_size(width, kw, stride[1], padding[1], dilation[1])
-    if hout < 1 or wout < 1:
-        raise ValueError(
-            f"input of spatial size {(height, width)} is too small for kernel {(kh, kw)} with "
-            f"padding {padding} and dilation {dilation}: output size would be {(hout, wout)}"
-        )
+    hout, wout = output_size((height, width), (kh, kw), stride, padding, dilation)
     kk = kh * kw
     if offset.shape[1] == 0 or offset.shape[1] % (2 * kk):
         raise ValueError(
