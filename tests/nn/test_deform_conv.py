@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deformconv.nn import DeformConv2d, DeformConv2dBase, DeformConv2dExternal
+from deformconv.nn import DeformConv2d, DeformConv2dBase, DeformConv2dExternal, offset_state_keys
 from deformconv.ops import NaNOffsetError, reference
 
 # (in, out, kernel, stride, padding, dilation, groups, offset_groups): awkward on purpose.
@@ -168,6 +168,21 @@ class TestDeformConv2d:
         with pytest.raises(ValueError, match=re.escape(message)):
             conv(torch.randn(2, 4, 4, 5))
         assert conv(torch.randn(2, 4, 5, 5)).shape == (2, 6, 1, 5)  # the smallest that fits
+
+
+    def test_a_conv2d_state_dict_loads_as_the_docstring_says(self):
+        """The docstring claimed a Conv2d state_dict loads; DeformConv2d needs strict=False,
+        with exactly its offset branch missing, and then computes the conv."""
+        conv = nn.Conv2d(4, 6, 3, padding=1)
+        deform = DeformConv2d(4, 6, 3, padding=1, offset_groups=2)
+        with pytest.raises(RuntimeError, match=r"Missing key.*conv_offset\.weight"):
+            deform.load_state_dict(conv.state_dict())
+        missing = deform.load_state_dict(conv.state_dict(), strict=False).missing_keys
+        assert set(missing) == offset_state_keys(deform)
+        x = torch.randn(2, 4, 7, 6)
+        torch.testing.assert_close(deform(x), conv(x), rtol=1e-5, atol=1e-5)
+        DeformConv2d(4, 6, 3, padding=1, offset_groups=2).load_state_dict(deform.state_dict())
+        DeformConv2dExternal(4, 6, 3, padding=1).load_state_dict(conv.state_dict())
 
 
 class TestDeformConv2dExternal:

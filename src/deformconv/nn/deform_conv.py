@@ -35,8 +35,17 @@ class DeformConv2dBase(nn.Module):
     come from (:class:`DeformConv2dExternal`: the caller, :class:`DeformConv2d`: its own
     offset conv).
 
-    Parameters ``weight`` and ``bias`` are laid out and initialised like ``nn.Conv2d``'s, so a
-    Conv2d state_dict loads into it.
+    Parameters ``weight`` and ``bias`` have ``nn.Conv2d``'s names, shapes and init, so a
+    Conv2d's state_dict loads as it is into :class:`DeformConv2dExternal`. It lacks the
+    offset branch of :class:`DeformConv2d`: load it there with ``strict=False``, and expect
+    exactly :func:`deformconv.nn.offset_state_keys` missing (the branch keeps its zero init,
+    so a non-modulated layer computes the conv); a strict load refuses it, as it refuses
+    any checkpoint of the plain twin::
+
+        >>> conv = nn.Conv2d(8, 4, 3, padding=1)
+        >>> deform = DeformConv2d(8, 4, 3, padding=1)
+        >>> deform.load_state_dict(conv.state_dict(), strict=False).missing_keys
+        ['conv_offset.weight', 'conv_offset.bias']
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as in
