@@ -170,6 +170,21 @@ class TestDeformConv2d:
         assert conv(torch.randn(2, 4, 5, 5)).shape == (2, 6, 1, 5)  # the smallest that fits
 
 
+    @pytest.mark.parametrize("cls", [DeformConv2d, DeformConv2dExternal])
+    @pytest.mark.parametrize(("factory", "expected"), [
+        ({"device": "meta"}, (torch.device("meta"), torch.float32)),
+        ({"dtype": torch.float64}, (torch.device("cpu"), torch.float64)),
+    ])
+    def test_device_and_dtype_factory_kwargs(self, cls, factory, expected):
+        """As nn.Conv2d's: they were refused ('unexpected keyword argument')."""
+        conv = cls(4, 6, 3, padding=1, **factory)
+        assert {(p.device, p.dtype) for p in conv.parameters()} == {expected}
+        if factory.get("dtype") is torch.float64:  # built so, it still starts as the conv
+            x = torch.randn(1, 4, 5, 5, dtype=torch.float64)
+            plain = F.conv2d(x, conv.weight, conv.bias, padding=1)
+            out = conv(x) if cls is DeformConv2d else conv(x, x.new_zeros(1, 18, 5, 5))
+            torch.testing.assert_close(out, plain)
+
     def test_a_conv2d_state_dict_loads_as_the_docstring_says(self):
         """The docstring claimed a Conv2d state_dict loads; DeformConv2d needs strict=False,
         with exactly its offset branch missing, and then computes the conv."""

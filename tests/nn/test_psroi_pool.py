@@ -141,6 +141,14 @@ class TestDeformPSRoIPool:
             DeformPSRoIPool(**{"in_channels": 5, "output_dim": 2, "group_size": K,
                                "spatial_scale": SCALE, **kwargs})
 
+    @pytest.mark.parametrize(("factory", "expected"), [
+        ({"device": "meta"}, (torch.device("meta"), torch.float32)),
+        ({"dtype": torch.float64}, (torch.device("cpu"), torch.float64)),
+    ])
+    def test_device_and_dtype_factory_kwargs(self, factory, expected):
+        pool = DeformPSRoIPool(5, 2, K, SCALE, modulated=True, **factory)
+        assert {(p.device, p.dtype) for p in pool.parameters()} == {expected}
+
     def test_modulated_must_be_a_bool(self):
         with pytest.raises(TypeError, match=re.escape(
                 "modulated must be a bool (True or False), got 'no'")):

@@ -116,6 +116,14 @@ class TestDeformRoIPool:
                 f"{name} must be a bool (True or False), got {value!r}")):
             DeformRoIPool(3, 2, **{name: value})
 
+    @pytest.mark.parametrize(("factory", "expected"), [
+        ({"device": "meta"}, (torch.device("meta"), torch.float32)),
+        ({"dtype": torch.float64}, (torch.device("cpu"), torch.float64)),
+    ])
+    def test_device_and_dtype_factory_kwargs(self, factory, expected):
+        pool = DeformRoIPool(3, 2, hidden_dims=(8,), modulated=True, **factory)
+        assert {(p.device, p.dtype) for p in pool.parameters()} == {expected}
+
     def test_adaptive_sampling_ratio_is_accepted(self):
         assert DeformRoIPool(3, 2, sampling_ratio=0).sampling_ratio == 0
 

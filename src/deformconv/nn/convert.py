@@ -167,8 +167,9 @@ def _deformable_twin(conv: nn.Conv2d, **offset_settings: object) -> DeformConv2d
     deform = DeformConv2d(
         conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
         _zero_padding(conv), conv.dilation, conv.groups, conv.bias is not None,
+        device=conv.weight.device, dtype=conv.weight.dtype,
         **offset_settings,  # type: ignore[arg-type]
-    ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    )
     deform.weight = conv.weight
     deform.bias = conv.bias
     deform.train(conv.training)

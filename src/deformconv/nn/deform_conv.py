@@ -50,6 +50,7 @@ class DeformConv2dBase(nn.Module):
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as in
             ``nn.Conv2d`` (zero padding only).
+        device, dtype: of the parameters, as in ``nn.Conv2d`` (keyword-only).
     """
 
     def __init__(
@@ -62,6 +63,9 @@ class DeformConv2dBase(nn.Module):
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         bias: bool = True,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         check_counts(in_channels=in_channels, out_channels=out_channels, groups=groups)
@@ -81,11 +85,12 @@ class DeformConv2dBase(nn.Module):
         if min(self.padding) < 0:
             raise ValueError(f"padding must be >= 0, got {self.padding}")
         self.groups = groups
+        factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(
-            torch.empty(out_channels, in_channels // groups, *self.kernel_size)
+            torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory)
         )
         has_bias = boolean(bias, "bias")
-        self.bias = nn.Parameter(torch.empty(out_channels)) if has_bias else None
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if has_bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -159,8 +164,8 @@ class DeformConv2d(DeformConv2dBase, OffsetBranchMixin):
     mask is ``sigmoid(0) = 0.5`` (Zhu et al. 2019), and it scales the samples, not the bias.
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as in
-            ``nn.Conv2d``.
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            device, dtype: as in ``nn.Conv2d`` (see :class:`DeformConv2dBase`).
         offset_groups: G, groups of input channels sharing one offset field.
         modulated: also predict a per-sample modulation mask (DCN v2).
         offset_lr_mult: learning-rate multiplier (finite, >= 0) of the offset branch, applied by
@@ -191,9 +196,11 @@ class DeformConv2d(DeformConv2dBase, OffsetBranchMixin):
         offset_groups: int = 1,
         modulated: bool = False,
         offset_lr_mult: float = 1.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias)
+                         groups, bias, device=device, dtype=dtype)
         check_counts(offset_groups=offset_groups)
         if in_channels % offset_groups:
             raise ValueError(
@@ -205,7 +212,7 @@ class DeformConv2d(DeformConv2dBase, OffsetBranchMixin):
         points = offset_groups * self.kernel_size[0] * self.kernel_size[1]
         self.conv_offset = ZeroInitConv2d(
             in_channels, (3 if self.modulated else 2) * points, self.kernel_size, self.stride,
-            self.padding, self.dilation,
+            self.padding, self.dilation, device=device, dtype=dtype,
         )
 
     @property

@@ -104,6 +104,7 @@ class DeformPSRoIPool(PSRoIPool, OffsetBranchMixin):
         offset_classes: number of offset sets; must divide ``output_dim``.
         modulated: also predict a modulation mask.
         offset_lr_mult: learning-rate multiplier (finite, >= 0) of ``conv_offset``.
+        device, dtype: of ``conv_offset``'s parameters, as in ``nn.Conv2d``.
 
     Shape:
         ``forward(input (N, output_dim*k², H, W), rois (K, 5) or list of (Ki, 4),
@@ -124,6 +125,8 @@ class DeformPSRoIPool(PSRoIPool, OffsetBranchMixin):
         offset_classes: int = 1,
         modulated: bool = False,
         offset_lr_mult: float = 1.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(output_dim, group_size, spatial_scale, pooled_size, sample_per_part)
         part_size = self.pooled_size if part_size is None else part_size
@@ -139,7 +142,8 @@ class DeformPSRoIPool(PSRoIPool, OffsetBranchMixin):
         self.modulated = boolean(modulated, "modulated")
         self.offset_lr_mult = offset_lr_mult
         maps = (3 if self.modulated else 2) * offset_classes * part_size**2
-        self.conv_offset = ZeroInitConv2d(in_channels, maps, kernel_size=1)
+        self.conv_offset = ZeroInitConv2d(in_channels, maps, kernel_size=1, device=device,
+                                          dtype=dtype)
 
     @property
     def offset_branch(self) -> nn.Module:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from .. import ops
@@ -44,6 +45,7 @@ class DeformRoIPool(nn.Module, OffsetBranchMixin):
             original single layer; mmcv's DeformRoIPoolPack uses ``(1024, 1024)``.
         modulated: also predict a per-bin modulation mask (DCN v2).
         offset_lr_mult: learning-rate multiplier (finite, >= 0) of the fc layers (paper: 0.01).
+        device, dtype: of the fc layers' parameters, as in ``nn.Linear``.
 
     Shape:
         ``forward(input (N, C, H, W), rois (K, 5) or list of (Ki, 4)) -> (K, C, ph, pw)``;
@@ -62,6 +64,8 @@ class DeformRoIPool(nn.Module, OffsetBranchMixin):
         hidden_dims: Sequence[int] = (),
         modulated: bool = False,
         offset_lr_mult: float = 0.01,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         check_counts(in_channels=in_channels)
@@ -79,10 +83,11 @@ class DeformRoIPool(nn.Module, OffsetBranchMixin):
         self.offset_lr_mult = offset_lr_mult
         bins = self.output_size[0] * self.output_size[1]
         widths = [in_channels * bins, *self.hidden_dims]
+        factory = {"device": device, "dtype": dtype}
         layers: list[nn.Module] = []
         for width_in, width_out in itertools.pairwise(widths):
-            layers += [nn.Linear(width_in, width_out), nn.ReLU(inplace=True)]
-        layers.append(ZeroInitLinear(widths[-1], (3 if self.modulated else 2) * bins))
+            layers += [nn.Linear(width_in, width_out, **factory), nn.ReLU(inplace=True)]
+        layers.append(ZeroInitLinear(widths[-1], (3 if self.modulated else 2) * bins, **factory))
         self.offset_fc = nn.Sequential(*layers)
 
     @property
