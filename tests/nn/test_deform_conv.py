@@ -170,6 +170,35 @@ class TestDeformConv2d:
         assert conv(torch.randn(2, 4, 5, 5)).shape == (2, 6, 1, 5)  # the smallest that fits
 
 
+    @pytest.mark.parametrize(("kernel", "dilation", "padding"), [
+        (3, 1, (1, 1)), (3, 2, (2, 2)), ((3, 5), (2, 1), (2, 2)), (4, 2, (3, 3)), (1, 1, (0, 0)),
+    ])
+    def test_same_padding_keeps_the_size_as_in_conv2d(self, kernel, dilation, padding):
+        """padding='same' was refused ('padding must be an int or a pair of ints')."""
+        conv = DeformConv2d(4, 6, kernel, padding="same", dilation=dilation)
+        assert conv.padding == padding
+        plain = nn.Conv2d(4, 6, kernel, padding="same", dilation=dilation)
+        plain.load_state_dict({k: v for k, v in conv.state_dict().items() if "offset" not in k})
+        x = torch.randn(2, 4, 9, 8)
+        assert conv(x).shape == (2, 6, 9, 8)
+        torch.testing.assert_close(conv(x), plain(x), rtol=1e-5, atol=1e-5)
+
+    def test_valid_padding_is_zero(self):
+        conv = DeformConv2d(4, 6, 3, stride=2, padding="valid")
+        assert conv.padding == (0, 0) and conv(torch.randn(1, 4, 9, 8)).shape == (1, 6, 4, 3)
+
+    @pytest.mark.parametrize(("kwargs", "message"), [
+        ({"padding": "same", "stride": 2}, "padding='same' needs stride 1, as in nn.Conv2d, "
+         "got stride=(2, 2)"),
+        ({"padding": "same", "kernel_size": (3, 2)}, "padding='same' with kernel_size=(3, 2) "
+         "and dilation=(1, 1) pads one side more than the other"),
+        ({"padding": "full"}, "padding must be an int, a pair of ints, 'same' or 'valid', "
+         "got 'full'"),
+    ])
+    def test_string_paddings_it_cannot_give_are_refused(self, kwargs, message):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            DeformConv2d(4, 6, **{"kernel_size": 3, **kwargs})
+
     @pytest.mark.parametrize("cls", [DeformConv2d, DeformConv2dExternal])
     @pytest.mark.parametrize(("factory", "expected"), [
         ({"device": "meta"}, (torch.device("meta"), torch.float32)),

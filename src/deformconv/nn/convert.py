@@ -11,7 +11,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 
 from ..ops.arguments import boolean, count
-from .deform_conv import DeformConv2d, DeformConv2dBase
+from .deform_conv import DeformConv2d, DeformConv2dBase, same_padding
 
 __all__ = ["convert_to_deformable"]
 
@@ -21,17 +21,6 @@ Selector = str | Sequence[str] | Callable[[str, nn.Conv2d], bool]
 def _is_candidate(module: nn.Module) -> bool:
     """2-D convs with a kernel larger than 1×1 (1×1 has nothing to deform)."""
     return isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1)
-
-
-def _zero_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
-    """The conv's padding as (ph, pw) on both sides; None for a ``"same"`` padding that
-    pads one side more (an odd total)."""
-    if not isinstance(conv.padding, str):
-        return conv.padding  # type: ignore[return-value]
-    if conv.padding == "valid":
-        return (0, 0)
-    totals = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
-    return None if any(t % 2 for t in totals) else (totals[0] // 2, totals[1] // 2)
 
 
 def _unconvertible(conv: nn.Conv2d) -> str | None:
@@ -47,7 +36,7 @@ def _unconvertible(conv: nn.Conv2d) -> str | None:
         return "it has a parametrization or forward hooks (weight_norm, spectral_norm, ...)"
     if conv.padding_mode != "zeros":
         return f"padding_mode={conv.padding_mode!r} (deformable sampling pads with zeros)"
-    if _zero_padding(conv) is None:
+    if conv.padding == "same" and same_padding(conv.kernel_size, conv.dilation) is None:
         return "padding='same' pads one side more than the other"
     return None
 
@@ -166,7 +155,7 @@ def _deformable_twin(conv: nn.Conv2d, **offset_settings: object) -> DeformConv2d
     """A :class:`DeformConv2d` sharing ``conv``'s parameters and geometry, offsets at zero."""
     deform = DeformConv2d(
         conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-        _zero_padding(conv), conv.dilation, conv.groups, conv.bias is not None,
+        conv.padding, conv.dilation, conv.groups, conv.bias is not None,
         device=conv.weight.device, dtype=conv.weight.dtype,
         **offset_settings,  # type: ignore[arg-type]
     )

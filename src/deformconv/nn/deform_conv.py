@@ -30,6 +30,15 @@ __all__ = ["DeformConv2d", "DeformConv2dBase", "DeformConv2dExternal"]
 torch.fx.wrap("deform_conv2d")
 
 
+def same_padding(kernel_size: tuple[int, int], dilation: tuple[int, int]
+                 ) -> tuple[int, int] | None:
+    """The (ph, pw) padding on both sides that keeps a stride-1 conv's output at its input
+    size (``padding="same"``); None where that needs one side padded more (an odd
+    ``dilation * (kernel_size - 1)``)."""
+    totals = [d * (k - 1) for d, k in zip(dilation, kernel_size, strict=True)]
+    return None if any(t % 2 for t in totals) else (totals[0] // 2, totals[1] // 2)
+
+
 class DeformConv2dBase(nn.Module):
     """The weight, bias and geometry of a deformable conv; subclasses say where the offsets
     come from (:class:`DeformConv2dExternal`: the caller, :class:`DeformConv2d`: its own
@@ -49,7 +58,9 @@ class DeformConv2dBase(nn.Module):
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as in
-            ``nn.Conv2d`` (zero padding only).
+            ``nn.Conv2d`` (zero padding only). ``padding="valid"`` is 0; ``padding="same"``
+            needs stride 1 and an odd ``dilation * (kernel_size - 1) + 1`` (a kernel padded
+            equally on both sides); ``self.padding`` holds the pair either resolves to.
         device, dtype: of the parameters, as in ``nn.Conv2d`` (keyword-only).
     """
 
@@ -59,7 +70,7 @@ class DeformConv2dBase(nn.Module):
         out_channels: int,
         kernel_size: int | tuple[int, int],
         stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] = 0,
+        padding: int | tuple[int, int] | str = 0,
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         bias: bool = True,
@@ -78,10 +89,10 @@ class DeformConv2dBase(nn.Module):
         self.out_channels = out_channels
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = pair(stride, "stride")
-        self.padding = pair(padding, "padding")
         self.dilation = pair(dilation, "dilation")
         check_positive(kernel_size=self.kernel_size, stride=self.stride,
                        dilation=self.dilation)
+        self.padding = self._padding(padding)
         if min(self.padding) < 0:
             raise ValueError(f"padding must be >= 0, got {self.padding}")
         self.groups = groups
@@ -92,6 +103,27 @@ class DeformConv2dBase(nn.Module):
         has_bias = boolean(bias, "bias")
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if has_bias else None
         self.reset_parameters()
+
+    def _padding(self, padding: int | tuple[int, int] | str) -> tuple[int, int]:
+        """``padding`` as (ph, pw), ``"valid"`` and ``"same"`` resolved as ``nn.Conv2d``
+        resolves them (``"same"``: stride 1 only, and here an even padded total only)."""
+        if not isinstance(padding, str):
+            return pair(padding, "padding")
+        if padding == "valid":
+            return (0, 0)
+        if padding != "same":
+            raise ValueError(f"padding must be an int, a pair of ints, 'same' or 'valid', "
+                             f"got {padding!r}")
+        if self.stride != (1, 1):
+            raise ValueError(f"padding='same' needs stride 1, as in nn.Conv2d, got stride="
+                             f"{self.stride}")
+        same = same_padding(self.kernel_size, self.dilation)
+        if same is None:
+            raise ValueError(
+                f"padding='same' with kernel_size={self.kernel_size} and dilation="
+                f"{self.dilation} pads one side more than the other (dilation * (kernel_size - "
+                "1) is odd); the deformable conv pads both sides equally")
+        return same
 
     def reset_parameters(self) -> None:
         # nn.Conv2d's default init, so deformable and plain twins start from the same law.
@@ -188,7 +220,7 @@ class DeformConv2d(DeformConv2dBase, OffsetBranchMixin):
         out_channels: int,
         kernel_size: int | tuple[int, int],
         stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] = 0,
+        padding: int | tuple[int, int] | str = 0,
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         bias: bool = True,
