@@ -229,6 +229,21 @@ class TestDeformConv2d:
         DeformConv2dExternal(4, 6, 3, padding=1).load_state_dict(conv.state_dict())
 
 
+    @pytest.mark.parametrize("modulated", [False, True])
+    def test_an_mmcv_pack_state_dict_loads_strictly(self, modulated):
+        """README's porting table: mmcv's DeformConv2dPack (no bias) and
+        ModulatedDeformConv2dPack keep weight, bias and conv_offset.* with our shapes (3
+        groups of 2x3 kernel points here)."""
+        offsets = (3 if modulated else 2) * 3 * 6
+        state = {"weight": torch.randn(8, 3, 2, 3), "conv_offset.weight": torch.randn(
+            offsets, 6, 2, 3), "conv_offset.bias": torch.randn(offsets)}
+        if modulated:
+            state["bias"] = torch.randn(8)
+        conv = DeformConv2d(6, 8, (2, 3), padding=1, groups=2, bias=modulated, offset_groups=3,
+                            modulated=modulated)
+        conv.load_state_dict(state)
+
+
 class TestDeformConv2dExternal:
     def test_matches_reference_with_given_offset_and_mask(self):
         conv = DeformConv2dExternal(6, 4, (3, 2), stride=(2, 1), padding=(1, 0), groups=2)
@@ -245,6 +260,17 @@ class TestDeformConv2dExternal:
         conv.load_state_dict(plain.state_dict())
         x = torch.randn(1, 4, 5, 5)
         torch.testing.assert_close(conv(x, torch.zeros(1, 18, 5, 5)), plain(x),
+                                   rtol=1e-5, atol=1e-5)
+
+    def test_is_torchvisions_deform_conv2d_with_its_state_dict(self):
+        """README's porting table: same arguments, state dict, forward and layouts."""
+        torchvision = pytest.importorskip("torchvision")
+        theirs = torchvision.ops.DeformConv2d(4, 6, 3, 1, 1, 1, 2, True)
+        ours = DeformConv2dExternal(4, 6, 3, 1, 1, 1, 2, True)
+        ours.load_state_dict(theirs.state_dict())
+        x, offset, mask = (torch.randn(1, 4, 7, 7), torch.randn(1, 2 * 2 * 9, 7, 7),
+                           torch.rand(1, 2 * 9, 7, 7))
+        torch.testing.assert_close(ours(x, offset, mask), theirs(x, offset, mask),
                                    rtol=1e-5, atol=1e-5)
 
     def test_wrong_offset_shape_is_reported(self):

@@ -40,7 +40,8 @@ class DeformRoIPool(nn.Module, OffsetBranchMixin):
         spatial_scale: feature size / image size (1/16 for a stride-16 map).
         sampling_ratio: samples per bin side; 0 or less (torchvision's -1) = adaptive.
         gamma: offset scale γ (paper: 0.1).
-        aligned: RoIAlign's half-pixel shift.
+        aligned: RoIAlign's half-pixel shift (True here, False by default in torchvision's
+            ``RoIAlign``).
         hidden_dims: widths (ints > 0) of hidden fc layers before the offset layer. ``()`` is the
             original single layer; mmcv's DeformRoIPoolPack uses ``(1024, 1024)``.
         modulated: also predict a per-bin modulation mask (DCN v2).

@@ -192,7 +192,8 @@ def deform_roi_pool(
         sampling_ratio (int): samples per bin side; 0 or less (torchvision's -1) picks
             ``ceil(roi_size / output_size)``; at most 8192.
         gamma (float): offset scale γ (paper: 0.1).
-        aligned (bool): shift RoIs by -0.5 pixel (torchvision's ``aligned=True``).
+        aligned (bool): shift RoIs by -0.5 pixel (torchvision's ``aligned=True``; its
+            ``roi_align`` defaults to False).
         mask (Tensor[K, 1, ph, pw] or None): multiplies each bin (modulated pooling, DCN v2).
 
     Returns:
