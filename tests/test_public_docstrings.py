@@ -32,9 +32,14 @@ def args_entries(doc: str) -> set[str] | None:
         return None
     indent = len(lines[start]) - len(lines[start].lstrip())
     names: set[str] = set()
+    pending = ""  # an entry's names that go on past the end of a line: "a, b,\n    c: ..."
     for line in lines[start + 1:]:
         if line.strip() and len(line) - len(line.lstrip()) <= indent:
             break
+        line, pending = pending + line.lstrip() if pending else line, ""
+        if re.fullmatch(rf" {{{indent + 4}}}[\w*, ]+,", line):
+            pending = line + " "
+            continue
         entry = re.match(rf"^ {{{indent + 4}}}([\w*, ]+?)(?: \(.*\))?:", line)
         if entry:
             names |= {name.strip().lstrip("*") for name in entry.group(1).split(",")}
