@@ -6,6 +6,7 @@ import math
 import re
 
 import pytest
+import torch
 
 from deformconv import models
 
@@ -78,11 +79,14 @@ def test_backbone_kwargs_cannot_set_what_the_entry_point_fixes(fixed) -> None:
     ("aspect_ratios", (0.0,), "aspect_ratios must be a non-empty sequence of finite numbers "
      "> 0, got (0.0,)"),
     # these failed at the first forward pass, in torch's interpolate or conv
-    ("min_size", 0, "min_size must be > 0, got 0"),
-    ("max_size", -5, "max_size must be > 0, got -5"),
+    ("min_size", 0, "min_size must be a finite number > 0, got 0"),
+    ("max_size", -5, "max_size must be a finite number > 0, got -5"),
     ("min_size", 2000, "min_size must be <= max_size (1000), got 2000"),
-    ("anchor_sizes", (), "anchor_sizes must be a non-empty sequence of ints > 0, got ()"),
-    ("anchor_sizes", (8.5,), "anchor_sizes must be a non-empty sequence of ints > 0"),
+    ("min_size", [96, 2000], "min_size must be <= max_size (1000), got [96, 2000]"),
+    ("min_size", [], "min_size must be a non-empty sequence of finite numbers > 0, got []"),
+    ("anchor_sizes", (), "anchor_sizes must be a non-empty sequence of finite numbers > 0, "
+     "got ()"),
+    ("anchor_sizes", (8, -1), "anchor_sizes must be a non-empty sequence of finite numbers > 0"),
     ("rpn_post_nms_top_n_train", 0, "rpn_post_nms_top_n_train must be > 0, got 0"),
     ("rpn_nms_thresh", math.nan, "rpn_nms_thresh must be a number in [0, 1], got nan"),
     ("box_score_thresh", 1.5, "box_score_thresh must be a finite number <= 1, got 1.5"),
@@ -95,6 +99,17 @@ def test_a_bad_detection_config_field_is_refused_at_construction(field, value, m
     with pytest.raises(ValueError, match=re.escape(message)):  # as an entry point's kwarg
         models.create("faster_rcnn_resnet18", 3, backbone_kwargs={"base_channels": 8},
                       **{field: value})
+
+
+def test_a_detector_takes_torchvision_s_multi_scale_min_size_and_float_anchor_sizes() -> None:
+    """torchvision's transform draws one of several shorter sides per training batch and
+    takes float anchor sizes; the config's checks refused both for a while."""
+    model = models.create("faster_rcnn_resnet18", 3, min_size=[96, 112, 128], max_size=128,
+                          anchor_sizes=(16.0, 32.0), backbone_kwargs={"base_channels": 8})
+    assert tuple(model.transform.min_size) == (96, 112, 128)
+    with torch.no_grad():
+        detections = model.eval()([torch.rand(3, 100, 120)])
+    assert len(detections) == 1 and detections[0]["boxes"].shape[1] == 4
 
 
 @pytest.mark.parametrize(("name", "kwargs", "argument", "value"), [

@@ -21,7 +21,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from ..ops.arguments import boolean, count, finite_float, integer
+from ..ops.arguments import boolean, count, finite_float
 from ._backbone import build_backbone
 from .resnet import ResNet
 
@@ -34,11 +34,11 @@ RPN_KEY, HEAD_KEY = "res4", "head"  # feature dict keys: RPN input, RoI head inp
 class DetectionConfig:
     """Options of the torchvision parts; defaults follow the original DCN code (COCO)."""
 
-    min_size: int = 600  # shorter image side after resizing
-    max_size: int = 1000  # longer side cap
+    min_size: float | tuple[float, ...] = 600  # shorter image side after resizing (or choices)
+    max_size: float = 1000  # longer side cap
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # torchvision ImageNet stats
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # scales 2..32 at stride 16
+    anchor_sizes: tuple[float, ...] = (32, 64, 128, 256, 512)  # scales 2..32 at stride 16
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     rpn_pre_nms_top_n_train: int = 6000
     rpn_pre_nms_top_n_test: int = 6000
@@ -60,18 +60,25 @@ class DetectionConfig:
     def __post_init__(self) -> None:
         """Refuse a value that torchvision would take and turn into NaN losses or a failure
         at the first forward pass."""
-        counts = ("min_size", "max_size", "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test",
+        counts = ("rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test",
                   "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test",
                   "rpn_batch_size_per_image", "box_batch_size_per_image",
                   "box_detections_per_img")
         for name in counts:
             count(getattr(self, name), name)
-        if self.min_size > self.max_size:
+        # torchvision's transform takes a list of shorter sides (one drawn per training
+        # batch, the last at test time) and sizes that are not ints
+        if isinstance(self.min_size, (tuple, list)):
+            _sequence(self.min_size, "min_size", positive=True)
+            largest_min_size = max(self.min_size)
+        else:
+            largest_min_size = finite_float(self.min_size, "min_size", positive=True)
+        if largest_min_size > finite_float(self.max_size, "max_size", positive=True):
             raise ValueError(f"min_size must be <= max_size ({self.max_size!r}), got "
                              f"{self.min_size!r}")
         _sequence(self.image_mean, "image_mean", length=3)
         _sequence(self.image_std, "image_std", length=3, positive=True)
-        _sequence(self.anchor_sizes, "anchor_sizes", positive=True, integers=True)
+        _sequence(self.anchor_sizes, "anchor_sizes", positive=True)
         _sequence(self.aspect_ratios, "aspect_ratios", positive=True)
         fractions = ("rpn_nms_thresh", "rpn_fg_iou_thresh", "rpn_bg_iou_thresh",
                      "rpn_positive_fraction", "box_fg_iou_thresh", "box_bg_iou_thresh",
@@ -96,20 +103,17 @@ class DetectionConfig:
                                  f"({high!r}), got {low!r}")
 
 
-def _sequence(values: Any, name: str, length: int | None = None, positive: bool = False,
-              integers: bool = False) -> None:
+def _sequence(values: Any, name: str, length: int | None = None,
+              positive: bool = False) -> None:
     """Refuse ``values`` unless a non-empty tuple or list (of ``length`` items when given)
-    of finite numbers (> 0 with ``positive``; ints with ``integers``)."""
-    kind = "ints" if integers else "finite numbers"
-    expected = (f"{length} {kind}" if length else f"a non-empty sequence of {kind}") + (
-        " > 0" if positive else "")
+    of finite numbers (> 0 with ``positive``)."""
+    expected = (f"{length} finite numbers" if length else "a non-empty sequence of finite "
+                "numbers") + (" > 0" if positive else "")
     if (not isinstance(values, (tuple, list)) or not values
             or (length is not None and len(values) != length)):
         raise ValueError(f"{name} must be {expected}, got {values!r}")
     for value in values:
         try:
-            if integers:
-                integer(value, name)
             finite_float(value, name, positive=positive)
         except (TypeError, ValueError):
             raise ValueError(f"{name} must be {expected}, got {values!r}") from None
