@@ -40,3 +40,22 @@ def test_subpackages_are_listed_and_other_names_refused() -> None:
         deformconv.cli_x  # noqa: B018
     with pytest.raises(AttributeError, match="has no attribute 'Scene'"):
         deformconv.Scene  # noqa: B018
+
+
+def test_a_subpackage_whose_extra_is_missing_is_an_attribute_error_naming_the_extra() -> None:
+    """hasattr() and inspect.getmembers() raised ModuleNotFoundError without torchvision."""
+    script = """
+import sys
+sys.modules["torchvision"] = None  # as if the [vision] extra were not installed
+import deformconv
+assert not hasattr(deformconv, "models")
+try:
+    deformconv.models
+except AttributeError as error:
+    assert "needs torchvision" in str(error) and "deformconv[vision]" in str(error), error
+else:
+    raise AssertionError("no error")
+"""
+    src = str(Path(deformconv.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)

@@ -10,8 +10,17 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from . import nn, ops
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports them
+    from . import data as data
+    from . import engine as engine
+    from . import models as models
+    from . import onnx as onnx
+    from . import runs as runs
+    from . import viz as viz
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "nn", "ops"]
@@ -20,9 +29,18 @@ _LAZY_SUBPACKAGES = frozenset({"data", "engine", "models", "onnx", "runs", "viz"
 
 
 def __getattr__(name: str) -> ModuleType:
-    if name in _LAZY_SUBPACKAGES:
+    if name not in _LAZY_SUBPACKAGES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
         return importlib.import_module(f".{name}", __name__)  # also sets it on the package
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    except ModuleNotFoundError as error:
+        if error.name is None or error.name.startswith(f"{__name__}."):
+            raise
+        # an AttributeError, so that hasattr() and introspection see a missing extra as absent
+        extra = "onnx" if name == "onnx" else "vision"
+        raise AttributeError(
+            f"deformconv.{name} needs {error.name}, which is not installed: "
+            f"pip install 'deformconv[{extra}]'") from error
 
 
 def __dir__() -> list[str]:
