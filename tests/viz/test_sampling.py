@@ -7,11 +7,15 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch import nn
 
+from deformconv.nn import DeformConv2d
 from deformconv.viz import (
     LayerGeometry,
     OffsetCapture,
+    OffsetRecord,
     back_project,
+    capture_offsets,
     sampling_locations,
     sampling_positions,
     unit_at,
@@ -68,6 +72,16 @@ class TestSamplingLocations:
             sampling_locations(rec, (0, 0), image=1)
         with pytest.raises(ValueError, match="got 10, expected a multiple of 2\\*kh\\*kw = 18"):
             sampling_positions(torch.zeros(1, 10, 4, 4), geometry)
+
+
+def zero_offset_records(model: nn.Module, size: tuple[int, int]) -> list[OffsetRecord]:
+    """The records of ``model``'s deformable convs, their offsets zeroed, on one image."""
+    torch.manual_seed(0)
+    for layer in model.modules():
+        if isinstance(layer, DeformConv2d):
+            nn.init.zeros_(layer.conv_offset.weight)
+            nn.init.zeros_(layer.conv_offset.bias)
+    return list(capture_offsets(model, torch.rand(1, 3, *size)).values())
 
 
 class TestBackProject:
@@ -133,30 +147,34 @@ class TestBackProject:
 
     def test_records_given_top_layer_first_are_refused(self):
         """[top, bottom] silently gave points at row -1 (bottom first: rows 3..5)."""
-        from torch import nn
-
-        from deformconv.nn import DeformConv2d
-        from deformconv.viz import capture_offsets
-
-        torch.manual_seed(0)
-        model = nn.Sequential(DeformConv2d(3, 8, 3, stride=2, padding=1),
-                              nn.Conv2d(8, 8, 3, stride=2, padding=1),
-                              DeformConv2d(8, 8, 3, padding=1))
-        for layer in (model[0], model[2]):
-            nn.init.zeros_(layer.conv_offset.weight)
-            nn.init.zeros_(layer.conv_offset.bias)
-        low, high = capture_offsets(model, torch.rand(1, 3, 30, 50)).values()
+        low, high = zero_offset_records(nn.Sequential(
+            DeformConv2d(3, 8, 3, stride=2, padding=1), nn.Conv2d(8, 8, 3, stride=2, padding=1),
+            DeformConv2d(8, 8, 3, padding=1)), (30, 50))
         # unit (2, 3) at image (8, 12); its first point (4, 8), read by the bottom layer
         # from rows 3..5 and columns 7..9
         assert back_project([low, high], (2, 3)).points[:3].tolist() == [
             [3.0, 7.0], [3.0, 8.0], [3.0, 9.0]]
-        with pytest.raises(ValueError, match=r"records must be given bottom layer first: "
-                                             r"layer '0', whose input has stride 1, cannot lie "
-                                             r"above layer '2', whose output has stride 4; "
-                                             r"reverse"):
+        with pytest.raises(ValueError, match=r"records must be given bottom layer first, in "
+                                             r"the order the layers ran: layer '2' ran after "
+                                             r"layer '0' \(calls 1 and 0\) but is given "
+                                             r"before it; reverse"):
             back_project([high, low], (2, 3))
-        # layers of one resolution cannot tell their order: both orders are taken
-        back_project([high, high], (2, 3))
+        back_project([high, high], (2, 3))  # one call is not out of order
+        # hand-made records do not say when they ran: any order is taken
+        back_project([replace(high, call=None), replace(low, call=None)], (2, 3))
+
+    def test_records_of_a_decoder_bottom_first_are_taken(self):
+        """With upsampling between the layers the input of the top layer is finer than the
+        output of the bottom one: a check of the strides refused the right order."""
+        low, high = zero_offset_records(nn.Sequential(
+            DeformConv2d(3, 4, 3, stride=2, padding=1), nn.Upsample(scale_factor=2),
+            DeformConv2d(4, 4, 3, padding=1)), (16, 16))
+        # top unit (5, 5) samples image rows 4..6, the bottom's cells 2, 2.5, 3; cell 2 reads
+        # rows 3..5
+        assert back_project([low, high], (5, 5)).points[:3].tolist() == [
+            [3.0, 3.0], [3.0, 4.0], [3.0, 5.0]]
+        with pytest.raises(ValueError, match="records must be given bottom layer first"):
+            back_project([high, low], (5, 5))
 
     def test_bad_arguments(self):
         geometry = LayerGeometry((3, 3), padding=(1, 1))

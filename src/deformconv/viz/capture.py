@@ -78,6 +78,9 @@ class OffsetRecord:
         mask: ``(n, G*kh*kw, Hout, Wout)`` after the sigmoid, or None (DCN v1).
         images: batch index of each of the ``n`` kept images.
         image_size: ``(H, W)`` of the network input, if known; needed for image coordinates.
+        call: when the layer ran: the number of deformable conv calls the capture saw
+            before this one (records of one pass, bottom layer first, have increasing
+            numbers); None when unknown, for a record made by hand.
     """
 
     name: str
@@ -87,6 +90,7 @@ class OffsetRecord:
     mask: Tensor | None
     images: tuple[int, ...]
     image_size: tuple[int, int] | None = None
+    call: int | None = None
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -198,6 +202,7 @@ class OffsetCapture:
         self.roi_records: dict[str, list[RoIOffsetRecord]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._input_size: tuple[int, int] | None = None
+        self._conv_calls = 0
 
     def __enter__(self) -> OffsetCapture:
         if self._handles:
@@ -269,13 +274,15 @@ class OffsetCapture:
         points = 2 * geometry.offset_groups * geometry.kernel_points
 
         def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
+            call = self._conv_calls
+            self._conv_calls += 1
             if not self._wanted(len(self.records.get(name, []))):
                 return
             kept = self._kept(out.shape[0])
             out = out.detach()[kept].float().cpu()  # (n, 2*G*kk [+ G*kk], Hout, Wout)
             mask = out[:, points:].sigmoid() if conv.modulated else None
             record = OffsetRecord(name, geometry, (int(args[0].shape[-2]), int(args[0].shape[-1])),
-                                  out[:, :points], mask, tuple(kept), self._input_size)
+                                  out[:, :points], mask, tuple(kept), self._input_size, call)
             self.records.setdefault(name, []).append(record)
 
         return hook

@@ -154,11 +154,11 @@ def back_project(
 
     Args:
         records: the layers' records from one forward pass, bottom layer first (e.g. the
-            three deformable 3x3 convs of res5; a layer whose input is finer than the
-            output of the one given below it is refused as out of order). Layers between
-            them (1x1 convs, norms) are assumed not to move positions; resolutions may
-            differ (points go through image coordinates, using each record's cumulative
-            strides).
+            three deformable 3x3 convs of res5; records that say when their layer ran,
+            as captured ones do, are refused out of that order). Layers between them
+            (1x1 convs, norms) are assumed not to move positions; resolutions may differ,
+            up or down (points go through image coordinates, using each record's
+            cumulative strides).
         unit: output position in the top layer.
         image: index into the records' kept images.
         group: offset group, or None for the mean over groups.
@@ -196,19 +196,13 @@ def back_project(
 
 
 def _check_below(record: OffsetRecord, above: OffsetRecord) -> None:
-    """Refuse ``record`` as the layer below ``above`` when ``above``'s input is finer than
-    ``record``'s output: records given top layer first (strides only grow upwards)."""
-    below_stride, above_stride = record.output_stride, above.input_stride
-    if bool((above_stride < below_stride).any()):
+    """Refuse ``record`` as the layer below ``above`` when it ran after it (records given
+    top layer first). Records that do not say when they ran pass."""
+    if record.call is not None and above.call is not None and record.call > above.call:
         raise ValueError(
-            f"records must be given bottom layer first: layer {above.name!r}, whose input has "
-            f"stride {_stride_text(above_stride)}, cannot lie above layer {record.name!r}, "
-            f"whose output has stride {_stride_text(below_stride)}; reverse the records' order")
-
-
-def _stride_text(stride: Tensor) -> str:
-    y, x = (f"{float(v):g}" for v in stride)
-    return y if y == x else f"({y}, {x})"
+            f"records must be given bottom layer first, in the order the layers ran: layer "
+            f"{record.name!r} ran after layer {above.name!r} (calls {record.call} and "
+            f"{above.call}) but is given before it; reverse the records' order")
 
 
 def unit_at(record: OffsetRecord, point: tuple[float, float]) -> tuple[int, int]:
