@@ -97,6 +97,33 @@ class TestOffsetCapture:
             model(x[:1])
         assert capture.latest()["block.0"].images == (1,)
 
+    def test_a_short_later_batch_keeps_the_images_it_has(self):
+        """Over batches of 4, 4, 2 the last one raised "images: index 3 is out of range for
+        a batch of 2": only the first recorded pass refuses, nothing could be kept there."""
+        model = Stack()
+        x = torch.randn(4, 3, 8, 8)
+        with OffsetCapture(model, images=[1, 3], max_calls=None, keep_inputs=True) as capture:
+            for batch in (x, x, x[:2]):
+                model(batch)
+        assert [rec.images for rec in capture.records["block.0"]] == [(1, 3), (1, 3), (1,)]
+        torch.testing.assert_close(capture.records["block.0"][-1].offset,
+                                   capture.records["block.0"][0].offset[:1])
+        assert [len(batch) for batch in capture.inputs] == [2, 2, 1]
+        message = r"images: index 3 is out of range for a batch of 2 image\(s\)"
+        with pytest.raises(ValueError, match=message), \
+                OffsetCapture(model, images=[1, 3], max_calls=None):
+            model(x[:2])
+        listed = nn.Sequential(Unstack(), model)
+        with pytest.raises(ValueError, match=message), \
+                OffsetCapture(listed, images=[3], max_calls=None):
+            listed([x[0], x[1]])
+        # a loop that clears what it used after each batch still reaches its last one
+        with OffsetCapture(model, images=[1, 3], max_calls=None) as capture:
+            model(x)
+            capture.clear()
+            model(x[:2])
+        assert capture.latest()["block.0"].images == (1,)
+
     def test_image_size_unknown_for_list_inputs(self):
         class ListModel(nn.Module):
             def __init__(self) -> None:

@@ -132,7 +132,8 @@ class OffsetCapture:
             hooked (found by ``isinstance``).
         layers: names (as in ``model.named_modules()``) of the layers to record; None = all.
         images: batch indices to keep (others are dropped at once); None = the whole batch.
-            An index past the batch of a recorded pass is refused (ValueError).
+            An index past the batch of the first recorded pass is refused (ValueError);
+            later passes keep those their batch holds (a short last batch keeps fewer).
         max_calls: forward passes recorded per layer; later ones are ignored. None = all.
         image_size: ``(H, W)`` of the network input; by default read from the first
             positional argument of ``input_module`` when it is an ``(N, C, H, W)`` tensor.
@@ -203,6 +204,7 @@ class OffsetCapture:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._input_size: tuple[int, int] | None = None
         self._conv_calls = 0
+        self._recorded = False  # anything kept yet: clear() does not reset it
 
     def __enter__(self) -> OffsetCapture:
         if self._handles:
@@ -242,32 +244,27 @@ class OffsetCapture:
         batch = _image_batch(args)
         size = None if batch is None else (int(batch.shape[-2]), int(batch.shape[-1]))
         self._input_size = self.image_size or size
-        if batch is not None and not self._finished():
+        if batch is not None and not self._recorded:
             self._kept(batch.shape[0])  # refuses bad indices before the model runs
         if self.keep_inputs and batch is not None and self._wanted(len(self.inputs)):
             self.inputs.append(batch.detach()[self._kept(batch.shape[0])].float().cpu())
+            self._recorded = True
 
     def _wanted(self, recorded: int) -> bool:
         return self.max_calls is None or recorded < self.max_calls
 
-    def _finished(self) -> bool:
-        """Whether every hooked layer (and ``inputs``) already holds ``max_calls`` passes."""
-        if self.max_calls is None:
-            return False
-        counts = [len(self.records.get(n, [])) if isinstance(m, DeformConv2d)
-                  else len(self.roi_records.get(n, [])) for n, m in self.layers.items()]
-        if self.keep_inputs:
-            counts.append(len(self.inputs))
-        return all(c >= self.max_calls for c in counts)
-
     def _kept(self, batch: int) -> list[int]:
+        """The indices of ``images`` a batch of ``batch`` holds. Before anything is kept an
+        index past the batch is refused (a typo would leave the records empty); later
+        batches, such as a short last one, keep those they hold."""
         if self.images is None:
             return list(range(batch))
-        for i in self.images:
-            if i >= batch:
-                raise ValueError(f"images: index {i} is out of range for a batch of {batch} "
-                                 f"image(s) (valid indices 0..{batch - 1})")
-        return list(self.images)
+        if not self._recorded:
+            for i in self.images:
+                if i >= batch:
+                    raise ValueError(f"images: index {i} is out of range for a batch of "
+                                     f"{batch} image(s) (valid indices 0..{batch - 1})")
+        return [i for i in self.images if i < batch]
 
     def _conv_hook(self, name: str, conv: DeformConv2d) -> Callable:
         geometry = LayerGeometry.of(conv)
@@ -284,6 +281,7 @@ class OffsetCapture:
             record = OffsetRecord(name, geometry, (int(args[0].shape[-2]), int(args[0].shape[-1])),
                                   out[:, :points], mask, tuple(kept), self._input_size, call)
             self.records.setdefault(name, []).append(record)
+            self._recorded = True
 
         return hook
 
@@ -297,6 +295,7 @@ class OffsetCapture:
             record = record.select(keep)
         record = dataclasses.replace(record, image_size=self._input_size)
         self.roi_records.setdefault(record.name, []).append(record)
+        self._recorded = True
 
 
 def capture_offsets(
@@ -308,8 +307,8 @@ def capture_offsets(
     input_module: str | None = None,
 ) -> dict[str, OffsetRecord]:
     """Run ``model(*inputs)`` once without gradients and return each deformable conv's
-    :class:`OffsetRecord`, by layer name (arguments as :class:`OffsetCapture`). The model's
-    train/eval mode is left as it is."""
+    :class:`OffsetRecord`, by layer name (arguments as :class:`OffsetCapture`; an index of
+    ``images`` past the batch is refused). The model's train/eval mode is left as it is."""
     with torch.no_grad(), OffsetCapture(model, layers, images, 1, image_size,
                                         input_module) as capture:
         model(*inputs)
