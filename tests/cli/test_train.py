@@ -419,7 +419,8 @@ def test_viz_replaces_only_what_a_viz_run_wrote(capsys: pytest.CaptureFixture, t
     viz = ["viz", trained / "last.pt", "--count", "1", "--out", mine]
     code, stdout, err = run_cli(capsys, *viz)
     assert code == 2 and f"--out {mine} holds offsets.md, roi_offsets_2.png, sampling_7.png" in err
-    assert "that no viz run wrote there" in err and "--overwrite" in err
+    assert "that are not in its .deformconv-viz list: written by an older viz or not by viz" \
+        in err and "--overwrite" in err
     assert sorted(path.name for path in mine.iterdir()) == [
         "offsets.md", "roi_offsets_2.png", "sampling_7.png"]
     assert all(path.read_bytes() == b"the user's" for path in mine.iterdir())

@@ -44,11 +44,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="initialisation seed of a fresh model")
     parser.add_argument("--out", default="runs/viz", type=user_path,
                         help="output folder (default runs/viz); an earlier viz run's figures "
-                             "there are replaced, files of those names that no viz run wrote "
-                             "only with --overwrite")
+                             "there are replaced, files of those names that are not in its "
+                             ".deformconv-viz list only with --overwrite")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace or remove figures and offsets.md in --out that no viz "
-                             "run wrote")
+                        help="replace or remove figures and offsets.md in --out that are not "
+                             "in its .deformconv-viz list")
     parser.set_defaults(run=run_viz)
     return parser
 
@@ -58,7 +58,7 @@ def run_viz(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file; give the folder to write the figures into")
     check_folder_possible(out, f"--out {out}")
-    replaceable = _replaceable_files(out, args.overwrite)  # before any work
+    written, replaceable = _replaceable_files(out, args.overwrite)  # before any work
     if args.checkpoint:
         model_spec, data_spec, _ = specs_from_checkpoint(args.checkpoint)
         check_model_flags_match(args, model_spec)
@@ -81,14 +81,20 @@ def run_viz(args: argparse.Namespace) -> int:
         raise CLIError(f"--index {args.index} is past the last of the {images} validation "
                        "images")
     indices = list(range(args.index, min(args.index + args.count, images)))
-    report = offset_figures(model, dataset, indices, task, out, stack_depth=args.stack_depth)
+
+    def list_before_writing(path: Path) -> None:
+        if path.name not in written:
+            written.append(path.name)
+            _write_list(out, written)
+
+    report = offset_figures(model, dataset, indices, task, out, stack_depth=args.stack_depth,
+                            on_write=list_before_writing)
     _remove_earlier_figures(out, report.figures, replaceable)
     source = args.checkpoint or f"fresh {model_spec.name}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / TABLES).write_text(f"# Offsets of {source}\n\nImages {indices} of the "
+    list_before_writing(out / TABLES)
+    (out / TABLES).write_text(f"{TABLES_HEADER}{source}\n\nImages {indices} of the "
                               f"validation data.\n\n{report.markdown()}")
-    (out / MARKER).write_text("".join(f"{name}\n" for name in
-                                      [*(path.name for path in report.figures), TABLES]))
+    _write_list(out, [*(path.name for path in report.figures), TABLES])
     for path in report.figures:
         print(path)
     print(f"tables: {out / 'offsets.md'}")
@@ -96,31 +102,59 @@ def run_viz(args: argparse.Namespace) -> int:
 
 
 TABLES = "offsets.md"
-# Lists the files a viz run wrote into its folder, one name a line: a later run replaces
-# those, and refuses files of the same names that no viz run wrote.
+TABLES_HEADER = "# Offsets of "  # how every viz version's offsets.md begins
+# Lists the files viz wrote into its folder, one name a line, each before it is written: a
+# later run replaces those, and refuses files of the same names that are not listed.
 MARKER = ".deformconv-viz"
 
 
-def _replaceable_files(out: Path, overwrite: bool) -> set[str]:
-    """The names of the files in ``out`` a viz run may replace or remove: figures and
-    offsets.md an earlier viz run wrote (its :data:`MARKER` lists them) and, with
-    ``overwrite``, any of such names; without it, such files no viz run wrote are
-    refused."""
+def _replaceable_files(out: Path, overwrite: bool) -> tuple[list[str], set[str]]:
+    """The names of the files in ``out`` that viz wrote, and of those a viz run may replace
+    or remove: those and, with ``overwrite``, any files named as viz names its figures and
+    offsets.md; without it, such files that are not viz's are refused.
+
+    Viz's are those its :data:`MARKER` lists; in a folder without one (older versions
+    wrote none), all of them when offsets.md begins as viz writes it.
+    """
     from ..viz.report import figures_in
 
     if not out.is_dir():
-        return set()
+        return [], set()
+    ours = [path.name for path in figures_in(out)]
+    if (out / TABLES).exists():
+        ours.append(TABLES)
     marker = out / MARKER
-    written = set(marker.read_text().split()) if marker.is_file() else set()
-    ours = [*figures_in(out), *([out / TABLES] if (out / TABLES).exists() else [])]
-    foreign = sorted(path.name for path in ours if path.name not in written)
+    if marker.is_file():
+        listed = set(marker.read_text().split())
+        written = [name for name in ours if name in listed]
+    else:
+        written = ours if _is_viz_tables(out / TABLES) else []
+    foreign = sorted(set(ours) - set(written))
     if foreign and not overwrite:
         more = f" and {len(foreign) - 6} more" if len(foreign) > 6 else ""
         raise CLIError(f"--out {out} holds {', '.join(foreign[:6])}{more}, named as viz "
-                       f"names its files, that no viz run wrote there (its {MARKER} does "
-                       "not list them); viz would replace or remove them: give another "
-                       "--out, or --overwrite to replace them")
-    return written | set(foreign)
+                       f"names its files, that are not in its {MARKER} list: written by an "
+                       "older viz or not by viz; viz would replace or remove them: give "
+                       "another --out, or --overwrite to replace them")
+    return written, set(ours)
+
+
+def _is_viz_tables(path: Path) -> bool:
+    """Whether ``path`` is an offsets.md a viz run wrote: it begins with :data:`TABLES_HEADER`."""
+    header = TABLES_HEADER.encode()
+    if not path.is_file():
+        return False
+    with path.open("rb") as file:
+        return file.read(len(header)) == header
+
+
+def _write_list(out: Path, names: list[str]) -> None:
+    """Replace the :data:`MARKER` list of ``out`` by ``names``, atomically: a run stopped
+    at any point leaves a whole list."""
+    from ..engine.checkpoint import write_atomically
+
+    write_atomically(out / MARKER, lambda file: file.write("".join(
+        f"{name}\n" for name in names).encode()))
 
 
 def _remove_earlier_figures(out: Path, figures: list[Path], replaceable: set[str]) -> None:

@@ -7,7 +7,7 @@ batched, to :func:`~deformconv.viz.offset_report` or :class:`~deformconv.viz.Dil
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +66,10 @@ def offset_inputs(model: nn.Module, dataset: Dataset, indices: Sequence[int], ta
 
 
 def offset_figures(model: nn.Module, dataset: Dataset, indices: Sequence[int], task: str,
-                   out_dir: Path, *, prefix: str = "", stack_depth: int = 3) -> Any:
-    """Run :func:`deformconv.viz.offset_report` on samples ``indices``; returns the report."""
+                   out_dir: Path, *, prefix: str = "", stack_depth: int = 3,
+                   on_write: Callable[[Path], object] | None = None) -> Any:
+    """Run :func:`deformconv.viz.offset_report` on samples ``indices`` (``on_write`` is
+    called with each figure's path before it is written); returns the report."""
     from ..viz import offset_report
 
     for i in indices:
@@ -79,7 +81,7 @@ def offset_figures(model: nn.Module, dataset: Dataset, indices: Sequence[int], t
         report = offset_report(model, inputs, out_dir, boxes=boxes, masks=masks,
                                input_module=input_module, stack_depth=stack_depth,
                                max_figures=len(indices), prefix=prefix,
-                               image_ids=indices)
+                               image_ids=indices, on_write=on_write)
     if not report.figures:
         raise ValueError(f"{type(model).__name__} has no deformable layers to plot "
                        "(a plain twin?)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,6 +120,7 @@ def offset_report(
     thresholds: tuple[float, float] | None = None,
     prefix: str = "",
     image_ids: Sequence[int] | None = None,
+    on_write: Callable[[Path], object] | None = None,
 ) -> OffsetReport:
     """Run ``model(inputs)`` once (no gradients, mode unchanged) and write offset figures.
 
@@ -152,6 +153,8 @@ def offset_report(
         prefix: put before every file name, to keep several reports in one folder.
         image_ids: the number of each image in the titles (``"image {id}"``) and file
             names (default its place in the batch: 0, 1, ...), e.g. its data set index.
+        on_write: called with each figure's path before the figure is written, e.g. to
+            note it as this report's before a crash could leave it half done.
 
     Returns:
         An :class:`OffsetReport`: the PNGs written, the offset statistics and the
@@ -173,6 +176,7 @@ def offset_report(
         raise ValueError(f"image_ids must number each of the {len(images)} images, got "
                          f"{len(ids)} ids")
     report = OffsetReport(out_dir)
+    before_write = on_write or (lambda path: None)
     convs = capture.latest()
     if convs:
         report.offset_rows = offset_statistics(convs)
@@ -184,9 +188,11 @@ def offset_report(
                             units_per_image)
             units = list(dict.fromkeys(unit_at(top, point) for point in points))
             names = ", ".join(layer_label(rec.name) for rec in stack)
+            path = out_dir / f"{prefix}sampling_{ids[i]}.png"
+            before_write(path)
             report.figures.append(plot_stacked_sampling(
-                images[i], stack, units, out_dir / f"{prefix}sampling_{ids[i]}.png",
-                image_index=i, title=f"image {ids[i]}: sampling points of {names}"))
+                images[i], stack, units, path, image_index=i,
+                title=f"image {ids[i]}: sampling points of {names}"))
         if boxes is not None or masks is not None:
             report.dilation_rows = effective_dilation_table(convs, boxes=boxes, masks=masks,
                                                             thresholds=thresholds)
@@ -194,12 +200,12 @@ def offset_report(
         for i in range(min(max_figures, len(images))):
             chosen = (rec.rois[:, 0] == i).nonzero().flatten()[:max_rois].tolist()
             if chosen:
-                stem = f"{prefix}roi_offsets{n or ''}_{ids[i]}"
+                path = out_dir / f"{prefix}roi_offsets{n or ''}_{ids[i]}.png"
                 drawn = _offset_class(rec.offset[chosen])
                 title = f"image {ids[i]}: {name or type(model).__name__}"
                 if drawn:
                     title += f", class {drawn}'s offsets"
+                before_write(path)
                 report.figures.append(plot_roi_offsets(
-                    images[i], [roi_bins(rec, k, drawn) for k in chosen],
-                    out_dir / f"{stem}.png", title=title))
+                    images[i], [roi_bins(rec, k, drawn) for k in chosen], path, title=title))
     return report
