@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deformconv.cli._common import positive_int
+from deformconv.cli._common import non_negative_float, positive_int
 from deformconv.nn import DeformConv2d
 from deformconv.ops import _dispatch, deform_conv2d
 
@@ -459,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="best of this many runs (default 5; the modules table 4 times as "
                              "many, as many with --quick); --device cuda: median of this many "
                              "rounds (default 20)")
-    parser.add_argument("--min-seconds", type=float,
+    parser.add_argument("--min-seconds", type=non_negative_float,
                         help="ops table: time the ops until the slowest has run this long "
                              f"(up to {MAX_REPEATS} rounds; default 1, 0 with --quick)")
     parser.add_argument("--cpu-time", action="store_true",

@@ -115,6 +115,16 @@ def test_repeats_below_one_are_refused(bench: ModuleType, capsys: pytest.Capture
     assert "--repeats: expected an integer >= 1, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("seconds", ["-1", "nan", "inf"])
+def test_min_seconds_must_be_a_finite_number_at_least_zero(
+        bench: ModuleType, capsys: pytest.CaptureFixture, seconds: str) -> None:
+    """-1 was taken (as 0), nan and inf failed in math.ceil after the compilation."""
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--min-seconds", seconds])
+    assert stop.value.code == 2
+    assert f"--min-seconds: expected a number >= 0, got {seconds}" in capsys.readouterr().err
+
+
 def _run_main(bench: ModuleType, monkeypatch: pytest.MonkeyPatch, *argv: str) -> list[str]:
     """``main(argv)`` with every section stubbed out; the sections called, with arguments."""
     called: list[str] = []

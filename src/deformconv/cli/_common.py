@@ -29,6 +29,7 @@ __all__ = [
     "expecting",
     "given_options",
     "load_config_file",
+    "non_negative_float",
     "non_negative_int",
     "parse_assignments",
     "parse_literal",
@@ -92,6 +93,12 @@ def non_negative_int(text: str) -> int:
 def positive_float(text: str) -> float:
     """argparse ``type`` for durations and rates that must be > 0."""
     return _number(text, float, lambda v: v > 0 and math.isfinite(v), positive_float)
+
+
+@expecting("a number >= 0")
+def non_negative_float(text: str) -> float:
+    """argparse ``type`` for durations that may be 0."""
+    return _number(text, float, lambda v: v >= 0 and math.isfinite(v), non_negative_float)
 
 
 @expecting("a path")
