@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..ops.arguments import is_integer
 from ._common import (
     SampleError,
     SkippingDataset,
@@ -107,17 +108,13 @@ class _Image:
             setattr(self, key, [v for v, k in zip(getattr(self, key), keep, strict=True) if k])
 
 
-def _int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _annotation_name(ann: Any, index: int) -> str:
     """How messages name an annotation: by its id, else by its place in the list."""
-    if isinstance(ann, dict) and _int(ann.get("id")):
+    if isinstance(ann, dict) and is_integer(ann.get("id")):
         return f"annotation id {ann['id']}"
     return f"annotations[{index}]"
 
@@ -216,7 +213,7 @@ class CocoDetection(SkippingDataset):
     def _images(self, images: list) -> dict[int, _Image]:
         by_id: dict[int, _Image] = {}
         for i, img in enumerate(images):
-            if not isinstance(img, dict) or not _int(img.get("id")) or not isinstance(
+            if not isinstance(img, dict) or not is_integer(img.get("id")) or not isinstance(
                 img.get("file_name"), str
             ):
                 raise ValueError(
@@ -226,7 +223,7 @@ class CocoDetection(SkippingDataset):
             if img["id"] in by_id:
                 raise ValueError(f"{self.ann_file}: duplicate image id {img['id']}")
             h, w = img.get("height"), img.get("width")
-            known = _int(h) and _int(w) and h > 0 and w > 0
+            known = is_integer(h) and is_integer(w) and h > 0 and w > 0
             by_id[img["id"]] = _Image(img["id"], self.root / img["file_name"],
                                       h if known else None, w if known else None)
         return by_id
@@ -265,11 +262,11 @@ class CocoDetection(SkippingDataset):
         if not isinstance(ann, dict):
             return f"not a JSON object: {ann!r:.40}"
         image_id, category_id, bbox = ann.get("image_id"), ann.get("category_id"), ann.get("bbox")
-        if not _int(image_id):
+        if not is_integer(image_id):
             return f"image_id not an integer: {image_id!r:.40}"
         if image_id not in by_id:
             return f"unknown image_id {image_id}"
-        if not _int(category_id):
+        if not is_integer(category_id):
             return f"category_id not an integer: {category_id!r:.40}"
         if category_id not in self.category_to_label:
             return f"unknown category_id {category_id}"
@@ -382,7 +379,7 @@ def _categories(path: Path | str, categories: list) -> tuple[list[int], tuple[st
     """Sorted category ids and their names (the id as text where a name is missing)."""
     names: dict[int, str] = {}
     for i, cat in enumerate(categories):
-        if not isinstance(cat, dict) or not _int(cat.get("id")):
+        if not isinstance(cat, dict) or not is_integer(cat.get("id")):
             raise ValueError(f"{path}: categories[{i}] needs an integer 'id', got {cat!r}")
         if cat["id"] in names:
             raise ValueError(f"{path}: duplicate category id {cat['id']}")
@@ -411,7 +408,7 @@ def _check_known_categories(annotations: list, ids: list[int], ann_file: Path,
     """Raise when annotations of ``ann_file`` use integer category ids not in ``ids``."""
     known = set(ids)
     unknown = sorted({ann["category_id"] for ann in annotations if isinstance(ann, dict)
-                      and _int(ann.get("category_id")) and ann["category_id"] not in known})
+                      and is_integer(ann.get("category_id")) and ann["category_id"] not in known})
     if unknown:
         raise ValueError(f"{ann_file}: annotations have category ids {unknown} that are not "
                          f"among the categories of {source} (ids {ids})")
@@ -422,7 +419,7 @@ def _check_unique_annotation_ids(annotations: list, ann_file: Path) -> None:
     seen: set[int] = set()
     for ann in annotations:
         ann_id = ann.get("id") if isinstance(ann, dict) else None
-        if _int(ann_id):
+        if is_integer(ann_id):
             if ann_id in seen:
                 raise ValueError(f"{ann_file}: duplicate annotation id {ann_id}")
             seen.add(ann_id)
@@ -484,7 +481,7 @@ def _check_rle(seg: dict[str, Any], height: int, width: int) -> None:
         raise ValueError(f"RLE size {size!r} is not the image's [{height}, {width}]")
     counts = seg["counts"]
     if isinstance(counts, list):
-        if not all(_int(c) and c >= 0 for c in counts):
+        if not all(is_integer(c) and c >= 0 for c in counts):
             raise ValueError("RLE counts must be integers >= 0")
         total = sum(counts)
     elif isinstance(counts, str):
