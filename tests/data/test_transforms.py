@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -205,6 +207,21 @@ def test_targets_that_do_not_fit_the_image_are_refused(transform, target, match)
     dict without boxes raised KeyError, an int8 mask a RuntimeError in a padding crop."""
     with pytest.raises(ValueError, match=match):
         transform(torch.rand(3, 10, 16), target)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: T.RandomHorizontalFlip("a"), "p must be a finite number, got 'a'"),
+    (lambda: T.RandomHorizontalFlip(1.5), "p must be in [0, 1], got 1.5"),
+    (lambda: T.RandomScale(("a", 2)), "scale_range must be two finite numbers 0 < low <= high"),
+    (lambda: T.RandomScale(2.0), "scale_range must be two finite numbers 0 < low <= high"),
+    (lambda: T.RandomScale((0.5, 2.0, 3.0)), "got (0.5, 2.0, 3.0)"),
+    (lambda: T.RandomScale((2.0, 0.5)), "0 < low <= high, got (2.0, 0.5)"),
+])
+def test_random_transforms_name_a_bad_probability_or_range(make, message) -> None:
+    """p='a' and scale_range=('a', 2) raised Python's '<=' not supported between ...,
+    scale_range=2.0 'cannot unpack non-iterable float'."""
+    with pytest.raises((TypeError, ValueError), match=re.escape(message)):
+        make()
 
 
 def test_empty_targets_survive_every_transform() -> None:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops.arguments import integer, pair
+from ..ops.arguments import finite_float, integer, pair
 from ._common import IGNORE_INDEX, Transform, box_sizes
 
 __all__ = [
@@ -251,9 +251,9 @@ class RandomHorizontalFlip:
     """Mirror left-right with probability ``p``."""
 
     def __init__(self, p: float = 0.5) -> None:
-        if not 0 <= p <= 1:
+        if not 0 <= finite_float(p, "p") <= 1:
             raise ValueError(f"p must be in [0, 1], got {p}")
-        self.p = p
+        self.p = float(p)
 
     def __call__(self, image: Tensor, target: Any) -> tuple[Tensor, Any]:
         if torch.rand(()) < self.p:
@@ -292,10 +292,14 @@ class RandomScale:
     """Scale jitter: resize by a factor drawn uniformly from ``scale_range`` (aspect kept)."""
 
     def __init__(self, scale_range: tuple[float, float] = (0.5, 2.0)) -> None:
-        low, high = scale_range
+        expected = f"scale_range must be two finite numbers 0 < low <= high, got {scale_range!r}"
+        try:
+            low, high = (finite_float(value, "scale_range") for value in scale_range)
+        except (TypeError, ValueError):  # not a pair, or not numbers
+            raise ValueError(expected) from None
         if not 0 < low <= high:
-            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
-        self.scale_range = (float(low), float(high))
+            raise ValueError(expected)
+        self.scale_range = (low, high)
 
     def __call__(self, image: Tensor, target: Any) -> tuple[Tensor, Any]:
         low, high = self.scale_range
