@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 from ..ops.arguments import count, finite_float
 
@@ -64,6 +65,13 @@ def _fx_tracing() -> bool:
     return bool(getattr(symbolic_trace, "_is_fx_tracing_flag", False))  # torch < 2.8
 
 
+def _without_values(tensor: Tensor) -> bool:
+    """Whether ``tensor`` has no values to read: on the meta device, a fake tensor (shape
+    propagation) or batched under ``torch.func.vmap``."""
+    return (tensor.device.type == "meta" or isinstance(tensor, FakeTensor)
+            or torch._C._functorch.is_batchedtensor(tensor))
+
+
 def nan_offsets_propagate(op: Callable[[Tensor], Tensor], offset: Tensor, *,
                           per_position: bool = True) -> Tensor:
     """``op(offset)``, where a module's own predicted offset that is not finite (from a NaN
@@ -80,7 +88,7 @@ def nan_offsets_propagate(op: Callable[[Tensor], Tensor], offset: Tensor, *,
         return op(offset)  # an exported graph (ONNX) holds the op alone, no masking
     # torch.compile and FX trace the op as a node whose error no except ever sees: there
     # the masking always runs, and where all is finite it leaves op(offset) as it is.
-    tracing = torch.compiler.is_compiling() or _fx_tracing()
+    tracing = torch.compiler.is_compiling() or _fx_tracing() or _without_values(offset)
     # one float32 sum, no temporary: it is not finite when an offset is not (or when the
     # sum overflows, which only costs the masking below, exact without non-finite offsets)
     if not tracing and bool(offset.sum(dtype=torch.float32).isfinite()):
@@ -95,7 +103,7 @@ def offset_state_keys(model: nn.Module) -> set[str]:
     """``model.state_dict()`` keys of every offset branch: what a checkpoint of the plain
     twin lacks (load it with ``strict=False`` and expect exactly these missing)."""
     keys = set()
-    for name, module in model.named_modules():
+    for name, module in model.named_modules(remove_duplicate=False):  # a shared conv too
         if isinstance(module, OffsetBranchMixin):
             branch = module.offset_branch
             branch_name = next(n for n, m in module.named_modules() if m is branch)
