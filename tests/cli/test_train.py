@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from deformconv.cli.evaluate import EVAL_KEYS
 from deformconv.engine import load_checkpoint
 
 from .helpers import TINY_CLS, assert_valid_png, run_cli
@@ -247,7 +248,9 @@ def test_new_run_into_a_finished_run_is_refused(capsys: pytest.CaptureFixture, t
     folder untouched; --overwrite starts afresh, without the old run's files."""
     out = tmp_path / "run"
     shutil.copytree(trained, out)
-    (out / "eval_last.json").write_text("{}")  # what `deformconv eval` writes there
+    eval_result = dict.fromkeys(EVAL_KEYS, 0)  # the keys `deformconv eval` writes
+    (out / "eval_last.json").write_text(json.dumps(eval_result))
+    (out / "eval_notes.json").write_text('{"mine": 1}')  # the user's, not eval's
     metrics = (out / "metrics.jsonl").read_text()
     argv = ["train", *TINY_CLS, "--iterations", "1", "--out", out]
     code, _, err = run_cli(capsys, *argv)
@@ -262,6 +265,7 @@ def test_new_run_into_a_finished_run_is_refused(capsys: pytest.CaptureFixture, t
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records] == [1, 1]  # train and val of the new run only
     assert not (out / "eval_last.json").exists()  # the old run's, kept before
+    assert (out / "eval_notes.json").read_text() == '{"mine": 1}'  # it was removed too
 
 
 def test_overwrite_of_a_live_run_is_refused_before_anything_is_removed(
@@ -709,7 +713,7 @@ def test_resuming_an_earlier_checkpoint_in_its_folder_needs_out_or_overwrite(
     assert _main("train", *tiny, "--iterations", "2", "--out", out) == 0
     shutil.copy(out / "last.pt", out / "early.pt")
     assert _main("train", *tiny, "--iterations", "4", "--out", out, "--resume", "auto") == 0
-    (out / "eval_last.json").write_text("{}")
+    (out / "eval_last.json").write_text(json.dumps(dict.fromkeys(EVAL_KEYS, 0)))
     files = {p.name: p.read_bytes() for p in out.iterdir()}
     code, _, err = run_cli(capsys, "train", "--resume", out / "early.pt", "--no-progress")
     assert code == 2 and "Traceback" not in err

@@ -98,12 +98,13 @@ def check_output(out: Path, checkpoint: Path) -> None:
     if checkpoint.exists() and out.samefile(checkpoint):
         raise CLIError(f"--out {out} is the checkpoint being evaluated; give the metrics JSON "
                        f"file to write, e.g. {default_output(checkpoint)}")
-    if not _is_eval_result(out):
+    if not is_eval_result(out):
         raise CLIError(f"--out {out} exists and is not an earlier eval's metrics JSON, which "
                        "alone is replaced; choose another file")
 
 
-def _is_eval_result(path: Path) -> bool:
+def is_eval_result(path: Path) -> bool:
+    """Whether ``path`` is a metrics JSON that ``deformconv eval`` wrote."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):

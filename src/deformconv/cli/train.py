@@ -86,7 +86,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                           "given ('auto': OUT/last.pt when present)")
     run.add_argument("--overwrite", action="store_true",
                      help="start afresh in an --out folder that holds a run (its files and "
-                          "eval_*.json are removed); without it such a folder is refused. "
+                          "the eval_*.json that deformconv eval wrote are removed); without "
+                          "it such a folder is refused. "
                           "With a --resume of an earlier checkpoint of --out's own run "
                           "(best.pt behind last.pt): continue from it there, replacing the "
                           "run's later part. Not with a --resume of the run's latest state")
@@ -352,7 +353,10 @@ def _old_run_files(out: Path, resume: str | None, overwrite: bool) -> list[Path]
     found = [name for name in RUN_FILES if (out / name).is_file()]
     if not found:
         return []
-    evaluated = sorted(path.name for path in out.glob(EVAL_FILES))
+    from .evaluate import is_eval_result  # evaluate imports this module
+
+    # only what `deformconv eval` wrote: a user's eval_notes.json is not the run's
+    evaluated = sorted(path.name for path in out.glob(EVAL_FILES) if is_eval_result(path))
     if resume is not None and Path(resume).resolve().parent == out.resolve():
         later = _later_state(out, resume)
         if later is None:
