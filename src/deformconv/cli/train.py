@@ -353,14 +353,15 @@ def _old_run_files(out: Path, resume: str | None, overwrite: bool) -> list[Path]
     found = [name for name in RUN_FILES if (out / name).is_file()]
     if not found:
         return []
+    resuming_here = resume is not None and Path(resume).resolve().parent == out.resolve()
+    later = _later_state(out, resume) if resuming_here else None
+    if resuming_here and later is None:
+        return []  # continuing this folder's own run
     from .evaluate import is_eval_result  # evaluate imports this module
 
     # only what `deformconv eval` wrote: a user's eval_notes.json is not the run's
     evaluated = sorted(path.name for path in out.glob(EVAL_FILES) if is_eval_result(path))
-    if resume is not None and Path(resume).resolve().parent == out.resolve():
-        later = _later_state(out, resume)
-        if later is None:
-            return []  # continuing this folder's own run
+    if later is not None:
         if not overwrite:
             at, where = later
             raise CLIError(f"--resume {resume} is at iteration {at}, but {out} holds its run "
