@@ -572,10 +572,21 @@ def test_train_eval_viz_on_coco_files(capsys: pytest.CaptureFixture, tmp_path: P
     recorded = load_checkpoint(out / "last.pt")["extra"]["data"]["categories"]
     categories = json.loads((folder / "annotations.json").read_text())["categories"]
     assert recorded == [{"id": c["id"], "name": c["name"]} for c in categories]
-    code, _, err = run_cli(capsys, "eval", out / "last.pt")
+    code, _, err = run_cli(capsys, "eval", out / "last.pt", "--image-size", "64")
     assert code == 0, err
-    metrics = json.loads((out / "eval_last.json").read_text())["metrics"]
-    assert metrics["num_images"] == 2 and "AP50" in metrics
+    result = json.loads((out / "eval_last.json").read_text())
+    assert result["metrics"]["num_images"] == 2 and "AP50" in result["metrics"]
+    assert result["data"]["image_size"] == 64
+    # flags the COCO data would ignore, which the JSON recorded as if used, are refused
+    for flags, named in ((["--image-size", "96"], "--image-size 96 differs from the "
+                          "checkpoint's 64"),
+                         (["--val-size", "1"], "--val-size is for synthetic data only"),
+                         (["--data-seed", "3", "--val-size", "1"],
+                          "--val-size, --data-seed are for synthetic data only")):
+        code, _, err = run_cli(capsys, "eval", out / "last.pt", *flags, "--out",
+                               tmp_path / "refused.json")
+        assert code == 2 and named in err, err
+        assert not (tmp_path / "refused.json").exists()
     code, _, err = run_cli(capsys, "viz", out / "last.pt", "--count", "1", "--out",
                            tmp_path / "viz")
     assert code == 0, err

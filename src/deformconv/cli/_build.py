@@ -82,7 +82,8 @@ def add_data_options(parser: argparse.ArgumentParser, *, with_train: bool = True
                             "are resized to a square of this side, and VOC mIoU is computed "
                             "at that size, not at the images' own resolution; "
                             "a new detector resizes its input (COCO images too) to fit in "
-                            "it, and scales its anchors to it")
+                            "it, and scales its anchors to it (a checkpoint's detector keeps "
+                            "its own: with COCO data only its size is accepted)")
     if with_train:
         group.add_argument("--train-size", type=positive_int,
                            help="synthetic training samples (default 2000)")
@@ -114,6 +115,7 @@ def data_spec_from_args(args: argparse.Namespace, base: DataSpec | None = None) 
         value = getattr(args, name, None)
         if value is not None:
             setattr(spec, name, value)
+    _check_flags_apply(args, spec, base)
     if getattr(args, "num_classes", None) is not None and spec.source != "voc":
         raise CLIError(f"--num-classes is for VOC data only; {spec.source} data sets "
                        "their classes themselves (synthetic: --scene classes=[...], COCO: "
@@ -123,6 +125,30 @@ def data_spec_from_args(args: argparse.Namespace, base: DataSpec | None = None) 
             raise CLIError("--scene options are for synthetic data only")
         spec.scene = {**spec.scene, **parse_assignments(args.scene, "--scene")}
     return spec
+
+
+# add_data_options' flags that only synthetic data reads -> how the command line spells them
+SYNTHETIC_FLAGS = {"train_size": "--train-size", "val_size": "--val-size",
+                   "data_seed": "--data-seed"}
+
+
+def _check_flags_apply(args: argparse.Namespace, spec: DataSpec, base: DataSpec | None) -> None:
+    """Refuse data flags that ``spec``'s data would ignore (a checkpoint or eval JSON would
+    record values that were not used): the synthetic sizes and seed for files, and for COCO
+    with a checkpoint (``base``) an ``--image-size`` other than its model's."""
+    if spec.source != "synthetic":
+        given = [flag for dest, flag in SYNTHETIC_FLAGS.items()
+                 if getattr(args, dest, None) is not None]
+        if given:
+            raise CLIError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for "
+                           f"synthetic data only; {spec.source} data reads its samples from "
+                           "its files: drop them")
+    size = getattr(args, "image_size", None)
+    if spec.source == "coco" and base is not None and size is not None \
+            and size != base.image_size:
+        raise CLIError(f"--image-size {size} differs from the checkpoint's {base.image_size}: "
+                       "COCO images are not resized by the data but by the detector, whose "
+                       "input size the checkpoint's model fixes; drop --image-size")
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, with_name: bool = True) -> None:
