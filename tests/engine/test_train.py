@@ -412,6 +412,38 @@ def test_resuming_a_finished_run_logs_nothing_twice(tmp_path):
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["config"]["iterations"] == 6
 
 
+def test_resuming_the_final_validations_best_checkpoint_logs_nothing_twice(tmp_path):
+    """best.pt written by the final validation was saved unfinished: resuming it validated
+    and logged the last iteration's val line a second time, where its last.pt (the same
+    state) did nothing. A best.pt from the middle of a run still continues training."""
+    data, val = ToyClassification(size=20), ToyClassification(size=8, seed=3)
+    folder = tmp_path / "run"
+    config = {"iterations": 6, "eval_every": 0, "log_every": 3}
+    first = train(_config(tmp_path, **config), TinyClassifier(), data, val)
+    assert load_checkpoint(folder / "best.pt")["finished"] is True
+    again = train(_config(tmp_path, **config, resume=str(folder / "best.pt")), TinyClassifier(),
+                  data, val)
+    assert again.metrics == first.metrics and again.best_checkpoint == folder / "best.pt"
+    (folder / "last.pt").unlink()  # written again, as the run's final checkpoint
+    train(_config(tmp_path, **config, resume=str(folder / "best.pt")), TinyClassifier(),
+          data, val)
+    assert load_checkpoint(folder / "last.pt")["finished"] is True
+    lines = [(r["split"], r["iter"]) for r in read_metrics(folder / "metrics.jsonl")]
+    assert lines == [("train", 3), ("train", 6), ("val", 6)]
+    # a mid-run best.pt (iteration 4; last.pt at 6) continues training from there
+    with pytest.raises(_Stop):
+        train(_config(tmp_path, "mid", iterations=8, eval_every=4), TinyClassifier(), data,
+              val, on_iteration_end=_stop_at(6))
+    assert load_checkpoint(tmp_path / "mid" / "best.pt")["finished"] is False
+    resumed = train(_config(tmp_path, "mid", iterations=8, eval_every=4,
+                            resume=str(tmp_path / "mid" / "best.pt")), TinyClassifier(), data,
+                    val)
+    assert resumed.iteration == 8
+    records = read_metrics(tmp_path / "mid" / "metrics.jsonl")
+    assert [r["iter"] for r in records if r["split"] == "val"] == [4, 8]
+    assert load_checkpoint(tmp_path / "mid" / "last.pt")["iteration"] == 8
+
+
 def test_a_finished_run_extended_logs_what_a_straight_run_does(tmp_path):
     """The final line of a run off the log_every grid reset the log window: extended from 5
     to 10 iterations, the line at 10 averaged iterations 6-10, a straight run's 1-10."""

@@ -297,8 +297,10 @@ class _Run:
         self.clock = _TrainClock()
         self.window = _LogWindow(0.0)
         self.resumed = False
-        # resumed from this folder's last.pt written when the run finished (a requeued job)
+        # resumed from a checkpoint of this folder written by the run's final validation
+        # (last.pt, or best.pt of that validation): its val line is in the log already
         self.finished_before = False
+        self.last_is_final = False  # and that checkpoint is last.pt: nothing to write
         self.last_path = out_dir / "last.pt" if info.is_main else None
         self.best_path: Path | None = None
         self.metrics: dict[str, Any] = {}  # the latest validation's
@@ -338,8 +340,11 @@ class _Run:
         if "log_window" in state:  # checkpoints before 2026-12-02 lack it
             self.window.load_state_dict(state["log_window"][self.info.rank])
         self.resumed = True
+        here = self.out_dir.resolve()
         self.finished_before = (state.get("finished", False) and self.iteration == self.total
-                                and Path(path).resolve() == (self.out_dir / "last.pt").resolve())
+                                and Path(path).resolve().parent == here)
+        self.last_is_final = (self.finished_before
+                              and Path(path).resolve() == here / "last.pt")
         if self.info.is_main:
             print(f"resumed from {path} at iteration {self.iteration}/{self.total}")
 
@@ -485,20 +490,22 @@ class _Run:
 
     def finish(self) -> TrainResult:
         """Stop the clock, validate, write ``last.pt``. A run resumed from its own final
-        checkpoint (a requeued job that had finished) evaluates without logging again: its
-        final validation line is in the log already."""
+        checkpoint (a requeued job that had finished: its last.pt, or the best.pt its final
+        validation wrote) evaluates without logging again: its final validation line is in
+        the log already."""
         self.clock.stop()
         if self.val_set is not None:
-            self.metrics = self.evaluate() if self.finished_before else self.validate()
-        if not self.finished_before:
+            self.metrics = self.evaluate() if self.finished_before else self.validate(final=True)
+        if not self.last_is_final:
             self.checkpoint(self.last_path, finished=True)
         return TrainResult(iteration=self.iteration, metrics=self.metrics,
                            best_metric=self.best, train_seconds=self.clock.seconds,
                            last_checkpoint=self.last_path, best_checkpoint=self.best_path,
                            out_dir=self.out_dir)
 
-    def validate(self) -> dict[str, Any]:
-        """Evaluate on ``val_set``, log, and keep ``best.pt`` when the primary metric improves."""
+    def validate(self, final: bool = False) -> dict[str, Any]:
+        """Evaluate on ``val_set``, log, and keep ``best.pt`` when the primary metric improves
+        (``final``: the run's final validation, whose best.pt is a finished checkpoint)."""
         config = self.config
         result = self.evaluate()
         self.logger.log({"split": "val", "iter": self.iteration,
@@ -508,7 +515,7 @@ class _Run:
             self.best = value
             if config.keep_best:
                 self.best_path = self.out_dir / "best.pt" if self.info.is_main else None
-                self.checkpoint(self.best_path)
+                self.checkpoint(self.best_path, finished=final)
         return result
 
     def evaluate(self) -> dict[str, Any]:
