@@ -170,17 +170,27 @@ def _train_losses(out: Path) -> dict[int, float]:
     return {r["iter"]: r["loss"] for r in records if r["split"] == "train"}
 
 
-def test_a_signal_in_the_last_iteration_lets_the_run_finish(tmp_path: Path) -> None:
-    """Too late to stop anything: the run validates and finishes as usual (it used to exit
-    130 without final_metrics.json, and a resume validated again)."""
+def test_a_signal_in_the_last_iteration_stops_before_the_final_validation(
+        capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """Announced as a stop, it used to run the whole final validation and exit 0. The run
+    stops as at any iteration (exit 130, last.pt of the last iteration), without the final
+    validation's line, and --resume auto validates once and finishes."""
     out = tmp_path / "finished"
     killed_run = Path(__file__).parents[1] / "engine" / "_killed_run.py"
     done = subprocess.run(
         [sys.executable, str(killed_run), "4:SIGINT", "-m", "deformconv", "train", *TINY_CLS,
          "--iterations", "4", "--out", str(out)],
         capture_output=True, text=True, timeout=300, check=False, start_new_session=True)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.endswith(
+        "deformconv train: stopped by SIGINT in the final validation after iteration 4/4; "
+        f"saved {out / 'last.pt'}: continue with --resume auto\n")
+    assert not (out / "final_metrics.json").exists()
+    code, _, err = run_cli(capsys, "train", "--resume", "auto", "--out", out, "--no-progress")
+    assert code == 0, err
     assert json.loads((out / "final_metrics.json").read_text())["iteration"] == 4
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if r["split"] == "val"] == [4]
 
 
 def test_resume_refuses_model_flags_that_describe_another_model(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import signal
 import time
 
 import pytest
@@ -21,9 +22,11 @@ from _engine_toys import (
 
 from deformconv.engine import (
     CheckpointError,
+    DistInfo,
     RunInProgressError,
     SeededSamples,
     TrainConfig,
+    TrainingStopped,
     evaluate,
     load_checkpoint,
     lr_factor,
@@ -375,6 +378,16 @@ def test_evaluate_matches_a_direct_computation_and_restores_mode():
     assert low["num_images"] == 7 and 0.0 <= low["top1"] <= 1.0
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_evaluate_checks_for_a_stop_as_often_on_every_rank(rank):
+    """7 samples on 2 ranks in batches of 1: rank 0 has 4 batches, rank 1 has 3, and checks
+    once more after them, so that a collective in the check pairs up with rank 0's."""
+    checks = []
+    evaluate(TinyClassifier(), ToyClassification(size=7), "classification", batch_size=1,
+             dist_info=DistInfo(rank=rank, world_size=2), stop_check=lambda: checks.append(1))
+    assert len(checks) == 4
+
+
 def test_run_settings_that_used_to_leak_or_mislead(tmp_path):
     """Integer class weights failed inside cross_entropy ('expected scalar type Float but
     found Long'); the logged lr was the first parameter group's (here the conv's, at
@@ -442,6 +455,69 @@ def test_resuming_the_final_validations_best_checkpoint_logs_nothing_twice(tmp_p
     records = read_metrics(tmp_path / "mid" / "metrics.jsonl")
     assert [r["iter"] for r in records if r["split"] == "val"] == [4, 8]
     assert load_checkpoint(tmp_path / "mid" / "last.pt")["iteration"] == 8
+
+
+def _request_stop() -> None:
+    """What Ctrl-C does during a run: the run's SIGINT handler records a stop request."""
+    signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+
+
+class _StopOnRead(torch.utils.data.Dataset):
+    """``dataset`` whose sample ``at`` requests a stop when read; records what was read."""
+
+    def __init__(self, dataset, at: int) -> None:
+        self.dataset, self.at, self.read = dataset, at, []
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        self.read.append(index)
+        if index == self.at:
+            _request_stop()
+        return self.dataset[index]
+
+
+def test_a_stop_in_the_final_validation_ends_it_and_a_resume_validates(tmp_path):
+    """Ctrl-C in the final validation (or the last iteration) was announced as a stop, then
+    the whole validation ran and the run finished. It now ends the validation at the next
+    batch, unlogged, with last.pt of the last iteration, and a resume validates."""
+    data, val = ToyClassification(size=20), ToyClassification(size=8, seed=3)
+    config = {"iterations": 6, "eval_every": 0, "log_every": 3, "eval_batch_size": 2}
+    folder = tmp_path / "run"
+    torch.manual_seed(0)
+    straight = train(_config(tmp_path, "straight", **config), TinyClassifier(), data, val)
+    torch.manual_seed(0)
+    stopping = _StopOnRead(val, at=2)  # in the second of four batches
+    with pytest.raises(TrainingStopped, match="SIGINT in the final validation after "
+                       "iteration 6/6") as stopped:
+        train(_config(tmp_path, **config), TinyClassifier(), data, stopping)
+    assert stopped.value.checkpoint == folder / "last.pt"
+    assert stopping.read == [0, 1, 2, 3]  # the batch it came in, not the rest
+    state = load_checkpoint(folder / "last.pt")
+    assert (state["iteration"], state["finished"]) == (6, False)
+    assert not (folder / "best.pt").exists()
+    resumed = train(_config(tmp_path, **config, resume="auto"), TinyClassifier(), data, val)
+    assert resumed.metrics == straight.metrics
+    lines = [(r["split"], r["iter"]) for r in read_metrics(folder / "metrics.jsonl")]
+    assert lines == [("train", 3), ("train", 6), ("val", 6)]
+    final, expected = (load_checkpoint(path) for path in (folder / "last.pt",
+                                                           straight.last_checkpoint))
+    assert final["finished"] and state_equal(final["model"], expected["model"])
+    assert torch.equal(final["rng"][0]["torch"], expected["rng"][0]["torch"])
+    # a stop in the last iteration ends the validation before its first batch is scored
+    stopping = _StopOnRead(val, at=-1)
+    with pytest.raises(TrainingStopped):
+        train(_config(tmp_path, "last", **config), TinyClassifier(), data, stopping,
+              on_iteration_end=lambda done: _request_stop() if done == 6 else None)
+    assert stopping.read == [0, 1]
+    assert load_checkpoint(tmp_path / "last" / "last.pt")["finished"] is False
+    # a finished run resumed again (a requeued job) keeps its final last.pt when stopped
+    with pytest.raises(TrainingStopped):
+        train(_config(tmp_path, **config, resume="auto"), TinyClassifier(), data,
+              _StopOnRead(val, at=0))
+    assert load_checkpoint(folder / "last.pt")["finished"] is True
+    assert len(read_metrics(folder / "metrics.jsonl")) == 3
 
 
 def test_a_finished_run_extended_logs_what_a_straight_run_does(tmp_path):

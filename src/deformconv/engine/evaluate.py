@@ -16,7 +16,7 @@ from tqdm import tqdm
 from ..data import NoReadableSamplesError
 from ..nn import eval_mode
 from .distributed import DistInfo, all_reduce_sum, resolve_device, unwrap_parallel
-from .loader import eval_loader, loader_batches
+from .loader import ShardSampler, eval_loader, loader_batches
 from .tasks import make_evaluator, num_images, to_device
 
 __all__ = ["evaluate"]
@@ -41,6 +41,7 @@ def evaluate(
     bf16: bool = False,
     dist_info: DistInfo | None = None,
     progress: bool = False,
+    stop_check: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` in eval mode over ``dataset`` and return the task's metrics.
 
@@ -59,7 +60,9 @@ def evaluate(
     gives them: masks at the size its transforms leave them (``runs.build_datasets``
     resizes VOC's), COCO ground truth as :class:`~deformconv.data.CocoDetection` cleaned it
     (boxes of no area or outside the image dropped, overhanging ones clipped), so COCO AP
-    can differ from ``COCOeval`` on the raw json.
+    can differ from ``COCOeval`` on the raw json. ``stop_check()`` is called before each
+    batch, as often on every rank (a collective in it pairs up), and may raise to end the
+    evaluation there (a training run's stop request).
     """
     if not len(dataset):  # type: ignore[arg-type]
         raise ValueError(f"the {task} dataset is empty (0 samples): nothing to evaluate")
@@ -71,9 +74,14 @@ def evaluate(
                          with_indices=True)
     evaluator = make_evaluator(task)
     readable = non_finite = 0
+    # rank 0's shard is the largest: the others check as often after their last batch
+    checks = -(-len(ShardSampler(dataset, info.world_size)) // batch_size)  # type: ignore[arg-type]
     with eval_mode(net), loader_batches(loader) as batches:
         for batch in tqdm(batches, desc="eval", leave=False, total=len(loader),
                           disable=not (progress and info.is_main)):
+            if stop_check is not None:
+                stop_check()
+                checks -= 1
             if batch is None:  # every sample of the batch was unreadable
                 continue
             indices, (images, targets) = batch
@@ -86,6 +94,8 @@ def evaluate(
                 non_finite += 1
                 outputs = _apply(outputs, lambda t: t.nan_to_num(0.0, 0.0, 0.0))
             evaluator.update(images, targets, outputs, indices)
+        for _ in range(checks if stop_check is not None else 0):
+            stop_check()  # type: ignore[misc]
     readable, non_finite = all_reduce_sum(torch.tensor([readable, non_finite])).tolist()
     if not readable:
         raise NoReadableSamplesError.of(dataset)

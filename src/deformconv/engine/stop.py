@@ -1,10 +1,11 @@
 """Stopping a run cleanly on SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption notice).
 
 While :class:`StopSignals` is installed, the first of these signals only records a request;
-the training loop sees it at the end of the iteration, writes ``last.pt`` and raises
-:class:`TrainingStopped`. A parameter update is never cut in half, and the run resumes from
-where it stopped. A second Ctrl-C stops at once (as Python's default would); a repeated
-SIGTERM changes nothing, since the stop is under way (a scheduler's SIGKILL ends it anyway).
+the training loop sees it at the end of the iteration (in the final validation, before
+each batch), writes ``last.pt`` and raises :class:`TrainingStopped`. A parameter update is
+never cut in half, and the run resumes from where it stopped. A second Ctrl-C stops at
+once (as Python's default would); a repeated SIGTERM changes nothing, since the stop is
+under way (a scheduler's SIGKILL ends it anyway).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class TrainingStopped(KeyboardInterrupt):
         self.signum, self.iteration, self.total = signum, iteration, total
         self.checkpoint = checkpoint
         saved = "" if checkpoint is None else f"; saved {checkpoint}"
-        super().__init__(f"stopped by {signal.Signals(signum).name} after iteration "
+        during = " in the final validation" if iteration == total else ""
+        super().__init__(f"stopped by {signal.Signals(signum).name}{during} after iteration "
                          f"{iteration}/{total}{saved}")
 
     def __reduce__(self) -> tuple:  # picklable, e.g. to send from a worker process

@@ -103,7 +103,8 @@ def train(
     SIGINT (Ctrl-C) or SIGTERM stops the run at the end of the iteration, after writing
     ``last.pt``, with :class:`~deformconv.engine.TrainingStopped` (a ``KeyboardInterrupt``);
     under torchrun a signal to any rank stops all ranks there. One during the last iteration
-    or the final validation lets the run finish. A second Ctrl-C stops at once.
+    or the final validation ends that validation at its next batch, unlogged, with
+    ``last.pt`` of the last iteration; a resume validates. A second Ctrl-C stops at once.
 
     A non-finite loss raises ``FloatingPointError`` naming the iteration, after a train line
     of the losses since the last one (``metrics.jsonl`` shows the run up to it).
@@ -214,10 +215,9 @@ def _train_loop(run: _Run, on_iteration_end: Callable[[int], None] | None) -> Tr
             if on_iteration_end is not None:
                 on_iteration_end(run.iteration)
             if run.iteration < run.total and (signum := run.stop_signal(signals)):
-                run.stop(signum)
-        # A signal during the last iteration or the final validation is too late to stop
-        # anything: the run finishes (a second Ctrl-C still stops at once).
-        return run.finish()
+                run.stop(signum, saved=_every(run.iteration, config.checkpoint_every))
+        # one in the last iteration stops the final validation before its first batch
+        return run.finish(signals)
 
 
 def _config_json(config: TrainConfig, info: DistInfo, extra: dict[str, Any]) -> str:
@@ -480,22 +480,40 @@ class _Run:
         received = [s for s, count in zip(STOP_SIGNALS, hits.tolist(), strict=True) if count]
         return signals.signum or (received[0] if received else None)
 
-    def stop(self, signum: int) -> NoReturn:
-        """Write ``last.pt`` (unless this mid-run iteration's is written already) and raise
-        :class:`TrainingStopped`."""
-        if not _every(self.iteration, self.config.checkpoint_every):
+    def stop(self, signum: int, *, saved: bool, finished: bool = False) -> NoReturn:
+        """Write ``last.pt`` unless this iteration's is ``saved`` already (``finished``: as
+        the run's final checkpoint) and raise :class:`TrainingStopped`."""
+        if not saved:
             with self.clock.paused():
-                self.checkpoint(self.last_path)
+                self.checkpoint(self.last_path, finished=finished)
         raise TrainingStopped(signum, self.iteration, self.total, self.last_path)
 
-    def finish(self) -> TrainResult:
+    def stop_check(self, signals: StopSignals) -> Callable[[], None]:
+        """For ``evaluate``: raises :class:`_StopRequested` once a stop signal came."""
+        def check() -> None:
+            if signum := self.stop_signal(signals):
+                raise _StopRequested(signum)
+
+        return check
+
+    def finish(self, signals: StopSignals) -> TrainResult:
         """Stop the clock, validate, write ``last.pt``. A run resumed from its own final
         checkpoint (a requeued job that had finished: its last.pt, or the best.pt its final
         validation wrote) evaluates without logging again: its final validation line is in
-        the log already."""
+        the log already.
+
+        A stop signal ends the validation at its next batch, unlogged, with ``last.pt`` of
+        the last iteration: a resume validates then (a finished one's ``last.pt`` says so).
+        """
         self.clock.stop()
         if self.val_set is not None:
-            self.metrics = self.evaluate() if self.finished_before else self.validate(final=True)
+            check = self.stop_check(signals)
+            try:
+                self.metrics = (self.evaluate(check) if self.finished_before
+                                else self.validate(final=True, stop_check=check))
+            except _StopRequested as request:
+                self.stop(request.signum, saved=self.last_is_final,
+                          finished=self.finished_before)
         if not self.last_is_final:
             self.checkpoint(self.last_path, finished=True)
         return TrainResult(iteration=self.iteration, metrics=self.metrics,
@@ -503,11 +521,12 @@ class _Run:
                            last_checkpoint=self.last_path, best_checkpoint=self.best_path,
                            out_dir=self.out_dir)
 
-    def validate(self, final: bool = False) -> dict[str, Any]:
+    def validate(self, final: bool = False,
+                 stop_check: Callable[[], None] | None = None) -> dict[str, Any]:
         """Evaluate on ``val_set``, log, and keep ``best.pt`` when the primary metric improves
         (``final``: the run's final validation, whose best.pt is a finished checkpoint)."""
         config = self.config
-        result = self.evaluate()
+        result = self.evaluate(stop_check)
         self.logger.log({"split": "val", "iter": self.iteration,
                          "train_seconds": self.clock.seconds, **result})
         value = result.get(PRIMARY_METRIC[config.task], float("nan"))
@@ -518,11 +537,12 @@ class _Run:
                 self.checkpoint(self.best_path, finished=final)
         return result
 
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self, stop_check: Callable[[], None] | None = None) -> dict[str, Any]:
         config = self.config
         return evaluate(self.net, self.val_set, config.task,  # type: ignore[arg-type]
                         batch_size=config.eval_batch_size or config.batch_size,
-                        num_workers=config.num_workers, bf16=config.bf16, dist_info=self.info)
+                        num_workers=config.num_workers, bf16=config.bf16, dist_info=self.info,
+                        stop_check=stop_check)
 
     def checkpoint(self, path: Path | None, finished: bool = False) -> None:
         """Every rank contributes its RNG state and log window; rank 0 writes ``path``
@@ -549,6 +569,14 @@ class _Run:
             "config": self.config.to_dict(),
             "extra": self.extra,
         }, path)
+
+
+class _StopRequested(Exception):
+    """A stop signal ``signum`` came during the final validation (see ``_Run.stop_check``)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 class _TrainClock:
