@@ -89,6 +89,18 @@ def test_modules_refuse_a_bad_offset_lr_mult(build, mult):
     assert module.offset_lr_mult == 0.0
 
 
+@pytest.mark.parametrize("build", [
+    lambda mult: DeformConv2d(4, 4, 3, offset_lr_mult=mult),
+    lambda mult: DeformRoIPool(4, 2, offset_lr_mult=mult),
+    lambda mult: DeformPSRoIPool(4, 2, 3, 0.25, offset_lr_mult=mult),
+])
+def test_modules_refuse_a_bool_offset_lr_mult(build):
+    """offset_lr_mult=True was taken as 1.0."""
+    with pytest.raises(TypeError, match=re.escape(
+            "offset_lr_mult must be a finite number >= 0, not a bool, got True")):
+        build(True)
+
+
 def test_a_module_pickled_whole_by_an_earlier_version_keeps_its_multiplier():
     """Earlier versions kept offset_lr_mult as a plain attribute, now a checked property:
     reading it on such an unpickled module raised AttributeError."""

@@ -108,6 +108,15 @@ class TestDeformRoIPool:
         with pytest.raises(error, match=re.escape(message)):
             DeformRoIPool(**{"in_channels": 3, "output_size": 2, **kwargs})
 
+    @pytest.mark.parametrize(("name", "message"), [
+        ("gamma", "gamma must be a finite number, not a bool, got True"),
+        ("spatial_scale", "spatial_scale must be a number > 0, not a bool, got True"),
+    ])
+    def test_number_arguments_refuse_bools(self, name, message):
+        """gamma=True and spatial_scale=True were taken as 1.0."""
+        with pytest.raises(TypeError, match=re.escape(message)):
+            DeformRoIPool(3, 2, **{name: True})
+
     @pytest.mark.parametrize(("name", "value"), [("aligned", "False"), ("modulated", "no"),
                                                  ("modulated", 1)])
     def test_bool_options_must_be_bools(self, name, value):

@@ -345,6 +345,9 @@ class TestDeformRoIPool(RoIOpTester):
         (torch.zeros(1, 5), {"gamma": float("nan")}, ValueError,
          "gamma must be a finite number, got nan"),
         (torch.zeros(1, 5), {"gamma": "0.1x"}, TypeError, "gamma must be a finite number"),
+        # a bool was taken as 1.0
+        (torch.zeros(1, 5), {"spatial_scale": True}, TypeError,
+         "spatial_scale must be a finite number > 0, not a bool, got True"),
     ])
     def test_bad_input(self, rois, kwargs, error, match):
         x = torch.randn(2, 3, 6, 6)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensor
 
-from ..ops.arguments import count, finite_float
+from ..ops.arguments import count, finite_float, is_bool
 
 
 class OffsetBranchMixin:
@@ -155,9 +155,12 @@ def check_counts(**values: object) -> None:
 
 def check_positive(**values: float | tuple[int, int]) -> None:
     """Raise a ``ValueError`` naming the first argument that is not > 0 (NaN and inf are
-    not; a pair must be > 0 in both entries), or a ``TypeError`` for one that is no number."""
+    not; a pair must be > 0 in both entries), or a ``TypeError`` for one that is no number
+    (a bool included: True is no scale of 1)."""
     for name, value in values.items():
         numbers = value if isinstance(value, tuple) else (value,)
+        if any(map(is_bool, numbers)):
+            raise TypeError(f"{name} must be a number > 0, not a bool, got {value!r}")
         try:
             positive = all(math.isfinite(v) and v > 0 for v in numbers)
         except TypeError:  # math.isfinite('a'): "must be real number, not str"

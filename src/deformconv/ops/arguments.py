@@ -9,18 +9,23 @@ import sys
 import torch
 from torch import Tensor
 
-__all__ = ["boolean", "count", "finite_float", "integer", "is_integer", "memory_format", "pair",
-           "rois_to_tensor"]
+__all__ = ["boolean", "count", "finite_float", "integer", "is_bool", "is_integer",
+           "memory_format", "pair", "rois_to_tensor"]
+
+
+def is_bool(value: object) -> bool:
+    """Whether ``value`` is a bool, Python's or NumPy's."""
+    if isinstance(value, bool):
+        return True
+    numpy = sys.modules.get("numpy")  # a NumPy bool exists only once NumPy is imported
+    return numpy is not None and isinstance(value, numpy.bool_)
 
 
 def boolean(value: object, name: str) -> bool:
     """``value`` as a Python bool, refused with a ``TypeError`` naming ``name`` unless a bool
     (Python's or NumPy's): ``bool("no")`` is True, so a truthy string or number would turn
     an option on."""
-    if isinstance(value, bool):
-        return value
-    numpy = sys.modules.get("numpy")  # a NumPy bool exists only once NumPy is imported
-    if numpy is not None and isinstance(value, numpy.bool_):
+    if is_bool(value):
         return bool(value)
     raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
 
@@ -74,8 +79,11 @@ def finite_float(value: object, name: str, *, positive: bool = False,
                  nonnegative: bool = False) -> float:
     """``float(value)``, refused with an error naming ``name`` unless finite (and > 0 with
     ``positive``, >= 0 with ``nonnegative``): a NaN scale would pass ``value <= 0`` checks
-    and pool silent zeros."""
+    and pool silent zeros. A bool is no number here (``True`` would be taken as 1.0): a
+    ``TypeError``."""
     expected = "a finite number" + (" > 0" if positive else " >= 0" if nonnegative else "")
+    if is_bool(value) or (isinstance(value, Tensor) and value.dtype == torch.bool):
+        raise TypeError(f"{name} must be {expected}, not a bool, got {value!r}")
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
