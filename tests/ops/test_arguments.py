@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from deformconv.ops.arguments import boolean, finite_float
+from deformconv.ops.arguments import boolean, finite_float, rois_to_tensor
 
 
 @pytest.mark.parametrize("value", [True, False, np.bool_(True), np.bool_(False)])
@@ -39,3 +39,20 @@ def test_finite_float_takes_numbers(value) -> None:
     result = finite_float(value, "scale", positive=True)
     assert type(result) is float and result == float(value)
 
+
+def test_rois_list_promotes_dtypes_as_torch_cat() -> None:
+    """Mixed dtypes were cast to rois[0]'s: float64 boxes after float16 ones lost digits."""
+    coarse = torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float16)
+    fine = torch.tensor([[1000.1, 2.3, 1100.7, 4.9]], dtype=torch.float64)
+    rois = rois_to_tensor([coarse, fine])
+    assert rois.dtype == torch.float64 == torch.result_type(coarse, fine)
+    assert torch.equal(rois[1], torch.tensor([1.0, 1000.1, 2.3, 1100.7, 4.9],
+                                             dtype=torch.float64))
+    assert torch.equal(rois[0], torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0], dtype=torch.float64))
+
+
+def test_rois_list_on_several_devices_names_the_box_tensor() -> None:
+    boxes = torch.zeros(1, 4)
+    with pytest.raises(RuntimeError, match=re.escape(
+            "rois[1] is on meta but rois[0] is on cpu; all boxes must be on one device")):
+        rois_to_tensor([boxes, boxes.to("meta")])

@@ -190,6 +190,15 @@ class TestDeformRoIPool(RoIOpTester):
         torch.testing.assert_close(deform_roi_pool(x, boxes, output_size=2, sampling_ratio=2),
                                    expected)
 
+    def test_list_of_boxes_of_mixed_dtypes_pools_the_promoted_boxes(self, generator):
+        """float64 boxes after float16 ones were rounded to float16 (to 1000 at 1000.3)."""
+        x = torch.randn(2, 4, 40, 1200, generator=generator)
+        coarse = torch.tensor([[1.0, 2.0, 9.0, 8.0]], dtype=torch.float16)
+        fine = torch.tensor([[1000.3, 2.3, 1010.7, 30.9]], dtype=torch.float64)
+        rois = torch.tensor([[0.0, 1.0, 2.0, 9.0, 8.0], [1.0, 1000.3, 2.3, 1010.7, 30.9]])
+        torch.testing.assert_close(deform_roi_pool(x, [coarse, fine], output_size=2),
+                                   deform_roi_pool(x, rois, output_size=2), rtol=0, atol=0)
+
     @given(case=cases, opts=options)
     @settings(max_examples=25, deadline=None)
     def test_matches_reference(self, case, opts):

@@ -99,8 +99,10 @@ def rois_to_tensor(rois: Tensor | list[Tensor] | tuple[Tensor, ...]) -> Tensor:
     """RoIs as ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]``.
 
     Accepts that layout directly or, like torchvision, a list of N per-image ``(Ki, 4)``
-    box tensors whose list position is the batch index. Only shapes are checked here
-    (trace-friendly); ``check_rois_values`` checks the numbers.
+    box tensors whose list position is the batch index, on one device; their dtypes are
+    promoted as ``torch.cat`` promotes them (float16 and float64 boxes give float64 rows).
+    Only shapes and devices are checked here (trace-friendly); ``check_rois_values`` checks
+    the numbers.
     """
     if isinstance(rois, Tensor):
         if rois.dim() != 2 or rois.shape[1] != 5:
@@ -122,7 +124,10 @@ def rois_to_tensor(rois: Tensor | list[Tensor] | tuple[Tensor, ...]) -> Tensor:
             raise ValueError(
                 f"rois[{i}] must have shape (Ki, 4) [x1, y1, x2, y2], got {tuple(boxes.shape)}"
             )
-    boxes = torch.cat([b.to(rois[0]) for b in rois], dim=0)
+        if boxes.device != rois[0].device:
+            raise RuntimeError(f"rois[{i}] is on {boxes.device} but rois[0] is on "
+                               f"{rois[0].device}; all boxes must be on one device")
+    boxes = torch.cat(list(rois), dim=0)  # promotes: a cast to rois[0]'s dtype lost digits
     index = torch.cat([torch.full_like(b[:, :1], i, dtype=boxes.dtype, device=boxes.device)
                        for i, b in enumerate(rois)], dim=0)
     return torch.cat([index, boxes], dim=1)
