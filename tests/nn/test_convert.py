@@ -96,6 +96,15 @@ def test_a_pattern_that_matches_no_module_is_an_error():
     assert not any(isinstance(m, DeformConv2d) for m in model.modules())  # nothing half-done
 
 
+@pytest.mark.parametrize(("mult", "error"), [(-1.0, ValueError), (float("nan"), ValueError),
+                                             (True, TypeError)])
+def test_offset_lr_mult_is_checked_when_no_conv_is_chosen(mult, error):
+    """It was checked by DeformConv2d only: with nothing converted a bad value passed."""
+    model = _resnet18()
+    with pytest.raises(error, match=r"^offset_lr_mult must be a finite number >= 0"):
+        convert_to_deformable(model, lambda name, conv: False, offset_lr_mult=mult)
+
+
 class _StandardizedConv2d(nn.Conv2d):
     """A conv that standardises its weight in forward, as timm's StdConv2d does."""
 

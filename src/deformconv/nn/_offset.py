@@ -39,7 +39,7 @@ class OffsetBranchMixin:
 
     @offset_lr_mult.setter
     def offset_lr_mult(self, value: float) -> None:
-        self._offset_lr_mult = finite_float(value, "offset_lr_mult", nonnegative=True)
+        self._offset_lr_mult = check_offset_lr_mult(value)
 
     def offset_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the offset (and mask) predictor only."""
@@ -48,6 +48,12 @@ class OffsetBranchMixin:
     def zero_init_offsets(self) -> None:
         """Zero the offset branch's last layer, so the module starts as its plain twin."""
         zero_init_last(self.offset_branch)
+
+
+def check_offset_lr_mult(value: object) -> float:
+    """``value`` as an offset branch's learning-rate multiplier: a finite number >= 0, else
+    an error naming ``offset_lr_mult``."""
+    return finite_float(value, "offset_lr_mult", nonnegative=True)
 
 
 def _exporting() -> bool:

@@ -11,6 +11,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 
 from ..ops.arguments import boolean, count
+from ._offset import check_offset_lr_mult
 from .deform_conv import DeformConv2d, DeformConv2dBase, same_padding
 
 __all__ = ["convert_to_deformable"]
@@ -104,7 +105,8 @@ def convert_to_deformable(
             that matches no module name raises ``ValueError``. A conv registered under
             several names (shared) becomes one shared :class:`DeformConv2d` at each
             selected name.
-        offset_groups, modulated, offset_lr_mult: passed to each :class:`DeformConv2d`.
+        offset_groups, modulated, offset_lr_mult: passed to each :class:`DeformConv2d`;
+            checked even when no conv is converted.
 
     Returns:
         The qualified names of the converted convs, in module order.
@@ -118,6 +120,7 @@ def convert_to_deformable(
     """
     count(offset_groups, "offset_groups")  # before dividing in_channels by it
     boolean(modulated, "modulated")  # even when no conv is chosen
+    offset_lr_mult = check_offset_lr_mult(offset_lr_mult)  # likewise
     _check_patterns(model, include)
     # The offset convs inside existing deformable layers are never converted themselves.
     # A conv registered under several names (shared, tied) is seen under each of them.

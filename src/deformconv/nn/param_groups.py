@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from ..ops.arguments import finite_float
-from ._offset import OffsetBranchMixin
+from ._offset import OffsetBranchMixin, check_offset_lr_mult
 
 __all__ = ["offset_lr_multipliers", "offset_param_groups"]
 
@@ -18,7 +18,7 @@ def offset_lr_multipliers(model: nn.Module, offset_lr_mult: float | None = None
     (modules with :class:`OffsetBranchMixin`): each module's ``offset_lr_mult``, or
     ``offset_lr_mult`` for all when given."""
     if offset_lr_mult is not None:
-        offset_lr_mult = finite_float(offset_lr_mult, "offset_lr_mult", nonnegative=True)
+        offset_lr_mult = check_offset_lr_mult(offset_lr_mult)
     mult_of: dict[int, float] = {}
     for module in model.modules():
         if isinstance(module, OffsetBranchMixin):
