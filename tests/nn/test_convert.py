@@ -96,6 +96,17 @@ def test_a_pattern_that_matches_no_module_is_an_error():
     assert not any(isinstance(m, DeformConv2d) for m in model.modules())  # nothing half-done
 
 
+@pytest.mark.parametrize("include", [0, 3.5, ["layer4", 1], (p for p in ["layer4"])])
+def test_include_of_another_kind_is_an_error_naming_it(include):
+    """include=0 raised Python's "'int' object is not iterable"; a generator converted
+    nothing (emptied by the pattern check)."""
+    model = _resnet18()
+    with pytest.raises(TypeError, match=r"^include must be a glob pattern \(a str\), a list of "
+                       r"them or a predicate \(name, conv\) -> bool, got "):
+        convert_to_deformable(model, include)
+    assert not any(isinstance(m, DeformConv2d) for m in model.modules())
+
+
 @pytest.mark.parametrize(("mult", "error"), [(-1.0, ValueError), (float("nan"), ValueError),
                                              (True, TypeError)])
 def test_offset_lr_mult_is_checked_when_no_conv_is_chosen(mult, error):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
@@ -46,7 +46,13 @@ def _patterns(include: Selector | None) -> list[str]:
     """The glob patterns of a name selector (none for the default or a predicate)."""
     if include is None or callable(include):
         return []
-    return [include] if isinstance(include, str) else list(include)
+    if isinstance(include, str):
+        return [include]
+    # a Collection, not any iterable: a generator would be empty when read a second time
+    if isinstance(include, Collection) and all(isinstance(p, str) for p in include):
+        return list(include)
+    raise TypeError(f"include must be a glob pattern (a str), a list of them or a predicate "
+                    f"(name, conv) -> bool, got {include!r}")
 
 
 def _selected(name: str, conv: nn.Conv2d, include: Selector | None) -> bool:
@@ -97,14 +103,14 @@ def convert_to_deformable(
         include: which convs to convert, by qualified name (``model.named_modules()``):
             a glob pattern or a list of them (``"layer4.*.conv2"``; a pattern that names a
             module takes the convs inside it: ``"layer4"``), or a predicate
-            ``(name, conv) -> bool``. Default: every 3×3 conv. Convs with a 1×1 kernel are
-            never converted; selected convs that a :class:`DeformConv2d` cannot reproduce
-            (a subclass with its own ``forward`` such as timm's ``StdConv2d``, a
-            parametrized or hooked conv, a padding mode other than zeros, a lazy conv
-            before its first forward pass) are left as they are, with a warning. A pattern
-            that matches no module name raises ``ValueError``. A conv registered under
-            several names (shared) becomes one shared :class:`DeformConv2d` at each
-            selected name.
+            ``(name, conv) -> bool`` (anything else is a ``TypeError``). Default: every 3×3
+            conv. Convs with a 1×1 kernel are never converted; selected convs that a
+            :class:`DeformConv2d` cannot reproduce (a subclass with its own ``forward``
+            such as timm's ``StdConv2d``, a parametrized or hooked conv, a padding mode
+            other than zeros, a lazy conv before its first forward pass) are left as they
+            are, with a warning. A pattern that matches no module name raises
+            ``ValueError``. A conv registered under several names (shared) becomes one
+            shared :class:`DeformConv2d` at each selected name.
         offset_groups, modulated, offset_lr_mult: passed to each :class:`DeformConv2d`;
             checked even when no conv is converted.
 
