@@ -96,6 +96,18 @@ def test_a_pattern_that_matches_no_module_is_an_error():
     assert not any(isinstance(m, DeformConv2d) for m in model.modules())  # nothing half-done
 
 
+@pytest.mark.parametrize("include", [None, "*", lambda name, conv: True])
+def test_a_model_that_is_a_conv_itself_is_an_error(include):
+    """The root conv (name "") was skipped: [] came back and the conv stayed plain."""
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+    with pytest.raises(ValueError, match=r"model is itself a conv \(Conv2d with kernel_size=\(3, "
+                       r"3\)\).*cannot replace the model itself.*nn\.Sequential\(conv\)"):
+        convert_to_deformable(conv, include)
+    seq = nn.Sequential(conv)  # what the error suggests
+    assert convert_to_deformable(seq, include) == ["0"]
+    assert isinstance(seq[0], DeformConv2d) and seq[0].weight is conv.weight
+
+
 @pytest.mark.parametrize("include", [0, 3.5, ["layer4", 1], (p for p in ["layer4"])])
 def test_include_of_another_kind_is_an_error_naming_it(include):
     """include=0 raised Python's "'int' object is not iterable"; a generator converted

@@ -110,7 +110,9 @@ def convert_to_deformable(
             other than zeros, a lazy conv before its first forward pass) are left as they
             are, with a warning. A pattern that matches no module name raises
             ``ValueError``. A conv registered under several names (shared) becomes one
-            shared :class:`DeformConv2d` at each selected name.
+            shared :class:`DeformConv2d` at each selected name. ``model`` itself cannot be
+            replaced in place: a ``model`` that is a conv (larger than 1×1) raises
+            ``ValueError``; wrap it in ``nn.Sequential``.
         offset_groups, modulated, offset_lr_mult: passed to each :class:`DeformConv2d`;
             checked even when no conv is converted.
 
@@ -127,6 +129,13 @@ def convert_to_deformable(
     count(offset_groups, "offset_groups")  # before dividing in_channels by it
     boolean(modulated, "modulated")  # even when no conv is chosen
     offset_lr_mult = check_offset_lr_mult(offset_lr_mult)  # likewise
+    if _is_candidate(model):  # its name "" has no parent to set it in
+        raise ValueError(
+            f"model is itself a conv ({type(model).__name__} with kernel_size="
+            f"{model.kernel_size}); convert_to_deformable replaces the convs inside a model "
+            "and cannot replace the model itself: convert a container holding it, e.g. "
+            "seq = nn.Sequential(conv); convert_to_deformable(seq), then use seq[0]"
+        )
     _check_patterns(model, include)
     # The offset convs inside existing deformable layers are never converted themselves.
     # A conv registered under several names (shared, tied) is seen under each of them.
