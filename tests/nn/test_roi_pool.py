@@ -100,6 +100,10 @@ class TestDeformRoIPool:
         ({"hidden_dims": (-1,)}, ValueError, "hidden_dims[0] must be > 0, got -1"),
         ({"hidden_dims": (16, 0)}, ValueError, "hidden_dims[1] must be > 0, got 0"),
         ({"hidden_dims": (16.0,)}, TypeError, "hidden_dims[0] must be an int, got 16.0"),
+        # an int raised Python's "'int' object is not iterable"
+        ({"hidden_dims": 1024}, TypeError, "hidden_dims must be a sequence of ints > 0, one "
+         "width per hidden layer (e.g. (1024,) or (1024, 1024)), got 1024"),
+        ({"hidden_dims": "16"}, TypeError, "hidden_dims must be a sequence of ints > 0"),
         ({"sampling_ratio": 1.5}, TypeError, "sampling_ratio must be an int, got 1.5"),
         ({"in_channels": 3.0}, TypeError, "in_channels must be an int, got 3.0"),
         ({"in_channels": True}, TypeError, "in_channels must be an int, got True"),

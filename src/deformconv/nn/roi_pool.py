@@ -7,7 +7,7 @@ Dai et al., "Deformable Convolutional Networks", ICCV 2017, section 2.2
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +43,8 @@ class DeformRoIPool(nn.Module, OffsetBranchMixin):
         aligned: RoIAlign's half-pixel shift (True here, False by default in torchvision's
             ``RoIAlign``).
         hidden_dims: widths (ints > 0) of hidden fc layers before the offset layer. ``()`` is the
-            original single layer; mmcv's DeformRoIPoolPack uses ``(1024, 1024)``.
+            original single layer; mmcv's DeformRoIPoolPack uses ``(1024, 1024)``. A sequence
+            even for one layer: ``(1024,)``, not ``1024`` (a ``TypeError``).
         modulated: also predict a per-bin modulation mask (DCN v2).
         offset_lr_mult: learning-rate multiplier (finite, >= 0) of the fc layers (paper: 0.01).
         device, dtype: of the fc layers' parameters, as in ``nn.Linear``.
@@ -78,6 +79,10 @@ class DeformRoIPool(nn.Module, OffsetBranchMixin):
         self.sampling_ratio = integer(sampling_ratio, "sampling_ratio")  # <= 0: adaptive
         self.gamma = finite_float(gamma, "gamma")
         self.aligned = boolean(aligned, "aligned")
+        if isinstance(hidden_dims, (str, bytes)) or not isinstance(hidden_dims, Iterable):
+            # an int is refused, not read as one layer: hidden_dims=2 may mean two layers
+            raise TypeError(f"hidden_dims must be a sequence of ints > 0, one width per hidden "
+                            f"layer (e.g. (1024,) or (1024, 1024)), got {hidden_dims!r}")
         self.hidden_dims = tuple(hidden_dims)
         check_counts(**{f"hidden_dims[{i}]": width for i, width in enumerate(self.hidden_dims)})
         self.modulated = boolean(modulated, "modulated")
