@@ -357,3 +357,18 @@ def test_torchvision_feature_extractor_on_a_converted_resnet() -> None:
         stem = model.maxpool(model.relu(model.bn1(model.conv1(x))))
         expected = model.layer4(model.layer3(model.layer2(model.layer1(stem))))
         torch.testing.assert_close(features(x)["c5"], expected, rtol=0, atol=0)
+
+
+def test_forward_mode_ad_is_refused_for_inputs_and_parameters():
+    """torch.func.jvp gave a tangent without the deformable conv's part (zero from it)."""
+    conv = DeformConv2d(2, 3, 3, padding=1)
+    x = torch.randn(1, 2, 5, 5)
+    message = r"forward-mode AD .* is not supported by deform_conv2d: input carries"
+    with pytest.raises(NotImplementedError, match=message):
+        torch.func.jvp(conv, (x,), (torch.ones_like(x),))
+    params = dict(conv.named_parameters())
+    tangents = {name: torch.ones_like(p) for name, p in params.items()}
+    # the offset conv's parameters give the offset a tangent, the first that carries one
+    with pytest.raises(NotImplementedError, match="deform_conv2d: offset carries"):
+        torch.func.jvp(lambda p: torch.func.functional_call(conv, p, (x,)), (params,),
+                       (tangents,))

@@ -172,3 +172,12 @@ def test_non_finite_features_make_their_rois_nan_instead_of_an_error() -> None:
     expected[1, 1] = True  # RoI 0 spans 0.75-10 of the 16 px map: (3, 3) is in its middle bin
     assert torch.equal(out[0].isnan().any(0), expected) and out[0, :, 1, 1].isnan().all()
     assert torch.isfinite(out[1]).all()
+
+
+def test_forward_mode_ad_is_refused():
+    """torch.func.jvp gave a zero tangent."""
+    pool = DeformPSRoIPool(4, 1, 2, SCALE)
+    x = torch.randn(2, 4, 16, 16)
+    with pytest.raises(NotImplementedError, match=r"forward-mode AD .* is not supported by "
+                       r"deform_psroi_pool: input carries a forward tangent"):
+        torch.func.jvp(lambda x: pool(x, ROIS), (x,), (torch.ones_like(x),))

@@ -159,3 +159,12 @@ def test_a_negative_sampling_ratio_is_adaptive_as_in_the_op() -> None:
     x, rois = torch.randn(1, 4, 8, 8), torch.tensor([[0, 1, 1, 6, 6.0]])
     torch.testing.assert_close(DeformRoIPool(4, 3, sampling_ratio=-1)(x, rois),
                                DeformRoIPool(4, 3, sampling_ratio=0)(x, rois), rtol=0, atol=0)
+
+
+def test_forward_mode_ad_is_refused():
+    """torch.func.jvp gave a zero tangent."""
+    pool = DeformRoIPool(4, 2, spatial_scale=0.25)
+    x = torch.randn(2, 4, 16, 16)
+    with pytest.raises(NotImplementedError, match=r"forward-mode AD .* is not supported by "
+                       r"deform_roi_pool: input carries a forward tangent"):
+        torch.func.jvp(lambda x: pool(x, ROIS), (x,), (torch.ones_like(x),))

@@ -37,6 +37,8 @@ from deformconv.ops._numba import noalias as noalias_module
 from deformconv.ops._numba import threads as threads_module
 from deformconv.ops._torch import deform_conv as torch_backend
 
+from .forward_ad_helpers import FORWARD_AD_APIS, tangent_of
+
 # ----------------------------------------------------------------------------- cases
 
 
@@ -1363,6 +1365,31 @@ def test_vmap_matches_a_loop():
         channels_last)
     torch.testing.assert_close(got, torch.stack([deform_conv2d(x, offsets[0], weight, padding=1)
                                                  for x in images]))
+
+
+@pytest.mark.parametrize("api", FORWARD_AD_APIS)
+@pytest.mark.parametrize(("index", "name"), list(enumerate(
+    ["input", "offset", "weight", "bias", "mask"])))
+def test_forward_mode_ad_is_refused(api, index, name):
+    """A forward tangent was dropped silently: torch.func.jvp gave a zero tangent,
+    forward_ad none (the autograd formula is reverse-mode only)."""
+    gen = torch.Generator().manual_seed(0)
+    args = [torch.randn(shape, generator=gen, dtype=torch.float64) for shape in
+            [(1, 2, 5, 5), (1, 18, 3, 3), (3, 2, 3, 3), (3,), (1, 9, 3, 3)]]
+    with pytest.raises(NotImplementedError, match=re.escape(
+            f"forward-mode AD (torch.func.jvp, jacfwd / torch.autograd.forward_ad) is not "
+            f"supported by deform_conv2d: {name} carries a forward tangent; use reverse mode")):
+        tangent_of(api, lambda *a: deform_conv2d(a[0], a[1], a[2], a[3], mask=a[4]), args, index)
+
+
+def test_forward_mode_ad_of_what_the_op_does_not_depend_on_still_runs():
+    """Under a dual level, inputs without a tangent pass: the op is a constant there."""
+    gen = torch.Generator().manual_seed(0)
+    x, offset = torch.randn(1, 2, 5, 5, generator=gen), torch.randn(1, 18, 3, 3, generator=gen)
+    weight, scale = torch.randn(3, 2, 3, 3, generator=gen), torch.tensor(2.0)
+    out, tangent = torch.func.jvp(lambda s: s * deform_conv2d(x, offset, weight), (scale,),
+                                  (torch.ones_like(scale),))
+    torch.testing.assert_close(out, 2 * tangent)
 
 
 # ----------------------------------------------------------------------------- torch.library

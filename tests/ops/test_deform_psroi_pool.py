@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 from deformconv.ops import deform_psroi_pool, reference
 from deformconv.ops._torch import deform_psroi_pool as torch_backend
 
+from .forward_ad_helpers import FORWARD_AD_APIS, tangent_of
 from .roi_helpers import (
     RoIOpTester,
     assert_close_all,
@@ -319,6 +322,22 @@ class TestDeformPSRoIPool(RoIOpTester):
         offset = options.pop("offset", None)
         with pytest.raises(error, match=match):
             deform_psroi_pool(x, rois, offset, **options)
+
+
+@pytest.mark.parametrize("api", FORWARD_AD_APIS)
+@pytest.mark.parametrize(("index", "name"), list(enumerate(["input", "rois", "offset"])))
+def test_forward_mode_ad_is_refused(api, index, name):
+    """A forward tangent was dropped silently (a zero or missing result tangent)."""
+    gen = torch.Generator().manual_seed(0)
+    args = [torch.randn(1, 4, 6, 6, generator=gen, dtype=torch.float64),
+            torch.tensor([[0.0, 0.5, 1.0, 4.0, 4.5]], dtype=torch.float64),
+            torch.randn(1, 2, 2, 2, generator=gen, dtype=torch.float64)]
+    with pytest.raises(NotImplementedError, match=re.escape(
+            f"forward-mode AD (torch.func.jvp, jacfwd / torch.autograd.forward_ad) is not "
+            f"supported by deform_psroi_pool: {name} carries a forward tangent")):
+        tangent_of(api, lambda *a: deform_psroi_pool(
+            a[0], a[1], a[2], spatial_scale=1.0, output_dim=1, group_size=2, pooled_size=2,
+            trans_std=0.1), args, index)
 
 
 def test_registered_op_checks_its_arguments():

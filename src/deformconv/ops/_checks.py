@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -48,6 +49,23 @@ def check_same_dtype_device(
             raise TypeError(
                 f"{name} has dtype {tensor.dtype} but {reference_name} has {reference.dtype}; "
                 "all tensors must share one dtype"
+            )
+
+
+def check_no_forward_tangent(op: str, **tensors: Tensor | None) -> None:
+    """Refuse tensors that carry a forward-mode tangent (``torch.func.jvp``,
+    ``torch.autograd.forward_ad``): the ops have reverse-mode formulas only, and torch
+    would drop the tangent without a word (a zero or missing result tangent)."""
+    # Outside a dual level (every call but forward AD) this is one read of an int; both
+    # forward_ad.dual_level and torch.func.jvp (and jacfwd) enter one.
+    if forward_ad._current_level < 0:
+        return
+    for name, tensor in tensors.items():
+        if tensor is not None and forward_ad.unpack_dual(tensor).tangent is not None:
+            raise NotImplementedError(
+                f"forward-mode AD (torch.func.jvp, jacfwd / torch.autograd.forward_ad) is not "
+                f"supported by {op}: {name} carries a forward tangent; use reverse mode "
+                "through torch.autograd (backward, torch.autograd.grad)"
             )
 
 

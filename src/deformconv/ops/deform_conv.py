@@ -11,7 +11,13 @@ import torch
 from torch import Tensor
 
 from . import _dispatch, _onnx
-from ._checks import check_no_nan, check_same_dtype_device, check_tensor, float32_under_autocast
+from ._checks import (
+    check_no_forward_tangent,
+    check_no_nan,
+    check_same_dtype_device,
+    check_tensor,
+    float32_under_autocast,
+)
 from ._library import OpParts, define_op
 from .arguments import memory_format, pair
 
@@ -239,6 +245,8 @@ def deform_conv2d(
         input, offset, weight, bias, mask = float32_under_autocast(
             input.device.type, input, offset, weight, bias, mask)
     _check_arguments(input, offset, weight, bias, mask, stride_, padding_, dilation_)
+    check_no_forward_tangent("deform_conv2d", input=input, offset=offset, weight=weight,
+                             bias=bias, mask=mask)
     if _onnx.exporting():  # the standard ONNX DeformConv node instead of our custom op
         return _onnx.deform_conv(input, offset, weight, bias, mask, stride_, padding_, dilation_)
     if memory_format(input) != torch.channels_last:

@@ -18,6 +18,7 @@ from torch import Tensor
 from . import _dispatch
 from ._checks import (
     check_compute_dtype,
+    check_no_forward_tangent,
     check_no_nan,
     check_rois_values,
     check_same_dtype_device,
@@ -211,6 +212,7 @@ def deform_psroi_pool(
     if isinstance(input, Tensor):
         input, rois, offset = float32_under_autocast(input.device.type, input, rois, offset)
     _check_arguments(input, rois, offset, output_dim, group_size, part_size)
+    check_no_forward_tangent("deform_psroi_pool", input=input, rois=rois, offset=offset)
     out, _ = _deform_psroi_pool(
         input.contiguous(), rois.to(compute_dtype(input.dtype)).contiguous(),
         None if offset is None else offset.contiguous(),
