@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import signal
+import sys
 import time
 
 import pytest
@@ -518,6 +519,53 @@ def test_a_stop_in_the_final_validation_ends_it_and_a_resume_validates(tmp_path)
               _StopOnRead(val, at=0))
     assert load_checkpoint(folder / "last.pt")["finished"] is True
     assert len(read_metrics(folder / "metrics.jsonl")) == 3
+
+
+def test_a_failing_validation_keeps_the_training_before_it(tmp_path, monkeypatch):
+    """A validation that raised (pycocotools missing at the final one, a broken val set)
+    lost every iteration since the last checkpoint: last.pt is now written first, and a
+    resume validates and ends as a straight run does."""
+    import deformconv.engine.trainer as trainer
+
+    data, val = ToyClassification(size=20), ToyClassification(size=8, seed=3)
+    config = {"iterations": 5, "eval_every": 4, "checkpoint_every": 0, "log_every": 5}
+    torch.manual_seed(0)
+    straight = train(_config(tmp_path, "straight", **config), TinyClassifier(), data, val)
+    real_evaluate, calls = trainer.evaluate, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= 2:  # iteration 4's validation, then the resumed final one
+            raise RuntimeError("the val set's disk is gone")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", failing)
+    folder = tmp_path / "run"
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match="disk is gone"):
+        train(_config(tmp_path, **config), TinyClassifier(), data, val)
+    state = load_checkpoint(folder / "last.pt")
+    assert (state["iteration"], state["finished"]) == (4, False)
+    with pytest.raises(RuntimeError, match="disk is gone"):  # trains 5, fails to validate
+        train(_config(tmp_path, **config, resume="auto"), TinyClassifier(), data, val)
+    state = load_checkpoint(folder / "last.pt")
+    assert (state["iteration"], state["finished"]) == (5, False)
+    resumed = train(_config(tmp_path, **config, resume="auto"), TinyClassifier(), data, val)
+    assert resumed.metrics == straight.metrics
+    assert load_checkpoint(folder / "last.pt")["finished"] is True
+    assert state_equal(load_checkpoint(folder / "last.pt")["model"],
+                       load_checkpoint(straight.last_checkpoint)["model"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pycocotools") is None,
+                    reason="needs pycocotools to block")
+def test_detection_without_pycocotools_fails_before_training(tmp_path, monkeypatch):
+    """Its COCO evaluation failed after all the iterations, with no checkpoint."""
+    monkeypatch.setitem(sys.modules, "pycocotools.cocoeval", None)
+    config = _config(tmp_path, task="detection", iterations=2)
+    with pytest.raises(ModuleNotFoundError, match="pycocotools"):
+        train(config, TinyDetector(), ToyDetection(size=4), ToyDetection(size=2, seed=1))
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_finished_run_extended_logs_what_a_straight_run_does(tmp_path):

@@ -254,6 +254,8 @@ class DetectionEvaluator(Evaluator):
     in dataset order (COCO breaks score ties by image order)."""
 
     def __init__(self) -> None:
+        import pycocotools.cocoeval  # noqa: F401  (missing: fail here, not after the images)
+
         self.records: list[tuple[int, dict[str, Any]]] = []
 
     def update(self, images: Sequence[Tensor], targets: Sequence[dict], outputs: Sequence[dict],

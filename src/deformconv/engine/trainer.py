@@ -45,7 +45,7 @@ from .optim import build_optimizer, build_scheduler, lr_factor
 from .run_lock import out_dir_lock
 from .seeding import get_rng_state, seed_everything, set_rng_state
 from .stop import STOP_SIGNALS, StopSignals, TrainingStopped
-from .tasks import PRIMARY_METRIC, compute_loss, num_images, to_device
+from .tasks import PRIMARY_METRIC, compute_loss, make_evaluator, num_images, to_device
 
 __all__ = ["RefusedByMainProcess", "TrainResult", "train"]
 
@@ -107,7 +107,10 @@ def train(
     ``last.pt`` of the last iteration; a resume validates. A second Ctrl-C stops at once.
 
     A non-finite loss raises ``FloatingPointError`` naming the iteration, after a train line
-    of the losses since the last one (``metrics.jsonl`` shows the run up to it).
+    of the losses since the last one (``metrics.jsonl`` shows the run up to it). A
+    validation that raises writes ``last.pt`` of its iteration first (one process; not under
+    torchrun), so that a resume validates again instead of training again; a detection
+    run without pycocotools fails before its first iteration.
 
     A run into an ``out_dir`` that holds another run's files replaces them (the command
     line refuses such a folder unless told to overwrite it or resume).
@@ -142,6 +145,8 @@ def _train(
     if val_set is not None and not len(val_set):  # type: ignore[arg-type]
         raise ValueError("val_set is empty (0 samples); pass val_set=None to train without "
                          "validation")
+    if val_set is not None:
+        make_evaluator(config.task)  # a missing dependency (pycocotools) fails before training
     out_dir = Path(config.out_dir)
     config_json = _config_json(config, info, extra)  # on every rank: a bad extra stops all
     _prepare_process(config, info)
@@ -467,7 +472,8 @@ class _Run:
             return
         with self.clock.paused():
             if self.val_set is not None and _every(self.iteration, self.config.eval_every):
-                self.metrics = self.validate()
+                with self.kept_on_error():
+                    self.metrics = self.validate()
             if _every(self.iteration, self.config.checkpoint_every):
                 self.checkpoint(self.last_path)
 
@@ -509,8 +515,9 @@ class _Run:
         if self.val_set is not None:
             check = self.stop_check(signals)
             try:
-                self.metrics = (self.evaluate(check) if self.finished_before
-                                else self.validate(final=True, stop_check=check))
+                with self.kept_on_error(finished=self.finished_before):
+                    self.metrics = (self.evaluate(check) if self.finished_before
+                                    else self.validate(final=True, stop_check=check))
             except _StopRequested as request:
                 self.stop(request.signum, saved=self.last_is_final,
                           finished=self.finished_before)
@@ -520,6 +527,21 @@ class _Run:
                            best_metric=self.best, train_seconds=self.clock.seconds,
                            last_checkpoint=self.last_path, best_checkpoint=self.best_path,
                            out_dir=self.out_dir)
+
+    @contextlib.contextmanager
+    def kept_on_error(self, finished: bool = False) -> Iterator[None]:
+        """A validation that raises (a missing pycocotools, an unreadable val set) leaves
+        ``last.pt`` of this iteration, so that the training before it is not lost: a resume
+        validates again. One process only: under torchrun the other ranks would wait for the
+        failed one in the checkpoint's collective."""
+        try:
+            yield
+        except _StopRequested:
+            raise
+        except Exception:
+            if not self.info.distributed and not self.last_is_final:
+                self.checkpoint(self.last_path, finished=finished)
+            raise
 
     def validate(self, final: bool = False,
                  stop_check: Callable[[], None] | None = None) -> dict[str, Any]:
