@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,17 @@ def test_demo_refuses_settings_it_would_fail_on_before_training(
 
     with pytest.raises(ValueError, match=r"deform_layers must be at least 1 .*got 0"):
         run_demo(DemoSettings.smoke(deform_layers=0), out)
+
+
+def test_demo_without_matplotlib_fails_before_training(
+        capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It trained the three runs, then failed writing the report, and a rerun was refused
+    as an earlier demo in the folder."""
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    out = tmp_path / "demo"
+    code, stdout, err = run_cli(capsys, "demo", "--smoke", "--no-progress", "--out", out)
+    assert code == 2 and "needs matplotlib" in err and "deformconv[vision]" in err
+    assert "training" not in stdout and not out.exists()
 
 
 def test_a_rerun_needs_overwrite_and_replaces_the_earlier_demo(

@@ -441,7 +441,10 @@ def process_layout(device: torch.device, jobs: int, threads: int) -> tuple[int, 
 
 def check_settings(s: DemoSettings) -> None:
     """Refuse settings the demo could only fail on after training: no deformable layer
-    (nothing to compare, no offsets to plot), fewer training scenes than one batch."""
+    (nothing to compare, no offsets to plot), fewer training scenes than one batch; and
+    fail on a missing matplotlib (the vision extra), which only the report needs."""
+    import matplotlib.figure  # noqa: F401
+
     from ..engine import iters_per_epoch
 
     if s.deform_layers < 1:
