@@ -24,7 +24,7 @@ import itertools
 import json
 import math
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -346,9 +346,10 @@ class Report:
         if study in self.summaries:
             return self.summaries[study]
         source, target = self.runs / study / "summary.json", self.kept / f"{study}.json"
-        new = read_json(source, SUMMARY) if source.is_file() else None
+        kind, check = summary_kind(study), rows_check(study)
+        new = read_json(source, kind, check=check) if source.is_file() else None
         may_replace = study in self.replace and new is not None  # a damaged kept copy, too
-        kept = self.read_kept(study, target, SUMMARY, new is not None) \
+        kept = self.read_kept(study, target, kind, new is not None, check) \
             if target.is_file() and not may_replace else None
         data = kept
         if new is not None:
@@ -395,12 +396,14 @@ class Report:
             else None
 
     def read_kept(self, study: str, path: Path, kind: tuple[str, Sequence[str]],
-                  replaceable: bool) -> dict[str, Any]:
+                  replaceable: bool,
+                  check: Callable[[dict[str, Any]], str | None] | None = None
+                  ) -> dict[str, Any]:
         """The kept copy ``path`` of the study's summary or plan (:func:`read_json`);
         ``replaceable``: the runs hold one that ``--replace`` would put in its place."""
         hint = RESTORE + (f", or pass --replace {study} to replace it by the runs' one"
                           if replaceable else "")
-        return read_json(path, kind, hint)
+        return read_json(path, kind, hint, check)
 
     def copy_figures(self, study: str, names: Sequence[str]) -> list[str]:
         """The study's PNGs kept next to the report, their paths relative to it: the runs'
@@ -550,7 +553,46 @@ class Report:
 
 
 # What each kind of kept file must hold (checked before it is kept or used).
-SUMMARY = ("summary", ("mode", "rows"))
+# A study's summary: its "mode" and "rows", and what the report reads of it: (the
+# summary's keys, every row's keys); the metrics it names under "metrics" are row keys too.
+SUMMARY_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "layers": (("settings", "metrics"), ("layers", "deform_blocks", "params")),
+    "roi_pooling": (("settings", "metrics"), ("config", "deformable_conv_layers",
+                                              "deformable_roi_pooling", "params")),
+    "overhead": (("repeats", "threads"),
+                 ("model", "image_size", "params_plain", "params_deformable",
+                  "params_increase", "ms_plain", "ms_deformable", "time_increase")),
+    "dilation": (("settings", "thresholds", "seeds", "miou", "figures"),
+                 ("layer", "nominal", "bucket", "mean", "std")),
+    "scale": (("settings", "test_scales", "train_scale", "seeds", "figure"),
+              ("model", "by_scale", "miou", "params")),
+}
+
+
+def _fields(study: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return next(fields for family, fields in SUMMARY_FIELDS.items()
+                if study.startswith(family))
+
+
+def summary_kind(study: str) -> tuple[str, tuple[str, ...]]:
+    """What ``study``'s summary must hold (:func:`read_json`'s ``kind``)."""
+    return f"{study} summary", ("mode", "rows", *_fields(study)[0])
+
+
+def rows_check(study: str) -> Callable[[dict[str, Any]], str | None]:
+    """For :func:`read_json`: why the summary's rows are not what the report reads (a list of
+    objects, each with ``study``'s row keys and its metrics), or None."""
+    def check(data: dict[str, Any]) -> str | None:
+        rows, metrics = data["rows"], data.get("metrics", [])
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            return "rows is not a list of objects"
+        for i, row in enumerate(rows):
+            missing = [key for key in (*_fields(study)[1], *metrics) if key not in row]
+            if missing:
+                return f"no {', '.join(missing)} in rows[{i}]"
+        return None
+
+    return check
 PLAN = ("plan", ("seconds_per_iteration", "iterations", "seeds", "estimated_minutes"))
 PRETRAINING = ("pretraining record", ("metrics", "settings", "iterations", "seconds"))
 

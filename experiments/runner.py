@@ -426,9 +426,11 @@ def _read_result(path: Path) -> dict[str, Any]:
 
 
 def read_json(path: Path, kind: tuple[str, Sequence[str]],
-              hint: str = "delete it, or run its study again to write it") -> dict[str, Any]:
-    """The JSON object in ``path``, a ``kind`` (its name, its required keys); an error
-    naming the file and ending in ``hint`` (exit code 2) if it is not one."""
+              hint: str = "delete it, or run its study again to write it",
+              check: Callable[[dict[str, Any]], str | None] | None = None) -> dict[str, Any]:
+    """The JSON object in ``path``, a ``kind`` (its name, its required keys) that ``check``
+    (if given) finds nothing wrong with (it returns why not, or None); an error naming the
+    file and ending in ``hint`` (exit code 2) if it is not one."""
     name, keys = kind
     try:
         data = json.loads(path.read_text())
@@ -436,9 +438,10 @@ def read_json(path: Path, kind: tuple[str, Sequence[str]],
         reason = f"{type(err).__name__}: {err}"
     else:
         missing = [key for key in keys if key not in data] if isinstance(data, dict) else keys
-        if not missing:
+        reason = f"no {', '.join(missing)} in it" if missing else \
+            check(data) if check is not None else None
+        if reason is None:
             return data
-        reason = f"no {', '.join(missing)} in it"
     raise StudyError(f"{path} is not a valid {name} ({reason}); {hint}")
 
 

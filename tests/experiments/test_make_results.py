@@ -441,7 +441,8 @@ def test_a_damaged_summary_is_named_and_the_kept_copy_survives(tmp_path, capsys,
         with pytest.raises(SystemExit) as err:
             make_results.main(["--runs", str(runs), "--out", str(out), *replace])
         assert err.value.code == 2
-        assert f"error: {source} is not a valid summary (" in capsys.readouterr().err
+        assert f"error: {source} is not a valid layers_segmentation summary (" \
+            in capsys.readouterr().err
         assert kept.read_bytes() == before and out.read_text() == report
     # a damaged kept copy is named too; --replace offered, and replaces it, only where the
     # runs hold a summary to put in its place
@@ -450,7 +451,7 @@ def test_a_damaged_summary_is_named_and_the_kept_copy_survives(tmp_path, capsys,
     with pytest.raises(SystemExit):
         make_results.main(["--runs", str(runs), "--out", str(out)])
     err = capsys.readouterr().err
-    assert f"error: {kept} is not a valid summary (" in err
+    assert f"error: {kept} is not a valid layers_segmentation summary (" in err
     assert err.rstrip().endswith("); restore it (git checkout)")
     _full_layers(runs)
     with pytest.raises(SystemExit):
@@ -460,6 +461,31 @@ def test_a_damaged_summary_is_named_and_the_kept_copy_survives(tmp_path, capsys,
     assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace",
                               "layers_segmentation"]) == 0
     assert kept.read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize(("study", "summary", "why"), [
+    ("scale", {"mode": "full", "rows": []}, "no settings, test_scales, train_scale, seeds, "
+     "figure in it"),
+    ("overhead", {"mode": "full", "rows": [{"model": "resnet18"}],
+                  "repeats": 3, "threads": 1}, "no image_size, params_plain"),
+    ("layers_segmentation", {"mode": "full", "rows": [{"layers": 0, "deform_blocks": [],
+                                                       "params": 1}],
+                             "settings": {}, "metrics": ["miou"]}, "no miou in rows[0]"),
+    ("dilation", {"mode": "full", "rows": [1], "settings": {}, "thresholds": [1, 2],
+                  "seeds": [0], "miou": [0.5], "figures": []}, "rows is not a list of objects"),
+])
+def test_a_summary_without_what_its_section_reads_is_named(tmp_path, capsys, study, summary,
+                                                           why):
+    """A summary with "mode" and "rows" but not its study's keys passed the check and the
+    report failed with a bare KeyError ('test_scales') and a traceback."""
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
+    (runs / study).mkdir(parents=True)
+    source = runs / study / "summary.json"
+    source.write_text(json.dumps(summary))
+    with pytest.raises(SystemExit) as err:
+        make_results.main(["--runs", str(runs), "--out", str(out)])
+    assert err.value.code == 2 and not out.exists()
+    assert f"error: {source} is not a valid {study} summary ({why}" in capsys.readouterr().err
 
 
 def _plan(runs, mode="full", names=("0 layers", "1 layers", "2 layers", "3 layers", "6 layers"),
