@@ -59,3 +59,22 @@ else:
     src = str(Path(deformconv.__file__).parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
+
+
+PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"
+
+
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))
+
+
+def test_the_declared_python_floor_is_the_one_the_extras_install_on() -> None:
+    """It said >=3.10, but the onnx and dev extras (onnxruntime>=1.32) have no 3.10 wheel."""
+    config = _pyproject()
+    assert config["project"]["requires-python"] == ">=3.11"
+    assert config["tool"]["ruff"]["target-version"] == "py311"
+    requirements = [*config["project"]["dependencies"],
+                    *(r for rs in config["project"]["optional-dependencies"].values() for r in rs)]
+    assert not [r for r in requirements if "python_version" in r]  # nothing for older Pythons

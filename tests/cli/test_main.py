@@ -234,18 +234,6 @@ def test_config_file_mappings_and_lists_read_as_their_flags(tmp_path: Path) -> N
     assert parser.parse_args(["--milestones", "3,6"]).milestones == [3, 6]
 
 
-def test_toml_without_tomllib_or_tomli_is_a_clear_error(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Python 3.10 has no tomllib: tomli stands in, and without it the error says so (it was
-    a ModuleNotFoundError traceback)."""
-    config = tmp_path / "run.toml"
-    config.write_text("iterations = 2\n")
-    monkeypatch.setitem(sys.modules, "tomllib", None)
-    monkeypatch.setitem(sys.modules, "tomli", None)
-    with pytest.raises(CLIError, match=r"TOML config files need Python >= 3\.11 or the tomli"):
-        apply_config_file(_train_parser(), str(config))
-
-
 @pytest.mark.parametrize(("text", "message"), [
     ("batch_sise: 4\n", "unknown key 'batch_sise'; valid keys: base_channels, batch_size,"),
     ("batch_size: 0\n", "batch_size: expected an integer >= 1, got 0"),

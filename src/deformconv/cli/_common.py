@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -166,14 +167,6 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     text = path.read_text(encoding="utf-8")
     suffix = path.suffix.lower()
     if suffix == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10: its predecessor, the tomli package
-            try:
-                import tomli as tomllib
-            except ImportError:
-                raise CLIError("TOML config files need Python >= 3.11 or the tomli package: "
-                               "pip install tomli (or use a .yaml file)") from None
         try:
             values = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
