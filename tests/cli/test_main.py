@@ -32,6 +32,57 @@ def test_module_and_console_script_help() -> None:
         assert "usage: deformconv bench" in done.stdout
 
 
+# Import names of the packages whose distribution names differ
+IMPORT_NAMES = {"pillow": "PIL", "pyyaml": "yaml"}
+# In a fresh interpreter with the extras' packages blocked: every --help works, and the
+# commands that need an extra say which.
+CORE_ONLY = """
+import contextlib, io, sys
+for module in {blocked!r}:
+    sys.modules[module] = None  # as if not installed
+from deformconv.cli import main
+
+for argv in (["--help"], *([command, "--help"] for command in {commands!r})):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main(argv)
+        except SystemExit as exit_:
+            assert exit_.code == 0, (argv, exit_.code)
+    assert out.getvalue().startswith("usage: deformconv"), argv
+for argv, extra in {needs!r}:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(argv) == 2, argv
+    assert f"pip install 'deformconv[{{extra}}]'" in err.getvalue(), (argv, err.getvalue())
+"""
+
+
+def _extras_modules() -> list[str]:
+    """Import names of the vision and onnx extras' packages, as pyproject.toml lists them."""
+    import re
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    names = [re.match(r"[\w.-]+", requirement).group()
+             for extra in ("vision", "onnx") for requirement in extras[extra]]
+    return [IMPORT_NAMES.get(name.lower(), name.lower().replace("-", "_")) for name in names]
+
+
+def test_help_and_extra_errors_with_only_the_core_dependencies(tmp_path: Path) -> None:
+    """Without tqdm (then in the vision extra) every --help was a ModuleNotFoundError
+    traceback: the commands import the engine, which imports tqdm."""
+    blocked = _extras_modules()
+    assert {"torchvision", "PIL", "yaml", "onnxruntime"} <= set(blocked)
+    needs = [(["train", "--model", "resnet18", "--out", str(tmp_path / "run")], "vision"),
+             (["export", "resnet18", "--out", str(tmp_path / "m.onnx")], "onnx")]
+    script = CORE_ONLY.format(blocked=blocked, commands=SUBCOMMANDS, needs=needs)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.parametrize("command", SUBCOMMANDS)
 def test_subcommand_help(capsys: pytest.CaptureFixture, command: str) -> None:
     code, out, _ = run_cli(capsys, command, "--help")

@@ -33,7 +33,7 @@ COMMANDS = (demo, train, evaluate, viz, bench, export)
 DEBUG_ENV = "DEFORMCONV_DEBUG"
 # Optional dependencies -> the extra that installs them
 EXTRAS = {"torchvision": "vision", "PIL": "vision", "matplotlib": "vision",
-          "pycocotools": "vision", "tqdm": "vision", "yaml": "vision", "onnx": "onnx",
+          "pycocotools": "vision", "yaml": "vision", "onnx": "onnx",
           "onnxscript": "onnx", "onnxruntime": "onnx"}
 
 
