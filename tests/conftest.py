@@ -9,8 +9,12 @@ Hypothesis profiles (pick one with ``HYPOTHESIS_PROFILE=<name>``):
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,3 +63,49 @@ def _restore_threads() -> Iterator[None]:
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def pyproject() -> dict:
+    """The checkout's ``pyproject.toml``, parsed."""
+    import tomllib
+
+    return tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text("utf-8"))
+
+
+# What run_without's code can call: ``missing_extra(call, message)`` checks that ``call()``
+# raises MissingExtraError with ``message`` and returns the error.
+_MISSING_EXTRA = """
+def missing_extra(call, message):
+    from deformconv._extras import MissingExtraError
+    try:
+        call()
+    except MissingExtraError as error:
+        assert str(error) == message, error
+        assert isinstance(error, ModuleNotFoundError), type(error)
+        return error
+    raise AssertionError(f"no error, expected {message!r}")
+"""
+
+
+@pytest.fixture
+def run_without() -> Callable[[Iterable[str], str], subprocess.CompletedProcess]:
+    """``run_without(modules, code)``: run Python ``code`` in a fresh interpreter where
+    ``modules`` cannot be imported (as if not installed), importing this checkout's
+    deformconv; the test fails if it exits non-zero. This process's modules stay as they are.
+    The code can call ``missing_extra(call, message)`` (see ``_MISSING_EXTRA``).
+    """
+    import deformconv
+
+    src = str(Path(deformconv.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+
+    def run(modules: Iterable[str], code: str) -> subprocess.CompletedProcess:
+        block = "".join(f"sys.modules[{name!r}] = None\n" for name in modules)
+        script = f"import sys\n{block}{_MISSING_EXTRA}{textwrap.dedent(code)}"
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              env=env, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    return run

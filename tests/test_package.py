@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import deformconv
 
+RunWithout = Callable[..., subprocess.CompletedProcess]  # the conftest fixture
 LAZY = ("data", "engine", "models", "onnx", "runs", "viz")
 
 # In a fresh interpreter: what `import deformconv` loads, then attribute access.
@@ -61,20 +63,26 @@ else:
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
 
 
-PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"
-
-
-def _pyproject() -> dict:
-    import tomllib
-
-    return tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))
-
-
-def test_the_declared_python_floor_is_the_one_the_extras_install_on() -> None:
+def test_the_declared_python_floor_is_the_one_the_extras_install_on(pyproject: dict) -> None:
     """It said >=3.10, but the onnx and dev extras (onnxruntime>=1.32) have no 3.10 wheel."""
-    config = _pyproject()
+    config = pyproject
     assert config["project"]["requires-python"] == ">=3.11"
     assert config["tool"]["ruff"]["target-version"] == "py311"
     requirements = [*config["project"]["dependencies"],
                     *(r for rs in config["project"]["optional-dependencies"].values() for r in rs)]
     assert not [r for r in requirements if "python_version" in r]  # nothing for older Pythons
+
+
+def test_importing_models_without_torchvision_names_the_extra(run_without: RunWithout) -> None:
+    """Both import forms raised ModuleNotFoundError "No module named 'torchvision.models'",
+    from models/faster_rcnn.py, naming no extra."""
+    run_without(["torchvision"], """
+        import importlib
+        hint = ("deformconv.models needs torchvision, part of the vision extra: "
+                "pip install 'deformconv[vision]'")
+        error = missing_extra(lambda: exec("from deformconv import models"), hint)
+        assert error.name == "torchvision"
+        missing_extra(lambda: importlib.import_module("deformconv.models"), hint)  # again
+        import deformconv
+        assert not hasattr(deformconv, "models") and "deformconv.models" not in sys.modules
+    """)

@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from . import nn, ops
+from ._extras import MissingExtraError, extra_of, install_hint
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports them
     from . import data as data
@@ -34,13 +35,12 @@ def __getattr__(name: str) -> ModuleType:
     try:
         return importlib.import_module(f".{name}", __name__)  # also sets it on the package
     except ModuleNotFoundError as error:
-        if error.name is None or error.name.startswith(f"{__name__}."):
+        if extra_of(error.name) is None:
             raise
         # an AttributeError, so that hasattr() and introspection see a missing extra as absent
-        extra = "onnx" if name == "onnx" else "vision"
-        raise AttributeError(
-            f"deformconv.{name} needs {error.name}, which is not installed: "
-            f"pip install 'deformconv[{extra}]'") from error
+        message = (str(error) if isinstance(error, MissingExtraError)
+                   else f"deformconv.{name} {install_hint(error.name or '')}")
+        raise AttributeError(message) from error
 
 
 def __dir__() -> list[str]:

@@ -782,3 +782,15 @@ def test_image_record_keep_filters_every_per_annotation_list():
                        segmentations=[[]])
     unchecked.keep([True])
     assert unchecked.mask_problems == []
+
+
+def test_without_pil_or_pycocotools_the_error_names_the_extra(run_without, tiny) -> None:
+    root, ann = tiny
+    run_without(["PIL", "pycocotools"], f"""
+        from deformconv.data import CocoDetection
+        extra = "part of the vision extra: pip install 'deformconv[vision]'"
+        missing_extra(lambda: CocoDetection({str(root)!r}, {str(ann)!r}, masks=True),
+                      f"deformconv.data.CocoDetection(masks=True) needs pycocotools, {{extra}}")
+        dataset = CocoDetection({str(root)!r}, {str(ann)!r})
+        missing_extra(lambda: dataset[0], f"reading images in deformconv.data needs PIL, {{extra}}")
+    """)

@@ -91,3 +91,21 @@ def test_export_voc_again_in_another_format_replaces_the_images(tmp_path: Path) 
     image, mask = VOCSegmentation(tmp_path, "train")[0]
     assert torch.equal(mask, second[0][1])
     assert (image - second[0][0]).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_writers_without_pil_name_the_extra(run_without, tmp_path: Path) -> None:
+    """export_voc raised ModuleNotFoundError: No module named 'PIL', naming no extra."""
+    run_without(["PIL"], f"""
+        from pathlib import Path
+        import torch
+        from deformconv.data import export_coco, export_voc, synthetic_dataset
+        from deformconv.data.export import save_image
+        folder = Path({str(tmp_path)!r})
+        hint = ("deformconv.data.export needs PIL, part of the vision extra: "
+                "pip install 'deformconv[vision]'")
+        segmentation = synthetic_dataset("segmentation", 1, seed=0, image_size=16)
+        detection = synthetic_dataset("detection", 1, seed=0, image_size=16)
+        missing_extra(lambda: export_voc(segmentation, folder / "voc"), hint)
+        missing_extra(lambda: export_coco(detection, folder / "coco"), hint)
+        missing_extra(lambda: save_image(torch.zeros(3, 4, 4), folder / "x.png"), hint)
+    """)

@@ -388,3 +388,11 @@ def test_evaluation_leaves_each_submodule_in_its_own_mode():
     samples = [(torch.rand(3, 2, 2), 0) for _ in range(4)]
     evaluate(net, samples, "classification")
     assert net.training and net[2].training and not net[0].training
+
+
+def test_coco_map_without_pycocotools_names_the_extra(run_without):
+    run_without(["pycocotools"], """
+        from deformconv.engine import coco_map
+        missing_extra(lambda: coco_map([{}]), "deformconv.engine.coco_map needs pycocotools, "
+                      "part of the vision extra: pip install 'deformconv[vision]'")
+    """)

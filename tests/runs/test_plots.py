@@ -33,3 +33,12 @@ def test_runs_shorter_than_one_log_window_are_drawn_with_markers(tmp_path):
     path = plot_learning_curves({"plain": ([4], [1.3])}, {"plain": ([1.0], [0.5])},
                                 tmp_path / "curves.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plots_without_matplotlib_name_the_extra(run_without, tmp_path):
+    run_without(["matplotlib"], f"""
+        from deformconv.runs import plot_learning_curves
+        missing_extra(lambda: plot_learning_curves({{}}, {{}}, {str(tmp_path / "c.png")!r}),
+                      "deformconv.runs.plots needs matplotlib, part of the vision extra: "
+                      "pip install 'deformconv[vision]'")
+    """)

@@ -149,3 +149,18 @@ class TestToDisplayImage:
     def test_bad_shape(self):
         with pytest.raises(ValueError, match=r"got shape \(2, 4, 4\)"):
             to_display_image(torch.zeros(2, 4, 4))
+
+
+def test_plots_without_matplotlib_name_the_extra(run_without, tmp_path) -> None:
+    """plot_sampling_locations raised ModuleNotFoundError: No module named 'matplotlib'."""
+    run_without(["matplotlib"], f"""
+        import torch
+        from deformconv.viz import plot_roi_offsets, plot_sampling_locations
+        image, folder = torch.zeros(3, 8, 8), {str(tmp_path)!r}
+        hint = ("deformconv.viz.plot needs matplotlib, part of the vision extra: "
+                "pip install 'deformconv[vision]'")
+        error = missing_extra(lambda: plot_sampling_locations(image, [], folder + "/a.png"),
+                              hint)
+        assert error.name == "matplotlib"
+        missing_extra(lambda: plot_roi_offsets(image, [], folder + "/b.png"), hint)
+    """)

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from .._extras import MissingExtraError, extra_of, install_hint
 from . import bench, demo, evaluate, export, train, viz
 from ._common import (
     AppendOverDefault,
@@ -31,10 +32,6 @@ __all__ = ["CLIError", "build_parser", "main"]
 
 COMMANDS = (demo, train, evaluate, viz, bench, export)
 DEBUG_ENV = "DEFORMCONV_DEBUG"
-# Optional dependencies -> the extra that installs them
-EXTRAS = {"torchvision": "vision", "PIL": "vision", "matplotlib": "vision",
-          "pycocotools": "vision", "yaml": "vision", "onnx": "onnx",
-          "onnxscript": "onnx", "onnxruntime": "onnx"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -135,11 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
         return 128 + getattr(err, "signum", signal.SIGINT)
     except ModuleNotFoundError as err:
-        top = (err.name or "").split(".")[0]
-        if top not in EXTRAS or os.environ.get(DEBUG_ENV):
+        if extra_of(err.name) is None or os.environ.get(DEBUG_ENV):
             raise
-        print(f"deformconv {args.command}: error: needs {top}, part of the "
-              f"{EXTRAS[top]} extra: pip install 'deformconv[{EXTRAS[top]}]'", file=sys.stderr)
+        message = str(err) if isinstance(err, MissingExtraError) else install_hint(err.name or "")
+        print(f"deformconv {args.command}: error: {message}", file=sys.stderr)
         return 2
     except _refused_by_rank_0():
         return 1  # under torchrun: rank 0 says why it refused the run, once

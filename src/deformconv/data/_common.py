@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from .._extras import require
 from ..conventions import IGNORE_INDEX
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "upright_size",
 ]
 
+# What needs PIL here, as a missing-extra error says it
+_READING_IMAGES = "reading images in deformconv.data"
 # A joint transform: (image (3, H, W), target) -> (image, target); see data.transforms.
 Transform = Callable[[Tensor, Any], tuple[Tensor, Any]]
 
@@ -77,7 +80,8 @@ def load_rgb(path: Path) -> Tensor:
     every value fits in 16 bits, else by 2**31 - 1; float ("F") is taken to be in [0, 1]
     already. Values outside [0, 1] are then clipped, NaN becomes 0.
     """
-    from PIL import Image, ImageOps
+    Image = require("PIL.Image", _READING_IMAGES)
+    ImageOps = require("PIL.ImageOps", _READING_IMAGES)
 
     try:
         with Image.open(path) as img:
@@ -98,7 +102,7 @@ def upright_size(path: Path) -> tuple[int, int] | None:
     header and EXIF orientation tag, without decoding the pixels; None when the header
     cannot be read (``load_rgb`` then fails too). A PNG whose EXIF chunk follows its pixel
     data is read unturned here: loading then finds a size mismatch, whose message says so."""
-    from PIL import Image
+    Image = require("PIL.Image", _READING_IMAGES)
 
     try:
         with Image.open(path) as img:
@@ -116,7 +120,7 @@ def orientation_hint(path: Path, loaded: tuple[int, int], expected: tuple[object
     """For image ``path`` loaded (H, W) ``loaded`` where ``what`` (a plural noun phrase)
     expect ``expected``: a sentence when the EXIF orientation tag swapped the stored width
     and height and the stored size is the expected one, else ''."""
-    from PIL import Image
+    Image = require("PIL.Image", _READING_IMAGES)
 
     if tuple(expected) != tuple(loaded)[::-1]:
         return ""

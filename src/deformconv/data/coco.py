@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._extras import require
 from ..ops.arguments import is_integer
 from ._common import (
     SampleError,
@@ -68,6 +69,8 @@ from ._common import (
 )
 
 __all__ = ["CocoDetection", "read_json"]
+
+_MASKS = "deformconv.data.CocoDetection(masks=True)"  # what needs pycocotools
 
 
 def read_json(path: Path) -> Any:
@@ -171,7 +174,7 @@ class CocoDetection(SkippingDataset):
         require_path(self.ann_file, "COCO annotation file", folder=False)
         require_path(self.root, "COCO image folder", folder=True)
         if masks:
-            _require_pycocotools()
+            require("pycocotools.mask", _MASKS)
         images, own_categories, annotations = _sections(self.ann_file, read_json(self.ann_file))
         if categories is None:
             self.category_ids, self.class_names = _categories(self.ann_file, own_categories)
@@ -425,20 +428,11 @@ def _check_unique_annotation_ids(annotations: list, ann_file: Path) -> None:
             seen.add(ann_id)
 
 
-def _require_pycocotools() -> None:
-    try:
-        import pycocotools.mask  # noqa: F401
-    except ImportError as err:
-        raise ImportError(
-            "masks=True needs pycocotools: pip install 'deformconv[vision]'"
-        ) from err
-
-
 def _decode_masks(anns: list[tuple[str, Any, str | None]], height: int, width: int,
                   path: Path) -> Tensor:
     """(name, polygons / RLE, ``_rle_problem``) of each annotation -> (K, H, W) uint8 masks
     of 0 and 1."""
-    from pycocotools import mask as mask_utils
+    mask_utils = require("pycocotools.mask", _MASKS)
 
     out = np.zeros((len(anns), height, width), dtype=np.uint8)
     for k, (name, seg, problem) in enumerate(anns):

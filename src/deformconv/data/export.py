@@ -16,6 +16,7 @@ import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .._extras import require
 from ._common import NoReadableSamplesError, readable_sample
 from .voc import _IMAGE_EXTS
 
@@ -26,7 +27,7 @@ _FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG"}
 
 def save_image(image: Tensor, path: Path) -> None:
     """Write a (3, H, W) float image in [0, 1] as 8-bit RGB (format from the suffix)."""
-    from PIL import Image
+    Image = require("PIL.Image", __name__)
 
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be (3, H, W), got {tuple(image.shape)}")
@@ -80,7 +81,7 @@ def _write_json(data: Any, path: Path) -> None:
 
 
 def _rle(mask: Tensor) -> dict[str, Any]:
-    from pycocotools import mask as mask_utils
+    mask_utils = require("pycocotools.mask", __name__)
 
     rle = mask_utils.encode(np.asfortranarray(mask.cpu().numpy().astype(np.uint8)))
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
@@ -175,7 +176,7 @@ def export_voc(
     ``<split>_<index>``; samples the dataset cannot read are left out (no id), with a
     warning naming them.
     """
-    from PIL import Image
+    Image = require("PIL.Image", __name__)
 
     ext = image_format.lower().lstrip(".")
     if ext not in _FORMATS:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._extras import require
 from ._common import (
     IGNORE_INDEX,
     SampleError,
@@ -48,7 +49,8 @@ def load_mask(path: Path) -> np.ndarray:
     colour masks are refused. An alpha band (LA, RGBA) must be fully opaque: what a
     transparent pixel's class is cannot be told. An EXIF orientation tag is applied, as to
     the images."""
-    from PIL import Image, ImageOps
+    Image = require("PIL.Image", __name__)
+    ImageOps = require("PIL.ImageOps", __name__)
 
     try:
         with Image.open(path) as img:

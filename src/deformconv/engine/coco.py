@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from .._extras import require
+
 __all__ = ["COCO_METRICS", "DetectionRecord", "coco_map", "detection_record"]
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -88,8 +90,8 @@ def coco_map(records: Sequence[DetectionRecord]) -> dict[str, float]:
     Predicted boxes or scores with NaN or inf are refused: COCO's matching would count a
     NaN box as a hit.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    COCO = require("pycocotools.coco", "deformconv.engine.coco_map").COCO
+    COCOeval = require("pycocotools.cocoeval", "deformconv.engine.coco_map").COCOeval
 
     if not records:
         raise ValueError("coco_map needs at least one image record, got none")

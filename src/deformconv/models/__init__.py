@@ -18,14 +18,18 @@ Every ResNet-based model (all but ``compact_fcn``) has
 ``vision`` extra).
 """
 
-from . import compact, deeplab, faster_rcnn, resnet, rfcn
-from ._registry import TASKS, create, list_models, model_task, register_model
-from .compact import CompactFCN
-from .deeplab import DeepLab
-from .detection import DetectionConfig, TwoStageDetector
-from .faster_rcnn import FasterRCNN
-from .resnet import ResNet, checkpoint_filter_fn, load_backbone_state_dict
-from .rfcn import RFCN
+from .._extras import require
+
+require("torchvision", __name__)  # first: the modules below import it
+
+from . import compact, deeplab, faster_rcnn, resnet, rfcn  # noqa: E402
+from ._registry import TASKS, create, list_models, model_task, register_model  # noqa: E402
+from .compact import CompactFCN  # noqa: E402
+from .deeplab import DeepLab  # noqa: E402
+from .detection import DetectionConfig, TwoStageDetector  # noqa: E402
+from .faster_rcnn import FasterRCNN  # noqa: E402
+from .resnet import ResNet, checkpoint_filter_fn, load_backbone_state_dict  # noqa: E402
+from .rfcn import RFCN  # noqa: E402
 
 __all__ = [
     "RFCN",

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from .._extras import require
 from ..conventions import IGNORE_INDEX
 
 __all__ = ["plot_learning_curves", "plot_predictions", "plot_scale_recall"]
@@ -58,7 +59,7 @@ def _learning_curves_figure(losses: Mapping[str, Curve], scores: Mapping[str, Cu
                             score_label: str,
                             score_iterations: Mapping[str, Sequence[float]] | None):
     """The figure :func:`plot_learning_curves` saves."""
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", __name__).Figure
 
     panels = 3 if score_iterations is not None else 2
     fig = Figure(figsize=(5 * panels, 3.4))
@@ -90,7 +91,7 @@ def _learning_curves_figure(losses: Mapping[str, Curve], scores: Mapping[str, Cu
 def plot_scale_recall(rows: Mapping[str, Sequence[Mapping[str, float]]], path: Path) -> Path:
     """One line per run: mean object recall per scale bucket (rows of
     :func:`deformconv.runs.recall_by_scale`), the buckets' object counts on the x axis."""
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", __name__).Figure
 
     fig = Figure(figsize=(6, 3.6))
     ax = fig.add_subplot()
@@ -113,7 +114,7 @@ def plot_scale_recall(rows: Mapping[str, Sequence[Mapping[str, float]]], path: P
 
 def _palette(num_classes: int) -> np.ndarray:
     """(num_classes, 3) RGB of labels 1..num_classes (tab20)."""
-    from matplotlib import colormaps
+    colormaps = require("matplotlib", __name__).colormaps
 
     palette = colormaps["tab20"](np.linspace(0, 1, max(num_classes, 2)))[:, :3]
     return palette[np.arange(num_classes) % len(palette)]
@@ -136,8 +137,8 @@ def plot_predictions(images: Sequence[Tensor], truths: Sequence[Tensor],
     """A grid, one row per image: the image, its ground-truth mask, each model's prediction;
     ``row_titles`` label the rows (on the image panel); ``class_names`` (one per object
     class) give a colour legend below the grid."""
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
+    Figure = require("matplotlib.figure", __name__).Figure
+    Patch = require("matplotlib.patches", __name__).Patch
 
     from ..viz import to_display_image
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._extras import require
 from .capture import OffsetRecord, layer_label
 from .roi import RoIBins
 from .sampling import BackProjection, back_project
@@ -59,7 +60,7 @@ def to_display_image(image: Tensor | np.ndarray) -> np.ndarray:
 
 
 def _figure(image: np.ndarray, title: str | None) -> tuple[Figure, Axes]:
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", __name__).Figure
 
     height, width = image.shape[:2]
     scale = 6.0 / max(height, width)  # 6 inches on the long side, whatever the image size
@@ -127,7 +128,7 @@ def _inside(points: Tensor, height: int, width: int) -> int:
 def _sampling_figure(shown: np.ndarray, projections: Sequence[BackProjection],
                      title: str | None, regular: Sequence[BackProjection]) -> Figure:
     """The figure :func:`plot_sampling_locations` saves."""
-    from matplotlib import colormaps
+    colormaps = require("matplotlib", __name__).colormaps
 
     fig, ax = _figure(shown, title)
     height, width = shown.shape[:2]
@@ -203,7 +204,7 @@ def plot_roi_offsets(
     """Draw RoIs (red outline), their regular bin grid (dashed white) and the bins moved by
     the learned offsets (yellow; cyan arrows from the regular bin centres) over ``image``;
     save a PNG. Returns the path written."""
-    from matplotlib.patches import Rectangle
+    Rectangle = require("matplotlib.patches", __name__).Rectangle
 
     if isinstance(bins, RoIBins):
         bins = [bins]
