@@ -86,3 +86,9 @@ def test_importing_models_without_torchvision_names_the_extra(run_without: RunWi
         import deformconv
         assert not hasattr(deformconv, "models") and "deformconv.models" not in sys.modules
     """)
+
+
+def test_the_package_is_marked_typed() -> None:
+    """PEP 561: without py.typed, mypy and pyright treat the (annotated) package as untyped."""
+    assert (Path(deformconv.__file__).parent / "py.typed").is_file()
+
