@@ -92,3 +92,10 @@ def test_the_package_is_marked_typed() -> None:
     """PEP 561: without py.typed, mypy and pyright treat the (annotated) package as untyped."""
     assert (Path(deformconv.__file__).parent / "py.typed").is_file()
 
+
+def test_the_license_text_ships_with_the_package(pyproject: dict) -> None:
+    """pyproject said MIT, but no license text was in the repository, wheel or sdist."""
+    project = pyproject["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    text = (Path(__file__).parents[1] / "LICENSE").read_text(encoding="utf-8")
+    assert text.startswith("MIT License") and "2026 the deformconv developers" in text
