@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
+from .._extras import require
 from ..conventions import TASKS
 from ..data import detection_collate
 from ..data.collate import check_pairs
@@ -254,8 +255,7 @@ class DetectionEvaluator(Evaluator):
     in dataset order (COCO breaks score ties by image order)."""
 
     def __init__(self) -> None:
-        import pycocotools.cocoeval  # noqa: F401  (missing: fail here, not after the images)
-
+        require("pycocotools.cocoeval", "detection evaluation")  # missing: fail here, early
         self.records: list[tuple[int, dict[str, Any]]] = []
 
     def update(self, images: Sequence[Tensor], targets: Sequence[dict], outputs: Sequence[dict],

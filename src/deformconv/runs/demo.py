@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from .._extras import require
 from .results import write_json
 from .specs import DataSpec, ModelSpec, build_datasets, model_from_checkpoint
 from .timing import ms_per_image, parameter_count, set_threads, step_seconds, threads_set_to
@@ -443,9 +444,9 @@ def check_settings(s: DemoSettings) -> None:
     """Refuse settings the demo could only fail on after training: no deformable layer
     (nothing to compare, no offsets to plot), fewer training scenes than one batch; and
     fail on a missing matplotlib (the vision extra), which only the report needs."""
-    import matplotlib.figure  # noqa: F401
-
     from ..engine import iters_per_epoch
+
+    require("matplotlib.figure", "deformconv demo's report")
 
     if s.deform_layers < 1:
         raise ValueError(f"deform_layers must be at least 1 (the deformable twin needs a "
