@@ -48,7 +48,9 @@ def private_folder(path: Path) -> bool:
 def ensure_cache_location() -> None:
     """Point ``numba.config.CACHE_DIR`` at a writable folder if Numba has no locator for
     the kernels' files and the user chose none (``NUMBA_CACHE_DIR``)."""
-    if numba.config.CACHE_DIR or numba.config.CACHE_LOCATOR_CLASSES or _has_locator():
+    # CACHE_LOCATOR_CLASSES came with Numba 0.62; the package allows 0.59
+    if (numba.config.CACHE_DIR or getattr(numba.config, "CACHE_LOCATOR_CLASSES", None)
+            or _has_locator()):
         return
     user = os.getuid() if hasattr(os, "getuid") else getpass.getuser()
     shared = Path(tempfile.gettempdir()) / f"deformconv-numba-{user}"
