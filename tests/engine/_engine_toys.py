@@ -16,9 +16,11 @@ Works under ``torchrun --nproc_per_node N`` as well.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -149,6 +151,20 @@ class TinyDetector(nn.Module):
 
 def state_equal(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
+
+
+@contextlib.contextmanager
+def file_size_limit(size: int) -> Iterator[None]:
+    """Writes beyond ``size`` bytes of any file fail with EFBIG while inside, as on a full
+    disk (Python ignores SIGXFSZ, so the write raises ``OSError``)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def main(argv: list[str] | None = None) -> None:

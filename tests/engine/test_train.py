@@ -18,6 +18,7 @@ from _engine_toys import (
     ToyClassification,
     ToyDetection,
     ToySegmentation,
+    file_size_limit,
     state_equal,
 )
 
@@ -611,6 +612,18 @@ def test_a_refused_resume_leaves_the_folder_as_it_was(tmp_path):
         train(_config(tmp_path, iterations=4, batch_size=2, resume="auto"), TinyClassifier(),
               ToyClassification(size=8))
     assert (tmp_path / "run" / "config.json").read_text() == written
+
+
+def test_a_resume_that_cannot_write_leaves_config_and_log_whole(tmp_path):
+    """On a full disk config.json was cut to the bytes that fit (invalid JSON) and the log's
+    rewrite lost the lines after them."""
+    train(_config(tmp_path, iterations=4), TinyClassifier(), ToyClassification(size=8))
+    written = {name: (tmp_path / "run" / name).read_text()
+               for name in ("config.json", "metrics.jsonl")}
+    with file_size_limit(200), pytest.raises(OSError, match="File too large"):
+        train(_config(tmp_path, iterations=6, resume="auto"), TinyClassifier(),
+              ToyClassification(size=8))
+    assert {name: (tmp_path / "run" / name).read_text() for name in written} == written
 
 
 def test_targets_the_model_cannot_score_are_named():

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import write_atomically
+
 __all__ = ["MetricsLogger", "read_metrics"]
 
 
@@ -29,8 +31,10 @@ class MetricsLogger:
 
     Every record has ``"split"`` ("train" or "val") and ``"iter"``. ``resume_at`` drops the
     lines an interrupted run wrote after its last checkpoint, so a resumed run's file reads
-    as one uninterrupted run. ``tensorboard=True`` also writes scalars to
-    ``<out_dir>/tensorboard`` if ``torch.utils.tensorboard`` imports, else prints why not.
+    as one uninterrupted run; that rewrite (and a new run's emptying of the file) is atomic,
+    so one that fails (a full disk) leaves the earlier file whole. Lines are appended as they
+    come. ``tensorboard=True`` also writes scalars to ``<out_dir>/tensorboard`` if
+    ``torch.utils.tensorboard`` imports, else prints why not.
     """
 
     def __init__(
@@ -46,11 +50,11 @@ class MetricsLogger:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_at is not None and self.path.exists():
-            kept = [r for r in read_metrics(self.path) if r.get("iter", 0) <= resume_at]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        elif resume_at is None:
-            self.path.write_text("")
+        if resume_at is None or self.path.exists():
+            kept = ([] if resume_at is None else
+                    [r for r in read_metrics(self.path) if r.get("iter", 0) <= resume_at])
+            text = "".join(json.dumps(r) + "\n" for r in kept)
+            write_atomically(self.path, lambda f: f.write(text.encode()))
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

@@ -29,6 +29,7 @@ from .checkpoint import (
     checkpoint_iteration,
     load_checkpoint,
     save_checkpoint,
+    write_atomically,
 )
 from .config import TrainConfig
 from .distributed import (
@@ -158,7 +159,7 @@ def _train(
         run.adopt_best_checkpoint()
         if info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "config.json").write_text(config_json)
+            write_atomically(out_dir / "config.json", lambda f: f.write(config_json.encode()))
         return _train_loop(run, on_iteration_end)
 
 

@@ -1,0 +1,35 @@
+"""metrics.jsonl: appended lines, a resume's rewrite cut back to its checkpoint."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from _engine_toys import file_size_limit
+
+from deformconv.engine import MetricsLogger, read_metrics
+
+
+def _log(folder, iterations: range) -> str:
+    logger = MetricsLogger(folder)
+    for i in iterations:
+        logger.log({"split": "train", "iter": i, "loss": 1.0 / i})
+    logger.close()
+    return (folder / "metrics.jsonl").read_text()
+
+
+def test_a_resume_cuts_the_log_back_to_its_iteration(tmp_path):
+    _log(tmp_path, range(1, 7))
+    MetricsLogger(tmp_path, resume_at=4).close()
+    assert [r["iter"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_a_rewrite_that_fails_leaves_the_whole_log(tmp_path):
+    """On a full disk the rewrite used to truncate the file first: 7 of 10 lines were left,
+    the last one torn, and the history after them lost for good."""
+    written = _log(tmp_path, range(1, 11))
+    with file_size_limit(100), pytest.raises(OSError) as failed:
+        MetricsLogger(tmp_path, resume_at=8)
+    assert failed.value.errno == errno.EFBIG
+    assert (tmp_path / "metrics.jsonl").read_text() == written
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temporary file
