@@ -86,11 +86,14 @@ class MetricsLogger:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a ``metrics.jsonl`` file (a torn last line from a crash is skipped)."""
+    """All records of a ``metrics.jsonl`` file. A line that is no JSON object is skipped: a
+    torn last line from a crash, or one that is valid JSON but not a record (``null``)."""
     records = []
     for line in Path(path).read_text().splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
