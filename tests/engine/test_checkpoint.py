@@ -10,7 +10,11 @@ import pytest
 import torch
 
 from deformconv.engine import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-from deformconv.engine.checkpoint import CHECKPOINT_FORMAT
+from deformconv.engine.checkpoint import (
+    CHECKPOINT_FORMAT,
+    remove_stale_temp_files,
+    write_atomically,
+)
 
 
 def _state(value: float = 1.0) -> dict:
@@ -23,6 +27,22 @@ def test_round_trip_leaves_no_temp_files(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
     state = load_checkpoint(path)
     assert state["iteration"] == 7 and torch.equal(state["model"]["w"], torch.ones(3))
+
+
+def test_temp_files_a_killed_write_left_are_removed_and_nothing_else(tmp_path):
+    """A write killed (SIGKILL) before its rename left a hidden, full-size temporary file
+    that nothing removed; only names of write_atomically's exact pattern go."""
+    seen = []
+    write_atomically(tmp_path / "last.pt",
+                     lambda f: seen.extend(p.name for p in tmp_path.iterdir()))
+    (name,) = seen  # the temporary file, as a killed write leaves it
+    others = ["last.pt", ".last.pt.keep.tmp", ".last.pt.abcd1234.tmp.bak", ".best.pt.abcd1234.tmp",
+              "x.last.pt.abcd1234.tmp"]
+    for left in [name, ".last.pt.zz_9abcd.tmp", *others]:
+        (tmp_path / left).write_bytes(b"x")
+    removed = remove_stale_temp_files([tmp_path / "last.pt"])
+    assert sorted(p.name for p in removed) == sorted([name, ".last.pt.zz_9abcd.tmp"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])

@@ -229,6 +229,29 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path):
         assert train(config, TinyClassifier(), data).iteration == 2
 
 
+def test_a_run_removes_the_temporary_files_a_killed_checkpoint_write_left(tmp_path):
+    """A run killed while writing last.pt or best.pt left hidden temporary files of their
+    size that no run removed, not even one told to overwrite the folder; a run removes them
+    holding the folder's lock (not while another process, which may be writing one, holds
+    it), and nothing else."""
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [".last.pt.k1ll3d_a.tmp", ".best.pt.0123abcd.tmp", ".metrics.jsonl.abcdefgh.tmp"]
+    kept = [".last.pt.mine.tmp", "notes.tmp"]
+    for name in stale + kept:
+        (out / name).write_bytes(b"x" * 1000)
+    config = _config(tmp_path, iterations=2, eval_every=0)
+    with open(out / ".lock", "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RunInProgressError):
+            train(config, TinyClassifier(), ToyClassification(size=8))
+    assert all((out / name).exists() for name in stale)
+    train(config, TinyClassifier(), ToyClassification(size=8))
+    left = {p.name for p in out.iterdir()}
+    assert not left & set(stale) and set(kept) <= left and "last.pt" in left
+
+
 def test_on_start_runs_after_the_checks_under_the_lock(tmp_path):
     """The folder and its lock are taken once the run's checks passed (a run refused for a
     batch larger than its data used to leave a folder holding only .lock); ``on_start`` runs

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -21,6 +22,7 @@ __all__ = [
     "checkpoint_iteration",
     "load_checkpoint",
     "load_weights",
+    "remove_stale_temp_files",
     "save_checkpoint",
     "write_atomically",
 ]
@@ -59,7 +61,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _make_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -74,6 +76,35 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _make_temp_file(path: Path) -> tuple[int, str]:
+    """``mkstemp`` of the temporary file :func:`write_atomically` writes ``path`` through:
+    ``.<name>.<8 random characters>.tmp`` beside it."""
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+
+def _temp_file_pattern(path: Path) -> re.Pattern[str]:
+    """The names :func:`_make_temp_file` gives for ``path`` (mkstemp's random part is 8 of
+    a-z, 0-9 and _)."""
+    return re.compile(re.escape(f".{path.name}.") + "[a-z0-9_]{8}" + re.escape(".tmp"))
+
+
+def remove_stale_temp_files(paths: list[Path]) -> list[Path]:
+    """Remove the temporary files that :func:`write_atomically` left for ``paths`` when its
+    process was killed mid-write (nothing else: only names of its exact pattern); returns
+    those removed. Only for a caller that alone writes ``paths`` (holding their folder's
+    lock): another process's temporary file would be removed under it."""
+    removed = []
+    for path in paths:
+        pattern = _temp_file_pattern(path)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for found in path.parent.iterdir():
+                if pattern.fullmatch(found.name) and found.is_file():
+                    with contextlib.suppress(FileNotFoundError):
+                        found.unlink()
+                        removed.append(found)
+    return removed
 
 
 def _umask() -> int:

@@ -28,6 +28,7 @@ from .checkpoint import (
     CHECKPOINT_FORMAT,
     checkpoint_iteration,
     load_checkpoint,
+    remove_stale_temp_files,
     save_checkpoint,
     write_atomically,
 )
@@ -53,6 +54,8 @@ __all__ = ["RefusedByMainProcess", "TrainResult", "train"]
 # Fields that fix the data order, the RNG streams and the optimizer state's layout: a
 # resumed run must keep them.
 RESUME_FIXED = ("task", "seed", "batch_size", "optimizer")
+# What the main process writes into the run's folder through write_atomically, holding its lock.
+ATOMIC_FILES = ("last.pt", "best.pt", "config.json", "metrics.jsonl")
 
 
 @dataclass
@@ -114,7 +117,9 @@ def train(
     run without pycocotools fails before its first iteration.
 
     A run into an ``out_dir`` that holds another run's files replaces them (the command
-    line refuses such a folder unless told to overwrite it or resume).
+    line refuses such a folder unless told to overwrite it or resume). Every run removes
+    the temporary files of its checkpoints that a run killed while writing one left there
+    (``.last.pt.*.tmp``, ``.best.pt.*.tmp``).
     """
     was_initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
     # config.deterministic holds for this run only (CUBLAS_WORKSPACE_CONFIG stays set)
@@ -156,6 +161,8 @@ def _train(
     run.resume_if_asked()
     # After the checks: a refused run (or resume) leaves the folder as it was, or absent.
     with _started(out_dir, info, on_start):
+        if info.is_main:
+            _remove_stale_temp_files(out_dir)
         run.adopt_best_checkpoint()
         if info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -224,6 +231,16 @@ def _train_loop(run: _Run, on_iteration_end: Callable[[int], None] | None) -> Tr
                 run.stop(signum, saved=_every(run.iteration, config.checkpoint_every))
         # one in the last iteration stops the final validation before its first batch
         return run.finish(signals)
+
+
+def _remove_stale_temp_files(out_dir: Path) -> None:
+    """Remove the temporary files of this folder's checkpoints (and other files written
+    atomically) that a run killed mid-write left: hidden, as large as a checkpoint, and
+    otherwise never removed. Called holding the folder's lock, so no live run writes them."""
+    removed = remove_stale_temp_files([out_dir / name for name in ATOMIC_FILES])
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) of an interrupted write in "
+              f"{out_dir}: {', '.join(path.name for path in removed)}")
 
 
 def _config_json(config: TrainConfig, info: DistInfo, extra: dict[str, Any]) -> str:
