@@ -252,6 +252,35 @@ def test_a_run_removes_the_temporary_files_a_killed_checkpoint_write_left(tmp_pa
     assert not left & set(stale) and set(kept) <= left and "last.pt" in left
 
 
+def test_a_folder_where_no_file_can_be_created_is_refused_before_anything(tmp_path,
+                                                                           monkeypatch):
+    """A resume trained until its first checkpoint before failing (Permission denied on
+    .last.pt.*.tmp), having rewritten config.json; it now stops before on_start, naming the
+    folder. (Root ignores a folder's mode: creating files there is made to fail as it does.)"""
+    import tempfile
+    from pathlib import Path
+
+    out = tmp_path / "run"
+    train(_config(tmp_path, iterations=2), TinyClassifier(), ToyClassification(size=8))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    mkstemp = tempfile.mkstemp
+
+    def denied_in_out(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == out:
+            raise PermissionError(13, "Permission denied", str(out / ".x.tmp"))
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied_in_out)
+    calls = []
+    with pytest.raises(PermissionError, match=rf"cannot create files in {out} \(to write "
+                                              r"last.pt\): Permission denied; make the folder"):
+        train(_config(tmp_path, iterations=4, resume="auto"), TinyClassifier(),
+              ToyClassification(size=8), on_iteration_end=calls.append,
+              on_start=lambda: calls.append("on_start"))
+    assert calls == []
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_on_start_runs_after_the_checks_under_the_lock(tmp_path):
     """The folder and its lock are taken once the run's checks passed (a run refused for a
     batch larger than its data used to leave a folder holding only .lock); ``on_start`` runs

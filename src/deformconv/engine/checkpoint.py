@@ -19,6 +19,7 @@ from torch import nn
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
+    "check_writable",
     "checkpoint_iteration",
     "load_checkpoint",
     "load_weights",
@@ -88,6 +89,20 @@ def _temp_file_pattern(path: Path) -> re.Pattern[str]:
     """The names :func:`_make_temp_file` gives for ``path`` (mkstemp's random part is 8 of
     a-z, 0-9 and _)."""
     return re.compile(re.escape(f".{path.name}.") + "[a-z0-9_]{8}" + re.escape(".tmp"))
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise ``PermissionError`` naming the folder if :func:`write_atomically` could not
+    create its temporary file for ``path`` there (checked by creating and removing it)."""
+    path = Path(path)
+    try:
+        fd, tmp = _make_temp_file(path)
+    except OSError as err:
+        raise PermissionError(
+            f"cannot create files in {path.parent} (to write {path.name}): "
+            f"{err.strerror or err}; make the folder writable or choose another one") from err
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def remove_stale_temp_files(paths: list[Path]) -> list[Path]:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from .checkpoint import (
     CHECKPOINT_FORMAT,
+    check_writable,
     checkpoint_iteration,
     load_checkpoint,
     remove_stale_temp_files,
@@ -100,8 +101,10 @@ def train(
 
     While it runs, ``out_dir`` is locked: another process's run into it raises
     :class:`~deformconv.engine.RunInProgressError`. The lock (and the folder) is taken after
-    the run's checks: a refused run leaves no folder behind. Under torchrun rank 0 takes it
-    and calls ``on_start``; if either fails, rank 0 raises that error and the other ranks
+    the run's checks: a refused run leaves no folder behind. One where no file can be
+    created (no write permission) is refused then with ``PermissionError``, before anything
+    is written. Under torchrun rank 0 takes it and calls ``on_start``; if either fails,
+    rank 0 raises that error and the other ranks
     :class:`~deformconv.engine.RefusedByMainProcess`.
 
     SIGINT (Ctrl-C) or SIGTERM stops the run at the end of the iteration, after writing
@@ -178,14 +181,16 @@ class RefusedByMainProcess(RuntimeError):
 @contextlib.contextmanager
 def _started(out_dir: Path, info: DistInfo, on_start: Callable[[], None] | None
              ) -> Iterator[None]:
-    """Rank 0 holds ``out_dir``'s lock while inside, having called ``on_start``; every rank
-    learns whether it could, so that a refusal stops all of them (not only rank 0, the others
-    then failing in the next collective with the connection closed)."""
+    """Rank 0 holds ``out_dir``'s lock while inside, having checked that it can create
+    files there and called ``on_start``; every rank learns whether it could, so that a
+    refusal stops all of them (not only rank 0, the others then failing in the next
+    collective with the connection closed)."""
     with contextlib.ExitStack() as held:
         error: Exception | None = None
         if info.is_main:
             try:
                 held.enter_context(out_dir_lock(out_dir))
+                check_writable(out_dir / "last.pt")  # now, not at the first checkpoint
                 if on_start is not None:
                     on_start()
             except Exception as err:
