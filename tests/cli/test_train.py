@@ -278,6 +278,24 @@ def test_new_run_into_a_finished_run_is_refused(capsys: pytest.CaptureFixture, t
     assert (out / "eval_notes.json").read_text() == '{"mine": 1}'  # it was removed too
 
 
+def test_a_run_without_last_pt_is_continued_from_its_best_pt(
+        capsys: pytest.CaptureFixture, trained: Path, tmp_path: Path) -> None:
+    """Killed after a validation but before its first last.pt, --resume auto was refused
+    with advice to use --overwrite, which deletes the best.pt it can continue from."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    (out / "last.pt").unlink()
+    code, _, err = run_cli(capsys, "train", *TINY_CLS, "--iterations", "5", "--out", out,
+                           "--resume", "auto")
+    assert code == 2
+    assert (f"it has no last.pt, continue it from its best.pt (iteration 4) with --resume "
+            f"{out / 'best.pt'}, start afresh there with --overwrite (deleting best.pt)") in err
+    code, _, err = run_cli(capsys, "train", *TINY_CLS, "--iterations", "5", "--resume",
+                           out / "best.pt")
+    assert code == 0, err
+    assert load_checkpoint(out / "last.pt")["iteration"] == 5
+
+
 def test_overwrite_of_a_live_run_is_refused_before_anything_is_removed(
         capsys: pytest.CaptureFixture, trained: Path, tmp_path: Path) -> None:
     """--overwrite used to delete a live run's files before the run lock refused it."""
@@ -353,11 +371,12 @@ def test_a_run_that_left_no_checkpoint_is_replaced(capsys: pytest.CaptureFixture
     assert load_checkpoint(out / "last.pt")["iteration"] == 2
     (out / "last.pt").unlink()  # best.pt is left: something to lose, so refused
     code, _, err = run_cli(capsys, *argv)
-    assert code == 2 and "it has no last.pt to resume, start afresh there with --overwrite" in err
+    assert code == 2 and "it has no last.pt, continue it from its best.pt (iteration 2)" in err
     # a finished run whose checkpoints were deleted keeps its results: refused as well
     (out / "best.pt").unlink()
     code, _, err = run_cli(capsys, *argv)
     assert code == 2 and "(metrics.jsonl, final_metrics.json, config.json)" in err
+    assert "it has no last.pt to resume, start afresh there with --overwrite" in err
     assert (out / "final_metrics.json").is_file()
 
 

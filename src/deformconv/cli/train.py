@@ -374,12 +374,24 @@ def _old_run_files(out: Path, resume: str | None, overwrite: bool) -> list[Path]
     stopped_early = (not any(name.endswith(".pt") for name in found)
                      and "final_metrics.json" not in found and not evaluated)
     if not (stopped_early or overwrite):
-        way = ("continue it with --resume auto" if "last.pt" in found
-               else "it has no last.pt to resume")
         raise CLIError(f"--out {out} already holds a training run "
-                       f"({', '.join(found + evaluated)}); {way}, start afresh there with "
-                       "--overwrite, or choose another --out")
+                       f"({', '.join(found + evaluated)}); {_ways_to_continue(out, found)}, "
+                       "or choose another --out")
     return [out / name for name in [*found, *evaluated]]
+
+
+def _ways_to_continue(out: Path, found: list[str]) -> str:
+    """How to continue the run whose files ``found`` are in ``out``, or start afresh there:
+    without last.pt (killed after a validation, before its first last.pt), from its best.pt,
+    which --overwrite would delete."""
+    if "last.pt" in found:
+        return "continue it with --resume auto, start afresh there with --overwrite"
+    at = checkpoint_iteration(out / "best.pt") if "best.pt" in found else math.inf
+    if at == math.inf:
+        return "it has no last.pt to resume, start afresh there with --overwrite"
+    return (f"it has no last.pt, continue it from its best.pt (iteration {int(at)}) with "
+            f"--resume {out / 'best.pt'}, start afresh there with --overwrite (deleting "
+            "best.pt)")
 
 
 def _later_state(out: Path, resume: str) -> tuple[int, str] | None:
