@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deformconv.cli.evaluate import EVAL_KEYS
+from deformconv.cli.evaluate import EVAL_KEYS, is_eval_result
 from deformconv.engine import load_checkpoint
 
 from .helpers import TINY_CLS, assert_valid_png, run_cli
@@ -60,6 +60,11 @@ def test_eval_recomputes_the_final_metric(capsys: pytest.CaptureFixture, trained
     final = json.loads((trained / "final_metrics.json").read_text())
     assert result["metrics"]["top1"] == final["metrics"]["top1"]
     assert result["metrics"]["num_images"] == 4 and result["model"] == "resnet50"
+    # which state of the run: a later resume moves last.pt on, not this file
+    assert (result["iteration"], result["finished"]) == (4, True)
+    old = {key: value for key, value in result.items() if key not in ("iteration", "finished")}
+    (tmp_path / "old.json").write_text(json.dumps(old))  # as eval wrote it before
+    assert is_eval_result(out) and is_eval_result(tmp_path / "old.json")
 
 
 def test_eval_under_torchrun_scores_each_image_once(trained: Path, tmp_path: Path) -> None:

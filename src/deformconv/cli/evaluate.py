@@ -50,7 +50,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else default_output(Path(args.checkpoint))
     check_output(out, Path(args.checkpoint))  # before the evaluation, not after it
-    model_spec, data_spec, _ = specs_from_checkpoint(args.checkpoint)
+    model_spec, data_spec, state = specs_from_checkpoint(args.checkpoint)
     data_spec = data_spec_from_args(args, data_spec)
     task = model_spec.task
     _, val_set, classes = build_datasets(data_spec, task, need_train=False)
@@ -66,8 +66,10 @@ def run_eval(args: argparse.Namespace) -> int:
     if not info.is_main:
         return 0
     print(f"{model_spec.name} on {len(val_set)} samples: {format_metrics(metrics)}")  # type: ignore[arg-type]
-    # what was scored, so that results of other data or settings can be told apart
-    write_json({"checkpoint": args.checkpoint, "model": model_spec.name,
+    # what was scored, so that results of other data or settings can be told apart, and a
+    # result of a last.pt that a resume has moved on since from one of the current last.pt
+    write_json({"checkpoint": args.checkpoint, "iteration": state["iteration"],
+                "finished": state.get("finished"), "model": model_spec.name,
                 "deformable": model_spec.deformable, "task": task,
                 "num_samples": len(val_set), "data": asdict(data_spec),  # type: ignore[arg-type]
                 "batch_size": args.batch_size, "processes": info.world_size, "bf16": args.bf16,
@@ -82,7 +84,8 @@ def default_output(checkpoint: Path) -> Path:
 
 
 # What every metrics JSON of this command holds: an existing --out without them is no
-# earlier result of it, and is kept.
+# earlier result of it, and is kept. Those written before 2026-12-03 lack "iteration" and
+# "finished" (the checkpoint's; "finished" is null for a checkpoint without it).
 EVAL_KEYS = ("checkpoint", "model", "task", "num_samples", "metrics")
 
 
