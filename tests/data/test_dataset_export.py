@@ -1,20 +1,24 @@
-"""export_coco / export_voc of datasets with samples that cannot be read."""
+"""export_coco / export_voc: datasets with samples that cannot be read, failed exports."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import Dataset, Subset
 
 from deformconv.data import (
     CocoDetection,
     InMemory,
     NoReadableSamplesError,
+    SyntheticDetection,
     SyntheticSegmentation,
     VOCSegmentation,
+    export,
     export_coco,
     export_voc,
     synthetic_dataset,
@@ -109,3 +113,67 @@ def test_writers_without_pil_name_the_extra(run_without, tmp_path: Path) -> None
         missing_extra(lambda: export_coco(detection, folder / "coco"), hint)
         missing_extra(lambda: save_image(torch.zeros(3, 4, 4), folder / "x.png"), hint)
     """)
+
+
+def _fail_at(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make PIL's save raise 'No space left on device' for the file ``name`` (a stem)."""
+    save = Image.Image.save
+
+    def failing_save(self: Image.Image, fp: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(fp).stem == name:
+            raise OSError(28, "No space left on device")
+        return save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+
+
+def _same_images(loaded: Dataset, source: Dataset) -> bool:
+    return len(loaded) == len(source) and all(
+        (loaded[i][0] - source[i][0]).abs().max() <= 0.5 / 255 + 1e-6
+        for i in range(len(source)))
+
+
+def test_failed_coco_export_leaves_the_earlier_one(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk full at image 3 left new images 0-2 under the old annotations, which loaded."""
+    old = SyntheticDetection(length=6, image_size=32, seed=0)
+    export_coco(old, tmp_path)
+    _fail_at(monkeypatch, "000003")
+    with pytest.raises(OSError, match="No space left"):
+        export_coco(SyntheticDetection(length=6, image_size=32, seed=1), tmp_path)
+    assert _same_images(CocoDetection(tmp_path, tmp_path / "annotations.json"), old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotations.json", "images"]
+
+
+def test_coco_export_failing_as_it_moves_in_refuses_to_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The renames need no space, but should one fail, the folder must not load."""
+    export_coco(SyntheticDetection(length=3, image_size=32, seed=0), tmp_path)
+    move_in = export._move_in
+
+    def move_one_and_fail(stage: Path, folder: Path, names: list[str]) -> None:
+        move_in(stage, folder, list(names)[:1])
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(export, "_move_in", move_one_and_fail)
+    with pytest.raises(OSError, match="Input/output"):
+        export_coco(SyntheticDetection(length=3, image_size=32, seed=1), tmp_path)
+    with pytest.raises(FileNotFoundError):
+        CocoDetection(tmp_path, tmp_path / "annotations.json")
+
+
+def test_failed_voc_export_leaves_the_earlier_one(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk full at mask 3 left sample 3 as a new image with the old mask, listed in the
+    old split file."""
+    old = SyntheticSegmentation(length=6, image_size=32, seed=0)
+    export_voc(old, tmp_path, "train", indices=range(4))
+    export_voc(old, tmp_path, "val", indices=range(4, 6))
+    _fail_at(monkeypatch, "train_000003")
+    with pytest.raises(OSError, match="No space left"):
+        export_voc(SyntheticSegmentation(length=6, image_size=32, seed=1), tmp_path, "train")
+    train = VOCSegmentation(tmp_path, "train")
+    assert _same_images(train, Subset(old, range(4)))
+    assert all(torch.equal(train[i][1], old[i][1]) for i in range(4))
+    assert len(VOCSegmentation(tmp_path, "val")) == 2
+    assert not list(tmp_path.glob(".export-*"))

@@ -1,12 +1,18 @@
 """Write datasets to disk in standard layouts: COCO (detection) and VOC (segmentation).
 
 Useful to freeze a synthetic set, to feed other tools, and for tests of the loaders.
+An export writes its files into a temporary folder inside the target first and moves them
+into place only once all are written, so a failed export (a full disk, a sample that
+raises) leaves the folder as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -70,14 +76,34 @@ def _readable_samples(dataset: Dataset, indices: Iterable[int] | None,
             f"{writer}: left out {len(left_out)} unreadable sample(s) of {dataset!r}: "
             f"{', '.join(map(str, left_out[:10]))}{more}",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,  # here, export_*'s writer, export_*, its caller
         )
 
 
-def _write_json(data: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)  # readers never see a half-written file
+@contextlib.contextmanager
+def _staged(folder: Path) -> Iterator[Path]:
+    """A new temporary folder inside ``folder`` (created) for an export's files, removed on
+    the way out with whatever is left in it.
+
+    Writing there and renaming each file into place at the end (:func:`_move_in`) keeps a
+    failure while writing from touching an earlier export in ``folder``; the renames need no
+    disk space. Inside ``folder``, not beside it: same file system, and the parent may be
+    read-only.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _move_in(stage: Path, folder: Path, names: Iterable[str]) -> None:
+    """Rename each ``stage/<name>`` to ``folder/<name>`` (``name`` relative, with ``/``)."""
+    for name in names:
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(stage / name, target)
 
 
 def _rle(mask: Tensor) -> dict[str, Any]:
@@ -102,13 +128,32 @@ def export_coco(
     Labels become category ids as they are, so :class:`CocoDetection` reads the same labels
     back. Samples the dataset cannot read (an unreadable image of a :class:`CocoDetection`)
     are left out, with a warning naming them. Returns the annotation file's path.
+
+    Exporting into a folder that holds an earlier export replaces its ``annotations.json``
+    and the images of the same ids; other files stay. Everything is written to a temporary
+    folder inside ``folder`` first: a failure while writing (a full disk, a sample that
+    raises) leaves ``folder`` as it was. The old ``annotations.json`` is then removed before
+    the images are renamed into place, so a failure during the renames leaves a folder that
+    refuses to load (no annotation file), never new images under old annotations.
     """
     ext = image_format.lower().lstrip(".")
     if ext not in _FORMATS:
         raise ValueError(f"image_format must be one of {sorted(_FORMATS)}, got {image_format!r}")
     names = _names(dataset, class_names)
     folder = Path(folder)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
+    with _staged(folder) as stage:
+        (stage / "images").mkdir()
+        coco = _write_coco(dataset, stage, indices, ext, names)
+        path = folder / "annotations.json"
+        (stage / path.name).write_text(json.dumps(coco), encoding="utf-8")
+        path.unlink(missing_ok=True)  # before the images: never new images, old boxes
+        _move_in(stage, folder, [image["file_name"] for image in coco["images"]] + [path.name])
+    return path
+
+
+def _write_coco(dataset: Dataset, stage: Path, indices: Iterable[int] | None, ext: str,
+                names: list[str]) -> dict[str, Any]:
+    """Write ``export_coco``'s images into ``stage/images``; returns the annotations."""
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     seen: set[int] = set()
@@ -118,7 +163,7 @@ def export_coco(
             raise ValueError(f"image_id {image_id} (sample {i}) occurs twice; ids must be unique")
         seen.add(image_id)
         file_name = f"images/{image_id:06d}.{ext}"
-        save_image(image, folder / file_name)
+        save_image(image, stage / file_name)
         h, w = image.shape[-2:]
         images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
         boxes = target["boxes"].tolist()
@@ -138,9 +183,7 @@ def export_coco(
                 ann["segmentation"] = _rle(target["masks"][k])
             annotations.append(ann)
     categories = [{"id": c + 1, "name": name} for c, name in enumerate(names)]
-    path = folder / "annotations.json"
-    _write_json({"images": images, "annotations": annotations, "categories": categories}, path)
-    return path
+    return {"images": images, "annotations": annotations, "categories": categories}
 
 
 def _palette() -> list[int]:
@@ -175,29 +218,49 @@ def export_voc(
     replaces its files (an image of another format included). ``<id>`` is
     ``<split>_<index>``; samples the dataset cannot read are left out (no id), with a
     warning naming them.
-    """
-    Image = require("PIL.Image", __name__)
 
+    Everything is written to a temporary folder inside ``folder`` first: a failure while
+    writing (a full disk, a sample that raises) leaves ``folder`` as it was. The old split
+    file is then removed before the images and masks are renamed into place, so a failure
+    during the renames leaves the split missing (it refuses to load), never a sample whose
+    image and mask come from two exports.
+    """
     ext = image_format.lower().lstrip(".")
     if ext not in _FORMATS:
         raise ValueError(f"image_format must be one of {sorted(_FORMATS)}, got {image_format!r}")
     folder = Path(folder)
+    split_name = f"ImageSets/Segmentation/{split}.txt"
+    with _staged(folder) as stage:
+        ids = _write_voc(dataset, stage, split, indices, ext)
+        (stage / split_name).write_text("".join(f"{n}\n" for n in ids), encoding="utf-8")
+        (folder / split_name).unlink(missing_ok=True)  # before its files: never a mixed sample
+        for name in ids:
+            for other in _IMAGE_EXTS:  # an earlier export's image in another format
+                if other != f".{ext}":  # (before moving: on a case-insensitive disk .JPG is .jpg)
+                    (folder / "JPEGImages" / f"{name}{other}").unlink(missing_ok=True)
+            _move_in(stage, folder, [f"JPEGImages/{name}.{ext}", f"SegmentationClass/{name}.png"])
+        for sub in ("JPEGImages", "SegmentationClass"):  # an empty split has them too
+            (folder / sub).mkdir(exist_ok=True)
+        _move_in(stage, folder, [split_name])
+    return folder / split_name
+
+
+def _write_voc(dataset: Dataset, stage: Path, split: str, indices: Iterable[int] | None,
+               ext: str) -> list[str]:
+    """Write ``export_voc``'s images and masks into ``stage``; returns their ids."""
+    Image = require("PIL.Image", __name__)
+
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
+        (stage / sub).mkdir(parents=True)
     palette = _palette()
     ids = []
     for i, (image, mask) in _readable_samples(dataset, indices, "export_voc"):
         if mask.dim() != 2 or (mask.numel() and not 0 <= int(mask.min()) <= int(mask.max()) <= 255):
             raise ValueError(f"sample {i}: mask must be (H, W) with values in 0..255")
         name = f"{split}_{i:06d}"
-        for other in _IMAGE_EXTS:  # an earlier export's image in another format
-            if other != f".{ext}":  # (before saving: on a case-insensitive disk .JPG is .jpg)
-                (folder / "JPEGImages" / f"{name}{other}").unlink(missing_ok=True)
-        save_image(image, folder / "JPEGImages" / f"{name}.{ext}")
+        save_image(image, stage / "JPEGImages" / f"{name}.{ext}")
         png = Image.fromarray(mask.cpu().numpy().astype(np.uint8), mode="P")
         png.putpalette(palette)
-        png.save(folder / "SegmentationClass" / f"{name}.png")
+        png.save(stage / "SegmentationClass" / f"{name}.png")
         ids.append(name)
-    split_file = folder / "ImageSets" / "Segmentation" / f"{split}.txt"
-    split_file.write_text("".join(f"{n}\n" for n in ids), encoding="utf-8")
-    return split_file
+    return ids
