@@ -110,6 +110,17 @@ def test_export_bad_arguments(capsys: pytest.CaptureFixture, argv: list[str],
     assert code == 2 and message in err
 
 
+def test_export_into_a_folder_that_is_a_file(capsys: pytest.CaptureFixture,
+                                             tmp_path: Path) -> None:
+    """It said '[Errno 17] File exists: <the file>', naming neither --out nor what is wrong."""
+    (tmp_path / "afile").touch()
+    out = tmp_path / "afile" / "x.onnx"
+    code, _, err = run_cli(capsys, "export", "resnet50", "--out", out)
+    assert code == 2
+    assert err.strip() == (f"deformconv export: error: --out {out}: {tmp_path / 'afile'} is "
+                           "a file, not a folder")
+
+
 def test_export_without_onnx_extra(capsys: pytest.CaptureFixture,
                                    monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed

@@ -57,6 +57,15 @@ def test_a_lock_file_removed_by_its_holder_is_not_the_one_held(
     assert removed
 
 
+def test_a_folder_under_a_file_is_named(tmp_path: Path) -> None:
+    """mkdir's '[Errno 20] Not a directory: <out>' did not say which part is a file."""
+    (tmp_path / "afile").touch()
+    out = tmp_path / "afile" / "run"
+    with pytest.raises(NotADirectoryError, match=f"{tmp_path / 'afile'} is a file, not a "
+                                                 "folder$"), out_dir_lock(out):
+        pass
+
+
 def test_check_not_busy_names_the_holder_and_holds_nothing(tmp_path: Path) -> None:
     out = tmp_path / "run"
     check_not_busy(out)  # no folder: nothing to refuse, nothing created

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .._paths import check_folder_possible
 from ..onnx.export import MAX_OPSET, MIN_OPSET
 from ._build import (
     ModelSpec,
@@ -102,6 +103,7 @@ def run_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".onnx":
         raise CLIError(f"--out must name a .onnx file, got {out}")
+    check_folder_possible(out.parent, f"--out {out}")  # before the model is built
     if args.checkpoint:
         spec, data_spec, _ = specs_from_checkpoint(args.checkpoint)
         check_model_flags_match(args, spec, model_flag="model")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .._paths import check_folder_possible
 from ..runs import offset_figures
-from ..viz.plot import check_folder_possible
 from ._build import (
     add_data_options,
     add_model_options,

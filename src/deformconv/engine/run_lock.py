@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from .._paths import check_folder_possible
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; runs are not guarded there
@@ -50,6 +52,7 @@ def out_dir_lock(out_dir: Path) -> Iterator[None]:
         return
     path = out_dir / LOCK_FILE
     created = False
+    check_folder_possible(out_dir, f"cannot create the run's folder {out_dir}")
     while True:
         created = created or not out_dir.exists()
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .._extras import require
+from .._paths import check_folder_possible
 from .capture import OffsetRecord, layer_label
 from .roi import RoIBins
 from .sampling import BackProjection, back_project
@@ -73,16 +74,6 @@ def _figure(image: np.ndarray, title: str | None) -> tuple[Figure, Axes]:
     if title:
         ax.set_title(title, fontsize=9)
     return fig, ax
-
-
-def check_folder_possible(folder: Path, what: str) -> None:
-    """Raise NotADirectoryError, naming ``what`` and the file in the way, when ``folder`` or
-    a folder above it is an existing file (``folder`` could not be created)."""
-    for path in (folder, *folder.parents):
-        if path.exists():
-            if not path.is_dir():
-                raise NotADirectoryError(f"{what}: {path} is a file, not a folder")
-            return
 
 
 def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
