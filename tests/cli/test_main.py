@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import signal
 import subprocess
 import sys
@@ -390,3 +391,56 @@ def test_a_rank_that_rank_0_refused_exits_quietly(capsys: pytest.CaptureFixture,
     monkeypatch.setattr(train, "run_train", refused)
     monkeypatch.setenv("RANK", "1")
     assert run_cli(capsys, "train") == (1, "", "")
+
+
+def _torch_save_failing() -> None:
+    """torch.save into a file whose writes fail as past ``ulimit -f``: torch's zip writer
+    replaces the OSError with 'RuntimeError: [enforce fail at inline_container.cc ...'."""
+    import io
+
+    import torch
+
+    class TooLarge(io.BytesIO):
+        def write(self, data: bytes) -> int:  # type: ignore[override]
+            if self.tell() > 1000:
+                raise OSError(errno.EFBIG, "File too large")
+            return super().write(data)
+
+    torch.save({"weights": torch.zeros(10_000)}, TooLarge())
+
+
+def _raise(error: BaseException) -> Callable[[], None]:
+    def fail() -> None:
+        raise error
+    return fail
+
+
+@pytest.mark.parametrize(("fail", "message"), [
+    (_raise(OSError(errno.ENOSPC, "No space left on device", "out/figure.png")),
+     "cannot write out/figure.png: [Errno 28] No space left on device"),
+    (_raise(OSError(errno.EROFS, "Read-only file system")),
+     "writing a file failed: [Errno 30] Read-only file system"),
+    (_torch_save_failing, "writing a file failed: [Errno 27] File too large"),
+])
+def test_a_refused_write_is_one_line_and_code_1(capsys: pytest.CaptureFixture,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                fail: Callable[[], None], message: str) -> None:
+    """A full disk or `ulimit -f` ended in a ~40-line traceback, torch's last line
+    ('unexpected pos 445248 vs 445136') hiding the cause; the debug variable keeps it."""
+    from deformconv.cli import DEBUG_ENV, evaluate
+
+    monkeypatch.setattr(evaluate, "run_eval", lambda args: fail())
+    assert run_cli(capsys, "eval", "last.pt") == (1, "", f"deformconv eval: error: {message}\n")
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    with pytest.raises((OSError, RuntimeError)):
+        run_cli(capsys, "eval", "last.pt")
+
+
+def test_other_os_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only refused writes are one line: another OSError may be a bug."""
+    from deformconv.cli import evaluate, main
+
+    failing = _raise(OSError(errno.EBADF, "Bad file"))
+    monkeypatch.setattr(evaluate, "run_eval", lambda args: failing())
+    with pytest.raises(OSError, match="Bad file"):
+        main(["eval", "last.pt"])

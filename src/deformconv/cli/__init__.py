@@ -3,13 +3,15 @@
 Each subcommand takes flags, an optional ``--config FILE`` (YAML or TOML; flags win) and
 ``--threads N`` (CPU threads of torch, which the CPU kernels use too).
 User errors (bad paths, unknown models, bad values, a run whose loss diverged) print one
-line and exit with code 2;
-set ``DEFORMCONV_DEBUG=1`` to see the traceback instead.
+line and exit with code 2; a write the system refused (disk or quota full, a file past
+``ulimit -f``, a read-only file system) prints one line and exits with code 1.
+Set ``DEFORMCONV_DEBUG=1`` to see the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -96,6 +98,34 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (*errors, CheckpointError, RunInProgressError, SampleError, NoReadableSamplesError)
 
 
+# errno values of a write the system refused: a full disk or quota, a file grown past
+# `ulimit -f`, a read-only file system. Other OSErrors may be bugs: they keep their traceback.
+_WRITE_REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def _refused_write(err: BaseException) -> OSError | None:
+    """The OSError of a refused write (:data:`_WRITE_REFUSED`) that ``err`` is or that its
+    ``__cause__`` / ``__context__`` chain holds (torch's zip writer, under ``torch.save``,
+    replaces it with a RuntimeError of its own), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _WRITE_REFUSED:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _write_message(err: OSError) -> str:
+    """``cannot write <file>: [Errno N] <reason>``, or without the file where the OSError
+    does not name one (a failed ``write`` on an open file)."""
+    reason = f"[Errno {err.errno}] {err.strerror}"
+    if err.filename is None:
+        return f"writing a file failed: {reason}"
+    return f"cannot write {err.filename}: {reason}"
+
+
 def _refused_by_rank_0() -> type[BaseException]:
     """What a rank other than 0 raises when rank 0 refused the run (printed by rank 0 only)."""
     from ..engine import RefusedByMainProcess
@@ -145,3 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"deformconv {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as err:
+        refused = _refused_write(err)
+        if refused is None or os.environ.get(DEBUG_ENV):
+            raise
+        print(f"deformconv {args.command}: error: {_write_message(refused)}", file=sys.stderr)
+        return 1
