@@ -8,6 +8,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,3 +181,49 @@ def test_files_a_demo_did_not_write_are_never_replaced(capsys: pytest.CaptureFix
     code, _, err = run_cli(capsys, "demo", "--smoke", "--overwrite", "--out", tmp_path)
     assert code == 2 and "holds files a demo would replace (deformable) that no demo marked" in err
     assert (tmp_path / "deformable" / "last.pt").read_bytes() == b"a training run's checkpoint"
+
+
+def test_a_stopped_demo_continues_with_resume(capsys: pytest.CaptureFixture,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              demo_run: tuple[Path, str],
+                                              tmp_path: Path) -> None:
+    """A demo stopped by Ctrl-C could only be retrained from the start (--overwrite); a
+    rerun said to use --overwrite (overwrite=True). --resume keeps the finished plain run,
+    continues the deformable one from its last.pt and reuses the measured step ratio."""
+    import signal
+
+    import deformconv.engine as engine
+
+    train = engine.train
+
+    def stop_the_deformable_run(config: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(config.out_dir).name == "deformable":
+            kwargs["on_iteration_end"] = lambda done: (
+                signal.getsignal(signal.SIGINT)(signal.SIGINT, None) if done == 2 else None)
+        return train(config, *args, **kwargs)
+
+    out = tmp_path / "demo"
+    smoke = ["demo", "--smoke", "--seed", "5", "--val-size", "4", "--no-progress", "--out", out]
+    monkeypatch.setattr(engine, "train", stop_the_deformable_run)
+    code, _, err = run_cli(capsys, *smoke)
+    assert code == 130 and err.strip() == (
+        f"deformconv demo: stopped by SIGINT after iteration 2/4; saved {out}/deformable/"
+        "last.pt: continue with the same options and --resume")
+    monkeypatch.setattr(engine, "train", train)
+    code, _, err = run_cli(capsys, *smoke)
+    assert code == 2 and "continue it, if it was stopped, with --resume" in err
+    assert "overwrite=True" not in err
+    code, _, err = run_cli(capsys, *smoke, "--resume", "--lr", "0.1")
+    assert code == 2 and "--resume continues the demo" in err and "lr 0.006 (now 0.1)" in err
+    ratio = json.loads((out / ".deformconv-demo").read_text())["step_ratio"]
+
+    code, stdout, err = run_cli(capsys, *smoke, "--resume")
+    assert code == 0, err
+    assert "timing the twins" not in stdout
+    summary = json.loads((out / "metrics.json").read_text())
+    straight = json.loads((demo_run[0] / "metrics.json").read_text())
+    assert summary["step_ratio"] == ratio
+    for name in ("plain", "deformable"):  # as an uninterrupted demo's
+        assert summary["runs"][name]["metrics"] == straight["runs"][name]["metrics"]
+        assert summary["runs"][name]["iterations"] == 4
+    assert summary["runs"]["plain, equal time"]["iterations"] == max(1, round(4 * ratio))

@@ -156,8 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # engine.TrainingStopped says where the run stopped and which signal stopped it;
         # under torchrun every rank stops there, and the first says so (as it prints the rest)
         if launched_rank() == 0:
-            again = (": continue with --resume auto"
-                     if args.command == "train" and getattr(err, "checkpoint", None) else "")
+            hint = ("--resume auto" if args.command == "train" and getattr(err, "checkpoint", None)
+                    else getattr(args, "stopped_hint", lambda args: None)(args))
+            again = f": continue with {hint}" if hint else ""
             print(f"deformconv {args.command}: {str(err) or 'interrupted'}{again}",
                   file=sys.stderr)
         return 128 + getattr(err, "signum", signal.SIGINT)

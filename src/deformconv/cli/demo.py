@@ -37,6 +37,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                              "demo needs --overwrite")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier demo in --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a demo in --out that was stopped (Ctrl-C, SIGTERM), "
+                             "given the same options: finished runs are kept, the others "
+                             "continue from their last.pt")
     parser.add_argument("--iterations", type=positive_int,
                         help=f"iterations of each twin (default {d.iterations})")
     parser.add_argument("--no-equal-time", action="store_true",
@@ -68,7 +72,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny settings that run in seconds (for tests)")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, stopped_hint=stopped_hint)
     return parser
 
 
@@ -92,5 +96,20 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_demo(settings_from_args(args), Path(args.out), overwrite=args.overwrite)
+    if args.resume and args.overwrite:
+        raise CLIError("--resume continues the demo in --out and --overwrite replaces it: "
+                       "give one of them")
+    run_demo(settings_from_args(args), Path(args.out), overwrite=args.overwrite,
+             resume=args.resume)
     return 0
+
+
+def stopped_hint(args: argparse.Namespace) -> str | None:
+    """How to continue a demo that was stopped, for the stop message; None before the demo
+    claimed its folder (nothing to continue)."""
+    from ..runs.demo import MARKER, SUMMARY
+
+    out = Path(args.out)
+    if (out / MARKER).is_file() and not (out / SUMMARY).exists():
+        return "the same options and --resume"
+    return None

@@ -25,12 +25,18 @@ they train one after another in one process (:func:`process_layout`).
 times inference, draws the learning curves, predictions, sampling locations and the
 object recall per scale, and writes ``report.md`` (see :mod:`.demo_report`),
 ``metrics.json`` and the PNGs to the output folder. ``deformconv demo`` is its command line.
+
+A demo stopped by Ctrl-C or SIGTERM continues with ``resume=True`` (``deformconv demo
+--resume``): the settings and the measured step ratio are saved in the folder's marker
+when the demo claims it, finished runs are kept and the others resume from their
+``last.pt``, exactly as the trainer resumes a run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import multiprocessing
 import multiprocessing.connection
@@ -186,7 +192,9 @@ def _train_runs(job: _Job, datasets: tuple[Dataset, Dataset] | None = None
                 ) -> dict[str, dict[str, Any]]:
     """Train ``job.names`` in order on ``datasets`` (training, validation; None: render
     them, in a worker process): each run's result, its weights in ``result["checkpoint"]``.
-    Every run starts from the twins' weights of ``s.seed`` (:func:`twin_model`)."""
+    Every run starts from the twins' weights of ``s.seed`` (:func:`twin_model`), or
+    continues from its folder's ``last.pt`` (a resumed demo: a new demo's folders are
+    empty); a finished run only validates again."""
     from ..engine import train
 
     if job.threads is not None:
@@ -196,11 +204,14 @@ def _train_runs(job: _Job, datasets: tuple[Dataset, Dataset] | None = None
     trained = {}
     for name in job.names:
         model = twin_model(job.specs[name], job.specs["plain"], s.seed)
-        length = s.iterations
-        changes: dict[str, Any] = {"progress_label": name, "progress_line": job.line}
-        if name == RUNS[2]:
-            length, changes["resume"] = _equal_time_start(s, job.step_ratio, job.out)
         folder = job.out / run_folder(name)
+        length = s.iterations
+        changes: dict[str, Any] = {"progress_label": name, "progress_line": job.line,
+                                   "resume": "auto"}
+        if name == RUNS[2]:
+            length = _equal_time_length(s, job.step_ratio)
+            if not (folder / "last.pt").is_file():
+                changes["resume"] = _equal_time_start(s, length, job.out)
         keep_branch = None
         if name == "plain":
             keep_branch = _branch_keeper(s, folder)
@@ -217,7 +228,7 @@ def _train_runs(job: _Job, datasets: tuple[Dataset, Dataset] | None = None
                    "cpu_seconds": time.process_time() - cpu_started,
                    "iterations": result.iteration, "checkpoint": result.last_checkpoint}
         if name == RUNS[2]:
-            summary["branched_at"] = None if config.resume is None else _branch_at(s)
+            summary["branched_at"] = _branch_at(s) if length >= s.iterations else None
         trained[name] = summary
     return trained
 
@@ -234,21 +245,25 @@ def _branch_keeper(s: DemoSettings, folder: Path) -> Any:
     return keep_branch
 
 
-def _equal_time_start(s: DemoSettings, ratio: float, out: Path) -> tuple[int, str | None]:
-    """(iterations, checkpoint to resume) of the plain twin trained for the deformable run's
-    time: ``ratio`` (deformable / plain step time) times the plain run's iterations. When
-    that is at least the plain run's iterations, the run continues the plain run from its
-    branch point (until there the schedule, batches and weights are the same), holds the
-    rate until its own decay and decays; otherwise it starts afresh."""
-    iterations = max(1, round(s.iterations * ratio))
+def _equal_time_length(s: DemoSettings, ratio: float) -> int:
+    """Iterations of the plain twin trained for the deformable run's time: ``ratio``
+    (deformable / plain step time) times the plain run's iterations."""
+    return max(1, round(s.iterations * ratio))
+
+
+def _equal_time_start(s: DemoSettings, iterations: int, out: Path) -> str | None:
+    """The checkpoint the equal-time run of ``iterations`` starts from: when they are at
+    least the plain run's, the run continues the plain run from its branch point (until
+    there the schedule, batches and weights are the same), holds the rate until its own
+    decay and decays; otherwise it starts afresh (None)."""
     if iterations < s.iterations:
-        return iterations, None
+        return None
     folder = out / run_folder(RUNS[2])
     folder.mkdir(parents=True, exist_ok=True)
     plain = out / run_folder("plain")
     # the shared part of the learning curve; the trainer drops what follows the branch
     shutil.copyfile(plain / "metrics.jsonl", folder / "metrics.jsonl")
-    return iterations, str(plain / BRANCH)
+    return str(plain / BRANCH)
 
 
 def _scenes(job: _Job) -> tuple[Dataset, Dataset]:
@@ -399,7 +414,8 @@ def demo_files(out: Path) -> list[Path]:
 def earlier_demo(out: Path, overwrite: bool) -> list[Path]:
     """The earlier demo's files in ``out`` that a demo replaces (:func:`demo_files`);
     refuses them without ``overwrite``, and files under those names that no demo wrote (a
-    training run in ``out/deformable``) always. Other files stay."""
+    training run in ``out/deformable``) always. Other files stay. An interrupted demo
+    (one without ``metrics.json``) is not replaced but continued with ``resume``."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"the demo's output folder {out} is a file")
     earlier = demo_files(out)
@@ -410,15 +426,17 @@ def earlier_demo(out: Path, overwrite: bool) -> list[Path]:
                              "marked as its own (not a demo's, or one of an earlier version); "
                              "remove them or choose another output folder")
         if not overwrite:
-            raise ValueError(f"{out} holds an earlier demo ({names}); replace it with "
-                             "--overwrite (overwrite=True) or choose another output folder")
+            stopped = ("" if (out / SUMMARY).exists()
+                       else "continue it, if it was stopped, with --resume; ")
+            raise ValueError(f"{out} holds an earlier demo ({names}); {stopped}replace it "
+                             "with --overwrite or choose another output folder")
     return earlier
 
 
-def claim_demo_folder(out: Path, overwrite: bool) -> None:
+def claim_demo_folder(out: Path, overwrite: bool, state: dict[str, Any]) -> None:
     """Make ``out`` ready for a demo, which marks it as a demo's folder: an earlier demo's
     files are removed (so that none is left beside the new ones), if :func:`earlier_demo`
-    allows."""
+    allows. The marker holds ``state`` (the settings and step times) for a resume."""
     earlier = earlier_demo(out, overwrite)
     if earlier:
         print(f"replacing the earlier demo in {out}")
@@ -428,7 +446,37 @@ def claim_demo_folder(out: Path, overwrite: bool) -> None:
         else:
             path.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).touch()
+    write_json(state, out / MARKER)
+
+
+# Settings that do not change a demo's results: a resume may give other values.
+_FREE_SETTINGS = frozenset({"progress", "jobs"})
+
+
+def resumed_demo(s: DemoSettings, out: Path) -> dict[str, Any]:
+    """The state an interrupted demo in ``out`` saved when it claimed the folder (the
+    settings, the step times and their ratio); refuses a folder without one and settings
+    other than the saved ones (except :data:`_FREE_SETTINGS`)."""
+    marker = out / MARKER
+    if not out.is_dir() or not marker.is_file():
+        raise ValueError(f"{out} holds no demo to resume (no {MARKER} file): start one "
+                         "without --resume")
+    try:
+        state = json.loads(marker.read_text(encoding="utf-8") or "null")
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        state = None
+    if not isinstance(state, dict) or "settings" not in state or "step_ratio" not in state:
+        raise ValueError(f"the demo in {out} saved no settings to resume with (an earlier "
+                         "version's or a broken marker): start it again with --overwrite")
+    now = json.loads(json.dumps(asdict(s)))  # tuples as the saved lists
+    changed = [f"{key} {state['settings'].get(key)!r} (now {value!r})"
+               for key, value in now.items()
+               if key not in _FREE_SETTINGS and state["settings"].get(key) != value]
+    if changed:
+        raise ValueError(f"--resume continues the demo in {out} with its own settings: "
+                         f"{', '.join(changed)}; give the same options, or start a new demo "
+                         "(--overwrite or another --out)")
+    return state
 
 
 def process_layout(device: torch.device, jobs: int, threads: int) -> tuple[int, int]:
@@ -454,18 +502,28 @@ def check_settings(s: DemoSettings) -> None:
     iters_per_epoch(s.train_size, s.batch_size)  # the trainer's own check, before training
 
 
-def run_demo(s: DemoSettings, out: Path, overwrite: bool = False) -> dict[str, Any]:
+def run_demo(s: DemoSettings, out: Path, overwrite: bool = False,
+             resume: bool = False) -> dict[str, Any]:
     """Run the demo, writing to folder ``out``; returns what ``metrics.json`` holds. An
     earlier demo in ``out`` is refused, or replaced with ``overwrite``: its files are
     removed only once the settings have passed their checks (at least one deformable
     layer, a training set of at least one batch), the scenes are rendered and the
-    training is configured and its steps timed."""
+    training is configured and its steps timed.
+
+    ``resume`` continues a demo in ``out`` that was stopped (Ctrl-C, SIGTERM) with the
+    same settings (:func:`resumed_demo`): it keeps the finished runs, resumes the others
+    from their ``last.pt`` and uses the step ratio measured then, so the runs end as an
+    uninterrupted demo's do."""
     from ..engine import balanced_class_weights, build_optimizer, label_counts, resolve_device
     from .demo_report import analyse, comparison_table, write_report
 
     started, cpu_started, load_start = time.perf_counter(), _cpu_seconds(), _load()
     check_settings(s)
-    earlier_demo(out, overwrite)  # refused at once; replaced only once the demo can start
+    if resume and overwrite:
+        raise ValueError("resume continues the demo in the output folder and overwrite "
+                         "replaces it: give one of them")
+    # refused at once; replaced only once the demo can start
+    saved = resumed_demo(s, out) if resume else earlier_demo(out, overwrite)
     device = resolve_device(s.device)
     threads = torch.get_num_threads()
     workers, train_threads = process_layout(device, s.jobs, threads)
@@ -481,18 +539,23 @@ def run_demo(s: DemoSettings, out: Path, overwrite: bool = False) -> dict[str, A
         counts = label_counts(train_set.targets, classes + 1)  # type: ignore[attr-defined]
         weights = balanced_class_weights(counts, s.class_balance)
         names = RUNS if s.equal_time else RUNS[:2]
-        # The step costs at the runs' thread count; also the warm-up: kernel compilation and
-        # first calls are not counted as training.
-        print("timing the twins' training steps")
-        if pool is not None:
-            pool.wait_ready()
-        config = _config(s, s.iterations, out, weights)
-        with threads_set_to(train_threads):
-            steps = step_seconds(twins, "segmentation", train_set, s.batch_size, device,
-                                 lambda net: build_optimizer(net, config))
-        ratio = steps["deformable"] / steps["plain"]
-
-        claim_demo_folder(out, overwrite)
+        if resume:  # the interrupted demo's: the equal-time run's length depends on it
+            assert isinstance(saved, dict)
+            steps, ratio = saved["step_seconds"], saved["step_ratio"]
+            print(f"continuing the demo in {out}")
+        else:
+            # The step costs at the runs' thread count; also the warm-up: kernel compilation
+            # and first calls are not counted as training.
+            print("timing the twins' training steps")
+            if pool is not None:
+                pool.wait_ready()
+            config = _config(s, s.iterations, out, weights)
+            with threads_set_to(train_threads):
+                steps = step_seconds(twins, "segmentation", train_set, s.batch_size, device,
+                                     lambda net: build_optimizer(net, config))
+            ratio = steps["deformable"] / steps["plain"]
+            claim_demo_folder(out, overwrite, {"settings": asdict(s), "step_seconds": steps,
+                                               "step_ratio": ratio})
         job = _Job(names, s, specs, weights, ratio, out, {"data": asdict(data)})
         if pool is not None:
             print(f"training the twins side by side: {workers} processes of {train_threads} "
