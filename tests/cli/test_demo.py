@@ -136,6 +136,16 @@ def test_demo_without_matplotlib_fails_before_training(
     assert "training" not in stdout and not out.exists()
 
 
+def test_demo_without_torchvision_fails_before_rendering(
+        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """It rendered every scene (3000 for the real demo) before the models' import failed."""
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    out = tmp_path / "demo"
+    code, stdout, err = run_cli(capsys, "demo", "--smoke", "--no-progress", "--out", out)
+    assert code == 2 and "deformconv demo needs torchvision" in err and "[vision]" in err
+    assert "rendering" not in stdout and not out.exists()
+
+
 def test_a_rerun_needs_overwrite_and_replaces_the_earlier_demo(
         capsys: pytest.CaptureFixture, demo_run: tuple[Path, str], tmp_path: Path) -> None:
     """Nothing of the earlier demo stays beside the new one (its equal-time run and offset

@@ -491,9 +491,11 @@ def process_layout(device: torch.device, jobs: int, threads: int) -> tuple[int, 
 def check_settings(s: DemoSettings) -> None:
     """Refuse settings the demo could only fail on after training: no deformable layer
     (nothing to compare, no offsets to plot), fewer training scenes than one batch; and
-    fail on a missing matplotlib (the vision extra), which only the report needs."""
+    fail on a missing matplotlib (the vision extra), which only the report needs, and a
+    missing torchvision, which the models need once the scenes are rendered."""
     from ..engine import iters_per_epoch
 
+    require("torchvision", "deformconv demo")
     require("matplotlib.figure", "deformconv demo's report")
 
     if s.deform_layers < 1:
