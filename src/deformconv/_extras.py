@@ -29,12 +29,15 @@ def extra_of(module_name: str | None) -> str | None:
     return EXTRAS.get((module_name or "").split(".")[0])
 
 
-def install_hint(module_name: str) -> str:
+def install_hint(*module_names: str) -> str:
     """``needs <package>, part of the <extra> extra: pip install 'deformconv[<extra>]'``
-    for an optional dependency's (dotted) module name."""
-    top = module_name.split(".")[0]
-    extra = EXTRAS[top]
-    return f"needs {top}, part of the {extra} extra: pip install 'deformconv[{extra}]'"
+    for optional dependencies' (dotted) module names (several: ``needs onnx, onnxruntime,
+    part of the onnx extra``)."""
+    tops = list(dict.fromkeys(name.split(".")[0] for name in module_names))
+    extras = list(dict.fromkeys(EXTRAS[top] for top in tops))
+    part = (f"part of the {extras[0]} extra" if len(extras) == 1
+            else f"parts of the {', '.join(extras)} extras")
+    return f"needs {', '.join(tops)}, {part}: pip install 'deformconv[{','.join(extras)}]'"
 
 
 def require(module_name: str, needed_by: str) -> ModuleType:

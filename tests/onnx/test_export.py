@@ -204,8 +204,15 @@ def test_float64_deform_conv_matches(tmp_path):
 
 
 def test_missing_dependency_gives_install_hint(monkeypatch, tmp_path):
+    """require_onnx raised a plain ImportError of its own wording, not the extras' error."""
+    from deformconv._extras import MissingExtraError
+
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
-    with pytest.raises(ImportError, match=r"needs onnxruntime: pip install 'deformconv\[onnx\]'"):
+    with pytest.raises(MissingExtraError, match=r"^ONNX export needs onnxruntime, part of the "
+                                                r"onnx extra: pip install 'deformconv\[onnx\]'$"):
+        dc_onnx.export(small_net(), torch.randn(2, 3, 16, 16), tmp_path / "x.onnx")
+    monkeypatch.setitem(sys.modules, "onnx", None)  # every missing one is named
+    with pytest.raises(MissingExtraError, match=r"^ONNX export needs onnx, onnxruntime, part "):
         dc_onnx.export(small_net(), torch.randn(2, 3, 16, 16), tmp_path / "x.onnx")
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
+from .._extras import MissingExtraError, install_hint, require
 from ..nn import eval_mode
 
 MIN_OPSET = 19  # ONNX DeformConv first appears in opset 19
@@ -32,17 +33,16 @@ SUPPORTED_DTYPES = (torch.float16, torch.float32, torch.float64)
 
 
 def require_onnx() -> None:
-    """Raise a clear ImportError when the optional ONNX dependencies are missing."""
+    """Raise :class:`~deformconv._extras.MissingExtraError` (an ImportError) naming every
+    missing ONNX dependency and the extra, when any is missing."""
     missing = []
     for module in ("onnx", "onnxscript", "onnxruntime"):
         try:
-            __import__(module)
-        except ImportError:
-            missing.append(module)
+            require(module, "ONNX export")
+        except MissingExtraError as error:
+            missing.append(error.name or module)
     if missing:
-        raise ImportError(
-            f"ONNX export needs {', '.join(missing)}: pip install 'deformconv[onnx]'"
-        )
+        raise MissingExtraError(f"ONNX export {install_hint(*missing)}", name=missing[0])
 
 
 def translation_table() -> dict[Callable, Callable]:
