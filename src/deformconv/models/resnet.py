@@ -32,7 +32,7 @@ PLAIN_DEFORM_BLOCKS = (0, 0, 0, 0)
 
 def frozen_batch_norm(num_features: int) -> nn.Module:
     """torchvision's ``FrozenBatchNorm2d``: fixed statistics and affine, as the paper's
-    detection and segmentation fine-tuning; torchvision is imported only when used."""
+    detection and segmentation fine-tuning."""
     from torchvision.ops.misc import FrozenBatchNorm2d
 
     return FrozenBatchNorm2d(num_features)
