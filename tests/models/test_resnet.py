@@ -205,3 +205,35 @@ def test_torchvision_state_dict_loads_into_the_deeplab_backbone(depth):
     assert all(torch.equal(own[k], v) for k, v in state.items() if k in own)
     assert {k for k in state if k not in own} == {"fc.weight", "fc.bias"} | {
         k for k in state if k.endswith("num_batches_tracked")}
+
+
+@pytest.mark.parametrize(("deform_blocks", "error", "message"), [
+    # 1.5 built one deformable conv (range() truncated it) and reported 1.5
+    ((0, 0, 0, 1.5), TypeError, "deform_blocks[3] must be an int, got 1.5"),
+    ((0, 0, 0, True), TypeError, "deform_blocks[3] must be an int, got True"),  # stored as True
+    ((0, -1, 0, 0), ValueError, "deform_blocks[1] must be >= 0, got -1"),
+    ((0, 0, 0), ValueError, "deform_blocks must be a sequence of 4 ints >= 0, got (0, 0, 0)"),
+    (3, TypeError, "deform_blocks must be a sequence of 4 ints >= 0, got 3"),
+    ((0, 0, 0, 5), ValueError, "deform_blocks must give 0..n deformable 3x3 convs"),
+])
+def test_deform_blocks_must_be_four_ints_in_range(deform_blocks, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        models.create("resnet18", 3, deform_blocks=deform_blocks, base_channels=8)
+
+
+def test_deform_blocks_and_layers_are_stored_as_python_ints():
+    numpy = pytest.importorskip("numpy")
+    model = ResNet(numpy.array([1, 1, 1, 1]), 0, deform_blocks=[0, 0, 0, numpy.int64(1)],
+                   base_channels=4)
+    assert model.layers == (1, 1, 1, 1) and model.deform_blocks == (0, 0, 0, 1)
+    assert all(type(n) is int for n in model.layers + model.deform_blocks)
+
+
+@pytest.mark.parametrize(("layers", "error", "message"), [
+    ((1, 1, 1.0, 1), TypeError, "layers[2] must be an int, got 1.0"),
+    ((1, 1, 0, 1), ValueError, "layers[2] must be > 0, got 0"),
+    ((1, 1, 1), ValueError, "layers must be a sequence of 4 ints > 0, got (1, 1, 1)"),
+])
+def test_layers_must_be_four_positive_ints(layers, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        ResNet(layers, 0, base_channels=4)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from deformconv.ops.arguments import boolean, finite_float, rois_to_tensor
+from deformconv.ops.arguments import boolean, counts, finite_float, rois_to_tensor
 
 
 @pytest.mark.parametrize("value", [True, False, np.bool_(True), np.bool_(False)])
@@ -56,3 +56,25 @@ def test_rois_list_on_several_devices_names_the_box_tensor() -> None:
     with pytest.raises(RuntimeError, match=re.escape(
             "rois[1] is on meta but rois[0] is on cpu; all boxes must be on one device")):
         rois_to_tensor([boxes, boxes.to("meta")])
+
+
+def test_counts_gives_python_ints_of_any_iterable() -> None:
+    assert counts([1, np.int64(2)], "sizes") == (1, 2)
+    assert counts(np.array([0, 3]), "sizes", minimum=0, length=2) == (0, 3)
+    assert counts((), "sizes") == ()
+
+
+@pytest.mark.parametrize(("values", "kwargs", "error", "message"), [
+    ((1, 2.5), {}, TypeError, "sizes[1] must be an int, got 2.5"),
+    ((True,), {}, TypeError, "sizes[0] must be an int, got True"),
+    ((0,), {}, ValueError, "sizes[0] must be > 0, got 0"),
+    ((-1,), {"minimum": 0}, ValueError, "sizes[0] must be >= 0, got -1"),
+    (2, {}, TypeError, "sizes must be a sequence of ints > 0, got 2"),
+    ("12", {"hint": "one per layer"}, TypeError,
+     "sizes must be a sequence of ints > 0, one per layer, got '12'"),
+    ((1, 1), {"length": 3}, ValueError, "sizes must be a sequence of 3 ints > 0, got (1, 1)"),
+])
+def test_counts_refuses_naming_the_argument_and_the_entry(values, kwargs, error,
+                                                          message) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        counts(values, "sizes", **kwargs)

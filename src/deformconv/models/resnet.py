@@ -18,7 +18,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..nn import DeformConv2d, DeformConv2dBase, OffsetBranchMixin, offset_state_keys
-from ..ops.arguments import boolean, count
+from ..ops.arguments import boolean, count, counts
 from ._registry import register_model
 
 __all__ = ["BLOCKS", "BasicBlock", "Bottleneck", "ResNet", "checkpoint_filter_fn",
@@ -258,15 +258,14 @@ class ResNet(nn.Module):
         base_channels = count(base_channels, "base_channels")
         modulated = boolean(modulated, "modulated")  # checked even with no deformable block
         zero_init_residual = boolean(zero_init_residual, "zero_init_residual")
-        if len(layers) != 4 or min(layers) < 1:
-            raise ValueError(f"layers must be 4 positive block counts, got {tuple(layers)}")
+        layers = counts(layers, "layers", length=4)
+        # an entry 1.5 was truncated by range() (one deformable conv) and True taken as 1
+        deform_blocks = counts(deform_blocks, "deform_blocks", minimum=0, length=4)
         convs = tuple(n * block.convs for n in layers)
-        if len(deform_blocks) != 4 or any(
-            not 0 <= d <= n for d, n in zip(deform_blocks, convs, strict=True)
-        ):
+        if any(d > n for d, n in zip(deform_blocks, convs, strict=True)):
             raise ValueError(
                 f"deform_blocks must give 0..n deformable 3x3 convs for each of the 4 stages "
-                f"(n = {convs}: {block.convs} per {block.__name__}), got {tuple(deform_blocks)}"
+                f"(n = {convs}: {block.convs} per {block.__name__}), got {deform_blocks}"
             )
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages must be in -1..4, got {frozen_stages!r}")
@@ -277,8 +276,8 @@ class ResNet(nn.Module):
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes!r}")
         norm_layer = _norm_layer(norm_layer)
-        self.layers = tuple(layers)
-        self.deform_blocks = tuple(deform_blocks)
+        self.layers = layers
+        self.deform_blocks = deform_blocks
         self.output_stride = output_stride
         self.num_classes = num_classes
         deform_layer = functools.partial(DeformConv2d, offset_groups=offset_groups,

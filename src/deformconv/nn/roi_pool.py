@@ -7,13 +7,13 @@ Dai et al., "Deformable Convolutional Networks", ICCV 2017, section 2.2
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops.arguments import boolean, finite_float, integer, pair, rois_to_tensor
+from ..ops.arguments import boolean, counts, finite_float, integer, pair, rois_to_tensor
 from ._offset import (
     OffsetBranchMixin,
     ZeroInitLinear,
@@ -23,6 +23,9 @@ from ._offset import (
 )
 
 __all__ = ["DeformRoIPool"]
+
+# what a bare int as hidden_dims is refused with
+HIDDEN_DIMS_HINT = "one width per hidden layer (e.g. (1024,) or (1024, 1024))"
 
 
 class DeformRoIPool(nn.Module, OffsetBranchMixin):
@@ -79,12 +82,7 @@ class DeformRoIPool(nn.Module, OffsetBranchMixin):
         self.sampling_ratio = integer(sampling_ratio, "sampling_ratio")  # <= 0: adaptive
         self.gamma = finite_float(gamma, "gamma")
         self.aligned = boolean(aligned, "aligned")
-        if isinstance(hidden_dims, (str, bytes)) or not isinstance(hidden_dims, Iterable):
-            # an int is refused, not read as one layer: hidden_dims=2 may mean two layers
-            raise TypeError(f"hidden_dims must be a sequence of ints > 0, one width per hidden "
-                            f"layer (e.g. (1024,) or (1024, 1024)), got {hidden_dims!r}")
-        self.hidden_dims = tuple(hidden_dims)
-        check_counts(**{f"hidden_dims[{i}]": width for i, width in enumerate(self.hidden_dims)})
+        self.hidden_dims = counts(hidden_dims, "hidden_dims", hint=HIDDEN_DIMS_HINT)
         self.modulated = boolean(modulated, "modulated")
         self.offset_lr_mult = offset_lr_mult
         bins = self.output_size[0] * self.output_size[1]

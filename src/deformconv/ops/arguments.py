@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import numbers
 import sys
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
-__all__ = ["boolean", "count", "finite_float", "integer", "is_bool", "is_integer",
+__all__ = ["boolean", "count", "counts", "finite_float", "integer", "is_bool", "is_integer",
            "memory_format", "pair", "rois_to_tensor"]
 
 
@@ -51,6 +52,23 @@ def count(value: object, name: str, minimum: int = 1) -> int:
         bound = "> 0" if minimum == 1 else f">= {minimum}"
         raise ValueError(f"{name} must be {bound}, got {value!r}")
     return number
+
+
+def counts(values: object, name: str, minimum: int = 1, *, length: int | None = None,
+           hint: str = "") -> tuple[int, ...]:
+    """``values`` as a tuple of Python ints, each checked by ``count(value, f"{name}[{i}]",
+    minimum)``. A ``TypeError`` naming ``name`` (and ``hint``, when given) unless an iterable
+    other than a string (a bare int too: ``hidden_dims=2`` may mean two layers), a
+    ``ValueError`` unless of ``length`` items when that is given."""
+    bound = "> 0" if minimum == 1 else f">= {minimum}"
+    expected = f"a sequence of {'' if length is None else f'{length} '}ints {bound}"
+    expected += f", {hint}" if hint else ""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be {expected}, got {values!r}")
+    items = tuple(values)
+    if length is not None and len(items) != length:
+        raise ValueError(f"{name} must be {expected}, got {values!r}")
+    return tuple(count(value, f"{name}[{i}]", minimum) for i, value in enumerate(items))
 
 
 def pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
