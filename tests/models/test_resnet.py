@@ -237,3 +237,25 @@ def test_deform_blocks_and_layers_are_stored_as_python_ints():
 def test_layers_must_be_four_positive_ints(layers, error, message):
     with pytest.raises(error, match=re.escape(message)):
         ResNet(layers, 0, base_channels=4)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    # 1.5 failed in the stage slicing ("slice indices must be integers"), "1" in a comparison
+    ({"frozen_stages": 1.5}, TypeError, "frozen_stages must be an int, got 1.5"),
+    ({"frozen_stages": "1"}, TypeError, "frozen_stages must be an int, got '1'"),
+    ({"frozen_stages": True}, TypeError, "frozen_stages must be an int, got True"),
+    ({"in_chans": 0}, ValueError, "in_chans must be > 0, got 0"),
+    ({"in_chans": 3.0}, TypeError, "in_chans must be an int, got 3.0"),
+    ({"output_stride": 16.0}, TypeError, "output_stride must be an int, got 16.0"),
+    ({"num_classes": 2.5}, TypeError, "num_classes must be an int, got 2.5"),
+    ({"num_classes": -1}, ValueError, "num_classes must be >= 0, got -1"),
+    # the deformable layers' options, checked for the plain twin too
+    ({"offset_groups": 1.5}, TypeError, "offset_groups must be an int, got 1.5"),
+    ({"offset_groups": 0}, ValueError, "offset_groups must be > 0, got 0"),
+    ({"offset_lr_mult": -1}, ValueError, "offset_lr_mult must be a finite number >= 0"),
+])
+@pytest.mark.parametrize("deform_blocks", [(0, 0, 0, 0), (0, 0, 0, 1)])
+def test_int_options_are_checked_at_construction(kwargs, error, message, deform_blocks):
+    with pytest.raises(error, match=re.escape(message)):
+        ResNet((1, 1, 1, 1), **{"num_classes": 0, "base_channels": 4,
+                                "deform_blocks": deform_blocks, **kwargs})

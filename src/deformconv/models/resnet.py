@@ -18,7 +18,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..nn import DeformConv2d, DeformConv2dBase, OffsetBranchMixin, offset_state_keys
-from ..ops.arguments import boolean, count, counts
+from ..nn._offset import check_offset_lr_mult
+from ..ops.arguments import boolean, count, counts, integer
 from ._registry import register_model
 
 __all__ = ["BLOCKS", "BasicBlock", "Bottleneck", "ResNet", "checkpoint_filter_fn",
@@ -256,7 +257,13 @@ class ResNet(nn.Module):
         super().__init__()
         block = _block(block)
         base_channels = count(base_channels, "base_channels")
-        modulated = boolean(modulated, "modulated")  # checked even with no deformable block
+        in_chans = count(in_chans, "in_chans")
+        num_classes = count(num_classes, "num_classes", minimum=0)
+        output_stride = integer(output_stride, "output_stride")
+        # the deformable layers' options are checked even with no deformable block
+        offset_groups = count(offset_groups, "offset_groups")
+        modulated = boolean(modulated, "modulated")
+        check_offset_lr_mult(offset_lr_mult)
         zero_init_residual = boolean(zero_init_residual, "zero_init_residual")
         layers = counts(layers, "layers", length=4)
         # an entry 1.5 was truncated by range() (one deformable conv) and True taken as 1
@@ -267,14 +274,13 @@ class ResNet(nn.Module):
                 f"deform_blocks must give 0..n deformable 3x3 convs for each of the 4 stages "
                 f"(n = {convs}: {block.convs} per {block.__name__}), got {deform_blocks}"
             )
+        frozen_stages = integer(frozen_stages, "frozen_stages")
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages must be in -1..4, got {frozen_stages!r}")
         if zero_init_residual and frozen_stages >= 1:
             raise ValueError(
                 f"zero_init_residual with frozen_stages={frozen_stages} would leave the frozen "
                 "blocks' residual branches at zero for good; load pretrained weights instead")
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes!r}")
         norm_layer = _norm_layer(norm_layer)
         self.layers = layers
         self.deform_blocks = deform_blocks
