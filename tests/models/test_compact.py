@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -78,6 +80,28 @@ def test_predict_and_all_ignored_targets():
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CompactFCN(3, **{"widths": (4, 4, 4), "strides": (2, 1, 1), **kwargs})
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"deform_layers": 1.5}, TypeError, "deform_layers must be an int, got 1.5"),
+    ({"deform_layers": True}, TypeError, "deform_layers must be an int, got True"),  # taken as 1
+    # built, then failed at forward: "weight of size [0, 3, 3, 3]"
+    ({"widths": (0, 4, 4)}, ValueError, "widths[0] must be > 0, got 0"),
+    ({"widths": (4, 4.0, 4)}, TypeError, "widths[1] must be an int, got 4.0"),
+    ({"strides": (2, True, 1)}, TypeError, "strides[1] must be an int, got True"),
+    ({"skip_layer": 1, "decoder_width": 0}, ValueError, "decoder_width must be > 0, got 0"),
+    ({"decoder_width": 2.5}, TypeError, "decoder_width must be an int, got 2.5"),
+    ({"skip_layer": True}, TypeError, "skip_layer must be an int, got True"),
+    ({"skip_layer": 0.0}, TypeError, "skip_layer must be an int, got 0.0"),
+    # "out_channels must be divisible by groups"
+    ({"num_classes": 2.5}, TypeError, "num_classes must be an int, got 2.5"),
+    ({"num_classes": 0}, ValueError, "num_classes must be > 0, got 0"),
+    ({"offset_groups": 0, "deform_layers": 0}, ValueError, "offset_groups must be > 0, got 0"),
+])
+def test_int_options_are_refused_at_construction_naming_them(kwargs, error, message):
+    kwargs = {"num_classes": 3, "widths": (4, 4, 4), "strides": (2, 1, 1), **kwargs}
+    with pytest.raises(error, match=re.escape(message)):
+        CompactFCN(**kwargs)
 
 
 def test_registered_for_segmentation():

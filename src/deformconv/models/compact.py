@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..conventions import IGNORE_INDEX
 from ..nn import DeformConv2d
-from ..ops.arguments import boolean
+from ..ops.arguments import boolean, count, counts, integer
 from ._registry import register_model
 from ._segmentation import PixelClassifier
 
@@ -51,25 +51,32 @@ class CompactFCN(PixelClassifier):
                  modulated: bool = False, offset_groups: int = 1,
                  ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
-        modulated = boolean(modulated, "modulated")  # checked even with no deformable layer
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+        # the deformable layers' and the decoder's options are checked even without them
+        modulated = boolean(modulated, "modulated")
+        offset_groups = count(offset_groups, "offset_groups")
+        decoder_width = count(decoder_width, "decoder_width")
+        num_classes = count(num_classes, "num_classes")
+        widths = counts(widths, "widths")
+        strides = counts(strides, "strides")
         if len(widths) != len(strides) or not widths:
             raise ValueError(f"widths and strides must be non-empty and of one length, got "
                              f"{len(widths)} widths and {len(strides)} strides")
         if any(s not in (1, 2) for s in strides):
-            raise ValueError(f"strides must be 1 or 2, got {tuple(strides)}")
+            raise ValueError(f"strides must be 1 or 2, got {strides}")
+        deform_layers = integer(deform_layers, "deform_layers")
         if not 0 <= deform_layers <= len(widths):
             raise ValueError(f"deform_layers must be in [0, {len(widths)}], got {deform_layers}")
-        if skip_layer is not None and not 0 <= skip_layer < len(widths) - 1:
-            raise ValueError(f"skip_layer must be None or in [0, {len(widths) - 2}], got "
-                             f"{skip_layer}")
+        if skip_layer is not None:
+            skip_layer = integer(skip_layer, "skip_layer")
+            if not 0 <= skip_layer < len(widths) - 1:
+                raise ValueError(f"skip_layer must be None or in [0, {len(widths) - 2}], got "
+                                 f"{skip_layer}")
         first_deformable = len(widths) - deform_layers
         if any(s != 1 for s in strides[first_deformable:]):
             raise ValueError(f"deformable layers need stride 1: strides {tuple(strides)} with "
                              f"the last {deform_layers} deformable")
         self.num_classes = num_classes
-        self.strides = tuple(strides)
+        self.strides = strides
         self.ignore_index = ignore_index
         self.deform_layers = deform_layers
         layers: list[nn.Module] = []
