@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -139,3 +140,18 @@ def test_entry_points_check_deformable_when_called_directly() -> None:
     with pytest.raises(TypeError, match=re.escape(
             "deformable must be a bool (True or False), got 'no'")):
         models.resnet.resnet18(3, deformable="no", base_channels=8)
+
+
+@pytest.mark.parametrize("name", ["compact_fcn", "deeplab_resnet18"])
+@pytest.mark.parametrize(("ignore_index", "message"), [
+    # "x" built; the first loss call failed: 'bool' object has no attribute 'any'
+    ("x", "ignore_index must be an int, got 'x'"),
+    (True, "ignore_index must be an int, got True"),
+    (255.0, "ignore_index must be an int, got 255.0"),
+])
+def test_ignore_index_must_be_an_int(name, ignore_index, message) -> None:
+    small = {"backbone_kwargs": {"base_channels": 8}} if name.startswith("deeplab") else {}
+    with pytest.raises(TypeError, match=re.escape(message)):
+        models.create(name, 3, ignore_index=ignore_index, **small)
+    model = models.create(name, 3, ignore_index=np.int64(-1), **small)
+    assert type(model.ignore_index) is int and model.ignore_index == -1

@@ -59,3 +59,14 @@ def test_negative_decoder_width_is_refused():
 def test_bad_head_options_are_refused_at_construction(kwargs, error, message):
     with pytest.raises(error, match=re.escape(message)):
         models.create("deeplab_resnet18", 4, backbone_kwargs=BACKBONE, **kwargs)
+
+
+@pytest.mark.parametrize(("num_classes", "error", "message"), [
+    (2.5, TypeError, "num_classes must be an int, got 2.5"),  # failed inside nn.Conv2d
+    (True, TypeError, "num_classes must be an int, got True"),
+    (0, ValueError, "num_classes must be > 0, got 0"),
+])
+def test_num_classes_is_checked_by_the_class_too(num_classes, error, message):
+    backbone = models.ResNet((1, 1, 1, 1), 0, base_channels=4, output_stride=16)
+    with pytest.raises(error, match=re.escape(message)):
+        models.DeepLab(backbone, num_classes, head_channels=8)

@@ -77,7 +77,7 @@ class CompactFCN(PixelClassifier):
                              f"the last {deform_layers} deformable")
         self.num_classes = num_classes
         self.strides = strides
-        self.ignore_index = ignore_index
+        self.ignore_index = integer(ignore_index, "ignore_index")
         self.deform_layers = deform_layers
         layers: list[nn.Module] = []
         channels = 3

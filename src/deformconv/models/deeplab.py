@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..conventions import IGNORE_INDEX
-from ..ops.arguments import count
+from ..ops.arguments import count, integer
 from ._backbone import basic, build_backbone
 from ._registry import register_model
 from ._segmentation import PixelClassifier
@@ -48,8 +48,8 @@ class DeepLab(PixelClassifier):
                  atrous_rate: int = 6, decoder_channels: int = 0,
                  ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+        num_classes = count(num_classes, "num_classes")
+        ignore_index = integer(ignore_index, "ignore_index")
         head_channels = count(head_channels, "head_channels")
         atrous_rate = count(atrous_rate, "atrous_rate")
         decoder_channels = count(decoder_channels, "decoder_channels", minimum=0)
