@@ -155,3 +155,32 @@ def test_ignore_index_must_be_an_int(name, ignore_index, message) -> None:
         models.create(name, 3, ignore_index=ignore_index, **small)
     model = models.create(name, 3, ignore_index=np.int64(-1), **small)
     assert type(model.ignore_index) is int and model.ignore_index == -1
+
+
+@pytest.mark.parametrize(("name", "kwargs", "error", "message"), [
+    # 0 built a box head with no features: Linear(in_features=0) scores, losses and
+    # detections from the biases alone
+    ("faster_rcnn_resnet18", {"representation_size": 0}, ValueError,
+     "representation_size must be > 0, got 0"),
+    ("faster_rcnn_resnet18", {"representation_size": 8.5}, TypeError,
+     "representation_size must be an int, got 8.5"),
+    ("faster_rcnn_resnet18", {"pool_size": 0}, ValueError, "pool_size must be > 0, got 0"),
+    ("faster_rcnn_resnet18", {"head_channels": 0}, ValueError, "head_channels must be > 0, got 0"),
+    ("rfcn_resnet18", {"head_channels": 0}, ValueError, "head_channels must be > 0, got 0"),
+    ("rfcn_resnet18", {"head_channels": True}, TypeError, "head_channels must be an int, got True"),
+])
+@pytest.mark.parametrize("deformable", [True, False])
+def test_detection_head_widths_must_be_positive_ints(name, kwargs, error, message,
+                                                     deformable) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        models.create(name, 3, deformable=deformable, backbone_kwargs={"base_channels": 8},
+                      **kwargs)
+
+
+@pytest.mark.parametrize("cls", [models.FasterRCNN, models.RFCN])
+def test_detectors_check_num_classes_themselves(cls) -> None:
+    body = models.ResNet((1, 1, 1, 1), 0, base_channels=4, output_stride=16)
+    with pytest.raises(TypeError, match=re.escape("num_classes must be an int, got 2.5")):
+        cls(body, 2.5, head_channels=8)
+    with pytest.raises(ValueError, match=re.escape("num_classes must be >= 2 (background")):
+        cls(body, 1, head_channels=8)

@@ -15,7 +15,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import RoIAlign
 
 from ..nn import DeformRoIPool
-from ..ops.arguments import boolean
+from ..ops.arguments import boolean, count
 from ._backbone import basic
 from ._registry import register_model
 from .detection import HEAD_KEY, DetectionConfig, TwoStageDetector, build_detector
@@ -67,8 +67,12 @@ class FasterRCNN(TwoStageDetector):
         offset_lr_mult: float = 0.01,
         config: DetectionConfig | None = None,
     ) -> None:
-        if num_classes < 2:
+        if count(num_classes, "num_classes") < 2:
             raise ValueError(f"num_classes must be >= 2 (background included), got {num_classes}")
+        head_channels = count(head_channels, "head_channels")
+        # 0 built a featureless box head whose scores and boxes are its biases alone
+        representation_size = count(representation_size, "representation_size")
+        pool_size = count(pool_size, "pool_size")
         boolean(modulated_head, "modulated_head")  # checked even for a plain head
         scale = 1.0 / body.output_stride
         if boolean(deformable_head, "deformable_head"):

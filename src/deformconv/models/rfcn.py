@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import DeformPSRoIPool, PSRoIPool
-from ..ops.arguments import boolean, rois_to_tensor
+from ..ops.arguments import boolean, count, rois_to_tensor
 from ._backbone import basic
 from ._registry import register_model
 from .detection import HEAD_KEY, DetectionConfig, TwoStageDetector, build_detector
@@ -109,8 +109,9 @@ class RFCN(TwoStageDetector):
         offset_lr_mult: float = 1.0,
         config: DetectionConfig | None = None,
     ) -> None:
-        if num_classes < 2:
+        if count(num_classes, "num_classes") < 2:
             raise ValueError(f"num_classes must be >= 2 (background included), got {num_classes}")
+        head_channels = count(head_channels, "head_channels")
         pooler = _PositionSensitivePooler(
             head_channels, num_classes, group_size, 1.0 / body.output_stride,
             boolean(deformable_head, "deformable_head"), sample_per_part, trans_std,
