@@ -184,3 +184,26 @@ def test_detectors_check_num_classes_themselves(cls) -> None:
         cls(body, 2.5, head_channels=8)
     with pytest.raises(ValueError, match=re.escape("num_classes must be >= 2 (background")):
         cls(body, 1, head_channels=8)
+
+
+@pytest.mark.parametrize(("name", "kwargs", "error", "message"), [
+    # the plain twin took these (torchvision's RoIAlign with sampling_ratio=1.5)
+    ("faster_rcnn_resnet18", {"sampling_ratio": 1.5}, TypeError,
+     "sampling_ratio must be an int, got 1.5"),
+    ("faster_rcnn_resnet18", {"offset_lr_mult": -1}, ValueError,
+     "offset_lr_mult must be a finite number >= 0, got -1"),
+    ("faster_rcnn_resnet18", {"offset_hidden_dims": 1024}, TypeError,
+     "offset_hidden_dims must be a sequence of ints > 0, one width per hidden layer"),
+    ("faster_rcnn_resnet18", {"offset_hidden_dims": (16, 0)}, ValueError,
+     "offset_hidden_dims[1] must be > 0, got 0"),
+    ("rfcn_resnet18", {"trans_std": math.nan}, ValueError,
+     "trans_std must be a finite number, got nan"),
+    ("rfcn_resnet18", {"offset_lr_mult": -1}, ValueError,
+     "offset_lr_mult must be a finite number >= 0, got -1"),
+])
+@pytest.mark.parametrize("deformable", [True, False])
+def test_both_twins_check_the_deformable_head_options(name, kwargs, error, message,
+                                                      deformable) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        models.create(name, 3, deformable=deformable, backbone_kwargs={"base_channels": 8},
+                      **kwargs)

@@ -15,7 +15,9 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import RoIAlign
 
 from ..nn import DeformRoIPool
-from ..ops.arguments import boolean, count
+from ..nn._offset import check_offset_lr_mult
+from ..nn.roi_pool import HIDDEN_DIMS_HINT
+from ..ops.arguments import boolean, count, counts, integer
 from ._backbone import basic
 from ._registry import register_model
 from .detection import HEAD_KEY, DetectionConfig, TwoStageDetector, build_detector
@@ -48,7 +50,8 @@ class FasterRCNN(TwoStageDetector):
         representation_size: width of the two fc layers (paper: 1024).
         pool_size: bins per side (7).
         sampling_ratio: samples per bin side (RoIAlign's; 0 = adaptive).
-        offset_hidden_dims, modulated_head, offset_lr_mult: :class:`DeformRoIPool` options.
+        offset_hidden_dims, modulated_head, offset_lr_mult: :class:`DeformRoIPool` options
+            (checked for the plain twin too, as ``sampling_ratio``).
         config: torchvision parts' options.
     """
 
@@ -73,7 +76,12 @@ class FasterRCNN(TwoStageDetector):
         # 0 built a featureless box head whose scores and boxes are its biases alone
         representation_size = count(representation_size, "representation_size")
         pool_size = count(pool_size, "pool_size")
-        boolean(modulated_head, "modulated_head")  # checked even for a plain head
+        # DeformRoIPool's checks, run for the plain head (RoIAlign) too
+        sampling_ratio = integer(sampling_ratio, "sampling_ratio")
+        offset_hidden_dims = counts(offset_hidden_dims, "offset_hidden_dims",
+                                    hint=HIDDEN_DIMS_HINT)
+        modulated_head = boolean(modulated_head, "modulated_head")
+        check_offset_lr_mult(offset_lr_mult)
         scale = 1.0 / body.output_stride
         if boolean(deformable_head, "deformable_head"):
             pool: nn.Module = DeformRoIPool(

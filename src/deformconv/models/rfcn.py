@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import DeformPSRoIPool, PSRoIPool
-from ..ops.arguments import boolean, count, rois_to_tensor
+from ..nn._offset import check_offset_lr_mult
+from ..ops.arguments import boolean, count, finite_float, rois_to_tensor
 from ._backbone import basic
 from ._registry import register_model
 from .detection import HEAD_KEY, DetectionConfig, TwoStageDetector, build_detector
@@ -91,7 +92,7 @@ class RFCN(TwoStageDetector):
         head_channels: width of the 1×1 conv after res5 (paper: 1024).
         group_size: k, the position-sensitive grid (7).
         sample_per_part, trans_std, modulated_head, offset_lr_mult: :class:`DeformPSRoIPool`
-            options (original code: 4, 0.1, DCN v1, 1).
+            options (original code: 4, 0.1, DCN v1, 1), checked for the plain twin too.
         config: torchvision parts' options.
     """
 
@@ -112,6 +113,9 @@ class RFCN(TwoStageDetector):
         if count(num_classes, "num_classes") < 2:
             raise ValueError(f"num_classes must be >= 2 (background included), got {num_classes}")
         head_channels = count(head_channels, "head_channels")
+        # DeformPSRoIPool's checks, run for the plain head (PSRoIPool) too
+        trans_std = finite_float(trans_std, "trans_std")
+        check_offset_lr_mult(offset_lr_mult)
         pooler = _PositionSensitivePooler(
             head_channels, num_classes, group_size, 1.0 / body.output_stride,
             boolean(deformable_head, "deformable_head"), sample_per_part, trans_std,
