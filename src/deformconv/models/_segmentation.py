@@ -43,9 +43,15 @@ class PixelClassifier(nn.Module):
                 f"got {tuple(targets.shape)}"
             )
         targets = targets.long()
-        if not bool((targets != self.ignore_index).any()):
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits, targets, ignore_index=self.ignore_index)
+        losses = F.cross_entropy(logits, targets, ignore_index=self.ignore_index,
+                                 reduction="none")  # 0 at ignored pixels
+        labelled = (targets != self.ignore_index).sum()
+        # the sum over labelled pixels by their count (at least 1), not a branch on whether
+        # any is labelled: torch.compile(fullgraph=True) cannot trace a guard on the data.
+        # With none, the sum and its gradient are 0 (cross_entropy's mean would be 0/0).
+        # Summed in float32 at least: a float16 sum over a batch's pixels could overflow.
+        total = losses.sum(dtype=torch.promote_types(losses.dtype, torch.float32))
+        return (total / labelled.clamp_min(1)).to(logits.dtype)
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
