@@ -132,6 +132,31 @@ def test_documented_pipeline_gives_the_detectors_detections(faster_rcnn_export, 
     assert torch.equal(got_labels, expected["labels"])
 
 
+def test_detector_head_gives_nan_only_in_the_rows_of_bad_rois_and_nan_features(
+        faster_rcnn_export):
+    """A RoI with batch index N, or a NaN in the features, made onnxruntime refuse the whole
+    batch: the deformable RoI pooling's NaN offsets became out-of-range Gather indices."""
+    import onnxruntime as ort
+
+    _, (_, head), model = faster_rcnn_export
+    module = RoIHead(model).eval()
+    features = torch.randn(2, 16, 4, 4, generator=torch.Generator().manual_seed(2))
+    features[0, :, 1, 1] = float("nan")
+    rois = example_rois(6, 2, 64, 64)
+    bad = torch.tensor([[2.0, 1, 1, 30, 30], [0, float("nan"), 1, 30, 30]])
+    session = ort.InferenceSession(head.path, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    got = session.run(None, dict(zip(names, (features.numpy(), torch.cat([rois, bad]).numpy()),
+                                     strict=True)))
+    with torch.no_grad():
+        expected = module(features, rois)
+    for out, want in zip(got, expected, strict=True):
+        out = torch.from_numpy(out)
+        assert want[1::2].isfinite().all() and want[0::2].isnan().any()  # image 1 / image 0
+        torch.testing.assert_close(out[:6], want, atol=TOL, rtol=0, equal_nan=True)
+        assert out[6:].isnan().all()
+
+
 def test_rfcn_position_sensitive_head(tmp_path):
     """R-FCN's RoI head: deformable PS RoI pooling (class-specific and class-agnostic)."""
     torch.manual_seed(0)

@@ -141,3 +141,100 @@ def test_invalid_rois_give_nan_rows(exported):
                              strict=True):
         torch.testing.assert_close(got[:1], expected, atol=TOL, rtol=0)
         assert got[1:].isnan().all()
+
+
+def run_session(path, *inputs: torch.Tensor) -> list[torch.Tensor]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs, strict=True)}
+    return [torch.from_numpy(out) for out in session.run(None, feed)]
+
+
+def test_nan_offsets_give_nan_where_the_modules_do(exported):
+    """The ops refuse NaN offsets; in the graph a NaN sample position became an int64 index
+    out of range and onnxruntime refused the whole batch (Gather ... out of data bounds).
+    The graph gives what a module gives (nan_offsets_propagate): NaN at the offset's output
+    positions, all of the row where the offset grid is not the output's."""
+    from deformconv.nn._offset import nan_offsets_propagate
+
+    name, path = exported
+    module, _, offset_shape, _ = CASES[name]
+    if offset_shape is None:
+        pytest.skip("no offset input")
+    inputs = list(make_inputs(name, rois=5, batch=2, seed=4))
+    inputs[2][1, 0, 1, 1] = float("nan")
+    inputs[2][3, -1, 0, 0] = float("nan")
+    per_position = module.options.get("part_size") in (None, module.options.get("pooled_size"))
+    with torch.no_grad():
+        expected = nan_offsets_propagate(
+            lambda o: module(*inputs[:2], o, *inputs[3:]), inputs[2], per_position=per_position)
+    got = run_session(path, *inputs)[0]
+    assert got.isnan().any() and not got[[0, 2, 4]].isnan().any()
+    torch.testing.assert_close(got, expected, atol=TOL, rtol=0, equal_nan=True)
+
+
+def module_cases() -> dict:
+    from deformconv.nn import DeformPSRoIPool, DeformRoIPool
+
+    torch.manual_seed(0)
+    cases = {
+        "roi": DeformRoIPool(4, 2, spatial_scale=0.5),
+        "roi_modulated": DeformRoIPool(4, 3, spatial_scale=0.5, modulated=True),
+        "psroi": DeformPSRoIPool(18, 2, 3, spatial_scale=0.5),
+        "psroi_part2_two_classes": DeformPSRoIPool(
+            36, 4, 3, spatial_scale=0.5, part_size=2, offset_classes=2, modulated=True),
+    }
+    for module in cases.values():  # offset branches start at zero: make them move the bins
+        for p in module.offset_branch.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+    return cases
+
+
+MODULES = module_cases()
+
+
+def module_input(name: str, batch: int = 2) -> torch.Tensor:
+    module = MODULES[name]
+    channels = module.in_channels
+    return torch.randn(batch, channels, 10, 12, generator=torch.Generator().manual_seed(1))
+
+
+ROIS = torch.tensor([[0, 1., 1, 12, 10], [1, 2, 2, 20, 18], [0, 14, 2, 22, 19],
+                     [1, 0, 0, 23, 19], [0, 2, 12, 9, 19]])
+
+
+@pytest.fixture(scope="module", params=sorted(MODULES))
+def exported_module(request, tmp_path_factory):
+    name = request.param
+    path = tmp_path_factory.mktemp("onnx") / f"{name}.onnx"
+    dc_onnx.export(MODULES[name].eval(), (module_input(name), ROIS), path, dynamic_size=True)
+    return name, path
+
+
+def test_module_with_invalid_rois_gives_nan_rows_only_there(exported_module):
+    """One bad RoI made onnxruntime refuse the whole batch: the first pass made its row NaN,
+    the offset layer its offsets, and the second pass cast NaN positions to Gather indices."""
+    name, path = exported_module
+    module, x = MODULES[name], module_input(name)
+    inf, nan = float("inf"), float("nan")
+    bad = torch.tensor([[2, 1, 1, 5, 5], [-1, 1, 1, 5, 5], [0.5, 1, 1, 5, 5],
+                        [nan, 1, 1, 5, 5], [0, nan, 1, 5, 5], [1, 1, 1, inf, 5]])
+    (got,) = run_session(path, x, torch.cat([ROIS, bad]))
+    with torch.no_grad():
+        expected = module(x, ROIS)
+    torch.testing.assert_close(got[: len(ROIS)], expected, atol=TOL, rtol=0)
+    assert got[len(ROIS):].isnan().all()
+
+
+def test_module_with_a_nan_pixel_matches_eager(exported_module):
+    """Eager: NaN in the rows whose offsets the NaN reached, the others finite; the graph
+    refused the batch."""
+    name, path = exported_module
+    module, x = MODULES[name], module_input(name)
+    x[0, :, 3, 3] = float("nan")
+    (got,) = run_session(path, x, ROIS)
+    with torch.no_grad():
+        expected = module(x, ROIS)
+    assert expected.isnan().any() and not expected[[1, 3]].isnan().any()
+    torch.testing.assert_close(got, expected, atol=TOL, rtol=0, equal_nan=True)

@@ -6,7 +6,9 @@ corners are read with ``Gather`` from the flattened feature map, and the samples
 with ``ReduceSum``. The RoI count K, the batch size and the map size (H, W) may be dynamic;
 channels and the pooling geometry are static. float16 inputs are pooled in float32 and
 the results cast back, as the ops' kernels do. RoIs the ops would refuse (batch index not
-an integer in [0, N), a non-finite coordinate) give NaN rows. Semantics: docs/OPS.md.
+an integer in [0, N), a non-finite coordinate) give NaN rows; NaN offsets, which the ops
+refuse too, give NaN where the modules give it. No input makes a ``Gather`` index leave
+its tensor. Semantics: docs/OPS.md.
 """
 
 from __future__ import annotations
@@ -67,11 +69,13 @@ def bilinear_gather(
     ``flat`` is the feature map flattened so that ``flat[base + row * W + col]`` is the pixel
     (``Gather`` on axis 0); with ``per_channel``, ``flat`` is (pixels, C) and the result gets
     a trailing channel axis. Positions are clamped to [0, H-1] x [0, W-1]; the upper corner
-    is clamped too, where its weight is zero anyway.
+    is clamped too, where its weight is zero anyway. A NaN position (from a NaN offset) reads
+    pixel (0, 0): cast to int64 it would be an index out of range, which makes onnxruntime
+    refuse the whole batch; the callers drop such samples as not inside the map.
     """
-    one, one_i = floats(1, dtype), ints(1)
-    y = op.Clip(y, floats(0, dtype), op.Sub(size.height_f, one))
-    x = op.Clip(x, floats(0, dtype), op.Sub(size.width_f, one))
+    one, one_i, zero = floats(1, dtype), ints(1), floats(0, dtype)
+    y = op.Clip(op.Where(op.IsNaN(y), zero, y), zero, op.Sub(size.height_f, one))
+    x = op.Clip(op.Where(op.IsNaN(x), zero, x), zero, op.Sub(size.width_f, one))
     y0f, x0f = op.Floor(y), op.Floor(x)
     ly, lx = op.Sub(y, y0f), op.Sub(x, x0f)
     hy, hx = op.Sub(one, ly), op.Sub(one, lx)
@@ -115,6 +119,24 @@ def split_rois(
 def invalidate(out: ir.Value, valid: ir.Value, dtype: ir.DataType) -> ir.Value:
     """(K, ...) ``out`` with NaN in the rows of invalid RoIs."""
     return op.Where(op.Unsqueeze(valid, ints([1, 2, 3])), out, floats(np.nan, dtype))
+
+
+def nan_offsets(offset: ir.Value, dtype: ir.DataType, per_position: bool) -> ir.Value:
+    """Where (K, *, h, w) ``offset`` holds a NaN: (K, 1, h, w) bool, or (K, 1, 1, 1) (any in
+    the row) without ``per_position``.
+
+    The ops refuse NaN offsets and a graph cannot raise; the modules, whose graphs hold the
+    op alone, give NaN at the output positions of a NaN offset (all of the row where the
+    offset grid is not the output's), so the graphs do the same.
+    """
+    bad = op.Cast(op.IsNaN(offset), to=dtype)
+    axes = [1] if per_position else [1, 2, 3]
+    return op.Greater(op.ReduceMax(bad, ints(axes), keepdims=1), floats(0, dtype))
+
+
+def nan_where(out: ir.Value, bad: ir.Value | None, dtype: ir.DataType) -> ir.Value:
+    """``out`` with NaN where ``bad`` (broadcast onto it) holds; ``out`` itself for None."""
+    return out if bad is None else op.Where(bad, floats(np.nan, dtype), out)
 
 
 def sample_steps(roi_size: ir.Value, pooled: int, sampling_ratio: int, dtype: ir.DataType):
@@ -187,19 +209,22 @@ def deform_roi_pool(
         op.Less(op.Reshape(steps_h, ints([1, 1, 1, -1, 1])), to5d(grid_h, [2, 3, 4])),
         op.Less(op.Reshape(steps_w, ints([1, 1, 1, 1, -1])), to5d(grid_w, [2, 3, 4])),
     )
-    outside = op.Or(
-        op.Or(op.Less(y, floats(-1, dtype)), op.Greater(y, size.height_f)),
-        op.Or(op.Less(x, floats(-1, dtype)), op.Greater(x, size.width_f)),
+    # Written as "inside" so that a NaN position (every comparison false) is not.
+    inside = op.And(
+        op.And(op.GreaterOrEqual(y, floats(-1, dtype)), op.LessOrEqual(y, size.height_f)),
+        op.And(op.GreaterOrEqual(x, floats(-1, dtype)), op.LessOrEqual(x, size.width_f)),
     )
     base = op.Mul(to5d(batch, [1, 2, 3, 4]), size.pixels)
     values = bilinear_gather(flat, base, y, x, size, dtype, per_channel=True)
-    keep = op.Unsqueeze(op.And(taken, op.Not(outside)), ints([-1]))
+    keep = op.Unsqueeze(op.And(taken, inside), ints([-1]))
     values = op.Where(keep, values, floats(0, dtype))
     count = op.Max(op.Mul(grid_h, grid_w), floats(1, dtype))  # (K, 1)
     pooled = op.Div(op.ReduceSum(values, ints([3, 4]), keepdims=0), to5d(count, [2, 3]))
     out = op.Transpose(pooled, perm=[0, 3, 1, 2])  # (K, C, ph, pw)
-    out = invalidate(out if mask is None else op.Mul(out, mask), valid, dtype)
-    return downcast(out, out_dtype, dtype)
+    out = out if mask is None else op.Mul(out, mask)
+    if offset is not None:
+        out = nan_where(out, nan_offsets(offset, dtype, per_position=True), dtype)
+    return downcast(invalidate(out, valid, dtype), out_dtype, dtype)
 
 
 def round_half_away(value: ir.Value, dtype: ir.DataType) -> ir.Value:
@@ -265,10 +290,13 @@ def deform_psroi_pool(
                              floats(steps[:, None], dtype)))
     x = op.Add(bin_x, op.Mul(op.Div(to6d(bin_w), floats(sample_per_part, dtype)),
                              floats(steps, dtype)))
-    inside = op.Not(op.Or(
-        op.Or(op.Less(y, floats(-0.5, dtype)), op.Greater(y, op.Sub(size.height_f, half))),
-        op.Or(op.Less(x, floats(-0.5, dtype)), op.Greater(x, op.Sub(size.width_f, half))),
-    ))
+    # Written as "inside" so that a NaN position (every comparison false) is skipped.
+    inside = op.And(
+        op.And(op.GreaterOrEqual(y, floats(-0.5, dtype)),
+               op.LessOrEqual(y, op.Sub(size.height_f, half))),
+        op.And(op.GreaterOrEqual(x, floats(-0.5, dtype)),
+               op.LessOrEqual(x, op.Sub(size.width_f, half))),
+    )
     plane = op.Add(op.Mul(op.Unsqueeze(batch, ints([1, 2, 3, 4, 5])), ints(channels)),
                    ints(channel[..., None, None]))
     base = op.Mul(plane, size.pixels)
@@ -279,6 +307,9 @@ def deform_psroi_pool(
     count = op.Expand(count, op.Shape(total))
     out = op.Where(op.Greater(count, floats(0, dtype)),
                    op.Div(total, op.Max(count, one)), floats(0, dtype))
+    if offset is not None:  # DeformPSRoIPool's rule: per position where the grids agree
+        bad = nan_offsets(offset, dtype, per_position=part_size == pooled_size)
+        out, count = nan_where(out, bad, dtype), nan_where(count, bad, dtype)
     out, count = invalidate(out, valid, dtype), invalidate(count, valid, dtype)
     return downcast(out, out_dtype, dtype), downcast(count, out_dtype, dtype)
 
