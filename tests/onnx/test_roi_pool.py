@@ -238,3 +238,20 @@ def test_module_with_a_nan_pixel_matches_eager(exported_module):
         expected = module(x, ROIS)
     assert expected.isnan().any() and not expected[[1, 3]].isnan().any()
     torch.testing.assert_close(got, expected, atol=TOL, rtol=0, equal_nan=True)
+
+
+def test_psroi_graph_rounds_float64_rois_in_float64(tmp_path):
+    """float64 RoIs with a float32 input were rounded after their cast to float32: a corner
+    just below a half rounded the other way."""
+    from deformconv.ops import reference
+
+    module = PSRoIPool(spatial_scale=0.25, output_dim=8, group_size=3, pooled_size=3).eval()
+    x = torch.randn(2, 72, 20, 20, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "psroi.onnx"
+    rois = torch.tensor([[0, 10.4999999, 40.4999999, 60.4999999, 70.4999999],
+                         [1, -2.4999999, 9.4999999, 20.4999999, 79.4999999]],
+                        dtype=torch.float64)
+    dc_onnx.export(module, (x, rois.round()), path)
+    (got,) = run_session(path, x, rois)
+    expected = reference.deform_psroi_pool(x, rois, None, **module.options)[0]
+    torch.testing.assert_close(got, expected, atol=TOL, rtol=0)

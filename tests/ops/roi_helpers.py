@@ -64,6 +64,16 @@ def integer_rois(gen: torch.Generator, k: int, batch: int, low: int, high: int,
     return torch.stack([index, xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], dim=1).to(dtype)
 
 
+def near_half_rois() -> Tensor:
+    """float64 (K, 5) RoIs whose corners lie just below a half: cast to float32 they become
+    the half, which rounds away from zero (the float64 corner towards zero)."""
+    below = 0.5 - 1e-7
+    corners = torch.tensor([[10, 40, 60, 70], [3, 2, 50, 33], [-2, 9, 20, 79]],
+                           dtype=torch.float64)
+    corners = corners + below * corners.sign().where(corners != 0, 1)
+    return torch.cat([torch.zeros(3, 1, dtype=torch.float64), corners], dim=1)
+
+
 @contextmanager
 def below_autograd() -> Iterator[None]:
     """Run as a custom op's kernel runs: below autograd, where autograd records nothing.

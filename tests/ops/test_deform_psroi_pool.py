@@ -20,6 +20,7 @@ from .roi_helpers import (
     below_autograd,
     integer_rois,
     make_rois,
+    near_half_rois,
     outputs_and_grads,
 )
 
@@ -367,3 +368,17 @@ def test_feature_map_without_cells_gives_zeros(monkeypatch, backend, shape):
     assert out.shape == (1, 1, 3, 3) and not out.any()
     out.sum().backward()
     assert not offset.grad.any() and x.grad.shape == shape
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_float64_rois_are_rounded_in_float64(monkeypatch, backend):
+    """The RoIs were cast to the input's float32 before the kernels rounded them: a corner
+    just below a half became the half and rounded the other way (0.064 off the reference
+    on the documented example)."""
+    monkeypatch.setenv("DEFORMCONV_BACKEND", backend)
+    x = torch.randn(1, 72, 20, 20, generator=torch.Generator().manual_seed(0))
+    rois = near_half_rois()
+    options = {"spatial_scale": 0.25, "output_dim": 8, "group_size": 3, "pooled_size": 3}
+    expected = reference.deform_psroi_pool(x, rois, None, **options)[0]
+    torch.testing.assert_close(deform_psroi_pool(x, rois, **options), expected,
+                               atol=1e-5, rtol=0)

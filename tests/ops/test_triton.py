@@ -20,7 +20,7 @@ from torch import Tensor
 
 from deformconv.ops import _dispatch, deform_conv2d, deform_psroi_pool, deform_roi_pool, reference
 
-from .roi_helpers import assert_close_all, make_rois, outputs_and_grads
+from .roi_helpers import assert_close_all, make_rois, near_half_rois, outputs_and_grads
 from .test_deform_conv import (
     GRAD_NAMES,
     Case,
@@ -406,6 +406,17 @@ class TestDeformPSRoIPool:
         assert out.shape == (0, 1, 2, 2)
         out.sum().backward()
         assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_psroi_float64_rois_are_rounded_in_float64():
+    """The kernels rounded float64 RoIs after their cast to the input's float32: a corner
+    just below a half rounded the other way."""
+    x = torch.randn(1, 72, 20, 20, generator=torch.Generator().manual_seed(0))
+    rois = near_half_rois()
+    options = {"spatial_scale": 0.25, "output_dim": 8, "group_size": 3, "pooled_size": 3}
+    expected = reference.deform_psroi_pool(x, rois, None, **options)[0]
+    got = deform_psroi_pool(x.to(DEVICE), rois.to(DEVICE), **options).cpu()
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
 def _check_psroi(dtype: torch.dtype, classes: int, group_size: int, pooled_size: int,

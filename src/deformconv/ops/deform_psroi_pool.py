@@ -29,6 +29,7 @@ from ._checks import (
 )
 from ._library import OpParts, define_op, no_feature_cells, zeroed
 from .arguments import count, finite_float, rois_to_tensor
+from .geometry import round_half_away
 
 __all__ = ["deform_psroi_pool"]
 
@@ -190,7 +191,8 @@ def deform_psroi_pool(
 
     Returns:
         Tensor[K, output_dim, P, P] in the input's dtype. float16/bfloat16 accumulate
-        in float32 (RoIs are used in float32).
+        in float32. RoI corners are rounded in the RoIs' dtype, then used in float32
+        (float64 with a float64 input).
 
     Example::
 
@@ -213,6 +215,10 @@ def deform_psroi_pool(
         input, rois, offset = float32_under_autocast(input.device.type, input, rois, offset)
     _check_arguments(input, rois, offset, output_dim, group_size, part_size)
     check_no_forward_tangent("deform_psroi_pool", input=input, rois=rois, offset=offset)
+    # Rounded in their own dtype before the cast, as documented: float64 corners within a
+    # float32 step of a half rounded the other way in float32. The kernels round again,
+    # a no-op (every integer below 2**24 is a float32, and every float32 above it an integer).
+    rois = torch.cat([rois[:, :1], round_half_away(rois[:, 1:])], dim=1)
     out, _ = _deform_psroi_pool(
         input.contiguous(), rois.to(compute_dtype(input.dtype)).contiguous(),
         None if offset is None else offset.contiguous(),

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["PSRoIBins", "PSRoIGrid", "RoIAlignGrid", "part_cells", "psroi_bins", "psroi_grid",
-           "roi_align_grid"]
+           "roi_align_grid", "round_half_away"]
 
 @dataclass(frozen=True)
 class RoIAlignGrid:
@@ -60,9 +60,15 @@ class PSRoIGrid:
     roi_w: Tensor
 
 
+def round_half_away(values: Tensor) -> Tensor:
+    """``values`` rounded to integers, halves away from zero (C ``round``), as
+    ``sign(v)·floor(|v| + 0.5)`` in their own dtype (docs/OPS.md)."""
+    return torch.sign(values) * torch.floor(values.abs() + 0.5)
+
+
 def psroi_grid(rois: Tensor, spatial_scale: float) -> PSRoIGrid:
     """Rounded RoI corners (halves away from zero, like C ``round``) -> start and size."""
-    box = torch.sign(rois[:, 1:]) * torch.floor(rois[:, 1:].abs() + 0.5)
+    box = round_half_away(rois[:, 1:])
     start_w = box[:, 0] * spatial_scale - 0.5
     start_h = box[:, 1] * spatial_scale - 0.5
     end_w = (box[:, 2] + 1.0) * spatial_scale - 0.5
