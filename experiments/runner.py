@@ -137,25 +137,28 @@ class Sizes:
 
 
 def add_common_args(parser: argparse.ArgumentParser, training: bool = True) -> None:
-    """The options every study takes; ``training`` studies also ``--jobs`` and
-    ``--shard``."""
+    """The options every study takes; ``training`` studies also ``--keep-checkpoints``,
+    ``--jobs`` and ``--shard``. A study that trains nothing (``training=False``: overhead)
+    measures with one seed, and its ``--plan`` only says how long it takes."""
     parser.add_argument("--out", type=Path,
                         help=f"results folder (default {DEFAULT_OUT}, {SMOKE_OUT} with --smoke)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes that run in seconds (for tests); results are "
                              "marked as smoke results")
     parser.add_argument("--seeds", type=int, nargs="+", action=_DistinctSeeds,
-                        help="override the study's seeds (each at most once)")
+                        help="override the study's seeds (each at most once)" if training
+                        else "measure with this one seed instead of 0")
     parser.add_argument("--threads", type=positive_int, default=2,
                         help="CPU threads for torch and the Numba kernels (default 2)")
     parser.add_argument("--plan", action="store_true",
                         help="measure seconds per training iteration of each configuration, "
-                             "print the estimated study time, and stop")
+                             "print the estimated study time, and stop" if training
+                        else "print how long the study takes, and stop")
+    if not training:
+        return
     parser.add_argument("--keep-checkpoints", action="store_true",
                         help="keep each finished run's last.pt (default: deleted once the "
                              "run's result JSON is written)")
-    if not training:
-        return
     parser.add_argument("--jobs", type=positive_int, default=2,
                         help="train the runs in this many --shard processes of one thread "
                              "each, side by side (default 2: one per core); the shared "
@@ -282,7 +285,7 @@ class Study:
         out = args.out if args.out is not None else (SMOKE_OUT if args.smoke else DEFAULT_OUT)
         self.folder = Path(out) / name
         self.settings = _plain_json(settings)
-        self.keep_checkpoints = args.keep_checkpoints
+        self.keep_checkpoints: bool = getattr(args, "keep_checkpoints", False)
         self.shard: tuple[int, int] | None = getattr(args, "shard", None)
         self.jobs: int = getattr(args, "jobs", 1)
         self.done: list[str] = []

@@ -41,3 +41,16 @@ def test_more_than_one_seed_is_refused(tmp_path, capsys):
     assert err.value.code == 2
     assert "--seeds: overhead measures with one seed, got [5, 7]" in capsys.readouterr().err
     assert not (tmp_path / "overhead").exists()
+
+
+def test_help_describes_a_study_that_trains_nothing(capsys):
+    """--help offered --keep-checkpoints, described --plan as timing training iterations
+    and --seeds as taking several seeds, none of which overhead does."""
+    with pytest.raises(SystemExit) as err:
+        overhead.main(["--help"])
+    assert err.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--keep-checkpoints" not in text and "--jobs" not in text
+    assert "training" not in text and "each at most once" not in text
+    assert "--plan print how long the study takes, and stop" in text
+    assert "measure with this one seed instead of 0" in text
