@@ -384,3 +384,23 @@ def test_cpu_time_per_iteration_counts_what_each_call_trained():
     assert row["cpu_seconds_per_iteration"] == 0.2 and row["cpu_runs"] == 1
     assert math.isnan(runner.seed_stats([result(5.0, train_seconds=150.0)], ["miou"])
                       ["cpu_seconds_per_iteration"])
+
+
+def test_readme_names_every_private_import_of_the_scripts():
+    """experiments/README.md said the scripts use only the public API while runner.py
+    imported deformconv.cli._common.positive_int."""
+    import ast
+
+    readme = (EXPERIMENTS / "README.md").read_text()
+    private = set()
+    for script in EXPERIMENTS.glob("*.py"):
+        for node in ast.walk(ast.parse(script.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("deformconv"):
+                for alias in node.names:
+                    name = f"{node.module}.{alias.name}"
+                    if any(part.startswith("_") for part in name.split(".")):
+                        private.add(name)
+    assert "deformconv.cli._common.positive_int" in private
+    assert "only the package's public API" not in readme
+    for name in private:
+        assert f"`{name}`" in readme, name
