@@ -125,24 +125,20 @@ def test_demo_refuses_settings_it_would_fail_on_before_training(
         run_demo(DemoSettings.smoke(deform_layers=0), out)
 
 
-def test_demo_without_matplotlib_fails_before_training(
-        capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """It trained the three runs, then failed writing the report, and a rerun was refused
-    as an earlier demo in the folder."""
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+@pytest.mark.parametrize(("module", "message"), [
+    ("matplotlib.figure", "deformconv demo's report needs matplotlib"),
+    ("torchvision", "deformconv demo needs torchvision"),
+])
+def test_demo_without_an_extra_fails_before_rendering(
+        capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        module: str, message: str) -> None:
+    """Without matplotlib it trained the three runs, then failed writing the report (and a
+    rerun was refused as an earlier demo in the folder); without torchvision it rendered
+    every scene (3000 for the real demo) before the models' import failed."""
+    monkeypatch.setitem(sys.modules, module, None)
     out = tmp_path / "demo"
     code, stdout, err = run_cli(capsys, "demo", "--smoke", "--no-progress", "--out", out)
-    assert code == 2 and "needs matplotlib" in err and "deformconv[vision]" in err
-    assert "training" not in stdout and not out.exists()
-
-
-def test_demo_without_torchvision_fails_before_rendering(
-        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """It rendered every scene (3000 for the real demo) before the models' import failed."""
-    monkeypatch.setitem(sys.modules, "torchvision", None)
-    out = tmp_path / "demo"
-    code, stdout, err = run_cli(capsys, "demo", "--smoke", "--no-progress", "--out", out)
-    assert code == 2 and "deformconv demo needs torchvision" in err and "[vision]" in err
+    assert code == 2 and message in err and "deformconv[vision]" in err
     assert "rendering" not in stdout and not out.exists()
 
 
