@@ -39,11 +39,12 @@ def test_a_rewrite_that_fails_leaves_the_whole_log(tmp_path):
 def test_lines_that_are_no_records_are_skipped_like_a_torn_one(tmp_path):
     """A line of valid JSON other than an object (``null``) crashed a resume with
     AttributeError: 'NoneType' object has no attribute 'get', after config.json had been
-    rewritten."""
+    rewritten; one whose "iter" is no integer with a TypeError."""
     path = tmp_path / "metrics.jsonl"
     _log(tmp_path, range(1, 4))
     with path.open("a") as f:
-        f.write('null\n[1, 2]\n"text"\n{"split": "train", "iter": 4, "lo')
+        f.write('null\n[1, 2]\n"text"\n{"iter": "x"}\n{"iter": true}\n'
+                '{"split": "train", "iter": 4, "lo')
     assert [r["iter"] for r in read_metrics(path)] == [1, 2, 3]
     MetricsLogger(tmp_path, resume_at=2).close()
     assert [json.loads(line)["iter"] for line in path.read_text().splitlines()] == [1, 2]

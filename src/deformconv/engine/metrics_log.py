@@ -86,14 +86,19 @@ class MetricsLogger:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a ``metrics.jsonl`` file. A line that is no JSON object is skipped: a
-    torn last line from a crash, or one that is valid JSON but not a record (``null``)."""
+    """All records of a ``metrics.jsonl`` file. A line that is no record is skipped: a torn
+    last line from a crash, valid JSON other than an object (``null``), an object whose
+    ``"iter"`` is no integer (a resume compares it with its checkpoint's)."""
     records = []
     for line in Path(path).read_text().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict):
+        if isinstance(record, dict) and _is_count(record.get("iter", 0)):
             records.append(record)
     return records
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
