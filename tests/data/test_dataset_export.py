@@ -177,3 +177,16 @@ def test_failed_voc_export_leaves_the_earlier_one(tmp_path: Path,
     assert all(torch.equal(train[i][1], old[i][1]) for i in range(4))
     assert len(VOCSegmentation(tmp_path, "val")) == 2
     assert not list(tmp_path.glob(".export-*"))
+
+
+def test_voc_export_of_a_sample_twice_is_refused_before_the_folder_changes(
+        tmp_path: Path) -> None:
+    """indices=[0, 0, 1] removed the earlier export's split file, then failed moving the
+    second copy in (FileNotFoundError): the earlier export no longer loaded."""
+    data = SyntheticSegmentation(length=3, image_size=32, seed=0)
+    export_voc(data, tmp_path, "train")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="indices holds sample 0 twice"):
+        export_voc(data, tmp_path, "train", indices=[0, 0, 1])
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert len(VOCSegmentation(tmp_path, "train")) == 3
