@@ -281,6 +281,20 @@ def test_a_folder_where_no_file_can_be_created_is_refused_before_anything(tmp_pa
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_a_full_disk_is_not_called_a_permission_problem(tmp_path, monkeypatch):
+    """check_writable turned any OSError (no space left) into "make the folder writable"."""
+    import errno
+    import tempfile
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    with pytest.raises(OSError) as raised:
+        train(_config(tmp_path, iterations=2), TinyClassifier(), ToyClassification(size=8))
+    assert raised.value.errno == errno.ENOSPC and not isinstance(raised.value, PermissionError)
+
+
 def test_on_start_runs_after_the_checks_under_the_lock(tmp_path):
     """The folder and its lock are taken once the run's checks passed (a run refused for a
     batch larger than its data used to leave a folder holding only .lock); ``on_start`` runs
@@ -574,10 +588,11 @@ def test_a_stop_in_the_final_validation_ends_it_and_a_resume_validates(tmp_path)
     assert len(read_metrics(folder / "metrics.jsonl")) == 3
 
 
-def test_a_failing_validation_keeps_the_training_before_it(tmp_path, monkeypatch):
-    """A validation that raised (pycocotools missing at the final one, a broken val set)
-    lost every iteration since the last checkpoint: last.pt is now written first, and a
-    resume validates and ends as a straight run does."""
+def test_a_failing_final_validation_keeps_the_training_before_it(tmp_path, monkeypatch):
+    """A final validation that raised (pycocotools missing, a broken val set) lost every
+    iteration since the last checkpoint: last.pt of the last iteration is now written first,
+    and a resume validates and ends as a straight run does. A mid-run validation that raises
+    writes nothing: a resume from there would train on without that validation."""
     import deformconv.engine.trainer as trainer
 
     data, val = ToyClassification(size=20), ToyClassification(size=8, seed=3)
@@ -586,21 +601,20 @@ def test_a_failing_validation_keeps_the_training_before_it(tmp_path, monkeypatch
     straight = train(_config(tmp_path, "straight", **config), TinyClassifier(), data, val)
     real_evaluate, calls = trainer.evaluate, []
 
-    def failing(*args, **kwargs):
-        calls.append(1)
-        if len(calls) <= 2:  # iteration 4's validation, then the resumed final one
-            raise RuntimeError("the val set's disk is gone")
-        return real_evaluate(*args, **kwargs)
+    def failing_at(*failing_calls):
+        def evaluate(*args, **kwargs):
+            calls.append(1)
+            if len(calls) in failing_calls:
+                raise RuntimeError("the val set's disk is gone")
+            return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "evaluate", failing)
+        return evaluate
+
+    monkeypatch.setattr(trainer, "evaluate", failing_at(2))  # the final validation
     folder = tmp_path / "run"
     torch.manual_seed(0)
     with pytest.raises(RuntimeError, match="disk is gone"):
         train(_config(tmp_path, **config), TinyClassifier(), data, val)
-    state = load_checkpoint(folder / "last.pt")
-    assert (state["iteration"], state["finished"]) == (4, False)
-    with pytest.raises(RuntimeError, match="disk is gone"):  # trains 5, fails to validate
-        train(_config(tmp_path, **config, resume="auto"), TinyClassifier(), data, val)
     state = load_checkpoint(folder / "last.pt")
     assert (state["iteration"], state["finished"]) == (5, False)
     resumed = train(_config(tmp_path, **config, resume="auto"), TinyClassifier(), data, val)
@@ -608,6 +622,14 @@ def test_a_failing_validation_keeps_the_training_before_it(tmp_path, monkeypatch
     assert load_checkpoint(folder / "last.pt")["finished"] is True
     assert state_equal(load_checkpoint(folder / "last.pt")["model"],
                        load_checkpoint(straight.last_checkpoint)["model"])
+    lines = [(r["split"], r["iter"]) for r in read_metrics(folder / "metrics.jsonl")]
+    assert lines == [(r["split"], r["iter"])
+                     for r in read_metrics(tmp_path / "straight" / "metrics.jsonl")]
+    calls.clear()
+    monkeypatch.setattr(trainer, "evaluate", failing_at(1))  # iteration 4's
+    with pytest.raises(RuntimeError, match="disk is gone"):
+        train(_config(tmp_path, "mid", **config), TinyClassifier(), data, val)
+    assert not (tmp_path / "mid" / "last.pt").exists()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pycocotools") is None,

@@ -92,12 +92,13 @@ def _temp_file_pattern(path: Path) -> re.Pattern[str]:
 
 
 def check_writable(path: str | os.PathLike) -> None:
-    """Raise ``PermissionError`` naming the folder if :func:`write_atomically` could not
-    create its temporary file for ``path`` there (checked by creating and removing it)."""
+    """Raise ``PermissionError`` naming the folder if :func:`write_atomically` may not
+    create its temporary file for ``path`` there (checked by creating and removing it);
+    another failure (a full disk) is raised as it is."""
     path = Path(path)
     try:
         fd, tmp = _make_temp_file(path)
-    except OSError as err:
+    except PermissionError as err:
         raise PermissionError(
             f"cannot create files in {path.parent} (to write {path.name}): "
             f"{err.strerror or err}; make the folder writable or choose another one") from err

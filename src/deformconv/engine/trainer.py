@@ -114,10 +114,10 @@ def train(
     ``last.pt`` of the last iteration; a resume validates. A second Ctrl-C stops at once.
 
     A non-finite loss raises ``FloatingPointError`` naming the iteration, after a train line
-    of the losses since the last one (``metrics.jsonl`` shows the run up to it). A
-    validation that raises writes ``last.pt`` of its iteration first (one process; not under
-    torchrun), so that a resume validates again instead of training again; a detection
-    run without pycocotools fails before its first iteration.
+    of the losses since the last one (``metrics.jsonl`` shows the run up to it). A final
+    validation that raises writes ``last.pt`` of the last iteration first (one process; not
+    under torchrun), so that a resume validates again instead of training again; a
+    detection run without pycocotools fails before its first iteration.
 
     A run into an ``out_dir`` that holds another run's files replaces them (the command
     line refuses such a folder unless told to overwrite it or resume). Every run removes
@@ -495,8 +495,7 @@ class _Run:
             return
         with self.clock.paused():
             if self.val_set is not None and _every(self.iteration, self.config.eval_every):
-                with self.kept_on_error():
-                    self.metrics = self.validate()
+                self.metrics = self.validate()
             if _every(self.iteration, self.config.checkpoint_every):
                 self.checkpoint(self.last_path)
 
@@ -553,10 +552,11 @@ class _Run:
 
     @contextlib.contextmanager
     def kept_on_error(self, finished: bool = False) -> Iterator[None]:
-        """A validation that raises (a missing pycocotools, an unreadable val set) leaves
-        ``last.pt`` of this iteration, so that the training before it is not lost: a resume
-        validates again. One process only: under torchrun the other ranks would wait for the
-        failed one in the checkpoint's collective."""
+        """A final validation that raises (a missing pycocotools, an unreadable val set)
+        leaves ``last.pt`` of the last iteration, so that the training before it is not lost:
+        a resume validates again. (A mid-run one does not: a resume from there would train
+        on without that validation.) One process only: under torchrun the other ranks would
+        wait for the failed one in the checkpoint's collective."""
         try:
             yield
         except _StopRequested:
