@@ -537,34 +537,25 @@ class _Run:
         if self.val_set is not None:
             check = self.stop_check(signals)
             try:
-                with self.kept_on_error(finished=self.finished_before):
-                    self.metrics = (self.evaluate(check) if self.finished_before
-                                    else self.validate(final=True, stop_check=check))
+                self.metrics = (self.evaluate(check) if self.finished_before
+                                else self.validate(final=True, stop_check=check))
             except _StopRequested as request:
                 self.stop(request.signum, saved=self.last_is_final,
                           finished=self.finished_before)
+            except Exception:
+                # a failing validation (a missing pycocotools, an unreadable val set) leaves
+                # last.pt of the last iteration: a resume validates again instead of training
+                # again. One process only: under torchrun the other ranks would wait for the
+                # failed one in the checkpoint's collective.
+                if not self.info.distributed and not self.last_is_final:
+                    self.checkpoint(self.last_path, finished=self.finished_before)
+                raise
         if not self.last_is_final:
             self.checkpoint(self.last_path, finished=True)
         return TrainResult(iteration=self.iteration, metrics=self.metrics,
                            best_metric=self.best, train_seconds=self.clock.seconds,
                            last_checkpoint=self.last_path, best_checkpoint=self.best_path,
                            out_dir=self.out_dir)
-
-    @contextlib.contextmanager
-    def kept_on_error(self, finished: bool = False) -> Iterator[None]:
-        """A final validation that raises (a missing pycocotools, an unreadable val set)
-        leaves ``last.pt`` of the last iteration, so that the training before it is not lost:
-        a resume validates again. (A mid-run one does not: a resume from there would train
-        on without that validation.) One process only: under torchrun the other ranks would
-        wait for the failed one in the checkpoint's collective."""
-        try:
-            yield
-        except _StopRequested:
-            raise
-        except Exception:
-            if not self.info.distributed and not self.last_is_final:
-                self.checkpoint(self.last_path, finished=finished)
-            raise
 
     def validate(self, final: bool = False,
                  stop_check: Callable[[], None] | None = None) -> dict[str, Any]:
