@@ -75,7 +75,8 @@ def evaluate(
     evaluator = make_evaluator(task)
     readable = non_finite = 0
     # rank 0's shard is the largest: the others check as often after their last batch
-    checks = -(-len(ShardSampler(dataset, info.world_size)) // batch_size)  # type: ignore[arg-type]
+    checks = (0 if stop_check is None
+              else -(-len(ShardSampler(dataset, info.world_size)) // batch_size))  # type: ignore[arg-type]
     with eval_mode(net), loader_batches(loader) as batches:
         for batch in tqdm(batches, desc="eval", leave=False, total=len(loader),
                           disable=not (progress and info.is_main)):
@@ -94,7 +95,7 @@ def evaluate(
                 non_finite += 1
                 outputs = _apply(outputs, lambda t: t.nan_to_num(0.0, 0.0, 0.0))
             evaluator.update(images, targets, outputs, indices)
-        for _ in range(checks if stop_check is not None else 0):
+        for _ in range(checks):
             stop_check()  # type: ignore[misc]
     readable, non_finite = all_reduce_sum(torch.tensor([readable, non_finite])).tolist()
     if not readable:
