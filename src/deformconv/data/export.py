@@ -254,12 +254,14 @@ def _write_voc(dataset: Dataset, stage: Path, split: str, indices: Iterable[int]
         (stage / sub).mkdir(parents=True)
     palette = _palette()
     ids = []
+    seen: set[int] = set()
     for i, (image, mask) in _readable_samples(dataset, indices, "export_voc"):
         if mask.dim() != 2 or (mask.numel() and not 0 <= int(mask.min()) <= int(mask.max()) <= 255):
             raise ValueError(f"sample {i}: mask must be (H, W) with values in 0..255")
-        name = f"{split}_{i:06d}"
-        if name in ids:  # the folder is not touched yet: refused before the old split goes
+        if i in seen:  # the folder is not touched yet: refused before the old split goes
             raise ValueError(f"indices holds sample {i} twice; each may be exported once")
+        seen.add(i)
+        name = f"{split}_{i:06d}"
         save_image(image, stage / "JPEGImages" / f"{name}.{ext}")
         png = Image.fromarray(mask.cpu().numpy().astype(np.uint8), mode="P")
         png.putpalette(palette)
