@@ -118,18 +118,28 @@ def _segmentation_loss(logits: Tensor, masks: Tensor, weight: Tensor | None = No
         # Models with an output stride predict coarse maps: compare at the mask's resolution.
         logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear",
                                align_corners=False)
-    if not _weighs_anything(masks, weight, masks != IGNORE_INDEX):
-        return logits.sum() * 0.0  # cross_entropy's weighted mean would be 0/0 = nan
-    return F.cross_entropy(logits.float(), masks, weight=weight, ignore_index=IGNORE_INDEX)
+    return _cross_entropy(logits, masks, weight, IGNORE_INDEX)
 
 
-def _weighs_anything(targets: Tensor, weight: Tensor | None, counted: Tensor | None) -> bool:
-    """Whether ``targets`` (where ``counted``, None: all) have a total weight above 0: none
-    counted (every pixel ignored) or only classes of weight 0 leave nothing to average."""
-    if weight is None or bool((weight > 0).all()):  # the usual case: one cheap reduction
-        return bool(counted.any()) if counted is not None else bool(targets.numel())
-    ids = targets if counted is None else targets[counted]
-    return bool(weight[ids].sum() > 0)
+_REDUCTION_SUM = 2  # the reduction argument of the aten nll_loss ops (none 0, mean 1, sum 2)
+
+
+def _cross_entropy(logits: Tensor, targets: Tensor, weight: Tensor | None,
+                   ignore_index: int = -100) -> Tensor:
+    """``F.cross_entropy``'s (weighted) mean in float32, bit for bit, but 0 with a zero
+    gradient where no target has a weight above 0 (all ignored, or only classes of weight
+    0), where that mean is 0/0 = nan.
+
+    No Python branch on the data, so that ``torch.compile(fullgraph=True)`` traces it: the
+    weighted sum and the total weight come from the op ``F.cross_entropy`` reduces with
+    (``nll_loss``, which returns both), in its summation order, and the sum is divided by
+    the total weight, or by 1 where it is 0 (the sum is 0 there).
+    """
+    log_probs = F.log_softmax(logits.float(), 1)
+    nll = (torch.ops.aten.nll_loss2d_forward if log_probs.dim() == 4
+           else torch.ops.aten.nll_loss_forward)
+    total, total_weight = nll(log_probs, targets, weight, _REDUCTION_SUM, ignore_index)
+    return total / torch.where(total_weight > 0, total_weight, torch.ones_like(total_weight))
 
 
 def check_class_ids(targets: Tensor, num_classes: int, task: str) -> None:
@@ -177,9 +187,9 @@ def compute_loss(
         check_class_ids(targets, logits.shape[1], task)
     if task == "segmentation":
         return _segmentation_loss(logits, targets, class_weights), {}
-    if not soft and not _weighs_anything(targets, class_weights, None):
-        return logits.sum() * 0.0, {}  # only classes of weight 0: the mean would be nan
-    return F.cross_entropy(logits.float(), targets, weight=class_weights), {}
+    if soft:
+        return F.cross_entropy(logits.float(), targets, weight=class_weights), {}
+    return _cross_entropy(logits, targets, class_weights), {}
 
 
 class Evaluator:
