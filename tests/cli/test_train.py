@@ -787,3 +787,31 @@ def test_resuming_an_earlier_checkpoint_in_its_folder_needs_out_or_overwrite(
     code, _, err = run_cli(capsys, "train", "--resume", out / "last.pt", "--no-progress",
                            "--iterations", "5")
     assert code == 0, err
+
+
+def test_final_metrics_are_written_holding_the_run_s_lock(
+        capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """final_metrics.json was written after the run released its folder's lock: another
+    process could take the folder in between."""
+    fcntl = pytest.importorskip("fcntl")
+    from deformconv.cli import train as train_command
+
+    out = tmp_path / "run"
+    held = []
+    write_json = train_command.write_json
+
+    def record_lock(data: object, path: Path) -> Path:
+        with open(out / ".lock") as other:  # another open file: as another process's
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held.append(Path(path).name)
+        return write_json(data, path)
+
+    monkeypatch.setattr(train_command, "write_json", record_lock)
+    code, _, err = run_cli(capsys, "train", "--model", "compact_fcn", "--image-size", "32",
+                           "--train-size", "4", "--val-size", "2", "--batch-size", "2",
+                           "--iterations", "1", "--no-progress", "--out", out)
+    assert code == 0, err
+    assert held == ["final_metrics.json"]
+    assert json.loads((out / "final_metrics.json").read_text())["iteration"] == 1

@@ -334,6 +334,31 @@ def test_on_start_runs_after_the_checks_under_the_lock(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+def test_on_finish_gets_the_result_under_the_lock(tmp_path):
+    """``on_finish`` runs once the final checkpoint is written, holding the lock, so that a
+    summary written there (the command line's final_metrics.json) has no other run come
+    between; it raising raises from train."""
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "run"
+    results = []
+
+    def finished(result) -> None:
+        results.append((result.iteration, (out / "last.pt").is_file()))
+        with open(out / ".lock") as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    config = _config(tmp_path, iterations=2, eval_every=0)
+    result = train(config, TinyClassifier(), ToyClassification(size=8), on_finish=finished)
+    assert results == [(2, True)] and result.iteration == 2
+
+    def fail(result) -> None:
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        train(_config(tmp_path, "other", iterations=2, eval_every=0), TinyClassifier(),
+              ToyClassification(size=8), on_finish=fail)
+
+
 def test_resume_refuses_changed_data_order_and_bad_files(tmp_path):
     data = ToyClassification(size=20)
     train(_config(tmp_path, iterations=3, eval_every=0), TinyClassifier(), data)

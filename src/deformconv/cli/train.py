@@ -7,6 +7,7 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..engine.checkpoint import checkpoint_iteration
 from ..engine.config import OPTIMIZERS, SCHEDULES, TrainConfig
@@ -35,6 +36,9 @@ from ._common import (
     user_path,
     write_json,
 )
+
+if TYPE_CHECKING:
+    from ..engine import TrainResult
 
 HELP = "train a deformable (or --plain) model; writes checkpoints and metrics"
 
@@ -225,19 +229,25 @@ def run_train(args: argparse.Namespace) -> int:
     model = build_model(model_spec, seed=config.seed)
     extra = {"model": asdict(model_spec), "data": asdict(data_spec)}
     # An earlier run's files go once the new run has passed every check (the engine's too),
-    # under the folder's lock: a refused run leaves them, and a live run's, in place.
+    # and the results are written once it finished, both under the folder's lock: a refused
+    # run leaves them, and a live run's, in place, and no other run comes in between.
     result = train(config, model, train_set, val_set, extra=extra,
-                   on_start=lambda: _clear_out_folder(out, resume, args.overwrite))
+                   on_start=lambda: _clear_out_folder(out, resume, args.overwrite),
+                   on_finish=_write_final_metrics)
     if result.last_checkpoint is not None:  # rank 0
-        summary = {"iteration": result.iteration, "metrics": result.metrics,
-                   "best_metric": result.best_metric,
-                   "last_checkpoint": result.last_checkpoint,
-                   "best_checkpoint": result.best_checkpoint}
-        path = write_json(summary, result.out_dir / "final_metrics.json")
         print(f"{model_spec.name} ({'plain' if not model_spec.deformable else 'deformable'}), "
               f"{result.iteration} iterations: " + format_metrics(result.metrics))
-        print(f"checkpoint: {result.last_checkpoint}; metrics: {path}")
+        print(f"checkpoint: {result.last_checkpoint}; metrics: "
+              f"{result.out_dir / 'final_metrics.json'}")
     return 0
+
+
+def _write_final_metrics(result: TrainResult) -> None:
+    """``final_metrics.json`` of a finished run (the main process, holding the run's lock)."""
+    summary = {"iteration": result.iteration, "metrics": result.metrics,
+               "best_metric": result.best_metric, "last_checkpoint": result.last_checkpoint,
+               "best_checkpoint": result.best_checkpoint}
+    write_json(summary, result.out_dir / "final_metrics.json")
 
 
 def _length_in_epochs(args: argparse.Namespace) -> bool:

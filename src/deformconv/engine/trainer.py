@@ -82,6 +82,7 @@ def train(
     *,
     on_iteration_end: Callable[[int], None] | None = None,
     on_start: Callable[[], None] | None = None,
+    on_finish: Callable[[TrainResult], None] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_set`` as ``config`` says; evaluate on ``val_set`` if given.
@@ -95,7 +96,10 @@ def train(
     process once the run's checks passed (a resume's included), holding ``out_dir``'s lock,
     before the run writes or removes anything there (the command line clears an earlier
     run's files in it; raising stops the run, leaving the folder as ``on_start`` did, and a
-    folder the run created is removed again). ``extra`` (plain values: str, numbers,
+    folder the run created is removed again). ``on_finish(result)`` is called by the main
+    process once the run finished (its final checkpoint written), still holding the lock,
+    e.g. to write a summary into ``out_dir`` that no other run can come between; raising
+    raises from ``train``. ``extra`` (plain values: str, numbers,
     lists, dicts) is stored in every checkpoint under ``"extra"``, e.g. how to rebuild the
     model and data, and in ``<out_dir>/config.json`` beside the config.
 
@@ -132,7 +136,7 @@ def train(
     info = init_distributed(config.device)
     try:
         return _train(config, model, train_set, val_set, info, on_iteration_end, on_start,
-                      extra or {})
+                      on_finish, extra or {})
     finally:
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         torch.backends.cudnn.benchmark = deterministic[2]
@@ -148,6 +152,7 @@ def _train(
     info: DistInfo,
     on_iteration_end: Callable[[int], None] | None,
     on_start: Callable[[], None] | None,
+    on_finish: Callable[[TrainResult], None] | None,
     extra: dict[str, Any],
 ) -> TrainResult:
     config.validate()  # fields set after construction were not checked
@@ -170,7 +175,10 @@ def _train(
         if info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             write_atomically(out_dir / "config.json", lambda f: f.write(config_json.encode()))
-        return _train_loop(run, on_iteration_end)
+        result = _train_loop(run, on_iteration_end)
+        if info.is_main and on_finish is not None:
+            on_finish(result)
+        return result
 
 
 class RefusedByMainProcess(RuntimeError):
