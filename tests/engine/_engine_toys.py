@@ -6,11 +6,12 @@ dropout, so exact resumption really depends on the engine restoring/seeding RNGs
 Run as a script (used by the subprocess tests)::
 
     python _engine_toys.py OUT_DIR ITERATIONS [--resume] [--batch-size B] [--dropout P]
-                           [--device D] [--eval-extra]
+                           [--device D] [--eval-extra] [--nan-loss-at ITERATION:RANK]
 
 trains TinyClassifier (checkpoint every 3 iterations), then each rank saves its final
 weights to OUT_DIR/rank<r>.pt (and, with --eval-extra, metrics to eval_rank<r>.json).
-Works under ``torchrun --nproc_per_node N`` as well.
+Works under ``torchrun --nproc_per_node N`` as well. ``--nan-loss-at`` makes the training
+loss of that (0-based) iteration NaN in the process of that torchrun rank only.
 """
 
 from __future__ import annotations
@@ -167,6 +168,20 @@ def file_size_limit(size: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
+def _nan_loss_at(iteration: int) -> None:
+    """Make the trainer's loss of its ``iteration``-th step (0-based) NaN in this process."""
+    from deformconv.engine import trainer
+
+    compute_loss, calls = trainer.compute_loss, []
+
+    def nan_once(*args, **kwargs):
+        loss, parts = compute_loss(*args, **kwargs)
+        calls.append(None)
+        return (loss * float("nan") if len(calls) == iteration + 1 else loss), parts
+
+    trainer.compute_loss = nan_once
+
+
 def main(argv: list[str] | None = None) -> None:
     from deformconv.engine import (
         TrainConfig,
@@ -185,7 +200,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--eval-extra", action="store_true",
                         help="also evaluate a seeded segmenter and detector (eval_rank<r>.json)")
+    parser.add_argument("--nan-loss-at", metavar="ITERATION:RANK")
     args = parser.parse_args(argv)
+    if args.nan_loss_at is not None:
+        iteration, rank = (int(v) for v in args.nan_loss_at.split(":"))
+        if rank == int(os.environ.get("RANK", "0")):
+            _nan_loss_at(iteration)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = TinyClassifier()

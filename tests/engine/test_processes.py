@@ -29,7 +29,7 @@ def _start(*args: str, kill_at: str | None = None, torchrun: bool = False) -> su
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     if kill_at is not None:
         launcher += [str(KILLED_RUN), kill_at]
-    return subprocess.Popen([*launcher, str(SCRIPT), *args], env=env,
+    return subprocess.Popen([*launcher, str(SCRIPT), *args], env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -42,8 +42,14 @@ def in_process():
 
 
 def _finish(proc: subprocess.Popen, expect: int | None = 0) -> str:
-    """Wait for ``proc``; its exit code must be ``expect`` (``None``: any failure)."""
-    out, _ = proc.communicate(timeout=120)
+    """Wait for ``proc`` (killed after 120 s, failing the test); its exit code must be
+    ``expect`` (``None``: any failure)."""
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers
+        out, _ = proc.communicate()
+        pytest.fail(f"still running after 120 s (a rank waiting for another?), output:\n{out}")
     ok = proc.returncode != 0 if expect is None else proc.returncode == expect
     assert ok, f"exit code {proc.returncode}, output:\n{out}"
     return out
@@ -126,3 +132,18 @@ def test_a_busy_folder_stops_every_rank_with_rank_0_s_error(tmp_path):
     assert "RefusedByMainProcess: rank 0 refused to start the run" in text
     assert "Connection closed" not in text and "gloo" not in text.lower()
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_there(tmp_path):
+    """Only the rank whose loss was NaN raised FloatingPointError; the other one went on into
+    the backward pass's gradient all-reduce, waiting for it (for ever, or gloo's timeout;
+    torchrun then killed it). Now every rank raises the same error at that iteration."""
+    out = tmp_path / "run"
+    text = _finish(_start(str(out), "6", "--device", "cpu", "--batch-size", "2",
+                          "--nan-loss-at", "3:1", torchrun=True), expect=None)
+    message = ("FloatingPointError: loss is nan on rank 1 (of 2 ranks) at iteration 3 "
+               "(epoch 0); lower lr or set grad_clip_norm")
+    assert text.count(message) == 2, text  # both ranks
+    assert "Connection closed" not in text and "gloo" not in text.lower()
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["iter"] for r in records if r["split"] == "train"] == [1, 2, 3]

@@ -118,7 +118,8 @@ def train(
     ``last.pt`` of the last iteration; a resume validates. A second Ctrl-C stops at once.
 
     A non-finite loss raises ``FloatingPointError`` naming the iteration, after a train line
-    of the losses since the last one (``metrics.jsonl`` shows the run up to it). A final
+    of the losses since the last one (``metrics.jsonl`` shows the run up to it); under
+    torchrun every rank raises it there, naming the ranks whose loss was not finite. A final
     validation that raises writes ``last.pt`` of the last iteration first (one process; not
     under torchrun), so that a resume validates again instead of training again; a
     detection run without pycocotools fails before its first iteration.
@@ -228,9 +229,10 @@ def _train_loop(run: _Run, on_iteration_end: Callable[[int], None] | None) -> Tr
             try:
                 step = run.train_step(epoch, images, targets)
             except FloatingPointError:
-                # the losses before it, which no line reported yet, go to the log
+                # the losses before it, which no line reported yet, go to the log (every
+                # rank stops at this iteration: the line averages over all of them)
                 if last is not None and run.window.loss[1] > 0:
-                    run.log_train(*last, bar, gather=False)
+                    run.log_train(*last, bar)
                 raise
             last = (epoch, step)
             run.window.add(step.loss, num_images(images) * info.world_size)
@@ -458,11 +460,7 @@ class _Run:
         with autocast(self.info.device, config.bf16):
             loss, parts = compute_loss(config.task, self.net, images, targets,
                                        self.class_weights)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at iteration {self.iteration} (epoch {epoch}); "
-                "lower lr or set grad_clip_norm"
-            )
+        self.check_finite(loss, epoch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = None
@@ -474,12 +472,31 @@ class _Run:
         self.iteration += 1
         return _Step(loss, parts, lr, grad_norm)
 
-    def log_train(self, epoch: int, step: _Step, bar: tqdm, gather: bool = True) -> None:
-        """One train line: the window's mean loss over all ranks (this rank's only without
-        ``gather``: a failing rank cannot wait for the others), lr, throughput."""
+    def check_finite(self, loss: Tensor, epoch: int) -> None:
+        """Raise ``FloatingPointError`` if the loss is not finite; under torchrun on every
+        rank when any rank's is not (naming those), before the backward pass, whose gradient
+        all-reduce the other ranks would wait in for ever."""
+        if not self.info.distributed:
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at iteration {self.iteration} (epoch {epoch}); "
+                    "lower lr or set grad_clip_norm")
+            return
+        # every rank's loss at its rank's place: one small all-reduce gives all of them
+        losses = torch.zeros(self.info.world_size, dtype=torch.float64, device=loss.device)
+        losses[self.info.rank] = loss.detach()
+        bad = {rank: value for rank, value in enumerate(all_reduce_sum(losses).tolist())
+               if not math.isfinite(value)}
+        if bad:
+            where = ", ".join(f"{value} on rank {rank}" for rank, value in bad.items())
+            raise FloatingPointError(
+                f"loss is {where} (of {self.info.world_size} ranks) at iteration "
+                f"{self.iteration} (epoch {epoch}); lower lr or set grad_clip_norm")
+
+    def log_train(self, epoch: int, step: _Step, bar: tqdm) -> None:
+        """One train line: the window's mean loss over all ranks, lr, throughput."""
         window = self.window
-        losses = window.loss.clone()
-        loss_sum, count = (all_reduce_sum(losses) if gather else losses).tolist()
+        loss_sum, count = all_reduce_sum(window.loss.clone()).tolist()
         elapsed = self.clock.seconds - window.start
         record = {"split": "train", "iter": self.iteration, "epoch": epoch,
                   "loss": loss_sum / count, "lr": step.lr,
