@@ -815,3 +815,22 @@ def test_final_metrics_are_written_holding_the_run_s_lock(
     assert code == 0, err
     assert held == ["final_metrics.json"]
     assert json.loads((out / "final_metrics.json").read_text())["iteration"] == 1
+
+
+@pytest.mark.parametrize("refused", ["other seed", "missing", "corrupt"])
+def test_a_refused_resume_leaves_the_run_s_files_as_they_were(
+        capsys: pytest.CaptureFixture, trained: Path, tmp_path: Path, refused: str) -> None:
+    """Regression guard of a user report (config.json rewritten by a refused resume; fixed
+    in the engine before): the folder's files stay byte for byte."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    resume, flags = ["--resume", "auto"], ["--seed", "5"] if refused == "other seed" else []
+    if refused == "missing":
+        resume = ["--resume", out / "nothere.pt"]
+    elif refused == "corrupt":
+        (out / "last.pt").write_bytes((out / "last.pt").read_bytes()[:1000])
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = run_cli(capsys, "train", *TINY_CLS, "--iterations", "6", "--out", out,
+                           *resume, *flags)
+    assert code == 2 and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
