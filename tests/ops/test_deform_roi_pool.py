@@ -365,6 +365,14 @@ class TestDeformRoIPool(RoIOpTester):
         with pytest.raises(error, match=match):
             deform_roi_pool(x, rois, **kwargs)
 
+    def test_roi_align_argument_order_names_offset(self):
+        """roi_align's positional order (output_size, spatial_scale third and fourth) was
+        blamed on output_size ('output_size must be an int or a pair of ints, got 0.5')."""
+        x = torch.randn(1, 4, 10, 10)
+        with pytest.raises(TypeError, match=r"offset must be a torch.Tensor or None, got int 7;"
+                                            r".*pass output_size=\.\.\. .*by keyword"):
+            deform_roi_pool(x, torch.tensor([[0.0, 1, 1, 8, 8]]), 7, 0.5)
+
 
 @pytest.mark.parametrize("api", FORWARD_AD_APIS)
 @pytest.mark.parametrize(("index", "name"), list(enumerate(["input", "rois", "offset", "mask"])))

@@ -209,6 +209,12 @@ def deform_roi_pool(
         >>> deform_roi_pool(x, rois, offset, output_size=7, spatial_scale=0.5).shape
         torch.Size([1, 16, 7, 7])
     """
+    if offset is not None and not isinstance(offset, Tensor):
+        # roi_align(input, boxes, output_size, spatial_scale, ...) ported positionally
+        raise TypeError(
+            f"offset must be a torch.Tensor or None, got {type(offset).__name__} {offset!r}; "
+            "offset is deform_roi_pool's third argument (torchvision's roi_align takes "
+            "output_size there): pass output_size=... and the rest by keyword")
     if output_size is None:
         raise TypeError("deform_roi_pool() missing required argument: 'output_size'")
     pooled = pair(output_size, "output_size")
