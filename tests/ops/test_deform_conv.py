@@ -690,6 +690,24 @@ class TestChannelsLast:
         assert_results_close(actual, expected, 1e-10)
 
     @pytest.mark.parametrize("name", list(CHANNELS_LAST_CASES))
+    def test_channels_last_weight_gives_conv2ds_layout(self, name):
+        """With an NCHW input, a channels-last weight makes the result and the input
+        gradient take the layout conv2d gives them; the values are the NCHW call's."""
+        case = CHANNELS_LAST_CASES[name]
+        tensors = make_tensors(case, torch.float64, seed=9)
+        grad_out = torch.randn(case.n, case.cout, *case.out_size, dtype=torch.float64)
+        expected = run_with_grads(fast_op(case), tensors, grad_out)
+        weight = tensors["weight"].contiguous(memory_format=torch.channels_last)
+        actual = run_with_grads(fast_op(case), {**tensors, "weight": weight}, grad_out)
+        dense = run_with_grads(
+            lambda input, weight: F.conv2d(input, weight, None, case.stride, case.padding,
+                                           case.dilation, case.groups),
+            {"input": tensors["input"], "weight": weight}, grad_out, ("input",))
+        for key in ("out", "grad_input"):
+            assert actual[key].stride() == dense[key].stride(), key
+        assert_results_close(actual, expected, 1e-12)
+
+    @pytest.mark.parametrize("name", list(CHANNELS_LAST_CASES))
     def test_opcheck(self, name):
         case = CHANNELS_LAST_CASES[name]
         t = {k: None if v is None else v.float().requires_grad_()

@@ -93,6 +93,15 @@ def memory_format(images: Tensor) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+def conv_memory_format(input: Tensor, weight: Tensor) -> torch.memory_format:
+    """The layout of a conv's result and input gradient, as ``torch.nn.functional.conv2d``
+    picks it on the CPU: channels-last when the input (N, C, H, W) or the weight
+    (Cout, Cin/groups, kh, kw) is stored channels-last."""
+    if memory_format(input) == torch.channels_last:
+        return torch.channels_last
+    return memory_format(weight)
+
+
 def finite_float(value: object, name: str, *, positive: bool = False,
                  nonnegative: bool = False) -> float:
     """``float(value)``, refused with an error naming ``name`` unless finite (and > 0 with

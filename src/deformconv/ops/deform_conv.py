@@ -19,7 +19,7 @@ from ._checks import (
     float32_under_autocast,
 )
 from ._library import OpParts, define_op
-from .arguments import memory_format, pair
+from .arguments import conv_memory_format, memory_format, pair
 
 __all__ = ["deform_conv2d"]
 
@@ -50,14 +50,15 @@ def _forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
         return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
     out = _dispatch.run("deform_conv2d", "forward",
                         (input, offset, weight, bias, mask, _geometry(ints)))
-    return out.contiguous(memory_format=memory_format(input))
+    return out.contiguous(memory_format=conv_memory_format(input, weight))
 
 
 def _forward_fake(input: Tensor, offset: Tensor, weight: Tensor, *args) -> Tensor:
-    """The result: (N, Cout, Hout, Wout), channels-last for a channels-last input."""
+    """The result: (N, Cout, Hout, Wout), channels-last for a channels-last input or
+    weight."""
     return torch.empty((input.shape[0], weight.shape[0], offset.shape[2], offset.shape[3]),
                        dtype=input.dtype, device=input.device,
-                       memory_format=memory_format(input))
+                       memory_format=conv_memory_format(input, weight))
 
 
 def _check_backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
@@ -224,8 +225,9 @@ def deform_conv2d(
 
     Returns:
         Tensor[N, Cout, Hout, Wout] in the inputs' dtype, stored channels-last when the
-        input is, as ``torch.nn.functional.conv2d`` returns it (the CPU kernels read such
-        an input in place and write the result without a transpose). float16/bfloat16
+        input or the weight is, as ``torch.nn.functional.conv2d`` returns it (the CPU
+        kernels read a channels-last input in place and write the result without a
+        transpose). float16/bfloat16
         accumulate in float32 (the CPU kernels compute them in float32 throughout); under
         autocast all inputs are cast to float32 and the result is float32 (float64 stays
         float64, as autocast leaves it).
@@ -249,8 +251,9 @@ def deform_conv2d(
                              bias=bias, mask=mask)
     if _onnx.exporting():  # the standard ONNX DeformConv node instead of our custom op
         return _onnx.deform_conv(input, offset, weight, bias, mask, stride_, padding_, dilation_)
-    if memory_format(input) != torch.channels_last:
-        input = input.contiguous()  # the kernels read NCHW or channels-last images
+    # the kernels read NCHW or channels-last images; a channels-last weight makes the
+    # result and the input gradient channels-last, as in conv2d
+    input = input.contiguous(memory_format=conv_memory_format(input, weight))
     return _deform_conv2d(input, offset.contiguous(), weight.contiguous(),
                           None if bias is None else bias.contiguous(),
                           None if mask is None else mask.contiguous(),
