@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.autograd.forward_ad as forward_ad
@@ -52,16 +53,17 @@ def check_same_dtype_device(
             )
 
 
-def check_no_forward_tangent(op: str, **tensors: Tensor | None) -> None:
-    """Refuse tensors that carry a forward-mode tangent (``torch.func.jvp``,
-    ``torch.autograd.forward_ad``): the ops have reverse-mode formulas only, and torch
-    would drop the tangent without a word (a zero or missing result tangent)."""
+def check_no_forward_tangent(op: str, names: Sequence[str], args: Sequence[object]) -> None:
+    """Refuse arguments (``args``, called ``names``) that carry a forward-mode tangent
+    (``torch.func.jvp``, ``torch.autograd.forward_ad``): the ops have reverse-mode formulas
+    only, and torch would drop the tangent without a word (a zero or missing result tangent).
+    """
     # Outside a dual level (every call but forward AD) this is one read of an int; both
     # forward_ad.dual_level and torch.func.jvp (and jacfwd) enter one.
     if forward_ad._current_level < 0:
         return
-    for name, tensor in tensors.items():
-        if tensor is not None and forward_ad.unpack_dual(tensor).tangent is not None:
+    for name, arg in zip(names, args, strict=False):
+        if isinstance(arg, Tensor) and forward_ad.unpack_dual(arg).tangent is not None:
             raise NotImplementedError(
                 f"forward-mode AD (torch.func.jvp, jacfwd / torch.autograd.forward_ad) is not "
                 f"supported by {op}: {name} carries a forward tangent; use reverse mode "

@@ -3,8 +3,9 @@
 Each op is a pair of custom ops, ``deformconv::<name>`` and ``deformconv::<name>_backward``.
 ``define_op`` writes each schema once, registers one kernel per op that checks its
 arguments and then runs the backend ``_dispatch`` picks, a fake (shape-only) kernel for
-meta tensors and ``torch.compile``, the autograd formula that calls the backward op, and
-float32 autocast for both.
+meta tensors and ``torch.compile``, the autograd formula that calls the backward op (behind
+a refusal of forward-mode tangents, which every call of the op meets), and float32 autocast
+for both.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch._library.autograd import Info, make_autograd_impl
 
 from . import _dispatch
+from ._checks import check_no_forward_tangent
 
 NAMESPACE = "deformconv"
 
@@ -75,6 +78,27 @@ def _no_double_backward(ctx, *grads):
                        "differentiable")
 
 
+def _register_autograd(op: torch._ops.OpOverload, backward: Callable[..., Any],
+                       setup_context: Callable[..., None] | None = None) -> None:
+    """``torch.library.register_autograd(op, backward, setup_context=...)``, behind a check
+    that no argument carries a forward-mode tangent.
+
+    The autograd kernel is where every call of the op meets the tangents (the public
+    functions, the modules, ``torch.ops.deformconv.*`` called directly): torch's own kernel
+    sends an input that needs no reverse-mode gradient straight to the backend, dropping its
+    tangent, and below it ``torch.func.jvp`` has already unwrapped the tensors. The kernel is
+    built as ``register_autograd`` builds it, so that the check runs before it.
+    """
+    names = tuple(argument.name for argument in op._schema.arguments)
+    generated = make_autograd_impl(op, Info(backward, setup_context))
+
+    def autograd_kernel(keyset: torch._C.DispatchKeySet, *args: Any) -> Any:
+        check_no_forward_tangent(op._opname, names, args)
+        return generated(keyset, *args)
+
+    _LIBRARY.impl(op._opname, autograd_kernel, "Autograd", with_keyset=True)
+
+
 def define_op(name: str, forward: OpParts, backward: OpParts,
               setup_context: Callable[..., None], gradient: Callable[..., Any]):
     """Register ``deformconv::<name>`` and ``deformconv::<name>_backward``; return both.
@@ -88,9 +112,8 @@ def define_op(name: str, forward: OpParts, backward: OpParts,
     def autograd_backward(ctx, *grads):
         return gradient(backward_op, ctx, *grads)
 
-    torch.library.register_autograd(forward_op, autograd_backward, setup_context=setup_context,
-                                    lib=_LIBRARY)
-    torch.library.register_autograd(backward_op, _no_double_backward, lib=_LIBRARY)
+    _register_autograd(forward_op, autograd_backward, setup_context)
+    _register_autograd(backward_op, _no_double_backward)
     # under autocast, run both in float32 and keep their inner GEMMs out of autocast
     for op in (forward_op, backward_op):
         for device_type in ("cpu", "cuda"):

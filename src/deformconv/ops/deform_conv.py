@@ -12,7 +12,6 @@ from torch import Tensor
 
 from . import _dispatch, _onnx
 from ._checks import (
-    check_no_forward_tangent,
     check_no_nan,
     check_same_dtype_device,
     check_tensor,
@@ -247,8 +246,6 @@ def deform_conv2d(
         input, offset, weight, bias, mask = float32_under_autocast(
             input.device.type, input, offset, weight, bias, mask)
     _check_arguments(input, offset, weight, bias, mask, stride_, padding_, dilation_)
-    check_no_forward_tangent("deform_conv2d", input=input, offset=offset, weight=weight,
-                             bias=bias, mask=mask)
     if _onnx.exporting():  # the standard ONNX DeformConv node instead of our custom op
         return _onnx.deform_conv(input, offset, weight, bias, mask, stride_, padding_, dilation_)
     # the kernels read NCHW or channels-last images; a channels-last weight makes the

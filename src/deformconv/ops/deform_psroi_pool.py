@@ -18,7 +18,6 @@ from torch import Tensor
 from . import _dispatch
 from ._checks import (
     check_compute_dtype,
-    check_no_forward_tangent,
     check_no_nan,
     check_rois_values,
     check_same_dtype_device,
@@ -214,7 +213,6 @@ def deform_psroi_pool(
     if isinstance(input, Tensor):
         input, rois, offset = float32_under_autocast(input.device.type, input, rois, offset)
     _check_arguments(input, rois, offset, output_dim, group_size, part_size)
-    check_no_forward_tangent("deform_psroi_pool", input=input, rois=rois, offset=offset)
     # Rounded in their own dtype before the cast, as documented: float64 corners within a
     # float32 step of a half rounded the other way in float32. The kernels round again,
     # a no-op (every integer below 2**24 is a float32, and every float32 above it an integer).

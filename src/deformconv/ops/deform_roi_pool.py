@@ -15,7 +15,6 @@ from . import _dispatch
 from ._checks import (
     MAX_SAMPLES_PER_BIN,
     check_compute_dtype,
-    check_no_forward_tangent,
     check_no_nan,
     check_rois_values,
     check_same_dtype_device,
@@ -227,7 +226,6 @@ def deform_roi_pool(
         input, rois, offset, mask = float32_under_autocast(
             input.device.type, input, rois, offset, mask)
     _check_arguments(input, rois, offset, mask, pooled)
-    check_no_forward_tangent("deform_roi_pool", input=input, rois=rois, offset=offset, mask=mask)
     return _deform_roi_pool(
         input.contiguous(), rois.to(compute_dtype(input.dtype)).contiguous(),
         None if offset is None else offset.contiguous(),

@@ -1,0 +1,80 @@
+"""The registration of the ops: what every call of ``torch.ops.deformconv.*`` meets."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import deformconv.ops  # noqa: F401  (registers torch.ops.deformconv)
+
+from .forward_ad_helpers import FORWARD_AD_APIS, tangent_of
+
+
+def _calls() -> dict[str, tuple[object, list[object]]]:
+    """Each registered op with valid arguments, the backward ops' built from a forward."""
+    gen = torch.Generator().manual_seed(0)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=gen, dtype=torch.float64)
+
+    ops = torch.ops.deformconv
+    x, rois = randn(1, 4, 6, 6), torch.tensor([[0.0, 0.5, 1.0, 4.0, 4.5]], dtype=torch.float64)
+    conv = [x[:, :2], randn(1, 18, 4, 4), randn(3, 2, 3, 3), randn(3), randn(1, 9, 4, 4),
+            1, 1, 0, 0, 1, 1]
+    roi = [x, rois, randn(1, 2, 2, 2), randn(1, 1, 2, 2), 2, 2, 1.0, 0, 0.1, True]
+    psroi = [x, rois, randn(1, 2, 2, 2), 1.0, 1, 2, 2, 2, 2, 0.1]
+    _, count = ops.deform_psroi_pool(*psroi)
+    return {
+        "deform_conv2d": (ops.deform_conv2d, conv),
+        "deform_conv2d_backward": (ops.deform_conv2d_backward,
+                                   [randn(1, 3, 4, 4), *conv[:3], conv[4], *conv[5:],
+                                    True, True, True]),
+        "deform_roi_pool": (ops.deform_roi_pool, roi),
+        "deform_roi_pool_backward": (ops.deform_roi_pool_backward,
+                                     [randn(1, 4, 2, 2), *roi, True, True]),
+        "deform_psroi_pool": (ops.deform_psroi_pool, psroi),
+        "deform_psroi_pool_backward": (ops.deform_psroi_pool_backward,
+                                       [randn(1, 1, 2, 2), *psroi[:3], count, 1.0, 2, 2, 2, 0.1,
+                                        True, True]),
+    }
+
+
+CALLS = _calls()
+
+
+def _tensor_arguments() -> list[tuple[str, int, str]]:
+    """(op, index, argument name) of every tensor argument of every call in ``CALLS``."""
+    return [(name, index, argument.name)
+            for name, (op, args) in CALLS.items()
+            for index, (argument, value) in enumerate(
+                zip(op.default._schema.arguments, args, strict=True))
+            if isinstance(value, torch.Tensor)]
+
+
+@pytest.mark.parametrize("api", FORWARD_AD_APIS)
+@pytest.mark.parametrize(("name", "index", "argument"), _tensor_arguments())
+def test_registered_ops_refuse_forward_mode_ad(api, name, index, argument):
+    """Called directly, a registered op dropped a forward tangent silently (no tangent
+    under forward_ad, zeros under torch.func.jvp); only the public functions refused it."""
+    op, args = CALLS[name]
+
+    def first_result(*a: object) -> torch.Tensor:
+        out = op(*a)
+        return out[0] if isinstance(out, tuple) else out
+
+    with pytest.raises(NotImplementedError, match=re.escape(
+            f"forward-mode AD (torch.func.jvp, jacfwd / torch.autograd.forward_ad) is not "
+            f"supported by {name}: {argument} carries a forward tangent; use reverse mode")):
+        tangent_of(api, first_result, args, index)
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_registered_ops_run_under_a_dual_level_without_tangents(name):
+    """The check refuses tangents, not the dual level: arguments without one pass."""
+    op, args = CALLS[name]
+    expected = op(*args)
+    with torch.autograd.forward_ad.dual_level():
+        got = op(*args)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
