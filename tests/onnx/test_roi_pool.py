@@ -255,3 +255,39 @@ def test_psroi_graph_rounds_float64_rois_in_float64(tmp_path):
     (got,) = run_session(path, x, rois)
     expected = reference.deform_psroi_pool(x, rois, None, **module.options)[0]
     torch.testing.assert_close(got, expected, atol=TOL, rtol=0)
+
+
+def test_adaptive_grid_beyond_the_samples_limit_gives_a_nan_row(tmp_path):
+    """The op refuses a RoI whose adaptive grid takes more than MAX_SAMPLES_PER_BIN samples
+    per bin; the graph had no such limit and sized its sample grid by that RoI: a
+    (K, ph, pw, 1.25e7, 1.25e7, C) tensor that onnxruntime failed to allocate."""
+    from deformconv.ops._checks import MAX_SAMPLES_PER_BIN
+
+    module = RoIPool(output_size=2, spatial_scale=0.25).eval()
+    x = torch.randn(2, 3, H, W, generator=torch.Generator().manual_seed(0))
+    rois = torch.tensor([[0, 1.0, 2.0, 30.0, 25.0], [1, 3.0, 0.0, 12.0, 40.0],
+                         [1, 0.0, 0.0, 1e8, 1e8]])
+    path = tmp_path / "roi.onnx"
+    dc_onnx.export(module, (x, rois[:2]), path)
+    with pytest.raises(ValueError, match=f"more than {MAX_SAMPLES_PER_BIN}"):
+        module(x, rois)
+    (got,) = run_session(path, x, rois)
+    torch.testing.assert_close(got[:2], module(x, rois[:2]), atol=TOL, rtol=0)
+    assert got[2:].isnan().all()
+
+
+@pytest.mark.parametrize(("module", "inputs", "message"), [
+    (RoIPool(output_size=2, spatial_scale=1.0, sampling_ratio=8193),
+     (torch.zeros(2, 3, H, W), torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]] * 2)),
+     "sampling_ratio must be at most 8192"),
+    (PSRoIPool(spatial_scale=1.0, output_dim=1, group_size=1, pooled_size=2,
+               sample_per_part=8193),
+     (torch.zeros(2, 1, H, W), torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]] * 2)),
+     "sample_per_part must be at most 8192"),
+])
+def test_export_refuses_a_sample_count_the_op_refuses(tmp_path, module, inputs, message):
+    """A sampling_ratio (sample_per_part) the op refuses was exported as a graph of
+    8193² samples per bin."""
+    with pytest.raises(Exception, match=message):
+        dc_onnx.export(module.eval(), inputs, tmp_path / "roi.onnx")
+    assert not (tmp_path / "roi.onnx").exists()

@@ -6,7 +6,8 @@ corners are read with ``Gather`` from the flattened feature map, and the samples
 with ``ReduceSum``. The RoI count K, the batch size and the map size (H, W) may be dynamic;
 channels and the pooling geometry are static. float16 inputs are pooled in float32 and
 the results cast back, as the ops' kernels do. RoIs the ops would refuse (batch index not
-an integer in [0, N), a non-finite coordinate) give NaN rows; NaN offsets, which the ops
+an integer in [0, N), a non-finite coordinate, an adaptive grid beyond
+``MAX_SAMPLES_PER_BIN``) give NaN rows; NaN offsets, which the ops
 refuse too, give NaN where the modules give it. No input makes a ``Gather`` index leave
 its tensor. Semantics: docs/OPS.md.
 """
@@ -17,6 +18,7 @@ import numpy as np
 from onnxscript import ir
 from onnxscript import opset19 as op
 
+from ..ops._checks import MAX_SAMPLES_PER_BIN, check_samples_per_side
 from ..ops.geometry import part_cells
 from .deform_conv import TFloat, check_type, static_dim
 
@@ -139,19 +141,36 @@ def nan_where(out: ir.Value, bad: ir.Value | None, dtype: ir.DataType) -> ir.Val
     return out if bad is None else op.Where(bad, floats(np.nan, dtype), out)
 
 
-def sample_steps(roi_size: ir.Value, pooled: int, sampling_ratio: int, dtype: ir.DataType):
-    """Samples per bin along one axis: (per-RoI count (K, 1), index range (G,) as floats).
-
-    ``sampling_ratio > 0`` fixes the count; otherwise it is ceil(roi_size / pooled) per RoI
-    (RoIAlign's adaptive grid) and the range runs to the largest count over the RoIs.
-    """
+def sample_counts(roi_size: ir.Value, pooled: int, sampling_ratio: int,
+                  dtype: ir.DataType) -> ir.Value:
+    """Samples per bin along one axis, per RoI (K, 1): ``sampling_ratio`` if positive, else
+    ceil(roi_size / pooled) (RoIAlign's adaptive grid; <= 0 for a degenerate RoI)."""
     if sampling_ratio > 0:
-        return floats([[sampling_ratio]], dtype), floats(np.arange(sampling_ratio), dtype)
-    count = op.Ceil(op.Div(roi_size, floats(pooled, dtype)))
+        return floats([[sampling_ratio]], dtype)
+    return op.Ceil(op.Div(roi_size, floats(pooled, dtype)))
+
+
+def refuse_large_grids(count_h: ir.Value, count_w: ir.Value, valid: ir.Value,
+                       dtype: ir.DataType) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """Adaptive counts (K, 1) and ``valid`` (K,) less the RoIs whose bins would take more
+    than ``MAX_SAMPLES_PER_BIN`` samples, which the op refuses (a graph cannot raise: they
+    become invalid rows, with no samples, so that they do not size the sample grid)."""
+    zero = floats(0, dtype)
+    samples = op.Mul(op.Max(count_h, zero), op.Max(count_w, zero))
+    # Not "samples <= limit": a NaN count (an invalid row's) is not refused here.
+    too_many = op.Greater(samples, floats(MAX_SAMPLES_PER_BIN, dtype))
+    valid = op.And(valid, op.Not(op.Squeeze(too_many, ints([1]))))
+    return op.Where(too_many, zero, count_h), op.Where(too_many, zero, count_w), valid
+
+
+def sample_steps(count: ir.Value, sampling_ratio: int, dtype: ir.DataType) -> ir.Value:
+    """Sample indices (G,) as floats along one axis: up to the largest of the RoIs' ``count``
+    (K, 1) when adaptive."""
+    if sampling_ratio > 0:
+        return floats(np.arange(sampling_ratio), dtype)
     # Max with 1: ReduceMax over zero RoIs gives -inf.
     largest = op.Max(op.ReduceMax(count, keepdims=0), floats(1, dtype))
-    steps = op.Range(ints(0), op.Cast(largest, to=ir.DataType.INT64), ints(1))
-    return count, op.Cast(steps, to=dtype)
+    return op.Cast(op.Range(ints(0), op.Cast(largest, to=ir.DataType.INT64), ints(1)), to=dtype)
 
 
 def deform_roi_pool(
@@ -165,6 +184,8 @@ def deform_roi_pool(
     None, mask (K, 1, ph, pw) or None. Sample grids are laid out (K, ph, pw, Gh, Gw).
     """
     check_type(input, "input", "deform_roi_pool decomposition")
+    if sampling_ratio > 0:  # refused as the op refuses it, before a graph of its grids
+        check_samples_per_side(sampling_ratio, "sampling_ratio")
     channels, out_dtype = static_dim(input, 1, "input"), input.dtype
     dtype, (input, rois, offset, mask) = upcast(input, rois, offset, mask)
     size = MapSize(input, dtype)
@@ -180,8 +201,12 @@ def deform_roi_pool(
         roi_w, roi_h = op.Max(roi_w, floats(1, dtype)), op.Max(roi_h, floats(1, dtype))
     bin_w = op.Div(roi_w, floats(pooled_w, dtype))
     bin_h = op.Div(roi_h, floats(pooled_h, dtype))
-    grid_h, steps_h = sample_steps(roi_h, pooled_h, sampling_ratio, dtype)
-    grid_w, steps_w = sample_steps(roi_w, pooled_w, sampling_ratio, dtype)
+    grid_h = sample_counts(roi_h, pooled_h, sampling_ratio, dtype)
+    grid_w = sample_counts(roi_w, pooled_w, sampling_ratio, dtype)
+    if sampling_ratio <= 0:
+        grid_h, grid_w, valid = refuse_large_grids(grid_h, grid_w, valid, dtype)
+    steps_h = sample_steps(grid_h, sampling_ratio, dtype)
+    steps_w = sample_steps(grid_w, sampling_ratio, dtype)
 
     def to5d(value: ir.Value, axes: list[int]) -> ir.Value:
         return op.Unsqueeze(value, ints(axes))
@@ -243,6 +268,7 @@ def deform_psroi_pool(
     or None (no offsets). Samples are laid out (K, D, p, p, sh, sw), sh = sw = sample_per_part.
     """
     check_type(input, "input", "deform_psroi_pool decomposition")
+    check_samples_per_side(sample_per_part, "sample_per_part")  # as the op refuses it
     channels, out_dtype = static_dim(input, 1, "input"), input.dtype
     classes = 0 if offset is None else static_dim(offset, 1, "offset") // 2
     dtype, (input, rois, offset) = upcast(input, rois, offset)
