@@ -107,3 +107,34 @@ def test_border_conventions_match(tmp_path):
     dc_onnx.export(model, inputs(2), tmp_path / "border.onnx", dynamic_size=True)
     assert dc_onnx.check(model, inputs(3), tmp_path / "border.onnx") <= TOL
     assert dc_onnx.check(model, inputs(3, 4, 9), tmp_path / "border.onnx") <= TOL
+
+
+def run_session(path, *inputs: torch.Tensor) -> torch.Tensor:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs, strict=True)}
+    return torch.from_numpy(session.run(None, feed)[0])
+
+
+def test_module_with_inf_offsets_matches_eager(tmp_path):
+    """Eager, a DeformConv2d's non-finite offset makes the outputs it moves NaN; the graph
+    held the op alone, whose DeformConv node reads 0 at an inf position: a finite result.
+    The offset conv overflows to inf at one pixel only: NaN there, the rest as eager."""
+    from deformconv.nn import DeformConv2d
+
+    torch.manual_seed(0)
+    module = DeformConv2d(2, 3, 3, padding=1, modulated=True).eval()
+    with torch.no_grad():
+        module.weight[:, 0].zero_()  # the main conv does not read the huge pixel
+        module.conv_offset.weight.zero_()
+        module.conv_offset.weight[0, 0, 1, 1] = 10.0  # Δh of point 0 = 10 * x[:, 0]
+    x = torch.randn(2, 2, 6, 7, generator=torch.Generator().manual_seed(1))
+    path = tmp_path / "layer.onnx"
+    dc_onnx.export(module, (x,), path)
+    x[1, 0, 2, 3] = 3e38  # finite, but 10 times it is inf
+    with torch.no_grad():
+        expected = module(x)
+    assert expected[1, :, 2, 3].isnan().all() and expected.isnan().sum() == 3
+    torch.testing.assert_close(run_session(path, x), expected, atol=TOL, rtol=0,
+                               equal_nan=True)

@@ -291,3 +291,23 @@ def test_export_refuses_a_sample_count_the_op_refuses(tmp_path, module, inputs, 
     with pytest.raises(Exception, match=message):
         dc_onnx.export(module.eval(), inputs, tmp_path / "roi.onnx")
     assert not (tmp_path / "roi.onnx").exists()
+
+
+@pytest.mark.parametrize("name", ["roi_modulated", "psroi_part2_two_classes"])
+def test_module_with_inf_offsets_matches_eager(tmp_path, name):
+    """Eager, a module's inf offset makes the bins it moves NaN (all of the row where the
+    offset grid is not the output's); the graph read an inf position as outside the map."""
+    import copy
+
+    module = copy.deepcopy(MODULES[name]).eval()
+    last = [m for m in module.offset_branch.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        last[-1].bias[0] = float("inf")
+    x = module_input(name)
+    path = tmp_path / f"{name}.onnx"
+    dc_onnx.export(module, (x, ROIS), path)
+    with torch.no_grad():
+        expected = module(x, ROIS)
+    assert expected.isnan().any()
+    (got,) = run_session(path, x, ROIS)
+    torch.testing.assert_close(got, expected, atol=TOL, rtol=0, equal_nan=True)

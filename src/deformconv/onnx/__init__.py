@@ -8,7 +8,8 @@ emits ``DeformConv`` while exporting); the RoI pooling ops need :func:`export` o
 ``custom_translation_table=translation_table()``. RoIs are not checked in the graph as the
 ops check them (a graph cannot raise): rows whose batch index is not an integer in [0, N),
 with a non-finite coordinate or with an adaptive sampling grid beyond the ops' 2²⁶ samples
-per bin come out NaN, and NaN offsets give NaN where the modules give it.
+per bin come out NaN, and NaN offsets (a module's NaN or inf ones) give NaN where the modules
+give it.
 
 Example (``export_registered("faster_rcnn_resnet50", "frcnn.onnx")`` is what
 ``deformconv export`` runs)::

@@ -127,9 +127,10 @@ def nan_offsets(offset: ir.Value, dtype: ir.DataType, per_position: bool) -> ir.
     """Where (K, *, h, w) ``offset`` holds a NaN: (K, 1, h, w) bool, or (K, 1, 1, 1) (any in
     the row) without ``per_position``.
 
-    The ops refuse NaN offsets and a graph cannot raise; the modules, whose graphs hold the
-    op alone, give NaN at the output positions of a NaN offset (all of the row where the
-    offset grid is not the output's), so the graphs do the same.
+    The ops refuse NaN offsets and a graph cannot raise; the modules give NaN at the output
+    positions of a NaN offset (all of the row where the offset grid is not the output's), so
+    the graphs do the same. (A module's graph adds NaN where its offsets are not finite itself:
+    ``nn._offset.nan_offsets_propagate``.)
     """
     bad = op.Cast(op.IsNaN(offset), to=dtype)
     axes = [1] if per_position else [1, 2, 3]
