@@ -190,3 +190,46 @@ def test_voc_export_of_a_sample_twice_is_refused_before_the_folder_changes(
         export_voc(data, tmp_path, "train", indices=[0, 0, 1])
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     assert len(VOCSegmentation(tmp_path, "train")) == 3
+
+
+@pytest.mark.parametrize("writer", ["coco", "voc"])
+def test_export_removes_what_a_killed_export_left(tmp_path: Path, writer: str) -> None:
+    """An export killed mid-write (SIGKILL) left its .export-* folder, with the files it had
+    written, and the next export into the folder left it there too, for good. Only the
+    names mkdtemp gives are removed: a look-alike of the user's stays."""
+    stale = tmp_path / ".export-k1ll3d_a"
+    (stale / "images").mkdir(parents=True)
+    (stale / "images" / "000000.png").write_bytes(b"half an image")
+    kept = [tmp_path / ".export-mine", tmp_path / ".export-abcdefgh.bak",
+            tmp_path / "export-abcdefgh"]
+    for path in kept:
+        path.mkdir()
+    (tmp_path / ".export-12345678").write_text("a file of that name goes too")
+    if writer == "coco":
+        export_coco(SyntheticDetection(length=2, image_size=32, seed=0), tmp_path)
+    else:
+        export_voc(SyntheticSegmentation(length=2, image_size=32, seed=0), tmp_path)
+    assert sorted(p for p in tmp_path.glob("*export*")) == sorted(kept)
+
+
+def test_export_into_a_folder_another_process_exports_into_is_refused(tmp_path: Path) -> None:
+    """Its stale-folder cleanup would remove the live export's temporary folder."""
+    from deformconv.data import ExportInProgressError
+
+    fcntl = pytest.importorskip("fcntl")
+    live = tmp_path / ".export-l1ve0000"
+    live.mkdir()
+    with open(tmp_path / ".export.lock", "w") as holder:  # as another process holds it
+        holder.write("4242\n")
+        holder.flush()
+        other = open(tmp_path / ".export.lock")  # noqa: SIM115 (a second open file: flock
+        try:                                     # excludes it as it would another process)
+            fcntl.flock(other, fcntl.LOCK_EX)
+            with pytest.raises(ExportInProgressError, match=rf"another process \(pid 4242\) "
+                               rf"is exporting into {tmp_path}"):
+                export_coco(SyntheticDetection(length=1, image_size=32, seed=0), tmp_path)
+        finally:
+            other.close()
+    assert live.is_dir()
+    export_coco(SyntheticDetection(length=1, image_size=32, seed=0), tmp_path)
+    assert not live.exists() and not (tmp_path / ".export.lock").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deformconv.engine import RunInProgressError, run_lock
+from deformconv.engine import RunInProgressError
 from deformconv.engine.run_lock import LOCK_FILE, check_not_busy, out_dir_lock
 
 fcntl = pytest.importorskip("fcntl")
@@ -49,9 +49,9 @@ def test_a_lock_file_removed_by_its_holder_is_not_the_one_held(
             (out / LOCK_FILE).unlink()
         real_flock(file, operation)
 
-    monkeypatch.setattr(run_lock.fcntl, "flock", flock_after_removal)
+    monkeypatch.setattr(fcntl, "flock", flock_after_removal)
     with out_dir_lock(out):
-        monkeypatch.setattr(run_lock.fcntl, "flock", real_flock)
+        monkeypatch.setattr(fcntl, "flock", real_flock)
         with open(out / LOCK_FILE) as other, pytest.raises(BlockingIOError):
             real_flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     assert removed

@@ -3,7 +3,8 @@
 Useful to freeze a synthetic set, to feed other tools, and for tests of the loaders.
 An export writes its files into a temporary folder inside the target first and moves them
 into place only once all are written, so a failed export (a full disk, a sample that
-raises) leaves the folder as it was.
+raises) leaves the folder as it was. One export at a time per folder: it holds the folder's
+lock, under which it removes the temporary folders of exports killed mid-write.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -23,12 +25,21 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .._extras import require
+from .._folder_lock import TEMP_NAME_PART, folder_lock, remove_stale
 from ._common import NoReadableSamplesError, readable_sample
 from .voc import _IMAGE_EXTS
 
-__all__ = ["export_coco", "export_voc", "save_image"]
+__all__ = ["ExportInProgressError", "export_coco", "export_voc", "save_image"]
 
 _FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG"}
+_STAGE_PREFIX = ".export-"
+_STAGE_NAME = re.compile(re.escape(_STAGE_PREFIX) + TEMP_NAME_PART)  # what mkdtemp gives
+# Not the training runs' .lock: a dataset folder may hold a file of that name.
+_LOCK_FILE = ".export.lock"
+
+
+class ExportInProgressError(RuntimeError):
+    """Another live process is exporting into the same folder."""
 
 
 def save_image(image: Tensor, path: Path) -> None:
@@ -83,19 +94,29 @@ def _readable_samples(dataset: Dataset, indices: Iterable[int] | None,
 @contextlib.contextmanager
 def _staged(folder: Path) -> Iterator[Path]:
     """A new temporary folder inside ``folder`` (created) for an export's files, removed on
-    the way out with whatever is left in it.
+    the way out with whatever is left in it; ``folder``'s lock is held meanwhile.
 
     Writing there and renaming each file into place at the end (:func:`_move_in`) keeps a
     failure while writing from touching an earlier export in ``folder``; the renames need no
     disk space. Inside ``folder``, not beside it: same file system, and the parent may be
-    read-only.
+    read-only. An export killed (SIGKILL) leaves its temporary folder; the next one removes
+    it, under the lock, so that no live export's is removed.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
-    try:
-        yield stage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    with folder_lock(folder, lambda holder: _busy(holder, folder), lock_file=_LOCK_FILE,
+                     keep_lock_file=False):
+        remove_stale(folder, _STAGE_NAME)
+        stage = Path(tempfile.mkdtemp(prefix=_STAGE_PREFIX, dir=folder))
+        try:
+            yield stage
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _busy(holder: str, folder: Path) -> ExportInProgressError:
+    """The error for ``folder``, whose lock the process ``holder`` holds."""
+    return ExportInProgressError(
+        f"another process (pid {holder}) is exporting into {folder}; wait for it, stop it, "
+        "or choose another folder")
 
 
 def _move_in(stage: Path, folder: Path, names: Iterable[str]) -> None:
@@ -134,7 +155,9 @@ def export_coco(
     folder inside ``folder`` first: a failure while writing (a full disk, a sample that
     raises) leaves ``folder`` as it was. The old ``annotations.json`` is then removed before
     the images are renamed into place, so a failure during the renames leaves a folder that
-    refuses to load (no annotation file), never new images under old annotations.
+    refuses to load (no annotation file), never new images under old annotations. One
+    export at a time per folder (another raises :class:`ExportInProgressError`); it removes
+    the temporary folders that exports killed mid-write left there.
     """
     ext = image_format.lower().lstrip(".")
     if ext not in _FORMATS:
@@ -223,7 +246,9 @@ def export_voc(
     writing (a full disk, a sample that raises) leaves ``folder`` as it was. The old split
     file is then removed before the images and masks are renamed into place, so a failure
     during the renames leaves the split missing (it refuses to load), never a sample whose
-    image and mask come from two exports.
+    image and mask come from two exports. One export at a time per folder (another raises
+    :class:`ExportInProgressError`); it removes the temporary folders that exports killed
+    mid-write left there.
     """
     ext = image_format.lower().lstrip(".")
     if ext not in _FORMATS:

@@ -16,6 +16,8 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from .._folder_lock import TEMP_NAME_PART, remove_stale
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
@@ -86,9 +88,8 @@ def _make_temp_file(path: Path) -> tuple[int, str]:
 
 
 def _temp_file_pattern(path: Path) -> re.Pattern[str]:
-    """The names :func:`_make_temp_file` gives for ``path`` (mkstemp's random part is 8 of
-    a-z, 0-9 and _)."""
-    return re.compile(re.escape(f".{path.name}.") + "[a-z0-9_]{8}" + re.escape(".tmp"))
+    """The names :func:`_make_temp_file` gives for ``path``."""
+    return re.compile(re.escape(f".{path.name}.") + TEMP_NAME_PART + re.escape(".tmp"))
 
 
 def check_writable(path: str | os.PathLike) -> None:
@@ -111,16 +112,8 @@ def remove_stale_temp_files(paths: list[Path]) -> list[Path]:
     process was killed mid-write (nothing else: only names of its exact pattern); returns
     those removed. Only for a caller that alone writes ``paths`` (holding their folder's
     lock): another process's temporary file would be removed under it."""
-    removed = []
-    for path in paths:
-        pattern = _temp_file_pattern(path)
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            for found in path.parent.iterdir():
-                if pattern.fullmatch(found.name) and found.is_file():
-                    with contextlib.suppress(FileNotFoundError):
-                        found.unlink()
-                        removed.append(found)
-    return removed
+    return [found for path in paths
+            for found in remove_stale(path.parent, _temp_file_pattern(path))]
 
 
 def _umask() -> int:
