@@ -409,6 +409,15 @@ def _torch_save_failing() -> None:
     torch.save({"weights": torch.zeros(10_000)}, TooLarge())
 
 
+def _checkpoint_save_failing(path: str) -> None:
+    """:func:`_torch_save_failing` as ``save_checkpoint`` writes ``path``: it names the file
+    (the CLI printed 'writing a file failed: ...')."""
+    from deformconv._paths import naming_the_file
+
+    with naming_the_file(path):
+        _torch_save_failing()
+
+
 def _raise(error: BaseException) -> Callable[[], None]:
     def fail() -> None:
         raise error
@@ -421,6 +430,8 @@ def _raise(error: BaseException) -> Callable[[], None]:
     (_raise(OSError(errno.EROFS, "Read-only file system")),
      "writing a file failed: [Errno 30] Read-only file system"),
     (_torch_save_failing, "writing a file failed: [Errno 27] File too large"),
+    (lambda: _checkpoint_save_failing("out/last.pt"),
+     "cannot write out/last.pt: [Errno 27] File too large"),
 ])
 def test_a_refused_write_is_one_line_and_code_1(capsys: pytest.CaptureFixture,
                                                 monkeypatch: pytest.MonkeyPatch,

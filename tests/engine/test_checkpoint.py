@@ -194,3 +194,30 @@ def test_load_weights_errors(tmp_path):
     torch.save([torch.zeros(1)], listed)
     with pytest.raises(CheckpointError, match=r"list\.pt holds no model weights.*got list"):
         load_weights(torch.nn.Linear(3, 2), listed)
+
+
+def test_a_failed_checkpoint_write_names_the_file(tmp_path, monkeypatch):
+    """A full disk under torch.save raised torch's RuntimeError holding an OSError that named
+    no file: the CLI printed 'writing a file failed: [Errno 28] ...'."""
+    import errno
+
+    from deformconv._paths import os_errors
+    from deformconv.engine import checkpoint
+
+    fdopen = os.fdopen
+
+    def full_disk(fd: int, mode: str):
+        file = fdopen(fd, mode)
+
+        def write(data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        file.write = write
+        return file
+
+    monkeypatch.setattr(checkpoint.os, "fdopen", full_disk)
+    with pytest.raises((OSError, RuntimeError)) as raised:
+        save_checkpoint(_state(), tmp_path / "last.pt")
+    (found, *_) = os_errors(raised.value)
+    assert (found.errno, found.filename) == (errno.ENOSPC, str(tmp_path / "last.pt"))
+    assert list(tmp_path.iterdir()) == []

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from .._extras import MissingExtraError, extra_of, install_hint
+from .._paths import os_errors
 from . import bench, demo, evaluate, export, train, viz
 from ._common import (
     AppendOverDefault,
@@ -105,21 +106,15 @@ _WRITE_REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS
 
 def _refused_write(err: BaseException) -> OSError | None:
     """The OSError of a refused write (:data:`_WRITE_REFUSED`) that ``err`` is or that its
-    ``__cause__`` / ``__context__`` chain holds (torch's zip writer, under ``torch.save``,
-    replaces it with a RuntimeError of its own), or None."""
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in _WRITE_REFUSED:
-            return current
-        current = current.__cause__ or current.__context__
-    return None
+    ``__cause__`` / ``__context__`` chain holds (:func:`deformconv._paths.os_errors`), or
+    None."""
+    return next((e for e in os_errors(err) if e.errno in _WRITE_REFUSED), None)
 
 
 def _write_message(err: OSError) -> str:
     """``cannot write <file>: [Errno N] <reason>``, or without the file where the OSError
-    does not name one (a failed ``write`` on an open file)."""
+    does not name one (a failed ``write`` on an open file that no
+    :func:`deformconv._paths.naming_the_file` named)."""
     reason = f"[Errno {err.errno}] {err.strerror}"
     if err.filename is None:
         return f"writing a file failed: {reason}"

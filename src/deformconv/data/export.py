@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from .._extras import require
 from .._folder_lock import TEMP_NAME_PART, folder_lock, remove_stale
+from .._paths import naming_the_file
 from ._common import NoReadableSamplesError, readable_sample
 from .voc import _IMAGE_EXTS
 
@@ -50,7 +51,8 @@ def save_image(image: Tensor, path: Path) -> None:
         raise ValueError(f"image must be (3, H, W), got {tuple(image.shape)}")
     array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu()
     options = {} if path.suffix.lower() == ".png" else {"quality": 95}
-    Image.fromarray(array.numpy()).save(path, **options)
+    with naming_the_file(path):
+        Image.fromarray(array.numpy()).save(path, **options)
 
 
 def _names(dataset: Dataset, class_names: Sequence[str] | None) -> list[str]:
@@ -290,6 +292,8 @@ def _write_voc(dataset: Dataset, stage: Path, split: str, indices: Iterable[int]
         save_image(image, stage / "JPEGImages" / f"{name}.{ext}")
         png = Image.fromarray(mask.cpu().numpy().astype(np.uint8), mode="P")
         png.putpalette(palette)
-        png.save(stage / "SegmentationClass" / f"{name}.png")
+        mask_path = stage / "SegmentationClass" / f"{name}.png"
+        with naming_the_file(mask_path):
+            png.save(mask_path)
         ids.append(name)
     return ids

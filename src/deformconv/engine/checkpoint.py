@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .._folder_lock import TEMP_NAME_PART, remove_stale
+from .._paths import naming_the_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -61,12 +62,13 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object
     file is renamed over ``path`` with ``os.replace`` (atomic on POSIX and Windows) and the
     folder is fsync'ed so the rename survives a power loss. A crash at any point leaves
     either the old file or the new one, never a mix; the temporary file is removed on error.
+    An OSError of the write (or the one torch's zip writer wraps) names ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _make_temp_file(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with naming_the_file(path), os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -516,7 +516,13 @@ def run_demo(s: DemoSettings, out: Path, overwrite: bool = False,
     same settings (:func:`resumed_demo`): it keeps the finished runs, resumes the others
     from their ``last.pt`` and uses the step ratio measured then, so the runs end as an
     uninterrupted demo's do."""
-    from ..engine import balanced_class_weights, build_optimizer, label_counts, resolve_device
+    from ..engine import (
+        balanced_class_weights,
+        build_optimizer,
+        label_counts,
+        resolve_device,
+        write_atomically,
+    )
     from .demo_report import analyse, comparison_table, write_report
 
     started, cpu_started, load_start = time.perf_counter(), _cpu_seconds(), _load()
@@ -565,7 +571,8 @@ def run_demo(s: DemoSettings, out: Path, overwrite: bool = False,
             plain_runs = tuple(name for name in names if name != "deformable")
             # the workers map the rendered scenes from a file instead of rendering them again
             scenes = pool.folder / "scenes.pt"
-            torch.save({"train": train_set, "val": val_set}, scenes)
+            # through a Python file: torch.save to a path fails with no OSError to name it
+            write_atomically(scenes, lambda f: torch.save({"train": train_set, "val": val_set}, f))
             worker = replace(job, threads=train_threads, scenes=scenes)
             results = pool.train([replace(worker, names=plain_runs),
                                   replace(worker, names=("deformable",), line=1)])
