@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +235,88 @@ def test_export_into_a_folder_another_process_exports_into_is_refused(tmp_path: 
     assert live.is_dir()
     export_coco(SyntheticDetection(length=1, image_size=32, seed=0), tmp_path)
     assert not live.exists() and not (tmp_path / ".export.lock").exists()
+
+
+def _files(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _export(writer: str, folder: Path, **kwargs: Any) -> None:
+    """export_coco / export_voc of 4 synthetic samples (seed 0) into ``folder``."""
+    if writer == "coco":
+        export_coco(SyntheticDetection(length=4, image_size=32, seed=0), folder, **kwargs)
+    else:
+        export_voc(SyntheticSegmentation(length=4, image_size=32, seed=0), folder, **kwargs)
+
+
+def _exported(writer: str, folder: Path) -> list[str]:
+    """The file stems of the images an export wrote, in its order."""
+    if writer == "coco":
+        coco = json.loads((folder / "annotations.json").read_text())
+        return [Path(image["file_name"]).stem for image in coco["images"]]
+    return (folder / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+
+
+def test_voc_export_of_a_tensor_repeating_a_sample_is_refused_before_the_folder_changes(
+        tmp_path: Path) -> None:
+    """indices=torch.tensor([2, 2, 3]) was not caught (0-dim tensors hash by identity): the
+    export removed the earlier split file, then failed moving the second copy in."""
+    data = SyntheticSegmentation(length=4, seed=0, image_size=32)
+    export_voc(data, tmp_path, indices=[0, 1])
+    before = _files(tmp_path)
+    for repeated in (torch.tensor([2, 2, 3]), np.array([2, 2, 3])):
+        with pytest.raises(ValueError, match="indices holds sample 2 twice; each may be"):
+            export_voc(data, tmp_path, indices=repeated)
+    assert _files(tmp_path) == before
+    assert len(VOCSegmentation(tmp_path, "train")) == 2
+
+
+@pytest.mark.parametrize("writer", ["coco", "voc"])
+@pytest.mark.parametrize("indices", [
+    [3, 0], (3, 0), range(3, -1, -3), torch.tensor([3, 0]), np.array([3, 0], np.uint8),
+    [np.int64(3), torch.tensor(0)], [np.array(3), 0], [-1, 0], torch.tensor([-1, -4])],
+    ids=repr)
+def test_exports_take_integer_indices_of_any_kind_alike(tmp_path: Path, writer: str,
+                                                        indices: Any) -> None:
+    """export_coco and export_voc take the same indices; a negative one counts from the end
+    (it gave the VOC id train_-00001, a second name for sample 3)."""
+    _export(writer, tmp_path, indices=indices)
+    expected = ["000003", "000000"] if writer == "coco" else ["train_000003", "train_000000"]
+    assert _exported(writer, tmp_path) == expected
+
+
+@pytest.mark.parametrize("writer", ["coco", "voc"])
+@pytest.mark.parametrize(("indices", "error", "message"), [
+    ([1.0], TypeError, "indices: dataset indices must be integers, got float 1.0"),
+    ([True], TypeError, "indices must hold integers, got bool True"),
+    ([np.True_], TypeError, "indices must hold integers, got bool"),
+    ([torch.tensor(1.0)], TypeError, r"indices must hold integers, got Tensor tensor\(1.\)"),
+    ([torch.tensor([1])], TypeError, "indices must hold integers, got Tensor"),
+    (torch.tensor([1.0]), TypeError, "1-D integer tensor or array, got 1-D torch.float32"),
+    (np.array([True]), TypeError, "1-D integer tensor or array, got 1-D bool"),
+    (torch.tensor([[0]]), TypeError, "1-D integer tensor or array, got 2-D torch.int64"),
+    (torch.tensor(0), TypeError, "1-D integer tensor or array, got 0-D"),
+    ([4], IndexError, "indices: index 4 out of range for a dataset of 4 samples"),
+    ([-5], IndexError, "indices: index -5 out of range"),
+    ([3, -1], ValueError, r"indices holds sample 3 twice \(as 3 and -1\)"),
+    ([], ValueError, "indices is empty: give at least one sample to export"),
+    (torch.tensor([], dtype=torch.long), ValueError, "indices is empty")])
+def test_exports_refuse_bad_indices_before_writing(tmp_path: Path, writer: str, indices: Any,
+                                                   error: type, message: str) -> None:
+    """indices=[] wrote an export the loaders refuse over a loadable earlier one."""
+    _export(writer, tmp_path)
+    before = _files(tmp_path)
+    with pytest.raises(error, match=message):
+        _export(writer, tmp_path, indices=indices)
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("writer", ["coco", "voc"])
+def test_export_of_an_empty_dataset_is_refused(tmp_path: Path, writer: str) -> None:
+    empty = Subset(SyntheticDetection(length=2, image_size=32, seed=0), [])
+    write = (lambda: export_coco(empty, tmp_path / "out", class_names=["a"])) \
+        if writer == "coco" else (lambda: export_voc(empty, tmp_path / "out"))
+    with pytest.raises(ValueError, match=r"the dataset .* is empty: nothing to export"):
+        write()
+    assert not (tmp_path / "out").exists()
+

@@ -21,16 +21,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from .._extras import require
 from .._folder_lock import TEMP_NAME_PART, folder_lock, remove_stale
 from .._paths import naming_the_file
-from ._common import NoReadableSamplesError, readable_sample
+from ._common import NoReadableSamplesError, readable_sample, sample_index
 from .voc import _IMAGE_EXTS
 
 __all__ = ["ExportInProgressError", "export_coco", "export_voc", "save_image"]
+
+# What export_*'s ``indices`` takes: see _sample_indices.
+Indices = Iterable[int] | Tensor | np.ndarray
 
 _FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG"}
 _STAGE_PREFIX = ".export-"
@@ -64,9 +68,60 @@ def _names(dataset: Dataset, class_names: Sequence[str] | None) -> list[str]:
     return list(names)
 
 
-def _readable_samples(dataset: Dataset, indices: Iterable[int] | None,
+def _sample_indices(dataset: Dataset, indices: Indices | None) -> list[int]:
+    """The samples that ``indices`` (default: all) names, as positions in ``[0, len)``.
+
+    Takes ints, NumPy and torch integer scalars, and 1-D integer tensors and arrays; a
+    negative index counts from the end, as in a Sequence (``-1`` is the last sample).
+    Refused before anything is written: bools and floats (TypeError), an index out of
+    range (IndexError), a sample named twice (``-1`` and ``len - 1`` too) or none at all
+    (ValueError): an empty export would replace an earlier one with one the loaders refuse.
+    """
+    length = len(dataset)  # type: ignore[arg-type]
+    if indices is None:
+        if not length:
+            raise ValueError(f"the dataset {dataset!r} is empty: nothing to export")
+        return list(range(length))
+    if isinstance(indices, (Tensor, np.ndarray)):
+        if indices.ndim != 1 or not _integer_typed(indices):
+            raise TypeError("indices must be a 1-D integer tensor or array, got "
+                            f"{indices.ndim}-D {indices.dtype}")
+        items: list[Any] = indices.tolist()
+    else:
+        items = list(indices)
+    if not items:
+        raise ValueError("indices is empty: give at least one sample to export")
+    given: dict[int, Any] = {}  # position -> how indices named it first
+    for item in items:
+        if isinstance(item, (bool, np.bool_)) or (
+                isinstance(item, (Tensor, np.ndarray))
+                and (item.ndim != 0 or not _integer_typed(item))):
+            raise TypeError(f"indices must hold integers, got {type(item).__name__} {item!r}")
+        try:
+            position = sample_index(item, length)
+        except (TypeError, IndexError) as err:
+            raise type(err)(f"indices: {err}") from None
+        if position in given:
+            first = int(given[position])
+            alias = f" (as {first} and {int(item)})" if first != int(item) else ""
+            raise ValueError(f"indices holds sample {position} twice{alias}; each may be "
+                             "exported once")
+        given[position] = item
+    return list(given)
+
+
+def _integer_typed(array: Tensor | np.ndarray) -> bool:
+    """Whether a tensor or array holds integers (not bools, floats or complex numbers)."""
+    if isinstance(array, Tensor):
+        return not (array.dtype.is_floating_point or array.dtype.is_complex
+                    or array.dtype == torch.bool)
+    return array.dtype.kind in "iu"
+
+
+def _readable_samples(dataset: Dataset, indices: list[int],
                       writer: str) -> Iterator[tuple[int, Any]]:
-    """``(i, dataset[i])`` for each readable sample ``i`` of ``indices`` (default: all).
+    """``(i, dataset[i])`` for each readable sample ``i`` of ``indices`` (from
+    :func:`_sample_indices`).
 
     Samples the dataset cannot read are left out, with one warning from ``writer`` naming
     them (``dataset[i]`` would give the next readable sample instead, written twice);
@@ -74,7 +129,7 @@ def _readable_samples(dataset: Dataset, indices: Iterable[int] | None,
     """
     left_out: list[int] = []
     written = 0
-    for i in range(len(dataset)) if indices is None else indices:  # type: ignore[arg-type]
+    for i in indices:
         sample = readable_sample(dataset, i)
         if sample is None:
             left_out.append(i)
@@ -140,7 +195,7 @@ def export_coco(
     dataset: Dataset,
     folder: str | Path,
     *,
-    indices: Iterable[int] | None = None,
+    indices: Indices | None = None,
     image_format: str = "png",
     class_names: Sequence[str] | None = None,
 ) -> Path:
@@ -149,7 +204,9 @@ def export_coco(
     ``dataset[i]`` must give ``(image (3, H, W), target)`` with ``boxes`` and ``labels``
     (1..C) and optionally ``image_id``, ``area``, ``iscrowd``, ``masks`` (stored as RLE).
     Labels become category ids as they are, so :class:`CocoDetection` reads the same labels
-    back. Samples the dataset cannot read (an unreadable image of a :class:`CocoDetection`)
+    back. ``indices`` picks the samples (default: all): ints or integer scalars, or a 1-D
+    integer tensor or array; negative ones count from the end; each sample once, at least
+    one. Samples the dataset cannot read (an unreadable image of a :class:`CocoDetection`)
     are left out, with a warning naming them. Returns the annotation file's path.
 
     Exporting into a folder that holds an earlier export replaces its ``annotations.json``
@@ -165,10 +222,11 @@ def export_coco(
     if ext not in _FORMATS:
         raise ValueError(f"image_format must be one of {sorted(_FORMATS)}, got {image_format!r}")
     names = _names(dataset, class_names)
+    samples = _sample_indices(dataset, indices)
     folder = Path(folder)
     with _staged(folder) as stage:
         (stage / "images").mkdir()
-        coco = _write_coco(dataset, stage, indices, ext, names)
+        coco = _write_coco(dataset, stage, samples, ext, names)
         path = folder / "annotations.json"
         (stage / path.name).write_text(json.dumps(coco), encoding="utf-8")
         path.unlink(missing_ok=True)  # before the images: never new images, old boxes
@@ -176,7 +234,7 @@ def export_coco(
     return path
 
 
-def _write_coco(dataset: Dataset, stage: Path, indices: Iterable[int] | None, ext: str,
+def _write_coco(dataset: Dataset, stage: Path, indices: list[int], ext: str,
                 names: list[str]) -> dict[str, Any]:
     """Write ``export_coco``'s images into ``stage/images``; returns the annotations."""
     images: list[dict[str, Any]] = []
@@ -232,7 +290,7 @@ def export_voc(
     folder: str | Path,
     split: str = "train",
     *,
-    indices: Iterable[int] | None = None,
+    indices: Indices | None = None,
     image_format: str = "png",
 ) -> Path:
     """Write a segmentation dataset in the VOC layout; returns the split file's path.
@@ -241,8 +299,11 @@ def export_voc(
     values are the class ids, 255 ignore) and ``folder/ImageSets/Segmentation/<split>.txt``.
     Splits accumulate: writing ``val`` after ``train`` keeps both; an id written again
     replaces its files (an image of another format included). ``<id>`` is
-    ``<split>_<index>``; samples the dataset cannot read are left out (no id), with a
-    warning naming them.
+    ``<split>_<index>``.
+    ``indices`` picks the samples (default: all): ints or integer scalars, or a 1-D integer
+    tensor or array; negative ones count from the end (``-1`` of 4 samples is written as
+    ``<split>_000003``); each sample once, at least one. Samples the dataset cannot read
+    are left out (no id), with a warning naming them.
 
     Everything is written to a temporary folder inside ``folder`` first: a failure while
     writing (a full disk, a sample that raises) leaves ``folder`` as it was. The old split
@@ -255,10 +316,11 @@ def export_voc(
     ext = image_format.lower().lstrip(".")
     if ext not in _FORMATS:
         raise ValueError(f"image_format must be one of {sorted(_FORMATS)}, got {image_format!r}")
+    samples = _sample_indices(dataset, indices)
     folder = Path(folder)
     split_name = f"ImageSets/Segmentation/{split}.txt"
     with _staged(folder) as stage:
-        ids = _write_voc(dataset, stage, split, indices, ext)
+        ids = _write_voc(dataset, stage, split, samples, ext)
         (stage / split_name).write_text("".join(f"{n}\n" for n in ids), encoding="utf-8")
         (folder / split_name).unlink(missing_ok=True)  # before its files: never a mixed sample
         for name in ids:
@@ -266,13 +328,11 @@ def export_voc(
                 if other != f".{ext}":  # (before moving: on a case-insensitive disk .JPG is .jpg)
                     (folder / "JPEGImages" / f"{name}{other}").unlink(missing_ok=True)
             _move_in(stage, folder, [f"JPEGImages/{name}.{ext}", f"SegmentationClass/{name}.png"])
-        for sub in ("JPEGImages", "SegmentationClass"):  # an empty split has them too
-            (folder / sub).mkdir(exist_ok=True)
         _move_in(stage, folder, [split_name])
     return folder / split_name
 
 
-def _write_voc(dataset: Dataset, stage: Path, split: str, indices: Iterable[int] | None,
+def _write_voc(dataset: Dataset, stage: Path, split: str, indices: list[int],
                ext: str) -> list[str]:
     """Write ``export_voc``'s images and masks into ``stage``; returns their ids."""
     Image = require("PIL.Image", __name__)
@@ -281,13 +341,9 @@ def _write_voc(dataset: Dataset, stage: Path, split: str, indices: Iterable[int]
         (stage / sub).mkdir(parents=True)
     palette = _palette()
     ids = []
-    seen: set[int] = set()
     for i, (image, mask) in _readable_samples(dataset, indices, "export_voc"):
         if mask.dim() != 2 or (mask.numel() and not 0 <= int(mask.min()) <= int(mask.max()) <= 255):
             raise ValueError(f"sample {i}: mask must be (H, W) with values in 0..255")
-        if i in seen:  # the folder is not touched yet: refused before the old split goes
-            raise ValueError(f"indices holds sample {i} twice; each may be exported once")
-        seen.add(i)
         name = f"{split}_{i:06d}"
         save_image(image, stage / "JPEGImages" / f"{name}.{ext}")
         png = Image.fromarray(mask.cpu().numpy().astype(np.uint8), mode="P")
