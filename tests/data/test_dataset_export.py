@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -320,3 +321,15 @@ def test_export_of_an_empty_dataset_is_refused(tmp_path: Path, writer: str) -> N
         write()
     assert not (tmp_path / "out").exists()
 
+
+@pytest.mark.parametrize("split", ["../../escape", "a/b", "", ".", "..", "a\0b", 3])
+def test_voc_export_refuses_a_split_that_is_no_file_name_part(tmp_path: Path,
+                                                              split: Any) -> None:
+    """split='../../escape' wrote escape_000000.png outside the folder, then raised a raw
+    FileNotFoundError; split='' wrote ImageSets/Segmentation/.txt and _000000.png."""
+    folder = tmp_path / "a" / "b" / "out"
+    with pytest.raises(ValueError, match=r"split must be a plain file-name part \(non-empty, "
+                                         rf"no path separator, not '.' or '..'\), got "
+                                         rf"{re.escape(repr(split))}"):
+        export_voc(SyntheticSegmentation(length=1, image_size=32, seed=0), folder, split)
+    assert not list(tmp_path.rglob("*"))

@@ -118,6 +118,15 @@ def _integer_typed(array: Tensor | np.ndarray) -> bool:
     return array.dtype.kind in "iu"
 
 
+def _check_split(split: str) -> None:
+    """Refuse a ``split`` that is no plain file-name part: it names the split file and
+    begins each sample's file names, which must stay inside the export's folders."""
+    if (not isinstance(split, str) or split in ("", ".", "..") or "/" in split
+            or os.sep in split or (os.altsep and os.altsep in split) or "\0" in split):
+        raise ValueError("split must be a plain file-name part (non-empty, no path "
+                         f"separator, not '.' or '..'), got {split!r}")
+
+
 def _readable_samples(dataset: Dataset, indices: list[int],
                       writer: str) -> Iterator[tuple[int, Any]]:
     """``(i, dataset[i])`` for each readable sample ``i`` of ``indices`` (from
@@ -299,7 +308,7 @@ def export_voc(
     values are the class ids, 255 ignore) and ``folder/ImageSets/Segmentation/<split>.txt``.
     Splits accumulate: writing ``val`` after ``train`` keeps both; an id written again
     replaces its files (an image of another format included). ``<id>`` is
-    ``<split>_<index>``.
+    ``<split>_<index>``: ``split`` must be a plain file-name part (no path separator).
     ``indices`` picks the samples (default: all): ints or integer scalars, or a 1-D integer
     tensor or array; negative ones count from the end (``-1`` of 4 samples is written as
     ``<split>_000003``); each sample once, at least one. Samples the dataset cannot read
@@ -316,6 +325,7 @@ def export_voc(
     ext = image_format.lower().lstrip(".")
     if ext not in _FORMATS:
         raise ValueError(f"image_format must be one of {sorted(_FORMATS)}, got {image_format!r}")
+    _check_split(split)
     samples = _sample_indices(dataset, indices)
     folder = Path(folder)
     split_name = f"ImageSets/Segmentation/{split}.txt"
