@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -97,6 +98,61 @@ def test_eval_refuses_a_folder_as_out_before_evaluating(
     code, _, err = run_cli(capsys, "eval", trained / "last.pt", "--out", trained)
     assert code == 2
     assert f"--out {trained} is a folder" in err and "eval_last.json" in err
+
+
+
+def _not_evaluated(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deformconv import engine
+
+    def evaluated(*args: object, **kwargs: object) -> None:
+        raise AssertionError("evaluated before --out was checked")
+
+    monkeypatch.setattr(engine, "evaluate", evaluated)
+
+
+def test_eval_refuses_an_out_below_a_file_before_evaluating(
+        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, trained: Path,
+        tmp_path: Path) -> None:
+    """It evaluated, then printed a raw errno: '[Errno 17] File exists: 'afile''."""
+    _not_evaluated(monkeypatch)
+    (tmp_path / "afile").write_text("mine")
+    out = tmp_path / "afile" / "e.json"
+    assert run_cli(capsys, "eval", trained / "last.pt", "--out", out) == (
+        2, "", f"deformconv eval: error: --out {out}: {tmp_path / 'afile'} is a file, "
+               "not a folder\n")
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+@pytest.mark.parametrize(("error", "code", "message"), [
+    (PermissionError(13, "Permission denied"), 2,
+     "cannot create files in {folder} (to write eval_last.json): Permission denied; make "
+     "the folder writable or choose another one"),
+    (OSError(30, "Read-only file system"), 1,
+     "cannot write {folder}/.eval_last.json.x.tmp: [Errno 30] Read-only file system")])
+def test_eval_refuses_a_folder_where_no_file_can_be_created_before_evaluating(
+        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, trained: Path,
+        tmp_path: Path, error: OSError, code: int, message: str) -> None:
+    """Its metrics JSON goes beside the checkpoint: in a read-only folder it evaluated in
+    full, then failed to write it. (Root ignores a folder's mode: creating files there is
+    made to fail as it does.)"""
+    import tempfile
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    shutil.copy(trained / "last.pt", folder / "last.pt")
+    mkstemp = tempfile.mkstemp
+
+    def refused_in_folder(*args: Any, dir: Any = None, **kwargs: Any) -> tuple[int, str]:
+        if dir is not None and Path(dir) == folder:
+            error.filename = str(folder / ".eval_last.json.x.tmp")
+            raise error
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused_in_folder)
+    _not_evaluated(monkeypatch)
+    assert run_cli(capsys, "eval", folder / "last.pt") == (
+        code, "", f"deformconv eval: error: {message.format(folder=folder)}\n")
+    assert sorted(p.name for p in folder.iterdir()) == ["last.pt"]
 
 
 def test_eval_refuses_to_overwrite_what_it_did_not_write(
