@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,16 @@ def test_each_figure_is_listed_before_it_is_written(capsys: pytest.CaptureFixtur
     assert code == 0, err
     assert sorted(path.name for path in out.iterdir()) == [
         ".deformconv-viz", "offsets.md", "sampling_1.png"]
+
+
+def test_viz_without_matplotlib_creates_nothing(capsys: pytest.CaptureFixture,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    """It gave the hint, but only after creating --out with its .deformconv-viz list."""
+    for name in ("matplotlib", "matplotlib.figure"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    out = tmp_path / "viz"
+    result = run_cli(capsys, *FRESH, "--out", out)
+    assert not out.exists()
+    assert result == (2, "", "deformconv viz: error: deformconv viz needs matplotlib, part of "
+                             "the vision extra: pip install 'deformconv[vision]'\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .._extras import require
 from .._paths import check_folder_possible
 from ..runs import offset_figures
 from ._build import (
@@ -54,6 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run_viz(args: argparse.Namespace) -> int:
+    require("matplotlib.figure", "deformconv viz")  # before --out is created
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file; give the folder to write the figures into")
