@@ -212,6 +212,19 @@ def test_yaml_config_sets_defaults_and_flags_override(tmp_path: Path) -> None:
     assert args.model_arg == ["min_size=64"]
 
 
+
+def test_yaml_config_without_pyyaml_names_the_extra_as_every_hint_does(
+        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """It said "YAML config files need pyyaml: pip install 'deformconv[vision]'", worded
+    unlike deformconv._extras's hints."""
+    config = tmp_path / "run.yaml"
+    config.write_text("lr: 0.5\n")
+    monkeypatch.setitem(sys.modules, "yaml", None)  # as if not installed
+    assert run_cli(capsys, "train", "--config", config) == (
+        2, "", f"deformconv train: error: --config {config} needs yaml, part of the vision "
+               "extra: pip install 'deformconv[vision]'\n")
+
+
 def test_a_repeatable_flag_replaces_the_config_file_s_list(tmp_path: Path) -> None:
     """The command line's values of an append flag were added to the file's."""
     config = tmp_path / "run.yaml"

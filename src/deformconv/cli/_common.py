@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .._extras import require
 from ..runs.results import write_json
 from ..runs.timing import set_threads
 
@@ -172,11 +173,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         except tomllib.TOMLDecodeError as err:
             raise CLIError(f"config file {path}: invalid TOML: {err}") from None
     elif suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise CLIError("YAML config files need pyyaml: pip install 'deformconv[vision]'") \
-                from None
+        yaml = require("yaml", f"--config {path}")
         try:
             values = yaml.safe_load(text)
         except yaml.YAMLError as err:
