@@ -29,7 +29,10 @@ object recall per scale, and writes ``report.md`` (see :mod:`.demo_report`),
 A demo stopped by Ctrl-C or SIGTERM continues with ``resume=True`` (``deformconv demo
 --resume``): the settings and the measured step ratio are saved in the folder's marker
 when the demo claims it, finished runs are kept and the others resume from their
-``last.pt``, exactly as the trainer resumes a run.
+``last.pt``, exactly as the trainer resumes a run. The time spent before the stop counts:
+each run records its CPU seconds in its folder (``demo_cpu.json``) and the stopped demo
+its wall-clock and CPU seconds in the marker, so that the report gives the costs of an
+uninterrupted demo.
 """
 
 from __future__ import annotations
@@ -122,6 +125,7 @@ class DemoSettings:
 
 
 SUMMARY = "metrics.json"
+RUN_CPU = "demo_cpu.json"  # in each run folder: the CPU time its training took so far
 MARKER = ".deformconv-demo"  # marks a folder a demo wrote: a rerun may replace its files
 
 
@@ -218,19 +222,53 @@ def _train_runs(job: _Job, datasets: tuple[Dataset, Dataset] | None = None
             changes["checkpoint_every"] = _branch_at(s)
         config = _config(s, length, folder, job.class_weights, **changes)
         print(f"training {name}: {config.iterations} iterations")
+        spent = _spent_cpu(folder)
         cpu_started = time.process_time()
-        result = train(config, model, train_set, val_set,
-                       extra={**job.extra, "model": asdict(job.specs[name])},
-                       on_iteration_end=keep_branch)
-        # CPU time of this process in the call: with the validations; a continued run's
-        # excludes what it continues from
+        try:
+            result = train(config, model, train_set, val_set,
+                           extra={**job.extra, "model": asdict(job.specs[name])},
+                           on_iteration_end=keep_branch)
+        except KeyboardInterrupt:  # stopped, last.pt saved: a resume goes on from here
+            if not spent.finished and folder.is_dir():
+                _record_cpu(folder, spent.seconds + time.process_time() - cpu_started, False)
+            raise
+        # CPU time of this process in the calls that trained the run (validations
+        # included), before a stop and after it; a continued run's excludes what it
+        # continues from. A finished run only validated again: its time stays.
+        cpu = spent.seconds + (0.0 if spent.finished else time.process_time() - cpu_started)
+        if not spent.finished:
+            _record_cpu(folder, cpu, True)
         summary = {"metrics": result.metrics, "train_seconds": result.train_seconds,
-                   "cpu_seconds": time.process_time() - cpu_started,
+                   "cpu_seconds": cpu,
                    "iterations": result.iteration, "checkpoint": result.last_checkpoint}
         if name == RUNS[2]:
             summary["branched_at"] = _branch_at(s) if length >= s.iterations else None
         trained[name] = summary
     return trained
+
+
+@dataclass(frozen=True)
+class _SpentCPU:
+    """What a run's :data:`RUN_CPU` file holds."""
+
+    seconds: float = 0.0  # CPU seconds its training took so far, over every call
+    finished: bool = False  # whether it reached its last iteration (its time is final)
+
+
+def _spent_cpu(folder: Path) -> _SpentCPU:
+    """The CPU time the run in ``folder`` recorded (:func:`_record_cpu`); none yet (a new
+    run, or one of an earlier version) counts as zero."""
+    try:
+        saved = json.loads((folder / RUN_CPU).read_text(encoding="utf-8"))
+        return _SpentCPU(float(saved["cpu_seconds"]), bool(saved["finished"]))
+    except (OSError, ValueError, TypeError, KeyError):
+        return _SpentCPU()
+
+
+def _record_cpu(folder: Path, seconds: float, finished: bool) -> None:
+    """Save the CPU seconds the run in ``folder`` took so far, for a resumed demo to add to
+    (so that its report gives the cost an uninterrupted demo's would)."""
+    write_json({"cpu_seconds": seconds, "finished": finished}, folder / RUN_CPU)
 
 
 def _branch_keeper(s: DemoSettings, folder: Path) -> Any:
@@ -515,7 +553,42 @@ def run_demo(s: DemoSettings, out: Path, overwrite: bool = False,
     ``resume`` continues a demo in ``out`` that was stopped (Ctrl-C, SIGTERM) with the
     same settings (:func:`resumed_demo`): it keeps the finished runs, resumes the others
     from their ``last.pt`` and uses the step ratio measured then, so the runs end as an
-    uninterrupted demo's do."""
+    uninterrupted demo's do, and its report gives the times of an uninterrupted demo
+    (each run's CPU seconds and the whole demo's times add up what was spent before the
+    stop); a resume of a finished demo returns its summary, changing nothing."""
+    started, cpu_started, load_start = time.perf_counter(), _cpu_seconds(), _load()
+    check_settings(s)
+    if resume and overwrite:
+        raise ValueError("resume continues the demo in the output folder and overwrite "
+                         "replaces it: give one of them")
+    if resume and (out / MARKER).is_file() and (out / SUMMARY).is_file():
+        print(f"nothing to resume: the demo in {out} has finished; its report is at "
+              f"{out / 'report.md'}")
+        return json.loads((out / SUMMARY).read_text(encoding="utf-8"))
+    # refused at once; replaced only once the demo can start
+    saved = resumed_demo(s, out) if resume else earlier_demo(out, overwrite)
+    if resume:  # the time the demo took before it stopped counts as its own
+        started -= saved.get("spent", {}).get("seconds", 0.0)
+        cpu_started -= saved.get("spent", {}).get("cpu_seconds", 0.0)
+    return _run_demo(s, out, overwrite, saved if resume else None, started, cpu_started,
+                     load_start)
+
+
+def _record_spent(out: Path, started: float, cpu_started: float) -> None:
+    """Save in the marker of the stopped demo in ``out`` the wall-clock and CPU seconds it
+    took since ``started`` and ``cpu_started``, for its resume to count them."""
+    marker = out / MARKER
+    state = json.loads(marker.read_text(encoding="utf-8"))
+    state["spent"] = {"seconds": time.perf_counter() - started,
+                      "cpu_seconds": _cpu_seconds() - cpu_started}
+    write_json(state, marker)
+
+
+def _run_demo(s: DemoSettings, out: Path, overwrite: bool, saved: dict[str, Any] | None,
+              started: float, cpu_started: float, load_start: float) -> dict[str, Any]:
+    """:func:`run_demo` once ``out`` passed its checks: ``saved`` is the marker's state of
+    the demo a resume continues (None: a new demo); ``started`` and ``cpu_started`` the
+    clocks' readings the demo's times count from."""
     from ..engine import (
         balanced_class_weights,
         build_optimizer,
@@ -525,59 +598,63 @@ def run_demo(s: DemoSettings, out: Path, overwrite: bool = False,
     )
     from .demo_report import analyse, comparison_table, write_report
 
-    started, cpu_started, load_start = time.perf_counter(), _cpu_seconds(), _load()
-    check_settings(s)
-    if resume and overwrite:
-        raise ValueError("resume continues the demo in the output folder and overwrite "
-                         "replaces it: give one of them")
-    # refused at once; replaced only once the demo can start
-    saved = resumed_demo(s, out) if resume else earlier_demo(out, overwrite)
     device = resolve_device(s.device)
     threads = torch.get_num_threads()
     workers, train_threads = process_layout(device, s.jobs, threads)
-    with contextlib.ExitStack() as stack:
-        # the workers start first: their imports overlap the rendering
-        pool = stack.enter_context(_Workers(workers)) if workers > 1 else None
-        print(f"rendering {s.train_size} training and {s.val_size} validation scenes")
-        data, train_set, val_set, classes = demo_data(s)
-        deform_spec, plain_spec = demo_specs(s, classes)
-        specs = {"plain": plain_spec, "deformable": deform_spec,
-                 "plain, equal time": plain_spec}
-        twins = twin_models(deform_spec, plain_spec, s.seed)
-        counts = label_counts(train_set.targets, classes + 1)  # type: ignore[attr-defined]
-        weights = balanced_class_weights(counts, s.class_balance)
-        names = RUNS if s.equal_time else RUNS[:2]
-        if resume:  # the interrupted demo's: the equal-time run's length depends on it
-            assert isinstance(saved, dict)
-            steps, ratio = saved["step_seconds"], saved["step_ratio"]
-            print(f"continuing the demo in {out}")
-        else:
-            # The step costs at the runs' thread count; also the warm-up: kernel compilation
-            # and first calls are not counted as training.
-            print("timing the twins' training steps")
+    resume = saved is not None
+    claimed = resume  # whether the marker is this demo's
+    try:
+        with contextlib.ExitStack() as stack:
+            # the workers start first: their imports overlap the rendering
+            pool = stack.enter_context(_Workers(workers)) if workers > 1 else None
+            print(f"rendering {s.train_size} training and {s.val_size} validation scenes")
+            data, train_set, val_set, classes = demo_data(s)
+            deform_spec, plain_spec = demo_specs(s, classes)
+            specs = {"plain": plain_spec, "deformable": deform_spec,
+                     "plain, equal time": plain_spec}
+            twins = twin_models(deform_spec, plain_spec, s.seed)
+            counts = label_counts(train_set.targets,  # type: ignore[attr-defined]
+                                  classes + 1)
+            weights = balanced_class_weights(counts, s.class_balance)
+            names = RUNS if s.equal_time else RUNS[:2]
+            if resume:  # the interrupted demo's: the equal-time run's length depends on it
+                assert isinstance(saved, dict)
+                steps, ratio = saved["step_seconds"], saved["step_ratio"]
+                print(f"continuing the demo in {out}")
+            else:
+                # The step costs at the runs' thread count; also the warm-up: kernel
+                # compilation and first calls are not counted as training.
+                print("timing the twins' training steps")
+                if pool is not None:
+                    pool.wait_ready()
+                config = _config(s, s.iterations, out, weights)
+                with threads_set_to(train_threads):
+                    steps = step_seconds(twins, "segmentation", train_set, s.batch_size, device,
+                                         lambda net: build_optimizer(net, config))
+                ratio = steps["deformable"] / steps["plain"]
+                claim_demo_folder(out, overwrite, {"settings": asdict(s),
+                                                   "step_seconds": steps, "step_ratio": ratio})
+                claimed = True
+            job = _Job(names, s, specs, weights, ratio, out, {"data": asdict(data)})
             if pool is not None:
-                pool.wait_ready()
-            config = _config(s, s.iterations, out, weights)
-            with threads_set_to(train_threads):
-                steps = step_seconds(twins, "segmentation", train_set, s.batch_size, device,
-                                     lambda net: build_optimizer(net, config))
-            ratio = steps["deformable"] / steps["plain"]
-            claim_demo_folder(out, overwrite, {"settings": asdict(s), "step_seconds": steps,
-                                               "step_ratio": ratio})
-        job = _Job(names, s, specs, weights, ratio, out, {"data": asdict(data)})
-        if pool is not None:
-            print(f"training the twins side by side: {workers} processes of {train_threads} "
-                  f"thread(s)")
-            plain_runs = tuple(name for name in names if name != "deformable")
-            # the workers map the rendered scenes from a file instead of rendering them again
-            scenes = pool.folder / "scenes.pt"
-            # through a Python file: torch.save to a path fails with no OSError to name it
-            write_atomically(scenes, lambda f: torch.save({"train": train_set, "val": val_set}, f))
-            worker = replace(job, threads=train_threads, scenes=scenes)
-            results = pool.train([replace(worker, names=plain_runs),
-                                  replace(worker, names=("deformable",), line=1)])
-        else:
-            results = _train_runs(job, (train_set, val_set))
+                print(f"training the twins side by side: {workers} processes of "
+                      f"{train_threads} thread(s)")
+                plain_runs = tuple(name for name in names if name != "deformable")
+                # the workers map the rendered scenes from a file instead of rendering them
+                # again; through a Python file: torch.save to a path fails with no OSError
+                # to name it
+                scenes = pool.folder / "scenes.pt"
+                write_atomically(scenes, lambda f: torch.save({"train": train_set,
+                                                               "val": val_set}, f))
+                worker = replace(job, threads=train_threads, scenes=scenes)
+                results = pool.train([replace(worker, names=plain_runs),
+                                      replace(worker, names=("deformable",), line=1)])
+            else:
+                results = _train_runs(job, (train_set, val_set))
+    except KeyboardInterrupt:  # stopped: the workers are gone, their CPU time counted
+        if claimed:
+            _record_spent(out, started, cpu_started)
+        raise
     results = {name: results[name] for name in names}
     models = {name: model_from_checkpoint(specs[name], results[name]["checkpoint"]).to(device)
               for name in names}
