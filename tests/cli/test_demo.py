@@ -233,3 +233,42 @@ def test_a_stopped_demo_continues_with_resume(capsys: pytest.CaptureFixture,
         assert summary["runs"][name]["metrics"] == straight["runs"][name]["metrics"]
         assert summary["runs"][name]["iterations"] == 4
     assert summary["runs"]["plain, equal time"]["iterations"] == max(1, round(4 * ratio))
+
+
+def test_an_out_under_a_file_is_refused_before_any_work(capsys: pytest.CaptureFixture,
+                                                        tmp_path: Path) -> None:
+    """A file in the way of --out failed with a raw errno after rendering and timing."""
+    (tmp_path / "afile").write_text("not a folder")
+    code, stdout, err = run_cli(capsys, "demo", "--smoke", "--no-progress", "--out",
+                                tmp_path / "afile" / "d")
+    assert code == 2 and "rendering" not in stdout and "Errno" not in err
+    assert (f"cannot create the demo's folder {tmp_path}/afile/d: {tmp_path}/afile is a file, "
+            "not a folder") in err
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_an_out_where_no_file_can_be_created_is_refused_before_any_work(
+        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        exists: bool) -> None:
+    """A read-only --out failed only after rendering and timing (root ignores chmod: the
+    refusal is simulated where the check creates its file)."""
+    import tempfile
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    out = ro / "d"
+    if exists:
+        out.mkdir()
+    mkstemp = tempfile.mkstemp
+
+    def denied(*args: Any, dir: Any = None, **kwargs: Any) -> Any:
+        if dir is not None and Path(dir) in (ro, out):
+            raise PermissionError(13, "Permission denied")
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    code, stdout, err = run_cli(capsys, "demo", "--smoke", "--no-progress", "--out", out)
+    assert code == 2 and "rendering" not in stdout
+    where = out if exists else ro
+    assert f"cannot create files in {where}" in err and "make the folder writable" in err
+    assert out.exists() == exists and not list(ro.rglob("*.lock"))

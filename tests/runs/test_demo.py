@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import deformconv.engine as engine
-from deformconv.engine import TrainingStopped
+from deformconv._folder_lock import LOCK_FILE
+from deformconv.engine import RunInProgressError, TrainingStopped
 from deformconv.runs import DemoSettings, run_demo
-from deformconv.runs.demo import MARKER, RUN_CPU, SUMMARY
+from deformconv.runs.demo import DEMO_LOCK, MARKER, RUN_CPU, SUMMARY
 from deformconv.runs.demo_report import verdict
 
 
@@ -69,3 +75,87 @@ def test_a_resumed_demo_reports_the_times_spent_before_the_stop_too(
         f"nothing to resume: the demo in {out} has finished; its report is at "
         f"{out / 'report.md'}")
     assert (out / SUMMARY).read_bytes() == written
+
+
+@contextlib.contextmanager
+def _held_by_another_process(folder: Path, lock_file: str) -> Iterator[int]:
+    """A second Python process holding ``folder/lock_file`` (folder_lock) while inside;
+    its pid."""
+    code = ("import sys; from pathlib import Path; "
+            "from deformconv._folder_lock import folder_lock; "
+            "lock = folder_lock(Path(sys.argv[1]), RuntimeError, lock_file=sys.argv[2]); "
+            "lock.__enter__(); print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(folder), lock_file],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def _earlier_demo(out: Path) -> dict[str, bytes]:
+    """A (stand-in) finished demo in ``out``: its marker, summary and a run's checkpoint;
+    the files' contents."""
+    (out / "plain").mkdir(parents=True)
+    files = {MARKER: b"{}", SUMMARY: b"{}", "plain/last.pt": b"the plain run"}
+    for name, content in files.items():
+        (out / name).write_bytes(content)
+    return files
+
+
+def _contents(out: Path, files: dict[str, bytes]) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in files}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no folder locks on Windows")
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_demo_is_refused_while_another_runs_in_its_folder(tmp_path: Path,
+                                                           resume: bool) -> None:
+    """--overwrite deleted the folder of a demo still training in it (both then wrote
+    there); a demo holds its folder's lock throughout, and a second one is refused."""
+    out = tmp_path / "demo"
+    files = _earlier_demo(out)
+    with (_held_by_another_process(out, DEMO_LOCK) as pid,
+          pytest.raises(RunInProgressError) as refused):
+        run_demo(_smoke(), out, overwrite=not resume, resume=resume)
+    assert f"another process (pid {pid}) is running a demo in {out}" in str(refused.value)
+    assert _contents(out, files) == files
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no folder locks on Windows")
+def test_overwrite_refuses_a_run_folder_that_a_live_run_trains_into(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    files = _earlier_demo(out)
+    with (_held_by_another_process(out / "plain", LOCK_FILE) as pid,
+          pytest.raises(RunInProgressError) as refused):
+        run_demo(_smoke(), out, overwrite=True)
+    assert f"another process (pid {pid}) is training into {out / 'plain'}" in str(refused.value)
+    assert _contents(out, files) == files
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no folder locks on Windows")
+def test_a_demo_holds_its_folder_while_it_runs(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process sees the folder's lock held by the demo while its runs train; the
+    lock file goes with the demo."""
+    out = tmp_path / "demo"
+    train = engine.train
+    holders = []
+
+    def training(config: Any, *args: Any, **kwargs: Any) -> Any:
+        if not holders:
+            code = ("import sys; from pathlib import Path; "
+                    "from deformconv._folder_lock import lock_holder; "
+                    "print(lock_holder(Path(sys.argv[1]), sys.argv[2]))")
+            holders.append(subprocess.run([sys.executable, "-c", code, str(out), DEMO_LOCK],
+                                          capture_output=True, text=True, check=True
+                                          ).stdout.strip())
+        return train(config, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "train", training)
+    run_demo(_smoke(equal_time=False), out)
+    assert holders == [str(os.getpid())]
+    assert not (out / DEMO_LOCK).exists()

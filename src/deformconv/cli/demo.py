@@ -34,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         epilog="example: deformconv demo --seed 1 --out runs/demo-seed1")
     parser.add_argument("--out", default="runs/demo", type=user_path,
                         help="output folder (default runs/demo); one holding an earlier "
-                             "demo needs --overwrite")
+                             "demo needs --overwrite; refused while another demo runs in it")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier demo in --out")
     parser.add_argument("--resume", action="store_true",

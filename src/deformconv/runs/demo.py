@@ -55,6 +55,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .._extras import require
+from .._folder_lock import folder_lock
+from .._paths import check_folder_possible
 from .results import write_json
 from .specs import DataSpec, ModelSpec, build_datasets, model_from_checkpoint
 from .timing import ms_per_image, parameter_count, set_threads, step_seconds, threads_set_to
@@ -127,6 +129,7 @@ class DemoSettings:
 SUMMARY = "metrics.json"
 RUN_CPU = "demo_cpu.json"  # in each run folder: the CPU time its training took so far
 MARKER = ".deformconv-demo"  # marks a folder a demo wrote: a rerun may replace its files
+DEMO_LOCK = ".deformconv-demo.lock"  # held by the demo running in the folder
 
 
 def run_folder(name: str) -> str:
@@ -452,11 +455,17 @@ def demo_files(out: Path) -> list[Path]:
 def earlier_demo(out: Path, overwrite: bool) -> list[Path]:
     """The earlier demo's files in ``out`` that a demo replaces (:func:`demo_files`);
     refuses them without ``overwrite``, and files under those names that no demo wrote (a
-    training run in ``out/deformable``) always. Other files stay. An interrupted demo
-    (one without ``metrics.json``) is not replaced but continued with ``resume``."""
+    training run in ``out/deformable``) or a run folder a live run trains into always.
+    Other files stay. An interrupted demo (one without ``metrics.json``) is not replaced
+    but continued with ``resume``."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"the demo's output folder {out} is a file")
+    from ..engine.run_lock import check_not_busy
+
     earlier = demo_files(out)
+    for path in earlier:  # a run folder that a live run trains into (`train --out`)
+        if path.is_dir():
+            check_not_busy(path)
     if earlier:
         names = ", ".join(sorted(path.name for path in earlier)[:6])
         if not (out / MARKER).exists():
@@ -474,7 +483,8 @@ def earlier_demo(out: Path, overwrite: bool) -> list[Path]:
 def claim_demo_folder(out: Path, overwrite: bool, state: dict[str, Any]) -> None:
     """Make ``out`` ready for a demo, which marks it as a demo's folder: an earlier demo's
     files are removed (so that none is left beside the new ones), if :func:`earlier_demo`
-    allows. The marker holds ``state`` (the settings and step times) for a resume."""
+    allows (none while a run trains in its folder). The marker holds ``state`` (the
+    settings and step times) for a resume."""
     earlier = earlier_demo(out, overwrite)
     if earlier:
         print(f"replacing the earlier demo in {out}")
@@ -561,17 +571,43 @@ def run_demo(s: DemoSettings, out: Path, overwrite: bool = False,
     if resume and overwrite:
         raise ValueError("resume continues the demo in the output folder and overwrite "
                          "replaces it: give one of them")
-    if resume and (out / MARKER).is_file() and (out / SUMMARY).is_file():
-        print(f"nothing to resume: the demo in {out} has finished; its report is at "
-              f"{out / 'report.md'}")
-        return json.loads((out / SUMMARY).read_text(encoding="utf-8"))
-    # refused at once; replaced only once the demo can start
-    saved = resumed_demo(s, out) if resume else earlier_demo(out, overwrite)
-    if resume:  # the time the demo took before it stopped counts as its own
-        started -= saved.get("spent", {}).get("seconds", 0.0)
-        cpu_started -= saved.get("spent", {}).get("cpu_seconds", 0.0)
-    return _run_demo(s, out, overwrite, saved if resume else None, started, cpu_started,
-                     load_start)
+    check_demo_folder(out)
+    # held to the end: a second demo into the folder (to replace, resume or rerun this
+    # one) is refused while this one runs
+    with folder_lock(out, lambda holder: _busy(holder, out), lock_file=DEMO_LOCK,
+                     keep_lock_file=False):
+        if resume and (out / MARKER).is_file() and (out / SUMMARY).is_file():
+            print(f"nothing to resume: the demo in {out} has finished; its report is at "
+                  f"{out / 'report.md'}")
+            return json.loads((out / SUMMARY).read_text(encoding="utf-8"))
+        # refused at once; replaced only once the demo can start
+        saved = resumed_demo(s, out) if resume else earlier_demo(out, overwrite)
+        if resume:  # the time the demo took before it stopped counts as its own
+            started -= saved.get("spent", {}).get("seconds", 0.0)
+            cpu_started -= saved.get("spent", {}).get("cpu_seconds", 0.0)
+        return _run_demo(s, out, overwrite, saved if resume else None, started, cpu_started,
+                         load_start)
+
+
+def check_demo_folder(out: Path) -> None:
+    """Refuse an ``out`` the demo could not write into, before any work: one under a file,
+    or in a folder where no file can be created (read-only)."""
+    from ..engine.checkpoint import check_writable
+
+    check_folder_possible(out, f"cannot create the demo's folder {out}")
+    if out.is_dir():
+        check_writable(out / SUMMARY)
+    else:  # the nearest existing folder above, where ``out`` would be created
+        above = next(folder for folder in out.parents if folder.is_dir())
+        check_writable(above / out.relative_to(above).parts[0])
+
+
+def _busy(holder: str, out: Path) -> Exception:
+    """The error for ``out``, whose demo lock the process ``holder`` holds."""
+    from ..engine import RunInProgressError
+
+    return RunInProgressError(f"another process (pid {holder}) is running a demo in {out}; "
+                              "wait for it, stop it, or choose another output folder")
 
 
 def _record_spent(out: Path, started: float, cpu_started: float) -> None:
