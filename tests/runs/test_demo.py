@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,3 +160,32 @@ def test_a_demo_holds_its_folder_while_it_runs(tmp_path: Path,
     run_demo(_smoke(equal_time=False), out)
     assert holders == [str(os.getpid())]
     assert not (out / DEMO_LOCK).exists()
+
+
+def test_a_resume_missing_what_the_equal_time_run_needs_is_refused_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A deleted plain/branch.pt or plain/metrics.jsonl failed the resume with a raw error
+    only after the deformable run had trained, and again at every resume."""
+    out = tmp_path / "demo"
+    _stopped_demo(out, monkeypatch)
+    marker = json.loads((out / MARKER).read_text())
+    marker["step_ratio"] = 1.5  # an equal-time run longer than the plain one: it branches
+    (out / MARKER).write_text(json.dumps(marker))
+    plain = out / "plain"
+    (plain / "branch.pt").unlink()
+    (plain / "metrics.jsonl").unlink()
+    deformable = (out / "deformable" / "last.pt").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(ValueError) as refused:
+        run_demo(_smoke(), out, resume=True)
+    assert str(refused.value) == (
+        f"{plain}/branch.pt and {plain}/metrics.jsonl are missing: the equal-time run "
+        "continues the plain run from its branch point; start the demo again with "
+        f"--overwrite, or remove the folder {plain} to have the resume retrain the plain run")
+    assert "rendering" not in capsys.readouterr().out
+    assert (out / "deformable" / "last.pt").read_bytes() == deformable  # nothing trained
+
+    shutil.rmtree(plain)  # as the message says: the resume retrains the plain run
+    summary = run_demo(_smoke(), out, resume=True)
+    assert summary["runs"]["plain, equal time"]["branched_at"] is not None
+    assert summary["runs"]["plain, equal time"]["iterations"] == 6

@@ -504,7 +504,8 @@ _FREE_SETTINGS = frozenset({"progress", "jobs"})
 def resumed_demo(s: DemoSettings, out: Path) -> dict[str, Any]:
     """The state an interrupted demo in ``out`` saved when it claimed the folder (the
     settings, the step times and their ratio); refuses a folder without one and settings
-    other than the saved ones (except :data:`_FREE_SETTINGS`)."""
+    other than the saved ones (except :data:`_FREE_SETTINGS`), and a folder missing what
+    the resume needs from its runs (:func:`_check_resumable`)."""
     marker = out / MARKER
     if not out.is_dir() or not marker.is_file():
         raise ValueError(f"{out} holds no demo to resume (no {MARKER} file): start one "
@@ -524,7 +525,29 @@ def resumed_demo(s: DemoSettings, out: Path) -> dict[str, Any]:
         raise ValueError(f"--resume continues the demo in {out} with its own settings: "
                          f"{', '.join(changed)}; give the same options, or start a new demo "
                          "(--overwrite or another --out)")
+    _check_resumable(s, out, state["step_ratio"])
     return state
+
+
+def _check_resumable(s: DemoSettings, out: Path, ratio: float) -> None:
+    """Refuse a resume that would fail only once the other runs had trained: the equal-time
+    run, yet to start, continues the plain run from its ``branch.pt`` and learning curve,
+    which a plain run past its branch point no longer writes."""
+    from ..engine.checkpoint import checkpoint_iteration
+
+    if (not s.equal_time or _equal_time_length(s, ratio) < s.iterations
+            or (out / run_folder(RUNS[2]) / "last.pt").is_file()):
+        return
+    plain = out / run_folder("plain")
+    if not (plain / "last.pt").is_file() or checkpoint_iteration(plain / "last.pt") < _branch_at(s):
+        return  # the plain run (re)trains through its branch point and writes both
+    missing = [name for name in (BRANCH, "metrics.jsonl") if not (plain / name).is_file()]
+    if missing:
+        raise ValueError(f"{' and '.join(str(plain / name) for name in missing)} "
+                         f"{'is' if len(missing) == 1 else 'are'} missing: the equal-time run "
+                         "continues the plain run from its branch point; start the demo again "
+                         f"with --overwrite, or remove the folder {plain} to have the resume "
+                         "retrain the plain run")
 
 
 def process_layout(device: torch.device, jobs: int, threads: int) -> tuple[int, int]:
