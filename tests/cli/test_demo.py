@@ -220,7 +220,8 @@ def test_a_stopped_demo_continues_with_resume(capsys: pytest.CaptureFixture,
     assert code == 2 and "continue it, if it was stopped, with --resume" in err
     assert "overwrite=True" not in err
     code, _, err = run_cli(capsys, *smoke, "--resume", "--lr", "0.1")
-    assert code == 2 and "--resume continues the demo" in err and "lr 0.006 (now 0.1)" in err
+    assert code == 2 and "--resume continues the demo" in err
+    assert "give its options, --smoke --seed 5, instead of --smoke --lr 0.1 --seed 5;" in err
     ratio = json.loads((out / ".deformconv-demo").read_text())["step_ratio"]
 
     code, stdout, err = run_cli(capsys, *smoke, "--resume")
@@ -272,3 +273,34 @@ def test_an_out_where_no_file_can_be_created_is_refused_before_any_work(
     where = out if exists else ro
     assert f"cannot create files in {where}" in err and "make the folder writable" in err
     assert out.exists() == exists and not list(ro.rglob("*.lock"))
+
+
+def _stopped_marker(out: Path, settings: Any, device: str = "cpu") -> None:
+    """The marker of a demo with ``settings`` stopped before any run finished."""
+    from dataclasses import asdict
+
+    out.mkdir()
+    (out / ".deformconv-demo").write_text(json.dumps(
+        {"settings": asdict(settings), "device": device, "step_ratio": 1.5,
+         "step_seconds": {"plain": 0.01, "deformable": 0.015}}))
+
+
+def test_a_resume_with_other_settings_names_the_options_to_give(
+        capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """The refusal named internal fields (widths [4, 4, 4] (now [24, 32, 48, 48, 48]),
+    skip_layer, figures...) and never --smoke."""
+    from deformconv.runs import DemoSettings
+
+    out = tmp_path / "demo"
+    _stopped_marker(out, DemoSettings.smoke(iterations=2000, progress=False))
+    code, stdout, err = run_cli(capsys, "demo", "--resume", "--no-progress",
+                                "--no-equal-time", "--out", out)
+    assert code == 2 and "rendering" not in stdout
+    assert (f"--resume continues the demo in {out} with the settings it was started with: "
+            "give its options, --smoke --iterations 2000, instead of --no-equal-time (--smoke "
+            "sets the small images") in err
+    assert "widths" not in err and "skip_layer" not in err
+    code, _, err = run_cli(capsys, "demo", "--resume", "--smoke", "--no-progress",
+                           "--lr", "0.1", "--out", out)
+    assert code == 2 and ("give its options, --smoke --iterations 2000, instead of --smoke "
+                          "--lr 0.1; or start a new demo") in err

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +190,22 @@ def test_a_resume_missing_what_the_equal_time_run_needs_is_refused_first(
     summary = run_demo(_smoke(), out, resume=True)
     assert summary["runs"]["plain, equal time"]["branched_at"] is not None
     assert summary["runs"]["plain, equal time"]["iterations"] == 6
+
+
+def test_a_resume_compares_the_device_auto_resolves_to(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--device auto was refused against a saved cpu where auto is the CPU."""
+    import torch
+
+    from deformconv.runs.demo import ChangedSettingsError, resumed_demo
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    state = {"settings": asdict(_smoke()), "device": "cpu", "step_ratio": 1.0,
+             "step_seconds": {"plain": 1.0, "deformable": 1.0}}
+    (out / MARKER).write_text(json.dumps(state))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resumed_demo(_smoke(device="auto"), out)["device"] == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ChangedSettingsError, match=r"device 'cpu' \(now 'auto'\)"):
+        resumed_demo(_smoke(device="auto"), out)

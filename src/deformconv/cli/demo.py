@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from ..runs import DemoSettings, run_demo
+from ..runs.demo import ChangedSettingsError
 from ._common import (
     CLIError,
     non_negative_int,
@@ -21,6 +25,8 @@ DEFAULTS = DemoSettings()
 # flag -> DemoSettings field, all optional (unset: the default, or the smoke size)
 FIELDS = ("iterations", "image_size", "batch_size", "train_size", "val_size", "deform_layers",
           "lr", "seed", "device", "jobs")
+# DemoSettings fields set to False by an option of their own
+_SWITCHES = {"equal_time": "--no-equal-time", "channels_last": "--no-channels-last"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -99,9 +105,55 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise CLIError("--resume continues the demo in --out and --overwrite replaces it: "
                        "give one of them")
-    run_demo(settings_from_args(args), Path(args.out), overwrite=args.overwrite,
-             resume=args.resume)
+    settings = settings_from_args(args)
+    try:
+        run_demo(settings, Path(args.out), overwrite=args.overwrite, resume=args.resume)
+    except ChangedSettingsError as err:
+        raise CLIError(_changed_settings(err, settings)) from None
     return 0
+
+
+def demo_options(settings: dict[str, Any]) -> list[str] | None:
+    """The options that give ``settings`` (a demo's, as its marker holds them; the options
+    of settings free to change on a resume left out); None where neither preset (default
+    or ``--smoke``) gives the settings that no option sets (a demo started from Python)."""
+    from ..runs.demo import _FREE_SETTINGS
+
+    optional = {*FIELDS, *_SWITCHES, "scene", *_FREE_SETTINGS}
+    for smoke in (False, True):
+        preset = _plain(DemoSettings.smoke() if smoke else DemoSettings())
+        if any(settings.get(key) != value for key, value in preset.items()
+               if key not in optional):
+            continue
+        options = ["--smoke"] if smoke else []
+        options += [f"--{key.replace('_', '-')} {settings.get(key)}" for key in FIELDS
+                    if key not in _FREE_SETTINGS and settings.get(key) != preset[key]]
+        options += [flag for key, flag in _SWITCHES.items() if settings.get(key) is False]
+        options += [f"--scene {key}={value}" for key, value in settings["scene"].items()
+                    if preset["scene"].get(key) != value]
+        return options
+    return None
+
+
+def _plain(settings: DemoSettings) -> dict[str, Any]:
+    """``settings`` as a dict of JSON values, as a demo's marker holds them."""
+    return json.loads(json.dumps(asdict(settings)))
+
+
+def _changed_settings(err: ChangedSettingsError, settings: DemoSettings) -> str:
+    """The refusal of a resume with other settings, in options: those the demo was started
+    with and those given now."""
+    started, given = demo_options(err.saved), demo_options(_plain(settings))
+    if started is None or given is None:  # settings no options give: by their names
+        return str(err)
+    preset = ""
+    if ("--smoke" in started) != ("--smoke" in given):
+        preset = (" (--smoke sets the small images, model, data, evaluations and figures of "
+                  "the smoke test)")
+    return (f"--resume continues the demo in {err.out} with the settings it was started "
+            f"with: give its options, {' '.join(started) or 'none (the defaults)'}, instead "
+            f"of {' '.join(given) or 'none (the defaults)'}{preset}; or start a new demo "
+            "(--overwrite or another --out)")
 
 
 def stopped_hint(args: argparse.Namespace) -> str | None:

@@ -62,7 +62,8 @@ from .specs import DataSpec, ModelSpec, build_datasets, model_from_checkpoint
 from .timing import ms_per_image, parameter_count, set_threads, step_seconds, threads_set_to
 from .twins import twin_model, twin_models
 
-__all__ = ["RUNS", "DemoSettings", "demo_data", "demo_specs", "run_demo", "run_folder"]
+__all__ = ["RUNS", "ChangedSettingsError", "DemoSettings", "demo_data", "demo_specs", "run_demo",
+           "run_folder"]
 
 RUNS = ("plain", "deformable", "plain, equal time")
 BRANCH = "branch.pt"  # the plain run's checkpoint the equal-time run continues from
@@ -501,6 +502,27 @@ def claim_demo_folder(out: Path, overwrite: bool, state: dict[str, Any]) -> None
 _FREE_SETTINGS = frozenset({"progress", "jobs"})
 
 
+class ChangedSettingsError(ValueError):
+    """A resume's settings differ from those the demo in ``out`` was started with
+    (``saved``, as its marker holds them)."""
+
+    def __init__(self, message: str, out: Path, saved: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.out, self.saved = out, saved
+
+
+def _same_device(state: dict[str, Any], device: str) -> bool:
+    """Whether ``device`` resolves to the device the demo of marker ``state`` trained on
+    (``auto`` is the saved ``cpu`` where no GPU is)."""
+    from ..engine import resolve_device
+
+    saved = state.get("device") or state["settings"]["device"]  # resolved, where saved
+    try:
+        return resolve_device(device) == resolve_device(saved)
+    except ValueError:  # a device this machine lacks
+        return False
+
+
 def resumed_demo(s: DemoSettings, out: Path) -> dict[str, Any]:
     """The state an interrupted demo in ``out`` saved when it claimed the folder (the
     settings, the step times and their ratio); refuses a folder without one and settings
@@ -518,13 +540,15 @@ def resumed_demo(s: DemoSettings, out: Path) -> dict[str, Any]:
         raise ValueError(f"the demo in {out} saved no settings to resume with (an earlier "
                          "version's or a broken marker): start it again with --overwrite")
     now = json.loads(json.dumps(asdict(s)))  # tuples as the saved lists
-    changed = [f"{key} {state['settings'].get(key)!r} (now {value!r})"
-               for key, value in now.items()
-               if key not in _FREE_SETTINGS and state["settings"].get(key) != value]
+    saved = state["settings"]
+    changed = [f"{key} {saved.get(key)!r} (now {value!r})" for key, value in now.items()
+               if key not in _FREE_SETTINGS and saved.get(key) != value
+               and not (key == "device" and _same_device(state, value))]
     if changed:
-        raise ValueError(f"--resume continues the demo in {out} with its own settings: "
-                         f"{', '.join(changed)}; give the same options, or start a new demo "
-                         "(--overwrite or another --out)")
+        raise ChangedSettingsError(
+            f"--resume continues the demo in {out} with its own settings: "
+            f"{', '.join(changed)}; give the same options, or start a new demo "
+            "(--overwrite or another --out)", out, saved)
     _check_resumable(s, out, state["step_ratio"])
     return state
 
@@ -691,7 +715,7 @@ def _run_demo(s: DemoSettings, out: Path, overwrite: bool, saved: dict[str, Any]
                     steps = step_seconds(twins, "segmentation", train_set, s.batch_size, device,
                                          lambda net: build_optimizer(net, config))
                 ratio = steps["deformable"] / steps["plain"]
-                claim_demo_folder(out, overwrite, {"settings": asdict(s),
+                claim_demo_folder(out, overwrite, {"settings": asdict(s), "device": str(device),
                                                    "step_seconds": steps, "step_ratio": ratio})
                 claimed = True
             job = _Job(names, s, specs, weights, ratio, out, {"data": asdict(data)})
