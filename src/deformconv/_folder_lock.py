@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -30,53 +31,64 @@ LOCK_FILE = ".lock"
 # The random part of a name tempfile.mkstemp / mkdtemp gives: 8 of a-z, 0-9 and _.
 TEMP_NAME_PART = "[a-z0-9_]{8}"
 
-# Lock files this process holds, with how many nested holds: a command can hold its run's
-# folder around the training call, which holds it again.
-_held: dict[Path, int] = {}
+_local = threading.local()
+
+
+def _held() -> dict[Path, int]:
+    """The lock files this thread holds, with how many nested holds (a command can hold its
+    run's folder around the training call, which holds it again). Per thread: two threads
+    of one process are two writers, whose flocks on their own opens exclude each other."""
+    if not hasattr(_local, "held"):
+        _local.held = {}
+    return _local.held
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, busy: Callable[[str], Exception], *,
+def folder_lock(folder: Path, busy: Callable[[str], Exception] | None, *,
                 lock_file: str = LOCK_FILE, keep_lock_file: bool = True) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder/lock_file`` (holding this process's id) while
-    inside; re-entrant within a process. Raises ``busy(holder's pid)`` if another process
-    holds it.
+    """Create ``folder`` if needed and hold an exclusive lock on ``folder/lock_file``
+    (holding this process's id) while inside; re-entrant within a thread. Raises
+    ``busy(holder's pid)`` if another process or thread holds it, or waits for it to be
+    released if ``busy`` is None.
 
     The operating system drops the lock when its process ends, however it ends (SIGKILL
     included), so a killed writer never leaves the folder locked. The lock file is removed
-    on the way out unless ``keep_lock_file``; a folder this lock created is removed (its
-    lock file with it) if nothing else was written into it, e.g. when the writer is refused
-    once it holds the lock.
+    on the way out unless ``keep_lock_file``; the folders this lock created are removed (its
+    lock file with them) if nothing else was written into them, e.g. when the writer is
+    refused once it holds the lock. Without advisory locks (Windows) nothing is locked.
     """
     path = folder / lock_file
+    check_folder_possible(folder, f"cannot create the folder {folder}")
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    folder.mkdir(parents=True, exist_ok=True)
     key = path.resolve()
-    if fcntl is None or key in _held:
-        _held[key] = _held.get(key, 0) + 1
+    held = _held()
+    if fcntl is None or key in held:
+        held[key] = held.get(key, 0) + 1
         try:
             yield
         finally:
-            _held[key] -= 1
-            if not _held[key]:
-                del _held[key]
+            held[key] -= 1
+            if not held[key]:
+                del held[key]
         return
-    created = False
-    check_folder_possible(folder, f"cannot create the folder {folder}")
     while True:
-        created = created or not folder.exists()
-        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.exists():  # removed by the holder that created it, since
+            created = [p for p in (folder, *folder.parents) if not p.exists()]
+            folder.mkdir(parents=True, exist_ok=True)
         file = open(path, "a+")  # noqa: SIM115 (closed below, or by the with block)
         try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(file, fcntl.LOCK_EX | (0 if busy is None else fcntl.LOCK_NB))
         except BlockingIOError:
             with file:
-                raise busy(_holder(file)) from None
+                raise busy(_holder(file)) from None  # type: ignore[misc]
         # Its holder may have removed the file (and the folder it created) between our open
         # and our lock: then lock the file now at that path.
         if _same_file(path, file):
             break
         file.close()
     with file:
-        _held[key] = 1
+        held[key] = 1
         try:
             file.seek(0)
             file.truncate()
@@ -84,21 +96,29 @@ def folder_lock(folder: Path, busy: Callable[[str], Exception], *,
             file.flush()
             yield
         finally:
-            del _held[key]
-            alone = created and [p.name for p in folder.iterdir()] == [lock_file]
+            del held[key]
+            alone = bool(created) and [p.name for p in folder.iterdir()] == [lock_file]
             if alone or not keep_lock_file:
                 path.unlink()  # still locked: whoever opened it retries at the path
             if alone:
-                with contextlib.suppress(OSError):  # something written there meanwhile
-                    folder.rmdir()
+                _remove_empty(created)
             fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty."""
+    for created in folders:
+        try:
+            created.rmdir()
+        except OSError:  # something written there meanwhile
+            return
 
 
 def lock_holder(folder: Path, lock_file: str = LOCK_FILE) -> str | None:
     """The process id (or ``"unknown"``) of another process holding ``folder``'s lock now,
     None if none does (creates nothing, holds nothing)."""
     path = folder / lock_file
-    if fcntl is None or path.resolve() in _held:
+    if fcntl is None or path.resolve() in _held():
         return None
     try:
         file = open(path)  # noqa: SIM115
@@ -116,8 +136,11 @@ def lock_holder(folder: Path, lock_file: str = LOCK_FILE) -> str | None:
 def remove_stale(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
     """Remove the entries of ``folder`` whose names match ``pattern`` exactly (a file, or a
     folder with what it holds) and return them. Only for a caller holding the lock under
-    which every writer of such names writes: another's live temporary would go under it."""
-    removed = []
+    which every writer of such names writes: another's live temporary would go under it.
+    Without advisory locks (Windows) no lock excludes the others: nothing is removed."""
+    removed: list[Path] = []
+    if fcntl is None:
+        return removed
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         for found in folder.iterdir():
             if not pattern.fullmatch(found.name):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -215,27 +216,91 @@ def test_export_removes_what_a_killed_export_left(tmp_path: Path, writer: str) -
     assert sorted(p for p in tmp_path.glob("*export*")) == sorted(kept)
 
 
-def test_export_into_a_folder_another_process_exports_into_is_refused(tmp_path: Path) -> None:
-    """Its stale-folder cleanup would remove the live export's temporary folder."""
-    from deformconv.data import ExportInProgressError
+def _in_thread(target: Any) -> tuple[threading.Thread, list[BaseException], threading.Event]:
+    """``target()`` started in a thread: the thread, the error it raised (if any), and an
+    event set when it returned."""
+    errors: list[BaseException] = []
+    done = threading.Event()
 
+    def run() -> None:
+        try:
+            target()
+            done.set()
+        except BaseException as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, errors, done
+
+
+def test_an_export_waits_for_one_running_into_its_folder(tmp_path: Path) -> None:
+    """Its stale-folder cleanup would remove the live export's temporary folder: it waits
+    for the lock instead (it refused with ExportInProgressError, so exports of two splits
+    at once failed)."""
     fcntl = pytest.importorskip("fcntl")
     live = tmp_path / ".export-l1ve0000"
     live.mkdir()
-    with open(tmp_path / ".export.lock", "w") as holder:  # as another process holds it
-        holder.write("4242\n")
-        holder.flush()
-        other = open(tmp_path / ".export.lock")  # noqa: SIM115 (a second open file: flock
-        try:                                     # excludes it as it would another process)
-            fcntl.flock(other, fcntl.LOCK_EX)
-            with pytest.raises(ExportInProgressError, match=rf"another process \(pid 4242\) "
-                               rf"is exporting into {tmp_path}"):
-                export_coco(SyntheticDetection(length=1, image_size=32, seed=0), tmp_path)
-        finally:
-            other.close()
-    assert live.is_dir()
-    export_coco(SyntheticDetection(length=1, image_size=32, seed=0), tmp_path)
+    with open(tmp_path / ".export.lock", "w") as holder:  # as another export holds it
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        thread, errors, done = _in_thread(lambda: export_coco(
+            SyntheticDetection(length=1, image_size=32, seed=0), tmp_path))
+        assert not done.wait(1.0) and not errors
+        assert live.is_dir()
+    thread.join(120)
+    assert done.is_set() and not errors
     assert not live.exists() and not (tmp_path / ".export.lock").exists()
+    assert len(CocoDetection(tmp_path, tmp_path / "annotations.json")) == 1
+
+
+def test_exports_of_splits_from_threads_accumulate(tmp_path: Path) -> None:
+    """Three threads exporting one split each into one folder: one thread was refused as
+    'another process (pid <its own>)', another failed with a KeyError, splits were lost."""
+    data = SyntheticSegmentation(length=3, image_size=32, seed=0)
+    started = [_in_thread(lambda split=split: export_voc(data, tmp_path, split))
+               for split in ("train", "val", "test")]
+    for thread, errors, done in started:
+        thread.join(120)
+        assert done.is_set() and not errors, errors
+    assert [len(VOCSegmentation(tmp_path, split)) for split in ("train", "val", "test")] == [3] * 3
+    assert not list(tmp_path.glob(".export*"))
+
+
+@pytest.mark.parametrize("writer", ["coco", "voc"])
+def test_exports_without_advisory_locks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                        writer: str) -> None:
+    """Without fcntl (Windows) an export into a new folder failed (FileNotFoundError: the
+    folder was created only on the locking path), and the stale-folder cleanup, with no lock
+    to exclude others, removed a live export's folder."""
+    import deformconv._folder_lock as folder_lock
+
+    monkeypatch.setattr(folder_lock, "fcntl", None)
+    folder = tmp_path / "new" / "export"
+    maybe_live = folder / ".export-l1ve0000"
+    maybe_live.mkdir(parents=True)
+    _export(writer, folder)
+    assert maybe_live.is_dir()
+    _export(writer, tmp_path / "other")
+    assert _exported(writer, tmp_path / "other") == _exported(writer, folder)
+
+
+def test_export_of_a_dataset_without_a_len(tmp_path: Path) -> None:
+    """indices were checked against len(dataset), which a map-style Dataset need not have:
+    an export of given samples, which worked before, raised TypeError."""
+    source = SyntheticSegmentation(length=3, image_size=32, seed=0)
+
+    class NoLen(torch.utils.data.Dataset):
+        class_names = source.class_names
+
+        def __getitem__(self, index: int) -> Any:
+            return source[index]
+
+    export_voc(NoLen(), tmp_path, "train", indices=[2, 0])
+    assert len(VOCSegmentation(tmp_path, "train")) == 2
+    with pytest.raises(IndexError, match="indices: index -1 counts from the end"):
+        export_voc(NoLen(), tmp_path, "val", indices=[-1])
+    with pytest.raises(TypeError, match="has no len\\(\\): pass indices"):
+        export_voc(NoLen(), tmp_path, "val")
 
 
 def _files(folder: Path) -> dict[Path, bytes]:

@@ -18,12 +18,17 @@ class _Refused(Exception):
 
 
 def test_a_folder_the_lock_created_goes_when_nothing_was_written(tmp_path: Path) -> None:
-    """A run refused holding the lock (on_start raising) left a new folder holding .lock."""
+    """A run refused holding the lock (on_start raising) left a new folder holding .lock,
+    and the folders above it that the lock created."""
     out = tmp_path / "new" / "run"
     with pytest.raises(_Refused), out_dir_lock(out):
         assert (out / LOCK_FILE).read_text() == f"{os.getpid()}\n"
         raise _Refused
-    assert not out.exists() and (tmp_path / "new").exists()  # only the folder it locked
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "new").mkdir()
+    with pytest.raises(_Refused), out_dir_lock(out):
+        raise _Refused
+    assert not out.exists() and (tmp_path / "new").exists()  # not a folder it found
     with out_dir_lock(out):
         (out / "last.pt").write_bytes(b"")
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, "last.pt"]

@@ -16,7 +16,7 @@ from .cached import InMemory
 from .catalog import CLASSES, DEFAULT_CLASSES
 from .coco import CocoDetection
 from .collate import detection_collate
-from .export import ExportInProgressError, export_coco, export_voc
+from .export import export_coco, export_voc
 from .scene import Scene, SceneConfig, SceneGenerator
 from .synthetic import (
     SyntheticClassification,
@@ -32,7 +32,6 @@ __all__ = [
     "DEFAULT_CLASSES",
     "IGNORE_INDEX",
     "CocoDetection",
-    "ExportInProgressError",
     "InMemory",
     "NoReadableSamplesError",
     "SampleError",

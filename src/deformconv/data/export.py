@@ -3,8 +3,9 @@
 Useful to freeze a synthetic set, to feed other tools, and for tests of the loaders.
 An export writes its files into a temporary folder inside the target first and moves them
 into place only once all are written, so a failed export (a full disk, a sample that
-raises) leaves the folder as it was. One export at a time per folder: it holds the folder's
-lock, under which it removes the temporary folders of exports killed mid-write.
+raises) leaves the folder as it was. One export at a time per folder (another, from any
+process or thread, waits for it): it holds the folder's lock, under which it removes the
+temporary folders of exports killed mid-write.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -31,7 +33,7 @@ from .._paths import naming_the_file
 from ._common import NoReadableSamplesError, readable_sample, sample_index
 from .voc import _IMAGE_EXTS
 
-__all__ = ["ExportInProgressError", "export_coco", "export_voc", "save_image"]
+__all__ = ["export_coco", "export_voc", "save_image"]
 
 # What export_*'s ``indices`` takes: see _sample_indices.
 Indices = Iterable[int] | Tensor | np.ndarray
@@ -41,10 +43,6 @@ _STAGE_PREFIX = ".export-"
 _STAGE_NAME = re.compile(re.escape(_STAGE_PREFIX) + TEMP_NAME_PART)  # what mkdtemp gives
 # Not the training runs' .lock: a dataset folder may hold a file of that name.
 _LOCK_FILE = ".export.lock"
-
-
-class ExportInProgressError(RuntimeError):
-    """Another live process is exporting into the same folder."""
 
 
 def save_image(image: Tensor, path: Path) -> None:
@@ -76,9 +74,13 @@ def _sample_indices(dataset: Dataset, indices: Indices | None) -> list[int]:
     Refused before anything is written: bools and floats (TypeError), an index out of
     range (IndexError), a sample named twice (``-1`` and ``len - 1`` too) or none at all
     (ValueError): an empty export would replace an earlier one with one the loaders refuse.
+    A dataset without a ``len()`` takes non-negative indices, unchecked for range.
     """
-    length = len(dataset)  # type: ignore[arg-type]
+    length = _length(dataset)
     if indices is None:
+        if length is None:
+            raise TypeError(f"the dataset {dataset!r} has no len(): pass indices=[...] to "
+                            "export")
         if not length:
             raise ValueError(f"the dataset {dataset!r} is empty: nothing to export")
         return list(range(length))
@@ -98,7 +100,7 @@ def _sample_indices(dataset: Dataset, indices: Indices | None) -> list[int]:
                 and (item.ndim != 0 or not _integer_typed(item))):
             raise TypeError(f"indices must hold integers, got {type(item).__name__} {item!r}")
         try:
-            position = sample_index(item, length)
+            position = _position(item, length)
         except (TypeError, IndexError) as err:
             raise type(err)(f"indices: {err}") from None
         if position in given:
@@ -125,6 +127,27 @@ def _check_split(split: str) -> None:
             or os.sep in split or (os.altsep and os.altsep in split) or "\0" in split):
         raise ValueError("split must be a plain file-name part (non-empty, no path "
                          f"separator, not '.' or '..'), got {split!r}")
+
+
+def _length(dataset: Dataset) -> int | None:
+    """``len(dataset)``, None for a dataset without one (a map-style ``Dataset`` need not
+    have it)."""
+    try:
+        return len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _position(index: object, length: int | None) -> int:
+    """``index`` as a position of a dataset of ``length`` samples (``sample_index``); of a
+    dataset without a length, as given: a non-negative integer, its range unchecked."""
+    if length is not None:
+        return sample_index(index, length)
+    position = sample_index(index, sys.maxsize)  # the type checks, no range
+    if position != index:
+        raise IndexError(f"index {index} counts from the end, which a dataset without a "
+                         "len() has not")
+    return position
 
 
 def _readable_samples(dataset: Dataset, indices: list[int],
@@ -168,21 +191,15 @@ def _staged(folder: Path) -> Iterator[Path]:
     read-only. An export killed (SIGKILL) leaves its temporary folder; the next one removes
     it, under the lock, so that no live export's is removed.
     """
-    with folder_lock(folder, lambda holder: _busy(holder, folder), lock_file=_LOCK_FILE,
-                     keep_lock_file=False):
+    # waits for an export into the folder from another process or thread: exports of
+    # other splits accumulate
+    with folder_lock(folder, None, lock_file=_LOCK_FILE, keep_lock_file=False):
         remove_stale(folder, _STAGE_NAME)
         stage = Path(tempfile.mkdtemp(prefix=_STAGE_PREFIX, dir=folder))
         try:
             yield stage
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-
-
-def _busy(holder: str, folder: Path) -> ExportInProgressError:
-    """The error for ``folder``, whose lock the process ``holder`` holds."""
-    return ExportInProgressError(
-        f"another process (pid {holder}) is exporting into {folder}; wait for it, stop it, "
-        "or choose another folder")
 
 
 def _move_in(stage: Path, folder: Path, names: Iterable[str]) -> None:
@@ -224,8 +241,8 @@ def export_coco(
     raises) leaves ``folder`` as it was. The old ``annotations.json`` is then removed before
     the images are renamed into place, so a failure during the renames leaves a folder that
     refuses to load (no annotation file), never new images under old annotations. One
-    export at a time per folder (another raises :class:`ExportInProgressError`); it removes
-    the temporary folders that exports killed mid-write left there.
+    export at a time per folder (another waits for it); it removes the temporary folders
+    that exports killed mid-write left there.
     """
     ext = image_format.lower().lstrip(".")
     if ext not in _FORMATS:
@@ -318,9 +335,8 @@ def export_voc(
     writing (a full disk, a sample that raises) leaves ``folder`` as it was. The old split
     file is then removed before the images and masks are renamed into place, so a failure
     during the renames leaves the split missing (it refuses to load), never a sample whose
-    image and mask come from two exports. One export at a time per folder (another raises
-    :class:`ExportInProgressError`); it removes the temporary folders that exports killed
-    mid-write left there.
+    image and mask come from two exports. One export at a time per folder (another waits for
+    it); it removes the temporary folders that exports killed mid-write left there.
     """
     ext = image_format.lower().lstrip(".")
     if ext not in _FORMATS:
