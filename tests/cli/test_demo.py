@@ -304,3 +304,39 @@ def test_a_resume_with_other_settings_names_the_options_to_give(
                            "--lr", "0.1", "--out", out)
     assert code == 2 and ("give its options, --smoke --iterations 2000, instead of --smoke "
                           "--lr 0.1; or start a new demo") in err
+
+
+def test_the_options_of_a_refused_resume_read_back_as_its_settings(
+        capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """--scene values were written as Python reprs (classes=['star', 'cross']), which do not
+    read back: giving the suggested options was refused again, naming the same options."""
+    import shlex
+    from dataclasses import replace
+
+    from deformconv.runs import DemoSettings
+
+    out = tmp_path / "demo"
+    smoke = DemoSettings.smoke(iterations=2000, progress=False)
+    settings = replace(smoke, scene={**smoke.scene, "classes": ["star", "cross"],
+                                     "clutter": "low key"})
+    _stopped_marker(out, settings)
+    code, _, err = run_cli(capsys, "demo", "--resume", "--no-progress", "--smoke",
+                           "--out", out)
+    assert code == 2
+    options = err.split("give its options, ")[1].split(", instead of")[0]
+    assert """--scene 'classes=["star", "cross"]'""" in options
+    code, _, err = run_cli(capsys, "demo", "--resume", "--no-progress", "--out", out,
+                           *shlex.split(options))
+    assert code != 0 and "with the settings it was started with" not in err
+    assert "clutter" in err  # past the settings: the scenes refuse the made-up option
+
+
+def test_a_refused_resume_creates_no_folders(capsys: pytest.CaptureFixture,
+                                             tmp_path: Path) -> None:
+    """The demo's folder lock created --out with its parents; on the refusal only --out went,
+    nx and nx/a stayed."""
+    out = tmp_path / "nx" / "a" / "b"
+    code, _, err = run_cli(capsys, "demo", "--smoke", "--resume", "--no-progress",
+                           "--out", out)
+    assert code == 2 and "holds no demo to resume" in err
+    assert list(tmp_path.iterdir()) == []

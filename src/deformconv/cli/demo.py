@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from ._common import (
     CLIError,
     non_negative_int,
     parse_assignments,
+    parse_literal,
     positive_float,
     positive_int,
     user_path,
@@ -126,13 +128,23 @@ def demo_options(settings: dict[str, Any]) -> list[str] | None:
                if key not in optional):
             continue
         options = ["--smoke"] if smoke else []
-        options += [f"--{key.replace('_', '-')} {settings.get(key)}" for key in FIELDS
+        options += [f"--{key.replace('_', '-')} {shlex.quote(str(settings.get(key)))}"
+                    for key in FIELDS
                     if key not in _FREE_SETTINGS and settings.get(key) != preset[key]]
         options += [flag for key, flag in _SWITCHES.items() if settings.get(key) is False]
-        options += [f"--scene {key}={value}" for key, value in settings["scene"].items()
+        options += [f"--scene {shlex.quote(f'{key}={_literal(value)}')}"
+                    for key, value in settings["scene"].items()
                     if preset["scene"].get(key) != value]
         return options
     return None
+
+
+def _literal(value: Any) -> str:
+    """``value`` written as ``--scene KEY=VALUE`` reads it back (``parse_literal``): JSON,
+    or a text that reads as itself."""
+    if isinstance(value, str) and parse_literal(value) == value:
+        return value
+    return json.dumps(value)
 
 
 def _plain(settings: DemoSettings) -> dict[str, Any]:
