@@ -128,7 +128,7 @@ def test_eval_refuses_an_out_below_a_file_before_evaluating(
      "cannot create files in {folder} (to write eval_last.json): Permission denied; make "
      "the folder writable or choose another one"),
     (OSError(30, "Read-only file system"), 1,
-     "cannot write {folder}/.eval_last.json.x.tmp: [Errno 30] Read-only file system")])
+     "cannot write {folder}/eval_last.json: [Errno 30] Read-only file system")])
 def test_eval_refuses_a_folder_where_no_file_can_be_created_before_evaluating(
         capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, trained: Path,
         tmp_path: Path, error: OSError, code: int, message: str) -> None:

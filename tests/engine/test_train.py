@@ -286,13 +286,15 @@ def test_a_full_disk_is_not_called_a_permission_problem(tmp_path, monkeypatch):
     import errno
     import tempfile
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def full(*args, dir, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", f"{dir}/.last.pt.x1y2z3w4.tmp")
 
     monkeypatch.setattr(tempfile, "mkstemp", full)
     with pytest.raises(OSError) as raised:
         train(_config(tmp_path, iterations=2), TinyClassifier(), ToyClassification(size=8))
     assert raised.value.errno == errno.ENOSPC and not isinstance(raised.value, PermissionError)
+    # the file meant, not the temporary one ("cannot write .../.last.pt.x1y2z3w4.tmp")
+    assert raised.value.filename == str(tmp_path / "run" / "last.pt")
 
 
 def test_on_start_runs_after_the_checks_under_the_lock(tmp_path):

@@ -97,7 +97,8 @@ def _temp_file_pattern(path: Path) -> re.Pattern[str]:
 def check_writable(path: str | os.PathLike) -> None:
     """Raise ``PermissionError`` naming the folder if :func:`write_atomically` may not
     create its temporary file for ``path`` there (checked by creating and removing it);
-    another failure (a full disk) is raised as it is."""
+    another failure (a full disk, a read-only file system) is raised as it is, naming
+    ``path``, not the temporary file."""
     path = Path(path)
     try:
         fd, tmp = _make_temp_file(path)
@@ -105,6 +106,10 @@ def check_writable(path: str | os.PathLike) -> None:
         raise PermissionError(
             f"cannot create files in {path.parent} (to write {path.name}): "
             f"{err.strerror or err}; make the folder writable or choose another one") from err
+    except OSError as err:
+        if err.errno is not None:
+            err.filename, err.filename2 = os.fspath(path), None
+        raise
     os.close(fd)
     os.unlink(tmp)
 
