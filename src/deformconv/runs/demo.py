@@ -458,9 +458,7 @@ def earlier_demo(out: Path, overwrite: bool) -> list[Path]:
     refuses them without ``overwrite``, and files under those names that no demo wrote (a
     training run in ``out/deformable``) or a run folder a live run trains into always.
     Other files stay. An interrupted demo (one without ``metrics.json``) is not replaced
-    but continued with ``resume``."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"the demo's output folder {out} is a file")
+    but continued with ``resume``. ``out`` passed :func:`check_demo_folder`."""
     from ..engine.run_lock import check_not_busy
 
     earlier = demo_files(out)
