@@ -114,9 +114,7 @@ def check_output_writable(out: Path) -> None:
     from ..engine.checkpoint import check_writable
 
     check_folder_possible(out.parent, f"--out {out}")
-    # the folder that write_json would create out's folders in, or write out into
-    existing = next(folder for folder in (out.parent, *out.parent.parents) if folder.is_dir())
-    check_writable(existing / out.name)
+    check_writable(out)
 
 
 def is_eval_result(path: Path) -> bool:

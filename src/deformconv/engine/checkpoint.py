@@ -96,15 +96,17 @@ def _temp_file_pattern(path: Path) -> re.Pattern[str]:
 
 def check_writable(path: str | os.PathLike) -> None:
     """Raise ``PermissionError`` naming the folder if :func:`write_atomically` may not
-    create its temporary file for ``path`` there (checked by creating and removing it);
-    another failure (a full disk, a read-only file system) is raised as it is, naming
-    ``path``, not the temporary file."""
+    create its temporary file for ``path`` there, or, where ``path``'s folder is yet to be
+    created, in the nearest existing folder above, where it would be (checked by creating
+    and removing one); another failure (a full disk, a read-only file system) is raised as
+    it is, naming ``path``, not the temporary file."""
     path = Path(path)
+    folder = next(f for f in (path.parent, *path.parent.parents) if f.is_dir())
     try:
-        fd, tmp = _make_temp_file(path)
+        fd, tmp = _make_temp_file(folder / path.name)
     except PermissionError as err:
         raise PermissionError(
-            f"cannot create files in {path.parent} (to write {path.name}): "
+            f"cannot create files in {folder} (to write {path.name}): "
             f"{err.strerror or err}; make the folder writable or choose another one") from err
     except OSError as err:
         if err.errno is not None:

@@ -640,11 +640,7 @@ def check_demo_folder(out: Path) -> None:
     from ..engine.checkpoint import check_writable
 
     check_folder_possible(out, f"cannot create the demo's folder {out}")
-    if out.is_dir():
-        check_writable(out / SUMMARY)
-    else:  # the nearest existing folder above, where ``out`` would be created
-        above = next(folder for folder in out.parents if folder.is_dir())
-        check_writable(above / out.relative_to(above).parts[0])
+    check_writable(out / SUMMARY)
 
 
 def _busy(holder: str, out: Path) -> Exception:
