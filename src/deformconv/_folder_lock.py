@@ -59,8 +59,7 @@ def folder_lock(folder: Path, busy: Callable[[str], Exception] | None, *,
     """
     path = folder / lock_file
     check_folder_possible(folder, f"cannot create the folder {folder}")
-    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
-    folder.mkdir(parents=True, exist_ok=True)
+    created = _make_folders(folder)
     key = path.resolve()
     held = _held()
     if fcntl is None or key in held:
@@ -74,8 +73,7 @@ def folder_lock(folder: Path, busy: Callable[[str], Exception] | None, *,
         return
     while True:
         if not folder.exists():  # removed by the holder that created it, since
-            created = [p for p in (folder, *folder.parents) if not p.exists()]
-            folder.mkdir(parents=True, exist_ok=True)
+            created = _make_folders(folder)
         file = open(path, "a+")  # noqa: SIM115 (closed below, or by the with block)
         try:
             fcntl.flock(file, fcntl.LOCK_EX | (0 if busy is None else fcntl.LOCK_NB))
@@ -103,6 +101,14 @@ def folder_lock(folder: Path, busy: Callable[[str], Exception] | None, *,
             if alone:
                 _remove_empty(created)
             fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and the folders above it that are missing; returns those it
+    created, deepest first."""
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
 
 
 def _remove_empty(folders: list[Path]) -> None:
