@@ -230,14 +230,16 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path):
 
 
 def test_a_run_removes_the_temporary_files_a_killed_checkpoint_write_left(tmp_path):
-    """A run killed while writing last.pt or best.pt left hidden temporary files of their
-    size that no run removed, not even one told to overwrite the folder; a run removes them
+    """A run killed while writing last.pt or best.pt (or the command line's
+    final_metrics.json) left hidden temporary files of their size that no run removed, not
+    even one told to overwrite the folder; a run removes them
     holding the folder's lock (not while another process, which may be writing one, holds
     it), and nothing else."""
     fcntl = pytest.importorskip("fcntl")
     out = tmp_path / "run"
     out.mkdir()
-    stale = [".last.pt.k1ll3d_a.tmp", ".best.pt.0123abcd.tmp", ".metrics.jsonl.abcdefgh.tmp"]
+    stale = [".last.pt.k1ll3d_a.tmp", ".best.pt.0123abcd.tmp", ".metrics.jsonl.abcdefgh.tmp",
+             ".final_metrics.json.0a1b2c3d.tmp"]
     kept = [".last.pt.mine.tmp", "notes.tmp"]
     for name in stale + kept:
         (out / name).write_bytes(b"x" * 1000)

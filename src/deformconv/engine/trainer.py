@@ -55,8 +55,9 @@ __all__ = ["RefusedByMainProcess", "TrainResult", "train"]
 # Fields that fix the data order, the RNG streams and the optimizer state's layout: a
 # resumed run must keep them.
 RESUME_FIXED = ("task", "seed", "batch_size", "optimizer")
-# What the main process writes into the run's folder through write_atomically, holding its lock.
-ATOMIC_FILES = ("last.pt", "best.pt", "config.json", "metrics.jsonl")
+# What the main process writes into the run's folder through write_atomically, holding its lock
+# (final_metrics.json: the command line's on_finish).
+ATOMIC_FILES = ("last.pt", "best.pt", "config.json", "metrics.jsonl", "final_metrics.json")
 
 
 @dataclass
