@@ -717,6 +717,22 @@ def test_a_refused_resume_leaves_the_folder_as_it_was(tmp_path):
     assert (tmp_path / "run" / "config.json").read_text() == written
 
 
+def test_a_resume_failing_at_its_first_step_leaves_config_json_as_it_was(tmp_path):
+    """Settings that pass the checks but fail in the first step (class weights for 2 of
+    the model's classes) rewrote config.json: it then described a run that never trained
+    with them."""
+    train(_config(tmp_path, iterations=2), TinyClassifier(), ToyClassification(size=8))
+    config_json = tmp_path / "run" / "config.json"
+    written = config_json.read_text()
+    with pytest.raises(ValueError, match="class_weights must hold one weight per class"):
+        train(_config(tmp_path, iterations=4, resume="auto", class_weights=[1.0, 2.0]),
+              TinyClassifier(), ToyClassification(size=8))
+    assert config_json.read_text() == written
+    train(_config(tmp_path, iterations=4, resume="auto", lr=0.05), TinyClassifier(),
+          ToyClassification(size=8))
+    assert json.loads(config_json.read_text())["config"]["lr"] == 0.05
+
+
 def test_a_resume_that_cannot_write_leaves_config_and_log_whole(tmp_path):
     """On a full disk config.json was cut to the bytes that fit (invalid JSON) and the log's
     rewrite lost the lines after them."""

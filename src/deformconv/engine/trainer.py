@@ -102,7 +102,8 @@ def train(
     e.g. to write a summary into ``out_dir`` that no other run can come between; raising
     raises from ``train``. ``extra`` (plain values: str, numbers,
     lists, dicts) is stored in every checkpoint under ``"extra"``, e.g. how to rebuild the
-    model and data, and in ``<out_dir>/config.json`` beside the config.
+    model and data, and in ``<out_dir>/config.json`` beside the config (written once the
+    run's first step ran: a resume failing there leaves the earlier file).
 
     While it runs, ``out_dir`` is locked: another process's run into it raises
     :class:`~deformconv.engine.RunInProgressError`. The lock (and the folder) is taken after
@@ -176,7 +177,7 @@ def _train(
         run.adopt_best_checkpoint()
         if info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
-            write_atomically(out_dir / "config.json", lambda f: f.write(config_json.encode()))
+            run.unwritten_config = config_json
         result = _train_loop(run, on_iteration_end)
         if info.is_main and on_finish is not None:
             on_finish(result)
@@ -229,6 +230,7 @@ def _train_loop(run: _Run, on_iteration_end: Callable[[int], None] | None) -> Tr
         for epoch, images, targets in batches:
             try:
                 step = run.train_step(epoch, images, targets)
+                run.write_config()
             except FloatingPointError:
                 # the losses before it, which no line reported yet, go to the log (every
                 # rank stops at this iteration: the line averages over all of them)
@@ -343,6 +345,15 @@ class _Run:
         self.last_path = out_dir / "last.pt" if info.is_main else None
         self.best_path: Path | None = None
         self.metrics: dict[str, Any] = {}  # the latest validation's
+        self.unwritten_config: str | None = None  # config.json's text, until written
+
+    def write_config(self) -> None:
+        """Write ``config.json`` once this call's settings ran a step (or reached the end
+        without one): a resume whose settings fail at their first step (class_weights not
+        one per class of the model) leaves the earlier file as it was."""
+        if self.unwritten_config is not None:
+            text, self.unwritten_config = self.unwritten_config, None
+            write_atomically(self.out_dir / "config.json", lambda f: f.write(text.encode()))
 
     def resume_if_asked(self) -> None:
         """Load the checkpoint ``config.resume`` names (if any): weights, optimizer,
@@ -560,6 +571,7 @@ class _Run:
         the last iteration: a resume validates then (a finished one's ``last.pt`` says so).
         """
         self.clock.stop()
+        self.write_config()
         if self.val_set is not None:
             check = self.stop_check(signals)
             try:
