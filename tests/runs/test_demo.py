@@ -79,6 +79,64 @@ def test_a_resumed_demo_reports_the_times_spent_before_the_stop_too(
     assert (out / SUMMARY).read_bytes() == written
 
 
+class _Killed(Exception):
+    """Stands for a SIGKILL: none of the demo's stop handling runs."""
+
+
+def test_a_killed_demo_counts_the_runs_time_and_says_what_its_own_leaves_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain run, killed after its mid-run checkpoint, resumed from it having recorded
+    none of the CPU time that led there (its cost too small, the cost ratio too large); the
+    resumed demo's whole times left out the time before the kill and the report did not
+    say so."""
+    out = tmp_path / "demo"
+    train = engine.train
+
+    def killed_in_plain(config: Any, *args: Any, **kwargs: Any) -> Any:
+        hook = kwargs["on_iteration_end"]
+
+        def after(done: int) -> None:
+            hook(done)
+            if Path(config.out_dir).name == "plain" and done == config.checkpoint_every + 1:
+                raise _Killed
+
+        return train(config, *args, **{**kwargs, "on_iteration_end": after})
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "train", killed_in_plain)
+        with pytest.raises(_Killed):
+            run_demo(_smoke(), out)
+    recorded = json.loads((out / "plain" / RUN_CPU).read_text())
+    assert not recorded["finished"] and recorded["cpu_seconds"] > 0
+    assert json.loads((out / MARKER).read_text())["running"]
+
+    summary = run_demo(_smoke(), out, resume=True)
+    assert summary["runs"]["plain"]["cpu_seconds"] > recorded["cpu_seconds"]
+    assert summary["machine"]["unrecorded_stop"]
+    assert "leave out the time before the kill" in (out / "report.md").read_text()
+
+
+def test_a_stop_during_the_analysis_keeps_the_demos_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C once the runs had finished (drawing the figures) saved no time: the resumed
+    demo's report gave the time of its resumed part only."""
+    import deformconv.runs.demo_report as demo_report
+
+    out = tmp_path / "demo"
+    with monkeypatch.context() as patch:
+        patch.setattr(demo_report, "analyse", lambda *args: (_ for _ in ()).throw(
+            KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            run_demo(_smoke(), out)
+    marker = json.loads((out / MARKER).read_text())
+    assert not marker["running"] and marker["spent"]["cpu_seconds"] > 0
+    summary = run_demo(_smoke(), out, resume=True)
+    assert summary["machine"]["cpu_seconds"] > marker["spent"]["cpu_seconds"]
+    assert summary["total_seconds"] > marker["spent"]["seconds"]
+    assert not summary["machine"]["unrecorded_stop"]
+    assert "before the kill" not in (out / "report.md").read_text()
+
+
 @contextlib.contextmanager
 def _held_by_another_process(folder: Path, lock_file: str) -> Iterator[int]:
     """A second Python process holding ``folder/lock_file`` (folder_lock) while inside;

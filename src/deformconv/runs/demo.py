@@ -32,7 +32,8 @@ when the demo claims it, finished runs are kept and the others resume from their
 ``last.pt``, exactly as the trainer resumes a run. The time spent before the stop counts:
 each run records its CPU seconds in its folder (``demo_cpu.json``) and the stopped demo
 its wall-clock and CPU seconds in the marker, so that the report gives the costs of an
-uninterrupted demo.
+uninterrupted demo. A demo killed outright (SIGKILL, a power cut) records nothing: its
+resume's report says that the whole demo's times leave out the time before the kill.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -220,9 +222,7 @@ def _train_runs(job: _Job, datasets: tuple[Dataset, Dataset] | None = None
             length = _equal_time_length(s, job.step_ratio)
             if not (folder / "last.pt").is_file():
                 changes["resume"] = _equal_time_start(s, length, job.out)
-        keep_branch = None
         if name == "plain":
-            keep_branch = _branch_keeper(s, folder)
             changes["checkpoint_every"] = _branch_at(s)
         config = _config(s, length, folder, job.class_weights, **changes)
         print(f"training {name}: {config.iterations} iterations")
@@ -231,7 +231,8 @@ def _train_runs(job: _Job, datasets: tuple[Dataset, Dataset] | None = None
         try:
             result = train(config, model, train_set, val_set,
                            extra={**job.extra, "model": asdict(job.specs[name])},
-                           on_iteration_end=keep_branch)
+                           on_iteration_end=_checkpoint_hook(s, config, folder, name,
+                                                             spent, cpu_started))
         except KeyboardInterrupt:  # stopped, last.pt saved: a resume goes on from here
             if not spent.finished and folder.is_dir():
                 _record_cpu(folder, spent.seconds + time.process_time() - cpu_started, False)
@@ -275,16 +276,23 @@ def _record_cpu(folder: Path, seconds: float, finished: bool) -> None:
     write_json({"cpu_seconds": seconds, "finished": finished}, folder / RUN_CPU)
 
 
-def _branch_keeper(s: DemoSettings, folder: Path) -> Any:
-    """The plain run's hook that keeps ``branch.pt``, its state where the schedule starts
-    decaying, for the equal-time run to continue from."""
+def _checkpoint_hook(s: DemoSettings, config: Any, folder: Path, name: str,
+                     spent: _SpentCPU, cpu_started: float) -> Callable[[int], None]:
+    """The run's ``on_iteration_end``: when a mid-run checkpoint was written, it records
+    the run's CPU time so far (a run killed after it resumes from that checkpoint, having
+    saved the time that led there), and the plain run keeps ``branch.pt``, its state where
+    the schedule starts decaying, for the equal-time run to continue from."""
     branch_at = _branch_at(s)
 
-    def keep_branch(iteration: int) -> None:
-        if iteration == branch_at:
+    def after_iteration(iteration: int) -> None:
+        every = config.checkpoint_every
+        if every and iteration % every == 0 and iteration < config.iterations \
+                and not spent.finished:
+            _record_cpu(folder, spent.seconds + time.process_time() - cpu_started, False)
+        if name == "plain" and iteration == branch_at:
             shutil.copyfile(folder / "last.pt", folder / BRANCH)
 
-    return keep_branch
+    return after_iteration
 
 
 def _equal_time_length(s: DemoSettings, ratio: float) -> int:
@@ -630,6 +638,7 @@ def run_demo(s: DemoSettings, out: Path, overwrite: bool = False,
         if resume:  # the time the demo took before it stopped counts as its own
             started -= saved.get("spent", {}).get("seconds", 0.0)
             cpu_started -= saved.get("spent", {}).get("cpu_seconds", 0.0)
+            saved = _mark_running(out, saved)
         return _run_demo(s, out, overwrite, saved if resume else None, started, cpu_started,
                          load_start)
 
@@ -651,13 +660,29 @@ def _busy(holder: str, out: Path) -> Exception:
                               "wait for it, stop it, or choose another output folder")
 
 
+def _mark_running(out: Path, saved: dict[str, Any]) -> dict[str, Any]:
+    """The marker's state of the demo a resume continues, now marked as running, also in
+    the marker: a stop records its time and clears the mark (:func:`_record_spent`), a kill
+    leaves it, and ``spent["lost"]`` then says, for this resume and the later ones, that
+    the time before a kill went unrecorded (a marker of an earlier version: no ``spent``)."""
+    lost = (saved.get("running", "spent" not in saved)
+            or saved.get("spent", {}).get("lost", False))
+    state = {**saved, "running": True,
+             "spent": {"seconds": 0.0, "cpu_seconds": 0.0, **saved.get("spent", {}),
+                       "lost": lost}}
+    write_json(state, out / MARKER)
+    return state
+
+
 def _record_spent(out: Path, started: float, cpu_started: float) -> None:
     """Save in the marker of the stopped demo in ``out`` the wall-clock and CPU seconds it
     took since ``started`` and ``cpu_started``, for its resume to count them."""
     marker = out / MARKER
     state = json.loads(marker.read_text(encoding="utf-8"))
+    state["running"] = False
     state["spent"] = {"seconds": time.perf_counter() - started,
-                      "cpu_seconds": _cpu_seconds() - cpu_started}
+                      "cpu_seconds": _cpu_seconds() - cpu_started,
+                      "lost": state.get("spent", {}).get("lost", False)}
     write_json(state, marker)
 
 
@@ -710,7 +735,8 @@ def _run_demo(s: DemoSettings, out: Path, overwrite: bool, saved: dict[str, Any]
                                          lambda net: build_optimizer(net, config))
                 ratio = steps["deformable"] / steps["plain"]
                 claim_demo_folder(out, overwrite, {"settings": asdict(s), "device": str(device),
-                                                   "step_seconds": steps, "step_ratio": ratio})
+                                                   "step_seconds": steps, "step_ratio": ratio,
+                                                   "running": True})
                 claimed = True
             job = _Job(names, s, specs, weights, ratio, out, {"data": asdict(data)})
             if pool is not None:
@@ -728,33 +754,36 @@ def _run_demo(s: DemoSettings, out: Path, overwrite: bool, saved: dict[str, Any]
                                       replace(worker, names=("deformable",), line=1)])
             else:
                 results = _train_runs(job, (train_set, val_set))
-    except KeyboardInterrupt:  # stopped: the workers are gone, their CPU time counted
+        results = {name: results[name] for name in names}
+        models = {name: model_from_checkpoint(specs[name], results[name]["checkpoint"]).to(device)
+                  for name in names}
+
+        batch = torch.stack([val_set[i][0] for i in range(min(8, len(val_set)))]).to(device)  # type: ignore[arg-type]
+        speed = ms_per_image({k: models[k] for k in RUNS[:2]}, batch)
+        for name, result in results.items():
+            result.update(name=specs[name].name, deformable=specs[name].deformable,
+                          params=parameter_count(models[name]),
+                          ms_per_image=speed["deformable" if specs[name].deformable else "plain"])
+        summary: dict[str, Any] = {
+            "settings": asdict(s), "classes": list(val_set.class_names),  # type: ignore[attr-defined]
+            "class_weights": weights, "runs": results,
+            "step_seconds": steps, "step_ratio": ratio,
+        }
+        summary.update(analyse(s, models, val_set, classes, out))
+        summary["total_seconds"] = time.perf_counter() - started
+        summary["machine"] = {"cpu_seconds": _cpu_seconds() - cpu_started, "jobs": workers,
+                              "threads": threads, "train_threads": train_threads,
+                              "cpus": os.cpu_count(), "load_start": load_start,
+                              "load_end": _load(),
+                              "unrecorded_stop": bool(saved and saved["spent"]["lost"])}
+        write_json(summary, out / SUMMARY)
+        write_report(summary, out)
+        print()
+        print(comparison_table(summary))
+        print(f"\nreport: {out / 'report.md'} ({summary['total_seconds']:.0f} s in all)")
+        return summary
+    except KeyboardInterrupt:  # stopped (training: the workers are gone, their CPU
+        # time counted; or the analysis, its runs finished)
         if claimed:
             _record_spent(out, started, cpu_started)
         raise
-    results = {name: results[name] for name in names}
-    models = {name: model_from_checkpoint(specs[name], results[name]["checkpoint"]).to(device)
-              for name in names}
-
-    batch = torch.stack([val_set[i][0] for i in range(min(8, len(val_set)))]).to(device)  # type: ignore[arg-type]
-    speed = ms_per_image({k: models[k] for k in RUNS[:2]}, batch)
-    for name, result in results.items():
-        result.update(name=specs[name].name, deformable=specs[name].deformable,
-                      params=parameter_count(models[name]),
-                      ms_per_image=speed["deformable" if specs[name].deformable else "plain"])
-    summary: dict[str, Any] = {
-        "settings": asdict(s), "classes": list(val_set.class_names),  # type: ignore[attr-defined]
-        "class_weights": weights, "runs": results,
-        "step_seconds": steps, "step_ratio": ratio,
-    }
-    summary.update(analyse(s, models, val_set, classes, out))
-    summary["total_seconds"] = time.perf_counter() - started
-    summary["machine"] = {"cpu_seconds": _cpu_seconds() - cpu_started, "jobs": workers,
-                          "threads": threads, "train_threads": train_threads,
-                          "cpus": os.cpu_count(), "load_start": load_start, "load_end": _load()}
-    write_json(summary, out / SUMMARY)
-    write_report(summary, out)
-    print()
-    print(comparison_table(summary))
-    print(f"\nreport: {out / 'report.md'} ({summary['total_seconds']:.0f} s in all)")
-    return summary

@@ -300,7 +300,11 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
                   f"CPU(s){side_by_side}; "
                   f"load average {machine['load_start']:.1f} at the start, "
                   f"{machine['load_end']:.1f} at the end (other processes slow every "
-                  "run alike, but make wall-clock times longer).", ""]
+                  "run alike, but make wall-clock times longer)."
+                  + (" The demo was killed (not stopped with Ctrl-C or SIGTERM) and resumed: "
+                     "these two times leave out the time before the kill; the runs' own CPU "
+                     "times count all of their training."
+                     if machine.get("unrecorded_stop") else ""), ""]
     path = out / REPORT
     path.write_text("\n".join(lines))
     return path
