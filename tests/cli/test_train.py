@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import torch
 
+import deformconv.engine as engine
 from deformconv.cli.evaluate import EVAL_KEYS, is_eval_result
-from deformconv.engine import load_checkpoint
+from deformconv.engine import distributed, load_checkpoint
 
 from .helpers import TINY_CLS, assert_valid_png, run_cli
 
@@ -792,16 +793,28 @@ def test_schedule_step_decays_at_the_milestones(capsys: pytest.CaptureFixture,
 
 
 def test_a_diverged_run_is_a_one_line_error(capsys: pytest.CaptureFixture,
-                                            tmp_path: Path) -> None:
-    """A NaN loss ended the command with a FloatingPointError traceback."""
+                                            tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN loss ended the command with a FloatingPointError traceback. Under torchrun,
+    where every rank stops at the same non-finite loss, each printed the same line: rank 0
+    says it (rank 1 simulated)."""
+    diverging = ["train", "--model", "compact_fcn", "--image-size", "32", "--train-size", "16",
+                 "--val-size", "4", "--batch-size", "4", "--iterations", "20", "--lr", "1e6",
+                 "--no-progress", "--out"]
     out = tmp_path / "run"
-    code, _, err = run_cli(capsys, "train", "--model", "compact_fcn", "--image-size", "32",
-                           "--train-size", "16", "--val-size", "4", "--batch-size", "4",
-                           "--iterations", "20", "--lr", "1e6", "--no-progress", "--out", out)
+    code, _, err = run_cli(capsys, *diverging, out)
     assert code == 2 and "Traceback" not in err
     assert re.fullmatch(r"deformconv train: error: loss is (nan|inf|-inf) at iteration \d+ "
                         r"\(epoch \d+\); lower lr or set grad_clip_norm\n", err), err
     assert (out / "config.json").is_file() and not (out / "last.pt").exists()
+    def stopped_on_every_rank(*args: object, **kwargs: object) -> None:
+        raise FloatingPointError("loss is nan on rank 1 (of 2 ranks) at iteration 3")
+
+    monkeypatch.setattr(engine, "train", stopped_on_every_rank)
+    assert run_cli(capsys, *diverging, tmp_path / "rank0")[::2] == (
+        2, "deformconv train: error: loss is nan on rank 1 (of 2 ranks) at iteration 3\n")
+    monkeypatch.setattr(distributed, "launched_rank", lambda: 1)
+    assert run_cli(capsys, *diverging, tmp_path / "rank1")[::2] == (2, "")
 
 
 def test_resuming_an_earlier_checkpoint_in_its_folder_needs_out_or_overwrite(
