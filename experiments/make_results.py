@@ -20,15 +20,25 @@ removed or written; one that cannot be read is named in an error (exit code 2).
 from __future__ import annotations
 
 import argparse
+import importlib
 import itertools
 import json
 import math
+import shlex
 import sys
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from runner import iterations_trained, mean_std, read_json, run_minutes
+from runner import (
+    Sizes,
+    add_common_args,
+    iterations_trained,
+    mean_std,
+    read_json,
+    run_minutes,
+    shown,
+)
 
 from deformconv.engine import write_atomically
 from deformconv.viz import SIZE_BUCKETS, markdown_table
@@ -59,6 +69,11 @@ COMMANDS = {
     "scale": "python experiments/scale.py",
 }
 GENERATE = "python experiments/make_results.py"
+DEFAULT_RUNS, DEFAULT_REPORT = Path("runs/experiments"), Path("docs/RESULTS.md")
+# A study's configurations: the setting that lists them -> the rows' column that names one.
+CONFIGURATION_COLUMNS = {"layers": "layers", "configs": "config", "models": "model"}
+# The option of a study's script that runs a subset of them (scale's models: none).
+SUBSET_OPTIONS = {"layers": "--layers", "configs": "--configs"}
 DETECTOR_NAMES = {"faster_rcnn": "Faster R-CNN (RoIAlign vs deformable RoI pooling)",
                   "rfcn": "R-FCN (PS RoI pooling vs deformable PS RoI pooling)"}
 
@@ -67,6 +82,8 @@ DETECTOR_NAMES = {"faster_rcnn": "Faster R-CNN (RoIAlign vs deformable RoI pooli
 # withhold: a reader weighs a verdict of models under the floor accordingly).
 PLAIN_FLOOR = {"miou": 0.50, "AP50": 0.50}
 SEEDS = 3  # each study's seeds (issue #13); a summary of fewer says so
+# Studies that run in one process (no --jobs shards): their CPU time is not halved.
+ONE_PROCESS = ("overhead",)
 DEMO_SEEDS = "demo_seeds.md"  # the demo's table over 5 seeds (benchmarks/demo_seeds.py)
 
 
@@ -84,28 +101,41 @@ def pm(stat: dict[str, Any], digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f} ({values})"
 
 
-def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, str]:
-    """(mean of a - mean of b, verdict): "higher" / "lower" when the gap exceeds the seeds'
-    combined std sqrt(std_a² + std_b²), else "within seed noise"; with one seed each there
-    is no noise estimate and the verdict says so."""
+# A per-seed difference smaller than this has no sign: a tie (half the last digit the
+# report shows of a dilation; 5 in the last digit of a score).
+TIE = 0.005
+
+
+def compare(a: dict[str, Any], b: dict[str, Any], digits: int = 3) -> tuple[float, str]:
+    """(mean of a - mean of b, verdict with the per-seed differences). The runs are paired
+    by seed (a seed fixes every configuration's heads and data order), so a gap counts
+    only when it exceeds the seeds' combined std sqrt(std_a² + std_b²) and every seed's
+    difference a - b has its sign (one under :data:`TIE` in size has none): "higher" /
+    "lower"; "mixed" when the gap exceeds the noise but not every seed agrees; else
+    "within seed noise". With one seed each there is no noise estimate."""
     diff = _num(a["mean"]) - _num(b["mean"])
-    if min(len(a["values"]), len(b["values"])) < 2:
+    paired = [_num(x) - _num(y) for x, y in zip(a["values"], b["values"], strict=True)]
+    if len(paired) < 2:
         return diff, "one seed only, no noise estimate"
     noise = math.hypot(_num(a["std"]), _num(b["std"]))
-    if diff > noise:
-        return diff, f"higher by more than the seed noise ({noise:.3f})"
-    if diff < -noise:
-        return diff, f"lower by more than the seed noise ({noise:.3f})"
-    return diff, f"within seed noise ({noise:.3f})"
+    per_seed = "per seed " + " / ".join(f"{d:+.{digits}f}" for d in paired)
+    if not abs(diff) > noise:  # NaN too
+        return diff, f"within seed noise ({noise:.3f}); {per_seed}"
+    direction, sign = ("higher", 1) if diff > 0 else ("lower", -1)
+    if all(sign * d >= TIE for d in paired):
+        return diff, (f"{direction} by more than the seed noise ({noise:.3f}) and in every "
+                      f"seed; {per_seed}")
+    return diff, (f"mixed: {direction} by more than the seed noise ({noise:.3f}) but not in "
+                  f"every seed; {per_seed}")
 
 
 def agrees(verdict: str, wanted: str) -> str:
     """The paper's claim is a gap in direction ``wanted`` ("higher" or "lower"): agrees when
-    ours goes that way beyond the seed noise, does not agree when it goes the other way
-    beyond it, inconclusive within it."""
+    ours goes that way (:func:`compare`: beyond the seed noise and in every seed), does not
+    agree when it goes the other way, inconclusive otherwise."""
     if verdict.startswith("one seed"):
         return "undecided (one seed)"
-    if verdict.startswith("within"):
+    if verdict.startswith(("within", "mixed")):
         return "inconclusive"
     return "agrees" if verdict.startswith(wanted) else "does not agree"
 
@@ -115,6 +145,50 @@ def plain_floor(row: dict[str, Any], metric: str) -> str:
     mean, floor = _num(row[metric]["mean"]), PLAIN_FLOOR[metric]
     return (f"plain twin {metric} {mean:.3f} {'≥' if mean >= floor else '<'} {floor:.2f} "
             f"({'met' if mean >= floor else 'NOT met'})")
+
+
+def command(study: str, data: dict[str, Any] | None) -> str:
+    """The command that made the summary ``data``: the study's, with the options in which
+    its mode, seeds, threads (``overhead``) and configurations differ from the script's
+    defaults; the study's plain command without a summary."""
+    if data is None:
+        return COMMANDS[study]
+    words = shlex.split(COMMANDS[study])
+    if data["mode"] == "smoke":
+        words.append("--smoke")
+    settings = data.get("settings") or {}
+    if study == "overhead":  # measures with one seed, at --threads
+        defaults = _common_defaults()
+        seeds = [settings.get("seed", defaults.seeds[0])]
+        if settings.get("threads", defaults.threads) != defaults.threads:
+            words += ["--threads", str(settings["threads"])]
+    else:
+        seeds, defaults = data.get("seeds"), None
+    default_seeds = defaults.seeds if defaults else list(_script_sizes(study, data["mode"]).seeds)
+    if seeds is not None and list(seeds) != list(default_seeds):
+        words += ["--seeds", *map(str, seeds)]
+    subset = next((s for s in SUBSET_OPTIONS if isinstance(settings.get(s), dict)), None)
+    if subset is not None and _missing_configurations(data):
+        words += [SUBSET_OPTIONS[subset],
+                  *(str(row[CONFIGURATION_COLUMNS[subset]]) for row in data["rows"])]
+    return shlex.join(words)
+
+
+def _common_defaults() -> argparse.Namespace:
+    """The defaults of the options every study takes (``runner.add_common_args``), as a
+    study that trains nothing has them."""
+    parser = argparse.ArgumentParser()
+    add_common_args(parser, training=False)
+    return parser.parse_args([])
+
+
+def _script_sizes(study: str, mode: str) -> Sizes:
+    """The sizes (seeds among them) the study's script runs in ``mode`` without options:
+    its ``SIZES`` or ``SMOKE``, per task or detector where it has several."""
+    words = shlex.split(COMMANDS[study])
+    script = importlib.import_module(Path(words[1]).stem)
+    sizes = script.SMOKE if mode == "smoke" else script.SIZES
+    return sizes[words[-1]] if isinstance(sizes, dict) else sizes
 
 
 def kept_folder(report: Path) -> Path:
@@ -160,8 +234,8 @@ class Report:
 
     def summary(self, study: str) -> dict[str, Any] | None:
         """Add the study's command line and read its summary (None, said so, if not run)."""
-        self.add(f"Command: `{COMMANDS[study]}`", "")
         data = self.load(study)
+        self.add(f"Command: `{command(study, data)}`", "")
         unfinished = None if self.has_own(study) else run_minutes(self.runs / study)
         if data is None:
             self.add("*Not run*: no summary of it in the runs folder; the command above runs "
@@ -178,21 +252,28 @@ class Report:
         if study in self.refused:
             self.add(f"**Below: the kept copy of an earlier {data['mode']} run** "
                      f"(`results/{study}.json`); the runs folder's summary was not kept "
-                     f"({self.refused[study]}): `{GENERATE} --replace {study}` would "
-                     "replace it.", "")
+                     f"({self.refused[study]}): `{self.generate('--replace', study)}` "
+                     "would replace it.", "")
         seeds = data.get("seeds")  # none in a study without training
         if data["mode"] == "full" and seeds is not None and len(seeds) < SEEDS:
-            self.add(f"**Seeds {seeds} only, not {SEEDS}**: the command above trains the "
-                     "missing runs and then summarises all of them.", "")
+            self.add(f"**Seeds {seeds} only, not {SEEDS}**: the command above without "
+                     "`--seeds` trains the missing runs and then summarises all of them.", "")
         missing = _missing_configurations(data)
         if missing:
             self.add(f"**Not every configuration**: this summary leaves out "
                      f"{', '.join(missing)} (a call with a subset of them); the command "
-                     "above without a subset runs all.", "")
+                     "above without its subset runs all.", "")
         if data["mode"] == "smoke":
             self.add("**SMOKE RUN: tiny sizes, a few iterations; these numbers show "
                      "that the pipeline works, not what deformable convolution does.**", "")
         return data
+
+    def generate(self, *options: str) -> str:
+        """The command that regenerates this report with ``options``: its ``--runs`` and
+        ``--out`` where they are not the defaults."""
+        where = [*(["--runs", str(self.runs)] if self.runs != DEFAULT_RUNS else []),
+                 *(["--out", str(self.out)] if self.out != DEFAULT_REPORT else [])]
+        return shlex.join([*GENERATE.split(), *where, *options])
 
     def has_own(self, study: str) -> bool:
         """Whether ``--runs`` holds the study's own summary (not only a kept copy)."""
@@ -513,8 +594,10 @@ class Report:
                 "runs done": measured["runs"] if measured else 0,
                 "estimate (--plan)": _plus(plan and plan["estimated_minutes"],
                                            share["plan"] if uses else 0.0) + made_for,
-                "measured: CPU / 2": _plus(measured and measured["cpu"] / 2,
-                                           share["cpu"] if uses else 0.0),
+                "measured: CPU / 2": (
+                    f"{measured['cpu']:.1f} (one process: not halved)"
+                    if measured and study in ONE_PROCESS else
+                    _plus(measured and measured["cpu"] / 2, share["cpu"] if uses else 0.0)),
                 "measured: wall, sum of runs": measured and measured["wall"]})
         if pretrain is not None:
             cpu = f"{pretrain.get('cpu_seconds', math.nan) / 60:.1f}"
@@ -536,7 +619,9 @@ class Report:
                      "runs as two `--shard` processes of one "
                      "thread side by side, so on an otherwise idle machine it takes about "
                      "half its runs' summed CPU time (`CPU / 2`; `--plan` estimates the same "
-                     "from one timed step per configuration). `a + b`: the study's own runs "
+                     "from one timed step per configuration); "
+                     f"{', '.join(ONE_PROCESS)}, which trains nothing, runs in one process: "
+                     "its row gives its CPU time, not halved. `a + b`: the study's own runs "
                      "plus its share of the pretraining, which is trained once (by the first "
                      "study that needs it, one process, while the other shard waits) and "
                      "read from the cache by the rest; a study run alone from an empty "
@@ -581,18 +666,102 @@ def summary_kind(study: str) -> tuple[str, tuple[str, ...]]:
 
 def rows_check(study: str) -> Callable[[dict[str, Any]], str | None]:
     """For :func:`read_json`: why the summary's rows are not what the report reads (a list of
-    objects, each with ``study``'s row keys and its metrics), or None."""
+    objects, each with ``study``'s row keys and its metrics; every statistic one value per
+    seed, with the mean and std of its values), or None."""
     def check(data: dict[str, Any]) -> str | None:
         rows, metrics = data["rows"], data.get("metrics", [])
         if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
             return "rows is not a list of objects"
+        if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+            return f"metrics is not a list of names: {shown(metrics)}"
+        seeds = data.get("seeds")
+        if seeds is not None and not (isinstance(seeds, list)
+                                      and all(isinstance(s, int) for s in seeds)):
+            return f"seeds is not a list of seeds: {shown(seeds)}"
+        why = _study_problem(study, data)
+        if why:
+            return why
         for i, row in enumerate(rows):
             missing = [key for key in (*_fields(study)[1], *metrics) if key not in row]
             if missing:
                 return f"no {', '.join(missing)} in rows[{i}]"
+            for name, stat in _row_stats(study, data, row):
+                why = _stat_problem(stat, len(seeds) if seeds else None)
+                if why:
+                    return f"rows[{i}].{name}: {why}"
         return None
 
     return check
+
+
+# A summary's mean and std are written from the same floats as its values: they agree to
+# float rounding (this leaves room for a summary rounded to 6 decimals).
+ROUNDING = 1e-5
+
+
+def _row_stats(study: str, data: dict[str, Any], row: dict[str, Any]
+               ) -> list[tuple[str, Any]]:
+    """(field, ``{"mean", "std", "values"}`` entry) of one summary row, as the report reads
+    them; a missing test size of the scale study is a ``None`` entry."""
+    if study == "scale":
+        by_scale = row["by_scale"] if isinstance(row["by_scale"], dict) else {}
+        return [("miou", row["miou"]), *((f"by_scale.{s}", by_scale.get(str(s)))
+                                         for s in _list(data["test_scales"]))]
+    return [(metric, row[metric]) for metric in data.get("metrics", [])]
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _stat_problem(stat: Any, seeds: int | None) -> str | None:
+    """Why ``stat`` is not a ``{"mean", "std", "values"}`` entry of one value per seed (of
+    ``seeds``, if known) whose mean and std are those of its values; None if it is one."""
+    if stat is None:
+        return "absent"
+    if not isinstance(stat, dict):
+        return f"not a {{mean, std, values}} object: {shown(stat)}"
+    missing = [key for key in ("mean", "std", "values") if key not in stat]
+    if missing:
+        return f"no {', '.join(missing)} in it"
+    values = stat["values"]
+    if not isinstance(values, list) or not values:
+        return f"values is not a list of numbers: {shown(values)}"
+    if seeds is not None and len(values) != seeds:
+        return f"{len(values)} value(s) for {seeds} seeds"
+    try:
+        numbers = [_num(v) for v in values]
+        stated = {"mean": _num(stat["mean"]), "std": _num(stat["std"])}
+    except (TypeError, ValueError):
+        return f"not numbers: {shown(stat)}"
+    for key, value in zip(("mean", "std"), mean_std(numbers), strict=True):
+        if not (math.isclose(stated[key], value, abs_tol=ROUNDING)
+                or (math.isnan(stated[key]) and math.isnan(value))):
+            return f"{key} {stated[key]:.6g}, but its values' {key} is {value:.6g}"
+    return None
+
+
+def _study_problem(study: str, data: dict[str, Any]) -> str | None:
+    """What the scale and dilation sections read besides the rows: the scale study's test
+    sizes and training range; the dilation study's per-seed lists (validation mIoU, bucket
+    means), one value per seed. None if nothing is wrong."""
+    if study == "scale":
+        scales, train = data["test_scales"], data["train_scale"]
+        if not _list(scales) or not all(isinstance(s, int) for s in scales):
+            return f"test_scales is not a list of sizes: {shown(scales)}"
+        if len(_list(train)) != 2 or not all(isinstance(t, int | float) for t in train):
+            return f"train_scale is not [low, high]: {shown(train)}"
+    if study == "dilation":
+        seeds = len(data["seeds"])
+        lists = [("miou", data["miou"]),
+                 *((f"rows[{i}].seed_means", row["seed_means"])
+                   for i, row in enumerate(data["rows"]) if "seed_means" in row)]
+        for name, values in lists:
+            if not isinstance(values, list) or len(values) != seeds:
+                return f"{name}: {shown(values)} is not one value per seed ({seeds} seeds)"
+    return None
+
+
 PLAN = ("plan", ("seconds_per_iteration", "iterations", "seeds", "estimated_minutes"))
 PRETRAINING = ("pretraining record", ("metrics", "settings", "iterations", "seconds"))
 
@@ -686,7 +855,7 @@ def _pretraining(runs: Path, settings: dict[str, Any]) -> Path | None:
 def _missing_configurations(data: dict[str, Any]) -> list[str]:
     """The configurations of the study's settings that its summary has no row for (a call
     that ran a subset, ``--layers`` or ``--configs``)."""
-    for setting, column in (("layers", "layers"), ("configs", "config"), ("models", "model")):
+    for setting, column in CONFIGURATION_COLUMNS.items():
         asked = data.get("settings", {}).get(setting)
         if isinstance(asked, dict):
             done = {str(row[column]) for row in data["rows"]}
@@ -733,7 +902,7 @@ def _dilation_verdict(layer: str, rows: Sequence[dict[str, Any]]) -> str:
         return text + " — an empty bucket: **undecided**."
     grows = all(all(a < b for a, b in itertools.pairwise(s)) for s in seeds)
     small, large = ([s[i] for s in seeds] for i in (0, 2))
-    diff, verdict = compare(_stat(large), _stat(small))
+    diff, verdict = compare(_stat(large), _stat(small), digits=2)
     seeds_text = "in every seed" if grows else "not in every seed"
     return (text + f" (large - small {diff:+.2f}, {verdict}; grows small < medium < large "
             f"{seeds_text}) — the paper finds it grows with object size: "
@@ -743,6 +912,17 @@ def _dilation_verdict(layer: str, rows: Sequence[dict[str, Any]]) -> str:
 def _stat(values: Sequence[float]) -> dict[str, Any]:
     mean, std = mean_std(values)
     return {"mean": mean, "std": std, "values": list(values)}
+
+
+VERDICT_RULE = (
+    "The runs are paired by seed (a seed fixes every configuration's starting weights and "
+    "the order of its data), so each verdict lists the per-seed differences. It agrees or "
+    "does not agree only when the gap of the means exceeds the seeds' combined standard "
+    "deviation, √(std₁² + std₂²), and every seed's difference goes the same way (one "
+    f"smaller than {TIE} counts as a tie, which goes neither way); otherwise it is "
+    "inconclusive (\"mixed\" where the gap exceeds the noise but the seeds do not agree). "
+    "With 3 seeds this is a consistency rule, not a significance test: with no effect at "
+    "all, three seeds go the same way one time in four.")
 
 
 EQUAL_ITERATIONS = ("Every configuration trains for the same number of iterations; its "
@@ -861,8 +1041,7 @@ def build(report: Report) -> str:
     report.budget()
     report.lines += body.lines
     report.add("## Where ours agrees with the paper and where it does not", "",
-               "A gap counts when it exceeds the seeds' combined standard deviation; within "
-               "it the verdict is inconclusive.", "")
+               VERDICT_RULE, "")
     report.add(*[f"- {v}" for v in body.verdicts] or ["- (no study has been run yet)"], "")
     report.add(
         "Known reasons for differences: our networks are ResNet-18s of half the standard "
@@ -882,10 +1061,10 @@ def build(report: Report) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, default=Path("runs/experiments"),
-                        help="the studies' --out folder (default runs/experiments)")
-    parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"),
-                        help="report path (default docs/RESULTS.md); figures go to "
+    parser.add_argument("--runs", type=Path, default=DEFAULT_RUNS,
+                        help=f"the studies' --out folder (default {DEFAULT_RUNS})")
+    parser.add_argument("--out", type=Path, default=DEFAULT_REPORT,
+                        help=f"report path (default {DEFAULT_REPORT}); figures go to "
                              "results/ beside it")
     parser.add_argument("--replace", nargs="+", action="extend", default=[],
                         choices=list(COMMANDS), metavar="STUDY",
@@ -902,6 +1081,13 @@ def main(argv: list[str] | None = None) -> int:
                          "to build the report from")
         print(f"--runs {args.runs}: no such folder; the report is built from the kept "
               f"copies in {kept}")
+    nothing = [study for study in dict.fromkeys(args.replace)
+               if not any((args.runs / study / name).is_file()
+                          for name in ("summary.json", "plan.json"))]
+    if nothing:
+        parser.error(f"--replace {' '.join(nothing)}: no summary.json or plan.json of "
+                     f"{'it' if len(nothing) == 1 else 'them'} in {args.runs} to replace the "
+                     "kept one by; nothing written")
     report = Report(args.runs, args.out, args.replace)
     report.save(build(report))
     print(f"wrote {args.out}")

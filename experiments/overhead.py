@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     models = SMOKE_MODELS if args.smoke else MODELS
     repeats = REPEATS["smoke" if args.smoke else "full"]
-    if args.seeds and len(args.seeds) > 1:
+    if len(args.seeds) > 1:
         parser.error(f"--seeds: overhead measures with one seed, got {args.seeds}")
-    seed = args.seeds[0] if args.seeds else 0
+    seed = args.seeds[0]
     study = Study("overhead", args, {"models": [asdict(m) for m in models],
                                      "repeats": repeats, "seed": seed,
                                      "threads": args.threads})

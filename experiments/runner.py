@@ -146,8 +146,9 @@ def add_common_args(parser: argparse.ArgumentParser, training: bool = True) -> N
                         help="tiny sizes that run in seconds (for tests); results are "
                              "marked as smoke results")
     parser.add_argument("--seeds", type=int, nargs="+", action=_DistinctSeeds,
+                        default=None if training else [0],
                         help="override the study's seeds (each at most once)" if training
-                        else "measure with this one seed instead of 0")
+                        else "measure with this one seed (default 0)")
     parser.add_argument("--threads", type=positive_int, default=2,
                         help="CPU threads for torch and the Numba kernels (default 2)")
     parser.add_argument("--plan", action="store_true",
@@ -461,13 +462,13 @@ def first_difference(here: Any, saved: Any, key: str = "") -> str:
             if here.get(name, _ABSENT) != saved.get(name, _ABSENT):
                 return first_difference(here.get(name, _ABSENT), saved.get(name, _ABSENT),
                                         f"{key}.{name}" if key else str(name))
-    return f"{key or 'value'}: {_shown(here)} here, {_shown(saved)} in the file"
+    return f"{key or 'value'}: {shown(here)} here, {shown(saved)} in the file"
 
 
 _ABSENT = object()
 
 
-def _shown(value: Any, width: int = 60) -> str:
+def shown(value: Any, width: int = 60) -> str:
     if value is _ABSENT:
         return "absent"
     text = value if isinstance(value, str) else json.dumps(value)

@@ -41,6 +41,27 @@ def test_compare():
         == "does not agree"
 
 
+def test_a_gap_counts_only_when_every_seed_agrees():
+    """The runs are paired by seed: a mean gap beyond the combined std, but with one seed a
+    tie (Faster R-CNN's deformable conv vs plain: +0.050 / +0.001 / +0.027), used to be
+    called "higher" and the paper's claim "agrees"; it is mixed, so inconclusive."""
+    plain, deformable = _stat([0.641, 0.689, 0.663]), _stat([0.690, 0.690, 0.690])
+    diff, verdict = make_results.compare(deformable, plain)
+    assert round(diff, 3) == 0.026
+    assert verdict == ("mixed: higher by more than the seed noise (0.024) but not in every "
+                       "seed; per seed +0.049 / +0.001 / +0.027")
+    assert make_results.agrees(verdict, "higher") == "inconclusive"
+    # one seed the other way is mixed too; every seed beyond the tie agrees
+    assert make_results.compare(_stat([0.5, 0.5, 0.9]), _stat([0.51, 0.2, 0.3]))[1] \
+        .startswith("mixed: higher")
+    consistent = make_results.compare(_stat([0.70, 0.695, 0.72]), plain)
+    assert consistent[1] == ("higher by more than the seed noise (0.027) and in every "
+                                    "seed; per seed +0.059 / +0.006 / +0.057")
+    assert make_results.agrees(consistent[1], "higher") == "agrees"
+    assert make_results.compare(_stat([0.3, 0.5, 0.7]), _stat([0.4, 0.5, 0.6]))[1] \
+        == "within seed noise (0.224); per seed -0.100 / +0.000 / +0.100"
+
+
 def test_full_report_verdicts(tmp_path):
     runs = tmp_path / "runs"
     rows = [{"layers": n, "deform_blocks": [0, 0, 0, n], "params": 1000 + n,
@@ -193,11 +214,16 @@ def test_saturation_within_the_seed_spread_is_inconclusive(tmp_path):
          "params_increase": 0.1, "ms_plain": 1.0, "ms_deformable": 1.2, "time_increase": 0.2}]})
     assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
     assert "Seeds" not in out.read_text()  # the overhead study has none
+    for row in rows:
+        row["miou"] = _stat(row["miou"]["values"][:2])
     _write(runs, "layers_segmentation", {"mode": "full", "settings": {"sizes": SIZES},
                                          "seeds": [0, 1], "metrics": ["miou"], "rows": rows})
     assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace",
                               "layers_segmentation"]) == 0
-    assert "**Seeds [0, 1] only, not 3**: the command above trains the missing" in out.read_text()
+    text = out.read_text()
+    assert "Command: `python experiments/layers.py --task segmentation --seeds 0 1`" in text
+    assert "**Seeds [0, 1] only, not 3**: the command above without `--seeds` trains the " \
+        "missing" in text
 
 
 def test_a_checkout_without_the_runs_reports_from_the_kept_copies(tmp_path):
@@ -310,7 +336,7 @@ def test_a_kept_summary_beside_unfinished_new_runs_says_so(tmp_path):
 def _full_layers(runs, mode="full", seeds=(0, 1, 2), layers=(0, 1, 2, 3, 6)):
     rows = [{"layers": n, "deform_blocks": [0, 0, 0, n], "params": 1000 + n,
              "seconds_per_iteration": 0.1, "seeds": list(seeds),
-             "miou": {"mean": 0.3 + n / 100, "std": 0.01, "values": [0.3 + n / 100] * len(seeds)}}
+             "miou": {"mean": 0.3 + n / 100, "std": 0.0, "values": [0.3 + n / 100] * len(seeds)}}
             for n in layers]
     _write(runs, "layers_segmentation", {"mode": mode, "settings": {"sizes": SIZES},
                                          "seeds": list(seeds), "metrics": ["miou"],
@@ -345,7 +371,8 @@ def test_a_kept_summary_is_not_replaced_by_a_smoke_or_partial_one(tmp_path, caps
     assert "SMOKE" not in text and "| 6 | (0, 0, 0, 6) |" in text
     assert ("**Below: the kept copy of an earlier full run** (`results/layers_segmentation"
             f".json`); the runs folder's summary was not kept ({why}): `python experiments/"
-            "make_results.py --replace layers_segmentation` would replace it.") in text
+            f"make_results.py --runs {runs} --out {out} --replace layers_segmentation` would "
+            "replace it.") in text
     assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace",
                               "layers_segmentation"]) == 0
     assert kept.read_bytes() == source.read_bytes()
@@ -644,3 +671,176 @@ def test_a_damaged_summary_stops_the_run_before_anything_is_kept_or_written(tmp_
     assert json.loads((results / "layers_segmentation.json").read_text())["seeds"] == [3, 4, 5]
     assert sorted(p.name for p in results.glob("*.png")) == ["dilation_seed0_b.png"]
     assert not list(out.parent.glob(".*.tmp"))
+
+
+def test_the_report_states_its_verdict_rule(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
+    _full_layers(runs)
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "every seed's difference goes the same way (one smaller than 0.005 counts as a " \
+        "tie" in text
+    assert "With 3 seeds this is a consistency rule, not a significance test" in text
+    assert "miou +0.030 (higher by more than the seed noise (0.000) and in every seed; per " \
+        "seed +0.030 / +0.030 / +0.030)" in text
+
+
+def _layers_rows():
+    return [{"layers": n, "deform_blocks": [0, 0, 0, n], "params": 1000 + n,
+             "miou": _stat([0.3 + n / 100, 0.31, 0.32])} for n in (0, 3)]
+
+
+def _scale_summary():
+    row = {"model": "plain", "params": 10, "seeds": [0, 1, 2],
+           "by_scale": {"8": _stat([0.2, 0.3, 0.4]), "16": _stat([0.5, 0.6, 0.7])},
+           "miou": _stat([0.6, 0.7, 0.8])}
+    return {"mode": "full", "settings": {"sizes": SIZES}, "seeds": [0, 1, 2],
+            "train_scale": [12, 20], "test_scales": [8, 16], "figure": "scale_miou.png",
+            "rows": [row]}
+
+
+def _damage(summary, change):
+    exec(change, {"d": summary})  # the parametrized edits are the tests' own literals
+    return summary
+
+
+@pytest.mark.parametrize(("study", "change", "why"), [
+    ("layers_segmentation", "d['rows'][0]['miou']['mean'] = 0.9",
+     "rows[0].miou: mean 0.9, but its values' mean is 0.3"),
+    ("layers_segmentation", "d['rows'][1]['miou']['std'] = 0.5",
+     "rows[1].miou: std 0.5, but its values' std is 0.01"),
+    ("layers_segmentation", "d['rows'][1]['miou']['values'] = [0.1]",
+     "rows[1].miou: 1 value(s) for 3 seeds"),
+    ("layers_segmentation", "d['rows'][0]['miou'] = {'mean': 0.5}",
+     "rows[0].miou: no std, values in it"),
+    ("layers_segmentation", "d['rows'][0]['miou']['values'] = ['a', 'b', 'c']",
+     "rows[0].miou: not numbers"),
+    ("layers_segmentation", "d['seeds'] = 3", "seeds is not a list of seeds: 3"),
+    ("scale", "d['rows'][0]['by_scale']['8']['values'].pop()",
+     "rows[0].by_scale.8: 2 value(s) for 3 seeds"),
+    ("scale", "del d['rows'][0]['by_scale']['16']", "rows[0].by_scale.16: absent"),
+    ("scale", "d['test_scales'] = 8", "test_scales is not a list of sizes: 8"),
+    ("dilation", "d['miou'] = [0.5]", "miou: [0.5] is not one value per seed (3 seeds)"),
+])
+def test_a_summary_whose_statistics_do_not_hold_is_named(tmp_path, capsys, study, change,
+                                                         why):
+    """A summary's mean ± std is checked against its own values, one per seed: a mean that
+    was not its values' was published as it was ("0.900 ± 0.011 (0.544 / 0.555 / 0.534)"),
+    one value of a 3-seed study too, and a stat without std or a short by_scale list ended
+    in a KeyError or ValueError traceback."""
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
+    if study == "scale":
+        summary = _scale_summary()
+    elif study == "dilation":
+        _dilation(runs, "full", [], seeds=(0, 1, 2))
+        summary = json.loads((runs / "dilation" / "summary.json").read_text())
+    else:
+        summary = {"mode": "full", "settings": {"sizes": SIZES}, "seeds": [0, 1, 2],
+                   "metrics": ["miou"], "rows": _layers_rows()}
+    _write(runs, study, _damage(summary, change))
+    with pytest.raises(SystemExit) as err:
+        make_results.main(["--runs", str(runs), "--out", str(out)])
+    assert err.value.code == 2 and not out.exists()
+    error = capsys.readouterr().err
+    source = runs / study / "summary.json"
+    assert f"error: {source} is not a valid {study} summary ({why}" in error
+    assert "Traceback" not in error
+
+
+def test_a_kept_summary_is_checked_too(tmp_path, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
+    _write(runs, "scale", _scale_summary())
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    kept = out.parent / "results" / "scale.json"
+    kept.write_text(json.dumps(_damage(json.loads(kept.read_text()),
+                                       "d['rows'][0]['miou']['mean'] = 0.1")))
+    report = out.read_text()
+    with pytest.raises(SystemExit):
+        make_results.main(["--runs", str(tmp_path / "elsewhere"), "--out", str(out)])
+    assert f"error: {kept} is not a valid scale summary (rows[0].miou: mean 0.1" \
+        in capsys.readouterr().err
+    assert out.read_text() == report
+
+
+@pytest.mark.parametrize(("study", "summary", "command"), [
+    # overhead measured at 1 thread: its default is 2
+    ("overhead", {"settings": {"threads": 1, "seed": 0}},
+     "python experiments/overhead.py --threads 1"),
+    ("overhead", {"settings": {"threads": 2, "seed": 3}},
+     "python experiments/overhead.py --seeds 3"),
+    ("overhead", {"mode": "smoke", "settings": {"threads": 2, "seed": 0}},
+     "python experiments/overhead.py --smoke"),
+    ("layers_segmentation", {"seeds": [0, 1, 2]},
+     "python experiments/layers.py --task segmentation"),
+    ("layers_segmentation", {"seeds": [1, 2, 3]},
+     "python experiments/layers.py --task segmentation --seeds 1 2 3"),
+    ("layers_segmentation", {"mode": "smoke", "seeds": [0]},
+     "python experiments/layers.py --task segmentation --smoke"),
+    ("layers_segmentation", {"seeds": [0, 1, 2], "settings": {"layers": {"0": [], "3": [],
+                                                                          "6": []}}},
+     "python experiments/layers.py --task segmentation --layers 0 3"),
+    ("roi_pooling_rfcn", {"seeds": [0, 1, 2], "settings": {"configs": {"plain": 1, "both": 2}},
+                          "rows": [{"config": "plain"}]},
+     "python experiments/roi_pooling.py --detector rfcn --configs plain"),
+    ("roi_pooling_faster_rcnn", {"mode": "smoke", "seeds": [0, 1],
+                                 "settings": {"configs": {"plain": 1, "deformable conv": 2}},
+                                 "rows": [{"config": "deformable conv"}]},
+     "python experiments/roi_pooling.py --detector faster_rcnn --smoke --seeds 0 1 "
+     "--configs 'deformable conv'"),
+    ("scale", {"seeds": [0, 1, 2]}, "python experiments/scale.py"),
+    ("dilation", {"mode": "smoke", "seeds": [0, 1]},
+     "python experiments/dilation.py --smoke --seeds 0 1"),
+])
+def test_a_study_command_carries_the_options_its_summary_was_made_with(study, summary,
+                                                                       command):
+    """RESULTS.md said `python experiments/overhead.py` under a table measured at 1 thread
+    (--threads defaults to 2): following it did not reproduce the table."""
+    data = {"mode": "full", "settings": {}, "rows": [{"layers": 0}, {"layers": 3}], **summary}
+    assert make_results.command(study, data) == command
+    assert make_results.command(study, None) == make_results.COMMANDS[study]
+
+
+def test_the_budget_does_not_halve_a_one_process_study(tmp_path):
+    """overhead.py runs in one process; its CPU time was halved as if it ran as two
+    shards (1.4 min shown as 0.7)."""
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
+    _write(runs, "overhead", {"mode": "full", "threads": 1, "repeats": 2,
+                              "settings": {"threads": 1, "seed": 0},
+                              "measured": {"runs": 6, "wall": 1.5, "cpu": 1.4}, "rows": [
+        {"model": "m", "image_size": 32, "params_plain": 10, "params_deformable": 11,
+         "params_increase": 0.1, "ms_plain": 1.0, "ms_deformable": 1.2,
+         "time_increase": 0.2}]})
+    _layers_summary(runs)
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| overhead | full | – | 6 | – | 1.4 (one process: not halved) | 1.5 |" in text
+    assert "| layers_segmentation | full | – | 6 | – | 5.0 | 12.0 |" in text
+    assert "Command: `python experiments/overhead.py --threads 1`" in text
+
+
+def test_replace_without_a_runs_summary_is_refused(tmp_path, capsys):
+    """--replace of studies the runs folder has nothing of did nothing and said nothing."""
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
+    _full_layers(runs)
+    with pytest.raises(SystemExit) as err:
+        make_results.main(["--runs", str(runs), "--out", str(out), "--replace",
+                           "layers_segmentation", "scale", "overhead"])
+    assert err.value.code == 2 and not out.exists()
+    assert f"--replace scale overhead: no summary.json or plan.json of them in {runs}" \
+        in capsys.readouterr().err
+    assert make_results.main(["--runs", str(runs), "--out", str(out), "--replace",
+                              "layers_segmentation"]) == 0
+
+
+def test_the_replace_advice_names_a_runs_folder_other_than_the_default(tmp_path,
+                                                                      monkeypatch):
+    runs = tmp_path / "runs"
+    _full_layers(runs)
+    report = make_results.Report(runs, tmp_path / "R.md")
+    assert report.generate("--replace", "scale") == (
+        f"python experiments/make_results.py --runs {runs} --out {tmp_path / 'R.md'} "
+        "--replace scale")
+    monkeypatch.chdir(tmp_path)
+    default = make_results.Report(make_results.DEFAULT_RUNS, make_results.DEFAULT_REPORT)
+    assert default.generate("--replace", "scale") == \
+        "python experiments/make_results.py --replace scale"
