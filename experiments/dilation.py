@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     pretrained(sizes, study)  # before the runs, so that none of them counts it
     study.in_shards(__file__, argv)
     results = [study.run(f"seed{seed}", {"seed": seed},
-                         lambda run_dir, seed=seed: one_run(sizes, seed, run_dir, figures, study))
+                         lambda run_dir, seed=seed: one_run(sizes, seed, run_dir, figures, study),
+                         needs=("metrics.miou", "thresholds", "nominal", "rows", "figures"))
                for seed in sizes.seeds]
     if not study.complete:
         return study.finish_shard()

@@ -29,6 +29,7 @@ from runner import (
     detection_specs,
     plan,
     pretrained,
+    result_fields,
     run_script,
     seed_stats,
     segmentation_specs,
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 
             results[layers, seed] = study.run(
                 f"layers{layers}_seed{seed}",
-                {"layers": layers, "seed": seed, "model": asdict(spec)}, run)
+                {"layers": layers, "seed": seed, "model": asdict(spec)}, run,
+                needs=result_fields(METRICS[task]))
     if not study.complete:
         return study.finish_shard()
     rows = [{"layers": n, "deform_blocks": list(LAYERS[n]), "seeds": list(sizes.seeds),

@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
               "(docs/RESULTS.md: measured)")
         return 0
     results = [study.run(m.name + f"_{m.image_size}px", {"model": asdict(m)},
-                         lambda _dir, m=m: measure(m, seed, repeats)) for m in models]
+                         lambda _dir, m=m: measure(m, seed, repeats),
+                         needs=[f"{kind}.{key}" for kind in ("deformable", "plain")
+                                for key in ("params", "ms_per_image")]) for m in models]
     if not study.complete:
         return study.finish_shard()
     rows = []

@@ -27,6 +27,7 @@ from runner import (
     detection_specs,
     plan,
     pretrained,
+    result_fields,
     run_script,
     seed_stats,
     train_data,
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                 return train_run("detection", spec, plain, sizes, seed, run_dir, study)[1]
 
             results[name, seed] = study.run(
-                run_key(name, seed), {"config": name, "seed": seed, "model": asdict(spec)}, run)
+                run_key(name, seed), {"config": name, "seed": seed, "model": asdict(spec)}, run,
+                needs=result_fields(METRICS))
     if not study.complete:
         return study.finish_shard()
     rows = [{"config": name, "deformable_conv_layers": sum(CONFIGS[name][0]),

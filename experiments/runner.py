@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -65,6 +66,7 @@ __all__ = [
     "parameter_count",
     "plan",
     "pretrained",
+    "result_fields",
     "seed_stats",
     "segmentation_specs",
     "train_data",
@@ -148,7 +150,7 @@ def add_common_args(parser: argparse.ArgumentParser, training: bool = True) -> N
     parser.add_argument("--seeds", type=int, nargs="+", action=_DistinctSeeds,
                         default=None if training else [0],
                         help="override the study's seeds (each at most once)" if training
-                        else "measure with this one seed (default 0)")
+                        else "measure with this one seed instead of 0")
     parser.add_argument("--threads", type=positive_int, default=2,
                         help="CPU threads for torch and the Numba kernels (default 2)")
     parser.add_argument("--plan", action="store_true",
@@ -244,17 +246,33 @@ def run_script(main: Callable[[], int]) -> None:
     """Run a study script's ``main`` and exit with its code. Ctrl-C or a SIGTERM stops the
     training run at the end of an iteration, with a checkpoint; the script then says so in
     one line and exits with 128 + the signal's number, and the same command continues. An
-    unreadable checkpoint is an ``error:`` line and exit code 2, as a study's own errors."""
+    unreadable checkpoint is an ``error:`` line and exit code 2, as a study's own errors.
+
+    A shard of ``--jobs`` (:meth:`Study.in_shards`) stops quietly: its parent says it, once.
+    It starts with the stop signals held: one that came while it imported torch is taken
+    here (a SIGTERM ends the process by itself)."""
+    shard = os.environ.get(_SHARD_ENV) == "1"
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    except KeyboardInterrupt:
+        raise SystemExit(128 + signal.SIGINT) from None
     try:
         code = main()
     except CheckpointError as err:  # a run's last.pt or the pretraining's, kept as it is
         print(f"error: {err}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt as err:  # engine.TrainingStopped included
-        print(f"{str(err) or 'interrupted'}; run the same command again to continue",
-              file=sys.stderr)
+        if not shard:
+            print(f"{str(err) or 'interrupted'}; run the same command again to continue",
+                  file=sys.stderr)
         code = 128 + getattr(err, "signum", signal.SIGINT)
     raise SystemExit(code)
+
+
+# What stops a study (Ctrl-C, a scheduler's kill), passed on to its shards.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Set in the environment of the shard processes that Study.in_shards starts.
+_SHARD_ENV = "DEFORMCONV_STUDY_SHARD"
 
 
 class ShardsStopped(KeyboardInterrupt):
@@ -314,16 +332,18 @@ class Study:
         """Whether every run asked for so far has a result (false only with ``--shard``)."""
         return not self.left
 
-    def run(self, run: str, config: dict[str, Any], fn: Callable[[Path], dict[str, Any]]
-            ) -> dict[str, Any] | None:
+    def run(self, run: str, config: dict[str, Any], fn: Callable[[Path], dict[str, Any]],
+            needs: Sequence[str] = ()) -> dict[str, Any] | None:
         """The result of run ``run``: read from its JSON, or ``fn(run_dir)`` then saved;
-        None for a run left to another shard."""
+        None for a run left to another shard. ``needs``: what the script reads of a result
+        (dotted paths, e.g. ``metrics.miou``); a saved result without one of them is a
+        :class:`StudyError` naming the file and the field."""
         index = len(self.done) + len(self.skipped) + len(self.left)
         path = self.folder / f"{run}.json"
         identity = _plain_json({"study": self.name, "run": run, "mode": self.mode,
                                 "settings": self.settings, "config": config})
         if path.exists():
-            saved = _read_result(path)
+            saved = _read_result(path, needs)
             if saved.get("identity") != identity:
                 raise _made_otherwise(path, identity, saved.get("identity") or {})
             self.skipped.append(run)
@@ -360,7 +380,8 @@ class Study:
         The shards run in sessions of their own, so a signal reaches them only through this
         process, once: a SIGINT (Ctrl-C) or SIGTERM (``kill``, a scheduler) to it is passed on
         to them, which stops their runs at the end of an iteration with a checkpoint (a second
-        Ctrl-C at once); this process then stops as they did.
+        Ctrl-C at once), or ends a shard quietly before its runs (still importing: see
+        :func:`run_script`); this process then stops as they did.
         """
         if self.jobs <= 1 or self.shard is not None:
             return
@@ -375,14 +396,23 @@ class Study:
                     shard.send_signal(signum)
 
         # before the shards start: a signal in between would end this process alone
-        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, forward) for s in _STOP_SIGNALS}
         try:
             for k in range(self.jobs):
                 if received:  # stopped while starting them: start no more
                     break
-                shards.append(subprocess.Popen(
-                    [sys.executable, script, *argv, "--jobs", "1", "--shard", f"{k}/{self.jobs}",
-                     "--threads", "1"], start_new_session=True))
+                # a shard starts with the stop signals held (a process keeps its parent's
+                # mask), until run_script takes them: Python's SIGINT while it imported
+                # torch was a KeyboardInterrupt traceback; held, it ends the shard quietly.
+                # One sent to this process meanwhile waits, and is passed on, after Popen.
+                held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+                try:
+                    shards.append(subprocess.Popen(
+                        [sys.executable, script, *argv, "--jobs", "1", "--shard",
+                         f"{k}/{self.jobs}", "--threads", "1"], start_new_session=True,
+                        env={**os.environ, _SHARD_ENV: "1"}))
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, held)
             codes = [shard.wait() for shard in shards]
         finally:
             for signum, handler in previous.items():
@@ -419,14 +449,28 @@ def _result_files(folder: Path) -> list[Path]:
             if path.name not in ("summary.json", "plan.json")]
 
 
-def _read_result(path: Path) -> dict[str, Any]:
-    """A run's result file read back: ``{"identity", "result"}``; a :class:`StudyError`
-    naming it if it is not one (empty, cut short, not JSON)."""
-    saved = read_json(path, ("result file", ("result",)), "delete it")
-    if not isinstance(saved["result"], dict):
-        raise StudyError(f"{path} is not a valid result file (no result object in it); "
-                         "delete it")
-    return saved
+def _read_result(path: Path, needs: Sequence[str] = ()) -> dict[str, Any]:
+    """A run's result file read back: ``{"identity", "result"}`` whose result holds each of
+    ``needs`` (dotted paths); a :class:`StudyError` naming it if it is not one (empty, cut
+    short, not JSON, a field missing)."""
+    def check(saved: dict[str, Any]) -> str | None:
+        if not isinstance(saved["result"], dict):
+            return "no result object in it"
+        for need in needs:
+            value: Any = saved["result"]
+            for key in need.split("."):
+                if not isinstance(value, dict) or key not in value:
+                    return f"no result.{need} in it"
+                value = value[key]
+        return None
+
+    return read_json(path, ("result file", ("result",)), "delete it to run it again", check)
+
+
+def result_fields(metrics: Sequence[str]) -> tuple[str, ...]:
+    """What :func:`seed_stats` reads of each run's result (:meth:`Study.run`'s ``needs``)."""
+    return ("params", "seconds", "seconds_per_iteration", "iterations",
+            *(f"metrics.{key}" for key in metrics))
 
 
 def read_json(path: Path, kind: tuple[str, Sequence[str]],

@@ -28,6 +28,7 @@ from runner import (
     add_common_args,
     mean_std,
     plan,
+    result_fields,
     run_script,
     seed_stats,
     train_data,
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             key = f"{name.split(' ')[0]}_seed{seed}"
             results[name, seed] = study.run(
                 key, {"model": name, "seed": seed,
-                      "spec": asdict(spec(name, classes, args.smoke))}, run)
+                      "spec": asdict(spec(name, classes, args.smoke))}, run,
+                needs=(*result_fields(("miou",)), *(f"miou_by_scale.{s}" for s in scales)))
     if not study.complete:
         return study.finish_shard()
     rows = []

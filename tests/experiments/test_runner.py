@@ -43,6 +43,26 @@ def test_run_is_computed_once_then_read_back(tmp_path):
     assert saved["identity"]["mode"] == "smoke" and saved["identity"]["settings"] == {"a": [1, 2]}
 
 
+def test_a_result_without_what_the_script_reads_is_named(tmp_path, capsys):
+    """A saved result that lacks a field its script reads (scale's miou_by_scale) ended the
+    study in a KeyError traceback; now an error line names the file and the field."""
+    _study(tmp_path, {}).run("r0", {}, lambda d: {"metrics": {"miou": 0.5}, "by": {"8": 1}})
+    needs = ("metrics.miou", "by.8")
+    assert _study(tmp_path, {}).run("r0", {}, pytest.fail, needs=needs)["by"] == {"8": 1}
+    path = tmp_path / "unit" / "r0.json"
+    for change, field in (("del saved['result']['by']['8']", "by.8"),
+                          ("saved['result']['metrics'] = 0.5", "metrics.miou")):
+        saved = json.loads(path.read_text())
+        exec(change, {"saved": saved})
+        path.write_text(json.dumps(saved))
+        with pytest.raises(SystemExit) as err:
+            _study(tmp_path, {}).run("r0", {}, pytest.fail, needs=needs)
+        assert err.value.code == 2
+        assert capsys.readouterr().err == f"error: {path} is not a valid result file (no " \
+            f"result.{field} in it); delete it to run it again\n"
+    assert runner.result_fields(["AP"])[-1] == "metrics.AP"
+
+
 def test_a_result_of_another_configuration_is_refused(tmp_path):
     _study(tmp_path, {"a": 1}).run("r0", {"seed": 0}, lambda d: {"value": 1})
     study = _study(tmp_path, {"a": 1})
@@ -157,7 +177,8 @@ def test_jobs_run_the_script_as_shards_of_one_thread(tmp_path):
 @pytest.mark.parametrize(("script", "codes"), [
     ("raise SystemExit(143)\n", "143, 143"),
     # a signal outside a training run (rendering, evaluating) kills a shard
-    ("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n", "-15, -15"),
+    ("import os, signal\nsignal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})\n"
+     "os.kill(os.getpid(), signal.SIGTERM)\n", "-15, -15"),
 ])
 def test_shards_stopped_by_a_signal_stop_the_study_as_an_interrupt(tmp_path, script, codes):
     """Shards that stopped at a signal (exit 130/143, or killed by it) are no failure: the
@@ -177,6 +198,7 @@ def stop(signum, frame):
     raise SystemExit(128 + signum)
 signal.signal(signal.SIGTERM, stop)
 signal.signal(signal.SIGINT, stop)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # as run_script
 (folder / f'ready{k}').touch()
 time.sleep(30)
 """
@@ -213,6 +235,39 @@ def test_a_signal_to_the_parent_alone_stops_its_shards(tmp_path, signum):
     code = 128 + signum
     assert err.strip().endswith(f"shards stopped (exit codes [{code}, {code}]); run the same "
                                 "command again to continue")
+
+
+_IMPORTING_SHARD = """\
+import pathlib, sys, time
+k = sys.argv[sys.argv.index('--shard') + 1].split('/')[0]
+folder = pathlib.Path(sys.argv[1])
+(folder / f'ready{k}').touch()
+time.sleep(3)  # a study script importing torch (held signals wait), before run_script
+sys.path.insert(0, sys.argv[2])
+import runner
+runner.run_script(lambda: (folder / f'ran{k}').touch() or 0)
+"""
+
+
+def test_a_shard_stopped_while_importing_exits_quietly(tmp_path):
+    """Ctrl-C while the shards were still importing torch printed a KeyboardInterrupt
+    traceback from each (exit 1, so the parent called it a failure): now each ends quietly
+    with 130 and the parent says it in one line."""
+    shard, parent = tmp_path / "shard.py", tmp_path / "parent.py"
+    shard.write_text(_IMPORTING_SHARD)
+    parent.write_text(_STUDY_PARENT.replace("[sys.argv[2]]", "[sys.argv[2], sys.argv[1]]"))
+    process = subprocess.Popen([sys.executable, str(parent), str(EXPERIMENTS), str(tmp_path),
+                                str(shard)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"ready{k}").exists() for k in range(2)):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert err.strip() == "[unit] shards stopped (exit codes [130, 130]); run the same " \
+        "command again to continue"
+    assert not list(tmp_path.glob("ran*"))
 
 
 @pytest.mark.parametrize(("raised", "code"), [
@@ -404,3 +459,16 @@ def test_readme_names_every_private_import_of_the_scripts():
     assert "only the package's public API" not in readme
     for name in private:
         assert f"`{name}`" in readme, name
+
+
+def test_a_stopped_shard_leaves_the_line_to_its_parent(capsys, monkeypatch):
+    """Each shard of a stopped --jobs study printed its own 'interrupted; run the same
+    command again' besides the parent's line (the shard's command is not the user's)."""
+    monkeypatch.setenv(runner._SHARD_ENV, "1")
+
+    def main():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as err:
+        runner.run_script(main)
+    assert err.value.code == 130 and capsys.readouterr().err == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from exp_scripts import load, run_args
 
 scale = load("scale")
@@ -32,3 +33,19 @@ def test_smoke(tmp_path):
         assert set(row["by_scale"]) == {str(s) for s in scale.SMOKE_TEST_SCALES}
         assert all(0.0 <= v["mean"] <= 1.0 for v in row["by_scale"].values())
     assert (tmp_path / "scale" / summary["figure"]).is_file()
+
+
+def test_a_result_without_its_test_sizes_is_an_error_line(tmp_path, capsys):
+    """A run result without miou_by_scale (damaged) made the summary fail with a KeyError
+    traceback; it is one error line naming the file and the field, exit 2."""
+    assert scale.main(run_args(tmp_path)) == 0
+    path = tmp_path / "scale" / "plain_seed0.json"
+    saved = json.loads(path.read_text())
+    del saved["result"]["miou_by_scale"]
+    path.write_text(json.dumps(saved))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:
+        scale.main(run_args(tmp_path))
+    assert err.value.code == 2
+    assert capsys.readouterr().err == f"error: {path} is not a valid result file (no " \
+        "result.miou_by_scale.8 in it); delete it to run it again\n"
