@@ -55,12 +55,10 @@ SIZES = {
                        base_channels=32, iterations=500, seeds=(0, 1, 2), pretrain=PRETRAIN,
                        scene={**SCENE, "min_object_size": 16.0}),
 }
-SMOKE = {
-    "segmentation": Sizes(image_size=32, batch_size=2, train_size=8, val_size=4,
-                          base_channels=4, iterations=2, seeds=(0,), pretrain=SMOKE_PRETRAIN),
-    "detection": Sizes(image_size=64, batch_size=2, train_size=8, val_size=4,
-                       base_channels=4, iterations=2, seeds=(0,), pretrain=SMOKE_PRETRAIN),
-}
+# Smoke: the full recipe (rates, schedule, losses, scenes), only the sizes shrunk.
+SMOKE = {task: replace(SIZES[task], image_size=size, batch_size=2, train_size=8, val_size=4,
+                       base_channels=4, iterations=2, seeds=(0,), pretrain=SMOKE_PRETRAIN)
+         for task, size in (("segmentation", 32), ("detection", 64))}
 
 
 def specs(task: str, sizes: Sizes, classes: int, layers: int):

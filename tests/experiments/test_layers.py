@@ -86,3 +86,18 @@ def test_plan_estimates_without_training(tmp_path):
     assert not (tmp_path / "cache").exists()
     assert not (tmp_path / "layers_segmentation" / "summary.json").exists()
     assert not list((tmp_path / "layers_segmentation").glob("layers*_seed*.json"))
+
+
+# What a smoke run shrinks; everything else is the full mode's recipe.
+SIZE_FIELDS = {"image_size", "batch_size", "train_size", "val_size", "base_channels",
+               "iterations", "seeds", "pretrain"}
+
+
+def test_smoke_runs_the_full_recipe_at_tiny_sizes():
+    """Smoke segmentation fine-tuned its backbone at 0.1 of the rate (the Sizes default),
+    the full study at 1.0: the smoke run did not exercise the full recipe."""
+    for task, full in layers.SIZES.items():
+        smoke = layers.SMOKE[task]
+        recipe = {k: v for k, v in vars(full).items() if k not in SIZE_FIELDS}
+        assert {k: v for k, v in vars(smoke).items() if k not in SIZE_FIELDS} == recipe, task
+    assert layers.SMOKE["segmentation"].backbone_lr_mult == 1.0
