@@ -8,9 +8,12 @@ comes from a ``--smoke`` run, the report says so at the top and on every table.
 Each study's summary, plan and figures are kept in ``results/`` beside the report. A kept
 summary is not replaced by a downgrade (a smoke one over a full one; one of the same mode
 with fewer seeds or without some of its configurations) unless ``--replace`` names the
-study; a full one replaces a smoke one. A plan is kept and used only if it covers the
-study's summary. Every file is read and checked before anything is copied,
-removed or written; one that cannot be read is named in an error (exit code 2).
+study (which needs a summary or plan of it in ``--runs``); a full one replaces a smoke
+one. A plan is kept and used only if it covers the study's summary. Every file is read
+and checked (a summary's statistics against its own values, one per seed) before
+anything is copied, removed or written; one that cannot be used is named in an error
+(exit code 2). A verdict counts a gap only when it exceeds the seed noise and every
+seed's paired difference goes its way (:func:`compare`).
 
     python experiments/make_results.py                        # runs/experiments -> docs/
     python experiments/make_results.py --runs runs/experiments-smoke --out /tmp/RESULTS.md
