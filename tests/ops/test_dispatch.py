@@ -175,3 +175,26 @@ def test_bad_workspace_size_names_the_variable(value: str) -> None:
                           env=env, timeout=300, check=False)
     assert (f"ValueError: DEFORMCONV_WORKSPACE_MB must be a number of MiB >= 0 (e.g. 32), "
             f"got '{value}'") in done.stderr
+
+
+def test_alert_not_deterministic_raises_in_deterministic_mode(deterministic_mode):
+    deterministic_mode(True)
+    with pytest.raises(RuntimeError, match=r"deform_roi_pool backward on the triton backend"
+                                           r".*DEFORMCONV_BACKEND=torch"):
+        _dispatch.alert_not_deterministic("deform_roi_pool", "triton")
+
+
+def test_alert_not_deterministic_warns_once_per_op_with_warn_only(deterministic_mode):
+    deterministic_mode(True, warn_only=True)
+    with pytest.warns(UserWarning, match="deform_conv2d backward on the triton") as record:
+        for _ in range(3):
+            _dispatch.alert_not_deterministic("deform_conv2d", "triton")
+    assert len(record) == 1
+    with pytest.warns(UserWarning, match="deform_psroi_pool backward"):
+        _dispatch.alert_not_deterministic("deform_psroi_pool", "triton")
+
+
+def test_alert_not_deterministic_is_silent_by_default(deterministic_mode, recwarn):
+    deterministic_mode(False)
+    _dispatch.alert_not_deterministic("deform_conv2d", "triton")
+    assert not recwarn.list

@@ -495,3 +495,63 @@ def test_cuda_roi_pools_float32_match_float64():
     for a, e in zip([out32, *grads32], [out64, *grads64], strict=True):
         scale = max(1.0, e.abs().max().item())
         torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4 * scale)
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+def _atomic_backward_calls():
+    """Per op: a tiny call of it on (input, offset), the backward of whose input gradient
+    uses float32 atomics on the Triton backend."""
+    rois = torch.tensor([[0, 1.0, 1, 6, 6]], device=DEVICE)
+    return {
+        "deform_conv2d": lambda x, offset: deform_conv2d(
+            x, offset.expand(1, 18, 8, 8), torch.ones(2, 2, 3, 3, device=DEVICE), padding=1),
+        "deform_roi_pool": lambda x, offset: deform_roi_pool(
+            x, rois, offset.view(1, 2, 3, 3)[..., :2, :2], output_size=2, sampling_ratio=2),
+        "deform_psroi_pool": lambda x, offset: deform_psroi_pool(
+            x, rois, offset.view(1, 2, 3, 3)[..., :2, :2], spatial_scale=1.0, output_dim=2,
+            group_size=1, pooled_size=2, part_size=2),
+    }
+
+
+@pytest.mark.parametrize("op", sorted(_atomic_backward_calls()))
+class TestDeterminismAlert:
+    """Each backward with atomics alerts as torch's non-deterministic ops do."""
+
+    @staticmethod
+    def _backward(op: str, input_grad: bool = True, compiled: bool = False) -> None:
+        fn = _atomic_backward_calls()[op]
+        if compiled:
+            fn = torch.compile(fn, fullgraph=True, backend="aot_eager")
+        x = torch.randn(1, 2, 8, 8, device=DEVICE, requires_grad=input_grad)
+        offset = torch.full((1, 18, 1, 1), 0.3, device=DEVICE, requires_grad=True)
+        fn(x, offset).sum().backward()
+
+    def test_raises_under_deterministic_algorithms(self, op, deterministic_mode):
+        deterministic_mode(True)
+        with pytest.raises(RuntimeError, match=rf"{op} backward on the triton backend .*"
+                                               r"DEFORMCONV_BACKEND=torch"):
+            self._backward(op)
+
+    def test_warns_with_warn_only(self, op, deterministic_mode):
+        deterministic_mode(True, warn_only=True)
+        with pytest.warns(UserWarning, match=rf"{op} backward on the triton backend"):
+            self._backward(op)
+
+    def test_silent_without_input_gradient(self, op, deterministic_mode):
+        """No input gradient, no atomics: the offset gradient is deterministic."""
+        deterministic_mode(True)
+        self._backward(op, input_grad=False)
+
+    def test_torch_backend_is_the_deterministic_one(self, op, deterministic_mode,
+                                                    monkeypatch):
+        deterministic_mode(True)
+        monkeypatch.setenv(_dispatch.BACKEND_ENV, "torch")
+        self._backward(op)
+
+
+def test_determinism_alert_under_torch_compile(deterministic_mode):
+    deterministic_mode(True)
+    with pytest.raises(RuntimeError, match="deform_conv2d backward on the triton backend"):
+        TestDeterminismAlert._backward("deform_conv2d", compiled=True)

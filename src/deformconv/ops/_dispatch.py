@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -109,6 +110,30 @@ def _check_forced(backend: str, device: torch.device) -> None:
             )
         if device.type not in ("cpu", "cuda"):
             raise RuntimeError(f"{BACKEND_ENV}=triton runs on CUDA tensors, got {device}")
+
+
+# (op, backend) pairs whose non-determinism warning was given (warn_only: once per process)
+_warned_not_deterministic: set[tuple[str, str]] = set()
+
+
+def alert_not_deterministic(op: str, backend: str) -> None:
+    """Alert as torch does for its own ops without a deterministic implementation, for a
+    backward that adds its input gradient with float32 atomics (their order, and so the
+    rounding, varies run to run): under ``torch.use_deterministic_algorithms(True)`` raise a
+    RuntimeError; with ``warn_only=True`` warn, once per op and backend; else nothing."""
+    if not torch.are_deterministic_algorithms_enabled():
+        return
+    message = (
+        f"{op} backward on the {backend} backend adds its input gradient with float32 "
+        "atomics, so it is not deterministic, but torch.use_deterministic_algorithms(True) "
+        f"is set; {BACKEND_ENV}=torch gives a deterministic backward (slower), or "
+        "use_deterministic_algorithms(True, warn_only=True) accepts this one with a warning"
+    )
+    if not torch.is_deterministic_algorithms_warn_only_enabled():
+        raise RuntimeError(message)
+    if (op, backend) not in _warned_not_deterministic:
+        _warned_not_deterministic.add((op, backend))
+        warnings.warn(message, UserWarning, stacklevel=2)
 
 
 def kernel(op: str, backend: str, name: str) -> Callable[..., Any]:

@@ -12,6 +12,7 @@ import torch
 import triton
 from torch import Tensor
 
+from .._dispatch import alert_not_deterministic
 from . import deform_conv_kernels as kernels
 from .launch import (
     block,
@@ -135,6 +136,8 @@ def _backward_data(a: _Layout, grad_out: Tensor, weight: Tensor, grad_input: Ten
                    grad_offset: Tensor, grad_mask: Tensor, need_input: bool,
                    need_offset_mask: bool) -> None:
     # The input gradient gathers atomic adds: float32, channels-last, whatever the dtype.
+    if need_input:
+        alert_not_deterministic("deform_conv2d", "triton")
     grad_x = (a.x.new_zeros(a.n, a.height, a.width, a.cin, dtype=torch.float32) if need_input
               else a.offset)
     grad_off = grad_offset if grad_offset.is_contiguous() else torch.empty_like(a.offset)

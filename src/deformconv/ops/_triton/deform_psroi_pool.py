@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._dispatch import alert_not_deterministic
 from ..geometry import psroi_bins, psroi_grid
 from .bilinear import (
     clamp_into_plane,
@@ -200,6 +201,8 @@ def backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | Non
     output_dim, pooled_size = grad_out.shape[1], grad_out.shape[2]
     a = _Args(input, rois, offset, spatial_scale, output_dim, group_size, pooled_size,
               part_size, sample_per_part, trans_std)
+    if need_input:
+        alert_not_deterministic("deform_psroi_pool", "triton")
     grad_input = torch.zeros_like(input)
     need_offset = need_offset and offset is not None
     if grad_out.numel() == 0 or not (need_input or need_offset):

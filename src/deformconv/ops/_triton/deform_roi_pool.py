@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._dispatch import alert_not_deterministic
 from ..geometry import roi_align_grid
 from .bilinear import (
     clamp_into_plane,
@@ -232,6 +233,8 @@ def backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | Non
     grad_offset = input.new_zeros(a.rois, 2, *pooled) if offset is not None else None
     grad_mask = input.new_zeros(a.rois, 1, *pooled) if mask is not None else None
     need_offset_mask = need_offset_mask and (offset is not None or mask is not None)
+    if need_input:
+        alert_not_deterministic("deform_roi_pool", "triton")
     if grad_out.numel() and (need_input or need_offset_mask):
         grad_x = input.new_zeros(input.shape[0], a.height, a.width, a.channels,
                                  dtype=torch.float32) if need_input else a.geo
