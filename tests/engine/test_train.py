@@ -144,6 +144,38 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
     assert losses[0] == losses[1]
 
 
+def test_a_resume_at_another_thread_count_says_it_is_not_bit_identical(tmp_path, capsys):
+    """Checkpoints record torch's thread count; a resume at another count says the run
+    continues at N threads where it trained at M (it used to say nothing, and the CPU
+    kernels' sums split by thread count). Same count, or a checkpoint without it: no note."""
+    data = ToyClassification(size=20)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        train(_config(tmp_path, iterations=3, eval_every=0), TinyClassifier(), data)
+        last = tmp_path / "run" / "last.pt"
+        assert load_checkpoint(last)["threads"] == 1
+        capsys.readouterr()
+        torch.set_num_threads(2)
+        train(_config(tmp_path, iterations=4, eval_every=0, resume="auto"), TinyClassifier(),
+              data)
+        note = [line for line in capsys.readouterr().out.splitlines() if "threads" in line]
+        assert note == ["note: the run continues at 2 threads where it trained at 1, so it "
+                        "will not be bit-identical to an uninterrupted run"]
+        assert load_checkpoint(last)["threads"] == 2
+        train(_config(tmp_path, iterations=5, eval_every=0, resume="auto"), TinyClassifier(),
+              data)
+        old = {k: v for k, v in load_checkpoint(last).items() if k != "threads"}
+        torch.save(old, last)  # a checkpoint from before the field
+        torch.set_num_threads(1)
+        capsys.readouterr()
+        train(_config(tmp_path, iterations=6, eval_every=0, resume="auto"), TinyClassifier(),
+              data)
+        assert "threads" not in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_best_checkpoint_belongs_to_the_run(tmp_path):
     """best.pt saved after the checkpoint a run resumes from (in the part it retrains) is
     deleted, and the resumed run ends with the straight run's best.pt; it used to keep the

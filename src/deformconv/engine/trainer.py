@@ -3,7 +3,8 @@
 Runs as one process or under torchrun (DistributedDataParallel, one process per device).
 Checkpoints hold everything that decides the rest of the run (weights, optimizer and
 scheduler state, every rank's RNG states, the iteration count; the data order is a pure
-function of seed, epoch and position), so a resumed run continues bit for bit.
+function of seed, epoch and position), so a resumed run continues bit for bit (on a
+CPU at the thread count it trained at, which checkpoints record).
 """
 
 from __future__ import annotations
@@ -397,6 +398,7 @@ class _Run:
                               and Path(path).resolve() == here / "last.pt")
         if self.info.is_main:
             print(f"resumed from {path} at iteration {self.iteration}/{self.total}")
+            _note_thread_change(state, self.info)
 
     def adopt_best_checkpoint(self) -> None:
         """Keep ``best.pt`` only if it belongs to this run up to its current iteration: a
@@ -638,11 +640,23 @@ class _Run:
             "rng": list(rng),
             "log_window": list(log_window),
             "world_size": self.info.world_size,
+            "threads": torch.get_num_threads(),  # see _note_thread_change
             "best_metric": self.best,
             "train_seconds": self.clock.seconds,
             "config": self.config.to_dict(),
             "extra": self.extra,
         }, path)
+
+
+def _note_thread_change(state: dict[str, Any], info: DistInfo) -> None:
+    """Say so when a CPU run resumes at another torch thread count than its checkpoint was
+    trained at: the CPU kernels' sums (and torch's GEMMs) split by thread count, so the run
+    is then not bit-identical to an uninterrupted one (docs/OPS.md, Determinism).
+    Checkpoints without the count (before 2026-12-03) say nothing."""
+    trained_at, now = state.get("threads"), torch.get_num_threads()
+    if info.device.type == "cpu" and trained_at is not None and trained_at != now:
+        print(f"note: the run continues at {now} threads where it trained at {trained_at}, so "
+              "it will not be bit-identical to an uninterrupted run")
 
 
 class _StopRequested(Exception):
