@@ -484,6 +484,29 @@ class TestBackwardChannelBlocks:
         assert tiles_module.channel_blocks(images, 8, threads_module.SERIAL_WORK - 1) == 1
 
 
+@pytest.mark.parametrize("groups", [1, 32], ids=["columns", "depthwise"])
+def test_forward_and_input_gradient_do_not_depend_on_threads_batch_or_workspace(
+        monkeypatch, groups):
+    """What docs/OPS.md (Determinism) promises on the CPU: an image's output and input
+    gradient are the same bit for bit at any thread count, in any batch, at any workspace
+    size (the offset, mask and weight gradients are not: their sums split by threads)."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 32, 33, 33, generator=gen)  # one image is enough work for threads
+    weight = torch.randn(32, 32 // groups, 3, 3, generator=gen)
+    offset = 3 * torch.randn(3, 18, 33, 33, generator=gen)
+    grad_out = torch.randn(3, 32, 33, 33, generator=gen)
+    results = []
+    for images, threads, workspace_bytes in [(3, 1, 32 << 20), (1, 2, 32 << 20), (3, 3, 1)]:
+        torch.set_num_threads(threads)  # conftest restores it
+        monkeypatch.setattr(_workspace, "WORKSPACE_BYTES", workspace_bytes)
+        leaf = x[:images].clone().requires_grad_()
+        out = deform_conv2d(leaf, offset[:images], weight, padding=1)
+        out.backward(grad_out[:images])
+        results.append((out[0], leaf.grad[0]))
+    for out, grad_input in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(grad_input, results[0][1])
+
+
 def test_run_tasks_gives_each_chunk_its_own_scratch(monkeypatch):
     """Chunks run at once on threads: the sampling kernel's row buffers must not be shared."""
     monkeypatch.setattr(threads_module, "task_threads", lambda work: 3)
