@@ -66,6 +66,7 @@ __all__ = [
     "parameter_count",
     "plan",
     "pretrained",
+    "pretraining_record",
     "result_fields",
     "seed_stats",
     "segmentation_specs",
@@ -310,6 +311,8 @@ class Study:
         self.done: list[str] = []
         self.skipped: list[str] = []
         self.left: list[str] = []  # runs of other shards, not done yet
+        # the pretraining its runs fine-tune (:func:`pretrained`), for the summary
+        self.pretraining: dict[str, Any] | None = None
         # a --plan may time other settings (e.g. another length), not the other mode
         self._refuse_other_results(settings=not getattr(args, "plan", False))
         set_threads(args.threads)
@@ -434,9 +437,11 @@ class Study:
         return 0
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
-        """``<out>/<name>/summary.json``: what the results generator reads."""
+        """``<out>/<name>/summary.json``: what the results generator reads; with the
+        pretraining the runs fine-tuned (:func:`pretraining_record`) where they did."""
+        record = {} if self.pretraining is None else {"pretraining": self.pretraining}
         path = write_json({"study": self.name, "mode": self.mode, "settings": self.settings,
-                           "measured": run_minutes(self.folder), **summary},
+                           "measured": run_minutes(self.folder), **record, **summary},
                           self.folder / "summary.json")
         print(f"[{self.name}] {len(self.done)} run(s) done, {len(self.skipped)} skipped; "
               f"summary: {path}")
@@ -552,10 +557,29 @@ def pretrained(sizes: Sizes, study: Study) -> dict[str, Any] | None:
     """The pretrained backbone of ``sizes`` (trained on first use, then read from
     ``<out>/cache``; a process that finds another training it waits), or None for
     training from random init. The scripts call it before their runs, so that no run's
-    time includes the pretraining (the budget counts it apart)."""
+    time includes the pretraining (the budget counts it apart). The study keeps its
+    :func:`pretraining_record` for its summary."""
     if sizes.pretrain is None:
         return None
-    return pretrained_backbone(sizes.pretrain, study.folder.parent / "cache")
+    info = pretrained_backbone(sizes.pretrain, study.folder.parent / "cache")
+    study.pretraining = pretraining_record(info)
+    return info
+
+
+def pretraining_record(info: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a pretraining and its cost, from its cache record (``pretrain.json``,
+    as :func:`pretrained` returns it): ``{"key"`` (the cache key of its settings),
+    ``"top1"``, and where the record tells them ``"threads", "cpu_seconds", "seconds",
+    "iterations", "resumed"}`` (its training clock, summed over resumes, exceeds the last
+    process's wall time: :func:`iterations_trained`). One key, trained again (at
+    other threads, by other code), is another pretraining: the record tells them apart."""
+    record: dict[str, Any] = {"key": PretrainSettings(**info["settings"]).key(),
+                              "top1": info["metrics"]["top1"]}
+    record.update({key: info[key] for key in ("threads", "cpu_seconds", "seconds", "iterations")
+                   if key in info})
+    if "train_seconds" in info:
+        record["resumed"] = iterations_trained(info) is None
+    return record
 
 
 def train_run(task: str, spec: ModelSpec, plain: ModelSpec, sizes: Sizes, seed: int,

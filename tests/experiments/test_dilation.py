@@ -72,3 +72,37 @@ def test_smoke(tmp_path):
     assert summary["figures"] and all((tmp_path / "dilation" / f).is_file()
                                       for f in summary["figures"])
     assert summary["thresholds"][0] <= summary["thresholds"][1]
+
+
+def test_the_summary_records_the_pretraining_and_a_rerun_adds_it_without_training(
+        tmp_path, monkeypatch, capsys):
+    """The summary names the pretraining its runs fine-tuned (the cache's record); a
+    finished study run again (its summary written before the record was kept) rewrites
+    its summary with it, training nothing and keeping its figures."""
+    from deformconv.runs import pretrain
+
+    assert dilation.main(run_args(tmp_path)) == 0
+    path = tmp_path / "dilation" / "summary.json"
+    summary = json.loads(path.read_text())
+    (cache,) = (tmp_path / "cache").glob("pretrain-*/pretrain.json")
+    record = runner.pretraining_record(json.loads(cache.read_text()))
+    assert summary["pretraining"] == record
+    assert cache.parent.name == f"pretrain-{record['key']}" and record["resumed"] is False
+    assert {"top1", "threads", "cpu_seconds", "seconds", "iterations"} <= set(record)
+
+    del summary["pretraining"]
+    path.write_text(json.dumps(summary))
+    results = {p: p.read_bytes() for p in (tmp_path / "dilation").glob("seed*.json")}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained")
+
+    monkeypatch.setattr(dilation, "train_run", no_training)
+    monkeypatch.setattr(pretrain, "_train_into", no_training)
+    capsys.readouterr()
+    assert dilation.main(run_args(tmp_path)) == 0
+    assert "done before, skipped" in capsys.readouterr().out
+    again = json.loads(path.read_text())
+    assert again == {**summary, "pretraining": record}
+    assert {p: p.read_bytes() for p in results} == results
+    assert all((tmp_path / "dilation" / f).is_file() for f in again["figures"])
