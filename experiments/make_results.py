@@ -12,8 +12,12 @@ study (which needs a summary or plan of it in ``--runs``); a full one replaces a
 one. A plan is kept and used only if it covers the study's summary. Every file is read
 and checked (a summary's statistics against its own values, one per seed) before
 anything is copied, removed or written; one that cannot be used is named in an error
-(exit code 2). A verdict counts a gap only when it exceeds the seed noise and every
-seed's paired difference goes its way (:func:`compare`).
+(exit code 2). The shared pretraining's record is kept as ``results/pretraining.json``;
+the runs' cache record replaces it only when every published study that fine-tunes one
+records that same pretraining (a summary written before summaries recorded it is taken
+to have fine-tuned the kept one); a study that fine-tuned another pretraining pays all of
+it in the budget, and its section says so. A verdict counts a gap only when it exceeds
+the seed noise and every seed's paired difference goes its way (:func:`compare`).
 
     python experiments/make_results.py                        # runs/experiments -> docs/
     python experiments/make_results.py --runs runs/experiments-smoke --out /tmp/RESULTS.md
@@ -30,6 +34,7 @@ import math
 import shlex
 import sys
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,7 @@ from runner import (
     add_common_args,
     iterations_trained,
     mean_std,
+    pretraining_record,
     read_json,
     run_minutes,
     shown,
@@ -215,12 +221,14 @@ class Report:
         # what to write once every file has been read and checked (:meth:`save`)
         self.copies: dict[Path, Path] = {}  # kept copy -> the runs' file
         self.stale: set[Path] = set()  # kept figures their study's summary no longer names
+        self.derived: dict[str, Any] = {}  # what :meth:`pretrainings` worked out, once
 
     def share(self, other: Report) -> None:
         """Read the studies once for both reports: ``other``'s records become this one's."""
         self.modes, self.summaries, self.fresh = other.modes, other.summaries, other.fresh
         self.refused, self.plans_refused = other.refused, other.plans_refused
         self.copies, self.stale = other.copies, other.stale
+        self.derived = other.derived
 
     def save(self, text: str) -> None:
         """The kept copies, then the report ``text``, then the stale figures' removal: each
@@ -312,6 +320,7 @@ class Report:
             table.append(line)
         self.add(markdown_table(table, digits=1), "", f"Paper columns: {TABLE1_SOURCE}. "
                  f"Ours: {_sizes_text(data)} {EQUAL_ITERATIONS} {step_note(plan, study)}", "")
+        self.pretraining_note(study)
         by_layers = {row["layers"]: row for row in rows}
         key = metrics[0] if task == "segmentation" else "AP50"
         if 0 in by_layers:
@@ -353,6 +362,7 @@ class Report:
                  "Paper: its Table 3 reports that deformable RoI pooling alone improves "
                  "both Faster R-CNN and R-FCN and adds on top of deformable convolution "
                  "(the table's numbers could not be checked here, so none are quoted).", "")
+        self.pretraining_note(study)
         rows = {r["config"]: r for r in data["rows"]}
         name = "Table 3, " + detector.replace("_", " ").replace("faster rcnn", "Faster R-CNN") \
             .replace("rfcn", "R-FCN")
@@ -413,6 +423,7 @@ class Report:
                  f"numbers could not be checked here, so none are quoted): the effective "
                  f"dilation grows with object size. Ours: "
                  f"{_sizes_text(data)}", "")
+        self.pretraining_note("dilation")
         for layer in by_layer:
             self.verdicts.append(_dilation_verdict(layer, data["rows"]))
         figures = self.copy_figures("dilation", data["figures"])
@@ -549,30 +560,98 @@ class Report:
                 f"hypothesis is that deformable layers generalise better across scale: "
                 f"**{agrees(verdict, 'higher')}**.")
 
-    def budget(self) -> None:
-        """Per study: the --plan estimate and what the runs measured, with the shared
-        pretraining's cost split evenly over the studies that fine-tune from it."""
-        studies = {}
-        for study in COMMANDS:
-            data = self.load(study)
-            plan = self.load_plan(study, data)
-            if data is not None or plan is not None or run_minutes(self.runs / study):
-                studies[study] = (data, plan)
+    def studies(self) -> dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+        """(summary, plan) of every study with either, or with runs done so far."""
+        if "studies" not in self.derived:
+            studies = {}
+            for study in COMMANDS:
+                data = self.load(study)
+                plan = self.load_plan(study, data)
+                if data is not None or plan is not None or run_minutes(self.runs / study):
+                    studies[study] = (data, plan)
+            self.derived["studies"] = studies
+        return self.derived["studies"]
+
+    def pretrainings(self) -> Pretrainings:
+        """Which pretraining each study fine-tuned, and the shared one kept as
+        ``results/pretraining.json``.
+
+        A summary records its pretraining (``runner.pretraining_record``); one written
+        before it did is taken to have fine-tuned the kept one (without a kept one: the
+        runs' cache's). The runs' cache record of the studies' settings replaces the kept
+        one only when every published study that fine-tunes one fine-tuned it: a kept
+        summary that depends on the kept record keeps it."""
+        if "pretrainings" in self.derived:
+            return self.derived["pretrainings"]
+        studies = self.studies()
         users = [s for s, (data, plan) in studies.items() if _uses_pretraining(data, plan)]
         wanted = {json.dumps(w, sort_keys=True): w
                   for w in (_pretrain_settings(*studies[s]) for s in users) if w is not None}
-        pretrain = None
+        shared, own, assumed = None, {}, []
         if len(wanted) == 1:
             settings = next(iter(wanted.values()))
             source, target = _pretraining(self.runs, settings), self.kept / "pretraining.json"
-            if source is not None:  # the studies' own: the same settings
+            kept = read_json(target, PRETRAINING, RESTORE) if target.is_file() else None
+            if kept is not None and kept.get("settings") != settings:
+                kept = None  # a kept copy of another pretraining
+            cache = read_json(source, PRETRAINING) if source is not None else None
+            published = {s: studies[s][0] for s in users if studies[s][0] is not None}
+            assumed = [s for s, data in published.items() if "pretraining" not in data]
+            base = kept or cache  # what a summary without the record fine-tuned
+            used = {s: data.get("pretraining") or (base and pretraining_record(base))
+                    for s, data in published.items()}
+            if source is not None and cache is not None \
+                    and all(r == pretraining_record(cache) for r in used.values()):
                 self.copies[target] = source
-                pretrain = read_json(source, PRETRAINING)
+                shared = cache
             else:
-                pretrain = read_json(target, PRETRAINING, RESTORE) if target.is_file() \
-                    else None
-            if pretrain is not None and pretrain.get("settings") != settings:
-                pretrain = None  # a kept copy of another pretraining
+                shared = kept
+            record = shared and pretraining_record(shared)
+            own = {s: r for s, r in used.items() if shared is not None and r != record}
+        found = Pretrainings(shared, [s for s in users if s not in own], own, assumed,
+                             len(wanted))
+        self.derived["pretrainings"] = found
+        return found
+
+    def pretraining_note(self, study: str) -> None:
+        """One sentence where the study fine-tuned another pretraining than the shared one:
+        both, and the scores of a configuration another section also has, side by side."""
+        found = self.pretrainings()
+        if study not in found.own or found.shared is None:
+            return
+        mine, shared = found.own[study], pretraining_record(found.shared)
+        twins = [f"{name} scores mIoU {pm(stat)} here and {pm(other)} in {where}"
+                 for name, stat, other, where in self.shared_configurations(study)]
+        same = (f": {'; '.join(twins)}" if twins else "")
+        self.add(f"**Another pretraining**: this study fine-tuned a pretraining of its own "
+                 f"({_pretraining_text(mine)}), not the one the other studies share "
+                 f"({_pretraining_text(shared)}); the pretrained weights depend on the "
+                 "thread count they trained at and on the code version, so its results for "
+                 "a configuration another table also has are not run-for-run the same"
+                 f"{same}.", "")
+
+    def shared_configurations(self, study: str
+                              ) -> list[tuple[str, dict[str, Any], dict[str, Any], str]]:
+        """(configuration, its mIoU here, its mIoU there, where) for each segmentation
+        configuration (the same sizes and deformable layers) that another study also ran."""
+        mine = _segmentation_mious(study, self.studies().get(study, (None, None))[0])
+        found = []
+        for other, where in SEGMENTATION_PLACES.items():
+            theirs = _segmentation_mious(other, self.studies().get(other, (None, None))[0])
+            if other == study or not theirs:
+                continue
+            for (sizes, blocks), stat in mine.items():
+                if (sizes, blocks) in theirs:
+                    found.append((f"the model with deform_blocks {blocks}", stat,
+                                  theirs[sizes, blocks], where))
+        return found
+
+    def budget(self) -> None:
+        """Per study: the --plan estimate and what the runs measured, with the shared
+        pretraining's cost split evenly over the studies that fine-tuned it, and a study's
+        own pretraining's cost whole in its row."""
+        studies, found = self.studies(), self.pretrainings()
+        users, pretrain = found.sharers, found.shared
         plan_pretrain = [p["pretraining_minutes"] for _, p in studies.values()
                          if p and "pretraining_minutes" in p]
         # the plans time the same pretraining on other days, under other loads: the largest
@@ -582,6 +661,7 @@ class Report:
         rows = []
         for study, (data, plan) in studies.items():
             uses = study in users
+            own = found.own.get(study)
             # the summary's own count (also where the runs' files are gone: another
             # checkout); the runs so far of a study not summarised yet
             measured = (data or {}).get("measured") or run_minutes(self.runs / study)
@@ -595,11 +675,18 @@ class Report:
                 "runs": (f"{len(plan['seconds_per_iteration'])} × {plan['seeds']} seeds × "
                          f"{plan['iterations']} it." if plan else "–"),
                 "runs done": measured["runs"] if measured else 0,
-                "estimate (--plan)": _plus(plan and plan["estimated_minutes"],
-                                           share["plan"] if uses else 0.0) + made_for,
+                "estimate (--plan)": (
+                    _plus(plan and plan["estimated_minutes"], _num(pretrain_plan),
+                          " own pretraining") if own is not None else
+                    _plus(plan and plan["estimated_minutes"], share["plan"] if uses else 0.0)
+                ) + made_for,
                 "measured: CPU / 2": (
                     f"{measured['cpu']:.1f} (one process: not halved)"
                     if measured and study in ONE_PROCESS else
+                    _plus(measured and measured["cpu"] / 2,
+                          _num(own.get("cpu_seconds")) / 60, OWN_PRETRAINING
+                          + (", resumed: its last part only" if own.get("resumed") else ""))
+                    if own is not None else
                     _plus(measured and measured["cpu"] / 2, share["cpu"] if uses else 0.0)),
                 "measured: wall, sum of runs": measured and measured["wall"]})
         if pretrain is not None:
@@ -612,8 +699,8 @@ class Report:
                 "estimate (--plan)": pretrain_plan,
                 "measured: CPU / 2": f"{cpu} (resumed: its last part only)" if resumed else cpu,
                 "measured: wall, sum of runs": pretrain["seconds"] / 60})
-        elif len(wanted) > 1:
-            self.add(f"The studies fine-tune from {len(wanted)} different pretrainings; "
+        elif found.settings > 1:
+            self.add(f"The studies fine-tune from {found.settings} different pretrainings; "
                      "their cost is not shared out below.", "")
         if rows:
             self.add(markdown_table(rows, digits=1), "",
@@ -630,14 +717,25 @@ class Report:
                      "read from the cache by the rest; a study run alone from an empty "
                      "cache pays all of it; its row gives that one process's CPU minutes, "
                      "not halved, and as its estimate the largest of the studies' plans' "
-                     "(each times it anew, on its own day and load). A run resumed from a "
+                     "(each times it anew, on its own day and load). "
+                     + ("`a + b own pretraining`: a study that fine-tuned a pretraining "
+                        "of its own, not the shared one (its section says which), pays all "
+                        "of it, not a share: as its estimate the largest plan's, and as "
+                        "measured that pretraining's CPU minutes, not halved (`one "
+                        "process`: it trained in one process, the other shard waiting). "
+                        if found.own else "")
+                     + "A run resumed from a "
                      "checkpoint counts the CPU time after it only. The wall-clock sum is "
                      "what the runs took on the shared development machine, other jobs "
                      "running: it overstates the cost. An estimate marked `for n seeds` is "
                      "its plan's, made for n seeds, not the summary's count (seeds added to "
                      "a finished study); it is not rescaled (it includes the rendering of the "
                      "scenes, which does not grow with seeds); the plan's step timings hold "
-                     "for any seed count.", "")
+                     "for any seed count."
+                     + (f" Summaries written before the record was kept "
+                        f"({', '.join(found.assumed)}) do not say which pretraining they "
+                        "fine-tuned: they are taken to have fine-tuned the kept one "
+                        "(`results/pretraining.json`)." if found.assumed else ""), "")
 
 
 # What each kind of kept file must hold (checked before it is kept or used).
@@ -855,6 +953,43 @@ def _pretraining(runs: Path, settings: dict[str, Any]) -> Path | None:
                  if read_json(p, PRETRAINING).get("settings") == settings), None)
 
 
+@dataclass(frozen=True)
+class Pretrainings:
+    """Which pretraining the studies fine-tuned (:meth:`Report.pretrainings`)."""
+
+    shared: dict[str, Any] | None  # the shared one's cache record, kept in results/
+    sharers: list[str]  # the studies that fine-tuned it (or plan to)
+    own: dict[str, dict[str, Any]]  # study -> the record of another it fine-tuned
+    assumed: list[str]  # summaries without the record, taken to have used the kept one
+    settings: int  # how many pretraining settings the studies name
+
+
+OWN_PRETRAINING = " own pretraining, one process"
+# Where each segmentation study's configurations stand in the report.
+SEGMENTATION_PLACES = {"layers_segmentation": "Table 1's segmentation table",
+                       "dilation": "section 4's dilation study"}
+
+
+def _segmentation_mious(study: str, data: dict[str, Any] | None
+                        ) -> dict[tuple[str, tuple[int, ...]], dict[str, Any]]:
+    """A segmentation summary's mIoU statistics by (its sizes, as JSON; deform_blocks)."""
+    if data is None or study not in SEGMENTATION_PLACES:
+        return {}
+    sizes = json.dumps(data["settings"].get("sizes"), sort_keys=True)
+    if study == "dilation":
+        blocks = data["settings"].get("deform_blocks")
+        return {} if blocks is None else {(sizes, tuple(blocks)): _stat(data["miou"])}
+    return {(sizes, tuple(row["deform_blocks"])): row["miou"] for row in data["rows"]}
+
+
+def _pretraining_text(record: dict[str, Any]) -> str:
+    """A pretraining in words: its top-1 and thread count (where recorded)."""
+    threads = (f"trained at {record['threads']} threads" if "threads" in record
+               else "its thread count not recorded")
+    resumed = ", resumed part way" if record.get("resumed") else ""
+    return f"top-1 {record['top1']:.3f}, {threads}{resumed}"
+
+
 def _missing_configurations(data: dict[str, Any]) -> list[str]:
     """The configurations of the study's settings that its summary has no row for (a call
     that ran a subset, ``--layers`` or ``--configs``)."""
@@ -870,10 +1005,13 @@ def _share(minutes: float | None, users: Sequence[str]) -> float:
     return 0.0 if minutes is None or not users or math.isnan(minutes) else minutes / len(users)
 
 
-def _plus(own: float | None, share: float) -> str:
+def _plus(own: float | None, share: float, what: str = "") -> str:
+    """``own + share (own + share<what>)``; ``own`` alone without a share."""
     if own is None:
         return "–"
-    return f"{own + share:.1f} ({own:.1f} + {share:.1f})" if share else f"{own:.1f}"
+    if not share or math.isnan(share):
+        return f"{own:.1f}"
+    return f"{own + share:.1f} ({own:.1f} + {share:.1f}{what})"
 
 
 def outside_mean(row: dict[str, Any], scales: Sequence[int], train: Sequence[float]

@@ -9,6 +9,7 @@ import pytest
 from exp_scripts import load
 
 make_results = load("make_results")
+runner = load("runner")
 
 
 def _stat(values):
@@ -844,3 +845,73 @@ def test_the_replace_advice_names_a_runs_folder_other_than_the_default(tmp_path,
     default = make_results.Report(make_results.DEFAULT_RUNS, make_results.DEFAULT_REPORT)
     assert default.generate("--replace", "scale") == \
         "python experiments/make_results.py --replace scale"
+
+
+def _with_pretraining(runs, study, record):
+    """The study's summary in ``runs``, recording ``record`` as its pretraining."""
+    path = runs / study / "summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "pretraining": record}))
+
+
+def _record(runs, key):
+    return runner.pretraining_record(
+        json.loads((runs / "cache" / f"pretrain-{key}" / "pretrain.json").read_text()))
+
+
+def _dilation_with_3_layers(runs):
+    """A dilation summary of the segmentation study's sizes: Table 1's 3-layer model."""
+    rows = [{"layer": "layer4.2.conv2", "nominal": 4, "bucket": b, "mean": 4.0, "std": 0.1}
+            for b in ("small", "medium", "large")]
+    _write(runs, "dilation", {"mode": "full", "seeds": [0, 1, 2], "miou": [0.5, 0.6, 0.7],
+                              "settings": {"sizes": {**SIZES, "pretrain": PRETRAIN},
+                                           "deform_blocks": [0, 0, 0, 3]},
+                              "thresholds": [50.0, 200.0], "rows": rows, "figures": [],
+                              "measured": {"runs": 3, "wall": 9.0, "cpu": 8.0}})
+
+
+
+def test_a_study_of_another_pretraining_keeps_the_kept_one_and_says_so(tmp_path):
+    """Kept summaries without the record fine-tuned the kept pretraining; a new study that
+    records another one (same settings, trained again) pays all of it in its row, its
+    section says so with the shared configuration's scores side by side, and the kept
+    record stays; once every study records the new one, it replaces the kept record."""
+    first, out = tmp_path / "first", tmp_path / "docs" / "RESULTS.md"
+    _layers_summary(first)  # no pretraining record: written before it was kept
+    _pretraining(first, "a", PRETRAIN, 0.842, seconds=600.0, train_seconds=500.0)
+    assert make_results.main(["--runs", str(first), "--out", str(out)]) == 0
+    kept = tmp_path / "docs" / "results" / "pretraining.json"
+    old = kept.read_bytes()
+
+    runs = tmp_path / "runs"
+    _dilation_with_3_layers(runs)
+    _pretraining(runs, "a", {**PRETRAIN}, 0.858, seconds=1200.0, train_seconds=1100.0)
+    pretrain = runs / "cache" / "pretrain-a" / "pretrain.json"
+    pretrain.write_text(json.dumps({**json.loads(pretrain.read_text()), "threads": 2,
+                                    "cpu_seconds": 1266.0}))
+    _with_pretraining(runs, "dilation", _record(runs, "a"))
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert kept.read_bytes() == old
+    assert "| pretraining (top-1 0.842), once, shared by 1 studies |" in text
+    assert "| layers_segmentation | full | – | 6 | – | 7.0 (5.0 + 2.0) |" in text
+    assert "| dilation | full | – | 3 | – | 25.1 (4.0 + 21.1 own pretraining, one " \
+           "process) |" in text
+    assert "Summaries written before the record was kept (layers_segmentation) do not " \
+           "say which pretraining they fine-tuned" in text
+    assert ("**Another pretraining**: this study fine-tuned a pretraining of its own "
+            "(top-1 0.858, trained at 2 threads), not the one the other studies share "
+            "(top-1 0.842, its thread count not recorded)") in text
+    assert ("the model with deform_blocks (0, 0, 0, 3) scores mIoU 0.600 ± 0.100 "
+            "(0.500 / 0.600 / 0.700) here and 0.320 ± 0.010 (0.330 / 0.310 / 0.320) in "
+            "Table 1's segmentation table.") in text
+    assert text.count("**Another pretraining**") == 1
+
+    # the segmentation study run again on the new pretraining: no one keeps the old one
+    _layers_summary(runs)
+    _with_pretraining(runs, "layers_segmentation", _record(runs, "a"))
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert kept.read_bytes() == pretrain.read_bytes()
+    assert "| pretraining (top-1 0.858), once, shared by 2 studies |" in text
+    assert "Another pretraining" not in text and "own pretraining" not in text
+    assert "Summaries written before the record was kept" not in text
