@@ -608,6 +608,13 @@ class Report:
                 shared = kept
             record = shared and pretraining_record(shared)
             own = {s: r for s, r in used.items() if shared is not None and r != record}
+            if cache is not None and kept is not None and shared is kept:
+                for study in (s for s in assumed if s in self.fresh):
+                    print(f"{self.runs / study / 'summary.json'} does not say which "
+                          f"pretraining it fine-tuned: taken to be the kept one "
+                          f"({_pretraining_text(pretraining_record(kept))}), not {source}'s "
+                          f"({_pretraining_text(pretraining_record(cache))}); run the study "
+                          "again to record it (it trains nothing)", file=sys.stderr)
         found = Pretrainings(shared, [s for s in users if s not in own], own, assumed,
                              len(wanted))
         self.derived["pretrainings"] = found

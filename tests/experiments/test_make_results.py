@@ -915,3 +915,28 @@ def test_a_study_of_another_pretraining_keeps_the_kept_one_and_says_so(tmp_path)
     assert "| pretraining (top-1 0.858), once, shared by 2 studies |" in text
     assert "Another pretraining" not in text and "own pretraining" not in text
     assert "Summaries written before the record was kept" not in text
+
+
+def test_a_new_summary_without_the_record_beside_another_cached_pretraining_is_named(
+        tmp_path, capsys):
+    """A runs' summary written before the record was kept is taken to have fine-tuned the
+    kept pretraining, which stays; the runs' other cached one is named, with the way to
+    record which it was."""
+    first, out = tmp_path / "first", tmp_path / "docs" / "RESULTS.md"
+    _layers_summary(first)
+    _pretraining(first, "a", PRETRAIN, 0.842, seconds=600.0, train_seconds=500.0)
+    assert make_results.main(["--runs", str(first), "--out", str(out)]) == 0
+    kept = tmp_path / "docs" / "results" / "pretraining.json"
+    old = kept.read_bytes()
+    runs = tmp_path / "runs"
+    _dilation_with_3_layers(runs)
+    _pretraining(runs, "a", PRETRAIN, 0.858, seconds=1200.0, train_seconds=1100.0)
+    capsys.readouterr()
+    assert make_results.main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert kept.read_bytes() == old
+    assert "| pretraining (top-1 0.842), once, shared by 2 studies |" in out.read_text()
+    err = capsys.readouterr().err
+    assert "dilation/summary.json does not say which pretraining it fine-tuned: taken to " \
+           "be the kept one (top-1 0.842, its thread count not recorded)" in err
+    assert "(top-1 0.858, its thread count not recorded); run the study again to record " \
+           "it (it trains nothing)" in err
