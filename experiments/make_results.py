@@ -32,6 +32,7 @@ import itertools
 import json
 import math
 import shlex
+import statistics
 import sys
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -117,16 +118,17 @@ TIE = 0.005
 
 def compare(a: dict[str, Any], b: dict[str, Any], digits: int = 3) -> tuple[float, str]:
     """(mean of a - mean of b, verdict with the per-seed differences). The runs are paired
-    by seed (a seed fixes every configuration's heads and data order), so a gap counts
-    only when it exceeds the seeds' combined std sqrt(std_a² + std_b²) and every seed's
-    difference a - b has its sign (one under :data:`TIE` in size has none): "higher" /
+    by seed (a seed fixes every configuration's heads and data order), so the noise of the
+    gap is the spread of the per-seed differences a - b (their sample std: what a seed
+    moves both configurations by cancels), and a gap counts only when it exceeds it and
+    every seed's difference has its sign (one under :data:`TIE` in size has none): "higher" /
     "lower"; "mixed" when the gap exceeds the noise but not every seed agrees; else
     "within seed noise". With one seed each there is no noise estimate."""
     diff = _num(a["mean"]) - _num(b["mean"])
     paired = [_num(x) - _num(y) for x, y in zip(a["values"], b["values"], strict=True)]
     if len(paired) < 2:
         return diff, "one seed only, no noise estimate"
-    noise = math.hypot(_num(a["std"]), _num(b["std"]))
+    noise = statistics.stdev(paired)
     per_seed = "per seed " + " / ".join(f"{d:+.{digits}f}" for d in paired)
     if not abs(diff) > noise:  # NaN too
         return diff, f"within seed noise ({noise:.3f}); {per_seed}"
@@ -429,8 +431,9 @@ class Report:
         figures = self.copy_figures("dilation", data["figures"])
         if figures:
             self.add("Sampling locations of the three deformable res5 layers back-projected "
-                     "to the image (paper Fig. 5): each level's points in its own colour, the "
-                     "activation unit as a green star.", "")
+                     "to the image (paper Fig. 5): each level's points in its own colour, "
+                     "each activation unit as a green star with its points in a marker of "
+                     "its own (the legend numbers the units).", "")
             self.add(*[f"![{Path(f).stem}]({f})" for f in figures], "")
 
     def load(self, study: str) -> dict[str, Any] | None:
@@ -1065,8 +1068,9 @@ def _stat(values: Sequence[float]) -> dict[str, Any]:
 VERDICT_RULE = (
     "The runs are paired by seed (a seed fixes every configuration's starting weights and "
     "the order of its data), so each verdict lists the per-seed differences. It agrees or "
-    "does not agree only when the gap of the means exceeds the seeds' combined standard "
-    "deviation, √(std₁² + std₂²), and every seed's difference goes the same way (one "
+    "does not agree only when the gap of the means exceeds the seed noise, the standard "
+    "deviation of the per-seed differences (what a seed moves both configurations by "
+    "cancels in them), and every seed's difference goes the same way (one "
     f"smaller than {TIE} counts as a tie, which goes neither way); otherwise it is "
     "inconclusive (\"mixed\" where the gap exceeds the noise but the seeds do not agree). "
     "With 3 seeds this is a consistency rule, not a significance test: with no effect at "
