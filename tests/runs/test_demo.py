@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import deformconv.engine as engine
+import deformconv.runs.demo as demo
 from deformconv._folder_lock import LOCK_FILE
 from deformconv.engine import RunInProgressError, TrainingStopped
 from deformconv.runs import DemoSettings, run_demo
@@ -80,7 +81,7 @@ def test_a_resumed_demo_reports_the_times_spent_before_the_stop_too(
 
 
 class _Killed(Exception):
-    """Stands for a SIGKILL: none of the demo's stop handling runs."""
+    """Stands for a SIGKILL (with the demo's recording of its time switched off)."""
 
 
 def test_a_killed_demo_counts_the_runs_time_and_says_what_its_own_leaves_out(
@@ -104,6 +105,7 @@ def test_a_killed_demo_counts_the_runs_time_and_says_what_its_own_leaves_out(
 
     with monkeypatch.context() as patch:
         patch.setattr(engine, "train", killed_in_plain)
+        patch.setattr(demo, "_record_spent", lambda *args: None)  # a kill records nothing
         with pytest.raises(_Killed):
             run_demo(_smoke(), out)
     recorded = json.loads((out / "plain" / RUN_CPU).read_text())
@@ -116,18 +118,37 @@ def test_a_killed_demo_counts_the_runs_time_and_says_what_its_own_leaves_out(
     assert "leave out the time before the kill" in (out / "report.md").read_text()
 
 
-def test_a_stop_during_the_analysis_keeps_the_demos_time(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _ctrl_c(*args: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm(*args: Any) -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _full_disk(*args: Any) -> None:
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize(("stop", "raised"), [(_ctrl_c, KeyboardInterrupt),
+                                              (_sigterm, KeyboardInterrupt),
+                                              (_full_disk, OSError)])
+def test_a_stop_or_error_during_the_analysis_keeps_the_demos_time(
+        stop: Any, raised: type[BaseException], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A Ctrl-C once the runs had finished (drawing the figures) saved no time: the resumed
-    demo's report gave the time of its resumed part only."""
+    demo's report gave the time of its resumed part only. A SIGTERM there killed the demo,
+    and an error ended it, without recording it either; their resumes' reports then called
+    the demo killed."""
     import deformconv.runs.demo_report as demo_report
 
     out = tmp_path / "demo"
     with monkeypatch.context() as patch:
-        patch.setattr(demo_report, "analyse", lambda *args: (_ for _ in ()).throw(
-            KeyboardInterrupt))
-        with pytest.raises(KeyboardInterrupt):
+        patch.setattr(demo_report, "analyse", stop)
+        with pytest.raises(raised) as stopped:
             run_demo(_smoke(), out)
+    if stop is _sigterm:
+        assert stopped.value.signum == signal.SIGTERM  # type: ignore[attr-defined]
     marker = json.loads((out / MARKER).read_text())
     assert not marker["running"] and marker["spent"]["cpu_seconds"] > 0
     summary = run_demo(_smoke(), out, resume=True)
@@ -135,6 +156,7 @@ def test_a_stop_during_the_analysis_keeps_the_demos_time(
     assert summary["total_seconds"] > marker["spent"]["seconds"]
     assert not summary["machine"]["unrecorded_stop"]
     assert "before the kill" not in (out / "report.md").read_text()
+    assert not json.loads((out / MARKER).read_text())["running"]  # finished
 
 
 @contextlib.contextmanager

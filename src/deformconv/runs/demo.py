@@ -32,8 +32,9 @@ when the demo claims it, finished runs are kept and the others resume from their
 ``last.pt``, exactly as the trainer resumes a run. The time spent before the stop counts:
 each run records its CPU seconds in its folder (``demo_cpu.json``) and the stopped demo
 its wall-clock and CPU seconds in the marker, so that the report gives the costs of an
-uninterrupted demo. A demo killed outright (SIGKILL, a power cut) records nothing: its
-resume's report says that the whole demo's times leave out the time before the kill.
+uninterrupted demo (a demo ended by an error records its time too). A demo killed outright
+(SIGKILL, a power cut) records nothing: its resume's report says that the whole demo's
+times leave out the time before the kill.
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -639,8 +642,30 @@ def run_demo(s: DemoSettings, out: Path, overwrite: bool = False,
             started -= saved.get("spent", {}).get("seconds", 0.0)
             cpu_started -= saved.get("spent", {}).get("cpu_seconds", 0.0)
             saved = _mark_running(out, saved)
-        return _run_demo(s, out, overwrite, saved if resume else None, started, cpu_started,
-                         load_start)
+        with _sigterm_stops():
+            return _run_demo(s, out, overwrite, saved if resume else None, started,
+                             cpu_started, load_start)
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """Inside, a SIGTERM (a scheduler's) stops the demo as Ctrl-C does, with its time
+    recorded, also outside the training (where the trainer's own handler stops a run at
+    an iteration boundary): rendering, step timing, the analysis. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    error = KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+    error.signum = signum  # type: ignore[attr-defined]  # the command line's exit code
+    raise error
 
 
 def check_demo_folder(out: Path) -> None:
@@ -778,12 +803,16 @@ def _run_demo(s: DemoSettings, out: Path, overwrite: bool, saved: dict[str, Any]
                               "unrecorded_stop": bool(saved and saved["spent"]["lost"])}
         write_json(summary, out / SUMMARY)
         write_report(summary, out)
+        with contextlib.suppress(OSError):  # the demo has finished all the same
+            _record_spent(out, started, cpu_started)  # no longer running
         print()
         print(comparison_table(summary))
         print(f"\nreport: {out / 'report.md'} ({summary['total_seconds']:.0f} s in all)")
         return summary
-    except KeyboardInterrupt:  # stopped (training: the workers are gone, their CPU
-        # time counted; or the analysis, its runs finished)
+    except BaseException:  # stopped or failed (training: the workers are gone, their CPU
+        # time counted; or the analysis, its runs finished): a resume counts the time.
+        # Unrecorded (a full disk), the marker still says running: the resume says so.
         if claimed:
-            _record_spent(out, started, cpu_started)
+            with contextlib.suppress(OSError):
+                _record_spent(out, started, cpu_started)
         raise

@@ -301,7 +301,7 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
                   f"load average {machine['load_start']:.1f} at the start, "
                   f"{machine['load_end']:.1f} at the end (other processes slow every "
                   "run alike, but make wall-clock times longer)."
-                  + (" The demo was killed (not stopped with Ctrl-C or SIGTERM) and resumed: "
+                  + (" The demo was killed outright (SIGKILL, a power cut) and resumed: "
                      "these two times leave out the time before the kill; the runs' own CPU "
                      "times count all of their training."
                      if machine.get("unrecorded_stop") else ""), ""]
