@@ -254,7 +254,7 @@ def run_script(main: Callable[[], int]) -> None:
     here (a SIGTERM ends the process by itself)."""
     shard = os.environ.get(_SHARD_ENV) == "1"
     try:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        _hold_stop_signals(False)
     except KeyboardInterrupt:
         raise SystemExit(128 + signal.SIGINT) from None
     try:
@@ -272,6 +272,21 @@ def run_script(main: Callable[[], int]) -> None:
 
 # What stops a study (Ctrl-C, a scheduler's kill), passed on to its shards.
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _hold_stop_signals(hold: bool) -> set[signal.Signals] | None:
+    """Block (``hold``) or unblock the stop signals in this thread; this thread's mask
+    before (:func:`_restore_signal_mask`). None and nothing done where signals cannot be
+    blocked (Windows)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK if hold else signal.SIG_UNBLOCK,
+                                  _STOP_SIGNALS)
+
+
+def _restore_signal_mask(mask: set[signal.Signals] | None) -> None:
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 # Set in the environment of the shard processes that Study.in_shards starts.
 _SHARD_ENV = "DEFORMCONV_STUDY_SHARD"
 
@@ -392,11 +407,17 @@ class Study:
         shards: list[subprocess.Popen] = []
         received: list[int] = []
 
+        sent: dict[int, int] = {}  # per shard's pid: how many of ``received`` it was sent
+
+        def pass_on(shard: subprocess.Popen) -> None:
+            while sent.get(shard.pid, 0) < len(received) and shard.poll() is None:
+                sent[shard.pid] = sent.get(shard.pid, 0) + 1
+                shard.send_signal(received[sent[shard.pid] - 1])
+
         def forward(signum: int, frame: object) -> None:
             received.append(signum)
             for shard in shards:
-                if shard.poll() is None:
-                    shard.send_signal(signum)
+                pass_on(shard)
 
         # before the shards start: a signal in between would end this process alone
         previous = {s: signal.signal(s, forward) for s in _STOP_SIGNALS}
@@ -407,15 +428,19 @@ class Study:
                 # a shard starts with the stop signals held (a process keeps its parent's
                 # mask), until run_script takes them: Python's SIGINT while it imported
                 # torch was a KeyboardInterrupt traceback; held, it ends the shard quietly.
-                # One sent to this process meanwhile waits, and is passed on, after Popen.
-                held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+                # Only this thread's mask: one sent to this process meanwhile may reach
+                # another thread and be handled inside Popen, before the shard is listed;
+                # it is passed on to the shard once listed.
+                held = _hold_stop_signals(True)
                 try:
-                    shards.append(subprocess.Popen(
+                    shard = subprocess.Popen(
                         [sys.executable, script, *argv, "--jobs", "1", "--shard",
                          f"{k}/{self.jobs}", "--threads", "1"], start_new_session=True,
-                        env={**os.environ, _SHARD_ENV: "1"}))
+                        env={**os.environ, _SHARD_ENV: "1"})
                 finally:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, held)
+                    _restore_signal_mask(held)
+                shards.append(shard)
+                pass_on(shard)
             codes = [shard.wait() for shard in shards]
         finally:
             for signum, handler in previous.items():

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -235,6 +237,36 @@ def test_a_signal_to_the_parent_alone_stops_its_shards(tmp_path, signum):
     code = 128 + signum
     assert err.strip().endswith(f"shards stopped (exit codes [{code}, {code}]); run the same "
                                 "command again to continue")
+
+
+def test_a_signal_handled_while_a_shard_starts_reaches_that_shard(tmp_path, monkeypatch):
+    """A stop signal taken while Popen started a shard (by another thread of the parent, or
+    pending until the mask came back, before the shard was listed) was passed on to the
+    shards listed then only: the new one ran its whole share."""
+    shard = tmp_path / "shard.py"
+    shard.write_text(_WAITING_SHARD)
+    popen = subprocess.Popen
+
+    def signalled_while_starting(*args, **kwargs):
+        # this thread holds the signal: another takes it, this one runs the handler next
+        killer = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT))
+        killer.start()
+        killer.join()
+        return popen(*args, **kwargs)
+
+    monkeypatch.setattr(runner.subprocess, "Popen", signalled_while_starting)
+    with pytest.raises(KeyboardInterrupt, match=r"shards stopped \(exit codes \[130\]\)"):
+        _study(tmp_path, {}, jobs=2).in_shards(str(shard), [str(tmp_path)])
+    assert (tmp_path / "stopped0").read_text() == "SIGINT"
+
+
+def test_run_script_where_signals_cannot_be_held(monkeypatch):
+    """Every study script failed with an AttributeError where signal has no pthread_sigmask
+    (Windows)."""
+    monkeypatch.delattr(signal, "pthread_sigmask")
+    with pytest.raises(SystemExit) as err:
+        runner.run_script(lambda: 0)
+    assert err.value.code == 0
 
 
 _IMPORTING_SHARD = """\
