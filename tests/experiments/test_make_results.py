@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from exp_scripts import load
@@ -881,16 +882,22 @@ def _dilation_with_3_layers(runs):
 
 
 
+def _kept_without_records(tmp_path: Path) -> tuple[Path, Path]:
+    """docs/RESULTS.md and its kept pretraining.json (top-1 0.842) made from a segmentation
+    summary written before summaries recorded their pretraining."""
+    first, out = tmp_path / "first", tmp_path / "docs" / "RESULTS.md"
+    _layers_summary(first)
+    _pretraining(first, "a", PRETRAIN, 0.842, seconds=600.0, train_seconds=500.0)
+    assert make_results.main(["--runs", str(first), "--out", str(out)]) == 0
+    return out, tmp_path / "docs" / "results" / "pretraining.json"
+
+
 def test_a_study_of_another_pretraining_keeps_the_kept_one_and_says_so(tmp_path):
     """Kept summaries without the record fine-tuned the kept pretraining; a new study that
     records another one (same settings, trained again) pays all of it in its row, its
     section says so with the shared configuration's scores side by side, and the kept
     record stays; once every study records the new one, it replaces the kept record."""
-    first, out = tmp_path / "first", tmp_path / "docs" / "RESULTS.md"
-    _layers_summary(first)  # no pretraining record: written before it was kept
-    _pretraining(first, "a", PRETRAIN, 0.842, seconds=600.0, train_seconds=500.0)
-    assert make_results.main(["--runs", str(first), "--out", str(out)]) == 0
-    kept = tmp_path / "docs" / "results" / "pretraining.json"
+    out, kept = _kept_without_records(tmp_path)
     old = kept.read_bytes()
 
     runs = tmp_path / "runs"
@@ -933,11 +940,7 @@ def test_a_new_summary_without_the_record_beside_another_cached_pretraining_is_n
     """A runs' summary written before the record was kept is taken to have fine-tuned the
     kept pretraining, which stays; the runs' other cached one is named, with the way to
     record which it was."""
-    first, out = tmp_path / "first", tmp_path / "docs" / "RESULTS.md"
-    _layers_summary(first)
-    _pretraining(first, "a", PRETRAIN, 0.842, seconds=600.0, train_seconds=500.0)
-    assert make_results.main(["--runs", str(first), "--out", str(out)]) == 0
-    kept = tmp_path / "docs" / "results" / "pretraining.json"
+    out, kept = _kept_without_records(tmp_path)
     old = kept.read_bytes()
     runs = tmp_path / "runs"
     _dilation_with_3_layers(runs)

@@ -216,20 +216,28 @@ runner.run_script(lambda: runner.Study('unit', args, {}).in_shards(sys.argv[3], 
 """
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_to_the_parent_alone_stops_its_shards(tmp_path, signum):
-    """A signal to the parent (``kill PARENT``, or a terminal's Ctrl-C: the shards have
-    sessions of their own) reaches each shard once: their runs stop with a checkpoint and
-    the parent exits as stopped, leaving no shard behind."""
+def _study_with_ready_shards(tmp_path: Path, shard_script: str, parent_script: str
+                             ) -> subprocess.Popen:
+    """A study parent (``parent_script``) started on two shards of ``shard_script``, once
+    both shards said they are ready."""
     shard, parent = tmp_path / "shard.py", tmp_path / "parent.py"
-    shard.write_text(_WAITING_SHARD)
-    parent.write_text(_STUDY_PARENT)
+    shard.write_text(shard_script)
+    parent.write_text(parent_script)
     process = subprocess.Popen([sys.executable, str(parent), str(EXPERIMENTS), str(tmp_path),
                                 str(shard)], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not all((tmp_path / f"ready{k}").exists() for k in range(2)):
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.05)
+    return process
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_parent_alone_stops_its_shards(tmp_path, signum):
+    """A signal to the parent (``kill PARENT``, or a terminal's Ctrl-C: the shards have
+    sessions of their own) reaches each shard once: their runs stop with a checkpoint and
+    the parent exits as stopped, leaving no shard behind."""
+    process = _study_with_ready_shards(tmp_path, _WAITING_SHARD, _STUDY_PARENT)
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signum
@@ -285,15 +293,9 @@ def test_a_shard_stopped_while_importing_exits_quietly(tmp_path):
     """Ctrl-C while the shards were still importing torch printed a KeyboardInterrupt
     traceback from each (exit 1, so the parent called it a failure): now each ends quietly
     with 130 and the parent says it in one line."""
-    shard, parent = tmp_path / "shard.py", tmp_path / "parent.py"
-    shard.write_text(_IMPORTING_SHARD)
-    parent.write_text(_STUDY_PARENT.replace("[sys.argv[2]]", "[sys.argv[2], sys.argv[1]]"))
-    process = subprocess.Popen([sys.executable, str(parent), str(EXPERIMENTS), str(tmp_path),
-                                str(shard)], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not all((tmp_path / f"ready{k}").exists() for k in range(2)):
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.05)
+    process = _study_with_ready_shards(
+        tmp_path, _IMPORTING_SHARD,
+        _STUDY_PARENT.replace("[sys.argv[2]]", "[sys.argv[2], sys.argv[1]]"))
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130
