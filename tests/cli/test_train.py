@@ -648,10 +648,13 @@ def test_export_trained_checkpoint(capsys: pytest.CaptureFixture, trained: Path,
 
 
 def test_train_eval_viz_on_coco_files(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    """COCO data picks the detection task and default detector by itself."""
+    """COCO data picks the detection task and default detector by itself. Paths may hold
+    colons (they were split at the first: "annotation file not found: .../co"); eval names
+    the samples it scored (it said "on 2 samples" with one unreadable, left out); viz says
+    when --count runs past the data set's end (it drew fewer, silently)."""
     from deformconv.data import export_coco, synthetic_dataset
 
-    folder = tmp_path / "coco"
+    folder = tmp_path / "co:co"
     export_coco(synthetic_dataset("detection", 2, seed=2, image_size=64), folder)
     data = f"coco:{folder / 'annotations.json'}:{folder}"
     out = tmp_path / "run"
@@ -678,10 +681,16 @@ def test_train_eval_viz_on_coco_files(capsys: pytest.CaptureFixture, tmp_path: P
                                tmp_path / "refused.json")
         assert code == 2 and named in err, err
         assert not (tmp_path / "refused.json").exists()
-    code, _, err = run_cli(capsys, "viz", out / "last.pt", "--count", "1", "--out",
-                           tmp_path / "viz")
+    code, stdout, err = run_cli(capsys, "viz", out / "last.pt", "--count", "3", "--out",
+                                tmp_path / "viz")
     assert code == 0, err
+    assert "drawing 2 of the 3 images asked for: the validation set ends at image 1" in stdout
     assert_valid_png(tmp_path / "viz" / "sampling_0.png")
+    next((folder / "images").iterdir()).write_bytes(b"cut short")
+    with pytest.warns(RuntimeWarning, match="cannot decode image"):
+        code, stdout, err = run_cli(capsys, "eval", out / "last.pt")
+    assert code == 0, err
+    assert "faster_rcnn_resnet50 on 1 of 2 samples (1 unreadable, left out): AP=" in stdout
 
 
 def test_coco_folder_of_unreadable_images_is_a_one_line_error(capsys: pytest.CaptureFixture,

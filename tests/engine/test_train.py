@@ -425,7 +425,7 @@ def test_segmentation_trains_and_evaluates(tmp_path):
     before = evaluate(model, data, "segmentation", batch_size=8)["miou"]
     config = _config(tmp_path, task="segmentation", iterations=40, lr=0.5, eval_every=0)
     result = train(config, model, data, data)
-    assert set(result.metrics) == {"miou", "iou", "pixel_acc", "num_pixels"}
+    assert set(result.metrics) == {"miou", "iou", "pixel_acc", "num_pixels", "num_images"}
     assert result.metrics["num_pixels"] == 16 * 7 * 8  # first row of each mask is 255
     assert len(result.metrics["iou"]) == 3
     assert result.metrics["miou"] > before + 0.1

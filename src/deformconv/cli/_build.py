@@ -56,7 +56,7 @@ def parse_data(text: str) -> tuple[str, list[str]]:
     if source == "synthetic" and not rest:
         return "synthetic", []
     if source == "coco":
-        ann, sep, images = rest.partition(":")
+        ann, sep, images = _split_coco(rest)
         if not sep or not ann or not images:
             raise CLIError(f"--data coco needs coco:ANNOTATIONS.json:IMAGE_DIR, got {text!r}")
         return "coco", [_absolute(ann), _absolute(images)]
@@ -65,6 +65,16 @@ def parse_data(text: str) -> tuple[str, list[str]]:
             raise CLIError(f"--data voc needs voc:ROOT, got {text!r}")
         return "voc", [_absolute(rest)]
     raise CLIError(f"--data must be {DATA_HELP}; got {text!r}")
+
+
+def _split_coco(rest: str) -> tuple[str, str, str]:
+    """``ANN:IMAGES`` split at the first ``:`` whose left part is an existing file (paths
+    may hold colons, ``runs/ds:v1/train.json``), else at the first one: (ANN, ":", IMAGES),
+    or ``(rest, "", "")`` without a colon."""
+    for cut, char in enumerate(rest):
+        if char == ":" and Path(rest[:cut]).expanduser().is_file():
+            return rest[:cut], ":", rest[cut + 1:]
+    return rest.partition(":")
 
 
 def _absolute(path: str) -> str:

@@ -6,6 +6,7 @@ import argparse
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from .._paths import check_folder_possible
 from ._build import (
@@ -67,7 +68,8 @@ def run_eval(args: argparse.Namespace) -> int:
         cleanup_distributed()
     if not info.is_main:
         return 0
-    print(f"{model_spec.name} on {len(val_set)} samples: {format_metrics(metrics)}")  # type: ignore[arg-type]
+    print(f"{model_spec.name} on {_scored(metrics, len(val_set))}: "  # type: ignore[arg-type]
+          f"{format_metrics(metrics)}")
     # what was scored, so that results of other data or settings can be told apart, and a
     # result of a last.pt that a resume has moved on since from one of the current last.pt
     write_json({"checkpoint": args.checkpoint, "iteration": state["iteration"],
@@ -124,3 +126,11 @@ def is_eval_result(path: Path) -> bool:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
     return isinstance(data, dict) and all(key in data for key in EVAL_KEYS)
+
+
+def _scored(metrics: dict[str, Any], samples: int) -> str:
+    """``"N samples"``, or ``"N of M samples (K unreadable, left out)"``."""
+    scored = int(metrics.get("num_images", samples))
+    if scored == samples:
+        return f"{samples} samples"
+    return f"{scored} of {samples} samples ({samples - scored} unreadable, left out)"

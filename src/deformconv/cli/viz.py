@@ -83,6 +83,9 @@ def run_viz(args: argparse.Namespace) -> int:
         raise CLIError(f"--index {args.index} is past the last of the {images} validation "
                        "images")
     indices = list(range(args.index, min(args.index + args.count, images)))
+    if len(indices) < args.count:
+        print(f"drawing {len(indices)} of the {args.count} images asked for: the validation "
+              f"set ends at image {images - 1}")
 
     def list_before_writing(path: Path) -> None:
         if path.name not in written:

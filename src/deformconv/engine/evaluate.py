@@ -46,9 +46,10 @@ def evaluate(
     """Run ``model`` in eval mode over ``dataset`` and return the task's metrics.
 
     classification: ``{"top1", "num_images"}``; segmentation: ``{"miou", "iou" (per class),
-    "pixel_acc", "num_pixels"}``; detection: ``{"AP", "AP50", "AP75", "APs", "APm", "APl",
-    "num_images"}``. With several processes each evaluates its shard and the metric is
-    reduced over all of them (every rank gets the same result). The model is moved to
+    "pixel_acc", "num_pixels", "num_images"}``; detection: ``{"AP", "AP50", "AP75", "APs",
+    "APm", "APl", "num_images"}``; ``num_images`` counts the images scored. With several
+    processes each evaluates its shard and the metric is reduced over all of them (every
+    rank gets the same result). The model is moved to
     ``device`` (``"auto"``: CUDA when available; ignored when ``dist_info`` is given) and its
     train/eval mode is restored afterwards. Samples the dataset cannot read
     (``load_or_skip`` gives None) are left out and not counted; when none is readable,
@@ -101,6 +102,7 @@ def evaluate(
     if not readable:
         raise NoReadableSamplesError.of(dataset)
     metrics = evaluator.compute()
+    metrics.setdefault("num_images", int(readable))  # segmentation counts pixels too
     return _scores_to_nan(metrics, non_finite) if non_finite else metrics
 
 
