@@ -285,8 +285,11 @@ def _hold_stop_signals(hold: bool) -> set[signal.Signals] | None:
 
 
 def _restore_signal_mask(mask: set[signal.Signals] | None) -> None:
+    """Give this thread back the signal ``mask`` :func:`_hold_stop_signals` returned."""
     if mask is not None:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 # Set in the environment of the shard processes that Study.in_shards starts.
 _SHARD_ENV = "DEFORMCONV_STUDY_SHARD"
 
