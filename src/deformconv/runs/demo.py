@@ -238,12 +238,12 @@ def _train_runs(job: _Job, datasets: tuple[Dataset, Dataset] | None = None
                                                              spent, cpu_started))
         except KeyboardInterrupt:  # stopped, last.pt saved: a resume goes on from here
             if not spent.finished and folder.is_dir():
-                _record_cpu(folder, spent.seconds + time.process_time() - cpu_started, False)
+                _record_cpu(folder, spent.until_now(cpu_started), False)
             raise
         # CPU time of this process in the calls that trained the run (validations
         # included), before a stop and after it; a continued run's excludes what it
         # continues from. A finished run only validated again: its time stays.
-        cpu = spent.seconds + (0.0 if spent.finished else time.process_time() - cpu_started)
+        cpu = spent.seconds if spent.finished else spent.until_now(cpu_started)
         if not spent.finished:
             _record_cpu(folder, cpu, True)
         summary = {"metrics": result.metrics, "train_seconds": result.train_seconds,
@@ -261,6 +261,11 @@ class _SpentCPU:
 
     seconds: float = 0.0  # CPU seconds its training took so far, over every call
     finished: bool = False  # whether it reached its last iteration (its time is final)
+
+    def until_now(self, cpu_started: float) -> float:
+        """The run's CPU seconds so far: these and this process's since ``cpu_started``
+        (a ``time.process_time()`` reading)."""
+        return self.seconds + time.process_time() - cpu_started
 
 
 def _spent_cpu(folder: Path) -> _SpentCPU:
@@ -291,7 +296,7 @@ def _checkpoint_hook(s: DemoSettings, config: Any, folder: Path, name: str,
         every = config.checkpoint_every
         if every and iteration % every == 0 and iteration < config.iterations \
                 and not spent.finished:
-            _record_cpu(folder, spent.seconds + time.process_time() - cpu_started, False)
+            _record_cpu(folder, spent.until_now(cpu_started), False)
         if name == "plain" and iteration == branch_at:
             shutil.copyfile(folder / "last.pt", folder / BRANCH)
 
@@ -690,8 +695,7 @@ def _mark_running(out: Path, saved: dict[str, Any]) -> dict[str, Any]:
     the marker: a stop records its time and clears the mark (:func:`_record_spent`), a kill
     leaves it, and ``spent["lost"]`` then says, for this resume and the later ones, that
     the time before a kill went unrecorded (a marker of an earlier version: no ``spent``)."""
-    lost = (saved.get("running", "spent" not in saved)
-            or saved.get("spent", {}).get("lost", False))
+    lost = saved.get("running", "spent" not in saved) or _time_lost(saved)
     state = {**saved, "running": True,
              "spent": {"seconds": 0.0, "cpu_seconds": 0.0, **saved.get("spent", {}),
                        "lost": lost}}
@@ -699,16 +703,20 @@ def _mark_running(out: Path, saved: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def _record_spent(out: Path, started: float, cpu_started: float) -> None:
-    """Save in the marker of the stopped demo in ``out`` the wall-clock and CPU seconds it
-    took since ``started`` and ``cpu_started``, for its resume to count them."""
-    marker = out / MARKER
-    state = json.loads(marker.read_text(encoding="utf-8"))
-    state["running"] = False
-    state["spent"] = {"seconds": time.perf_counter() - started,
-                      "cpu_seconds": _cpu_seconds() - cpu_started,
-                      "lost": state.get("spent", {}).get("lost", False)}
-    write_json(state, marker)
+def _time_lost(state: dict[str, Any]) -> bool:
+    """Whether the demo of marker ``state`` was killed once without recording its time."""
+    return state.get("spent", {}).get("lost", False)
+
+
+def _record_spent(out: Path, state: dict[str, Any], started: float,
+                  cpu_started: float) -> None:
+    """Save in the marker of the demo in ``out`` (``state``, as this demo wrote it) that it
+    no longer runs and the wall-clock and CPU seconds it took since ``started`` and
+    ``cpu_started``, for a resume to count them."""
+    write_json({**state, "running": False,
+                "spent": {"seconds": time.perf_counter() - started,
+                          "cpu_seconds": _cpu_seconds() - cpu_started,
+                          "lost": _time_lost(state)}}, out / MARKER)
 
 
 def _run_demo(s: DemoSettings, out: Path, overwrite: bool, saved: dict[str, Any] | None,
@@ -729,7 +737,7 @@ def _run_demo(s: DemoSettings, out: Path, overwrite: bool, saved: dict[str, Any]
     threads = torch.get_num_threads()
     workers, train_threads = process_layout(device, s.jobs, threads)
     resume = saved is not None
-    claimed = resume  # whether the marker is this demo's
+    marker = saved  # the marker's state once it is this demo's
     try:
         with contextlib.ExitStack() as stack:
             # the workers start first: their imports overlap the rendering
@@ -759,10 +767,9 @@ def _run_demo(s: DemoSettings, out: Path, overwrite: bool, saved: dict[str, Any]
                     steps = step_seconds(twins, "segmentation", train_set, s.batch_size, device,
                                          lambda net: build_optimizer(net, config))
                 ratio = steps["deformable"] / steps["plain"]
-                claim_demo_folder(out, overwrite, {"settings": asdict(s), "device": str(device),
-                                                   "step_seconds": steps, "step_ratio": ratio,
-                                                   "running": True})
-                claimed = True
+                marker = {"settings": asdict(s), "device": str(device),
+                          "step_seconds": steps, "step_ratio": ratio, "running": True}
+                claim_demo_folder(out, overwrite, marker)
             job = _Job(names, s, specs, weights, ratio, out, {"data": asdict(data)})
             if pool is not None:
                 print(f"training the twins side by side: {workers} processes of "
@@ -800,11 +807,11 @@ def _run_demo(s: DemoSettings, out: Path, overwrite: bool, saved: dict[str, Any]
                               "threads": threads, "train_threads": train_threads,
                               "cpus": os.cpu_count(), "load_start": load_start,
                               "load_end": _load(),
-                              "unrecorded_stop": bool(saved and saved["spent"]["lost"])}
+                              "unrecorded_stop": _time_lost(marker)}
         write_json(summary, out / SUMMARY)
         write_report(summary, out)
         with contextlib.suppress(OSError):  # the demo has finished all the same
-            _record_spent(out, started, cpu_started)  # no longer running
+            _record_spent(out, marker, started, cpu_started)  # no longer running
         print()
         print(comparison_table(summary))
         print(f"\nreport: {out / 'report.md'} ({summary['total_seconds']:.0f} s in all)")
@@ -812,7 +819,7 @@ def _run_demo(s: DemoSettings, out: Path, overwrite: bool, saved: dict[str, Any]
     except BaseException:  # stopped or failed (training: the workers are gone, their CPU
         # time counted; or the analysis, its runs finished): a resume counts the time.
         # Unrecorded (a full disk), the marker still says running: the resume says so.
-        if claimed:
+        if marker is not None:
             with contextlib.suppress(OSError):
-                _record_spent(out, started, cpu_started)
+                _record_spent(out, marker, started, cpu_started)
         raise
