@@ -8,7 +8,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .._paths import check_folder_possible
 from ._build import (
     add_data_options,
     build_datasets,
@@ -49,11 +48,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..engine import cleanup_distributed, evaluate, init_distributed
+    from ..engine.checkpoint import check_writable
 
     out = Path(args.out) if args.out else default_output(Path(args.checkpoint))
     check_output(out, Path(args.checkpoint))  # before the evaluation, not after it
     model_spec, data_spec, state = specs_from_checkpoint(args.checkpoint)
-    check_output_writable(out)  # once the checkpoint is known to be one
+    check_writable(out, f"--out {out}")  # once the checkpoint is known to be one
     data_spec = data_spec_from_args(args, data_spec)
     task = model_spec.task
     _, val_set, classes = build_datasets(data_spec, task, need_train=False)
@@ -108,15 +108,6 @@ def check_output(out: Path, checkpoint: Path) -> None:
     if not is_eval_result(out):
         raise CLIError(f"--out {out} exists and is not an earlier eval's metrics JSON, which "
                        "alone is replaced; choose another file")
-
-
-def check_output_writable(out: Path) -> None:
-    """Refuse an ``out`` whose folder could not be created (a file in the way) or where
-    no file can be created (no write permission there): the metrics are written last."""
-    from ..engine.checkpoint import check_writable
-
-    check_folder_possible(out.parent, f"--out {out}")
-    check_writable(out)
 
 
 def is_eval_result(path: Path) -> bool:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .._folder_lock import TEMP_NAME_PART, remove_stale
-from .._paths import naming_the_file
+from .._paths import check_folder_possible, naming_the_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -94,13 +94,16 @@ def _temp_file_pattern(path: Path) -> re.Pattern[str]:
     return re.compile(re.escape(f".{path.name}.") + TEMP_NAME_PART + re.escape(".tmp"))
 
 
-def check_writable(path: str | os.PathLike) -> None:
+def check_writable(path: str | os.PathLike, what: str | None = None) -> None:
     """Raise ``PermissionError`` naming the folder if :func:`write_atomically` may not
     create its temporary file for ``path`` there, or, where ``path``'s folder is yet to be
     created, in the nearest existing folder above, where it would be (checked by creating
     and removing one); another failure (a full disk, a read-only file system) is raised as
-    it is, naming ``path``, not the temporary file."""
+    it is, naming ``path``, not the temporary file. With ``what``, a file in the way of
+    ``path``'s folder is refused first (:func:`check_folder_possible`, naming ``what``)."""
     path = Path(path)
+    if what is not None:
+        check_folder_possible(path.parent, what)
     folder = next(f for f in (path.parent, *path.parent.parents) if f.is_dir())
     try:
         fd, tmp = _make_temp_file(folder / path.name)

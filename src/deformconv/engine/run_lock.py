@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .._folder_lock import LOCK_FILE, folder_lock, lock_holder
 
-__all__ = ["LOCK_FILE", "RunInProgressError", "check_not_busy", "out_dir_lock"]
+__all__ = ["LOCK_FILE", "RunInProgressError", "busy_error", "check_not_busy", "out_dir_lock"]
 
 
 class RunInProgressError(RuntimeError):
@@ -24,7 +24,7 @@ def out_dir_lock(out_dir: Path) -> AbstractContextManager[None]:
     removed on the way out (its ``.lock`` with it) if nothing else was written into it, e.g.
     when the run is refused once it holds the lock.
     """
-    return folder_lock(out_dir, lambda holder: _busy(holder, out_dir))
+    return folder_lock(out_dir, lambda holder: busy_error(holder, out_dir))
 
 
 def check_not_busy(out_dir: Path) -> None:
@@ -33,11 +33,12 @@ def check_not_busy(out_dir: Path) -> None:
     setup; :func:`out_dir_lock` stays the guard."""
     holder = lock_holder(out_dir)
     if holder is not None:
-        raise _busy(holder, out_dir)
+        raise busy_error(holder, out_dir)
 
 
-def _busy(holder: str, out_dir: Path) -> RunInProgressError:
-    """The error for ``out_dir``, whose lock the process ``holder`` holds."""
+def busy_error(holder: str, folder: Path, doing: str = "training into") -> RunInProgressError:
+    """The error for ``folder``, whose lock the process ``holder`` holds while ``doing`` it
+    (``"training into"``, ``"running a demo in"``)."""
     return RunInProgressError(
-        f"another process (pid {holder}) is training into {out_dir}; wait for it, "
+        f"another process (pid {holder}) is {doing} {folder}; wait for it, "
         "stop it, or choose another output folder")

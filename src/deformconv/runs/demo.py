@@ -61,7 +61,6 @@ from torch.utils.data import Dataset
 
 from .._extras import require
 from .._folder_lock import folder_lock
-from .._paths import check_folder_possible
 from .results import write_json
 from .specs import DataSpec, ModelSpec, build_datasets, model_from_checkpoint
 from .timing import ms_per_image, parameter_count, set_threads, step_seconds, threads_set_to
@@ -474,7 +473,7 @@ def earlier_demo(out: Path, overwrite: bool) -> list[Path]:
     refuses them without ``overwrite``, and files under those names that no demo wrote (a
     training run in ``out/deformable``) or a run folder a live run trains into always.
     Other files stay. An interrupted demo (one without ``metrics.json``) is not replaced
-    but continued with ``resume``. ``out`` passed :func:`check_demo_folder`."""
+    but continued with ``resume``. ``out`` passed the demo's ``check_writable``."""
     from ..engine.run_lock import check_not_busy
 
     earlier = demo_files(out)
@@ -627,16 +626,19 @@ def run_demo(s: DemoSettings, out: Path, overwrite: bool = False,
     uninterrupted demo's do, and its report gives the times of an uninterrupted demo
     (each run's CPU seconds and the whole demo's times add up what was spent before the
     stop); a resume of a finished demo returns its summary, changing nothing."""
+    from ..engine.checkpoint import check_writable
+    from ..engine.run_lock import busy_error
+
     started, cpu_started, load_start = time.perf_counter(), _cpu_seconds(), _load()
     check_settings(s)
     if resume and overwrite:
         raise ValueError("resume continues the demo in the output folder and overwrite "
                          "replaces it: give one of them")
-    check_demo_folder(out)
+    check_writable(out / SUMMARY, f"cannot create the demo's folder {out}")
     # held to the end: a second demo into the folder (to replace, resume or rerun this
     # one) is refused while this one runs
-    with folder_lock(out, lambda holder: _busy(holder, out), lock_file=DEMO_LOCK,
-                     keep_lock_file=False):
+    with folder_lock(out, lambda holder: busy_error(holder, out, "running a demo in"),
+                     lock_file=DEMO_LOCK, keep_lock_file=False):
         if resume and (out / MARKER).is_file() and (out / SUMMARY).is_file():
             print(f"nothing to resume: the demo in {out} has finished; its report is at "
                   f"{out / 'report.md'}")
@@ -671,23 +673,6 @@ def _raise_stop(signum: int, frame: object) -> None:
     error = KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
     error.signum = signum  # type: ignore[attr-defined]  # the command line's exit code
     raise error
-
-
-def check_demo_folder(out: Path) -> None:
-    """Refuse an ``out`` the demo could not write into, before any work: one under a file,
-    or in a folder where no file can be created (read-only)."""
-    from ..engine.checkpoint import check_writable
-
-    check_folder_possible(out, f"cannot create the demo's folder {out}")
-    check_writable(out / SUMMARY)
-
-
-def _busy(holder: str, out: Path) -> Exception:
-    """The error for ``out``, whose demo lock the process ``holder`` holds."""
-    from ..engine import RunInProgressError
-
-    return RunInProgressError(f"another process (pid {holder}) is running a demo in {out}; "
-                              "wait for it, stop it, or choose another output folder")
 
 
 def _mark_running(out: Path, saved: dict[str, Any]) -> dict[str, Any]:
