@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runs import DemoSettings, run_demo
-from ..runs.demo import ChangedSettingsError
+from ..runs.demo import FREE_SETTINGS, ChangedSettingsError
 from ._common import (
     CLIError,
     non_negative_int,
@@ -119,9 +119,7 @@ def demo_options(settings: dict[str, Any]) -> list[str] | None:
     """The options that give ``settings`` (a demo's, as its marker holds them; the options
     of settings free to change on a resume left out); None where neither preset (default
     or ``--smoke``) gives the settings that no option sets (a demo started from Python)."""
-    from ..runs.demo import _FREE_SETTINGS
-
-    optional = {*FIELDS, *_SWITCHES, "scene", *_FREE_SETTINGS}
+    optional = {*FIELDS, *_SWITCHES, "scene", *FREE_SETTINGS}
     for smoke in (False, True):
         preset = _plain(DemoSettings.smoke() if smoke else DemoSettings())
         if any(settings.get(key) != value for key, value in preset.items()
@@ -130,7 +128,7 @@ def demo_options(settings: dict[str, Any]) -> list[str] | None:
         options = ["--smoke"] if smoke else []
         options += [f"--{key.replace('_', '-')} {shlex.quote(str(settings.get(key)))}"
                     for key in FIELDS
-                    if key not in _FREE_SETTINGS and settings.get(key) != preset[key]]
+                    if key not in FREE_SETTINGS and settings.get(key) != preset[key]]
         options += [flag for key, flag in _SWITCHES.items() if settings.get(key) is False]
         options += [f"--scene {shlex.quote(f'{key}={_literal(value)}')}"
                     for key, value in settings["scene"].items()

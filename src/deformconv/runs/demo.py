@@ -512,7 +512,7 @@ def claim_demo_folder(out: Path, overwrite: bool, state: dict[str, Any]) -> None
 
 
 # Settings that do not change a demo's results: a resume may give other values.
-_FREE_SETTINGS = frozenset({"progress", "jobs"})
+FREE_SETTINGS = frozenset({"progress", "jobs"})
 
 
 class ChangedSettingsError(ValueError):
@@ -539,7 +539,7 @@ def _same_device(state: dict[str, Any], device: str) -> bool:
 def resumed_demo(s: DemoSettings, out: Path) -> dict[str, Any]:
     """The state an interrupted demo in ``out`` saved when it claimed the folder (the
     settings, the step times and their ratio); refuses a folder without one and settings
-    other than the saved ones (except :data:`_FREE_SETTINGS`), and a folder missing what
+    other than the saved ones (except :data:`FREE_SETTINGS`), and a folder missing what
     the resume needs from its runs (:func:`_check_resumable`)."""
     marker = out / MARKER
     if not out.is_dir() or not marker.is_file():
@@ -555,7 +555,7 @@ def resumed_demo(s: DemoSettings, out: Path) -> dict[str, Any]:
     now = json.loads(json.dumps(asdict(s)))  # tuples as the saved lists
     saved = state["settings"]
     changed = [f"{key} {saved.get(key)!r} (now {value!r})" for key, value in now.items()
-               if key not in _FREE_SETTINGS and saved.get(key) != value
+               if key not in FREE_SETTINGS and saved.get(key) != value
                and not (key == "device" and _same_device(state, value))]
     if changed:
         raise ChangedSettingsError(
