@@ -1,20 +1,43 @@
 """Vector-Jacobian products for the fallback backwards.
 
-A ``torch.library`` custom op runs below the autograd dispatch key, so
-``torch.autograd.grad`` inside a backward op sees tensors without history, whatever the
-grad mode. ``torch.func.vjp`` carries its own autodiff level and works there.
+A ``torch.library`` custom op runs below the autograd dispatch key (the autograd keys are
+in the thread's excluded set), so ``torch.autograd.grad`` inside a backward op would see
+tensors without history. :func:`vjp` lifts that exclusion for its own recomputed forward.
+Not ``torch.func.vjp``: its wrapped tensors break under a ``TorchDispatchMode`` (FLOP
+counters, opcheck's schema check) and it refuses saved-tensor hooks (activation offloading).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
+
+_AUTOGRAD_KEYS = (torch._C.DispatchKey.AutogradFunctionality,
+                  torch._C.DispatchKey.ADInplaceOrView)
+
+
+@contextmanager
+def _autograd_recording() -> Iterator[None]:
+    """Inside, ops record autograd history again, as above the custom op."""
+    excluded = torch._C._dispatch_tls_local_exclude_set()
+    for key in _AUTOGRAD_KEYS:
+        excluded = excluded.remove(key)
+    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(),
+                                         excluded), torch.enable_grad():
+        yield
 
 
 def vjp(fn: Callable[..., Tensor], primals: tuple[Tensor, ...], cotangent: Tensor
         ) -> tuple[Tensor, ...]:
     """Gradients of ``<fn(*primals), cotangent>`` with respect to each primal."""
-    _, pullback = torch.func.vjp(fn, *primals)
-    return pullback(cotangent)
+    with _autograd_recording():
+        leaves = tuple(p.detach().requires_grad_() for p in primals)
+        out = fn(*leaves)
+        if not out.requires_grad:  # nothing reaches the output (no RoI, no sample)
+            return tuple(torch.zeros_like(p) for p in primals)
+        grads = torch.autograd.grad(out, leaves, cotangent, allow_unused=True)
+    return tuple(torch.zeros_like(p) if g is None else g for p, g in zip(primals, grads,
+                                                                         strict=True))
