@@ -52,6 +52,24 @@ def test_a_nan_input_gives_the_same_nan_outputs_compiled(
     torch.testing.assert_close(compiled, eager, equal_nan=True)
 
 
+@pytest.mark.parametrize("build", [_conv, _roi_pool, _psroi_pool])
+def test_a_nan_input_gives_the_same_nan_outputs_exported(
+        build: Callable[[], tuple[nn.Module, tuple[Tensor, ...]]]) -> None:
+    """A torch.export program ran the op on the NaN offsets as they were (the graph of an
+    ONNX export reads them safely; the program runs the op itself), which raised
+    NaNOffsetError where the module gives NaN outputs."""
+    torch.manual_seed(0)
+    module, inputs = build()
+    with torch.no_grad():
+        for param in module.offset_parameters():
+            nn.init.normal_(param, std=0.5)
+        eager = module(*inputs)
+        program = torch.export.export(module, tuple(t.nan_to_num() for t in inputs))
+        exported = program.module()(*inputs)
+    assert eager.isnan().any() and not eager.isnan().all()
+    torch.testing.assert_close(exported, eager, equal_nan=True)
+
+
 def test_a_nan_input_gives_the_same_nan_outputs_fx_traced() -> None:
     """An FX-traced conv (torchvision's create_feature_extractor) records the op as one
     call whose NaNOffsetError no except sees when the graph runs: it used to raise. (The

@@ -62,6 +62,12 @@ def _exporting() -> bool:
     return bool(is_exporting is not None and is_exporting())
 
 
+def _exporting_onnx() -> bool:
+    """Whether ``torch.onnx.export`` is tracing (its graph, not ours, reads the offsets);
+    not a plain ``torch.export``, whose program runs the op itself."""
+    return torch.onnx.is_in_onnx_export()
+
+
 def _fx_tracing() -> bool:
     """Whether ``torch.fx.symbolic_trace`` is tracing (torchvision's feature extractor);
     not ``is_fx_tracing()``, which logs a deprecation warning on its first call."""
@@ -90,11 +96,13 @@ def nan_offsets_propagate(op: Callable[[Tensor], Tensor], offset: Tensor, *,
     (n, :, i, j) makes output (n, :, i, j) NaN; without ``per_position`` (the output's
     positions do not match the offset's), all of output n.
     """
-    if _exporting():
+    if _exporting_onnx():
         return op(offset) + _nan_where_not_finite(offset, per_position)
-    # torch.compile and FX trace the op as a node whose error no except ever sees: there
-    # the masking always runs, and where all is finite it leaves op(offset) as it is.
-    tracing = torch.compiler.is_compiling() or _fx_tracing() or _without_values(offset)
+    # torch.compile, torch.export and FX trace the op as a node whose error no except ever
+    # sees: there the masking always runs, and where all is finite it leaves op(offset) as
+    # it is.
+    tracing = (torch.compiler.is_compiling() or _exporting() or _fx_tracing()
+               or _without_values(offset))
     # one float32 sum, no temporary: it is not finite when an offset is not (or when the
     # sum overflows, which only costs the masking below, exact without non-finite offsets)
     if not tracing and bool(offset.sum(dtype=torch.float32).isfinite()):
