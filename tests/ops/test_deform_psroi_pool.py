@@ -382,3 +382,39 @@ def test_float64_rois_are_rounded_in_float64(monkeypatch, backend):
     expected = reference.deform_psroi_pool(x, rois, None, **options)[0]
     torch.testing.assert_close(deform_psroi_pool(x, rois, **options), expected,
                                atol=1e-5, rtol=0)
+
+
+def reduced_precision_gradients(dtype: torch.dtype, sample_per_part: int, device: str = "cpu"
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input and offset gradients of one bin's average over ``sample_per_part``² samples
+    (all inside the map) in ``dtype`` and in float64, the input gradient summed: 1."""
+    x = torch.randn(1, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    offset = torch.full((1, 2, 1, 1), 0.1)
+    grads = []
+    for kind in (dtype, torch.float64):
+        x_k, offset_k = (t.to(device, kind).requires_grad_() for t in (x, offset))
+        deform_psroi_pool(x_k, torch.tensor([[0, 0.0, 0.0, 4.0, 4.0]], device=device), offset_k,
+                          spatial_scale=1.0, output_dim=1, group_size=1, pooled_size=1,
+                          sample_per_part=sample_per_part, trans_std=0.1).sum().backward()
+        grads.append(torch.cat([x_k.grad.sum().view(1), offset_k.grad.flatten()]).cpu().double())
+    return grads[0], grads[1]
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize(("dtype", "sample_per_part"),
+                         [(torch.float16, 256), (torch.float16, 47), (torch.bfloat16, 17)])
+def test_reduced_precision_gradients_divide_by_the_exact_sample_count(monkeypatch, backend,
+                                                                     dtype, sample_per_part):
+    """The sample count the forward saves for the backward was stored in the input's dtype:
+    float16 cannot hold 256² (inf: all gradients 0), nor 47² = 2209 exactly, bfloat16 not
+    17² = 289 (gradients off by 1/288). It is kept in float32 now."""
+    monkeypatch.setenv("DEFORMCONV_BACKEND", backend)
+    assert_reduced_precision_gradients_exact(dtype, sample_per_part, "cpu")
+
+
+def assert_reduced_precision_gradients_exact(dtype: torch.dtype, sample_per_part: int,
+                                             device: str) -> None:
+    got, expected = reduced_precision_gradients(dtype, sample_per_part, device)
+    assert abs(expected[0] - 1) < 1e-12
+    torch.testing.assert_close(got, expected, atol=2e-4 if dtype == torch.float16 else 2e-3,
+                               rtol=0)

@@ -31,6 +31,7 @@ from .test_deform_conv import (
     reference_op,
     run_with_grads,
 )
+from .test_deform_psroi_pool import assert_reduced_precision_gradients_exact
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -398,6 +399,13 @@ class TestDeformPSRoIPool:
     @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
     def test_half_precision(self, dtype):
         _check_psroi(dtype, 2, 2, 2, 2)
+
+    @pytest.mark.parametrize(("dtype", "sample_per_part"),
+                             [(torch.float16, 47), (torch.bfloat16, 17)])
+    def test_half_precision_gradients_divide_by_the_exact_sample_count(self, dtype,
+                                                                      sample_per_part):
+        """The saved sample count was in the input's dtype (see the Numba test)."""
+        assert_reduced_precision_gradients_exact(dtype, sample_per_part, DEVICE)
 
     def test_no_rois(self):
         x = torch.randn(1, 4, 5, 5, device=DEVICE, requires_grad=True)

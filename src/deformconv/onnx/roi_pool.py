@@ -338,7 +338,7 @@ def deform_psroi_pool(
         bad = nan_offsets(offset, dtype, per_position=part_size == pooled_size)
         out, count = nan_where(out, bad, dtype), nan_where(count, bad, dtype)
     out, count = invalidate(out, valid, dtype), invalidate(count, valid, dtype)
-    return downcast(out, out_dtype, dtype), downcast(count, out_dtype, dtype)
+    return downcast(out, out_dtype, dtype), count  # the count in the compute dtype, as the op
 
 
 # Translations of the registered custom ops (their schemas, argument for argument).

@@ -141,11 +141,12 @@ def kernel(op: str, backend: str, name: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(_KERNEL_MODULES[op, backend]), name)
 
 
-def run(op: str, name: str, args: Sequence[Any]) -> Any:
+def run(op: str, name: str, args: Sequence[Any], in_compute_dtype: Sequence[int] = ()) -> Any:
     """Run kernel ``name`` of ``op`` on ``args`` with the backend of the first tensor.
 
     On Numba and torch, float16/bfloat16 tensors are computed in float32 and the results
-    come back in the first tensor's dtype.
+    come back in the first tensor's dtype, except those at ``in_compute_dtype`` (of a tuple
+    of results), which stay float32 (``_checks.compute_dtype``).
     """
     first = next(a for a in args if isinstance(a, Tensor))
     backend = select_backend(first.device, first.dtype)
@@ -153,10 +154,8 @@ def run(op: str, name: str, args: Sequence[Any]) -> Any:
     if backend == "triton" or first.dtype not in UPCAST_DTYPES:
         return fn(*args)
     upcast = [a.float() if isinstance(a, Tensor) and a.is_floating_point() else a for a in args]
-    return _cast(fn(*upcast), first.dtype)
-
-
-def _cast(result: Any, dtype: torch.dtype) -> Any:
+    result = fn(*upcast)
     if isinstance(result, Tensor):
-        return result.to(dtype)
-    return type(result)(_cast(r, dtype) for r in result)
+        return result.to(first.dtype)
+    return type(result)(r if i in in_compute_dtype else r.to(first.dtype)
+                        for i, r in enumerate(result))

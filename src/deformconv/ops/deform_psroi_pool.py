@@ -57,13 +57,15 @@ def _forward_fake(input: Tensor, rois: Tensor, offset: Tensor | None, spatial_sc
                   output_dim: int, group_size: int, pooled_size: int, *args
                   ) -> tuple[Tensor, Tensor]:
     shape = (rois.shape[0], output_dim, pooled_size, pooled_size)
-    return input.new_empty(shape), input.new_empty(shape)
+    return input.new_empty(shape), input.new_empty(shape, dtype=compute_dtype(input.dtype))
 
 
 def _forward(input: Tensor, *args: Any) -> tuple[Tensor, Tensor]:
+    """Output and sample count, the count in the compute dtype: float16 holds whole numbers
+    exactly up to 2048 only (and not 256² samples at all), bfloat16 up to 256."""
     if no_feature_cells(input):
         return zeroed(_forward_fake(input, *args))
-    return _dispatch.run("deform_psroi_pool", "forward", (input, *args))
+    return _dispatch.run("deform_psroi_pool", "forward", (input, *args), in_compute_dtype=(1,))
 
 
 def _check_backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None,
@@ -78,7 +80,14 @@ def _check_backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tenso
         if tuple(tensor.shape) != expected:
             raise ValueError(f"{name}.shape is not valid: got {tuple(tensor.shape)}, "
                              f"expected {expected}")
-    check_same_dtype_device("input", input, grad_out=grad_out, count=count)
+    check_same_dtype_device("input", input, grad_out=grad_out)
+    if count.device != input.device:
+        raise RuntimeError(f"count is on {count.device} but input is on {input.device}; all "
+                           "tensors must be on the same device")
+    if count.dtype != compute_dtype(input.dtype):
+        raise TypeError(f"count has dtype {count.dtype} but must have "
+                        f"{compute_dtype(input.dtype)}, the compute dtype of input's "
+                        f"{input.dtype} (as the forward returns it)")
 
 
 def _backward_fake(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None,

@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._checks import compute_dtype
 from .._dispatch import alert_not_deterministic
 from ..geometry import psroi_bins, psroi_grid
 from .bilinear import (
@@ -180,11 +181,12 @@ class _Args:
 def forward(input: Tensor, rois: Tensor, offset: Tensor | None, spatial_scale: float,
             output_dim: int, group_size: int, pooled_size: int, part_size: int,
             sample_per_part: int, trans_std: float) -> tuple[Tensor, Tensor]:
-    """(N, output_dim*G*G, H, W) -> output and sample count, both (K, output_dim, P, P)."""
+    """(N, output_dim*G*G, H, W) -> output and sample count, both (K, output_dim, P, P),
+    the count in the compute dtype (float32 for float16/bfloat16)."""
     a = _Args(input, rois, offset, spatial_scale, output_dim, group_size, pooled_size,
               part_size, sample_per_part, trans_std)
     out = input.new_empty(a.rois, output_dim, pooled_size, pooled_size)
-    count = torch.empty_like(out)
+    count = torch.empty_like(out, dtype=compute_dtype(input.dtype))
     if out.numel():
         with on_device(input):
             _forward_kernel[a.grid](input, a.batch, a.geo, a.table, a.offset, out, count,
