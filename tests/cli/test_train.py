@@ -216,7 +216,7 @@ def test_interrupted_run_resumes_to_identical_weights(capsys: pytest.CaptureFixt
     assert load_checkpoint(out / "last.pt")["iteration"] == 3
     code, stdout, _ = run_cli(capsys, "train", "--resume", "auto", "--iterations", "4",
                               "--checkpoint-every", "2", "--out", out, "--no-progress")
-    assert code == 0 and "resumed from" in stdout
+    assert code == 0 and "continuing from" in stdout
     resumed = load_checkpoint(out / "last.pt")["model"]
     straight = load_checkpoint(trained / "last.pt")["model"]
     assert resumed.keys() == straight.keys()

@@ -62,7 +62,7 @@ def test_killed_process_resumes_to_identical_weights(tmp_path, in_process):
     _finish(killed, expect=-signal.SIGKILL)  # died after iteration 8, no final checkpoint
     assert load_checkpoint(cut / "last.pt")["iteration"] == 6  # checkpoint_every=3
     assert not list(cut.glob(".*.tmp"))  # no temp file left by the atomic writes
-    assert "resumed from" in _finish(_start(str(cut), "10", "--resume"))
+    assert "continuing from" in _finish(_start(str(cut), "10", "--resume"))
 
     a = torch.load(full / "rank0.pt", weights_only=True)
     b = torch.load(cut / "rank0.pt", weights_only=True)

@@ -110,6 +110,53 @@ def test_train_seconds_leave_out_validation_and_add_up_over_a_resume(tmp_path, m
     assert logged == sorted(logged) and logged[-1] == pytest.approx(result.train_seconds)
 
 
+def test_train_cpu_seconds_leave_out_validation_and_add_up_over_a_resume(tmp_path,
+                                                                          monkeypatch):
+    """The run's CPU time of its training steps is logged beside the wall-clock one (the
+    demo's curves by training time: a busy machine sways wall-clock time by tens of percent,
+    and unevenly between runs trained one after the other)."""
+    from deformconv.engine import trainer
+
+    def busy_evaluate(*args, **kwargs):
+        end = time.process_time() + 0.25
+        while time.process_time() < end:
+            pass
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", busy_evaluate)
+    data, val = ToyClassification(size=20), ToyClassification(size=4, seed=3)
+    start = time.process_time()
+    with pytest.raises(_Stop):  # validation at 1..4 (1 CPU s); last.pt at 3
+        train(_config(tmp_path, iterations=6, eval_every=1), TinyClassifier(), data, val,
+              on_iteration_end=_stop_at(4))
+    cpu = time.process_time() - start
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")["train_cpu_seconds"]
+    assert 0 < saved < cpu - 0.75
+    start = time.process_time()
+    result = train(_config(tmp_path, iterations=6, eval_every=0, resume="auto"),
+                   TinyClassifier(), data, val)
+    resumed_cpu = time.process_time() - start
+    assert saved < result.train_cpu_seconds < saved + resumed_cpu
+    records = read_metrics(result.out_dir / "metrics.jsonl")
+    logged = [r["train_cpu_seconds"] for r in records]
+    assert logged == sorted(logged) and logged[-1] == pytest.approx(result.train_cpu_seconds)
+    assert {r["split"] for r in records} == {"train", "val"}
+
+
+def test_a_run_started_from_another_runs_checkpoint_says_it_continues_it(tmp_path, capsys):
+    """The demo's equal-time run, new, starts from the plain run's checkpoint: the trainer
+    printed "resumed from .../plain/branch.pt", which a new user read as a leftover run
+    being reused. Both a resume and such a start continue the checkpoint's run."""
+    data = ToyClassification(size=20)
+    train(_config(tmp_path, iterations=4, eval_every=0), TinyClassifier(), data)
+    capsys.readouterr()
+    first = tmp_path / "run" / "last.pt"
+    train(_config(tmp_path, "longer", iterations=8, eval_every=0, resume=str(first)),
+          TinyClassifier(), data)
+    out = capsys.readouterr().out
+    assert f"continuing from {first} at iteration 4/8" in out and "resumed" not in out
+
+
 def test_epochs_set_the_length(tmp_path):
     config = _config(tmp_path, iterations=None, epochs=2, eval_every=0, checkpoint_every=0)
     result = train(config, TinyClassifier(), ToyClassification(size=20))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from deformconv.runs.demo_report import verdict
 
 
@@ -53,6 +55,48 @@ def test_a_gap_within_seed_noise_reads_so_whatever_its_sign():
     assert "**+2.5**" in published
     assert "stays behind by less than 3 points: within what one run cannot tell" in published
     assert "stays behind: the deformable layers are worth" in _equal_time_line(0.66, 0.62)
+
+
+def _write_log(folder, records) -> None:
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_learning_curves_are_by_training_cpu_time(tmp_path):
+    """The panel by training time plotted wall-clock seconds: under load the plain twin
+    (652 s wall, 176 s CPU) ended right of the deformable one (540 s wall, 238 s CPU),
+    against the caption's "runs of equal duration end at the same x"."""
+    from deformconv.runs.demo import run_folder
+    from deformconv.runs.demo_report import _curves
+
+    for name, (wall, cpu) in {"plain": (652.0, 176.0), "deformable": (540.0, 238.0)}.items():
+        _write_log(tmp_path / run_folder(name), [
+            {"split": "train", "iter": 10, "loss": 1.0, "train_seconds": wall / 2,
+             "train_cpu_seconds": cpu / 2},
+            {"split": "val", "iter": 20, "miou": 0.5, "train_seconds": wall,
+             "train_cpu_seconds": cpu}])
+    _, scores, _, label = _curves(tmp_path, ["plain", "deformable"])
+    assert (scores["plain"][0], scores["deformable"][0]) == ([176.0], [238.0])
+    assert label == "training CPU time (s)"
+
+
+def test_learning_curves_of_older_logs_say_they_are_wall_clock(tmp_path):
+    from deformconv.runs.demo import run_folder
+    from deformconv.runs.demo_report import _curves
+
+    _write_log(tmp_path / run_folder("plain"),
+               [{"split": "val", "iter": 20, "miou": 0.5, "train_seconds": 652.0}])
+    _, scores, _, label = _curves(tmp_path, ["plain"])
+    assert scores["plain"][0] == [652.0] and label == "training time, wall clock (s)"
+
+
+def test_the_load_paragraph_does_not_claim_an_even_slowdown_of_runs_in_turn():
+    """"other processes slow every run alike" was said of twins trained one after the
+    other too, where the load of each run's own minutes slows it."""
+    from deformconv.runs.demo_report import _load_effect
+
+    assert "alike" in _load_effect(2)
+    assert "alike" not in _load_effect(1) and "may not compare" in _load_effect(1)
 
 
 def test_size_limits_are_stated_as_the_integer_areas_obey_them():

@@ -82,7 +82,7 @@ def test_stopped_pretraining_continues(tmp_path, capfd):
     info = pretrained_backbone(TINY, tmp_path)
     assert not info["cached"] and not partial.exists()
     assert info["iterations"] == TINY.iterations
-    assert f"resumed from {partial / 'last.pt'} at iteration 2/2" in capfd.readouterr().out
+    assert f"continuing from {partial / 'last.pt'} at iteration 2/2" in capfd.readouterr().out
 
 
 def test_pretraining_seconds_estimates_without_training(tmp_path, monkeypatch):

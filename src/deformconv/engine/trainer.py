@@ -74,6 +74,8 @@ class TrainResult:
     # Wall-clock seconds of the training steps (drawing batches included), without
     # validation and checkpoint writes; a resumed run adds to the time saved with it.
     train_seconds: float
+    # The same steps' CPU seconds (this process's threads; not the loader workers').
+    train_cpu_seconds: float
 
 
 def train(
@@ -386,7 +388,9 @@ class _Run:
         self._configure_loaded_optimizer(configured)
         set_rng_state(state["rng"][self.info.rank])
         self.iteration, self.best = state["iteration"], state.get("best_metric")
-        self.clock = _TrainClock(state.get("train_seconds", 0.0))
+        # a checkpoint of before 2026-12-03 has no CPU time: its wall time stands in
+        self.clock = _TrainClock(state.get("train_seconds", 0.0),
+                                 state.get("train_cpu_seconds", state.get("train_seconds", 0.0)))
         self.window.reset(self.clock.seconds)
         if "log_window" in state:  # checkpoints before 2026-12-02 lack it
             self.window.load_state_dict(state["log_window"][self.info.rank])
@@ -397,7 +401,7 @@ class _Run:
         self.last_is_final = (self.finished_before
                               and Path(path).resolve() == here / "last.pt")
         if self.info.is_main:
-            print(f"resumed from {path} at iteration {self.iteration}/{self.total}")
+            print(f"continuing from {path} at iteration {self.iteration}/{self.total}")
             _note_thread_change(state, self.info)
 
     def adopt_best_checkpoint(self) -> None:
@@ -516,6 +520,7 @@ class _Run:
                   "loss": loss_sum / count, "lr": step.lr,
                   "images_per_s": window.images / max(elapsed, 1e-9),
                   "train_seconds": self.clock.seconds,
+                  "train_cpu_seconds": self.clock.cpu_seconds,
                   **{k: v.item() for k, v in step.parts.items()}}
         if step.grad_norm is not None:
             record["grad_norm"] = step.grad_norm
@@ -594,6 +599,7 @@ class _Run:
             self.checkpoint(self.last_path, finished=True)
         return TrainResult(iteration=self.iteration, metrics=self.metrics,
                            best_metric=self.best, train_seconds=self.clock.seconds,
+                           train_cpu_seconds=self.clock.cpu_seconds,
                            last_checkpoint=self.last_path, best_checkpoint=self.best_path,
                            out_dir=self.out_dir)
 
@@ -604,7 +610,8 @@ class _Run:
         config = self.config
         result = self.evaluate(stop_check)
         self.logger.log({"split": "val", "iter": self.iteration,
-                         "train_seconds": self.clock.seconds, **result})
+                         "train_seconds": self.clock.seconds,
+                         "train_cpu_seconds": self.clock.cpu_seconds, **result})
         value = result.get(PRIMARY_METRIC[config.task], float("nan"))
         if math.isfinite(value) and (self.best is None or value > self.best):
             self.best = value
@@ -643,6 +650,7 @@ class _Run:
             "threads": torch.get_num_threads(),  # see _note_thread_change
             "best_metric": self.best,
             "train_seconds": self.clock.seconds,
+            "train_cpu_seconds": self.clock.cpu_seconds,
             "config": self.config.to_dict(),
             "extra": self.extra,
         }, path)
@@ -668,23 +676,30 @@ class _StopRequested(Exception):
 
 
 class _TrainClock:
-    """Seconds spent training, paused around validation and checkpoints."""
+    """Seconds spent training, wall-clock and CPU (this process's), paused around
+    validation and checkpoints."""
 
-    def __init__(self, seconds: float = 0.0) -> None:
+    def __init__(self, seconds: float = 0.0, cpu_seconds: float = 0.0) -> None:
         self._total = float(seconds)
-        self._since: float | None = None
+        self._cpu_total = float(cpu_seconds)
+        self._since: tuple[float, float] | None = None  # (perf_counter, process_time)
 
     @property
     def seconds(self) -> float:
-        running = 0.0 if self._since is None else time.perf_counter() - self._since
+        running = 0.0 if self._since is None else time.perf_counter() - self._since[0]
         return self._total + running
+
+    @property
+    def cpu_seconds(self) -> float:
+        running = 0.0 if self._since is None else time.process_time() - self._since[1]
+        return self._cpu_total + running
 
     def start(self) -> None:
         if self._since is None:
-            self._since = time.perf_counter()
+            self._since = (time.perf_counter(), time.process_time())
 
     def stop(self) -> None:
-        self._total = self.seconds
+        self._total, self._cpu_total = self.seconds, self.cpu_seconds
         self._since = None
 
     @contextlib.contextmanager

@@ -246,7 +246,7 @@ def _train_runs(job: _Job, datasets: tuple[Dataset, Dataset] | None = None
         if not spent.finished:
             _record_cpu(folder, cpu, True)
         summary = {"metrics": result.metrics, "train_seconds": result.train_seconds,
-                   "cpu_seconds": cpu,
+                   "train_cpu_seconds": result.train_cpu_seconds, "cpu_seconds": cpu,
                    "iterations": result.iteration, "checkpoint": result.last_checkpoint}
         if name == RUNS[2]:
             summary["branched_at"] = _branch_at(s) if length >= s.iterations else None

@@ -42,21 +42,29 @@ def _reference(runs: Mapping[str, Any]) -> str:
     return next(name for name in REFERENCE_ORDER if name in runs)
 
 
-def _curves(out: Path, names: Sequence[str]) -> tuple[dict, dict, dict]:
-    """(training loss by iteration, validation mIoU by training seconds, the iterations of
-    those validations) of runs ``names``."""
+def _curves(out: Path, names: Sequence[str]) -> tuple[dict, dict, dict, str]:
+    """(training loss by iteration, validation mIoU by training time, the iterations of
+    those validations, the time's axis label) of runs ``names``: by the training steps'
+    CPU time, which other work on the machine barely changes (wall-clock time it sways
+    by tens of percent, and unevenly between twins trained one after the other); by
+    wall-clock time for runs logged before the CPU time was."""
     from ..engine import read_metrics
     from .demo import run_folder
 
-    losses, scores, iterations = {}, {}, {}
+    losses, scores, iterations, records = {}, {}, {}, {}
     for name in names:
-        records = read_metrics(out / run_folder(name) / "metrics.jsonl")
-        train = [r for r in records if r["split"] == "train"]
-        val = [r for r in records if r["split"] == "val"]
+        records[name] = read_metrics(out / run_folder(name) / "metrics.jsonl")
+    cpu = all("train_cpu_seconds" in r for rs in records.values() for r in rs
+              if r["split"] == "val")
+    key, label = (("train_cpu_seconds", "training CPU time (s)") if cpu
+                  else ("train_seconds", "training time, wall clock (s)"))
+    for name, rs in records.items():
+        train = [r for r in rs if r["split"] == "train"]
+        val = [r for r in rs if r["split"] == "val"]
         losses[name] = ([r["iter"] for r in train], [r["loss"] for r in train])
-        scores[name] = ([r["train_seconds"] for r in val], [r["miou"] for r in val])
+        scores[name] = ([r[key] for r in val], [r["miou"] for r in val])
         iterations[name] = [r["iter"] for r in val]
-    return losses, scores, iterations
+    return losses, scores, iterations, label
 
 
 def _examples(gains: list[float], count: int) -> list[int]:
@@ -90,9 +98,10 @@ def analyse(s: Any, models: Mapping[str, nn.Module], val_set: Dataset, classes: 
     by_scale = {name: recall_by_scale(object_recalls(p, val_set), edges)
                 for name, p in predictions.items()}
 
-    losses, scores, iterations = _curves(out, list(models))
+    losses, scores, iterations, time_label = _curves(out, list(models))
     figures = {"curves": plot_learning_curves(losses, scores, out / FIGURES["curves"],
-                                              score_iterations=iterations).name,
+                                              score_iterations=iterations,
+                                              time_label=time_label).name,
                "scales": plot_scale_recall(by_scale, out / FIGURES["scales"]).name}
     titles = [f"val {i}: {mious['deformable'][i]:.2f} vs {mious[reference][i]:.2f}"
               for i in chosen]
@@ -120,7 +129,9 @@ def comparison_table(summary: Mapping[str, Any]) -> str:
     rows = []
     for name, r in summary["runs"].items():
         rows.append({"run": name, "iterations": r["iterations"],
-                     "train s": r["train_seconds"], "mIoU": r["metrics"]["miou"],
+                     "train s": r["train_seconds"],
+                     "train CPU s": r.get("train_cpu_seconds", "–"),  # a demo of before 12-03
+                     "mIoU": r["metrics"]["miou"],
                      "pixel acc": r["metrics"]["pixel_acc"], "params": f"{r['params']:,}",
                      "ms / image": r["ms_per_image"]})
     return markdown_table(rows, digits=3)
@@ -251,13 +262,15 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
     lines = [
         "# Deformable vs plain convolution: demo report", "", *_setup(summary), "",
         "## Results", "", comparison_table(summary), "", *verdict(summary), "",
-        "train s: wall-clock time of the training steps, without the validations; "
+        "train s / train CPU s: wall-clock / CPU time of the training steps, without the "
+        "validations (of *plain, equal time* with the part it shares with *plain*); "
         "ms / image: inference on a batch of 8. mIoU over the validation set, background "
         "included.", "",
         f"![learning curves]({figures['curves']})", "",
-        "Training loss by iteration; validation mIoU by iteration and by training time "
-        "(runs of equal duration end at the same x). The rate holds at its peak until the "
-        "decay, so the validation scores jump in the last fifth of each run.", "",
+        "Training loss by iteration; validation mIoU by iteration and by the training "
+        "steps' CPU time (runs of equal cost end near the same x). The rate holds at its "
+        "peak until the decay, so the validation scores jump in the last fifth of each "
+        "run.", "",
         "## Object size", "",
         "Share of each validation object's pixels labelled with its class, averaged per "
         "size bucket (the longer side of the unrotated shape; object counts in brackets).",
@@ -299,8 +312,7 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
                   f"processes), {machine['threads']} torch thread(s) on {machine['cpus']} "
                   f"CPU(s){side_by_side}; "
                   f"load average {machine['load_start']:.1f} at the start, "
-                  f"{machine['load_end']:.1f} at the end (other processes slow every "
-                  "run alike, but make wall-clock times longer)."
+                  f"{machine['load_end']:.1f} at the end ({_load_effect(jobs)})."
                   + (" The demo was killed outright (SIGKILL, a power cut) and resumed: "
                      "these two times leave out the time before the kill; the runs' own CPU "
                      "times count all of their training."
@@ -308,6 +320,15 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
     path = out / REPORT
     path.write_text("\n".join(lines))
     return path
+
+
+def _load_effect(jobs: int) -> str:
+    """What other processes on the machine do to the demo's times."""
+    if jobs > 1:
+        return ("other processes slow the twins, trained side by side, alike, but make "
+                "wall-clock times longer")
+    return ("other processes make wall-clock times longer, each run's by the load while it "
+            "trained, so the twins' train s may not compare; CPU times barely change")
 
 
 def _examples_phrase(count: int, reference: str) -> str:

@@ -27,17 +27,18 @@ Curve = tuple[Sequence[float], Sequence[float]]  # (x values, y values)
 def plot_learning_curves(losses: Mapping[str, Curve], scores: Mapping[str, Curve],
                          path: Path, *, score_label: str = "validation mIoU",
                          score_iterations: Mapping[str, Sequence[float]] | None = None,
-                         ) -> Path:
+                         time_label: str = "training time (s)") -> Path:
     """One line per run: training loss against iteration (``losses``), the validation
     score against training time in seconds (``scores``: runs of equal duration end at
-    the same x) and, given ``score_iterations`` (the iterations of each run's scores), the
-    score against iteration in a middle panel.
+    the same x; ``time_label`` says which time) and, given ``score_iterations`` (the
+    iterations of each run's scores), the score against iteration in a middle panel.
 
     Each loss is a running mean over the iterations since the one logged before it: a last
     window shorter than the one before it (a run's length not a multiple of the log
     period) is left out rather than drawn as a full one; a series of few points is drawn
     with markers (a one-point line would not show)."""
-    return _save(_learning_curves_figure(losses, scores, score_label, score_iterations), path)
+    return _save(_learning_curves_figure(losses, scores, score_label, score_iterations,
+                                         time_label), path)
 
 
 SHORT_SERIES = 10  # points: fewer are drawn with markers
@@ -57,7 +58,8 @@ def _full_windows(x: Sequence[float], y: Sequence[float]) -> tuple[list[float], 
 
 def _learning_curves_figure(losses: Mapping[str, Curve], scores: Mapping[str, Curve],
                             score_label: str,
-                            score_iterations: Mapping[str, Sequence[float]] | None):
+                            score_iterations: Mapping[str, Sequence[float]] | None,
+                            time_label: str = "training time (s)"):
     """The figure :func:`plot_learning_curves` saves."""
     Figure = require("matplotlib.figure", __name__).Figure
 
@@ -79,7 +81,7 @@ def _learning_curves_figure(losses: Mapping[str, Curve], scores: Mapping[str, Cu
         axes[1].set_ylabel(score_label)
     for name, (x, y) in scores.items():
         axes[-1].plot(list(x), list(y), marker="o", markersize=3, label=name, linewidth=1.2)
-    axes[-1].set_xlabel("training time (s)")
+    axes[-1].set_xlabel(time_label)
     axes[-1].set_ylabel(score_label)
     for ax in axes:
         ax.grid(alpha=0.3)
