@@ -40,21 +40,27 @@ def test_a_gap_within_seed_noise_reads_so_whatever_its_sign():
     """0.650 vs 0.645 read "within seed noise", 0.645 vs 0.650 in bold "catches up ... not
     worth their cost": the noise band was one-sided."""
     behind = _equal_time_line(0.650, 0.645)
-    assert "**+0.5**" in behind and "stays behind by less than 3 points" in behind
+    assert "**+0.5**" in behind and "stays behind by less than 2 points" in behind
     passes = _equal_time_line(0.645, 0.650)
-    assert "**-0.5**" in passes and "passes it by less than 3 points" in passes
+    assert "**-0.5**" in passes and "passes it by less than 2 points" in passes
     assert "within what one run cannot tell from seed noise" in passes
     assert "not worth" not in passes and "**The plain" not in passes
     level = _equal_time_line(0.6450, 0.6452)
     assert "**+0.0**" in level and "ends level with it" in level  # not "-0.0"
-    far = _equal_time_line(0.60, 0.64)
-    assert "**The plain twin, given the deformable twin's training time, passes it** by 3" in far
+    far = _equal_time_line(0.60, 0.63)
+    assert "**The plain twin, given the deformable twin's training time, passes it** by 2" in far
     assert "not worth their cost" in far
-    # the default demo's published seed 0 (.648 vs .623) reads as before
-    published = _equal_time_line(0.648, 0.623)
-    assert "**+2.5**" in published
-    assert "stays behind by less than 3 points: within what one run cannot tell" in published
     assert "stays behind: the deformable layers are worth" in _equal_time_line(0.66, 0.62)
+
+
+def test_the_published_seeds_gap_is_not_called_noise():
+    """The default demo's seed 0 (.648 vs .621 at equal time, +2.7) read "within what one
+    run cannot tell from seed noise" against a 3-point band, though the README's 5 seeds
+    (+2.7 to +5.0, std 0.9 points) show the lead on every seed."""
+    published = _equal_time_line(0.648, 0.621)
+    assert "**+2.7**" in published
+    assert "stays behind: the deformable layers are worth more" in published
+    assert "seed noise" not in published
 
 
 def _write_log(folder, records) -> None:
