@@ -134,6 +134,34 @@ class TestPlotRoIOffsets:
         assert count_color(pixels, (255, 0, 0), 60) > 50  # red outline
         assert count_color(pixels, (255, 255, 0), 60) > 50  # yellow bins
 
+    def test_the_legend_names_each_element_below_the_image(self):
+        """The figure had no legend: red boxes, yellow and white grids and cyan arrows with
+        nothing saying what each is."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.colors import to_hex
+
+        from deformconv.viz.plot import _roi_figure
+
+        geometry = RoIPoolGeometry("roi", (3, 3), spatial_scale=0.25, offset_scale=0.1)
+        rec = RoIOffsetRecord("pool", geometry, torch.tensor([[0.0, 8.0, 8.0, 40.0, 30.0],
+                                                              [0.0, 30.0, 34.0, 60.0, 60.0]]),
+                              torch.full((2, 2, 3, 3), 0.2))
+        fig = _roi_figure(to_display_image(torch.zeros(3, 64, 64)),
+                          [roi_bins(rec, 0), roi_bins(rec, 1)], None)
+        FigureCanvasAgg(fig).draw()
+        ax = fig.axes[0]
+        legend = ax.get_legend()
+        assert not legend.get_window_extent().overlaps(ax.get_window_extent())
+        assert [t.get_text() for t in legend.get_texts()] == [  # once each, for two RoIs
+            "RoI", "regular bins (zero offsets)", "bins shifted by the offsets",
+            "bin shifts (from the regular bin centres)"]
+        *boxes, arrow = legend.legend_handles
+        assert [to_hex(box.get_edgecolor()) for box in boxes] == ["#ff0000", "#ffffff",
+                                                                  "#ffff00"]
+        assert to_hex(arrow.get_color()) == "#00ffff"
+        empty = _roi_figure(to_display_image(torch.zeros(3, 8, 8)), [], None)
+        assert empty.axes[0].get_legend() is None
+
 
 class TestToDisplayImage:
     def test_layouts_and_ranges(self):

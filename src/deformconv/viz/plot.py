@@ -84,6 +84,13 @@ def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
     return path
 
 
+def _legend_below(ax: Axes, **options: object) -> None:
+    """The legend below the image, where it hides nothing drawn on it; ``options`` go to
+    ``ax.legend``."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.01), fontsize=6, ncol=2,
+              **{"frameon": False, **options})
+
+
 def plot_sampling_locations(
     image: Tensor | np.ndarray,
     projections: BackProjection | Sequence[BackProjection],
@@ -151,9 +158,8 @@ def _sampling_figure(shown: np.ndarray, projections: Sequence[BackProjection],
         if several:
             ax.annotate(str(n + 1), (x, y), xytext=(4, 4), textcoords="offset points",
                         fontsize=7, color=UNIT_COLOR, fontweight="bold", zorder=3)
-    if projections:  # below the image, where it hides no point
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.01), fontsize=6, ncol=2,
-                  frameon=False)
+    if projections:
+        _legend_below(ax)
     return fig
 
 
@@ -194,24 +200,40 @@ def plot_roi_offsets(
 ) -> Path:
     """Draw RoIs (red outline), their regular bin grid (dashed white) and the bins moved by
     the learned offsets (yellow; cyan arrows from the regular bin centres) over ``image``;
-    save a PNG. Returns the path written."""
-    Rectangle = require("matplotlib.patches", __name__).Rectangle
-
+    save a PNG. The legend, below the image, names each. Returns the path written."""
     if isinstance(bins, RoIBins):
         bins = [bins]
-    fig, ax = _figure(to_display_image(image), title)
-    for roi in bins:
+    return _save(_roi_figure(to_display_image(image), bins, title), path, dpi)
+
+
+def _roi_figure(shown: np.ndarray, bins: Sequence[RoIBins], title: str | None) -> Figure:
+    """The figure :func:`plot_roi_offsets` saves."""
+    Rectangle = require("matplotlib.patches", __name__).Rectangle
+    Line2D = require("matplotlib.lines", __name__).Line2D
+
+    fig, ax = _figure(shown, title)
+    for n, roi in enumerate(bins):
         x1, y1, x2, y2 = roi.roi.tolist()
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="red",
-                               linewidth=2.0))
-        for box, style in ((roi.bins, dict(edgecolor="white", linestyle="--", linewidth=0.6)),
-                           (roi.shifted, dict(edgecolor="yellow", linewidth=1.2))):
-            for bx1, by1, bx2, by2 in box.reshape(-1, 4).tolist():
-                ax.add_patch(Rectangle((bx1, by1), bx2 - bx1, by2 - by1, fill=False, **style))
+                               linewidth=2.0, label="RoI" if n == 0 else None))
+        for box, label, style in (
+                (roi.bins, "regular bins (zero offsets)",
+                 dict(edgecolor="white", linestyle="--", linewidth=0.6)),
+                (roi.shifted, "bins shifted by the offsets",
+                 dict(edgecolor="yellow", linewidth=1.2))):
+            for m, (bx1, by1, bx2, by2) in enumerate(box.reshape(-1, 4).tolist()):
+                ax.add_patch(Rectangle((bx1, by1), bx2 - bx1, by2 - by1, fill=False,
+                                       label=label if n == 0 and m == 0 else None, **style))
         centres = torch.stack([(roi.bins[..., 0] + roi.bins[..., 2]) / 2,
                                (roi.bins[..., 1] + roi.bins[..., 3]) / 2], dim=-1).reshape(-1, 2)
         shifts = roi.shifts.reshape(-1, 2)
         ax.quiver(centres[:, 0].numpy(), centres[:, 1].numpy(), shifts[:, 0].numpy(),
                   shifts[:, 1].numpy(), angles="xy", scale_units="xy", scale=1.0,
                   color="cyan", width=0.002, alpha=0.8)
-    return _save(fig, path, dpi)
+    if bins:
+        # a quiver's own legend entry is a filled box; a grey frame shows the white grid
+        arrow = Line2D([], [], color="cyan", marker=r"$\rightarrow$", linestyle="None",
+                       markersize=10, label="bin shifts (from the regular bin centres)")
+        _legend_below(ax, handles=[*ax.get_legend_handles_labels()[0], arrow],
+                      frameon=True, facecolor="0.45", edgecolor="none")
+    return fig
