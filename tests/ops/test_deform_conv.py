@@ -1078,6 +1078,31 @@ class TestEdgeCases:
             assert torch.isfinite(value).all(), name
         assert_results_close(actual, expected, 1e-10)
 
+    @pytest.mark.parametrize("dtype, power", [(torch.float64, 54), (torch.float64, 60),
+                                              (torch.float32, 30)])
+    @pytest.mark.parametrize("backend", ["numba", "fallback", "reference"])
+    def test_padding_and_dilation_beyond_float_precision(self, dtype, power, backend):
+        """Padding = dilation = 2**54 in float64: only the centre taps land on the image.
+        The reference and the torch backend summed y*stride - pad in floating point, which
+        rounds there, and were off by 2.94 (5.00 at 2**60; float32 above 2**24 likewise)."""
+        big = 2**power
+        case = Case(n=1, cin=2, cout=3, height=5, width=5, padding=(big, big),
+                    dilation=(big, big), offset_scale=0.5)
+        tensors = make_tensors(case, dtype, seed=3)
+        centre = replace(case, kernel=(1, 1), padding=(0, 0), dilation=(1, 1))
+        offset = tensors["offset"].view(1, 9, 2, 5, 5)[:, 4]
+        grad_out = torch.randn(1, 3, 5, 5, dtype=torch.float64)
+        expected = run_with_grads(reference_op(centre), {
+            "input": tensors["input"].double(), "offset": offset.double(),
+            "weight": tensors["weight"][:, :, 1:2, 1:2].double(),
+            "bias": tensors["bias"].double(), "mask": tensors["mask"][:, 4:5].double()},
+            grad_out, ("input", "weight"))
+        run = {"numba": fast_op(case), "reference": reference_op(case),
+               "fallback": lambda **t: torch_backend.forward(**t, geometry=case.geometry)}
+        actual = run_with_grads(run[backend], tensors, grad_out.to(dtype), ("input",))
+        assert_results_close(actual, {k: expected[k] for k in ("out", "grad_input")},
+                             TOLERANCE[dtype])
+
     @pytest.mark.parametrize("with_mask", [False, True])
     def test_empty_batch(self, with_mask):
         case = Case(n=0, with_mask=with_mask)

@@ -80,8 +80,14 @@ def deform_conv2d(
     hout, wout = offset.shape[2], offset.shape[3]
     channels_per_offset_group = cin // offset_groups
 
-    base_y = torch.arange(hout, dtype=input.dtype, device=input.device) * stride[0] - padding[0]
-    base_x = torch.arange(wout, dtype=input.dtype, device=input.device) * stride[1] - padding[1]
+    def grid(size: int, kernel: int, stride: int, pad: int, dil: int) -> Tensor:
+        """``(kernel, size)`` integer parts ``y*stride - pad + i*dil`` of the sample positions,
+        summed exactly in Python ints (a float sum rounds above 2**53), then rounded once."""
+        return torch.tensor([[float(y * stride - pad + i * dil) for y in range(size)]
+                             for i in range(kernel)], dtype=input.dtype, device=input.device)
+
+    rows = grid(hout, kh, stride[0], padding[0], dilation[0])
+    cols = grid(wout, kw, stride[1], padding[1], dilation[1])
     # columns[n, c, k, y, x] = mask * bilinear(input[n, c], sample position of kernel point k)
     columns = []
     for g in range(offset_groups):
@@ -92,8 +98,8 @@ def deform_conv2d(
                 k = i * kw + j
                 dy = offset[:, 2 * (g * kk + k)]
                 dx = offset[:, 2 * (g * kk + k) + 1]
-                h = base_y.view(1, hout, 1) + i * dilation[0] + dy
-                w = base_x.view(1, 1, wout) + j * dilation[1] + dx
+                h = rows[i].view(1, hout, 1) + dy
+                w = cols[j].view(1, 1, wout) + dx
                 sampled = bilinear(planes, h, w)
                 if mask is not None:
                     sampled = sampled * mask[:, g * kk + k].unsqueeze(1)

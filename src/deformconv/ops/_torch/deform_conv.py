@@ -28,14 +28,16 @@ def _sample_positions(tile: Tile, offset: Tensor, kernel: tuple[int, int],
     (stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w) = geometry
     kh, kw = kernel
     nb, _, rows, wout = offset.shape
-    factory = {"dtype": offset.dtype, "device": offset.device}
+    # The integer parts in int64, as the other backends form them: a float sum rounds
+    # y*stride - pad above 2**53 (2**24 in float32) before i*dil brings it back.
+    factory = {"dtype": torch.int64, "device": offset.device}
     offset = offset.view(nb, -1, kh * kw, 2, rows, wout)
     y = torch.arange(tile.y0, tile.y1, **factory) * stride_h - pad_h  # (rows,)
     x = torch.arange(wout, **factory) * stride_w - pad_w  # (Wout,)
     ki = torch.arange(kh, **factory).repeat_interleave(kw) * dil_h  # (kh*kw,)
     kj = torch.arange(kw, **factory).repeat(kh) * dil_w
-    h = (ki.view(-1, 1, 1) + y.view(1, -1, 1)) + offset[:, :, :, 0]
-    w = (kj.view(-1, 1, 1) + x.view(1, 1, -1)) + offset[:, :, :, 1]
+    h = (ki.view(-1, 1, 1) + y.view(1, -1, 1)).to(offset.dtype) + offset[:, :, :, 0]
+    w = (kj.view(-1, 1, 1) + x.view(1, 1, -1)).to(offset.dtype) + offset[:, :, :, 1]
     return h, w
 
 
