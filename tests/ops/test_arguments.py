@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from deformconv.ops.arguments import boolean, counts, finite_float, rois_to_tensor
+from deformconv.ops.arguments import boolean, counts, finite_float, pair, rois_to_tensor
 
 
 @pytest.mark.parametrize("value", [True, False, np.bool_(True), np.bool_(False)])
@@ -78,3 +78,40 @@ def test_counts_refuses_naming_the_argument_and_the_entry(values, kwargs, error,
                                                           message) -> None:
     with pytest.raises(error, match=re.escape(message)):
         counts(values, "sizes", **kwargs)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (2**63, "stride must be an int64, from -2**63 to 2**63 - 1, got 9223372036854775808"),
+    ((1, 2**63), "stride[1] must be an int64, from -2**63 to 2**63 - 1, got "
+                 "9223372036854775808"),
+    ([-(2**63) - 1, 1], "stride[0] must be an int64, from -2**63 to 2**63 - 1, got "
+                        "-9223372036854775809"),
+    (np.uint64(2**63), "stride must be an int64, from -2**63 to 2**63 - 1, got "),
+])
+def test_pair_refuses_an_int_beyond_int64_naming_the_entry(value, message) -> None:
+    """stride=2**63 raised "Expected a value of type 'int' for argument 'stride_h' but
+    instead found type 'int'" from the op's schema, and an overflow inside conv2d from the
+    module; padding=2**63 a wrong offset shape of (1, 18, 18446744073709551619, ...)."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pair(value, "stride")
+
+
+def test_pair_takes_the_int64_extremes() -> None:
+    assert pair(2**63 - 1, "stride") == (2**63 - 1, 2**63 - 1)
+    assert pair((-(2**63), np.int64(2**63 - 1)), "padding") == (-(2**63), 2**63 - 1)
+    assert all(type(v) is int for v in pair(np.int64(3), "stride"))
+
+
+@pytest.mark.parametrize("name", ["stride", "padding", "dilation"])
+def test_the_op_and_the_module_refuse_an_int_beyond_int64(name) -> None:
+    from deformconv.nn import DeformConv2d
+    from deformconv.ops import deform_conv2d
+
+    x, weight = torch.zeros(1, 2, 5, 5), torch.zeros(3, 2, 3, 3)
+    message = f"{name} must be an int64, from -2**63 to 2**63 - 1, got {2**63}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        deform_conv2d(x, torch.zeros(1, 18, 1, 1), weight, **{name: 2**63})
+    with pytest.raises(ValueError, match=re.escape(message)):
+        DeformConv2d(2, 3, 3, **{name: 2**63})
+    assert deform_conv2d(x, torch.zeros(1, 18, 1, 1), weight,
+                         stride=2**63 - 1).shape == (1, 3, 1, 1)

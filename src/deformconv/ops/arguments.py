@@ -71,13 +71,24 @@ def counts(values: object, name: str, minimum: int = 1, *, length: int | None = 
     return tuple(count(value, f"{name}[{i}]", minimum) for i, value in enumerate(items))
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
-    """``3 -> (3, 3)``; a pair is checked and returned as a tuple of Python ints."""
+    """``3 -> (3, 3)``; a pair is checked and returned as a tuple of Python ints. A
+    ``ValueError`` for an int outside int64 (the ops' schema and torch's convs take no
+    other), naming the entry of a pair."""
     if is_integer(value):
-        return int(value), int(value)  # type: ignore[call-overload]
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(map(is_integer, value)):
-        return int(value[0]), int(value[1])
-    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        values, names = (value, value), (name, name)
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(map(is_integer, value)):
+        values, names = tuple(value), (f"{name}[0]", f"{name}[1]")
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    for number, label in zip(values, names, strict=True):
+        if not INT64_MIN <= number <= INT64_MAX:
+            raise ValueError(f"{label} must be an int64, from -2**63 to 2**63 - 1, got "
+                             f"{number!r}")
+    return int(values[0]), int(values[1])  # type: ignore[call-overload]
 
 
 def memory_format(images: Tensor) -> torch.memory_format:
