@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from deformconv.ops.arguments import boolean, counts, finite_float, pair, rois_to_tensor
+from deformconv.ops.arguments import (
+    boolean,
+    count,
+    counts,
+    finite_float,
+    integer,
+    pair,
+    rois_to_tensor,
+)
 
 
 @pytest.mark.parametrize("value", [True, False, np.bool_(True), np.bool_(False)])
@@ -115,3 +123,21 @@ def test_the_op_and_the_module_refuse_an_int_beyond_int64(name) -> None:
         DeformConv2d(2, 3, 3, **{name: 2**63})
     assert deform_conv2d(x, torch.zeros(1, 18, 1, 1), weight,
                          stride=2**63 - 1).shape == (1, 3, 1, 1)
+
+
+@pytest.mark.parametrize("check", [integer, count])
+def test_single_ints_beyond_int64_are_refused_naming_the_argument(check) -> None:
+    with pytest.raises(ValueError, match=re.escape(
+            f"sampling_ratio must be an int64, from -2**63 to 2**63 - 1, got {2**63}")):
+        check(2**63, "sampling_ratio")
+    assert check(2**63 - 1, "sampling_ratio") == 2**63 - 1
+
+
+def test_roi_pooling_refuses_a_sampling_ratio_beyond_int64() -> None:
+    """deform_roi_pool(..., sampling_ratio=2**63) raised the schema's "Expected a value of
+    type 'int' for argument 'sampling_ratio' but instead found type 'int'"."""
+    from deformconv.ops import deform_roi_pool
+
+    with pytest.raises(ValueError, match=r"^sampling_ratio must be an int64"):
+        deform_roi_pool(torch.randn(1, 2, 4, 4), torch.tensor([[0, 0.0, 0.0, 2.0, 2.0]]),
+                        None, output_size=2, sampling_ratio=2**63)

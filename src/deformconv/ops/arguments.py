@@ -37,10 +37,17 @@ def is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def integer(value: object, name: str) -> int:
-    """``value`` as a Python int, refused with an error naming ``name`` unless an integer."""
+    """``value`` as a Python int, refused with an error naming ``name`` unless an integer:
+    a ``TypeError``, or a ``ValueError`` outside int64 (the ops' schemas, torch's convs and
+    the kernels take no other)."""
     if not is_integer(value):
         raise TypeError(f"{name} must be an int, got {value!r}")
+    if not INT64_MIN <= value <= INT64_MAX:  # type: ignore[operator]
+        raise ValueError(f"{name} must be an int64, from -2**63 to 2**63 - 1, got {value!r}")
     return int(value)  # type: ignore[call-overload]
 
 
@@ -71,24 +78,15 @@ def counts(values: object, name: str, minimum: int = 1, *, length: int | None = 
     return tuple(count(value, f"{name}[{i}]", minimum) for i, value in enumerate(items))
 
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-
 def pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
     """``3 -> (3, 3)``; a pair is checked and returned as a tuple of Python ints. A
-    ``ValueError`` for an int outside int64 (the ops' schema and torch's convs take no
-    other), naming the entry of a pair."""
+    ``ValueError`` for an int outside int64 (:func:`integer`), naming the entry of a pair."""
     if is_integer(value):
-        values, names = (value, value), (name, name)
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(map(is_integer, value)):
-        values, names = tuple(value), (f"{name}[0]", f"{name}[1]")
-    else:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    for number, label in zip(values, names, strict=True):
-        if not INT64_MIN <= number <= INT64_MAX:
-            raise ValueError(f"{label} must be an int64, from -2**63 to 2**63 - 1, got "
-                             f"{number!r}")
-    return int(values[0]), int(values[1])  # type: ignore[call-overload]
+        number = integer(value, name)
+        return number, number
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(map(is_integer, value)):
+        return integer(value[0], f"{name}[0]"), integer(value[1], f"{name}[1]")
+    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
 
 
 def memory_format(images: Tensor) -> torch.memory_format:
