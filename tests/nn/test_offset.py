@@ -35,21 +35,29 @@ def _psroi_pool() -> tuple[nn.Module, tuple[Tensor, ...]]:
     return module, (torch.randn(2, 2 * 9, 16, 16), ROIS, features)
 
 
-@pytest.mark.parametrize("build", [_conv, _roi_pool, _psroi_pool])
-def test_a_nan_input_gives_the_same_nan_outputs_compiled(
-        build: Callable[[], tuple[nn.Module, tuple[Tensor, ...]]]) -> None:
-    """The NaN offsets a NaN input gives used to be handled by catching the op's
-    NaNOffsetError, which torch.compile's graph never raises to Python: compiled modules
-    raised it. Compiled and eager now give NaN at the same outputs, the rest equal."""
+def _assert_same_nan_outputs(build: Callable[[], tuple[nn.Module, tuple[Tensor, ...]]],
+                             run: Callable[[nn.Module, tuple[Tensor, ...]], Tensor]) -> None:
+    """``run(module, inputs)`` (a traced, compiled or exported module) gives the eager
+    module's outputs on a NaN input: NaN at the same outputs, the rest equal."""
     torch.manual_seed(0)
     module, inputs = build()
     with torch.no_grad():
         for param in module.offset_parameters():  # zero at init: offsets all 0, no NaN
             nn.init.normal_(param, std=0.5)
         eager = module(*inputs)
-        compiled = torch.compile(module, fullgraph=True, backend="aot_eager")(*inputs)
+        got = run(module, inputs)
     assert eager.isnan().any() and not eager.isnan().all()
-    torch.testing.assert_close(compiled, eager, equal_nan=True)
+    torch.testing.assert_close(got, eager, equal_nan=True)
+
+
+@pytest.mark.parametrize("build", [_conv, _roi_pool, _psroi_pool])
+def test_a_nan_input_gives_the_same_nan_outputs_compiled(
+        build: Callable[[], tuple[nn.Module, tuple[Tensor, ...]]]) -> None:
+    """The NaN offsets a NaN input gives used to be handled by catching the op's
+    NaNOffsetError, which torch.compile's graph never raises to Python: compiled modules
+    raised it."""
+    _assert_same_nan_outputs(build, lambda module, inputs: torch.compile(
+        module, fullgraph=True, backend="aot_eager")(*inputs))
 
 
 @pytest.mark.parametrize("build", [_conv, _roi_pool, _psroi_pool])
@@ -57,32 +65,17 @@ def test_a_nan_input_gives_the_same_nan_outputs_exported(
         build: Callable[[], tuple[nn.Module, tuple[Tensor, ...]]]) -> None:
     """A torch.export program ran the op on the NaN offsets as they were (the graph of an
     ONNX export reads them safely; the program runs the op itself), which raised
-    NaNOffsetError where the module gives NaN outputs."""
-    torch.manual_seed(0)
-    module, inputs = build()
-    with torch.no_grad():
-        for param in module.offset_parameters():
-            nn.init.normal_(param, std=0.5)
-        eager = module(*inputs)
-        program = torch.export.export(module, tuple(t.nan_to_num() for t in inputs))
-        exported = program.module()(*inputs)
-    assert eager.isnan().any() and not eager.isnan().all()
-    torch.testing.assert_close(exported, eager, equal_nan=True)
+    NaNOffsetError."""
+    _assert_same_nan_outputs(build, lambda module, inputs: torch.export.export(
+        module, tuple(t.nan_to_num() for t in inputs)).module()(*inputs))
 
 
 def test_a_nan_input_gives_the_same_nan_outputs_fx_traced() -> None:
     """An FX-traced conv (torchvision's create_feature_extractor) records the op as one
     call whose NaNOffsetError no except sees when the graph runs: it used to raise. (The
     RoI modules check their inputs' shapes in Python, which symbolic tracing cannot run.)"""
-    torch.manual_seed(0)
-    module, inputs = _conv()
-    with torch.no_grad():
-        for param in module.offset_parameters():
-            nn.init.normal_(param, std=0.5)
-        eager = module(*inputs)
-        traced = torch.fx.symbolic_trace(module)(*inputs)
-    assert eager.isnan().any() and not eager.isnan().all()
-    torch.testing.assert_close(traced, eager, equal_nan=True)
+    _assert_same_nan_outputs(_conv, lambda module, inputs: torch.fx.symbolic_trace(module)(
+        *inputs))
 
 
 @pytest.mark.parametrize("build", [_conv, _roi_pool, _psroi_pool])
