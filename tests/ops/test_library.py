@@ -85,6 +85,7 @@ BACKWARD_OPS = sorted(name for name in CALLS if name.endswith("_backward"))
 TOOLING = {
     "flop counter (a TorchDispatchMode)": lambda: FlopCounterMode(display=False),
     "saved-tensor hooks (activation offloading)": torch.autograd.graph.save_on_cpu,
+    "inference mode": torch.inference_mode,
 }
 
 
@@ -99,6 +100,18 @@ def test_torch_backend_backwards_run_under_torch_tooling(monkeypatch, name, tool
     expected = op(*args)
     with TOOLING[tool]():
         got = op(*args)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", BACKWARD_OPS)
+def test_torch_backend_backwards_take_arguments_made_in_inference_mode(monkeypatch, name):
+    """Autograd cannot save an inference tensor: the recorded forward copies them."""
+    monkeypatch.setenv("DEFORMCONV_BACKEND", "torch")
+    op, args = CALLS[name]
+    expected = op(*args)
+    with torch.inference_mode():
+        made = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+        got = op(*made)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 

@@ -11,12 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
+Backward = TypeVar("Backward", bound=Callable[..., tuple[Tensor, ...]])
 _AUTOGRAD_KEYS = (torch._C.DispatchKey.AutogradFunctionality,
                   torch._C.DispatchKey.ADInplaceOrView)
+
+
+def differentiating(backward: Backward) -> Backward:
+    """A fallback ``backward`` that differentiates its forward with :func:`vjp`, run outside
+    ``torch.inference_mode`` (a backward op called under it): what it computes for the
+    recorded forward (indices, sample grids) must not be inference tensors, which
+    autograd cannot save."""
+    return torch.inference_mode(False)(backward)
 
 
 @contextmanager
@@ -30,11 +40,17 @@ def _autograd_recording() -> Iterator[None]:
         yield
 
 
+def _leaf(tensor: Tensor) -> Tensor:
+    """``tensor`` as a new autograd leaf (an inference tensor, made under
+    ``torch.inference_mode``, which autograd may not record, copied)."""
+    return (tensor.clone() if tensor.is_inference() else tensor.detach()).requires_grad_()
+
+
 def vjp(fn: Callable[..., Tensor], primals: tuple[Tensor, ...], cotangent: Tensor
         ) -> tuple[Tensor, ...]:
     """Gradients of ``<fn(*primals), cotangent>`` with respect to each primal."""
     with _autograd_recording():
-        leaves = tuple(p.detach().requires_grad_() for p in primals)
+        leaves = tuple(_leaf(p) for p in primals)
         out = fn(*leaves)
         if not out.requires_grad:  # nothing reaches the output (no RoI, no sample)
             return tuple(torch.zeros_like(p) for p in primals)

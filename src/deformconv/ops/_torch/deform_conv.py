@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .._workspace import Tile, tiles
-from .autodiff import vjp
+from .autodiff import differentiating, vjp
 from .bilinear import bilinear
 
 Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
@@ -87,6 +87,7 @@ def forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
     return out
 
 
+@differentiating
 def backward(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
              mask: Tensor | None, geometry: Geometry, need_input: bool, need_offset_mask: bool,
              need_weight: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .._workspace import Tile, tiles
 from ..geometry import PSRoIBins, PSRoIGrid, psroi_bins, psroi_grid
-from .autodiff import vjp
+from .autodiff import differentiating, vjp
 from .bilinear import bilinear, clamp_into_plane
 
 # Sampled values and the intermediates of ``bilinear`` held per tile, roughly.
@@ -82,6 +82,7 @@ def forward(input: Tensor, rois: Tensor, offset: Tensor | None, spatial_scale: f
     return out, count
 
 
+@differentiating
 def backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None,
              count: Tensor, spatial_scale: float, group_size: int, part_size: int,
              sample_per_part: int, trans_std: float, need_input: bool,

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .._workspace import Tile, tiles
 from ..geometry import RoIAlignGrid, roi_align_grid
-from .autodiff import vjp
+from .autodiff import differentiating, vjp
 from .bilinear import bilinear, clamp_into_plane
 
 # Sampled values and the intermediates of ``bilinear`` held per tile, roughly.
@@ -96,6 +96,7 @@ def forward(input: Tensor, rois: Tensor, offset: Tensor | None, mask: Tensor | N
     return out
 
 
+@differentiating
 def backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Tensor | None,
              mask: Tensor | None, pooled: tuple[int, int], spatial_scale: float,
              sampling_ratio: int, gamma: float, aligned: bool, need_input: bool,
