@@ -1,6 +1,5 @@
 """Functional ops, registered with ``torch.library`` under the ``deformconv`` namespace."""
 
-from . import _flops  # noqa: F401  (FLOP counts of the ops)
 from ._checks import NaNOffsetError
 from .deform_conv import deform_conv2d
 from .deform_psroi_pool import deform_psroi_pool
