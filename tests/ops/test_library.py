@@ -105,6 +105,23 @@ def test_torch_backend_backwards_run_under_torch_tooling(monkeypatch, name, tool
 
 
 @pytest.mark.parametrize("name", BACKWARD_OPS)
+def test_torch_backend_backwards_keep_their_graph_out_of_saved_tensor_hooks(monkeypatch, name):
+    """The backward's recomputed forward lives only inside the backward: a user's hooks
+    (save_on_cpu, offloading to the CPU) packed its tensors too, 14 of them for one op."""
+    monkeypatch.setenv("DEFORMCONV_BACKEND", "torch")
+    op, args = CALLS[name]
+    packed = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        packed.append(tensor.shape)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        op(*args)
+    assert packed == []
+
+
+@pytest.mark.parametrize("name", BACKWARD_OPS)
 def test_torch_backend_backwards_pass_the_schema_check(monkeypatch, name):
     """opcheck's test_schema failed on every torch-backend backward (see above)."""
     monkeypatch.setenv("DEFORMCONV_BACKEND", "torch")

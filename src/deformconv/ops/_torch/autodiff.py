@@ -29,14 +29,21 @@ def differentiating(backward: Backward) -> Backward:
     return torch.inference_mode(False)(backward)
 
 
+def _as_is(tensor: Tensor) -> Tensor:
+    return tensor
+
+
 @contextmanager
 def _autograd_recording() -> Iterator[None]:
-    """Inside, ops record autograd history again, as above the custom op."""
+    """Inside, ops record autograd history again, as above the custom op. The graph lives
+    only inside :func:`vjp`: a user's saved-tensor hooks (``save_on_cpu``) would copy each of
+    its saved tensors out and back for nothing, so they are set aside."""
     excluded = torch._C._dispatch_tls_local_exclude_set()
     for key in _AUTOGRAD_KEYS:
         excluded = excluded.remove(key)
     with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(),
-                                         excluded), torch.enable_grad():
+                                         excluded), torch.enable_grad(), \
+            torch.autograd.graph.saved_tensors_hooks(_as_is, _as_is):
         yield
 
 
