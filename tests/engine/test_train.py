@@ -125,6 +125,23 @@ def test_train_times_leave_out_validation_and_add_up_over_a_resume(tmp_path, mon
         assert logged == sorted(logged) and logged[-1] == pytest.approx(total)
 
 
+def test_a_resume_of_a_checkpoint_without_cpu_time_says_it_is_unknown(tmp_path):
+    """A checkpoint written before the CPU time was kept: its wall-clock seconds stood in
+    for CPU seconds, a mixed figure the demo's "train CPU s" showed as CPU time."""
+    data = ToyClassification(size=20)
+    train(_config(tmp_path, iterations=4, eval_every=0), TinyClassifier(), data)
+    path = tmp_path / "run" / "last.pt"
+    state = load_checkpoint(path)
+    del state["train_cpu_seconds"]
+    torch.save(state, path)
+    result = train(_config(tmp_path, iterations=8, eval_every=0, resume="auto"),
+                   TinyClassifier(), data)
+    assert result.train_cpu_seconds is None and result.train_seconds > 0
+    after = [r for r in read_metrics(result.out_dir / "metrics.jsonl") if r["iter"] > 4]
+    assert after and all(r["train_cpu_seconds"] is None for r in after)
+    assert load_checkpoint(path)["train_cpu_seconds"] is None
+
+
 def test_a_run_started_from_another_runs_checkpoint_says_it_continues_it(tmp_path, capsys):
     """The demo's equal-time run, new, starts from the plain run's checkpoint: the trainer
     printed "resumed from .../plain/branch.pt", which a new user read as a leftover run

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from deformconv.runs.demo_report import verdict
 
 
@@ -86,14 +88,26 @@ def test_learning_curves_are_by_training_cpu_time(tmp_path):
     assert label == "training CPU time (s)"
 
 
-def test_learning_curves_of_older_logs_say_they_are_wall_clock(tmp_path):
+@pytest.mark.parametrize("cpu", [{}, {"train_cpu_seconds": None}])
+def test_learning_curves_of_older_logs_say_they_are_wall_clock(tmp_path, cpu):
+    """Logged before the CPU time was kept, or resumed from a checkpoint of then (null)."""
     from deformconv.runs.demo import run_folder
     from deformconv.runs.demo_report import _curves
 
     _write_log(tmp_path / run_folder("plain"),
-               [{"split": "val", "iter": 20, "miou": 0.5, "train_seconds": 652.0}])
+               [{"split": "val", "iter": 20, "miou": 0.5, "train_seconds": 652.0, **cpu}])
     _, scores, _, label = _curves(tmp_path, ["plain"])
     assert scores["plain"][0] == [652.0] and label == "training time, wall clock (s)"
+
+
+def test_a_run_without_cpu_time_shows_a_dash():
+    from deformconv.runs.demo_report import comparison_table
+
+    run = {"iterations": 10, "train_seconds": 5.0, "metrics": {"miou": 0.5, "pixel_acc": 0.9},
+           "params": 100, "ms_per_image": 1.0}
+    table = comparison_table({"runs": {"plain": {**run, "train_cpu_seconds": None},
+                                       "deformable": {**run, "train_cpu_seconds": 4.5}}})
+    assert "| plain | 10 | 5.000 | – |" in table and "| deformable | 10 | 5.000 | 4.500 |" in table
 
 
 def test_the_load_paragraph_does_not_claim_an_even_slowdown_of_runs_in_turn():

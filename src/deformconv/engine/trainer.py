@@ -74,8 +74,9 @@ class TrainResult:
     # Wall-clock seconds of the training steps (drawing batches included), without
     # validation and checkpoint writes; a resumed run adds to the time saved with it.
     train_seconds: float
-    # The same steps' CPU seconds (this process's threads; not the loader workers').
-    train_cpu_seconds: float
+    # The same steps' CPU seconds (this process's threads; not the loader workers'); None
+    # for a run resumed from a checkpoint written before they were kept (2026-12-03).
+    train_cpu_seconds: float | None
 
 
 def train(
@@ -388,9 +389,8 @@ class _Run:
         self._configure_loaded_optimizer(configured)
         set_rng_state(state["rng"][self.info.rank])
         self.iteration, self.best = state["iteration"], state.get("best_metric")
-        # a checkpoint of before 2026-12-03 has no CPU time: its wall time stands in
         self.clock = _TrainClock(state.get("train_seconds", 0.0),
-                                 state.get("train_cpu_seconds", state.get("train_seconds", 0.0)))
+                                 state.get("train_cpu_seconds"))  # None: not kept then
         self.window.reset(self.clock.seconds)
         if "log_window" in state:  # checkpoints before 2026-12-02 lack it
             self.window.load_state_dict(state["log_window"][self.info.rank])
@@ -677,11 +677,12 @@ class _StopRequested(Exception):
 
 class _TrainClock:
     """Seconds spent training, wall-clock and CPU (this process's), paused around
-    validation and checkpoints."""
+    validation and checkpoints. CPU seconds None: unknown (a resume of a checkpoint that
+    did not keep them)."""
 
-    def __init__(self, seconds: float = 0.0, cpu_seconds: float = 0.0) -> None:
+    def __init__(self, seconds: float = 0.0, cpu_seconds: float | None = 0.0) -> None:
         self._total = float(seconds)
-        self._cpu_total = float(cpu_seconds)
+        self._cpu_total = None if cpu_seconds is None else float(cpu_seconds)
         self._since: tuple[float, float] | None = None  # (perf_counter, process_time)
 
     @property
@@ -690,7 +691,9 @@ class _TrainClock:
         return self._total + running
 
     @property
-    def cpu_seconds(self) -> float:
+    def cpu_seconds(self) -> float | None:
+        if self._cpu_total is None:
+            return None
         running = 0.0 if self._since is None else time.process_time() - self._since[1]
         return self._cpu_total + running
 

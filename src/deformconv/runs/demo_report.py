@@ -55,7 +55,7 @@ def _curves(out: Path, names: Sequence[str]) -> tuple[dict, dict, dict, str]:
     losses, scores, iterations, records = {}, {}, {}, {}
     for name in names:
         records[name] = read_metrics(out / run_folder(name) / "metrics.jsonl")
-    cpu = all("train_cpu_seconds" in r for rs in records.values() for r in rs
+    cpu = all(r.get("train_cpu_seconds") is not None for rs in records.values() for r in rs
               if r["split"] == "val")
     key, label = (("train_cpu_seconds", "training CPU time (s)") if cpu
                   else ("train_seconds", "training time, wall clock (s)"))
@@ -131,11 +131,17 @@ def comparison_table(summary: Mapping[str, Any]) -> str:
     for name, r in summary["runs"].items():
         rows.append({"run": name, "iterations": r["iterations"],
                      "train s": r["train_seconds"],
-                     "train CPU s": r.get("train_cpu_seconds", "–"),  # a demo of before 12-03
+                     "train CPU s": _unknown_as_dash(r.get("train_cpu_seconds")),
                      "mIoU": r["metrics"]["miou"],
                      "pixel acc": r["metrics"]["pixel_acc"], "params": f"{r['params']:,}",
                      "ms / image": r["ms_per_image"]})
     return markdown_table(rows, digits=3)
+
+
+def _unknown_as_dash(value: float | None) -> float | str:
+    """A time the run did not keep (a demo, or a checkpoint it resumed, of before
+    2026-12-03) as "–"."""
+    return "–" if value is None else value
 
 
 def _points(value: float) -> str:
