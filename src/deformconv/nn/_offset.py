@@ -116,9 +116,10 @@ def nan_offsets_propagate(op: Callable[[Tensor], Tensor], offset: Tensor, *,
 def _nan_where_not_finite(offset: Tensor, per_position: bool) -> Tensor:
     """0 where ``offset``'s values are finite, NaN where one is not (0 * inf is NaN), per
     position (N|K, 1, h, w) or per row (N|K, 1, 1, 1): added to ``op(offset)``, what the
-    masking gives, for an exported graph (ONNX) in three cheap nodes (Mul, ReduceSum, Add)
-    instead of the masking's seven. The op itself sees the offsets as they are: the graphs
-    read NaN and inf positions safely (a DeformConv node reads 0 there)."""
+    masking gives, for a graph that ``torch.onnx.export`` traces in three cheap nodes (Mul,
+    ReduceSum, Add) instead of the masking's seven. The op itself sees the offsets as they
+    are: the graphs read NaN and inf positions safely (a DeformConv node reads 0 there). A
+    program of ``torch.export.export`` runs the op itself: it has the masking."""
     zeros = offset * 0
     if per_position:
         return zeros.sum(1, keepdim=True)

@@ -6,6 +6,9 @@ The dynamo exporter (``torch.onnx.export(..., dynamo=True)``) sees our ops as
 decompositions into standard ONNX ops. ``deform_conv2d`` also emits ``DeformConv`` itself
 while the exporter traces (``ops/_onnx.py``), so its entry matters for programs captured
 outside an ONNX export (``torch.export.export``, then ``torch.onnx.export`` of the program).
+Such a program runs the ops itself, so a module's NaN-offset masking is in it in full (seven
+more nodes per offset layer, IsNaN to Where) and its ONNX graph keeps them; exported here
+(or by ``torch.onnx.export`` of the module) the masking takes three (Mul, ReduceSum, Add).
 """
 
 from __future__ import annotations
