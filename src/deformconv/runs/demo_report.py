@@ -131,17 +131,13 @@ def comparison_table(summary: Mapping[str, Any]) -> str:
     for name, r in summary["runs"].items():
         rows.append({"run": name, "iterations": r["iterations"],
                      "train s": r["train_seconds"],
-                     "train CPU s": _unknown_as_dash(r.get("train_cpu_seconds")),
+                     # None ("–" in the table): a demo, or a checkpoint it resumed, of
+                     # before 2026-12-03
+                     "train CPU s": r.get("train_cpu_seconds"),
                      "mIoU": r["metrics"]["miou"],
                      "pixel acc": r["metrics"]["pixel_acc"], "params": f"{r['params']:,}",
                      "ms / image": r["ms_per_image"]})
     return markdown_table(rows, digits=3)
-
-
-def _unknown_as_dash(value: float | None) -> float | str:
-    """A time the run did not keep (a demo, or a checkpoint it resumed, of before
-    2026-12-03) as "–"."""
-    return "–" if value is None else value
 
 
 def _points(value: float) -> str:
