@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -130,8 +132,8 @@ def test_torch_backend_backwards_pass_the_schema_check(monkeypatch, name):
 
 
 def test_torch_backend_trains_under_the_flop_counter(monkeypatch):
-    """A user's FLOP count of a deformable layer's forward and backward: the backward ran
-    (the op itself counts no FLOPs: it has no formula)."""
+    """A user's FLOP count of a deformable layer's forward and backward: the backward ran,
+    with the gradients of a run without the counter."""
     from deformconv.ops import deform_conv2d
 
     monkeypatch.setenv("DEFORMCONV_BACKEND", "torch")
@@ -143,3 +145,51 @@ def test_torch_backend_trains_under_the_flop_counter(monkeypatch):
     with FlopCounterMode(display=False):
         deform_conv2d(x, offset, weight).sum().backward()
     torch.testing.assert_close((x.grad, offset.grad, weight.grad), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_flop_counter_counts_deform_conv2d_as_its_conv(groups):
+    """FlopCounterMode counted a deformable layer as 0 FLOPs: a deformable network's count
+    left its deformable convs out. Forward and backward count as conv2d's (its matrix
+    products; the sampling, like a conv's im2col, is not counted)."""
+    from deformconv.ops import deform_conv2d
+
+    x = torch.randn(2, 4, 9, 9, requires_grad=True)
+    weight = torch.randn(6, 4 // groups, 3, 3, requires_grad=True)
+    offset = torch.zeros(2, 18, 5, 5, requires_grad=True)
+    counts = []
+    for conv in (lambda: deform_conv2d(x, offset, weight, stride=2, padding=1),
+                 lambda: torch.nn.functional.conv2d(x, weight, stride=2, padding=1,
+                                                    groups=groups)):
+        with FlopCounterMode(display=False) as counter:
+            out = conv()
+        forward = counter.get_total_flops()
+        with FlopCounterMode(display=False) as counter:
+            out.sum().backward()
+        counts.append((forward, counter.get_total_flops()))
+    forward, backward = counts[0]
+    assert forward == counts[1][0] == 2 * 2 * 6 * 25 * (4 // groups) * 9
+    assert backward == 2 * forward  # the columns' and the weight's gradients
+    if groups == 1:  # torch counts a grouped conv's input gradient as ungrouped
+        assert backward == counts[1][1]
+
+
+@pytest.mark.parametrize("counter_first", [False, True])
+def test_flop_counts_whichever_is_imported_first(counter_first):
+    """The formulas are registered when the FLOP counter is imported (importing it with the
+    ops would import triton, 0.2 s of every start): before or after ``deformconv``, and
+    with a name bound by ``from ... import``."""
+    imports = ["import deformconv.ops",
+               "from torch.utils.flop_counter import FlopCounterMode"]
+    script = "\n".join([*(imports[::-1] if counter_first else imports), """
+import sys, torch
+from deformconv.ops import deform_conv2d
+x, weight = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+with FlopCounterMode(display=False) as counter:
+    deform_conv2d(x, torch.zeros(1, 18, 3, 3), weight)
+print(counter.get_total_flops(), "triton" in sys.modules)
+"""])
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(2 * 3 * 9 * 2 * 9), "True"]
