@@ -17,8 +17,8 @@ __all__ = ["COCO_METRICS", "DetectionRecord", "coco_map", "detection_record"]
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 # One image's ground truth and predictions as numpy arrays:
-# {"height", "width", "gt_boxes" (K, 4) x1y1x2y2, "gt_labels" (K,), "gt_iscrowd" (K,),
-#  "gt_area" (K,), "boxes" (D, 4), "scores" (D,), "labels" (D,)}
+# {"height", "width", "image_id" (int or None), "gt_boxes" (K, 4) x1y1x2y2, "gt_labels" (K,),
+#  "gt_iscrowd" (K,), "gt_area" (K,), "boxes" (D, 4), "scores" (D,), "labels" (D,)}
 DetectionRecord = dict[str, Any]
 
 
@@ -28,13 +28,24 @@ def _numpy(x: Tensor | np.ndarray | Sequence, dtype: Any) -> np.ndarray:
     return np.asarray(x, dtype=dtype)
 
 
+def _integers(x: Tensor | np.ndarray | Sequence, what: str) -> np.ndarray:
+    """``x`` as int64, refusing floating-point values, which the cast would truncate (a
+    label of 1.9 counted as class 1)."""
+    values = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+    if values.size and values.dtype.kind not in "iub":
+        raise ValueError(f"{what} must hold integers, got dtype {values.dtype}")
+    return values.astype(np.int64)
+
+
 def detection_record(
     image_size: tuple[int, int], target: dict[str, Tensor], output: dict[str, Tensor]
 ) -> DetectionRecord:
     """Pack one image's target and model output (torchvision detection dicts) for :func:`coco_map`.
 
-    ``target`` needs ``boxes`` (K, 4) x1y1x2y2 and ``labels`` (K,); optional ``iscrowd`` and
-    ``area`` (default: not crowd, box area). ``output`` needs ``boxes``, ``scores``, ``labels``.
+    ``target`` needs ``boxes`` (K, 4) x1y1x2y2 and ``labels`` (K,); optional ``iscrowd``,
+    ``area`` (default: not crowd, box area) and ``image_id`` (see :func:`coco_map`).
+    ``output`` needs ``boxes``, ``scores``, ``labels``. Labels and ``iscrowd`` must be
+    integers.
     """
     for name, d, keys in (("target", target, ("boxes", "labels")),
                           ("output", output, ("boxes", "scores", "labels"))):
@@ -45,9 +56,11 @@ def detection_record(
     widths, heights = gt_boxes[:, 2] - gt_boxes[:, 0], gt_boxes[:, 3] - gt_boxes[:, 1]
     k = len(gt_boxes)
     boxes = _per_box(output, "output", "boxes", np.float64, None)
+    image_id = target.get("image_id")
     return {
         "height": int(image_size[0]),
         "width": int(image_size[1]),
+        "image_id": None if image_id is None else _image_id(image_id),
         "gt_boxes": gt_boxes,
         "gt_labels": _per_box(target, "target", "labels", np.int64, k),
         "gt_iscrowd": (np.zeros(k, np.int64) if target.get("iscrowd") is None
@@ -60,11 +73,20 @@ def detection_record(
     }
 
 
+def _image_id(value: Any) -> int:
+    ids = _integers(value, "detection target['image_id']")
+    if ids.size != 1:
+        raise ValueError(f"detection target['image_id'] must be one integer, got shape "
+                         f"{ids.shape}")
+    return int(ids.reshape(1)[0])
+
+
 def _per_box(d: dict[str, Any], name: str, key: str, dtype: Any, count: int | None
              ) -> np.ndarray:
     """``d[key]`` as ``(count,)`` values, or as ``(K, 4)`` boxes when ``count`` is None;
     refused with the expected and actual shape otherwise."""
-    values = _numpy(d[key], dtype)
+    values = (_integers(d[key], f"detection {name}[{key!r}]") if dtype is np.int64
+              else _numpy(d[key], dtype))
     if count is None:
         if values.size and (values.ndim != 2 or values.shape[1] != 4):
             raise ValueError(f"detection {name}['boxes'] must be (K, 4) x1y1x2y2, got shape "
@@ -83,9 +105,11 @@ def _xywh(boxes: np.ndarray) -> list[list[float]]:
 def coco_map(records: Sequence[DetectionRecord]) -> dict[str, float]:
     """COCO box AP (IoU .50:.95), AP50, AP75 and AP for small/medium/large objects.
 
-    Builds the ground-truth and result ``COCO`` objects in memory (image ids 1..N, category
-    ids = label values) and runs ``COCOeval`` with its default parameters (100 detections
-    per image). Values are fractions in [0, 1]; ``nan`` where COCO reports -1 (no ground
+    Builds the ground-truth and result ``COCO`` objects in memory (category ids = label
+    values) and runs ``COCOeval`` with its default parameters (100 detections per image).
+    COCOeval breaks score ties by image order: the images are ordered by their
+    ``image_id`` when every record has a distinct one (COCOeval's order of a json's images),
+    else as given. Values are fractions in [0, 1]; ``nan`` where COCO reports -1 (no ground
     truth of that kind). No predictions at all gives AP 0 for every category with objects.
     Predicted boxes or scores with NaN or inf are refused: COCO's matching would count a
     NaN box as a hit.
@@ -95,11 +119,16 @@ def coco_map(records: Sequence[DetectionRecord]) -> dict[str, float]:
 
     if not records:
         raise ValueError("coco_map needs at least one image record, got none")
+    ids = [rec.get("image_id") for rec in records]
+    order: Sequence[int] = range(len(records))
+    if None not in ids and len(set(ids)) == len(ids):
+        order = sorted(order, key=ids.__getitem__)
     images, gt_anns, dt_anns, categories = [], [], [], set()
-    for image_id, rec in enumerate(records, start=1):
+    for image_id, index in enumerate(order, start=1):
+        rec = records[index]
         for key in ("boxes", "scores"):
             if not np.isfinite(np.asarray(rec[key], dtype=np.float64)).all():
-                raise ValueError(f"record {image_id - 1}: predicted {key} hold NaN or inf")
+                raise ValueError(f"record {index}: predicted {key} hold NaN or inf")
         images.append({"id": image_id, "height": rec["height"], "width": rec["width"]})
         boxes = _xywh(rec["gt_boxes"])
         for box, label, crowd, area in zip(

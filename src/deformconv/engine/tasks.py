@@ -262,7 +262,8 @@ class SegmentationEvaluator(Evaluator):
 
 class DetectionEvaluator(Evaluator):
     """COCO box mAP; predictions from every rank are gathered, COCOeval runs once over them
-    in dataset order (COCO breaks score ties by image order)."""
+    in dataset order, or by image id where each target has a distinct one (COCO breaks score
+    ties by image order: :func:`~deformconv.engine.coco.coco_map`)."""
 
     def __init__(self) -> None:
         require("pycocotools.cocoeval", "detection evaluation")  # missing: fail here, early
