@@ -398,3 +398,13 @@ def test_voc_export_refuses_a_split_that_is_no_file_name_part(tmp_path: Path,
                                          rf"{re.escape(repr(split))}"):
         export_voc(SyntheticSegmentation(length=1, image_size=32, seed=0), folder, split)
     assert not list(tmp_path.rglob("*"))
+
+
+def test_voc_export_refuses_a_mask_of_another_size_than_its_image(tmp_path: Path) -> None:
+    """A (10, 8) mask of an (8, 10) image was written; VOCSegmentation then skipped it."""
+    samples = [(torch.rand(3, 8, 10), torch.zeros(8, 10, dtype=torch.int64)),
+               (torch.rand(3, 8, 10), torch.zeros(10, 8, dtype=torch.int64))]
+    with pytest.raises(ValueError, match=r"sample 1: mask is \(10, 8\) but its image is "
+                                         r"\(8, 10\); they must be the same size"):
+        export_voc(samples, tmp_path, "train")
+    assert not list(tmp_path.rglob("*.png"))

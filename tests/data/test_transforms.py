@@ -243,3 +243,17 @@ def test_detection_collate() -> None:
     assert len(images) == 2 and "boxes" in targets[1]
     with pytest.raises(ValueError, match="batch item 0"):
         detection_collate([torch.zeros(3)])
+
+
+@pytest.mark.parametrize(("box", "error", "match"), [
+    ((0, 0, -3, 5), ValueError, r"height must be > 0, got -3"),
+    ((0, 0, 5, 0), ValueError, r"width must be > 0, got 0"),
+    ((1.5, 0, 5, 5), TypeError, r"top must be an int, got 1\.5"),
+    ((0, torch.tensor(1.0), 5, 5), TypeError, r"left must be an int, got tensor\(1\.\)"),
+])
+def test_crop_names_a_bad_window(box, error, match) -> None:
+    """A height of -3 gave a 7-row crop and dropped every box; a float top failed in a
+    slice naming nothing."""
+    mask = torch.zeros(10, 12, dtype=torch.int64)
+    with pytest.raises(error, match=match):
+        T.crop(torch.rand(3, 10, 12), mask, *box)

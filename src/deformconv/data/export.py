@@ -370,6 +370,9 @@ def _write_voc(dataset: Dataset, stage: Path, split: str, indices: list[int],
     for i, (image, mask) in _readable_samples(dataset, indices, "export_voc"):
         if mask.dim() != 2 or (mask.numel() and not 0 <= int(mask.min()) <= int(mask.max()) <= 255):
             raise ValueError(f"sample {i}: mask must be (H, W) with values in 0..255")
+        if mask.shape != image.shape[-2:]:
+            raise ValueError(f"sample {i}: mask is {tuple(mask.shape)} but its image is "
+                             f"{tuple(image.shape[-2:])}; they must be the same size")
         name = f"{split}_{i:06d}"
         save_image(image, stage / "JPEGImages" / f"{name}.{ext}")
         png = Image.fromarray(mask.cpu().numpy().astype(np.uint8), mode="P")

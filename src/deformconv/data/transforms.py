@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops.arguments import finite_float, integer, pair
+from ..ops.arguments import count, finite_float, integer, pair
 from ._common import IGNORE_INDEX, Transform, box_sizes
 
 __all__ = [
@@ -185,8 +185,12 @@ def crop(
     """Cut ``[top:top+height, left:left+width]``; parts outside the image are padded
     (image with ``fill``, segmentation with 255, instance masks with 0). Boxes are clipped
     and those left empty dropped; ``area`` is recounted from masks, else scaled with the box.
+    ``top`` and ``left`` are ints (negative: above or left of the image), ``height`` and
+    ``width`` ints > 0.
     """
     _check(image, target)
+    top, left = integer(top, "top"), integer(left, "left")
+    height, width = count(height, "height"), count(width, "width")
     h, w = image.shape[-2:]
     pads = (max(0, -left), max(0, left + width - w), max(0, -top), max(0, top + height - h))
 
