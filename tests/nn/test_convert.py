@@ -153,11 +153,43 @@ def test_convs_a_deformable_conv_cannot_reproduce_are_left_with_a_warning():
     with pytest.warns(UserWarning, match=r"left 4 selected conv\(s\) as they are.*"
                       r"0: its class _StandardizedConv2d computes its own forward; "
                       r"1: padding_mode='reflect'.*2: it has a parametrization.*"
-                      r"5: it has a parametrization or forward hooks") as record:
+                      r"5: it has forward hooks") as record:
         assert convert_to_deformable(model) == ["3"]
     assert len(record) == 1
     torch.testing.assert_close(model(x), expected)
     assert isinstance(model[0], _StandardizedConv2d) and not isinstance(model[5], DeformConv2d)
+
+
+@pytest.mark.parametrize(("register", "kind"), [
+    (lambda c, f: c.register_full_backward_hook(lambda *a: f.append(1)), "backward"),
+    (lambda c, f: c.register_full_backward_pre_hook(lambda *a: f.append(1)), "backward pre"),
+    (lambda c, f: c.register_state_dict_pre_hook(lambda *a: f.append(1)), "state_dict pre"),
+    (lambda c, f: c.register_state_dict_post_hook(lambda *a: f.append(1)), "state_dict post"),
+    (lambda c, f: c.register_load_state_dict_pre_hook(lambda *a: f.append(1)),
+     "load_state_dict pre"),
+    (lambda c, f: c.register_load_state_dict_post_hook(lambda *a: f.append(1)),
+     "load_state_dict post"),
+])
+def test_a_conv_with_hooks_of_any_kind_is_left_with_a_warning_naming_them(register, kind):
+    """Only forward (pre) hooks counted: a conv with a backward or state-dict hook was
+    converted without a word, and its hook never ran again."""
+    model = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1))
+    fired: list[int] = []
+    register(model[0], fired)
+    with pytest.warns(UserWarning, match=rf"0: it has {kind} hooks \("):
+        assert convert_to_deformable(model) == []
+    x = torch.randn(1, 2, 5, 5, requires_grad=True)
+    model(x).sum().backward()
+    model.load_state_dict(model.state_dict())
+    assert type(model[0]) is nn.Conv2d and fired
+
+
+def test_the_warning_names_every_kind_of_hook_a_conv_has():
+    model = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1))
+    model[0].register_forward_pre_hook(lambda *a: None)
+    model[0].register_full_backward_hook(lambda *a: None)
+    with pytest.warns(UserWarning, match=r"0: it has forward pre, backward hooks \("):
+        assert convert_to_deformable(model) == []
 
 
 @pytest.mark.parametrize(("kernel", "dilation"), [(3, 1), (3, 2), (5, 1), ((3, 5), 1)])

@@ -24,6 +24,25 @@ def _is_candidate(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1)
 
 
+# Every per-module hook dict of nn.Module, by the name a warning gives it: a DeformConv2d
+# put in the conv's place would run none of them.
+_HOOK_KINDS = {
+    "forward pre": "_forward_pre_hooks",
+    "forward": "_forward_hooks",
+    "backward pre": "_backward_pre_hooks",
+    "backward": "_backward_hooks",
+    "state_dict pre": "_state_dict_pre_hooks",
+    "state_dict post": "_state_dict_hooks",
+    "load_state_dict pre": "_load_state_dict_pre_hooks",
+    "load_state_dict post": "_load_state_dict_post_hooks",
+}
+
+
+def _hook_kinds(module: nn.Module) -> list[str]:
+    """The kinds of hooks registered on ``module`` itself (``_HOOK_KINDS``' names)."""
+    return [kind for kind, attribute in _HOOK_KINDS.items() if getattr(module, attribute, None)]
+
+
 def _unconvertible(conv: nn.Conv2d) -> str | None:
     """Why a :class:`DeformConv2d` with ``conv``'s weights would not compute what ``conv``
     does; None when it would."""
@@ -33,8 +52,12 @@ def _unconvertible(conv: nn.Conv2d) -> str | None:
     kind = type(conv)
     if kind.forward is not nn.Conv2d.forward or kind._conv_forward is not nn.Conv2d._conv_forward:
         return f"its class {kind.__name__} computes its own forward"
-    if parametrize.is_parametrized(conv) or conv._forward_pre_hooks or conv._forward_hooks:
-        return "it has a parametrization or forward hooks (weight_norm, spectral_norm, ...)"
+    if parametrize.is_parametrized(conv):
+        return "it has a parametrization (parametrizations.weight_norm, spectral_norm, ...)"
+    hooks = _hook_kinds(conv)
+    if hooks:
+        return (f"it has {', '.join(hooks)} hooks (the replacement would not run them; "
+                "weight_norm and spectral_norm register some)")
     if conv.padding_mode != "zeros":
         return f"padding_mode={conv.padding_mode!r} (deformable sampling pads with zeros)"
     if conv.padding == "same" and same_padding(conv.kernel_size, conv.dilation) is None:
@@ -106,7 +129,8 @@ def convert_to_deformable(
             ``(name, conv) -> bool`` (anything else is a ``TypeError``). Default: every 3×3
             conv. Convs with a 1×1 kernel are never converted; selected convs that a
             :class:`DeformConv2d` cannot reproduce (a subclass with its own ``forward``
-            such as timm's ``StdConv2d``, a parametrized or hooked conv, a padding mode
+            such as timm's ``StdConv2d``, a parametrized conv, a conv with hooks of any
+            kind (forward, backward, state-dict or load-state-dict), a padding mode
             other than zeros, a lazy conv before its first forward pass) are left as they
             are, with a warning. A pattern that matches no module name raises
             ``ValueError``. A conv registered under several names (shared) becomes one
