@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from deformconv.nn import DeformConv2d, convert_to_deformable
+from deformconv.nn import (
+    DeformConv2d,
+    OffsetBranchMixin,
+    convert_to_deformable,
+    offset_lr_multipliers,
+)
+from deformconv.ops import deform_conv2d
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -235,3 +241,29 @@ def test_a_shared_conv_becomes_one_shared_deformable_layer_at_each_name() -> Non
     second = nn.Sequential(conv, nn.ReLU(), conv)
     assert convert_to_deformable(second, "2") == ["2"]
     assert isinstance(second[2], DeformConv2d) and second[2].weight is conv.weight
+
+
+class _UserDeformable(nn.Module, OffsetBranchMixin):
+    """A deformable layer written with the public mixin, its offset conv a plain Conv2d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 4, 3, 3))
+        self.offset_lr_mult = 0.1
+        self.offset_branch = nn.Conv2d(4, 18, 3, padding=1)
+        self.zero_init_offsets()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return deform_conv2d(x, self.offset_branch(x), self.weight, padding=1)
+
+
+def test_the_offset_branch_of_a_users_offset_branch_mixin_layer_is_never_converted():
+    """Only DeformConv2dBase layers were skipped: a user's offset conv became a DeformConv2d
+    (with its own offset branch, trained at multiplier 1.0 instead of the layer's 0.1)."""
+    model = nn.Sequential(_UserDeformable(), nn.Sequential(_UserDeformable()),
+                          nn.Conv2d(4, 4, 3, padding=1))
+    assert convert_to_deformable(model) == ["2"]
+    assert type(model[0].offset_branch) is nn.Conv2d
+    assert type(model[1][0].offset_branch) is nn.Conv2d
+    assert set(offset_lr_multipliers(model).values()) == {0.1, 1.0}
+    assert offset_lr_multipliers(model)["0.offset_branch.weight"] == 0.1

@@ -126,17 +126,24 @@ def _nan_where_not_finite(offset: Tensor, per_position: bool) -> Tensor:
     return zeros.flatten(1).sum(1).view(-1, 1, 1, 1)
 
 
-def offset_state_keys(model: nn.Module) -> set[str]:
-    """``model.state_dict()`` keys of every offset branch: what a checkpoint of the plain
-    twin lacks (load it with ``strict=False`` and expect exactly these missing)."""
-    keys = set()
-    for name, module in model.named_modules(remove_duplicate=False):  # a shared conv too
+def named_offset_branches(model: nn.Module) -> dict[str, nn.Module]:
+    """``{qualified name: branch}`` of every offset branch in ``model`` (the
+    ``offset_branch`` of each :class:`OffsetBranchMixin` module), under each name of a
+    shared module."""
+    branches = {}
+    for name, module in model.named_modules(remove_duplicate=False):
         if isinstance(module, OffsetBranchMixin):
             branch = module.offset_branch
             branch_name = next(n for n, m in module.named_modules() if m is branch)
-            prefix = f"{name}.{branch_name}." if name else f"{branch_name}."
-            keys |= {prefix + k for k in branch.state_dict()}
-    return keys
+            branches[f"{name}.{branch_name}" if name else branch_name] = branch
+    return branches
+
+
+def offset_state_keys(model: nn.Module) -> set[str]:
+    """``model.state_dict()`` keys of every offset branch: what a checkpoint of the plain
+    twin lacks (load it with ``strict=False`` and expect exactly these missing)."""
+    return {f"{name}.{key}" for name, branch in named_offset_branches(model).items()
+            for key in branch.state_dict()}
 
 
 def _zero_weight_and_bias(layer: nn.Conv2d | nn.Linear) -> None:

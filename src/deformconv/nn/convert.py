@@ -11,7 +11,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 
 from ..ops.arguments import boolean, count
-from ._offset import check_offset_lr_mult
+from ._offset import check_offset_lr_mult, named_offset_branches
 from .deform_conv import DeformConv2d, DeformConv2dBase, same_padding
 
 __all__ = ["convert_to_deformable"]
@@ -161,16 +161,19 @@ def convert_to_deformable(
             "seq = nn.Sequential(conv); convert_to_deformable(seq), then use seq[0]"
         )
     _check_patterns(model, include)
-    # The offset convs inside existing deformable layers are never converted themselves.
+    # The offset branches of existing deformable layers (any OffsetBranchMixin, a user's
+    # too) and whatever sits in a DeformConv2dBase are never converted themselves.
     # A conv registered under several names (shared, tied) is seen under each of them.
     modules = list(model.named_modules(remove_duplicate=False))
-    owners = tuple(f"{name}." if name else "" for name, m in modules
-                   if isinstance(m, DeformConv2dBase))
+    owners = [f"{name}." if name else "" for name, m in modules
+              if isinstance(m, DeformConv2dBase)]
+    branches = named_offset_branches(model)
+    owners += [f"{name}." for name in branches]
     selected = [
         (name, module)
         for name, module in modules
-        if name and not name.startswith(owners) and _is_candidate(module)
-        and _selected(name, module, include)
+        if name and name not in branches and not name.startswith(tuple(owners))
+        and _is_candidate(module) and _selected(name, module, include)
     ]
     reasons = {name: _unconvertible(conv) for name, conv in selected}
     chosen = [(name, conv) for name, conv in selected if reasons[name] is None]
