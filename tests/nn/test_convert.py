@@ -267,3 +267,25 @@ def test_the_offset_branch_of_a_users_offset_branch_mixin_layer_is_never_convert
     assert type(model[1][0].offset_branch) is nn.Conv2d
     assert set(offset_lr_multipliers(model).values()) == {0.1, 1.0}
     assert offset_lr_multipliers(model)["0.offset_branch.weight"] == 0.1
+
+
+def test_conversion_draws_no_random_numbers_and_keeps_dtype_and_flags():
+    """The twin drew a Kaiming init for a weight it then discarded: a seeded plain and
+    converted model initialised every module built after the conversion differently."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(8, 8, 3, bias=False), nn.Conv2d(8, 8, 3)).double()
+    plain[1].weight.requires_grad_(False)
+    after_plain = torch.randn(4)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, bias=False), nn.Conv2d(8, 8, 3)).double()
+    model[1].weight.requires_grad_(False)
+    assert convert_to_deformable(model) == ["0", "1"]
+    assert torch.equal(torch.randn(4), after_plain)
+    assert model[0].bias is None and not model[1].weight.requires_grad
+    for layer in model:
+        assert layer.weight.dtype == torch.float64 and layer.weight.device.type == "cpu"
+        branch = layer.conv_offset
+        assert branch.weight.dtype == torch.float64 and branch.weight.device.type == "cpu"
+        assert branch.weight.requires_grad and not branch.weight.any() and not branch.bias.any()
+    x = torch.randn(1, 8, 9, 9, dtype=torch.float64)
+    torch.testing.assert_close(model(x), plain(x))

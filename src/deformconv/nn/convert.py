@@ -197,15 +197,22 @@ def convert_to_deformable(
 
 
 def _deformable_twin(conv: nn.Conv2d, **offset_settings: object) -> DeformConv2d:
-    """A :class:`DeformConv2d` sharing ``conv``'s parameters and geometry, offsets at zero."""
+    """A :class:`DeformConv2d` sharing ``conv``'s parameters and geometry, offsets at zero.
+
+    Built on the meta device, then given ``conv``'s parameters and a zeroed offset branch on
+    ``conv``'s device: it draws no random numbers (a seeded run initialises whatever it
+    builds after a conversion as it would without one) and allocates no weight to discard.
+    """
     deform = DeformConv2d(
         conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
         conv.padding, conv.dilation, conv.groups, conv.bias is not None,
-        device=conv.weight.device, dtype=conv.weight.dtype,
+        device="meta", dtype=conv.weight.dtype,
         **offset_settings,  # type: ignore[arg-type]
     )
     deform.weight = conv.weight
     deform.bias = conv.bias
+    deform.offset_branch.to_empty(device=conv.weight.device)
+    deform.zero_init_offsets()
     deform.train(conv.training)
     return deform
 
