@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deformconv.nn import DeformConv2d, DeformConv2dBase, DeformConv2dExternal, offset_state_keys
+from deformconv.nn import (
+    DeformConv2d,
+    DeformConv2dBase,
+    DeformConv2dExternal,
+    convert_to_deformable,
+    offset_state_keys,
+)
 from deformconv.ops import NaNOffsetError, reference
 
 # (in, out, kernel, stride, padding, dilation, groups, offset_groups): awkward on purpose.
@@ -150,12 +156,52 @@ class TestDeformConv2d:
         conv = DeformConv2d(4, 6, 3, bias=np.bool_(False), modulated=np.bool_(True))
         assert conv.bias is None and conv.modulated is True
 
-    @pytest.mark.parametrize("shape", [(2, 5, 7, 7), (4, 7, 7)])
-    def test_wrong_input_is_reported_against_the_layer(self, shape):
-        conv = DeformConv2d(4, 6, 3, padding=1)
-        message = f"input must have shape (N, 4, H, W) for in_channels=4, got {shape}"
+    @pytest.mark.parametrize("shape", [(2, 5, 7, 7), (5, 7, 7), (7, 7), (1, 1, 4, 7, 7)])
+    @pytest.mark.parametrize("external", [False, True])
+    def test_wrong_input_is_reported_against_the_layer(self, shape, external):
+        conv = (DeformConv2dExternal if external else DeformConv2d)(4, 6, 3, padding=1)
+        message = (f"input must have shape (N, 4, H, W) or, unbatched, (4, H, W) for "
+                   f"in_channels=4, got {shape}")
+        args = (torch.zeros(1, 18, 7, 7),) if external else ()
         with pytest.raises(ValueError, match=re.escape(message)):
-            conv(torch.randn(shape))
+            conv(torch.randn(shape), *args)
+
+    @pytest.mark.parametrize("modulated", [False, True])
+    def test_an_unbatched_input_runs_as_a_batch_of_one_as_in_conv2d(self, modulated):
+        """A (C, H, W) input, which nn.Conv2d takes, was refused: a converted model broke
+        on it."""
+        torch.manual_seed(0)
+        conv = DeformConv2d(4, 6, 3, padding=1, stride=2, modulated=modulated)
+        nn.init.normal_(conv.conv_offset.weight, std=0.1)
+        x = torch.randn(4, 7, 9)
+        out = conv(x)
+        assert out.shape == (6, 4, 5)
+        torch.testing.assert_close(out, conv(x[None])[0])
+        plain = nn.Conv2d(4, 6, 3, padding=1)
+        model = nn.Sequential(plain)
+        expected = plain(x)
+        assert convert_to_deformable(model) == ["0"]
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+
+    def test_an_unbatched_input_to_the_external_module_takes_unbatched_offset_and_mask(self):
+        torch.manual_seed(0)
+        conv = DeformConv2dExternal(4, 6, 3, padding=1)
+        x, offset, mask = torch.randn(4, 5, 6), torch.randn(18, 5, 6), torch.rand(9, 5, 6)
+        out = conv(x, offset, mask)
+        assert out.shape == (6, 5, 6)
+        torch.testing.assert_close(out, conv(x[None], offset[None], mask[None])[0])
+        torch.testing.assert_close(conv(x, offset), conv(x[None], offset[None])[0])
+
+    @pytest.mark.parametrize("name", ["offset", "mask"])
+    def test_a_batched_offset_or_mask_with_an_unbatched_input_is_refused(self, name):
+        conv = DeformConv2dExternal(4, 6, 3, padding=1)
+        tensors = {"offset": torch.zeros(18, 5, 5), "mask": torch.ones(9, 5, 5)}
+        tensors[name] = tensors[name][None]
+        shape = tuple(tensors[name].shape)
+        message = (f"{name} must be 3-D (unbatched) for an unbatched input of shape "
+                   f"(4, 5, 5), got shape {shape}")
+        with pytest.raises(ValueError, match=re.escape(message)):
+            conv(torch.randn(4, 5, 5), **tensors)
 
 
     @pytest.mark.parametrize("modulated", [False, True])
@@ -285,8 +331,9 @@ class TestDeformConv2dExternal:
         groups=1)."""
         in_channels = 4 if groups == 1 else 8
         conv = DeformConv2dExternal(in_channels, 8, 3, padding=1, groups=groups)
-        message = (f"input must have shape (N, {in_channels}, H, W) for "
-                   f"in_channels={in_channels}, got (2, {channels}, 6, 6)")
+        message = (f"input must have shape (N, {in_channels}, H, W) or, unbatched, "
+                   f"({in_channels}, H, W) for in_channels={in_channels}, got "
+                   f"(2, {channels}, 6, 6)")
         with pytest.raises(ValueError, match=re.escape(message)):
             conv(torch.randn(2, channels, 6, 6), torch.zeros(2, 18, 6, 6))
 

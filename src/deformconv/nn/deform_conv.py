@@ -39,6 +39,12 @@ def same_padding(kernel_size: tuple[int, int], dilation: tuple[int, int]
     return None if any(t % 2 for t in totals) else (totals[0] // 2, totals[1] // 2)
 
 
+def _is_unbatched(input: Tensor) -> bool:
+    """Whether ``input`` is one unbatched (C, H, W) sample, which the modules run as a batch
+    of one, as ``nn.Conv2d`` does (a Proxy of FX tracing counts as batched)."""
+    return isinstance(input, Tensor) and input.dim() == 3
+
+
 class DeformConv2dBase(nn.Module):
     """The weight, bias and geometry of a deformable conv; subclasses say where the offsets
     come from (:class:`DeformConv2dExternal`: the caller, :class:`DeformConv2d`: its own
@@ -134,16 +140,18 @@ class DeformConv2dBase(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def check_input(self, input: Tensor) -> None:
-        """Refuse an input of another channel count, as ``nn.Conv2d`` does (the op would
-        take it as another grouping), or smaller than the dilated kernel (with the op's
-        message, before an offset conv fails on it with torch's); a Proxy (FX tracing) has
-        no shape to check."""
+        """Refuse an input that is neither (N, Cin, H, W) nor unbatched (Cin, H, W), or of
+        another channel count, as ``nn.Conv2d`` does (the op would take it as another
+        grouping), or smaller than the dilated kernel (with the op's message, before an
+        offset conv fails on it with torch's); a Proxy (FX tracing) has no shape to check."""
         if not isinstance(input, Tensor):
             return
-        if input.dim() != 4 or input.shape[1] != self.in_channels:
-            raise ValueError(f"input must have shape (N, {self.in_channels}, H, W) for "
-                             f"in_channels={self.in_channels}, got {tuple(input.shape)}")
-        output_size((input.shape[2], input.shape[3]), self.kernel_size, self.stride,
+        channels = self.in_channels
+        if input.dim() not in (3, 4) or input.shape[-3] != channels:
+            raise ValueError(f"input must have shape (N, {channels}, H, W) or, unbatched, "
+                             f"({channels}, H, W) for in_channels={channels}, got "
+                             f"{tuple(input.shape)}")
+        output_size((input.shape[-2], input.shape[-1]), self.kernel_size, self.stride,
                     self.padding, self.dilation)
 
     def deform_conv(self, input: Tensor, offset: Tensor, mask: Tensor | None) -> Tensor:
@@ -171,7 +179,9 @@ class DeformConv2dExternal(DeformConv2dBase):
     Shape:
         ``forward(input (N, Cin, H, W), offset (N, 2*G*kh*kw, Hout, Wout),
         mask (N, G*kh*kw, Hout, Wout) or None) -> (N, Cout, Hout, Wout)``; the offset groups
-        ``G`` are read from ``offset``.
+        ``G`` are read from ``offset``. Unbatched, as ``nn.Conv2d`` takes it (torchvision's
+        takes 4-D only), all three lack the N: ``input (Cin, H, W)``, ``offset
+        (2*G*kh*kw, Hout, Wout)``, ``mask (G*kh*kw, Hout, Wout)`` -> ``(Cout, Hout, Wout)``.
 
     Example::
 
@@ -183,7 +193,14 @@ class DeformConv2dExternal(DeformConv2dBase):
 
     def forward(self, input: Tensor, offset: Tensor, mask: Tensor | None = None) -> Tensor:
         self.check_input(input)
-        return self.deform_conv(input, offset, mask)
+        if not _is_unbatched(input):
+            return self.deform_conv(input, offset, mask)
+        for name, tensor in (("offset", offset), ("mask", mask)):
+            if isinstance(tensor, Tensor) and tensor.dim() != 3:
+                raise ValueError(f"{name} must be 3-D (unbatched) for an unbatched input of "
+                                 f"shape {tuple(input.shape)}, got shape {tuple(tensor.shape)}")
+        offset, mask = (t.unsqueeze(0) if isinstance(t, Tensor) else t for t in (offset, mask))
+        return self.deform_conv(input.unsqueeze(0), offset, mask).squeeze(0)
 
 
 class DeformConv2d(DeformConv2dBase, OffsetBranchMixin):
@@ -205,7 +222,8 @@ class DeformConv2d(DeformConv2dBase, OffsetBranchMixin):
             :class:`OffsetBranchMixin`) (paper: 1).
 
     Shape:
-        ``forward(input (N, Cin, H, W)) -> (N, Cout, Hout, Wout)``.
+        ``forward(input (N, Cin, H, W)) -> (N, Cout, Hout, Wout)``; an unbatched
+        ``(Cin, H, W)`` input, as ``nn.Conv2d`` takes it, gives ``(Cout, Hout, Wout)``.
 
     Example::
 
@@ -258,6 +276,8 @@ class DeformConv2d(DeformConv2dBase, OffsetBranchMixin):
 
     def forward(self, input: Tensor) -> Tensor:
         self.check_input(input)  # before the offset conv, whose error would name its weight
+        if _is_unbatched(input):
+            return self.forward(input.unsqueeze(0)).squeeze(0)
         out = self.conv_offset(input)  # (N, 2*G*kk [+ G*kk], Hout, Wout)
         points = self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
         offset = out[:, : 2 * points]
