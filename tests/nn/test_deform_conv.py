@@ -419,3 +419,35 @@ def test_forward_mode_ad_is_refused_for_inputs_and_parameters():
     with pytest.raises(NotImplementedError, match="deform_conv2d: offset carries"):
         torch.func.jvp(lambda p: torch.func.functional_call(conv, p, (x,)), (params,),
                        (tangents,))
+
+
+@pytest.mark.parametrize("modulated", [False, True])
+@pytest.mark.parametrize("shape", [(1, 4, 8, 8), (4, 8, 8)])
+def test_an_input_of_another_dtype_is_refused_naming_weight_and_input(modulated, shape):
+    """The offset conv ran first: torch's 'Input type (double) and bias type (float) should
+    be the same' named no argument."""
+    conv = DeformConv2d(4, 4, 3, modulated=modulated)
+    message = ("weight has dtype torch.float32 but input has torch.float64; all tensors must "
+               "share one dtype")
+    with pytest.raises(TypeError, match=re.escape(message)):
+        conv(torch.randn(shape, dtype=torch.float64))
+
+
+def test_an_input_on_another_device_is_refused_naming_weight_and_input():
+    with pytest.raises(RuntimeError, match=re.escape("weight is on cpu but input is on meta")):
+        DeformConv2d(4, 4, 3)(torch.randn(1, 4, 8, 8, device="meta"))
+
+
+@pytest.mark.parametrize("modulated", [False, True])
+def test_low_precision_inputs_under_autocast_and_low_precision_modules_still_run(modulated):
+    """Under autocast float32, float16 and bfloat16 mix (the op runs in float32); a module
+    converted to a low-precision dtype takes input of that dtype; float64 does not mix."""
+    conv = DeformConv2d(4, 4, 3, modulated=modulated)
+    x = torch.randn(1, 4, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(x.bfloat16()).dtype == torch.float32
+        assert conv.half()(x).dtype == torch.float32
+        with pytest.raises(TypeError, match=re.escape("but input has torch.float64")):
+            conv(x.double())
+    for dtype in (torch.float16, torch.bfloat16):
+        assert conv.to(dtype)(x.to(dtype)).dtype == dtype

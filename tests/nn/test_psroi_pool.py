@@ -181,3 +181,21 @@ def test_forward_mode_ad_is_refused():
     with pytest.raises(NotImplementedError, match=r"forward-mode AD .* is not supported by "
                        r"deform_psroi_pool: input carries a forward tangent"):
         torch.func.jvp(lambda x: pool(x, ROIS), (x,), (torch.ones_like(x),))
+
+
+@pytest.mark.parametrize("features", [False, True])
+def test_an_input_or_features_of_another_dtype_is_refused_naming_it(features):
+    """The offset conv failed with torch's 'Input type (double) and bias type (float)'."""
+    pool = DeformPSRoIPool(4, 1, 2, 1.0, modulated=True)
+    rois = torch.tensor([[0, 1.0, 1.0, 6.0, 6.0]])
+    x = torch.randn(1, 4, 8, 8)
+    args = (x, rois, x.double()) if features else (x.double(), rois)
+    name = "features" if features else "input"
+    message = (f"conv_offset.weight has dtype torch.float32 but {name} has torch.float64; "
+               "all tensors must share one dtype")
+    with pytest.raises(TypeError, match=re.escape(message)):
+        pool(*args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the ops run in float32 there
+        assert pool(x.bfloat16(), rois).dtype == torch.float32
+        assert pool(x, rois, x.bfloat16()).dtype == torch.float32
+    assert pool.bfloat16()(x.bfloat16(), rois).dtype == torch.bfloat16

@@ -168,3 +168,17 @@ def test_forward_mode_ad_is_refused():
     with pytest.raises(NotImplementedError, match=r"forward-mode AD .* is not supported by "
                        r"deform_roi_pool: input carries a forward tangent"):
         torch.func.jvp(lambda x: pool(x, ROIS), (x,), (torch.ones_like(x),))
+
+
+def test_an_input_of_another_dtype_is_refused_naming_it_and_the_fc_weight():
+    """The first fc failed with torch's 'mat1 and mat2 must have the same dtype'."""
+    pool = DeformRoIPool(4, 2)
+    rois = torch.tensor([[0, 1.0, 1.0, 6.0, 6.0]])
+    message = ("offset_fc.0.weight has dtype torch.float32 but input has torch.float64; all "
+               "tensors must share one dtype")
+    with pytest.raises(TypeError, match=re.escape(message)):
+        pool(torch.randn(1, 4, 8, 8, dtype=torch.float64), rois)
+    x = torch.randn(1, 4, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the ops run in float32 there
+        assert pool(x.bfloat16(), rois).dtype == torch.float32
+    assert pool.half()(x.half(), rois).dtype == torch.float16

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensor
 
+from ..ops._checks import UPCAST_DTYPES, check_same_dtype_device
 from ..ops.arguments import count, finite_float, is_bool
 
 
@@ -178,6 +179,30 @@ class ZeroInitLinear(nn.Linear):
     def reset_parameters(self) -> None:
         super().reset_parameters()  # as in ZeroInitConv2d
         _zero_weight_and_bias(self)
+
+
+def _autocast_mixes(device_type: str, *dtypes: torch.dtype) -> bool:
+    """Whether autocast is on for ``device_type`` and casts every one of ``dtypes`` (float32,
+    float16, bfloat16; not float64) to one dtype, so that a module may take them mixed."""
+    return (torch.amp.is_autocast_available(device_type)
+            and torch.is_autocast_enabled(device_type)
+            and all(d in (*UPCAST_DTYPES, torch.float32) for d in dtypes))
+
+
+def check_matches_parameters(module: nn.Module, **inputs: Tensor | None) -> None:
+    """Refuse each of ``inputs`` (by name) that is on another device than ``module``'s first
+    parameter or of another dtype, with the ops' message naming both (``ops._checks.
+    check_same_dtype_device``), before an offset branch fails on it with torch's message
+    naming neither. Under autocast float32, float16 and bfloat16 may mix (autocast casts
+    them, the ops run in float32); a Proxy (FX tracing) or None has nothing to check."""
+    name, parameter = next(module.named_parameters())
+    for input_name, input in inputs.items():
+        if not isinstance(input, Tensor):
+            continue
+        if (input.device == parameter.device
+                and _autocast_mixes(input.device.type, input.dtype, parameter.dtype)):
+            continue
+        check_same_dtype_device(input_name, input, **{name: parameter})
 
 
 def check_counts(**values: object) -> None:

@@ -18,6 +18,7 @@ from ._offset import (
     OffsetBranchMixin,
     ZeroInitConv2d,
     check_counts,
+    check_matches_parameters,
     check_positive,
     nan_offsets_propagate,
     zero_init_last,
@@ -142,8 +143,9 @@ class DeformConv2dBase(nn.Module):
     def check_input(self, input: Tensor) -> None:
         """Refuse an input that is neither (N, Cin, H, W) nor unbatched (Cin, H, W), or of
         another channel count, as ``nn.Conv2d`` does (the op would take it as another
-        grouping), or smaller than the dilated kernel (with the op's message, before an
-        offset conv fails on it with torch's); a Proxy (FX tracing) has no shape to check."""
+        grouping), or smaller than the dilated kernel, or of another dtype or device than
+        ``weight`` (outside autocast), with the op's messages, before an offset conv fails
+        on it with torch's; a Proxy (FX tracing) has no shape to check."""
         if not isinstance(input, Tensor):
             return
         channels = self.in_channels
@@ -153,6 +155,7 @@ class DeformConv2dBase(nn.Module):
                              f"{tuple(input.shape)}")
         output_size((input.shape[-2], input.shape[-1]), self.kernel_size, self.stride,
                     self.padding, self.dilation)
+        check_matches_parameters(self, input=input)
 
     def deform_conv(self, input: Tensor, offset: Tensor, mask: Tensor | None) -> Tensor:
         """:func:`deformconv.ops.deform_conv2d` with this layer's weight, bias and geometry."""

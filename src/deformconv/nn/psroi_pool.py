@@ -16,6 +16,7 @@ from ._offset import (
     OffsetBranchMixin,
     ZeroInitConv2d,
     check_counts,
+    check_matches_parameters,
     check_positive,
     nan_offsets_propagate,
 )
@@ -179,6 +180,8 @@ class DeformPSRoIPool(PSRoIPool, OffsetBranchMixin):
                 f"features must be (N, {self.in_channels}, H, W) with input's N, H, W, i.e. "
                 f"({n}, {self.in_channels}, {height}, {width}), got shape "
                 f"{tuple(features.shape)}")
+        # both before the offset conv fails naming neither: its offsets meet input in the op
+        check_matches_parameters(self, input=input, features=features)
         rois = rois_to_tensor(rois)
         maps = self.conv_offset(features)  # (N, (2|3)*classes*part², H, W)
         offset_maps = 2 * self.offset_classes * self.part_size**2

@@ -18,6 +18,7 @@ from ._offset import (
     OffsetBranchMixin,
     ZeroInitLinear,
     check_counts,
+    check_matches_parameters,
     check_positive,
     nan_offsets_propagate,
 )
@@ -110,6 +111,7 @@ class DeformRoIPool(nn.Module, OffsetBranchMixin):
             raise ValueError(
                 f"input must be (N, {self.in_channels}, H, W), got shape {tuple(input.shape)}"
             )
+        check_matches_parameters(self, input=input)  # before the fc fails naming neither
         rois = rois_to_tensor(rois)
         ph, pw = self.output_size
         predicted = self.offset_fc(self._pool(input, rois).flatten(1))  # (K, (2|3)*ph*pw)
