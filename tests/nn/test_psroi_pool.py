@@ -199,3 +199,15 @@ def test_an_input_or_features_of_another_dtype_is_refused_naming_it(features):
         assert pool(x.bfloat16(), rois).dtype == torch.float32
         assert pool(x, rois, x.bfloat16()).dtype == torch.float32
     assert pool.bfloat16()(x.bfloat16(), rois).dtype == torch.bfloat16
+
+
+def test_without_features_a_channel_mismatch_names_input_and_in_channels():
+    """It blamed features, which the caller never passed."""
+    pool = DeformPSRoIPool(16, 1, 2, 1.0)
+    message = ("input has 4 channels but the offset conv reads in_channels=16: without "
+               "features it reads input, so in_channels must be output_dim*group_size² = 4, "
+               "or pass features (N, 16, H, W)")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pool(torch.randn(1, 4, 8, 8), torch.tensor([[0, 1.0, 1.0, 6.0, 6.0]]))
+    assert pool(torch.randn(1, 4, 8, 8), torch.tensor([[0, 1.0, 1.0, 6.0, 6.0]]),
+                torch.randn(1, 16, 8, 8)).shape == (1, 1, 2, 2)

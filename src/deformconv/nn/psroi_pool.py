@@ -97,7 +97,8 @@ class DeformPSRoIPool(PSRoIPool, OffsetBranchMixin):
     zero-initialised, so the module starts as :class:`PSRoIPool`.
 
     Args:
-        in_channels: channels of ``features``, the map the offset conv reads.
+        in_channels: channels of ``features``, the map the offset conv reads (of ``input``,
+            ``output_dim*group_size²``, for calls without ``features``).
         output_dim, group_size, spatial_scale, pooled_size, sample_per_part: as
             :class:`PSRoIPool`.
         part_size: offset grid per side (default ``pooled_size``).
@@ -172,7 +173,14 @@ class DeformPSRoIPool(PSRoIPool, OffsetBranchMixin):
     def forward(self, input: Tensor, rois: Tensor | list[Tensor],
                 features: Tensor | None = None) -> Tensor:
         self._check_input(input)
-        features = input if features is None else features
+        if features is None:  # the offset conv reads the score maps themselves
+            if input.shape[1] != self.in_channels:
+                raise ValueError(
+                    f"input has {input.shape[1]} channels but the offset conv reads "
+                    f"in_channels={self.in_channels}: without features it reads input, so "
+                    f"in_channels must be output_dim*group_size² = {input.shape[1]}, or pass "
+                    f"features (N, {self.in_channels}, H, W)")
+            features = input
         n, _, height, width = input.shape
         if features.dim() != 4 or features.shape[1] != self.in_channels or (
                 features.shape[0], *features.shape[2:]) != (n, height, width):
