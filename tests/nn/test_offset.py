@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from deformconv.nn import DeformConv2d, DeformPSRoIPool, DeformRoIPool
+from deformconv.nn import DeformConv2d, DeformPSRoIPool, DeformRoIPool, OffsetBranchMixin
 
 ROIS = torch.tensor([[0, 2.0, 3.0, 40.0, 30.0], [1, 10.0, 0.0, 31.0, 47.0]])
 
@@ -113,6 +113,29 @@ def test_a_generic_reset_loop_keeps_the_offsets_zero(
             submodule.reset_parameters()
     last = [m for m in module.offset_branch.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert not last[-1].weight.any() and not last[-1].bias.any()
+
+
+def test_zero_init_offsets_restores_the_plain_start_after_a_custom_init_loop() -> None:
+    """The documented recipe: a loop re-initialising every nn.Conv2d / nn.Linear reaches the
+    offset branches too (their output layers are such layers) and un-zeros them;
+    ``zero_init_offsets()`` on each OffsetBranchMixin module afterwards puts them back."""
+    torch.manual_seed(0)
+    plain = nn.Conv2d(4, 4, 3, padding=1)
+    model = nn.ModuleList([DeformConv2d(4, 4, 3, padding=1), DeformRoIPool(4, 2),
+                           DeformPSRoIPool(4, 1, 2, 1.0)])
+    model[0].weight, model[0].bias = plain.weight, plain.bias
+    x = torch.randn(1, 4, 8, 8)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
+    assert all(m.offset_branch.weight.any() for m in (model[0], model[2]))
+    assert not torch.allclose(model[0](x), plain(x), atol=1e-4)
+    for m in model.modules():
+        if isinstance(m, OffsetBranchMixin):
+            m.zero_init_offsets()
+    for m in model:
+        assert not any(p.any() for p in m.offset_branch.parameters())
+    torch.testing.assert_close(model[0](x), plain(x), rtol=1e-4, atol=1e-5)
 
 
 def test_an_eager_forward_logs_no_fx_warning(monkeypatch: pytest.MonkeyPatch) -> None:

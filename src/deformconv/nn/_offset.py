@@ -47,7 +47,11 @@ class OffsetBranchMixin:
         return self.offset_branch.parameters()
 
     def zero_init_offsets(self) -> None:
-        """Zero the offset branch's last layer, so the module starts as its plain twin."""
+        """Zero the offset branch's last layer, so the module starts as its plain twin.
+
+        Call it after a custom init loop over ``nn.Conv2d`` / ``nn.Linear`` layers
+        (``nn.init.kaiming_normal_(m.weight)``): that loop reaches the branch's output layer
+        (one of those) and un-zeros it."""
         zero_init_last(self.offset_branch)
 
 

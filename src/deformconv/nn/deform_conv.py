@@ -214,6 +214,8 @@ class DeformConv2d(DeformConv2dBase, OffsetBranchMixin):
     initialised to zero. With zero offsets the module equals ``nn.Conv2d`` with the same
     weight. A modulated one starts at ``(conv(x) - bias) / 2 + bias``: DCN v2's initial
     mask is ``sigmoid(0) = 0.5`` (Zhu et al. 2019), and it scales the samples, not the bias.
+    ``conv_offset`` is an ``nn.Conv2d``: after an init loop over ``nn.Conv2d`` layers, call
+    :meth:`zero_init_offsets` to zero it again.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,

@@ -94,7 +94,8 @@ class DeformPSRoIPool(PSRoIPool, OffsetBranchMixin):
     gives class-specific offsets for score maps, ``1`` shared ones for box maps.
     With ``modulated``, ``offset_classes*part_size²`` more maps give a sigmoid mask per
     (class, part) bin that scales the pooled value (DCN v2). The offset conv is
-    zero-initialised, so the module starts as :class:`PSRoIPool`.
+    zero-initialised, so the module starts as :class:`PSRoIPool` (after an init loop over
+    ``nn.Conv2d`` layers, call :meth:`zero_init_offsets` to zero it again).
 
     Args:
         in_channels: channels of ``features``, the map the offset conv reads (of ``input``,

@@ -36,7 +36,9 @@ class DeformRoIPool(nn.Module, OffsetBranchMixin):
     normalised offsets ``(K, 2, ph, pw)`` (``+ (K, 1, ph, pw)`` mask logits through a
     sigmoid when ``modulated``); a second pass pools with bins shifted by
     ``gamma * offset * (roi_w, roi_h)`` (paper eq. 6). The last layer is zero-initialised,
-    so the module starts as ``torchvision.ops.roi_align`` (a modulated one at half of it).
+    so the module starts as ``torchvision.ops.roi_align`` (a modulated one at half of it;
+    after an init loop over ``nn.Linear`` layers, call :meth:`zero_init_offsets` to zero it
+    again).
 
     Args:
         in_channels: C of the pooled feature map.
