@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensor
 
-from ..ops._checks import UPCAST_DTYPES, check_same_dtype_device
+from ..ops._checks import AUTOCAST_DTYPES, autocast_on, check_same_dtype_device
 from ..ops.arguments import count, finite_float, is_bool
 
 
@@ -188,9 +188,7 @@ class ZeroInitLinear(nn.Linear):
 def _autocast_mixes(device_type: str, *dtypes: torch.dtype) -> bool:
     """Whether autocast is on for ``device_type`` and casts every one of ``dtypes`` (float32,
     float16, bfloat16; not float64) to one dtype, so that a module may take them mixed."""
-    return (torch.amp.is_autocast_available(device_type)
-            and torch.is_autocast_enabled(device_type)
-            and all(d in (*UPCAST_DTYPES, torch.float32) for d in dtypes))
+    return autocast_on(device_type) and all(d in AUTOCAST_DTYPES for d in dtypes)
 
 
 def check_matches_parameters(module: nn.Module, **inputs: Tensor | None) -> None:

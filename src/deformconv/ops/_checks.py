@@ -11,6 +11,7 @@ from torch import Tensor
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
 UPCAST_DTYPES = (torch.float16, torch.bfloat16)
+AUTOCAST_DTYPES = (*UPCAST_DTYPES, torch.float32)  # what autocast casts to one dtype
 
 # Samples per RoI bin beyond which sampling is refused: a bin of 8192² feature cells sampled
 # adaptively, or 8192 samples per bin side, is beyond any feature map, so only absurd
@@ -140,6 +141,12 @@ def check_compute_dtype(input: Tensor, rois: Tensor) -> None:
         )
 
 
+def autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (``"cpu"``, ``"cuda"``, ...)."""
+    return (torch.amp.is_autocast_available(device_type)
+            and torch.is_autocast_enabled(device_type))
+
+
 def float32_under_autocast(device_type: str, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
     """Cast ``tensors`` to float32 when autocast is on for ``device_type``, else return them;
     float64 stays float64, as autocast leaves it (``torch.library.register_autocast`` too).
@@ -147,8 +154,7 @@ def float32_under_autocast(device_type: str, *tensors: Tensor | None) -> tuple[T
     Under autocast an offset branch (a conv) yields bf16/fp16 while the features stay
     float32; sampling positions need full precision, so these ops run in float32 there.
     """
-    if not (torch.amp.is_autocast_available(device_type)
-            and torch.is_autocast_enabled(device_type)):
+    if not autocast_on(device_type):
         return tensors
-    return tuple(t.float() if isinstance(t, Tensor) and t.dtype in (*UPCAST_DTYPES, torch.float32)
-                 else t for t in tensors)
+    return tuple(t.float() if isinstance(t, Tensor) and t.dtype in AUTOCAST_DTYPES else t
+                 for t in tensors)
