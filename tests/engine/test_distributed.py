@@ -32,3 +32,16 @@ def test_resolve_device():
     with pytest.raises(ValueError, match="device must be 'auto' or a torch device string, got "
                                          "'gpu0'"):
         resolve_device("gpu0")
+
+
+@pytest.mark.parametrize("device", ["mps", "xpu:0", "meta"])
+def test_a_device_this_machine_lacks_is_refused_up_front(device):
+    """Only CUDA was checked: --device mps gave torch's traceback ("PyTorch is not linked
+    with support for mps devices"), meta failed in the first step after making the folder."""
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() \
+        else None
+    if accelerator is not None and accelerator.type == device.split(":")[0]:
+        pytest.skip(f"this machine has {device}")
+    with pytest.raises(ValueError, match=rf"device '{device}' is not available here: this "
+                                         r"machine and torch build offer cpu"):
+        resolve_device(device)

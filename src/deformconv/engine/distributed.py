@@ -47,7 +47,8 @@ class DistInfo:
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``."""
+    """``"auto"`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; another
+    device is refused (``ValueError``) unless this machine and torch build have it."""
     if device == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device(
             "cpu"
@@ -65,6 +66,13 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
                 f"device {dev} (LOCAL_RANK={local_rank}) does not exist: {visible} CUDA "
                 "device(s) visible; start at most that many processes per node, or use cpu"
             )
+    elif dev.type != "cpu":
+        accelerator = (torch.accelerator.current_accelerator()
+                       if torch.accelerator.is_available() else None)
+        if accelerator is None or accelerator.type != dev.type:
+            here = ["cpu"] + ([accelerator.type] if accelerator is not None else [])
+            raise ValueError(f"device {device!r} is not available here: this machine and "
+                             f"torch build offer {' and '.join(here)}")
     return dev
 
 
