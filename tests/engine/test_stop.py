@@ -211,3 +211,25 @@ def test_a_run_or_evaluation_that_fails_with_workers_lets_the_process_exit(
                            str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['ValueError: broken sample 5', 'forward failed']"
+
+
+def test_a_signal_during_the_ranks_agreement_waits_for_the_next_check(monkeypatch) -> None:
+    """Under torchrun a SIGINT that reached a rank while it waited in the stop check's
+    all-reduce made it stop alone (its flag was read again after every rank had agreed on
+    "no signal"): it waited in the checkpoint's all-gather, the others in the next forward's
+    broadcast, for ever. Every rank now returns what they agreed on; the signal counts at the
+    next check."""
+    from types import SimpleNamespace
+
+    from deformconv.engine import trainer
+
+    signals = StopSignals()
+
+    def signal_arrives_meanwhile(hits):
+        signals.signum = signal.SIGINT
+        return hits  # the other ranks saw none
+
+    monkeypatch.setattr(trainer, "all_reduce_sum", signal_arrives_meanwhile)
+    run = SimpleNamespace(info=SimpleNamespace(distributed=True))
+    assert trainer._Run.stop_signal(run, signals) is None
+    assert trainer._Run.stop_signal(run, signals) == signal.SIGINT

@@ -546,11 +546,12 @@ class _Run:
     def stop_signal(self, signals: StopSignals) -> int | None:
         """The stop signal that reached this rank or, under torchrun, any rank (all ranks
         agree, so all stop together); None if none did."""
+        signum = signals.signum  # read once: one arriving during the all-reduce waits its turn
         if not self.info.distributed:
-            return signals.signum
-        hits = all_reduce_sum(torch.tensor([int(signals.signum == s) for s in STOP_SIGNALS]))
+            return signum
+        hits = all_reduce_sum(torch.tensor([int(signum == s) for s in STOP_SIGNALS]))
         received = [s for s, count in zip(STOP_SIGNALS, hits.tolist(), strict=True) if count]
-        return signals.signum or (received[0] if received else None)
+        return signum or (received[0] if received else None)
 
     def stop(self, signum: int, *, saved: bool, finished: bool = False) -> NoReturn:
         """Write ``last.pt`` unless this iteration's is ``saved`` already (``finished``: as
