@@ -109,20 +109,27 @@ def test_registered_for_segmentation():
     assert isinstance(models.create("compact_fcn", 3), nn.Module)
 
 
-@pytest.mark.parametrize("skip_layer", [None, 0, 1, 2, 3])
-def test_receptive_field_is_the_window_that_reaches_one_feature(skip_layer):
-    """Measured as the input window with a gradient to one classifier input. Positive
-    weights and images keep every ReLU open, so the whole window shows. A skip at the top
-    layer's stride (skip_layer 1-3) used to count an upsampling that is the identity there
-    (43 for 39)."""
-    model = CompactFCN(2, widths=(3, 3, 3, 3, 3), strides=(2, 2, 1, 1, 1), deform_layers=0,
-                       skip_layer=skip_layer, decoder_width=3).eval()
+@pytest.mark.parametrize(("strides", "skip_layer"), [
+    ((2, 2, 2), None), ((2, 2, 2), 0), ((2, 2, 2), 1), ((2, 2, 2, 1), 0), ((2, 2, 2, 1), 1),
+    ((2, 2, 2, 2), 0), ((2, 1, 2, 2), 0), ((2, 2, 1, 1, 1), 0), ((2, 2, 1, 1, 1), 2),
+])
+def test_receptive_field_is_the_widest_window_over_a_row(strides, skip_layer):
+    """The widest input window with a gradient to a classifier input, over every position
+    of a row (windows differ from one position to the next when the decoder upsamples).
+    At a ratio of 4 or more between the top and the skip layer's strides it used to count
+    one top-map step too few (27 for 31 with strides (2, 2, 2), skip_layer 0); a skip at the
+    top layer's stride once counted an upsampling that is the identity there. Positive
+    weights and images keep every ReLU open, so the whole window shows."""
+    model = CompactFCN(2, widths=(2,) * len(strides), strides=strides, deform_layers=0,
+                       skip_layer=skip_layer, decoder_width=2).double().eval()
     with torch.no_grad():
         for param in model.parameters():
             param.abs_()
-    images = torch.rand(1, 3, 96, 96, requires_grad=True)
+    images = torch.rand(1, 3, 8, 128, dtype=torch.float64, requires_grad=True)
     features = model.forward_features(images)
-    center = features.shape[-1] // 2
-    features[0, :, center, center].sum().backward()
-    rows = images.grad.abs().sum((0, 1)).sum(1).nonzero()
-    assert int(rows.max() - rows.min() + 1) == model.receptive_field
+    widths = []
+    for column in range(features.shape[-1]):
+        grad, = torch.autograd.grad(features[0, :, 0, column].sum(), images, retain_graph=True)
+        columns = grad[0].abs().sum((0, 1)).nonzero()
+        widths.append(int(columns.max() - columns.min() + 1))
+    assert max(widths) == model.receptive_field

@@ -102,20 +102,23 @@ class CompactFCN(PixelClassifier):
 
     @property
     def receptive_field(self) -> int:
-        """Side in input pixels of the window that can reach one classifier input of the
-        plain twin (the theoretical receptive field, every layer 3×3 on its regular grid;
-        with a decoder, the top map's bilinear upsampling and the decoder's 3×3 conv on
-        the skip layer's grid are included). A deformable layer's offsets can reach
-        beyond it."""
-        size, step, steps = 1, 1, []
+        """Side in input pixels of the widest window that can reach one classifier input of
+        the plain twin, over all its positions (the theoretical receptive field, every layer
+        3×3 on its regular grid; with a decoder, the top map's bilinear upsampling and the
+        decoder's 3×3 conv on the skip layer's grid are included), for an input whose sides
+        are multiples of the output stride (other sides make the upsampling's scale differ
+        from the stride ratio, and some windows one top-map step wider). A deformable
+        layer's offsets can reach beyond it."""
+        size, step = 1, 1
         for layer_stride in self.strides:
             size += 2 * step
             step *= layer_stride
-            steps.append(step)
         if self.skip_layer is not None:
-            skip_step = steps[self.skip_layer]
-            # bilinear upsampling reads two top pixels, unless skip and top share a stride
-            size += (step if step != skip_step else 0) + 2 * skip_step
+            # The decoder's 3×3 conv reads 3 skip-grid pixels, whose bilinear samples span
+            # 2 top-map steps at most (3 top pixels: of the same grid, of overlapping pairs
+            # at a ratio of 2, or at some positions of a ratio >= 4); the skip layer's own
+            # window lies inside theirs.
+            size += 2 * step
         return size
 
     def forward_features(self, images: Tensor) -> Tensor:
