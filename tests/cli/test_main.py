@@ -13,7 +13,7 @@ import pytest
 
 from deformconv._extras import EXTRAS
 from deformconv.cli import build_parser
-from deformconv.cli._common import CLIError, apply_config_file, parse_assignments
+from deformconv.cli._common import CLIError, apply_config_file, given_options, parse_assignments
 from deformconv.engine import TrainingStopped
 
 from .helpers import run_cli
@@ -199,6 +199,18 @@ def test_checkpoint_that_is_not_a_checkpoint(capsys: pytest.CaptureFixture,
 
 def _train_parser():
     return build_parser()[1]["train"]
+
+
+def test_no_bf16_turns_a_config_files_bf16_off_and_counts_as_given(tmp_path: Path) -> None:
+    """train's --no-bf16 (as eval's) overrides a file's bf16 and a resumed checkpoint's
+    (a resume keeps the settings not given); there was no way to turn it off."""
+    config = tmp_path / "run.yaml"
+    config.write_text("bf16: true\n")
+    parser = _train_parser()
+    apply_config_file(parser, str(config))
+    assert parser.parse_args([]).bf16 is True
+    assert parser.parse_args(["--no-bf16"]).bf16 is False
+    assert "bf16" in given_options(parser, ["--no-bf16"])
 
 
 def test_yaml_config_sets_defaults_and_flags_override(tmp_path: Path) -> None:

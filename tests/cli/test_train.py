@@ -190,6 +190,31 @@ def test_eval_on_other_data_size_and_default_output(capsys: pytest.CaptureFixtur
     assert json.loads((trained / "eval_best.json").read_text())["metrics"]["num_images"] == 5
 
 
+def test_eval_takes_bf16_from_the_checkpoint_unless_given(
+        capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """eval of a --bf16 run's checkpoint scores with bf16 autocast, as the run's final
+    validation did (it scored in float32 without --bf16, and recorded "bf16": false);
+    --no-bf16 and a config file's bf16 override it."""
+    out = tmp_path / "bf16"
+    code, _, _ = run_cli(capsys, "train", "--model", "compact_fcn", "--image-size", "16",
+                         "--train-size", "4", "--val-size", "4", "--batch-size", "2",
+                         "--iterations", "2", "--no-progress", "--plain", "--bf16", "--out", out)
+    assert code == 0
+    final = json.loads((out / "final_metrics.json").read_text())["metrics"]
+    scored = {}
+    config = tmp_path / "eval.yaml"
+    config.write_text("bf16: false\n")
+    for name, flags in [("default", []), ("flag", ["--no-bf16"]),
+                        ("file", ["--config", config]), ("both", ["--config", config, "--bf16"])]:
+        code, _, err = run_cli(capsys, "eval", out / "last.pt", "--out", tmp_path / f"{name}.json",
+                               "--no-progress", *flags)
+        assert code == 0, err
+        scored[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert {name: result["bf16"] for name, result in scored.items()} == {
+        "default": True, "flag": False, "file": False, "both": True}
+    assert scored["default"]["metrics"] == final
+
+
 @pytest.mark.parametrize(("signal_spec", "workers", "code"), [
     ("SIGINT", "0", 130),  # Ctrl-C to the process
     ("group-SIGTERM", "2", 143),  # a scheduler's SIGTERM to every process, workers included

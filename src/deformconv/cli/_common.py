@@ -191,7 +191,8 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
 def _file_value(action: argparse.Action, key: str, value: Any, path: str) -> Any:
     """Check (and convert, like a command-line string would be) one value from a file."""
     where = f"config file {path}: {key}"
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
+                           argparse.BooleanOptionalAction)):
         if not isinstance(value, bool):
             raise CLIError(f"{where} must be true or false, got {value!r}")
         return value

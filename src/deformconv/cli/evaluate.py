@@ -25,8 +25,9 @@ HELP = "evaluate a checkpoint: top-1, mIoU or COCO mAP, printed and written as J
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "eval", help=HELP, description=HELP + ". The model and, unless --data is given, the "
-        "validation data are rebuilt from the checkpoint. Under torchrun the processes "
-        "share the images; the first writes the result.",
+        "validation data are rebuilt from the checkpoint, and --bf16, unless given, is "
+        "its run's. Under torchrun the processes share the images; the first writes the "
+        "result.",
         epilog="example: deformconv eval runs/train/last.pt --out runs/train/eval.json")
     parser.add_argument("checkpoint", help="last.pt / best.pt written by train or demo")
     add_data_options(parser, with_train=False)
@@ -34,7 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="images per forward pass (default 8); detection runs images "
                              "of different sizes in separate passes")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda ...")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction,
+                        help="bfloat16 autocast (default: as the checkpoint's run trained and "
+                             "validated)")
     parser.add_argument("--workers", type=non_negative_int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", type=user_path,
@@ -59,10 +62,12 @@ def run_eval(args: argparse.Namespace) -> int:
     _, val_set, classes = build_datasets(data_spec, task, need_train=False)
     check_classes_match(classes, model_spec)
     model = model_from_checkpoint(model_spec, args.checkpoint)
+    # as the run validated (its config's bf16), unless asked otherwise
+    bf16 = bool(state["config"].get("bf16", False)) if args.bf16 is None else args.bf16
     info = init_distributed(args.device)  # under torchrun each process scores its share
     try:
         metrics = evaluate(model, val_set, task, batch_size=args.batch_size, device=info.device,
-                           num_workers=args.workers, bf16=args.bf16, dist_info=info,
+                           num_workers=args.workers, bf16=bf16, dist_info=info,
                            progress=not args.no_progress)
     finally:
         cleanup_distributed()
@@ -76,7 +81,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 "finished": state.get("finished"), "model": model_spec.name,
                 "deformable": model_spec.deformable, "task": task,
                 "num_samples": len(val_set), "data": asdict(data_spec),  # type: ignore[arg-type]
-                "batch_size": args.batch_size, "processes": info.world_size, "bf16": args.bf16,
+                "batch_size": args.batch_size, "processes": info.world_size, "bf16": bf16,
                 "metrics": metrics}, out)
     print(f"metrics: {out}")
     return 0

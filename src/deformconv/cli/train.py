@@ -81,7 +81,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                      help="cross-entropy weight per class, background first for segmentation "
                           "(see deformconv.engine.balanced_class_weights)")
     opt.add_argument("--grad-clip", type=positive_float, help="max gradient L2 norm")
-    opt.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    opt.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False,
+                     help="bfloat16 autocast, in training and validation (a resume keeps the "
+                          "checkpoint's unless given)")
     run = parser.add_argument_group("run")
     run.add_argument("--out", default="runs/train", type=user_path,
                      help="output folder (default runs/train)")
