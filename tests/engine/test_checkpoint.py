@@ -15,11 +15,13 @@ from deformconv.engine.checkpoint import (
     remove_stale_temp_files,
     write_atomically,
 )
+from deformconv.engine.seeding import get_rng_state
 
 
 def _state(value: float = 1.0) -> dict:
     return {"format": CHECKPOINT_FORMAT, "model": {"w": torch.full((3,), value)},
-            "optimizer": {}, "scheduler": {}, "iteration": 7, "rng": [], "config": {}}
+            "optimizer": {}, "scheduler": {}, "iteration": 7, "rng": [get_rng_state()],
+            "config": {}}
 
 
 def test_round_trip_leaves_no_temp_files(tmp_path):
@@ -170,6 +172,32 @@ def test_foreign_checkpoints_rejected(tmp_path):
     torch.save({**_state(), "format": "v0"}, old)
     with pytest.raises(CheckpointError, match="has format 'v0'"):
         load_checkpoint(old)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"rng": []}, "rng must hold one entry per process of its run (world_size 1), got 0"),
+    ({"rng": [get_rng_state()], "world_size": 2},
+     "rng must hold one entry per process of its run (world_size 2), got 1"),
+    ({"rng": {}}, "rng must be a list, got dict"),
+    ({"rng": [{}]}, "rng must hold a dict with keys ['torch', 'numpy', 'python'] per process"),
+    ({"iteration": 7.0}, "iteration must be an int, got 7.0 (float)"),
+    ({"iteration": True}, "iteration must be an int, got True (bool)"),
+    ({"iteration": -3}, "iteration must be >= 0, got -3"),
+    ({"world_size": 0, "rng": []}, "world_size must be >= 1, got 0"),
+    ({"log_window": []}, "log_window must hold one entry per process of its run"),
+    ({"config": None}, "config must be a dict, got None (NoneType)"),
+    ({"best_metric": "0.5"}, "best_metric must be a number or None, got '0.5' (str)"),
+    ({"train_seconds": -1.0}, "train_seconds must be finite and >= 0, got -1.0"),
+    ({"finished": 1}, "finished must be true or false, got 1 (int)"),
+])
+def test_malformed_fields_are_refused_naming_the_checkpoint_and_field(tmp_path, change,
+                                                                      message):
+    """A resume of such a file failed deep in the trainer (IndexError for rng [],
+    TypeError in the data order's seeding for iteration 7.0) or went on silently (-3)."""
+    path = save_checkpoint({**_state(), **change}, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    assert str(caught.value).startswith(f"checkpoint {path} is malformed: {message}")
 
 
 def test_load_weights_from_trainer_or_plain_files(tmp_path):

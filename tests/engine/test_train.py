@@ -465,6 +465,18 @@ def test_resume_refuses_changed_data_order_and_bad_files(tmp_path):
         train(_config(tmp_path, resume=str(tmp_path / "missing.pt")), TinyClassifier(), data)
 
 
+@pytest.mark.parametrize(("field", "value"), [("rng", []), ("iteration", 2.0)])
+def test_a_resume_of_a_malformed_checkpoint_is_refused_naming_it(tmp_path, field, value):
+    """It failed in the trainer: IndexError (rng []) or a TypeError in the data order's
+    seeding (iteration 2.0)."""
+    data = ToyClassification(size=8)
+    train(_config(tmp_path, iterations=2, eval_every=0), TinyClassifier(), data)
+    last = tmp_path / "run" / "last.pt"
+    torch.save({**torch.load(last, weights_only=True), field: value}, last)
+    with pytest.raises(CheckpointError, match=rf"checkpoint .*last\.pt is malformed: {field}"):
+        train(_config(tmp_path, iterations=4, resume="auto"), TinyClassifier(), data)
+
+
 def test_segmentation_trains_and_evaluates(tmp_path):
     torch.manual_seed(0)
     model, data = TinySegmenter(), ToySegmentation(size=16)

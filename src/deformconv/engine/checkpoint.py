@@ -18,6 +18,7 @@ from torch import nn
 
 from .._folder_lock import TEMP_NAME_PART, remove_stale
 from .._paths import check_folder_possible, naming_the_file
+from .config import _describe, _is_of
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -33,6 +34,16 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "deformconv-train-v1"
 REQUIRED_KEYS = ("format", "model", "optimizer", "scheduler", "iteration", "rng", "config")
+# The type of each field a resume reads (those not in REQUIRED_KEYS where present: older
+# checkpoints lack some).
+FIELD_TYPES: dict[str, Any] = {
+    "model": dict, "optimizer": dict, "scheduler": dict, "config": dict, "iteration": int,
+    "rng": list, "world_size": int, "log_window": list, "finished": bool,
+    "best_metric": float | None, "train_seconds": float, "train_cpu_seconds": float | None,
+    "threads": int | None,
+}
+# What each process's entry of "rng" (engine.seeding.get_rng_state) and "log_window" holds.
+PER_PROCESS_KEYS = {"rng": ("torch", "numpy", "python"), "log_window": ("loss", "images", "start")}
 
 
 class CheckpointError(RuntimeError):
@@ -246,7 +257,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
     Loads with ``weights_only=True`` (no arbitrary code from the file). Raises
     ``FileNotFoundError`` for a missing file and :class:`CheckpointError` naming the path for
-    a truncated/corrupt file or one without the trainer's keys.
+    a truncated/corrupt file, one without the trainer's keys, or one whose fields a resume
+    reads are malformed (naming the field): of another type, an iteration below 0, not one
+    RNG state (and log window) per process of its run.
     """
     state = _read(path, map_location)
     if not isinstance(state, dict):
@@ -262,7 +275,40 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(
             f"checkpoint {path} has format {state['format']!r}, expected {CHECKPOINT_FORMAT!r}"
         )
+    problem = _malformed_field(state)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} is malformed: {problem}; it was changed "
+                              "since the trainer wrote it: delete it or pick another one")
     return state
+
+
+def _malformed_field(state: dict[str, Any]) -> str | None:
+    """What is wrong with the first field of a trainer checkpoint that a resume could not
+    use (its type, its range, one entry per process), or None."""
+    for key, hint in FIELD_TYPES.items():
+        if key in state and not _is_of(state[key], hint):
+            value, kind = state[key], type(state[key]).__name__
+            scalar = isinstance(value, (int, float, str, type(None)))
+            return f"{key} must be {_describe(hint)}, got " + (f"{value!r} ({kind})" if scalar
+                                                                else kind)
+    if state["iteration"] < 0:
+        return f"iteration must be >= 0, got {state['iteration']}"
+    processes = state.get("world_size", 1)
+    if processes < 1:
+        return f"world_size must be >= 1, got {processes}"
+    for key, keys in PER_PROCESS_KEYS.items():
+        entries = state.get(key, [{k: None for k in keys}] * processes)
+        if len(entries) != processes:
+            return (f"{key} must hold one entry per process of its run (world_size "
+                    f"{processes}), got "
+                    f"{len(entries)}")
+        if not all(isinstance(entry, dict) and all(k in entry for k in keys)
+                   for entry in entries):
+            return f"{key} must hold a dict with keys {list(keys)} per process"
+    seconds = state.get("train_seconds", 0.0)
+    if not (math.isfinite(seconds) and seconds >= 0):
+        return f"train_seconds must be finite and >= 0, got {seconds}"
+    return None
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict:

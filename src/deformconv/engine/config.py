@@ -194,5 +194,5 @@ def _describe(hint: Any) -> str:
     if origin is dict:
         return f"a dict of {_describe(args[0]).split(' ', 1)[1]} -> {_describe(args[1])}"
     words = {type(None): "None", float: "a number", int: "an int", bool: "true or false",
-             str: "a string"}
+             str: "a string", dict: "a dict", list: "a list"}
     return words.get(hint, getattr(hint, "__name__", str(hint)))
