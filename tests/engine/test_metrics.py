@@ -8,11 +8,13 @@ import re
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from deformconv.engine import (
     coco_map,
     confusion_matrix,
     detection_record,
+    evaluate,
     iou_from_confusion,
     make_evaluator,
     top1_correct,
@@ -66,6 +68,32 @@ class TestMIoU:
         assert math.isnan(result["iou"][2])
         assert result["miou"] == pytest.approx(0.5)
         assert result["pixel_acc"] == pytest.approx(4 / 6)
+
+    def test_the_models_ignore_index_is_left_out_of_pixels_and_mean(self):
+        """Evaluation ignored 255 whatever the model's ignore_index. With 0 its pixels are
+        not counted, and class 0 (no labelled pixels) is not in the mean: its IoU would be
+        0 from its false positives alone. Those still miss class 1 (IoU 2/3)."""
+        target = torch.where(self.TARGET == 255, 0, self.TARGET).unsqueeze(0)
+        logits = nn.functional.one_hot(self.PRED, 3).permute(2, 0, 1).float().unsqueeze(0)
+
+        class Model(nn.Module):
+            ignore_index = 0
+
+            def forward(self, images):
+                return logits.expand(len(images), -1, -1, -1)
+
+        dataset = [(torch.zeros(3, 2, 4), target[0])]
+        results = [evaluate(Model(), dataset, "segmentation")]
+        evaluator = make_evaluator("segmentation", Model())
+        evaluator.update(None, target, logits)
+        results.append(evaluator.compute())
+        for result in results:
+            assert result["miou"] == pytest.approx(2 / 3) and math.isnan(result["iou"][0])
+            assert (result["pixel_acc"], result["num_pixels"]) == (pytest.approx(2 / 3), 3)
+        # a 255 pixel is then an id the model has no class for, refused as such
+        with pytest.raises(ValueError, match=r"target holds class ids outside \[0, 3\) "
+                                             r"other than 0: min 1, max 255"):
+            evaluate(Model(), [(torch.zeros(3, 2, 4), self.TARGET)], "segmentation")
 
     def test_predicted_but_absent_class_counts(self):
         # class 1 predicted once but never true: IoU 0, and it lowers the mean

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from deformconv import models
 from deformconv.engine import compute_loss
-from deformconv.engine.tasks import _cross_entropy, _segmentation_loss
+from deformconv.engine.tasks import _cross_entropy, _segmentation_loss, ignore_index_of
 
 IGNORE = 255
 WEIGHTS = torch.tensor([0.3, 1.7, 0.0, 2.5])  # class 2 weighs nothing
@@ -89,3 +93,29 @@ def test_class_255_of_a_classification_is_not_ignored() -> None:
     logits = torch.zeros(2, 300)
     loss, _ = compute_loss("classification", lambda images: logits, None, torch.tensor([255, 0]))
     assert loss.item() == pytest.approx(torch.log(torch.tensor(300.0)).item())
+
+
+def test_segmentation_leaves_out_the_models_ignore_index() -> None:
+    """The loss used 255 whatever the model's ignore_index: with 0 it counted class 0's
+    pixels (1.1252 against the model's own loss of 1.1170)."""
+    torch.manual_seed(0)
+    model = models.create("compact_fcn", 3, ignore_index=0)
+    images, masks = torch.rand(2, 3, 16, 16), torch.randint(0, 3, (2, 16, 16))
+    loss, _ = compute_loss("segmentation", model, images, masks)
+    assert loss.item() == pytest.approx(model(images, masks)["loss_seg"].item(), rel=1e-6)
+    # 255 is then a class id the model cannot score: VOC's borders are refused, not ignored
+    masks[0, 0, 0] = 255
+    with pytest.raises(ValueError, match=re.escape(
+            "outside [0, 3) other than 0 (ignored), the model's 3 outputs: [255]; 255 (VOC's "
+            "void) is not ignored: the model's ignore_index is 0")):
+        compute_loss("segmentation", model, images, masks)
+
+
+def test_ignore_index_of_a_model_wrapped_or_without_one() -> None:
+    model = nn.Conv2d(3, 2, 1)
+    assert ignore_index_of(model) == ignore_index_of(None) == 255
+    model.ignore_index = 0
+    assert ignore_index_of(nn.DataParallel(model)) == 0
+    model.ignore_index = 0.5
+    with pytest.raises(TypeError, match=r"the model's ignore_index must be an int, got 0\.5"):
+        ignore_index_of(model)

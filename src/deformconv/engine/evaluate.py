@@ -73,7 +73,7 @@ def evaluate(
     loader = eval_loader(dataset, task, batch_size, world_size=info.world_size, rank=info.rank,
                          num_workers=num_workers, pin_memory=info.device.type == "cuda",
                          with_indices=True)
-    evaluator = make_evaluator(task)
+    evaluator = make_evaluator(task, net)
     readable = non_finite = 0
     # rank 0's shard is the largest: the others check as often after their last batch
     checks = (0 if stop_check is None

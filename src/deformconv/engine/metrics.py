@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -75,13 +77,17 @@ def confusion_matrix(
     return counts.reshape(num_classes, num_classes).cpu()
 
 
-def iou_from_confusion(confusion: Tensor) -> dict[str, object]:
+def iou_from_confusion(confusion: Tensor, ignore_index: int | None = None
+                       ) -> dict[str, object]:
     """Per-class IoU, mIoU and pixel accuracy from a ``(C, C)`` confusion matrix.
 
     IoU_c = TP_c / (TP_c + FP_c + FN_c). A class that appears neither in the targets nor in
     the predictions (zero union) has IoU ``nan`` and is left out of the mean, so mIoU is
-    the mean over the classes present. A matrix that is not square or holds negative
-    counts raises ``ValueError``.
+    the mean over the classes present. So is the class ``ignore_index``, when it is one
+    (a model that leaves out the pixels of one of its classes): its pixels were not counted
+    (:func:`confusion_matrix`), so its IoU would score only its false positives; those
+    still count as misses of the true classes. A matrix that is not square or holds
+    negative counts raises ``ValueError``.
 
     Returns:
         ``{"miou": float, "iou": list[float], "pixel_acc": float}``.
@@ -95,7 +101,9 @@ def iou_from_confusion(confusion: Tensor) -> dict[str, object]:
     tp = conf.diag()
     union = conf.sum(0) + conf.sum(1) - tp
     iou = tp / union  # 0/0 -> nan for absent classes
-    present = union > 0
+    if ignore_index is not None and 0 <= ignore_index < len(iou):
+        iou[ignore_index] = math.nan
+    present = ~iou.isnan()
     miou = float(iou[present].mean()) if bool(present.any()) else float("nan")
     total = conf.sum()
     pixel_acc = float(tp.sum() / total) if total > 0 else float("nan")

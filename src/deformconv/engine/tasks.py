@@ -2,7 +2,8 @@
 
 Conventions (torchvision's):
     classification  image (3, H, W), target int64 class id; ``model(images) -> (N, C)``.
-    segmentation    image (3, H, W), target int64 mask (H, W), 255 = ignore;
+    segmentation    image (3, H, W), target int64 mask (H, W), 255 = ignore (or the
+                    model's ``ignore_index``: :func:`ignore_index_of`);
                     ``model(images) -> (N, C, H, W)``.
     detection       image (3, H, W), target {"boxes" (K, 4) x1y1x2y2, "labels" (K,), ...};
                     train: ``model(images, targets) -> dict of losses``;
@@ -23,8 +24,9 @@ from .._extras import require
 from ..conventions import TASKS
 from ..data import detection_collate
 from ..data.collate import check_pairs
+from ..ops.arguments import integer
 from .coco import coco_map, detection_record
-from .distributed import all_gather_objects, all_reduce_sum
+from .distributed import all_gather_objects, all_reduce_sum, unwrap_parallel
 from .metrics import IGNORE_INDEX, confusion_matrix, iou_from_confusion, top1_correct
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "SegmentationEvaluator",
     "collate_fn",
     "compute_loss",
+    "ignore_index_of",
     "make_evaluator",
     "num_images",
     "to_device",
@@ -113,12 +116,25 @@ def checked_targets(targets: Any, task: str) -> Tensor:
     return targets.long()  # uint8 masks (as PIL gives them), 255 ignored, are common
 
 
-def _segmentation_loss(logits: Tensor, masks: Tensor, weight: Tensor | None = None) -> Tensor:
+def ignore_index_of(model: nn.Module | None) -> int:
+    """The mask value a segmentation model leaves out of its loss and metric: its
+    ``ignore_index`` (inside DDP too), or 255 (VOC's "void") for a model without one or
+    for no model. The engine's loss, class-id check and mIoU all take it from here.
+
+    Raises:
+        TypeError: the model's ``ignore_index`` is not an int.
+    """
+    value = getattr(unwrap_parallel(model), "ignore_index", None) if model is not None else None
+    return IGNORE_INDEX if value is None else integer(value, "the model's ignore_index")
+
+
+def _segmentation_loss(logits: Tensor, masks: Tensor, weight: Tensor | None = None,
+                       ignore_index: int = IGNORE_INDEX) -> Tensor:
     if logits.shape[-2:] != masks.shape[-2:]:
         # Models with an output stride predict coarse maps: compare at the mask's resolution.
         logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear",
                                align_corners=False)
-    return _cross_entropy(logits, masks, weight, IGNORE_INDEX)
+    return _cross_entropy(logits, masks, weight, ignore_index)
 
 
 _REDUCTION_SUM = 2  # the reduction argument of the aten nll_loss ops (none 0, mean 1, sum 2)
@@ -142,17 +158,21 @@ def _cross_entropy(logits: Tensor, targets: Tensor, weight: Tensor | None,
     return total / torch.where(total_weight > 0, total_weight, torch.ones_like(total_weight))
 
 
-def check_class_ids(targets: Tensor, num_classes: int, task: str) -> None:
-    """Refuse target class ids that the model's ``num_classes`` outputs cannot score (255
-    is ignored in segmentation masks)."""
+def check_class_ids(targets: Tensor, num_classes: int, task: str,
+                    ignore_index: int = IGNORE_INDEX) -> None:
+    """Refuse target class ids that the model's ``num_classes`` outputs cannot score
+    (``ignore_index``, the model's, is ignored in segmentation masks: with another one than
+    255, VOC's 255 borders are refused)."""
     outside = (targets < 0) | (targets >= num_classes)
     if task == "segmentation":
-        outside &= targets != IGNORE_INDEX
+        outside &= targets != ignore_index
     if bool(outside.any()):
-        ids = targets[outside]
-        ignored = f" other than {IGNORE_INDEX} (ignored)" if task == "segmentation" else ""
+        ids = sorted(set(targets[outside].tolist()))
+        ignored = f" other than {ignore_index} (ignored)" if task == "segmentation" else ""
+        void = (f"; {IGNORE_INDEX} (VOC's void) is not ignored: the model's ignore_index is "
+                f"{ignore_index}" if task == "segmentation" and IGNORE_INDEX in ids else "")
         raise ValueError(f"{task} targets hold class ids outside [0, {num_classes}){ignored}, "
-                         f"the model's {num_classes} outputs: {sorted(set(ids.tolist()))[:8]}")
+                         f"the model's {num_classes} outputs: {ids[:8]}{void}")
 
 
 def compute_loss(
@@ -162,6 +182,9 @@ def compute_loss(
 
     ``class_weights`` ``(C,)`` weight the cross-entropy of classification and segmentation
     per target class (detection models compute their own losses and refuse them).
+    Segmentation leaves out the pixels of the model's ``ignore_index``
+    (:func:`ignore_index_of`: 255 for a model without one); other ids outside ``[0, C)``
+    are refused.
     """
     if task == "detection":
         if class_weights is not None:
@@ -183,10 +206,11 @@ def compute_loss(
     if class_weights is not None and class_weights.shape != (logits.shape[1],):
         raise ValueError(f"class_weights must hold one weight per class of the model's "
                          f"{logits.shape[1]} outputs, got shape {tuple(class_weights.shape)}")
+    ignore_index = ignore_index_of(model) if task == "segmentation" else IGNORE_INDEX
     if not soft:
-        check_class_ids(targets, logits.shape[1], task)
+        check_class_ids(targets, logits.shape[1], task, ignore_index)
     if task == "segmentation":
-        return _segmentation_loss(logits, targets, class_weights), {}
+        return _segmentation_loss(logits, targets, class_weights, ignore_index), {}
     if soft:
         return F.cross_entropy(logits.float(), targets, weight=class_weights), {}
     return _cross_entropy(logits, targets, class_weights), {}
@@ -229,10 +253,14 @@ class ClassificationEvaluator(Evaluator):
 
 
 class SegmentationEvaluator(Evaluator):
-    """mIoU over a confusion matrix (255 ignored); the class count comes from the logits."""
+    """mIoU over a confusion matrix, pixels of ``ignore_index`` left out (the model's:
+    :func:`make_evaluator`); the class count comes from the logits. An ``ignore_index``
+    that is one of the classes is left out of the mean too: it has no labelled pixels."""
 
-    def __init__(self, num_classes: int | None = None) -> None:
+    def __init__(self, num_classes: int | None = None,
+                 ignore_index: int = IGNORE_INDEX) -> None:
         self.num_classes = num_classes
+        self.ignore_index = ignore_index
         self.confusion: Tensor | None = None
 
     def update(self, images: Tensor, targets: Tensor, outputs: Tensor,
@@ -244,7 +272,7 @@ class SegmentationEvaluator(Evaluator):
                                     align_corners=False)
         if self.num_classes is None:
             self.num_classes = outputs.shape[1]
-        conf = confusion_matrix(outputs.argmax(1), targets, self.num_classes)
+        conf = confusion_matrix(outputs.argmax(1), targets, self.num_classes, self.ignore_index)
         self.confusion = conf if self.confusion is None else self.confusion + conf
 
     def compute(self) -> dict[str, Any]:
@@ -257,7 +285,7 @@ class SegmentationEvaluator(Evaluator):
         if conf is None:
             conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
         conf = all_reduce_sum(conf.clone())
-        return {**iou_from_confusion(conf), "num_pixels": int(conf.sum())}
+        return {**iou_from_confusion(conf, self.ignore_index), "num_pixels": int(conf.sum())}
 
 
 class DetectionEvaluator(Evaluator):
@@ -285,15 +313,16 @@ class DetectionEvaluator(Evaluator):
         return {**coco_map(records), "num_images": len(records)}
 
 
-def make_evaluator(task: str) -> Evaluator:
+def make_evaluator(task: str, model: nn.Module | None = None) -> Evaluator:
     """A fresh :class:`Evaluator` for ``task`` (one of ``TASKS``): top-1 accuracy for
-    classification, mIoU for segmentation, COCO box mAP for detection.
+    classification, mIoU for segmentation (leaving out the pixels of ``model``'s
+    ``ignore_index``: :func:`ignore_index_of`), COCO box mAP for detection.
 
     Raises:
         ValueError: ``task`` is not one of ``TASKS``.
     """
-    evaluators = {"classification": ClassificationEvaluator,
-                  "segmentation": SegmentationEvaluator, "detection": DetectionEvaluator}
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    return evaluators[task]()
+    if task == "segmentation":
+        return SegmentationEvaluator(ignore_index=ignore_index_of(model))
+    return ClassificationEvaluator() if task == "classification" else DetectionEvaluator()
