@@ -190,6 +190,20 @@ def test_eval_on_other_data_size_and_default_output(capsys: pytest.CaptureFixtur
     assert json.loads((trained / "eval_best.json").read_text())["metrics"]["num_images"] == 5
 
 
+def test_a_new_run_refused_for_its_class_weights_leaves_no_folder(
+        capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """It was refused in its first step, leaving the folder with .lock and an empty
+    metrics.jsonl."""
+    out = tmp_path / "runs" / "cw"
+    code, _, err = run_cli(capsys, "train", "--model", "compact_fcn", "--plain",
+                           "--image-size", "16", "--train-size", "4", "--val-size", "2",
+                           "--batch-size", "2", "--iterations", "2", "--class-weights", "1,2",
+                           "--no-progress", "--out", out)
+    assert code == 2 and "class_weights must hold one weight per class of the model's 11 " \
+        "outputs, got shape (2,)" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_eval_takes_bf16_from_the_checkpoint_unless_given(
         capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     """eval of a --bf16 run's checkpoint scores with bf16 autocast, as the run's final

@@ -48,3 +48,15 @@ def test_lines_that_are_no_records_are_skipped_like_a_torn_one(tmp_path):
     assert [r["iter"] for r in read_metrics(path)] == [1, 2, 3]
     MetricsLogger(tmp_path, resume_at=2).close()
     assert [json.loads(line)["iter"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+def test_a_new_log_writes_nothing_before_its_first_record(tmp_path):
+    """It created the file (and folder) when opened: a run failing in its first step left
+    an empty metrics.jsonl, which kept its new folder from being removed. An earlier run's
+    file is still emptied at once."""
+    MetricsLogger(tmp_path / "new", tensorboard=True).close()
+    assert not (tmp_path / "new").exists()
+    _log(tmp_path / "new", range(1, 3))
+    assert [r["iter"] for r in read_metrics(tmp_path / "new" / "metrics.jsonl")] == [1, 2]
+    MetricsLogger(tmp_path / "new").close()
+    assert (tmp_path / "new" / "metrics.jsonl").read_text() == ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import signal
 import sys
 import time
@@ -414,6 +415,55 @@ def test_on_start_runs_after_the_checks_under_the_lock(tmp_path):
         train(_config(tmp_path, "new", iterations=2, eval_every=0), TinyClassifier(), data,
               on_start=refuse)
     assert not (tmp_path / "new").exists()
+
+
+class _Unreadable(ToyClassification):
+    def __getitem__(self, index):
+        raise AssertionError("the data was read")
+
+
+def test_class_weights_not_one_per_class_are_refused_before_the_folder(tmp_path):
+    """Refused at the first step, they left a folder holding .lock and an empty
+    metrics.jsonl; against a model's num_classes now before anything else, for detection
+    too."""
+    model = TinyClassifier()
+    model.num_classes = 3
+    with pytest.raises(ValueError, match=re.escape(
+            "class_weights must hold one weight per class of the model's 3 outputs, got "
+            "shape (2,)")):
+        train(_config(tmp_path, class_weights=[1.0, 2.0]), model, _Unreadable(size=8))
+    with pytest.raises(ValueError, match="class_weights are for classification and "
+                                         "segmentation"):
+        train(_config(tmp_path, task="detection", class_weights=[1.0, 2.0]), TinyDetector(),
+              ToyDetection(size=4))
+    assert not (tmp_path / "run").exists()
+
+
+class _Broken(TinyClassifier):
+    def forward(self, x):
+        raise RuntimeError("cannot run on this batch")
+
+
+def test_a_new_run_failing_in_its_first_step_leaves_no_folder(tmp_path):
+    """It left the folder it created holding .lock and an empty metrics.jsonl (class
+    weights of a model without num_classes, BatchNorm on a batch of one 1x1 map); a folder
+    that existed is left, and a run failing later keeps its log."""
+    data = ToyClassification(size=8)
+    with pytest.raises(ValueError, match="class_weights must hold one weight per class"):
+        train(_config(tmp_path, "new/run", class_weights=[1.0, 2.0]), TinyClassifier(), data)
+    with pytest.raises(RuntimeError, match="cannot run on this batch"):
+        train(_config(tmp_path, "new/run"), _Broken(), data)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("kept")
+    with pytest.raises(RuntimeError, match="cannot run on this batch"):
+        train(_config(tmp_path, "mine"), _Broken(), data)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "kept"
+    assert not (tmp_path / "mine" / "metrics.jsonl").exists()
+    with pytest.raises(_Stop):
+        train(_config(tmp_path, "later", checkpoint_every=0, eval_every=0), TinyClassifier(),
+              data, on_iteration_end=_stop_at(2))
+    assert [r["iter"] for r in read_metrics(tmp_path / "later" / "metrics.jsonl")] == [1, 2]
 
 
 def test_on_finish_gets_the_result_under_the_lock(tmp_path):

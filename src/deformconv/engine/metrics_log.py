@@ -31,10 +31,12 @@ class MetricsLogger:
 
     Every record has ``"split"`` ("train" or "val") and ``"iter"``. ``resume_at`` drops the
     lines an interrupted run wrote after its last checkpoint, so a resumed run's file reads
-    as one uninterrupted run; that rewrite (and a new run's emptying of the file) is atomic,
-    so one that fails (a full disk) leaves the earlier file whole. Lines are appended as they
-    come. ``tensorboard=True`` also writes scalars to ``<out_dir>/tensorboard`` if
-    ``torch.utils.tensorboard`` imports, else prints why not.
+    as one uninterrupted run; that rewrite (and a new run's emptying of an earlier run's
+    file) is atomic, so one that fails (a full disk) leaves the earlier file whole. Where
+    there is no file, none (nor its folder) is created before the first record: a new run
+    that fails in its first step leaves nothing. Lines are appended as they come.
+    ``tensorboard=True`` also writes scalars to ``<out_dir>/tensorboard`` (from the first
+    record on) if ``torch.utils.tensorboard`` imports, else prints why not.
     """
 
     def __init__(
@@ -47,10 +49,10 @@ class MetricsLogger:
         self.path = Path(out_dir) / "metrics.jsonl"
         self.enabled = enabled
         self.writer = None
+        self._writer_class: Any = None  # SummaryWriter, made at the first record
         if not enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_at is None or self.path.exists():
+        if self.path.exists():
             kept = ([] if resume_at is None else
                     [r for r in read_metrics(self.path) if r.get("iter", 0) <= resume_at])
             text = "".join(json.dumps(r) + "\n" for r in kept)
@@ -65,14 +67,17 @@ class MetricsLogger:
                     file=sys.stderr,
                 )
             else:
-                self.writer = SummaryWriter(log_dir=str(self.path.parent / "tensorboard"))
+                self._writer_class = SummaryWriter
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         record = _jsonable(record)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.writer is None and self._writer_class is not None:
+            self.writer = self._writer_class(log_dir=str(self.path.parent / "tensorboard"))
         if self.writer is not None:
             split, step = record.get("split", "train"), record.get("iter", 0)
             for key, value in record.items():

@@ -175,6 +175,29 @@ def check_class_ids(targets: Tensor, num_classes: int, task: str,
                          f"the model's {num_classes} outputs: {ids[:8]}{void}")
 
 
+def model_classes(model: nn.Module) -> int | None:
+    """A classifier's class count as its ``num_classes`` says (inside DDP too; deformconv's
+    models have one), known before a forward pass; None where it has none (0: a backbone)."""
+    value = getattr(unwrap_parallel(model), "num_classes", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def check_class_weights(task: str, class_weights: Sequence[float] | Tensor | None,
+                        num_classes: int | None) -> None:
+    """Refuse ``class_weights`` for detection, whose models compute their own losses, or
+    that do not hold one weight per class of ``num_classes`` (None: not known yet)."""
+    if class_weights is None:
+        return
+    if task == "detection":
+        raise ValueError("class_weights are for classification and segmentation; "
+                         "detection models compute their own losses")
+    shape = (tuple(class_weights.shape) if isinstance(class_weights, Tensor)
+             else (len(class_weights),))
+    if num_classes is not None and shape != (num_classes,):
+        raise ValueError(f"class_weights must hold one weight per class of the model's "
+                         f"{num_classes} outputs, got shape {shape}")
+
+
 def compute_loss(
     task: str, model: nn.Module, images: Any, targets: Any, class_weights: Tensor | None = None
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -186,10 +209,8 @@ def compute_loss(
     (:func:`ignore_index_of`: 255 for a model without one); other ids outside ``[0, C)``
     are refused.
     """
+    check_class_weights(task, class_weights, None)
     if task == "detection":
-        if class_weights is not None:
-            raise ValueError("class_weights are for classification and segmentation; "
-                             "detection models compute their own losses")
         losses = model(list(images), list(targets))
         if not isinstance(losses, dict) or not losses:
             raise TypeError(
@@ -203,9 +224,7 @@ def compute_loss(
             and targets.is_floating_point() and targets.shape == logits.shape)
     # class probabilities (N, C) (mixup, cutmix, label smoothing in the data) stay as they are
     targets = targets.float() if soft else checked_targets(targets, task)
-    if class_weights is not None and class_weights.shape != (logits.shape[1],):
-        raise ValueError(f"class_weights must hold one weight per class of the model's "
-                         f"{logits.shape[1]} outputs, got shape {tuple(class_weights.shape)}")
+    check_class_weights(task, class_weights, logits.shape[1])
     ignore_index = ignore_index_of(model) if task == "segmentation" else IGNORE_INDEX
     if not soft:
         check_class_ids(targets, logits.shape[1], task, ignore_index)

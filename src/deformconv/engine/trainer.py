@@ -49,7 +49,15 @@ from .optim import build_optimizer, build_scheduler, lr_factor
 from .run_lock import out_dir_lock
 from .seeding import get_rng_state, seed_everything, set_rng_state
 from .stop import STOP_SIGNALS, StopSignals, TrainingStopped
-from .tasks import PRIMARY_METRIC, compute_loss, make_evaluator, num_images, to_device
+from .tasks import (
+    PRIMARY_METRIC,
+    check_class_weights,
+    compute_loss,
+    make_evaluator,
+    model_classes,
+    num_images,
+    to_device,
+)
 
 __all__ = ["RefusedByMainProcess", "TrainResult", "train"]
 
@@ -111,7 +119,10 @@ def train(
 
     While it runs, ``out_dir`` is locked: another process's run into it raises
     :class:`~deformconv.engine.RunInProgressError`. The lock (and the folder) is taken after
-    the run's checks: a refused run leaves no folder behind. One where no file can be
+    the run's checks: a refused run leaves no folder behind, nor does a new run that fails
+    in its first step (settings its first batch refutes, a model that cannot run on it):
+    it writes nothing before that step succeeded, and a folder the lock created is removed
+    again if it holds nothing else. One where no file can be
     created (no write permission) is refused then with ``PermissionError``, before anything
     is written. Under torchrun rank 0 takes it and calls ``on_start``; if either fails,
     rank 0 raises that error and the other ranks
@@ -163,6 +174,8 @@ def _train(
     extra: dict[str, Any],
 ) -> TrainResult:
     config.validate()  # fields set after construction were not checked
+    # against the model's num_classes where it has one; the first step checks the logits
+    check_class_weights(config.task, config.class_weights, model_classes(model))
     if val_set is not None and not len(val_set):  # type: ignore[arg-type]
         raise ValueError("val_set is empty (0 samples); pass val_set=None to train without "
                          "validation")
