@@ -141,7 +141,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_there(tmp_path):
     out = tmp_path / "run"
     text = _finish(_start(str(out), "6", "--device", "cpu", "--batch-size", "2",
                           "--nan-loss-at", "3:1", torchrun=True), expect=None)
-    message = ("FloatingPointError: loss is nan on rank 1 (of 2 ranks) at iteration 3 "
+    message = ("FloatingPointError: loss is nan on rank 1 (of 2 ranks) at iteration 4 "
                "(epoch 0); lower lr or set grad_clip_norm")
     assert text.count(message) == 2, text  # both ranks
     assert "Connection closed" not in text and "gloo" not in text.lower()

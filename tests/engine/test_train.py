@@ -565,10 +565,12 @@ def test_bf16_autocast_and_clipping(tmp_path):
 
 
 def test_non_finite_loss_stops_with_iteration(tmp_path):
+    """The iteration named is the one whose loss was not finite, counted as the log counts
+    them (it named the one before: iteration 5 after the log's finite iteration 5)."""
     model = TinyClassifier()
     with torch.no_grad():
         model.head.bias.fill_(float("nan"))
-    with pytest.raises(FloatingPointError, match="loss is nan at iteration 0"):
+    with pytest.raises(FloatingPointError, match="loss is nan at iteration 1 "):
         train(_config(tmp_path), model, ToyClassification(size=8))
 
 
@@ -582,7 +584,7 @@ def test_a_diverged_run_logs_the_losses_before_it(tmp_path):
             with torch.no_grad():
                 model.head.bias.fill_(float("nan"))
 
-    with pytest.raises(FloatingPointError, match="loss is nan at iteration 3"):
+    with pytest.raises(FloatingPointError, match="loss is nan at iteration 4 "):
         train(_config(tmp_path, log_every=10, eval_every=0, checkpoint_every=0), model,
               ToyClassification(size=16), on_iteration_end=poison)
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")

@@ -510,7 +510,7 @@ class _Run:
         if not self.info.distributed:
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"loss is {loss.item()} at iteration {self.iteration} (epoch {epoch}); "
+                    f"loss is {loss.item()} at iteration {self.iteration + 1} (epoch {epoch}); "
                     "lower lr or set grad_clip_norm")
             return
         # every rank's loss at its rank's place: one small all-reduce gives all of them
@@ -522,7 +522,7 @@ class _Run:
             where = ", ".join(f"{value} on rank {rank}" for rank, value in bad.items())
             raise FloatingPointError(
                 f"loss is {where} (of {self.info.world_size} ranks) at iteration "
-                f"{self.iteration} (epoch {epoch}); lower lr or set grad_clip_norm")
+                f"{self.iteration + 1} (epoch {epoch}); lower lr or set grad_clip_norm")
 
     def log_train(self, epoch: int, step: _Step, bar: tqdm) -> None:
         """One train line: the window's mean loss over all ranks, lr, throughput."""
