@@ -18,7 +18,7 @@ from torch import nn
 
 from .._folder_lock import TEMP_NAME_PART, remove_stale
 from .._paths import check_folder_possible, naming_the_file
-from .config import _describe, _is_of
+from .config import describe_type, is_of_type
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -286,10 +286,10 @@ def _malformed_field(state: dict[str, Any]) -> str | None:
     """What is wrong with the first field of a trainer checkpoint that a resume could not
     use (its type, its range, one entry per process), or None."""
     for key, hint in FIELD_TYPES.items():
-        if key in state and not _is_of(state[key], hint):
+        if key in state and not is_of_type(state[key], hint):
             value, kind = state[key], type(state[key]).__name__
             scalar = isinstance(value, (int, float, str, type(None)))
-            return f"{key} must be {_describe(hint)}, got " + (f"{value!r} ({kind})" if scalar
+            return f"{key} must be {describe_type(hint)}, got " + (f"{value!r} ({kind})" if scalar
                                                                 else kind)
     if state["iteration"] < 0:
         return f"iteration must be >= 0, got {state['iteration']}"

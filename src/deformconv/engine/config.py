@@ -91,8 +91,8 @@ class TrainConfig:
         hints = typing.get_type_hints(type(self))
         for spec in dataclasses.fields(self):
             value = getattr(self, spec.name)
-            if not _is_of(value, hints[spec.name]):
-                raise ValueError(f"{spec.name} must be {_describe(hints[spec.name])}, got "
+            if not is_of_type(value, hints[spec.name]):
+                raise ValueError(f"{spec.name} must be {describe_type(hints[spec.name])}, got "
                                  f"{value!r} ({type(value).__name__})")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
@@ -165,16 +165,16 @@ class TrainConfig:
         return cls(**values)
 
 
-def _is_of(value: Any, hint: Any) -> bool:
+def is_of_type(value: Any, hint: Any) -> bool:
     """Whether ``value`` fits a field's type: an int is a float, a bool is neither."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (types.UnionType, typing.Union):
-        return any(_is_of(value, arg) for arg in args)
+        return any(is_of_type(value, arg) for arg in args)
     if origin is list:
-        return isinstance(value, (list, tuple)) and all(_is_of(v, args[0]) for v in value)
+        return isinstance(value, (list, tuple)) and all(is_of_type(v, args[0]) for v in value)
     if origin is dict:
         return isinstance(value, dict) and all(
-            _is_of(k, args[0]) and _is_of(v, args[1]) for k, v in value.items())
+            is_of_type(k, args[0]) and is_of_type(v, args[1]) for k, v in value.items())
     if hint is type(None):
         return value is None
     if hint is float:
@@ -184,15 +184,15 @@ def _is_of(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
-def _describe(hint: Any) -> str:
+def describe_type(hint: Any) -> str:
     """A field type in words: "an int or None", "a list of numbers"."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (types.UnionType, typing.Union):
-        return " or ".join(_describe(arg) for arg in args)
+        return " or ".join(describe_type(arg) for arg in args)
     if origin is list:
-        return f"a list of {_describe(args[0]).split(' ', 1)[1]}s"
+        return f"a list of {describe_type(args[0]).split(' ', 1)[1]}s"
     if origin is dict:
-        return f"a dict of {_describe(args[0]).split(' ', 1)[1]} -> {_describe(args[1])}"
+        return f"a dict of {describe_type(args[0]).split(' ', 1)[1]} -> {describe_type(args[1])}"
     words = {type(None): "None", float: "a number", int: "an int", bool: "true or false",
              str: "a string", dict: "a dict", list: "a list"}
     return words.get(hint, getattr(hint, "__name__", str(hint)))
