@@ -300,8 +300,7 @@ def _malformed_field(state: dict[str, Any]) -> str | None:
         entries = state.get(key, [{k: None for k in keys}] * processes)
         if len(entries) != processes:
             return (f"{key} must hold one entry per process of its run (world_size "
-                    f"{processes}), got "
-                    f"{len(entries)}")
+                    f"{processes}), got {len(entries)}")
         if not all(isinstance(entry, dict) and all(k in entry for k in keys)
                    for entry in entries):
             return f"{key} must hold a dict with keys {list(keys)} per process"
