@@ -856,7 +856,8 @@ def test_a_diverged_run_is_a_one_line_error(capsys: pytest.CaptureFixture,
                         r"\(epoch \d+\); lower lr or set grad_clip_norm\n", err), err
     assert (out / "config.json").is_file() and not (out / "last.pt").exists()
     def stopped_on_every_rank(*args: object, **kwargs: object) -> None:
-        raise FloatingPointError("loss is nan on rank 1 (of 2 ranks) at iteration 3")
+        with distributed.alike_on_every_rank():
+            raise FloatingPointError("loss is nan on rank 1 (of 2 ranks) at iteration 3")
 
     monkeypatch.setattr(engine, "train", stopped_on_every_rank)
     assert run_cli(capsys, *diverging, tmp_path / "rank0")[::2] == (
@@ -951,3 +952,34 @@ def test_a_refused_resume_leaves_the_run_s_files_as_they_were(
                            *resume, *flags)
     assert code == 2 and "Traceback" not in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_under_torchrun_a_bad_setting_is_reported_by_rank_0_only(
+        capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        command: str) -> None:
+    """Every rank checks the same arguments and files and refuses them alike: each printed
+    the same line ('--out afile is a file' twice under torchrun --nproc_per_node 2)."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    args = (["train", *TINY_CLS, "--iterations", "2", "--out", afile] if command == "train"
+            else ["eval", tmp_path / "missing.pt"])
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and err.startswith(f"deformconv {command}: error: ")
+    monkeypatch.setattr(distributed, "launched_rank", lambda: 1)
+    assert run_cli(capsys, *args)[::2] == (2, "")
+
+
+def test_under_torchrun_an_error_of_one_rank_is_reported_by_that_rank(
+        capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user error that one rank meets alone (its device, its share of the data) is
+    printed by that rank: rank 0 may not have it."""
+    def fails_on_this_rank(*args: object, **kwargs: object) -> None:
+        raise ValueError("device cuda:1 (LOCAL_RANK=1) does not exist")
+
+    monkeypatch.setattr(engine, "train", fails_on_this_rank)
+    monkeypatch.setattr(distributed, "launched_rank", lambda: 1)
+    code, _, err = run_cli(capsys, "train", *TINY_CLS, "--iterations", "2",
+                           "--out", tmp_path / "run")
+    assert (code, err) == (2, "deformconv train: error: device cuda:1 (LOCAL_RANK=1) does "
+                              "not exist\n")

@@ -168,10 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as err:
         if os.environ.get(DEBUG_ENV):
             raise
-        from ..engine.distributed import launched_rank
+        from ..engine.distributed import launched_rank, raised_alike_on_every_rank
 
-        if isinstance(err, FloatingPointError) and launched_rank() != 0:
-            return 2  # under torchrun every rank stops at the same non-finite loss: rank 0 says it
+        if raised_alike_on_every_rank(err) and launched_rank() != 0:
+            return 2  # under torchrun every rank raised it (a setting, a NaN loss): rank 0 says it
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"deformconv {args.command}: error: {message}", file=sys.stderr)
         return 2

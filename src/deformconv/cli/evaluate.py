@@ -52,18 +52,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run_eval(args: argparse.Namespace) -> int:
     from ..engine import cleanup_distributed, evaluate, init_distributed
     from ..engine.checkpoint import check_writable
+    from ..engine.distributed import alike_on_every_rank
 
-    out = Path(args.out) if args.out else default_output(Path(args.checkpoint))
-    check_output(out, Path(args.checkpoint))  # before the evaluation, not after it
-    model_spec, data_spec, state = specs_from_checkpoint(args.checkpoint)
-    check_writable(out, f"--out {out}")  # once the checkpoint is known to be one
-    data_spec = data_spec_from_args(args, data_spec)
-    task = model_spec.task
-    _, val_set, classes = build_datasets(data_spec, task, need_train=False)
-    check_classes_match(classes, model_spec)
-    model = model_from_checkpoint(model_spec, args.checkpoint)
-    # as the run validated (its config's bf16), unless asked otherwise
-    bf16 = bool(state["config"].get("bf16", False)) if args.bf16 is None else args.bf16
+    with alike_on_every_rank():  # the same arguments and files on every rank
+        out = Path(args.out) if args.out else default_output(Path(args.checkpoint))
+        check_output(out, Path(args.checkpoint))  # before the evaluation, not after it
+        model_spec, data_spec, state = specs_from_checkpoint(args.checkpoint)
+        check_writable(out, f"--out {out}")  # once the checkpoint is known to be one
+        data_spec = data_spec_from_args(args, data_spec)
+        task = model_spec.task
+        _, val_set, classes = build_datasets(data_spec, task, need_train=False)
+        check_classes_match(classes, model_spec)
+        model = model_from_checkpoint(model_spec, args.checkpoint)
+        # as the run validated (its config's bf16), unless asked otherwise
+        bf16 = bool(state["config"].get("bf16", False)) if args.bf16 is None else args.bf16
     info = init_distributed(args.device)  # under torchrun each process scores its share
     try:
         metrics = evaluate(model, val_set, task, batch_size=args.batch_size, device=info.device,

@@ -187,49 +187,51 @@ def _has_key(options: dict, key: str) -> bool:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..engine import train
+    from ..engine.distributed import alike_on_every_rank
 
-    given = getattr(args, "given", set())
-    _check_resume_or_overwrite(args, given)
-    resume = _resume_checkpoint(args.resume, Path(args.out))
-    if resume:
-        # The checkpoint decides model, data and settings; flags given now override the
-        # settings (those that fix the data order must match, the engine checks).
-        model_spec, data_spec, state = specs_from_checkpoint(resume)
-        check_model_flags_match(args, model_spec)
-        data_spec = _resumed_data_spec(args, data_spec)
-        task = model_spec.task
-        values = {**state["config"], **_config_values(args, given), "resume": resume}
-        if args.resume == "auto":  # OUT/last.pt: keep writing to OUT
-            values["out_dir"] = args.out
-        elif "out" not in given:  # --resume CKPT alone: its own folder, wherever we are
-            values["out_dir"] = str(Path(resume).resolve().parent)
-    else:
-        data_spec = data_spec_from_args(args)
-        name, task = resolve_model_name(args.task, args.model, data_spec)
-        values = {**_config_values(args), "task": task, "resume": None}
-    if _length_in_epochs(args):
-        values["iterations"] = None  # --epochs asked for, over a file's or checkpoint's length
-    config = TrainConfig.from_dict(values)
-    if "momentum" in given and config.optimizer != "sgd":
-        raise CLIError(f"--momentum is for --optimizer sgd; {config.optimizer} takes none "
-                       "(AdamW's betas are 0.9, 0.999)")
-    for option in ("milestones", "gamma"):
-        if option in given and config.schedule != "step":
-            raise CLIError(f"--{option} is for --schedule step; {config.schedule} has no "
-                           "milestones")
-    if not resume:
-        _check_offset_multipliers(config, args)
-    out = Path(config.out_dir)
-    _check_out_folder(out, resume, args.overwrite)  # early: before the data is built
-    train_set, val_set, classes = build_datasets(data_spec, task)
-    data_spec = with_categories(data_spec, train_set)
-    if resume:
-        check_classes_match(classes, model_spec)
-    else:
-        model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
-                                          name=name)
-    model = build_model(model_spec, seed=config.seed)
-    extra = {"model": asdict(model_spec), "data": asdict(data_spec)}
+    with alike_on_every_rank():  # the same arguments and files on every rank
+        given = getattr(args, "given", set())
+        _check_resume_or_overwrite(args, given)
+        resume = _resume_checkpoint(args.resume, Path(args.out))
+        if resume:
+            # The checkpoint decides model, data and settings; flags given now override the
+            # settings (those that fix the data order must match, the engine checks).
+            model_spec, data_spec, state = specs_from_checkpoint(resume)
+            check_model_flags_match(args, model_spec)
+            data_spec = _resumed_data_spec(args, data_spec)
+            task = model_spec.task
+            values = {**state["config"], **_config_values(args, given), "resume": resume}
+            if args.resume == "auto":  # OUT/last.pt: keep writing to OUT
+                values["out_dir"] = args.out
+            elif "out" not in given:  # --resume CKPT alone: its own folder, wherever we are
+                values["out_dir"] = str(Path(resume).resolve().parent)
+        else:
+            data_spec = data_spec_from_args(args)
+            name, task = resolve_model_name(args.task, args.model, data_spec)
+            values = {**_config_values(args), "task": task, "resume": None}
+        if _length_in_epochs(args):
+            values["iterations"] = None  # --epochs asked for, over a file's or checkpoint's length
+        config = TrainConfig.from_dict(values)
+        if "momentum" in given and config.optimizer != "sgd":
+            raise CLIError(f"--momentum is for --optimizer sgd; {config.optimizer} takes none "
+                           "(AdamW's betas are 0.9, 0.999)")
+        for option in ("milestones", "gamma"):
+            if option in given and config.schedule != "step":
+                raise CLIError(f"--{option} is for --schedule step; {config.schedule} has no "
+                               "milestones")
+        if not resume:
+            _check_offset_multipliers(config, args)
+        out = Path(config.out_dir)
+        _check_out_folder(out, resume, args.overwrite)  # early: before the data is built
+        train_set, val_set, classes = build_datasets(data_spec, task)
+        data_spec = with_categories(data_spec, train_set)
+        if resume:
+            check_classes_match(classes, model_spec)
+        else:
+            model_spec = model_spec_from_args(args, classes, image_size=data_spec.image_size,
+                                              name=name)
+        model = build_model(model_spec, seed=config.seed)
+        extra = {"model": asdict(model_spec), "data": asdict(data_spec)}
     # An earlier run's files go once the new run has passed every check (the engine's too),
     # and the results are written once it finished, both under the folder's lock: a refused
     # run leaves them, and a live run's, in place, and no other run comes in between.

@@ -7,7 +7,9 @@ everything runs as a single process and the helpers below are no-ops.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,12 +18,14 @@ import torch.distributed as dist
 
 __all__ = [
     "DistInfo",
+    "alike_on_every_rank",
     "all_gather_objects",
     "all_reduce_sum",
     "barrier",
     "cleanup_distributed",
     "init_distributed",
     "launched_rank",
+    "raised_alike_on_every_rank",
     "resolve_device",
     "unwrap_parallel",
 ]
@@ -74,6 +78,23 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
             raise ValueError(f"device {device!r} is not available here: this machine and "
                              f"torch build offer {' and '.join(here)}")
     return dev
+
+
+@contextlib.contextmanager
+def alike_on_every_rank() -> Iterator[None]:
+    """Marks an exception raised inside as one that every process of a torchrun job raises
+    alike (a check of the same arguments, files and agreed values), so that one process
+    reports it (:func:`raised_alike_on_every_rank`), not each."""
+    try:
+        yield
+    except Exception as err:
+        err.alike_on_every_rank = True  # type: ignore[attr-defined]
+        raise
+
+
+def raised_alike_on_every_rank(err: BaseException) -> bool:
+    """Whether ``err`` was raised inside :func:`alike_on_every_rank`."""
+    return getattr(err, "alike_on_every_rank", False)
 
 
 def launched_rank() -> int:

@@ -37,6 +37,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .distributed import (
     DistInfo,
+    alike_on_every_rank,
     all_gather_objects,
     all_reduce_sum,
     cleanup_distributed,
@@ -173,20 +174,22 @@ def _train(
     on_finish: Callable[[TrainResult], None] | None,
     extra: dict[str, Any],
 ) -> TrainResult:
-    config.validate()  # fields set after construction were not checked
-    # against the model's num_classes where it has one; the first step checks the logits
-    check_class_weights(config.task, config.class_weights, model_classes(model))
-    if val_set is not None and not len(val_set):  # type: ignore[arg-type]
-        raise ValueError("val_set is empty (0 samples); pass val_set=None to train without "
-                         "validation")
-    if val_set is not None:
-        make_evaluator(config.task)  # a missing dependency (pycocotools) fails before training
+    with alike_on_every_rank():  # the same settings, data and checkpoint on every rank
+        config.validate()  # fields set after construction were not checked
+        # against the model's num_classes where it has one; the first step checks the logits
+        check_class_weights(config.task, config.class_weights, model_classes(model))
+        if val_set is not None and not len(val_set):  # type: ignore[arg-type]
+            raise ValueError("val_set is empty (0 samples); pass val_set=None to train "
+                             "without validation")
+        if val_set is not None:
+            make_evaluator(config.task)  # a missing dependency (pycocotools) fails now
+        config_json = _config_json(config, info, extra)  # on every rank: a bad extra stops all
     out_dir = Path(config.out_dir)
-    config_json = _config_json(config, info, extra)  # on every rank: a bad extra stops all
     _prepare_process(config, info)
     model.to(info.device)
     run = _Run(config, model, train_set, val_set, info, out_dir, extra)
-    run.resume_if_asked()
+    with alike_on_every_rank():
+        run.resume_if_asked()
     # After the checks: a refused run (or resume) leaves the folder as it was, or absent.
     with _started(out_dir, info, on_start):
         if info.is_main:
@@ -520,9 +523,10 @@ class _Run:
                if not math.isfinite(value)}
         if bad:
             where = ", ".join(f"{value} on rank {rank}" for rank, value in bad.items())
-            raise FloatingPointError(
-                f"loss is {where} (of {self.info.world_size} ranks) at iteration "
-                f"{self.iteration + 1} (epoch {epoch}); lower lr or set grad_clip_norm")
+            with alike_on_every_rank():
+                raise FloatingPointError(
+                    f"loss is {where} (of {self.info.world_size} ranks) at iteration "
+                    f"{self.iteration + 1} (epoch {epoch}); lower lr or set grad_clip_norm")
 
     def log_train(self, epoch: int, step: _Step, bar: tqdm) -> None:
         """One train line: the window's mean loss over all ranks, lr, throughput."""
