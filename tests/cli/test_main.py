@@ -480,3 +480,27 @@ def test_other_os_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(evaluate, "run_eval", lambda args: failing())
     with pytest.raises(OSError, match="Bad file"):
         main(["eval", "last.pt"])
+
+
+def test_deformconv_warnings_are_one_line_and_others_keep_their_form(
+        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A skipped sample was printed in Python's form, with the file, the line and a source
+    line of deformconv's code: ``.../cli/_data.py:120: RuntimeWarning: skipping sample 3:
+    ... \\n  return CocoDetection(...``."""
+    import warnings
+
+    from deformconv.cli import PACKAGE_DIR, evaluate
+
+    def warns(args: object) -> int:
+        warnings.warn_explicit("skipping sample 3:\n  image.png is truncated", RuntimeWarning,
+                               str(PACKAGE_DIR / "data" / "_common.py"), 232)
+        warnings.warn_explicit("a torch warning", UserWarning, str(tmp_path / "torch.py"), 7)
+        return 0
+
+    monkeypatch.setattr(evaluate, "run_eval", warns)
+    shown = warnings.showwarning
+    with pytest.warns(UserWarning, match="a torch warning"):  # shown as before
+        code, _, err = run_cli(capsys, "eval", tmp_path / "last.pt")
+    assert (code, err) == (0, "deformconv eval: warning: skipping sample 3: image.png is "
+                              "truncated\n")
+    assert warnings.showwarning is shown  # main() leaves the caller's as it was

@@ -15,7 +15,9 @@ import errno
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from .._extras import MissingExtraError, extra_of, install_hint
@@ -35,6 +37,7 @@ __all__ = ["CLIError", "build_parser", "main"]
 
 COMMANDS = (demo, train, evaluate, viz, bench, export)
 DEBUG_ENV = "DEFORMCONV_DEBUG"
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
 class _Parser(argparse.ArgumentParser):
@@ -128,11 +131,35 @@ def _refused_by_rank_0() -> type[BaseException]:
     return RefusedByMainProcess
 
 
+def _one_line_warnings(command: str, show: Callable[..., None]) -> Callable[..., None]:
+    """``warnings.showwarning`` that prints deformconv's own warnings (a skipped sample, a
+    NaN output) as ``deformconv COMMAND: warning: ...`` lines, not with Python's file, line
+    and source line; others' (torch's) as ``show`` does."""
+    def show_warning(message: Warning | str, category: type[Warning], filename: str,
+                     lineno: int, file: Any = None, line: str | None = None) -> None:
+        if not Path(filename).resolve().is_relative_to(PACKAGE_DIR):
+            show(message, category, filename, lineno, file, line)
+            return
+        text = " ".join(str(message).split())
+        print(f"deformconv {command}: warning: {text}", file=file or sys.stderr)
+
+    return show_warning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 failed run, 2 bad input)."""
     parser, commands = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse(parser, commands, argv)
+    with warnings.catch_warnings():  # restores showwarning for a caller of main()
+        warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)
+        return _run(parser, commands, argv, args)
+
+
+def _run(parser: argparse.ArgumentParser, commands: dict[str, argparse.ArgumentParser],
+         argv: list[str], args: argparse.Namespace) -> int:
+    """``main`` once the command line parsed: runs the command, turning user errors into one
+    line and an exit code."""
     try:
         sub = commands[args.command]
         from_file = apply_config_file(sub, args.config) if args.config else set()
