@@ -726,9 +726,10 @@ def test_train_eval_viz_on_coco_files(capsys: pytest.CaptureFixture, tmp_path: P
     assert "drawing 2 of the 3 images asked for: the validation set ends at image 1" in stdout
     assert_valid_png(tmp_path / "viz" / "sampling_0.png")
     next((folder / "images").iterdir()).write_bytes(b"cut short")
-    with pytest.warns(RuntimeWarning, match="cannot decode image"):
-        code, stdout, err = run_cli(capsys, "eval", out / "last.pt")
+    code, stdout, err = run_cli(capsys, "eval", out / "last.pt")
     assert code == 0, err
+    assert "deformconv eval: warning: skipping sample 1:" in err
+    assert "cannot decode image" in err
     assert "faster_rcnn_resnet50 on 1 of 2 samples (1 unreadable, left out): AP=" in stdout
 
 
@@ -741,13 +742,15 @@ def test_coco_folder_of_unreadable_images_is_a_one_line_error(capsys: pytest.Cap
     for image in (folder / "images").iterdir():
         image.write_bytes(b"not an image")
     data = f"coco:{folder / 'annotations.json'}:{folder}"
-    with pytest.warns(RuntimeWarning, match="cannot decode image"):
-        code, _, err = run_cli(capsys, "train", "--data", data, "--base-channels", "4",
-                               "--image-size", "32", "--iterations", "1", "--batch-size", "2",
-                               "--out", tmp_path / "run", "--no-progress")
-    assert code == 2 and "Traceback" not in err and err.count("\n") == 1
-    assert "none of the 2 samples of CocoDetection(" in err
-    assert "skipped={'corrupt_image': 2}" in err
+    code, _, err = run_cli(capsys, "train", "--data", data, "--base-channels", "4",
+                           "--image-size", "32", "--iterations", "1", "--batch-size", "2",
+                           "--out", tmp_path / "run", "--no-progress")
+    *warned, error = err.splitlines()
+    assert code == 2 and "Traceback" not in err
+    assert warned and all(line.startswith("deformconv train: warning: ") for line in warned)
+    assert "cannot decode image" in warned[0]
+    assert error.startswith("deformconv train: error: none of the 2 samples of CocoDetection(")
+    assert "skipped={'corrupt_image': 2}" in error
 
 
 def test_compact_fcn_trains_with_its_own_options(capsys: pytest.CaptureFixture,
@@ -862,7 +865,7 @@ def test_a_diverged_run_is_a_one_line_error(capsys: pytest.CaptureFixture,
     monkeypatch.setattr(engine, "train", stopped_on_every_rank)
     assert run_cli(capsys, *diverging, tmp_path / "rank0")[::2] == (
         2, "deformconv train: error: loss is nan on rank 1 (of 2 ranks) at iteration 3\n")
-    monkeypatch.setattr(distributed, "launched_rank", lambda: 1)
+    _as_rank_1_of_2(monkeypatch)
     assert run_cli(capsys, *diverging, tmp_path / "rank1")[::2] == (2, "")
 
 
@@ -966,8 +969,22 @@ def test_under_torchrun_a_bad_setting_is_reported_by_rank_0_only(
             else ["eval", tmp_path / "missing.pt"])
     code, _, err = run_cli(capsys, *args)
     assert code == 2 and err.startswith(f"deformconv {command}: error: ")
-    monkeypatch.setattr(distributed, "launched_rank", lambda: 1)
+    _as_rank_1_of_2(monkeypatch)
     assert run_cli(capsys, *args)[::2] == (2, "")
+    # on two nodes (their files may differ), or with RANK alone, each rank says it
+    for env in ({"LOCAL_WORLD_SIZE": "1"}, {"WORLD_SIZE": None, "LOCAL_WORLD_SIZE": None}):
+        with monkeypatch.context() as patched:
+            for name, value in env.items():
+                (patched.setenv(name, value) if value else patched.delenv(name))
+            assert run_cli(capsys, *args)[::2] == (2, err)
+
+
+def _as_rank_1_of_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process as rank 1 of a torchrun job of 2 processes on one node (the process
+    group is not joined: the tests stop before, or replace engine.train)."""
+    monkeypatch.setattr(distributed, "launched_rank", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
 
 
 def test_under_torchrun_an_error_of_one_rank_is_reported_by_that_rank(
@@ -978,7 +995,7 @@ def test_under_torchrun_an_error_of_one_rank_is_reported_by_that_rank(
         raise ValueError("device cuda:1 (LOCAL_RANK=1) does not exist")
 
     monkeypatch.setattr(engine, "train", fails_on_this_rank)
-    monkeypatch.setattr(distributed, "launched_rank", lambda: 1)
+    _as_rank_1_of_2(monkeypatch)
     code, _, err = run_cli(capsys, "train", *TINY_CLS, "--iterations", "2",
                            "--out", tmp_path / "run")
     assert (code, err) == (2, "deformconv train: error: device cuda:1 (LOCAL_RANK=1) does "

@@ -195,9 +195,9 @@ def _run(parser: argparse.ArgumentParser, commands: dict[str, argparse.ArgumentP
     except _user_errors() as err:
         if os.environ.get(DEBUG_ENV):
             raise
-        from ..engine.distributed import launched_rank, raised_alike_on_every_rank
+        from ..engine.distributed import reported_by_rank_0
 
-        if raised_alike_on_every_rank(err) and launched_rank() != 0:
+        if reported_by_rank_0(err):
             return 2  # under torchrun every rank raised it (a setting, a NaN loss): rank 0 says it
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"deformconv {args.command}: error: {message}", file=sys.stderr)

@@ -25,7 +25,7 @@ __all__ = [
     "cleanup_distributed",
     "init_distributed",
     "launched_rank",
-    "raised_alike_on_every_rank",
+    "reported_by_rank_0",
     "resolve_device",
     "unwrap_parallel",
 ]
@@ -92,9 +92,14 @@ def alike_on_every_rank() -> Iterator[None]:
         raise
 
 
-def raised_alike_on_every_rank(err: BaseException) -> bool:
-    """Whether ``err`` was raised inside :func:`alike_on_every_rank`."""
-    return getattr(err, "alike_on_every_rank", False)
+def reported_by_rank_0(err: BaseException) -> bool:
+    """Whether rank 0 reports ``err`` for this process: it was raised inside
+    :func:`alike_on_every_rank`, this process is not rank 0 of a torchrun job, and every rank
+    runs on this node (``LOCAL_WORLD_SIZE == WORLD_SIZE``), reading the same files. On
+    several nodes each rank reports its own: one node's files may differ."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return (getattr(err, "alike_on_every_rank", False) and launched_rank() != 0
+            and world != "1" and os.environ.get("LOCAL_WORLD_SIZE") == world)
 
 
 def launched_rank() -> int:
