@@ -193,3 +193,32 @@ print(counter.get_total_flops(), "triton" in sys.modules)
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(2 * 3 * 9 * 2 * 9), "True"]
+
+
+def test_flop_counts_survive_a_probe_and_reloads():
+    """The import hook was used up by an ``importlib.util.find_spec`` probe (the real import
+    then counted 0 FLOPs), a reload of the counter dropped the formulas, and one of
+    ``deformconv.ops`` (IPython's autoreload) failed: 'duplicate registrations'."""
+    script = """
+import importlib, importlib.util, torch
+import deformconv.ops as ops
+assert importlib.util.find_spec("torch.utils.flop_counter") is not None
+import torch.utils.flop_counter as counter
+
+def flops():
+    x, weight = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    with counter.FlopCounterMode(display=False) as mode:
+        ops.deform_conv2d(x, torch.zeros(1, 18, 3, 3), weight)
+    return mode.get_total_flops()
+
+counts = [flops()]
+importlib.reload(ops)
+counts.append(flops())
+importlib.reload(counter)
+counts.append(flops())
+print(*counts)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(2 * 3 * 9 * 2 * 9)] * 3

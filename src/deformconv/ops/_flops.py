@@ -49,7 +49,8 @@ def _register(counter: ModuleType) -> None:
     formulas = {torch.ops.deformconv.deform_conv2d: _forward,
                 torch.ops.deformconv.deform_conv2d_backward: _backward}
     for op, formula in formulas.items():
-        counter.register_flop_formula(op)(formula)
+        if op not in counter.flop_registry:  # torch refuses a second registration
+            counter.register_flop_formula(op)(formula)
 
 
 class _RegisteringLoader:
@@ -70,22 +71,30 @@ class _RegisteringLoader:
 
 
 class _CounterImportHook:
-    """Finds ``torch.utils.flop_counter`` as the other finders do, with a registering loader."""
+    """Finds ``torch.utils.flop_counter`` as the other finders do, with a registering loader
+    (at each import of it: an ``importlib.reload`` makes a new registry)."""
+
+    def __init__(self) -> None:
+        self._finding = False
 
     def find_spec(self, name: str, path: Any, target: ModuleType | None = None
                   ) -> ModuleSpec | None:
-        if name != _COUNTER:
+        if name != _COUNTER or self._finding:
             return None
-        sys.meta_path.remove(self)  # once is enough; also lets find_spec below skip this hook
-        spec = importlib.util.find_spec(name)
+        self._finding = True  # the other finders' search below passes through here again
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self._finding = False
         if spec is not None and spec.loader is not None:
             spec.loader = _RegisteringLoader(spec.loader)
         return spec
 
 
 def register_with_flop_counter() -> None:
-    """Registers the formulas now if the FLOP counter is imported, else when it is."""
+    """Registers the formulas now if the FLOP counter is imported, and at every import of it
+    (a first one, a reload)."""
     if _COUNTER in sys.modules:
         _register(sys.modules[_COUNTER])
-    else:
+    if not any(isinstance(finder, _CounterImportHook) for finder in sys.meta_path):
         sys.meta_path.insert(0, _CounterImportHook())
