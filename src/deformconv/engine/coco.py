@@ -43,9 +43,9 @@ def detection_record(
     """Pack one image's target and model output (torchvision detection dicts) for :func:`coco_map`.
 
     ``target`` needs ``boxes`` (K, 4) x1y1x2y2 and ``labels`` (K,); optional ``iscrowd``,
-    ``area`` (default: not crowd, box area) and ``image_id`` (see :func:`coco_map`).
-    ``output`` needs ``boxes``, ``scores``, ``labels``. Labels and ``iscrowd`` must be
-    integers.
+    ``area`` (default: not crowd, box area) and ``image_id`` (an int orders the images:
+    :func:`coco_map`). ``output`` needs ``boxes``, ``scores``, ``labels``. Labels and
+    ``iscrowd`` must be integers.
     """
     for name, d, keys in (("target", target, ("boxes", "labels")),
                           ("output", output, ("boxes", "scores", "labels"))):
@@ -56,11 +56,10 @@ def detection_record(
     widths, heights = gt_boxes[:, 2] - gt_boxes[:, 0], gt_boxes[:, 3] - gt_boxes[:, 1]
     k = len(gt_boxes)
     boxes = _per_box(output, "output", "boxes", np.float64, None)
-    image_id = target.get("image_id")
     return {
         "height": int(image_size[0]),
         "width": int(image_size[1]),
-        "image_id": None if image_id is None else _image_id(image_id),
+        "image_id": _image_id(target.get("image_id")),
         "gt_boxes": gt_boxes,
         "gt_labels": _per_box(target, "target", "labels", np.int64, k),
         "gt_iscrowd": (np.zeros(k, np.int64) if target.get("iscrowd") is None
@@ -73,12 +72,11 @@ def detection_record(
     }
 
 
-def _image_id(value: Any) -> int:
-    ids = _integers(value, "detection target['image_id']")
-    if ids.size != 1:
-        raise ValueError(f"detection target['image_id'] must be one integer, got shape "
-                         f"{ids.shape}")
-    return int(ids.reshape(1)[0])
+def _image_id(value: Any) -> int | None:
+    """``value`` as an int where it is one integer (a Python, numpy or one-element tensor
+    int), else None: a name such as VOC's ``"2008_000123"`` orders nothing."""
+    ids = value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
+    return int(ids.reshape(1)[0]) if ids.size == 1 and ids.dtype.kind in "iu" else None
 
 
 def _per_box(d: dict[str, Any], name: str, key: str, dtype: Any, count: int | None
