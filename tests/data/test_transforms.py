@@ -257,3 +257,11 @@ def test_crop_names_a_bad_window(box, error, match) -> None:
     mask = torch.zeros(10, 12, dtype=torch.int64)
     with pytest.raises(error, match=match):
         T.crop(torch.rand(3, 10, 12), mask, *box)
+
+
+def test_crop_takes_one_element_integer_tensors() -> None:
+    """A window drawn with torch.randint (as before the argument checks) still crops."""
+    image = torch.rand(3, 10, 12)
+    out, _ = T.crop(image, None, torch.tensor(1), torch.tensor([2]), torch.tensor(5),
+                    torch.tensor(4, dtype=torch.int32))
+    assert torch.equal(out, image[:, 1:6, 2:6])

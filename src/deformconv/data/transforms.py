@@ -179,6 +179,15 @@ def resize(image: Tensor, target: Any, size: int | tuple[int, int]) -> tuple[Ten
     return out, target
 
 
+def _scalar(value: Any) -> Any:
+    """A one-element integer tensor (``torch.randint(0, 3, ())``) as its int; other values
+    as they are."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not (
+            value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
+        return int(value)
+    return value
+
+
 def crop(
     image: Tensor, target: Any, top: int, left: int, height: int, width: int, fill: float = 0.0
 ) -> tuple[Tensor, Any]:
@@ -186,11 +195,11 @@ def crop(
     (image with ``fill``, segmentation with 255, instance masks with 0). Boxes are clipped
     and those left empty dropped; ``area`` is recounted from masks, else scaled with the box.
     ``top`` and ``left`` are ints (negative: above or left of the image), ``height`` and
-    ``width`` ints > 0.
+    ``width`` ints > 0; one-element integer tensors are taken as their ints.
     """
     _check(image, target)
-    top, left = integer(top, "top"), integer(left, "left")
-    height, width = count(height, "height"), count(width, "width")
+    top, left = integer(_scalar(top), "top"), integer(_scalar(left), "left")
+    height, width = count(_scalar(height), "height"), count(_scalar(width), "width")
     h, w = image.shape[-2:]
     pads = (max(0, -left), max(0, left + width - w), max(0, -top), max(0, top + height - h))
 
