@@ -32,9 +32,10 @@ class MetricsLogger:
     Every record has ``"split"`` ("train" or "val") and ``"iter"``. ``resume_at`` drops the
     lines an interrupted run wrote after its last checkpoint, so a resumed run's file reads
     as one uninterrupted run; that rewrite (and a new run's emptying of an earlier run's
-    file) is atomic, so one that fails (a full disk) leaves the earlier file whole. Where
-    there is no file, none (nor its folder) is created before the first record: a new run
-    that fails in its first step leaves nothing. Lines are appended as they come.
+    file) is atomic, so one that fails (a full disk) leaves the earlier file whole. Nothing
+    is written before the first record (no file, no folder; an earlier file is rewritten
+    then): a run that fails in its first step leaves the folder as it found it. Lines are
+    appended as they come.
     ``tensorboard=True`` also writes scalars to ``<out_dir>/tensorboard`` (from the first
     record on) if ``torch.utils.tensorboard`` imports, else prints why not.
     """
@@ -50,13 +51,13 @@ class MetricsLogger:
         self.enabled = enabled
         self.writer = None
         self._writer_class: Any = None  # SummaryWriter, made at the first record
+        self._kept: str | None = None  # what an earlier file keeps, written at the first record
         if not enabled:
             return
         if self.path.exists():
             kept = ([] if resume_at is None else
                     [r for r in read_metrics(self.path) if r.get("iter", 0) <= resume_at])
-            text = "".join(json.dumps(r) + "\n" for r in kept)
-            write_atomically(self.path, lambda f: f.write(text.encode()))
+            self._kept = "".join(json.dumps(r) + "\n" for r in kept)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -74,6 +75,9 @@ class MetricsLogger:
             return
         record = _jsonable(record)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._kept is not None:
+            kept, self._kept = self._kept.encode(), None
+            write_atomically(self.path, lambda f: f.write(kept))
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is None and self._writer_class is not None:

@@ -122,8 +122,9 @@ def train(
     :class:`~deformconv.engine.RunInProgressError`. The lock (and the folder) is taken after
     the run's checks: a refused run leaves no folder behind, nor does a new run that fails
     in its first step (settings its first batch refutes, a model that cannot run on it):
-    it writes nothing before that step succeeded, and a folder the lock created is removed
-    again if it holds nothing else. One where no file can be
+    it writes nothing but the lock's file before that step succeeded (an earlier run's
+    ``metrics.jsonl`` stays as it was), and a folder the lock created is removed again if
+    it holds nothing else. One where no file can be
     created (no write permission) is refused then with ``PermissionError``, before anything
     is written. Under torchrun rank 0 takes it and calls ``on_start``; if either fails,
     rank 0 raises that error and the other ranks
