@@ -297,7 +297,9 @@ def _malformed_field(state: dict[str, Any]) -> str | None:
     if processes < 1:
         return f"world_size must be >= 1, got {processes}"
     for key, keys in PER_PROCESS_KEYS.items():
-        entries = state.get(key, [{k: None for k in keys}] * processes)
+        if key not in state:  # log_window: checkpoints before 2026-12-02 lack it
+            continue
+        entries = state[key]
         if len(entries) != processes:
             return (f"{key} must hold one entry per process of its run (world_size "
                     f"{processes}), got {len(entries)}")

@@ -28,10 +28,15 @@ def _numpy(x: Tensor | np.ndarray | Sequence, dtype: Any) -> np.ndarray:
     return np.asarray(x, dtype=dtype)
 
 
+def _array(x: Any) -> np.ndarray:
+    """``x`` (a tensor, array, sequence or scalar) as a numpy array of its own dtype."""
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+
 def _integers(x: Tensor | np.ndarray | Sequence, what: str) -> np.ndarray:
     """``x`` as int64, refusing floating-point values, which the cast would truncate (a
     label of 1.9 counted as class 1)."""
-    values = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+    values = _array(x)
     if values.size and values.dtype.kind not in "iub":
         raise ValueError(f"{what} must hold integers, got dtype {values.dtype}")
     return values.astype(np.int64)
@@ -75,7 +80,7 @@ def detection_record(
 def _image_id(value: Any) -> int | None:
     """``value`` as an int where it is one integer (a Python, numpy or one-element tensor
     int), else None: a name such as VOC's ``"2008_000123"`` orders nothing."""
-    ids = value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
+    ids = _array(value)
     return int(ids.reshape(1)[0]) if ids.size == 1 and ids.dtype.kind in "iu" else None
 
 

@@ -84,7 +84,7 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
 def alike_on_every_rank() -> Iterator[None]:
     """Marks an exception raised inside as one that every process of a torchrun job raises
     alike (a check of the same arguments, files and agreed values), so that one process
-    reports it (:func:`raised_alike_on_every_rank`), not each."""
+    reports it (:func:`reported_by_rank_0`), not each."""
     try:
         yield
     except Exception as err:

@@ -209,8 +209,8 @@ def compute_loss(
     (:func:`ignore_index_of`: 255 for a model without one); other ids outside ``[0, C)``
     are refused.
     """
-    check_class_weights(task, class_weights, None)
     if task == "detection":
+        check_class_weights(task, class_weights, None)  # refused: its models have their own
         losses = model(list(images), list(targets))
         if not isinstance(losses, dict) or not losses:
             raise TypeError(

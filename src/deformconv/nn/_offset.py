@@ -185,12 +185,6 @@ class ZeroInitLinear(nn.Linear):
         _zero_weight_and_bias(self)
 
 
-def _autocast_mixes(device_type: str, *dtypes: torch.dtype) -> bool:
-    """Whether autocast is on for ``device_type`` and casts every one of ``dtypes`` (float32,
-    float16, bfloat16; not float64) to one dtype, so that a module may take them mixed."""
-    return autocast_on(device_type) and all(d in AUTOCAST_DTYPES for d in dtypes)
-
-
 def check_matches_parameters(module: nn.Module, **inputs: Tensor | None) -> None:
     """Refuse each of ``inputs`` (by name) that is on another device than ``module``'s first
     parameter or of another dtype, with the ops' message naming both (``ops._checks.
@@ -201,9 +195,9 @@ def check_matches_parameters(module: nn.Module, **inputs: Tensor | None) -> None
     for input_name, input in inputs.items():
         if not isinstance(input, Tensor):
             continue
-        if (input.device == parameter.device
-                and _autocast_mixes(input.device.type, input.dtype, parameter.dtype)):
-            continue
+        if (input.device == parameter.device and autocast_on(input.device.type)
+                and {input.dtype, parameter.dtype} <= set(AUTOCAST_DTYPES)):
+            continue  # autocast casts them to one dtype
         check_same_dtype_device(input_name, input, **{name: parameter})
 
 
